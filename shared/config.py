@@ -1,0 +1,113 @@
+"""Process configuration, read once from the environment (Azure app settings or a local shell)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlsplit
+
+__all__ = ["APP_SETTINGS", "ConfigError", "Settings"]
+
+DEFAULT_GRAPH_BASE_URL: Final = "https://graph.microsoft.com/v1.0"
+
+#: Every app setting the code reads, with its default ("" where it has none). infra/ must agree.
+APP_SETTINGS: Final[Mapping[str, str]] = {
+    "GRAPH_BASE_URL": DEFAULT_GRAPH_BASE_URL,
+    "AZURE_CLIENT_ID": "",
+    "GRANTS_QUEUE": "grant-membership",
+    "GRANTS_ACTIVATE_ROLES": "false",
+    "GRANTS_MAX_ATTEMPTS": "8",
+    "GRANTS_RETRY_BASE_SECONDS": "10",
+    "GRANTS_RETRY_MAX_SECONDS": "900",
+    "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "600",
+    "ServiceBusConnection__fullyQualifiedNamespace": "",
+    "ServiceBusConnection__credential": "managedidentity",
+    "ServiceBusConnection__clientId": "",
+}
+
+
+_Getter = Callable[[str], str]
+
+
+class ConfigError(ValueError):
+    """An app setting has a value the app cannot run with; the message names the setting."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Typed view of the app settings. Build it with `Settings.from_env(os.environ)`."""
+
+    graph_base_url: str = DEFAULT_GRAPH_BASE_URL
+    client_id: str | None = None
+    grants_queue: str = "grant-membership"
+    activate_roles: bool = False
+    max_attempts: int = 8
+    retry_base_seconds: float = 10.0
+    retry_max_seconds: float = 900.0
+    member_not_found_window_seconds: float = 600.0
+    servicebus_namespace: str | None = None
+    servicebus_client_id: str | None = None
+
+    @property
+    def graph_root(self) -> str:
+        """Scheme and host of the Graph base URL, e.g. ``https://graph.microsoft.com``."""
+        parts = urlsplit(self.graph_base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def graph_scope(self) -> str:
+        """The app-token scope for Graph: ``<graph root>/.default``."""
+        return f"{self.graph_root}/.default"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read the settings; raise `ConfigError` naming the first bad one."""
+
+        def get(name: str) -> str:
+            return env.get(name, APP_SETTINGS[name]).strip()
+
+        base_url = get("GRAPH_BASE_URL").rstrip("/") or DEFAULT_GRAPH_BASE_URL
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+            raise ConfigError(f"GRAPH_BASE_URL must be an absolute http(s) URL, got {base_url!r}")
+        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError("GRAPH_BASE_URL may use plain http only on loopback (the local Graph double)")
+        max_attempts = _number(get, "GRANTS_MAX_ATTEMPTS", minimum=1, integer=True)
+        base = _number(get, "GRANTS_RETRY_BASE_SECONDS", minimum=0)
+        cap = _number(get, "GRANTS_RETRY_MAX_SECONDS", minimum=0)
+        window = _number(get, "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS", minimum=0)
+        return cls(
+            graph_base_url=base_url,
+            client_id=get("AZURE_CLIENT_ID") or None,
+            grants_queue=get("GRANTS_QUEUE") or "grant-membership",
+            activate_roles=_flag(get, "GRANTS_ACTIVATE_ROLES"),
+            max_attempts=int(max_attempts),
+            retry_base_seconds=base,
+            retry_max_seconds=cap,
+            member_not_found_window_seconds=window,
+            servicebus_namespace=get("ServiceBusConnection__fullyQualifiedNamespace") or None,
+            servicebus_client_id=get("ServiceBusConnection__clientId") or get("AZURE_CLIENT_ID") or None,
+        )
+
+
+def _flag(get: _Getter, name: str) -> bool:
+    value = get(name).lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _number(get: _Getter, name: str, *, minimum: float, integer: bool = False) -> float:
+    raw = get(name)
+    try:
+        value = float(int(raw)) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    return value
