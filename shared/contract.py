@@ -1,0 +1,352 @@
+"""Message contract v1: turn the bytes of a "grant membership" message into a typed, immutable command.
+
+`parse_grant` returns a `GrantCommand` or raises `ContractError` with a reason code and a description
+that names the offending field. It never raises anything else, and it never trusts the input: GUIDs must
+be exactly 8-4-4-4-12 ASCII hex (normalised to lower case), unknown fields are rejected by name, and
+free text may not carry control characters (no forged log lines). The JSON Schema in
+`schemas/grant-membership.v1.schema.json` describes the same contract; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Final, NewType, TypeVar
+
+from shared.errors import ContractError, Reason
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "Action",
+    "AdministrativeUnit",
+    "DirectoryRole",
+    "GrantCommand",
+    "Guid",
+    "Member",
+    "MemberType",
+    "Source",
+    "SourceSystem",
+    "Target",
+    "parse_grant",
+    "parse_guid",
+]
+
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+SCHEMA_VERSION: Final = 1
+
+_E = TypeVar("_E", bound=StrEnum)
+
+Guid = NewType("Guid", str)
+"""A lower-case 8-4-4-4-12 hex GUID: the only kind of value ever put into a Graph URL."""
+
+_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII | re.IGNORECASE)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}", re.ASCII)
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})", re.ASCII)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+class Action(StrEnum):
+    ADD = "add"
+    REMOVE = "remove"
+
+
+class MemberType(StrEnum):
+    USER = "user"
+    GROUP = "group"
+    SERVICE_PRINCIPAL = "servicePrincipal"
+    DEVICE = "device"
+
+
+class SourceSystem(StrEnum):
+    HR = "hr"
+    TICKETING = "ticketing"
+    BULK = "bulk"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class AdministrativeUnit:
+    """An administrative unit, by object id."""
+
+    id: Guid
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryRole:
+    """A directory role, by object id or by role template id (exactly one is set)."""
+
+    id: Guid | None = None
+    role_template_id: Guid | None = None
+
+
+Target = AdministrativeUnit | DirectoryRole
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    id: Guid
+    type: MemberType | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    system: SourceSystem
+    reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GrantCommand:
+    """A validated grant (or revoke) request."""
+
+    request_id: str
+    action: Action
+    target: Target
+    member: Member
+    source: Source
+    requested_by: str | None = None
+    reason: str | None = None
+    expires_at: datetime | None = None
+
+
+# Field limits, shared with the JSON Schema (the sync test reads them).
+LIMITS: Final[Mapping[str, int]] = {"source.reference": 256, "requestedBy": 256, "reason": 1024}
+_TOP_FIELDS: Final = (
+    "schemaVersion",
+    "requestId",
+    "action",
+    "target",
+    "member",
+    "source",
+    "requestedBy",
+    "reason",
+    "expiresAt",
+)
+
+
+def parse_guid(value: str, *, field: str = "id") -> Guid:
+    """Return `value` as a lower-case `Guid`, or raise `ContractError(InvalidId)`."""
+    if not _GUID.fullmatch(value):
+        raise ContractError(
+            Reason.INVALID_ID,
+            f"{field} must be a GUID (8-4-4-4-12 hexadecimal digits), got {_show(value)}",
+        )
+    return Guid(value.lower())
+
+
+def parse_grant(body: bytes) -> GrantCommand:
+    """Validate a message body; return the command or raise `ContractError` (and nothing else)."""
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise ContractError(
+            Reason.MESSAGE_TOO_LARGE,
+            f"the message body is {len(body)} bytes; the limit is {MAX_MESSAGE_BYTES} bytes",
+        )
+    document = _load_json(body)
+    if not isinstance(document, dict):
+        raise ContractError(Reason.INVALID_JSON, "the message body must be a JSON object")
+    request_id = _peek_request_id(document)
+    try:
+        return _parse_document(document)
+    except ContractError as error:
+        error.request_id = request_id
+        raise
+
+
+def _load_json(body: bytes) -> Any:
+    if body.startswith(b"\xef\xbb\xbf"):
+        raise ContractError(
+            Reason.INVALID_JSON, "the message body starts with a byte-order mark; send UTF-8 without BOM"
+        )
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ContractError(Reason.INVALID_JSON, f"the message body is not UTF-8 (byte {error.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except ContractError:
+        raise
+    except json.JSONDecodeError as error:
+        raise ContractError(
+            Reason.INVALID_JSON,
+            f"the message body is not JSON: {error.msg} at line {error.lineno} column {error.colno}",
+        ) from None
+    except RecursionError:
+        raise ContractError(Reason.INVALID_JSON, "the message body is nested too deeply") from None
+    except ValueError:  # e.g. an integer longer than Python's digit limit
+        raise ContractError(Reason.INVALID_JSON, "the message body holds a number that cannot be read") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise ContractError(Reason.INVALID_JSON, f"the key {_show(key)} appears twice in one object")
+        document[key] = value
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise ContractError(Reason.INVALID_JSON, f"{name} is not valid JSON")
+
+
+def _peek_request_id(document: Mapping[str, Any]) -> str | None:
+    value = document.get("requestId")
+    return value if isinstance(value, str) and _REQUEST_ID.fullmatch(value) else None
+
+
+def _parse_document(document: Mapping[str, Any]) -> GrantCommand:
+    version = _required(document, "schemaVersion", "")
+    if not _is_int(version):
+        raise _violation("schemaVersion", "must be an integer")
+    if version != SCHEMA_VERSION:
+        raise ContractError(
+            Reason.UNSUPPORTED_SCHEMA_VERSION,
+            f"schemaVersion {version} is not supported; this app reads schemaVersion {SCHEMA_VERSION}",
+        )
+    _known_fields(document, _TOP_FIELDS, "")
+
+    request_id = _string(document, "requestId", "")
+    if request_id is None:
+        raise _violation("requestId", "is required")
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise _violation(
+            "requestId",
+            "must be 1 to 128 characters: letters, digits and . _ : @ -, starting with a letter or digit",
+        )
+    action = _enum(document, "action", "", Action) or Action.ADD
+    member = _member(_object(document, "member"))
+    target = _target(_object(document, "target"), member)
+    source_doc = _object(document, "source")
+    _known_fields(source_doc, ("system", "reference"), "source.")
+    system = _enum(source_doc, "system", "source.", SourceSystem)
+    if system is None:
+        raise _violation("source.system", "is required")
+    return GrantCommand(
+        request_id=request_id,
+        action=action,
+        target=target,
+        member=member,
+        source=Source(system=system, reference=_text(source_doc, "reference", "source.")),
+        requested_by=_text(document, "requestedBy", ""),
+        reason=_text(document, "reason", ""),
+        expires_at=_timestamp(document, "expiresAt"),
+    )
+
+
+def _member(doc: Mapping[str, Any]) -> Member:
+    _known_fields(doc, ("id", "type"), "member.")
+    return Member(id=_guid(doc, "id", "member."), type=_enum(doc, "type", "member.", MemberType))
+
+
+def _target(doc: Mapping[str, Any], member: Member) -> Target:
+    _known_fields(doc, ("type", "id", "roleTemplateId"), "target.")
+    kind = _string(doc, "type", "target.")
+    if kind is None:
+        raise _violation("target.type", "is required")
+    if kind == "administrativeUnit":
+        if "roleTemplateId" in doc:
+            raise _violation("target.roleTemplateId", "is only for directoryRole targets")
+        return AdministrativeUnit(id=_guid(doc, "id", "target."))
+    if kind == "directoryRole":
+        if ("id" in doc) == ("roleTemplateId" in doc):
+            raise _violation("target", "a directoryRole target needs exactly one of id and roleTemplateId")
+        if member.type is MemberType.DEVICE:
+            raise ContractError(Reason.UNSUPPORTED_TARGET, "a device cannot be a member of a directory role")
+        if "id" in doc:
+            return DirectoryRole(id=_guid(doc, "id", "target."))
+        return DirectoryRole(role_template_id=_guid(doc, "roleTemplateId", "target."))
+    raise ContractError(
+        Reason.UNSUPPORTED_TARGET,
+        f"target.type {_show(kind)} is not supported; use administrativeUnit or directoryRole",
+    )
+
+
+def _known_fields(doc: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+    for key in doc:
+        if key not in allowed:
+            raise _violation(f"{prefix}{_printable(key)}", "is not a field of this contract")
+
+
+def _required(doc: Mapping[str, Any], name: str, prefix: str) -> Any:
+    if name not in doc:
+        raise _violation(f"{prefix}{name}", "is required")
+    return doc[name]
+
+
+def _object(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = _required(doc, name, "")
+    if not isinstance(value, dict):
+        raise _violation(name, "must be an object")
+    return value
+
+
+def _string(doc: Mapping[str, Any], name: str, prefix: str) -> str | None:
+    if name not in doc:
+        return None
+    value = doc[name]
+    if not isinstance(value, str):
+        raise _violation(f"{prefix}{name}", "must be a string")
+    return value
+
+
+def _text(doc: Mapping[str, Any], name: str, prefix: str) -> str | None:
+    value = _string(doc, name, prefix)
+    if value is None:
+        return None
+    limit = LIMITS[f"{prefix}{name}"]
+    if len(value) > limit:
+        raise _violation(f"{prefix}{name}", f"must be at most {limit} characters")
+    if _CONTROL.search(value):
+        raise _violation(f"{prefix}{name}", "must not contain control characters or line breaks")
+    return value
+
+
+def _guid(doc: Mapping[str, Any], name: str, prefix: str) -> Guid:
+    value = _string(doc, name, prefix)
+    if value is None:
+        raise _violation(f"{prefix}{name}", "is required")
+    return parse_guid(value, field=f"{prefix}{name}")
+
+
+def _enum(doc: Mapping[str, Any], name: str, prefix: str, kind: type[_E]) -> _E | None:
+    value = _string(doc, name, prefix)
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)
+        raise _violation(f"{prefix}{name}", f"must be one of {allowed}; got {_show(value)}") from None
+
+
+def _timestamp(doc: Mapping[str, Any], name: str) -> datetime | None:
+    value = _string(doc, name, "")
+    if value is None:
+        return None
+    if _TIMESTAMP.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value).astimezone(UTC)
+        except ValueError:
+            pass
+    raise _violation(name, "must be an RFC 3339 timestamp with a time zone, e.g. 2027-01-31T00:00:00Z")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _violation(path: str, problem: str) -> ContractError:
+    return ContractError(Reason.SCHEMA_VIOLATION, f"{path} {problem}")
+
+
+def _printable(key: str) -> str:
+    return key if key.isidentifier() and key.isascii() else _show(key)
+
+
+def _show(value: object) -> str:
+    """A short, single-line, ASCII rendering of untrusted input for a description."""
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,92 @@
+"""Why a grant did not succeed: a small hierarchy whose class decides how the message is settled.
+
+- `PermanentError`: retrying cannot help; the message is dead-lettered with its reason code.
+- `TransientError`: retrying later may help; the retry policy chooses the delay or gives up.
+
+Each error carries a stable, machine-readable `reason` (the dead-letter reason) and a `description`
+for the person reading the dead-letter queue, plus what Graph said when Graph said something.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = [
+    "ContractError",
+    "GrantError",
+    "GraphAnswer",
+    "PermanentError",
+    "Reason",
+    "TransientError",
+]
+
+
+class Reason(StrEnum):
+    """Reason codes: the dead-letter reason, the `reason` of an outcome line. Stable: a public interface."""
+
+    # The message itself (never reaches Graph).
+    INVALID_JSON = "InvalidJson"
+    MESSAGE_TOO_LARGE = "MessageTooLarge"
+    UNSUPPORTED_SCHEMA_VERSION = "UnsupportedSchemaVersion"
+    SCHEMA_VIOLATION = "SchemaViolation"
+    INVALID_ID = "InvalidId"
+    UNSUPPORTED_TARGET = "UnsupportedTarget"
+    # Graph's answer.
+    TARGET_NOT_FOUND = "TargetNotFound"
+    MEMBER_NOT_FOUND = "MemberNotFound"
+    ROLE_NOT_ACTIVATED = "RoleNotActivated"
+    FORBIDDEN = "Forbidden"
+    UNAUTHORIZED = "Unauthorized"
+    THROTTLED = "Throttled"
+    GRAPH_UNAVAILABLE = "GraphUnavailable"
+    GRAPH_REJECTED = "GraphRejected"
+    # Our side.
+    TOKEN_UNAVAILABLE = "TokenUnavailable"  # noqa: S105 (a reason code, not a secret)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphAnswer:
+    """What Graph answered, kept for the dead-letter description and the outcome log line."""
+
+    status: int
+    code: str | None = None
+    message: str | None = None
+    request_id: str | None = None
+
+
+class GrantError(Exception):
+    """Base class: a grant that did not succeed, with a reason code and a description for a person."""
+
+    def __init__(self, reason: Reason, description: str, *, graph: GraphAnswer | None = None) -> None:
+        super().__init__(f"{reason}: {description}")
+        self.reason = reason
+        self.description = description
+        self.graph = graph
+
+
+class PermanentError(GrantError):
+    """Retrying cannot help: dead-letter now."""
+
+
+class ContractError(PermanentError):
+    """The message breaks the contract; `request_id` is the message's own id when it could be read."""
+
+    def __init__(self, reason: Reason, description: str, *, request_id: str | None = None) -> None:
+        super().__init__(reason, description)
+        self.request_id = request_id
+
+
+class TransientError(GrantError):
+    """Retrying later may help; `retry_after` is the server's requested delay in seconds, if it gave one."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        description: str,
+        *,
+        graph: GraphAnswer | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason, description, graph=graph)
+        self.retry_after = retry_after

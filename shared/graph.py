@@ -1,0 +1,188 @@
+"""Microsoft Graph over one shared `httpx.AsyncClient`: bearer tokens, request ids, and Graph's errors.
+
+`GraphClient.send` returns every HTTP answer as a `GraphResponse` and raises only for what no caller can
+interpret: transport failures and timeouts (`TransientError(GraphUnavailable)`) and a `401` that a fresh
+token did not cure (`PermanentError(Unauthorized)`). `raise_for_graph` maps the remaining failures
+(403, 429, 5xx, other 4xx) to errors; handlers deal with the answers that depend on the request first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Final, NoReturn
+from urllib.parse import quote
+
+import httpx
+
+from shared.errors import GraphAnswer, PermanentError, Reason, TransientError
+from shared.identity import TokenSource
+
+__all__ = ["USER_AGENT", "GraphClient", "GraphResponse", "new_http_client", "path", "raise_for_graph"]
+
+USER_AGENT: Final = "entra-grants/0.1.0 (Azure Functions; +managed identity)"
+TIMEOUT: Final = httpx.Timeout(15.0, connect=5.0, pool=30.0)
+_TRANSIENT_STATUS: Final = frozenset({500, 502, 503, 504})
+
+
+def new_http_client() -> httpx.AsyncClient:
+    """The process's one HTTP client: explicit timeouts, keep-alive pool, our User-Agent, no redirects."""
+    return httpx.AsyncClient(
+        timeout=TIMEOUT,
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=60.0),
+        headers={"User-Agent": USER_AGENT},
+        follow_redirects=False,
+    )
+
+
+def path(*segments: str) -> str:
+    """Join URL path segments, percent-quoting each one (only ``$`` and ``=`` stay literal)."""
+    return "/" + "/".join(quote(segment, safe="$=") for segment in segments)
+
+
+@dataclass(frozen=True, slots=True)
+class GraphResponse:
+    """One answer from Graph: status, parsed JSON body (if any) and the ids that trace it."""
+
+    status: int
+    body: Mapping[str, Any] | None
+    request_id: str | None
+    client_request_id: str
+    retry_after: float | None
+
+    @property
+    def error_code(self) -> str | None:
+        error = (self.body or {}).get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        return code if isinstance(code, str) else None
+
+    @property
+    def error_message(self) -> str | None:
+        error = (self.body or {}).get("error")
+        message = error.get("message") if isinstance(error, dict) else None
+        return message if isinstance(message, str) else None
+
+    def answer(self) -> GraphAnswer:
+        return GraphAnswer(
+            status=self.status, code=self.error_code, message=self.error_message, request_id=self.request_id
+        )
+
+
+class GraphClient:
+    """Sends requests to Graph at `base_url` (e.g. ``https://graph.microsoft.com/v1.0``)."""
+
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        tokens: TokenSource,
+        base_url: str,
+        new_request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self._http = http
+        self._tokens = tokens
+        self.base_url = base_url.rstrip("/")
+        self._new_request_id = new_request_id
+
+    def directory_object_url(self, object_id: str) -> str:
+        """The ``@odata.id`` of a directory object, on the same Graph root as every request."""
+        return self.base_url + path("directoryObjects", object_id)
+
+    async def send(self, method: str, url_path: str, *, json_body: Mapping[str, Any] | None = None) -> GraphResponse:
+        """Send one request; on ``401`` fetch a new token and send it once more."""
+        token = await self._tokens.token()
+        response = await self._send_once(method, url_path, json_body, token)
+        if response.status == 401:
+            token = await self._tokens.token(reject=token)
+            response = await self._send_once(method, url_path, json_body, token)
+            if response.status == 401:
+                raise PermanentError(
+                    Reason.UNAUTHORIZED,
+                    "Graph refused the managed identity's token twice (a fresh token did not help): "
+                    f"{response.error_code}: {response.error_message}. Check that GRAPH_BASE_URL and the "
+                    "identity's tenant belong to the same cloud.",
+                    graph=response.answer(),
+                )
+        return response
+
+    async def _send_once(
+        self, method: str, url_path: str, json_body: Mapping[str, Any] | None, token: str
+    ) -> GraphResponse:
+        client_request_id = self._new_request_id()
+        headers = {"Authorization": f"Bearer {token}", "client-request-id": client_request_id}
+        try:
+            response = await self._http.request(method, self.base_url + url_path, json=json_body, headers=headers)
+        except httpx.TimeoutException as error:
+            raise TransientError(
+                Reason.GRAPH_UNAVAILABLE,
+                f"Graph did not answer {method} {url_path} in time ({type(error).__name__}); "
+                f"client-request-id {client_request_id}",
+            ) from error
+        except httpx.TransportError as error:
+            raise TransientError(
+                Reason.GRAPH_UNAVAILABLE,
+                f"Graph could not be reached for {method} {url_path} ({type(error).__name__}); "
+                f"client-request-id {client_request_id}",
+            ) from error
+        return GraphResponse(
+            status=response.status_code,
+            body=_json_body(response),
+            request_id=response.headers.get("request-id"),
+            client_request_id=client_request_id,
+            retry_after=_retry_after(response.headers.get("retry-after")),
+        )
+
+
+def raise_for_graph(response: GraphResponse, *, permission: str) -> NoReturn:
+    """Raise the error for a failed answer that needs no knowledge of the request beyond `permission`."""
+    answer = response.answer()
+    said = f"Graph answered {response.status} {answer.code}: {answer.message}"
+    if response.status == 403:
+        raise PermanentError(
+            Reason.FORBIDDEN,
+            f"{said}. The managed identity needs the application permission {permission} "
+            "(granted by a Privileged Role Administrator; see docs/deploy.md).",
+            graph=answer,
+        )
+    if response.status == 429:
+        raise TransientError(
+            Reason.THROTTLED,
+            f"{said}. Retry after {response.retry_after} s.",
+            graph=answer,
+            retry_after=response.retry_after,
+        )
+    if response.status in _TRANSIENT_STATUS:
+        raise TransientError(Reason.GRAPH_UNAVAILABLE, said, graph=answer, retry_after=response.retry_after)
+    raise PermanentError(Reason.GRAPH_REJECTED, said, graph=answer)
+
+
+def _json_body(response: httpx.Response) -> Mapping[str, Any] | None:
+    if not response.content:
+        return None
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)

@@ -1,0 +1,66 @@
+"""Retry policy, pure: given the attempt that just failed and its error, retry after a delay or give up."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shared.config import Settings
+from shared.errors import Reason, TransientError
+
+__all__ = ["GiveUp", "Retry", "RetryPolicy"]
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again in `delay` seconds."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Stop retrying; `why` says which limit was reached, for the dead-letter description."""
+
+    why: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Bounded exponential backoff with full jitter; a server's ``Retry-After`` wins.
+
+    After failed attempt ``n`` (1-based) the delay is ``uniform(0, min(max_delay, base * 2 ** (n - 1)))``,
+    or ``min(retry_after, max_delay)`` when the server asked for a delay. The policy gives up when
+    ``n >= max_attempts``, and for `Reason.MEMBER_NOT_FOUND` (replication delay) also once
+    ``member_not_found_window`` seconds have passed since the first attempt. A base of 0 gives zero delays.
+    """
+
+    max_attempts: int = 8
+    base_delay: float = 10.0
+    max_delay: float = 900.0
+    member_not_found_window: float = 600.0
+    jitter: Callable[[], float] = field(default=random.random, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.max_attempts,
+            base_delay=settings.retry_base_seconds,
+            max_delay=settings.retry_max_seconds,
+            member_not_found_window=settings.member_not_found_window_seconds,
+        )
+
+    def decide(self, *, attempt: int, error: TransientError, elapsed: float) -> Retry | GiveUp:
+        """Decide after failed `attempt`, `elapsed` seconds after the first attempt started."""
+        if attempt >= self.max_attempts:
+            return GiveUp(f"gave up after {attempt} attempts (GRANTS_MAX_ATTEMPTS={self.max_attempts})")
+        if error.reason is Reason.MEMBER_NOT_FOUND and elapsed >= self.member_not_found_window:
+            return GiveUp(
+                f"the member was still not found {elapsed:.0f} s after the first attempt "
+                f"(GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS={self.member_not_found_window:g})"
+            )
+        if error.retry_after is not None:
+            return Retry(min(max(error.retry_after, 0.0), self.max_delay))
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 64))
+        return Retry(ceiling * self.jitter())

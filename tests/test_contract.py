@@ -1,0 +1,324 @@
+"""Message contract v1: bytes in, a typed command or a ContractError with a reason code out."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.contract import (
+    LIMITS,
+    MAX_MESSAGE_BYTES,
+    Action,
+    AdministrativeUnit,
+    DirectoryRole,
+    MemberType,
+    SourceSystem,
+    parse_grant,
+)
+from shared.errors import ContractError, Reason
+
+AU = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
+USER = "15c1a2d5-9101-44b2-83ab-885db8a647ca"
+SCHEMA_PATH = Path(__file__).parent.parent / "schemas" / "grant-membership.v1.schema.json"
+
+
+def message(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "schemaVersion": 1,
+        "requestId": "hr-4711-au-emea",
+        "action": "add",
+        "target": {"type": "administrativeUnit", "id": AU},
+        "member": {"id": USER, "type": "user"},
+        "source": {"system": "hr", "reference": "EMP-4711"},
+        "requestedBy": "onboarding@contoso.com",
+        "reason": "New hire, EMEA helpdesk",
+        "expiresAt": "2027-01-31T00:00:00Z",
+    }
+    base.update(overrides)
+    return {key: value for key, value in base.items() if value is not None}
+
+
+def encode(document: Any) -> bytes:
+    return json.dumps(document).encode()
+
+
+def reject(body: bytes) -> ContractError:
+    with pytest.raises(ContractError) as caught:
+        parse_grant(body)
+    return caught.value
+
+
+def test_full_message_becomes_a_typed_command() -> None:
+    command = parse_grant(encode(message()))
+    assert command.request_id == "hr-4711-au-emea"
+    assert command.action is Action.ADD
+    assert command.target == AdministrativeUnit(id=AU)
+    assert command.member.id == USER
+    assert command.member.type is MemberType.USER
+    assert command.source.system is SourceSystem.HR
+    assert command.source.reference == "EMP-4711"
+    assert command.expires_at == datetime(2027, 1, 31, tzinfo=UTC)
+
+
+def test_minimal_message_defaults_to_add() -> None:
+    command = parse_grant(
+        encode(message(action=None, requestedBy=None, reason=None, expiresAt=None, source={"system": "bulk"}))
+    )
+    assert command.action is Action.ADD
+    assert command.requested_by is None
+    assert command.source.reference is None
+
+
+def test_guids_are_normalised_to_lower_case() -> None:
+    command = parse_grant(encode(message(target={"type": "administrativeUnit", "id": AU.upper()})))
+    assert command.target == AdministrativeUnit(id=AU)
+
+
+def test_directory_role_by_id_and_by_template() -> None:
+    by_id = parse_grant(encode(message(target={"type": "directoryRole", "id": AU})))
+    by_template = parse_grant(encode(message(target={"type": "directoryRole", "roleTemplateId": AU})))
+    assert by_id.target == DirectoryRole(id=AU)
+    assert by_template.target == DirectoryRole(role_template_id=AU)
+
+
+def test_offset_timestamp_is_converted_to_utc() -> None:
+    command = parse_grant(encode(message(expiresAt="2027-01-31T02:00:00+02:00")))
+    assert command.expires_at == datetime(2027, 1, 31, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "says"),
+    [
+        (b"{", Reason.INVALID_JSON, "not JSON"),
+        (b"", Reason.INVALID_JSON, "not JSON"),
+        (b"[1, 2]", Reason.INVALID_JSON, "JSON object"),
+        (b"\xff\xfe{}", Reason.INVALID_JSON, "not UTF-8"),
+        (b"\xef\xbb\xbf{}", Reason.INVALID_JSON, "byte-order mark"),
+        (b'{"a": 1, "a": 2}', Reason.INVALID_JSON, "appears twice"),
+        (b'{"schemaVersion": NaN}', Reason.INVALID_JSON, "NaN"),
+        (b"[" * 60_000, Reason.INVALID_JSON, "nested too deeply"),
+        (b"[" * 100_000, Reason.MESSAGE_TOO_LARGE, "100000 bytes"),
+        (b'{"n": ' + b"9" * 5000 + b"}", Reason.INVALID_JSON, "number"),
+        (b" " * (MAX_MESSAGE_BYTES + 1), Reason.MESSAGE_TOO_LARGE, "limit is 65536"),
+        (encode(message(schemaVersion=2)), Reason.UNSUPPORTED_SCHEMA_VERSION, "schemaVersion 2"),
+        (encode(message(schemaVersion="1")), Reason.SCHEMA_VIOLATION, "schemaVersion must be an integer"),
+        (encode(message(schemaVersion=True)), Reason.SCHEMA_VIOLATION, "schemaVersion must be an integer"),
+        (encode({"requestId": "x"}), Reason.SCHEMA_VIOLATION, "schemaVersion is required"),
+        (encode(message(extra=1)), Reason.SCHEMA_VIOLATION, "extra is not a field"),
+        (encode(message(requestId=None)), Reason.SCHEMA_VIOLATION, "requestId is required"),
+        (encode(message(requestId="a" * 129)), Reason.SCHEMA_VIOLATION, "requestId must be"),
+        (encode(message(requestId="bad\nid")), Reason.SCHEMA_VIOLATION, "requestId must be"),
+        (encode(message(action="grant")), Reason.SCHEMA_VIOLATION, "action must be one of add, remove"),
+        (encode(message(target=None)), Reason.SCHEMA_VIOLATION, "target is required"),
+        (encode(message(target=[AU])), Reason.SCHEMA_VIOLATION, "target must be an object"),
+        (encode(message(target={"id": AU})), Reason.SCHEMA_VIOLATION, "target.type is required"),
+        (encode(message(target={"type": "group", "id": AU})), Reason.UNSUPPORTED_TARGET, '"group" is not supported'),
+        (encode(message(target={"type": "administrativeUnit"})), Reason.SCHEMA_VIOLATION, "target.id is required"),
+        (encode(message(target={"type": "administrativeUnit", "id": 7})), Reason.SCHEMA_VIOLATION, "must be a string"),
+        (
+            encode(message(target={"type": "directoryRole", "id": AU, "roleTemplateId": AU})),
+            Reason.SCHEMA_VIOLATION,
+            "exactly one of id and roleTemplateId",
+        ),
+        (
+            encode(message(target={"type": "administrativeUnit", "id": AU, "roleTemplateId": AU})),
+            Reason.SCHEMA_VIOLATION,
+            "target.roleTemplateId is only for directoryRole",
+        ),
+        (
+            encode(message(target={"type": "directoryRole", "id": AU}, member={"id": USER, "type": "device"})),
+            Reason.UNSUPPORTED_TARGET,
+            "device cannot be a member of a directory role",
+        ),
+        (encode(message(member={"id": USER, "type": "robot"})), Reason.SCHEMA_VIOLATION, "member.type must be one of"),
+        (encode(message(member={"id": USER, "upn": "x"})), Reason.SCHEMA_VIOLATION, "member.upn is not a field"),
+        (encode(message(source={"reference": "x"})), Reason.SCHEMA_VIOLATION, "source.system is required"),
+        (encode(message(source={"system": "sap"})), Reason.SCHEMA_VIOLATION, "source.system must be one of"),
+        (encode(message(reason="x" * 1025)), Reason.SCHEMA_VIOLATION, "reason must be at most 1024"),
+        (encode(message(requestedBy="a\r\nforged")), Reason.SCHEMA_VIOLATION, "requestedBy must not contain control"),
+        (encode(message(expiresAt="2027-01-31")), Reason.SCHEMA_VIOLATION, "expiresAt must be an RFC 3339"),
+        (encode(message(expiresAt="2027-02-30T00:00:00Z")), Reason.SCHEMA_VIOLATION, "expiresAt must be an RFC 3339"),
+    ],
+)
+def test_bad_input_is_refused_with_a_specific_reason(body: bytes, reason: Reason, says: str) -> None:
+    error = reject(body)
+    assert error.reason is reason
+    assert says in error.description
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        "../../../users",
+        "3f2504e0-4f89-11d3-9a0c-0305e82c3301/../x",
+        "%2e%2e%2f",
+        "3f2504e0%2F4f89-11d3-9a0c-0305e82c3301",
+        "3f2504e0-4f89-11d3-9a0c-0305e82c3301?$select=id",
+        "3f2504e0-4f89-11d3-9a0c-0305e82c3301#x",
+        "3f2504e0-4f89-11d3-9a0c-0305e82c330 ",
+        " 3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        "3f2504e0-4f89-11d3-9a0c-0305e82c3301\n",
+        "3f2504e0-4f89-11d3-9a0c-０305e82c3301",  # fullwidth digit zero  # noqa: RUF001
+        "3f2504e0\u20104f89-11d3-9a0c-0305e82c3301",  # unicode hyphen
+        "3f2504e0-4f89-11d3-9a0c-0305e82c33\u0661\u0662",  # arabic-indic digits
+        "{3f2504e0-4f89-11d3-9a0c-0305e82c3301}",
+        "3f2504e04f8911d39a0c0305e82c3301",
+        "",
+    ],
+)
+def test_ids_that_try_to_escape_the_path_are_invalid_ids(bad_id: str) -> None:
+    error = reject(encode(message(member={"id": bad_id})))
+    assert error.reason is Reason.INVALID_ID
+    assert error.description.startswith("member.id must be a GUID")
+    assert "\n" not in error.description
+
+
+def test_errors_carry_the_request_id_when_it_is_readable() -> None:
+    assert reject(encode(message(action="grant"))).request_id == "hr-4711-au-emea"
+    assert reject(encode(message(requestId="bad id", action="grant"))).request_id is None
+
+
+def test_limits_are_inclusive() -> None:
+    parse_grant(encode(message(reason="x" * LIMITS["reason"], requestId="r" * 128)))
+
+
+# --- properties -----------------------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=300)
+def test_arbitrary_bytes_give_a_command_or_a_contract_error(body: bytes) -> None:
+    try:
+        parse_grant(body)
+    except ContractError as error:
+        assert error.reason in Reason
+
+
+@given(json_values)
+@settings(max_examples=300)
+def test_arbitrary_json_gives_a_command_or_a_contract_error(document: Any) -> None:
+    try:
+        parse_grant(encode(document))
+    except ContractError as error:
+        assert error.reason in Reason
+
+
+# --- the JSON Schema says the same as the parser ------------------------------------------------------------------
+
+
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    """ECMA-262 ``$`` never matches before a trailing newline; Python's does. Validate as ECMA would."""
+    if isinstance(instance, str) and not re.search(pattern.replace("$", r"\Z"), instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
+Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _ecma_pattern})
+VALIDATOR = Validator(SCHEMA)
+
+
+def test_schema_is_a_valid_draft_2020_12_schema() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+def test_schema_names_the_same_fields_enums_and_limits_as_the_model() -> None:
+    properties = SCHEMA["properties"]
+    assert set(properties) == {
+        "schemaVersion",
+        "requestId",
+        "action",
+        "target",
+        "member",
+        "source",
+        "requestedBy",
+        "reason",
+        "expiresAt",
+    }
+    assert properties["action"]["enum"] == [a.value for a in Action]
+    assert properties["member"]["properties"]["type"]["enum"] == [m.value for m in MemberType]
+    assert properties["source"]["properties"]["system"]["enum"] == [s.value for s in SourceSystem]
+    assert SCHEMA["$defs"]["text256"]["maxLength"] == LIMITS["requestedBy"] == LIMITS["source.reference"]
+    assert SCHEMA["$defs"]["text1024"]["maxLength"] == LIMITS["reason"]
+
+
+field_values = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [
+            AU,
+            AU.upper(),
+            AU + "\n",
+            "../x",
+            "",
+            "administrativeUnit",
+            "directoryRole",
+            "device",
+            "user",
+            "hr",
+            "add",
+            "remove",
+            "2027-01-31T00:00:00Z",
+            "2027-01-31",
+            "a\nb",
+            "x" * 300,
+            1,
+            2,
+            True,
+            [],
+            {},
+        ]
+    ),
+    st.text(max_size=20),
+)
+
+
+@st.composite
+def mutated_messages(draw: st.DrawFn) -> dict[str, Any]:
+    document = message()
+    document["target"] = dict(
+        draw(
+            st.sampled_from(
+                [
+                    {"type": "administrativeUnit", "id": AU},
+                    {"type": "directoryRole", "id": AU},
+                    {"type": "directoryRole", "roleTemplateId": AU},
+                ]
+            )
+        )
+    )
+    for _ in range(draw(st.integers(0, 3))):
+        parts = [document, *(document.get(name) for name in ("target", "member", "source"))]
+        where = draw(st.sampled_from([part for part in parts if isinstance(part, dict)]))
+        key = draw(st.sampled_from([*where.keys(), "id", "type", "roleTemplateId", "extra"]))
+        value = draw(field_values)
+        if value is None:
+            where.pop(key, None)
+        else:
+            where[key] = value
+    return document
+
+
+@given(mutated_messages())
+@settings(max_examples=500)
+def test_schema_and_parser_agree_on_every_message(document: dict[str, Any]) -> None:
+    schema_says_valid = VALIDATOR.is_valid(document)
+    try:
+        parse_grant(encode(document))
+        parser_says_valid = True
+    except ContractError:
+        parser_says_valid = False
+    assert schema_says_valid == parser_says_valid, document
