@@ -24,8 +24,9 @@ from shared.errors import Reason, TransientError
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessTokenInfo
+    from azure.identity.aio import ManagedIdentityCredential
 
-__all__ = ["HttpxTransport", "ManagedIdentityTokens", "TokenSource", "managed_identity_tokens"]
+__all__ = ["HttpxTransport", "ManagedIdentityTokens", "TokenSource", "managed_identity_credential"]
 
 #: Fetch a new token when the cached one has less than this many seconds left.
 REFRESH_MARGIN_SECONDS = 300.0
@@ -89,12 +90,11 @@ class ManagedIdentityTokens:
         )
 
 
-def managed_identity_tokens(*, http: httpx.AsyncClient, scope: str, client_id: str | None) -> ManagedIdentityTokens:
-    """Build the process's token source: the managed identity over `http`."""
+def managed_identity_credential(*, http: httpx.AsyncClient, client_id: str | None) -> ManagedIdentityCredential:
+    """The process's managed-identity credential (user-assigned when `client_id` is set), over `http`."""
     from azure.identity.aio import ManagedIdentityCredential
 
-    credential = ManagedIdentityCredential(client_id=client_id, transport=HttpxTransport(http))
-    return ManagedIdentityTokens(credential, scope=scope)
+    return ManagedIdentityCredential(client_id=client_id, transport=HttpxTransport(http))
 
 
 class HttpxTransport(AsyncHttpTransport[HttpRequest, AsyncHttpResponseImpl]):

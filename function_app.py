@@ -1,0 +1,22 @@
+"""Azure Functions entry points (Python v2 programming model). Declarations only: the work is in shared/."""
+
+import azure.functions as func
+import azurefunctions.extensions.bindings.servicebus as servicebus
+
+from shared.runtime import process_grant_message
+
+app = func.FunctionApp()
+
+
+@app.service_bus_queue_trigger(
+    arg_name="receivedmessage",
+    queue_name="%GRANTS_QUEUE%",
+    connection="ServiceBusConnection",
+    auto_complete_messages=False,
+)
+async def grant_membership(
+    receivedmessage: servicebus.ServiceBusReceivedMessage,
+    message_actions: servicebus.ServiceBusMessageActions,
+) -> None:
+    """Grant (or revoke) one membership, then complete, retry later, or dead-letter the message."""
+    await process_grant_message(receivedmessage, message_actions)

@@ -1,0 +1,111 @@
+"""Composition root: build the process's collaborators once, with real adapters unless told otherwise.
+
+Azure and the local host call the same `bootstrap()`; the local host and the tests pass doubles for the
+parts that cannot run here (the retry sender, the clock) and configure the rest through the environment,
+exactly as in Azure (``GRAPH_BASE_URL``, ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER``, ``GRANTS_*``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from shared.config import ConfigError, Settings
+from shared.contract import GrantCommand
+from shared.graph import GraphClient, new_http_client
+from shared.handlers import Result, handle_grant
+from shared.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
+from shared.retry import RetryPolicy
+from shared.settlement import Delivery, MessageActions, RetrySender, Settled, settle
+
+__all__ = ["Services", "bootstrap"]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Services:
+    """Everything a message needs, built once per process."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+    graph: GraphClient
+    policy: RetryPolicy
+    sender: RetrySender
+    now: Callable[[], datetime] = _utc_now
+    _closers: tuple[Any, ...] = field(default=(), repr=False)
+
+    async def handle(self, command: GrantCommand) -> Result:
+        """Carry out one validated command against Graph."""
+        return await handle_grant(command, graph=self.graph, activate_roles=self.settings.activate_roles)
+
+    async def process(self, message: Any, actions: MessageActions) -> Settled:
+        """Process and settle one received Service Bus message."""
+        return await settle(
+            Delivery.of(message),
+            handle=self.handle,
+            actions=actions,
+            sender=self.sender,
+            policy=self.policy,
+            now=self.now,
+        )
+
+    async def aclose(self) -> None:
+        """Close what this process opened (the HTTP pool, the Service Bus link, the credential)."""
+        for closer in self._closers:
+            await closer.close()
+        await self.http.aclose()
+
+
+def bootstrap(
+    settings: Settings,
+    *,
+    tokens: TokenSource | None = None,
+    sender: RetrySender | None = None,
+    policy: RetryPolicy | None = None,
+    now: Callable[[], datetime] = _utc_now,
+) -> Services:
+    """Wire the app: one HTTP client, one managed-identity credential, one Graph client, one sender."""
+    http = new_http_client()
+    closers: list[Any] = []
+    credential = None
+    if tokens is None or sender is None:
+        credential = managed_identity_credential(http=http, client_id=settings.client_id)
+        closers.append(credential)
+    if tokens is None:
+        assert credential is not None
+        tokens = ManagedIdentityTokens(credential, scope=settings.graph_scope)
+    if sender is None:
+        sender = _servicebus_sender(settings, http, credential, closers)
+    return Services(
+        settings=settings,
+        http=http,
+        graph=GraphClient(http=http, tokens=tokens, base_url=settings.graph_base_url),
+        policy=policy or RetryPolicy.from_settings(settings),
+        sender=sender,
+        now=now,
+        _closers=tuple(closers),
+    )
+
+
+def _servicebus_sender(settings: Settings, http: httpx.AsyncClient, credential: Any, closers: list[Any]) -> RetrySender:
+    from shared.servicebus import ServiceBusRetrySender
+
+    if not settings.servicebus_namespace:
+        raise ConfigError(
+            "ServiceBusConnection__fullyQualifiedNamespace is not set: the app needs it to schedule retry copies"
+        )
+    if settings.servicebus_client_id != settings.client_id:
+        credential = managed_identity_credential(http=http, client_id=settings.servicebus_client_id)
+        closers.append(credential)
+    sender = ServiceBusRetrySender(
+        namespace=settings.servicebus_namespace, queue=settings.grants_queue, credential=credential
+    )
+    closers.insert(0, sender)
+    return sender

@@ -1,0 +1,40 @@
+"""The worker process's services: built from the environment on first use, or installed by a local host."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from shared.bootstrap import Services, bootstrap
+from shared.config import Settings
+from shared.settlement import MessageActions, Settled
+
+__all__ = ["installed", "process_grant_message", "services"]
+
+_services: Services | None = None
+
+
+def services() -> Services:
+    """The process's services; the first call builds them from the environment."""
+    global _services
+    if _services is None:
+        _services = bootstrap(Settings.from_env(os.environ))
+    return _services
+
+
+@contextmanager
+def installed(replacement: Services) -> Iterator[Services]:
+    """Use `replacement` as the process's services inside the block (the local host and tests do)."""
+    global _services
+    previous, _services = _services, replacement
+    try:
+        yield replacement
+    finally:
+        _services = previous
+
+
+async def process_grant_message(message: Any, actions: MessageActions) -> Settled:
+    """Entry point for the Service Bus trigger: process and settle one grant message."""
+    return await services().process(message, actions)

@@ -1,0 +1,104 @@
+"""Retry policy (pure) and app settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.config import APP_SETTINGS, ConfigError, Settings
+from shared.errors import Reason, TransientError
+from shared.retry import GiveUp, Retry, RetryPolicy
+
+UNAVAILABLE = TransientError(Reason.GRAPH_UNAVAILABLE, "503")
+MISSING_MEMBER = TransientError(Reason.MEMBER_NOT_FOUND, "404")
+
+
+def policy(**overrides: float) -> RetryPolicy:
+    defaults = {"max_attempts": 8, "base_delay": 10.0, "max_delay": 900.0, "member_not_found_window": 600.0}
+    defaults.update(overrides)
+    return RetryPolicy(jitter=lambda: 1.0, **defaults)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("attempt", "ceiling"), [(1, 10), (2, 20), (3, 40), (5, 160), (7, 640)])
+def test_backoff_doubles_from_the_base(attempt: int, ceiling: float) -> None:
+    assert policy().decide(attempt=attempt, error=UNAVAILABLE, elapsed=0) == Retry(ceiling)
+
+
+def test_backoff_is_capped() -> None:
+    assert policy(max_attempts=100).decide(attempt=40, error=UNAVAILABLE, elapsed=0) == Retry(900)
+
+
+def test_full_jitter_scales_the_ceiling() -> None:
+    half = RetryPolicy(jitter=lambda: 0.5)
+    assert half.decide(attempt=3, error=UNAVAILABLE, elapsed=0) == Retry(20)
+
+
+def test_retry_after_wins_but_is_capped() -> None:
+    throttled = TransientError(Reason.THROTTLED, "429", retry_after=37)
+    assert policy().decide(attempt=1, error=throttled, elapsed=0) == Retry(37)
+    slow = TransientError(Reason.THROTTLED, "429", retry_after=10_000)
+    assert policy().decide(attempt=1, error=slow, elapsed=0) == Retry(900)
+
+
+def test_gives_up_at_max_attempts() -> None:
+    decision = policy(max_attempts=3).decide(attempt=3, error=UNAVAILABLE, elapsed=0)
+    assert isinstance(decision, GiveUp)
+    assert "3 attempts" in decision.why
+
+
+def test_member_not_found_gives_up_after_its_window() -> None:
+    assert isinstance(policy().decide(attempt=2, error=MISSING_MEMBER, elapsed=599), Retry)
+    decision = policy().decide(attempt=2, error=MISSING_MEMBER, elapsed=600)
+    assert isinstance(decision, GiveUp)
+    assert "still not found" in decision.why
+
+
+def test_base_zero_gives_zero_delays() -> None:
+    assert policy(base_delay=0).decide(attempt=5, error=UNAVAILABLE, elapsed=0) == Retry(0)
+
+
+def test_settings_defaults_match_the_documented_interface() -> None:
+    settings = Settings.from_env({})
+    assert settings.graph_base_url == "https://graph.microsoft.com/v1.0"
+    assert settings.graph_scope == "https://graph.microsoft.com/.default"
+    assert (settings.max_attempts, settings.retry_base_seconds, settings.retry_max_seconds) == (8, 10, 900)
+    assert settings.member_not_found_window_seconds == 600
+    assert settings.activate_roles is False
+    assert set(APP_SETTINGS) >= {
+        "GRANTS_MAX_ATTEMPTS",
+        "GRANTS_RETRY_BASE_SECONDS",
+        "GRANTS_RETRY_MAX_SECONDS",
+        "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS",
+        "GRANTS_ACTIVATE_ROLES",
+        "GRAPH_BASE_URL",
+    }
+
+
+@pytest.mark.parametrize(
+    ("url", "scope"),
+    [
+        ("https://graph.microsoft.us/v1.0", "https://graph.microsoft.us/.default"),
+        ("https://dod-graph.microsoft.us/v1.0/", "https://dod-graph.microsoft.us/.default"),
+        ("https://microsoftgraph.chinacloudapi.cn/v1.0", "https://microsoftgraph.chinacloudapi.cn/.default"),
+        ("http://127.0.0.1:8080/v1.0", "http://127.0.0.1:8080/.default"),
+    ],
+)
+def test_scope_follows_the_national_cloud(url: str, scope: str) -> None:
+    assert Settings.from_env({"GRAPH_BASE_URL": url}).graph_scope == scope
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("GRAPH_BASE_URL", "http://graph.microsoft.com/v1.0", "plain http only on loopback"),
+        ("GRAPH_BASE_URL", "graph.microsoft.com", "absolute http(s) URL"),
+        ("GRANTS_MAX_ATTEMPTS", "0", "at least 1"),
+        ("GRANTS_MAX_ATTEMPTS", "2.5", "whole number"),
+        ("GRANTS_RETRY_BASE_SECONDS", "-1", "at least 0"),
+        ("GRANTS_RETRY_MAX_SECONDS", "nan", "at least 0"),
+        ("GRANTS_ACTIVATE_ROLES", "maybe", "true or false"),
+    ],
+)
+def test_bad_settings_are_named(name: str, value: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=name) as caught:
+        Settings.from_env({name: value})
+    assert says in str(caught.value)
