@@ -171,7 +171,7 @@ def _load_json(body: bytes) -> Any:
     except json.JSONDecodeError as error:
         raise ContractError(
             Reason.INVALID_JSON,
-            f"the message body is not JSON: {error.msg} at line {error.lineno} column {error.colno}",
+            f"the message body is not JSON: {error.msg} (line {error.lineno}, column {error.colno})",
         ) from None
     except RecursionError:
         raise ContractError(Reason.INVALID_JSON, "the message body is nested too deeply") from None

@@ -184,7 +184,7 @@ def _deadletter(
             f"Last Graph answer: {graph.status} {graph.code or ''} {graph.message or ''}; request-id {graph.request_id}"
         )
     parts.append(f"Attempts: {attempt}.")
-    description = _clip(" ".join(part.strip() for part in parts), MAX_DESCRIPTION_CHARS)
+    description = _clip(" ".join(_sentence(part) for part in parts), MAX_DESCRIPTION_CHARS)
     actions.deadletter(
         delivery.message,
         deadletter_reason=_clip(error.reason.value, MAX_REASON_CHARS),
@@ -223,7 +223,7 @@ async def _schedule_retry(
         return Settled(
             outcome="abandoned",
             reason=error.reason.value,
-            description=f"{error.description} The retry copy could not be sent; Service Bus will redeliver.",
+            description=f"{_sentence(error.description)} The retry copy could not be sent; Service Bus will redeliver.",
             attempts=attempt,
             terminal=False,
         )
@@ -231,7 +231,7 @@ async def _schedule_retry(
     return Settled(
         outcome="retry_scheduled",
         reason=error.reason.value,
-        description=f"{error.description} Attempt {attempt + 1} scheduled for {when.isoformat()}.",
+        description=f"{_sentence(error.description)} Attempt {attempt + 1} scheduled for {when.isoformat()}.",
         attempts=attempt,
         terminal=False,
     )
@@ -308,6 +308,11 @@ def _log_outcome(
 
 def _request_id_of(answer: GraphAnswer | None) -> str | None:
     return answer.request_id if answer is not None else None
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 def _clip(text: str, limit: int) -> str:

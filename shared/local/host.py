@@ -1,0 +1,177 @@
+"""A small local Functions host: delivers messages from a `LocalQueue` to the registered function object.
+
+It does what the Functions host does for our trigger, with real parts where they can run here: the
+message is decoded by the extension's own `ServiceBusConverter` into a real `ServiceBusReceivedMessage`,
+and the real `ServiceBusMessageActions` settles over gRPC against `LocalSettlementServer`. Up to
+`concurrency` invocations run at once (host.json's ``maxConcurrentCalls``). An invocation that raises
+leaves its lock to expire, so the message is redelivered, as in Azure.
+
+Outcomes are read the way an operator reads them in Azure: from the ``shared.outcome`` log records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from shared.local.binding import to_received_message
+from shared.local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LockedMessage, ManualClock
+from shared.settlement import outcome_log
+
+__all__ = ["LineOutcome", "LocalHost", "OutcomeRecorder", "registered_function"]
+
+_log = logging.getLogger(__name__)
+
+Function = Callable[..., Awaitable[None]]
+
+
+@functools.cache
+def _functions(app: Any) -> tuple[Any, ...]:
+    # FunctionApp.get_functions() may be called once per app instance: remember its answer.
+    return tuple(app.get_functions())
+
+
+def registered_function(app: Any, name: str) -> Function:
+    """The user function the Functions host would call for `name`, from the app's function registry."""
+    for function in _functions(app):
+        if function.get_function_name() == name:
+            user_function: Function = function.get_user_function()
+            return user_function
+    raise LookupError(f"no function named {name!r} is registered in the app")
+
+
+@dataclass(frozen=True, slots=True)
+class LineOutcome:
+    """The terminal outcome of one input message (the ``run-local --json`` line)."""
+
+    line: int
+    request_id: str | None
+    outcome: str
+    reason: str | None
+    description: str
+    attempts: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "requestId": self.request_id,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "description": self.description,
+            "attempts": self.attempts,
+        }
+
+
+class OutcomeRecorder(logging.Handler):
+    """Collects the app's outcome records, keyed by the message id the first delivery had."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[Mapping[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        grant = getattr(record, "grant", None)
+        if isinstance(grant, Mapping):
+            self.records.append(grant)
+
+    @contextmanager
+    def attached(self) -> Iterator[OutcomeRecorder]:
+        previous_level = outcome_log.level
+        outcome_log.addHandler(self)
+        outcome_log.setLevel(logging.INFO)
+        try:
+            yield self
+        finally:
+            outcome_log.removeHandler(self)
+            outcome_log.setLevel(previous_level)
+
+    def terminal(self) -> dict[str, Mapping[str, Any]]:
+        """The last terminal record for each original message id."""
+        return {str(r["originalMessageId"]): r for r in self.records if r.get("terminal")}
+
+
+class LocalHost:
+    """Delivers every message of `queue` to `function` until nothing is left to deliver."""
+
+    def __init__(
+        self,
+        *,
+        queue: LocalQueue,
+        function: Function,
+        actions: Any,
+        clock: Callable[[], float],
+        concurrency: int = 16,
+    ) -> None:
+        self._queue = queue
+        self._function = function
+        self._actions = actions
+        self._clock = clock
+        self._concurrency = concurrency
+        self.invocations = 0
+        self.failed_invocations = 0
+
+    async def drain(self) -> None:
+        """Deliver until the queue has nothing active, scheduled or locked; wait (or jump time) for what is due.
+
+        With a `ManualClock`, time jumps to the next due message instead of sleeping.
+        """
+        in_flight: set[asyncio.Task[None]] = set()
+        while True:
+            while len(in_flight) < self._concurrency and (locked := self._queue.receive()) is not None:
+                in_flight.add(asyncio.create_task(self._invoke(locked)))
+            if in_flight:
+                _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            due = self._queue.next_due_time()
+            if due is None:
+                return
+            if isinstance(self._clock, ManualClock):
+                self._clock.advance_to(max(due, self._clock()))
+            else:
+                await asyncio.sleep(max(due - self._clock(), 0.0) + 0.001)
+
+    async def _invoke(self, locked: LockedMessage) -> None:
+        self.invocations += 1
+        message = to_received_message(locked)
+        try:
+            await self._function(receivedmessage=message, message_actions=self._actions)
+        except Exception:
+            self.failed_invocations += 1
+            _log.exception("invocation for message %s failed; its lock will expire", locked.message_id)
+
+
+def line_outcomes(
+    message_ids: Mapping[str, int], recorder: OutcomeRecorder, queue: LocalQueue
+) -> dict[int, LineOutcome]:
+    """Each input line's terminal outcome, from the outcome records and the dead-letter queue."""
+    terminal = recorder.terminal()
+    outcomes: dict[int, LineOutcome] = {}
+    for message_id, line in message_ids.items():
+        record = terminal.get(message_id)
+        if record is not None:
+            outcomes[line] = LineOutcome(
+                line=line,
+                request_id=record.get("requestId"),
+                outcome=str(record["outcome"]),
+                reason=record.get("reason"),
+                description=str(record.get("description", "")),
+                attempts=int(record.get("attempts", 0)),
+            )
+    for entry in queue.dead_letters():
+        original = entry.application_properties.get("originalMessageId", entry.message_id)
+        dead_line = message_ids.get(str(original))
+        if dead_line is not None and dead_line not in outcomes and entry.reason == MAX_DELIVERY_COUNT_EXCEEDED:
+            outcomes[dead_line] = LineOutcome(
+                line=dead_line,
+                request_id=None,
+                outcome="dead_lettered",
+                reason=entry.reason,
+                description=entry.description or "",
+                attempts=entry.delivery_count,
+            )
+    return outcomes

@@ -1,0 +1,115 @@
+"""``run-local``: push a file of JSON-lines messages through the registered function and the local host.
+
+Configuration comes from the environment, as in Azure (``GRAPH_BASE_URL``, ``IDENTITY_ENDPOINT`` /
+``IDENTITY_HEADER``, ``GRANTS_*``); only Service Bus is replaced, by the in-process queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TextIO
+
+from shared.bootstrap import bootstrap
+from shared.config import Settings
+from shared.local.host import LineOutcome, LocalHost, OutcomeRecorder, line_outcomes, registered_function
+from shared.local.queue import DeadLetter, LocalQueue, LocalSender
+from shared.local.settlement import LocalSettlementServer, point_message_actions_at
+from shared.runtime import installed
+
+__all__ = ["LocalRun", "print_dead_letters", "print_json", "print_table", "run_local"]
+
+FUNCTION_NAME = "grant_membership"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRun:
+    """What a local run produced: one outcome per input message, and the dead-letter queue."""
+
+    outcomes: list[LineOutcome]
+    missing_lines: list[int]
+    dead_letters: list[DeadLetter]
+
+    @property
+    def complete(self) -> bool:
+        """True when every input message reached a terminal state."""
+        return not self.missing_lines
+
+
+async def run_local(
+    lines: Iterable[bytes],
+    *,
+    env: Mapping[str, str] = os.environ,
+    clock: Callable[[], float] = time.time,
+    concurrency: int = 16,
+) -> LocalRun:
+    """Send each non-blank line as one message (MessageId ``line-N``) and deliver until the queue is idle."""
+    import function_app
+
+    settings = Settings.from_env(env)
+    queue = LocalQueue(clock=clock)
+    message_ids: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        body = line.rstrip(b"\r\n")
+        if body.strip():
+            message_ids[f"line-{number}"] = number
+            queue.send(body, message_id=f"line-{number}", content_type="application/json")
+
+    with LocalSettlementServer(queue) as server, OutcomeRecorder().attached() as recorder:
+        actions = point_message_actions_at(server.address)
+        services = bootstrap(settings, sender=LocalSender(queue), now=lambda: datetime.fromtimestamp(clock(), UTC))
+        host = LocalHost(
+            queue=queue,
+            function=registered_function(function_app.app, FUNCTION_NAME),
+            actions=actions,
+            clock=clock,
+            concurrency=concurrency,
+        )
+        with installed(services):
+            try:
+                await host.drain()
+            finally:
+                await services.aclose()
+    outcomes = line_outcomes(message_ids, recorder, queue)
+    return LocalRun(
+        outcomes=[outcomes[line] for line in sorted(outcomes)],
+        missing_lines=sorted(set(message_ids.values()) - set(outcomes)),
+        dead_letters=queue.dead_letters(),
+    )
+
+
+def print_json(run: LocalRun, out: TextIO) -> None:
+    """One JSON object per input message, in input order (the ``--json`` contract)."""
+    for outcome in run.outcomes:
+        out.write(json.dumps(outcome.as_json(), ensure_ascii=True) + "\n")
+
+
+def print_table(run: LocalRun, out: TextIO, *, title: str = "") -> None:
+    """A readable table of the outcomes."""
+    if title:
+        out.write(f"\n{title}\n")
+    header = f"{'line':>4}  {'requestId':<26} {'outcome':<15} {'reason':<25} {'tries':>5}  description"
+    out.write(header + "\n" + "-" * len(header) + "\n")
+    for o in run.outcomes:
+        request_id = (o.request_id or "-")[:26]
+        out.write(
+            f"{o.line:>4}  {request_id:<26} {o.outcome:<15} {o.reason or '-':<25} {o.attempts:>5}  "
+            f"{_clip(o.description, 90)}\n"
+        )
+    for line in run.missing_lines:
+        out.write(f"{line:>4}  NO TERMINAL OUTCOME (this is a bug: please report it)\n")
+
+
+def print_dead_letters(run: LocalRun, out: TextIO) -> None:
+    """The dead-letter queue: reason and description of each message in it."""
+    out.write(f"\nDead-letter queue: {len(run.dead_letters)} message(s)\n")
+    for entry in run.dead_letters:
+        out.write(f"  {entry.message_id:<20} {entry.reason}: {_clip(entry.description or '', 100)}\n")
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
