@@ -126,10 +126,14 @@ async def _remove(command: GrantCommand, route: _Route, graph: GraphClient) -> R
     response = await graph.send("DELETE", path(*route.segments, "members", member, "$ref"))
     if response.status == 204:
         return Result(Outcome.REVOKED, f"removed {_member_label(command)} from {route.label}", response.answer())
+    not_member = Result(Outcome.NOT_MEMBER, f"{_member_label(command)} was not in {route.label}", response.answer())
+    if _already_exists(response, "removed object references do not exist"):
+        return not_member
     if response.status != 404:
         raise_for_graph(response, permission=route.permission)
-    if await _which_missing(response, route, member, graph) is _Missing.MEMBER:
-        return Result(Outcome.NOT_MEMBER, f"{_member_label(command)} was not in {route.label}", response.answer())
+    # Graph has been seen to name the container in a 404 for a non-member: only a GET of the target decides.
+    if await _which_missing(response, route, member, graph, trust_target_id=False) is _Missing.MEMBER:
+        return not_member
     if route.template_id is not None:
         return Result(
             Outcome.NOT_MEMBER,
@@ -139,12 +143,14 @@ async def _remove(command: GrantCommand, route: _Route, graph: GraphClient) -> R
     raise _target_not_found(route, response)
 
 
-async def _which_missing(response: GraphResponse, route: _Route, member: Guid, graph: GraphClient) -> _Missing:
+async def _which_missing(
+    response: GraphResponse, route: _Route, member: Guid, graph: GraphClient, *, trust_target_id: bool = True
+) -> _Missing:
     """Tell which object a 404 was about: the id Graph names, or else a GET of the target."""
     message = (response.error_message or "").lower()
     if member in message:
         return _Missing.MEMBER
-    if (route.template_id or route.segments[-1]) in message:
+    if trust_target_id and (route.template_id or route.segments[-1]) in message:
         return _Missing.TARGET
     probe = await graph.send("GET", path(*route.segments))
     if probe.status == 200:
@@ -170,7 +176,7 @@ async def _activate(template_id: Guid, graph: GraphClient) -> None:
 
 
 def _already_exists(response: GraphResponse, *phrases: str) -> bool:
-    """A 400 Request_BadRequest whose message says the object or reference exists already."""
+    """A 400 Request_BadRequest whose message contains one of `phrases` (Graph's code alone is too broad)."""
     message = (response.error_message or "").lower()
     return (
         response.status == 400

@@ -106,9 +106,10 @@ def print_table(run: LocalRun, out: TextIO, *, title: str = "") -> None:
 
 def print_dead_letters(run: LocalRun, out: TextIO) -> None:
     """The dead-letter queue: reason and description of each message in it."""
-    out.write(f"\nDead-letter queue: {len(run.dead_letters)} message(s)\n")
+    out.write(f"Dead-letter queue: {len(run.dead_letters)} message(s)\n")
     for entry in run.dead_letters:
-        out.write(f"  {entry.message_id:<20} {entry.reason}: {_clip(entry.description or '', 100)}\n")
+        original = entry.application_properties.get("originalMessageId", entry.message_id)
+        out.write(f"  {original:<8} {entry.reason}: {_clip(entry.description or '', 110)}\n")
 
 
 def _clip(text: str, width: int) -> str:

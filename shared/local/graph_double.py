@@ -1,0 +1,848 @@
+"""A Microsoft Graph v1.0 double on loopback: the directory calls this app makes, answered like Graph.
+
+`GraphDouble` serves ``http://127.0.0.1:PORT/v1.0`` (`GraphDouble.base_url`) over real HTTP/1.1 with
+keep-alive. Every request needs ``Authorization: Bearer <token>`` valid for `GraphDouble.resource`
+(``http://127.0.0.1:PORT``: azure-identity turns the scope ``<resource>/.default`` into that resource), as
+told by the `TokenEndpoint` or validator given; otherwise ``401 InvalidAuthenticationToken``.
+
+Endpoints (segment names case-insensitive, ids GUIDs compared case-insensitively, ``$ref`` literal;
+``/administrativeUnits/...`` is an alias of ``/directory/administrativeUnits/...``):
+
+- ``POST /directory/administrativeUnits/{au}/members/$ref`` (body ``{"@odata.id": ".../directoryObjects/{id}"}``),
+  ``GET /directory/administrativeUnits/{au}/members[/{id}]``, ``DELETE .../members/{id}/$ref``,
+  ``GET /directory/administrativeUnits[/{au}]``,
+  ``GET|POST .../scopedRoleMembers``, ``GET|DELETE .../scopedRoleMembers/{membershipId}``.
+- ``GET|POST /directoryRoles`` (POST ``{"roleTemplateId": ...}`` activates a template), and for
+  ``R`` = ``{roleId}`` or ``roleTemplateId={templateId}``: ``GET /directoryRoles/R``,
+  ``GET /directoryRoles/R/members[/{id}]``, ``POST .../members/$ref``, ``DELETE .../members/{id}/$ref``.
+- ``GET /directoryObjects/{id}``.
+
+Each request goes through, in order: `latency_seconds`; the first queued `Fault` that matches it; the
+token check; routing (``400 BadRequest`` for an unknown segment, ``405`` for a wrong method); for writes
+(POST, DELETE) the `write_budget` (``429`` + ``Retry-After``) and `deny` (``403``); then the directory.
+Error bodies are Graph's ``{"error": {"code", "message", "innerError": {"date", "request-id",
+"client-request-id"}}}``; every answer carries ``request-id`` and ``client-request-id`` headers. A
+``404 Request_ResourceNotFound`` names the one missing id: the container's if it is missing, else the
+member's (also when removing a member that is not in the container).
+
+Replication delay: a principal added with ``visible_after_lookups=N`` answers as missing to the first N
+requests that look it up; one added with ``visible_after_seconds=T`` until T seconds have passed on
+``clock``. Seed the directory with the ``add_*`` methods or `GraphDouble.load`; the seed format::
+
+    {"users": ["<id>", {"id": "<id>", "displayName": "...", "visibleAfterLookups": 2}],
+     "groups": [{"id": "<id>", "isAssignableToRole": true}],
+     "servicePrincipals": ["<id>"], "devices": ["<id>"],
+     "administrativeUnits": [{"id": "<id>", "displayName": "...", "members": ["<id>"]}],
+     "roleTemplates": [{"id": "<templateId>", "displayName": "...", "activated": true,
+                        "roleId": "<optional id>", "members": ["<id>"]}]}
+
+(principal entries also accept ``"visibleAfterSeconds"``; ``roleId`` is used when the template is
+activated, now or later; members of a template need ``"activated": true``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Literal, NamedTuple
+
+from shared.local.token_endpoint import TokenEndpoint, _LoopbackServer, _Request, _Response
+
+__all__ = ["Fault", "GraphDouble", "LoggedRequest", "PermissionKind", "PrincipalType"]
+
+PermissionKind = Literal["administrativeUnit", "directoryRole"]
+PrincipalType = Literal["user", "group", "servicePrincipal", "device"]
+
+_PREFIX: Final = "/v1.0"
+_GUID: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_REF_ID: Final = re.compile(r"/(?:directoryObjects|users|groups|servicePrincipals|devices)/([^/?#]+)$", re.IGNORECASE)
+_WRITES: Final = frozenset({"POST", "DELETE", "PATCH", "PUT"})
+
+_ALREADY_EXIST: Final = (
+    "One or more added object references already exist for the following modified properties: 'members'."
+)
+_CONFLICT: Final = "A conflicting object with one or more of the specified property values is present in the directory."
+_BAD_JSON: Final = (
+    "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format."
+)
+_NOT_ASSIGNABLE: Final = "Groups without IsAssignableToRole property set cannot be assigned to roles."
+_UNSUPPORTED_MEMBER: Final = "Unsupported referenced-object resource identifier for link property 'members'."
+_TOKEN_EXPIRED: Final = "Access token has expired or is not yet valid."  # noqa: S105 (a message)
+_TOKEN_EMPTY: Final = "Access token is empty."  # noqa: S105 (a message)
+_INSUFFICIENT: Final = "Insufficient privileges to complete the operation."
+
+#: The code and message Graph answers with for a status a `Fault` injects.
+_STATUS_ERRORS: Final[Mapping[int, tuple[str, str]]] = {
+    400: ("BadRequest", "Bad request (injected)."),
+    401: ("InvalidAuthenticationToken", _TOKEN_EXPIRED),
+    403: ("Authorization_RequestDenied", _INSUFFICIENT),
+    404: ("Request_ResourceNotFound", "Resource does not exist (injected)."),
+    429: ("TooManyRequests", "Please retry again later."),
+    500: ("Service_InternalServerError", "Encountered an internal server error."),
+    502: ("UnknownError", ""),
+    503: ("serviceNotAvailable", "The service is temporarily unavailable. Please retry later."),
+    504: ("UnknownError", ""),
+}
+
+
+class LoggedRequest(NamedTuple):
+    """One request as the double saw it: `path` is relative to `GraphDouble.base_url`; `status` 0 = dropped."""
+
+    method: str
+    path: str
+    status: int
+    client_request_id: str
+    body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A one-shot failure for the next request that matches `method` and `path` (a regex searched in the
+    path relative to `GraphDouble.base_url`); `None` matches anything. Build with `status`, `drop`, `delay`."""
+
+    kind: Literal["status", "drop", "delay"]
+    status_code: int = 0
+    retry_after: float | None = None
+    seconds: float = 0.0
+    method: str | None = None
+    path: str | None = None
+
+    @classmethod
+    def status(
+        cls, status: int, *, retry_after: float | None = None, method: str | None = None, path: str | None = None
+    ) -> Fault:
+        """Answer `status` with Graph's error body for it, and ``Retry-After: ceil(retry_after)`` if given."""
+        return cls("status", status_code=status, retry_after=retry_after, method=method, path=path)
+
+    @classmethod
+    def drop(cls, *, method: str | None = None, path: str | None = None) -> Fault:
+        """Read the request, then close the connection without answering."""
+        return cls("drop", method=method, path=path)
+
+    @classmethod
+    def delay(cls, seconds: float, *, method: str | None = None, path: str | None = None) -> Fault:
+        """Wait `seconds` (real time), then answer normally."""
+        return cls("delay", seconds=seconds, method=method, path=path)
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method.upper() == method) and (
+            self.path is None or re.search(self.path, path) is not None
+        )
+
+
+class _GraphError(Exception):
+    """An answer with Graph's error body."""
+
+    def __init__(self, status: int, code: str, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+
+@dataclass(slots=True)
+class _Principal:
+    id: str
+    type: PrincipalType
+    display_name: str
+    is_assignable_to_role: bool
+    lookups_left: int
+    visible_at: float
+
+
+@dataclass(slots=True)
+class _AdministrativeUnit:
+    id: str
+    display_name: str
+    members: set[str] = field(default_factory=set)
+    scoped: dict[str, tuple[str, str]] = field(default_factory=dict)  # membership id -> (role id, member id)
+
+
+@dataclass(slots=True)
+class _RoleTemplate:
+    id: str
+    display_name: str
+    role_id: str | None  # the activated role's id; None while not activated
+    preset_role_id: str | None
+    members: set[str] = field(default_factory=set)
+
+
+_Reply = tuple[int, Any]  # status and JSON body (None: no content)
+_Handlers = Mapping[str, Callable[[], _Reply]]
+
+
+class GraphDouble:
+    """Microsoft Graph on loopback (see the module docstring). Use as a context manager or call `close`.
+
+    `tokens` is the `TokenEndpoint` whose tokens are accepted, or a ``(token, resource) -> bool`` check.
+    `write_budget` ``(n, window_seconds)`` lets at most n writes through in any sliding window; more answer
+    ``429`` with ``Retry-After`` = seconds until one is allowed again (ceil, at least 1).
+    `latency_seconds` is waited (real time) before every answer. Time for replication and budget comes
+    from `clock`. All state is behind one lock; every method is thread-safe.
+    """
+
+    def __init__(
+        self,
+        tokens: TokenEndpoint | Callable[[str, str], bool],
+        *,
+        write_budget: tuple[int, float] | None = None,
+        latency_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._token_valid = tokens.is_valid if isinstance(tokens, TokenEndpoint) else tokens
+        self.write_budget = write_budget
+        self.latency_seconds = latency_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._principals: dict[str, _Principal] = {}
+        self._units: dict[str, _AdministrativeUnit] = {}
+        self._templates: dict[str, _RoleTemplate] = {}
+        self._roles: dict[str, str] = {}  # role id -> template id
+        self._faults: list[Fault] = []
+        self._denied: set[PermissionKind] = set()
+        self._recent_writes: deque[float] = deque()
+        self._log: list[LoggedRequest] = []
+        self._write_count = 0
+        self._server = _LoopbackServer(self._answer)
+
+    # --- where it is ---------------------------------------------------------------------------------
+
+    @property
+    def resource(self) -> str:
+        """The token resource Graph requests must be for: ``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self._server.port}"
+
+    @property
+    def scope(self) -> str:
+        """The scope to ask a credential for (`resource` + ``/.default``)."""
+        return self.resource + "/.default"
+
+    @property
+    def base_url(self) -> str:
+        """Graph's root, like ``https://graph.microsoft.com/v1.0``."""
+        return self.resource + _PREFIX
+
+    def close(self) -> None:
+        """Stop serving and close every connection. Idempotent."""
+        self._server.close()
+
+    def __enter__(self) -> GraphDouble:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- seeding -------------------------------------------------------------------------------------
+
+    def add_user(
+        self,
+        object_id: str,
+        *,
+        display_name: str = "",
+        visible_after_lookups: int = 0,
+        visible_after_seconds: float = 0.0,
+    ) -> str:
+        """Add a user, missing to its first `visible_after_lookups` lookups and for `visible_after_seconds`."""
+        return self._add_principal(
+            object_id,
+            "user",
+            display_name=display_name,
+            visible_after_lookups=visible_after_lookups,
+            visible_after_seconds=visible_after_seconds,
+        )
+
+    def add_group(
+        self,
+        object_id: str,
+        *,
+        display_name: str = "",
+        is_assignable_to_role: bool = False,
+        visible_after_lookups: int = 0,
+        visible_after_seconds: float = 0.0,
+    ) -> str:
+        """Add a security group; only an `is_assignable_to_role` one can hold a directory role."""
+        return self._add_principal(
+            object_id,
+            "group",
+            display_name=display_name,
+            is_assignable_to_role=is_assignable_to_role,
+            visible_after_lookups=visible_after_lookups,
+            visible_after_seconds=visible_after_seconds,
+        )
+
+    def add_service_principal(
+        self,
+        object_id: str,
+        *,
+        display_name: str = "",
+        visible_after_lookups: int = 0,
+        visible_after_seconds: float = 0.0,
+    ) -> str:
+        """Add a service principal (replication delay as for `add_user`)."""
+        return self._add_principal(
+            object_id,
+            "servicePrincipal",
+            display_name=display_name,
+            visible_after_lookups=visible_after_lookups,
+            visible_after_seconds=visible_after_seconds,
+        )
+
+    def add_device(
+        self,
+        object_id: str,
+        *,
+        display_name: str = "",
+        visible_after_lookups: int = 0,
+        visible_after_seconds: float = 0.0,
+    ) -> str:
+        """Add a device: an administrative unit can hold it, a directory role cannot."""
+        return self._add_principal(
+            object_id,
+            "device",
+            display_name=display_name,
+            visible_after_lookups=visible_after_lookups,
+            visible_after_seconds=visible_after_seconds,
+        )
+
+    def add_administrative_unit(self, unit_id: str, *, display_name: str = "", members: Iterable[str] = ()) -> str:
+        """Add an administrative unit holding `members` (ids of principals, added with the other methods)."""
+        unit = _AdministrativeUnit(_canonical(unit_id), display_name or f"AU {unit_id}", set(map(_canonical, members)))
+        with self._lock:
+            self._units[unit.id] = unit
+        return unit.id
+
+    def add_role_template(
+        self,
+        template_id: str,
+        *,
+        display_name: str = "",
+        activated: bool = False,
+        role_id: str | None = None,
+        members: Iterable[str] = (),
+    ) -> None:
+        """Add a directory role template; if `activated`, its role (id `role_id` or random) holds `members`.
+
+        A template activated later through ``POST /directoryRoles`` also gets `role_id` when given.
+        """
+        member_ids = set(map(_canonical, members))
+        if member_ids and not activated:
+            raise ValueError(f"role template {template_id} has members but is not activated")
+        preset = _canonical(role_id) if role_id else None
+        template = _RoleTemplate(_canonical(template_id), display_name or f"Role {template_id}", None, preset)
+        with self._lock:
+            self._templates[template.id] = template
+            if activated:
+                self._activate(template)
+                template.members = member_ids
+
+    def role_id_of(self, template_id: str) -> str | None:
+        """The id of the role activated from `template_id`, or None while it is not activated."""
+        with self._lock:
+            return self._templates[_canonical(template_id)].role_id
+
+    def load(self, source: str | os.PathLike[str] | Mapping[str, Any]) -> None:
+        """Add the objects of a seed (a mapping, or the path of a JSON file) in the module docstring's format."""
+        seed = source if isinstance(source, Mapping) else _read_json(source)
+        kinds: Mapping[str, PrincipalType] = {
+            "users": "user",
+            "groups": "group",
+            "servicePrincipals": "servicePrincipal",
+            "devices": "device",
+        }
+        for key, kind in kinds.items():
+            for entry in seed.get(key, ()):
+                item = {"id": entry} if isinstance(entry, str) else entry
+                self._add_principal(
+                    item["id"],
+                    kind,
+                    display_name=item.get("displayName", ""),
+                    is_assignable_to_role=bool(item.get("isAssignableToRole", False)),
+                    visible_after_lookups=int(item.get("visibleAfterLookups", 0)),
+                    visible_after_seconds=float(item.get("visibleAfterSeconds", 0.0)),
+                )
+        for unit in seed.get("administrativeUnits", ()):
+            self.add_administrative_unit(
+                unit["id"], display_name=unit.get("displayName", ""), members=unit.get("members", ())
+            )
+        for template in seed.get("roleTemplates", ()):
+            self.add_role_template(
+                template["id"],
+                display_name=template.get("displayName", ""),
+                activated=bool(template.get("activated", False)),
+                role_id=template.get("roleId"),
+                members=template.get("members", ()),
+            )
+
+    # --- behaviours ----------------------------------------------------------------------------------
+
+    def inject(self, *faults: Fault) -> None:
+        """Queue one-shot faults; each request consumes the first queued fault that matches it."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    @property
+    def pending_faults(self) -> int:
+        """Faults queued and not yet consumed."""
+        with self._lock:
+            return len(self._faults)
+
+    def deny(self, kind: PermissionKind) -> None:
+        """Answer writes to `kind` (administrative units or directory roles) ``403 Authorization_RequestDenied``."""
+        with self._lock:
+            self._denied.add(kind)
+
+    def allow(self, kind: PermissionKind) -> None:
+        """Undo `deny`."""
+        with self._lock:
+            self._denied.discard(kind)
+
+    # --- observations --------------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[LoggedRequest]:
+        """A copy of the request log, oldest first (never holds the Authorization header)."""
+        with self._lock:
+            return list(self._log)
+
+    def reset_log(self) -> None:
+        """Empty the request log (counters are kept)."""
+        with self._lock:
+            self._log.clear()
+
+    @property
+    def write_count(self) -> int:
+        """Writes that reached the directory (past faults, the token check and the write budget)."""
+        with self._lock:
+            return self._write_count
+
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections accepted so far."""
+        return self._server.connections_opened
+
+    def members_of(self, container_id: str) -> set[str]:
+        """Member ids of an administrative unit, a role, or a template's role (empty if not activated).
+
+        Raises KeyError for an id that is none of these.
+        """
+        key = _canonical(container_id)
+        with self._lock:
+            if key in self._units:
+                return set(self._units[key].members)
+            template = self._templates[self._roles.get(key, key)]
+            return set(template.members)
+
+    # --- serving -------------------------------------------------------------------------------------
+
+    def _answer(self, request: _Request) -> _Response | None:
+        request_id = str(uuid.uuid4())
+        client_request_id = request.headers.get("client-request-id") or request_id
+        path = request.path[len(_PREFIX) :] if request.path.lower().startswith(_PREFIX + "/") else request.path
+        body = _json_or_none(request.body)
+        if self.latency_seconds:
+            time.sleep(self.latency_seconds)
+        fault = self._take_fault(request.method, path)
+        if fault is not None and fault.kind == "drop":
+            self._record(LoggedRequest(request.method, path, 0, client_request_id, body))
+            return None
+        if fault is not None and fault.kind == "delay":
+            time.sleep(fault.seconds)
+        try:
+            if fault is not None and fault.kind == "status":
+                code, message = _STATUS_ERRORS.get(fault.status_code, ("UnknownError", ""))
+                raise _GraphError(fault.status_code, code, message, retry_after=fault.retry_after)
+            self._authenticate(request.headers.get("Authorization", ""))
+            with self._lock:
+                status, payload = self._dispatch(request, path, body)
+            headers: dict[str, str] = {}
+        except _GraphError as error:
+            status, payload = error.status, _error_body(error, request_id, client_request_id)
+            headers = {} if error.retry_after is None else {"Retry-After": str(math.ceil(error.retry_after))}
+        self._record(LoggedRequest(request.method, path, status, client_request_id, body))
+        headers.update({"request-id": request_id, "client-request-id": client_request_id})
+        return _Response(status, payload, headers)
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for index, fault in enumerate(self._faults):
+                if fault.matches(method, path):
+                    return self._faults.pop(index)
+        return None
+
+    def _record(self, entry: LoggedRequest) -> None:
+        with self._lock:
+            self._log.append(entry)
+
+    def _authenticate(self, authorization: str) -> None:
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if not token:
+            raise _GraphError(401, "InvalidAuthenticationToken", _TOKEN_EMPTY)
+        if not self._token_valid(token, self.resource):
+            raise _GraphError(401, "InvalidAuthenticationToken", _TOKEN_EXPIRED)
+
+    def _dispatch(self, request: _Request, path: str, body: Any) -> _Reply:
+        """Route, apply the write budget and permissions, and answer (holding the lock)."""
+        if not request.path.lower().startswith(_PREFIX + "/"):
+            version = request.path.strip("/").split("/")[0]
+            raise _GraphError(400, "BadRequest", f"Invalid version: {version}")
+        segments = path.strip("/").split("/")
+        kind, handlers = self._routes(segments, body)
+        handler = handlers.get(request.method)
+        if handler is None:
+            raise _GraphError(405, "Request_BadRequest", "Specified HTTP method is not allowed for the request target.")
+        if request.method in _WRITES:
+            self._spend_write_budget()
+            if kind in self._denied:
+                raise _GraphError(403, "Authorization_RequestDenied", _INSUFFICIENT)
+            self._write_count += 1
+        return handler()
+
+    def _spend_write_budget(self) -> None:
+        if self.write_budget is None:
+            return
+        limit, window = self.write_budget
+        now = self._clock()
+        while self._recent_writes and self._recent_writes[0] <= now - window:
+            self._recent_writes.popleft()
+        if len(self._recent_writes) >= limit:
+            wait = max(1.0, math.ceil(self._recent_writes[0] + window - now))
+            raise _GraphError(429, "TooManyRequests", "Please retry again later.", retry_after=wait)
+        self._recent_writes.append(now)
+
+    def _routes(self, segments: list[str], body: Any) -> tuple[PermissionKind | None, _Handlers]:
+        lower = [segment.lower() for segment in segments]
+        if lower[:2] == ["directory", "administrativeunits"]:
+            return "administrativeUnit", self._unit_routes(segments[2:], body)
+        if lower[:1] == ["administrativeunits"]:
+            return "administrativeUnit", self._unit_routes(segments[1:], body)
+        if lower[:1] == ["directoryroles"]:
+            return "directoryRole", self._role_routes(segments[1:], body)
+        if lower[:1] == ["directoryobjects"] and len(segments) == 2:
+            return None, {"GET": lambda: (200, self._object_json(self._object(segments[1])))}
+        raise _unknown_segment(segments[-1] if lower[:1] == ["directoryobjects"] else segments[0])
+
+    def _unit_routes(self, rest: list[str], body: Any) -> _Handlers:
+        lower = [segment.lower() for segment in rest]
+        match lower:
+            case []:
+                return {"GET": lambda: (200, {"value": [_unit_json(unit) for unit in self._units.values()]})}
+            case [unit_id]:
+                return {"GET": lambda: (200, _unit_json(self._unit(unit_id)))}
+            case [unit_id, "members"]:
+                return {"GET": lambda: (200, self._members_json(self._unit(unit_id).members))}
+            case [unit_id, "members", "$ref"]:
+                return {"POST": lambda: self._add_unit_member(unit_id, body)}
+            case [unit_id, "members", member_id]:
+                return {"GET": lambda: self._get_member(self._unit(unit_id).members, member_id)}
+            case [unit_id, "members", member_id, "$ref"]:
+                return {"DELETE": lambda: self._remove_member(self._unit(unit_id).members, member_id)}
+            case [unit_id, "scopedrolemembers"]:
+                return {
+                    "GET": lambda: (200, {"value": _scoped_json(self._unit(unit_id))}),
+                    "POST": lambda: self._add_scoped(unit_id, body),
+                }
+            case [unit_id, "scopedrolemembers", membership_id]:
+                return {
+                    "GET": lambda: (200, self._scoped_one(unit_id, membership_id)),
+                    "DELETE": lambda: self._remove_scoped(unit_id, membership_id),
+                }
+        raise _unknown_segment(rest[-1])
+
+    def _role_routes(self, rest: list[str], body: Any) -> _Handlers:
+        lower = [segment.lower() for segment in rest]
+        match lower:
+            case []:
+                return {
+                    "GET": lambda: (
+                        200,
+                        {"value": [self._role_json(t) for t in self._templates.values() if t.role_id]},
+                    ),
+                    "POST": lambda: self._activate_by_body(body),
+                }
+            case [role]:
+                return {"GET": lambda: (200, self._role_json(self._role(role)))}
+            case [role, "members"]:
+                return {"GET": lambda: (200, self._members_json(self._role(role).members))}
+            case [role, "members", "$ref"]:
+                return {"POST": lambda: self._add_role_member(role, body)}
+            case [role, "members", member_id]:
+                return {"GET": lambda: self._get_member(self._role(role).members, member_id)}
+            case [role, "members", member_id, "$ref"]:
+                return {"DELETE": lambda: self._remove_member(self._role(role).members, member_id)}
+        raise _unknown_segment(rest[-1])
+
+    # --- the directory (called with the lock held) ---------------------------------------------------
+
+    def _visible(self, object_id: str) -> _Principal:
+        """The principal, unless it is unknown or not replicated yet (each call counts as a lookup)."""
+        principal = self._principals.get(_guid(object_id))
+        if principal is None:
+            raise _not_found(object_id)
+        if principal.lookups_left > 0:
+            principal.lookups_left -= 1
+            raise _not_found(object_id)
+        if self._clock() < principal.visible_at:
+            raise _not_found(object_id)
+        return principal
+
+    def _object(self, object_id: str) -> _Principal | _AdministrativeUnit | _RoleTemplate:
+        key = _guid(object_id)
+        if key in self._units:
+            return self._units[key]
+        if key in self._roles:
+            return self._templates[self._roles[key]]
+        return self._visible(key)
+
+    def _unit(self, unit_id: str) -> _AdministrativeUnit:
+        unit = self._units.get(_guid(unit_id))
+        if unit is None:
+            raise _not_found(unit_id)
+        return unit
+
+    def _role(self, segment: str) -> _RoleTemplate:
+        """The activated role a path segment names: ``{roleId}`` or ``roleTemplateId={templateId}``."""
+        name, equals, template_id = segment.partition("=")
+        if equals and name == "roletemplateid":
+            template = self._templates.get(_guid(template_id))
+            if template is None or template.role_id is None:
+                raise _not_found(template_id)
+            return template
+        template_key = self._roles.get(_guid(segment))
+        if template_key is None:
+            raise _not_found(segment)
+        return self._templates[template_key]
+
+    def _add_unit_member(self, unit_id: str, body: Any) -> _Reply:
+        unit = self._unit(unit_id)
+        member = self._visible(_referenced_id(body))
+        if member.id in unit.members:
+            raise _GraphError(400, "Request_BadRequest", _ALREADY_EXIST)
+        unit.members.add(member.id)
+        return 204, None
+
+    def _add_role_member(self, role: str, body: Any) -> _Reply:
+        template = self._role(role)
+        member = self._visible(_referenced_id(body))
+        if member.type == "device":
+            raise _GraphError(400, "Request_BadRequest", _UNSUPPORTED_MEMBER)
+        if member.type == "group" and not member.is_assignable_to_role:
+            raise _GraphError(400, "Request_BadRequest", _NOT_ASSIGNABLE)
+        if member.id in template.members:
+            raise _GraphError(400, "Request_BadRequest", _ALREADY_EXIST)
+        template.members.add(member.id)
+        return 204, None
+
+    def _get_member(self, members: set[str], member_id: str) -> _Reply:
+        member = self._visible(member_id)
+        if member.id not in members:
+            raise _not_found(member_id)
+        return 200, _principal_json(member)
+
+    def _remove_member(self, members: set[str], member_id: str) -> _Reply:
+        key = _guid(member_id)
+        if key not in members:
+            raise _not_found(member_id)
+        members.discard(key)
+        return 204, None
+
+    def _activate_by_body(self, body: Any) -> _Reply:
+        template_id = body.get("roleTemplateId") if isinstance(body, dict) else None
+        if not isinstance(template_id, str):
+            raise _invalid_property("roleTemplateId", "DirectoryRole", body)
+        template = self._templates.get(_guid(template_id))
+        if template is None:
+            raise _not_found(template_id)
+        if template.role_id is not None:
+            raise _GraphError(400, "Request_BadRequest", _CONFLICT)
+        self._activate(template)
+        return 201, self._role_json(template)
+
+    def _activate(self, template: _RoleTemplate) -> None:
+        template.role_id = template.preset_role_id or str(uuid.uuid4())
+        self._roles[template.role_id] = template.id
+
+    def _add_scoped(self, unit_id: str, body: Any) -> _Reply:
+        unit = self._unit(unit_id)
+        role_id = body.get("roleId") if isinstance(body, dict) else None
+        info = body.get("roleMemberInfo") if isinstance(body, dict) else None
+        member_id = info.get("id") if isinstance(info, dict) else None
+        if not isinstance(role_id, str):
+            raise _invalid_property("roleId", "ScopedRoleMembership", body)
+        if not isinstance(member_id, str):
+            raise _invalid_property("roleMemberInfo", "ScopedRoleMembership", body)
+        if _guid(role_id) not in self._roles:
+            raise _not_found(role_id)
+        member = self._visible(member_id)
+        if (_guid(role_id), member.id) in unit.scoped.values():
+            raise _GraphError(400, "Request_BadRequest", _CONFLICT)
+        membership_id = secrets.token_hex(24)
+        unit.scoped[membership_id] = (_guid(role_id), member.id)
+        return 201, _scoped_membership(unit.id, membership_id, *unit.scoped[membership_id])
+
+    def _scoped_one(self, unit_id: str, membership_id: str) -> dict[str, Any]:
+        unit = self._unit(unit_id)
+        if membership_id not in unit.scoped:
+            raise _not_found(membership_id)
+        return _scoped_membership(unit.id, membership_id, *unit.scoped[membership_id])
+
+    def _remove_scoped(self, unit_id: str, membership_id: str) -> _Reply:
+        unit = self._unit(unit_id)
+        if unit.scoped.pop(membership_id, None) is None:
+            raise _not_found(membership_id)
+        return 204, None
+
+    def _members_json(self, members: set[str]) -> dict[str, Any]:
+        return {"value": [_principal_json(self._principals[m]) for m in sorted(members) if m in self._principals]}
+
+    def _object_json(self, item: _Principal | _AdministrativeUnit | _RoleTemplate) -> dict[str, Any]:
+        if isinstance(item, _AdministrativeUnit):
+            return _unit_json(item)
+        if isinstance(item, _RoleTemplate):
+            return self._role_json(item)
+        return _principal_json(item)
+
+    def _role_json(self, template: _RoleTemplate) -> dict[str, Any]:
+        return {
+            "@odata.type": "#microsoft.graph.directoryRole",
+            "id": template.role_id,
+            "roleTemplateId": template.id,
+            "displayName": template.display_name,
+            "description": None,
+        }
+
+    def _add_principal(
+        self,
+        object_id: str,
+        kind: PrincipalType,
+        *,
+        display_name: str = "",
+        is_assignable_to_role: bool = False,
+        visible_after_lookups: int = 0,
+        visible_after_seconds: float = 0.0,
+    ) -> str:
+        key = _canonical(object_id)
+        with self._lock:
+            visible_at = self._clock() + visible_after_seconds if visible_after_seconds else 0.0
+            self._principals[key] = _Principal(
+                key, kind, display_name or f"{kind} {key}", is_assignable_to_role, visible_after_lookups, visible_at
+            )
+        return key
+
+
+def _canonical(object_id: str) -> str:
+    """A seed id, lower-cased; ValueError unless it is a GUID."""
+    key = object_id.lower()
+    if not _GUID.match(key):
+        raise ValueError(f"not a GUID: {object_id!r}")
+    return key
+
+
+def _guid(object_id: str) -> str:
+    """A path or body id, lower-cased; ``400 Request_BadRequest`` unless it is a GUID."""
+    key = object_id.lower()
+    if not _GUID.match(key):
+        raise _GraphError(400, "Request_BadRequest", f"Invalid object identifier '{object_id}'.")
+    return key
+
+
+def _referenced_id(body: Any) -> str:
+    """The object id at the end of a ``$ref`` body's ``@odata.id`` URL."""
+    if not isinstance(body, dict):
+        raise _GraphError(400, "BadRequest", _BAD_JSON)
+    reference = body.get("@odata.id")
+    match = _REF_ID.search(reference) if isinstance(reference, str) else None
+    if match is None:
+        raise _GraphError(400, "Request_BadRequest", "Invalid URL format specified in @odata.id.")
+    return match.group(1)
+
+
+def _not_found(object_id: str) -> _GraphError:
+    return _GraphError(
+        404,
+        "Request_ResourceNotFound",
+        f"Resource '{object_id}' does not exist or one of its queried reference-property objects are not present.",
+    )
+
+
+def _unknown_segment(segment: str) -> _GraphError:
+    return _GraphError(400, "BadRequest", f"Resource not found for the segment '{segment}'.")
+
+
+def _invalid_property(name: str, resource: str, body: Any) -> _GraphError:
+    if not isinstance(body, dict):
+        return _GraphError(400, "BadRequest", _BAD_JSON)
+    return _GraphError(
+        400, "Request_BadRequest", f"Invalid value specified for property '{name}' of resource '{resource}'."
+    )
+
+
+def _error_body(error: _GraphError, request_id: str, client_request_id: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "code": error.code,
+            "message": error.message,
+            "innerError": {
+                "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+                "request-id": request_id,
+                "client-request-id": client_request_id,
+            },
+        }
+    }
+
+
+def _read_json(path: str | os.PathLike[str]) -> Mapping[str, Any]:
+    with open(path, encoding="utf-8") as file:
+        seed = json.load(file)
+    if not isinstance(seed, dict):
+        raise ValueError(f"{path}: a seed is a JSON object")
+    return seed
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None
+
+
+def _principal_json(principal: _Principal) -> dict[str, Any]:
+    return {
+        "@odata.type": f"#microsoft.graph.{principal.type}",
+        "id": principal.id,
+        "displayName": principal.display_name,
+    }
+
+
+def _unit_json(unit: _AdministrativeUnit) -> dict[str, Any]:
+    return {
+        "@odata.type": "#microsoft.graph.administrativeUnit",
+        "id": unit.id,
+        "displayName": unit.display_name,
+        "description": None,
+        "visibility": None,
+    }
+
+
+def _scoped_json(unit: _AdministrativeUnit) -> list[dict[str, Any]]:
+    return [_scoped_membership(unit.id, key, role, member) for key, (role, member) in unit.scoped.items()]
+
+
+def _scoped_membership(unit_id: str, membership_id: str, role_id: str, member_id: str) -> dict[str, Any]:
+    return {
+        "id": membership_id,
+        "roleId": role_id,
+        "administrativeUnitId": unit_id,
+        "roleMemberInfo": {"id": member_id, "displayName": None},
+    }

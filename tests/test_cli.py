@@ -1,0 +1,65 @@
+"""The README's commands as a user runs them: ``python -m shared demo`` and ``run-local --json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from shared.local.graph_double import GraphDouble
+from shared.local.token_endpoint import TokenEndpoint
+from tests.conftest import AU, USER
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 (our own module, fixed arguments)
+        [sys.executable, "-m", "shared", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_demo_runs_every_example_to_a_terminal_outcome() -> None:
+    result = run("demo")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "HR onboarding events" in out
+    assert "Dead-letter queue" in out
+    for reason in ("RoleNotActivated", "InvalidId", "InvalidJson", "TargetNotFound", "MemberNotFound"):
+        assert reason in out
+    assert "20 messages:" in out
+    assert "token requests: 3" in out
+
+
+def test_run_local_json_prints_one_object_per_input_line(
+    tmp_path: Path, graph: GraphDouble, token_endpoint: TokenEndpoint
+) -> None:
+    good = {
+        "schemaVersion": 1,
+        "requestId": "cli-1",
+        "target": {"type": "administrativeUnit", "id": AU},
+        "member": {"id": USER},
+        "source": {"system": "bulk"},
+    }
+    messages = tmp_path / "messages.jsonl"
+    messages.write_text(json.dumps(good) + "\n" + "{oops\n" + json.dumps(good) + "\n")
+    result = run("run-local", str(messages), "--json", env={"GRAPH_BASE_URL": graph.base_url, **token_endpoint.env()})
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["line"] for line in lines] == [1, 2, 3]
+    assert set(lines[0]) == {"line", "requestId", "outcome", "reason", "description", "attempts"}
+    assert [line["outcome"] for line in lines] in (
+        ["granted", "dead_lettered", "already_member"],
+        ["already_member", "dead_lettered", "granted"],
+    )
+    assert lines[1]["reason"] == "InvalidJson"
+    assert lines[1]["requestId"] is None
+    assert graph.members_of(AU) == {USER}

@@ -1,0 +1,291 @@
+"""The function app end to end: the registered function object, the extension's real message and settlement
+classes over gRPC, the in-process queue, the Graph double and the real managed-identity credential."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+import function_app
+from shared.bootstrap import Services, bootstrap
+from shared.local.binding import to_received_message
+from shared.local.graph_double import Fault, GraphDouble
+from shared.local.host import LocalHost, OutcomeRecorder, registered_function
+from shared.local.queue import LocalQueue, LocalSender, ManualClock
+from shared.local.run import run_local
+from shared.local.settlement import LocalSettlementServer, point_message_actions_at
+from shared.runtime import installed
+from shared.settlement import Delivery, Settled, settle
+from tests.conftest import AU, LATE_USER, UNKNOWN, USER, USER_2, settings_for
+
+GRANT = registered_function(function_app.app, "grant_membership")
+
+
+def grant(request_id: str = "req-1", member: str = USER, **extra: Any) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 1,
+            "requestId": request_id,
+            "target": {"type": "administrativeUnit", "id": AU},
+            "member": {"id": member, "type": "user"},
+            "source": {"system": "bulk", "reference": "job-7"},
+            **extra,
+        }
+    ).encode()
+
+
+@dataclass
+class Harness:
+    """One queue, one settlement server, the real message actions and the app's services, on a manual clock."""
+
+    clock: ManualClock
+    queue: LocalQueue
+    server: LocalSettlementServer
+    actions: Any
+    services: Services
+    sender: LocalSender
+    recorder: OutcomeRecorder
+
+    def host(self) -> LocalHost:
+        return LocalHost(queue=self.queue, function=GRANT, actions=self.actions, clock=self.clock)
+
+    def outcomes(self) -> dict[str, Mapping[str, Any]]:
+        return self.recorder.terminal()
+
+    def calls(self) -> list[str]:
+        return [call.method for call in self.server.calls]
+
+
+@pytest.fixture
+async def harness(graph: GraphDouble) -> AsyncIterator[Harness]:
+    clock = ManualClock()
+    queue = LocalQueue(clock=clock)
+    sender = LocalSender(queue)
+    env = {"GRANTS_MAX_ATTEMPTS": "4", "GRANTS_RETRY_BASE_SECONDS": "10"}
+    services = bootstrap(settings_for(graph, **env), sender=sender, now=clock.utcnow)
+    with (
+        LocalSettlementServer(queue) as server,
+        OutcomeRecorder().attached() as recorder,
+        installed(services),
+    ):
+        actions = point_message_actions_at(server.address)
+        yield Harness(clock, queue, server, actions, services, sender, recorder)
+    await services.aclose()
+
+
+async def test_a_grant_is_completed_once(harness: Harness, graph: GraphDouble) -> None:
+    harness.queue.send(grant(), message_id="m-1")
+    await harness.host().drain()
+    outcome = harness.outcomes()["m-1"]
+    assert (outcome["outcome"], outcome["attempts"], outcome["graphRequestId"] is not None) == ("granted", 1, True)
+    assert harness.calls() == ["Complete"]
+    assert graph.members_of(AU) == {USER}
+    assert harness.queue.dead_letters() == []
+
+
+async def test_two_transient_failures_then_success_takes_three_attempts(harness: Harness, graph: GraphDouble) -> None:
+    graph.inject(Fault.status(503), Fault.status(429, retry_after=30))
+    harness.queue.send(grant(), message_id="m-1")
+    await harness.host().drain()
+    outcome = harness.outcomes()["m-1"]
+    assert (outcome["outcome"], outcome["attempts"]) == ("granted", 3)
+    assert harness.calls() == ["Complete", "Complete", "Complete"]  # the original, then each copy
+    assert harness.queue.stats.sent == 3
+    assert harness.queue.dead_letters() == []
+    assert graph.members_of(AU) == {USER}
+
+
+async def test_the_retry_copy_carries_the_next_attempt_and_a_new_message_id(
+    harness: Harness, graph: GraphDouble
+) -> None:
+    graph.inject(Fault.status(503))
+    harness.queue.send(grant("req-9"), message_id="m-1")
+    first = harness.queue.receive()
+    assert first is not None
+    started = harness.clock()
+    await GRANT(receivedmessage=to_received_message(first), message_actions=harness.actions)
+    due = harness.queue.next_due_time()
+    assert due is not None
+    assert started <= due <= started + 10
+    harness.clock.advance_to(due)
+    copy = harness.queue.receive()
+    assert copy is not None
+    assert copy.message_id == "req-9:2"
+    assert copy.application_properties["attempt"] == 2
+    assert copy.application_properties["originalMessageId"] == "m-1"
+    assert datetime.fromisoformat(str(copy.application_properties["firstAttemptAt"])).timestamp() == started
+
+
+async def test_retries_exhausted_dead_letter_with_the_last_error(harness: Harness, graph: GraphDouble) -> None:
+    graph.inject(*[Fault.status(503)] * 4)
+    harness.queue.send(grant(), message_id="m-1")
+    await harness.host().drain()
+    [dead] = harness.queue.dead_letters()
+    assert dead.reason == "GraphUnavailable"
+    assert dead.description is not None
+    assert "gave up after 4 attempts" in dead.description
+    assert "Last Graph answer: 503 serviceNotAvailable" in dead.description
+    assert harness.outcomes()["m-1"]["attempts"] == 4
+    assert graph.members_of(AU) == set()
+
+
+async def test_a_member_that_never_appears_is_dead_lettered_after_the_window(
+    harness: Harness, graph: GraphDouble
+) -> None:
+    harness.queue.send(grant(member=UNKNOWN), message_id="m-1")
+    await harness.host().drain()
+    [dead] = harness.queue.dead_letters()
+    assert dead.reason == "MemberNotFound"
+
+
+async def test_a_member_that_replicates_late_is_granted_on_a_later_attempt(
+    harness: Harness, graph: GraphDouble
+) -> None:
+    harness.queue.send(grant(member=LATE_USER), message_id="m-1")
+    await harness.host().drain()
+    assert (harness.outcomes()["m-1"]["outcome"], harness.outcomes()["m-1"]["attempts"]) == ("granted", 3)
+
+
+async def test_permanent_failure_is_dead_lettered_at_once(harness: Harness, graph: GraphDouble) -> None:
+    graph.deny("administrativeUnit")
+    harness.queue.send(grant(), message_id="m-1")
+    await harness.host().drain()
+    [dead] = harness.queue.dead_letters()
+    assert dead.reason == "Forbidden"
+    assert dead.description is not None
+    assert "AdministrativeUnit.ReadWrite.All" in dead.description
+    assert harness.calls() == ["Deadletter"]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "InvalidJson"),
+        (b"\xef\xbb\xbf{}", "InvalidJson"),
+        (b"x" * 70_000, "MessageTooLarge"),
+        (json.dumps({"schemaVersion": 3}).encode(), "UnsupportedSchemaVersion"),
+        (grant(extra_field=1), "SchemaViolation"),
+        (grant(member="../../users/" + USER), "InvalidId"),
+        (grant(member=USER.replace("-", "%2F", 1)), "InvalidId"),
+    ],
+)
+async def test_bad_input_is_dead_lettered_without_a_graph_call(
+    harness: Harness, graph: GraphDouble, body: bytes, reason: str
+) -> None:
+    harness.queue.send(body, message_id="m-1")
+    await harness.host().drain()
+    [dead] = harness.queue.dead_letters()
+    assert dead.reason == reason
+    assert graph.requests == []
+    assert harness.calls() == ["Deadletter"]
+
+
+async def test_a_crash_after_graph_succeeded_is_redelivered_and_already_member(
+    harness: Harness, graph: GraphDouble
+) -> None:
+    """Settlement fails once (the host died after the grant): the lock expires, the message comes back."""
+    harness.queue.send(grant(), message_id="m-1")
+    crashed = CrashingActions(harness.actions, crash_on="complete")
+    host = LocalHost(queue=harness.queue, function=GRANT, actions=crashed, clock=harness.clock)
+    await host.drain()
+    assert host.failed_invocations == 1
+    outcome = harness.outcomes()["m-1"]
+    assert (outcome["outcome"], outcome["attempts"]) == ("already_member", 2)
+    assert graph.members_of(AU) == {USER}
+    assert [r.status for r in graph.requests if r.method == "POST"] == [204, 400]
+
+
+async def test_a_copy_that_cannot_be_sent_abandons_the_original(harness: Harness, graph: GraphDouble) -> None:
+    graph.inject(Fault.status(503))
+    harness.sender.fail_next(1)
+    harness.queue.send(grant(), message_id="m-1")
+    await harness.host().drain()
+    assert harness.calls()[0] == "Abandon"
+    assert harness.outcomes()["m-1"]["outcome"] == "granted"
+    assert graph.members_of(AU) == {USER}
+
+
+async def test_the_copy_is_scheduled_before_the_original_is_completed(harness: Harness, graph: GraphDouble) -> None:
+    graph.inject(Fault.status(503))
+    seen: list[list[str]] = []
+    real_schedule = harness.sender.schedule
+
+    async def schedule(**kwargs: Any) -> None:
+        seen.append(harness.calls())
+        await real_schedule(**kwargs)
+
+    harness.services = bootstrap(
+        settings_for(graph, GRANTS_MAX_ATTEMPTS="4"), sender=_Sender(schedule), now=harness.clock.utcnow
+    )
+    with installed(harness.services):
+        harness.queue.send(grant(), message_id="m-1")
+        await harness.host().drain()
+    await harness.services.aclose()
+    assert seen == [[]]  # when the copy was sent, nothing had been settled yet
+    assert harness.calls() == ["Complete", "Complete"]
+
+
+async def test_an_unexpected_exception_abandons_and_never_completes(harness: Harness) -> None:
+    async def broken(command: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    harness.queue.send(grant(), message_id="m-1")
+    locked = harness.queue.receive()
+    assert locked is not None
+
+    settled: Settled = await settle(
+        Delivery.of(to_received_message(locked)),
+        handle=broken,
+        actions=harness.actions,
+        sender=harness.sender,
+        policy=harness.services.policy,
+        now=harness.clock.utcnow,
+    )
+    assert (settled.outcome, settled.terminal) == ("abandoned", False)
+    assert harness.calls() == ["Abandon"]  # and no Complete
+
+
+async def test_every_input_line_yields_one_terminal_outcome_under_faults(graph: GraphDouble) -> None:
+    graph.inject(Fault.status(503), Fault.drop(), Fault.status(429, retry_after=5), Fault.status(504))
+    lines = [grant(f"r-{n}", member=[USER, USER_2, LATE_USER, UNKNOWN][n % 4]) for n in range(20)]
+    lines += [b"{broken", b"", grant("r-bad", member="nope")]
+    clock = ManualClock()
+    run = await run_local(
+        lines, env={"GRAPH_BASE_URL": graph.base_url, "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "60"}, clock=clock
+    )
+    assert run.complete
+    assert [o.line for o in run.outcomes] == [n for n in range(1, 24) if n != 22]  # the blank line is no message
+    assert {o.outcome for o in run.outcomes} <= {"granted", "already_member", "dead_lettered"}
+    assert graph.members_of(AU) == {USER, USER_2, LATE_USER}
+    dead = {o.line: o.reason for o in run.outcomes if o.outcome == "dead_lettered"}
+    assert set(dead.values()) == {"MemberNotFound", "InvalidJson", "InvalidId"}
+
+
+class _Sender:
+    def __init__(self, schedule: Any) -> None:
+        self.schedule = schedule
+
+
+class CrashingActions:
+    """The real message actions, except that one settlement call raises, as if the host died before it."""
+
+    def __init__(self, actions: Any, *, crash_on: str) -> None:
+        self._actions = actions
+        self._crash_on = crash_on
+        self.crashed = False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._actions, name)
+        if name != self._crash_on or self.crashed:
+            return method
+
+        def crash(*args: Any, **kwargs: Any) -> None:
+            self.crashed = True
+            raise ConnectionError("the host went away before settling")
+
+        return crash

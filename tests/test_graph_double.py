@@ -1,0 +1,669 @@
+"""The Graph double over real HTTP, with tokens from the real azure-identity credential and the local endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from azure.core.pipeline.transport import AsyncioRequestsTransport
+from azure.identity.aio import ManagedIdentityCredential
+
+from shared.local.graph_double import Fault, GraphDouble, LoggedRequest
+from shared.local.token_endpoint import TokenEndpoint
+
+#: One TLS context for every client: building one per httpx client costs ~40 ms (unused over http://).
+TLS = ssl.create_default_context()
+AU = "a0000000-0000-4000-8000-000000000001"
+USER = "b0000000-0000-4000-8000-000000000001"
+USER_2 = "b0000000-0000-4000-8000-000000000002"
+GROUP = "c0000000-0000-4000-8000-000000000001"
+ROLE_GROUP = "c0000000-0000-4000-8000-000000000002"
+SP = "d0000000-0000-4000-8000-000000000001"
+DEVICE = "e0000000-0000-4000-8000-000000000001"
+TEMPLATE = "f0000000-0000-4000-8000-000000000001"
+ROLE = "f1000000-0000-4000-8000-000000000001"
+IDLE_TEMPLATE = "f0000000-0000-4000-8000-000000000002"
+IDLE_ROLE = "f1000000-0000-4000-8000-000000000002"
+MISSING = "99999999-9999-4999-8999-999999999999"
+OTHER_IDENTITY_VARIABLES = ("IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT")
+
+SEED: dict[str, Any] = {
+    "users": [USER, {"id": USER_2, "displayName": "Second"}],
+    "groups": [{"id": GROUP}, {"id": ROLE_GROUP, "isAssignableToRole": True}],
+    "servicePrincipals": [SP],
+    "devices": [DEVICE],
+    "administrativeUnits": [{"id": AU, "displayName": "Sales"}],
+    "roleTemplates": [
+        {"id": TEMPLATE, "displayName": "Helpdesk Administrator", "activated": True, "roleId": ROLE},
+        {"id": IDLE_TEMPLATE, "displayName": "Printer Administrator", "roleId": IDLE_ROLE},
+    ],
+}
+
+
+class FakeClock:
+    """Monotonic time that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def token_endpoint(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenEndpoint]:
+    with TokenEndpoint(clock=clock) as endpoint:
+        for name in OTHER_IDENTITY_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in endpoint.env().items():
+            monkeypatch.setenv(name, value)
+        yield endpoint
+
+
+@pytest.fixture
+def graph_double(token_endpoint: TokenEndpoint, clock: FakeClock) -> Iterator[GraphDouble]:
+    with GraphDouble(token_endpoint, clock=clock) as graph:
+        graph.load(SEED)
+        yield graph
+
+
+@pytest.fixture
+async def token(graph_double: GraphDouble) -> str:
+    """A token from the real credential for the double's scope."""
+    async with ManagedIdentityCredential(transport=AsyncioRequestsTransport()) as credential:
+        return (await credential.get_token(graph_double.scope)).token
+
+
+@pytest.fixture
+async def client(graph_double: GraphDouble, token: str) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=graph_double.base_url, headers=headers, timeout=5.0, verify=TLS) as client:
+        yield client
+
+
+def ref(graph: GraphDouble, object_id: str) -> dict[str, str]:
+    return {"@odata.id": f"{graph.base_url}/directoryObjects/{object_id}"}
+
+
+def assert_error(response: httpx.Response, status: int, code: str, message: str | None = None) -> None:
+    """The answer is Graph's error shape with this status and code (and message, if given)."""
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == code
+    if message is not None:
+        assert error["message"] == message
+    inner = error["innerError"]
+    assert inner["request-id"] == response.headers["request-id"]
+    assert inner["client-request-id"] == response.headers["client-request-id"]
+    datetime.fromisoformat(inner["date"])
+
+
+def not_found(object_id: str) -> str:
+    return f"Resource '{object_id}' does not exist or one of its queried reference-property objects are not present."
+
+
+ALREADY_EXIST = "One or more added object references already exist for the following modified properties: 'members'."
+CONFLICT = "A conflicting object with one or more of the specified property values is present in the directory."
+
+
+# --- administrative units ---------------------------------------------------------------------------
+
+
+async def test_adding_an_au_member_answers_204_without_a_body(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    response = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert graph_double.members_of(AU) == {USER}
+    assert graph_double.write_count == 1
+
+
+async def test_adding_an_existing_au_member_is_400_already_exist(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+
+    response = await client.post(
+        f"/directory/administrativeUnits/{AU}/members/$ref",
+        json=ref(graph_double, USER),
+        headers={"client-request-id": "my-id"},
+    )
+
+    assert_error(response, 400, "Request_BadRequest", ALREADY_EXIST)
+    assert response.headers["client-request-id"] == "my-id"
+    assert graph_double.members_of(AU) == {USER}
+
+
+@pytest.mark.parametrize(("unit", "member", "named"), [(MISSING, USER, MISSING), (AU, MISSING, MISSING)])
+async def test_adding_to_or_from_an_unknown_object_is_404_naming_it(
+    graph_double: GraphDouble, client: httpx.AsyncClient, unit: str, member: str, named: str
+) -> None:
+    response = await client.post(f"/directory/administrativeUnits/{unit}/members/$ref", json=ref(graph_double, member))
+
+    assert_error(response, 404, "Request_ResourceNotFound", not_found(named))
+
+
+async def test_administrative_units_alias_and_uppercase_ids_reach_the_same_unit(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    response = await client.post(
+        f"/administrativeUnits/{AU.upper()}/members/$ref", json=ref(graph_double, USER.upper())
+    )
+
+    assert response.status_code == 204
+    assert graph_double.members_of(AU) == {USER}
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [
+        (b"{not json", 400, "BadRequest"),
+        (b"{}", 400, "Request_BadRequest"),
+        (b'{"@odata.id": "https://example.com/nothing"}', 400, "Request_BadRequest"),
+        (b'{"@odata.id": "https://graph/v1.0/directoryObjects/not-a-guid"}', 400, "Request_BadRequest"),
+    ],
+    ids=["not JSON", "no @odata.id", "no object in @odata.id", "not a GUID"],
+)
+async def test_malformed_ref_bodies_are_400(
+    graph_double: GraphDouble, client: httpx.AsyncClient, content: bytes, status: int, code: str
+) -> None:
+    response = await client.post(
+        f"/directory/administrativeUnits/{AU}/members/$ref",
+        content=content,
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert_error(response, status, code)
+    assert graph_double.members_of(AU) == set()
+
+
+async def test_removing_an_au_member_answers_204_then_404(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+
+    removed = await client.delete(f"/directory/administrativeUnits/{AU}/members/{USER}/$ref")
+    again = await client.delete(f"/directory/administrativeUnits/{AU}/members/{USER}/$ref")
+
+    assert removed.status_code == 204
+    assert_error(again, 404, "Request_ResourceNotFound", not_found(USER))
+    assert graph_double.members_of(AU) == set()
+
+
+async def test_reading_an_au_and_its_members(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, DEVICE))
+
+    unit = await client.get(f"/directory/administrativeUnits/{AU}")
+    member = await client.get(f"/directory/administrativeUnits/{AU}/members/{DEVICE}")
+    non_member = await client.get(f"/directory/administrativeUnits/{AU}/members/{USER}")
+    listed = await client.get(f"/directory/administrativeUnits/{AU}/members")
+    missing = await client.get(f"/directory/administrativeUnits/{MISSING}")
+
+    assert unit.json()["id"] == AU
+    assert unit.json()["displayName"] == "Sales"
+    assert member.json()["@odata.type"] == "#microsoft.graph.device"
+    assert_error(non_member, 404, "Request_ResourceNotFound", not_found(USER))
+    assert [item["id"] for item in listed.json()["value"]] == [DEVICE]
+    assert_error(missing, 404, "Request_ResourceNotFound", not_found(MISSING))
+
+
+# --- directory roles --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", [ROLE, f"roleTemplateId={TEMPLATE}"], ids=["by id", "by template"])
+async def test_adding_a_role_member_then_again(graph_double: GraphDouble, client: httpx.AsyncClient, role: str) -> None:
+    added = await client.post(f"/directoryRoles/{role}/members/$ref", json=ref(graph_double, SP))
+    again = await client.post(f"/directoryRoles/{role}/members/$ref", json=ref(graph_double, SP))
+
+    assert added.status_code == 204
+    assert_error(again, 400, "Request_BadRequest", ALREADY_EXIST)
+    assert graph_double.members_of(ROLE) == graph_double.members_of(TEMPLATE) == {SP}
+
+
+async def test_role_by_template_that_is_not_activated_is_404_naming_the_template(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    added = await client.post(
+        f"/directoryRoles/roleTemplateId={IDLE_TEMPLATE}/members/$ref", json=ref(graph_double, USER)
+    )
+    read = await client.get(f"/directoryRoles/roleTemplateId={IDLE_TEMPLATE}")
+
+    assert_error(added, 404, "Request_ResourceNotFound", not_found(IDLE_TEMPLATE))
+    assert_error(read, 404, "Request_ResourceNotFound", not_found(IDLE_TEMPLATE))
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (DEVICE, "Unsupported referenced-object resource identifier for link property 'members'."),
+        (GROUP, "Groups without IsAssignableToRole property set cannot be assigned to roles."),
+    ],
+    ids=["device", "group not assignable to roles"],
+)
+async def test_principals_that_cannot_hold_a_role_are_400(
+    graph_double: GraphDouble, client: httpx.AsyncClient, member: str, message: str
+) -> None:
+    response = await client.post(f"/directoryRoles/{ROLE}/members/$ref", json=ref(graph_double, member))
+
+    assert_error(response, 400, "Request_BadRequest", message)
+    assert graph_double.members_of(ROLE) == set()
+
+
+async def test_role_assignable_group_can_hold_a_role(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    response = await client.post(f"/directoryRoles/{ROLE}/members/$ref", json=ref(graph_double, ROLE_GROUP))
+
+    assert response.status_code == 204
+
+
+@pytest.mark.parametrize("role", [ROLE, f"roleTemplateId={TEMPLATE}"], ids=["by id", "by template"])
+async def test_removing_a_role_member_then_again(
+    graph_double: GraphDouble, client: httpx.AsyncClient, role: str
+) -> None:
+    await client.post(f"/directoryRoles/{ROLE}/members/$ref", json=ref(graph_double, USER))
+
+    removed = await client.delete(f"/directoryRoles/{role}/members/{USER}/$ref")
+    again = await client.delete(f"/directoryRoles/{role}/members/{USER}/$ref")
+
+    assert removed.status_code == 204
+    assert_error(again, 404, "Request_ResourceNotFound", not_found(USER))
+
+
+async def test_reading_a_role_and_its_members(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    await client.post(f"/directoryRoles/{ROLE}/members/$ref", json=ref(graph_double, USER))
+
+    by_id = await client.get(f"/directoryRoles/{ROLE}")
+    by_template = await client.get(f"/directoryRoles/roleTemplateId={TEMPLATE}")
+    member = await client.get(f"/directoryRoles/{ROLE}/members/{USER}")
+    non_member = await client.get(f"/directoryRoles/{ROLE}/members/{USER_2}")
+    missing = await client.get(f"/directoryRoles/{MISSING}")
+
+    expected = {"id": ROLE, "roleTemplateId": TEMPLATE, "displayName": "Helpdesk Administrator"}
+    assert by_id.json().items() >= expected.items()
+    assert by_template.json() == by_id.json()
+    assert member.json()["@odata.type"] == "#microsoft.graph.user"
+    assert_error(non_member, 404, "Request_ResourceNotFound", not_found(USER_2))
+    assert_error(missing, 404, "Request_ResourceNotFound", not_found(MISSING))
+
+
+async def test_activating_a_template_creates_its_role_once(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    created = await client.post("/directoryRoles", json={"roleTemplateId": IDLE_TEMPLATE})
+    again = await client.post("/directoryRoles", json={"roleTemplateId": IDLE_TEMPLATE})
+    added = await client.post(
+        f"/directoryRoles/roleTemplateId={IDLE_TEMPLATE}/members/$ref", json=ref(graph_double, USER)
+    )
+
+    assert created.status_code == 201
+    assert created.json()["id"] == IDLE_ROLE == graph_double.role_id_of(IDLE_TEMPLATE)
+    assert created.json()["roleTemplateId"] == IDLE_TEMPLATE
+    assert_error(again, 400, "Request_BadRequest", CONFLICT)
+    assert added.status_code == 204
+    assert graph_double.members_of(IDLE_ROLE) == {USER}
+
+
+async def test_activating_an_unknown_template_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.post("/directoryRoles", json={"roleTemplateId": MISSING})
+
+    assert_error(response, 404, "Request_ResourceNotFound", not_found(MISSING))
+
+
+# --- directory objects, scoped role members, routing ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("object_id", "odata_type"),
+    [(USER, "user"), (ROLE_GROUP, "group"), (SP, "servicePrincipal"), (DEVICE, "device"), (AU, "administrativeUnit")],
+)
+async def test_directory_objects_have_their_type(client: httpx.AsyncClient, object_id: str, odata_type: str) -> None:
+    response = await client.get(f"/directoryObjects/{object_id}")
+
+    assert response.json()["@odata.type"] == f"#microsoft.graph.{odata_type}"
+    assert response.json()["id"] == object_id
+
+
+async def test_unknown_directory_object_is_404(client: httpx.AsyncClient) -> None:
+    assert_error(await client.get(f"/directoryObjects/{MISSING}"), 404, "Request_ResourceNotFound", not_found(MISSING))
+
+
+async def test_scoped_role_membership_lifecycle(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    body = {"roleId": ROLE, "roleMemberInfo": {"id": USER}}
+    created = await client.post(f"/directory/administrativeUnits/{AU}/scopedRoleMembers", json=body)
+    duplicate = await client.post(f"/directory/administrativeUnits/{AU}/scopedRoleMembers", json=body)
+    listed = await client.get(f"/directory/administrativeUnits/{AU}/scopedRoleMembers")
+    membership = created.json()["id"]
+    removed = await client.delete(f"/directory/administrativeUnits/{AU}/scopedRoleMembers/{membership}")
+    again = await client.delete(f"/directory/administrativeUnits/{AU}/scopedRoleMembers/{membership}")
+
+    assert created.status_code == 201
+    assert created.json()["roleId"] == ROLE
+    assert created.json()["administrativeUnitId"] == AU
+    assert created.json()["roleMemberInfo"]["id"] == USER
+    assert_error(duplicate, 400, "Request_BadRequest", CONFLICT)
+    assert listed.json()["value"] == [created.json()]
+    assert removed.status_code == 204
+    assert_error(again, 404, "Request_ResourceNotFound", not_found(membership))
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "named"),
+    [
+        ({"roleId": IDLE_ROLE, "roleMemberInfo": {"id": USER}}, 404, IDLE_ROLE),
+        ({"roleId": ROLE, "roleMemberInfo": {"id": MISSING}}, 404, MISSING),
+        ({"roleMemberInfo": {"id": USER}}, 400, None),
+    ],
+    ids=["role not activated", "unknown member", "no roleId"],
+)
+async def test_scoped_role_membership_errors(
+    client: httpx.AsyncClient, body: dict[str, Any], status: int, named: str | None
+) -> None:
+    response = await client.post(f"/directory/administrativeUnits/{AU}/scopedRoleMembers", json=body)
+
+    if named is None:
+        assert_error(response, status, "Request_BadRequest")
+    else:
+        assert_error(response, status, "Request_ResourceNotFound", not_found(named))
+
+
+async def test_unknown_segment_is_400_and_wrong_method_405(client: httpx.AsyncClient) -> None:
+    unknown = await client.get(f"/directory/administrativeUnits/{AU}/owners")
+    wrong_method = await client.delete(f"/directory/administrativeUnits/{AU}/members/$ref")
+
+    assert_error(unknown, 400, "BadRequest", "Resource not found for the segment 'owners'.")
+    assert_error(wrong_method, 405, "Request_BadRequest")
+
+
+# --- replication delay ------------------------------------------------------------------------------
+
+
+async def test_member_appears_after_n_lookups(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    """Given a user replicated after 2 lookups, a read and a write see it missing, the next write succeeds."""
+    late = graph_double.add_user(str(uuid.uuid4()), visible_after_lookups=2)
+
+    read = await client.get(f"/directoryObjects/{late}")
+    first = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, late))
+    second = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, late))
+
+    assert_error(read, 404, "Request_ResourceNotFound", not_found(late))
+    assert_error(first, 404, "Request_ResourceNotFound", not_found(late))
+    assert second.status_code == 204
+
+
+async def test_member_appears_after_seconds_on_the_clock(
+    graph_double: GraphDouble, client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    late = graph_double.add_user(str(uuid.uuid4()), visible_after_seconds=30)
+
+    before = await client.post(f"/directoryRoles/{ROLE}/members/$ref", json=ref(graph_double, late))
+    clock.advance(30)
+    after = await client.post(f"/directoryRoles/{ROLE}/members/$ref", json=ref(graph_double, late))
+
+    assert_error(before, 404, "Request_ResourceNotFound", not_found(late))
+    assert after.status_code == 204
+
+
+# --- faults -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (429, "TooManyRequests"),
+        (500, "Service_InternalServerError"),
+        (503, "serviceNotAvailable"),
+        (504, "UnknownError"),
+        (401, "InvalidAuthenticationToken"),
+    ],
+)
+async def test_injected_status_answers_once_with_graphs_error(
+    graph_double: GraphDouble, client: httpx.AsyncClient, status: int, code: str
+) -> None:
+    graph_double.inject(Fault.status(status, retry_after=2))
+
+    faulted = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+    normal = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+
+    assert_error(faulted, status, code)
+    assert faulted.headers["retry-after"] == "2"
+    assert normal.status_code == 204
+    assert graph_double.write_count == 1
+
+
+async def test_status_fault_without_retry_after_sends_no_header(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    graph_double.inject(Fault.status(503))
+
+    response = await client.get(f"/directoryObjects/{USER}")
+
+    assert response.status_code == 503
+    assert "retry-after" not in response.headers
+
+
+async def test_dropped_request_closes_the_connection_and_the_next_one_is_answered(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    graph_double.inject(Fault.drop())
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+    response = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+
+    assert response.status_code == 204
+    assert [entry.status for entry in graph_double.requests] == [0, 204]
+    assert graph_double.connections_opened == 2
+
+
+async def test_delayed_request_is_answered_late(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    graph_double.inject(Fault.delay(0.1))
+
+    started = time.monotonic()
+    response = await client.get(f"/directoryObjects/{USER}")
+
+    assert time.monotonic() - started >= 0.1
+    assert response.status_code == 200
+
+
+async def test_faults_go_to_the_first_matching_request_in_order(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    graph_double.inject(
+        Fault.status(503, method="POST", path=r"/directoryRoles/"),
+        Fault.status(500, method="POST"),
+        Fault.status(504, method="POST"),
+    )
+
+    read = await client.get(f"/directoryRoles/{ROLE}")
+    au_write = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+    role_write = await client.post(f"/directoryRoles/{ROLE}/members/$ref", json=ref(graph_double, USER))
+
+    assert (read.status_code, au_write.status_code, role_write.status_code) == (200, 500, 503)
+    assert graph_double.pending_faults == 1
+
+
+async def test_latency_is_added_to_every_answer(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    graph_double.latency_seconds = 0.05
+
+    started = time.monotonic()
+    await client.get(f"/directoryObjects/{USER}")
+    await client.get(f"/directoryObjects/{USER}")
+
+    assert time.monotonic() - started >= 0.1
+
+
+# --- write budget, permissions, tokens --------------------------------------------------------------
+
+
+async def test_write_budget_throttles_with_retry_after_until_capacity(
+    graph_double: GraphDouble, client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    """Given 2 writes per 10 s, the third is 429 with Retry-After counting down on the clock; reads pass."""
+    graph_double.write_budget = (2, 10.0)
+    users = [graph_double.add_user(str(uuid.uuid4())) for _ in range(4)]
+
+    async def add(user: str) -> httpx.Response:
+        return await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, user))
+
+    assert [(await add(user)).status_code for user in users[:2]] == [204, 204]
+    clock.advance(4)
+    throttled = await add(users[2])
+    read = await client.get(f"/directoryObjects/{USER}")
+    clock.advance(6)
+    allowed = await add(users[2])
+
+    assert_error(throttled, 429, "TooManyRequests")
+    assert throttled.headers["retry-after"] == "6"
+    assert read.status_code == 200
+    assert allowed.status_code == 204
+    assert graph_double.write_count == 3
+
+
+async def test_denied_kind_answers_403_for_writes_only(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    graph_double.deny("administrativeUnit")
+
+    au_write = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+    au_read = await client.get(f"/directory/administrativeUnits/{AU}")
+    role_write = await client.post(f"/directoryRoles/{ROLE}/members/$ref", json=ref(graph_double, USER))
+    graph_double.allow("administrativeUnit")
+    allowed = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+
+    assert_error(au_write, 403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+    assert au_read.status_code == 200
+    assert role_write.status_code == 204
+    assert allowed.status_code == 204
+
+
+async def test_missing_token_is_401_empty(graph_double: GraphDouble) -> None:
+    async with httpx.AsyncClient(base_url=graph_double.base_url, verify=TLS) as anonymous:
+        response = await anonymous.get(f"/directoryObjects/{USER}")
+
+    assert_error(response, 401, "InvalidAuthenticationToken", "Access token is empty.")
+
+
+async def test_expired_token_is_401_until_a_fresh_one_is_fetched(
+    graph_double: GraphDouble, token_endpoint: TokenEndpoint, client: httpx.AsyncClient
+) -> None:
+    token_endpoint.expire_all()
+
+    refused = await client.get(f"/directoryObjects/{USER}")
+    async with ManagedIdentityCredential(transport=AsyncioRequestsTransport()) as credential:
+        fresh = (await credential.get_token(graph_double.scope)).token
+    accepted = await client.get(f"/directoryObjects/{USER}", headers={"Authorization": f"Bearer {fresh}"})
+
+    assert_error(refused, 401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.")
+    assert accepted.status_code == 200
+
+
+async def test_token_expires_on_the_clock(client: httpx.AsyncClient, clock: FakeClock) -> None:
+    clock.advance(3600)
+
+    assert_error(await client.get(f"/directoryObjects/{USER}"), 401, "InvalidAuthenticationToken")
+
+
+async def test_token_for_another_resource_is_401(graph_double: GraphDouble, token_endpoint: TokenEndpoint) -> None:
+    async with httpx.AsyncClient(verify=TLS) as http:
+        answer = await http.get(
+            token_endpoint.url,
+            params={"resource": "https://graph.microsoft.com", "api-version": "2019-08-01"},
+            headers={"X-IDENTITY-HEADER": token_endpoint.header_secret},
+        )
+        other = answer.json()["access_token"]
+        response = await http.get(
+            f"{graph_double.base_url}/directoryObjects/{USER}", headers={"Authorization": f"Bearer {other}"}
+        )
+
+    assert_error(response, 401, "InvalidAuthenticationToken")
+
+
+# --- observability, connections, seeding ------------------------------------------------------------
+
+
+async def test_request_log_records_what_was_asked_and_answered_without_the_token(
+    graph_double: GraphDouble, client: httpx.AsyncClient, token: str
+) -> None:
+    body = ref(graph_double, USER)
+    await client.post(
+        f"/directory/administrativeUnits/{AU}/members/$ref", json=body, headers={"client-request-id": "c1"}
+    )
+    await client.get(f"/directoryObjects/{MISSING}", headers={"client-request-id": "c2"})
+
+    assert graph_double.requests == [
+        LoggedRequest("POST", f"/directory/administrativeUnits/{AU}/members/$ref", 204, "c1", body),
+        LoggedRequest("GET", f"/directoryObjects/{MISSING}", 404, "c2", None),
+    ]
+    assert token not in repr(graph_double.requests)
+    graph_double.reset_log()
+    assert graph_double.requests == []
+
+
+async def test_many_requests_reuse_one_keep_alive_connection(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    for index in range(100):
+        method = "POST" if index % 2 == 0 else "DELETE"
+        url = f"/directory/administrativeUnits/{AU}/members/" + ("$ref" if method == "POST" else f"{USER}/$ref")
+        response = await client.request(method, url, json=ref(graph_double, USER) if method == "POST" else None)
+        assert response.status_code == 204
+
+    assert graph_double.connections_opened == 1
+    assert len(graph_double.requests) == 100
+
+
+async def test_32_concurrent_writes_are_all_applied(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    users = [graph_double.add_user(str(uuid.uuid4())) for _ in range(32)]
+
+    responses = await asyncio.gather(
+        *(
+            client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, user))
+            for user in users
+        )
+    )
+
+    assert {response.status_code for response in responses} == {204}
+    assert graph_double.members_of(AU) == set(users)
+    assert 1 <= graph_double.connections_opened <= 32
+
+
+def test_seed_file_loads_like_the_mapping(token_endpoint: TokenEndpoint, tmp_path: Path) -> None:
+    seed = {**SEED, "administrativeUnits": [{"id": AU, "members": [USER, DEVICE]}]}
+    path = tmp_path / "seed.json"
+    path.write_text(json.dumps(seed))
+
+    with GraphDouble(token_endpoint) as graph:
+        graph.load(path)
+
+        assert graph.members_of(AU) == {USER, DEVICE}
+        assert graph.role_id_of(TEMPLATE) == ROLE
+        assert graph.role_id_of(IDLE_TEMPLATE) is None
+
+
+def test_seeding_refuses_ids_that_are_not_guids(graph_double: GraphDouble) -> None:
+    with pytest.raises(ValueError, match="not a GUID"):
+        graph_double.add_user("alice")
+
+
+async def test_closed_double_refuses_connections(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    await client.get(f"/directoryObjects/{USER}")
+
+    graph_double.close()
+
+    with pytest.raises(httpx.TransportError):
+        await client.get(f"/directoryObjects/{USER}")
