@@ -9,8 +9,28 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
+    from azure.servicebus import ServiceBusMessage
 
-__all__ = ["ServiceBusRetrySender"]
+__all__ = ["ServiceBusRetrySender", "retry_copy"]
+
+
+def retry_copy(
+    *,
+    body: bytes,
+    message_id: str,
+    application_properties: Mapping[str, str | int],
+    scheduled_enqueue_time: datetime,
+) -> ServiceBusMessage:
+    """The `azure.servicebus.ServiceBusMessage` for a retry copy, scheduled at `scheduled_enqueue_time`."""
+    from azure.servicebus import ServiceBusMessage
+
+    return ServiceBusMessage(
+        body,
+        message_id=message_id,
+        application_properties={key: value for key, value in application_properties.items()},
+        scheduled_enqueue_time_utc=scheduled_enqueue_time,
+        content_type="application/json",
+    )
 
 
 class ServiceBusRetrySender:
@@ -36,16 +56,13 @@ class ServiceBusRetrySender:
         scheduled_enqueue_time: datetime,
     ) -> None:
         """Send one message that becomes deliverable at `scheduled_enqueue_time`; raise if it was not sent."""
-        from azure.servicebus import ServiceBusMessage
-
-        sender = await self._open()
-        message = ServiceBusMessage(
-            body,
+        message = retry_copy(
+            body=body,
             message_id=message_id,
-            application_properties={key: value for key, value in application_properties.items()},
-            scheduled_enqueue_time_utc=scheduled_enqueue_time,
-            content_type="application/json",
+            application_properties=application_properties,
+            scheduled_enqueue_time=scheduled_enqueue_time,
         )
+        sender = await self._open()
         await sender.send_messages(message)
 
     async def _open(self) -> Any:
