@@ -16,6 +16,7 @@ import httpx
 
 from shared.config import ConfigError, Settings
 from shared.contract import GrantCommand
+from shared.governor import WriteGovernor
 from shared.graph import GraphClient, new_http_client
 from shared.handlers import Result, handle_grant
 from shared.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
@@ -86,7 +87,12 @@ def bootstrap(
     return Services(
         settings=settings,
         http=http,
-        graph=GraphClient(http=http, tokens=tokens, base_url=settings.graph_base_url),
+        graph=GraphClient(
+            http=http,
+            tokens=tokens,
+            base_url=settings.graph_base_url,
+            governor=WriteGovernor(rate=settings.graph_write_rate),
+        ),
         policy=policy or RetryPolicy.from_settings(settings),
         sender=sender,
         now=now,

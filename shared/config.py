@@ -22,6 +22,11 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "GRANTS_RETRY_BASE_SECONDS": "10",
     "GRANTS_RETRY_MAX_SECONDS": "900",
     "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "600",
+    "GRAPH_WRITE_RATE": "20",
+    "GRANTS_POLICY": "",
+    "GRANTS_DRY_RUN": "false",
+    "HR_EVENTS_QUEUE": "hr-events",
+    "GRANTS_HR_RULES": "",
     "ServiceBusConnection__fullyQualifiedNamespace": "",
     "ServiceBusConnection__credential": "managedidentity",
     "ServiceBusConnection__clientId": "",
@@ -47,6 +52,7 @@ class Settings:
     retry_base_seconds: float = 10.0
     retry_max_seconds: float = 900.0
     member_not_found_window_seconds: float = 600.0
+    graph_write_rate: float = 20.0
     servicebus_namespace: str | None = None
     servicebus_client_id: str | None = None
 
@@ -78,6 +84,7 @@ class Settings:
         base = _number(get, "GRANTS_RETRY_BASE_SECONDS", minimum=0)
         cap = _number(get, "GRANTS_RETRY_MAX_SECONDS", minimum=0)
         window = _number(get, "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS", minimum=0)
+        write_rate = _number(get, "GRAPH_WRITE_RATE", minimum=0)
         return cls(
             graph_base_url=base_url,
             client_id=get("AZURE_CLIENT_ID") or None,
@@ -87,6 +94,7 @@ class Settings:
             retry_base_seconds=base,
             retry_max_seconds=cap,
             member_not_found_window_seconds=window,
+            graph_write_rate=write_rate,
             servicebus_namespace=get("ServiceBusConnection__fullyQualifiedNamespace") or None,
             servicebus_client_id=get("ServiceBusConnection__clientId") or get("AZURE_CLIENT_ID") or None,
         )

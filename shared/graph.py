@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from shared.errors import GraphAnswer, PermanentError, Reason, TransientError
+from shared.governor import WriteGovernor
 from shared.identity import TokenSource
 
 __all__ = ["USER_AGENT", "GraphClient", "GraphResponse", "new_http_client", "path", "raise_for_graph"]
@@ -28,6 +29,9 @@ __all__ = ["USER_AGENT", "GraphClient", "GraphResponse", "new_http_client", "pat
 USER_AGENT: Final = "entra-grants/0.1.0 (Azure Functions; +managed identity)"
 TIMEOUT: Final = httpx.Timeout(15.0, connect=5.0, pool=30.0)
 _TRANSIENT_STATUS: Final = frozenset({500, 502, 503, 504})
+_WRITES: Final = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+#: The shared pause after a 429 that carries no Retry-After.
+DEFAULT_THROTTLE_PAUSE_SECONDS: Final = 5.0
 
 
 def new_http_client() -> httpx.AsyncClient:
@@ -74,7 +78,10 @@ class GraphResponse:
 
 
 class GraphClient:
-    """Sends requests to Graph at `base_url` (e.g. ``https://graph.microsoft.com/v1.0``)."""
+    """Sends requests to Graph at `base_url` (e.g. ``https://graph.microsoft.com/v1.0``).
+
+    Writes wait for `governor` (when given); any ``429`` pauses every writer for its ``Retry-After``.
+    """
 
     def __init__(
         self,
@@ -82,11 +89,13 @@ class GraphClient:
         http: httpx.AsyncClient,
         tokens: TokenSource,
         base_url: str,
+        governor: WriteGovernor | None = None,
         new_request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         self._http = http
         self._tokens = tokens
         self.base_url = base_url.rstrip("/")
+        self._governor = governor
         self._new_request_id = new_request_id
 
     def directory_object_url(self, object_id: str) -> str:
@@ -115,6 +124,8 @@ class GraphClient:
     ) -> GraphResponse:
         client_request_id = self._new_request_id()
         headers = {"Authorization": f"Bearer {token}", "client-request-id": client_request_id}
+        if self._governor is not None and method in _WRITES:
+            await self._governor.acquire()
         try:
             response = await self._http.request(method, self.base_url + url_path, json=json_body, headers=headers)
         except httpx.TimeoutException as error:
@@ -129,13 +140,18 @@ class GraphClient:
                 f"Graph could not be reached for {method} {url_path} ({type(error).__name__}); "
                 f"client-request-id {client_request_id}",
             ) from error
-        return GraphResponse(
+        answer = GraphResponse(
             status=response.status_code,
             body=_json_body(response),
             request_id=response.headers.get("request-id"),
             client_request_id=client_request_id,
             retry_after=_retry_after(response.headers.get("retry-after")),
         )
+        if answer.status == 429 and self._governor is not None:
+            self._governor.pause(
+                answer.retry_after if answer.retry_after is not None else DEFAULT_THROTTLE_PAUSE_SECONDS
+            )
+        return answer
 
 
 def raise_for_graph(response: GraphResponse, *, permission: str) -> NoReturn:
