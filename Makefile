@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint types unit clean
+.PHONY: demo test lint types unit bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ types: $(VENV)/.dev
 
 unit: $(VENV)/.dev
 	$(BIN)/python -m pytest
+
+# Not part of `make test`: throughput / CPU / cold-start figures (ARGS="--quick" for a short run).
+bench: $(VENV)/.dev
+	$(BIN)/python -m benchmarks.bench $(ARGS)
+
+# The chaos soak: 10,000 messages with faults injected (ARGS="--messages 500 --seed 7" to vary).
+soak: $(VENV)/.dev
+	$(BIN)/python -m benchmarks.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
