@@ -27,6 +27,7 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "GRANTS_DRY_RUN": "false",
     "HR_EVENTS_QUEUE": "hr-events",
     "GRANTS_HR_RULES": "",
+    "GRANTS_WEBHOOK_SECRET": "",  # a Key Vault reference in Azure, never a literal
     "ServiceBusConnection__fullyQualifiedNamespace": "",
     "ServiceBusConnection__credential": "managedidentity",
     "ServiceBusConnection__clientId": "",
