@@ -7,6 +7,7 @@ exactly as in Azure (``GRAPH_BASE_URL``, ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,13 +18,17 @@ import httpx
 from shared.config import ConfigError, Settings
 from shared.contract import GrantCommand
 from shared.governor import WriteGovernor
+from shared.grants import GrantService
 from shared.graph import GraphClient, new_http_client
-from shared.handlers import Result, handle_grant
+from shared.handlers import Result
 from shared.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
+from shared.policy import GrantPolicy
 from shared.retry import RetryPolicy
 from shared.settlement import Delivery, MessageActions, RetrySender, Settled, settle
 
 __all__ = ["Services", "bootstrap"]
+
+_log = logging.getLogger(__name__)
 
 
 def _utc_now() -> datetime:
@@ -37,14 +42,15 @@ class Services:
     settings: Settings
     http: httpx.AsyncClient
     graph: GraphClient
+    grants: GrantService
     policy: RetryPolicy
     sender: RetrySender
     now: Callable[[], datetime] = _utc_now
     _closers: tuple[Any, ...] = field(default=(), repr=False)
 
     async def handle(self, command: GrantCommand) -> Result:
-        """Carry out one validated command against Graph."""
-        return await handle_grant(command, graph=self.graph, activate_roles=self.settings.activate_roles)
+        """Carry out one validated command: guardrails, Graph, expiry."""
+        return await self.grants.execute(command)
 
     async def process(self, message: Any, actions: MessageActions) -> Settled:
         """Process and settle one received Service Bus message."""
@@ -84,15 +90,27 @@ def bootstrap(
         tokens = ManagedIdentityTokens(credential, scope=settings.graph_scope)
     if sender is None:
         sender = _servicebus_sender(settings, http, credential, closers)
+    grant_policy = GrantPolicy.load(settings.policy_path) if settings.policy_path else GrantPolicy.default()
+    _log.log(logging.WARNING if settings.policy_path is None else logging.INFO, grant_policy.describe())
+    graph = GraphClient(
+        http=http,
+        tokens=tokens,
+        base_url=settings.graph_base_url,
+        governor=WriteGovernor(rate=settings.graph_write_rate),
+    )
+    grants = GrantService(
+        graph=graph,
+        policy=grant_policy,
+        sender=sender,
+        now=now,
+        activate_roles=settings.activate_roles,
+        dry_run=settings.dry_run,
+    )
     return Services(
         settings=settings,
         http=http,
-        graph=GraphClient(
-            http=http,
-            tokens=tokens,
-            base_url=settings.graph_base_url,
-            governor=WriteGovernor(rate=settings.graph_write_rate),
-        ),
+        graph=graph,
+        grants=grants,
         policy=policy or RetryPolicy.from_settings(settings),
         sender=sender,
         now=now,

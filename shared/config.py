@@ -54,6 +54,8 @@ class Settings:
     retry_max_seconds: float = 900.0
     member_not_found_window_seconds: float = 600.0
     graph_write_rate: float = 20.0
+    policy_path: str | None = None
+    dry_run: bool = False
     servicebus_namespace: str | None = None
     servicebus_client_id: str | None = None
 
@@ -96,6 +98,8 @@ class Settings:
             retry_max_seconds=cap,
             member_not_found_window_seconds=window,
             graph_write_rate=write_rate,
+            policy_path=get("GRANTS_POLICY") or None,
+            dry_run=_flag(get, "GRANTS_DRY_RUN"),
             servicebus_namespace=get("ServiceBusConnection__fullyQualifiedNamespace") or None,
             servicebus_client_id=get("ServiceBusConnection__clientId") or get("AZURE_CLIENT_ID") or None,
         )

@@ -9,6 +9,7 @@ free text may not carry control characters (no forged log lines). The JSON Schem
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -28,11 +29,14 @@ __all__ = [
     "Guid",
     "Member",
     "MemberType",
+    "ScopedRole",
     "Source",
     "SourceSystem",
     "Target",
+    "derived_request_id",
     "parse_grant",
     "parse_guid",
+    "to_document",
 ]
 
 MAX_MESSAGE_BYTES: Final = 64 * 1024
@@ -83,7 +87,15 @@ class DirectoryRole:
     role_template_id: Guid | None = None
 
 
-Target = AdministrativeUnit | DirectoryRole
+@dataclass(frozen=True, slots=True)
+class ScopedRole:
+    """A directory role limited to one administrative unit (by role template id)."""
+
+    role_template_id: Guid
+    administrative_unit_id: Guid
+
+
+Target = AdministrativeUnit | DirectoryRole | ScopedRole
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +122,7 @@ class GrantCommand:
     requested_by: str | None = None
     reason: str | None = None
     expires_at: datetime | None = None
+    dry_run: bool = False
 
 
 # Field limits, shared with the JSON Schema (the sync test reads them).
@@ -124,7 +137,56 @@ _TOP_FIELDS: Final = (
     "requestedBy",
     "reason",
     "expiresAt",
+    "dryRun",
 )
+
+
+def to_document(command: GrantCommand) -> dict[str, Any]:
+    """The v1 message for `command` (what `parse_grant` reads back to an equal command)."""
+    target = command.target
+    target_doc: dict[str, Any]
+    if isinstance(target, AdministrativeUnit):
+        target_doc = {"type": "administrativeUnit", "id": target.id}
+    elif isinstance(target, ScopedRole):
+        target_doc = {
+            "type": "scopedRole",
+            "roleTemplateId": target.role_template_id,
+            "administrativeUnitId": target.administrative_unit_id,
+        }
+    elif target.id is not None:
+        target_doc = {"type": "directoryRole", "id": target.id}
+    else:
+        target_doc = {"type": "directoryRole", "roleTemplateId": target.role_template_id}
+    member: dict[str, Any] = {"id": command.member.id}
+    if command.member.type is not None:
+        member["type"] = command.member.type.value
+    source: dict[str, Any] = {"system": command.source.system.value}
+    if command.source.reference is not None:
+        source["reference"] = command.source.reference
+    document: dict[str, Any] = {
+        "schemaVersion": SCHEMA_VERSION,
+        "requestId": command.request_id,
+        "action": command.action.value,
+        "target": target_doc,
+        "member": member,
+        "source": source,
+    }
+    optional = {
+        "requestedBy": command.requested_by,
+        "reason": command.reason,
+        "expiresAt": command.expires_at.isoformat().replace("+00:00", "Z") if command.expires_at else None,
+        "dryRun": command.dry_run or None,
+    }
+    document.update({key: value for key, value in optional.items() if value is not None})
+    return document
+
+
+def derived_request_id(request_id: str, suffix: str) -> str:
+    """A request id derived from another, stable and within the 128-character limit (hashed when needed)."""
+    candidate = f"{request_id}:{suffix}"
+    if len(candidate) <= 128:
+        return candidate
+    return f"{hashlib.sha256(request_id.encode()).hexdigest()}:{suffix}"
 
 
 def parse_guid(value: str, *, field: str = "id") -> Guid:
@@ -233,6 +295,7 @@ def _parse_document(document: Mapping[str, Any]) -> GrantCommand:
         requested_by=_text(document, "requestedBy", ""),
         reason=_text(document, "reason", ""),
         expires_at=_timestamp(document, "expiresAt"),
+        dry_run=_flag(document, "dryRun"),
     )
 
 
@@ -242,14 +305,29 @@ def _member(doc: Mapping[str, Any]) -> Member:
 
 
 def _target(doc: Mapping[str, Any], member: Member) -> Target:
-    _known_fields(doc, ("type", "id", "roleTemplateId"), "target.")
+    _known_fields(doc, ("type", "id", "roleTemplateId", "administrativeUnitId"), "target.")
     kind = _string(doc, "type", "target.")
     if kind is None:
         raise _violation("target.type", "is required")
+    if kind != "scopedRole" and "administrativeUnitId" in doc:
+        raise _violation("target.administrativeUnitId", "is only for scopedRole targets")
     if kind == "administrativeUnit":
         if "roleTemplateId" in doc:
-            raise _violation("target.roleTemplateId", "is only for directoryRole targets")
+            raise _violation("target.roleTemplateId", "is only for directoryRole and scopedRole targets")
         return AdministrativeUnit(id=_guid(doc, "id", "target."))
+    if kind == "scopedRole":
+        if "id" in doc:
+            raise _violation(
+                "target.id", "is not used by scopedRole targets: give roleTemplateId and administrativeUnitId"
+            )
+        if member.type in (MemberType.DEVICE, MemberType.SERVICE_PRINCIPAL):
+            raise ContractError(
+                Reason.UNSUPPORTED_TARGET, f"a {member.type.value} cannot hold a role scoped to an administrative unit"
+            )
+        return ScopedRole(
+            role_template_id=_guid(doc, "roleTemplateId", "target."),
+            administrative_unit_id=_guid(doc, "administrativeUnitId", "target."),
+        )
     if kind == "directoryRole":
         if ("id" in doc) == ("roleTemplateId" in doc):
             raise _violation("target", "a directoryRole target needs exactly one of id and roleTemplateId")
@@ -260,7 +338,7 @@ def _target(doc: Mapping[str, Any], member: Member) -> Target:
         return DirectoryRole(role_template_id=_guid(doc, "roleTemplateId", "target."))
     raise ContractError(
         Reason.UNSUPPORTED_TARGET,
-        f"target.type {_show(kind)} is not supported; use administrativeUnit or directoryRole",
+        f"target.type {_show(kind)} is not supported; use administrativeUnit, directoryRole or scopedRole",
     )
 
 
@@ -332,6 +410,13 @@ def _timestamp(doc: Mapping[str, Any], name: str) -> datetime | None:
         except ValueError:
             pass
     raise _violation(name, "must be an RFC 3339 timestamp with a time zone, e.g. 2027-01-31T00:00:00Z")
+
+
+def _flag(doc: Mapping[str, Any], name: str) -> bool:
+    value = doc.get(name, False)
+    if not isinstance(value, bool):
+        raise _violation(name, "must be true or false")
+    return value
 
 
 def _is_int(value: Any) -> bool:

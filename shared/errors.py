@@ -32,6 +32,10 @@ class Reason(StrEnum):
     SCHEMA_VIOLATION = "SchemaViolation"
     INVALID_ID = "InvalidId"
     UNSUPPORTED_TARGET = "UnsupportedTarget"
+    # Our guardrails (never reaches a Graph write).
+    POLICY_DENIED = "PolicyDenied"
+    EXPIRED = "Expired"
+    EXPIRY_NOT_SCHEDULED = "ExpiryNotScheduled"
     # Graph's answer.
     TARGET_NOT_FOUND = "TargetNotFound"
     MEMBER_NOT_FOUND = "MemberNotFound"
@@ -63,6 +67,7 @@ class GrantError(Exception):
         self.reason = reason
         self.description = description
         self.graph = graph
+        self.role_template_id: str | None = None  # set once known, for the audit record
 
 
 class PermanentError(GrantError):

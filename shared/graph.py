@@ -98,6 +98,12 @@ class GraphClient:
         self._governor = governor
         self._new_request_id = new_request_id
 
+    def relative(self, next_link: object) -> str | None:
+        """The path of an ``@odata.nextLink`` on this client's Graph root; None for anything else."""
+        if isinstance(next_link, str) and next_link.startswith(self.base_url + "/"):
+            return next_link[len(self.base_url) :]
+        return None
+
     def directory_object_url(self, object_id: str) -> str:
         """The ``@odata.id`` of a directory object, on the same Graph root as every request."""
         return self.base_url + path("directoryObjects", object_id)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from typing import Final
+from typing import Any, Final
 
-from shared.contract import Action, AdministrativeUnit, GrantCommand, Guid, Target
+from shared.contract import Action, AdministrativeUnit, DirectoryRole, GrantCommand, Guid, ScopedRole
 from shared.errors import GraphAnswer, PermanentError, Reason, TransientError
 from shared.graph import GraphClient, GraphResponse, path, raise_for_graph
 
@@ -30,6 +30,8 @@ class Outcome(StrEnum):
     ALREADY_MEMBER = "already_member"
     REVOKED = "revoked"
     NOT_MEMBER = "not_member"
+    WOULD_GRANT = "would_grant"  # dry run
+    WOULD_REVOKE = "would_revoke"  # dry run
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,7 @@ class Result:
     outcome: Outcome
     description: str
     graph: GraphAnswer | None
+    role_template_id: Guid | None = None  # for the audit record, when the target is a role
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +57,29 @@ class _Missing(Enum):
     MEMBER = "member"
 
 
-async def handle_grant(command: GrantCommand, *, graph: GraphClient, activate_roles: bool) -> Result:
-    """Add or remove the command's member; activate a role by template first if allowed and needed."""
-    route = _route(command.target)
+async def handle_grant(
+    command: GrantCommand, *, graph: GraphClient, activate_roles: bool, dry_run: bool = False
+) -> Result:
+    """Add or remove the command's member; activate a role by template first if allowed and needed.
+
+    With `dry_run`, only read: report `would_grant`, `already_member`, `would_revoke` or `not_member`.
+    """
+    target = command.target
+    if isinstance(target, ScopedRole):
+        if dry_run:
+            return await _preview_scoped(command, target, graph, activate_roles=activate_roles)
+        if command.action is Action.ADD:
+            return await _add_scoped(command, target, graph, activate_roles=activate_roles)
+        return await _remove_scoped(command, target, graph)
+    route = _route(target)
+    if dry_run:
+        return await _preview(command, route, graph, activate_roles=activate_roles)
     if command.action is Action.ADD:
         return await _add(command, route, graph, activate_roles=activate_roles)
     return await _remove(command, route, graph)
 
 
-def _route(target: Target) -> _Route:
+def _route(target: AdministrativeUnit | DirectoryRole) -> _Route:
     if isinstance(target, AdministrativeUnit):
         return _Route(
             ("directory", "administrativeUnits", target.id), f"administrative unit {target.id}", AU_PERMISSION
@@ -141,6 +158,150 @@ async def _remove(command: GrantCommand, route: _Route, graph: GraphClient) -> R
             response.answer(),
         )
     raise _target_not_found(route, response)
+
+
+async def _preview(command: GrantCommand, route: _Route, graph: GraphClient, *, activate_roles: bool) -> Result:
+    """Dry run for units and roles: read membership with GETs only."""
+    add = command.action is Action.ADD
+    who = _member_label(command)
+    response = await graph.send("GET", path(*route.segments, "members", command.member.id))
+    if response.status == 200:
+        if add:
+            return Result(Outcome.ALREADY_MEMBER, f"{who} is already in {route.label} (dry run)", response.answer())
+        return Result(Outcome.WOULD_REVOKE, f"would remove {who} from {route.label} (dry run)", response.answer())
+    if response.status != 404:
+        raise_for_graph(response, permission=route.permission)
+    probe = await graph.send("GET", path(*route.segments))
+    if probe.status == 404:
+        if route.template_id is None:
+            raise _target_not_found(route, probe)
+        if not add:
+            return Result(Outcome.NOT_MEMBER, f"{route.label} is not activated, so {who} does not hold it", None)
+        if not activate_roles:
+            raise PermanentError(Reason.ROLE_NOT_ACTIVATED, f"{route.label} is not activated in this tenant (dry run)")
+        return Result(Outcome.WOULD_GRANT, f"would activate {route.label} and add {who} (dry run)", probe.answer())
+    if probe.status != 200:
+        raise_for_graph(probe, permission=route.permission)
+    return await _preview_absent(command, route.label, graph)
+
+
+async def _preview_absent(command: GrantCommand, label: str, graph: GraphClient) -> Result:
+    """Dry run when the member is not in the target: would an add find the member?"""
+    who = _member_label(command)
+    if command.action is Action.REMOVE:
+        return Result(Outcome.NOT_MEMBER, f"{who} is not in {label} (dry run)", None)
+    found = await graph.send("GET", path("directoryObjects", command.member.id))
+    if found.status == 404:
+        raise TransientError(
+            Reason.MEMBER_NOT_FOUND, f"{who} does not exist in the directory (yet)", graph=found.answer()
+        )
+    if found.status != 200:
+        raise_for_graph(found, permission="Directory.Read.All")
+    return Result(Outcome.WOULD_GRANT, f"would add {who} to {label} (dry run)", found.answer())
+
+
+async def _add_scoped(command: GrantCommand, target: ScopedRole, graph: GraphClient, *, activate_roles: bool) -> Result:
+    unit = _scoped_unit(target)
+    label = _scoped_label(target)
+    role_id = await _role_id(target.role_template_id, graph, activate=activate_roles)
+    if role_id is None:
+        raise PermanentError(
+            Reason.ROLE_NOT_ACTIVATED,
+            f"the role with template {target.role_template_id} is not activated in this tenant; activate it or set "
+            "GRANTS_ACTIVATE_ROLES=true",
+        )
+    body = {"roleId": role_id, "roleMemberInfo": {"id": command.member.id}}
+    response = await graph.send("POST", path(*unit.segments, "scopedRoleMembers"), json_body=body)
+    if response.status in (200, 201):
+        return Result(Outcome.GRANTED, f"assigned {_member_label(command)} the {label}", response.answer())
+    if _already_exists(response, "conflicting object", "already exist"):
+        return Result(Outcome.ALREADY_MEMBER, f"{_member_label(command)} already holds the {label}", response.answer())
+    if response.status != 404:
+        raise_for_graph(response, permission=ROLE_PERMISSION)
+    if await _which_missing(response, unit, command.member.id, graph) is _Missing.MEMBER:
+        raise TransientError(
+            Reason.MEMBER_NOT_FOUND,
+            f"{_member_label(command)} does not exist in the directory (yet)",
+            graph=response.answer(),
+        )
+    raise _target_not_found(unit, response)
+
+
+async def _remove_scoped(command: GrantCommand, target: ScopedRole, graph: GraphClient) -> Result:
+    label = _scoped_label(target)
+    role_id = await _role_id(target.role_template_id, graph, activate=False)
+    membership = None if role_id is None else await _scoped_membership(target, role_id, command.member.id, graph)
+    if membership is None:
+        return Result(Outcome.NOT_MEMBER, f"{_member_label(command)} does not hold the {label}", None)
+    unit = _scoped_unit(target)
+    response = await graph.send("DELETE", path(*unit.segments, "scopedRoleMembers", membership))
+    if response.status == 204:
+        return Result(Outcome.REVOKED, f"removed the {label} from {_member_label(command)}", response.answer())
+    if response.status == 404:
+        return Result(Outcome.NOT_MEMBER, f"{_member_label(command)} does not hold the {label}", response.answer())
+    raise_for_graph(response, permission=ROLE_PERMISSION)
+
+
+async def _preview_scoped(
+    command: GrantCommand, target: ScopedRole, graph: GraphClient, *, activate_roles: bool
+) -> Result:
+    label = _scoped_label(target)
+    who = _member_label(command)
+    role_id = await _role_id(target.role_template_id, graph, activate=False)
+    if role_id is None:
+        if command.action is Action.REMOVE:
+            return Result(Outcome.NOT_MEMBER, f"{who} does not hold the {label} (role not activated)", None)
+        if not activate_roles:
+            raise PermanentError(Reason.ROLE_NOT_ACTIVATED, f"the {label} is not activated in this tenant (dry run)")
+        return Result(Outcome.WOULD_GRANT, f"would activate the role and assign {who} the {label} (dry run)", None)
+    if await _scoped_membership(target, role_id, command.member.id, graph) is not None:
+        if command.action is Action.ADD:
+            return Result(Outcome.ALREADY_MEMBER, f"{who} already holds the {label} (dry run)", None)
+        return Result(Outcome.WOULD_REVOKE, f"would remove the {label} from {who} (dry run)", None)
+    return await _preview_absent(command, f"the {label}", graph)
+
+
+async def _role_id(template_id: Guid, graph: GraphClient, *, activate: bool) -> str | None:
+    """The id of the role activated from `template_id`; None if not activated (and `activate` is false)."""
+    for _ in range(2):
+        response = await graph.send("GET", path("directoryRoles", f"roleTemplateId={template_id}"))
+        if response.status == 200:
+            return str((response.body or {}).get("id", ""))
+        if response.status != 404:
+            raise_for_graph(response, permission=ROLE_PERMISSION)
+        if not activate:
+            return None
+        await _activate(template_id, graph)
+        activate = False
+    raise TransientError(Reason.ROLE_NOT_ACTIVATED, f"role template {template_id} was activated but is not visible yet")
+
+
+async def _scoped_membership(target: ScopedRole, role_id: str, member: Guid, graph: GraphClient) -> str | None:
+    """The id of the member's scoped role membership in the unit, following Graph's paging."""
+    unit = _scoped_unit(target)
+    url_path: str | None = path(*unit.segments, "scopedRoleMembers")
+    while url_path is not None:
+        response = await graph.send("GET", url_path)
+        if response.status == 404:
+            raise _target_not_found(unit, response)
+        if response.status != 200:
+            raise_for_graph(response, permission=ROLE_PERMISSION)
+        body: Any = response.body or {}
+        for item in body.get("value", []):
+            info = item.get("roleMemberInfo") or {}
+            if str(item.get("roleId", "")).lower() == role_id.lower() and str(info.get("id", "")).lower() == member:
+                return str(item["id"])
+        url_path = graph.relative(body.get("@odata.nextLink"))
+    return None
+
+
+def _scoped_unit(target: ScopedRole) -> _Route:
+    unit = target.administrative_unit_id
+    return _Route(("directory", "administrativeUnits", unit), f"administrative unit {unit}", ROLE_PERMISSION)
+
+
+def _scoped_label(target: ScopedRole) -> str:
+    return f"role with template {target.role_template_id} scoped to administrative unit {target.administrative_unit_id}"
 
 
 async def _which_missing(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
-from shared.contract import AdministrativeUnit, GrantCommand, parse_grant
+from shared.contract import AdministrativeUnit, DirectoryRole, GrantCommand, ScopedRole, parse_grant
 from shared.errors import ContractError, GrantError, GraphAnswer, PermanentError, TransientError
 from shared.handlers import Result
 from shared.retry import GiveUp, RetryPolicy
@@ -48,6 +48,11 @@ MAX_DESCRIPTION_CHARS: Final = 1024
 MAX_MESSAGE_ID_CHARS: Final = 128
 
 outcome_log = logging.getLogger("shared.outcome")
+_TARGET_TYPES: Final = {
+    AdministrativeUnit: "administrativeUnit",
+    DirectoryRole: "directoryRole",
+    ScopedRole: "scopedRole",
+}
 _log = logging.getLogger(__name__)
 
 
@@ -131,6 +136,7 @@ async def settle(
     command: GrantCommand | None = None
     request_id: str | None = None
     graph_request_id: str | None = None
+    role_template_id: str | None = None
     try:
         command = parse_grant(delivery.body)
         request_id = command.request_id
@@ -139,10 +145,10 @@ async def settle(
         request_id = error.request_id
         settled = _deadletter(delivery, actions, error, attempt, why=None)
     except PermanentError as error:
-        graph_request_id = _request_id_of(error.graph)
+        graph_request_id, role_template_id = _request_id_of(error.graph), error.role_template_id
         settled = _deadletter(delivery, actions, error, attempt, why=None)
     except TransientError as error:
-        graph_request_id = _request_id_of(error.graph)
+        graph_request_id, role_template_id = _request_id_of(error.graph), error.role_template_id
         first_attempt_at = _first_attempt_at(delivery, started)
         elapsed = (started - first_attempt_at).total_seconds()
         decision = policy.decide(attempt=attempt, error=error, elapsed=elapsed)
@@ -164,11 +170,12 @@ async def settle(
         )
     else:
         graph_request_id = _request_id_of(result.graph)
+        role_template_id = result.role_template_id
         actions.complete(delivery.message)
         settled = Settled(
             outcome=result.outcome.value, reason=None, description=result.description, attempts=attempt, terminal=True
         )
-    _log_outcome(delivery, command, request_id, settled, graph_request_id, started)
+    _log_outcome(delivery, command, request_id, settled, graph_request_id, started, now(), role_template_id)
     return settled
 
 
@@ -277,6 +284,8 @@ def _log_outcome(
     settled: Settled,
     graph_request_id: str | None,
     started: datetime,
+    finished: datetime,
+    role_template_id: str | None,
 ) -> None:
     record: dict[str, Any] = {
         "requestId": request_id,
@@ -289,6 +298,7 @@ def _log_outcome(
         "terminal": settled.terminal,
         "graphRequestId": graph_request_id,
         "startedAt": started.isoformat(),
+        "finishedAt": finished.isoformat(),
     }
     if command is not None:
         target = command.target
@@ -297,10 +307,14 @@ def _log_outcome(
             sourceSystem=command.source.system.value,
             sourceReference=command.source.reference,
             requestedBy=command.requested_by,
-            targetType="administrativeUnit" if isinstance(target, AdministrativeUnit) else "directoryRole",
-            targetId=getattr(target, "id", None),
-            roleTemplateId=getattr(target, "role_template_id", None),
+            requestReason=command.reason,
+            targetType=_TARGET_TYPES[type(target)],
+            targetId=getattr(target, "id", None) or getattr(target, "administrative_unit_id", None),
+            roleTemplateId=role_template_id or getattr(target, "role_template_id", None),
             memberId=command.member.id,
+            memberType=command.member.type.value if command.member.type else None,
+            expiresAt=command.expires_at.isoformat() if command.expires_at else None,
+            dryRun=command.dry_run,
         )
     level = logging.WARNING if settled.outcome in ("dead_lettered", "abandoned") else logging.INFO
     outcome_log.log(level, "grant %s %s", settled.outcome, json.dumps(record), extra={"grant": record})

@@ -26,7 +26,7 @@ DEVICE = "55c1a2d5-9101-44b2-83ab-885db8a647ce"
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 HELPDESK_TEMPLATE = "729827e3-9c14-49f7-bb1b-9608f156bbb8"
 HELPDESK_ROLE = "a1b2c3d4-0000-4000-8000-000000000001"
-USER_ADMIN_TEMPLATE = "fe930be7-5e62-47db-91af-98c3a49a38b1"  # not activated in the seed
+USER_ADMIN_TEMPLATE = "4d6ac14f-3453-41d0-bef9-a3e0c569773a"  # License Administrator: not activated in the seed
 
 SEED: dict[str, Any] = {
     "users": [USER, USER_2, {"id": LATE_USER, "visibleAfterLookups": 2}],
@@ -35,7 +35,7 @@ SEED: dict[str, Any] = {
     "administrativeUnits": [{"id": AU, "displayName": "EMEA"}, {"id": AU_OTHER, "displayName": "APAC"}],
     "roleTemplates": [
         {"id": HELPDESK_TEMPLATE, "displayName": "Helpdesk Administrator", "activated": True, "roleId": HELPDESK_ROLE},
-        {"id": USER_ADMIN_TEMPLATE, "displayName": "User Administrator", "activated": False},
+        {"id": USER_ADMIN_TEMPLATE, "displayName": "License Administrator", "activated": False},
     ],
 }
 

@@ -33,9 +33,11 @@ def test_demo_runs_every_example_to_a_terminal_outcome() -> None:
     out = result.stdout
     assert "HR onboarding events" in out
     assert "Dead-letter queue" in out
-    for reason in ("RoleNotActivated", "InvalidId", "InvalidJson", "TargetNotFound", "MemberNotFound"):
+    for reason in ("RoleNotActivated", "InvalidId", "InvalidJson", "TargetNotFound", "MemberNotFound", "PolicyDenied"):
         assert reason in out
-    assert "20 messages:" in out
+    assert "would_grant" in out  # the dry-run request
+    assert "INC0012353:expire          revoked" in out  # the expiring grant's removal ran at its time
+    assert "23 messages:" in out
     assert "token requests: 3" in out
 
 

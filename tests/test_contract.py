@@ -247,6 +247,7 @@ def test_schema_names_the_same_fields_enums_and_limits_as_the_model() -> None:
         "requestedBy",
         "reason",
         "expiresAt",
+        "dryRun",
     }
     assert properties["action"]["enum"] == [a.value for a in Action]
     assert properties["member"]["properties"]["type"]["enum"] == [m.value for m in MemberType]
@@ -266,7 +267,9 @@ field_values = st.one_of(
             "",
             "administrativeUnit",
             "directoryRole",
+            "scopedRole",
             "device",
+            "servicePrincipal",
             "user",
             "hr",
             "add",
@@ -278,6 +281,7 @@ field_values = st.one_of(
             1,
             2,
             True,
+            False,
             [],
             {},
         ]
@@ -303,7 +307,9 @@ def mutated_messages(draw: st.DrawFn) -> dict[str, Any]:
     for _ in range(draw(st.integers(0, 3))):
         parts = [document, *(document.get(name) for name in ("target", "member", "source"))]
         where = draw(st.sampled_from([part for part in parts if isinstance(part, dict)]))
-        key = draw(st.sampled_from([*where.keys(), "id", "type", "roleTemplateId", "extra"]))
+        key = draw(
+            st.sampled_from([*where.keys(), "id", "type", "roleTemplateId", "administrativeUnitId", "dryRun", "extra"])
+        )
         value = draw(field_values)
         if value is None:
             where.pop(key, None)

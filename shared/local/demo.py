@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -21,6 +21,8 @@ from shared.local.token_endpoint import TokenEndpoint
 __all__ = ["EXAMPLES", "demo"]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+#: The virtual clock's start: fixed, so that the examples' expiresAt never goes stale.
+DEMO_START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 #: The example files, in the order the demo tells their story.
 _FILES = {
     "hr-onboarding.jsonl": "HR onboarding events",
@@ -33,20 +35,21 @@ async def demo(out: TextIO) -> int:
     """Run the example files; print each one's outcomes and dead-letter queue. Exit code 0 when every
     message reached a terminal state."""
     random.seed(4711)  # the same jitter, and so the same table, on every run
-    clock = ManualClock(start=time.time())
+    clock = ManualClock(start=DEMO_START.timestamp())
     with TokenEndpoint() as tokens, GraphDouble(tokens, clock=clock) as graph:
         graph.load(EXAMPLES / "directory.json")
         graph.inject(
             Fault.status(429, retry_after=30, method="POST", path="roleTemplateId="),  # Graph throttles once
-            Fault.status(503, method="POST", path="ae000000-0000-4000-8000-000000000002"),  # and is briefly down
+            Fault.status(503, method="POST", path="000000000002/members"),  # and is briefly down
         )
         os.environ.update(tokens.env())  # as the App Service platform sets them
         env = {**os.environ, "GRAPH_BASE_URL": graph.base_url}
         out.write(
             "Local demo: Graph double at "
             f"{graph.base_url}, managed-identity token endpoint at {tokens.url}.\n"
-            "Retry delays are the real policy's (10 s base, doubling, Retry-After honoured) on a virtual clock:\n"
-            "waiting time is skipped, so the demo takes a second or two.\n"
+            "Retry delays are the real policy's (10 s base, doubling, Retry-After honoured) on a virtual clock\n"
+            f"starting {DEMO_START.isoformat()}: waiting time (backoff, a week until a grant expires) is skipped.\n"
+            "No GRANTS_POLICY is set, so the built-in default applies: tier-0 roles are refused.\n"
         )
         runs: list[LocalRun] = []
         started = clock()
@@ -61,6 +64,6 @@ async def demo(out: TextIO) -> int:
             f"\n{len(outcomes)} messages: "
             + ", ".join(f"{n} {kind}" for kind, n in sorted(Counter(o.outcome for o in outcomes).items()))
             + f". Graph writes: {graph.write_count}; token requests: {tokens.request_count} "
-            f"(one per run-local process); virtual time elapsed: {clock() - started:.0f} s.\n"
+            f"(one per run-local process); virtual time elapsed: {timedelta(seconds=round(clock() - started))}.\n"
         )
     return 0 if all(run.complete for run in runs) else 1

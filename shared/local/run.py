@@ -10,9 +10,9 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from shared.bootstrap import bootstrap
 from shared.config import Settings
@@ -33,6 +33,7 @@ class LocalRun:
     outcomes: list[LineOutcome]
     missing_lines: list[int]
     dead_letters: list[DeadLetter]
+    follow_ups: list[Mapping[str, Any]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -75,10 +76,12 @@ async def run_local(
             finally:
                 await services.aclose()
     outcomes = line_outcomes(message_ids, recorder, queue)
+    follow_ups = [record for key, record in recorder.terminal().items() if key not in message_ids]
     return LocalRun(
         outcomes=[outcomes[line] for line in sorted(outcomes)],
         missing_lines=sorted(set(message_ids.values()) - set(outcomes)),
         dead_letters=queue.dead_letters(),
+        follow_ups=follow_ups,
     )
 
 
@@ -102,6 +105,13 @@ def print_table(run: LocalRun, out: TextIO, *, title: str = "") -> None:
         )
     for line in run.missing_lines:
         out.write(f"{line:>4}  NO TERMINAL OUTCOME (this is a bug: please report it)\n")
+    for record in run.follow_ups:  # messages the app scheduled itself, e.g. the removal of an expiring grant
+        request_id = str(record.get("requestId") or "-")[:26]
+        out.write(
+            f"{'then':>4}  {request_id:<26} {record['outcome']:<15} {record.get('reason') or '-':<25} "
+            f"{record.get('attempts', 0):>5}  at {str(record.get('startedAt', ''))[:19]}: "
+            f"{_clip(str(record.get('description', '')), 70)}\n"
+        )
 
 
 def print_dead_letters(run: LocalRun, out: TextIO) -> None:

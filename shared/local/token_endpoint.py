@@ -258,6 +258,12 @@ class TokenEndpoint:
         with self._lock:
             self._grants.clear()
 
+    @property
+    def issued_tokens(self) -> list[str]:
+        """Every access token this endpoint has issued (for tests that prove no token reaches a log)."""
+        with self._lock:
+            return list(self._grants)
+
     def is_valid(self, token: str, resource: str) -> bool:
         """True if this endpoint issued `token` for `resource` and it has not expired (on `clock`)."""
         with self._lock:

@@ -1,0 +1,107 @@
+"""The grant service: guardrails, then the handler, then the expiry of a time-bound grant.
+
+`GrantService.execute` checks the policy (a role given by id is checked by its template) before any Graph
+write, refuses an add whose ``expiresAt`` has passed (`Expired`), runs the handler (a dry run when
+``GRANTS_DRY_RUN`` or the message's ``dryRun`` says so), and after a successful add with ``expiresAt``
+schedules the matching ``remove`` at that time, with a request id derived from the grant's so that
+scheduling it again (a redelivery) is absorbed by duplicate detection and is harmless anyway.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+
+from shared.contract import Action, DirectoryRole, GrantCommand, Guid, derived_request_id, to_document
+from shared.errors import GrantError, PermanentError, Reason, TransientError
+from shared.graph import GraphClient
+from shared.handlers import Outcome, Result, handle_grant
+from shared.policy import GrantPolicy, RoleTemplates
+from shared.settlement import RetrySender
+
+__all__ = ["EXPIRY_OF", "GrantService", "expiry_command"]
+
+#: Application property naming the grant a scheduled removal expires.
+EXPIRY_OF = "expiryOf"
+
+
+class GrantService:
+    """Carries out grant commands for one process; built by the composition root."""
+
+    def __init__(
+        self,
+        *,
+        graph: GraphClient,
+        policy: GrantPolicy,
+        sender: RetrySender,
+        now: Callable[[], datetime],
+        activate_roles: bool,
+        dry_run: bool,
+    ) -> None:
+        self._graph = graph
+        self._policy = policy
+        self._sender = sender
+        self._now = now
+        self._activate_roles = activate_roles
+        self._dry_run = dry_run
+        self._roles = RoleTemplates()
+
+    async def execute(self, command: GrantCommand) -> Result:
+        """Check, carry out and (for time-bound grants) schedule the expiry of one command."""
+        template: Guid | None = getattr(command.target, "role_template_id", None)
+        try:
+            if isinstance(command.target, DirectoryRole):
+                template = await self._roles.template_of(command.target, self._graph)
+            return await self._execute(command, template)
+        except GrantError as error:
+            error.role_template_id = template
+            raise
+
+    async def _execute(self, command: GrantCommand, template: Guid | None) -> Result:
+        self._policy.check(command, role_template_id=template)
+        expires_at = command.expires_at if command.action is Action.ADD else None
+        if expires_at is not None and expires_at <= self._now():
+            raise PermanentError(
+                Reason.EXPIRED,
+                f"the grant expired at {expires_at.isoformat()} before it could be applied; nothing was changed",
+            )
+        dry_run = self._dry_run or command.dry_run
+        result = await handle_grant(command, graph=self._graph, activate_roles=self._activate_roles, dry_run=dry_run)
+        result = replace(result, role_template_id=template)
+        if expires_at is not None and not dry_run and result.outcome in (Outcome.GRANTED, Outcome.ALREADY_MEMBER):
+            await self._schedule_expiry(command, expires_at)
+            result = replace(
+                result, description=f"{result.description}; removal scheduled for {expires_at.isoformat()}"
+            )
+        return result
+
+    async def _schedule_expiry(self, command: GrantCommand, expires_at: datetime) -> None:
+        removal = expiry_command(command)
+        try:
+            await self._sender.schedule(
+                body=json.dumps(to_document(removal)).encode(),
+                message_id=removal.request_id,
+                application_properties={EXPIRY_OF: command.request_id},
+                scheduled_enqueue_time=expires_at,
+            )
+        except Exception as error:
+            raise TransientError(
+                Reason.EXPIRY_NOT_SCHEDULED,
+                f"the membership is in place but its removal at {expires_at.isoformat()} could not be scheduled "
+                f"({type(error).__name__}); retrying so that the grant does not outlive its expiry",
+            ) from error
+
+
+def expiry_command(command: GrantCommand) -> GrantCommand:
+    """The ``remove`` that ends a time-bound grant: same target, member and source; a derived request id."""
+    reason = f"Expiry of {command.request_id}" + (f": {command.reason}" if command.reason else "")
+    return replace(
+        command,
+        request_id=derived_request_id(command.request_id, "expire"),
+        action=Action.REMOVE,
+        expires_at=None,
+        dry_run=False,
+        reason=reason[:1024],
+    )

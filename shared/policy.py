@@ -1,0 +1,222 @@
+"""Guardrails: which source may grant or remove what, checked before any Graph write.
+
+A policy file (JSON; path in ``GRANTS_POLICY``) lists, per source system, the actions it may take and the
+administrative units, directory roles (by **template** id) and AU-scoped roles it may touch; ``"*"`` means
+any. Tier-0 roles (`TIER0_ROLE_TEMPLATES`) are never covered by ``"*"``: a source may grant one only if the
+policy names that template explicitly for that source. Without a policy file the built-in default allows
+every source administrative units and every non-tier-0 role.
+
+A refused command raises `PermanentError(PolicyDenied)` whose description names the rule. A role given by
+object id is checked by its template, looked up once per role with ``GET /directoryRoles/{id}`` and cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from shared.config import ConfigError
+from shared.contract import Action, AdministrativeUnit, DirectoryRole, GrantCommand, Guid, ScopedRole, SourceSystem
+from shared.errors import PermanentError, Reason
+from shared.graph import GraphClient, path, raise_for_graph
+
+__all__ = ["TIER0_ROLE_TEMPLATES", "GrantPolicy", "RoleTemplates", "SourceRules"]
+
+ANY: Final = "*"
+
+#: Built-in deny list: roles that control the tenant (Microsoft labels them PRIVILEGED). Template ids.
+TIER0_ROLE_TEMPLATES: Final[Mapping[str, str]] = {
+    "62e90394-69f5-4237-9190-012177145e10": "Global Administrator",
+    "e8611ab8-c189-46e8-94e1-60213ab1f814": "Privileged Role Administrator",
+    "7be44c8a-adaf-4e2a-84d6-ab2649e08a13": "Privileged Authentication Administrator",
+    "194ae4cb-b126-40b2-bd5b-6091b380977d": "Security Administrator",
+    "9b895d92-2cd3-44c7-9d02-a6ac2d5ea5c3": "Application Administrator",
+    "158c047a-c907-4556-b7ef-446551a6b5f7": "Cloud Application Administrator",
+    "b1be1c3e-b65d-4f19-8427-f6fa0d97feb9": "Conditional Access Administrator",
+    "8ac3fc64-6eca-42ea-9e69-59f4c7b60eb2": "Hybrid Identity Administrator",
+    "c4e39bd9-1100-46d3-8c65-fb160da0071f": "Authentication Administrator",
+    "fe930be7-5e62-47db-91af-98c3a49a38b1": "User Administrator",
+    "e00e864a-17c5-4a4b-9c06-f5b95a8d5bd8": "Partner Tier2 Support",
+}
+
+_RULE_KEYS: Final = ("actions", "administrativeUnits", "directoryRoles", "scopedRoles")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRules:
+    """What one source system may do. Id sets hold lower-case GUIDs or ``"*"``."""
+
+    actions: frozenset[Action] = frozenset(Action)
+    administrative_units: frozenset[str] = frozenset()
+    directory_roles: frozenset[str] = frozenset()
+    scoped_roles: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class GrantPolicy:
+    """Per-source rules; `origin` says where they came from (a file path, or the built-in default)."""
+
+    sources: Mapping[SourceSystem, SourceRules]
+    origin: str
+
+    @classmethod
+    def default(cls) -> GrantPolicy:
+        """Every source: add and remove, any administrative unit, any non-tier-0 role (scoped or not)."""
+        rules = SourceRules(
+            administrative_units=frozenset({ANY}), directory_roles=frozenset({ANY}), scoped_roles=frozenset({ANY})
+        )
+        return cls(sources={system: rules for system in SourceSystem}, origin="built-in default")
+
+    @classmethod
+    def load(cls, file: str | Path) -> GrantPolicy:
+        """Read and validate a policy file; raise `ConfigError` naming the first problem."""
+        try:
+            document = json.loads(Path(file).read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ConfigError(f"GRANTS_POLICY: cannot read {file}: {error.strerror}") from None
+        except ValueError as error:
+            raise ConfigError(f"GRANTS_POLICY: {file} is not valid JSON: {error}") from None
+        return cls(sources=_parse_sources(document, str(file)), origin=str(file))
+
+    def check(self, command: GrantCommand, *, role_template_id: Guid | None) -> None:
+        """Raise `PermanentError(PolicyDenied)` unless this command's source may do it.
+
+        `role_template_id` is the template of a directory role target (given or looked up).
+        """
+        system = command.source.system
+        rules = self.sources.get(system)
+        where = f"(policy: {self.origin})"
+        if rules is None:
+            raise _denied(f"source {system.value!r} may not grant or remove anything {where}")
+        if command.action not in rules.actions:
+            raise _denied(f"source {system.value!r} may not {command.action.value} memberships {where}")
+        target = command.target
+        if isinstance(target, AdministrativeUnit):
+            if not _allows(rules.administrative_units, target.id):
+                raise _denied(f"source {system.value!r} may not change administrative unit {target.id} {where}")
+            return
+        template = target.role_template_id if isinstance(target, ScopedRole) else role_template_id
+        assert template is not None
+        allowed = rules.scoped_roles if isinstance(target, ScopedRole) else rules.directory_roles
+        kind = "AU-scoped role" if isinstance(target, ScopedRole) else "directory role"
+        if template in TIER0_ROLE_TEMPLATES and template not in allowed:
+            raise _denied(
+                f"{TIER0_ROLE_TEMPLATES[template]} ({template}) is a tier-0 role: source {system.value!r} may "
+                f"change it only if the policy names this template explicitly under its {_key(target)} {where}"
+            )
+        if not _allows(allowed, template):
+            raise _denied(f"source {system.value!r} may not change the {kind} with template {template} {where}")
+        if isinstance(target, ScopedRole) and not _allows(rules.administrative_units, target.administrative_unit_id):
+            raise _denied(
+                f"source {system.value!r} may not assign roles in administrative unit "
+                f"{target.administrative_unit_id} {where}"
+            )
+
+    def describe(self) -> str:
+        """One line for the start-up log."""
+        if self.origin == "built-in default":
+            return (
+                "GRANTS_POLICY is not set: using the built-in default policy (every source may change "
+                "administrative units and non-tier-0 directory roles; tier-0 roles are refused)"
+            )
+        return f"grant policy from {self.origin}: sources {', '.join(sorted(s.value for s in self.sources))}"
+
+
+@dataclass
+class RoleTemplates:
+    """The template of each directory role object id, looked up once per process (concurrent callers wait)."""
+
+    _known: dict[str, Guid] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def template_of(self, target: DirectoryRole, graph: GraphClient) -> Guid:
+        if target.role_template_id is not None:
+            return target.role_template_id
+        assert target.id is not None
+        if target.id in self._known:
+            return self._known[target.id]
+        async with self._lock:
+            if target.id not in self._known:
+                self._known[target.id] = await self._look_up(target.id, graph)
+        return self._known[target.id]
+
+    @staticmethod
+    async def _look_up(role_id: Guid, graph: GraphClient) -> Guid:
+        response = await graph.send("GET", path("directoryRoles", role_id))
+        if response.status == 404:
+            raise PermanentError(
+                Reason.TARGET_NOT_FOUND,
+                f"directory role {role_id} does not exist in this tenant",
+                graph=response.answer(),
+            )
+        if response.status != 200:
+            raise_for_graph(response, permission="RoleManagement.ReadWrite.Directory")
+        return Guid(str((response.body or {}).get("roleTemplateId", "")).lower())
+
+
+def _allows(allowed: frozenset[str], object_id: str) -> bool:
+    return ANY in allowed or object_id in allowed
+
+
+def _key(target: object) -> str:
+    return "scopedRoles" if isinstance(target, ScopedRole) else "directoryRoles"
+
+
+def _denied(rule: str) -> PermanentError:
+    return PermanentError(Reason.POLICY_DENIED, f"refused by the grant policy: {rule}.")
+
+
+def _parse_sources(document: Any, file: str) -> dict[SourceSystem, SourceRules]:
+    if not isinstance(document, dict) or set(document) - {"sources"} or not isinstance(document.get("sources"), dict):
+        raise ConfigError(f'GRANTS_POLICY: {file} must be an object with one key, "sources", holding an object')
+    sources: dict[SourceSystem, SourceRules] = {}
+    for name, rules in document["sources"].items():
+        where = f"GRANTS_POLICY: {file}: sources.{name}"
+        try:
+            system = SourceSystem(name)
+        except ValueError:
+            known = ", ".join(s.value for s in SourceSystem)
+            raise ConfigError(f"{where}: unknown source system (known: {known})") from None
+        if not isinstance(rules, dict):
+            raise ConfigError(f"{where} must be an object")
+        unknown = set(rules) - set(_RULE_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(_RULE_KEYS)})")
+        sources[system] = SourceRules(
+            actions=_actions(rules.get("actions", ["add", "remove"]), f"{where}.actions"),
+            administrative_units=_ids(rules.get("administrativeUnits", []), f"{where}.administrativeUnits"),
+            directory_roles=_ids(rules.get("directoryRoles", []), f"{where}.directoryRoles"),
+            scoped_roles=_ids(rules.get("scopedRoles", []), f"{where}.scopedRoles"),
+        )
+    return sources
+
+
+def _actions(value: Any, where: str) -> frozenset[Action]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{where} must be a list of actions (add, remove)")
+    try:
+        return frozenset(Action(item) for item in value)
+    except ValueError:
+        raise ConfigError(f"{where} must contain only add and remove") from None
+
+
+def _ids(value: Any, where: str) -> frozenset[str]:
+    from shared.contract import parse_guid
+    from shared.errors import ContractError
+
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f'{where} must be a list of GUIDs or "*"')
+    ids = set()
+    for item in value:
+        if item == ANY:
+            ids.add(ANY)
+            continue
+        try:
+            ids.add(parse_guid(item, field=where))
+        except ContractError as error:
+            raise ConfigError(error.description) from None
+    return frozenset(ids)

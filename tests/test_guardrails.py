@@ -1,0 +1,340 @@
+"""Guardrails, time-bound grants, dry-run, audit and AU-scoped roles, end to end through the function object."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.bootstrap import Services, bootstrap
+from shared.config import ConfigError, Settings
+from shared.local.binding import to_received_message
+from shared.local.graph_double import GraphDouble
+from shared.local.host import LocalHost, OutcomeRecorder
+from shared.local.queue import LocalQueue, LocalSender, ManualClock
+from shared.local.settlement import LocalSettlementServer, point_message_actions_at
+from shared.local.token_endpoint import TokenEndpoint
+from shared.policy import TIER0_ROLE_TEMPLATES, GrantPolicy
+from shared.runtime import installed
+from tests.conftest import AU, AU_OTHER, HELPDESK_ROLE, HELPDESK_TEMPLATE, USER, USER_2, settings_for
+from tests.test_function_app import GRANT
+
+GLOBAL_ADMIN = "62e90394-69f5-4237-9190-012177145e10"
+GLOBAL_ADMIN_ROLE = "d0000000-0000-4000-8000-0000000000a1"
+
+
+def grant(request_id: str = "req-1", *, target: dict[str, str], source: str = "ticketing", **extra: Any) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 1,
+            "requestId": request_id,
+            "target": target,
+            "member": {"id": extra.pop("member", USER), "type": "user"},
+            "source": {"system": source, "reference": "T-1"},
+            "requestedBy": "approver@contoso.com",
+            "reason": "test",
+            **extra,
+        }
+    ).encode()
+
+
+AU_TARGET = {"type": "administrativeUnit", "id": AU}
+TIER0_TARGET = {"type": "directoryRole", "roleTemplateId": GLOBAL_ADMIN}
+TIER0_BY_ID = {"type": "directoryRole", "id": GLOBAL_ADMIN_ROLE}
+
+
+class Run:
+    """The local host, the real settlement over gRPC and the app's services, on a manual clock."""
+
+    def __init__(self, graph: GraphDouble, queue: LocalQueue, clock: ManualClock, actions: Any) -> None:
+        self.graph, self.queue, self.clock, self.actions = graph, queue, clock, actions
+        self.recorder = OutcomeRecorder()
+        self.sent = 0
+
+    async def deliver(self, *bodies: bytes) -> dict[str, dict[str, Any]]:
+        """Send each body (MessageIds m-1, m-2, … across calls), deliver all; terminal outcomes by MessageId."""
+        for body in bodies:
+            self.sent += 1
+            self.queue.send(body, message_id=f"m-{self.sent}")
+        with self.recorder.attached():
+            await LocalHost(queue=self.queue, function=GRANT, actions=self.actions, clock=self.clock).drain()
+        return {key: dict(value) for key, value in self.recorder.terminal().items()}
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [(r.method, r.path) for r in self.graph.requests if r.method != "GET"]
+
+
+@pytest.fixture
+async def make_run(graph: GraphDouble) -> AsyncIterator[Callable[..., Any]]:
+    graph.add_role_template(
+        GLOBAL_ADMIN, display_name="Global Administrator", activated=True, role_id=GLOBAL_ADMIN_ROLE
+    )
+    opened: list[Services] = []
+    with ExitStack() as stack:
+
+        async def make(**env: str) -> Run:
+            clock = ManualClock()
+            queue = LocalQueue(clock=clock)
+            services = bootstrap(settings_for(graph, **env), sender=LocalSender(queue), now=clock.utcnow)
+            opened.append(services)
+            server = stack.enter_context(LocalSettlementServer(queue))
+            stack.enter_context(installed(services))
+            return Run(graph, queue, clock, point_message_actions_at(server.address))
+
+        yield make
+        for services in opened:
+            await services.aclose()
+
+
+def policy_file(tmp_path: Path, sources: dict[str, Any]) -> str:
+    file = tmp_path / "policy.json"
+    file.write_text(json.dumps({"sources": sources}))
+    return str(file)
+
+
+# --- guardrail policy ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [TIER0_TARGET, TIER0_BY_ID])
+async def test_tier0_roles_are_refused_by_default_with_no_graph_write(
+    make_run: Callable[..., Any], target: dict[str, str]
+) -> None:
+    run = await make_run()
+    outcomes = await run.deliver(grant(target=target))
+    assert outcomes["m-1"]["outcome"] == "dead_lettered"
+    assert outcomes["m-1"]["reason"] == "PolicyDenied"
+    assert "Global Administrator" in outcomes["m-1"]["description"]
+    assert run.writes() == []
+    [dead] = run.queue.dead_letters()
+    assert dead.reason == "PolicyDenied"
+
+
+async def test_a_role_given_by_id_is_checked_by_its_template_looked_up_once(make_run: Callable[..., Any]) -> None:
+    run = await make_run()
+    await run.deliver(grant("a", target=TIER0_BY_ID), grant("b", target=TIER0_BY_ID, member=USER_2))
+    lookups = [r for r in run.graph.requests if r.path == f"/directoryRoles/{GLOBAL_ADMIN_ROLE}"]
+    assert len(lookups) == 1
+
+
+async def test_a_tier0_role_is_allowed_when_the_policy_names_it_for_that_source(
+    make_run: Callable[..., Any], tmp_path: Path
+) -> None:
+    file = policy_file(tmp_path, {"ticketing": {"directoryRoles": [GLOBAL_ADMIN]}, "hr": {"directoryRoles": ["*"]}})
+    run = await make_run(GRANTS_POLICY=file)
+    outcomes = await run.deliver(grant(target=TIER0_TARGET), grant("hr-1", target=TIER0_TARGET, source="hr"))
+    assert outcomes["m-1"]["outcome"] == "granted"
+    assert outcomes["m-2"]["reason"] == "PolicyDenied"  # "*" never covers tier-0
+    assert run.graph.members_of(GLOBAL_ADMIN_ROLE) == {USER}
+
+
+async def test_rules_are_per_source_target_and_action(make_run: Callable[..., Any], tmp_path: Path) -> None:
+    file = policy_file(
+        tmp_path,
+        {
+            "bulk": {"actions": ["add"], "administrativeUnits": [AU]},
+            "hr": {"administrativeUnits": ["*"], "directoryRoles": [HELPDESK_TEMPLATE]},
+        },
+    )
+    run = await make_run(GRANTS_POLICY=file)
+    outcomes = await run.deliver(
+        grant("b1", target=AU_TARGET, source="bulk"),
+        grant("b2", target={"type": "administrativeUnit", "id": AU_OTHER}, source="bulk"),
+        grant("b3", target=AU_TARGET, source="bulk", action="remove"),
+        grant("h1", target={"type": "directoryRole", "id": HELPDESK_ROLE}, source="hr"),
+        grant("t1", target=AU_TARGET, source="ticketing"),
+    )
+    assert {key: (o["outcome"], o["reason"]) for key, o in outcomes.items()} == {
+        "m-1": ("granted", None),
+        "m-2": ("dead_lettered", "PolicyDenied"),
+        "m-3": ("dead_lettered", "PolicyDenied"),
+        "m-4": ("granted", None),
+        "m-5": ("dead_lettered", "PolicyDenied"),
+    }
+    assert "may not remove" in outcomes["m-3"]["description"]
+    assert "source 'ticketing' may not grant or remove anything" in outcomes["m-5"]["description"]
+
+
+@pytest.mark.parametrize(
+    ("document", "says"),
+    [
+        ("not json", "not valid JSON"),
+        ({"sources": {"sap": {}}}, "unknown source system"),
+        ({"sources": {"hr": {"roles": []}}}, "unknown key 'roles'"),
+        ({"sources": {"hr": {"administrativeUnits": ["EMEA"]}}}, "must be a GUID"),
+        ({"sources": {"hr": {"actions": ["grant"]}}}, "only add and remove"),
+        ({"rules": {}}, 'one key, "sources"'),
+    ],
+)
+def test_a_bad_policy_file_stops_the_app_with_a_clear_error(tmp_path: Path, document: Any, says: str) -> None:
+    file = tmp_path / "policy.json"
+    file.write_text(document if isinstance(document, str) else json.dumps(document))
+    with pytest.raises(ConfigError, match="GRANTS_POLICY") as caught:
+        GrantPolicy.load(file)
+    assert says in str(caught.value)
+
+
+def test_a_missing_policy_file_stops_bootstrap(graph: GraphDouble, tmp_path: Path) -> None:
+    settings = Settings.from_env({"GRAPH_BASE_URL": graph.base_url, "GRANTS_POLICY": str(tmp_path / "nope.json")})
+    with pytest.raises(ConfigError, match="cannot read"):
+        bootstrap(settings, sender=LocalSender(LocalQueue()))
+
+
+def test_the_default_policy_says_so_and_denies_every_tier0_template() -> None:
+    policy = GrantPolicy.default()
+    assert "built-in default" in policy.describe()
+    assert len(TIER0_ROLE_TEMPLATES) >= 8
+    for rules in policy.sources.values():
+        assert not set(TIER0_ROLE_TEMPLATES) & rules.directory_roles
+
+
+# --- time-bound grants ----------------------------------------------------------------------------------------
+
+
+async def test_an_expiring_grant_schedules_one_removal_that_runs_at_its_time(make_run: Callable[..., Any]) -> None:
+    run = await make_run()
+    expires_at = datetime.fromtimestamp(run.clock() + 7 * 86400, UTC)
+    outcomes = await run.deliver(grant(target=AU_TARGET, expiresAt=expires_at.isoformat().replace("+00:00", "Z")))
+    removal = outcomes["req-1:expire"]  # the scheduled removal's own message
+    assert outcomes["m-1"]["outcome"] == "granted"
+    assert removal["outcome"] == "revoked"
+    assert datetime.fromisoformat(removal["startedAt"]) == expires_at
+    assert run.graph.members_of(AU) == set()
+    assert run.writes() == [
+        ("POST", f"/directory/administrativeUnits/{AU}/members/$ref"),
+        ("DELETE", f"/directory/administrativeUnits/{AU}/members/{USER}/$ref"),
+    ]
+
+
+async def test_a_redelivered_expiring_grant_does_not_schedule_a_second_removal(make_run: Callable[..., Any]) -> None:
+    run = await make_run()
+    body = grant(target=AU_TARGET, expiresAt="2099-01-01T00:00:00Z")
+    run.queue.send(body, message_id="m-1")
+    run.queue.send(body, message_id="m-1-resent")  # the producer sent it twice
+    for _ in range(2):
+        locked = run.queue.receive()
+        assert locked is not None
+        await GRANT(receivedmessage=to_received_message(locked), message_actions=run.actions)
+    assert run.queue.scheduled_count == 1
+    assert run.queue.stats.duplicates_dropped == 1
+
+
+async def test_an_add_whose_expiry_has_passed_is_dead_lettered_expired(make_run: Callable[..., Any]) -> None:
+    run = await make_run()
+    outcomes = await run.deliver(grant(target=AU_TARGET, expiresAt="2001-01-01T00:00:00Z"))
+    assert outcomes["m-1"]["reason"] == "Expired"
+    assert run.writes() == []
+
+
+# --- dry run --------------------------------------------------------------------------------------------------
+
+
+async def test_app_wide_dry_run_writes_nothing(make_run: Callable[..., Any], graph: GraphDouble) -> None:
+    run = await make_run(GRANTS_DRY_RUN="true")
+    outcomes = await run.deliver(
+        grant("d1", target=AU_TARGET),
+        grant("d2", target={"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE}, action="remove"),
+        grant("d3", target=AU_TARGET, action="remove"),
+    )
+    assert [outcomes[f"m-{n}"]["outcome"] for n in (1, 2, 3)] == ["would_grant", "not_member", "not_member"]
+    assert {r.method for r in graph.requests} == {"GET"}
+
+
+async def test_a_dry_run_message_reports_already_member_and_would_revoke(
+    make_run: Callable[..., Any], graph: GraphDouble
+) -> None:
+    run = await make_run()
+    await run.deliver(grant("real", target=AU_TARGET))
+    graph.reset_log()
+    outcomes = await run.deliver(
+        grant("d1", target=AU_TARGET, dryRun=True), grant("d2", target=AU_TARGET, action="remove", dryRun=True)
+    )
+    assert [outcomes["m-2"]["outcome"], outcomes["m-3"]["outcome"]] == ["already_member", "would_revoke"]
+    assert {r.method for r in graph.requests} == {"GET"}
+    assert graph.members_of(AU) == {USER}
+
+
+# --- AU-scoped roles -----------------------------------------------------------------------------------------
+
+SCOPED = {"type": "scopedRole", "roleTemplateId": HELPDESK_TEMPLATE, "administrativeUnitId": AU}
+
+
+async def test_a_scoped_role_is_granted_once_and_removed(make_run: Callable[..., Any], graph: GraphDouble) -> None:
+    run = await make_run()
+    outcomes = await run.deliver(
+        grant("s1", target=SCOPED),
+        grant("s2", target=SCOPED),
+        grant("s3", target=SCOPED, action="remove"),
+        grant("s4", target=SCOPED, action="remove"),
+    )
+    assert [outcomes[f"m-{n}"]["outcome"] for n in (1, 2, 3, 4)] == [
+        "granted",
+        "already_member",
+        "revoked",
+        "not_member",
+    ]
+    assert outcomes["m-1"]["targetType"] == "scopedRole"
+    assert outcomes["m-1"]["roleTemplateId"] == HELPDESK_TEMPLATE
+
+
+async def test_a_tier0_scoped_role_is_refused(make_run: Callable[..., Any]) -> None:
+    run = await make_run()
+    outcomes = await run.deliver(grant(target={**SCOPED, "roleTemplateId": GLOBAL_ADMIN}))
+    assert outcomes["m-1"]["reason"] == "PolicyDenied"
+    assert run.writes() == []
+
+
+# --- audit ------------------------------------------------------------------------------------------------------
+
+AUDIT_FIELDS = {
+    "requestId",
+    "sourceSystem",
+    "sourceReference",
+    "requestedBy",
+    "requestReason",
+    "targetType",
+    "targetId",
+    "roleTemplateId",
+    "memberId",
+    "action",
+    "outcome",
+    "reason",
+    "attempts",
+    "graphRequestId",
+    "startedAt",
+    "finishedAt",
+}
+
+
+async def test_every_terminal_outcome_carries_the_audit_fields(make_run: Callable[..., Any]) -> None:
+    run = await make_run()
+    outcomes = await run.deliver(
+        grant("a1", target=AU_TARGET),
+        grant("a2", target=AU_TARGET),
+        grant("a3", target={"type": "directoryRole", "id": HELPDESK_ROLE}),
+        grant("a4", target=TIER0_TARGET),
+    )
+    for outcome in outcomes.values():
+        assert set(outcome) >= AUDIT_FIELDS
+    assert outcomes["m-1"]["graphRequestId"]
+    assert outcomes["m-3"]["roleTemplateId"] == HELPDESK_TEMPLATE  # resolved from the role id
+
+
+async def test_no_token_or_identity_secret_ever_reaches_a_log_line(
+    make_run: Callable[..., Any], token_endpoint: TokenEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    run = await make_run()
+    token_endpoint.expire_all()
+    await run.deliver(grant("l1", target=AU_TARGET), grant("l2", target=TIER0_TARGET), b"{bad")
+    token_endpoint.expire_all()
+    await run.deliver(grant("l3", target=AU_TARGET, member=USER_2))
+    text = "\n".join(record.getMessage() + repr(record.__dict__) for record in caplog.records)
+    assert token_endpoint.issued_tokens
+    for secret in [*token_endpoint.issued_tokens, token_endpoint.header_secret]:
+        assert secret not in text
