@@ -20,8 +20,17 @@ from pathlib import Path
 from typing import Any, Final
 
 from shared.config import ConfigError
-from shared.contract import Action, AdministrativeUnit, DirectoryRole, GrantCommand, Guid, ScopedRole, SourceSystem
-from shared.errors import PermanentError, Reason
+from shared.contract import (
+    Action,
+    AdministrativeUnit,
+    DirectoryRole,
+    GrantCommand,
+    Guid,
+    ScopedRole,
+    SourceSystem,
+    parse_guid,
+)
+from shared.errors import ContractError, PermanentError, Reason
 from shared.graph import GraphClient, path, raise_for_graph
 
 __all__ = ["TIER0_ROLE_TEMPLATES", "GrantPolicy", "RoleTemplates", "SourceRules"]
@@ -205,9 +214,6 @@ def _actions(value: Any, where: str) -> frozenset[Action]:
 
 
 def _ids(value: Any, where: str) -> frozenset[str]:
-    from shared.contract import parse_guid
-    from shared.errors import ContractError
-
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ConfigError(f'{where} must be a list of GUIDs or "*"')
     ids = set()

@@ -14,6 +14,7 @@ import pytest
 
 from shared.bootstrap import Services, bootstrap
 from shared.config import ConfigError, Settings
+from shared.contract import SourceSystem
 from shared.local.binding import to_received_message
 from shared.local.graph_double import GraphDouble
 from shared.local.host import LocalHost, OutcomeRecorder
@@ -177,6 +178,11 @@ def test_a_bad_policy_file_stops_the_app_with_a_clear_error(tmp_path: Path, docu
     with pytest.raises(ConfigError, match="GRANTS_POLICY") as caught:
         GrantPolicy.load(file)
     assert says in str(caught.value)
+
+
+def test_the_example_policy_file_is_valid() -> None:
+    policy = GrantPolicy.load(Path(__file__).parent.parent / "examples" / "policy.json")
+    assert GLOBAL_ADMIN in policy.sources[SourceSystem.TICKETING].directory_roles
 
 
 def test_a_missing_policy_file_stops_bootstrap(graph: GraphDouble, tmp_path: Path) -> None:
