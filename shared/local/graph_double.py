@@ -57,7 +57,8 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple
 
-from shared.local.token_endpoint import TokenEndpoint, _LoopbackServer, _Request, _Response
+from shared.local._http import LoopbackServer, Request, Response
+from shared.local.token_endpoint import TokenEndpoint
 
 __all__ = ["Fault", "GraphDouble", "LoggedRequest", "PermissionKind", "PrincipalType"]
 
@@ -212,7 +213,7 @@ class GraphDouble:
         self._recent_writes: deque[float] = deque()
         self._log: list[LoggedRequest] = []
         self._write_count = 0
-        self._server = _LoopbackServer(self._answer)
+        self._server = LoopbackServer(self._answer)
 
     # --- where it is ---------------------------------------------------------------------------------
 
@@ -445,7 +446,7 @@ class GraphDouble:
 
     # --- serving -------------------------------------------------------------------------------------
 
-    def _answer(self, request: _Request) -> _Response | None:
+    def _answer(self, request: Request) -> Response | None:
         request_id = str(uuid.uuid4())
         client_request_id = request.headers.get("client-request-id") or request_id
         path = request.path[len(_PREFIX) :] if request.path.lower().startswith(_PREFIX + "/") else request.path
@@ -471,7 +472,7 @@ class GraphDouble:
             headers = {} if error.retry_after is None else {"Retry-After": str(math.ceil(error.retry_after))}
         self._record(LoggedRequest(request.method, path, status, client_request_id, body))
         headers.update({"request-id": request_id, "client-request-id": client_request_id})
-        return _Response(status, payload, headers)
+        return Response(status, payload, headers)
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -492,7 +493,7 @@ class GraphDouble:
         if not self._token_valid(token, self.resource):
             raise _GraphError(401, "InvalidAuthenticationToken", _TOKEN_EXPIRED)
 
-    def _dispatch(self, request: _Request, path: str, body: Any) -> _Reply:
+    def _dispatch(self, request: Request, path: str, body: Any) -> _Reply:
         """Route, apply the write budget and permissions, and answer (holding the lock)."""
         if not request.path.lower().startswith(_PREFIX + "/"):
             version = request.path.strip("/").split("/")[0]
