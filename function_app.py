@@ -3,8 +3,9 @@
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
-from shared.runtime import process_grant_message
+from shared.runtime import check_configuration, process_grant_message
 
+check_configuration()  # a bad app setting or policy file stops the app here, with an error naming it
 app = func.FunctionApp()
 
 

@@ -9,11 +9,20 @@ from typing import Any
 
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
+from shared.policy import GrantPolicy
 from shared.settlement import MessageActions, Settled
 
-__all__ = ["installed", "process_grant_message", "services"]
+__all__ = ["check_configuration", "installed", "process_grant_message", "services"]
 
 _services: Services | None = None
+
+
+def check_configuration() -> None:
+    """Validate the app settings and the grant policy now, so that a bad one stops the app at start-up
+    with an error naming it (raises `ConfigError`) instead of failing every message later."""
+    settings = Settings.from_env(os.environ)
+    if settings.policy_path:
+        GrantPolicy.load(settings.policy_path)
 
 
 def services() -> Services:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -344,3 +347,20 @@ async def test_no_token_or_identity_secret_ever_reaches_a_log_line(
     assert token_endpoint.issued_tokens
     for secret in [*token_endpoint.issued_tokens, token_endpoint.header_secret]:
         assert secret not in text
+
+
+def test_a_bad_policy_file_stops_the_function_app_at_import(tmp_path: Path) -> None:
+    file = tmp_path / "policy.json"
+    file.write_text('{"sources": {"hr": {"directoryRoles": ["Global Administrator"]}}}')
+    result = subprocess.run(
+        [sys.executable, "-c", "import function_app"],
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, "GRANTS_POLICY": str(file)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "ConfigError: GRANTS_POLICY" in result.stderr
+    assert "directoryRoles must be a GUID" in result.stderr
