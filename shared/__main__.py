@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("messages", type=Path, help="one message body per line")
     run.add_argument("--json", action="store_true", help="print one JSON object per input line")
     run.add_argument("--concurrency", type=int, default=16, help="invocations at once (maxConcurrentCalls)")
+    run.add_argument("--dry-run", action="store_true", help="read only: report what would change (GRANTS_DRY_RUN)")
     commands.add_parser("demo", help="run the examples against the built-in Graph and token doubles")
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         from shared.local.run import print_json, print_table, run_local
 
         lines = args.messages.read_bytes().splitlines()
-        result = asyncio.run(run_local(lines, concurrency=args.concurrency))
+        env = {**os.environ, **({"GRANTS_DRY_RUN": "true"} if args.dry_run else {})}
+        result = asyncio.run(run_local(lines, env=env, concurrency=args.concurrency))
         if args.json:
             print_json(result, sys.stdout)
         else:

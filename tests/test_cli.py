@@ -65,3 +65,20 @@ def test_run_local_json_prints_one_object_per_input_line(
     assert lines[1]["reason"] == "InvalidJson"
     assert lines[1]["requestId"] is None
     assert graph.members_of(AU) == {USER}
+
+
+def test_run_local_dry_run_writes_nothing(tmp_path: Path, graph: GraphDouble, token_endpoint: TokenEndpoint) -> None:
+    message = {
+        "schemaVersion": 1,
+        "requestId": "cli-dry",
+        "target": {"type": "administrativeUnit", "id": AU},
+        "member": {"id": USER},
+        "source": {"system": "bulk"},
+    }
+    messages = tmp_path / "messages.jsonl"
+    messages.write_text(json.dumps(message) + "\n")
+    env = {"GRAPH_BASE_URL": graph.base_url, **token_endpoint.env()}
+    result = run("run-local", str(messages), "--json", "--dry-run", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["outcome"] == "would_grant"
+    assert {r.method for r in graph.requests} == {"GET"}
