@@ -34,11 +34,11 @@ unit: $(VENV)/.dev
 
 # Not part of `make test`: throughput / CPU / cold-start figures (ARGS="--quick" for a short run).
 bench: $(VENV)/.dev
-	$(BIN)/python -m benchmarks.bench $(ARGS)
+	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.bench $(ARGS)
 
 # The chaos soak: 10,000 messages with faults injected (ARGS="--messages 500 --seed 7" to vary).
 soak: $(VENV)/.dev
-	$(BIN)/python -m benchmarks.soak $(ARGS)
+	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

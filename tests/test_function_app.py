@@ -13,6 +13,7 @@ import pytest
 
 import function_app
 from shared.bootstrap import Services, bootstrap
+from shared.config import ConfigError
 from shared.local.binding import to_received_message
 from shared.local.graph_double import Fault, GraphDouble
 from shared.local.host import LocalHost, OutcomeRecorder, registered_function
@@ -289,3 +290,10 @@ class CrashingActions:
             raise ConnectionError("the host went away before settling")
 
         return crash
+
+
+async def test_run_local_refuses_a_local_graph_without_a_local_token_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without IDENTITY_ENDPOINT the credential would probe Azure's metadata service: never from a local run."""
+    monkeypatch.delenv("IDENTITY_ENDPOINT", raising=False)
+    with pytest.raises(ConfigError, match="IDENTITY_ENDPOINT"):
+        await run_local([grant()], env={"GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0"})

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from shared.bootstrap import bootstrap
-from shared.config import Settings
+from shared.config import ConfigError, Settings
 from shared.local.host import LineOutcome, LocalHost, OutcomeRecorder, line_outcomes, registered_function
 from shared.local.queue import DeadLetter, LocalQueue, LocalSender
 from shared.local.settlement import LocalSettlementServer, point_message_actions_at
@@ -52,6 +53,13 @@ async def run_local(
     import function_app
 
     settings = Settings.from_env(env)
+    if settings.graph_root.startswith("http://") and not (
+        env.get("IDENTITY_ENDPOINT") or os.environ.get("IDENTITY_ENDPOINT")
+    ):
+        raise ConfigError(
+            "GRAPH_BASE_URL is a local Graph but IDENTITY_ENDPOINT is not set: the managed-identity credential "
+            "would look for Azure's instance metadata service; point it at a local token endpoint"
+        )
     queue = LocalQueue(clock=clock)
     message_ids: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
@@ -60,7 +68,11 @@ async def run_local(
             message_ids[f"line-{number}"] = number
             queue.send(body, message_id=f"line-{number}", content_type="application/json")
 
-    with LocalSettlementServer(queue) as server, OutcomeRecorder().attached() as recorder:
+    with (
+        _identity_environment(env),
+        LocalSettlementServer(queue) as server,
+        OutcomeRecorder().attached() as recorder,
+    ):
         actions = point_message_actions_at(server.address)
         services = bootstrap(settings, sender=LocalSender(queue), now=lambda: datetime.fromtimestamp(clock(), UTC))
         host = LocalHost(
@@ -83,6 +95,24 @@ async def run_local(
         dead_letters=queue.dead_letters(),
         follow_ups=follow_ups,
     )
+
+
+@contextmanager
+def _identity_environment(env: Mapping[str, str]) -> Iterator[None]:
+    """azure-identity reads the managed-identity endpoint from os.environ: apply `env`'s for the run."""
+    names = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AZURE_CLIENT_ID")
+    saved = {name: os.environ.get(name) for name in names}
+    for name in names:
+        if name in env:
+            os.environ[name] = env[name]
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def print_json(run: LocalRun, out: TextIO) -> None:
