@@ -18,6 +18,7 @@ from azure.core.pipeline.transport import AsyncioRequestsTransport
 from azure.identity.aio import ManagedIdentityCredential
 
 from shared.local.graph_double import Fault, GraphDouble, LoggedRequest
+from shared.local.queue import ManualClock
 from shared.local.token_endpoint import TokenEndpoint
 
 #: One TLS context for every client: building one per httpx client costs ~40 ms (unused over http://).
@@ -49,26 +50,14 @@ SEED: dict[str, Any] = {
 }
 
 
-class FakeClock:
-    """Monotonic time that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+@pytest.fixture
+def clock() -> ManualClock:
+    """Time that moves only when told to."""
+    return ManualClock(start=1000.0)
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def token_endpoint(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenEndpoint]:
+def token_endpoint(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenEndpoint]:
     with TokenEndpoint(clock=clock) as endpoint:
         for name in OTHER_IDENTITY_VARIABLES:
             monkeypatch.delenv(name, raising=False)
@@ -78,7 +67,7 @@ def token_endpoint(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 
 @pytest.fixture
-def graph_double(token_endpoint: TokenEndpoint, clock: FakeClock) -> Iterator[GraphDouble]:
+def graph_double(token_endpoint: TokenEndpoint, clock: ManualClock) -> Iterator[GraphDouble]:
     with GraphDouble(token_endpoint, clock=clock) as graph:
         graph.load(SEED)
         yield graph
@@ -408,7 +397,7 @@ async def test_member_appears_after_n_lookups(graph_double: GraphDouble, client:
 
 
 async def test_member_appears_after_seconds_on_the_clock(
-    graph_double: GraphDouble, client: httpx.AsyncClient, clock: FakeClock
+    graph_double: GraphDouble, client: httpx.AsyncClient, clock: ManualClock
 ) -> None:
     late = graph_double.add_user(str(uuid.uuid4()), visible_after_seconds=30)
 
@@ -513,7 +502,7 @@ async def test_latency_is_added_to_every_answer(graph_double: GraphDouble, clien
 
 
 async def test_write_budget_throttles_with_retry_after_until_capacity(
-    graph_double: GraphDouble, client: httpx.AsyncClient, clock: FakeClock
+    graph_double: GraphDouble, client: httpx.AsyncClient, clock: ManualClock
 ) -> None:
     """Given 2 writes per 10 s, the third is 429 with Retry-After counting down on the clock; reads pass."""
     graph_double.write_budget = (2, 10.0)
@@ -572,7 +561,7 @@ async def test_expired_token_is_401_until_a_fresh_one_is_fetched(
     assert accepted.status_code == 200
 
 
-async def test_token_expires_on_the_clock(client: httpx.AsyncClient, clock: FakeClock) -> None:
+async def test_token_expires_on_the_clock(client: httpx.AsyncClient, clock: ManualClock) -> None:
     clock.advance(3600)
 
     assert_error(await client.get(f"/directoryObjects/{USER}"), 401, "InvalidAuthenticationToken")

@@ -12,6 +12,7 @@ from azure.core.exceptions import ClientAuthenticationError
 from azure.core.pipeline.transport import AsyncioRequestsTransport
 from azure.identity.aio import ManagedIdentityCredential
 
+from shared.local.queue import ManualClock
 from shared.local.token_endpoint import API_VERSION, TokenEndpoint
 
 #: One TLS context for every client: building one per httpx client costs ~40 ms (unused over http://).
@@ -29,26 +30,14 @@ OTHER_IDENTITY_VARIABLES = (
 )
 
 
-class FakeClock:
-    """Monotonic time that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+@pytest.fixture
+def clock() -> ManualClock:
+    """Time that moves only when told to."""
+    return ManualClock(start=1000.0)
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def token_endpoint(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenEndpoint]:
+def token_endpoint(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenEndpoint]:
     """A running endpoint, with the environment pointing azure-identity's App Service path at it."""
     with TokenEndpoint(client_id=CLIENT_ID, clock=clock) as endpoint:
         for name in OTHER_IDENTITY_VARIABLES:
@@ -169,7 +158,7 @@ async def test_bad_requests_are_refused_with_an_error_body(
 
 
 async def test_tokens_expire_on_the_clock(
-    token_endpoint: TokenEndpoint, credential: ManagedIdentityCredential, clock: FakeClock
+    token_endpoint: TokenEndpoint, credential: ManagedIdentityCredential, clock: ManualClock
 ) -> None:
     token = (await credential.get_token(RESOURCE + "/.default")).token
 
