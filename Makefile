@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint types unit bench soak clean
+.PHONY: demo test lint types unit infra bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 demo: $(VENV)/.runtime
 	$(BIN)/python -m shared demo
 
-test: lint types unit
+test: lint types unit infra
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
@@ -32,6 +32,10 @@ types: $(VENV)/.dev
 unit: $(VENV)/.dev
 	$(BIN)/python -m pytest
 
+# checkov and the Bicep parse tests, in their own venv (.venv-infra): checkov pins many packages.
+infra:
+	bash infra/check.sh
+
 # Not part of `make test`: throughput / CPU / cold-start figures (ARGS="--quick" for a short run).
 bench: $(VENV)/.dev
 	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.bench $(ARGS)
@@ -41,4 +45,4 @@ soak: $(VENV)/.dev
 	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.soak $(ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-infra .mypy_cache .ruff_cache .pytest_cache .hypothesis
