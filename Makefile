@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint types unit infra bench soak clean
+.PHONY: demo test lint types unit infra bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,6 @@ infra:
 # Not part of `make test`: throughput / CPU / cold-start figures (ARGS="--quick" for a short run).
 bench: $(VENV)/.dev
 	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.bench $(ARGS)
-
-# The chaos soak: 10,000 messages with faults injected (ARGS="--messages 500 --seed 7" to vary).
-soak: $(VENV)/.dev
-	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-infra .mypy_cache .ruff_cache .pytest_cache .hypothesis

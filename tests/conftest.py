@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
 
+import function_app
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
 from shared.local.graph_double import GraphDouble
-from shared.local.queue import LocalQueue, LocalSender
+from shared.local.host import LocalHost, OutcomeRecorder, registered_function
+from shared.local.queue import LocalQueue, LocalSender, ManualClock
+from shared.local.settlement import LocalSettlementServer, point_message_actions_at
 from shared.local.token_endpoint import TokenEndpoint
+from shared.runtime import installed
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -24,6 +29,8 @@ LATE_USER = "35c1a2d5-9101-44b2-83ab-885db8a647cc"
 GROUP_ASSIGNABLE = "45c1a2d5-9101-44b2-83ab-885db8a647cd"
 DEVICE = "55c1a2d5-9101-44b2-83ab-885db8a647ce"
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
+GLOBAL_ADMIN = "62e90394-69f5-4237-9190-012177145e10"  # tier-0; the harness activates it
+GLOBAL_ADMIN_ROLE = "d0000000-0000-4000-8000-0000000000a1"
 HELPDESK_TEMPLATE = "729827e3-9c14-49f7-bb1b-9608f156bbb8"
 HELPDESK_ROLE = "a1b2c3d4-0000-4000-8000-000000000001"
 USER_ADMIN_TEMPLATE = "4d6ac14f-3453-41d0-bef9-a3e0c569773a"  # License Administrator: not activated in the seed
@@ -68,3 +75,51 @@ async def services(graph: GraphDouble) -> AsyncIterator[Services]:
     wired = bootstrap(settings_for(graph), sender=LocalSender(LocalQueue()))
     yield wired
     await wired.aclose()
+
+
+class Run:
+    """The local host, the real settlement over gRPC and the app's services, on a manual clock."""
+
+    def __init__(self, graph: GraphDouble, queue: LocalQueue, clock: ManualClock, actions: Any) -> None:
+        self.graph, self.queue, self.clock, self.actions = graph, queue, clock, actions
+        self.recorder = OutcomeRecorder()
+        self.sent = 0
+
+    async def deliver(self, *bodies: bytes) -> dict[str, dict[str, Any]]:
+        """Send each body (MessageIds m-1, m-2, … across calls), deliver all; terminal outcomes by MessageId."""
+        for body in bodies:
+            self.sent += 1
+            self.queue.send(body, message_id=f"m-{self.sent}")
+        with self.recorder.attached():
+            await LocalHost(
+                queue=self.queue,
+                function=registered_function(function_app.app, "grant_membership"),
+                actions=self.actions,
+                clock=self.clock,
+            ).drain()
+        return {key: dict(value) for key, value in self.recorder.terminal().items()}
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [(r.method, r.path) for r in self.graph.requests if r.method != "GET"]
+
+
+@pytest.fixture
+async def make_run(graph: GraphDouble) -> AsyncIterator[Callable[..., Any]]:
+    graph.add_role_template(
+        GLOBAL_ADMIN, display_name="Global Administrator", activated=True, role_id=GLOBAL_ADMIN_ROLE
+    )
+    opened: list[Services] = []
+    with ExitStack() as stack:
+
+        async def make(**env: str) -> Run:
+            clock = ManualClock()
+            queue = LocalQueue(clock=clock)
+            services = bootstrap(settings_for(graph, **env), sender=LocalSender(queue), now=clock.utcnow)
+            opened.append(services)
+            server = stack.enter_context(LocalSettlementServer(queue))
+            stack.enter_context(installed(services))
+            return Run(graph, queue, clock, point_message_actions_at(server.address))
+
+        yield make
+        for services in opened:
+            await services.aclose()

@@ -7,30 +7,32 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import ExitStack
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shared.bootstrap import Services, bootstrap
+from shared.bootstrap import bootstrap
 from shared.config import ConfigError, Settings
 from shared.contract import SourceSystem
 from shared.local.binding import to_received_message
 from shared.local.graph_double import GraphDouble
-from shared.local.host import LocalHost, OutcomeRecorder
-from shared.local.queue import LocalQueue, LocalSender, ManualClock
-from shared.local.settlement import LocalSettlementServer, point_message_actions_at
+from shared.local.queue import LocalQueue, LocalSender
 from shared.local.token_endpoint import TokenEndpoint
 from shared.policy import TIER0_ROLE_TEMPLATES, GrantPolicy
-from shared.runtime import installed
-from tests.conftest import AU, AU_OTHER, HELPDESK_ROLE, HELPDESK_TEMPLATE, USER, USER_2, settings_for
+from tests.conftest import (
+    AU,
+    AU_OTHER,
+    GLOBAL_ADMIN,
+    GLOBAL_ADMIN_ROLE,
+    HELPDESK_ROLE,
+    HELPDESK_TEMPLATE,
+    USER,
+    USER_2,
+)
 from tests.test_function_app import GRANT
-
-GLOBAL_ADMIN = "62e90394-69f5-4237-9190-012177145e10"
-GLOBAL_ADMIN_ROLE = "d0000000-0000-4000-8000-0000000000a1"
 
 
 def grant(request_id: str = "req-1", *, target: dict[str, str], source: str = "ticketing", **extra: Any) -> bytes:
@@ -51,49 +53,6 @@ def grant(request_id: str = "req-1", *, target: dict[str, str], source: str = "t
 AU_TARGET = {"type": "administrativeUnit", "id": AU}
 TIER0_TARGET = {"type": "directoryRole", "roleTemplateId": GLOBAL_ADMIN}
 TIER0_BY_ID = {"type": "directoryRole", "id": GLOBAL_ADMIN_ROLE}
-
-
-class Run:
-    """The local host, the real settlement over gRPC and the app's services, on a manual clock."""
-
-    def __init__(self, graph: GraphDouble, queue: LocalQueue, clock: ManualClock, actions: Any) -> None:
-        self.graph, self.queue, self.clock, self.actions = graph, queue, clock, actions
-        self.recorder = OutcomeRecorder()
-        self.sent = 0
-
-    async def deliver(self, *bodies: bytes) -> dict[str, dict[str, Any]]:
-        """Send each body (MessageIds m-1, m-2, … across calls), deliver all; terminal outcomes by MessageId."""
-        for body in bodies:
-            self.sent += 1
-            self.queue.send(body, message_id=f"m-{self.sent}")
-        with self.recorder.attached():
-            await LocalHost(queue=self.queue, function=GRANT, actions=self.actions, clock=self.clock).drain()
-        return {key: dict(value) for key, value in self.recorder.terminal().items()}
-
-    def writes(self) -> list[tuple[str, str]]:
-        return [(r.method, r.path) for r in self.graph.requests if r.method != "GET"]
-
-
-@pytest.fixture
-async def make_run(graph: GraphDouble) -> AsyncIterator[Callable[..., Any]]:
-    graph.add_role_template(
-        GLOBAL_ADMIN, display_name="Global Administrator", activated=True, role_id=GLOBAL_ADMIN_ROLE
-    )
-    opened: list[Services] = []
-    with ExitStack() as stack:
-
-        async def make(**env: str) -> Run:
-            clock = ManualClock()
-            queue = LocalQueue(clock=clock)
-            services = bootstrap(settings_for(graph, **env), sender=LocalSender(queue), now=clock.utcnow)
-            opened.append(services)
-            server = stack.enter_context(LocalSettlementServer(queue))
-            stack.enter_context(installed(services))
-            return Run(graph, queue, clock, point_message_actions_at(server.address))
-
-        yield make
-        for services in opened:
-            await services.aclose()
 
 
 def policy_file(tmp_path: Path, sources: dict[str, Any]) -> str:
