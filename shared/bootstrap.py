@@ -77,6 +77,7 @@ def bootstrap(
     sender: RetrySender | None = None,
     policy: RetryPolicy | None = None,
     now: Callable[[], datetime] = _utc_now,
+    governor: WriteGovernor | None = None,
 ) -> Services:
     """Wire the app: one HTTP client, one managed-identity credential, one Graph client, one sender."""
     http = new_http_client()
@@ -96,7 +97,7 @@ def bootstrap(
         http=http,
         tokens=tokens,
         base_url=settings.graph_base_url,
-        governor=WriteGovernor(rate=settings.graph_write_rate),
+        governor=governor or WriteGovernor(rate=settings.graph_write_rate),
     )
     grants = GrantService(
         graph=graph,

@@ -15,6 +15,7 @@ from shared.config import Settings
 from shared.local.graph_double import GraphDouble
 from shared.local.host import LocalHost, OutcomeRecorder, registered_function
 from shared.local.queue import LocalQueue, LocalSender, ManualClock
+from shared.local.run import virtual_governor
 from shared.local.settlement import LocalSettlementServer, point_message_actions_at
 from shared.local.token_endpoint import TokenEndpoint
 from shared.runtime import installed
@@ -114,7 +115,10 @@ async def make_run(graph: GraphDouble) -> AsyncIterator[Callable[..., Any]]:
         async def make(**env: str) -> Run:
             clock = ManualClock()
             queue = LocalQueue(clock=clock)
-            services = bootstrap(settings_for(graph, **env), sender=LocalSender(queue), now=clock.utcnow)
+            settings = settings_for(graph, **env)
+            services = bootstrap(
+                settings, sender=LocalSender(queue), now=clock.utcnow, governor=virtual_governor(settings, clock)
+            )
             opened.append(services)
             server = stack.enter_context(LocalSettlementServer(queue))
             stack.enter_context(installed(services))

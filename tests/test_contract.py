@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from datetime import UTC, datetime
@@ -310,7 +311,7 @@ def mutated_messages(draw: st.DrawFn) -> dict[str, Any]:
         key = draw(
             st.sampled_from([*where.keys(), "id", "type", "roleTemplateId", "administrativeUnitId", "dryRun", "extra"])
         )
-        value = draw(field_values)
+        value = copy.deepcopy(draw(field_values))  # [] and {} are shared objects: never mutate them
         if value is None:
             where.pop(key, None)
         else:

@@ -18,7 +18,7 @@ from shared.local.binding import to_received_message
 from shared.local.graph_double import Fault, GraphDouble
 from shared.local.host import LocalHost, OutcomeRecorder, registered_function
 from shared.local.queue import LocalQueue, LocalSender, ManualClock
-from shared.local.run import run_local
+from shared.local.run import run_local, virtual_governor
 from shared.local.settlement import LocalSettlementServer, point_message_actions_at
 from shared.runtime import installed
 from shared.settlement import Delivery, Settled, settle
@@ -68,7 +68,8 @@ async def harness(graph: GraphDouble) -> AsyncIterator[Harness]:
     queue = LocalQueue(clock=clock)
     sender = LocalSender(queue)
     env = {"GRANTS_MAX_ATTEMPTS": "4", "GRANTS_RETRY_BASE_SECONDS": "10"}
-    services = bootstrap(settings_for(graph, **env), sender=sender, now=clock.utcnow)
+    settings = settings_for(graph, **env)
+    services = bootstrap(settings, sender=sender, now=clock.utcnow, governor=virtual_governor(settings, clock))
     with (
         LocalSettlementServer(queue) as server,
         OutcomeRecorder().attached() as recorder,

@@ -23,6 +23,7 @@ event loop and from the gRPC settlement server's threads alike.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import threading
 import time
@@ -97,6 +98,11 @@ class ManualClock:
     def advance_to(self, when: float) -> None:
         """Move forward to ``when``; a time in the past leaves the clock as it is."""
         self._now = max(self._now, when)
+
+    async def sleep(self, seconds: float) -> None:
+        """Virtual ``asyncio.sleep``: move the clock forward, then yield to other tasks once."""
+        self.advance(max(seconds, 0.0))
+        await asyncio.sleep(0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

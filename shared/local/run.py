@@ -17,12 +17,13 @@ from typing import Any, TextIO
 
 from shared.bootstrap import bootstrap
 from shared.config import ConfigError, Settings
+from shared.governor import WriteGovernor
 from shared.local.host import LineOutcome, LocalHost, OutcomeRecorder, line_outcomes, registered_function
-from shared.local.queue import DeadLetter, LocalQueue, LocalSender
+from shared.local.queue import DeadLetter, LocalQueue, LocalSender, ManualClock
 from shared.local.settlement import LocalSettlementServer, point_message_actions_at
 from shared.runtime import installed
 
-__all__ = ["LocalRun", "print_dead_letters", "print_json", "print_table", "run_local"]
+__all__ = ["LocalRun", "print_dead_letters", "print_json", "print_table", "run_local", "virtual_governor"]
 
 FUNCTION_NAME = "grant_membership"
 
@@ -74,7 +75,12 @@ async def run_local(
         OutcomeRecorder().attached() as recorder,
     ):
         actions = point_message_actions_at(server.address)
-        services = bootstrap(settings, sender=LocalSender(queue), now=lambda: datetime.fromtimestamp(clock(), UTC))
+        services = bootstrap(
+            settings,
+            sender=LocalSender(queue),
+            now=lambda: datetime.fromtimestamp(clock(), UTC),
+            governor=virtual_governor(settings, clock),
+        )
         host = LocalHost(
             queue=queue,
             function=registered_function(function_app.app, FUNCTION_NAME),
@@ -95,6 +101,13 @@ async def run_local(
         dead_letters=queue.dead_letters(),
         follow_ups=follow_ups,
     )
+
+
+def virtual_governor(settings: Settings, clock: Callable[[], float]) -> WriteGovernor | None:
+    """On a `ManualClock`, a write governor whose waits move that clock (so a 429's pause costs no real time)."""
+    if isinstance(clock, ManualClock):
+        return WriteGovernor(rate=settings.graph_write_rate, clock=clock, sleep=clock.sleep)
+    return None
 
 
 @contextmanager
