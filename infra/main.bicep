@@ -1,29 +1,50 @@
 // entra-grants: a Function App (Flex Consumption) that grants Entra ID memberships from Service Bus messages.
-// Every connection is identity-based (one user-assigned managed identity); no keys, no connection strings.
+// One user-assigned managed identity; every connection identity-based; no keys, SAS or connection secrets.
+// Deployed into one resource group (azd asks for it, or reads AZURE_RESOURCE_GROUP), so the deployer needs
+// rights on that group only. Microsoft Graph permissions are granted afterwards by the azd postprovision hook
+// (infra/scripts/grant-graph-permissions.sh); see docs/deploy.md.
 targetScope = 'resourceGroup'
 
-@description('Short name for the environment (azd sets it).')
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment; it seeds the resource names.')
 param environmentName string
 
-@description('Azure region.')
+@description('Azure region for every resource (one where Flex Consumption is offered).')
 param location string = resourceGroup().location
 
-@description('Graph root: https://graph.microsoft.com/v1.0 (global), https://graph.microsoft.us/v1.0 (US Gov L4), https://dod-graph.microsoft.us/v1.0 (US Gov L5), https://microsoftgraph.chinacloudapi.cn/v1.0 (21Vianet).')
+@description('''Microsoft Graph root the app calls, by national cloud:
+https://graph.microsoft.com/v1.0 (global), https://graph.microsoft.us/v1.0 (US Government L4),
+https://dod-graph.microsoft.us/v1.0 (US Government L5, DoD), https://microsoftgraph.chinacloudapi.cn/v1.0 (China, 21Vianet).''')
+@allowed([
+  'https://graph.microsoft.com/v1.0'
+  'https://graph.microsoft.us/v1.0'
+  'https://dod-graph.microsoft.us/v1.0'
+  'https://microsoftgraph.chinacloudapi.cn/v1.0'
+])
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 
-@description('Most instances the app scales to. With host.json maxConcurrentCalls (16) it bounds the write rate against Graph (3,000 writes per 150 s per app and tenant).')
+@description('''Most instances the app scales out to. Together with host.json's maxConcurrentCalls (16) it caps
+the grants in flight (instances x 16), and it sets the per-instance Graph write rate (20/s divided by this), so the
+app as a whole stays under Graph's 3,000 directory writes per 150 s per app and tenant. 40 is the lowest value
+every Flex Consumption region accepts; some regions accept less.''')
 @minValue(1)
-@maxValue(100)
-param maximumInstanceCount int = 4
+@maxValue(1000)
+param maximumInstanceCount int = 40
 
-@description('Let the app activate a directory role from its template on first use.')
+@description('Let the app activate a directory role from its template the first time it grants it.')
 param activateRoles bool = false
 
-@description('Key Vault secret URI of the ticketing webhook secret (optional).')
+@description('Key Vault secret URI of the ticketing webhook secret; empty when there is none. The identity needs Key Vault Secrets User on it.')
 param webhookSecretUri string = ''
 
 var token = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
 var tags = { 'azd-env-name': environmentName }
+
+// Graph allows 20 directory writes per second per app and tenant; split that over the instances, in
+// thousandths, since GRAPH_WRITE_RATE takes a decimal and Bicep divides integers (40 instances: "0.500").
+var graphWriteRateMilli = 20000 / maximumInstanceCount
+var graphWriteRate = '${graphWriteRateMilli / 1000}.${padLeft(string(graphWriteRateMilli % 1000), 3, '0')}'
 
 module identity 'modules/identity.bicep' = {
   name: 'identity'
@@ -57,12 +78,16 @@ module functionApp 'modules/functionapp.bicep' = {
     deploymentContainerUrl: storage.outputs.deploymentContainerUrl
     appInsightsConnectionString: monitoring.outputs.connectionString
     serviceBusNamespaceFqdn: servicebus.outputs.fullyQualifiedNamespace
+    grantsQueue: servicebus.outputs.grantsQueue
+    hrEventsQueue: servicebus.outputs.hrEventsQueue
     graphBaseUrl: graphBaseUrl
     maximumInstanceCount: maximumInstanceCount
-    graphWriteRate: max(1, 20 / maximumInstanceCount)
+    graphWriteRate: graphWriteRate
     activateRoles: activateRoles
     webhookSecretUri: webhookSecretUri
   }
+  // The identity's roles exist before the host first starts, so it does not crash-loop on storage or Service Bus.
+  dependsOn: [rbac]
 }
 
 module rbac 'modules/rbac.bicep' = {
@@ -75,8 +100,15 @@ module rbac 'modules/rbac.bicep' = {
   }
 }
 
+// azd stores these in the environment (.azure/<env>/.env); the postprovision hook reads the identity's IDs.
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output MANAGED_IDENTITY_NAME string = identity.outputs.name
 output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output SERVICE_BUS_NAMESPACE string = servicebus.outputs.fullyQualifiedNamespace
+output GRANTS_QUEUE string = servicebus.outputs.grantsQueue
+output HR_EVENTS_QUEUE string = servicebus.outputs.hrEventsQueue
 output GRAPH_BASE_URL string = graphBaseUrl
+output GRAPH_WRITE_RATE string = graphWriteRate

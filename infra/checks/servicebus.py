@@ -1,4 +1,9 @@
-"""checkov checks for Service Bus in Bicep (checkov ships them only for Terraform)."""
+"""checkov checks for Service Bus in Bicep (checkov ships Service Bus checks for Terraform only).
+
+`infra/check.sh` loads them with ``--external-checks-dir infra/checks``; `infra/tests` proves each one fails
+on a namespace or queue that lacks its setting. A value checkov cannot resolve (a parameter) fails too:
+these settings are meant to be literals.
+"""
 
 from __future__ import annotations
 
@@ -7,64 +12,83 @@ from typing import Any
 from checkov.bicep.checks.resource.base_resource_check import BaseResourceCheck
 from checkov.common.models.enums import CheckCategories, CheckResult
 
+NAMESPACES = "Microsoft.ServiceBus/namespaces"
+QUEUES = "Microsoft.ServiceBus/namespaces/queues"
+
 
 def _properties(conf: dict[str, Any]) -> dict[str, Any]:
     """The resource's ``properties`` (checkov hands a Bicep check the resource body)."""
-    properties = conf.get("properties", {})
+    properties = conf.get("properties")
     return properties if isinstance(properties, dict) else {}
 
 
+def _result(passed: bool) -> CheckResult:
+    return CheckResult.PASSED if passed else CheckResult.FAILED
+
+
 class NamespaceLocalAuthDisabled(BaseResourceCheck):
+    """SAS keys off: only Entra ID tokens (and so only role assignments) open the namespace."""
+
     def __init__(self) -> None:
         super().__init__(
             name="Service Bus namespaces accept Entra ID auth only (disableLocalAuth: true)",
             id="CKV_GRANTS_SB_1",
             categories=[CheckCategories.IAM],
-            supported_resources=["Microsoft.ServiceBus/namespaces"],
+            supported_resources=[NAMESPACES],
         )
 
     def scan_resource_conf(self, conf: dict[str, Any]) -> CheckResult:
-        return CheckResult.PASSED if _properties(conf).get("disableLocalAuth") is True else CheckResult.FAILED
+        return _result(_properties(conf).get("disableLocalAuth") is True)
 
 
 class NamespaceMinimumTls(BaseResourceCheck):
+    """Clients must speak TLS 1.2 or later."""
+
     def __init__(self) -> None:
         super().__init__(
-            name="Service Bus namespaces require TLS 1.2",
+            name="Service Bus namespaces require TLS 1.2 or later (minimumTlsVersion)",
             id="CKV_GRANTS_SB_2",
             categories=[CheckCategories.ENCRYPTION],
-            supported_resources=["Microsoft.ServiceBus/namespaces"],
+            supported_resources=[NAMESPACES],
         )
 
     def scan_resource_conf(self, conf: dict[str, Any]) -> CheckResult:
-        return CheckResult.PASSED if _properties(conf).get("minimumTlsVersion") == "1.2" else CheckResult.FAILED
+        return _result(_properties(conf).get("minimumTlsVersion") in ("1.2", "1.3"))
 
 
 class QueueMaxDeliveryCount(BaseResourceCheck):
+    """A poison message is dead-lettered after a bounded number of deliveries (explicit, at most 10)."""
+
     def __init__(self) -> None:
         super().__init__(
-            name="Service Bus queues set maxDeliveryCount (the backstop for poison messages)",
+            name="Service Bus queues set maxDeliveryCount between 1 and 10 (the poison-message backstop)",
             id="CKV_GRANTS_SB_3",
             categories=[CheckCategories.GENERAL_SECURITY],
-            supported_resources=["Microsoft.ServiceBus/namespaces/queues"],
+            supported_resources=[QUEUES],
         )
 
     def scan_resource_conf(self, conf: dict[str, Any]) -> CheckResult:
         count = _properties(conf).get("maxDeliveryCount")
-        return CheckResult.PASSED if isinstance(count, int) and 1 <= count <= 10 else CheckResult.FAILED
+        return _result(isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= 10)
 
 
 class QueueDuplicateDetection(BaseResourceCheck):
+    """Duplicate detection on, with its window set: resent messages and retry copies dedupe by MessageId."""
+
     def __init__(self) -> None:
         super().__init__(
-            name="Service Bus queues detect duplicates (producers and retry copies rely on MessageId)",
+            name="Service Bus queues detect duplicates (requiresDuplicateDetection and its history window)",
             id="CKV_GRANTS_SB_4",
             categories=[CheckCategories.GENERAL_SECURITY],
-            supported_resources=["Microsoft.ServiceBus/namespaces/queues"],
+            supported_resources=[QUEUES],
         )
 
     def scan_resource_conf(self, conf: dict[str, Any]) -> CheckResult:
-        return CheckResult.PASSED if _properties(conf).get("requiresDuplicateDetection") is True else CheckResult.FAILED
+        properties = _properties(conf)
+        return _result(
+            properties.get("requiresDuplicateDetection") is True
+            and bool(properties.get("duplicateDetectionHistoryTimeWindow"))
+        )
 
 
 check_local_auth = NamespaceLocalAuthDisabled()

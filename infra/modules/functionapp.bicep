@@ -1,4 +1,5 @@
-// The Function App on the Flex Consumption plan, Python 3.11, running as the user-assigned identity.
+// The Function App: Flex Consumption (FC1), Python 3.11, running as the user-assigned identity.
+// Every connection is identity-based; the only app settings are names, endpoints and tuning values.
 param name string
 param location string
 param tags object
@@ -8,14 +9,16 @@ param storageAccountName string
 param deploymentContainerUrl string
 param appInsightsConnectionString string
 param serviceBusNamespaceFqdn string
+param grantsQueue string
+param hrEventsQueue string
 param graphBaseUrl string
 param maximumInstanceCount int
-param graphWriteRate int
+param graphWriteRate string
 param activateRoles bool
 param webhookSecretUri string
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
-  //checkov:skip=CKV_AZURE_225: Flex Consumption zone redundancy is region-limited; the queue, not the plan, holds the work
+  //checkov:skip=CKV_AZURE_225: zone redundancy on Flex Consumption exists only in some regions; the work waits in the queue, not on the plan, so an outage delays grants and loses none
   name: 'plan-${name}'
   location: location
   tags: tags
@@ -25,10 +28,10 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 }
 
 resource app 'Microsoft.Web/sites@2024-04-01' = {
-  //checkov:skip=CKV_AZURE_222: azd deploys the package through the public endpoint; the app serves no HTTP routes yet
-  //checkov:skip=CKV_AZURE_17: no HTTP routes; Service Bus triggers only (a webhook will carry its own HMAC auth)
-  //checkov:skip=CKV_AZURE_212: Flex Consumption scales to zero by design; messages wait safely in the queue
-  //checkov:skip=CKV_AZURE_213: no HTTP routes to probe; failures surface as dead-letters and outcome logs
+  //checkov:skip=CKV_AZURE_222: azd deploys the package through the app's public (SCM) endpoint; the app has no HTTP routes, only Service Bus triggers
+  //checkov:skip=CKV_AZURE_17: no HTTP routes to protect with client certificates; a future webhook authenticates each request itself (HMAC)
+  //checkov:skip=CKV_AZURE_212: Flex Consumption scales to zero by design; undelivered messages wait in the queue (always-ready instances only cost money here)
+  //checkov:skip=CKV_AZURE_213: no HTTP route to probe; failures surface as dead-letters and outcome log lines
   name: name
   location: location
   tags: tags
@@ -40,6 +43,8 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    // Resolves Key Vault references (GRANTS_WEBHOOK_SECRET) with the app's identity, not a system one it lacks.
+    keyVaultReferenceIdentity: identityId
     functionAppConfig: {
       deployment: {
         storage: {
@@ -48,6 +53,8 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
           authentication: { type: 'UserAssignedIdentity', userAssignedIdentityResourceId: identityId }
         }
       }
+      // maximumInstanceCount x host.json maxConcurrentCalls (16) bounds the grants in flight; GRAPH_WRITE_RATE
+      // (per instance) x maximumInstanceCount bounds the write rate against Graph (docs/deploy.md, Sizing).
       scaleAndConcurrency: { maximumInstanceCount: maximumInstanceCount, instanceMemoryMB: 2048 }
       runtime: { name: 'python', version: '3.11' }
     }
@@ -55,37 +62,40 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       minTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
+      // The whole list is written on every deployment: a setting missing here is removed from the app.
       appSettings: [
-        // Host storage, by identity.
+        // Host storage, by identity (no AzureWebJobsStorage connection string).
         { name: 'AzureWebJobsStorage__accountName', value: storageAccountName }
         { name: 'AzureWebJobsStorage__credential', value: 'managedidentity' }
         { name: 'AzureWebJobsStorage__clientId', value: identityClientId }
-        // Application Insights: the connection string carries no secret with local auth disabled.
+        // Application Insights, by identity: the connection string only locates the component.
         { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsightsConnectionString }
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'ClientId=${identityClientId};Authorization=AAD' }
-        // Service Bus trigger and retry-copy sender, by identity.
+        // Service Bus trigger and the retry-copy sender, by identity.
         { name: 'ServiceBusConnection__fullyQualifiedNamespace', value: serviceBusNamespaceFqdn }
         { name: 'ServiceBusConnection__credential', value: 'managedidentity' }
         { name: 'ServiceBusConnection__clientId', value: identityClientId }
-        // The app (shared/config.py: APP_SETTINGS).
+        // What the code reads (shared/config.py, APP_SETTINGS; infra/tests checks the two agree).
         { name: 'AZURE_CLIENT_ID', value: identityClientId }
         { name: 'GRAPH_BASE_URL', value: graphBaseUrl }
-        { name: 'GRANTS_QUEUE', value: 'grant-membership' }
-        { name: 'HR_EVENTS_QUEUE', value: 'hr-events' }
+        { name: 'GRANTS_QUEUE', value: grantsQueue }
+        { name: 'HR_EVENTS_QUEUE', value: hrEventsQueue }
         { name: 'GRANTS_ACTIVATE_ROLES', value: activateRoles ? 'true' : 'false' }
         { name: 'GRANTS_MAX_ATTEMPTS', value: '8' }
         { name: 'GRANTS_RETRY_BASE_SECONDS', value: '10' }
         { name: 'GRANTS_RETRY_MAX_SECONDS', value: '900' }
         { name: 'GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS', value: '600' }
-        { name: 'GRAPH_WRITE_RATE', value: string(graphWriteRate) }
+        { name: 'GRAPH_WRITE_RATE', value: graphWriteRate }
         { name: 'GRANTS_POLICY', value: '' }
         { name: 'GRANTS_DRY_RUN', value: 'false' }
         { name: 'GRANTS_HR_RULES', value: '' }
-        // Only ever a Key Vault reference, resolved by the platform with the identity.
-        { name: 'GRANTS_WEBHOOK_SECRET', value: empty(webhookSecretUri) ? '' : '@Microsoft.KeyVault(SecretUri=${webhookSecretUri})' }
+        // Never a literal: empty, or a Key Vault reference the platform resolves with the identity.
+        {
+          name: 'GRANTS_WEBHOOK_SECRET'
+          value: empty(webhookSecretUri) ? '' : '@Microsoft.KeyVault(SecretUri=${webhookSecretUri})'
+        }
       ]
     }
-    keyVaultReferenceIdentity: identityId
   }
 }
 

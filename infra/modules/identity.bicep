@@ -1,4 +1,4 @@
-// The app's one identity: Service Bus, Storage, Application Insights and Microsoft Graph all use it.
+// The app's one identity: Service Bus, Storage, Application Insights and Microsoft Graph all see this principal.
 param name string
 param location string
 param tags object
@@ -10,5 +10,6 @@ resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' 
 }
 
 output id string = identity.id
+output name string = identity.name
 output principalId string = identity.properties.principalId
 output clientId string = identity.properties.clientId

@@ -1,4 +1,5 @@
-// Log Analytics and Application Insights, ingestion with Entra ID only (local auth off).
+// Log Analytics and Application Insights. Both refuse key-based access: telemetry is accepted only with an
+// Entra ID token (the app's identity holds Monitoring Metrics Publisher on the component).
 param name string
 param location string
 param tags object
@@ -9,7 +10,8 @@ resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
   tags: tags
   properties: {
     sku: { name: 'PerGB2018' }
-    retentionInDays: 90
+    retentionInDays: 90 // grant outcome lines are an audit trail; Application Insights tables keep 90 days at no extra charge
+    features: { disableLocalAuth: true }
   }
 }
 
@@ -26,5 +28,6 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
 }
 
 output appInsightsName string = appInsights.name
-// With local auth disabled the connection string only locates the resource; ingestion needs the identity's token.
+// With local auth disabled this only locates the component (its instrumentation key cannot ingest anything);
+// the app authenticates with APPLICATIONINSIGHTS_AUTHENTICATION_STRING.
 output connectionString string = appInsights.properties.ConnectionString

@@ -1,18 +1,31 @@
-// Exactly the data-plane roles the app uses, on the narrowest scope, for its one identity.
+// Azure role assignments for the app's identity: exactly the data-plane roles it uses, each on the one
+// resource it needs. Never Azure Service Bus Data Owner (090c5cfd-751d-490a-894a-3ce6f1109419): that could
+// create, change and delete queues.
+// Each assignment is named guid(scope id, principal, role definition id), so re-running `azd provision`
+// finds the same assignment instead of failing with RoleAssignmentExists.
 param principalId string
 param serviceBusNamespaceName string
 param storageAccountName string
 param appInsightsName string
 
-var roles = {
-  serviceBusDataReceiver: '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0' // the trigger receives and settles
-  serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2552ae39' // retry copies and scheduled removals
-  reader: 'acdd72a7-3385-48ef-bd42-f606fba81ae7' // target-based scaling reads queue lengths (never Data Owner)
-  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Flex deployment package and host leases
-  monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb' // telemetry with local auth disabled
-}
+// Built-in role definitions (IDs are the same in every tenant and cloud).
+// The trigger receives, completes, abandons and dead-letters messages.
+var serviceBusDataReceiver = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0')
+// The app schedules retry copies, and the removal of a time-bound grant, on its own queue.
+var serviceBusDataSender = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39')
+// Target-based scaling reads queue lengths (Microsoft.ServiceBus/namespaces/*/read); Reader on the namespace
+// gives exactly that read, where the alternative people reach for is Data Owner.
+var reader = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'acdd72a7-3385-48ef-bd42-f606fba81ae7')
+// Host storage and the Flex deployment container. Microsoft's azd Flex Consumption Python quickstarts grant
+// only this storage role when, as here, no Durable Functions, blob trigger or MCP trigger is used (they add
+// Queue/Table Data Contributor only for those); the Functions host docs name Owner, not Contributor, for
+// AzureWebJobsStorage (it manages its own containers and blob leases). Scoped to this account, which holds
+// nothing but host state and the package.
+var storageBlobDataOwner = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b')
+// Telemetry ingestion with Application Insights local auth disabled.
+var monitoringMetricsPublisher = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '3913510d-42f4-4e42-8a64-420c390055eb')
 
-resource namespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' existing = {
+resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' existing = {
   name: serviceBusNamespaceName
 }
 
@@ -24,52 +37,52 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
 }
 
-resource receiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+resource serviceBusReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: namespace
-  name: guid(namespace.id, principalId, roles.serviceBusDataReceiver)
+  name: guid(namespace.id, principalId, serviceBusDataReceiver)
   properties: {
     principalId: principalId
     principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
+    roleDefinitionId: serviceBusDataReceiver
   }
 }
 
-resource sender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+resource serviceBusSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: namespace
-  name: guid(namespace.id, principalId, roles.serviceBusDataSender)
+  name: guid(namespace.id, principalId, serviceBusDataSender)
   properties: {
     principalId: principalId
     principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataSender)
+    roleDefinitionId: serviceBusDataSender
   }
 }
 
-resource reader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+resource serviceBusReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: namespace
-  name: guid(namespace.id, principalId, roles.reader)
+  name: guid(namespace.id, principalId, reader)
   properties: {
     principalId: principalId
     principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.reader)
+    roleDefinitionId: reader
   }
 }
 
-resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+resource storageBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: account
-  name: guid(account.id, principalId, roles.storageBlobDataOwner)
+  name: guid(account.id, principalId, storageBlobDataOwner)
   properties: {
     principalId: principalId
     principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
+    roleDefinitionId: storageBlobDataOwner
   }
 }
 
-resource metrics 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: appInsights
-  name: guid(appInsights.id, principalId, roles.monitoringMetricsPublisher)
+  name: guid(appInsights.id, principalId, monitoringMetricsPublisher)
   properties: {
     principalId: principalId
     principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+    roleDefinitionId: monitoringMetricsPublisher
   }
 }

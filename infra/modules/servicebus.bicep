@@ -1,9 +1,10 @@
-// Service Bus: Entra ID auth only (no SAS keys), TLS 1.2, two queues with duplicate detection.
+// Service Bus: Entra ID auth only (no SAS keys, so no connection string exists to leak), TLS 1.2,
+// and the two queues the app reads.
 param name string
 param location string
 param tags object
 
-resource namespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
+resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
   name: name
   location: location
   tags: tags
@@ -15,10 +16,15 @@ resource namespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
   }
 }
 
-// Both queues: retry copies carry MessageId <requestId>:<attempt> and duplicate detection absorbs resent
-// producer messages; after 10 deliveries a poison message is dead-lettered.
+// Both queues carry the same safety settings:
+// - maxDeliveryCount 10: a message that keeps crashing the host is dead-lettered, not retried forever
+//   (the app's own retries are scheduled copies with an attempt count; this is the backstop);
+// - lockDuration PT1M, renewed by the host (host.json maxAutoLockRenewalDuration);
+// - duplicate detection over 10 minutes: producers may resend with the same MessageId, and retry copies
+//   carry MessageId <requestId>:<attempt>, so a crash between "schedule copy" and "complete" stays harmless;
+// - expired messages are dead-lettered, never silently dropped.
 
-resource grants 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
+resource grants 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'grant-membership'
   properties: {
@@ -31,7 +37,7 @@ resource grants 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
   }
 }
 
-resource hrEvents 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
+resource hrEvents 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'hr-events'
   properties: {
@@ -45,4 +51,8 @@ resource hrEvents 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = 
 }
 
 output name string = namespace.name
-output fullyQualifiedNamespace string = '${namespace.name}.servicebus.windows.net'
+// <name>.servicebus.windows.net in the global cloud, the national suffix elsewhere (taken from the endpoint,
+// https://<host>:443/, rather than hard-coded).
+output fullyQualifiedNamespace string = replace(replace(namespace.properties.serviceBusEndpoint, 'https://', ''), ':443/', '')
+output grantsQueue string = grants.name
+output hrEventsQueue string = hrEvents.name

@@ -1,11 +1,12 @@
-// Storage for the Functions host and the Flex deployment package: identity access only.
+// Storage for the Functions host (leases, timers' state) and the Flex deployment package.
+// Reached by the app's identity only: shared keys are off, so no key or SAS can be issued at all.
 param name string
 param location string
 param tags object
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
-  //checkov:skip=CKV_AZURE_35: without VNet integration the Functions host reaches storage over its public endpoint (identity auth only)
-  //checkov:skip=CKV_AZURE_206: holds only host leases and the deployment package, both rebuilt by azd; LRS as in the Flex samples
+  //checkov:skip=CKV_AZURE_35: no VNet here, so the Flex host reaches storage over its public endpoint; shared keys are off and every caller needs an Entra ID token plus a data role
+  //checkov:skip=CKV_AZURE_206: holds only host leases and the deployment package, both recreated by azd; LRS as in Microsoft's Flex samples
   name: name
   location: location
   tags: tags
@@ -14,9 +15,11 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   properties: {
     allowSharedKeyAccess: false
     allowBlobPublicAccess: false
+    allowCrossTenantReplication: false
+    defaultToOAuthAuthentication: true
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
-    defaultToOAuthAuthentication: true
+    networkAcls: { defaultAction: 'Allow', bypass: 'AzureServices' }
   }
 }
 
@@ -32,4 +35,4 @@ resource deployments 'Microsoft.Storage/storageAccounts/blobServices/containers@
 }
 
 output name string = account.name
-output deploymentContainerUrl string = '${account.properties.primaryEndpoints.blob}deployments'
+output deploymentContainerUrl string = '${account.properties.primaryEndpoints.blob}${deployments.name}'

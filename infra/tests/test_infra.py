@@ -1,15 +1,19 @@
-"""The Bicep, parsed (checkov's Bicep parser): the properties the app's safety depends on, and app settings
-that match what the code reads (shared/config.py: APP_SETTINGS)."""
+"""The Bicep, parsed with pycep: the settings the app's safety depends on, exactly the roles it needs, and app
+settings that match what the code reads (shared/config.py: APP_SETTINGS). Runs in .venv-infra (infra/check.sh)."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
-from checkov.bicep.parser import Parser
+import yaml
+from pycep import BicepParser
 
 INFRA = Path(__file__).resolve().parent.parent
 ROOT = INFRA.parent
@@ -17,29 +21,62 @@ sys.path.insert(0, str(ROOT))
 
 from shared.config import APP_SETTINGS  # noqa: E402 (stdlib-only module of the app)
 
-DATA_OWNER = "090c5cfd-751d-490a-894a-3ce6f1109419"
+SERVICE_BUS_DATA_OWNER = "090c5cfd-751d-490a-894a-3ce6f1109419"
+#: Built-in role definition GUIDs (the same in every tenant) -> why the identity holds them.
 EXPECTED_ROLES = {
-    "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0": "Azure Service Bus Data Receiver",
-    "69a216fc-b8fb-44d8-bc22-1f3c2552ae39": "Azure Service Bus Data Sender",
-    "acdd72a7-3385-48ef-bd42-f606fba81ae7": "Reader (target-based scaling)",
-    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner (Flex deployment + host)",
-    "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+    "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0": "Azure Service Bus Data Receiver: the trigger",
+    "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39": "Azure Service Bus Data Sender: retry copies, scheduled removals",
+    "acdd72a7-3385-48ef-bd42-f606fba81ae7": "Reader: target-based scaling reads the namespace",
+    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner: host storage and Flex deployment container",
+    "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher: telemetry with local auth off",
 }
+GRAPH_ROOTS = {
+    "https://graph.microsoft.com/v1.0",
+    "https://graph.microsoft.us/v1.0",
+    "https://dod-graph.microsoft.us/v1.0",
+    "https://microsoftgraph.chinacloudapi.cn/v1.0",
+}
+GRAPH_PERMISSIONS = {"AdministrativeUnit.ReadWrite.All", "RoleManagement.ReadWrite.Directory"}
+CUSTOM_CHECKS = ("CKV_GRANTS_SB_1", "CKV_GRANTS_SB_2", "CKV_GRANTS_SB_3", "CKV_GRANTS_SB_4")
+BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
 
 
-def parse(module: str) -> dict[str, Any]:
-    template, _ = Parser().parse(INFRA / "modules" / f"{module}.bicep")
-    assert template is not None
+@cache
+def parse(path: Path) -> dict[str, Any]:
+    template: dict[str, Any] = BicepParser().parse(file_path=path)
     return template
 
 
-def resource(module: str, name: str) -> dict[str, Any]:
-    return parse(module)["resources"][name]["config"]
+def module(name: str) -> dict[str, Any]:
+    return parse(INFRA / "modules" / f"{name}.bicep")
+
+
+def resource(module_name: str, name: str) -> dict[str, Any]:
+    config: dict[str, Any] = module(module_name)["resources"][name]["config"]
+    return config
 
 
 def app_settings() -> dict[str, Any]:
     settings = resource("functionapp", "app")["properties"]["siteConfig"]["appSettings"]
+    names = [item["name"] for item in settings]
+    assert len(names) == len(set(names)), "an app setting is listed twice"
     return {item["name"]: item["value"] for item in settings}
+
+
+def accessor(expression: Any) -> list[str]:
+    """``a.b.c`` as pycep parses it -> ``["a", "b", "c"]``."""
+    if isinstance(expression, str):
+        return [expression]
+    operands = expression["operator"]["operands"]
+    assert expression["operator"]["type"] == "property_accessor", expression
+    return [*accessor(operands["operand_1"]), *accessor(operands["operand_2"])]
+
+
+def test_every_bicep_file_parses() -> None:
+    """Given infra/, every .bicep file parses (checkov silently skips one that does not)."""
+    assert INFRA / "main.bicep" in BICEP_FILES
+    for path in BICEP_FILES:
+        assert parse(path).get("resources") or parse(path).get("modules"), path
 
 
 @pytest.mark.parametrize("queue", ["grants", "hrEvents"])
@@ -52,102 +89,262 @@ def test_queues_dead_letter_deduplicate_and_lock_briefly(queue: str) -> None:
     assert properties["deadLetteringOnMessageExpiration"] is True
 
 
-def test_queue_names_match_the_app_defaults() -> None:
+def test_queue_names_are_the_app_defaults_and_feed_the_app_settings() -> None:
     names = {resource("servicebus", q)["name"] for q in ("grants", "hrEvents")}
     assert names == {APP_SETTINGS["GRANTS_QUEUE"], APP_SETTINGS["HR_EVENTS_QUEUE"]}
+    params = parse(INFRA / "main.bicep")["modules"]["functionApp"]["config"]["params"]
+    assert accessor(params["grantsQueue"]) == ["servicebus", "outputs", "grantsQueue"]
+    assert accessor(params["hrEventsQueue"]) == ["servicebus", "outputs", "hrEventsQueue"]
+    assert app_settings()["GRANTS_QUEUE"] == "grantsQueue"
+    assert app_settings()["HR_EVENTS_QUEUE"] == "hrEventsQueue"
 
 
-def test_service_bus_and_storage_and_insights_accept_no_keys() -> None:
-    namespace = resource("servicebus", "namespace")["properties"]
-    assert namespace["disableLocalAuth"] is True
-    assert namespace["minimumTlsVersion"] == "1.2"
-    assert resource("storage", "account")["properties"]["allowSharedKeyAccess"] is False
+def test_service_bus_storage_and_monitoring_accept_no_keys() -> None:
+    namespace = resource("servicebus", "namespace")
+    assert namespace["sku"]["name"] == "Standard"
+    assert namespace["properties"]["disableLocalAuth"] is True
+    assert namespace["properties"]["minimumTlsVersion"] == "1.2"
+    account = resource("storage", "account")["properties"]
+    assert account["allowSharedKeyAccess"] is False
+    assert account["allowBlobPublicAccess"] is False
+    assert account["minimumTlsVersion"] == "TLS1_2"
+    assert account["supportsHttpsTrafficOnly"] is True
     assert resource("monitoring", "appInsights")["properties"]["DisableLocalAuth"] is True
+    assert resource("monitoring", "workspace")["properties"]["features"]["disableLocalAuth"] is True
 
 
-def test_no_file_in_infra_reads_keys() -> None:
-    for file in INFRA.rglob("*.bicep"):
-        text = file.read_text()
-        assert "listKeys(" not in text, file
-        assert "AccountKey=" not in text, file
-        assert "SharedAccessKey" not in text, file
+def test_nothing_in_infra_reads_or_builds_a_key() -> None:
+    files = [*BICEP_FILES, *INFRA.rglob("*.json"), *INFRA.rglob("*.sh"), ROOT / "azure.yaml"]
+    forbidden = ("listKeys(", "listConnectionStrings(", "listAccountSas(", "listServiceSas(")
+    forbidden += ("AccountKey=", "SharedAccessKey", "SharedAccessSignature")
+    for path in files:
+        text = path.read_text()
+        for needle in forbidden:
+            assert needle not in text, f"{needle} in {path}"
 
 
-def test_exactly_the_listed_roles_are_granted_never_data_owner() -> None:
-    roles = parse("rbac")["variables"]["roles"]["value"]
-    assert set(roles.values()) == set(EXPECTED_ROLES)
-    assert DATA_OWNER not in (INFRA / "modules" / "rbac.bicep").read_text()
-    assignments = [r for r in parse("rbac")["resources"].values() if r["type"].startswith("Microsoft.Authorization")]
-    assert len(assignments) == len(EXPECTED_ROLES)
-    for assignment in assignments:
-        config = assignment["config"]
-        assert config["properties"]["principalType"] == "ServicePrincipal"
+def role_definitions() -> dict[str, str]:
+    """rbac.bicep's variables that hold a built-in role definition: variable name -> role GUID."""
+    found = {}
+    for name, variable in module("rbac")["variables"].items():
+        function = variable["value"]["function"]
+        assert function["type"] == "subscription_resource_id", name
+        assert function["parameters"]["resource_type"] == "Microsoft.Authorization/roleDefinitions"
+        found[name] = function["parameters"]["resource_name_1"]
+    return found
+
+
+def test_exactly_the_listed_roles_exist_never_service_bus_data_owner() -> None:
+    assert sorted(role_definitions().values()) == sorted(EXPECTED_ROLES)
+    for path in BICEP_FILES:
+        assert SERVICE_BUS_DATA_OWNER not in re.sub(r"//.*", "", path.read_text()), path
+
+
+def test_each_role_is_assigned_once_to_the_identity_named_by_scope_principal_and_role() -> None:
+    """Each assignment: guid(<its scope>.id, principalId, <its role definition id>), a service principal."""
+    roles = role_definitions()
+    resources = module("rbac")["resources"]
+    assignments = [r["config"] for r in resources.values() if r["type"] == "Microsoft.Authorization/roleAssignments"]
+    assigned = []
+    for config in assignments:
+        properties = config["properties"]
+        assert properties["principalType"] == "ServicePrincipal"
+        assert properties["principalId"] == "principalId"
+        role = properties["roleDefinitionId"]
+        assert role in roles, role  # a variable above, not an inline or guessed ID
         name = config["name"]["function"]
-        assert name["type"] == "guid"  # guid(scope.id, principalId, role)
-        assert "principalId" in str(name["parameters"])
+        assert name["type"] == "guid"
+        arguments = name["parameters"]
+        assert accessor(arguments["base_string"]) == [config["scope"], "id"]
+        assert resources[config["scope"]]["existing"] is True
+        assert (arguments["extra_string_1"], arguments["extra_string_2"]) == ("principalId", role)
+        assert set(arguments) == {"base_string", "extra_string_1", "extra_string_2"}
+        assigned.append(roles[role])
+    assert sorted(assigned) == sorted(EXPECTED_ROLES)
 
 
-def test_every_setting_the_code_reads_is_set_identity_based() -> None:
+def test_role_scopes_are_the_resources_that_need_them() -> None:
+    resources = module("rbac")["resources"]
+    roles = role_definitions()
+    scope_type = {
+        roles[r["config"]["properties"]["roleDefinitionId"]]: resources[r["config"]["scope"]]["type"]
+        for r in resources.values()
+        if r["type"] == "Microsoft.Authorization/roleAssignments"
+    }
+    assert scope_type == {
+        "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0": "Microsoft.ServiceBus/namespaces",
+        "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39": "Microsoft.ServiceBus/namespaces",
+        "acdd72a7-3385-48ef-bd42-f606fba81ae7": "Microsoft.ServiceBus/namespaces",
+        "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Microsoft.Storage/storageAccounts",
+        "3913510d-42f4-4e42-8a64-420c390055eb": "Microsoft.Insights/components",
+    }
+
+
+def test_no_role_assignment_outside_the_rbac_module() -> None:
+    for path in BICEP_FILES:
+        if path.name != "rbac.bicep":
+            types = {r["type"] for r in parse(path).get("resources", {}).values()}
+            assert "Microsoft.Authorization/roleAssignments" not in types, path
+
+
+def test_every_setting_the_code_reads_is_set() -> None:
+    assert set(APP_SETTINGS) <= set(app_settings())
+
+
+def test_every_app_setting_of_ours_is_one_the_code_reads() -> None:
+    ours = [n for n in app_settings() if n.startswith(("GRANTS_", "GRAPH_", "ServiceBusConnection__", "AZURE_"))]
+    assert ours
+    for name in ours:
+        assert name in APP_SETTINGS or name == "HR_EVENTS_QUEUE", name
+
+
+def test_connections_are_identity_based() -> None:
     settings = app_settings()
-    assert set(APP_SETTINGS) <= set(settings)
     assert settings["ServiceBusConnection__credential"] == "managedidentity"
+    assert settings["ServiceBusConnection__clientId"] == "identityClientId"
+    assert settings["ServiceBusConnection__fullyQualifiedNamespace"] == "serviceBusNamespaceFqdn"
     assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
-    assert "AzureWebJobsStorage" not in settings  # no connection string, only the identity-based form
+    assert settings["AzureWebJobsStorage__clientId"] == "identityClientId"
+    assert settings["AzureWebJobsStorage__accountName"] == "storageAccountName"
+    assert settings["AZURE_CLIENT_ID"] == "identityClientId"
+    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "ClientId=${identityClientId};Authorization=AAD"
+    assert "AzureWebJobsStorage" not in settings  # the connection-string form
+    main = parse(INFRA / "main.bicep")["modules"]["functionApp"]["config"]["params"]
+    assert accessor(main["identityClientId"]) == ["identity", "outputs", "clientId"]
 
 
 def test_no_app_setting_carries_a_secret() -> None:
-    allowed = {
+    """Names that usually hold secrets are absent, except two that demonstrably hold none."""
+    settings = app_settings()
+    exempt = {
+        # Only locates the component: Application Insights refuses its key (DisableLocalAuth, asserted above).
         "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        # The code reads it (APP_SETTINGS); its value is empty or a Key Vault reference, never a literal.
         "GRANTS_WEBHOOK_SECRET",
-        "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
     }
-    for name in app_settings():
-        if name not in allowed:
-            assert not name.lower().endswith(("key", "secret", "password", "connectionstring", "sas")), name
-    assert "@Microsoft.KeyVault(SecretUri=" in str(app_settings()["GRANTS_WEBHOOK_SECRET"])
+    for name in settings.keys() - exempt:
+        normalized = name.lower().replace("_", "")
+        assert not normalized.endswith(("connectionstring", "key", "secret", "password", "sas")), name
+    webhook = settings["GRANTS_WEBHOOK_SECRET"]["operator"]
+    assert webhook["type"] == "conditional"
+    assert webhook["operands"]["true_value"] == ""
+    assert webhook["operands"]["false_value"] == "@Microsoft.KeyVault(SecretUri=${webhookSecretUri})"
+    assert resource("monitoring", "appInsights")["properties"]["DisableLocalAuth"] is True
 
 
-def test_graph_settings_known_to_the_code() -> None:
-    for name in app_settings():
-        if name.startswith(("GRANTS_", "GRAPH_", "ServiceBusConnection__")) or name == "HR_EVENTS_QUEUE":
-            assert name in APP_SETTINGS, name
+def test_function_app_is_flex_consumption_python_311_with_one_user_assigned_identity() -> None:
+    plan = resource("functionapp", "plan")
+    assert plan["sku"] == {"tier": "FlexConsumption", "name": "FC1"}
+    app = resource("functionapp", "app")
+    assert app["identity"]["type"] == "UserAssigned"
+    config = app["properties"]["functionAppConfig"]
+    assert config["runtime"] == {"name": "python", "version": "3.11"}
+    assert config["scaleAndConcurrency"]["maximumInstanceCount"] == "maximumInstanceCount"
+    authentication = config["deployment"]["storage"]["authentication"]
+    assert authentication == {"type": "UserAssignedIdentity", "userAssignedIdentityResourceId": "identityId"}
+    assert app["properties"]["httpsOnly"] is True
+    assert app["properties"]["keyVaultReferenceIdentity"] == "identityId"
 
 
-BAD_NAMESPACE = """
-resource ns 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
-  name: 'bad'
+def test_instance_cap_is_a_parameter_that_also_sets_the_per_instance_graph_write_rate() -> None:
+    main = parse(INFRA / "main.bicep")
+    parameter = main["parameters"]["maximumInstanceCount"]
+    assert parameter["type"] == "int"
+    assert parameter["default"] == 40
+    host = json.loads((ROOT / "host.json").read_text())
+    concurrent = host["extensions"]["serviceBus"]["maxConcurrentCalls"]
+    description = next(d["argument"] for d in parameter["decorators"] if d["type"] == "description")
+    assert f"maxConcurrentCalls ({concurrent})" in description
+    params = main["modules"]["functionApp"]["config"]["params"]
+    assert params["maximumInstanceCount"] == "maximumInstanceCount"
+    assert params["graphWriteRate"] == "graphWriteRate"
+    assert app_settings()["GRAPH_WRITE_RATE"] == "graphWriteRate"
+    milli = main["variables"]["graphWriteRateMilli"]["value"]["operator"]
+    assert milli == {"type": "divide", "operands": {"operand_1": 20000, "operand_2": "maximumInstanceCount"}}
+
+
+def test_graph_base_url_is_a_parameter_limited_to_the_national_clouds() -> None:
+    parameter = parse(INFRA / "main.bicep")["parameters"]["graphBaseUrl"]
+    allowed = next(d["argument"] for d in parameter["decorators"] if d["type"] == "allowed")
+    assert set(allowed) == GRAPH_ROOTS
+    assert parameter["default"] == APP_SETTINGS["GRAPH_BASE_URL"]
+    assert app_settings()["GRAPH_BASE_URL"] == "graphBaseUrl"
+
+
+def test_outputs_feed_the_permission_script() -> None:
+    outputs = parse(INFRA / "main.bicep")["outputs"]
+    script = (INFRA / "scripts" / "grant-graph-permissions.sh").read_text()
+    for name in ("MANAGED_IDENTITY_PRINCIPAL_ID", "GRAPH_BASE_URL"):
+        assert name in outputs
+        assert f"${{{name}" in script, name
+
+
+def test_azd_project_deploys_the_root_as_a_python_function_and_runs_the_grant_hook() -> None:
+    project = yaml.safe_load((ROOT / "azure.yaml").read_text())
+    assert project["services"] == {"api": {"project": ".", "language": "python", "host": "function"}}
+    assert project["infra"]["path"] == "infra"
+    hook = project["hooks"]["postprovision"]["posix"]
+    script = ROOT / hook["run"]
+    assert script.is_file()
+    assert script.stat().st_mode & 0o111, "the hook script must be executable"
+    assert "tags: union(tags, { 'azd-service-name': 'api' })" in (INFRA / "main.bicep").read_text()
+
+
+def test_permission_script_grants_exactly_two_graph_application_permissions() -> None:
+    script = (INFRA / "scripts" / "grant-graph-permissions.sh").read_text()
+    loop = re.search(r"^for permission in (.+); do$", script, re.MULTILINE)
+    assert loop is not None
+    assert set(loop.group(1).split()) == GRAPH_PERMISSIONS
+    assert "Directory.ReadWrite.All" not in script
+    assert "SKIP_GRAPH_PERMISSIONS" in script
+
+
+BAD_SERVICE_BUS = """
+resource openNamespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
+  name: 'open'
   location: 'westeurope'
   sku: { name: 'Standard' }
-  properties: { disableLocalAuth: false, minimumTlsVersion: '1.0' }
+  properties: { disableLocalAuth: false, minimumTlsVersion: '1.2' }
 }
-resource q 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
-  parent: ns
-  name: 'q'
-  properties: { requiresDuplicateDetection: false }
+resource oldTlsNamespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
+  name: 'oldtls'
+  location: 'westeurope'
+  sku: { name: 'Standard' }
+  properties: { disableLocalAuth: true, minimumTlsVersion: '1.0' }
+}
+resource endlessQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
+  parent: oldTlsNamespace
+  name: 'endless'
+  properties: { requiresDuplicateDetection: true, duplicateDetectionHistoryTimeWindow: 'PT10M' }
+}
+resource duplicatingQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
+  parent: oldTlsNamespace
+  name: 'duplicating'
+  properties: { maxDeliveryCount: 10, requiresDuplicateDetection: false }
 }
 """
 
 
-def test_our_checkov_checks_fire_on_a_bad_namespace(tmp_path: Path) -> None:
-    (tmp_path / "bad.bicep").write_text(BAD_NAMESPACE)
-    result = subprocess.run(  # noqa: S603 (checkov from this venv, fixed arguments)
-        [
-            str(Path(sys.executable).parent / "checkov"),
-            "-d",
-            str(tmp_path),
-            "--framework",
-            "bicep",
-            "--skip-download",
-            "--external-checks-dir",
-            str(INFRA / "checks"),
-            "--compact",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    for check in ("CKV_GRANTS_SB_1", "CKV_GRANTS_SB_2", "CKV_GRANTS_SB_3", "CKV_GRANTS_SB_4"):
-        assert check in result.stdout, result.stdout
-    assert result.returncode != 0
+def test_each_service_bus_check_fails_exactly_the_resource_missing_its_setting(tmp_path: Path) -> None:
+    """Given one bad setting per resource, each of our checks fails that resource and passes the others."""
+    (tmp_path / "bad.bicep").write_text(BAD_SERVICE_BUS)
+    checkov = Path(sys.executable).parent / "checkov"
+    command = [str(checkov), "-d", str(tmp_path), "--framework", "bicep", "--skip-download"]
+    command += ["--external-checks-dir", str(INFRA / "checks"), "--check", ",".join(CUSTOM_CHECKS), "-o", "json"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)  # noqa: S603
+    assert result.returncode == 1, result.stderr
+    results = json.loads(result.stdout)["results"]
+    failed = {(c["check_id"], c["resource"].rpartition(".")[2]) for c in results["failed_checks"]}
+    assert failed == {
+        ("CKV_GRANTS_SB_1", "openNamespace"),
+        ("CKV_GRANTS_SB_2", "oldTlsNamespace"),
+        ("CKV_GRANTS_SB_3", "endlessQueue"),
+        ("CKV_GRANTS_SB_4", "duplicatingQueue"),
+    }
+    passed = {(c["check_id"], c["resource"].rpartition(".")[2]) for c in results["passed_checks"]}
+    assert passed == {
+        ("CKV_GRANTS_SB_1", "oldTlsNamespace"),
+        ("CKV_GRANTS_SB_2", "openNamespace"),
+        ("CKV_GRANTS_SB_3", "duplicatingQueue"),
+        ("CKV_GRANTS_SB_4", "endlessQueue"),
+    }
