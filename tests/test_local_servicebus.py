@@ -370,17 +370,23 @@ def test_strings_with_nul_are_refused_not_truncated(queue: LocalQueue) -> None:
             to_model_binding_data(locked)
 
 
+#: Text an AMQP peer can carry: no NUL (uamqp would cut the string short) and no lone surrogate (not UTF-8
+#: encodable, so no producer can send one). Naming excluded characters turns off Hypothesis's own surrogate
+#: exclusion, hence the explicit category.
+_AMQP_TEXT = st.characters(exclude_characters="\x00", exclude_categories=("Cs",))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     body=st.binary(max_size=2048),
-    message_id=st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=128),
+    message_id=st.text(_AMQP_TEXT, min_size=1, max_size=128),
     attempt=st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    note=st.text(st.characters(exclude_characters="\x00"), max_size=64),
+    note=st.text(_AMQP_TEXT, max_size=64),
 )
 def test_round_trip_preserves_arbitrary_body_id_and_properties(
     body: bytes, message_id: str, attempt: int, note: str
 ) -> None:
-    """Any body, message id (without NUL) and int/str property survive encode + the real converter's decode."""
+    """Any body, message id (AMQP-encodable text) and int/str property survive encode + the real converter's decode."""
     queue = LocalQueue(clock=ManualClock(START))
     queue.send(body, message_id=message_id, application_properties={"attempt": attempt, "note": note})
 
