@@ -1,12 +1,13 @@
 """Dead-letter tooling: list, show, resubmit and purge the grants queue's dead letters.
 
-Resubmit moves one message at a time and never loses one: it peek-locks a dead letter, sends a fresh
-copy (body unchanged; application properties without ``attempt`` / ``firstAttemptAt``, so the app counts
-attempts from 1 again; ``originalMessageId`` kept; MessageId ``<requestId>:resubmit:<8 hex>``, so
-duplicate detection does not drop it), and completes the dead letter only after the send succeeded. A
-failed send abandons the dead letter (it stays in the dead-letter queue). Interrupted between the send
-and the completion, the dead letter stays too, and the message then exists twice: a duplicate grant,
-which is harmless (grants are idempotent); nothing is lost.
+Resubmit moves one message at a time and never loses one: it peek-locks a dead letter, sends a fresh copy,
+and completes the dead letter only after the send succeeded. The copy keeps the body and
+``originalMessageId``; it drops ``attempt`` / ``firstAttemptAt`` (the app counts attempts from 1 again) and
+carries ``resubmission`` (8 hex digits). Its MessageId is ``<requestId>:resubmit:<hex>`` and the app's retry
+copies of it are ``<requestId>:resubmit:<hex>:<n>``, so duplicate detection drops neither (the dead letter's
+own retries used ``<requestId>:<n>``). A failed send abandons the dead letter (it stays in the dead-letter
+queue). Interrupted between the send and the completion, the dead letter stays too and the message exists
+twice: a duplicate grant, which is harmless (grants are idempotent); nothing is lost.
 
 Dead letters the filter does not select stay locked until the pass ends, so the next lock reaches the
 next message, and are then abandoned (which, on Service Bus as locally, adds one to their delivery count).
@@ -23,10 +24,11 @@ from typing import Final, TextIO
 
 from shared.backends import Backend, DeadLetterInfo, HeldDeadLetter, LocalBackend, Outgoing, open_backend
 from shared.contract import derived_request_id
+from shared.settlement import RESUBMISSION
 
 __all__ = ["Selector", "print_list", "print_show", "purge", "resubmit", "resubmitted_copy", "run_dlq", "select"]
 
-_RESET: Final = ("attempt", "firstAttemptAt")
+_RESET: Final = ("attempt", "firstAttemptAt", RESUBMISSION)
 ORIGINAL_MESSAGE_ID: Final = "originalMessageId"
 
 
@@ -52,10 +54,11 @@ def resubmitted_copy(info: DeadLetterInfo, *, suffix: str | None = None) -> Outg
     """The fresh copy of a dead letter (see the module's docstring)."""
     properties = {key: value for key, value in info.application_properties.items() if key not in _RESET}
     properties[ORIGINAL_MESSAGE_ID] = _original(info)
+    properties[RESUBMISSION] = suffix or uuid.uuid4().hex[:8]
     base = info.request_id or info.message_id
     return Outgoing(
         body=info.body,
-        message_id=derived_request_id(base, f"resubmit:{suffix or uuid.uuid4().hex[:8]}"),
+        message_id=derived_request_id(base, f"resubmit:{properties[RESUBMISSION]}"),
         application_properties=properties,
     )
 
