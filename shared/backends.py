@@ -31,6 +31,7 @@ __all__ = [
     "SendReport",
     "ServiceBusBackend",
     "UsageError",
+    "dead_letter_info",
     "fill_batches",
     "open_backend",
     "to_service_bus_message",
@@ -305,13 +306,13 @@ class ServiceBusBackend:
         found: list[DeadLetterInfo] = []
         next_sequence = 0
         while page := receiver.peek_messages(max_message_count=_PEEK_PAGE, sequence_number=next_sequence):
-            found += [_info(message) for message in page]
+            found += [dead_letter_info(message) for message in page]
             next_sequence = found[-1].sequence_number + 1
         return found
 
     def lock_next_dead_letter(self) -> HeldDeadLetter | None:
         received = self._dead_letter_receiver().receive_messages(max_message_count=1, max_wait_time=5)
-        return HeldDeadLetter(_info(received[0]), received[0]) if received else None
+        return HeldDeadLetter(dead_letter_info(received[0]), received[0]) if received else None
 
     def complete(self, held: HeldDeadLetter) -> None:
         self._dead_letter_receiver().complete_message(held.handle)
@@ -326,7 +327,7 @@ class ServiceBusBackend:
             self._client.close()
 
 
-def _info(message: Any) -> DeadLetterInfo:
+def dead_letter_info(message: Any) -> DeadLetterInfo:
     """A `DeadLetterInfo` from an azure-servicebus received (or peeked) message."""
     return DeadLetterInfo(
         sequence_number=int(message.sequence_number),

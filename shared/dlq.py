@@ -28,7 +28,9 @@ from shared.settlement import RESUBMISSION
 
 __all__ = ["Selector", "print_list", "print_show", "purge", "resubmit", "resubmitted_copy", "run_dlq", "select"]
 
-_RESET: Final = ("attempt", "firstAttemptAt", RESUBMISSION)
+#: Dropped from a resubmitted copy: the app's attempt bookkeeping, and the reason Service Bus adds to a
+#: dead letter's application properties.
+_RESET: Final = ("attempt", "firstAttemptAt", RESUBMISSION, "DeadLetterReason", "DeadLetterErrorDescription")
 ORIGINAL_MESSAGE_ID: Final = "originalMessageId"
 
 

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from azure.servicebus import ServiceBusReceivedMessage
 
-from shared.backends import HeldDeadLetter, LocalBackend, Outgoing
-from shared.dlq import Selector, purge, resubmit, run_dlq
+from shared.backends import HeldDeadLetter, LocalBackend, Outgoing, dead_letter_info, to_service_bus_message
+from shared.dlq import Selector, purge, resubmit, resubmitted_copy, run_dlq
+from shared.local.binding import to_received_message
 from shared.local.namespace import LocalNamespace
 from shared.local.queue import LocalQueue, ManualClock
 
@@ -179,3 +181,26 @@ def test_given_a_local_bulk_job_when_dead_letters_are_resubmitted_then_they_run_
         (dead,) = queue.dead_letters()
         assert str(dead.application_properties["originalMessageId"]) == "t:4"
         assert str(dead.message_id).startswith("t:4:resubmit:")
+
+
+def test_given_a_real_received_dead_letter_when_read_by_the_service_bus_adapter_then_the_copy_is_clean() -> None:
+    """`dead_letter_info` reads azure.servicebus's ServiceBusReceivedMessage (built by the extension's converter)."""
+    queue = LocalQueue(clock=ManualClock())
+    dead_lettered(queue, "MemberNotFound")
+    locked = queue.receive_dead_letter()
+    assert locked is not None
+    message = to_received_message(locked)
+    assert isinstance(message, ServiceBusReceivedMessage)
+    info = dead_letter_info(message)
+    assert (info.message_id, info.request_id, info.reason, info.description, info.attempts) == (
+        "r-1:3",
+        "r-1",
+        "MemberNotFound",
+        "MemberNotFound for r-1",
+        4,  # attempt 3, and this dead letter has now been delivered twice (once to the app, once to us)
+    )
+    copy = resubmitted_copy(info, suffix="abcd1234")
+    assert copy.message_id == "r-1:resubmit:abcd1234"
+    assert dict(copy.application_properties) == {"originalMessageId": "m-1", "resubmission": "abcd1234"}
+    sdk_copy = to_service_bus_message(copy)
+    assert (sdk_copy.message_id, sdk_copy.application_properties) == (copy.message_id, copy.application_properties)
