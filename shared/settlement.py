@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
-from shared.contract import AdministrativeUnit, DirectoryRole, GrantCommand, ScopedRole, parse_grant
+from shared.contract import AdministrativeUnit, DirectoryRole, GrantCommand, ScopedRole, derived_request_id, parse_grant
 from shared.errors import ContractError, GrantError, GraphAnswer, PermanentError, TransientError
 from shared.handlers import Result
 from shared.retry import GiveUp, RetryPolicy
@@ -30,6 +30,7 @@ __all__ = [
     "ATTEMPT",
     "FIRST_ATTEMPT_AT",
     "ORIGINAL_MESSAGE_ID",
+    "RESUBMISSION",
     "Delivery",
     "MessageActions",
     "RetrySender",
@@ -41,6 +42,8 @@ __all__ = [
 ATTEMPT: Final = "attempt"
 FIRST_ATTEMPT_AT: Final = "firstAttemptAt"
 ORIGINAL_MESSAGE_ID: Final = "originalMessageId"
+#: Set by ``dlq resubmit``: its retry copies get MessageIds of their own, not the earlier run's (deduplicated).
+RESUBMISSION: Final = "resubmission"
 
 #: Service Bus keeps dead-letter reason and description as message properties; keep both short.
 MAX_REASON_CHARS: Final = 128
@@ -217,10 +220,14 @@ async def _schedule_retry(
         FIRST_ATTEMPT_AT: first_attempt_at.isoformat(),
         ORIGINAL_MESSAGE_ID: _original_message_id(delivery),
     }
+    retry_base = command.request_id
+    if resubmission := delivery.property(RESUBMISSION):
+        properties[RESUBMISSION] = str(resubmission)
+        retry_base = derived_request_id(command.request_id, f"resubmit:{resubmission}")
     try:
         await sender.schedule(
             body=delivery.body,
-            message_id=retry_message_id(command.request_id, attempt + 1),
+            message_id=retry_message_id(retry_base, attempt + 1),
             application_properties=properties,
             scheduled_enqueue_time=when,
         )

@@ -24,6 +24,7 @@ event loop and from the gRPC settlement server's threads alike.
 from __future__ import annotations
 
 import asyncio
+import base64
 import heapq
 import threading
 import time
@@ -33,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 __all__ = [
     "DEFAULT_DUPLICATE_DETECTION_WINDOW",
@@ -427,6 +428,38 @@ class LocalQueue:
                 for entry in self._dead.values()
             ]
 
+    def snapshot(self) -> dict[str, Any]:
+        """The queue's messages as JSON-ready data (see `restore`); a locked message is saved as unlocked.
+
+        Active and scheduled messages, the dead-letter sub-queue and the duplicate-detection history are
+        kept; counters and locks are not (a lock does not outlive the process that took it).
+        """
+        with self._mutex:
+            self._expire_locks()
+            active = [entry for _, _, entry in sorted(self._ready, key=lambda item: item[:2])]
+            active += [lock.entry for lock in self._locks.values() if not lock.entry.dead_lettered]
+            return {
+                "nextSequence": self._next_sequence,
+                "seen": dict(self._seen),
+                "active": [_entry_json(entry) for entry in sorted(active, key=lambda e: e.sequence_number)],
+                "deadLetters": [_entry_json(entry) for entry in self._dead.values()],
+            }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Load what `snapshot` returned into this (empty) queue."""
+        with self._mutex:
+            if self._next_sequence != 1:
+                raise ValueError("restore needs an empty queue")
+            self._next_sequence = int(state["nextSequence"])
+            self._seen = {str(key): float(value) for key, value in state["seen"].items()}
+            for item in state["active"]:
+                entry = _entry_from_json(item)
+                heapq.heappush(self._ready, (entry.enqueued_at, entry.sequence_number, entry))
+            for item in state["deadLetters"]:
+                entry = _entry_from_json(item)
+                entry.dead_lettered = True
+                self._dead[entry.sequence_number] = entry
+
     def next_due_time(self, *, include_locks: bool = True) -> float | None:
         """When an active message is, or next becomes, deliverable (epoch seconds); None if none ever will.
 
@@ -474,6 +507,40 @@ class LocalSender:
             application_properties=application_properties,
             scheduled_enqueue_time=scheduled_enqueue_time,
         )
+
+
+def _entry_json(entry: _Entry) -> dict[str, Any]:
+    return {
+        "sequenceNumber": entry.sequence_number,
+        "messageId": entry.message_id,
+        "body": base64.b64encode(entry.body).decode("ascii"),
+        "applicationProperties": dict(entry.application_properties),
+        "contentType": entry.content_type,
+        "subject": entry.subject,
+        "correlationId": entry.correlation_id,
+        "enqueuedAt": entry.enqueued_at,
+        "scheduledAt": entry.scheduled_at,
+        "deliveryCount": entry.delivery_count,
+        "deadLetterReason": entry.dead_letter_reason,
+        "deadLetterErrorDescription": entry.dead_letter_error_description,
+    }
+
+
+def _entry_from_json(item: Mapping[str, Any]) -> _Entry:
+    return _Entry(
+        sequence_number=int(item["sequenceNumber"]),
+        message_id=str(item["messageId"]),
+        body=base64.b64decode(item["body"]),
+        application_properties=MappingProxyType(_checked_properties(item["applicationProperties"])),
+        content_type=item["contentType"],
+        subject=item["subject"],
+        correlation_id=item["correlationId"],
+        enqueued_at=float(item["enqueuedAt"]),
+        scheduled_at=None if item["scheduledAt"] is None else float(item["scheduledAt"]),
+        delivery_count=int(item["deliveryCount"]),
+        dead_letter_reason=item["deadLetterReason"],
+        dead_letter_error_description=item["deadLetterErrorDescription"],
+    )
 
 
 def _checked_properties(properties: Mapping[str, PropertyValue]) -> dict[str, PropertyValue]:

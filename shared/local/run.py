@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from shared.bootstrap import bootstrap
@@ -23,9 +24,19 @@ from shared.local.queue import DeadLetter, LocalQueue, LocalSender, ManualClock
 from shared.local.settlement import LocalSettlementServer, point_message_actions_at
 from shared.runtime import installed
 
-__all__ = ["LocalRun", "print_dead_letters", "print_json", "print_table", "run_local", "virtual_governor"]
+__all__ = [
+    "LocalRun",
+    "graph_environment",
+    "print_dead_letters",
+    "print_json",
+    "print_table",
+    "process_queue",
+    "run_local",
+    "virtual_governor",
+]
 
 FUNCTION_NAME = "grant_membership"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +62,32 @@ async def run_local(
     concurrency: int = 16,
 ) -> LocalRun:
     """Send each non-blank line as one message (MessageId ``line-N``) and deliver until the queue is idle."""
+    queue = LocalQueue(clock=clock)
+    message_ids: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        body = line.rstrip(b"\r\n")
+        if body.strip():
+            message_ids[f"line-{number}"] = number
+            queue.send(body, message_id=f"line-{number}", content_type="application/json")
+    recorder = await process_queue(queue, env=env, clock=clock, concurrency=concurrency)
+    outcomes = line_outcomes(message_ids, recorder, queue)
+    follow_ups = [record for key, record in recorder.terminal().items() if key not in message_ids]
+    return LocalRun(
+        outcomes=[outcomes[line] for line in sorted(outcomes)],
+        missing_lines=sorted(set(message_ids.values()) - set(outcomes)),
+        dead_letters=queue.dead_letters(),
+        follow_ups=follow_ups,
+    )
+
+
+async def process_queue(
+    queue: LocalQueue,
+    *,
+    env: Mapping[str, str] = os.environ,
+    clock: Callable[[], float] = time.time,
+    concurrency: int = 16,
+) -> OutcomeRecorder:
+    """Deliver everything in `queue` to the registered function until it is idle; return the outcome records."""
     import function_app
 
     settings = Settings.from_env(env)
@@ -61,14 +98,6 @@ async def run_local(
             "GRAPH_BASE_URL is a local Graph but IDENTITY_ENDPOINT is not set: the managed-identity credential "
             "would look for Azure's instance metadata service; point it at a local token endpoint"
         )
-    queue = LocalQueue(clock=clock)
-    message_ids: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        body = line.rstrip(b"\r\n")
-        if body.strip():
-            message_ids[f"line-{number}"] = number
-            queue.send(body, message_id=f"line-{number}", content_type="application/json")
-
     with (
         _identity_environment(env),
         LocalSettlementServer(queue) as server,
@@ -93,14 +122,22 @@ async def run_local(
                 await host.drain()
             finally:
                 await services.aclose()
-    outcomes = line_outcomes(message_ids, recorder, queue)
-    follow_ups = [record for key, record in recorder.terminal().items() if key not in message_ids]
-    return LocalRun(
-        outcomes=[outcomes[line] for line in sorted(outcomes)],
-        missing_lines=sorted(set(message_ids.values()) - set(outcomes)),
-        dead_letters=queue.dead_letters(),
-        follow_ups=follow_ups,
-    )
+    return recorder
+
+
+@contextmanager
+def graph_environment(env: Mapping[str, str], *, clock: Callable[[], float]) -> Iterator[dict[str, str]]:
+    """`env` as is when it sets ``GRAPH_BASE_URL``; otherwise `env` pointed at the built-in Graph double (seeded
+    from examples/directory.json) and token endpoint, which run until the block ends."""
+    if env.get("GRAPH_BASE_URL"):
+        yield dict(env)
+        return
+    from shared.local.graph_double import GraphDouble
+    from shared.local.token_endpoint import TokenEndpoint
+
+    with TokenEndpoint() as tokens, GraphDouble(tokens, clock=clock) as graph:
+        graph.load(EXAMPLES / "directory.json")
+        yield {**env, **tokens.env(), "GRAPH_BASE_URL": graph.base_url}
 
 
 def virtual_governor(settings: Settings, clock: Callable[[], float]) -> WriteGovernor | None:

@@ -1,0 +1,203 @@
+"""Dead-letter tooling: list, show, resubmit and purge the grants queue's dead letters.
+
+Resubmit moves one message at a time and never loses one: it peek-locks a dead letter, sends a fresh copy,
+and completes the dead letter only after the send succeeded. The copy keeps the body and
+``originalMessageId``; it drops ``attempt`` / ``firstAttemptAt`` (the app counts attempts from 1 again) and
+carries ``resubmission`` (8 hex digits). Its MessageId is ``<requestId>:resubmit:<hex>`` and the app's retry
+copies of it are ``<requestId>:resubmit:<hex>:<n>``, so duplicate detection drops neither (the dead letter's
+own retries used ``<requestId>:<n>``). A failed send abandons the dead letter (it stays in the dead-letter
+queue). Interrupted between the send and the completion, the dead letter stays too and the message exists
+twice: a duplicate grant, which is harmless (grants are idempotent); nothing is lost.
+
+Dead letters the filter does not select stay locked until the pass ends, so the next lock reaches the
+next message, and are then abandoned (which, on Service Bus as locally, adds one to their delivery count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Final, TextIO
+
+from shared.backends import Backend, DeadLetterInfo, HeldDeadLetter, LocalBackend, Outgoing, open_backend
+from shared.contract import derived_request_id
+from shared.settlement import RESUBMISSION
+
+__all__ = ["Selector", "print_list", "print_show", "purge", "resubmit", "resubmitted_copy", "run_dlq", "select"]
+
+#: Dropped from a resubmitted copy: the app's attempt bookkeeping, and the reason Service Bus adds to a
+#: dead letter's application properties.
+_RESET: Final = ("attempt", "firstAttemptAt", RESUBMISSION, "DeadLetterReason", "DeadLetterErrorDescription")
+ORIGINAL_MESSAGE_ID: Final = "originalMessageId"
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """Which dead letters a command applies to: by reason code, by request id or MessageId, or all."""
+
+    reason: str | None = None
+    id: str | None = None
+
+    def __call__(self, info: DeadLetterInfo) -> bool:
+        if self.reason is not None and info.reason != self.reason:
+            return False
+        return self.id is None or self.id in (info.message_id, info.request_id, _original(info))
+
+
+def select(backend: Backend, selector: Selector) -> list[DeadLetterInfo]:
+    """The dead letters `selector` selects, without locking them."""
+    return [info for info in backend.peek_dead_letters() if selector(info)]
+
+
+def resubmitted_copy(info: DeadLetterInfo, *, suffix: str | None = None) -> Outgoing:
+    """The fresh copy of a dead letter (see the module's docstring)."""
+    properties = {key: value for key, value in info.application_properties.items() if key not in _RESET}
+    properties[ORIGINAL_MESSAGE_ID] = _original(info)
+    properties[RESUBMISSION] = suffix or uuid.uuid4().hex[:8]
+    base = info.request_id or info.message_id
+    return Outgoing(
+        body=info.body,
+        message_id=derived_request_id(base, f"resubmit:{properties[RESUBMISSION]}"),
+        application_properties=properties,
+    )
+
+
+def resubmit(
+    backend: Backend, selector: Selector, *, on_moved: Callable[[DeadLetterInfo, Outgoing], None] = lambda i, o: None
+) -> list[Outgoing]:
+    """Move each selected dead letter back to the queue as a fresh copy; return the copies sent."""
+    sent: list[Outgoing] = []
+    with _pass(backend) as held_for_selection:
+        for held in held_for_selection(selector):
+            copy = resubmitted_copy(held.info)
+            try:
+                backend.send(copy)
+            except BaseException:
+                backend.abandon(held)
+                raise
+            backend.complete(held)
+            sent.append(copy)
+            on_moved(held.info, copy)
+    return sent
+
+
+def purge(backend: Backend, selector: Selector) -> list[DeadLetterInfo]:
+    """Delete the selected dead letters for good; return what was deleted."""
+    deleted: list[DeadLetterInfo] = []
+    with _pass(backend) as held_for_selection:
+        for held in held_for_selection(selector):
+            backend.complete(held)
+            deleted.append(held.info)
+    return deleted
+
+
+@contextmanager
+def _pass(backend: Backend) -> Iterator[Callable[[Selector], Iterator[HeldDeadLetter]]]:
+    """Yields a generator of locked, selected dead letters; the others stay locked until the pass ends."""
+    skipped: list[HeldDeadLetter] = []
+
+    def held_for_selection(selector: Selector) -> Iterator[HeldDeadLetter]:
+        while (held := backend.lock_next_dead_letter()) is not None:
+            if selector(held.info):
+                yield held
+            else:
+                skipped.append(held)
+
+    try:
+        yield held_for_selection
+    finally:
+        for held in skipped:
+            backend.abandon(held)
+
+
+def print_list(dead_letters: list[DeadLetterInfo], out: TextIO) -> None:
+    """A table: requestId, reason, description head, attempts, enqueued time."""
+    header = f"{'requestId':<28} {'reason':<26} {'tries':>5}  {'enqueued (UTC)':<19}  description"
+    out.write(header + "\n" + "-" * len(header) + "\n")
+    for info in dead_letters:
+        request_id = (info.request_id or f"({info.message_id})")[:28]
+        enqueued = info.enqueued_time.strftime("%Y-%m-%d %H:%M:%S") if info.enqueued_time else "-"
+        out.write(
+            f"{request_id:<28} {info.reason or '-':<26} {info.attempts:>5}  {enqueued:<19}  "
+            f"{_clip(info.description or '', 60)}\n"
+        )
+    out.write(f"{len(dead_letters)} dead letter(s)\n")
+
+
+def print_show(info: DeadLetterInfo, out: TextIO) -> None:
+    """Everything about one dead letter: ids, reason, full description, properties and body."""
+    out.write(
+        f"messageId:        {info.message_id}\n"
+        f"requestId:        {info.request_id or '-'}\n"
+        f"sequenceNumber:   {info.sequence_number}\n"
+        f"reason:           {info.reason or '-'}\n"
+        f"description:      {info.description or '-'}\n"
+        f"attempts:         {info.attempts}\n"
+        f"enqueued (UTC):   {info.enqueued_time.isoformat() if info.enqueued_time else '-'}\n"
+        f"properties:       {dict(info.application_properties)}\n"
+        f"body:             {info.body.decode('utf-8', errors='replace')}\n"
+    )
+
+
+def _original(info: DeadLetterInfo) -> str:
+    return str(info.application_properties.get(ORIGINAL_MESSAGE_ID) or info.message_id)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def run_dlq(
+    *,
+    action: str,
+    selector: Selector,
+    dry_run: bool,
+    yes: bool,
+    local: bool,
+    namespace: str | None,
+    queue: str,
+    out: TextIO,
+) -> int:
+    """``python -m shared dlq list|show|resubmit|purge``: exit code 0 on success, 1 when ``show`` finds
+    nothing or a resubmit was interrupted, 2 for a purge without ``--yes``."""
+    if action == "purge" and not yes:
+        out.write("purge deletes dead letters for good: add --yes to confirm (nothing was deleted)\n")
+        return 2
+    with open_backend(local=local, namespace=namespace, queue=queue) as backend:
+        if action == "list":
+            print_list(select(backend, selector), out)
+        elif action == "show":
+            found = select(backend, selector)
+            if not found:
+                out.write(f"no dead letter with requestId, MessageId or originalMessageId {selector.id}\n")
+                return 1
+            for info in found:
+                print_show(info, out)
+        elif action == "purge":
+            deleted = purge(backend, selector)
+            out.write(f"purged {len(deleted)} dead letter(s)\n")
+        elif dry_run:
+            chosen = select(backend, selector)
+            print_list(chosen, out)
+            out.write(f"dry run: would resubmit {len(chosen)} dead letter(s); nothing was changed\n")
+        else:
+            return _resubmit(backend, selector, out)
+    return 0
+
+
+def _resubmit(backend: Backend, selector: Selector, out: TextIO) -> int:
+    def moved(info: DeadLetterInfo, copy: Outgoing) -> None:
+        out.write(f"resubmitted {info.request_id or info.message_id} ({info.reason}) as {copy.message_id}\n")
+
+    try:
+        sent = resubmit(backend, selector, on_moved=moved)
+    except KeyboardInterrupt:
+        out.write("interrupted: the dead letters not reported above are still in the dead-letter queue\n")
+        return 1
+    out.write(f"resubmitted {len(sent)} dead letter(s)\n")
+    if sent and isinstance(backend, LocalBackend):
+        asyncio.run(backend.process(out))
+    return 0
