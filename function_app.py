@@ -3,7 +3,7 @@
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
-from shared.runtime import check_configuration, process_grant_message
+from shared.runtime import check_configuration, process_grant_message, process_webhook
 
 check_configuration()  # a bad app setting or policy file stops the app here, with an error naming it
 app = func.FunctionApp()
@@ -21,3 +21,9 @@ async def grant_membership(
 ) -> None:
     """Grant (or revoke) one membership, then complete, retry later, or dead-letter the message."""
     await process_grant_message(receivedmessage, message_actions)
+
+
+@app.route(route="grants", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def grant_webhook(req: func.HttpRequest) -> func.HttpResponse:
+    """Ticketing webhook: a signed grant request in, 202 with its requestId out (or problem details)."""
+    return await process_webhook(req)

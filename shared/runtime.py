@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import azure.functions as func
+
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
 from shared.policy import GrantPolicy
 from shared.settlement import MessageActions, Settled
+from shared.webhook import receive
 
-__all__ = ["check_configuration", "installed", "process_grant_message", "services"]
+__all__ = ["check_configuration", "installed", "process_grant_message", "process_webhook", "services"]
 
 _services: Services | None = None
 
@@ -47,3 +50,18 @@ def installed(replacement: Services) -> Iterator[Services]:
 async def process_grant_message(message: Any, actions: MessageActions) -> Settled:
     """Entry point for the Service Bus trigger: process and settle one grant message."""
     return await services().process(message, actions)
+
+
+async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
+    """Entry point for the ticketing webhook: authenticate, validate and enqueue one grant request."""
+    current = services()
+    answer = await receive(
+        headers=request.headers,
+        body=request.get_body(),
+        secret=current.settings.webhook_secret,
+        sender=current.sender,
+        now=current.now,
+    )
+    return func.HttpResponse(
+        answer.body, status_code=answer.status, headers=answer.headers, mimetype=answer.content_type
+    )
