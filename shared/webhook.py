@@ -151,43 +151,83 @@ def _message(body: bytes) -> tuple[tuple[str, bytes] | None, Problems]:
     except (ValueError, RecursionError):
         document = None
     if not isinstance(document, dict):
-        return None, _contract_problems(body, {})
+        return None, _problems(body, None, {})
+    errors: Problems = []
     if "ticketNumber" in document and "schemaVersion" not in document:
-        mapped, errors = _map_ticket(document)
-        if errors:
-            return None, errors
-        payload, pointers = json.dumps(mapped).encode(), _TICKET_POINTERS
+        document, errors = _map_ticket(document)
+        payload, pointers = json.dumps(document).encode(), _TICKET_POINTERS
     elif "schemaVersion" in document:
         source = document.get("source")
         system = source.get("system") if isinstance(source, dict) else None
         if isinstance(system, str) and system != "ticketing":
-            return None, [_error("/source/system", 'the webhook accepts only source.system "ticketing"')]
+            errors = [_error("/source/system", 'the webhook accepts only source.system "ticketing"')]
         payload, pointers = body, {}
     else:
         return None, [_error("", "send a grant message (schemaVersion 1) or a ticket payload (ticketNumber)")]
+    if errors:
+        taken = {error["pointer"] for error in errors}
+        return None, errors + [e for e in _problems(payload, document, pointers) if e["pointer"] not in taken]
     try:
         command = parse_grant(payload)
     except ContractError:
-        return None, _contract_problems(payload, pointers)
+        return None, _problems(payload, document, pointers)
     return (command.request_id, payload), []
 
 
-def _contract_problems(payload: bytes, pointers: Mapping[str, str]) -> Problems:
-    """The parser's (first) complaint about `payload`, as a problem with a JSON pointer to the field."""
+def _problems(payload: bytes, document: Mapping[str, Any] | None, pointers: Mapping[str, str]) -> Problems:
+    """Every invalid field of `payload`, found with the trigger's own parser (`parse_grant` stops at the first
+    problem): each field is checked alone, put into a valid message; if each is valid alone, the problem
+    is between fields and the whole message's first problem is reported."""
+    errors: Problems = []
+    if document is not None:
+        for name in dict.fromkeys([*_PROBE, *document]):
+            probe = {**_PROBE, name: document[name]} if name in document else _without(_PROBE, name)
+            error = _parse_error(json.dumps(probe).encode())
+            if error is not None:
+                errors.append(_located(error, pointers))
+    if not errors:
+        error = _parse_error(payload)
+        if error is not None:
+            errors.append(_located(error, pointers))
+    return errors
+
+
+#: A valid message: each field of a request is checked in it alone.
+_PROBE: Final[Mapping[str, Any]] = {
+    "schemaVersion": 1,
+    "requestId": "probe",
+    "target": {"type": "administrativeUnit", "id": "00000000-0000-4000-8000-000000000000"},
+    "member": {"id": "00000000-0000-4000-8000-000000000000", "type": "user"},
+    "source": {"system": "ticketing"},
+}
+
+
+def _without(document: Mapping[str, Any], name: str) -> dict[str, Any]:
+    return {key: value for key, value in document.items() if key != name}
+
+
+def _parse_error(payload: bytes) -> ContractError | None:
     try:
         parse_grant(payload)
     except ContractError as error:
-        match = _FIELD.match(error.description)
-        name = match.group(1) if match and error.reason is not Reason.INVALID_JSON else ""
-        if error.reason is Reason.UNSUPPORTED_TARGET:
-            name = "target"
-        pointer = pointers.get(name.split(".")[0]) or ("/" + name.replace(".", "/") if name else "")
-        return [_error(pointer, error.description)]
-    return []
+        return error
+    return None
+
+
+def _located(error: ContractError, pointers: Mapping[str, str]) -> dict[str, str]:
+    """The parser's complaint as a problem with a JSON pointer to the field its description names."""
+    match = _FIELD.match(error.description)
+    name = match.group(1) if match and error.reason is not Reason.INVALID_JSON else ""
+    if error.reason is Reason.UNSUPPORTED_TARGET:
+        name = "target"
+    if error.reason is Reason.UNSUPPORTED_SCHEMA_VERSION:
+        name = "schemaVersion"
+    pointer = pointers.get(name.split(".")[0]) or ("/" + name.replace(".", "/") if name else "")
+    return _error(pointer, error.description)
 
 
 def _map_ticket(ticket: Mapping[str, Any]) -> tuple[dict[str, Any], Problems]:
-    """The v1 message for a ticket payload, or every problem with the ticket's own fields."""
+    """The v1 message for a ticket payload (what could be mapped), and the problems with the ticket's own fields."""
     errors = [_error(f"/{key}", "is not a field of a ticket payload") for key in ticket if key not in _TICKET_FIELDS]
     text: dict[str, str] = {}
     for name in ("ticketNumber", "requester", "approver"):
@@ -199,29 +239,23 @@ def _map_ticket(ticket: Mapping[str, Any]) -> tuple[dict[str, Any], Problems]:
     summary = ticket.get("summary")
     if summary is not None and not isinstance(summary, str):
         errors.append(_error("/summary", "must be a string"))
-    for name in ("target", "member"):
-        if name not in ticket:
-            errors.append(_error(f"/{name}", "is required"))
     approver, requester = text.get("approver"), text.get("requester")
     if approver is not None and requester is not None and approver.strip().lower() == requester.strip().lower():
         errors.append(_error("/approver", "must be someone other than the requester"))
-    if errors:
-        return {}, errors
-    member = ticket["member"]
-    reason = f"Approved by {approver}" + (f": {summary}" if summary else "")
+    member = ticket.get("member")
     mapped: dict[str, Any] = {
         "schemaVersion": 1,
-        "requestId": text["ticketNumber"],
+        "requestId": text.get("ticketNumber", ticket.get("ticketNumber")),
         "action": ticket.get("action", "add"),
-        "target": ticket["target"],
+        "target": ticket.get("target"),
         "member": {"id": member, "type": "user"} if isinstance(member, str) else member,
-        "source": {"system": "ticketing", "reference": text["ticketNumber"]},
+        "source": {"system": "ticketing", "reference": text.get("ticketNumber", "")},
         "requestedBy": requester,
-        "reason": reason,
+        "reason": f"Approved by {approver}" + (f": {summary}" if isinstance(summary, str) and summary else ""),
     }
     if "expiresAt" in ticket:
         mapped["expiresAt"] = ticket["expiresAt"]
-    return mapped, []
+    return {key: value for key, value in mapped.items() if value is not None}, errors
 
 
 def _error(pointer: str, detail: str) -> dict[str, str]:

@@ -213,6 +213,31 @@ async def test_given_a_ticket_with_several_bad_fields_when_posted_then_400_lists
     assert run.queue.stats.sent == 0
 
 
+async def test_given_a_contract_body_with_several_bad_fields_when_posted_then_400_lists_each(run: Run) -> None:
+    bad = contract(action="grant", member={"id": "nope"}, reason="two\nlines", colour="red")
+    del bad["target"]
+    status, problem, _ = await call(run, bad)
+    assert status == 400
+    assert [error["pointer"] for error in problem["errors"]] == [
+        "/target",
+        "/member/id",
+        "/action",
+        "/reason",
+        "/colour",
+    ]
+
+
+async def test_given_fields_valid_alone_but_not_together_when_posted_then_400_names_the_conflict(run: Run) -> None:
+    body = contract(
+        target={"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE}, member={"id": USER, "type": "device"}
+    )
+    status, problem, _ = await call(run, body)
+    assert (status, problem["errors"]) == (
+        400,
+        [{"pointer": "/target", "detail": "a device cannot be a member of a directory role"}],
+    )
+
+
 async def test_given_a_ticket_approved_by_its_requester_when_posted_then_400(run: Run) -> None:
     status, problem, _ = await call(run, ticket(approver="Alice@contoso.com"))
     assert (status, problem["errors"]) == (
