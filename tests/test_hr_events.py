@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import function_app
 from shared.config import ConfigError
-from shared.hr import parse_event
+from shared.contract import parse_grant, to_document
+from shared.hr import HrEventError, derive_messages, parse_event
 from shared.hr_rules import HrRules
 from shared.local.demo import EXAMPLES
 from shared.local.host import LocalHost, registered_function
@@ -295,3 +298,72 @@ def test_given_the_example_rules_and_events_then_they_are_valid() -> None:
     assert rules.rules
     for line in (EXAMPLES / "hr-events.jsonl").read_bytes().splitlines():
         parse_event(line)
+
+
+# Properties of the event parser and the derivation, over drawn events and rules.
+
+_values = st.sampled_from(["EMEA", "APAC", "emea", "IT", "Sales", "HD1", "HD2", ""])
+_attributes = st.fixed_dictionaries(
+    {}, optional={name: _values | st.none() for name in ("department", "location", "jobCode")}
+)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.one_of(
+        st.binary(max_size=100),
+        _json_values.map(lambda value: json.dumps(value).encode()),
+        st.dictionaries(
+            st.sampled_from(
+                ["eventId", "eventType", "employeeId", "userObjectId", "location", "previous", "effectiveDate"]
+            ),
+            _json_values,
+        ).map(lambda extra: event("hire", **extra)),
+    )
+)
+def test_property_the_event_parser_returns_an_event_or_names_the_problem(body: bytes) -> None:
+    try:
+        parsed = parse_event(body)
+    except HrEventError as error:
+        assert str(error)
+    else:
+        assert parsed.kind in ("joiner", "mover", "leaver")
+
+
+@settings(max_examples=200, deadline=None)
+@given(old=_attributes, new=_attributes, event_id=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}", fullmatch=True))
+def test_property_joiner_then_mover_gives_what_the_new_attributes_give_and_leaver_takes_all(
+    old: dict[str, str | None], new: dict[str, str | None], event_id: str
+) -> None:
+    rules = HrRules.parse(RULES, where="rules")
+    held: set[str] = set()
+
+    def apply(body: bytes) -> list[str]:
+        ids = []
+        for request_id, message in derive_messages(parse_event(body), rules):
+            command = parse_grant(message)
+            assert request_id == command.request_id
+            assert command.source.reference == "EMP-4711"
+            target = json.dumps(to_document(command)["target"], sort_keys=True)
+            if command.action.value == "add":
+                held.add(target)
+            else:
+                held.discard(target)
+            ids.append(request_id)
+        assert len(set(ids)) == len(ids)
+        return ids
+
+    names = ("department", "location", "jobCode")
+    hire = event("hire", event_id, **{key: old.get(key) for key in names})
+    assert apply(hire) == apply(hire)  # deterministic: a replay has the same ids
+    assert held == set(rules.targets_for(old))
+    previous = {key: old.get(key) for key in names}
+    apply(event("move", "m" + event_id[:99], **{key: new.get(key) for key in names}, previous=previous))
+    assert held == set(rules.targets_for(new))
+    apply(event("leave", event_id))
+    assert held == set()
