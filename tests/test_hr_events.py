@@ -313,7 +313,7 @@ _json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     body=st.one_of(
         st.binary(max_size=100),
