@@ -1,4 +1,4 @@
-"""Command line: ``python -m shared run-local MESSAGES [--json]`` and ``python -m shared demo``."""
+"""Command line: ``python -m shared run-local MESSAGES [--json]``, ``demo`` and ``serve-local``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--concurrency", type=int, default=16, help="invocations at once (maxConcurrentCalls)")
     run.add_argument("--dry-run", action="store_true", help="read only: report what would change (GRANTS_DRY_RUN)")
     commands.add_parser("demo", help="run the examples against the built-in Graph and token doubles")
+    serve = commands.add_parser("serve-local", help="serve the webhook and the HR and grants queues on loopback")
+    serve.add_argument("--port", type=int, default=7071, help="the webhook's port on 127.0.0.1")
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.INFO if args.verbose else logging.ERROR)
@@ -38,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print_table(result, sys.stdout)
         return 0 if result.complete else 1
+
+    if args.command == "serve-local":
+        from shared.local.serve import serve_local
+
+        try:
+            return asyncio.run(serve_local(sys.stdout, port=args.port))
+        except KeyboardInterrupt:
+            return 0
 
     from shared.local.demo import demo
 
