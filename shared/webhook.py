@@ -9,7 +9,8 @@ Checks, in this order, each answered with RFC 9457 problem details (``applicatio
    ``X-Grants-Timestamp`` (unix seconds) is at most 5 minutes old and not in the future (30 s of clock
    skew tolerated), else ``401``;
 5. the body is a v1 grant message with ``source.system = "ticketing"``, or a ticket payload mapped into one,
-   and passes the same parser the queue trigger uses, else ``400`` listing the invalid fields.
+   and passes the same parser the queue trigger uses, and its requestId has no ":" (the app's derived ids
+   use it), else ``400`` listing the invalid fields.
 
 Then the message is sent to the grants queue with MessageId = requestId (Service Bus duplicate detection
 absorbs a webhook fired twice) and the answer is ``202`` with the requestId. A send that fails is ``503``.
@@ -59,6 +60,10 @@ _TICKET_POINTERS: Final = {
     "requestedBy": "/requester",
     "reason": "/summary",
 }
+
+#: The app derives MessageIds with ":" (retry copies <id>:<n>, expiries <id>:expire, HR grants hr:…); a
+#: webhook request holding one could pre-empt such a message through duplicate detection.
+_RESERVED: Final = 'must not contain ":" (reserved for the ids the app derives: retries, expiries, HR grants)'
 
 _log = logging.getLogger(__name__)
 
@@ -164,6 +169,9 @@ def _message(body: bytes) -> tuple[tuple[str, bytes] | None, Problems]:
         payload, pointers = body, {}
     else:
         return None, [_error("", "send a grant message (schemaVersion 1) or a ticket payload (ticketNumber)")]
+    request_id = document.get("requestId")
+    if isinstance(request_id, str) and ":" in request_id:
+        errors.append(_error(pointers.get("requestId", "/requestId"), _RESERVED))
     if errors:
         taken = {error["pointer"] for error in errors}
         return None, errors + [e for e in _problems(payload, document, pointers) if e["pointer"] not in taken]

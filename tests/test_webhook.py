@@ -108,7 +108,9 @@ async def test_given_the_same_webhook_twice_when_posted_then_both_202_and_duplic
     assert run.writes() == [("POST", f"/directory/administrativeUnits/{AU}/members/$ref")]
 
 
-async def test_given_a_tampered_body_when_posted_then_401_and_nothing_is_queued(run: Run) -> None:
+async def test_given_a_tampered_body_when_posted_then_401_and_nothing_is_queued(
+    run: Run, caplog: pytest.LogCaptureFixture
+) -> None:
     body = json.dumps(contract()).encode()
     signed = request(body, timestamp=run.clock())
     tampered = body.replace(USER.encode(), USER_2.encode())
@@ -118,6 +120,9 @@ async def test_given_a_tampered_body_when_posted_then_401_and_nothing_is_queued(
     assert (response.status_code, response.mimetype) == (401, "application/problem+json")
     assert problem["detail"] == "the signature does not match the body and timestamp"
     assert run.queue.stats.sent == 0
+    assert "webhook refused an unauthenticated request" in caplog.text
+    assert signed.headers[SIGNATURE_HEADER].removeprefix("sha256=") not in caplog.text
+    assert SECRET not in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -181,6 +186,14 @@ async def test_given_a_content_length_over_the_limit_when_posted_then_413(run: R
 async def test_given_a_wrong_content_type_when_posted_then_415(run: Run, content_type: str) -> None:
     status, _, _ = await call(run, contract(), content_type=content_type)
     assert status == 415
+
+
+async def test_given_lower_case_header_names_as_the_host_sends_them_when_posted_then_accepted(run: Run) -> None:
+    body = json.dumps(contract()).encode()
+    signed = request(body, timestamp=run.clock())
+    lowered = {name.lower(): value for name, value in signed.headers.items()}
+    response = await WEBHOOK(func.HttpRequest("POST", signed.url, headers=lowered, body=body))
+    assert response.status_code == 202
 
 
 async def test_given_json_with_a_charset_when_posted_then_accepted(run: Run) -> None:
@@ -262,6 +275,8 @@ async def test_given_a_ticket_approved_by_its_requester_when_posted_then_400(run
             "/target",
             "a device cannot",
         ),
+        (contract("INC1:expire"), "/requestId", 'must not contain ":"'),
+        (ticket(ticketNumber="hr:evt-1:0123456789abcdef"), "/ticketNumber", 'must not contain ":"'),
         (b"{not json", "", "the message body is not JSON"),
         ([1, 2], "", "the message body must be a JSON object"),
         ({"hello": "world"}, "", "send a grant message (schemaVersion 1) or a ticket payload (ticketNumber)"),
