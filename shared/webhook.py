@@ -102,7 +102,8 @@ async def receive(
     if (length.isdigit() and int(length) > MAX_MESSAGE_BYTES) or len(body) > MAX_MESSAGE_BYTES:
         return _problem(413, "too-large", "Request too large", f"the body may be at most {MAX_MESSAGE_BYTES} bytes")
     media_type, _, parameters = headers.get("Content-Type", "").partition(";")
-    charset = parameters.strip().lower().removeprefix("charset=").strip('"') if parameters.strip() else "utf-8"
+    options = dict(option.strip().lower().partition("=")[::2] for option in parameters.split(";") if option.strip())
+    charset = options.get("charset", "utf-8").strip('"')
     if media_type.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
         return _problem(415, "unsupported-media-type", "Unsupported media type", "send Content-Type: application/json")
     refusal = _authenticate(headers=headers, body=body, secret=secret, now=now())

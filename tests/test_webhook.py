@@ -197,7 +197,7 @@ async def test_given_lower_case_header_names_as_the_host_sends_them_when_posted_
 
 
 async def test_given_json_with_a_charset_when_posted_then_accepted(run: Run) -> None:
-    status, _, _ = await call(run, contract(), content_type="application/json; charset=UTF-8")
+    status, _, _ = await call(run, contract(), content_type="Application/JSON; Charset=UTF-8; profile=x")
     assert status == 202
 
 
