@@ -3,9 +3,9 @@
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
-from shared.runtime import check_configuration, process_grant_message
+from shared.runtime import check_configuration, process_grant_message, process_hr_event, process_webhook
 
-check_configuration()  # a bad app setting or policy file stops the app here, with an error naming it
+check_configuration()  # a bad app setting, policy or HR rules file stops the app here, with an error naming it
 app = func.FunctionApp()
 
 
@@ -21,3 +21,23 @@ async def grant_membership(
 ) -> None:
     """Grant (or revoke) one membership, then complete, retry later, or dead-letter the message."""
     await process_grant_message(receivedmessage, message_actions)
+
+
+@app.route(route="grants", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def grant_webhook(req: func.HttpRequest) -> func.HttpResponse:
+    """Ticketing webhook: a signed grant request in, 202 with its requestId out (or problem details)."""
+    return await process_webhook(req)
+
+
+@app.service_bus_queue_trigger(
+    arg_name="receivedmessage",
+    queue_name="%HR_EVENTS_QUEUE%",
+    connection="ServiceBusConnection",
+    auto_complete_messages=False,
+)
+async def hr_events(
+    receivedmessage: servicebus.ServiceBusReceivedMessage,
+    message_actions: servicebus.ServiceBusMessageActions,
+) -> None:
+    """Turn one HR joiner / mover / leaver event into grant messages, then complete, abandon or dead-letter it."""
+    await process_hr_event(receivedmessage, message_actions)

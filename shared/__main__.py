@@ -1,4 +1,5 @@
-"""Command line: ``python -m shared run-local MESSAGES [--json]``, ``demo``, ``submit FILE`` and ``dlq ...``."""
+"""Command line: ``python -m shared run-local MESSAGES [--json]``, ``demo``, ``serve-local``, ``submit FILE``
+and ``dlq ...``."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--concurrency", type=int, default=16, help="invocations at once (maxConcurrentCalls)")
     run.add_argument("--dry-run", action="store_true", help="read only: report what would change (GRANTS_DRY_RUN)")
     commands.add_parser("demo", help="run the examples against the built-in Graph and token doubles")
+    serve = commands.add_parser("serve-local", help="serve the webhook and the HR and grants queues on loopback")
+    serve.add_argument("--port", type=int, default=7071, help="the webhook's port on 127.0.0.1")
     _add_bulk_and_dlq(commands)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
@@ -43,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in ("submit", "dlq"):
         return _bulk_or_dlq(args)
+
+    if args.command == "serve-local":
+        from shared.local.serve import serve_local
+
+        try:
+            return asyncio.run(serve_local(sys.stdout, port=args.port))
+        except KeyboardInterrupt:
+            return 0
 
     from shared.local.demo import demo
 

@@ -21,6 +21,8 @@ from shared.governor import WriteGovernor
 from shared.grants import GrantService
 from shared.graph import GraphClient, new_http_client
 from shared.handlers import Result
+from shared.hr import settle_hr_event
+from shared.hr_rules import HrRules
 from shared.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
 from shared.policy import GrantPolicy
 from shared.retry import RetryPolicy
@@ -46,6 +48,7 @@ class Services:
     policy: RetryPolicy
     sender: RetrySender
     now: Callable[[], datetime] = _utc_now
+    hr_rules: HrRules | None = None
     _closers: tuple[Any, ...] = field(default=(), repr=False)
 
     async def handle(self, command: GrantCommand) -> Result:
@@ -61,6 +64,12 @@ class Services:
             sender=self.sender,
             policy=self.policy,
             now=self.now,
+        )
+
+    async def process_hr_event(self, message: Any, actions: MessageActions) -> Settled:
+        """Turn one received HR event into grant messages on the grants queue, and settle it."""
+        return await settle_hr_event(
+            Delivery.of(message), rules=self.hr_rules, actions=actions, sender=self.sender, now=self.now
         )
 
     async def aclose(self) -> None:
@@ -115,6 +124,7 @@ def bootstrap(
         policy=policy or RetryPolicy.from_settings(settings),
         sender=sender,
         now=now,
+        hr_rules=HrRules.load(settings.hr_rules_path) if settings.hr_rules_path else None,
         _closers=tuple(closers),
     )
 

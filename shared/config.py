@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -56,6 +56,9 @@ class Settings:
     graph_write_rate: float = 20.0
     policy_path: str | None = None
     dry_run: bool = False
+    hr_events_queue: str = "hr-events"
+    hr_rules_path: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)  # never printed
     servicebus_namespace: str | None = None
     servicebus_client_id: str | None = None
 
@@ -100,9 +103,31 @@ class Settings:
             graph_write_rate=write_rate,
             policy_path=get("GRANTS_POLICY") or None,
             dry_run=_flag(get, "GRANTS_DRY_RUN"),
+            hr_events_queue=get("HR_EVENTS_QUEUE") or "hr-events",
+            hr_rules_path=get("GRANTS_HR_RULES") or None,
+            webhook_secret=_webhook_secret(env.get("GRANTS_WEBHOOK_SECRET", "")),
             servicebus_namespace=get("ServiceBusConnection__fullyQualifiedNamespace") or None,
             servicebus_client_id=get("ServiceBusConnection__clientId") or get("AZURE_CLIENT_ID") or None,
         )
+
+
+#: The shortest webhook secret accepted (characters): 32 random characters resist guessing.
+MIN_WEBHOOK_SECRET_CHARS: Final = 32
+
+
+def _webhook_secret(value: str) -> str | None:
+    """The webhook's HMAC secret, or None (the webhook then refuses every request with 503).
+
+    A Key Vault reference the platform could not resolve stays in the setting as its literal text: that is
+    not a secret (anyone may know it), so it counts as unset.
+    """
+    if not value or value.startswith("@Microsoft.KeyVault("):
+        return None
+    if len(value) < MIN_WEBHOOK_SECRET_CHARS:
+        raise ConfigError(
+            f"GRANTS_WEBHOOK_SECRET must be at least {MIN_WEBHOOK_SECRET_CHARS} characters (its length is not shown)"
+        )
+    return value
 
 
 def _flag(get: _Getter, name: str) -> bool:

@@ -32,6 +32,9 @@ class Reason(StrEnum):
     SCHEMA_VIOLATION = "SchemaViolation"
     INVALID_ID = "InvalidId"
     UNSUPPORTED_TARGET = "UnsupportedTarget"
+    # An HR event (the hr-events queue), before any grant message is derived from it.
+    INVALID_HR_EVENT = "InvalidHrEvent"
+    HR_RULES_NOT_CONFIGURED = "HrRulesNotConfigured"
     # Our guardrails (never reaches a Graph write).
     POLICY_DENIED = "PolicyDenied"
     EXPIRED = "Expired"

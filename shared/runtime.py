@@ -7,22 +7,35 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import azure.functions as func
+
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
+from shared.hr_rules import HrRules
 from shared.policy import GrantPolicy
 from shared.settlement import MessageActions, Settled
+from shared.webhook import receive
 
-__all__ = ["check_configuration", "installed", "process_grant_message", "services"]
+__all__ = [
+    "check_configuration",
+    "installed",
+    "process_grant_message",
+    "process_hr_event",
+    "process_webhook",
+    "services",
+]
 
 _services: Services | None = None
 
 
 def check_configuration() -> None:
-    """Validate the app settings and the grant policy now, so that a bad one stops the app at start-up
+    """Validate the app settings, the grant policy and the HR rules now, so that a bad one stops the app at start-up
     with an error naming it (raises `ConfigError`) instead of failing every message later."""
     settings = Settings.from_env(os.environ)
     if settings.policy_path:
         GrantPolicy.load(settings.policy_path)
+    if settings.hr_rules_path:
+        HrRules.load(settings.hr_rules_path)
 
 
 def services() -> Services:
@@ -47,3 +60,23 @@ def installed(replacement: Services) -> Iterator[Services]:
 async def process_grant_message(message: Any, actions: MessageActions) -> Settled:
     """Entry point for the Service Bus trigger: process and settle one grant message."""
     return await services().process(message, actions)
+
+
+async def process_hr_event(message: Any, actions: MessageActions) -> Settled:
+    """Entry point for the HR events trigger: derive grant messages from one event and settle it."""
+    return await services().process_hr_event(message, actions)
+
+
+async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
+    """Entry point for the ticketing webhook: authenticate, validate and enqueue one grant request."""
+    current = services()
+    answer = await receive(
+        headers=request.headers,
+        body=request.get_body(),
+        secret=current.settings.webhook_secret,
+        sender=current.sender,
+        now=current.now,
+    )
+    return func.HttpResponse(
+        answer.body, status_code=answer.status, headers=answer.headers, mimetype=answer.content_type
+    )

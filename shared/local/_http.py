@@ -34,11 +34,12 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """One HTTP answer; `json_body` is serialised with ``Content-Type: application/json``."""
+    """One HTTP answer; `json_body` is serialised with ``Content-Type: <content_type>``."""
 
     status: int
     json_body: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
 
     def encoded(self) -> bytes:
         return b"" if self.json_body is None else json.dumps(self.json_body).encode()
@@ -85,7 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
             *(f"{name}: {value}" for name, value in response.headers.items()),
         ]
         if payload:
-            lines.append("Content-Type: application/json")
+            lines.append(f"Content-Type: {response.content_type}")
         if response.status != 204:
             lines.append(f"Content-Length: {len(payload)}")
         # Head and body in one write: one segment per answer, no waiting on the peer's delayed ACK.
@@ -96,14 +97,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class LoopbackServer(ThreadingHTTPServer):
-    """Serves `app` on 127.0.0.1 (ephemeral port) from a daemon thread until `close`."""
+    """Serves `app` on 127.0.0.1 (an ephemeral port unless `port` is given) from a daemon thread until `close`."""
 
     daemon_threads = True
     block_on_close = False
     request_queue_size = 128  # the default 5 drops SYNs when dozens of clients connect at once (1 s retransmit)
 
-    def __init__(self, app: App) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, app: App, *, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.app = app
         self.connections_opened = 0
         self._connections: set[socket.socket] = set()

@@ -1,0 +1,44 @@
+"""Sign a request body and POST it to the grants webhook (``python -m shared serve-local`` by default).
+
+    .venv/bin/python examples/send_webhook.py examples/ticket.json
+    .venv/bin/python examples/send_webhook.py BODY.json --url "https://<app>.azurewebsites.net/api/grants?code=<key>"
+
+The secret is GRANTS_WEBHOOK_SECRET from the environment, else serve-local's published local secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared.local.serve import LOCAL_WEBHOOK_SECRET
+from shared.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("body", type=Path, help="the JSON body: a v1 grant message or a ticket payload")
+    parser.add_argument("--url", default="http://127.0.0.1:7071/api/grants")
+    args = parser.parse_args()
+    body = args.body.read_bytes()
+    timestamp = int(time.time())
+    secret = os.environ.get("GRANTS_WEBHOOK_SECRET") or LOCAL_WEBHOOK_SECRET
+    headers = {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: sign(secret=secret, timestamp=timestamp, body=body),
+    }
+    response = httpx.post(args.url, content=body, headers=headers, timeout=30)
+    print(response.status_code, response.headers.get("content-type"), response.text)
+    return 0 if response.status_code == 202 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

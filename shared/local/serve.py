@@ -1,0 +1,179 @@
+"""``serve-local``: the whole app on loopback, running until stopped.
+
+The Graph double and the managed-identity token endpoint (seeded from ``examples/directory.json``), an
+in-process grants queue and hr-events queue each drained continuously by a `LocalHost` through the
+registered functions, and the registered ``grant_webhook`` function served on ``127.0.0.1:<port>``:
+
+- ``POST /api/grants``: the webhook, as in Azure (signed; the function key is not checked locally);
+- ``POST /local/hr-events``: puts the body on the hr-events queue (local only; an HR system's send).
+
+Each settled message prints its outcome line. Settings come from the environment; unset ones get local
+defaults: ``GRANTS_HR_RULES`` = ``examples/hr-rules.json``, ``GRANTS_WEBHOOK_SECRET`` = `LOCAL_WEBHOOK_SECRET`
+(published here, so it is no secret: for local use only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from typing import Any, TextIO, cast
+
+import azure.functions as func
+
+from shared.bootstrap import bootstrap
+from shared.config import Settings
+from shared.local._http import LoopbackServer, Request, Response
+from shared.local.demo import EXAMPLES
+from shared.local.graph_double import GraphDouble
+from shared.local.host import LocalHost, registered_function
+from shared.local.queue import LocalQueue, LocalSender
+from shared.local.settlement import LocalSettlementServer, point_message_actions_at
+from shared.local.token_endpoint import TokenEndpoint
+from shared.runtime import installed
+from shared.settlement import outcome_log
+
+__all__ = ["LOCAL_WEBHOOK_SECRET", "serve_local"]
+
+LOCAL_WEBHOOK_SECRET = "local-only-webhook-secret-do-not-deploy"  # noqa: S105 (published: local use only)
+_IDLE_POLL_SECONDS = 0.1
+
+
+class _OutcomePrinter(logging.Handler):
+    """Prints one short line per settled grant message or HR event."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__(logging.INFO)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        grant: Mapping[str, Any] | None = getattr(record, "grant", None)
+        hr: Mapping[str, Any] | None = getattr(record, "hrEvent", None)
+        if grant is not None:
+            kind, fields, name = "grant", grant, grant.get("requestId")
+        elif hr is not None:
+            kind, fields, name = "hr-event", hr, hr.get("eventId")
+        else:
+            return
+        reason = f" {fields['reason']}:" if fields.get("reason") else ""
+        self.out.write(f"{kind:<8} {fields['outcome']:<15} {name}{reason} {fields['description']}\n")
+        self.out.flush()
+
+
+async def serve_local(
+    out: TextIO,
+    *,
+    port: int = 7071,
+    env: Mapping[str, str] = os.environ,
+    stop: asyncio.Event | None = None,
+    ready: Callable[[int], None] | None = None,
+) -> int:
+    """Serve until `stop` is set (or the process is interrupted); then deliver what is queued and return 0."""
+    import function_app
+
+    stop = stop or asyncio.Event()
+    grants, hr_events = LocalQueue(), LocalQueue()
+    loop = asyncio.get_running_loop()
+    webhook = registered_function(function_app.app, "grant_webhook")
+
+    def answer(request: Request) -> Response:
+        if request.method == "POST" and request.path == "/api/grants":
+            incoming = func.HttpRequest(
+                "POST", f"http://127.0.0.1:{port}/api/grants", headers=dict(request.headers.items()), body=request.body
+            )
+            response = asyncio.run_coroutine_threadsafe(_call(webhook, incoming), loop).result(timeout=60)
+            return Response(
+                response.status_code,
+                json.loads(response.get_body()),
+                dict(response.headers),
+                content_type=response.mimetype,
+            )
+        if request.method == "POST" and request.path == "/local/hr-events":
+            message_id = request.headers.get("X-Message-Id") or str(uuid.uuid4())
+            hr_events.send(request.body, message_id=message_id, content_type="application/json")
+            return Response(202, {"messageId": message_id})
+        return Response(404, {"error": "POST /api/grants or POST /local/hr-events"})
+
+    printer = _OutcomePrinter(out)
+    with TokenEndpoint() as tokens, GraphDouble(tokens) as graph, _environment(tokens.env()):
+        graph.load(EXAMPLES / "directory.json")
+        settings = Settings.from_env(
+            {
+                "GRANTS_HR_RULES": str(EXAMPLES / "hr-rules.json"),
+                "GRANTS_WEBHOOK_SECRET": LOCAL_WEBHOOK_SECRET,
+                **env,
+                "GRAPH_BASE_URL": graph.base_url,
+            }
+        )
+        services = bootstrap(settings, sender=LocalSender(grants))
+        with (
+            LocalSettlementServer(grants) as grants_settlement,
+            LocalSettlementServer(hr_events) as hr_settlement,
+            installed(services),
+        ):
+            hosts = [
+                _host(hr_events, function_app.app, "hr_events", hr_settlement.address),
+                _host(grants, function_app.app, "grant_membership", grants_settlement.address),
+            ]
+            server = LoopbackServer(answer, port=port)
+            previous_level = outcome_log.level
+            outcome_log.addHandler(printer)
+            outcome_log.setLevel(logging.INFO)
+            out.write(
+                f"Serving on http://127.0.0.1:{server.port}: POST /api/grants (signed webhook), "
+                f"POST /local/hr-events (an HR event). Graph double at {graph.base_url}. Ctrl-C stops.\n"
+            )
+            out.flush()
+            if ready is not None:
+                ready(server.port)
+            try:
+                while not stop.is_set():
+                    for host in hosts:
+                        await host.drain()
+                    await _wait(stop, _IDLE_POLL_SECONDS)
+            finally:
+                server.close()
+                for host in hosts:  # what was accepted is delivered before the queues go away
+                    await host.drain()
+                outcome_log.removeHandler(printer)
+                outcome_log.setLevel(previous_level)
+                await services.aclose()
+    return 0
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set `values` in os.environ (as the App Service platform sets the identity endpoint) for the block."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _host(queue: LocalQueue, app: Any, name: str, address: str) -> LocalHost:
+    return LocalHost(
+        queue=queue,
+        function=registered_function(app, name),
+        actions=point_message_actions_at(address),
+        clock=time.time,
+    )
+
+
+async def _call(function: Callable[..., Awaitable[None]], request: func.HttpRequest) -> func.HttpResponse:
+    return cast(func.HttpResponse, await function(request))
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=seconds)
