@@ -78,9 +78,12 @@ class Answer:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def sign(*, secret: str, timestamp: int, body: bytes) -> str:
-    """The ``X-Grants-Signature`` value for `body` sent at `timestamp` (what a sender computes)."""
-    digest = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+def sign(*, secret: str, timestamp: int | str, body: bytes) -> str:
+    """The ``X-Grants-Signature`` value for `body` sent at `timestamp` (what a sender computes).
+
+    The signed text is the ``X-Grants-Timestamp`` header exactly as sent, a dot, and the body's bytes.
+    """
+    digest = hmac.new(secret.encode(), f"{timestamp}".encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
     return f"sha256={digest}"
 
 
@@ -136,7 +139,7 @@ def _authenticate(*, headers: Mapping[str, str], body: bytes, secret: str, now: 
         return f"{TIMESTAMP_HEADER} must be the unix time in seconds"
     if signature is None:
         return f"{SIGNATURE_HEADER} must be sha256=<64 hexadecimal digits>"
-    expected = sign(secret=secret, timestamp=int(timestamp), body=body).removeprefix("sha256=")
+    expected = sign(secret=secret, timestamp=timestamp, body=body).removeprefix("sha256=")
     if not hmac.compare_digest(expected, signature.group(1).lower()):
         return "the signature does not match the body and timestamp"
     age = now.timestamp() - int(timestamp)

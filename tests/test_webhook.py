@@ -87,6 +87,15 @@ async def test_given_a_signed_contract_body_when_posted_then_202_and_the_message
     run.queue.abandon(queued.lock_token)
 
 
+async def test_given_a_zero_padded_timestamp_signed_as_sent_when_posted_then_202(run: Run) -> None:
+    """The signature covers the timestamp header's text as sent, not a re-formatted number."""
+    body = json.dumps(contract()).encode()
+    timestamp = f"{int(run.clock()):012d}"
+    headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sign(secret=SECRET, timestamp=timestamp, body=body)}
+    response = await WEBHOOK(request(body, timestamp=run.clock(), headers=headers))
+    assert response.status_code == 202
+
+
 async def test_given_an_accepted_webhook_when_the_queue_is_drained_then_the_member_is_granted(run: Run) -> None:
     await call(run, contract())
     outcomes = await run.deliver()
