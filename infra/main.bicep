@@ -38,6 +38,12 @@ param activateRoles bool = false
 @description('Key Vault secret URI of the ticketing webhook secret; empty when there is none. The identity needs Key Vault Secrets User on it.')
 param webhookSecretUri string = ''
 
+@description('Grant policy file (GRANTS_POLICY), a path in the deployed package relative to its root, e.g. config/policy.json; empty: the built-in default policy.')
+param grantsPolicy string = ''
+
+@description('HR mapping-rules file (GRANTS_HR_RULES), a path in the deployed package relative to its root; empty: HR events are dead-lettered HrRulesNotConfigured.')
+param hrRules string = ''
+
 var token = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
 var tags = { 'azd-env-name': environmentName }
 
@@ -85,6 +91,8 @@ module functionApp 'modules/functionapp.bicep' = {
     graphWriteRate: graphWriteRate
     activateRoles: activateRoles
     webhookSecretUri: webhookSecretUri
+    grantsPolicy: grantsPolicy
+    hrRules: hrRules
   }
   // The identity's roles exist before the host first starts, so it does not crash-loop on storage or Service Bus.
   dependsOn: [rbac]

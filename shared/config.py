@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -101,14 +102,24 @@ class Settings:
             retry_max_seconds=cap,
             member_not_found_window_seconds=window,
             graph_write_rate=write_rate,
-            policy_path=get("GRANTS_POLICY") or None,
+            policy_path=_app_file(get("GRANTS_POLICY")),
             dry_run=_flag(get, "GRANTS_DRY_RUN"),
             hr_events_queue=get("HR_EVENTS_QUEUE") or "hr-events",
-            hr_rules_path=get("GRANTS_HR_RULES") or None,
+            hr_rules_path=_app_file(get("GRANTS_HR_RULES")),
             webhook_secret=_webhook_secret(env.get("GRANTS_WEBHOOK_SECRET", "")),
             servicebus_namespace=get("ServiceBusConnection__fullyQualifiedNamespace") or None,
             servicebus_client_id=get("ServiceBusConnection__clientId") or get("AZURE_CLIENT_ID") or None,
         )
+
+
+#: The app's root: where function_app.py is, and what a relative GRANTS_POLICY / GRANTS_HR_RULES path is relative
+#: to (in Azure, the deployed package; locally, the checkout), whatever the worker's current directory.
+APP_ROOT: Final = Path(__file__).resolve().parent.parent
+
+
+def _app_file(value: str) -> str | None:
+    """A configured file's path: absolute as given, relative to `APP_ROOT` otherwise; None when unset."""
+    return str(APP_ROOT / value) if value else None
 
 
 #: The shortest webhook secret accepted (characters): 32 random characters resist guessing.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import APP_SETTINGS, ConfigError, Settings
+from shared.config import APP_ROOT, APP_SETTINGS, ConfigError, Settings
 from shared.errors import Reason, TransientError
 from shared.retry import GiveUp, Retry, RetryPolicy
 
@@ -102,3 +102,12 @@ def test_bad_settings_are_named(name: str, value: str, says: str) -> None:
     with pytest.raises(ConfigError, match=name) as caught:
         Settings.from_env({name: value})
     assert says in str(caught.value)
+
+
+def test_relative_policy_and_rules_paths_are_relative_to_the_app_root_whatever_the_working_directory() -> None:
+    """In Azure the worker's directory is not the package's: a relative path names a file of the package."""
+    settings = Settings.from_env({"GRANTS_POLICY": "examples/policy.json", "GRANTS_HR_RULES": "/etc/hr-rules.json"})
+    assert settings.policy_path == str(APP_ROOT / "examples" / "policy.json")
+    assert (APP_ROOT / "function_app.py").is_file()
+    assert settings.hr_rules_path == "/etc/hr-rules.json"
+    assert Settings.from_env({}).policy_path is None

@@ -16,6 +16,8 @@ param maximumInstanceCount int
 param graphWriteRate string
 param activateRoles bool
 param webhookSecretUri string
+param grantsPolicy string
+param hrRules string
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   //checkov:skip=CKV_AZURE_225: zone redundancy on Flex Consumption exists only in some regions; the work waits in the queue, not on the plan, so an outage delays grants and loses none
@@ -28,10 +30,10 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 }
 
 resource app 'Microsoft.Web/sites@2024-04-01' = {
-  //checkov:skip=CKV_AZURE_222: azd deploys the package through the app's public (SCM) endpoint; the app has no HTTP routes, only Service Bus triggers
-  //checkov:skip=CKV_AZURE_17: no HTTP routes to protect with client certificates; a future webhook authenticates each request itself (HMAC)
+  //checkov:skip=CKV_AZURE_222: azd deploys the package through the app's public (SCM) endpoint, and the ticketing webhook must be reachable by SaaS ticketing systems; each webhook request needs the function key and an HMAC signature inside a 5-minute window
+  //checkov:skip=CKV_AZURE_17: ticketing systems do not present client certificates; the webhook authenticates each request itself (function key + HMAC-SHA256 signature with a replay window)
   //checkov:skip=CKV_AZURE_212: Flex Consumption scales to zero by design; undelivered messages wait in the queue (always-ready instances only cost money here)
-  //checkov:skip=CKV_AZURE_213: no HTTP route to probe; failures surface as dead-letters and outcome log lines
+  //checkov:skip=CKV_AZURE_213: no health route (the only HTTP route is the signed webhook); failures surface as dead-letters and outcome log lines
   name: name
   location: location
   tags: tags
@@ -86,9 +88,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'GRANTS_RETRY_MAX_SECONDS', value: '900' }
         { name: 'GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS', value: '600' }
         { name: 'GRAPH_WRITE_RATE', value: graphWriteRate }
-        { name: 'GRANTS_POLICY', value: '' }
+        { name: 'GRANTS_POLICY', value: grantsPolicy }
         { name: 'GRANTS_DRY_RUN', value: 'false' }
-        { name: 'GRANTS_HR_RULES', value: '' }
+        { name: 'GRANTS_HR_RULES', value: hrRules }
         // Never a literal: empty, or a Key Vault reference the platform resolves with the identity.
         {
           name: 'GRANTS_WEBHOOK_SECRET'
