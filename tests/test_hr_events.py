@@ -5,9 +5,8 @@ double: the memberships are what the rules file says."""
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,10 @@ from shared.contract import parse_grant, to_document
 from shared.hr import HrEventError, derive_messages, parse_event
 from shared.hr_rules import HrRules
 from shared.local.demo import EXAMPLES
-from shared.local.host import LocalHost, registered_function
+from shared.local.host import LocalHost, OutcomeRecorder, registered_function
 from shared.local.queue import LocalQueue, LocalSender
 from shared.local.settlement import LocalSettlementServer, point_message_actions_at
 from shared.runtime import check_configuration, services
-from shared.settlement import outcome_log
 from tests.conftest import AU, AU_OTHER, HELPDESK_TEMPLATE, USER, Run
 
 HR = registered_function(function_app.app, "hr_events")
@@ -69,7 +67,7 @@ class HrRun:
 
     def __init__(self, run: Run, queue: LocalQueue, actions: Any) -> None:
         self.run, self.queue, self.actions, self.sent = run, queue, actions, 0
-        self.recorder = HrRecorder()
+        self.recorder = OutcomeRecorder("hrEvent")
 
     async def publish(self, *bodies: bytes) -> dict[str, dict[str, Any]]:
         """Send each event (MessageIds e-1, e-2, …), deliver them all; each HR outcome record by MessageId."""
@@ -79,30 +77,6 @@ class HrRun:
         with self.recorder.attached():
             await LocalHost(queue=self.queue, function=HR, actions=self.actions, clock=self.run.clock).drain()
         return {str(record["messageId"]): record for record in self.recorder.records}
-
-
-class HrRecorder(logging.Handler):
-    """Collects the ``hr-event`` outcome records, in order."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        hr = getattr(record, "hrEvent", None)
-        if hr is not None:
-            self.records.append(dict(hr))
-
-    @contextmanager
-    def attached(self) -> Iterator[HrRecorder]:
-        previous_level = outcome_log.level
-        outcome_log.addHandler(self)
-        outcome_log.setLevel(logging.INFO)
-        try:
-            yield self
-        finally:
-            outcome_log.removeHandler(self)
-            outcome_log.setLevel(previous_level)
 
 
 @pytest.fixture

@@ -10,17 +10,15 @@ import os
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TextIO
 
 from shared.local.graph_double import Fault, GraphDouble
 from shared.local.queue import ManualClock
-from shared.local.run import LocalRun, print_dead_letters, print_table, run_local
+from shared.local.run import EXAMPLES, LocalRun, print_dead_letters, print_table, run_local
 from shared.local.token_endpoint import TokenEndpoint
 
 __all__ = ["EXAMPLES", "demo"]
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 #: The virtual clock's start: fixed, so that the examples' expiresAt never goes stale.
 DEMO_START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 #: The example files, in the order the demo tells their story.

@@ -68,16 +68,17 @@ class LineOutcome:
 
 
 class OutcomeRecorder(logging.Handler):
-    """Collects the app's outcome records, keyed by the message id the first delivery had."""
+    """Collects the app's outcome records, in order: a grant's (``grant``) or an HR event's (``hrEvent``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, attribute: str = "grant") -> None:
         super().__init__(logging.INFO)
+        self.attribute = attribute
         self.records: list[Mapping[str, Any]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        grant = getattr(record, "grant", None)
-        if isinstance(grant, Mapping):
-            self.records.append(grant)
+        outcome = getattr(record, self.attribute, None)
+        if isinstance(outcome, Mapping):
+            self.records.append(outcome)
 
     @contextmanager
     def attached(self) -> Iterator[OutcomeRecorder]:

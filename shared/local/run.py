@@ -10,14 +10,13 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TextIO
 
 from shared.bootstrap import bootstrap
-from shared.config import ConfigError, Settings
+from shared.config import APP_ROOT, ConfigError, Settings
 from shared.governor import WriteGovernor
 from shared.local.host import LineOutcome, LocalHost, OutcomeRecorder, line_outcomes, registered_function
 from shared.local.queue import DeadLetter, LocalQueue, LocalSender, ManualClock
@@ -27,6 +26,7 @@ from shared.runtime import installed
 __all__ = [
     "LocalRun",
     "graph_environment",
+    "os_environment",
     "print_dead_letters",
     "print_json",
     "print_table",
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 FUNCTION_NAME = "grant_membership"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = APP_ROOT / "examples"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,14 +147,18 @@ def virtual_governor(settings: Settings, clock: Callable[[], float]) -> WriteGov
     return None
 
 
-@contextmanager
-def _identity_environment(env: Mapping[str, str]) -> Iterator[None]:
+def _identity_environment(env: Mapping[str, str]) -> AbstractContextManager[None]:
     """azure-identity reads the managed-identity endpoint from os.environ: apply `env`'s for the run."""
     names = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AZURE_CLIENT_ID")
-    saved = {name: os.environ.get(name) for name in names}
-    for name in names:
-        if name in env:
-            os.environ[name] = env[name]
+    return os_environment({name: env[name] for name in names if name in env})
+
+
+@contextmanager
+def os_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set `values` in os.environ for the block (as the App Service platform sets the identity endpoint), then
+    put back what was there."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:

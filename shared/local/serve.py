@@ -20,8 +20,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from typing import Any, TextIO, cast
 
 import azure.functions as func
@@ -33,6 +33,7 @@ from shared.local.demo import EXAMPLES
 from shared.local.graph_double import GraphDouble
 from shared.local.host import LocalHost, registered_function
 from shared.local.queue import LocalQueue, LocalSender
+from shared.local.run import os_environment
 from shared.local.settlement import LocalSettlementServer, point_message_actions_at
 from shared.local.token_endpoint import TokenEndpoint
 from shared.runtime import installed
@@ -100,7 +101,7 @@ async def serve_local(
         return Response(404, {"error": "POST /api/grants or POST /local/hr-events"})
 
     printer = _OutcomePrinter(out)
-    with TokenEndpoint() as tokens, GraphDouble(tokens) as graph, _environment(tokens.env()):
+    with TokenEndpoint() as tokens, GraphDouble(tokens) as graph, os_environment(tokens.env()):
         graph.load(EXAMPLES / "directory.json")
         settings = Settings.from_env(
             {
@@ -144,21 +145,6 @@ async def serve_local(
                 outcome_log.setLevel(previous_level)
                 await services.aclose()
     return 0
-
-
-@contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Set `values` in os.environ (as the App Service platform sets the identity endpoint) for the block."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _host(queue: LocalQueue, app: Any, name: str, address: str) -> LocalHost:
