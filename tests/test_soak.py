@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from benchmarks.soak import FAULTS, run_soak
 
 
 async def test_given_500_messages_and_seeded_faults_when_soaked_then_every_invariant_holds() -> None:
-    report = await run_soak(count=500, seed=20261123)
+    # INFO and above, as host.json sends to Application Insights (make soak scans DEBUG too)
+    report = await run_soak(count=500, seed=20261123, log_level=logging.INFO)
 
     failed = [(name, expected, actual) for name, expected, actual, ok in report.invariants if not ok]
     assert failed == [], report.numbers
