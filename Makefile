@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint types unit infra bench clean
+.PHONY: demo test lint types unit infra bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ infra:
 # Not part of `make test`: throughput / CPU / cold-start figures (ARGS="--quick" for a short run).
 bench: $(VENV)/.dev
 	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.bench $(ARGS)
+
+# Not part of `make test` (its 500-message variant is, in tests/test_soak.py): 10,000 messages with seeded faults,
+# invariants checked (ARGS="--messages 2000 --seed 7"); exits non-zero when one fails.
+soak: $(VENV)/.dev
+	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-infra .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -9,6 +9,7 @@ that was throttled. A rate of 0 turns pacing off (the shared pause still applies
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -49,7 +50,9 @@ class WriteGovernor:
                         return
                     self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
                     self._updated = now
-                    if self._tokens >= 1 - _EPSILON:  # tolerate float error, or waits can shrink to nothing
+                    # Tolerate float error and the clock's resolution (a virtual clock at epoch seconds moves in
+                    # steps of 2.4e-7 s): a shorter wait would not move it, and this loop would never end.
+                    if self._tokens >= 1 - max(_EPSILON, self.rate * math.ulp(now)):
                         self._tokens = max(self._tokens - 1, 0.0)
                         return
                     wait = (1 - self._tokens) / self.rate

@@ -2,7 +2,7 @@
 
 `GraphClient.send` returns every HTTP answer as a `GraphResponse` and raises only for what no caller can
 interpret: transport failures and timeouts (`TransientError(GraphUnavailable)`) and a `401` that a fresh
-token did not cure (`PermanentError(Unauthorized)`). `raise_for_graph` maps the remaining failures
+tokens did not cure (`PermanentError(Unauthorized)`). `raise_for_graph` maps the remaining failures
 (403, 429, 5xx, other 4xx) to errors; handlers deal with the answers that depend on the request first.
 """
 
@@ -32,6 +32,8 @@ _TRANSIENT_STATUS: Final = frozenset({500, 502, 503, 504})
 _WRITES: Final = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 #: The shared pause after a 429 that carries no Retry-After.
 DEFAULT_THROTTLE_PAUSE_SECONDS: Final = 5.0
+#: How often one request gets another token after a ``401`` before it is `Reason.UNAUTHORIZED`.
+TOKEN_REFRESHES: Final = 2
 
 
 def new_http_client() -> httpx.AsyncClient:
@@ -109,20 +111,27 @@ class GraphClient:
         return self.base_url + path("directoryObjects", object_id)
 
     async def send(self, method: str, url_path: str, *, json_body: Mapping[str, Any] | None = None) -> GraphResponse:
-        """Send one request; on ``401`` fetch a new token and send it once more."""
+        """Send one request; on ``401`` get another token and send it again, up to `TOKEN_REFRESHES` times.
+
+        Two, not one: the token handed out after the first ``401`` may be one another request fetched moments
+        before every token was invalidated (it is cached, so it is "other" than the refused one, yet just as
+        stale); refusing it too forces a token fetched after the refusal.
+        """
         token = await self._tokens.token()
         response = await self._send_once(method, url_path, json_body, token)
-        if response.status == 401:
+        for _ in range(TOKEN_REFRESHES):
+            if response.status != 401:
+                return response
             token = await self._tokens.token(reject=token)
             response = await self._send_once(method, url_path, json_body, token)
-            if response.status == 401:
-                raise PermanentError(
-                    Reason.UNAUTHORIZED,
-                    "Graph refused the managed identity's token twice (a fresh token did not help): "
-                    f"{response.error_code}: {response.error_message}. Check that GRAPH_BASE_URL and the "
-                    "identity's tenant belong to the same cloud.",
-                    graph=response.answer(),
-                )
+        if response.status == 401:
+            raise PermanentError(
+                Reason.UNAUTHORIZED,
+                f"Graph refused the managed identity's token {TOKEN_REFRESHES + 1} times (fresh tokens did not "
+                f"help): {response.error_code}: {response.error_message}. Check that GRAPH_BASE_URL and the "
+                "identity's tenant belong to the same cloud.",
+                graph=response.answer(),
+            )
         return response
 
     async def _send_once(

@@ -9,6 +9,7 @@ import pytest
 from shared.bootstrap import Services
 from shared.governor import WriteGovernor
 from shared.local.graph_double import Fault, GraphDouble
+from shared.local.queue import ManualClock
 from tests.test_grant_engine import command
 
 
@@ -50,6 +51,18 @@ async def test_a_pause_holds_every_writer_until_it_has_passed() -> None:
     await asyncio.gather(*(governor.acquire() for _ in range(5)))
     assert time.now == pytest.approx(30)
     assert time.sleeps == [30]  # one wait, shared
+
+
+async def test_pacing_on_a_virtual_clock_at_epoch_seconds_never_spins() -> None:
+    """At 1.7e9 s a float moves in 2.4e-7 s steps: a token short by less than that must not wait forever."""
+    clock = ManualClock()  # epoch seconds, as run-local and the tests use it
+    governor = WriteGovernor(rate=20, clock=clock, sleep=clock.sleep)
+    started = clock()
+
+    for _ in range(60):
+        await asyncio.wait_for(governor.acquire(), timeout=5)
+
+    assert clock() - started == pytest.approx(2.0, abs=1e-3)
 
 
 async def test_rate_zero_does_not_pace() -> None:

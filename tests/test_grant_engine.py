@@ -19,6 +19,7 @@ from shared.local.queue import LocalQueue, LocalSender
 from shared.local.token_endpoint import TokenEndpoint
 from tests.conftest import (
     AU,
+    AU_OTHER,
     DEVICE,
     GROUP_ASSIGNABLE,
     HELPDESK_ROLE,
@@ -211,15 +212,33 @@ async def test_a_401_gets_one_fresh_token_and_succeeds(
     assert token_endpoint.request_count == 2
 
 
-async def test_a_second_401_is_permanent_unauthorized(
+async def test_a_401_after_two_fresh_tokens_is_permanent_unauthorized(
     services: Services, graph: GraphDouble, token_endpoint: TokenEndpoint
 ) -> None:
-    graph.inject(Fault.status(401), Fault.status(401))
+    graph.inject(Fault.status(401), Fault.status(401), Fault.status(401))
     with pytest.raises(PermanentError) as caught:
         await services.handle(command())
     assert caught.value.reason is Reason.UNAUTHORIZED
-    assert token_endpoint.request_count == 2
+    assert token_endpoint.request_count == 3
     assert graph.members_of(AU) == set()
+
+
+async def test_a_token_cached_just_before_every_token_was_invalidated_is_refused_too(
+    services: Services, graph: GraphDouble, token_endpoint: TokenEndpoint
+) -> None:
+    """Found by the soak: request A holds token T1; request B is refused once and caches a fresh T2; then
+    every token is invalidated before A is answered. A is refused, gets the cached T2 (other than T1, just
+    as stale), is refused again, and must still get a token fetched after that."""
+    await services.handle(command(member=USER_2))  # T1 cached
+    graph.inject(Fault.delay(0.5, path=AU_OTHER))  # A is answered (and its token checked) 0.5 s from now
+    slow = asyncio.create_task(services.handle(command(target={"type": "administrativeUnit", "id": AU_OTHER})))
+    await asyncio.sleep(0)  # A takes T1 and sends
+    graph.inject(Fault.status(401, path=AU))
+    await services.handle(command(action="remove", member=USER_2))  # B: refused once, caches T2
+    token_endpoint.expire_all()
+
+    assert (await slow).outcome is Outcome.GRANTED
+    assert graph.members_of(AU_OTHER) == {USER}
 
 
 async def test_any_other_4xx_is_permanent_graph_rejected(services: Services, graph: GraphDouble) -> None:

@@ -488,6 +488,27 @@ async def test_faults_go_to_the_first_matching_request_in_order(
     assert graph_double.pending_faults == 1
 
 
+async def test_a_fault_with_a_body_pattern_waits_for_a_request_whose_body_matches(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    graph_double.inject(Fault.status(503, method="POST", body=USER_2))
+
+    first = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+    second = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER_2))
+
+    assert (first.status_code, second.status_code) == (204, 503)
+    assert graph_double.pending_faults == 0
+
+
+async def test_a_deleted_unit_answers_404_naming_it(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    graph_double.delete_administrative_unit(AU)
+
+    response = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+
+    assert response.status_code == 404
+    assert AU in response.json()["error"]["message"]
+
+
 async def test_latency_is_added_to_every_answer(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
     graph_double.latency_seconds = 0.05
 

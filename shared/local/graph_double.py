@@ -109,8 +109,9 @@ class LoggedRequest(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """A one-shot failure for the next request that matches `method` and `path` (a regex searched in the
-    path relative to `GraphDouble.base_url`); `None` matches anything. Build with `status`, `drop`, `delay`."""
+    """A one-shot failure for the next request that matches `method`, `path` (a regex searched in the path
+    relative to `GraphDouble.base_url`) and `body` (a regex searched in the raw request body, decoded as
+    UTF-8); `None` matches anything. Build with `status`, `drop`, `delay`."""
 
     kind: Literal["status", "drop", "delay"]
     status_code: int = 0
@@ -118,27 +119,38 @@ class Fault:
     seconds: float = 0.0
     method: str | None = None
     path: str | None = None
+    body: str | None = None
 
     @classmethod
     def status(
-        cls, status: int, *, retry_after: float | None = None, method: str | None = None, path: str | None = None
+        cls,
+        status: int,
+        *,
+        retry_after: float | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        body: str | None = None,
     ) -> Fault:
         """Answer `status` with Graph's error body for it, and ``Retry-After: ceil(retry_after)`` if given."""
-        return cls("status", status_code=status, retry_after=retry_after, method=method, path=path)
+        return cls("status", status_code=status, retry_after=retry_after, method=method, path=path, body=body)
 
     @classmethod
-    def drop(cls, *, method: str | None = None, path: str | None = None) -> Fault:
+    def drop(cls, *, method: str | None = None, path: str | None = None, body: str | None = None) -> Fault:
         """Read the request, then close the connection without answering."""
-        return cls("drop", method=method, path=path)
+        return cls("drop", method=method, path=path, body=body)
 
     @classmethod
-    def delay(cls, seconds: float, *, method: str | None = None, path: str | None = None) -> Fault:
-        """Wait `seconds` (real time), then answer normally."""
-        return cls("delay", seconds=seconds, method=method, path=path)
+    def delay(
+        cls, seconds: float, *, method: str | None = None, path: str | None = None, body: str | None = None
+    ) -> Fault:
+        """Wait `seconds` (real time), then answer normally (a write is applied after the wait)."""
+        return cls("delay", seconds=seconds, method=method, path=path, body=body)
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method.upper() == method) and (
-            self.path is None or re.search(self.path, path) is not None
+    def matches(self, method: str, path: str, body: bytes = b"") -> bool:
+        return (
+            (self.method is None or self.method.upper() == method)
+            and (self.path is None or re.search(self.path, path) is not None)
+            and (self.body is None or re.search(self.body, body.decode("utf-8", "replace")) is not None)
         )
 
 
@@ -323,6 +335,11 @@ class GraphDouble:
             self._units[unit.id] = unit
         return unit.id
 
+    def delete_administrative_unit(self, unit_id: str) -> None:
+        """Delete an administrative unit (as an administrator might mid-run): from now on it answers ``404``."""
+        with self._lock:
+            del self._units[_canonical(unit_id)]
+
     def add_role_template(
         self,
         template_id: str,
@@ -453,7 +470,7 @@ class GraphDouble:
         body = _json_or_none(request.body)
         if self.latency_seconds:
             time.sleep(self.latency_seconds)
-        fault = self._take_fault(request.method, path)
+        fault = self._take_fault(request.method, path, request.body)
         if fault is not None and fault.kind == "drop":
             self._record(LoggedRequest(request.method, path, 0, client_request_id, body))
             return None
@@ -474,10 +491,10 @@ class GraphDouble:
         headers.update({"request-id": request_id, "client-request-id": client_request_id})
         return Response(status, payload, headers)
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, body: bytes) -> Fault | None:
         with self._lock:
             for index, fault in enumerate(self._faults):
-                if fault.matches(method, path):
+                if fault.matches(method, path, body):
                     return self._faults.pop(index)
         return None
 

@@ -1,0 +1,642 @@
+"""``make soak``: N grant messages through the registered function object and the local host, with faults.
+
+Every choice comes from ``--seed``: the directory, the messages, and for each delivery (keyed by MessageId
+and delivery count, so independent of scheduling order) the fault it meets. Time is a `ManualClock`:
+backoff, ``Retry-After``, lock expiry and replication delay cost no wall time.
+
+Messages (each (container, member) pair in exactly one message, so the expected final state is known):
+
+- ``add``: an existing principal not yet in the container; ends ``granted`` (or ``already_member`` when an
+  earlier delivery's write landed before it crashed or timed out). Final: member.
+- ``add_existing``: already a member (seeded): ``already_member``. Final: member.
+- ``add_late``: a principal that becomes visible 1-30 s after the start: ``granted``/``already_member``.
+- ``add_missing``: a principal that never exists: dead-lettered ``MemberNotFound`` after the window.
+- ``remove``: a seeded member: ``revoked`` (or ``not_member`` after an earlier delivery's delete landed).
+- ``remove_absent``: an existing principal not in the container: ``not_member``.
+- ``doomed``: an add to the administrative unit deleted mid-run (when half the messages have been
+  delivered once): ``granted``/``already_member`` if its write reached Graph before the deletion, else
+  ``TargetNotFound``. The race is accounted for by checking that every ``204`` for that unit precedes the
+  deletion in the Graph double's log, and that ``TargetNotFound`` names only that unit.
+
+Targets: administrative units (users, groups, devices) and directory roles by object id and by template id
+(users, service principals, role-assignable groups).
+
+Faults (per delivery, seeded): Graph ``429`` with and without ``Retry-After``, ``503``, ``504``, a read
+timeout (the write is applied after the client gave up), a dropped connection, a one-shot ``401``, every
+token expired (``401`` for every request in flight; sometimes with the token endpoint slow or failing
+the next requests; at most once every 2 s of wall time); the invocation dying before the Graph call,
+after Graph succeeded (on complete), after the retry copy was scheduled (on complete), while
+dead-lettering; the retry-copy send failing.
+The producer side: a message sent twice with the same MessageId (dropped by duplicate detection) and the
+same request sent again with a new MessageId (processed twice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import json
+import logging
+import os
+import random
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import httpx
+
+from shared.bootstrap import bootstrap
+from shared.config import Settings
+from shared.errors import Reason
+from shared.local.graph_double import Fault, GraphDouble
+from shared.local.host import LocalHost, OutcomeRecorder, registered_function
+from shared.local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LocalSender, ManualClock, SendFailedError
+from shared.local.run import virtual_governor
+from shared.local.settlement import LocalSettlementServer, point_message_actions_at
+from shared.local.token_endpoint import TokenEndpoint
+from shared.runtime import installed
+
+DOCUMENTED_REASONS = frozenset(reason.value for reason in Reason) | {MAX_DELIVERY_COUNT_EXCEEDED}
+#: The app's Graph read timeout in the soak (the production 15 s would cost wall time); a timeout fault
+#: holds the answer a little longer than this.
+READ_TIMEOUT_SECONDS = 1.0
+TIMEOUT_FAULT_SECONDS = 1.3
+#: Tokens are invalidated at most this often (wall time): two invalidations within one request's life (a
+#: refused token, a fresh one, refused again) are Unauthorized by design, and do not happen within an hour.
+TOKEN_EXPIRY_SPACING_SECONDS = 2.0
+#: Non-tier-0 role templates (the default policy allows them): (template id, role id).
+ROLES = (
+    ("729827e3-9c14-49f7-bb1b-9608f156bbb8", "a1b2c3d4-0000-4000-8000-000000000001"),  # Helpdesk Administrator
+    ("fdd7a751-b60b-444a-984c-02652fe8fa1c", "a1b2c3d4-0000-4000-8000-000000000002"),  # Groups Administrator
+    ("4d6ac14f-3453-41d0-bef9-a3e0c569773a", "a1b2c3d4-0000-4000-8000-000000000003"),  # License Administrator
+)
+KINDS = {  # message kind -> weight
+    "add": 45,
+    "add_existing": 10,
+    "add_late": 10,
+    "add_missing": 5,
+    "remove": 15,
+    "remove_absent": 5,
+    "doomed": 10,
+}
+ALLOWED = {
+    "add": {"granted", "already_member"},
+    "add_existing": {"already_member"},
+    "add_late": {"granted", "already_member"},
+    # the last attempt's error names the reason: a transient fault on attempt 8 gives its reason instead
+    "add_missing": {
+        "dead_lettered:MemberNotFound",
+        "dead_lettered:GraphUnavailable",
+        "dead_lettered:Throttled",
+        "dead_lettered:TokenUnavailable",
+    },
+    "remove": {"revoked", "not_member"},
+    "remove_absent": {"not_member"},
+    "doomed": {"granted", "already_member", "dead_lettered:TargetNotFound"},
+}
+#: Per delivery: fault -> probability (at most one fault per delivery).
+FAULTS = {
+    "graph_429_retry_after": 0.015,
+    "graph_429_no_retry_after": 0.008,
+    "graph_503": 0.012,
+    "graph_504": 0.008,
+    "graph_read_timeout": 0.004,
+    "graph_dropped_connection": 0.008,
+    "graph_401_once": 0.008,
+    "token_expired": 0.004,
+    "crash_before_graph": 0.008,
+    "crash_after_graph": 0.008,
+    "crash_after_schedule": 0.012,
+    "crash_while_deadlettering": 0.02,
+    "retry_send_fails": 0.01,
+}
+_invocation: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar("soak_invocation", default=None)
+
+
+class Crash(Exception):
+    """The invocation dies here (the host goes away); the lock expires and the message comes back."""
+
+
+@dataclass(slots=True)
+class Planned:
+    message_id: str
+    request_id: str
+    kind: str
+    container: str  # administrative unit id or role id
+    member: str
+    body: bytes
+    path: str  # a regex matching the target in this message's Graph write paths
+
+
+@dataclass(slots=True)
+class Invocation:
+    fault: str | None
+    scheduled: bool = False
+
+
+@dataclass(slots=True)
+class Soak:
+    """The plan and what happened."""
+
+    seed: int
+    messages: list[Planned]
+    expected: dict[str, set[str]]  # container -> expected final members (the doomed unit excluded)
+    doomed: str
+    faults: Counter[str] = field(default_factory=Counter)
+    max_delivery_count: int = 0
+    deleted_at_log_index: int | None = None
+    duplicates_same_id: int = 0
+    duplicates_new_id: int = 0
+
+
+def guid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
+    """Seed the directory and build `count` messages (plus duplicates), all from `seed`."""
+    rng = random.Random(seed)
+    units = [guid(rng) for _ in range(20)]
+    doomed = guid(rng)
+    for unit in [*units, doomed]:
+        graph.add_administrative_unit(unit)
+    for template, role in ROLES:
+        graph.add_role_template(template, activated=True, role_id=role)
+    expected: dict[str, set[str]] = {container: set() for container in [*units, *(role for _, role in ROLES)]}
+    messages: list[Planned] = []
+    kinds, weights = list(KINDS), list(KINDS.values())
+    for n in range(count):
+        kind = rng.choices(kinds, weights)[0]
+        to_role = kind != "doomed" and rng.random() < 0.3
+        member = guid(rng)
+        if to_role:
+            template, role = rng.choice(ROLES)
+            container = role
+            member_type = rng.choice(["user", "servicePrincipal", "group"])
+            target: dict[str, str] = (
+                {"type": "directoryRole", "id": role}
+                if rng.random() < 0.5
+                else {"type": "directoryRole", "roleTemplateId": template}
+            )
+        else:
+            container = doomed if kind == "doomed" else rng.choice(units)
+            member_type = rng.choice(["user", "group", "device"])
+            target = {"type": "administrativeUnit", "id": container}
+        if kind != "add_missing":
+            # replication delay is time, not a number of lookups: a retry that waited behind a backlog longer
+            # than GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS finds a really replicated member, but not one that
+            # still needs lookups (the double's other model), and would be dead-lettered for the wrong reason
+            late = {"visible_after_seconds": rng.uniform(1, 30)} if kind == "add_late" else {}
+            _add_principal(graph, member, member_type, **late)
+        if kind in ("add_existing", "remove"):
+            _seed_member(graph, container, member)
+        if container in expected and kind in ("add", "add_existing", "add_late"):
+            expected[container].add(member)
+        body = {
+            "schemaVersion": 1,
+            "requestId": f"soak-{n}",
+            "action": "remove" if kind.startswith("remove") else "add",
+            "target": target,
+            "member": {"id": member, "type": member_type},
+            "source": {"system": rng.choice(["hr", "ticketing", "bulk"]), "reference": f"SOAK-{n}"},
+            "requestedBy": "soak@contoso.com",
+        }
+        path = f"(?:{container}|{target.get('roleTemplateId', container)})"
+        messages.append(Planned(f"m-{n}", f"soak-{n}", kind, container, member, json.dumps(body).encode(), path))
+    return Soak(seed=seed, messages=messages, expected=expected, doomed=doomed)
+
+
+def _add_principal(graph: GraphDouble, member: str, member_type: str, **late: Any) -> None:
+    if member_type == "user":
+        graph.add_user(member, **late)
+    elif member_type == "group":
+        graph.add_group(member, is_assignable_to_role=True, **late)
+    elif member_type == "servicePrincipal":
+        graph.add_service_principal(member, **late)
+    else:
+        graph.add_device(member, **late)
+
+
+def _seed_member(graph: GraphDouble, container: str, member: str) -> None:
+    """Make `member` a member of `container` before the run (through the double's own API)."""
+    for template, role in ROLES:
+        if role == container:
+            graph.add_role_template(template, activated=True, role_id=role, members=graph.members_of(role) | {member})
+            return
+    graph.add_administrative_unit(container, members=graph.members_of(container) | {member})
+
+
+class SoakSender:
+    """The local sender, failing the sends of a delivery told to fail them, and noting the ones that succeed."""
+
+    def __init__(self, sender: LocalSender, soak: Soak) -> None:
+        self._sender = sender
+        self._soak = soak
+
+    async def schedule(self, **kwargs: Any) -> None:
+        current = _invocation.get()
+        if current is not None and current.fault == "retry_send_fails":
+            self._soak.faults["retry_send_fails"] += 1
+            raise SendFailedError("injected: the retry copy could not be sent")
+        await self._sender.schedule(**kwargs)
+        if current is not None:
+            current.scheduled = True
+
+
+class SoakActions:
+    """The real message actions for one delivery, dying where that delivery's fault says."""
+
+    def __init__(self, actions: Any, current: Invocation, soak: Soak) -> None:
+        self._actions, self._current, self._soak = actions, current, soak
+
+    def complete(self, message: Any) -> None:
+        fault = self._current.fault
+        if fault == "crash_after_schedule" and self._current.scheduled:
+            self._die(fault)
+        if fault == "crash_after_graph" and not self._current.scheduled:
+            self._die(fault)
+        self._actions.complete(message)
+
+    def abandon(self, message: Any) -> None:
+        self._actions.abandon(message)
+
+    def deadletter(self, message: Any, deadletter_reason: str, deadletter_error_description: str) -> None:
+        if self._current.fault == "crash_while_deadlettering":
+            self._die("crash_while_deadlettering")
+        self._actions.deadletter(
+            message, deadletter_reason=deadletter_reason, deadletter_error_description=deadletter_error_description
+        )
+
+    def _die(self, fault: str) -> None:
+        self._current.fault = None  # once per delivery
+        self._soak.faults[fault] += 1
+        raise Crash(fault)
+
+
+class SoakFunction:
+    """Wraps the registered function object: chooses each delivery's fault and injects it."""
+
+    def __init__(
+        self, function: Any, *, soak: Soak, graph: GraphDouble, tokens: TokenEndpoint, by_request: dict[str, Planned]
+    ) -> None:
+        self._function, self._soak, self._graph, self._tokens = function, soak, graph, tokens
+        self._by_request = by_request
+        self._first_deliveries: set[str] = set()
+        self._last_expiry = 0.0
+
+    async def __call__(self, *, receivedmessage: Any, message_actions: Any) -> None:
+        soak = self._soak
+        delivery_count = int(receivedmessage.delivery_count or 1)
+        soak.max_delivery_count = max(soak.max_delivery_count, delivery_count)
+        self._maybe_delete_doomed(str(receivedmessage.message_id))
+        rng = random.Random(f"{soak.seed}|{receivedmessage.message_id}|{delivery_count}")
+        fault = _choose(rng)
+        planned = self._planned(receivedmessage)
+        current = Invocation(fault)
+        if fault is not None and planned is not None:
+            self._inject(fault, planned, rng, current)
+        token = _invocation.set(current)
+        try:
+            await self._function(
+                receivedmessage=receivedmessage, message_actions=SoakActions(message_actions, current, soak)
+            )
+        finally:
+            _invocation.reset(token)
+
+    def _planned(self, message: Any) -> Planned | None:
+        try:
+            request_id = json.loads(b"".join(bytes(part) for part in message.body))["requestId"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return self._by_request.get(request_id)
+
+    def _maybe_delete_doomed(self, message_id: str) -> None:
+        soak = self._soak
+        self._first_deliveries.add(message_id)
+        if soak.deleted_at_log_index is None and len(self._first_deliveries) >= len(soak.messages) // 2:
+            soak.deleted_at_log_index = len(self._graph.requests)
+            self._graph.delete_administrative_unit(soak.doomed)
+
+    def _inject(self, fault: str, planned: Planned, rng: random.Random, current: Invocation) -> None:
+        """Arm `fault` for this delivery's Graph write (matched by container and member)."""
+        write = {"path": planned.path, "body": planned.member}
+        if planned.kind.startswith("remove"):
+            write = {"method": "DELETE", "path": f"{planned.path}.*{planned.member}"}
+        else:
+            write["method"] = "POST"
+        graph_faults = {
+            "graph_429_retry_after": lambda: Fault.status(429, retry_after=rng.randint(1, 20), **write),
+            "graph_429_no_retry_after": lambda: Fault.status(429, **write),
+            "graph_503": lambda: Fault.status(503, **write),
+            "graph_504": lambda: Fault.status(504, **write),
+            "graph_read_timeout": lambda: Fault.delay(TIMEOUT_FAULT_SECONDS, **write),
+            "graph_dropped_connection": lambda: Fault.drop(**write),
+            "graph_401_once": lambda: Fault.status(401, **write),
+            # a retry copy is needed for these to mean anything: make this delivery fail transiently
+            "crash_after_schedule": lambda: Fault.status(503, **write),
+            "retry_send_fails": lambda: Fault.status(503, **write),
+        }
+        if fault in graph_faults:
+            self._graph.inject(graph_faults[fault]())
+            if fault.startswith("graph_"):
+                self._soak.faults[fault] += 1
+        elif fault == "token_expired":
+            if time.monotonic() - self._last_expiry < TOKEN_EXPIRY_SPACING_SECONDS:
+                return
+            self._last_expiry = time.monotonic()
+            self._tokens.expire_all()
+            self._soak.faults["token_expired"] += 1
+            roll = rng.random()
+            if roll < 0.3:
+                self._tokens.fail_next(rng.randint(1, 2), status=503)
+                self._soak.faults["token_endpoint_unavailable"] += 1
+            self._tokens.delay_seconds = 0.2 if 0.3 <= roll < 0.6 else 0.0
+            if self._tokens.delay_seconds:
+                self._soak.faults["token_endpoint_slow"] += 1
+        elif fault == "crash_before_graph":
+            self._soak.faults[fault] += 1
+            raise Crash(fault)
+
+
+def _choose(rng: random.Random) -> str | None:
+    roll = rng.random()
+    for fault, probability in FAULTS.items():
+        if roll < probability:
+            return fault
+        roll -= probability
+    return None
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+
+class LogScan(logging.Handler):
+    """Formats every record (tracebacks included) and counts lines holding a token or the identity secret."""
+
+    def __init__(self, tokens: TokenEndpoint) -> None:
+        super().__init__(logging.DEBUG)
+        self._tokens = tokens
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+        self.lines = 0
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record)
+        self.lines += 1
+        secrets = [self._tokens.header_secret, *self._tokens.issued_tokens]
+        if any(secret in text for secret in secrets) or "Bearer " in text:
+            self.leaks.append(text[:300])
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@dataclass(slots=True)
+class Report:
+    invariants: list[tuple[str, str, str, bool]]
+    faults: Counter[str]
+    outcomes: Counter[str]
+    numbers: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return all(ok for *_, ok in self.invariants)
+
+
+async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: int = logging.DEBUG) -> Report:
+    """Run the soak and check the invariants; every log record at `log_level` or above is scanned."""
+    started = time.monotonic()
+    clock = ManualClock()
+    with ExitStack() as stack:
+        tokens = stack.enter_context(TokenEndpoint())
+        graph = stack.enter_context(GraphDouble(tokens, clock=clock))
+        soak = plan(graph, count=count, seed=seed)
+        scan = LogScan(tokens)
+        root = logging.getLogger()
+        previous_level = root.level
+        root.addHandler(scan)
+        root.setLevel(log_level)
+        stack.callback(root.setLevel, previous_level)
+        stack.callback(root.removeHandler, scan)
+        stack.enter_context(_environment(tokens.env()))
+        for name in ("IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_CLIENT_ID"):
+            os.environ.pop(name, None)
+        import function_app
+
+        queue = LocalQueue(clock=clock)
+        rng = random.Random(f"{seed}|producer")
+        for planned in soak.messages:
+            queue.send(planned.body, message_id=planned.message_id, content_type="application/json")
+            if rng.random() < 0.02:  # the producer sends it again: duplicate detection drops it
+                queue.send(planned.body, message_id=planned.message_id, content_type="application/json")
+                soak.duplicates_same_id += 1
+            if rng.random() < 0.02:  # the producer sends the same request again under a new MessageId
+                queue.send(planned.body, message_id=planned.message_id + "-again", content_type="application/json")
+                soak.duplicates_new_id += 1
+        settings = Settings.from_env({"GRAPH_BASE_URL": graph.base_url})
+        services = bootstrap(
+            settings,
+            sender=SoakSender(LocalSender(queue), soak),
+            now=clock.utcnow,
+            governor=virtual_governor(settings, clock),
+        )
+        services.http.timeout = httpx.Timeout(READ_TIMEOUT_SECONDS, connect=5.0, pool=30.0)
+        server = stack.enter_context(LocalSettlementServer(queue))
+        recorder = stack.enter_context(OutcomeRecorder().attached())
+        stack.enter_context(installed(services))
+        function = SoakFunction(
+            registered_function(function_app.app, "grant_membership"),
+            soak=soak,
+            graph=graph,
+            tokens=tokens,
+            by_request={planned.request_id: planned for planned in soak.messages},
+        )
+        host = LocalHost(
+            queue=queue,
+            function=function,
+            actions=point_message_actions_at(server.address),
+            clock=clock,
+            concurrency=concurrency,
+        )
+        virtual_start = clock()
+        try:
+            await host.drain()
+        finally:
+            await services.aclose()
+        report = check(soak, graph, queue, recorder.records, scan)
+        report.numbers.update(
+            seed=seed,
+            messages=count,
+            invocations=host.invocations,
+            failed_invocations=host.failed_invocations,
+            duplicates_same_id=soak.duplicates_same_id,
+            duplicates_new_id=soak.duplicates_new_id,
+            graph_requests=len(graph.requests),
+            token_requests=tokens.request_count,
+            log_lines=scan.lines,
+            virtual_seconds=round(clock() - virtual_start, 1),
+            wall_seconds=round(time.monotonic() - started, 1),
+        )
+        return report
+
+
+def check(soak: Soak, graph: GraphDouble, queue: LocalQueue, records: list[Mapping[str, Any]], scan: LogScan) -> Report:
+    """The invariants, from the outcome records, the queue, the Graph double's state and request log."""
+    by_request = {planned.request_id: planned for planned in soak.messages}
+    terminal: dict[str, list[str]] = defaultdict(list)
+    descriptions: dict[tuple[str, str], str] = {}
+    for record in records:
+        if record.get("terminal") and record.get("requestId") in by_request:
+            reason = record.get("reason")
+            outcome = f"dead_lettered:{reason}" if record["outcome"] == "dead_lettered" else str(record["outcome"])
+            terminal[str(record["requestId"])].append(outcome)
+            descriptions[(str(record["requestId"]), outcome)] = str(record.get("description", ""))[:400]
+    dead = queue.dead_letters()
+    for entry in dead:
+        if entry.reason == MAX_DELIVERY_COUNT_EXCEEDED:
+            request_id = json.loads(entry.body).get("requestId")
+            terminal[str(request_id)].append(f"dead_lettered:{MAX_DELIVERY_COUNT_EXCEEDED}")
+    outcomes: Counter[str] = Counter(outcome for values in terminal.values() for outcome in values)
+    reached = sum(1 for planned in soak.messages if terminal.get(planned.request_id))
+    not_allowed = [
+        (request_id, outcome)
+        for request_id, values in terminal.items()
+        for outcome in values
+        if outcome not in ALLOWED[by_request[request_id].kind]
+    ]
+    more_than_one = sum(1 for values in terminal.values() if len(values) > 1)
+
+    wrong_membership = 0
+    for container, members in soak.expected.items():
+        wrong_membership += len(graph.members_of(container) ^ members)
+
+    member_of = {planned.member: planned for planned in soak.messages}
+    writes: Counter[tuple[str, str, str]] = Counter()
+    other_posts_bad = 0
+    doomed_after_deletion = 0
+    for index, entry in enumerate(graph.requests):
+        if entry.method not in ("POST", "DELETE"):
+            continue
+        member = _member_of(entry)
+        planned = member_of.get(member or "")
+        if planned is None:
+            continue
+        if entry.status == 204:
+            writes[(entry.method, planned.container, planned.member)] += 1
+            deleted = soak.deleted_at_log_index
+            if planned.container == soak.doomed and deleted is not None and index >= deleted:
+                doomed_after_deletion += 1
+    for n in writes.values():
+        other_posts_bad += max(n - 1, 0)
+    target_not_found_elsewhere: int = sum(
+        1
+        for request_id, values in terminal.items()
+        for outcome in values
+        if outcome == "dead_lettered:TargetNotFound" and by_request[request_id].kind != "doomed"
+    )
+    reasons = Counter(entry.reason for entry in dead)
+    undocumented = sum(n for reason, n in reasons.items() if reason not in DOCUMENTED_REASONS)
+    deepest = max([soak.max_delivery_count, *(entry.delivery_count for entry in dead)])
+    stats = queue.stats
+    left = queue.active_count + queue.scheduled_count + queue.locked_count
+    settled = stats.completed + stats.dead_lettered
+    accepted = stats.sent  # duplicates dropped are not counted as sent
+    n = len(soak.messages)
+    invariants = [
+        ("every request reached a terminal state", str(n), str(reached), reached == n),
+        ("every terminal outcome is one its message allows", "0", str(len(not_allowed)), not not_allowed),
+        ("every Service Bus message settled exactly once", str(accepted), str(settled), accepted == settled),
+        ("final membership equals the plan (pairs wrong)", "0", str(wrong_membership), wrong_membership == 0),
+        ("no membership written twice (extra 204s)", "0", str(other_posts_bad), other_posts_bad == 0),
+        (
+            "no write reached the deleted unit after deletion",
+            "0",
+            str(doomed_after_deletion),
+            doomed_after_deletion == 0,
+        ),
+        (
+            "TargetNotFound only for the deleted unit",
+            "0",
+            str(target_not_found_elsewhere),
+            target_not_found_elsewhere == 0,
+        ),
+        ("dead-letter reasons outside the documented set", "0", str(undocumented), undocumented == 0),
+        ("highest delivery count <= MaxDeliveryCount", "<= 10", str(deepest), deepest <= 10),
+        ("nothing left in the queue", "0", str(left), left == 0),
+        ("log lines with a token or secret", "0", str(len(scan.leaks)), not scan.leaks),
+    ]
+    numbers: dict[str, Any] = {
+        "requests_with_more_than_one_terminal_outcome": more_than_one,
+        "dead_letter_reasons": dict(reasons),
+        "queue": {
+            "sent": stats.sent,
+            "duplicates_dropped": stats.duplicates_dropped,
+            "completed": stats.completed,
+            "abandoned": stats.abandoned,
+            "dead_lettered": stats.dead_lettered,
+            "locks_expired": stats.locks_expired,
+        },
+        "not_allowed_examples": [(*key, descriptions.get(key, "")) for key in not_allowed[:5]],
+        "leak_examples": scan.leaks[:3],
+        "graph_faults_not_consumed": graph.pending_faults,
+    }
+    return Report(invariants=invariants, faults=soak.faults, outcomes=outcomes, numbers=numbers)
+
+
+def _member_of(entry: Any) -> str | None:
+    if entry.method == "DELETE":
+        parts = entry.path.split("/")
+        return parts[-2] if len(parts) >= 2 else None
+    body = entry.body if isinstance(entry.body, dict) else {}
+    reference = body.get("@odata.id")
+    return reference.rsplit("/", 1)[-1] if isinstance(reference, str) else None
+
+
+def print_report(report: Report, out: TextIO) -> None:
+    out.write(f"\n{'invariant':<52} {'expected':>9} {'actual':>9}  result\n{'-' * 80}\n")
+    for name, expected, actual, ok in report.invariants:
+        out.write(f"{name:<52} {expected:>9} {actual:>9}  {'PASS' if ok else 'FAIL'}\n")
+    out.write("\nfaults injected (triggered)\n")
+    for fault, n in sorted(report.faults.items()):
+        out.write(f"  {fault:<34} {n:>7}\n")
+    out.write("\nterminal outcomes\n")
+    for outcome, n in sorted(report.outcomes.items()):
+        out.write(f"  {outcome:<34} {n:>7}\n")
+    out.write("\n")
+    for key, value in report.numbers.items():
+        out.write(f"  {key}: {json.dumps(value)}\n")
+    out.write(f"\n{'ALL INVARIANTS HOLD' if report.passed else 'INVARIANT FAILED'}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=int(datetime.now(UTC).timestamp()) % 100_000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args(argv)
+    print(f"soak: {args.messages} messages, seed {args.seed}", flush=True)
+    report = asyncio.run(run_soak(count=args.messages, seed=args.seed, concurrency=args.concurrency))
+    print_report(report, sys.stdout)
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
