@@ -1,8 +1,9 @@
 """The grant service: guardrails, then the handler, then the expiry of a time-bound grant.
 
 `GrantService.execute` checks the policy (a role given by id is checked by its template) before any Graph
-write, refuses an add whose ``expiresAt`` has passed (`Expired`), runs the handler (a dry run when
-``GRANTS_DRY_RUN`` or the message's ``dryRun`` says so), and after a successful add with ``expiresAt``
+write, refuses an add whose ``expiresAt`` has passed (`Expired`, after queueing its removal at once: an
+earlier attempt may have written the membership and failed to schedule the removal), runs the handler (a
+dry run when ``GRANTS_DRY_RUN`` or the message's ``dryRun`` says so), and after a successful add with ``expiresAt``
 schedules the matching ``remove`` at that time, with a request id derived from the grant's so that
 scheduling it again (a redelivery) is absorbed by duplicate detection and is harmless anyway.
 """
@@ -62,12 +63,15 @@ class GrantService:
     async def _execute(self, command: GrantCommand, template: Guid | None) -> Result:
         self._policy.check(command, role_template_id=template)
         expires_at = command.expires_at if command.action is Action.ADD else None
-        if expires_at is not None and expires_at <= self._now():
+        dry_run = self._dry_run or command.dry_run
+        if expires_at is not None and expires_at <= (now := self._now()):
+            if not dry_run:
+                await self._schedule_expiry(command, now)
             raise PermanentError(
                 Reason.EXPIRED,
-                f"the grant expired at {expires_at.isoformat()} before it could be applied; nothing was changed",
+                f"the grant expired at {expires_at.isoformat()} before it could be applied; nothing was granted"
+                + ("" if dry_run else ", and its removal was queued in case an earlier attempt had granted it"),
             )
-        dry_run = self._dry_run or command.dry_run
         result = await handle_grant(command, graph=self._graph, activate_roles=self._activate_roles, dry_run=dry_run)
         result = replace(result, role_template_id=template)
         if expires_at is not None and not dry_run and result.outcome in (Outcome.GRANTED, Outcome.ALREADY_MEMBER):
@@ -78,6 +82,7 @@ class GrantService:
         return result
 
     async def _schedule_expiry(self, command: GrantCommand, expires_at: datetime) -> None:
+        """Schedule the removal at `expires_at` (MessageId ``<requestId>:expire``: sent twice, it is absorbed)."""
         removal = expiry_command(command)
         try:
             await self._sender.schedule(
@@ -89,7 +94,7 @@ class GrantService:
         except Exception as error:
             raise TransientError(
                 Reason.EXPIRY_NOT_SCHEDULED,
-                f"the membership is in place but its removal at {expires_at.isoformat()} could not be scheduled "
+                f"the removal of this time-bound membership at {expires_at.isoformat()} could not be scheduled "
                 f"({type(error).__name__}); retrying so that the grant does not outlive its expiry",
             ) from error
 

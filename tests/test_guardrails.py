@@ -22,6 +22,7 @@ from shared.local.graph_double import GraphDouble
 from shared.local.queue import LocalQueue, LocalSender
 from shared.local.token_endpoint import TokenEndpoint
 from shared.policy import TIER0_ROLE_TEMPLATES, GrantPolicy
+from shared.runtime import services
 from tests.conftest import (
     AU,
     AU_OTHER,
@@ -192,11 +193,38 @@ async def test_a_redelivered_expiring_grant_does_not_schedule_a_second_removal(m
     assert run.queue.stats.duplicates_dropped == 1
 
 
-async def test_an_add_whose_expiry_has_passed_is_dead_lettered_expired(make_run: Callable[..., Any]) -> None:
+async def test_an_add_whose_expiry_has_passed_is_dead_lettered_expired_and_grants_nothing(
+    make_run: Callable[..., Any],
+) -> None:
+    """Nothing is granted; its removal still runs (not_member here), in case an earlier attempt had granted it."""
     run = await make_run()
     outcomes = await run.deliver(grant(target=AU_TARGET, expiresAt="2001-01-01T00:00:00Z"))
     assert outcomes["m-1"]["reason"] == "Expired"
-    assert run.writes() == []
+    assert outcomes["req-1:expire"]["outcome"] == "not_member"
+    assert [method for method, _ in run.writes()] == ["DELETE"]
+    assert run.graph.members_of(AU) == set()
+
+
+async def test_a_granted_membership_whose_removal_was_not_scheduled_is_removed_when_its_retry_comes_after_expiry(
+    make_run: Callable[..., Any],
+) -> None:
+    """Given the write landed but scheduling the removal failed, when the retry runs after expiresAt,
+    then it is dead-lettered Expired and the removal still runs: the membership does not outlive its expiry."""
+    run = await make_run()
+    expires_at = datetime.fromtimestamp(run.clock() + 60, UTC)
+    run.queue.send(grant(target=AU_TARGET, expiresAt=expires_at.isoformat()), message_id="m-1")
+    sender = services().sender
+    assert isinstance(sender, LocalSender)
+    sender.fail_next(1)  # scheduling the removal fails; the retry copy's send then works
+    locked = run.queue.receive()
+    assert locked is not None
+    await GRANT(receivedmessage=to_received_message(locked), message_actions=run.actions)
+    assert run.graph.members_of(AU) == {USER}
+    run.clock.advance(3600)  # the retry copy runs after the expiry
+    outcomes = await run.deliver()
+    assert outcomes["m-1"]["reason"] == "Expired"
+    assert outcomes["req-1:expire"]["outcome"] == "revoked"
+    assert run.graph.members_of(AU) == set()
 
 
 # --- dry run --------------------------------------------------------------------------------------------------
