@@ -1,18 +1,27 @@
-"""``make bench``: throughput at Graph's write quota through the registered function object, and cold start.
+"""``make bench``: throughput at Graph's write quota, CPU per grant against msgraph-sdk, cold start and size.
 
-Figures, one line each:
+Figures, one line each (the Graph double and the token endpoint run in a process of their own,
+`benchmarks.doubles`, so each figure measures only the client):
 
 1. ``throughput``: N grants (default 10,000; ``--quick`` 1,000) through the local host and the registered
-   function object, 16 at a time, against the Graph double in another process with a write budget of 200
-   per 10 s (Graph's 20/s) and 30 ms latency; ``GRAPH_WRITE_RATE=20``. Sustained writes/s and its fraction
-   of the budget, 429s, p50/p99 invocation time, CPU ms per grant (this process only), token requests,
-   TCP connections.
-2. ``cpu``: 2,000 grants with no budget and no latency (``GRAPH_WRITE_RATE=0``): CPU ms per grant of the
-   whole pipeline (function object, settlement over gRPC, Graph call), the figure to compare with a
-   msgraph-sdk client.
-3. ``cold_start``: median wall time and peak RSS of a fresh ``python -c "import function_app"``.
-
-Not yet here: the msgraph-sdk comparison (its own venv; a later change).
+   function object, 16 at a time, against the Graph double with a write budget of 200 per 10 s (Graph's
+   20/s) and 30 ms latency; ``GRAPH_WRITE_RATE=20``. Sustained writes/s and its fraction of the budget,
+   429s, dead letters, p50/p99 time per invocation (the outcome records' ``startedAt``..``finishedAt``,
+   every delivery), CPU ms per grant (this process), token requests, TCP connections.
+2. ``pipeline_cpu``: 2,000 grants, no budget, no latency (``GRAPH_WRITE_RATE=0``): CPU ms per grant of the
+   whole pipeline (function object, binding decode, settlement over gRPC, Graph call). Information only.
+3. ``engine`` / ``msgraph_sdk`` / ``cpu_vs_msgraph``: the same 2,000 grants, 16 at a time, against a fresh
+   double with no budget and no latency, at the same level on both sides: our `Services.handle` (policy,
+   handler, Graph POST, classified result; `benchmarks.engine`) vs msgraph-sdk's
+   ``directory.administrative_units.by_administrative_unit_id(AU).members.ref.post(ReferenceCreate(...))``
+   (`benchmarks.msgraph_client`, in ``.venv-msgraph``), and, as the floor, a bare httpx POST loop
+   (`benchmarks.httpx_floor`). Each client runs in its own process and measures its own CPU with
+   ``time.process_time``.
+4. ``cold_start``: median wall time and peak RSS of 7 fresh ``python -c "import function_app"`` vs 7 fresh
+   ``.venv-msgraph`` interpreters importing what a msgraph-sdk-based function app would (`MSGRAPH_IMPORTS`).
+5. ``installed_size``: the files in the RECORDs of requirements.txt's distributions and their dependencies
+   vs the same for the msgraph-sdk equivalent (requirements.txt with httpx replaced by msgraph-sdk); and the
+   Graph client alone: httpx + azure-identity vs msgraph-sdk (each with its dependencies).
 """
 
 from __future__ import annotations
@@ -26,13 +35,20 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.doubles import member_id
+from benchmarks.directory import member_id
 from shared.local.run import run_local
+from shared.settlement import outcome_log
 
 ROOT = Path(__file__).resolve().parent.parent
+VENV_PYTHON = Path(sys.executable)
+MSGRAPH_PYTHON = ROOT / ".venv-msgraph" / "bin" / "python"
+COMPARE = 2_000  # grants in the CPU comparison (the issue's calibration: no latency, 16 at a time)
 
 
 def grants(count: int, unit: str) -> list[bytes]:
@@ -50,14 +66,35 @@ def grants(count: int, unit: str) -> list[bytes]:
     ]
 
 
-async def pipeline(count: int, *, budget: str, latency: float, write_rate: str) -> dict[str, Any]:
-    doubles = subprocess.Popen(  # noqa: S603, ASYNC220 (this interpreter, our module; started before the run)
+class Doubles:
+    """The Graph double and token endpoint in their own process (`benchmarks.doubles`)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        self._process = process
+        started = json.loads(process.stdout.readline())
+        self.env: dict[str, str] = {**os.environ, **started["env"]}
+        self.unit: str = started["unit"]
+
+    def counters(self) -> dict[str, Any]:
+        """Stop serving and return the double's counters."""
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._process.stdin.close()
+        counters: dict[str, Any] = json.loads(self._process.stdout.readline())
+        return counters
+
+
+@contextmanager
+def doubles(*, users: int, budget: str, latency: float) -> Iterator[Doubles]:
+    process = subprocess.Popen(  # noqa: S603 (this interpreter, our module)
         [
             sys.executable,
             "-m",
             "benchmarks.doubles",
             "--users",
-            str(count),
+            str(users),
             "--budget",
             budget,
             "--latency",
@@ -68,34 +105,113 @@ async def pipeline(count: int, *, budget: str, latency: float, write_rate: str) 
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert doubles.stdin is not None
-    assert doubles.stdout is not None
     try:
-        config = json.loads(doubles.stdout.readline())
-        env = {**os.environ, **config["env"], "GRAPH_WRITE_RATE": write_rate, "GRANTS_RETRY_BASE_SECONDS": "1"}
-        cpu, wall = time.process_time(), time.perf_counter()
-        run = await run_local(grants(count, config["unit"]), env=env, concurrency=16)
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        doubles.stdin.close()
-        counters = json.loads(doubles.stdout.readline())
+        yield Doubles(process)
     finally:
-        doubles.kill() if doubles.poll() is None else None
-        doubles.wait(timeout=10)
+        process.kill() if process.poll() is None else None
+        process.wait(timeout=10)
+
+
+class InvocationTimes(logging.Handler):
+    """Each outcome record's ``finishedAt - startedAt`` (one per delivery), in seconds."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seconds: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        grant = getattr(record, "grant", None)
+        if isinstance(grant, dict) and grant.get("startedAt") and grant.get("finishedAt"):
+            started = datetime.fromisoformat(grant["startedAt"])
+            self.seconds.append((datetime.fromisoformat(grant["finishedAt"]) - started).total_seconds())
+
+
+async def pipeline(count: int, *, budget: str, latency: float, write_rate: str) -> dict[str, Any]:
+    times = InvocationTimes()
+    outcome_log.addHandler(times)
+    try:
+        with doubles(users=count, budget=budget, latency=latency) as served:
+            env = {**served.env, "GRAPH_WRITE_RATE": write_rate, "GRANTS_RETRY_BASE_SECONDS": "1"}
+            cpu, wall = time.process_time(), time.perf_counter()
+            run = await run_local(grants(count, served.unit), env=env, concurrency=16)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            counters = served.counters()
+    finally:
+        outcome_log.removeHandler(times)
     outcomes = [o.outcome for o in run.outcomes]
-    return {"run": run, "cpu": cpu, "wall": wall, "counters": counters, "outcomes": outcomes}
+    return {"cpu": cpu, "wall": wall, "counters": counters, "outcomes": outcomes, "invocation_s": times.seconds}
 
 
-def cold_start(runs: int = 7) -> tuple[float, float]:
-    code = "import resource, function_app; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+def client_run(python: Path, module: str) -> dict[str, Any]:
+    """Run one comparison client (`module` in `python`) against a fresh double; its figures and the double's."""
+    with doubles(users=COMPARE, budget="none", latency=0.0) as served:
+        out = subprocess.run(  # noqa: S603 (a venv's interpreter, our module)
+            [str(python), "-m", module, "--unit", served.unit, "--count", str(COMPARE), "--concurrency", "16"],
+            cwd=ROOT,
+            env=served.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        figures["counters"] = served.counters()
+    return figures
+
+
+OUR_IMPORTS = "import function_app"
+#: What a msgraph-sdk-based function app imports: the Functions library and Service Bus extension, the
+#: async managed-identity credential, the client, the model and the request builders of the one call it makes.
+MSGRAPH_IMPORTS = "; ".join(
+    (
+        "import azure.functions",
+        "import azurefunctions.extensions.bindings.servicebus",
+        "from azure.identity.aio import ManagedIdentityCredential",
+        "from msgraph import GraphServiceClient",
+        "from msgraph.generated.models.reference_create import ReferenceCreate",
+        "from msgraph.generated.directory.directory_request_builder import DirectoryRequestBuilder",
+        "from msgraph.generated.directory.administrative_units.administrative_units_request_builder import "
+        "AdministrativeUnitsRequestBuilder",
+        "from msgraph.generated.directory.administrative_units.item.administrative_unit_item_request_builder import "
+        "AdministrativeUnitItemRequestBuilder",
+        "from msgraph.generated.directory.administrative_units.item.members.members_request_builder import "
+        "MembersRequestBuilder",
+        "from msgraph.generated.directory.administrative_units.item.members.ref.ref_request_builder import "
+        "RefRequestBuilder",
+    )
+)
+
+
+def cold_start(python: Path | str, imports: str, runs: int = 7) -> tuple[float, float]:
+    """Median wall time and peak RSS (MB) of a fresh `python` that runs `imports`."""
+    code = f"import resource; {imports}; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     walls, peaks = [], []
     for _ in range(runs):
         start = time.perf_counter()
-        out = subprocess.run(  # noqa: S603 (this interpreter, fixed code)
-            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+        out = subprocess.run(  # noqa: S603 (a venv's interpreter, fixed code)
+            [str(python), "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout
         walls.append(time.perf_counter() - start)
         peaks.append(int(out.strip()) / 1024)
     return statistics.median(walls), statistics.median(peaks)
+
+
+def installed_mb(python: Path | str, names: list[str]) -> float:
+    """Installed size (MB, RECORD files) of `names` and their dependencies in `python`'s environment."""
+    out = subprocess.run(  # noqa: S603 (a venv's interpreter, our script)
+        [str(python), str(ROOT / "benchmarks" / "sizes.py"), *names], capture_output=True, text=True, check=True
+    ).stdout
+    return float(json.loads(out)["bytes"]) / 1e6
+
+
+def runtime_requirements() -> list[str]:
+    """The distribution names requirements.txt pins."""
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    return [line.split("==")[0].strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 def main() -> None:
@@ -112,23 +228,64 @@ def main() -> None:
     c = first["counters"]
     rate = c["writes_ok"] / first["wall"]
     dead = first["outcomes"].count("dead_lettered")
+    times = first["invocation_s"]
     print(
         f"throughput: grants={count} wall_s={first['wall']:.1f} writes_per_s={rate:.2f} "
         f"quota_fraction={rate / 20:.3f} throttled={c['throttled']} "
-        f"({100 * c['throttled'] / max(c['requests'], 1):.2f}%) "
-        f"dead_lettered={dead} cpu_ms_per_grant={1000 * first['cpu'] / count:.2f} "
-        f"token_requests={c['token_requests']} tcp_connections={c['connections']} members={c['members']}"
+        f"({100 * c['throttled'] / max(c['requests'], 1):.2f}%) dead_lettered={dead} "
+        f"invocations={len(times)} p50_ms={1000 * percentile(times, 0.5):.0f} "
+        f"p99_ms={1000 * percentile(times, 0.99):.0f} cpu_ms_per_grant={1000 * first['cpu'] / count:.2f} "
+        f"token_requests={c['token_requests']} tcp_connections={c['connections']} members={c['members']}",
+        flush=True,
     )
-    second = asyncio.run(pipeline(2_000, budget="none", latency=0.0, write_rate="0"))
+    second = asyncio.run(pipeline(COMPARE, budget="none", latency=0.0, write_rate="0"))
     print(
-        f"cpu: grants=2000 wall_s={second['wall']:.1f} cpu_ms_per_grant={1000 * second['cpu'] / 2000:.2f} "
-        f"token_requests={second['counters']['token_requests']} tcp_connections={second['counters']['connections']}"
+        f"pipeline_cpu: grants={COMPARE} wall_s={second['wall']:.1f} "
+        f"cpu_ms_per_grant={1000 * second['cpu'] / COMPARE:.2f} "
+        f"token_requests={second['counters']['token_requests']} tcp_connections={second['counters']['connections']}",
+        flush=True,
     )
-    wall, peak = cold_start()
-    print(f"cold_start: import_function_app_s={wall:.3f} peak_rss_mb={peak:.0f}")
+    ours = client_run(VENV_PYTHON, "benchmarks.engine")
+    theirs = client_run(MSGRAPH_PYTHON, "benchmarks.msgraph_client")
+    floor = client_run(VENV_PYTHON, "benchmarks.httpx_floor")
+    for name, run in (("engine", ours), ("msgraph_sdk", theirs), ("httpx_floor", floor)):
+        print(
+            f"{name}: grants={COMPARE} concurrency=16 wall_s={run['wall_s']:.2f} "
+            f"cpu_ms_per_grant={1000 * run['cpu_s'] / COMPARE:.2f} outcomes={json.dumps(run['outcomes'])} "
+            f"token_requests={run['counters']['token_requests']} tcp_connections={run['counters']['connections']}",
+            flush=True,
+        )
+    cpu_ratio = ours["cpu_s"] / theirs["cpu_s"]
+    print(
+        f"cpu_vs_msgraph: cpu_ratio={cpu_ratio:.2f} wall_ratio={ours['wall_s'] / theirs['wall_s']:.2f} "
+        f"httpx_floor_ratio={floor['cpu_s'] / theirs['cpu_s']:.2f}",
+        flush=True,
+    )
+
+    our_wall, our_peak = cold_start(VENV_PYTHON, OUR_IMPORTS)
+    their_wall, their_peak = cold_start(MSGRAPH_PYTHON, MSGRAPH_IMPORTS)
+    import_ratio = our_wall / their_wall
+    print(
+        f"cold_start: import_function_app_s={our_wall:.3f} peak_rss_mb={our_peak:.0f} "
+        f"msgraph_imports_s={their_wall:.3f} msgraph_peak_rss_mb={their_peak:.0f} import_ratio={import_ratio:.2f} "
+        f"rss_ratio={our_peak / their_peak:.2f}",
+        flush=True,
+    )
+    runtime = runtime_requirements()
+    our_mb = installed_mb(VENV_PYTHON, runtime)
+    their_mb = installed_mb(MSGRAPH_PYTHON, [name for name in runtime if name != "httpx"] + ["msgraph-sdk"])
+    our_client_mb = installed_mb(VENV_PYTHON, ["httpx", "azure-identity"])
+    sdk_mb = installed_mb(MSGRAPH_PYTHON, ["msgraph-sdk"])
+    size_ratio = our_mb / their_mb
+    print(
+        f"installed_size: runtime_mb={our_mb:.1f} msgraph_equivalent_mb={their_mb:.1f} size_ratio={size_ratio:.2f} "
+        f"graph_client_mb={our_client_mb:.1f} (httpx+azure-identity) msgraph_sdk_mb={sdk_mb:.1f}",
+        flush=True,
+    )
     print(
         f"summary: quota_fraction={rate / 20:.3f} throttled={c['throttled']} token_requests={c['token_requests']} "
-        f"cpu_ms_per_grant={1000 * second['cpu'] / 2000:.2f} import_s={wall:.3f}"
+        f"cpu_ratio_vs_msgraph={cpu_ratio:.2f} import_ratio_vs_msgraph={import_ratio:.2f} "
+        f"size_ratio_vs_msgraph={size_ratio:.2f}"
     )
 
 
