@@ -17,8 +17,11 @@ Figures, one line each (the Graph double and the token endpoint run in a process
    (`benchmarks.msgraph_client`, in ``.venv-msgraph``), and, as the floor, a bare httpx POST loop
    (`benchmarks.httpx_floor`). Each client runs in its own process and measures its own CPU with
    ``time.process_time``.
-4. ``cold_start``: median wall time and peak RSS of 7 fresh ``python -c "import function_app"`` vs 7 fresh
-   ``.venv-msgraph`` interpreters importing what a msgraph-sdk-based function app would (`MSGRAPH_IMPORTS`).
+4. ``cold_start``: median wall time and peak RSS of 9 fresh ``python -c "import function_app"`` vs 9 fresh
+   ``.venv-msgraph`` interpreters importing what a msgraph-sdk-based function app would (`MSGRAPH_IMPORTS`),
+   taking turns, after one uncounted run each that leaves our modules' bytecode in ``__pycache__``; and, as
+   information, ours plus ``azure.identity.aio``, which our app imports only when the first message builds
+   its services.
 5. ``installed_size``: the files in the RECORDs of requirements.txt's distributions and their dependencies
    vs the same for the msgraph-sdk equivalent (requirements.txt with httpx replaced by msgraph-sdk); and the
    Graph client alone: httpx + azure-identity vs msgraph-sdk (each with its dependencies).
@@ -49,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = Path(sys.executable)
 MSGRAPH_PYTHON = ROOT / ".venv-msgraph" / "bin" / "python"
 COMPARE = 2_000  # grants in the CPU comparison (the issue's calibration: no latency, 16 at a time)
+CLIENT_ROUNDS = 3  # runs of each comparison client; the figures are medians
 
 
 def grants(count: int, unit: str) -> list[bytes]:
@@ -159,6 +163,8 @@ def client_run(python: Path, module: str) -> dict[str, Any]:
 
 
 OUR_IMPORTS = "import function_app"
+#: Imported by our app when it builds its services for the first message (the msgraph side imports it up front).
+CREDENTIAL_IMPORT = "import azure.identity.aio"
 #: What a msgraph-sdk-based function app imports: the Functions library and Service Bus extension, the
 #: async managed-identity credential, the client, the model and the request builders of the one call it makes.
 MSGRAPH_IMPORTS = "; ".join(
@@ -181,18 +187,27 @@ MSGRAPH_IMPORTS = "; ".join(
 )
 
 
-def cold_start(python: Path | str, imports: str, runs: int = 7) -> tuple[float, float]:
-    """Median wall time and peak RSS (MB) of a fresh `python` that runs `imports`."""
-    code = f"import resource; {imports}; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    walls, peaks = [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        out = subprocess.run(  # noqa: S603 (a venv's interpreter, fixed code)
-            [str(python), "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout
-        walls.append(time.perf_counter() - start)
-        peaks.append(int(out.strip()) / 1024)
-    return statistics.median(walls), statistics.median(peaks)
+def cold_starts(sides: dict[str, tuple[Path, str]], runs: int = 9) -> dict[str, tuple[float, float]]:
+    """Median wall time (s) and peak RSS (MB, ``VmHWM``) of fresh interpreters running each side's imports.
+
+    Each side runs once first (not counted) with bytecode writing on, so our modules are imported from
+    ``__pycache__`` as the installed packages are; then the sides take turns, so that load from other work
+    on the machine falls on both alike.
+    """
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    peak = "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
+    walls: dict[str, list[float]] = {name: [] for name in sides}
+    peaks: dict[str, list[float]] = {name: [] for name in sides}
+    for round_ in range(runs + 1):
+        for name, (python, imports) in sides.items():
+            start = time.perf_counter()
+            out = subprocess.run(  # noqa: S603 (a venv's interpreter, fixed code)
+                [str(python), "-c", f"{imports}; {peak}"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+            ).stdout
+            if round_:
+                walls[name].append(time.perf_counter() - start)
+                peaks[name].append(int(out.split()[-1]) / 1024)
+    return {name: (statistics.median(walls[name]), statistics.median(peaks[name])) for name in sides}
 
 
 def installed_mb(python: Path | str, names: list[str]) -> float:
@@ -245,30 +260,50 @@ def main() -> None:
         f"token_requests={second['counters']['token_requests']} tcp_connections={second['counters']['connections']}",
         flush=True,
     )
-    ours = client_run(VENV_PYTHON, "benchmarks.engine")
-    theirs = client_run(MSGRAPH_PYTHON, "benchmarks.msgraph_client")
-    floor = client_run(VENV_PYTHON, "benchmarks.httpx_floor")
-    for name, run in (("engine", ours), ("msgraph_sdk", theirs), ("httpx_floor", floor)):
+    clients = {
+        "engine": (VENV_PYTHON, "benchmarks.engine"),
+        "msgraph_sdk": (MSGRAPH_PYTHON, "benchmarks.msgraph_client"),
+        "httpx_floor": (VENV_PYTHON, "benchmarks.httpx_floor"),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
+    for _ in range(CLIENT_ROUNDS):  # the clients take turns, so that other load falls on each alike
+        for name, (python, module) in clients.items():
+            runs[name].append(client_run(python, module))
+    cpu = {name: statistics.median(r["cpu_s"] for r in rs) for name, rs in runs.items()}
+    wall = {name: statistics.median(r["wall_s"] for r in rs) for name, rs in runs.items()}
+    for name, rs in runs.items():
         print(
-            f"{name}: grants={COMPARE} concurrency=16 wall_s={run['wall_s']:.2f} "
-            f"cpu_ms_per_grant={1000 * run['cpu_s'] / COMPARE:.2f} outcomes={json.dumps(run['outcomes'])} "
-            f"token_requests={run['counters']['token_requests']} tcp_connections={run['counters']['connections']}",
+            f"{name}: grants={COMPARE} concurrency=16 runs={len(rs)} median_wall_s={wall[name]:.2f} "
+            f"median_cpu_ms_per_grant={1000 * cpu[name] / COMPARE:.2f} "
+            f"cpu_ms_per_grant_runs={'/'.join(format(1000 * r['cpu_s'] / COMPARE, '.2f') for r in rs)} "
+            f"outcomes={json.dumps(rs[0]['outcomes'], separators=(',', ':'))} "
+            f"token_requests={'/'.join(str(r['counters']['token_requests']) for r in rs)} "
+            f"tcp_connections={'/'.join(str(r['counters']['connections']) for r in rs)}",
             flush=True,
         )
-    cpu_ratio = ours["cpu_s"] / theirs["cpu_s"]
+    cpu_ratio = cpu["engine"] / cpu["msgraph_sdk"]
     print(
-        f"cpu_vs_msgraph: cpu_ratio={cpu_ratio:.2f} wall_ratio={ours['wall_s'] / theirs['wall_s']:.2f} "
-        f"httpx_floor_ratio={floor['cpu_s'] / theirs['cpu_s']:.2f}",
+        f"cpu_vs_msgraph: cpu_ratio={cpu_ratio:.2f} wall_ratio={wall['engine'] / wall['msgraph_sdk']:.2f} "
+        f"httpx_floor_ratio={cpu['httpx_floor'] / cpu['msgraph_sdk']:.2f} "
+        f"engine_vs_floor={cpu['engine'] / cpu['httpx_floor']:.2f}",
         flush=True,
     )
 
-    our_wall, our_peak = cold_start(VENV_PYTHON, OUR_IMPORTS)
-    their_wall, their_peak = cold_start(MSGRAPH_PYTHON, MSGRAPH_IMPORTS)
+    starts = cold_starts(
+        {
+            "ours": (VENV_PYTHON, OUR_IMPORTS),
+            "msgraph": (MSGRAPH_PYTHON, MSGRAPH_IMPORTS),
+            "ours_with_credential": (VENV_PYTHON, f"{OUR_IMPORTS}; {CREDENTIAL_IMPORT}"),
+        }
+    )
+    (our_wall, our_peak), (their_wall, their_peak) = starts["ours"], starts["msgraph"]
+    with_credential = starts["ours_with_credential"][0]
     import_ratio = our_wall / their_wall
     print(
         f"cold_start: import_function_app_s={our_wall:.3f} peak_rss_mb={our_peak:.0f} "
         f"msgraph_imports_s={their_wall:.3f} msgraph_peak_rss_mb={their_peak:.0f} import_ratio={import_ratio:.2f} "
-        f"rss_ratio={our_peak / their_peak:.2f}",
+        f"rss_ratio={our_peak / their_peak:.2f} with_credential_import_s={with_credential:.3f} "
+        f"with_credential_ratio={with_credential / their_wall:.2f}",
         flush=True,
     )
     runtime = runtime_requirements()
