@@ -36,8 +36,14 @@ unit: $(VENV)/.dev
 infra:
 	bash infra/check.sh
 
-# Not part of `make test`: throughput / CPU / cold-start figures (ARGS="--quick" for a short run).
-bench: $(VENV)/.dev
+# Not part of `make test`: throughput, CPU vs msgraph-sdk, cold start, installed size (ARGS="--quick" for a
+# short run). msgraph-sdk is only compared against, in its own venv (.venv-msgraph).
+.venv-msgraph/.installed: benchmarks/requirements-msgraph.txt
+	$(PYTHON) -m venv .venv-msgraph
+	.venv-msgraph/bin/python -m pip install -q -r benchmarks/requirements-msgraph.txt
+	touch $@
+
+bench: $(VENV)/.dev .venv-msgraph/.installed
 	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.bench $(ARGS)
 
 # Not part of `make test` (its 500-message variant is, in tests/test_soak.py): 10,000 messages with seeded faults,
@@ -46,4 +52,4 @@ soak: $(VENV)/.dev
 	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.soak $(ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-infra .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-infra .venv-msgraph .mypy_cache .ruff_cache .pytest_cache .hypothesis

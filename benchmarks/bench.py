@@ -1,18 +1,30 @@
-"""``make bench``: throughput at Graph's write quota through the registered function object, and cold start.
+"""``make bench``: throughput at Graph's write quota, CPU per grant against msgraph-sdk, cold start and size.
 
-Figures, one line each:
+Figures, one line each (the Graph double and the token endpoint run in a process of their own,
+`benchmarks.doubles`, so each figure measures only the client):
 
 1. ``throughput``: N grants (default 10,000; ``--quick`` 1,000) through the local host and the registered
-   function object, 16 at a time, against the Graph double in another process with a write budget of 200
-   per 10 s (Graph's 20/s) and 30 ms latency; ``GRAPH_WRITE_RATE=20``. Sustained writes/s and its fraction
-   of the budget, 429s, p50/p99 invocation time, CPU ms per grant (this process only), token requests,
-   TCP connections.
-2. ``cpu``: 2,000 grants with no budget and no latency (``GRAPH_WRITE_RATE=0``): CPU ms per grant of the
-   whole pipeline (function object, settlement over gRPC, Graph call), the figure to compare with a
-   msgraph-sdk client.
-3. ``cold_start``: median wall time and peak RSS of a fresh ``python -c "import function_app"``.
-
-Not yet here: the msgraph-sdk comparison (its own venv; a later change).
+   function object, 16 at a time, against the Graph double with a write budget of 200 per 10 s (Graph's
+   20/s) and 30 ms latency; ``GRAPH_WRITE_RATE=20``. Sustained writes/s and its fraction of the budget,
+   429s, dead letters, p50/p99 time per invocation (the outcome records' ``startedAt``..``finishedAt``,
+   every delivery), CPU ms per grant (this process), token requests, TCP connections.
+2. ``pipeline_cpu``: 2,000 grants, no budget, no latency (``GRAPH_WRITE_RATE=0``): CPU ms per grant of the
+   whole pipeline (function object, binding decode, settlement over gRPC, Graph call). Information only.
+3. ``engine`` / ``msgraph_sdk`` / ``cpu_vs_msgraph``: the same 2,000 grants, 16 at a time, against a fresh
+   double with no budget and no latency, at the same level on both sides: our `Services.handle` (policy,
+   handler, Graph POST, classified result; `benchmarks.engine`) vs msgraph-sdk's
+   ``directory.administrative_units.by_administrative_unit_id(AU).members.ref.post(ReferenceCreate(...))``
+   (`benchmarks.msgraph_client`, in ``.venv-msgraph``), and, as the floor, a bare httpx POST loop
+   (`benchmarks.httpx_floor`). Each client runs in its own process and measures its own CPU with
+   ``time.process_time``.
+4. ``cold_start``: median wall time and peak RSS of 9 fresh ``python -c "import function_app"`` vs 9 fresh
+   ``.venv-msgraph`` interpreters importing what a msgraph-sdk-based function app would (`MSGRAPH_IMPORTS`),
+   taking turns, after one uncounted run each that leaves our modules' bytecode in ``__pycache__``; and, as
+   information, ours plus ``azure.identity.aio``, which our app imports only when the first message builds
+   its services.
+5. ``installed_size``: the files in the RECORDs of requirements.txt's distributions and their dependencies
+   vs the same for the msgraph-sdk equivalent (requirements.txt with httpx replaced by msgraph-sdk); and the
+   Graph client alone: httpx + azure-identity vs msgraph-sdk (each with its dependencies).
 """
 
 from __future__ import annotations
@@ -26,13 +38,21 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.doubles import member_id
+from benchmarks.directory import member_id
 from shared.local.run import run_local
+from shared.settlement import outcome_log
 
 ROOT = Path(__file__).resolve().parent.parent
+VENV_PYTHON = Path(sys.executable)
+MSGRAPH_PYTHON = ROOT / ".venv-msgraph" / "bin" / "python"
+COMPARE = 2_000  # grants in the CPU comparison (the issue's calibration: no latency, 16 at a time)
+CLIENT_ROUNDS = 3  # runs of each comparison client; the figures are medians
 
 
 def grants(count: int, unit: str) -> list[bytes]:
@@ -50,14 +70,35 @@ def grants(count: int, unit: str) -> list[bytes]:
     ]
 
 
-async def pipeline(count: int, *, budget: str, latency: float, write_rate: str) -> dict[str, Any]:
-    doubles = subprocess.Popen(  # noqa: S603, ASYNC220 (this interpreter, our module; started before the run)
+class Doubles:
+    """The Graph double and token endpoint in their own process (`benchmarks.doubles`)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        self._process = process
+        started = json.loads(process.stdout.readline())
+        self.env: dict[str, str] = {**os.environ, **started["env"]}
+        self.unit: str = started["unit"]
+
+    def counters(self) -> dict[str, Any]:
+        """Stop serving and return the double's counters."""
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._process.stdin.close()
+        counters: dict[str, Any] = json.loads(self._process.stdout.readline())
+        return counters
+
+
+@contextmanager
+def doubles(*, users: int, budget: str, latency: float) -> Iterator[Doubles]:
+    process = subprocess.Popen(  # noqa: S603 (this interpreter, our module)
         [
             sys.executable,
             "-m",
             "benchmarks.doubles",
             "--users",
-            str(count),
+            str(users),
             "--budget",
             budget,
             "--latency",
@@ -68,34 +109,124 @@ async def pipeline(count: int, *, budget: str, latency: float, write_rate: str) 
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert doubles.stdin is not None
-    assert doubles.stdout is not None
     try:
-        config = json.loads(doubles.stdout.readline())
-        env = {**os.environ, **config["env"], "GRAPH_WRITE_RATE": write_rate, "GRANTS_RETRY_BASE_SECONDS": "1"}
-        cpu, wall = time.process_time(), time.perf_counter()
-        run = await run_local(grants(count, config["unit"]), env=env, concurrency=16)
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        doubles.stdin.close()
-        counters = json.loads(doubles.stdout.readline())
+        yield Doubles(process)
     finally:
-        doubles.kill() if doubles.poll() is None else None
-        doubles.wait(timeout=10)
+        process.kill() if process.poll() is None else None
+        process.wait(timeout=10)
+
+
+class InvocationTimes(logging.Handler):
+    """Each outcome record's ``finishedAt - startedAt`` (one per delivery), in seconds."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seconds: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        grant = getattr(record, "grant", None)
+        if isinstance(grant, dict) and grant.get("startedAt") and grant.get("finishedAt"):
+            started = datetime.fromisoformat(grant["startedAt"])
+            self.seconds.append((datetime.fromisoformat(grant["finishedAt"]) - started).total_seconds())
+
+
+async def pipeline(count: int, *, budget: str, latency: float, write_rate: str) -> dict[str, Any]:
+    times = InvocationTimes()
+    outcome_log.addHandler(times)
+    try:
+        with doubles(users=count, budget=budget, latency=latency) as served:
+            env = {**served.env, "GRAPH_WRITE_RATE": write_rate, "GRANTS_RETRY_BASE_SECONDS": "1"}
+            cpu, wall = time.process_time(), time.perf_counter()
+            run = await run_local(grants(count, served.unit), env=env, concurrency=16)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            counters = served.counters()
+    finally:
+        outcome_log.removeHandler(times)
     outcomes = [o.outcome for o in run.outcomes]
-    return {"run": run, "cpu": cpu, "wall": wall, "counters": counters, "outcomes": outcomes}
+    return {"cpu": cpu, "wall": wall, "counters": counters, "outcomes": outcomes, "invocation_s": times.seconds}
 
 
-def cold_start(runs: int = 7) -> tuple[float, float]:
-    code = "import resource, function_app; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    walls, peaks = [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        out = subprocess.run(  # noqa: S603 (this interpreter, fixed code)
-            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+def client_run(python: Path, module: str) -> dict[str, Any]:
+    """Run one comparison client (`module` in `python`) against a fresh double; its figures and the double's."""
+    with doubles(users=COMPARE, budget="none", latency=0.0) as served:
+        out = subprocess.run(  # noqa: S603 (a venv's interpreter, our module)
+            [str(python), "-m", module, "--unit", served.unit, "--count", str(COMPARE), "--concurrency", "16"],
+            cwd=ROOT,
+            env=served.env,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
-        walls.append(time.perf_counter() - start)
-        peaks.append(int(out.strip()) / 1024)
-    return statistics.median(walls), statistics.median(peaks)
+        figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        figures["counters"] = served.counters()
+    return figures
+
+
+OUR_IMPORTS = "import function_app"
+#: Imported by our app when it builds its services for the first message (the msgraph side imports it up front).
+CREDENTIAL_IMPORT = "import azure.identity.aio"
+#: What a msgraph-sdk-based function app imports: the Functions library and Service Bus extension, the
+#: async managed-identity credential, the client, the model and the request builders of the one call it makes.
+MSGRAPH_IMPORTS = "; ".join(
+    (
+        "import azure.functions",
+        "import azurefunctions.extensions.bindings.servicebus",
+        "from azure.identity.aio import ManagedIdentityCredential",
+        "from msgraph import GraphServiceClient",
+        "from msgraph.generated.models.reference_create import ReferenceCreate",
+        "from msgraph.generated.directory.directory_request_builder import DirectoryRequestBuilder",
+        "from msgraph.generated.directory.administrative_units.administrative_units_request_builder import "
+        "AdministrativeUnitsRequestBuilder",
+        "from msgraph.generated.directory.administrative_units.item.administrative_unit_item_request_builder import "
+        "AdministrativeUnitItemRequestBuilder",
+        "from msgraph.generated.directory.administrative_units.item.members.members_request_builder import "
+        "MembersRequestBuilder",
+        "from msgraph.generated.directory.administrative_units.item.members.ref.ref_request_builder import "
+        "RefRequestBuilder",
+    )
+)
+
+
+def cold_starts(sides: dict[str, tuple[Path, str]], runs: int = 9) -> dict[str, tuple[float, float]]:
+    """Median wall time (s) and peak RSS (MB, ``VmHWM``) of fresh interpreters running each side's imports.
+
+    Each side runs once first (not counted) with bytecode writing on, so our modules are imported from
+    ``__pycache__`` as the installed packages are; then the sides take turns, so that load from other work
+    on the machine falls on both alike.
+    """
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    peak = "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
+    walls: dict[str, list[float]] = {name: [] for name in sides}
+    peaks: dict[str, list[float]] = {name: [] for name in sides}
+    for round_ in range(runs + 1):
+        for name, (python, imports) in sides.items():
+            start = time.perf_counter()
+            out = subprocess.run(  # noqa: S603 (a venv's interpreter, fixed code)
+                [str(python), "-c", f"{imports}; {peak}"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+            ).stdout
+            if round_:
+                walls[name].append(time.perf_counter() - start)
+                peaks[name].append(int(out.split()[-1]) / 1024)
+    return {name: (statistics.median(walls[name]), statistics.median(peaks[name])) for name in sides}
+
+
+def installed_mb(python: Path | str, names: list[str]) -> float:
+    """Installed size (MB, RECORD files) of `names` and their dependencies in `python`'s environment."""
+    out = subprocess.run(  # noqa: S603 (a venv's interpreter, our script)
+        [str(python), str(ROOT / "benchmarks" / "sizes.py"), *names], capture_output=True, text=True, check=True
+    ).stdout
+    return float(json.loads(out)["bytes"]) / 1e6
+
+
+def runtime_requirements() -> list[str]:
+    """The distribution names requirements.txt pins."""
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    return [line.split("==")[0].strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 def main() -> None:
@@ -112,23 +243,84 @@ def main() -> None:
     c = first["counters"]
     rate = c["writes_ok"] / first["wall"]
     dead = first["outcomes"].count("dead_lettered")
+    times = first["invocation_s"]
     print(
         f"throughput: grants={count} wall_s={first['wall']:.1f} writes_per_s={rate:.2f} "
         f"quota_fraction={rate / 20:.3f} throttled={c['throttled']} "
-        f"({100 * c['throttled'] / max(c['requests'], 1):.2f}%) "
-        f"dead_lettered={dead} cpu_ms_per_grant={1000 * first['cpu'] / count:.2f} "
-        f"token_requests={c['token_requests']} tcp_connections={c['connections']} members={c['members']}"
+        f"({100 * c['throttled'] / max(c['requests'], 1):.2f}%) dead_lettered={dead} "
+        f"invocations={len(times)} p50_ms={1000 * percentile(times, 0.5):.0f} "
+        f"p99_ms={1000 * percentile(times, 0.99):.0f} cpu_ms_per_grant={1000 * first['cpu'] / count:.2f} "
+        f"token_requests={c['token_requests']} tcp_connections={c['connections']} members={c['members']}",
+        flush=True,
     )
-    second = asyncio.run(pipeline(2_000, budget="none", latency=0.0, write_rate="0"))
+    second = asyncio.run(pipeline(COMPARE, budget="none", latency=0.0, write_rate="0"))
     print(
-        f"cpu: grants=2000 wall_s={second['wall']:.1f} cpu_ms_per_grant={1000 * second['cpu'] / 2000:.2f} "
-        f"token_requests={second['counters']['token_requests']} tcp_connections={second['counters']['connections']}"
+        f"pipeline_cpu: grants={COMPARE} wall_s={second['wall']:.1f} "
+        f"cpu_ms_per_grant={1000 * second['cpu'] / COMPARE:.2f} "
+        f"token_requests={second['counters']['token_requests']} tcp_connections={second['counters']['connections']}",
+        flush=True,
     )
-    wall, peak = cold_start()
-    print(f"cold_start: import_function_app_s={wall:.3f} peak_rss_mb={peak:.0f}")
+    clients = {
+        "engine": (VENV_PYTHON, "benchmarks.engine"),
+        "msgraph_sdk": (MSGRAPH_PYTHON, "benchmarks.msgraph_client"),
+        "httpx_floor": (VENV_PYTHON, "benchmarks.httpx_floor"),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
+    for _ in range(CLIENT_ROUNDS):  # the clients take turns, so that other load falls on each alike
+        for name, (python, module) in clients.items():
+            runs[name].append(client_run(python, module))
+    cpu = {name: statistics.median(r["cpu_s"] for r in rs) for name, rs in runs.items()}
+    wall = {name: statistics.median(r["wall_s"] for r in rs) for name, rs in runs.items()}
+    for name, rs in runs.items():
+        print(
+            f"{name}: grants={COMPARE} concurrency=16 runs={len(rs)} median_wall_s={wall[name]:.2f} "
+            f"median_cpu_ms_per_grant={1000 * cpu[name] / COMPARE:.2f} "
+            f"cpu_ms_per_grant_runs={'/'.join(format(1000 * r['cpu_s'] / COMPARE, '.2f') for r in rs)} "
+            f"outcomes={json.dumps(rs[0]['outcomes'], separators=(',', ':'))} "
+            f"token_requests={'/'.join(str(r['counters']['token_requests']) for r in rs)} "
+            f"tcp_connections={'/'.join(str(r['counters']['connections']) for r in rs)}",
+            flush=True,
+        )
+    cpu_ratio = cpu["engine"] / cpu["msgraph_sdk"]
+    print(
+        f"cpu_vs_msgraph: cpu_ratio={cpu_ratio:.2f} wall_ratio={wall['engine'] / wall['msgraph_sdk']:.2f} "
+        f"httpx_floor_ratio={cpu['httpx_floor'] / cpu['msgraph_sdk']:.2f} "
+        f"engine_vs_floor={cpu['engine'] / cpu['httpx_floor']:.2f}",
+        flush=True,
+    )
+
+    starts = cold_starts(
+        {
+            "ours": (VENV_PYTHON, OUR_IMPORTS),
+            "msgraph": (MSGRAPH_PYTHON, MSGRAPH_IMPORTS),
+            "ours_with_credential": (VENV_PYTHON, f"{OUR_IMPORTS}; {CREDENTIAL_IMPORT}"),
+        }
+    )
+    (our_wall, our_peak), (their_wall, their_peak) = starts["ours"], starts["msgraph"]
+    with_credential = starts["ours_with_credential"][0]
+    import_ratio = our_wall / their_wall
+    print(
+        f"cold_start: import_function_app_s={our_wall:.3f} peak_rss_mb={our_peak:.0f} "
+        f"msgraph_imports_s={their_wall:.3f} msgraph_peak_rss_mb={their_peak:.0f} import_ratio={import_ratio:.2f} "
+        f"rss_ratio={our_peak / their_peak:.2f} with_credential_import_s={with_credential:.3f} "
+        f"with_credential_ratio={with_credential / their_wall:.2f}",
+        flush=True,
+    )
+    runtime = runtime_requirements()
+    our_mb = installed_mb(VENV_PYTHON, runtime)
+    their_mb = installed_mb(MSGRAPH_PYTHON, [name for name in runtime if name != "httpx"] + ["msgraph-sdk"])
+    our_client_mb = installed_mb(VENV_PYTHON, ["httpx", "azure-identity"])
+    sdk_mb = installed_mb(MSGRAPH_PYTHON, ["msgraph-sdk"])
+    size_ratio = our_mb / their_mb
+    print(
+        f"installed_size: runtime_mb={our_mb:.1f} msgraph_equivalent_mb={their_mb:.1f} size_ratio={size_ratio:.2f} "
+        f"graph_client_mb={our_client_mb:.1f} (httpx+azure-identity) msgraph_sdk_mb={sdk_mb:.1f}",
+        flush=True,
+    )
     print(
         f"summary: quota_fraction={rate / 20:.3f} throttled={c['throttled']} token_requests={c['token_requests']} "
-        f"cpu_ms_per_grant={1000 * second['cpu'] / 2000:.2f} import_s={wall:.3f}"
+        f"cpu_ratio_vs_msgraph={cpu_ratio:.2f} import_ratio_vs_msgraph={import_ratio:.2f} "
+        f"size_ratio_vs_msgraph={size_ratio:.2f}"
     )
 
 

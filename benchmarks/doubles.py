@@ -11,14 +11,9 @@ import argparse
 import json
 import sys
 
+from benchmarks.directory import UNIT, member_id
 from shared.local.graph_double import GraphDouble
 from shared.local.token_endpoint import TokenEndpoint
-
-UNIT = "ae000000-0000-4000-8000-00000000be11"
-
-
-def member_id(n: int) -> str:
-    return f"{n:08x}-0000-4000-8000-0000000000be"
 
 
 def main() -> None:
