@@ -59,6 +59,9 @@ class WriteGovernor:
                 await self._sleep(wait)
 
     def pause(self, seconds: float) -> None:
-        """Hold every writer for `seconds` from now (a later pause extends an earlier one)."""
+        """Hold every writer for `seconds` from now (a later pause extends an earlier one); then resume at the
+        rate with no burst: Graph's window is still full, and writes saved up during the pause would be
+        throttled again."""
         self.pauses += 1
         self._paused_until = max(self._paused_until, self._clock() + seconds)
+        self._tokens, self._updated = 0.0, self._paused_until

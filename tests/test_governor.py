@@ -65,6 +65,16 @@ async def test_pacing_on_a_virtual_clock_at_epoch_seconds_never_spins() -> None:
     assert clock() - started == pytest.approx(2.0, abs=1e-3)
 
 
+async def test_after_a_pause_writes_resume_at_the_rate_without_a_burst() -> None:
+    """Tokens saved up before or during a 429's pause are dropped: Graph's window is still full."""
+    time = FakeTime()
+    governor = WriteGovernor(rate=20, clock=time, sleep=time.sleep)
+    governor.pause(2)
+    for _ in range(20):
+        await governor.acquire()
+    assert time.now == pytest.approx(3.0)  # the pause, then 20 at 20 per second: nothing saved up
+
+
 async def test_rate_zero_does_not_pace() -> None:
     time = FakeTime()
     governor = WriteGovernor(rate=0, clock=time, sleep=time.sleep)
