@@ -1,7 +1,8 @@
 """Process-wide pacing of Graph writes: a token bucket, and a shared pause after any ``429``.
 
 Graph allows 3,000 directory writes per 150 s per app and tenant (20/s). `WriteGovernor.acquire` lets
-writes through at `rate` per second (bursts of up to `burst`), first come first served; `pause` holds
+writes through at `rate` per second (bursts of up to `burst`, by default 1: strict pacing, since a burst
+at the full rate overshoots Graph's window and draws 429s), first come first served; `pause` holds
 *every* writer in the process until a throttled request's ``Retry-After`` has passed, not only the one
 that was throttled. A rate of 0 turns pacing off (the shared pause still applies).
 """
@@ -30,7 +31,7 @@ class WriteGovernor:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.rate = rate
-        self.burst = burst if burst is not None else max(rate, 1.0)
+        self.burst = burst if burst is not None else 1.0
         self._clock = clock
         self._sleep = sleep
         self._tokens = self.burst

@@ -29,9 +29,19 @@ class FakeTime:
         await asyncio.sleep(0)
 
 
-async def test_writes_are_paced_at_the_rate_after_the_burst() -> None:
+async def test_by_default_writes_are_paced_strictly_at_the_rate() -> None:
+    """No burst: a window as short as one second never sees more than the rate (a burst at the full rate
+    overshoots a sliding window and draws 429s)."""
     time = FakeTime()
     governor = WriteGovernor(rate=20, clock=time, sleep=time.sleep)
+    for _ in range(41):
+        await governor.acquire()
+    assert time.now == pytest.approx(2.0)  # one at once, then 40 at 20 per second
+
+
+async def test_writes_are_paced_at_the_rate_after_an_explicit_burst() -> None:
+    time = FakeTime()
+    governor = WriteGovernor(rate=20, burst=20, clock=time, sleep=time.sleep)
     for _ in range(60):
         await governor.acquire()
     assert time.now == pytest.approx(2.0)  # 20 free (the burst), then 40 at 20 per second
@@ -62,7 +72,7 @@ async def test_pacing_on_a_virtual_clock_at_epoch_seconds_never_spins() -> None:
     for _ in range(60):
         await asyncio.wait_for(governor.acquire(), timeout=5)
 
-    assert clock() - started == pytest.approx(2.0, abs=1e-3)
+    assert clock() - started == pytest.approx(59 / 20, abs=1e-3)  # one at once, then 59 at 20 per second
 
 
 async def test_after_a_pause_writes_resume_at_the_rate_without_a_burst() -> None:
