@@ -44,8 +44,8 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -58,7 +58,7 @@ from shared.errors import Reason
 from shared.local.graph_double import Fault, GraphDouble
 from shared.local.host import LocalHost, OutcomeRecorder, registered_function
 from shared.local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LocalSender, ManualClock, SendFailedError
-from shared.local.run import virtual_governor
+from shared.local.run import os_environment, virtual_governor
 from shared.local.settlement import LocalSettlementServer, point_message_actions_at
 from shared.local.token_endpoint import TokenEndpoint
 from shared.runtime import installed
@@ -395,20 +395,6 @@ class LogScan(logging.Handler):
             self.leaks.append(text[:300])
 
 
-@contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 @dataclass(slots=True)
 class Report:
     invariants: list[tuple[str, str, str, bool]]
@@ -436,7 +422,7 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
         root.setLevel(log_level)
         stack.callback(root.setLevel, previous_level)
         stack.callback(root.removeHandler, scan)
-        stack.enter_context(_environment(tokens.env()))
+        stack.enter_context(os_environment(tokens.env()))
         for name in ("IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_CLIENT_ID"):
             os.environ.pop(name, None)
         import function_app
