@@ -44,7 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.directory import member_id
+from benchmarks.directory import grants
 from shared.local.run import run_local
 from shared.settlement import outcome_log
 
@@ -53,21 +53,6 @@ VENV_PYTHON = Path(sys.executable)
 MSGRAPH_PYTHON = ROOT / ".venv-msgraph" / "bin" / "python"
 COMPARE = 2_000  # grants in the CPU comparison (the calibration: no latency, 16 at a time)
 CLIENT_ROUNDS = 3  # runs of each comparison client; the figures are medians
-
-
-def grants(count: int, unit: str) -> list[bytes]:
-    return [
-        json.dumps(
-            {
-                "schemaVersion": 1,
-                "requestId": f"bench-{n}",
-                "target": {"type": "administrativeUnit", "id": unit},
-                "member": {"id": member_id(n), "type": "user"},
-                "source": {"system": "bulk", "reference": "bench"},
-            }
-        ).encode()
-        for n in range(count)
-    ]
 
 
 class Doubles:

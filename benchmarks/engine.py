@@ -18,7 +18,7 @@ import os
 import time
 from collections import Counter
 
-from benchmarks.directory import member_id
+from benchmarks.directory import grants
 from shared.bootstrap import bootstrap
 from shared.config import Settings
 from shared.contract import AdministrativeUnit, GrantCommand, parse_grant
@@ -27,20 +27,7 @@ from shared.local.queue import LocalQueue, LocalSender
 
 def commands(*, unit: str, count: int) -> list[GrantCommand]:
     """N add commands for distinct users of one administrative unit."""
-    return [
-        parse_grant(
-            json.dumps(
-                {
-                    "schemaVersion": 1,
-                    "requestId": f"bench-{n}",
-                    "target": {"type": "administrativeUnit", "id": unit},
-                    "member": {"id": member_id(n), "type": "user"},
-                    "source": {"system": "bulk", "reference": "bench"},
-                }
-            ).encode()
-        )
-        for n in range(count)
-    ]
+    return [parse_grant(body) for body in grants(count, unit)]
 
 
 async def run(*, unit: str, count: int, concurrency: int) -> dict[str, object]:
