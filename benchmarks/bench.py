@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.directory import grants
-from shared.local.run import run_local
-from shared.settlement import outcome_log
+from grants_local.run import run_local
+from shared.service.settlement import outcome_log
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = Path(sys.executable)

@@ -12,8 +12,8 @@ import json
 import sys
 
 from benchmarks.directory import UNIT, member_id
-from shared.local.graph_double import GraphDouble
-from shared.local.token_endpoint import TokenEndpoint
+from grants_local.graph_double import GraphDouble
+from grants_local.token_endpoint import TokenEndpoint
 
 
 def main() -> None:

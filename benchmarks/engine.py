@@ -19,10 +19,10 @@ import time
 from collections import Counter
 
 from benchmarks.directory import grants
+from grants_local.queue import LocalQueue, LocalSender
 from shared.bootstrap import bootstrap
 from shared.config import Settings
-from shared.contract import AdministrativeUnit, GrantCommand, parse_grant
-from shared.local.queue import LocalQueue, LocalSender
+from shared.core.contract import AdministrativeUnit, GrantCommand, parse_grant
 
 
 def commands(*, unit: str, count: int) -> list[GrantCommand]:

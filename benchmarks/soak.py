@@ -52,15 +52,15 @@ from typing import Any, TextIO
 
 import httpx
 
+from grants_local.graph_double import Fault, GraphDouble
+from grants_local.host import LocalHost, OutcomeRecorder, registered_function
+from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LocalSender, ManualClock, SendFailedError
+from grants_local.run import os_environment, virtual_governor
+from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
+from grants_local.token_endpoint import TokenEndpoint
 from shared.bootstrap import bootstrap
 from shared.config import Settings
-from shared.errors import Reason
-from shared.local.graph_double import Fault, GraphDouble
-from shared.local.host import LocalHost, OutcomeRecorder, registered_function
-from shared.local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LocalSender, ManualClock, SendFailedError
-from shared.local.run import os_environment, virtual_governor
-from shared.local.settlement import LocalSettlementServer, point_message_actions_at
-from shared.local.token_endpoint import TokenEndpoint
+from shared.core.errors import Reason
 from shared.runtime import installed
 
 DOCUMENTED_REASONS = frozenset(reason.value for reason in Reason) | {MAX_DELIVERY_COUNT_EXCEEDED}

@@ -18,8 +18,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.local.serve import LOCAL_WEBHOOK_SECRET
-from shared.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from grants_local.serve import LOCAL_WEBHOOK_SECRET
+from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 
 def main() -> int:

@@ -15,18 +15,19 @@ from typing import Any
 
 import httpx
 
-from shared.config import ConfigError, Settings
-from shared.contract import GrantCommand
-from shared.governor import WriteGovernor
-from shared.grants import GrantService
-from shared.graph import GraphClient, new_http_client
-from shared.handlers import Result
-from shared.hr import settle_hr_event
-from shared.hr_rules import HrRules
-from shared.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
-from shared.policy import GrantPolicy
-from shared.retry import RetryPolicy
-from shared.settlement import Delivery, MessageActions, RetrySender, Settled, settle
+from shared.adapters.governor import WriteGovernor
+from shared.adapters.graph import GraphClient, new_http_client
+from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
+from shared.config import Settings
+from shared.core.contract import GrantCommand
+from shared.core.errors import ConfigError
+from shared.core.policy import GrantPolicy
+from shared.core.retry import RetryPolicy
+from shared.producers.hr import settle_hr_event
+from shared.producers.hr_rules import HrRules
+from shared.service.grants import GrantService
+from shared.service.membership import Result
+from shared.service.settlement import Delivery, MessageActions, RetrySender, Settled, settle
 
 __all__ = ["Services", "bootstrap"]
 
@@ -121,7 +122,13 @@ def bootstrap(
         http=http,
         graph=graph,
         grants=grants,
-        policy=policy or RetryPolicy.from_settings(settings),
+        policy=policy
+        or RetryPolicy(
+            max_attempts=settings.max_attempts,
+            base_delay=settings.retry_base_seconds,
+            max_delay=settings.retry_max_seconds,
+            member_not_found_window=settings.member_not_found_window_seconds,
+        ),
         sender=sender,
         now=now,
         hr_rules=HrRules.load(settings.hr_rules_path) if settings.hr_rules_path else None,
@@ -130,7 +137,7 @@ def bootstrap(
 
 
 def _servicebus_sender(settings: Settings, http: httpx.AsyncClient, credential: Any, closers: list[Any]) -> RetrySender:
-    from shared.servicebus import ServiceBusRetrySender
+    from shared.adapters.servicebus import ServiceBusRetrySender
 
     if not settings.servicebus_namespace:
         raise ConfigError(

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-__all__ = ["APP_SETTINGS", "ConfigError", "Settings"]
+from shared.core.errors import ConfigError
+
+__all__ = ["APP_SETTINGS", "Settings"]
 
 DEFAULT_GRAPH_BASE_URL: Final = "https://graph.microsoft.com/v1.0"
 
@@ -36,10 +38,6 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
 
 
 _Getter = Callable[[str], str]
-
-
-class ConfigError(ValueError):
-    """An app setting has a value the app cannot run with; the message names the setting."""
 
 
 @dataclass(frozen=True, kw_only=True)

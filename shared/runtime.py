@@ -11,10 +11,10 @@ import azure.functions as func
 
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
-from shared.hr_rules import HrRules
-from shared.policy import GrantPolicy
-from shared.settlement import MessageActions, Settled
-from shared.webhook import receive
+from shared.core.policy import GrantPolicy
+from shared.producers.hr_rules import HrRules
+from shared.producers.webhook import receive
+from shared.service.settlement import MessageActions, Settled
 
 __all__ = [
     "check_configuration",

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 import function_app
+from grants_local.graph_double import GraphDouble
+from grants_local.host import LocalHost, OutcomeRecorder, registered_function
+from grants_local.queue import LocalQueue, LocalSender, ManualClock
+from grants_local.run import virtual_governor
+from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
+from grants_local.token_endpoint import TokenEndpoint
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
-from shared.local.graph_double import GraphDouble
-from shared.local.host import LocalHost, OutcomeRecorder, registered_function
-from shared.local.queue import LocalQueue, LocalSender, ManualClock
-from shared.local.run import virtual_governor
-from shared.local.settlement import LocalSettlementServer, point_message_actions_at
-from shared.local.token_endpoint import TokenEndpoint
 from shared.runtime import installed
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

@@ -10,10 +10,10 @@ import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.exceptions import MessageSizeExceededError
 
-from shared.backends import LocalBackend, Outgoing, fill_batches, to_service_bus_message
-from shared.bulk import Progress, default_job_id, read_job, run_submit, submit, summary
-from shared.contract import parse_grant
-from shared.local.queue import LocalQueue, ManualClock
+from grants_cli.backends import LocalBackend, Outgoing, fill_batches, to_service_bus_message
+from grants_cli.bulk import Progress, default_job_id, read_job, run_submit, submit, summary
+from grants_local.queue import LocalQueue, ManualClock
+from shared.core.contract import parse_grant
 from tests.conftest import AU, USER, USER_2
 
 HEADER = (
@@ -97,7 +97,7 @@ def test_given_a_dry_run_when_submitted_then_it_prints_what_would_be_sent_and_se
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("GRANTS_LOCAL_NAMESPACE", str(tmp_path / "ns"))
-    from shared.__main__ import main
+    from grants_cli.main import main
 
     assert (
         main(["submit", str(write(tmp_path, "job.csv", HEADER, GOOD)), "--job-id", "dry", "--dry-run", "--local"]) == 0

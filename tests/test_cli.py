@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.local.graph_double import GraphDouble
-from shared.local.token_endpoint import TokenEndpoint
+from grants_local.graph_double import GraphDouble
+from grants_local.token_endpoint import TokenEndpoint
 from tests.conftest import AU, USER
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.contract import (
+from shared.core.contract import (
     LIMITS,
     MAX_MESSAGE_BYTES,
     Action,
@@ -24,7 +24,7 @@ from shared.contract import (
     SourceSystem,
     parse_grant,
 )
-from shared.errors import ContractError, Reason
+from shared.core.errors import ContractError, Reason
 
 AU = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
 USER = "15c1a2d5-9101-44b2-83ab-885db8a647ca"

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from azure.servicebus import ServiceBusReceivedMessage
 
-from shared.backends import HeldDeadLetter, LocalBackend, Outgoing, dead_letter_info, to_service_bus_message
-from shared.dlq import Selector, purge, resubmit, resubmitted_copy, run_dlq
-from shared.local.binding import to_received_message
-from shared.local.namespace import LocalNamespace
-from shared.local.queue import LocalQueue, ManualClock
+from grants_cli.backends import HeldDeadLetter, LocalBackend, Outgoing, dead_letter_info, to_service_bus_message
+from grants_cli.dlq import Selector, purge, resubmit, resubmitted_copy, run_dlq
+from grants_local.binding import to_received_message
+from grants_local.namespace import LocalNamespace
+from grants_local.queue import LocalQueue, ManualClock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,7 +156,7 @@ def test_given_a_local_bulk_job_when_dead_letters_are_resubmitted_then_they_run_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Separate commands share the local namespace; a resubmitted message's retries are not deduplicated away."""
-    from shared.__main__ import main
+    from grants_cli.main import main
 
     monkeypatch.setenv("GRANTS_LOCAL_NAMESPACE", str(tmp_path / "ns"))
     for name in ("GRAPH_BASE_URL", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AZURE_CLIENT_ID", "MSI_ENDPOINT"):

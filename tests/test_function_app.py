@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 
 import function_app
+from grants_local.binding import to_received_message
+from grants_local.graph_double import Fault, GraphDouble
+from grants_local.host import LocalHost, OutcomeRecorder, registered_function
+from grants_local.queue import LocalQueue, LocalSender, ManualClock
+from grants_local.run import run_local, virtual_governor
+from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
 from shared.bootstrap import Services, bootstrap
-from shared.config import ConfigError
-from shared.local.binding import to_received_message
-from shared.local.graph_double import Fault, GraphDouble
-from shared.local.host import LocalHost, OutcomeRecorder, registered_function
-from shared.local.queue import LocalQueue, LocalSender, ManualClock
-from shared.local.run import run_local, virtual_governor
-from shared.local.settlement import LocalSettlementServer, point_message_actions_at
+from shared.core.errors import ConfigError
 from shared.runtime import installed
-from shared.settlement import Delivery, Settled, settle
+from shared.service.settlement import Delivery, Settled, settle
 from tests.conftest import AU, LATE_USER, UNKNOWN, USER, USER_2, settings_for
 
 GRANT = registered_function(function_app.app, "grant_membership")

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
+from grants_local.graph_double import Fault, GraphDouble
+from grants_local.queue import ManualClock
+from shared.adapters.governor import WriteGovernor
 from shared.bootstrap import Services
-from shared.governor import WriteGovernor
-from shared.local.graph_double import Fault, GraphDouble
-from shared.local.queue import ManualClock
 from tests.test_grant_engine import command
 
 

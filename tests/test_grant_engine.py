@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
+from grants_local.graph_double import Fault, GraphDouble
+from grants_local.queue import LocalQueue, LocalSender
+from grants_local.token_endpoint import TokenEndpoint
+from shared.adapters.graph import USER_AGENT, path
 from shared.bootstrap import Services, bootstrap
-from shared.contract import GrantCommand, parse_grant
-from shared.errors import PermanentError, Reason, TransientError
-from shared.graph import USER_AGENT, path
-from shared.handlers import Outcome
-from shared.local.graph_double import Fault, GraphDouble
-from shared.local.queue import LocalQueue, LocalSender
-from shared.local.token_endpoint import TokenEndpoint
+from shared.core.contract import GrantCommand, parse_grant
+from shared.core.errors import PermanentError, Reason, TransientError
+from shared.service.membership import Outcome
 from tests.conftest import (
     AU,
     AU_OTHER,

@@ -17,9 +17,9 @@ import pytest
 from azure.core.pipeline.transport import AsyncioRequestsTransport
 from azure.identity.aio import ManagedIdentityCredential
 
-from shared.local.graph_double import Fault, GraphDouble, LoggedRequest
-from shared.local.queue import ManualClock
-from shared.local.token_endpoint import TokenEndpoint
+from grants_local.graph_double import Fault, GraphDouble, LoggedRequest
+from grants_local.queue import ManualClock
+from grants_local.token_endpoint import TokenEndpoint
 
 #: One TLS context for every client: building one per httpx client costs ~40 ms (unused over http://).
 TLS = ssl.create_default_context()

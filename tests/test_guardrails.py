@@ -14,14 +14,15 @@ from typing import Any
 
 import pytest
 
+from grants_local.binding import to_received_message
+from grants_local.graph_double import GraphDouble
+from grants_local.queue import LocalQueue, LocalSender
+from grants_local.token_endpoint import TokenEndpoint
 from shared.bootstrap import bootstrap
-from shared.config import ConfigError, Settings
-from shared.contract import SourceSystem
-from shared.local.binding import to_received_message
-from shared.local.graph_double import GraphDouble
-from shared.local.queue import LocalQueue, LocalSender
-from shared.local.token_endpoint import TokenEndpoint
-from shared.policy import TIER0_ROLE_TEMPLATES, GrantPolicy
+from shared.config import Settings
+from shared.core.contract import SourceSystem
+from shared.core.errors import ConfigError
+from shared.core.policy import TIER0_ROLE_TEMPLATES, GrantPolicy
 from shared.runtime import services
 from tests.conftest import (
     AU,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from shared.contract import parse_grant
-from shared.errors import ContractError
+from shared.core.contract import parse_grant
+from shared.core.errors import ContractError
 from tests.conftest import AU, USER
 
 

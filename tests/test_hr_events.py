@@ -15,14 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import function_app
-from shared.config import ConfigError
-from shared.contract import parse_grant, to_document
-from shared.hr import HrEventError, derive_messages, parse_event
-from shared.hr_rules import HrRules
-from shared.local.demo import EXAMPLES
-from shared.local.host import LocalHost, OutcomeRecorder, registered_function
-from shared.local.queue import LocalQueue, LocalSender
-from shared.local.settlement import LocalSettlementServer, point_message_actions_at
+from grants_local.demo import EXAMPLES
+from grants_local.host import LocalHost, OutcomeRecorder, registered_function
+from grants_local.queue import LocalQueue, LocalSender
+from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
+from shared.core.contract import parse_grant, to_document
+from shared.core.errors import ConfigError
+from shared.producers.hr import HrEventError, derive_messages, parse_event
+from shared.producers.hr_rules import HrRules
 from shared.runtime import check_configuration, services
 from tests.conftest import AU, AU_OTHER, HELPDESK_TEMPLATE, USER, Run
 

@@ -14,8 +14,8 @@ from azurefunctions.extensions.bindings.servicebus.serviceBusMessageActions impo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.local.binding import LOCK_TOKEN_MARKER, to_model_binding_data, to_received_message
-from shared.local.queue import (
+from grants_local.binding import LOCK_TOKEN_MARKER, to_model_binding_data, to_received_message
+from grants_local.queue import (
     MAX_DELIVERY_COUNT_EXCEEDED,
     LocalQueue,
     LocalSender,
@@ -24,7 +24,7 @@ from shared.local.queue import (
     ManualClock,
     SendFailedError,
 )
-from shared.local.settlement import LocalSettlementServer, SettlementCall, point_message_actions_at
+from grants_local.settlement_server import LocalSettlementServer, SettlementCall, point_message_actions_at
 
 START = 1_700_000_000.0
 

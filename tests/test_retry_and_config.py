@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import APP_ROOT, APP_SETTINGS, ConfigError, Settings
-from shared.errors import Reason, TransientError
-from shared.retry import GiveUp, Retry, RetryPolicy
+from shared.config import APP_ROOT, APP_SETTINGS, Settings
+from shared.core.errors import ConfigError, Reason, TransientError
+from shared.core.retry import GiveUp, Retry, RetryPolicy
 
 UNAVAILABLE = TransientError(Reason.GRAPH_UNAVAILABLE, "503")
 MISSING_MEMBER = TransientError(Reason.MEMBER_NOT_FOUND, "404")

@@ -10,9 +10,9 @@ import time
 
 import httpx
 
-from shared.local.demo import EXAMPLES
-from shared.local.serve import LOCAL_WEBHOOK_SECRET, serve_local
-from shared.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from grants_local.demo import EXAMPLES
+from grants_local.serve import LOCAL_WEBHOOK_SECRET, serve_local
+from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 ALICE = "11111111-1111-4111-8111-111111111111"
 HELPDESK_TEMPLATE = "729827e3-9c14-49f7-bb1b-9608f156bbb8"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from shared.servicebus import retry_copy
-from shared.settlement import retry_message_id
+from shared.adapters.servicebus import retry_copy
+from shared.service.settlement import retry_message_id
 
 
 def test_retry_copy_is_a_scheduled_service_bus_message_with_a_new_id() -> None:

@@ -12,8 +12,8 @@ from azure.core.exceptions import ClientAuthenticationError
 from azure.core.pipeline.transport import AsyncioRequestsTransport
 from azure.identity.aio import ManagedIdentityCredential
 
-from shared.local.queue import ManualClock
-from shared.local.token_endpoint import API_VERSION, TokenEndpoint
+from grants_local.queue import ManualClock
+from grants_local.token_endpoint import API_VERSION, TokenEndpoint
 
 #: One TLS context for every client: building one per httpx client costs ~40 ms (unused over http://).
 TLS = ssl.create_default_context()

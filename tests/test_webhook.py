@@ -13,11 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import function_app
-from shared.config import ConfigError, Settings
-from shared.contract import MAX_MESSAGE_BYTES, parse_grant
-from shared.local.host import registered_function
-from shared.local.queue import LocalQueue, LocalSender, ManualClock
-from shared.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, receive, sign
+from grants_local.host import registered_function
+from grants_local.queue import LocalQueue, LocalSender, ManualClock
+from shared.config import Settings
+from shared.core.contract import MAX_MESSAGE_BYTES, parse_grant
+from shared.core.errors import ConfigError
+from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, receive, sign
 from tests.conftest import AU, HELPDESK_TEMPLATE, USER, USER_2, Run
 
 WEBHOOK = registered_function(function_app.app, "grant_webhook")

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any, Final
 
-from shared.contract import Action, AdministrativeUnit, DirectoryRole, GrantCommand, Guid, ScopedRole
-from shared.errors import GraphAnswer, PermanentError, Reason, TransientError
-from shared.graph import GraphClient, GraphResponse, path, raise_for_graph
+from shared.adapters.graph import GraphClient, GraphResponse, path, raise_for_graph
+from shared.core.contract import Action, AdministrativeUnit, DirectoryRole, GrantCommand, Guid, ScopedRole
+from shared.core.errors import GraphAnswer, PermanentError, Reason, TransientError
 
 __all__ = ["Outcome", "Result", "handle_grant"]
 

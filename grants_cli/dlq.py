@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, TextIO
 
-from shared.backends import Backend, DeadLetterInfo, HeldDeadLetter, LocalBackend, Outgoing, open_backend
-from shared.contract import derived_request_id
-from shared.settlement import RESUBMISSION
+from grants_cli.backends import Backend, DeadLetterInfo, HeldDeadLetter, LocalBackend, Outgoing, open_backend
+from shared.core.contract import derived_request_id
+from shared.service.settlement import RESUBMISSION
 
 __all__ = ["Selector", "print_list", "print_show", "purge", "resubmit", "resubmitted_copy", "run_dlq", "select"]
 

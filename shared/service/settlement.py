@@ -21,10 +21,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
-from shared.contract import AdministrativeUnit, DirectoryRole, GrantCommand, ScopedRole, derived_request_id, parse_grant
-from shared.errors import ContractError, GrantError, GraphAnswer, PermanentError, TransientError
-from shared.handlers import Result
-from shared.retry import GiveUp, RetryPolicy
+from shared.core.contract import (
+    AdministrativeUnit,
+    DirectoryRole,
+    GrantCommand,
+    ScopedRole,
+    derived_request_id,
+    parse_grant,
+)
+from shared.core.errors import ContractError, GrantError, GraphAnswer, PermanentError, TransientError
+from shared.core.retry import GiveUp, RetryPolicy
+from shared.service.membership import Result
 
 __all__ = [
     "ATTEMPT",

@@ -26,18 +26,18 @@ from typing import Any, TextIO, cast
 
 import azure.functions as func
 
+from grants_local._http import LoopbackServer, Request, Response
+from grants_local.demo import EXAMPLES
+from grants_local.graph_double import GraphDouble
+from grants_local.host import LocalHost, registered_function
+from grants_local.queue import LocalQueue, LocalSender
+from grants_local.run import os_environment
+from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
+from grants_local.token_endpoint import TokenEndpoint
 from shared.bootstrap import bootstrap
 from shared.config import Settings
-from shared.local._http import LoopbackServer, Request, Response
-from shared.local.demo import EXAMPLES
-from shared.local.graph_double import GraphDouble
-from shared.local.host import LocalHost, registered_function
-from shared.local.queue import LocalQueue, LocalSender
-from shared.local.run import os_environment
-from shared.local.settlement import LocalSettlementServer, point_message_actions_at
-from shared.local.token_endpoint import TokenEndpoint
 from shared.runtime import installed
-from shared.settlement import outcome_log
+from shared.service.settlement import outcome_log
 
 __all__ = ["LOCAL_WEBHOOK_SECRET", "serve_local"]
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
+    "ConfigError",
     "ContractError",
     "GrantError",
     "GraphAnswer",
@@ -83,6 +84,13 @@ class ContractError(PermanentError):
     def __init__(self, reason: Reason, description: str, *, request_id: str | None = None) -> None:
         super().__init__(reason, description)
         self.request_id = request_id
+
+
+class ConfigError(ValueError):
+    """A setting, the grant policy, the HR rules or a command's options cannot be used; the message names it.
+
+    Raised at start-up (the app does not start) or by an operator command (exit code 2), never per message.
+    """
 
 
 class TransientError(GrantError):

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from grants_local.host import LineOutcome, LocalHost, OutcomeRecorder, line_outcomes, registered_function
+from grants_local.queue import DeadLetter, LocalQueue, LocalSender, ManualClock
+from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
+from shared.adapters.governor import WriteGovernor
 from shared.bootstrap import bootstrap
-from shared.config import APP_ROOT, ConfigError, Settings
-from shared.governor import WriteGovernor
-from shared.local.host import LineOutcome, LocalHost, OutcomeRecorder, line_outcomes, registered_function
-from shared.local.queue import DeadLetter, LocalQueue, LocalSender, ManualClock
-from shared.local.settlement import LocalSettlementServer, point_message_actions_at
+from shared.config import APP_ROOT, Settings
+from shared.core.errors import ConfigError
 from shared.runtime import installed
 
 __all__ = [
@@ -132,8 +133,8 @@ def graph_environment(env: Mapping[str, str], *, clock: Callable[[], float]) -> 
     if env.get("GRAPH_BASE_URL"):
         yield dict(env)
         return
-    from shared.local.graph_double import GraphDouble
-    from shared.local.token_endpoint import TokenEndpoint
+    from grants_local.graph_double import GraphDouble
+    from grants_local.token_endpoint import TokenEndpoint
 
     with TokenEndpoint() as tokens, GraphDouble(tokens, clock=clock) as graph:
         graph.load(EXAMPLES / "directory.json")

@@ -1,6 +1,6 @@
 """Bulk jobs: a CSV or JSON-lines file of grants, validated as a whole, then sent in batches.
 
-Every row becomes a contract-v1 message body and is read back with `shared.contract.parse_grant`, the
+Every row becomes a contract-v1 message body and is read back with `shared.core.contract.parse_grant`, the
 parser the trigger uses, so a job never sends what the app would dead-letter as bad input. Each message's
 MessageId is ``<job-id>:<row>``: sending the same job again is absorbed by the queue's duplicate detection.
 
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from shared.backends import Backend, LocalBackend, Outgoing, SendReport, open_backend
-from shared.contract import parse_grant
-from shared.errors import ContractError
+from grants_cli.backends import Backend, LocalBackend, Outgoing, SendReport, open_backend
+from shared.core.contract import parse_grant
+from shared.core.errors import ContractError
 
 __all__ = [
     "CSV_COLUMNS",

@@ -31,7 +31,7 @@ from azurefunctions.extensions.bindings.protos.settlement_pb2_grpc import add_Se
 from azurefunctions.extensions.bindings.servicebus import ServiceBusMessageActions
 from google.protobuf.empty_pb2 import Empty  # type: ignore[import-untyped]
 
-from shared.local.queue import LocalQueue, LockLostError
+from grants_local.queue import LocalQueue, LockLostError
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_LENGTH",

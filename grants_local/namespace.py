@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from shared.local.queue import LocalQueue, ManualClock
+from grants_local.queue import LocalQueue, ManualClock
 
 __all__ = ["DEFAULT_NAMESPACE", "LocalNamespace", "namespace_directory"]
 

@@ -35,7 +35,7 @@ from azurefunctions.extensions.bindings.servicebus import ServiceBusConverter, S
 from uamqp.message import MessageHeader, MessageProperties
 from uamqp.types import AMQPLong
 
-from shared.local.queue import LockedMessage
+from grants_local.queue import LockedMessage
 
 __all__ = [
     "LOCK_TOKEN_MARKER",

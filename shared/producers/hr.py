@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final
 
-from shared.contract import parse_grant, parse_guid
-from shared.errors import ContractError, Reason
-from shared.hr_rules import ATTRIBUTES, HrRules
-from shared.settlement import MAX_DESCRIPTION_CHARS, Delivery, MessageActions, RetrySender, Settled, outcome_log
+from shared.core.contract import parse_grant, parse_guid
+from shared.core.errors import ContractError, Reason
+from shared.producers.hr_rules import ATTRIBUTES, HrRules
+from shared.service.settlement import MAX_DESCRIPTION_CHARS, Delivery, MessageActions, RetrySender, Settled, outcome_log
 
 __all__ = ["HrEvent", "HrEventError", "derive_messages", "parse_event", "settle_hr_event"]
 

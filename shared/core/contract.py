@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, NewType, TypeVar
 
-from shared.errors import ContractError, Reason
+from shared.core.errors import ContractError, Reason
 
 __all__ = [
     "MAX_MESSAGE_BYTES",

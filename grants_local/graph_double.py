@@ -57,8 +57,8 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple
 
-from shared.local._http import LoopbackServer, Request, Response
-from shared.local.token_endpoint import TokenEndpoint
+from grants_local._http import LoopbackServer, Request, Response
+from grants_local.token_endpoint import TokenEndpoint
 
 __all__ = ["Fault", "GraphDouble", "LoggedRequest", "PermissionKind", "PrincipalType"]
 

@@ -15,12 +15,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from shared.contract import Action, DirectoryRole, GrantCommand, Guid, derived_request_id, to_document
-from shared.errors import GrantError, PermanentError, Reason, TransientError
-from shared.graph import GraphClient
-from shared.handlers import Outcome, Result, handle_grant
-from shared.policy import GrantPolicy, RoleTemplates
-from shared.settlement import RetrySender
+from shared.adapters.graph import GraphClient
+from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, derived_request_id, to_document
+from shared.core.errors import GrantError, PermanentError, Reason, TransientError
+from shared.core.policy import GrantPolicy
+from shared.service.membership import Outcome, Result, handle_grant
+from shared.service.roles import RoleTemplates
+from shared.service.settlement import RetrySender
 
 __all__ = ["EXPIRY_OF", "GrantService", "expiry_command"]
 

@@ -6,8 +6,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shared.config import Settings
-from shared.errors import Reason, TransientError
+from shared.core.errors import Reason, TransientError
 
 __all__ = ["GiveUp", "Retry", "RetryPolicy"]
 
@@ -41,15 +40,6 @@ class RetryPolicy:
     max_delay: float = 900.0
     member_not_found_window: float = 600.0
     jitter: Callable[[], float] = field(default=random.random, repr=False)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(
-            max_attempts=settings.max_attempts,
-            base_delay=settings.retry_base_seconds,
-            max_delay=settings.retry_max_seconds,
-            member_not_found_window=settings.member_not_found_window_seconds,
-        )
 
     def decide(self, *, attempt: int, error: TransientError, elapsed: float) -> Retry | GiveUp:
         """Decide after failed `attempt`, `elapsed` seconds after the first attempt started."""

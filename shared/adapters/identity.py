@@ -20,7 +20,7 @@ from azure.core.rest import HttpRequest
 from azure.core.rest._http_response_impl_async import AsyncHttpResponseImpl
 from azure.core.utils import CaseInsensitiveDict
 
-from shared.errors import Reason, TransientError
+from shared.core.errors import Reason, TransientError
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessTokenInfo

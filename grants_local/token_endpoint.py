@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
-from shared.local._http import LoopbackServer, Request, Response
+from grants_local._http import LoopbackServer, Request, Response
 
 __all__ = ["API_VERSION", "TokenEndpoint"]
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from shared.contract import MAX_MESSAGE_BYTES, parse_grant
-from shared.errors import ContractError, Reason
-from shared.settlement import RetrySender
+from shared.core.contract import MAX_MESSAGE_BYTES, parse_grant
+from shared.core.errors import ContractError, Reason
+from shared.service.settlement import RetrySender
 
 __all__ = [
     "FUTURE_SKEW_SECONDS",

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from shared.config import ConfigError
-from shared.contract import parse_grant, to_document
-from shared.errors import ContractError
+from shared.core.contract import parse_grant, to_document
+from shared.core.errors import ConfigError, ContractError
 
 __all__ = ["ATTRIBUTES", "HrRules", "Rule"]
 

@@ -7,33 +7,29 @@ policy names that template explicitly for that source. Without a policy file the
 every source administrative units and every non-tier-0 role.
 
 A refused command raises `PermanentError(PolicyDenied)` whose description names the rule. A role given by
-object id is checked by its template, looked up once per role with ``GET /directoryRoles/{id}`` and cached.
+object id is checked by its template (`shared.service.roles` looks it up).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from shared.config import ConfigError
-from shared.contract import (
+from shared.core.contract import (
     Action,
     AdministrativeUnit,
-    DirectoryRole,
     GrantCommand,
     Guid,
     ScopedRole,
     SourceSystem,
     parse_guid,
 )
-from shared.errors import ContractError, PermanentError, Reason
-from shared.graph import GraphClient, path, raise_for_graph
+from shared.core.errors import ConfigError, ContractError, PermanentError, Reason
 
-__all__ = ["TIER0_ROLE_TEMPLATES", "GrantPolicy", "RoleTemplates", "SourceRules"]
+__all__ = ["TIER0_ROLE_TEMPLATES", "GrantPolicy", "SourceRules"]
 
 ANY: Final = "*"
 
@@ -133,38 +129,6 @@ class GrantPolicy:
                 "administrative units and non-tier-0 directory roles; tier-0 roles are refused)"
             )
         return f"grant policy from {self.origin}: sources {', '.join(sorted(s.value for s in self.sources))}"
-
-
-@dataclass
-class RoleTemplates:
-    """The template of each directory role object id, looked up once per process (concurrent callers wait)."""
-
-    _known: dict[str, Guid] = field(default_factory=dict)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def template_of(self, target: DirectoryRole, graph: GraphClient) -> Guid:
-        if target.role_template_id is not None:
-            return target.role_template_id
-        assert target.id is not None
-        if target.id in self._known:
-            return self._known[target.id]
-        async with self._lock:
-            if target.id not in self._known:
-                self._known[target.id] = await self._look_up(target.id, graph)
-        return self._known[target.id]
-
-    @staticmethod
-    async def _look_up(role_id: Guid, graph: GraphClient) -> Guid:
-        response = await graph.send("GET", path("directoryRoles", role_id))
-        if response.status == 404:
-            raise PermanentError(
-                Reason.TARGET_NOT_FOUND,
-                f"directory role {role_id} does not exist in this tenant",
-                graph=response.answer(),
-            )
-        if response.status != 200:
-            raise_for_graph(response, permission="RoleManagement.ReadWrite.Directory")
-        return Guid(str((response.body or {}).get("roleTemplateId", "")).lower())
 
 
 def _allows(allowed: frozenset[str], object_id: str) -> bool:

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from shared.local.binding import to_received_message
-from shared.local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LockedMessage, ManualClock
-from shared.settlement import outcome_log
+from grants_local.binding import to_received_message
+from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LockedMessage, ManualClock
+from shared.service.settlement import outcome_log
 
 __all__ = ["LineOutcome", "LocalHost", "OutcomeRecorder", "registered_function"]
 

@@ -20,9 +20,9 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.errors import GraphAnswer, PermanentError, Reason, TransientError
-from shared.governor import WriteGovernor
-from shared.identity import TokenSource
+from shared.adapters.governor import WriteGovernor
+from shared.adapters.identity import TokenSource
+from shared.core.errors import GraphAnswer, PermanentError, Reason, TransientError
 
 __all__ = ["USER_AGENT", "GraphClient", "GraphResponse", "new_http_client", "path", "raise_for_graph"]
 

@@ -12,10 +12,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
-from shared.local.graph_double import Fault, GraphDouble
-from shared.local.queue import ManualClock
-from shared.local.run import EXAMPLES, LocalRun, print_dead_letters, print_table, run_local
-from shared.local.token_endpoint import TokenEndpoint
+from grants_local.graph_double import Fault, GraphDouble
+from grants_local.queue import ManualClock
+from grants_local.run import EXAMPLES, LocalRun, print_dead_letters, print_table, run_local
+from grants_local.token_endpoint import TokenEndpoint
 
 __all__ = ["EXAMPLES", "demo"]
 

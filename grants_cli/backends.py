@@ -1,6 +1,6 @@
 """Where the operator commands (``submit``, ``dlq``) send and settle: Service Bus, or the local namespace's queue.
 
-`Backend` is what `shared.bulk` and `shared.dlq` need: send batches, send one message, peek the dead-letter
+`Backend` is what `grants_cli.bulk` and `grants_cli.dlq` need: send batches, send one message, peek the dead-letter
 sub-queue, peek-lock the next dead letter and complete or abandon it. `ServiceBusBackend` does it with
 azure-servicebus (synchronous client, `DefaultAzureCredential`: managed identity, environment, Azure CLI
 ``az login`` …, never an interactive browser), imported only when used; `LocalBackend` with a `LocalQueue`.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO
 
-from shared.local.queue import LocalQueue, PropertyValue
+from grants_local.queue import LocalQueue, PropertyValue
 
 if TYPE_CHECKING:
     from azure.servicebus import ServiceBusMessage
@@ -134,7 +134,7 @@ class LocalBackend:
     async def process(self, out: TextIO) -> None:
         """Deliver the queue to the registered function through the local host (as ``run-local`` does, against
         ``GRAPH_BASE_URL`` or the built-in doubles); print each message's terminal outcome."""
-        from shared.local.run import graph_environment, process_queue
+        from grants_local.run import graph_environment, process_queue
 
         with graph_environment(os.environ, clock=self.clock) as env:
             recorder = await process_queue(self.queue, env=env, clock=self.clock)
@@ -360,7 +360,7 @@ def open_backend(*, local: bool, namespace: str | None, queue: str) -> Iterator[
     """The local namespace's queue (``local``), or the Service Bus queue in `namespace` (``--namespace``, else
     ``ServiceBusConnection__fullyQualifiedNamespace``); raise `UsageError` when neither is given."""
     if local:
-        from shared.local.namespace import LocalNamespace, namespace_directory
+        from grants_local.namespace import LocalNamespace, namespace_directory
 
         with LocalNamespace(namespace_directory()).open(queue) as (local_queue, clock):
             yield LocalBackend(local_queue, clock=clock)

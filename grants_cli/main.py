@@ -1,0 +1,121 @@
+"""The ``grants`` command (also ``python -m shared``): ``submit FILE`` and ``dlq …`` against Service Bus or the
+local namespace; ``demo``, ``run-local MESSAGES`` and ``serve-local`` on the local doubles."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc loads: no C-core chatter on stderr
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="grants", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log the app's outcome lines to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run-local", help="run a JSON-lines file of messages through the local host")
+    run.add_argument("messages", type=Path, help="one message body per line")
+    run.add_argument("--json", action="store_true", help="print one JSON object per input line")
+    run.add_argument("--concurrency", type=int, default=16, help="invocations at once (maxConcurrentCalls)")
+    run.add_argument("--dry-run", action="store_true", help="read only: report what would change (GRANTS_DRY_RUN)")
+    commands.add_parser("demo", help="run the examples against the built-in Graph and token doubles")
+    serve = commands.add_parser("serve-local", help="serve the webhook and the HR and grants queues on loopback")
+    serve.add_argument("--port", type=int, default=7071, help="the webhook's port on 127.0.0.1")
+    _add_bulk_and_dlq(commands)
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.INFO if args.verbose else logging.ERROR)
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+    if args.command == "run-local":
+        from grants_local.run import print_json, print_table, run_local
+
+        lines = args.messages.read_bytes().splitlines()
+        env = {**os.environ, **({"GRANTS_DRY_RUN": "true"} if args.dry_run else {})}
+        result = asyncio.run(run_local(lines, env=env, concurrency=args.concurrency))
+        if args.json:
+            print_json(result, sys.stdout)
+        else:
+            print_table(result, sys.stdout)
+        return 0 if result.complete else 1
+
+    if args.command in ("submit", "dlq"):
+        return _bulk_or_dlq(args)
+
+    if args.command == "serve-local":
+        from grants_local.serve import serve_local
+
+        try:
+            return asyncio.run(serve_local(sys.stdout, port=args.port))
+        except KeyboardInterrupt:
+            return 0
+
+    from grants_local.demo import demo
+
+    return asyncio.run(demo(sys.stdout))
+
+
+def _add_bulk_and_dlq(commands: Any) -> None:
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--local", action="store_true", help="the local namespace's queue (GRANTS_LOCAL_NAMESPACE)")
+    where.add_argument(
+        "--namespace", help="Service Bus namespace (default: ServiceBusConnection__fullyQualifiedNamespace)"
+    )
+    where.add_argument("--queue", default=os.environ.get("GRANTS_QUEUE", "grant-membership"), help="queue name")
+    submit = commands.add_parser("submit", parents=[where], help="validate a CSV / JSON-lines bulk job and send it")
+    submit.add_argument("file", type=Path, help="CSV (.csv) or JSON lines (one message body per line)")
+    submit.add_argument("--job-id", help="MessageIds are <job-id>:<row> (default: from the file's SHA-256)")
+    submit.add_argument("--dry-run", action="store_true", help="validate and print what would be sent")
+    submit.add_argument("--skip-invalid", action="store_true", help="send the valid rows even if some are not")
+    dlq = commands.add_parser("dlq", help="list, show, resubmit or purge dead letters")
+    actions = dlq.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", parents=[where], help="table of dead letters").add_argument("--reason")
+    actions.add_parser("show", parents=[where], help="one dead letter in full").add_argument("id")
+    resubmit = actions.add_parser("resubmit", parents=[where], help="send fresh copies, then remove the dead letters")
+    chosen = resubmit.add_mutually_exclusive_group()
+    chosen.add_argument("--reason", help="only dead letters with this reason code")
+    chosen.add_argument("--id", help="only the dead letter with this requestId or MessageId")
+    resubmit.add_argument("--dry-run", action="store_true", help="list what would be resubmitted")
+    purge = actions.add_parser("purge", parents=[where], help="delete dead letters for good (needs --yes)")
+    purge.add_argument("--reason")
+    purge.add_argument("--yes", action="store_true", help="confirm the deletion")
+
+
+def _bulk_or_dlq(args: argparse.Namespace) -> int:
+    from grants_cli.backends import UsageError
+
+    try:
+        if args.command == "submit":
+            from grants_cli.bulk import run_submit
+
+            return run_submit(
+                path=args.file,
+                job_id=args.job_id,
+                dry_run=args.dry_run,
+                skip_invalid=args.skip_invalid,
+                local=args.local,
+                namespace=args.namespace,
+                queue=args.queue,
+                out=sys.stdout,
+                err=sys.stderr,
+            )
+        from grants_cli.dlq import Selector, run_dlq
+
+        return run_dlq(
+            action=args.action,
+            selector=Selector(reason=getattr(args, "reason", None), id=getattr(args, "id", None)),
+            dry_run=getattr(args, "dry_run", False),
+            yes=getattr(args, "yes", False),
+            local=args.local,
+            namespace=args.namespace,
+            queue=args.queue,
+            out=sys.stdout,
+        )
+    except UsageError as error:
+        sys.stderr.write(f"grants: error: {error}\n")
+        return 2

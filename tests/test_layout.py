@@ -1,0 +1,117 @@
+"""The floor plan: only the app ships, and imports run one way (entry → service → core, adapters at the edge)."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GIT = shutil.which("git") or "git"
+
+#: Which of the app's layers each layer may import (besides itself, the standard library and third parties).
+LAYERS: dict[str, set[str]] = {
+    "shared.core": set(),
+    "shared.adapters": {"shared.core"},
+    "shared.service": {"shared.core", "shared.adapters"},
+    "shared.producers": {"shared.core", "shared.adapters", "shared.service"},
+    "shared.config": {"shared.core"},
+    "shared.bootstrap": {"shared.core", "shared.adapters", "shared.service", "shared.producers", "shared.config"},
+    "shared.runtime": {"shared"},
+}
+NOT_SHIPPED = ("grants_cli", "grants_local", "tests", "benchmarks", "infra")
+
+
+def git(*args: str, stdin: str | None = None) -> str:
+    """What git prints (check-ignore exits 1 when nothing is ignored, so the exit code is not checked)."""
+    return subprocess.run([GIT, *args], cwd=ROOT, input=stdin, capture_output=True, text=True).stdout  # noqa: S603
+
+
+def deployed_files() -> set[str]:
+    """The tracked files `.funcignore` lets through to Azure (as the deploy tools read it: gitignore syntax)."""
+    checked = git(
+        "-c",
+        "core.excludesFile=.funcignore",
+        "check-ignore",
+        "--no-index",
+        "--stdin",
+        "-v",
+        "-n",
+        stdin=git("ls-files"),
+    )
+    return {line.split("\t", 1)[1] for line in checked.splitlines() if line.startswith("::\t")}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> Iterator[str]:
+    """Every module `path` imports, at the top or inside a function."""
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+def app_modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted((ROOT / "shared").rglob("*.py")) if path.name != "__main__.py"}
+
+
+def test_only_the_app_is_deployed() -> None:
+    """function_app.py, host.json, requirements.txt and the shared/ package; no CLI, double, test or doc."""
+    app = {name for name in git("ls-files", "shared").split() if name != "shared/__main__.py"}
+    assert deployed_files() == {"function_app.py", "host.json", "requirements.txt", *app}
+
+
+@pytest.mark.parametrize("name", [*sorted(app_modules()), "function_app"])
+def test_the_app_imports_nothing_that_is_not_deployed(name: str) -> None:
+    path = ROOT / "function_app.py" if name == "function_app" else app_modules()[name]
+    leaks = [module for module in imports(path) if module.split(".")[0] in NOT_SHIPPED]
+    assert leaks == [], f"{name} imports what is not deployed"
+
+
+@pytest.mark.parametrize("name", sorted(app_modules()))
+def test_imports_run_one_way(name: str) -> None:
+    """Core imports no other layer; adapters only core; the service core and adapters; and so on."""
+    layer = next((prefix for prefix in LAYERS if name == prefix or name.startswith(prefix + ".")), None)
+    if layer is None:
+        assert name == "shared"
+        return
+    allowed = LAYERS[layer] | {layer}
+    for module in imports(app_modules()[name]):
+        if module.split(".")[0] != "shared" or module == "shared":
+            continue
+        assert any(module == prefix or module.startswith(prefix + ".") for prefix in allowed), (
+            f"{name} ({layer}) may not import {module}"
+        )
+
+
+def test_no_import_cycles() -> None:
+    """Between the modules of the app, the CLI and the local doubles (top-level and deferred imports alike)."""
+    modules = {
+        module_name(path): path
+        for package in ("shared", "grants_cli", "grants_local")
+        for path in (ROOT / package).rglob("*.py")
+        if path.name != "__main__.py"
+    }
+    graph = {name: {m for m in imports(path) if m in modules and m != name} for name, path in modules.items()}
+    done: set[str] = set()
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if name in trail:
+            raise AssertionError("import cycle: " + " -> ".join((*trail[trail.index(name) :], name)))
+        if name in done:
+            return
+        for other in sorted(graph[name]):
+            visit(other, (*trail, name))
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, ())
