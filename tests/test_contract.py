@@ -23,6 +23,7 @@ from shared.core.contract import (
     MemberType,
     SourceSystem,
     parse_grant,
+    to_document,
 )
 from shared.core.errors import ContractError, Reason
 
@@ -95,6 +96,20 @@ def test_offset_timestamp_is_converted_to_utc() -> None:
     assert command.expires_at == datetime(2027, 1, 31, tzinfo=UTC)
 
 
+def test_requested_at_is_optional_and_read_as_utc() -> None:
+    """Given requestedAt with an offset, the command holds it in UTC; without it, None (old messages stay valid)."""
+    assert parse_grant(encode(message())).requested_at is None
+    command = parse_grant(encode(message(requestedAt="2026-05-01T09:30:00.25-04:00")))
+    assert command.requested_at == datetime(2026, 5, 1, 13, 30, 0, 250000, tzinfo=UTC)
+
+
+def test_requested_at_survives_to_document_and_back() -> None:
+    command = parse_grant(encode(message(requestedAt="2026-05-01T09:30:00+02:00")))
+    document = to_document(command)
+    assert document["requestedAt"] == "2026-05-01T07:30:00Z"
+    assert parse_grant(encode(document)) == command
+
+
 @pytest.mark.parametrize(
     ("body", "reason", "says"),
     [
@@ -147,6 +162,12 @@ def test_offset_timestamp_is_converted_to_utc() -> None:
         (encode(message(requestedBy="a\r\nforged")), Reason.SCHEMA_VIOLATION, "requestedBy must not contain control"),
         (encode(message(expiresAt="2027-01-31")), Reason.SCHEMA_VIOLATION, "expiresAt must be an RFC 3339"),
         (encode(message(expiresAt="2027-02-30T00:00:00Z")), Reason.SCHEMA_VIOLATION, "expiresAt must be an RFC 3339"),
+        (
+            encode(message(requestedAt="2026-05-01T09:30:00")),
+            Reason.SCHEMA_VIOLATION,
+            "requestedAt must be an RFC 3339",
+        ),
+        (encode(message(requestedAt=1767225600)), Reason.SCHEMA_VIOLATION, "requestedAt must be a string"),
     ],
 )
 def test_bad_input_is_refused_with_a_specific_reason(body: bytes, reason: Reason, says: str) -> None:
@@ -248,6 +269,7 @@ def test_schema_names_the_same_fields_enums_and_limits_as_the_model() -> None:
         "requestedBy",
         "reason",
         "expiresAt",
+        "requestedAt",
         "dryRun",
     }
     assert properties["action"]["enum"] == [a.value for a in Action]
@@ -276,6 +298,8 @@ field_values = st.one_of(
             "add",
             "remove",
             "2027-01-31T00:00:00Z",
+            "2026-05-01T09:30:00.5+02:00",
+            "2026-05-01T09:30:00",
             "2027-01-31",
             "a\nb",
             "x" * 300,
@@ -309,7 +333,18 @@ def mutated_messages(draw: st.DrawFn) -> dict[str, Any]:
         parts = [document, *(document.get(name) for name in ("target", "member", "source"))]
         where = draw(st.sampled_from([part for part in parts if isinstance(part, dict)]))
         key = draw(
-            st.sampled_from([*where.keys(), "id", "type", "roleTemplateId", "administrativeUnitId", "dryRun", "extra"])
+            st.sampled_from(
+                [
+                    *where.keys(),
+                    "id",
+                    "type",
+                    "roleTemplateId",
+                    "administrativeUnitId",
+                    "dryRun",
+                    "requestedAt",
+                    "extra",
+                ]
+            )
         )
         value = copy.deepcopy(draw(field_values))  # [] and {} are shared objects: never mutate them
         if value is None:

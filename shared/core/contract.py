@@ -122,6 +122,8 @@ class GrantCommand:
     requested_by: str | None = None
     reason: str | None = None
     expires_at: datetime | None = None
+    #: When the intent was made (UTC): of two intents for one member and target, the later one wins.
+    requested_at: datetime | None = None
     dry_run: bool = False
 
 
@@ -137,6 +139,7 @@ _TOP_FIELDS: Final = (
     "requestedBy",
     "reason",
     "expiresAt",
+    "requestedAt",
     "dryRun",
 )
 
@@ -175,6 +178,7 @@ def to_document(command: GrantCommand) -> dict[str, Any]:
         "requestedBy": command.requested_by,
         "reason": command.reason,
         "expiresAt": command.expires_at.isoformat().replace("+00:00", "Z") if command.expires_at else None,
+        "requestedAt": command.requested_at.isoformat().replace("+00:00", "Z") if command.requested_at else None,
         "dryRun": command.dry_run or None,
     }
     document.update({key: value for key, value in optional.items() if value is not None})
@@ -295,6 +299,7 @@ def _parse_document(document: Mapping[str, Any]) -> GrantCommand:
         requested_by=_text(document, "requestedBy", ""),
         reason=_text(document, "reason", ""),
         expires_at=_timestamp(document, "expiresAt"),
+        requested_at=_timestamp(document, "requestedAt"),
         dry_run=_flag(document, "dryRun"),
     )
 
