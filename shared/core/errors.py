@@ -40,6 +40,9 @@ class Reason(StrEnum):
     POLICY_DENIED = "PolicyDenied"
     EXPIRED = "Expired"
     EXPIRY_NOT_SCHEDULED = "ExpiryNotScheduled"
+    # The grant ledger: request ids are idempotency keys; one writer per member and target.
+    REQUEST_ID_CONFLICT = "RequestIdConflict"  # the id was used before for another request
+    PAIR_BUSY = "PairBusy"  # transient: another request for the same member and target holds its lease
     # Graph's answer.
     TARGET_NOT_FOUND = "TargetNotFound"
     MEMBER_NOT_FOUND = "MemberNotFound"
@@ -51,6 +54,7 @@ class Reason(StrEnum):
     GRAPH_REJECTED = "GraphRejected"
     # Our side.
     TOKEN_UNAVAILABLE = "TokenUnavailable"  # noqa: S105 (a reason code, not a secret)
+    LEDGER_UNAVAILABLE = "LedgerUnavailable"  # transient: the ledger's storage is unreachable, failing or throttling
 
 
 @dataclass(frozen=True, kw_only=True)

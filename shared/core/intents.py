@@ -1,0 +1,209 @@
+"""Intents per member and target, pure: which request may write, which is a duplicate, which is superseded.
+
+An *intent* is one request's wish for one (member, target) *pair*: add or remove, made at ``requested_at``.
+Two rules, decided here from what the ledger recorded (the adapter reads and writes it, ETag-guarded):
+
+- **Idempotency key** (`check_request`): a request id names one request. The same id with the same content
+  (`content_hash`) arriving in another message is a `DUPLICATE` (absorbed, nothing written); with other
+  content, a `CONFLICT` (refused, never dropped silently). Retry copies and redeliveries of the message that
+  first carried the id (its `origin`) are that request again (`SAME_MESSAGE`).
+- **Newest intent wins** (`admit`): intents for one pair are ordered by ``(requested_at, request_id)``. An
+  intent older than the newest recorded one is `Superseded` (no Graph write). Otherwise it may write once it
+  holds the pair's *lease*; a lease held by another attempt makes it `Wait` until the lease's expiry at the
+  latest, so a crashed worker cannot block the pair for longer than one lease. `release` gives the lease back
+  and records what was applied; a holder whose lease was taken over records nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from shared.core.contract import Action, AdministrativeUnit, DirectoryRole, GrantCommand, ScopedRole, Target
+
+__all__ = [
+    "Applied",
+    "Intent",
+    "Lease",
+    "PairState",
+    "Proceed",
+    "RequestCheck",
+    "RequestRecord",
+    "Superseded",
+    "Wait",
+    "admit",
+    "check_request",
+    "content_hash",
+    "intent_of",
+    "pair_of",
+    "release",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Intent:
+    """One request's wish for one pair. `content_hash` identifies what it asks (see `content_hash`)."""
+
+    request_id: str
+    content_hash: str
+    action: Action
+    requested_at: datetime
+    expires_at: datetime | None = None
+
+    @property
+    def order(self) -> tuple[datetime, str]:
+        """The ordering key: later `requested_at` is newer; equal times are ordered by request id."""
+        return (self.requested_at, self.request_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestRecord:
+    """What the ledger remembers of a request id: its content, the message that first carried it, its pair."""
+
+    request_id: str
+    content_hash: str
+    origin: str
+    pair: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """Write permission for one pair, held by one attempt (`token`) until `until`."""
+
+    token: str
+    request_id: str
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Applied:
+    """The last Graph write that succeeded for the pair: which request, which action, when."""
+
+    request_id: str
+    action: Action
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PairState:
+    """The ledger's record of one pair (None before its first intent)."""
+
+    newest: Intent
+    lease: Lease | None = None
+    applied: Applied | None = None
+
+
+class RequestCheck(StrEnum):
+    NEW = "new"
+    SAME_MESSAGE = "same_message"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class Proceed:
+    """Write `state` (ETag-guarded): the intent is the newest and holds the lease; it may write to Graph."""
+
+    state: PairState
+
+
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    """A newer intent is recorded for the pair: no Graph write."""
+
+    newest: Intent
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Another attempt holds the pair's lease until `until`: try again then (or earlier)."""
+
+    until: datetime
+    holder: str
+
+
+def pair_of(target: Target, member_id: str) -> str:
+    """The pair's identity, e.g. ``au.<unit>.<member>``; a role named by id and by template are two pairs."""
+    if isinstance(target, AdministrativeUnit):
+        where = f"au.{target.id}"
+    elif isinstance(target, ScopedRole):
+        where = f"scoped.{target.role_template_id}.{target.administrative_unit_id}"
+    elif isinstance(target, DirectoryRole) and target.id is not None:
+        where = f"role.{target.id}"
+    else:
+        where = f"template.{target.role_template_id}"
+    return f"{where}.{member_id}"
+
+
+def content_hash(command: GrantCommand) -> str:
+    """SHA-256 (hex) of what a request asks: action, pair, member type, source system, expiry, dry run.
+
+    Free text (``reason``, ``requestedBy``, ``source.reference``) and ``requestedAt`` (when it was asked:
+    a webhook fired twice gets two receive times) are not part of it.
+    """
+    asked = {
+        "action": command.action.value,
+        "pair": pair_of(command.target, command.member.id),
+        "memberType": command.member.type.value if command.member.type else None,
+        "source": command.source.system.value,
+        "expiresAt": command.expires_at.isoformat() if command.expires_at else None,
+        "dryRun": command.dry_run,
+    }
+    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+
+
+def intent_of(command: GrantCommand, *, requested_at: datetime) -> Intent:
+    """The command's intent; `requested_at` is the command's own when it has one, else the caller's stand-in."""
+    return Intent(
+        request_id=command.request_id,
+        content_hash=content_hash(command),
+        action=command.action,
+        requested_at=command.requested_at or requested_at,
+        expires_at=command.expires_at if command.action is Action.ADD else None,
+    )
+
+
+def check_request(record: RequestRecord | None, *, intent: Intent, origin: str) -> RequestCheck:
+    """Classify a delivery of `intent` (first carried by message `origin`) against its request id's record."""
+    if record is None:
+        return RequestCheck.NEW
+    if record.content_hash != intent.content_hash:
+        return RequestCheck.CONFLICT
+    if record.origin == origin:
+        return RequestCheck.SAME_MESSAGE
+    return RequestCheck.DUPLICATE
+
+
+def admit(
+    state: PairState | None, intent: Intent, *, token: str, now: datetime, lease_for: timedelta
+) -> Proceed | Superseded | Wait:
+    """Decide whether `intent` may write now (attempt `token`); `Proceed` carries the state to record.
+
+    Older than the recorded newest: `Superseded`, whoever holds the lease. Otherwise a live lease of another
+    token: `Wait` until it expires. Otherwise `Proceed`: the intent becomes (or stays) the newest and takes the
+    lease until ``now + lease_for``.
+    """
+    if state is not None:
+        if intent.order < state.newest.order:
+            return Superseded(state.newest)
+        lease = state.lease
+        if lease is not None and lease.token != token and lease.until > now:
+            return Wait(until=lease.until, holder=lease.request_id)
+    lease = Lease(token=token, request_id=intent.request_id, until=now + lease_for)
+    if state is None:
+        return Proceed(PairState(newest=intent, lease=lease))
+    return Proceed(replace(state, newest=intent, lease=lease))
+
+
+def release(state: PairState, *, token: str, applied: Action | None, now: datetime) -> PairState | None:
+    """The state after attempt `token` is done: lease returned and, if it wrote `applied`, that recorded.
+
+    None when `token` no longer holds the lease (it expired and was taken over): nothing is to be recorded.
+    """
+    if state.lease is None or state.lease.token != token:
+        return None
+    done = None if applied is None else Applied(request_id=state.lease.request_id, action=applied, at=now)
+    return replace(state, lease=None, applied=done or state.applied)
