@@ -26,15 +26,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Final, Self
+from typing import IO, TYPE_CHECKING, Final, Self
 
 if TYPE_CHECKING:
     from azure.core.credentials import AzureNamedKeyCredential
-    from azure.core.pipeline.transport import AsyncHttpTransport
-    from azure.data.tables.aio import TableClient
 
 __all__ = ["AZURITE_HOME", "DEV_ACCOUNT", "DEV_KEY", "AzuriteError", "AzuriteTables", "node_executable", "npm_command"]
 
@@ -160,17 +157,6 @@ class AzuriteTables:
         from azure.core.credentials import AzureNamedKeyCredential
 
         return AzureNamedKeyCredential(DEV_ACCOUNT, DEV_KEY)
-
-    async def new_table(
-        self, *, transport: AsyncHttpTransport[Any, Any] | None = None, prefix: str = "ledger"
-    ) -> TableClient:
-        """Create a table with a fresh random name and return its client (the caller closes it)."""
-        from azure.data.tables.aio import TableClient
-
-        name = f"{prefix}{uuid.uuid4().hex[:16]}"
-        client = TableClient(endpoint=self.endpoint, table_name=name, credential=self.credential(), transport=transport)
-        await client.create_table()
-        return client
 
     def __enter__(self) -> Self:
         return self.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from grants_local.queue import LocalQueue, LocalSender, ManualClock
 from grants_local.run import virtual_governor
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
 from grants_local.token_endpoint import TokenEndpoint
-from shared.adapters.identity import HttpxTransport
+from shared.adapters.ledger import table_client
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
 from shared.runtime import installed
@@ -165,9 +166,11 @@ def storage_calls() -> StorageCalls:
 
 @pytest.fixture
 async def ledger_table(azurite: AzuriteTables, storage_calls: StorageCalls) -> AsyncIterator[TableClient]:
-    """A fresh, empty table in Azurite, over httpx (`HttpxTransport`); requests after its creation are counted."""
+    """A fresh, empty table in Azurite (the app's `table_client`, over httpx); requests after its creation counted."""
     async with httpx.AsyncClient(event_hooks={"request": [storage_calls.record]}) as http:
-        table = await azurite.new_table(transport=HttpxTransport(http))
-        storage_calls.requests.clear()
+        name = f"ledger{uuid.uuid4().hex[:16]}"
+        table = table_client(endpoint=azurite.endpoint, table=name, credential=azurite.credential(), http=http)
         async with table:
+            await table.create_table()
+            storage_calls.requests.clear()
             yield table

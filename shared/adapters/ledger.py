@@ -1,0 +1,345 @@
+"""The grant ledger: request ids and the state of every (member, target) pair, in one Azure Table Storage table.
+
+The decisions are `shared.core.intents`'; this adapter reads and writes what they decide, every write guarded
+by the entity's ETag (a lost race re-reads and decides again), through ``azure-data-tables``' async client
+over the process's httpx client (`HttpxTransport`: no aiohttp).
+
+Two kinds of entity, each alone in its partition:
+
+- **request** ``(request.<readable>.<digest>, "request")``: ``requestId``, ``contentHash``, ``origin`` (the
+  MessageId that first carried it), ``pair``, ``recordedAt``. Created once (insert: a second insert fails).
+- **pair** ``(pair.<readable>.<digest>, "pair")``: ``pair``; the newest intent (``newestRequestId``,
+  ``newestContentHash``, ``newestAction``, ``newestRequestedAt``, ``newestExpiresAt``); the lease
+  (``leaseToken``, ``leaseRequestId``, ``leaseUntil``); the last write applied (``appliedRequestId``,
+  ``appliedAction``, ``appliedAt``). Absent fields are None.
+
+Keys are `table_key`: a readable prefix of the id (characters outside ``A-Z a-z 0-9 . _ -`` become ``_``) and
+a base32 SHA-256 digest of the whole id, so any id, however hostile (``/ \\ # ?``, control characters, quotes,
+lone surrogates, 1,000 characters), is a valid key, and two ids never share one.
+
+Cost of one grant with no contention: `begin` sends the request's insert and the pair's read at once, then
+the pair's write; `finish` one write: four requests in three sequential round trips. A duplicate or a retry
+adds one read of the request entity. The client's own retries are off (``retry_total=0``): every storage
+failure (unreachable, timeout, 5xx, 429, or any other answer this adapter does not expect) raises
+`TransientError(LedgerUnavailable)`, and the message's retry policy decides when to try again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import UpdateMode
+
+from shared.adapters.identity import HttpxTransport
+from shared.core.contract import Action
+from shared.core.errors import PermanentError, Reason, TransientError
+from shared.core.intents import (
+    Applied,
+    Intent,
+    Lease,
+    PairState,
+    Proceed,
+    RequestCheck,
+    RequestRecord,
+    Superseded,
+    Wait,
+    admit,
+    check_request,
+    release,
+)
+
+if TYPE_CHECKING:
+    import httpx
+    from azure.core.credentials import AzureNamedKeyCredential
+    from azure.core.credentials_async import AsyncTokenCredential
+    from azure.data.tables.aio import TableClient
+
+__all__ = ["Absorbed", "Admitted", "Ledger", "Ticket", "table_client", "table_key"]
+
+#: How long a lease lasts: longer than one Graph write can take (the service stops writing before it ends).
+LEASE_FOR: Final = timedelta(seconds=120)
+#: Lost ETag races in a row before `begin` gives up for now (`PairBusy`, retried shortly).
+MAX_RACES: Final = 5
+_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
+_REQUEST_ROW: Final = "request"
+_PAIR_ROW: Final = "pair"
+
+
+def table_key(kind: str, value: str) -> str:
+    """``<kind>.<readable>.<digest>``: `value`'s first 40 characters made safe, and 26 base32 digits of its SHA-256."""
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+    readable = _UNSAFE.sub("_", value[:40])
+    return f"{kind}.{readable}.{base64.b32encode(digest).decode().lower()[:26]}"
+
+
+def table_client(
+    *,
+    endpoint: str,
+    table: str,
+    credential: AsyncTokenCredential | AzureNamedKeyCredential,
+    http: httpx.AsyncClient,
+) -> TableClient:
+    """A client for `table` at `endpoint` over `http`, with the SDK's retries off (the caller closes it).
+
+    In Azure the credential is the app's managed identity (HTTPS only); against Azurite, its development key.
+    """
+    from azure.data.tables.aio import TableClient
+
+    return TableClient(
+        endpoint=endpoint, table_name=table, credential=credential, transport=HttpxTransport(http), retry_total=0
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A held lease: what `finish` needs to return it (`etag` is the pair entity's as this attempt wrote it)."""
+
+    pair: str
+    token: str
+    state: PairState
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """The intent holds the pair's lease until ``ticket.state.lease.until``: write to Graph, then `finish`."""
+
+    ticket: Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Absorbed:
+    """The request id arrived before in another message with the same content: this delivery does nothing."""
+
+    record: RequestRecord
+
+
+class Ledger:
+    """The grant ledger over one table (`table_client`). One per process; `aclose` closes the client."""
+
+    def __init__(self, table: TableClient, *, lease_for: timedelta = LEASE_FOR) -> None:
+        self._table = table
+        self._lease_for = lease_for
+
+    async def begin(
+        self, intent: Intent, *, pair: str, origin: str, now: datetime
+    ) -> Admitted | Absorbed | Superseded | Wait:
+        """Record `intent` (first carried by message `origin`) and take the pair's lease, or say why not.
+
+        Raises `PermanentError(RequestIdConflict)` when the request id was used for other content, and
+        `TransientError` when the storage fails (`LedgerUnavailable`) or races keep being lost (`PairBusy`).
+        """
+        record = RequestRecord(request_id=intent.request_id, content_hash=intent.content_hash, origin=origin, pair=pair)
+        claimed, (state, etag) = await asyncio.gather(self._claim(record, now), self._read_pair(pair))
+        check = check_request(claimed, intent=intent, origin=origin)
+        if check is RequestCheck.CONFLICT:
+            assert claimed is not None
+            raise PermanentError(
+                Reason.REQUEST_ID_CONFLICT,
+                f"requestId {intent.request_id} was first used for a different request (message {claimed.origin}, "
+                f"{claimed.pair}); a request id names one request: send a new one with a new id",
+            )
+        if check is RequestCheck.DUPLICATE:
+            assert claimed is not None
+            return Absorbed(claimed)
+        token = uuid.uuid4().hex
+        for _ in range(MAX_RACES):
+            decision = admit(state, intent, token=token, now=now, lease_for=self._lease_for)
+            if not isinstance(decision, Proceed):
+                return decision
+            written = await self._write_pair(pair, decision.state, etag)
+            if written is not None:
+                return Admitted(Ticket(pair=pair, token=token, state=decision.state, etag=written))
+            state, etag = await self._read_pair(pair)
+        raise TransientError(
+            Reason.PAIR_BUSY,
+            f"lost {MAX_RACES} races in a row for the ledger record of {pair}; trying again shortly",
+            retry_after=1.0,
+        )
+
+    async def finish(self, ticket: Ticket, *, applied: Action | None, now: datetime) -> bool:
+        """Return the lease and record `applied` (the action written, None if none). False: the lease was lost.
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        state: PairState | None = ticket.state
+        etag: str | None = ticket.etag
+        for _ in range(MAX_RACES):
+            if state is None:
+                return False
+            released = release(state, token=ticket.token, applied=applied, now=now)
+            if released is None:
+                return False
+            if await self._write_pair(ticket.pair, released, etag) is not None:
+                return True
+            state, etag = await self._read_pair(ticket.pair)
+        raise TransientError(
+            Reason.PAIR_BUSY, f"lost {MAX_RACES} races in a row returning the lease of {ticket.pair}", retry_after=1.0
+        )
+
+    async def pair(self, pair: str) -> PairState | None:
+        """The recorded state of `pair`, if any."""
+        return (await self._read_pair(pair))[0]
+
+    async def request(self, request_id: str) -> RequestRecord | None:
+        """What is recorded for `request_id`, if anything."""
+        return await self._read_request(request_id)
+
+    async def aclose(self) -> None:
+        await self._table.close()
+
+    # --- storage ----------------------------------------------------------------------------------------------
+
+    async def _claim(self, record: RequestRecord, now: datetime) -> RequestRecord | None:
+        """Insert `record`; None when it was new, else the record that was there first."""
+        entity = {
+            "PartitionKey": table_key("request", record.request_id),
+            "RowKey": _REQUEST_ROW,
+            "requestId": record.request_id,
+            "contentHash": record.content_hash,
+            "origin": record.origin,
+            "pair": record.pair,
+            "recordedAt": now,
+        }
+        try:
+            await self._table.create_entity(entity)
+        except ResourceExistsError:
+            existing = await self._read_request(record.request_id)
+            if existing is None:  # deleted in between (by an operator): claim again on the next attempt
+                raise _unavailable("read a request record that was just there", None) from None
+            return existing
+        except AzureError as error:
+            raise _unavailable("record the request", error) from error
+        return None
+
+    async def _read_request(self, request_id: str) -> RequestRecord | None:
+        try:
+            entity = await self._table.get_entity(table_key("request", request_id), _REQUEST_ROW)
+        except ResourceNotFoundError as error:
+            if _absent(error):
+                return None
+            raise _unavailable("read a request record", error) from error
+        except AzureError as error:
+            raise _unavailable("read a request record", error) from error
+        return RequestRecord(
+            request_id=entity["requestId"],
+            content_hash=entity["contentHash"],
+            origin=entity["origin"],
+            pair=entity["pair"],
+        )
+
+    async def _read_pair(self, pair: str) -> tuple[PairState | None, str | None]:
+        try:
+            entity = await self._table.get_entity(table_key("pair", pair), _PAIR_ROW)
+        except ResourceNotFoundError as error:
+            if _absent(error):
+                return None, None
+            raise _unavailable("read the state of a member and target", error) from error
+        except AzureError as error:
+            raise _unavailable("read the state of a member and target", error) from error
+        return _pair_state(entity), entity.metadata["etag"]
+
+    async def _write_pair(self, pair: str, state: PairState, etag: str | None) -> str | None:
+        """Write `state` if the entity is still at `etag` (absent when None); its new ETag, or None on a lost race."""
+        entity = {"PartitionKey": table_key("pair", pair), "RowKey": _PAIR_ROW, "pair": pair, **_pair_fields(state)}
+        try:
+            if etag is None:
+                written = await self._table.create_entity(entity)
+            else:
+                written = await self._table.update_entity(
+                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            return None
+        except ResourceNotFoundError as error:
+            if _absent(error):  # deleted since it was read
+                return None
+            raise _unavailable("record the state of a member and target", error) from error
+        except AzureError as error:
+            raise _unavailable("record the state of a member and target", error) from error
+        new_etag: str = written["etag"]
+        return new_etag
+
+
+def _pair_fields(state: PairState) -> dict[str, Any]:
+    newest, lease, applied = state.newest, state.lease, state.applied
+    fields: dict[str, Any] = {
+        "newestRequestId": newest.request_id,
+        "newestContentHash": newest.content_hash,
+        "newestAction": newest.action.value,
+        "newestRequestedAt": newest.requested_at,
+        "newestExpiresAt": newest.expires_at,
+    }
+    if lease is not None:
+        fields.update(leaseToken=lease.token, leaseRequestId=lease.request_id, leaseUntil=lease.until)
+    if applied is not None:
+        fields.update(appliedRequestId=applied.request_id, appliedAction=applied.action.value, appliedAt=applied.at)
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def _pair_state(entity: dict[str, Any]) -> PairState:
+    newest = Intent(
+        request_id=entity["newestRequestId"],
+        content_hash=entity["newestContentHash"],
+        action=Action(entity["newestAction"]),
+        requested_at=_time(entity["newestRequestedAt"]),
+        expires_at=_time(entity["newestExpiresAt"]) if "newestExpiresAt" in entity else None,
+    )
+    lease = None
+    if "leaseToken" in entity:
+        lease = Lease(
+            token=entity["leaseToken"], request_id=entity["leaseRequestId"], until=_time(entity["leaseUntil"])
+        )
+    applied = None
+    if "appliedRequestId" in entity:
+        applied = Applied(
+            request_id=entity["appliedRequestId"],
+            action=Action(entity["appliedAction"]),
+            at=_time(entity["appliedAt"]),
+        )
+    return PairState(newest=newest, lease=lease, applied=applied)
+
+
+def _time(value: datetime) -> datetime:
+    """A plain UTC datetime (the SDK returns its own subclass)."""
+    return datetime(*value.utctimetuple()[:6], value.microsecond, tzinfo=UTC)
+
+
+def _unavailable(doing: str, error: AzureError | None) -> TransientError:
+    """`TransientError(LedgerUnavailable)` naming what failed, with the storage's status and error code if any."""
+    detail = type(error).__name__ if error is not None else "the record vanished"
+    retry_after = None
+    if isinstance(error, HttpResponseError):
+        detail = f"HTTP {error.status_code} {_error_code(error) or error.reason or ''}".strip()
+        header = getattr(error.response, "headers", {}).get("Retry-After")
+        retry_after = float(header) if header and header.isdigit() else None
+    return TransientError(
+        Reason.LEDGER_UNAVAILABLE, f"the grant ledger could not {doing}: {detail}", retry_after=retry_after
+    )
+
+
+def _error_code(error: HttpResponseError) -> str | None:
+    """The storage error code, e.g. ``TableNotFound``: the SDK's decoding of it, else the ``x-ms-error-code`` header."""
+    code = getattr(error, "error_code", None) or getattr(error.response, "headers", {}).get("x-ms-error-code")
+    value = getattr(code, "value", code)  # the SDK's TableErrorCode enum, or the header's text
+    return str(value) if value else None
+
+
+def _absent(error: ResourceNotFoundError) -> bool:
+    """True when the entity is absent; False when the whole table is (a deployment fault, not a state)."""
+    return _error_code(error) != "TableNotFound"

@@ -1,0 +1,283 @@
+"""The grant ledger against Azurite: what it records, ETag races, lease expiry, hostile ids, round trips, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from grants_local._http import LoopbackServer, Request, Response
+from grants_local.azurite import AzuriteTables
+from shared.adapters.ledger import LEASE_FOR, Absorbed, Admitted, Ledger, table_client, table_key
+from shared.core.contract import Action
+from shared.core.errors import PermanentError, Reason, TransientError
+from shared.core.intents import Applied, Intent, PairState, Superseded, Wait
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient
+
+    from tests.conftest import StorageCalls
+
+T0 = datetime(2026, 5, 1, 9, 0, 0, 123456, tzinfo=UTC)
+PAIR = "au.3f2504e0-4f89-11d3-9a0c-0305e82c3301.15c1a2d5-9101-44b2-83ab-885db8a647ca"
+
+
+def intent(request_id: str, action: Action = Action.ADD, *, at: float = 0, content: str = "c") -> Intent:
+    return Intent(
+        request_id=request_id,
+        content_hash=content,
+        action=action,
+        requested_at=T0 + timedelta(seconds=at),
+        expires_at=T0 + timedelta(days=30) if action is Action.ADD else None,
+    )
+
+
+@pytest.fixture
+def ledger(ledger_table: TableClient) -> Ledger:
+    return Ledger(ledger_table)
+
+
+async def admitted(ledger: Ledger, item: Intent, *, origin: str = "m-1", now: datetime = T0) -> Admitted:
+    decision = await ledger.begin(item, pair=PAIR, origin=origin, now=now)
+    assert isinstance(decision, Admitted), decision
+    return decision
+
+
+# --- what is recorded, and what it costs ---------------------------------------------------------------------------
+
+
+async def test_a_grant_is_recorded_in_four_requests_and_three_round_trips(
+    ledger: Ledger, storage_calls: StorageCalls
+) -> None:
+    """Given a new request for a new pair, when it is admitted and finished, then the pair records it as newest
+    and applied, with no lease; the request id records its content and origin; four requests were sent."""
+    ticket = (await admitted(ledger, intent("r1"))).ticket
+    assert await ledger.finish(ticket, applied=Action.ADD, now=T0 + timedelta(seconds=1)) is True
+    methods = [method for method, _ in storage_calls.requests]
+    assert sorted(methods[:2]) == ["GET", "POST"]  # the request's insert and the pair's read, at once
+    assert methods[2:] == ["POST", "PUT"]  # the pair's insert with the lease; its replace, If-Match, returning it
+    assert await ledger.pair(PAIR) == PairState(
+        newest=intent("r1"), applied=Applied(request_id="r1", action=Action.ADD, at=T0 + timedelta(seconds=1))
+    )
+    record = await ledger.request("r1")
+    assert record is not None
+    assert (record.content_hash, record.origin, record.pair) == ("c", "m-1", PAIR)
+
+
+async def test_the_next_intent_for_a_known_pair_costs_the_same(ledger: Ledger, storage_calls: StorageCalls) -> None:
+    await ledger.finish((await admitted(ledger, intent("r1"))).ticket, applied=Action.ADD, now=T0)
+    storage_calls.requests.clear()
+    ticket = (await admitted(ledger, intent("r2", Action.REMOVE, at=60))).ticket
+    await ledger.finish(ticket, applied=Action.REMOVE, now=T0)
+    assert len(storage_calls) == 4
+    state = await ledger.pair(PAIR)
+    assert state is not None
+    assert state.newest == intent("r2", Action.REMOVE, at=60)
+    assert state.applied == Applied(request_id="r2", action=Action.REMOVE, at=T0)
+
+
+async def test_times_round_trip_to_the_microsecond(ledger: Ledger) -> None:
+    item = intent("r1", at=0.000001)
+    await admitted(ledger, item)
+    state = await ledger.pair(PAIR)
+    assert state is not None
+    assert state.newest.requested_at == item.requested_at
+    assert state.newest.expires_at == item.expires_at
+
+
+# --- request ids -----------------------------------------------------------------------------------------------------
+
+
+async def test_the_same_request_in_another_message_is_absorbed_without_touching_the_pair(
+    ledger: Ledger, storage_calls: StorageCalls
+) -> None:
+    await ledger.finish((await admitted(ledger, intent("r1"), origin="m-1")).ticket, applied=Action.ADD, now=T0)
+    before = await ledger.pair(PAIR)
+    storage_calls.requests.clear()
+    decision = await ledger.begin(intent("r1"), pair=PAIR, origin="m-2", now=T0 + timedelta(minutes=20))
+    assert isinstance(decision, Absorbed)
+    assert decision.record.origin == "m-1"
+    assert len(storage_calls) == 3  # the insert refused, the record read, the pair read (at once with the insert)
+    assert await ledger.pair(PAIR) == before
+
+
+async def test_a_retry_copy_of_the_first_message_proceeds(ledger: Ledger) -> None:
+    first = await admitted(ledger, intent("r1"), origin="m-1")
+    await ledger.finish(first.ticket, applied=None, now=T0)  # a transient Graph failure
+    again = await admitted(ledger, intent("r1"), origin="m-1", now=T0 + timedelta(seconds=10))
+    assert again.ticket.token != first.ticket.token
+
+
+async def test_a_request_id_reused_for_other_content_is_a_conflict_and_changes_nothing(ledger: Ledger) -> None:
+    await ledger.finish((await admitted(ledger, intent("r1"))).ticket, applied=Action.ADD, now=T0)
+    before = await ledger.pair(PAIR)
+    with pytest.raises(PermanentError) as caught:
+        await ledger.begin(intent("r1", Action.REMOVE, at=60, content="other"), pair=PAIR, origin="m-2", now=T0)
+    assert caught.value.reason is Reason.REQUEST_ID_CONFLICT
+    assert "m-1" in caught.value.description
+    assert await ledger.pair(PAIR) == before
+
+
+HOSTILE_IDS = [
+    "a/b",
+    "a\\b",
+    "a#b",
+    "a?b",
+    "a_b",
+    "'; DROP TABLE x; --",
+    "it's",
+    "%2F%00",
+    "tab\there",
+    "nul\x00byte",
+    "\x7f\x9f",
+    "..",
+    " ",
+    "ümlaut-🔥",
+    "lone\ud800surrogate",
+    "x" * 1000,
+    "x" * 999 + "y",
+]
+
+
+def test_table_keys_are_safe_bounded_and_distinct() -> None:
+    keys = {table_key("request", value) for value in HOSTILE_IDS}
+    assert len(keys) == len(HOSTILE_IDS)
+    for key in keys:
+        assert len(key) <= 80
+        assert not set(key) & set("/\\#?'\"%"), key
+        assert all(0x20 < ord(char) < 0x7F for char in key), key
+
+
+async def test_hostile_request_ids_are_recorded_and_read_back_exactly(ledger: Ledger) -> None:
+    """Given request ids no producer should send (/ \\ # ?, quotes, control characters, 1,000 characters), each is
+    recorded under its own key and read back unchanged; none collides with another."""
+    for number, request_id in enumerate(HOSTILE_IDS):
+        decision = await ledger.begin(
+            intent(request_id, at=number, content=f"c{number}"), pair=PAIR, origin=f"m-{number}", now=T0
+        )
+        assert isinstance(decision, Admitted)
+        await ledger.finish(decision.ticket, applied=Action.ADD, now=T0)
+    for number, request_id in enumerate(HOSTILE_IDS):
+        record = await ledger.request(request_id)
+        assert record is not None
+        assert (record.request_id, record.content_hash) == (request_id, f"c{number}")
+
+
+# --- newest intent wins, leases ------------------------------------------------------------------------------------
+
+
+async def test_an_older_intent_is_superseded_and_writes_nothing(ledger: Ledger, storage_calls: StorageCalls) -> None:
+    await ledger.finish((await admitted(ledger, intent("leaver", Action.REMOVE, at=60))).ticket, applied=None, now=T0)
+    before = await ledger.pair(PAIR)
+    storage_calls.requests.clear()
+    decision = await ledger.begin(intent("joiner", at=0), pair=PAIR, origin="m-2", now=T0)
+    assert decision == Superseded(intent("leaver", Action.REMOVE, at=60))
+    assert sorted(method for method, _ in storage_calls.requests) == ["GET", "POST"]
+    assert await ledger.pair(PAIR) == before
+
+
+async def test_a_held_lease_makes_a_newer_intent_wait_until_it_expires(ledger: Ledger) -> None:
+    """Given a worker that took the lease and crashed, a newer intent waits until the lease's expiry, then takes
+    over; the crashed worker, back late, records nothing."""
+    crashed = await admitted(ledger, intent("add"))
+    newer = intent("remove", Action.REMOVE, at=1)
+    decision = await ledger.begin(newer, pair=PAIR, origin="m-2", now=T0 + timedelta(seconds=5))
+    assert decision == Wait(until=T0 + LEASE_FOR, holder="add")
+    takeover = await admitted(ledger, newer, origin="m-2", now=T0 + LEASE_FOR)
+    assert await ledger.finish(crashed.ticket, applied=Action.ADD, now=T0 + LEASE_FOR) is False
+    assert await ledger.finish(takeover.ticket, applied=Action.REMOVE, now=T0 + LEASE_FOR) is True
+    state = await ledger.pair(PAIR)
+    assert state is not None
+    assert state.applied == Applied(request_id="remove", action=Action.REMOVE, at=T0 + LEASE_FOR)
+    assert state.lease is None
+
+
+async def test_concurrent_intents_for_one_pair_admit_exactly_one(ledger: Ledger) -> None:
+    """Given eight intents for one pair begun at once (ETag races in Azurite), exactly one holds the lease and
+    every other waits for it or is superseded by it; the record names the holder as newest or older."""
+    items = [intent(f"r{n}", at=n % 3, content=f"c{n}") for n in range(8)]
+    decisions = await asyncio.gather(
+        *(ledger.begin(item, pair=PAIR, origin=f"m-{n}", now=T0) for n, item in enumerate(items))
+    )
+    winners = [decision for decision in decisions if isinstance(decision, Admitted)]
+    assert len(winners) == 1
+    assert all(isinstance(decision, Admitted | Wait | Superseded) for decision in decisions)
+    state = await ledger.pair(PAIR)
+    assert state is not None
+    assert state.lease == winners[0].ticket.state.lease
+
+
+async def test_finish_survives_a_write_in_between_and_keeps_it(ledger: Ledger) -> None:
+    """Given the pair's entity changed after the lease was taken (a newer intent recorded by a takeover that then
+    returned its lease), the late holder's finish re-reads, finds its lease gone and records nothing."""
+    held = await admitted(ledger, intent("a"))
+    later = T0 + LEASE_FOR
+    takeover = await admitted(ledger, intent("b", at=1), origin="m-2", now=later)
+    await ledger.finish(takeover.ticket, applied=Action.ADD, now=later)
+    assert await ledger.finish(held.ticket, applied=Action.ADD, now=later) is False
+    state = await ledger.pair(PAIR)
+    assert state is not None
+    assert state.applied == Applied(request_id="b", action=Action.ADD, at=later)
+
+
+# --- failures are transient ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        yield probe.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def ledger_at(endpoint: str, azurite: AzuriteTables, *, table: str = "ledger") -> AsyncIterator[Ledger]:
+    async with httpx.AsyncClient() as http:
+        ledger = Ledger(table_client(endpoint=endpoint, table=table, credential=azurite.credential(), http=http))
+        yield ledger
+        await ledger.aclose()
+
+
+async def test_unreachable_storage_is_transient(azurite: AzuriteTables) -> None:
+    with closed_port() as port:
+        async with ledger_at(f"http://127.0.0.1:{port}/devstoreaccount1", azurite) as ledger:
+            with pytest.raises(TransientError) as caught:
+                await ledger.begin(intent("r1"), pair=PAIR, origin="m-1", now=T0)
+    assert caught.value.reason is Reason.LEDGER_UNAVAILABLE
+
+
+async def test_a_missing_table_is_transient_and_named(azurite: AzuriteTables) -> None:
+    async with ledger_at(azurite.endpoint, azurite, table="neverCreated") as ledger:
+        with pytest.raises(TransientError) as caught:
+            await ledger.begin(intent("r1"), pair=PAIR, origin="m-1", now=T0)
+    assert caught.value.reason is Reason.LEDGER_UNAVAILABLE
+    assert "TableNotFound" in caught.value.description
+
+
+@pytest.mark.parametrize(("status", "code"), [(503, "ServerBusy"), (500, "InternalError"), (429, "TooManyRequests")])
+async def test_throttled_or_failing_storage_is_transient_with_its_retry_after(
+    azurite: AzuriteTables, status: int, code: str
+) -> None:
+    """Given storage answering 5xx or 429 with Retry-After, begin raises LedgerUnavailable carrying the delay,
+    after exactly one try per request (the SDK's own retries are off)."""
+    seen: list[str] = []
+
+    def busy(request: Request) -> Response:
+        seen.append(request.method)
+        body = {"odata.error": {"code": code, "message": {"lang": "en-US", "value": "busy"}}}
+        return Response(status, body, headers={"Retry-After": "7", "x-ms-error-code": code})
+
+    with contextlib.closing(LoopbackServer(busy)) as server:
+        async with ledger_at(f"http://127.0.0.1:{server.port}/devstoreaccount1", azurite) as ledger:
+            with pytest.raises(TransientError) as caught:
+                await ledger.begin(intent("r1"), pair=PAIR, origin="m-1", now=T0)
+    assert caught.value.reason is Reason.LEDGER_UNAVAILABLE
+    assert caught.value.retry_after == 7.0
+    assert f"HTTP {status} {code}" in caught.value.description
+    assert sorted(seen) == ["GET", "POST"]
