@@ -67,6 +67,11 @@ module storage 'modules/storage.bicep' = {
   params: { name: 'stgrants${token}', location: location, tags: tags }
 }
 
+module ledger 'modules/ledger.bicep' = {
+  name: 'ledger'
+  params: { name: 'stledger${token}', location: location, tags: tags }
+}
+
 module monitoring 'modules/monitoring.bicep' = {
   name: 'monitoring'
   params: { name: 'grants-${token}', location: location, tags: tags }
@@ -93,6 +98,8 @@ module functionApp 'modules/functionapp.bicep' = {
     webhookSecretUri: webhookSecretUri
     grantsPolicy: grantsPolicy
     hrRules: hrRules
+    ledgerTableServiceUri: ledger.outputs.tableServiceUri
+    ledgerTableName: ledger.outputs.tableName
   }
   // The identity's roles exist before the host first starts, so it does not crash-loop on storage or Service Bus.
   dependsOn: [rbac]
@@ -105,6 +112,8 @@ module rbac 'modules/rbac.bicep' = {
     serviceBusNamespaceName: servicebus.outputs.name
     storageAccountName: storage.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
+    ledgerAccountName: ledger.outputs.name
+    ledgerTableName: ledger.outputs.tableName
   }
 }
 

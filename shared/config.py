@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "ServiceBusConnection__fullyQualifiedNamespace": "",
     "ServiceBusConnection__credential": "managedidentity",
     "ServiceBusConnection__clientId": "",
+    "GrantsLedger__tableServiceUri": "",  # e.g. https://<account>.table.core.windows.net (identity-based)
+    "GrantsLedger__tableName": "grantledger",
 }
 
 
@@ -60,6 +63,8 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)  # never printed
     servicebus_namespace: str | None = None
     servicebus_client_id: str | None = None
+    ledger_table_uri: str | None = None
+    ledger_table: str = "grantledger"
 
     @property
     def graph_root(self) -> str:
@@ -90,6 +95,12 @@ class Settings:
         cap = _number(get, "GRANTS_RETRY_MAX_SECONDS", minimum=0)
         window = _number(get, "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS", minimum=0)
         write_rate = _number(get, "GRAPH_WRITE_RATE", minimum=0)
+        ledger_table = get("GrantsLedger__tableName") or "grantledger"
+        if not _TABLE_NAME.fullmatch(ledger_table):
+            raise ConfigError(
+                "GrantsLedger__tableName must be 3 to 63 letters and digits, starting with a letter, "
+                f"got {ledger_table!r}"
+            )
         return cls(
             graph_base_url=base_url,
             client_id=get("AZURE_CLIENT_ID") or None,
@@ -107,6 +118,8 @@ class Settings:
             webhook_secret=_webhook_secret(env.get("GRANTS_WEBHOOK_SECRET", "")),
             servicebus_namespace=get("ServiceBusConnection__fullyQualifiedNamespace") or None,
             servicebus_client_id=get("ServiceBusConnection__clientId") or get("AZURE_CLIENT_ID") or None,
+            ledger_table_uri=_ledger_uri(get("GrantsLedger__tableServiceUri")),
+            ledger_table=ledger_table,
         )
 
 
@@ -137,6 +150,23 @@ def _webhook_secret(value: str) -> str | None:
             f"GRANTS_WEBHOOK_SECRET must be at least {MIN_WEBHOOK_SECRET_CHARS} characters (its length is not shown)"
         )
     return value
+
+
+_TABLE_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
+
+
+def _ledger_uri(value: str) -> str | None:
+    """The ledger's table service endpoint: https (the app's identity), or http on loopback only (Azurite)."""
+    if not value:
+        return None
+    parts = urlsplit(value.rstrip("/"))
+    local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if not (parts.scheme == "https" or local) or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(
+            "GrantsLedger__tableServiceUri must be an https URL (e.g. https://<account>.table.core.windows.net), "
+            f"or http on loopback for Azurite; got {value!r}"
+        )
+    return value.rstrip("/")
 
 
 def _flag(get: _Getter, name: str) -> bool:

@@ -96,6 +96,10 @@ def test_scope_follows_the_national_cloud(url: str, scope: str) -> None:
         ("GRANTS_RETRY_BASE_SECONDS", "-1", "at least 0"),
         ("GRANTS_RETRY_MAX_SECONDS", "nan", "at least 0"),
         ("GRANTS_ACTIVATE_ROLES", "maybe", "true or false"),
+        ("GrantsLedger__tableServiceUri", "http://ledger.table.core.windows.net", "http on loopback for Azurite"),
+        ("GrantsLedger__tableServiceUri", "ledger.table.core.windows.net", "must be an https URL"),
+        ("GrantsLedger__tableName", "grant-ledger", "letters and digits"),
+        ("GrantsLedger__tableName", "1ledger", "starting with a letter"),
     ],
 )
 def test_bad_settings_are_named(name: str, value: str, says: str) -> None:
@@ -111,3 +115,12 @@ def test_relative_policy_and_rules_paths_are_relative_to_the_app_root_whatever_t
     assert (APP_ROOT / "function_app.py").is_file()
     assert settings.hr_rules_path == "/etc/hr-rules.json"
     assert Settings.from_env({}).policy_path is None
+
+
+def test_the_ledger_is_https_in_azure_or_azurite_on_loopback() -> None:
+    assert Settings.from_env({}).ledger_table_uri is None
+    assert Settings.from_env({}).ledger_table == "grantledger"
+    azure = Settings.from_env({"GrantsLedger__tableServiceUri": "https://stledger.table.core.windows.net/"})
+    assert azure.ledger_table_uri == "https://stledger.table.core.windows.net"
+    local = Settings.from_env({"GrantsLedger__tableServiceUri": "http://127.0.0.1:10002/devstoreaccount1"})
+    assert local.ledger_table_uri == "http://127.0.0.1:10002/devstoreaccount1"

@@ -18,6 +18,8 @@ param activateRoles bool
 param webhookSecretUri string
 param grantsPolicy string
 param hrRules string
+param ledgerTableServiceUri string
+param ledgerTableName string
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   //checkov:skip=CKV_AZURE_225: zone redundancy on Flex Consumption exists only in some regions; the work waits in the queue, not on the plan, so an outage delays grants and loses none
@@ -91,6 +93,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'GRANTS_POLICY', value: grantsPolicy }
         { name: 'GRANTS_DRY_RUN', value: 'false' }
         { name: 'GRANTS_HR_RULES', value: hrRules }
+        // The grant ledger (Table Storage), by identity: the app's identity with Storage Table Data Contributor.
+        { name: 'GrantsLedger__tableServiceUri', value: ledgerTableServiceUri }
+        { name: 'GrantsLedger__tableName', value: ledgerTableName }
         // Never a literal: empty, or a Key Vault reference the platform resolves with the identity.
         {
           name: 'GRANTS_WEBHOOK_SECRET'

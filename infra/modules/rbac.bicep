@@ -7,6 +7,8 @@ param principalId string
 param serviceBusNamespaceName string
 param storageAccountName string
 param appInsightsName string
+param ledgerAccountName string
+param ledgerTableName string
 
 // Built-in role definitions (IDs are the same in every tenant and cloud).
 // The trigger receives, completes, abandons and dead-letters messages.
@@ -22,6 +24,8 @@ var reader = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '
 // AzureWebJobsStorage (it manages its own containers and blob leases). Scoped to this account, which holds
 // nothing but host state and the package.
 var storageBlobDataOwner = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b')
+// The grant ledger: read and write entities of its one table (scoped to that table, not the account).
+var storageTableDataContributor = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3')
 // Telemetry ingestion with Application Insights local auth disabled.
 var monitoringMetricsPublisher = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '3913510d-42f4-4e42-8a64-420c390055eb')
 
@@ -35,6 +39,20 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
+}
+
+resource ledgerAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: ledgerAccountName
+}
+
+resource ledgerTables 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' existing = {
+  parent: ledgerAccount
+  name: 'default'
+}
+
+resource ledgerTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' existing = {
+  parent: ledgerTables
+  name: ledgerTableName
 }
 
 resource serviceBusReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
@@ -84,5 +102,15 @@ resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     principalId: principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: monitoringMetricsPublisher
+  }
+}
+
+resource ledgerContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: ledgerTable
+  name: guid(ledgerTable.id, principalId, storageTableDataContributor)
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: storageTableDataContributor
   }
 }

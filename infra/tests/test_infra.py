@@ -29,6 +29,7 @@ EXPECTED_ROLES = {
     "acdd72a7-3385-48ef-bd42-f606fba81ae7": "Reader: target-based scaling reads the namespace",
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner: host storage and Flex deployment container",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher: telemetry with local auth off",
+    "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor: the grant ledger's table",
 }
 GRAPH_ROOTS = {
     "https://graph.microsoft.com/v1.0",
@@ -104,11 +105,12 @@ def test_service_bus_storage_and_monitoring_accept_no_keys() -> None:
     assert namespace["sku"]["name"] == "Standard"
     assert namespace["properties"]["disableLocalAuth"] is True
     assert namespace["properties"]["minimumTlsVersion"] == "1.2"
-    account = resource("storage", "account")["properties"]
-    assert account["allowSharedKeyAccess"] is False
-    assert account["allowBlobPublicAccess"] is False
-    assert account["minimumTlsVersion"] == "TLS1_2"
-    assert account["supportsHttpsTrafficOnly"] is True
+    for storage in ("storage", "ledger"):
+        account = resource(storage, "account")["properties"]
+        assert account["allowSharedKeyAccess"] is False
+        assert account["allowBlobPublicAccess"] is False
+        assert account["minimumTlsVersion"] == "TLS1_2"
+        assert account["supportsHttpsTrafficOnly"] is True
     assert resource("monitoring", "appInsights")["properties"]["DisableLocalAuth"] is True
     assert resource("monitoring", "workspace")["properties"]["features"]["disableLocalAuth"] is True
 
@@ -177,6 +179,7 @@ def test_role_scopes_are_the_resources_that_need_them() -> None:
         "acdd72a7-3385-48ef-bd42-f606fba81ae7": "Microsoft.ServiceBus/namespaces",
         "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Microsoft.Storage/storageAccounts",
         "3913510d-42f4-4e42-8a64-420c390055eb": "Microsoft.Insights/components",
+        "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Microsoft.Storage/storageAccounts/tableServices/tables",
     }
 
 
@@ -211,6 +214,21 @@ def test_connections_are_identity_based() -> None:
     assert "AzureWebJobsStorage" not in settings  # the connection-string form
     main = parse(INFRA / "main.bicep")["modules"]["functionApp"]["config"]["params"]
     assert accessor(main["identityClientId"]) == ["identity", "outputs", "clientId"]
+
+
+def test_the_ledger_table_feeds_the_app_settings_and_its_one_role() -> None:
+    """The app reads the ledger's endpoint and table from the ledger module; its role is on that table only."""
+    main = parse(INFRA / "main.bicep")["modules"]
+    params = main["functionApp"]["config"]["params"]
+    assert accessor(params["ledgerTableServiceUri"]) == ["ledger", "outputs", "tableServiceUri"]
+    assert accessor(params["ledgerTableName"]) == ["ledger", "outputs", "tableName"]
+    assert app_settings()["GrantsLedger__tableServiceUri"] == "ledgerTableServiceUri"
+    assert app_settings()["GrantsLedger__tableName"] == "ledgerTableName"
+    assert module("ledger")["parameters"]["tableName"]["default"] == APP_SETTINGS["GrantsLedger__tableName"]
+    rbac = main["rbac"]["config"]["params"]
+    assert accessor(rbac["ledgerAccountName"]) == ["ledger", "outputs", "name"]
+    assert accessor(rbac["ledgerTableName"]) == ["ledger", "outputs", "tableName"]
+    assert resource("ledger", "account")["sku"]["name"] == "Standard_ZRS"
 
 
 def test_no_app_setting_carries_a_secret() -> None:
