@@ -26,6 +26,7 @@ from shared.core.intents import (
     intent_of,
     pair_of,
     release,
+    removal_is_due,
 )
 from tests.test_contract import encode, message
 
@@ -74,7 +75,7 @@ def test_intent_uses_the_commands_requested_at_else_the_stand_in() -> None:
 
 
 def record(content: str = "c", origin: str = "m-1") -> RequestRecord:
-    return RequestRecord(request_id="r", content_hash=content, origin=origin, pair="p")
+    return RequestRecord(request_id="r", content_hash=content, origin=origin, pair="p", requested_at=T0)
 
 
 def test_an_unseen_request_id_is_new() -> None:
@@ -153,6 +154,52 @@ def test_a_holder_whose_lease_was_taken_over_records_nothing() -> None:
     taken = PairState(newest=intent("b"), lease=Lease(token="t2", request_id="b", until=T0 + LEASE))
     assert release(taken, token="t1", applied=Action.ADD, now=T0) is None
     assert release(replace(taken, lease=None), token="t1", applied=Action.ADD, now=T0) is None
+
+
+# --- pending removals ------------------------------------------------------------------------------------------------
+
+
+def timed(request_id: str, *, at: int = 0, days: int = 30) -> Intent:
+    return replace(intent(request_id, at=at), expires_at=T0 + timedelta(days=days))
+
+
+def proceed(state: PairState | None, item: Intent, attempt: str = "t") -> PairState:
+    decision = admit(state, item, token=attempt, now=T0, lease_for=LEASE)
+    assert isinstance(decision, Proceed)
+    return decision.state
+
+
+def test_a_time_bound_add_leaves_a_pending_removal_at_its_expiry() -> None:
+    state = release(proceed(None, timed("a")), token="t", applied=Action.ADD, now=T0)
+    assert state is not None
+    assert state.removal_due == T0 + timedelta(days=30)
+    assert not removal_is_due(state, now=T0 + timedelta(days=29))
+    assert removal_is_due(state, now=T0 + timedelta(days=30))
+
+
+def test_a_failed_add_still_leaves_its_pending_removal() -> None:
+    """Given a time-bound add whose write failed (it may have landed), the removal stays pending."""
+    state = release(proceed(None, timed("a")), token="t", applied=None, now=T0)
+    assert state is not None
+    assert state.removal_due == T0 + timedelta(days=30)
+
+
+def test_only_an_applied_removal_clears_the_pending_removal() -> None:
+    granted = release(proceed(None, timed("a")), token="t", applied=Action.ADD, now=T0)
+    removing = proceed(granted, intent("b", Action.REMOVE, at=1), "t2")
+    assert removing.removal_due == T0 + timedelta(days=30)  # the removal may still fail
+    failed = release(removing, token="t2", applied=None, now=T0)
+    assert failed is not None
+    assert failed.removal_due == T0 + timedelta(days=30)
+    removed = release(removing, token="t2", applied=Action.REMOVE, now=T0)
+    assert removed is not None
+    assert removed.removal_due is None
+
+
+def test_a_newer_add_sets_its_own_expiry_or_none() -> None:
+    granted = proceed(None, timed("a"))
+    assert proceed(granted, timed("b", at=1, days=60)).removal_due == T0 + timedelta(days=60)
+    assert proceed(granted, intent("c", at=1)).removal_due is None
 
 
 # --- property: any interleaving ends with the newest intent --------------------------------------------------------

@@ -7,11 +7,13 @@ over the process's httpx client (`HttpxTransport`: no aiohttp).
 Two kinds of entity, each alone in its partition:
 
 - **request** ``(request.<readable>.<digest>, "request")``: ``requestId``, ``contentHash``, ``origin`` (the
-  MessageId that first carried it), ``pair``, ``recordedAt``. Created once (insert: a second insert fails).
+  MessageId that first carried it), ``pair``, ``requestedAt`` (as first recorded: retries keep it), ``recordedAt``.
+  Created once (insert: a second insert fails).
 - **pair** ``(pair.<readable>.<digest>, "pair")``: ``pair``; the newest intent (``newestRequestId``,
   ``newestContentHash``, ``newestAction``, ``newestRequestedAt``, ``newestExpiresAt``); the lease
   (``leaseToken``, ``leaseRequestId``, ``leaseUntil``); the last write applied (``appliedRequestId``,
-  ``appliedAction``, ``appliedAt``). Absent fields are None.
+  ``appliedAction``, ``appliedAt``); ``removalDue``, a pending removal (what `due_removals` finds). Absent
+  fields are None.
 
 Keys are `table_key`: a readable prefix of the id (characters outside ``A-Z a-z 0-9 . _ -`` become ``_``) and
 a base32 SHA-256 digest of the whole id, so any id, however hostile (``/ \\ # ?``, control characters, quotes,
@@ -31,7 +33,7 @@ import base64
 import hashlib
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -144,9 +146,18 @@ class Ledger:
         Raises `PermanentError(RequestIdConflict)` when the request id was used for other content, and
         `TransientError` when the storage fails (`LedgerUnavailable`) or races keep being lost (`PairBusy`).
         """
-        record = RequestRecord(request_id=intent.request_id, content_hash=intent.content_hash, origin=origin, pair=pair)
+        record = RequestRecord(
+            request_id=intent.request_id,
+            content_hash=intent.content_hash,
+            origin=origin,
+            pair=pair,
+            requested_at=intent.requested_at,
+        )
         claimed, (state, etag) = await asyncio.gather(self._claim(record, now), self._read_pair(pair))
         check = check_request(claimed, intent=intent, origin=origin)
+        if check is RequestCheck.SAME_MESSAGE:
+            assert claimed is not None
+            intent = replace(intent, requested_at=claimed.requested_at)  # as first recorded, not this copy's
         if check is RequestCheck.CONFLICT:
             assert claimed is not None
             raise PermanentError(
@@ -200,6 +211,22 @@ class Ledger:
         """What is recorded for `request_id`, if anything."""
         return await self._read_request(request_id)
 
+    async def due_removals(self, *, now: datetime, limit: int = 1000) -> list[tuple[str, PairState]]:
+        """Pairs whose pending removal is due at `now` (at most `limit`): one filtered scan of the table.
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        query = "RowKey eq @row and removalDue le @now"
+        found: list[tuple[str, PairState]] = []
+        try:
+            async for entity in self._table.query_entities(query, parameters={"row": _PAIR_ROW, "now": now}):
+                found.append((entity["pair"], _pair_state(entity)))
+                if len(found) >= limit:
+                    break
+        except AzureError as error:
+            raise _unavailable("list the pending removals", error) from error
+        return found
+
     async def aclose(self) -> None:
         await self._table.close()
 
@@ -214,6 +241,7 @@ class Ledger:
             "contentHash": record.content_hash,
             "origin": record.origin,
             "pair": record.pair,
+            "requestedAt": record.requested_at,
             "recordedAt": now,
         }
         try:
@@ -241,6 +269,7 @@ class Ledger:
             content_hash=entity["contentHash"],
             origin=entity["origin"],
             pair=entity["pair"],
+            requested_at=_time(entity["requestedAt"]),
         )
 
     async def _read_pair(self, pair: str) -> tuple[PairState | None, str | None]:
@@ -289,6 +318,7 @@ def _pair_fields(state: PairState) -> dict[str, Any]:
         fields.update(leaseToken=lease.token, leaseRequestId=lease.request_id, leaseUntil=lease.until)
     if applied is not None:
         fields.update(appliedRequestId=applied.request_id, appliedAction=applied.action.value, appliedAt=applied.at)
+    fields["removalDue"] = state.removal_due
     return {name: value for name, value in fields.items() if value is not None}
 
 
@@ -312,7 +342,8 @@ def _pair_state(entity: dict[str, Any]) -> PairState:
             action=Action(entity["appliedAction"]),
             at=_time(entity["appliedAt"]),
         )
-    return PairState(newest=newest, lease=lease, applied=applied)
+    removal_due = _time(entity["removalDue"]) if "removalDue" in entity else None
+    return PairState(newest=newest, lease=lease, applied=applied, removal_due=removal_due)
 
 
 def _time(value: datetime) -> datetime:

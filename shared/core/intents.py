@@ -12,6 +12,8 @@ Two rules, decided here from what the ledger recorded (the adapter reads and wri
   holds the pair's *lease*; a lease held by another attempt makes it `Wait` until the lease's expiry at the
   latest, so a crashed worker cannot block the pair for longer than one lease. `release` gives the lease back
   and records what was applied; a holder whose lease was taken over records nothing.
+- **Expiry cannot fail open**: a time-bound add that becomes the newest intent leaves a *pending removal*
+  (`PairState.removal_due`) that only an applied removal or a newer add clears.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "intent_of",
     "pair_of",
     "release",
+    "removal_is_due",
 ]
 
 
@@ -61,12 +64,14 @@ class Intent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestRecord:
-    """What the ledger remembers of a request id: its content, the message that first carried it, its pair."""
+    """What the ledger remembers of a request id: its content, the message that first carried it, its pair,
+    and its `requested_at` as first recorded (a retry copy's own stand-in time must not make it newer)."""
 
     request_id: str
     content_hash: str
     origin: str
     pair: str
+    requested_at: datetime
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,11 +94,18 @@ class Applied:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PairState:
-    """The ledger's record of one pair (None before its first intent)."""
+    """The ledger's record of one pair (None before its first intent).
+
+    `removal_due` is a *pending removal*: set by a time-bound add that became the newest intent (its
+    ``expires_at``), kept by a removal until a removal is applied, cleared by an add without expiry. The expiry
+    sweep removes every pair whose `removal_due` has passed, so a removal that was never scheduled, or kept
+    failing, still happens.
+    """
 
     newest: Intent
     lease: Lease | None = None
     applied: Applied | None = None
+    removal_due: datetime | None = None
 
 
 class RequestCheck(StrEnum):
@@ -194,8 +206,9 @@ def admit(
             return Wait(until=lease.until, holder=lease.request_id)
     lease = Lease(token=token, request_id=intent.request_id, until=now + lease_for)
     if state is None:
-        return Proceed(PairState(newest=intent, lease=lease))
-    return Proceed(replace(state, newest=intent, lease=lease))
+        return Proceed(PairState(newest=intent, lease=lease, removal_due=intent.expires_at))
+    removal_due = intent.expires_at if intent.action is Action.ADD else state.removal_due
+    return Proceed(replace(state, newest=intent, lease=lease, removal_due=removal_due))
 
 
 def release(state: PairState, *, token: str, applied: Action | None, now: datetime) -> PairState | None:
@@ -205,5 +218,13 @@ def release(state: PairState, *, token: str, applied: Action | None, now: dateti
     """
     if state.lease is None or state.lease.token != token:
         return None
-    done = None if applied is None else Applied(request_id=state.lease.request_id, action=applied, at=now)
-    return replace(state, lease=None, applied=done or state.applied)
+    if applied is None:
+        return replace(state, lease=None)
+    done = Applied(request_id=state.lease.request_id, action=applied, at=now)
+    removal_due = None if applied is Action.REMOVE else state.removal_due
+    return replace(state, lease=None, applied=done, removal_due=removal_due)
+
+
+def removal_is_due(state: PairState | None, *, now: datetime) -> bool:
+    """True when the pair has a pending removal whose time has come (what the expiry sweep acts on)."""
+    return state is not None and state.removal_due is not None and state.removal_due <= now
