@@ -14,7 +14,6 @@ file's line number.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import hashlib
 import io
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from grants_cli.backends import Backend, LocalBackend, Outgoing, SendReport, open_backend
+from grants_cli.backends import Backend, BackendOpener, Outgoing, SendReport
 from shared.core.contract import parse_grant
 from shared.core.errors import ContractError
 
@@ -225,8 +224,7 @@ def run_submit(
     job_id: str | None,
     dry_run: bool,
     skip_invalid: bool,
-    local: bool,
-    namespace: str | None,
+    open_backend: BackendOpener,
     queue: str,
     out: TextIO,
     err: TextIO,
@@ -251,9 +249,8 @@ def run_submit(
     if not job.messages:
         out.write(summary(job, None, time.monotonic() - started) + "\n")
         return 1
-    with open_backend(local=local, namespace=namespace, queue=queue) as backend:
+    with open_backend() as backend:
         report, _ = submit(job, backend, progress=Progress(len(job.messages), stream=err))
         out.write(summary(job, report, time.monotonic() - started) + "\n")
-        if isinstance(backend, LocalBackend):
-            asyncio.run(backend.process(out))
+        backend.drain(out)
     return 0

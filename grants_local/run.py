@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from grants_local.host import LineOutcome, LocalHost, OutcomeRecorder, line_outcomes, registered_function
-from grants_local.queue import DeadLetter, LocalQueue, LocalSender, ManualClock
+from grants_local.queue import LocalQueue, LocalSender, ManualClock
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
 from shared.adapters.governor import WriteGovernor
 from shared.bootstrap import bootstrap
 from shared.config import APP_ROOT, Settings
 from shared.core.errors import ConfigError
+from shared.core.messaging import DeadLetter
 from shared.runtime import installed
 
 __all__ = [
@@ -203,8 +204,7 @@ def print_dead_letters(run: LocalRun, out: TextIO) -> None:
     """The dead-letter queue: reason and description of each message in it."""
     out.write(f"Dead-letter queue: {len(run.dead_letters)} message(s)\n")
     for entry in run.dead_letters:
-        original = entry.application_properties.get("originalMessageId", entry.message_id)
-        out.write(f"  {original:<8} {entry.reason}: {_clip(entry.description or '', 110)}\n")
+        out.write(f"  {entry.original_message_id:<8} {entry.reason}: {_clip(entry.description or '', 110)}\n")
 
 
 def _clip(text: str, width: int) -> str:

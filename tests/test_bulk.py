@@ -10,8 +10,9 @@ import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.exceptions import MessageSizeExceededError
 
-from grants_cli.backends import LocalBackend, Outgoing, fill_batches, to_service_bus_message
+from grants_cli.backends import Outgoing, fill_batches, to_service_bus_message
 from grants_cli.bulk import Progress, default_job_id, read_job, run_submit, submit, summary
+from grants_local.backend import LocalBackend, open_local_backend
 from grants_local.queue import LocalQueue, ManualClock
 from shared.core.contract import parse_grant
 from tests.conftest import AU, USER, USER_2
@@ -56,9 +57,15 @@ def test_given_csv_with_bad_rows_when_submitted_then_errors_name_lines_and_nothi
     path = write(tmp_path, "job.csv", HEADER, GOOD, BAD_ID, "", BAD_ACTION)
     out = io.StringIO()
     code = run_submit(
-        path=path, job_id="j1", dry_run=False, skip_invalid=False, local=True, namespace=None,
-        queue="grant-membership", out=out, err=io.StringIO(),
-    )  # fmt: skip
+        path=path,
+        job_id="j1",
+        dry_run=False,
+        skip_invalid=False,
+        open_backend=lambda: open_local_backend("grant-membership"),
+        queue="grant-membership",
+        out=out,
+        err=io.StringIO(),
+    )
     assert code == 1
     text = out.getvalue()
     assert "line 3: InvalidId: target.id must be a GUID" in text

@@ -245,7 +245,7 @@ async def test_an_unexpected_exception_abandons_and_never_completes(harness: Har
         handle=broken,
         actions=harness.actions,
         sender=harness.sender,
-        policy=harness.services.policy,
+        retry_policy=harness.services.retry_policy,
         now=harness.clock.utcnow,
     )
     assert (settled.outcome, settled.terminal) == ("abandoned", False)

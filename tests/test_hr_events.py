@@ -20,8 +20,8 @@ from grants_local.host import LocalHost, OutcomeRecorder, registered_function
 from grants_local.queue import LocalQueue, LocalSender
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
 from shared.core.contract import parse_grant, to_document
-from shared.core.errors import ConfigError
-from shared.producers.hr import HrEventError, derive_messages, parse_event
+from shared.core.errors import ConfigError, ContractError, Reason
+from shared.producers.hr import derive_messages, parse_event
 from shared.producers.hr_rules import HrRules
 from shared.runtime import check_configuration, services
 from tests.conftest import AU, AU_OTHER, HELPDESK_TEMPLATE, USER, Run
@@ -303,8 +303,8 @@ _json_values = st.recursive(
 def test_property_the_event_parser_returns_an_event_or_names_the_problem(body: bytes) -> None:
     try:
         parsed = parse_event(body)
-    except HrEventError as error:
-        assert str(error)
+    except ContractError as error:
+        assert (error.reason, bool(error.description)) == (Reason.INVALID_HR_EVENT, True)
     else:
         assert parsed.kind in ("joiner", "mover", "leaver")
 

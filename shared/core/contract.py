@@ -213,8 +213,7 @@ def parse_grant(body: bytes) -> GrantCommand:
     try:
         return _parse_document(document)
     except ContractError as error:
-        error.request_id = request_id
-        raise
+        raise ContractError(error.reason, error.description, request_id=request_id) from None
 
 
 def _load_json(body: bytes) -> Any:

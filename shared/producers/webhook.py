@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from shared.core.contract import MAX_MESSAGE_BYTES, parse_grant
 from shared.core.errors import ContractError, Reason
-from shared.service.settlement import RetrySender
+from shared.core.messaging import MessageSender
 
 __all__ = [
     "FUTURE_SKEW_SECONDS",
@@ -92,7 +92,7 @@ async def receive(
     headers: Mapping[str, str],
     body: bytes,
     secret: str | None,
-    sender: RetrySender,
+    sender: MessageSender,
     now: Callable[[], datetime],
 ) -> Answer:
     """Answer one webhook request; on success the grant message is on the grants queue."""
