@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from grants_cli.backends import Backend, BackendOpener, Outgoing, SendReport
-from shared.core.contract import parse_grant
+from shared.core.contract import draft, parse_grant
 from shared.core.errors import ContractError
 
 __all__ = [
@@ -146,19 +146,18 @@ def _document(record: Mapping[str, str | None], *, request_id: str, job_id: str)
         if column in cell
     }
     member = {key: cell[column] for key, column in (("id", "memberId"), ("type", "memberType")) if column in cell}
-    document: dict[str, Any] = {
-        "schemaVersion": 1,
-        "requestId": cell.get("requestId", request_id),
-        "target": target,
-        "member": member,
-        "source": {"system": "bulk", "reference": job_id},
-    }
-    for field in ("action", "requestedBy", "reason", "expiresAt"):
-        if field in cell:
-            document[field] = cell[field]
-    if "dryRun" in cell:
-        document["dryRun"] = {"true": True, "false": False}.get(cell["dryRun"].lower(), cell["dryRun"])
-    return document
+    dry_run = cell.get("dryRun")
+    return draft(
+        requestId=cell.get("requestId", request_id),
+        action=cell.get("action"),
+        target=target,
+        member=member,
+        source={"system": "bulk", "reference": job_id},
+        requestedBy=cell.get("requestedBy"),
+        reason=cell.get("reason"),
+        expiresAt=cell.get("expiresAt"),
+        dryRun=None if dry_run is None else {"true": True, "false": False}.get(dry_run.lower(), dry_run),
+    )
 
 
 class Progress:

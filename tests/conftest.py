@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
@@ -18,6 +19,7 @@ from grants_local.settlement_server import LocalSettlementServer, point_message_
 from grants_local.token_endpoint import TokenEndpoint
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
+from shared.core.contract import draft
 from shared.runtime import installed
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -46,6 +48,23 @@ SEED: dict[str, Any] = {
         {"id": USER_ADMIN_TEMPLATE, "displayName": "License Administrator", "activated": False},
     ],
 }
+
+
+def message(**fields: Any) -> dict[str, Any]:
+    """The tests' one message builder: a valid v1 document (the contract's `draft`: requestId ``req-1``, a user
+    added to `AU` by a bulk job), any field replaced, or left out when given None."""
+    defaults: dict[str, Any] = {
+        "requestId": "req-1",
+        "target": {"type": "administrativeUnit", "id": AU},
+        "member": {"id": USER, "type": "user"},
+        "source": {"system": "bulk", "reference": "job-7"},
+    }
+    return draft(**(defaults | fields))
+
+
+def body(**fields: Any) -> bytes:
+    """`message` as a message body."""
+    return json.dumps(message(**fields)).encode()
 
 
 @pytest.fixture

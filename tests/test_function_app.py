@@ -22,22 +22,13 @@ from shared.bootstrap import Services, bootstrap
 from shared.core.errors import ConfigError
 from shared.runtime import installed
 from shared.service.settlement import Delivery, Settled, settle
-from tests.conftest import AU, LATE_USER, UNKNOWN, USER, USER_2, settings_for
+from tests.conftest import AU, LATE_USER, UNKNOWN, USER, USER_2, body, settings_for
 
 GRANT = registered_function(function_app.app, "grant_membership")
 
 
 def grant(request_id: str = "req-1", member: str = USER, **extra: Any) -> bytes:
-    return json.dumps(
-        {
-            "schemaVersion": 1,
-            "requestId": request_id,
-            "target": {"type": "administrativeUnit", "id": AU},
-            "member": {"id": member, "type": "user"},
-            "source": {"system": "bulk", "reference": "job-7"},
-            **extra,
-        }
-    ).encode()
+    return body(requestId=request_id, member={"id": member, "type": "user"}, **extra)
 
 
 @dataclass

@@ -31,7 +31,18 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final
 
-from shared.core.contract import parse_grant, parse_guid
+from shared.core.contract import (
+    Action,
+    GrantCommand,
+    Guid,
+    Member,
+    MemberType,
+    Source,
+    SourceSystem,
+    encode,
+    parse_guid,
+    target_document,
+)
 from shared.core.errors import ContractError, Reason
 from shared.core.messaging import MAX_DESCRIPTION_CHARS, Delivery, MessageActions, MessageSender, clip
 from shared.producers.hr_rules import ATTRIBUTES, HrRules
@@ -63,7 +74,7 @@ class HrEvent:
     event_id: str
     kind: str
     employee_id: str
-    user_id: str
+    user_id: Guid
     attributes: Mapping[str, str | None]
     previous: Mapping[str, str | None]
     effective_date: str | None
@@ -132,21 +143,19 @@ def derive_messages(event: HrEvent, rules: HrRules) -> list[tuple[str, bytes]]:
     messages: list[tuple[str, bytes]] = []
     for action, targets in changes:
         for target, names in targets.items():
-            request_id = f"hr:{event.event_id}:{hashlib.sha256(f'{action}|{target}'.encode()).hexdigest()[:16]}"
+            canonical = json.dumps(target_document(target), sort_keys=True)
+            request_id = f"hr:{event.event_id}:{hashlib.sha256(f'{action}|{canonical}'.encode()).hexdigest()[:16]}"
             effective = f", effective {event.effective_date}" if event.effective_date else ""
-            document = {
-                "schemaVersion": 1,
-                "requestId": request_id,
-                "action": action,
-                "target": json.loads(target),
-                "member": {"id": event.user_id, "type": "user"},
-                "source": {"system": "hr", "reference": event.employee_id},
-                "requestedBy": "hr-events",
-                "reason": f"{event.kind} event {event.event_id}{effective}; rules: {', '.join(names)}"[:1024],
-            }
-            body = json.dumps(document).encode()
-            parse_grant(body)  # the rules and the event are validated: this only guards the invariant
-            messages.append((request_id, body))
+            command = GrantCommand(
+                request_id=request_id,
+                action=Action(action),
+                target=target,
+                member=Member(id=event.user_id, type=MemberType.USER),
+                source=Source(system=SourceSystem.HR, reference=event.employee_id),
+                requested_by="hr-events",
+                reason=f"{event.kind} event {event.event_id}{effective}; rules: {', '.join(names)}"[:1024],
+            )
+            messages.append((request_id, encode(command)))
     return messages
 
 

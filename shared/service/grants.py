@@ -10,13 +10,12 @@ scheduling it again (a redelivery) is absorbed by duplicate detection and is har
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
 from shared.adapters.graph import GraphClient
-from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, derived_request_id, to_document
+from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, derived_request_id, encode
 from shared.core.errors import GrantError, PermanentError, Reason, TransientError
 from shared.core.messaging import EXPIRY_OF, MessageSender
 from shared.core.policy import GrantPolicy
@@ -85,7 +84,7 @@ class GrantService:
         removal = expiry_command(command)
         try:
             await self._sender.schedule(
-                body=json.dumps(to_document(removal)).encode(),
+                body=encode(removal),
                 message_id=removal.request_id,
                 application_properties={EXPIRY_OF: command.request_id},
                 scheduled_enqueue_time=expires_at,
