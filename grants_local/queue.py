@@ -190,6 +190,11 @@ class LocalQueue:
         self._locks: dict[uuid.UUID, _Lock] = {}
         self._counts: Counter[str] = Counter()  # QueueStats field -> count
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The queue's clock (epoch seconds)."""
+        return self._clock
+
     # -- sending ---------------------------------------------------------------------------------------
 
     def send(
