@@ -20,7 +20,7 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/pyth
 	touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime
-	$(BIN)/python -m shared demo
+	$(BIN)/grants demo
 
 test: lint types unit infra
 

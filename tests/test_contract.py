@@ -214,7 +214,9 @@ CONTRACT_REASONS = {
 def assert_names_the_problem(error: ContractError) -> None:
     """A contract reason and a one-line, printable ASCII description that a person can act on."""
     assert error.reason in CONTRACT_REASONS
-    assert error.description and error.description.isascii() and error.description.isprintable()
+    assert error.description
+    assert error.description.isascii()
+    assert error.description.isprintable()
 
 
 @given(st.binary(max_size=300))
