@@ -7,15 +7,13 @@ import json
 import re
 import subprocess
 import sys
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from pycep import BicepParser
+from bicep import BICEP_FILES, INFRA, accessor, module, parse, resource
 
-INFRA = Path(__file__).resolve().parent.parent
 ROOT = INFRA.parent
 sys.path.insert(0, str(ROOT))
 
@@ -38,22 +36,6 @@ GRAPH_ROOTS = {
 }
 GRAPH_PERMISSIONS = {"AdministrativeUnit.ReadWrite.All", "RoleManagement.ReadWrite.Directory"}
 CUSTOM_CHECKS = ("CKV_GRANTS_SB_1", "CKV_GRANTS_SB_2", "CKV_GRANTS_SB_3", "CKV_GRANTS_SB_4")
-BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
-
-
-@cache
-def parse(path: Path) -> dict[str, Any]:
-    template: dict[str, Any] = BicepParser().parse(file_path=path)
-    return template
-
-
-def module(name: str) -> dict[str, Any]:
-    return parse(INFRA / "modules" / f"{name}.bicep")
-
-
-def resource(module_name: str, name: str) -> dict[str, Any]:
-    config: dict[str, Any] = module(module_name)["resources"][name]["config"]
-    return config
 
 
 def app_settings() -> dict[str, Any]:
@@ -61,15 +43,6 @@ def app_settings() -> dict[str, Any]:
     names = [item["name"] for item in settings]
     assert len(names) == len(set(names)), "an app setting is listed twice"
     return {item["name"]: item["value"] for item in settings}
-
-
-def accessor(expression: Any) -> list[str]:
-    """``a.b.c`` as pycep parses it -> ``["a", "b", "c"]``."""
-    if isinstance(expression, str):
-        return [expression]
-    operands = expression["operator"]["operands"]
-    assert expression["operator"]["type"] == "property_accessor", expression
-    return [*accessor(operands["operand_1"]), *accessor(operands["operand_2"])]
 
 
 def test_every_bicep_file_parses() -> None:
