@@ -34,3 +34,9 @@ def accessor(expression: Any) -> list[str]:
     operands = expression["operator"]["operands"]
     assert expression["operator"]["type"] == "property_accessor", expression
     return [*accessor(operands["operand_1"]), *accessor(operands["operand_2"])]
+
+
+def loop(config: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """``[for item in array: {body}]`` -> ``(item, array, body)``."""
+    detail = config["loop_type"]["detail"]
+    return detail["item_name"], detail["array_name"], config["config"]
