@@ -124,7 +124,7 @@ module rbac 'modules/rbac.bicep' = {
   }
 }
 
-// Alerts (docs/runbook.md), over Application Insights and the Service Bus metrics.
+// Alerts (docs/runbook.md) and the operations workbook, over Application Insights and the Service Bus metrics.
 module alerts 'modules/alerts.bicep' = {
   name: 'alerts'
   params: {
@@ -139,6 +139,16 @@ module alerts 'modules/alerts.bicep' = {
     alertWebhookUrl: alertWebhookUrl
     deadLettersPerHour: alertDeadLettersPerHour
     stalledMinutes: alertStalledMinutes
+  }
+}
+
+module workbook 'modules/workbook.bicep' = {
+  name: 'workbook'
+  params: {
+    location: location
+    tags: tags
+    appInsightsId: monitoring.outputs.appInsightsId
+    serviceBusNamespaceId: servicebus.outputs.id
   }
 }
 

@@ -1,5 +1,6 @@
-"""Alerts and their queries, parsed: each alert's scope, query file, severity, timing and action group; every query
-kept once, in infra/queries/, and shown as it is in docs/runbook.md."""
+"""Alerts, the operations workbook and their queries, parsed: each alert's scope, query file, severity, timing and
+action group; each workbook tile's query file; every query kept once, in infra/queries/, and shown as it is in
+docs/runbook.md."""
 
 from __future__ import annotations
 
@@ -80,8 +81,20 @@ METRIC_ALERTS = {
     "deadLetterDepth": ("DeadletteredMessages", ["grantsQueue", "hrEventsQueue"], (2, "PT1M", "PT5M")),
     "grantsBacklog": ("ActiveMessages", ["grantsQueue"], (1, "PT5M", "stalledWindow")),
 }
-#: Shown in the runbook only: the README's audit query, and what to look at beside an alert.
-RUNBOOK_ONLY = {"audit.kql", "grants-per-hour.kql", "settle-latency.kql", "write-rate.kql"}
+#: Workbook log tile -> its query files.
+LOG_TILES = {
+    "grants-per-hour": [PREAMBLE, "grants-per-hour.kql"],
+    "dead-letter-reasons": [PREAMBLE, "dead-letters-by-reason.kql"],
+    "latency": [PREAMBLE, "settle-latency.kql"],
+    "throttling": [PREAMBLE, "throttled-share.kql"],
+    "write-rate": [PREAMBLE, "write-rate.kql"],
+    "pending-expiries": [PREAMBLE, "pending-expiries.kql"],
+    "function-failures": ["function-failures.kql"],
+}
+#: Workbook metric tile -> the Service Bus metric it charts per queue.
+METRIC_TILES = {"dead-letter-depth": "DeadletteredMessages", "active-messages": "ActiveMessages"}
+#: Shown in the runbook only: the README's audit query.
+RUNBOOK_ONLY = {"audit.kql"}
 #: azd variable (main.parameters.json) -> main.bicep parameter, for the alerts.
 AZD_VARIABLES = {
     "AZURE_ALERT_EMAIL": ("alertEmail", ""),
@@ -111,9 +124,26 @@ def log_alerts() -> dict[str, dict[str, Any]]:
     return {spec["name"]: spec for spec in module("alerts")["variables"]["logAlerts"]["value"]}
 
 
+def workbook_tiles() -> dict[str, dict[str, Any]]:
+    """The workbook's items, by name."""
+    items = module("workbook")["variables"]["content"]["value"]["items"]
+    return {item["name"]: item for item in items}
+
+
+def tile(name: str, base: str) -> dict[str, Any]:
+    """A tile's own settings: its content is ``union(<base>, {settings})``."""
+    function = workbook_tiles()[name]["content"]["function"]
+    assert function["type"] == "union"
+    assert function["parameters"]["arg_1"] == base
+    settings: dict[str, Any] = function["parameters"]["arg_2"]
+    return settings
+
+
 def every_query() -> list[list[str]]:
-    """The files of every query infra/ deploys: the log alerts'."""
-    return [query_files(spec["criterion"]["query"], module("alerts")) for spec in log_alerts().values()]
+    """The files of every query infra/ deploys: alerts and workbook tiles."""
+    alerts = [query_files(spec["criterion"]["query"], module("alerts")) for spec in log_alerts().values()]
+    tiles = [query_files(tile(name, "logTile")["query"], module("workbook")) for name in LOG_TILES]
+    return alerts + tiles
 
 
 def code(path: Path) -> str:
@@ -279,6 +309,42 @@ def test_the_runbook_lists_every_alert_with_its_kind_and_severity() -> None:
         expected.add((name, "Service Bus metric", str(config["properties"]["severity"])))
     assert set(rows) == expected
     assert len(rows) == len(expected)
+
+
+def test_workbook_is_the_serialized_content_linked_to_application_insights() -> None:
+    workbook = module("workbook")["resources"]["workbook"]
+    assert (workbook["type"], workbook["config"]["kind"]) == ("Microsoft.Insights/workbooks", "shared")
+    properties = workbook["config"]["properties"]
+    assert properties["serializedData"]["function"] == {"type": "string", "parameters": {"value_to_convert": "content"}}
+    assert properties["sourceId"] == "appInsightsId"
+    content = module("workbook")["variables"]["content"]["value"]
+    assert (content["version"], content["fallbackResourceIds"]) == ("Notebook/1.0", ["appInsightsId"])
+    params = parse(INFRA / "main.bicep")["modules"]["workbook"]["config"]["params"]
+    assert accessor(params["appInsightsId"]) == ["monitoring", "outputs", "appInsightsId"]
+    assert accessor(params["serviceBusNamespaceId"]) == ["servicebus", "outputs", "id"]
+
+
+def test_each_workbook_log_tile_runs_its_query_file_over_the_time_range() -> None:
+    tiles = workbook_tiles()
+    assert {name for name, item in tiles.items() if item["type"] == 3} == set(LOG_TILES)
+    for name, files in LOG_TILES.items():
+        assert query_files(tile(name, "logTile")["query"], module("workbook")) == files, name
+    base = module("workbook")["variables"]["logTile"]["value"]
+    assert (base["version"], base["resourceType"]) == ("KqlItem/1.0", "microsoft.insights/components")
+    assert base["timeContextFromParameter"] == "TimeRange"
+    [time_range] = tiles["parameters"]["content"]["parameters"]
+    assert (time_range["name"], time_range["type"]) == ("TimeRange", 4)
+
+
+def test_each_workbook_metric_tile_charts_its_service_bus_metric_per_queue() -> None:
+    tiles = workbook_tiles()
+    assert {name for name, item in tiles.items() if item["type"] == 10} == set(METRIC_TILES)
+    for name, metric in METRIC_TILES.items():
+        [chart] = tile(name, "queueTile")["metrics"]
+        assert chart["metric"] == f"microsoft.servicebus/namespaces--{metric}"
+        assert chart["splitBy"] == ["EntityName"]
+    base = module("workbook")["variables"]["queueTile"]["value"]
+    assert (base["resourceType"], base["resourceIds"]) == ("microsoft.servicebus/namespaces", ["serviceBusNamespaceId"])
 
 
 def test_a_query_over_outcome_lines_gets_the_preamble_first_and_no_other_does() -> None:
