@@ -120,6 +120,7 @@ module rbac 'modules/rbac.bicep' = {
     serviceBusNamespaceName: servicebus.outputs.name
     storageAccountName: storage.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
+    // The rules' identities exist once the rules do, so this module (and the app, which waits for it) waits for them.
     alertRulePrincipalIds: alerts.outputs.logAlertPrincipalIds
   }
 }
