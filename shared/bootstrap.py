@@ -21,13 +21,14 @@ from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed
 from shared.config import Settings
 from shared.core.contract import GrantCommand
 from shared.core.errors import ConfigError
+from shared.core.messaging import Delivery, MessageActions, MessageSender
 from shared.core.policy import GrantPolicy
 from shared.core.retry import RetryPolicy
 from shared.producers.hr import settle_hr_event
 from shared.producers.hr_rules import HrRules
 from shared.service.grants import GrantService
 from shared.service.membership import Result
-from shared.service.settlement import Delivery, MessageActions, RetrySender, Settled, settle
+from shared.service.settlement import Settled, settle
 
 __all__ = ["Services", "bootstrap"]
 
@@ -46,8 +47,8 @@ class Services:
     http: httpx.AsyncClient
     graph: GraphClient
     grants: GrantService
-    policy: RetryPolicy
-    sender: RetrySender
+    retry_policy: RetryPolicy
+    sender: MessageSender
     now: Callable[[], datetime] = _utc_now
     hr_rules: HrRules | None = None
     _closers: tuple[Any, ...] = field(default=(), repr=False)
@@ -56,18 +57,18 @@ class Services:
         """Carry out one validated command: guardrails, Graph, expiry."""
         return await self.grants.execute(command)
 
-    async def process(self, message: Any, actions: MessageActions) -> Settled:
-        """Process and settle one received Service Bus message."""
+    async def settle_grant(self, message: Any, actions: MessageActions) -> Settled:
+        """Process and settle one received grant message."""
         return await settle(
             Delivery.of(message),
             handle=self.handle,
             actions=actions,
             sender=self.sender,
-            policy=self.policy,
+            retry_policy=self.retry_policy,
             now=self.now,
         )
 
-    async def process_hr_event(self, message: Any, actions: MessageActions) -> Settled:
+    async def settle_hr_event(self, message: Any, actions: MessageActions) -> Settled:
         """Turn one received HR event into grant messages on the grants queue, and settle it."""
         return await settle_hr_event(
             Delivery.of(message), rules=self.hr_rules, actions=actions, sender=self.sender, now=self.now
@@ -84,8 +85,8 @@ def bootstrap(
     settings: Settings,
     *,
     tokens: TokenSource | None = None,
-    sender: RetrySender | None = None,
-    policy: RetryPolicy | None = None,
+    sender: MessageSender | None = None,
+    retry_policy: RetryPolicy | None = None,
     now: Callable[[], datetime] = _utc_now,
     governor: WriteGovernor | None = None,
 ) -> Services:
@@ -122,7 +123,7 @@ def bootstrap(
         http=http,
         graph=graph,
         grants=grants,
-        policy=policy
+        retry_policy=retry_policy
         or RetryPolicy(
             max_attempts=settings.max_attempts,
             base_delay=settings.retry_base_seconds,
@@ -136,8 +137,10 @@ def bootstrap(
     )
 
 
-def _servicebus_sender(settings: Settings, http: httpx.AsyncClient, credential: Any, closers: list[Any]) -> RetrySender:
-    from shared.adapters.servicebus import ServiceBusRetrySender
+def _servicebus_sender(
+    settings: Settings, http: httpx.AsyncClient, credential: Any, closers: list[Any]
+) -> MessageSender:
+    from shared.adapters.servicebus import ServiceBusSender
 
     if not settings.servicebus_namespace:
         raise ConfigError(
@@ -146,7 +149,7 @@ def _servicebus_sender(settings: Settings, http: httpx.AsyncClient, credential: 
     if settings.servicebus_client_id != settings.client_id:
         credential = managed_identity_credential(http=http, client_id=settings.servicebus_client_id)
         closers.append(credential)
-    sender = ServiceBusRetrySender(
+    sender = ServiceBusSender(
         namespace=settings.servicebus_namespace, queue=settings.grants_queue, credential=credential
     )
     closers.insert(0, sender)

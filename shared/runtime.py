@@ -11,10 +11,11 @@ import azure.functions as func
 
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
+from shared.core.messaging import MessageActions
 from shared.core.policy import GrantPolicy
 from shared.producers.hr_rules import HrRules
 from shared.producers.webhook import receive
-from shared.service.settlement import MessageActions, Settled
+from shared.service.settlement import Settled
 
 __all__ = [
     "check_configuration",
@@ -59,12 +60,12 @@ def installed(replacement: Services) -> Iterator[Services]:
 
 async def process_grant_message(message: Any, actions: MessageActions) -> Settled:
     """Entry point for the Service Bus trigger: process and settle one grant message."""
-    return await services().process(message, actions)
+    return await services().settle_grant(message, actions)
 
 
 async def process_hr_event(message: Any, actions: MessageActions) -> Settled:
     """Entry point for the HR events trigger: derive grant messages from one event and settle it."""
-    return await services().process_hr_event(message, actions)
+    return await services().settle_hr_event(message, actions)
 
 
 async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:

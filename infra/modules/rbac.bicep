@@ -1,6 +1,6 @@
-// Azure role assignments for the app's identity: exactly the data-plane roles it uses, each on the one
-// resource it needs. Never Azure Service Bus Data Owner (090c5cfd-751d-490a-894a-3ce6f1109419): that could
-// create, change and delete queues.
+// Azure role assignments: for the app's identity, exactly the data-plane roles it uses, each on the one resource
+// it needs; for the log search alert rules' identities, read access to the telemetry they query. Never Azure
+// Service Bus Data Owner (090c5cfd-751d-490a-894a-3ce6f1109419): that could create, change and delete queues.
 // Each assignment is named guid(scope id, principal, role definition id), so re-running `azd provision`
 // finds the same assignment instead of failing with RoleAssignmentExists.
 param principalId string
@@ -9,6 +9,8 @@ param storageAccountName string
 param appInsightsName string
 param ledgerAccountName string
 param ledgerTableName string
+@description('Principal IDs of the log search alert rules\' system-assigned identities (alerts.bicep).')
+param alertRulePrincipalIds array
 
 // Built-in role definitions (IDs are the same in every tenant and cloud).
 // The trigger receives, completes, abandons and dead-letters messages.
@@ -28,6 +30,9 @@ var storageBlobDataOwner = subscriptionResourceId('Microsoft.Authorization/roleD
 var storageTableDataContributor = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3')
 // Telemetry ingestion with Application Insights local auth disabled.
 var monitoringMetricsPublisher = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '3913510d-42f4-4e42-8a64-420c390055eb')
+// A log search alert rule runs its query as its identity: Monitoring Reader on the component it queries lets it
+// read that component's telemetry (resource-context, monitoring.bicep) and change nothing.
+var monitoringReader = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '43d0d8ad-25c7-4714-9337-8ba259a9fe05')
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' existing = {
   name: serviceBusNamespaceName
@@ -114,3 +119,13 @@ resource ledgerContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' 
     roleDefinitionId: storageTableDataContributor
   }
 }
+
+resource alertRuleReaders 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for alertRulePrincipalId in alertRulePrincipalIds: {
+  scope: appInsights
+  name: guid(appInsights.id, alertRulePrincipalId, monitoringReader)
+  properties: {
+    principalId: alertRulePrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: monitoringReader
+  }
+}]
