@@ -38,7 +38,7 @@ $(AZURITE)/.installed: grants_local/azurite-npm/package.json grants_local/azurit
 		--loglevel=error
 	touch $@
 
-demo: $(VENV)/.runtime
+demo: $(VENV)/.runtime $(AZURITE)/.installed
 	$(BIN)/grants demo
 
 test: lint types unit infra
@@ -64,12 +64,12 @@ infra:
 	.venv-msgraph/bin/python -m pip install -q -r benchmarks/requirements-msgraph.txt
 	touch $@
 
-bench: $(VENV)/.dev .venv-msgraph/.installed
+bench: $(VENV)/.dev .venv-msgraph/.installed $(AZURITE)/.installed
 	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.bench $(ARGS)
 
 # Not part of `make test` (its 500-message variant is, in tests/test_soak.py): 10,000 messages with seeded faults,
 # invariants checked (ARGS="--messages 2000 --seed 7"); exits non-zero when one fails.
-soak: $(VENV)/.dev
+soak: $(VENV)/.dev $(AZURITE)/.installed
 	GRPC_VERBOSITY=ERROR $(BIN)/python -m grants_local.soak $(ARGS)
 
 clean:

@@ -19,8 +19,9 @@ import time
 from collections import Counter
 
 from benchmarks.directory import grants
+from grants_local.azurite import local_ledger
 from grants_local.queue import LocalQueue, LocalSender
-from shared.bootstrap import bootstrap
+from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
 from shared.core.contract import AdministrativeUnit, GrantCommand, parse_grant
 
@@ -31,7 +32,13 @@ def commands(*, unit: str, count: int) -> list[GrantCommand]:
 
 
 async def run(*, unit: str, count: int, concurrency: int) -> dict[str, object]:
-    services = bootstrap(Settings.from_env({**os.environ, "GRAPH_WRITE_RATE": "0"}), sender=LocalSender(LocalQueue()))
+    async with local_ledger() as ledger:  # the app needs its ledger configured; the engine alone does not use it
+        settings = ledger.settings(Settings.from_env({**os.environ, "GRAPH_WRITE_RATE": "0"}))
+        services = bootstrap(settings, sender=LocalSender(LocalQueue()), ledger_credential=ledger.credential())
+        return await _run(services, unit=unit, count=count, concurrency=concurrency)
+
+
+async def _run(services: Services, *, unit: str, count: int, concurrency: int) -> dict[str, object]:
     todo = commands(unit=unit, count=count)
     assert all(isinstance(c.target, AdministrativeUnit) for c in todo)
     outcomes: Counter[str] = Counter()

@@ -3,11 +3,13 @@
 Resubmit moves one message at a time and never loses one: it peek-locks a dead letter, sends a fresh copy,
 and completes the dead letter only after the send succeeded. The copy keeps the body and
 ``originalMessageId``; it drops ``attempt`` / ``firstAttemptAt`` (the app counts attempts from 1 again) and
-carries ``resubmission`` (8 hex digits). Its MessageId is ``<requestId>:resubmit:<hex>`` and the app's retry
-copies of it are ``<requestId>:resubmit:<hex>:<n>``, so duplicate detection drops neither (the dead letter's
-own retries used ``<requestId>:<n>``). A failed send abandons the dead letter (it stays in the dead-letter
-queue). Interrupted between the send and the completion, the dead letter stays too and the message exists
-twice: a duplicate grant, which is harmless (grants are idempotent); nothing is lost.
+carries ``resubmission`` (8 hex digits). Its MessageId is ``~resubmit:<digest>:<hex>`` (the digest of the
+original MessageId and the body) and the app's retry copies of it derive from the resubmission too, so duplicate
+detection drops neither, and no producer's MessageId can equal one. The ledger sees the same request again (the
+same original MessageId), so it runs, and it is superseded if a newer intent for its member and target came since.
+A failed send abandons the dead letter (it stays in the dead-letter queue). Interrupted between the send and the
+completion, the dead letter stays too and the message exists twice: the ledger absorbs the second as the same
+request, or it is a duplicate grant, which is harmless (grants are idempotent); nothing is lost.
 
 Dead letters the filter does not select stay locked until the pass ends, so the next lock reaches the
 next message, and are then abandoned (which, on Service Bus as locally, adds one to their delivery count).
@@ -15,6 +17,7 @@ next message, and are then abandoned (which, on Service Bus as locally, adds one
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +25,6 @@ from dataclasses import dataclass
 from typing import Final, TextIO
 
 from grants_cli.backends import Backend, BackendOpener, HeldDeadLetter, Outgoing
-from shared.core.contract import derived_request_id
 from shared.core.messaging import (
     ATTEMPT,
     DEAD_LETTER_ERROR_DESCRIPTION,
@@ -31,6 +33,7 @@ from shared.core.messaging import (
     ORIGINAL_MESSAGE_ID,
     RESUBMISSION,
     DeadLetter,
+    derived_message_id,
 )
 
 __all__ = ["Selector", "print_list", "print_show", "purge", "resubmit", "resubmitted_copy", "run_dlq", "select"]
@@ -63,10 +66,12 @@ def resubmitted_copy(info: DeadLetter, *, suffix: str | None = None) -> Outgoing
     properties = {key: value for key, value in info.application_properties.items() if key not in _RESET}
     properties[ORIGINAL_MESSAGE_ID] = info.original_message_id
     properties[RESUBMISSION] = suffix or uuid.uuid4().hex[:8]
-    base = info.request_id or info.message_id
+    body_hash = hashlib.sha256(info.body).hexdigest()
     return Outgoing(
         body=info.body,
-        message_id=derived_request_id(base, f"resubmit:{properties[RESUBMISSION]}"),
+        message_id=derived_message_id(
+            "resubmit", info.original_message_id, body_hash, suffix=str(properties[RESUBMISSION])
+        ),
         application_properties=properties,
     )
 

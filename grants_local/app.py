@@ -3,8 +3,9 @@
 `local_app` wires, for one grants queue: the in-process settlement server and the real
 `ServiceBusMessageActions` pointed at it, the app's services from the real `bootstrap` (the queue's
 `LocalSender` as the message sender, time from the queue's clock, a write governor whose waits move a
-`ManualClock`), installed as the process's services, and an `OutcomeRecorder` on the outcome log. The
-registered functions then run exactly as the Functions host would call them.
+`ManualClock`, the grant ledger in a table of a local Azurite), installed as the process's services, and an
+`OutcomeRecorder` on the outcome log. The registered functions then run exactly as the Functions host would call
+them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from grants_local.azurite import LedgerTable, local_ledger
 from grants_local.host import LocalHost, OutcomeRecorder, registered_function
 from grants_local.queue import LocalQueue, LocalSender, ManualClock
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
@@ -71,10 +73,12 @@ async def local_app(
     queue: LocalQueue | None = None,
     clock: Callable[[], float] | None = None,
     sender: Callable[[LocalSender], MessageSender] | None = None,
+    ledger: LedgerTable | None = None,
 ) -> AsyncIterator[LocalApp]:
     """Wire the app for `queue` (a new one on `clock`, by default a `ManualClock`) and install it for the block.
 
-    `sender` may wrap the queue's sender (the soak's fault injection); the services are closed on exit.
+    `sender` may wrap the queue's sender (the soak's fault injection); `ledger` is the grant ledger's table (by
+    default a fresh one in an Azurite started for the block); the services are closed on exit.
     """
     clock = clock or (queue.clock if queue is not None else ManualClock())
     queue = queue or LocalQueue(clock=clock)
@@ -82,8 +86,11 @@ async def local_app(
     async with AsyncExitStack() as stack:
         server = stack.enter_context(LocalSettlementServer(queue))
         recorder = stack.enter_context(OutcomeRecorder().attached())
+        if ledger is None:
+            ledger = await stack.enter_async_context(local_ledger())
         services = bootstrap(
-            settings,
+            ledger.settings(settings),
+            ledger_credential=ledger.credential(),
             sender=sender(local_sender) if sender else local_sender,
             now=lambda: datetime.fromtimestamp(clock(), UTC),
             governor=virtual_governor(settings, clock),

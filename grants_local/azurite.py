@@ -26,6 +26,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Final, Self
@@ -33,7 +37,20 @@ from typing import IO, TYPE_CHECKING, Final, Self
 if TYPE_CHECKING:
     from azure.core.credentials import AzureNamedKeyCredential
 
-__all__ = ["AZURITE_HOME", "DEV_ACCOUNT", "DEV_KEY", "AzuriteError", "AzuriteTables", "node_executable", "npm_command"]
+    from shared.config import Settings
+
+__all__ = [
+    "AZURITE_HOME",
+    "DEV_ACCOUNT",
+    "DEV_KEY",
+    "AzuriteError",
+    "AzuriteTables",
+    "LedgerTable",
+    "local_ledger",
+    "new_ledger_table",
+    "node_executable",
+    "npm_command",
+]
 
 #: Where the Makefile installs the npm package (``npm ci`` of grants_local/azurite-npm/package-lock.json).
 AZURITE_HOME: Final = Path(__file__).resolve().parent.parent / ".local" / "azurite"
@@ -188,6 +205,48 @@ class AzuriteTables:
             return ""
         self._log.seek(0)
         return self._log.read()[-2000:].decode(errors="replace").strip() or "(no output)"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTable:
+    """A table in a local Azurite, to serve as the grant ledger: `settings` points the app at it, and
+    `credential` is what `bootstrap(ledger_credential=…)` takes (Azurite's development key)."""
+
+    endpoint: str
+    table: str
+
+    def settings(self, settings: Settings) -> Settings:
+        """`settings` with ``GrantsLedger__tableServiceUri`` and ``GrantsLedger__tableName`` set to this table."""
+        return replace(settings, ledger_table_uri=self.endpoint, ledger_table=self.table)
+
+    def credential(self) -> AzureNamedKeyCredential:
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        return AzureNamedKeyCredential(DEV_ACCOUNT, DEV_KEY)
+
+
+async def new_ledger_table(azurite: AzuriteTables) -> LedgerTable:
+    """Create a table with a fresh random name in `azurite`."""
+    import httpx
+
+    from shared.adapters.ledger import table_client
+
+    ledger = LedgerTable(azurite.endpoint, f"ledger{uuid.uuid4().hex[:16]}")
+    async with (
+        httpx.AsyncClient() as http,
+        table_client(endpoint=ledger.endpoint, table=ledger.table, credential=ledger.credential(), http=http) as table,
+    ):
+        await table.create_table()
+    return ledger
+
+
+@asynccontextmanager
+async def local_ledger(azurite: AzuriteTables | None = None) -> AsyncIterator[LedgerTable]:
+    """A fresh ledger table in `azurite`, or in an Azurite started (and stopped) for the block."""
+    with contextlib.ExitStack() as stack:
+        if azurite is None:
+            azurite = stack.enter_context(AzuriteTables())
+        yield await new_ledger_table(azurite)
 
 
 def _free_port() -> int:

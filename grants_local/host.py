@@ -16,7 +16,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from grants_local.binding import to_received_message
@@ -174,4 +174,17 @@ def line_outcomes(
                 description=entry.description or "",
                 attempts=entry.delivery_count,
             )
-    return outcomes
+    return _resolve_duplicates(outcomes)
+
+
+def _resolve_duplicates(outcomes: dict[int, LineOutcome]) -> dict[int, LineOutcome]:
+    """A line absorbed as a duplicate (same requestId and content as another line) reports that line's outcome."""
+    first = {o.request_id: o for o in sorted(outcomes.values(), key=lambda o: -o.line) if o.outcome != "duplicate"}
+    resolved = dict(outcomes)
+    for line, outcome in outcomes.items():
+        original = first.get(outcome.request_id) if outcome.outcome == "duplicate" else None
+        if original is not None:
+            resolved[line] = replace(
+                original, line=line, description=f"duplicate of line {original.line}: {original.description}"
+            )
+    return resolved

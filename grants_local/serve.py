@@ -21,12 +21,13 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import suppress
+from contextlib import AsyncExitStack, suppress
 from typing import Any, TextIO, cast
 
 import azure.functions as func
 
 from grants_local._http import LoopbackServer, Request, Response
+from grants_local.azurite import local_ledger
 from grants_local.demo import EXAMPLES
 from grants_local.graph_double import GraphDouble
 from grants_local.host import LocalHost, registered_function
@@ -101,7 +102,10 @@ async def serve_local(
         return Response(404, {"error": "POST /api/grants or POST /local/hr-events"})
 
     printer = _OutcomePrinter(out)
-    with TokenEndpoint() as tokens, GraphDouble(tokens) as graph, os_environment(tokens.env()):
+    async with AsyncExitStack() as stack:
+        tokens = stack.enter_context(TokenEndpoint())
+        graph = stack.enter_context(GraphDouble(tokens))
+        stack.enter_context(os_environment(tokens.env()))
         graph.load(EXAMPLES / "directory.json")
         settings = Settings.from_env(
             {
@@ -111,7 +115,10 @@ async def serve_local(
                 "GRAPH_BASE_URL": graph.base_url,
             }
         )
-        services = bootstrap(settings, sender=LocalSender(grants))
+        ledger = await stack.enter_async_context(local_ledger())
+        services = bootstrap(
+            ledger.settings(settings), sender=LocalSender(grants), ledger_credential=ledger.credential()
+        )
         with (
             LocalSettlementServer(grants) as grants_settlement,
             LocalSettlementServer(hr_events) as hr_settlement,

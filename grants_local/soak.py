@@ -28,7 +28,8 @@ the next requests; at most once every 2 s of wall time); the invocation dying be
 after Graph succeeded (on complete), after the retry copy was scheduled (on complete), while
 dead-lettering; the retry-copy send failing.
 The producer side: a message sent twice with the same MessageId (dropped by duplicate detection) and the
-same request sent again with a new MessageId (processed twice).
+same request sent again with a new MessageId (absorbed by the grant ledger as the same request: ``duplicate``,
+unless the first is still in flight).
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ ALLOWED = {
     "remove_absent": {"not_member"},
     "doomed": {"granted", "already_member", "dead_lettered:TargetNotFound"},
 }
+# A request sent again under a new MessageId is the same request: the ledger absorbs the second message.
+ALLOWED = {kind: outcomes | {"duplicate"} for kind, outcomes in ALLOWED.items()}
 #: Per delivery: fault -> probability (at most one fault per delivery).
 FAULTS = {
     "graph_429_retry_after": 0.015,

@@ -11,24 +11,29 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from shared.adapters.governor import WriteGovernor
 from shared.adapters.graph import GraphClient, new_http_client
 from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
+from shared.adapters.ledger import Ledger, table_client
 from shared.config import Settings
 from shared.core.contract import GrantCommand
 from shared.core.errors import ConfigError
-from shared.core.messaging import Delivery, MessageActions, MessageSender
+from shared.core.messaging import EXPIRY_OF, Delivery, MessageActions, MessageSender
 from shared.core.policy import GrantPolicy
 from shared.core.retry import RetryPolicy
 from shared.producers.hr import settle_hr_event
 from shared.producers.hr_rules import HrRules
+from shared.service.gate import Arrival, IntentGate
 from shared.service.grants import GrantService
 from shared.service.membership import Result
 from shared.service.settlement import Settled, settle
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AzureNamedKeyCredential
 
 __all__ = ["Services", "bootstrap"]
 
@@ -47,6 +52,8 @@ class Services:
     http: httpx.AsyncClient
     graph: GraphClient
     grants: GrantService
+    ledger: Ledger
+    gate: IntentGate
     retry_policy: RetryPolicy
     sender: MessageSender
     now: Callable[[], datetime] = _utc_now
@@ -58,10 +65,21 @@ class Services:
         return await self.grants.execute(command)
 
     async def settle_grant(self, message: Any, actions: MessageActions) -> Settled:
-        """Process and settle one received grant message."""
+        """Process and settle one received grant message, through the ledger (`IntentGate`)."""
+        delivery = Delivery.of(message)
+        expiry_of = delivery.application_property(EXPIRY_OF)
+        arrival = Arrival(
+            origin=delivery.original_message_id,
+            enqueued_at=delivery.enqueued_time or self.now(),
+            expiry_of=str(expiry_of) if expiry_of else None,
+        )
+
+        async def handle(command: GrantCommand) -> Result:
+            return await self.gate.run(command, arrival)
+
         return await settle(
-            Delivery.of(message),
-            handle=self.handle,
+            delivery,
+            handle=handle,
             actions=actions,
             sender=self.sender,
             retry_policy=self.retry_policy,
@@ -78,6 +96,7 @@ class Services:
         """Close what this process opened (the HTTP pool, the Service Bus link, the credential)."""
         for closer in self._closers:
             await closer.close()
+        await self.ledger.aclose()
         await self.http.aclose()
 
 
@@ -89,12 +108,17 @@ def bootstrap(
     retry_policy: RetryPolicy | None = None,
     now: Callable[[], datetime] = _utc_now,
     governor: WriteGovernor | None = None,
+    ledger_credential: AzureNamedKeyCredential | None = None,
 ) -> Services:
-    """Wire the app: one HTTP client, one managed-identity credential, one Graph client, one sender."""
+    """Wire the app: one HTTP client, one managed-identity credential, one Graph client, one sender, one ledger.
+
+    The ledger is the table `GrantsLedger__tableServiceUri` / `GrantsLedger__tableName`, reached with the
+    managed identity; `ledger_credential` replaces that credential for a local Azurite only (its development key).
+    """
     http = new_http_client()
     closers: list[Any] = []
     credential = None
-    if tokens is None or sender is None:
+    if tokens is None or sender is None or ledger_credential is None:
         credential = managed_identity_credential(http=http, client_id=settings.client_id)
         closers.append(credential)
     if tokens is None:
@@ -118,11 +142,20 @@ def bootstrap(
         activate_roles=settings.activate_roles,
         dry_run=settings.dry_run,
     )
+    if settings.ledger_table_uri is None:
+        raise ConfigError("GrantsLedger__tableServiceUri is not set: the app needs its grant ledger (Table Storage)")
+    ledger_auth = ledger_credential or credential
+    assert ledger_auth is not None
+    ledger = Ledger(
+        table_client(endpoint=settings.ledger_table_uri, table=settings.ledger_table, credential=ledger_auth, http=http)
+    )
     return Services(
         settings=settings,
         http=http,
         graph=graph,
         grants=grants,
+        ledger=ledger,
+        gate=IntentGate(ledger=ledger, grants=grants, now=now),
         retry_policy=retry_policy
         or RetryPolicy(
             max_attempts=settings.max_attempts,

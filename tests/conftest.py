@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from grants_local.app import LocalApp, local_app
-from grants_local.azurite import AzuriteTables
+from grants_local.azurite import AzuriteTables, LedgerTable, new_ledger_table
 from grants_local.graph_double import GraphDouble
 from grants_local.queue import LocalQueue, LocalSender, ManualClock
 from grants_local.token_endpoint import TokenEndpoint
@@ -93,9 +93,13 @@ def settings_for(graph: GraphDouble, **env: str) -> Settings:
 
 
 @pytest.fixture
-async def services(graph: GraphDouble) -> AsyncIterator[Services]:
-    """The app's real wiring (managed-identity credential, httpx) against the doubles."""
-    wired = bootstrap(settings_for(graph), sender=LocalSender(LocalQueue()))
+async def services(graph: GraphDouble, ledger_in_azurite: LedgerTable) -> AsyncIterator[Services]:
+    """The app's real wiring (managed-identity credential, httpx, the ledger in Azurite) against the doubles."""
+    wired = bootstrap(
+        ledger_in_azurite.settings(settings_for(graph)),
+        sender=LocalSender(LocalQueue()),
+        ledger_credential=ledger_in_azurite.credential(),
+    )
     yield wired
     await wired.aclose()
 
@@ -122,15 +126,19 @@ class Run:
 
 
 @pytest.fixture
-async def make_run(graph: GraphDouble) -> AsyncIterator[Callable[..., Any]]:
-    """Builds a `Run` with app settings `env` (retries without delay unless told otherwise)."""
+async def make_run(graph: GraphDouble, azurite: AzuriteTables) -> AsyncIterator[Callable[..., Any]]:
+    """Builds a `Run` with app settings `env` (retries without delay unless told otherwise), each with a fresh
+    ledger table in the session's Azurite."""
     graph.add_role_template(
         GLOBAL_ADMIN, display_name="Global Administrator", activated=True, role_id=GLOBAL_ADMIN_ROLE
     )
     async with AsyncExitStack() as stack:
 
         async def make(**env: str) -> Run:
-            app = await stack.enter_async_context(local_app(settings_for(graph, **env), clock=ManualClock()))
+            ledger = await new_ledger_table(azurite)
+            app = await stack.enter_async_context(
+                local_app(settings_for(graph, **env), clock=ManualClock(), ledger=ledger)
+            )
             return Run(graph, app)
 
         yield make
@@ -157,6 +165,12 @@ class StorageCalls:
 
     def __len__(self) -> int:
         return len(self.requests)
+
+
+@pytest.fixture
+async def ledger_in_azurite(azurite: AzuriteTables) -> LedgerTable:
+    """A fresh ledger table in the session's Azurite, for `bootstrap` / `local_app`."""
+    return await new_ledger_table(azurite)
 
 
 @pytest.fixture

@@ -56,7 +56,8 @@ def test_given_mixed_dead_letters_when_resubmitting_by_reason_then_exactly_those
     assert request_ids([body for _, body, _ in moved]) == ["r-1", "r-3", "r-5"]
     for message_id, body, properties in moved:
         request_id = json.loads(body)["requestId"]
-        assert message_id == f"{request_id}:resubmit:{properties['resubmission']}"
+        assert message_id.startswith("~resubmit:")
+        assert message_id.endswith(f":{properties['resubmission']}")
         assert properties["originalMessageId"] == "m" + request_id[1:]
         assert "attempt" not in properties
         assert "firstAttemptAt" not in properties
@@ -182,13 +183,13 @@ def test_given_a_local_bulk_job_when_dead_letters_are_resubmitted_then_they_run_
 
     assert main(["dlq", "resubmit", "--local", "--reason", "MemberNotFound"]) == 0
     out = capsys.readouterr().out
-    assert "resubmitted t:4 (MemberNotFound) as t:4:resubmit:" in out
+    assert "resubmitted t:4 (MemberNotFound) as ~resubmit:" in out
     # the member still does not exist: eight fresh attempts (their retry copies were not dropped), then back
     assert "t:4                          dead_lettered   MemberNotFound             8" in out
     with LocalNamespace(tmp_path / "ns").open("grant-membership") as (queue, _):
         (dead,) = queue.dead_letters()
         assert str(dead.application_properties["originalMessageId"]) == "t:4"
-        assert str(dead.message_id).startswith("t:4:resubmit:")
+        assert str(dead.message_id).startswith("~retry:")  # the resubmission's own eighth attempt
 
 
 def test_given_a_real_received_dead_letter_when_read_by_the_service_bus_adapter_then_the_copy_is_clean() -> None:
@@ -208,7 +209,8 @@ def test_given_a_real_received_dead_letter_when_read_by_the_service_bus_adapter_
         4,  # attempt 3, and this dead letter has now been delivered twice (once to the app, once to us)
     )
     copy = resubmitted_copy(info, suffix="abcd1234")
-    assert copy.message_id == "r-1:resubmit:abcd1234"
+    assert copy.message_id.startswith("~resubmit:")
+    assert copy.message_id.endswith(":abcd1234")
     assert dict(copy.application_properties) == {"originalMessageId": "m-1", "resubmission": "abcd1234"}
     sdk_copy = to_service_bus_message(copy)
     assert (sdk_copy.message_id, sdk_copy.application_properties) == (copy.message_id, copy.application_properties)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from grants_local.azurite import LedgerTable
 from grants_local.graph_double import Fault, GraphDouble
 from grants_local.queue import LocalQueue, LocalSender
 from grants_local.token_endpoint import TokenEndpoint
@@ -137,8 +138,14 @@ async def test_role_not_activated_is_permanent_unless_activation_is_allowed(
     assert graph.role_id_of(USER_ADMIN_TEMPLATE) is None
 
 
-async def test_with_activation_allowed_the_role_is_activated_then_granted(graph: GraphDouble) -> None:
-    services = bootstrap(settings_for(graph, GRANTS_ACTIVATE_ROLES="true"), sender=LocalSender(LocalQueue()))
+async def test_with_activation_allowed_the_role_is_activated_then_granted(
+    graph: GraphDouble, ledger_in_azurite: LedgerTable
+) -> None:
+    services = bootstrap(
+        ledger_in_azurite.settings(settings_for(graph, GRANTS_ACTIVATE_ROLES="true")),
+        sender=LocalSender(LocalQueue()),
+        ledger_credential=ledger_in_azurite.credential(),
+    )
     try:
         result = await services.handle(command(target={"type": "directoryRole", "roleTemplateId": USER_ADMIN_TEMPLATE}))
     finally:
@@ -262,9 +269,15 @@ async def test_graph_refuses_a_device_in_a_role_as_graph_rejected(services: Serv
     assert caught.value.reason is Reason.GRAPH_REJECTED
 
 
-async def test_no_token_is_transient_token_unavailable(graph: GraphDouble, token_endpoint: TokenEndpoint) -> None:
+async def test_no_token_is_transient_token_unavailable(
+    graph: GraphDouble, token_endpoint: TokenEndpoint, ledger_in_azurite: LedgerTable
+) -> None:
     token_endpoint.fail_next(50, status=500)
-    services = bootstrap(settings_for(graph), sender=LocalSender(LocalQueue()))
+    services = bootstrap(
+        ledger_in_azurite.settings(settings_for(graph)),
+        sender=LocalSender(LocalQueue()),
+        ledger_credential=ledger_in_azurite.credential(),
+    )
     try:
         with pytest.raises(TransientError) as caught:
             await services.handle(command())

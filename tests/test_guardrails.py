@@ -188,8 +188,7 @@ async def test_a_redelivered_expiring_grant_does_not_schedule_a_second_removal(m
         locked = run.queue.receive()
         assert locked is not None
         await GRANT(receivedmessage=to_received_message(locked), message_actions=run.actions)
-    assert run.queue.scheduled_count == 1
-    assert run.queue.stats.duplicates_dropped == 1
+    assert run.queue.scheduled_count == 1  # the resent message is the same request: absorbed by the ledger
 
 
 async def test_an_add_whose_expiry_has_passed_is_dead_lettered_expired_and_grants_nothing(
@@ -318,7 +317,12 @@ async def test_every_terminal_outcome_carries_the_audit_fields(make_run: Callabl
     )
     for outcome in outcomes.values():
         assert set(outcome) >= AUDIT_FIELDS
-    assert outcomes["m-1"]["graphRequestId"]
+    # a1 and a2 ask the same of one pair: a2 is the newer; a1 runs first (a2 then finds it done) or is superseded.
+    assert sorted(outcomes[m]["outcome"] for m in ("m-1", "m-2")) in (
+        ["already_member", "granted"],
+        ["granted", "superseded"],
+    )
+    assert all(o["graphRequestId"] for o in outcomes.values() if o["outcome"] == "granted")
     assert outcomes["m-3"]["roleTemplateId"] == HELPDESK_TEMPLATE  # resolved from the role id
 
 

@@ -9,6 +9,7 @@ Azure; the in-process queue locally).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ __all__ = [
     "BULK_JOB",
     "DEAD_LETTER_ERROR_DESCRIPTION",
     "DEAD_LETTER_REASON",
+    "DERIVED_PREFIX",
     "EXPIRY_OF",
     "FIRST_ATTEMPT_AT",
     "MAX_DESCRIPTION_CHARS",
@@ -34,6 +36,7 @@ __all__ = [
     "PropertyValue",
     "attempt_of",
     "clip",
+    "derived_message_id",
     "original_message_id",
     "property_of",
 ]
@@ -78,6 +81,19 @@ def original_message_id(properties: Mapping[Any, Any], message_id: str | None) -
     return str(value) if value else str(message_id or "")
 
 
+#: The first character of every MessageId the app derives; no producer's MessageId starts with it (request ids,
+#: bulk ``<job>:<row>`` and HR ids start with a letter or digit), so a derived id never collides with one.
+DERIVED_PREFIX: Final = "~"
+
+
+def derived_message_id(kind: str, *sources: str, suffix: str = "") -> str:
+    """``~<kind>:<digest>[:<suffix>]`` for a message the app sends itself (retry copy, expiry removal, HR grant,
+    resubmission): the digest is 40 hex digits of the SHA-256 of `sources` (what makes it unique: the original
+    MessageId and the content), so two ids are equal only when kind, sources and suffix all are."""
+    digest = hashlib.sha256("\x1f".join(sources).encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    return f"{DERIVED_PREFIX}{kind}:{digest}" + (f":{suffix}" if suffix else "")
+
+
 def clip(text: str, limit: int) -> str:
     """`text`, cut to `limit` characters with an ellipsis when longer."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -92,6 +108,7 @@ class Delivery:
     message_id: str | None
     delivery_count: int
     application_properties: Mapping[Any, Any]
+    enqueued_time: datetime | None = None
 
     @classmethod
     def of(cls, message: Any) -> Delivery:
@@ -104,6 +121,7 @@ class Delivery:
             message_id=message.message_id,
             delivery_count=message.delivery_count or 1,
             application_properties=message.application_properties or {},
+            enqueued_time=getattr(message, "enqueued_time_utc", None),
         )
 
     def application_property(self, name: str) -> Any:

@@ -48,16 +48,34 @@ class GrantService:
 
     async def execute(self, command: GrantCommand) -> Result:
         """Check, carry out and (for time-bound grants) schedule the expiry of one command."""
+        return await self.carry_out(command, await self.guard(command))
+
+    def writes(self, command: GrantCommand) -> bool:
+        """False for a dry run (the message's ``dryRun`` or ``GRANTS_DRY_RUN``): nothing is written anywhere."""
+        return not (self._dry_run or command.dry_run)
+
+    async def guard(self, command: GrantCommand, *, own_removal: bool = False) -> Guid | None:
+        """The role template of the command's target (None for a unit), after the policy check (raises
+        `PermanentError(PolicyDenied)`). `own_removal`: the app's own removal at a grant's expiry, not subject
+        to the source's policy."""
         template: Guid | None = getattr(command.target, "role_template_id", None)
         try:
             if isinstance(command.target, DirectoryRole):
                 template = await self._roles.template_of(command.target, self._graph)
-            return await self._execute(command, template)
+            if not own_removal:
+                self._policy.check(command, role_template_id=template)
+        except GrantError as error:
+            raise error.for_role_template(template) from error
+        return template
+
+    async def carry_out(self, command: GrantCommand, template: Guid | None) -> Result:
+        """Carry out a guarded command: Graph, then for a time-bound grant the scheduling of its expiry."""
+        try:
+            return await self._carry_out(command, template)
         except GrantError as error:
             raise error.for_role_template(template) from error
 
-    async def _execute(self, command: GrantCommand, template: Guid | None) -> Result:
-        self._policy.check(command, role_template_id=template)
+    async def _carry_out(self, command: GrantCommand, template: Guid | None) -> Result:
         expires_at = command.expires_at if command.action is Action.ADD else None
         dry_run = self._dry_run or command.dry_run
         if expires_at is not None and expires_at <= (now := self._now()):

@@ -32,6 +32,8 @@ class Outcome(StrEnum):
     NOT_MEMBER = "not_member"
     WOULD_GRANT = "would_grant"  # dry run
     WOULD_REVOKE = "would_revoke"  # dry run
+    SUPERSEDED = "superseded"  # a newer intent for the same member and target is recorded: nothing written
+    DUPLICATE = "duplicate"  # the same request arrived before in another message: nothing written
 
 
 @dataclass(frozen=True, slots=True)

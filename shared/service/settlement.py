@@ -29,7 +29,6 @@ from shared.core.contract import (
     DirectoryRole,
     GrantCommand,
     ScopedRole,
-    derived_request_id,
     parse_grant,
 )
 from shared.core.errors import ContractError, GrantError, PermanentError, TransientError
@@ -37,7 +36,6 @@ from shared.core.messaging import (
     ATTEMPT,
     FIRST_ATTEMPT_AT,
     MAX_DESCRIPTION_CHARS,
-    MAX_MESSAGE_ID_CHARS,
     MAX_REASON_CHARS,
     ORIGINAL_MESSAGE_ID,
     RESUBMISSION,
@@ -45,6 +43,7 @@ from shared.core.messaging import (
     MessageActions,
     MessageSender,
     clip,
+    derived_message_id,
 )
 from shared.core.retry import GiveUp, RetryPolicy
 from shared.service.membership import Result
@@ -220,14 +219,13 @@ async def _schedule_retry(
         FIRST_ATTEMPT_AT: first_attempt_at.isoformat(),
         ORIGINAL_MESSAGE_ID: delivery.original_message_id,
     }
-    retry_base = command.request_id
-    if resubmission := delivery.application_property(RESUBMISSION):
+    resubmission = delivery.application_property(RESUBMISSION)
+    if resubmission:
         properties[RESUBMISSION] = str(resubmission)
-        retry_base = derived_request_id(command.request_id, f"resubmit:{resubmission}")
     try:
         await sender.schedule(
             body=delivery.body,
-            message_id=retry_message_id(retry_base, attempt.number + 1),
+            message_id=retry_message_id(delivery, attempt.number + 1),
             application_properties=properties,
             scheduled_enqueue_time=when,
         )
@@ -251,12 +249,12 @@ async def _schedule_retry(
     )
 
 
-def retry_message_id(request_id: str, attempt: int) -> str:
-    """``<requestId>:<attempt>``, hashed to fit Service Bus's 128-character MessageId when too long."""
-    candidate = f"{request_id}:{attempt}"
-    if len(candidate) <= MAX_MESSAGE_ID_CHARS:
-        return candidate
-    return f"{hashlib.sha256(request_id.encode()).hexdigest()}:{attempt}"
+def retry_message_id(delivery: Delivery, attempt: int) -> str:
+    """``~retry:<digest>:<attempt>``: the digest of the original MessageId, the body and the resubmission (if
+    any), so retry copies of two messages never share an id, whatever their request ids."""
+    resubmission = str(delivery.application_property(RESUBMISSION) or "")
+    body_hash = hashlib.sha256(delivery.body).hexdigest()
+    return derived_message_id("retry", delivery.original_message_id, body_hash, resubmission, suffix=str(attempt))
 
 
 def _first_attempt_at(delivery: Delivery, default: datetime) -> datetime:

@@ -1,0 +1,135 @@
+"""The intent gate: every grant delivery passes the ledger before it may write to Graph.
+
+`IntentGate.run` turns the command into an intent for its (member, target) pair (`requestedAt`, else the time
+its first message was enqueued) and asks the ledger (`shared.adapters.ledger`):
+
+- a request id already used with the same content by another message: ``duplicate``, nothing written;
+  with other content: `PermanentError(RequestIdConflict)`;
+- an intent older than the newest recorded for the pair: ``superseded``, nothing written;
+- another attempt holds the pair's lease: `TransientError(PairBusy)`, retried when the lease ends at the latest;
+- otherwise the command runs holding the lease, which is returned with what was applied. The Graph work must
+  end before the lease does (it is cancelled, as `GraphUnavailable`, otherwise), so two intents for one pair
+  never write at once. A Graph success whose ledger update fails is retried: it ends ``already_member`` (or
+  ``not_member``) with the record corrected.
+
+An expiry removal (application property ``expiryOf``) is the app's own act and bypasses the source's policy,
+but only when the ledger confirms it: the pair's newest intent is the grant it names and that grant has expired
+(or it is this removal itself, retried). Dry runs write nothing, the ledger included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Final
+
+from shared.adapters.ledger import Absorbed, Admitted, Ledger, Ticket
+from shared.core.contract import Action, GrantCommand, Guid
+from shared.core.errors import GrantError, Reason, TransientError
+from shared.core.intents import Superseded, intent_of, pair_of
+from shared.service.grants import GrantService
+from shared.service.membership import Outcome, Result
+
+__all__ = ["Arrival", "IntentGate"]
+
+#: The Graph work stops this long before the lease ends, so a write in flight cannot outlive it.
+LEASE_MARGIN: Final = timedelta(seconds=15)
+_APPLIED: Final = {
+    Outcome.GRANTED: Action.ADD,
+    Outcome.ALREADY_MEMBER: Action.ADD,
+    Outcome.REVOKED: Action.REMOVE,
+    Outcome.NOT_MEMBER: Action.REMOVE,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Arrival:
+    """How a command arrived: the MessageId that first carried it, when that was enqueued, and for an expiry
+    removal the request id of the grant it ends."""
+
+    origin: str
+    enqueued_at: datetime
+    expiry_of: str | None = None
+
+
+class IntentGate:
+    """Runs commands through the ledger; one per process (built by the composition root)."""
+
+    def __init__(self, *, ledger: Ledger, grants: GrantService, now: Callable[[], datetime]) -> None:
+        self._ledger = ledger
+        self._grants = grants
+        self._now = now
+
+    async def run(self, command: GrantCommand, arrival: Arrival) -> Result:
+        """Guard `command` (policy), pass it through the ledger, and carry it out holding the pair's lease."""
+        if not self._grants.writes(command):
+            return await self._grants.execute(command)
+        pair = pair_of(command.target, command.member.id)
+        own_removal = await self._is_due_expiry(command, arrival, pair)
+        template = await self._grants.guard(command, own_removal=own_removal)
+        now = self._now()
+        decision = await self._ledger.begin(
+            intent_of(command, requested_at=arrival.enqueued_at), pair=pair, origin=arrival.origin, now=now
+        )
+        if isinstance(decision, Absorbed):
+            return Result(
+                Outcome.DUPLICATE,
+                f"request {command.request_id} was first carried by message {decision.record.origin}; "
+                "this message is the same request and changes nothing",
+                graph=None,
+            )
+        if isinstance(decision, Superseded):
+            newest = decision.newest
+            return Result(
+                Outcome.SUPERSEDED,
+                f"superseded by request {newest.request_id} ({newest.action.value}, requested "
+                f"{newest.requested_at.isoformat()}); nothing written",
+                graph=None,
+            )
+        if not isinstance(decision, Admitted):
+            raise TransientError(
+                Reason.PAIR_BUSY,
+                f"request {decision.holder} for the same member and target is being carried out; waiting for it",
+                retry_after=max((decision.until - now).total_seconds(), 0.0),
+            )
+        return await self._carry_out(command, template, decision.ticket, now)
+
+    async def _carry_out(self, command: GrantCommand, template: Guid | None, ticket: Ticket, now: datetime) -> Result:
+        """Run the Graph work within the lease, then return the lease with what was applied."""
+        assert ticket.state.lease is not None
+        recorded = replace(command, requested_at=ticket.state.newest.requested_at)
+        budget = (ticket.state.lease.until - LEASE_MARGIN - now).total_seconds()
+        try:
+            async with asyncio.timeout(budget):
+                result = await self._grants.carry_out(recorded, template)
+        except TimeoutError as error:
+            await self._release_quietly(ticket)
+            raise TransientError(
+                Reason.GRAPH_UNAVAILABLE, f"the Graph work did not finish within its lease ({budget:.0f} s)"
+            ) from error
+        except GrantError:
+            await self._release_quietly(ticket)
+            raise
+        await self._ledger.finish(ticket, applied=_APPLIED.get(result.outcome), now=self._now())
+        return result
+
+    async def _is_due_expiry(self, command: GrantCommand, arrival: Arrival, pair: str) -> bool:
+        """True for an expiry removal the ledger confirms: the grant it ends is the pair's newest intent and has
+        expired, or the newest intent is this removal already (a retry)."""
+        if arrival.expiry_of is None or command.action is not Action.REMOVE:
+            return False
+        state = await self._ledger.pair(pair)
+        if state is None:
+            return False
+        newest = state.newest
+        if newest.request_id == arrival.expiry_of:
+            return newest.expires_at is not None and newest.expires_at <= self._now()
+        return newest.request_id == command.request_id
+
+    async def _release_quietly(self, ticket: Ticket) -> None:
+        """Return the lease after a failure; if the ledger fails too, the lease simply expires."""
+        with contextlib.suppress(TransientError):
+            await self._ledger.finish(ticket, applied=None, now=self._now())
