@@ -3,7 +3,13 @@
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
-from shared.runtime import check_configuration, process_grant_message, process_hr_event, process_webhook
+from shared.runtime import (
+    check_configuration,
+    process_expiry_sweep,
+    process_grant_message,
+    process_hr_event,
+    process_webhook,
+)
 
 check_configuration()  # a bad app setting, policy or HR rules file stops the app here, with an error naming it
 app = func.FunctionApp()
@@ -41,3 +47,10 @@ async def hr_events(
 ) -> None:
     """Turn one HR joiner / mover / leaver event into grant messages, then complete, abandon or dead-letter it."""
     await process_hr_event(receivedmessage, message_actions)
+
+
+@app.timer_trigger(arg_name="timer", schedule="%GRANTS_SWEEP_SCHEDULE%", run_on_startup=False, use_monitor=True)
+async def expiry_sweep(timer: func.TimerRequest) -> None:
+    """Send the removal of every time-bound grant past its expiry whose removal has not happened (the ledger's
+    pending removals): an expiry cannot fail open."""
+    await process_expiry_sweep()

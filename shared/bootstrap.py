@@ -92,6 +92,12 @@ class Services:
             Delivery.of(message), rules=self.hr_rules, actions=actions, sender=self.sender, now=self.now
         )
 
+    async def sweep_expiries(self) -> int:
+        """The expiry sweep (timer trigger): send the removal of every pending removal that is due; how many."""
+        sent = await self.gate.sweep(self.sender)
+        _log.log(logging.WARNING if sent else logging.INFO, "expiry sweep: %d due removal(s) sent", sent)
+        return sent
+
     async def aclose(self) -> None:
         """Close what this process opened (the HTTP pool, the Service Bus link, the credential)."""
         for closer in self._closers:

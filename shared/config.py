@@ -37,6 +37,7 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "ServiceBusConnection__clientId": "",
     "GrantsLedger__tableServiceUri": "",  # e.g. https://<account>.table.core.windows.net (identity-based)
     "GrantsLedger__tableName": "grantledger",
+    "GRANTS_SWEEP_SCHEDULE": "0 */5 * * * *",  # the expiry sweep's timer (NCRONTAB, read by the Functions host)
 }
 
 

@@ -20,6 +20,7 @@ from shared.service.settlement import Settled
 __all__ = [
     "check_configuration",
     "installed",
+    "process_expiry_sweep",
     "process_grant_message",
     "process_hr_event",
     "process_webhook",
@@ -66,6 +67,11 @@ async def process_grant_message(message: Any, actions: MessageActions) -> Settle
 async def process_hr_event(message: Any, actions: MessageActions) -> Settled:
     """Entry point for the HR events trigger: derive grant messages from one event and settle it."""
     return await services().settle_hr_event(message, actions)
+
+
+async def process_expiry_sweep() -> int:
+    """Entry point for the expiry sweep timer: send the removal of every pending removal that is due."""
+    return await services().sweep_expiries()
 
 
 async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:

@@ -164,11 +164,17 @@ def test_the_default_policy_says_so_and_denies_every_tier0_template() -> None:
 # --- time-bound grants ----------------------------------------------------------------------------------------
 
 
+def by_request(outcomes: dict[str, dict[str, Any]], request_id: str) -> dict[str, Any]:
+    """The one terminal outcome of `request_id` (the app's own messages have derived MessageIds)."""
+    (record,) = (record for record in outcomes.values() if record["requestId"] == request_id)
+    return record
+
+
 async def test_an_expiring_grant_schedules_one_removal_that_runs_at_its_time(make_run: Callable[..., Any]) -> None:
     run = await make_run()
     expires_at = datetime.fromtimestamp(run.clock() + 7 * 86400, UTC)
     outcomes = await run.deliver(grant(target=AU_TARGET, expiresAt=expires_at.isoformat().replace("+00:00", "Z")))
-    removal = outcomes["req-1:expire"]  # the scheduled removal's own message
+    removal = by_request(outcomes, "req-1:expire")  # the scheduled removal, under its own (derived) MessageId
     assert outcomes["m-1"]["outcome"] == "granted"
     assert removal["outcome"] == "revoked"
     assert datetime.fromisoformat(removal["startedAt"]) == expires_at
@@ -198,7 +204,7 @@ async def test_an_add_whose_expiry_has_passed_is_dead_lettered_expired_and_grant
     run = await make_run()
     outcomes = await run.deliver(grant(target=AU_TARGET, expiresAt="2001-01-01T00:00:00Z"))
     assert outcomes["m-1"]["reason"] == "Expired"
-    assert outcomes["req-1:expire"]["outcome"] == "not_member"
+    assert by_request(outcomes, "req-1:expire")["outcome"] == "not_member"
     assert [method for method, _ in run.writes()] == ["DELETE"]
     assert run.graph.members_of(AU) == set()
 
@@ -221,7 +227,7 @@ async def test_a_granted_membership_whose_removal_was_not_scheduled_is_removed_w
     run.clock.advance(3600)  # the retry copy runs after the expiry
     outcomes = await run.deliver()
     assert outcomes["m-1"]["reason"] == "Expired"
-    assert outcomes["req-1:expire"]["outcome"] == "revoked"
+    assert by_request(outcomes, "req-1:expire")["outcome"] == "revoked"
     assert run.graph.members_of(AU) == set()
 
 

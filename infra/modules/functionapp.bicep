@@ -96,6 +96,8 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         // The grant ledger (Table Storage), by identity: the app's identity with Storage Table Data Contributor.
         { name: 'GrantsLedger__tableServiceUri', value: ledgerTableServiceUri }
         { name: 'GrantsLedger__tableName', value: ledgerTableName }
+        // The expiry sweep (timer trigger): every 5 minutes, removals of expired grants that did not happen.
+        { name: 'GRANTS_SWEEP_SCHEDULE', value: '0 */5 * * * *' }
         // Never a literal: empty, or a Key Vault reference the platform resolves with the identity.
         {
           name: 'GRANTS_WEBHOOK_SECRET'

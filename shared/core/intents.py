@@ -24,7 +24,20 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from shared.core.contract import Action, AdministrativeUnit, DirectoryRole, GrantCommand, ScopedRole, Target
+from shared.core.contract import (
+    Action,
+    AdministrativeUnit,
+    DirectoryRole,
+    GrantCommand,
+    Guid,
+    Member,
+    ScopedRole,
+    Source,
+    SourceSystem,
+    Target,
+    derived_request_id,
+    parse_guid,
+)
 
 __all__ = [
     "Applied",
@@ -39,8 +52,10 @@ __all__ = [
     "admit",
     "check_request",
     "content_hash",
+    "expiry_removal",
     "intent_of",
     "pair_of",
+    "parse_pair",
     "release",
     "removal_is_due",
 ]
@@ -148,6 +163,40 @@ def pair_of(target: Target, member_id: str) -> str:
     else:
         where = f"template.{target.role_template_id}"
     return f"{where}.{member_id}"
+
+
+def parse_pair(pair: str) -> tuple[Target, Guid]:
+    """The target and member id of a pair named by `pair_of` (raises ValueError for anything else)."""
+    kind, *ids = pair.split(".")
+    guids = [parse_guid(value) for value in ids]
+    if kind == "au" and len(guids) == 2:
+        return AdministrativeUnit(id=guids[0]), guids[1]
+    if kind == "role" and len(guids) == 2:
+        return DirectoryRole(id=guids[0]), guids[1]
+    if kind == "template" and len(guids) == 2:
+        return DirectoryRole(role_template_id=guids[0]), guids[1]
+    if kind == "scoped" and len(guids) == 3:
+        return ScopedRole(role_template_id=guids[0], administrative_unit_id=guids[1]), guids[2]
+    raise ValueError(f"not a pair: {pair!r}")
+
+
+def expiry_removal(target: Target, member_id: Guid, *, of: Intent) -> GrantCommand:
+    """The app's own removal ending intent `of` (a time-bound add, or a removal still pending).
+
+    Built only from what the ledger records, so the removal scheduled with a grant and one the expiry sweep
+    sends are the same request (same id, same content): one of them is absorbed. It is newer than `of` by one
+    microsecond, and older than any intent made after it.
+    """
+    reason = f"Expiry of {of.request_id}"
+    return GrantCommand(
+        request_id=derived_request_id(of.request_id, "expire"),
+        action=Action.REMOVE,
+        target=target,
+        member=Member(id=member_id),
+        source=Source(system=SourceSystem.OTHER, reference=of.request_id[:256]),
+        reason=reason[:1024],
+        requested_at=of.requested_at + timedelta(microseconds=1),
+    )
 
 
 def content_hash(command: GrantCommand) -> str:

@@ -13,8 +13,10 @@ its first message was enqueued) and asks the ledger (`shared.adapters.ledger`):
   ``not_member``) with the record corrected.
 
 An expiry removal (application property ``expiryOf``) is the app's own act and bypasses the source's policy,
-but only when the ledger confirms it: the pair's newest intent is the grant it names and that grant has expired
-(or it is this removal itself, retried). Dry runs write nothing, the ledger included.
+but only when the ledger confirms it: it names the pair's newest intent and the pair's pending removal is due
+(or the newest intent is this removal itself, retried). Dry runs write nothing, the ledger included. `sweep`
+(the timer trigger) sends the removal of every pair whose pending removal is due, so an expiry whose removal
+was never scheduled, or kept failing, still ends the membership.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from shared.adapters.ledger import Absorbed, Admitted, Ledger, Ticket
-from shared.core.contract import Action, GrantCommand, Guid
+from shared.core.contract import Action, GrantCommand, Guid, encode
 from shared.core.errors import GrantError, Reason, TransientError
-from shared.core.intents import Superseded, intent_of, pair_of
+from shared.core.intents import Superseded, expiry_removal, intent_of, pair_of, parse_pair, removal_is_due
+from shared.core.messaging import EXPIRY_OF, MessageSender, derived_message_id
 from shared.service.grants import GrantService
 from shared.service.membership import Outcome, Result
 
@@ -116,18 +119,36 @@ class IntentGate:
         await self._ledger.finish(ticket, applied=_APPLIED.get(result.outcome), now=self._now())
         return result
 
+    async def sweep(self, sender: MessageSender) -> int:
+        """The expiry sweep: send the app's own removal (`expiry_removal`) for every pair whose pending removal is
+        due, for the grant function to carry out; return how many were sent. A send that fails raises (the next
+        sweep sends it again: the removal stays pending in the ledger until it is applied)."""
+        now = self._now()
+        sent = 0
+        for pair, state in await self._ledger.due_removals(now=now):
+            target, member_id = parse_pair(pair)
+            removal = expiry_removal(target, member_id, of=state.newest)
+            due = state.removal_due.isoformat() if state.removal_due else ""
+            await sender.schedule(
+                body=encode(removal),
+                message_id=derived_message_id("sweep", removal.request_id, due),
+                application_properties={EXPIRY_OF: state.newest.request_id},
+                scheduled_enqueue_time=now,
+            )
+            sent += 1
+        return sent
+
     async def _is_due_expiry(self, command: GrantCommand, arrival: Arrival, pair: str) -> bool:
-        """True for an expiry removal the ledger confirms: the grant it ends is the pair's newest intent and has
-        expired, or the newest intent is this removal already (a retry)."""
+        """True for an expiry removal the ledger confirms: it names the pair's newest intent and the pair's pending
+        removal is due, or the newest intent is this removal already (a retry)."""
         if arrival.expiry_of is None or command.action is not Action.REMOVE:
             return False
         state = await self._ledger.pair(pair)
         if state is None:
             return False
-        newest = state.newest
-        if newest.request_id == arrival.expiry_of:
-            return newest.expires_at is not None and newest.expires_at <= self._now()
-        return newest.request_id == command.request_id
+        if state.newest.request_id == arrival.expiry_of:
+            return removal_is_due(state, now=self._now())
+        return state.newest.request_id == command.request_id
 
     async def _release_quietly(self, ticket: Ticket) -> None:
         """Return the lease after a failure; if the ledger fails too, the lease simply expires."""

@@ -4,8 +4,8 @@
 write, refuses an add whose ``expiresAt`` has passed (`Expired`, after queueing its removal at once: an
 earlier attempt may have written the membership and failed to schedule the removal), runs the handler (a
 dry run when ``GRANTS_DRY_RUN`` or the message's ``dryRun`` says so), and after a successful add with ``expiresAt``
-schedules the matching ``remove`` at that time, with a request id derived from the grant's so that
-scheduling it again (a redelivery) is absorbed by duplicate detection and is harmless anyway.
+schedules the app's own removal at that time (`expiry_removal`: the same request however often it is scheduled).
+An expiry removal is not subject to the source's policy (`guard(own_removal=True)`, decided by the intent gate).
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from dataclasses import replace
 from datetime import datetime
 
 from shared.adapters.graph import GraphClient
-from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, derived_request_id, encode
+from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, encode
 from shared.core.errors import GrantError, PermanentError, Reason, TransientError
-from shared.core.messaging import EXPIRY_OF, MessageSender
+from shared.core.intents import content_hash, expiry_removal, intent_of
+from shared.core.messaging import EXPIRY_OF, MessageSender, derived_message_id
 from shared.core.policy import GrantPolicy
 from shared.service.membership import Outcome, Result, change_membership
 from shared.service.roles import RoleTemplates
 
-__all__ = ["GrantService", "expiry_command"]
+__all__ = ["GrantService"]
 
 
 class GrantService:
@@ -98,12 +99,15 @@ class GrantService:
         return result
 
     async def _schedule_expiry(self, command: GrantCommand, expires_at: datetime) -> None:
-        """Schedule the removal at `expires_at` (MessageId ``<requestId>:expire``: sent twice, it is absorbed)."""
-        removal = expiry_command(command)
+        """Schedule the app's own removal at `expires_at` (`expiry_removal`; MessageId ``~expire:<digest>`` of its
+        request id and content: scheduled twice, duplicate detection or the ledger absorbs the second)."""
+        removal = expiry_removal(
+            command.target, command.member.id, of=intent_of(command, requested_at=command.requested_at or self._now())
+        )
         try:
             await self._sender.schedule(
                 body=encode(removal),
-                message_id=removal.request_id,
+                message_id=derived_message_id("expire", removal.request_id, content_hash(removal)),
                 application_properties={EXPIRY_OF: command.request_id},
                 scheduled_enqueue_time=expires_at,
             )
@@ -111,18 +115,5 @@ class GrantService:
             raise TransientError(
                 Reason.EXPIRY_NOT_SCHEDULED,
                 f"the removal of this time-bound membership at {expires_at.isoformat()} could not be scheduled "
-                f"({type(error).__name__}); retrying so that the grant does not outlive its expiry",
+                f"({type(error).__name__}); retrying (the ledger keeps it as a pending removal for the expiry sweep)",
             ) from error
-
-
-def expiry_command(command: GrantCommand) -> GrantCommand:
-    """The ``remove`` that ends a time-bound grant: same target, member and source; a derived request id."""
-    reason = f"Expiry of {command.request_id}" + (f": {command.reason}" if command.reason else "")
-    return replace(
-        command,
-        request_id=derived_request_id(command.request_id, "expire"),
-        action=Action.REMOVE,
-        expires_at=None,
-        dry_run=False,
-        reason=reason[:1024],
-    )
