@@ -21,7 +21,7 @@ from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed
 from shared.adapters.ledger import Ledger, table_client
 from shared.config import Settings
 from shared.core.contract import GrantCommand
-from shared.core.errors import ConfigError
+from shared.core.errors import ConfigError, TransientError
 from shared.core.messaging import EXPIRY_OF, Delivery, MessageActions, MessageSender
 from shared.core.policy import GrantPolicy
 from shared.core.retry import RetryPolicy
@@ -91,6 +91,14 @@ class Services:
         return await settle_hr_event(
             Delivery.of(message), rules=self.hr_rules, actions=actions, sender=self.sender, now=self.now
         )
+
+    async def recorded_content(self, request_id: str) -> str | None:
+        """The content hash the ledger records for `request_id` (None: unknown, or the ledger unavailable now)."""
+        try:
+            record = await self.ledger.request(request_id)
+        except TransientError:
+            return None
+        return record.content_hash if record else None
 
     async def sweep_expiries(self) -> int:
         """The expiry sweep (timer trigger): send the removal of every pending removal that is due; how many."""

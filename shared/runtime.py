@@ -83,6 +83,7 @@ async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
         secret=current.settings.webhook_secret,
         sender=current.sender,
         now=current.now,
+        recorded=current.recorded_content,
     )
     return func.HttpResponse(
         answer.body, status_code=answer.status, headers=answer.headers, mimetype=answer.content_type

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import azure.functions as func
@@ -18,7 +19,7 @@ from grants_local.queue import LocalQueue, LocalSender, ManualClock
 from shared.config import Settings
 from shared.core.contract import MAX_MESSAGE_BYTES, parse_grant
 from shared.core.errors import ConfigError
-from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, receive, sign
+from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, receive, sign, webhook_message_id
 from tests.conftest import AU, HELPDESK_TEMPLATE, USER, USER_2, Run, message
 
 WEBHOOK = registered_function(function_app.app, "grant_webhook")
@@ -69,15 +70,18 @@ async def run(make_run: Callable[..., Any]) -> Run:
     return made
 
 
-async def test_given_a_signed_contract_body_when_posted_then_202_and_the_message_is_queued_with_messageid_requestid(
+async def test_given_a_signed_contract_body_when_posted_then_202_and_the_message_is_queued_under_its_webhook_id(
     run: Run,
 ) -> None:
     status, answer, media_type = await call(run, contract())
     assert (status, answer, media_type) == (202, {"requestId": "INC0012345", "status": "accepted"}, "application/json")
     queued = run.queue.receive()
     assert queued is not None
-    assert queued.message_id == "INC0012345"
-    assert json.loads(queued.body) == contract()
+    received = datetime.fromtimestamp(run.clock(), UTC).isoformat().replace("+00:00", "Z")
+    queued_command = parse_grant(queued.body)  # the request as sent, with when it was received
+    assert queued_command == parse_grant(json.dumps({**contract(), "requestedAt": received}).encode())
+    assert queued.message_id == webhook_message_id(parse_grant(queued.body))
+    assert queued.message_id.startswith("~webhook:")
     run.queue.abandon(queued.lock_token)
 
 
@@ -92,9 +96,9 @@ async def test_given_a_zero_padded_timestamp_signed_as_sent_when_posted_then_202
 
 async def test_given_an_accepted_webhook_when_the_queue_is_drained_then_the_member_is_granted(run: Run) -> None:
     await call(run, contract())
-    outcomes = await run.deliver()
-    assert outcomes["INC0012345"]["outcome"] == "granted"
-    assert outcomes["INC0012345"]["sourceSystem"] == "ticketing"
+    (outcome,) = (await run.deliver()).values()
+    assert (outcome["requestId"], outcome["outcome"]) == ("INC0012345", "granted")
+    assert outcome["sourceSystem"] == "ticketing"
     assert run.graph.members_of(AU) == {USER}
 
 
@@ -107,8 +111,22 @@ async def test_given_the_same_webhook_twice_when_posted_then_both_202_and_duplic
     assert first[0] == replayed[0] == 202
     assert run.queue.stats.duplicates_dropped == 1
     outcomes = await run.deliver()
-    assert list(outcomes) == ["INC0012345"]
+    assert [o["requestId"] for o in outcomes.values()] == ["INC0012345"]
     assert run.writes() == [("POST", f"/directory/administrativeUnits/{AU}/members/$ref")]
+
+
+async def test_given_a_ticket_sent_again_as_a_remove_under_its_request_id_then_409_and_nothing_is_queued(
+    run: Run,
+) -> None:
+    """Issue 13, 3: the same requestId with other content is refused (409), not dropped by duplicate detection."""
+    await call(run, contract())
+    await run.deliver()
+    sent = run.queue.stats.sent
+    status, problem, media_type = await call(run, contract(action="remove"))
+    assert (status, media_type) == (409, "application/problem+json")
+    assert "used before for a different request" in problem["detail"]
+    assert run.queue.stats.sent == sent
+    assert run.graph.members_of(AU) == {USER}
 
 
 async def test_given_a_tampered_body_when_posted_then_401_and_nothing_is_queued(
@@ -207,7 +225,7 @@ async def test_given_json_with_a_charset_when_posted_then_accepted(run: Run) -> 
 async def test_given_a_ticket_payload_when_posted_then_it_is_mapped_and_granted(run: Run) -> None:
     status, answer, _ = await call(run, ticket())
     assert (status, answer["requestId"]) == (202, "RITM0010001")
-    outcome = (await run.deliver())["RITM0010001"]
+    (outcome,) = (await run.deliver()).values()
     assert outcome["outcome"] == "granted"
     assert (outcome["sourceSystem"], outcome["sourceReference"]) == ("ticketing", "RITM0010001")
     assert outcome["requestedBy"] == "alice@contoso.com"
@@ -376,7 +394,7 @@ async def test_property_any_request_gets_a_documented_answer_and_only_valid_sign
         assert queue.stats.sent == 1
         queued = queue.receive()
         assert queued is not None
-        assert parse_grant(queued.body).request_id == queued.message_id
+        assert webhook_message_id(parse_grant(queued.body)) == queued.message_id
     else:
         assert queue.stats.sent == 0
         assert answer.content_type == "application/problem+json"

@@ -10,10 +10,14 @@ Checks, in this order, each answered with RFC 9457 problem details (``applicatio
    skew tolerated), else ``401``;
 5. the body is a v1 grant message with ``source.system = "ticketing"``, or a ticket payload mapped into one,
    and passes the same parser the queue trigger uses, and its requestId has no ":" (the app's derived ids
-   use it), else ``400`` listing the invalid fields.
+   use it), else ``400`` listing the invalid fields;
+6. the grant ledger holds no other content for its requestId, else ``409`` (a request id names one request).
 
-Then the message is sent to the grants queue with MessageId = requestId (Service Bus duplicate detection
-absorbs a webhook fired twice) and the answer is ``202`` with the requestId. A send that fails is ``503``.
+Then the message, with ``requestedAt`` = the receive time unless it has one, is sent to the grants queue with
+MessageId ``~webhook:<digest of requestId and content>`` (a webhook fired twice is absorbed by duplicate
+detection, or later by the ledger; the same requestId with other content reaches the app and is refused
+``RequestIdConflict`` rather than dropped) and the answer is ``202`` with the requestId. A send that fails is
+``503``.
 Neither the signature nor the secret is ever logged.
 """
 
@@ -24,14 +28,15 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 
-from shared.core.contract import MAX_MESSAGE_BYTES, draft, parse_grant, problems
+from shared.core.contract import MAX_MESSAGE_BYTES, GrantCommand, draft, encode, parse_grant, problems
 from shared.core.errors import ContractError, Reason
-from shared.core.messaging import MessageSender
+from shared.core.intents import content_hash
+from shared.core.messaging import MessageSender, derived_message_id
 
 __all__ = [
     "FUTURE_SKEW_SECONDS",
@@ -94,8 +99,14 @@ async def receive(
     secret: str | None,
     sender: MessageSender,
     now: Callable[[], datetime],
+    recorded: Callable[[str], Awaitable[str | None]] | None = None,
 ) -> Answer:
-    """Answer one webhook request; on success the grant message is on the grants queue."""
+    """Answer one webhook request; on success the grant message is on the grants queue.
+
+    The message gets ``requestedAt`` = the receive time unless it has one, and MessageId `webhook_message_id`
+    (the request id and content): sent twice, duplicate detection or the ledger absorbs it. `recorded` gives the
+    content hash the ledger holds for a request id: another content answers 409 (an id names one request).
+    """
     if secret is None:
         _log.error(
             "webhook refused a request: GRANTS_WEBHOOK_SECRET is not set or its Key Vault reference is unresolved"
@@ -117,10 +128,22 @@ async def receive(
     if errors:
         return _problem(400, "invalid-request", "Invalid grant request", "the request has invalid fields", errors)
     assert message is not None
-    request_id, payload = message
+    received = now()
+    command = message if message.requested_at is not None else replace(message, requested_at=received)
+    request_id = command.request_id
+    if recorded is not None and (await recorded(request_id)) not in (None, content_hash(command)):
+        return _problem(
+            409,
+            "request-id-conflict",
+            "Request id already used",
+            f"requestId {request_id} was used before for a different request; send this one with a new id",
+        )
     try:
         await sender.schedule(
-            body=payload, message_id=request_id, application_properties={}, scheduled_enqueue_time=now()
+            body=encode(command),
+            message_id=webhook_message_id(command),
+            application_properties={},
+            scheduled_enqueue_time=received,
         )
     except Exception:
         _log.exception("webhook could not enqueue request %s", json.dumps(request_id))
@@ -153,8 +176,13 @@ def _authenticate(*, headers: Mapping[str, str], body: bytes, secret: str, now: 
 Problems = list[dict[str, str]]
 
 
-def _message(body: bytes) -> tuple[tuple[str, bytes] | None, Problems]:
-    """(requestId, the message to enqueue) for a valid body, or the problems with its fields."""
+def webhook_message_id(command: GrantCommand) -> str:
+    """``~webhook:<digest>`` of the request id and content: one request, one MessageId, however often sent."""
+    return derived_message_id("webhook", command.request_id, content_hash(command))
+
+
+def _message(body: bytes) -> tuple[GrantCommand | None, Problems]:
+    """The command to enqueue for a valid body, or the problems with its fields."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
@@ -183,7 +211,7 @@ def _message(body: bytes) -> tuple[tuple[str, bytes] | None, Problems]:
         command = parse_grant(payload)
     except ContractError:
         return None, _problems(payload, document, pointers)
-    return (command.request_id, payload), []
+    return command, []
 
 
 def _problems(payload: bytes, document: Mapping[str, Any] | None, pointers: Mapping[str, str]) -> Problems:
