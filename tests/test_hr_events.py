@@ -24,7 +24,7 @@ from shared.core.errors import ConfigError, ContractError, Reason
 from shared.producers.hr import derive_messages, parse_event
 from shared.producers.hr_rules import HrRules
 from shared.runtime import check_configuration, services
-from tests.conftest import AU, AU_OTHER, HELPDESK_TEMPLATE, USER, Run
+from tests.conftest import AU, AU_OTHER, HELPDESK_TEMPLATE, USER, USER_2, Run
 
 HR = registered_function(function_app.app, "hr_events")
 HELPDESK_ROLE = "a1b2c3d4-0000-4000-8000-000000000001"
@@ -156,9 +156,51 @@ async def test_given_a_replayed_event_when_processed_then_duplicate_detection_dr
 
 
 async def test_given_an_event_without_an_id_when_processed_then_the_id_is_derived_and_stable(hr: HrRun) -> None:
-    records = await hr.publish(event("hire", event_id=...), event("hire", event_id=...))
-    assert records["e-1"]["eventId"] == "EMP-4711.hire.2026-12-01"
+    """Without eventId, the id is derived from the employee, type, date and occurredAt: a resent event is the same."""
+    at = "2026-12-01T08:00:00+01:00"
+    records = await hr.publish(event("hire", event_id=..., occurredAt=at), event("hire", event_id=..., occurredAt=at))
+    assert records["e-1"]["eventId"].startswith("EMP-4711.hire.2026-12-01.")
+    assert records["e-1"]["eventId"] == records["e-2"]["eventId"]
     assert hr.run.queue.stats.duplicates_dropped == 2
+
+
+async def test_issue13_4_a_hire_leave_and_rehire_on_one_day_without_event_ids_end_with_the_person_in(
+    hr: HrRun,
+) -> None:
+    """Three events, no eventId, one effective date: three events (their own ids), the newest (the rehire) wins."""
+    await hr.publish(event("hire", event_id=..., occurredAt="2026-12-01T08:00:00Z"))
+    await hr.run.deliver()
+    await hr.publish(event("leave", event_id=..., occurredAt="2026-12-01T12:00:00Z"))
+    await hr.run.deliver()
+    await hr.publish(event("hire", event_id=..., occurredAt="2026-12-01T16:00:00Z"))
+    await hr.run.deliver()
+    assert memberships(hr)["emea"] is True
+
+
+async def test_issue13_4_one_event_id_for_two_hires_grants_both(hr: HrRun) -> None:
+    records = await hr.publish(event("hire", "evt-9"), event("hire", "evt-9", userObjectId=USER_2))
+    assert set(records["e-1"]["grantRequestIds"]).isdisjoint(records["e-2"]["grantRequestIds"])
+    outcomes = await hr.run.deliver()
+    assert sorted(o["outcome"] for o in outcomes.values()) == ["granted"] * 4
+    assert hr.run.graph.members_of(AU) == {USER, USER_2}
+
+
+async def test_issue13_4_a_joiner_replayed_after_the_leaver_is_superseded(hr: HrRun) -> None:
+    """The joiner event replayed (a new MessageId, after duplicate detection's window) after the leaver: its
+    grants are older than the leaver's removals, so nothing is re-granted."""
+    joiner = event("hire", "evt-20", occurredAt="2026-12-01T08:00:00Z")
+    await hr.publish(joiner)
+    await hr.run.deliver()
+    await hr.publish(event("leave", "evt-21", occurredAt="2026-12-02T08:00:00Z"))
+    await hr.run.deliver()
+    hr.run.clock.advance(3600)  # past duplicate detection's 10 minutes
+    await hr.publish(joiner)
+    outcomes = await hr.run.deliver()
+    assert {o["outcome"] for o in outcomes.values() if o["requestId"].startswith("hr:evt-20:")} <= {
+        "superseded",
+        "duplicate",
+    }
+    assert not any(memberships(hr).values())
 
 
 @pytest.mark.parametrize(

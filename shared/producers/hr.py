@@ -11,9 +11,13 @@ An event (JSON object; other fields are ignored)::
   old values of the attributes that changed, and is required), ``leave`` / ``leaver`` (removes of every
   target any rule can give).
 - ``eventId``: 1 to 100 letters, digits and ``. _ : @ -``; when absent it is derived as
-  ``<employeeId>.<eventType>.<effectiveDate>`` (``effectiveDate`` is then required).
-- Each grant message has requestId = MessageId ``hr:<eventId>:<first 16 hex of sha256(action + target)>``,
-  so a replayed event produces the same ids and Service Bus duplicate detection drops the copies.
+  ``<employeeId>.<eventType>.<effectiveDate>.<8 hex of occurredAt, else of the event's MessageId>``
+  (``effectiveDate`` is then required), so a hire, a leave and a rehire on one day are three events.
+- ``occurredAt`` (optional, RFC 3339 with offset): when the event happened; the grant messages' ``requestedAt``
+  (else the time the event was enqueued), so of two HR intents for one target the later wins.
+- Each grant message has requestId = MessageId ``hr:<eventId>:<first 16 hex of sha256(action, target,
+  member)>``: two people under one eventId get different ids, and a replayed event the same ones (duplicate
+  detection, then the ledger, absorbs them; a joiner replayed after the leaver is superseded).
 
 Settlement: every message sent → complete; an invalid event → dead-letter ``InvalidHrEvent`` (no rules
 file configured: ``HrRulesNotConfigured``); a send that fails → abandon (the redelivery sends again, and
@@ -28,7 +32,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Final
 
 from shared.core.contract import (
@@ -78,10 +82,12 @@ class HrEvent:
     attributes: Mapping[str, str | None]
     previous: Mapping[str, str | None]
     effective_date: str | None
+    occurred_at: datetime | None = None
 
 
-def parse_event(body: bytes) -> HrEvent:
-    """Validate an event body; raise `ContractError(InvalidHrEvent)` naming the first bad field."""
+def parse_event(body: bytes, *, message_id: str = "") -> HrEvent:
+    """Validate an event body; raise `ContractError(InvalidHrEvent)` naming the first bad field. `message_id` (the
+    event's MessageId) tells apart events without an ``eventId`` or ``occurredAt`` that are otherwise alike."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
@@ -105,11 +111,16 @@ def parse_event(body: bytes) -> HrEvent:
     effective = document.get("effectiveDate")
     if effective is not None and not (isinstance(effective, str) and _valid_date(effective)):
         raise _invalid("effectiveDate must be a date, YYYY-MM-DD")
+    occurred = document.get("occurredAt")
+    occurred_at = _timestamp(occurred) if isinstance(occurred, str) else None
+    if occurred is not None and occurred_at is None:
+        raise _invalid("occurredAt must be an RFC 3339 timestamp with a time zone, e.g. 2026-12-01T09:00:00Z")
     event_id = document.get("eventId")
     if event_id is None:
         if effective is None:
             raise _invalid("eventId is required, or effectiveDate to derive it from")
-        event_id = f"{employee_id}.{raw_type}.{effective}"
+        distinct = hashlib.sha256((occurred if isinstance(occurred, str) else message_id).encode()).hexdigest()[:8]
+        event_id = f"{employee_id}.{raw_type}.{effective}.{distinct}"
     if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
         raise _invalid("eventId must be 1 to 100 letters, digits and . _ : @ -")
     attributes = _attributes(document, "")
@@ -125,11 +136,15 @@ def parse_event(body: bytes) -> HrEvent:
         attributes=attributes,
         previous=previous,
         effective_date=effective,
+        occurred_at=occurred_at,
     )
 
 
-def derive_messages(event: HrEvent, rules: HrRules) -> list[tuple[str, bytes]]:
-    """The grant messages for `event`: (requestId, body), in a stable order; each passes the contract."""
+def derive_messages(event: HrEvent, rules: HrRules, *, received_at: datetime | None = None) -> list[tuple[str, bytes]]:
+    """The grant messages for `event`: (requestId, body), in a stable order; each passes the contract.
+
+    Each request id names the event, the action, the target and the member; ``requestedAt`` is the event's
+    ``occurredAt``, else `received_at` (when the event was enqueued), so the newest HR event wins per target."""
     if event.kind == "joiner":
         changes = [("add", rules.targets_for(event.attributes))]
     elif event.kind == "mover":
@@ -144,7 +159,8 @@ def derive_messages(event: HrEvent, rules: HrRules) -> list[tuple[str, bytes]]:
     for action, targets in changes:
         for target, names in targets.items():
             canonical = json.dumps(target_document(target), sort_keys=True)
-            request_id = f"hr:{event.event_id}:{hashlib.sha256(f'{action}|{canonical}'.encode()).hexdigest()[:16]}"
+            what = f"{action}|{canonical}|{event.user_id}"
+            request_id = f"hr:{event.event_id}:{hashlib.sha256(what.encode()).hexdigest()[:16]}"
             effective = f", effective {event.effective_date}" if event.effective_date else ""
             command = GrantCommand(
                 request_id=request_id,
@@ -154,6 +170,7 @@ def derive_messages(event: HrEvent, rules: HrRules) -> list[tuple[str, bytes]]:
                 source=Source(system=SourceSystem.HR, reference=event.employee_id),
                 requested_by="hr-events",
                 reason=f"{event.kind} event {event.event_id}{effective}; rules: {', '.join(names)}"[:1024],
+                requested_at=event.occurred_at or received_at,
             )
             messages.append((request_id, encode(command)))
     return messages
@@ -173,8 +190,8 @@ async def settle_hr_event(
     try:
         if rules is None:
             raise ContractError(Reason.HR_RULES_NOT_CONFIGURED, "GRANTS_HR_RULES is not set")
-        event = parse_event(delivery.body)
-        messages = derive_messages(event, rules)
+        event = parse_event(delivery.body, message_id=delivery.message_id or "")
+        messages = derive_messages(event, rules, received_at=delivery.enqueued_time or now())
     except ContractError as error:
         deadletter(actions, delivery, reason=error.reason.value, description=error.description)
         return _logged(delivery, event, sent, "dead_lettered", error.reason.value, error.description)
@@ -233,6 +250,15 @@ def _attributes(document: Mapping[str, Any], prefix: str) -> dict[str, str | Non
             raise _invalid(f"{prefix}{name} must be a string of at most {_MAX_ATTRIBUTE_CHARS} characters")
         values[name] = value
     return values
+
+
+def _timestamp(value: str) -> datetime | None:
+    """An RFC 3339 timestamp with a time zone, in UTC; None when `value` is not one."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo is not None and "T" in value else None
 
 
 def _valid_date(value: str) -> bool:
