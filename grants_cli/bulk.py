@@ -27,7 +27,8 @@ from typing import Any, Final, TextIO
 
 from grants_cli.backends import Backend, BackendOpener, Outgoing, SendReport
 from shared.core.contract import draft, parse_grant
-from shared.core.errors import ContractError
+from shared.core.errors import ContractError, Reason
+from shared.core.intents import content_hash
 
 __all__ = [
     "CSV_COLUMNS",
@@ -92,14 +93,22 @@ def read_job(path: Path, *, job_id: str | None = None) -> BulkJob:
         rows = [(number, line) for number, line in enumerate(content.splitlines(), start=1) if line.strip()]
     messages: list[Outgoing] = []
     invalid: list[Invalid] = []
+    seen: dict[str, tuple[int, str]] = {}  # requestId -> (line, content hash): an id names one request
     for row, (line, body) in enumerate(rows, start=1):
         if isinstance(body, Invalid):
             invalid.append(body)
             continue
         try:
-            parse_grant(body)
+            command = parse_grant(body)
         except ContractError as error:
             invalid.append(Invalid(line, error.reason.value, error.description))
+            continue
+        first_line, asked = seen.setdefault(command.request_id, (line, content_hash(command)))
+        if asked != content_hash(command):
+            reason = Reason.REQUEST_ID_CONFLICT.value
+            invalid.append(
+                Invalid(line, reason, f"requestId {command.request_id} is line {first_line}'s, another request")
+            )
             continue
         messages.append(Outgoing(body=body, message_id=f"{job}:{row}", application_properties={"bulkJob": job}))
     return BulkJob(job_id=job, rows=len(rows), messages=messages, invalid=invalid)

@@ -124,6 +124,17 @@ def test_given_json_lines_when_read_then_each_line_is_validated_with_its_line_nu
     assert [(i.line, i.reason) for i in job.invalid] == [(3, "InvalidJson"), (4, "SchemaViolation")]
 
 
+def test_given_one_request_id_on_two_rows_asking_different_things_then_the_second_row_is_a_conflict(
+    tmp_path: Path,
+) -> None:
+    """Issue 13, 1: a reused requestId is refused at validation (RequestIdConflict), never silently dropped."""
+    first = message(requestId="CHG0042", member={"id": USER}, source={"system": "bulk"})
+    second = {**first, "member": {"id": "25c1a2d5-9101-44b2-83ab-885db8a647cb"}}
+    job = read_job(write(tmp_path, "job.jsonl", json.dumps(first), json.dumps(second), json.dumps(first)))
+    assert [m.message_id for m in job.messages] == [f"{job.job_id}:1", f"{job.job_id}:3"]  # the same request twice
+    assert [(i.line, i.reason) for i in job.invalid] == [(2, "RequestIdConflict")]
+
+
 def test_given_a_pipe_when_sending_then_progress_is_printed_in_lines_ending_at_the_total() -> None:
     stream = io.StringIO()
     progress = Progress(250, stream=stream)
