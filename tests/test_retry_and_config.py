@@ -52,6 +52,13 @@ def test_member_not_found_gives_up_after_its_window() -> None:
     assert "still not found" in decision.why
 
 
+@pytest.mark.parametrize("reason", [Reason.LEDGER_UNAVAILABLE, Reason.PAIR_BUSY])
+def test_the_ledger_being_down_or_busy_never_dead_letters(reason: Reason) -> None:
+    """Issue 13: ledger unreachable / throttled (or the pair's lease held) is retried past GRANTS_MAX_ATTEMPTS."""
+    error = TransientError(reason, "storage answered 503", retry_after=30)
+    assert policy().decide(attempt=50, error=error, elapsed=86400) == Retry(30)
+
+
 def test_base_zero_gives_zero_delays() -> None:
     assert policy(base_delay=0).decide(attempt=5, error=UNAVAILABLE, elapsed=0) == Retry(0)
 

@@ -10,6 +10,9 @@ from shared.core.errors import Reason, TransientError
 
 __all__ = ["GiveUp", "Retry", "RetryPolicy"]
 
+#: Transient reasons retried whatever the attempt count (the queue's message TTL is the only bound).
+_NEVER_GIVE_UP = frozenset({Reason.LEDGER_UNAVAILABLE, Reason.PAIR_BUSY})
+
 
 @dataclass(frozen=True, slots=True)
 class Retry:
@@ -31,7 +34,9 @@ class RetryPolicy:
 
     After failed attempt ``n`` (1-based) the delay is ``uniform(0, min(max_delay, base * 2 ** (n - 1)))``,
     or ``min(retry_after, max_delay)`` when the server asked for a delay. The policy gives up when
-    ``n >= max_attempts``, and for `Reason.MEMBER_NOT_FOUND` (replication delay) also once
+    ``n >= max_attempts`` (never for the ledger's `LedgerUnavailable` and `PairBusy`: a message is not
+    dead-lettered because the ledger is down or another request holds its pair), and for
+    `Reason.MEMBER_NOT_FOUND` (replication delay) also once
     ``member_not_found_window`` seconds have passed since the first attempt. A base of 0 gives zero delays.
     """
 
@@ -43,7 +48,7 @@ class RetryPolicy:
 
     def decide(self, *, attempt: int, error: TransientError, elapsed: float) -> Retry | GiveUp:
         """Decide after failed `attempt`, `elapsed` seconds after the first attempt started."""
-        if attempt >= self.max_attempts:
+        if attempt >= self.max_attempts and error.reason not in _NEVER_GIVE_UP:
             return GiveUp(f"gave up after {attempt} attempts (GRANTS_MAX_ATTEMPTS={self.max_attempts})")
         if error.reason is Reason.MEMBER_NOT_FOUND and elapsed >= self.member_not_found_window:
             return GiveUp(
