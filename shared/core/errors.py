@@ -52,6 +52,8 @@ class Reason(StrEnum):
     GRAPH_REJECTED = "GraphRejected"
     # Our side.
     TOKEN_UNAVAILABLE = "TokenUnavailable"  # noqa: S105 (a reason code, not a secret)
+    # A signed callback to the requester (the grant itself is unaffected).
+    CALLBACK_FAILED = "CallbackFailed"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -107,4 +107,5 @@ def expiry_command(command: GrantCommand) -> GrantCommand:
         expires_at=None,
         dry_run=False,
         reason=reason[:1024],
+        callback_url=None,  # one callback per request: the grant's; the removal is the app's own follow-up
     )
