@@ -3,7 +3,13 @@
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
-from shared.runtime import check_configuration, process_grant_message, process_hr_event, process_webhook
+from shared.runtime import (
+    check_configuration,
+    process_callback,
+    process_grant_message,
+    process_hr_event,
+    process_webhook,
+)
 
 check_configuration()  # a bad app setting, policy or HR rules file stops the app here, with an error naming it
 app = func.FunctionApp()
@@ -41,3 +47,32 @@ async def hr_events(
 ) -> None:
     """Turn one HR joiner / mover / leaver event into grant messages, then complete, abandon or dead-letter it."""
     await process_hr_event(receivedmessage, message_actions)
+
+
+@app.service_bus_topic_trigger(
+    arg_name="receivedmessage",
+    topic_name="%GRANTS_OUTCOMES_TOPIC%",
+    subscription_name="callbacks",
+    connection="ServiceBusConnection",
+    auto_complete_messages=False,
+)
+async def grant_callbacks(
+    receivedmessage: servicebus.ServiceBusReceivedMessage,
+    message_actions: servicebus.ServiceBusMessageActions,
+) -> None:
+    """POST one outcome event to the callback URL its request named, signed; retry later or dead-letter."""
+    await process_callback(receivedmessage, message_actions)
+
+
+@app.service_bus_queue_trigger(
+    arg_name="receivedmessage",
+    queue_name="%GRANTS_CALLBACK_QUEUE%",
+    connection="ServiceBusConnection",
+    auto_complete_messages=False,
+)
+async def grant_callback_retries(
+    receivedmessage: servicebus.ServiceBusReceivedMessage,
+    message_actions: servicebus.ServiceBusMessageActions,
+) -> None:
+    """A later attempt of a callback (a scheduled copy of its outcome event): the same work as grant_callbacks."""
+    await process_callback(receivedmessage, message_actions)

@@ -44,6 +44,11 @@ param grantsPolicy string = ''
 @description('HR mapping-rules file (GRANTS_HR_RULES), a path in the deployed package relative to its root; empty: HR events are dead-lettered HrRulesNotConfigured.')
 param hrRules string = ''
 
+@description('''Host names the ticketing system's callbacks may go to, comma-separated, each optionally with a port, e.g.
+'contoso.service-now.com,jira.contoso.com:8443' (GRANTS_CALLBACK_HOSTS for source ticketing; the app checks them at
+start-up); empty: a webhook request naming a callbackUrl is refused with 400.''')
+param callbackHosts string = ''
+
 @description('Email address the alerts go to; empty: no email receiver.')
 param alertEmail string = ''
 
@@ -101,6 +106,9 @@ module functionApp 'modules/functionapp.bicep' = {
     serviceBusNamespaceFqdn: servicebus.outputs.fullyQualifiedNamespace
     grantsQueue: servicebus.outputs.grantsQueue
     hrEventsQueue: servicebus.outputs.hrEventsQueue
+    outcomesTopic: servicebus.outputs.outcomesTopic
+    callbackQueue: servicebus.outputs.callbackQueue
+    callbackHosts: empty(callbackHosts) ? '' : string({ ticketing: split(replace(callbackHosts, ' ', ''), ',') })
     graphBaseUrl: graphBaseUrl
     maximumInstanceCount: maximumInstanceCount
     graphWriteRate: graphWriteRate
@@ -164,5 +172,7 @@ output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.appInsightsName
 output SERVICE_BUS_NAMESPACE string = servicebus.outputs.fullyQualifiedNamespace
 output GRANTS_QUEUE string = servicebus.outputs.grantsQueue
 output HR_EVENTS_QUEUE string = servicebus.outputs.hrEventsQueue
+output GRANTS_OUTCOMES_TOPIC string = servicebus.outputs.outcomesTopic
+output GRANTS_CALLBACK_QUEUE string = servicebus.outputs.callbackQueue
 output GRAPH_BASE_URL string = graphBaseUrl
 output GRAPH_WRITE_RATE string = graphWriteRate

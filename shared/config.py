@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from shared.core.callbacks import CallbackPolicy
 from shared.core.errors import ConfigError
 
 __all__ = ["APP_SETTINGS", "Settings"]
@@ -31,6 +32,10 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "HR_EVENTS_QUEUE": "hr-events",
     "GRANTS_HR_RULES": "",
     "GRANTS_WEBHOOK_SECRET": "",  # a Key Vault reference in Azure, never a literal
+    "GRANTS_OUTCOMES_TOPIC": "",  # empty: no outcome events, no callbacks
+    "GRANTS_CALLBACK_QUEUE": "grant-callbacks",
+    "GRANTS_CALLBACK_HOSTS": "",  # JSON: {"ticketing": ["contoso.service-now.com"]}
+    "GRANTS_CALLBACK_LOOPBACK": "false",  # local only: refused inside Azure (WEBSITE_INSTANCE_ID)
     "ServiceBusConnection__fullyQualifiedNamespace": "",
     "ServiceBusConnection__credential": "managedidentity",
     "ServiceBusConnection__clientId": "",
@@ -60,6 +65,13 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)  # never printed
     servicebus_namespace: str | None = None
     servicebus_client_id: str | None = None
+    outcomes_topic: str | None = None
+    callback_queue: str = "grant-callbacks"
+    callbacks: CallbackPolicy = field(default_factory=CallbackPolicy)
+
+    def signing_secret(self, source_system: str | None) -> str | None:
+        """The secret that signs a source system's requests and callbacks (the ticketing webhook's), or None."""
+        return self.webhook_secret if source_system == "ticketing" else None
 
     @property
     def graph_root(self) -> str:
@@ -90,6 +102,8 @@ class Settings:
         cap = _number(get, "GRANTS_RETRY_MAX_SECONDS", minimum=0)
         window = _number(get, "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS", minimum=0)
         write_rate = _number(get, "GRAPH_WRITE_RATE", minimum=0)
+        outcomes_topic = get("GRANTS_OUTCOMES_TOPIC") or None
+        callbacks = _callback_policy(get, env, outcomes_topic)
         return cls(
             graph_base_url=base_url,
             client_id=get("AZURE_CLIENT_ID") or None,
@@ -107,7 +121,31 @@ class Settings:
             webhook_secret=_webhook_secret(env.get("GRANTS_WEBHOOK_SECRET", "")),
             servicebus_namespace=get("ServiceBusConnection__fullyQualifiedNamespace") or None,
             servicebus_client_id=get("ServiceBusConnection__clientId") or get("AZURE_CLIENT_ID") or None,
+            outcomes_topic=outcomes_topic,
+            callback_queue=get("GRANTS_CALLBACK_QUEUE") or "grant-callbacks",
+            callbacks=callbacks,
         )
+
+
+#: Set by the App Service platform on every instance (Flex Consumption included), never by a local shell.
+AZURE_PLATFORM_MARKERS: Final = ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME")
+
+
+def _callback_policy(get: _Getter, env: Mapping[str, str], outcomes_topic: str | None) -> CallbackPolicy:
+    """The callback allow-list; local mode (loopback and plain http) only outside Azure; callbacks need the topic."""
+    loopback = _flag(get, "GRANTS_CALLBACK_LOOPBACK")
+    if loopback and any(env.get(marker) for marker in AZURE_PLATFORM_MARKERS):
+        raise ConfigError(
+            "GRANTS_CALLBACK_LOOPBACK=true is for a local run only (callbacks to loopback, over plain http); "
+            "this process runs in Azure App Service, where it is refused"
+        )
+    policy = CallbackPolicy.from_setting(get("GRANTS_CALLBACK_HOSTS"), loopback=loopback)
+    if policy.enabled and outcomes_topic is None:
+        raise ConfigError(
+            "GRANTS_CALLBACK_HOSTS (or GRANTS_CALLBACK_LOOPBACK) is set but GRANTS_OUTCOMES_TOPIC is empty: "
+            "callbacks are delivered from the outcome events on that topic"
+        )
+    return policy
 
 
 #: The app's root: where function_app.py is, and what a relative GRANTS_POLICY / GRANTS_HR_RULES path is relative

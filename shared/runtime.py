@@ -20,6 +20,7 @@ from shared.service.settlement import Settled
 __all__ = [
     "check_configuration",
     "installed",
+    "process_callback",
     "process_grant_message",
     "process_hr_event",
     "process_webhook",
@@ -68,6 +69,11 @@ async def process_hr_event(message: Any, actions: MessageActions) -> Settled:
     return await services().settle_hr_event(message, actions)
 
 
+async def process_callback(message: Any, actions: MessageActions) -> Settled:
+    """Entry point for the callback triggers: POST one outcome event to its callback URL, signed, and settle it."""
+    return await services().settle_callback(message, actions)
+
+
 async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for the ticketing webhook: authenticate, validate and enqueue one grant request."""
     current = services()
@@ -77,6 +83,7 @@ async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
         secret=current.settings.webhook_secret,
         sender=current.sender,
         now=current.now,
+        callbacks=current.settings.callbacks,
     )
     return func.HttpResponse(
         answer.body, status_code=answer.status, headers=answer.headers, mimetype=answer.content_type

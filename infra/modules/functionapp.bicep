@@ -11,6 +11,10 @@ param appInsightsConnectionString string
 param serviceBusNamespaceFqdn string
 param grantsQueue string
 param hrEventsQueue string
+param outcomesTopic string
+param callbackQueue string
+@description('GRANTS_CALLBACK_HOSTS: JSON, source system -> host names callbacks may go to; empty: no callbacks.')
+param callbackHosts string
 param graphBaseUrl string
 param maximumInstanceCount int
 param graphWriteRate string
@@ -96,6 +100,12 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
           name: 'GRANTS_WEBHOOK_SECRET'
           value: empty(webhookSecretUri) ? '' : '@Microsoft.KeyVault(SecretUri=${webhookSecretUri})'
         }
+        // Outcome events and signed callbacks (README, "Follow a request").
+        { name: 'GRANTS_OUTCOMES_TOPIC', value: outcomesTopic }
+        { name: 'GRANTS_CALLBACK_QUEUE', value: callbackQueue }
+        { name: 'GRANTS_CALLBACK_HOSTS', value: callbackHosts }
+        // Local mode (callbacks to loopback over plain http) is never on in Azure; the app refuses it there anyway.
+        { name: 'GRANTS_CALLBACK_LOOPBACK', value: 'false' }
       ]
     }
   }
