@@ -73,7 +73,11 @@ class CallbackClient:
         total_timeout: float = 10.0,
         max_response_bytes: int = 4096,
         verify: ssl.SSLContext | bool = True,
+        permit_address: Callable[[str], bool] = is_public_address,
     ) -> None:
+        """`permit_address` decides which resolved addresses may be connected to (tests pass a loopback one);
+        `verify` is what TLS trusts (default: the certifi bundle)."""
+        self._permit = permit_address
         self._resolve = resolve
         self._connect_timeout = connect_timeout
         self._total_timeout = total_timeout
@@ -110,7 +114,7 @@ class CallbackClient:
             raise TransientError(Reason.CALLBACK_FAILED, f"the host name did not resolve ({error})") from None
         if not addresses:
             raise TransientError(Reason.CALLBACK_FAILED, "the host name resolved to no address")
-        refused = [address for address in addresses if not is_public_address(address)]
+        refused = [address for address in addresses if not self._permit(address)]
         if refused:
             raise PermanentError(
                 Reason.CALLBACK_FAILED,

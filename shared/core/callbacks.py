@@ -37,6 +37,7 @@ from shared.core.errors import ConfigError
 __all__ = [
     "DEFAULT_PORT",
     "LOOPBACK_HOSTS",
+    "SIGNING_SECRETS",
     "CallbackPolicy",
     "CallbackRefused",
     "CallbackTarget",

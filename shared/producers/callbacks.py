@@ -6,7 +6,7 @@ message, not only the webhook's), signs the event's body exactly as the webhook 
 (`shared.producers.webhook.sign`: HMAC-SHA256 over ``<timestamp>.<body>`` with the source system's secret) and
 POSTs it with `CallbackClient`:
 
-- a 2xx answer: ``complete`` (outcome ``delivered``);
+- a 2xx answer: ``complete`` (outcome ``delivered``); no ``callbackUrl`` at all: ``complete`` (``skipped``);
 - a failure retrying may help, with attempts left on the app's retry policy: a **copy** of the event is
   scheduled on the callback queue (``GRANTS_CALLBACK_QUEUE``) at now + delay, MessageId
   ``<event id>/callback/<attempt>`` (a name no producer's id can take: see `outcome_event_id`), *then* the
@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from shared.adapters.callbacks import CallbackClient
-from shared.core.callbacks import CallbackPolicy, CallbackRefused, CallbackTarget
+from shared.core.callbacks import SIGNING_SECRETS, CallbackPolicy, CallbackRefused, CallbackTarget
 from shared.core.errors import GrantError, PermanentError, Reason, TransientError
 from shared.core.messaging import (
     ATTEMPT,
@@ -87,10 +87,22 @@ async def settle_callback(
         "attempts": attempt,
         "startedAt": started.isoformat(),
     }
+    url = delivery.application_property(CALLBACK_URL)
+    if not url:  # the subscription's filter lets none through, but a rule being replaced might: nothing to call
+        complete(actions, delivery)
+        settled = Settled(outcome="skipped", reason=None, description="no callbackUrl", attempts=attempt, terminal=True)
+        log_outcome("callback", settled, record | {"outcome": "skipped", "description": settled.description})
+        return settled
     try:
-        target = _target(delivery, policy, source)
+        target = _target(url, policy, source)
         record["callbackHost"] = target.host_header
         secret = secret_for(source)
+        if source not in SIGNING_SECRETS:
+            raise PermanentError(
+                Reason.CALLBACK_FAILED,
+                f"source {source} has no signing secret of its own; only {', '.join(SIGNING_SECRETS)} requests get "
+                "callbacks",
+            )
         if secret is None:
             raise TransientError(
                 Reason.CALLBACK_FAILED,
@@ -145,10 +157,7 @@ async def settle_callback(
     return settled
 
 
-def _target(delivery: Delivery, policy: CallbackPolicy, source: str | None) -> CallbackTarget:
-    url = delivery.application_property(CALLBACK_URL)
-    if not url:
-        raise PermanentError(Reason.CALLBACK_FAILED, "the outcome event has no callbackUrl")
+def _target(url: object, policy: CallbackPolicy, source: str | None) -> CallbackTarget:
     try:
         return policy.check(url, source=source)
     except CallbackRefused as error:
