@@ -66,7 +66,7 @@ class Receiver(ThreadingHTTPServer):
         self.applied: dict[str, dict[str, Any]] = {}
         self.deliveries = 0
         self.lock = threading.Lock()
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     @property
     def port(self) -> int:
