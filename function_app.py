@@ -3,9 +3,16 @@
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
-from shared.runtime import check_configuration, process_grant_message, process_hr_event, process_webhook
+from shared.runtime import (
+    check_configuration,
+    configure_telemetry,
+    process_grant_message,
+    process_hr_event,
+    process_webhook,
+)
 
 check_configuration()  # a bad app setting, policy or HR rules file stops the app here, with an error naming it
+configure_telemetry()  # outcome fields as customDimensions, when the worker exports with OpenTelemetry
 app = func.FunctionApp()
 
 

@@ -44,6 +44,12 @@ param grantsPolicy string = ''
 @description('HR mapping-rules file (GRANTS_HR_RULES), a path in the deployed package relative to its root; empty: HR events are dead-lettered HrRulesNotConfigured.')
 param hrRules string = ''
 
+@description('''Export the app's telemetry with OpenTelemetry (the Azure Monitor distro in the Python worker): the outcome
+lines' fields become customDimensions, and every Graph call a dependency. Off by default: it costs CPU per grant and
+cold start well over 10 % (measured: README, Operations), and the alerts, the workbook and the runbook's queries work
+either way.''')
+param openTelemetry bool = false
+
 @description('Email address the alerts go to; empty: no email receiver.')
 param alertEmail string = ''
 
@@ -108,6 +114,7 @@ module functionApp 'modules/functionapp.bicep' = {
     webhookSecretUri: webhookSecretUri
     grantsPolicy: grantsPolicy
     hrRules: hrRules
+    openTelemetry: openTelemetry
   }
   // The identity's roles exist before the host first starts, so it does not crash-loop on storage or Service Bus.
   dependsOn: [rbac]

@@ -34,6 +34,8 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "ServiceBusConnection__fullyQualifiedNamespace": "",
     "ServiceBusConnection__credential": "managedidentity",
     "ServiceBusConnection__clientId": "",
+    # The Python worker reads it too: true = it exports logs with OpenTelemetry (shared/adapters/telemetry.py).
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "false",
 }
 
 
@@ -60,6 +62,7 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)  # never printed
     servicebus_namespace: str | None = None
     servicebus_client_id: str | None = None
+    worker_telemetry: bool = False
 
     @property
     def graph_root(self) -> str:
@@ -107,6 +110,7 @@ class Settings:
             webhook_secret=_webhook_secret(env.get("GRANTS_WEBHOOK_SECRET", "")),
             servicebus_namespace=get("ServiceBusConnection__fullyQualifiedNamespace") or None,
             servicebus_client_id=get("ServiceBusConnection__clientId") or get("AZURE_CLIENT_ID") or None,
+            worker_telemetry=_flag(get, "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"),
         )
 
 

@@ -384,3 +384,26 @@ def test_every_query_file_is_deployed_or_shown_in_the_runbook_as_it_is() -> None
     for name, block in blocks:
         assert block == (QUERIES / name).read_text(), f"docs/runbook.md shows an old {name}"
     assert {name for name, _ in blocks} == files
+
+
+def test_opentelemetry_is_one_deployment_choice_off_by_default() -> None:
+    """One azd variable sets both halves: the worker's export (read by the app too, shared/config.py) and the
+    host's telemetry mode (overriding host.json, which names none); off, both are the classic defaults."""
+    main = parse(INFRA / "main.bicep")
+    assert main["parameters"]["openTelemetry"]["type"] == "bool"
+    assert main["parameters"]["openTelemetry"]["default"] is False
+    assert main["modules"]["functionApp"]["config"]["params"]["openTelemetry"] == "openTelemetry"
+    values = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert values["openTelemetry"] == {"value": "${GRANTS_OPENTELEMETRY=false}"}
+    assert "`GRANTS_OPENTELEMETRY`" in (DOCS / "deploy.md").read_text()
+    listed = resource("functionapp", "app")["properties"]["siteConfig"]["appSettings"]
+    settings = {item["name"]: item["value"] for item in listed}
+    for name, on, off in (
+        ("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", "true", "false"),
+        ("AzureFunctionsJobHost__telemetryMode", "OpenTelemetry", "ApplicationInsights"),
+    ):
+        operands = settings[name]["operator"]["operands"]
+        assert (operands["condition"], operands["true_value"], operands["false_value"]) == ("openTelemetry", on, off)
+    assert "telemetryMode" not in json.loads((INFRA.parent / "host.json").read_text())
+    requirements = (INFRA.parent / "requirements.txt").read_text()
+    assert re.search(r"^azure-monitor-opentelemetry==", requirements, re.MULTILINE)
