@@ -169,6 +169,9 @@ output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.appInsightsName
 output SERVICE_BUS_NAMESPACE string = servicebus.outputs.fullyQualifiedNamespace
+// The postdeploy smoke check (grants smoke) reads the identity's roles on the namespace and the outcome lines here.
+output SERVICE_BUS_NAMESPACE_ID string = servicebus.outputs.id
+output APPLICATIONINSIGHTS_ID string = monitoring.outputs.appInsightsId
 output GRANTS_QUEUE string = servicebus.outputs.grantsQueue
 output HR_EVENTS_QUEUE string = servicebus.outputs.hrEventsQueue
 output GRAPH_BASE_URL string = graphBaseUrl
