@@ -5,6 +5,7 @@ import azurefunctions.extensions.bindings.servicebus as servicebus
 
 from shared.runtime import (
     check_configuration,
+    configure_telemetry,
     process_callback,
     process_grant_message,
     process_hr_event,
@@ -12,6 +13,7 @@ from shared.runtime import (
 )
 
 check_configuration()  # a bad app setting, policy or HR rules file stops the app here, with an error naming it
+configure_telemetry()  # outcome fields as customDimensions, when the worker exports with OpenTelemetry
 app = func.FunctionApp()
 
 

@@ -49,6 +49,12 @@ param hrRules string = ''
 start-up); empty: a webhook request naming a callbackUrl is refused with 400.''')
 param callbackHosts string = ''
 
+@description('''Export the app's telemetry with OpenTelemetry (the Azure Monitor distro in the Python worker): the outcome
+lines' fields become customDimensions, and every Graph call a dependency. Off by default: it costs CPU per grant and
+cold start well over 10 % (measured: README, Operations), and the alerts, the workbook and the runbook's queries work
+either way.''')
+param openTelemetry bool = false
+
 @description('Email address the alerts go to; empty: no email receiver.')
 param alertEmail string = ''
 
@@ -116,6 +122,7 @@ module functionApp 'modules/functionapp.bicep' = {
     webhookSecretUri: webhookSecretUri
     grantsPolicy: grantsPolicy
     hrRules: hrRules
+    openTelemetry: openTelemetry
   }
   // The identity's roles exist before the host first starts, so it does not crash-loop on storage or Service Bus.
   dependsOn: [rbac]
@@ -170,6 +177,9 @@ output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.appInsightsName
 output SERVICE_BUS_NAMESPACE string = servicebus.outputs.fullyQualifiedNamespace
+// The postdeploy smoke check (grants smoke) reads the identity's roles on the namespace and the outcome lines here.
+output SERVICE_BUS_NAMESPACE_ID string = servicebus.outputs.id
+output APPLICATIONINSIGHTS_ID string = monitoring.outputs.appInsightsId
 output GRANTS_QUEUE string = servicebus.outputs.grantsQueue
 output HR_EVENTS_QUEUE string = servicebus.outputs.hrEventsQueue
 output GRANTS_OUTCOMES_TOPIC string = servicebus.outputs.outcomesTopic

@@ -39,6 +39,8 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "ServiceBusConnection__fullyQualifiedNamespace": "",
     "ServiceBusConnection__credential": "managedidentity",
     "ServiceBusConnection__clientId": "",
+    # The Python worker reads it too: true = it exports logs with OpenTelemetry (shared/adapters/telemetry.py).
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "false",
 }
 
 
@@ -72,6 +74,8 @@ class Settings:
     def signing_secret(self, source_system: str | None) -> str | None:
         """The secret that signs a source system's requests and callbacks (the ticketing webhook's), or None."""
         return self.webhook_secret if source_system == "ticketing" else None
+
+    worker_telemetry: bool = False
 
     @property
     def graph_root(self) -> str:
@@ -124,6 +128,7 @@ class Settings:
             outcomes_topic=outcomes_topic,
             callback_queue=get("GRANTS_CALLBACK_QUEUE") or "grant-callbacks",
             callbacks=callbacks,
+            worker_telemetry=_flag(get, "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"),
         )
 
 

@@ -15,10 +15,11 @@ from shared.core.messaging import MessageActions
 from shared.core.policy import GrantPolicy
 from shared.producers.hr_rules import HrRules
 from shared.producers.webhook import receive
-from shared.service.settlement import Settled
+from shared.service.settlement import Settled, outcome_log
 
 __all__ = [
     "check_configuration",
+    "configure_telemetry",
     "installed",
     "process_callback",
     "process_grant_message",
@@ -38,6 +39,15 @@ def check_configuration() -> None:
         GrantPolicy.load(settings.policy_path)
     if settings.hr_rules_path:
         HrRules.load(settings.hr_rules_path)
+
+
+def configure_telemetry() -> None:
+    """With ``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true`` (the worker exports with OpenTelemetry), give the
+    outcome lines their fields as customDimensions (`shared.adapters.telemetry`); otherwise nothing, and no import."""
+    if Settings.from_env(os.environ).worker_telemetry:
+        from shared.adapters.telemetry import install
+
+        install(outcome_log)
 
 
 def services() -> Services:

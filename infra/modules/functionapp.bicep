@@ -22,6 +22,8 @@ param activateRoles bool
 param webhookSecretUri string
 param grantsPolicy string
 param hrRules string
+@description('The worker exports logs and dependencies with OpenTelemetry (outcome fields as customDimensions).')
+param openTelemetry bool
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   //checkov:skip=CKV_AZURE_225: zone redundancy on Flex Consumption exists only in some regions; the work waits in the queue, not on the plan, so an outage delays grants and loses none
@@ -77,6 +79,12 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         // Application Insights, by identity: the connection string only locates the component.
         { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsightsConnectionString }
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'ClientId=${identityClientId};Authorization=AAD' }
+        // The deployment choice openTelemetry (README, Operations): the Python worker configures the Azure Monitor
+        // OpenTelemetry distro (requirements.txt) and exports its logs itself, the outcome lines' fields as
+        // customDimensions (shared/adapters/telemetry.py); the host switches to OpenTelemetry too (this setting
+        // overrides host.json's telemetryMode). Off: the classic path, fields only in the JSON of the message.
+        { name: 'PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY', value: openTelemetry ? 'true' : 'false' }
+        { name: 'AzureFunctionsJobHost__telemetryMode', value: openTelemetry ? 'OpenTelemetry' : 'ApplicationInsights' }
         // Service Bus trigger and the retry-copy sender, by identity.
         { name: 'ServiceBusConnection__fullyQualifiedNamespace', value: serviceBusNamespaceFqdn }
         { name: 'ServiceBusConnection__credential', value: 'managedidentity' }
