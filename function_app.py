@@ -5,6 +5,8 @@ import azurefunctions.extensions.bindings.servicebus as servicebus
 
 from shared.runtime import (
     check_configuration,
+    configure_telemetry,
+    process_callback,
     process_expiry_sweep,
     process_grant_message,
     process_hr_event,
@@ -12,6 +14,7 @@ from shared.runtime import (
 )
 
 check_configuration()  # a bad app setting, policy or HR rules file stops the app here, with an error naming it
+configure_telemetry()  # outcome fields as customDimensions, when the worker exports with OpenTelemetry
 app = func.FunctionApp()
 
 
@@ -54,3 +57,32 @@ async def expiry_sweep(timer: func.TimerRequest) -> None:
     """Send the removal of every time-bound grant past its expiry whose removal has not happened (the ledger's
     pending removals): an expiry cannot fail open."""
     await process_expiry_sweep()
+
+
+@app.service_bus_topic_trigger(
+    arg_name="receivedmessage",
+    topic_name="%GRANTS_OUTCOMES_TOPIC%",
+    subscription_name="callbacks",
+    connection="ServiceBusConnection",
+    auto_complete_messages=False,
+)
+async def grant_callbacks(
+    receivedmessage: servicebus.ServiceBusReceivedMessage,
+    message_actions: servicebus.ServiceBusMessageActions,
+) -> None:
+    """POST one outcome event to the callback URL its request named, signed; retry later or dead-letter."""
+    await process_callback(receivedmessage, message_actions)
+
+
+@app.service_bus_queue_trigger(
+    arg_name="receivedmessage",
+    queue_name="%GRANTS_CALLBACK_QUEUE%",
+    connection="ServiceBusConnection",
+    auto_complete_messages=False,
+)
+async def grant_callback_retries(
+    receivedmessage: servicebus.ServiceBusReceivedMessage,
+    message_actions: servicebus.ServiceBusMessageActions,
+) -> None:
+    """A later attempt of a callback (a scheduled copy of its outcome event): the same work as grant_callbacks."""
+    await process_callback(receivedmessage, message_actions)

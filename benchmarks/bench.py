@@ -25,6 +25,13 @@ Figures, one line each (the Graph double and the token endpoint run in a process
 5. ``installed_size``: the files in the RECORDs of requirements.txt's distributions and their dependencies
    vs the same for the msgraph-sdk equivalent (requirements.txt with httpx replaced by msgraph-sdk); and the
    Graph client alone: httpx + azure-identity vs msgraph-sdk (each with its dependencies).
+6. ``telemetry``: what the worker's OpenTelemetry export (``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true``,
+   the deployment choice ``GRANTS_OPENTELEMETRY``) costs. CPU ms per grant of the whole pipeline
+   (`benchmarks.pipeline`: 2,000 grants, no budget, no latency, each side in a process of its own, 3 runs each,
+   taking turns; medians) without and with the Azure Monitor distro configured as the worker configures it,
+   exporting to a loopback ingestion stub (`grants_local.ingestion`) and flushed inside the measured window;
+   and the cold start (as in 4) of ``import function_app`` with the distro configured first. The outcome
+   traces the stub received with their fields as dimensions are counted.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.directory import grants
+from grants_local.ingestion import UNSET, IngestionStub, local_environment
 from grants_local.run import run_local
 from shared.service.settlement import outcome_log
 
@@ -172,8 +180,11 @@ MSGRAPH_IMPORTS = "; ".join(
 )
 
 
-def cold_starts(sides: dict[str, tuple[Path, str]], runs: int = 9) -> dict[str, tuple[float, float]]:
-    """Median wall time (s) and peak RSS (MB, ``VmHWM``) of fresh interpreters running each side's imports.
+def cold_starts(
+    sides: dict[str, tuple[Path, str]], runs: int = 9, envs: dict[str, dict[str, str]] | None = None
+) -> dict[str, tuple[float, float]]:
+    """Median wall time (s) and peak RSS (MB, ``VmHWM``) of fresh interpreters running each side's imports
+    (with `envs`' settings added to the environment for the sides it names).
 
     Each side runs once first (not counted) with bytecode writing on, so our modules are imported from
     ``__pycache__`` as the installed packages are; then the sides take turns, so that load from other work
@@ -187,12 +198,42 @@ def cold_starts(sides: dict[str, tuple[Path, str]], runs: int = 9) -> dict[str, 
         for name, (python, imports) in sides.items():
             start = time.perf_counter()
             out = subprocess.run(  # noqa: S603 (a venv's interpreter, fixed code)
-                [str(python), "-c", f"{imports}; {peak}"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+                [str(python), "-c", f"{imports}; {peak}"],
+                cwd=ROOT,
+                env={**env, **(envs or {}).get(name, {})},
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout
             if round_:
                 walls[name].append(time.perf_counter() - start)
                 peaks[name].append(int(out.split()[-1]) / 1024)
     return {name: (statistics.median(walls[name]), statistics.median(peaks[name])) for name in sides}
+
+
+#: The worker's start-up with telemetry on, then our app (`grants_local.worker_telemetry`).
+TELEMETRY_IMPORTS = f"from grants_local.worker_telemetry import configure; configure(); {OUR_IMPORTS}"
+
+
+def telemetry_environment(stub: IngestionStub) -> dict[str, str]:
+    """Telemetry on, exporting to `stub` only (`grants_local.ingestion.local_environment`)."""
+    return {**local_environment(stub.connection_string), "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true"}
+
+
+def pipeline_run(*, telemetry: IngestionStub | None) -> dict[str, Any]:
+    """`benchmarks.pipeline` in its own process against a fresh double, exporting to `telemetry` if given."""
+    with doubles(users=COMPARE, budget="none", latency=0.0) as served:
+        env = {name: value for name, value in served.env.items() if name not in UNSET}
+        args = [sys.executable, "-m", "benchmarks.pipeline", "--unit", served.unit, "--count", str(COMPARE)]
+        if telemetry is not None:
+            env.update(telemetry_environment(telemetry))
+            args.append("--telemetry")
+        out = subprocess.run(  # noqa: S603 (this interpreter, our module)
+            args, cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        ).stdout
+        figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        served.counters()
+    return figures
 
 
 def installed_mb(python: Path | str, names: list[str]) -> float:
@@ -274,13 +315,22 @@ def main() -> None:
         flush=True,
     )
 
+    stub = IngestionStub()
+    telemetry_runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for _ in range(CLIENT_ROUNDS):  # the two sides take turns, as the clients do
+        telemetry_runs["off"].append(pipeline_run(telemetry=None))
+        telemetry_runs["on"].append(pipeline_run(telemetry=stub))
     starts = cold_starts(
         {
             "ours": (VENV_PYTHON, OUR_IMPORTS),
             "msgraph": (MSGRAPH_PYTHON, MSGRAPH_IMPORTS),
             "ours_with_credential": (VENV_PYTHON, f"{OUR_IMPORTS}; {CREDENTIAL_IMPORT}"),
-        }
+            "ours_with_telemetry": (VENV_PYTHON, TELEMETRY_IMPORTS),
+        },
+        envs={"ours_with_telemetry": telemetry_environment(stub)},
     )
+    exported = [base for base in stub.messages("grant ") if base.get("properties", {}).get("outcome")]
+    stub.close()
     (our_wall, our_peak), (their_wall, their_peak) = starts["ours"], starts["msgraph"]
     with_credential = starts["ours_with_credential"][0]
     import_ratio = our_wall / their_wall
@@ -289,6 +339,18 @@ def main() -> None:
         f"msgraph_imports_s={their_wall:.3f} msgraph_peak_rss_mb={their_peak:.0f} import_ratio={import_ratio:.2f} "
         f"rss_ratio={our_peak / their_peak:.2f} with_credential_import_s={with_credential:.3f} "
         f"with_credential_ratio={with_credential / their_wall:.2f}",
+        flush=True,
+    )
+    tel_cpu = {side: statistics.median(r["cpu_s"] for r in rs) / COMPARE for side, rs in telemetry_runs.items()}
+    tel_wall, tel_peak = starts["ours_with_telemetry"]
+    telemetry_cpu_ratio = tel_cpu["on"] / tel_cpu["off"]
+    telemetry_import_ratio = tel_wall / our_wall
+    print(
+        f"telemetry: grants={COMPARE} runs={CLIENT_ROUNDS} cpu_ms_per_grant_off={1000 * tel_cpu['off']:.2f} "
+        f"cpu_ms_per_grant_on={1000 * tel_cpu['on']:.2f} cpu_ratio={telemetry_cpu_ratio:.2f} "
+        f"import_s_off={our_wall:.3f} import_s_on={tel_wall:.3f} import_ratio={telemetry_import_ratio:.2f} "
+        f"peak_rss_mb_off={our_peak:.0f} peak_rss_mb_on={tel_peak:.0f} rss_ratio={tel_peak / our_peak:.2f} "
+        f"outcome_traces_with_dimensions={len(exported)}",
         flush=True,
     )
     runtime = runtime_requirements()
@@ -305,7 +367,8 @@ def main() -> None:
     print(
         f"summary: quota_fraction={rate / 20:.3f} throttled={c['throttled']} token_requests={c['token_requests']} "
         f"cpu_ratio_vs_msgraph={cpu_ratio:.2f} import_ratio_vs_msgraph={import_ratio:.2f} "
-        f"size_ratio_vs_msgraph={size_ratio:.2f}"
+        f"size_ratio_vs_msgraph={size_ratio:.2f} telemetry_cpu_ratio={telemetry_cpu_ratio:.2f} "
+        f"telemetry_import_ratio={telemetry_import_ratio:.2f}"
     )
 
 

@@ -1,4 +1,4 @@
-"""The ``grants`` command (also ``python -m shared``): ``submit FILE`` and ``dlq …`` against Service Bus or the
+"""The ``grants`` command (also ``python -m shared``): ``submit FILE``, ``dlq …`` and ``smoke`` against Azure or the
 local namespace; ``demo``, ``run-local MESSAGES`` and ``serve-local`` on the local doubles."""
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve-local", help="serve the webhook and the HR and grants queues on loopback")
     serve.add_argument("--port", type=int, default=7071, help="the webhook's port on 127.0.0.1")
     _add_bulk_and_dlq(commands)
+    from grants_cli.smoke import add_parser as add_smoke_parser
+
+    add_smoke_parser(commands)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.INFO if args.verbose else logging.ERROR)
@@ -50,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in ("submit", "dlq"):
         return _bulk_or_dlq(args)
+
+    if args.command == "smoke":
+        from grants_cli.smoke import main as smoke
+
+        return smoke(args, out=sys.stdout, err=sys.stderr)
 
     if args.command == "serve-local":
         from grants_local.serve import serve_local

@@ -1,7 +1,9 @@
 """The operator CLI's `Backend` on the local namespace (``--local``): the same commands, no Azure account.
 
 `open_local_backend` opens the persistent local namespace's queue (`grants_local.namespace`); `LocalBackend.drain`
-runs what was sent through the local host, against ``GRAPH_BASE_URL`` or the built-in doubles.
+runs what was sent through the local host, against ``GRAPH_BASE_URL`` or the built-in doubles, as the namespace's
+local deployment allows (`grants_local.deployment`: a stopped app, or one without the Data Receiver role, receives
+nothing), and appends the outcome lines to the deployment's outcome log.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from grants_cli.backends import CONTENT_TYPE, HeldDeadLetter, Outgoing, SendReport
+from grants_local.deployment import LocalDeployment
 from grants_local.namespace import LocalNamespace, namespace_directory
 from grants_local.queue import LocalQueue
 from grants_local.run import graph_environment, process_queue
@@ -25,17 +28,26 @@ __all__ = ["LocalBackend", "open_local_backend"]
 @contextmanager
 def open_local_backend(queue: str) -> Iterator[LocalBackend]:
     """The backend on `queue` in the local namespace (``GRANTS_LOCAL_NAMESPACE``), saved when the block ends."""
-    with LocalNamespace(namespace_directory()).open(queue) as (local_queue, clock):
-        yield LocalBackend(local_queue, clock=clock)
+    directory = namespace_directory()
+    with LocalNamespace(directory).open(queue) as (local_queue, clock):
+        yield LocalBackend(local_queue, clock=clock, deployment=LocalDeployment(directory))
 
 
 class LocalBackend:
     """The `Backend` over a `LocalQueue` (the local namespace's queue)."""
 
-    def __init__(self, queue: LocalQueue, *, clock: Callable[[], float] = time.time, batch_size: int = 100) -> None:
+    def __init__(
+        self,
+        queue: LocalQueue,
+        *,
+        clock: Callable[[], float] = time.time,
+        batch_size: int = 100,
+        deployment: LocalDeployment | None = None,
+    ) -> None:
         self.queue = queue
         self.clock = clock
         self._batch_size = batch_size
+        self._deployment = deployment
 
     def drain(self, out: TextIO) -> None:
         """Deliver the queue to the registered function through the local host (as ``run-local`` does, against
@@ -43,8 +55,14 @@ class LocalBackend:
         asyncio.run(self._drain(out))
 
     async def _drain(self, out: TextIO) -> None:
+        why_not = self._deployment.why_not_receiving() if self._deployment else None
+        if why_not is not None:
+            out.write(f"\nNot processed by the local host: {why_not}; the queue holds what was sent.\n")
+            return
         with graph_environment(os.environ, clock=self.clock) as env:
             recorder = await process_queue(self.queue, env=env, clock=self.clock)
+        if self._deployment is not None:
+            self._deployment.log_outcomes(recorder.records)
         records = list(recorder.terminal().values())
         out.write(f"\nProcessed by the local host: {len(records)} message(s)\n")
         header = f"{'requestId':<28} {'outcome':<15} {'reason':<22} {'tries':>5}  description"

@@ -16,6 +16,10 @@ Endpoints (segment names case-insensitive, ids GUIDs compared case-insensitively
   ``R`` = ``{roleId}`` or ``roleTemplateId={templateId}``: ``GET /directoryRoles/R``,
   ``GET /directoryRoles/R/members[/{id}]``, ``POST .../members/$ref``, ``DELETE .../members/{id}/$ref``.
 - ``GET /directoryObjects/{id}``.
+- ``GET /servicePrincipals(appId='00000003-0000-0000-c000-000000000000')`` (Microsoft Graph's own service
+  principal: `GRAPH_SERVICE_PRINCIPAL_ID` and its application permissions `GRAPH_APP_ROLES`) and
+  ``GET /servicePrincipals/{id}/appRoleAssignments`` (the Graph permissions granted to a service principal:
+  `grant_app_role`, `revoke_app_role`); what the smoke check (grants_cli/smoke.py) reads.
 
 Each request goes through, in order: `latency_seconds`; the first queued `Fault` that matches it; the
 token check; routing (``400 BadRequest`` for an unknown segment, ``405`` for a wrong method); for writes
@@ -31,7 +35,8 @@ requests that look it up; one added with ``visible_after_seconds=T`` until T sec
 
     {"users": ["<id>", {"id": "<id>", "displayName": "...", "visibleAfterLookups": 2}],
      "groups": [{"id": "<id>", "isAssignableToRole": true}],
-     "servicePrincipals": ["<id>"], "devices": ["<id>"],
+     "servicePrincipals": ["<id>", {"id": "<id>", "appRoleAssignments": ["AdministrativeUnit.ReadWrite.All"]}],
+     "devices": ["<id>"],
      "administrativeUnits": [{"id": "<id>", "displayName": "...", "members": ["<id>"]}],
      "roleTemplates": [{"id": "<templateId>", "displayName": "...", "activated": true,
                         "roleId": "<optional id>", "members": ["<id>"]}]}
@@ -60,7 +65,16 @@ from typing import Any, Final, Literal, NamedTuple
 from grants_local._http import LoopbackServer, Request, Response
 from grants_local.token_endpoint import TokenEndpoint
 
-__all__ = ["Fault", "GraphDouble", "LoggedRequest", "PermissionKind", "PrincipalType"]
+__all__ = [
+    "GRAPH_APP_ID",
+    "GRAPH_APP_ROLES",
+    "GRAPH_SERVICE_PRINCIPAL_ID",
+    "Fault",
+    "GraphDouble",
+    "LoggedRequest",
+    "PermissionKind",
+    "PrincipalType",
+]
 
 PermissionKind = Literal["administrativeUnit", "directoryRole"]
 PrincipalType = Literal["user", "group", "servicePrincipal", "device"]
@@ -69,6 +83,17 @@ _PREFIX: Final = "/v1.0"
 _GUID: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _REF_ID: Final = re.compile(r"/(?:directoryObjects|users|groups|servicePrincipals|devices)/([^/?#]+)$", re.IGNORECASE)
 _WRITES: Final = frozenset({"POST", "DELETE", "PATCH", "PUT"})
+
+#: Microsoft Graph's application id (the same in every tenant and cloud), and this double's object id for its
+#: service principal (in a real tenant, one per tenant).
+GRAPH_APP_ID: Final = "00000003-0000-0000-c000-000000000000"
+GRAPH_SERVICE_PRINCIPAL_ID: Final = "9a000000-0000-4000-8000-00000000a991"
+#: Application permissions Graph offers (a few), by name: their app role ids, the same in every tenant.
+GRAPH_APP_ROLES: Final[Mapping[str, str]] = {
+    "AdministrativeUnit.ReadWrite.All": "5eb59dd3-1da2-4329-8733-9dabdc435916",
+    "RoleManagement.ReadWrite.Directory": "9e3f62cf-ca93-4989-b6ce-bf83c28f9fe8",
+    "Directory.Read.All": "7ab1d382-f21e-4acd-a863-ba3e13f7da61",
+}
 
 _ALREADY_EXIST: Final = (
     "One or more added object references already exist for the following modified properties: 'members'."
@@ -222,6 +247,7 @@ class GraphDouble:
         self._roles: dict[str, str] = {}  # role id -> template id
         self._faults: list[Fault] = []
         self._denied: set[PermissionKind] = set()
+        self._app_roles: dict[str, set[str]] = {}  # service principal id -> Graph app role ids granted to it
         self._recent_writes: deque[float] = deque()
         self._log: list[LoggedRequest] = []
         self._write_count = 0
@@ -389,6 +415,9 @@ class GraphDouble:
                     visible_after_lookups=int(item.get("visibleAfterLookups", 0)),
                     visible_after_seconds=float(item.get("visibleAfterSeconds", 0.0)),
                 )
+        for entry in seed.get("servicePrincipals", ()):
+            for permission in entry.get("appRoleAssignments", ()) if isinstance(entry, Mapping) else ():
+                self.grant_app_role(entry["id"], permission)
         for unit in seed.get("administrativeUnits", ()):
             self.add_administrative_unit(
                 unit["id"], display_name=unit.get("displayName", ""), members=unit.get("members", ())
@@ -401,6 +430,16 @@ class GraphDouble:
                 role_id=template.get("roleId"),
                 members=template.get("members", ()),
             )
+
+    def grant_app_role(self, principal_id: str, permission: str) -> None:
+        """Grant Graph's application permission `permission` (a `GRAPH_APP_ROLES` name) to a service principal."""
+        with self._lock:
+            self._app_roles.setdefault(_canonical(principal_id), set()).add(GRAPH_APP_ROLES[permission])
+
+    def revoke_app_role(self, principal_id: str, permission: str) -> None:
+        """Undo `grant_app_role` (nothing happens if it was not granted)."""
+        with self._lock:
+            self._app_roles.get(_canonical(principal_id), set()).discard(GRAPH_APP_ROLES[permission])
 
     # --- behaviours ----------------------------------------------------------------------------------
 
@@ -549,6 +588,10 @@ class GraphDouble:
             return "directoryRole", self._role_routes(segments[1:], body)
         if lower[:1] == ["directoryobjects"] and len(segments) == 2:
             return None, {"GET": lambda: (200, self._object_json(self._object(segments[1])))}
+        if lower == [f"serviceprincipals(appid='{GRAPH_APP_ID}')"]:
+            return None, {"GET": lambda: (200, _graph_service_principal_json())}
+        if lower[:1] == ["serviceprincipals"] and lower[2:] == ["approleassignments"] and len(segments) == 3:
+            return None, {"GET": lambda: (200, self._app_role_assignments_json(segments[1]))}
         raise _unknown_segment(segments[-1] if lower[:1] == ["directoryobjects"] else segments[0])
 
     def _unit_routes(self, rest: list[str], body: Any) -> _Handlers:
@@ -721,6 +764,24 @@ class GraphDouble:
             raise _not_found(membership_id)
         return 204, None
 
+    def _app_role_assignments_json(self, principal_id: str) -> dict[str, Any]:
+        principal = self._visible(principal_id)
+        if principal.type != "servicePrincipal":
+            raise _not_found(principal_id)
+        return {
+            "value": [
+                {
+                    "id": secrets.token_urlsafe(32)[:43],
+                    "appRoleId": role_id,
+                    "principalId": principal.id,
+                    "principalType": "ServicePrincipal",
+                    "resourceId": GRAPH_SERVICE_PRINCIPAL_ID,
+                    "resourceDisplayName": "Microsoft Graph",
+                }
+                for role_id in sorted(self._app_roles.get(principal.id, ()))
+            ]
+        }
+
     def _members_json(self, members: set[str]) -> dict[str, Any]:
         return {"value": [_principal_json(self._principals[m]) for m in sorted(members) if m in self._principals]}
 
@@ -840,6 +901,18 @@ def _principal_json(principal: _Principal) -> dict[str, Any]:
         "@odata.type": f"#microsoft.graph.{principal.type}",
         "id": principal.id,
         "displayName": principal.display_name,
+    }
+
+
+def _graph_service_principal_json() -> dict[str, Any]:
+    return {
+        "id": GRAPH_SERVICE_PRINCIPAL_ID,
+        "appId": GRAPH_APP_ID,
+        "displayName": "Microsoft Graph",
+        "appRoles": [
+            {"id": role_id, "value": name, "allowedMemberTypes": ["Application"], "isEnabled": True}
+            for name, role_id in GRAPH_APP_ROLES.items()
+        ],
     }
 
 

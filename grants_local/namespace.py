@@ -6,6 +6,10 @@ A directory (``GRANTS_LOCAL_NAMESPACE``, default ``.local/servicebus``) holds on
 ``.lock`` (so two commands never interleave), loads the queue, and on exit saves it back atomically
 (a temporary file renamed over the old one), also when the command was interrupted.
 
+A topic (`LocalNamespace.open_topic`, ``<topic>.topic.json``) is kept the same way: its duplicate-detection
+history and each subscription's filter and queue; a new one gets the outcomes topic's ``callbacks``
+subscription, as infra declares it.
+
 Each command's clock is a `ManualClock` starting at the wall clock: processing jumps over retry backoff
 (and over anything else scheduled) within the command, and that virtual time is not kept, so the next
 command starts at the wall clock again (times from a jump may lie in its future).
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from grants_local.queue import LocalQueue, ManualClock
+from grants_local.topic import LocalTopic, outcomes_topic
 
 __all__ = ["DEFAULT_NAMESPACE", "LocalNamespace", "namespace_directory"]
 
@@ -60,6 +65,27 @@ class LocalNamespace:
                     yield local_queue, clock
                 finally:
                     self._save(queue, {"queue": local_queue.snapshot()})
+            finally:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+    @contextmanager
+    def open_topic(self, topic: str) -> Iterator[tuple[LocalTopic, ManualClock]]:
+        """The topic named `topic` (with its subscriptions) and the namespace clock, locked; saved on exit."""
+        if not _QUEUE_NAME.fullmatch(topic):
+            raise ValueError(f"not a topic name: {topic!r}")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / ".lock", "a+b") as lock_file:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            try:
+                state = self._load(f"{topic}.topic")
+                clock = ManualClock(start=time.time())
+                local_topic = outcomes_topic(clock)
+                if "topic" in state:
+                    local_topic.restore(state["topic"])
+                try:
+                    yield local_topic, clock
+                finally:
+                    self._save(f"{topic}.topic", {"topic": local_topic.snapshot()})
             finally:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 

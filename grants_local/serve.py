@@ -7,9 +7,15 @@ registered functions, and the registered ``grant_webhook`` function served on ``
 - ``POST /api/grants``: the webhook, as in Azure (signed; the function key is not checked locally);
 - ``POST /local/hr-events``: puts the body on the hr-events queue (local only; an HR system's send).
 
+Outcome events go to an in-process outcomes topic (``GRANTS_OUTCOMES_TOPIC``) whose ``callbacks`` subscription,
+and the callback retry queue, are drained by the registered ``grant_callbacks`` / ``grant_callback_retries``
+functions: a webhook request with ``callbackUrl`` pointing at a local receiver (``examples/callback_receiver.py``)
+gets its signed callback.
+
 Each settled message prints its outcome line. Settings come from the environment; unset ones get local
 defaults: ``GRANTS_HR_RULES`` = ``examples/hr-rules.json``, ``GRANTS_WEBHOOK_SECRET`` = `LOCAL_WEBHOOK_SECRET`
-(published here, so it is no secret: for local use only).
+(published here, so it is no secret: for local use only), ``GRANTS_OUTCOMES_TOPIC`` = ``grant-outcomes`` and
+``GRANTS_CALLBACK_LOOPBACK`` = ``true`` (callbacks to 127.0.0.1 / localhost over plain http; refused in Azure).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from grants_local.queue import LocalQueue, LocalSender
 from grants_local.run import os_environment
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
 from grants_local.token_endpoint import TokenEndpoint
+from grants_local.topic import CALLBACKS_SUBSCRIPTION, LocalPublisher, outcomes_topic
 from shared.bootstrap import bootstrap
 from shared.config import Settings
 from shared.runtime import installed
@@ -56,10 +63,13 @@ class _OutcomePrinter(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         grant: Mapping[str, Any] | None = getattr(record, "grant", None)
         hr: Mapping[str, Any] | None = getattr(record, "hrEvent", None)
+        callback: Mapping[str, Any] | None = getattr(record, "callback", None)
         if grant is not None:
             kind, fields, name = "grant", grant, grant.get("requestId")
         elif hr is not None:
             kind, fields, name = "hr-event", hr, hr.get("eventId")
+        elif callback is not None:
+            kind, fields, name = "callback", callback, callback.get("requestId")
         else:
             return
         reason = f" {fields['reason']}:" if fields.get("reason") else ""
@@ -79,7 +89,8 @@ async def serve_local(
     import function_app
 
     stop = stop or asyncio.Event()
-    grants, hr_events = LocalQueue(), LocalQueue()
+    grants, hr_events, callback_retries = LocalQueue(), LocalQueue(), LocalQueue()
+    topic = outcomes_topic()
     loop = asyncio.get_running_loop()
     webhook = registered_function(function_app.app, "grant_webhook")
 
@@ -111,30 +122,45 @@ async def serve_local(
             {
                 "GRANTS_HR_RULES": str(EXAMPLES / "hr-rules.json"),
                 "GRANTS_WEBHOOK_SECRET": LOCAL_WEBHOOK_SECRET,
+                "GRANTS_OUTCOMES_TOPIC": "grant-outcomes",
+                "GRANTS_CALLBACK_LOOPBACK": "true",
                 **env,
                 "GRAPH_BASE_URL": graph.base_url,
             }
         )
         ledger = await stack.enter_async_context(local_ledger())
         services = bootstrap(
-            ledger.settings(settings), sender=LocalSender(grants), ledger_credential=ledger.credential()
+            ledger.settings(settings),
+            sender=LocalSender(grants),
+            publisher=LocalPublisher(topic),
+            callback_sender=LocalSender(callback_retries),
+            ledger_credential=ledger.credential(),
         )
+        subscription = topic.subscription(CALLBACKS_SUBSCRIPTION)
         with (
             LocalSettlementServer(grants) as grants_settlement,
             LocalSettlementServer(hr_events) as hr_settlement,
+            LocalSettlementServer(subscription) as callbacks_settlement,
+            LocalSettlementServer(callback_retries) as retries_settlement,
             installed(services),
         ):
             hosts = [
                 _host(hr_events, function_app.app, "hr_events", hr_settlement.address),
                 _host(grants, function_app.app, "grant_membership", grants_settlement.address),
             ]
+            if settings.outcomes_topic:
+                hosts += [
+                    _host(subscription, function_app.app, "grant_callbacks", callbacks_settlement.address),
+                    _host(callback_retries, function_app.app, "grant_callback_retries", retries_settlement.address),
+                ]
             server = LoopbackServer(answer, port=port)
             previous_level = outcome_log.level
             outcome_log.addHandler(printer)
             outcome_log.setLevel(logging.INFO)
             out.write(
                 f"Serving on http://127.0.0.1:{server.port}: POST /api/grants (signed webhook), "
-                f"POST /local/hr-events (an HR event). Graph double at {graph.base_url}. Ctrl-C stops.\n"
+                f"POST /local/hr-events (an HR event). Graph double at {graph.base_url}. "
+                f"{settings.callbacks.describe()}. Ctrl-C stops.\n"
             )
             out.flush()
             if ready is not None:

@@ -44,6 +44,17 @@ param grantsPolicy string = ''
 @description('HR mapping-rules file (GRANTS_HR_RULES), a path in the deployed package relative to its root; empty: HR events are dead-lettered HrRulesNotConfigured.')
 param hrRules string = ''
 
+@description('''Host names the ticketing system's callbacks may go to, comma-separated, each optionally with a port, e.g.
+'contoso.service-now.com,jira.contoso.com:8443' (GRANTS_CALLBACK_HOSTS for source ticketing; the app checks them at
+start-up); empty: a webhook request naming a callbackUrl is refused with 400.''')
+param callbackHosts string = ''
+
+@description('''Export the app's telemetry with OpenTelemetry (the Azure Monitor distro in the Python worker): the outcome
+lines' fields become customDimensions, and every Graph call a dependency. Off by default: it costs CPU per grant and
+cold start well over 10 % (measured: README, Operations), and the alerts, the workbook and the runbook's queries work
+either way.''')
+param openTelemetry bool = false
+
 @description('Email address the alerts go to; empty: no email receiver.')
 param alertEmail string = ''
 
@@ -106,6 +117,9 @@ module functionApp 'modules/functionapp.bicep' = {
     serviceBusNamespaceFqdn: servicebus.outputs.fullyQualifiedNamespace
     grantsQueue: servicebus.outputs.grantsQueue
     hrEventsQueue: servicebus.outputs.hrEventsQueue
+    outcomesTopic: servicebus.outputs.outcomesTopic
+    callbackQueue: servicebus.outputs.callbackQueue
+    callbackHosts: empty(callbackHosts) ? '' : string({ ticketing: split(replace(callbackHosts, ' ', ''), ',') })
     graphBaseUrl: graphBaseUrl
     maximumInstanceCount: maximumInstanceCount
     graphWriteRate: graphWriteRate
@@ -115,6 +129,7 @@ module functionApp 'modules/functionapp.bicep' = {
     hrRules: hrRules
     ledgerTableServiceUri: ledger.outputs.tableServiceUri
     ledgerTableName: ledger.outputs.tableName
+    openTelemetry: openTelemetry
   }
   // The identity's roles exist before the host first starts, so it does not crash-loop on storage or Service Bus.
   dependsOn: [rbac]
@@ -171,7 +186,12 @@ output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.appInsightsName
 output SERVICE_BUS_NAMESPACE string = servicebus.outputs.fullyQualifiedNamespace
+// The postdeploy smoke check (grants smoke) reads the identity's roles on the namespace and the outcome lines here.
+output SERVICE_BUS_NAMESPACE_ID string = servicebus.outputs.id
+output APPLICATIONINSIGHTS_ID string = monitoring.outputs.appInsightsId
 output GRANTS_QUEUE string = servicebus.outputs.grantsQueue
 output HR_EVENTS_QUEUE string = servicebus.outputs.hrEventsQueue
+output GRANTS_OUTCOMES_TOPIC string = servicebus.outputs.outcomesTopic
+output GRANTS_CALLBACK_QUEUE string = servicebus.outputs.callbackQueue
 output GRAPH_BASE_URL string = graphBaseUrl
 output GRAPH_WRITE_RATE string = graphWriteRate

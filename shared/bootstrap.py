@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from shared.adapters.callbacks import CallbackClient
 from shared.adapters.governor import WriteGovernor
 from shared.adapters.graph import GraphClient, new_http_client
 from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
@@ -22,9 +23,10 @@ from shared.adapters.ledger import Ledger, table_client
 from shared.config import Settings
 from shared.core.contract import GrantCommand
 from shared.core.errors import ConfigError, TransientError
-from shared.core.messaging import EXPIRY_OF, Delivery, MessageActions, MessageSender
+from shared.core.messaging import EXPIRY_OF, Delivery, MessageActions, MessageSender, OutcomePublisher
 from shared.core.policy import GrantPolicy
 from shared.core.retry import RetryPolicy
+from shared.producers.callbacks import settle_callback
 from shared.producers.hr import settle_hr_event
 from shared.producers.hr_rules import HrRules
 from shared.service.gate import Arrival, IntentGate
@@ -58,6 +60,9 @@ class Services:
     sender: MessageSender
     now: Callable[[], datetime] = _utc_now
     hr_rules: HrRules | None = None
+    publisher: OutcomePublisher | None = None  # the outcomes topic (GRANTS_OUTCOMES_TOPIC); None: off
+    callback_sender: MessageSender | None = None  # callback retry copies (GRANTS_CALLBACK_QUEUE)
+    callback_client: CallbackClient = field(default_factory=CallbackClient)  # connects on first use
     _closers: tuple[Any, ...] = field(default=(), repr=False)
 
     async def handle(self, command: GrantCommand) -> Result:
@@ -82,6 +87,20 @@ class Services:
             handle=handle,
             actions=actions,
             sender=self.sender,
+            retry_policy=self.retry_policy,
+            now=self.now,
+            publisher=self.publisher,
+        )
+
+    async def settle_callback(self, message: Any, actions: MessageActions) -> Settled:
+        """POST one outcome event to its callback URL, signed, and settle it (retry copy or dead letter on failure)."""
+        return await settle_callback(
+            Delivery.of(message),
+            policy=self.settings.callbacks,
+            secret_for=self.settings.signing_secret,
+            client=self.callback_client,
+            actions=actions,
+            sender=self.callback_sender,
             retry_policy=self.retry_policy,
             now=self.now,
         )
@@ -122,9 +141,14 @@ def bootstrap(
     retry_policy: RetryPolicy | None = None,
     now: Callable[[], datetime] = _utc_now,
     governor: WriteGovernor | None = None,
+    publisher: OutcomePublisher | None = None,
+    callback_sender: MessageSender | None = None,
+    callback_client: CallbackClient | None = None,
     ledger_credential: AzureNamedKeyCredential | None = None,
 ) -> Services:
-    """Wire the app: one HTTP client, one managed-identity credential, one Graph client, one sender, one ledger.
+    """Wire the app: one HTTP client, one managed-identity credential, one Graph client, one sender, one ledger;
+    with an outcomes topic also one publisher, one callback-queue sender and one callback client (each connects
+    on first use).
 
     The ledger is the table `GrantsLedger__tableServiceUri` / `GrantsLedger__tableName`, reached with the
     managed identity; `ledger_credential` replaces that credential for a local Azurite only (its development key).
@@ -132,7 +156,9 @@ def bootstrap(
     http = new_http_client()
     closers: list[Any] = []
     credential = None
-    if tokens is None or sender is None or ledger_credential is None:
+    topic = settings.outcomes_topic
+    needs_identity = tokens is None or sender is None or ledger_credential is None
+    if needs_identity or (topic and (publisher is None or callback_sender is None)):
         credential = managed_identity_credential(http=http, client_id=settings.client_id)
         closers.append(credential)
     if tokens is None:
@@ -140,6 +166,14 @@ def bootstrap(
         tokens = ManagedIdentityTokens(credential, scope=settings.graph_scope)
     if sender is None:
         sender = _servicebus_sender(settings, http, credential, closers)
+    if topic:
+        publisher = publisher or _servicebus_publisher(settings, topic, http, credential, closers)
+        callback_sender = callback_sender or _servicebus_sender(
+            settings, http, credential, closers, queue=settings.callback_queue
+        )
+    callback_client = callback_client or CallbackClient()
+    closers.insert(0, callback_client)
+    _log.info(settings.callbacks.describe())
     grant_policy = GrantPolicy.load(settings.policy_path) if settings.policy_path else GrantPolicy.default()
     _log.log(logging.WARNING if settings.policy_path is None else logging.INFO, grant_policy.describe())
     graph = GraphClient(
@@ -180,15 +214,39 @@ def bootstrap(
         sender=sender,
         now=now,
         hr_rules=HrRules.load(settings.hr_rules_path) if settings.hr_rules_path else None,
+        publisher=publisher if topic else None,
+        callback_sender=callback_sender if topic else None,
+        callback_client=callback_client,
         _closers=tuple(closers),
     )
 
 
 def _servicebus_sender(
-    settings: Settings, http: httpx.AsyncClient, credential: Any, closers: list[Any]
+    settings: Settings, http: httpx.AsyncClient, credential: Any, closers: list[Any], *, queue: str | None = None
 ) -> MessageSender:
     from shared.adapters.servicebus import ServiceBusSender
 
+    namespace, credential = _servicebus_connection(settings, http, credential, closers)
+    sender = ServiceBusSender(namespace=namespace, queue=queue or settings.grants_queue, credential=credential)
+    closers.insert(0, sender)
+    return sender
+
+
+def _servicebus_publisher(
+    settings: Settings, topic: str, http: httpx.AsyncClient, credential: Any, closers: list[Any]
+) -> OutcomePublisher:
+    from shared.adapters.servicebus import ServiceBusPublisher
+
+    namespace, credential = _servicebus_connection(settings, http, credential, closers)
+    publisher = ServiceBusPublisher(namespace=namespace, topic=topic, credential=credential)
+    closers.insert(0, publisher)
+    return publisher
+
+
+def _servicebus_connection(
+    settings: Settings, http: httpx.AsyncClient, credential: Any, closers: list[Any]
+) -> tuple[str, Any]:
+    """The namespace and the credential for it (the Service Bus connection's own client id, when it differs)."""
     if not settings.servicebus_namespace:
         raise ConfigError(
             "ServiceBusConnection__fullyQualifiedNamespace is not set: the app needs it to schedule retry copies"
@@ -196,8 +254,4 @@ def _servicebus_sender(
     if settings.servicebus_client_id != settings.client_id:
         credential = managed_identity_credential(http=http, client_id=settings.servicebus_client_id)
         closers.append(credential)
-    sender = ServiceBusSender(
-        namespace=settings.servicebus_namespace, queue=settings.grants_queue, credential=credential
-    )
-    closers.insert(0, sender)
-    return sender
+    return settings.servicebus_namespace, credential

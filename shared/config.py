@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from shared.core.callbacks import CallbackPolicy
 from shared.core.errors import ConfigError
 
 __all__ = ["APP_SETTINGS", "Settings"]
@@ -32,12 +33,18 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "HR_EVENTS_QUEUE": "hr-events",
     "GRANTS_HR_RULES": "",
     "GRANTS_WEBHOOK_SECRET": "",  # a Key Vault reference in Azure, never a literal
+    "GRANTS_OUTCOMES_TOPIC": "",  # empty: no outcome events, no callbacks
+    "GRANTS_CALLBACK_QUEUE": "grant-callbacks",
+    "GRANTS_CALLBACK_HOSTS": "",  # JSON: {"ticketing": ["contoso.service-now.com"]}
+    "GRANTS_CALLBACK_LOOPBACK": "false",  # local only: refused inside Azure (WEBSITE_INSTANCE_ID)
     "ServiceBusConnection__fullyQualifiedNamespace": "",
     "ServiceBusConnection__credential": "managedidentity",
     "ServiceBusConnection__clientId": "",
     "GrantsLedger__tableServiceUri": "",  # e.g. https://<account>.table.core.windows.net (identity-based)
     "GrantsLedger__tableName": "grantledger",
     "GRANTS_SWEEP_SCHEDULE": "0 */5 * * * *",  # the expiry sweep's timer (NCRONTAB, read by the Functions host)
+    # The Python worker reads it too: true = it exports logs with OpenTelemetry (shared/adapters/telemetry.py).
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "false",
 }
 
 
@@ -66,6 +73,15 @@ class Settings:
     servicebus_client_id: str | None = None
     ledger_table_uri: str | None = None
     ledger_table: str = "grantledger"
+    outcomes_topic: str | None = None
+    callback_queue: str = "grant-callbacks"
+    callbacks: CallbackPolicy = field(default_factory=CallbackPolicy)
+
+    def signing_secret(self, source_system: str | None) -> str | None:
+        """The secret that signs a source system's requests and callbacks (the ticketing webhook's), or None."""
+        return self.webhook_secret if source_system == "ticketing" else None
+
+    worker_telemetry: bool = False
 
     @property
     def graph_root(self) -> str:
@@ -102,6 +118,8 @@ class Settings:
                 "GrantsLedger__tableName must be 3 to 63 letters and digits, starting with a letter, "
                 f"got {ledger_table!r}"
             )
+        outcomes_topic = get("GRANTS_OUTCOMES_TOPIC") or None
+        callbacks = _callback_policy(get, env, outcomes_topic)
         return cls(
             graph_base_url=base_url,
             client_id=get("AZURE_CLIENT_ID") or None,
@@ -121,7 +139,32 @@ class Settings:
             servicebus_client_id=get("ServiceBusConnection__clientId") or get("AZURE_CLIENT_ID") or None,
             ledger_table_uri=_ledger_uri(get("GrantsLedger__tableServiceUri")),
             ledger_table=ledger_table,
+            outcomes_topic=outcomes_topic,
+            callback_queue=get("GRANTS_CALLBACK_QUEUE") or "grant-callbacks",
+            callbacks=callbacks,
+            worker_telemetry=_flag(get, "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"),
         )
+
+
+#: Set by the App Service platform on every instance (Flex Consumption included), never by a local shell.
+AZURE_PLATFORM_MARKERS: Final = ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME")
+
+
+def _callback_policy(get: _Getter, env: Mapping[str, str], outcomes_topic: str | None) -> CallbackPolicy:
+    """The callback allow-list; local mode (loopback and plain http) only outside Azure; callbacks need the topic."""
+    loopback = _flag(get, "GRANTS_CALLBACK_LOOPBACK")
+    if loopback and any(env.get(marker) for marker in AZURE_PLATFORM_MARKERS):
+        raise ConfigError(
+            "GRANTS_CALLBACK_LOOPBACK=true is for a local run only (callbacks to loopback, over plain http); "
+            "this process runs in Azure App Service, where it is refused"
+        )
+    policy = CallbackPolicy.from_setting(get("GRANTS_CALLBACK_HOSTS"), loopback=loopback)
+    if policy.enabled and outcomes_topic is None:
+        raise ConfigError(
+            "GRANTS_CALLBACK_HOSTS (or GRANTS_CALLBACK_LOOPBACK) is set but GRANTS_OUTCOMES_TOPIC is empty: "
+            "callbacks are delivered from the outcome events on that topic"
+        )
+    return policy
 
 
 #: The app's root: where function_app.py is, and what a relative GRANTS_POLICY / GRANTS_HR_RULES path is relative

@@ -15,11 +15,13 @@ from shared.core.messaging import MessageActions
 from shared.core.policy import GrantPolicy
 from shared.producers.hr_rules import HrRules
 from shared.producers.webhook import receive
-from shared.service.settlement import Settled
+from shared.service.settlement import Settled, outcome_log
 
 __all__ = [
     "check_configuration",
+    "configure_telemetry",
     "installed",
+    "process_callback",
     "process_expiry_sweep",
     "process_grant_message",
     "process_hr_event",
@@ -38,6 +40,15 @@ def check_configuration() -> None:
         GrantPolicy.load(settings.policy_path)
     if settings.hr_rules_path:
         HrRules.load(settings.hr_rules_path)
+
+
+def configure_telemetry() -> None:
+    """With ``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true`` (the worker exports with OpenTelemetry), give the
+    outcome lines their fields as customDimensions (`shared.adapters.telemetry`); otherwise nothing, and no import."""
+    if Settings.from_env(os.environ).worker_telemetry:
+        from shared.adapters.telemetry import install
+
+        install(outcome_log)
 
 
 def services() -> Services:
@@ -74,6 +85,11 @@ async def process_expiry_sweep() -> int:
     return await services().sweep_expiries()
 
 
+async def process_callback(message: Any, actions: MessageActions) -> Settled:
+    """Entry point for the callback triggers: POST one outcome event to its callback URL, signed, and settle it."""
+    return await services().settle_callback(message, actions)
+
+
 async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for the ticketing webhook: authenticate, validate and enqueue one grant request."""
     current = services()
@@ -84,6 +100,7 @@ async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
         sender=current.sender,
         now=current.now,
         recorded=current.recorded_content,
+        callbacks=current.settings.callbacks,
     )
     return func.HttpResponse(
         answer.body, status_code=answer.status, headers=answer.headers, mimetype=answer.content_type

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from shared.core.contract import (
     LIMITS,
+    MAX_CALLBACK_URL_CHARS,
     MAX_MESSAGE_BYTES,
     Action,
     AdministrativeUnit,
@@ -25,6 +26,7 @@ from shared.core.contract import (
     parse_grant,
     to_document,
 )
+from shared.core.contract import encode as contract_encode
 from shared.core.errors import ContractError, Reason
 
 AU = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
@@ -168,6 +170,18 @@ def test_requested_at_survives_to_document_and_back() -> None:
             "requestedAt must be an RFC 3339",
         ),
         (encode(message(requestedAt=1767225600)), Reason.SCHEMA_VIOLATION, "requestedAt must be a string"),
+        (encode(message(callback="https://x.example")), Reason.SCHEMA_VIOLATION, "callback must be an object"),
+        (encode(message(callback={})), Reason.SCHEMA_VIOLATION, "callback.url is required"),
+        (encode(message(callback={"url": 7})), Reason.SCHEMA_VIOLATION, "callback.url must be a string"),
+        (encode(message(callback={"url": "ftp://x.example/"})), Reason.SCHEMA_VIOLATION, "callback.url must be an"),
+        (encode(message(callback={"url": "https://b\u00fccher.example/"})), Reason.SCHEMA_VIOLATION, "xn-- form"),
+        (encode(message(callback={"url": "https://x.example/a b"})), Reason.SCHEMA_VIOLATION, "callback.url must be"),
+        (encode(message(callback={"url": "https://x.example/" + "a" * 2048})), Reason.SCHEMA_VIOLATION, "2048"),
+        (
+            encode(message(callback={"url": "https://x.example/", "secret": "x"})),
+            Reason.SCHEMA_VIOLATION,
+            "callback.secret is not a field",
+        ),
     ],
 )
 def test_bad_input_is_refused_with_a_specific_reason(body: bytes, reason: Reason, says: str) -> None:
@@ -210,6 +224,19 @@ def test_errors_carry_the_request_id_when_it_is_readable() -> None:
 
 def test_limits_are_inclusive() -> None:
     parse_grant(encode(message(reason="x" * LIMITS["reason"], requestId="r" * 128)))
+    url = "https://x.example/" + "a" * (MAX_CALLBACK_URL_CHARS - len("https://x.example/"))
+    assert parse_grant(encode(message(callback={"url": url}))).callback_url == url
+
+
+def test_a_callback_url_travels_with_the_command_and_back_into_the_message() -> None:
+    """Given a v1 message with callback.url, the command carries it and `encode` writes it back (v1 unchanged
+    otherwise: a message without it is read exactly as before)."""
+    command = parse_grant(encode(message(callback={"url": "https://itsm.example.com/api/grants?x=1"})))
+    assert command.callback_url == "https://itsm.example.com/api/grants?x=1"
+    assert parse_grant(contract_encode(command)) == command
+    assert json.loads(contract_encode(command))["callback"] == {"url": "https://itsm.example.com/api/grants?x=1"}
+    assert parse_grant(encode(message())).callback_url is None
+    assert "callback" not in json.loads(contract_encode(parse_grant(encode(message()))))
 
 
 # --- properties -----------------------------------------------------------------------------------------------
@@ -290,7 +317,9 @@ def test_schema_names_the_same_fields_enums_and_limits_as_the_model() -> None:
         "expiresAt",
         "requestedAt",
         "dryRun",
+        "callback",
     }
+    assert properties["callback"]["properties"]["url"]["maxLength"] == MAX_CALLBACK_URL_CHARS
     assert properties["action"]["enum"] == [a.value for a in Action]
     assert properties["member"]["properties"]["type"]["enum"] == [m.value for m in MemberType]
     assert properties["source"]["properties"]["system"]["enum"] == [s.value for s in SourceSystem]
@@ -322,6 +351,18 @@ field_values = st.one_of(
             "2027-01-31",
             "a\nb",
             "x" * 300,
+            "https://itsm.example.com/api/x?y=1",
+            "http://127.0.0.1:8080/cb",
+            "https://",
+            "https://x.example/a b",
+            "HTTPS://X.EXAMPLE/",
+            "https://b\u00fccher.example/",
+            "https://x.example/\n",
+            "https://x.example/" + "a" * 2031,
+            "https://x.example/" + "a" * 2030,
+            {"url": "https://itsm.example.com/cb"},
+            {"url": "ftp://x.example/"},
+            {"url": "https://x.example", "extra": 1},
             1,
             2,
             True,
@@ -348,23 +389,13 @@ def mutated_messages(draw: st.DrawFn) -> dict[str, Any]:
             )
         )
     )
+    if draw(st.booleans()):
+        document["callback"] = {"url": "https://itsm.example.com/api/grants/callback"}
     for _ in range(draw(st.integers(0, 3))):
-        parts = [document, *(document.get(name) for name in ("target", "member", "source"))]
+        parts = [document, *(document.get(name) for name in ("target", "member", "source", "callback"))]
         where = draw(st.sampled_from([part for part in parts if isinstance(part, dict)]))
-        key = draw(
-            st.sampled_from(
-                [
-                    *where.keys(),
-                    "id",
-                    "type",
-                    "roleTemplateId",
-                    "administrativeUnitId",
-                    "dryRun",
-                    "requestedAt",
-                    "extra",
-                ]
-            )
-        )
+        keys = ["id", "type", "roleTemplateId", "administrativeUnitId", "dryRun", "requestedAt", "extra", "callback"]
+        key = draw(st.sampled_from([*where.keys(), *keys, "url"]))
         value = copy.deepcopy(draw(field_values))  # [] and {} are shared objects: never mutate them
         if value is None:
             where.pop(key, None)

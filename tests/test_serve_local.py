@@ -60,3 +60,49 @@ async def test_given_serve_local_when_a_webhook_and_an_hr_event_are_posted_then_
     assert any(line.startswith("grant    granted         RITM0010001 ") for line in lines)
     assert any(line.startswith("hr-event completed       wd-evt-1001 ") for line in lines)
     assert sum(line.startswith("grant    granted         hr:wd-evt-1001:") for line in lines) == 2
+
+
+async def test_given_serve_local_when_a_ticket_names_a_local_receiver_then_it_gets_one_signed_callback() -> None:
+    """serve-local runs the callback trigger: the ticket is granted, and examples/callback_receiver.py (on loopback,
+    allowed by serve-local's local mode) receives the outcome once, with a signature it accepts."""
+    from tests.test_callbacks import receiver_example
+
+    printed = io.StringIO()
+    receiver = receiver_example.Receiver(secret=LOCAL_WEBHOOK_SECRET, out=printed)
+    out, stop, started, ports = io.StringIO(), asyncio.Event(), asyncio.Event(), []
+
+    def ready(port: int) -> None:
+        ports.append(port)
+        started.set()
+
+    server = asyncio.create_task(serve_local(out, port=0, env={}, stop=stop, ready=ready))
+    await started.wait()
+    body = json.dumps(
+        {
+            "ticketNumber": "RITM0010002",
+            "requester": "alice@contoso.com",
+            "approver": "j.smith@contoso.com",
+            "target": {"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE},
+            "member": ALICE,
+            "callbackUrl": f"http://127.0.0.1:{receiver.port}/callbacks/grants",
+        }
+    ).encode()
+    timestamp = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: sign(secret=LOCAL_WEBHOOK_SECRET, timestamp=timestamp, body=body),
+    }
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}") as client:
+            accepted = await client.post("/api/grants", content=body, headers=headers)
+        stop.set()
+        assert await server == 0
+    finally:
+        receiver.close()
+    assert accepted.status_code == 202
+    assert receiver.deliveries == 1
+    [record] = receiver.applied.values()
+    assert (record["requestId"], record["outcome"]) == ("RITM0010002", "granted")
+    assert "-> 204 signature ok" in printed.getvalue()
+    assert any(line.startswith("callback delivered       RITM0010002 ") for line in out.getvalue().splitlines())

@@ -14,6 +14,8 @@ from checkov.common.models.enums import CheckCategories, CheckResult
 
 NAMESPACES = "Microsoft.ServiceBus/namespaces"
 QUEUES = "Microsoft.ServiceBus/namespaces/queues"
+TOPICS = "Microsoft.ServiceBus/namespaces/topics"
+SUBSCRIPTIONS = "Microsoft.ServiceBus/namespaces/topics/subscriptions"
 
 
 def _properties(conf: dict[str, Any]) -> dict[str, Any]:
@@ -57,14 +59,15 @@ class NamespaceMinimumTls(BaseResourceCheck):
 
 
 class QueueMaxDeliveryCount(BaseResourceCheck):
-    """A poison message is dead-lettered after a bounded number of deliveries (explicit, at most 10)."""
+    """A poison message is dead-lettered after a bounded number of deliveries (explicit, at most 10): queues and
+    topic subscriptions, the entities a receiver settles."""
 
     def __init__(self) -> None:
         super().__init__(
-            name="Service Bus queues set maxDeliveryCount between 1 and 10 (the poison-message backstop)",
+            name="Service Bus queues and subscriptions set maxDeliveryCount from 1 to 10 (the poison-message backstop)",
             id="CKV_GRANTS_SB_3",
             categories=[CheckCategories.GENERAL_SECURITY],
-            supported_resources=[QUEUES],
+            supported_resources=[QUEUES, SUBSCRIPTIONS],
         )
 
     def scan_resource_conf(self, conf: dict[str, Any]) -> CheckResult:
@@ -73,14 +76,15 @@ class QueueMaxDeliveryCount(BaseResourceCheck):
 
 
 class QueueDuplicateDetection(BaseResourceCheck):
-    """Duplicate detection on, with its window set: resent messages and retry copies dedupe by MessageId."""
+    """Duplicate detection on, with its window set: resent messages, retry copies and republished outcome events
+    dedupe by MessageId (queues and topics, the entities a sender sends to)."""
 
     def __init__(self) -> None:
         super().__init__(
-            name="Service Bus queues detect duplicates (requiresDuplicateDetection and its history window)",
+            name="Service Bus queues and topics detect duplicates (requiresDuplicateDetection and its history window)",
             id="CKV_GRANTS_SB_4",
             categories=[CheckCategories.GENERAL_SECURITY],
-            supported_resources=[QUEUES],
+            supported_resources=[QUEUES, TOPICS],
         )
 
     def scan_resource_conf(self, conf: dict[str, Any]) -> CheckResult:

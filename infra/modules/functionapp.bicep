@@ -11,6 +11,10 @@ param appInsightsConnectionString string
 param serviceBusNamespaceFqdn string
 param grantsQueue string
 param hrEventsQueue string
+param outcomesTopic string
+param callbackQueue string
+@description('GRANTS_CALLBACK_HOSTS: JSON, source system -> host names callbacks may go to; empty: no callbacks.')
+param callbackHosts string
 param graphBaseUrl string
 param maximumInstanceCount int
 param graphWriteRate string
@@ -20,6 +24,8 @@ param grantsPolicy string
 param hrRules string
 param ledgerTableServiceUri string
 param ledgerTableName string
+@description('The worker exports logs and dependencies with OpenTelemetry (outcome fields as customDimensions).')
+param openTelemetry bool
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   //checkov:skip=CKV_AZURE_225: zone redundancy on Flex Consumption exists only in some regions; the work waits in the queue, not on the plan, so an outage delays grants and loses none
@@ -75,6 +81,12 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         // Application Insights, by identity: the connection string only locates the component.
         { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsightsConnectionString }
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'ClientId=${identityClientId};Authorization=AAD' }
+        // The deployment choice openTelemetry (README, Operations): the Python worker configures the Azure Monitor
+        // OpenTelemetry distro (requirements.txt) and exports its logs itself, the outcome lines' fields as
+        // customDimensions (shared/adapters/telemetry.py); the host switches to OpenTelemetry too (this setting
+        // overrides host.json's telemetryMode). Off: the classic path, fields only in the JSON of the message.
+        { name: 'PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY', value: openTelemetry ? 'true' : 'false' }
+        { name: 'AzureFunctionsJobHost__telemetryMode', value: openTelemetry ? 'OpenTelemetry' : 'ApplicationInsights' }
         // Service Bus trigger and the retry-copy sender, by identity.
         { name: 'ServiceBusConnection__fullyQualifiedNamespace', value: serviceBusNamespaceFqdn }
         { name: 'ServiceBusConnection__credential', value: 'managedidentity' }
@@ -103,6 +115,12 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
           name: 'GRANTS_WEBHOOK_SECRET'
           value: empty(webhookSecretUri) ? '' : '@Microsoft.KeyVault(SecretUri=${webhookSecretUri})'
         }
+        // Outcome events and signed callbacks (README, "Follow a request").
+        { name: 'GRANTS_OUTCOMES_TOPIC', value: outcomesTopic }
+        { name: 'GRANTS_CALLBACK_QUEUE', value: callbackQueue }
+        { name: 'GRANTS_CALLBACK_HOSTS', value: callbackHosts }
+        // Local mode (callbacks to loopback over plain http) is never on in Azure; the app refuses it there anyway.
+        { name: 'GRANTS_CALLBACK_LOOPBACK', value: 'false' }
       ]
     }
   }

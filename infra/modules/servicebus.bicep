@@ -1,5 +1,5 @@
 // Service Bus: Entra ID auth only (no SAS keys, so no connection string exists to leak), TLS 1.2,
-// and the two queues the app reads.
+// the queues the app reads, and the outcomes topic it publishes to (with the callbacks subscription).
 param name string
 param location string
 param tags object
@@ -50,6 +50,57 @@ resource hrEvents 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   }
 }
 
+// Callback retries: scheduled copies of an outcome event whose callback failed (the app's retry policy).
+resource callbackRetries 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
+  parent: namespace
+  name: 'grant-callbacks'
+  properties: {
+    maxDeliveryCount: 10
+    lockDuration: 'PT1M'
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: 'PT10M'
+    deadLetteringOnMessageExpiration: true
+    defaultMessageTimeToLive: 'P14D'
+  }
+}
+
+// Outcome events: one per terminal outcome of a grant message, published before the message is settled.
+// Duplicate detection over an hour: a settlement redelivered after a crash publishes the same MessageId
+// (outcome/<sha256>), and the topic keeps one. Subscribers filter on the application properties
+// sourceSystem, outcome, reason, jobId, requestId, callbackUrl.
+resource outcomes 'Microsoft.ServiceBus/namespaces/topics@2024-01-01' = {
+  parent: namespace
+  name: 'grant-outcomes'
+  properties: {
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: 'PT1H'
+    defaultMessageTimeToLive: 'P14D'
+  }
+}
+
+// The callback trigger's subscription: events whose request named a callback URL.
+resource callbacks 'Microsoft.ServiceBus/namespaces/topics/subscriptions@2024-01-01' = {
+  parent: outcomes
+  name: 'callbacks'
+  properties: {
+    maxDeliveryCount: 10
+    lockDuration: 'PT1M'
+    deadLetteringOnMessageExpiration: true
+    deadLetteringOnFilterEvaluationExceptions: true
+    defaultMessageTimeToLive: 'P14D'
+  }
+}
+
+// Named $Default so that it replaces the subscription's implicit catch-all rule (1=1) instead of adding to it.
+resource callbacksFilter 'Microsoft.ServiceBus/namespaces/topics/subscriptions/rules@2024-01-01' = {
+  parent: callbacks
+  name: '$Default'
+  properties: {
+    filterType: 'SqlFilter'
+    sqlFilter: { sqlExpression: 'EXISTS(callbackUrl)' }
+  }
+}
+
 output name string = namespace.name
 output id string = namespace.id
 // <name>.servicebus.windows.net in the global cloud, the national suffix elsewhere (taken from the endpoint,
@@ -57,3 +108,6 @@ output id string = namespace.id
 output fullyQualifiedNamespace string = replace(replace(namespace.properties.serviceBusEndpoint, 'https://', ''), ':443/', '')
 output grantsQueue string = grants.name
 output hrEventsQueue string = hrEvents.name
+output callbackQueue string = callbackRetries.name
+output outcomesTopic string = outcomes.name
+output callbacksSubscription string = callbacks.name

@@ -55,7 +55,7 @@ def test_every_bicep_file_parses() -> None:
         assert parse(path).get("resources") or parse(path).get("modules"), path
 
 
-@pytest.mark.parametrize("queue", ["grants", "hrEvents"])
+@pytest.mark.parametrize("queue", ["grants", "hrEvents", "callbackRetries"])
 def test_queues_dead_letter_deduplicate_and_lock_briefly(queue: str) -> None:
     properties = resource("servicebus", queue)["properties"]
     assert properties["maxDeliveryCount"] == 10
@@ -73,6 +73,86 @@ def test_queue_names_are_the_app_defaults_and_feed_the_app_settings() -> None:
     assert accessor(params["hrEventsQueue"]) == ["servicebus", "outputs", "hrEventsQueue"]
     assert app_settings()["GRANTS_QUEUE"] == "grantsQueue"
     assert app_settings()["HR_EVENTS_QUEUE"] == "hrEventsQueue"
+
+
+def test_the_outcomes_topic_deduplicates_and_its_callbacks_subscription_filters_on_a_callback_url() -> None:
+    """Given the outcomes topic: duplicate detection (a redelivered settlement publishes the same MessageId) over
+    at least the grants queue's window; the callbacks subscription dead-letters a poison event after 10 deliveries
+    and takes only events with a callbackUrl, by a rule named $Default (it replaces the implicit 1=1 rule)."""
+    topic = resource("servicebus", "outcomes")
+    assert topic["name"] == "grant-outcomes"
+    assert topic["properties"]["requiresDuplicateDetection"] is True
+    assert topic["properties"]["duplicateDetectionHistoryTimeWindow"] == "PT1H"
+    subscription = resource("servicebus", "callbacks")
+    assert (subscription["parent"], subscription["name"]) == ("outcomes", "callbacks")
+    properties = subscription["properties"]
+    assert properties["maxDeliveryCount"] == 10
+    assert properties["lockDuration"] == "PT1M"
+    assert properties["deadLetteringOnMessageExpiration"] is True
+    assert properties["deadLetteringOnFilterEvaluationExceptions"] is True
+    rule = resource("servicebus", "callbacksFilter")
+    assert (rule["parent"], rule["name"]) == ("callbacks", "$Default")
+    assert rule["properties"] == {"filterType": "SqlFilter", "sqlFilter": {"sqlExpression": "EXISTS(callbackUrl)"}}
+    rules = [r for r in module("servicebus")["resources"].values() if r["type"].endswith("/rules")]
+    assert len(rules) == 1
+
+
+def test_the_callback_trigger_reads_the_subscription_and_queue_infra_creates() -> None:
+    """function_app.py's callback triggers name the subscription and the settings that infra sets."""
+    source = (ROOT / "function_app.py").read_text()
+    subscription = resource("servicebus", "callbacks")["name"]
+    assert f'subscription_name="{subscription}"' in source
+    assert 'topic_name="%GRANTS_OUTCOMES_TOPIC%"' in source
+    assert 'queue_name="%GRANTS_CALLBACK_QUEUE%"' in source
+    assert resource("servicebus", "callbackRetries")["name"] == APP_SETTINGS["GRANTS_CALLBACK_QUEUE"]
+    params = parse(INFRA / "main.bicep")["modules"]["functionApp"]["config"]["params"]
+    assert accessor(params["outcomesTopic"]) == ["servicebus", "outputs", "outcomesTopic"]
+    assert accessor(params["callbackQueue"]) == ["servicebus", "outputs", "callbackQueue"]
+    assert app_settings()["GRANTS_OUTCOMES_TOPIC"] == "outcomesTopic"
+    assert app_settings()["GRANTS_CALLBACK_QUEUE"] == "callbackQueue"
+    assert app_settings()["GRANTS_CALLBACK_HOSTS"] == "callbackHosts"
+
+
+def test_azure_never_runs_callbacks_in_local_mode() -> None:
+    """Given the app settings infra writes, loopback callbacks are off as a literal (no parameter can turn them
+    on), and the app's own configuration, read with them, refuses a loopback or plain-http callback URL; the
+    setting is refused outright where the App Service platform runs the app."""
+    from shared.config import Settings
+    from shared.core.callbacks import CallbackRefused
+    from shared.core.errors import ConfigError
+
+    assert app_settings()["GRANTS_CALLBACK_LOOPBACK"] == "false"
+    azure = {
+        "GRANTS_OUTCOMES_TOPIC": "grant-outcomes",
+        "GRANTS_CALLBACK_LOOPBACK": app_settings()["GRANTS_CALLBACK_LOOPBACK"],
+        "GRANTS_CALLBACK_HOSTS": '{"ticketing": ["contoso.service-now.com"]}',
+    }
+    policy = Settings.from_env(azure).callbacks
+    for url in (
+        "http://127.0.0.1:8080/cb",
+        "https://localhost/cb",
+        "https://[::1]/cb",
+        "http://contoso.service-now.com/",
+    ):
+        with pytest.raises(CallbackRefused):
+            policy.check(url, source="ticketing")
+    assert policy.check("https://contoso.service-now.com/api/x", source="ticketing").host == "contoso.service-now.com"
+    with pytest.raises(ConfigError, match="local run only"):
+        Settings.from_env({**azure, "GRANTS_CALLBACK_LOOPBACK": "true", "WEBSITE_INSTANCE_ID": "a1b2"})
+
+
+def test_callback_hosts_are_a_comma_list_parameter_made_into_the_json_setting() -> None:
+    main = parse(INFRA / "main.bicep")
+    parameter = main["parameters"]["callbackHosts"]
+    assert (parameter["type"], parameter["default"]) == ("string", "")
+    value = main["modules"]["functionApp"]["config"]["params"]["callbackHosts"]["operator"]
+    assert value["type"] == "conditional"
+    assert value["operands"]["true_value"] == ""
+    converted = value["operands"]["false_value"]["function"]
+    assert converted["type"] == "string"
+    assert list(converted["parameters"]["value_to_convert"]) == ["ticketing"]
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert azd["callbackHosts"] == {"value": "${GRANTS_CALLBACK_HOSTS=}"}
 
 
 def test_service_bus_storage_and_monitoring_accept_no_keys() -> None:
@@ -332,6 +412,16 @@ resource duplicatingQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = 
   name: 'duplicating'
   properties: { maxDeliveryCount: 10, requiresDuplicateDetection: false }
 }
+resource duplicatingTopic 'Microsoft.ServiceBus/namespaces/topics@2024-01-01' = {
+  parent: oldTlsNamespace
+  name: 'duplicating-topic'
+  properties: { requiresDuplicateDetection: false }
+}
+resource endlessSubscription 'Microsoft.ServiceBus/namespaces/topics/subscriptions@2024-01-01' = {
+  parent: duplicatingTopic
+  name: 'endless'
+  properties: { lockDuration: 'PT1M' }
+}
 """
 
 
@@ -349,7 +439,9 @@ def test_each_service_bus_check_fails_exactly_the_resource_missing_its_setting(t
         ("CKV_GRANTS_SB_1", "openNamespace"),
         ("CKV_GRANTS_SB_2", "oldTlsNamespace"),
         ("CKV_GRANTS_SB_3", "endlessQueue"),
+        ("CKV_GRANTS_SB_3", "endlessSubscription"),
         ("CKV_GRANTS_SB_4", "duplicatingQueue"),
+        ("CKV_GRANTS_SB_4", "duplicatingTopic"),
     }
     passed = {(c["check_id"], c["resource"].rpartition(".")[2]) for c in results["passed_checks"]}
     assert passed == {

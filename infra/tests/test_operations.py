@@ -93,8 +93,8 @@ LOG_TILES = {
 }
 #: Workbook metric tile -> the Service Bus metric it charts per queue.
 METRIC_TILES = {"dead-letter-depth": "DeadletteredMessages", "active-messages": "ActiveMessages"}
-#: Shown in the runbook only: the README's audit query.
-RUNBOOK_ONLY = {"audit.kql"}
+#: Not deployed, shown in the runbook: the README's audit query, and the smoke check's (grants_cli/smoke.py).
+RUNBOOK_ONLY = {"audit.kql", "smoke-outcome.kql"}
 #: azd variable (main.parameters.json) -> main.bicep parameter, for the alerts.
 AZD_VARIABLES = {
     "AZURE_ALERT_EMAIL": ("alertEmail", ""),
@@ -376,6 +376,22 @@ def test_no_query_file_repeats_another() -> None:
         assert ("let outcomes" in code(path)) == (path.name == PREAMBLE), path.name
 
 
+def test_the_readme_shows_no_query_of_its_own_and_points_to_the_files() -> None:
+    """Any kusto block in the README is a query file as it is; the audit query is a pointer to its file."""
+    text = (INFRA.parent / "README.md").read_text()
+    for match in re.finditer(r"```kusto\n(.*?)```", text, re.DOTALL):
+        assert match.group(1) in {path.read_text() for path in QUERIES.glob("*.kql")}, match.group(1)[:80]
+    assert "infra/queries/audit.kql" in text
+    assert not KQL.search(re.sub(r"```kusto\n.*?```", "", text, flags=re.DOTALL)), "KQL outside a kusto block"
+
+
+def test_the_smoke_check_reads_its_query_file_with_the_preamble() -> None:
+    smoke = (INFRA.parent / "grants_cli" / "azure_apis.py").read_text()
+    assert '(QUERIES / "outcomes.kql").read_text()' in smoke
+    assert '(QUERIES / "smoke-outcome.kql").read_text()' in smoke
+    assert "smokeRequestId" in code(QUERIES / "smoke-outcome.kql")
+
+
 def test_every_query_file_is_deployed_or_shown_in_the_runbook_as_it_is() -> None:
     files = {path.name for path in QUERIES.glob("*.kql")}
     deployed = {name for query in every_query() for name in query}
@@ -384,3 +400,48 @@ def test_every_query_file_is_deployed_or_shown_in_the_runbook_as_it_is() -> None
     for name, block in blocks:
         assert block == (QUERIES / name).read_text(), f"docs/runbook.md shows an old {name}"
     assert {name for name, _ in blocks} == files
+
+
+def test_opentelemetry_is_one_deployment_choice_off_by_default() -> None:
+    """One azd variable sets both halves: the worker's export (read by the app too, shared/config.py) and the
+    host's telemetry mode (overriding host.json, which names none); off, both are the classic defaults."""
+    main = parse(INFRA / "main.bicep")
+    assert main["parameters"]["openTelemetry"]["type"] == "bool"
+    assert main["parameters"]["openTelemetry"]["default"] is False
+    assert main["modules"]["functionApp"]["config"]["params"]["openTelemetry"] == "openTelemetry"
+    values = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert values["openTelemetry"] == {"value": "${GRANTS_OPENTELEMETRY=false}"}
+    assert "`GRANTS_OPENTELEMETRY`" in (DOCS / "deploy.md").read_text()
+    listed = resource("functionapp", "app")["properties"]["siteConfig"]["appSettings"]
+    settings = {item["name"]: item["value"] for item in listed}
+    for name, on, off in (
+        ("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", "true", "false"),
+        ("AzureFunctionsJobHost__telemetryMode", "OpenTelemetry", "ApplicationInsights"),
+    ):
+        operands = settings[name]["operator"]["operands"]
+        assert (operands["condition"], operands["true_value"], operands["false_value"]) == ("openTelemetry", on, off)
+    assert "telemetryMode" not in json.loads((INFRA.parent / "host.json").read_text())
+    requirements = (INFRA.parent / "requirements.txt").read_text()
+    assert re.search(r"^azure-monitor-opentelemetry==", requirements, re.MULTILINE)
+
+
+def test_postdeploy_hook_runs_the_smoke_check_unless_skipped() -> None:
+    """azure.yaml's postdeploy hook runs infra/scripts/smoke.sh (`grants smoke`), which SKIP_SMOKE=true skips; the
+    deployment outputs it reads (as the command's defaults) are main.bicep outputs."""
+    import yaml
+
+    project = yaml.safe_load((INFRA.parent / "azure.yaml").read_text())
+    hook = project["hooks"]["postdeploy"]["posix"]
+    assert (hook["shell"], hook["run"], hook["continueOnError"]) == ("sh", "./infra/scripts/smoke.sh", False)
+    script = INFRA.parent / hook["run"]
+    assert script.stat().st_mode & 0o111, "the hook script must be executable"
+    text = script.read_text()
+    assert '"${SKIP_SMOKE:-false}" = "true"' in text
+    assert re.search(r"^exec \.venv/bin/grants smoke ", text, re.MULTILINE)
+    outputs = parse(INFRA / "main.bicep")["outputs"]
+    assert accessor(outputs["SERVICE_BUS_NAMESPACE_ID"]["value"]) == ["servicebus", "outputs", "id"]
+    assert accessor(outputs["APPLICATIONINSIGHTS_ID"]["value"]) == ["monitoring", "outputs", "appInsightsId"]
+    smoke = (INFRA.parent / "grants_cli" / "smoke.py").read_text()
+    for name in re.findall(r'env\.get\("([A-Z_]+)"', smoke):
+        assert name in outputs, name
+    assert "`SKIP_SMOKE`" in (DOCS / "deploy.md").read_text()

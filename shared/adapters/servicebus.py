@@ -1,17 +1,33 @@
-"""The retry-copy sender for Azure: azure-servicebus's async sender on the managed identity, built once."""
+"""Service Bus for Azure: azure-servicebus's async senders on the managed identity, each built once per process.
+
+`ServiceBusSender` schedules messages on a queue (retry copies, expiries, HR grants, webhook requests, callback
+retries); `ServiceBusPublisher` publishes outcome events to the outcomes topic.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.servicebus import ServiceBusMessage
 
-__all__ = ["ServiceBusSender", "outgoing_message"]
+__all__ = [
+    "PUBLISH_RETRY_TOTAL",
+    "PUBLISH_TIMEOUT_SECONDS",
+    "ServiceBusPublisher",
+    "ServiceBusSender",
+    "outgoing_message",
+]
+
+#: azure-servicebus retries a failed send itself; the publisher bounds that: 2 more tries (backoff 0.5 s, 1 s,
+#: capped at 2 s), each send bounded by a timeout, so a publish that cannot succeed fails within seconds and
+#: the grant message is abandoned while its lock is still held.
+PUBLISH_RETRY_TOTAL: Final = 2
+PUBLISH_TIMEOUT_SECONDS: Final = 10.0
 
 
 def outgoing_message(
@@ -72,6 +88,53 @@ class ServiceBusSender:
 
                 self._client = ServiceBusClient(self._namespace, self._credential)
                 self._sender = self._client.get_queue_sender(self._queue)
+            return self._sender
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+class ServiceBusPublisher:
+    """Publishes outcome events to `topic`; connects on first use (a process that never publishes never
+    connects), then reuses the one link. Sends are retried by the SDK within `PUBLISH_RETRIES`."""
+
+    def __init__(self, *, namespace: str, topic: str, credential: AsyncTokenCredential) -> None:
+        self._namespace = namespace
+        self._topic = topic
+        self._credential = credential
+        self._lock = asyncio.Lock()
+        self._client: Any = None
+        self._sender: Any = None
+
+    async def publish(
+        self, *, body: bytes, message_id: str, application_properties: Mapping[str, str | int | float | bool]
+    ) -> None:
+        """Send one event now; raise if it was not sent (a duplicate MessageId is dropped by the topic)."""
+        from azure.servicebus import ServiceBusMessage
+
+        message = ServiceBusMessage(
+            body,
+            message_id=message_id,
+            application_properties={key: value for key, value in application_properties.items()},
+            content_type="application/json",
+        )
+        sender = await self._open()
+        await sender.send_messages(message, timeout=PUBLISH_TIMEOUT_SECONDS)
+
+    async def _open(self) -> Any:
+        async with self._lock:
+            if self._sender is None:
+                from azure.servicebus.aio import ServiceBusClient
+
+                self._client = ServiceBusClient(
+                    self._namespace,
+                    self._credential,
+                    retry_total=PUBLISH_RETRY_TOTAL,
+                    retry_backoff_factor=0.5,
+                    retry_backoff_max=2.0,
+                )
+                self._sender = self._client.get_topic_sender(self._topic)
             return self._sender
 
     async def close(self) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Final, NewType, TypeVar
 from shared.core.errors import ContractError, Reason
 
 __all__ = [
+    "MAX_CALLBACK_URL_CHARS",
     "MAX_MESSAGE_BYTES",
     "Action",
     "AdministrativeUnit",
@@ -64,6 +65,10 @@ _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}", re.ASCII)
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+#: A callback URL as the contract reads it: http(s), then printable ASCII only (an internationalized host in its
+#: xn-- form). Which URLs the app will call is decided later, by the callback policy (shared/core/callbacks.py).
+_CALLBACK_URL = re.compile(r"https?://[!-~]+", re.ASCII)
+MAX_CALLBACK_URL_CHARS: Final = 2048
 
 
 class Action(StrEnum):
@@ -138,6 +143,7 @@ class GrantCommand:
     #: When the intent was made (UTC): of two intents for one member and target, the later one wins.
     requested_at: datetime | None = None
     dry_run: bool = False
+    callback_url: str | None = None  # where the outcome is POSTed, signed (ticketing webhooks); see callbacks.py
 
 
 # Field limits, shared with the JSON Schema (the sync test reads them).
@@ -154,6 +160,7 @@ _TOP_FIELDS: Final = (
     "expiresAt",
     "requestedAt",
     "dryRun",
+    "callback",
 )
 
 
@@ -194,6 +201,7 @@ def to_document(command: GrantCommand) -> dict[str, Any]:
         "expiresAt": command.expires_at.isoformat().replace("+00:00", "Z") if command.expires_at else None,
         "requestedAt": command.requested_at.isoformat().replace("+00:00", "Z") if command.requested_at else None,
         "dryRun": command.dry_run or None,
+        "callback": {"url": command.callback_url} if command.callback_url is not None else None,
     }
     document.update({key: value for key, value in optional.items() if value is not None})
     return document
@@ -376,7 +384,26 @@ def _parse_document(document: Mapping[str, Any]) -> GrantCommand:
         expires_at=_timestamp(document, "expiresAt"),
         requested_at=_timestamp(document, "requestedAt"),
         dry_run=_flag(document, "dryRun"),
+        callback_url=_callback_url(document),
     )
+
+
+def _callback_url(document: Mapping[str, Any]) -> str | None:
+    """``callback.url``: an absolute http(s) URL of printable ASCII, at most 2048 characters (syntax only)."""
+    if "callback" not in document:
+        return None
+    callback = _object(document, "callback")
+    _known_fields(callback, ("url",), "callback.")
+    url = _string(callback, "url", "callback.")
+    if url is None:
+        raise _violation("callback.url", "is required")
+    if len(url) > MAX_CALLBACK_URL_CHARS or not _CALLBACK_URL.fullmatch(url):
+        raise _violation(
+            "callback.url",
+            f"must be an absolute http(s) URL of at most {MAX_CALLBACK_URL_CHARS} printable ASCII characters "
+            "(an internationalized host in its xn-- form)",
+        )
+    return url
 
 
 def _member(doc: Mapping[str, Any]) -> Member:

@@ -56,6 +56,8 @@ class Reason(StrEnum):
     # Our side.
     TOKEN_UNAVAILABLE = "TokenUnavailable"  # noqa: S105 (a reason code, not a secret)
     LEDGER_UNAVAILABLE = "LedgerUnavailable"  # transient: the ledger's storage is unreachable, failing or throttling
+    # A signed callback to the requester (the grant itself is unaffected).
+    CALLBACK_FAILED = "CallbackFailed"
 
 
 @dataclass(frozen=True, kw_only=True)

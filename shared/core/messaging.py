@@ -19,9 +19,15 @@ from typing import Any, Final, Protocol, TypeAlias
 __all__ = [
     "ATTEMPT",
     "BULK_JOB",
+    "CALLBACK_URL",
     "DEAD_LETTER_ERROR_DESCRIPTION",
     "DEAD_LETTER_REASON",
     "DERIVED_PREFIX",
+    "EVENT_JOB_ID",
+    "EVENT_OUTCOME",
+    "EVENT_REASON",
+    "EVENT_REQUEST_ID",
+    "EVENT_SOURCE_SYSTEM",
     "EXPIRY_OF",
     "FIRST_ATTEMPT_AT",
     "MAX_DESCRIPTION_CHARS",
@@ -33,11 +39,14 @@ __all__ = [
     "Delivery",
     "MessageActions",
     "MessageSender",
+    "OutcomePublisher",
     "PropertyValue",
     "attempt_of",
+    "callback_copy_id",
     "clip",
     "derived_message_id",
     "original_message_id",
+    "outcome_event_id",
     "property_of",
 ]
 
@@ -50,6 +59,13 @@ ORIGINAL_MESSAGE_ID: Final = "originalMessageId"  # the producer's MessageId, ca
 RESUBMISSION: Final = "resubmission"  # set by `dlq resubmit`: its copies' MessageIds are its own
 EXPIRY_OF: Final = "expiryOf"  # on a scheduled removal: the request whose grant it ends
 BULK_JOB: Final = "bulkJob"  # on a bulk job's messages: the job id
+#: Application properties of an outcome event (the grant-outcomes topic), for subscription SQL filters.
+EVENT_SOURCE_SYSTEM: Final = "sourceSystem"  # hr | ticketing | bulk | other; absent when the body was unreadable
+EVENT_OUTCOME: Final = "outcome"  # granted | already_member | revoked | not_member | would_* | dead_lettered
+EVENT_REASON: Final = "reason"  # the reason code of a dead letter; absent otherwise
+EVENT_JOB_ID: Final = "jobId"  # a bulk job's id (the grant message's BULK_JOB); absent otherwise
+EVENT_REQUEST_ID: Final = "requestId"  # the producer's request id, when it could be read
+CALLBACK_URL: Final = "callbackUrl"  # the request's callback URL; the callbacks subscription filters on it
 #: Where Service Bus keeps a dead letter's reason and description among its application properties.
 DEAD_LETTER_REASON: Final = "DeadLetterReason"
 DEAD_LETTER_ERROR_DESCRIPTION: Final = "DeadLetterErrorDescription"
@@ -185,6 +201,46 @@ class MessageSender(Protocol):
         application_properties: Mapping[str, str | int],
         scheduled_enqueue_time: datetime,
     ) -> None: ...
+
+
+class OutcomePublisher(Protocol):
+    """Publishes one outcome event to the outcomes topic now; raises when it was not published."""
+
+    async def publish(
+        self, *, body: bytes, message_id: str, application_properties: Mapping[str, PropertyValue]
+    ) -> None: ...
+
+
+#: Outcome events' MessageIds start with this. "/" is in no producer's id: request ids are letters, digits and
+#: ``. _ : @ -`` (the contract), and every id the app derives from one joins it with ``:`` and hex digits.
+OUTCOME_EVENT_PREFIX: Final = "outcome/"
+#: Terminal outcomes with the same effect: a redelivery after a crash between publishing and settling may find
+#: the membership already in place (already_member after granted); it is the same event.
+_EFFECTS: Final[Mapping[str, str]] = {
+    "granted": "added",
+    "already_member": "added",
+    "revoked": "removed",
+    "not_member": "removed",
+}
+
+
+def outcome_event_id(*, original_message_id: str, resubmission: str | None, outcome: str, reason: str | None) -> str:
+    """The MessageId of the outcome event for one grant message's terminal outcome: ``outcome/<64 hex>``.
+
+    The hex is SHA-256 over the JSON array [originalMessageId, resubmission, effect, reason], where effect is
+    ``added`` for granted and already_member, ``removed`` for revoked and not_member, else the outcome itself.
+    So a redelivered settlement with the same effect publishes the same id (the topic's duplicate detection
+    drops the second), and a different end (a dead letter, or the same message resubmitted from the
+    dead-letter queue) gets an id of its own.
+    """
+    key = [original_message_id, resubmission, _EFFECTS.get(outcome, outcome), reason]
+    digest = hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()
+    return OUTCOME_EVENT_PREFIX + digest
+
+
+def callback_copy_id(event_id: str, attempt: int) -> str:
+    """The MessageId of attempt `attempt` of an outcome event's callback: ``<event id>/callback/<attempt>``."""
+    return f"{event_id}/callback/{attempt}"
 
 
 class MessageActions(Protocol):

@@ -10,7 +10,9 @@ Checks, in this order, each answered with RFC 9457 problem details (``applicatio
    skew tolerated), else ``401``;
 5. the body is a v1 grant message with ``source.system = "ticketing"``, or a ticket payload mapped into one,
    and passes the same parser the queue trigger uses, and its requestId has no ":" (the app's derived ids
-   use it), else ``400`` listing the invalid fields;
+   use it), and its callback URL, if any (``callback.url``; a ticket's ``callbackUrl``), is one the callback
+   policy allows for ticketing (`CallbackPolicy.check`: https, an allow-listed host, no IP literal, no
+   userinfo), else ``400`` listing the invalid fields. A refused callback URL is never called;
 6. the grant ledger holds no other content for its requestId, else ``409`` (a request id names one request).
 
 Then the message, with ``requestedAt`` = the receive time unless it has one, is sent to the grants queue with
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 
+from shared.core.callbacks import CallbackPolicy, CallbackRefused
 from shared.core.contract import MAX_MESSAGE_BYTES, GrantCommand, draft, encode, parse_grant, problems
 from shared.core.errors import ContractError, Reason
 from shared.core.intents import content_hash
@@ -57,13 +60,24 @@ PROBLEM_TYPE: Final = "urn:entra-grants:problem:"
 _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})", re.ASCII)
 _TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
 _FIELD = re.compile(r"([A-Za-z]+(?:\.[A-Za-z]+)*) ", re.ASCII)
-_TICKET_FIELDS: Final = ("ticketNumber", "requester", "approver", "action", "target", "member", "summary", "expiresAt")
+_TICKET_FIELDS: Final = (
+    "ticketNumber",
+    "requester",
+    "approver",
+    "action",
+    "target",
+    "member",
+    "summary",
+    "expiresAt",
+    "callbackUrl",
+)
 #: Where a field of the mapped message came from in a ticket payload (for the error pointers).
 _TICKET_POINTERS: Final = {
     "requestId": "/ticketNumber",
     "source": "/ticketNumber",
     "requestedBy": "/requester",
     "reason": "/summary",
+    "callback": "/callbackUrl",
 }
 
 #: The app derives MessageIds with ":" (retry copies <id>:<n>, expiries <id>:expire, HR grants hr:…); a
@@ -99,13 +113,15 @@ async def receive(
     secret: str | None,
     sender: MessageSender,
     now: Callable[[], datetime],
+    callbacks: CallbackPolicy | None = None,
     recorded: Callable[[str], Awaitable[str | None]] | None = None,
 ) -> Answer:
     """Answer one webhook request; on success the grant message is on the grants queue.
 
-    The message gets ``requestedAt`` = the receive time unless it has one, and MessageId `webhook_message_id`
-    (the request id and content): sent twice, duplicate detection or the ledger absorbs it. `recorded` gives the
-    content hash the ledger holds for a request id: another content answers 409 (an id names one request).
+    `callbacks` decides which callback URLs a request may name (None: none). The message gets ``requestedAt`` =
+    the receive time unless it has one, and MessageId `webhook_message_id` (the request id and content): sent
+    twice, duplicate detection or the ledger absorbs it. `recorded` gives the content hash the ledger holds for a
+    request id: another content answers 409 (an id names one request).
     """
     if secret is None:
         _log.error(
@@ -124,7 +140,7 @@ async def receive(
     if refusal is not None:
         _log.warning("webhook refused an unauthenticated request: %s", refusal)
         return _problem(401, "unauthenticated", "Signature not accepted", refusal)
-    message, errors = _message(body)
+    message, errors = _message(body, callbacks or CallbackPolicy())
     if errors:
         return _problem(400, "invalid-request", "Invalid grant request", "the request has invalid fields", errors)
     assert message is not None
@@ -181,7 +197,7 @@ def webhook_message_id(command: GrantCommand) -> str:
     return derived_message_id("webhook", command.request_id, content_hash(command))
 
 
-def _message(body: bytes) -> tuple[GrantCommand | None, Problems]:
+def _message(body: bytes, callbacks: CallbackPolicy) -> tuple[GrantCommand | None, Problems]:
     """The command to enqueue for a valid body, or the problems with its fields."""
     try:
         document = json.loads(body)
@@ -204,6 +220,10 @@ def _message(body: bytes) -> tuple[GrantCommand | None, Problems]:
     request_id = document.get("requestId")
     if isinstance(request_id, str) and ":" in request_id:
         errors.append(_error(pointers.get("requestId", "/requestId"), _RESERVED))
+    callback = document.get("callback")
+    url = callback.get("url") if isinstance(callback, dict) else None
+    if isinstance(url, str) and (refusal := _callback_refusal(url, callbacks)) is not None:
+        errors.append(_error(pointers.get("callback", "/callback/url"), refusal))
     if errors:
         taken = {error["pointer"] for error in errors}
         return None, errors + [e for e in _problems(payload, document, pointers) if e["pointer"] not in taken]
@@ -212,6 +232,17 @@ def _message(body: bytes) -> tuple[GrantCommand | None, Problems]:
     except ContractError:
         return None, _problems(payload, document, pointers)
     return command, []
+
+
+def _callback_refusal(url: str, callbacks: CallbackPolicy) -> str | None:
+    """Why the webhook refuses a callback URL, or None when ticketing may name it."""
+    if not callbacks.enabled:
+        return "callbacks are not enabled on this app"
+    try:
+        callbacks.check(url, source="ticketing")
+    except CallbackRefused as error:
+        return f"callback URL not allowed: {error}"
+    return None
 
 
 def _problems(payload: bytes, document: Mapping[str, Any] | None, pointers: Mapping[str, str]) -> Problems:
@@ -271,6 +302,8 @@ def _map_ticket(ticket: Mapping[str, Any]) -> tuple[dict[str, Any], Problems]:
     )
     if "expiresAt" in ticket:
         mapped["expiresAt"] = ticket["expiresAt"]  # null included: the parser says it must be a string
+    if "callbackUrl" in ticket:
+        mapped["callback"] = {"url": ticket["callbackUrl"]}  # the parser says what is wrong with it
     return mapped, errors
 
 

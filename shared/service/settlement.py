@@ -10,6 +10,13 @@ A grant message (`settle`):
 - permanent failure, or retries exhausted: ``deadletter`` with the reason code and a description.
 - an unexpected exception (a bug): ``abandon``, logged with the stack; never ``complete``.
 
+With an outcomes topic (``GRANTS_OUTCOMES_TOPIC``), every terminal outcome (not retry_scheduled, not abandoned)
+is first published as an event (`outcome_event`: the outcome record as JSON, with filterable properties and a
+MessageId derived from the message and its effect), and only *then* is the message completed or dead-lettered.
+A crash in between republishes the same event id on redelivery (the topic's duplicate detection drops it); a
+publish that fails abandons the message (Service Bus redelivers; the grant is idempotent): never settled
+without its event.
+
 `complete`, `abandon` and `deadletter` are the only calls to `MessageActions` in the app (the HR path uses
 them too), and `log_outcome` writes every outcome line, on the ``shared.outcome`` logger.
 """
@@ -19,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -34,6 +41,13 @@ from shared.core.contract import (
 from shared.core.errors import ContractError, GrantError, PermanentError, TransientError
 from shared.core.messaging import (
     ATTEMPT,
+    BULK_JOB,
+    CALLBACK_URL,
+    EVENT_JOB_ID,
+    EVENT_OUTCOME,
+    EVENT_REASON,
+    EVENT_REQUEST_ID,
+    EVENT_SOURCE_SYSTEM,
     FIRST_ATTEMPT_AT,
     MAX_DESCRIPTION_CHARS,
     MAX_REASON_CHARS,
@@ -42,8 +56,11 @@ from shared.core.messaging import (
     Delivery,
     MessageActions,
     MessageSender,
+    OutcomePublisher,
+    PropertyValue,
     clip,
     derived_message_id,
+    outcome_event_id,
 )
 from shared.core.retry import GiveUp, RetryPolicy
 from shared.service.membership import Result
@@ -54,6 +71,7 @@ __all__ = [
     "complete",
     "deadletter",
     "log_outcome",
+    "outcome_event",
     "outcome_log",
     "retry_message_id",
     "settle",
@@ -120,6 +138,7 @@ class _Attempt:
     request_id: str | None = None
     graph_request_id: str | None = None
     role_template_id: str | None = None
+    record: dict[str, Any] | None = None  # the terminal outcome's record, once published
 
     def noting(self, error: GrantError) -> GrantError:
         """`error`, with what it tells about Graph and the role noted for the outcome line."""
@@ -136,25 +155,28 @@ async def settle(
     sender: MessageSender,
     retry_policy: RetryPolicy,
     now: Callable[[], datetime],
+    publisher: OutcomePublisher | None = None,
 ) -> Settled:
-    """Process one grant delivery with `handle` and settle it; return how it ended (also logged)."""
+    """Process one grant delivery with `handle` and settle it; return how it ended (also logged). With a
+    `publisher`, a terminal outcome's event is published before the message is settled."""
     attempt = _Attempt(delivery, delivery.attempt, now())
+    finish = _Finisher(actions, attempt, publisher, now)
     try:
         attempt.command = parse_grant(delivery.body)
         attempt.request_id = attempt.command.request_id
         result = await handle(attempt.command)
     except ContractError as error:
         attempt.request_id = error.request_id
-        settled = _deadletter(actions, attempt, error, why=None)
+        settled = await finish.deadletter(error, why=None)
     except PermanentError as error:
-        settled = _deadletter(actions, attempt, attempt.noting(error), why=None)
+        settled = await finish.deadletter(attempt.noting(error), why=None)
     except TransientError as error:
         attempt.noting(error)
         first_attempt_at = _first_attempt_at(delivery, attempt.started)
         elapsed = (attempt.started - first_attempt_at).total_seconds()
         decision = retry_policy.decide(attempt=attempt.number, error=error, elapsed=elapsed)
         if isinstance(decision, GiveUp):
-            settled = _deadletter(actions, attempt, error, why=decision.why)
+            settled = await finish.deadletter(error, why=decision.why)
         else:
             when = attempt.started + timedelta(seconds=decision.delay)
             settled = await _schedule_retry(actions, sender, attempt, error, first_attempt_at, when)
@@ -171,19 +193,103 @@ async def settle(
     else:
         attempt.graph_request_id = result.graph.request_id if result.graph else None
         attempt.role_template_id = result.role_template_id
-        complete(actions, delivery)
-        settled = Settled(
-            outcome=result.outcome.value,
-            reason=None,
-            description=result.description,
-            attempts=attempt.number,
-            terminal=True,
+        settled = await finish.complete(
+            Settled(
+                outcome=result.outcome.value,
+                reason=None,
+                description=result.description,
+                attempts=attempt.number,
+                terminal=True,
+            )
         )
-    log_outcome("grant", settled, _record(attempt, settled, now()))
+    record = attempt.record if attempt.record is not None and settled.terminal else None
+    log_outcome("grant", settled, record or _record(attempt, settled, now()))
     return settled
 
 
-def _deadletter(actions: MessageActions, attempt: _Attempt, error: GrantError, *, why: str | None) -> Settled:
+class _Finisher:
+    """Ends a delivery with a terminal outcome: publish its event (with a publisher), then settle."""
+
+    def __init__(
+        self,
+        actions: MessageActions,
+        attempt: _Attempt,
+        publisher: OutcomePublisher | None,
+        now: Callable[[], datetime],
+    ) -> None:
+        self._actions, self._attempt, self._publisher, self._now = actions, attempt, publisher, now
+
+    async def complete(self, settled: Settled) -> Settled:
+        if not await self._published(settled):
+            return self._abandoned(settled)
+        complete(self._actions, self._attempt.delivery)
+        return settled
+
+    async def deadletter(self, error: GrantError, *, why: str | None) -> Settled:
+        settled = _dead_lettered(self._attempt, error, why=why)
+        if not await self._published(settled):
+            return self._abandoned(settled)
+        deadletter(self._actions, self._attempt.delivery, reason=settled.reason or "", description=settled.description)
+        return settled
+
+    async def _published(self, settled: Settled) -> bool:
+        """True when there is no topic, or the event is published; False (logged) when publishing failed."""
+        if self._publisher is None:
+            return True
+        attempt = self._attempt
+        attempt.record = _record(attempt, settled, self._now())
+        try:
+            await self._publisher.publish(**outcome_event(attempt.delivery, attempt.command, settled, attempt.record))
+        except Exception:
+            _log.exception(
+                "could not publish the %s event of %s; abandoning it", settled.outcome, _safe(attempt.request_id)
+            )
+            return False
+        return True
+
+    def _abandoned(self, settled: Settled) -> Settled:
+        abandon(self._actions, self._attempt.delivery)
+        return Settled(
+            outcome="abandoned",
+            reason=settled.reason,
+            description=f"{_sentence(settled.description)} Its {settled.outcome} event could not be published; "
+            "Service Bus will redeliver the message.",
+            attempts=settled.attempts,
+            terminal=False,
+        )
+
+
+def outcome_event(
+    delivery: Delivery, command: GrantCommand | None, settled: Settled, record: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The keyword arguments of `OutcomePublisher.publish` for a terminal outcome: `record` as compact JSON (its
+    shape is the caller's), a derived MessageId (`outcome_event_id`) and the application properties
+    subscriptions filter on: ``outcome`` and, when known, ``reason``, ``sourceSystem``, ``requestId``, ``jobId``
+    and ``callbackUrl``."""
+    properties: dict[str, PropertyValue] = {EVENT_OUTCOME: settled.outcome}
+    request_id = command.request_id if command is not None else record.get("requestId")
+    optional = {
+        EVENT_REASON: settled.reason,
+        EVENT_SOURCE_SYSTEM: command.source.system.value if command is not None else None,
+        EVENT_REQUEST_ID: request_id if isinstance(request_id, str) else None,
+        EVENT_JOB_ID: delivery.application_property(BULK_JOB),
+        CALLBACK_URL: command.callback_url if command is not None else None,
+    }
+    properties.update({name: str(value) for name, value in optional.items() if value})
+    resubmission = delivery.application_property(RESUBMISSION)
+    return {
+        "body": json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode(),
+        "message_id": outcome_event_id(
+            original_message_id=delivery.original_message_id,
+            resubmission=str(resubmission) if resubmission else None,
+            outcome=settled.outcome,
+            reason=settled.reason,
+        ),
+        "application_properties": properties,
+    }
+
+
+def _dead_lettered(attempt: _Attempt, error: GrantError, *, why: str | None) -> Settled:
     parts = [error.description]
     if why:
         parts.append(why)
@@ -194,7 +300,6 @@ def _deadletter(actions: MessageActions, attempt: _Attempt, error: GrantError, *
         )
     parts.append(f"Attempts: {attempt.number}.")
     description = clip(" ".join(_sentence(part) for part in parts), MAX_DESCRIPTION_CHARS)
-    deadletter(actions, attempt.delivery, reason=error.reason.value, description=description)
     return Settled(
         outcome="dead_lettered",
         reason=error.reason.value,
