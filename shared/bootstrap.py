@@ -108,7 +108,12 @@ class Services:
     async def settle_hr_event(self, message: Any, actions: MessageActions) -> Settled:
         """Turn one received HR event into grant messages on the grants queue, and settle it."""
         return await settle_hr_event(
-            Delivery.of(message), rules=self.hr_rules, actions=actions, sender=self.sender, now=self.now
+            Delivery.of(message),
+            rules=self.hr_rules,
+            actions=actions,
+            sender=self.sender,
+            now=self.now,
+            time_zone=self.settings.hr_time_zone,
         )
 
     async def recorded_content(self, request_id: str) -> str | None:

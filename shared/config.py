@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from shared.core.callbacks import CallbackPolicy
 from shared.core.errors import ConfigError
@@ -31,6 +32,7 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "GRANTS_POLICY": "",
     "GRANTS_DRY_RUN": "false",
     "HR_EVENTS_QUEUE": "hr-events",
+    "HR_TIME_ZONE": "UTC",  # an IANA zone: HR effective dates start (and leavers' end) at midnight there
     "GRANTS_HR_RULES": "",
     "GRANTS_WEBHOOK_SECRET": "",  # a Key Vault reference in Azure, never a literal
     "GRANTS_OUTCOMES_TOPIC": "",  # empty: no outcome events, no callbacks
@@ -67,6 +69,7 @@ class Settings:
     policy_path: str | None = None
     dry_run: bool = False
     hr_events_queue: str = "hr-events"
+    hr_time_zone: str = "UTC"
     hr_rules_path: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)  # never printed
     servicebus_namespace: str | None = None
@@ -133,6 +136,7 @@ class Settings:
             policy_path=_app_file(get("GRANTS_POLICY")),
             dry_run=_flag(get, "GRANTS_DRY_RUN"),
             hr_events_queue=get("HR_EVENTS_QUEUE") or "hr-events",
+            hr_time_zone=_time_zone(get("HR_TIME_ZONE") or "UTC"),
             hr_rules_path=_app_file(get("GRANTS_HR_RULES")),
             webhook_secret=_webhook_secret(env.get("GRANTS_WEBHOOK_SECRET", "")),
             servicebus_namespace=get("ServiceBusConnection__fullyQualifiedNamespace") or None,
@@ -197,6 +201,15 @@ def _webhook_secret(value: str) -> str | None:
 
 
 _TABLE_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
+
+
+def _time_zone(value: str) -> str:
+    """An IANA time zone name the platform knows (e.g. ``Europe/Berlin``), else `ConfigError`."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"HR_TIME_ZONE must be an IANA time zone such as Europe/Berlin, got {value!r}") from None
+    return value
 
 
 def _ledger_uri(value: str) -> str | None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -21,7 +23,7 @@ from grants_local.queue import LocalQueue, LocalSender
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
 from shared.core.contract import Target, parse_grant
 from shared.core.errors import ConfigError, ContractError, Reason
-from shared.producers.hr import derive_messages, parse_event
+from shared.producers.hr import derive_messages, effective_at, parse_event
 from shared.producers.hr_rules import HrRules
 from shared.runtime import check_configuration, services
 from tests.conftest import AU, AU_OTHER, HELPDESK_TEMPLATE, USER, USER_2, Run
@@ -252,7 +254,8 @@ async def test_given_no_rules_file_when_an_event_arrives_then_it_is_dead_lettere
 @pytest.mark.parametrize(
     ("document", "message"),
     [
-        ({"rule": []}, 'must be an object with one field, "rules"'),
+        ({"rule": []}, 'must be an object with "rules"'),
+        ({"rules": [], "leavers": "never"}, '"leavers" must be "endOfDay" or "immediately"'),
         ({"rules": [{"when": {}, "grants": []}]}, "rule 1: name is required"),
         (
             {"rules": [{"name": "x", "when": {"site": "EMEA"}, "grants": [{}]}]},
@@ -382,3 +385,40 @@ def test_property_joiner_then_mover_gives_what_the_new_attributes_give_and_leave
     assert held == set(rules.targets_for(new))
     apply(event("leave", event_id))
     assert held == set()
+
+
+# --- effective dates (issue 13, 5) -----------------------------------------------------------------------------------
+
+
+def test_a_future_hire_is_due_at_the_start_of_its_day_and_a_leaver_at_the_end_of_its_day_in_the_hr_time_zone() -> None:
+    now = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    hire = parse_event(event("hire", effectiveDate="2026-12-01"))
+    leave = parse_event(event("leave", effectiveDate="2026-11-27"))
+    berlin = "Europe/Berlin"  # UTC+1 in winter
+    assert effective_at(hire, zone=berlin, leavers="endOfDay", now=now) == datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
+    assert effective_at(leave, zone=berlin, leavers="endOfDay", now=now) == datetime(2026, 11, 27, 23, 0, tzinfo=UTC)
+    assert effective_at(leave, zone=berlin, leavers="immediately", now=now) == now
+    past = parse_event(event("hire", effectiveDate="2026-01-01"))
+    assert effective_at(past, zone=berlin, leavers="endOfDay", now=now) == now
+
+
+async def test_given_a_hire_effective_next_month_then_nothing_is_granted_before_that_day(
+    make_run: Callable[..., Any], rules_file: Path
+) -> None:
+    """Issue 13, 5: the grant messages are scheduled for the effective date (start of day, HR_TIME_ZONE)."""
+    run: Run = await make_run(GRANTS_HR_RULES=str(rules_file), HR_TIME_ZONE="Europe/Berlin")
+    queue = LocalQueue(clock=run.clock)
+    effective = (datetime.fromtimestamp(run.clock(), UTC) + timedelta(days=35)).date()
+    with LocalSettlementServer(queue) as server:
+        hr = HrRun(run, queue, point_message_actions_at(server.address))
+        records = await hr.publish(event("hire", "evt-future", effectiveDate=effective.isoformat()))
+    assert "scheduled for" in records["e-1"]["description"]
+    assert run.queue.active_count == 0
+    assert run.queue.scheduled_count == 2
+    due = run.queue.next_due_time()
+    assert due is not None
+    start = datetime.combine(effective, datetime.min.time(), tzinfo=ZoneInfo("Europe/Berlin"))
+    assert datetime.fromtimestamp(due, UTC) == start
+    assert not any(memberships(hr).values())
+    await run.deliver()  # the virtual clock moves to the effective date
+    assert memberships(hr)["emea"] is True

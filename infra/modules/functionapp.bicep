@@ -96,6 +96,8 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'GRAPH_BASE_URL', value: graphBaseUrl }
         { name: 'GRANTS_QUEUE', value: grantsQueue }
         { name: 'HR_EVENTS_QUEUE', value: hrEventsQueue }
+        // HR effective dates start (and leavers' access ends) at midnight in this IANA zone.
+        { name: 'HR_TIME_ZONE', value: 'UTC' }
         { name: 'GRANTS_ACTIVATE_ROLES', value: activateRoles ? 'true' : 'false' }
         { name: 'GRANTS_MAX_ATTEMPTS', value: '8' }
         { name: 'GRANTS_RETRY_BASE_SECONDS', value: '10' }

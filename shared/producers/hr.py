@@ -32,8 +32,9 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from shared.core.contract import (
     Action,
@@ -52,7 +53,7 @@ from shared.core.messaging import MAX_DESCRIPTION_CHARS, Delivery, MessageAction
 from shared.producers.hr_rules import ATTRIBUTES, HrRules
 from shared.service.settlement import Settled, abandon, complete, deadletter, log_outcome
 
-__all__ = ["HrEvent", "derive_messages", "parse_event", "settle_hr_event"]
+__all__ = ["HrEvent", "derive_messages", "effective_at", "parse_event", "settle_hr_event"]
 
 _EVENT_TYPES: Final = {
     "hire": "joiner",
@@ -176,6 +177,16 @@ def derive_messages(event: HrEvent, rules: HrRules, *, received_at: datetime | N
     return messages
 
 
+def effective_at(event: HrEvent, *, zone: str, leavers: str, now: datetime) -> datetime:
+    """When the event's grant messages are due: the start of ``effectiveDate`` in `zone` (a leaver's at its end,
+    i.e. the next midnight, unless `leavers` is ``immediately``); `now` when that has passed or there is none."""
+    if event.effective_date is None or (event.kind == "leaver" and leavers == "immediately"):
+        return now
+    day = date.fromisoformat(event.effective_date) + timedelta(days=1 if event.kind == "leaver" else 0)
+    start = datetime.combine(day, time.min, tzinfo=ZoneInfo(zone)).astimezone(UTC)
+    return max(start, now)
+
+
 async def settle_hr_event(
     delivery: Delivery,
     *,
@@ -183,8 +194,10 @@ async def settle_hr_event(
     actions: MessageActions,
     sender: MessageSender,
     now: Callable[[], datetime],
+    time_zone: str = "UTC",
 ) -> Settled:
-    """Turn one HR event into grant messages on the grants queue and settle it; return how it ended (logged)."""
+    """Turn one HR event into grant messages on the grants queue, each scheduled for the event's effective time
+    (`effective_at`), and settle it; return how it ended (logged)."""
     event: HrEvent | None = None
     sent: list[str] = []
     try:
@@ -195,10 +208,12 @@ async def settle_hr_event(
     except ContractError as error:
         deadletter(actions, delivery, reason=error.reason.value, description=error.description)
         return _logged(delivery, event, sent, "dead_lettered", error.reason.value, error.description)
+    received = now()
+    due = effective_at(event, zone=time_zone, leavers=rules.leavers, now=received)
     try:
         for request_id, body in messages:
             await sender.schedule(
-                body=body, message_id=request_id, application_properties={}, scheduled_enqueue_time=now()
+                body=body, message_id=request_id, application_properties={}, scheduled_enqueue_time=due
             )
             sent.append(request_id)
     except Exception:
@@ -207,7 +222,9 @@ async def settle_hr_event(
         description = f"sent {len(sent)} of {len(messages)} grant messages; Service Bus will redeliver the event"
         return _logged(delivery, event, sent, "abandoned", None, description)
     complete(actions, delivery)
-    return _logged(delivery, event, sent, "completed", None, f"{event.kind}: {len(messages)} grant message(s) sent")
+    when = f", scheduled for {due.isoformat()}" if due > received else ""
+    done = f"{event.kind}: {len(messages)} grant message(s) sent{when}"
+    return _logged(delivery, event, sent, "completed", None, done)
 
 
 def _logged(

@@ -9,6 +9,9 @@
 ]}
 ```
 
+``"leavers": "immediately"`` (optional; default ``"endOfDay"``) removes a leaver's access as soon as the event
+arrives instead of at the end of its effective date.
+
 A rule applies when every attribute in ``when`` matches (``department``, ``location``, ``jobCode``; a value
 or a list of values, any of which may match; compared case-insensitively); an empty ``when`` applies to
 everyone. ``grants`` are targets in the message contract's shapes (administrativeUnit, directoryRole by id
@@ -52,6 +55,8 @@ class HrRules:
     """The validated rules file."""
 
     rules: tuple[Rule, ...]
+    #: When a leaver loses access: ``endOfDay`` (default: at the end of the effective date) or ``immediately``.
+    leavers: str = "endOfDay"
 
     @classmethod
     def load(cls, path: str | Path) -> HrRules:
@@ -68,8 +73,16 @@ class HrRules:
     @classmethod
     def parse(cls, document: Any, *, where: str) -> HrRules:
         """Validate a parsed rules document (see the module docstring)."""
-        if not isinstance(document, dict) or set(document) != {"rules"} or not isinstance(document["rules"], list):
-            raise ConfigError(f'{where} must be an object with one field, "rules": a list of rules')
+        if (
+            not isinstance(document, dict)
+            or "rules" not in document
+            or not set(document) <= {"rules", "leavers"}
+            or not isinstance(document["rules"], list)
+        ):
+            raise ConfigError(f'{where} must be an object with "rules" (a list of rules) and optionally "leavers"')
+        leavers = document.get("leavers", "endOfDay")
+        if leavers not in ("endOfDay", "immediately"):
+            raise ConfigError(f'{where}: "leavers" must be "endOfDay" or "immediately", got {leavers!r}')
         rules: list[Rule] = []
         names: set[str] = set()
         for index, raw in enumerate(document["rules"], start=1):
@@ -78,7 +91,7 @@ class HrRules:
                 raise ConfigError(f"{where}, rule {index}: the name {rule.name!r} is used by an earlier rule")
             names.add(rule.name)
             rules.append(rule)
-        return cls(tuple(rules))
+        return cls(tuple(rules), leavers=leavers)
 
     def targets_for(self, attributes: Mapping[str, str | None]) -> dict[Target, list[str]]:
         """The targets the rules give a person with `attributes`: canonical target → names of the rules."""
