@@ -32,6 +32,10 @@ Figures, one line each (the Graph double and the token endpoint run in a process
    exporting to a loopback ingestion stub (`grants_local.ingestion`) and flushed inside the measured window;
    and the cold start (as in 4) of ``import function_app`` with the distro configured first. The outcome
    traces the stub received with their fields as dimensions are counted.
+7. ``ledger``: the grant ledger's cost per grant (`benchmarks.ledger`): 1,000 uncontended intents admitted and
+   finished through the app's `Ledger` against a local Azurite: storage requests (four, in three round trips)
+   and this process's CPU ms and wall ms per grant. The ``throughput`` figure already includes the ledger (the
+   local host runs every grant through it), so its quota fraction is measured with the ledger's cost.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.directory import grants
+from benchmarks.ledger import ledger_cost
 from grants_local.ingestion import UNSET, IngestionStub, local_environment
 from grants_local.run import run_local
 from shared.service.settlement import outcome_log
@@ -279,6 +284,13 @@ def main() -> None:
         f"token_requests={c['token_requests']} tcp_connections={c['connections']} members={c['members']}",
         flush=True,
     )
+    ledger = asyncio.run(ledger_cost())
+    print(
+        f"ledger: grants={ledger['grants']} storage_calls_per_grant={ledger['storage_calls_per_grant']:.2f} "
+        f"round_trips_per_grant=3 cpu_ms_per_grant={ledger['cpu_ms_per_grant']:.2f} "
+        f"wall_ms_per_grant={ledger['wall_ms_per_grant']:.2f}",
+        flush=True,
+    )
     second = asyncio.run(pipeline(COMPARE, budget="none", latency=0.0, write_rate="0"))
     print(
         f"pipeline_cpu: grants={COMPARE} wall_s={second['wall']:.1f} "
@@ -368,7 +380,8 @@ def main() -> None:
         f"summary: quota_fraction={rate / 20:.3f} throttled={c['throttled']} token_requests={c['token_requests']} "
         f"cpu_ratio_vs_msgraph={cpu_ratio:.2f} import_ratio_vs_msgraph={import_ratio:.2f} "
         f"size_ratio_vs_msgraph={size_ratio:.2f} telemetry_cpu_ratio={telemetry_cpu_ratio:.2f} "
-        f"telemetry_import_ratio={telemetry_import_ratio:.2f}"
+        f"telemetry_import_ratio={telemetry_import_ratio:.2f} ledger_cpu_ms_per_grant={ledger['cpu_ms_per_grant']:.2f} "
+        f"ledger_storage_calls_per_grant={ledger['storage_calls_per_grant']:.2f}"
     )
 
 

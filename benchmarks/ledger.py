@@ -1,0 +1,52 @@
+"""The grant ledger's cost per grant (`make bench`'s ``ledger`` line): what `IntentGate` adds to each grant.
+
+`ledger_cost` admits and finishes `count` intents for distinct pairs (the common case: no contention) through
+the app's `Ledger` against a local Azurite (in memory), over one httpx client whose requests are counted, and
+measures this process's CPU (the app's side; Azurite runs in its own process) and the wall time per grant.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from grants_local.azurite import AzuriteTables, new_ledger_table
+from shared.adapters.ledger import Admitted, Ledger, table_client
+from shared.core.contract import Action
+from shared.core.intents import Intent
+
+__all__ = ["ledger_cost"]
+
+
+async def ledger_cost(count: int = 1_000) -> dict[str, Any]:
+    """CPU ms, wall ms and storage requests per grant of `count` uncontended begin/finish pairs."""
+    requests = 0
+
+    async def counted(_: httpx.Request) -> None:
+        nonlocal requests
+        requests += 1
+
+    with AzuriteTables() as azurite:
+        table = await new_ledger_table(azurite)
+        async with httpx.AsyncClient(event_hooks={"request": [counted]}) as http:
+            ledger = Ledger(
+                table_client(endpoint=table.endpoint, table=table.table, credential=table.credential(), http=http)
+            )
+            now = datetime.now(UTC)
+            cpu, wall = time.process_time(), time.perf_counter()
+            for n in range(count):
+                intent = Intent(request_id=f"bench-{n}", content_hash="c", action=Action.ADD, requested_at=now)
+                admitted = await ledger.begin(intent, pair=f"au.bench.{n}", origin=f"m-{n}", now=now)
+                assert isinstance(admitted, Admitted)
+                await ledger.finish(admitted.ticket, applied=Action.ADD, now=now)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            await ledger.aclose()
+    return {
+        "grants": count,
+        "storage_calls_per_grant": requests / count,
+        "cpu_ms_per_grant": 1000 * cpu / count,
+        "wall_ms_per_grant": 1000 * wall / count,
+    }
