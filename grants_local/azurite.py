@@ -46,6 +46,7 @@ __all__ = [
     "AzuriteError",
     "AzuriteTables",
     "LedgerTable",
+    "dev_credential",
     "local_ledger",
     "new_ledger_table",
     "node_executable",
@@ -59,6 +60,13 @@ _TABLE_MAIN: Final = Path("node_modules", "azurite", "dist", "src", "table", "ma
 DEV_ACCOUNT: Final = "devstoreaccount1"
 DEV_KEY: Final = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 _PORT_ATTEMPTS: Final = 3
+
+
+def dev_credential() -> AzureNamedKeyCredential:
+    """Azurite's development account key as a credential: accepted by a local Azurite, nowhere else."""
+    from azure.core.credentials import AzureNamedKeyCredential
+
+    return AzureNamedKeyCredential(DEV_ACCOUNT, DEV_KEY)
 
 
 class AzuriteError(RuntimeError):
@@ -171,9 +179,7 @@ class AzuriteTables:
 
     def credential(self) -> AzureNamedKeyCredential:
         """The development account's shared-key credential (Azurite only)."""
-        from azure.core.credentials import AzureNamedKeyCredential
-
-        return AzureNamedKeyCredential(DEV_ACCOUNT, DEV_KEY)
+        return dev_credential()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -220,9 +226,8 @@ class LedgerTable:
         return replace(settings, ledger_table_uri=self.endpoint, ledger_table=self.table)
 
     def credential(self) -> AzureNamedKeyCredential:
-        from azure.core.credentials import AzureNamedKeyCredential
-
-        return AzureNamedKeyCredential(DEV_ACCOUNT, DEV_KEY)
+        """The development account's shared-key credential (Azurite only)."""
+        return dev_credential()
 
 
 async def new_ledger_table(azurite: AzuriteTables) -> LedgerTable:
