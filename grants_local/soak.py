@@ -17,6 +17,11 @@ Messages (each (container, member) pair in exactly one message, so the expected 
   delivered once): ``granted``/``already_member`` if its write reached Graph before the deletion, else
   ``TargetNotFound``. The race is accounted for by checking that every ``204`` for that unit precedes the
   deletion in the Graph double's log, and that ``TargetNotFound`` names only that unit.
+- ``race``: an add and a remove (two messages) for one user of a unit, a member already or not, with distinct
+  ``requestedAt``: the older ends ``superseded`` or ran first. Final: member exactly when the add is newer.
+- ``timebound``: an add whose ``expiresAt`` falls minutes into the run (virtual time): ``granted`` /
+  ``already_member`` (or ``Expired`` when the backlog delayed it past its expiry). Final: not a member (its
+  removal ran).
 
 Targets: administrative units (users, groups, devices) and directory roles by object id and by template id
 (users, service principals, role-assignable groups).
@@ -48,7 +53,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import httpx
@@ -62,6 +67,8 @@ from grants_local.token_endpoint import TokenEndpoint
 from shared.config import Settings
 from shared.core.errors import Reason
 
+#: The soak's virtual start (a new `ManualClock`'s time): timebound grants expire minutes after it.
+EPOCH = datetime.fromtimestamp(ManualClock()(), UTC)
 DOCUMENTED_REASONS = frozenset(reason.value for reason in Reason) | {MAX_DELIVERY_COUNT_EXCEEDED}
 #: The app's Graph read timeout in the soak (the production 15 s would cost wall time); a timeout fault
 #: holds the answer a little longer than this.
@@ -84,6 +91,8 @@ KINDS = {  # message kind -> weight
     "remove": 15,
     "remove_absent": 5,
     "doomed": 10,
+    "race": 5,  # an add and a remove for one member and target, with requestedAt: the newest wins
+    "timebound": 4,  # an add whose expiresAt comes during the run: its removal ends it
 }
 ALLOWED = {
     "add": {"granted", "already_member"},
@@ -99,6 +108,9 @@ ALLOWED = {
     "remove": {"revoked", "not_member"},
     "remove_absent": {"not_member"},
     "doomed": {"granted", "already_member", "dead_lettered:TargetNotFound"},
+    "race_add": {"granted", "already_member", "superseded"},
+    "race_remove": {"revoked", "not_member", "superseded"},
+    "timebound": {"granted", "already_member", "dead_lettered:Expired"},  # Expired: its time passed in the backlog
 }
 # A request sent again under a new MessageId is the same request: the ledger absorbs the second message.
 ALLOWED = {kind: outcomes | {"duplicate"} for kind, outcomes in ALLOWED.items()}
@@ -173,8 +185,12 @@ def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
     expected: dict[str, set[str]] = {container: set() for container in [*units, *(role for _, role in ROLES)]}
     messages: list[Planned] = []
     kinds, weights = list(KINDS), list(KINDS.values())
+    start = datetime(2026, 6, 1, tzinfo=UTC)
     for n in range(count):
         kind = rng.choices(kinds, weights)[0]
+        if kind == "race":
+            messages += _race(graph, rng, n, rng.choice(units), expected, start)
+            continue
         to_role = kind != "doomed" and rng.random() < 0.3
         member = guid(rng)
         if to_role:
@@ -199,7 +215,7 @@ def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
         if kind in ("add_existing", "remove"):
             _seed_member(graph, container, member)
         if container in expected and kind in ("add", "add_existing", "add_late"):
-            expected[container].add(member)
+            expected[container].add(member)  # a timebound grant is removed again: not expected at the end
         body = {
             "schemaVersion": 1,
             "requestId": f"soak-{n}",
@@ -209,9 +225,39 @@ def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
             "source": {"system": rng.choice(["hr", "ticketing", "bulk"]), "reference": f"SOAK-{n}"},
             "requestedBy": "soak@contoso.com",
         }
+        if kind == "timebound":  # expires within the run (virtual time): its removal must happen
+            body["expiresAt"] = (EPOCH + timedelta(seconds=rng.uniform(60, 600))).isoformat().replace("+00:00", "Z")
         path = f"(?:{container}|{target.get('roleTemplateId', container)})"
         messages.append(Planned(f"m-{n}", f"soak-{n}", kind, container, member, json.dumps(body).encode(), path))
     return Soak(seed=seed, messages=messages, expected=expected, doomed=doomed)
+
+
+def _race(
+    graph: GraphDouble, rng: random.Random, n: int, unit: str, expected: dict[str, set[str]], start: datetime
+) -> list[Planned]:
+    """An add and a remove for one member of `unit`, a member already or not, made at two distinct times."""
+    member = guid(rng)
+    graph.add_user(member)
+    if rng.random() < 0.5:
+        _seed_member(graph, unit, member)
+    times = rng.sample(range(3600), 2)
+    if times[0] > times[1]:  # the add is the newer intent
+        expected[unit].add(member)
+    planned = []
+    for action, seconds in zip(("add", "remove"), times, strict=True):
+        body = {
+            "schemaVersion": 1,
+            "requestId": f"soak-{n}-{action}",
+            "action": action,
+            "target": {"type": "administrativeUnit", "id": unit},
+            "member": {"id": member, "type": "user"},
+            "source": {"system": "ticketing", "reference": f"SOAK-{n}"},
+            "requestedAt": (start + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z"),
+        }
+        message_id, request_id = f"m-{n}-{action}", f"soak-{n}-{action}"
+        raw = json.dumps(body).encode()
+        planned.append(Planned(message_id, request_id, f"race_{action}", unit, member, raw, f"(?:{unit})"))
+    return planned
 
 
 def _add_principal(graph: GraphDouble, member: str, member_type: str, **late: Any) -> None:

@@ -80,8 +80,8 @@ _TICKET_POINTERS: Final = {
     "callback": "/callbackUrl",
 }
 
-#: The app derives MessageIds with ":" (retry copies <id>:<n>, expiries <id>:expire, HR grants hr:…); a
-#: webhook request holding one could pre-empt such a message through duplicate detection.
+#: The app's own request ids use ":" (expiries <id>:expire, HR grants hr:…); a webhook request holding one
+#: could claim such an id in the ledger first, and the app's own request would then be a conflict.
 _RESERVED: Final = 'must not contain ":" (reserved for the ids the app derives: retries, expiries, HR grants)'
 
 _log = logging.getLogger(__name__)
