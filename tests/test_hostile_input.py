@@ -59,6 +59,8 @@ CATALOGUE: list[tuple[str, bytes, str]] = [
     ("CR/LF in reason", body(reason=FORGED), "SchemaViolation"),
     ("CR/LF in source reference", body(source={"system": "bulk", "reference": FORGED}), "SchemaViolation"),
     ("CR/LF as a field name", body(**{FORGED: 1}), "SchemaViolation"),
+    ("expiresAt past year 9999 in UTC", body(expiresAt="9999-12-31T23:59:59-01:00"), "SchemaViolation"),
+    ("expiresAt before year 1 in UTC", body(expiresAt="0001-01-01T00:00:00+01:00"), "SchemaViolation"),
     *[(f"look-alike: {name}", body(member={"id": bad}), "InvalidId") for name, bad in LOOKALIKES.items()],
 ]
 

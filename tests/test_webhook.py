@@ -279,6 +279,8 @@ async def test_given_a_ticket_approved_by_its_requester_when_posted_then_400(run
             "a device cannot",
         ),
         (contract("INC1:expire"), "/requestId", 'must not contain ":"'),
+        (ticket(expiresAt="9999-12-31T23:59:59-01:00"), "/expiresAt", "expiresAt must be"),
+        (contract(expiresAt="0001-01-01T00:00:00+01:00"), "/expiresAt", "expiresAt must be"),
         (ticket(ticketNumber="hr:evt-1:0123456789abcdef"), "/ticketNumber", 'must not contain ":"'),
         (b"{not json", "", "the message body is not JSON"),
         ([1, 2], "", "the message body must be a JSON object"),

@@ -481,9 +481,14 @@ def _timestamp(doc: Mapping[str, Any], name: str) -> datetime | None:
         return None
     if _TIMESTAMP.fullmatch(value):
         try:
-            return datetime.fromisoformat(value).astimezone(UTC)
+            written = datetime.fromisoformat(value)
         except ValueError:
             pass
+        else:
+            try:
+                return written.astimezone(UTC)
+            except OverflowError:  # a valid local time whose UTC one lies before year 1 or after year 9999
+                raise _violation(name, "must be between years 1 and 9999 once converted to UTC") from None
     raise _violation(name, "must be an RFC 3339 timestamp with a time zone, e.g. 2027-01-31T00:00:00Z")
 
 
