@@ -66,12 +66,18 @@ class Services:
             sender=self.sender,
             retry_policy=self.retry_policy,
             now=self.now,
+            settlement_timeout=self.settings.settlement_timeout_seconds,
         )
 
     async def settle_hr_event(self, message: Any, actions: MessageActions) -> Settled:
         """Turn one received HR event into grant messages on the grants queue, and settle it."""
         return await settle_hr_event(
-            Delivery.of(message), rules=self.hr_rules, actions=actions, sender=self.sender, now=self.now
+            Delivery.of(message),
+            rules=self.hr_rules,
+            actions=actions,
+            sender=self.sender,
+            now=self.now,
+            settlement_timeout=self.settings.settlement_timeout_seconds,
         )
 
     async def aclose(self) -> None:
