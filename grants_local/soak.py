@@ -58,6 +58,7 @@ from grants_local.host import registered_function
 from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LocalSender, ManualClock, SendFailedError
 from grants_local.run import os_environment
 from grants_local.token_endpoint import TokenEndpoint
+from shared.bootstrap import LIBRARY_LOGGERS
 from shared.config import Settings
 from shared.core.errors import Reason
 
@@ -419,6 +420,11 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
         root.addHandler(scan)
         root.setLevel(log_level)
         stack.callback(root.setLevel, previous_level)
+        if log_level < logging.INFO:  # make soak scans the libraries' debug lines for tokens too
+            for name in LIBRARY_LOGGERS:
+                library = logging.getLogger(name)
+                stack.callback(library.setLevel, library.level)
+                library.setLevel(log_level)
         stack.callback(root.removeHandler, scan)
         stack.enter_context(os_environment(tokens.env()))
         for name in ("IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_CLIENT_ID"):

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -30,9 +30,21 @@ from shared.service.grants import GrantService
 from shared.service.membership import Result
 from shared.service.settlement import Settled, settle
 
-__all__ = ["Services", "bootstrap"]
+__all__ = ["LIBRARY_LOGGERS", "Services", "bootstrap", "quiet_library_loggers"]
 
 _log = logging.getLogger(__name__)
+
+#: Loggers of the libraries the app uses, at WARNING unless set otherwise: the Functions worker sets the root logger
+#: to INFO, and then httpx logs every request, azure-core every request's details, azure-identity every token.
+LIBRARY_LOGGERS: Final = ("httpx", "httpcore", "azure.core", "azure.identity", "azure.servicebus", "uamqp")
+
+
+def quiet_library_loggers() -> None:
+    """Put each of `LIBRARY_LOGGERS` at WARNING, unless a level was set for it already (an operator's wins)."""
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        if library.level == logging.NOTSET:
+            library.setLevel(logging.WARNING)
 
 
 def _utc_now() -> datetime:
@@ -96,7 +108,9 @@ def bootstrap(
     now: Callable[[], datetime] = _utc_now,
     governor: WriteGovernor | None = None,
 ) -> Services:
-    """Wire the app: one HTTP client, one managed-identity credential, one Graph client, one sender."""
+    """Wire the app: one HTTP client, one managed-identity credential, one Graph client, one sender; library loggers
+    at WARNING (`quiet_library_loggers`)."""
+    quiet_library_loggers()
     http = new_http_client()
     closers: list[Any] = []
     credential = None
