@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from grants_cli.backends import CONTENT_TYPE, HeldDeadLetter, Outgoing, SendReport
+from grants_cli.printable import printable
 from grants_local.namespace import LocalNamespace, namespace_directory
 from grants_local.queue import LocalQueue
 from grants_local.run import graph_environment, process_queue
@@ -49,11 +50,11 @@ class LocalBackend:
         out.write(f"\nProcessed by the local host: {len(records)} message(s)\n")
         header = f"{'requestId':<28} {'outcome':<15} {'reason':<22} {'tries':>5}  description"
         out.write(header + "\n" + "-" * len(header) + "\n")
-        for record in records:
-            description = str(record.get("description", ""))
+        for record in records:  # what came from a message is escaped (`printable`)
+            description = printable(record.get("description", ""))
             out.write(
-                f"{str(record.get('requestId') or '-')[:28]:<28} {record['outcome']:<15} "
-                f"{record.get('reason') or '-':<22} {record.get('attempts', 0):>5}  "
+                f"{printable(record.get('requestId') or '-')[:28]:<28} {printable(record['outcome']):<15} "
+                f"{printable(record.get('reason') or '-'):<22} {record.get('attempts', 0):>5}  "
                 f"{description if len(description) <= 70 else description[:69] + '…'}\n"
             )
         out.write(f"Dead-letter queue now holds {len(self.queue.dead_letters())} message(s).\n")
