@@ -25,18 +25,29 @@ __all__ = ["LocalBackend", "open_local_backend"]
 
 @contextmanager
 def open_local_backend(queue: str) -> Iterator[LocalBackend]:
-    """The backend on `queue` in the local namespace (``GRANTS_LOCAL_NAMESPACE``), saved when the block ends."""
-    with LocalNamespace(namespace_directory()).open(queue) as (local_queue, clock):
-        yield LocalBackend(local_queue, clock=clock)
+    """The backend on `queue` in the local namespace (``GRANTS_LOCAL_NAMESPACE``), saved when the block ends and
+    after each dead letter is settled (so that a resubmit reports only copies that are on disk)."""
+    namespace = LocalNamespace(namespace_directory())
+    with namespace.open(queue) as (local_queue, clock):
+        yield LocalBackend(local_queue, clock=clock, on_settled=lambda: namespace.save(queue, local_queue))
 
 
 class LocalBackend:
     """The `Backend` over a `LocalQueue` (the local namespace's queue)."""
 
-    def __init__(self, queue: LocalQueue, *, clock: Callable[[], float] = time.time, batch_size: int = 100) -> None:
+    def __init__(
+        self,
+        queue: LocalQueue,
+        *,
+        clock: Callable[[], float] = time.time,
+        batch_size: int = 100,
+        on_settled: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`on_settled` runs after each dead letter is completed or abandoned (the namespace saves the queue)."""
         self.queue = queue
         self.clock = clock
         self._batch_size = batch_size
+        self._on_settled = on_settled
 
     def drain(self, out: TextIO) -> None:
         """Deliver the queue to the registered function through the local host (as ``run-local`` does, against
@@ -100,9 +111,11 @@ class LocalBackend:
 
     def complete(self, held: HeldDeadLetter) -> None:
         self.queue.complete(held.handle)
+        self._on_settled()
 
     def abandon(self, held: HeldDeadLetter) -> None:
         self.queue.abandon(held.handle)
+        self._on_settled()
 
     def close(self) -> None:
         return None

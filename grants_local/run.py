@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from grants_cli.printable import printable
 from grants_local.app import local_app
 from grants_local.host import LineOutcome, OutcomeRecorder, line_outcomes
-from grants_local.queue import LocalQueue
+from grants_local.queue import LocalQueue, ManualClock
 from shared.config import APP_ROOT, Settings
 from shared.core.errors import ConfigError
 from shared.core.messaging import DeadLetter
@@ -55,10 +55,15 @@ async def run_local(
     lines: Iterable[bytes],
     *,
     env: Mapping[str, str] = os.environ,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] | None = None,
     concurrency: int = 16,
 ) -> LocalRun:
-    """Send each non-blank line as one message (MessageId ``line-N``) and deliver until the queue is idle."""
+    """Send each non-blank line as one message (MessageId ``line-N``) and deliver until the queue is idle.
+
+    Time is `clock`, by default a `ManualClock` starting now: retry backoff and an ``expiresAt`` removal are
+    jumped over, never waited for in real time.
+    """
+    clock = clock or ManualClock(start=time.time())
     queue = LocalQueue(clock=clock)
     message_ids: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):

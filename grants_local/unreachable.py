@@ -35,12 +35,12 @@ def refusing_port() -> Iterator[int]:
 
 
 @contextmanager
-def stalling_port() -> Iterator[int]:
-    """A loopback port that accepts connections and never sends a byte."""
+def stalling_port(accepted: threading.Event | None = None) -> Iterator[int]:
+    """A loopback port that accepts connections and never sends a byte; `accepted` is set at the first one."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(64)
-    accepted: list[socket.socket] = []
+    connections: list[socket.socket] = []
     stop = threading.Event()
 
     def accept() -> None:
@@ -50,7 +50,9 @@ def stalling_port() -> Iterator[int]:
                 connection, _ = server.accept()
             except OSError:
                 continue
-            accepted.append(connection)
+            connections.append(connection)
+            if accepted is not None:
+                accepted.set()
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
@@ -59,6 +61,6 @@ def stalling_port() -> Iterator[int]:
     finally:
         stop.set()
         thread.join()
-        for connection in accepted:
+        for connection in connections:
             connection.close()
         server.close()
