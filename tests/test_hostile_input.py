@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,3 +99,8 @@ def test_a_10_mb_body_is_refused_before_it_is_read() -> None:
     with pytest.raises(ContractError) as caught:
         parse_grant(b"{" + b" " * 10_000_000 + b"}")
     assert caught.value.reason == "MessageTooLarge"
+
+
+def test_the_readme_gives_the_catalogue_size() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert f"hostile-input catalogue (`tests/test_hostile_input.py`) holds {len(CATALOGUE)} such messages" in readme
