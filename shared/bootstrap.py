@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -32,9 +32,21 @@ from shared.service.grants import GrantService
 from shared.service.membership import Result
 from shared.service.settlement import Settled, settle
 
-__all__ = ["Services", "bootstrap"]
+__all__ = ["LIBRARY_LOGGERS", "Services", "bootstrap", "quiet_library_loggers"]
 
 _log = logging.getLogger(__name__)
+
+#: Loggers of the libraries the app uses, at WARNING unless set otherwise: the Functions worker sets the root logger
+#: to INFO, and then httpx logs every request, azure-core every request's details, azure-identity every token.
+LIBRARY_LOGGERS: Final = ("httpx", "httpcore", "azure.core", "azure.identity", "azure.servicebus", "uamqp")
+
+
+def quiet_library_loggers() -> None:
+    """Put each of `LIBRARY_LOGGERS` at WARNING, unless a level was set for it already (an operator's wins)."""
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        if library.level == logging.NOTSET:
+            library.setLevel(logging.WARNING)
 
 
 def _utc_now() -> datetime:
@@ -72,6 +84,7 @@ class Services:
             retry_policy=self.retry_policy,
             now=self.now,
             publisher=self.publisher,
+            settlement_timeout=self.settings.settlement_timeout_seconds,
         )
 
     async def settle_callback(self, message: Any, actions: MessageActions) -> Settled:
@@ -85,12 +98,18 @@ class Services:
             sender=self.callback_sender,
             retry_policy=self.retry_policy,
             now=self.now,
+            settlement_timeout=self.settings.settlement_timeout_seconds,
         )
 
     async def settle_hr_event(self, message: Any, actions: MessageActions) -> Settled:
         """Turn one received HR event into grant messages on the grants queue, and settle it."""
         return await settle_hr_event(
-            Delivery.of(message), rules=self.hr_rules, actions=actions, sender=self.sender, now=self.now
+            Delivery.of(message),
+            rules=self.hr_rules,
+            actions=actions,
+            sender=self.sender,
+            now=self.now,
+            settlement_timeout=self.settings.settlement_timeout_seconds,
         )
 
     async def aclose(self) -> None:
@@ -114,7 +133,8 @@ def bootstrap(
 ) -> Services:
     """Wire the app: one HTTP client, one managed-identity credential, one Graph client, one sender; with an
     outcomes topic also one publisher, one callback-queue sender and one callback client (each connects on
-    first use)."""
+    first use); library loggers at WARNING (`quiet_library_loggers`)."""
+    quiet_library_loggers()
     http = new_http_client()
     closers: list[Any] = []
     credential = None

@@ -340,3 +340,19 @@ def test_property_joiner_then_mover_gives_what_the_new_attributes_give_and_leave
     assert held == set(rules.targets_for(new))
     apply(event("leave", event_id))
     assert held == set()
+
+
+async def test_given_a_host_that_does_not_answer_in_time_when_an_event_is_completed_then_unsettled_and_redelivered(
+    make_run: Callable[..., Any], rules_file: Path
+) -> None:
+    run: Run = await make_run(GRANTS_HR_RULES=str(rules_file), GRANTS_SETTLEMENT_TIMEOUT_SECONDS="0.2")
+    queue = LocalQueue(clock=run.clock)
+    with LocalSettlementServer(queue) as server:
+        hold = server.hold("Complete", seconds=3.0)
+        hr = HrRun(run, queue, point_message_actions_at(server.address))
+        await hr.publish(event("hire"))
+        hold.release.set()
+    assert [(r["outcome"], r["terminal"]) for r in hr.recorder.records] == [("unsettled", False), ("completed", True)]
+    assert "the host did not answer complete within 0.2 s" in hr.recorder.records[0]["description"]
+    assert run.queue.stats.sent == 2  # the redelivery's grant messages were absorbed as duplicates
+    assert run.queue.stats.duplicates_dropped == 2
