@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from grants_cli.backends import Backend, BackendOpener, Outgoing, SendReport
+from grants_cli.printable import printable
 from shared.core.contract import draft, parse_grant
 from shared.core.errors import ContractError, Reason
 from shared.core.intents import content_hash
@@ -202,15 +203,15 @@ def submit(job: BulkJob, backend: Backend, *, progress: Progress) -> tuple[SendR
 
 
 def print_invalid(job: BulkJob, out: TextIO) -> None:
-    """The refused rows, by line number."""
+    """The refused rows, by line number (escaped: `printable`)."""
     for entry in job.invalid:
-        out.write(f"line {entry.line}: {entry.reason}: {entry.description}\n")
+        out.write(f"line {entry.line}: {printable(entry.reason)}: {printable(entry.description)}\n")
 
 
 def print_dry_run(job: BulkJob, out: TextIO) -> None:
-    """What would be sent: MessageId and body of each message."""
+    """What would be sent: MessageId and body of each message (escaped: `printable`)."""
     for message in job.messages:
-        out.write(f"{message.message_id}  {message.body.decode()}\n")
+        out.write(f"{printable(message.message_id)}  {printable(message.body.decode())}\n")
 
 
 def summary(job: BulkJob, report: SendReport | None, elapsed: float) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Final, TextIO
 
 from grants_cli.backends import Backend, BackendOpener, HeldDeadLetter, Outgoing
+from grants_cli.printable import printable
 from shared.core.messaging import (
     ATTEMPT,
     DEAD_LETTER_ERROR_DESCRIPTION,
@@ -128,28 +129,28 @@ def print_list(dead_letters: list[DeadLetter], out: TextIO) -> None:
     """A table: requestId, reason, description head, attempts, enqueued time."""
     header = f"{'requestId':<28} {'reason':<26} {'tries':>5}  {'enqueued (UTC)':<19}  description"
     out.write(header + "\n" + "-" * len(header) + "\n")
-    for info in dead_letters:
-        request_id = (info.request_id or f"({info.message_id})")[:28]
+    for info in dead_letters:  # everything from the message is escaped (`printable`)
+        request_id = printable(info.request_id or f"({info.message_id})")[:28]
         enqueued = info.enqueued_time.strftime("%Y-%m-%d %H:%M:%S") if info.enqueued_time else "-"
         out.write(
-            f"{request_id:<28} {info.reason or '-':<26} {info.attempts:>5}  {enqueued:<19}  "
-            f"{_clip(info.description or '', 60)}\n"
+            f"{request_id:<28} {printable(info.reason or '-'):<26} {info.attempts:>5}  {enqueued:<19}  "
+            f"{_clip(printable(info.description or ''), 60)}\n"
         )
     out.write(f"{len(dead_letters)} dead letter(s)\n")
 
 
 def print_show(info: DeadLetter, out: TextIO) -> None:
-    """Everything about one dead letter: ids, reason, full description, properties and body."""
+    """Everything about one dead letter: ids, reason, full description, properties and body (escaped: `printable`)."""
     out.write(
-        f"messageId:        {info.message_id}\n"
-        f"requestId:        {info.request_id or '-'}\n"
+        f"messageId:        {printable(info.message_id)}\n"
+        f"requestId:        {printable(info.request_id or '-')}\n"
         f"sequenceNumber:   {info.sequence_number}\n"
-        f"reason:           {info.reason or '-'}\n"
-        f"description:      {info.description or '-'}\n"
+        f"reason:           {printable(info.reason or '-')}\n"
+        f"description:      {printable(info.description or '-')}\n"
         f"attempts:         {info.attempts}\n"
         f"enqueued (UTC):   {info.enqueued_time.isoformat() if info.enqueued_time else '-'}\n"
-        f"properties:       {dict(info.application_properties)}\n"
-        f"body:             {info.body.decode('utf-8', errors='replace')}\n"
+        f"properties:       {printable(dict(info.application_properties))}\n"
+        f"body:             {printable(info.body.decode('utf-8', errors='replace'))}\n"
     )
 
 
@@ -178,7 +179,7 @@ def run_dlq(
         elif action == "show":
             found = select(backend, selector)
             if not found:
-                out.write(f"no dead letter with requestId, MessageId or originalMessageId {selector.id}\n")
+                out.write(f"no dead letter with requestId, MessageId or originalMessageId {printable(selector.id)}\n")
                 return 1
             for info in found:
                 print_show(info, out)
@@ -196,7 +197,10 @@ def run_dlq(
 
 def _resubmit(backend: Backend, selector: Selector, out: TextIO) -> int:
     def moved(info: DeadLetter, copy: Outgoing) -> None:
-        out.write(f"resubmitted {info.request_id or info.message_id} ({info.reason}) as {copy.message_id}\n")
+        out.write(
+            f"resubmitted {printable(info.request_id or info.message_id)} ({printable(info.reason)}) as "
+            f"{printable(copy.message_id)}\n"
+        )
 
     try:
         sent = resubmit(backend, selector, on_moved=moved)

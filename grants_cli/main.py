@@ -39,20 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     handler.setLevel(logging.INFO if args.verbose else logging.ERROR)
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
-    if args.command == "run-local":
-        from grants_local.run import print_json, print_table, run_local
-
-        lines = args.messages.read_bytes().splitlines()
-        env = {**os.environ, **({"GRANTS_DRY_RUN": "true"} if args.dry_run else {})}
-        result = asyncio.run(run_local(lines, env=env, concurrency=args.concurrency))
-        if args.json:
-            print_json(result, sys.stdout)
-        else:
-            print_table(result, sys.stdout)
-        return 0 if result.complete else 1
-
-    if args.command in ("submit", "dlq"):
-        return _bulk_or_dlq(args)
+    if args.command in ("run-local", "submit", "dlq"):
+        try:
+            return _run_local(args) if args.command == "run-local" else _bulk_or_dlq(args)
+        except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, a non-zero exit
+            sys.stderr.write(f"interrupted: {_INTERRUPTED[args.command]}\n")
+            return INTERRUPTED_EXIT
 
     if args.command == "smoke":
         from grants_cli.smoke import main as smoke
@@ -70,6 +62,37 @@ def main(argv: list[str] | None = None) -> int:
     from grants_local.demo import demo
 
     return asyncio.run(demo(sys.stdout))
+
+
+#: The exit code of a command stopped by Ctrl-C (SIGINT), as a shell reports it: 128 + 2.
+INTERRUPTED_EXIT = 130
+_INTERRUPTED = {
+    "run-local": "run-local stopped before every message reached an outcome; Graph changes already made stand "
+    "(grants are idempotent: run the file again)",
+    "submit": "submit stopped; messages already sent stay queued (sending the same file again is absorbed by "
+    "duplicate detection within 10 minutes)",
+    "dlq": "dlq stopped; every dead letter not reported as resubmitted or purged is still in the dead-letter queue",
+}
+
+
+def _run_local(args: argparse.Namespace) -> int:
+    """``run-local``: on a virtual clock starting now (nothing scheduled is waited for in real time), against
+    ``GRAPH_BASE_URL`` or, when it is unset, the built-in Graph double and token endpoint."""
+    import time
+
+    from grants_local.queue import ManualClock
+    from grants_local.run import graph_environment, print_json, print_table, run_local
+
+    lines = args.messages.read_bytes().splitlines()
+    clock = ManualClock(start=time.time())
+    env = {**os.environ, **({"GRANTS_DRY_RUN": "true"} if args.dry_run else {})}
+    with graph_environment(env, clock=clock) as graph_env:
+        result = asyncio.run(run_local(lines, env=graph_env, clock=clock, concurrency=args.concurrency))
+    if args.json:
+        print_json(result, sys.stdout)
+    else:
+        print_table(result, sys.stdout)
+    return 0 if result.complete else 1
 
 
 def _add_bulk_and_dlq(commands: Any) -> None:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from grants_cli.backends import CONTENT_TYPE, HeldDeadLetter, Outgoing, SendReport
+from grants_cli.printable import printable
 from grants_local.deployment import LocalDeployment
 from grants_local.namespace import LocalNamespace, namespace_directory
 from grants_local.queue import LocalQueue
@@ -27,10 +28,17 @@ __all__ = ["LocalBackend", "open_local_backend"]
 
 @contextmanager
 def open_local_backend(queue: str) -> Iterator[LocalBackend]:
-    """The backend on `queue` in the local namespace (``GRANTS_LOCAL_NAMESPACE``), saved when the block ends."""
+    """The backend on `queue` in the local namespace (``GRANTS_LOCAL_NAMESPACE``), saved when the block ends and
+    after each dead letter is settled (so that a resubmit reports only copies that are on disk)."""
     directory = namespace_directory()
-    with LocalNamespace(directory).open(queue) as (local_queue, clock):
-        yield LocalBackend(local_queue, clock=clock, deployment=LocalDeployment(directory))
+    namespace = LocalNamespace(directory)
+    with namespace.open(queue) as (local_queue, clock):
+        yield LocalBackend(
+            local_queue,
+            clock=clock,
+            deployment=LocalDeployment(directory),
+            on_settled=lambda: namespace.save(queue, local_queue),
+        )
 
 
 class LocalBackend:
@@ -43,11 +51,14 @@ class LocalBackend:
         clock: Callable[[], float] = time.time,
         batch_size: int = 100,
         deployment: LocalDeployment | None = None,
+        on_settled: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_settled` runs after each dead letter is completed or abandoned (the namespace saves the queue)."""
         self.queue = queue
         self.clock = clock
         self._batch_size = batch_size
         self._deployment = deployment
+        self._on_settled = on_settled
 
     def drain(self, out: TextIO) -> None:
         """Deliver the queue to the registered function through the local host (as ``run-local`` does, against
@@ -67,11 +78,11 @@ class LocalBackend:
         out.write(f"\nProcessed by the local host: {len(records)} message(s)\n")
         header = f"{'requestId':<28} {'outcome':<15} {'reason':<22} {'tries':>5}  description"
         out.write(header + "\n" + "-" * len(header) + "\n")
-        for record in records:
-            description = str(record.get("description", ""))
+        for record in records:  # what came from a message is escaped (`printable`)
+            description = printable(record.get("description", ""))
             out.write(
-                f"{str(record.get('requestId') or '-')[:28]:<28} {record['outcome']:<15} "
-                f"{record.get('reason') or '-':<22} {record.get('attempts', 0):>5}  "
+                f"{printable(record.get('requestId') or '-')[:28]:<28} {printable(record['outcome']):<15} "
+                f"{printable(record.get('reason') or '-'):<22} {record.get('attempts', 0):>5}  "
                 f"{description if len(description) <= 70 else description[:69] + '…'}\n"
             )
         out.write(f"Dead-letter queue now holds {len(self.queue.dead_letters())} message(s).\n")
@@ -117,9 +128,11 @@ class LocalBackend:
 
     def complete(self, held: HeldDeadLetter) -> None:
         self.queue.complete(held.handle)
+        self._on_settled()
 
     def abandon(self, held: HeldDeadLetter) -> None:
         self.queue.abandon(held.handle)
+        self._on_settled()
 
     def close(self) -> None:
         return None

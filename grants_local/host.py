@@ -122,11 +122,21 @@ class LocalHost:
         With a `ManualClock`, time jumps to the next due message instead of sleeping.
         """
         in_flight: set[asyncio.Task[None]] = set()
+        try:
+            await self._deliver(in_flight)
+        except asyncio.CancelledError:  # stopped (Ctrl-C): stop what is in flight too, its locks will expire
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            raise
+
+    async def _deliver(self, in_flight: set[asyncio.Task[None]]) -> None:
         while True:
             while len(in_flight) < self._concurrency and (locked := self._queue.receive()) is not None:
                 in_flight.add(asyncio.create_task(self._invoke(locked)))
             if in_flight:
-                _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                in_flight -= done
                 continue
             due = self._queue.next_due_time()
             if due is None:

@@ -4,7 +4,8 @@ A directory (``GRANTS_LOCAL_NAMESPACE``, default ``.local/servicebus``) holds on
 (active and scheduled messages, the dead-letter sub-queue, the duplicate-detection history, see
 `LocalQueue.snapshot`) and the namespace's clock. `LocalNamespace.open` takes an exclusive lock on
 ``.lock`` (so two commands never interleave), loads the queue, and on exit saves it back atomically
-(a temporary file renamed over the old one), also when the command was interrupted.
+(a temporary file renamed over the old one), also when the command was interrupted; `LocalNamespace.save` saves
+it before then (``dlq resubmit`` does after each move, so that what it reports is on disk even if it is killed).
 
 A topic (`LocalNamespace.open_topic`, ``<topic>.topic.json``) is kept the same way: its duplicate-detection
 history and each subscription's filter and queue; a new one gets the outcomes topic's ``callbacks``
@@ -64,7 +65,7 @@ class LocalNamespace:
                 try:
                     yield local_queue, clock
                 finally:
-                    self._save(queue, {"queue": local_queue.snapshot()})
+                    self.save(queue, local_queue)
             finally:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
@@ -95,6 +96,10 @@ class LocalNamespace:
             return {}
         state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         return state
+
+    def save(self, queue: str, local_queue: LocalQueue) -> None:
+        """Write `local_queue`'s state as the queue named `queue`, atomically (call it while `open` holds the lock)."""
+        self._save(queue, {"queue": local_queue.snapshot()})
 
     def _save(self, queue: str, state: Mapping[str, Any]) -> None:
         path = self.directory / f"{queue}.json"

@@ -14,9 +14,10 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from grants_cli.printable import printable
 from grants_local.app import local_app
 from grants_local.host import LineOutcome, OutcomeRecorder, line_outcomes
-from grants_local.queue import LocalQueue
+from grants_local.queue import LocalQueue, ManualClock
 from shared.config import APP_ROOT, Settings
 from shared.core.errors import ConfigError
 from shared.core.messaging import DeadLetter
@@ -54,10 +55,15 @@ async def run_local(
     lines: Iterable[bytes],
     *,
     env: Mapping[str, str] = os.environ,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] | None = None,
     concurrency: int = 16,
 ) -> LocalRun:
-    """Send each non-blank line as one message (MessageId ``line-N``) and deliver until the queue is idle."""
+    """Send each non-blank line as one message (MessageId ``line-N``) and deliver until the queue is idle.
+
+    Time is `clock`, by default a `ManualClock` starting now: retry backoff and an ``expiresAt`` removal are
+    jumped over, never waited for in real time.
+    """
+    clock = clock or ManualClock(start=time.time())
     queue = LocalQueue(clock=clock)
     message_ids: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
@@ -147,20 +153,20 @@ def print_table(run: LocalRun, out: TextIO, *, title: str = "") -> None:
         out.write(f"\n{title}\n")
     header = f"{'line':>4}  {'requestId':<26} {'outcome':<15} {'reason':<25} {'tries':>5}  description"
     out.write(header + "\n" + "-" * len(header) + "\n")
-    for o in run.outcomes:
-        request_id = (o.request_id or "-")[:26]
+    for o in run.outcomes:  # what came from a message is escaped (`printable`)
+        request_id = printable(o.request_id or "-")[:26]
         out.write(
-            f"{o.line:>4}  {request_id:<26} {o.outcome:<15} {o.reason or '-':<25} {o.attempts:>5}  "
-            f"{_clip(o.description, 90)}\n"
+            f"{o.line:>4}  {request_id:<26} {o.outcome:<15} {printable(o.reason or '-'):<25} {o.attempts:>5}  "
+            f"{_clip(printable(o.description), 90)}\n"
         )
     for line in run.missing_lines:
         out.write(f"{line:>4}  NO TERMINAL OUTCOME (this is a bug: please report it)\n")
     for record in run.follow_ups:  # messages the app scheduled itself, e.g. the removal of an expiring grant
-        request_id = str(record.get("requestId") or "-")[:26]
+        request_id = printable(record.get("requestId") or "-")[:26]
         out.write(
-            f"{'then':>4}  {request_id:<26} {record['outcome']:<15} {record.get('reason') or '-':<25} "
-            f"{record.get('attempts', 0):>5}  at {str(record.get('startedAt', ''))[:19]}: "
-            f"{_clip(str(record.get('description', '')), 70)}\n"
+            f"{'then':>4}  {request_id:<26} {printable(record['outcome']):<15} "
+            f"{printable(record.get('reason') or '-'):<25} {record.get('attempts', 0):>5}  "
+            f"at {printable(record.get('startedAt', ''))[:19]}: {_clip(printable(record.get('description', '')), 70)}\n"
         )
 
 
@@ -168,7 +174,10 @@ def print_dead_letters(run: LocalRun, out: TextIO) -> None:
     """The dead-letter queue: reason and description of each message in it."""
     out.write(f"Dead-letter queue: {len(run.dead_letters)} message(s)\n")
     for entry in run.dead_letters:
-        out.write(f"  {entry.original_message_id:<8} {entry.reason}: {_clip(entry.description or '', 110)}\n")
+        out.write(
+            f"  {printable(entry.original_message_id):<8} {printable(entry.reason)}: "
+            f"{_clip(printable(entry.description or ''), 110)}\n"
+        )
 
 
 def _clip(text: str, width: int) -> str:

@@ -32,6 +32,7 @@ from typing import Any, TextIO, cast
 
 import azure.functions as func
 
+from grants_cli.printable import printable
 from grants_local._http import LoopbackServer, Request, Response
 from grants_local.azurite import local_ledger
 from grants_local.demo import EXAMPLES
@@ -72,8 +73,9 @@ class _OutcomePrinter(logging.Handler):
             kind, fields, name = "callback", callback, callback.get("requestId")
         else:
             return
-        reason = f" {fields['reason']}:" if fields.get("reason") else ""
-        self.out.write(f"{kind:<8} {fields['outcome']:<15} {name}{reason} {fields['description']}\n")
+        reason = f" {printable(fields['reason'])}:" if fields.get("reason") else ""
+        outcome, description = printable(fields["outcome"]), printable(fields["description"])
+        self.out.write(f"{kind:<8} {outcome:<15} {printable(name)}{reason} {description}\n")
         self.out.flush()
 
 

@@ -10,6 +10,9 @@ and any other settlement failure with UNKNOWN. Complete, Abandon, Deadletter and
 (``propertiesToModify`` is ignored: the client always sends it empty); Defer and the session methods answer
 UNIMPLEMENTED. Every call is recorded, in arrival order, in `LocalSettlementServer.calls`.
 
+A host that stalls is `LocalSettlementServer.hold`: the next call of a method waits, before it is applied,
+until released, for a given time, or until the server stops (then it is not applied and answers UNAVAILABLE).
+
 The client is a process-wide singleton built from ``--host/--port/--functions-grpc-max-message-length`` in
 ``sys.argv``; `point_message_actions_at` builds a fresh one for a given address with the real constructor
 (``sys.argv`` swapped for the duration of the call) and installs it as the singleton, replacing any earlier
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ from grants_local.queue import LocalQueue, LockLostError
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_LENGTH",
+    "Hold",
     "LocalSettlementServer",
     "SettlementCall",
     "point_message_actions_at",
@@ -57,12 +62,56 @@ class SettlementCall:
     details: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hold:
+    """A stalled settlement call: `arrived` is set when the held call has come in; set `release` to let it go on.
+
+    Without a release it waits `seconds` (None: until the server stops).
+    """
+
+    method: str
+    seconds: float | None
+    arrived: threading.Event
+    release: threading.Event
+
+
+class _Holds:
+    """The holds not yet taken by a call, and the stop signal that ends every wait."""
+
+    def __init__(self) -> None:
+        self._pending: list[Hold] = []
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    def add(self, hold: Hold) -> None:
+        with self._lock:
+            self._pending.append(hold)
+
+    def wait(self, method: str) -> bool:
+        """Wait if a hold is pending for `method`; False when the server stopped meanwhile (do not apply)."""
+        with self._lock:
+            hold = next((h for h in self._pending if h.method == method), None)
+            if hold is not None:
+                self._pending.remove(hold)
+        if hold is None:
+            return True
+        hold.arrived.set()
+        deadline = None if hold.seconds is None else time.monotonic() + hold.seconds
+        while not hold.release.is_set() and not self.stopping.is_set():
+            left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if left <= 0:
+                break
+            hold.release.wait(left)
+        return not self.stopping.is_set()
+
+
 class _Servicer:
     """The ``Settlement`` service (duck-typed: the generated registration only looks up the methods)."""
 
-    def __init__(self, queue: LocalQueue, record: Callable[[SettlementCall], None]) -> None:
+    def __init__(self, queue: LocalQueue, record: Callable[[SettlementCall], None], holds: _Holds) -> None:
         self._queue = queue
         self._record = record
+        self._holds = holds
 
     def Complete(self, request: Any, context: Any) -> Any:
         token: str = request.locktoken
@@ -116,6 +165,8 @@ class _Servicer:
         reason: str | None = None,
         description: str | None = None,
     ) -> Any:
+        if not self._holds.wait(method):
+            _abort(context, grpc.StatusCode.UNAVAILABLE, "the settlement server stopped")
         try:
             action()
         except LockLostError as error:
@@ -159,13 +210,15 @@ class LocalSettlementServer:
         self._port: int | None = None
         self._calls: list[SettlementCall] = []
         self._calls_lock = threading.Lock()
+        self._holds = _Holds()
 
     def start(self) -> None:
         """Bind 127.0.0.1 (or ``host``) on a free port and start serving; raise RuntimeError if already started."""
         if self._server is not None:
             raise RuntimeError("settlement server already started")
+        self._holds.stopping.clear()
         server = grpc.server(ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="settlement"))
-        add_SettlementServicer_to_server(_Servicer(self._queue, self._record), server)
+        add_SettlementServicer_to_server(_Servicer(self._queue, self._record, self._holds), server)
         port = server.add_insecure_port(f"{self._host}:0")
         if not port:
             raise RuntimeError(f"could not bind a port on {self._host}")
@@ -176,6 +229,7 @@ class LocalSettlementServer:
         """Stop at once (calls in progress are cancelled) and wait until stopped; idempotent."""
         if self._server is None:
             return
+        self._holds.stopping.set()
         self._server.stop(grace=None).wait()
         self._server = None
 
@@ -194,6 +248,13 @@ class LocalSettlementServer:
         if self._server is None or self._port is None:
             raise RuntimeError("settlement server not started")
         return f"{self._host}:{self._port}"
+
+    def hold(self, method: str, *, seconds: float | None = None) -> Hold:
+        """Make the next call of `method` (``Complete``, ``Abandon``, ``Deadletter``…) stall before it is applied:
+        until `Hold.release` is set, `seconds` have passed, or the server stops (then it is not applied)."""
+        hold = Hold(method=method, seconds=seconds, arrived=threading.Event(), release=threading.Event())
+        self._holds.add(hold)
+        return hold
 
     @property
     def calls(self) -> tuple[SettlementCall, ...]:

@@ -13,6 +13,8 @@ Messages (each (container, member) pair in exactly one message, so the expected 
 - ``add_missing``: a principal that never exists: dead-lettered ``MemberNotFound`` after the window.
 - ``remove``: a seeded member: ``revoked`` (or ``not_member`` after an earlier delivery's delete landed).
 - ``remove_absent``: an existing principal not in the container: ``not_member``.
+- ``hostile``: a body the contract refuses (a C1 control or a lone surrogate in free text, an ``expiresAt`` past
+  year 9999 in UTC, a key given twice, UTF-16): dead-lettered ``SchemaViolation`` / ``InvalidJson``, never written.
 - ``doomed``: an add to the administrative unit deleted mid-run (when half the messages have been
   delivered once): ``granted``/``already_member`` if its write reached Graph before the deletion, else
   ``TargetNotFound``. The race is accounted for by checking that every ``204`` for that unit precedes the
@@ -31,7 +33,8 @@ timeout (the write is applied after the client gave up), a dropped connection, a
 token expired (``401`` for every request in flight; sometimes with the token endpoint slow or failing
 the next requests; at most once every 2 s of wall time); the invocation dying before the Graph call,
 after Graph succeeded (on complete), after the retry copy was scheduled (on complete), while
-dead-lettering; the retry-copy send failing.
+dead-lettering; the retry-copy send failing; the host answering a settlement after its deadline (the delivery
+is ``unsettled`` and either the late answer or the redelivery after lock expiry settles it).
 The producer side: a message sent twice with the same MessageId (dropped by duplicate detection) and the
 same request sent again with a new MessageId (absorbed by the grant ledger as the same request: ``duplicate``,
 unless the first is still in flight).
@@ -64,6 +67,7 @@ from grants_local.host import registered_function
 from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LocalSender, ManualClock, SendFailedError
 from grants_local.run import os_environment
 from grants_local.token_endpoint import TokenEndpoint
+from shared.bootstrap import LIBRARY_LOGGERS
 from shared.config import Settings
 from shared.core.errors import Reason
 
@@ -93,7 +97,11 @@ KINDS = {  # message kind -> weight
     "doomed": 10,
     "race": 5,  # an add and a remove for one member and target, with requestedAt: the newest wins
     "timebound": 4,  # an add whose expiresAt comes during the run: its removal ends it
+    "hostile": 3,
 }
+#: Settlement deadline in the soak (GRANTS_SETTLEMENT_TIMEOUT_SECONDS), and how long a stalled settlement takes.
+SETTLEMENT_DEADLINE_SECONDS = 0.2
+SETTLEMENT_STALL_SECONDS = 0.4
 ALLOWED = {
     "add": {"granted", "already_member"},
     "add_existing": {"already_member"},
@@ -111,6 +119,7 @@ ALLOWED = {
     "race_add": {"granted", "already_member", "superseded"},
     "race_remove": {"revoked", "not_member", "superseded"},
     "timebound": {"granted", "already_member", "dead_lettered:Expired"},  # Expired: its time passed in the backlog
+    "hostile": {"dead_lettered:SchemaViolation", "dead_lettered:InvalidJson"},
 }
 # A request sent again under a new MessageId is the same request: the ledger absorbs the second message.
 ALLOWED = {kind: outcomes | {"duplicate"} for kind, outcomes in ALLOWED.items()}
@@ -129,6 +138,7 @@ FAULTS = {
     "crash_after_schedule": 0.012,
     "crash_while_deadlettering": 0.02,
     "retry_send_fails": 0.01,
+    "settlement_stalls": 0.008,
 }
 _invocation: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar("soak_invocation", default=None)
 
@@ -228,7 +238,8 @@ def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
         if kind == "timebound":  # expires within the run (virtual time): its removal must happen
             body["expiresAt"] = (EPOCH + timedelta(seconds=rng.uniform(60, 600))).isoformat().replace("+00:00", "Z")
         path = f"(?:{container}|{target.get('roleTemplateId', container)})"
-        messages.append(Planned(f"m-{n}", f"soak-{n}", kind, container, member, json.dumps(body).encode(), path))
+        encoded = _hostile(body, rng) if kind == "hostile" else json.dumps(body).encode()
+        messages.append(Planned(f"m-{n}", f"soak-{n}", kind, container, member, encoded, path))
     return Soak(seed=seed, messages=messages, expected=expected, doomed=doomed)
 
 
@@ -258,6 +269,20 @@ def _race(
         raw = json.dumps(body).encode()
         planned.append(Planned(message_id, request_id, f"race_{action}", unit, member, raw, f"(?:{unit})"))
     return planned
+
+
+def _hostile(body: dict[str, Any], rng: random.Random) -> bytes:
+    """`body` made into one the contract refuses (the hostile-input catalogue's kinds)."""
+    variant = rng.choice(["c1", "surrogate", "far_expiry", "duplicate_key", "utf16"])
+    if variant == "c1":
+        return json.dumps({**body, "reason": "ok\u009b2J"}).encode()
+    if variant == "surrogate":
+        return json.dumps({**body, "reason": "night \ud800 shift"}).encode()
+    if variant == "far_expiry":
+        return json.dumps({**body, "expiresAt": "9999-12-31T23:59:59-01:00"}).encode()
+    if variant == "duplicate_key":
+        return json.dumps(body)[:-1].encode() + b', "action": "remove"}'
+    return json.dumps(body).encode("utf-16")
 
 
 def _add_principal(graph: GraphDouble, member: str, member_type: str, **late: Any) -> None:
@@ -305,6 +330,10 @@ class SoakActions:
 
     def complete(self, message: Any) -> None:
         fault = self._current.fault
+        if fault == "settlement_stalls":  # on the settlement's thread: the host answers after the deadline
+            self._current.fault = None
+            self._soak.faults[fault] += 1
+            time.sleep(SETTLEMENT_STALL_SECONDS)
         if fault == "crash_after_schedule" and self._current.scheduled:
             self._die(fault)
         if fault == "crash_after_graph" and not self._current.scheduled:
@@ -347,7 +376,7 @@ class SoakFunction:
         fault = _choose(rng)
         planned = self._planned(receivedmessage)
         current = Invocation(fault)
-        if fault is not None and planned is not None:
+        if fault is not None and planned is not None and planned.kind != "hostile":  # hostile never reaches Graph
             self._inject(fault, planned, rng, current)
         token = _invocation.set(current)
         try:
@@ -468,6 +497,11 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
         root.addHandler(scan)
         root.setLevel(log_level)
         stack.callback(root.setLevel, previous_level)
+        if log_level < logging.INFO:  # make soak scans the libraries' debug lines for tokens too
+            for name in LIBRARY_LOGGERS:
+                library = logging.getLogger(name)
+                stack.callback(library.setLevel, library.level)
+                library.setLevel(log_level)
         stack.callback(root.removeHandler, scan)
         stack.enter_context(os_environment(tokens.env()))
         for name in ("IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_CLIENT_ID"):
@@ -484,7 +518,9 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
             if rng.random() < 0.02:  # the producer sends the same request again under a new MessageId
                 queue.send(planned.body, message_id=planned.message_id + "-again", content_type="application/json")
                 soak.duplicates_new_id += 1
-        settings = Settings.from_env({"GRAPH_BASE_URL": graph.base_url})
+        settings = Settings.from_env(
+            {"GRAPH_BASE_URL": graph.base_url, "GRANTS_SETTLEMENT_TIMEOUT_SECONDS": str(SETTLEMENT_DEADLINE_SECONDS)}
+        )
         app = await stack.enter_async_context(
             local_app(settings, queue=queue, sender=lambda local: SoakSender(local, soak))
         )
@@ -520,14 +556,18 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
 def check(soak: Soak, graph: GraphDouble, queue: LocalQueue, records: list[Mapping[str, Any]], scan: LogScan) -> Report:
     """The invariants, from the outcome records, the queue, the Graph double's state and request log."""
     by_request = {planned.request_id: planned for planned in soak.messages}
+    # a body that is not JSON has no readable requestId: its record is found by the producer's MessageId
+    request_of = {planned.message_id: planned.request_id for planned in soak.messages}
+    request_of.update({f"{planned.message_id}-again": planned.request_id for planned in soak.messages})
     terminal: dict[str, list[str]] = defaultdict(list)
     descriptions: dict[tuple[str, str], str] = {}
-    for record in records:
-        if record.get("terminal") and record.get("requestId") in by_request:
+    for record in list(records):  # a late settlement may append from its thread
+        request_id = record.get("requestId") or request_of.get(str(record.get("originalMessageId")))
+        if record.get("terminal") and request_id in by_request:
             reason = record.get("reason")
             outcome = f"dead_lettered:{reason}" if record["outcome"] == "dead_lettered" else str(record["outcome"])
-            terminal[str(record["requestId"])].append(outcome)
-            descriptions[(str(record["requestId"]), outcome)] = str(record.get("description", ""))[:400]
+            terminal[str(request_id)].append(outcome)
+            descriptions[(str(request_id), outcome)] = str(record.get("description", ""))[:400]
     dead = queue.dead_letters()
     for entry in dead:
         if entry.reason == MAX_DELIVERY_COUNT_EXCEEDED:

@@ -69,7 +69,9 @@ class TokenEndpoint:
         self._token_lifetime = token_lifetime
         self._clock = clock
         self._secret = secrets.token_urlsafe(24)
-        self._lock = threading.Lock()
+        # re-entrant: a log handler reading `issued_tokens` may run again on this thread from a finalizer (GC) that
+        # logs while the lock is held (the soak's LogScan deadlocked so)
+        self._lock = threading.RLock()
         self._grants: dict[str, _Grant] = {}
         self._request_count = 0
         self._failures: list[int] = []

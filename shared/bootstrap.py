@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
@@ -37,9 +37,21 @@ from shared.service.settlement import Settled, settle
 if TYPE_CHECKING:
     from azure.core.credentials import AzureNamedKeyCredential
 
-__all__ = ["Services", "bootstrap"]
+__all__ = ["LIBRARY_LOGGERS", "Services", "bootstrap", "quiet_library_loggers"]
 
 _log = logging.getLogger(__name__)
+
+#: Loggers of the libraries the app uses, at WARNING unless set otherwise: the Functions worker sets the root logger
+#: to INFO, and then httpx logs every request, azure-core every request's details, azure-identity every token.
+LIBRARY_LOGGERS: Final = ("httpx", "httpcore", "azure.core", "azure.identity", "azure.servicebus", "uamqp")
+
+
+def quiet_library_loggers() -> None:
+    """Put each of `LIBRARY_LOGGERS` at WARNING, unless a level was set for it already (an operator's wins)."""
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        if library.level == logging.NOTSET:
+            library.setLevel(logging.WARNING)
 
 
 def _utc_now() -> datetime:
@@ -90,6 +102,7 @@ class Services:
             retry_policy=self.retry_policy,
             now=self.now,
             publisher=self.publisher,
+            settlement_timeout=self.settings.settlement_timeout_seconds,
         )
 
     async def settle_callback(self, message: Any, actions: MessageActions) -> Settled:
@@ -103,6 +116,7 @@ class Services:
             sender=self.callback_sender,
             retry_policy=self.retry_policy,
             now=self.now,
+            settlement_timeout=self.settings.settlement_timeout_seconds,
         )
 
     async def settle_hr_event(self, message: Any, actions: MessageActions) -> Settled:
@@ -114,6 +128,7 @@ class Services:
             sender=self.sender,
             now=self.now,
             time_zone=self.settings.hr_time_zone,
+            settlement_timeout=self.settings.settlement_timeout_seconds,
         )
 
     async def recorded_content(self, request_id: str) -> str | None:
@@ -153,11 +168,12 @@ def bootstrap(
 ) -> Services:
     """Wire the app: one HTTP client, one managed-identity credential, one Graph client, one sender, one ledger;
     with an outcomes topic also one publisher, one callback-queue sender and one callback client (each connects
-    on first use).
+    on first use); library loggers at WARNING (`quiet_library_loggers`).
 
     The ledger is the table `GrantsLedger__tableServiceUri` / `GrantsLedger__tableName`, reached with the
     managed identity; `ledger_credential` replaces that credential for a local Azurite only (its development key).
     """
+    quiet_library_loggers()
     http = new_http_client()
     closers: list[Any] = []
     credential = None

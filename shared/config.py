@@ -29,6 +29,7 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "GRANTS_RETRY_MAX_SECONDS": "900",
     "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "600",
     "GRAPH_WRITE_RATE": "20",
+    "GRANTS_SETTLEMENT_TIMEOUT_SECONDS": "5",
     "GRANTS_POLICY": "",
     "GRANTS_DRY_RUN": "false",
     "HR_EVENTS_QUEUE": "hr-events",
@@ -66,6 +67,7 @@ class Settings:
     retry_max_seconds: float = 900.0
     member_not_found_window_seconds: float = 600.0
     graph_write_rate: float = 20.0
+    settlement_timeout_seconds: float = 5.0
     policy_path: str | None = None
     dry_run: bool = False
     hr_events_queue: str = "hr-events"
@@ -123,6 +125,7 @@ class Settings:
             )
         outcomes_topic = get("GRANTS_OUTCOMES_TOPIC") or None
         callbacks = _callback_policy(get, env, outcomes_topic)
+        settlement_timeout = _number(get, "GRANTS_SETTLEMENT_TIMEOUT_SECONDS", minimum=0.1)
         return cls(
             graph_base_url=base_url,
             client_id=get("AZURE_CLIENT_ID") or None,
@@ -133,6 +136,7 @@ class Settings:
             retry_max_seconds=cap,
             member_not_found_window_seconds=window,
             graph_write_rate=write_rate,
+            settlement_timeout_seconds=settlement_timeout,
             policy_path=_app_file(get("GRANTS_POLICY")),
             dry_run=_flag(get, "GRANTS_DRY_RUN"),
             hr_events_queue=get("HR_EVENTS_QUEUE") or "hr-events",

@@ -117,6 +117,21 @@ def test_given_a_dry_run_when_submitted_then_it_prints_what_would_be_sent_and_se
     assert not (tmp_path / "ns").exists()
 
 
+def test_given_an_expiry_out_of_range_in_utc_when_dry_run_then_an_invalid_row_with_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from grants_cli.main import main
+
+    late = GOOD[: GOOD.rindex(",") + 1] + "9999-12-31T23:59:59-01:00"
+    early = GOOD_2[: GOOD_2.rindex(",") + 1] + "0001-01-01T00:00:00+01:00"
+    path = write(tmp_path, "job.csv", HEADER, GOOD, late, early)
+    assert main(["submit", str(path), "--job-id", "dry", "--dry-run", "--local"]) == 1
+    out = capsys.readouterr().out
+    assert "line 3: SchemaViolation: expiresAt must be" in out
+    assert "line 4: SchemaViolation: expiresAt must be" in out
+    assert "Traceback" not in out
+
+
 def test_given_json_lines_when_read_then_each_line_is_validated_with_its_line_number(tmp_path: Path) -> None:
     good = message(requestId="r-1", member={"id": USER}, source={"system": "bulk"})
     job = read_job(write(tmp_path, "job.jsonl", json.dumps(good), "", "{oops", json.dumps({**good, "x": 1})))

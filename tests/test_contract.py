@@ -118,7 +118,9 @@ def test_requested_at_survives_to_document_and_back() -> None:
         (b"{", Reason.INVALID_JSON, "not JSON"),
         (b"", Reason.INVALID_JSON, "not JSON"),
         (b"[1, 2]", Reason.INVALID_JSON, "JSON object"),
-        (b"\xff\xfe{}", Reason.INVALID_JSON, "not UTF-8"),
+        (b"\xff\xfe{}", Reason.INVALID_JSON, "is UTF-16"),
+        (b"\xc3\x28{}", Reason.INVALID_JSON, "not UTF-8"),
+        ('{"a": 1}'.encode("utf-32-le"), Reason.INVALID_JSON, "is UTF-32"),
         (b"\xef\xbb\xbf{}", Reason.INVALID_JSON, "byte-order mark"),
         (b'{"a": 1, "a": 2}', Reason.INVALID_JSON, "appears twice"),
         (b'{"schemaVersion": NaN}', Reason.INVALID_JSON, "NaN"),
@@ -182,6 +184,9 @@ def test_requested_at_survives_to_document_and_back() -> None:
             Reason.SCHEMA_VIOLATION,
             "callback.secret is not a field",
         ),
+        # valid where they are written, but before year 1 or after year 9999 once in UTC (OverflowError before)
+        (encode(message(expiresAt="9999-12-31T23:59:59-01:00")), Reason.SCHEMA_VIOLATION, "expiresAt must be"),
+        (encode(message(expiresAt="0001-01-01T00:00:00+01:00")), Reason.SCHEMA_VIOLATION, "expiresAt must be"),
     ],
 )
 def test_bad_input_is_refused_with_a_specific_reason(body: bytes, reason: Reason, says: str) -> None:
@@ -281,6 +286,48 @@ def test_arbitrary_bytes_give_a_command_or_a_contract_error(body: bytes) -> None
 def test_arbitrary_json_gives_a_command_or_a_contract_error(document: Any) -> None:
     try:
         parse_grant(encode(document))
+    except ContractError as error:
+        assert_names_the_problem(error)
+
+
+#: RFC 3339 timestamps as producers write them, the extreme years and offsets included (an offset can take a
+#: valid local time past year 9999, or before year 1, in UTC).
+timestamps = st.builds(
+    lambda moment, sign, hours, minutes, fraction: (
+        moment.isoformat(timespec="seconds") + fraction + ("Z" if sign == "Z" else f"{sign}{hours:02d}:{minutes:02d}")
+    ),
+    st.one_of(
+        st.datetimes(),
+        st.sampled_from([datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59), datetime(9999, 12, 31, 12)]),
+    ),
+    st.sampled_from(["Z", "+", "-"]),
+    st.integers(0, 23),
+    st.integers(0, 59),
+    st.sampled_from(["", ".5", ".123456"]),
+)
+
+
+@given(timestamps)
+@settings(max_examples=300)
+def test_any_rfc3339_timestamp_gives_a_command_or_a_schema_violation_naming_expires_at(timestamp: str) -> None:
+    try:
+        command = parse_grant(encode(message(expiresAt=timestamp)))
+    except ContractError as error:
+        assert_names_the_problem(error)
+        assert error.reason is Reason.SCHEMA_VIOLATION
+        assert error.description.startswith("expiresAt ")
+    else:
+        assert command.expires_at is not None
+        assert command.expires_at.tzinfo is UTC
+
+
+@given(st.deferred(lambda: mutated_messages()), timestamps)
+@settings(max_examples=200)
+def test_mutated_messages_with_any_timestamp_give_a_command_or_a_contract_error(
+    document: dict[str, Any], timestamp: str
+) -> None:
+    try:
+        parse_grant(encode({**document, "expiresAt": timestamp}))
     except ContractError as error:
         assert_names_the_problem(error)
 

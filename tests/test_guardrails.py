@@ -20,8 +20,8 @@ from grants_local.queue import LocalQueue, LocalSender
 from grants_local.token_endpoint import TokenEndpoint
 from shared.bootstrap import bootstrap
 from shared.config import Settings
-from shared.core.contract import SourceSystem
-from shared.core.errors import ConfigError
+from shared.core.contract import Guid, SourceSystem, parse_grant
+from shared.core.errors import ConfigError, PermanentError
 from shared.core.policy import TIER0_ROLE_TEMPLATES, GrantPolicy
 from shared.runtime import services
 from tests.conftest import (
@@ -159,6 +159,52 @@ def test_the_default_policy_says_so_and_denies_every_tier0_template() -> None:
     assert len(TIER0_ROLE_TEMPLATES) >= 8
     for rules in policy.sources.values():
         assert not set(TIER0_ROLE_TEMPLATES) & rules.directory_roles
+
+
+#: The issue's review (#15): each role the default list let through, and the decision (README, Guardrails).
+REVIEWED = {
+    "d29b2b05-8046-44ba-8758-1e26182fcf32": ("Directory Synchronization Accounts", "denied"),
+    "9360feb5-f418-4baa-8175-e2a00bac4301": ("Directory Writers", "denied"),
+    "4ba39ca4-527c-499a-b93d-d9b492c50246": ("Partner Tier1 Support", "denied"),
+    "3a2c62db-5318-420d-8d74-23affee5d9d5": ("Intune Administrator", "denied"),
+    "0526716b-113d-4c15-b2c8-68e3c22b9f80": ("Authentication Policy Administrator", "denied"),
+    "966707d0-3269-4727-9be2-8c3a10f19b9d": ("Password Administrator", "allowed"),
+}
+
+
+@pytest.mark.parametrize("template", list(REVIEWED), ids=[name for name, _ in REVIEWED.values()])
+def test_the_reviewed_roles_are_decided_as_documented_and_an_explicit_policy_still_allows_them(
+    template: str, tmp_path: Path
+) -> None:
+    name, decision = REVIEWED[template]
+    command = parse_grant(grant(target={"type": "directoryRole", "roleTemplateId": template}))
+    default = GrantPolicy.default()
+    if decision == "denied":
+        with pytest.raises(PermanentError, match=f"{name} \\({template}\\) is a tier-0 role"):
+            default.check(command, role_template_id=Guid(template))
+    else:
+        default.check(command, role_template_id=Guid(template))
+    explicit = tmp_path / "policy.json"
+    explicit.write_text(json.dumps({"sources": {"ticketing": {"directoryRoles": [template]}}}))
+    GrantPolicy.load(explicit).check(command, role_template_id=Guid(template))
+
+
+def test_the_readme_tables_every_tier0_template_with_a_reason() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    guardrails = readme[readme.index("## Guardrails") : readme.index("## Configuration")]
+    rows = {
+        cells[1].strip("` "): (cells[0].strip(), cells[2].strip(), cells[3].strip())
+        for line in guardrails.splitlines()
+        if line.startswith("| ")
+        and (cells := [cell.strip() for cell in line.strip("|").split("|")])
+        and len(cells) == 4
+        and len(cells[1].strip("` ")) == 36
+    }
+    denied = {template for template, (_, decision, _) in rows.items() if decision == "denied"}
+    assert denied == set(TIER0_ROLE_TEMPLATES)
+    assert all(rows[template][0] == name for template, name in TIER0_ROLE_TEMPLATES.items())
+    assert all(len(why) > 20 for _, _, why in rows.values())
+    assert {template for template in REVIEWED} <= set(rows)
 
 
 # --- time-bound grants ----------------------------------------------------------------------------------------

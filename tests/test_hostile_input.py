@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,6 +60,14 @@ CATALOGUE: list[tuple[str, bytes, str]] = [
     ("CR/LF in reason", body(reason=FORGED), "SchemaViolation"),
     ("CR/LF in source reference", body(source={"system": "bulk", "reference": FORGED}), "SchemaViolation"),
     ("CR/LF as a field name", body(**{FORGED: 1}), "SchemaViolation"),
+    ("C1 control (CSI) in reason", body(reason="ok\u009b2J"), "SchemaViolation"),
+    ("NEL (C1 line break) in requestedBy", body(requestedBy="ops\u0085grant granted"), "SchemaViolation"),
+    ("lone surrogate in reason", body(reason="night \ud800 shift"), "SchemaViolation"),
+    ("UTF-16 body", body().decode().encode("utf-16"), "InvalidJson"),
+    ("UTF-16 body without BOM", body().decode().encode("utf-16-le"), "InvalidJson"),
+    ("UTF-32 body", body().decode().encode("utf-32"), "InvalidJson"),
+    ("expiresAt past year 9999 in UTC", body(expiresAt="9999-12-31T23:59:59-01:00"), "SchemaViolation"),
+    ("expiresAt before year 1 in UTC", body(expiresAt="0001-01-01T00:00:00+01:00"), "SchemaViolation"),
     *[(f"look-alike: {name}", body(member={"id": bad}), "InvalidId") for name, bad in LOOKALIKES.items()],
 ]
 
@@ -90,3 +99,8 @@ def test_a_10_mb_body_is_refused_before_it_is_read() -> None:
     with pytest.raises(ContractError) as caught:
         parse_grant(b"{" + b" " * 10_000_000 + b"}")
     assert caught.value.reason == "MessageTooLarge"
+
+
+def test_the_readme_gives_the_catalogue_size() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert f"hostile-input catalogue (`tests/test_hostile_input.py`) holds {len(CATALOGUE)} such messages" in readme

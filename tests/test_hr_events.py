@@ -422,3 +422,19 @@ async def test_given_a_hire_effective_next_month_then_nothing_is_granted_before_
     assert not any(memberships(hr).values())
     await run.deliver()  # the virtual clock moves to the effective date
     assert memberships(hr)["emea"] is True
+
+
+async def test_given_a_host_that_does_not_answer_in_time_when_an_event_is_completed_then_unsettled_and_redelivered(
+    make_run: Callable[..., Any], rules_file: Path
+) -> None:
+    run: Run = await make_run(GRANTS_HR_RULES=str(rules_file), GRANTS_SETTLEMENT_TIMEOUT_SECONDS="0.2")
+    queue = LocalQueue(clock=run.clock)
+    with LocalSettlementServer(queue) as server:
+        hold = server.hold("Complete", seconds=3.0)
+        hr = HrRun(run, queue, point_message_actions_at(server.address))
+        await hr.publish(event("hire"))
+        hold.release.set()
+    assert [(r["outcome"], r["terminal"]) for r in hr.recorder.records] == [("unsettled", False), ("completed", True)]
+    assert "the host did not answer complete within 0.2 s" in hr.recorder.records[0]["description"]
+    assert run.queue.stats.sent == 2  # the redelivery's grant messages were absorbed as duplicates
+    assert run.queue.stats.duplicates_dropped == 2

@@ -17,7 +17,7 @@ import function_app
 from grants_local.host import registered_function
 from grants_local.queue import LocalQueue, LocalSender, ManualClock
 from shared.config import Settings
-from shared.core.contract import MAX_MESSAGE_BYTES, parse_grant
+from shared.core.contract import MAX_MESSAGE_BYTES, encoding_problem, parse_grant
 from shared.core.errors import ConfigError
 from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, receive, sign, webhook_message_id
 from tests.conftest import AU, HELPDESK_TEMPLATE, USER, USER_2, Run, message
@@ -222,6 +222,67 @@ async def test_given_json_with_a_charset_when_posted_then_accepted(run: Run) -> 
     assert status == 202
 
 
+def _ticket_text(**extra: Any) -> bytes:
+    return json.dumps(ticket(**extra)).encode()
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "says"),
+    [
+        ("UTF-8 with a byte-order mark", b"\xef\xbb\xbf" + _ticket_text(), "byte-order mark"),
+        ("UTF-16 LE with its BOM", json.dumps(ticket()).encode("utf-16"), "UTF-16"),
+        ("UTF-16 BE, no BOM", json.dumps(ticket()).encode("utf-16-be"), "UTF-16"),
+        ("UTF-16 LE, no BOM", json.dumps(ticket()).encode("utf-16-le"), "UTF-16"),
+        ("UTF-32 with its BOM", json.dumps(ticket()).encode("utf-32"), "UTF-32"),
+        ("UTF-32 BE, no BOM", json.dumps(ticket()).encode("utf-32-be"), "UTF-32"),
+        ("Latin-1 bytes", json.dumps(ticket(summary="caf\u00e9"), ensure_ascii=False).encode("latin-1"), "not UTF-8"),
+    ],
+)
+async def test_given_a_body_that_is_not_utf8_though_declared_so_when_posted_then_415(
+    run: Run, case: str, body: bytes, says: str
+) -> None:
+    status, problem, media_type = await call(run, body, content_type="application/json; charset=utf-8")
+    assert (status, media_type) == (415, "application/problem+json"), case
+    assert says in problem["detail"], case
+    assert run.queue.stats.sent == 0
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "pointer", "says"),
+    [
+        (
+            "member twice",
+            b'{"ticketNumber": "RITM1", "requester": "a@x", "approver": "b@x", "member": "'
+            + USER.encode()
+            + b'", "member": "'
+            + USER_2.encode()
+            + b'", "target": {"type": "administrativeUnit", "id": "'
+            + AU.encode()
+            + b'"}}',
+            "",
+            'the key "member" appears twice',
+        ),
+        (
+            "action add then remove",
+            _ticket_text()[:-1] + b', "action": "add", "action": "remove"}',
+            "",
+            'the key "action" appears twice',
+        ),
+        ("a C1 control in the requester", _ticket_text(requester="alice\u009b2J@contoso.com"), "/requester", "control"),
+        ("a lone surrogate in the summary", _ticket_text(summary="night \ud800 shift"), "/summary", "control"),
+        ("a C1 control in a contract body", json.dumps(contract(reason="x\u0085y")).encode(), "/reason", "control"),
+    ],
+)
+async def test_given_a_ticket_with_duplicate_keys_or_hostile_text_when_posted_then_400_names_it(
+    run: Run, case: str, body: bytes, pointer: str, says: str
+) -> None:
+    status, problem, _ = await call(run, body)
+    assert status == 400, case
+    assert [error["pointer"] for error in problem["errors"]][:1] == [pointer], case
+    assert says in problem["errors"][0]["detail"], case
+    assert run.queue.stats.sent == 0
+
+
 async def test_given_a_ticket_payload_when_posted_then_it_is_mapped_and_granted(run: Run) -> None:
     status, answer, _ = await call(run, ticket())
     assert (status, answer["requestId"]) == (202, "RITM0010001")
@@ -297,6 +358,8 @@ async def test_given_a_ticket_approved_by_its_requester_when_posted_then_400(run
             "a device cannot",
         ),
         (contract("INC1:expire"), "/requestId", 'must not contain ":"'),
+        (ticket(expiresAt="9999-12-31T23:59:59-01:00"), "/expiresAt", "expiresAt must be"),
+        (contract(expiresAt="0001-01-01T00:00:00+01:00"), "/expiresAt", "expiresAt must be"),
         (ticket(ticketNumber="hr:evt-1:0123456789abcdef"), "/ticketNumber", 'must not contain ":"'),
         (b"{not json", "", "the message body is not JSON"),
         ([1, 2], "", "the message body must be a JSON object"),
@@ -385,7 +448,7 @@ async def test_property_any_request_gets_a_documented_answer_and_only_valid_sign
     signature = sign(secret=SECRET if signed else SECRET[::-1], timestamp=timestamp, body=body)
     headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: signature}
     answer = await receive(headers=headers, body=body, secret=SECRET, sender=LocalSender(queue), now=clock.utcnow)
-    assert answer.status in (202, 400, 401)
+    assert answer.status in (202, 400, 401, 415)
     document = json.loads(answer.body)
     fresh = -30 <= age <= 300
     if answer.status == 202:
@@ -402,6 +465,8 @@ async def test_property_any_request_gets_a_documented_answer_and_only_valid_sign
         assert set(document) >= {"type", "title", "status", "detail"}
         if not (signed and fresh):
             assert answer.status == 401
+        if answer.status == 415:
+            assert encoding_problem(body) is not None
         if answer.status == 400:
             assert document["errors"]
             assert all(set(error) == {"pointer", "detail"} for error in document["errors"])

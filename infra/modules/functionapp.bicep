@@ -104,6 +104,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'GRANTS_RETRY_MAX_SECONDS', value: '900' }
         { name: 'GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS', value: '600' }
         { name: 'GRAPH_WRITE_RATE', value: graphWriteRate }
+        { name: 'GRANTS_SETTLEMENT_TIMEOUT_SECONDS', value: '5' }
         { name: 'GRANTS_POLICY', value: grantsPolicy }
         { name: 'GRANTS_DRY_RUN', value: 'false' }
         { name: 'GRANTS_HR_RULES', value: hrRules }

@@ -45,6 +45,8 @@ __all__ = [
     "derived_request_id",
     "draft",
     "encode",
+    "encoding_problem",
+    "load_json",
     "parse_grant",
     "parse_guid",
     "parse_target",
@@ -64,7 +66,9 @@ Guid = NewType("Guid", str)
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII | re.IGNORECASE)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}", re.ASCII)
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})", re.ASCII)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+#: Not allowed in free text: C0 and C1 controls, DEL, the Unicode line and paragraph separators, and lone surrogates
+#: (a JSON escape like \ud800 yields one; no UTF-8 can carry it on).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 #: A callback URL as the contract reads it: http(s), then printable ASCII only (an internationalized host in its
 #: xn-- form). Which URLs the app will call is decided later, by the callback policy (shared/core/callbacks.py).
 _CALLBACK_URL = re.compile(r"https?://[!-~]+", re.ASCII)
@@ -294,7 +298,7 @@ def parse_grant(body: bytes) -> GrantCommand:
             Reason.MESSAGE_TOO_LARGE,
             f"the message body is {len(body)} bytes; the limit is {MAX_MESSAGE_BYTES} bytes",
         )
-    document = _load_json(body)
+    document = load_json(body)
     if not isinstance(document, dict):
         raise ContractError(Reason.INVALID_JSON, "the message body must be a JSON object")
     request_id = _peek_request_id(document)
@@ -304,15 +308,46 @@ def parse_grant(body: bytes) -> GrantCommand:
         raise ContractError(error.reason, error.description, request_id=request_id) from None
 
 
-def _load_json(body: bytes) -> Any:
-    if body.startswith(b"\xef\xbb\xbf"):
-        raise ContractError(
-            Reason.INVALID_JSON, "the message body starts with a byte-order mark; send UTF-8 without BOM"
-        )
+def encoding_problem(body: bytes) -> str | None:
+    """Why `body` is not what RFC 8259 requires of JSON text on the wire (UTF-8, no byte-order mark), or None:
+    a byte-order mark, UTF-16 or UTF-32 (told by their byte-order marks, or by the NULs of ASCII text in them), or
+    bytes that are not UTF-8."""
+    for mark, name in _BYTE_ORDER_MARKS:
+        if body.startswith(mark):
+            if name == "UTF-8":
+                return "the message body starts with a byte-order mark; send UTF-8 without BOM"
+            return f"the message body is {name} (it starts with that byte-order mark); send UTF-8"
+    head = body[:4]
+    if len(head) == 4 and b"\x00" in head:  # JSON text starts with ASCII: NULs beside it are a wider encoding
+        nuls = [byte == 0 for byte in head]
+        if nuls in ([True, True, True, False], [False, True, True, True]):
+            return "the message body is UTF-32; send UTF-8"
+        if nuls in ([True, False, True, False], [False, True, False, True]):
+            return "the message body is UTF-16; send UTF-8"
     try:
-        text = body.decode("utf-8")
+        body.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ContractError(Reason.INVALID_JSON, f"the message body is not UTF-8 (byte {error.start})") from None
+        return f"the message body is not UTF-8 (byte {error.start})"
+    return None
+
+
+#: Longest first: the UTF-32 LE mark begins with the UTF-16 LE one.
+_BYTE_ORDER_MARKS: Final = (
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\xef\xbb\xbf", "UTF-8"),
+    (b"\xfe\xff", "UTF-16"),
+    (b"\xff\xfe", "UTF-16"),
+)
+
+
+def load_json(body: bytes) -> Any:
+    """The JSON value in `body`, read as strictly as a message body: UTF-8 without a byte-order mark (see
+    `encoding_problem`), no key twice in one object, no NaN or Infinity; raise `ContractError(InvalidJson)`
+    saying what is wrong (a duplicate key by name). The webhook reads its requests with it too."""
+    if (problem := encoding_problem(body)) is not None:
+        raise ContractError(Reason.INVALID_JSON, problem)
+    text = body.decode("utf-8")
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except ContractError:
@@ -513,9 +548,14 @@ def _timestamp(doc: Mapping[str, Any], name: str) -> datetime | None:
         return None
     if _TIMESTAMP.fullmatch(value):
         try:
-            return datetime.fromisoformat(value).astimezone(UTC)
+            written = datetime.fromisoformat(value)
         except ValueError:
             pass
+        else:
+            try:
+                return written.astimezone(UTC)
+            except OverflowError:  # a valid local time whose UTC one lies before year 1 or after year 9999
+                raise _violation(name, "must be between years 1 and 9999 once converted to UTC") from None
     raise _violation(name, "must be an RFC 3339 timestamp with a time zone, e.g. 2027-01-31T00:00:00Z")
 
 

@@ -33,7 +33,9 @@ __all__ = ["TIER0_ROLE_TEMPLATES", "GrantPolicy", "SourceRules"]
 
 ANY: Final = "*"
 
-#: Built-in deny list: roles that control the tenant (Microsoft labels them PRIVILEGED). Template ids.
+#: Built-in deny list: roles that control the tenant, its sign-in or its credentials, or are reserved for Microsoft's
+#: own services. Template ids, from Microsoft's "Microsoft Entra built-in roles" page; why each is here, and why
+#: some roles Microsoft labels PRIVILEGED are not: README, Guardrails.
 TIER0_ROLE_TEMPLATES: Final[Mapping[str, str]] = {
     "62e90394-69f5-4237-9190-012177145e10": "Global Administrator",
     "e8611ab8-c189-46e8-94e1-60213ab1f814": "Privileged Role Administrator",
@@ -46,6 +48,18 @@ TIER0_ROLE_TEMPLATES: Final[Mapping[str, str]] = {
     "c4e39bd9-1100-46d3-8c65-fb160da0071f": "Authentication Administrator",
     "fe930be7-5e62-47db-91af-98c3a49a38b1": "User Administrator",
     "e00e864a-17c5-4a4b-9c06-f5b95a8d5bd8": "Partner Tier2 Support",
+    "4ba39ca4-527c-499a-b93d-d9b492c50246": "Partner Tier1 Support",
+    "d29b2b05-8046-44ba-8758-1e26182fcf32": "Directory Synchronization Accounts",
+    "9360feb5-f418-4baa-8175-e2a00bac4301": "Directory Writers",
+    "3a2c62db-5318-420d-8d74-23affee5d9d5": "Intune Administrator",
+    "0526716b-113d-4c15-b2c8-68e3c22b9f80": "Authentication Policy Administrator",
+    "25a516ed-2fa0-40ea-a2d0-12923a21473a": "Authentication Extensibility Administrator",
+    "8329153b-31d0-4727-b945-745eb3bc5f31": "Domain Name Administrator",
+    "be2f45a1-457d-42af-a067-6ec1fa63bc45": "External Identity Provider Administrator",
+    "aaf43236-0c0d-4d5f-883a-6955382ac081": "B2C IEF Keyset Administrator",
+    "db506228-d27e-4b7d-95e5-295956d6615f": "Agent ID Administrator",
+    "59d46f88-662b-457b-bceb-5c3809e5908f": "Lifecycle Workflows Administrator",
+    "5f2222b1-57c3-48ba-8ad5-d4759f1fde6f": "Security Operator",
 }
 
 _RULE_KEYS: Final = ("actions", "administrativeUnits", "directoryRoles", "scopedRoles")

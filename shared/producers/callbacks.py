@@ -22,6 +22,7 @@ the callback's host, never its full URL (a query may hold a token).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -49,7 +50,16 @@ from shared.core.messaging import (
 )
 from shared.core.retry import GiveUp, RetryPolicy
 from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from shared.service.settlement import Settled, abandon, complete, deadletter, log_outcome
+from shared.service.settlement import (
+    DEFAULT_SETTLEMENT_TIMEOUT,
+    Settled,
+    Settlement,
+    abandon,
+    complete,
+    deadletter,
+    log_outcome,
+    settle_within,
+)
 
 __all__ = ["ATTEMPT_HEADER", "EVENT_ID_HEADER", "settle_callback"]
 
@@ -71,6 +81,7 @@ async def settle_callback(
     sender: MessageSender | None,
     retry_policy: RetryPolicy,
     now: Callable[[], datetime],
+    settlement_timeout: float = DEFAULT_SETTLEMENT_TIMEOUT,
 ) -> Settled:
     """Deliver one outcome event's callback and settle the delivery; return how it ended (also logged)."""
     started = now()
@@ -87,11 +98,29 @@ async def settle_callback(
         "attempts": attempt,
         "startedAt": started.isoformat(),
     }
+
+    def logged(how: Settled) -> None:
+        log_outcome(
+            "callback",
+            how,
+            record
+            | {
+                "outcome": how.outcome,
+                "reason": how.reason,
+                "description": how.description,
+                "terminal": how.terminal,
+                "finishedAt": now().isoformat(),
+            },
+        )
+
+    settlement: Settlement
     url = delivery.application_property(CALLBACK_URL)
     if not url:  # the subscription's filter lets none through, but a rule being replaced might: nothing to call
-        complete(actions, delivery)
         settled = Settled(outcome="skipped", reason=None, description="no callbackUrl", attempts=attempt, terminal=True)
-        log_outcome("callback", settled, record | {"outcome": "skipped", "description": settled.description})
+        settled = await settle_within(
+            functools.partial(complete, actions, delivery), settled, deadline=settlement_timeout, late=logged
+        )
+        logged(settled)
         return settled
     try:
         target = _target(url, policy, source)
@@ -119,16 +148,18 @@ async def settle_callback(
         }
         answer = await client.post(target, body=delivery.body, headers=headers)
     except PermanentError as error:
-        settled = _deadletter(actions, delivery, error, why=None, attempt=attempt)
+        settled, settlement = _deadletter(actions, delivery, error, why=None, attempt=attempt)
     except TransientError as error:
         decision = retry_policy.decide(attempt=attempt, error=error, elapsed=_elapsed(delivery, started))
         if isinstance(decision, GiveUp):
-            settled = _deadletter(actions, delivery, error, why=decision.why, attempt=attempt)
+            settled, settlement = _deadletter(actions, delivery, error, why=decision.why, attempt=attempt)
         else:
-            settled = await _schedule_retry(actions, sender, delivery, error, started, decision.delay, attempt)
+            settled, settlement = await _schedule_retry(
+                actions, sender, delivery, error, started, decision.delay, attempt
+            )
     except Exception as error:
         _log.exception("unexpected error while delivering callback %s; abandoning it", delivery.original_message_id)
-        abandon(actions, delivery)
+        settlement = functools.partial(abandon, actions, delivery)
         settled = Settled(
             outcome="abandoned",
             reason=None,
@@ -138,7 +169,7 @@ async def settle_callback(
         )
     else:
         record["status"] = answer.status
-        complete(actions, delivery)
+        settlement = functools.partial(complete, actions, delivery)
         settled = Settled(
             outcome="delivered",
             reason=None,
@@ -146,14 +177,8 @@ async def settle_callback(
             attempts=attempt,
             terminal=True,
         )
-    record.update(
-        outcome=settled.outcome,
-        reason=settled.reason,
-        description=settled.description,
-        terminal=settled.terminal,
-        finishedAt=now().isoformat(),
-    )
-    log_outcome("callback", settled, record)
+    settled = await settle_within(settlement, settled, deadline=settlement_timeout, late=logged)
+    logged(settled)
     return settled
 
 
@@ -166,17 +191,19 @@ def _target(url: object, policy: CallbackPolicy, source: str | None) -> Callback
 
 def _deadletter(
     actions: MessageActions, delivery: Delivery, error: GrantError, *, why: str | None, attempt: int
-) -> Settled:
+) -> tuple[Settled, Settlement]:
     parts = [error.description, *([why] if why else []), f"Attempts: {attempt}. The grant itself is unaffected."]
     description = clip(" ".join(_sentence(part) for part in parts), MAX_DESCRIPTION_CHARS)
-    deadletter(actions, delivery, reason=Reason.CALLBACK_FAILED.value, description=description)
+    settlement = functools.partial(
+        deadletter, actions, delivery, reason=Reason.CALLBACK_FAILED.value, description=description
+    )
     return Settled(
         outcome="dead_lettered",
         reason=Reason.CALLBACK_FAILED.value,
         description=description,
         attempts=attempt,
         terminal=True,
-    )
+    ), settlement
 
 
 async def _schedule_retry(
@@ -187,7 +214,7 @@ async def _schedule_retry(
     started: datetime,
     delay: float,
     attempt: int,
-) -> Settled:
+) -> tuple[Settled, Settlement]:
     when = started + timedelta(seconds=delay)
     properties: dict[str, str | int] = {
         name: str(value) for name in _CARRIED if (value := delivery.application_property(name)) is not None
@@ -210,22 +237,20 @@ async def _schedule_retry(
         _log.exception(
             "could not schedule the next callback attempt of %s; abandoning it", delivery.original_message_id
         )
-        abandon(actions, delivery)
         return Settled(
             outcome="abandoned",
             reason=error.reason.value,
             description=f"{_sentence(error.description)} The retry copy could not be sent; Service Bus will redeliver.",
             attempts=attempt,
             terminal=False,
-        )
-    complete(actions, delivery)
+        ), functools.partial(abandon, actions, delivery)
     return Settled(
         outcome="retry_scheduled",
         reason=error.reason.value,
         description=f"{_sentence(error.description)} Attempt {attempt + 1} scheduled for {when.isoformat()}.",
         attempts=attempt,
         terminal=False,
-    )
+    ), functools.partial(complete, actions, delivery)
 
 
 def _first_attempt_at(delivery: Delivery, default: datetime) -> datetime:

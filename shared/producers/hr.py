@@ -26,6 +26,7 @@ duplicate detection absorbs what had been sent). One ``hr-event <outcome> {json}
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -51,7 +52,16 @@ from shared.core.contract import (
 from shared.core.errors import ContractError, Reason
 from shared.core.messaging import MAX_DESCRIPTION_CHARS, Delivery, MessageActions, MessageSender, clip
 from shared.producers.hr_rules import ATTRIBUTES, HrRules
-from shared.service.settlement import Settled, abandon, complete, deadletter, log_outcome
+from shared.service.settlement import (
+    DEFAULT_SETTLEMENT_TIMEOUT,
+    Settled,
+    Settlement,
+    abandon,
+    complete,
+    deadletter,
+    log_outcome,
+    settle_within,
+)
 
 __all__ = ["HrEvent", "derive_messages", "effective_at", "parse_event", "settle_hr_event"]
 
@@ -195,6 +205,7 @@ async def settle_hr_event(
     sender: MessageSender,
     now: Callable[[], datetime],
     time_zone: str = "UTC",
+    settlement_timeout: float = DEFAULT_SETTLEMENT_TIMEOUT,
 ) -> Settled:
     """Turn one HR event into grant messages on the grants queue, each scheduled for the event's effective time
     (`effective_at`), and settle it; return how it ended (logged)."""
@@ -206,8 +217,11 @@ async def settle_hr_event(
         event = parse_event(delivery.body, message_id=delivery.message_id or "")
         messages = derive_messages(event, rules, received_at=delivery.enqueued_time or now())
     except ContractError as error:
-        deadletter(actions, delivery, reason=error.reason.value, description=error.description)
-        return _logged(delivery, event, sent, "dead_lettered", error.reason.value, error.description)
+        dead = functools.partial(
+            deadletter, actions, delivery, reason=error.reason.value, description=error.description
+        )
+        settled = _settled(delivery, "dead_lettered", error.reason.value, error.description)
+        return await _logged(dead, settled, delivery, event, sent, settlement_timeout)
     received = now()
     due = effective_at(event, zone=time_zone, leavers=rules.leavers, now=received)
     try:
@@ -218,26 +232,47 @@ async def settle_hr_event(
             sent.append(request_id)
     except Exception:
         _logger.exception("could not send the grants of HR event %s; abandoning it", json.dumps(event.event_id))
-        abandon(actions, delivery)
         description = f"sent {len(sent)} of {len(messages)} grant messages; Service Bus will redeliver the event"
-        return _logged(delivery, event, sent, "abandoned", None, description)
-    complete(actions, delivery)
+        settled = _settled(delivery, "abandoned", None, description)
+        return await _logged(
+            functools.partial(abandon, actions, delivery), settled, delivery, event, sent, settlement_timeout
+        )
     when = f", scheduled for {due.isoformat()}" if due > received else ""
-    done = f"{event.kind}: {len(messages)} grant message(s) sent{when}"
-    return _logged(delivery, event, sent, "completed", None, done)
+    settled = _settled(delivery, "completed", None, f"{event.kind}: {len(messages)} grant message(s) sent{when}")
+    return await _logged(
+        functools.partial(complete, actions, delivery), settled, delivery, event, sent, settlement_timeout
+    )
 
 
-def _logged(
-    delivery: Delivery, event: HrEvent | None, sent: list[str], outcome: str, reason: str | None, description: str
-) -> Settled:
-    """How the event's delivery ended, logged as its ``hr-event`` outcome line."""
-    settled = Settled(
+def _settled(delivery: Delivery, outcome: str, reason: str | None, description: str) -> Settled:
+    return Settled(
         outcome=outcome,
         reason=reason,
         description=clip(description, MAX_DESCRIPTION_CHARS),
         attempts=delivery.delivery_count,
         terminal=outcome != "abandoned",
     )
+
+
+async def _logged(
+    settlement: Settlement,
+    settled: Settled,
+    delivery: Delivery,
+    event: HrEvent | None,
+    sent: list[str],
+    deadline: float,
+) -> Settled:
+    """Make `settlement` and log how the event's delivery ended as its ``hr-event`` outcome line."""
+
+    def logged(how: Settled) -> None:
+        _log_event(delivery, event, sent, how)
+
+    settled = await settle_within(settlement, settled, deadline=deadline, late=logged)
+    logged(settled)
+    return settled
+
+
+def _log_event(delivery: Delivery, event: HrEvent | None, sent: list[str], settled: Settled) -> None:
     record: dict[str, Any] = {
         "messageId": delivery.message_id,
         "eventId": event.event_id if event else None,
@@ -252,7 +287,6 @@ def _logged(
         "grantRequestIds": sent,
     }
     log_outcome("hr-event", settled, record)
-    return settled
 
 
 def _attributes(document: Mapping[str, Any], prefix: str) -> dict[str, str | None]:

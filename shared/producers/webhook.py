@@ -8,12 +8,14 @@ Checks, in this order, each answered with RFC 9457 problem details (``applicatio
 4. ``X-Grants-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`` matches (constant-time) and
    ``X-Grants-Timestamp`` (unix seconds) is at most 5 minutes old and not in the future (30 s of clock
    skew tolerated), else ``401``;
-5. the body is a v1 grant message with ``source.system = "ticketing"``, or a ticket payload mapped into one,
-   and passes the same parser the queue trigger uses, and its requestId has no ":" (the app's derived ids
-   use it), and its callback URL, if any (``callback.url``; a ticket's ``callbackUrl``), is one the callback
-   policy allows for ticketing (`CallbackPolicy.check`: https, an allow-listed host, no IP literal, no
-   userinfo), else ``400`` listing the invalid fields. A refused callback URL is never called;
-6. the grant ledger holds no other content for its requestId, else ``409`` (a request id names one request).
+5. the body is UTF-8 without a byte-order mark (not UTF-16 or UTF-32, whatever the charset said), else ``415``;
+6. the body is JSON as the trigger reads it (`load_json`: no key twice, no NaN): a v1 grant message with
+   ``source.system = "ticketing"``, or a ticket payload mapped into one, that passes the same parser the queue
+   trigger uses, and its requestId has no ":" (the app's own request ids use it), and its callback URL, if any
+   (``callback.url``; a ticket's ``callbackUrl``), is one the callback policy allows for ticketing
+   (`CallbackPolicy.check`: https, an allow-listed host, no IP literal, no userinfo), else ``400`` listing the
+   invalid fields. A refused callback URL is never called;
+7. the grant ledger holds no other content for its requestId, else ``409`` (a request id names one request).
 
 Then the message, with ``requestedAt`` = the receive time unless it has one, is sent to the grants queue with
 MessageId ``~webhook:<digest of requestId and content>`` (a webhook fired twice is absorbed by duplicate
@@ -36,7 +38,16 @@ from datetime import datetime
 from typing import Any, Final
 
 from shared.core.callbacks import CallbackPolicy, CallbackRefused
-from shared.core.contract import MAX_MESSAGE_BYTES, GrantCommand, draft, encode, parse_grant, problems
+from shared.core.contract import (
+    MAX_MESSAGE_BYTES,
+    GrantCommand,
+    draft,
+    encode,
+    encoding_problem,
+    load_json,
+    parse_grant,
+    problems,
+)
 from shared.core.errors import ContractError, Reason
 from shared.core.intents import content_hash
 from shared.core.messaging import MessageSender, derived_message_id
@@ -140,6 +151,8 @@ async def receive(
     if refusal is not None:
         _log.warning("webhook refused an unauthenticated request: %s", refusal)
         return _problem(401, "unauthenticated", "Signature not accepted", refusal)
+    if (problem := encoding_problem(body)) is not None:
+        return _problem(415, "unsupported-media-type", "Unsupported media type", problem)
     message, errors = _message(body, callbacks or CallbackPolicy())
     if errors:
         return _problem(400, "invalid-request", "Invalid grant request", "the request has invalid fields", errors)
@@ -200,9 +213,9 @@ def webhook_message_id(command: GrantCommand) -> str:
 def _message(body: bytes, callbacks: CallbackPolicy) -> tuple[GrantCommand | None, Problems]:
     """The command to enqueue for a valid body, or the problems with its fields."""
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        document = None
+        document = load_json(body)  # the contract's reader: a key given twice is refused by name
+    except ContractError as error:
+        return None, [_error("", error.description)]
     if not isinstance(document, dict):
         return None, _problems(body, None, {})
     errors: Problems = []

@@ -19,14 +19,28 @@ without its event.
 
 `complete`, `abandon` and `deadletter` are the only calls to `MessageActions` in the app (the HR path uses
 them too), and `log_outcome` writes every outcome line, on the ``shared.outcome`` logger.
+
+Settlement calls block: the extension's `ServiceBusMessageActions` makes a synchronous gRPC call to the host,
+without a deadline. So each runs on a thread of its own (`SETTLEMENT_THREADS` daemon threads at most, shared by
+the process; a call beyond them waits its turn), and the event loop waits for it at most `deadline` seconds
+(``GRANTS_SETTLEMENT_TIMEOUT_SECONDS``). A call that does not answer in time raises `SettlementTimeout`: the
+delivery's outcome line is ``unsettled`` (a warning, not terminal, naming what had been decided) and the message
+is left to its lock expiry, after which Service Bus delivers it again (grants are idempotent). A call still
+waiting on its thread may finish later: if it succeeds, the delivery's outcome line as decided is written then;
+if it fails, one info line says so. A call that had not started when its deadline passed never runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import logging
+import queue
+import threading
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -66,7 +80,11 @@ from shared.core.retry import GiveUp, RetryPolicy
 from shared.service.membership import Result
 
 __all__ = [
+    "DEFAULT_SETTLEMENT_TIMEOUT",
+    "SETTLEMENT_THREADS",
     "Settled",
+    "Settlement",
+    "SettlementTimeout",
     "abandon",
     "complete",
     "deadletter",
@@ -75,6 +93,7 @@ __all__ = [
     "outcome_log",
     "retry_message_id",
     "settle",
+    "settle_within",
 ]
 
 outcome_log = logging.getLogger("shared.outcome")
@@ -99,30 +118,151 @@ class Settled:
     terminal: bool
 
 
-def complete(actions: MessageActions, delivery: Delivery) -> None:
+#: Seconds a settlement call may take (``GRANTS_SETTLEMENT_TIMEOUT_SECONDS``); the host answers in milliseconds.
+DEFAULT_SETTLEMENT_TIMEOUT: Final = 5.0
+#: Threads for settlement calls: two triggers x host.json's maxConcurrentCalls (16), so that calls the host never
+#: answers hold threads of their own and later calls still get one (beyond it, a call waits within its deadline).
+SETTLEMENT_THREADS: Final = 32
+
+
+class SettlementTimeout(Exception):
+    """The host did not answer a settlement call within its deadline; the message is left to its lock expiry.
+
+    `late` is the call still running on its thread (None when it never started and never will).
+    """
+
+    def __init__(self, method: str, seconds: float, late: Future[None] | None) -> None:
+        super().__init__(f"the host did not answer {method} within {seconds:g} s")
+        self.method = method
+        self.seconds = seconds
+        self.late = late
+
+
+class _SettlementThreads:
+    """A small pool of daemon threads for blocking settlement calls: one the host never answers holds its
+    thread, never the event loop, and never keeps the process from exiting (unlike concurrent.futures')."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._work: queue.SimpleQueue[tuple[Future[None], Callable[[], None]]] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)  # one release per thread waiting for work
+        self._lock = threading.Lock()
+        self._threads = 0
+
+    def submit(self, call: Callable[[], None]) -> Future[None]:
+        future: Future[None] = Future()
+        self._work.put((future, call))
+        if not self._idle.acquire(blocking=False):
+            with self._lock:
+                if self._threads < self._size:
+                    self._threads += 1
+                    threading.Thread(target=self._serve, name=f"settlement-{self._threads}", daemon=True).start()
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            future, call = self._work.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    call()
+                except BaseException as error:  # handed to the caller, as concurrent.futures does
+                    future.set_exception(error)
+                else:
+                    future.set_result(None)
+            self._idle.release()
+
+
+_threads = _SettlementThreads(SETTLEMENT_THREADS)
+
+
+async def _call(method: str, call: Callable[[], None], deadline: float) -> None:
+    """Run `call` on a settlement thread; wait for it at most `deadline` seconds (then `SettlementTimeout`)."""
+    future = _threads.submit(call)
+    try:
+        await asyncio.wait_for(asyncio.wrap_future(future), deadline)
+    except TimeoutError:
+        # wait_for cancelled the wrapper, and with it the call if it had not started yet
+        raise SettlementTimeout(method, deadline, None if future.cancelled() else future) from None
+
+
+async def complete(
+    actions: MessageActions, delivery: Delivery, *, deadline: float = DEFAULT_SETTLEMENT_TIMEOUT
+) -> None:
     """Remove the message from the queue for good."""
-    actions.complete(delivery.message)
+    await _call("complete", functools.partial(actions.complete, delivery.message), deadline)
 
 
-def abandon(actions: MessageActions, delivery: Delivery) -> None:
+async def abandon(actions: MessageActions, delivery: Delivery, *, deadline: float = DEFAULT_SETTLEMENT_TIMEOUT) -> None:
     """Release the message's lock: Service Bus delivers it again (and counts the delivery)."""
-    actions.abandon(delivery.message)
+    await _call("abandon", functools.partial(actions.abandon, delivery.message), deadline)
 
 
-def deadletter(actions: MessageActions, delivery: Delivery, *, reason: str, description: str) -> None:
+async def deadletter(
+    actions: MessageActions,
+    delivery: Delivery,
+    *,
+    reason: str,
+    description: str,
+    deadline: float = DEFAULT_SETTLEMENT_TIMEOUT,
+) -> None:
     """Move the message to the dead-letter sub-queue with `reason` and `description`, clipped to Service Bus's
     limits."""
-    actions.deadletter(
+    call = functools.partial(
+        actions.deadletter,
         delivery.message,
         deadletter_reason=clip(reason, MAX_REASON_CHARS),
         deadletter_error_description=clip(description, MAX_DESCRIPTION_CHARS),
     )
+    await _call("deadletter", call, deadline)
+
+
+#: A settlement still to make: `complete`, `abandon` or `deadletter` with its arguments but the `deadline`.
+Settlement = Callable[..., Awaitable[None]]
+
+
+async def settle_within(
+    settlement: Settlement, settled: Settled, *, deadline: float, late: Callable[[Settled], None]
+) -> Settled:
+    """Make `settlement` (decided as `settled`) within `deadline` seconds and return `settled`; if the host does not
+    answer in time, return it as ``unsettled`` (not terminal; the message is left to its lock expiry) and call
+    `late` with `settled` should the call still succeed later (from the settlement's thread)."""
+    try:
+        await settlement(deadline=deadline)
+    except SettlementTimeout as stalled:
+        if stalled.late is not None:
+            stalled.late.add_done_callback(functools.partial(_finished_late, settled, stalled.method, late))
+        return Settled(
+            outcome="unsettled",
+            reason=settled.reason,
+            description=clip(
+                f"{settled.outcome}: {_sentence(settled.description)} But {stalled}: the message is left to its "
+                "lock expiry and Service Bus delivers it again; should the call still succeed, this outcome is "
+                "logged then.",
+                MAX_DESCRIPTION_CHARS,
+            ),
+            attempts=settled.attempts,
+            terminal=False,
+        )
+    return settled
+
+
+def _finished_late(settled: Settled, method: str, late: Callable[[Settled], None], call: Future[None]) -> None:
+    if call.cancelled():
+        return
+    if (error := call.exception()) is None:
+        late(settled)
+    else:
+        _log.info(
+            "a %s that answered after its deadline failed (%s); Service Bus delivers the message again",
+            method,
+            type(error).__name__,
+        )
 
 
 def log_outcome(kind: str, settled: Settled, record: dict[str, Any]) -> None:
     """One outcome line: ``<kind> <outcome> <record as JSON>``, the record also as the log record's `kind`
     attribute (e.g. ``grant``, ``hrEvent``); a warning when the delivery was dead-lettered or abandoned."""
-    level = logging.WARNING if settled.outcome in ("dead_lettered", "abandoned") else logging.INFO
+    level = logging.WARNING if settled.outcome in ("dead_lettered", "abandoned", "unsettled") else logging.INFO
     attribute = "hrEvent" if kind == "hr-event" else kind
     outcome_log.log(level, "%s %s %s", kind, settled.outcome, json.dumps(record), extra={attribute: record})
 
@@ -156,33 +296,34 @@ async def settle(
     retry_policy: RetryPolicy,
     now: Callable[[], datetime],
     publisher: OutcomePublisher | None = None,
+    settlement_timeout: float = DEFAULT_SETTLEMENT_TIMEOUT,
 ) -> Settled:
-    """Process one grant delivery with `handle` and settle it; return how it ended (also logged). With a
-    `publisher`, a terminal outcome's event is published before the message is settled."""
+    """Process one grant delivery with `handle` and settle it (a terminal outcome published first, with a
+    `publisher`); return how it ended (also logged)."""
     attempt = _Attempt(delivery, delivery.attempt, now())
-    finish = _Finisher(actions, attempt, publisher, now)
+    settlement: Settlement
     try:
         attempt.command = parse_grant(delivery.body)
         attempt.request_id = attempt.command.request_id
         result = await handle(attempt.command)
     except ContractError as error:
         attempt.request_id = error.request_id
-        settled = await finish.deadletter(error, why=None)
+        settled, settlement = _deadletter(actions, attempt, error, why=None)
     except PermanentError as error:
-        settled = await finish.deadletter(attempt.noting(error), why=None)
+        settled, settlement = _deadletter(actions, attempt, attempt.noting(error), why=None)
     except TransientError as error:
         attempt.noting(error)
         first_attempt_at = _first_attempt_at(delivery, attempt.started)
         elapsed = (attempt.started - first_attempt_at).total_seconds()
         decision = retry_policy.decide(attempt=attempt.number, error=error, elapsed=elapsed)
         if isinstance(decision, GiveUp):
-            settled = await finish.deadletter(error, why=decision.why)
+            settled, settlement = _deadletter(actions, attempt, error, why=decision.why)
         else:
             when = attempt.started + timedelta(seconds=decision.delay)
-            settled = await _schedule_retry(actions, sender, attempt, error, first_attempt_at, when)
+            settled, settlement = await _schedule_retry(actions, sender, attempt, error, first_attempt_at, when)
     except Exception as error:
         _log.exception("unexpected error while processing message %s; abandoning it", _safe(delivery.message_id))
-        abandon(actions, delivery)
+        settlement = functools.partial(abandon, actions, delivery)
         settled = Settled(
             outcome="abandoned",
             reason=None,
@@ -193,63 +334,18 @@ async def settle(
     else:
         attempt.graph_request_id = result.graph.request_id if result.graph else None
         attempt.role_template_id = result.role_template_id
-        settled = await finish.complete(
-            Settled(
-                outcome=result.outcome.value,
-                reason=None,
-                description=result.description,
-                attempts=attempt.number,
-                terminal=True,
-            )
+        settlement = functools.partial(complete, actions, delivery)
+        settled = Settled(
+            outcome=result.outcome.value,
+            reason=None,
+            description=result.description,
+            attempts=attempt.number,
+            terminal=True,
         )
-    record = attempt.record if attempt.record is not None and settled.terminal else None
-    log_outcome("grant", settled, record or _record(attempt, settled, now()))
-    return settled
 
-
-class _Finisher:
-    """Ends a delivery with a terminal outcome: publish its event (with a publisher), then settle."""
-
-    def __init__(
-        self,
-        actions: MessageActions,
-        attempt: _Attempt,
-        publisher: OutcomePublisher | None,
-        now: Callable[[], datetime],
-    ) -> None:
-        self._actions, self._attempt, self._publisher, self._now = actions, attempt, publisher, now
-
-    async def complete(self, settled: Settled) -> Settled:
-        if not await self._published(settled):
-            return self._abandoned(settled)
-        complete(self._actions, self._attempt.delivery)
-        return settled
-
-    async def deadletter(self, error: GrantError, *, why: str | None) -> Settled:
-        settled = _dead_lettered(self._attempt, error, why=why)
-        if not await self._published(settled):
-            return self._abandoned(settled)
-        deadletter(self._actions, self._attempt.delivery, reason=settled.reason or "", description=settled.description)
-        return settled
-
-    async def _published(self, settled: Settled) -> bool:
-        """True when there is no topic, or the event is published; False (logged) when publishing failed."""
-        if self._publisher is None:
-            return True
-        attempt = self._attempt
-        attempt.record = _record(attempt, settled, self._now())
-        try:
-            await self._publisher.publish(**outcome_event(attempt.delivery, attempt.command, settled, attempt.record))
-        except Exception:
-            _log.exception(
-                "could not publish the %s event of %s; abandoning it", settled.outcome, _safe(attempt.request_id)
-            )
-            return False
-        return True
-
-    def _abandoned(self, settled: Settled) -> Settled:
-        abandon(self._actions, self._attempt.delivery)
-        return Settled(
+    if settled.terminal and publisher is not None and not await _published(publisher, attempt, settled, now):
+        settlement = functools.partial(abandon, actions, delivery)
+        settled = Settled(
             outcome="abandoned",
             reason=settled.reason,
             description=f"{_sentence(settled.description)} Its {settled.outcome} event could not be published; "
@@ -257,6 +353,29 @@ class _Finisher:
             attempts=settled.attempts,
             terminal=False,
         )
+
+    def logged(how: Settled) -> None:
+        published = attempt.record if attempt.record is not None and how.terminal else None
+        log_outcome("grant", how, published or _record(attempt, how, now()))
+
+    settled = await settle_within(settlement, settled, deadline=settlement_timeout, late=logged)
+    logged(settled)
+    return settled
+
+
+async def _published(
+    publisher: OutcomePublisher, attempt: _Attempt, settled: Settled, now: Callable[[], datetime]
+) -> bool:
+    """Publish the terminal outcome's event; False (logged) when that failed."""
+    attempt.record = _record(attempt, settled, now())
+    try:
+        await publisher.publish(**outcome_event(attempt.delivery, attempt.command, settled, attempt.record))
+    except Exception:
+        _log.exception(
+            "could not publish the %s event of %s; abandoning it", settled.outcome, _safe(attempt.request_id)
+        )
+        return False
+    return True
 
 
 def outcome_event(
@@ -289,7 +408,9 @@ def outcome_event(
     }
 
 
-def _dead_lettered(attempt: _Attempt, error: GrantError, *, why: str | None) -> Settled:
+def _deadletter(
+    actions: MessageActions, attempt: _Attempt, error: GrantError, *, why: str | None
+) -> tuple[Settled, Settlement]:
     parts = [error.description]
     if why:
         parts.append(why)
@@ -300,13 +421,16 @@ def _dead_lettered(attempt: _Attempt, error: GrantError, *, why: str | None) -> 
         )
     parts.append(f"Attempts: {attempt.number}.")
     description = clip(" ".join(_sentence(part) for part in parts), MAX_DESCRIPTION_CHARS)
+    settlement = functools.partial(
+        deadletter, actions, attempt.delivery, reason=error.reason.value, description=description
+    )
     return Settled(
         outcome="dead_lettered",
         reason=error.reason.value,
         description=description,
         attempts=attempt.number,
         terminal=True,
-    )
+    ), settlement
 
 
 async def _schedule_retry(
@@ -316,7 +440,8 @@ async def _schedule_retry(
     error: TransientError,
     first_attempt_at: datetime,
     when: datetime,
-) -> Settled:
+) -> tuple[Settled, Settlement]:
+    """Send the retry copy; then the original is to be completed (or abandoned, when the copy was not sent)."""
     delivery, command = attempt.delivery, attempt.command
     assert command is not None
     properties: dict[str, str | int] = {
@@ -336,22 +461,20 @@ async def _schedule_retry(
         )
     except Exception:
         _log.exception("could not schedule the retry copy of %s; abandoning it", command.request_id)
-        abandon(actions, delivery)
         return Settled(
             outcome="abandoned",
             reason=error.reason.value,
             description=f"{_sentence(error.description)} The retry copy could not be sent; Service Bus will redeliver.",
             attempts=attempt.number,
             terminal=False,
-        )
-    complete(actions, delivery)
+        ), functools.partial(abandon, actions, delivery)
     return Settled(
         outcome="retry_scheduled",
         reason=error.reason.value,
         description=f"{_sentence(error.description)} Attempt {attempt.number + 1} scheduled for {when.isoformat()}.",
         attempts=attempt.number,
         terminal=False,
-    )
+    ), functools.partial(complete, actions, delivery)
 
 
 def retry_message_id(delivery: Delivery, attempt: int) -> str:
