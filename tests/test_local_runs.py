@@ -85,6 +85,9 @@ def interrupt(args: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A shell without job control starts background commands with SIGINT ignored, and a child inherits
+            # that (Python then never installs its handler): give the command Ctrl-C as a terminal would.
+            preexec_fn=_default_sigint,
         )
         try:
             assert accepted.wait(60), "the command never reached the Graph or token endpoint"
@@ -93,6 +96,10 @@ def interrupt(args: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
         finally:
             process.kill()
     return process.returncode, out, err
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def assert_interrupted(code: int, err: str, command: str) -> None:
