@@ -103,7 +103,12 @@ class Services:
             now=self.now,
             publisher=self.publisher,
             settlement_timeout=self.settings.settlement_timeout_seconds,
+            recorder=self.record_status,
         )
+
+    async def record_status(self, request_id: str, record: dict[str, Any], overwrite: bool = True) -> bool:
+        """Write `request_id`'s status record in the ledger (raises `TransientError` when the ledger fails)."""
+        return await self.ledger.record_status(request_id, record, now=self.now(), overwrite=overwrite)
 
     async def settle_callback(self, message: Any, actions: MessageActions) -> Settled:
         """POST one outcome event to its callback URL, signed, and settle it (retry copy or dead letter on failure)."""

@@ -100,6 +100,7 @@ async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
         sender=current.sender,
         now=current.now,
         recorded=current.recorded_content,
+        accept=current.record_status,
         callbacks=current.settings.callbacks,
     )
     return func.HttpResponse(

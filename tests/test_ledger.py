@@ -318,3 +318,33 @@ async def test_throttled_or_failing_storage_is_transient_with_its_retry_after(
     assert f"HTTP {status} {code}" in caught.value.description
     assert seen.count("POST") == 1  # not retried by the SDK (the pair's read, sent at once, may not have arrived)
     assert seen.count("GET") <= 1
+
+
+# --- request status ---------------------------------------------------------------------------------------------
+
+
+async def test_a_status_is_recorded_beside_the_request_and_accepted_never_replaces_a_later_one(ledger: Ledger) -> None:
+    """accepted (create-only) then granted (merge): the record is the last one, acceptedAt kept; an accepted that
+    comes late changes nothing; the idempotency record of the same id is untouched; a job's rows are listed."""
+    hostile = 'RITM/1?#"\x00'
+    assert await ledger.status(hostile) is None
+    assert await ledger.record_status(hostile, {"status": "accepted", "attempts": 0}, now=T0, overwrite=False)
+    await admitted(ledger, intent(hostile))
+    later = T0 + timedelta(seconds=3)
+    granted = {"status": "granted", "attempts": 1, "jobId": "job-1", "graphRequestId": "g-1"}
+    assert await ledger.record_status(hostile, granted, now=later)
+    assert not await ledger.record_status(hostile, {"status": "accepted"}, now=later, overwrite=False)
+    record = await ledger.status(hostile)
+    assert record is not None
+    assert (record["requestId"], record["status"], record["attempts"], record["graphRequestId"]) == (
+        hostile,
+        "granted",
+        1,
+        "g-1",
+    )
+    assert (record["acceptedAt"], record["updatedAt"]) == (T0.isoformat(), later.isoformat())
+    recorded = await ledger.request(hostile)
+    assert recorded is not None
+    assert recorded.origin == "m-1"
+    assert [row["requestId"] for row in await ledger.job("job-1")] == [hostile]
+    assert await ledger.job("job-2") == []

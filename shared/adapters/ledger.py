@@ -19,9 +19,16 @@ Keys are `table_key`: a readable prefix of the id (characters outside ``A-Z a-z 
 a base32 SHA-256 digest of the whole id, so any id, however hostile (``/ \\ # ?``, control characters, quotes,
 lone surrogates, 1,000 characters), is a valid key, and two ids never share one.
 
+- **status** ``(request.<readable>.<digest>, "status")``: what a producer may ask about the request
+  (``GET /api/grants/{requestId}``): ``status``, ``requestId``, ``jobId``, ``acceptedAt``, ``updatedAt`` and
+  ``record``, the status record as JSON (`record_status`). It shares the request's partition and key but not its
+  row, so writing it never disturbs the idempotency record.
+
 Cost of one grant with no contention: `begin` sends the request's insert and the pair's read at once, then
 the pair's write; `finish` one write: four requests in three sequential round trips. A duplicate or a retry
-adds one read of the request entity. The client's own retries are off (``retry_total=0``): every storage
+adds one read of the request entity. The status adds one write per terminal outcome (made at settlement, in
+parallel with the outcome event's publish: no extra round trip when the topic is on) and one per webhook request
+(``accepted``, after the send). The client's own retries are off (``retry_total=0``): every storage
 failure (unreachable, timeout, 5xx, 429, or any other answer this adapter does not expect) raises
 `TransientError(LedgerUnavailable)`, and the message's retry policy decides when to try again.
 """
@@ -31,8 +38,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -80,6 +89,7 @@ MAX_RACES: Final = 5
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
 _REQUEST_ROW: Final = "request"
 _PAIR_ROW: Final = "pair"
+_STATUS_ROW: Final = "status"
 
 
 def table_key(kind: str, value: str) -> str:
@@ -211,6 +221,69 @@ class Ledger:
         """What is recorded for `request_id`, if anything."""
         return await self._read_request(request_id)
 
+    async def record_status(
+        self, request_id: str, record: Mapping[str, Any], *, now: datetime, overwrite: bool = True
+    ) -> bool:
+        """Write the status record of `request_id` (``record["status"]`` and the rest, as JSON); False when
+        `overwrite` is off and a status was there already (kept: ``accepted`` never replaces a later one).
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        status = str(record.get("status") or "")
+        entity: dict[str, Any] = {
+            "PartitionKey": table_key("request", request_id),
+            "RowKey": _STATUS_ROW,
+            "requestId": request_id,
+            "status": status,
+            "updatedAt": now,
+            "record": json.dumps(dict(record), separators=(",", ":"), ensure_ascii=False),
+        }
+        if record.get("jobId"):
+            entity["jobId"] = str(record["jobId"])
+        if status == "accepted":
+            entity["acceptedAt"] = now
+        try:
+            if overwrite:
+                await self._table.upsert_entity(entity, mode=UpdateMode.MERGE)  # keeps acceptedAt
+            else:
+                await self._table.create_entity(entity)
+        except ResourceExistsError:
+            return False
+        except AzureError as error:
+            raise _unavailable("record the status of a request", error) from error
+        return True
+
+    async def status(self, request_id: str) -> dict[str, Any] | None:
+        """The status record of `request_id` (with ``acceptedAt`` and ``updatedAt``), None when there is none.
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        try:
+            entity = await self._table.get_entity(table_key("request", request_id), _STATUS_ROW)
+        except ResourceNotFoundError as error:
+            if _absent(error):
+                return None
+            raise _unavailable("read the status of a request", error) from error
+        except AzureError as error:
+            raise _unavailable("read the status of a request", error) from error
+        return _status_record(entity)
+
+    async def job(self, job_id: str, *, limit: int = 100_000) -> list[dict[str, Any]]:
+        """The status records of bulk job `job_id`'s requests (one filtered query; at most `limit`).
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        query = "RowKey eq @row and jobId eq @job"
+        found: list[dict[str, Any]] = []
+        try:
+            async for entity in self._table.query_entities(query, parameters={"row": _STATUS_ROW, "job": job_id}):
+                found.append(_status_record(entity))
+                if len(found) >= limit:
+                    break
+        except AzureError as error:
+            raise _unavailable("list the requests of a job", error) from error
+        return found
+
     async def due_removals(self, *, now: datetime, limit: int = 1000) -> list[tuple[str, PairState]]:
         """Pairs whose pending removal is due at `now` (at most `limit`): one filtered scan of the table.
 
@@ -303,6 +376,21 @@ class Ledger:
             raise _unavailable("record the state of a member and target", error) from error
         new_etag: str = written["etag"]
         return new_etag
+
+
+def _status_record(entity: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        record = json.loads(entity.get("record") or "{}")
+    except ValueError:
+        record = {}
+    if not isinstance(record, dict):
+        record = {}
+    record["requestId"] = entity.get("requestId", record.get("requestId"))
+    record["status"] = entity.get("status", record.get("status"))
+    for name in ("acceptedAt", "updatedAt"):
+        if entity.get(name) is not None:
+            record[name] = _time(entity[name]).isoformat()
+    return record
 
 
 def _pair_fields(state: PairState) -> dict[str, Any]:

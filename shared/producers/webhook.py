@@ -20,8 +20,12 @@ Checks, in this order, each answered with RFC 9457 problem details (``applicatio
 Then the message, with ``requestedAt`` = the receive time unless it has one, is sent to the grants queue with
 MessageId ``~webhook:<digest of requestId and content>`` (a webhook fired twice is absorbed by duplicate
 detection, or later by the ledger; the same requestId with other content reaches the app and is refused
-``RequestIdConflict`` rather than dropped) and the answer is ``202`` with the requestId. A send that fails is
-``503``.
+``RequestIdConflict`` rather than dropped) and the answer is ``202`` with the requestId and ``Location:
+/api/grants/<requestId>``, where its status can be read (``GET``, `shared.producers.status`). A send that fails is
+``503``. After the send and before the 202, the request's status ``accepted`` is recorded in the ledger, only if
+it has no status yet (the grant may already have ended). That write is best-effort: when it fails, a warning is
+logged and the answer is still 202 (the message is on the queue; its terminal status is recorded at settlement,
+and until then the status answers 404).
 Neither the signature nor the secret is ever logged.
 """
 
@@ -36,6 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
+from urllib.parse import quote
 
 from shared.core.callbacks import CallbackPolicy, CallbackRefused
 from shared.core.contract import (
@@ -58,8 +63,10 @@ __all__ = [
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
     "Answer",
+    "accepted_record",
     "receive",
     "sign",
+    "status_location",
 ]
 
 SIGNATURE_HEADER: Final = "X-Grants-Signature"
@@ -95,6 +102,12 @@ _TICKET_POINTERS: Final = {
 #: could claim such an id in the ledger first, and the app's own request would then be a conflict.
 _RESERVED: Final = 'must not contain ":" (reserved for the ids the app derives: retries, expiries, HR grants)'
 
+_TARGET_TYPES: Final = {
+    "AdministrativeUnit": "administrativeUnit",
+    "DirectoryRole": "directoryRole",
+    "ScopedRole": "scopedRole",
+}
+
 _log = logging.getLogger(__name__)
 
 
@@ -126,6 +139,7 @@ async def receive(
     now: Callable[[], datetime],
     callbacks: CallbackPolicy | None = None,
     recorded: Callable[[str], Awaitable[str | None]] | None = None,
+    accept: Callable[[str, dict[str, Any], bool], Awaitable[object]] | None = None,
 ) -> Answer:
     """Answer one webhook request; on success the grant message is on the grants queue.
 
@@ -179,8 +193,43 @@ async def receive(
         return _problem(
             503, "enqueue-failed", "Not enqueued", "the request could not be queued; send it again", retry_after=30
         )
+    if accept is not None:
+        try:
+            await accept(request_id, accepted_record(command), False)
+        except Exception:  # best-effort: the message is queued, its terminal status will be recorded
+            _log.warning("webhook could not record request %s as accepted", json.dumps(request_id), exc_info=True)
     _log.info("webhook accepted request %s", json.dumps(request_id))
-    return Answer(202, json.dumps({"requestId": request_id, "status": "accepted"}).encode(), "application/json")
+    return Answer(
+        202,
+        json.dumps({"requestId": request_id, "status": "accepted"}).encode(),
+        "application/json",
+        {"Location": status_location(request_id)},
+    )
+
+
+def status_location(request_id: str) -> str:
+    """Where the status of `request_id` is: ``/api/grants/<requestId>`` (percent-encoded)."""
+    return "/api/grants/" + quote(request_id, safe="@")
+
+
+def accepted_record(command: GrantCommand) -> dict[str, Any]:
+    """The status record of a request just accepted: what it asks, and who asked."""
+    target = command.target
+    return {
+        "requestId": command.request_id,
+        "status": "accepted",
+        "action": command.action.value,
+        "sourceSystem": command.source.system.value,
+        "sourceReference": command.source.reference,
+        "requestedBy": command.requested_by,
+        "targetType": _TARGET_TYPES[type(target).__name__],
+        "targetId": getattr(target, "id", None) or getattr(target, "administrative_unit_id", None),
+        "roleTemplateId": getattr(target, "role_template_id", None),
+        "memberId": command.member.id,
+        "requestedAt": command.requested_at.isoformat() if command.requested_at else None,
+        "expiresAt": command.expires_at.isoformat() if command.expires_at else None,
+        "attempts": 0,
+    }
 
 
 def _authenticate(*, headers: Mapping[str, str], body: bytes, secret: str, now: datetime) -> str | None:

@@ -17,6 +17,14 @@ A crash in between republishes the same event id on redelivery (the topic's dupl
 publish that fails abandons the message (Service Bus redelivers; the grant is idempotent): never settled
 without its event.
 
+With a status `recorder` (the grant ledger's `record_status`), every terminal outcome's status record
+(`status_record`) is written before the message is settled too, in parallel with the event's publish (one more
+storage request, no more round trips). A write that fails abandons the message like a failed publish: a status
+the API shows as terminal is always one the message really ended with, and a redelivery carries the request out
+again through the ledger (the grant is idempotent: it ends already_member). The status of a *duplicate* and of a
+message that could not be parsed or whose id names another request (``RequestIdConflict``) is only written when
+the request id has none yet: such a message never overwrites the status of the request that owns the id.
+
 `complete`, `abandon` and `deadletter` are the only calls to `MessageActions` in the app (the HR path uses
 them too), and `log_outcome` writes every outcome line, on the ``shared.outcome`` logger.
 
@@ -94,6 +102,7 @@ __all__ = [
     "retry_message_id",
     "settle",
     "settle_within",
+    "status_record",
 ]
 
 outcome_log = logging.getLogger("shared.outcome")
@@ -105,6 +114,8 @@ _TARGET_TYPES: Final = {
 _log = logging.getLogger(__name__)
 
 Handler = Callable[[GrantCommand], Awaitable[Result]]
+#: Writes a request's status record: ``(request_id, record, overwrite)`` (`Ledger.record_status`, bound to a clock).
+StatusRecorder = Callable[[str, dict[str, Any], bool], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -297,6 +308,7 @@ async def settle(
     now: Callable[[], datetime],
     publisher: OutcomePublisher | None = None,
     settlement_timeout: float = DEFAULT_SETTLEMENT_TIMEOUT,
+    recorder: StatusRecorder | None = None,
 ) -> Settled:
     """Process one grant delivery with `handle` and settle it (a terminal outcome published first, with a
     `publisher`); return how it ended (also logged)."""
@@ -343,12 +355,16 @@ async def settle(
             terminal=True,
         )
 
-    if settled.terminal and publisher is not None and not await _published(publisher, attempt, settled, now):
+    if settled.terminal and (publisher is not None or recorder is not None):
+        failed = await _announced(publisher, recorder, attempt, settled, now)
+    else:
+        failed = None
+    if failed is not None:
         settlement = functools.partial(abandon, actions, delivery)
         settled = Settled(
             outcome="abandoned",
             reason=settled.reason,
-            description=f"{_sentence(settled.description)} Its {settled.outcome} event could not be published; "
+            description=f"{_sentence(settled.description)} Its {settled.outcome} {failed}; "
             "Service Bus will redeliver the message.",
             attempts=settled.attempts,
             terminal=False,
@@ -363,19 +379,58 @@ async def settle(
     return settled
 
 
-async def _published(
-    publisher: OutcomePublisher, attempt: _Attempt, settled: Settled, now: Callable[[], datetime]
-) -> bool:
-    """Publish the terminal outcome's event; False (logged) when that failed."""
+async def _announced(
+    publisher: OutcomePublisher | None,
+    recorder: StatusRecorder | None,
+    attempt: _Attempt,
+    settled: Settled,
+    now: Callable[[], datetime],
+) -> str | None:
+    """Publish the terminal outcome's event and record its status, at once; None when both succeeded, else what
+    failed (logged)."""
     attempt.record = _record(attempt, settled, now())
-    try:
-        await publisher.publish(**outcome_event(attempt.delivery, attempt.command, settled, attempt.record))
-    except Exception:
-        _log.exception(
-            "could not publish the %s event of %s; abandoning it", settled.outcome, _safe(attempt.request_id)
+    calls: dict[str, Awaitable[object]] = {}
+    if publisher is not None:
+        calls["event could not be published"] = publisher.publish(
+            **outcome_event(attempt.delivery, attempt.command, settled, attempt.record)
         )
-        return False
-    return True
+    if recorder is not None and attempt.request_id:
+        overwrite = (
+            attempt.command is not None and settled.outcome != "duplicate" and settled.reason != "RequestIdConflict"
+        )
+        calls["status could not be recorded"] = recorder(
+            attempt.request_id, status_record(attempt.delivery, attempt.command, attempt.record), overwrite
+        )
+    results = await asyncio.gather(*calls.values(), return_exceptions=True)
+    failed = None
+    for what, result in zip(calls, results, strict=True):
+        if isinstance(result, BaseException):
+            _log.error(
+                "the %s %s for %s; abandoning it",
+                settled.outcome,
+                what,
+                _safe(attempt.request_id),
+                exc_info=result if isinstance(result, Exception) else None,
+            )
+            if isinstance(result, Exception):
+                failed = failed or what
+            else:
+                raise result
+    return failed
+
+
+def status_record(delivery: Delivery, command: GrantCommand | None, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The status record of a terminal outcome (what ``GET /api/grants/{requestId}`` answers): the outcome
+    line's `record` with ``status`` (its outcome), ``lastAttemptAt``, ``requestedAt`` and ``jobId``."""
+    status = {name: value for name, value in record.items() if name not in ("outcome", "terminal", "finishedAt")}
+    job = delivery.application_property(BULK_JOB)
+    status.update(
+        status=record["outcome"],
+        lastAttemptAt=record.get("finishedAt"),
+        requestedAt=command.requested_at.isoformat() if command is not None and command.requested_at else None,
+        jobId=str(job) if job else None,
+    )
+    return status
 
 
 def outcome_event(
