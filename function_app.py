@@ -10,6 +10,8 @@ from shared.runtime import (
     process_expiry_sweep,
     process_grant_message,
     process_hr_event,
+    process_job_status,
+    process_status,
     process_webhook,
 )
 
@@ -36,6 +38,18 @@ async def grant_membership(
 async def grant_webhook(req: func.HttpRequest) -> func.HttpResponse:
     """Ticketing webhook: a signed grant request in, 202 with its requestId out (or problem details)."""
     return await process_webhook(req)
+
+
+@app.route(route="grants/{requestId}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def grant_status(req: func.HttpRequest) -> func.HttpResponse:
+    """A request's status from the grant ledger: 200 JSON, 404 when unknown, 400 for an id the contract refuses."""
+    return await process_status(req)
+
+
+@app.route(route="jobs/{jobId}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def job_status(req: func.HttpRequest) -> func.HttpResponse:
+    """A bulk job's totals by status and its failed rows, from the grant ledger."""
+    return await process_job_status(req)
 
 
 @app.service_bus_queue_trigger(

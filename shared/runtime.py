@@ -14,7 +14,8 @@ from shared.config import Settings
 from shared.core.messaging import MessageActions
 from shared.core.policy import GrantPolicy
 from shared.producers.hr_rules import HrRules
-from shared.producers.webhook import receive
+from shared.producers.status import job_answer, status_answer
+from shared.producers.webhook import Answer, receive
 from shared.service.settlement import Settled, outcome_log
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "process_expiry_sweep",
     "process_grant_message",
     "process_hr_event",
+    "process_job_status",
+    "process_status",
     "process_webhook",
     "services",
 ]
@@ -103,6 +106,22 @@ async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
         accept=current.record_status,
         callbacks=current.settings.callbacks,
     )
+    return _response(answer)
+
+
+async def process_status(request: func.HttpRequest) -> func.HttpResponse:
+    """Entry point for ``GET /api/grants/{requestId}``: the request's status record from the ledger."""
+    current = services()
+    return _response(await status_answer(request.route_params.get("requestId", ""), status=current.ledger.status))
+
+
+async def process_job_status(request: func.HttpRequest) -> func.HttpResponse:
+    """Entry point for ``GET /api/jobs/{jobId}``: a bulk job's totals by status and its failed rows."""
+    current = services()
+    return _response(await job_answer(request.route_params.get("jobId", ""), rows=current.ledger.job))
+
+
+def _response(answer: Answer) -> func.HttpResponse:
     return func.HttpResponse(
         answer.body, status_code=answer.status, headers=answer.headers, mimetype=answer.content_type
     )

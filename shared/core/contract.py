@@ -46,6 +46,7 @@ __all__ = [
     "draft",
     "encode",
     "encoding_problem",
+    "is_request_id",
     "load_json",
     "parse_grant",
     "parse_guid",
@@ -271,6 +272,11 @@ def _first_problem(document: Mapping[str, Any]) -> ContractError | None:
     except (TypeError, ValueError):  # not JSON-serialisable: cannot come from a parsed body
         return ContractError(Reason.INVALID_JSON, "the message cannot be written as JSON")
     return None
+
+
+def is_request_id(value: str) -> bool:
+    """True when `value` is a request id as the contract allows it (1-128 of ``A-Z a-z 0-9 . _ : @ -``)."""
+    return _REQUEST_ID.fullmatch(value) is not None
 
 
 def derived_request_id(request_id: str, suffix: str) -> str:

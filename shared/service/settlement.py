@@ -507,6 +507,9 @@ async def _schedule_retry(
     resubmission = delivery.application_property(RESUBMISSION)
     if resubmission:
         properties[RESUBMISSION] = str(resubmission)
+    job = delivery.application_property(BULK_JOB)
+    if job:
+        properties[BULK_JOB] = str(job)  # the copy is still the job's row (its status and outcome event say so)
     try:
         await sender.schedule(
             body=delivery.body,

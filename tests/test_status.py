@@ -1,0 +1,142 @@
+"""Request status end to end, through the registered functions on the local host: the signed webhook answers 202
+with a Location, the status API reads ``accepted``, the grant trigger runs against the Graph double, and the status
+API reads the terminal status (granted, or dead_lettered with its reason); unknown ids answer 404, hostile ones
+400 (never looked up); a bulk job's totals come from one query on its rows."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+import function_app
+from grants_local.app import LocalApp, local_app
+from grants_local.azurite import AzuriteTables, new_ledger_table
+from grants_local.graph_double import GraphDouble
+from grants_local.host import registered_function
+from grants_local.queue import ManualClock
+from shared.core.messaging import BULK_JOB
+from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from tests.conftest import AU, UNKNOWN, USER, USER_2, body, settings_for
+
+WEBHOOK = registered_function(function_app.app, "grant_webhook")
+STATUS = registered_function(function_app.app, "grant_status")
+JOB = registered_function(function_app.app, "job_status")
+SECRET = "s3cret-for-tests-only-0123456789abcdef"
+
+
+@pytest.fixture
+async def app(graph: GraphDouble, azurite: AzuriteTables) -> AsyncIterator[LocalApp]:
+    clock = ManualClock(start=float(int(time.time())))
+    settings = settings_for(graph, GRANTS_WEBHOOK_SECRET=SECRET, GRANTS_MAX_ATTEMPTS="2")
+    async with AsyncExitStack() as stack:
+        ledger = await new_ledger_table(azurite)
+        yield await stack.enter_async_context(local_app(settings, clock=clock, ledger=ledger))
+
+
+async def post(app: LocalApp, document: dict[str, Any]) -> func.HttpResponse:
+    raw = json.dumps(document).encode()
+    timestamp = str(int(app.clock()))
+    headers = {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: sign(secret=SECRET, timestamp=timestamp, body=raw),
+    }
+    return await WEBHOOK(func.HttpRequest("POST", "http://localhost/api/grants", headers=headers, body=raw))
+
+
+async def get(function: Any, route: str, name: str, value: str) -> tuple[int, str, dict[str, Any]]:
+    request = func.HttpRequest("GET", f"http://localhost/api/{route}", body=b"", route_params={name: value})
+    response = await function(request)
+    return response.status_code, response.mimetype, json.loads(response.get_body())
+
+
+def ticket(number: str, member: str) -> dict[str, Any]:
+    return {
+        "ticketNumber": number,
+        "requester": "alice@contoso.com",
+        "approver": "j.smith@contoso.com",
+        "target": {"type": "administrativeUnit", "id": AU},
+        "member": member,
+        "summary": "Helpdesk for the night shift",
+    }
+
+
+async def test_a_signed_ticket_is_accepted_with_a_location_then_granted(app: LocalApp) -> None:
+    response = await post(app, ticket("RITM0020001", USER_2))
+    assert response.status_code == 202
+    assert response.headers["Location"] == "/api/grants/RITM0020001"
+    status, media, record = await get(STATUS, "grants/RITM0020001", "requestId", "RITM0020001")
+    assert (status, media, record["status"], record["attempts"]) == (200, "application/json", "accepted", 0)
+    assert (record["sourceSystem"], record["sourceReference"], record["requestedBy"]) == (
+        "ticketing",
+        "RITM0020001",
+        "alice@contoso.com",
+    )
+    assert (record["action"], record["targetType"], record["targetId"], record["memberId"]) == (
+        "add",
+        "administrativeUnit",
+        AU,
+        USER_2,
+    )
+    await app.drain()
+    status, _, record = await get(STATUS, "grants/RITM0020001", "requestId", "RITM0020001")
+    assert (status, record["status"], record["attempts"], record["reason"]) == (200, "granted", 1, None)
+    assert record["graphRequestId"]
+    assert record["lastAttemptAt"]
+    assert record["acceptedAt"] <= record["updatedAt"]
+
+
+async def test_a_failing_ticket_ends_dead_lettered_with_its_reason(app: LocalApp) -> None:
+    assert (await post(app, ticket("RITM0020002", UNKNOWN))).status_code == 202
+    await app.drain()
+    status, _, record = await get(STATUS, "grants/RITM0020002", "requestId", "RITM0020002")
+    assert status == 200
+    assert (record["status"], record["reason"]) == ("dead_lettered", app.queue.dead_letters()[0].reason)
+    assert record["reason"] == "MemberNotFound"
+    assert record["description"]
+
+
+async def test_an_unknown_request_is_404_problem_details(app: LocalApp) -> None:
+    status, media, problem = await get(STATUS, "grants/RITM404", "requestId", "RITM404")
+    assert (status, media, problem["status"], problem["type"]) == (
+        404,
+        "application/problem+json",
+        404,
+        "urn:entra-grants:problem:unknown-request",
+    )
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["", "a/b", "x' or PartitionKey ne '", "..", "id\x00", "é", "a" * 129, "-leading", "a b", "a%2Fb", "\ud800"],
+)
+async def test_a_hostile_request_id_is_400_and_never_looked_up(app: LocalApp, hostile: str) -> None:
+    status, media, problem = await get(STATUS, "grants/x", "requestId", hostile)
+    assert (status, media, problem["type"]) == (
+        400,
+        "application/problem+json",
+        "urn:entra-grants:problem:invalid-request-id",
+    )
+
+
+async def test_a_bulk_job_reports_totals_and_its_failed_rows(app: LocalApp) -> None:
+    for n, member in enumerate([USER, USER_2, UNKNOWN]):
+        app.queue.send(
+            body(requestId=f"job-7-row-{n}", member={"id": member, "type": "user"}),
+            message_id=f"m-{n}",
+            application_properties={BULK_JOB: "job-7"},
+        )
+    await app.drain()
+    status, _, job = await get(JOB, "jobs/job-7", "jobId", "job-7")
+    assert status == 200
+    assert (job["requests"], job["succeeded"], job["done"]) == (3, 2, True)
+    assert job["totals"] == {"dead_lettered": 1, "granted": 2}
+    [failed] = job["failed"]
+    assert (failed["requestId"], failed["reason"]) == ("job-7-row-2", "MemberNotFound")
+    assert (await get(JOB, "jobs/nope", "jobId", "nope"))[0] == 404
