@@ -1,5 +1,6 @@
 """The ``grants`` command (also ``python -m shared``): ``submit FILE``, ``dlq …`` and ``smoke`` against Azure or the
-local namespace; ``demo``, ``run-local MESSAGES`` and ``serve-local`` on the local doubles."""
+local namespace; ``status REQUEST_ID`` and ``job JOB_ID`` against the app's status API (or serve-local's);
+``demo``, ``run-local MESSAGES`` and ``serve-local`` on the local doubles."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from grants_cli.smoke import add_parser as add_smoke_parser
 
     add_smoke_parser(commands)
+    from grants_cli.status import add_parsers as add_status_parsers
+
+    add_status_parsers(commands)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.INFO if args.verbose else logging.ERROR)
@@ -45,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, a non-zero exit
             sys.stderr.write(f"interrupted: {_INTERRUPTED[args.command]}\n")
             return INTERRUPTED_EXIT
+
+    if args.command in ("status", "job"):
+        from grants_cli.status import main as status
+
+        return status(args, out=sys.stdout, err=sys.stderr)
 
     if args.command == "smoke":
         from grants_cli.smoke import main as smoke

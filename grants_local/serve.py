@@ -5,6 +5,8 @@ in-process grants queue and hr-events queue each drained continuously by a `Loca
 registered functions, and the registered ``grant_webhook`` function served on ``127.0.0.1:<port>``:
 
 - ``POST /api/grants``: the webhook, as in Azure (signed; the function key is not checked locally);
+- ``GET /api/grants/{requestId}`` and ``GET /api/jobs/{jobId}``: a request's status and a bulk job's totals, from
+  the local ledger (what `grants status --local` and `grants job --local` read);
 - ``POST /local/hr-events``: puts the body on the hr-events queue (local only; an HR system's send).
 
 Outcome events go to an in-process outcomes topic (``GRANTS_OUTCOMES_TOPIC``) whose ``callbacks`` subscription,
@@ -79,6 +81,10 @@ class _OutcomePrinter(logging.Handler):
         self.out.flush()
 
 
+#: The status routes served locally: path prefix, registered function, route parameter.
+_READS = (("/api/grants/", "grant_status", "requestId"), ("/api/jobs/", "job_status", "jobId"))
+
+
 async def serve_local(
     out: TextIO,
     *,
@@ -108,11 +114,33 @@ async def serve_local(
                 dict(response.headers),
                 content_type=response.mimetype,
             )
+        for prefix, name, parameter in (
+            ("/api/grants/", "grant_status", "requestId"),
+            ("/api/jobs/", "job_status", "jobId"),
+        ):
+            if request.method == "GET" and request.path.startswith(prefix):
+                reading = func.HttpRequest(
+                    "GET",
+                    f"http://127.0.0.1:{port}{prefix}x",
+                    body=b"",
+                    route_params={parameter: request.path[len(prefix) :]},
+                )
+                function = registered_function(function_app.app, name)
+                response = asyncio.run_coroutine_threadsafe(_call(function, reading), loop).result(timeout=60)
+                return Response(
+                    response.status_code,
+                    json.loads(response.get_body()),
+                    dict(response.headers),
+                    content_type=response.mimetype,
+                )
         if request.method == "POST" and request.path == "/local/hr-events":
             message_id = request.headers.get("X-Message-Id") or str(uuid.uuid4())
             hr_events.send(request.body, message_id=message_id, content_type="application/json")
             return Response(202, {"messageId": message_id})
-        return Response(404, {"error": "POST /api/grants or POST /local/hr-events"})
+        return Response(
+            404,
+            {"error": "POST /api/grants, GET /api/grants/{requestId}, GET /api/jobs/{jobId} or POST /local/hr-events"},
+        )
 
     printer = _OutcomePrinter(out)
     async with AsyncExitStack() as stack:
@@ -161,6 +189,7 @@ async def serve_local(
             outcome_log.setLevel(logging.INFO)
             out.write(
                 f"Serving on http://127.0.0.1:{server.port}: POST /api/grants (signed webhook), "
+                "GET /api/grants/{requestId} and /api/jobs/{jobId} (status), "
                 f"POST /local/hr-events (an HR event). Graph double at {graph.base_url}. "
                 f"{settings.callbacks.describe()}. Ctrl-C stops.\n"
             )

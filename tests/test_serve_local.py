@@ -106,3 +106,69 @@ async def test_given_serve_local_when_a_ticket_names_a_local_receiver_then_it_ge
     assert (record["requestId"], record["outcome"]) == ("RITM0010002", "granted")
     assert "-> 204 signature ok" in printed.getvalue()
     assert any(line.startswith("callback delivered       RITM0010002 ") for line in out.getvalue().splitlines())
+
+
+async def test_given_serve_local_then_grants_status_and_grants_job_local_read_its_ledger() -> None:
+    """accepted, then granted, as `grants status --local` prints it; an unknown id exits 1, a hostile one 2 without
+    a request; `grants job --local` of a job with no rows exits 1."""
+    import argparse
+
+    from grants_cli.main import main as grants_main
+    from grants_cli.status import main as status_main
+
+    out, stop, started, ports = io.StringIO(), asyncio.Event(), asyncio.Event(), []
+
+    def ready(port: int) -> None:
+        ports.append(port)
+        started.set()
+
+    server = asyncio.create_task(serve_local(out, port=0, env={}, stop=stop, ready=ready))
+    await started.wait()
+    body = json.dumps(
+        {
+            "ticketNumber": "RITM0030001",
+            "requester": "alice@contoso.com",
+            "approver": "j.smith@contoso.com",
+            "target": {"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE},
+            "member": ALICE,
+        }
+    ).encode()
+    timestamp = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: sign(secret=LOCAL_WEBHOOK_SECRET, timestamp=timestamp, body=body),
+    }
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        printed, errors = io.StringIO(), io.StringIO()
+        parser = argparse.Namespace(local=True, port=ports[0], url=None, key=None, json=False, failed=False)
+        args = vars(parser) | dict(zip(("command", "id"), argv, strict=False))
+        namespace = argparse.Namespace(**args, request_id=args["id"], job_id=args["id"])
+        if "--json" in argv:
+            namespace.json = True
+        return status_main(namespace, out=printed, err=errors), printed.getvalue(), errors.getvalue()
+
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}") as client:
+            accepted = await client.post("/api/grants", content=body, headers=headers)
+        assert accepted.headers["Location"] == "/api/grants/RITM0030001"
+        for _ in range(100):
+            code, printed, _ = await asyncio.to_thread(cli, "status", "RITM0030001")
+            if "granted" in printed.splitlines()[0]:
+                break
+            await asyncio.sleep(0.1)
+        assert code == 0
+        assert printed.splitlines()[0] == "request RITM0030001: granted"
+        assert "  source         ticketing" in printed
+        code, printed, _ = await asyncio.to_thread(cli, "status", "RITM0030001", "--json")
+        assert (code, json.loads(printed)["status"]) == (0, "granted")
+        assert (await asyncio.to_thread(cli, "status", "RITM-unknown"))[0] == 1
+        code, _, errors = await asyncio.to_thread(cli, "status", "a/\x1b[2J")
+        assert code == 2
+        assert "\x1b" not in errors
+        assert (await asyncio.to_thread(cli, "job", "job-none"))[0] == 1
+        assert grants_main(["status", "RITM0030001", "--url", "http://127.0.0.1:9"]) == 2  # unreachable
+    finally:
+        stop.set()
+        assert await server == 0
