@@ -7,8 +7,10 @@ Both read ``GET /api/grants/{requestId}`` / ``GET /api/jobs/{jobId}``: in Azure 
 ``dlq --local`` use the local namespace, which runs no app and keeps no ledger: their requests have no status.)
 
 The id is checked with the contract's rule before any request. Everything printed that came from a message is
-escaped (`printable`). Exit codes: ``status`` 0 when the request is known, ``job`` 0 when every row succeeded;
-1 otherwise (unknown, failed rows or rows still running); 2 when the API cannot be reached or refuses the call.
+escaped (`printable`). Exit codes: ``status`` 0 when the request is known (whatever its status: read it), ``job``
+0 when every row recorded so far succeeded; 1 otherwise (unknown, or failed rows); 2 when the id is invalid or
+the API cannot be reached or refuses the call. A job's rows are recorded as they end: ``requests recorded``
+below the job's row count (``submit`` prints it) means rows are still queued.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def main(args: argparse.Namespace, *, out: TextIO, err: TextIO, transport: httpx
         _print_job(document, out, failed=args.failed)
     if args.command == "status":
         return 0
-    return 0 if document.get("done") and document.get("succeeded") == document.get("requests") else 1
+    return 0 if document.get("succeeded") == document.get("requests") else 1
 
 
 def _print_status(record: dict[str, Any], out: TextIO) -> None:
@@ -121,10 +123,9 @@ def _print_status(record: dict[str, Any], out: TextIO) -> None:
 def _print_job(document: dict[str, Any], out: TextIO, *, failed: bool) -> None:
     totals = document.get("totals") or {}
     summary = ", ".join(f"{printable(status)} {printable(count)}" for status, count in totals.items())
-    state = "done" if document.get("done") else "running"
     out.write(
         f"job {printable(document.get('jobId'))}: {printable(document.get('requests'))} requests recorded, "
-        f"{printable(document.get('succeeded'))} succeeded, {len(document.get('failed') or [])} failed ({state})\n"
+        f"{printable(document.get('succeeded'))} succeeded, {len(document.get('failed') or [])} failed\n"
     )
     out.write(f"  {summary}\n")
     if failed:

@@ -135,8 +135,57 @@ async def test_a_bulk_job_reports_totals_and_its_failed_rows(app: LocalApp) -> N
     await app.drain()
     status, _, job = await get(JOB, "jobs/job-7", "jobId", "job-7")
     assert status == 200
-    assert (job["requests"], job["succeeded"], job["done"]) == (3, 2, True)
+    assert (job["requests"], job["succeeded"]) == (3, 2)
     assert job["totals"] == {"dead_lettered": 1, "granted": 2}
     [failed] = job["failed"]
     assert (failed["requestId"], failed["reason"]) == ("job-7-row-2", "MemberNotFound")
     assert (await get(JOB, "jobs/nope", "jobId", "nope"))[0] == 404
+
+
+async def test_grants_job_prints_totals_and_the_failed_rows_and_exits_1(app: LocalApp) -> None:
+    """`grants job JOB_ID --failed` against the registered function (the CLI's HTTP through a mock transport)."""
+    import argparse
+    import asyncio
+    import io
+
+    import httpx
+
+    from grants_cli.status import main as cli
+
+    for n, member in enumerate([USER, UNKNOWN]):
+        app.queue.send(
+            body(requestId=f"job-8:{n + 1}", member={"id": member, "type": "user"}),
+            message_id=f"m-{n}",
+            application_properties={BULK_JOB: "job-8"},
+        )
+    await app.drain()
+    loop = asyncio.get_running_loop()
+    asked: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        job_id = request.url.path.rsplit("/", 1)[1]
+        incoming = func.HttpRequest("GET", str(request.url), body=b"", route_params={"jobId": job_id})
+        answer = asyncio.run_coroutine_threadsafe(JOB(incoming), loop).result()
+        return httpx.Response(answer.status_code, content=answer.get_body(), headers={"content-type": answer.mimetype})
+
+    def run(job_id: str) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        args = argparse.Namespace(
+            command="job", job_id=job_id, local=False, port=7071, url="https://app.example", key="k", json=False
+        )
+        args.failed = True
+        code = cli(args, out=out, err=err, transport=httpx.MockTransport(handler))
+        return code, out.getvalue() + err.getvalue()
+
+    code, printed = await asyncio.to_thread(run, "job-8")
+    lines = printed.splitlines()
+    assert code == 1
+    assert lines[0] == "job job-8: 2 requests recorded, 1 succeeded, 1 failed"
+    assert lines[1] == "  dead_lettered 1, granted 1"
+    assert lines[2].startswith("  job-8:2  MemberNotFound  user 00000000-")
+    assert asked[0].headers["x-functions-key"] == "k"
+    assert str(asked[0].url) == "https://app.example/api/jobs/job-8"
+    code, _ = await asyncio.to_thread(run, "job\x1b[2J")
+    assert code == 2
+    assert len(asked) == 1  # an invalid id is never sent

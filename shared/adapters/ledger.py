@@ -4,7 +4,7 @@ The decisions are `shared.core.intents`'; this adapter reads and writes what the
 by the entity's ETag (a lost race re-reads and decides again), through ``azure-data-tables``' async client
 over the process's httpx client (`HttpxTransport`: no aiohttp).
 
-Two kinds of entity, each alone in its partition:
+Three kinds of entity; request and pair each alone in its partition, status beside its request:
 
 - **request** ``(request.<readable>.<digest>, "request")``: ``requestId``, ``contentHash``, ``origin`` (the
   MessageId that first carried it), ``pair``, ``requestedAt`` (as first recorded: retries keep it), ``recordedAt``.

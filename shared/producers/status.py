@@ -11,7 +11,10 @@
   ``action``, the target and member, ``requestedAt``, ``expiresAt``, ``acceptedAt`` and ``updatedAt``.
 
 ``GET /api/jobs/{jobId}`` (`job_answer`) answers a bulk job's totals by status and its failed rows, by one query
-on the status rows' ``jobId``.
+on the status rows' ``jobId``: ``requests`` (rows with a status), ``totals`` by status, ``succeeded`` and the
+``failed`` rows' records. A bulk row gets its status when it ends (bulk messages go to the queue directly, with no
+``accepted`` step), so rows still queued are not counted: ``requests`` below the job's row count (``submit``
+prints it) means the job is still running.
 """
 
 from __future__ import annotations
@@ -69,7 +72,6 @@ async def job_answer(job_id: str, *, rows: Callable[[str], Awaitable[list[dict[s
         "totals": dict(sorted(totals.items())),
         "succeeded": sum(1 for row in found if row.get("status") in SUCCEEDED),
         "failed": failed,
-        "done": all(row.get("status") in SUCCEEDED | FAILED for row in found),
     }
     return Answer(200, json.dumps(document, ensure_ascii=False).encode(), "application/json")
 
