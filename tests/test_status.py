@@ -189,3 +189,46 @@ async def test_grants_job_prints_totals_and_the_failed_rows_and_exits_1(app: Loc
     code, _ = await asyncio.to_thread(run, "job\x1b[2J")
     assert code == 2
     assert len(asked) == 1  # an invalid id is never sent
+
+
+async def test_a_status_that_cannot_be_recorded_abandons_the_message_and_the_redelivery_records_it(
+    app: LocalApp, monkeypatch: pytest.MonkeyPatch, graph: GraphDouble
+) -> None:
+    """The ledger fails the terminal status write once: the message is abandoned (never completed without its
+    status), redelivered, ends already_member (no second Graph add), and the status is then recorded."""
+    from shared.core.errors import Reason, TransientError
+
+    ledger = app.services.ledger
+    real = ledger.record_status
+    failures = [TransientError(Reason.LEDGER_UNAVAILABLE, "the grant ledger could not record the status: HTTP 503")]
+
+    async def flaky(request_id: str, record: dict[str, Any], **options: Any) -> bool:
+        if failures:
+            raise failures.pop()
+        return await real(request_id, record, **options)
+
+    monkeypatch.setattr(ledger, "record_status", flaky)
+    app.queue.send(body(requestId="r-flaky", member={"id": USER_2, "type": "user"}), message_id="m-1")
+    await app.drain()
+    outcomes = [record["outcome"] for record in app.recorder.records]
+    assert outcomes == ["abandoned", "already_member"]
+    assert "status could not be recorded" in app.recorder.records[0]["description"]
+    assert USER_2 in graph.members_of(AU)
+    status, _, record = await get(STATUS, "grants/r-flaky", "requestId", "r-flaky")
+    assert (status, record["status"]) == (200, "already_member")
+
+
+async def test_a_duplicate_or_a_conflicting_message_never_overwrites_the_status_of_the_request(app: LocalApp) -> None:
+    app.queue.send(body(requestId="r-own", member={"id": USER, "type": "user"}), message_id="m-1")
+    await app.drain()
+    app.queue.send(body(requestId="r-own", member={"id": USER, "type": "user"}), message_id="m-2")  # duplicate
+    app.queue.send(body(requestId="r-own", member={"id": USER_2, "type": "user"}), message_id="m-3")  # conflict
+    await app.drain()
+    outcomes = {mid: (r["outcome"], r["reason"]) for mid, r in app.outcomes().items()}
+    assert outcomes == {
+        "m-1": ("granted", None),
+        "m-2": ("duplicate", None),
+        "m-3": ("dead_lettered", "RequestIdConflict"),
+    }
+    status, _, record = await get(STATUS, "grants/r-own", "requestId", "r-own")
+    assert (status, record["status"], record["memberId"], record["messageId"]) == (200, "granted", USER, "m-1")
