@@ -72,6 +72,8 @@ def _add_bulk_and_dlq(commands: Any) -> None:
     submit.add_argument("--job-id", help="MessageIds are <job-id>:<row> (default: from the file's SHA-256)")
     submit.add_argument("--dry-run", action="store_true", help="validate and print what would be sent")
     submit.add_argument("--skip-invalid", action="store_true", help="send the valid rows even if some are not")
+    # Bulk jobs go to their own queue and trigger (the bulk lane), behind interactive grants.
+    submit.set_defaults(queue=os.environ.get("GRANTS_BULK_QUEUE", "grant-membership-bulk"))
     dlq = commands.add_parser("dlq", help="list, show, resubmit or purge dead letters")
     actions = dlq.add_subparsers(dest="action", required=True)
     actions.add_parser("list", parents=[where], help="table of dead letters").add_argument("--reason")

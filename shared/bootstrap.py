@@ -18,6 +18,7 @@ import httpx
 from shared.adapters.governor import WriteGovernor
 from shared.adapters.graph import GraphClient, new_http_client
 from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
+from shared.adapters.lanes import LaneSender
 from shared.config import Settings
 from shared.core.contract import GrantCommand
 from shared.core.errors import ConfigError
@@ -107,7 +108,12 @@ def bootstrap(
         http=http,
         tokens=tokens,
         base_url=settings.graph_base_url,
-        governor=governor or WriteGovernor(rate=settings.graph_write_rate),
+        governor=governor
+        or WriteGovernor(
+            rate=settings.graph_write_rate,
+            adaptive=settings.graph_write_adaptive,
+            window_seconds=settings.graph_write_window_seconds,
+        ),
     )
     grants = GrantService(
         graph=graph,
@@ -146,8 +152,15 @@ def _servicebus_sender(settings: Settings, http: httpx.AsyncClient, credential: 
     if settings.servicebus_client_id != settings.client_id:
         credential = managed_identity_credential(http=http, client_id=settings.servicebus_client_id)
         closers.append(credential)
-    sender = ServiceBusRetrySender(
-        namespace=settings.servicebus_namespace, queue=settings.grants_queue, credential=credential
+    sender = LaneSender(
+        {
+            "interactive": ServiceBusRetrySender(
+                namespace=settings.servicebus_namespace, queue=settings.grants_queue, credential=credential
+            ),
+            "bulk": ServiceBusRetrySender(
+                namespace=settings.servicebus_namespace, queue=settings.bulk_queue, credential=credential
+            ),
+        }
     )
     closers.insert(0, sender)
     return sender

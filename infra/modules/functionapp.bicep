@@ -10,10 +10,12 @@ param deploymentContainerUrl string
 param appInsightsConnectionString string
 param serviceBusNamespaceFqdn string
 param grantsQueue string
+param grantsBulkQueue string
 param hrEventsQueue string
 param graphBaseUrl string
 param maximumInstanceCount int
 param graphWriteRate string
+param graphWritePacing string
 param activateRoles bool
 param webhookSecretUri string
 param grantsPolicy string
@@ -55,8 +57,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
           authentication: { type: 'UserAssignedIdentity', userAssignedIdentityResourceId: identityId }
         }
       }
-      // maximumInstanceCount x host.json maxConcurrentCalls (16) bounds the grants in flight; GRAPH_WRITE_RATE
-      // (per instance) x maximumInstanceCount bounds the write rate against Graph (docs/deploy.md, Sizing).
+      // maximumInstanceCount x host.json maxConcurrentCalls (16, per queue) bounds the grants in flight; the
+      // instances share Graph's write quota by adaptive pacing, or GRAPH_WRITE_RATE x maximumInstanceCount bounds
+      // it with static pacing (docs/deploy.md, Sizing).
       scaleAndConcurrency: { maximumInstanceCount: maximumInstanceCount, instanceMemoryMB: 2048 }
       runtime: { name: 'python', version: '3.11' }
     }
@@ -81,6 +84,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'AZURE_CLIENT_ID', value: identityClientId }
         { name: 'GRAPH_BASE_URL', value: graphBaseUrl }
         { name: 'GRANTS_QUEUE', value: grantsQueue }
+        { name: 'GRANTS_BULK_QUEUE', value: grantsBulkQueue }
         { name: 'HR_EVENTS_QUEUE', value: hrEventsQueue }
         { name: 'GRANTS_ACTIVATE_ROLES', value: activateRoles ? 'true' : 'false' }
         { name: 'GRANTS_MAX_ATTEMPTS', value: '8' }
@@ -88,6 +92,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'GRANTS_RETRY_MAX_SECONDS', value: '900' }
         { name: 'GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS', value: '600' }
         { name: 'GRAPH_WRITE_RATE', value: graphWriteRate }
+        { name: 'GRAPH_WRITE_PACING', value: graphWritePacing }
+        // The write quota's window (3,000 writes per 150 s): adaptive pacing's time scale.
+        { name: 'GRAPH_WRITE_WINDOW_SECONDS', value: '150' }
         { name: 'GRANTS_POLICY', value: grantsPolicy }
         { name: 'GRANTS_DRY_RUN', value: 'false' }
         { name: 'GRANTS_HR_RULES', value: hrRules }
