@@ -20,7 +20,7 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/pyth
 	touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime
-	$(BIN)/python -m shared demo
+	$(BIN)/grants demo
 
 test: lint types unit infra
 
@@ -51,7 +51,7 @@ bench: $(VENV)/.dev .venv-msgraph/.installed
 # Not part of `make test` (its 500-message variant is, in tests/test_soak.py): 10,000 messages with seeded faults,
 # invariants checked (ARGS="--messages 2000 --seed 7"); exits non-zero when one fails.
 soak: $(VENV)/.dev
-	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.soak $(ARGS)
+	GRPC_VERBOSITY=ERROR $(BIN)/python -m grants_local.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-infra .venv-msgraph .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,39 +1,37 @@
-"""Where the operator commands (``submit``, ``dlq``) send and settle: Service Bus, or the local namespace's queue.
+"""Where the operator commands (``submit``, ``dlq``) send and settle: a Service Bus queue, or a local one.
 
-`Backend` is what `grants_cli.bulk` and `grants_cli.dlq` need: send batches, send one message, peek the dead-letter
-sub-queue, peek-lock the next dead letter and complete or abandon it. `ServiceBusBackend` does it with
-azure-servicebus (synchronous client, `DefaultAzureCredential`: managed identity, environment, Azure CLI
-``az login`` …, never an interactive browser), imported only when used; `LocalBackend` with a `LocalQueue`.
+`Backend` is what `grants_cli.bulk` and `grants_cli.dlq` need: send batches, send one message, peek the
+dead-letter sub-queue, peek-lock the next dead letter and complete or abandon it, and `Backend.drain` (deliver
+what was sent and print the outcomes: in Azure the deployed app drains the queue, so it does nothing).
+`ServiceBusBackend` does it with azure-servicebus (synchronous client, `DefaultAzureCredential`: managed
+identity, environment, Azure CLI ``az login`` …, never an interactive browser), imported only when used. The
+local backend (`grants_local.backend.LocalBackend`, chosen with ``--local``) plugs into the same interface.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO
 
-from grants_local.queue import LocalQueue, PropertyValue
+from shared.core.errors import ConfigError
+from shared.core.messaging import DeadLetter, PropertyValue
 
 if TYPE_CHECKING:
     from azure.servicebus import ServiceBusMessage
 
 __all__ = [
     "Backend",
-    "DeadLetterInfo",
+    "BackendOpener",
     "HeldDeadLetter",
-    "LocalBackend",
     "Outgoing",
     "SendReport",
     "ServiceBusBackend",
-    "UsageError",
     "dead_letter_info",
     "fill_batches",
-    "open_backend",
+    "servicebus_backend",
     "to_service_bus_message",
 ]
 
@@ -60,46 +58,17 @@ class SendReport:
     duplicates: int | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeadLetterInfo:
-    """One dead-lettered message as the operator sees it."""
-
-    sequence_number: int
-    message_id: str
-    body: bytes
-    application_properties: Mapping[str, PropertyValue]
-    reason: str | None
-    description: str | None
-    delivery_count: int
-    enqueued_time: datetime | None
-
-    @property
-    def request_id(self) -> str | None:
-        """The body's ``requestId`` when the body is a JSON object with a string one."""
-        try:
-            document = json.loads(self.body)
-        except ValueError:
-            return None
-        value = document.get("requestId") if isinstance(document, dict) else None
-        return value if isinstance(value, str) else None
-
-    @property
-    def attempts(self) -> int:
-        """The app's attempt count: the copy's ``attempt`` property plus this copy's redeliveries."""
-        value = self.application_properties.get("attempt", 1)
-        base = value if isinstance(value, int) and not isinstance(value, bool) else 1
-        return max(base, 1) + max(self.delivery_count - 1, 0)
-
-
 @dataclass(frozen=True, slots=True)
 class HeldDeadLetter:
     """A peek-locked dead letter: settle it with `Backend.complete` or `Backend.abandon`."""
 
-    info: DeadLetterInfo
+    info: DeadLetter
     handle: Any
 
 
 class Backend(Protocol):
+    """A queue the operator commands send to and whose dead letters they read and settle."""
+
     def send_batches(self, messages: Sequence[Outgoing], *, progress: Callable[[int], None]) -> SendReport:
         """Send `messages` in as few batches as fit; call `progress` with the count after each batch."""
         ...
@@ -108,7 +77,7 @@ class Backend(Protocol):
         """Send one message; raise if it was not accepted."""
         ...
 
-    def peek_dead_letters(self) -> list[DeadLetterInfo]:
+    def peek_dead_letters(self) -> list[DeadLetter]:
         """The dead-letter sub-queue, without locking anything."""
         ...
 
@@ -120,96 +89,15 @@ class Backend(Protocol):
 
     def abandon(self, held: HeldDeadLetter) -> None: ...
 
+    def drain(self, out: TextIO) -> None:
+        """Deliver what was sent to the app now and print the outcomes, where the backend can (locally)."""
+        ...
+
     def close(self) -> None: ...
 
 
-class LocalBackend:
-    """The `Backend` over a `LocalQueue` (the local namespace's queue)."""
-
-    def __init__(self, queue: LocalQueue, *, clock: Callable[[], float] = time.time, batch_size: int = 100) -> None:
-        self.queue = queue
-        self.clock = clock
-        self._batch_size = batch_size
-
-    async def process(self, out: TextIO) -> None:
-        """Deliver the queue to the registered function through the local host (as ``run-local`` does, against
-        ``GRAPH_BASE_URL`` or the built-in doubles); print each message's terminal outcome."""
-        from grants_local.run import graph_environment, process_queue
-
-        with graph_environment(os.environ, clock=self.clock) as env:
-            recorder = await process_queue(self.queue, env=env, clock=self.clock)
-        records = list(recorder.terminal().values())
-        out.write(f"\nProcessed by the local host: {len(records)} message(s)\n")
-        header = f"{'requestId':<28} {'outcome':<15} {'reason':<22} {'tries':>5}  description"
-        out.write(header + "\n" + "-" * len(header) + "\n")
-        for record in records:
-            description = str(record.get("description", ""))
-            out.write(
-                f"{str(record.get('requestId') or '-')[:28]:<28} {record['outcome']:<15} "
-                f"{record.get('reason') or '-':<22} {record.get('attempts', 0):>5}  "
-                f"{description if len(description) <= 70 else description[:69] + '…'}\n"
-            )
-        out.write(f"Dead-letter queue now holds {len(self.queue.dead_letters())} message(s).\n")
-
-    def send_batches(self, messages: Sequence[Outgoing], *, progress: Callable[[int], None]) -> SendReport:
-        dropped_before = self.queue.stats.duplicates_dropped
-        batches = 0
-        for start in range(0, len(messages), self._batch_size):
-            for message in messages[start : start + self._batch_size]:
-                self.send(message)
-            batches += 1
-            progress(min(start + self._batch_size, len(messages)))
-        return SendReport(
-            sent=len(messages), batches=batches, duplicates=self.queue.stats.duplicates_dropped - dropped_before
-        )
-
-    def send(self, message: Outgoing) -> None:
-        self.queue.send(
-            message.body,
-            message_id=message.message_id,
-            application_properties=message.application_properties,
-            content_type=CONTENT_TYPE,
-        )
-
-    def peek_dead_letters(self) -> list[DeadLetterInfo]:
-        return [
-            DeadLetterInfo(
-                sequence_number=entry.sequence_number,
-                message_id=entry.message_id,
-                body=entry.body,
-                application_properties=entry.application_properties,
-                reason=entry.reason,
-                description=entry.description,
-                delivery_count=entry.delivery_count,
-                enqueued_time=entry.enqueued_time,
-            )
-            for entry in self.queue.dead_letters()
-        ]
-
-    def lock_next_dead_letter(self) -> HeldDeadLetter | None:
-        locked = self.queue.receive_dead_letter()
-        if locked is None:
-            return None
-        info = DeadLetterInfo(
-            sequence_number=locked.sequence_number,
-            message_id=locked.message_id,
-            body=locked.body,
-            application_properties=locked.application_properties,
-            reason=locked.dead_letter_reason,
-            description=locked.dead_letter_error_description,
-            delivery_count=locked.delivery_count - 1,  # this lock is the operator's, not a delivery to the app
-            enqueued_time=locked.enqueued_time,
-        )
-        return HeldDeadLetter(info, locked.lock_token)
-
-    def complete(self, held: HeldDeadLetter) -> None:
-        self.queue.complete(held.handle)
-
-    def abandon(self, held: HeldDeadLetter) -> None:
-        self.queue.abandon(held.handle)
-
-    def close(self) -> None:
-        return None
+#: Opens the backend a command works on (chosen once, by the command line: see `grants_cli.main`).
+BackendOpener = Callable[[], AbstractContextManager[Backend]]
 
 
 def to_service_bus_message(message: Outgoing) -> ServiceBusMessage:
@@ -301,9 +189,9 @@ class ServiceBusBackend:
         with self._open().get_queue_sender(self._queue) as sender:
             sender.send_messages(to_service_bus_message(message))
 
-    def peek_dead_letters(self) -> list[DeadLetterInfo]:
+    def peek_dead_letters(self) -> list[DeadLetter]:
         receiver = self._dead_letter_receiver()
-        found: list[DeadLetterInfo] = []
+        found: list[DeadLetter] = []
         next_sequence = 0
         while page := receiver.peek_messages(max_message_count=_PEEK_PAGE, sequence_number=next_sequence):
             found += [dead_letter_info(message) for message in page]
@@ -320,6 +208,9 @@ class ServiceBusBackend:
     def abandon(self, held: HeldDeadLetter) -> None:
         self._dead_letter_receiver().abandon_message(held.handle)
 
+    def drain(self, out: TextIO) -> None:
+        return None  # the deployed app drains the queue
+
     def close(self) -> None:
         if self._receiver is not None:
             self._receiver.close()
@@ -327,9 +218,9 @@ class ServiceBusBackend:
             self._client.close()
 
 
-def dead_letter_info(message: Any) -> DeadLetterInfo:
-    """A `DeadLetterInfo` from an azure-servicebus received (or peeked) message."""
-    return DeadLetterInfo(
+def dead_letter_info(message: Any) -> DeadLetter:
+    """A `DeadLetter` from an azure-servicebus received (or peeked) message."""
+    return DeadLetter(
         sequence_number=int(message.sequence_number),
         message_id=str(message.message_id),
         body=b"".join(message.body) if not isinstance(message.body, bytes) else message.body,
@@ -356,18 +247,12 @@ def _properties(raw: Mapping[Any, Any]) -> dict[str, PropertyValue]:
 
 
 @contextmanager
-def open_backend(*, local: bool, namespace: str | None, queue: str) -> Iterator[Backend]:
-    """The local namespace's queue (``local``), or the Service Bus queue in `namespace` (``--namespace``, else
-    ``ServiceBusConnection__fullyQualifiedNamespace``); raise `UsageError` when neither is given."""
-    if local:
-        from grants_local.namespace import LocalNamespace, namespace_directory
-
-        with LocalNamespace(namespace_directory()).open(queue) as (local_queue, clock):
-            yield LocalBackend(local_queue, clock=clock)
-        return
+def servicebus_backend(*, namespace: str | None, queue: str) -> Iterator[ServiceBusBackend]:
+    """The backend on `queue` in `namespace` (else ``ServiceBusConnection__fullyQualifiedNamespace``); raise
+    `ConfigError` when neither names one."""
     fqns = namespace or os.environ.get(NAMESPACE_SETTING)
     if not fqns:
-        raise UsageError(
+        raise ConfigError(
             "no Service Bus namespace: pass --namespace NAME.servicebus.windows.net, set "
             "ServiceBusConnection__fullyQualifiedNamespace, or use --local"
         )
@@ -376,7 +261,3 @@ def open_backend(*, local: bool, namespace: str | None, queue: str) -> Iterator[
         yield backend
     finally:
         backend.close()
-
-
-class UsageError(Exception):
-    """The command cannot run as given (exit code 2)."""

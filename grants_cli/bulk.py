@@ -14,7 +14,6 @@ file's line number.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import hashlib
 import io
@@ -26,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from grants_cli.backends import Backend, LocalBackend, Outgoing, SendReport, open_backend
-from shared.core.contract import parse_grant
+from grants_cli.backends import Backend, BackendOpener, Outgoing, SendReport
+from shared.core.contract import draft, parse_grant
 from shared.core.errors import ContractError
 
 __all__ = [
@@ -147,19 +146,18 @@ def _document(record: Mapping[str, str | None], *, request_id: str, job_id: str)
         if column in cell
     }
     member = {key: cell[column] for key, column in (("id", "memberId"), ("type", "memberType")) if column in cell}
-    document: dict[str, Any] = {
-        "schemaVersion": 1,
-        "requestId": cell.get("requestId", request_id),
-        "target": target,
-        "member": member,
-        "source": {"system": "bulk", "reference": job_id},
-    }
-    for field in ("action", "requestedBy", "reason", "expiresAt"):
-        if field in cell:
-            document[field] = cell[field]
-    if "dryRun" in cell:
-        document["dryRun"] = {"true": True, "false": False}.get(cell["dryRun"].lower(), cell["dryRun"])
-    return document
+    dry_run = cell.get("dryRun")
+    return draft(
+        requestId=cell.get("requestId", request_id),
+        action=cell.get("action"),
+        target=target,
+        member=member,
+        source={"system": "bulk", "reference": job_id},
+        requestedBy=cell.get("requestedBy"),
+        reason=cell.get("reason"),
+        expiresAt=cell.get("expiresAt"),
+        dryRun=None if dry_run is None else {"true": True, "false": False}.get(dry_run.lower(), dry_run),
+    )
 
 
 class Progress:
@@ -225,8 +223,7 @@ def run_submit(
     job_id: str | None,
     dry_run: bool,
     skip_invalid: bool,
-    local: bool,
-    namespace: str | None,
+    open_backend: BackendOpener,
     queue: str,
     out: TextIO,
     err: TextIO,
@@ -251,9 +248,8 @@ def run_submit(
     if not job.messages:
         out.write(summary(job, None, time.monotonic() - started) + "\n")
         return 1
-    with open_backend(local=local, namespace=namespace, queue=queue) as backend:
+    with open_backend() as backend:
         report, _ = submit(job, backend, progress=Progress(len(job.messages), stream=err))
         out.write(summary(job, report, time.monotonic() - started) + "\n")
-        if isinstance(backend, LocalBackend):
-            asyncio.run(backend.process(out))
+        backend.drain(out)
     return 0

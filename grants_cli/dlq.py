@@ -15,23 +15,29 @@ next message, and are then abandoned (which, on Service Bus as locally, adds one
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, TextIO
 
-from grants_cli.backends import Backend, DeadLetterInfo, HeldDeadLetter, LocalBackend, Outgoing, open_backend
+from grants_cli.backends import Backend, BackendOpener, HeldDeadLetter, Outgoing
 from shared.core.contract import derived_request_id
-from shared.service.settlement import RESUBMISSION
+from shared.core.messaging import (
+    ATTEMPT,
+    DEAD_LETTER_ERROR_DESCRIPTION,
+    DEAD_LETTER_REASON,
+    FIRST_ATTEMPT_AT,
+    ORIGINAL_MESSAGE_ID,
+    RESUBMISSION,
+    DeadLetter,
+)
 
 __all__ = ["Selector", "print_list", "print_show", "purge", "resubmit", "resubmitted_copy", "run_dlq", "select"]
 
 #: Dropped from a resubmitted copy: the app's attempt bookkeeping, and the reason Service Bus adds to a
 #: dead letter's application properties.
-_RESET: Final = ("attempt", "firstAttemptAt", RESUBMISSION, "DeadLetterReason", "DeadLetterErrorDescription")
-ORIGINAL_MESSAGE_ID: Final = "originalMessageId"
+_RESET: Final = (ATTEMPT, FIRST_ATTEMPT_AT, RESUBMISSION, DEAD_LETTER_REASON, DEAD_LETTER_ERROR_DESCRIPTION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,21 +47,21 @@ class Selector:
     reason: str | None = None
     id: str | None = None
 
-    def __call__(self, info: DeadLetterInfo) -> bool:
+    def __call__(self, info: DeadLetter) -> bool:
         if self.reason is not None and info.reason != self.reason:
             return False
-        return self.id is None or self.id in (info.message_id, info.request_id, _original(info))
+        return self.id is None or self.id in (info.message_id, info.request_id, info.original_message_id)
 
 
-def select(backend: Backend, selector: Selector) -> list[DeadLetterInfo]:
+def select(backend: Backend, selector: Selector) -> list[DeadLetter]:
     """The dead letters `selector` selects, without locking them."""
     return [info for info in backend.peek_dead_letters() if selector(info)]
 
 
-def resubmitted_copy(info: DeadLetterInfo, *, suffix: str | None = None) -> Outgoing:
+def resubmitted_copy(info: DeadLetter, *, suffix: str | None = None) -> Outgoing:
     """The fresh copy of a dead letter (see the module's docstring)."""
     properties = {key: value for key, value in info.application_properties.items() if key not in _RESET}
-    properties[ORIGINAL_MESSAGE_ID] = _original(info)
+    properties[ORIGINAL_MESSAGE_ID] = info.original_message_id
     properties[RESUBMISSION] = suffix or uuid.uuid4().hex[:8]
     base = info.request_id or info.message_id
     return Outgoing(
@@ -66,7 +72,7 @@ def resubmitted_copy(info: DeadLetterInfo, *, suffix: str | None = None) -> Outg
 
 
 def resubmit(
-    backend: Backend, selector: Selector, *, on_moved: Callable[[DeadLetterInfo, Outgoing], None] = lambda i, o: None
+    backend: Backend, selector: Selector, *, on_moved: Callable[[DeadLetter, Outgoing], None] = lambda i, o: None
 ) -> list[Outgoing]:
     """Move each selected dead letter back to the queue as a fresh copy; return the copies sent."""
     sent: list[Outgoing] = []
@@ -84,9 +90,9 @@ def resubmit(
     return sent
 
 
-def purge(backend: Backend, selector: Selector) -> list[DeadLetterInfo]:
+def purge(backend: Backend, selector: Selector) -> list[DeadLetter]:
     """Delete the selected dead letters for good; return what was deleted."""
-    deleted: list[DeadLetterInfo] = []
+    deleted: list[DeadLetter] = []
     with _pass(backend) as held_for_selection:
         for held in held_for_selection(selector):
             backend.complete(held)
@@ -113,7 +119,7 @@ def _pass(backend: Backend) -> Iterator[Callable[[Selector], Iterator[HeldDeadLe
             backend.abandon(held)
 
 
-def print_list(dead_letters: list[DeadLetterInfo], out: TextIO) -> None:
+def print_list(dead_letters: list[DeadLetter], out: TextIO) -> None:
     """A table: requestId, reason, description head, attempts, enqueued time."""
     header = f"{'requestId':<28} {'reason':<26} {'tries':>5}  {'enqueued (UTC)':<19}  description"
     out.write(header + "\n" + "-" * len(header) + "\n")
@@ -127,7 +133,7 @@ def print_list(dead_letters: list[DeadLetterInfo], out: TextIO) -> None:
     out.write(f"{len(dead_letters)} dead letter(s)\n")
 
 
-def print_show(info: DeadLetterInfo, out: TextIO) -> None:
+def print_show(info: DeadLetter, out: TextIO) -> None:
     """Everything about one dead letter: ids, reason, full description, properties and body."""
     out.write(
         f"messageId:        {info.message_id}\n"
@@ -142,10 +148,6 @@ def print_show(info: DeadLetterInfo, out: TextIO) -> None:
     )
 
 
-def _original(info: DeadLetterInfo) -> str:
-    return str(info.application_properties.get(ORIGINAL_MESSAGE_ID) or info.message_id)
-
-
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -156,8 +158,7 @@ def run_dlq(
     selector: Selector,
     dry_run: bool,
     yes: bool,
-    local: bool,
-    namespace: str | None,
+    open_backend: BackendOpener,
     queue: str,
     out: TextIO,
 ) -> int:
@@ -166,7 +167,7 @@ def run_dlq(
     if action == "purge" and not yes:
         out.write("purge deletes dead letters for good: add --yes to confirm (nothing was deleted)\n")
         return 2
-    with open_backend(local=local, namespace=namespace, queue=queue) as backend:
+    with open_backend() as backend:
         if action == "list":
             print_list(select(backend, selector), out)
         elif action == "show":
@@ -189,7 +190,7 @@ def run_dlq(
 
 
 def _resubmit(backend: Backend, selector: Selector, out: TextIO) -> int:
-    def moved(info: DeadLetterInfo, copy: Outgoing) -> None:
+    def moved(info: DeadLetter, copy: Outgoing) -> None:
         out.write(f"resubmitted {info.request_id or info.message_id} ({info.reason}) as {copy.message_id}\n")
 
     try:
@@ -198,6 +199,6 @@ def _resubmit(backend: Backend, selector: Selector, out: TextIO) -> int:
         out.write("interrupted: the dead letters not reported above are still in the dead-letter queue\n")
         return 1
     out.write(f"resubmitted {len(sent)} dead letter(s)\n")
-    if sent and isinstance(backend, LocalBackend):
-        asyncio.run(backend.process(out))
+    if sent:
+        backend.drain(out)
     return 0

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from grants_cli.backends import BackendOpener
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc loads: no C-core chatter on stderr
 
@@ -89,7 +93,7 @@ def _add_bulk_and_dlq(commands: Any) -> None:
 
 
 def _bulk_or_dlq(args: argparse.Namespace) -> int:
-    from grants_cli.backends import UsageError
+    from shared.core.errors import ConfigError
 
     try:
         if args.command == "submit":
@@ -100,8 +104,7 @@ def _bulk_or_dlq(args: argparse.Namespace) -> int:
                 job_id=args.job_id,
                 dry_run=args.dry_run,
                 skip_invalid=args.skip_invalid,
-                local=args.local,
-                namespace=args.namespace,
+                open_backend=_backend_opener(args),
                 queue=args.queue,
                 out=sys.stdout,
                 err=sys.stderr,
@@ -113,11 +116,21 @@ def _bulk_or_dlq(args: argparse.Namespace) -> int:
             selector=Selector(reason=getattr(args, "reason", None), id=getattr(args, "id", None)),
             dry_run=getattr(args, "dry_run", False),
             yes=getattr(args, "yes", False),
-            local=args.local,
-            namespace=args.namespace,
+            open_backend=_backend_opener(args),
             queue=args.queue,
             out=sys.stdout,
         )
-    except UsageError as error:
+    except ConfigError as error:
         sys.stderr.write(f"grants: error: {error}\n")
         return 2
+
+
+def _backend_opener(args: argparse.Namespace) -> BackendOpener:
+    """The local namespace's queue with ``--local``, else the Service Bus queue (``--namespace`` or the setting)."""
+    if args.local:
+        from grants_local.backend import open_local_backend
+
+        return functools.partial(open_local_backend, args.queue)
+    from grants_cli.backends import servicebus_backend
+
+    return functools.partial(servicebus_backend, namespace=args.namespace, queue=args.queue)

@@ -164,8 +164,7 @@ def line_outcomes(
                 attempts=int(record.get("attempts", 0)),
             )
     for entry in queue.dead_letters():
-        original = entry.application_properties.get("originalMessageId", entry.message_id)
-        dead_line = message_ids.get(str(original))
+        dead_line = message_ids.get(entry.original_message_id)
         if dead_line is not None and dead_line not in outcomes and entry.reason == MAX_DELIVERY_COUNT_EXCEEDED:
             outcomes[dead_line] = LineOutcome(
                 line=dead_line,

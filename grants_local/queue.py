@@ -34,25 +34,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
+
+from shared.core.messaging import DeadLetter, PropertyValue
 
 __all__ = [
     "DEFAULT_DUPLICATE_DETECTION_WINDOW",
     "DEFAULT_LOCK_DURATION",
     "DEFAULT_MAX_DELIVERY_COUNT",
     "MAX_DELIVERY_COUNT_EXCEEDED",
-    "DeadLetter",
     "LocalQueue",
     "LocalSender",
     "LockLostError",
     "LockedMessage",
     "ManualClock",
-    "PropertyValue",
     "QueueStats",
     "SendFailedError",
 ]
 
-PropertyValue: TypeAlias = str | int | float | bool
 
 DEFAULT_LOCK_DURATION: Final = 60.0
 DEFAULT_MAX_DELIVERY_COUNT: Final = 10
@@ -128,23 +127,6 @@ class LockedMessage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DeadLetter:
-    """A message in the dead-letter sub-queue, with why it is there."""
-
-    sequence_number: int
-    message_id: str
-    body: bytes
-    application_properties: Mapping[str, PropertyValue]
-    content_type: str | None
-    subject: str | None
-    correlation_id: str | None
-    delivery_count: int
-    enqueued_time: datetime
-    reason: str | None
-    description: str | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class QueueStats:
     """Counters since the queue was created (active sub-queue only)."""
 
@@ -207,6 +189,11 @@ class LocalQueue:
         self._dead: dict[int, _Entry] = {}  # dead-letter sub-queue, locked or not, in dead-lettering order
         self._locks: dict[uuid.UUID, _Lock] = {}
         self._counts: Counter[str] = Counter()  # QueueStats field -> count
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The queue's clock (epoch seconds)."""
+        return self._clock
 
     # -- sending ---------------------------------------------------------------------------------------
 
@@ -417,9 +404,6 @@ class LocalQueue:
                     message_id=entry.message_id,
                     body=entry.body,
                     application_properties=entry.application_properties,
-                    content_type=entry.content_type,
-                    subject=entry.subject,
-                    correlation_id=entry.correlation_id,
                     delivery_count=entry.delivery_count,
                     enqueued_time=_utc(entry.enqueued_at),
                     reason=entry.dead_letter_reason,
@@ -475,7 +459,7 @@ class LocalQueue:
 
 
 class LocalSender:
-    """Sends scheduled retry copies into a `LocalQueue` (the app's ``RetrySender``); can be told to fail."""
+    """The app's `MessageSender` on a `LocalQueue`; can be told to fail."""
 
     def __init__(self, queue: LocalQueue) -> None:
         self._queue = queue

@@ -12,17 +12,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from grants_local.host import LineOutcome, LocalHost, OutcomeRecorder, line_outcomes, registered_function
-from grants_local.queue import DeadLetter, LocalQueue, LocalSender, ManualClock
-from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
-from shared.adapters.governor import WriteGovernor
-from shared.bootstrap import bootstrap
+from grants_local.app import local_app
+from grants_local.host import LineOutcome, OutcomeRecorder, line_outcomes
+from grants_local.queue import LocalQueue
 from shared.config import APP_ROOT, Settings
 from shared.core.errors import ConfigError
-from shared.runtime import installed
+from shared.core.messaging import DeadLetter
 
 __all__ = [
     "LocalRun",
@@ -33,10 +30,8 @@ __all__ = [
     "print_table",
     "process_queue",
     "run_local",
-    "virtual_governor",
 ]
 
-FUNCTION_NAME = "grant_membership"
 EXAMPLES = APP_ROOT / "examples"
 
 
@@ -89,8 +84,6 @@ async def process_queue(
     concurrency: int = 16,
 ) -> OutcomeRecorder:
     """Deliver everything in `queue` to the registered function until it is idle; return the outcome records."""
-    import function_app
-
     settings = Settings.from_env(env)
     if settings.graph_root.startswith("http://") and not (
         env.get("IDENTITY_ENDPOINT") or os.environ.get("IDENTITY_ENDPOINT")
@@ -99,31 +92,10 @@ async def process_queue(
             "GRAPH_BASE_URL is a local Graph but IDENTITY_ENDPOINT is not set: the managed-identity credential "
             "would look for Azure's instance metadata service; point it at a local token endpoint"
         )
-    with (
-        _identity_environment(env),
-        LocalSettlementServer(queue) as server,
-        OutcomeRecorder().attached() as recorder,
-    ):
-        actions = point_message_actions_at(server.address)
-        services = bootstrap(
-            settings,
-            sender=LocalSender(queue),
-            now=lambda: datetime.fromtimestamp(clock(), UTC),
-            governor=virtual_governor(settings, clock),
-        )
-        host = LocalHost(
-            queue=queue,
-            function=registered_function(function_app.app, FUNCTION_NAME),
-            actions=actions,
-            clock=clock,
-            concurrency=concurrency,
-        )
-        with installed(services):
-            try:
-                await host.drain()
-            finally:
-                await services.aclose()
-    return recorder
+    with _identity_environment(env):
+        async with local_app(settings, queue=queue, clock=clock) as app:
+            await app.drain(concurrency=concurrency)
+    return app.recorder
 
 
 @contextmanager
@@ -139,19 +111,6 @@ def graph_environment(env: Mapping[str, str], *, clock: Callable[[], float]) -> 
     with TokenEndpoint() as tokens, GraphDouble(tokens, clock=clock) as graph:
         graph.load(EXAMPLES / "directory.json")
         yield {**env, **tokens.env(), "GRAPH_BASE_URL": graph.base_url}
-
-
-def virtual_governor(settings: Settings, clock: Callable[[], float]) -> WriteGovernor | None:
-    """On a `ManualClock`, a write governor whose waits move that clock (so a 429's pause costs no real time)."""
-    if isinstance(clock, ManualClock):
-        return WriteGovernor(
-            rate=settings.graph_write_rate,
-            adaptive=settings.graph_write_adaptive,
-            window_seconds=settings.graph_write_window_seconds,
-            clock=clock,
-            sleep=clock.sleep,
-        )
-    return None
 
 
 def _identity_environment(env: Mapping[str, str]) -> AbstractContextManager[None]:
@@ -209,8 +168,7 @@ def print_dead_letters(run: LocalRun, out: TextIO) -> None:
     """The dead-letter queue: reason and description of each message in it."""
     out.write(f"Dead-letter queue: {len(run.dead_letters)} message(s)\n")
     for entry in run.dead_letters:
-        original = entry.application_properties.get("originalMessageId", entry.message_id)
-        out.write(f"  {original:<8} {entry.reason}: {_clip(entry.description or '', 110)}\n")
+        out.write(f"  {entry.original_message_id:<8} {entry.reason}: {_clip(entry.description or '', 110)}\n")
 
 
 def _clip(text: str, width: int) -> str:

@@ -17,8 +17,7 @@ default), so `TokenEndpoint.is_valid` can serve as the Graph double's token chec
 every token issued so far. ``expires_on`` itself is wall-clock time (azure-identity compares it with
 ``time.time()``).
 
-The module also holds the small HTTP/1.1 keep-alive server both local doubles run on (`LoopbackServer`):
-stdlib ``ThreadingHTTPServer`` on 127.0.0.1, an ephemeral port, one daemon thread per connection.
+It runs on `grants_local._http.LoopbackServer`, like the Graph double.
 """
 
 from __future__ import annotations

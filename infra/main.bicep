@@ -51,6 +51,21 @@ param grantsPolicy string = ''
 @description('HR mapping-rules file (GRANTS_HR_RULES), a path in the deployed package relative to its root; empty: HR events are dead-lettered HrRulesNotConfigured.')
 param hrRules string = ''
 
+@description('Email address the alerts go to; empty: no email receiver.')
+param alertEmail string = ''
+
+@description('Webhook the alerts are posted to (common alert schema), e.g. a Teams or PagerDuty endpoint; empty: none. Secure: such URLs often carry a token.')
+@secure()
+param alertWebhookUrl string = ''
+
+@description('Alert "dead-letters" fires when more deliveries than this are dead-lettered for one reason within an hour.')
+@minValue(0)
+param alertDeadLettersPerHour int = 10
+
+@description('Alert "stalled": minutes with grant deliveries but none landed, or with the grants queue never empty.')
+@allowed([15, 30, 60])
+param alertStalledMinutes int = 30
+
 var token = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
 var tags = { 'azd-env-name': environmentName }
 
@@ -116,6 +131,36 @@ module rbac 'modules/rbac.bicep' = {
     serviceBusNamespaceName: servicebus.outputs.name
     storageAccountName: storage.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
+    // The rules' identities exist once the rules do, so this module (and the app, which waits for it) waits for them.
+    alertRulePrincipalIds: alerts.outputs.logAlertPrincipalIds
+  }
+}
+
+// Alerts (docs/runbook.md) and the operations workbook, over Application Insights and the Service Bus metrics.
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    name: 'grants-${token}'
+    location: location
+    tags: tags
+    appInsightsId: monitoring.outputs.appInsightsId
+    serviceBusNamespaceId: servicebus.outputs.id
+    grantsQueue: servicebus.outputs.grantsQueue
+    hrEventsQueue: servicebus.outputs.hrEventsQueue
+    alertEmail: alertEmail
+    alertWebhookUrl: alertWebhookUrl
+    deadLettersPerHour: alertDeadLettersPerHour
+    stalledMinutes: alertStalledMinutes
+  }
+}
+
+module workbook 'modules/workbook.bicep' = {
+  name: 'workbook'
+  params: {
+    location: location
+    tags: tags
+    appInsightsId: monitoring.outputs.appInsightsId
+    serviceBusNamespaceId: servicebus.outputs.id
   }
 }
 
@@ -126,6 +171,7 @@ output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output MANAGED_IDENTITY_NAME string = identity.outputs.name
 output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.appInsightsName
 output SERVICE_BUS_NAMESPACE string = servicebus.outputs.fullyQualifiedNamespace
 output GRANTS_QUEUE string = servicebus.outputs.grantsQueue
 output GRANTS_BULK_QUEUE string = servicebus.outputs.grantsBulkQueue

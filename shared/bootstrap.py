@@ -22,13 +22,14 @@ from shared.adapters.lanes import LaneSender
 from shared.config import Settings
 from shared.core.contract import GrantCommand
 from shared.core.errors import ConfigError
+from shared.core.messaging import Delivery, MessageActions, MessageSender
 from shared.core.policy import GrantPolicy
 from shared.core.retry import RetryPolicy
 from shared.producers.hr import settle_hr_event
 from shared.producers.hr_rules import HrRules
 from shared.service.grants import GrantService
 from shared.service.membership import Result
-from shared.service.settlement import Delivery, MessageActions, RetrySender, Settled, settle
+from shared.service.settlement import Settled, settle
 
 __all__ = ["Services", "bootstrap"]
 
@@ -47,8 +48,8 @@ class Services:
     http: httpx.AsyncClient
     graph: GraphClient
     grants: GrantService
-    policy: RetryPolicy
-    sender: RetrySender
+    retry_policy: RetryPolicy
+    sender: MessageSender
     now: Callable[[], datetime] = _utc_now
     hr_rules: HrRules | None = None
     _closers: tuple[Any, ...] = field(default=(), repr=False)
@@ -57,18 +58,18 @@ class Services:
         """Carry out one validated command: guardrails, Graph, expiry."""
         return await self.grants.execute(command)
 
-    async def process(self, message: Any, actions: MessageActions) -> Settled:
-        """Process and settle one received Service Bus message."""
+    async def settle_grant(self, message: Any, actions: MessageActions) -> Settled:
+        """Process and settle one received grant message."""
         return await settle(
             Delivery.of(message),
             handle=self.handle,
             actions=actions,
             sender=self.sender,
-            policy=self.policy,
+            retry_policy=self.retry_policy,
             now=self.now,
         )
 
-    async def process_hr_event(self, message: Any, actions: MessageActions) -> Settled:
+    async def settle_hr_event(self, message: Any, actions: MessageActions) -> Settled:
         """Turn one received HR event into grant messages on the grants queue, and settle it."""
         return await settle_hr_event(
             Delivery.of(message), rules=self.hr_rules, actions=actions, sender=self.sender, now=self.now
@@ -85,8 +86,8 @@ def bootstrap(
     settings: Settings,
     *,
     tokens: TokenSource | None = None,
-    sender: RetrySender | None = None,
-    policy: RetryPolicy | None = None,
+    sender: MessageSender | None = None,
+    retry_policy: RetryPolicy | None = None,
     now: Callable[[], datetime] = _utc_now,
     governor: WriteGovernor | None = None,
 ) -> Services:
@@ -128,7 +129,7 @@ def bootstrap(
         http=http,
         graph=graph,
         grants=grants,
-        policy=policy
+        retry_policy=retry_policy
         or RetryPolicy(
             max_attempts=settings.max_attempts,
             base_delay=settings.retry_base_seconds,
@@ -142,8 +143,10 @@ def bootstrap(
     )
 
 
-def _servicebus_sender(settings: Settings, http: httpx.AsyncClient, credential: Any, closers: list[Any]) -> RetrySender:
-    from shared.adapters.servicebus import ServiceBusRetrySender
+def _servicebus_sender(
+    settings: Settings, http: httpx.AsyncClient, credential: Any, closers: list[Any]
+) -> MessageSender:
+    from shared.adapters.servicebus import ServiceBusSender
 
     if not settings.servicebus_namespace:
         raise ConfigError(
@@ -154,10 +157,10 @@ def _servicebus_sender(settings: Settings, http: httpx.AsyncClient, credential: 
         closers.append(credential)
     sender = LaneSender(
         {
-            "interactive": ServiceBusRetrySender(
+            "interactive": ServiceBusSender(
                 namespace=settings.servicebus_namespace, queue=settings.grants_queue, credential=credential
             ),
-            "bulk": ServiceBusRetrySender(
+            "bulk": ServiceBusSender(
                 namespace=settings.servicebus_namespace, queue=settings.bulk_queue, credential=credential
             ),
         }

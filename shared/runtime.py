@@ -12,10 +12,11 @@ import azure.functions as func
 from shared.adapters.governor import Lane, lane
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
+from shared.core.messaging import MessageActions
 from shared.core.policy import GrantPolicy
 from shared.producers.hr_rules import HrRules
 from shared.producers.webhook import receive
-from shared.service.settlement import MessageActions, Settled
+from shared.service.settlement import Settled
 
 __all__ = [
     "check_configuration",
@@ -62,12 +63,12 @@ async def process_grant_message(message: Any, actions: MessageActions, *, lane_n
     """Entry point for the Service Bus triggers: process and settle one grant message in lane `lane_name`
     (``bulk`` for the bulk queue: its Graph writes wait behind interactive ones, its retries stay bulk)."""
     with lane(lane_name):
-        return await services().process(message, actions)
+        return await services().settle_grant(message, actions)
 
 
 async def process_hr_event(message: Any, actions: MessageActions) -> Settled:
     """Entry point for the HR events trigger: derive grant messages from one event and settle it."""
-    return await services().process_hr_event(message, actions)
+    return await services().settle_hr_event(message, actions)
 
 
 async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack
+from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 
-import function_app
+from grants_local.app import LocalApp, local_app
 from grants_local.graph_double import GraphDouble
-from grants_local.host import LocalHost, OutcomeRecorder, registered_function
 from grants_local.queue import LocalQueue, LocalSender, ManualClock
-from grants_local.run import virtual_governor
-from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
 from grants_local.token_endpoint import TokenEndpoint
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
-from shared.runtime import installed
+from shared.core.contract import draft
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -46,6 +44,23 @@ SEED: dict[str, Any] = {
         {"id": USER_ADMIN_TEMPLATE, "displayName": "License Administrator", "activated": False},
     ],
 }
+
+
+def message(**fields: Any) -> dict[str, Any]:
+    """The tests' one message builder: a valid v1 document (the contract's `draft`: requestId ``req-1``, a user
+    added to `AU` by a bulk job), any field replaced, or left out when given None."""
+    defaults: dict[str, Any] = {
+        "requestId": "req-1",
+        "target": {"type": "administrativeUnit", "id": AU},
+        "member": {"id": USER, "type": "user"},
+        "source": {"system": "bulk", "reference": "job-7"},
+    }
+    return draft(**(defaults | fields))
+
+
+def body(**fields: Any) -> bytes:
+    """`message` as a message body."""
+    return json.dumps(message(**fields)).encode()
 
 
 @pytest.fixture
@@ -79,11 +94,12 @@ async def services(graph: GraphDouble) -> AsyncIterator[Services]:
 
 
 class Run:
-    """The local host, the real settlement over gRPC and the app's services, on a manual clock."""
+    """The app on the local host (`local_app`: real settlement over gRPC, the app's services) against the Graph
+    double, on a manual clock."""
 
-    def __init__(self, graph: GraphDouble, queue: LocalQueue, clock: ManualClock, actions: Any) -> None:
-        self.graph, self.queue, self.clock, self.actions = graph, queue, clock, actions
-        self.recorder = OutcomeRecorder()
+    def __init__(self, graph: GraphDouble, app: LocalApp) -> None:
+        self.graph, self.app = graph, app
+        self.queue, self.clock, self.actions = app.queue, app.clock, app.actions
         self.sent = 0
 
     async def deliver(self, *bodies: bytes) -> dict[str, dict[str, Any]]:
@@ -91,14 +107,8 @@ class Run:
         for body in bodies:
             self.sent += 1
             self.queue.send(body, message_id=f"m-{self.sent}")
-        with self.recorder.attached():
-            await LocalHost(
-                queue=self.queue,
-                function=registered_function(function_app.app, "grant_membership"),
-                actions=self.actions,
-                clock=self.clock,
-            ).drain()
-        return {key: dict(value) for key, value in self.recorder.terminal().items()}
+        await self.app.drain()
+        return {key: dict(value) for key, value in self.app.outcomes().items()}
 
     def writes(self) -> list[tuple[str, str]]:
         return [(r.method, r.path) for r in self.graph.requests if r.method != "GET"]
@@ -106,24 +116,14 @@ class Run:
 
 @pytest.fixture
 async def make_run(graph: GraphDouble) -> AsyncIterator[Callable[..., Any]]:
+    """Builds a `Run` with app settings `env` (retries without delay unless told otherwise)."""
     graph.add_role_template(
         GLOBAL_ADMIN, display_name="Global Administrator", activated=True, role_id=GLOBAL_ADMIN_ROLE
     )
-    opened: list[Services] = []
-    with ExitStack() as stack:
+    async with AsyncExitStack() as stack:
 
         async def make(**env: str) -> Run:
-            clock = ManualClock()
-            queue = LocalQueue(clock=clock)
-            settings = settings_for(graph, **env)
-            services = bootstrap(
-                settings, sender=LocalSender(queue), now=clock.utcnow, governor=virtual_governor(settings, clock)
-            )
-            opened.append(services)
-            server = stack.enter_context(LocalSettlementServer(queue))
-            stack.enter_context(installed(services))
-            return Run(graph, queue, clock, point_message_actions_at(server.address))
+            app = await stack.enter_async_context(local_app(settings_for(graph, **env), clock=ManualClock()))
+            return Run(graph, app)
 
         yield make
-        for services in opened:
-            await services.aclose()

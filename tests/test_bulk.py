@@ -10,11 +10,12 @@ import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.exceptions import MessageSizeExceededError
 
-from grants_cli.backends import LocalBackend, Outgoing, fill_batches, to_service_bus_message
+from grants_cli.backends import Outgoing, fill_batches, to_service_bus_message
 from grants_cli.bulk import Progress, default_job_id, read_job, run_submit, submit, summary
+from grants_local.backend import LocalBackend, open_local_backend
 from grants_local.queue import LocalQueue, ManualClock
 from shared.core.contract import parse_grant
-from tests.conftest import AU, USER, USER_2
+from tests.conftest import AU, USER, USER_2, message
 
 HEADER = (
     "action,targetType,targetId,roleTemplateId,administrativeUnitId,memberId,memberType,requestedBy,reason,expiresAt"
@@ -56,9 +57,15 @@ def test_given_csv_with_bad_rows_when_submitted_then_errors_name_lines_and_nothi
     path = write(tmp_path, "job.csv", HEADER, GOOD, BAD_ID, "", BAD_ACTION)
     out = io.StringIO()
     code = run_submit(
-        path=path, job_id="j1", dry_run=False, skip_invalid=False, local=True, namespace=None,
-        queue="grant-membership", out=out, err=io.StringIO(),
-    )  # fmt: skip
+        path=path,
+        job_id="j1",
+        dry_run=False,
+        skip_invalid=False,
+        open_backend=lambda: open_local_backend("grant-membership"),
+        queue="grant-membership",
+        out=out,
+        err=io.StringIO(),
+    )
     assert code == 1
     text = out.getvalue()
     assert "line 3: InvalidId: target.id must be a GUID" in text
@@ -111,8 +118,7 @@ def test_given_a_dry_run_when_submitted_then_it_prints_what_would_be_sent_and_se
 
 
 def test_given_json_lines_when_read_then_each_line_is_validated_with_its_line_number(tmp_path: Path) -> None:
-    good = {"schemaVersion": 1, "requestId": "r-1", "target": {"type": "administrativeUnit", "id": AU},
-            "member": {"id": USER}, "source": {"system": "bulk"}}  # fmt: skip
+    good = message(requestId="r-1", member={"id": USER}, source={"system": "bulk"})
     job = read_job(write(tmp_path, "job.jsonl", json.dumps(good), "", "{oops", json.dumps({**good, "x": 1})))
     assert [m.message_id for m in job.messages] == [f"{job.job_id}:1"]
     assert [(i.line, i.reason) for i in job.invalid] == [(3, "InvalidJson"), (4, "SchemaViolation")]

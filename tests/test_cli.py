@@ -10,7 +10,7 @@ from pathlib import Path
 
 from grants_local.graph_double import GraphDouble
 from grants_local.token_endpoint import TokenEndpoint
-from tests.conftest import AU, USER
+from tests.conftest import AU, USER, message
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,13 +44,7 @@ def test_demo_runs_every_example_to_a_terminal_outcome() -> None:
 def test_run_local_json_prints_one_object_per_input_line(
     tmp_path: Path, graph: GraphDouble, token_endpoint: TokenEndpoint
 ) -> None:
-    good = {
-        "schemaVersion": 1,
-        "requestId": "cli-1",
-        "target": {"type": "administrativeUnit", "id": AU},
-        "member": {"id": USER},
-        "source": {"system": "bulk"},
-    }
+    good = message(requestId="cli-1", member={"id": USER})
     messages = tmp_path / "messages.jsonl"
     messages.write_text(json.dumps(good) + "\n" + "{oops\n" + json.dumps(good) + "\n")
     result = run("run-local", str(messages), "--json", env={"GRAPH_BASE_URL": graph.base_url, **token_endpoint.env()})
@@ -68,15 +62,9 @@ def test_run_local_json_prints_one_object_per_input_line(
 
 
 def test_run_local_dry_run_writes_nothing(tmp_path: Path, graph: GraphDouble, token_endpoint: TokenEndpoint) -> None:
-    message = {
-        "schemaVersion": 1,
-        "requestId": "cli-dry",
-        "target": {"type": "administrativeUnit", "id": AU},
-        "member": {"id": USER},
-        "source": {"system": "bulk"},
-    }
+    dry = message(requestId="cli-dry", member={"id": USER})
     messages = tmp_path / "messages.jsonl"
-    messages.write_text(json.dumps(message) + "\n")
+    messages.write_text(json.dumps(dry) + "\n")
     env = {"GRAPH_BASE_URL": graph.base_url, **token_endpoint.env()}
     result = run("run-local", str(messages), "--json", "--dry-run", env=env)
     assert result.returncode == 0, result.stderr

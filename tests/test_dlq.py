@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from azure.servicebus import ServiceBusReceivedMessage
 
-from grants_cli.backends import HeldDeadLetter, LocalBackend, Outgoing, dead_letter_info, to_service_bus_message
+from grants_cli.backends import HeldDeadLetter, Outgoing, dead_letter_info, to_service_bus_message
 from grants_cli.dlq import Selector, purge, resubmit, resubmitted_copy, run_dlq
+from grants_local.backend import LocalBackend, open_local_backend
 from grants_local.binding import to_received_message
 from grants_local.namespace import LocalNamespace
 from grants_local.queue import LocalQueue, ManualClock
@@ -123,8 +124,15 @@ def test_given_dead_letters_when_purging_by_reason_then_only_those_are_deleted_a
 
     monkeypatch.setenv("GRANTS_LOCAL_NAMESPACE", str(tmp_path / "ns"))
     out = io.StringIO()
-    code = run_dlq(action="purge", selector=Selector(), dry_run=False, yes=False, local=True, namespace=None,
-                   queue="grant-membership", out=out)  # fmt: skip
+    code = run_dlq(
+        action="purge",
+        selector=Selector(),
+        dry_run=False,
+        yes=False,
+        open_backend=lambda: open_local_backend("grant-membership"),
+        queue="grant-membership",
+        out=out,
+    )
     assert code == 2
     assert "add --yes" in out.getvalue()
 

@@ -4,83 +4,39 @@ classes over gRPC, the in-process queue, the Graph double and the real managed-i
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import pytest
 
 import function_app
+from grants_local.app import LocalApp, local_app
 from grants_local.binding import to_received_message
 from grants_local.graph_double import Fault, GraphDouble
-from grants_local.host import LocalHost, OutcomeRecorder, registered_function
-from grants_local.queue import LocalQueue, LocalSender, ManualClock
-from grants_local.run import run_local, virtual_governor
-from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
-from shared.bootstrap import Services, bootstrap
+from grants_local.host import LocalHost, registered_function
+from grants_local.queue import ManualClock
+from grants_local.run import run_local
 from shared.core.errors import ConfigError
-from shared.runtime import installed
 from shared.service.settlement import Delivery, Settled, settle
-from tests.conftest import AU, LATE_USER, UNKNOWN, USER, USER_2, settings_for
+from tests.conftest import AU, LATE_USER, UNKNOWN, USER, USER_2, body, settings_for
 
 GRANT = registered_function(function_app.app, "grant_membership")
 
 
 def grant(request_id: str = "req-1", member: str = USER, **extra: Any) -> bytes:
-    return json.dumps(
-        {
-            "schemaVersion": 1,
-            "requestId": request_id,
-            "target": {"type": "administrativeUnit", "id": AU},
-            "member": {"id": member, "type": "user"},
-            "source": {"system": "bulk", "reference": "job-7"},
-            **extra,
-        }
-    ).encode()
-
-
-@dataclass
-class Harness:
-    """One queue, one settlement server, the real message actions and the app's services, on a manual clock."""
-
-    clock: ManualClock
-    queue: LocalQueue
-    server: LocalSettlementServer
-    actions: Any
-    services: Services
-    sender: LocalSender
-    recorder: OutcomeRecorder
-
-    def host(self) -> LocalHost:
-        return LocalHost(queue=self.queue, function=GRANT, actions=self.actions, clock=self.clock)
-
-    def outcomes(self) -> dict[str, Mapping[str, Any]]:
-        return self.recorder.terminal()
-
-    def calls(self) -> list[str]:
-        return [call.method for call in self.server.calls]
+    return body(requestId=request_id, member={"id": member, "type": "user"}, **extra)
 
 
 @pytest.fixture
-async def harness(graph: GraphDouble) -> AsyncIterator[Harness]:
-    clock = ManualClock()
-    queue = LocalQueue(clock=clock)
-    sender = LocalSender(queue)
-    env = {"GRANTS_MAX_ATTEMPTS": "4", "GRANTS_RETRY_BASE_SECONDS": "10"}
-    settings = settings_for(graph, **env)
-    services = bootstrap(settings, sender=sender, now=clock.utcnow, governor=virtual_governor(settings, clock))
-    with (
-        LocalSettlementServer(queue) as server,
-        OutcomeRecorder().attached() as recorder,
-        installed(services),
-    ):
-        actions = point_message_actions_at(server.address)
-        yield Harness(clock, queue, server, actions, services, sender, recorder)
-    await services.aclose()
+async def harness(graph: GraphDouble) -> AsyncIterator[LocalApp]:
+    """The app on the local host, four attempts 10 s apart (doubling, with jitter), on a manual clock."""
+    settings = settings_for(graph, GRANTS_MAX_ATTEMPTS="4", GRANTS_RETRY_BASE_SECONDS="10")
+    async with local_app(settings) as app:
+        yield app
 
 
-async def test_a_grant_is_completed_once(harness: Harness, graph: GraphDouble) -> None:
+async def test_a_grant_is_completed_once(harness: LocalApp, graph: GraphDouble) -> None:
     harness.queue.send(grant(), message_id="m-1")
     await harness.host().drain()
     outcome = harness.outcomes()["m-1"]
@@ -90,7 +46,7 @@ async def test_a_grant_is_completed_once(harness: Harness, graph: GraphDouble) -
     assert harness.queue.dead_letters() == []
 
 
-async def test_two_transient_failures_then_success_takes_three_attempts(harness: Harness, graph: GraphDouble) -> None:
+async def test_two_transient_failures_then_success_takes_three_attempts(harness: LocalApp, graph: GraphDouble) -> None:
     graph.inject(Fault.status(503), Fault.status(429, retry_after=30))
     harness.queue.send(grant(), message_id="m-1")
     await harness.host().drain()
@@ -103,7 +59,7 @@ async def test_two_transient_failures_then_success_takes_three_attempts(harness:
 
 
 async def test_the_retry_copy_carries_the_next_attempt_and_a_new_message_id(
-    harness: Harness, graph: GraphDouble
+    harness: LocalApp, graph: GraphDouble
 ) -> None:
     graph.inject(Fault.status(503))
     harness.queue.send(grant("req-9"), message_id="m-1")
@@ -123,7 +79,7 @@ async def test_the_retry_copy_carries_the_next_attempt_and_a_new_message_id(
     assert datetime.fromisoformat(str(copy.application_properties["firstAttemptAt"])).timestamp() == started
 
 
-async def test_retries_exhausted_dead_letter_with_the_last_error(harness: Harness, graph: GraphDouble) -> None:
+async def test_retries_exhausted_dead_letter_with_the_last_error(harness: LocalApp, graph: GraphDouble) -> None:
     graph.inject(*[Fault.status(503)] * 4)
     harness.queue.send(grant(), message_id="m-1")
     await harness.host().drain()
@@ -137,7 +93,7 @@ async def test_retries_exhausted_dead_letter_with_the_last_error(harness: Harnes
 
 
 async def test_a_member_that_never_appears_is_dead_lettered_after_the_window(
-    harness: Harness, graph: GraphDouble
+    harness: LocalApp, graph: GraphDouble
 ) -> None:
     harness.queue.send(grant(member=UNKNOWN), message_id="m-1")
     await harness.host().drain()
@@ -146,14 +102,14 @@ async def test_a_member_that_never_appears_is_dead_lettered_after_the_window(
 
 
 async def test_a_member_that_replicates_late_is_granted_on_a_later_attempt(
-    harness: Harness, graph: GraphDouble
+    harness: LocalApp, graph: GraphDouble
 ) -> None:
     harness.queue.send(grant(member=LATE_USER), message_id="m-1")
     await harness.host().drain()
     assert (harness.outcomes()["m-1"]["outcome"], harness.outcomes()["m-1"]["attempts"]) == ("granted", 3)
 
 
-async def test_permanent_failure_is_dead_lettered_at_once(harness: Harness, graph: GraphDouble) -> None:
+async def test_permanent_failure_is_dead_lettered_at_once(harness: LocalApp, graph: GraphDouble) -> None:
     graph.deny("administrativeUnit")
     harness.queue.send(grant(), message_id="m-1")
     await harness.host().drain()
@@ -177,7 +133,7 @@ async def test_permanent_failure_is_dead_lettered_at_once(harness: Harness, grap
     ],
 )
 async def test_bad_input_is_dead_lettered_without_a_graph_call(
-    harness: Harness, graph: GraphDouble, body: bytes, reason: str
+    harness: LocalApp, graph: GraphDouble, body: bytes, reason: str
 ) -> None:
     harness.queue.send(body, message_id="m-1")
     await harness.host().drain()
@@ -188,7 +144,7 @@ async def test_bad_input_is_dead_lettered_without_a_graph_call(
 
 
 async def test_a_crash_after_graph_succeeded_is_redelivered_and_already_member(
-    harness: Harness, graph: GraphDouble
+    harness: LocalApp, graph: GraphDouble
 ) -> None:
     """Settlement fails once (the host died after the grant): the lock expires, the message comes back."""
     harness.queue.send(grant(), message_id="m-1")
@@ -202,7 +158,7 @@ async def test_a_crash_after_graph_succeeded_is_redelivered_and_already_member(
     assert [r.status for r in graph.requests if r.method == "POST"] == [204, 400]
 
 
-async def test_a_copy_that_cannot_be_sent_abandons_the_original(harness: Harness, graph: GraphDouble) -> None:
+async def test_a_copy_that_cannot_be_sent_abandons_the_original(harness: LocalApp, graph: GraphDouble) -> None:
     graph.inject(Fault.status(503))
     harness.sender.fail_next(1)
     harness.queue.send(grant(), message_id="m-1")
@@ -212,27 +168,25 @@ async def test_a_copy_that_cannot_be_sent_abandons_the_original(harness: Harness
     assert graph.members_of(AU) == {USER}
 
 
-async def test_the_copy_is_scheduled_before_the_original_is_completed(harness: Harness, graph: GraphDouble) -> None:
+async def test_the_copy_is_scheduled_before_the_original_is_completed(harness: LocalApp, graph: GraphDouble) -> None:
     graph.inject(Fault.status(503))
     seen: list[list[str]] = []
     real_schedule = harness.sender.schedule
 
     async def schedule(**kwargs: Any) -> None:
-        seen.append(harness.calls())
+        seen.append(app.calls())
         await real_schedule(**kwargs)
 
-    harness.services = bootstrap(
-        settings_for(graph, GRANTS_MAX_ATTEMPTS="4"), sender=_Sender(schedule), now=harness.clock.utcnow
-    )
-    with installed(harness.services):
-        harness.queue.send(grant(), message_id="m-1")
-        await harness.host().drain()
-    await harness.services.aclose()
+    async with local_app(
+        settings_for(graph, GRANTS_MAX_ATTEMPTS="4"), queue=harness.queue, sender=lambda _: _Sender(schedule)
+    ) as app:
+        app.queue.send(grant(), message_id="m-1")
+        await app.drain()
     assert seen == [[]]  # when the copy was sent, nothing had been settled yet
-    assert harness.calls() == ["Complete", "Complete"]
+    assert app.calls() == ["Complete", "Complete"]
 
 
-async def test_an_unexpected_exception_abandons_and_never_completes(harness: Harness) -> None:
+async def test_an_unexpected_exception_abandons_and_never_completes(harness: LocalApp) -> None:
     async def broken(command: Any) -> Any:
         raise RuntimeError("a bug")
 
@@ -245,7 +199,7 @@ async def test_an_unexpected_exception_abandons_and_never_completes(harness: Har
         handle=broken,
         actions=harness.actions,
         sender=harness.sender,
-        policy=harness.services.policy,
+        retry_policy=harness.services.retry_policy,
         now=harness.clock.utcnow,
     )
     assert (settled.outcome, settled.terminal) == ("abandoned", False)

@@ -4,7 +4,6 @@ of the outcome table, plus token caching and connection reuse."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
@@ -29,6 +28,7 @@ from tests.conftest import (
     USER,
     USER_2,
     USER_ADMIN_TEMPLATE,
+    body,
     settings_for,
 )
 
@@ -37,16 +37,13 @@ def command(
     *, target: dict[str, str] | None = None, member: str = USER, action: str = "add", member_type: str = "user"
 ) -> GrantCommand:
     return parse_grant(
-        json.dumps(
-            {
-                "schemaVersion": 1,
-                "requestId": "test-1",
-                "action": action,
-                "target": target or {"type": "administrativeUnit", "id": AU},
-                "member": {"id": member, "type": member_type},
-                "source": {"system": "other"},
-            }
-        ).encode()
+        body(
+            requestId="test-1",
+            action=action,
+            target=target or {"type": "administrativeUnit", "id": AU},
+            member={"id": member, "type": member_type},
+            source={"system": "other"},
+        )
     )
 
 
@@ -253,15 +250,12 @@ async def test_any_other_4xx_is_permanent_graph_rejected(services: Services, gra
 async def test_graph_refuses_a_device_in_a_role_as_graph_rejected(services: Services, graph: GraphDouble) -> None:
     """The contract already refuses devices typed as such; an untyped device id reaches Graph, which says no."""
     untyped = parse_grant(
-        json.dumps(
-            {
-                "schemaVersion": 1,
-                "requestId": "dev-1",
-                "target": {"type": "directoryRole", "id": HELPDESK_ROLE},
-                "member": {"id": DEVICE},
-                "source": {"system": "other"},
-            }
-        ).encode()
+        body(
+            requestId="dev-1",
+            target={"type": "directoryRole", "id": HELPDESK_ROLE},
+            member={"id": DEVICE},
+            source={"system": "other"},
+        )
     )
     with pytest.raises(PermanentError) as caught:
         await services.handle(untyped)

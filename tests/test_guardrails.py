@@ -33,23 +33,21 @@ from tests.conftest import (
     HELPDESK_TEMPLATE,
     USER,
     USER_2,
+    body,
 )
 from tests.test_function_app import GRANT
 
 
 def grant(request_id: str = "req-1", *, target: dict[str, str], source: str = "ticketing", **extra: Any) -> bytes:
-    return json.dumps(
-        {
-            "schemaVersion": 1,
-            "requestId": request_id,
-            "target": target,
-            "member": {"id": extra.pop("member", USER), "type": "user"},
-            "source": {"system": source, "reference": "T-1"},
-            "requestedBy": "approver@contoso.com",
-            "reason": "test",
-            **extra,
-        }
-    ).encode()
+    return body(
+        requestId=request_id,
+        target=target,
+        member={"id": extra.pop("member", USER), "type": "user"},
+        source={"system": source, "reference": "T-1"},
+        requestedBy="approver@contoso.com",
+        reason="test",
+        **extra,
+    )
 
 
 AU_TARGET = {"type": "administrativeUnit", "id": AU}
@@ -264,13 +262,13 @@ SCOPED = {"type": "scopedRole", "roleTemplateId": HELPDESK_TEMPLATE, "administra
 async def test_a_scoped_role_is_granted_once_and_removed(make_run: Callable[..., Any], graph: GraphDouble) -> None:
     run = await make_run()
     outcomes: dict[str, dict[str, Any]] = {}
-    for body in (  # one at a time: messages in one batch run concurrently, in no set order
+    for each in (  # one at a time: messages in one batch run concurrently, in no set order
         grant("s1", target=SCOPED),
         grant("s2", target=SCOPED),
         grant("s3", target=SCOPED, action="remove"),
         grant("s4", target=SCOPED, action="remove"),
     ):
-        outcomes.update(await run.deliver(body))
+        outcomes.update(await run.deliver(each))
     assert [outcomes[f"m-{n}"]["outcome"] for n in (1, 2, 3, 4)] == [
         "granted",
         "already_member",

@@ -12,23 +12,12 @@ import pytest
 
 from shared.core.contract import parse_grant
 from shared.core.errors import ContractError
+from tests import conftest
 from tests.conftest import AU, USER
 
 
-def message(**fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "schemaVersion": 1,
-        "requestId": "hostile-1",
-        "target": {"type": "administrativeUnit", "id": AU},
-        "member": {"id": USER, "type": "user"},
-        "source": {"system": "bulk", "reference": "job"},
-    }
-    base.update(fields)
-    return base
-
-
 def body(**fields: Any) -> bytes:
-    return json.dumps(message(**fields)).encode()
+    return conftest.body(**({"requestId": "hostile-1"} | fields))
 
 
 FORGED = '\ngrant granted {"requestId": "forged", "outcome": "granted"}\r\n'

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from shared.adapters.servicebus import retry_copy
+from shared.adapters.servicebus import outgoing_message
 from shared.service.settlement import retry_message_id
 
 
 def test_retry_copy_is_a_scheduled_service_bus_message_with_a_new_id() -> None:
     when = datetime(2027, 1, 1, 12, 0, tzinfo=UTC)
-    message = retry_copy(
+    message = outgoing_message(
         body=b'{"schemaVersion": 1}',
         message_id="hr-4711:3",
         application_properties={"attempt": 3, "originalMessageId": "m-1"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from benchmarks.soak import FAULTS, run_soak
+from grants_local.soak import FAULTS, run_soak
 
 
 async def test_given_500_messages_and_seeded_faults_when_soaked_then_every_invariant_holds() -> None:

@@ -19,21 +19,14 @@ from shared.config import Settings
 from shared.core.contract import MAX_MESSAGE_BYTES, parse_grant
 from shared.core.errors import ConfigError
 from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, receive, sign
-from tests.conftest import AU, HELPDESK_TEMPLATE, USER, USER_2, Run
+from tests.conftest import AU, HELPDESK_TEMPLATE, USER, USER_2, Run, message
 
 WEBHOOK = registered_function(function_app.app, "grant_webhook")
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
 
 
 def contract(request_id: str = "INC0012345", **extra: Any) -> dict[str, Any]:
-    return {
-        "schemaVersion": 1,
-        "requestId": request_id,
-        "target": {"type": "administrativeUnit", "id": AU},
-        "member": {"id": USER, "type": "user"},
-        "source": {"system": "ticketing", "reference": request_id},
-        **extra,
-    }
+    return message(**({"requestId": request_id, "source": {"system": "ticketing", "reference": request_id}} | extra))
 
 
 def ticket(**extra: Any) -> dict[str, Any]:

@@ -11,7 +11,9 @@ resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
   properties: {
     sku: { name: 'PerGB2018' }
     retentionInDays: 90 // grant outcome lines are an audit trail; Application Insights tables keep 90 days at no extra charge
-    features: { disableLocalAuth: true }
+    // Resource-context reads are enough to query the component's data: the alert rules' identities hold
+    // Monitoring Reader on Application Insights only, never a role on the whole workspace.
+    features: { disableLocalAuth: true, enableLogAccessUsingOnlyResourcePermissions: true }
   }
 }
 
@@ -28,6 +30,7 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
 }
 
 output appInsightsName string = appInsights.name
+output appInsightsId string = appInsights.id
 // With local auth disabled this only locates the component (its instrumentation key cannot ingest anything);
 // the app authenticates with APPLICATIONINSIGHTS_AUTHENTICATION_STRING.
 output connectionString string = appInsights.properties.ConnectionString

@@ -1,12 +1,14 @@
-// Azure role assignments for the app's identity: exactly the data-plane roles it uses, each on the one
-// resource it needs. Never Azure Service Bus Data Owner (090c5cfd-751d-490a-894a-3ce6f1109419): that could
-// create, change and delete queues.
+// Azure role assignments: for the app's identity, exactly the data-plane roles it uses, each on the one resource
+// it needs; for the log search alert rules' identities, read access to the telemetry they query. Never Azure
+// Service Bus Data Owner (090c5cfd-751d-490a-894a-3ce6f1109419): that could create, change and delete queues.
 // Each assignment is named guid(scope id, principal, role definition id), so re-running `azd provision`
 // finds the same assignment instead of failing with RoleAssignmentExists.
 param principalId string
 param serviceBusNamespaceName string
 param storageAccountName string
 param appInsightsName string
+@description('Principal IDs of the log search alert rules\' system-assigned identities (alerts.bicep).')
+param alertRulePrincipalIds array
 
 // Built-in role definitions (IDs are the same in every tenant and cloud).
 // The trigger receives, completes, abandons and dead-letters messages.
@@ -24,6 +26,9 @@ var reader = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '
 var storageBlobDataOwner = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b')
 // Telemetry ingestion with Application Insights local auth disabled.
 var monitoringMetricsPublisher = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '3913510d-42f4-4e42-8a64-420c390055eb')
+// A log search alert rule runs its query as its identity: Monitoring Reader on the component it queries lets it
+// read that component's telemetry (resource-context, monitoring.bicep) and change nothing.
+var monitoringReader = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '43d0d8ad-25c7-4714-9337-8ba259a9fe05')
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' existing = {
   name: serviceBusNamespaceName
@@ -86,3 +91,13 @@ resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     roleDefinitionId: monitoringMetricsPublisher
   }
 }
+
+resource alertRuleReaders 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for alertRulePrincipalId in alertRulePrincipalIds: {
+  scope: appInsights
+  name: guid(appInsights.id, alertRulePrincipalId, monitoringReader)
+  properties: {
+    principalId: alertRulePrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: monitoringReader
+  }
+}]

@@ -66,6 +66,7 @@ resource hrEvents 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
 }
 
 output name string = namespace.name
+output id string = namespace.id
 // <name>.servicebus.windows.net in the global cloud, the national suffix elsewhere (taken from the endpoint,
 // https://<host>:443/, rather than hard-coded).
 output fullyQualifiedNamespace string = replace(replace(namespace.properties.serviceBusEndpoint, 'https://', ''), ':443/', '')

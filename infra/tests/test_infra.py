@@ -7,28 +7,28 @@ import json
 import re
 import subprocess
 import sys
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from pycep import BicepParser
+from bicep import BICEP_FILES, INFRA, accessor, loop, module, parse, resource
 
-INFRA = Path(__file__).resolve().parent.parent
 ROOT = INFRA.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.config import APP_SETTINGS  # noqa: E402 (stdlib-only module of the app)
 
 SERVICE_BUS_DATA_OWNER = "090c5cfd-751d-490a-894a-3ce6f1109419"
-#: Built-in role definition GUIDs (the same in every tenant) -> why the identity holds them.
+MONITORING_READER = "43d0d8ad-25c7-4714-9337-8ba259a9fe05"
+#: Built-in role definition GUIDs (the same in every tenant) -> why an identity holds them.
 EXPECTED_ROLES = {
     "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0": "Azure Service Bus Data Receiver: the trigger",
     "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39": "Azure Service Bus Data Sender: retry copies, scheduled removals",
     "acdd72a7-3385-48ef-bd42-f606fba81ae7": "Reader: target-based scaling reads the namespace",
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner: host storage and Flex deployment container",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher: telemetry with local auth off",
+    MONITORING_READER: "Monitoring Reader: the log search alert rules' own identities query Application Insights",
 }
 GRAPH_ROOTS = {
     "https://graph.microsoft.com/v1.0",
@@ -38,22 +38,6 @@ GRAPH_ROOTS = {
 }
 GRAPH_PERMISSIONS = {"AdministrativeUnit.ReadWrite.All", "RoleManagement.ReadWrite.Directory"}
 CUSTOM_CHECKS = ("CKV_GRANTS_SB_1", "CKV_GRANTS_SB_2", "CKV_GRANTS_SB_3", "CKV_GRANTS_SB_4")
-BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
-
-
-@cache
-def parse(path: Path) -> dict[str, Any]:
-    template: dict[str, Any] = BicepParser().parse(file_path=path)
-    return template
-
-
-def module(name: str) -> dict[str, Any]:
-    return parse(INFRA / "modules" / f"{name}.bicep")
-
-
-def resource(module_name: str, name: str) -> dict[str, Any]:
-    config: dict[str, Any] = module(module_name)["resources"][name]["config"]
-    return config
 
 
 def app_settings() -> dict[str, Any]:
@@ -61,15 +45,6 @@ def app_settings() -> dict[str, Any]:
     names = [item["name"] for item in settings]
     assert len(names) == len(set(names)), "an app setting is listed twice"
     return {item["name"]: item["value"] for item in settings}
-
-
-def accessor(expression: Any) -> list[str]:
-    """``a.b.c`` as pycep parses it -> ``["a", "b", "c"]``."""
-    if isinstance(expression, str):
-        return [expression]
-    operands = expression["operator"]["operands"]
-    assert expression["operator"]["type"] == "property_accessor", expression
-    return [*accessor(operands["operand_1"]), *accessor(operands["operand_2"])]
 
 
 def test_every_bicep_file_parses() -> None:
@@ -142,36 +117,52 @@ def test_exactly_the_listed_roles_exist_never_service_bus_data_owner() -> None:
         assert SERVICE_BUS_DATA_OWNER not in re.sub(r"//.*", "", path.read_text()), path
 
 
+def role_assignments() -> list[tuple[dict[str, Any], str, str]]:
+    """rbac.bicep's role assignments: (body, principal expression, where the principal comes from). The app's
+    identity is the parameter principalId; the alert rules' identities are a loop over alertRulePrincipalIds."""
+    found = []
+    for r in module("rbac")["resources"].values():
+        if r["type"] == "Microsoft.Authorization/roleAssignments":
+            if "loop_type" in r["config"]:
+                item, array, body = loop(r["config"])
+                found.append((body, item, array))
+            else:
+                found.append((r["config"], "principalId", "principalId"))
+    return found
+
+
 def test_each_role_is_assigned_once_to_the_identity_named_by_scope_principal_and_role() -> None:
-    """Each assignment: guid(<its scope>.id, principalId, <its role definition id>), a service principal."""
+    """Each assignment: guid(<its scope>.id, <principal>, <its role definition id>), a service principal; the app's
+    identity holds the app's roles, the alert rules' identities Monitoring Reader only."""
     roles = role_definitions()
     resources = module("rbac")["resources"]
-    assignments = [r["config"] for r in resources.values() if r["type"] == "Microsoft.Authorization/roleAssignments"]
-    assigned = []
-    for config in assignments:
-        properties = config["properties"]
+    assigned: dict[str, str] = {}
+    for body, principal, source in role_assignments():
+        properties = body["properties"]
         assert properties["principalType"] == "ServicePrincipal"
-        assert properties["principalId"] == "principalId"
+        assert properties["principalId"] == principal
         role = properties["roleDefinitionId"]
         assert role in roles, role  # a variable above, not an inline or guessed ID
-        name = config["name"]["function"]
+        name = body["name"]["function"]
         assert name["type"] == "guid"
         arguments = name["parameters"]
-        assert accessor(arguments["base_string"]) == [config["scope"], "id"]
-        assert resources[config["scope"]]["existing"] is True
-        assert (arguments["extra_string_1"], arguments["extra_string_2"]) == ("principalId", role)
+        assert accessor(arguments["base_string"]) == [body["scope"], "id"]
+        assert resources[body["scope"]]["existing"] is True
+        assert (arguments["extra_string_1"], arguments["extra_string_2"]) == (principal, role)
         assert set(arguments) == {"base_string", "extra_string_1", "extra_string_2"}
-        assigned.append(roles[role])
+        assert roles[role] not in assigned, roles[role]
+        assigned[roles[role]] = source
     assert sorted(assigned) == sorted(EXPECTED_ROLES)
+    assert {role for role, source in assigned.items() if source != "principalId"} == {MONITORING_READER}
+    assert assigned[MONITORING_READER] == "alertRulePrincipalIds"
 
 
 def test_role_scopes_are_the_resources_that_need_them() -> None:
     resources = module("rbac")["resources"]
     roles = role_definitions()
     scope_type = {
-        roles[r["config"]["properties"]["roleDefinitionId"]]: resources[r["config"]["scope"]]["type"]
-        for r in resources.values()
-        if r["type"] == "Microsoft.Authorization/roleAssignments"
+        roles[body["properties"]["roleDefinitionId"]]: resources[body["scope"]]["type"]
+        for body, _, _ in role_assignments()
     }
     assert scope_type == {
         "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0": "Microsoft.ServiceBus/namespaces",
@@ -179,6 +170,7 @@ def test_role_scopes_are_the_resources_that_need_them() -> None:
         "acdd72a7-3385-48ef-bd42-f606fba81ae7": "Microsoft.ServiceBus/namespaces",
         "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Microsoft.Storage/storageAccounts",
         "3913510d-42f4-4e42-8a64-420c390055eb": "Microsoft.Insights/components",
+        MONITORING_READER: "Microsoft.Insights/components",
     }
 
 

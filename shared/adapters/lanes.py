@@ -4,28 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Protocol
 
 from shared.adapters.governor import Lane, current_lane
+from shared.core.messaging import MessageSender
 
 __all__ = ["LaneSender"]
-
-
-class _Sender(Protocol):
-    async def schedule(
-        self,
-        *,
-        body: bytes,
-        message_id: str,
-        application_properties: Mapping[str, str | int],
-        scheduled_enqueue_time: datetime,
-    ) -> None: ...
 
 
 class LaneSender:
     """Sends through `senders[current_lane()]`; work outside any lane (the webhook, HR events) is interactive."""
 
-    def __init__(self, senders: Mapping[Lane, _Sender]) -> None:
+    def __init__(self, senders: Mapping[Lane, MessageSender]) -> None:
         self._senders = dict(senders)
 
     async def schedule(

@@ -11,10 +11,10 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.servicebus import ServiceBusMessage
 
-__all__ = ["ServiceBusRetrySender", "retry_copy"]
+__all__ = ["ServiceBusSender", "outgoing_message"]
 
 
-def retry_copy(
+def outgoing_message(
     *,
     body: bytes,
     message_id: str,
@@ -33,7 +33,7 @@ def retry_copy(
     )
 
 
-class ServiceBusRetrySender:
+class ServiceBusSender:
     """Schedules retry copies on `queue` in the namespace; connects on first use, then reuses the link.
 
     azure-servicebus is imported on the first retry, not at cold start: most messages never need it.
@@ -56,7 +56,7 @@ class ServiceBusRetrySender:
         scheduled_enqueue_time: datetime,
     ) -> None:
         """Send one message that becomes deliverable at `scheduled_enqueue_time`; raise if it was not sent."""
-        message = retry_copy(
+        message = outgoing_message(
             body=body,
             message_id=message_id,
             application_properties=application_properties,

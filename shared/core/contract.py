@@ -1,10 +1,18 @@
-"""Message contract v1: turn the bytes of a "grant membership" message into a typed, immutable command.
+"""Message contract v1: the one reader and the one writer of "grant membership" messages.
 
-`parse_grant` returns a `GrantCommand` or raises `ContractError` with a reason code and a description
-that names the offending field. It never raises anything else, and it never trusts the input: GUIDs must
-be exactly 8-4-4-4-12 ASCII hex (normalised to lower case), unknown fields are rejected by name, and
-free text may not carry control characters (no forged log lines). The JSON Schema in
-`schemas/grant-membership.v1.schema.json` describes the same contract; a test keeps the two in step.
+Reading: `parse_grant` turns a body's bytes into a typed, immutable `GrantCommand` or raises `ContractError`
+with a reason code and a description that names the offending field. It never raises anything else, and it
+never trusts the input: GUIDs must be exactly 8-4-4-4-12 ASCII hex (normalised to lower case), unknown fields
+are rejected by name, and free text may not carry control characters (no forged log lines). `parse_target`
+reads a target alone (the HR rules' grants), and `problems` lists every invalid field of a document, not
+only the first (the webhook's and the bulk job's answers).
+
+Writing: `encode` is the body of a command (what `parse_grant` reads back to an equal command); `draft`
+is an unvalidated document from raw field values, for producers that map someone else's input (a CSV row, a
+ticket) and let `parse_grant` judge it.
+
+The JSON Schema in `schemas/grant-membership.v1.schema.json` describes the same contract; a test keeps the
+two in step.
 """
 
 from __future__ import annotations
@@ -34,8 +42,13 @@ __all__ = [
     "SourceSystem",
     "Target",
     "derived_request_id",
+    "draft",
+    "encode",
     "parse_grant",
     "parse_guid",
+    "parse_target",
+    "problems",
+    "target_document",
     "to_document",
 ]
 
@@ -141,22 +154,23 @@ _TOP_FIELDS: Final = (
 )
 
 
-def to_document(command: GrantCommand) -> dict[str, Any]:
-    """The v1 message for `command` (what `parse_grant` reads back to an equal command)."""
-    target = command.target
-    target_doc: dict[str, Any]
+def target_document(target: Target) -> dict[str, Any]:
+    """The v1 ``target`` object for `target`."""
     if isinstance(target, AdministrativeUnit):
-        target_doc = {"type": "administrativeUnit", "id": target.id}
-    elif isinstance(target, ScopedRole):
-        target_doc = {
+        return {"type": "administrativeUnit", "id": target.id}
+    if isinstance(target, ScopedRole):
+        return {
             "type": "scopedRole",
             "roleTemplateId": target.role_template_id,
             "administrativeUnitId": target.administrative_unit_id,
         }
-    elif target.id is not None:
-        target_doc = {"type": "directoryRole", "id": target.id}
-    else:
-        target_doc = {"type": "directoryRole", "roleTemplateId": target.role_template_id}
+    if target.id is not None:
+        return {"type": "directoryRole", "id": target.id}
+    return {"type": "directoryRole", "roleTemplateId": target.role_template_id}
+
+
+def to_document(command: GrantCommand) -> dict[str, Any]:
+    """The v1 message for `command` (what `parse_grant` reads back to an equal command)."""
     member: dict[str, Any] = {"id": command.member.id}
     if command.member.type is not None:
         member["type"] = command.member.type.value
@@ -167,7 +181,7 @@ def to_document(command: GrantCommand) -> dict[str, Any]:
         "schemaVersion": SCHEMA_VERSION,
         "requestId": command.request_id,
         "action": command.action.value,
-        "target": target_doc,
+        "target": target_document(command.target),
         "member": member,
         "source": source,
     }
@@ -179,6 +193,68 @@ def to_document(command: GrantCommand) -> dict[str, Any]:
     }
     document.update({key: value for key, value in optional.items() if value is not None})
     return document
+
+
+def encode(command: GrantCommand) -> bytes:
+    """The message body for `command`: compact UTF-8 JSON of `to_document`."""
+    return json.dumps(to_document(command), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def draft(**fields: Any) -> dict[str, Any]:
+    """A v1 document from raw field values, keyed by their contract names (``requestId``, ``target``, …), with
+    ``schemaVersion`` set and the fields that are None left out (so that `parse_grant` names what is missing).
+    Nothing is validated: pass the result to `parse_grant` (or `problems`)."""
+    return {"schemaVersion": SCHEMA_VERSION} | {name: value for name, value in fields.items() if value is not None}
+
+
+def parse_target(document: Any, *, member_type: MemberType = MemberType.USER) -> Target:
+    """Read a v1 ``target`` object on its own, as `parse_grant` would for a member of `member_type`; raise
+    `ContractError` naming the field."""
+    if not isinstance(document, dict):
+        raise _violation("target", "must be an object")
+    return _target(document, Member(id=_PROBE_ID, type=member_type))
+
+
+def problems(document: Mapping[str, Any]) -> list[ContractError]:
+    """Every invalid top-level field of `document`, in field order; empty when `parse_grant` accepts it.
+
+    `parse_grant` stops at the first problem; here each field is checked alone, put into an otherwise valid
+    message. When every field is valid alone, the problem is between fields and the document's own first
+    problem is the one given.
+    """
+    found: list[ContractError] = []
+    for name in dict.fromkeys([*_VALID, *document]):
+        probe = {**_VALID, name: document[name]} if name in document else _without(_VALID, name)
+        if (error := _first_problem(probe)) is not None:
+            found.append(error)
+    if not found and (error := _first_problem(document)) is not None:
+        found.append(error)
+    return found
+
+
+#: A valid message: `problems` checks each field of a document in it alone.
+_PROBE_ID: Final = Guid("00000000-0000-4000-8000-000000000000")
+_VALID: Final[Mapping[str, Any]] = {
+    "schemaVersion": SCHEMA_VERSION,
+    "requestId": "probe",
+    "target": {"type": "administrativeUnit", "id": _PROBE_ID},
+    "member": {"id": _PROBE_ID, "type": "user"},
+    "source": {"system": "other"},
+}
+
+
+def _without(document: Mapping[str, Any], name: str) -> dict[str, Any]:
+    return {key: value for key, value in document.items() if key != name}
+
+
+def _first_problem(document: Mapping[str, Any]) -> ContractError | None:
+    try:
+        parse_grant(json.dumps(document).encode())
+    except ContractError as error:
+        return error
+    except (TypeError, ValueError):  # not JSON-serialisable: cannot come from a parsed body
+        return ContractError(Reason.INVALID_JSON, "the message cannot be written as JSON")
+    return None
 
 
 def derived_request_id(request_id: str, suffix: str) -> str:
@@ -213,8 +289,7 @@ def parse_grant(body: bytes) -> GrantCommand:
     try:
         return _parse_document(document)
     except ContractError as error:
-        error.request_id = request_id
-        raise
+        raise ContractError(error.reason, error.description, request_id=request_id) from None
 
 
 def _load_json(body: bytes) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Self
 
 __all__ = [
     "ConfigError",
@@ -71,7 +72,13 @@ class GrantError(Exception):
         self.reason = reason
         self.description = description
         self.graph = graph
-        self.role_template_id: str | None = None  # set once known, for the audit record
+        self.role_template_id: str | None = None  # the audit record's, once known (see `for_role_template`)
+
+    def for_role_template(self, template_id: str | None) -> Self:
+        """A copy of this error that names the role template its command was about (raise it instead)."""
+        annotated = type(self).__new__(type(self))
+        annotated.args, annotated.__dict__ = self.args, {**self.__dict__, "role_template_id": template_id}
+        return annotated
 
 
 class PermanentError(GrantError):

@@ -31,12 +31,24 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final
 
-from shared.core.contract import parse_grant, parse_guid
+from shared.core.contract import (
+    Action,
+    GrantCommand,
+    Guid,
+    Member,
+    MemberType,
+    Source,
+    SourceSystem,
+    encode,
+    parse_guid,
+    target_document,
+)
 from shared.core.errors import ContractError, Reason
+from shared.core.messaging import MAX_DESCRIPTION_CHARS, Delivery, MessageActions, MessageSender, clip
 from shared.producers.hr_rules import ATTRIBUTES, HrRules
-from shared.service.settlement import MAX_DESCRIPTION_CHARS, Delivery, MessageActions, RetrySender, Settled, outcome_log
+from shared.service.settlement import Settled, abandon, complete, deadletter, log_outcome
 
-__all__ = ["HrEvent", "HrEventError", "derive_messages", "parse_event", "settle_hr_event"]
+__all__ = ["HrEvent", "derive_messages", "parse_event", "settle_hr_event"]
 
 _EVENT_TYPES: Final = {
     "hire": "joiner",
@@ -55,10 +67,6 @@ _MAX_ATTRIBUTE_CHARS: Final = 128
 _logger = logging.getLogger(__name__)
 
 
-class HrEventError(ValueError):
-    """The event cannot be turned into grants; the message names the field."""
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HrEvent:
     """A validated HR event; `kind` is joiner, mover or leaver."""
@@ -66,48 +74,48 @@ class HrEvent:
     event_id: str
     kind: str
     employee_id: str
-    user_id: str
+    user_id: Guid
     attributes: Mapping[str, str | None]
     previous: Mapping[str, str | None]
     effective_date: str | None
 
 
 def parse_event(body: bytes) -> HrEvent:
-    """Validate an event body; raise `HrEventError` naming the first bad field."""
+    """Validate an event body; raise `ContractError(InvalidHrEvent)` naming the first bad field."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
-        raise HrEventError("the event is not JSON (UTF-8)") from None
+        raise _invalid("the event is not JSON (UTF-8)") from None
     if not isinstance(document, dict):
-        raise HrEventError("the event must be a JSON object")
+        raise _invalid("the event must be a JSON object")
     raw_type = document.get("eventType")
     kind = _EVENT_TYPES.get(raw_type) if isinstance(raw_type, str) else None
     if kind is None:
-        raise HrEventError("eventType must be one of hire, move, leave (or joiner, mover, leaver)")
+        raise _invalid("eventType must be one of hire, move, leave (or joiner, mover, leaver)")
     employee_id = document.get("employeeId")
     if not isinstance(employee_id, str) or not _EMPLOYEE_ID.fullmatch(employee_id):
-        raise HrEventError("employeeId is required: 1 to 64 letters, digits and . _ @ -")
+        raise _invalid("employeeId is required: 1 to 64 letters, digits and . _ @ -")
     user = document.get("userObjectId")
     if not isinstance(user, str):
-        raise HrEventError("userObjectId is required (the person's Entra object id, a GUID)")
+        raise _invalid("userObjectId is required (the person's Entra object id, a GUID)")
     try:
         user_id = parse_guid(user, field="userObjectId")
     except ContractError as error:
-        raise HrEventError(error.description) from None
+        raise _invalid(error.description) from None
     effective = document.get("effectiveDate")
     if effective is not None and not (isinstance(effective, str) and _valid_date(effective)):
-        raise HrEventError("effectiveDate must be a date, YYYY-MM-DD")
+        raise _invalid("effectiveDate must be a date, YYYY-MM-DD")
     event_id = document.get("eventId")
     if event_id is None:
         if effective is None:
-            raise HrEventError("eventId is required, or effectiveDate to derive it from")
+            raise _invalid("eventId is required, or effectiveDate to derive it from")
         event_id = f"{employee_id}.{raw_type}.{effective}"
     if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
-        raise HrEventError("eventId must be 1 to 100 letters, digits and . _ : @ -")
+        raise _invalid("eventId must be 1 to 100 letters, digits and . _ : @ -")
     attributes = _attributes(document, "")
     previous_doc = document.get("previous")
     if kind == "mover" and not isinstance(previous_doc, dict):
-        raise HrEventError("a move event needs previous: the old values of the attributes that changed")
+        raise _invalid("a move event needs previous: the old values of the attributes that changed")
     previous = {**attributes, **_attributes(previous_doc, "previous.")} if isinstance(previous_doc, dict) else {}
     return HrEvent(
         event_id=event_id,
@@ -135,21 +143,19 @@ def derive_messages(event: HrEvent, rules: HrRules) -> list[tuple[str, bytes]]:
     messages: list[tuple[str, bytes]] = []
     for action, targets in changes:
         for target, names in targets.items():
-            request_id = f"hr:{event.event_id}:{hashlib.sha256(f'{action}|{target}'.encode()).hexdigest()[:16]}"
+            canonical = json.dumps(target_document(target), sort_keys=True)
+            request_id = f"hr:{event.event_id}:{hashlib.sha256(f'{action}|{canonical}'.encode()).hexdigest()[:16]}"
             effective = f", effective {event.effective_date}" if event.effective_date else ""
-            document = {
-                "schemaVersion": 1,
-                "requestId": request_id,
-                "action": action,
-                "target": json.loads(target),
-                "member": {"id": event.user_id, "type": "user"},
-                "source": {"system": "hr", "reference": event.employee_id},
-                "requestedBy": "hr-events",
-                "reason": f"{event.kind} event {event.event_id}{effective}; rules: {', '.join(names)}"[:1024],
-            }
-            body = json.dumps(document).encode()
-            parse_grant(body)  # the rules and the event are validated: this only guards the invariant
-            messages.append((request_id, body))
+            command = GrantCommand(
+                request_id=request_id,
+                action=Action(action),
+                target=target,
+                member=Member(id=event.user_id, type=MemberType.USER),
+                source=Source(system=SourceSystem.HR, reference=event.employee_id),
+                requested_by="hr-events",
+                reason=f"{event.kind} event {event.event_id}{effective}; rules: {', '.join(names)}"[:1024],
+            )
+            messages.append((request_id, encode(command)))
     return messages
 
 
@@ -158,7 +164,7 @@ async def settle_hr_event(
     *,
     rules: HrRules | None,
     actions: MessageActions,
-    sender: RetrySender,
+    sender: MessageSender,
     now: Callable[[], datetime],
 ) -> Settled:
     """Turn one HR event into grant messages on the grants queue and settle it; return how it ended (logged)."""
@@ -166,13 +172,12 @@ async def settle_hr_event(
     sent: list[str] = []
     try:
         if rules is None:
-            return _deadletter(
-                delivery, actions, None, sent, Reason.HR_RULES_NOT_CONFIGURED, "GRANTS_HR_RULES is not set"
-            )
+            raise ContractError(Reason.HR_RULES_NOT_CONFIGURED, "GRANTS_HR_RULES is not set")
         event = parse_event(delivery.body)
         messages = derive_messages(event, rules)
-    except HrEventError as error:
-        return _deadletter(delivery, actions, event, sent, Reason.INVALID_HR_EVENT, str(error))
+    except ContractError as error:
+        deadletter(actions, delivery, reason=error.reason.value, description=error.description)
+        return _logged(delivery, event, sent, "dead_lettered", error.reason.value, error.description)
     try:
         for request_id, body in messages:
             await sender.schedule(
@@ -180,37 +185,25 @@ async def settle_hr_event(
             )
             sent.append(request_id)
     except Exception:
-        assert event is not None
         _logger.exception("could not send the grants of HR event %s; abandoning it", json.dumps(event.event_id))
-        actions.abandon(delivery.message)
+        abandon(actions, delivery)
         description = f"sent {len(sent)} of {len(messages)} grant messages; Service Bus will redeliver the event"
-        return _log(delivery, event, sent, _settled("abandoned", None, description, delivery))
-    actions.complete(delivery.message)
-    description = f"{event.kind}: {len(messages)} grant message(s) sent"
-    return _log(delivery, event, sent, _settled("completed", None, description, delivery))
+        return _logged(delivery, event, sent, "abandoned", None, description)
+    complete(actions, delivery)
+    return _logged(delivery, event, sent, "completed", None, f"{event.kind}: {len(messages)} grant message(s) sent")
 
 
-def _deadletter(
-    delivery: Delivery,
-    actions: MessageActions,
-    event: HrEvent | None,
-    sent: list[str],
-    reason: Reason,
-    description: str,
+def _logged(
+    delivery: Delivery, event: HrEvent | None, sent: list[str], outcome: str, reason: str | None, description: str
 ) -> Settled:
-    description = description[:MAX_DESCRIPTION_CHARS]
-    actions.deadletter(delivery.message, deadletter_reason=reason.value, deadletter_error_description=description)
-    return _log(delivery, event, sent, _settled("dead_lettered", reason.value, description, delivery))
-
-
-def _settled(outcome: str, reason: str | None, description: str, delivery: Delivery) -> Settled:
-    attempts = delivery.delivery_count
-    return Settled(
-        outcome=outcome, reason=reason, description=description, attempts=attempts, terminal=outcome != "abandoned"
+    """How the event's delivery ended, logged as its ``hr-event`` outcome line."""
+    settled = Settled(
+        outcome=outcome,
+        reason=reason,
+        description=clip(description, MAX_DESCRIPTION_CHARS),
+        attempts=delivery.delivery_count,
+        terminal=outcome != "abandoned",
     )
-
-
-def _log(delivery: Delivery, event: HrEvent | None, sent: list[str], settled: Settled) -> Settled:
     record: dict[str, Any] = {
         "messageId": delivery.message_id,
         "eventId": event.event_id if event else None,
@@ -224,8 +217,7 @@ def _log(delivery: Delivery, event: HrEvent | None, sent: list[str], settled: Se
         "terminal": settled.terminal,
         "grantRequestIds": sent,
     }
-    level = logging.INFO if settled.outcome == "completed" else logging.WARNING
-    outcome_log.log(level, "hr-event %s %s", settled.outcome, json.dumps(record), extra={"hrEvent": record})
+    log_outcome("hr-event", settled, record)
     return settled
 
 
@@ -238,7 +230,7 @@ def _attributes(document: Mapping[str, Any], prefix: str) -> dict[str, str | Non
                 values[name] = None
             continue
         if not isinstance(value, str) or len(value) > _MAX_ATTRIBUTE_CHARS or _CONTROL.search(value):
-            raise HrEventError(f"{prefix}{name} must be a string of at most {_MAX_ATTRIBUTE_CHARS} characters")
+            raise _invalid(f"{prefix}{name} must be a string of at most {_MAX_ATTRIBUTE_CHARS} characters")
         values[name] = value
     return values
 
@@ -251,3 +243,7 @@ def _valid_date(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _invalid(problem: str) -> ContractError:
+    return ContractError(Reason.INVALID_HR_EVENT, problem)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from shared.core.contract import parse_grant, to_document
+from shared.core.contract import Target, parse_target
 from shared.core.errors import ConfigError, ContractError
 
 __all__ = ["ATTRIBUTES", "HrRules", "Rule"]
@@ -33,16 +33,15 @@ __all__ = ["ATTRIBUTES", "HrRules", "Rule"]
 #: The HR attributes a rule may test.
 ATTRIBUTES: Final = ("department", "location", "jobCode")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}", re.ASCII)
-_PROBE_MEMBER: Final = "00000000-0000-4000-8000-000000000000"
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One rule: attribute → accepted values (case-folded), and the targets (canonical contract documents)."""
+    """One rule: attribute → accepted values (case-folded), and the targets it gives."""
 
     name: str
     when: Mapping[str, frozenset[str]]
-    targets: tuple[str, ...]  # canonical JSON of each target, as `to_document` writes it
+    targets: tuple[Target, ...]
 
     def applies(self, attributes: Mapping[str, str | None]) -> bool:
         return all((attributes.get(key) or "").casefold() in values for key, values in self.when.items())
@@ -81,18 +80,18 @@ class HrRules:
             rules.append(rule)
         return cls(tuple(rules))
 
-    def targets_for(self, attributes: Mapping[str, str | None]) -> dict[str, list[str]]:
+    def targets_for(self, attributes: Mapping[str, str | None]) -> dict[Target, list[str]]:
         """The targets the rules give a person with `attributes`: canonical target → names of the rules."""
-        given: dict[str, list[str]] = {}
+        given: dict[Target, list[str]] = {}
         for rule in self.rules:
             if rule.applies(attributes):
                 for target in rule.targets:
                     given.setdefault(target, []).append(rule.name)
         return given
 
-    def every_target(self) -> dict[str, list[str]]:
+    def every_target(self) -> dict[Target, list[str]]:
         """Every target any rule can give (what a leaver loses)."""
-        given: dict[str, list[str]] = {}
+        given: dict[Target, list[str]] = {}
         for rule in self.rules:
             for target in rule.targets:
                 given.setdefault(target, []).append(rule.name)
@@ -128,17 +127,9 @@ def _rule(raw: Any, where: str) -> Rule:
     )
 
 
-def _target(raw: Any, where: str) -> str:
-    """The target as canonical JSON, validated by the contract's parser (with a user as the member)."""
-    probe = {
-        "schemaVersion": 1,
-        "requestId": "rules-check",
-        "target": raw,
-        "member": {"id": _PROBE_MEMBER, "type": "user"},
-        "source": {"system": "hr"},
-    }
+def _target(raw: Any, where: str) -> Target:
+    """The target, validated by the contract's own parser (for a user, the member HR events are about)."""
     try:
-        command = parse_grant(json.dumps(probe).encode())
+        return parse_target(raw)
     except ContractError as error:
         raise ConfigError(f"{where}: {error.description}") from None
-    return json.dumps(to_document(command)["target"], sort_keys=True)

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from shared.core.contract import MAX_MESSAGE_BYTES, parse_grant
+from shared.core.contract import MAX_MESSAGE_BYTES, draft, parse_grant, problems
 from shared.core.errors import ContractError, Reason
-from shared.service.settlement import RetrySender
+from shared.core.messaging import MessageSender
 
 __all__ = [
     "FUTURE_SKEW_SECONDS",
@@ -92,7 +92,7 @@ async def receive(
     headers: Mapping[str, str],
     body: bytes,
     secret: str | None,
-    sender: RetrySender,
+    sender: MessageSender,
     now: Callable[[], datetime],
 ) -> Answer:
     """Answer one webhook request; on success the grant message is on the grants queue."""
@@ -187,35 +187,12 @@ def _message(body: bytes) -> tuple[tuple[str, bytes] | None, Problems]:
 
 
 def _problems(payload: bytes, document: Mapping[str, Any] | None, pointers: Mapping[str, str]) -> Problems:
-    """Every invalid field of `payload`, found with the trigger's own parser (`parse_grant` stops at the first
-    problem): each field is checked alone, put into a valid message; if each is valid alone, the problem
-    is between fields and the whole message's first problem is reported."""
-    errors: Problems = []
-    if document is not None:
-        for name in dict.fromkeys([*_PROBE, *document]):
-            probe = {**_PROBE, name: document[name]} if name in document else _without(_PROBE, name)
-            error = _parse_error(json.dumps(probe).encode())
-            if error is not None:
-                errors.append(_located(error, pointers))
-    if not errors:
-        error = _parse_error(payload)
-        if error is not None:
-            errors.append(_located(error, pointers))
-    return errors
-
-
-#: A valid message: each field of a request is checked in it alone.
-_PROBE: Final[Mapping[str, Any]] = {
-    "schemaVersion": 1,
-    "requestId": "probe",
-    "target": {"type": "administrativeUnit", "id": "00000000-0000-4000-8000-000000000000"},
-    "member": {"id": "00000000-0000-4000-8000-000000000000", "type": "user"},
-    "source": {"system": "ticketing"},
-}
-
-
-def _without(document: Mapping[str, Any], name: str) -> dict[str, Any]:
-    return {key: value for key, value in document.items() if key != name}
+    """Every invalid field of the request, found with the trigger's own parser (`problems`); the payload's own
+    first problem when no single field is at fault (e.g. a key given twice)."""
+    found = problems(document) if document is not None else []
+    if not found and (error := _parse_error(payload)) is not None:
+        found.append(error)
+    return [_located(error, pointers) for error in found]
 
 
 def _parse_error(payload: bytes) -> ContractError | None:
@@ -255,19 +232,18 @@ def _map_ticket(ticket: Mapping[str, Any]) -> tuple[dict[str, Any], Problems]:
     if approver is not None and requester is not None and approver.strip().lower() == requester.strip().lower():
         errors.append(_error("/approver", "must be someone other than the requester"))
     member = ticket.get("member")
-    mapped: dict[str, Any] = {
-        "schemaVersion": 1,
-        "requestId": text.get("ticketNumber", ticket.get("ticketNumber")),
-        "action": ticket.get("action", "add"),
-        "target": ticket.get("target"),
-        "member": {"id": member, "type": "user"} if isinstance(member, str) else member,
-        "source": {"system": "ticketing", "reference": text.get("ticketNumber", "")},
-        "requestedBy": requester,
-        "reason": f"Approved by {approver}" + (f": {summary}" if isinstance(summary, str) and summary else ""),
-    }
+    mapped = draft(
+        requestId=text.get("ticketNumber", ticket.get("ticketNumber")),
+        action=ticket.get("action", "add"),
+        target=ticket.get("target"),
+        member={"id": member, "type": "user"} if isinstance(member, str) else member,
+        source={"system": "ticketing", "reference": text.get("ticketNumber", "")},
+        requestedBy=requester,
+        reason=f"Approved by {approver}" + (f": {summary}" if isinstance(summary, str) and summary else ""),
+    )
     if "expiresAt" in ticket:
-        mapped["expiresAt"] = ticket["expiresAt"]
-    return {key: value for key, value in mapped.items() if value is not None}, errors
+        mapped["expiresAt"] = ticket["expiresAt"]  # null included: the parser says it must be a string
+    return mapped, errors
 
 
 def _error(pointer: str, detail: str) -> dict[str, str]:

@@ -10,23 +10,19 @@ scheduling it again (a redelivery) is absorbed by duplicate detection and is har
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
 from shared.adapters.graph import GraphClient
-from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, derived_request_id, to_document
+from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, derived_request_id, encode
 from shared.core.errors import GrantError, PermanentError, Reason, TransientError
+from shared.core.messaging import EXPIRY_OF, MessageSender
 from shared.core.policy import GrantPolicy
-from shared.service.membership import Outcome, Result, handle_grant
+from shared.service.membership import Outcome, Result, change_membership
 from shared.service.roles import RoleTemplates
-from shared.service.settlement import RetrySender
 
-__all__ = ["EXPIRY_OF", "GrantService", "expiry_command"]
-
-#: Application property naming the grant a scheduled removal expires.
-EXPIRY_OF = "expiryOf"
+__all__ = ["GrantService", "expiry_command"]
 
 
 class GrantService:
@@ -37,7 +33,7 @@ class GrantService:
         *,
         graph: GraphClient,
         policy: GrantPolicy,
-        sender: RetrySender,
+        sender: MessageSender,
         now: Callable[[], datetime],
         activate_roles: bool,
         dry_run: bool,
@@ -58,8 +54,7 @@ class GrantService:
                 template = await self._roles.template_of(command.target, self._graph)
             return await self._execute(command, template)
         except GrantError as error:
-            error.role_template_id = template
-            raise
+            raise error.for_role_template(template) from error
 
     async def _execute(self, command: GrantCommand, template: Guid | None) -> Result:
         self._policy.check(command, role_template_id=template)
@@ -73,7 +68,9 @@ class GrantService:
                 f"the grant expired at {expires_at.isoformat()} before it could be applied; nothing was granted"
                 + ("" if dry_run else ", and its removal was queued in case an earlier attempt had granted it"),
             )
-        result = await handle_grant(command, graph=self._graph, activate_roles=self._activate_roles, dry_run=dry_run)
+        result = await change_membership(
+            command, graph=self._graph, activate_roles=self._activate_roles, dry_run=dry_run
+        )
         result = replace(result, role_template_id=template)
         if expires_at is not None and not dry_run and result.outcome in (Outcome.GRANTED, Outcome.ALREADY_MEMBER):
             await self._schedule_expiry(command, expires_at)
@@ -87,7 +84,7 @@ class GrantService:
         removal = expiry_command(command)
         try:
             await self._sender.schedule(
-                body=json.dumps(to_document(removal)).encode(),
+                body=encode(removal),
                 message_id=removal.request_id,
                 application_properties={EXPIRY_OF: command.request_id},
                 scheduled_enqueue_time=expires_at,

@@ -1,6 +1,6 @@
-"""Handlers: carry out one validated grant command against Graph and say what happened.
+"""Membership mechanics: carry out one validated grant command against Graph and say what happened.
 
-`handle_grant` returns a `Result` for the four successes (`granted`, `already_member`, `revoked`,
+`change_membership` returns a `Result` for the four successes (`granted`, `already_member`, `revoked`,
 `not_member`) and raises a `GrantError` for everything else. Graph's answers are classified by status
 and error code; the message text is read only where the code is too broad (``Request_BadRequest`` for
 "already exist", and the id a ``404`` names, to tell a missing target from a missing member). Where a
@@ -17,7 +17,7 @@ from shared.adapters.graph import GraphClient, GraphResponse, path, raise_for_gr
 from shared.core.contract import Action, AdministrativeUnit, DirectoryRole, GrantCommand, Guid, ScopedRole
 from shared.core.errors import GraphAnswer, PermanentError, Reason, TransientError
 
-__all__ = ["Outcome", "Result", "handle_grant"]
+__all__ = ["Outcome", "Result", "change_membership"]
 
 AU_PERMISSION: Final = "AdministrativeUnit.ReadWrite.All"
 ROLE_PERMISSION: Final = "RoleManagement.ReadWrite.Directory"
@@ -57,7 +57,7 @@ class _Missing(Enum):
     MEMBER = "member"
 
 
-async def handle_grant(
+async def change_membership(
     command: GrantCommand, *, graph: GraphClient, activate_roles: bool, dry_run: bool = False
 ) -> Result:
     """Add or remove the command's member; activate a role by template first if allowed and needed.

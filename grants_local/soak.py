@@ -45,23 +45,21 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from contextlib import ExitStack
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import httpx
 
+from grants_local.app import local_app
 from grants_local.graph_double import Fault, GraphDouble
-from grants_local.host import LocalHost, OutcomeRecorder, registered_function
+from grants_local.host import registered_function
 from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LocalSender, ManualClock, SendFailedError
-from grants_local.run import os_environment, virtual_governor
-from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
+from grants_local.run import os_environment
 from grants_local.token_endpoint import TokenEndpoint
-from shared.bootstrap import bootstrap
 from shared.config import Settings
 from shared.core.errors import Reason
-from shared.runtime import installed
 
 DOCUMENTED_REASONS = frozenset(reason.value for reason in Reason) | {MAX_DELIVERY_COUNT_EXCEEDED}
 #: The app's Graph read timeout in the soak (the production 15 s would cost wall time); a timeout fault
@@ -326,7 +324,7 @@ class SoakFunction:
 
     def _inject(self, fault: str, planned: Planned, rng: random.Random, current: Invocation) -> None:
         """Arm `fault` for this delivery's Graph write (matched by container and member)."""
-        write = {"path": planned.path, "body": planned.member}
+        write: dict[str, Any] = {"path": planned.path, "body": planned.member}
         if planned.kind.startswith("remove"):
             write = {"method": "DELETE", "path": f"{planned.path}.*{planned.member}"}
         else:
@@ -411,7 +409,7 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
     """Run the soak and check the invariants; every log record at `log_level` or above is scanned."""
     started = time.monotonic()
     clock = ManualClock()
-    with ExitStack() as stack:
+    async with AsyncExitStack() as stack:
         tokens = stack.enter_context(TokenEndpoint())
         graph = stack.enter_context(GraphDouble(tokens, clock=clock))
         soak = plan(graph, count=count, seed=seed)
@@ -438,16 +436,10 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
                 queue.send(planned.body, message_id=planned.message_id + "-again", content_type="application/json")
                 soak.duplicates_new_id += 1
         settings = Settings.from_env({"GRAPH_BASE_URL": graph.base_url})
-        services = bootstrap(
-            settings,
-            sender=SoakSender(LocalSender(queue), soak),
-            now=clock.utcnow,
-            governor=virtual_governor(settings, clock),
+        app = await stack.enter_async_context(
+            local_app(settings, queue=queue, sender=lambda local: SoakSender(local, soak))
         )
-        services.http.timeout = httpx.Timeout(READ_TIMEOUT_SECONDS, connect=5.0, pool=30.0)
-        server = stack.enter_context(LocalSettlementServer(queue))
-        recorder = stack.enter_context(OutcomeRecorder().attached())
-        stack.enter_context(installed(services))
+        app.services.http.timeout = httpx.Timeout(READ_TIMEOUT_SECONDS, connect=5.0, pool=30.0)
         function = SoakFunction(
             registered_function(function_app.app, "grant_membership"),
             soak=soak,
@@ -455,18 +447,10 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
             tokens=tokens,
             by_request={planned.request_id: planned for planned in soak.messages},
         )
-        host = LocalHost(
-            queue=queue,
-            function=function,
-            actions=point_message_actions_at(server.address),
-            clock=clock,
-            concurrency=concurrency,
-        )
+        host = app.host(function=function, concurrency=concurrency)
         virtual_start = clock()
-        try:
-            await host.drain()
-        finally:
-            await services.aclose()
+        await host.drain()
+        recorder = app.recorder
         report = check(soak, graph, queue, recorder.records, scan)
         report.numbers.update(
             seed=seed,
@@ -518,15 +502,15 @@ def check(soak: Soak, graph: GraphDouble, queue: LocalQueue, records: list[Mappi
     writes: Counter[tuple[str, str, str]] = Counter()
     other_posts_bad = 0
     doomed_after_deletion = 0
-    for index, entry in enumerate(graph.requests):
-        if entry.method not in ("POST", "DELETE"):
+    for index, request in enumerate(graph.requests):
+        if request.method not in ("POST", "DELETE"):
             continue
-        member = _member_of(entry)
+        member = _member_of(request)
         planned = member_of.get(member or "")
         if planned is None:
             continue
-        if entry.status == 204:
-            writes[(entry.method, planned.container, planned.member)] += 1
+        if request.status == 204:
+            writes[(request.method, planned.container, planned.member)] += 1
             deleted = soak.deleted_at_log_index
             if planned.container == soak.doomed and deleted is not None and index >= deleted:
                 doomed_after_deletion += 1

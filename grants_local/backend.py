@@ -1,0 +1,107 @@
+"""The operator CLI's `Backend` on the local namespace (``--local``): the same commands, no Azure account.
+
+`open_local_backend` opens the persistent local namespace's queue (`grants_local.namespace`); `LocalBackend.drain`
+runs what was sent through the local host, against ``GRAPH_BASE_URL`` or the built-in doubles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TextIO
+
+from grants_cli.backends import CONTENT_TYPE, HeldDeadLetter, Outgoing, SendReport
+from grants_local.namespace import LocalNamespace, namespace_directory
+from grants_local.queue import LocalQueue
+from grants_local.run import graph_environment, process_queue
+from shared.core.messaging import DeadLetter
+
+__all__ = ["LocalBackend", "open_local_backend"]
+
+
+@contextmanager
+def open_local_backend(queue: str) -> Iterator[LocalBackend]:
+    """The backend on `queue` in the local namespace (``GRANTS_LOCAL_NAMESPACE``), saved when the block ends."""
+    with LocalNamespace(namespace_directory()).open(queue) as (local_queue, clock):
+        yield LocalBackend(local_queue, clock=clock)
+
+
+class LocalBackend:
+    """The `Backend` over a `LocalQueue` (the local namespace's queue)."""
+
+    def __init__(self, queue: LocalQueue, *, clock: Callable[[], float] = time.time, batch_size: int = 100) -> None:
+        self.queue = queue
+        self.clock = clock
+        self._batch_size = batch_size
+
+    def drain(self, out: TextIO) -> None:
+        """Deliver the queue to the registered function through the local host (as ``run-local`` does, against
+        ``GRAPH_BASE_URL`` or the built-in doubles); print each message's terminal outcome."""
+        asyncio.run(self._drain(out))
+
+    async def _drain(self, out: TextIO) -> None:
+        with graph_environment(os.environ, clock=self.clock) as env:
+            recorder = await process_queue(self.queue, env=env, clock=self.clock)
+        records = list(recorder.terminal().values())
+        out.write(f"\nProcessed by the local host: {len(records)} message(s)\n")
+        header = f"{'requestId':<28} {'outcome':<15} {'reason':<22} {'tries':>5}  description"
+        out.write(header + "\n" + "-" * len(header) + "\n")
+        for record in records:
+            description = str(record.get("description", ""))
+            out.write(
+                f"{str(record.get('requestId') or '-')[:28]:<28} {record['outcome']:<15} "
+                f"{record.get('reason') or '-':<22} {record.get('attempts', 0):>5}  "
+                f"{description if len(description) <= 70 else description[:69] + '…'}\n"
+            )
+        out.write(f"Dead-letter queue now holds {len(self.queue.dead_letters())} message(s).\n")
+
+    def send_batches(self, messages: Sequence[Outgoing], *, progress: Callable[[int], None]) -> SendReport:
+        dropped_before = self.queue.stats.duplicates_dropped
+        batches = 0
+        for start in range(0, len(messages), self._batch_size):
+            for message in messages[start : start + self._batch_size]:
+                self.send(message)
+            batches += 1
+            progress(min(start + self._batch_size, len(messages)))
+        return SendReport(
+            sent=len(messages), batches=batches, duplicates=self.queue.stats.duplicates_dropped - dropped_before
+        )
+
+    def send(self, message: Outgoing) -> None:
+        self.queue.send(
+            message.body,
+            message_id=message.message_id,
+            application_properties=message.application_properties,
+            content_type=CONTENT_TYPE,
+        )
+
+    def peek_dead_letters(self) -> list[DeadLetter]:
+        return self.queue.dead_letters()
+
+    def lock_next_dead_letter(self) -> HeldDeadLetter | None:
+        locked = self.queue.receive_dead_letter()
+        if locked is None:
+            return None
+        info = DeadLetter(
+            sequence_number=locked.sequence_number,
+            message_id=locked.message_id,
+            body=locked.body,
+            application_properties=locked.application_properties,
+            reason=locked.dead_letter_reason,
+            description=locked.dead_letter_error_description,
+            delivery_count=locked.delivery_count - 1,  # this lock is the operator's, not a delivery to the app
+            enqueued_time=locked.enqueued_time,
+        )
+        return HeldDeadLetter(info, locked.lock_token)
+
+    def complete(self, held: HeldDeadLetter) -> None:
+        self.queue.complete(held.handle)
+
+    def abandon(self, held: HeldDeadLetter) -> None:
+        self.queue.abandon(held.handle)
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,177 @@
+"""What travels with a message besides its body, and the ports that send and settle messages.
+
+One place for the bookkeeping every reader and writer of the queues shares (the trigger, the HR path, the
+webhook, the operator CLI and the local queue): the application property names the app writes, how the
+attempt number is counted, the dead-letter record, Service Bus's size limits, and the `MessageSender` /
+`MessageActions` protocols the app is written against (azure-servicebus and the Functions extension in
+Azure; the in-process queue locally).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Protocol, TypeAlias
+
+__all__ = [
+    "ATTEMPT",
+    "BULK_JOB",
+    "DEAD_LETTER_ERROR_DESCRIPTION",
+    "DEAD_LETTER_REASON",
+    "EXPIRY_OF",
+    "FIRST_ATTEMPT_AT",
+    "MAX_DESCRIPTION_CHARS",
+    "MAX_MESSAGE_ID_CHARS",
+    "MAX_REASON_CHARS",
+    "ORIGINAL_MESSAGE_ID",
+    "RESUBMISSION",
+    "DeadLetter",
+    "Delivery",
+    "MessageActions",
+    "MessageSender",
+    "PropertyValue",
+    "attempt_of",
+    "clip",
+    "original_message_id",
+    "property_of",
+]
+
+PropertyValue: TypeAlias = str | int | float | bool
+
+#: Application properties the app writes on the messages it sends itself.
+ATTEMPT: Final = "attempt"  # a retry copy's attempt number (the first delivery is attempt 1)
+FIRST_ATTEMPT_AT: Final = "firstAttemptAt"  # when attempt 1 started (ISO 8601)
+ORIGINAL_MESSAGE_ID: Final = "originalMessageId"  # the producer's MessageId, carried by every copy
+RESUBMISSION: Final = "resubmission"  # set by `dlq resubmit`: its copies' MessageIds are its own
+EXPIRY_OF: Final = "expiryOf"  # on a scheduled removal: the request whose grant it ends
+BULK_JOB: Final = "bulkJob"  # on a bulk job's messages: the job id
+#: Where Service Bus keeps a dead letter's reason and description among its application properties.
+DEAD_LETTER_REASON: Final = "DeadLetterReason"
+DEAD_LETTER_ERROR_DESCRIPTION: Final = "DeadLetterErrorDescription"
+
+#: Service Bus limits: the dead-letter reason and description are message properties; keep both short.
+MAX_REASON_CHARS: Final = 128
+MAX_DESCRIPTION_CHARS: Final = 1024
+MAX_MESSAGE_ID_CHARS: Final = 128
+
+
+def property_of(properties: Mapping[Any, Any], name: str) -> Any:
+    """An application property by name, whether its key and str value arrived as str or bytes (AMQP)."""
+    value = properties.get(name, properties.get(name.encode()))
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def attempt_of(properties: Mapping[Any, Any], delivery_count: int) -> int:
+    """This attempt's number: the copy's `ATTEMPT` (1 when absent or unreadable) plus its redeliveries."""
+    try:
+        base = int(property_of(properties, ATTEMPT) or 1)
+    except (TypeError, ValueError):
+        base = 1
+    return max(base, 1) + max(delivery_count - 1, 0)
+
+
+def original_message_id(properties: Mapping[Any, Any], message_id: str | None) -> str:
+    """The producer's MessageId: `ORIGINAL_MESSAGE_ID` on a copy the app made, else the message's own."""
+    value = property_of(properties, ORIGINAL_MESSAGE_ID)
+    return str(value) if value else str(message_id or "")
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with an ellipsis when longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """What the app needs from one received message; `message` is what `MessageActions` settle."""
+
+    message: Any
+    body: bytes
+    message_id: str | None
+    delivery_count: int
+    application_properties: Mapping[Any, Any]
+
+    @classmethod
+    def of(cls, message: Any) -> Delivery:
+        """Read an `azure.servicebus.ServiceBusReceivedMessage` (the SDK-type binding's message)."""
+        body = message.body
+        raw = body if isinstance(body, bytes) else b"".join(bytes(part) for part in body)
+        return cls(
+            message=message,
+            body=raw,
+            message_id=message.message_id,
+            delivery_count=message.delivery_count or 1,
+            application_properties=message.application_properties or {},
+        )
+
+    def application_property(self, name: str) -> Any:
+        """An application property by name (see `property_of`)."""
+        return property_of(self.application_properties, name)
+
+    @property
+    def attempt(self) -> int:
+        """This delivery's attempt number (see `attempt_of`)."""
+        return attempt_of(self.application_properties, self.delivery_count)
+
+    @property
+    def original_message_id(self) -> str:
+        """The producer's MessageId (see `original_message_id`)."""
+        return original_message_id(self.application_properties, self.message_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    """A message in a dead-letter sub-queue, with why it is there; `delivery_count` counts the app's deliveries."""
+
+    sequence_number: int
+    message_id: str
+    body: bytes
+    application_properties: Mapping[str, PropertyValue]
+    reason: str | None
+    description: str | None
+    delivery_count: int
+    enqueued_time: datetime | None
+
+    @property
+    def request_id(self) -> str | None:
+        """The body's ``requestId`` when the body is a JSON object with a string one."""
+        try:
+            document = json.loads(self.body)
+        except ValueError:
+            return None
+        value = document.get("requestId") if isinstance(document, dict) else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts the app made (see `attempt_of`)."""
+        return attempt_of(self.application_properties, self.delivery_count)
+
+    @property
+    def original_message_id(self) -> str:
+        """The producer's MessageId (see `original_message_id`)."""
+        return original_message_id(self.application_properties, self.message_id)
+
+
+class MessageSender(Protocol):
+    """Sends one message to the grants queue, deliverable at `scheduled_enqueue_time` (retry copies, expiry
+    removals, HR grants, webhook requests); raises when it was not sent."""
+
+    async def schedule(
+        self,
+        *,
+        body: bytes,
+        message_id: str,
+        application_properties: Mapping[str, str | int],
+        scheduled_enqueue_time: datetime,
+    ) -> None: ...
+
+
+class MessageActions(Protocol):
+    """Settlement, as `azurefunctions.extensions.bindings.servicebus.ServiceBusMessageActions` offers it."""
+
+    def complete(self, message: Any) -> None: ...
+    def abandon(self, message: Any) -> None: ...
+    def deadletter(self, message: Any, deadletter_reason: str, deadletter_error_description: str) -> None: ...
