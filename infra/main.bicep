@@ -146,6 +146,7 @@ module alerts 'modules/alerts.bicep' = {
     appInsightsId: monitoring.outputs.appInsightsId
     serviceBusNamespaceId: servicebus.outputs.id
     grantsQueue: servicebus.outputs.grantsQueue
+    grantsBulkQueue: servicebus.outputs.grantsBulkQueue
     hrEventsQueue: servicebus.outputs.hrEventsQueue
     alertEmail: alertEmail
     alertWebhookUrl: alertWebhookUrl
