@@ -53,13 +53,13 @@ LANES: Final[tuple[Lane, ...]] = ("interactive", "bulk")
 _lane: ContextVar[Lane] = ContextVar("entra_grants_lane", default="interactive")
 
 #: Adaptive pacing's constants (see the module docstring).
-TARGET: Final = 0.96
+TARGET: Final = 0.97
 PROBE: Final = 0.005
 PROBE_WRITES: Final = 0.5
 SMOOTHING: Final = 0.1
-GROWTH: Final = 3.0
+GROWTH: Final = 1.5
 BACKOFF: Final = 0.7
-INITIAL: Final = 0.1
+INITIAL: Final = 0.15
 #: How many tokens interactive writes may borrow ahead of waiting bulk writers (host.json's maxConcurrentCalls).
 INTERACTIVE_DEBT: Final = 16
 #: Graph sends x-ms-throttle-limit-percentage only above this fraction of the limit.
@@ -120,6 +120,9 @@ class WriteGovernor:
         """Wait until a write may be sent (interactive waiters first, then in arrival order), take its token."""
         name = lane or _lane.get()
         waiters = self._waiters[name]
+        if self._head() is None and self._take(self._clock(), name) <= 0:  # nobody waiting, a token at hand
+            self._in_flight += 1
+            return
         me = asyncio.Event()
         waiters.append(me)
         try:
