@@ -121,8 +121,11 @@ class Worker:
 
     def _say(self, text: str) -> None:
         assert self.process.stdin is not None
-        self.process.stdin.write(text + "\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(text + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:  # it stopped by itself (--max-seconds); its figures are on its stdout
+            pass
 
     def ready(self) -> None:
         assert self._line() == {"ready": True}
@@ -199,12 +202,14 @@ def fleet_run(
         start = time.monotonic()
         for offset, k in schedule:
             time.sleep(max(start + offset - time.monotonic(), 0.0))
+            leaving = [worker for n, worker in enumerate(fleet) if n >= k and worker.started and worker.result is None]
+            for worker in leaving:
+                worker.stop()
             for n, worker in enumerate(fleet):
                 if n < k and not worker.started:
                     worker.go()
-                elif n >= k and worker.started and worker.result is None:
-                    worker.stop()
-                    worker.finish()
+            for worker in leaving:
+                worker.finish()
         time.sleep(max(start + duration - time.monotonic(), 0.0))
         end = time.monotonic()
         for worker in fleet:
@@ -320,15 +325,17 @@ def light_load(scale: Scale) -> dict[str, Any]:
 def run_all(scale: Scale) -> dict[str, Any]:
     """Every fleet run, onboarding and light load; prints a line for each; returns the summary figures."""
     third = scale.run_seconds * 0.6
-    runs = [
-        fleet_run("static-split", [(0, 4)], scale, pacing="static", rate=QUOTA_RATE / STATIC_INSTANCE_CAP),
-        fleet_run("adaptive", [(0, 1)], scale),
-        fleet_run("adaptive", [(0, 4)], scale),
-        fleet_run("adaptive", [(0, 16)], scale),
-        fleet_run("adaptive", [(0, 1), (third, 16), (2 * third, 4)], scale),
+    plans: list[tuple[str, list[tuple[float, int]], str, float]] = [
+        ("static-split", [(0, 4)], "static", QUOTA_RATE / STATIC_INSTANCE_CAP),
+        ("adaptive", [(0, 1)], "adaptive", QUOTA_RATE),
+        ("adaptive", [(0, 4)], "adaptive", QUOTA_RATE),
+        ("adaptive", [(0, 16)], "adaptive", QUOTA_RATE),
+        ("adaptive", [(0, 1), (third, 16), (2 * third, 4)], "adaptive", QUOTA_RATE),
     ]
-    for run in runs:
-        print_fleet(run)
+    runs = []
+    for name, schedule, pacing, rate in plans:  # each line as soon as its run is over
+        runs.append(fleet_run(name, schedule, scale, pacing=pacing, rate=rate))
+        print_fleet(runs[-1])
     adaptive = runs[1:]
     alone = onboarding(scale, backlog=0)
     busy = onboarding(scale, backlog=10_000)

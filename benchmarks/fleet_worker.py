@@ -8,9 +8,9 @@ waits for ``go`` on standard input. From then on it delivers, up to 16 at a time
 ``grant_membership_bulk``, and the interactive queue through ``grant_membership``, fed with one add per
 1/R seconds (users from 1,000,000 on) when `--interactive-rate` is given; or, with `--serial N`, N
 interactive adds one at a time (each sent when the previous one settled). ``stop`` on standard input (or
-`--max-seconds`, or the end of the serial run) stops deliveries; in-flight ones finish; it prints one JSON
-line of figures and exits. Every address it talks to is on 127.0.0.1 (the doubles and its own settlement
-servers).
+`--max-seconds`, or the end of the serial run) stops deliveries and cancels the ones in flight (an instance
+scaled in: their locks expire); it prints one JSON line of figures and exits. Every address it talks to is
+on 127.0.0.1 (the doubles and its own settlement servers).
 """
 
 from __future__ import annotations
@@ -113,8 +113,9 @@ async def deliver(lanes: Lanes, lane: Lane, stop: asyncio.Event) -> None:
             if waiter not in done:
                 waiter.cancel()
         in_flight -= done
-    if in_flight:
-        await asyncio.wait(in_flight)
+    for task in in_flight:  # scaled in: what this instance holds goes back to the queue when its locks expire
+        task.cancel()
+    await asyncio.gather(*in_flight, return_exceptions=True)
 
 
 def stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str]:
