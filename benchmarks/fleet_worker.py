@@ -69,7 +69,7 @@ class Lanes:
         self.actions: dict[Lane, Any] = {}
         self.enqueued: dict[str, float] = {}
         self.settled: dict[str, float] = {}
-        self.arrived = asyncio.Event()
+        self.arrived: dict[Lane, asyncio.Event] = {"interactive": asyncio.Event(), "bulk": asyncio.Event()}
         self.one_settled = asyncio.Event()
 
     def __enter__(self) -> Lanes:
@@ -85,7 +85,7 @@ class Lanes:
     def send(self, lane: Lane, body: bytes, message_id: str) -> None:
         self.enqueued[message_id] = time.perf_counter()
         self.queues[lane].send(body, message_id=message_id, content_type="application/json")
-        self.arrived.set()
+        self.arrived[lane].set()
 
 
 async def deliver(lanes: Lanes, lane: Lane, stop: asyncio.Event) -> None:
@@ -105,8 +105,8 @@ async def deliver(lanes: Lanes, lane: Lane, stop: asyncio.Event) -> None:
             in_flight.add(asyncio.create_task(invoke(locked.message_id, to_received_message(locked))))
         waits: set[asyncio.Future[Any]] = {*in_flight, asyncio.ensure_future(stop.wait())}
         if len(in_flight) < CONCURRENCY:
-            lanes.arrived.clear()
-            waits.add(asyncio.ensure_future(lanes.arrived.wait()))
+            lanes.arrived[lane].clear()
+            waits.add(asyncio.ensure_future(lanes.arrived[lane].wait()))
             waits.add(asyncio.ensure_future(asyncio.sleep(0.05)))  # scheduled retry copies coming due
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waits - in_flight:

@@ -18,11 +18,15 @@ how many others write. Graph tells each of them how full the shared quota is: a 
 window W (`window_seconds`, the quota's: 150 s) the fleet wrote u·N writes, and this process knows how many of
 them were its own (n), so its share of the fleet's traffic is n / (u·N). After each write (`admitted`):
 
-- u present: the rate moves toward  g = (n / W) · TARGET / u + PROBE · ceiling,  by dt / (W · SMOOTHING) of
-  the gap. Summed over the fleet, the first term is TARGET · N / W, the quota's rate times `TARGET`, whatever
-  the number of instances and however stale each one's share: every instance scales by the same factor, so
-  the fleet converges without oscillating. The small `PROBE` term lets a newcomer (n = 0) in; it also makes
-  the shares converge to equal ones (each instance's fixed point is PROBE·ceiling·u / (u - TARGET)).
+- u present: the rate moves toward  g = (n / W) · G / u (+ PROBE · ceiling while u < TARGET),  with
+  G = TARGET + (TARGET - u) / FILL,  by dt / (W · SMOOTHING) of the gap, and the process keeps at most
+  n · TARGET / u (+ PROBE_WRITES) writes of its own in the window. n / (u · N) is this process's share of the
+  fleet's writes, so summed over the fleet the first term is G · N / W: the quota's rate times `TARGET`, plus
+  what fills the window back to TARGET (or drains it) over FILL of a window, whatever the number of instances
+  and however stale each one's share. Every instance scales by the same factor, so the fleet converges
+  without oscillating. The small `PROBE` term, only while the fleet is under
+  its target (so it adds nothing at the target, whatever the number of instances), lets a newcomer (n = 0) in
+  and evens the shares out.
 - u absent (under 0.8 used) and writes are waiting here: the rate grows by a factor e^(GROWTH · dt / W), up
   to the ceiling. An idle process does not grow its rate (it would start its next burst at the ceiling).
 - a ``429`` (`throttled`): every writer pauses for ``Retry-After``, and the rate is cut to BACKOFF * rate
@@ -55,8 +59,9 @@ _lane: ContextVar[Lane] = ContextVar("entra_grants_lane", default="interactive")
 #: Adaptive pacing's constants (see the module docstring).
 TARGET: Final = 0.97
 PROBE: Final = 0.005
-PROBE_WRITES: Final = 0.5
+PROBE_WRITES: Final = 1.0
 SMOOTHING: Final = 0.1
+FILL: Final = 0.15
 GROWTH: Final = 1.5
 BACKOFF: Final = 0.7
 INITIAL: Final = 0.15
@@ -219,9 +224,14 @@ class WriteGovernor:
             if self._waited:
                 self.rate = min(self.ceiling, self.rate * math.exp(GROWTH * elapsed / self.window))
         else:
-            self._cap = len(self._own) * TARGET / usage + PROBE_WRITES
+            under = usage < TARGET
+            self._cap = len(self._own) * TARGET / usage + (PROBE_WRITES if under else 0.0)
             span = min(self.window, max(now - self._started, self.window * SMOOTHING))
-            goal = min(self.ceiling, len(self._own) / span * TARGET / usage + PROBE * self.ceiling)
+            # This process's share of the fleet's writes, times the fleet's goal: the quota's rate at TARGET, plus
+            # (minus) what fills (drains) the window back to TARGET over FILL of a window.
+            fleet_goal = TARGET + (TARGET - usage) / FILL
+            probe = PROBE * self.ceiling if under else 0.0
+            goal = min(self.ceiling, max(len(self._own) / span * fleet_goal / usage, 0.0) + probe)
             self.rate += (goal - self.rate) * min(1.0, elapsed / (self.window * SMOOTHING))
             self.rate = max(self.rate, self._floor())
         self._waited = False
