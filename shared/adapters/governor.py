@@ -64,7 +64,7 @@ SMOOTHING: Final = 0.1
 FILL: Final = 0.15
 GROWTH: Final = 1.5
 BACKOFF: Final = 0.7
-INITIAL: Final = 0.15
+INITIAL: Final = 0.35
 #: How many tokens interactive writes may borrow ahead of waiting bulk writers (host.json's maxConcurrentCalls).
 INTERACTIVE_DEBT: Final = 16
 #: Graph sends x-ms-throttle-limit-percentage only above this fraction of the limit.
