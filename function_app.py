@@ -34,6 +34,20 @@ async def grant_membership(
     await process_grant_message(receivedmessage, message_actions)
 
 
+@app.service_bus_queue_trigger(
+    arg_name="receivedmessage",
+    queue_name="%GRANTS_BULK_QUEUE%",
+    connection="ServiceBusConnection",
+    auto_complete_messages=False,
+)
+async def grant_membership_bulk(
+    receivedmessage: servicebus.ServiceBusReceivedMessage,
+    message_actions: servicebus.ServiceBusMessageActions,
+) -> None:
+    """The same for bulk jobs' rows, in the bulk lane: behind interactive grants, at Graph's Low priority."""
+    await process_grant_message(receivedmessage, message_actions, lane_name="bulk")
+
+
 @app.route(route="grants", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def grant_webhook(req: func.HttpRequest) -> func.HttpResponse:
     """Ticketing webhook: a signed grant request in, 202 with its requestId out (or problem details)."""

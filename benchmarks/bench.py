@@ -5,9 +5,11 @@ Figures, one line each (the Graph double and the token endpoint run in a process
 
 1. ``throughput``: N grants (default 10,000; ``--quick`` 1,000) through the local host and the registered
    function object, 16 at a time, against the Graph double with a write budget of 200 per 10 s (Graph's
-   20/s) and 30 ms latency; ``GRAPH_WRITE_RATE=20``. Sustained writes/s and its fraction of the budget,
-   429s, dead letters, p50/p99 time per invocation (the outcome records' ``startedAt``..``finishedAt``,
-   every delivery), CPU ms per grant (this process), token requests, TCP connections.
+   20/s) and 30 ms latency; ``GRAPH_WRITE_RATE=20``, ``GRAPH_WRITE_PACING=static`` (one process pacing at the
+   whole quota: the pipeline's own throughput; the fleet runs below measure adaptive pacing). Sustained
+   writes/s and its fraction of the budget, 429s, dead letters, p50/p99 time per invocation (the outcome
+   records' ``startedAt``..``finishedAt``, every delivery), CPU ms per grant (this process), token requests,
+   TCP connections.
 2. ``pipeline_cpu``: 2,000 grants, no budget, no latency (``GRAPH_WRITE_RATE=0``): CPU ms per grant of the
    whole pipeline (function object, binding decode, settlement over gRPC, Graph call). Information only.
 3. ``engine`` / ``msgraph_sdk`` / ``cpu_vs_msgraph``: the same 2,000 grants, 16 at a time, against a fresh
@@ -22,7 +24,10 @@ Figures, one line each (the Graph double and the token endpoint run in a process
    taking turns, after one uncounted run each that leaves our modules' bytecode in ``__pycache__``; and, as
    information, ours plus ``azure.identity.aio``, which our app imports only when the first message builds
    its services.
-5. ``installed_size``: the files in the RECORDs of requirements.txt's distributions and their dependencies
+5. ``fleet`` / ``onboarding`` / ``light_load``: K instances sharing the write quota (K = 1, 4, 16, 1 → 16 → 4,
+   and today's static split as the baseline), interactive grants during a 10,000-row bulk backlog, one grant at a
+   time at 30 ms per Graph answer; see `benchmarks.fleet` (``--quick``: a shorter window and runs).
+6. ``installed_size``: the files in the RECORDs of requirements.txt's distributions and their dependencies
    vs the same for the msgraph-sdk equivalent (requirements.txt with httpx replaced by msgraph-sdk); and the
    Graph client alone: httpx + azure-identity vs msgraph-sdk (each with its dependencies).
 6. ``telemetry``: what the worker's OpenTelemetry export (``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true``,
@@ -55,6 +60,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks import fleet
 from benchmarks.directory import grants
 from benchmarks.ledger import ledger_cost
 from grants_local.ingestion import UNSET, IngestionStub, local_environment
@@ -133,7 +139,12 @@ async def pipeline(count: int, *, budget: str, latency: float, write_rate: str) 
     outcome_log.addHandler(times)
     try:
         with doubles(users=count, budget=budget, latency=latency) as served:
-            env = {**served.env, "GRAPH_WRITE_RATE": write_rate, "GRANTS_RETRY_BASE_SECONDS": "1"}
+            env = {
+                **served.env,
+                "GRAPH_WRITE_RATE": write_rate,
+                "GRAPH_WRITE_PACING": "static",  # one process at the full rate: the pipeline's own throughput
+                "GRANTS_RETRY_BASE_SECONDS": "1",
+            }
             cpu, wall = time.process_time(), time.perf_counter()
             run = await run_local(grants(count, served.unit), env=env, clock=time.time, concurrency=16)  # real time
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -376,12 +387,22 @@ def main() -> None:
         f"graph_client_mb={our_client_mb:.1f} (httpx+azure-identity) msgraph_sdk_mb={sdk_mb:.1f}",
         flush=True,
     )
+    fleet_figures = fleet.run_all(fleet.QUICK if args.quick else fleet.FULL)
     print(
         f"summary: quota_fraction={rate / 20:.3f} throttled={c['throttled']} token_requests={c['token_requests']} "
         f"cpu_ratio_vs_msgraph={cpu_ratio:.2f} import_ratio_vs_msgraph={import_ratio:.2f} "
         f"size_ratio_vs_msgraph={size_ratio:.2f} telemetry_cpu_ratio={telemetry_cpu_ratio:.2f} "
         f"telemetry_import_ratio={telemetry_import_ratio:.2f} ledger_cpu_ms_per_grant={ledger['cpu_ms_per_grant']:.2f} "
         f"ledger_storage_calls_per_grant={ledger['storage_calls_per_grant']:.2f}"
+    )
+    print(
+        f"summary: fleet_quota_fraction_min={fleet_figures['fleet_quota_fraction_min']:.3f} "
+        f"fleet_throttled_pct_max={fleet_figures['fleet_throttled_pct_max']:.2f} "
+        f"onboarding_p99_ratio={fleet_figures['onboarding_p99_ratio']:.2f} "
+        f"static_quota_fraction_k4={fleet_figures['static_quota_fraction_k4']:.3f} "
+        f"fleet_dead_throttled={fleet_figures['fleet_dead_throttled']:.0f} "
+        f"light_load_overhead_p99_ms={fleet_figures['light_overhead_p99_ms']:.1f} "
+        f"token_requests_per_process_max={fleet_figures['tokens_per_process_max']:.0f}"
     )
 
 

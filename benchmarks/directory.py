@@ -6,6 +6,11 @@ import json
 UNIT = "ae000000-0000-4000-8000-00000000be11"
 
 
+def unit_id(n: int) -> str:
+    """The id of the benchmark's n-th administrative unit (the fleet benchmark gives each worker its own)."""
+    return f"ae000000-0000-4000-8000-{n:012x}"
+
+
 def member_id(n: int) -> str:
     """The id of the benchmark's n-th user."""
     return f"{n:08x}-0000-4000-8000-0000000000be"

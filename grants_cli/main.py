@@ -110,22 +110,36 @@ def _add_bulk_and_dlq(commands: Any) -> None:
     where.add_argument(
         "--namespace", help="Service Bus namespace (default: ServiceBusConnection__fullyQualifiedNamespace)"
     )
-    where.add_argument("--queue", default=os.environ.get("GRANTS_QUEUE", "grant-membership"), help="queue name")
-    submit = commands.add_parser("submit", parents=[where], help="validate a CSV / JSON-lines bulk job and send it")
+    # Each command its own --queue (argparse shares a parent's actions: a default set on one would change all).
+    grants_queue = argparse.ArgumentParser(add_help=False)
+    grants_queue.add_argument("--queue", default=os.environ.get("GRANTS_QUEUE", "grant-membership"), help="queue name")
+    bulk_queue = argparse.ArgumentParser(add_help=False)
+    bulk_queue.add_argument(
+        "--queue",
+        default=os.environ.get("GRANTS_BULK_QUEUE", "grant-membership-bulk"),
+        help="queue name (default: the bulk lane's, behind interactive grants)",
+    )
+    submit = commands.add_parser(
+        "submit", parents=[where, bulk_queue], help="validate a CSV / JSON-lines bulk job and send it"
+    )
     submit.add_argument("file", type=Path, help="CSV (.csv) or JSON lines (one message body per line)")
     submit.add_argument("--job-id", help="MessageIds are <job-id>:<row> (default: from the file's SHA-256)")
     submit.add_argument("--dry-run", action="store_true", help="validate and print what would be sent")
     submit.add_argument("--skip-invalid", action="store_true", help="send the valid rows even if some are not")
     dlq = commands.add_parser("dlq", help="list, show, resubmit or purge dead letters")
     actions = dlq.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", parents=[where], help="table of dead letters").add_argument("--reason")
-    actions.add_parser("show", parents=[where], help="one dead letter in full").add_argument("id")
-    resubmit = actions.add_parser("resubmit", parents=[where], help="send fresh copies, then remove the dead letters")
+    actions.add_parser("list", parents=[where, grants_queue], help="table of dead letters").add_argument("--reason")
+    actions.add_parser("show", parents=[where, grants_queue], help="one dead letter in full").add_argument("id")
+    resubmit = actions.add_parser(
+        "resubmit", parents=[where, grants_queue], help="send fresh copies, then remove the dead letters"
+    )
     chosen = resubmit.add_mutually_exclusive_group()
     chosen.add_argument("--reason", help="only dead letters with this reason code")
     chosen.add_argument("--id", help="only the dead letter with this requestId or MessageId")
     resubmit.add_argument("--dry-run", action="store_true", help="list what would be resubmitted")
-    purge = actions.add_parser("purge", parents=[where], help="delete dead letters for good (needs --yes)")
+    purge = actions.add_parser(
+        "purge", parents=[where, grants_queue], help="delete dead letters for good (needs --yes)"
+    )
     purge.add_argument("--reason")
     purge.add_argument("--yes", action="store_true", help="confirm the deletion")
 

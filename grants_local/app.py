@@ -203,5 +203,11 @@ async def local_app(
 def virtual_governor(settings: Settings, clock: Callable[[], float]) -> WriteGovernor | None:
     """On a `ManualClock`, a write governor whose waits move that clock (so a 429's pause costs no real time)."""
     if isinstance(clock, ManualClock):
-        return WriteGovernor(rate=settings.graph_write_rate, clock=clock, sleep=clock.sleep)
+        return WriteGovernor(
+            rate=settings.graph_write_rate,
+            adaptive=settings.graph_write_adaptive,
+            window_seconds=settings.graph_write_window_seconds,
+            clock=clock,
+            sleep=clock.sleep,
+        )
     return None

@@ -24,6 +24,21 @@ Endpoints (segment names case-insensitive, ids GUIDs compared case-insensitively
 Each request goes through, in order: `latency_seconds`; the first queued `Fault` that matches it; the
 token check; routing (``400 BadRequest`` for an unknown segment, ``405`` for a wrong method); for writes
 (POST, DELETE) the `write_budget` (``429`` + ``Retry-After``) and `deny` (``403``); then the directory.
+
+The write budget is Graph's write quota (3,000 per 150 s per app and tenant), enforced as a sliding window
+shared by every client of the double (it serves all processes on loopback), with Graph's headers
+(learn.microsoft.com/graph/throttling-limits, "Identity and access service limits"):
+
+- every write answered past the budget carries ``x-ms-throttle-limit-percentage`` (the fraction of the limit
+  used, two decimals) once more than 0.8 of it is used;
+- a throttled write is ``429 TooManyRequests`` with ``Retry-After`` (whole seconds until the write would be
+  let through), ``x-ms-throttle-scope: Tenant_Application/Write/<app>/<tenant>`` and
+  ``x-ms-throttle-information: WriteLimitExceeded``;
+- ``x-ms-throttle-priority`` (``Low``, ``Normal`` (also absent or unknown), ``High``) decides who is throttled
+  first without changing the limit: while a write of a higher priority was let through in the last window,
+  ``Low`` writes are refused once ``1 - priority_reserve`` of the limit is used and ``Normal`` ones at
+  ``1 - priority_reserve / 2``; ``High`` writes (and any write with no higher-priority traffic) get the whole
+  limit. Bulk alone therefore still reaches the quota, and interactive writes find room beside it.
 Error bodies are Graph's ``{"error": {"code", "message", "innerError": {"date", "request-id",
 "client-request-id"}}}``; every answer carries ``request-id`` and ``client-request-id`` headers. A
 ``404 Request_ResourceNotFound`` names the one missing id: the container's if it is missing, else the
@@ -74,15 +89,24 @@ __all__ = [
     "LoggedRequest",
     "PermissionKind",
     "PrincipalType",
+    "Priority",
+    "WriteRecord",
 ]
 
 PermissionKind = Literal["administrativeUnit", "directoryRole"]
 PrincipalType = Literal["user", "group", "servicePrincipal", "device"]
+Priority = Literal["Low", "Normal", "High"]
 
 _PREFIX: Final = "/v1.0"
 _GUID: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _REF_ID: Final = re.compile(r"/(?:directoryObjects|users|groups|servicePrincipals|devices)/([^/?#]+)$", re.IGNORECASE)
 _WRITES: Final = frozenset({"POST", "DELETE", "PATCH", "PUT"})
+_PRIORITIES: Final[Mapping[str, Priority]] = {"low": "Low", "normal": "Normal", "high": "High"}
+#: Graph sends x-ms-throttle-limit-percentage only once more than this fraction of the limit is used.
+_USAGE_SIGNAL_FLOOR: Final = 0.8
+#: The application and tenant ids the double names in x-ms-throttle-scope.
+APPLICATION_ID: Final = "00000000-0000-4000-8000-0000000a9915"
+TENANT_ID: Final = "00000000-0000-4000-8000-00000007e4a7"
 
 #: Microsoft Graph's application id (the same in every tenant and cloud), and this double's object id for its
 #: service principal (in a real tenant, one per tenant).
@@ -120,6 +144,15 @@ _STATUS_ERRORS: Final[Mapping[int, tuple[str, str]]] = {
     503: ("serviceNotAvailable", "The service is temporarily unavailable. Please retry later."),
     504: ("UnknownError", ""),
 }
+
+
+class WriteRecord(NamedTuple):
+    """One write the budget saw: when (on the double's clock), its ``x-ms-throttle-priority``, and whether it
+    was let through (False: answered ``429``)."""
+
+    at: float
+    priority: Priority
+    admitted: bool
 
 
 class LoggedRequest(NamedTuple):
@@ -182,9 +215,18 @@ class Fault:
 class _GraphError(Exception):
     """An answer with Graph's error body."""
 
-    def __init__(self, status: int, code: str, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+        self.headers = dict(headers or {})
 
 
 @dataclass(slots=True)
@@ -223,7 +265,9 @@ class GraphDouble:
 
     `tokens` is the `TokenEndpoint` whose tokens are accepted, or a ``(token, resource) -> bool`` check.
     `write_budget` ``(n, window_seconds)`` lets at most n writes through in any sliding window; more answer
-    ``429`` with ``Retry-After`` = seconds until one is allowed again (ceil, at least 1).
+    ``429`` with ``Retry-After`` = seconds until one is allowed again (ceil, at least 1), with Graph's throttle
+    headers and priorities as the module docstring says (`priority_reserve`: the share of the limit lower
+    priorities leave to higher ones when both are writing).
     `latency_seconds` is waited (real time) before every answer. Time for replication and budget comes
     from `clock`. All state is behind one lock; every method is thread-safe.
     """
@@ -233,11 +277,13 @@ class GraphDouble:
         tokens: TokenEndpoint | Callable[[str, str], bool],
         *,
         write_budget: tuple[int, float] | None = None,
+        priority_reserve: float = 0.04,
         latency_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._token_valid = tokens.is_valid if isinstance(tokens, TokenEndpoint) else tokens
         self.write_budget = write_budget
+        self.priority_reserve = priority_reserve
         self.latency_seconds = latency_seconds
         self._clock = clock
         self._lock = threading.Lock()
@@ -249,6 +295,8 @@ class GraphDouble:
         self._denied: set[PermissionKind] = set()
         self._app_roles: dict[str, set[str]] = {}  # service principal id -> Graph app role ids granted to it
         self._recent_writes: deque[float] = deque()
+        self._last_admitted: dict[Priority, float] = {}
+        self._write_log: list[WriteRecord] = []
         self._log: list[LoggedRequest] = []
         self._write_count = 0
         self._server = LoopbackServer(self._answer)
@@ -484,6 +532,12 @@ class GraphDouble:
             return self._write_count
 
     @property
+    def write_log(self) -> list[WriteRecord]:
+        """A copy of every write the budget saw (with a `write_budget` only), oldest first."""
+        with self._lock:
+            return list(self._write_log)
+
+    @property
     def connections_opened(self) -> int:
         """TCP connections accepted so far."""
         return self._server.connections_opened
@@ -520,12 +574,14 @@ class GraphDouble:
                 code, message = _STATUS_ERRORS.get(fault.status_code, ("UnknownError", ""))
                 raise _GraphError(fault.status_code, code, message, retry_after=fault.retry_after)
             self._authenticate(request.headers.get("Authorization", ""))
-            with self._lock:
-                status, payload = self._dispatch(request, path, body)
             headers: dict[str, str] = {}
+            with self._lock:
+                status, payload = self._dispatch(request, path, body, headers)
         except _GraphError as error:
             status, payload = error.status, _error_body(error, request_id, client_request_id)
-            headers = {} if error.retry_after is None else {"Retry-After": str(math.ceil(error.retry_after))}
+            headers = dict(error.headers)
+            if error.retry_after is not None:
+                headers["Retry-After"] = str(math.ceil(error.retry_after))
         self._record(LoggedRequest(request.method, path, status, client_request_id, body))
         headers.update({"request-id": request_id, "client-request-id": client_request_id})
         return Response(status, payload, headers)
@@ -549,8 +605,9 @@ class GraphDouble:
         if not self._token_valid(token, self.resource):
             raise _GraphError(401, "InvalidAuthenticationToken", _TOKEN_EXPIRED)
 
-    def _dispatch(self, request: Request, path: str, body: Any) -> _Reply:
-        """Route, apply the write budget and permissions, and answer (holding the lock)."""
+    def _dispatch(self, request: Request, path: str, body: Any, headers: dict[str, str]) -> _Reply:
+        """Route, apply the write budget and permissions, and answer (holding the lock); the budget's headers
+        go into `headers`."""
         if not request.path.lower().startswith(_PREFIX + "/"):
             version = request.path.strip("/").split("/")[0]
             raise _GraphError(400, "BadRequest", f"Invalid version: {version}")
@@ -560,23 +617,55 @@ class GraphDouble:
         if handler is None:
             raise _GraphError(405, "Request_BadRequest", "Specified HTTP method is not allowed for the request target.")
         if request.method in _WRITES:
-            self._spend_write_budget()
+            priority = _PRIORITIES.get(request.headers.get("x-ms-throttle-priority", "").strip().lower(), "Normal")
+            headers.update(self._spend_write_budget(priority))
             if kind in self._denied:
                 raise _GraphError(403, "Authorization_RequestDenied", _INSUFFICIENT)
             self._write_count += 1
         return handler()
 
-    def _spend_write_budget(self) -> None:
+    def _spend_write_budget(self, priority: Priority) -> dict[str, str]:
+        """Let one write of `priority` through (and return its usage header, if any) or raise its ``429``."""
         if self.write_budget is None:
-            return
+            return {}
         limit, window = self.write_budget
         now = self._clock()
         while self._recent_writes and self._recent_writes[0] <= now - window:
             self._recent_writes.popleft()
-        if len(self._recent_writes) >= limit:
-            wait = max(1.0, math.ceil(self._recent_writes[0] + window - now))
-            raise _GraphError(429, "TooManyRequests", "Please retry again later.", retry_after=wait)
+        allowed = self._allowed(priority, limit, now - window)
+        if len(self._recent_writes) >= allowed:
+            # Whole seconds until the window holds fewer than `allowed` writes (at least 1, as Graph's).
+            oldest_to_expire = self._recent_writes[len(self._recent_writes) - allowed] if allowed else now
+            wait = max(1.0, math.ceil(oldest_to_expire + window - now))
+            self._write_log.append(WriteRecord(now, priority, admitted=False))
+            raise _GraphError(
+                429,
+                "TooManyRequests",
+                "Please retry again later.",
+                retry_after=wait,
+                headers={
+                    "x-ms-throttle-scope": f"Tenant_Application/Write/{APPLICATION_ID}/{TENANT_ID}",
+                    "x-ms-throttle-information": "WriteLimitExceeded",
+                },
+            )
         self._recent_writes.append(now)
+        self._last_admitted[priority] = now
+        self._write_log.append(WriteRecord(now, priority, admitted=True))
+        used = len(self._recent_writes) / limit
+        return {"x-ms-throttle-limit-percentage": f"{used:.2f}"} if used > _USAGE_SIGNAL_FLOOR else {}
+
+    def _allowed(self, priority: Priority, limit: int, window_start: float) -> int:
+        """How many writes the window may hold for a write of `priority`: all of the limit, less a reserve while a
+        higher priority was let through within the window."""
+
+        def busy(*higher: Priority) -> bool:
+            return any(self._last_admitted.get(p, -math.inf) > window_start for p in higher)
+
+        if priority == "Low" and busy("Normal", "High"):
+            return math.floor(limit * (1 - self.priority_reserve))
+        if priority == "Normal" and busy("High"):
+            return math.floor(limit * (1 - self.priority_reserve / 2))
+        return limit
 
     def _routes(self, segments: list[str], body: Any) -> tuple[PermissionKind | None, _Handlers]:
         lower = [segment.lower() for segment in segments]
@@ -601,14 +690,10 @@ class GraphDouble:
                 return {"GET": lambda: (200, {"value": [_unit_json(unit) for unit in self._units.values()]})}
             case [unit_id]:
                 return {"GET": lambda: (200, _unit_json(self._unit(unit_id)))}
-            case [unit_id, "members"]:
-                return {"GET": lambda: (200, self._members_json(self._unit(unit_id).members))}
-            case [unit_id, "members", "$ref"]:
-                return {"POST": lambda: self._add_unit_member(unit_id, body)}
-            case [unit_id, "members", member_id]:
-                return {"GET": lambda: self._get_member(self._unit(unit_id).members, member_id)}
-            case [unit_id, "members", member_id, "$ref"]:
-                return {"DELETE": lambda: self._remove_member(self._unit(unit_id).members, member_id)}
+            case [unit_id, "members", *member]:
+                return self._member_routes(
+                    member, rest, lambda: self._unit(unit_id).members, lambda: self._add_unit_member(unit_id, body)
+                )
             case [unit_id, "scopedrolemembers"]:
                 return {
                     "GET": lambda: (200, {"value": _scoped_json(self._unit(unit_id))}),
@@ -634,14 +719,26 @@ class GraphDouble:
                 }
             case [role]:
                 return {"GET": lambda: (200, self._role_json(self._role(role)))}
-            case [role, "members"]:
-                return {"GET": lambda: (200, self._members_json(self._role(role).members))}
-            case [role, "members", "$ref"]:
-                return {"POST": lambda: self._add_role_member(role, body)}
-            case [role, "members", member_id]:
-                return {"GET": lambda: self._get_member(self._role(role).members, member_id)}
-            case [role, "members", member_id, "$ref"]:
-                return {"DELETE": lambda: self._remove_member(self._role(role).members, member_id)}
+            case [role, "members", *member]:
+                return self._member_routes(
+                    member, rest, lambda: self._role(role).members, lambda: self._add_role_member(role, body)
+                )
+        raise _unknown_segment(rest[-1])
+
+    def _member_routes(
+        self, member: list[str], rest: list[str], members: Callable[[], set[str]], add: Callable[[], _Reply]
+    ) -> _Handlers:
+        """``members``, ``members/$ref``, ``members/{id}`` and ``members/{id}/$ref`` of a unit or a role
+        (`member`: the lower-cased segments after ``members``; `members`: the container's member set)."""
+        match member:
+            case []:
+                return {"GET": lambda: (200, self._members_json(members()))}
+            case ["$ref"]:
+                return {"POST": add}
+            case [member_id]:
+                return {"GET": lambda: self._get_member(members(), member_id)}
+            case [member_id, "$ref"]:
+                return {"DELETE": lambda: self._remove_member(members(), member_id)}
         raise _unknown_segment(rest[-1])
 
     # --- the directory (called with the lock held) ---------------------------------------------------

@@ -22,8 +22,8 @@ Messages (each (container, member) pair in exactly one message, so the expected 
 - ``race``: an add and a remove (two messages) for one user of a unit, a member already or not, with distinct
   ``requestedAt``: the older ends ``superseded`` or ran first. Final: member exactly when the add is newer.
 - ``timebound``: an add whose ``expiresAt`` falls minutes into the run (virtual time): ``granted`` /
-  ``already_member`` (or ``Expired`` when the backlog delayed it past its expiry). Final: not a member (its
-  removal ran).
+  ``already_member`` (or ``Expired`` / ``superseded`` by its own removal when the backlog delayed it past its
+  expiry). Final: not a member (its removal ran).
 
 Targets: administrative units (users, groups, devices) and directory roles by object id and by template id
 (users, service principals, role-assignable groups).
@@ -118,7 +118,9 @@ ALLOWED = {
     "doomed": {"granted", "already_member", "dead_lettered:TargetNotFound"},
     "race_add": {"granted", "already_member", "superseded"},
     "race_remove": {"revoked", "not_member", "superseded"},
-    "timebound": {"granted", "already_member", "dead_lettered:Expired"},  # Expired: its time passed in the backlog
+    # Expired: its time passed in the backlog; superseded: its own removal (at expiresAt) was recorded first, which
+    # happens when retries or pacing carry the add past its expiry (the pair then ends without it, as planned).
+    "timebound": {"granted", "already_member", "dead_lettered:Expired", "superseded"},
     "hostile": {"dead_lettered:SchemaViolation", "dead_lettered:InvalidJson"},
 }
 # A request sent again under a new MessageId is the same request: the ledger absorbs the second message.

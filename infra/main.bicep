@@ -25,12 +25,19 @@ https://dod-graph.microsoft.us/v1.0 (US Government L5, DoD), https://microsoftgr
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 
 @description('''Most instances the app scales out to. Together with host.json's maxConcurrentCalls (16) it caps
-the grants in flight (instances x 16), and it sets the per-instance Graph write rate (20/s divided by this), so the
-app as a whole stays under Graph's 3,000 directory writes per 150 s per app and tenant. 40 is the lowest value
-every Flex Consumption region accepts; some regions accept less.''')
+the grants in flight (instances x 16). With graphWritePacing static it also sets the per-instance Graph write rate
+(20/s divided by this); with adaptive pacing (the default) the instances share Graph's 3,000 directory writes per
+150 s per app and tenant whatever their number. 40 is the lowest value every Flex Consumption region accepts; some
+regions accept less.''')
 @minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 40
+
+@description('''How instances share Graph's write quota (GRAPH_WRITE_PACING). adaptive: each instance finds its share
+from Graph's x-ms-throttle-limit-percentage and 429s, at most the whole quota (GRAPH_WRITE_RATE 20); static: each
+writes 20/s divided by maximumInstanceCount (the quota is reached only when every instance is busy).''')
+@allowed(['adaptive', 'static'])
+param graphWritePacing string = 'adaptive'
 
 @description('Let the app activate a directory role from its template the first time it grants it.')
 param activateRoles bool = false
@@ -73,10 +80,12 @@ param alertStalledMinutes int = 30
 var token = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
 var tags = { 'azd-env-name': environmentName }
 
-// Graph allows 20 directory writes per second per app and tenant; split that over the instances, in
-// thousandths, since GRAPH_WRITE_RATE takes a decimal and Bicep divides integers (40 instances: "0.500").
+// Graph allows 20 directory writes per second per app and tenant. Adaptive pacing: every instance may write up to
+// all of it (GRAPH_WRITE_RATE is a ceiling) and finds its share from Graph's signals. Static: split it over the
+// instances, in thousandths, since GRAPH_WRITE_RATE takes a decimal and Bicep divides integers (40: "0.500").
 var graphWriteRateMilli = 20000 / maximumInstanceCount
-var graphWriteRate = '${graphWriteRateMilli / 1000}.${padLeft(string(graphWriteRateMilli % 1000), 3, '0')}'
+var staticWriteRate = '${graphWriteRateMilli / 1000}.${padLeft(string(graphWriteRateMilli % 1000), 3, '0')}'
+var graphWriteRate = (graphWritePacing == 'static') ? staticWriteRate : '20'
 
 module identity 'modules/identity.bicep' = {
   name: 'identity'
@@ -116,6 +125,7 @@ module functionApp 'modules/functionapp.bicep' = {
     appInsightsConnectionString: monitoring.outputs.connectionString
     serviceBusNamespaceFqdn: servicebus.outputs.fullyQualifiedNamespace
     grantsQueue: servicebus.outputs.grantsQueue
+    grantsBulkQueue: servicebus.outputs.grantsBulkQueue
     hrEventsQueue: servicebus.outputs.hrEventsQueue
     outcomesTopic: servicebus.outputs.outcomesTopic
     callbackQueue: servicebus.outputs.callbackQueue
@@ -123,6 +133,7 @@ module functionApp 'modules/functionapp.bicep' = {
     graphBaseUrl: graphBaseUrl
     maximumInstanceCount: maximumInstanceCount
     graphWriteRate: graphWriteRate
+    graphWritePacing: graphWritePacing
     activateRoles: activateRoles
     webhookSecretUri: webhookSecretUri
     grantsPolicy: grantsPolicy
@@ -159,6 +170,7 @@ module alerts 'modules/alerts.bicep' = {
     appInsightsId: monitoring.outputs.appInsightsId
     serviceBusNamespaceId: servicebus.outputs.id
     grantsQueue: servicebus.outputs.grantsQueue
+    grantsBulkQueue: servicebus.outputs.grantsBulkQueue
     hrEventsQueue: servicebus.outputs.hrEventsQueue
     alertEmail: alertEmail
     alertWebhookUrl: alertWebhookUrl
@@ -190,8 +202,10 @@ output SERVICE_BUS_NAMESPACE string = servicebus.outputs.fullyQualifiedNamespace
 output SERVICE_BUS_NAMESPACE_ID string = servicebus.outputs.id
 output APPLICATIONINSIGHTS_ID string = monitoring.outputs.appInsightsId
 output GRANTS_QUEUE string = servicebus.outputs.grantsQueue
+output GRANTS_BULK_QUEUE string = servicebus.outputs.grantsBulkQueue
 output HR_EVENTS_QUEUE string = servicebus.outputs.hrEventsQueue
 output GRANTS_OUTCOMES_TOPIC string = servicebus.outputs.outcomesTopic
 output GRANTS_CALLBACK_QUEUE string = servicebus.outputs.callbackQueue
 output GRAPH_BASE_URL string = graphBaseUrl
 output GRAPH_WRITE_RATE string = graphWriteRate
+output GRAPH_WRITE_PACING string = graphWritePacing

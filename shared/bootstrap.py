@@ -19,6 +19,7 @@ from shared.adapters.callbacks import CallbackClient
 from shared.adapters.governor import WriteGovernor
 from shared.adapters.graph import GraphClient, new_http_client
 from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
+from shared.adapters.lanes import LaneSender
 from shared.adapters.ledger import Ledger, table_client
 from shared.config import Settings
 from shared.core.contract import GrantCommand
@@ -206,7 +207,12 @@ def bootstrap(
         http=http,
         tokens=tokens,
         base_url=settings.graph_base_url,
-        governor=governor or WriteGovernor(rate=settings.graph_write_rate),
+        governor=governor
+        or WriteGovernor(
+            rate=settings.graph_write_rate,
+            adaptive=settings.graph_write_adaptive,
+            window_seconds=settings.graph_write_window_seconds,
+        ),
     )
     grants = GrantService(
         graph=graph,
@@ -253,7 +259,18 @@ def _servicebus_sender(
     from shared.adapters.servicebus import ServiceBusSender
 
     namespace, credential = _servicebus_connection(settings, http, credential, closers)
-    sender = ServiceBusSender(namespace=namespace, queue=queue or settings.grants_queue, credential=credential)
+    sender: MessageSender
+    if queue is not None:
+        sender = ServiceBusSender(namespace=namespace, queue=queue, credential=credential)
+    else:  # the grants: interactive and bulk lanes, each on its own queue
+        sender = LaneSender(
+            {
+                "interactive": ServiceBusSender(
+                    namespace=namespace, queue=settings.grants_queue, credential=credential
+                ),
+                "bulk": ServiceBusSender(namespace=namespace, queue=settings.bulk_queue, credential=credential),
+            }
+        )
     closers.insert(0, sender)
     return sender
 

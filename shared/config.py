@@ -23,6 +23,7 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "GRAPH_BASE_URL": DEFAULT_GRAPH_BASE_URL,
     "AZURE_CLIENT_ID": "",
     "GRANTS_QUEUE": "grant-membership",
+    "GRANTS_BULK_QUEUE": "grant-membership-bulk",
     "GRANTS_ACTIVATE_ROLES": "false",
     "GRANTS_MAX_ATTEMPTS": "8",
     "GRANTS_RETRY_BASE_SECONDS": "10",
@@ -30,6 +31,8 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "600",
     "GRAPH_WRITE_RATE": "20",
     "GRANTS_SETTLEMENT_TIMEOUT_SECONDS": "5",
+    "GRAPH_WRITE_PACING": "adaptive",
+    "GRAPH_WRITE_WINDOW_SECONDS": "150",
     "GRANTS_POLICY": "",
     "GRANTS_DRY_RUN": "false",
     "HR_EVENTS_QUEUE": "hr-events",
@@ -61,6 +64,7 @@ class Settings:
     graph_base_url: str = DEFAULT_GRAPH_BASE_URL
     client_id: str | None = None
     grants_queue: str = "grant-membership"
+    bulk_queue: str = "grant-membership-bulk"
     activate_roles: bool = False
     max_attempts: int = 8
     retry_base_seconds: float = 10.0
@@ -68,6 +72,8 @@ class Settings:
     member_not_found_window_seconds: float = 600.0
     graph_write_rate: float = 20.0
     settlement_timeout_seconds: float = 5.0
+    graph_write_adaptive: bool = True
+    graph_write_window_seconds: float = 150.0
     policy_path: str | None = None
     dry_run: bool = False
     hr_events_queue: str = "hr-events"
@@ -126,10 +132,15 @@ class Settings:
         outcomes_topic = get("GRANTS_OUTCOMES_TOPIC") or None
         callbacks = _callback_policy(get, env, outcomes_topic)
         settlement_timeout = _number(get, "GRANTS_SETTLEMENT_TIMEOUT_SECONDS", minimum=0.1)
+        pacing = get("GRAPH_WRITE_PACING").lower() or "adaptive"
+        if pacing not in ("adaptive", "static"):
+            raise ConfigError(f"GRAPH_WRITE_PACING must be adaptive or static, got {pacing!r}")
+        write_window = _number(get, "GRAPH_WRITE_WINDOW_SECONDS", minimum=1)
         return cls(
             graph_base_url=base_url,
             client_id=get("AZURE_CLIENT_ID") or None,
             grants_queue=get("GRANTS_QUEUE") or "grant-membership",
+            bulk_queue=get("GRANTS_BULK_QUEUE") or "grant-membership-bulk",
             activate_roles=_flag(get, "GRANTS_ACTIVATE_ROLES"),
             max_attempts=int(max_attempts),
             retry_base_seconds=base,
@@ -137,6 +148,8 @@ class Settings:
             member_not_found_window_seconds=window,
             graph_write_rate=write_rate,
             settlement_timeout_seconds=settlement_timeout,
+            graph_write_adaptive=pacing == "adaptive",
+            graph_write_window_seconds=write_window,
             policy_path=_app_file(get("GRANTS_POLICY")),
             dry_run=_flag(get, "GRANTS_DRY_RUN"),
             hr_events_queue=get("HR_EVENTS_QUEUE") or "hr-events",

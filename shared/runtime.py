@@ -9,6 +9,7 @@ from typing import Any
 
 import azure.functions as func
 
+from shared.adapters.governor import Lane, lane
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
 from shared.core.messaging import MessageActions
@@ -73,9 +74,11 @@ def installed(replacement: Services) -> Iterator[Services]:
         _services = previous
 
 
-async def process_grant_message(message: Any, actions: MessageActions) -> Settled:
-    """Entry point for the Service Bus trigger: process and settle one grant message."""
-    return await services().settle_grant(message, actions)
+async def process_grant_message(message: Any, actions: MessageActions, *, lane_name: Lane = "interactive") -> Settled:
+    """Entry point for the Service Bus triggers: process and settle one grant message in lane `lane_name`
+    (``bulk`` for the bulk queue: its Graph writes wait behind interactive ones, its retries stay bulk)."""
+    with lane(lane_name):
+        return await services().settle_grant(message, actions)
 
 
 async def process_hr_event(message: Any, actions: MessageActions) -> Settled:

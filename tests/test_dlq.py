@@ -164,7 +164,8 @@ def test_given_a_namespace_when_reopened_then_messages_dead_letters_and_duplicat
 def test_given_a_local_bulk_job_when_dead_letters_are_resubmitted_then_they_run_again_through_the_host(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Separate commands share the local namespace; a resubmitted message's retries are not deduplicated away."""
+    """Separate commands share the local namespace; a resubmitted message's retries are not deduplicated away.
+    A bulk job goes to the bulk queue (its own lane), so its dead letters are that queue's."""
     from grants_cli.main import main
 
     monkeypatch.setenv("GRANTS_LOCAL_NAMESPACE", str(tmp_path / "ns"))
@@ -176,17 +177,17 @@ def test_given_a_local_bulk_job_when_dead_letters_are_resubmitted_then_they_run_
     assert "t:1                          granted" in out
     assert "t:4                          dead_lettered   MemberNotFound             8" in out
 
-    assert main(["dlq", "list", "--local"]) == 0
+    assert main(["dlq", "list", "--local", "--queue", "grant-membership-bulk"]) == 0
     listed = capsys.readouterr().out
     assert "t:4                          MemberNotFound                 8" in listed
     assert "1 dead letter(s)" in listed
 
-    assert main(["dlq", "resubmit", "--local", "--reason", "MemberNotFound"]) == 0
+    assert main(["dlq", "resubmit", "--local", "--queue", "grant-membership-bulk", "--reason", "MemberNotFound"]) == 0
     out = capsys.readouterr().out
     assert "resubmitted t:4 (MemberNotFound) as ~resubmit:" in out
     # the member still does not exist: eight fresh attempts (their retry copies were not dropped), then back
     assert "t:4                          dead_lettered   MemberNotFound             8" in out
-    with LocalNamespace(tmp_path / "ns").open("grant-membership") as (queue, _):
+    with LocalNamespace(tmp_path / "ns").open("grant-membership-bulk") as (queue, _):
         (dead,) = queue.dead_letters()
         assert str(dead.application_properties["originalMessageId"]) == "t:4"
         assert str(dead.message_id).startswith("~retry:")  # the resubmission's own eighth attempt

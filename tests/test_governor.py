@@ -8,8 +8,9 @@ import pytest
 
 from grants_local.graph_double import Fault, GraphDouble
 from grants_local.queue import ManualClock
-from shared.adapters.governor import WriteGovernor
+from shared.adapters.governor import BACKOFF, FILL, INITIAL, TARGET, Lane, WriteGovernor, current_lane, lane
 from shared.bootstrap import Services
+from tests.conftest import USER_2
 from tests.test_grant_engine import command
 
 
@@ -100,3 +101,173 @@ async def test_a_429_from_graph_pauses_the_process_for_its_retry_after(services:
     governor = services.graph._governor
     assert governor is not None
     assert governor.pauses == 1
+
+
+# --- lanes -----------------------------------------------------------------------------------------------
+
+
+class SteppedTime:
+    """A clock the test moves; `sleep` yields until the clock has passed its deadline."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        deadline = self.now + seconds
+        while self.now < deadline - 1e-9:  # noqa: ASYNC110 (the test moves this clock by hand)
+            await asyncio.sleep(0)
+
+    async def run(self, tasks: list[asyncio.Task[None]], step: float = 0.01) -> None:
+        while not all(task.done() for task in tasks):
+            self.now += step
+            for _ in range(3):
+                await asyncio.sleep(0)
+
+
+async def test_interactive_writers_go_before_bulk_writers_that_were_waiting_first() -> None:
+    time = SteppedTime()
+    governor = WriteGovernor(rate=10, clock=time, sleep=time.sleep)
+    governor.pause(1)  # everyone queues
+    order: list[str] = []
+
+    async def write(lane: Lane, name: str) -> None:
+        await governor.acquire(lane)
+        order.append(name)
+
+    tasks = [asyncio.create_task(write("bulk", f"bulk-{n}")) for n in range(3)]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(write("interactive", f"interactive-{n}")) for n in range(2)]
+    await asyncio.sleep(0)
+    assert (governor.waiting("bulk"), governor.waiting("interactive")) == (3, 2)
+    await time.run(tasks)
+
+    assert order == ["interactive-0", "interactive-1", "bulk-0", "bulk-1", "bulk-2"]
+
+
+async def test_an_interactive_write_borrows_a_token_ahead_of_waiting_bulk_writers() -> None:
+    """A new hire's grant does not queue behind a bulk job's pacing; the bulk lane pays the token back."""
+    time = SteppedTime()
+    governor = WriteGovernor(rate=1, clock=time, sleep=time.sleep)
+    await governor.acquire("bulk")  # the one token
+    bulk = [asyncio.create_task(governor.acquire("bulk")) for _ in range(2)]
+    await asyncio.sleep(0)
+    await asyncio.wait_for(governor.acquire("interactive"), timeout=1)  # no clock movement needed
+    assert time.now == 0
+    await time.run(bulk)
+    assert time.now == pytest.approx(3.0, abs=0.02)  # 1 s each for the two bulk writes, plus the borrowed one
+
+
+async def test_the_lane_comes_from_the_context_and_defaults_to_interactive() -> None:
+    seen: list[str] = []
+
+    async def work() -> None:
+        seen.append(current_lane())
+
+    await work()
+    with lane("bulk"):
+        await asyncio.create_task(work())  # tasks started in the block inherit it
+    await work()
+    assert seen == ["interactive", "bulk", "interactive"]
+
+
+async def test_a_bulk_429_pauses_the_bulk_lane_only() -> None:
+    """Graph throttles Low-priority writes first: a High one may still pass."""
+    time = FakeTime()
+    governor = WriteGovernor(rate=0, clock=time, sleep=time.sleep)
+    governor.throttled(5, "bulk")
+    await governor.acquire("interactive")
+    assert time.now == 0
+    await governor.acquire("bulk")
+    assert time.now == pytest.approx(5)
+
+
+async def test_an_interactive_429_pauses_both_lanes() -> None:
+    time = FakeTime()
+    governor = WriteGovernor(rate=0, clock=time, sleep=time.sleep)
+    governor.throttled(3, "interactive")
+    await governor.acquire("bulk")
+    assert time.now == pytest.approx(3)
+
+
+# --- adaptive pacing -------------------------------------------------------------------------------------
+
+
+async def test_adaptive_pacing_starts_low_and_grows_only_while_writers_wait() -> None:
+    time = FakeTime()
+    busy = WriteGovernor(rate=20, adaptive=True, window_seconds=10, clock=time, sleep=time.sleep)
+    assert busy.rate == pytest.approx(20 * INITIAL)
+    for _ in range(400):  # more writers than the rate: each one waits; Graph sends no usage header
+        await busy.acquire()
+        busy.admitted(None)
+    assert busy.rate == 20  # grown to the ceiling, not past it
+
+    idle_time = FakeTime()
+    idle = WriteGovernor(rate=20, adaptive=True, window_seconds=10, clock=idle_time, sleep=idle_time.sleep)
+    for _ in range(10):  # one write every 5 s: nobody waits
+        idle_time.now += 5
+        await idle.acquire()
+        idle.admitted(None)
+    assert idle.rate == pytest.approx(20 * INITIAL)
+
+
+async def test_adaptive_pacing_settles_on_its_share_of_the_fleets_goal() -> None:
+    """Given Graph says the limit is fully used while this process writes 10/s of it (half of the fleet's 20/s),
+    it settles on half of the rate that brings the window back to the target, whatever the number of others."""
+    time = FakeTime()
+    governor = WriteGovernor(rate=20, adaptive=True, window_seconds=10, clock=time, sleep=time.sleep)
+    governor.rate = 10
+    for _ in range(300):  # 30 s of writes at 10/s, each answered "1.00 of the limit used"
+        time.now += 0.1
+        governor.admitted(1.0)
+    fleet_goal = TARGET + (TARGET - 1.0) / FILL  # a fraction of the quota's rate: under TARGET, to drain
+    assert governor.rate == pytest.approx(10 * fleet_goal, rel=0.02)
+    assert governor.rate < 10 * TARGET
+
+
+async def test_adaptive_pacing_cuts_the_rate_once_per_429_pause() -> None:
+    time = FakeTime()
+    governor = WriteGovernor(rate=20, adaptive=True, window_seconds=10, clock=time, sleep=time.sleep)
+    governor.rate = 10
+    governor.throttled(2, "bulk")
+    governor.throttled(2, "bulk")  # a second 429 from a write already in flight: same pause, no second cut
+    assert governor.rate == pytest.approx(10 * BACKOFF)
+
+
+async def test_after_a_429_a_process_writes_only_as_its_own_writes_leave_the_window() -> None:
+    """Graph said its window was filling, then full: the process's own share of it is what it may keep writing."""
+    time = FakeTime()
+    governor = WriteGovernor(rate=20, adaptive=True, window_seconds=10, clock=time, sleep=time.sleep)
+    governor.rate = 20
+    for _ in range(5):  # five writes at t = 0 .. 0.4, "0.90 of the limit used"
+        await governor.acquire()
+        governor.admitted(0.9)
+        time.now += 0.1
+    await governor.acquire()
+    governor.throttled(1, "interactive")  # the sixth is refused at t = 0.5
+    await governor.acquire()
+    assert time.now == pytest.approx(10.0)  # past the pause, it waits for its first write (t = 0) to leave
+
+
+async def test_a_429_that_no_usage_signal_announced_only_pauses() -> None:
+    """A 429 out of the blue (another limit, a busy service): pause for Retry-After, no share to keep to."""
+    time = FakeTime()
+    governor = WriteGovernor(rate=20, adaptive=True, window_seconds=150, clock=time, sleep=time.sleep)
+    await governor.acquire()
+    governor.admitted(None)
+    await governor.acquire()
+    governor.throttled(30, "interactive")  # after the second write, which waited for its token
+    await governor.acquire()
+    first_wait = 1 / (20 * INITIAL)
+    assert time.now == pytest.approx(first_wait + 30 + 1 / (20 * INITIAL * BACKOFF))  # the pause, then one token
+
+
+async def test_graph_calls_carry_the_lanes_priority(services: Services, graph: GraphDouble) -> None:
+    """x-ms-throttle-priority: High for interactive work (user-visible), Low for bulk."""
+    graph.write_budget = (100, 10.0)
+    await services.handle(command())
+    with lane("bulk"):
+        await services.handle(command(member=USER_2))
+    assert [w.priority for w in graph.write_log] == ["High", "Low"]

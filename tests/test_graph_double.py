@@ -546,6 +546,60 @@ async def test_write_budget_throttles_with_retry_after_until_capacity(
     assert graph_double.write_count == 3
 
 
+async def test_write_budget_answers_graphs_throttle_headers(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    """Given 10 writes per 10 s: no usage header up to 0.8 of the limit, then the fraction used; the 429 names
+    its scope and reason (learn.microsoft.com/graph/throttling-limits)."""
+    graph_double.write_budget = (10, 10.0)
+    users = [graph_double.add_user(str(uuid.uuid4())) for _ in range(11)]
+    answers = [
+        await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, user))
+        for user in users
+    ]
+
+    usage = [answer.headers.get("x-ms-throttle-limit-percentage") for answer in answers[:10]]
+    assert usage == [None] * 8 + ["0.90", "1.00"]
+    throttled = answers[10]
+    assert_error(throttled, 429, "TooManyRequests")
+    assert throttled.headers["retry-after"] == "10"
+    assert throttled.headers["x-ms-throttle-scope"].startswith("Tenant_Application/Write/")
+    assert throttled.headers["x-ms-throttle-information"] == "WriteLimitExceeded"
+    assert [w.admitted for w in graph_double.write_log] == [True] * 10 + [False]
+
+
+async def test_low_priority_writes_are_shed_first_while_high_priority_ones_write(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    """Given a limit of 100 and a 4% reserve: Low writes stop at 96 once a High write is in the window; High ones
+    still get the whole limit."""
+    graph_double.write_budget = (100, 10.0)
+    users = [graph_double.add_user(str(uuid.uuid4())) for _ in range(102)]
+
+    async def add(user: str, priority: str) -> int:
+        headers = {"x-ms-throttle-priority": priority}
+        url = f"/directory/administrativeUnits/{AU}/members/$ref"
+        return (await client.post(url, json=ref(graph_double, user), headers=headers)).status_code
+
+    assert await add(users[0], "High") == 204
+    low = [await add(user, "Low") for user in users[1:97]]
+    assert low == [204] * 95 + [429]  # 96 in the window: Low's share is used up
+    assert [await add(user, "High") for user in users[97:102]] == [204, 204, 204, 204, 429]
+    assert [w.priority for w in graph_double.write_log[:2]] == ["High", "Low"]
+
+
+async def test_low_priority_writes_alone_get_the_whole_limit(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    """Priority does not change the limit: with no higher-priority traffic, Low writes use all of it."""
+    graph_double.write_budget = (50, 10.0)
+    users = [graph_double.add_user(str(uuid.uuid4())) for _ in range(51)]
+    headers = {"x-ms-throttle-priority": "Low"}
+    url = f"/directory/administrativeUnits/{AU}/members/$ref"
+    statuses = [(await client.post(url, json=ref(graph_double, u), headers=headers)).status_code for u in users]
+    assert statuses == [204] * 50 + [429]
+
+
 async def test_denied_kind_answers_403_for_writes_only(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
     graph_double.deny("administrativeUnit")
 

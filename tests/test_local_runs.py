@@ -129,7 +129,7 @@ def test_given_submit_local_processing_when_interrupted_then_one_line_exit_130_a
     )
     assert_interrupted(code, err, "submit")
     assert "1 sent" in out
-    saved = json.loads((namespace / "grant-membership.json").read_text())
+    saved = json.loads((namespace / "grant-membership-bulk.json").read_text())  # bulk jobs: the bulk lane's queue
     assert [entry["messageId"] for entry in saved["queue"]["active"]] == ["job-int:1"]  # its lock died with it
 
 

@@ -9,6 +9,7 @@ param tags object
 param appInsightsId string
 param serviceBusNamespaceId string
 param grantsQueue string
+param grantsBulkQueue string
 param hrEventsQueue string
 param alertEmail string
 @secure()
@@ -58,7 +59,7 @@ resource deadLetterDepth 'Microsoft.Insights/metricAlerts@2018-03-01' = {
           name: 'dead-lettered'
           metricNamespace: 'Microsoft.ServiceBus/namespaces'
           metricName: 'DeadletteredMessages'
-          dimensions: [{ name: 'EntityName', operator: 'Include', values: [grantsQueue, hrEventsQueue] }]
+          dimensions: [{ name: 'EntityName', operator: 'Include', values: [grantsQueue, grantsBulkQueue, hrEventsQueue] }]
           operator: 'GreaterThan'
           threshold: 0
           timeAggregation: 'Minimum'

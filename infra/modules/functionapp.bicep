@@ -10,6 +10,7 @@ param deploymentContainerUrl string
 param appInsightsConnectionString string
 param serviceBusNamespaceFqdn string
 param grantsQueue string
+param grantsBulkQueue string
 param hrEventsQueue string
 param outcomesTopic string
 param callbackQueue string
@@ -18,6 +19,7 @@ param callbackHosts string
 param graphBaseUrl string
 param maximumInstanceCount int
 param graphWriteRate string
+param graphWritePacing string
 param activateRoles bool
 param webhookSecretUri string
 param grantsPolicy string
@@ -63,8 +65,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
           authentication: { type: 'UserAssignedIdentity', userAssignedIdentityResourceId: identityId }
         }
       }
-      // maximumInstanceCount x host.json maxConcurrentCalls (16) bounds the grants in flight; GRAPH_WRITE_RATE
-      // (per instance) x maximumInstanceCount bounds the write rate against Graph (docs/deploy.md, Sizing).
+      // maximumInstanceCount x host.json maxConcurrentCalls (16, per queue) bounds the grants in flight; the
+      // instances share Graph's write quota by adaptive pacing, or GRAPH_WRITE_RATE x maximumInstanceCount bounds
+      // it with static pacing (docs/deploy.md, Sizing).
       scaleAndConcurrency: { maximumInstanceCount: maximumInstanceCount, instanceMemoryMB: 2048 }
       runtime: { name: 'python', version: '3.11' }
     }
@@ -95,6 +98,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'AZURE_CLIENT_ID', value: identityClientId }
         { name: 'GRAPH_BASE_URL', value: graphBaseUrl }
         { name: 'GRANTS_QUEUE', value: grantsQueue }
+        { name: 'GRANTS_BULK_QUEUE', value: grantsBulkQueue }
         { name: 'HR_EVENTS_QUEUE', value: hrEventsQueue }
         // HR effective dates start (and leavers' access ends) at midnight in this IANA zone.
         { name: 'HR_TIME_ZONE', value: 'UTC' }
@@ -105,6 +109,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS', value: '600' }
         { name: 'GRAPH_WRITE_RATE', value: graphWriteRate }
         { name: 'GRANTS_SETTLEMENT_TIMEOUT_SECONDS', value: '5' }
+        { name: 'GRAPH_WRITE_PACING', value: graphWritePacing }
+        // The write quota's window (3,000 writes per 150 s): adaptive pacing's time scale.
+        { name: 'GRAPH_WRITE_WINDOW_SECONDS', value: '150' }
         { name: 'GRANTS_POLICY', value: grantsPolicy }
         { name: 'GRANTS_DRY_RUN', value: 'false' }
         { name: 'GRANTS_HR_RULES', value: hrRules }

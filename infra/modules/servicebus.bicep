@@ -1,5 +1,6 @@
 // Service Bus: Entra ID auth only (no SAS keys, so no connection string exists to leak), TLS 1.2,
-// the queues the app reads, and the outcomes topic it publishes to (with the callbacks subscription).
+// the four queues the app reads (grants, bulk grants, HR events, callback retries), and the outcomes topic it
+// publishes to (with the callbacks subscription).
 param name string
 param location string
 param tags object
@@ -16,7 +17,7 @@ resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
   }
 }
 
-// Both queues carry the same safety settings:
+// Every queue carries the same safety settings:
 // - maxDeliveryCount 10: a message that keeps crashing the host is dead-lettered, not retried forever
 //   (the app's own retries are scheduled copies with an attempt count; this is the backstop);
 // - lockDuration PT1M, renewed by the host (host.json maxAutoLockRenewalDuration);
@@ -27,6 +28,21 @@ resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
 resource grants 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'grant-membership'
+  properties: {
+    maxDeliveryCount: 10
+    lockDuration: 'PT1M'
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: 'PT10M'
+    deadLetteringOnMessageExpiration: true
+    defaultMessageTimeToLive: 'P14D'
+  }
+}
+
+// Bulk jobs' rows (`grants submit`): the same messages as the grants queue, on their own queue and trigger, so
+// a 10,000-row job never sits in front of a new hire's grant (docs/deploy.md, Priority lanes).
+resource grantsBulk 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
+  parent: namespace
+  name: 'grant-membership-bulk'
   properties: {
     maxDeliveryCount: 10
     lockDuration: 'PT1M'
@@ -107,6 +123,7 @@ output id string = namespace.id
 // https://<host>:443/, rather than hard-coded).
 output fullyQualifiedNamespace string = replace(replace(namespace.properties.serviceBusEndpoint, 'https://', ''), ':443/', '')
 output grantsQueue string = grants.name
+output grantsBulkQueue string = grantsBulk.name
 output hrEventsQueue string = hrEvents.name
 output callbackQueue string = callbackRetries.name
 output outcomesTopic string = outcomes.name

@@ -55,7 +55,7 @@ def test_every_bicep_file_parses() -> None:
         assert parse(path).get("resources") or parse(path).get("modules"), path
 
 
-@pytest.mark.parametrize("queue", ["grants", "hrEvents", "callbackRetries"])
+@pytest.mark.parametrize("queue", ["grants", "grantsBulk", "hrEvents", "callbackRetries"])
 def test_queues_dead_letter_deduplicate_and_lock_briefly(queue: str) -> None:
     properties = resource("servicebus", queue)["properties"]
     assert properties["maxDeliveryCount"] == 10
@@ -66,10 +66,12 @@ def test_queues_dead_letter_deduplicate_and_lock_briefly(queue: str) -> None:
 
 
 def test_queue_names_are_the_app_defaults_and_feed_the_app_settings() -> None:
-    names = {resource("servicebus", q)["name"] for q in ("grants", "hrEvents")}
-    assert names == {APP_SETTINGS["GRANTS_QUEUE"], APP_SETTINGS["HR_EVENTS_QUEUE"]}
+    names = {resource("servicebus", q)["name"] for q in ("grants", "grantsBulk", "hrEvents")}
+    assert names == {APP_SETTINGS["GRANTS_QUEUE"], APP_SETTINGS["GRANTS_BULK_QUEUE"], APP_SETTINGS["HR_EVENTS_QUEUE"]}
     params = parse(INFRA / "main.bicep")["modules"]["functionApp"]["config"]["params"]
     assert accessor(params["grantsQueue"]) == ["servicebus", "outputs", "grantsQueue"]
+    assert accessor(params["grantsBulkQueue"]) == ["servicebus", "outputs", "grantsBulkQueue"]
+    assert app_settings()["GRANTS_BULK_QUEUE"] == "grantsBulkQueue"
     assert accessor(params["hrEventsQueue"]) == ["servicebus", "outputs", "hrEventsQueue"]
     assert app_settings()["GRANTS_QUEUE"] == "grantsQueue"
     assert app_settings()["HR_EVENTS_QUEUE"] == "hrEventsQueue"
@@ -336,7 +338,25 @@ def test_function_app_is_flex_consumption_python_311_with_one_user_assigned_iden
     assert app["properties"]["keyVaultReferenceIdentity"] == "identityId"
 
 
-def test_instance_cap_is_a_parameter_that_also_sets_the_per_instance_graph_write_rate() -> None:
+def test_pacing_is_a_parameter_adaptive_by_default_and_static_keeps_the_per_instance_split() -> None:
+    main = parse(INFRA / "main.bicep")
+    parameter = main["parameters"]["graphWritePacing"]
+    assert parameter["default"] == APP_SETTINGS["GRAPH_WRITE_PACING"] == "adaptive"
+    allowed = next(d["argument"] for d in parameter["decorators"] if d["type"] == "allowed")
+    assert set(allowed) == {"adaptive", "static"}
+    assert main["modules"]["functionApp"]["config"]["params"]["graphWritePacing"] == "graphWritePacing"
+    assert app_settings()["GRAPH_WRITE_PACING"] == "graphWritePacing"
+    assert app_settings()["GRAPH_WRITE_WINDOW_SECONDS"] == APP_SETTINGS["GRAPH_WRITE_WINDOW_SECONDS"] == "150"
+    # adaptive: every instance may write the whole quota (a ceiling); static: the old per-instance split
+    rate = main["variables"]["graphWriteRate"]["value"]["operator"]
+    assert rate["type"] == "conditional"
+    condition = rate["operands"]["condition"]["operator"]
+    assert condition == {"type": "equals", "operands": {"operand_1": "graphWritePacing", "operand_2": "static"}}
+    assert rate["operands"]["true_value"] == "staticWriteRate"
+    assert rate["operands"]["false_value"] == APP_SETTINGS["GRAPH_WRITE_RATE"] == "20"
+
+
+def test_instance_cap_is_a_parameter_that_also_sets_the_static_per_instance_graph_write_rate() -> None:
     main = parse(INFRA / "main.bicep")
     parameter = main["parameters"]["maximumInstanceCount"]
     assert parameter["type"] == "int"

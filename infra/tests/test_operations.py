@@ -78,7 +78,11 @@ LOG_ALERTS: dict[str, dict[str, Any]] = {
 }
 #: Service Bus metric alert -> metric, queues (one series each), severity, evaluation frequency, window.
 METRIC_ALERTS = {
-    "deadLetterDepth": ("DeadletteredMessages", ["grantsQueue", "hrEventsQueue"], (2, "PT1M", "PT5M")),
+    "deadLetterDepth": (
+        "DeadletteredMessages",
+        ["grantsQueue", "grantsBulkQueue", "hrEventsQueue"],
+        (2, "PT1M", "PT5M"),
+    ),
     "grantsBacklog": ("ActiveMessages", ["grantsQueue"], (1, "PT5M", "stalledWindow")),
 }
 #: Workbook log tile -> its query files.

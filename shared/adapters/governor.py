@@ -1,10 +1,40 @@
-"""Process-wide pacing of Graph writes: a token bucket, and a shared pause after any ``429``.
+"""Process-wide pacing of Graph writes: a token bucket with two lanes, a shared pause after any ``429``, and
+(adaptive pacing) a rate that finds this process's share of the quota from Graph's own signals.
 
-Graph allows 3,000 directory writes per 150 s per app and tenant (20/s). `WriteGovernor.acquire` lets
-writes through at `rate` per second (bursts of up to `burst`, by default 1: strict pacing, since a burst
-at the full rate overshoots Graph's window and draws 429s), first come first served; `pause` holds
-*every* writer in the process until a throttled request's ``Retry-After`` has passed, not only the one
-that was throttled. A rate of 0 turns pacing off (the shared pause still applies).
+Graph allows 3,000 directory writes per 150 s per application and tenant (20/s), whatever the number of
+instances writing. `WriteGovernor.acquire` lets writes through at `rate` per second, strictly paced (bursts of
+up to `burst`, by default 1: a burst at the full rate overshoots Graph's window and draws 429s). Waiters of the
+``interactive`` lane go before every waiter of the ``bulk`` lane; within a lane, first come first served. While
+bulk writers wait, an interactive write does not wait for a token: it borrows one (up to `INTERACTIVE_DEBT`),
+which the bulk lane pays back, so the rate over time is unchanged and a new hire's grant never queues behind a
+bulk job's pacing.
+`pause` holds *every* writer in the process until a throttled request's ``Retry-After`` has passed; a ``429``
+on a bulk write pauses only the bulk lane (Graph throttles Low-priority requests first: High ones may still
+pass), one on an interactive write pauses both.
+
+**Adaptive pacing** (``adaptive=True``; the app's default, ``GRAPH_WRITE_PACING=adaptive``). No instance knows
+how many others write. Graph tells each of them how full the shared quota is: a write's answer carries
+``x-ms-throttle-limit-percentage`` = u (a fraction, 0.8 to 1.8) once more than 0.8 of the limit is used. Over a
+window W (`window_seconds`, the quota's: 150 s) the fleet wrote u·N writes, and this process knows how many of
+them were its own (n), so its share of the fleet's traffic is n / (u·N). After each write (`admitted`):
+
+- u present: the rate moves toward  g = (n / W) · G / u (+ PROBE · ceiling while u < TARGET),  with
+  G = TARGET + (TARGET - u) / FILL,  by dt / (W · SMOOTHING) of the gap, and the process keeps at most
+  n · TARGET / u (+ PROBE_WRITES) writes of its own in the window. n / (u · N) is this process's share of the
+  fleet's writes, so summed over the fleet the first term is G · N / W: the quota's rate times `TARGET`, plus
+  what fills the window back to TARGET (or drains it) over FILL of a window, whatever the number of instances
+  and however stale each one's share. Every instance scales by the same factor, so the fleet converges
+  without oscillating. The small `PROBE` term, only while the fleet is under
+  its target (so it adds nothing at the target, whatever the number of instances), lets a newcomer (n = 0) in
+  and evens the shares out.
+- u absent (under 0.8 used) and writes are waiting here: the rate grows by a factor e^(GROWTH · dt / W), up
+  to the ceiling. An idle process does not grow its rate (it would start its next burst at the ceiling).
+- a ``429`` (`throttled`): every writer pauses for ``Retry-After``, and the rate is cut to BACKOFF * rate
+  (once per pause).
+
+`rate` (``GRAPH_WRITE_RATE``) is then the ceiling: a process never writes faster than it; it starts at
+INITIAL * ceiling. With ``adaptive=False`` (``GRAPH_WRITE_PACING=static``) the rate is fixed at `rate`, as
+before. A rate of 0 turns pacing off (the shared pause still applies).
 """
 
 from __future__ import annotations
@@ -12,57 +42,204 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Final, Literal
 
-__all__ = ["WriteGovernor"]
+__all__ = ["LANES", "Lane", "WriteGovernor", "current_lane", "lane"]
+
+Lane = Literal["interactive", "bulk"]
+#: The lanes, served in this order.
+LANES: Final[tuple[Lane, ...]] = ("interactive", "bulk")
+
+_lane: ContextVar[Lane] = ContextVar("entra_grants_lane", default="interactive")
+
+#: Adaptive pacing's constants (see the module docstring).
+TARGET: Final = 0.97
+PROBE: Final = 0.005
+PROBE_WRITES: Final = 1.0
+SMOOTHING: Final = 0.1
+FILL: Final = 0.15
+GROWTH: Final = 1.5
+BACKOFF: Final = 0.7
+INITIAL: Final = 0.35
+#: How many tokens interactive writes may borrow ahead of waiting bulk writers (host.json's maxConcurrentCalls).
+INTERACTIVE_DEBT: Final = 16
+#: Graph sends x-ms-throttle-limit-percentage only above this fraction of the limit.
+SIGNAL_FLOOR: Final = 0.8
 
 _EPSILON = 1e-9
 
 
+def current_lane() -> Lane:
+    """The lane of the work running in this task (``interactive`` unless `lane` says otherwise)."""
+    return _lane.get()
+
+
+@contextmanager
+def lane(name: Lane) -> Iterator[None]:
+    """Run the block (and the tasks it starts) in lane `name`."""
+    token = _lane.set(name)
+    try:
+        yield
+    finally:
+        _lane.reset(token)
+
+
 class WriteGovernor:
-    """A token bucket for Graph writes with a process-wide pause."""
+    """A two-lane token bucket for Graph writes with a process-wide pause and, optionally, adaptive pacing."""
 
     def __init__(
         self,
         *,
         rate: float,
         burst: float | None = None,
+        adaptive: bool = False,
+        window_seconds: float = 150.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.rate = rate
+        self.ceiling = rate
+        self.adaptive = adaptive and rate > 0
+        self.rate = rate * INITIAL if self.adaptive else rate
         self.burst = burst if burst is not None else 1.0
+        self.window = window_seconds
         self._clock = clock
         self._sleep = sleep
         self._tokens = self.burst
         self._updated = clock()
-        self._paused_until = 0.0
-        self._lock = asyncio.Lock()
+        self._started = self._updated
+        self._adjusted = self._updated
+        self._paused_until: dict[Lane, float] = dict.fromkeys(LANES, 0.0)
+        self._waiters: dict[Lane, deque[asyncio.Event]] = {name: deque() for name in LANES}
+        self._waited = False  # a writer waited for a token since the last adjustment (demand >= rate)
+        self._own: deque[float] = deque()  # when this process's recent writes were admitted
+        self._in_flight = 0  # writes let through and not answered yet
+        self._cap: float | None = None  # own writes allowed in the window (own + in flight); None: no cap
         self.pauses = 0
+        self.last_usage: float | None = None
 
-    async def acquire(self) -> None:
-        """Wait until a write may be sent (in arrival order), then take its token."""
-        async with self._lock:
+    async def acquire(self, lane: Lane | None = None) -> None:
+        """Wait until a write may be sent (interactive waiters first, then in arrival order), take its token."""
+        name = lane or _lane.get()
+        waiters = self._waiters[name]
+        if self._head() is None and self._take(self._clock(), name) <= 0:  # nobody waiting, a token at hand
+            self._in_flight += 1
+            return
+        me = asyncio.Event()
+        waiters.append(me)
+        try:
             while True:
-                now = self._clock()
-                wait = self._paused_until - now
+                if self._head() is not me:
+                    me.clear()
+                    await me.wait()
+                    continue
+                wait = self._take(self._clock(), name)
                 if wait <= 0:
-                    if self.rate <= 0:
-                        return
-                    self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-                    self._updated = now
-                    # Tolerate float error and the clock's resolution (a virtual clock at epoch seconds moves in
-                    # steps of 2.4e-7 s): a shorter wait would not move it, and this loop would never end.
-                    if self._tokens >= 1 - max(_EPSILON, self.rate * math.ulp(now)):
-                        self._tokens = max(self._tokens - 1, 0.0)
-                        return
-                    wait = (1 - self._tokens) / self.rate
+                    self._in_flight += 1
+                    return
+                self._waited = True
                 await self._sleep(wait)
+        finally:
+            waiters.remove(me)
+            head = self._head()
+            if head is not None:
+                head.set()
 
-    def pause(self, seconds: float) -> None:
-        """Hold every writer for `seconds` from now (a later pause extends an earlier one); then resume at the
-        rate with no burst: Graph's window is still full, and writes saved up during the pause would be
-        throttled again."""
+    def waiting(self, lane: Lane) -> int:
+        """How many writers of `lane` are waiting."""
+        return len(self._waiters[lane])
+
+    def _head(self) -> asyncio.Event | None:
+        for name in LANES:
+            if self._waiters[name]:
+                return self._waiters[name][0]
+        return None
+
+    def _take(self, now: float, lane: Lane) -> float:
+        """Take a token and return 0, or return how long to wait for one."""
+        wait = self._paused_until[lane] - now
+        if wait > 0:
+            return wait
+        if self.rate <= 0:
+            return 0.0
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        if lane == "interactive" and self._waiters["bulk"] and self._tokens > 1 - INTERACTIVE_DEBT:
+            # Ahead of bulk writers, an interactive write does not wait for the bucket (or this process's share of
+            # the window): it borrows a token, which the bulk lane pays back. The rate over time is unchanged.
+            self._tokens -= 1
+            return 0.0
+        if self._cap is not None:
+            self._forget(now)
+            if len(self._own) + self._in_flight >= self._cap:
+                # This process's share of the window is used up: wait for its oldest write to leave the window.
+                return max(self._own[0] + self.window - now if self._own else 1 / self.ceiling, 1e-3)
+        # Tolerate float error and the clock's resolution (a virtual clock at epoch seconds moves in steps of
+        # 2.4e-7 s): a shorter wait would not move it, and the caller's loop would never end.
+        if self._tokens >= 1 - max(_EPSILON, self.rate * math.ulp(now)):
+            self._tokens = max(self._tokens - 1, 0.0)
+            return 0.0
+        return (1 - self._tokens) / self.rate
+
+    def pause(self, seconds: float, *, lanes: tuple[Lane, ...] = LANES) -> None:
+        """Hold every writer of `lanes` (all by default) for `seconds` from now (a later pause extends an earlier
+        one). A pause of every lane then resumes at the rate with no burst: Graph's window is still full, and
+        writes saved up during the pause would be throttled again."""
         self.pauses += 1
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
-        self._tokens, self._updated = 0.0, self._paused_until
+        until = self._clock() + seconds
+        for name in lanes:
+            self._paused_until[name] = max(self._paused_until[name], until)
+        if lanes == LANES:
+            self._tokens, self._updated = 0.0, max(self._paused_until.values())
+
+    def throttled(self, retry_after: float, lane: Lane = "interactive") -> None:
+        """A write of `lane` was answered ``429``: pause that lane and those after it (a bulk 429 pauses bulk
+        only), and (adaptive) cut the rate, once per pause."""
+        already_paused = self._paused_until[lane] > self._clock()
+        self.pause(retry_after, lanes=LANES[LANES.index(lane) :])
+        self._in_flight = max(self._in_flight - 1, 0)
+        if self.adaptive:
+            if self.last_usage is not None and self.last_usage >= SIGNAL_FLOOR:
+                # Graph's window is full (it said it was filling): write only as this process's writes leave it.
+                self._forget(self._clock())
+                self._cap = float(len(self._own))
+            if not already_paused:
+                self.rate = max(self._floor(), self.rate * BACKOFF)
+
+    def admitted(self, usage: float | None) -> None:
+        """A write was answered (not ``429``); `usage` is its ``x-ms-throttle-limit-percentage``, if any."""
+        now = self._clock()
+        self.last_usage = usage
+        self._in_flight = max(self._in_flight - 1, 0)
+        self._own.append(now)
+        self._forget(now)
+        if not self.adaptive:
+            return
+        elapsed, self._adjusted = max(now - self._adjusted, 0.0), now
+        if usage is None or usage < SIGNAL_FLOOR:
+            self._cap = None
+            if self._waited:
+                # capped: a virtual clock may jump days (an effective date), and exp() would overflow
+                self.rate = min(self.ceiling, self.rate * math.exp(min(GROWTH * elapsed / self.window, 50.0)))
+        else:
+            under = usage < TARGET
+            self._cap = len(self._own) * TARGET / usage + (PROBE_WRITES if under else 0.0)
+            span = min(self.window, max(now - self._started, self.window * SMOOTHING))
+            # This process's share of the fleet's writes, times the fleet's goal: the quota's rate at TARGET, plus
+            # (minus) what fills (drains) the window back to TARGET over FILL of a window.
+            fleet_goal = TARGET + (TARGET - usage) / FILL
+            probe = PROBE * self.ceiling if under else 0.0
+            goal = min(self.ceiling, max(len(self._own) / span * fleet_goal / usage, 0.0) + probe)
+            self.rate += (goal - self.rate) * min(1.0, elapsed / (self.window * SMOOTHING))
+            self.rate = max(self.rate, self._floor())
+        self._waited = False
+
+    def _forget(self, now: float) -> None:
+        while self._own and self._own[0] <= now - self.window:
+            self._own.popleft()
+
+    def _floor(self) -> float:
+        return PROBE * self.ceiling

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.adapters.governor import WriteGovernor
+from shared.adapters.governor import Lane, WriteGovernor, current_lane
 from shared.adapters.identity import TokenSource
 from shared.core.errors import GraphAnswer, PermanentError, Reason, TransientError
 
@@ -34,6 +34,9 @@ _WRITES: Final = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 DEFAULT_THROTTLE_PAUSE_SECONDS: Final = 5.0
 #: How often one request gets another token after a ``401`` before it is `Reason.UNAUTHORIZED`.
 TOKEN_REFRESHES: Final = 2
+#: ``x-ms-throttle-priority`` by lane: Graph throttles Low first and High last (it does not change the limits);
+#: Microsoft recommends High only for user-initiated requests (a new hire waiting, a ticket).
+THROTTLE_PRIORITY: Final[dict[Lane, str]] = {"interactive": "High", "bulk": "Low"}
 
 
 def new_http_client() -> httpx.AsyncClient:
@@ -82,7 +85,9 @@ class GraphResponse:
 class GraphClient:
     """Sends requests to Graph at `base_url` (e.g. ``https://graph.microsoft.com/v1.0``).
 
-    Writes wait for `governor` (when given); any ``429`` pauses every writer for its ``Retry-After``.
+    Writes wait for `governor` (when given) in the current lane (`shared.adapters.governor.lane`); each write's
+    answer is reported to it (``x-ms-throttle-limit-percentage``, or a ``429`` and its ``Retry-After``, which
+    pauses every writer). Every request carries ``x-ms-throttle-priority`` for its lane.
     """
 
     def __init__(
@@ -138,9 +143,15 @@ class GraphClient:
         self, method: str, url_path: str, json_body: Mapping[str, Any] | None, token: str
     ) -> GraphResponse:
         client_request_id = self._new_request_id()
-        headers = {"Authorization": f"Bearer {token}", "client-request-id": client_request_id}
-        if self._governor is not None and method in _WRITES:
-            await self._governor.acquire()
+        lane = current_lane()
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "client-request-id": client_request_id,
+            "x-ms-throttle-priority": THROTTLE_PRIORITY[lane],
+        }
+        governor = self._governor if method in _WRITES else None
+        if governor is not None:
+            await governor.acquire(lane)
         try:
             response = await self._http.request(method, self.base_url + url_path, json=json_body, headers=headers)
         except httpx.TimeoutException as error:
@@ -162,7 +173,14 @@ class GraphClient:
             client_request_id=client_request_id,
             retry_after=_retry_after(response.headers.get("retry-after")),
         )
-        if answer.status == 429 and self._governor is not None:
+        if governor is not None:
+            if answer.status == 429:
+                governor.throttled(
+                    answer.retry_after if answer.retry_after is not None else DEFAULT_THROTTLE_PAUSE_SECONDS, lane
+                )
+            else:
+                governor.admitted(_usage(response.headers.get("x-ms-throttle-limit-percentage")))
+        elif answer.status == 429 and self._governor is not None:
             self._governor.pause(
                 answer.retry_after if answer.retry_after is not None else DEFAULT_THROTTLE_PAUSE_SECONDS
             )
@@ -200,6 +218,18 @@ def _json_body(response: httpx.Response) -> Mapping[str, Any] | None:
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
+
+
+def _usage(value: str | None) -> float | None:
+    """The fraction of the limit used, from ``x-ms-throttle-limit-percentage`` (0.8 to 1.8); None if absent or
+    unreadable."""
+    if value is None:
+        return None
+    try:
+        usage = float(value)
+    except ValueError:
+        return None
+    return usage if math.isfinite(usage) and usage >= 0 else None
 
 
 def _retry_after(value: str | None) -> float | None:
