@@ -30,6 +30,9 @@ __all__ = [
     "EVENT_SOURCE_SYSTEM",
     "EXPIRY_OF",
     "FIRST_ATTEMPT_AT",
+    "HR_EVENT",
+    "JOB_ROW",
+    "JOB_ROWS",
     "MAX_DESCRIPTION_CHARS",
     "MAX_MESSAGE_ID_CHARS",
     "MAX_REASON_CHARS",
@@ -59,6 +62,9 @@ ORIGINAL_MESSAGE_ID: Final = "originalMessageId"  # the producer's MessageId, ca
 RESUBMISSION: Final = "resubmission"  # set by `dlq resubmit`: its copies' MessageIds are its own
 EXPIRY_OF: Final = "expiryOf"  # on a scheduled removal: the request whose grant it ends
 BULK_JOB: Final = "bulkJob"  # on a bulk job's messages: the job id
+HR_EVENT: Final = "hrEvent"  # on an HR event's grant messages: the event id
+JOB_ROW: Final = "jobRow"  # on a bulk job's or HR event's messages: this message's row (from 1)
+JOB_ROWS: Final = "jobRows"  # on a bulk job's or HR event's messages: how many messages the job or event sent
 #: Application properties of an outcome event (the grant-outcomes topic), for subscription SQL filters.
 EVENT_SOURCE_SYSTEM: Final = "sourceSystem"  # hr | ticketing | bulk | other; absent when the body was unreadable
 EVENT_OUTCOME: Final = "outcome"  # granted | already_member | revoked | not_member | would_* | dead_lettered
