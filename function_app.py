@@ -9,7 +9,9 @@ from shared.runtime import (
     process_callback,
     process_expiry_sweep,
     process_grant_message,
+    process_history,
     process_hr_event,
+    process_hr_event_status,
     process_job_status,
     process_status,
     process_webhook,
@@ -62,8 +64,20 @@ async def grant_status(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.route(route="jobs/{jobId}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 async def job_status(req: func.HttpRequest) -> func.HttpResponse:
-    """A bulk job's totals by status and its failed rows, from the grant ledger."""
+    """A bulk job's progress, totals by status and failed rows, from the grant ledger."""
     return await process_job_status(req)
+
+
+@app.route(route="hr-events/{eventId}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def hr_event_status(req: func.HttpRequest) -> func.HttpResponse:
+    """An HR event's grants: their progress, totals by status and failed rows, from the grant ledger."""
+    return await process_hr_event_status(req)
+
+
+@app.route(route="history", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def grant_history(req: func.HttpRequest) -> func.HttpResponse:
+    """Every request that named a member (?member=) or a target (?target=), newest first (&since= to narrow)."""
+    return await process_history(req)
 
 
 @app.service_bus_queue_trigger(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -27,13 +27,14 @@ from shared.core.errors import ConfigError, TransientError
 from shared.core.messaging import EXPIRY_OF, Delivery, MessageActions, MessageSender, OutcomePublisher
 from shared.core.policy import GrantPolicy
 from shared.core.retry import RetryPolicy
+from shared.core.statuses import StatusWrite
 from shared.producers.callbacks import settle_callback
 from shared.producers.hr import settle_hr_event
 from shared.producers.hr_rules import HrRules
 from shared.service.gate import Arrival, IntentGate
 from shared.service.grants import GrantService
 from shared.service.membership import Result
-from shared.service.settlement import Settled, settle
+from shared.service.settlement import Settled, progress_record, settle
 
 if TYPE_CHECKING:
     from azure.core.credentials import AzureNamedKeyCredential
@@ -93,7 +94,11 @@ class Services:
         )
 
         async def handle(command: GrantCommand) -> Result:
-            return await self.gate.run(command, arrival)
+            async def admitted() -> bool:
+                record = progress_record(delivery, command, now=self.now())
+                return await self.record_status(command.request_id, record, StatusWrite.PROGRESS)
+
+            return await self.gate.run(command, replace(arrival, admitted=admitted))
 
         return await settle(
             delivery,
@@ -107,9 +112,12 @@ class Services:
             recorder=self.record_status,
         )
 
-    async def record_status(self, request_id: str, record: dict[str, Any], overwrite: bool = True) -> bool:
-        """Write `request_id`'s status record in the ledger (raises `TransientError` when the ledger fails)."""
-        return await self.ledger.record_status(request_id, record, now=self.now(), overwrite=overwrite)
+    async def record_status(
+        self, request_id: str, record: dict[str, Any], write: StatusWrite = StatusWrite.FINAL
+    ) -> bool:
+        """Write `request_id`'s status record in the ledger as `write` says (raises `TransientError` when the
+        ledger fails)."""
+        return await self.ledger.record_status(request_id, record, now=self.now(), write=write)
 
     async def settle_callback(self, message: Any, actions: MessageActions) -> Settled:
         """POST one outcome event to its callback URL, signed, and settle it (retry copy or dead letter on failure)."""
@@ -135,6 +143,7 @@ class Services:
             now=self.now,
             time_zone=self.settings.hr_time_zone,
             settlement_timeout=self.settings.settlement_timeout_seconds,
+            ledger=self.ledger,
         )
 
     async def recorded_content(self, request_id: str) -> str | None:

@@ -15,7 +15,7 @@ from shared.config import Settings
 from shared.core.messaging import MessageActions
 from shared.core.policy import GrantPolicy
 from shared.producers.hr_rules import HrRules
-from shared.producers.status import job_answer, status_answer
+from shared.producers.status import group_answer, history_answer, status_answer
 from shared.producers.webhook import Answer, receive
 from shared.service.settlement import Settled, outcome_log
 
@@ -26,7 +26,9 @@ __all__ = [
     "process_callback",
     "process_expiry_sweep",
     "process_grant_message",
+    "process_history",
     "process_hr_event",
+    "process_hr_event_status",
     "process_job_status",
     "process_status",
     "process_webhook",
@@ -119,9 +121,22 @@ async def process_status(request: func.HttpRequest) -> func.HttpResponse:
 
 
 async def process_job_status(request: func.HttpRequest) -> func.HttpResponse:
-    """Entry point for ``GET /api/jobs/{jobId}``: a bulk job's totals by status and its failed rows."""
+    """Entry point for ``GET /api/jobs/{jobId}``: a bulk job's progress, totals by status and failed rows."""
     current = services()
-    return _response(await job_answer(request.route_params.get("jobId", ""), rows=current.ledger.job))
+    return _response(await group_answer("job", request.route_params.get("jobId", ""), group=current.ledger.group))
+
+
+async def process_hr_event_status(request: func.HttpRequest) -> func.HttpResponse:
+    """Entry point for ``GET /api/hr-events/{eventId}``: an HR event's grants, as a job's rows."""
+    current = services()
+    event_id = request.route_params.get("eventId", "")
+    return _response(await group_answer("hrEvent", event_id, group=current.ledger.group))
+
+
+async def process_history(request: func.HttpRequest) -> func.HttpResponse:
+    """Entry point for ``GET /api/history?member=|target=[&since=]``: every request that named it, newest first."""
+    current = services()
+    return _response(await history_answer(dict(request.params), history=current.ledger.history))
 
 
 def _response(answer: Answer) -> func.HttpResponse:

@@ -15,10 +15,12 @@ import pytest
 
 from grants_local._http import LoopbackServer, Request, Response
 from grants_local.azurite import AzuriteTables
-from shared.adapters.ledger import LEASE_FOR, Absorbed, Admitted, Ledger, table_client, table_key
+from shared.adapters.ledger import LEASE_FOR, Absorbed, Admitted, Group, Ledger, table_client, table_key
 from shared.core.contract import Action
 from shared.core.errors import PermanentError, Reason, TransientError
 from shared.core.intents import Applied, Intent, PairState, Superseded, Wait
+from shared.core.statuses import StatusWrite
+from tests.conftest import AU, USER
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -324,27 +326,89 @@ async def test_throttled_or_failing_storage_is_transient_with_its_retry_after(
 
 
 async def test_a_status_is_recorded_beside_the_request_and_accepted_never_replaces_a_later_one(ledger: Ledger) -> None:
-    """accepted (create-only) then granted (merge): the record is the last one, acceptedAt kept; an accepted that
+    """accepted (first only) then granted (final): the record is the last one, acceptedAt kept; an accepted that
     comes late changes nothing; the idempotency record of the same id is untouched; a job's rows are listed."""
     hostile = 'RITM/1?#"\x00'
     assert await ledger.status(hostile) is None
-    assert await ledger.record_status(hostile, {"status": "accepted", "attempts": 0}, now=T0, overwrite=False)
+    assert await ledger.record_status(hostile, {"status": "accepted", "attempts": 0}, now=T0, write=StatusWrite.FIRST)
     await admitted(ledger, intent(hostile))
     later = T0 + timedelta(seconds=3)
-    granted = {"status": "granted", "attempts": 1, "jobId": "job-1", "graphRequestId": "g-1"}
+    granted = {"status": "granted", "attempts": 1, "jobId": "job-1", "jobRow": 1, "jobRows": 1, "graphRequestId": "g"}
     assert await ledger.record_status(hostile, granted, now=later)
-    assert not await ledger.record_status(hostile, {"status": "accepted"}, now=later, overwrite=False)
+    assert not await ledger.record_status(hostile, {"status": "accepted"}, now=later, write=StatusWrite.FIRST)
     record = await ledger.status(hostile)
     assert record is not None
     assert (record["requestId"], record["status"], record["attempts"], record["graphRequestId"]) == (
         hostile,
         "granted",
         1,
-        "g-1",
+        "g",
     )
     assert (record["acceptedAt"], record["updatedAt"]) == (T0.isoformat(), later.isoformat())
     recorded = await ledger.request(hostile)
     assert recorded is not None
     assert recorded.origin == "m-1"
-    assert [row["requestId"] for row in await ledger.job("job-1")] == [hostile]
-    assert await ledger.job("job-2") == []
+    assert [row["requestId"] for row in (await ledger.group("job", "job-1")).rows] == [hostile]
+    assert await ledger.group("job", "job-2") == Group(rows=[])
+
+
+async def test_a_pending_status_never_replaces_a_terminal_one(ledger: Ledger) -> None:
+    """in_progress and retry_scheduled (progress) move a request forward, never back: once granted, a retry of a
+    copy racing it leaves granted in the status, the member's and target's history and the job's row."""
+    record = {"memberId": USER, "targetId": AU, "jobId": "job-9", "jobRow": 3, "jobRows": 5}
+    progress = StatusWrite.PROGRESS
+    assert await ledger.record_status("r", {**record, "status": "in_progress"}, now=T0, write=progress)
+    assert await ledger.record_status("r", {**record, "status": "retry_scheduled"}, now=T0, write=progress)
+    assert await ledger.record_status("r", {**record, "status": "granted"}, now=T0)
+    assert not await ledger.record_status("r", {**record, "status": "in_progress"}, now=T0, write=progress)
+    status = await ledger.status("r")
+    assert status is not None
+    assert status["status"] == "granted"
+    assert [row["status"] for row in await ledger.history(member=USER)] == ["granted"]
+    assert [row["status"] for row in await ledger.history(target=AU)] == ["granted"]
+    [row] = (await ledger.group("job", "job-9")).rows
+    assert (row["status"], row["jobRow"], row["jobRows"]) == ("granted", 3, 5)
+
+
+async def test_history_lists_every_request_for_a_member_or_target_newest_intent_first(ledger: Ledger) -> None:
+    """A joiner, a mover and a leaver for one member, recorded out of order: the member's history lists them
+    newest intent first; each target's lists its own; since narrows by intent time; a role is found by its id and
+    by its template."""
+    role, template = "9b1c4d2e-0000-4000-8000-000000000001", "62e90394-69f5-4237-9190-012177145e10"
+    for request_id, target, hours, status in (
+        ("leave", {"targetId": AU}, 48, "revoked"),
+        ("join", {"targetId": AU}, 0, "granted"),
+        ("move", {"targetId": role, "roleTemplateId": template}, 24, "granted"),
+    ):
+        at = (T0 + timedelta(hours=hours)).isoformat()
+        await ledger.record_status(request_id, {"status": status, "memberId": USER, "intentAt": at, **target}, now=T0)
+    assert [row["requestId"] for row in await ledger.history(member=USER)] == ["leave", "move", "join"]
+    assert [row["requestId"] for row in await ledger.history(target=AU)] == ["leave", "join"]
+    assert [row["requestId"] for row in await ledger.history(target=template)] == ["move"]
+    assert [row["requestId"] for row in await ledger.history(target=role)] == ["move"]
+    since = T0 + timedelta(hours=1)
+    assert [row["requestId"] for row in await ledger.history(member=USER, since=since)] == ["leave", "move"]
+    assert await ledger.history(member=AU) == []
+
+
+async def test_an_expiry_removal_is_noted_on_the_grant_it_ends(ledger: Ledger) -> None:
+    """A granted time-bound request shows its removal as scheduled until the removal's own status is recorded."""
+    expires = (T0 + timedelta(days=1)).isoformat()
+    await ledger.record_status("g", {"status": "granted", "expiresAt": expires}, now=T0)
+    status = await ledger.status("g")
+    assert status is not None
+    assert status["removal"] == {"status": "scheduled", "dueAt": expires}
+    later = T0 + timedelta(days=1)
+    removal = {"status": "revoked", "requestId": "~expire:1", "expiryOf": "g"}
+    await ledger.record_status("~expire:1", removal, now=later)
+    status = await ledger.status("g")
+    assert status is not None
+    assert status["status"] == "granted"
+    assert status["removal"] == {
+        "status": "revoked",
+        "requestId": "~expire:1",
+        "reason": None,
+        "updatedAt": later.isoformat(),
+    }
+    await ledger.record_status("~expire:2", {"status": "revoked", "expiryOf": "unknown"}, now=later)
+    assert await ledger.status("unknown") is None  # a removal never creates the status of a grant it cannot find

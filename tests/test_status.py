@@ -20,7 +20,7 @@ from grants_local.azurite import AzuriteTables, new_ledger_table
 from grants_local.graph_double import GraphDouble
 from grants_local.host import registered_function
 from grants_local.queue import ManualClock
-from shared.core.messaging import BULK_JOB
+from shared.core.messaging import BULK_JOB, JOB_ROW, JOB_ROWS
 from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.conftest import AU, UNKNOWN, USER, USER_2, body, settings_for
 
@@ -126,19 +126,27 @@ async def test_a_hostile_request_id_is_400_and_never_looked_up(app: LocalApp, ho
 
 
 async def test_a_bulk_job_reports_totals_and_its_failed_rows(app: LocalApp) -> None:
-    for n, member in enumerate([USER, USER_2, UNKNOWN]):
+    for n, member in enumerate([USER, USER_2, UNKNOWN], start=1):
         app.queue.send(
-            body(requestId=f"job-7-row-{n}", member={"id": member, "type": "user"}),
-            message_id=f"m-{n}",
-            application_properties={BULK_JOB: "job-7"},
+            body(requestId=f"job-7:{n}", member={"id": member, "type": "user"}),
+            message_id=f"job-7:{n}",
+            application_properties={BULK_JOB: "job-7", JOB_ROW: n, JOB_ROWS: 3},
         )
     await app.drain()
     status, _, job = await get(JOB, "jobs/job-7", "jobId", "job-7")
     assert status == 200
-    assert (job["requests"], job["succeeded"]) == (3, 2)
+    assert (job["kind"], job["rows"], job["recorded"], job["terminal"], job["pending"], job["done"]) == (
+        "bulk",
+        3,
+        3,
+        3,
+        0,
+        True,
+    )
+    assert job["succeeded"] == 2
     assert job["totals"] == {"dead_lettered": 1, "granted": 2}
     [failed] = job["failed"]
-    assert (failed["requestId"], failed["reason"]) == ("job-7-row-2", "MemberNotFound")
+    assert (failed["requestId"], failed["jobRow"], failed["reason"]) == ("job-7:3", 3, "MemberNotFound")
     assert (await get(JOB, "jobs/nope", "jobId", "nope"))[0] == 404
 
 

@@ -41,10 +41,10 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -73,6 +73,7 @@ from shared.core.intents import (
     check_request,
     release,
 )
+from shared.core.statuses import StatusWrite, is_terminal
 
 if TYPE_CHECKING:
     import httpx
@@ -80,7 +81,7 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.data.tables.aio import TableClient
 
-__all__ = ["Absorbed", "Admitted", "Ledger", "Ticket", "table_client", "table_key"]
+__all__ = ["Absorbed", "Admitted", "Group", "GroupKind", "Ledger", "Ticket", "table_client", "table_key"]
 
 #: How long a lease lasts: longer than one Graph write can take (the service stops writing before it ends).
 LEASE_FOR: Final = timedelta(seconds=120)
@@ -90,6 +91,19 @@ _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
 _REQUEST_ROW: Final = "request"
 _PAIR_ROW: Final = "pair"
 _STATUS_ROW: Final = "status"
+_EVENT_ROW: Final = "event"
+
+#: The kinds of group a request can belong to: a bulk job (``jobId``) or an HR event (``hrEventId``).
+GroupKind = Literal["job", "hrEvent"]
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A bulk job's or HR event's requests as recorded (their status records, each with ``jobRow``), and for an
+    HR event its own record (`Ledger.record_event`)."""
+
+    rows: list[dict[str, Any]]
+    event: dict[str, Any] | None = None
 
 
 def table_key(kind: str, value: str) -> str:
@@ -222,39 +236,29 @@ class Ledger:
         return await self._read_request(request_id)
 
     async def record_status(
-        self, request_id: str, record: Mapping[str, Any], *, now: datetime, overwrite: bool = True
+        self, request_id: str, record: Mapping[str, Any], *, now: datetime, write: StatusWrite = StatusWrite.FINAL
     ) -> bool:
-        """Write the status record of `request_id` (``record["status"]`` and the rest, as JSON); False when
-        `overwrite` is off and a status was there already (kept: ``accepted`` never replaces a later one).
+        """Write the status record of `request_id` (``record["status"]`` and the rest) and its copies: in the
+        history of its member and of each target id it names, in its bulk job's or HR event's rows, and (for an
+        expiry removal) as the ``removal`` of the grant it ends; all at once. `write` decides, for each stored copy
+        on its own, whether it replaces what is there (`StatusWrite`). True when the status itself was written.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
-        status = str(record.get("status") or "")
-        entity: dict[str, Any] = {
-            "PartitionKey": table_key("request", request_id),
-            "RowKey": _STATUS_ROW,
-            "requestId": request_id,
-            "status": status,
-            "updatedAt": now,
-            "record": json.dumps(dict(record), separators=(",", ":"), ensure_ascii=False),
-        }
-        if record.get("jobId"):
-            entity["jobId"] = str(record["jobId"])
-        if status == "accepted":
-            entity["acceptedAt"] = now
-        try:
-            if overwrite:
-                await self._table.upsert_entity(entity, mode=UpdateMode.MERGE)  # keeps acceptedAt
-            else:
-                await self._table.create_entity(entity)
-        except ResourceExistsError:
-            return False
-        except AzureError as error:
-            raise _unavailable("record the status of a request", error) from error
-        return True
+        entities = _status_entities(request_id, record, now)
+        removal = _removal_entity(record, now)
+        calls: list[Awaitable[object]] = [self._write_status(entity, write) for entity in entities]
+        if removal is not None and write is not StatusWrite.FIRST:
+            calls.append(self._merge_removal(removal))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return bool(results[0])
 
     async def status(self, request_id: str) -> dict[str, Any] | None:
-        """The status record of `request_id` (with ``acceptedAt`` and ``updatedAt``), None when there is none.
+        """The status record of `request_id` (with ``acceptedAt``, ``updatedAt`` and a time-bound grant's
+        ``removal``), None when there is none.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
@@ -268,21 +272,62 @@ class Ledger:
             raise _unavailable("read the status of a request", error) from error
         return _status_record(entity)
 
-    async def job(self, job_id: str, *, limit: int = 100_000) -> list[dict[str, Any]]:
-        """The status records of bulk job `job_id`'s requests (one filtered query; at most `limit`).
+    async def group(self, kind: GroupKind, group_id: str) -> Group:
+        """The rows of bulk job or HR event `group_id` (one partition query), and the HR event's own record.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
-        query = "RowKey eq @row and jobId eq @job"
+        rows: list[dict[str, Any]] = []
+        header: dict[str, Any] | None = None
+        try:
+            async for entity in self._table.query_entities(
+                "PartitionKey eq @key", parameters={"key": table_key(kind, group_id)}
+            ):
+                if entity["RowKey"] == _EVENT_ROW:
+                    header = _loads(entity.get("record"))
+                else:
+                    rows.append(_status_record(entity))
+        except AzureError as error:
+            raise _unavailable(f"list the requests of {kind} {group_id}", error) from error
+        return Group(rows=rows, event=header)
+
+    async def record_event(self, event_id: str, record: Mapping[str, Any], *, now: datetime) -> None:
+        """Write HR event `event_id`'s own record (its outcome and how many grants it sent) beside its rows.
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        entity = {
+            "PartitionKey": table_key("hrEvent", event_id),
+            "RowKey": _EVENT_ROW,
+            "updatedAt": now,
+            "record": _dumps(record),
+        }
+        try:
+            await self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        except AzureError as error:
+            raise _unavailable("record an HR event", error) from error
+
+    async def history(
+        self, *, member: str | None = None, target: str | None = None, since: datetime | None = None, limit: int = 5000
+    ) -> list[dict[str, Any]]:
+        """The status records of every request that named `member` (or `target`: an administrative unit, role or
+        role template id), newest intent first, from `since` on; at most `limit` (the newest). One partition query.
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        key = table_key("member", member) if member is not None else table_key("target", target or "")
+        query, parameters = "PartitionKey eq @key", dict[str, Any](key=key)
+        if since is not None:
+            query += " and intentAt ge @since"
+            parameters["since"] = since
         found: list[dict[str, Any]] = []
         try:
-            async for entity in self._table.query_entities(query, parameters={"row": _STATUS_ROW, "job": job_id}):
+            async for entity in self._table.query_entities(query, parameters=parameters):
                 found.append(_status_record(entity))
-                if len(found) >= limit:
-                    break
         except AzureError as error:
-            raise _unavailable("list the requests of a job", error) from error
-        return found
+            raise _unavailable("read the history of a member or target", error) from error
+        found.sort(key=lambda record: (record.get("intentAt") or "", record.get("updatedAt") or ""), reverse=True)
+        return found[:limit]
 
     async def due_removals(self, *, now: datetime, limit: int = 1000) -> list[tuple[str, PairState]]:
         """Pairs whose pending removal is due at `now` (at most `limit`): one filtered scan of the table.
@@ -304,6 +349,54 @@ class Ledger:
         await self._table.close()
 
     # --- storage ----------------------------------------------------------------------------------------------
+
+    async def _write_status(self, entity: dict[str, Any], write: StatusWrite) -> bool:
+        """Write one stored copy of a status record as `write` says; False when what was there is kept."""
+        try:
+            if write is StatusWrite.FINAL:
+                await self._table.upsert_entity(entity, mode=UpdateMode.MERGE)  # keeps acceptedAt
+                return True
+            if write is StatusWrite.FIRST:
+                await self._table.create_entity(entity)
+                return True
+            for _ in range(MAX_RACES):
+                try:
+                    current = await self._table.get_entity(entity["PartitionKey"], entity["RowKey"])
+                except ResourceNotFoundError as error:
+                    if not _absent(error):
+                        raise
+                    current = None
+                if current is None:
+                    await self._table.create_entity(entity)
+                    return True
+                if is_terminal(current.get("status")):
+                    return False
+                await self._table.update_entity(
+                    entity,
+                    mode=UpdateMode.MERGE,
+                    etag=current.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return True
+        except ResourceExistsError:
+            if write is StatusWrite.FIRST:
+                return False
+            raise _unavailable("record a status (another write won every race)", None) from None
+        except ResourceModifiedError:
+            raise _unavailable("record a status (another write won every race)", None) from None
+        except AzureError as error:
+            raise _unavailable("record the status of a request", error) from error
+        return False
+
+    async def _merge_removal(self, entity: dict[str, Any]) -> None:
+        """Note an expiry removal's status on the grant it ends (nothing when that grant has no status)."""
+        try:
+            await self._table.update_entity(entity, mode=UpdateMode.MERGE)
+        except ResourceNotFoundError as error:
+            if not _absent(error):
+                raise _unavailable("note the removal of a time-bound grant", error) from error
+        except AzureError as error:
+            raise _unavailable("note the removal of a time-bound grant", error) from error
 
     async def _claim(self, record: RequestRecord, now: datetime) -> RequestRecord | None:
         """Insert `record`; None when it was new, else the record that was there first."""
@@ -378,19 +471,83 @@ class Ledger:
         return new_etag
 
 
+def _status_entities(request_id: str, record: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """The stored copies of a status record: the request's own first, then one in the history of its member and
+    of each target id it names, then its row in its bulk job or HR event (when it is one's)."""
+    status = str(record.get("status") or "")
+    common: dict[str, Any] = {
+        "requestId": request_id,
+        "status": status,
+        "updatedAt": now,
+        "record": _dumps(record),
+    }
+    intent_at = _parse_time(record.get("intentAt"))
+    if intent_at is not None:
+        common["intentAt"] = intent_at
+    if status in ("accepted", "scheduled"):
+        common["acceptedAt"] = now
+    request_row = table_key("request", request_id)
+    entities = [{"PartitionKey": request_row, "RowKey": _STATUS_ROW, **common}]
+    for kind, names in (("member", ("memberId",)), ("target", ("targetId", "roleTemplateId", "administrativeUnitId"))):
+        for guid in dict.fromkeys(str(record[name]) for name in names if record.get(name)):
+            entities.append({"PartitionKey": table_key(kind, guid), "RowKey": request_row, **common})
+    row = record.get("jobRow")
+    row_key = f"row.{row:07d}" if isinstance(row, int) and row > 0 else request_row  # a producer's own message
+    for kind, name in (("job", "jobId"), ("hrEvent", "hrEventId")):
+        if record.get(name):
+            entities.append({"PartitionKey": table_key(kind, str(record[name])), "RowKey": row_key, **common})
+    return entities
+
+
+def _removal_entity(record: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
+    """For an expiry removal's status: the ``removal`` column of the grant it ends (``expiryOf``); else None."""
+    of = record.get("expiryOf")
+    if not of:
+        return None
+    removal = {
+        "status": record.get("status"),
+        "requestId": record.get("requestId"),
+        "reason": record.get("reason"),
+        "updatedAt": now.isoformat(),
+    }
+    return {"PartitionKey": table_key("request", str(of)), "RowKey": _STATUS_ROW, "removal": _dumps(removal)}
+
+
 def _status_record(entity: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        record = json.loads(entity.get("record") or "{}")
-    except ValueError:
-        record = {}
-    if not isinstance(record, dict):
-        record = {}
+    record = _loads(entity.get("record"))
     record["requestId"] = entity.get("requestId", record.get("requestId"))
     record["status"] = entity.get("status", record.get("status"))
-    for name in ("acceptedAt", "updatedAt"):
+    for name in ("acceptedAt", "updatedAt", "intentAt"):
         if entity.get(name) is not None:
             record[name] = _time(entity[name]).isoformat()
+    if entity.get("removal"):
+        record["removal"] = _loads(entity["removal"])
+    elif record.get("expiresAt") and record["status"] in ("granted", "already_member"):
+        record["removal"] = {"status": "scheduled", "dueAt": record["expiresAt"]}
     return record
+
+
+def _dumps(record: Mapping[str, Any]) -> str:
+    return json.dumps(dict(record), separators=(",", ":"), ensure_ascii=False)
+
+
+def _loads(text: object) -> dict[str, Any]:
+    """A stored JSON object; an empty one when `text` is not one."""
+    try:
+        value = json.loads(text) if isinstance(text, str) else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _pair_fields(state: PairState) -> dict[str, Any]:

@@ -26,6 +26,7 @@ duplicate detection absorbs what had been sent). One ``hr-event <outcome> {json}
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -34,7 +35,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo
 
 from shared.core.contract import (
@@ -46,12 +47,24 @@ from shared.core.contract import (
     Source,
     SourceSystem,
     encode,
+    parse_grant,
     parse_guid,
     target_document,
 )
 from shared.core.errors import ContractError, Reason
-from shared.core.messaging import MAX_DESCRIPTION_CHARS, Delivery, MessageActions, MessageSender, clip
+from shared.core.messaging import (
+    HR_EVENT,
+    JOB_ROW,
+    JOB_ROWS,
+    MAX_DESCRIPTION_CHARS,
+    Delivery,
+    MessageActions,
+    MessageSender,
+    clip,
+)
+from shared.core.statuses import StatusWrite
 from shared.producers.hr_rules import ATTRIBUTES, HrRules
+from shared.producers.webhook import accepted_record
 from shared.service.settlement import (
     DEFAULT_SETTLEMENT_TIMEOUT,
     Settled,
@@ -206,9 +219,11 @@ async def settle_hr_event(
     now: Callable[[], datetime],
     time_zone: str = "UTC",
     settlement_timeout: float = DEFAULT_SETTLEMENT_TIMEOUT,
+    ledger: HrLedger | None = None,
 ) -> Settled:
     """Turn one HR event into grant messages on the grants queue, each scheduled for the event's effective time
-    (`effective_at`), and settle it; return how it ended (logged)."""
+    (`effective_at`) and carrying the event id and its row, record them in `ledger` (``scheduled`` or ``accepted``,
+    and the event itself), and settle it; return how it ended (logged)."""
     event: HrEvent | None = None
     sent: list[str] = []
     try:
@@ -224,23 +239,68 @@ async def settle_hr_event(
         return await _logged(dead, settled, delivery, event, sent, settlement_timeout)
     received = now()
     due = effective_at(event, zone=time_zone, leavers=rules.leavers, now=received)
+    rows = len(messages)
     try:
-        for request_id, body in messages:
+        for row, (request_id, body) in enumerate(messages, start=1):
+            properties: dict[str, str | int] = {HR_EVENT: event.event_id, JOB_ROW: row, JOB_ROWS: rows}
             await sender.schedule(
-                body=body, message_id=request_id, application_properties={}, scheduled_enqueue_time=due
+                body=body, message_id=request_id, application_properties=properties, scheduled_enqueue_time=due
             )
             sent.append(request_id)
+        if ledger is not None:
+            await _record(ledger, event, messages, due=due, received=received)
     except Exception:
         _logger.exception("could not send the grants of HR event %s; abandoning it", json.dumps(event.event_id))
-        description = f"sent {len(sent)} of {len(messages)} grant messages; Service Bus will redeliver the event"
+        description = f"sent {len(sent)} of {rows} grant messages; Service Bus will redeliver the event"
+        if len(sent) == rows:
+            description = f"sent its {rows} grant messages but could not record them; Service Bus will redeliver it"
         settled = _settled(delivery, "abandoned", None, description)
         return await _logged(
             functools.partial(abandon, actions, delivery), settled, delivery, event, sent, settlement_timeout
         )
     when = f", scheduled for {due.isoformat()}" if due > received else ""
-    settled = _settled(delivery, "completed", None, f"{event.kind}: {len(messages)} grant message(s) sent{when}")
+    settled = _settled(delivery, "completed", None, f"{event.kind}: {rows} grant message(s) sent{when}")
     return await _logged(
         functools.partial(complete, actions, delivery), settled, delivery, event, sent, settlement_timeout
+    )
+
+
+class HrLedger(Protocol):
+    """Where an HR event's grants are recorded (`shared.adapters.ledger.Ledger`)."""
+
+    async def record_status(
+        self, request_id: str, record: Mapping[str, Any], *, now: datetime, write: StatusWrite = ...
+    ) -> bool: ...
+
+    async def record_event(self, event_id: str, record: Mapping[str, Any], *, now: datetime) -> None: ...
+
+
+async def _record(
+    ledger: HrLedger, event: HrEvent, messages: list[tuple[str, bytes]], *, due: datetime, received: datetime
+) -> None:
+    """Record each grant as ``scheduled`` (due later) or ``accepted`` (due now), unless it has a status already, as
+    the event's rows; then the event's own record (``GET /api/hr-events/{eventId}``)."""
+    status = "scheduled" if due > received else "accepted"
+    records = []
+    for row, (request_id, body) in enumerate(messages, start=1):
+        record = accepted_record(parse_grant(body), received=received, status=status)
+        record.update(hrEventId=event.event_id, jobRow=row, jobRows=len(messages), scheduledFor=due.isoformat())
+        records.append(ledger.record_status(request_id, record, now=received, write=StatusWrite.FIRST))
+    await asyncio.gather(*records)
+    await ledger.record_event(
+        event.event_id,
+        {
+            "eventId": event.event_id,
+            "eventType": event.kind,
+            "employeeId": event.employee_id,
+            "userObjectId": event.user_id,
+            "effectiveDate": event.effective_date,
+            "outcome": "completed",
+            "rows": len(messages),
+            "scheduledFor": due.isoformat(),
+            "receivedAt": received.isoformat(),
+        },
+        now=received,
     )
 
 

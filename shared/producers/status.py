@@ -1,20 +1,26 @@
-"""The request status API (``GET /api/grants/{requestId}``): what the ledger records about one request.
+"""The status API: what the ledger records about one request, a bulk job, an HR event, or a member or target.
 
-- a request id the contract would not accept (`is_request_id`: 1-128 of ``A-Z a-z 0-9 . _ : @ -``) answers
-  ``400`` problem details and is never looked up;
-- an id with no status answers ``404`` problem details (RFC 9457, as the webhook's);
+- an id the contract would not accept (`is_request_id`: 1-128 of ``A-Z a-z 0-9 . _ : @ -``; GUIDs for history)
+  answers ``400`` problem details and is never looked up;
+- nothing recorded answers ``404`` problem details (RFC 9457, as the webhook's);
 - a ledger that fails answers ``503`` with ``Retry-After``;
-- otherwise ``200`` with the status record as JSON (`shared.service.settlement.status_record`, or the webhook's
-  `accepted_record`): ``status`` (accepted, granted, already_member, revoked, not_member, would_grant,
-  would_revoke, superseded, duplicate, dead_lettered), ``reason``, ``description``, ``attempts``,
-  ``lastAttemptAt``, ``graphRequestId``, ``sourceSystem``, ``sourceReference``, ``requestedBy``, ``jobId``,
-  ``action``, the target and member, ``requestedAt``, ``expiresAt``, ``acceptedAt`` and ``updatedAt``.
+- otherwise ``200`` JSON.
 
-``GET /api/jobs/{jobId}`` (`job_answer`) answers a bulk job's totals by status and its failed rows, by one query
-on the status rows' ``jobId``: ``requests`` (rows with a status), ``totals`` by status, ``succeeded`` and the
-``failed`` rows' records. A bulk row gets its status when it ends (bulk messages go to the queue directly, with no
-``accepted`` step), so rows still queued are not counted: ``requests`` below the job's row count (``submit``
-prints it) means the job is still running.
+``GET /api/grants/{requestId}`` (`status_answer`): the request's status record (`shared.core.statuses` lists
+the statuses), with ``reason``, ``description``, ``attempts``, ``lastAttemptAt``, ``nextRetryAt``,
+``graphRequestId``, who asked (``sourceSystem``, ``sourceReference``, ``requestedBy``), what (``action``, the
+target and member), ``requestedAt``, ``intentAt``, ``expiresAt`` and, for a time-bound grant, ``removal`` (the
+removal's status: ``scheduled`` with ``dueAt`` until it runs), ``acceptedAt`` and ``updatedAt``.
+
+``GET /api/jobs/{jobId}`` and ``GET /api/hr-events/{eventId}`` (`group_answer`): one partition query on the job's
+(or event's) rows. Every message of a bulk job or HR event carries its row and the number of rows sent
+(``jobRow``, ``jobRows``), and each row is recorded from its first status on (``scheduled`` for an HR event's,
+``in_progress`` for a bulk row's), so ``rows``, ``terminal``, ``pending`` and ``done`` say how far the job is:
+``totals`` by status, ``succeeded``, and the ``failed`` rows' records by row. An HR event's answer also carries
+the event's own record (``event``: its outcome, type, employee and when its grants are due).
+
+``GET /api/history?member=<id>`` or ``?target=<id>`` (`history_answer`), optionally ``&since=<date or time>``:
+every request that named the member (or the administrative unit, role or role template), newest intent first.
 """
 
 from __future__ import annotations
@@ -22,21 +28,21 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
-from shared.core.contract import is_request_id
-from shared.core.errors import TransientError
+from shared.adapters.ledger import Group, GroupKind
+from shared.core.contract import is_request_id, parse_guid
+from shared.core.errors import ContractError, TransientError
+from shared.core.statuses import FAILED, SUCCEEDED, is_terminal
 from shared.producers.webhook import PROBLEM_TYPE, Answer
 
-__all__ = ["FAILED", "SUCCEEDED", "job_answer", "status_answer"]
+__all__ = ["group_answer", "history_answer", "status_answer"]
 
-#: Terminal statuses that mean the request got what it asked (or that nothing was needed).
-SUCCEEDED: Final = frozenset(
-    {"granted", "already_member", "revoked", "not_member", "would_grant", "would_revoke", "superseded", "duplicate"}
-)
-FAILED: Final = frozenset({"dead_lettered"})
 _log = logging.getLogger(__name__)
+#: The most requests a history answer lists (the newest): a target with more is asked with ``since``.
+HISTORY_LIMIT: Final = 5000
 
 
 async def status_answer(request_id: str, *, status: Callable[[str], Awaitable[dict[str, Any] | None]]) -> Answer:
@@ -47,35 +53,99 @@ async def status_answer(request_id: str, *, status: Callable[[str], Awaitable[di
         record = await status(request_id)
     except TransientError:
         _log.warning("status of %s: the ledger is unavailable", json.dumps(request_id), exc_info=True)
-        return _problem(503, "ledger-unavailable", "Status unavailable", "the grant ledger is unavailable now", 5)
+        return _problem(503, "ledger-unavailable", "Status unavailable", _UNAVAILABLE, 5)
     if record is None:
         return _problem(404, "unknown-request", "Unknown request", f"no request {request_id} is recorded")
     return Answer(200, json.dumps(record, ensure_ascii=False).encode(), "application/json")
 
 
-async def job_answer(job_id: str, *, rows: Callable[[str], Awaitable[list[dict[str, Any]]]]) -> Answer:
-    """Answer ``GET /api/jobs/{job_id}`` from `rows` (the ledger's `Ledger.job`): totals by status, failed rows."""
-    if not is_request_id(job_id):
-        return _problem(400, "invalid-job-id", "Invalid job id", _ID_RULE.replace("request", "job"))
+async def group_answer(
+    kind: GroupKind, group_id: str, *, group: Callable[[GroupKind, str], Awaitable[Group]]
+) -> Answer:
+    """Answer ``GET /api/jobs/{group_id}`` (`kind` job) or ``GET /api/hr-events/{group_id}`` (hrEvent) from
+    `group` (the ledger's `Ledger.group`): how many rows, how many ended, totals by status, the failed rows."""
+    noun = "job" if kind == "job" else "HR event"
+    if not is_request_id(group_id):
+        return _problem(400, f"invalid-{_slug(kind)}-id", f"Invalid {noun} id", _ID_RULE.replace("request", noun))
     try:
-        found = await rows(job_id)
+        found = await group(kind, group_id)
     except TransientError:
-        _log.warning("job %s: the ledger is unavailable", json.dumps(job_id), exc_info=True)
-        return _problem(503, "ledger-unavailable", "Job unavailable", "the grant ledger is unavailable now", 5)
-    if not found:
-        return _problem(404, "unknown-job", "Unknown job", f"no request of job {job_id} is recorded")
-    totals = Counter(str(row.get("status")) for row in found)
-    failed = [row for row in found if row.get("status") in FAILED]
+        _log.warning("%s %s: the ledger is unavailable", noun, json.dumps(group_id), exc_info=True)
+        return _problem(503, "ledger-unavailable", f"{noun[0].upper()}{noun[1:]} unavailable", _UNAVAILABLE, 5)
+    if not found.rows and found.event is None:
+        return _problem(
+            404, f"unknown-{_slug(kind)}", f"Unknown {noun}", f"no request of {noun} {group_id} is recorded"
+        )
+    rows = sorted(found.rows, key=lambda row: row.get("jobRow") or 0)
+    sizes = [row["jobRows"] for row in rows if isinstance(row.get("jobRows"), int)]
+    if found.event is not None and isinstance(found.event.get("rows"), int):
+        sizes.append(found.event["rows"])
+    size = max(sizes) if sizes else None
+    terminal = sum(1 for row in rows if is_terminal(row.get("status")))
+    document: dict[str, Any] = {
+        ("jobId" if kind == "job" else "eventId"): group_id,
+        "kind": "bulk" if kind == "job" else "hrEvent",
+        "rows": size,
+        "recorded": len(rows),
+        "terminal": terminal,
+        "pending": None if size is None else max(size - terminal, 0),
+        "done": size is not None and terminal >= size,
+        "totals": dict(sorted(Counter(str(row.get("status")) for row in rows).items())),
+        "succeeded": sum(1 for row in rows if row.get("status") in SUCCEEDED),
+        "failed": [row for row in rows if row.get("status") in FAILED],
+    }
+    if found.event is not None:
+        document["event"] = found.event
+    return Answer(200, json.dumps(document, ensure_ascii=False).encode(), "application/json")
+
+
+async def history_answer(
+    query: Mapping[str, str], *, history: Callable[..., Awaitable[list[dict[str, Any]]]]
+) -> Answer:
+    """Answer ``GET /api/history`` from its `query` (``member`` or ``target``, optional ``since``) with `history`
+    (the ledger's `Ledger.history`): every request that named it, newest intent first."""
+    member, target, since_text = query.get("member"), query.get("target"), query.get("since")
+    if (member is None) == (target is None):
+        return _problem(400, "invalid-history-query", "Invalid history query", "give member=<id> or target=<id>")
+    try:
+        guid = parse_guid(member or target or "", field="member" if member is not None else "target")
+    except ContractError as error:
+        return _problem(400, "invalid-history-query", "Invalid history query", error.description)
+    since = _since(since_text) if since_text is not None else None
+    if since_text is not None and since is None:
+        detail = "since must be a date (YYYY-MM-DD) or an RFC 3339 time with a zone"
+        return _problem(400, "invalid-history-query", "Invalid history query", detail)
+    scope = {"member": guid} if member is not None else {"target": guid}
+    try:
+        found = await history(**scope, since=since, limit=HISTORY_LIMIT)
+    except TransientError:
+        _log.warning("history of %s: the ledger is unavailable", guid, exc_info=True)
+        return _problem(503, "ledger-unavailable", "History unavailable", _UNAVAILABLE, 5)
     document = {
-        "jobId": job_id,
-        "requests": len(found),
-        "totals": dict(sorted(totals.items())),
-        "succeeded": sum(1 for row in found if row.get("status") in SUCCEEDED),
-        "failed": failed,
+        "member": scope.get("member"),
+        "target": scope.get("target"),
+        "since": since.isoformat() if since else None,
+        "requests": found,
     }
     return Answer(200, json.dumps(document, ensure_ascii=False).encode(), "application/json")
 
 
+def _since(text: str) -> datetime | None:
+    """A date (midnight UTC) or an RFC 3339 time with a zone, in UTC; None when `text` is neither."""
+    try:
+        if len(text) == 10:
+            return datetime.fromisoformat(text).replace(tzinfo=UTC)
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo is not None else None
+
+
+def _slug(kind: GroupKind) -> str:
+    return "job" if kind == "job" else "hr-event"
+
+
+_UNAVAILABLE: Final = "the grant ledger is unavailable now"
 _ID_RULE: Final = "a request id is 1 to 128 of A-Z a-z 0-9 . _ : @ -, starting with a letter or digit"
 
 

@@ -56,6 +56,7 @@ from shared.core.contract import (
 from shared.core.errors import ContractError, Reason
 from shared.core.intents import content_hash
 from shared.core.messaging import MessageSender, derived_message_id
+from shared.core.statuses import StatusWrite
 
 __all__ = [
     "FUTURE_SKEW_SECONDS",
@@ -139,7 +140,7 @@ async def receive(
     now: Callable[[], datetime],
     callbacks: CallbackPolicy | None = None,
     recorded: Callable[[str], Awaitable[str | None]] | None = None,
-    accept: Callable[[str, dict[str, Any], bool], Awaitable[object]] | None = None,
+    accept: Callable[[str, dict[str, Any], StatusWrite], Awaitable[object]] | None = None,
 ) -> Answer:
     """Answer one webhook request; on success the grant message is on the grants queue.
 
@@ -195,7 +196,7 @@ async def receive(
         )
     if accept is not None:
         try:
-            await accept(request_id, accepted_record(command), False)
+            await accept(request_id, accepted_record(command, received=received), StatusWrite.FIRST)
         except Exception:  # best-effort: the message is queued, its terminal status will be recorded
             _log.warning("webhook could not record request %s as accepted", json.dumps(request_id), exc_info=True)
     _log.info("webhook accepted request %s", json.dumps(request_id))
@@ -212,12 +213,12 @@ def status_location(request_id: str) -> str:
     return "/api/grants/" + quote(request_id, safe="@")
 
 
-def accepted_record(command: GrantCommand) -> dict[str, Any]:
-    """The status record of a request just accepted: what it asks, and who asked."""
+def accepted_record(command: GrantCommand, *, received: datetime, status: str = "accepted") -> dict[str, Any]:
+    """The status record of a request just queued (at `received`): `status`, what it asks, and who asked."""
     target = command.target
     return {
         "requestId": command.request_id,
-        "status": "accepted",
+        "status": status,
         "action": command.action.value,
         "sourceSystem": command.source.system.value,
         "sourceReference": command.source.reference,
@@ -227,6 +228,7 @@ def accepted_record(command: GrantCommand) -> dict[str, Any]:
         "roleTemplateId": getattr(target, "role_template_id", None),
         "memberId": command.member.id,
         "requestedAt": command.requested_at.isoformat() if command.requested_at else None,
+        "intentAt": (command.requested_at or received).isoformat(),
         "expiresAt": command.expires_at.isoformat() if command.expires_at else None,
         "attempts": 0,
     }

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import json
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
@@ -38,6 +40,8 @@ from shared.service.membership import Outcome, Result
 
 __all__ = ["Arrival", "IntentGate"]
 
+_log = logging.getLogger(__name__)
+
 #: The Graph work stops this long before the lease ends, so a write in flight cannot outlive it.
 LEASE_MARGIN: Final = timedelta(seconds=15)
 _APPLIED: Final = {
@@ -50,12 +54,14 @@ _APPLIED: Final = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Arrival:
-    """How a command arrived: the MessageId that first carried it, when that was enqueued, and for an expiry
-    removal the request id of the grant it ends."""
+    """How a command arrived: the MessageId that first carried it, when that was enqueued, for an expiry removal
+    the request id of the grant it ends, and what to call once it holds its pair's lease (`admitted`: run beside
+    the Graph work and waited for before the result is returned; its failure is logged, never raised)."""
 
     origin: str
     enqueued_at: datetime
     expiry_of: str | None = None
+    admitted: Callable[[], Awaitable[object]] | None = None  # told once the lease is held (records in_progress)
 
 
 class IntentGate:
@@ -98,7 +104,12 @@ class IntentGate:
                 f"request {decision.holder} for the same member and target is being carried out; waiting for it",
                 retry_after=max((decision.until - now).total_seconds(), 0.0),
             )
-        return await self._carry_out(command, template, decision.ticket, now)
+        noted = asyncio.ensure_future(arrival.admitted()) if arrival.admitted is not None else None
+        try:
+            return await self._carry_out(command, template, decision.ticket, now)
+        finally:
+            if noted is not None:
+                await _quietly(noted, command.request_id)
 
     async def _carry_out(self, command: GrantCommand, template: Guid | None, ticket: Ticket, now: datetime) -> Result:
         """Run the Graph work within the lease, then return the lease with what was applied."""
@@ -154,3 +165,11 @@ class IntentGate:
         """Return the lease after a failure; if the ledger fails too, the lease simply expires."""
         with contextlib.suppress(TransientError):
             await self._ledger.finish(ticket, applied=None, now=self._now())
+
+
+async def _quietly(noted: asyncio.Future[object], request_id: str) -> None:
+    """Wait for `noted` (the admitted hook); log its failure instead of raising it (the status is advisory)."""
+    try:
+        await noted
+    except Exception:
+        _log.warning("could not record request %s as in progress", json.dumps(request_id), exc_info=True)

@@ -70,7 +70,11 @@ from shared.core.messaging import (
     EVENT_REASON,
     EVENT_REQUEST_ID,
     EVENT_SOURCE_SYSTEM,
+    EXPIRY_OF,
     FIRST_ATTEMPT_AT,
+    HR_EVENT,
+    JOB_ROW,
+    JOB_ROWS,
     MAX_DESCRIPTION_CHARS,
     MAX_REASON_CHARS,
     ORIGINAL_MESSAGE_ID,
@@ -85,6 +89,7 @@ from shared.core.messaging import (
     outcome_event_id,
 )
 from shared.core.retry import GiveUp, RetryPolicy
+from shared.core.statuses import StatusWrite
 from shared.service.membership import Result
 
 __all__ = [
@@ -99,6 +104,7 @@ __all__ = [
     "log_outcome",
     "outcome_event",
     "outcome_log",
+    "progress_record",
     "retry_message_id",
     "settle",
     "settle_within",
@@ -114,8 +120,8 @@ _TARGET_TYPES: Final = {
 _log = logging.getLogger(__name__)
 
 Handler = Callable[[GrantCommand], Awaitable[Result]]
-#: Writes a request's status record: ``(request_id, record, overwrite)`` (`Ledger.record_status`, bound to a clock).
-StatusRecorder = Callable[[str, dict[str, Any], bool], Awaitable[object]]
+#: Writes a request's status record: ``(request_id, record, write)`` (`Ledger.record_status`, bound to a clock).
+StatusRecorder = Callable[[str, dict[str, Any], StatusWrite], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -333,6 +339,8 @@ async def settle(
         else:
             when = attempt.started + timedelta(seconds=decision.delay)
             settled, settlement = await _schedule_retry(actions, sender, attempt, error, first_attempt_at, when)
+            if settled.outcome == "retry_scheduled" and recorder is not None:
+                await _note_retry(recorder, attempt, settled, when, now)
     except Exception as error:
         _log.exception("unexpected error while processing message %s; abandoning it", _safe(delivery.message_id))
         settlement = functools.partial(abandon, actions, delivery)
@@ -395,11 +403,10 @@ async def _announced(
             **outcome_event(attempt.delivery, attempt.command, settled, attempt.record)
         )
     if recorder is not None and attempt.request_id:
-        overwrite = (
-            attempt.command is not None and settled.outcome != "duplicate" and settled.reason != "RequestIdConflict"
-        )
+        owner = attempt.command is not None and settled.outcome != "duplicate" and settled.reason != "RequestIdConflict"
+        write = StatusWrite.FINAL if owner else StatusWrite.FIRST
         calls["status could not be recorded"] = recorder(
-            attempt.request_id, status_record(attempt.delivery, attempt.command, attempt.record), overwrite
+            attempt.request_id, status_record(attempt.delivery, attempt.command, attempt.record), write
         )
     results = await asyncio.gather(*calls.values(), return_exceptions=True)
     failed = None
@@ -419,18 +426,68 @@ async def _announced(
     return failed
 
 
+async def _note_retry(
+    recorder: StatusRecorder, attempt: _Attempt, settled: Settled, when: datetime, now: Callable[[], datetime]
+) -> None:
+    """Record ``retry_scheduled`` with ``nextRetryAt`` (never over a terminal status); a failure is only logged: the
+    retry copy is queued already, and its outcome will be recorded."""
+    assert attempt.command is not None
+    record = status_record(attempt.delivery, attempt.command, _record(attempt, settled, now()))
+    record["nextRetryAt"] = when.isoformat()
+    try:
+        await recorder(attempt.command.request_id, record, StatusWrite.PROGRESS)
+    except Exception:
+        _log.warning("could not record the retry of %s", _safe(attempt.command.request_id), exc_info=True)
+
+
 def status_record(delivery: Delivery, command: GrantCommand | None, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The status record of a terminal outcome (what ``GET /api/grants/{requestId}`` answers): the outcome
-    line's `record` with ``status`` (its outcome), ``lastAttemptAt``, ``requestedAt`` and ``jobId``."""
+    """The status record of an outcome (what ``GET /api/grants/{requestId}`` answers): the outcome line's `record`
+    with ``status`` (its outcome), ``lastAttemptAt``, ``requestedAt``, ``intentAt`` (``requestedAt``, else when the
+    first attempt started), and what the message's properties say: its bulk job or HR event and row (``jobId`` or
+    ``hrEventId``, ``jobRow``, ``jobRows``) and, for an expiry removal, the grant it ends (``expiryOf``)."""
     status = {name: value for name, value in record.items() if name not in ("outcome", "terminal", "finishedAt")}
-    job = delivery.application_property(BULK_JOB)
+    requested_at = command.requested_at if command is not None else None
+    intent_at = requested_at or _first_attempt_at(delivery, delivery.enqueued_time or datetime.now(UTC))
     status.update(
         status=record["outcome"],
         lastAttemptAt=record.get("finishedAt"),
-        requestedAt=command.requested_at.isoformat() if command is not None and command.requested_at else None,
-        jobId=str(job) if job else None,
+        requestedAt=requested_at.isoformat() if requested_at else None,
+        intentAt=intent_at.isoformat(),
+        jobId=_text(delivery.application_property(BULK_JOB)),
+        hrEventId=_text(delivery.application_property(HR_EVENT)),
+        jobRow=_count(delivery.application_property(JOB_ROW)),
+        jobRows=_count(delivery.application_property(JOB_ROWS)),
+        expiryOf=_text(delivery.application_property(EXPIRY_OF)),
     )
     return status
+
+
+def progress_record(delivery: Delivery, command: GrantCommand, *, now: datetime) -> dict[str, Any]:
+    """The ``in_progress`` status record of an attempt that holds its pair's lease and is writing to Graph."""
+    attempt = _Attempt(delivery, delivery.attempt, now, command=command, request_id=command.request_id)
+    settled = Settled(
+        outcome="in_progress",
+        reason=None,
+        description=f"attempt {attempt.number} is being carried out",
+        attempts=attempt.number,
+        terminal=False,
+    )
+    return status_record(delivery, command, _record(attempt, settled, now))
+
+
+def _text(value: object) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _count(value: object) -> int | None:
+    """A positive whole number from a message property (Service Bus may hand back int or str), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.isdecimal() and len(value) <= 9:
+        return int(value) or None
+    return None
 
 
 def outcome_event(
@@ -507,9 +564,10 @@ async def _schedule_retry(
     resubmission = delivery.application_property(RESUBMISSION)
     if resubmission:
         properties[RESUBMISSION] = str(resubmission)
-    job = delivery.application_property(BULK_JOB)
-    if job:
-        properties[BULK_JOB] = str(job)  # the copy is still the job's row (its status and outcome event say so)
+    for name in (BULK_JOB, HR_EVENT, JOB_ROW, JOB_ROWS):  # the copy is still the job's row (its status says so)
+        value = delivery.application_property(name)
+        if isinstance(value, str | int) and not isinstance(value, bool) and value != "":
+            properties[name] = value
     try:
         await sender.schedule(
             body=delivery.body,
