@@ -7,9 +7,14 @@ MessageId is ``<job-id>:<row>``: sending the same job again is absorbed by the q
 CSV (a header row, then one grant per row; empty cells are absent fields):
 ``action,targetType,targetId,roleTemplateId,administrativeUnitId,memberId,memberType,requestedBy,reason,expiresAt``
 and optionally ``requestId`` and ``dryRun`` (``true``/``false``). Without a ``requestId`` column the request id
-is ``<job-id>:<row>``; ``source`` is ``{"system": "bulk", "reference": <job-id>}``. JSON lines: one message
-body per line, sent as it is. Rows are numbered from 1 (the CSV header is not a row); errors name the
-file's line number.
+is ``<job-id>:<row>``; ``source`` is ``{"system": "bulk", "reference": <job-id>}``. The columns ``failedReason``
+and ``failedDescription`` (what `write_failed_csv` adds) are read and ignored. JSON lines: one message body per
+line, sent as it is. Rows are numbered from 1 (the CSV header is not a row); errors name the file's line number.
+Each message carries the application properties ``bulkJob`` (the job id), ``jobRow`` (its row) and ``jobRows``
+(how many messages the job sends), from which the status API tells when the job has ended.
+
+`write_failed_csv` writes a job's failed rows (the status API's records) back as such a CSV, to fix and submit
+again as a new job.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import csv
 import hashlib
 import io
 import json
+import shlex
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -30,9 +36,11 @@ from grants_cli.printable import printable
 from shared.core.contract import draft, parse_grant
 from shared.core.errors import ContractError, Reason
 from shared.core.intents import content_hash
+from shared.core.messaging import BULK_JOB, JOB_ROW, JOB_ROWS
 
 __all__ = [
     "CSV_COLUMNS",
+    "FAILED_COLUMNS",
     "BulkJob",
     "Invalid",
     "Progress",
@@ -43,6 +51,7 @@ __all__ = [
     "run_submit",
     "submit",
     "summary",
+    "write_failed_csv",
 ]
 
 CSV_COLUMNS: Final = (
@@ -58,6 +67,8 @@ CSV_COLUMNS: Final = (
     "expiresAt",
 )
 _OPTIONAL_COLUMNS: Final = ("requestId", "dryRun")
+#: Informational columns of `write_failed_csv`: why the row failed. `read_job` ignores them.
+FAILED_COLUMNS: Final = ("failedReason", "failedDescription")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +103,7 @@ def read_job(path: Path, *, job_id: str | None = None) -> BulkJob:
         rows = _csv_rows(content, job)
     else:
         rows = [(number, line) for number, line in enumerate(content.splitlines(), start=1) if line.strip()]
-    messages: list[Outgoing] = []
+    valid: list[tuple[int, bytes]] = []
     invalid: list[Invalid] = []
     seen: dict[str, tuple[int, str]] = {}  # requestId -> (line, content hash): an id names one request
     for row, (line, body) in enumerate(rows, start=1):
@@ -111,7 +122,15 @@ def read_job(path: Path, *, job_id: str | None = None) -> BulkJob:
                 Invalid(line, reason, f"requestId {command.request_id} is line {first_line}'s, another request")
             )
             continue
-        messages.append(Outgoing(body=body, message_id=f"{job}:{row}", application_properties={"bulkJob": job}))
+        valid.append((row, body))
+    messages = [
+        Outgoing(
+            body=body,
+            message_id=f"{job}:{row}",
+            application_properties={BULK_JOB: job, JOB_ROW: row, JOB_ROWS: len(valid)},
+        )
+        for row, body in valid
+    ]
     return BulkJob(job_id=job, rows=len(rows), messages=messages, invalid=invalid)
 
 
@@ -122,7 +141,7 @@ def _csv_rows(content: bytes, job_id: str) -> list[tuple[int, bytes | Invalid]]:
         return [(1, Invalid(1, "InvalidCsv", f"the file is not UTF-8 (byte {error.start})"))]
     reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     header = reader.fieldnames or []
-    unknown = [name for name in header if name not in CSV_COLUMNS + _OPTIONAL_COLUMNS]
+    unknown = [name for name in header if name not in CSV_COLUMNS + _OPTIONAL_COLUMNS + FAILED_COLUMNS]
     if unknown or not header:
         known = ",".join(CSV_COLUMNS)
         return [(1, Invalid(1, "InvalidCsv", f"unknown columns {unknown} (the columns are {known})"))]
@@ -168,6 +187,58 @@ def _document(record: Mapping[str, str | None], *, request_id: str, job_id: str)
         expiresAt=cell.get("expiresAt"),
         dryRun=None if dry_run is None else {"true": True, "false": False}.get(dry_run.lower(), dry_run),
     )
+
+
+def write_failed_csv(records: Iterable[Mapping[str, Any]], stream: TextIO) -> int:
+    """Write failed rows (status records, as the status API answers them) to `stream` as a bulk CSV; return how
+    many.
+
+    The columns are `CSV_COLUMNS` (``reason`` is the request's justification, the record's ``requestReason``), then
+    ``failedReason`` and ``failedDescription`` (why it failed; `read_job` ignores them), and ``dryRun`` only when
+    a row was a dry run. There is no ``requestId`` column: submitted again, the rows get new request ids. A
+    scopedRole target's ``targetId`` (its administrative unit) goes to ``administrativeUnitId``; a directoryRole's
+    object id to ``targetId``, or else its template to ``roleTemplateId``. Cells that a spreadsheet would read
+    as a formula (starting with ``= + - @``, a tab or a carriage return) get a leading ``'``, which stays in the
+    text if the file is submitted as it is.
+    """
+    rows = [_failed_row(record) for record in records]
+    columns = CSV_COLUMNS + FAILED_COLUMNS + (("dryRun",) if any("dryRun" in row for row in rows) else ())
+    writer = csv.DictWriter(stream, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({name: _inert(value) for name, value in row.items()} for row in rows)
+    return len(rows)
+
+
+def _failed_row(record: Mapping[str, Any]) -> dict[str, str]:
+    def text(name: str) -> str:
+        value = record.get(name)
+        return "" if value is None else str(value)
+
+    kind, target_id, template = text("targetType"), text("targetId"), text("roleTemplateId")
+    if kind == "scopedRole":
+        target = {"roleTemplateId": template, "administrativeUnitId": target_id}
+    elif kind == "directoryRole" and not target_id:
+        target = {"roleTemplateId": template}
+    else:
+        target = {"targetId": target_id}
+    row = {
+        "action": text("action"),
+        "targetType": kind,
+        **target,
+        "memberId": text("memberId"),
+        "memberType": text("memberType"),
+        "requestedBy": text("requestedBy"),
+        "reason": text("requestReason"),
+        "expiresAt": text("expiresAt"),
+        "failedReason": text("reason"),
+        "failedDescription": text("description"),
+    }
+    return row | ({"dryRun": "true"} if record.get("dryRun") is True else {})
+
+
+def _inert(cell: str) -> str:
+    """`cell` with a leading ``'`` when a spreadsheet would read it as a formula."""
+    return "'" + cell if cell.startswith(("=", "+", "-", "@", "\t", "\r")) else cell
 
 
 class Progress:
@@ -261,5 +332,6 @@ def run_submit(
     with open_backend() as backend:
         report, _ = submit(job, backend, progress=Progress(len(job.messages), stream=err))
         out.write(summary(job, report, time.monotonic() - started) + "\n")
+        out.write(f"follow it: grants job {printable(shlex.quote(job.job_id))} --watch\n")
         backend.drain(out)
     return 0

@@ -1,6 +1,7 @@
 """The ``grants`` command (also ``python -m shared``): ``submit FILE``, ``dlq …`` and ``smoke`` against Azure or the
-local namespace; ``status REQUEST_ID`` and ``job JOB_ID`` against the app's status API (or serve-local's);
-``demo``, ``run-local MESSAGES`` and ``serve-local`` on the local doubles."""
+local namespace; ``status REQUEST_ID``, ``job JOB_ID`` and ``hr-event EVENT_ID`` (``--watch`` to follow one until
+it ends, ``--failed-csv`` to write its failed rows to resubmit) and ``history --member ID | --target ID`` against the
+app's status API (or serve-local's); ``demo``, ``run-local MESSAGES`` and ``serve-local`` on the local doubles."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"interrupted: {_INTERRUPTED[args.command]}\n")
             return INTERRUPTED_EXIT
 
-    if args.command in ("status", "job"):
+    if args.command in ("status", "job", "hr-event", "history"):
         from grants_cli.status import main as status
 
         return status(args, out=sys.stdout, err=sys.stderr)

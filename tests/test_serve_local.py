@@ -142,7 +142,9 @@ async def test_given_serve_local_then_grants_status_and_grants_job_local_read_it
 
     def cli(*argv: str) -> tuple[int, str, str]:
         printed, errors = io.StringIO(), io.StringIO()
-        parser = argparse.Namespace(local=True, port=ports[0], url=None, key=None, json=False, failed=False)
+        parser = argparse.Namespace(
+            local=True, port=ports[0], url=None, key=None, json=False, failed=False, failed_csv=None, watch=False
+        )
         args = vars(parser) | dict(zip(("command", "id"), argv, strict=False))
         namespace = argparse.Namespace(**args, request_id=args["id"], job_id=args["id"])
         if "--json" in argv:

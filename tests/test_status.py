@@ -158,13 +158,14 @@ async def test_grants_job_prints_totals_and_the_failed_rows_and_exits_1(app: Loc
 
     import httpx
 
+    from grants_cli.status import add_parsers
     from grants_cli.status import main as cli
 
     for n, member in enumerate([USER, UNKNOWN]):
         app.queue.send(
             body(requestId=f"job-8:{n + 1}", member={"id": member, "type": "user"}),
             message_id=f"m-{n}",
-            application_properties={BULK_JOB: "job-8"},
+            application_properties={BULK_JOB: "job-8", JOB_ROW: n + 1, JOB_ROWS: 2},
         )
     await app.drain()
     loop = asyncio.get_running_loop()
@@ -179,19 +180,19 @@ async def test_grants_job_prints_totals_and_the_failed_rows_and_exits_1(app: Loc
 
     def run(job_id: str) -> tuple[int, str]:
         out, err = io.StringIO(), io.StringIO()
-        args = argparse.Namespace(
-            command="job", job_id=job_id, local=False, port=7071, url="https://app.example", key="k", json=False
-        )
-        args.failed = True
+        parser = argparse.ArgumentParser()
+        add_parsers(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(["job", job_id, "--url", "https://app.example", "--key", "k", "--failed"])
         code = cli(args, out=out, err=err, transport=httpx.MockTransport(handler))
         return code, out.getvalue() + err.getvalue()
 
     code, printed = await asyncio.to_thread(run, "job-8")
     lines = printed.splitlines()
     assert code == 1
-    assert lines[0] == "job job-8: 2 requests recorded, 1 succeeded, 1 failed"
-    assert lines[1] == "  dead_lettered 1, granted 1"
-    assert lines[2].startswith("  job-8:2  MemberNotFound  user 00000000-")
+    assert lines[0].startswith("job job-8: ")  # "2 of 2 requests ended" once the API counts the job's rows
+    assert lines[0].endswith(", 1 succeeded, 1 failed")
+    assert set(lines[1].strip().split(", ")) == {"dead_lettered 1", "granted 1"}
+    assert "  job-8:2  MemberNotFound  user 00000000-" in lines[2]
     assert asked[0].headers["x-functions-key"] == "k"
     assert str(asked[0].url) == "https://app.example/api/jobs/job-8"
     code, _ = await asyncio.to_thread(run, "job\x1b[2J")
