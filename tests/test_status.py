@@ -189,8 +189,7 @@ async def test_grants_job_prints_totals_and_the_failed_rows_and_exits_1(app: Loc
     code, printed = await asyncio.to_thread(run, "job-8")
     lines = printed.splitlines()
     assert code == 1
-    assert lines[0].startswith("job job-8: ")  # "2 of 2 requests ended" once the API counts the job's rows
-    assert lines[0].endswith(", 1 succeeded, 1 failed")
+    assert lines[0] == "job job-8: 2 of 2 requests ended, 1 succeeded, 1 failed"
     assert set(lines[1].strip().split(", ")) == {"dead_lettered 1", "granted 1"}
     assert "  job-8:2  MemberNotFound  user 00000000-" in lines[2]
     assert asked[0].headers["x-functions-key"] == "k"
@@ -212,7 +211,7 @@ async def test_a_status_that_cannot_be_recorded_abandons_the_message_and_the_red
     failures = [TransientError(Reason.LEDGER_UNAVAILABLE, "the grant ledger could not record the status: HTTP 503")]
 
     async def flaky(request_id: str, record: dict[str, Any], **options: Any) -> bool:
-        if failures:
+        if failures and record["status"] != "in_progress":  # in_progress is advisory: its failure is only logged
             raise failures.pop()
         return await real(request_id, record, **options)
 
