@@ -42,7 +42,7 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -99,11 +99,16 @@ GroupKind = Literal["job", "hrEvent"]
 
 @dataclass(frozen=True, slots=True)
 class Group:
-    """A bulk job's or HR event's requests as recorded (their status records, each with ``jobRow``), and for an
-    HR event its own record (`Ledger.record_event`)."""
+    """A bulk job's or HR event's requests as recorded: every row's ``requestId``, ``status``, ``jobRow`` and
+    ``jobRows``; the failed rows' whole status records; and for an HR event its own record (`Ledger.record_event`)."""
 
     rows: list[dict[str, Any]]
+    failed: list[dict[str, Any]] = field(default_factory=list)
     event: dict[str, Any] | None = None
+
+
+#: The columns a job's progress is counted from (`Ledger.group`).
+_COUNTED: Final = ("RowKey", "requestId", "status", "jobRow", "jobRows")
 
 
 def table_key(kind: str, value: str) -> str:
@@ -245,7 +250,7 @@ class Ledger:
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
-        entities = _status_entities(request_id, record, now)
+        entities = _status_entities(request_id, record, now, history=write is not StatusWrite.PROGRESS)
         removal = _removal_entity(record, now)
         calls: list[Awaitable[object]] = [self._write_status(entity, write) for entity in entities]
         if removal is not None and write is not StatusWrite.FIRST:
@@ -273,23 +278,40 @@ class Ledger:
         return _status_record(entity)
 
     async def group(self, kind: GroupKind, group_id: str) -> Group:
-        """The rows of bulk job or HR event `group_id` (one partition query), and the HR event's own record.
+        """Bulk job or HR event `group_id` as recorded: each row's status (only the columns that count it), the
+        failed rows' whole records, and an HR event's own record; two partition queries at once.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
-        rows: list[dict[str, Any]] = []
-        header: dict[str, Any] | None = None
+        key = table_key(kind, group_id)
         try:
-            async for entity in self._table.query_entities(
-                "PartitionKey eq @key", parameters={"key": table_key(kind, group_id)}
-            ):
-                if entity["RowKey"] == _EVENT_ROW:
-                    header = _loads(entity.get("record"))
-                else:
-                    rows.append(_status_record(entity))
+            counted, detailed = await asyncio.gather(
+                self._query("PartitionKey eq @key", {"key": key}, select=_COUNTED),
+                self._query(
+                    "PartitionKey eq @key and ( status eq @failed or RowKey eq @event )",
+                    {"key": key, "failed": "dead_lettered", "event": _EVENT_ROW},
+                ),
+            )
         except AzureError as error:
             raise _unavailable(f"list the requests of {kind} {group_id}", error) from error
-        return Group(rows=rows, event=header)
+        rows = [
+            {name: entity.get(name) for name in _COUNTED if name != "RowKey"}
+            for entity in counted
+            if entity["RowKey"] != _EVENT_ROW
+        ]
+        failed = [_status_record(entity) for entity in detailed if entity["RowKey"] != _EVENT_ROW]
+        event = next((_loads(entity.get("record")) for entity in detailed if entity["RowKey"] == _EVENT_ROW), None)
+        return Group(rows=rows, failed=failed, event=event)
+
+    async def _query(
+        self, query: str, parameters: dict[str, Any], *, select: tuple[str, ...] | None = None
+    ) -> list[Any]:
+        return [
+            entity
+            async for entity in self._table.query_entities(
+                query, parameters=parameters, select=list(select) if select else None
+            )
+        ]
 
     async def record_event(self, event_id: str, record: Mapping[str, Any], *, now: datetime) -> None:
         """Write HR event `event_id`'s own record (its outcome and how many grants it sent) beside its rows.
@@ -357,36 +379,47 @@ class Ledger:
                 await self._table.upsert_entity(entity, mode=UpdateMode.MERGE)  # keeps acceptedAt
                 return True
             if write is StatusWrite.FIRST:
-                await self._table.create_entity(entity)
+                try:
+                    await self._table.create_entity(entity)
+                except ResourceExistsError:
+                    return False
                 return True
             for _ in range(MAX_RACES):
-                try:
-                    current = await self._table.get_entity(entity["PartitionKey"], entity["RowKey"])
-                except ResourceNotFoundError as error:
-                    if not _absent(error):
-                        raise
-                    current = None
-                if current is None:
-                    await self._table.create_entity(entity)
-                    return True
-                if is_terminal(current.get("status")):
-                    return False
-                await self._table.update_entity(
-                    entity,
-                    mode=UpdateMode.MERGE,
-                    etag=current.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
-                return True
-        except ResourceExistsError:
-            if write is StatusWrite.FIRST:
-                return False
-            raise _unavailable("record a status (another write won every race)", None) from None
-        except ResourceModifiedError:
-            raise _unavailable("record a status (another write won every race)", None) from None
+                if (written := await self._progress(entity)) is not None:
+                    return written
         except AzureError as error:
             raise _unavailable("record the status of a request", error) from error
-        return False
+        raise TransientError(
+            Reason.LEDGER_UNAVAILABLE,
+            f"the grant ledger could not record a status: {MAX_RACES} writes in a row raced it",
+        )
+
+    async def _progress(self, entity: dict[str, Any]) -> bool | None:
+        """Write `entity` unless a terminal status is stored there (an insert first: one request when nothing is
+        there, a read and a conditional merge otherwise); None when another write came in between."""
+        try:
+            await self._table.create_entity(entity)
+            return True
+        except ResourceExistsError:
+            pass
+        try:
+            current = await self._table.get_entity(entity["PartitionKey"], entity["RowKey"])
+        except ResourceNotFoundError as error:
+            if not _absent(error):
+                raise
+            return None  # deleted in between: insert again
+        try:
+            if is_terminal(current.get("status")):
+                return False
+            await self._table.update_entity(
+                entity,
+                mode=UpdateMode.MERGE,
+                etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceExistsError, ResourceModifiedError):
+            return None
+        return True
 
     async def _merge_removal(self, entity: dict[str, Any]) -> None:
         """Note an expiry removal's status on the grant it ends (nothing when that grant has no status)."""
@@ -471,9 +504,11 @@ class Ledger:
         return new_etag
 
 
-def _status_entities(request_id: str, record: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
-    """The stored copies of a status record: the request's own first, then one in the history of its member and
-    of each target id it names, then its row in its bulk job or HR event (when it is one's)."""
+def _status_entities(
+    request_id: str, record: Mapping[str, Any], now: datetime, *, history: bool
+) -> list[dict[str, Any]]:
+    """The stored copies of a status record: the request's own first, then (with `history`) one in the history of
+    its member and of each target id it names, then its row in its bulk job or HR event (when it is one's)."""
     status = str(record.get("status") or "")
     common: dict[str, Any] = {
         "requestId": request_id,
@@ -481,6 +516,9 @@ def _status_entities(request_id: str, record: Mapping[str, Any], now: datetime) 
         "updatedAt": now,
         "record": _dumps(record),
     }
+    for name in ("jobRow", "jobRows"):
+        if isinstance(record.get(name), int) and not isinstance(record[name], bool):
+            common[name] = record[name]
     intent_at = _parse_time(record.get("intentAt"))
     if intent_at is not None:
         common["intentAt"] = intent_at
@@ -488,7 +526,8 @@ def _status_entities(request_id: str, record: Mapping[str, Any], now: datetime) 
         common["acceptedAt"] = now
     request_row = table_key("request", request_id)
     entities = [{"PartitionKey": request_row, "RowKey": _STATUS_ROW, **common}]
-    for kind, names in (("member", ("memberId",)), ("target", ("targetId", "roleTemplateId", "administrativeUnitId"))):
+    indexed = (("member", ("memberId",)), ("target", ("targetId", "roleTemplateId", "administrativeUnitId")))
+    for kind, names in indexed if history else ():
         for guid in dict.fromkeys(str(record[name]) for name in names if record.get(name)):
             entities.append({"PartitionKey": table_key(kind, guid), "RowKey": request_row, **common})
     row = record.get("jobRow")

@@ -35,7 +35,7 @@ from typing import Any, Final
 from shared.adapters.ledger import Group, GroupKind
 from shared.core.contract import is_request_id, parse_guid
 from shared.core.errors import ContractError, TransientError
-from shared.core.statuses import FAILED, SUCCEEDED, is_terminal
+from shared.core.statuses import SUCCEEDED, is_terminal
 from shared.producers.webhook import PROBLEM_TYPE, Answer
 
 __all__ = ["group_answer", "history_answer", "status_answer"]
@@ -92,7 +92,7 @@ async def group_answer(
         "done": size is not None and terminal >= size,
         "totals": dict(sorted(Counter(str(row.get("status")) for row in rows).items())),
         "succeeded": sum(1 for row in rows if row.get("status") in SUCCEEDED),
-        "failed": [row for row in rows if row.get("status") in FAILED],
+        "failed": sorted(found.failed, key=lambda row: row.get("jobRow") or 0),
     }
     if found.event is not None:
         document["event"] = found.event

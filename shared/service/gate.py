@@ -44,6 +44,9 @@ _log = logging.getLogger(__name__)
 
 #: The Graph work stops this long before the lease ends, so a write in flight cannot outlive it.
 LEASE_MARGIN: Final = timedelta(seconds=15)
+#: Seconds an admitted attempt works before ``in_progress`` is recorded (`Arrival.admitted`): most Graph writes
+#: take less, and a status no one could see for longer than this is not worth two storage requests a grant.
+PROGRESS_AFTER: Final = 1.0
 _APPLIED: Final = {
     Outcome.GRANTED: Action.ADD,
     Outcome.ALREADY_MEMBER: Action.ADD,
@@ -55,22 +58,31 @@ _APPLIED: Final = {
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Arrival:
     """How a command arrived: the MessageId that first carried it, when that was enqueued, for an expiry removal
-    the request id of the grant it ends, and what to call once it holds its pair's lease (`admitted`: run beside
-    the Graph work and waited for before the result is returned; its failure is logged, never raised)."""
+    the request id of the grant it ends, and what to call once it has held its pair's lease for `PROGRESS_AFTER`
+    seconds (`admitted`: run beside the Graph work and waited for before the result is returned, never started
+    when the work ends sooner; its failure is logged, never raised)."""
 
     origin: str
     enqueued_at: datetime
     expiry_of: str | None = None
-    admitted: Callable[[], Awaitable[object]] | None = None  # told once the lease is held (records in_progress)
+    admitted: Callable[[], Awaitable[object]] | None = None  # records in_progress (after PROGRESS_AFTER s of work)
 
 
 class IntentGate:
     """Runs commands through the ledger; one per process (built by the composition root)."""
 
-    def __init__(self, *, ledger: Ledger, grants: GrantService, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        grants: GrantService,
+        now: Callable[[], datetime],
+        progress_after: float = PROGRESS_AFTER,
+    ) -> None:
         self._ledger = ledger
         self._grants = grants
         self._now = now
+        self._progress_after = progress_after
 
     async def run(self, command: GrantCommand, arrival: Arrival) -> Result:
         """Guard `command` (policy), pass it through the ledger, and carry it out holding the pair's lease."""
@@ -104,12 +116,11 @@ class IntentGate:
                 f"request {decision.holder} for the same member and target is being carried out; waiting for it",
                 retry_after=max((decision.until - now).total_seconds(), 0.0),
             )
-        noted = asyncio.ensure_future(arrival.admitted()) if arrival.admitted is not None else None
+        progress = _Progress(arrival.admitted, after=self._progress_after, request_id=command.request_id)
         try:
             return await self._carry_out(command, template, decision.ticket, now)
         finally:
-            if noted is not None:
-                await _quietly(noted, command.request_id)
+            await progress.settle()
 
     async def _carry_out(self, command: GrantCommand, template: Guid | None, ticket: Ticket, now: datetime) -> Result:
         """Run the Graph work within the lease, then return the lease with what was applied."""
@@ -167,9 +178,29 @@ class IntentGate:
             await self._ledger.finish(ticket, applied=None, now=self._now())
 
 
-async def _quietly(noted: asyncio.Future[object], request_id: str) -> None:
-    """Wait for `noted` (the admitted hook); log its failure instead of raising it (the status is advisory)."""
-    try:
-        await noted
-    except Exception:
-        _log.warning("could not record request %s as in progress", json.dumps(request_id), exc_info=True)
+class _Progress:
+    """Calls the admitted hook once the Graph work has taken `after` seconds (a quick write records nothing in
+    between); `settle` cancels it if it has not started, else waits for it, logging a failure instead of raising."""
+
+    def __init__(self, hook: Callable[[], Awaitable[object]] | None, *, after: float, request_id: str) -> None:
+        self._started = False
+        self._request_id = request_id
+        self._task = asyncio.ensure_future(self._run(hook, after)) if hook is not None else None
+
+    async def _run(self, hook: Callable[[], Awaitable[object]], after: float) -> None:
+        await asyncio.sleep(after)
+        self._started = True
+        await hook()
+
+    async def settle(self) -> None:
+        if self._task is None:
+            return
+        if not self._started:
+            self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            if not self._task.cancelled():
+                raise
+        except Exception:
+            _log.warning("could not record request %s as in progress", json.dumps(self._request_id), exc_info=True)
