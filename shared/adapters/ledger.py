@@ -4,7 +4,7 @@ The decisions are `shared.core.intents`'; this adapter reads and writes what the
 by the entity's ETag (a lost race re-reads and decides again), through ``azure-data-tables``' async client
 over the process's httpx client (`HttpxTransport`: no aiohttp).
 
-Three kinds of entity; request and pair each alone in its partition, status beside its request:
+The entities; request and pair each alone in its partition, status beside its request, history and rows grouped:
 
 - **request** ``(request.<readable>.<digest>, "request")``: ``requestId``, ``contentHash``, ``origin`` (the
   MessageId that first carried it), ``pair``, ``requestedAt`` (as first recorded: retries keep it), ``recordedAt``.
@@ -20,17 +20,30 @@ a base32 SHA-256 digest of the whole id, so any id, however hostile (``/ \\ # ?`
 lone surrogates, 1,000 characters), is a valid key, and two ids never share one.
 
 - **status** ``(request.<readable>.<digest>, "status")``: what a producer may ask about the request
-  (``GET /api/grants/{requestId}``): ``status``, ``requestId``, ``jobId``, ``acceptedAt``, ``updatedAt`` and
-  ``record``, the status record as JSON (`record_status`). It shares the request's partition and key but not its
-  row, so writing it never disturbs the idempotency record.
+  (``GET /api/grants/{requestId}``): ``status``, ``requestId``, ``acceptedAt``, ``updatedAt``, ``intentAt`` and
+  ``record``, the status record as JSON; for a time-bound grant, ``removal`` (its expiry removal's status). It
+  shares the request's partition and key but not its row, so writing it never disturbs the idempotency record.
+- **history** ``(member.<…>, request.<…>)`` and ``(target.<…>, request.<…>)``: the same status record in the
+  partition of its member and of each target id it names (a unit, a role's id, a role's template), so
+  `history` is one partition query. Written with every status but ``in_progress`` and ``retry_scheduled``.
+- **row** ``(job.<…> | hrEvent.<…>, row.<7 digits>)``: the status record of a bulk job's or HR event's message
+  (``jobRow`` and ``jobRows`` as columns too), so `group` counts a job's progress from one narrow partition query;
+  an HR event's own record is the row ``event`` (`record_event`).
+
+Every stored copy of a status record is written by `record_status` at once, each as `StatusWrite` says on its
+own: ``FIRST`` inserts (accepted, scheduled, a duplicate's), ``FINAL`` merges (a terminal outcome), ``PROGRESS``
+inserts or, when a copy exists, reads it and merges If-Match unless it is terminal (a pending status never
+replaces a terminal one).
 
 Cost of one grant with no contention: `begin` sends the request's insert and the pair's read at once, then
 the pair's write; `finish` one write: four requests in three sequential round trips. A duplicate or a retry
-adds one read of the request entity. The status adds one write per terminal outcome (made at settlement, in
-parallel with the outcome event's publish: no extra round trip when the topic is on) and one per webhook request
-(``accepted``, after the send). The client's own retries are off (``retry_total=0``): every storage
-failure (unreachable, timeout, 5xx, 429, or any other answer this adapter does not expect) raises
-`TransientError(LedgerUnavailable)`, and the message's retry policy decides when to try again.
+adds one read of the request entity. Its terminal status adds four writes at once (status, member's and target's
+history, and for a bulk row its job row), made at settlement in parallel with the outcome event's publish: no
+extra round trip. An attempt that holds its lease for over a second adds ``in_progress`` (status and job row: an
+insert each, or a read and a merge); a webhook request adds ``accepted`` (three inserts, after the send). The
+client's own retries are off (``retry_total=0``): every storage failure (unreachable, timeout, 5xx, 429, or any
+other answer this adapter does not expect) raises `TransientError(LedgerUnavailable)`, and the message's retry
+policy decides when to try again.
 """
 
 from __future__ import annotations
