@@ -40,7 +40,9 @@ Figures, one line each (the Graph double and the token endpoint run in a process
 7. ``ledger``: the grant ledger's cost per grant (`benchmarks.ledger`): 1,000 uncontended intents admitted and
    finished through the app's `Ledger` against a local Azurite: storage requests (four, in three round trips)
    and this process's CPU ms and wall ms per grant. The ``throughput`` figure already includes the ledger (the
-   local host runs every grant through it), so its quota fraction is measured with the ledger's cost.
+   local host runs every grant through it), so its quota fraction is measured with the ledger's cost. Then the
+   terminal status of each as a bulk row (status, member and target history, job row: four writes at once):
+   ``status_*``.
 """
 
 from __future__ import annotations
@@ -299,7 +301,10 @@ def main() -> None:
     print(
         f"ledger: grants={ledger['grants']} storage_calls_per_grant={ledger['storage_calls_per_grant']:.2f} "
         f"round_trips_per_grant=3 cpu_ms_per_grant={ledger['cpu_ms_per_grant']:.2f} "
-        f"wall_ms_per_grant={ledger['wall_ms_per_grant']:.2f}",
+        f"wall_ms_per_grant={ledger['wall_ms_per_grant']:.2f} "
+        f"status_storage_calls_per_grant={ledger['status_storage_calls_per_grant']:.2f} "
+        f"status_cpu_ms_per_grant={ledger['status_cpu_ms_per_grant']:.2f} "
+        f"status_wall_ms_per_grant={ledger['status_wall_ms_per_grant']:.2f}",
         flush=True,
     )
     second = asyncio.run(pipeline(COMPARE, budget="none", latency=0.0, write_rate="0"))

@@ -2,7 +2,9 @@
 
 `ledger_cost` admits and finishes `count` intents for distinct pairs (the common case: no contention) through
 the app's `Ledger` against a local Azurite (in memory), over one httpx client whose requests are counted, and
-measures this process's CPU (the app's side; Azurite runs in its own process) and the wall time per grant.
+measures this process's CPU (the app's side; Azurite runs in its own process) and the wall time per grant; then
+records each one's terminal status as a bulk job's row (`Ledger.record_status`: the status, the member's and
+the target's history, the job row, written at once) and measures that apart (``status_*``).
 """
 
 from __future__ import annotations
@@ -43,10 +45,28 @@ async def ledger_cost(count: int = 1_000) -> dict[str, Any]:
                 assert isinstance(admitted, Admitted)
                 await ledger.finish(admitted.ticket, applied=Action.ADD, now=now)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            begun = requests
+            status_cpu, status_wall = time.process_time(), time.perf_counter()
+            for n in range(count):
+                record = {
+                    "status": "granted",
+                    "memberId": f"{n:08x}-0000-4000-8000-000000000000",
+                    "targetId": "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+                    "jobId": "job-bench",
+                    "jobRow": n + 1,
+                    "jobRows": count,
+                    "intentAt": now.isoformat(),
+                    "description": "added user to administrative unit" + "." * 120,
+                }
+                await ledger.record_status(f"bench-{n}", record, now=now)
+            status_cpu, status_wall = time.process_time() - status_cpu, time.perf_counter() - status_wall
             await ledger.aclose()
     return {
         "grants": count,
-        "storage_calls_per_grant": requests / count,
+        "storage_calls_per_grant": begun / count,
         "cpu_ms_per_grant": 1000 * cpu / count,
         "wall_ms_per_grant": 1000 * wall / count,
+        "status_storage_calls_per_grant": (requests - begun) / count,
+        "status_cpu_ms_per_grant": 1000 * status_cpu / count,
+        "status_wall_ms_per_grant": 1000 * status_wall / count,
     }
