@@ -23,6 +23,7 @@ __all__ = [
     "DEAD_LETTER_ERROR_DESCRIPTION",
     "DEAD_LETTER_REASON",
     "DERIVED_PREFIX",
+    "EVENT_HR_EVENT_ID",
     "EVENT_JOB_ID",
     "EVENT_OUTCOME",
     "EVENT_REASON",
@@ -70,6 +71,7 @@ EVENT_SOURCE_SYSTEM: Final = "sourceSystem"  # hr | ticketing | bulk | other; ab
 EVENT_OUTCOME: Final = "outcome"  # granted | already_member | revoked | not_member | would_* | dead_lettered
 EVENT_REASON: Final = "reason"  # the reason code of a dead letter; absent otherwise
 EVENT_JOB_ID: Final = "jobId"  # a bulk job's id (the grant message's BULK_JOB); absent otherwise
+EVENT_HR_EVENT_ID: Final = "hrEventId"  # the HR event's id (the grant message's HR_EVENT); absent otherwise
 EVENT_REQUEST_ID: Final = "requestId"  # the producer's request id, when it could be read
 CALLBACK_URL: Final = "callbackUrl"  # the request's callback URL; the callbacks subscription filters on it
 #: Where Service Bus keeps a dead letter's reason and description among its application properties.

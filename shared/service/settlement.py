@@ -65,6 +65,7 @@ from shared.core.messaging import (
     ATTEMPT,
     BULK_JOB,
     CALLBACK_URL,
+    EVENT_HR_EVENT_ID,
     EVENT_JOB_ID,
     EVENT_OUTCOME,
     EVENT_REASON,
@@ -495,8 +496,8 @@ def outcome_event(
 ) -> dict[str, Any]:
     """The keyword arguments of `OutcomePublisher.publish` for a terminal outcome: `record` as compact JSON (its
     shape is the caller's), a derived MessageId (`outcome_event_id`) and the application properties
-    subscriptions filter on: ``outcome`` and, when known, ``reason``, ``sourceSystem``, ``requestId``, ``jobId``
-    and ``callbackUrl``."""
+    subscriptions filter on: ``outcome`` and, when known, ``reason``, ``sourceSystem``, ``requestId``, ``jobId``,
+    ``hrEventId`` and ``callbackUrl``."""
     properties: dict[str, PropertyValue] = {EVENT_OUTCOME: settled.outcome}
     request_id = command.request_id if command is not None else record.get("requestId")
     optional = {
@@ -504,6 +505,7 @@ def outcome_event(
         EVENT_SOURCE_SYSTEM: command.source.system.value if command is not None else None,
         EVENT_REQUEST_ID: request_id if isinstance(request_id, str) else None,
         EVENT_JOB_ID: delivery.application_property(BULK_JOB),
+        EVENT_HR_EVENT_ID: delivery.application_property(HR_EVENT),
         CALLBACK_URL: command.callback_url if command is not None else None,
     }
     properties.update({name: str(value) for name, value in optional.items() if value})
