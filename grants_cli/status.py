@@ -61,11 +61,17 @@ _ROWS = (
     ("sourceReference", "reference"),
     ("requestedBy", "requested by"),
     ("jobId", "job"),
+    ("hrEventId", "HR event"),
+    ("jobRow", "row"),
     ("requestedAt", "requested at"),
+    ("intentAt", "intent at"),
     ("expiresAt", "expires at"),
+    ("removal", "removal"),
+    ("scheduledFor", "scheduled for"),
     ("acceptedAt", "accepted at"),
     ("attempts", "attempts"),
     ("lastAttemptAt", "last attempt"),
+    ("nextRetryAt", "next retry"),
     ("graphRequestId", "graph request"),
     ("reason", "reason"),
     ("description", "description"),
@@ -284,6 +290,8 @@ def _status(api: _Api, args: argparse.Namespace, *, out: TextIO, err: TextIO) ->
 def _print_fields(record: Mapping[str, Any], rows: tuple[tuple[str, str], ...], out: TextIO) -> None:
     for name, label in rows:
         value = record.get(name)
+        if isinstance(value, Mapping):  # a time-bound grant's removal: its status, and when or by which request
+            value = " ".join(str(value[key]) for key in ("status", "dueAt", "requestId", "reason") if value.get(key))
         if value is not None and value != "":
             out.write(f"  {label:<14} {printable(value)}\n")
 

@@ -434,3 +434,25 @@ def test_given_a_csv_job_when_submitted_then_every_message_carries_its_row_and_t
         ("j1:1", {BULK_JOB: "j1", JOB_ROW: 1, JOB_ROWS: 2}),
         ("j1:3", {BULK_JOB: "j1", JOB_ROW: 3, JOB_ROWS: 2}),
     ]
+
+
+def test_status_prints_a_retry_s_next_attempt_and_a_time_bound_grant_s_removal() -> None:
+    """The status record's pending and time-bound fields, escaped: nextRetryAt, the HR event and row, removal."""
+    record = {
+        "requestId": "hr:evt-1:0a1b",
+        "status": "granted",
+        "hrEventId": "evt-1",
+        "jobRow": 2,
+        "expiresAt": "2026-12-31T00:00:00+00:00",
+        "removal": {"status": "scheduled", "dueAt": "2026-12-31T00:00:00+00:00"},
+        "nextRetryAt": "2026-11-25T10:00:30+00:00",
+        "description": HOSTILE,
+    }
+    api = FakeApi({"/api/grants/hr:evt-1:0a1b": [httpx.Response(200, json=record)]})
+    code, out, _ = run(api, "status", "hr:evt-1:0a1b")
+    assert code == 0
+    assert "  HR event       evt-1\n  row            2\n" in out
+    assert "  removal        scheduled 2026-12-31T00:00:00+00:00\n" in out
+    assert "  next retry     2026-11-25T10:00:30+00:00\n" in out
+    assert "\x1b" not in out
+    assert "\nforged: line" not in out
