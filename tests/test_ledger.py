@@ -388,6 +388,9 @@ async def test_history_lists_every_request_for_a_member_or_target_newest_intent_
     assert [row["requestId"] for row in await ledger.history(target=role)] == ["move"]
     since = T0 + timedelta(hours=1)
     assert [row["requestId"] for row in await ledger.history(member=USER, since=since)] == ["leave", "move"]
+    exactly = T0 + timedelta(hours=24)
+    assert [row["requestId"] for row in await ledger.history(member=USER, since=exactly)] == ["leave", "move"]
+    assert [row["requestId"] for row in await ledger.history(member=USER, limit=1)] == ["leave"]
     assert await ledger.history(member=AU) == []
 
 

@@ -23,9 +23,10 @@ lone surrogates, 1,000 characters), is a valid key, and two ids never share one.
   (``GET /api/grants/{requestId}``): ``status``, ``requestId``, ``acceptedAt``, ``updatedAt``, ``intentAt`` and
   ``record``, the status record as JSON; for a time-bound grant, ``removal`` (its expiry removal's status). It
   shares the request's partition and key but not its row, so writing it never disturbs the idempotency record.
-- **history** ``(member.<…>, request.<…>)`` and ``(target.<…>, request.<…>)``: the same status record in the
-  partition of its member and of each target id it names (a unit, a role's id, a role's template), so
-  `history` is one partition query. Written with every status but ``in_progress`` and ``retry_scheduled``.
+- **history** ``(member.<…>, <time>.request.<…>)`` and ``(target.<…>, <time>.request.<…>)``: the same status
+  record in the partition of its member and of each target id it names (a unit, a role's id, a role's template),
+  keyed newest intent first (`history_key`), so `history` is one partition query that stops at its limit.
+  Written with every status but ``in_progress`` and ``retry_scheduled``.
 - **row** ``(job.<…> | hrEvent.<…>, row.<7 digits>)``: the status record of a bulk job's or HR event's message
   (``jobRow`` and ``jobRows`` as columns too), so `group` counts a job's progress from one narrow partition query;
   an HR event's own record is the row ``event`` (`record_event`).
@@ -94,7 +95,17 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.data.tables.aio import TableClient
 
-__all__ = ["Absorbed", "Admitted", "Group", "GroupKind", "Ledger", "Ticket", "table_client", "table_key"]
+__all__ = [
+    "Absorbed",
+    "Admitted",
+    "Group",
+    "GroupKind",
+    "Ledger",
+    "Ticket",
+    "history_key",
+    "table_client",
+    "table_key",
+]
 
 #: How long a lease lasts: longer than one Graph write can take (the service stops writing before it ends).
 LEASE_FOR: Final = timedelta(seconds=120)
@@ -105,6 +116,7 @@ _REQUEST_ROW: Final = "request"
 _PAIR_ROW: Final = "pair"
 _STATUS_ROW: Final = "status"
 _EVENT_ROW: Final = "event"
+_END_OF_TIME: Final = datetime(9999, 12, 31, tzinfo=UTC)
 
 #: The kinds of group a request can belong to: a bulk job (``jobId``) or an HR event (``hrEventId``).
 GroupKind = Literal["job", "hrEvent"]
@@ -346,23 +358,29 @@ class Ledger:
         self, *, member: str | None = None, target: str | None = None, since: datetime | None = None, limit: int = 5000
     ) -> list[dict[str, Any]]:
         """The status records of every request that named `member` (or `target`: an administrative unit, role or
-        role template id), newest intent first, from `since` on; at most `limit` (the newest). One partition query.
+        role template id), newest intent first, from `since` on; at most `limit` (the newest). One partition query
+        in key order (rows are keyed newest first: `history_key`), read no further than `limit` rows.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
         key = table_key("member", member) if member is not None else table_key("target", target or "")
         query, parameters = "PartitionKey eq @key", dict[str, Any](key=key)
         if since is not None:
-            query += " and intentAt ge @since"
-            parameters["since"] = since
-        found: list[dict[str, Any]] = []
+            query += " and RowKey lt @bound"
+            parameters["bound"] = history_key(since, "")[:-1] + "/"  # "/" sorts after the "." after the time
+        found: dict[str, dict[str, Any]] = {}
         try:
             async for entity in self._table.query_entities(query, parameters=parameters):
-                found.append(_status_record(entity))
+                record = _status_record(entity)
+                kept = found.setdefault(str(record.get("requestId")), record)
+                if (record.get("updatedAt") or "") > (kept.get("updatedAt") or ""):  # one request, two intent times
+                    kept.clear()
+                    kept.update(record)
+                if len(found) >= limit:
+                    break
         except AzureError as error:
             raise _unavailable("read the history of a member or target", error) from error
-        found.sort(key=lambda record: (record.get("intentAt") or "", record.get("updatedAt") or ""), reverse=True)
-        return found[:limit]
+        return list(found.values())
 
     async def due_removals(self, *, now: datetime, limit: int = 1000) -> list[tuple[str, PairState]]:
         """Pairs whose pending removal is due at `now` (at most `limit`): one filtered scan of the table.
@@ -540,15 +558,25 @@ def _status_entities(
     request_row = table_key("request", request_id)
     entities = [{"PartitionKey": request_row, "RowKey": _STATUS_ROW, **common}]
     indexed = (("member", ("memberId",)), ("target", ("targetId", "roleTemplateId", "administrativeUnitId")))
+    history_row = history_key(intent_at, request_row)
     for kind, names in indexed if history else ():
         for guid in dict.fromkeys(str(record[name]) for name in names if record.get(name)):
-            entities.append({"PartitionKey": table_key(kind, guid), "RowKey": request_row, **common})
+            entities.append({"PartitionKey": table_key(kind, guid), "RowKey": history_row, **common})
     row = record.get("jobRow")
     row_key = f"row.{row:07d}" if isinstance(row, int) and row > 0 else request_row  # a producer's own message
     for kind, name in (("job", "jobId"), ("hrEvent", "hrEventId")):
         if record.get(name):
             entities.append({"PartitionKey": table_key(kind, str(record[name])), "RowKey": row_key, **common})
     return entities
+
+
+def history_key(intent_at: datetime | None, request_row: str) -> str:
+    """A history row's key: the intent time's microseconds before 9999-12-31, 18 digits (so a partition reads newest
+    first), a dot, and the request's key; with no intent time, all nines (last)."""
+    if intent_at is None:
+        return "9" * 18 + "." + request_row
+    micros = (_END_OF_TIME - intent_at) // timedelta(microseconds=1)
+    return f"{max(micros, 0):018d}.{request_row}"
 
 
 def _removal_entity(record: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
