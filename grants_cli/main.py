@@ -127,6 +127,10 @@ def _add_bulk_and_dlq(commands: Any) -> None:
     submit.add_argument("--job-id", help="MessageIds are <job-id>:<row> (default: from the file's SHA-256)")
     submit.add_argument("--dry-run", action="store_true", help="validate and print what would be sent")
     submit.add_argument("--skip-invalid", action="store_true", help="send the valid rows even if some are not")
+    submit.add_argument(
+        "--serve-local", action="store_true", help="send to a running serve-local (follow it: job --local --watch)"
+    )
+    submit.add_argument("--port", type=int, default=7071, help="serve-local's port (with --serve-local)")
     dlq = commands.add_parser("dlq", help="list, show, resubmit or purge dead letters")
     actions = dlq.add_subparsers(dest="action", required=True)
     actions.add_parser("list", parents=[where, grants_queue], help="table of dead letters").add_argument("--reason")
@@ -151,6 +155,9 @@ def _bulk_or_dlq(args: argparse.Namespace) -> int:
     try:
         if args.command == "submit":
             from grants_cli.bulk import run_submit
+
+            if args.local and args.serve_local:
+                raise ConfigError("--local and --serve-local are two places to send to: give one")
 
             return run_submit(
                 path=args.file,
@@ -179,7 +186,12 @@ def _bulk_or_dlq(args: argparse.Namespace) -> int:
 
 
 def _backend_opener(args: argparse.Namespace) -> BackendOpener:
-    """The local namespace's queue with ``--local``, else the Service Bus queue (``--namespace`` or the setting)."""
+    """A running serve-local's queue with ``--serve-local``, the local namespace's with ``--local``, else the Service
+    Bus queue (``--namespace`` or the setting)."""
+    if getattr(args, "serve_local", False):
+        from grants_local.serve_backend import open_serve_local_backend
+
+        return functools.partial(open_serve_local_backend, args.queue, port=args.port)
     if args.local:
         from grants_local.backend import open_local_backend
 

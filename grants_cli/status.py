@@ -466,7 +466,7 @@ def _report(document: dict[str, Any], args: argparse.Namespace, *, name: str, ou
         if args.failed:
             for row in _failed_rows(document):
                 out.write(
-                    f"  row {_shown(_count(row, 'row'))}  {printable(row.get('requestId'))}  "
+                    f"  row {_shown(_count(row, 'jobRow'))}  {printable(row.get('requestId'))}  "
                     f"{printable(row.get('reason'))}  {printable(row.get('description'))}\n"
                 )
     if args.failed_csv is not None:

@@ -1,13 +1,18 @@
 """``serve-local``: the whole app on loopback, running until stopped.
 
-The Graph double and the managed-identity token endpoint (seeded from ``examples/directory.json``), an
-in-process grants queue and hr-events queue each drained continuously by a `LocalHost` through the
-registered functions, and the registered ``grant_webhook`` function served on ``127.0.0.1:<port>``:
+The Graph double and the managed-identity token endpoint (seeded from ``examples/directory.json``), in-process
+grants, bulk and hr-events queues each drained continuously by a `LocalHost` through the registered functions
+(``grant_membership``, ``grant_membership_bulk`` in the bulk lane, ``hr_events``), the ledger in a local Azurite,
+and the registered HTTP functions served on ``127.0.0.1:<port>`` (the function key is not checked locally):
 
-- ``POST /api/grants``: the webhook, as in Azure (signed; the function key is not checked locally);
-- ``GET /api/grants/{requestId}`` and ``GET /api/jobs/{jobId}``: a request's status and a bulk job's totals, from
-  the local ledger (what `grants status --local` and `grants job --local` read);
-- ``POST /local/hr-events``: puts the body on the hr-events queue (local only; an HR system's send).
+- ``POST /api/grants``: the webhook, as in Azure (signed);
+- ``GET /api/grants/{requestId}``, ``/api/jobs/{jobId}``, ``/api/hr-events/{eventId}`` and
+  ``/api/history?member=…|target=…[&since=…]``: what `grants status|job|hr-event|history --local` read;
+- ``POST /local/hr-events``: puts the body on the hr-events queue (local only; an HR system's send);
+- ``POST /local/queues/{queue}/messages``: a JSON array of at most `MAX_BATCH` messages (``body`` as text,
+  ``messageId``, ``applicationProperties``) onto the grants or the bulk queue, as they are named in the settings
+  (local only: what `grants submit --serve-local` sends); ``202`` with how many were accepted and how many
+  duplicate detection dropped, ``400`` problem details for anything else.
 
 Outcome events go to an in-process outcomes topic (``GRANTS_OUTCOMES_TOPIC``) whose ``callbacks`` subscription,
 and the callback retry queue, are drained by the registered ``grant_callbacks`` / ``grant_callback_retries``
@@ -30,7 +35,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, suppress
-from typing import Any, TextIO, cast
+from typing import Any, Final, TextIO, cast
 
 import azure.functions as func
 
@@ -45,6 +50,7 @@ from grants_local.run import os_environment
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
 from grants_local.token_endpoint import TokenEndpoint
 from grants_local.topic import CALLBACKS_SUBSCRIPTION, LocalPublisher, outcomes_topic
+from shared.adapters.lanes import LaneSender
 from shared.bootstrap import bootstrap
 from shared.config import Settings
 from shared.runtime import installed
@@ -82,7 +88,19 @@ class _OutcomePrinter(logging.Handler):
 
 
 #: The status routes served locally: path prefix, registered function, route parameter.
-_READS = (("/api/grants/", "grant_status", "requestId"), ("/api/jobs/", "job_status", "jobId"))
+_READS: Final = (
+    ("/api/grants/", "grant_status", "requestId"),
+    ("/api/jobs/", "job_status", "jobId"),
+    ("/api/hr-events/", "hr_event_status", "eventId"),
+)
+_QUEUES: Final = "/local/queues/"
+_ROUTES: Final = (
+    "POST /api/grants (signed webhook), GET /api/grants/{requestId}, /api/jobs/{jobId}, /api/hr-events/{eventId} "
+    "and /api/history?member=|target= (status), POST /local/hr-events (an HR event), "
+    "POST /local/queues/{queue}/messages (a batch onto the grants or bulk queue)"
+)
+#: The most messages one POST /local/queues/{queue}/messages takes.
+MAX_BATCH: Final = 500
 
 
 async def serve_local(
@@ -97,7 +115,8 @@ async def serve_local(
     import function_app
 
     stop = stop or asyncio.Event()
-    grants, hr_events, callback_retries = LocalQueue(), LocalQueue(), LocalQueue()
+    grants, bulk, hr_events, callback_retries = LocalQueue(), LocalQueue(), LocalQueue(), LocalQueue()
+    queues: dict[str, LocalQueue] = {}
     topic = outcomes_topic()
     loop = asyncio.get_running_loop()
     webhook = registered_function(function_app.app, "grant_webhook")
@@ -107,40 +126,22 @@ async def serve_local(
             incoming = func.HttpRequest(
                 "POST", f"http://127.0.0.1:{port}/api/grants", headers=dict(request.headers.items()), body=request.body
             )
-            response = asyncio.run_coroutine_threadsafe(_call(webhook, incoming), loop).result(timeout=60)
-            return Response(
-                response.status_code,
-                json.loads(response.get_body()),
-                dict(response.headers),
-                content_type=response.mimetype,
-            )
-        for prefix, name, parameter in (
-            ("/api/grants/", "grant_status", "requestId"),
-            ("/api/jobs/", "job_status", "jobId"),
-        ):
-            if request.method == "GET" and request.path.startswith(prefix):
-                reading = func.HttpRequest(
-                    "GET",
-                    f"http://127.0.0.1:{port}{prefix}x",
-                    body=b"",
-                    route_params={parameter: request.path[len(prefix) :]},
-                )
-                function = registered_function(function_app.app, name)
-                response = asyncio.run_coroutine_threadsafe(_call(function, reading), loop).result(timeout=60)
-                return Response(
-                    response.status_code,
-                    json.loads(response.get_body()),
-                    dict(response.headers),
-                    content_type=response.mimetype,
-                )
+            return _answered(asyncio.run_coroutine_threadsafe(_call(webhook, incoming), loop).result(timeout=60))
+        if request.method == "GET":
+            reading = _reading(request, port)
+            if reading is not None:
+                function, incoming = reading
+                call = _call(registered_function(function_app.app, function), incoming)
+                return _answered(asyncio.run_coroutine_threadsafe(call, loop).result(timeout=60))
         if request.method == "POST" and request.path == "/local/hr-events":
             message_id = request.headers.get("X-Message-Id") or str(uuid.uuid4())
             hr_events.send(request.body, message_id=message_id, content_type="application/json")
             return Response(202, {"messageId": message_id})
-        return Response(
-            404,
-            {"error": "POST /api/grants, GET /api/grants/{requestId}, GET /api/jobs/{jobId} or POST /local/hr-events"},
-        )
+        if request.method == "POST" and request.path.startswith(_QUEUES) and request.path.endswith("/messages"):
+            queue = queues.get(request.path[len(_QUEUES) : -len("/messages")])
+            if queue is not None:
+                return _enqueue(queue, request.body)
+        return Response(404, {"error": f"the routes are: {_ROUTES}"})
 
     printer = _OutcomePrinter(out)
     async with AsyncExitStack() as stack:
@@ -159,9 +160,10 @@ async def serve_local(
             }
         )
         ledger = await stack.enter_async_context(local_ledger())
+        queues.update({settings.grants_queue: grants, settings.bulk_queue: bulk})
         services = bootstrap(
             ledger.settings(settings),
-            sender=LocalSender(grants),
+            sender=LaneSender({"interactive": LocalSender(grants), "bulk": LocalSender(bulk)}),
             publisher=LocalPublisher(topic),
             callback_sender=LocalSender(callback_retries),
             ledger_credential=ledger.credential(),
@@ -169,6 +171,7 @@ async def serve_local(
         subscription = topic.subscription(CALLBACKS_SUBSCRIPTION)
         with (
             LocalSettlementServer(grants) as grants_settlement,
+            LocalSettlementServer(bulk) as bulk_settlement,
             LocalSettlementServer(hr_events) as hr_settlement,
             LocalSettlementServer(subscription) as callbacks_settlement,
             LocalSettlementServer(callback_retries) as retries_settlement,
@@ -177,6 +180,7 @@ async def serve_local(
             hosts = [
                 _host(hr_events, function_app.app, "hr_events", hr_settlement.address),
                 _host(grants, function_app.app, "grant_membership", grants_settlement.address),
+                _host(bulk, function_app.app, "grant_membership_bulk", bulk_settlement.address),
             ]
             if settings.outcomes_topic:
                 hosts += [
@@ -188,9 +192,7 @@ async def serve_local(
             outcome_log.addHandler(printer)
             outcome_log.setLevel(logging.INFO)
             out.write(
-                f"Serving on http://127.0.0.1:{server.port}: POST /api/grants (signed webhook), "
-                "GET /api/grants/{requestId} and /api/jobs/{jobId} (status), "
-                f"POST /local/hr-events (an HR event). Graph double at {graph.base_url}. "
+                f"Serving on http://127.0.0.1:{server.port}: {_ROUTES}. Graph double at {graph.base_url}. "
                 f"{settings.callbacks.describe()}. Ctrl-C stops.\n"
             )
             out.flush()
@@ -209,6 +211,65 @@ async def serve_local(
                 outcome_log.setLevel(previous_level)
                 await services.aclose()
     return 0
+
+
+def _reading(request: Request, port: int) -> tuple[str, func.HttpRequest] | None:
+    """The registered function and its request for a GET of a status route; None for any other path."""
+    url = f"http://127.0.0.1:{port}{request.path}"
+    if request.path == "/api/history":
+        return "grant_history", func.HttpRequest("GET", url, body=b"", params=dict(request.query))
+    for prefix, name, parameter in _READS:
+        if request.path.startswith(prefix):
+            route_params = {parameter: request.path[len(prefix) :]}
+            return name, func.HttpRequest("GET", url, body=b"", route_params=route_params)
+    return None
+
+
+def _answered(response: func.HttpResponse) -> Response:
+    return Response(
+        response.status_code, json.loads(response.get_body()), dict(response.headers), content_type=response.mimetype
+    )
+
+
+def _enqueue(queue: LocalQueue, raw: bytes) -> Response:
+    """Put a batch (``[{"body", "messageId", "applicationProperties"}]``) on `queue`; all or nothing."""
+    try:
+        batch = json.loads(raw)
+    except ValueError:
+        batch = None
+    problem = _batch_problem(batch)
+    if problem is not None:
+        return Response(400, {"title": "Invalid batch", "status": 400, "detail": problem}, content_type=_PROBLEM)
+    dropped = queue.stats.duplicates_dropped
+    for message in batch:
+        queue.send(
+            message["body"].encode(),
+            message_id=message["messageId"],
+            application_properties=message.get("applicationProperties") or {},
+            content_type="application/json",
+        )
+    duplicates = queue.stats.duplicates_dropped - dropped
+    return Response(202, {"accepted": len(batch) - duplicates, "duplicates": duplicates})
+
+
+def _batch_problem(batch: Any) -> str | None:
+    """What is wrong with a batch, or None."""
+    if not isinstance(batch, list) or not 1 <= len(batch) <= MAX_BATCH:
+        return f"the body must be a JSON array of 1 to {MAX_BATCH} messages"
+    for number, message in enumerate(batch, start=1):
+        if not isinstance(message, dict) or not isinstance(message.get("body"), str):
+            return f"message {number}: body must be the message body as a string"
+        if not isinstance(message.get("messageId"), str) or not 1 <= len(message["messageId"]) <= 128:
+            return f"message {number}: messageId must be a string of 1 to 128 characters"
+        properties = message.get("applicationProperties") or {}
+        if not isinstance(properties, dict) or not all(
+            isinstance(value, str | int) and not isinstance(value, bool) for value in properties.values()
+        ):
+            return f"message {number}: applicationProperties must map names to strings or whole numbers"
+    return None
+
+
+_PROBLEM: Final = "application/problem+json"
 
 
 def _host(queue: LocalQueue, app: Any, name: str, address: str) -> LocalHost:

@@ -107,7 +107,7 @@ def failed_row(row: int, **fields: Any) -> dict[str, Any]:
         "expiresAt": None,
         "dryRun": False,
         "jobId": "job-3f2a",
-        "row": row,
+        "jobRow": row,
     }
     return record | fields
 

@@ -4,9 +4,11 @@ it stops."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import time
+from pathlib import Path
 
 import httpx
 
@@ -15,6 +17,7 @@ from grants_local.serve import LOCAL_WEBHOOK_SECRET, serve_local
 from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 ALICE = "11111111-1111-4111-8111-111111111111"
+ERIN = "12121212-1212-4212-8212-121212121212"
 HELPDESK_TEMPLATE = "729827e3-9c14-49f7-bb1b-9608f156bbb8"
 
 
@@ -171,6 +174,71 @@ async def test_given_serve_local_then_grants_status_and_grants_job_local_read_it
         assert "\x1b" not in errors
         assert (await asyncio.to_thread(cli, "job", "job-none"))[0] == 1
         assert grants_main(["status", "RITM0030001", "--url", "http://127.0.0.1:9"]) == 2  # unreachable
+    finally:
+        stop.set()
+        assert await server == 0
+
+
+async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_events_and_history_are_served(
+    tmp_path: Path,
+) -> None:
+    """`grants submit --serve-local` puts a job on serve-local's bulk queue (the bulk function carries it out);
+    `grants job --local --watch` follows it to its end; an HR event is asked by its id; the member's history lists
+    both; a batch that is not one is refused with 400, and a queue serve-local does not have is 404."""
+    from grants_cli.main import main as grants_main
+
+    out, stop, started, ports = io.StringIO(), asyncio.Event(), asyncio.Event(), []
+
+    def ready(port: int) -> None:
+        ports.append(port)
+        started.set()
+
+    env = {"GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "0", "GRANTS_MAX_ATTEMPTS": "1"}
+    server = asyncio.create_task(serve_local(out, port=0, env=env, stop=stop, ready=ready))
+    await started.wait()
+    port = str(ports[0])
+    job = tmp_path / "job.csv"
+    job.write_text((EXAMPLES / "bulk-job.csv").read_text())
+
+    def grants(*argv: str) -> tuple[int, str]:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            code = grants_main(list(argv))
+        return code, printed.getvalue()
+
+    try:
+        code, printed = await asyncio.to_thread(
+            grants, "submit", str(job), "--job-id", "job-s1", "--serve-local", "--port", port
+        )
+        assert code == 0, printed
+        assert "add --local --port" in printed
+        code, printed = await asyncio.to_thread(
+            grants, "job", "job-s1", "--local", "--port", port, "--watch", "--interval", "0.1", "--failed"
+        )
+        assert code == 1, printed
+        assert "job job-s1: 4 of 4 requests ended, 3 succeeded, 1 failed" in printed
+        assert "MemberNotFound" in printed
+        hire = (EXAMPLES / "hr-events.jsonl").read_bytes().splitlines()[0]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            queued = await client.post("/local/hr-events", content=hire, headers={"X-Message-Id": "hr-1"})
+            refused = await client.post("/local/queues/grant-membership-bulk/messages", content=b'{"not": "a list"}')
+            unknown = await client.post("/local/queues/elsewhere/messages", content=b"[]")
+            for _ in range(100):
+                event = await client.get("/api/hr-events/wd-evt-1001")
+                if event.status_code == 200 and event.json()["done"]:
+                    break
+                await asyncio.sleep(0.1)
+            history = await client.get("/api/history", params={"member": ERIN})
+        assert queued.status_code == 202
+        assert (refused.status_code, refused.headers["content-type"]) == (400, "application/problem+json")
+        assert unknown.status_code == 404
+        assert (event.json()["kind"], event.json()["rows"], event.json()["succeeded"]) == ("hrEvent", 2, 2)
+        sources = {record["sourceSystem"] for record in history.json()["requests"]}
+        assert sources == {"bulk", "hr"}
+        code, printed = await asyncio.to_thread(grants, "history", "--member", ERIN, "--local", "--port", port)
+        assert code == 0
+        assert "hr/EMP-4720" in printed
+        assert "bulk/job-s1" in printed
     finally:
         stop.set()
         assert await server == 0

@@ -281,10 +281,11 @@ async def _record(
     """Record each grant as ``scheduled`` (due later) or ``accepted`` (due now), unless it has a status already, as
     the event's rows; then the event's own record (``GET /api/hr-events/{eventId}``)."""
     status = "scheduled" if due > received else "accepted"
+    scheduled_for = due.isoformat() if due > received else None
     records = []
     for row, (request_id, body) in enumerate(messages, start=1):
         record = accepted_record(parse_grant(body), received=received, status=status)
-        record.update(hrEventId=event.event_id, jobRow=row, jobRows=len(messages), scheduledFor=due.isoformat())
+        record.update(hrEventId=event.event_id, jobRow=row, jobRows=len(messages), scheduledFor=scheduled_for)
         records.append(ledger.record_status(request_id, record, now=received, write=StatusWrite.FIRST))
     await asyncio.gather(*records)
     await ledger.record_event(
@@ -297,7 +298,7 @@ async def _record(
             "effectiveDate": event.effective_date,
             "outcome": "completed",
             "rows": len(messages),
-            "scheduledFor": due.isoformat(),
+            "scheduledFor": scheduled_for,
             "receivedAt": received.isoformat(),
         },
         now=received,
