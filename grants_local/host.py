@@ -116,21 +116,22 @@ class LocalHost:
         self.invocations = 0
         self.failed_invocations = 0
 
-    async def drain(self) -> None:
+    async def drain(self, *, until: float | None = None) -> None:
         """Deliver until the queue has nothing active, scheduled or locked; wait (or jump time) for what is due.
+        With `until` (clock seconds), return once nothing is due by then (a message scheduled later stays queued).
 
         With a `ManualClock`, time jumps to the next due message instead of sleeping.
         """
         in_flight: set[asyncio.Task[None]] = set()
         try:
-            await self._deliver(in_flight)
+            await self._deliver(in_flight, until=until)
         except asyncio.CancelledError:  # stopped (Ctrl-C): stop what is in flight too, its locks will expire
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
             raise
 
-    async def _deliver(self, in_flight: set[asyncio.Task[None]]) -> None:
+    async def _deliver(self, in_flight: set[asyncio.Task[None]], *, until: float | None) -> None:
         while True:
             while len(in_flight) < self._concurrency and (locked := self._queue.receive()) is not None:
                 in_flight.add(asyncio.create_task(self._invoke(locked)))
@@ -139,7 +140,7 @@ class LocalHost:
                 in_flight -= done
                 continue
             due = self._queue.next_due_time()
-            if due is None:
+            if due is None or (until is not None and due > until):
                 return
             if isinstance(self._clock, ManualClock):
                 self._clock.advance_to(max(due, self._clock()))

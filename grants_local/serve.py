@@ -60,6 +60,9 @@ __all__ = ["LOCAL_WEBHOOK_SECRET", "serve_local"]
 
 LOCAL_WEBHOOK_SECRET = "local-only-webhook-secret-do-not-deploy"  # noqa: S105 (published: local use only)
 _IDLE_POLL_SECONDS = 0.1
+#: On stop, messages due within this many seconds (retries) are still delivered; later ones (a future HR
+#: effective day) go with the in-memory queues.
+_STOP_HORIZON_SECONDS = 60.0
 
 
 class _OutcomePrinter(logging.Handler):
@@ -200,13 +203,16 @@ async def serve_local(
                 ready(server.port)
             try:
                 while not stop.is_set():
-                    for host in hosts:
-                        await host.drain()
+                    for host in hosts:  # what is due now: a grant scheduled for later must not hold the rest up
+                        await host.drain(until=time.time())
                     await _wait(stop, _IDLE_POLL_SECONDS)
             finally:
                 server.close()
-                for host in hosts:  # what was accepted is delivered before the queues go away
-                    await host.drain()
+                for host in hosts:  # what was accepted is delivered before the queues go away (retries too)
+                    await host.drain(until=time.time() + _STOP_HORIZON_SECONDS)
+                later = sum(queue.scheduled_count for queue in (grants, bulk, hr_events))
+                if later:
+                    out.write(f"{later} message(s) scheduled for later are dropped with the in-memory queues\n")
                 outcome_log.removeHandler(printer)
                 outcome_log.setLevel(previous_level)
                 await services.aclose()

@@ -182,7 +182,8 @@ async def test_given_serve_local_then_grants_status_and_grants_job_local_read_it
 async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_events_and_history_are_served(
     tmp_path: Path,
 ) -> None:
-    """`grants submit --serve-local` puts a job on serve-local's bulk queue (the bulk function carries it out);
+    """`grants submit --serve-local` puts a job on serve-local's bulk queue (the bulk function carries it out, while
+    an HR grant scheduled for 2099 waits without holding anything up);
     `grants job --local --watch` follows it to its end; an HR event is asked by its id; the member's history lists
     both; a batch that is not one is refused with 400, and a queue serve-local does not have is 404."""
     from grants_cli.main import main as grants_main
@@ -206,7 +207,11 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
             code = grants_main(list(argv))
         return code, printed.getvalue()
 
+    future_hire = json.loads((EXAMPLES / "hr-events.jsonl").read_bytes().splitlines()[0])
+    future_hire.update(eventId="wd-evt-later", userObjectId=ALICE, effectiveDate="2099-01-04")
     try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:  # due in 2099: holds nothing up
+            await client.post("/local/hr-events", content=json.dumps(future_hire), headers={"X-Message-Id": "hr-0"})
         code, printed = await asyncio.to_thread(
             grants, "submit", str(job), "--job-id", "job-s1", "--serve-local", "--port", port
         )
@@ -242,3 +247,4 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
     finally:
         stop.set()
         assert await server == 0
+    assert "2 message(s) scheduled for later are dropped with the in-memory queues" in out.getvalue()
