@@ -5,8 +5,8 @@ They read ``GET /api/grants/{requestId}``, ``/api/jobs/{jobId}``, ``/api/hr-even
 ``/api/history?member=…|target=…[&since=…]``: in Azure at ``--url`` (or ``GRANTS_APP_URL``, e.g.
 ``https://<app>.azurewebsites.net``) with the function key ``--key`` (or ``GRANTS_FUNCTION_KEY``, sent as
 ``x-functions-key``); with ``--local``, at ``serve-local``'s ``http://127.0.0.1:7071`` (``--port``), whose ledger
-lives as long as serve-local runs. (``submit --local`` and ``dlq --local`` use the local namespace, which runs no
-app and keeps no ledger: their requests have no status.)
+lives as long as serve-local runs (``submit --serve-local`` sends a job there; ``submit --local`` and ``dlq
+--local`` use the local namespace, which keeps no ledger: their requests have no status).
 
 Ids are checked before any request: request, job and event ids with the contract's rule, ``--member`` and
 ``--target`` as GUIDs. Everything printed that came from the API is escaped (`printable`).
