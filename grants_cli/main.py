@@ -1,7 +1,8 @@
 """The ``grants`` command (also ``python -m shared``): ``submit FILE``, ``dlq …`` and ``smoke`` against Azure or the
-local namespace (``submit --serve-local``: a running serve-local); ``status REQUEST_ID``, ``job JOB_ID`` and ``hr-event EVENT_ID`` (``--watch`` to follow one until
-it ends, ``--failed-csv`` to write its failed rows to resubmit) and ``history --member ID | --target ID`` against the
-app's status API (or serve-local's); ``demo``, ``run-local MESSAGES`` and ``serve-local`` on the local doubles."""
+local namespace (``submit --serve-local``: a running serve-local); ``status REQUEST_ID``, ``job JOB_ID`` and
+``hr-event EVENT_ID`` (``--watch`` to follow one until it ends, ``--failed-csv`` to write its failed rows to
+resubmit) and ``history --member ID | --target ID`` against the app's status API (or serve-local's); ``demo``,
+``run-local MESSAGES`` and ``serve-local`` on the local doubles."""
 
 from __future__ import annotations
 
