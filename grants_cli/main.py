@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--concurrency", type=int, default=16, help="invocations at once (maxConcurrentCalls)")
     run.add_argument("--dry-run", action="store_true", help="read only: report what would change (GRANTS_DRY_RUN)")
     commands.add_parser("demo", help="run the examples against the built-in Graph and token doubles")
-    serve = commands.add_parser("serve-local", help="serve the webhook and the HR and grants queues on loopback")
+    serve = commands.add_parser(
+        "serve-local", help="serve the app on loopback: webhook, status API, grants, bulk and HR queues"
+    )
     serve.add_argument("--port", type=int, default=7071, help="the webhook's port on 127.0.0.1")
     _add_bulk_and_dlq(commands)
     from grants_cli.smoke import add_parser as add_smoke_parser

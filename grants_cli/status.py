@@ -171,7 +171,7 @@ def _run(
     where = _where(args, err)
     if where is None:
         return 2
-    with httpx.Client(timeout=30, transport=transport, follow_redirects=False) as client:
+    with httpx.Client(timeout=30, transport=transport, follow_redirects=False, trust_env=not args.local) as client:
         api = _Api(client=client, base=where[0], key=where[1])
         if args.command == "history":
             return _history(api, args, subject=subject, out=out, err=err)

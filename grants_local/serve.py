@@ -201,11 +201,8 @@ async def serve_local(
             out.flush()
             if ready is not None:
                 ready(server.port)
-            try:
-                while not stop.is_set():
-                    for host in hosts:  # what is due now: a grant scheduled for later must not hold the rest up
-                        await host.drain(until=time.time())
-                    await _wait(stop, _IDLE_POLL_SECONDS)
+            try:  # each queue on its own, as in Azure: a long bulk job never holds the grants queue up
+                await asyncio.gather(*(_serve_queue(host, stop) for host in hosts))
             finally:
                 server.close()
                 for host in hosts:  # what was accepted is delivered before the queues go away (retries too)
@@ -217,6 +214,13 @@ async def serve_local(
                 outcome_log.setLevel(previous_level)
                 await services.aclose()
     return 0
+
+
+async def _serve_queue(host: LocalHost, stop: asyncio.Event) -> None:
+    """Deliver what is due now (a message scheduled for later waits without holding anything up) until `stop`."""
+    while not stop.is_set():
+        await host.drain(until=time.time())
+        await _wait(stop, _IDLE_POLL_SECONDS)
 
 
 def _reading(request: Request, port: int) -> tuple[str, func.HttpRequest] | None:
@@ -269,9 +273,11 @@ def _batch_problem(batch: Any) -> str | None:
             return f"message {number}: messageId must be a string of 1 to 128 characters"
         properties = message.get("applicationProperties") or {}
         if not isinstance(properties, dict) or not all(
-            isinstance(value, str | int) and not isinstance(value, bool) for value in properties.values()
+            isinstance(value, str)
+            or (isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63)
+            for value in properties.values()
         ):
-            return f"message {number}: applicationProperties must map names to strings or whole numbers"
+            return f"message {number}: applicationProperties must map names to strings or 64-bit whole numbers"
     return None
 
 

@@ -9,11 +9,13 @@ import io
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from grants_local.demo import EXAMPLES
-from grants_local.serve import LOCAL_WEBHOOK_SECRET, serve_local
+from grants_local.serve import LOCAL_WEBHOOK_SECRET, _batch_problem, serve_local
 from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 ALICE = "11111111-1111-4111-8111-111111111111"
@@ -248,3 +250,28 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
         stop.set()
         assert await server == 0
     assert "2 message(s) scheduled for later are dropped with the in-memory queues" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("batch", "problem"),
+    [
+        ({"not": "a list"}, "the body must be a JSON array of 1 to 500 messages"),
+        ([], "the body must be a JSON array of 1 to 500 messages"),
+        ([{"body": "{}", "messageId": "m"}] * 501, "the body must be a JSON array of 1 to 500 messages"),
+        ([{"body": b"x".hex(), "messageId": ""}], "message 1: messageId must be a string of 1 to 128 characters"),
+        ([{"body": 7, "messageId": "m"}], "message 1: body must be the message body as a string"),
+        (
+            [{"body": "{}", "messageId": "m", "applicationProperties": {"jobRow": 2**63}}],
+            "message 1: applicationProperties must map names to strings or 64-bit whole numbers",
+        ),
+        (
+            [{"body": "{}", "messageId": "m", "applicationProperties": {"dry": True}}],
+            "message 1: applicationProperties must map names to strings or 64-bit whole numbers",
+        ),
+        ([{"body": "{}", "messageId": "m", "applicationProperties": {"jobRow": 1, "bulkJob": "j"}}], None),
+    ],
+)
+def test_a_batch_for_a_local_queue_is_checked_whole_before_anything_is_enqueued(
+    batch: Any, problem: str | None
+) -> None:
+    assert _batch_problem(batch) == problem
