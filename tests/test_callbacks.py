@@ -151,7 +151,10 @@ async def test_given_a_signed_ticket_with_a_callback_url_then_granted_one_event_
         "requestId": "RITM0010001",
         "callbackUrl": h.callback_url,
     }
-    assert record == dict(by_request(h.app.outcomes(), "RITM0010001"))  # the outcome line's record, as published
+    line = dict(by_request(h.app.outcomes(), "RITM0010001"))
+    assert record == line | {name: record[name] for name in record.keys() - line.keys()}  # the line's, and more:
+    assert (record["status"], record["jobId"], record["lastAttemptAt"]) == ("granted", None, line["finishedAt"])
+    assert record["intentAt"]  # the status record's fields (status, intentAt, jobId, …)
     await h.app.drain_callbacks()
     assert h.receiver.deliveries == 1
     assert list(h.receiver.applied) == [event_id]

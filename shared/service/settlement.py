@@ -11,8 +11,9 @@ A grant message (`settle`):
 - an unexpected exception (a bug): ``abandon``, logged with the stack; never ``complete``.
 
 With an outcomes topic (``GRANTS_OUTCOMES_TOPIC``), every terminal outcome (not retry_scheduled, not abandoned)
-is first published as an event (`outcome_event`: the outcome record as JSON, with filterable properties and a
-MessageId derived from the message and its effect), and only *then* is the message completed or dead-lettered.
+is first published as an event (`outcome_event`: the outcome record and the status record as JSON, with
+filterable properties and a MessageId derived from the message and its effect), and only *then* is the message
+completed or dead-lettered.
 A crash in between republishes the same event id on redelivery (the topic's duplicate detection drops it); a
 publish that fails abandons the message (Service Bus redelivers; the grant is idempotent): never settled
 without its event.
@@ -398,17 +399,16 @@ async def _announced(
     """Publish the terminal outcome's event and record its status, at once; None when both succeeded, else what
     failed (logged)."""
     attempt.record = _record(attempt, settled, now())
+    status = status_record(attempt.delivery, attempt.command, attempt.record)
     calls: dict[str, Awaitable[object]] = {}
-    if publisher is not None:
+    if publisher is not None:  # the event's body: the outcome line's record and the status record, in one
         calls["event could not be published"] = publisher.publish(
-            **outcome_event(attempt.delivery, attempt.command, settled, attempt.record)
+            **outcome_event(attempt.delivery, attempt.command, settled, attempt.record | status)
         )
     if recorder is not None and attempt.request_id:
         owner = attempt.command is not None and settled.outcome != "duplicate" and settled.reason != "RequestIdConflict"
         write = StatusWrite.FINAL if owner else StatusWrite.FIRST
-        calls["status could not be recorded"] = recorder(
-            attempt.request_id, status_record(attempt.delivery, attempt.command, attempt.record), write
-        )
+        calls["status could not be recorded"] = recorder(attempt.request_id, status, write)
     results = await asyncio.gather(*calls.values(), return_exceptions=True)
     failed = None
     for what, result in zip(calls, results, strict=True):
