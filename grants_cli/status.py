@@ -70,6 +70,7 @@ _ROWS = (
     ("scheduledFor", "scheduled for"),
     ("acceptedAt", "accepted at"),
     ("attempts", "attempts"),
+    ("firstAttemptAt", "first attempt"),
     ("lastAttemptAt", "last attempt"),
     ("nextRetryAt", "next retry"),
     ("graphRequestId", "graph request"),

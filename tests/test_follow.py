@@ -267,8 +267,10 @@ async def test_a_retried_request_shows_retry_scheduled_with_its_next_attempt_the
     )
     assert record["nextRetryAt"] > record["lastAttemptAt"]
     await run.app.drain()
+    first = record["lastAttemptAt"]
     _, record = await get(STATUS, "grants/r-retry", requestId="r-retry")
     assert (record["status"], record["attempts"]) == ("granted", 2)
+    assert record["firstAttemptAt"] <= first < record["lastAttemptAt"]
 
 
 async def host_once(run: Run) -> None:

@@ -443,14 +443,18 @@ async def _note_retry(
 
 def status_record(delivery: Delivery, command: GrantCommand | None, record: Mapping[str, Any]) -> dict[str, Any]:
     """The status record of an outcome (what ``GET /api/grants/{requestId}`` answers): the outcome line's `record`
-    with ``status`` (its outcome), ``lastAttemptAt``, ``requestedAt``, ``intentAt`` (``requestedAt``, else when the
-    first attempt started), and what the message's properties say: its bulk job or HR event and row (``jobId`` or
-    ``hrEventId``, ``jobRow``, ``jobRows``) and, for an expiry removal, the grant it ends (``expiryOf``)."""
+    with ``status`` (its outcome), ``firstAttemptAt``, ``lastAttemptAt``, ``requestedAt``, ``intentAt``
+    (``requestedAt``, else when the first attempt started), and what the message's properties say: its bulk job or
+    HR event and row (``jobId`` or ``hrEventId``, ``jobRow``, ``jobRows``) and, for an expiry removal, the grant it
+    ends (``expiryOf``)."""
     status = {name: value for name, value in record.items() if name not in ("outcome", "terminal", "finishedAt")}
     requested_at = command.requested_at if command is not None else None
     intent_at = requested_at or _first_attempt_at(delivery, delivery.enqueued_time or datetime.now(UTC))
+    started = record.get("startedAt")
+    first = delivery.application_property(FIRST_ATTEMPT_AT) if delivery.attempt > 1 else None
     status.update(
         status=record["outcome"],
+        firstAttemptAt=first if isinstance(first, str) and first else started,
         lastAttemptAt=record.get("finishedAt"),
         requestedAt=requested_at.isoformat() if requested_at else None,
         intentAt=intent_at.isoformat(),
