@@ -93,6 +93,10 @@ class Backend(Protocol):
         """Deliver what was sent to the app now and print the outcomes, where the backend can (locally)."""
         ...
 
+    def follow(self, job_id: str) -> str | None:
+        """The command that follows job `job_id` to its end, where the app it sends to keeps a ledger; else None."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -210,6 +214,9 @@ class ServiceBusBackend:
 
     def drain(self, out: TextIO) -> None:
         return None  # the deployed app drains the queue
+
+    def follow(self, job_id: str) -> str | None:
+        return f"grants job {job_id} --watch"  # with --url/--key, or GRANTS_APP_URL and GRANTS_FUNCTION_KEY
 
     def close(self) -> None:
         if self._receiver is not None:

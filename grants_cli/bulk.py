@@ -332,6 +332,8 @@ def run_submit(
     with open_backend() as backend:
         report, _ = submit(job, backend, progress=Progress(len(job.messages), stream=err))
         out.write(summary(job, report, time.monotonic() - started) + "\n")
-        out.write(f"follow it: grants job {printable(shlex.quote(job.job_id))} --watch\n")
+        follow = backend.follow(shlex.quote(job.job_id))
+        if follow is not None:
+            out.write(f"follow it: {printable(follow)}\n")
         backend.drain(out)
     return 0

@@ -60,6 +60,10 @@ class LocalBackend:
         self._deployment = deployment
         self._on_settled = on_settled
 
+    def follow(self, job_id: str) -> None:
+        """None: the local namespace keeps no ledger (`drain` prints each outcome instead)."""
+        return None
+
     def drain(self, out: TextIO) -> None:
         """Deliver the queue to the registered function through the local host (as ``run-local`` does, against
         ``GRAPH_BASE_URL`` or the built-in doubles); print each message's terminal outcome."""

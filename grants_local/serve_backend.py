@@ -62,8 +62,10 @@ class ServeLocalBackend:
         raise ConfigError(_SEND_ONLY)
 
     def drain(self, out: TextIO) -> None:
-        """serve-local carries the job out itself: say how to follow it there."""
-        out.write(f"serve-local is carrying it out: add --local --port {self._port} to follow it there\n")
+        """Nothing to do here: serve-local carries the job out itself."""
+
+    def follow(self, job_id: str) -> str:
+        return f"grants job {job_id} --local --port {self._port} --watch"
 
     def close(self) -> None:
         self._http.close()

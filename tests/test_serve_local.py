@@ -218,7 +218,7 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
             grants, "submit", str(job), "--job-id", "job-s1", "--serve-local", "--port", port
         )
         assert code == 0, printed
-        assert "add --local --port" in printed
+        assert f"follow it: grants job job-s1 --local --port {port} --watch" in printed
         code, printed = await asyncio.to_thread(
             grants, "job", "job-s1", "--local", "--port", port, "--watch", "--interval", "0.1", "--failed"
         )
