@@ -19,10 +19,11 @@ and the callback retry queue, are drained by the registered ``grant_callbacks`` 
 functions: a webhook request with ``callbackUrl`` pointing at a local receiver (``examples/callback_receiver.py``)
 gets its signed callback.
 
-Each settled message prints its outcome line. Settings come from the environment; unset ones get local
-defaults: ``GRANTS_HR_RULES`` = ``examples/hr-rules.json``, ``GRANTS_WEBHOOK_SECRET`` = `LOCAL_WEBHOOK_SECRET`
-(published here, so it is no secret: for local use only), ``GRANTS_OUTCOMES_TOPIC`` = ``grant-outcomes`` and
-``GRANTS_CALLBACK_LOOPBACK`` = ``true`` (callbacks to 127.0.0.1 / localhost over plain http; refused in Azure).
+Each settled message prints its outcome line; SIGTERM stops it as Ctrl-C does. Settings come from the
+environment; unset ones get local defaults: ``GRANTS_HR_RULES`` = ``examples/hr-rules.json``,
+``GRANTS_WEBHOOK_SECRET`` = `LOCAL_WEBHOOK_SECRET` (published here, so it is no secret: for local use only),
+``GRANTS_OUTCOMES_TOPIC`` = ``grant-outcomes`` and ``GRANTS_CALLBACK_LOOPBACK`` = ``true`` (callbacks to
+127.0.0.1 / localhost over plain http; refused in Azure).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -201,9 +203,12 @@ async def serve_local(
             out.flush()
             if ready is not None:
                 ready(server.port)
+            terminated = _on_sigterm(loop, stop)
             try:  # each queue on its own, as in Azure: a long bulk job never holds the grants queue up
                 await asyncio.gather(*(_serve_queue(host, stop) for host in hosts))
             finally:
+                if terminated:
+                    loop.remove_signal_handler(signal.SIGTERM)
                 server.close()
                 for host in hosts:  # what was accepted is delivered before the queues go away (retries too)
                     await host.drain(until=time.time() + _STOP_HORIZON_SECONDS)
@@ -214,6 +219,16 @@ async def serve_local(
                 outcome_log.setLevel(previous_level)
                 await services.aclose()
     return 0
+
+
+def _on_sigterm(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> bool:
+    """Make SIGTERM stop serve-local as Ctrl-C does (queues drained, Azurite stopped); False where the loop cannot
+    take signals (not the main thread, or not POSIX)."""
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False
+    return True
 
 
 async def _serve_queue(host: LocalHost, stop: asyncio.Event) -> None:

@@ -275,3 +275,17 @@ def test_a_batch_for_a_local_queue_is_checked_whole_before_anything_is_enqueued(
     batch: Any, problem: str | None
 ) -> None:
     assert _batch_problem(batch) == problem
+
+
+async def test_given_serve_local_when_sigterm_arrives_then_it_stops_as_ctrl_c_does() -> None:
+    """SIGTERM (a service manager, `kill`) sets the stop: what was accepted is delivered, Azurite stops, exit 0."""
+    import os
+    import signal
+
+    out, stop, started = io.StringIO(), asyncio.Event(), asyncio.Event()
+    server = asyncio.create_task(serve_local(out, port=0, env={}, stop=stop, ready=lambda _: started.set()))
+    await started.wait()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(server, 60) == 0
+    assert stop.is_set()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with serve-local
