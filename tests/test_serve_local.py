@@ -8,6 +8,8 @@ import contextlib
 import io
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,40 +25,55 @@ ERIN = "12121212-1212-4212-8212-121212121212"
 HELPDESK_TEMPLATE = "729827e3-9c14-49f7-bb1b-9608f156bbb8"
 
 
-async def test_given_serve_local_when_a_webhook_and_an_hr_event_are_posted_then_both_are_settled() -> None:
+@asynccontextmanager
+async def serving(env: dict[str, str]) -> AsyncIterator[tuple[int, io.StringIO]]:
+    """serve-local on a free port for the block (its port and what it prints); stopped after it, exiting 0."""
     out, stop, started, ports = io.StringIO(), asyncio.Event(), asyncio.Event(), []
 
     def ready(port: int) -> None:
         ports.append(port)
         started.set()
 
-    server = asyncio.create_task(
-        serve_local(out, port=0, env={"GRANTS_RETRY_BASE_SECONDS": "0"}, stop=stop, ready=ready)
-    )
+    server = asyncio.create_task(serve_local(out, port=0, env=env, stop=stop, ready=ready))
     await started.wait()
-    body = json.dumps(
-        {
-            "ticketNumber": "RITM0010001",
-            "requester": "alice@contoso.com",
-            "approver": "j.smith@contoso.com",
-            "target": {"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE},
-            "member": ALICE,
-        }
-    ).encode()
+    try:
+        yield ports[0], out
+    finally:
+        stop.set()
+        assert await server == 0
+
+
+def signed_ticket(number: str, **fields: Any) -> tuple[bytes, dict[str, str]]:
+    """A ticket asking the helpdesk role for Alice, and its signed headers (the local secret, now)."""
+    ticket = {
+        "ticketNumber": number,
+        "requester": "alice@contoso.com",
+        "approver": "j.smith@contoso.com",
+        "target": {"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE},
+        "member": ALICE,
+        **fields,
+    }
+    body = json.dumps(ticket).encode()
     timestamp = int(time.time())
     headers = {
         "Content-Type": "application/json",
         TIMESTAMP_HEADER: str(timestamp),
         SIGNATURE_HEADER: sign(secret=LOCAL_WEBHOOK_SECRET, timestamp=timestamp, body=body),
     }
+    return body, headers
+
+
+async def test_given_serve_local_when_a_webhook_and_an_hr_event_are_posted_then_both_are_settled() -> None:
+    body, headers = signed_ticket("RITM0010001")
     hr_event = (EXAMPLES / "hr-events.jsonl").read_bytes().splitlines()[0]
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}") as client:
+    async with (
+        serving({"GRANTS_RETRY_BASE_SECONDS": "0"}) as (port, out),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
         accepted = await client.post("/api/grants", content=body, headers=headers)
         unsigned = await client.post("/api/grants", content=body, headers={"Content-Type": "application/json"})
         queued = await client.post("/local/hr-events", content=hr_event, headers={"X-Message-Id": "hr-1"})
         unknown = await client.get("/")
-    stop.set()
-    assert await server == 0
     assert (accepted.status_code, accepted.json()) == (202, {"requestId": "RITM0010001", "status": "accepted"})
     assert (unsigned.status_code, unsigned.headers["content-type"]) == (401, "application/problem+json")
     assert (queued.status_code, queued.json()) == (202, {"messageId": "hr-1"})
@@ -74,35 +91,10 @@ async def test_given_serve_local_when_a_ticket_names_a_local_receiver_then_it_ge
 
     printed = io.StringIO()
     receiver = receiver_example.Receiver(secret=LOCAL_WEBHOOK_SECRET, out=printed)
-    out, stop, started, ports = io.StringIO(), asyncio.Event(), asyncio.Event(), []
-
-    def ready(port: int) -> None:
-        ports.append(port)
-        started.set()
-
-    server = asyncio.create_task(serve_local(out, port=0, env={}, stop=stop, ready=ready))
-    await started.wait()
-    body = json.dumps(
-        {
-            "ticketNumber": "RITM0010002",
-            "requester": "alice@contoso.com",
-            "approver": "j.smith@contoso.com",
-            "target": {"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE},
-            "member": ALICE,
-            "callbackUrl": f"http://127.0.0.1:{receiver.port}/callbacks/grants",
-        }
-    ).encode()
-    timestamp = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        TIMESTAMP_HEADER: str(timestamp),
-        SIGNATURE_HEADER: sign(secret=LOCAL_WEBHOOK_SECRET, timestamp=timestamp, body=body),
-    }
+    body, headers = signed_ticket("RITM0010002", callbackUrl=f"http://127.0.0.1:{receiver.port}/callbacks/grants")
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}") as client:
+        async with serving({}) as (port, out), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             accepted = await client.post("/api/grants", content=body, headers=headers)
-        stop.set()
-        assert await server == 0
     finally:
         receiver.close()
     assert accepted.status_code == 202
@@ -121,29 +113,8 @@ async def test_given_serve_local_then_grants_status_and_grants_job_local_read_it
     from grants_cli.main import main as grants_main
     from grants_cli.status import main as status_main
 
-    out, stop, started, ports = io.StringIO(), asyncio.Event(), asyncio.Event(), []
-
-    def ready(port: int) -> None:
-        ports.append(port)
-        started.set()
-
-    server = asyncio.create_task(serve_local(out, port=0, env={}, stop=stop, ready=ready))
-    await started.wait()
-    body = json.dumps(
-        {
-            "ticketNumber": "RITM0030001",
-            "requester": "alice@contoso.com",
-            "approver": "j.smith@contoso.com",
-            "target": {"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE},
-            "member": ALICE,
-        }
-    ).encode()
-    timestamp = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        TIMESTAMP_HEADER: str(timestamp),
-        SIGNATURE_HEADER: sign(secret=LOCAL_WEBHOOK_SECRET, timestamp=timestamp, body=body),
-    }
+    body, headers = signed_ticket("RITM0030001")
+    ports: list[int] = []
 
     def cli(*argv: str) -> tuple[int, str, str]:
         printed, errors = io.StringIO(), io.StringIO()
@@ -156,8 +127,9 @@ async def test_given_serve_local_then_grants_status_and_grants_job_local_read_it
             namespace.json = True
         return status_main(namespace, out=printed, err=errors), printed.getvalue(), errors.getvalue()
 
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}") as client:
+    async with serving({}) as (port, _):
+        ports.append(port)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             accepted = await client.post("/api/grants", content=body, headers=headers)
         assert accepted.headers["Location"] == "/api/grants/RITM0030001"
         for _ in range(100):
@@ -176,9 +148,6 @@ async def test_given_serve_local_then_grants_status_and_grants_job_local_read_it
         assert "\x1b" not in errors
         assert (await asyncio.to_thread(cli, "job", "job-none"))[0] == 1
         assert grants_main(["status", "RITM0030001", "--url", "http://127.0.0.1:9"]) == 2  # unreachable
-    finally:
-        stop.set()
-        assert await server == 0
 
 
 async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_events_and_history_are_served(
@@ -190,16 +159,6 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
     both; a batch that is not one is refused with 400, and a queue serve-local does not have is 404."""
     from grants_cli.main import main as grants_main
 
-    out, stop, started, ports = io.StringIO(), asyncio.Event(), asyncio.Event(), []
-
-    def ready(port: int) -> None:
-        ports.append(port)
-        started.set()
-
-    env = {"GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "0", "GRANTS_MAX_ATTEMPTS": "1"}
-    server = asyncio.create_task(serve_local(out, port=0, env=env, stop=stop, ready=ready))
-    await started.wait()
-    port = str(ports[0])
     job = tmp_path / "job.csv"
     job.write_text((EXAMPLES / "bulk-job.csv").read_text())
 
@@ -211,7 +170,9 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
 
     future_hire = json.loads((EXAMPLES / "hr-events.jsonl").read_bytes().splitlines()[0])
     future_hire.update(eventId="wd-evt-later", userObjectId=ALICE, effectiveDate="2099-01-04")
-    try:
+    env = {"GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "0", "GRANTS_MAX_ATTEMPTS": "1"}
+    async with serving(env) as (number, out):
+        port = str(number)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:  # due in 2099: holds nothing up
             await client.post("/local/hr-events", content=json.dumps(future_hire), headers={"X-Message-Id": "hr-0"})
         code, printed = await asyncio.to_thread(
@@ -246,9 +207,6 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
         assert code == 0
         assert "hr/EMP-4720" in printed
         assert "bulk/job-s1" in printed
-    finally:
-        stop.set()
-        assert await server == 0
     assert "2 message(s) scheduled for later are dropped with the in-memory queues" in out.getvalue()
 
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeAlias
 
 __all__ = [
@@ -161,6 +161,17 @@ class Delivery:
     def original_message_id(self) -> str:
         """The producer's MessageId (see `original_message_id`)."""
         return original_message_id(self.application_properties, self.message_id)
+
+    def first_attempt_at(self, default: datetime) -> datetime:
+        """When attempt 1 started (`FIRST_ATTEMPT_AT`, set on retry copies; naive means UTC), else `default`."""
+        value = self.application_property(FIRST_ATTEMPT_AT)
+        if not isinstance(value, str):
+            return default
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return default
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

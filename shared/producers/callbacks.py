@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from shared.adapters.callbacks import CallbackClient
@@ -221,7 +221,7 @@ async def _schedule_retry(
     }
     properties |= {
         ATTEMPT: attempt + 1,
-        FIRST_ATTEMPT_AT: _first_attempt_at(delivery, started).isoformat(),
+        FIRST_ATTEMPT_AT: delivery.first_attempt_at(started).isoformat(),
         ORIGINAL_MESSAGE_ID: delivery.original_message_id,
     }
     try:
@@ -253,19 +253,8 @@ async def _schedule_retry(
     ), functools.partial(complete, actions, delivery)
 
 
-def _first_attempt_at(delivery: Delivery, default: datetime) -> datetime:
-    value = delivery.application_property(FIRST_ATTEMPT_AT)
-    if not isinstance(value, str):
-        return default
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return default
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _elapsed(delivery: Delivery, started: datetime) -> float:
-    return (started - _first_attempt_at(delivery, started)).total_seconds()
+    return (started - delivery.first_attempt_at(started)).total_seconds()
 
 
 def _text(value: object) -> str | None:

@@ -333,7 +333,7 @@ async def settle(
         settled, settlement = _deadletter(actions, attempt, attempt.noting(error), why=None)
     except TransientError as error:
         attempt.noting(error)
-        first_attempt_at = _first_attempt_at(delivery, attempt.started)
+        first_attempt_at = delivery.first_attempt_at(attempt.started)
         elapsed = (attempt.started - first_attempt_at).total_seconds()
         decision = retry_policy.decide(attempt=attempt.number, error=error, elapsed=elapsed)
         if isinstance(decision, GiveUp):
@@ -449,7 +449,7 @@ def status_record(delivery: Delivery, command: GrantCommand | None, record: Mapp
     ends (``expiryOf``)."""
     status = {name: value for name, value in record.items() if name not in ("outcome", "terminal", "finishedAt")}
     requested_at = command.requested_at if command is not None else None
-    intent_at = requested_at or _first_attempt_at(delivery, delivery.enqueued_time or datetime.now(UTC))
+    intent_at = requested_at or delivery.first_attempt_at(delivery.enqueued_time or datetime.now(UTC))
     started = record.get("startedAt")
     first = delivery.application_property(FIRST_ATTEMPT_AT) if delivery.attempt > 1 else None
     status.update(
@@ -605,17 +605,6 @@ def retry_message_id(delivery: Delivery, attempt: int) -> str:
     resubmission = str(delivery.application_property(RESUBMISSION) or "")
     body_hash = hashlib.sha256(delivery.body).hexdigest()
     return derived_message_id("retry", delivery.original_message_id, body_hash, resubmission, suffix=str(attempt))
-
-
-def _first_attempt_at(delivery: Delivery, default: datetime) -> datetime:
-    value = delivery.application_property(FIRST_ATTEMPT_AT)
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return default
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return default
 
 
 def _record(attempt: _Attempt, settled: Settled, finished: datetime) -> dict[str, Any]:
