@@ -3,6 +3,7 @@
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
+from shared.core.messaging import Lane
 from shared.runtime import (
     check_configuration,
     configure_telemetry,
@@ -47,7 +48,7 @@ async def grant_membership_bulk(
     message_actions: servicebus.ServiceBusMessageActions,
 ) -> None:
     """The same for bulk jobs' rows, in the bulk lane: behind interactive grants, at Graph's Low priority."""
-    await process_grant_message(receivedmessage, message_actions, lane_name="bulk")
+    await process_grant_message(receivedmessage, message_actions, lane=Lane.BULK)
 
 
 @app.route(route="grants", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)

@@ -67,7 +67,7 @@ from benchmarks.directory import grants
 from benchmarks.ledger import ledger_cost
 from grants_local.ingestion import UNSET, IngestionStub, local_environment
 from grants_local.run import run_local
-from shared.service.settlement import outcome_log
+from shared.service.settle import outcome_log
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = Path(sys.executable)

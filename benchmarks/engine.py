@@ -46,7 +46,7 @@ async def _run(services: Services, *, unit: str, count: int, concurrency: int) -
     async def worker(share: list[GrantCommand]) -> None:
         for command in share:
             try:
-                outcomes[(await services.handle(command)).outcome.value] += 1
+                outcomes[(await services.grants.execute(command)).outcome.value] += 1
             except Exception as error:  # counted: the figures show every outcome
                 outcomes[type(error).__name__] += 1
 

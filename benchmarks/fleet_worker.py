@@ -31,10 +31,11 @@ from grants_local.binding import to_received_message
 from grants_local.host import OutcomeRecorder, registered_function
 from grants_local.queue import LocalQueue, LocalSender
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
-from shared.adapters.governor import Lane, WriteGovernor
+from shared.adapters.governor import WriteGovernor
 from shared.adapters.lanes import LaneSender
 from shared.bootstrap import bootstrap
 from shared.config import Settings
+from shared.core.messaging import Lane
 from shared.runtime import installed
 
 CONCURRENCY = 16

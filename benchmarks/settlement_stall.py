@@ -39,7 +39,7 @@ async def one_run(*, stall: float, after: float) -> tuple[float, float]:
     from grants_local.run import EXAMPLES, os_environment
     from grants_local.token_endpoint import TokenEndpoint
     from shared.config import Settings
-    from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+    from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
     webhook = registered_function(function_app.app, "grant_webhook")
     grant = registered_function(function_app.app, "grant_membership")

@@ -19,7 +19,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grants_local.serve import LOCAL_WEBHOOK_SECRET
-from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 from grants_local.binding import to_received_message
 from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LockedMessage, ManualClock
-from shared.service.settlement import outcome_log
+from shared.service.settle import outcome_log
 
 __all__ = ["LineOutcome", "LocalHost", "OutcomeRecorder", "registered_function"]
 

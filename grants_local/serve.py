@@ -55,8 +55,9 @@ from grants_local.topic import CALLBACKS_SUBSCRIPTION, LocalPublisher, outcomes_
 from shared.adapters.lanes import LaneSender
 from shared.bootstrap import bootstrap
 from shared.config import Settings
+from shared.core.messaging import Lane
 from shared.runtime import installed
-from shared.service.settlement import outcome_log
+from shared.service.settle import outcome_log
 
 __all__ = ["LOCAL_WEBHOOK_SECRET", "serve_local"]
 
@@ -168,7 +169,7 @@ async def serve_local(
         queues.update({settings.grants_queue: grants, settings.bulk_queue: bulk})
         services = bootstrap(
             ledger.settings(settings),
-            sender=LaneSender({"interactive": LocalSender(grants), "bulk": LocalSender(bulk)}),
+            sender=LaneSender({Lane.INTERACTIVE: LocalSender(grants), Lane.BULK: LocalSender(bulk)}),
             publisher=LocalPublisher(topic),
             callback_sender=LocalSender(callback_retries),
             ledger_credential=ledger.credential(),

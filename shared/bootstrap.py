@@ -1,4 +1,4 @@
-"""Composition root: build the process's collaborators once, with real adapters unless told otherwise.
+"""Composition root: build the process's collaborators once, with real adapters unless told otherwise. Wiring only.
 
 Azure and the local host call the same `bootstrap()`; the local host and the tests pass doubles for the
 parts that cannot run here (the retry sender, the clock) and configure the rest through the environment,
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -22,19 +22,18 @@ from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed
 from shared.adapters.lanes import LaneSender
 from shared.adapters.ledger import Ledger, table_client
 from shared.config import Settings
-from shared.core.contract import GrantCommand
-from shared.core.errors import ConfigError, TransientError
-from shared.core.messaging import EXPIRY_OF, Delivery, MessageActions, MessageSender, OutcomePublisher
+from shared.core.errors import ConfigError
+from shared.core.hr_rules import HrRules
+from shared.core.messaging import Lane, MessageSender, OutcomePublisher
 from shared.core.policy import GrantPolicy
 from shared.core.retry import RetryPolicy
-from shared.core.statuses import StatusWrite
-from shared.producers.callbacks import settle_callback
-from shared.producers.hr import settle_hr_event
-from shared.producers.hr_rules import HrRules
-from shared.service.gate import Arrival, IntentGate
+from shared.handlers.callback import CallbackHandler
+from shared.handlers.expiry_sweep import ExpirySweep
+from shared.handlers.grant import GrantHandler
+from shared.handlers.hr_event import HrEventHandler
+from shared.handlers.webhook import Webhook
+from shared.service.gate import IntentGate
 from shared.service.grants import GrantService
-from shared.service.membership import Result
-from shared.service.settlement import Settled, progress_record, settle
 
 if TYPE_CHECKING:
     from azure.core.credentials import AzureNamedKeyCredential
@@ -62,7 +61,7 @@ def _utc_now() -> datetime:
 
 @dataclass(frozen=True, kw_only=True)
 class Services:
-    """Everything a message needs, built once per process."""
+    """Everything the triggers need, built once per process: one handler per trigger and what they share."""
 
     settings: Settings
     http: httpx.AsyncClient
@@ -71,94 +70,14 @@ class Services:
     ledger: Ledger
     gate: IntentGate
     retry_policy: RetryPolicy
-    sender: MessageSender
-    now: Callable[[], datetime] = _utc_now
-    hr_rules: HrRules | None = None
-    publisher: OutcomePublisher | None = None  # the outcomes topic (GRANTS_OUTCOMES_TOPIC); None: off
-    callback_sender: MessageSender | None = None  # callback retry copies (GRANTS_CALLBACK_QUEUE)
-    callback_client: CallbackClient = field(default_factory=CallbackClient)  # connects on first use
+    senders: LaneSender
+    now: Callable[[], datetime]
+    grant: GrantHandler
+    hr_event: HrEventHandler
+    callback: CallbackHandler
+    webhook: Webhook
+    expiry_sweep: ExpirySweep
     _closers: tuple[Any, ...] = field(default=(), repr=False)
-
-    async def handle(self, command: GrantCommand) -> Result:
-        """Carry out one validated command: guardrails, Graph, expiry."""
-        return await self.grants.execute(command)
-
-    async def settle_grant(self, message: Any, actions: MessageActions) -> Settled:
-        """Process and settle one received grant message, through the ledger (`IntentGate`)."""
-        delivery = Delivery.of(message)
-        expiry_of = delivery.application_property(EXPIRY_OF)
-        arrival = Arrival(
-            origin=delivery.original_message_id,
-            enqueued_at=delivery.enqueued_time or self.now(),
-            expiry_of=str(expiry_of) if expiry_of else None,
-        )
-
-        async def handle(command: GrantCommand) -> Result:
-            async def admitted() -> bool:
-                record = progress_record(delivery, command, now=self.now())
-                return await self.record_status(command.request_id, record, StatusWrite.PROGRESS)
-
-            return await self.gate.run(command, replace(arrival, admitted=admitted))
-
-        return await settle(
-            delivery,
-            handle=handle,
-            actions=actions,
-            sender=self.sender,
-            retry_policy=self.retry_policy,
-            now=self.now,
-            publisher=self.publisher,
-            settlement_timeout=self.settings.settlement_timeout_seconds,
-            recorder=self.record_status,
-        )
-
-    async def record_status(
-        self, request_id: str, record: dict[str, Any], write: StatusWrite = StatusWrite.FINAL
-    ) -> bool:
-        """Write `request_id`'s status record in the ledger as `write` says (raises `TransientError` when the
-        ledger fails)."""
-        return await self.ledger.record_status(request_id, record, now=self.now(), write=write)
-
-    async def settle_callback(self, message: Any, actions: MessageActions) -> Settled:
-        """POST one outcome event to its callback URL, signed, and settle it (retry copy or dead letter on failure)."""
-        return await settle_callback(
-            Delivery.of(message),
-            policy=self.settings.callbacks,
-            secret_for=self.settings.signing_secret,
-            client=self.callback_client,
-            actions=actions,
-            sender=self.callback_sender,
-            retry_policy=self.retry_policy,
-            now=self.now,
-            settlement_timeout=self.settings.settlement_timeout_seconds,
-        )
-
-    async def settle_hr_event(self, message: Any, actions: MessageActions) -> Settled:
-        """Turn one received HR event into grant messages on the grants queue, and settle it."""
-        return await settle_hr_event(
-            Delivery.of(message),
-            rules=self.hr_rules,
-            actions=actions,
-            sender=self.sender,
-            now=self.now,
-            time_zone=self.settings.hr_time_zone,
-            settlement_timeout=self.settings.settlement_timeout_seconds,
-            ledger=self.ledger,
-        )
-
-    async def recorded_content(self, request_id: str) -> str | None:
-        """The content hash the ledger records for `request_id` (None: unknown, or the ledger unavailable now)."""
-        try:
-            record = await self.ledger.request(request_id)
-        except TransientError:
-            return None
-        return record.content_hash if record else None
-
-    async def sweep_expiries(self) -> int:
-        """The expiry sweep (timer trigger): send the removal of every pending removal that is due; how many."""
-        sent = await self.gate.sweep(self.sender)
-        _log.log(logging.WARNING if sent else logging.INFO, "expiry sweep: %d due removal(s) sent", sent)
-        return sent
 
     async def aclose(self) -> None:
         """Close what this process opened (the HTTP pool, the Service Bus link, the credential)."""
@@ -223,10 +142,11 @@ def bootstrap(
             window_seconds=settings.graph_write_window_seconds,
         ),
     )
+    senders = LaneSender.single(sender)
     grants = GrantService(
         graph=graph,
         policy=grant_policy,
-        sender=sender,
+        senders=senders,
         now=now,
         activate_roles=settings.activate_roles,
         dry_run=settings.dry_run,
@@ -238,26 +158,55 @@ def bootstrap(
     ledger = Ledger(
         table_client(endpoint=settings.ledger_table_uri, table=settings.ledger_table, credential=ledger_auth, http=http)
     )
+    gate = IntentGate(ledger=ledger, grants=grants, now=now)
+    retry_policy = retry_policy or RetryPolicy(
+        max_attempts=settings.max_attempts,
+        base_delay=settings.retry_base_seconds,
+        max_delay=settings.retry_max_seconds,
+        member_not_found_window=settings.member_not_found_window_seconds,
+    )
+    deadline = settings.settlement_timeout_seconds
     return Services(
         settings=settings,
         http=http,
         graph=graph,
         grants=grants,
         ledger=ledger,
-        gate=IntentGate(ledger=ledger, grants=grants, now=now),
-        retry_policy=retry_policy
-        or RetryPolicy(
-            max_attempts=settings.max_attempts,
-            base_delay=settings.retry_base_seconds,
-            max_delay=settings.retry_max_seconds,
-            member_not_found_window=settings.member_not_found_window_seconds,
-        ),
-        sender=sender,
+        gate=gate,
+        retry_policy=retry_policy,
+        senders=senders,
         now=now,
-        hr_rules=HrRules.load(settings.hr_rules_path) if settings.hr_rules_path else None,
-        publisher=publisher if topic else None,
-        callback_sender=callback_sender if topic else None,
-        callback_client=callback_client,
+        grant=GrantHandler(
+            gate=gate,
+            ledger=ledger,
+            senders=senders,
+            publisher=publisher if topic else None,
+            policy=retry_policy,
+            now=now,
+            deadline=deadline,
+        ),
+        hr_event=HrEventHandler(
+            rules=HrRules.load(settings.hr_rules_path) if settings.hr_rules_path else None,
+            sender=senders,
+            ledger=ledger,
+            policy=retry_policy,
+            now=now,
+            time_zone=settings.hr_time_zone,
+            deadline=deadline,
+        ),
+        callback=CallbackHandler(
+            policy=settings.callbacks,
+            secret_for=settings.signing_secret,
+            client=callback_client,
+            sender=callback_sender if topic else None,
+            retry_policy=retry_policy,
+            now=now,
+            deadline=deadline,
+        ),
+        webhook=Webhook(
+            secret=settings.webhook_secret, sender=senders, ledger=ledger, now=now, callbacks=settings.callbacks
+        ),
+        expiry_sweep=ExpirySweep(gate=gate, sender=senders),
         _closers=tuple(closers),
     )
 
@@ -274,10 +223,10 @@ def _servicebus_sender(
     else:  # the grants: interactive and bulk lanes, each on its own queue
         sender = LaneSender(
             {
-                "interactive": ServiceBusSender(
+                Lane.INTERACTIVE: ServiceBusSender(
                     namespace=namespace, queue=settings.grants_queue, credential=credential
                 ),
-                "bulk": ServiceBusSender(namespace=namespace, queue=settings.bulk_queue, credential=credential),
+                Lane.BULK: ServiceBusSender(namespace=namespace, queue=settings.bulk_queue, credential=credential),
             }
         )
     closers.insert(0, sender)

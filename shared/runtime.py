@@ -9,15 +9,15 @@ from typing import Any
 
 import azure.functions as func
 
-from shared.adapters.governor import Lane, lane
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
-from shared.core.messaging import MessageActions
+from shared.core.hr_rules import HrRules
+from shared.core.messaging import Lane, MessageActions
 from shared.core.policy import GrantPolicy
-from shared.producers.hr_rules import HrRules
-from shared.producers.status import group_answer, history_answer, status_answer
-from shared.producers.webhook import Answer, receive
-from shared.service.settlement import Settled, outcome_log
+from shared.core.statuses import Settled
+from shared.handlers.http import Answer
+from shared.handlers.status import group_answer, history_answer, status_answer
+from shared.service.settle import outcome_log
 
 __all__ = [
     "check_configuration",
@@ -76,42 +76,30 @@ def installed(replacement: Services) -> Iterator[Services]:
         _services = previous
 
 
-async def process_grant_message(message: Any, actions: MessageActions, *, lane_name: Lane = "interactive") -> Settled:
-    """Entry point for the Service Bus triggers: process and settle one grant message in lane `lane_name`
-    (``bulk`` for the bulk queue: its Graph writes wait behind interactive ones, its retries stay bulk)."""
-    with lane(lane_name):
-        return await services().settle_grant(message, actions)
+async def process_grant_message(message: Any, actions: MessageActions, *, lane: Lane = Lane.INTERACTIVE) -> Settled:
+    """Entry point for the grant triggers: process and settle one grant message of `lane` (``bulk`` for the bulk
+    queue: its Graph writes wait behind interactive ones, its retries stay bulk)."""
+    return await services().grant(message, actions, lane=lane)
 
 
 async def process_hr_event(message: Any, actions: MessageActions) -> Settled:
     """Entry point for the HR events trigger: derive grant messages from one event and settle it."""
-    return await services().settle_hr_event(message, actions)
+    return await services().hr_event(message, actions)
 
 
 async def process_expiry_sweep() -> int:
     """Entry point for the expiry sweep timer: send the removal of every pending removal that is due."""
-    return await services().sweep_expiries()
+    return await services().expiry_sweep()
 
 
 async def process_callback(message: Any, actions: MessageActions) -> Settled:
     """Entry point for the callback triggers: POST one outcome event to its callback URL, signed, and settle it."""
-    return await services().settle_callback(message, actions)
+    return await services().callback(message, actions)
 
 
 async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for the ticketing webhook: authenticate, validate and enqueue one grant request."""
-    current = services()
-    answer = await receive(
-        headers=request.headers,
-        body=request.get_body(),
-        secret=current.settings.webhook_secret,
-        sender=current.sender,
-        now=current.now,
-        recorded=current.recorded_content,
-        accept=current.record_status,
-        callbacks=current.settings.callbacks,
-    )
-    return _response(answer)
+    return _response(await services().webhook(headers=request.headers, body=request.get_body()))
 
 
 async def process_status(request: func.HttpRequest) -> func.HttpResponse:

@@ -26,7 +26,7 @@ from grants_local.graph_double import GraphDouble
 from grants_local.host import LocalHost, registered_function
 from grants_local.queue import ManualClock
 from shared.core.messaging import callback_copy_id
-from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.conftest import AU, HELPDESK_TEMPLATE, USER, USER_2, body, settings_for
 from tests.test_function_app import CrashingActions
 

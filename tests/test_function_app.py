@@ -18,7 +18,9 @@ from grants_local.host import LocalHost, registered_function
 from grants_local.queue import ManualClock
 from grants_local.run import run_local
 from shared.core.errors import ConfigError
-from shared.service.settlement import Delivery, Settled, settle
+from shared.core.messaging import Delivery
+from shared.core.statuses import Settled
+from shared.service.settle import Done, Work, settle
 from tests.conftest import AU, LATE_USER, UNKNOWN, USER, USER_2, body, settings_for
 
 GRANT = registered_function(function_app.app, "grant_membership")
@@ -187,21 +189,28 @@ async def test_the_copy_is_scheduled_before_the_original_is_completed(harness: L
     assert app.calls() == ["Complete", "Complete"]
 
 
-async def test_an_unexpected_exception_abandons_and_never_completes(harness: LocalApp) -> None:
-    async def broken(command: Any) -> Any:
+class _Broken(Work):
+    kind = "grant"
+
+    async def run(self) -> Done:
         raise RuntimeError("a bug")
 
+    def record(self, settled: Settled, *, finished: datetime) -> dict[str, Any]:
+        return {"outcome": settled.outcome.value}
+
+
+async def test_an_unexpected_exception_abandons_and_never_completes(harness: LocalApp) -> None:
     harness.queue.send(grant(), message_id="m-1")
     locked = harness.queue.receive()
     assert locked is not None
 
     settled: Settled = await settle(
         Delivery.of(to_received_message(locked)),
-        handle=broken,
+        _Broken(),
         actions=harness.actions,
-        sender=harness.sender,
-        retry_policy=harness.services.retry_policy,
+        policy=harness.services.retry_policy,
         now=harness.clock.utcnow,
+        deadline=5.0,
     )
     assert (settled.outcome, settled.terminal) == ("abandoned", False)
     assert harness.calls() == ["Abandon"]  # and no Complete

@@ -8,8 +8,9 @@ import pytest
 
 from grants_local.graph_double import Fault, GraphDouble
 from grants_local.queue import ManualClock
-from shared.adapters.governor import BACKOFF, FILL, INITIAL, TARGET, Lane, WriteGovernor, current_lane, lane
+from shared.adapters.governor import BACKOFF, FILL, INITIAL, TARGET, WriteGovernor
 from shared.bootstrap import Services
+from shared.core.messaging import Lane
 from tests.conftest import USER_2
 from tests.test_grant_engine import command
 
@@ -97,7 +98,7 @@ async def test_rate_zero_does_not_pace() -> None:
 async def test_a_429_from_graph_pauses_the_process_for_its_retry_after(services: Services, graph: GraphDouble) -> None:
     graph.inject(Fault.status(429, retry_after=3))
     with pytest.raises(Exception, match="Throttled"):
-        await services.handle(command())
+        await services.grants.execute(command())
     governor = services.graph._governor
     assert governor is not None
     assert governor.pauses == 1
@@ -158,19 +159,6 @@ async def test_an_interactive_write_borrows_a_token_ahead_of_waiting_bulk_writer
     assert time.now == 0
     await time.run(bulk)
     assert time.now == pytest.approx(3.0, abs=0.02)  # 1 s each for the two bulk writes, plus the borrowed one
-
-
-async def test_the_lane_comes_from_the_context_and_defaults_to_interactive() -> None:
-    seen: list[str] = []
-
-    async def work() -> None:
-        seen.append(current_lane())
-
-    await work()
-    with lane("bulk"):
-        await asyncio.create_task(work())  # tasks started in the block inherit it
-    await work()
-    assert seen == ["interactive", "bulk", "interactive"]
 
 
 async def test_a_bulk_429_pauses_the_bulk_lane_only() -> None:
@@ -267,7 +255,7 @@ async def test_a_429_that_no_usage_signal_announced_only_pauses() -> None:
 async def test_graph_calls_carry_the_lanes_priority(services: Services, graph: GraphDouble) -> None:
     """x-ms-throttle-priority: High for interactive work (user-visible), Low for bulk."""
     graph.write_budget = (100, 10.0)
-    await services.handle(command())
-    with lane("bulk"):
-        await services.handle(command(member=USER_2))
-    assert [w.priority for w in graph.write_log] == ["High", "Low"]
+    await services.grants.execute(command())
+    await services.grants.execute(command(member=USER_2), lane=Lane.BULK)
+    await services.grants.execute(command(member=USER_2, action="remove"))
+    assert [w.priority for w in graph.write_log] == ["High", "Low", "High"]

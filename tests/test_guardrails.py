@@ -22,6 +22,7 @@ from shared.bootstrap import bootstrap
 from shared.config import Settings
 from shared.core.contract import Guid, SourceSystem, parse_grant
 from shared.core.errors import ConfigError, PermanentError
+from shared.core.messaging import Lane
 from shared.core.policy import TIER0_ROLE_TEMPLATES, GrantPolicy
 from shared.runtime import services
 from tests.conftest import (
@@ -263,7 +264,7 @@ async def test_a_granted_membership_whose_removal_was_not_scheduled_is_removed_w
     run = await make_run()
     expires_at = datetime.fromtimestamp(run.clock() + 60, UTC)
     run.queue.send(grant(target=AU_TARGET, expiresAt=expires_at.isoformat()), message_id="m-1")
-    sender = services().sender
+    sender = services().senders.lane(Lane.INTERACTIVE)
     assert isinstance(sender, LocalSender)
     sender.fail_next(1)  # scheduling the removal fails; the retry copy's send then works
     locked = run.queue.receive()

@@ -23,8 +23,9 @@ from grants_local.queue import LocalQueue, LocalSender
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
 from shared.core.contract import Target, parse_grant
 from shared.core.errors import ConfigError, ContractError, Reason
-from shared.producers.hr import derive_messages, effective_at, parse_event
-from shared.producers.hr_rules import HrRules
+from shared.core.hr_events import derive_messages, effective_at, parse_event
+from shared.core.hr_rules import HrRules
+from shared.core.messaging import Lane
 from shared.runtime import check_configuration, services
 from tests.conftest import AU, AU_OTHER, HELPDESK_TEMPLATE, USER, USER_2, Run
 
@@ -230,7 +231,7 @@ async def test_given_an_invalid_event_when_processed_then_it_is_dead_lettered_in
 
 
 async def test_given_a_send_failure_when_processed_then_abandoned_and_the_redelivery_completes(hr: HrRun) -> None:
-    sender = services().sender
+    sender = services().senders.lane(Lane.INTERACTIVE)
     assert isinstance(sender, LocalSender)
     sender.fail_next()
     await hr.publish(event("hire"))

@@ -13,6 +13,7 @@ from grants_local.binding import to_received_message
 from grants_local.graph_double import Fault, GraphDouble
 from grants_local.queue import LocalSender
 from grants_local.run import run_local
+from shared.core.messaging import Lane
 from shared.runtime import services
 from tests.conftest import AU, LATE_USER, USER, USER_2, ManualClock, body
 from tests.test_function_app import GRANT
@@ -126,11 +127,11 @@ async def test_2c_a_removal_that_keeps_failing_stays_pending_and_the_sweep_remov
     outcomes = await run.deliver(body(requestId="T9", expiresAt=at(run, 60)))
     assert [o["reason"] for o in by_request(outcomes, "T9:expire")] == ["GraphUnavailable"]
     assert graph.members_of(AU) == {USER}  # fail-open without the sweep
-    assert await services().sweep_expiries() == 1
+    assert await services().expiry_sweep() == 1
     outcomes = await run.deliver()
     assert [o["outcome"] for o in by_request(outcomes, "T9:expire:expire")] == ["revoked"]
     assert graph.members_of(AU) == set()
-    assert await services().sweep_expiries() == 0  # nothing pending any more
+    assert await services().expiry_sweep() == 0  # nothing pending any more
 
 
 async def test_2d_a_removal_that_can_never_be_scheduled_is_done_by_the_sweep(
@@ -139,7 +140,7 @@ async def test_2d_a_removal_that_can_never_be_scheduled_is_done_by_the_sweep(
     """Scheduling the removal fails every time (the add ends dead-lettered ExpiryNotScheduled, the member in);
     once the grant has expired, the sweep removes the member."""
     run = await make_run(GRANTS_MAX_ATTEMPTS="3")
-    sender = services().sender
+    sender = services().senders.lane(Lane.INTERACTIVE)
     assert isinstance(sender, LocalSender)
     real = sender.schedule
 
@@ -152,9 +153,9 @@ async def test_2d_a_removal_that_can_never_be_scheduled_is_done_by_the_sweep(
     outcomes = await run.deliver(body(requestId="T10", expiresAt=at(run, 3600)))
     assert by_request(outcomes, "T10")[0]["reason"] == "ExpiryNotScheduled"
     assert graph.members_of(AU) == {USER}
-    assert await services().sweep_expiries() == 0  # not expired yet
+    assert await services().expiry_sweep() == 0  # not expired yet
     run.clock.advance(3600)
-    assert await services().sweep_expiries() == 1
+    assert await services().expiry_sweep() == 1
     outcomes = await run.deliver()
     assert [o["outcome"] for o in by_request(outcomes, "T10:expire")] == ["revoked"]
     assert graph.members_of(AU) == set()
@@ -219,5 +220,5 @@ async def test_the_sweep_leaves_grants_without_expiry_alone(make_run: Callable[.
     run = await make_run()
     await run.deliver(body(requestId="forever"))
     run.clock.advance(timedelta(days=400).total_seconds())
-    assert await services().sweep_expiries() == 0
+    assert await services().expiry_sweep() == 0
     assert graph.members_of(AU) == {USER}

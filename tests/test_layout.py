@@ -18,9 +18,9 @@ LAYERS: dict[str, set[str]] = {
     "shared.core": set(),
     "shared.adapters": {"shared.core"},
     "shared.service": {"shared.core", "shared.adapters"},
-    "shared.producers": {"shared.core", "shared.adapters", "shared.service"},
+    "shared.handlers": {"shared.core", "shared.adapters", "shared.service"},
     "shared.config": {"shared.core"},
-    "shared.bootstrap": {"shared.core", "shared.adapters", "shared.service", "shared.producers", "shared.config"},
+    "shared.bootstrap": {"shared.core", "shared.adapters", "shared.service", "shared.handlers", "shared.config"},
     "shared.runtime": {"shared"},
 }
 NOT_SHIPPED = ("grants_cli", "grants_local", "tests", "benchmarks", "infra")

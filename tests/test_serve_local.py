@@ -18,7 +18,7 @@ import pytest
 
 from grants_local.demo import EXAMPLES
 from grants_local.serve import LOCAL_WEBHOOK_SECRET, _batch_problem, serve_local
-from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 ALICE = "11111111-1111-4111-8111-111111111111"
 ERIN = "12121212-1212-4212-8212-121212121212"

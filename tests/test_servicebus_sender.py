@@ -12,8 +12,9 @@ import pytest
 from grants_local.unreachable import StaticToken, refusing_port, stalling_port
 from shared.adapters.servicebus import SEND_DEADLINE_SECONDS, ServiceBusSender, outgoing_message
 from shared.core.messaging import Delivery
-from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, receive, sign
-from shared.service.settlement import retry_message_id
+from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.handlers.grant import retry_message_id
+from shared.handlers.webhook import receive
 from tests.conftest import message
 
 

@@ -18,8 +18,8 @@ import pytest
 import function_app
 from grants_local.binding import to_received_message
 from grants_local.host import registered_function
-from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from shared.service.settlement import outcome_log
+from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.service.settle import outcome_log
 from tests.conftest import AU, USER, Run, body
 
 WEBHOOK = registered_function(function_app.app, "grant_webhook")

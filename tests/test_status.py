@@ -21,7 +21,7 @@ from grants_local.graph_double import GraphDouble
 from grants_local.host import registered_function
 from grants_local.queue import ManualClock
 from shared.core.messaging import BULK_JOB, JOB_ROW, JOB_ROWS
-from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.conftest import AU, UNKNOWN, USER, USER_2, body, settings_for
 
 WEBHOOK = registered_function(function_app.app, "grant_webhook")

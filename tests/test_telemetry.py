@@ -21,7 +21,7 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogR
 from grants_local.graph_double import GraphDouble
 from grants_local.ingestion import UNSET, IngestionStub, local_environment
 from shared.adapters.telemetry import QUIETED_LOGGERS, dimensions, install
-from shared.service.settlement import outcome_log
+from shared.service.settle import outcome_log
 from tests.conftest import AU, GLOBAL_ADMIN, USER, body
 
 TIER0 = {"type": "directoryRole", "roleTemplateId": GLOBAL_ADMIN}  # refused by the default policy

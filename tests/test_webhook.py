@@ -19,7 +19,9 @@ from grants_local.queue import LocalQueue, LocalSender, ManualClock
 from shared.config import Settings
 from shared.core.contract import MAX_MESSAGE_BYTES, encoding_problem, parse_grant
 from shared.core.errors import ConfigError
-from shared.producers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, receive, sign, webhook_message_id
+from shared.core.messaging import Lane
+from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.handlers.webhook import receive, webhook_message_id
 from tests.conftest import AU, HELPDESK_TEMPLATE, USER, USER_2, Run, message
 
 WEBHOOK = registered_function(function_app.app, "grant_webhook")
@@ -387,7 +389,7 @@ async def test_given_a_send_failure_when_posted_then_503_with_retry_after(run: R
 def run_sender(run: Run) -> LocalSender:
     from shared.runtime import services
 
-    sender = services().sender
+    sender = services().senders.lane(Lane.INTERACTIVE)
     assert isinstance(sender, LocalSender)
     return sender
 

@@ -43,18 +43,12 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Final, Literal
+from collections.abc import Awaitable, Callable
+from typing import Final
 
-__all__ = ["LANES", "Lane", "WriteGovernor", "current_lane", "lane"]
+from shared.core.messaging import LANES, Lane
 
-Lane = Literal["interactive", "bulk"]
-#: The lanes, served in this order.
-LANES: Final[tuple[Lane, ...]] = ("interactive", "bulk")
-
-_lane: ContextVar[Lane] = ContextVar("entra_grants_lane", default="interactive")
+__all__ = ["WriteGovernor"]
 
 #: Adaptive pacing's constants (see the module docstring).
 TARGET: Final = 0.97
@@ -71,21 +65,6 @@ INTERACTIVE_DEBT: Final = 16
 SIGNAL_FLOOR: Final = 0.8
 
 _EPSILON = 1e-9
-
-
-def current_lane() -> Lane:
-    """The lane of the work running in this task (``interactive`` unless `lane` says otherwise)."""
-    return _lane.get()
-
-
-@contextmanager
-def lane(name: Lane) -> Iterator[None]:
-    """Run the block (and the tasks it starts) in lane `name`."""
-    token = _lane.set(name)
-    try:
-        yield
-    finally:
-        _lane.reset(token)
 
 
 class WriteGovernor:
@@ -121,9 +100,10 @@ class WriteGovernor:
         self.pauses = 0
         self.last_usage: float | None = None
 
-    async def acquire(self, lane: Lane | None = None) -> None:
-        """Wait until a write may be sent (interactive waiters first, then in arrival order), take its token."""
-        name = lane or _lane.get()
+    async def acquire(self, lane: Lane = Lane.INTERACTIVE) -> None:
+        """Wait until a write of `lane` may be sent (interactive waiters first, then in arrival order), take its
+        token."""
+        name = lane
         waiters = self._waiters[name]
         if self._head() is None and self._take(self._clock(), name) <= 0:  # nobody waiting, a token at hand
             self._in_flight += 1
@@ -167,7 +147,7 @@ class WriteGovernor:
             return 0.0
         self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
-        if lane == "interactive" and self._waiters["bulk"] and self._tokens > 1 - INTERACTIVE_DEBT:
+        if lane == Lane.INTERACTIVE and self._waiters[Lane.BULK] and self._tokens > 1 - INTERACTIVE_DEBT:
             # Ahead of bulk writers, an interactive write does not wait for the bucket (or this process's share of
             # the window): it borrows a token, which the bulk lane pays back. The rate over time is unchanged.
             self._tokens -= 1
@@ -195,7 +175,7 @@ class WriteGovernor:
         if lanes == LANES:
             self._tokens, self._updated = 0.0, max(self._paused_until.values())
 
-    def throttled(self, retry_after: float, lane: Lane = "interactive") -> None:
+    def throttled(self, retry_after: float, lane: Lane = Lane.INTERACTIVE) -> None:
         """A write of `lane` was answered ``429``: pause that lane and those after it (a bulk 429 pauses bulk
         only), and (adaptive) cut the rate, once per pause."""
         already_paused = self._paused_until[lane] > self._clock()

@@ -8,6 +8,7 @@ tokens did not cure (`PermanentError(Unauthorized)`). `raise_for_graph` maps the
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import uuid
@@ -20,9 +21,10 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.adapters.governor import Lane, WriteGovernor, current_lane
+from shared.adapters.governor import WriteGovernor
 from shared.adapters.identity import TokenSource
 from shared.core.errors import GraphAnswer, PermanentError, Reason, TransientError
+from shared.core.messaging import Lane
 
 __all__ = ["USER_AGENT", "GraphClient", "GraphResponse", "new_http_client", "path", "raise_for_graph"]
 
@@ -36,7 +38,7 @@ DEFAULT_THROTTLE_PAUSE_SECONDS: Final = 5.0
 TOKEN_REFRESHES: Final = 2
 #: ``x-ms-throttle-priority`` by lane: Graph throttles Low first and High last (it does not change the limits);
 #: Microsoft recommends High only for user-initiated requests (a new hire waiting, a ticket).
-THROTTLE_PRIORITY: Final[dict[Lane, str]] = {"interactive": "High", "bulk": "Low"}
+THROTTLE_PRIORITY: Final[dict[Lane, str]] = {Lane.INTERACTIVE: "High", Lane.BULK: "Low"}
 
 
 def new_http_client() -> httpx.AsyncClient:
@@ -85,9 +87,10 @@ class GraphResponse:
 class GraphClient:
     """Sends requests to Graph at `base_url` (e.g. ``https://graph.microsoft.com/v1.0``).
 
-    Writes wait for `governor` (when given) in the current lane (`shared.adapters.governor.lane`); each write's
-    answer is reported to it (``x-ms-throttle-limit-percentage``, or a ``429`` and its ``Retry-After``, which
-    pauses every writer). Every request carries ``x-ms-throttle-priority`` for its lane.
+    Writes wait for `governor` (when given) in the client's `lane` (`in_lane` gives a client for another lane,
+    sharing everything else); each write's answer is reported to it (``x-ms-throttle-limit-percentage``, or a
+    ``429`` and its ``Retry-After``, which pauses every writer). Every request carries ``x-ms-throttle-priority``
+    for its lane.
     """
 
     def __init__(
@@ -98,12 +101,22 @@ class GraphClient:
         base_url: str,
         governor: WriteGovernor | None = None,
         new_request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        lane: Lane = Lane.INTERACTIVE,
     ) -> None:
         self._http = http
         self._tokens = tokens
         self.base_url = base_url.rstrip("/")
         self._governor = governor
         self._new_request_id = new_request_id
+        self.lane = lane
+
+    def in_lane(self, lane: Lane) -> GraphClient:
+        """This client for the work of `lane` (same connections, tokens and governor)."""
+        if lane is self.lane:
+            return self
+        view = copy.copy(self)
+        view.lane = lane
+        return view
 
     def relative(self, next_link: object) -> str | None:
         """The path of an ``@odata.nextLink`` on this client's Graph root; None for anything else."""
@@ -143,7 +156,7 @@ class GraphClient:
         self, method: str, url_path: str, json_body: Mapping[str, Any] | None, token: str
     ) -> GraphResponse:
         client_request_id = self._new_request_id()
-        lane = current_lane()
+        lane = self.lane
         headers = {
             "Authorization": f"Bearer {token}",
             "client-request-id": client_request_id,

@@ -1,21 +1,30 @@
-"""Retry copies go back to the queue of the lane their message came from (a bulk row's retry stays bulk)."""
+"""A sender per lane: a grant's retry copy and its expiry removal go back to the queue of the lane it came from."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
 
-from shared.adapters.governor import Lane, current_lane
-from shared.core.messaging import MessageSender
+from shared.core.messaging import LANES, Lane, MessageSender
 
 __all__ = ["LaneSender"]
 
 
 class LaneSender:
-    """Sends through `senders[current_lane()]`; work outside any lane (the webhook, HR events) is interactive."""
+    """One `MessageSender` per lane (`lane`); as a sender itself, the interactive lane's (the webhook, HR events,
+    the expiry sweep)."""
 
     def __init__(self, senders: Mapping[Lane, MessageSender]) -> None:
-        self._senders = dict(senders)
+        self._senders = {lane: senders[lane] for lane in LANES}
+
+    @classmethod
+    def single(cls, sender: MessageSender) -> LaneSender:
+        """Every lane on one sender (a local queue, a test's)."""
+        return sender if isinstance(sender, LaneSender) else cls(dict.fromkeys(LANES, sender))
+
+    def lane(self, lane: Lane) -> MessageSender:
+        """The sender of `lane`'s queue."""
+        return self._senders[lane]
 
     async def schedule(
         self,
@@ -25,8 +34,8 @@ class LaneSender:
         application_properties: Mapping[str, str | int],
         scheduled_enqueue_time: datetime,
     ) -> None:
-        """Send one message on the current lane's queue, deliverable at `scheduled_enqueue_time`."""
-        await self._senders[current_lane()].schedule(
+        """Send one message on the interactive lane's queue, deliverable at `scheduled_enqueue_time`."""
+        await self._senders[Lane.INTERACTIVE].schedule(
             body=body,
             message_id=message_id,
             application_properties=application_properties,
@@ -34,7 +43,7 @@ class LaneSender:
         )
 
     async def close(self) -> None:
-        for sender in self._senders.values():
+        for sender in {id(sender): sender for sender in self._senders.values()}.values():
             close = getattr(sender, "close", None)
             if close is not None:
                 await close()

@@ -87,7 +87,8 @@ from shared.core.intents import (
     check_request,
     release,
 )
-from shared.core.statuses import StatusWrite, is_terminal
+from shared.core.statuses import Status, StatusRecord, StatusWrite
+from shared.core.times import read_time
 
 if TYPE_CHECKING:
     import httpx
@@ -286,6 +287,11 @@ class Ledger:
                 raise result
         return bool(results[0])
 
+    async def record(self, record: StatusRecord, *, now: datetime, write: StatusWrite = StatusWrite.FINAL) -> bool:
+        """Write `record` as its request's status (`record_status`); True when the status itself was written."""
+        assert record.request_id is not None
+        return await self.record_status(record.request_id, record.to_json(), now=now, write=write)
+
     async def status(self, request_id: str) -> dict[str, Any] | None:
         """The status record of `request_id` (with ``acceptedAt``, ``updatedAt`` and a time-bound grant's
         ``removal``), None when there is none.
@@ -440,7 +446,7 @@ class Ledger:
                 raise
             return None  # deleted in between: insert again
         try:
-            if is_terminal(current.get("status")):
+            if (status := Status.read(current.get("status"))) is not None and status.terminal:
                 return False
             await self._table.update_entity(
                 entity,
@@ -550,7 +556,7 @@ def _status_entities(
     for name in ("jobRow", "jobRows"):
         if isinstance(record.get(name), int) and not isinstance(record[name], bool):
             common[name] = record[name]
-    intent_at = _parse_time(record.get("intentAt"))
+    intent_at = read_time(record.get("intentAt"))
     if intent_at is not None:
         common["intentAt"] = intent_at
     if status in ("accepted", "scheduled"):
@@ -618,16 +624,6 @@ def _loads(text: object) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _pair_fields(state: PairState) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any, Final
 
 __all__ = ["QUIETED_LOGGERS", "RECORD_ATTRIBUTES", "OutcomeDimensions", "dimensions", "install"]
 
-#: The ``extra`` attributes that carry an outcome record (shared/service/settlement.py: ``log_outcome``).
+#: The ``extra`` attributes that carry an outcome record (shared/service/settle.py: ``log_outcome``).
 RECORD_ATTRIBUTES: Final = ("grant", "hrEvent")
 #: Loggers `install` sets to WARNING when unset (see the module docstring).
 QUIETED_LOGGERS: Final = (

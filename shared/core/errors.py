@@ -56,6 +56,7 @@ class Reason(StrEnum):
     # Our side.
     TOKEN_UNAVAILABLE = "TokenUnavailable"  # noqa: S105 (a reason code, not a secret)
     LEDGER_UNAVAILABLE = "LedgerUnavailable"  # transient: the ledger's storage is unreachable, failing or throttling
+    QUEUE_UNAVAILABLE = "QueueUnavailable"  # transient: a message the app derives could not be sent to its queue
     # A signed callback to the requester (the grant itself is unaffected).
     CALLBACK_FAILED = "CallbackFailed"
 

@@ -13,8 +13,11 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+from enum import StrEnum
 from typing import Any, Final, Protocol, TypeAlias
+
+from shared.core.times import read_time
 
 __all__ = [
     "ATTEMPT",
@@ -34,6 +37,7 @@ __all__ = [
     "HR_EVENT",
     "JOB_ROW",
     "JOB_ROWS",
+    "LANES",
     "MAX_DESCRIPTION_CHARS",
     "MAX_MESSAGE_ID_CHARS",
     "MAX_REASON_CHARS",
@@ -41,6 +45,7 @@ __all__ = [
     "RESUBMISSION",
     "DeadLetter",
     "Delivery",
+    "Lane",
     "MessageActions",
     "MessageSender",
     "OutcomePublisher",
@@ -55,6 +60,18 @@ __all__ = [
 ]
 
 PropertyValue: TypeAlias = str | int | float | bool
+
+
+class Lane(StrEnum):
+    """Which queue a grant message came from, and so its priority: a bulk job's rows wait behind interactive grants
+    (the governor), go to Graph at ``x-ms-throttle-priority: Low``, and their retry copies stay in the bulk queue."""
+
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
+
+
+#: The lanes, served in this order.
+LANES: Final = (Lane.INTERACTIVE, Lane.BULK)
 
 #: Application properties the app writes on the messages it sends itself.
 ATTEMPT: Final = "attempt"  # a retry copy's attempt number (the first delivery is attempt 1)
@@ -152,6 +169,11 @@ class Delivery:
         """An application property by name (see `property_of`)."""
         return property_of(self.application_properties, name)
 
+    def text_property(self, name: str) -> str | None:
+        """An application property's text: None when it is absent or empty."""
+        value = self.application_property(name)
+        return str(value) if value not in (None, "") else None
+
     @property
     def attempt(self) -> int:
         """This delivery's attempt number (see `attempt_of`)."""
@@ -164,14 +186,7 @@ class Delivery:
 
     def first_attempt_at(self, default: datetime) -> datetime:
         """When attempt 1 started (`FIRST_ATTEMPT_AT`, set on retry copies; naive means UTC), else `default`."""
-        value = self.application_property(FIRST_ATTEMPT_AT)
-        if not isinstance(value, str):
-            return default
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return default
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return read_time(self.application_property(FIRST_ATTEMPT_AT)) or default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,35 +1,101 @@
-"""The status vocabulary of a request, and the rule that decides when one status record replaces another.
+"""Statuses, pure: what a request or a delivery can say of itself, how it ended, and the request's status record.
 
-A request's status (``GET /api/grants/{requestId}``) moves through *pending* statuses to one *terminal* one:
-
-- pending: ``accepted`` (the webhook queued it), ``scheduled`` (an HR event queued it for a later effective
-  time), ``in_progress`` (an attempt holds the member and target's lease and is writing to Graph),
-  ``retry_scheduled`` (an attempt failed transiently; ``nextRetryAt`` says when the next one runs);
-- terminal and succeeded: ``granted``, ``already_member``, ``revoked``, ``not_member``, ``would_grant``,
-  ``would_revoke`` (dry runs), ``superseded`` (a newer intent for the pair won), ``duplicate``;
-- terminal and failed: ``dead_lettered`` (with its reason code and description).
-
-`StatusWrite` says how a write treats what is recorded already, so that a copy of a request (a duplicate, a
-retry racing a redelivery) can never move a finished request back to pending or overwrite its owner's outcome.
+- `Status`: the one vocabulary. A request moves through *pending* statuses (accepted, scheduled, in_progress,
+  retry_scheduled) to one *terminal* one: succeeded (granted, already_member, revoked, not_member, would_grant,
+  would_revoke, superseded, duplicate) or failed (dead_lettered). A delivery can also end completed (an HR event),
+  delivered or skipped (a callback), or, not terminal, abandoned or unsettled (Service Bus delivers it again).
+- `Settled`: how one delivery ended (the outcome line's status, reason, description and attempts).
+- `StatusRecord`: what ``GET /api/grants/{requestId}`` answers, frozen and typed; `StatusRecord.to_json` and
+  `StatusRecord.from_json` are its only writer and reader (every field, ``null`` when unknown).
+- `StatusWrite`: how a status record is written over what the ledger holds, so that a copy of a request (a
+  duplicate, a retry racing a redelivery) never moves a finished request back to pending or overwrites its
+  owner's outcome.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["FAILED", "PENDING", "SUCCEEDED", "StatusWrite", "is_terminal"]
+from shared.core.times import read_time
 
-PENDING: Final = frozenset({"accepted", "scheduled", "in_progress", "retry_scheduled"})
-SUCCEEDED: Final = frozenset(
-    {"granted", "already_member", "revoked", "not_member", "would_grant", "would_revoke", "superseded", "duplicate"}
+__all__ = ["Removal", "Settled", "Status", "StatusRecord", "StatusWrite"]
+
+
+class Status(StrEnum):
+    """A request's status, or how a delivery ended. Stable: a public interface (the API, outcome lines, events)."""
+
+    # a request's, pending
+    ACCEPTED = "accepted"  # the webhook queued it
+    SCHEDULED = "scheduled"  # an HR event queued it for a later effective time (``scheduledFor``)
+    IN_PROGRESS = "in_progress"  # an attempt holds the member and target's lease and is writing to Graph
+    RETRY_SCHEDULED = "retry_scheduled"  # an attempt failed transiently; ``nextRetryAt`` says when the next runs
+    # a request's, terminal and succeeded
+    GRANTED = "granted"
+    ALREADY_MEMBER = "already_member"
+    REVOKED = "revoked"
+    NOT_MEMBER = "not_member"
+    WOULD_GRANT = "would_grant"  # dry run
+    WOULD_REVOKE = "would_revoke"  # dry run
+    SUPERSEDED = "superseded"  # a newer intent for the same member and target is recorded: nothing written
+    DUPLICATE = "duplicate"  # the same request arrived before in another message: nothing written
+    # terminal and failed
+    DEAD_LETTERED = "dead_lettered"
+    # a delivery's other ends (outcome lines, never a request's status)
+    COMPLETED = "completed"  # an HR event whose grant messages were all sent
+    DELIVERED = "delivered"  # a callback the receiver answered 2xx
+    SKIPPED = "skipped"  # a callback event with no callback URL
+    ABANDONED = "abandoned"  # not terminal: Service Bus delivers the message again
+    UNSETTLED = "unsettled"  # not terminal: the host did not answer the settlement call in time
+
+    @property
+    def pending(self) -> bool:
+        """A request's status before its end."""
+        return self in _PENDING
+
+    @property
+    def succeeded(self) -> bool:
+        """A terminal status that is not a failure."""
+        return self in _SUCCEEDED
+
+    @property
+    def terminal(self) -> bool:
+        """The request (or delivery) ends with this status: succeeded or dead-lettered."""
+        return self in _SUCCEEDED or self is Status.DEAD_LETTERED
+
+    @classmethod
+    def read(cls, value: object) -> Status | None:
+        """The status named `value`, or None when it names none."""
+        if not isinstance(value, str):
+            return None
+        try:
+            return cls(value)
+        except ValueError:
+            return None
+
+
+_PENDING: Final = frozenset({Status.ACCEPTED, Status.SCHEDULED, Status.IN_PROGRESS, Status.RETRY_SCHEDULED})
+_SUCCEEDED: Final = frozenset(
+    {
+        Status.GRANTED,
+        Status.ALREADY_MEMBER,
+        Status.REVOKED,
+        Status.NOT_MEMBER,
+        Status.WOULD_GRANT,
+        Status.WOULD_REVOKE,
+        Status.SUPERSEDED,
+        Status.DUPLICATE,
+        Status.COMPLETED,
+        Status.DELIVERED,
+        Status.SKIPPED,
+    }
 )
-FAILED: Final = frozenset({"dead_lettered"})
-
-
-def is_terminal(status: object) -> bool:
-    """True for a status the request ends with (succeeded or failed)."""
-    return status in SUCCEEDED or status in FAILED
+#: Statuses after which the member holds the membership (a time-bound grant's removal is then scheduled).
+HOLDS: Final = frozenset({Status.GRANTED, Status.ALREADY_MEMBER})
 
 
 class StatusWrite(StrEnum):
@@ -38,3 +104,176 @@ class StatusWrite(StrEnum):
     FIRST = "first"  # only where nothing is recorded: accepted, scheduled, and what a duplicate or refused id says
     PROGRESS = "progress"  # unless a terminal status is recorded: in_progress, retry_scheduled
     FINAL = "final"  # always: the terminal outcome of the request's own message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settled:
+    """How one delivery ended: the outcome line's status, reason code, description and attempt number."""
+
+    outcome: Status
+    reason: str | None
+    description: str
+    attempts: int
+
+    @property
+    def terminal(self) -> bool:
+        """True when the delivery ended for good (see `Status.terminal`)."""
+        return self.outcome.terminal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Removal:
+    """A time-bound grant's removal: ``scheduled`` until it runs (`due_at`), then its own status."""
+
+    status: Status
+    due_at: datetime | None = None
+    request_id: str | None = None
+    reason: str | None = None
+    updated_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The removal as JSON: ``{"status", "dueAt"}`` while scheduled, else its status, requestId, reason and
+        updatedAt."""
+        if self.status is Status.SCHEDULED:
+            return {"status": self.status.value, "dueAt": _iso(self.due_at)}
+        return {
+            "status": self.status.value,
+            "requestId": self.request_id,
+            "reason": self.reason,
+            "updatedAt": _iso(self.updated_at),
+        }
+
+    @classmethod
+    def from_json(cls, document: object) -> Removal | None:
+        """The removal `document` describes; None when it is not one."""
+        if not isinstance(document, Mapping) or (status := Status.read(document.get("status"))) is None:
+            return None
+        return cls(
+            status=status,
+            due_at=read_time(document.get("dueAt")),
+            request_id=_text(document.get("requestId")),
+            reason=_text(document.get("reason")),
+            updated_at=read_time(document.get("updatedAt")),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusRecord:
+    """A request's status record: how far it got, what it asks, who asked, and the bookkeeping of its attempts.
+
+    Times are aware datetimes; in JSON, ISO 8601 strings. `accepted_at` and `updated_at` are the ledger's (when it
+    first and last recorded a status); `removal` is a time-bound grant's removal.
+    """
+
+    request_id: str | None
+    status: Status
+    reason: str | None = None
+    description: str | None = None
+    attempts: int = 0
+    message_id: str | None = None
+    original_message_id: str | None = None
+    graph_request_id: str | None = None
+    started_at: datetime | None = None
+    first_attempt_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    next_retry_at: datetime | None = None
+    # what it asks, and who asked
+    action: str | None = None
+    source_system: str | None = None
+    source_reference: str | None = None
+    requested_by: str | None = None
+    request_reason: str | None = None
+    target_type: str | None = None
+    target_id: str | None = None
+    role_template_id: str | None = None
+    member_id: str | None = None
+    member_type: str | None = None
+    dry_run: bool | None = None
+    requested_at: datetime | None = None
+    intent_at: datetime | None = None
+    expires_at: datetime | None = None
+    # where it belongs
+    job_id: str | None = None
+    hr_event_id: str | None = None
+    job_row: int | None = None
+    job_rows: int | None = None
+    scheduled_for: datetime | None = None
+    expiry_of: str | None = None
+    # the ledger's
+    accepted_at: datetime | None = None
+    updated_at: datetime | None = None
+    removal: Removal | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a JSON object: every field by its camelCase name, ``null`` when unknown."""
+        document: dict[str, Any] = {}
+        for name, key in _KEYS:
+            value = getattr(self, name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, Status):
+                value = value.value
+            elif isinstance(value, Removal):
+                value = value.to_json()
+            document[key] = value
+        return document
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> StatusRecord:
+        """The record `document` holds; a field of the wrong type is read as unknown (None). Raises ValueError
+        when ``status`` names no `Status`."""
+        status = Status.read(document.get("status"))
+        if status is None:
+            raise ValueError(f"not a status: {document.get('status')!r}")
+        values: dict[str, Any] = {}
+        for name, key in _KEYS:
+            kind, value = _FIELD_TYPES[name], document.get(key)
+            if name == "status":
+                continue
+            if kind is datetime:
+                values[name] = read_time(value)
+            elif kind is Removal:
+                values[name] = Removal.from_json(value)
+            elif kind is int:
+                values[name] = value if isinstance(value, int) and not isinstance(value, bool) else None
+            elif kind is bool:
+                values[name] = value if isinstance(value, bool) else None
+            else:
+                values[name] = _text(value)
+        values["attempts"] = values.get("attempts") or 0
+        return cls(status=status, **values)
+
+    def replace(self, **changes: Any) -> StatusRecord:
+        """A copy with `changes`."""
+        return dataclasses.replace(self, **changes)
+
+    def with_removal_view(self) -> StatusRecord:
+        """The record as the API shows it: a time-bound grant that holds, whose removal has no status of its own
+        yet, shows ``removal`` ``scheduled`` at its expiry."""
+        if self.removal is None and self.expires_at is not None and self.status in HOLDS:
+            return self.replace(removal=Removal(status=Status.SCHEDULED, due_at=self.expires_at))
+        return self
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+_KEYS: Final = tuple((field.name, _camel(field.name)) for field in dataclasses.fields(StatusRecord))
+#: How each field is read from JSON, by its declared type (anything else is text).
+_FIELD_TYPES: Final[Mapping[str, type]] = {
+    field.name: {"datetime | None": datetime, "Removal | None": Removal, "bool | None": bool, "int": int}.get(
+        str(field.type), int if str(field.type) == "int | None" else str
+    )
+    for field in dataclasses.fields(StatusRecord)
+}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _text(value: object) -> str | None:
+    """A non-empty string, else None (an empty property or field is unknown, not a value)."""
+    return value if isinstance(value, str) and value != "" else None

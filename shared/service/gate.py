@@ -34,9 +34,10 @@ from shared.adapters.ledger import Absorbed, Admitted, Ledger, Ticket
 from shared.core.contract import Action, GrantCommand, Guid, encode
 from shared.core.errors import GrantError, Reason, TransientError
 from shared.core.intents import Superseded, expiry_removal, intent_of, pair_of, parse_pair, removal_is_due
-from shared.core.messaging import EXPIRY_OF, MessageSender, derived_message_id
+from shared.core.messaging import EXPIRY_OF, Lane, MessageSender, derived_message_id
+from shared.core.statuses import Status
 from shared.service.grants import GrantService
-from shared.service.membership import Outcome, Result
+from shared.service.membership import Result
 
 __all__ = ["Arrival", "IntentGate"]
 
@@ -48,22 +49,23 @@ LEASE_MARGIN: Final = timedelta(seconds=15)
 #: take less, and a status no one could see for longer than this is not worth two storage requests a grant.
 PROGRESS_AFTER: Final = 1.0
 _APPLIED: Final = {
-    Outcome.GRANTED: Action.ADD,
-    Outcome.ALREADY_MEMBER: Action.ADD,
-    Outcome.REVOKED: Action.REMOVE,
-    Outcome.NOT_MEMBER: Action.REMOVE,
+    Status.GRANTED: Action.ADD,
+    Status.ALREADY_MEMBER: Action.ADD,
+    Status.REVOKED: Action.REMOVE,
+    Status.NOT_MEMBER: Action.REMOVE,
 }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Arrival:
-    """How a command arrived: the MessageId that first carried it, when that was enqueued, for an expiry removal
-    the request id of the grant it ends, and what to call once it has held its pair's lease for `PROGRESS_AFTER`
-    seconds (`admitted`: run beside the Graph work and waited for before the result is returned, never started
-    when the work ends sooner; its failure is logged, never raised)."""
+    """How a command arrived: the MessageId that first carried it, when that was enqueued, its lane, for an expiry
+    removal the request id of the grant it ends, and what to call once it has held its pair's lease for
+    `PROGRESS_AFTER` seconds (`admitted`: run beside the Graph work and waited for before the result is returned,
+    never started when the work ends sooner; its failure is logged, never raised)."""
 
     origin: str
     enqueued_at: datetime
+    lane: Lane = Lane.INTERACTIVE
     expiry_of: str | None = None
     admitted: Callable[[], Awaitable[object]] | None = None  # records in_progress (after PROGRESS_AFTER s of work)
 
@@ -87,17 +89,17 @@ class IntentGate:
     async def run(self, command: GrantCommand, arrival: Arrival) -> Result:
         """Guard `command` (policy), pass it through the ledger, and carry it out holding the pair's lease."""
         if not self._grants.writes(command):
-            return await self._grants.execute(command)
+            return await self._grants.execute(command, lane=arrival.lane)
         pair = pair_of(command.target, command.member.id)
         own_removal = await self._is_due_expiry(command, arrival, pair)
-        template = await self._grants.guard(command, own_removal=own_removal)
+        template = await self._grants.guard(command, own_removal=own_removal, lane=arrival.lane)
         now = self._now()
         decision = await self._ledger.begin(
             intent_of(command, requested_at=arrival.enqueued_at), pair=pair, origin=arrival.origin, now=now
         )
         if isinstance(decision, Absorbed):
             return Result(
-                Outcome.DUPLICATE,
+                Status.DUPLICATE,
                 f"request {command.request_id} was first carried by message {decision.record.origin}; "
                 "this message is the same request and changes nothing",
                 graph=None,
@@ -105,7 +107,7 @@ class IntentGate:
         if isinstance(decision, Superseded):
             newest = decision.newest
             return Result(
-                Outcome.SUPERSEDED,
+                Status.SUPERSEDED,
                 f"superseded by request {newest.request_id} ({newest.action.value}, requested "
                 f"{newest.requested_at.isoformat()}); nothing written",
                 graph=None,
@@ -118,18 +120,20 @@ class IntentGate:
             )
         progress = _Progress(arrival.admitted, after=self._progress_after, request_id=command.request_id)
         try:
-            return await self._carry_out(command, template, decision.ticket, now)
+            return await self._carry_out(command, template, decision.ticket, now, arrival.lane)
         finally:
             await progress.settle()
 
-    async def _carry_out(self, command: GrantCommand, template: Guid | None, ticket: Ticket, now: datetime) -> Result:
+    async def _carry_out(
+        self, command: GrantCommand, template: Guid | None, ticket: Ticket, now: datetime, lane: Lane
+    ) -> Result:
         """Run the Graph work within the lease, then return the lease with what was applied."""
         assert ticket.state.lease is not None
         recorded = replace(command, requested_at=ticket.state.newest.requested_at)
         budget = (ticket.state.lease.until - LEASE_MARGIN - now).total_seconds()
         try:
             async with asyncio.timeout(budget):
-                result = await self._grants.carry_out(recorded, template)
+                result = await self._grants.carry_out(recorded, template, lane=lane)
         except TimeoutError as error:
             await self._release_quietly(ticket)
             raise TransientError(

@@ -6,6 +6,8 @@ earlier attempt may have written the membership and failed to schedule the remov
 dry run when ``GRANTS_DRY_RUN`` or the message's ``dryRun`` says so), and after a successful add with ``expiresAt``
 schedules the app's own removal at that time (`expiry_removal`: the same request however often it is scheduled).
 An expiry removal is not subject to the source's policy (`guard(own_removal=True)`, decided by the intent gate).
+Each command runs in its lane: its Graph requests carry the lane's priority and wait in its lane of the write
+governor, and its expiry removal goes to the lane's queue.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from dataclasses import replace
 from datetime import datetime
 
 from shared.adapters.graph import GraphClient
+from shared.adapters.lanes import LaneSender
 from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, encode
 from shared.core.errors import GrantError, PermanentError, Reason, TransientError
 from shared.core.intents import content_hash, expiry_removal, intent_of
-from shared.core.messaging import EXPIRY_OF, MessageSender, derived_message_id
+from shared.core.messaging import EXPIRY_OF, Lane, derived_message_id
 from shared.core.policy import GrantPolicy
-from shared.service.membership import Outcome, Result, change_membership
+from shared.core.statuses import HOLDS
+from shared.service.membership import Result, change_membership
 from shared.service.roles import RoleTemplates
 
 __all__ = ["GrantService"]
@@ -34,78 +38,80 @@ class GrantService:
         *,
         graph: GraphClient,
         policy: GrantPolicy,
-        sender: MessageSender,
+        senders: LaneSender,
         now: Callable[[], datetime],
         activate_roles: bool,
         dry_run: bool,
     ) -> None:
         self._graph = graph
         self._policy = policy
-        self._sender = sender
+        self._senders = senders
         self._now = now
         self._activate_roles = activate_roles
         self._dry_run = dry_run
         self._roles = RoleTemplates()
 
-    async def execute(self, command: GrantCommand) -> Result:
-        """Check, carry out and (for time-bound grants) schedule the expiry of one command."""
-        return await self.carry_out(command, await self.guard(command))
+    async def execute(self, command: GrantCommand, *, lane: Lane = Lane.INTERACTIVE) -> Result:
+        """Check, carry out and (for time-bound grants) schedule the expiry of one command, without the ledger."""
+        return await self.carry_out(command, await self.guard(command, lane=lane), lane=lane)
 
     def writes(self, command: GrantCommand) -> bool:
         """False for a dry run (the message's ``dryRun`` or ``GRANTS_DRY_RUN``): nothing is written anywhere."""
         return not (self._dry_run or command.dry_run)
 
-    async def guard(self, command: GrantCommand, *, own_removal: bool = False) -> Guid | None:
+    async def guard(
+        self, command: GrantCommand, *, own_removal: bool = False, lane: Lane = Lane.INTERACTIVE
+    ) -> Guid | None:
         """The role template of the command's target (None for a unit), after the policy check (raises
         `PermanentError(PolicyDenied)`). `own_removal`: the app's own removal at a grant's expiry, not subject
         to the source's policy."""
         template: Guid | None = getattr(command.target, "role_template_id", None)
         try:
             if isinstance(command.target, DirectoryRole):
-                template = await self._roles.template_of(command.target, self._graph)
+                template = await self._roles.template_of(command.target, self._graph.in_lane(lane))
             if not own_removal:
                 self._policy.check(command, role_template_id=template)
         except GrantError as error:
             raise error.for_role_template(template) from error
         return template
 
-    async def carry_out(self, command: GrantCommand, template: Guid | None) -> Result:
-        """Carry out a guarded command: Graph, then for a time-bound grant the scheduling of its expiry."""
+    async def carry_out(self, command: GrantCommand, template: Guid | None, *, lane: Lane) -> Result:
+        """Carry out a guarded command in `lane`: Graph, then for a time-bound grant the scheduling of its expiry."""
         try:
-            return await self._carry_out(command, template)
+            return await self._carry_out(command, template, lane)
         except GrantError as error:
             raise error.for_role_template(template) from error
 
-    async def _carry_out(self, command: GrantCommand, template: Guid | None) -> Result:
+    async def _carry_out(self, command: GrantCommand, template: Guid | None, lane: Lane) -> Result:
         expires_at = command.expires_at if command.action is Action.ADD else None
         dry_run = self._dry_run or command.dry_run
         if expires_at is not None and expires_at <= (now := self._now()):
             if not dry_run:
-                await self._schedule_expiry(command, now)
+                await self._schedule_expiry(command, now, lane)
             raise PermanentError(
                 Reason.EXPIRED,
                 f"the grant expired at {expires_at.isoformat()} before it could be applied; nothing was granted"
                 + ("" if dry_run else ", and its removal was queued in case an earlier attempt had granted it"),
             )
         result = await change_membership(
-            command, graph=self._graph, activate_roles=self._activate_roles, dry_run=dry_run
+            command, graph=self._graph.in_lane(lane), activate_roles=self._activate_roles, dry_run=dry_run
         )
         result = replace(result, role_template_id=template)
-        if expires_at is not None and not dry_run and result.outcome in (Outcome.GRANTED, Outcome.ALREADY_MEMBER):
-            await self._schedule_expiry(command, expires_at)
+        if expires_at is not None and not dry_run and result.outcome in HOLDS:
+            await self._schedule_expiry(command, expires_at, lane)
             result = replace(
                 result, description=f"{result.description}; removal scheduled for {expires_at.isoformat()}"
             )
         return result
 
-    async def _schedule_expiry(self, command: GrantCommand, expires_at: datetime) -> None:
+    async def _schedule_expiry(self, command: GrantCommand, expires_at: datetime, lane: Lane) -> None:
         """Schedule the app's own removal at `expires_at` (`expiry_removal`; MessageId ``~expire:<digest>`` of its
         request id and content: scheduled twice, duplicate detection or the ledger absorbs the second)."""
         removal = expiry_removal(
             command.target, command.member.id, of=intent_of(command, requested_at=command.requested_at or self._now())
         )
         try:
-            await self._sender.schedule(
+            await self._senders.lane(lane).schedule(
                 body=encode(removal),
                 message_id=derived_message_id("expire", removal.request_id, content_hash(removal)),
                 application_properties={EXPIRY_OF: command.request_id},

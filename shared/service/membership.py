@@ -10,35 +10,26 @@ and error code; the message text is read only where the code is too broad (``Req
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum, StrEnum
+from enum import Enum
 from typing import Any, Final
 
 from shared.adapters.graph import GraphClient, GraphResponse, path, raise_for_graph
 from shared.core.contract import Action, AdministrativeUnit, DirectoryRole, GrantCommand, Guid, ScopedRole
 from shared.core.errors import GraphAnswer, PermanentError, Reason, TransientError
+from shared.core.statuses import Status
 
-__all__ = ["Outcome", "Result", "change_membership"]
+__all__ = ["Result", "change_membership"]
 
 AU_PERMISSION: Final = "AdministrativeUnit.ReadWrite.All"
 ROLE_PERMISSION: Final = "RoleManagement.ReadWrite.Directory"
 
 
-class Outcome(StrEnum):
-    """The successful ends of a grant command; each completes the message."""
-
-    GRANTED = "granted"
-    ALREADY_MEMBER = "already_member"
-    REVOKED = "revoked"
-    NOT_MEMBER = "not_member"
-    WOULD_GRANT = "would_grant"  # dry run
-    WOULD_REVOKE = "would_revoke"  # dry run
-    SUPERSEDED = "superseded"  # a newer intent for the same member and target is recorded: nothing written
-    DUPLICATE = "duplicate"  # the same request arrived before in another message: nothing written
-
-
 @dataclass(frozen=True, slots=True)
 class Result:
-    outcome: Outcome
+    """A command carried out: its status (granted, already_member, revoked, not_member, a dry run's, or the
+    gate's superseded and duplicate), a description, and what Graph answered."""
+
+    outcome: Status
     description: str
     graph: GraphAnswer | None
     role_template_id: Guid | None = None  # for the audit record, when the target is a role
@@ -105,10 +96,10 @@ async def _add(command: GrantCommand, route: _Route, graph: GraphClient, *, acti
     while True:
         response = await graph.send("POST", path(*route.segments, "members", "$ref"), json_body=body)
         if response.status == 204:
-            return Result(Outcome.GRANTED, f"added {_member_label(command)} to {route.label}", response.answer())
+            return Result(Status.GRANTED, f"added {_member_label(command)} to {route.label}", response.answer())
         if _already_exists(response, "already exist"):
             return Result(
-                Outcome.ALREADY_MEMBER,
+                Status.ALREADY_MEMBER,
                 f"{_member_label(command)} was already in {route.label}",
                 response.answer(),
             )
@@ -144,8 +135,8 @@ async def _remove(command: GrantCommand, route: _Route, graph: GraphClient) -> R
     member = command.member.id
     response = await graph.send("DELETE", path(*route.segments, "members", member, "$ref"))
     if response.status == 204:
-        return Result(Outcome.REVOKED, f"removed {_member_label(command)} from {route.label}", response.answer())
-    not_member = Result(Outcome.NOT_MEMBER, f"{_member_label(command)} was not in {route.label}", response.answer())
+        return Result(Status.REVOKED, f"removed {_member_label(command)} from {route.label}", response.answer())
+    not_member = Result(Status.NOT_MEMBER, f"{_member_label(command)} was not in {route.label}", response.answer())
     if _already_exists(response, "removed object references do not exist"):
         return not_member
     if response.status != 404:
@@ -155,7 +146,7 @@ async def _remove(command: GrantCommand, route: _Route, graph: GraphClient) -> R
         return not_member
     if route.template_id is not None:
         return Result(
-            Outcome.NOT_MEMBER,
+            Status.NOT_MEMBER,
             f"{route.label} is not activated in this tenant, so {_member_label(command)} does not hold it",
             response.answer(),
         )
@@ -169,8 +160,8 @@ async def _preview(command: GrantCommand, route: _Route, graph: GraphClient, *, 
     response = await graph.send("GET", path(*route.segments, "members", command.member.id))
     if response.status == 200:
         if add:
-            return Result(Outcome.ALREADY_MEMBER, f"{who} is already in {route.label} (dry run)", response.answer())
-        return Result(Outcome.WOULD_REVOKE, f"would remove {who} from {route.label} (dry run)", response.answer())
+            return Result(Status.ALREADY_MEMBER, f"{who} is already in {route.label} (dry run)", response.answer())
+        return Result(Status.WOULD_REVOKE, f"would remove {who} from {route.label} (dry run)", response.answer())
     if response.status != 404:
         raise_for_graph(response, permission=route.permission)
     probe = await graph.send("GET", path(*route.segments))
@@ -178,10 +169,10 @@ async def _preview(command: GrantCommand, route: _Route, graph: GraphClient, *, 
         if route.template_id is None:
             raise _target_not_found(route, probe)
         if not add:
-            return Result(Outcome.NOT_MEMBER, f"{route.label} is not activated, so {who} does not hold it", None)
+            return Result(Status.NOT_MEMBER, f"{route.label} is not activated, so {who} does not hold it", None)
         if not activate_roles:
             raise PermanentError(Reason.ROLE_NOT_ACTIVATED, f"{route.label} is not activated in this tenant (dry run)")
-        return Result(Outcome.WOULD_GRANT, f"would activate {route.label} and add {who} (dry run)", probe.answer())
+        return Result(Status.WOULD_GRANT, f"would activate {route.label} and add {who} (dry run)", probe.answer())
     if probe.status != 200:
         raise_for_graph(probe, permission=route.permission)
     return await _preview_absent(command, route.label, graph)
@@ -191,7 +182,7 @@ async def _preview_absent(command: GrantCommand, label: str, graph: GraphClient)
     """Dry run when the member is not in the target: would an add find the member?"""
     who = _member_label(command)
     if command.action is Action.REMOVE:
-        return Result(Outcome.NOT_MEMBER, f"{who} is not in {label} (dry run)", None)
+        return Result(Status.NOT_MEMBER, f"{who} is not in {label} (dry run)", None)
     found = await graph.send("GET", path("directoryObjects", command.member.id))
     if found.status == 404:
         raise TransientError(
@@ -199,7 +190,7 @@ async def _preview_absent(command: GrantCommand, label: str, graph: GraphClient)
         )
     if found.status != 200:
         raise_for_graph(found, permission="Directory.Read.All")
-    return Result(Outcome.WOULD_GRANT, f"would add {who} to {label} (dry run)", found.answer())
+    return Result(Status.WOULD_GRANT, f"would add {who} to {label} (dry run)", found.answer())
 
 
 async def _add_scoped(command: GrantCommand, target: ScopedRole, graph: GraphClient, *, activate_roles: bool) -> Result:
@@ -215,9 +206,9 @@ async def _add_scoped(command: GrantCommand, target: ScopedRole, graph: GraphCli
     body = {"roleId": role_id, "roleMemberInfo": {"id": command.member.id}}
     response = await graph.send("POST", path(*unit.segments, "scopedRoleMembers"), json_body=body)
     if response.status in (200, 201):
-        return Result(Outcome.GRANTED, f"assigned {_member_label(command)} the {label}", response.answer())
+        return Result(Status.GRANTED, f"assigned {_member_label(command)} the {label}", response.answer())
     if _already_exists(response, "conflicting object", "already exist"):
-        return Result(Outcome.ALREADY_MEMBER, f"{_member_label(command)} already holds the {label}", response.answer())
+        return Result(Status.ALREADY_MEMBER, f"{_member_label(command)} already holds the {label}", response.answer())
     if response.status != 404:
         raise_for_graph(response, permission=ROLE_PERMISSION)
     if await _which_missing(response, unit, command.member.id, graph) is _Missing.MEMBER:
@@ -234,13 +225,13 @@ async def _remove_scoped(command: GrantCommand, target: ScopedRole, graph: Graph
     role_id = await _role_id(target.role_template_id, graph, activate=False)
     membership = None if role_id is None else await _scoped_membership(target, role_id, command.member.id, graph)
     if membership is None:
-        return Result(Outcome.NOT_MEMBER, f"{_member_label(command)} does not hold the {label}", None)
+        return Result(Status.NOT_MEMBER, f"{_member_label(command)} does not hold the {label}", None)
     unit = _scoped_unit(target)
     response = await graph.send("DELETE", path(*unit.segments, "scopedRoleMembers", membership))
     if response.status == 204:
-        return Result(Outcome.REVOKED, f"removed the {label} from {_member_label(command)}", response.answer())
+        return Result(Status.REVOKED, f"removed the {label} from {_member_label(command)}", response.answer())
     if response.status == 404:
-        return Result(Outcome.NOT_MEMBER, f"{_member_label(command)} does not hold the {label}", response.answer())
+        return Result(Status.NOT_MEMBER, f"{_member_label(command)} does not hold the {label}", response.answer())
     raise_for_graph(response, permission=ROLE_PERMISSION)
 
 
@@ -252,14 +243,14 @@ async def _preview_scoped(
     role_id = await _role_id(target.role_template_id, graph, activate=False)
     if role_id is None:
         if command.action is Action.REMOVE:
-            return Result(Outcome.NOT_MEMBER, f"{who} does not hold the {label} (role not activated)", None)
+            return Result(Status.NOT_MEMBER, f"{who} does not hold the {label} (role not activated)", None)
         if not activate_roles:
             raise PermanentError(Reason.ROLE_NOT_ACTIVATED, f"the {label} is not activated in this tenant (dry run)")
-        return Result(Outcome.WOULD_GRANT, f"would activate the role and assign {who} the {label} (dry run)", None)
+        return Result(Status.WOULD_GRANT, f"would activate the role and assign {who} the {label} (dry run)", None)
     if await _scoped_membership(target, role_id, command.member.id, graph) is not None:
         if command.action is Action.ADD:
-            return Result(Outcome.ALREADY_MEMBER, f"{who} already holds the {label} (dry run)", None)
-        return Result(Outcome.WOULD_REVOKE, f"would remove the {label} from {who} (dry run)", None)
+            return Result(Status.ALREADY_MEMBER, f"{who} already holds the {label} (dry run)", None)
+        return Result(Status.WOULD_REVOKE, f"would remove the {label} from {who} (dry run)", None)
     return await _preview_absent(command, f"the {label}", graph)
 
 

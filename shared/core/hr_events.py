@@ -1,4 +1,4 @@
-"""HR joiner / mover / leaver events → grant messages on the grants queue (the ``hr_events`` trigger).
+"""HR joiner / mover / leaver events, pure: validate an event and derive its grant messages and when they are due.
 
 An event (JSON object; other fields are ignored)::
 
@@ -18,24 +18,17 @@ An event (JSON object; other fields are ignored)::
 - Each grant message has requestId = MessageId ``hr:<eventId>:<first 16 hex of sha256(action, target,
   member)>``: two people under one eventId get different ids, and a replayed event the same ones (duplicate
   detection, then the ledger, absorbs them; a joiner replayed after the leaver is superseded).
-
-Settlement: every message sent → complete; an invalid event → dead-letter ``InvalidHrEvent`` (no rules
-file configured: ``HrRulesNotConfigured``); a send that fails → abandon (the redelivery sends again, and
-duplicate detection absorbs what had been sent). One ``hr-event <outcome> {json}`` line per delivery.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import hashlib
 import json
-import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from shared.core.contract import (
@@ -47,36 +40,13 @@ from shared.core.contract import (
     Source,
     SourceSystem,
     encode,
-    parse_grant,
     parse_guid,
     target_document,
 )
 from shared.core.errors import ContractError, Reason
-from shared.core.messaging import (
-    HR_EVENT,
-    JOB_ROW,
-    JOB_ROWS,
-    MAX_DESCRIPTION_CHARS,
-    Delivery,
-    MessageActions,
-    MessageSender,
-    clip,
-)
-from shared.core.statuses import StatusWrite
-from shared.producers.hr_rules import ATTRIBUTES, HrRules
-from shared.producers.webhook import accepted_record
-from shared.service.settlement import (
-    DEFAULT_SETTLEMENT_TIMEOUT,
-    Settled,
-    Settlement,
-    abandon,
-    complete,
-    deadletter,
-    log_outcome,
-    settle_within,
-)
+from shared.core.hr_rules import ATTRIBUTES, HrRules
 
-__all__ = ["HrEvent", "derive_messages", "effective_at", "parse_event", "settle_hr_event"]
+__all__ = ["HrEvent", "derive_messages", "effective_at", "parse_event"]
 
 _EVENT_TYPES: Final = {
     "hire": "joiner",
@@ -91,8 +61,6 @@ _EMPLOYEE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", re.ASCII)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 _MAX_ATTRIBUTE_CHARS: Final = 128
-
-_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,146 +176,6 @@ def effective_at(event: HrEvent, *, zone: str, leavers: str, now: datetime) -> d
     day = date.fromisoformat(event.effective_date) + timedelta(days=1 if event.kind == "leaver" else 0)
     start = datetime.combine(day, time.min, tzinfo=ZoneInfo(zone)).astimezone(UTC)
     return max(start, now)
-
-
-async def settle_hr_event(
-    delivery: Delivery,
-    *,
-    rules: HrRules | None,
-    actions: MessageActions,
-    sender: MessageSender,
-    now: Callable[[], datetime],
-    time_zone: str = "UTC",
-    settlement_timeout: float = DEFAULT_SETTLEMENT_TIMEOUT,
-    ledger: HrLedger | None = None,
-) -> Settled:
-    """Turn one HR event into grant messages on the grants queue, each scheduled for the event's effective time
-    (`effective_at`) and carrying the event id and its row, record them in `ledger` (``scheduled`` or ``accepted``,
-    and the event itself), and settle it; return how it ended (logged)."""
-    event: HrEvent | None = None
-    sent: list[str] = []
-    try:
-        if rules is None:
-            raise ContractError(Reason.HR_RULES_NOT_CONFIGURED, "GRANTS_HR_RULES is not set")
-        event = parse_event(delivery.body, message_id=delivery.message_id or "")
-        messages = derive_messages(event, rules, received_at=delivery.enqueued_time or now())
-    except ContractError as error:
-        dead = functools.partial(
-            deadletter, actions, delivery, reason=error.reason.value, description=error.description
-        )
-        settled = _settled(delivery, "dead_lettered", error.reason.value, error.description)
-        return await _logged(dead, settled, delivery, event, sent, settlement_timeout)
-    received = now()
-    due = effective_at(event, zone=time_zone, leavers=rules.leavers, now=received)
-    rows = len(messages)
-    try:
-        for row, (request_id, body) in enumerate(messages, start=1):
-            properties: dict[str, str | int] = {HR_EVENT: event.event_id, JOB_ROW: row, JOB_ROWS: rows}
-            await sender.schedule(
-                body=body, message_id=request_id, application_properties=properties, scheduled_enqueue_time=due
-            )
-            sent.append(request_id)
-        if ledger is not None:
-            await _record(ledger, event, messages, due=due, received=received)
-    except Exception:
-        _logger.exception("could not send the grants of HR event %s; abandoning it", json.dumps(event.event_id))
-        description = f"sent {len(sent)} of {rows} grant messages; Service Bus will redeliver the event"
-        if len(sent) == rows:
-            description = f"sent its {rows} grant messages but could not record them; Service Bus will redeliver it"
-        settled = _settled(delivery, "abandoned", None, description)
-        return await _logged(
-            functools.partial(abandon, actions, delivery), settled, delivery, event, sent, settlement_timeout
-        )
-    when = f", scheduled for {due.isoformat()}" if due > received else ""
-    settled = _settled(delivery, "completed", None, f"{event.kind}: {rows} grant message(s) sent{when}")
-    return await _logged(
-        functools.partial(complete, actions, delivery), settled, delivery, event, sent, settlement_timeout
-    )
-
-
-class HrLedger(Protocol):
-    """Where an HR event's grants are recorded (`shared.adapters.ledger.Ledger`)."""
-
-    async def record_status(
-        self, request_id: str, record: Mapping[str, Any], *, now: datetime, write: StatusWrite = ...
-    ) -> bool: ...
-
-    async def record_event(self, event_id: str, record: Mapping[str, Any], *, now: datetime) -> None: ...
-
-
-async def _record(
-    ledger: HrLedger, event: HrEvent, messages: list[tuple[str, bytes]], *, due: datetime, received: datetime
-) -> None:
-    """Record each grant as ``scheduled`` (due later) or ``accepted`` (due now), unless it has a status already, as
-    the event's rows; then the event's own record (``GET /api/hr-events/{eventId}``)."""
-    status = "scheduled" if due > received else "accepted"
-    scheduled_for = due.isoformat() if due > received else None
-    records = []
-    for row, (request_id, body) in enumerate(messages, start=1):
-        record = accepted_record(parse_grant(body), received=received, status=status)
-        record.update(hrEventId=event.event_id, jobRow=row, jobRows=len(messages), scheduledFor=scheduled_for)
-        records.append(ledger.record_status(request_id, record, now=received, write=StatusWrite.FIRST))
-    await asyncio.gather(*records)
-    await ledger.record_event(
-        event.event_id,
-        {
-            "eventId": event.event_id,
-            "eventType": event.kind,
-            "employeeId": event.employee_id,
-            "userObjectId": event.user_id,
-            "effectiveDate": event.effective_date,
-            "outcome": "completed",
-            "rows": len(messages),
-            "scheduledFor": scheduled_for,
-            "receivedAt": received.isoformat(),
-        },
-        now=received,
-    )
-
-
-def _settled(delivery: Delivery, outcome: str, reason: str | None, description: str) -> Settled:
-    return Settled(
-        outcome=outcome,
-        reason=reason,
-        description=clip(description, MAX_DESCRIPTION_CHARS),
-        attempts=delivery.delivery_count,
-        terminal=outcome != "abandoned",
-    )
-
-
-async def _logged(
-    settlement: Settlement,
-    settled: Settled,
-    delivery: Delivery,
-    event: HrEvent | None,
-    sent: list[str],
-    deadline: float,
-) -> Settled:
-    """Make `settlement` and log how the event's delivery ended as its ``hr-event`` outcome line."""
-
-    def logged(how: Settled) -> None:
-        _log_event(delivery, event, sent, how)
-
-    settled = await settle_within(settlement, settled, deadline=deadline, late=logged)
-    logged(settled)
-    return settled
-
-
-def _log_event(delivery: Delivery, event: HrEvent | None, sent: list[str], settled: Settled) -> None:
-    record: dict[str, Any] = {
-        "messageId": delivery.message_id,
-        "eventId": event.event_id if event else None,
-        "eventType": event.kind if event else None,
-        "employeeId": event.employee_id if event else None,
-        "userObjectId": event.user_id if event else None,
-        "outcome": settled.outcome,
-        "reason": settled.reason,
-        "description": settled.description,
-        "attempts": settled.attempts,
-        "terminal": settled.terminal,
-        "grantRequestIds": sent,
-    }
-    log_outcome("hr-event", settled, record)
 
 
 def _attributes(document: Mapping[str, Any], prefix: str) -> dict[str, str | None]:

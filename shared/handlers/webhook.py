@@ -1,4 +1,4 @@
-"""The ticketing webhook (``POST /api/grants``): authenticate, validate and enqueue one grant request.
+"""The ticketing webhook trigger (``POST /api/grants``): authenticate, validate and enqueue one grant request.
 
 Checks, in this order, each answered with RFC 9457 problem details (``application/problem+json``):
 
@@ -21,7 +21,7 @@ Then the message, with ``requestedAt`` = the receive time unless it has one, is 
 MessageId ``~webhook:<digest of requestId and content>`` (a webhook fired twice is absorbed by duplicate
 detection, or later by the ledger; the same requestId with other content reaches the app and is refused
 ``RequestIdConflict`` rather than dropped) and the answer is ``202`` with the requestId and ``Location:
-/api/grants/<requestId>``, where its status can be read (``GET``, `shared.producers.status`). A send that fails is
+/api/grants/<requestId>``, where its status can be read (``GET``, `shared.handlers.status`). A send that fails is
 ``503``. After the send and before the 202, the request's status ``accepted`` is recorded in the ledger, only if
 it has no status yet (the grant may already have ended). That write is best-effort: when it fails, a warning is
 logged and the answer is still 202 (the message is on the queue; its terminal status is recorded at settlement,
@@ -31,17 +31,17 @@ Neither the signature nor the secret is ever logged.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote
 
+from shared.adapters.ledger import Ledger
 from shared.core.callbacks import CallbackPolicy, CallbackRefused
 from shared.core.contract import (
     MAX_MESSAGE_BYTES,
@@ -53,28 +53,25 @@ from shared.core.contract import (
     parse_grant,
     problems,
 )
-from shared.core.errors import ContractError, Reason
+from shared.core.errors import ContractError, Reason, TransientError
 from shared.core.intents import content_hash
 from shared.core.messaging import MessageSender, derived_message_id
-from shared.core.statuses import StatusWrite
+from shared.core.records import accepted_status
+from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.core.statuses import StatusRecord, StatusWrite
+from shared.handlers.http import Answer, problem
 
 __all__ = [
     "FUTURE_SKEW_SECONDS",
     "REPLAY_WINDOW_SECONDS",
-    "SIGNATURE_HEADER",
-    "TIMESTAMP_HEADER",
-    "Answer",
-    "accepted_record",
+    "Webhook",
     "receive",
-    "sign",
     "status_location",
+    "webhook_message_id",
 ]
 
-SIGNATURE_HEADER: Final = "X-Grants-Signature"
-TIMESTAMP_HEADER: Final = "X-Grants-Timestamp"
 REPLAY_WINDOW_SECONDS: Final = 300
 FUTURE_SKEW_SECONDS: Final = 30
-PROBLEM_TYPE: Final = "urn:entra-grants:problem:"
 
 _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})", re.ASCII)
 _TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
@@ -103,32 +100,51 @@ _TICKET_POINTERS: Final = {
 #: could claim such an id in the ledger first, and the app's own request would then be a conflict.
 _RESERVED: Final = 'must not contain ":" (reserved for the ids the app derives: retries, expiries, HR grants)'
 
-_TARGET_TYPES: Final = {
-    "AdministrativeUnit": "administrativeUnit",
-    "DirectoryRole": "directoryRole",
-    "ScopedRole": "scopedRole",
-}
-
 _log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """The HTTP answer: status, body, media type and extra headers."""
+class Webhook:
+    """The ticketing webhook for one process (built by the composition root): `receive` with the app's secret,
+    queue, clock, callback policy and ledger."""
 
-    status: int
-    body: bytes
-    content_type: str
-    headers: Mapping[str, str] = field(default_factory=dict)
+    def __init__(
+        self,
+        *,
+        secret: str | None,
+        sender: MessageSender,
+        ledger: Ledger,
+        now: Callable[[], datetime],
+        callbacks: CallbackPolicy,
+    ) -> None:
+        self._secret = secret
+        self._sender = sender
+        self._ledger = ledger
+        self._now = now
+        self._callbacks = callbacks
 
+    async def __call__(self, *, headers: Mapping[str, str], body: bytes) -> Answer:
+        """Answer one webhook request (see `receive`)."""
+        return await receive(
+            headers=headers,
+            body=body,
+            secret=self._secret,
+            sender=self._sender,
+            now=self._now,
+            callbacks=self._callbacks,
+            recorded=self._recorded_content,
+            accept=self._accept,
+        )
 
-def sign(*, secret: str, timestamp: int | str, body: bytes) -> str:
-    """The ``X-Grants-Signature`` value for `body` sent at `timestamp` (what a sender computes).
+    async def _recorded_content(self, request_id: str) -> str | None:
+        """The content hash the ledger records for `request_id` (None: unknown, or the ledger unavailable now)."""
+        try:
+            record = await self._ledger.request(request_id)
+        except TransientError:
+            return None
+        return record.content_hash if record else None
 
-    The signed text is the ``X-Grants-Timestamp`` header exactly as sent, a dot, and the body's bytes.
-    """
-    digest = hmac.new(secret.encode(), f"{timestamp}".encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
+    async def _accept(self, record: StatusRecord, write: StatusWrite) -> bool:
+        return await self._ledger.record(record, now=self._now(), write=write)
 
 
 async def receive(
@@ -140,7 +156,7 @@ async def receive(
     now: Callable[[], datetime],
     callbacks: CallbackPolicy | None = None,
     recorded: Callable[[str], Awaitable[str | None]] | None = None,
-    accept: Callable[[str, dict[str, Any], StatusWrite], Awaitable[object]] | None = None,
+    accept: Callable[[StatusRecord, StatusWrite], Awaitable[object]] | None = None,
 ) -> Answer:
     """Answer one webhook request; on success the grant message is on the grants queue.
 
@@ -153,30 +169,30 @@ async def receive(
         _log.error(
             "webhook refused a request: GRANTS_WEBHOOK_SECRET is not set or its Key Vault reference is unresolved"
         )
-        return _problem(503, "webhook-disabled", "Webhook not configured", "the webhook has no signing secret")
+        return problem(503, "webhook-disabled", "Webhook not configured", "the webhook has no signing secret")
     length = headers.get("Content-Length", "")
     if (length.isdigit() and int(length) > MAX_MESSAGE_BYTES) or len(body) > MAX_MESSAGE_BYTES:
-        return _problem(413, "too-large", "Request too large", f"the body may be at most {MAX_MESSAGE_BYTES} bytes")
+        return problem(413, "too-large", "Request too large", f"the body may be at most {MAX_MESSAGE_BYTES} bytes")
     media_type, _, parameters = headers.get("Content-Type", "").partition(";")
     options = dict(option.strip().lower().partition("=")[::2] for option in parameters.split(";") if option.strip())
     charset = options.get("charset", "utf-8").strip('"')
     if media_type.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
-        return _problem(415, "unsupported-media-type", "Unsupported media type", "send Content-Type: application/json")
+        return problem(415, "unsupported-media-type", "Unsupported media type", "send Content-Type: application/json")
     refusal = _authenticate(headers=headers, body=body, secret=secret, now=now())
     if refusal is not None:
         _log.warning("webhook refused an unauthenticated request: %s", refusal)
-        return _problem(401, "unauthenticated", "Signature not accepted", refusal)
-    if (problem := encoding_problem(body)) is not None:
-        return _problem(415, "unsupported-media-type", "Unsupported media type", problem)
+        return problem(401, "unauthenticated", "Signature not accepted", refusal)
+    if (unreadable := encoding_problem(body)) is not None:
+        return problem(415, "unsupported-media-type", "Unsupported media type", unreadable)
     message, errors = _message(body, callbacks or CallbackPolicy())
     if errors:
-        return _problem(400, "invalid-request", "Invalid grant request", "the request has invalid fields", errors)
+        return problem(400, "invalid-request", "Invalid grant request", "the request has invalid fields", errors)
     assert message is not None
     received = now()
     command = message if message.requested_at is not None else replace(message, requested_at=received)
     request_id = command.request_id
     if recorded is not None and (await recorded(request_id)) not in (None, content_hash(command)):
-        return _problem(
+        return problem(
             409,
             "request-id-conflict",
             "Request id already used",
@@ -191,12 +207,12 @@ async def receive(
         )
     except Exception:
         _log.exception("webhook could not enqueue request %s", json.dumps(request_id))
-        return _problem(
+        return problem(
             503, "enqueue-failed", "Not enqueued", "the request could not be queued; send it again", retry_after=30
         )
     if accept is not None:
         try:
-            await accept(request_id, accepted_record(command, received=received), StatusWrite.FIRST)
+            await accept(accepted_status(command, received=received), StatusWrite.FIRST)
         except Exception:  # best-effort: the message is queued, its terminal status will be recorded
             _log.warning("webhook could not record request %s as accepted", json.dumps(request_id), exc_info=True)
     _log.info("webhook accepted request %s", json.dumps(request_id))
@@ -211,27 +227,6 @@ async def receive(
 def status_location(request_id: str) -> str:
     """Where the status of `request_id` is: ``/api/grants/<requestId>`` (percent-encoded)."""
     return "/api/grants/" + quote(request_id, safe="@")
-
-
-def accepted_record(command: GrantCommand, *, received: datetime, status: str = "accepted") -> dict[str, Any]:
-    """The status record of a request just queued (at `received`): `status`, what it asks, and who asked."""
-    target = command.target
-    return {
-        "requestId": command.request_id,
-        "status": status,
-        "action": command.action.value,
-        "sourceSystem": command.source.system.value,
-        "sourceReference": command.source.reference,
-        "requestedBy": command.requested_by,
-        "targetType": _TARGET_TYPES[type(target).__name__],
-        "targetId": getattr(target, "id", None) or getattr(target, "administrative_unit_id", None),
-        "roleTemplateId": getattr(target, "role_template_id", None),
-        "memberId": command.member.id,
-        "requestedAt": command.requested_at.isoformat() if command.requested_at else None,
-        "intentAt": (command.requested_at or received).isoformat(),
-        "expiresAt": command.expires_at.isoformat() if command.expires_at else None,
-        "attempts": 0,
-    }
 
 
 def _authenticate(*, headers: Mapping[str, str], body: bytes, secret: str, now: datetime) -> str | None:
@@ -373,13 +368,3 @@ def _map_ticket(ticket: Mapping[str, Any]) -> tuple[dict[str, Any], Problems]:
 
 def _error(pointer: str, detail: str) -> dict[str, str]:
     return {"pointer": pointer, "detail": detail}
-
-
-def _problem(
-    status: int, kind: str, title: str, detail: str, errors: Problems | None = None, *, retry_after: int | None = None
-) -> Answer:
-    document: dict[str, Any] = {"type": PROBLEM_TYPE + kind, "title": title, "status": status, "detail": detail}
-    if errors is not None:
-        document["errors"] = errors
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-    return Answer(status, json.dumps(document).encode(), "application/problem+json", headers)

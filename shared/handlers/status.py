@@ -1,4 +1,4 @@
-"""The status API: what the ledger records about one request, a bulk job, an HR event, or a member or target.
+"""The status API triggers: what the ledger records about one request, a bulk job, an HR event, or a member or target.
 
 - an id the contract would not accept (`is_request_id`: 1-128 of ``A-Z a-z 0-9 . _ : @ -``; GUIDs for history)
   answers ``400`` problem details and is never looked up;
@@ -35,8 +35,8 @@ from typing import Any, Final
 from shared.adapters.ledger import Group, GroupKind
 from shared.core.contract import is_request_id, parse_guid
 from shared.core.errors import ContractError, TransientError
-from shared.core.statuses import SUCCEEDED, is_terminal
-from shared.producers.webhook import PROBLEM_TYPE, Answer
+from shared.core.statuses import Status
+from shared.handlers.http import Answer, problem
 
 __all__ = ["group_answer", "history_answer", "status_answer"]
 
@@ -48,14 +48,14 @@ HISTORY_LIMIT: Final = 5000
 async def status_answer(request_id: str, *, status: Callable[[str], Awaitable[dict[str, Any] | None]]) -> Answer:
     """Answer ``GET /api/grants/{request_id}`` from `status` (the ledger's `Ledger.status`)."""
     if not is_request_id(request_id):
-        return _problem(400, "invalid-request-id", "Invalid request id", _ID_RULE)
+        return problem(400, "invalid-request-id", "Invalid request id", _ID_RULE)
     try:
         record = await status(request_id)
     except TransientError:
         _log.warning("status of %s: the ledger is unavailable", json.dumps(request_id), exc_info=True)
-        return _problem(503, "ledger-unavailable", "Status unavailable", _UNAVAILABLE, 5)
+        return problem(503, "ledger-unavailable", "Status unavailable", _UNAVAILABLE, retry_after=5)
     if record is None:
-        return _problem(404, "unknown-request", "Unknown request", f"no request {request_id} is recorded")
+        return problem(404, "unknown-request", "Unknown request", f"no request {request_id} is recorded")
     return Answer(200, json.dumps(record, ensure_ascii=False).encode(), "application/json")
 
 
@@ -66,22 +66,23 @@ async def group_answer(
     `group` (the ledger's `Ledger.group`): how many rows, how many ended, totals by status, the failed rows."""
     noun = "job" if kind == "job" else "HR event"
     if not is_request_id(group_id):
-        return _problem(400, f"invalid-{_slug(kind)}-id", f"Invalid {noun} id", _ID_RULE.replace("request", noun))
+        return problem(400, f"invalid-{_slug(kind)}-id", f"Invalid {noun} id", _ID_RULE.replace("request", noun))
     try:
         found = await group(kind, group_id)
     except TransientError:
         _log.warning("%s %s: the ledger is unavailable", noun, json.dumps(group_id), exc_info=True)
-        return _problem(503, "ledger-unavailable", f"{noun[0].upper()}{noun[1:]} unavailable", _UNAVAILABLE, 5)
-    if not found.rows and found.event is None:
-        return _problem(
-            404, f"unknown-{_slug(kind)}", f"Unknown {noun}", f"no request of {noun} {group_id} is recorded"
+        return problem(
+            503, "ledger-unavailable", f"{noun[0].upper()}{noun[1:]} unavailable", _UNAVAILABLE, retry_after=5
         )
+    if not found.rows and found.event is None:
+        return problem(404, f"unknown-{_slug(kind)}", f"Unknown {noun}", f"no request of {noun} {group_id} is recorded")
     rows = sorted(found.rows, key=lambda row: row.get("jobRow") or 0)
     sizes = [row["jobRows"] for row in rows if isinstance(row.get("jobRows"), int)]
     if found.event is not None and isinstance(found.event.get("rows"), int):
         sizes.append(found.event["rows"])
     size = max(sizes) if sizes else None
-    terminal = sum(1 for row in rows if is_terminal(row.get("status")))
+    statuses = [Status.read(row.get("status")) for row in rows]
+    terminal = sum(1 for status in statuses if status is not None and status.terminal)
     document: dict[str, Any] = {
         ("jobId" if kind == "job" else "eventId"): group_id,
         "kind": "bulk" if kind == "job" else "hrEvent",
@@ -91,7 +92,7 @@ async def group_answer(
         "pending": None if size is None else max(size - terminal, 0),
         "done": size is not None and terminal >= size,
         "totals": dict(sorted(Counter(str(row.get("status")) for row in rows).items())),
-        "succeeded": sum(1 for row in rows if row.get("status") in SUCCEEDED),
+        "succeeded": sum(1 for status in statuses if status is not None and status.succeeded),
         "failed": sorted(found.failed, key=lambda row: row.get("jobRow") or 0),
     }
     if found.event is not None:
@@ -106,21 +107,21 @@ async def history_answer(
     (the ledger's `Ledger.history`): every request that named it, newest intent first."""
     member, target, since_text = query.get("member"), query.get("target"), query.get("since")
     if (member is None) == (target is None):
-        return _problem(400, "invalid-history-query", "Invalid history query", "give member=<id> or target=<id>")
+        return problem(400, "invalid-history-query", "Invalid history query", "give member=<id> or target=<id>")
     try:
         guid = parse_guid(member or target or "", field="member" if member is not None else "target")
     except ContractError as error:
-        return _problem(400, "invalid-history-query", "Invalid history query", error.description)
+        return problem(400, "invalid-history-query", "Invalid history query", error.description)
     since = _since(since_text) if since_text is not None else None
     if since_text is not None and since is None:
         detail = "since must be a date (YYYY-MM-DD) or an RFC 3339 time with a zone"
-        return _problem(400, "invalid-history-query", "Invalid history query", detail)
+        return problem(400, "invalid-history-query", "Invalid history query", detail)
     scope = {"member": guid} if member is not None else {"target": guid}
     try:
         found = await history(**scope, since=since, limit=HISTORY_LIMIT)
     except TransientError:
         _log.warning("history of %s: the ledger is unavailable", guid, exc_info=True)
-        return _problem(503, "ledger-unavailable", "History unavailable", _UNAVAILABLE, 5)
+        return problem(503, "ledger-unavailable", "History unavailable", _UNAVAILABLE, retry_after=5)
     document = {
         "member": scope.get("member"),
         "target": scope.get("target"),
@@ -147,9 +148,3 @@ def _slug(kind: GroupKind) -> str:
 
 _UNAVAILABLE: Final = "the grant ledger is unavailable now"
 _ID_RULE: Final = "a request id is 1 to 128 of A-Z a-z 0-9 . _ : @ -, starting with a letter or digit"
-
-
-def _problem(status: int, kind: str, title: str, detail: str, retry_after: int | None = None) -> Answer:
-    document = {"type": PROBLEM_TYPE + kind, "title": title, "status": status, "detail": detail}
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-    return Answer(status, json.dumps(document).encode(), "application/problem+json", headers)

@@ -1,0 +1,176 @@
+"""What a grant delivery says of itself, pure: its status record, its outcome line and its outcome event.
+
+- `grant_status`: the `StatusRecord` of one attempt (``GET /api/grants/{requestId}``): how it ended, what the
+  command asks and who asked, and what the message's properties say (its bulk job or HR event and row, for an
+  expiry removal the grant it ends).
+- `accepted_status`: the record of a request just queued (the webhook's ``accepted``, an HR event's
+  ``scheduled`` or ``accepted``).
+- `outcome_line`: the outcome line's record (the status record with ``outcome``, ``terminal``, ``finishedAt``),
+  which is also the outcome event's body.
+- `outcome_event`: the keyword arguments of `OutcomePublisher.publish` for a terminal outcome.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Final
+
+from shared.core.contract import AdministrativeUnit, DirectoryRole, GrantCommand, ScopedRole
+from shared.core.messaging import (
+    BULK_JOB,
+    CALLBACK_URL,
+    EVENT_HR_EVENT_ID,
+    EVENT_JOB_ID,
+    EVENT_OUTCOME,
+    EVENT_REASON,
+    EVENT_REQUEST_ID,
+    EVENT_SOURCE_SYSTEM,
+    EXPIRY_OF,
+    HR_EVENT,
+    JOB_ROW,
+    JOB_ROWS,
+    RESUBMISSION,
+    Delivery,
+    PropertyValue,
+    outcome_event_id,
+)
+from shared.core.statuses import Settled, Status, StatusRecord
+
+__all__ = ["accepted_status", "grant_status", "outcome_event", "outcome_line", "target_fields"]
+
+_TARGET_TYPES: Final = {
+    AdministrativeUnit: "administrativeUnit",
+    DirectoryRole: "directoryRole",
+    ScopedRole: "scopedRole",
+}
+
+
+def target_fields(command: GrantCommand) -> dict[str, Any]:
+    """The `StatusRecord` fields of what `command` asks and who asked (without ``requestedAt`` and ``intentAt``)."""
+    target = command.target
+    return {
+        "action": command.action.value,
+        "source_system": command.source.system.value,
+        "source_reference": command.source.reference,
+        "requested_by": command.requested_by,
+        "target_type": _TARGET_TYPES[type(target)],
+        "target_id": getattr(target, "id", None) or getattr(target, "administrative_unit_id", None),
+        "role_template_id": getattr(target, "role_template_id", None),
+        "member_id": command.member.id,
+        "expires_at": command.expires_at,
+    }
+
+
+def grant_status(
+    delivery: Delivery,
+    *,
+    command: GrantCommand | None,
+    request_id: str | None,
+    settled: Settled,
+    started: datetime,
+    finished: datetime,
+    graph_request_id: str | None = None,
+    role_template_id: str | None = None,
+    next_retry_at: datetime | None = None,
+) -> StatusRecord:
+    """The status record of one attempt of a grant delivery (started at `started`, ended `settled` at `finished`).
+
+    ``firstAttemptAt`` is the message's ``firstAttemptAt`` on a retry, else `started`; ``intentAt`` is the
+    command's ``requestedAt``, else when the first attempt started (else the message's enqueue time)."""
+    first = delivery.first_attempt_at(started) if delivery.attempt > 1 else started
+    fields: dict[str, Any] = {}
+    requested_at = None
+    if command is not None:
+        requested_at = command.requested_at
+        fields = target_fields(command) | {
+            "request_reason": command.reason,
+            "member_type": command.member.type.value if command.member.type else None,
+            "dry_run": command.dry_run,
+        }
+        if role_template_id is not None:
+            fields["role_template_id"] = role_template_id
+    return StatusRecord(
+        request_id=request_id,
+        status=settled.outcome,
+        reason=settled.reason,
+        description=settled.description,
+        attempts=settled.attempts,
+        message_id=delivery.message_id,
+        original_message_id=delivery.original_message_id,
+        graph_request_id=graph_request_id,
+        started_at=started,
+        first_attempt_at=first,
+        last_attempt_at=finished,
+        next_retry_at=next_retry_at,
+        requested_at=requested_at,
+        intent_at=requested_at or delivery.first_attempt_at(delivery.enqueued_time or started),
+        job_id=delivery.text_property(BULK_JOB),
+        hr_event_id=delivery.text_property(HR_EVENT),
+        job_row=_count(delivery.application_property(JOB_ROW)),
+        job_rows=_count(delivery.application_property(JOB_ROWS)),
+        expiry_of=delivery.text_property(EXPIRY_OF),
+        **fields,
+    )
+
+
+def accepted_status(command: GrantCommand, *, received: datetime, status: Status = Status.ACCEPTED) -> StatusRecord:
+    """The status record of a request just queued (at `received`): `status`, what it asks, and who asked."""
+    return StatusRecord(
+        request_id=command.request_id,
+        status=status,
+        requested_at=command.requested_at,
+        intent_at=command.requested_at or received,
+        **target_fields(command),
+    )
+
+
+def outcome_line(status: StatusRecord, settled: Settled, *, finished: datetime) -> dict[str, Any]:
+    """The outcome line's record of a grant delivery: its status record with ``outcome``, ``terminal`` and
+    ``finishedAt`` (also the body of its outcome event)."""
+    return status.to_json() | {
+        "outcome": settled.outcome.value,
+        "terminal": settled.terminal,
+        "finishedAt": finished.isoformat(),
+    }
+
+
+def outcome_event(
+    delivery: Delivery, command: GrantCommand | None, settled: Settled, record: dict[str, Any]
+) -> dict[str, Any]:
+    """The keyword arguments of `OutcomePublisher.publish` for a terminal outcome: `record` as compact JSON, a
+    derived MessageId (`outcome_event_id`) and the application properties subscriptions filter on: ``outcome``
+    and, when known, ``reason``, ``sourceSystem``, ``requestId``, ``jobId``, ``hrEventId`` and ``callbackUrl``."""
+    properties: dict[str, PropertyValue] = {EVENT_OUTCOME: settled.outcome.value}
+    request_id = command.request_id if command is not None else record.get("requestId")
+    optional = {
+        EVENT_REASON: settled.reason,
+        EVENT_SOURCE_SYSTEM: command.source.system.value if command is not None else None,
+        EVENT_REQUEST_ID: request_id if isinstance(request_id, str) else None,
+        EVENT_JOB_ID: delivery.application_property(BULK_JOB),
+        EVENT_HR_EVENT_ID: delivery.application_property(HR_EVENT),
+        CALLBACK_URL: command.callback_url if command is not None else None,
+    }
+    properties.update({name: str(value) for name, value in optional.items() if value})
+    resubmission = delivery.application_property(RESUBMISSION)
+    return {
+        "body": json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode(),
+        "message_id": outcome_event_id(
+            original_message_id=delivery.original_message_id,
+            resubmission=str(resubmission) if resubmission else None,
+            outcome=settled.outcome.value,
+            reason=settled.reason,
+        ),
+        "application_properties": properties,
+    }
+
+
+def _count(value: object) -> int | None:
+    """A positive whole number from a message property (Service Bus may hand back int or str), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.isdecimal() and len(value) <= 9:
+        return int(value) or None
+    return None

@@ -1,0 +1,170 @@
+"""The callback triggers (``grant_callbacks``, ``grant_callback_retries``): POST a grant's outcome event to the URL
+its request named, signed, settled by the one ladder (`shared.service.settle`).
+
+An outcome event with a ``callbackUrl`` property reaches the ``callbacks`` subscription of the outcomes topic.
+The URL is checked again against the callback policy (the event may come from any producer's message, not only
+the webhook's), the event's body is signed exactly as the webhook checks inbound requests
+(`shared.core.signing.sign`: HMAC-SHA256 over ``<timestamp>.<body>`` with the source system's secret) and POSTed
+with `CallbackClient`:
+
+- a 2xx answer: ``complete`` (outcome ``delivered``); no ``callbackUrl`` at all: ``complete`` (``skipped``);
+- a failure retrying may help, with attempts left on the app's retry policy: a **copy** of the event is scheduled
+  on the callback queue (``GRANTS_CALLBACK_QUEUE``), MessageId ``<event id>/callback/<attempt>`` (a name no
+  producer's id can take: see `outcome_event_id`), *then* the delivery is completed; if the copy cannot be sent,
+  ``abandon``;
+- a failure retrying cannot help (the URL is refused, the host resolves to a private address, a redirect or
+  another 4xx), or the last attempt failed: ``deadletter`` with reason ``CallbackFailed``.
+
+The grant itself is never affected. Headers sent: ``Content-Type: application/json``, ``X-Grants-Timestamp``,
+``X-Grants-Signature: sha256=<hex>``, ``X-Grants-Event-Id`` (the same on every attempt: the receiver's
+idempotency key) and ``X-Grants-Delivery-Attempt``. One ``callback <outcome> {json}`` line per delivery; it names
+the callback's host, never its full URL (a query may hold a token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final
+
+from shared.adapters.callbacks import CallbackClient
+from shared.core.callbacks import SIGNING_SECRETS, CallbackPolicy, CallbackRefused, CallbackTarget
+from shared.core.errors import PermanentError, Reason, TransientError
+from shared.core.messaging import (
+    CALLBACK_URL,
+    EVENT_JOB_ID,
+    EVENT_OUTCOME,
+    EVENT_REASON,
+    EVENT_REQUEST_ID,
+    EVENT_SOURCE_SYSTEM,
+    Delivery,
+    MessageActions,
+    MessageSender,
+    callback_copy_id,
+)
+from shared.core.retry import RetryPolicy
+from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.core.statuses import Settled, Status
+from shared.service.settle import Done, RetryCopy, Work, settle
+
+__all__ = ["ATTEMPT_HEADER", "EVENT_ID_HEADER", "CallbackHandler"]
+
+EVENT_ID_HEADER: Final = "X-Grants-Event-Id"
+ATTEMPT_HEADER: Final = "X-Grants-Delivery-Attempt"
+#: The event's properties a retry copy carries on (the SQL-filter ones included, for whoever reads the queue).
+_CARRIED: Final = (EVENT_SOURCE_SYSTEM, EVENT_OUTCOME, EVENT_REASON, EVENT_REQUEST_ID, EVENT_JOB_ID, CALLBACK_URL)
+
+
+class CallbackHandler:
+    """Handles callback deliveries for one process (built by the composition root)."""
+
+    def __init__(
+        self,
+        *,
+        policy: CallbackPolicy,
+        secret_for: Callable[[str | None], str | None],
+        client: CallbackClient,
+        sender: MessageSender | None,
+        retry_policy: RetryPolicy,
+        now: Callable[[], datetime],
+        deadline: float,
+    ) -> None:
+        self._policy = policy
+        self._secret_for = secret_for
+        self._client = client
+        self._sender = sender
+        self._retry_policy = retry_policy
+        self._now = now
+        self._deadline = deadline
+
+    async def __call__(self, message: Any, actions: MessageActions) -> Settled:
+        """Deliver one outcome event's callback and settle the delivery; return how it ended (also logged)."""
+        delivery = Delivery.of(message)
+        return await settle(
+            delivery,
+            _Callback(delivery, handler=self, started=self._now()),
+            actions=actions,
+            policy=self._retry_policy,
+            now=self._now,
+            deadline=self._deadline,
+        )
+
+
+class _Callback(Work):
+    """One callback delivery being processed."""
+
+    kind = "callback"
+    note = "The grant itself is unaffected."
+
+    def __init__(self, delivery: Delivery, *, handler: CallbackHandler, started: datetime) -> None:
+        self.delivery = delivery
+        self.handler = handler
+        self.source = delivery.text_property(EVENT_SOURCE_SYSTEM)
+        self.host: str | None = None
+        self.status: int | None = None
+        self.started = started
+        self.retry = RetryCopy(
+            sender=handler._sender,
+            message_id=lambda attempt: callback_copy_id(delivery.original_message_id, attempt),
+            carried={
+                name: str(value) for name in _CARRIED if (value := delivery.application_property(name)) is not None
+            },
+        )
+
+    async def run(self) -> Done:
+        url = self.delivery.application_property(CALLBACK_URL)
+        if not url:  # the subscription's filter lets none through, but a rule being replaced might: nothing to call
+            return Done(status=Status.SKIPPED, description="no callbackUrl")
+        handler, source = self.handler, self.source
+        target = _target(url, handler._policy, source)
+        self.host = target.host_header
+        secret = handler._secret_for(source)
+        if source not in SIGNING_SECRETS:
+            raise PermanentError(
+                Reason.CALLBACK_FAILED,
+                f"source {source} has no signing secret of its own; only {', '.join(SIGNING_SECRETS)} requests get "
+                "callbacks",
+            )
+        if secret is None:
+            raise TransientError(
+                Reason.CALLBACK_FAILED,
+                f"source {source} has no signing secret (GRANTS_WEBHOOK_SECRET unset or its Key Vault reference "
+                "unresolved); callbacks are never sent unsigned",
+            )
+        timestamp = str(int(handler._now().timestamp()))
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(secret=secret, timestamp=timestamp, body=self.delivery.body),
+            EVENT_ID_HEADER: self.delivery.original_message_id,
+            ATTEMPT_HEADER: str(self.delivery.attempt),
+        }
+        answer = await handler._client.post(target, body=self.delivery.body, headers=headers)
+        self.status = answer.status
+        return Done(status=Status.DELIVERED, description=f"the receiver answered {answer.status}")
+
+    def record(self, settled: Settled, *, finished: datetime) -> dict[str, Any]:
+        delivery = self.delivery
+        return {
+            "eventId": delivery.original_message_id,
+            "messageId": delivery.message_id,
+            "requestId": delivery.text_property(EVENT_REQUEST_ID),
+            "grantOutcome": delivery.text_property(EVENT_OUTCOME),
+            "sourceSystem": self.source,
+            "callbackHost": self.host,
+            "status": self.status,
+            "attempts": settled.attempts,
+            "startedAt": self.started.isoformat(),
+            "outcome": settled.outcome.value,
+            "reason": settled.reason,
+            "description": settled.description,
+            "terminal": settled.terminal,
+            "finishedAt": finished.isoformat(),
+        }
+
+
+def _target(url: object, policy: CallbackPolicy, source: str | None) -> CallbackTarget:
+    try:
+        return policy.check(url, source=source)
+    except CallbackRefused as error:
+        raise PermanentError(Reason.CALLBACK_FAILED, f"the callback URL is not allowed: {error}") from None

@@ -1,0 +1,152 @@
+"""The HR events trigger (``hr_events``): one joiner / mover / leaver event, turned into grant messages on the grants
+queue, settled by the one ladder (`shared.service.settle`).
+
+Each grant message (`shared.core.hr_events.derive_messages`) is scheduled for the event's effective time
+(`effective_at`) with the event id and its row; then each is recorded in the ledger (``scheduled`` when due later,
+``accepted`` when due now, only where it has no status yet) and the event's own record. Settlement: every message
+sent and recorded → complete; an invalid event → dead-letter ``InvalidHrEvent`` (no rules file configured:
+``HrRulesNotConfigured``); a send or a record that fails → abandon (the redelivery sends again, and duplicate
+detection absorbs what had been sent). One ``hr-event <outcome> {json}`` line per delivery, naming the event's
+MessageId whether or not it could be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from shared.adapters.ledger import Ledger
+from shared.core.contract import parse_grant
+from shared.core.errors import ContractError, Reason, TransientError
+from shared.core.hr_events import HrEvent, derive_messages, effective_at, parse_event
+from shared.core.hr_rules import HrRules
+from shared.core.messaging import HR_EVENT, JOB_ROW, JOB_ROWS, Delivery, MessageActions, MessageSender
+from shared.core.records import accepted_status
+from shared.core.retry import RetryPolicy
+from shared.core.statuses import Settled, Status, StatusWrite
+from shared.service.settle import Done, Work, settle
+
+__all__ = ["HrEventHandler"]
+
+
+class HrEventHandler:
+    """Handles HR event deliveries for one process (built by the composition root)."""
+
+    def __init__(
+        self,
+        *,
+        rules: HrRules | None,
+        sender: MessageSender,
+        ledger: Ledger | None,
+        policy: RetryPolicy,
+        now: Callable[[], datetime],
+        time_zone: str,
+        deadline: float,
+    ) -> None:
+        self._rules = rules
+        self._sender = sender
+        self._ledger = ledger
+        self._policy = policy
+        self._now = now
+        self._time_zone = time_zone
+        self._deadline = deadline
+
+    async def __call__(self, message: Any, actions: MessageActions) -> Settled:
+        """Turn one received HR event into grant messages on the grants queue, and settle it; return how it ended
+        (also logged)."""
+        delivery = Delivery.of(message)
+        return await settle(
+            delivery,
+            _HrEvent(delivery, handler=self),
+            actions=actions,
+            policy=self._policy,
+            now=self._now,
+            deadline=self._deadline,
+        )
+
+
+class _HrEvent(Work):
+    """One HR event delivery being processed."""
+
+    kind = "hr-event"
+
+    def __init__(self, delivery: Delivery, *, handler: HrEventHandler) -> None:
+        self.delivery = delivery
+        self.handler = handler
+        self.event: HrEvent | None = None
+        self.sent: list[str] = []
+
+    async def run(self) -> Done:
+        handler = self.handler
+        if handler._rules is None:
+            raise ContractError(Reason.HR_RULES_NOT_CONFIGURED, "GRANTS_HR_RULES is not set")
+        self.event = event = parse_event(self.delivery.body, message_id=self.delivery.message_id or "")
+        messages = derive_messages(event, handler._rules, received_at=self.delivery.enqueued_time or handler._now())
+        received = handler._now()
+        due = effective_at(event, zone=handler._time_zone, leavers=handler._rules.leavers, now=received)
+        rows = len(messages)
+        try:
+            for row, (request_id, body) in enumerate(messages, start=1):
+                properties: dict[str, str | int] = {HR_EVENT: event.event_id, JOB_ROW: row, JOB_ROWS: rows}
+                await handler._sender.schedule(
+                    body=body, message_id=request_id, application_properties=properties, scheduled_enqueue_time=due
+                )
+                self.sent.append(request_id)
+        except Exception as error:
+            raise TransientError(
+                Reason.QUEUE_UNAVAILABLE,
+                f"sent {len(self.sent)} of {rows} grant messages ({type(error).__name__})",
+            ) from error
+        if handler._ledger is not None:
+            await _record(handler._ledger, event, messages, due=due, received=received)
+        when = f", scheduled for {due.isoformat()}" if due > received else ""
+        return Done(status=Status.COMPLETED, description=f"{event.kind}: {rows} grant message(s) sent{when}")
+
+    def record(self, settled: Settled, *, finished: datetime) -> dict[str, Any]:
+        event = self.event
+        return {
+            "messageId": self.delivery.message_id,
+            "eventId": event.event_id if event else self.delivery.message_id,  # unread: its MessageId
+            "eventType": event.kind if event else None,
+            "employeeId": event.employee_id if event else None,
+            "userObjectId": event.user_id if event else None,
+            "outcome": settled.outcome.value,
+            "reason": settled.reason,
+            "description": settled.description,
+            "attempts": settled.attempts,
+            "terminal": settled.terminal,
+            "grantRequestIds": self.sent,
+        }
+
+
+async def _record(
+    ledger: Ledger, event: HrEvent, messages: list[tuple[str, bytes]], *, due: datetime, received: datetime
+) -> None:
+    """Record each grant as ``scheduled`` (due later) or ``accepted`` (due now), unless it has a status already, as
+    the event's rows; then the event's own record (``GET /api/hr-events/{eventId}``). Raises `TransientError`."""
+    later = due > received
+    status = Status.SCHEDULED if later else Status.ACCEPTED
+    records = []
+    for row, (_, body) in enumerate(messages, start=1):
+        record = accepted_status(parse_grant(body), received=received, status=status).replace(
+            hr_event_id=event.event_id, job_row=row, job_rows=len(messages), scheduled_for=due if later else None
+        )
+        records.append(ledger.record(record, now=received, write=StatusWrite.FIRST))
+    await asyncio.gather(*records)
+    await ledger.record_event(
+        event.event_id,
+        {
+            "eventId": event.event_id,
+            "eventType": event.kind,
+            "employeeId": event.employee_id,
+            "userObjectId": event.user_id,
+            "effectiveDate": event.effective_date,
+            "outcome": Status.COMPLETED.value,
+            "rows": len(messages),
+            "scheduledFor": due.isoformat() if later else None,
+            "receivedAt": received.isoformat(),
+        },
+        now=received,
+    )
