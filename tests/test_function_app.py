@@ -20,7 +20,7 @@ from grants_local.run import run_local
 from shared.core.errors import ConfigError
 from shared.core.messaging import Delivery
 from shared.core.statuses import Settled
-from shared.service.settle import Done, Work, settle
+from shared.service.settle import Ending, settle
 from tests.conftest import AU, LATE_USER, UNKNOWN, USER, USER_2, body, settings_for
 
 GRANT = registered_function(function_app.app, "grant_membership")
@@ -189,16 +189,6 @@ async def test_the_copy_is_scheduled_before_the_original_is_completed(harness: L
     assert app.calls() == ["Complete", "Complete"]
 
 
-class _Broken(Work):
-    kind = "grant"
-
-    async def run(self) -> Done:
-        raise RuntimeError("a bug")
-
-    def record(self, settled: Settled, *, finished: datetime) -> dict[str, Any]:
-        return {"outcome": settled.outcome.value}
-
-
 async def test_an_unexpected_exception_abandons_and_never_completes(harness: LocalApp) -> None:
     harness.queue.send(grant(), message_id="m-1")
     locked = harness.queue.receive()
@@ -206,7 +196,8 @@ async def test_an_unexpected_exception_abandons_and_never_completes(harness: Loc
 
     settled: Settled = await settle(
         Delivery.of(to_received_message(locked)),
-        _Broken(),
+        RuntimeError("a bug"),
+        Ending(kind="grant", line=lambda settled, finished: {"outcome": settled.outcome.value}),
         actions=harness.actions,
         policy=harness.services.retry_policy,
         now=harness.clock.utcnow,

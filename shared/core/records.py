@@ -8,6 +8,7 @@
 - `outcome_line`: the outcome line's record (the status record with ``outcome``, ``terminal``, ``finishedAt``),
   which is also the outcome event's body.
 - `outcome_event`: the keyword arguments of `OutcomePublisher.publish` for a terminal outcome.
+- `hr_event_line`, `callback_line`: the outcome lines of an HR event's and a callback's delivery.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from shared.core.contract import AdministrativeUnit, DirectoryRole, GrantCommand, ScopedRole
+from shared.core.hr_events import HrEvent
 from shared.core.messaging import (
     BULK_JOB,
     CALLBACK_URL,
@@ -37,7 +39,15 @@ from shared.core.messaging import (
 )
 from shared.core.statuses import Settled, Status, StatusRecord
 
-__all__ = ["accepted_status", "grant_status", "outcome_event", "outcome_line", "target_fields"]
+__all__ = [
+    "accepted_status",
+    "callback_line",
+    "grant_status",
+    "hr_event_line",
+    "outcome_event",
+    "outcome_line",
+    "target_fields",
+]
 
 _TARGET_TYPES: Final = {
     AdministrativeUnit: "administrativeUnit",
@@ -162,6 +172,49 @@ def outcome_event(
             reason=settled.reason,
         ),
         "application_properties": properties,
+    }
+
+
+def hr_event_line(
+    delivery: Delivery, event: HrEvent | None, sent: tuple[str, ...], settled: Settled, finished: datetime
+) -> dict[str, Any]:
+    """The outcome line's record of an HR event's delivery: the event (its MessageId as ``eventId`` when it could
+    not be read), how it ended, and the grant messages it sent."""
+    return {
+        "messageId": delivery.message_id,
+        "eventId": event.event_id if event else delivery.message_id,
+        "eventType": event.kind if event else None,
+        "employeeId": event.employee_id if event else None,
+        "userObjectId": event.user_id if event else None,
+        "outcome": settled.outcome.value,
+        "reason": settled.reason,
+        "description": settled.description,
+        "attempts": settled.attempts,
+        "terminal": settled.terminal,
+        "grantRequestIds": list(sent),
+    }
+
+
+def callback_line(
+    delivery: Delivery, started: datetime, host: str | None, status: int | None, settled: Settled, finished: datetime
+) -> dict[str, Any]:
+    """The outcome line's record of a callback's delivery: the event, the callback's host (never its URL: a query
+    may hold a token), the receiver's HTTP status, and how it ended."""
+    return {
+        "eventId": delivery.original_message_id,
+        "messageId": delivery.message_id,
+        "requestId": delivery.text_property(EVENT_REQUEST_ID),
+        "grantOutcome": delivery.text_property(EVENT_OUTCOME),
+        "sourceSystem": delivery.text_property(EVENT_SOURCE_SYSTEM),
+        "callbackHost": host,
+        "status": status,
+        "attempts": settled.attempts,
+        "startedAt": started.isoformat(),
+        "outcome": settled.outcome.value,
+        "reason": settled.reason,
+        "description": settled.description,
+        "terminal": settled.terminal,
+        "finishedAt": finished.isoformat(),
     }
 
 

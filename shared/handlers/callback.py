@@ -23,6 +23,7 @@ the callback's host, never its full URL (a query may hold a token).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
@@ -42,10 +43,11 @@ from shared.core.messaging import (
     MessageSender,
     callback_copy_id,
 )
+from shared.core.records import callback_line
 from shared.core.retry import RetryPolicy
 from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from shared.core.statuses import Settled, Status
-from shared.service.settle import Done, RetryCopy, Work, settle
+from shared.service.settle import Done, Ending, RetryCopy, settle
 
 __all__ = ["ATTEMPT_HEADER", "EVENT_ID_HEADER", "CallbackHandler"]
 
@@ -80,45 +82,47 @@ class CallbackHandler:
     async def __call__(self, message: Any, actions: MessageActions) -> Settled:
         """Deliver one outcome event's callback and settle the delivery; return how it ended (also logged)."""
         delivery = Delivery.of(message)
+        started = self._now()
+        source = delivery.text_property(EVENT_SOURCE_SYSTEM)
+        target: CallbackTarget | None = None
+        status: int | None = None
+        outcome: Done | Exception
+        url = delivery.application_property(CALLBACK_URL)
+        try:
+            if not url:  # the subscription's filter lets none through, but a rule being replaced might
+                outcome = Done(status=Status.SKIPPED, description="no callbackUrl")
+            else:
+                target = _target(url, self._policy, source)
+                status = await self._post(delivery, target, source)
+                outcome = Done(status=Status.DELIVERED, description=f"the receiver answered {status}")
+        except Exception as error:  # the ladder decides by its class
+            outcome = error
+        host = target.host_header if target else None
+        retry = RetryCopy(
+            sender=self._sender,
+            message_id=functools.partial(callback_copy_id, delivery.original_message_id),
+            carried={
+                name: str(value) for name in _CARRIED if (value := delivery.application_property(name)) is not None
+            },
+        )
         return await settle(
             delivery,
-            _Callback(delivery, handler=self, started=self._now()),
+            outcome,
+            Ending(
+                kind="callback",
+                line=functools.partial(callback_line, delivery, started, host, status),
+                retry=retry,
+                note="The grant itself is unaffected.",
+            ),
             actions=actions,
             policy=self._retry_policy,
             now=self._now,
             deadline=self._deadline,
         )
 
-
-class _Callback(Work):
-    """One callback delivery being processed."""
-
-    kind = "callback"
-    note = "The grant itself is unaffected."
-
-    def __init__(self, delivery: Delivery, *, handler: CallbackHandler, started: datetime) -> None:
-        self.delivery = delivery
-        self.handler = handler
-        self.source = delivery.text_property(EVENT_SOURCE_SYSTEM)
-        self.host: str | None = None
-        self.status: int | None = None
-        self.started = started
-        self.retry = RetryCopy(
-            sender=handler._sender,
-            message_id=lambda attempt: callback_copy_id(delivery.original_message_id, attempt),
-            carried={
-                name: str(value) for name in _CARRIED if (value := delivery.application_property(name)) is not None
-            },
-        )
-
-    async def run(self) -> Done:
-        url = self.delivery.application_property(CALLBACK_URL)
-        if not url:  # the subscription's filter lets none through, but a rule being replaced might: nothing to call
-            return Done(status=Status.SKIPPED, description="no callbackUrl")
-        handler, source = self.handler, self.source
-        target = _target(url, handler._policy, source)
-        self.host = target.host_header
-        secret = handler._secret_for(source)
+    async def _post(self, delivery: Delivery, target: CallbackTarget, source: str | None) -> int:
+        """POST the event's body to `target`, signed with `source`'s secret; the receiver's 2xx status."""
+        secret = self._secret_for(source)
         if source not in SIGNING_SECRETS:
             raise PermanentError(
                 Reason.CALLBACK_FAILED,
@@ -131,36 +135,16 @@ class _Callback(Work):
                 f"source {source} has no signing secret (GRANTS_WEBHOOK_SECRET unset or its Key Vault reference "
                 "unresolved); callbacks are never sent unsigned",
             )
-        timestamp = str(int(handler._now().timestamp()))
+        timestamp = str(int(self._now().timestamp()))
         headers = {
             "Content-Type": "application/json",
             TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(secret=secret, timestamp=timestamp, body=self.delivery.body),
-            EVENT_ID_HEADER: self.delivery.original_message_id,
-            ATTEMPT_HEADER: str(self.delivery.attempt),
+            SIGNATURE_HEADER: sign(secret=secret, timestamp=timestamp, body=delivery.body),
+            EVENT_ID_HEADER: delivery.original_message_id,
+            ATTEMPT_HEADER: str(delivery.attempt),
         }
-        answer = await handler._client.post(target, body=self.delivery.body, headers=headers)
-        self.status = answer.status
-        return Done(status=Status.DELIVERED, description=f"the receiver answered {answer.status}")
-
-    def record(self, settled: Settled, *, finished: datetime) -> dict[str, Any]:
-        delivery = self.delivery
-        return {
-            "eventId": delivery.original_message_id,
-            "messageId": delivery.message_id,
-            "requestId": delivery.text_property(EVENT_REQUEST_ID),
-            "grantOutcome": delivery.text_property(EVENT_OUTCOME),
-            "sourceSystem": self.source,
-            "callbackHost": self.host,
-            "status": self.status,
-            "attempts": settled.attempts,
-            "startedAt": self.started.isoformat(),
-            "outcome": settled.outcome.value,
-            "reason": settled.reason,
-            "description": settled.description,
-            "terminal": settled.terminal,
-            "finishedAt": finished.isoformat(),
-        }
+        answer = await self._client.post(target, body=delivery.body, headers=headers)
+        return answer.status
 
 
 def _target(url: object, policy: CallbackPolicy, source: str | None) -> CallbackTarget:

@@ -5,14 +5,15 @@ Each grant message (`shared.core.hr_events.derive_messages`) is scheduled for th
 (`effective_at`) with the event id and its row; then each is recorded in the ledger (``scheduled`` when due later,
 ``accepted`` when due now, only where it has no status yet) and the event's own record. Settlement: every message
 sent and recorded → complete; an invalid event → dead-letter ``InvalidHrEvent`` (no rules file configured:
-``HrRulesNotConfigured``); a send or a record that fails → abandon (the redelivery sends again, and duplicate
-detection absorbs what had been sent). One ``hr-event <outcome> {json}`` line per delivery, naming the event's
-MessageId whether or not it could be read.
+``HrRulesNotConfigured``); a send (``QueueUnavailable``) or a record that fails → abandon (the redelivery sends
+again, and duplicate detection absorbs what had been sent). One ``hr-event <outcome> {json}`` line per delivery
+(`hr_event_line`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -23,10 +24,10 @@ from shared.core.errors import ContractError, Reason, TransientError
 from shared.core.hr_events import HrEvent, derive_messages, effective_at, parse_event
 from shared.core.hr_rules import HrRules
 from shared.core.messaging import HR_EVENT, JOB_ROW, JOB_ROWS, Delivery, MessageActions, MessageSender
-from shared.core.records import accepted_status
+from shared.core.records import accepted_status, hr_event_line
 from shared.core.retry import RetryPolicy
 from shared.core.statuses import Settled, Status, StatusWrite
-from shared.service.settle import Done, Work, settle
+from shared.service.settle import Done, Ending, settle
 
 __all__ = ["HrEventHandler"]
 
@@ -57,68 +58,47 @@ class HrEventHandler:
         """Turn one received HR event into grant messages on the grants queue, and settle it; return how it ended
         (also logged)."""
         delivery = Delivery.of(message)
+        event: HrEvent | None = None
+        sent: list[str] = []
+        outcome: Done | Exception
+        try:
+            if self._rules is None:
+                raise ContractError(Reason.HR_RULES_NOT_CONFIGURED, "GRANTS_HR_RULES is not set")
+            event = parse_event(delivery.body, message_id=delivery.message_id or "")
+            outcome = await self._send(delivery, event, self._rules, sent)
+        except Exception as error:  # the ladder decides by its class
+            outcome = error
         return await settle(
             delivery,
-            _HrEvent(delivery, handler=self),
+            outcome,
+            Ending(kind="hr-event", line=functools.partial(hr_event_line, delivery, event, tuple(sent))),
             actions=actions,
             policy=self._policy,
             now=self._now,
             deadline=self._deadline,
         )
 
-
-class _HrEvent(Work):
-    """One HR event delivery being processed."""
-
-    kind = "hr-event"
-
-    def __init__(self, delivery: Delivery, *, handler: HrEventHandler) -> None:
-        self.delivery = delivery
-        self.handler = handler
-        self.event: HrEvent | None = None
-        self.sent: list[str] = []
-
-    async def run(self) -> Done:
-        handler = self.handler
-        if handler._rules is None:
-            raise ContractError(Reason.HR_RULES_NOT_CONFIGURED, "GRANTS_HR_RULES is not set")
-        self.event = event = parse_event(self.delivery.body, message_id=self.delivery.message_id or "")
-        messages = derive_messages(event, handler._rules, received_at=self.delivery.enqueued_time or handler._now())
-        received = handler._now()
-        due = effective_at(event, zone=handler._time_zone, leavers=handler._rules.leavers, now=received)
+    async def _send(self, delivery: Delivery, event: HrEvent, rules: HrRules, sent: list[str]) -> Done:
+        """Schedule the event's grant messages (each id appended to `sent` once sent), then record them."""
+        messages = derive_messages(event, rules, received_at=delivery.enqueued_time or self._now())
+        received = self._now()
+        due = effective_at(event, zone=self._time_zone, leavers=rules.leavers, now=received)
         rows = len(messages)
         try:
             for row, (request_id, body) in enumerate(messages, start=1):
                 properties: dict[str, str | int] = {HR_EVENT: event.event_id, JOB_ROW: row, JOB_ROWS: rows}
-                await handler._sender.schedule(
+                await self._sender.schedule(
                     body=body, message_id=request_id, application_properties=properties, scheduled_enqueue_time=due
                 )
-                self.sent.append(request_id)
+                sent.append(request_id)
         except Exception as error:
             raise TransientError(
-                Reason.QUEUE_UNAVAILABLE,
-                f"sent {len(self.sent)} of {rows} grant messages ({type(error).__name__})",
+                Reason.QUEUE_UNAVAILABLE, f"sent {len(sent)} of {rows} grant messages ({type(error).__name__})"
             ) from error
-        if handler._ledger is not None:
-            await _record(handler._ledger, event, messages, due=due, received=received)
+        if self._ledger is not None:
+            await _record(self._ledger, event, messages, due=due, received=received)
         when = f", scheduled for {due.isoformat()}" if due > received else ""
         return Done(status=Status.COMPLETED, description=f"{event.kind}: {rows} grant message(s) sent{when}")
-
-    def record(self, settled: Settled, *, finished: datetime) -> dict[str, Any]:
-        event = self.event
-        return {
-            "messageId": self.delivery.message_id,
-            "eventId": event.event_id if event else self.delivery.message_id,  # unread: its MessageId
-            "eventType": event.kind if event else None,
-            "employeeId": event.employee_id if event else None,
-            "userObjectId": event.user_id if event else None,
-            "outcome": settled.outcome.value,
-            "reason": settled.reason,
-            "description": settled.description,
-            "attempts": settled.attempts,
-            "terminal": settled.terminal,
-            "grantRequestIds": self.sent,
-        }
 
 
 async def _record(

@@ -35,7 +35,7 @@ from shared.core.contract import Action, GrantCommand, Guid, encode
 from shared.core.errors import GrantError, Reason, TransientError
 from shared.core.intents import Superseded, expiry_removal, intent_of, pair_of, parse_pair, removal_is_due
 from shared.core.messaging import EXPIRY_OF, Lane, MessageSender, derived_message_id
-from shared.core.statuses import Status
+from shared.core.statuses import Status, StatusRecord, StatusWrite
 from shared.service.grants import GrantService
 from shared.service.membership import Result
 
@@ -59,15 +59,16 @@ _APPLIED: Final = {
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Arrival:
     """How a command arrived: the MessageId that first carried it, when that was enqueued, its lane, for an expiry
-    removal the request id of the grant it ends, and what to call once it has held its pair's lease for
-    `PROGRESS_AFTER` seconds (`admitted`: run beside the Graph work and waited for before the result is returned,
-    never started when the work ends sooner; its failure is logged, never raised)."""
+    removal the request id of the grant it ends, and the status record to write once it has held its pair's lease
+    for `PROGRESS_AFTER` seconds (`progress`, ``in_progress``: written beside the Graph work and waited for before
+    the result is returned, never when the work ends sooner, never over a terminal status; its failure is logged,
+    never raised)."""
 
     origin: str
     enqueued_at: datetime
     lane: Lane = Lane.INTERACTIVE
     expiry_of: str | None = None
-    admitted: Callable[[], Awaitable[object]] | None = None  # records in_progress (after PROGRESS_AFTER s of work)
+    progress: StatusRecord | None = None
 
 
 class IntentGate:
@@ -118,7 +119,9 @@ class IntentGate:
                 f"request {decision.holder} for the same member and target is being carried out; waiting for it",
                 retry_after=max((decision.until - now).total_seconds(), 0.0),
             )
-        progress = _Progress(arrival.admitted, after=self._progress_after, request_id=command.request_id)
+        progress = _Progress(
+            self._record_progress(arrival.progress), after=self._progress_after, request_id=command.request_id
+        )
         try:
             return await self._carry_out(command, template, decision.ticket, now, arrival.lane)
         finally:
@@ -176,6 +179,12 @@ class IntentGate:
             return removal_is_due(state, now=self._now())
         return state.newest.request_id == command.request_id
 
+    def _record_progress(self, record: StatusRecord | None) -> Callable[[], Awaitable[object]] | None:
+        """Writes `record` as a progress status (None: there is nothing to write)."""
+        if record is None:
+            return None
+        return lambda: self._ledger.record(record, now=self._now(), write=StatusWrite.PROGRESS)
+
     async def _release_quietly(self, ticket: Ticket) -> None:
         """Return the lease after a failure; if the ledger fails too, the lease simply expires."""
         with contextlib.suppress(TransientError):
@@ -183,7 +192,7 @@ class IntentGate:
 
 
 class _Progress:
-    """Calls the admitted hook once the Graph work has taken `after` seconds (a quick write records nothing in
+    """Calls `hook` once the Graph work has taken `after` seconds (a quick write records nothing in
     between); `settle` cancels it if it has not started, else waits for it, logging a failure instead of raising."""
 
     def __init__(self, hook: Callable[[], Awaitable[object]] | None, *, after: float, request_id: str) -> None:

@@ -1,36 +1,43 @@
-"""The one settlement ladder: run a delivery's work, then settle it so that nothing is lost, and log how it ended.
+"""The one settlement ladder: given how a delivery's work ended, settle it so that nothing is lost, and log it.
 
-Every trigger that reads a queue (grants, HR events, callbacks) describes its delivery as a `Work` and calls
-`settle`, which climbs one ladder:
+Every trigger that reads a queue (grants, HR events, callbacks) does its work, then hands `settle` what came of it
+(`Done`, or the exception it raised) and an `Ending` (how its outcome line, retry copy and, for a grant, status
+record are made). `settle` climbs one ladder:
 
-- the work succeeded: ``complete``;
+- `Done`: ``complete``;
 - `PermanentError`: ``deadletter`` with its reason code and a description for a person;
-- `TransientError`: the retry policy decides. Give up: ``deadletter``. Retry: send a **copy** (attempt + 1, a
-  MessageId of the work's, deliverable at now + delay) *then* ``complete`` the original, so that a crash in
-  between duplicates the work instead of losing it; a copy that cannot be sent, or work that has no retry copies:
+- `TransientError`: the retry policy decides. Give up: ``deadletter``. Retry: send a **copy** (attempt + 1, the
+  ending's MessageId, deliverable at now + delay) *then* ``complete`` the original, so that a crash in between
+  duplicates the work instead of losing it; a copy that cannot be sent, or an ending without retry copies:
   ``abandon`` (Service Bus delivers it again; its MaxDeliveryCount is the backstop);
 - any other exception (a bug): ``abandon``, logged with its stack; never ``complete``.
 
-A terminal end is first announced (`Work.announce`: a grant's outcome event and status record); an announcement
-that fails turns it into ``abandon``. The settlement call is made within `deadline` seconds
-(`shared.adapters.settlement`): a host that does not answer in time leaves the delivery ``unsettled`` (not
-terminal, logged as a warning naming what had been decided); should the late call still succeed, the decided
-outcome line is logged then. One outcome line per delivery, on the ``shared.outcome`` logger (`log_outcome`).
+With a status record (a grant's), a terminal end is first announced: its outcome event published (with an outcomes
+topic) and its status written to the ledger, at once; either failing turns it into ``abandon`` (a status the API
+shows as terminal is always one the message really ended with). A retry records ``retry_scheduled`` with
+``nextRetryAt`` (best-effort: the copy is queued). A duplicate, a message that could not be parsed, and one whose
+id names another request only write a status where the request id has none yet (`owner_write`).
+
+The settlement call is made within `deadline` seconds (`shared.adapters.settlement`): a host that does not answer
+in time leaves the delivery ``unsettled`` (not terminal, logged as a warning naming what had been decided); should
+the late call still succeed, the decided outcome line is logged then. One outcome line per delivery, on the
+``shared.outcome`` logger (`log_outcome`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from shared.adapters.settlement import Settlement, SettlementTimeout, abandon, complete, deadletter
-from shared.core.errors import GrantError, GraphAnswer, PermanentError, TransientError
+from shared.core.errors import GrantError, GraphAnswer, PermanentError, Reason, TransientError
 from shared.core.messaging import (
     ATTEMPT,
     FIRST_ATTEMPT_AT,
@@ -39,12 +46,13 @@ from shared.core.messaging import (
     Delivery,
     MessageActions,
     MessageSender,
+    OutcomePublisher,
     clip,
 )
 from shared.core.retry import GiveUp, RetryPolicy
-from shared.core.statuses import Settled, Status
+from shared.core.statuses import Settled, Status, StatusRecord, StatusWrite
 
-__all__ = ["Done", "RetryCopy", "Work", "log_outcome", "outcome_log", "sentence", "settle"]
+__all__ = ["Done", "Ending", "RetryCopy", "StatusLedger", "log_outcome", "outcome_log", "sentence", "settle"]
 
 outcome_log = logging.getLogger("shared.outcome")
 _log = logging.getLogger(__name__)
@@ -69,80 +77,91 @@ class RetryCopy:
     carried: Mapping[str, str | int]
 
 
-class Work:
-    """One delivery's work, as its trigger's handler describes it to `settle` (a subclass per trigger).
+#: Builds the outcome line's record of a delivery that ended as `Settled`, finished at the datetime (pure).
+LineBuilder = Callable[[Settled, datetime], dict[str, Any]]
+#: Builds a grant's status record: how it ended, when it finished, and the next attempt's time (pure).
+StatusBuilder = Callable[[Settled, datetime, datetime | None], StatusRecord]
 
-    `kind` names the outcome line (``grant``, ``hr-event``, ``callback``); `retry` says how a transient failure
-    is tried again (None: the delivery is abandoned and Service Bus delivers it again); `note` ends every dead
-    letter's description.
-    """
 
-    kind: str = "work"
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ending:
+    """What the ladder needs of a delivery besides how its work ended: the outcome line's `kind` (``grant``,
+    ``hr-event``, ``callback``) and record (`line`), how it is tried again (`retry`, None: abandoned), what ends
+    every dead letter's description (`note`); for a grant, its status record (`status`), whether the message
+    could be read as its own request (`owner`: see `owner_write`) and the command's callback URL and source, for
+    its outcome event."""
+
+    kind: str
+    line: LineBuilder
     retry: RetryCopy | None = None
     note: str = ""
+    status: StatusBuilder | None = None
+    event: Callable[[Settled, dict[str, Any]], dict[str, Any]] | None = None
+    owner: bool = False
 
-    async def run(self) -> Done:
-        """Do the work; raise `PermanentError` or `TransientError` when it did not succeed."""
-        raise NotImplementedError
 
-    def record(self, settled: Settled, *, finished: datetime) -> dict[str, Any]:
-        """The outcome line's record of how the delivery ended."""
-        raise NotImplementedError
+class StatusLedger(Protocol):
+    """Where a grant's status records are written (`shared.adapters.ledger.Ledger`)."""
 
-    async def announce(self, settled: Settled, record: dict[str, Any]) -> str | None:
-        """Before a terminal settlement: publish or record the end (`record` is the outcome line's); None when done,
-        else what failed (the delivery is then abandoned)."""
-        return None
-
-    async def retrying(self, settled: Settled, *, when: datetime) -> None:
-        """After the retry copy (deliverable at `when`) was sent: best-effort bookkeeping; never raises."""
+    async def record(self, record: StatusRecord, *, now: datetime, write: StatusWrite = ...) -> bool: ...
 
 
 async def settle(
     delivery: Delivery,
-    work: Work,
+    outcome: Done | Exception,
+    ending: Ending,
     *,
     actions: MessageActions,
     policy: RetryPolicy,
     now: Callable[[], datetime],
     deadline: float,
+    publisher: OutcomePublisher | None = None,
+    ledger: StatusLedger | None = None,
 ) -> Settled:
-    """Run `work` for `delivery` and settle it as the ladder says (module docstring); return how it ended (also
-    logged)."""
+    """Settle `delivery`, whose work ended with `outcome`, as the ladder says (module docstring); return how it ended
+    (also logged)."""
     started = now()
     attempt = delivery.attempt
     settlement: Settlement
-    try:
-        done = await work.run()
-    except PermanentError as error:
-        settled, settlement = _dead(actions, delivery, work, error, why=None, attempt=attempt)
-    except TransientError as error:
+    if isinstance(outcome, Done):
+        settlement = functools.partial(complete, actions, delivery)
+        settled = Settled(outcome=outcome.status, reason=None, description=outcome.description, attempts=attempt)
+    elif isinstance(outcome, PermanentError):
+        settled, settlement = _dead(actions, delivery, ending, outcome, why=None, attempt=attempt)
+    elif isinstance(outcome, TransientError):
         first_attempt_at = delivery.first_attempt_at(started)
-        decision = policy.decide(attempt=attempt, error=error, elapsed=(started - first_attempt_at).total_seconds())
+        elapsed = (started - first_attempt_at).total_seconds()
+        decision = policy.decide(attempt=attempt, error=outcome, elapsed=elapsed)
         if isinstance(decision, GiveUp):
-            settled, settlement = _dead(actions, delivery, work, error, why=decision.why, attempt=attempt)
+            settled, settlement = _dead(actions, delivery, ending, outcome, why=decision.why, attempt=attempt)
         else:
             when = started + timedelta(seconds=decision.delay)
-            settled, settlement = await _retry(actions, delivery, work, error, first_attempt_at, when, attempt)
-            if settled.outcome is Status.RETRY_SCHEDULED:
-                await work.retrying(settled, when=when)
-    except Exception as error:
-        _log.exception("unexpected error in %s message %s; abandoning it", work.kind, _safe(delivery.message_id))
+            settled, settlement = await _retry(actions, delivery, ending, outcome, first_attempt_at, when, attempt)
+            if settled.outcome is Status.RETRY_SCHEDULED and ending.status is not None and ledger is not None:
+                await _note_retry(ledger, ending.status(settled, now(), when), now)
+    else:
+        _log.error(
+            "unexpected error in %s message %s; abandoning it",
+            ending.kind,
+            _safe(delivery.message_id),
+            exc_info=outcome,
+        )
         settlement = functools.partial(abandon, actions, delivery)
         settled = Settled(
             outcome=Status.ABANDONED,
             reason=None,
-            description=f"unexpected {type(error).__name__}; Service Bus will redeliver the message",
+            description=f"unexpected {type(outcome).__name__}; Service Bus will redeliver the message",
             attempts=attempt,
         )
-    else:
-        settlement = functools.partial(complete, actions, delivery)
-        settled = Settled(outcome=done.status, reason=None, description=done.description, attempts=attempt)
 
     announced: dict[str, Any] | None = None
     if settled.terminal:
-        announced = work.record(settled, finished=now())
-        failed = await work.announce(settled, announced)
+        finished = now()
+        status = ending.status(settled, finished, None) if ending.status is not None else None
+        announced = ending.line(settled, finished)
+        failed = await _announce(
+            settled, announced, status, ending, publisher=publisher, ledger=ledger, now=now, kind=ending.kind
+        )
         if failed is not None:
             announced = None
             settlement = functools.partial(abandon, actions, delivery)
@@ -156,11 +175,19 @@ async def settle(
 
     def logged(how: Settled) -> None:
         published = announced if announced is not None and how.terminal else None
-        log_outcome(work.kind, how, published or work.record(how, finished=now()))
+        log_outcome(ending.kind, how, published or ending.line(how, now()))
 
     settled = await _within(settlement, settled, deadline=deadline, late=logged)
     logged(settled)
     return settled
+
+
+def owner_write(settled: Settled, *, owner: bool) -> StatusWrite:
+    """How a terminal status is written: `FINAL` for the request's own message (`owner`: it could be read) unless it
+    is a duplicate or its id names another request; else `FIRST` (never over the status of the id's owner)."""
+    if owner and settled.outcome is not Status.DUPLICATE and settled.reason != Reason.REQUEST_ID_CONFLICT:
+        return StatusWrite.FINAL
+    return StatusWrite.FIRST
 
 
 def log_outcome(kind: str, settled: Settled, record: dict[str, Any]) -> None:
@@ -185,10 +212,61 @@ def sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
+async def _announce(
+    settled: Settled,
+    line: dict[str, Any],
+    status: StatusRecord | None,
+    ending: Ending,
+    *,
+    publisher: OutcomePublisher | None,
+    ledger: StatusLedger | None,
+    now: Callable[[], datetime],
+    kind: str,
+) -> str | None:
+    """Publish a grant's outcome event and record its status, at once; None when both succeeded (or there is
+    nothing to announce), else what failed (logged)."""
+    if status is None:
+        return None
+    calls: dict[str, Awaitable[object]] = {}
+    if publisher is not None and ending.event is not None:
+        calls["event could not be published"] = publisher.publish(**ending.event(settled, line))
+    if ledger is not None and status.request_id:
+        calls["status could not be recorded"] = ledger.record(
+            status, now=now(), write=owner_write(settled, owner=ending.owner)
+        )
+    results = await asyncio.gather(*calls.values(), return_exceptions=True)
+    failed = None
+    for what, result in zip(calls, results, strict=True):
+        if isinstance(result, BaseException):
+            _log.error(
+                "the %s %s for %s %s; abandoning it",
+                settled.outcome,
+                what,
+                kind,
+                _safe(status.request_id),
+                exc_info=result if isinstance(result, Exception) else None,
+            )
+            if not isinstance(result, Exception):
+                raise result
+            failed = failed or what
+    return failed
+
+
+async def _note_retry(ledger: StatusLedger, record: StatusRecord, now: Callable[[], datetime]) -> None:
+    """Record ``retry_scheduled`` with ``nextRetryAt`` (never over a terminal status); a failure is only logged: the
+    retry copy is queued already, and its outcome will be recorded."""
+    if not record.request_id:
+        return
+    try:
+        await ledger.record(record, now=now(), write=StatusWrite.PROGRESS)
+    except Exception:
+        _log.warning("could not record the retry of %s", _safe(record.request_id), exc_info=True)
+
+
 def _dead(
-    actions: MessageActions, delivery: Delivery, work: Work, error: GrantError, *, why: str | None, attempt: int
+    actions: MessageActions, delivery: Delivery, ending: Ending, error: GrantError, *, why: str | None, attempt: int
 ) -> tuple[Settled, Settlement]:
-    parts = [error.description, why, _graph_line(error.graph), f"Attempts: {attempt}.", work.note]
+    parts = [error.description, why, _graph_line(error.graph), f"Attempts: {attempt}.", ending.note]
     description = clip(" ".join(sentence(part) for part in parts if part), MAX_DESCRIPTION_CHARS)
     settlement = functools.partial(deadletter, actions, delivery, reason=error.reason.value, description=description)
     settled = Settled(
@@ -206,37 +284,34 @@ def _graph_line(graph: GraphAnswer | None) -> str | None:
 async def _retry(
     actions: MessageActions,
     delivery: Delivery,
-    work: Work,
+    ending: Ending,
     error: TransientError,
     first_attempt_at: datetime,
     when: datetime,
     attempt: int,
 ) -> tuple[Settled, Settlement]:
     """Send the retry copy; then the original is to be completed (or abandoned, when no copy was sent)."""
-    copy = work.retry
-    try:
-        if copy is None:
-            raise _NoCopy()
-        if copy.sender is None:
-            raise RuntimeError(f"no sender is configured for the retry copies of {work.kind} messages")
-        properties: dict[str, str | int] = {
-            **copy.carried,
-            ATTEMPT: attempt + 1,
-            FIRST_ATTEMPT_AT: first_attempt_at.isoformat(),
-            ORIGINAL_MESSAGE_ID: delivery.original_message_id,
-        }
-        await copy.sender.schedule(
-            body=delivery.body,
-            message_id=copy.message_id(attempt + 1),
-            application_properties=properties,
-            scheduled_enqueue_time=when,
-        )
-    except _NoCopy:
+    copy = ending.retry
+    if copy is None:  # the delivery's own redelivery is its retry
         return _abandoned(error, attempt, "Service Bus will redeliver the message."), functools.partial(
             abandon, actions, delivery
         )
+    try:
+        if copy.sender is None:
+            raise RuntimeError(f"no sender is configured for the retry copies of {ending.kind} messages")
+        await copy.sender.schedule(
+            body=delivery.body,
+            message_id=copy.message_id(attempt + 1),
+            application_properties={
+                **copy.carried,
+                ATTEMPT: attempt + 1,
+                FIRST_ATTEMPT_AT: first_attempt_at.isoformat(),
+                ORIGINAL_MESSAGE_ID: delivery.original_message_id,
+            },
+            scheduled_enqueue_time=when,
+        )
     except Exception:
-        _log.exception("could not schedule the retry copy of %s message %s", work.kind, _safe(delivery.message_id))
+        _log.exception("could not schedule the retry copy of %s message %s", ending.kind, _safe(delivery.message_id))
         return _abandoned(error, attempt, "The retry copy could not be sent; Service Bus will redeliver."), (
             functools.partial(abandon, actions, delivery)
         )
@@ -247,10 +322,6 @@ async def _retry(
         attempts=attempt,
     )
     return settled, functools.partial(complete, actions, delivery)
-
-
-class _NoCopy(Exception):
-    """The work makes no retry copies: Service Bus's redelivery is its retry."""
 
 
 def _abandoned(error: TransientError, attempt: int, then: str) -> Settled:
