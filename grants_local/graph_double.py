@@ -750,17 +750,17 @@ class GraphDouble:
             time.sleep(fault.seconds)
         if fault is not None and kind == "hold":
             self._hold(fault)
+        headers: dict[str, str] = {}  # a budget's headers, kept when the directory then answers an error
         try:
             if fault is not None and kind == "status":
                 code, message = _STATUS_ERRORS.get(fault.status_code, ("UnknownError", ""))
                 raise _GraphError(fault.status_code, code, message, retry_after=fault.retry_after)
             self._authenticate(request.headers.get("Authorization", ""))
-            headers: dict[str, str] = {}
             with self._lock:
                 status, payload = self._dispatch(request, path, body, headers)
         except _GraphError as error:
             status, payload = error.status, _error_body(error, request_id, client_request_id)
-            headers = dict(error.headers)
+            headers.update(error.headers)
             if error.retry_after is not None:
                 headers["Retry-After"] = str(math.ceil(error.retry_after))
         self._record(LoggedRequest(request.method, path, status, client_request_id, body, request.query))
