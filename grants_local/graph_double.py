@@ -117,6 +117,7 @@ __all__ = [
     "GRAPH_APP_ID",
     "GRAPH_APP_ROLES",
     "GRAPH_SERVICE_PRINCIPAL_ID",
+    "HOLD_LIMIT_SECONDS",
     "MAX_PAGE_SIZE",
     "ROLE_MEMBERS_LIMIT",
     "Fault",
