@@ -23,7 +23,27 @@ Endpoints (segment names case-insensitive, ids GUIDs compared case-insensitively
 
 Each request goes through, in order: `latency_seconds`; the first queued `Fault` that matches it; the
 token check; routing (``400 BadRequest`` for an unknown segment, ``405`` for a wrong method); for writes
-(POST, DELETE) the `write_budget` (``429`` + ``Retry-After``) and `deny` (``403``); then the directory.
+(POST, DELETE) the `write_budget` (``429`` + ``Retry-After``) and `deny` (``403``), for reads (GET) the
+`read_budget`; then the directory.
+
+Paging (learn.microsoft.com/graph/paging): a unit's ``members`` and ``scopedRoleMembers`` are listed in pages of
+``$top`` (1 to `MAX_PAGE_SIZE`; `DEFAULT_PAGE_SIZE` without it; anything else is ``400 Request_UnsupportedQuery``
+"Invalid page size specified: '1000'. Must be between 1 and 999 inclusive.", Graph's answer), ordered by id;
+a page followed by more carries ``@odata.nextLink``: the same URL and query with an opaque ``$skiptoken`` (the
+next page starts after the last id shown, so members added or removed meanwhile are seen or not, never twice).
+A role's ``members`` are not paged (Graph: "queries against directoryRoles do not support paging"): one page of
+at most `ROLE_MEMBERS_LIMIT`, and ``$top`` there is refused (``400``; a client relying on it is caught here).
+``$select`` narrows each item to ``@odata.type`` and the properties named (``$select=id``).
+
+Faults (`Fault`, one-shot, queued with `inject`): an injected status; a dropped connection (nothing carried
+out); a delay before carrying the request out; a request held until released (`Fault.hold`: a write that lands
+after its client gave up, at the moment the test chooses); a request carried out at once and then answered
+only after a delay (`Fault.applied_then_delay`, longer than the client's timeout) or never
+(`Fault.applied_then_drop`): a write whose outcome the client cannot know, though it was made.
+
+Behind the app's back (as the portal or a script would: not logged, no budget): `add_member`,
+`remove_member`, `assign_scoped_role`, `unassign_scoped_role`; `members_of` and `scoped_members_of` read the
+directory for assertions.
 
 The write budget is Graph's write quota (3,000 per 150 s per app and tenant), enforced as a sliding window
 shared by every client of the double (it serves all processes on loopback), with Graph's headers
@@ -39,6 +59,15 @@ shared by every client of the double (it serves all processes on loopback), with
   ``Low`` writes are refused once ``1 - priority_reserve`` of the limit is used and ``Normal`` ones at
   ``1 - priority_reserve / 2``; ``High`` writes (and any write with no higher-priority traffic) get the whole
   limit. Bulk alone therefore still reaches the quota, and interactive writes find room beside it.
+The read budget stands for Graph's resource-unit quota (per app and tenant: 3,500, 5,000 or 8,000 units per
+10 s by tenant size), charged to reads only: each read costs Graph's units (1 for the paths served here, 2 for a
+service principal's appRoleAssignments; 1 less with ``$select``, 1 less with ``$top`` under 20; at least 1) and
+every read answers ``x-ms-resource-unit`` with its cost. Graph charges a write 1 unit too; the double keeps the
+two budgets apart, so a test sees which one throttled and reads never push writes into ``429``. Past 0.8 of the
+budget a read carries ``x-ms-throttle-limit-percentage``; past the budget it is ``429 TooManyRequests`` with
+``Retry-After``, ``x-ms-throttle-scope: Tenant_Application/Read/<app>/<tenant>`` and
+``x-ms-throttle-information: ResourceUnitLimitExceeded``.
+
 Error bodies are Graph's ``{"error": {"code", "message", "innerError": {"date", "request-id",
 "client-request-id"}}}``; every answer carries ``request-id`` and ``client-request-id`` headers. A
 ``404 Request_ResourceNotFound`` names the one missing id: the container's if it is missing, else the
@@ -62,6 +91,8 @@ activated, now or later; members of a template need ``"activated": true``).
 
 from __future__ import annotations
 
+import base64
+import bisect
 import json
 import math
 import os
@@ -74,16 +105,21 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal, NamedTuple
+from urllib.parse import urlencode
 
 from grants_local._http import LoopbackServer, Request, Response
 from grants_local.token_endpoint import TokenEndpoint
 
 __all__ = [
+    "DEFAULT_PAGE_SIZE",
     "GRAPH_APP_ID",
     "GRAPH_APP_ROLES",
     "GRAPH_SERVICE_PRINCIPAL_ID",
+    "HOLD_LIMIT_SECONDS",
+    "MAX_PAGE_SIZE",
+    "ROLE_MEMBERS_LIMIT",
     "Fault",
     "GraphDouble",
     "LoggedRequest",
@@ -104,6 +140,14 @@ _WRITES: Final = frozenset({"POST", "DELETE", "PATCH", "PUT"})
 _PRIORITIES: Final[Mapping[str, Priority]] = {"low": "Low", "normal": "Normal", "high": "High"}
 #: Graph sends x-ms-throttle-limit-percentage only once more than this fraction of the limit is used.
 _USAGE_SIGNAL_FLOOR: Final = 0.8
+#: Graph's page size for a directory collection read without ``$top``, and the largest ``$top`` it accepts.
+DEFAULT_PAGE_SIZE: Final = 100
+MAX_PAGE_SIZE: Final = 999
+#: Directory role members are not paged (Graph: "queries against directoryRoles do not support paging"); at most
+#: this many are listed.
+ROLE_MEMBERS_LIMIT: Final = 1000
+#: The longest a `Fault.hold` keeps its request before carrying it out anyway (real seconds).
+HOLD_LIMIT_SECONDS: Final = 60.0
 #: The application and tenant ids the double names in x-ms-throttle-scope.
 APPLICATION_ID: Final = "00000000-0000-4000-8000-0000000a9915"
 TENANT_ID: Final = "00000000-0000-4000-8000-00000007e4a7"
@@ -156,28 +200,38 @@ class WriteRecord(NamedTuple):
 
 
 class LoggedRequest(NamedTuple):
-    """One request as the double saw it: `path` is relative to `GraphDouble.base_url`; `status` 0 = dropped."""
+    """One request as the double saw it: `path` is relative to `GraphDouble.base_url`, `query` its decoded query
+    parameters; `status` is what the double decided (0: dropped unanswered and not carried out; a request carried
+    out and then dropped or answered late by a `Fault` logs its real status: the client may never have seen it)."""
 
     method: str
     path: str
     status: int
     client_request_id: str
     body: Any
+    query: Mapping[str, str] = MappingProxyType({})
+
+
+FaultKind = Literal["status", "drop", "delay", "hold", "applied_then_delay", "applied_then_drop"]
 
 
 @dataclass(frozen=True, slots=True)
 class Fault:
     """A one-shot failure for the next request that matches `method`, `path` (a regex searched in the path
     relative to `GraphDouble.base_url`) and `body` (a regex searched in the raw request body, decoded as
-    UTF-8); `None` matches anything. Build with `status`, `drop`, `delay`."""
+    UTF-8); `None` matches anything. Build with `status`, `drop`, `delay`, `hold`, `applied_then_delay`,
+    `applied_then_drop`; `wait_landed` blocks until the double has carried the matched request out (or answered
+    it with the injected failure)."""
 
-    kind: Literal["status", "drop", "delay"]
+    kind: FaultKind
     status_code: int = 0
     retry_after: float | None = None
     seconds: float = 0.0
     method: str | None = None
     path: str | None = None
     body: str | None = None
+    released: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    landed: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     @classmethod
     def status(
@@ -203,6 +257,33 @@ class Fault:
     ) -> Fault:
         """Wait `seconds` (real time), then answer normally (a write is applied after the wait)."""
         return cls("delay", seconds=seconds, method=method, path=path, body=body)
+
+    @classmethod
+    def hold(cls, *, method: str | None = None, path: str | None = None, body: str | None = None) -> Fault:
+        """Keep the request, unanswered and not carried out, until `release` (or `HOLD_LIMIT_SECONDS`, or
+        `GraphDouble.close`); then carry it out and answer. A write whose client gave up meanwhile lands late."""
+        return cls("hold", method=method, path=path, body=body)
+
+    @classmethod
+    def applied_then_delay(
+        cls, seconds: float, *, method: str | None = None, path: str | None = None, body: str | None = None
+    ) -> Fault:
+        """Carry the request out at once (a write lands), then wait `seconds` (real time) before answering: a
+        client whose timeout is shorter gives up on a write that was made."""
+        return cls("applied_then_delay", seconds=seconds, method=method, path=path, body=body)
+
+    @classmethod
+    def applied_then_drop(cls, *, method: str | None = None, path: str | None = None, body: str | None = None) -> Fault:
+        """Carry the request out (a write lands), then close the connection without answering."""
+        return cls("applied_then_drop", method=method, path=path, body=body)
+
+    def release(self) -> None:
+        """Let a `hold` fault's request go on (nothing happens for other kinds)."""
+        self.released.set()
+
+    def wait_landed(self, timeout: float = 10.0) -> bool:
+        """Block until the matched request was carried out or answered with the failure; False after `timeout`."""
+        return self.landed.wait(timeout)
 
     def matches(self, method: str, path: str, body: bytes = b"") -> bool:
         return (
@@ -268,7 +349,9 @@ class GraphDouble:
     ``429`` with ``Retry-After`` = seconds until one is allowed again (ceil, at least 1), with Graph's throttle
     headers and priorities as the module docstring says (`priority_reserve`: the share of the limit lower
     priorities leave to higher ones when both are writing).
-    `latency_seconds` is waited (real time) before every answer. Time for replication and budget comes
+    `read_budget` ``(units, window_seconds)`` lets reads (GET) spend at most that many resource units in any
+    sliding window, with Graph's read throttling (module docstring); writes are not charged to it.
+    `latency_seconds` is waited (real time) before every answer. Time for replication and budgets comes
     from `clock`. All state is behind one lock; every method is thread-safe.
     """
 
@@ -277,12 +360,14 @@ class GraphDouble:
         tokens: TokenEndpoint | Callable[[str, str], bool],
         *,
         write_budget: tuple[int, float] | None = None,
+        read_budget: tuple[int, float] | None = None,
         priority_reserve: float = 0.04,
         latency_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._token_valid = tokens.is_valid if isinstance(tokens, TokenEndpoint) else tokens
         self.write_budget = write_budget
+        self.read_budget = read_budget
         self.priority_reserve = priority_reserve
         self.latency_seconds = latency_seconds
         self._clock = clock
@@ -299,6 +384,12 @@ class GraphDouble:
         self._write_log: list[WriteRecord] = []
         self._log: list[LoggedRequest] = []
         self._write_count = 0
+        self._recent_reads: deque[tuple[float, int]] = deque()  # (when, resource units) within the read window
+        self._read_units_in_window = 0
+        self._read_count = 0
+        self._read_units = 0
+        self._reads_throttled = 0
+        self._holding: list[Fault] = []
         self._server = LoopbackServer(self._answer)
 
     # --- where it is ---------------------------------------------------------------------------------
@@ -319,7 +410,11 @@ class GraphDouble:
         return self.resource + _PREFIX
 
     def close(self) -> None:
-        """Stop serving and close every connection. Idempotent."""
+        """Release every held request, stop serving and close every connection. Idempotent."""
+        with self._lock:
+            held = [*self._holding, *(f for f in self._faults if f.kind == "hold")]
+        for fault in held:
+            fault.release()
         self._server.close()
 
     def __enter__(self) -> GraphDouble:
@@ -443,6 +538,53 @@ class GraphDouble:
         with self._lock:
             return self._templates[_canonical(template_id)].role_id
 
+    # --- behind the app's back -----------------------------------------------------------------------------
+
+    def add_member(self, container_id: str, member_id: str) -> None:
+        """Add a principal to an administrative unit, a role, or an activated template's role, as the portal or a
+        script would: at once, not logged, not counted, no budget. KeyError for an unknown container or principal
+        (or a template that is not activated)."""
+        key = _canonical(member_id)
+        with self._lock:
+            if key not in self._principals:
+                raise KeyError(member_id)
+            self._container(container_id).add(key)
+
+    def remove_member(self, container_id: str, member_id: str) -> None:
+        """Remove a principal from a container behind the app's back (as `add_member`; no error if absent)."""
+        with self._lock:
+            self._container(container_id).discard(_canonical(member_id))
+
+    def assign_scoped_role(self, unit_id: str, template_id: str, member_id: str) -> str:
+        """Assign the activated role of `template_id` to a principal, scoped to an administrative unit, behind the
+        app's back; return the membership id (an existing one if already assigned). KeyError for unknown ids."""
+        key = _canonical(member_id)
+        with self._lock:
+            unit, role_id = self._units[_canonical(unit_id)], self._activated_role(template_id)
+            if key not in self._principals:
+                raise KeyError(member_id)
+            for membership_id, held in unit.scoped.items():
+                if held == (role_id, key):
+                    return membership_id
+            membership_id = secrets.token_hex(24)
+            unit.scoped[membership_id] = (role_id, key)
+            return membership_id
+
+    def unassign_scoped_role(self, unit_id: str, template_id: str, member_id: str) -> None:
+        """Undo `assign_scoped_role` (or the app's own assignment) behind the app's back; no error if absent."""
+        key = _canonical(member_id)
+        with self._lock:
+            unit, role_id = self._units[_canonical(unit_id)], self._activated_role(template_id)
+            for membership_id in [m for m, held in unit.scoped.items() if held == (role_id, key)]:
+                del unit.scoped[membership_id]
+
+    def scoped_members_of(self, unit_id: str, template_id: str) -> set[str]:
+        """Member ids holding the role of `template_id` scoped to the unit (empty if not activated)."""
+        with self._lock:
+            unit = self._units[_canonical(unit_id)]
+            role_id = self._templates[_canonical(template_id)].role_id
+            return {member for role, member in unit.scoped.values() if role == role_id}
+
     def load(self, source: str | os.PathLike[str] | Mapping[str, Any]) -> None:
         """Add the objects of a seed (a mapping, or the path of a JSON file) in the module docstring's format."""
         seed = source if isinstance(source, Mapping) else _read_json(source)
@@ -542,6 +684,24 @@ class GraphDouble:
         """TCP connections accepted so far."""
         return self._server.connections_opened
 
+    @property
+    def read_count(self) -> int:
+        """Reads (GET) that reached the directory (past faults, the token check and the read budget)."""
+        with self._lock:
+            return self._read_count
+
+    @property
+    def read_units(self) -> int:
+        """Resource units those reads cost (Graph's identity-and-access costs; see the module docstring)."""
+        with self._lock:
+            return self._read_units
+
+    @property
+    def reads_throttled(self) -> int:
+        """Reads answered ``429`` by the read budget."""
+        with self._lock:
+            return self._reads_throttled
+
     def members_of(self, container_id: str) -> set[str]:
         """Member ids of an administrative unit, a role, or a template's role (empty if not activated).
 
@@ -554,6 +714,24 @@ class GraphDouble:
             template = self._templates[self._roles.get(key, key)]
             return set(template.members)
 
+    def _container(self, container_id: str) -> set[str]:
+        """The live member set of a unit, a role, or an activated template's role (lock held); KeyError else."""
+        key = _canonical(container_id)
+        if key in self._units:
+            return self._units[key].members
+        if key in self._roles:
+            return self._templates[self._roles[key]].members
+        template = self._templates[key]
+        if template.role_id is None:
+            raise KeyError(f"role template {container_id} is not activated")
+        return template.members
+
+    def _activated_role(self, template_id: str) -> str:
+        role_id = self._templates[_canonical(template_id)].role_id
+        if role_id is None:
+            raise KeyError(f"role template {template_id} is not activated")
+        return role_id
+
     # --- serving -------------------------------------------------------------------------------------
 
     def _answer(self, request: Request) -> Response | None:
@@ -564,27 +742,47 @@ class GraphDouble:
         if self.latency_seconds:
             time.sleep(self.latency_seconds)
         fault = self._take_fault(request.method, path, request.body)
-        if fault is not None and fault.kind == "drop":
-            self._record(LoggedRequest(request.method, path, 0, client_request_id, body))
+        kind = fault.kind if fault is not None else None
+        if fault is not None and kind == "drop":
+            self._record(LoggedRequest(request.method, path, 0, client_request_id, body, request.query))
+            fault.landed.set()
             return None
-        if fault is not None and fault.kind == "delay":
+        if fault is not None and kind == "delay":
             time.sleep(fault.seconds)
+        if fault is not None and kind == "hold":
+            self._hold(fault)
+        headers: dict[str, str] = {}  # a budget's headers, kept when the directory then answers an error
         try:
-            if fault is not None and fault.kind == "status":
+            if fault is not None and kind == "status":
                 code, message = _STATUS_ERRORS.get(fault.status_code, ("UnknownError", ""))
                 raise _GraphError(fault.status_code, code, message, retry_after=fault.retry_after)
             self._authenticate(request.headers.get("Authorization", ""))
-            headers: dict[str, str] = {}
             with self._lock:
                 status, payload = self._dispatch(request, path, body, headers)
         except _GraphError as error:
             status, payload = error.status, _error_body(error, request_id, client_request_id)
-            headers = dict(error.headers)
+            headers.update(error.headers)
             if error.retry_after is not None:
                 headers["Retry-After"] = str(math.ceil(error.retry_after))
-        self._record(LoggedRequest(request.method, path, status, client_request_id, body))
+        self._record(LoggedRequest(request.method, path, status, client_request_id, body, request.query))
+        if fault is not None:
+            fault.landed.set()
+            if kind == "applied_then_drop":
+                return None
+            if kind == "applied_then_delay":
+                time.sleep(fault.seconds)
         headers.update({"request-id": request_id, "client-request-id": client_request_id})
         return Response(status, payload, headers)
+
+    def _hold(self, fault: Fault) -> None:
+        """Block this connection until the fault is released (or `HOLD_LIMIT_SECONDS`)."""
+        with self._lock:
+            self._holding.append(fault)
+        try:
+            fault.released.wait(HOLD_LIMIT_SECONDS)
+        finally:
+            with self._lock:
+                self._holding.remove(fault)
 
     def _take_fault(self, method: str, path: str, body: bytes) -> Fault | None:
         with self._lock:
@@ -612,7 +810,7 @@ class GraphDouble:
             version = request.path.strip("/").split("/")[0]
             raise _GraphError(400, "BadRequest", f"Invalid version: {version}")
         segments = path.strip("/").split("/")
-        kind, handlers = self._routes(segments, body)
+        kind, handlers = self._routes(segments, body, _Listing(self.base_url, path, request.query))
         handler = handlers.get(request.method)
         if handler is None:
             raise _GraphError(405, "Request_BadRequest", "Specified HTTP method is not allowed for the request target.")
@@ -622,7 +820,46 @@ class GraphDouble:
             if kind in self._denied:
                 raise _GraphError(403, "Authorization_RequestDenied", _INSUFFICIENT)
             self._write_count += 1
+        elif request.method == "GET":
+            cost = _read_cost(segments, request.query)
+            headers.update(self._spend_read_budget(cost))
+            self._read_count += 1
+            self._read_units += cost
         return handler()
+
+    def _spend_read_budget(self, cost: int) -> dict[str, str]:
+        """Charge a read `cost` resource units (and return its headers) or raise its ``429``."""
+        headers = {"x-ms-resource-unit": str(cost)}
+        if self.read_budget is None:
+            return headers
+        limit, window = self.read_budget
+        now = self._clock()
+        while self._recent_reads and self._recent_reads[0][0] <= now - window:
+            self._read_units_in_window -= self._recent_reads.popleft()[1]
+        if self._read_units_in_window + cost > limit:
+            # Whole seconds until enough units have left the window for this read (at least 1, as Graph's).
+            excess, expires = self._read_units_in_window + cost - limit, now
+            for at, units in self._recent_reads:
+                excess, expires = excess - units, at + window
+                if excess <= 0:
+                    break
+            self._reads_throttled += 1
+            raise _GraphError(
+                429,
+                "TooManyRequests",
+                "Please retry again later.",
+                retry_after=max(1.0, math.ceil(expires - now)),
+                headers={
+                    "x-ms-throttle-scope": f"Tenant_Application/Read/{APPLICATION_ID}/{TENANT_ID}",
+                    "x-ms-throttle-information": "ResourceUnitLimitExceeded",
+                },
+            )
+        self._recent_reads.append((now, cost))
+        self._read_units_in_window += cost
+        used = self._read_units_in_window / limit
+        if used > _USAGE_SIGNAL_FLOOR:
+            headers["x-ms-throttle-limit-percentage"] = f"{used:.2f}"
+        return headers
 
     def _spend_write_budget(self, priority: Priority) -> dict[str, str]:
         """Let one write of `priority` through (and return its usage header, if any) or raise its ``429``."""
@@ -667,14 +904,14 @@ class GraphDouble:
             return math.floor(limit * (1 - self.priority_reserve / 2))
         return limit
 
-    def _routes(self, segments: list[str], body: Any) -> tuple[PermissionKind | None, _Handlers]:
+    def _routes(self, segments: list[str], body: Any, listing: _Listing) -> tuple[PermissionKind | None, _Handlers]:
         lower = [segment.lower() for segment in segments]
         if lower[:2] == ["directory", "administrativeunits"]:
-            return "administrativeUnit", self._unit_routes(segments[2:], body)
+            return "administrativeUnit", self._unit_routes(segments[2:], body, listing)
         if lower[:1] == ["administrativeunits"]:
-            return "administrativeUnit", self._unit_routes(segments[1:], body)
+            return "administrativeUnit", self._unit_routes(segments[1:], body, listing)
         if lower[:1] == ["directoryroles"]:
-            return "directoryRole", self._role_routes(segments[1:], body)
+            return "directoryRole", self._role_routes(segments[1:], body, listing)
         if lower[:1] == ["directoryobjects"] and len(segments) == 2:
             return None, {"GET": lambda: (200, self._object_json(self._object(segments[1])))}
         if lower == [f"serviceprincipals(appid='{GRAPH_APP_ID}')"]:
@@ -683,7 +920,7 @@ class GraphDouble:
             return None, {"GET": lambda: (200, self._app_role_assignments_json(segments[1]))}
         raise _unknown_segment(segments[-1] if lower[:1] == ["directoryobjects"] else segments[0])
 
-    def _unit_routes(self, rest: list[str], body: Any) -> _Handlers:
+    def _unit_routes(self, rest: list[str], body: Any, listing: _Listing) -> _Handlers:
         lower = [segment.lower() for segment in rest]
         match lower:
             case []:
@@ -692,11 +929,16 @@ class GraphDouble:
                 return {"GET": lambda: (200, _unit_json(self._unit(unit_id)))}
             case [unit_id, "members", *member]:
                 return self._member_routes(
-                    member, rest, lambda: self._unit(unit_id).members, lambda: self._add_unit_member(unit_id, body)
+                    member,
+                    rest,
+                    lambda: self._unit(unit_id).members,
+                    lambda: self._add_unit_member(unit_id, body),
+                    listing,
+                    paged=True,
                 )
             case [unit_id, "scopedrolemembers"]:
                 return {
-                    "GET": lambda: (200, {"value": _scoped_json(self._unit(unit_id))}),
+                    "GET": lambda: (200, self._scoped_page(self._unit(unit_id), listing)),
                     "POST": lambda: self._add_scoped(unit_id, body),
                 }
             case [unit_id, "scopedrolemembers", membership_id]:
@@ -706,7 +948,7 @@ class GraphDouble:
                 }
         raise _unknown_segment(rest[-1])
 
-    def _role_routes(self, rest: list[str], body: Any) -> _Handlers:
+    def _role_routes(self, rest: list[str], body: Any, listing: _Listing) -> _Handlers:
         lower = [segment.lower() for segment in rest]
         match lower:
             case []:
@@ -721,18 +963,31 @@ class GraphDouble:
                 return {"GET": lambda: (200, self._role_json(self._role(role)))}
             case [role, "members", *member]:
                 return self._member_routes(
-                    member, rest, lambda: self._role(role).members, lambda: self._add_role_member(role, body)
+                    member,
+                    rest,
+                    lambda: self._role(role).members,
+                    lambda: self._add_role_member(role, body),
+                    listing,
+                    paged=False,
                 )
         raise _unknown_segment(rest[-1])
 
     def _member_routes(
-        self, member: list[str], rest: list[str], members: Callable[[], set[str]], add: Callable[[], _Reply]
+        self,
+        member: list[str],
+        rest: list[str],
+        members: Callable[[], set[str]],
+        add: Callable[[], _Reply],
+        listing: _Listing,
+        *,
+        paged: bool,
     ) -> _Handlers:
         """``members``, ``members/$ref``, ``members/{id}`` and ``members/{id}/$ref`` of a unit or a role
-        (`member`: the lower-cased segments after ``members``; `members`: the container's member set)."""
+        (`member`: the lower-cased segments after ``members``; `members`: the container's member set; `paged`:
+        the list takes ``$top`` and pages, else it is one page of at most `ROLE_MEMBERS_LIMIT`)."""
         match member:
             case []:
-                return {"GET": lambda: (200, self._members_json(members()))}
+                return {"GET": lambda: (200, self._members_page(members(), listing, paged=paged))}
             case ["$ref"]:
                 return {"POST": add}
             case [member_id]:
@@ -879,8 +1134,23 @@ class GraphDouble:
             ]
         }
 
-    def _members_json(self, members: set[str]) -> dict[str, Any]:
-        return {"value": [_principal_json(self._principals[m]) for m in sorted(members) if m in self._principals]}
+    def _members_page(self, members: set[str], listing: _Listing, *, paged: bool) -> dict[str, Any]:
+        """One page of a container's members, ordered by id (see the module docstring, Paging)."""
+        if not paged and "$top" in listing.query:
+            raise _GraphError(400, "Request_UnsupportedQuery", _ROLES_NOT_PAGED)
+        known = sorted(m for m in members if m in self._principals)
+        size = _page_size(listing.query) if paged else ROLE_MEMBERS_LIMIT
+        return _page(listing, known, size, lambda m: _principal_json(self._principals[m]), "directoryObjects")
+
+    def _scoped_page(self, unit: _AdministrativeUnit, listing: _Listing) -> dict[str, Any]:
+        """One page of a unit's scoped role memberships, ordered by membership id."""
+        return _page(
+            listing,
+            sorted(unit.scoped),
+            _page_size(listing.query),
+            lambda key: _scoped_membership(unit.id, key, *unit.scoped[key]),
+            "scopedRoleMemberships",
+        )
 
     def _object_json(self, item: _Principal | _AdministrativeUnit | _RoleTemplate) -> dict[str, Any]:
         if isinstance(item, _AdministrativeUnit):
@@ -915,6 +1185,106 @@ class GraphDouble:
                 key, kind, display_name or f"{kind} {key}", is_assignable_to_role, visible_after_lookups, visible_at
             )
         return key
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """A request's Graph root (`GraphDouble.base_url`), path relative to it and decoded query parameters, for
+    its collection's paging."""
+
+    root: str
+    path: str
+    query: Mapping[str, str]
+
+
+_ROLES_NOT_PAGED: Final = (
+    "Paging is not supported for directory roles; $top cannot be applied to the requested resource (Graph double)."
+)
+
+
+def _page_size(query: Mapping[str, str]) -> int:
+    """``$top`` (1-999), or `DEFAULT_PAGE_SIZE` without it; Graph's ``400`` for anything else."""
+    raw = query.get("$top")
+    if raw is None:
+        return DEFAULT_PAGE_SIZE
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise _GraphError(
+            400,
+            "Request_UnsupportedQuery",
+            f"Invalid page size specified: '{raw}'. Must be between 1 and {MAX_PAGE_SIZE} inclusive.",
+        )
+    return int(raw)
+
+
+def _page(
+    listing: _Listing, keys: list[str], size: int, render: Callable[[str], dict[str, Any]], kind: str
+) -> dict[str, Any]:
+    """The page of sorted `keys` after ``$skiptoken`` (`size` of them), each rendered and narrowed to ``$select``,
+    with an ``@odata.nextLink`` (the same query, another ``$skiptoken``) when more follow."""
+    token = listing.query.get("$skiptoken")
+    start = 0 if token is None else bisect.bisect_right(keys, _after(token))
+    chosen = keys[start : start + size]
+    fields = _selected(listing.query.get("$select"), _PROPERTIES[kind])
+    page: dict[str, Any] = {
+        "@odata.context": f"{listing.root}/$metadata#{kind}",
+        "value": [_narrowed(render(key), fields) for key in chosen],
+    }
+    if start + size < len(keys):
+        query = {**listing.query, "$skiptoken": _token(chosen[-1])}
+        page["@odata.nextLink"] = f"{listing.root}{listing.path}?{urlencode(query, safe='$,')}"
+    return page
+
+
+def _token(last_key: str) -> str:
+    return base64.urlsafe_b64encode(f"after:{last_key}".encode()).decode().rstrip("=")
+
+
+def _after(token: str) -> str:
+    """The last key of the previous page, from a ``$skiptoken``; ``400`` for a token this double did not make."""
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except ValueError:
+        text = ""
+    if not text.startswith("after:"):
+        raise _GraphError(400, "Request_BadRequest", f"Invalid $skiptoken value '{token}'.")
+    return text[len("after:") :]
+
+
+#: The properties an item of each listed collection has (what ``$select`` may name).
+_PROPERTIES: Final[Mapping[str, frozenset[str]]] = {
+    "directoryObjects": frozenset({"id", "displayName"}),
+    "scopedRoleMemberships": frozenset({"id", "roleId", "administrativeUnitId", "roleMemberInfo"}),
+}
+
+
+def _selected(select: str | None, properties: frozenset[str]) -> list[str] | None:
+    """The properties ``$select`` names; ``400`` for one the collection's items do not have."""
+    if select is None:
+        return None
+    fields = [name.strip() for name in select.split(",") if name.strip()]
+    for name in fields:
+        if name not in properties:
+            raise _GraphError(400, "Request_BadRequest", f"Could not find a property named '{name}' on this type.")
+    return fields
+
+
+def _narrowed(item: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
+    """`item` with only ``@odata.type`` and the `fields` asked for."""
+    if fields is None:
+        return item
+    return {key: value for key, value in item.items() if key == "@odata.type" or key in fields}
+
+
+def _read_cost(segments: list[str], query: Mapping[str, str]) -> int:
+    """A read's resource units (Graph's identity-and-access table): 2 for a service principal's
+    appRoleAssignments, 1 for every other path the double serves; 1 less with ``$select``, 1 less with a ``$top``
+    under 20; never below 1."""
+    lower = [segment.lower() for segment in segments]
+    cost = 2 if lower[:1] == ["serviceprincipals"] and lower[-1:] == ["approleassignments"] else 1
+    cost -= "$select" in query
+    top = query.get("$top", "")
+    cost -= top.isascii() and top.isdigit() and int(top) < 20
+    return max(cost, 1)
 
 
 def _canonical(object_id: str) -> str:
@@ -1021,10 +1391,6 @@ def _unit_json(unit: _AdministrativeUnit) -> dict[str, Any]:
         "description": None,
         "visibility": None,
     }
-
-
-def _scoped_json(unit: _AdministrativeUnit) -> list[dict[str, Any]]:
-    return [_scoped_membership(unit.id, key, role, member) for key, (role, member) in unit.scoped.items()]
 
 
 def _scoped_membership(unit_id: str, membership_id: str, role_id: str, member_id: str) -> dict[str, Any]:

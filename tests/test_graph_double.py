@@ -706,6 +706,236 @@ async def test_32_concurrent_writes_are_all_applied(graph_double: GraphDouble, c
     assert 1 <= graph_double.connections_opened <= 32
 
 
+# --- reading membership: pages, the read budget -----------------------------------------------------------
+
+
+def users(graph: GraphDouble, count: int) -> list[str]:
+    """`count` new users, by id in ascending order."""
+    return sorted(graph.add_user(f"{n:08x}-1000-4000-8000-000000000000") for n in range(count))
+
+
+async def all_pages(client: httpx.AsyncClient, graph: GraphDouble, url: str) -> list[list[dict[str, Any]]]:
+    """Every page of a collection, following each ``@odata.nextLink`` (an absolute URL on the double's root)."""
+    pages: list[list[dict[str, Any]]] = []
+    next_url: str | None = url
+    while next_url is not None:
+        response = await client.get(next_url)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        pages.append(body["value"])
+        next_url = body.get("@odata.nextLink")
+        assert next_url is None or next_url.startswith(graph.base_url + "/")
+    return pages
+
+
+async def test_unit_members_are_listed_in_pages_of_top_until_no_next_link(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    members = users(graph_double, 25)
+    for member in members:
+        graph_double.add_member(AU, member)
+
+    pages = await all_pages(client, graph_double, f"/directory/administrativeUnits/{AU}/members?$top=10&$select=id")
+
+    assert [len(page) for page in pages] == [10, 10, 5]
+    assert [item["id"] for page in pages for item in page] == members
+    assert pages[0][0] == {"@odata.type": "#microsoft.graph.user", "id": members[0]}
+    assert {tuple(sorted(r.query)) for r in graph_double.requests} == {
+        ("$select", "$top"),
+        ("$select", "$skiptoken", "$top"),
+    }, "each next link keeps the query and adds a skip token"
+
+
+async def test_a_member_list_without_top_has_pages_of_100(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    for member in users(graph_double, 150):
+        graph_double.add_member(AU, member)
+
+    pages = await all_pages(client, graph_double, f"/directory/administrativeUnits/{AU}/members")
+
+    assert [len(page) for page in pages] == [100, 50]
+    assert pages[0][0]["displayName"].startswith("user ")
+
+
+@pytest.mark.parametrize("top", ["0", "1000", "-1", "ten", "1.5"])
+async def test_a_top_outside_1_to_999_is_graphs_400(client: httpx.AsyncClient, top: str) -> None:
+    response = await client.get(f"/directory/administrativeUnits/{AU}/members?$top={top}")
+
+    message = f"Invalid page size specified: '{top}'. Must be between 1 and 999 inclusive."
+    assert_error(response, 400, "Request_UnsupportedQuery", message)
+
+
+async def test_members_added_or_removed_while_paging_are_listed_at_most_once(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    members = users(graph_double, 6)
+    for member in members[:5]:
+        graph_double.add_member(AU, member)
+
+    first = (await client.get(f"/directory/administrativeUnits/{AU}/members?$top=2&$select=id")).json()
+    graph_double.remove_member(AU, members[0])  # already listed
+    graph_double.remove_member(AU, members[2])  # not listed yet
+    graph_double.add_member(AU, members[5])  # after the cursor
+    rest = await all_pages(client, graph_double, first["@odata.nextLink"])
+
+    listed = [item["id"] for item in first["value"]] + [item["id"] for page in rest for item in page]
+    assert listed == [members[0], members[1], members[3], members[4], members[5]]
+
+
+async def test_bad_select_or_skip_token_is_400(client: httpx.AsyncClient) -> None:
+    select = await client.get(f"/directory/administrativeUnits/{AU}/members?$select=mail")
+    token = await client.get(f"/directory/administrativeUnits/{AU}/members?$skiptoken=forged")
+
+    assert_error(select, 400, "Request_BadRequest")
+    assert_error(token, 400, "Request_BadRequest")
+
+
+@pytest.mark.parametrize("role", [ROLE, f"roleTemplateId={TEMPLATE}"], ids=["by id", "by template"])
+async def test_role_members_are_one_page_and_top_is_refused(
+    graph_double: GraphDouble, client: httpx.AsyncClient, role: str
+) -> None:
+    """Graph does not page directory roles; a client that sends $top finds out here, not in production."""
+    members = users(graph_double, 120)
+    for member in members:
+        graph_double.add_member(TEMPLATE, member)
+
+    listed = await client.get(f"/directoryRoles/{role}/members?$select=id")
+    paged = await client.get(f"/directoryRoles/{role}/members?$top=10")
+
+    assert [item["id"] for item in listed.json()["value"]] == members
+    assert "@odata.nextLink" not in listed.json()
+    assert_error(paged, 400, "Request_UnsupportedQuery")
+
+
+async def test_scoped_role_memberships_are_paged_too(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    members = users(graph_double, 3)
+    for member in members:
+        graph_double.assign_scoped_role(AU, TEMPLATE, member)
+
+    pages = await all_pages(client, graph_double, f"/directory/administrativeUnits/{AU}/scopedRoleMembers?$top=2")
+
+    assert [len(page) for page in pages] == [2, 1]
+    assert sorted(item["roleMemberInfo"]["id"] for page in pages for item in page) == members
+    assert {item["roleId"] for page in pages for item in page} == {ROLE}
+
+
+async def test_reads_cost_resource_units_and_are_throttled_past_the_read_budget(
+    graph_double: GraphDouble, client: httpx.AsyncClient, clock: ManualClock
+) -> None:
+    """Given 3 units per 10 s: each read names its cost, the third its usage; the fourth is 429 with Graph's read
+    throttle headers; writes are not charged and pass meanwhile (learn.microsoft.com/graph/throttling-limits)."""
+    graph_double.read_budget = (3, 10.0)
+
+    reads = [await client.get(f"/directory/administrativeUnits/{AU}/members?$select=id") for _ in range(3)]
+    clock.advance(4)
+    throttled = await client.get(f"/directoryObjects/{USER}")
+    write = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+    clock.advance(6)
+    allowed = await client.get(f"/directoryObjects/{USER}")
+
+    assert [r.headers["x-ms-resource-unit"] for r in reads] == ["1", "1", "1"]
+    assert [r.headers.get("x-ms-throttle-limit-percentage") for r in reads] == [None, None, "1.00"]
+    assert_error(throttled, 429, "TooManyRequests")
+    assert throttled.headers["retry-after"] == "6"
+    assert throttled.headers["x-ms-throttle-scope"].startswith("Tenant_Application/Read/")
+    assert throttled.headers["x-ms-throttle-information"] == "ResourceUnitLimitExceeded"
+    assert write.status_code == 204
+    assert allowed.status_code == 200
+    assert (graph_double.read_count, graph_double.read_units, graph_double.reads_throttled) == (4, 4, 1)
+
+
+@pytest.mark.parametrize(
+    ("url", "units"),
+    [
+        (f"/servicePrincipals/{SP}/appRoleAssignments", "2"),
+        (f"/servicePrincipals/{SP}/appRoleAssignments?$select=id", "1"),
+        (f"/directory/administrativeUnits/{AU}/members?$top=5", "1"),
+        (f"/directory/administrativeUnits/{AU}/members?$top=999", "1"),
+    ],
+)
+async def test_a_reads_cost_follows_graphs_table(client: httpx.AsyncClient, url: str, units: str) -> None:
+    response = await client.get(url)
+
+    assert response.status_code == 200
+    assert response.headers["x-ms-resource-unit"] == units
+
+
+# --- writes whose outcome the client cannot know -----------------------------------------------------------
+
+
+async def test_a_write_applied_then_answered_late_lands_though_the_client_timed_out(
+    graph_double: GraphDouble, token: str
+) -> None:
+    fault = Fault.applied_then_delay(2.0, method="POST")
+    graph_double.inject(fault)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async with httpx.AsyncClient(base_url=graph_double.base_url, headers=headers, timeout=0.2) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            await impatient.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+
+    assert await asyncio.to_thread(fault.wait_landed)
+    assert graph_double.members_of(AU) == {USER}
+    assert [(r.method, r.status) for r in graph_double.requests] == [("POST", 204)]
+
+
+async def test_a_write_applied_then_dropped_lands_though_the_connection_broke(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    graph_double.inject(Fault.applied_then_drop(method="DELETE"))
+    graph_double.add_member(AU, USER)
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        await client.delete(f"/directory/administrativeUnits/{AU}/members/{USER}/$ref")
+
+    assert graph_double.members_of(AU) == set()
+    assert graph_double.write_count == 1
+
+
+async def test_a_held_write_lands_when_released_after_its_client_gave_up(graph_double: GraphDouble, token: str) -> None:
+    fault = Fault.hold(method="POST", path="/members/")
+    graph_double.inject(fault)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async with httpx.AsyncClient(base_url=graph_double.base_url, headers=headers, timeout=0.2) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            await impatient.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+    before = graph_double.members_of(AU)
+    fault.release()
+
+    assert before == set()
+    assert await asyncio.to_thread(fault.wait_landed)
+    assert graph_double.members_of(AU) == {USER}
+
+
+# --- behind the app's back ---------------------------------------------------------------------------------
+
+
+def test_membership_changed_behind_the_apps_back_is_not_logged_or_counted(graph_double: GraphDouble) -> None:
+    graph_double.add_member(AU, USER)
+    graph_double.add_member(ROLE, USER)
+    graph_double.add_member(TEMPLATE, USER_2)  # the template's activated role
+    graph_double.remove_member(ROLE, USER)
+    scoped = graph_double.assign_scoped_role(AU, TEMPLATE, USER)
+
+    assert graph_double.members_of(AU) == {USER}
+    assert graph_double.members_of(TEMPLATE) == {USER_2}
+    assert graph_double.scoped_members_of(AU, TEMPLATE) == {USER}
+    assert graph_double.assign_scoped_role(AU, TEMPLATE, USER) == scoped
+    graph_double.unassign_scoped_role(AU, TEMPLATE, USER)
+    assert graph_double.scoped_members_of(AU, TEMPLATE) == set()
+    assert (graph_double.requests, graph_double.write_count) == ([], 0)
+
+
+@pytest.mark.parametrize(
+    ("container", "member"), [(AU, MISSING), (MISSING, USER), (IDLE_TEMPLATE, USER)], ids=["principal", "unit", "idle"]
+)
+def test_changing_membership_behind_the_apps_back_needs_known_objects(
+    graph_double: GraphDouble, container: str, member: str
+) -> None:
+    with pytest.raises(KeyError):
+        graph_double.add_member(container, member)
+
+
 def test_seed_file_loads_like_the_mapping(token_endpoint: TokenEndpoint, tmp_path: Path) -> None:
     seed = {**SEED, "administrativeUnits": [{"id": AU, "members": [USER, DEVICE]}]}
     path = tmp_path / "seed.json"

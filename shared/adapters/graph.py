@@ -58,13 +58,23 @@ def path(*segments: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class GraphResponse:
-    """One answer from Graph: status, parsed JSON body (if any) and the ids that trace it."""
+    """One answer from Graph: status, parsed JSON body (if any), the ids that trace it, and its throttling
+    headers: `usage` (``x-ms-throttle-limit-percentage``), `throttle_scope` (``x-ms-throttle-scope``)."""
 
     status: int
     body: Mapping[str, Any] | None
     request_id: str | None
     client_request_id: str
     retry_after: float | None
+    usage: float | None = None
+    throttle_scope: str | None = None
+
+    @property
+    def read_limit_only(self) -> bool:
+        """True for a ``429`` whose ``x-ms-throttle-scope`` names Graph's read limit (``<scope>/Read/...``):
+        writes are not held by it."""
+        parts = (self.throttle_scope or "").split("/")
+        return len(parts) > 1 and parts[1].lower() == "read"
 
     @property
     def error_code(self) -> str | None:
@@ -89,8 +99,9 @@ class GraphClient:
 
     Writes wait for `governor` (when given) in the client's `lane` (`in_lane` gives a client for another lane,
     sharing everything else); each write's answer is reported to it (``x-ms-throttle-limit-percentage``, or a
-    ``429`` and its ``Retry-After``, which pauses every writer). Every request carries ``x-ms-throttle-priority``
-    for its lane.
+    ``429`` and its ``Retry-After``, which pauses every writer). A read's ``429`` pauses the writers too, unless its
+    ``x-ms-throttle-scope`` names the read limit alone. Reads never wait for the governor. Every request carries
+    ``x-ms-throttle-priority`` for its lane.
     """
 
     def __init__(
@@ -185,6 +196,8 @@ class GraphClient:
             request_id=response.headers.get("request-id"),
             client_request_id=client_request_id,
             retry_after=_retry_after(response.headers.get("retry-after")),
+            usage=_usage(response.headers.get("x-ms-throttle-limit-percentage")),
+            throttle_scope=response.headers.get("x-ms-throttle-scope"),
         )
         if governor is not None:
             if answer.status == 429:
@@ -192,8 +205,8 @@ class GraphClient:
                     answer.retry_after if answer.retry_after is not None else DEFAULT_THROTTLE_PAUSE_SECONDS, lane
                 )
             else:
-                governor.admitted(_usage(response.headers.get("x-ms-throttle-limit-percentage")))
-        elif answer.status == 429 and self._governor is not None:
+                governor.admitted(answer.usage)
+        elif answer.status == 429 and self._governor is not None and not answer.read_limit_only:
             self._governor.pause(
                 answer.retry_after if answer.retry_after is not None else DEFAULT_THROTTLE_PAUSE_SECONDS
             )

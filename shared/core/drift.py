@@ -1,0 +1,353 @@
+"""Drift, pure: one target's members in the directory against the newest intent per pair, and what to repair.
+
+`classify` compares the directory's member ids of one target with the ledger's `PairState` per member (the
+newest intent for each pair of that target):
+
+- `Missing`: the newest intent is an add that has not expired; the directory lacks the member;
+- `Lingering`: the directory has the member; the newest intent is a remove, or an add whose ``expiresAt`` passed;
+- `Unmanaged`: the directory has the member and the ledger has no intent for it (reported only, unless the
+  target's mode is ``authoritative``).
+
+A pair whose lease is live (a write in flight) is not judged (`Report.in_flight`). Read the directory first and
+the ledger after: every membership the app made was recorded as an intent before its write, so it cannot look
+unmanaged.
+
+`plan` turns a report into repairs by the target's `Mode`: ``report`` (default) repairs nothing, ``restore``
+re-grants *missing* and removes *lingering*, ``authoritative`` also removes *unmanaged*. Two guards:
+
+- **tier-0**: a target the `tier0` predicate names (by default: a tier-0 role template, or a role named by id,
+  whose template the core cannot know) is never repaired, whatever its mode;
+- **blast radius** (`Guard`): when a target's planned removals exceed ``min(fraction * members, cap)``
+  (default 20 % of the directory's members, at most 50) every removal of that target is held (`Held`), not
+  planned; re-grants still go. A confirm naming the held set's `Held.digest` releases exactly that set, once: a
+  later sweep that would remove other members has another digest.
+
+Each `Repair` names the intent it restores (`Repair.restores`, e.g. ``RITM123``, so history can read "restored
+RITM123's grant") and carries a request id in the app's own namespace (it contains ``:``, which no webhook
+request id may), ordered one microsecond after the intent it restores, so any newer intent still wins over it:
+
+- re-grant of ``<id>``'s add: ``<id>:drift-add``; removal restoring ``<id>``'s remove: ``<id>:drift-remove``
+  (a second repair of the same pair, after the first was applied, derives from the first: a new id);
+- removal of ``<id>``'s expired add: the app's own expiry removal ``<id>:expire`` (`expiry_removal`), so the
+  expiry sweep's copy and the repair are one request;
+- removal of an unmanaged member: ``drift:<pair>``, requested at `UNMANAGED_REQUESTED_AT` (the Unix epoch):
+  older than any real intent, so a producer's intent for the pair, even one still queued, wins over it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Mapping, Set
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Final
+
+from shared.core.contract import (
+    Action,
+    DirectoryRole,
+    GrantCommand,
+    Guid,
+    Member,
+    ScopedRole,
+    Source,
+    SourceSystem,
+    Target,
+    derived_request_id,
+)
+from shared.core.intents import Intent, PairState, content_hash, expiry_removal, pair_of
+from shared.core.messaging import derived_message_id
+from shared.core.policy import TIER0_ROLE_TEMPLATES
+
+__all__ = [
+    "DEFAULT_GUARD",
+    "UNMANAGED_REQUESTED_AT",
+    "Finding",
+    "Guard",
+    "Held",
+    "Lingering",
+    "Missing",
+    "Mode",
+    "Plan",
+    "Repair",
+    "Report",
+    "Unmanaged",
+    "classify",
+    "is_tier0",
+    "newest_states",
+    "plan",
+    "repair_command",
+    "repair_message_id",
+]
+
+#: When an unmanaged member's removal was "requested": older than any intent a producer can make.
+UNMANAGED_REQUESTED_AT: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_AFTER: Final = timedelta(microseconds=1)
+_ADD_SUFFIX: Final = "drift-add"
+_REMOVE_SUFFIX: Final = "drift-remove"
+
+
+class Mode(StrEnum):
+    """What a sweep may do about a target's drift."""
+
+    REPORT = "report"
+    RESTORE = "restore"
+    AUTHORITATIVE = "authoritative"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Missing:
+    """The newest intent is an add that has not expired; the directory lacks the member."""
+
+    member_id: Guid
+    intent: Intent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lingering:
+    """The directory has the member; the newest intent is a remove, or an add whose expiry has passed."""
+
+    member_id: Guid
+    intent: Intent
+
+    @property
+    def expired(self) -> bool:
+        """True when the newest intent is an add past its ``expiresAt`` (its removal never happened)."""
+        return self.intent.action is Action.ADD
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unmanaged:
+    """The directory has the member; the ledger has no intent for the pair."""
+
+    member_id: Guid
+
+
+Finding = Missing | Lingering | Unmanaged
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Report:
+    """One target's findings (by member id), the members whose pair had a write in flight (not judged), and how
+    many members the directory listed."""
+
+    findings: tuple[Finding, ...]
+    in_flight: tuple[Guid, ...]
+    members: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Guard:
+    """The blast-radius guard: a sweep may remove at most ``min(floor(fraction * members), cap)`` of a target's
+    members without a confirm."""
+
+    fraction: float = 0.2
+    cap: int = 50
+
+    def limit(self, members: int) -> int:
+        """Removals allowed without a confirm for a target of `members` members."""
+        return max(0, min(self.cap, math.floor(self.fraction * members + 1e-9)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Repair:
+    """One write that brings a pair back to its newest intent (or, for an unmanaged member, removes it)."""
+
+    action: Action
+    member_id: Guid
+    request_id: str
+    requested_at: datetime
+    restores: str | None  # the request id whose intent this repair restores; None for an unmanaged member
+    expires_at: datetime | None  # a re-grant keeps its intent's expiry
+    finding: Finding
+
+    def describe(self) -> str:
+        """What the repair does, for history and the report, e.g. ``restores RITM123's grant``."""
+        finding = self.finding
+        if isinstance(finding, Missing):
+            return f"restores {self.restores}'s grant"
+        if isinstance(finding, Lingering):
+            if finding.expired:
+                return f"ends {self.restores}'s grant, which expired at {_iso(finding.intent.expires_at)}"
+            return f"restores {self.restores}'s removal"
+        return "removes a member no request granted (authoritative target)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Held:
+    """Removals held by the blast-radius guard until a confirm names `digest`."""
+
+    repairs: tuple[Repair, ...]
+    limit: int
+    members: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """What a sweep does for one target: `repairs` to send, removals `held` by the guard, the findings it
+    leaves alone (`reported`: report mode, unmanaged members unless authoritative, every finding of a tier-0
+    target), and whether a confirm released the held removals (`released`)."""
+
+    mode: Mode
+    repairs: tuple[Repair, ...]
+    held: Held | None
+    reported: tuple[Finding, ...]
+    tier0: bool
+    released: bool
+
+
+#: 20 % of a target's members, at most 50.
+DEFAULT_GUARD: Final = Guard()
+
+
+def classify(*, states: Mapping[Guid, PairState], members: Set[Guid], now: datetime) -> Report:
+    """Compare the directory's `members` of one target with the ledger's `states` (member id -> its pair's
+    state, newest intent first; see `newest_states`) at `now`; findings sorted by member id."""
+    findings: list[Finding] = []
+    in_flight: list[Guid] = []
+    for member_id in sorted(states.keys() | members):
+        state = states.get(member_id)
+        present = member_id in members
+        if state is None:
+            findings.append(Unmanaged(member_id=member_id))
+            continue
+        if state.lease is not None and state.lease.until > now:
+            in_flight.append(member_id)
+            continue
+        newest = state.newest
+        wanted = newest.action is Action.ADD and (newest.expires_at is None or newest.expires_at > now)
+        if wanted and not present:
+            findings.append(Missing(member_id=member_id, intent=newest))
+        elif present and not wanted:
+            findings.append(Lingering(member_id=member_id, intent=newest))
+    return Report(findings=tuple(findings), in_flight=tuple(in_flight), members=len(members))
+
+
+def newest_states(pairs: Iterable[tuple[Guid, PairState]]) -> dict[Guid, PairState]:
+    """One state per member: the one whose newest intent is newest. A role named by id and by template are two
+    pairs in the ledger but one membership in the directory: pass both pairs' states for such a role."""
+    merged: dict[Guid, PairState] = {}
+    for member_id, state in pairs:
+        known = merged.get(member_id)
+        if known is None or state.newest.order > known.newest.order:
+            merged[member_id] = state
+    return merged
+
+
+def is_tier0(target: Target) -> bool:
+    """True for a directory role or scoped role whose template is tier-0 (`TIER0_ROLE_TEMPLATES`), and for a
+    role named by object id (its template is not known here: never touched, to fail closed)."""
+    if isinstance(target, ScopedRole):
+        return target.role_template_id in TIER0_ROLE_TEMPLATES
+    if isinstance(target, DirectoryRole):
+        return target.role_template_id is None or target.role_template_id in TIER0_ROLE_TEMPLATES
+    return False
+
+
+def plan(
+    report: Report,
+    *,
+    target: Target,
+    mode: Mode = Mode.REPORT,
+    guard: Guard = DEFAULT_GUARD,
+    tier0: Callable[[Target], bool] = is_tier0,
+    confirm: str | None = None,
+) -> Plan:
+    """The repairs for `report` of `target` in `mode` (see the module docstring); `confirm` is a `Held.digest`
+    from an earlier plan: when it names this plan's held removals, they are planned instead (`released`)."""
+    protected = tier0(target)
+    if protected or mode is Mode.REPORT:
+        return Plan(mode=mode, repairs=(), held=None, reported=report.findings, tier0=protected, released=False)
+    acted: list[Repair] = []
+    reported: list[Finding] = []
+    for finding in report.findings:
+        if isinstance(finding, Unmanaged) and mode is not Mode.AUTHORITATIVE:
+            reported.append(finding)
+        else:
+            acted.append(_repair(target, finding))
+    removals = tuple(r for r in acted if r.action is Action.REMOVE)
+    limit = guard.limit(report.members)
+    held: Held | None = None
+    released = False
+    if len(removals) > limit:
+        held = Held(repairs=removals, limit=limit, members=report.members, digest=_digest(target, removals))
+        if confirm == held.digest:
+            held, released = None, True
+    repairs = tuple(r for r in acted if held is None or r.action is Action.ADD)
+    return Plan(mode=mode, repairs=repairs, held=held, reported=tuple(reported), tier0=False, released=released)
+
+
+def repair_command(target: Target, repair: Repair) -> GrantCommand:
+    """The grant message of `repair` for `target` (source ``other``, referencing the request it restores); the
+    removal of an expired add is exactly the app's own expiry removal (`expiry_removal`)."""
+    finding = repair.finding
+    if isinstance(finding, Lingering) and finding.expired:
+        return expiry_removal(target, repair.member_id, of=finding.intent)
+    reason = f"Drift repair: {repair.describe()}"
+    return GrantCommand(
+        request_id=repair.request_id,
+        action=repair.action,
+        target=target,
+        member=Member(id=repair.member_id),
+        source=Source(system=SourceSystem.OTHER, reference=(repair.restores or "drift")[:256]),
+        reason=reason[:1024],
+        expires_at=repair.expires_at,
+        requested_at=repair.requested_at,
+    )
+
+
+def repair_message_id(command: GrantCommand) -> str:
+    """``~drift:<digest>``: the MessageId of a repair's message (its request id and content)."""
+    return derived_message_id("drift", command.request_id, content_hash(command))
+
+
+def _repair(target: Target, finding: Finding) -> Repair:
+    if isinstance(finding, Unmanaged):
+        return Repair(
+            action=Action.REMOVE,
+            member_id=finding.member_id,
+            request_id=derived_request_id("drift", pair_of(target, finding.member_id)),
+            requested_at=UNMANAGED_REQUESTED_AT,
+            restores=None,
+            expires_at=None,
+            finding=finding,
+        )
+    intent = finding.intent
+    if isinstance(finding, Missing):
+        action, suffix, expires_at = Action.ADD, _ADD_SUFFIX, intent.expires_at
+    elif finding.expired:
+        action, suffix, expires_at = Action.REMOVE, "expire", None
+    else:
+        action, suffix, expires_at = Action.REMOVE, _REMOVE_SUFFIX, None
+    return Repair(
+        action=action,
+        member_id=finding.member_id,
+        request_id=derived_request_id(intent.request_id, suffix),
+        requested_at=intent.requested_at + _AFTER,
+        restores=_root(intent.request_id),
+        expires_at=expires_at,
+        finding=finding,
+    )
+
+
+def _root(request_id: str) -> str:
+    """The request a chain of repairs restores: `request_id` without its trailing ``:drift-*`` suffixes."""
+    root = request_id
+    while True:
+        head, _, tail = root.rpartition(":")
+        if not head or tail not in (_ADD_SUFFIX, _REMOVE_SUFFIX):
+            return root
+        root = head
+
+
+def _digest(target: Target, removals: tuple[Repair, ...]) -> str:
+    """16 hex digits naming a held set of removals: the target and each removal's request id."""
+    names = sorted(f"{r.member_id}|{r.request_id}" for r in removals)
+    text = "\x1f".join([pair_of(target, "*"), *names])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat() if value is not None else "?"
