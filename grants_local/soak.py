@@ -197,7 +197,7 @@ def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
     expected: dict[str, set[str]] = {container: set() for container in [*units, *(role for _, role in ROLES)]}
     messages: list[Planned] = []
     kinds, weights = list(KINDS), list(KINDS.values())
-    start = datetime(2026, 6, 1, tzinfo=UTC)
+    start = EPOCH - timedelta(hours=2)  # races are decided by requestedAt: made before they arrive
     for n in range(count):
         kind = rng.choices(kinds, weights)[0]
         if kind == "race":

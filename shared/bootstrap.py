@@ -21,6 +21,7 @@ from shared.adapters.graph import GraphClient, new_http_client
 from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
 from shared.adapters.lanes import LaneSender
 from shared.adapters.ledger import Ledger, table_client
+from shared.adapters.seal import Sealer, SealingSender
 from shared.config import Settings
 from shared.core.errors import ConfigError
 from shared.core.hr_rules import HrRules
@@ -108,6 +109,10 @@ def bootstrap(
     managed identity; `ledger_credential` replaces that credential for a local Azurite only (its development key).
     """
     quiet_library_loggers()
+    _log.info(settings.callbacks.describe())
+    grant_policy = GrantPolicy.load(settings.policy_path) if settings.policy_path else GrantPolicy.default()
+    _log.log(logging.WARNING if settings.policy_path is None else logging.INFO, grant_policy.describe())
+    hr_rules = HrRules.load(settings.hr_rules_path) if settings.hr_rules_path else None
     http = new_http_client()
     closers: list[Any] = []
     credential = None
@@ -119,6 +124,14 @@ def bootstrap(
     if tokens is None:
         assert credential is not None
         tokens = ManagedIdentityTokens(credential, scope=settings.graph_scope)
+    if settings.ledger_table_uri is None:
+        raise ConfigError("GrantsLedger__tableServiceUri is not set: the app needs its grant ledger (Table Storage)")
+    ledger_auth = ledger_credential or credential
+    assert ledger_auth is not None
+    ledger = Ledger(
+        table_client(endpoint=settings.ledger_table_uri, table=settings.ledger_table, credential=ledger_auth, http=http)
+    )
+    sealer = Sealer(keys=ledger.seal_keys)
     if sender is None:
         sender = _servicebus_sender(settings, http, credential, closers)
     if topic:
@@ -128,9 +141,6 @@ def bootstrap(
         )
     callback_client = callback_client or CallbackClient()
     closers.insert(0, callback_client)
-    _log.info(settings.callbacks.describe())
-    grant_policy = GrantPolicy.load(settings.policy_path) if settings.policy_path else GrantPolicy.default()
-    _log.log(logging.WARNING if settings.policy_path is None else logging.INFO, grant_policy.describe())
     graph = GraphClient(
         http=http,
         tokens=tokens,
@@ -142,7 +152,9 @@ def bootstrap(
             window_seconds=settings.graph_write_window_seconds,
         ),
     )
-    senders = LaneSender.single(sender)
+    senders = LaneSender.sealed(LaneSender.single(sender), sealer)
+    if callback_sender is not None:
+        callback_sender = SealingSender(callback_sender, sealer)
     grants = GrantService(
         graph=graph,
         policy=grant_policy,
@@ -151,19 +163,14 @@ def bootstrap(
         activate_roles=settings.activate_roles,
         dry_run=settings.dry_run,
     )
-    if settings.ledger_table_uri is None:
-        raise ConfigError("GrantsLedger__tableServiceUri is not set: the app needs its grant ledger (Table Storage)")
-    ledger_auth = ledger_credential or credential
-    assert ledger_auth is not None
-    ledger = Ledger(
-        table_client(endpoint=settings.ledger_table_uri, table=settings.ledger_table, credential=ledger_auth, http=http)
-    )
     gate = IntentGate(ledger=ledger, grants=grants, now=now)
     retry_policy = retry_policy or RetryPolicy(
         max_attempts=settings.max_attempts,
         base_delay=settings.retry_base_seconds,
         max_delay=settings.retry_max_seconds,
         member_not_found_window=settings.member_not_found_window_seconds,
+        member_not_found_windows=settings.member_not_found_windows,
+        member_not_found_min_attempts=settings.member_not_found_min_attempts,
     )
     deadline = settings.settlement_timeout_seconds
     return Services(
@@ -179,6 +186,7 @@ def bootstrap(
         grant=GrantHandler(
             gate=gate,
             ledger=ledger,
+            sealer=sealer,
             senders=senders,
             publisher=publisher if topic else None,
             policy=retry_policy,
@@ -186,7 +194,8 @@ def bootstrap(
             deadline=deadline,
         ),
         hr_event=HrEventHandler(
-            rules=HrRules.load(settings.hr_rules_path) if settings.hr_rules_path else None,
+            sealer=sealer,
+            rules=hr_rules,
             sender=senders,
             ledger=ledger,
             policy=retry_policy,
@@ -195,6 +204,7 @@ def bootstrap(
             deadline=deadline,
         ),
         callback=CallbackHandler(
+            sealer=sealer,
             policy=settings.callbacks,
             secret_for=settings.signing_secret,
             client=callback_client,

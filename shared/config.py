@@ -29,6 +29,9 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "GRANTS_RETRY_BASE_SECONDS": "10",
     "GRANTS_RETRY_MAX_SECONDS": "900",
     "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "600",
+    # per source system, e.g. "bulk=120,hr=3600": how long a member not found yet is waited for (else the above)
+    "GRANTS_MEMBER_NOT_FOUND_WINDOWS": "",
+    "GRANTS_MEMBER_NOT_FOUND_MIN_ATTEMPTS": "5",  # and at least this many attempts before giving up on one
     "GRAPH_WRITE_RATE": "20",
     "GRANTS_SETTLEMENT_TIMEOUT_SECONDS": "5",
     "GRAPH_WRITE_PACING": "adaptive",
@@ -70,6 +73,8 @@ class Settings:
     retry_base_seconds: float = 10.0
     retry_max_seconds: float = 900.0
     member_not_found_window_seconds: float = 600.0
+    member_not_found_windows: Mapping[str, float] = field(default_factory=dict)
+    member_not_found_min_attempts: int = 5
     graph_write_rate: float = 20.0
     settlement_timeout_seconds: float = 5.0
     graph_write_adaptive: bool = True
@@ -122,6 +127,8 @@ class Settings:
         base = _number(get, "GRANTS_RETRY_BASE_SECONDS", minimum=0)
         cap = _number(get, "GRANTS_RETRY_MAX_SECONDS", minimum=0)
         window = _number(get, "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS", minimum=0)
+        windows = _windows(get("GRANTS_MEMBER_NOT_FOUND_WINDOWS"))
+        min_attempts = _number(get, "GRANTS_MEMBER_NOT_FOUND_MIN_ATTEMPTS", minimum=1, integer=True)
         write_rate = _number(get, "GRAPH_WRITE_RATE", minimum=0)
         ledger_table = get("GrantsLedger__tableName") or "grantledger"
         if not _TABLE_NAME.fullmatch(ledger_table):
@@ -146,6 +153,8 @@ class Settings:
             retry_base_seconds=base,
             retry_max_seconds=cap,
             member_not_found_window_seconds=window,
+            member_not_found_windows=windows,
+            member_not_found_min_attempts=int(min_attempts),
             graph_write_rate=write_rate,
             settlement_timeout_seconds=settlement_timeout,
             graph_write_adaptive=pacing == "adaptive",
@@ -169,6 +178,31 @@ class Settings:
 
 #: Set by the App Service platform on every instance (Flex Consumption included), never by a local shell.
 AZURE_PLATFORM_MARKERS: Final = ("WEBSITE_INSTANCE_ID", "WEBSITE_SITE_NAME")
+
+
+def _windows(value: str) -> dict[str, float]:
+    """``GRANTS_MEMBER_NOT_FOUND_WINDOWS``: ``source=seconds`` pairs, comma-separated (sources: hr, ticketing, bulk,
+    other)."""
+    windows: dict[str, float] = {}
+    for part in filter(None, (item.strip() for item in value.split(","))):
+        source, _, seconds = part.partition("=")
+        source = source.strip()
+        if source not in _SOURCES:
+            raise ConfigError(
+                f"GRANTS_MEMBER_NOT_FOUND_WINDOWS: {source!r} is not a source system ({', '.join(_SOURCES)})"
+            )
+        try:
+            windows[source] = float(seconds)
+        except ValueError:
+            raise ConfigError(
+                f"GRANTS_MEMBER_NOT_FOUND_WINDOWS: the window of {source} must be a number of seconds"
+            ) from None
+        if not 0 <= windows[source] < 10**9:
+            raise ConfigError(f"GRANTS_MEMBER_NOT_FOUND_WINDOWS: the window of {source} must be 0 or more seconds")
+    return windows
+
+
+_SOURCES: Final = ("hr", "ticketing", "bulk", "other")
 
 
 def _callback_policy(get: _Getter, env: Mapping[str, str], outcomes_topic: str | None) -> CallbackPolicy:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from hypothesis import settings
 
 from grants_local.app import LocalApp, local_app
 from grants_local.azurite import AzuriteTables, LedgerTable, new_ledger_table
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+#: Property tests check behaviour, never timing: no per-example deadline (a loaded machine is not a failure).
+settings.register_profile("behaviour", deadline=None)
+settings.load_profile("behaviour")
 
 AU = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
 AU_OTHER = "6c8e7f1a-2b3c-4d5e-8f90-a1b2c3d4e5f6"

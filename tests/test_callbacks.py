@@ -27,6 +27,7 @@ from grants_local.host import LocalHost, registered_function
 from grants_local.queue import ManualClock
 from shared.core.messaging import callback_copy_id
 from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.runtime import services
 from tests.conftest import AU, HELPDESK_TEMPLATE, USER, USER_2, body, settings_for
 from tests.test_function_app import CrashingActions
 
@@ -328,15 +329,17 @@ async def test_given_events_of_every_kind_then_their_properties_let_subscription
     failures = h.callbacks.topic.add_subscription("failures", sql_filter="outcome = 'dead_lettered'")
     graph.deny("administrativeUnit")
     h.app.queue.send(body(requestId="job-7:1"), message_id="job-7:1", application_properties={"bulkJob": "job-7"})
+    await h.app.host(function="grant_membership_bulk").drain()  # a job's row: on the bulk queue
     h.app.queue.send(b"{not json", message_id="m-2")
-    h.app.queue.send(
-        body(requestId="hr:evt-1:0a1b", member={"id": USER_2, "type": "user"}),
-        message_id="hr:evt-1:0a1b",
+    await services().senders.schedule(  # an HR event's grant: the app's own message (sealed)
+        body=body(requestId="~hr:evt-1:0a1b", member={"id": USER_2, "type": "user"}),
+        message_id="~hr:evt-1:0a1b",
         application_properties={"hrEvent": "evt-1"},
+        scheduled_enqueue_time=h.app.clock.utcnow(),
     )
     await h.app.drain()
     events = {props.get("requestId"): props for _, props, _ in h.events()}
-    assert events["hr:evt-1:0a1b"]["hrEventId"] == "evt-1"
+    assert events["~hr:evt-1:0a1b"]["hrEventId"] == "evt-1"
     assert events["job-7:1"] == {
         "outcome": "dead_lettered",
         "reason": "Forbidden",

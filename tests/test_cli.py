@@ -36,7 +36,7 @@ def test_demo_runs_every_example_to_a_terminal_outcome() -> None:
     for reason in ("RoleNotActivated", "InvalidId", "InvalidJson", "TargetNotFound", "MemberNotFound", "PolicyDenied"):
         assert reason in out
     assert "would_grant" in out  # the dry-run request
-    assert "INC0012353:expire          revoked" in out  # the expiring grant's removal ran at its time
+    assert "~expire:INC0012353         revoked" in out  # the expiring grant's removal ran at its time
     assert "23 messages:" in out
     assert "token requests: 3" in out
 

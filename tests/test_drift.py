@@ -123,9 +123,9 @@ def test_report_mode_plans_nothing_and_reports_everything() -> None:
 def test_restore_regrants_missing_and_removes_lingering_and_leaves_unmanaged_alone() -> None:
     result = plan(drifted(), target=AU, mode=Mode.RESTORE)
     assert [(r.action, r.member_id, r.request_id, r.restores) for r in result.repairs] == [
-        (Action.ADD, member(1), "RITM1:drift-add", "RITM1"),
-        (Action.REMOVE, member(2), "RITM2:drift-remove", "RITM2"),
-        (Action.REMOVE, member(3), "RITM3:expire", "RITM3"),
+        (Action.ADD, member(1), "~drift-add:RITM1", "RITM1"),
+        (Action.REMOVE, member(2), "~drift-remove:RITM2", "RITM2"),
+        (Action.REMOVE, member(3), "~expire:RITM3", "RITM3"),
     ]
     assert result.reported == (Unmanaged(member_id=member(4)),)
     assert [r.describe() for r in result.repairs][:2] == ["restores RITM1's grant", "restores RITM2's removal"]
@@ -135,7 +135,7 @@ def test_authoritative_also_removes_an_unmanaged_member_yielding_to_any_real_int
     result = plan(drifted(), target=AU, mode=Mode.AUTHORITATIVE)
     unmanaged = result.repairs[-1]
     assert (unmanaged.action, unmanaged.member_id, unmanaged.restores) == (Action.REMOVE, member(4), None)
-    assert unmanaged.request_id == f"drift:au.{AU.id}.{member(4)}"
+    assert unmanaged.request_id == f"~drift:au.{AU.id}.{member(4)}"
     assert unmanaged.requested_at == UNMANAGED_REQUESTED_AT
     assert result.reported == ()
 
@@ -169,10 +169,10 @@ def test_a_regrant_keeps_its_intents_expiry_and_names_it() -> None:
 def test_a_second_repair_of_the_same_pair_gets_its_own_id_and_names_the_first_intent() -> None:
     """Drift again after a repair was applied: the newest intent is the repair; the next one derives from it."""
     first = plan(drifted(), target=AU, mode=Mode.RESTORE).repairs[0]
-    applied = intent_of(repair_command(AU, first), requested_at=NOW)
+    applied = intent_of(repair_command(AU, first), arrived_at=NOW)
     again = classify(states={member(1): PairState(newest=applied)}, members=set(), now=NOW)
     second = plan(again, target=AU, mode=Mode.RESTORE).repairs[0]
-    assert (second.request_id, second.restores) == ("RITM1:drift-add:drift-add", "RITM1")
+    assert (second.request_id, second.restores) == ("~drift-add:~drift-add:RITM1", "RITM1")
     assert second.requested_at > first.requested_at
 
 
@@ -273,7 +273,7 @@ def carry_out(target: Target, result: Plan, states: dict[Guid, PairState], membe
         command = repair_command(target, repair)
         decision = admit(
             states.get(repair.member_id),
-            intent_of(command, requested_at=NOW),
+            intent_of(command, arrived_at=NOW),
             token="repair",
             now=NOW,
             lease_for=LEASE_FOR,

@@ -22,9 +22,7 @@ from shared.bootstrap import bootstrap
 from shared.config import Settings
 from shared.core.contract import Guid, SourceSystem, parse_grant
 from shared.core.errors import ConfigError, PermanentError
-from shared.core.messaging import Lane
 from shared.core.policy import TIER0_ROLE_TEMPLATES, GrantPolicy
-from shared.runtime import services
 from tests.conftest import (
     AU,
     AU_OTHER,
@@ -221,7 +219,7 @@ async def test_an_expiring_grant_schedules_one_removal_that_runs_at_its_time(mak
     run = await make_run()
     expires_at = datetime.fromtimestamp(run.clock() + 7 * 86400, UTC)
     outcomes = await run.deliver(grant(target=AU_TARGET, expiresAt=expires_at.isoformat().replace("+00:00", "Z")))
-    removal = by_request(outcomes, "req-1:expire")  # the scheduled removal, under its own (derived) MessageId
+    removal = by_request(outcomes, "~expire:req-1")  # the scheduled removal, under its own (derived) MessageId
     assert outcomes["m-1"]["outcome"] == "granted"
     assert removal["outcome"] == "revoked"
     assert datetime.fromisoformat(removal["startedAt"]) == expires_at
@@ -251,7 +249,7 @@ async def test_an_add_whose_expiry_has_passed_is_dead_lettered_expired_and_grant
     run = await make_run()
     outcomes = await run.deliver(grant(target=AU_TARGET, expiresAt="2001-01-01T00:00:00Z"))
     assert outcomes["m-1"]["reason"] == "Expired"
-    assert by_request(outcomes, "req-1:expire")["outcome"] == "not_member"
+    assert by_request(outcomes, "~expire:req-1")["outcome"] == "not_member"
     assert [method for method, _ in run.writes()] == ["DELETE"]
     assert run.graph.members_of(AU) == set()
 
@@ -264,7 +262,7 @@ async def test_a_granted_membership_whose_removal_was_not_scheduled_is_removed_w
     run = await make_run()
     expires_at = datetime.fromtimestamp(run.clock() + 60, UTC)
     run.queue.send(grant(target=AU_TARGET, expiresAt=expires_at.isoformat()), message_id="m-1")
-    sender = services().senders.lane(Lane.INTERACTIVE)
+    sender = run.app.sender
     assert isinstance(sender, LocalSender)
     sender.fail_next(1)  # scheduling the removal fails; the retry copy's send then works
     locked = run.queue.receive()
@@ -274,7 +272,7 @@ async def test_a_granted_membership_whose_removal_was_not_scheduled_is_removed_w
     run.clock.advance(3600)  # the retry copy runs after the expiry
     outcomes = await run.deliver()
     assert outcomes["m-1"]["reason"] == "Expired"
-    assert by_request(outcomes, "req-1:expire")["outcome"] == "revoked"
+    assert by_request(outcomes, "~expire:req-1")["outcome"] == "revoked"
     assert run.graph.members_of(AU) == set()
 
 

@@ -25,8 +25,7 @@ from shared.core.contract import Target, parse_grant
 from shared.core.errors import ConfigError, ContractError, Reason
 from shared.core.hr_events import derive_messages, effective_at, parse_event
 from shared.core.hr_rules import HrRules
-from shared.core.messaging import Lane
-from shared.runtime import check_configuration, services
+from shared.runtime import check_configuration
 from tests.conftest import AU, AU_OTHER, HELPDESK_TEMPLATE, USER, USER_2, Run
 
 HR = registered_function(function_app.app, "hr_events")
@@ -115,7 +114,7 @@ async def test_given_a_joiner_when_processed_then_the_rules_grants_are_added(hr:
     assert sorted(o["outcome"] for o in outcomes.values()) == ["granted", "granted"]
     assert {o["sourceSystem"] for o in outcomes.values()} == {"hr"}
     assert {o["sourceReference"] for o in outcomes.values()} == {"EMP-4711"}
-    assert all(key.startswith("hr:evt-1:") and len(key) == len("hr:evt-1:") + 16 for key in outcomes)
+    assert all(key.startswith("~hr:evt-1:") and len(key) == len("~hr:evt-1:") + 16 for key in outcomes)
     assert memberships(hr) == {"emea": True, "apac": False, "helpdesk": True}
     assert hr.queue.stats.completed == 1
 
@@ -126,7 +125,7 @@ async def test_given_a_mover_when_processed_then_old_grants_are_removed_and_new_
     hr.run.graph.reset_log()
     await hr.publish(event("move", "evt-2", location="apac", previous={"location": "EMEA"}))
     outcomes = await hr.run.deliver()
-    moved = {o["targetId"]: o["outcome"] for key, o in outcomes.items() if key.startswith("hr:evt-2:")}
+    moved = {o["targetId"]: o["outcome"] for key, o in outcomes.items() if key.startswith("~hr:evt-2:")}
     assert moved == {AU: "revoked", AU_OTHER: "granted"}  # the helpdesk role is untouched
     assert memberships(hr) == {"emea": False, "apac": True, "helpdesk": True}
 
@@ -145,7 +144,7 @@ async def test_given_a_leaver_when_processed_then_everything_the_rules_can_give_
     records = await hr.publish(event("leave", "evt-3", location=None, jobCode=None))
     assert len(records["e-2"]["grantRequestIds"]) == 3
     outcomes = await hr.run.deliver()
-    left = sorted(o["outcome"] for key, o in outcomes.items() if key.startswith("hr:evt-3:"))
+    left = sorted(o["outcome"] for key, o in outcomes.items() if key.startswith("~hr:evt-3:"))
     assert left == ["not_member", "revoked", "revoked"]
     assert memberships(hr) == {"emea": False, "apac": False, "helpdesk": False}
 
@@ -199,7 +198,7 @@ async def test_issue13_4_a_joiner_replayed_after_the_leaver_is_superseded(hr: Hr
     hr.run.clock.advance(3600)  # past duplicate detection's 10 minutes
     await hr.publish(joiner)
     outcomes = await hr.run.deliver()
-    assert {o["outcome"] for o in outcomes.values() if o["requestId"].startswith("hr:evt-20:")} <= {
+    assert {o["outcome"] for o in outcomes.values() if o["requestId"].startswith("~hr:evt-20:")} <= {
         "superseded",
         "duplicate",
     }
@@ -231,7 +230,7 @@ async def test_given_an_invalid_event_when_processed_then_it_is_dead_lettered_in
 
 
 async def test_given_a_send_failure_when_processed_then_abandoned_and_the_redelivery_completes(hr: HrRun) -> None:
-    sender = services().senders.lane(Lane.INTERACTIVE)
+    sender = hr.run.app.sender
     assert isinstance(sender, LocalSender)
     sender.fail_next()
     await hr.publish(event("hire"))
@@ -366,7 +365,7 @@ def test_property_joiner_then_mover_gives_what_the_new_attributes_give_and_leave
     def apply(body: bytes) -> list[str]:
         ids = []
         for request_id, message in derive_messages(parse_event(body), rules):
-            command = parse_grant(message)
+            command = parse_grant(message, own=True)
             assert request_id == command.request_id
             assert command.source.reference == "EMP-4711"
             if command.action.value == "add":

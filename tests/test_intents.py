@@ -63,12 +63,13 @@ def test_content_hash_covers_what_is_asked_not_free_text_or_when() -> None:
     assert len({content_hash(base), content_hash(other_member), content_hash(removal)}) == 3
 
 
-def test_intent_uses_the_commands_requested_at_else_the_stand_in() -> None:
+def test_intent_is_made_at_requested_at_unless_that_is_later_than_the_first_arrival() -> None:
     stated = parse_grant(encode(message(requestedAt="2026-05-01T10:00:00+01:00")))
     unstated = parse_grant(encode(message()))
-    assert intent_of(stated, requested_at=T0 + timedelta(days=1)).requested_at == T0
-    assert intent_of(unstated, requested_at=T0).requested_at == T0
-    assert intent_of(parse_grant(encode(message(action="remove"))), requested_at=T0).expires_at is None
+    assert intent_of(stated, arrived_at=T0 + timedelta(days=1)).requested_at == T0
+    assert intent_of(stated, arrived_at=T0 - timedelta(seconds=1)).requested_at == T0 - timedelta(seconds=1)
+    assert intent_of(unstated, arrived_at=T0).requested_at == T0
+    assert intent_of(parse_grant(encode(message(action="remove"))), arrived_at=T0).expires_at is None
 
 
 # --- idempotency key ---------------------------------------------------------------------------------------------

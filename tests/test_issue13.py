@@ -13,7 +13,6 @@ from grants_local.binding import to_received_message
 from grants_local.graph_double import Fault, GraphDouble
 from grants_local.queue import LocalSender
 from grants_local.run import run_local
-from shared.core.messaging import Lane
 from shared.runtime import services
 from tests.conftest import AU, LATE_USER, USER, USER_2, ManualClock, body
 from tests.test_function_app import GRANT
@@ -98,7 +97,7 @@ async def test_2a_the_same_time_bound_request_twice_still_ends_at_its_expiry(
     grant = body(requestId="TMP1", expiresAt=at(run, 3600))
     outcomes = await run.deliver(grant, grant)
     assert sorted(o["outcome"] for o in outcomes.values() if o["requestId"] == "TMP1") == ["duplicate", "granted"]
-    assert [o["outcome"] for o in by_request(outcomes, "TMP1:expire")] == ["revoked"]
+    assert [o["outcome"] for o in by_request(outcomes, "~expire:TMP1")] == ["revoked"]
     assert graph.members_of(AU) == set()
 
 
@@ -111,7 +110,7 @@ async def test_2b_an_expiry_removal_runs_even_where_the_source_may_only_add(
     policy.write_text(json.dumps({"sources": {"bulk": {"actions": ["add"], "administrativeUnits": ["*"]}}}))
     run = await make_run(GRANTS_POLICY=str(policy))
     outcomes = await run.deliver(body(requestId="B1", expiresAt=at(run, 600)))
-    assert [o["outcome"] for o in by_request(outcomes, "B1:expire")] == ["revoked"]
+    assert [o["outcome"] for o in by_request(outcomes, "~expire:B1")] == ["revoked"]
     assert graph.members_of(AU) == set()
     denied = await run.deliver(body(requestId="B2", member={"id": USER_2}, action="remove"))
     assert by_request(denied, "B2")[0]["reason"] == "PolicyDenied"
@@ -125,11 +124,11 @@ async def test_2c_a_removal_that_keeps_failing_stays_pending_and_the_sweep_remov
     run = await make_run(GRANTS_MAX_ATTEMPTS="8")
     graph.inject(*(Fault.status(503, method=DELETE) for _ in range(8)))
     outcomes = await run.deliver(body(requestId="T9", expiresAt=at(run, 60)))
-    assert [o["reason"] for o in by_request(outcomes, "T9:expire")] == ["GraphUnavailable"]
+    assert [o["reason"] for o in by_request(outcomes, "~expire:T9")] == ["GraphUnavailable"]
     assert graph.members_of(AU) == {USER}  # fail-open without the sweep
     assert await services().expiry_sweep() == 1
     outcomes = await run.deliver()
-    assert [o["outcome"] for o in by_request(outcomes, "T9:expire:expire")] == ["revoked"]
+    assert [o["outcome"] for o in by_request(outcomes, "~expire:~expire:T9")] == ["revoked"]
     assert graph.members_of(AU) == set()
     assert await services().expiry_sweep() == 0  # nothing pending any more
 
@@ -140,7 +139,7 @@ async def test_2d_a_removal_that_can_never_be_scheduled_is_done_by_the_sweep(
     """Scheduling the removal fails every time (the add ends dead-lettered ExpiryNotScheduled, the member in);
     once the grant has expired, the sweep removes the member."""
     run = await make_run(GRANTS_MAX_ATTEMPTS="3")
-    sender = services().senders.lane(Lane.INTERACTIVE)
+    sender = run.app.sender
     assert isinstance(sender, LocalSender)
     real = sender.schedule
 
@@ -157,7 +156,7 @@ async def test_2d_a_removal_that_can_never_be_scheduled_is_done_by_the_sweep(
     run.clock.advance(3600)
     assert await services().expiry_sweep() == 1
     outcomes = await run.deliver()
-    assert [o["outcome"] for o in by_request(outcomes, "T10:expire")] == ["revoked"]
+    assert [o["outcome"] for o in by_request(outcomes, "~expire:T10")] == ["revoked"]
     assert graph.members_of(AU) == set()
 
 

@@ -65,7 +65,7 @@ def test_given_a_grant_expiring_in_a_week_and_no_graph_configured_when_run_local
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any(line.startswith("   1  week-1 ") and " granted " in line for line in lines), result.stdout
-    assert any(line.startswith("then  week-1:expire ") and " revoked " in line for line in lines), result.stdout
+    assert any(line.startswith("then  ~expire:week-1 ") and " revoked " in line for line in lines), result.stdout
 
 
 def interrupt(args: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:

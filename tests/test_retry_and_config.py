@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from shared.config import APP_ROOT, APP_SETTINGS, Settings
@@ -12,7 +14,7 @@ UNAVAILABLE = TransientError(Reason.GRAPH_UNAVAILABLE, "503")
 MISSING_MEMBER = TransientError(Reason.MEMBER_NOT_FOUND, "404")
 
 
-def policy(**overrides: float) -> RetryPolicy:
+def policy(**overrides: Any) -> RetryPolicy:
     defaults = {"max_attempts": 8, "base_delay": 10.0, "max_delay": 900.0, "member_not_found_window": 600.0}
     defaults.update(overrides)
     return RetryPolicy(jitter=lambda: 1.0, **defaults)  # type: ignore[arg-type]
@@ -45,11 +47,27 @@ def test_gives_up_at_max_attempts() -> None:
     assert "3 attempts" in decision.why
 
 
-def test_member_not_found_gives_up_after_its_window() -> None:
+def test_member_not_found_gives_up_only_after_its_window_and_its_minimum_attempts() -> None:
+    """Waiting is not failing: time spent queued (a backlog, pacing) past the window, after only 2 attempts, is
+    retried; the window and 5 attempts both passed give up."""
     assert isinstance(policy().decide(attempt=2, error=MISSING_MEMBER, elapsed=599), Retry)
-    decision = policy().decide(attempt=2, error=MISSING_MEMBER, elapsed=600)
+    assert isinstance(policy().decide(attempt=2, error=MISSING_MEMBER, elapsed=86400), Retry)
+    assert isinstance(policy().decide(attempt=5, error=MISSING_MEMBER, elapsed=599), Retry)
+    decision = policy().decide(attempt=5, error=MISSING_MEMBER, elapsed=600)
     assert isinstance(decision, GiveUp)
     assert "still not found" in decision.why
+
+
+def test_member_not_found_window_is_per_source_system() -> None:
+    """A bulk job's mistyped member gives up after a short window; an HR joiner is waited for longer."""
+    windows = policy(member_not_found_windows={"bulk": 60.0, "hr": 3600.0})
+    assert isinstance(windows.decide(attempt=5, error=MISSING_MEMBER, elapsed=60, source="bulk"), GiveUp)
+    assert isinstance(windows.decide(attempt=5, error=MISSING_MEMBER, elapsed=600, source="hr"), Retry)
+    assert isinstance(windows.decide(attempt=5, error=MISSING_MEMBER, elapsed=600, source="ticketing"), GiveUp)
+    settings = Settings.from_env({"GRANTS_MEMBER_NOT_FOUND_WINDOWS": "bulk=60, hr=3600"})
+    assert settings.member_not_found_windows == {"bulk": 60.0, "hr": 3600.0}
+    with pytest.raises(ConfigError, match="GRANTS_MEMBER_NOT_FOUND_WINDOWS"):
+        Settings.from_env({"GRANTS_MEMBER_NOT_FOUND_WINDOWS": "payroll=60"})
 
 
 @pytest.mark.parametrize("reason", [Reason.LEDGER_UNAVAILABLE, Reason.PAIR_BUSY])

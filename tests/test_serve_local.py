@@ -81,7 +81,7 @@ async def test_given_serve_local_when_a_webhook_and_an_hr_event_are_posted_then_
     lines = out.getvalue().splitlines()
     assert any(line.startswith("grant    granted         RITM0010001 ") for line in lines)
     assert any(line.startswith("hr-event completed       wd-evt-1001 ") for line in lines)
-    assert sum(line.startswith("grant    granted         hr:wd-evt-1001:") for line in lines) == 2
+    assert sum(line.startswith("grant    granted         ~hr:wd-evt-1001:") for line in lines) == 2
 
 
 async def test_given_serve_local_when_a_ticket_names_a_local_receiver_then_it_gets_one_signed_callback() -> None:

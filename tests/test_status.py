@@ -132,7 +132,7 @@ async def test_a_bulk_job_reports_totals_and_its_failed_rows(app: LocalApp) -> N
             message_id=f"job-7:{n}",
             application_properties={BULK_JOB: "job-7", JOB_ROW: n, JOB_ROWS: 3},
         )
-    await app.drain()
+    await app.host(function="grant_membership_bulk").drain()  # a job's rows: on the bulk queue
     status, _, job = await get(JOB, "jobs/job-7", "jobId", "job-7")
     assert status == 200
     assert (job["kind"], job["rows"], job["recorded"], job["terminal"], job["pending"], job["done"]) == (
@@ -167,7 +167,7 @@ async def test_grants_job_prints_totals_and_the_failed_rows_and_exits_1(app: Loc
             message_id=f"m-{n}",
             application_properties={BULK_JOB: "job-8", JOB_ROW: n + 1, JOB_ROWS: 2},
         )
-    await app.drain()
+    await app.host(function="grant_membership_bulk").drain()  # a job's rows: on the bulk queue
     loop = asyncio.get_running_loop()
     asked: list[httpx.Request] = []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
+from shared.adapters.seal import Sealer, SealingSender
 from shared.core.messaging import LANES, Lane, MessageSender
 
 __all__ = ["LaneSender"]
@@ -21,6 +22,15 @@ class LaneSender:
     def single(cls, sender: MessageSender) -> LaneSender:
         """Every lane on one sender (a local queue, a test's)."""
         return sender if isinstance(sender, LaneSender) else cls(dict.fromkeys(LANES, sender))
+
+    @classmethod
+    def sealed(cls, senders: LaneSender, sealer: Sealer) -> LaneSender:
+        """`senders`, each lane's sealing every message it sends (`SealingSender`)."""
+        wrapped: dict[int, MessageSender] = {}
+        for lane in LANES:
+            inner = senders.lane(lane)
+            wrapped.setdefault(id(inner), SealingSender(inner, sealer))
+        return cls({lane: wrapped[id(senders.lane(lane))] for lane in LANES})
 
     def lane(self, lane: Lane) -> MessageSender:
         """The sender of `lane`'s queue."""

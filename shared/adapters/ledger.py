@@ -54,6 +54,7 @@ import base64
 import hashlib
 import json
 import re
+import secrets
 import uuid
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field, replace
@@ -117,6 +118,9 @@ _REQUEST_ROW: Final = "request"
 _PAIR_ROW: Final = "pair"
 _STATUS_ROW: Final = "status"
 _EVENT_ROW: Final = "event"
+#: The app's own secrets: a partition no `table_key` can name (those have dots).
+_APP_PARTITION: Final = "app"
+_SEAL_ROW: Final = "seal"
 _END_OF_TIME: Final = datetime(9999, 12, 31, tzinfo=UTC)
 
 #: The kinds of group a request can belong to: a bulk job (``jobId``) or an HR event (``hrEventId``).
@@ -403,6 +407,37 @@ class Ledger:
         except AzureError as error:
             raise _unavailable("list the pending removals", error) from error
         return found
+
+    async def seal_keys(self) -> tuple[bytes, ...]:
+        """The keys of the app's seal (`shared.adapters.seal`), newest first: the row ``(app, seal)``, created with a
+        random 32-byte key on first use (insert-only: every instance ends up with the one that was written first).
+        To rotate, move ``key`` to ``previous`` and write a new ``key``: messages sealed with either still check out.
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        for _ in range(2):
+            try:
+                entity = await self._table.get_entity(_APP_PARTITION, _SEAL_ROW)
+            except ResourceNotFoundError as error:
+                if not _absent(error):
+                    raise _unavailable("read the app's seal key", error) from error
+            except AzureError as error:
+                raise _unavailable("read the app's seal key", error) from error
+            else:
+                return tuple(base64.b64decode(entity[name]) for name in ("key", "previous") if entity.get(name))
+            try:
+                await self._table.create_entity(
+                    {
+                        "PartitionKey": _APP_PARTITION,
+                        "RowKey": _SEAL_ROW,
+                        "key": base64.b64encode(secrets.token_bytes(32)).decode(),
+                    }
+                )
+            except ResourceExistsError:
+                pass  # another instance wrote it first: read that one
+            except AzureError as error:
+                raise _unavailable("create the app's seal key", error) from error
+        raise _unavailable("read the app's seal key that was just written", None)
 
     async def aclose(self) -> None:
         await self._table.close()

@@ -22,11 +22,12 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, NewType, TypeVar
 
 from shared.core.errors import ContractError, Reason
+from shared.core.times import TimeRefused, parse_timestamp
 
 __all__ = [
     "MAX_CALLBACK_URL_CHARS",
@@ -66,7 +67,10 @@ Guid = NewType("Guid", str)
 
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII | re.IGNORECASE)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}", re.ASCII)
-_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})", re.ASCII)
+#: The app's own request ids (`derived_request_id`): ``~<kind>:`` and what it derives from.
+_DERIVED_REQUEST_ID = re.compile(r"~[a-z][a-z-]{0,15}:[A-Za-z0-9._:@~-]{1,110}", re.ASCII)
+#: The first character of the app's own request ids (and MessageIds): never a producer's.
+DERIVED_PREFIX: Final = "~"
 #: Not allowed in free text: C0 and C1 controls, DEL, the Unicode line and paragraph separators, and lone surrogates
 #: (a JSON escape like \ud800 yields one; no UTF-8 can carry it on).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
@@ -275,16 +279,20 @@ def _first_problem(document: Mapping[str, Any]) -> ContractError | None:
 
 
 def is_request_id(value: str) -> bool:
-    """True when `value` is a request id as the contract allows it (1-128 of ``A-Z a-z 0-9 . _ : @ -``)."""
-    return _REQUEST_ID.fullmatch(value) is not None
+    """True when `value` names a request: a producer's (1-128 of ``A-Z a-z 0-9 . _ : @ -``, starting with a letter
+    or digit) or one the app derived (``~<kind>:…``)."""
+    return _REQUEST_ID.fullmatch(value) is not None or _DERIVED_REQUEST_ID.fullmatch(value) is not None
 
 
-def derived_request_id(request_id: str, suffix: str) -> str:
-    """A request id derived from another, stable and within the 128-character limit (hashed when needed)."""
-    candidate = f"{request_id}:{suffix}"
-    if len(candidate) <= 128:
+def derived_request_id(kind: str, *of: str) -> str:
+    """The id of a request the app makes itself: ``~<kind>:<of joined by ":">`` (e.g. ``~expire:RITM5``), its tail
+    hashed when it would pass 128 characters. The ``~`` is the app's namespace: no producer's request id can start
+    with it (`parse_grant` refuses it on every message the app did not seal)."""
+    tail = ":".join(of)
+    candidate = f"{DERIVED_PREFIX}{kind}:{tail}"
+    if len(candidate) <= 128 and _DERIVED_REQUEST_ID.fullmatch(candidate):
         return candidate
-    return f"{hashlib.sha256(request_id.encode()).hexdigest()}:{suffix}"
+    return f"{DERIVED_PREFIX}{kind}:{hashlib.sha256(tail.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
 def parse_guid(value: str, *, field: str = "id") -> Guid:
@@ -297,8 +305,10 @@ def parse_guid(value: str, *, field: str = "id") -> Guid:
     return Guid(value.lower())
 
 
-def parse_grant(body: bytes) -> GrantCommand:
-    """Validate a message body; return the command or raise `ContractError` (and nothing else)."""
+def parse_grant(body: bytes, *, own: bool = False) -> GrantCommand:
+    """Validate a message body; return the command or raise `ContractError` (and nothing else). A request id in the
+    app's own namespace (``~<kind>:…``, `derived_request_id`) is accepted only on a message the app sealed
+    (`own`): a producer can never take one."""
     if len(body) > MAX_MESSAGE_BYTES:
         raise ContractError(
             Reason.MESSAGE_TOO_LARGE,
@@ -307,9 +317,9 @@ def parse_grant(body: bytes) -> GrantCommand:
     document = load_json(body)
     if not isinstance(document, dict):
         raise ContractError(Reason.INVALID_JSON, "the message body must be a JSON object")
-    request_id = _peek_request_id(document)
+    request_id = _peek_request_id(document, own=own)
     try:
-        return _parse_document(document)
+        return _parse_document(document, own=own)
     except ContractError as error:
         raise ContractError(error.reason, error.description, request_id=request_id) from None
 
@@ -382,12 +392,14 @@ def _no_constant(name: str) -> Any:
     raise ContractError(Reason.INVALID_JSON, f"{name} is not valid JSON")
 
 
-def _peek_request_id(document: Mapping[str, Any]) -> str | None:
+def _peek_request_id(document: Mapping[str, Any], *, own: bool) -> str | None:
     value = document.get("requestId")
-    return value if isinstance(value, str) and _REQUEST_ID.fullmatch(value) else None
+    if not isinstance(value, str):
+        return None
+    return value if _REQUEST_ID.fullmatch(value) or (own and _DERIVED_REQUEST_ID.fullmatch(value)) else None
 
 
-def _parse_document(document: Mapping[str, Any]) -> GrantCommand:
+def _parse_document(document: Mapping[str, Any], *, own: bool = False) -> GrantCommand:
     version = _required(document, "schemaVersion", "")
     if not _is_int(version):
         raise _violation("schemaVersion", "must be an integer")
@@ -401,10 +413,11 @@ def _parse_document(document: Mapping[str, Any]) -> GrantCommand:
     request_id = _string(document, "requestId", "")
     if request_id is None:
         raise _violation("requestId", "is required")
-    if not _REQUEST_ID.fullmatch(request_id):
+    if not (_REQUEST_ID.fullmatch(request_id) or (own and _DERIVED_REQUEST_ID.fullmatch(request_id))):
+        reserved = " (ids starting with ~ are the app's own)" if request_id.startswith(DERIVED_PREFIX) else ""
         raise _violation(
             "requestId",
-            "must be 1 to 128 characters: letters, digits and . _ : @ -, starting with a letter or digit",
+            "must be 1 to 128 characters: letters, digits and . _ : @ -, starting with a letter or digit" + reserved,
         )
     action = _enum(document, "action", "", Action) or Action.ADD
     member = _member(_object(document, "member"))
@@ -549,20 +562,14 @@ def _enum(doc: Mapping[str, Any], name: str, prefix: str, kind: type[_E]) -> _E 
 
 
 def _timestamp(doc: Mapping[str, Any], name: str) -> datetime | None:
+    """The field as a time in the app's domain (`shared.core.times.parse_timestamp`), None when absent."""
     value = _string(doc, name, "")
     if value is None:
         return None
-    if _TIMESTAMP.fullmatch(value):
-        try:
-            written = datetime.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
-            try:
-                return written.astimezone(UTC)
-            except OverflowError:  # a valid local time whose UTC one lies before year 1 or after year 9999
-                raise _violation(name, "must be between years 1 and 9999 once converted to UTC") from None
-    raise _violation(name, "must be an RFC 3339 timestamp with a time zone, e.g. 2027-01-31T00:00:00Z")
+    try:
+        return parse_timestamp(value, field=name)
+    except TimeRefused as refused:
+        raise ContractError(Reason.SCHEMA_VIOLATION, str(refused)) from None
 
 
 def _flag(doc: Mapping[str, Any], name: str) -> bool:

@@ -23,15 +23,16 @@ re-grants *missing* and removes *lingering*, ``authoritative`` also removes *unm
   later sweep that would remove other members has another digest.
 
 Each `Repair` names the intent it restores (`Repair.restores`, e.g. ``RITM123``, so history can read "restored
-RITM123's grant") and carries a request id in the app's own namespace (it contains ``:``, which no webhook
-request id may), ordered one microsecond after the intent it restores, so any newer intent still wins over it:
+RITM123's grant") and carries a request id in the app's own namespace (``~``, which no producer's request id may
+start with), ordered one microsecond after the intent it restores, so any newer intent still wins over it:
 
-- re-grant of ``<id>``'s add: ``<id>:drift-add``; removal restoring ``<id>``'s remove: ``<id>:drift-remove``
+- re-grant of ``<id>``'s add: ``~drift-add:<id>``; removal restoring ``<id>``'s remove: ``~drift-remove:<id>``
   (a second repair of the same pair, after the first was applied, derives from the first: a new id);
-- removal of ``<id>``'s expired add: the app's own expiry removal ``<id>:expire`` (`expiry_removal`), so the
+- removal of ``<id>``'s expired add: the app's own expiry removal ``~expire:<id>`` (`expiry_removal`), so the
   expiry sweep's copy and the repair are one request;
-- removal of an unmanaged member: ``drift:<pair>``, requested at `UNMANAGED_REQUESTED_AT` (the Unix epoch):
-  older than any real intent, so a producer's intent for the pair, even one still queued, wins over it.
+- removal of an unmanaged member: ``~drift:<pair>``, requested at `UNMANAGED_REQUESTED_AT` (2000-01-01, the start
+  of the time domain): older than any real intent, so a producer's intent for the pair, even one still queued, wins
+  over it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
@@ -59,6 +60,7 @@ from shared.core.contract import (
 from shared.core.intents import Intent, PairState, content_hash, expiry_removal, pair_of
 from shared.core.messaging import derived_message_id
 from shared.core.policy import TIER0_ROLE_TEMPLATES
+from shared.core.times import EARLIEST
 
 __all__ = [
     "DEFAULT_GUARD",
@@ -82,7 +84,7 @@ __all__ = [
 ]
 
 #: When an unmanaged member's removal was "requested": older than any intent a producer can make.
-UNMANAGED_REQUESTED_AT: Final = datetime(1970, 1, 1, tzinfo=UTC)
+UNMANAGED_REQUESTED_AT: Final = EARLIEST  # the start of the app's time domain: older than any real intent
 _AFTER: Final = timedelta(microseconds=1)
 _ADD_SUFFIX: Final = "drift-add"
 _REMOVE_SUFFIX: Final = "drift-remove"
@@ -324,7 +326,7 @@ def _repair(target: Target, finding: Finding) -> Repair:
     return Repair(
         action=action,
         member_id=finding.member_id,
-        request_id=derived_request_id(intent.request_id, suffix),
+        request_id=derived_request_id(suffix, intent.request_id),
         requested_at=intent.requested_at + _AFTER,
         restores=_root(intent.request_id),
         expires_at=expires_at,
@@ -333,13 +335,13 @@ def _repair(target: Target, finding: Finding) -> Repair:
 
 
 def _root(request_id: str) -> str:
-    """The request a chain of repairs restores: `request_id` without its trailing ``:drift-*`` suffixes."""
+    """The request a chain of repairs restores: `request_id` without its leading ``~drift-*:`` kinds."""
     root = request_id
     while True:
-        head, _, tail = root.rpartition(":")
-        if not head or tail not in (_ADD_SUFFIX, _REMOVE_SUFFIX):
+        kind, separator, tail = root.partition(":")
+        if not separator or kind not in (f"~{_ADD_SUFFIX}", f"~{_REMOVE_SUFFIX}"):
             return root
-        root = head
+        root = tail
 
 
 def _digest(target: Target, removals: tuple[Repair, ...]) -> str:

@@ -13,11 +13,14 @@ An event (JSON object; other fields are ignored)::
 - ``eventId``: 1 to 100 letters, digits and ``. _ : @ -``; when absent it is derived as
   ``<employeeId>.<eventType>.<effectiveDate>.<8 hex of occurredAt, else of the event's MessageId>``
   (``effectiveDate`` is then required), so a hire, a leave and a rehire on one day are three events.
-- ``occurredAt`` (optional, RFC 3339 with offset): when the event happened; the grant messages' ``requestedAt``
-  (else the time the event was enqueued), so of two HR intents for one target the later wins.
-- Each grant message has requestId = MessageId ``hr:<eventId>:<first 16 hex of sha256(action, target,
-  member)>``: two people under one eventId get different ids, and a replayed event the same ones (duplicate
-  detection, then the ledger, absorbs them; a joiner replayed after the leaver is superseded).
+- ``occurredAt`` (optional, RFC 3339 with offset, inside the app's time domain): when the event happened; the grant
+  messages' ``requestedAt`` (else the time the event was enqueued), so of two HR intents for one target the later
+  wins. ``effectiveDate`` too lies in the domain (`shared.core.times`); the event's JSON is read as a grant
+  message's is (no key twice).
+- Each grant message has requestId = MessageId ``~hr:<eventId>:<first 16 hex of sha256(action, target,
+  member)>`` (the app's own namespace: no producer can send one): two people under one eventId get different ids,
+  and a replayed event the same ones (duplicate detection, then the ledger, absorbs them; a joiner replayed after
+  the leaver is superseded).
 """
 
 from __future__ import annotations
@@ -39,12 +42,15 @@ from shared.core.contract import (
     MemberType,
     Source,
     SourceSystem,
+    derived_request_id,
     encode,
+    load_json,
     parse_guid,
     target_document,
 )
 from shared.core.errors import ContractError, Reason
 from shared.core.hr_rules import ATTRIBUTES, HrRules
+from shared.core.times import TimeRefused, parse_date, parse_timestamp
 
 __all__ = ["HrEvent", "derive_messages", "effective_at", "parse_event"]
 
@@ -58,7 +64,6 @@ _EVENT_TYPES: Final = {
 }
 _EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}", re.ASCII)
 _EMPLOYEE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", re.ASCII)
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 _MAX_ATTRIBUTE_CHARS: Final = 128
 
@@ -81,9 +86,9 @@ def parse_event(body: bytes, *, message_id: str = "") -> HrEvent:
     """Validate an event body; raise `ContractError(InvalidHrEvent)` naming the first bad field. `message_id` (the
     event's MessageId) tells apart events without an ``eventId`` or ``occurredAt`` that are otherwise alike."""
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        raise _invalid("the event is not JSON (UTF-8)") from None
+        document = load_json(body)  # the contract's reader: no key twice, no NaN, no BOM
+    except ContractError as error:
+        raise _invalid(f"the event is not JSON (UTF-8) as the app reads it: {error.description}") from None
     if not isinstance(document, dict):
         raise _invalid("the event must be a JSON object")
     raw_type = document.get("eventType")
@@ -101,12 +106,13 @@ def parse_event(body: bytes, *, message_id: str = "") -> HrEvent:
     except ContractError as error:
         raise _invalid(error.description) from None
     effective = document.get("effectiveDate")
-    if effective is not None and not (isinstance(effective, str) and _valid_date(effective)):
-        raise _invalid("effectiveDate must be a date, YYYY-MM-DD")
     occurred = document.get("occurredAt")
-    occurred_at = _timestamp(occurred) if isinstance(occurred, str) else None
-    if occurred is not None and occurred_at is None:
-        raise _invalid("occurredAt must be an RFC 3339 timestamp with a time zone, e.g. 2026-12-01T09:00:00Z")
+    try:
+        if effective is not None:
+            parse_date(effective, field="effectiveDate")
+        occurred_at = parse_timestamp(occurred, field="occurredAt") if occurred is not None else None
+    except TimeRefused as refused:
+        raise _invalid(str(refused)) from None
     event_id = document.get("eventId")
     if event_id is None:
         if effective is None:
@@ -152,7 +158,7 @@ def derive_messages(event: HrEvent, rules: HrRules, *, received_at: datetime | N
         for target, names in targets.items():
             canonical = json.dumps(target_document(target), sort_keys=True)
             what = f"{action}|{canonical}|{event.user_id}"
-            request_id = f"hr:{event.event_id}:{hashlib.sha256(what.encode()).hexdigest()[:16]}"
+            request_id = derived_request_id("hr", event.event_id, hashlib.sha256(what.encode()).hexdigest()[:16])
             effective = f", effective {event.effective_date}" if event.effective_date else ""
             command = GrantCommand(
                 request_id=request_id,
@@ -190,25 +196,6 @@ def _attributes(document: Mapping[str, Any], prefix: str) -> dict[str, str | Non
             raise _invalid(f"{prefix}{name} must be a string of at most {_MAX_ATTRIBUTE_CHARS} characters")
         values[name] = value
     return values
-
-
-def _timestamp(value: str) -> datetime | None:
-    """An RFC 3339 timestamp with a time zone, in UTC; None when `value` is not one."""
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.astimezone(UTC) if parsed.tzinfo is not None and "T" in value else None
-
-
-def _valid_date(value: str) -> bool:
-    if not _DATE.fullmatch(value):
-        return False
-    try:
-        date.fromisoformat(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _invalid(problem: str) -> ContractError:

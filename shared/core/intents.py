@@ -38,6 +38,7 @@ from shared.core.contract import (
     derived_request_id,
     parse_guid,
 )
+from shared.core.times import intent_time
 
 __all__ = [
     "Applied",
@@ -189,7 +190,7 @@ def expiry_removal(target: Target, member_id: Guid, *, of: Intent) -> GrantComma
     """
     reason = f"Expiry of {of.request_id}"
     return GrantCommand(
-        request_id=derived_request_id(of.request_id, "expire"),
+        request_id=derived_request_id("expire", of.request_id),
         action=Action.REMOVE,
         target=target,
         member=Member(id=member_id),
@@ -216,13 +217,14 @@ def content_hash(command: GrantCommand) -> str:
     return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
 
 
-def intent_of(command: GrantCommand, *, requested_at: datetime) -> Intent:
-    """The command's intent; `requested_at` is the command's own when it has one, else the caller's stand-in."""
+def intent_of(command: GrantCommand, *, arrived_at: datetime) -> Intent:
+    """The command's intent, made at its ``requestedAt`` unless that is later than its first arrival `arrived_at`
+    (`shared.core.times.intent_time`: no producer's clock dates an intent in the future)."""
     return Intent(
         request_id=command.request_id,
         content_hash=content_hash(command),
         action=command.action,
-        requested_at=command.requested_at or requested_at,
+        requested_at=intent_time(command.requested_at, arrived_at=arrived_at),
         expires_at=command.expires_at if command.action is Action.ADD else None,
     )
 

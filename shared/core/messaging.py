@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, Protocol, TypeAlias
@@ -20,6 +20,7 @@ from typing import Any, Final, Protocol, TypeAlias
 from shared.core.times import read_time
 
 __all__ = [
+    "ARRIVED_AT",
     "ATTEMPT",
     "BULK_JOB",
     "CALLBACK_URL",
@@ -35,6 +36,8 @@ __all__ = [
     "EXPIRY_OF",
     "FIRST_ATTEMPT_AT",
     "HR_EVENT",
+    "INTERNAL",
+    "JOB_PROPERTIES",
     "JOB_ROW",
     "JOB_ROWS",
     "LANES",
@@ -43,6 +46,7 @@ __all__ = [
     "MAX_REASON_CHARS",
     "ORIGINAL_MESSAGE_ID",
     "RESUBMISSION",
+    "SEAL",
     "DeadLetter",
     "Delivery",
     "Lane",
@@ -73,16 +77,22 @@ class Lane(StrEnum):
 #: The lanes, served in this order.
 LANES: Final = (Lane.INTERACTIVE, Lane.BULK)
 
-#: Application properties the app writes on the messages it sends itself.
+#: Application properties the app writes on the messages it sends itself (its bookkeeping: `INTERNAL`).
 ATTEMPT: Final = "attempt"  # a retry copy's attempt number (the first delivery is attempt 1)
 FIRST_ATTEMPT_AT: Final = "firstAttemptAt"  # when attempt 1 started (ISO 8601)
+ARRIVED_AT: Final = "arrivedAt"  # when the request's first message was enqueued (ISO 8601): its first arrival
 ORIGINAL_MESSAGE_ID: Final = "originalMessageId"  # the producer's MessageId, carried by every copy
-RESUBMISSION: Final = "resubmission"  # set by `dlq resubmit`: its copies' MessageIds are its own
 EXPIRY_OF: Final = "expiryOf"  # on a scheduled removal: the request whose grant it ends
-BULK_JOB: Final = "bulkJob"  # on a bulk job's messages: the job id
 HR_EVENT: Final = "hrEvent"  # on an HR event's grant messages: the event id
+BULK_JOB: Final = "bulkJob"  # on a bulk job's messages: the job id (set by `grants submit`, carried by copies)
 JOB_ROW: Final = "jobRow"  # on a bulk job's or HR event's messages: this message's row (from 1)
 JOB_ROWS: Final = "jobRows"  # on a bulk job's or HR event's messages: how many messages the job or event sent
+SEAL: Final = "seal"  # the app's seal over the message and its internal properties (`shared.core.seal`)
+RESUBMISSION: Final = "resubmission"  # set by `dlq resubmit`: its copies' MessageIds are its own
+#: The app's bookkeeping: honoured only on a message the app sealed (`Delivery.trusted`), except a bulk job's
+#: `JOB_PROPERTIES`, which `grants submit` sets on the bulk queue's messages.
+JOB_PROPERTIES: Final = (BULK_JOB, JOB_ROW, JOB_ROWS)
+INTERNAL: Final = (ATTEMPT, FIRST_ATTEMPT_AT, ARRIVED_AT, ORIGINAL_MESSAGE_ID, EXPIRY_OF, HR_EVENT, *JOB_PROPERTIES)
 #: Application properties of an outcome event (the grant-outcomes topic), for subscription SQL filters.
 EVENT_SOURCE_SYSTEM: Final = "sourceSystem"  # hr | ticketing | bulk | other; absent when the body was unreadable
 EVENT_OUTCOME: Final = "outcome"  # granted | already_member | revoked | not_member | would_* | dead_lettered
@@ -150,6 +160,7 @@ class Delivery:
     delivery_count: int
     application_properties: Mapping[Any, Any]
     enqueued_time: datetime | None = None
+    own: bool = False  # sealed by the app (`trusted`): its internal properties are the app's own
 
     @classmethod
     def of(cls, message: Any) -> Delivery:
@@ -187,6 +198,32 @@ class Delivery:
     def first_attempt_at(self, default: datetime) -> datetime:
         """When attempt 1 started (`FIRST_ATTEMPT_AT`, set on retry copies; naive means UTC), else `default`."""
         return read_time(self.application_property(FIRST_ATTEMPT_AT)) or default
+
+    def arrived_at(self, default: datetime) -> datetime:
+        """When the request's first message was enqueued: `ARRIVED_AT` on a copy the app made, else this message's
+        enqueue time (the broker's), else `default`."""
+        enqueued = self.enqueued_time
+        own = read_time(self.application_property(ARRIVED_AT))
+        return own or (enqueued if enqueued is not None and enqueued.tzinfo is not None else default)
+
+    def trusted(self, *, sealed: bool, job_properties: bool) -> Delivery:
+        """This delivery as the app believes it: with `sealed` (the app's seal checks out) as it is, marked `own`;
+        otherwise without the `INTERNAL` properties a producer may not set. Kept: a bulk job's `JOB_PROPERTIES` when
+        `job_properties` (on the bulk queue, whose senders run jobs), and on a `dlq resubmit` copy its
+        `ORIGINAL_MESSAGE_ID` (so the ledger knows it for the same request again: at most it carries that request
+        out once more, as recorded)."""
+        if sealed:
+            return replace(self, own=True)
+        kept: tuple[str, ...] = JOB_PROPERTIES if job_properties else ()
+        if self.application_property(RESUBMISSION):  # an operator's `dlq resubmit`: the request it carries again
+            kept = (*kept, ORIGINAL_MESSAGE_ID)
+        names = {name for name in INTERNAL if name not in kept} | {SEAL}
+        properties = {
+            key: value
+            for key, value in self.application_properties.items()
+            if (key.decode() if isinstance(key, bytes) else key) not in names
+        }
+        return replace(self, application_properties=properties, own=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

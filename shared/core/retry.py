@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from shared.core.errors import Reason, TransientError
@@ -36,24 +36,37 @@ class RetryPolicy:
     or ``min(retry_after, max_delay)`` when the server asked for a delay. The policy gives up when
     ``n >= max_attempts`` (never for the ledger's `LedgerUnavailable` and `PairBusy`: a message is not
     dead-lettered because the ledger is down or another request holds its pair), and for
-    `Reason.MEMBER_NOT_FOUND` (replication delay) also once
-    ``member_not_found_window`` seconds have passed since the first attempt. A base of 0 gives zero delays.
+    `Reason.MEMBER_NOT_FOUND` (replication delay) also once both ``member_not_found_window`` seconds (that of the
+    request's `source` system in ``member_not_found_windows``, if any) have passed since the first attempt *and*
+    ``member_not_found_min_attempts`` attempts were made: time spent waiting in a queue (a backlog, pacing, a
+    retry behind others) is not counted as failing. A base of 0 gives zero delays.
     """
 
     max_attempts: int = 8
     base_delay: float = 10.0
     max_delay: float = 900.0
     member_not_found_window: float = 600.0
+    member_not_found_windows: Mapping[str, float] = field(default_factory=dict)
+    member_not_found_min_attempts: int = 5
     jitter: Callable[[], float] = field(default=random.random, repr=False)
 
-    def decide(self, *, attempt: int, error: TransientError, elapsed: float) -> Retry | GiveUp:
-        """Decide after failed `attempt`, `elapsed` seconds after the first attempt started."""
+    def decide(
+        self, *, attempt: int, error: TransientError, elapsed: float, source: str | None = None
+    ) -> Retry | GiveUp:
+        """Decide after failed `attempt` of a request from `source`, `elapsed` seconds after its first attempt."""
         if attempt >= self.max_attempts and error.reason not in _NEVER_GIVE_UP:
             return GiveUp(f"gave up after {attempt} attempts (GRANTS_MAX_ATTEMPTS={self.max_attempts})")
-        if error.reason is Reason.MEMBER_NOT_FOUND and elapsed >= self.member_not_found_window:
+        window = self.member_not_found_windows.get(source or "", self.member_not_found_window)
+        if (
+            error.reason is Reason.MEMBER_NOT_FOUND
+            and elapsed >= window
+            and attempt >= self.member_not_found_min_attempts
+        ):
             return GiveUp(
-                f"the member was still not found {elapsed:.0f} s after the first attempt "
-                f"(GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS={self.member_not_found_window:g})"
+                f"the member was still not found {elapsed:.0f} s after the first attempt, after {attempt} attempts "
+                f"(a {source or 'request'}'s window is {window:g} s, GRANTS_MEMBER_NOT_FOUND_WINDOWS or "
+                "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS; at least GRANTS_MEMBER_NOT_FOUND_MIN_ATTEMPTS="
+                f"{self.member_not_found_min_attempts} attempts)"
             )
         if error.retry_after is not None:
             return Retry(min(max(error.retry_after, 0.0), self.max_delay))

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from shared.adapters.callbacks import CallbackClient
+from shared.adapters.seal import Sealer
 from shared.core.callbacks import SIGNING_SECRETS, CallbackPolicy, CallbackRefused, CallbackTarget
 from shared.core.errors import PermanentError, Reason, TransientError
 from shared.core.messaging import (
@@ -63,6 +64,7 @@ class CallbackHandler:
     def __init__(
         self,
         *,
+        sealer: Sealer,
         policy: CallbackPolicy,
         secret_for: Callable[[str | None], str | None],
         client: CallbackClient,
@@ -71,6 +73,7 @@ class CallbackHandler:
         now: Callable[[], datetime],
         deadline: float,
     ) -> None:
+        self._sealer = sealer
         self._policy = policy
         self._secret_for = secret_for
         self._client = client
@@ -83,6 +86,18 @@ class CallbackHandler:
         """Deliver one outcome event's callback and settle the delivery; return how it ended (also logged)."""
         delivery = Delivery.of(message)
         started = self._now()
+        try:  # an attempt's bookkeeping is believed only on the app's own (sealed) retry copies
+            delivery = await self._sealer.trusted(delivery)
+        except Exception as error:  # the seal's key cannot be read now: abandoned, never copied
+            return await settle(
+                delivery.trusted(sealed=False, job_properties=False),
+                error,
+                Ending(kind="callback", line=functools.partial(callback_line, delivery, started, None, None)),
+                actions=actions,
+                policy=self._retry_policy,
+                now=self._now,
+                deadline=self._deadline,
+            )
         source = delivery.text_property(EVENT_SOURCE_SYSTEM)
         target: CallbackTarget | None = None
         status: int | None = None

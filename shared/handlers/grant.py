@@ -13,14 +13,17 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from shared.adapters.lanes import LaneSender
 from shared.adapters.ledger import Ledger
+from shared.adapters.seal import Sealer
 from shared.core.contract import GrantCommand, parse_grant
-from shared.core.errors import ContractError, GrantError
+from shared.core.errors import ContractError, GrantError, TransientError
 from shared.core.messaging import (
+    ARRIVED_AT,
     BULK_JOB,
     EXPIRY_OF,
     HR_EVENT,
@@ -41,8 +44,9 @@ from shared.service.settle import Done, Ending, RetryCopy, settle
 
 __all__ = ["GrantHandler", "retry_message_id"]
 
-#: The properties a retry copy carries on: the copy is still the job's (or HR event's) row, and the resubmission's.
-_CARRIED = (RESUBMISSION, BULK_JOB, HR_EVENT, JOB_ROW, JOB_ROWS)
+#: The properties a retry copy carries on (sealed with it): the removal's grant, the job's (or HR event's) row, and
+#: the resubmission's; besides its first arrival and the ladder's own.
+_CARRIED = (EXPIRY_OF, HR_EVENT, BULK_JOB, JOB_ROW, JOB_ROWS, RESUBMISSION)
 
 
 class GrantHandler:
@@ -53,6 +57,7 @@ class GrantHandler:
         *,
         gate: IntentGate,
         ledger: Ledger,
+        sealer: Sealer,
         senders: LaneSender,
         publisher: OutcomePublisher | None,
         policy: RetryPolicy,
@@ -61,6 +66,7 @@ class GrantHandler:
     ) -> None:
         self._gate = gate
         self._ledger = ledger
+        self._sealer = sealer
         self._senders = senders
         self._publisher = publisher
         self._policy = policy
@@ -69,18 +75,23 @@ class GrantHandler:
 
     async def __call__(self, message: Any, actions: MessageActions, *, lane: Lane = Lane.INTERACTIVE) -> Settled:
         """Process and settle one received grant message of `lane`; return how it ended (also logged)."""
-        delivery = Delivery.of(message)
-        attempt = _Attempt(delivery=delivery, started=self._now())
+        received = Delivery.of(message)
+        started = self._now()
+        try:  # what the app believes of it: its internal properties only when the app sealed it
+            delivery = await self._sealer.trusted(received, job_properties=lane is Lane.BULK)
+        except TransientError as error:  # the seal's key cannot be read now: the message may be the app's own
+            unread = received.trusted(sealed=False, job_properties=False)
+            return await self._settle(unread, error, None, lane, started, actions)
+        attempt = _Attempt(delivery=delivery, started=started)
         outcome: Done | Exception
         try:
-            attempt.command = command = parse_grant(delivery.body)
+            attempt.command = command = parse_grant(delivery.body, own=delivery.own)
             attempt.request_id = command.request_id
-            expiry_of = delivery.text_property(EXPIRY_OF)
             arrival = Arrival(
                 origin=delivery.original_message_id,
-                enqueued_at=delivery.enqueued_time or attempt.started,
+                arrived_at=delivery.arrived_at(started),
                 lane=lane,
-                expiry_of=expiry_of,
+                expiry_of=delivery.text_property(EXPIRY_OF),
                 progress=attempt.in_progress(),
             )
             result = await self._gate.run(command, arrival)
@@ -95,10 +106,28 @@ class GrantHandler:
         else:
             attempt.noted(result.graph.request_id if result.graph else None, result.role_template_id)
             outcome = Done(status=result.outcome, description=result.description)
+        return await self._settle(delivery, outcome, attempt, lane, started, actions)
+
+    async def _settle(
+        self,
+        delivery: Delivery,
+        outcome: Done | Exception,
+        attempt: _Attempt | None,
+        lane: Lane,
+        started: datetime,
+        actions: MessageActions,
+    ) -> Settled:
+        """Settle by the ladder; without an `attempt` (the delivery could not be read as the app's) it is only ever
+        abandoned, never copied."""
+        if attempt is None:
+            ending = _Attempt(delivery=delivery, started=started).ending(None)
+            ending = replace(ending, retry=None, status=None)
+        else:
+            ending = attempt.ending(self._senders.lane(lane))
         return await settle(
             delivery,
             outcome,
-            attempt.ending(self._senders.lane(lane)),
+            ending,
             actions=actions,
             policy=self._policy,
             now=self._now,
@@ -160,15 +189,19 @@ class _Attempt:
             status=self.status,
             event=functools.partial(outcome_event, delivery, self.command),
             owner=self.command is not None,
+            source=self.command.source.system.value if self.command is not None else None,
             retry=RetryCopy(
                 sender=sender,
                 message_id=functools.partial(retry_message_id, delivery),
                 carried={
-                    name: value
-                    for name in _CARRIED
-                    if isinstance(value := delivery.application_property(name), str | int)
-                    and not isinstance(value, bool)
-                    and value != ""
+                    ARRIVED_AT: delivery.arrived_at(self.started).isoformat(),
+                    **{
+                        name: value
+                        for name in _CARRIED
+                        if isinstance(value := delivery.application_property(name), str | int)
+                        and not isinstance(value, bool)
+                        and value != ""
+                    },
                 },
             ),
         )

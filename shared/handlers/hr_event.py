@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.adapters.ledger import Ledger
+from shared.adapters.seal import Sealer
 from shared.core.contract import parse_grant
 from shared.core.errors import ContractError, Reason, TransientError
 from shared.core.hr_events import HrEvent, derive_messages, effective_at, parse_event
@@ -38,6 +39,7 @@ class HrEventHandler:
     def __init__(
         self,
         *,
+        sealer: Sealer,
         rules: HrRules | None,
         sender: MessageSender,
         ledger: Ledger | None,
@@ -46,6 +48,7 @@ class HrEventHandler:
         time_zone: str,
         deadline: float,
     ) -> None:
+        self._sealer = sealer
         self._rules = rules
         self._sender = sender
         self._ledger = ledger
@@ -62,6 +65,7 @@ class HrEventHandler:
         sent: list[str] = []
         outcome: Done | Exception
         try:
+            delivery = await self._sealer.trusted(delivery)  # an HR event is a producer's: no internal properties
             if self._rules is None:
                 raise ContractError(Reason.HR_RULES_NOT_CONFIGURED, "GRANTS_HR_RULES is not set")
             event = parse_event(delivery.body, message_id=delivery.message_id or "")
@@ -110,7 +114,7 @@ async def _record(
     status = Status.SCHEDULED if later else Status.ACCEPTED
     records = []
     for row, (_, body) in enumerate(messages, start=1):
-        record = accepted_status(parse_grant(body), received=received, status=status).replace(
+        record = accepted_status(parse_grant(body, own=True), received=received, status=status).replace(
             hr_event_id=event.event_id, job_row=row, job_rows=len(messages), scheduled_for=due if later else None
         )
         records.append(ledger.record(record, now=received, write=StatusWrite.FIRST))

@@ -29,13 +29,14 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Any, Final
 
 from shared.adapters.ledger import Group, GroupKind
 from shared.core.contract import is_request_id, parse_guid
 from shared.core.errors import ContractError, TransientError
 from shared.core.statuses import Status
+from shared.core.times import TimeRefused, parse_date, parse_timestamp
 from shared.handlers.http import Answer, problem
 
 __all__ = ["group_answer", "history_answer", "status_answer"]
@@ -112,10 +113,10 @@ async def history_answer(
         guid = parse_guid(member or target or "", field="member" if member is not None else "target")
     except ContractError as error:
         return problem(400, "invalid-history-query", "Invalid history query", error.description)
-    since = _since(since_text) if since_text is not None else None
-    if since_text is not None and since is None:
-        detail = "since must be a date (YYYY-MM-DD) or an RFC 3339 time with a zone"
-        return problem(400, "invalid-history-query", "Invalid history query", detail)
+    try:
+        since = _since(since_text) if since_text is not None else None
+    except TimeRefused as refused:
+        return problem(400, "invalid-history-query", "Invalid history query", str(refused))
     scope = {"member": guid} if member is not None else {"target": guid}
     try:
         found = await history(**scope, since=since, limit=HISTORY_LIMIT)
@@ -131,15 +132,12 @@ async def history_answer(
     return Answer(200, json.dumps(document, ensure_ascii=False).encode(), "application/json")
 
 
-def _since(text: str) -> datetime | None:
-    """A date (midnight UTC) or an RFC 3339 time with a zone, in UTC; None when `text` is neither."""
-    try:
-        if len(text) == 10:
-            return datetime.fromisoformat(text).replace(tzinfo=UTC)
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.astimezone(UTC) if parsed.tzinfo is not None else None
+def _since(text: str) -> datetime:
+    """A date (its midnight in UTC) or an RFC 3339 time with a zone, in UTC, inside the app's time domain; raise
+    `TimeRefused` naming ``since`` otherwise."""
+    if len(text) == 10:
+        return datetime.combine(parse_date(text, field="since"), time.min, tzinfo=UTC)
+    return parse_timestamp(text, field="since (a date, YYYY-MM-DD, or an RFC 3339 time)")
 
 
 def _slug(kind: GroupKind) -> str:

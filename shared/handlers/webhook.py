@@ -11,7 +11,7 @@ Checks, in this order, each answered with RFC 9457 problem details (``applicatio
 5. the body is UTF-8 without a byte-order mark (not UTF-16 or UTF-32, whatever the charset said), else ``415``;
 6. the body is JSON as the trigger reads it (`load_json`: no key twice, no NaN): a v1 grant message with
    ``source.system = "ticketing"``, or a ticket payload mapped into one, that passes the same parser the queue
-   trigger uses, and its requestId has no ":" (the app's own request ids use it), and its callback URL, if any
+   trigger uses (a requestId starting with "~", the app's own namespace, is refused), and its callback URL, if any
    (``callback.url``; a ticket's ``callbackUrl``), is one the callback policy allows for ticketing
    (`CallbackPolicy.check`: https, an allow-listed host, no IP literal, no userinfo), else ``400`` listing the
    invalid fields. A refused callback URL is never called;
@@ -95,10 +95,6 @@ _TICKET_POINTERS: Final = {
     "reason": "/summary",
     "callback": "/callbackUrl",
 }
-
-#: The app's own request ids use ":" (expiries <id>:expire, HR grants hr:…); a webhook request holding one
-#: could claim such an id in the ledger first, and the app's own request would then be a conflict.
-_RESERVED: Final = 'must not contain ":" (reserved for the ids the app derives: retries, expiries, HR grants)'
 
 _log = logging.getLogger(__name__)
 
@@ -276,9 +272,6 @@ def _message(body: bytes, callbacks: CallbackPolicy) -> tuple[GrantCommand | Non
         payload, pointers = body, {}
     else:
         return None, [_error("", "send a grant message (schemaVersion 1) or a ticket payload (ticketNumber)")]
-    request_id = document.get("requestId")
-    if isinstance(request_id, str) and ":" in request_id:
-        errors.append(_error(pointers.get("requestId", "/requestId"), _RESERVED))
     callback = document.get("callback")
     url = callback.get("url") if isinstance(callback, dict) else None
     if isinstance(url, str) and (refusal := _callback_refusal(url, callbacks)) is not None:

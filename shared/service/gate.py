@@ -32,7 +32,7 @@ from typing import Final
 
 from shared.adapters.ledger import Absorbed, Admitted, Ledger, Ticket
 from shared.core.contract import Action, GrantCommand, Guid, encode
-from shared.core.errors import GrantError, Reason, TransientError
+from shared.core.errors import Reason, TransientError
 from shared.core.intents import Superseded, expiry_removal, intent_of, pair_of, parse_pair, removal_is_due
 from shared.core.messaging import EXPIRY_OF, Lane, MessageSender, derived_message_id
 from shared.core.statuses import Status, StatusRecord, StatusWrite
@@ -58,14 +58,15 @@ _APPLIED: Final = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Arrival:
-    """How a command arrived: the MessageId that first carried it, when that was enqueued, its lane, for an expiry
+    """How a command arrived: the MessageId that first carried it, when that was first enqueued (its first
+    arrival, which bounds its intent time: `intent_of`), its lane, for an expiry
     removal the request id of the grant it ends, and the status record to write once it has held its pair's lease
     for `PROGRESS_AFTER` seconds (`progress`, ``in_progress``: written beside the Graph work and waited for before
     the result is returned, never when the work ends sooner, never over a terminal status; its failure is logged,
     never raised)."""
 
     origin: str
-    enqueued_at: datetime
+    arrived_at: datetime
     lane: Lane = Lane.INTERACTIVE
     expiry_of: str | None = None
     progress: StatusRecord | None = None
@@ -96,7 +97,7 @@ class IntentGate:
         template = await self._grants.guard(command, own_removal=own_removal, lane=arrival.lane)
         now = self._now()
         decision = await self._ledger.begin(
-            intent_of(command, requested_at=arrival.enqueued_at), pair=pair, origin=arrival.origin, now=now
+            intent_of(command, arrived_at=arrival.arrived_at), pair=pair, origin=arrival.origin, now=now
         )
         if isinstance(decision, Absorbed):
             return Result(
@@ -142,7 +143,7 @@ class IntentGate:
             raise TransientError(
                 Reason.GRAPH_UNAVAILABLE, f"the Graph work did not finish within its lease ({budget:.0f} s)"
             ) from error
-        except GrantError:
+        except BaseException:  # a failure or a bug: the lease goes back now, not when it expires
             await self._release_quietly(ticket)
             raise
         await self._ledger.finish(ticket, applied=_APPLIED.get(result.outcome), now=self._now())
@@ -150,13 +151,18 @@ class IntentGate:
 
     async def sweep(self, sender: MessageSender) -> int:
         """The expiry sweep: send the app's own removal (`expiry_removal`) for every pair whose pending removal is
-        due, for the grant function to carry out; return how many were sent. A send that fails raises (the next
-        sweep sends it again: the removal stays pending in the ledger until it is applied)."""
+        due, for the grant function to carry out; return how many were sent. A pair whose record cannot be read back
+        as one is skipped and reported (an error line naming it), never the end of the sweep; a send that fails
+        raises (the next sweep sends it again: the removal stays pending in the ledger until it is applied)."""
         now = self._now()
         sent = 0
         for pair, state in await self._ledger.due_removals(now=now):
-            target, member_id = parse_pair(pair)
-            removal = expiry_removal(target, member_id, of=state.newest)
+            try:
+                target, member_id = parse_pair(pair)
+                removal = expiry_removal(target, member_id, of=state.newest)
+            except (ValueError, OverflowError) as error:
+                _log.error("expiry sweep: skipped the pending removal of %s (%s)", json.dumps(pair), error)
+                continue
             due = state.removal_due.isoformat() if state.removal_due else ""
             await sender.schedule(
                 body=encode(removal),

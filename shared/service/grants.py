@@ -107,9 +107,7 @@ class GrantService:
     async def _schedule_expiry(self, command: GrantCommand, expires_at: datetime, lane: Lane) -> None:
         """Schedule the app's own removal at `expires_at` (`expiry_removal`; MessageId ``~expire:<digest>`` of its
         request id and content: scheduled twice, duplicate detection or the ledger absorbs the second)."""
-        removal = expiry_removal(
-            command.target, command.member.id, of=intent_of(command, requested_at=command.requested_at or self._now())
-        )
+        removal = expiry_removal(command.target, command.member.id, of=intent_of(command, arrived_at=self._now()))
         try:
             await self._senders.lane(lane).schedule(
                 body=encode(removal),

@@ -87,9 +87,9 @@ StatusBuilder = Callable[[Settled, datetime, datetime | None], StatusRecord]
 class Ending:
     """What the ladder needs of a delivery besides how its work ended: the outcome line's `kind` (``grant``,
     ``hr-event``, ``callback``) and record (`line`), how it is tried again (`retry`, None: abandoned), what ends
-    every dead letter's description (`note`); for a grant, its status record (`status`), whether the message
-    could be read as its own request (`owner`: see `owner_write`) and the command's callback URL and source, for
-    its outcome event."""
+    every dead letter's description (`note`); for a grant, its status record (`status`), its outcome event
+    (`event`), whether the message could be read as its own request (`owner`: see `owner_write`) and its source
+    system (`source`: the retry policy's window for a member not found yet)."""
 
     kind: str
     line: LineBuilder
@@ -98,6 +98,7 @@ class Ending:
     status: StatusBuilder | None = None
     event: Callable[[Settled, dict[str, Any]], dict[str, Any]] | None = None
     owner: bool = False
+    source: str | None = None
 
 
 class StatusLedger(Protocol):
@@ -131,7 +132,7 @@ async def settle(
     elif isinstance(outcome, TransientError):
         first_attempt_at = delivery.first_attempt_at(started)
         elapsed = (started - first_attempt_at).total_seconds()
-        decision = policy.decide(attempt=attempt, error=outcome, elapsed=elapsed)
+        decision = policy.decide(attempt=attempt, error=outcome, elapsed=elapsed, source=ending.source)
         if isinstance(decision, GiveUp):
             settled, settlement = _dead(actions, delivery, ending, outcome, why=decision.why, attempt=attempt)
         else:

@@ -1,0 +1,85 @@
+"""The app's seal on the messages it sends, and the check of it on the messages it receives (`shared.core.seal`).
+
+The key is the app's own secret, kept in the grant ledger (`Ledger.seal_keys`: created at random on first use,
+readable only with the ledger's identity), read once per process on first use: every instance of the app seals
+and checks with the same key, and no producer holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+
+from shared.core.messaging import SEAL, Delivery, MessageSender
+from shared.core.seal import seal, verify
+
+__all__ = ["Sealer", "SealingSender"]
+
+
+class Sealer:
+    """Seals and checks messages with the app's keys (newest first), fetched once from `keys`."""
+
+    def __init__(self, *, keys: Callable[[], Awaitable[Sequence[bytes]]]) -> None:
+        self._fetch = keys
+        self._keys: Sequence[bytes] | None = None
+        self._lock = asyncio.Lock()
+
+    async def keys(self) -> Sequence[bytes]:
+        """The keys (raises `TransientError(LedgerUnavailable)` while the ledger cannot give them)."""
+        if self._keys is None:
+            async with self._lock:
+                if self._keys is None:
+                    self._keys = tuple(await self._fetch())
+        return self._keys
+
+    async def sealed(
+        self, *, message_id: str, body: bytes, properties: Mapping[str, str | int]
+    ) -> dict[str, str | int]:
+        """`properties` with the seal of this message added (under the newest key)."""
+        keys = await self.keys()
+        return {**properties, SEAL: seal(key=keys[0], message_id=message_id, body=body, properties=properties)}
+
+    async def trusted(self, delivery: Delivery, *, job_properties: bool = False) -> Delivery:
+        """`delivery` as the app believes it (`Delivery.trusted`): its internal properties kept only when sealed.
+        A message with no seal at all is a producer's, and needs no key."""
+        if delivery.application_property(SEAL) is None:
+            return delivery.trusted(sealed=False, job_properties=job_properties)
+        sealed = verify(
+            keys=await self.keys(),
+            message_id=delivery.message_id,
+            body=delivery.body,
+            properties=delivery.application_properties,
+        )
+        return delivery.trusted(sealed=sealed, job_properties=job_properties)
+
+
+class SealingSender:
+    """A `MessageSender` that seals every message it sends (`Sealer.sealed`) before `sender` sends it."""
+
+    def __init__(self, sender: MessageSender, sealer: Sealer) -> None:
+        self._sender = sender
+        self._sealer = sealer
+
+    async def schedule(
+        self,
+        *,
+        body: bytes,
+        message_id: str,
+        application_properties: Mapping[str, str | int],
+        scheduled_enqueue_time: datetime,
+    ) -> None:
+        """Seal the message, then send it (deliverable at `scheduled_enqueue_time`)."""
+        await self._sender.schedule(
+            body=body,
+            message_id=message_id,
+            application_properties=await self._sealer.sealed(
+                message_id=message_id, body=body, properties=application_properties
+            ),
+            scheduled_enqueue_time=scheduled_enqueue_time,
+        )
+
+    async def close(self) -> None:
+        close = getattr(self._sender, "close", None)
+        if close is not None:
+            await close()
