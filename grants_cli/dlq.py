@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, TextIO
 
-from grants_cli.backends import Backend, BackendOpener, HeldDeadLetter, Outgoing
-from grants_cli.printable import printable
+from grants_common.printable import printable
+from grants_common.queues import Backend, BackendOpener, HeldDeadLetter, Outgoing
 from shared.core.messaging import (
     ATTEMPT,
     DEAD_LETTER_ERROR_DESCRIPTION,

@@ -42,7 +42,7 @@ from urllib.parse import quote
 import httpx
 
 from grants_cli.bulk import write_failed_csv
-from grants_cli.printable import printable
+from grants_common.printable import printable
 from shared.core.contract import Guid, is_request_id, parse_guid
 from shared.core.errors import ContractError
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
-from grants_cli.backends import CONTENT_TYPE, HeldDeadLetter, Outgoing, SendReport
-from grants_cli.printable import printable
+from grants_common.printable import printable
+from grants_common.queues import CONTENT_TYPE, HeldDeadLetter, Outgoing, SendReport
 from grants_local.deployment import LocalDeployment
 from grants_local.namespace import LocalNamespace, namespace_directory
 from grants_local.queue import LocalQueue

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from grants_cli.printable import printable
+from grants_common.printable import printable
 from grants_local.app import local_app
 from grants_local.host import LineOutcome, OutcomeRecorder, line_outcomes
 from grants_local.queue import LocalQueue, ManualClock

@@ -41,7 +41,7 @@ from typing import Any, Final, TextIO, cast
 
 import azure.functions as func
 
-from grants_cli.printable import printable
+from grants_common.printable import printable
 from grants_local._http import LoopbackServer, Request, Response
 from grants_local.azurite import local_ledger
 from grants_local.demo import EXAMPLES

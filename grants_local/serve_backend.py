@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from grants_cli.backends import HeldDeadLetter, Outgoing, SendReport
+from grants_common.queues import HeldDeadLetter, Outgoing, SendReport
 from grants_local.serve import MAX_BATCH
 from shared.core.errors import ConfigError
 from shared.core.messaging import DeadLetter
