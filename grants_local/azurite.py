@@ -34,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Final, Self
 
+from shared.config import AZURITE_ACCOUNT, AZURITE_KEY, LedgerConnection
+
 if TYPE_CHECKING:
     from azure.core.credentials import AzureNamedKeyCredential
 
@@ -57,8 +59,8 @@ __all__ = [
 AZURITE_HOME: Final = Path(__file__).resolve().parent.parent / ".local" / "azurite"
 _TABLE_MAIN: Final = Path("node_modules", "azurite", "dist", "src", "table", "main.js")
 #: Azurite's well-known development account and key (public; accepted only by Azurite).
-DEV_ACCOUNT: Final = "devstoreaccount1"
-DEV_KEY: Final = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+DEV_ACCOUNT: Final = AZURITE_ACCOUNT
+DEV_KEY: Final = AZURITE_KEY
 _PORT_ATTEMPTS: Final = 3
 
 
@@ -223,7 +225,7 @@ class LedgerTable:
 
     def settings(self, settings: Settings) -> Settings:
         """`settings` with ``GrantsLedger__tableServiceUri`` and ``GrantsLedger__tableName`` set to this table."""
-        return replace(settings, ledger_table_uri=self.endpoint, ledger_table=self.table)
+        return replace(settings, ledger=LedgerConnection(endpoint=self.endpoint), ledger_table=self.table)
 
     def credential(self) -> AzureNamedKeyCredential:
         """The development account's shared-key credential (Azurite only)."""

@@ -20,7 +20,8 @@ from shared.adapters.governor import WriteGovernor
 from shared.adapters.graph import GraphClient, new_http_client
 from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
 from shared.adapters.lanes import LaneSender
-from shared.adapters.ledger import Ledger, table_client
+from shared.adapters.ledger import Ledger
+from shared.adapters.storage import ledger_table_client
 from shared.config import Settings
 from shared.core.contract import GrantCommand
 from shared.core.errors import ConfigError, TransientError
@@ -231,13 +232,8 @@ def bootstrap(
         activate_roles=settings.activate_roles,
         dry_run=settings.dry_run,
     )
-    if settings.ledger_table_uri is None:
-        raise ConfigError("GrantsLedger__tableServiceUri is not set: the app needs its grant ledger (Table Storage)")
-    ledger_auth = ledger_credential or credential
-    assert ledger_auth is not None
-    ledger = Ledger(
-        table_client(endpoint=settings.ledger_table_uri, table=settings.ledger_table, credential=ledger_auth, http=http)
-    )
+    auth = ledger_credential or credential
+    ledger = Ledger(ledger_table_client(settings.ledger, table=settings.ledger_table, identity=auth, http=http))
     return Services(
         settings=settings,
         http=http,
