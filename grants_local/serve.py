@@ -45,12 +45,10 @@ from grants_common.printable import printable
 from grants_local._http import LoopbackServer, Request, Response
 from grants_local.azurite import local_ledger
 from grants_local.demo import EXAMPLES
-from grants_local.graph_double import GraphDouble
 from grants_local.host import LocalHost, registered_function
 from grants_local.queue import LocalQueue, LocalSender
-from grants_local.run import os_environment
+from grants_local.run import check_identity, graph_environment, identity_environment
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
-from grants_local.token_endpoint import TokenEndpoint
 from grants_local.topic import CALLBACKS_SUBSCRIPTION, LocalPublisher, outcomes_topic
 from shared.adapters.lanes import LaneSender
 from shared.bootstrap import bootstrap
@@ -58,9 +56,16 @@ from shared.config import Settings
 from shared.runtime import installed
 from shared.service.settlement import outcome_log
 
-__all__ = ["LOCAL_WEBHOOK_SECRET", "serve_local"]
+__all__ = ["LOCAL_DEFAULTS", "LOCAL_WEBHOOK_SECRET", "serve_local"]
 
 LOCAL_WEBHOOK_SECRET = "local-only-webhook-secret-do-not-deploy"  # noqa: S105 (published: local use only)
+#: What serve-local sets when the environment does not.
+LOCAL_DEFAULTS: Final[Mapping[str, str]] = {
+    "GRANTS_HR_RULES": str(EXAMPLES / "hr-rules.json"),
+    "GRANTS_WEBHOOK_SECRET": LOCAL_WEBHOOK_SECRET,
+    "GRANTS_OUTCOMES_TOPIC": "grant-outcomes",
+    "GRANTS_CALLBACK_LOOPBACK": "true",
+}
 _IDLE_POLL_SECONDS = 0.1
 #: On stop, messages due within this many seconds (retries) are still delivered; later ones (a future HR
 #: effective day) go with the in-memory queues.
@@ -150,20 +155,10 @@ async def serve_local(
 
     printer = _OutcomePrinter(out)
     async with AsyncExitStack() as stack:
-        tokens = stack.enter_context(TokenEndpoint())
-        graph = stack.enter_context(GraphDouble(tokens))
-        stack.enter_context(os_environment(tokens.env()))
-        graph.load(EXAMPLES / "directory.json")
-        settings = Settings.from_env(
-            {
-                "GRANTS_HR_RULES": str(EXAMPLES / "hr-rules.json"),
-                "GRANTS_WEBHOOK_SECRET": LOCAL_WEBHOOK_SECRET,
-                "GRANTS_OUTCOMES_TOPIC": "grant-outcomes",
-                "GRANTS_CALLBACK_LOOPBACK": "true",
-                **env,
-                "GRAPH_BASE_URL": graph.base_url,
-            }
-        )
+        graph_env = stack.enter_context(graph_environment(env))  # the doubles unless GRAPH_BASE_URL is set
+        settings = Settings.from_env({**LOCAL_DEFAULTS, **graph_env})
+        check_identity(settings, graph_env)
+        stack.enter_context(identity_environment(graph_env))
         ledger = await stack.enter_async_context(local_ledger())
         queues.update({settings.grants_queue: grants, settings.bulk_queue: bulk})
         services = bootstrap(
@@ -197,7 +192,7 @@ async def serve_local(
             outcome_log.addHandler(printer)
             outcome_log.setLevel(logging.INFO)
             out.write(
-                f"Serving on http://127.0.0.1:{server.port}: {_ROUTES}. Graph double at {graph.base_url}. "
+                f"Serving on http://127.0.0.1:{server.port}: {_ROUTES}. {_graph_line(env, graph_env)} "
                 f"{settings.callbacks.describe()}. Ctrl-C stops.\n"
             )
             out.flush()
@@ -219,6 +214,15 @@ async def serve_local(
                 outcome_log.setLevel(previous_level)
                 await services.aclose()
     return 0
+
+
+def _graph_line(given: Mapping[str, str], used: Mapping[str, str]) -> str:
+    """Where Graph and tokens come from: the settings given, or the doubles (with the settings that reach them, for
+    a Core Tools run beside this one: docs/core-tools.md)."""
+    if given.get("GRAPH_BASE_URL"):
+        return f"Graph at {used['GRAPH_BASE_URL']} (GRAPH_BASE_URL), tokens from IDENTITY_ENDPOINT."
+    reach = " ".join(f"{name}={used[name]}" for name in ("GRAPH_BASE_URL", "IDENTITY_ENDPOINT", "IDENTITY_HEADER"))
+    return f"Graph double and token endpoint (examples/directory.json): {reach}."
 
 
 def _on_sigterm(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> bool:

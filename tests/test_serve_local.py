@@ -247,3 +247,31 @@ async def test_given_serve_local_when_sigterm_arrives_then_it_stops_as_ctrl_c_do
     assert await asyncio.wait_for(server, 60) == 0
     assert stop.is_set()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with serve-local
+
+
+async def test_given_graph_base_url_serve_local_writes_to_that_graph_with_tokens_from_identity_endpoint() -> None:
+    """As run-local does: with GRAPH_BASE_URL (and IDENTITY_ENDPOINT) set, serve-local starts no doubles of its own
+    and the grant lands in the Graph those settings name (here a second Graph double, as a test tenant would be)."""
+    from grants_local.graph_double import GraphDouble
+    from grants_local.token_endpoint import TokenEndpoint
+
+    body, headers = signed_ticket("RITM0010009")
+    with TokenEndpoint() as tokens, GraphDouble(tokens) as tenant:
+        tenant.load(EXAMPLES / "directory.json")
+        env = {**tokens.env(), "GRAPH_BASE_URL": tenant.base_url}
+        async with serving(env) as (port, out), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            accepted = await client.post("/api/grants", content=body, headers=headers)
+        assert accepted.status_code == 202
+        assert f"Graph at {tenant.base_url} (GRAPH_BASE_URL)" in out.getvalue()
+        assert tenant.write_count == 1
+        assert tokens.request_count == 1
+
+
+async def test_given_graph_base_url_without_a_token_endpoint_serve_local_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.core.errors import ConfigError
+
+    monkeypatch.delenv("IDENTITY_ENDPOINT", raising=False)
+    with pytest.raises(ConfigError, match="IDENTITY_ENDPOINT is not set"):
+        await serve_local(io.StringIO(), port=0, env={"GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0"})
