@@ -1,13 +1,15 @@
-"""The ``grants`` command (also ``python -m shared``): ``submit FILE``, ``dlq …`` and ``smoke`` against Azure or the
-local namespace (``submit --serve-local``: a running serve-local); ``status REQUEST_ID``, ``job JOB_ID`` and
-``hr-event EVENT_ID`` (``--watch`` to follow one until it ends, ``--failed-csv`` to write its failed rows to
-resubmit) and ``history --member ID | --target ID`` against the app's status API (or serve-local's); ``demo``,
-``run-local MESSAGES`` and ``serve-local`` on the local doubles."""
+"""The ``grants`` command (also ``python -m shared``): the operator CLI and the local runs.
+
+Everywhere, ``--local`` means the in-process local namespace (``submit``, ``dlq``, ``smoke``) and ``--serve-local`` a
+running ``grants serve-local`` (``submit``, ``status``, ``job``, ``hr-event``, ``history``). Everyday mistakes (a
+missing file, a port in use, no serve-local running) end with one line saying what to do, not a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import functools
 import logging
 import os
@@ -21,20 +23,56 @@ if TYPE_CHECKING:
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc loads: no C-core chatter on stderr
 
 
+_DESCRIPTION = """\
+Grant Entra ID memberships from Service Bus messages: operate the deployed app (submit bulk jobs, read and resubmit
+dead letters, follow requests, smoke-check a deployment) or run it locally with no Azure account.
+
+--local means the in-process local namespace (submit, dlq, smoke); --serve-local a running `grants serve-local`
+(submit, status, job, hr-event, history). Start with `grants demo`."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("entra-grants")
+    except PackageNotFoundError:  # a checkout without `pip install -e .`
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="grants", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="grants", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"grants (entra-grants) {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the app's outcome lines to stderr")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run-local", help="run a JSON-lines file of messages through the local host")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run-local",
+        help="run a JSON-lines file of messages through the local host",
+        description="Run each line of MESSAGES (one message body per line) through the registered function on the "
+        "local host, against GRAPH_BASE_URL or the built-in Graph double, on a virtual clock starting now.",
+    )
     run.add_argument("messages", type=Path, help="one message body per line")
     run.add_argument("--json", action="store_true", help="print one JSON object per input line")
     run.add_argument("--concurrency", type=int, default=16, help="invocations at once (maxConcurrentCalls)")
     run.add_argument("--dry-run", action="store_true", help="read only: report what would change (GRANTS_DRY_RUN)")
-    commands.add_parser("demo", help="run the examples against the built-in Graph and token doubles")
-    serve = commands.add_parser(
-        "serve-local", help="serve the app on loopback: webhook, status API, grants, bulk and HR queues"
+    commands.add_parser(
+        "demo",
+        help="run the examples against the built-in Graph and token doubles",
+        description="Run examples/hr-onboarding.jsonl, ticketing.jsonl and bulk.jsonl through the registered "
+        "functions on the local host, against the built-in Graph double and token endpoint (seeded from "
+        "examples/directory.json), on a virtual clock pinned to the examples' dates; print each message's outcome "
+        "and the dead-letter queue. No Azure account, nothing to configure.",
     )
-    serve.add_argument("--port", type=int, default=7071, help="the webhook's port on 127.0.0.1")
+    serve = commands.add_parser(
+        "serve-local",
+        help="serve the app on loopback: webhook, status API, grants, bulk and HR queues (port 7071)",
+        description="Serve the app on 127.0.0.1 until Ctrl-C: the webhook and status API, and in-process grants, "
+        "bulk and hr-events queues drained through the registered functions, with the ledger in a local Azurite. "
+        "Graph is GRAPH_BASE_URL (with IDENTITY_ENDPOINT) when set, else the built-in double.",
+    )
+    serve.add_argument("--port", type=int, default=7071, help="the port on 127.0.0.1 (default 7071)")
     _add_bulk_and_dlq(commands)
     from grants_cli.smoke import add_parser as add_smoke_parser
 
@@ -53,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, a non-zero exit
             sys.stderr.write(f"interrupted: {_INTERRUPTED[args.command]}\n")
             return INTERRUPTED_EXIT
+        except _Refused as refused:
+            sys.stderr.write(f"grants {args.command}: error: {refused}\n")
+            return 2
 
     if args.command in ("status", "job", "hr-event", "history"):
         from grants_cli.status import main as status
@@ -66,11 +107,23 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "serve-local":
         from grants_local.serve import serve_local
+        from shared.core.errors import ConfigError
 
         try:
             return asyncio.run(serve_local(sys.stdout, port=args.port))
         except KeyboardInterrupt:
             return 0
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            sys.stderr.write(
+                f"grants serve-local: error: port {args.port} on 127.0.0.1 is in use (another serve-local, or func "
+                "start?): stop that one, or give another with --port\n"
+            )
+            return 2
+        except ConfigError as error:
+            sys.stderr.write(f"grants serve-local: error: {error}\n")
+            return 2
 
     from grants_local.demo import demo
 
@@ -96,7 +149,7 @@ def _run_local(args: argparse.Namespace) -> int:
     from grants_local.queue import ManualClock
     from grants_local.run import graph_environment, print_json, print_table, run_local
 
-    lines = args.messages.read_bytes().splitlines()
+    lines = _read_input(args.messages).splitlines()
     clock = ManualClock(start=time.time())
     env = {**os.environ, **({"GRANTS_DRY_RUN": "true"} if args.dry_run else {})}
     with graph_environment(env, clock=clock) as graph_env:
@@ -108,6 +161,22 @@ def _run_local(args: argparse.Namespace) -> int:
     return 0 if result.complete else 1
 
 
+class _Refused(Exception):
+    """An everyday mistake, said in one line (exit code 2)."""
+
+
+def _read_input(path: Path) -> bytes:
+    """The bytes of an input file; `_Refused` naming it when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise _Refused(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise _Refused(f"{path} is a directory, not a file") from None
+    except OSError as error:
+        raise _Refused(f"{path}: cannot read it ({error.strerror})") from None
+
+
 def _add_bulk_and_dlq(commands: Any) -> None:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--local", action="store_true", help="the local namespace's queue (GRANTS_LOCAL_NAMESPACE)")
@@ -115,13 +184,14 @@ def _add_bulk_and_dlq(commands: Any) -> None:
         "--namespace", help="Service Bus namespace (default: ServiceBusConnection__fullyQualifiedNamespace)"
     )
     # Each command its own --queue (argparse shares a parent's actions: a default set on one would change all).
+    grants, bulk = _queue_names()
     grants_queue = argparse.ArgumentParser(add_help=False)
-    grants_queue.add_argument("--queue", default=os.environ.get("GRANTS_QUEUE", "grant-membership"), help="queue name")
+    grants_queue.add_argument(
+        "--queue", help=f"one queue (default: both, {grants} and {bulk}: GRANTS_QUEUE, GRANTS_BULK_QUEUE)"
+    )
     bulk_queue = argparse.ArgumentParser(add_help=False)
     bulk_queue.add_argument(
-        "--queue",
-        default=os.environ.get("GRANTS_BULK_QUEUE", "grant-membership-bulk"),
-        help="queue name (default: the bulk lane's, behind interactive grants)",
+        "--queue", default=bulk, help=f"queue name (default {bulk}: the bulk lane's, behind interactive grants)"
     )
     submit = commands.add_parser(
         "submit", parents=[where, bulk_queue], help="validate a CSV / JSON-lines bulk job and send it"
@@ -133,7 +203,7 @@ def _add_bulk_and_dlq(commands: Any) -> None:
     submit.add_argument(
         "--serve-local", action="store_true", help="send to a running serve-local (follow it: job --local --watch)"
     )
-    submit.add_argument("--port", type=int, default=7071, help="serve-local's port (with --serve-local)")
+    submit.add_argument("--port", type=int, default=7071, help="serve-local's port (with --serve-local; default 7071)")
     dlq = commands.add_parser("dlq", help="list, show, resubmit or purge dead letters")
     actions = dlq.add_subparsers(dest="action", required=True)
     actions.add_parser("list", parents=[where, grants_queue], help="table of dead letters").add_argument("--reason")
@@ -162,6 +232,7 @@ def _bulk_or_dlq(args: argparse.Namespace) -> int:
             if args.local and args.serve_local:
                 raise ConfigError("--local and --serve-local are two places to send to: give one")
 
+            _read_input(args.file)  # a missing file: one line
             return run_submit(
                 path=args.file,
                 job_id=args.job_id,
@@ -174,18 +245,36 @@ def _bulk_or_dlq(args: argparse.Namespace) -> int:
             )
         from grants_cli.dlq import Selector, run_dlq
 
-        return run_dlq(
-            action=args.action,
-            selector=Selector(reason=getattr(args, "reason", None), id=getattr(args, "id", None)),
-            dry_run=getattr(args, "dry_run", False),
-            yes=getattr(args, "yes", False),
-            open_backend=_backend_opener(args),
-            queue=args.queue,
-            out=sys.stdout,
-        )
+        queues = [args.queue] if args.queue else list(_queue_names())
+        if args.action == "purge" and not args.yes:
+            queues = queues[:1]  # it refuses before opening any queue: say so once
+        codes = []
+        for queue in queues:
+            if len(queues) > 1:
+                sys.stdout.write(f"{'' if queue == queues[0] else chr(10)}queue {queue}, dead letters:\n")
+            args.queue = queue
+            codes.append(
+                run_dlq(
+                    action=args.action,
+                    selector=Selector(reason=getattr(args, "reason", None), id=getattr(args, "id", None)),
+                    dry_run=getattr(args, "dry_run", False),
+                    yes=getattr(args, "yes", False),
+                    open_backend=_backend_opener(args),
+                    queue=queue,
+                    out=sys.stdout,
+                )
+            )
+        return min(codes) if args.action == "show" else max(codes)  # show: found in either queue is found
     except ConfigError as error:
         sys.stderr.write(f"grants: error: {error}\n")
         return 2
+
+
+def _queue_names() -> tuple[str, str]:
+    """The grants queue and the bulk queue, as the app's settings name them."""
+    return os.environ.get("GRANTS_QUEUE", "grant-membership"), os.environ.get(
+        "GRANTS_BULK_QUEUE", "grant-membership-bulk"
+    )
 
 
 def _backend_opener(args: argparse.Namespace) -> BackendOpener:

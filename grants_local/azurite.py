@@ -16,18 +16,21 @@ a key: it reaches its storage account with its managed identity (`shared.adapter
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -122,6 +125,11 @@ class AzuriteTables:
         self.port = 0
 
     @property
+    def pid(self) -> int | None:
+        """The Azurite process's id while it runs."""
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
+
+    @property
     def endpoint(self) -> str:
         """The development account's table endpoint."""
         return f"http://127.0.0.1:{self.port}/{DEV_ACCOUNT}"
@@ -152,6 +160,7 @@ class AzuriteTables:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_dies_with_this_thread(),
             )
             if self._wait_until_answering():
                 return self
@@ -254,6 +263,32 @@ async def local_ledger(azurite: AzuriteTables | None = None) -> AsyncIterator[Le
         if azurite is None:
             azurite = stack.enter_context(AzuriteTables())
         yield await new_ledger_table(azurite)
+
+
+#: Linux's prctl option: the signal the kernel sends a process when the thread that started it ends.
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def _dies_with_this_thread() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux: ``PR_SET_PDEATHSIG``), so a
+    ``run-local`` or ``serve-local`` killed from outside (SIGKILL, a CI timeout) leaves no Azurite behind.
+
+    The kernel ties it to the thread that forks: only from the main thread (whose end is the process's), else None
+    (the child then outlives a killed parent, as before). None where there is no prctl (not Linux)."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the call: nobody would send the signal
+            os._exit(1)
+
+    return in_child
 
 
 def _free_port() -> int:

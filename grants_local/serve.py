@@ -53,12 +53,18 @@ from grants_local.topic import CALLBACKS_SUBSCRIPTION, LocalPublisher, outcomes_
 from shared.adapters.lanes import LaneSender
 from shared.bootstrap import bootstrap
 from shared.config import Settings
+from shared.producers.webhook import SIGNATURE_HEADER
 from shared.runtime import installed
 from shared.service.settlement import outcome_log
 
 __all__ = ["LOCAL_DEFAULTS", "LOCAL_WEBHOOK_SECRET", "serve_local"]
 
 LOCAL_WEBHOOK_SECRET = "local-only-webhook-secret-do-not-deploy"  # noqa: S105 (published: local use only)
+#: What serve-local prints when a webhook request comes without a signature (curl, a browser…).
+UNSIGNED_HINT: Final = (
+    "the webhook takes signed requests only: send a ticket with "
+    "`.venv/bin/python examples/send_webhook.py examples/ticket.json` (it signs with the local secret)"
+)
 #: What serve-local sets when the environment does not.
 LOCAL_DEFAULTS: Final[Mapping[str, str]] = {
     "GRANTS_HR_RULES": str(EXAMPLES / "hr-rules.json"),
@@ -136,7 +142,11 @@ async def serve_local(
             incoming = func.HttpRequest(
                 "POST", f"http://127.0.0.1:{port}/api/grants", headers=dict(request.headers.items()), body=request.body
             )
-            return _answered(asyncio.run_coroutine_threadsafe(_call(webhook, incoming), loop).result(timeout=60))
+            answered = _answered(asyncio.run_coroutine_threadsafe(_call(webhook, incoming), loop).result(timeout=60))
+            if answered.status == 401 and SIGNATURE_HEADER.lower() not in {name.lower() for name in request.headers}:
+                out.write(f"webhook  401             unsigned: {UNSIGNED_HINT}\n")
+                out.flush()
+            return answered
         if request.method == "GET":
             reading = _reading(request, port)
             if reading is not None:

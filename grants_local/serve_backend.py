@@ -65,7 +65,7 @@ class ServeLocalBackend:
         """Nothing to do here: serve-local carries the job out itself."""
 
     def follow(self, job_id: str) -> str:
-        return f"grants job {job_id} --local --port {self._port} --watch"
+        return f"grants job {job_id} --serve-local --port {self._port} --watch"
 
     def close(self) -> None:
         self._http.close()
@@ -86,8 +86,8 @@ class ServeLocalBackend:
             )
         except httpx.HTTPError as error:
             raise ConfigError(
-                f"serve-local is not answering on 127.0.0.1:{self._port} ({type(error).__name__}): start it with "
-                "`grants serve-local`, or give its --port"
+                f"no serve-local answers on 127.0.0.1:{self._port}: start it in another terminal with "
+                f"`.venv/bin/grants serve-local --port {self._port}` (or give the --port it runs on)"
             ) from error
         if response.status_code != 202:
             raise ConfigError(f"serve-local refused the batch: {response.status_code} {response.text[:300]}")

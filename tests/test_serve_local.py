@@ -76,6 +76,7 @@ async def test_given_serve_local_when_a_webhook_and_an_hr_event_are_posted_then_
         unknown = await client.get("/")
     assert (accepted.status_code, accepted.json()) == (202, {"requestId": "RITM0010001", "status": "accepted"})
     assert (unsigned.status_code, unsigned.headers["content-type"]) == (401, "application/problem+json")
+    assert "examples/send_webhook.py" in out.getvalue()  # the unsigned request is told how to sign
     assert (queued.status_code, queued.json()) == (202, {"messageId": "hr-1"})
     assert unknown.status_code == 404
     lines = out.getvalue().splitlines()
@@ -105,9 +106,9 @@ async def test_given_serve_local_when_a_ticket_names_a_local_receiver_then_it_ge
     assert any(line.startswith("callback delivered       RITM0010002 ") for line in out.getvalue().splitlines())
 
 
-async def test_given_serve_local_then_grants_status_and_grants_job_local_read_its_ledger() -> None:
-    """accepted, then granted, as `grants status --local` prints it; an unknown id exits 1, a hostile one 2 without
-    a request; `grants job --local` of a job with no rows exits 1."""
+async def test_given_serve_local_then_grants_status_and_grants_job_serve_local_read_its_ledger() -> None:
+    """accepted, then granted, as `grants status --serve-local` prints it; an unknown id exits 1, a hostile one 2
+    without a request; `grants job --serve-local` of a job with no rows exits 1."""
     import argparse
 
     from grants_cli.main import main as grants_main
@@ -119,7 +120,15 @@ async def test_given_serve_local_then_grants_status_and_grants_job_local_read_it
     def cli(*argv: str) -> tuple[int, str, str]:
         printed, errors = io.StringIO(), io.StringIO()
         parser = argparse.Namespace(
-            local=True, port=ports[0], url=None, key=None, json=False, failed=False, failed_csv=None, watch=False
+            serve_local=True,
+            local=False,
+            port=ports[0],
+            url=None,
+            key=None,
+            json=False,
+            failed=False,
+            failed_csv=None,
+            watch=False,
         )
         args = vars(parser) | dict(zip(("command", "id"), argv, strict=False))
         namespace = argparse.Namespace(**args, request_id=args["id"], job_id=args["id"])
@@ -148,6 +157,7 @@ async def test_given_serve_local_then_grants_status_and_grants_job_local_read_it
         assert "\x1b" not in errors
         assert (await asyncio.to_thread(cli, "job", "job-none"))[0] == 1
         assert grants_main(["status", "RITM0030001", "--url", "http://127.0.0.1:9"]) == 2  # unreachable
+        assert grants_main(["status", "RITM0030001", "--local"]) == 2  # the local namespace keeps no status
 
 
 async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_events_and_history_are_served(
@@ -155,7 +165,7 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
 ) -> None:
     """`grants submit --serve-local` puts a job on serve-local's bulk queue (the bulk function carries it out, while
     an HR grant scheduled for 2099 waits without holding anything up);
-    `grants job --local --watch` follows it to its end; an HR event is asked by its id; the member's history lists
+    `grants job --serve-local --watch` follows it to its end; an HR event is asked by its id; the member's history lists
     both; a batch that is not one is refused with 400, and a queue serve-local does not have is 404."""
     from grants_cli.main import main as grants_main
 
@@ -179,9 +189,9 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
             grants, "submit", str(job), "--job-id", "job-s1", "--serve-local", "--port", port
         )
         assert code == 0, printed
-        assert f"follow it: grants job job-s1 --local --port {port} --watch" in printed
+        assert f"follow it: grants job job-s1 --serve-local --port {port} --watch" in printed
         code, printed = await asyncio.to_thread(
-            grants, "job", "job-s1", "--local", "--port", port, "--watch", "--interval", "0.1", "--failed"
+            grants, "job", "job-s1", "--serve-local", "--port", port, "--watch", "--interval", "0.1", "--failed"
         )
         assert code == 1, printed
         assert "job job-s1: 4 of 4 requests ended, 3 succeeded, 1 failed" in printed
@@ -203,7 +213,7 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
         assert (event.json()["kind"], event.json()["rows"], event.json()["succeeded"]) == ("hrEvent", 2, 2)
         sources = {record["sourceSystem"] for record in history.json()["requests"]}
         assert sources == {"bulk", "hr"}
-        code, printed = await asyncio.to_thread(grants, "history", "--member", ERIN, "--local", "--port", port)
+        code, printed = await asyncio.to_thread(grants, "history", "--member", ERIN, "--serve-local", "--port", port)
         assert code == 0
         assert "hr/EMP-4720" in printed
         assert "bulk/job-s1" in printed
