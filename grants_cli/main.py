@@ -144,13 +144,12 @@ _INTERRUPTED = {
 def _run_local(args: argparse.Namespace) -> int:
     """``run-local``: on a virtual clock starting now (nothing scheduled is waited for in real time), against
     ``GRAPH_BASE_URL`` or, when it is unset, the built-in Graph double and token endpoint."""
-    import time
 
     from grants_local.queue import ManualClock
     from grants_local.run import graph_environment, print_json, print_table, run_local
 
     lines = _read_input(args.messages).splitlines()
-    clock = ManualClock(start=time.time())
+    clock = ManualClock(start=_start_time(args.messages))
     env = {**os.environ, **({"GRANTS_DRY_RUN": "true"} if args.dry_run else {})}
     with graph_environment(env, clock=clock) as graph_env:
         result = asyncio.run(run_local(lines, env=graph_env, clock=clock, concurrency=args.concurrency))
@@ -159,6 +158,22 @@ def _run_local(args: argparse.Namespace) -> int:
     else:
         print_table(result, sys.stdout)
     return 0 if result.complete else 1
+
+
+def _start_time(path: Path) -> float:
+    """Where run-local's virtual clock starts: now, or for a file in examples/ the examples' own date (the demo's
+    pinned clock: their expiresAt and effective dates never go stale), said on stderr."""
+    import time
+
+    from grants_local.demo import DEMO_START
+    from grants_local.run import EXAMPLES
+
+    if path.resolve().is_relative_to(EXAMPLES.resolve()):
+        sys.stderr.write(
+            f"{path} is an example: the virtual clock starts at the examples' date, {DEMO_START:%Y-%m-%d %H:%M} UTC\n"
+        )
+        return DEMO_START.timestamp()
+    return time.time()
 
 
 class _Refused(Exception):

@@ -22,8 +22,9 @@ gets its signed callback.
 Each settled message prints its outcome line; SIGTERM stops it as Ctrl-C does. Settings come from the
 environment; unset ones get local defaults: ``GRANTS_HR_RULES`` = ``examples/hr-rules.json``,
 ``GRANTS_WEBHOOK_SECRET`` = `LOCAL_WEBHOOK_SECRET` (published here, so it is no secret: for local use only),
-``GRANTS_OUTCOMES_TOPIC`` = ``grant-outcomes`` and ``GRANTS_CALLBACK_LOOPBACK`` = ``true`` (callbacks to
-127.0.0.1 / localhost over plain http; refused in Azure).
+``GRANTS_OUTCOMES_TOPIC`` = ``grant-outcomes``, ``GRANTS_CALLBACK_LOOPBACK`` = ``true`` (callbacks to
+127.0.0.1 / localhost over plain http; refused in Azure), and short retries on the wall clock
+(``GRANTS_RETRY_BASE_SECONDS`` = 1, ``GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS`` = 5): `LOCAL_DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ LOCAL_DEFAULTS: Final[Mapping[str, str]] = {
     "GRANTS_WEBHOOK_SECRET": LOCAL_WEBHOOK_SECRET,
     "GRANTS_OUTCOMES_TOPIC": "grant-outcomes",
     "GRANTS_CALLBACK_LOOPBACK": "true",
+    # Retries on the wall clock, so short ones: a member still missing after 5 s (a mistyped id) is dead-lettered
+    # within seconds, not after Azure's 10-minute replication window.
+    "GRANTS_RETRY_BASE_SECONDS": "1",
+    "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "5",
 }
 _IDLE_POLL_SECONDS = 0.1
 #: On stop, messages due within this many seconds (retries) are still delivered; later ones (a future HR
