@@ -11,11 +11,12 @@ import argparse
 import asyncio
 import errno
 import functools
+import io
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from grants_common.queues import BackendOpener
@@ -259,25 +260,40 @@ def _bulk_or_dlq(args: argparse.Namespace) -> int:
                 err=sys.stderr,
             )
         from grants_cli.dlq import Selector, run_dlq
+        from grants_common.printable import printable
 
         queues = [args.queue] if args.queue else list(_queue_names())
         if args.action == "purge" and not args.yes:
             queues = queues[:1]  # it refuses before opening any queue: say so once
-        codes = []
+        codes: list[int] = []
+        labelled = 0
         for queue in queues:
-            if len(queues) > 1:
-                sys.stdout.write(f"{'' if queue == queues[0] else chr(10)}queue {queue}, dead letters:\n")
             args.queue = queue
-            codes.append(
-                run_dlq(
-                    action=args.action,
-                    selector=Selector(reason=getattr(args, "reason", None), id=getattr(args, "id", None)),
-                    dry_run=getattr(args, "dry_run", False),
-                    yes=getattr(args, "yes", False),
-                    open_backend=_backend_opener(args),
-                    queue=queue,
-                    out=sys.stdout,
-                )
+            # Each queue labelled when there are two; show prints only the queue that holds the dead letter (so it
+            # is held back until known), the others print as they go (an interrupted resubmit loses no line).
+            held_back = len(queues) > 1 and args.action == "show"
+            if len(queues) > 1 and not held_back:
+                sys.stdout.write(f"{chr(10) if labelled else ''}queue {queue}, dead letters:\n")
+                labelled += 1
+            buffer = io.StringIO()
+            printed: TextIO = buffer if held_back else sys.stdout
+            code = run_dlq(
+                action=args.action,
+                selector=Selector(reason=getattr(args, "reason", None), id=getattr(args, "id", None)),
+                dry_run=getattr(args, "dry_run", False),
+                yes=getattr(args, "yes", False),
+                open_backend=_backend_opener(args),
+                queue=queue,
+                out=printed,
+            )
+            codes.append(code)
+            if held_back and code == 0:
+                sys.stdout.write(f"{chr(10) if labelled else ''}queue {queue}, dead letters:\n{buffer.getvalue()}")
+                labelled += 1
+        if args.action == "show" and len(queues) > 1 and min(codes) != 0:
+            sys.stdout.write(
+                f"no dead letter with requestId, MessageId or originalMessageId {printable(args.id)} "
+                f"in {' or '.join(queues)}\n"
             )
         return min(codes) if args.action == "show" else max(codes)  # show: found in either queue is found
     except ConfigError as error:

@@ -207,8 +207,10 @@ async def serve_local(
             outcome_log.addHandler(printer)
             outcome_log.setLevel(logging.INFO)
             out.write(
-                f"Serving on http://127.0.0.1:{server.port}: {_ROUTES}. {_graph_line(env, graph_env)} "
-                f"{settings.callbacks.describe()}. Ctrl-C stops.\n"
+                f"serve-local on http://127.0.0.1:{server.port} (Ctrl-C stops)\n"
+                f"  routes     {_ROUTES}\n"
+                f"  graph      {_graph_line(env, graph_env)}\n"
+                f"  {settings.callbacks.describe()}\n"
             )
             out.flush()
             if ready is not None:
@@ -235,9 +237,9 @@ def _graph_line(given: Mapping[str, str], used: Mapping[str, str]) -> str:
     """Where Graph and tokens come from: the settings given, or the doubles (with the settings that reach them, for
     a Core Tools run beside this one: docs/core-tools.md)."""
     if given.get("GRAPH_BASE_URL"):
-        return f"Graph at {used['GRAPH_BASE_URL']} (GRAPH_BASE_URL), tokens from IDENTITY_ENDPOINT."
+        return f"Graph at {used['GRAPH_BASE_URL']} (GRAPH_BASE_URL), tokens from IDENTITY_ENDPOINT"
     reach = " ".join(f"{name}={used[name]}" for name in ("GRAPH_BASE_URL", "IDENTITY_ENDPOINT", "IDENTITY_HEADER"))
-    return f"Graph double and token endpoint (examples/directory.json): {reach}."
+    return f"the Graph double and token endpoint (examples/directory.json): {reach}"
 
 
 def _on_sigterm(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> bool:

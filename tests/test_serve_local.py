@@ -272,7 +272,7 @@ async def test_given_graph_base_url_serve_local_writes_to_that_graph_with_tokens
         async with serving(env) as (port, out), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             accepted = await client.post("/api/grants", content=body, headers=headers)
         assert accepted.status_code == 202
-        assert f"Graph at {tenant.base_url} (GRAPH_BASE_URL)" in out.getvalue()
+        assert f"graph      Graph at {tenant.base_url} (GRAPH_BASE_URL)" in out.getvalue()
         assert tenant.write_count == 1
         assert tokens.request_count == 1
 
