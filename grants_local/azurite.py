@@ -15,6 +15,7 @@ a key: it reaches its storage account with its managed identity (`shared.adapter
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import importlib.util
@@ -299,8 +300,10 @@ def _free_port() -> int:
 
 
 def _main(argv: list[str]) -> int:
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
     if argv[:1] != ["npm"]:
-        print("usage: python -m grants_local.azurite npm ARGS...", file=sys.stderr)
+        print("usage: python -m grants_local.azurite npm ARGS... | serve [--location DIR]", file=sys.stderr)
         return 2
     try:
         command = npm_command()
@@ -310,6 +313,58 @@ def _main(argv: list[str]) -> int:
         return 1
     env = {**os.environ, "PATH": os.pathsep.join([node_dir, os.environ.get("PATH", "")])}
     return subprocess.run([*command, *argv[1:]], env=env, check=False).returncode  # noqa: S603
+
+
+def _serve(argv: list[str]) -> int:
+    """``serve``: all of Azurite (blob, queue, table) on its default ports, data kept in ``--location``
+    (``.local/azurite-data``), for a run under Core Tools (``UseDevelopmentStorage=true``); once it answers, the
+    ledger's table (``GrantsLedger__tableName``, else ``grantledger``) is created if missing. Runs until Ctrl-C."""
+    import argparse
+    import asyncio
+
+    parser = argparse.ArgumentParser(prog="python -m grants_local.azurite serve")
+    parser.add_argument("--location", type=Path, default=AZURITE_HOME.parent / "azurite-data")
+    args = parser.parse_args(argv)
+    main = AZURITE_HOME / "node_modules" / "azurite" / "dist" / "src" / "azurite.js"
+    if not main.is_file():
+        print(f"Azurite is not installed at {AZURITE_HOME}: run `make .local/azurite/.installed`", file=sys.stderr)
+        return 1
+    args.location.mkdir(parents=True, exist_ok=True)
+    command = [node_executable(), str(main), "--location", str(args.location), "--skipApiVersionCheck"]
+    process = subprocess.Popen([*command, "--disableTelemetry", "--silent"], preexec_fn=_dies_with_this_thread())  # noqa: S603
+    try:
+        table = os.environ.get("GrantsLedger__tableName") or "grantledger"  # noqa: SIM112 (the app's setting)
+        asyncio.run(_create_table(table))
+        print(f"Azurite on 127.0.0.1:10000-10002 (data in {args.location}); ledger table {table} ready. Ctrl-C stops.")
+        return process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        process.terminate()
+        process.wait()
+
+
+async def _create_table(table: str) -> None:
+    """Create `table` in Azurite's default account once its table service answers (up to 30 s)."""
+    import httpx
+    from azure.core.exceptions import ResourceExistsError, ServiceRequestError
+
+    from shared.adapters.storage import ledger_table_client
+
+    connection = LedgerConnection.from_connection_string("UseDevelopmentStorage=true")
+    async with (
+        httpx.AsyncClient() as http,
+        ledger_table_client(connection, table=table, identity=None, http=http) as client,
+    ):
+        for _ in range(300):
+            try:
+                await client.create_table()
+                return
+            except ResourceExistsError:
+                return
+            except (ServiceRequestError, httpx.TransportError):
+                await asyncio.sleep(0.1)
+    raise AzuriteError("Azurite's table service did not answer on 127.0.0.1:10002 within 30 s")
 
 
 if __name__ == "__main__":
