@@ -217,7 +217,9 @@ def _add_bulk_and_dlq(commands: Any) -> None:
     submit.add_argument("--dry-run", action="store_true", help="validate and print what would be sent")
     submit.add_argument("--skip-invalid", action="store_true", help="send the valid rows even if some are not")
     submit.add_argument(
-        "--serve-local", action="store_true", help="send to a running serve-local (follow it: job --local --watch)"
+        "--serve-local",
+        action="store_true",
+        help="send to a running serve-local (follow it: job --serve-local --watch)",
     )
     submit.add_argument("--port", type=int, default=7071, help="serve-local's port (with --serve-local; default 7071)")
     dlq = commands.add_parser("dlq", help="list, show, resubmit or purge dead letters")

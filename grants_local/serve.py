@@ -7,7 +7,7 @@ and the registered HTTP functions served on ``127.0.0.1:<port>`` (the function k
 
 - ``POST /api/grants``: the webhook, as in Azure (signed);
 - ``GET /api/grants/{requestId}``, ``/api/jobs/{jobId}``, ``/api/hr-events/{eventId}`` and
-  ``/api/history?member=…|target=…[&since=…]``: what `grants status|job|hr-event|history --local` read;
+  ``/api/history?member=…|target=…[&since=…]``: what `grants status|job|hr-event|history --serve-local` read;
 - ``POST /local/hr-events``: puts the body on the hr-events queue (local only; an HR system's send);
 - ``POST /local/queues/{queue}/messages``: a JSON array of at most `MAX_BATCH` messages (``body`` as text,
   ``messageId``, ``applicationProperties``) onto the grants or the bulk queue, as they are named in the settings

@@ -1,5 +1,5 @@
 """The operator CLI's `Backend` on a running ``serve-local`` (``submit --serve-local``): a job sent there is
-carried out by the app serve-local runs, with its ledger, so ``grants job <id> --local --watch`` follows it.
+carried out by the app serve-local runs, with its ledger, so ``grants job <id> --serve-local --watch`` follows it.
 
 Batches of at most ``serve-local``'s `MAX_BATCH` go to ``POST /local/queues/{queue}/messages`` on loopback. Only
 sending is offered: serve-local's dead letters are its outcome lines and the status API's failed rows.
