@@ -211,3 +211,11 @@ def test_every_docs_page_is_findable_from_the_readme() -> None:
     text = README.read_text(encoding="utf-8")
     for page in sorted((ROOT / "docs").glob("*.md")):
         assert f"docs/{page.name}" in text, f"docs/{page.name} is not linked from the README"
+
+
+@pytest.mark.parametrize("page", sorted(path.name for path in (ROOT / "docs").glob("*.md")))
+def test_a_docs_pages_relative_links_name_files_that_exist(page: str) -> None:
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if not target.startswith(("http://", "https://", "mailto:")):
+            assert (ROOT / "docs" / target).exists(), f"docs/{page} links to {target}"
