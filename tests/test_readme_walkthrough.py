@@ -18,6 +18,8 @@ import re
 import signal
 import socket
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -116,6 +118,13 @@ class Background:
     stdout: IO[bytes]
     stderr: IO[bytes]
 
+    def complete(self) -> bool:
+        return not self.missing()
+
+    def missing(self) -> list[str]:
+        """The lines its block shows that it has not printed (yet), in any order."""
+        return missing_lines(self.command.expected, *self.output(), ordered=False)
+
     def output(self) -> tuple[str, str]:
         self.stdout.seek(0)
         self.stderr.seek(0)
@@ -143,12 +152,11 @@ def start(command: Command, env: dict[str, str], tmp_path: Path, number: int) ->
     return started
 
 
-def _wait_for(ready: object, process: subprocess.Popen[bytes]) -> None:
-    import time
-
+def _wait_for(ready: Callable[[], bool], process: subprocess.Popen[bytes]) -> None:
+    """Return once `ready()` is true; fail when `process` ends first or after `TIMEOUT` seconds."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        if callable(ready) and ready():
+        if ready():
             return
         assert process.poll() is None, f"the background command ended (exit {process.returncode})"
         time.sleep(0.1)
@@ -183,6 +191,8 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
                 )
                 assert finished.returncode == command.exit_code, where
                 assert missing_lines(command.expected, finished.stdout, finished.stderr) == [], where
+        for started in background:  # what it shows may come after the last command returned (a callback's retries)
+            _wait_for(started.complete, started.process)
     finally:
         for started in background:
             started.process.send_signal(signal.SIGTERM)
@@ -195,7 +205,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     for started in background:
         stdout, stderr = started.output()
         where = f"$ {started.command.line}\n--- stdout\n{stdout[-4000:]}\n--- stderr\n{stderr[-2000:]}"
-        assert missing_lines(started.command.expected, stdout, stderr, ordered=False) == [], where
+        assert started.missing() == [], where
 
 
 def test_the_readme_stays_a_ten_minute_read_whose_links_resolve() -> None:

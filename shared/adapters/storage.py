@@ -4,10 +4,9 @@ connection string (Azurite or a test account, locally)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from shared.adapters.ledger import table_client
-from shared.config import LEDGER_CONNECTION_STRING, LedgerConnection
 from shared.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -16,11 +15,24 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.data.tables.aio import TableClient
 
-__all__ = ["ledger_table_client"]
+__all__ = ["LedgerEndpoint", "ledger_table_client"]
+
+
+class LedgerEndpoint(Protocol):
+    """Where the ledger is and, for a connection string, the account key (`shared.config.LedgerConnection`)."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def account_name(self) -> str | None: ...
+
+    @property
+    def account_key(self) -> str | None: ...
 
 
 def ledger_table_client(
-    connection: LedgerConnection | None,
+    connection: LedgerEndpoint | None,
     *,
     table: str,
     identity: AsyncTokenCredential | AzureNamedKeyCredential | None,
@@ -31,7 +43,7 @@ def ledger_table_client(
     if connection is None:
         raise ConfigError(
             "the app needs its grant ledger (Table Storage): set GrantsLedger__tableServiceUri (the app's identity), "
-            f"or locally {LEDGER_CONNECTION_STRING}=UseDevelopmentStorage=true (Azurite)"
+            "or locally GrantsLedger=UseDevelopmentStorage=true (Azurite)"
         )
     credential: AsyncTokenCredential | AzureNamedKeyCredential | None = identity
     if connection.account_key is not None:
