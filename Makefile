@@ -48,7 +48,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 
 types: $(VENV)/.dev
-	$(BIN)/mypy --strict shared grants_cli grants_local
+	$(BIN)/mypy --strict shared grants_common grants_cli grants_local
 
 unit: $(VENV)/.dev $(AZURITE)/.installed
 	$(BIN)/python -m pytest

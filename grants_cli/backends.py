@@ -5,17 +5,18 @@ dead-letter sub-queue, peek-lock the next dead letter and complete or abandon it
 what was sent and print the outcomes: in Azure the deployed app drains the queue, so it does nothing).
 `ServiceBusBackend` does it with azure-servicebus (synchronous client, `DefaultAzureCredential`: managed
 identity, environment, Azure CLI ``az login`` …, never an interactive browser), imported only when used. The
-local backend (`grants_local.backend.LocalBackend`, chosen with ``--local``) plugs into the same interface.
+local backends (`grants_local.backend`, `grants_local.serve_backend`) plug into the same interface
+(`grants_common.queues.Backend`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
+from grants_common.queues import CONTENT_TYPE, HeldDeadLetter, Outgoing, SendReport
 from shared.core.errors import ConfigError
 from shared.core.messaging import DeadLetter, PropertyValue
 
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
     from azure.servicebus import ServiceBusMessage
 
 __all__ = [
-    "Backend",
-    "BackendOpener",
-    "HeldDeadLetter",
-    "Outgoing",
-    "SendReport",
     "ServiceBusBackend",
     "dead_letter_info",
     "fill_batches",
@@ -35,73 +31,8 @@ __all__ = [
     "to_service_bus_message",
 ]
 
-CONTENT_TYPE: Final = "application/json"
 NAMESPACE_SETTING: Final = "ServiceBusConnection__fullyQualifiedNamespace"
 _PEEK_PAGE: Final = 250
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Outgoing:
-    """A message to send: body, MessageId and application properties."""
-
-    body: bytes
-    message_id: str
-    application_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SendReport:
-    """What a batched send did; ``duplicates`` is known only where the queue tells (the local one)."""
-
-    sent: int
-    batches: int
-    duplicates: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class HeldDeadLetter:
-    """A peek-locked dead letter: settle it with `Backend.complete` or `Backend.abandon`."""
-
-    info: DeadLetter
-    handle: Any
-
-
-class Backend(Protocol):
-    """A queue the operator commands send to and whose dead letters they read and settle."""
-
-    def send_batches(self, messages: Sequence[Outgoing], *, progress: Callable[[int], None]) -> SendReport:
-        """Send `messages` in as few batches as fit; call `progress` with the count after each batch."""
-        ...
-
-    def send(self, message: Outgoing) -> None:
-        """Send one message; raise if it was not accepted."""
-        ...
-
-    def peek_dead_letters(self) -> list[DeadLetter]:
-        """The dead-letter sub-queue, without locking anything."""
-        ...
-
-    def lock_next_dead_letter(self) -> HeldDeadLetter | None:
-        """Peek-lock the next unlocked dead letter, or None when there is none."""
-        ...
-
-    def complete(self, held: HeldDeadLetter) -> None: ...
-
-    def abandon(self, held: HeldDeadLetter) -> None: ...
-
-    def drain(self, out: TextIO) -> None:
-        """Deliver what was sent to the app now and print the outcomes, where the backend can (locally)."""
-        ...
-
-    def follow(self, job_id: str) -> str | None:
-        """The command that follows job `job_id` to its end, where the app it sends to keeps a ledger; else None."""
-        ...
-
-    def close(self) -> None: ...
-
-
-#: Opens the backend a command works on (chosen once, by the command line: see `grants_cli.main`).
-BackendOpener = Callable[[], AbstractContextManager[Backend]]
 
 
 def to_service_bus_message(message: Outgoing) -> ServiceBusMessage:

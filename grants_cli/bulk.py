@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from grants_cli.backends import Backend, BackendOpener, Outgoing, SendReport
-from grants_cli.printable import printable
+from grants_common.printable import printable
+from grants_common.queues import Backend, BackendOpener, Outgoing, SendReport
 from shared.core.contract import draft, parse_grant
 from shared.core.errors import ContractError, Reason
 from shared.core.intents import content_hash

@@ -18,14 +18,15 @@ next message, and are then abandoned (which, on Service Bus as locally, adds one
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, TextIO
 
-from grants_cli.backends import Backend, BackendOpener, HeldDeadLetter, Outgoing
-from grants_cli.printable import printable
+from grants_common.printable import printable
+from grants_common.queues import Backend, BackendOpener, HeldDeadLetter, Outgoing
 from shared.core.messaging import (
     ATTEMPT,
     DEAD_LETTER_ERROR_DESCRIPTION,
@@ -149,7 +150,7 @@ def print_show(info: DeadLetter, out: TextIO) -> None:
         f"description:      {printable(info.description or '-')}\n"
         f"attempts:         {info.attempts}\n"
         f"enqueued (UTC):   {info.enqueued_time.isoformat() if info.enqueued_time else '-'}\n"
-        f"properties:       {printable(dict(info.application_properties))}\n"
+        f"properties:       {printable(json.dumps(dict(info.application_properties), ensure_ascii=False))}\n"
         f"body:             {printable(info.body.decode('utf-8', errors='replace'))}\n"
     )
 

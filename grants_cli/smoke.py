@@ -37,7 +37,7 @@ from shared.core.contract import draft, encode, parse_grant
 
 if TYPE_CHECKING:
     from grants_cli.azure_apis import GraphReader, OutcomeSource, RoleAssignments
-    from grants_cli.backends import BackendOpener
+    from grants_common.queues import BackendOpener
 
 __all__ = [
     "DATA_RECEIVER",
@@ -120,7 +120,7 @@ def run_smoke(
     """Run the checks (module docstring), printing each to `out` as it is decided (the local host's table goes to
     `log`); return 0 when all pass, else 1."""
     from grants_cli.azure_apis import ApiError
-    from grants_cli.backends import Outgoing
+    from grants_common.queues import Outgoing
 
     request_id = new_request_id(datetime.now(UTC))
     out.write(

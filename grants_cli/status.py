@@ -4,9 +4,10 @@
 They read ``GET /api/grants/{requestId}``, ``/api/jobs/{jobId}``, ``/api/hr-events/{eventId}`` and
 ``/api/history?member=…|target=…[&since=…]``: in Azure at ``--url`` (or ``GRANTS_APP_URL``, e.g.
 ``https://<app>.azurewebsites.net``) with the function key ``--key`` (or ``GRANTS_FUNCTION_KEY``, sent as
-``x-functions-key``); with ``--local``, at ``serve-local``'s ``http://127.0.0.1:7071`` (``--port``), whose ledger
-lives as long as serve-local runs (``submit --serve-local`` sends a job there; ``submit --local`` and ``dlq
---local`` use the local namespace, which keeps no ledger: their requests have no status).
+``x-functions-key``); with ``--serve-local``, at a running ``serve-local``'s ``http://127.0.0.1:7071`` (``--port``),
+whose ledger lives as long as serve-local runs (``submit --serve-local`` sends a job there). ``--local`` means the
+in-process local namespace everywhere (``submit``, ``dlq``, ``smoke``), which keeps no ledger: here it is refused with
+one line saying so.
 
 Ids are checked before any request: request, job and event ids with the contract's rule, ``--member`` and
 ``--target`` as GUIDs. Everything printed that came from the API is escaped (`printable`).
@@ -42,7 +43,7 @@ from urllib.parse import quote
 import httpx
 
 from grants_cli.bulk import write_failed_csv
-from grants_cli.printable import printable
+from grants_common.printable import printable
 from shared.core.contract import Guid, is_request_id, parse_guid
 from shared.core.errors import ContractError
 
@@ -94,8 +95,11 @@ def add_parsers(commands: Any) -> None:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--url", help="the function app, e.g. https://<app>.azurewebsites.net (GRANTS_APP_URL)")
     where.add_argument("--key", help="a function key (GRANTS_FUNCTION_KEY)")
-    where.add_argument("--local", action="store_true", help="ask serve-local on 127.0.0.1 (--port)")
-    where.add_argument("--port", type=int, default=7071, help="serve-local's port (with --local)")
+    where.add_argument("--serve-local", action="store_true", help="ask a running serve-local on 127.0.0.1 (--port)")
+    where.add_argument("--port", type=int, default=7071, help="serve-local's port (default 7071)")
+    where.add_argument(
+        "--local", action="store_true", help="not here: the local namespace keeps no status (use --serve-local)"
+    )
     where.add_argument("--json", action="store_true", help="print the API's JSON as it is")
     follow = argparse.ArgumentParser(add_help=False)
     follow.add_argument("--watch", action="store_true", help="poll until every row has ended, showing progress")
@@ -172,8 +176,9 @@ def _run(
     where = _where(args, err)
     if where is None:
         return 2
-    with httpx.Client(timeout=30, transport=transport, follow_redirects=False, trust_env=not args.local) as client:
-        api = _Api(client=client, base=where[0], key=where[1])
+    local = args.serve_local
+    with httpx.Client(timeout=30, transport=transport, follow_redirects=False, trust_env=not local) as client:
+        api = _Api(client=client, base=where[0], key=where[1], serve_local=local)
         if args.command == "history":
             return _history(api, args, subject=subject, out=out, err=err)
         if args.command == "status":
@@ -193,12 +198,18 @@ def _history_subject(args: argparse.Namespace) -> tuple[str, Guid]:
 
 
 def _where(args: argparse.Namespace, err: TextIO) -> tuple[str, str | None] | None:
-    """The API's base URL and function key, or None (said on `err`) when neither ``--url`` nor ``--local``."""
+    """The API's base URL and function key, or None (said on `err`) when neither ``--url`` nor ``--serve-local``."""
     if args.local:
+        err.write(
+            f"error: --local is the in-process namespace, which keeps no status; to ask a running serve-local: "
+            f"grants {args.command} … --serve-local\n"
+        )
+        return None
+    if args.serve_local:
         return f"http://127.0.0.1:{args.port}", None
     base = args.url or os.environ.get("GRANTS_APP_URL") or ""
     if not base:
-        err.write("error: give --url (or GRANTS_APP_URL) and --key (or GRANTS_FUNCTION_KEY), or --local\n")
+        err.write("error: give --url (or GRANTS_APP_URL) and --key (or GRANTS_FUNCTION_KEY), or --serve-local\n")
         return None
     return base, args.key or os.environ.get("GRANTS_FUNCTION_KEY")
 
@@ -226,6 +237,7 @@ class _Api:
     client: httpx.Client
     base: str
     key: str | None
+    serve_local: bool = False
 
     def get(self, route: str, params: Mapping[str, str] | None = None) -> _Reply:
         """``GET {base}/api/{route}``; raise `httpx.HTTPError` when no answer came."""
@@ -244,7 +256,13 @@ class _Api:
         )
 
     def unreachable(self, error: httpx.HTTPError) -> str:
-        """The line saying the API could not be reached."""
+        """The line saying the API could not be reached (for serve-local: how to start it)."""
+        if self.serve_local:
+            port = self.base.rpartition(":")[2]
+            return (
+                f"error: no serve-local answers on {printable(self.base)}: start it in another terminal with "
+                f"`.venv/bin/grants serve-local --port {printable(port)}`\n"
+            )
         return f"error: {printable(self.base)} could not be reached: {printable(type(error).__name__)}\n"
 
 

@@ -15,24 +15,30 @@ a key: it reaches its storage account with its managed identity (`shared.adapter
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ctypes
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Final, Self
+
+from shared.config import AZURITE_ACCOUNT, AZURITE_KEY, LedgerConnection
 
 if TYPE_CHECKING:
     from azure.core.credentials import AzureNamedKeyCredential
@@ -57,8 +63,8 @@ __all__ = [
 AZURITE_HOME: Final = Path(__file__).resolve().parent.parent / ".local" / "azurite"
 _TABLE_MAIN: Final = Path("node_modules", "azurite", "dist", "src", "table", "main.js")
 #: Azurite's well-known development account and key (public; accepted only by Azurite).
-DEV_ACCOUNT: Final = "devstoreaccount1"
-DEV_KEY: Final = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+DEV_ACCOUNT: Final = AZURITE_ACCOUNT
+DEV_KEY: Final = AZURITE_KEY
 _PORT_ATTEMPTS: Final = 3
 
 
@@ -120,6 +126,11 @@ class AzuriteTables:
         self.port = 0
 
     @property
+    def pid(self) -> int | None:
+        """The Azurite process's id while it runs."""
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
+
+    @property
     def endpoint(self) -> str:
         """The development account's table endpoint."""
         return f"http://127.0.0.1:{self.port}/{DEV_ACCOUNT}"
@@ -150,6 +161,7 @@ class AzuriteTables:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_dies_with_this_thread(),
             )
             if self._wait_until_answering():
                 return self
@@ -223,7 +235,7 @@ class LedgerTable:
 
     def settings(self, settings: Settings) -> Settings:
         """`settings` with ``GrantsLedger__tableServiceUri`` and ``GrantsLedger__tableName`` set to this table."""
-        return replace(settings, ledger_table_uri=self.endpoint, ledger_table=self.table)
+        return replace(settings, ledger=LedgerConnection(endpoint=self.endpoint), ledger_table=self.table)
 
     def credential(self) -> AzureNamedKeyCredential:
         """The development account's shared-key credential (Azurite only)."""
@@ -254,6 +266,32 @@ async def local_ledger(azurite: AzuriteTables | None = None) -> AsyncIterator[Le
         yield await new_ledger_table(azurite)
 
 
+#: Linux's prctl option: the signal the kernel sends a process when the thread that started it ends.
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def _dies_with_this_thread() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux: ``PR_SET_PDEATHSIG``), so a
+    ``run-local`` or ``serve-local`` killed from outside (SIGKILL, a CI timeout) leaves no Azurite behind.
+
+    The kernel ties it to the thread that forks: only from the main thread (whose end is the process's), else None
+    (the child then outlives a killed parent, as before). None where there is no prctl (not Linux)."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the call: nobody would send the signal
+            os._exit(1)
+
+    return in_child
+
+
 def _free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -262,8 +300,10 @@ def _free_port() -> int:
 
 
 def _main(argv: list[str]) -> int:
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
     if argv[:1] != ["npm"]:
-        print("usage: python -m grants_local.azurite npm ARGS...", file=sys.stderr)
+        print("usage: python -m grants_local.azurite npm ARGS... | serve [--location DIR]", file=sys.stderr)
         return 2
     try:
         command = npm_command()
@@ -273,6 +313,58 @@ def _main(argv: list[str]) -> int:
         return 1
     env = {**os.environ, "PATH": os.pathsep.join([node_dir, os.environ.get("PATH", "")])}
     return subprocess.run([*command, *argv[1:]], env=env, check=False).returncode  # noqa: S603
+
+
+def _serve(argv: list[str]) -> int:
+    """``serve``: all of Azurite (blob, queue, table) on its default ports, data kept in ``--location``
+    (``.local/azurite-data``), for a run under Core Tools (``UseDevelopmentStorage=true``); once it answers, the
+    ledger's table (``GrantsLedger__tableName``, else ``grantledger``) is created if missing. Runs until Ctrl-C."""
+    import argparse
+    import asyncio
+
+    parser = argparse.ArgumentParser(prog="python -m grants_local.azurite serve")
+    parser.add_argument("--location", type=Path, default=AZURITE_HOME.parent / "azurite-data")
+    args = parser.parse_args(argv)
+    main = AZURITE_HOME / "node_modules" / "azurite" / "dist" / "src" / "azurite.js"
+    if not main.is_file():
+        print(f"Azurite is not installed at {AZURITE_HOME}: run `make .local/azurite/.installed`", file=sys.stderr)
+        return 1
+    args.location.mkdir(parents=True, exist_ok=True)
+    command = [node_executable(), str(main), "--location", str(args.location), "--skipApiVersionCheck"]
+    process = subprocess.Popen([*command, "--disableTelemetry", "--silent"], preexec_fn=_dies_with_this_thread())  # noqa: S603
+    try:
+        table = os.environ.get("GrantsLedger__tableName") or "grantledger"  # noqa: SIM112 (the app's setting)
+        asyncio.run(_create_table(table))
+        print(f"Azurite on 127.0.0.1:10000-10002 (data in {args.location}); ledger table {table} ready. Ctrl-C stops.")
+        return process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        process.terminate()
+        process.wait()
+
+
+async def _create_table(table: str) -> None:
+    """Create `table` in Azurite's default account once its table service answers (up to 30 s)."""
+    import httpx
+    from azure.core.exceptions import ResourceExistsError, ServiceRequestError
+
+    from shared.adapters.storage import ledger_table_client
+
+    connection = LedgerConnection.from_connection_string("UseDevelopmentStorage=true")
+    async with (
+        httpx.AsyncClient() as http,
+        ledger_table_client(connection, table=table, identity=None, http=http) as client,
+    ):
+        for _ in range(300):
+            try:
+                await client.create_table()
+                return
+            except ResourceExistsError:
+                return
+            except (ServiceRequestError, httpx.TransportError):
+                await asyncio.sleep(0.1)
+    raise AzuriteError("Azurite's table service did not answer on 127.0.0.1:10002 within 30 s")
 
 
 if __name__ == "__main__":

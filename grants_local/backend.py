@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
-from grants_cli.backends import CONTENT_TYPE, HeldDeadLetter, Outgoing, SendReport
-from grants_cli.printable import printable
+from grants_common.printable import printable
+from grants_common.queues import CONTENT_TYPE, HeldDeadLetter, Outgoing, SendReport
 from grants_local.deployment import LocalDeployment
 from grants_local.namespace import LocalNamespace, namespace_directory
 from grants_local.queue import LocalQueue
@@ -35,6 +35,7 @@ def open_local_backend(queue: str) -> Iterator[LocalBackend]:
     with namespace.open(queue) as (local_queue, clock):
         yield LocalBackend(
             local_queue,
+            name=queue,
             clock=clock,
             deployment=LocalDeployment(directory),
             on_settled=lambda: namespace.save(queue, local_queue),
@@ -48,6 +49,7 @@ class LocalBackend:
         self,
         queue: LocalQueue,
         *,
+        name: str = "grant-membership",
         clock: Callable[[], float] = time.time,
         batch_size: int = 100,
         deployment: LocalDeployment | None = None,
@@ -55,6 +57,7 @@ class LocalBackend:
     ) -> None:
         """`on_settled` runs after each dead letter is completed or abandoned (the namespace saves the queue)."""
         self.queue = queue
+        self.name = name
         self.clock = clock
         self._batch_size = batch_size
         self._deployment = deployment
@@ -89,7 +92,9 @@ class LocalBackend:
                 f"{printable(record.get('reason') or '-'):<22} {record.get('attempts', 0):>5}  "
                 f"{description if len(description) <= 70 else description[:69] + '…'}\n"
             )
-        out.write(f"Dead-letter queue now holds {len(self.queue.dead_letters())} message(s).\n")
+        held = len(self.queue.dead_letters())
+        out.write(f"Dead-letter queue of {printable(self.name)} now holds {held} message(s)")
+        out.write(f": grants dlq list --local --queue {printable(self.name)}\n" if held else ".\n")
 
     def send_batches(self, messages: Sequence[Outgoing], *, progress: Callable[[int], None]) -> SendReport:
         dropped_before = self.queue.stats.duplicates_dropped

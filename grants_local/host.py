@@ -23,7 +23,7 @@ from grants_local.binding import to_received_message
 from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LockedMessage, ManualClock
 from shared.service.settle import outcome_log
 
-__all__ = ["LineOutcome", "LocalHost", "OutcomeRecorder", "registered_function"]
+__all__ = ["LineOutcome", "LocalHost", "OutcomeRecorder", "indexed_functions", "registered_function"]
 
 _log = logging.getLogger(__name__)
 
@@ -31,14 +31,15 @@ Function = Callable[..., Awaitable[None]]
 
 
 @functools.cache
-def _functions(app: Any) -> tuple[Any, ...]:
-    # FunctionApp.get_functions() may be called once per app instance: remember its answer.
+def indexed_functions(app: Any) -> tuple[Any, ...]:
+    """The app's functions as the worker indexes them (`FunctionApp.get_functions()` may be called once per app
+    instance: its answer is remembered)."""
     return tuple(app.get_functions())
 
 
 def registered_function(app: Any, name: str) -> Function:
     """The user function the Functions host would call for `name`, from the app's function registry."""
-    for function in _functions(app):
+    for function in indexed_functions(app):
         if function.get_function_name() == name:
             user_function: Function = function.get_user_function()
             return user_function

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from grants_cli.printable import printable
+from grants_common.printable import printable
 from grants_local.app import local_app
 from grants_local.host import LineOutcome, OutcomeRecorder, line_outcomes
 from grants_local.queue import LocalQueue, ManualClock
@@ -24,7 +24,9 @@ from shared.core.messaging import DeadLetter
 
 __all__ = [
     "LocalRun",
+    "check_identity",
     "graph_environment",
+    "identity_environment",
     "os_environment",
     "print_dead_letters",
     "print_json",
@@ -91,6 +93,16 @@ async def process_queue(
 ) -> OutcomeRecorder:
     """Deliver everything in `queue` to the registered function until it is idle; return the outcome records."""
     settings = Settings.from_env(env)
+    check_identity(settings, env)
+    with identity_environment(env):
+        async with local_app(settings, queue=queue, clock=clock) as app:
+            await app.drain(concurrency=concurrency)
+    return app.recorder
+
+
+def check_identity(settings: Settings, env: Mapping[str, str]) -> None:
+    """Raise `ConfigError` when Graph is a local one (plain http) but no token endpoint is set: the
+    managed-identity credential would look for Azure's instance metadata service instead."""
     if settings.graph_root.startswith("http://") and not (
         env.get("IDENTITY_ENDPOINT") or os.environ.get("IDENTITY_ENDPOINT")
     ):
@@ -98,14 +110,10 @@ async def process_queue(
             "GRAPH_BASE_URL is a local Graph but IDENTITY_ENDPOINT is not set: the managed-identity credential "
             "would look for Azure's instance metadata service; point it at a local token endpoint"
         )
-    with _identity_environment(env):
-        async with local_app(settings, queue=queue, clock=clock) as app:
-            await app.drain(concurrency=concurrency)
-    return app.recorder
 
 
 @contextmanager
-def graph_environment(env: Mapping[str, str], *, clock: Callable[[], float]) -> Iterator[dict[str, str]]:
+def graph_environment(env: Mapping[str, str], *, clock: Callable[[], float] | None = None) -> Iterator[dict[str, str]]:
     """`env` as is when it sets ``GRAPH_BASE_URL``; otherwise `env` pointed at the built-in Graph double (seeded
     from examples/directory.json) and token endpoint, which run until the block ends."""
     if env.get("GRAPH_BASE_URL"):
@@ -114,12 +122,12 @@ def graph_environment(env: Mapping[str, str], *, clock: Callable[[], float]) -> 
     from grants_local.graph_double import GraphDouble
     from grants_local.token_endpoint import TokenEndpoint
 
-    with TokenEndpoint() as tokens, GraphDouble(tokens, clock=clock) as graph:
+    with TokenEndpoint() as tokens, GraphDouble(tokens, clock=clock or time.monotonic) as graph:
         graph.load(EXAMPLES / "directory.json")
         yield {**env, **tokens.env(), "GRAPH_BASE_URL": graph.base_url}
 
 
-def _identity_environment(env: Mapping[str, str]) -> AbstractContextManager[None]:
+def identity_environment(env: Mapping[str, str]) -> AbstractContextManager[None]:
     """azure-identity reads the managed-identity endpoint from os.environ: apply `env`'s for the run."""
     names = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AZURE_CLIENT_ID")
     return os_environment({name: env[name] for name in names if name in env})

@@ -7,7 +7,7 @@ and the registered HTTP functions served on ``127.0.0.1:<port>`` (the function k
 
 - ``POST /api/grants``: the webhook, as in Azure (signed);
 - ``GET /api/grants/{requestId}``, ``/api/jobs/{jobId}``, ``/api/hr-events/{eventId}`` and
-  ``/api/history?member=…|target=…[&since=…]``: what `grants status|job|hr-event|history --local` read;
+  ``/api/history?member=…|target=…[&since=…]``: what `grants status|job|hr-event|history --serve-local` read;
 - ``POST /local/hr-events``: puts the body on the hr-events queue (local only; an HR system's send);
 - ``POST /local/queues/{queue}/messages``: a JSON array of at most `MAX_BATCH` messages (``body`` as text,
   ``messageId``, ``applicationProperties``) onto the grants or the bulk queue, as they are named in the settings
@@ -22,8 +22,9 @@ gets its signed callback.
 Each settled message prints its outcome line; SIGTERM stops it as Ctrl-C does. Settings come from the
 environment; unset ones get local defaults: ``GRANTS_HR_RULES`` = ``examples/hr-rules.json``,
 ``GRANTS_WEBHOOK_SECRET`` = `LOCAL_WEBHOOK_SECRET` (published here, so it is no secret: for local use only),
-``GRANTS_OUTCOMES_TOPIC`` = ``grant-outcomes`` and ``GRANTS_CALLBACK_LOOPBACK`` = ``true`` (callbacks to
-127.0.0.1 / localhost over plain http; refused in Azure).
+``GRANTS_OUTCOMES_TOPIC`` = ``grant-outcomes``, ``GRANTS_CALLBACK_LOOPBACK`` = ``true`` (callbacks to
+127.0.0.1 / localhost over plain http; refused in Azure), and short retries on the wall clock
+(``GRANTS_RETRY_BASE_SECONDS`` = 1, ``GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS`` = 5): `LOCAL_DEFAULTS`.
 """
 
 from __future__ import annotations
@@ -41,27 +42,43 @@ from typing import Any, Final, TextIO, cast
 
 import azure.functions as func
 
-from grants_cli.printable import printable
+from grants_common.printable import printable
 from grants_local._http import LoopbackServer, Request, Response
 from grants_local.azurite import local_ledger
 from grants_local.demo import EXAMPLES
-from grants_local.graph_double import GraphDouble
 from grants_local.host import LocalHost, registered_function
 from grants_local.queue import LocalQueue, LocalSender
-from grants_local.run import os_environment
+from grants_local.run import check_identity, graph_environment, identity_environment
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
-from grants_local.token_endpoint import TokenEndpoint
 from grants_local.topic import CALLBACKS_SUBSCRIPTION, LocalPublisher, outcomes_topic
 from shared.adapters.lanes import LaneSender
 from shared.bootstrap import bootstrap
 from shared.config import Settings
 from shared.core.messaging import Lane
+from shared.core.signing import SIGNATURE_HEADER
 from shared.runtime import installed
 from shared.service.settle import outcome_log
 
-__all__ = ["LOCAL_WEBHOOK_SECRET", "serve_local"]
+__all__ = ["LOCAL_DEFAULTS", "LOCAL_WEBHOOK_SECRET", "serve_local"]
 
 LOCAL_WEBHOOK_SECRET = "local-only-webhook-secret-do-not-deploy"  # noqa: S105 (published: local use only)
+#: What serve-local prints when a webhook request comes without a signature (curl, a browser…).
+UNSIGNED_HINT: Final = (
+    "the webhook takes signed requests only: send a ticket with "
+    "`.venv/bin/python examples/send_webhook.py examples/ticket.json` (it signs with the local secret)"
+)
+#: What serve-local sets when the environment does not.
+LOCAL_DEFAULTS: Final[Mapping[str, str]] = {
+    "GRANTS_HR_RULES": str(EXAMPLES / "hr-rules.json"),
+    "GRANTS_WEBHOOK_SECRET": LOCAL_WEBHOOK_SECRET,
+    "GRANTS_OUTCOMES_TOPIC": "grant-outcomes",
+    "GRANTS_CALLBACK_LOOPBACK": "true",
+    # Retries on the wall clock, so short ones: a member still missing after 5 s (a mistyped id) is dead-lettered
+    # within seconds, not after Azure's 10-minute replication window.
+    "GRANTS_RETRY_BASE_SECONDS": "1",
+    "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "5",
+    "GRANTS_MEMBER_NOT_FOUND_MIN_ATTEMPTS": "3",
+}
 _IDLE_POLL_SECONDS = 0.1
 #: On stop, messages due within this many seconds (retries) are still delivered; later ones (a future HR
 #: effective day) go with the in-memory queues.
@@ -132,7 +149,11 @@ async def serve_local(
             incoming = func.HttpRequest(
                 "POST", f"http://127.0.0.1:{port}/api/grants", headers=dict(request.headers.items()), body=request.body
             )
-            return _answered(asyncio.run_coroutine_threadsafe(_call(webhook, incoming), loop).result(timeout=60))
+            answered = _answered(asyncio.run_coroutine_threadsafe(_call(webhook, incoming), loop).result(timeout=60))
+            if answered.status == 401 and SIGNATURE_HEADER.lower() not in {name.lower() for name in request.headers}:
+                out.write(f"webhook  401             unsigned: {UNSIGNED_HINT}\n")
+                out.flush()
+            return answered
         if request.method == "GET":
             reading = _reading(request, port)
             if reading is not None:
@@ -151,20 +172,10 @@ async def serve_local(
 
     printer = _OutcomePrinter(out)
     async with AsyncExitStack() as stack:
-        tokens = stack.enter_context(TokenEndpoint())
-        graph = stack.enter_context(GraphDouble(tokens))
-        stack.enter_context(os_environment(tokens.env()))
-        graph.load(EXAMPLES / "directory.json")
-        settings = Settings.from_env(
-            {
-                "GRANTS_HR_RULES": str(EXAMPLES / "hr-rules.json"),
-                "GRANTS_WEBHOOK_SECRET": LOCAL_WEBHOOK_SECRET,
-                "GRANTS_OUTCOMES_TOPIC": "grant-outcomes",
-                "GRANTS_CALLBACK_LOOPBACK": "true",
-                **env,
-                "GRAPH_BASE_URL": graph.base_url,
-            }
-        )
+        graph_env = stack.enter_context(graph_environment(env))  # the doubles unless GRAPH_BASE_URL is set
+        settings = Settings.from_env({**LOCAL_DEFAULTS, **graph_env})
+        check_identity(settings, graph_env)
+        stack.enter_context(identity_environment(graph_env))
         ledger = await stack.enter_async_context(local_ledger())
         queues.update({settings.grants_queue: grants, settings.bulk_queue: bulk})
         services = bootstrap(
@@ -198,8 +209,10 @@ async def serve_local(
             outcome_log.addHandler(printer)
             outcome_log.setLevel(logging.INFO)
             out.write(
-                f"Serving on http://127.0.0.1:{server.port}: {_ROUTES}. Graph double at {graph.base_url}. "
-                f"{settings.callbacks.describe()}. Ctrl-C stops.\n"
+                f"serve-local on http://127.0.0.1:{server.port} (Ctrl-C stops)\n"
+                f"  routes     {_ROUTES}\n"
+                f"  graph      {_graph_line(env, graph_env)}\n"
+                f"  {settings.callbacks.describe()}\n"
             )
             out.flush()
             if ready is not None:
@@ -220,6 +233,15 @@ async def serve_local(
                 outcome_log.setLevel(previous_level)
                 await services.aclose()
     return 0
+
+
+def _graph_line(given: Mapping[str, str], used: Mapping[str, str]) -> str:
+    """Where Graph and tokens come from: the settings given, or the doubles (with the settings that reach them, for
+    a Core Tools run beside this one: docs/core-tools.md)."""
+    if given.get("GRAPH_BASE_URL"):
+        return f"Graph at {used['GRAPH_BASE_URL']} (GRAPH_BASE_URL), tokens from IDENTITY_ENDPOINT"
+    reach = " ".join(f"{name}={used[name]}" for name in ("GRAPH_BASE_URL", "IDENTITY_ENDPOINT", "IDENTITY_HEADER"))
+    return f"the Graph double and token endpoint (examples/directory.json): {reach}"
 
 
 def _on_sigterm(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> bool:

@@ -1,5 +1,5 @@
 """The operator CLI's `Backend` on a running ``serve-local`` (``submit --serve-local``): a job sent there is
-carried out by the app serve-local runs, with its ledger, so ``grants job <id> --local --watch`` follows it.
+carried out by the app serve-local runs, with its ledger, so ``grants job <id> --serve-local --watch`` follows it.
 
 Batches of at most ``serve-local``'s `MAX_BATCH` go to ``POST /local/queues/{queue}/messages`` on loopback. Only
 sending is offered: serve-local's dead letters are its outcome lines and the status API's failed rows.
@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from grants_cli.backends import HeldDeadLetter, Outgoing, SendReport
+from grants_common.queues import HeldDeadLetter, Outgoing, SendReport
 from grants_local.serve import MAX_BATCH
 from shared.core.errors import ConfigError
 from shared.core.messaging import DeadLetter
@@ -65,7 +65,7 @@ class ServeLocalBackend:
         """Nothing to do here: serve-local carries the job out itself."""
 
     def follow(self, job_id: str) -> str:
-        return f"grants job {job_id} --local --port {self._port} --watch"
+        return f"grants job {job_id} --serve-local --port {self._port} --watch"
 
     def close(self) -> None:
         self._http.close()
@@ -86,8 +86,8 @@ class ServeLocalBackend:
             )
         except httpx.HTTPError as error:
             raise ConfigError(
-                f"serve-local is not answering on 127.0.0.1:{self._port} ({type(error).__name__}): start it with "
-                "`grants serve-local`, or give its --port"
+                f"no serve-local answers on 127.0.0.1:{self._port}: start it in another terminal with "
+                f"`.venv/bin/grants serve-local --port {self._port}` (or give the --port it runs on)"
             ) from error
         if response.status_code != 202:
             raise ConfigError(f"serve-local refused the batch: {response.status_code} {response.text[:300]}")

@@ -20,8 +20,9 @@ from shared.adapters.governor import WriteGovernor
 from shared.adapters.graph import GraphClient, new_http_client
 from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
 from shared.adapters.lanes import LaneSender
-from shared.adapters.ledger import Ledger, table_client
+from shared.adapters.ledger import Ledger
 from shared.adapters.seal import Sealer, SealingSender
+from shared.adapters.storage import ledger_table_client
 from shared.config import Settings
 from shared.core.errors import ConfigError
 from shared.core.hr_rules import HrRules
@@ -124,13 +125,8 @@ def bootstrap(
     if tokens is None:
         assert credential is not None
         tokens = ManagedIdentityTokens(credential, scope=settings.graph_scope)
-    if settings.ledger_table_uri is None:
-        raise ConfigError("GrantsLedger__tableServiceUri is not set: the app needs its grant ledger (Table Storage)")
-    ledger_auth = ledger_credential or credential
-    assert ledger_auth is not None
-    ledger = Ledger(
-        table_client(endpoint=settings.ledger_table_uri, table=settings.ledger_table, credential=ledger_auth, http=http)
-    )
+    auth = ledger_credential or credential
+    ledger = Ledger(ledger_table_client(settings.ledger, table=settings.ledger_table, identity=auth, http=http))
     sealer = Sealer(keys=ledger.seal_keys)
     if sender is None:
         sender = _servicebus_sender(settings, http, credential, closers)

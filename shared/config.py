@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from shared.core.callbacks import CallbackPolicy
 from shared.core.errors import ConfigError
 
-__all__ = ["APP_SETTINGS", "Settings"]
+__all__ = ["APP_SETTINGS", "LEDGER_CONNECTION_STRING", "LedgerConnection", "Settings"]
 
 DEFAULT_GRAPH_BASE_URL: Final = "https://graph.microsoft.com/v1.0"
 
@@ -57,6 +57,63 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
 }
 
 
+#: The ledger's connection-string setting, for local runs only (Core Tools with Azurite): when set, it wins over the
+#: ``GrantsLedger__*`` settings, as the Functions host resolves its own bindings' connections (an exact match wins
+#: over a prefix). Not in `APP_SETTINGS`: infra deploys the identity form only, and Azure refuses this one.
+LEDGER_CONNECTION_STRING: Final = "GrantsLedger"
+#: Azurite's well-known development account and key (published with it; accepted by Azurite only), and its default
+#: table endpoint: what ``UseDevelopmentStorage=true`` means.
+AZURITE_ACCOUNT: Final = "devstoreaccount1"
+AZURITE_KEY: Final = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_TABLE_ENDPOINT: Final = f"http://127.0.0.1:10002/{AZURITE_ACCOUNT}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerConnection:
+    """Where the grant ledger's table service is and how to sign in to it: with the app's identity (no key: the
+    ``GrantsLedger__tableServiceUri`` form, the only one deployed), or with a storage account key (the
+    ``GrantsLedger`` connection string: Azurite or a test account under Core Tools)."""
+
+    endpoint: str
+    account_name: str | None = None
+    account_key: str | None = field(default=None, repr=False)  # never printed
+
+    @property
+    def uses_identity(self) -> bool:
+        return self.account_key is None
+
+    @classmethod
+    def from_connection_string(cls, value: str) -> LedgerConnection:
+        """Read an Azure Storage connection string: ``UseDevelopmentStorage=true`` (Azurite's default endpoint and
+        development key), or ``AccountName`` and ``AccountKey`` with ``TableEndpoint`` (else
+        ``DefaultEndpointsProtocol`` and ``EndpointSuffix``: ``https://<account>.table.<suffix>``). Keys are
+        case-insensitive; a SAS is not supported. Raise `ConfigError` naming what is wrong (never the key)."""
+        parts: dict[str, str] = {}
+        for item in filter(None, (piece.strip() for piece in value.split(";"))):
+            name, equals, text = item.partition("=")
+            if not equals or not name.strip():
+                raise ConfigError(f"{LEDGER_CONNECTION_STRING} is not a connection string (Name=value;…)")
+            parts[name.strip().lower()] = text.strip()
+        if parts.get("usedevelopmentstorage", "").lower() == "true":
+            if "developmentstorageproxyuri" in parts:
+                raise ConfigError(f"{LEDGER_CONNECTION_STRING}: DevelopmentStorageProxyUri is not supported")
+            return cls(endpoint=AZURITE_TABLE_ENDPOINT, account_name=AZURITE_ACCOUNT, account_key=AZURITE_KEY)
+        if "sharedaccesssignature" in parts:
+            raise ConfigError(f"{LEDGER_CONNECTION_STRING}: a SharedAccessSignature is not supported; give AccountKey")
+        account, key = parts.get("accountname", ""), parts.get("accountkey", "")
+        if not account or not key:
+            raise ConfigError(
+                f"{LEDGER_CONNECTION_STRING} needs AccountName and AccountKey (or UseDevelopmentStorage=true)"
+            )
+        endpoint = parts.get("tableendpoint") or (
+            f"{parts.get('defaultendpointsprotocol', 'https')}://{account}.table."
+            f"{parts.get('endpointsuffix', 'core.windows.net')}"
+        )
+        return cls(
+            endpoint=_ledger_uri(endpoint, setting=LEDGER_CONNECTION_STRING), account_name=account, account_key=key
+        )
+
+
 _Getter = Callable[[str], str]
 
 
@@ -87,7 +144,7 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)  # never printed
     servicebus_namespace: str | None = None
     servicebus_client_id: str | None = None
-    ledger_table_uri: str | None = None
+    ledger: LedgerConnection | None = None
     ledger_table: str = "grantledger"
     outcomes_topic: str | None = None
     callback_queue: str = "grant-callbacks"
@@ -98,6 +155,11 @@ class Settings:
         return self.webhook_secret if source_system == "ticketing" else None
 
     worker_telemetry: bool = False
+
+    @property
+    def ledger_table_uri(self) -> str | None:
+        """The ledger's table service endpoint, however it is reached (None: no ledger configured)."""
+        return self.ledger.endpoint if self.ledger else None
 
     @property
     def graph_root(self) -> str:
@@ -167,7 +229,7 @@ class Settings:
             webhook_secret=_webhook_secret(env.get("GRANTS_WEBHOOK_SECRET", "")),
             servicebus_namespace=get("ServiceBusConnection__fullyQualifiedNamespace") or None,
             servicebus_client_id=get("ServiceBusConnection__clientId") or get("AZURE_CLIENT_ID") or None,
-            ledger_table_uri=_ledger_uri(get("GrantsLedger__tableServiceUri")),
+            ledger=_ledger_connection(get, env),
             ledger_table=ledger_table,
             outcomes_topic=outcomes_topic,
             callback_queue=get("GRANTS_CALLBACK_QUEUE") or "grant-callbacks",
@@ -263,15 +325,28 @@ def _time_zone(value: str) -> str:
     return value
 
 
-def _ledger_uri(value: str) -> str | None:
+def _ledger_connection(get: _Getter, env: Mapping[str, str]) -> LedgerConnection | None:
+    """``GrantsLedger`` (a connection string, local only) when set, else ``GrantsLedger__tableServiceUri`` (the
+    app's identity), else None."""
+    connection_string = env.get(LEDGER_CONNECTION_STRING, "").strip()
+    if connection_string:
+        if any(env.get(marker) for marker in AZURE_PLATFORM_MARKERS):
+            raise ConfigError(
+                f"{LEDGER_CONNECTION_STRING} (a connection string with a key) is for local runs only; in Azure the "
+                "app reaches its ledger with its identity: set GrantsLedger__tableServiceUri instead"
+            )
+        return LedgerConnection.from_connection_string(connection_string)
+    uri = get("GrantsLedger__tableServiceUri")
+    return LedgerConnection(endpoint=_ledger_uri(uri, setting="GrantsLedger__tableServiceUri")) if uri else None
+
+
+def _ledger_uri(value: str, *, setting: str) -> str:
     """The ledger's table service endpoint: https (the app's identity), or http on loopback only (Azurite)."""
-    if not value:
-        return None
     parts = urlsplit(value.rstrip("/"))
     local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
     if not (parts.scheme == "https" or local) or not parts.netloc or parts.query or parts.fragment:
         raise ConfigError(
-            "GrantsLedger__tableServiceUri must be an https URL (e.g. https://<account>.table.core.windows.net), "
+            f"{setting} must be an https URL (e.g. https://<account>.table.core.windows.net), "
             f"or http on loopback for Azurite; got {value!r}"
         )
     return value.rstrip("/")

@@ -10,8 +10,9 @@ import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.exceptions import MessageSizeExceededError
 
-from grants_cli.backends import Outgoing, fill_batches, to_service_bus_message
+from grants_cli.backends import fill_batches, to_service_bus_message
 from grants_cli.bulk import Progress, default_job_id, read_job, run_submit, submit, summary
+from grants_common.queues import Outgoing
 from grants_local.backend import LocalBackend, open_local_backend
 from grants_local.queue import LocalQueue, ManualClock
 from shared.core.contract import parse_grant

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from grants_cli.dlq import Selector, run_dlq
-from grants_cli.printable import printable
+from grants_common.printable import printable
 from grants_local.backend import LocalBackend
 from grants_local.host import LineOutcome
 from grants_local.queue import LocalQueue, ManualClock

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from azure.servicebus import ServiceBusReceivedMessage
 
-from grants_cli.backends import HeldDeadLetter, Outgoing, dead_letter_info, to_service_bus_message
+from grants_cli.backends import dead_letter_info, to_service_bus_message
 from grants_cli.dlq import Selector, purge, resubmit, resubmitted_copy, run_dlq
+from grants_common.queues import HeldDeadLetter, Outgoing
 from grants_local.backend import LocalBackend, open_local_backend
 from grants_local.binding import to_received_message
 from grants_local.namespace import LocalNamespace

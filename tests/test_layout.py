@@ -23,7 +23,7 @@ LAYERS: dict[str, set[str]] = {
     "shared.bootstrap": {"shared.core", "shared.adapters", "shared.service", "shared.handlers", "shared.config"},
     "shared.runtime": {"shared"},
 }
-NOT_SHIPPED = ("grants_cli", "grants_local", "tests", "benchmarks", "infra")
+NOT_SHIPPED = ("grants_common", "grants_cli", "grants_local", "tests", "benchmarks", "infra")
 
 
 def git(*args: str, stdin: str | None = None) -> str:
@@ -93,11 +93,26 @@ def test_imports_run_one_way(name: str) -> None:
         )
 
 
+#: The packages beside the app, each above the ones after it: the CLI may use the local host and the common
+#: floor, the local host only the common floor, the floor neither (all three may use the app, `shared`).
+TOOLS = ("grants_cli", "grants_local", "grants_common")
+
+
+@pytest.mark.parametrize("package", TOOLS)
+def test_the_tools_import_one_way_cli_then_local_then_common(package: str) -> None:
+    """grants_cli → grants_local → grants_common: what both need lives below both, so neither imports the other
+    back."""
+    above = set(TOOLS[: TOOLS.index(package)])
+    for path in sorted((ROOT / package).rglob("*.py")):
+        upward = sorted({module for module in imports(path) if module.split(".")[0] in above})
+        assert upward == [], f"{module_name(path)} imports {upward}"
+
+
 def test_no_import_cycles() -> None:
     """Between the modules of the app, the CLI and the local doubles (top-level and deferred imports alike)."""
     modules = {
         module_name(path): path
-        for package in ("shared", "grants_cli", "grants_local")
+        for package in ("shared", *TOOLS)
         for path in (ROOT / package).rglob("*.py")
         if path.name != "__main__.py"
     }

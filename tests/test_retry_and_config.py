@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from shared.config import APP_ROOT, APP_SETTINGS, Settings
+from shared.config import APP_ROOT, APP_SETTINGS, AZURITE_KEY, LedgerConnection, Settings
 from shared.core.errors import ConfigError, Reason, TransientError
 from shared.core.retry import GiveUp, Retry, RetryPolicy
 
@@ -149,3 +149,57 @@ def test_the_ledger_is_https_in_azure_or_azurite_on_loopback() -> None:
     assert azure.ledger_table_uri == "https://stledger.table.core.windows.net"
     local = Settings.from_env({"GrantsLedger__tableServiceUri": "http://127.0.0.1:10002/devstoreaccount1"})
     assert local.ledger_table_uri == "http://127.0.0.1:10002/devstoreaccount1"
+
+
+def test_the_ledger_connection_string_wins_over_the_identity_form_as_the_host_resolves_connections() -> None:
+    """``GrantsLedger`` (exact name) beside ``GrantsLedger__tableServiceUri`` (prefix): the exact match is used."""
+    settings = Settings.from_env(
+        {
+            "GrantsLedger": "UseDevelopmentStorage=true",
+            "GrantsLedger__tableServiceUri": "https://x.table.core.windows.net",
+        }
+    )
+    assert settings.ledger == LedgerConnection(
+        endpoint="http://127.0.0.1:10002/devstoreaccount1", account_name="devstoreaccount1", account_key=AZURITE_KEY
+    )
+    assert settings.ledger_table_uri == "http://127.0.0.1:10002/devstoreaccount1"
+    assert AZURITE_KEY not in repr(settings)
+    identity = Settings.from_env({"GrantsLedger__tableServiceUri": "https://x.table.core.windows.net"}).ledger
+    assert identity == LedgerConnection(endpoint="https://x.table.core.windows.net")
+    assert identity.uses_identity
+
+
+def test_an_account_key_connection_string_names_its_table_endpoint_or_derives_it() -> None:
+    azurite = LedgerConnection.from_connection_string(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        "TableEndpoint=http://127.0.0.1:41234/devstoreaccount1;"
+    )
+    assert (azurite.endpoint, azurite.account_name, azurite.account_key) == (
+        "http://127.0.0.1:41234/devstoreaccount1",
+        "devstoreaccount1",
+        "a2V5",
+    )
+    cloud = LedgerConnection.from_connection_string(
+        "accountname=sttest;accountkey=a2V5;endpointsuffix=core.usgovcloudapi.net"
+    )
+    assert cloud.endpoint == "https://sttest.table.core.usgovcloudapi.net"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("AccountName=sttest", "needs AccountName and AccountKey"),
+        ("AccountName=sttest;SharedAccessSignature=sv=2024&sig=c2VjcmV0", "SharedAccessSignature is not supported"),
+        ("DefaultEndpointsProtocol=http;AccountName=sttest;AccountKey=c2VjcmV0", "https URL"),
+        ("just text", "is not a connection string"),
+    ],
+)
+def test_a_bad_ledger_connection_string_is_refused_without_showing_its_key(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        Settings.from_env({"GrantsLedger": value})
+    assert "c2VjcmV0" not in str(caught.value)
+
+
+def test_the_ledger_connection_string_is_refused_inside_azure() -> None:
+    with pytest.raises(ConfigError, match="local runs only"):
+        Settings.from_env({"GrantsLedger": "UseDevelopmentStorage=true", "WEBSITE_INSTANCE_ID": "abc"})

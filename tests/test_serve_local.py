@@ -76,6 +76,7 @@ async def test_given_serve_local_when_a_webhook_and_an_hr_event_are_posted_then_
         unknown = await client.get("/")
     assert (accepted.status_code, accepted.json()) == (202, {"requestId": "RITM0010001", "status": "accepted"})
     assert (unsigned.status_code, unsigned.headers["content-type"]) == (401, "application/problem+json")
+    assert "examples/send_webhook.py" in out.getvalue()  # the unsigned request is told how to sign
     assert (queued.status_code, queued.json()) == (202, {"messageId": "hr-1"})
     assert unknown.status_code == 404
     lines = out.getvalue().splitlines()
@@ -105,9 +106,9 @@ async def test_given_serve_local_when_a_ticket_names_a_local_receiver_then_it_ge
     assert any(line.startswith("callback delivered       RITM0010002 ") for line in out.getvalue().splitlines())
 
 
-async def test_given_serve_local_then_grants_status_and_grants_job_local_read_its_ledger() -> None:
-    """accepted, then granted, as `grants status --local` prints it; an unknown id exits 1, a hostile one 2 without
-    a request; `grants job --local` of a job with no rows exits 1."""
+async def test_given_serve_local_then_grants_status_and_grants_job_serve_local_read_its_ledger() -> None:
+    """accepted, then granted, as `grants status --serve-local` prints it; an unknown id exits 1, a hostile one 2
+    without a request; `grants job --serve-local` of a job with no rows exits 1."""
     import argparse
 
     from grants_cli.main import main as grants_main
@@ -119,7 +120,15 @@ async def test_given_serve_local_then_grants_status_and_grants_job_local_read_it
     def cli(*argv: str) -> tuple[int, str, str]:
         printed, errors = io.StringIO(), io.StringIO()
         parser = argparse.Namespace(
-            local=True, port=ports[0], url=None, key=None, json=False, failed=False, failed_csv=None, watch=False
+            serve_local=True,
+            local=False,
+            port=ports[0],
+            url=None,
+            key=None,
+            json=False,
+            failed=False,
+            failed_csv=None,
+            watch=False,
         )
         args = vars(parser) | dict(zip(("command", "id"), argv, strict=False))
         namespace = argparse.Namespace(**args, request_id=args["id"], job_id=args["id"])
@@ -148,6 +157,7 @@ async def test_given_serve_local_then_grants_status_and_grants_job_local_read_it
         assert "\x1b" not in errors
         assert (await asyncio.to_thread(cli, "job", "job-none"))[0] == 1
         assert grants_main(["status", "RITM0030001", "--url", "http://127.0.0.1:9"]) == 2  # unreachable
+        assert grants_main(["status", "RITM0030001", "--local"]) == 2  # the local namespace keeps no status
 
 
 async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_events_and_history_are_served(
@@ -155,7 +165,7 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
 ) -> None:
     """`grants submit --serve-local` puts a job on serve-local's bulk queue (the bulk function carries it out, while
     an HR grant scheduled for 2099 waits without holding anything up);
-    `grants job --local --watch` follows it to its end; an HR event is asked by its id; the member's history lists
+    `grants job --serve-local --watch` follows it to its end; an HR event is asked by its id; the member's history lists
     both; a batch that is not one is refused with 400, and a queue serve-local does not have is 404."""
     from grants_cli.main import main as grants_main
 
@@ -179,9 +189,9 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
             grants, "submit", str(job), "--job-id", "job-s1", "--serve-local", "--port", port
         )
         assert code == 0, printed
-        assert f"follow it: grants job job-s1 --local --port {port} --watch" in printed
+        assert f"follow it: grants job job-s1 --serve-local --port {port} --watch" in printed
         code, printed = await asyncio.to_thread(
-            grants, "job", "job-s1", "--local", "--port", port, "--watch", "--interval", "0.1", "--failed"
+            grants, "job", "job-s1", "--serve-local", "--port", port, "--watch", "--interval", "0.1", "--failed"
         )
         assert code == 1, printed
         assert "job job-s1: 4 of 4 requests ended, 3 succeeded, 1 failed" in printed
@@ -203,7 +213,7 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
         assert (event.json()["kind"], event.json()["rows"], event.json()["succeeded"]) == ("hrEvent", 2, 2)
         sources = {record["sourceSystem"] for record in history.json()["requests"]}
         assert sources == {"bulk", "hr"}
-        code, printed = await asyncio.to_thread(grants, "history", "--member", ERIN, "--local", "--port", port)
+        code, printed = await asyncio.to_thread(grants, "history", "--member", ERIN, "--serve-local", "--port", port)
         assert code == 0
         assert "hr/EMP-4720" in printed
         assert "bulk/job-s1" in printed
@@ -247,3 +257,31 @@ async def test_given_serve_local_when_sigterm_arrives_then_it_stops_as_ctrl_c_do
     assert await asyncio.wait_for(server, 60) == 0
     assert stop.is_set()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with serve-local
+
+
+async def test_given_graph_base_url_serve_local_writes_to_that_graph_with_tokens_from_identity_endpoint() -> None:
+    """As run-local does: with GRAPH_BASE_URL (and IDENTITY_ENDPOINT) set, serve-local starts no doubles of its own
+    and the grant lands in the Graph those settings name (here a second Graph double, as a test tenant would be)."""
+    from grants_local.graph_double import GraphDouble
+    from grants_local.token_endpoint import TokenEndpoint
+
+    body, headers = signed_ticket("RITM0010009")
+    with TokenEndpoint() as tokens, GraphDouble(tokens) as tenant:
+        tenant.load(EXAMPLES / "directory.json")
+        env = {**tokens.env(), "GRAPH_BASE_URL": tenant.base_url}
+        async with serving(env) as (port, out), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            accepted = await client.post("/api/grants", content=body, headers=headers)
+        assert accepted.status_code == 202
+        assert f"graph      Graph at {tenant.base_url} (GRAPH_BASE_URL)" in out.getvalue()
+        assert tenant.write_count == 1
+        assert tokens.request_count == 1
+
+
+async def test_given_graph_base_url_without_a_token_endpoint_serve_local_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.core.errors import ConfigError
+
+    monkeypatch.delenv("IDENTITY_ENDPOINT", raising=False)
+    with pytest.raises(ConfigError, match="IDENTITY_ENDPOINT is not set"):
+        await serve_local(io.StringIO(), port=0, env={"GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0"})

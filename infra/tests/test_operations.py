@@ -97,7 +97,7 @@ LOG_TILES = {
 }
 #: Workbook metric tile -> the Service Bus metric it charts per queue.
 METRIC_TILES = {"dead-letter-depth": "DeadletteredMessages", "active-messages": "ActiveMessages"}
-#: Not deployed, shown in the runbook: the README's audit query, and the smoke check's (grants_cli/smoke.py).
+#: Not deployed, shown in the runbook: the audit query (docs/guardrails.md), the smoke check's (grants_cli/smoke.py).
 RUNBOOK_ONLY = {"audit.kql", "smoke-outcome.kql"}
 #: azd variable (main.parameters.json) -> main.bicep parameter, for the alerts.
 AZD_VARIABLES = {
@@ -380,13 +380,15 @@ def test_no_query_file_repeats_another() -> None:
         assert ("let outcomes" in code(path)) == (path.name == PREAMBLE), path.name
 
 
-def test_the_readme_shows_no_query_of_its_own_and_points_to_the_files() -> None:
-    """Any kusto block in the README is a query file as it is; the audit query is a pointer to its file."""
-    text = (INFRA.parent / "README.md").read_text()
-    for match in re.finditer(r"```kusto\n(.*?)```", text, re.DOTALL):
-        assert match.group(1) in {path.read_text() for path in QUERIES.glob("*.kql")}, match.group(1)[:80]
-    assert "infra/queries/audit.kql" in text
-    assert not KQL.search(re.sub(r"```kusto\n.*?```", "", text, flags=re.DOTALL)), "KQL outside a kusto block"
+def test_the_readme_and_guardrails_show_no_query_of_their_own_and_point_to_the_files() -> None:
+    """Any kusto block in the README or docs/guardrails.md (the audit record) is a query file as it is; the audit
+    query is a pointer to its file."""
+    for path in (INFRA.parent / "README.md", DOCS / "guardrails.md"):
+        text = path.read_text()
+        for match in re.finditer(r"```kusto\n(.*?)```", text, re.DOTALL):
+            assert match.group(1) in {query.read_text() for query in QUERIES.glob("*.kql")}, match.group(1)[:80]
+        assert not KQL.search(re.sub(r"```kusto\n.*?```", "", text, flags=re.DOTALL)), f"KQL outside a block: {path}"
+    assert "infra/queries/audit.kql" in (DOCS / "guardrails.md").read_text()
 
 
 def test_the_smoke_check_reads_its_query_file_with_the_preamble() -> None:

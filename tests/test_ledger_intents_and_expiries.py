@@ -1,5 +1,5 @@
-"""Issue 13's reproductions, each through the local host, the Graph double and the ledger in Azurite: intents that
-cannot be lost or reordered, and expiries that cannot fail open."""
+"""Through the local host, the Graph double and the ledger in Azurite: request ids that name one request, intents
+that cannot be lost or reordered (newest intent wins), and expiries that cannot fail open."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def by_request(outcomes: dict[str, dict[str, Any]], request_id: str) -> list[dic
 # --- 1. silent loss ----------------------------------------------------------------------------------------------
 
 
-async def test_1a_a_request_id_reused_for_another_member_is_refused_not_lost(
+async def test_a_request_id_reused_for_another_member_is_refused_not_lost(
     make_run: Callable[..., Any], graph: GraphDouble
 ) -> None:
     """Two bulk rows with one requestId and different members, both hit by a 503: the first is granted after its
@@ -48,7 +48,7 @@ async def test_1a_a_request_id_reused_for_another_member_is_refused_not_lost(
     assert run.queue.active_count + run.queue.scheduled_count == 0
 
 
-async def test_1b_an_add_and_a_remove_under_one_request_id_are_a_conflict(make_run: Callable[..., Any]) -> None:
+async def test_an_add_and_a_remove_under_one_request_id_are_a_conflict(make_run: Callable[..., Any]) -> None:
     run = await make_run()
     outcomes = await run.deliver(body(requestId="CHG7"), body(requestId="CHG7", action="remove"))
     first, second = sorted(o["reason"] or o["outcome"] for o in outcomes.values())
@@ -56,7 +56,7 @@ async def test_1b_an_add_and_a_remove_under_one_request_id_are_a_conflict(make_r
     assert second in ("granted", "not_member")
 
 
-async def test_1c_a_bulk_job_named_like_a_ticket_does_not_swallow_the_tickets_retry(
+async def test_a_bulk_job_named_like_a_ticket_does_not_swallow_the_tickets_retry(
     make_run: Callable[..., Any], graph: GraphDouble
 ) -> None:
     """A webhook request RITM7 (MessageId RITM7) retried after a 503, and bulk job RITM7's rows (MessageIds and
@@ -77,7 +77,7 @@ async def test_1c_a_bulk_job_named_like_a_ticket_does_not_swallow_the_tickets_re
     assert graph.members_of(AU) == {USER, USER_2, LATE_USER}
 
 
-async def test_1d_a_duplicate_of_a_request_mid_retry_gets_the_outcome_of_the_request(graph: GraphDouble) -> None:
+async def test_a_duplicate_of_a_request_mid_retry_gets_the_outcome_of_the_request(graph: GraphDouble) -> None:
     """run-local with one request twice, the first hit by a 503: both lines end with the request's outcome."""
     graph.inject(Fault.status(503, method="POST"))
     line = body(requestId="INC1")
@@ -90,7 +90,7 @@ async def test_1d_a_duplicate_of_a_request_mid_retry_gets_the_outcome_of_the_req
 # --- 2. access that outlives an expiry -------------------------------------------------------------------------------
 
 
-async def test_2a_the_same_time_bound_request_twice_still_ends_at_its_expiry(
+async def test_the_same_time_bound_request_twice_still_ends_at_its_expiry(
     make_run: Callable[..., Any], graph: GraphDouble
 ) -> None:
     run = await make_run()
@@ -101,7 +101,7 @@ async def test_2a_the_same_time_bound_request_twice_still_ends_at_its_expiry(
     assert graph.members_of(AU) == set()
 
 
-async def test_2b_an_expiry_removal_runs_even_where_the_source_may_only_add(
+async def test_an_expiry_removal_runs_even_where_the_source_may_only_add(
     make_run: Callable[..., Any], graph: GraphDouble, tmp_path: Path
 ) -> None:
     """A source whose policy allows only add: its time-bound grant is still removed at expiry (the app's own act,
@@ -116,7 +116,7 @@ async def test_2b_an_expiry_removal_runs_even_where_the_source_may_only_add(
     assert by_request(denied, "B2")[0]["reason"] == "PolicyDenied"
 
 
-async def test_2c_a_removal_that_keeps_failing_stays_pending_and_the_sweep_removes_the_member(
+async def test_a_removal_that_keeps_failing_stays_pending_and_the_sweep_removes_the_member(
     make_run: Callable[..., Any], graph: GraphDouble
 ) -> None:
     """The expiry removal fails eight times (dead-lettered): the ledger still holds the pending removal, and the
@@ -133,7 +133,7 @@ async def test_2c_a_removal_that_keeps_failing_stays_pending_and_the_sweep_remov
     assert await services().expiry_sweep() == 0  # nothing pending any more
 
 
-async def test_2d_a_removal_that_can_never_be_scheduled_is_done_by_the_sweep(
+async def test_a_removal_that_can_never_be_scheduled_is_done_by_the_sweep(
     make_run: Callable[..., Any], graph: GraphDouble
 ) -> None:
     """Scheduling the removal fails every time (the add ends dead-lettered ExpiryNotScheduled, the member in);
@@ -172,7 +172,7 @@ async def deliver_one(run: Any, payload: bytes | None = None, *, message_id: str
     await GRANT(receivedmessage=to_received_message(locked), message_actions=run.actions)
 
 
-async def test_3a_a_joiners_retried_add_does_not_land_after_the_leaver(
+async def test_a_joiners_retried_add_does_not_land_after_the_leaver(
     make_run: Callable[..., Any], graph: GraphDouble
 ) -> None:
     """A new hire not yet replicated (the joiner's add is retried), then the leaver, whose remove answers
@@ -190,7 +190,7 @@ async def test_3a_a_joiners_retried_add_does_not_land_after_the_leaver(
     assert graph.members_of(AU) == set()
 
 
-async def test_3b_a_ticket_add_hit_by_a_503_then_a_remove_ends_removed(
+async def test_a_ticket_add_hit_by_a_503_then_a_remove_ends_removed(
     make_run: Callable[..., Any], graph: GraphDouble
 ) -> None:
     """A ticket's add meets a 503 and is retried; the ticket's remove runs meanwhile (not_member); the add's retry
@@ -204,7 +204,7 @@ async def test_3b_a_ticket_add_hit_by_a_503_then_a_remove_ends_removed(
     assert graph.members_of(AU) == set()
 
 
-async def test_3c_an_older_intent_arriving_late_is_superseded_whatever_the_order(
+async def test_an_older_intent_arriving_late_is_superseded_whatever_the_order(
     make_run: Callable[..., Any], graph: GraphDouble
 ) -> None:
     run = await make_run()

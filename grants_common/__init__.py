@@ -1,0 +1,1 @@
+"""Below both the operator CLI (`grants_cli`) and the local host (`grants_local`): what both use. Not deployed."""
