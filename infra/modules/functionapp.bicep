@@ -107,6 +107,10 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'GRANTS_RETRY_BASE_SECONDS', value: '10' }
         { name: 'GRANTS_RETRY_MAX_SECONDS', value: '900' }
         { name: 'GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS', value: '600' }
+        // A member not found yet is waited for longer for HR joiners, briefly for a bulk job's mistyped ids, and
+        // given up only after at least this many attempts (time spent queued is not failing).
+        { name: 'GRANTS_MEMBER_NOT_FOUND_WINDOWS', value: 'bulk=120,hr=3600' }
+        { name: 'GRANTS_MEMBER_NOT_FOUND_MIN_ATTEMPTS', value: '5' }
         { name: 'GRAPH_WRITE_RATE', value: graphWriteRate }
         { name: 'GRANTS_SETTLEMENT_TIMEOUT_SECONDS', value: '5' }
         { name: 'GRAPH_WRITE_PACING', value: graphWritePacing }
