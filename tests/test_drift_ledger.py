@@ -118,7 +118,8 @@ async def test_a_hold_is_released_once_and_only_by_its_own_digest(ledger: Ledger
 
     released = await ledger.release_drift(UNIT, digest="d1", now=T0 + timedelta(minutes=5))
 
-    assert released is not None and released.released_at == T0 + timedelta(minutes=5)
+    assert released is not None
+    assert released.released_at == T0 + timedelta(minutes=5)
     assert await ledger.release_drift(UNIT, digest="d1", now=T0 + timedelta(minutes=6)) is None  # once
     assert await ledger.drift_hold(UNIT) == released
     kept = await ledger.hold_drift(UNIT, digest="d1", removals=66, limit=50, members=1000, now=T0 + timedelta(hours=1))
