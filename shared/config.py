@@ -49,6 +49,8 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "GrantsLedger__tableServiceUri": "",  # e.g. https://<account>.table.core.windows.net (identity-based)
     "GrantsLedger__tableName": "grantledger",
     "GRANTS_SWEEP_SCHEDULE": "0 */5 * * * *",  # the expiry sweep's timer (NCRONTAB, read by the Functions host)
+    "GRANTS_DRIFT_SCHEDULE": "0 30 * * * *",  # the drift sweep's timer: hourly (NCRONTAB, read by the Functions host)
+    "GRAPH_READ_RATE": "25",  # Graph reads per second of the drift check (its own budget, beside the writes')
     # The Python worker reads it too: true = it exports logs with OpenTelemetry (shared/adapters/telemetry.py).
     "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "false",
 }
@@ -71,6 +73,7 @@ class Settings:
     retry_max_seconds: float = 900.0
     member_not_found_window_seconds: float = 600.0
     graph_write_rate: float = 20.0
+    graph_read_rate: float = 25.0
     settlement_timeout_seconds: float = 5.0
     graph_write_adaptive: bool = True
     graph_write_window_seconds: float = 150.0
@@ -123,6 +126,7 @@ class Settings:
         cap = _number(get, "GRANTS_RETRY_MAX_SECONDS", minimum=0)
         window = _number(get, "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS", minimum=0)
         write_rate = _number(get, "GRAPH_WRITE_RATE", minimum=0)
+        read_rate = _number(get, "GRAPH_READ_RATE", minimum=0.1)
         ledger_table = get("GrantsLedger__tableName") or "grantledger"
         if not _TABLE_NAME.fullmatch(ledger_table):
             raise ConfigError(
@@ -147,6 +151,7 @@ class Settings:
             retry_max_seconds=cap,
             member_not_found_window_seconds=window,
             graph_write_rate=write_rate,
+            graph_read_rate=read_rate,
             settlement_timeout_seconds=settlement_timeout,
             graph_write_adaptive=pacing == "adaptive",
             graph_write_window_seconds=write_window,

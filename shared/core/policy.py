@@ -158,8 +158,15 @@ def _denied(rule: str) -> PermanentError:
 
 
 def _parse_sources(document: Any, file: str) -> dict[SourceSystem, SourceRules]:
-    if not isinstance(document, dict) or set(document) - {"sources"} or not isinstance(document.get("sources"), dict):
-        raise ConfigError(f'GRANTS_POLICY: {file} must be an object with one key, "sources", holding an object')
+    if (
+        not isinstance(document, dict)
+        or set(document) - {"sources", "drift"}
+        or not isinstance(document.get("sources"), dict)
+    ):
+        raise ConfigError(
+            f'GRANTS_POLICY: {file} must be an object with one key, "sources", holding an object (and optionally '
+            '"drift": docs/drift.md)'
+        )
     sources: dict[SourceSystem, SourceRules] = {}
     for name, rules in document["sources"].items():
         where = f"GRANTS_POLICY: {file}: sources.{name}"
