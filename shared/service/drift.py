@@ -26,7 +26,8 @@ had its turn, raised (`DriftSweepFailed`), so the invocation shows as failed.
 
 `DriftService.report` checks without acting (``GET /api/drift``); `DriftService.confirm` releases one held set
 once (``POST /api/drift/{target}/confirm``): it checks the target again with the confirm's digest, marks the hold
-released in the ledger (a second confirm finds it released) and sends the removals with the other repairs.
+released in the ledger (a second confirm finds it released) and sends the held removals (the other repairs are the
+sweep's, which goes on sending a released set's removals while it is the same set).
 """
 
 from __future__ import annotations
@@ -371,7 +372,7 @@ class DriftService:
     async def confirm(self, naming: Guid, *, digest: str | None) -> Confirmation:
         """Release the held set `digest` of a target `naming` names (None: the set the last sweep recorded as held
         for the one target that has one), once: check again with it, mark it released in the ledger, send its
-        removals with the other repairs."""
+        removals."""
         targets = await self.targets(naming=naming)
         if not targets:
             return Confirmation(status="unknown")
@@ -401,8 +402,8 @@ class DriftService:
         return Confirmation(status="not_held", live=tuple(live))
 
     async def _release(self, checked: Checked, digest: str) -> Confirmation:
-        """Mark the held set `digest` of `checked` released (recording it first if no sweep did), then send every
-        planned repair; ``already_released`` when a confirm got there first."""
+        """Mark the held set `digest` of `checked` released (recording it first if no sweep did), then send its
+        removals (the other repairs are the sweep's); ``already_released`` when a confirm got there first."""
         assert checked.report is not None
         held = self._plan(checked.report, checked.target, None).held
         assert held is not None
@@ -418,19 +419,16 @@ class DriftService:
         if released is None:
             return Confirmation(status="already_released", hold=await self._ledger.drift_hold(checked.target))
         checked = _with_hold(checked, released)
-        sent = 0
-        for repair in checked.plan.repairs if checked.plan is not None else ():
+        for repair in held.repairs:
             await self.send_repair(checked.naming_of(repair), repair, now=checked.checked_at)
-            sent += 1
         _log.warning(
-            "drift: a confirm released the %d held removal(s) of %s (digest %s); %d repair(s) sent",
-            released.removals,
+            "drift: a confirm released the %d held removal(s) of %s (digest %s): sent",
+            len(held.repairs),
             _label(checked.target),
             digest,
-            sent,
         )
-        self._log_line(checked, repairs_sent=sent > 0)
-        return Confirmation(status="released", checked=checked, hold=released, sent=sent)
+        self._log_line(checked, repairs_sent=True)
+        return Confirmation(status="released", checked=checked, hold=released, sent=len(held.repairs))
 
     async def send_repair(self, target: Target, repair: Repair, *, now: datetime) -> str:
         """Send `repair` of `target` (as its pair names it) into the pipeline: its grant message (`repair_command`)
