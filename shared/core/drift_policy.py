@@ -25,7 +25,6 @@ default guard (20 % of a target's members, at most 50).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any, Final
 from shared.core.contract import DirectoryRole, Target, parse_target
 from shared.core.drift import DEFAULT_GUARD, Guard, Mode, is_tier0
 from shared.core.errors import ConfigError, ContractError
+from shared.core.policy import policy_document
 
 __all__ = ["DriftPolicy"]
 
@@ -66,12 +66,7 @@ class DriftPolicy:
         naming the first problem."""
         if file is None:
             return cls()
-        try:
-            document = json.loads(Path(file).read_text(encoding="utf-8"))
-        except OSError as error:
-            raise ConfigError(f"GRANTS_POLICY: cannot read {file}: {error.strerror}") from None
-        except ValueError as error:
-            raise ConfigError(f"GRANTS_POLICY: {file} is not valid JSON: {error}") from None
+        document = policy_document(file)
         section = document.get("drift") if isinstance(document, dict) else None
         return cls() if section is None else cls.parse(section, origin=str(file))
 

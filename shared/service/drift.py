@@ -37,7 +37,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -346,7 +346,7 @@ class DriftService:
                 members=held.members,
                 now=now,
             )
-            checked = _with_hold(checked, hold)
+            checked = replace(checked, hold=hold)
             _log.warning(
                 "drift: %d removal(s) of %s held by the blast-radius guard (limit %d of %d members, held since %s); "
                 "review with grants drift --target, then release them once with: %s",
@@ -418,7 +418,7 @@ class DriftService:
         released = await self._ledger.release_drift(checked.target, digest=digest, now=checked.checked_at)
         if released is None:
             return Confirmation(status="already_released", hold=await self._ledger.drift_hold(checked.target))
-        checked = _with_hold(checked, released)
+        checked = replace(checked, hold=released)
         for repair in held.repairs:
             await self.send_repair(checked.naming_of(repair), repair, now=checked.checked_at)
         _log.warning(
@@ -490,19 +490,6 @@ def _names(target: Target, guid: Guid) -> bool:
 
 def _held(target: Target, digest: str, removals: int, limit: int) -> dict[str, Any]:
     return {"digest": digest, "removals": removals, "limit": limit, "confirm": confirm_command(target, digest)}
-
-
-def _with_hold(checked: Checked, hold: DriftHold) -> Checked:
-    return Checked(
-        target=checked.target,
-        mode=checked.mode,
-        checked_at=checked.checked_at,
-        report=checked.report,
-        plan=checked.plan,
-        owners=checked.owners,
-        hold=hold,
-        error=checked.error,
-    )
 
 
 def _label(target: Target) -> str:
