@@ -66,6 +66,7 @@ infra:
 
 bench: $(VENV)/.dev .venv-msgraph/.installed $(AZURITE)/.installed
 	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.bench $(ARGS)
+	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.drift $(if $(findstring --quick,$(ARGS)),--smoke)
 
 # Not part of `make test` (its 500-message variant is, in tests/test_soak.py): 10,000 messages with seeded faults,
 # invariants checked (ARGS="--messages 2000 --seed 7"); exits non-zero when one fails.

@@ -8,6 +8,9 @@ from shared.runtime import (
     check_configuration,
     configure_telemetry,
     process_callback,
+    process_drift_confirm,
+    process_drift_report,
+    process_drift_sweep,
     process_expiry_sweep,
     process_grant_message,
     process_history,
@@ -100,6 +103,25 @@ async def expiry_sweep(timer: func.TimerRequest) -> None:
     """Send the removal of every time-bound grant past its expiry whose removal has not happened (the ledger's
     pending removals): an expiry cannot fail open."""
     await process_expiry_sweep()
+
+
+@app.timer_trigger(arg_name="timer", schedule="%GRANTS_DRIFT_SCHEDULE%", run_on_startup=False, use_monitor=True)
+async def drift_sweep(timer: func.TimerRequest) -> None:
+    """Check every target against the ledger (docs/drift.md): report drift, repair it where the policy says, hold
+    mass removals until a confirm."""
+    await process_drift_sweep()
+
+
+@app.route(route="drift", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def drift_report(req: func.HttpRequest) -> func.HttpResponse:
+    """The drift of every target (?target= for one), read now: findings, planned repairs, held removals."""
+    return await process_drift_report(req)
+
+
+@app.route(route="drift/{target}/confirm", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def drift_confirm(req: func.HttpRequest) -> func.HttpResponse:
+    """Release, once, the removals the blast-radius guard holds for a target (body: {"digest": …}, optional)."""
+    return await process_drift_confirm(req)
 
 
 @app.service_bus_topic_trigger(

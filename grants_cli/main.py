@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     from grants_cli.status import add_parsers as add_status_parsers
 
     add_status_parsers(commands)
+    from grants_cli.drift import add_parser as add_drift_parser
+
+    add_drift_parser(commands)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.INFO if args.verbose else logging.ERROR)
@@ -100,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         from grants_cli.status import main as status
 
         return status(args, out=sys.stdout, err=sys.stderr)
+
+    if args.command == "drift":
+        from grants_cli.drift import main as drift
+
+        return drift(args, out=sys.stdout, err=sys.stderr)
 
     if args.command == "smoke":
         from grants_cli.smoke import main as smoke

@@ -91,16 +91,24 @@ _FOLLOWED: Final[Mapping[str, tuple[str, str]]] = {"job": ("jobs", "job"), "hr-e
 _BAR_WIDTH: Final = 30
 
 
-def add_parsers(commands: Any) -> None:
+def api_arguments() -> argparse.ArgumentParser:
+    """The parent parser of every command that asks the app's HTTP API: ``--url``/``--key`` (Azure),
+    ``--serve-local``/``--port`` (a running serve-local), ``--local`` (refused: the local namespace has no API) and
+    ``--json`` (`api_location` reads them)."""
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--url", help="the function app, e.g. https://<app>.azurewebsites.net (GRANTS_APP_URL)")
     where.add_argument("--key", help="a function key (GRANTS_FUNCTION_KEY)")
     where.add_argument("--serve-local", action="store_true", help="ask a running serve-local on 127.0.0.1 (--port)")
     where.add_argument("--port", type=int, default=7071, help="serve-local's port (default 7071)")
     where.add_argument(
-        "--local", action="store_true", help="not here: the local namespace keeps no status (use --serve-local)"
+        "--local", action="store_true", help="not here: the local namespace keeps no ledger (use --serve-local)"
     )
     where.add_argument("--json", action="store_true", help="print the API's JSON as it is")
+    return where
+
+
+def add_parsers(commands: Any) -> None:
+    where = api_arguments()
     follow = argparse.ArgumentParser(add_help=False)
     follow.add_argument("--watch", action="store_true", help="poll until every row has ended, showing progress")
     follow.add_argument(
@@ -173,7 +181,7 @@ def _run(
         if not is_request_id(identifier):
             err.write(f"error: {printable(identifier)} is not a valid id (1 to 128 of A-Z a-z 0-9 . _ : @ -)\n")
             return 2
-    where = _where(args, err)
+    where = api_location(args, err)
     if where is None:
         return 2
     local = args.serve_local
@@ -197,8 +205,9 @@ def _history_subject(args: argparse.Namespace) -> tuple[str, Guid]:
     return name, parse_guid(getattr(args, name), field=f"--{name}")
 
 
-def _where(args: argparse.Namespace, err: TextIO) -> tuple[str, str | None] | None:
-    """The API's base URL and function key, or None (said on `err`) when neither ``--url`` nor ``--serve-local``."""
+def api_location(args: argparse.Namespace, err: TextIO) -> tuple[str, str | None] | None:
+    """The API's base URL and function key (`api_arguments`), or None (said on `err`) when neither ``--url`` nor
+    ``--serve-local``."""
     if args.local:
         err.write(
             f"error: --local is the in-process namespace, which keeps no status; to ask a running serve-local: "

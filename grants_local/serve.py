@@ -8,6 +8,8 @@ and the registered HTTP functions served on ``127.0.0.1:<port>`` (the function k
 - ``POST /api/grants``: the webhook, as in Azure (signed);
 - ``GET /api/grants/{requestId}``, ``/api/jobs/{jobId}``, ``/api/hr-events/{eventId}`` and
   ``/api/history?member=…|target=…[&since=…]``: what `grants status|job|hr-event|history --serve-local` read;
+- ``GET /api/drift[?target=…]`` and ``POST /api/drift/{target}/confirm``: what `grants drift --serve-local` reads and
+  sends (the drift sweep's timer does not run locally);
 - ``POST /local/hr-events``: puts the body on the hr-events queue (local only; an HR system's send);
 - ``POST /local/queues/{queue}/messages``: a JSON array of at most `MAX_BATCH` messages (``body`` as text,
   ``messageId``, ``applicationProperties``) onto the grants or the bulk queue, as they are named in the settings
@@ -119,7 +121,8 @@ _READS: Final = (
 _QUEUES: Final = "/local/queues/"
 _ROUTES: Final = (
     "POST /api/grants (signed webhook), GET /api/grants/{requestId}, /api/jobs/{jobId}, /api/hr-events/{eventId} "
-    "and /api/history?member=|target= (status), POST /local/hr-events (an HR event), "
+    "and /api/history?member=|target= (status), GET /api/drift?target= and POST /api/drift/{target}/confirm (drift), "
+    "POST /local/hr-events (an HR event), "
     "POST /local/queues/{queue}/messages (a batch onto the grants or bulk queue)"
 )
 #: The most messages one POST /local/queues/{queue}/messages takes.
@@ -160,6 +163,13 @@ async def serve_local(
                 function, incoming = reading
                 call = _call(registered_function(function_app.app, function), incoming)
                 return _answered(asyncio.run_coroutine_threadsafe(call, loop).result(timeout=60))
+        if request.method == "POST" and request.path.startswith("/api/drift/") and request.path.endswith("/confirm"):
+            target = request.path[len("/api/drift/") : -len("/confirm")]
+            incoming = func.HttpRequest(
+                "POST", f"http://127.0.0.1:{port}{request.path}", body=request.body, route_params={"target": target}
+            )
+            call = _call(registered_function(function_app.app, "drift_confirm"), incoming)
+            return _answered(asyncio.run_coroutine_threadsafe(call, loop).result(timeout=300))
         if request.method == "POST" and request.path == "/local/hr-events":
             message_id = request.headers.get("X-Message-Id") or str(uuid.uuid4())
             hr_events.send(request.body, message_id=message_id, content_type="application/json")
@@ -264,8 +274,9 @@ async def _serve_queue(host: LocalHost, stop: asyncio.Event) -> None:
 def _reading(request: Request, port: int) -> tuple[str, func.HttpRequest] | None:
     """The registered function and its request for a GET of a status route; None for any other path."""
     url = f"http://127.0.0.1:{port}{request.path}"
-    if request.path == "/api/history":
-        return "grant_history", func.HttpRequest("GET", url, body=b"", params=dict(request.query))
+    if request.path in ("/api/history", "/api/drift"):
+        name = "grant_history" if request.path == "/api/history" else "drift_report"
+        return name, func.HttpRequest("GET", url, body=b"", params=dict(request.query))
     for prefix, name, parameter in _READS:
         if request.path.startswith(prefix):
             route_params = {parameter: request.path[len(prefix) :]}

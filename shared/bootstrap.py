@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 
 from shared.adapters.callbacks import CallbackClient
+from shared.adapters.directory import DirectoryReader, ReadPacer
 from shared.adapters.governor import WriteGovernor
 from shared.adapters.graph import GraphClient, new_http_client
 from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
@@ -24,16 +25,19 @@ from shared.adapters.ledger import Ledger
 from shared.adapters.seal import Sealer, SealingSender
 from shared.adapters.storage import ledger_table_client
 from shared.config import Settings
+from shared.core.drift_policy import DriftPolicy
 from shared.core.errors import ConfigError
 from shared.core.hr_rules import HrRules
 from shared.core.messaging import Lane, MessageSender, OutcomePublisher
 from shared.core.policy import GrantPolicy
 from shared.core.retry import RetryPolicy
 from shared.handlers.callback import CallbackHandler
+from shared.handlers.drift import DriftHandler
 from shared.handlers.expiry_sweep import ExpirySweep
 from shared.handlers.grant import GrantHandler
 from shared.handlers.hr_event import HrEventHandler
 from shared.handlers.webhook import Webhook
+from shared.service.drift import DriftService
 from shared.service.gate import IntentGate
 from shared.service.grants import GrantService
 
@@ -79,6 +83,7 @@ class Services:
     callback: CallbackHandler
     webhook: Webhook
     expiry_sweep: ExpirySweep
+    drift: DriftHandler
     _closers: tuple[Any, ...] = field(default=(), repr=False)
 
     async def aclose(self) -> None:
@@ -213,6 +218,17 @@ def bootstrap(
             secret=settings.webhook_secret, sender=senders, ledger=ledger, now=now, callbacks=settings.callbacks
         ),
         expiry_sweep=ExpirySweep(gate=gate, sender=senders),
+        drift=DriftHandler(
+            service=DriftService(
+                reader=DirectoryReader(graph=graph, pacer=ReadPacer(rate=settings.graph_read_rate)),
+                ledger=ledger,
+                graph=graph,
+                policy=DriftPolicy.load(settings.policy_path),
+                sender=senders.lane(Lane.BULK),
+                publisher=publisher if topic else None,
+                now=now,
+            )
+        ),
         _closers=tuple(closers),
     )
 

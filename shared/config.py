@@ -52,6 +52,8 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "GrantsLedger__tableServiceUri": "",  # e.g. https://<account>.table.core.windows.net (identity-based)
     "GrantsLedger__tableName": "grantledger",
     "GRANTS_SWEEP_SCHEDULE": "0 */5 * * * *",  # the expiry sweep's timer (NCRONTAB, read by the Functions host)
+    "GRANTS_DRIFT_SCHEDULE": "0 30 * * * *",  # the drift sweep's timer: hourly (NCRONTAB, read by the Functions host)
+    "GRAPH_READ_RATE": "25",  # Graph reads per second of the drift check (its own budget, beside the writes')
     # The Python worker reads it too: true = it exports logs with OpenTelemetry (shared/adapters/telemetry.py).
     "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "false",
 }
@@ -133,6 +135,7 @@ class Settings:
     member_not_found_windows: Mapping[str, float] = field(default_factory=dict)
     member_not_found_min_attempts: int = 5
     graph_write_rate: float = 20.0
+    graph_read_rate: float = 25.0
     settlement_timeout_seconds: float = 5.0
     graph_write_adaptive: bool = True
     graph_write_window_seconds: float = 150.0
@@ -192,6 +195,7 @@ class Settings:
         windows = _windows(get("GRANTS_MEMBER_NOT_FOUND_WINDOWS"))
         min_attempts = _number(get, "GRANTS_MEMBER_NOT_FOUND_MIN_ATTEMPTS", minimum=1, integer=True)
         write_rate = _number(get, "GRAPH_WRITE_RATE", minimum=0)
+        read_rate = _number(get, "GRAPH_READ_RATE", minimum=0.1)
         ledger_table = get("GrantsLedger__tableName") or "grantledger"
         if not _TABLE_NAME.fullmatch(ledger_table):
             raise ConfigError(
@@ -218,6 +222,7 @@ class Settings:
             member_not_found_windows=windows,
             member_not_found_min_attempts=int(min_attempts),
             graph_write_rate=write_rate,
+            graph_read_rate=read_rate,
             settlement_timeout_seconds=settlement_timeout,
             graph_write_adaptive=pacing == "adaptive",
             graph_write_window_seconds=write_window,

@@ -11,6 +11,7 @@ import azure.functions as func
 
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
+from shared.core.drift_policy import DriftPolicy
 from shared.core.hr_rules import HrRules
 from shared.core.messaging import Lane, MessageActions
 from shared.core.policy import GrantPolicy
@@ -24,6 +25,9 @@ __all__ = [
     "configure_telemetry",
     "installed",
     "process_callback",
+    "process_drift_confirm",
+    "process_drift_report",
+    "process_drift_sweep",
     "process_expiry_sweep",
     "process_grant_message",
     "process_history",
@@ -44,6 +48,7 @@ def check_configuration() -> None:
     settings = Settings.from_env(os.environ)
     if settings.policy_path:
         GrantPolicy.load(settings.policy_path)
+        DriftPolicy.load(settings.policy_path)
     if settings.hr_rules_path:
         HrRules.load(settings.hr_rules_path)
 
@@ -90,6 +95,23 @@ async def process_hr_event(message: Any, actions: MessageActions) -> Settled:
 async def process_expiry_sweep() -> int:
     """Entry point for the expiry sweep timer: send the removal of every pending removal that is due."""
     return await services().expiry_sweep()
+
+
+async def process_drift_sweep() -> int:
+    """Entry point for the drift sweep timer: check every target against the ledger, repair where the policy says,
+    hold mass removals; return how many findings there were."""
+    return (await services().drift.sweep()).findings
+
+
+async def process_drift_report(request: func.HttpRequest) -> func.HttpResponse:
+    """Entry point for ``GET /api/drift[?target=]``: the drift of every target (or one), read now, nothing repaired."""
+    return _response(await services().drift.report(dict(request.params)))
+
+
+async def process_drift_confirm(request: func.HttpRequest) -> func.HttpResponse:
+    """Entry point for ``POST /api/drift/{target}/confirm``: release removals the blast-radius guard holds, once."""
+    target = request.route_params.get("target", "")
+    return _response(await services().drift.confirm(target, request.get_body()))
 
 
 async def process_callback(message: Any, actions: MessageActions) -> Settled:

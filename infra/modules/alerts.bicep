@@ -164,6 +164,34 @@ var logAlerts = [
     }
   }
   {
+    name: 'drift'
+    description: 'A drift sweep found a target whose members differ from the ledger (missing, lingering or unmanaged), or could not read one. ${runbook}, "Drift".'
+    severity: 2
+    evaluationFrequency: 'PT15M'
+    windowSize: 'P1D'
+    criterion: {
+      query: loadTextContent('../queries/drift.kql')
+      timeAggregation: 'Count'
+      dimensions: [{ name: 'state', operator: 'Include', values: ['drifted', 'failed'] }]
+      operator: 'GreaterThan'
+      threshold: 0
+    }
+  }
+  {
+    name: 'drift-held'
+    description: 'The blast-radius guard holds a mass removal from a target until an operator confirms it. ${runbook}, "Drift: removals held".'
+    severity: 1
+    evaluationFrequency: 'PT15M'
+    windowSize: 'P1D'
+    criterion: {
+      query: loadTextContent('../queries/drift.kql')
+      timeAggregation: 'Count'
+      dimensions: [{ name: 'state', operator: 'Include', values: ['held'] }]
+      operator: 'GreaterThan'
+      threshold: 0
+    }
+  }
+  {
     name: 'function-failures'
     description: 'A function invocation failed, or the app raised an exception. ${runbook}, "Function failures".'
     severity: 2

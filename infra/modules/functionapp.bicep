@@ -124,6 +124,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'GrantsLedger__tableName', value: ledgerTableName }
         // The expiry sweep (timer trigger): every 5 minutes, removals of expired grants that did not happen.
         { name: 'GRANTS_SWEEP_SCHEDULE', value: '0 */5 * * * *' }
+        // The drift sweep (timer trigger, docs/drift.md): hourly at :30; its Graph reads' own pace, per second.
+        { name: 'GRANTS_DRIFT_SCHEDULE', value: '0 30 * * * *' }
+        { name: 'GRAPH_READ_RATE', value: '25' }
         // Never a literal: empty, or a Key Vault reference the platform resolves with the identity.
         {
           name: 'GRANTS_WEBHOOK_SECRET'

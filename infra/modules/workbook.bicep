@@ -1,6 +1,6 @@
 // The operations workbook (Azure portal: Monitor > Workbooks, or the Application Insights component > Workbooks):
 // grants per hour, dead-letter reasons, latency, throttling and the write rate against Graph's quota, queue depths
-// and pending expiries. Each log tile's query is a file in infra/queries/, loaded here, with outcomes.kql (the
+// pending expiries and drift. Each log tile's query is a file in infra/queries/, loaded here, with outcomes.kql (the
 // shared preamble) in front when it reads the outcome lines. The queues' tiles read Service Bus metrics.
 param location string
 param tags object
@@ -154,6 +154,15 @@ var content = {
       content: union(logTile, {
         title: 'Pending expiries: removals overdue by more than 15 minutes'
         query: concat(outcomes, loadTextContent('../queries/pending-expiries.kql'))
+        visualization: 'table'
+      })
+    }
+    {
+      type: 3
+      name: 'drift'
+      content: union(logTile, {
+        title: 'Drift: targets whose latest sweep found drift, holds removals, or could not read them'
+        query: loadTextContent('../queries/drift.kql')
         visualization: 'table'
       })
     }

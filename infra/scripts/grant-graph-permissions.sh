@@ -3,6 +3,7 @@
 #   AdministrativeUnit.ReadWrite.All     add and remove members of administrative units, and their scoped roles
 #   RoleManagement.ReadWrite.Directory   add and remove members of directory roles; activate a role template
 #                                        (only used with GRANTS_ACTIVATE_ROLES=true)
+# The drift check's reads (members of units and roles, scoped role memberships) are covered by these two.
 # An app role assignment on Microsoft Graph needs a Privileged Role Administrator (or Global Administrator)
 # signed in to the Azure CLI (`az login`; azd's own sign-in is not used here). Safe to run again.
 #

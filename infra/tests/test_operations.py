@@ -64,6 +64,26 @@ LOG_ALERTS: dict[str, dict[str, Any]] = {
         "timing": (1, "PT15M", "P1D"),
         "condition": {"timeAggregation": "Count", "operator": "GreaterThan", "threshold": 0},
     },
+    "drift": {
+        "files": ["drift.kql"],
+        "timing": (2, "PT15M", "P1D"),
+        "condition": {
+            "timeAggregation": "Count",
+            "dimensions": [{"name": "state", "operator": "Include", "values": ["drifted", "failed"]}],
+            "operator": "GreaterThan",
+            "threshold": 0,
+        },
+    },
+    "drift-held": {
+        "files": ["drift.kql"],
+        "timing": (1, "PT15M", "P1D"),
+        "condition": {
+            "timeAggregation": "Count",
+            "dimensions": [{"name": "state", "operator": "Include", "values": ["held"]}],
+            "operator": "GreaterThan",
+            "threshold": 0,
+        },
+    },
     "function-failures": {
         "files": ["function-failures.kql"],
         "timing": (2, "PT5M", "PT15M"),
@@ -93,6 +113,7 @@ LOG_TILES = {
     "throttling": [PREAMBLE, "throttled-share.kql"],
     "write-rate": [PREAMBLE, "write-rate.kql"],
     "pending-expiries": [PREAMBLE, "pending-expiries.kql"],
+    "drift": ["drift.kql"],
     "function-failures": ["function-failures.kql"],
 }
 #: Workbook metric tile -> the Service Bus metric it charts per queue.

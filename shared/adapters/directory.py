@@ -182,6 +182,11 @@ class DirectoryReader:
             found.update(page)
         return frozenset(found)
 
+    async def role_id_of(self, template: Guid) -> str | None:
+        """The object id of the directory role activated from `template` (looked up once, at Low priority), or
+        None while the template is not activated."""
+        return await self._role_id(template, sweep=True)
+
     async def _scoped(self, target: ScopedRole, *, sweep: bool) -> AsyncIterator[tuple[Guid, ...]]:
         """The ids holding a scoped role, page by page of the unit's scoped role memberships."""
         role_id = await self._role_id(target.role_template_id, sweep=sweep)

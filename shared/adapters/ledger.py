@@ -36,6 +36,13 @@ own: ``FIRST`` inserts (accepted, scheduled, a duplicate's), ``FINAL`` merges (a
 inserts or, when a copy exists, reads it and merges If-Match unless it is terminal (a pending status never
 replaces a terminal one).
 
+Drift (`shared.service.drift`) reads the pairs of one target with `target_pairs` (a partition-key range: a pair's
+key starts with its first 40 characters, which for a unit are exactly ``au.<unit>.``; other targets' prefixes are
+cut inside an id, so the ``pair`` column is filtered too), lists the targets with `pair_targets` (one request per
+block of keys sharing those 40 characters), and keeps one more entity per target, the **drift hold**
+``(drift.<readable>.<digest>, "hold")`` of `pair_of(target, "*")`: the removals the blast-radius guard holds
+(``digest``, ``removals``, ``limit``, ``members``, ``heldAt``) and, once confirmed, ``releasedAt``.
+
 Cost of one grant with no contention: `begin` sends the request's insert and the pair's read at once, then
 the pair's write; `finish` one write: four requests in three sequential round trips. A duplicate or a retry
 adds one read of the request entity. Its terminal status adds four writes at once (status, member's and target's
@@ -72,7 +79,7 @@ from azure.core.exceptions import (
 from azure.data.tables import UpdateMode
 
 from shared.adapters.identity import HttpxTransport
-from shared.core.contract import Action
+from shared.core.contract import Action, Guid, Target
 from shared.core.errors import PermanentError, Reason, TransientError
 from shared.core.intents import (
     Applied,
@@ -86,6 +93,8 @@ from shared.core.intents import (
     Wait,
     admit,
     check_request,
+    pair_of,
+    parse_pair,
     release,
 )
 from shared.core.statuses import Status, StatusRecord, StatusWrite
@@ -100,6 +109,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Absorbed",
     "Admitted",
+    "DriftHold",
     "Group",
     "GroupKind",
     "Ledger",
@@ -442,6 +452,163 @@ class Ledger:
     async def aclose(self) -> None:
         await self._table.close()
 
+    # --- drift: the pairs of one target, the targets, the guard's held removals ------------------------------
+
+    async def target_pairs(self, target: Target) -> list[tuple[Guid, PairState]]:
+        """The member id and recorded state of every pair of `target` (as named: a role by id and by template are
+        two targets here): one partition-key range query, filtered on the ``pair`` column.
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        prefix = pair_of(target, "")
+        low, high = _pair_range(prefix)
+        query = f"{_PAIRS_BETWEEN} and pair ge @first and pair lt @last"
+        parameters = {"low": low, "high": high, "row": _PAIR_ROW, "first": prefix, "last": _after(prefix)}
+        found: list[tuple[Guid, PairState]] = []
+        try:
+            async for entity in self._table.query_entities(query, parameters=parameters):
+                named = _parsed_pair(entity.get("pair"))
+                if named is not None:
+                    found.append((named[1], _pair_state(entity)))
+        except AzureError as error:
+            raise _unavailable("list the pairs of a target", error) from error
+        return found
+
+    async def pair_targets(self, *, prefix: str = "") -> list[Target]:
+        """Every target with a pair whose id starts with `prefix` (e.g. ``au.<unit>.``, ``scoped.``; all when
+        empty), in key order. A unit's pairs form a block of keys of their own, skipped after its first pair is
+        read (one request a unit); the pairs of roles, templates and scoped roles share blocks cut inside an id,
+        so such a block is read whole (its ``pair`` column only).
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        low, high = _pair_range(prefix)
+        found: dict[Target, None] = {}
+        bounds = {"row": _PAIR_ROW, "first": prefix, "last": _after(prefix)} if prefix else {"row": _PAIR_ROW}
+        narrowed = " and pair ge @first and pair lt @last" if prefix else ""
+        try:
+            while True:
+                first = await self._first_pair({**bounds, "low": low, "high": high}, narrowed)
+                if first is None:
+                    break
+                block = _UNSAFE.sub("_", first[:40])
+                named = _parsed_pair(first)
+                if named is not None and len(pair_of(named[0], "")) == len(block) == 40:
+                    found[named[0]] = None  # the block is this target's alone
+                else:
+                    parameters = {**bounds, "low": f"pair.{block}.", "high": f"pair.{block}/"}
+                    async for entity in self._table.query_entities(
+                        _PAIRS_BETWEEN + narrowed, parameters=parameters, select=["pair"]
+                    ):
+                        if (named := _parsed_pair(entity.get("pair"))) is not None:
+                            found[named[0]] = None
+                low = f"pair.{block}/"
+        except AzureError as error:
+            raise _unavailable("list the targets of the recorded pairs", error) from error
+        return list(found)
+
+    async def drift_hold(self, target: Target) -> DriftHold | None:
+        """The removals of `target` the blast-radius guard holds (or held, and a confirm released), if recorded.
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        held = await self._read_hold(target)
+        return held[0] if held is not None else None
+
+    async def hold_drift(
+        self, target: Target, *, digest: str, removals: int, limit: int, members: int, now: datetime
+    ) -> DriftHold:
+        """Record that the guard holds `removals` removals of `target` (the set named by `digest`); what is recorded
+        for the same digest already (its ``heldAt``, a release) is kept. Return what is recorded.
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        for _ in range(MAX_RACES):
+            known = await self._read_hold(target)
+            if known is not None and known[0].digest == digest:
+                return known[0]
+            hold = DriftHold(digest=digest, removals=removals, limit=limit, members=members, held_at=now)
+            if await self._write_hold(target, hold, known[1] if known is not None else None):
+                return hold
+        raise TransientError(
+            Reason.LEDGER_UNAVAILABLE, f"the grant ledger could not record a drift hold: {MAX_RACES} writes raced it"
+        )
+
+    async def release_drift(self, target: Target, *, digest: str, now: datetime) -> DriftHold | None:
+        """Mark the held removals `digest` of `target` released, once: the record as released, or None when no such
+        set is held (another digest, none, or released already: see `drift_hold`).
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        for _ in range(MAX_RACES):
+            known = await self._read_hold(target)
+            if known is None or known[0].digest != digest or known[0].released_at is not None:
+                return None
+            released = replace(known[0], released_at=now)
+            if await self._write_hold(target, released, known[1]):
+                return released
+        raise TransientError(
+            Reason.LEDGER_UNAVAILABLE, f"the grant ledger could not release a drift hold: {MAX_RACES} writes raced it"
+        )
+
+    async def _first_pair(self, parameters: dict[str, Any], narrowed: str) -> str | None:
+        """The ``pair`` of the first pair entity in the key range of `parameters` (None when there is none)."""
+        async for entity in self._table.query_entities(
+            _PAIRS_BETWEEN + narrowed, parameters=parameters, select=["pair"], results_per_page=1
+        ):
+            return str(entity.get("pair", ""))
+        return None
+
+    async def _read_hold(self, target: Target) -> tuple[DriftHold, str] | None:
+        try:
+            entity = await self._table.get_entity(table_key("drift", pair_of(target, "*")), _HOLD_ROW)
+        except ResourceNotFoundError as error:
+            if _absent(error):
+                return None
+            raise _unavailable("read a drift hold", error) from error
+        except AzureError as error:
+            raise _unavailable("read a drift hold", error) from error
+        hold = DriftHold(
+            digest=entity["digest"],
+            removals=entity["removals"],
+            limit=entity["limit"],
+            members=entity["members"],
+            held_at=_time(entity["heldAt"]),
+            released_at=_time(entity["releasedAt"]) if entity.get("releasedAt") is not None else None,
+        )
+        return hold, str(entity.metadata["etag"])
+
+    async def _write_hold(self, target: Target, hold: DriftHold, etag: str | None) -> bool:
+        """Write `hold` if the entity is still at `etag` (absent when None); False on a lost race."""
+        entity: dict[str, Any] = {
+            "PartitionKey": table_key("drift", pair_of(target, "*")),
+            "RowKey": _HOLD_ROW,
+            "target": pair_of(target, "*"),
+            "digest": hold.digest,
+            "removals": hold.removals,
+            "limit": hold.limit,
+            "members": hold.members,
+            "heldAt": hold.held_at,
+        }
+        if hold.released_at is not None:
+            entity["releasedAt"] = hold.released_at
+        try:
+            if etag is None:
+                await self._table.create_entity(entity)
+            else:
+                await self._table.update_entity(
+                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            return False
+        except ResourceNotFoundError as error:
+            if _absent(error):
+                return False
+            raise _unavailable("record a drift hold", error) from error
+        except AzureError as error:
+            raise _unavailable("record a drift hold", error) from error
+        return True
+
     # --- storage ----------------------------------------------------------------------------------------------
 
     async def _write_status(self, entity: dict[str, Any], write: StatusWrite) -> bool:
@@ -730,3 +897,45 @@ def _error_code(error: HttpResponseError) -> str | None:
 def _absent(error: ResourceNotFoundError) -> bool:
     """True when the entity is absent; False when the whole table is (a deployment fault, not a state)."""
     return _error_code(error) != "TableNotFound"
+
+
+# --- drift ------------------------------------------------------------------------------------------------------
+
+_HOLD_ROW: Final = "hold"
+_PAIRS_BETWEEN: Final = "PartitionKey ge @low and PartitionKey lt @high and RowKey eq @row"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriftHold:
+    """Removals of one target the blast-radius guard holds: the set's `digest` (`shared.core.drift.Held`), how many
+    removals of how many members against the `limit`, since when, and when a confirm released it (None: held)."""
+
+    digest: str
+    removals: int
+    limit: int
+    members: int
+    held_at: datetime
+    released_at: datetime | None = None
+
+
+def _pair_range(prefix: str) -> tuple[str, str]:
+    """The partition keys of the pairs whose id starts with `prefix`: ``[low, high)``. A pair's key starts with its
+    id's first 40 characters (`table_key`), so a longer prefix narrows the keys to those 40 only."""
+    if len(prefix) >= 40:
+        block = _UNSAFE.sub("_", prefix[:40])
+        return f"pair.{block}.", f"pair.{block}/"
+    low = f"pair.{_UNSAFE.sub('_', prefix)}"
+    return low, _after(low)
+
+
+def _after(prefix: str) -> str:
+    """The least string above every string starting with `prefix` (not empty): the upper end of a key range."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _parsed_pair(value: object) -> tuple[Target, Guid] | None:
+    """The target and member of a stored ``pair`` column; None for one no `pair_of` made (left alone)."""
+    try:
+        return parse_pair(value) if isinstance(value, str) else None
+    except ValueError:
+        return None

@@ -31,8 +31,9 @@ from typing import Any, Final
 
 __all__ = ["QUIETED_LOGGERS", "RECORD_ATTRIBUTES", "OutcomeDimensions", "dimensions", "install"]
 
-#: The ``extra`` attributes that carry an outcome record (shared/service/settle.py: ``log_outcome``).
-RECORD_ATTRIBUTES: Final = ("grant", "hrEvent")
+#: The ``extra`` attributes that carry an outcome record (shared/service/settle.py: ``log_outcome``; a drift
+#: sweep's target line: shared/service/drift.py).
+RECORD_ATTRIBUTES: Final = ("grant", "hrEvent", "drift")
 #: Loggers `install` sets to WARNING when unset (see the module docstring).
 QUIETED_LOGGERS: Final = (
     "azure.core.pipeline.policies.http_logging_policy",

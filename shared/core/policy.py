@@ -29,7 +29,7 @@ from shared.core.contract import (
 )
 from shared.core.errors import ConfigError, ContractError, PermanentError, Reason
 
-__all__ = ["TIER0_ROLE_TEMPLATES", "GrantPolicy", "SourceRules"]
+__all__ = ["TIER0_ROLE_TEMPLATES", "GrantPolicy", "SourceRules", "policy_document"]
 
 ANY: Final = "*"
 
@@ -93,13 +93,7 @@ class GrantPolicy:
     @classmethod
     def load(cls, file: str | Path) -> GrantPolicy:
         """Read and validate a policy file; raise `ConfigError` naming the first problem."""
-        try:
-            document = json.loads(Path(file).read_text(encoding="utf-8"))
-        except OSError as error:
-            raise ConfigError(f"GRANTS_POLICY: cannot read {file}: {error.strerror}") from None
-        except ValueError as error:
-            raise ConfigError(f"GRANTS_POLICY: {file} is not valid JSON: {error}") from None
-        return cls(sources=_parse_sources(document, str(file)), origin=str(file))
+        return cls(sources=_parse_sources(policy_document(file), str(file)), origin=str(file))
 
     def check(self, command: GrantCommand, *, role_template_id: Guid | None) -> None:
         """Raise `PermanentError(PolicyDenied)` unless this command's source may do it.
@@ -145,6 +139,17 @@ class GrantPolicy:
         return f"grant policy from {self.origin}: sources {', '.join(sorted(s.value for s in self.sources))}"
 
 
+def policy_document(file: str | Path) -> Any:
+    """The policy file's JSON (its ``drift`` section is `shared.core.drift_policy`'s); `ConfigError` when it cannot
+    be read or is not JSON."""
+    try:
+        return json.loads(Path(file).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"GRANTS_POLICY: cannot read {file}: {error.strerror}") from None
+    except ValueError as error:
+        raise ConfigError(f"GRANTS_POLICY: {file} is not valid JSON: {error}") from None
+
+
 def _allows(allowed: frozenset[str], object_id: str) -> bool:
     return ANY in allowed or object_id in allowed
 
@@ -158,8 +163,15 @@ def _denied(rule: str) -> PermanentError:
 
 
 def _parse_sources(document: Any, file: str) -> dict[SourceSystem, SourceRules]:
-    if not isinstance(document, dict) or set(document) - {"sources"} or not isinstance(document.get("sources"), dict):
-        raise ConfigError(f'GRANTS_POLICY: {file} must be an object with one key, "sources", holding an object')
+    if (
+        not isinstance(document, dict)
+        or set(document) - {"sources", "drift"}
+        or not isinstance(document.get("sources"), dict)
+    ):
+        raise ConfigError(
+            f'GRANTS_POLICY: {file} must be an object with one key, "sources", holding an object (and optionally '
+            '"drift": docs/drift.md)'
+        )
     sources: dict[SourceSystem, SourceRules] = {}
     for name, rules in document["sources"].items():
         where = f"GRANTS_POLICY: {file}: sources.{name}"

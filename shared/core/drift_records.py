@@ -1,0 +1,198 @@
+"""What a drift check says of itself, pure: each finding's record, each target's record, and their outcome events.
+
+- `finding_record`: one finding (``missing``, ``lingering``, ``unmanaged``), the newest intent it was judged by,
+  what the sweep does about it (`Handling`) and the repair's request id and description ("restores RITM123's
+  grant").
+- `target_record`: one target's check: its mode and `TargetState`, the counts, the guard's held set (its digest
+  and the command that confirms it), the findings when asked for; the body of ``GET /api/drift`` per target and,
+  without findings, the ``drift <state> {json}`` log line.
+- `drift_event`: the keyword arguments of `OutcomePublisher.publish` for a finding (``drift_detected``) or a
+  held set (``drift_held``), with the application properties subscriptions filter on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final
+
+from shared.core.contract import AdministrativeUnit, Guid, Target, target_document
+from shared.core.drift import Finding, Lingering, Missing, Plan, Repair
+from shared.core.messaging import EVENT_OUTCOME, EVENT_REQUEST_ID, OUTCOME_EVENT_PREFIX, PropertyValue
+
+__all__ = [
+    "DRIFT_DETECTED",
+    "DRIFT_HELD",
+    "EVENT_DRIFT_FINDING",
+    "EVENT_DRIFT_HANDLING",
+    "EVENT_TARGET_ID",
+    "Handling",
+    "TargetState",
+    "confirm_command",
+    "drift_event",
+    "finding_kind",
+    "finding_record",
+    "handlings",
+    "target_fields",
+    "target_record",
+]
+
+#: The ``outcome`` of a drift finding's event, and of a held set's.
+DRIFT_DETECTED: Final = "drift_detected"
+DRIFT_HELD: Final = "drift_held"
+#: Application properties of a drift event, besides ``outcome`` and (when an intent is known) ``requestId``.
+EVENT_DRIFT_FINDING: Final = "driftFinding"  # missing | lingering | unmanaged
+EVENT_DRIFT_HANDLING: Final = "driftHandling"  # repair | held | report | tier0
+EVENT_TARGET_ID: Final = "targetId"  # the unit's id, or the role's template id
+
+
+class Handling(StrEnum):
+    """What a sweep does about a finding: sends its `REPAIR` (the policy's mode asks for it), `HELD` by the
+    blast-radius guard until a confirm, `REPORT` only (report mode; an unmanaged member unless authoritative),
+    `TIER0` (a tier-0 role: never touched)."""
+
+    REPAIR = "repair"
+    HELD = "held"
+    REPORT = "report"
+    TIER0 = "tier0"
+
+
+class TargetState(StrEnum):
+    """How a target's check ended: `IN_STEP` (no finding), `DRIFTED` (findings, none held), `HELD` (the guard
+    holds removals), `FAILED` (the target could not be read)."""
+
+    IN_STEP = "in_step"
+    DRIFTED = "drifted"
+    HELD = "held"
+    FAILED = "failed"
+
+
+def finding_kind(finding: Finding) -> str:
+    """``missing``, ``lingering`` or ``unmanaged``."""
+    if isinstance(finding, Missing):
+        return "missing"
+    return "lingering" if isinstance(finding, Lingering) else "unmanaged"
+
+
+def handlings(plan: Plan) -> dict[Guid, tuple[Handling, Repair | None]]:
+    """What `plan` does about each finding's member: its handling and, when one is planned or held, the repair."""
+    handled: dict[Guid, tuple[Handling, Repair | None]] = {}
+    for finding in plan.reported:
+        handled[finding.member_id] = (Handling.TIER0 if plan.tier0 else Handling.REPORT, None)
+    for repair in plan.repairs:
+        handled[repair.member_id] = (Handling.REPAIR, repair)
+    for repair in plan.held.repairs if plan.held is not None else ():
+        handled[repair.member_id] = (Handling.HELD, repair)
+    return handled
+
+
+def target_fields(target: Target) -> dict[str, Any]:
+    """``target`` (the v1 target object), ``targetType``, ``targetId`` (a unit's or role's id; a scoped role's
+    unit) and ``roleTemplateId``, as in a request's status record."""
+    document = target_document(target)
+    return {
+        "target": document,
+        "targetType": document["type"],
+        "targetId": getattr(target, "id", None) or getattr(target, "administrative_unit_id", None),
+        "roleTemplateId": getattr(target, "role_template_id", None),
+    }
+
+
+def finding_record(finding: Finding, handling: Handling, repair: Repair | None) -> dict[str, Any]:
+    """One finding: the member, the newest intent it was judged by (none for an unmanaged member), its handling
+    and the repair planned or held for it."""
+    intent = None if not isinstance(finding, Missing | Lingering) else finding.intent
+    return {
+        "finding": finding_kind(finding),
+        "memberId": finding.member_id,
+        "requestId": intent.request_id if intent else None,
+        "action": intent.action.value if intent else None,
+        "requestedAt": _iso(intent.requested_at) if intent else None,
+        "expiresAt": _iso(intent.expires_at) if intent else None,
+        "expired": isinstance(finding, Lingering) and finding.expired,
+        "handling": handling.value,
+        "repair": None
+        if repair is None
+        else {
+            "requestId": repair.request_id,
+            "action": repair.action.value,
+            "restores": repair.restores,
+            "description": repair.describe(),
+        },
+    }
+
+
+def confirm_command(target: Target, digest: str) -> str:
+    """The operator's command that releases `target`'s held set `digest`: ``grants drift --target <id> --repair
+    --confirm <digest>`` (a unit's id, a role's template id)."""
+    named = target.id if isinstance(target, AdministrativeUnit) else getattr(target, "role_template_id", None)
+    return f"grants drift --target {named or getattr(target, 'id', '')} --repair --confirm {digest}"
+
+
+def target_record(
+    target: Target,
+    *,
+    state: TargetState,
+    mode: str,
+    checked_at: datetime,
+    members: int | None = None,
+    in_flight: int = 0,
+    findings: Iterable[Mapping[str, Any]] = (),
+    repairs: int = 0,
+    repairs_sent: bool = False,
+    held: Mapping[str, Any] | None = None,
+    tier0: bool = False,
+    reason: str | None = None,
+    description: str | None = None,
+    with_findings: bool = True,
+) -> dict[str, Any]:
+    """One target's check (see the module docstring); the findings' list only `with_findings`, their counts always."""
+    listed = list(findings)
+    counts = {kind: sum(1 for f in listed if f["finding"] == kind) for kind in ("missing", "lingering", "unmanaged")}
+    record: dict[str, Any] = target_fields(target) | {
+        "state": state.value,
+        "mode": mode,
+        "tier0": tier0,
+        "members": members,
+        "inFlight": in_flight,
+        **counts,
+        "repairs": repairs,
+        "repairsSent": repairs_sent,
+        "held": dict(held) if held is not None else None,
+        "reason": reason,
+        "description": description,
+        "checkedAt": _iso(checked_at),
+    }
+    if with_findings:
+        record["findings"] = listed
+    return record
+
+
+def drift_event(record: Mapping[str, Any], *, outcome: str, pair: str, key: str, at: datetime) -> dict[str, Any]:
+    """The keyword arguments of `OutcomePublisher.publish` for a drift event: `record` (with ``outcome`` and
+    ``detectedAt``) as compact JSON, MessageId ``outcome/drift/<64 hex>`` (SHA-256 of the outcome, `pair` (the
+    finding's pair, or the target's), `key` (what the finding or held set is) and the sweep's time `at`: one event
+    per sweep, a redelivered publish the same), and the properties ``outcome``, ``targetId``, ``driftFinding``,
+    ``driftHandling`` and ``requestId`` when the record has them."""
+    body = dict(record) | {"outcome": outcome, "detectedAt": _iso(at)}
+    properties: dict[str, PropertyValue] = {EVENT_OUTCOME: outcome}
+    optional = {
+        EVENT_TARGET_ID: record.get("roleTemplateId") or record.get("targetId"),
+        EVENT_DRIFT_FINDING: record.get("finding"),
+        EVENT_DRIFT_HANDLING: record.get("handling"),
+        EVENT_REQUEST_ID: record.get("requestId"),
+    }
+    properties.update({name: str(value) for name, value in optional.items() if value})
+    digest = hashlib.sha256(json.dumps([outcome, pair, key, _iso(at)]).encode()).hexdigest()
+    return {
+        "body": json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+        "message_id": f"{OUTCOME_EVENT_PREFIX}drift/{digest}",
+        "application_properties": properties,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
