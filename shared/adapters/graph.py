@@ -68,6 +68,7 @@ class GraphResponse:
     retry_after: float | None
     usage: float | None = None
     throttle_scope: str | None = None
+    write: bool = False  # the request was a write (POST, DELETE): a 5xx leaves its outcome unknown
 
     @property
     def read_limit_only(self) -> bool:
@@ -176,6 +177,7 @@ class GraphClient:
         governor = self._governor if method in _WRITES else None
         if governor is not None:
             await governor.acquire(lane)
+        write = method in _WRITES
         try:
             response = await self._http.request(method, self.base_url + url_path, json=json_body, headers=headers)
         except httpx.TimeoutException as error:
@@ -183,12 +185,14 @@ class GraphClient:
                 Reason.GRAPH_UNAVAILABLE,
                 f"Graph did not answer {method} {url_path} in time ({type(error).__name__}); "
                 f"client-request-id {client_request_id}",
+                uncertain=write and _sent(error),
             ) from error
         except httpx.TransportError as error:
             raise TransientError(
                 Reason.GRAPH_UNAVAILABLE,
                 f"Graph could not be reached for {method} {url_path} ({type(error).__name__}); "
                 f"client-request-id {client_request_id}",
+                uncertain=write and _sent(error),
             ) from error
         answer = GraphResponse(
             status=response.status_code,
@@ -198,6 +202,7 @@ class GraphClient:
             retry_after=_retry_after(response.headers.get("retry-after")),
             usage=_usage(response.headers.get("x-ms-throttle-limit-percentage")),
             throttle_scope=response.headers.get("x-ms-throttle-scope"),
+            write=write,
         )
         if governor is not None:
             if answer.status == 429:
@@ -231,9 +236,17 @@ def raise_for_graph(response: GraphResponse, *, permission: str) -> NoReturn:
             graph=answer,
             retry_after=response.retry_after,
         )
-    if response.status in _TRANSIENT_STATUS:
-        raise TransientError(Reason.GRAPH_UNAVAILABLE, said, graph=answer, retry_after=response.retry_after)
+    if response.status in _TRANSIENT_STATUS:  # a write answered 5xx may have been applied all the same
+        raise TransientError(
+            Reason.GRAPH_UNAVAILABLE, said, graph=answer, retry_after=response.retry_after, uncertain=response.write
+        )
     raise PermanentError(Reason.GRAPH_REJECTED, said, graph=answer)
+
+
+def _sent(error: httpx.TransportError) -> bool:
+    """False only when the request cannot have reached Graph (no connection was made, none was free in the pool);
+    otherwise a write's outcome is unknown: it may have been applied, or may still be."""
+    return not isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 def _json_body(response: httpx.Response) -> Mapping[str, Any] | None:

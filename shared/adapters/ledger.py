@@ -90,6 +90,7 @@ from shared.core.intents import (
     RequestCheck,
     RequestRecord,
     Superseded,
+    Uncertain,
     Wait,
     admit,
     check_request,
@@ -121,6 +122,9 @@ __all__ = [
 
 #: How long a lease lasts: longer than one Graph write can take (the service stops writing before it ends).
 LEASE_FOR: Final = timedelta(seconds=120)
+#: How long a write whose outcome is unknown may still land (Graph gives no bound: a write it has not applied in
+#: this long is taken as lost); a write of the other action meanwhile is made again then (`confirm_at`).
+UNCERTAIN_WINDOW: Final = timedelta(minutes=5)
 #: Lost ETag races in a row before `begin` gives up for now (`PairBusy`, retried shortly).
 MAX_RACES: Final = 5
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
@@ -203,9 +207,12 @@ class Absorbed:
 class Ledger:
     """The grant ledger over one table (`table_client`). One per process; `aclose` closes the client."""
 
-    def __init__(self, table: TableClient, *, lease_for: timedelta = LEASE_FOR) -> None:
+    def __init__(
+        self, table: TableClient, *, lease_for: timedelta = LEASE_FOR, uncertain_window: timedelta = UNCERTAIN_WINDOW
+    ) -> None:
         self._table = table
         self._lease_for = lease_for
+        self.uncertain_window = uncertain_window
 
     async def begin(
         self, intent: Intent, *, pair: str, origin: str, now: datetime
@@ -252,8 +259,11 @@ class Ledger:
             retry_after=1.0,
         )
 
-    async def finish(self, ticket: Ticket, *, applied: Action | None, now: datetime) -> bool:
-        """Return the lease and record `applied` (the action written, None if none). False: the lease was lost.
+    async def finish(
+        self, ticket: Ticket, *, applied: Action | None, now: datetime, uncertain: Action | None = None
+    ) -> bool:
+        """Return the lease and record `applied` (the action written, None if none), or a write of `uncertain`
+        whose outcome is unknown (`release`). False: the lease was lost.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
@@ -262,7 +272,14 @@ class Ledger:
         for _ in range(MAX_RACES):
             if state is None:
                 return False
-            released = release(state, token=ticket.token, applied=applied, now=now)
+            released = release(
+                state,
+                token=ticket.token,
+                applied=applied,
+                now=now,
+                uncertain=uncertain,
+                uncertain_window=self.uncertain_window,
+            )
             if released is None:
                 return False
             if await self._write_pair(ticket.pair, released, etag) is not None:
@@ -842,6 +859,13 @@ def _pair_fields(state: PairState) -> dict[str, Any]:
     if applied is not None:
         fields.update(appliedRequestId=applied.request_id, appliedAction=applied.action.value, appliedAt=applied.at)
     fields["removalDue"] = state.removal_due
+    if state.uncertain is not None:
+        uncertain = state.uncertain
+        fields.update(
+            uncertainRequestId=uncertain.request_id,
+            uncertainAction=uncertain.action.value,
+            uncertainSince=uncertain.since,
+        )
     return {name: value for name, value in fields.items() if value is not None}
 
 
@@ -866,7 +890,14 @@ def _pair_state(entity: dict[str, Any]) -> PairState:
             at=_time(entity["appliedAt"]),
         )
     removal_due = _time(entity["removalDue"]) if "removalDue" in entity else None
-    return PairState(newest=newest, lease=lease, applied=applied, removal_due=removal_due)
+    uncertain = None
+    if "uncertainRequestId" in entity:
+        uncertain = Uncertain(
+            request_id=entity["uncertainRequestId"],
+            action=Action(entity["uncertainAction"]),
+            since=_time(entity["uncertainSince"]),
+        )
+    return PairState(newest=newest, lease=lease, applied=applied, removal_due=removal_due, uncertain=uncertain)
 
 
 def _time(value: datetime) -> datetime:

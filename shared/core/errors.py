@@ -108,7 +108,8 @@ class ConfigError(ValueError):
 
 
 class TransientError(GrantError):
-    """Retrying later may help; `retry_after` is the server's requested delay in seconds, if it gave one."""
+    """Retrying later may help; `retry_after` is the server's requested delay in seconds, if it gave one;
+    `uncertain` says a write was sent whose outcome is unknown (it may have been applied, or still be)."""
 
     def __init__(
         self,
@@ -117,6 +118,8 @@ class TransientError(GrantError):
         *,
         graph: GraphAnswer | None = None,
         retry_after: float | None = None,
+        uncertain: bool = False,
     ) -> None:
         super().__init__(reason, description, graph=graph)
         self.retry_after = retry_after
+        self.uncertain = uncertain

@@ -49,9 +49,11 @@ __all__ = [
     "RequestCheck",
     "RequestRecord",
     "Superseded",
+    "Uncertain",
     "Wait",
     "admit",
     "check_request",
+    "confirm_at",
     "content_hash",
     "expiry_removal",
     "intent_of",
@@ -59,6 +61,7 @@ __all__ = [
     "parse_pair",
     "release",
     "removal_is_due",
+    "settled",
 ]
 
 
@@ -109,6 +112,16 @@ class Applied:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Uncertain:
+    """A Graph write for the pair whose outcome is unknown (a timeout or a connection lost after it was sent, a
+    5xx): request `request_id`'s `action`, sent at `since`; it may still land."""
+
+    request_id: str
+    action: Action
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PairState:
     """The ledger's record of one pair (None before its first intent).
 
@@ -116,12 +129,18 @@ class PairState:
     ``expires_at``), kept by a removal until a removal is applied, cleared by an add without expiry. The expiry
     sweep removes every pair whose `removal_due` has passed, so a removal that was never scheduled, or kept
     failing, still happens.
+
+    `uncertain` is a write whose outcome is unknown: until it can no longer land (`settled`), a write of the other
+    action is made at once and made again when it no longer can (`confirm_at`), so that a late landing never
+    outlives a newer intent; the next answered write that cannot be undone by it makes the pair certain again
+    (`release`).
     """
 
     newest: Intent
     lease: Lease | None = None
     applied: Applied | None = None
     removal_due: datetime | None = None
+    uncertain: Uncertain | None = None
 
 
 class RequestCheck(StrEnum):
@@ -241,13 +260,22 @@ def check_request(record: RequestRecord | None, *, intent: Intent, origin: str) 
 
 
 def admit(
-    state: PairState | None, intent: Intent, *, token: str, now: datetime, lease_for: timedelta
+    state: PairState | None,
+    intent: Intent,
+    *,
+    token: str,
+    now: datetime,
+    lease_for: timedelta,
+    uncertain_window: timedelta = timedelta(0),
 ) -> Proceed | Superseded | Wait:
     """Decide whether `intent` may write now (attempt `token`); `Proceed` carries the state to record.
 
     Older than the recorded newest: `Superseded`, whoever holds the lease. Otherwise a live lease of another
-    token: `Wait` until it expires. Otherwise `Proceed`: the intent becomes (or stays) the newest and takes the
-    lease until ``now + lease_for``.
+    token: `Wait` until it expires. Otherwise, on a pair with a write of the other action whose outcome is unknown
+    and which may still land (`uncertain_window` after it was sent): `Wait` until it no longer can, so that this
+    intent's own write, and its answer, come after it (a write of the same action does not wait: it has the same
+    effect). Otherwise `Proceed`: the intent becomes (or stays) the newest and takes the lease until
+    ``now + lease_for``.
     """
     if state is not None:
         if intent.order < state.newest.order:
@@ -255,6 +283,13 @@ def admit(
         lease = state.lease
         if lease is not None and lease.token != token and lease.until > now:
             return Wait(until=lease.until, holder=lease.request_id)
+        doubt = state.uncertain
+        if (
+            doubt is not None
+            and doubt.action is not intent.action
+            and not settled(state, now=now, window=uncertain_window)
+        ):
+            return Wait(until=doubt.since + uncertain_window, holder=doubt.request_id)
     lease = Lease(token=token, request_id=intent.request_id, until=now + lease_for)
     if state is None:
         return Proceed(PairState(newest=intent, lease=lease, removal_due=intent.expires_at))
@@ -262,18 +297,49 @@ def admit(
     return Proceed(replace(state, newest=intent, lease=lease, removal_due=removal_due))
 
 
-def release(state: PairState, *, token: str, applied: Action | None, now: datetime) -> PairState | None:
-    """The state after attempt `token` is done: lease returned and, if it wrote `applied`, that recorded.
+def release(
+    state: PairState,
+    *,
+    token: str,
+    applied: Action | None,
+    now: datetime,
+    uncertain: Action | None = None,
+    uncertain_window: timedelta = timedelta(0),
+) -> PairState | None:
+    """The state after attempt `token` is done: lease returned and, if it wrote `applied`, that recorded; if its
+    write's outcome is unknown, the pair `Uncertain` about `uncertain` (the action it sent) from `now`. An applied
+    write makes the pair certain again when it has the uncertain write's effect, or that write can no longer land
+    (`uncertain_window` after it was sent); otherwise the pair stays uncertain (see `confirm_at`).
 
     None when `token` no longer holds the lease (it expired and was taken over): nothing is to be recorded.
     """
     if state.lease is None or state.lease.token != token:
         return None
+    if uncertain is not None:
+        sent = Uncertain(request_id=state.lease.request_id, action=uncertain, since=now)
+        return replace(state, lease=None, uncertain=sent)
     if applied is None:
         return replace(state, lease=None)
+    doubt = state.uncertain
+    if doubt is not None and (doubt.action is applied or settled(state, now=now, window=uncertain_window)):
+        doubt = None  # the directory is known again: this write's answer came after any effect the other can have
     done = Applied(request_id=state.lease.request_id, action=applied, at=now)
     removal_due = None if applied is Action.REMOVE else state.removal_due
-    return replace(state, lease=None, applied=done, removal_due=removal_due)
+    return replace(state, lease=None, applied=done, removal_due=removal_due, uncertain=doubt)
+
+
+def settled(state: PairState, *, now: datetime, window: timedelta) -> bool:
+    """True when the pair's uncertain write (if any) can no longer land: `window` has passed since it was sent."""
+    return state.uncertain is None or state.uncertain.since + window <= now
+
+
+def confirm_at(state: PairState, *, action: Action, now: datetime, window: timedelta) -> datetime | None:
+    """When a write of `action` made now on this pair must be made again to be sure of its effect: when the pair is
+    uncertain about a write of the other action that may still land, the moment it no longer can; else None."""
+    doubt = state.uncertain
+    if doubt is None or doubt.action is action or settled(state, now=now, window=window):
+        return None
+    return doubt.since + window
 
 
 def removal_is_due(state: PairState | None, *, now: datetime) -> bool:

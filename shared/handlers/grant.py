@@ -105,7 +105,7 @@ class GrantHandler:
             outcome = error
         else:
             attempt.noted(result.graph.request_id if result.graph else None, result.role_template_id)
-            outcome = Done(status=result.outcome, description=result.description)
+            outcome = Done(status=result.outcome, description=result.description, again_at=result.confirm_at)
         return await self._settle(delivery, outcome, attempt, lane, started, actions)
 
     async def _settle(

@@ -33,7 +33,15 @@ from typing import Final
 from shared.adapters.ledger import Absorbed, Admitted, Ledger, Ticket
 from shared.core.contract import Action, GrantCommand, Guid, encode
 from shared.core.errors import Reason, TransientError
-from shared.core.intents import Superseded, expiry_removal, intent_of, pair_of, parse_pair, removal_is_due
+from shared.core.intents import (
+    Superseded,
+    confirm_at,
+    expiry_removal,
+    intent_of,
+    pair_of,
+    parse_pair,
+    removal_is_due,
+)
 from shared.core.messaging import EXPIRY_OF, Lane, MessageSender, derived_message_id
 from shared.core.statuses import Status, StatusRecord, StatusWrite
 from shared.service.grants import GrantService
@@ -131,7 +139,10 @@ class IntentGate:
     async def _carry_out(
         self, command: GrantCommand, template: Guid | None, ticket: Ticket, now: datetime, lane: Lane
     ) -> Result:
-        """Run the Graph work within the lease, then return the lease with what was applied."""
+        """Run the Graph work within the lease, then return the lease with what was applied, or with the pair left
+        uncertain about a write whose outcome is unknown (a timeout, a connection lost after sending, a 5xx: it may
+        still land). A write of the other action on an uncertain pair is made now and, once that write can no longer
+        land, once more (`Result.confirm_at`, `shared.core.intents.confirm_at`): a late landing never outlives it."""
         assert ticket.state.lease is not None
         recorded = replace(command, requested_at=ticket.state.newest.requested_at)
         budget = (ticket.state.lease.until - LEASE_MARGIN - now).total_seconds()
@@ -139,15 +150,34 @@ class IntentGate:
             async with asyncio.timeout(budget):
                 result = await self._grants.carry_out(recorded, template, lane=lane)
         except TimeoutError as error:
-            await self._release_quietly(ticket)
+            await self._release_quietly(ticket, uncertain=command.action)
             raise TransientError(
-                Reason.GRAPH_UNAVAILABLE, f"the Graph work did not finish within its lease ({budget:.0f} s)"
+                Reason.GRAPH_UNAVAILABLE,
+                f"the Graph work did not finish within its lease ({budget:.0f} s)",
+                uncertain=True,
             ) from error
+        except TransientError as error:
+            await self._release_quietly(ticket, uncertain=command.action if error.uncertain else None)
+            raise
         except BaseException:  # a failure or a bug: the lease goes back now, not when it expires
             await self._release_quietly(ticket)
             raise
-        await self._ledger.finish(ticket, applied=_APPLIED.get(result.outcome), now=self._now())
-        return result
+        applied = _APPLIED.get(result.outcome)
+        finished = self._now()
+        await self._ledger.finish(ticket, applied=applied, now=finished)
+        again = None
+        if applied is not None:
+            again = confirm_at(ticket.state, action=applied, now=finished, window=self._ledger.uncertain_window)
+        if again is None:
+            return result
+        doubt = ticket.state.uncertain
+        assert doubt is not None
+        return replace(
+            result,
+            confirm_at=again,
+            description=f"{result.description}; a {doubt.action.value} of request {doubt.request_id} whose answer "
+            f"never came may still land: this request is carried out once more at {again.isoformat()}",
+        )
 
     async def sweep(self, sender: MessageSender) -> int:
         """The expiry sweep: send the app's own removal (`expiry_removal`) for every pair whose pending removal is
@@ -191,10 +221,11 @@ class IntentGate:
             return None
         return lambda: self._ledger.record(record, now=self._now(), write=StatusWrite.PROGRESS)
 
-    async def _release_quietly(self, ticket: Ticket) -> None:
-        """Return the lease after a failure; if the ledger fails too, the lease simply expires."""
+    async def _release_quietly(self, ticket: Ticket, *, uncertain: Action | None = None) -> None:
+        """Return the lease after a failure (leaving the pair uncertain about a write of `uncertain` whose outcome
+        is unknown); if the ledger fails too, the lease simply expires."""
         with contextlib.suppress(TransientError):
-            await self._ledger.finish(ticket, applied=None, now=self._now())
+            await self._ledger.finish(ticket, applied=None, now=self._now(), uncertain=uncertain)
 
 
 class _Progress:

@@ -10,6 +10,7 @@ and error code; the message text is read only where the code is too broad (``Req
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any, Final
 
@@ -33,6 +34,7 @@ class Result:
     description: str
     graph: GraphAnswer | None
     role_template_id: Guid | None = None  # for the audit record, when the target is a role
+    confirm_at: datetime | None = None  # carry the request out once more then (a write that may still land)
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,10 +60,12 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Done:
-    """The work succeeded: with `status`, as `description` says."""
+    """The work succeeded: with `status`, as `description` says; `again_at`: carry it out once more then (a copy
+    is sent, as a retry's, before the message is completed)."""
 
     status: Status
     description: str
+    again_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +129,17 @@ async def settle(
     if isinstance(outcome, Done):
         settlement = functools.partial(complete, actions, delivery)
         settled = Settled(outcome=outcome.status, reason=None, description=outcome.description, attempts=attempt)
+        if outcome.again_at is not None:  # the copy first: a crash before the completion repeats the work, no more
+            copied = await _send_copy(delivery, ending, delivery.first_attempt_at(started), outcome.again_at, attempt)
+            if not copied:
+                settlement = functools.partial(abandon, actions, delivery)
+                settled = Settled(
+                    outcome=Status.ABANDONED,
+                    reason=None,
+                    description=f"{sentence(outcome.description)} The copy to carry it out once more could not be "
+                    "sent; Service Bus will redeliver the message.",
+                    attempts=attempt,
+                )
     elif isinstance(outcome, PermanentError):
         settled, settlement = _dead(actions, delivery, ending, outcome, why=None, attempt=attempt)
     elif isinstance(outcome, TransientError):
@@ -292,14 +305,32 @@ async def _retry(
     attempt: int,
 ) -> tuple[Settled, Settlement]:
     """Send the retry copy; then the original is to be completed (or abandoned, when no copy was sent)."""
-    copy = ending.retry
-    if copy is None:  # the delivery's own redelivery is its retry
+    if ending.retry is None:  # the delivery's own redelivery is its retry
         return _abandoned(error, attempt, "Service Bus will redeliver the message."), functools.partial(
             abandon, actions, delivery
         )
+    if not await _send_copy(delivery, ending, first_attempt_at, when, attempt):
+        return _abandoned(error, attempt, "The retry copy could not be sent; Service Bus will redeliver."), (
+            functools.partial(abandon, actions, delivery)
+        )
+    settled = Settled(
+        outcome=Status.RETRY_SCHEDULED,
+        reason=error.reason.value,
+        description=f"{sentence(error.description)} Attempt {attempt + 1} scheduled for {when.isoformat()}.",
+        attempts=attempt,
+    )
+    return settled, functools.partial(complete, actions, delivery)
+
+
+async def _send_copy(
+    delivery: Delivery, ending: Ending, first_attempt_at: datetime, when: datetime, attempt: int
+) -> bool:
+    """Send the delivery's next attempt (attempt + 1, the ending's MessageId and properties), deliverable at `when`;
+    False (logged) when it could not be sent."""
+    copy = ending.retry
     try:
-        if copy.sender is None:
-            raise RuntimeError(f"no sender is configured for the retry copies of {ending.kind} messages")
+        if copy is None or copy.sender is None:
+            raise RuntimeError(f"no sender is configured for the copies of {ending.kind} messages")
         await copy.sender.schedule(
             body=delivery.body,
             message_id=copy.message_id(attempt + 1),
@@ -312,17 +343,9 @@ async def _retry(
             scheduled_enqueue_time=when,
         )
     except Exception:
-        _log.exception("could not schedule the retry copy of %s message %s", ending.kind, _safe(delivery.message_id))
-        return _abandoned(error, attempt, "The retry copy could not be sent; Service Bus will redeliver."), (
-            functools.partial(abandon, actions, delivery)
-        )
-    settled = Settled(
-        outcome=Status.RETRY_SCHEDULED,
-        reason=error.reason.value,
-        description=f"{sentence(error.description)} Attempt {attempt + 1} scheduled for {when.isoformat()}.",
-        attempts=attempt,
-    )
-    return settled, functools.partial(complete, actions, delivery)
+        _log.exception("could not send the next attempt of %s message %s", ending.kind, _safe(delivery.message_id))
+        return False
+    return True
 
 
 def _abandoned(error: TransientError, attempt: int, then: str) -> Settled:

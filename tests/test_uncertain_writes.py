@@ -1,0 +1,113 @@
+"""A Graph write whose outcome is unknown (its client gave up, the connection dropped after sending, a 5xx) leaves
+its member and target uncertain: a write of the other action is made at once and made again once the uncertain
+write can no longer land, so a late landing never outlives a newer intent. The final directory is the newest
+intent, and every status the app reports is true of the directory when it is reported."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from grants_local.binding import to_received_message
+from grants_local.graph_double import Fault, GraphDouble
+from shared.core.contract import Action
+from shared.core.intents import Intent, PairState, Uncertain, admit, confirm_at, release
+from shared.core.statuses import Status
+from tests.conftest import AU, USER, Run, body
+from tests.test_function_app import GRANT
+
+T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+WINDOW = timedelta(minutes=5)
+
+
+def intent(request_id: str, action: Action, at: datetime) -> Intent:
+    return Intent(request_id=request_id, content_hash=request_id, action=action, requested_at=at)
+
+
+def test_a_write_of_the_other_action_on_an_uncertain_pair_is_made_again_once_the_doubt_has_passed() -> None:
+    """The add's write was sent at T0 and never answered: a newer remove goes ahead and is confirmed at T0 + window;
+    a retry of the add (the same effect) needs no confirmation; an answered write of the uncertain action, or any
+    answered write after the window, makes the pair certain again."""
+    add, remove = intent("A", Action.ADD, T0), intent("R", Action.REMOVE, T0 + timedelta(seconds=1))
+    doubt = PairState(newest=add, uncertain=Uncertain(request_id="A", action=Action.ADD, since=T0))
+    early = T0 + timedelta(seconds=30)
+    assert confirm_at(doubt, action=Action.REMOVE, now=early, window=WINDOW) == T0 + WINDOW
+    assert confirm_at(doubt, action=Action.ADD, now=early, window=WINDOW) is None
+    assert confirm_at(doubt, action=Action.REMOVE, now=T0 + WINDOW, window=WINDOW) is None
+    proceed = admit(doubt, remove, token="r", now=early, lease_for=timedelta(minutes=2))
+    assert type(proceed).__name__ == "Proceed"
+    held = proceed.state  # type: ignore[union-attr]
+    removed = release(held, token="r", applied=Action.REMOVE, now=early, uncertain_window=WINDOW)
+    assert removed is not None
+    assert removed.uncertain == doubt.uncertain  # the add may still land: still uncertain
+    later = release(held, token="r", applied=Action.REMOVE, now=T0 + WINDOW, uncertain_window=WINDOW)
+    assert later is not None
+    assert later.uncertain is None
+    failed = release(held, token="r", applied=None, now=early, uncertain=Action.REMOVE)
+    assert failed is not None
+    assert failed.uncertain == Uncertain(request_id="R", action=Action.REMOVE, since=early)
+
+
+async def test_an_add_that_lands_after_its_client_gave_up_never_outlives_a_newer_remove(
+    make_run: Callable[..., Any], graph: GraphDouble
+) -> None:
+    """The add's POST is held past the client's timeout (reported GraphUnavailable, the pair left uncertain); a newer
+    remove runs (not_member: true then) and is confirmed later; the POST lands; the add's retry is superseded; the
+    remove's confirmation removes the member the late write added (revoked). The directory ends as the newest intent,
+    and each status was true of the directory when it was reported."""
+    run: Run = await make_run(GRANTS_RETRY_BASE_SECONDS="3600", GRANTS_RETRY_MAX_SECONDS="3600")
+    run.app.services.http.timeout = httpx.Timeout(1.0, connect=5.0, pool=30.0)
+    held = Fault.hold(method="POST", path=AU)
+    graph.inject(held)
+    add = body(requestId="ADD-1", member={"id": USER, "type": "user"}, source={"system": "ticketing"})
+    run.queue.send(add, message_id="m-add")
+    locked = run.queue.receive()
+    assert locked is not None
+    await GRANT(receivedmessage=to_received_message(locked), message_actions=run.actions)
+    assert run.app.outcomes() == {}  # not terminal: GraphUnavailable, retried later (the POST is still held)
+
+    remove = body(
+        requestId="REMOVE-1",
+        action="remove",
+        member={"id": USER, "type": "user"},
+        source={"system": "ticketing"},
+    )
+    run.queue.send(remove, message_id="m-remove")
+    locked = run.queue.receive()
+    assert locked is not None
+    await GRANT(receivedmessage=to_received_message(locked), message_actions=run.actions)
+    first = run.app.outcomes()["m-remove"]
+    assert first["outcome"] == Status.NOT_MEMBER  # true now; the add's write may still land: confirmed later
+    assert "carried out once more at" in first["description"]
+    assert graph.members_of(AU) == set()
+
+    held.release()  # the add's POST lands after its client gave up
+    assert held.wait_landed()
+    assert graph.members_of(AU) == {USER}
+
+    outcomes = await run.deliver()  # the retries, as their times come
+    assert graph.members_of(AU) == set()  # the newest intent: removed
+    assert outcomes["m-remove"]["outcome"] == Status.REVOKED  # true: it removed the member the late write added
+    assert outcomes["m-add"]["outcome"] == Status.SUPERSEDED
+    status = await run.app.services.ledger.status("REMOVE-1")
+    assert status is not None
+    assert status["status"] == Status.REVOKED
+    removal = [request for request in graph.requests if request.method == "DELETE"]
+    assert len(removal) == 2  # the remove, and its confirmation once the add's write could no longer land
+
+
+async def test_a_write_answered_5xx_leaves_the_pair_uncertain_and_its_retry_proceeds_at_once(
+    make_run: Callable[..., Any], graph: GraphDouble
+) -> None:
+    """A 503 to a POST may have been applied: the pair is uncertain about the add; the add's own retry (the same
+    effect) does not wait, and its answered write makes the pair certain again."""
+    run: Run = await make_run()
+    graph.inject(Fault.status(503, method="POST"))
+    outcomes = await run.deliver(body(requestId="ADD-2"))
+    assert (outcomes["m-1"]["outcome"], outcomes["m-1"]["attempts"]) == (Status.GRANTED, 2)
+    state = await run.app.services.ledger.pair(f"au.{AU}.{USER}")
+    assert state is not None
+    assert state.uncertain is None
