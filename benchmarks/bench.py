@@ -1,5 +1,9 @@
 """``make bench``: throughput at Graph's write quota, CPU per grant against msgraph-sdk, cold start and size.
 
+``make bench`` (``ARGS=--quick``: shorter, under 8 minutes on 2 cores; the full run under 25) prints the lines
+below; ``ARGS=--smoke`` runs every part at a tiny scale (seconds) and exits non-zero unless each part ran and
+printed its line: `make test` runs it, so a benchmark that no longer runs fails CI. It asserts no timing.
+
 Figures, one line each (the Graph double and the token endpoint run in a process of their own,
 `benchmarks.doubles`, so each figure measures only the client):
 
@@ -58,6 +62,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -72,8 +77,43 @@ from shared.service.settlement import outcome_log
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = Path(sys.executable)
 MSGRAPH_PYTHON = ROOT / ".venv-msgraph" / "bin" / "python"
-COMPARE = 2_000  # grants in the CPU comparison (the issue's calibration: no latency, 16 at a time)
-CLIENT_ROUNDS = 3  # runs of each comparison client; the figures are medians
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big each part is: `grants` through the throughput run, `ledger` intents, `compare` grants in the CPU
+    comparison and the telemetry runs (no latency, 16 at a time), `rounds` runs of each comparison client (the
+    figures are medians), `cold_runs` interpreters per side, and the fleet's `fleet.Scale`."""
+
+    grants: int
+    ledger: int
+    compare: int
+    rounds: int
+    cold_runs: int
+    fleet: fleet.Scale
+
+
+FULL = Plan(grants=10_000, ledger=1_000, compare=2_000, rounds=3, cold_runs=9, fleet=fleet.FULL)
+QUICK = Plan(grants=1_000, ledger=1_000, compare=2_000, rounds=3, cold_runs=9, fleet=fleet.QUICK)
+SMOKE = Plan(grants=20, ledger=20, compare=50, rounds=1, cold_runs=1, fleet=fleet.SMOKE)
+#: The lines a run prints, one per part (``--smoke`` checks that each was printed).
+PARTS = (
+    "throughput",
+    "ledger",
+    "pipeline_cpu",
+    "engine",
+    "msgraph_sdk",
+    "httpx_floor",
+    "cpu_vs_msgraph",
+    "cold_start",
+    "telemetry",
+    "installed_size",
+    "fleet",
+    "onboarding",
+    "onboarding_ratio",
+    "light_load",
+    "summary",
+)
 
 
 class Doubles:
@@ -157,11 +197,11 @@ async def pipeline(count: int, *, budget: str, latency: float, write_rate: str) 
     return {"cpu": cpu, "wall": wall, "counters": counters, "outcomes": outcomes, "invocation_s": times.seconds}
 
 
-def client_run(python: Path, module: str) -> dict[str, Any]:
+def client_run(python: Path, module: str, count: int) -> dict[str, Any]:
     """Run one comparison client (`module` in `python`) against a fresh double; its figures and the double's."""
-    with doubles(users=COMPARE, budget="none", latency=0.0) as served:
+    with doubles(users=count, budget="none", latency=0.0) as served:
         out = subprocess.run(  # noqa: S603 (a venv's interpreter, our module)
-            [str(python), "-m", module, "--unit", served.unit, "--count", str(COMPARE), "--concurrency", "16"],
+            [str(python), "-m", module, "--unit", served.unit, "--count", str(count), "--concurrency", "16"],
             cwd=ROOT,
             env=served.env,
             capture_output=True,
@@ -238,11 +278,11 @@ def telemetry_environment(stub: IngestionStub) -> dict[str, str]:
     return {**local_environment(stub.connection_string), "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true"}
 
 
-def pipeline_run(*, telemetry: IngestionStub | None) -> dict[str, Any]:
+def pipeline_run(count: int, *, telemetry: IngestionStub | None) -> dict[str, Any]:
     """`benchmarks.pipeline` in its own process against a fresh double, exporting to `telemetry` if given."""
-    with doubles(users=COMPARE, budget="none", latency=0.0) as served:
+    with doubles(users=count, budget="none", latency=0.0) as served:
         env = {name: value for name, value in served.env.items() if name not in UNSET}
-        args = [sys.executable, "-m", "benchmarks.pipeline", "--unit", served.unit, "--count", str(COMPARE)]
+        args = [sys.executable, "-m", "benchmarks.pipeline", "--unit", served.unit, "--count", str(count)]
         if telemetry is not None:
             env.update(telemetry_environment(telemetry))
             args.append("--telemetry")
@@ -275,10 +315,43 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1,000 grants instead of 10,000")
+    parser.add_argument("--quick", action="store_true", help="1,000 grants instead of 10,000, shorter fleet runs")
+    parser.add_argument("--smoke", action="store_true", help="every part at a tiny scale; fails unless each ran")
     parser.add_argument("--grants", type=int, default=None)
     args = parser.parse_args()
-    count = args.grants or (1_000 if args.quick else 10_000)
+    plan = SMOKE if args.smoke else QUICK if args.quick else FULL
+    count = args.grants or plan.grants
+    printed = _Lines(sys.stdout)
+    sys.stdout = printed
+    try:
+        run(plan, count)
+    finally:
+        sys.stdout = printed.out
+    if args.smoke:
+        missing = [part for part in PARTS if part not in printed.parts]
+        if missing:
+            raise SystemExit(f"bench --smoke: no line from {', '.join(missing)}")
+        print(f"smoke: every part ran and printed its line ({len(PARTS)} parts)")
+
+
+class _Lines:
+    """Standard output, passed through; the part names of the lines printed (the text before the first colon)."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.parts: set[str] = set()
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            self.parts.add(line.split(":", 1)[0])
+        return int(self.out.write(text))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def run(plan: Plan, count: int) -> None:
+    """Every part of the benchmark at `plan`'s scale (`count` grants in the throughput run), a line each."""
     quiet = logging.StreamHandler()
     quiet.setLevel(logging.CRITICAL)  # the outcome lines are recorded, not printed
     logging.basicConfig(level=logging.INFO, handlers=[quiet])
@@ -297,7 +370,7 @@ def main() -> None:
         f"token_requests={c['token_requests']} tcp_connections={c['connections']} members={c['members']}",
         flush=True,
     )
-    ledger = asyncio.run(ledger_cost())
+    ledger = asyncio.run(ledger_cost(plan.ledger))
     print(
         f"ledger: grants={ledger['grants']} storage_calls_per_grant={ledger['storage_calls_per_grant']:.2f} "
         f"round_trips_per_grant=3 cpu_ms_per_grant={ledger['cpu_ms_per_grant']:.2f} "
@@ -307,10 +380,10 @@ def main() -> None:
         f"status_wall_ms_per_grant={ledger['status_wall_ms_per_grant']:.2f}",
         flush=True,
     )
-    second = asyncio.run(pipeline(COMPARE, budget="none", latency=0.0, write_rate="0"))
+    second = asyncio.run(pipeline(plan.compare, budget="none", latency=0.0, write_rate="0"))
     print(
-        f"pipeline_cpu: grants={COMPARE} wall_s={second['wall']:.1f} "
-        f"cpu_ms_per_grant={1000 * second['cpu'] / COMPARE:.2f} "
+        f"pipeline_cpu: grants={plan.compare} wall_s={second['wall']:.1f} "
+        f"cpu_ms_per_grant={1000 * second['cpu'] / plan.compare:.2f} "
         f"token_requests={second['counters']['token_requests']} tcp_connections={second['counters']['connections']}",
         flush=True,
     )
@@ -320,16 +393,16 @@ def main() -> None:
         "httpx_floor": (VENV_PYTHON, "benchmarks.httpx_floor"),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
-    for _ in range(CLIENT_ROUNDS):  # the clients take turns, so that other load falls on each alike
+    for _ in range(plan.rounds):  # the clients take turns, so that other load falls on each alike
         for name, (python, module) in clients.items():
-            runs[name].append(client_run(python, module))
+            runs[name].append(client_run(python, module, plan.compare))
     cpu = {name: statistics.median(r["cpu_s"] for r in rs) for name, rs in runs.items()}
     wall = {name: statistics.median(r["wall_s"] for r in rs) for name, rs in runs.items()}
     for name, rs in runs.items():
         print(
-            f"{name}: grants={COMPARE} concurrency=16 runs={len(rs)} median_wall_s={wall[name]:.2f} "
-            f"median_cpu_ms_per_grant={1000 * cpu[name] / COMPARE:.2f} "
-            f"cpu_ms_per_grant_runs={'/'.join(format(1000 * r['cpu_s'] / COMPARE, '.2f') for r in rs)} "
+            f"{name}: grants={plan.compare} concurrency=16 runs={len(rs)} median_wall_s={wall[name]:.2f} "
+            f"median_cpu_ms_per_grant={1000 * cpu[name] / plan.compare:.2f} "
+            f"cpu_ms_per_grant_runs={'/'.join(format(1000 * r['cpu_s'] / plan.compare, '.2f') for r in rs)} "
             f"outcomes={json.dumps(rs[0]['outcomes'], separators=(',', ':'))} "
             f"token_requests={'/'.join(str(r['counters']['token_requests']) for r in rs)} "
             f"tcp_connections={'/'.join(str(r['counters']['connections']) for r in rs)}",
@@ -345,9 +418,9 @@ def main() -> None:
 
     stub = IngestionStub()
     telemetry_runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    for _ in range(CLIENT_ROUNDS):  # the two sides take turns, as the clients do
-        telemetry_runs["off"].append(pipeline_run(telemetry=None))
-        telemetry_runs["on"].append(pipeline_run(telemetry=stub))
+    for _ in range(plan.rounds):  # the two sides take turns, as the clients do
+        telemetry_runs["off"].append(pipeline_run(plan.compare, telemetry=None))
+        telemetry_runs["on"].append(pipeline_run(plan.compare, telemetry=stub))
     starts = cold_starts(
         {
             "ours": (VENV_PYTHON, OUR_IMPORTS),
@@ -355,6 +428,7 @@ def main() -> None:
             "ours_with_credential": (VENV_PYTHON, f"{OUR_IMPORTS}; {CREDENTIAL_IMPORT}"),
             "ours_with_telemetry": (VENV_PYTHON, TELEMETRY_IMPORTS),
         },
+        runs=plan.cold_runs,
         envs={"ours_with_telemetry": telemetry_environment(stub)},
     )
     exported = [base for base in stub.messages("grant ") if base.get("properties", {}).get("outcome")]
@@ -369,12 +443,12 @@ def main() -> None:
         f"with_credential_ratio={with_credential / their_wall:.2f}",
         flush=True,
     )
-    tel_cpu = {side: statistics.median(r["cpu_s"] for r in rs) / COMPARE for side, rs in telemetry_runs.items()}
+    tel_cpu = {side: statistics.median(r["cpu_s"] for r in rs) / plan.compare for side, rs in telemetry_runs.items()}
     tel_wall, tel_peak = starts["ours_with_telemetry"]
     telemetry_cpu_ratio = tel_cpu["on"] / tel_cpu["off"]
     telemetry_import_ratio = tel_wall / our_wall
     print(
-        f"telemetry: grants={COMPARE} runs={CLIENT_ROUNDS} cpu_ms_per_grant_off={1000 * tel_cpu['off']:.2f} "
+        f"telemetry: grants={plan.compare} runs={plan.rounds} cpu_ms_per_grant_off={1000 * tel_cpu['off']:.2f} "
         f"cpu_ms_per_grant_on={1000 * tel_cpu['on']:.2f} cpu_ratio={telemetry_cpu_ratio:.2f} "
         f"import_s_off={our_wall:.3f} import_s_on={tel_wall:.3f} import_ratio={telemetry_import_ratio:.2f} "
         f"peak_rss_mb_off={our_peak:.0f} peak_rss_mb_on={tel_peak:.0f} rss_ratio={tel_peak / our_peak:.2f} "
@@ -392,7 +466,7 @@ def main() -> None:
         f"graph_client_mb={our_client_mb:.1f} (httpx+azure-identity) msgraph_sdk_mb={sdk_mb:.1f}",
         flush=True,
     )
-    fleet_figures = fleet.run_all(fleet.QUICK if args.quick else fleet.FULL)
+    fleet_figures = fleet.run_all(plan.fleet)
     print(
         f"summary: quota_fraction={rate / 20:.3f} throttled={c['throttled']} token_requests={c['token_requests']} "
         f"cpu_ratio_vs_msgraph={cpu_ratio:.2f} import_ratio_vs_msgraph={import_ratio:.2f} "
