@@ -1,23 +1,28 @@
-"""The worker process's services: built from the environment on first use, or installed by a local host."""
+"""The worker process's services: built from the environment on first use, or installed by a local host.
+
+Importing this module (as ``function_app`` does, at the worker's start) imports only what the functions'
+declarations and the configuration check need; the services' modules (`shared.bootstrap`: the HTTP client, the
+credential, the Graph and ledger clients and their libraries) are imported when the first invocation builds them,
+and each HTTP producer's module by its first request.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
 from shared.adapters.governor import Lane, lane
-from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
-from shared.core.messaging import MessageActions
-from shared.core.policy import GrantPolicy
-from shared.producers.hr_rules import HrRules
-from shared.producers.status import group_answer, history_answer, status_answer
-from shared.producers.webhook import Answer, receive
-from shared.service.settlement import Settled, outcome_log
+
+if TYPE_CHECKING:
+    from shared.bootstrap import Services
+    from shared.core.messaging import MessageActions
+    from shared.producers.webhook import Answer
+    from shared.service.settlement import Settled
 
 __all__ = [
     "check_configuration",
@@ -43,8 +48,12 @@ def check_configuration() -> None:
     with an error naming it (raises `ConfigError`) instead of failing every message later."""
     settings = Settings.from_env(os.environ)
     if settings.policy_path:
+        from shared.core.policy import GrantPolicy
+
         GrantPolicy.load(settings.policy_path)
     if settings.hr_rules_path:
+        from shared.producers.hr_rules import HrRules
+
         HrRules.load(settings.hr_rules_path)
 
 
@@ -53,6 +62,7 @@ def configure_telemetry() -> None:
     outcome lines their fields as customDimensions (`shared.adapters.telemetry`); otherwise nothing, and no import."""
     if Settings.from_env(os.environ).worker_telemetry:
         from shared.adapters.telemetry import install
+        from shared.service.settlement import outcome_log
 
         install(outcome_log)
 
@@ -61,6 +71,8 @@ def services() -> Services:
     """The process's services; the first call builds them from the environment."""
     global _services
     if _services is None:
+        from shared.bootstrap import bootstrap
+
         _services = bootstrap(Settings.from_env(os.environ))
     return _services
 
@@ -100,6 +112,8 @@ async def process_callback(message: Any, actions: MessageActions) -> Settled:
 
 async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for the ticketing webhook: authenticate, validate and enqueue one grant request."""
+    from shared.producers.webhook import receive
+
     current = services()
     answer = await receive(
         headers=request.headers,
@@ -116,18 +130,24 @@ async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
 
 async def process_status(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``GET /api/grants/{requestId}``: the request's status record from the ledger."""
+    from shared.producers.status import status_answer
+
     current = services()
     return _response(await status_answer(request.route_params.get("requestId", ""), status=current.ledger.status))
 
 
 async def process_job_status(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``GET /api/jobs/{jobId}``: a bulk job's progress, totals by status and failed rows."""
+    from shared.producers.status import group_answer
+
     current = services()
     return _response(await group_answer("job", request.route_params.get("jobId", ""), group=current.ledger.group))
 
 
 async def process_hr_event_status(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``GET /api/hr-events/{eventId}``: an HR event's grants, as a job's rows."""
+    from shared.producers.status import group_answer
+
     current = services()
     event_id = request.route_params.get("eventId", "")
     return _response(await group_answer("hrEvent", event_id, group=current.ledger.group))
@@ -135,6 +155,8 @@ async def process_hr_event_status(request: func.HttpRequest) -> func.HttpRespons
 
 async def process_history(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``GET /api/history?member=|target=[&since=]``: every request that named it, newest first."""
+    from shared.producers.status import history_answer
+
     current = services()
     return _response(await history_answer(dict(request.params), history=current.ledger.history))
 
