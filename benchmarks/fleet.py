@@ -346,6 +346,31 @@ def light_load(scale: Scale, azurite: AzuriteTables) -> dict[str, Any]:
     }
 
 
+def print_onboarding(alone: dict[str, Any], busy: dict[str, Any]) -> float:
+    """Print the two onboarding lines and their ratio; return the ratio."""
+    for label, figures in (("alone", alone), ("during_backlog", busy)):
+        print(
+            f"onboarding: trickle={label} interactive_grants={figures['trickle']} p50_ms={figures['p50_ms']:.0f} "
+            f"p99_ms={figures['p99_ms']:.0f} max_ms={figures['max_ms']:.0f} bulk_settled={figures['bulk_settled']} "
+            f"writes_per_s={figures['writes_per_s']:.2f} throttled={figures['throttled']} "
+            f"(High {figures['throttled_high']}) token_requests={figures['token_requests']}",
+            flush=True,
+        )
+    ratio: float = busy["p99_ms"] / alone["p99_ms"]
+    print(f"onboarding_ratio: p99_during_backlog / p99_alone = {ratio:.2f}", flush=True)
+    return ratio
+
+
+def print_light(light: dict[str, Any]) -> None:
+    print(
+        f"light_load: grants={light['grants']} one_at_a_time graph_latency_ms={1000 * LATENCY:.0f} "
+        f"graph_calls_per_grant={light['graph_calls_per_grant']:.2f} p50_ms={light['p50_ms']:.1f} "
+        f"p99_ms={light['p99_ms']:.1f} app_overhead_p50_ms={light['overhead_p50_ms']:.1f} "
+        f"app_overhead_p99_ms={light['overhead_p99_ms']:.1f} token_requests={light['token_requests']}",
+        flush=True,
+    )
+
+
 def run_all(scale: Scale) -> dict[str, Any]:
     """Every fleet run, onboarding and light load; prints a line for each; returns the summary figures."""
     with AzuriteTables() as azurite:  # the fleet's table storage: a new table for each run
@@ -369,24 +394,9 @@ def _run_all(scale: Scale, azurite: AzuriteTables) -> dict[str, Any]:
     adaptive = runs[1:]
     alone = onboarding(scale, azurite, backlog=0)
     busy = onboarding(scale, azurite, backlog=scale.backlog)
-    for label, figures in (("alone", alone), ("during_backlog", busy)):
-        print(
-            f"onboarding: trickle={label} interactive_grants={figures['trickle']} p50_ms={figures['p50_ms']:.0f} "
-            f"p99_ms={figures['p99_ms']:.0f} max_ms={figures['max_ms']:.0f} bulk_settled={figures['bulk_settled']} "
-            f"writes_per_s={figures['writes_per_s']:.2f} throttled={figures['throttled']} "
-            f"(High {figures['throttled_high']}) token_requests={figures['token_requests']}",
-            flush=True,
-        )
-    ratio = busy["p99_ms"] / alone["p99_ms"]
-    print(f"onboarding_ratio: p99_during_backlog / p99_alone = {ratio:.2f}", flush=True)
+    ratio = print_onboarding(alone, busy)
     light = light_load(scale, azurite)
-    print(
-        f"light_load: grants={light['grants']} one_at_a_time graph_latency_ms={1000 * LATENCY:.0f} "
-        f"graph_calls_per_grant={light['graph_calls_per_grant']:.2f} p50_ms={light['p50_ms']:.1f} "
-        f"p99_ms={light['p99_ms']:.1f} app_overhead_p50_ms={light['overhead_p50_ms']:.1f} "
-        f"app_overhead_p99_ms={light['overhead_p99_ms']:.1f} token_requests={light['token_requests']}",
-        flush=True,
-    )
+    print_light(light)
     return {
         "fleet_quota_fraction_min": min(run["quota_fraction"] for run in adaptive),
         "fleet_throttled_pct_max": max(run["throttled_pct"] for run in adaptive),
@@ -406,6 +416,14 @@ def main() -> None:
     if only:  # e.g. python -m benchmarks.fleet --quick K=16: one adaptive run
         with AzuriteTables() as azurite:
             print_fleet(fleet_run("adaptive", [(0, int(only[0][2:]))], scale, azurite))
+        return
+    if "onboarding" in sys.argv or "light" in sys.argv:  # e.g. python -m benchmarks.fleet --quick onboarding light
+        with AzuriteTables() as azurite:
+            if "onboarding" in sys.argv:
+                alone = onboarding(scale, azurite, backlog=0)
+                print_onboarding(alone, onboarding(scale, azurite, backlog=scale.backlog))
+            if "light" in sys.argv:
+                print_light(light_load(scale, azurite))
         return
     summary = run_all(scale)
     print("fleet_summary: " + " ".join(f"{key}={value:.3f}" for key, value in summary.items()), flush=True)
