@@ -15,7 +15,10 @@ Figures, one line each (the Graph double and the token endpoint run in a process
    records' ``startedAt``..``finishedAt``, every delivery), CPU ms per grant (this process), token requests,
    TCP connections.
 2. ``pipeline_cpu``: 2,000 grants, no budget, no latency (``GRAPH_WRITE_RATE=0``): CPU ms per grant of the
-   whole pipeline (function object, binding decode, settlement over gRPC, Graph call). Information only.
+   whole pipeline (function object, binding decode, ledger, Graph call, settlement over gRPC), and by thread
+   (`benchmarks.threads`): ``event_loop`` (the app's coroutines, with the local host and queue), ``settlement_calls``
+   (the app's blocking settlement calls), ``settlement_server`` (the local settlement server's handlers: the
+   Functions host's part in Azure), ``grpc_core`` (gRPC's own threads, both sides). Information only.
 3. ``engine`` / ``msgraph_sdk`` / ``cpu_vs_msgraph``: the same 2,000 grants, 16 at a time, against a fresh
    double with no budget and no latency, at the same level on both sides: our `Services.handle` (policy,
    handler, Graph POST, classified result; `benchmarks.engine`) vs msgraph-sdk's
@@ -70,6 +73,7 @@ from typing import Any
 from benchmarks import fleet
 from benchmarks.directory import grants
 from benchmarks.ledger import ledger_cost
+from benchmarks.threads import ThreadCpu
 from grants_local.ingestion import UNSET, IngestionStub, local_environment
 from grants_local.run import run_local
 from shared.service.settlement import outcome_log
@@ -187,14 +191,26 @@ async def pipeline(count: int, *, budget: str, latency: float, write_rate: str) 
                 "GRAPH_WRITE_PACING": "static",  # one process at the full rate: the pipeline's own throughput
                 "GRANTS_RETRY_BASE_SECONDS": "1",
             }
+            threads = ThreadCpu()
+            threads.sample()
+            sampler = asyncio.create_task(threads.run())
             cpu, wall = time.process_time(), time.perf_counter()
             run = await run_local(grants(count, served.unit), env=env, clock=time.time, concurrency=16)  # real time
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            sampler.cancel()
+            threads.sample()
             counters = served.counters()
     finally:
         outcome_log.removeHandler(times)
     outcomes = [o.outcome for o in run.outcomes]
-    return {"cpu": cpu, "wall": wall, "counters": counters, "outcomes": outcomes, "invocation_s": times.seconds}
+    return {
+        "cpu": cpu,
+        "wall": wall,
+        "counters": counters,
+        "outcomes": outcomes,
+        "invocation_s": times.seconds,
+        "threads": threads.groups(),
+    }
 
 
 def client_run(python: Path, module: str, count: int) -> dict[str, Any]:
@@ -383,9 +399,10 @@ def run(plan: Plan, count: int) -> None:
         flush=True,
     )
     second = asyncio.run(pipeline(plan.compare, budget="none", latency=0.0, write_rate="0"))
+    by_thread = " ".join(f"{group}_ms={1000 * s / plan.compare:.2f}" for group, s in second["threads"].items())
     print(
         f"pipeline_cpu: grants={plan.compare} wall_s={second['wall']:.1f} "
-        f"cpu_ms_per_grant={1000 * second['cpu'] / plan.compare:.2f} "
+        f"cpu_ms_per_grant={1000 * second['cpu'] / plan.compare:.2f} ({by_thread}) "
         f"token_requests={second['counters']['token_requests']} tcp_connections={second['counters']['connections']}",
         flush=True,
     )
