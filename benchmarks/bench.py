@@ -1,33 +1,32 @@
-"""``make bench``: throughput at Graph's write quota, CPU per grant against msgraph-sdk, cold start and size.
+"""``make bench``: throughput at Graph's write quota, CPU per grant against msgraph-sdk, cold start, size, the
+ledger's cost, the fleet.
 
 ``make bench`` (``ARGS=--quick``: shorter, under 8 minutes on 2 cores; the full run under 25) prints the lines
 below; ``ARGS=--smoke`` runs every part at a tiny scale (seconds) and exits non-zero unless each part ran and
-printed its line: `make test` runs it, so a benchmark that no longer runs fails CI. It asserts no timing.
+printed its line: `make test` runs it, so a benchmark that no longer runs fails CI. It asserts no timing. Sizes
+(full / ``--quick``) are in `FULL` and `QUICK`. Figures, one line each (the Graph double and the token endpoint run
+in a process of their own, `benchmarks.doubles`, so each figure measures only the client):
 
-Figures, one line each (the Graph double and the token endpoint run in a process of their own,
-`benchmarks.doubles`, so each figure measures only the client):
-
-1. ``throughput``: N grants (default 10,000; ``--quick`` 1,000) through the local host and the registered
-   function object, 16 at a time, against the Graph double with a write budget of 200 per 10 s (Graph's
-   20/s) and 30 ms latency; ``GRAPH_WRITE_RATE=20``, ``GRAPH_WRITE_PACING=static`` (one process pacing at the
-   whole quota: the pipeline's own throughput; the fleet runs below measure adaptive pacing). Sustained
-   writes/s and its fraction of the budget, 429s, dead letters, p50/p99 time per invocation (the outcome
-   records' ``startedAt``..``finishedAt``, every delivery), CPU ms per grant (this process), token requests,
-   TCP connections.
-2. ``pipeline_cpu``: 2,000 grants, no budget, no latency (``GRAPH_WRITE_RATE=0``): CPU ms per grant of the
+1. ``throughput``: N grants (4,000 / 600) through the local host and the registered function object, 16 at a
+   time, against the Graph double with a write budget of 200 per 10 s (Graph's 20/s) and 30 ms latency;
+   ``GRAPH_WRITE_RATE=20``, ``GRAPH_WRITE_PACING=static`` (one process pacing at the whole quota: the pipeline's
+   own throughput; the fleet runs below measure adaptive pacing). Sustained writes/s and its fraction of the
+   budget, 429s, dead letters, p50/p99 time per invocation (the outcome records' ``startedAt``..``finishedAt``,
+   every delivery), CPU ms per grant (this process), token requests, TCP connections.
+2. ``pipeline_cpu``: 2,000 / 500 grants, no budget, no latency (``GRAPH_WRITE_RATE=0``): CPU ms per grant of the
    whole pipeline (function object, binding decode, ledger, Graph call, settlement over gRPC), and by thread
-   (`benchmarks.threads`): ``event_loop`` (the app's coroutines, with the local host and queue), ``settlement_calls``
-   (the app's blocking settlement calls), ``settlement_server`` (the local settlement server's handlers: the
-   Functions host's part in Azure), ``grpc_core`` (gRPC's own threads, both sides). Information only.
-3. ``engine`` / ``msgraph_sdk`` / ``cpu_vs_msgraph``: the same 2,000 grants, 16 at a time, against a fresh
-   double with no budget and no latency, at the same level on both sides: our `Services.handle` (policy,
-   handler, Graph POST, classified result; `benchmarks.engine`) vs msgraph-sdk's
+   (`benchmarks.threads`): ``event_loop`` (the app's coroutines, with the local host and queue),
+   ``settlement_calls`` (the app's blocking settlement calls), ``settlement_server`` (the local settlement
+   server's handlers: the Functions host's part in Azure), ``grpc_core`` (gRPC's own threads, both sides).
+3. ``engine`` / ``msgraph_sdk`` / ``cpu_vs_msgraph``: as many grants, 16 at a time, against a fresh double with
+   no budget and no latency, at the same level on both sides: our `Services.handle` (policy, handler, Graph POST,
+   classified result; `benchmarks.engine`) vs msgraph-sdk's
    ``directory.administrative_units.by_administrative_unit_id(AU).members.ref.post(ReferenceCreate(...))``
    (`benchmarks.msgraph_client`, in ``.venv-msgraph``), and, as the floor, a bare httpx POST loop
    (`benchmarks.httpx_floor`). Each client runs in its own process and measures its own CPU with
    ``time.process_time``.
-4. ``cold_start``: median wall time and peak RSS of 9 fresh ``python -c "import function_app"`` vs 9 fresh
-   ``.venv-msgraph`` interpreters importing what a msgraph-sdk-based function app would (`MSGRAPH_IMPORTS`),
+4. ``cold_start``: median wall time and peak RSS of fresh ``python -c "import function_app"`` (9 / 5) vs as many
+   fresh ``.venv-msgraph`` interpreters importing what a msgraph-sdk-based function app would (`MSGRAPH_IMPORTS`),
    taking turns, after one uncounted run each that leaves our modules' bytecode in ``__pycache__``; and, as
    information, ours plus what the first message imports when it builds the services (`FIRST_MESSAGE_IMPORTS`:
    ``shared.bootstrap`` with the Graph and ledger clients, and ``azure.identity.aio``).
@@ -37,19 +36,18 @@ Figures, one line each (the Graph double and the token endpoint run in a process
 6. ``installed_size``: the files in the RECORDs of requirements.txt's distributions and their dependencies
    vs the same for the msgraph-sdk equivalent (requirements.txt with httpx replaced by msgraph-sdk); and the
    Graph client alone: httpx + azure-identity vs msgraph-sdk (each with its dependencies).
-6. ``telemetry``: what the worker's OpenTelemetry export (``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true``,
+7. ``telemetry``: what the worker's OpenTelemetry export (``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true``,
    the deployment choice ``GRANTS_OPENTELEMETRY``) costs. CPU ms per grant of the whole pipeline
-   (`benchmarks.pipeline`: 2,000 grants, no budget, no latency, each side in a process of its own, 3 runs each,
-   taking turns; medians) without and with the Azure Monitor distro configured as the worker configures it,
-   exporting to a loopback ingestion stub (`grants_local.ingestion`) and flushed inside the measured window;
-   and the cold start (as in 4) of ``import function_app`` with the distro configured first. The outcome
-   traces the stub received with their fields as dimensions are counted.
-7. ``ledger``: the grant ledger's cost per grant (`benchmarks.ledger`): 1,000 uncontended intents admitted and
-   finished through the app's `Ledger` against a local Azurite: storage requests (four, in three round trips)
-   and this process's CPU ms and wall ms per grant. The ``throughput`` figure already includes the ledger (the
-   local host runs every grant through it), so its quota fraction is measured with the ledger's cost. Then the
-   terminal status of each as a bulk row (status, member and target history, job row: four writes at once):
-   ``status_*``.
+   (`benchmarks.pipeline`: 1,000 / 500 grants, no budget, no latency, each side in a process of its own, 3 / 1
+   runs each, taking turns; medians) without and with the Azure Monitor distro configured as the worker configures
+   it, exporting to a loopback ingestion stub (`grants_local.ingestion`) and flushed inside the measured window;
+   and the cold start (as in 4) of ``import function_app`` with the distro configured first. The outcome traces
+   the stub received with their fields as dimensions are counted.
+8. ``ledger``: the grant ledger's cost per grant (`benchmarks.ledger`): 1,000 / 300 uncontended adds admitted
+   and finished through the app's `Ledger` against a local Azurite: storage requests and this process's CPU ms
+   and wall ms per grant; then the terminal status of each as a bulk row (status, member and target history, job
+   row: four writes at once): ``status_*``. The ``throughput`` figure already includes the ledger (the local host
+   runs every grant through it), so its quota fraction is measured with the ledger's cost.
 """
 
 from __future__ import annotations
@@ -85,21 +83,39 @@ MSGRAPH_PYTHON = ROOT / ".venv-msgraph" / "bin" / "python"
 
 @dataclass(frozen=True)
 class Plan:
-    """How big each part is: `grants` through the throughput run, `ledger` intents, `compare` grants in the CPU
-    comparison and the telemetry runs (no latency, 16 at a time), `rounds` runs of each comparison client (the
-    figures are medians), `cold_runs` interpreters per side, and the fleet's `fleet.Scale`."""
+    """How big each part is: `grants` through the throughput run, `ledger` intents, `compare` grants in the pipeline
+    and CPU comparison runs (no latency, 16 at a time), `rounds` runs of each comparison client (the figures are
+    medians), `telemetry` grants in each of `telemetry_rounds` runs per side of the telemetry part, `cold_runs`
+    interpreters per side, and the fleet's `fleet.Scale`."""
 
     grants: int
     ledger: int
     compare: int
     rounds: int
+    telemetry: int
+    telemetry_rounds: int
     cold_runs: int
     fleet: fleet.Scale
 
 
-FULL = Plan(grants=10_000, ledger=1_000, compare=2_000, rounds=3, cold_runs=9, fleet=fleet.FULL)
-QUICK = Plan(grants=1_000, ledger=1_000, compare=2_000, rounds=3, cold_runs=9, fleet=fleet.QUICK)
-SMOKE = Plan(grants=20, ledger=20, compare=50, rounds=1, cold_runs=1, fleet=fleet.SMOKE)
+#: Under 25 minutes on 2 cores.
+FULL = Plan(
+    grants=4_000,
+    ledger=1_000,
+    compare=2_000,
+    rounds=3,
+    telemetry=1_000,
+    telemetry_rounds=3,
+    cold_runs=9,
+    fleet=fleet.FULL,
+)
+#: Under 8 minutes on 2 cores.
+QUICK = Plan(
+    grants=600, ledger=300, compare=500, rounds=3, telemetry=500, telemetry_rounds=1, cold_runs=5, fleet=fleet.QUICK
+)
+SMOKE = Plan(
+    grants=20, ledger=20, compare=50, rounds=1, telemetry=50, telemetry_rounds=1, cold_runs=1, fleet=fleet.SMOKE
+)
 #: The lines a run prints, one per part (``--smoke`` checks that each was printed).
 PARTS = (
     "throughput",
@@ -333,7 +349,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1,000 grants instead of 10,000, shorter fleet runs")
+    parser.add_argument("--quick", action="store_true", help="fewer grants, shorter fleet runs (under 8 minutes)")
     parser.add_argument("--smoke", action="store_true", help="every part at a tiny scale; fails unless each ran")
     parser.add_argument("--grants", type=int, default=None)
     args = parser.parse_args()
@@ -389,13 +405,16 @@ def run(plan: Plan, count: int) -> None:
         flush=True,
     )
     ledger = asyncio.run(ledger_cost(plan.ledger))
+    ledger_calls = ledger["storage_calls_per_grant"] + ledger["status_storage_calls_per_grant"]
+    ledger_cpu = ledger["cpu_ms_per_grant"] + ledger["status_cpu_ms_per_grant"]
     print(
         f"ledger: grants={ledger['grants']} storage_calls_per_grant={ledger['storage_calls_per_grant']:.2f} "
         f"round_trips_per_grant=3 cpu_ms_per_grant={ledger['cpu_ms_per_grant']:.2f} "
         f"wall_ms_per_grant={ledger['wall_ms_per_grant']:.2f} "
         f"status_storage_calls_per_grant={ledger['status_storage_calls_per_grant']:.2f} "
         f"status_cpu_ms_per_grant={ledger['status_cpu_ms_per_grant']:.2f} "
-        f"status_wall_ms_per_grant={ledger['status_wall_ms_per_grant']:.2f}",
+        f"status_wall_ms_per_grant={ledger['status_wall_ms_per_grant']:.2f} "
+        f"total_storage_calls_per_grant={ledger_calls:.2f} total_cpu_ms_per_grant={ledger_cpu:.2f}",
         flush=True,
     )
     second = asyncio.run(pipeline(plan.compare, budget="none", latency=0.0, write_rate="0"))
@@ -437,9 +456,9 @@ def run(plan: Plan, count: int) -> None:
 
     stub = IngestionStub()
     telemetry_runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    for _ in range(plan.rounds):  # the two sides take turns, as the clients do
-        telemetry_runs["off"].append(pipeline_run(plan.compare, telemetry=None))
-        telemetry_runs["on"].append(pipeline_run(plan.compare, telemetry=stub))
+    for _ in range(plan.telemetry_rounds):  # the two sides take turns, as the clients do
+        telemetry_runs["off"].append(pipeline_run(plan.telemetry, telemetry=None))
+        telemetry_runs["on"].append(pipeline_run(plan.telemetry, telemetry=stub))
     starts = cold_starts(
         {
             "ours": (VENV_PYTHON, OUR_IMPORTS),
@@ -462,12 +481,13 @@ def run(plan: Plan, count: int) -> None:
         f"with_first_message_imports_ratio={with_services / their_wall:.2f}",
         flush=True,
     )
-    tel_cpu = {side: statistics.median(r["cpu_s"] for r in rs) / plan.compare for side, rs in telemetry_runs.items()}
+    tel_cpu = {side: statistics.median(r["cpu_s"] for r in rs) / plan.telemetry for side, rs in telemetry_runs.items()}
     tel_wall, tel_peak = starts["ours_with_telemetry"]
     telemetry_cpu_ratio = tel_cpu["on"] / tel_cpu["off"]
     telemetry_import_ratio = tel_wall / our_wall
     print(
-        f"telemetry: grants={plan.compare} runs={plan.rounds} cpu_ms_per_grant_off={1000 * tel_cpu['off']:.2f} "
+        f"telemetry: grants={plan.telemetry} runs={plan.telemetry_rounds} "
+        f"cpu_ms_per_grant_off={1000 * tel_cpu['off']:.2f} "
         f"cpu_ms_per_grant_on={1000 * tel_cpu['on']:.2f} cpu_ratio={telemetry_cpu_ratio:.2f} "
         f"import_s_off={our_wall:.3f} import_s_on={tel_wall:.3f} import_ratio={telemetry_import_ratio:.2f} "
         f"peak_rss_mb_off={our_peak:.0f} peak_rss_mb_on={tel_peak:.0f} rss_ratio={tel_peak / our_peak:.2f} "
@@ -490,8 +510,8 @@ def run(plan: Plan, count: int) -> None:
         f"summary: quota_fraction={rate / 20:.3f} throttled={c['throttled']} token_requests={c['token_requests']} "
         f"cpu_ratio_vs_msgraph={cpu_ratio:.2f} import_ratio_vs_msgraph={import_ratio:.2f} "
         f"size_ratio_vs_msgraph={size_ratio:.2f} telemetry_cpu_ratio={telemetry_cpu_ratio:.2f} "
-        f"telemetry_import_ratio={telemetry_import_ratio:.2f} ledger_cpu_ms_per_grant={ledger['cpu_ms_per_grant']:.2f} "
-        f"ledger_storage_calls_per_grant={ledger['storage_calls_per_grant']:.2f}"
+        f"telemetry_import_ratio={telemetry_import_ratio:.2f} ledger_cpu_ms_per_grant={ledger_cpu:.2f} "
+        f"ledger_storage_calls_per_grant={ledger_calls:.2f}"
     )
     print(
         f"summary: fleet_quota_fraction_min={fleet_figures['fleet_quota_fraction_min']:.3f} "

@@ -1,7 +1,7 @@
 """The fleet benchmark (part of ``make bench``): K instances sharing Graph's write quota, lanes, light load.
 
 Graph's quota (3,000 writes per 150 s per app and tenant: 20/s) is scaled down in time, not in rate: the double
-enforces `Scale.limit` writes per `Scale.window` s (400 per 20 s; ``--quick`` 200 per 10 s), a sliding window
+enforces `Scale.limit` writes per `Scale.window` s (600 per 30 s; ``--quick`` 200 per 10 s), a sliding window
 shared by every process, with Graph's throttle headers and priority shedding; every worker is told the
 window (``GRAPH_WRITE_WINDOW_SECONDS``), as the app is told Graph's 150 s, and nothing about the others. Each
 worker (`benchmarks.fleet_worker`) is a local host with its own services, governor and token; the doubles run
@@ -68,8 +68,8 @@ class Scale:
         return round(QUOTA_RATE * self.window)
 
 
-FULL = Scale(window=40.0, run_seconds=120.0, onboarding_seconds=90.0, light_grants=200)
-QUICK = Scale(window=20.0, run_seconds=60.0, onboarding_seconds=40.0, light_grants=80)
+FULL = Scale(window=30.0, run_seconds=90.0, onboarding_seconds=60.0, light_grants=150)
+QUICK = Scale(window=10.0, run_seconds=25.0, onboarding_seconds=25.0, light_grants=40)
 #: Every part at a tiny scale (seconds): `make test` runs it, so that a benchmark that no longer runs fails CI.
 SMOKE = Scale(window=2.0, run_seconds=4.0, onboarding_seconds=3.0, light_grants=3, backlog=50, most=3, some=2)
 
