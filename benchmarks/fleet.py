@@ -343,6 +343,7 @@ def light_load(scale: Scale, azurite: AzuriteTables) -> dict[str, Any]:
         "overhead_p50_ms": 1000 * (percentile(latencies, 0.5) - graph),
         "overhead_p99_ms": 1000 * (percentile(latencies, 0.99) - graph),
         "token_requests": counters["token_requests"],
+        "cpu_ms_per_grant": 1000 * result["cpu_s"] / max(len(latencies), 1),
     }
 
 
@@ -366,7 +367,8 @@ def print_light(light: dict[str, Any]) -> None:
         f"light_load: grants={light['grants']} one_at_a_time graph_latency_ms={1000 * LATENCY:.0f} "
         f"graph_calls_per_grant={light['graph_calls_per_grant']:.2f} p50_ms={light['p50_ms']:.1f} "
         f"p99_ms={light['p99_ms']:.1f} app_overhead_p50_ms={light['overhead_p50_ms']:.1f} "
-        f"app_overhead_p99_ms={light['overhead_p99_ms']:.1f} token_requests={light['token_requests']}",
+        f"app_overhead_p99_ms={light['overhead_p99_ms']:.1f} token_requests={light['token_requests']} "
+        f"worker_cpu_ms_per_grant={light['cpu_ms_per_grant']:.1f}",
         flush=True,
     )
 
