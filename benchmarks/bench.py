@@ -7,7 +7,7 @@ printed its line: `make test` runs it, so a benchmark that no longer runs fails 
 (full / ``--quick``) are in `FULL` and `QUICK`. Figures, one line each (the Graph double and the token endpoint run
 in a process of their own, `benchmarks.doubles`, so each figure measures only the client):
 
-1. ``throughput``: N grants (4,000 / 600) through the local host and the registered function object, 16 at a
+1. ``throughput``: N grants (3,000 / 600) through the local host and the registered function object, 16 at a
    time, against the Graph double with a write budget of 200 per 10 s (Graph's 20/s) and 30 ms latency;
    ``GRAPH_WRITE_RATE=20``, ``GRAPH_WRITE_PACING=static`` (one process pacing at the whole quota: the pipeline's
    own throughput; the fleet runs below measure adaptive pacing). Sustained writes/s and its fraction of the

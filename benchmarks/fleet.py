@@ -68,7 +68,7 @@ class Scale:
         return round(QUOTA_RATE * self.window)
 
 
-FULL = Scale(window=30.0, run_seconds=90.0, onboarding_seconds=60.0, light_grants=150)
+FULL = Scale(window=30.0, run_seconds=90.0, onboarding_seconds=60.0, light_grants=120)
 QUICK = Scale(window=10.0, run_seconds=25.0, onboarding_seconds=25.0, light_grants=40)
 #: Every part at a tiny scale (seconds): `make test` runs it, so that a benchmark that no longer runs fails CI.
 SMOKE = Scale(window=2.0, run_seconds=4.0, onboarding_seconds=3.0, light_grants=3, backlog=50, most=3, some=2)
