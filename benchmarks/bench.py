@@ -100,7 +100,7 @@ class Plan:
 
 #: Under 25 minutes on 2 cores.
 FULL = Plan(
-    grants=4_000,
+    grants=3_000,
     ledger=1_000,
     compare=2_000,
     rounds=3,
