@@ -189,7 +189,7 @@ def bootstrap(
     managed identity; `ledger_credential` replaces that credential for a local Azurite only (its development key).
     """
     quiet_library_loggers()
-    http = new_http_client(own_pools=(_origin(settings.ledger_table_uri),) if settings.ledger_table_uri else ())
+    http = new_http_client(own_pools=(settings.ledger_table_uri,) if settings.ledger_table_uri else ())
     closers: list[Any] = []
     credential = None
     topic = settings.outcomes_topic
@@ -260,12 +260,6 @@ def bootstrap(
         callback_client=callback_client,
         _closers=tuple(closers),
     )
-
-
-def _origin(url: str) -> str:
-    """``scheme://host[:port]`` of `url` (an httpx mount pattern for that origin)."""
-    parts = httpx.URL(url)
-    return f"{parts.scheme}://{parts.netloc.decode('ascii')}"
 
 
 def _servicebus_sender(

@@ -48,16 +48,17 @@ POOL_LIMITS: Final = httpx.Limits(max_connections=64, max_keepalive_connections=
 def new_http_client(*, own_pools: tuple[str, ...] = ()) -> httpx.AsyncClient:
     """The process's one HTTP client: explicit timeouts, keep-alive pool, our User-Agent, no redirects.
 
-    Each origin in `own_pools` (e.g. the grant ledger's table endpoint) gets a connection pool of its own within the
-    client: httpcore scans every connection of a pool on each request, so Graph's requests never pay for the
-    ledger's connections nor the ledger's for Graph's, and neither waits for a connection the other holds.
+    The origin of each URL in `own_pools` (e.g. the grant ledger's table endpoint) gets a connection pool of its own
+    within the client: httpcore scans every connection of a pool on each request, so Graph's requests never pay for
+    the ledger's connections nor the ledger's for Graph's, and neither waits for a connection the other holds.
     """
+    origins = {f"{url.scheme}://{url.netloc.decode('ascii')}" for url in map(httpx.URL, own_pools)}
     return httpx.AsyncClient(
         timeout=TIMEOUT,
         limits=POOL_LIMITS,
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
-        mounts={origin: httpx.AsyncHTTPTransport(limits=POOL_LIMITS) for origin in own_pools},
+        mounts={origin: httpx.AsyncHTTPTransport(limits=POOL_LIMITS) for origin in origins},
     )
 
 
