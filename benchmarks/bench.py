@@ -1,48 +1,53 @@
-"""``make bench``: throughput at Graph's write quota, CPU per grant against msgraph-sdk, cold start and size.
+"""``make bench``: throughput at Graph's write quota, CPU per grant against msgraph-sdk, cold start, size, the
+ledger's cost, the fleet.
 
-Figures, one line each (the Graph double and the token endpoint run in a process of their own,
-`benchmarks.doubles`, so each figure measures only the client):
+``make bench`` (``ARGS=--quick``: shorter, under 8 minutes on 2 cores; the full run under 25) prints the lines
+below; ``ARGS=--smoke`` runs every part at a tiny scale (seconds) and exits non-zero unless each part ran and
+printed its line: `make test` runs it, so a benchmark that no longer runs fails CI. It asserts no timing. Sizes
+(full / ``--quick``) are in `FULL` and `QUICK`. Figures, one line each (the Graph double and the token endpoint run
+in a process of their own, `benchmarks.doubles`, so each figure measures only the client):
 
-1. ``throughput``: N grants (default 10,000; ``--quick`` 1,000) through the local host and the registered
-   function object, 16 at a time, against the Graph double with a write budget of 200 per 10 s (Graph's
-   20/s) and 30 ms latency; ``GRAPH_WRITE_RATE=20``, ``GRAPH_WRITE_PACING=static`` (one process pacing at the
-   whole quota: the pipeline's own throughput; the fleet runs below measure adaptive pacing). Sustained
-   writes/s and its fraction of the budget, 429s, dead letters, p50/p99 time per invocation (the outcome
-   records' ``startedAt``..``finishedAt``, every delivery), CPU ms per grant (this process), token requests,
-   TCP connections.
-2. ``pipeline_cpu``: 2,000 grants, no budget, no latency (``GRAPH_WRITE_RATE=0``): CPU ms per grant of the
-   whole pipeline (function object, binding decode, settlement over gRPC, Graph call). Information only.
-3. ``engine`` / ``msgraph_sdk`` / ``cpu_vs_msgraph``: the same 2,000 grants, 16 at a time, against a fresh
-   double with no budget and no latency, at the same level on both sides: our `Services.handle` (policy,
-   handler, Graph POST, classified result; `benchmarks.engine`) vs msgraph-sdk's
+1. ``throughput``: N grants (3,000 / 600) through the local host and the registered function object, 16 at a
+   time, against the Graph double with a write budget of 200 per 10 s (Graph's 20/s) and 30 ms latency;
+   ``GRAPH_WRITE_RATE=20``, ``GRAPH_WRITE_PACING=static`` (one process pacing at the whole quota: the pipeline's
+   own throughput; the fleet runs below measure adaptive pacing). Sustained writes/s and its fraction of the
+   budget, 429s, dead letters, p50/p99 time per invocation (the outcome records' ``startedAt``..``finishedAt``,
+   every delivery), CPU ms per grant (this process), token requests, TCP connections.
+2. ``pipeline_cpu``: 2,000 / 500 grants, no budget, no latency (``GRAPH_WRITE_RATE=0``): CPU ms per grant of the
+   whole pipeline (function object, binding decode, ledger, Graph call, settlement over gRPC), and by thread
+   (`benchmarks.threads`): ``event_loop`` (the app's coroutines, with the local host and queue),
+   ``settlement_calls`` (the app's blocking settlement calls), ``settlement_server`` (the local settlement
+   server's handlers: the Functions host's part in Azure), ``grpc_core`` (gRPC's own threads, both sides).
+3. ``engine`` / ``msgraph_sdk`` / ``cpu_vs_msgraph``: as many grants, 16 at a time, against a fresh double with
+   no budget and no latency, at the same level on both sides: our `GrantService.execute` (policy, handler, Graph POST,
+   classified result; `benchmarks.engine`) vs msgraph-sdk's
    ``directory.administrative_units.by_administrative_unit_id(AU).members.ref.post(ReferenceCreate(...))``
    (`benchmarks.msgraph_client`, in ``.venv-msgraph``), and, as the floor, a bare httpx POST loop
    (`benchmarks.httpx_floor`). Each client runs in its own process and measures its own CPU with
    ``time.process_time``.
-4. ``cold_start``: median wall time and peak RSS of 9 fresh ``python -c "import function_app"`` vs 9 fresh
-   ``.venv-msgraph`` interpreters importing what a msgraph-sdk-based function app would (`MSGRAPH_IMPORTS`),
+4. ``cold_start``: median wall time and peak RSS of fresh ``python -c "import function_app"`` (9 / 5) vs as many
+   fresh ``.venv-msgraph`` interpreters importing what a msgraph-sdk-based function app would (`MSGRAPH_IMPORTS`),
    taking turns, after one uncounted run each that leaves our modules' bytecode in ``__pycache__``; and, as
-   information, ours plus ``azure.identity.aio``, which our app imports only when the first message builds
-   its services.
+   information, ours plus what the first message imports when it builds the services (`FIRST_MESSAGE_IMPORTS`:
+   ``shared.bootstrap`` with the Graph and ledger clients, and ``azure.identity.aio``).
 5. ``fleet`` / ``onboarding`` / ``light_load``: K instances sharing the write quota (K = 1, 4, 16, 1 → 16 → 4,
    and today's static split as the baseline), interactive grants during a 10,000-row bulk backlog, one grant at a
    time at 30 ms per Graph answer; see `benchmarks.fleet` (``--quick``: a shorter window and runs).
 6. ``installed_size``: the files in the RECORDs of requirements.txt's distributions and their dependencies
    vs the same for the msgraph-sdk equivalent (requirements.txt with httpx replaced by msgraph-sdk); and the
    Graph client alone: httpx + azure-identity vs msgraph-sdk (each with its dependencies).
-6. ``telemetry``: what the worker's OpenTelemetry export (``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true``,
+7. ``telemetry``: what the worker's OpenTelemetry export (``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true``,
    the deployment choice ``GRANTS_OPENTELEMETRY``) costs. CPU ms per grant of the whole pipeline
-   (`benchmarks.pipeline`: 2,000 grants, no budget, no latency, each side in a process of its own, 3 runs each,
-   taking turns; medians) without and with the Azure Monitor distro configured as the worker configures it,
-   exporting to a loopback ingestion stub (`grants_local.ingestion`) and flushed inside the measured window;
-   and the cold start (as in 4) of ``import function_app`` with the distro configured first. The outcome
-   traces the stub received with their fields as dimensions are counted.
-7. ``ledger``: the grant ledger's cost per grant (`benchmarks.ledger`): 1,000 uncontended intents admitted and
-   finished through the app's `Ledger` against a local Azurite: storage requests (four, in three round trips)
-   and this process's CPU ms and wall ms per grant. The ``throughput`` figure already includes the ledger (the
-   local host runs every grant through it), so its quota fraction is measured with the ledger's cost. Then the
-   terminal status of each as a bulk row (status, member and target history, job row: four writes at once):
-   ``status_*``.
+   (`benchmarks.pipeline`: 1,000 / 500 grants, no budget, no latency, each side in a process of its own, 3 / 1
+   runs each, taking turns; medians) without and with the Azure Monitor distro configured as the worker configures
+   it, exporting to a loopback ingestion stub (`grants_local.ingestion`) and flushed inside the measured window;
+   and the cold start (as in 4) of ``import function_app`` with the distro configured first. The outcome traces
+   the stub received with their fields as dimensions are counted.
+8. ``ledger``: the grant ledger's cost per grant (`benchmarks.ledger`): 1,000 / 300 uncontended adds admitted
+   and finished through the app's `Ledger` against a local Azurite: storage requests and this process's CPU ms
+   and wall ms per grant; then the terminal status of each as a bulk row (status, member and target history, job
+   row: four writes at once): ``status_*``. The ``throughput`` figure already includes the ledger (the local host
+   runs every grant through it), so its quota fraction is measured with the ledger's cost.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +71,7 @@ from typing import Any
 from benchmarks import fleet
 from benchmarks.directory import grants
 from benchmarks.ledger import ledger_cost
+from benchmarks.threads import ThreadCpu
 from grants_local.ingestion import UNSET, IngestionStub, local_environment
 from grants_local.run import run_local
 from shared.service.settle import outcome_log
@@ -72,8 +79,61 @@ from shared.service.settle import outcome_log
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = Path(sys.executable)
 MSGRAPH_PYTHON = ROOT / ".venv-msgraph" / "bin" / "python"
-COMPARE = 2_000  # grants in the CPU comparison (the issue's calibration: no latency, 16 at a time)
-CLIENT_ROUNDS = 3  # runs of each comparison client; the figures are medians
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big each part is: `grants` through the throughput run, `ledger` intents, `compare` grants in the pipeline
+    and CPU comparison runs (no latency, 16 at a time), `rounds` runs of each comparison client (the figures are
+    medians), `telemetry` grants in each of `telemetry_rounds` runs per side of the telemetry part, `cold_runs`
+    interpreters per side, and the fleet's `fleet.Scale`."""
+
+    grants: int
+    ledger: int
+    compare: int
+    rounds: int
+    telemetry: int
+    telemetry_rounds: int
+    cold_runs: int
+    fleet: fleet.Scale
+
+
+#: Under 25 minutes on 2 cores.
+FULL = Plan(
+    grants=3_000,
+    ledger=1_000,
+    compare=2_000,
+    rounds=3,
+    telemetry=1_000,
+    telemetry_rounds=3,
+    cold_runs=9,
+    fleet=fleet.FULL,
+)
+#: Under 8 minutes on 2 cores.
+QUICK = Plan(
+    grants=600, ledger=300, compare=500, rounds=3, telemetry=500, telemetry_rounds=1, cold_runs=5, fleet=fleet.QUICK
+)
+SMOKE = Plan(
+    grants=20, ledger=20, compare=50, rounds=1, telemetry=50, telemetry_rounds=1, cold_runs=1, fleet=fleet.SMOKE
+)
+#: The lines a run prints, one per part (``--smoke`` checks that each was printed).
+PARTS = (
+    "throughput",
+    "ledger",
+    "pipeline_cpu",
+    "engine",
+    "msgraph_sdk",
+    "httpx_floor",
+    "cpu_vs_msgraph",
+    "cold_start",
+    "telemetry",
+    "installed_size",
+    "fleet",
+    "onboarding",
+    "onboarding_ratio",
+    "light_load",
+    "summary",
+)
 
 
 class Doubles:
@@ -147,21 +207,33 @@ async def pipeline(count: int, *, budget: str, latency: float, write_rate: str) 
                 "GRAPH_WRITE_PACING": "static",  # one process at the full rate: the pipeline's own throughput
                 "GRANTS_RETRY_BASE_SECONDS": "1",
             }
+            threads = ThreadCpu()
+            threads.sample()
+            sampler = asyncio.create_task(threads.run())
             cpu, wall = time.process_time(), time.perf_counter()
             run = await run_local(grants(count, served.unit), env=env, clock=time.time, concurrency=16)  # real time
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            sampler.cancel()
+            threads.sample()
             counters = served.counters()
     finally:
         outcome_log.removeHandler(times)
     outcomes = [o.outcome for o in run.outcomes]
-    return {"cpu": cpu, "wall": wall, "counters": counters, "outcomes": outcomes, "invocation_s": times.seconds}
+    return {
+        "cpu": cpu,
+        "wall": wall,
+        "counters": counters,
+        "outcomes": outcomes,
+        "invocation_s": times.seconds,
+        "threads": threads.groups(),
+    }
 
 
-def client_run(python: Path, module: str) -> dict[str, Any]:
+def client_run(python: Path, module: str, count: int) -> dict[str, Any]:
     """Run one comparison client (`module` in `python`) against a fresh double; its figures and the double's."""
-    with doubles(users=COMPARE, budget="none", latency=0.0) as served:
+    with doubles(users=count, budget="none", latency=0.0) as served:
         out = subprocess.run(  # noqa: S603 (a venv's interpreter, our module)
-            [str(python), "-m", module, "--unit", served.unit, "--count", str(COMPARE), "--concurrency", "16"],
+            [str(python), "-m", module, "--unit", served.unit, "--count", str(count), "--concurrency", "16"],
             cwd=ROOT,
             env=served.env,
             capture_output=True,
@@ -174,8 +246,10 @@ def client_run(python: Path, module: str) -> dict[str, Any]:
 
 
 OUR_IMPORTS = "import function_app"
-#: Imported by our app when it builds its services for the first message (the msgraph side imports it up front).
-CREDENTIAL_IMPORT = "import azure.identity.aio"
+#: Imported by our app when it builds its services for the first message (the msgraph side imports the credential
+#: up front): the composition root and the adapters it wires (httpx, the Graph and ledger clients, azure-data-tables)
+#: and the managed-identity credential.
+FIRST_MESSAGE_IMPORTS = "import shared.bootstrap; import azure.identity.aio"
 #: What a msgraph-sdk-based function app imports: the Functions library and Service Bus extension, the
 #: async managed-identity credential, the client, the model and the request builders of the one call it makes.
 MSGRAPH_IMPORTS = "; ".join(
@@ -238,11 +312,11 @@ def telemetry_environment(stub: IngestionStub) -> dict[str, str]:
     return {**local_environment(stub.connection_string), "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true"}
 
 
-def pipeline_run(*, telemetry: IngestionStub | None) -> dict[str, Any]:
+def pipeline_run(count: int, *, telemetry: IngestionStub | None) -> dict[str, Any]:
     """`benchmarks.pipeline` in its own process against a fresh double, exporting to `telemetry` if given."""
-    with doubles(users=COMPARE, budget="none", latency=0.0) as served:
+    with doubles(users=count, budget="none", latency=0.0) as served:
         env = {name: value for name, value in served.env.items() if name not in UNSET}
-        args = [sys.executable, "-m", "benchmarks.pipeline", "--unit", served.unit, "--count", str(COMPARE)]
+        args = [sys.executable, "-m", "benchmarks.pipeline", "--unit", served.unit, "--count", str(count)]
         if telemetry is not None:
             env.update(telemetry_environment(telemetry))
             args.append("--telemetry")
@@ -275,10 +349,43 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1,000 grants instead of 10,000")
+    parser.add_argument("--quick", action="store_true", help="fewer grants, shorter fleet runs (under 8 minutes)")
+    parser.add_argument("--smoke", action="store_true", help="every part at a tiny scale; fails unless each ran")
     parser.add_argument("--grants", type=int, default=None)
     args = parser.parse_args()
-    count = args.grants or (1_000 if args.quick else 10_000)
+    plan = SMOKE if args.smoke else QUICK if args.quick else FULL
+    count = args.grants or plan.grants
+    printed = _Lines(sys.stdout)
+    sys.stdout = printed
+    try:
+        run(plan, count)
+    finally:
+        sys.stdout = printed.out
+    if args.smoke:
+        missing = [part for part in PARTS if part not in printed.parts]
+        if missing:
+            raise SystemExit(f"bench --smoke: no line from {', '.join(missing)}")
+        print(f"smoke: every part ran and printed its line ({len(PARTS)} parts)")
+
+
+class _Lines:
+    """Standard output, passed through; the part names of the lines printed (the text before the first colon)."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.parts: set[str] = set()
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            self.parts.add(line.split(":", 1)[0])
+        return int(self.out.write(text))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def run(plan: Plan, count: int) -> None:
+    """Every part of the benchmark at `plan`'s scale (`count` grants in the throughput run), a line each."""
     quiet = logging.StreamHandler()
     quiet.setLevel(logging.CRITICAL)  # the outcome lines are recorded, not printed
     logging.basicConfig(level=logging.INFO, handlers=[quiet])
@@ -297,20 +404,24 @@ def main() -> None:
         f"token_requests={c['token_requests']} tcp_connections={c['connections']} members={c['members']}",
         flush=True,
     )
-    ledger = asyncio.run(ledger_cost())
+    ledger = asyncio.run(ledger_cost(plan.ledger))
+    ledger_calls = ledger["storage_calls_per_grant"] + ledger["status_storage_calls_per_grant"]
+    ledger_cpu = ledger["cpu_ms_per_grant"] + ledger["status_cpu_ms_per_grant"]
     print(
         f"ledger: grants={ledger['grants']} storage_calls_per_grant={ledger['storage_calls_per_grant']:.2f} "
         f"round_trips_per_grant=3 cpu_ms_per_grant={ledger['cpu_ms_per_grant']:.2f} "
         f"wall_ms_per_grant={ledger['wall_ms_per_grant']:.2f} "
         f"status_storage_calls_per_grant={ledger['status_storage_calls_per_grant']:.2f} "
         f"status_cpu_ms_per_grant={ledger['status_cpu_ms_per_grant']:.2f} "
-        f"status_wall_ms_per_grant={ledger['status_wall_ms_per_grant']:.2f}",
+        f"status_wall_ms_per_grant={ledger['status_wall_ms_per_grant']:.2f} "
+        f"total_storage_calls_per_grant={ledger_calls:.2f} total_cpu_ms_per_grant={ledger_cpu:.2f}",
         flush=True,
     )
-    second = asyncio.run(pipeline(COMPARE, budget="none", latency=0.0, write_rate="0"))
+    second = asyncio.run(pipeline(plan.compare, budget="none", latency=0.0, write_rate="0"))
+    by_thread = " ".join(f"{group}_ms={1000 * s / plan.compare:.2f}" for group, s in second["threads"].items())
     print(
-        f"pipeline_cpu: grants={COMPARE} wall_s={second['wall']:.1f} "
-        f"cpu_ms_per_grant={1000 * second['cpu'] / COMPARE:.2f} "
+        f"pipeline_cpu: grants={plan.compare} wall_s={second['wall']:.1f} "
+        f"cpu_ms_per_grant={1000 * second['cpu'] / plan.compare:.2f} ({by_thread}) "
         f"token_requests={second['counters']['token_requests']} tcp_connections={second['counters']['connections']}",
         flush=True,
     )
@@ -320,16 +431,16 @@ def main() -> None:
         "httpx_floor": (VENV_PYTHON, "benchmarks.httpx_floor"),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
-    for _ in range(CLIENT_ROUNDS):  # the clients take turns, so that other load falls on each alike
+    for _ in range(plan.rounds):  # the clients take turns, so that other load falls on each alike
         for name, (python, module) in clients.items():
-            runs[name].append(client_run(python, module))
+            runs[name].append(client_run(python, module, plan.compare))
     cpu = {name: statistics.median(r["cpu_s"] for r in rs) for name, rs in runs.items()}
     wall = {name: statistics.median(r["wall_s"] for r in rs) for name, rs in runs.items()}
     for name, rs in runs.items():
         print(
-            f"{name}: grants={COMPARE} concurrency=16 runs={len(rs)} median_wall_s={wall[name]:.2f} "
-            f"median_cpu_ms_per_grant={1000 * cpu[name] / COMPARE:.2f} "
-            f"cpu_ms_per_grant_runs={'/'.join(format(1000 * r['cpu_s'] / COMPARE, '.2f') for r in rs)} "
+            f"{name}: grants={plan.compare} concurrency=16 runs={len(rs)} median_wall_s={wall[name]:.2f} "
+            f"median_cpu_ms_per_grant={1000 * cpu[name] / plan.compare:.2f} "
+            f"cpu_ms_per_grant_runs={'/'.join(format(1000 * r['cpu_s'] / plan.compare, '.2f') for r in rs)} "
             f"outcomes={json.dumps(rs[0]['outcomes'], separators=(',', ':'))} "
             f"token_requests={'/'.join(str(r['counters']['token_requests']) for r in rs)} "
             f"tcp_connections={'/'.join(str(r['counters']['connections']) for r in rs)}",
@@ -345,36 +456,38 @@ def main() -> None:
 
     stub = IngestionStub()
     telemetry_runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    for _ in range(CLIENT_ROUNDS):  # the two sides take turns, as the clients do
-        telemetry_runs["off"].append(pipeline_run(telemetry=None))
-        telemetry_runs["on"].append(pipeline_run(telemetry=stub))
+    for _ in range(plan.telemetry_rounds):  # the two sides take turns, as the clients do
+        telemetry_runs["off"].append(pipeline_run(plan.telemetry, telemetry=None))
+        telemetry_runs["on"].append(pipeline_run(plan.telemetry, telemetry=stub))
     starts = cold_starts(
         {
             "ours": (VENV_PYTHON, OUR_IMPORTS),
             "msgraph": (MSGRAPH_PYTHON, MSGRAPH_IMPORTS),
-            "ours_with_credential": (VENV_PYTHON, f"{OUR_IMPORTS}; {CREDENTIAL_IMPORT}"),
+            "ours_with_services": (VENV_PYTHON, f"{OUR_IMPORTS}; {FIRST_MESSAGE_IMPORTS}"),
             "ours_with_telemetry": (VENV_PYTHON, TELEMETRY_IMPORTS),
         },
+        runs=plan.cold_runs,
         envs={"ours_with_telemetry": telemetry_environment(stub)},
     )
     exported = [base for base in stub.messages("grant ") if base.get("properties", {}).get("outcome")]
     stub.close()
     (our_wall, our_peak), (their_wall, their_peak) = starts["ours"], starts["msgraph"]
-    with_credential = starts["ours_with_credential"][0]
+    with_services = starts["ours_with_services"][0]
     import_ratio = our_wall / their_wall
     print(
         f"cold_start: import_function_app_s={our_wall:.3f} peak_rss_mb={our_peak:.0f} "
         f"msgraph_imports_s={their_wall:.3f} msgraph_peak_rss_mb={their_peak:.0f} import_ratio={import_ratio:.2f} "
-        f"rss_ratio={our_peak / their_peak:.2f} with_credential_import_s={with_credential:.3f} "
-        f"with_credential_ratio={with_credential / their_wall:.2f}",
+        f"rss_ratio={our_peak / their_peak:.2f} with_first_message_imports_s={with_services:.3f} "
+        f"with_first_message_imports_ratio={with_services / their_wall:.2f}",
         flush=True,
     )
-    tel_cpu = {side: statistics.median(r["cpu_s"] for r in rs) / COMPARE for side, rs in telemetry_runs.items()}
+    tel_cpu = {side: statistics.median(r["cpu_s"] for r in rs) / plan.telemetry for side, rs in telemetry_runs.items()}
     tel_wall, tel_peak = starts["ours_with_telemetry"]
     telemetry_cpu_ratio = tel_cpu["on"] / tel_cpu["off"]
     telemetry_import_ratio = tel_wall / our_wall
     print(
-        f"telemetry: grants={COMPARE} runs={CLIENT_ROUNDS} cpu_ms_per_grant_off={1000 * tel_cpu['off']:.2f} "
+        f"telemetry: grants={plan.telemetry} runs={plan.telemetry_rounds} "
+        f"cpu_ms_per_grant_off={1000 * tel_cpu['off']:.2f} "
         f"cpu_ms_per_grant_on={1000 * tel_cpu['on']:.2f} cpu_ratio={telemetry_cpu_ratio:.2f} "
         f"import_s_off={our_wall:.3f} import_s_on={tel_wall:.3f} import_ratio={telemetry_import_ratio:.2f} "
         f"peak_rss_mb_off={our_peak:.0f} peak_rss_mb_on={tel_peak:.0f} rss_ratio={tel_peak / our_peak:.2f} "
@@ -392,13 +505,13 @@ def main() -> None:
         f"graph_client_mb={our_client_mb:.1f} (httpx+azure-identity) msgraph_sdk_mb={sdk_mb:.1f}",
         flush=True,
     )
-    fleet_figures = fleet.run_all(fleet.QUICK if args.quick else fleet.FULL)
+    fleet_figures = fleet.run_all(plan.fleet)
     print(
         f"summary: quota_fraction={rate / 20:.3f} throttled={c['throttled']} token_requests={c['token_requests']} "
         f"cpu_ratio_vs_msgraph={cpu_ratio:.2f} import_ratio_vs_msgraph={import_ratio:.2f} "
         f"size_ratio_vs_msgraph={size_ratio:.2f} telemetry_cpu_ratio={telemetry_cpu_ratio:.2f} "
-        f"telemetry_import_ratio={telemetry_import_ratio:.2f} ledger_cpu_ms_per_grant={ledger['cpu_ms_per_grant']:.2f} "
-        f"ledger_storage_calls_per_grant={ledger['storage_calls_per_grant']:.2f}"
+        f"telemetry_import_ratio={telemetry_import_ratio:.2f} ledger_cpu_ms_per_grant={ledger_cpu:.2f} "
+        f"ledger_storage_calls_per_grant={ledger_calls:.2f}"
     )
     print(
         f"summary: fleet_quota_fraction_min={fleet_figures['fleet_quota_fraction_min']:.3f} "

@@ -3,7 +3,7 @@
 ``python -m benchmarks.engine --unit AU --count N [--concurrency 16]`` with ``GRAPH_BASE_URL``,
 ``IDENTITY_ENDPOINT`` and ``IDENTITY_HEADER`` in the environment: builds the app's services (`bootstrap`:
 one httpx client, the managed-identity credential, the Graph client; ``GRAPH_WRITE_RATE=0``), then sends N
-add-to-unit commands through `Services.handle` (policy check, handler, Graph POST, classified `Result`),
+add-to-unit commands through `GrantService.execute` (policy check, handler, Graph POST, classified `Result`),
 `concurrency` at a time. Commands are built before the clock starts (a message's decoding and validation
 is the pipeline's, not the Graph call's). Prints one JSON line: CPU seconds (``time.process_time``), wall
 seconds, and the outcomes counted.

@@ -1,23 +1,25 @@
 """The fleet benchmark (part of ``make bench``): K instances sharing Graph's write quota, lanes, light load.
 
 Graph's quota (3,000 writes per 150 s per app and tenant: 20/s) is scaled down in time, not in rate: the double
-enforces `Scale.limit` writes per `Scale.window` s (400 per 20 s; ``--quick`` 200 per 10 s), a sliding window
+enforces `Scale.limit` writes per `Scale.window` s (600 per 30 s; ``--quick`` 200 per 10 s), a sliding window
 shared by every process, with Graph's throttle headers and priority shedding; every worker is told the
 window (``GRAPH_WRITE_WINDOW_SECONDS``), as the app is told Graph's 150 s, and nothing about the others. Each
 worker (`benchmarks.fleet_worker`) is a local host with its own services, governor and token; the doubles run
-in a process of their own (`benchmarks.doubles`), 30 ms per answer. Every address is on 127.0.0.1; every
-process stops by itself (`--max-seconds`).
+in a process of their own (`benchmarks.doubles`), 30 ms per answer. Every worker records its grants in the grant
+ledger, all of a run in one table of one Azurite (`grants_local.azurite`), as a fleet shares one table. Every address
+is on 127.0.0.1; every process stops by itself (`--max-seconds`).
 
-1. ``fleet``: K = 1, 4, 16, and K = 1 → 16 → 4 (a third of the run each), every worker with a bulk backlog of
-   its own (its own unit), adaptive pacing (``GRAPH_WRITE_RATE=20`` as the ceiling); and today's static split
-   (``GRAPH_WRITE_PACING=static``, ``GRAPH_WRITE_RATE`` = 20 / 40 instances = 0.5) with K = 4 as the baseline.
+1. ``fleet``: K = 1, 4, 16, and K = 1 → 16 → 4 (a third of the run each; ``--smoke``: 1, 2, 3 and 1 → 3 → 2),
+   every worker with a bulk backlog of its own (its own unit), adaptive pacing (``GRAPH_WRITE_RATE=20`` as the
+   ceiling); and today's static split (``GRAPH_WRITE_PACING=static``, ``GRAPH_WRITE_RATE`` = 20 / 40 instances =
+   0.5) with K = 4 (``--smoke``: 2) as the baseline.
    ``quota_fraction``: writes let through / (quota rate * time), from the end of the first window (the empty
    window's free burst left out) to the end; per phase for the changing run. ``throttled_pct``: writes
    answered 429 / all writes, the whole run. ``dead_throttled``: messages dead-lettered ``Throttled``.
    ``tokens``: token requests / processes started.
 2. ``onboarding``: one instance, a trickle of interactive grants (1/s, ``grant_membership``, High priority)
    alone, then the same trickle while the bulk queue holds 10,000 rows (``grant_membership_bulk``, Low):
-   enqueue → settled p50 / p99 of the trickle, and their ratio.
+   enqueue → settled p50 / p99 of the trickle, and their ratio (``--smoke``: 50 rows).
 3. ``light_load``: one instance, one interactive grant at a time (each sent 0.5 s after the previous one
    settled), against the double answering in 30 ms, no quota: enqueue → settled p50 / p99, and the app's own
    overhead = that minus Graph's latency * Graph calls per grant.
@@ -25,6 +27,7 @@ process stops by itself (`--max-seconds`).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from benchmarks.directory import unit_id
+from grants_local.azurite import AzuriteTables, LedgerTable, new_ledger_table
 
 ROOT = Path(__file__).resolve().parent.parent
 QUOTA_RATE = 20.0  # Graph's: 3,000 per 150 s
@@ -47,20 +51,27 @@ STATIC_INSTANCE_CAP = 40  # infra's maximumInstanceCount before this change: GRA
 
 @dataclass(frozen=True)
 class Scale:
-    """Graph's write window, scaled down in time (the rate stays 20/s); and how long each run lasts."""
+    """Graph's write window, scaled down in time (the rate stays 20/s); how long each run lasts; how many rows
+    the onboarding backlog holds; the fleet sizes (`most`: the largest K; `some`: the static split's K, the second
+    adaptive run's and the changing run's last phase)."""
 
     window: float
     run_seconds: float
     onboarding_seconds: float
     light_grants: int
+    backlog: int = 10_000
+    most: int = 16
+    some: int = 4
 
     @property
     def limit(self) -> int:
         return round(QUOTA_RATE * self.window)
 
 
-FULL = Scale(window=40.0, run_seconds=120.0, onboarding_seconds=90.0, light_grants=200)
-QUICK = Scale(window=20.0, run_seconds=60.0, onboarding_seconds=40.0, light_grants=80)
+FULL = Scale(window=30.0, run_seconds=90.0, onboarding_seconds=60.0, light_grants=120)
+QUICK = Scale(window=10.0, run_seconds=25.0, onboarding_seconds=25.0, light_grants=40)
+#: Every part at a tiny scale (seconds): `make test` runs it, so that a benchmark that no longer runs fails CI.
+SMOKE = Scale(window=2.0, run_seconds=4.0, onboarding_seconds=3.0, light_grants=3, backlog=50, most=3, some=2)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -149,15 +160,22 @@ class Worker:
         self.process.wait(timeout=10)
 
 
+def ledger_env(ledger: LedgerTable) -> dict[str, str]:
+    """The app's settings for `ledger` (the workers pass Azurite's development key as the ledger's credential)."""
+    return {"GrantsLedger__tableServiceUri": ledger.endpoint, "GrantsLedger__tableName": ledger.table}
+
+
 @contextmanager
 def cluster(
-    doubles_args: list[str], env: dict[str, str], workers: list[list[str]]
+    doubles_args: list[str], env: dict[str, str], workers: list[list[str]], azurite: AzuriteTables
 ) -> Iterator[tuple[Doubles, list[Worker]]]:
-    """The doubles and the workers, all ready (imported, services built); killed on the way out if still alive."""
+    """The doubles and the workers, all ready (imported, services built) and sharing a new ledger table in
+    `azurite`; killed on the way out if still alive."""
+    ledger = asyncio.run(new_ledger_table(azurite))
     doubles = Doubles(doubles_args)
     started: list[Worker] = []
     try:
-        worker_env = {**os.environ, **doubles.env, **env}
+        worker_env = {**os.environ, **doubles.env, **env, **ledger_env(ledger)}
         started = [Worker(worker_env, args) for args in workers]
         for worker in started:
             worker.ready()
@@ -179,7 +197,13 @@ def app_env(scale: Scale, *, pacing: str = "adaptive", rate: float = QUOTA_RATE)
 
 
 def fleet_run(
-    name: str, schedule: list[tuple[float, int]], scale: Scale, *, pacing: str = "adaptive", rate: float = QUOTA_RATE
+    name: str,
+    schedule: list[tuple[float, int]],
+    scale: Scale,
+    azurite: AzuriteTables,
+    *,
+    pacing: str = "adaptive",
+    rate: float = QUOTA_RATE,
 ) -> dict[str, Any]:
     """Run workers as `schedule` says ((offset in the run, active K) steps) for `scale.run_seconds` per step
     span; return the figures."""
@@ -198,7 +222,7 @@ def fleet_run(
         "--write-log",
     ]
     workers = [["--unit", unit_id(n), "--bulk", str(backlog), "--max-seconds", str(duration + 30)] for n in range(most)]
-    with cluster(doubles_args, app_env(scale, pacing=pacing, rate=rate), workers) as (doubles, fleet):
+    with cluster(doubles_args, app_env(scale, pacing=pacing, rate=rate), workers, azurite) as (doubles, fleet):
         start = time.monotonic()
         for offset, k in schedule:
             time.sleep(max(start + offset - time.monotonic(), 0.0))
@@ -262,7 +286,7 @@ def print_fleet(run: dict[str, Any]) -> None:
     )
 
 
-def onboarding(scale: Scale, *, backlog: int) -> dict[str, Any]:
+def onboarding(scale: Scale, azurite: AzuriteTables, *, backlog: int) -> dict[str, Any]:
     """One instance: the 1/s interactive trickle, with `backlog` bulk rows queued (0: alone)."""
     seconds = scale.onboarding_seconds
     doubles_args = [
@@ -279,7 +303,7 @@ def onboarding(scale: Scale, *, backlog: int) -> dict[str, Any]:
         "--write-log",
     ]
     worker = ["--unit", unit_id(0), "--bulk", str(backlog), "--interactive-rate", "1", "--max-seconds", str(seconds)]
-    with cluster(doubles_args, app_env(scale), [worker]) as (doubles, (one,)):
+    with cluster(doubles_args, app_env(scale), [worker], azurite) as (doubles, (one,)):
         one.go()
         result = one.finish()
         counters = doubles.counters()
@@ -299,11 +323,11 @@ def onboarding(scale: Scale, *, backlog: int) -> dict[str, Any]:
     }
 
 
-def light_load(scale: Scale) -> dict[str, Any]:
+def light_load(scale: Scale, azurite: AzuriteTables) -> dict[str, Any]:
     doubles_args = ["--users", "1", "--extra-users", str(scale.light_grants + 10), "--budget", "none"]
     doubles_args += ["--latency", str(LATENCY)]
     worker = ["--unit", unit_id(0), "--serial", str(scale.light_grants), "--max-seconds", "600"]
-    with cluster([*doubles_args, "--units", "1"], app_env(scale), [worker]) as (doubles, (one,)):
+    with cluster([*doubles_args, "--units", "1"], app_env(scale), [worker], azurite) as (doubles, (one,)):
         one.go()
         result = one.finish()
         counters = doubles.counters()
@@ -319,26 +343,12 @@ def light_load(scale: Scale) -> dict[str, Any]:
         "overhead_p50_ms": 1000 * (percentile(latencies, 0.5) - graph),
         "overhead_p99_ms": 1000 * (percentile(latencies, 0.99) - graph),
         "token_requests": counters["token_requests"],
+        "cpu_ms_per_grant": 1000 * result["cpu_s"] / max(len(latencies), 1),
     }
 
 
-def run_all(scale: Scale) -> dict[str, Any]:
-    """Every fleet run, onboarding and light load; prints a line for each; returns the summary figures."""
-    third = scale.run_seconds * 0.6
-    plans: list[tuple[str, list[tuple[float, int]], str, float]] = [
-        ("static-split", [(0, 4)], "static", QUOTA_RATE / STATIC_INSTANCE_CAP),
-        ("adaptive", [(0, 1)], "adaptive", QUOTA_RATE),
-        ("adaptive", [(0, 4)], "adaptive", QUOTA_RATE),
-        ("adaptive", [(0, 16)], "adaptive", QUOTA_RATE),
-        ("adaptive", [(0, 1), (third, 16), (2 * third, 4)], "adaptive", QUOTA_RATE),
-    ]
-    runs = []
-    for name, schedule, pacing, rate in plans:  # each line as soon as its run is over
-        runs.append(fleet_run(name, schedule, scale, pacing=pacing, rate=rate))
-        print_fleet(runs[-1])
-    adaptive = runs[1:]
-    alone = onboarding(scale, backlog=0)
-    busy = onboarding(scale, backlog=10_000)
+def print_onboarding(alone: dict[str, Any], busy: dict[str, Any]) -> float:
+    """Print the two onboarding lines and their ratio; return the ratio."""
     for label, figures in (("alone", alone), ("during_backlog", busy)):
         print(
             f"onboarding: trickle={label} interactive_grants={figures['trickle']} p50_ms={figures['p50_ms']:.0f} "
@@ -347,16 +357,48 @@ def run_all(scale: Scale) -> dict[str, Any]:
             f"(High {figures['throttled_high']}) token_requests={figures['token_requests']}",
             flush=True,
         )
-    ratio = busy["p99_ms"] / alone["p99_ms"]
+    ratio: float = busy["p99_ms"] / alone["p99_ms"]
     print(f"onboarding_ratio: p99_during_backlog / p99_alone = {ratio:.2f}", flush=True)
-    light = light_load(scale)
+    return ratio
+
+
+def print_light(light: dict[str, Any]) -> None:
     print(
         f"light_load: grants={light['grants']} one_at_a_time graph_latency_ms={1000 * LATENCY:.0f} "
         f"graph_calls_per_grant={light['graph_calls_per_grant']:.2f} p50_ms={light['p50_ms']:.1f} "
         f"p99_ms={light['p99_ms']:.1f} app_overhead_p50_ms={light['overhead_p50_ms']:.1f} "
-        f"app_overhead_p99_ms={light['overhead_p99_ms']:.1f} token_requests={light['token_requests']}",
+        f"app_overhead_p99_ms={light['overhead_p99_ms']:.1f} token_requests={light['token_requests']} "
+        f"worker_cpu_ms_per_grant={light['cpu_ms_per_grant']:.1f}",
         flush=True,
     )
+
+
+def run_all(scale: Scale) -> dict[str, Any]:
+    """Every fleet run, onboarding and light load; prints a line for each; returns the summary figures."""
+    with AzuriteTables() as azurite:  # the fleet's table storage: a new table for each run
+        return _run_all(scale, azurite)
+
+
+def _run_all(scale: Scale, azurite: AzuriteTables) -> dict[str, Any]:
+    third = scale.run_seconds * 0.6
+    most, some = scale.most, scale.some
+    plans: list[tuple[str, list[tuple[float, int]], str, float]] = [
+        ("static-split", [(0, some)], "static", QUOTA_RATE / STATIC_INSTANCE_CAP),
+        ("adaptive", [(0, 1)], "adaptive", QUOTA_RATE),
+        ("adaptive", [(0, some)], "adaptive", QUOTA_RATE),
+        ("adaptive", [(0, most)], "adaptive", QUOTA_RATE),
+        ("adaptive", [(0, 1), (third, most), (2 * third, some)], "adaptive", QUOTA_RATE),
+    ]
+    runs = []
+    for name, schedule, pacing, rate in plans:  # each line as soon as its run is over
+        runs.append(fleet_run(name, schedule, scale, azurite, pacing=pacing, rate=rate))
+        print_fleet(runs[-1])
+    adaptive = runs[1:]
+    alone = onboarding(scale, azurite, backlog=0)
+    busy = onboarding(scale, azurite, backlog=scale.backlog)
+    ratio = print_onboarding(alone, busy)
+    light = light_load(scale, azurite)
+    print_light(light)
     return {
         "fleet_quota_fraction_min": min(run["quota_fraction"] for run in adaptive),
         "fleet_throttled_pct_max": max(run["throttled_pct"] for run in adaptive),
@@ -371,10 +413,19 @@ def run_all(scale: Scale) -> dict[str, Any]:
 
 
 def main() -> None:
-    scale = QUICK if "--quick" in sys.argv else FULL
+    scale = SMOKE if "--smoke" in sys.argv else QUICK if "--quick" in sys.argv else FULL
     only = [arg for arg in sys.argv[1:] if arg.startswith("K=")]
     if only:  # e.g. python -m benchmarks.fleet --quick K=16: one adaptive run
-        print_fleet(fleet_run("adaptive", [(0, int(only[0][2:]))], scale))
+        with AzuriteTables() as azurite:
+            print_fleet(fleet_run("adaptive", [(0, int(only[0][2:]))], scale, azurite))
+        return
+    if "onboarding" in sys.argv or "light" in sys.argv:  # e.g. python -m benchmarks.fleet --quick onboarding light
+        with AzuriteTables() as azurite:
+            if "onboarding" in sys.argv:
+                alone = onboarding(scale, azurite, backlog=0)
+                print_onboarding(alone, onboarding(scale, azurite, backlog=scale.backlog))
+            if "light" in sys.argv:
+                print_light(light_load(scale, azurite))
         return
     summary = run_all(scale)
     print("fleet_summary: " + " ".join(f"{key}={value:.3f}" for key, value in summary.items()), flush=True)

@@ -2,11 +2,14 @@
 the others. ``python -m benchmarks.fleet_worker --unit AU --bulk N [--interactive-rate R] [--serial N]``.
 
 It builds everything first (the registered functions, one settlement server per lane's queue, `bootstrap` from
-the environment: ``GRAPH_BASE_URL``, the token endpoint, ``GRAPH_WRITE_*``), prints ``{"ready": true}``, then
+the environment: ``GRAPH_BASE_URL``, the token endpoint, ``GRAPH_WRITE_*``, the grant ledger's
+``GrantsLedger__tableServiceUri`` and ``GrantsLedger__tableName``: a table of the one Azurite the fleet shares,
+reached with its development key), prints ``{"ready": true}``, then
 waits for ``go`` on standard input. From then on it delivers, up to 16 at a time per lane (host.json's
 ``maxConcurrentCalls``): the bulk queue (pre-filled with N adds to `--unit`, users 0..N-1) through
 ``grant_membership_bulk``, and the interactive queue through ``grant_membership``, fed with one add per
-1/R seconds (users from 1,000,000 on) when `--interactive-rate` is given; or, with `--serial N`, N
+1/R seconds (users from 1,000,000 on) when `--interactive-rate` is given (request ids name the unit, so the
+workers of one fleet, one unit each, never share one in their shared ledger); or, with `--serial N`, N
 interactive adds one at a time (each sent when the previous one settled). ``stop`` on standard input (or
 `--max-seconds`, or the end of the serial run) stops deliveries and cancels the ones in flight (an instance
 scaled in: their locks expire); it prints one JSON line of figures and exits. Every address it talks to is
@@ -27,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from benchmarks.directory import member_id
+from grants_local.azurite import dev_credential
 from grants_local.binding import to_received_message
 from grants_local.host import OutcomeRecorder, registered_function
 from grants_local.queue import LocalQueue, LocalSender
@@ -144,9 +148,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     recorder = OutcomeRecorder()
     with Lanes(function_app.app) as lanes, recorder.attached():
         sender = LaneSender({name: LocalSender(queue) for name, queue in lanes.queues.items()})
-        services = bootstrap(settings, sender=sender, now=lambda: datetime.now(UTC), governor=governor)
+        services = bootstrap(
+            settings,
+            sender=sender,
+            now=lambda: datetime.now(UTC),
+            governor=governor,
+            ledger_credential=dev_credential(),  # the local Azurite's
+        )
         for n in range(args.bulk):
-            lanes.send("bulk", grant(args.unit, n, f"bulk-{n}", "bulk"), f"bulk-{n}")
+            lanes.send("bulk", grant(args.unit, n, f"bulk-{args.unit}-{n}", "bulk"), f"bulk-{n}")
         commands = stdin_lines(asyncio.get_running_loop())
         print(json.dumps({"ready": True}), flush=True)
         if await commands.get() != "go":
@@ -192,7 +202,7 @@ async def feed(lanes: Lanes, args: argparse.Namespace, stop: asyncio.Event) -> N
     if args.serial:
         for n in range(args.serial):
             key = f"interactive-{n}"
-            lanes.send("interactive", grant(args.unit, user + n, key, "hr"), key)
+            lanes.send("interactive", grant(args.unit, user + n, f"{key}-{args.unit}", "hr"), key)
             while key not in lanes.settled:
                 lanes.one_settled.clear()
                 await lanes.one_settled.wait()
@@ -205,7 +215,7 @@ async def feed(lanes: Lanes, args: argparse.Namespace, stop: asyncio.Event) -> N
     next_at = time.perf_counter()
     while not stop.is_set():
         key = f"interactive-{n}"
-        lanes.send("interactive", grant(args.unit, user + n, key, "hr"), key)
+        lanes.send("interactive", grant(args.unit, user + n, f"{key}-{args.unit}", "hr"), key)
         n += 1
         next_at += 1 / args.interactive_rate
         await asyncio.sleep(max(next_at - time.perf_counter(), 0.0))

@@ -1,6 +1,6 @@
 """The grant ledger's cost per grant (`make bench`'s ``ledger`` line): what `IntentGate` adds to each grant.
 
-`ledger_cost` admits and finishes `count` intents for distinct pairs (the common case: no contention) through
+`ledger_cost` admits and finishes `count` adds for distinct new pairs (the common case: no contention) through
 the app's `Ledger` against a local Azurite (in memory), over one httpx client whose requests are counted, and
 measures this process's CPU (the app's side; Azurite runs in its own process) and the wall time per grant; then
 records each one's terminal status as a bulk job's row (`Ledger.record_status`: the status, the member's and

@@ -36,6 +36,7 @@ from shared.handlers.drift import DriftHandler
 from shared.handlers.expiry_sweep import ExpirySweep
 from shared.handlers.grant import GrantHandler
 from shared.handlers.hr_event import HrEventHandler
+from shared.handlers.status import StatusApi
 from shared.handlers.webhook import Webhook
 from shared.service.drift import DriftService
 from shared.service.gate import IntentGate
@@ -83,6 +84,7 @@ class Services:
     callback: CallbackHandler
     webhook: Webhook
     expiry_sweep: ExpirySweep
+    status: StatusApi
     drift: DriftHandler
     _closers: tuple[Any, ...] = field(default=(), repr=False)
 
@@ -119,7 +121,7 @@ def bootstrap(
     grant_policy = GrantPolicy.load(settings.policy_path) if settings.policy_path else GrantPolicy.default()
     _log.log(logging.WARNING if settings.policy_path is None else logging.INFO, grant_policy.describe())
     hr_rules = HrRules.load(settings.hr_rules_path) if settings.hr_rules_path else None
-    http = new_http_client()
+    http = new_http_client(own_pools=(settings.ledger_table_uri,) if settings.ledger_table_uri else ())
     closers: list[Any] = []
     credential = None
     topic = settings.outcomes_topic
@@ -218,6 +220,7 @@ def bootstrap(
             secret=settings.webhook_secret, sender=senders, ledger=ledger, now=now, callbacks=settings.callbacks
         ),
         expiry_sweep=ExpirySweep(gate=gate, sender=senders),
+        status=StatusApi(ledger=ledger),
         drift=DriftHandler(
             service=DriftService(
                 reader=DirectoryReader(graph=graph, pacer=ReadPacer(rate=settings.graph_read_rate)),

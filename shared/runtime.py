@@ -1,24 +1,28 @@
-"""The worker process's services: built from the environment on first use, or installed by a local host."""
+"""The worker process's services: built from the environment on first use, or installed by a local host.
+
+Importing this module (as ``function_app`` does, at the worker's start) imports only what the functions'
+declarations and the configuration check need; the services' modules (`shared.bootstrap`: the handlers, the HTTP
+client, the credential, the Graph and ledger clients and their libraries) are imported when the first invocation
+builds them, and the status API's module by its first request.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
-from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
-from shared.core.drift_policy import DriftPolicy
-from shared.core.hr_rules import HrRules
-from shared.core.messaging import Lane, MessageActions
-from shared.core.policy import GrantPolicy
-from shared.core.statuses import Settled
-from shared.handlers.http import Answer
-from shared.handlers.status import group_answer, history_answer, status_answer
-from shared.service.settle import outcome_log
+from shared.core.messaging import Lane
+
+if TYPE_CHECKING:
+    from shared.bootstrap import Services
+    from shared.core.messaging import MessageActions
+    from shared.core.statuses import Settled
+    from shared.handlers.http import Answer
 
 __all__ = [
     "check_configuration",
@@ -47,9 +51,14 @@ def check_configuration() -> None:
     with an error naming it (raises `ConfigError`) instead of failing every message later."""
     settings = Settings.from_env(os.environ)
     if settings.policy_path:
+        from shared.core.drift_policy import DriftPolicy
+        from shared.core.policy import GrantPolicy
+
         GrantPolicy.load(settings.policy_path)
         DriftPolicy.load(settings.policy_path)
     if settings.hr_rules_path:
+        from shared.core.hr_rules import HrRules
+
         HrRules.load(settings.hr_rules_path)
 
 
@@ -58,6 +67,7 @@ def configure_telemetry() -> None:
     outcome lines their fields as customDimensions (`shared.adapters.telemetry`); otherwise nothing, and no import."""
     if Settings.from_env(os.environ).worker_telemetry:
         from shared.adapters.telemetry import install
+        from shared.service.settle import outcome_log
 
         install(outcome_log)
 
@@ -66,6 +76,8 @@ def services() -> Services:
     """The process's services; the first call builds them from the environment."""
     global _services
     if _services is None:
+        from shared.bootstrap import bootstrap
+
         _services = bootstrap(Settings.from_env(os.environ))
     return _services
 
@@ -126,27 +138,22 @@ async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
 
 async def process_status(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``GET /api/grants/{requestId}``: the request's status record from the ledger."""
-    current = services()
-    return _response(await status_answer(request.route_params.get("requestId", ""), status=current.ledger.status))
+    return _response(await services().status.request(request.route_params.get("requestId", "")))
 
 
 async def process_job_status(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``GET /api/jobs/{jobId}``: a bulk job's progress, totals by status and failed rows."""
-    current = services()
-    return _response(await group_answer("job", request.route_params.get("jobId", ""), group=current.ledger.group))
+    return _response(await services().status.group("job", request.route_params.get("jobId", "")))
 
 
 async def process_hr_event_status(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``GET /api/hr-events/{eventId}``: an HR event's grants, as a job's rows."""
-    current = services()
-    event_id = request.route_params.get("eventId", "")
-    return _response(await group_answer("hrEvent", event_id, group=current.ledger.group))
+    return _response(await services().status.group("hrEvent", request.route_params.get("eventId", "")))
 
 
 async def process_history(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``GET /api/history?member=|target=[&since=]``: every request that named it, newest first."""
-    current = services()
-    return _response(await history_answer(dict(request.params), history=current.ledger.history))
+    return _response(await services().status.history(dict(request.params)))
 
 
 def _response(answer: Answer) -> func.HttpResponse:

@@ -55,16 +55,17 @@ async def admitted(ledger: Ledger, item: Intent, *, origin: str = "m-1", now: da
 # --- what is recorded, and what it costs ---------------------------------------------------------------------------
 
 
-async def test_a_grant_is_recorded_in_four_requests_and_three_round_trips(
+async def test_an_add_for_a_new_pair_is_recorded_in_three_requests_and_three_round_trips(
     ledger: Ledger, storage_calls: StorageCalls
 ) -> None:
-    """Given a new request for a new pair, when it is admitted and finished, then the pair records it as newest
-    and applied, with no lease; the request id records its content and origin; four requests were sent."""
+    """Given a new add for a new pair, when it is admitted and finished, then the pair records it as newest and
+    applied, with no lease; the request id records its content and origin; three requests were sent (the pair is
+    created, never read)."""
     ticket = (await admitted(ledger, intent("r1"))).ticket
     assert await ledger.finish(ticket, applied=Action.ADD, now=T0 + timedelta(seconds=1)) is True
     methods = [method for method, _ in storage_calls.requests]
-    assert sorted(methods[:2]) == ["GET", "POST"]  # the request's insert and the pair's read, at once
-    assert methods[2:] == ["POST", "PUT"]  # the pair's insert with the lease; its replace, If-Match, returning it
+    # the request's insert; the pair's insert with the lease; its replace, If-Match, returning it
+    assert methods == ["POST", "POST", "PUT"]
     assert await ledger.pair(PAIR) == PairState(
         newest=intent("r1"),
         applied=Applied(request_id="r1", action=Action.ADD, at=T0 + timedelta(seconds=1)),
@@ -75,16 +76,37 @@ async def test_a_grant_is_recorded_in_four_requests_and_three_round_trips(
     assert (record.content_hash, record.origin, record.pair) == ("c", "m-1", PAIR)
 
 
-async def test_the_next_intent_for_a_known_pair_costs_the_same(ledger: Ledger, storage_calls: StorageCalls) -> None:
+async def test_a_removal_of_a_known_pair_reads_it_at_once_with_the_claim(
+    ledger: Ledger, storage_calls: StorageCalls
+) -> None:
+    """Given a recorded pair, a removal costs four requests in three round trips: the request's insert and the pair's
+    read at once, the pair's replace with the lease, and its replace returning it."""
     await ledger.finish((await admitted(ledger, intent("r1"))).ticket, applied=Action.ADD, now=T0)
     storage_calls.requests.clear()
     ticket = (await admitted(ledger, intent("r2", Action.REMOVE, at=60))).ticket
     await ledger.finish(ticket, applied=Action.REMOVE, now=T0)
-    assert len(storage_calls) == 4
+    methods = [method for method, _ in storage_calls.requests]
+    assert sorted(methods[:2]) == ["GET", "POST"]
+    assert methods[2:] == ["PUT", "PUT"]
     state = await ledger.pair(PAIR)
     assert state is not None
     assert state.newest == intent("r2", Action.REMOVE, at=60)
     assert state.applied == Applied(request_id="r2", action=Action.REMOVE, at=T0)
+
+
+async def test_an_add_for_a_known_pair_reads_it_after_its_insert_is_refused(
+    ledger: Ledger, storage_calls: StorageCalls
+) -> None:
+    """Given a recorded pair, a newer add costs five requests: the request's insert, the pair's insert (refused),
+    its read, its replace with the lease, and its replace returning it; the pair then records the add as newest."""
+    await ledger.finish((await admitted(ledger, intent("r1"))).ticket, applied=Action.ADD, now=T0)
+    storage_calls.requests.clear()
+    ticket = (await admitted(ledger, intent("r2", at=60))).ticket
+    await ledger.finish(ticket, applied=Action.ADD, now=T0)
+    assert [method for method, _ in storage_calls.requests] == ["POST", "POST", "GET", "PUT", "PUT"]
+    state = await ledger.pair(PAIR)
+    assert state is not None
+    assert (state.newest, state.lease) == (intent("r2", at=60), None)
 
 
 async def test_times_round_trip_to_the_microsecond(ledger: Ledger) -> None:
@@ -108,7 +130,7 @@ async def test_the_same_request_in_another_message_is_absorbed_without_touching_
     decision = await ledger.begin(intent("r1"), pair=PAIR, origin="m-2", now=T0 + timedelta(minutes=20))
     assert isinstance(decision, Absorbed)
     assert decision.record.origin == "m-1"
-    assert len(storage_calls) == 3  # the insert refused, the record read, the pair read (at once with the insert)
+    assert len(storage_calls) == 2  # the insert refused, the record read (an add's pair is not read first)
     assert await ledger.pair(PAIR) == before
 
 
@@ -194,7 +216,8 @@ async def test_an_older_intent_is_superseded_and_writes_nothing(ledger: Ledger, 
     storage_calls.requests.clear()
     decision = await ledger.begin(intent("joiner", at=0), pair=PAIR, origin="m-2", now=T0)
     assert decision == Superseded(intent("leaver", Action.REMOVE, at=60))
-    assert sorted(method for method, _ in storage_calls.requests) == ["GET", "POST"]
+    # the request's insert, the pair's insert (refused: it is there), its read
+    assert [method for method, _ in storage_calls.requests] == ["POST", "POST", "GET"]
     assert await ledger.pair(PAIR) == before
 
 

@@ -41,13 +41,31 @@ TOKEN_REFRESHES: Final = 2
 THROTTLE_PRIORITY: Final[dict[Lane, str]] = {Lane.INTERACTIVE: "High", Lane.BULK: "Low"}
 
 
-def new_http_client() -> httpx.AsyncClient:
-    """The process's one HTTP client: explicit timeouts, keep-alive pool, our User-Agent, no redirects."""
+#: Each pool's limits. Every idle connection is kept (up to the maximum) rather than closed and opened again: httpcore
+#: closes idle connections whenever the pool holds more than ``max_keepalive_connections`` in all, so a lower value
+#: churns connections (a handshake each, TLS in Azure) as soon as the pool is that full.
+POOL_LIMITS: Final = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=60.0)
+#: The limits of a pool of its own (`new_http_client`'s `own_pools`, the ledger's): an idle connection is closed after
+#: 4 s, before a server that keeps idle connections 5 s (Node's default, so Azurite's) closes it: a request sent on a
+#: connection the server is closing at that moment fails (``ReadError``), and the ledger does not retry.
+OWN_POOL_LIMITS: Final = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=4.0)
+
+
+def new_http_client(*, own_pools: tuple[str, ...] = ()) -> httpx.AsyncClient:
+    """The process's one HTTP client: explicit timeouts, keep-alive pool, our User-Agent, no redirects.
+
+    The origin of each URL in `own_pools` (e.g. the grant ledger's table endpoint) gets a connection pool of its own
+    within the client (`OWN_POOL_LIMITS`): httpcore scans every connection of a pool on each request, so Graph's
+    requests never pay for the ledger's connections nor the ledger's for Graph's, and neither waits for a connection
+    the other holds.
+    """
+    origins = {f"{url.scheme}://{url.netloc.decode('ascii')}" for url in map(httpx.URL, own_pools)}
     return httpx.AsyncClient(
         timeout=TIMEOUT,
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=60.0),
+        limits=POOL_LIMITS,
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
+        mounts={origin: httpx.AsyncHTTPTransport(limits=OWN_POOL_LIMITS) for origin in origins},
     )
 
 

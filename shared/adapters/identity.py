@@ -116,15 +116,18 @@ class HttpxTransport(AsyncHttpTransport[HttpRequest, AsyncHttpResponseImpl]):
         return None
 
     async def send(self, request: HttpRequest, **kwargs: Any) -> _HttpxResponse:
-        timeout = kwargs.get("connection_timeout", 30.0)
+        """Send `request` as it is (the client's default headers are not added; its pool, event hooks and
+        redirect setting apply), with `connection_timeout` (30 s) for each phase; read the whole answer."""
+        timeout = httpx.Timeout(kwargs.get("connection_timeout", 30.0))
+        outgoing = httpx.Request(
+            request.method,
+            request.url,
+            headers=dict(request.headers),
+            content=request.content,
+            extensions={"timeout": timeout.as_dict()},
+        )
         try:
-            response = await self._client.request(
-                request.method,
-                request.url,
-                headers=dict(request.headers),
-                content=request.content,
-                timeout=timeout,
-            )
+            response = await self._client.send(outgoing)
         except httpx.TimeoutException as error:
             raise ServiceResponseError(str(error), error=error) from error
         except httpx.TransportError as error:

@@ -1,57 +1,10 @@
-"""The grant ledger: request ids and the state of every (member, target) pair, in one Azure Table Storage table.
+"""The grant ledger: request ids, the state of every (member, target) pair and the status records, in one table.
 
-The decisions are `shared.core.intents`'; this adapter reads and writes what they decide, every write guarded
-by the entity's ETag (a lost race re-reads and decides again), through ``azure-data-tables``' async client
-over the process's httpx client (`HttpxTransport`: no aiohttp).
-
-The entities; request and pair each alone in its partition, status beside its request, history and rows grouped:
-
-- **request** ``(request.<readable>.<digest>, "request")``: ``requestId``, ``contentHash``, ``origin`` (the
-  MessageId that first carried it), ``pair``, ``requestedAt`` (as first recorded: retries keep it), ``recordedAt``.
-  Created once (insert: a second insert fails).
-- **pair** ``(pair.<readable>.<digest>, "pair")``: ``pair``; the newest intent (``newestRequestId``,
-  ``newestContentHash``, ``newestAction``, ``newestRequestedAt``, ``newestExpiresAt``); the lease
-  (``leaseToken``, ``leaseRequestId``, ``leaseUntil``); the last write applied (``appliedRequestId``,
-  ``appliedAction``, ``appliedAt``); ``removalDue``, a pending removal (what `due_removals` finds). Absent
-  fields are None.
-
-Keys are `table_key`: a readable prefix of the id (characters outside ``A-Z a-z 0-9 . _ -`` become ``_``) and
-a base32 SHA-256 digest of the whole id, so any id, however hostile (``/ \\ # ?``, control characters, quotes,
-lone surrogates, 1,000 characters), is a valid key, and two ids never share one.
-
-- **status** ``(request.<readable>.<digest>, "status")``: what a producer may ask about the request
-  (``GET /api/grants/{requestId}``): ``status``, ``requestId``, ``acceptedAt``, ``updatedAt``, ``intentAt`` and
-  ``record``, the status record as JSON; for a time-bound grant, ``removal`` (its expiry removal's status). It
-  shares the request's partition and key but not its row, so writing it never disturbs the idempotency record.
-- **history** ``(member.<…>, <time>.request.<…>)`` and ``(target.<…>, <time>.request.<…>)``: the same status
-  record in the partition of its member and of each target id it names (a unit, a role's id, a role's template),
-  keyed newest intent first (`history_key`), so `history` is one partition query that stops at its limit.
-  Written with every status but ``in_progress`` and ``retry_scheduled``.
-- **row** ``(job.<…> | hrEvent.<…>, row.<7 digits>)``: the status record of a bulk job's or HR event's message
-  (``jobRow`` and ``jobRows`` as columns too), so `group` counts a job's progress from one narrow partition query;
-  an HR event's own record is the row ``event`` (`record_event`).
-
-Every stored copy of a status record is written by `record_status` at once, each as `StatusWrite` says on its
-own: ``FIRST`` inserts (accepted, scheduled, a duplicate's), ``FINAL`` merges (a terminal outcome), ``PROGRESS``
-inserts or, when a copy exists, reads it and merges If-Match unless it is terminal (a pending status never
-replaces a terminal one).
-
-Drift (`shared.service.drift`) reads the pairs of one target with `target_pairs` (a partition-key range: a pair's
-key starts with its first 40 characters, which for a unit are exactly ``au.<unit>.``; other targets' prefixes are
-cut inside an id, so the ``pair`` column is filtered too), lists the targets with `pair_targets` (one request per
-block of keys sharing those 40 characters), and keeps one more entity per target, the **drift hold**
-``(drift.<readable>.<digest>, "hold")`` of `pair_of(target, "*")`: the removals the blast-radius guard holds
-(``digest``, ``removals``, ``limit``, ``members``, ``heldAt``) and, once confirmed, ``releasedAt``.
-
-Cost of one grant with no contention: `begin` sends the request's insert and the pair's read at once, then
-the pair's write; `finish` one write: four requests in three sequential round trips. A duplicate or a retry
-adds one read of the request entity. Its terminal status adds four writes at once (status, member's and target's
-history, and for a bulk row its job row), made at settlement in parallel with the outcome event's publish: no
-extra round trip. An attempt that holds its lease for over a second adds ``in_progress`` (status and job row: an
-insert each, or a read and a merge); a webhook request adds ``accepted`` (three inserts, after the send). The
-client's own retries are off (``retry_total=0``): every storage failure (unreachable, timeout, 5xx, 429, or any
-other answer this adapter does not expect) raises `TransientError(LedgerUnavailable)`, and the message's retry
-policy decides when to try again.
+The decisions are `shared.core.intents`'; this adapter reads and writes what they decide, every pair write guarded
+by the entity's ETag (a lost race re-reads and decides again), through ``azure-data-tables``' async client over the
+process's httpx client (`HttpxTransport`), its pipeline trimmed to the policies the ledger needs (`table_client`).
+Every storage failure raises `TransientError(LedgerUnavailable)`. The entities (with drift's holds and the app's
+seal key), their keys, and what one grant costs (requests, round trips, CPU) are in docs/ledger.md.
 """
 
 from __future__ import annotations
@@ -105,6 +58,7 @@ if TYPE_CHECKING:
     import httpx
     from azure.core.credentials import AzureNamedKeyCredential
     from azure.core.credentials_async import AsyncTokenCredential
+    from azure.data.tables import TableEntity
     from azure.data.tables.aio import TableClient
 
 __all__ = [
@@ -169,15 +123,45 @@ def table_client(
     credential: AsyncTokenCredential | AzureNamedKeyCredential,
     http: httpx.AsyncClient,
 ) -> TableClient:
-    """A client for `table` at `endpoint` over `http`, with the SDK's retries off (the caller closes it).
+    """A client for `table` at `endpoint` over `http` (the caller closes it), without the SDK pipeline's policies the
+    ledger does not need, each of which costs CPU on every request: retries (off: the message's retry policy
+    decides) and the secondary host they would use, redirects, proxies, the custom hook, network trace and HTTP
+    logging, azure-core's tracing spans, a client request id per request. It keeps the date, version and user agent
+    headers, the credential's signature or token, and the JSON decoding.
 
     In Azure the credential is the app's managed identity (HTTPS only); against Azurite, its development key.
     """
+    from azure.core.pipeline import policies as core
+    from azure.data.tables._policies import StorageHosts
     from azure.data.tables.aio import TableClient
 
-    return TableClient(
-        endpoint=endpoint, table_name=table, credential=credential, transport=HttpxTransport(http), retry_total=0
+    class _PrimaryLocation(core.SansIOHTTPPolicy[Any, Any]):
+        """Says every request went to the primary location, as the retry policy it replaces did (a query's result
+        reads it from the request's context)."""
+
+        def on_request(self, request: Any) -> None:
+            request.context["location_mode"] = "primary"
+
+    dropped = (
+        core.RequestIdPolicy,  # a client request id per request (uuid1): the service's own request id is enough
+        core.AsyncRetryPolicy,  # the message's retry policy decides: every storage failure is transient
+        StorageHosts,  # the secondary host, for retries only
+        core.AsyncRedirectPolicy,  # table storage does not redirect
+        core.ProxyPolicy,
+        core.CustomHookPolicy,
+        core.NetworkTraceLoggingPolicy,
+        core.DistributedTracingPolicy,  # the httpx instrumentation records each request as a dependency already
+        core.HttpLoggingPolicy,  # its logger is at WARNING (`shared.bootstrap.quiet_library_loggers`)
     )
+
+    class LeanTableClient(TableClient):
+        """The SDK's client without the pipeline policies the ledger does not need (`table_client`)."""
+
+        def _configure_policies(self, *, audience: str | None = None, **kwargs: Any) -> list[Any]:
+            policies: list[Any] = super()._configure_policies(audience=audience, **kwargs)
+            return [_PrimaryLocation(), *(policy for policy in policies if not isinstance(policy, dropped))]
+
+    return LeanTableClient(endpoint=endpoint, table_name=table, credential=credential, transport=HttpxTransport(http))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +203,10 @@ class Ledger:
     ) -> Admitted | Absorbed | Superseded | Wait:
         """Record `intent` (first carried by message `origin`) and take the pair's lease, or say why not.
 
+        An add claims the request id, then creates the pair's entity without reading it first (most adds are their
+        pair's first intent: two requests; a known pair costs a read and a write more); any other intent reads the
+        pair at once with the claim, then writes it (three requests, two round trips).
+
         Raises `PermanentError(RequestIdConflict)` when the request id was used for other content, and
         `TransientError` when the storage fails (`LedgerUnavailable`) or races keep being lost (`PairBusy`).
         """
@@ -229,11 +217,18 @@ class Ledger:
             pair=pair,
             requested_at=intent.requested_at,
         )
-        claimed, (state, etag) = await asyncio.gather(self._claim(record, now), self._read_pair(pair))
+        state: PairState | None = None
+        etag: str | None = None
+        if intent.action is Action.ADD:
+            claimed = await self._claim(record, now)
+        else:
+            claimed, (state, etag) = await asyncio.gather(self._claim(record, now), self._read_pair(pair))
         check = check_request(claimed, intent=intent, origin=origin)
         if check is RequestCheck.SAME_MESSAGE:
             assert claimed is not None
             intent = replace(intent, requested_at=claimed.requested_at)  # as first recorded, not this copy's
+            if intent.action is Action.ADD:  # a retry: its pair is recorded already, most likely
+                state, etag = await self._read_pair(pair)
         if check is RequestCheck.CONFLICT:
             assert claimed is not None
             raise PermanentError(
@@ -252,7 +247,7 @@ class Ledger:
             written = await self._write_pair(pair, decision.state, etag)
             if written is not None:
                 return Admitted(Ticket(pair=pair, token=token, state=decision.state, etag=written))
-            state, etag = await self._read_pair(pair)
+            state, etag = await self._read_pair(pair)  # a lost race, or an add's pair that was there already
         raise TransientError(
             Reason.PAIR_BUSY,
             f"lost {MAX_RACES} races in a row for the ledger record of {pair}; trying again shortly",
@@ -329,15 +324,8 @@ class Ledger:
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
-        try:
-            entity = await self._table.get_entity(table_key("request", request_id), _STATUS_ROW)
-        except ResourceNotFoundError as error:
-            if _absent(error):
-                return None
-            raise _unavailable("read the status of a request", error) from error
-        except AzureError as error:
-            raise _unavailable("read the status of a request", error) from error
-        return _status_record(entity)
+        entity = await self._get(table_key("request", request_id), _STATUS_ROW, doing="read the status of a request")
+        return None if entity is None else _status_record(entity)
 
     async def group(self, kind: GroupKind, group_id: str) -> Group:
         """Bulk job or HR event `group_id` as recorded: each row's status (only the columns that count it), the
@@ -443,14 +431,8 @@ class Ledger:
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
         for _ in range(2):
-            try:
-                entity = await self._table.get_entity(_APP_PARTITION, _SEAL_ROW)
-            except ResourceNotFoundError as error:
-                if not _absent(error):
-                    raise _unavailable("read the app's seal key", error) from error
-            except AzureError as error:
-                raise _unavailable("read the app's seal key", error) from error
-            else:
+            entity = await self._get(_APP_PARTITION, _SEAL_ROW, doing="read the app's seal key")
+            if entity is not None:
                 return tuple(base64.b64decode(entity[name]) for name in ("key", "previous") if entity.get(name))
             try:
                 await self._table.create_entity(
@@ -577,14 +559,9 @@ class Ledger:
         return None
 
     async def _read_hold(self, target: Target) -> tuple[DriftHold, str] | None:
-        try:
-            entity = await self._table.get_entity(table_key("drift", pair_of(target, "*")), _HOLD_ROW)
-        except ResourceNotFoundError as error:
-            if _absent(error):
-                return None
-            raise _unavailable("read a drift hold", error) from error
-        except AzureError as error:
-            raise _unavailable("read a drift hold", error) from error
+        entity = await self._get(table_key("drift", pair_of(target, "*")), _HOLD_ROW, doing="read a drift hold")
+        if entity is None:
+            return None
         hold = DriftHold(
             digest=entity["digest"],
             removals=entity["removals"],
@@ -658,11 +635,8 @@ class Ledger:
             return True
         except ResourceExistsError:
             pass
-        try:
-            current = await self._table.get_entity(entity["PartitionKey"], entity["RowKey"])
-        except ResourceNotFoundError as error:
-            if not _absent(error):
-                raise
+        current = await self._get(entity["PartitionKey"], entity["RowKey"], doing="record the status of a request")
+        if current is None:
             return None  # deleted in between: insert again
         try:
             if (status := Status.read(current.get("status"))) is not None and status.terminal:
@@ -710,15 +684,23 @@ class Ledger:
             raise _unavailable("record the request", error) from error
         return None
 
-    async def _read_request(self, request_id: str) -> RequestRecord | None:
+    async def _get(self, partition: str, row: str, *, doing: str) -> TableEntity | None:
+        """The entity at (`partition`, `row`), None when it is absent; `TransientError(LedgerUnavailable)` saying what
+        the ledger was `doing` when the storage fails (or the whole table is missing)."""
         try:
-            entity = await self._table.get_entity(table_key("request", request_id), _REQUEST_ROW)
+            entity = await self._table.get_entity(partition, row)
         except ResourceNotFoundError as error:
             if _absent(error):
                 return None
-            raise _unavailable("read a request record", error) from error
+            raise _unavailable(doing, error) from error
         except AzureError as error:
-            raise _unavailable("read a request record", error) from error
+            raise _unavailable(doing, error) from error
+        return entity
+
+    async def _read_request(self, request_id: str) -> RequestRecord | None:
+        entity = await self._get(table_key("request", request_id), _REQUEST_ROW, doing="read a request record")
+        if entity is None:
+            return None
         return RequestRecord(
             request_id=entity["requestId"],
             content_hash=entity["contentHash"],
@@ -728,14 +710,9 @@ class Ledger:
         )
 
     async def _read_pair(self, pair: str) -> tuple[PairState | None, str | None]:
-        try:
-            entity = await self._table.get_entity(table_key("pair", pair), _PAIR_ROW)
-        except ResourceNotFoundError as error:
-            if _absent(error):
-                return None, None
-            raise _unavailable("read the state of a member and target", error) from error
-        except AzureError as error:
-            raise _unavailable("read the state of a member and target", error) from error
+        entity = await self._get(table_key("pair", pair), _PAIR_ROW, doing="read the state of a member and target")
+        if entity is None:
+            return None, None
         return _pair_state(entity), entity.metadata["etag"]
 
     async def _write_pair(self, pair: str, state: PairState, etag: str | None) -> str | None:

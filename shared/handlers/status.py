@@ -32,18 +32,37 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, time
 from typing import Any, Final
 
-from shared.adapters.ledger import Group, GroupKind
+from shared.adapters.ledger import Group, GroupKind, Ledger
 from shared.core.contract import is_request_id, parse_guid
 from shared.core.errors import ContractError, TransientError
 from shared.core.statuses import Status
 from shared.core.times import TimeRefused, parse_date, parse_timestamp
 from shared.handlers.http import Answer, problem
 
-__all__ = ["group_answer", "history_answer", "status_answer"]
+__all__ = ["StatusApi", "group_answer", "history_answer", "status_answer"]
 
 _log = logging.getLogger(__name__)
 #: The most requests a history answer lists (the newest): a target with more is asked with ``since``.
 HISTORY_LIMIT: Final = 5000
+
+
+class StatusApi:
+    """The status API for one process (built by the composition root): its answers from `ledger`."""
+
+    def __init__(self, *, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    async def request(self, request_id: str) -> Answer:
+        """``GET /api/grants/{request_id}`` (`status_answer`)."""
+        return await status_answer(request_id, status=self._ledger.status)
+
+    async def group(self, kind: GroupKind, group_id: str) -> Answer:
+        """``GET /api/jobs/{group_id}`` or ``GET /api/hr-events/{group_id}`` (`group_answer`)."""
+        return await group_answer(kind, group_id, group=self._ledger.group)
+
+    async def history(self, query: Mapping[str, str]) -> Answer:
+        """``GET /api/history`` (`history_answer`)."""
+        return await history_answer(query, history=self._ledger.history)
 
 
 async def status_answer(request_id: str, *, status: Callable[[str], Awaitable[dict[str, Any] | None]]) -> Answer:
