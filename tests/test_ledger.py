@@ -438,3 +438,17 @@ async def test_an_expiry_removal_is_noted_on_the_grant_it_ends(ledger: Ledger) -
     }
     await ledger.record_status("~expire:2", {"status": "revoked", "expiryOf": "unknown"}, now=later)
     assert await ledger.status("unknown") is None  # a removal never creates the status of a grant it cannot find
+
+
+async def test_a_job_row_is_written_only_by_the_request_that_first_recorded_it(ledger: Ledger) -> None:
+    """Another request naming the same job and row (a forged or mistaken one) never changes that row, whatever it
+    reports: the job keeps showing its own row's dead letter."""
+    row = {"memberId": USER, "targetId": AU, "jobId": "job-7", "jobRow": 1, "jobRows": 1}
+    assert await ledger.record_status("job-7:1", {**row, "status": "dead_lettered", "reason": "Forbidden"}, now=T0)
+    await ledger.record_status("forged", {**row, "status": "granted"}, now=T0)
+    await ledger.record_status("forged", {**row, "status": "in_progress"}, now=T0, write=StatusWrite.PROGRESS)
+    group = await ledger.group("job", "job-7")
+    assert [(r["requestId"], r["status"]) for r in group.rows] == [("job-7:1", "dead_lettered")]
+    assert [r["requestId"] for r in group.failed] == ["job-7:1"]
+    assert await ledger.record_status("job-7:1", {**row, "status": "granted"}, now=T0)  # its own: written
+    assert [r["status"] for r in (await ledger.group("job", "job-7")).rows] == ["granted"]

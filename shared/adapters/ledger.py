@@ -86,6 +86,8 @@ _REQUEST_ROW: Final = "request"
 _PAIR_ROW: Final = "pair"
 _STATUS_ROW: Final = "status"
 _EVENT_ROW: Final = "event"
+#: The row keys of a bulk job's or HR event's rows (``row.<7 digits>``): each owned by the request that wrote it first.
+_ROW_PREFIX: Final = "row."
 #: The app's own secrets: a partition no `table_key` can name (those have dots).
 _APP_PARTITION: Final = "app"
 _SEAL_ROW: Final = "seal"
@@ -304,7 +306,10 @@ class Ledger:
         """
         entities = _status_entities(request_id, record, now, history=write is not StatusWrite.PROGRESS)
         removal = _removal_entity(record, now)
-        calls: list[Awaitable[object]] = [self._write_status(entity, write) for entity in entities]
+        calls: list[Awaitable[object]] = [
+            self._write_status(entity, write, owned=str(entity["RowKey"]).startswith(_ROW_PREFIX))
+            for entity in entities
+        ]
         if removal is not None and write is not StatusWrite.FIRST:
             calls.append(self._merge_removal(removal))
         results = await asyncio.gather(*calls, return_exceptions=True)
@@ -605,10 +610,12 @@ class Ledger:
 
     # --- storage ----------------------------------------------------------------------------------------------
 
-    async def _write_status(self, entity: dict[str, Any], write: StatusWrite) -> bool:
-        """Write one stored copy of a status record as `write` says; False when what was there is kept."""
+    async def _write_status(self, entity: dict[str, Any], write: StatusWrite, *, owned: bool = False) -> bool:
+        """Write one stored copy of a status record as `write` says; False when what was there is kept. An `owned`
+        copy (a bulk job's or HR event's row) is only ever written by the request that first recorded it: another
+        request naming the same row leaves it as it is."""
         try:
-            if write is StatusWrite.FINAL:
+            if write is StatusWrite.FINAL and not owned:
                 await self._table.upsert_entity(entity, mode=UpdateMode.MERGE)  # keeps acceptedAt
                 return True
             if write is StatusWrite.FIRST:
@@ -618,7 +625,7 @@ class Ledger:
                     return False
                 return True
             for _ in range(MAX_RACES):
-                if (written := await self._progress(entity)) is not None:
+                if (written := await self._progress(entity, final=write is StatusWrite.FINAL)) is not None:
                     return written
         except AzureError as error:
             raise _unavailable("record the status of a request", error) from error
@@ -627,9 +634,10 @@ class Ledger:
             f"the grant ledger could not record a status: {MAX_RACES} writes in a row raced it",
         )
 
-    async def _progress(self, entity: dict[str, Any]) -> bool | None:
-        """Write `entity` unless a terminal status is stored there (an insert first: one request when nothing is
-        there, a read and a conditional merge otherwise); None when another write came in between."""
+    async def _progress(self, entity: dict[str, Any], *, final: bool = False) -> bool | None:
+        """Write `entity` unless another request's status, or (but for a `final` write) a terminal one, is stored
+        there (an insert first: one request when nothing is there, a read and a conditional merge otherwise); None
+        when another write came in between."""
         try:
             await self._table.create_entity(entity)
             return True
@@ -639,7 +647,9 @@ class Ledger:
         if current is None:
             return None  # deleted in between: insert again
         try:
-            if (status := Status.read(current.get("status"))) is not None and status.terminal:
+            if current.get("requestId") != entity.get("requestId"):
+                return False  # a row belongs to the request that first recorded it
+            if not final and (status := Status.read(current.get("status"))) is not None and status.terminal:
                 return False
             await self._table.update_entity(
                 entity,
