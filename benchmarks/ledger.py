@@ -3,7 +3,7 @@
 `ledger_cost` admits and finishes `count` adds for distinct new pairs (the common case: no contention) through
 the app's `Ledger` against a local Azurite (in memory), over one httpx client whose requests are counted, and
 measures this process's CPU (the app's side; Azurite runs in its own process) and the wall time per grant; then
-records each one's terminal status as a bulk job's row (`Ledger.record_status`: the status, the member's and
+records each one's terminal status as a bulk job's row (`Ledger.record`: the status, the member's and
 the target's history, the job row, written at once) and measures that apart (``status_*``).
 """
 
@@ -19,6 +19,7 @@ from grants_local.azurite import AzuriteTables, new_ledger_table
 from shared.adapters.ledger import Admitted, Ledger, table_client
 from shared.core.contract import Action
 from shared.core.intents import Intent
+from shared.core.statuses import Status, StatusRecord
 
 __all__ = ["ledger_cost"]
 
@@ -48,17 +49,18 @@ async def ledger_cost(count: int = 1_000) -> dict[str, Any]:
             begun = requests
             status_cpu, status_wall = time.process_time(), time.perf_counter()
             for n in range(count):
-                record = {
-                    "status": "granted",
-                    "memberId": f"{n:08x}-0000-4000-8000-000000000000",
-                    "targetId": "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
-                    "jobId": "job-bench",
-                    "jobRow": n + 1,
-                    "jobRows": count,
-                    "intentAt": now.isoformat(),
-                    "description": "added user to administrative unit" + "." * 120,
-                }
-                await ledger.record_status(f"bench-{n}", record, now=now)
+                record = StatusRecord(
+                    request_id=f"bench-{n}",
+                    status=Status.GRANTED,
+                    member_id=f"{n:08x}-0000-4000-8000-000000000000",
+                    target_id="3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+                    job_id="job-bench",
+                    job_row=n + 1,
+                    job_rows=count,
+                    intent_at=now,
+                    description="added user to administrative unit" + "." * 120,
+                )
+                await ledger.record(record, now=now)
             status_cpu, status_wall = time.process_time() - status_cpu, time.perf_counter() - status_wall
             await ledger.aclose()
     return {

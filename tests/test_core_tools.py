@@ -59,7 +59,7 @@ async def deliver():
         await function(receivedmessage=to_received_message(message), message_actions=actions)
         status = await services.ledger.status(json.loads(sys.argv[1])["requestId"])
         await services.aclose()
-        return [call.method for call in server.calls], status
+        return [call.method for call in server.calls], None if status is None else status.to_json()
 
 queue.send(sys.argv[1].encode(), message_id="core-tools-1", content_type="application/json")
 calls, status = asyncio.run(deliver())

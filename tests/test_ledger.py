@@ -8,7 +8,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -19,7 +19,7 @@ from shared.adapters.ledger import LEASE_FOR, Absorbed, Admitted, Group, Ledger,
 from shared.core.contract import Action
 from shared.core.errors import PermanentError, Reason, TransientError
 from shared.core.intents import Applied, Intent, PairState, Superseded, Wait
-from shared.core.statuses import StatusWrite
+from shared.core.statuses import StatusRecord, StatusWrite
 from tests.conftest import AU, USER
 
 if TYPE_CHECKING:
@@ -345,6 +345,24 @@ async def test_throttled_or_failing_storage_is_transient_with_its_retry_after(
     assert seen.count("GET") <= 1
 
 
+async def record_status(
+    ledger: Ledger, request_id: str, document: dict[str, Any], *, now: datetime, write: StatusWrite = StatusWrite.FINAL
+) -> bool:
+    """`Ledger.record` of the status record `document` (its JSON, as the API shows it) of `request_id`."""
+    return await ledger.record(StatusRecord.from_json({"requestId": request_id, **document}), now=now, write=write)
+
+
+async def status_json(ledger: Ledger, request_id: str) -> dict[str, Any] | None:
+    """`Ledger.status` as the API shows it (JSON)."""
+    record = await ledger.status(request_id)
+    return None if record is None else record.to_json()
+
+
+async def history_json(ledger: Ledger, **scope: Any) -> list[dict[str, Any]]:
+    """`Ledger.history` as the API shows it (JSON)."""
+    return [record.to_json() for record in await ledger.history(**scope)]
+
+
 # --- request status ---------------------------------------------------------------------------------------------
 
 
@@ -352,14 +370,14 @@ async def test_a_status_is_recorded_beside_the_request_and_accepted_never_replac
     """accepted (first only) then granted (final): the record is the last one, acceptedAt kept; an accepted that
     comes late changes nothing; the idempotency record of the same id is untouched; a job's rows are listed."""
     hostile = 'RITM/1?#"\x00'
-    assert await ledger.status(hostile) is None
-    assert await ledger.record_status(hostile, {"status": "accepted", "attempts": 0}, now=T0, write=StatusWrite.FIRST)
+    assert await status_json(ledger, hostile) is None
+    assert await record_status(ledger, hostile, {"status": "accepted", "attempts": 0}, now=T0, write=StatusWrite.FIRST)
     await admitted(ledger, intent(hostile))
     later = T0 + timedelta(seconds=3)
     granted = {"status": "granted", "attempts": 1, "jobId": "job-1", "jobRow": 1, "jobRows": 1, "graphRequestId": "g"}
-    assert await ledger.record_status(hostile, granted, now=later)
-    assert not await ledger.record_status(hostile, {"status": "accepted"}, now=later, write=StatusWrite.FIRST)
-    record = await ledger.status(hostile)
+    assert await record_status(ledger, hostile, granted, now=later)
+    assert not await record_status(ledger, hostile, {"status": "accepted"}, now=later, write=StatusWrite.FIRST)
+    record = await status_json(ledger, hostile)
     assert record is not None
     assert (record["requestId"], record["status"], record["attempts"], record["graphRequestId"]) == (
         hostile,
@@ -380,15 +398,15 @@ async def test_a_pending_status_never_replaces_a_terminal_one(ledger: Ledger) ->
     copy racing it leaves granted in the status, the member's and target's history and the job's row."""
     record = {"memberId": USER, "targetId": AU, "jobId": "job-9", "jobRow": 3, "jobRows": 5}
     progress = StatusWrite.PROGRESS
-    assert await ledger.record_status("r", {**record, "status": "in_progress"}, now=T0, write=progress)
-    assert await ledger.record_status("r", {**record, "status": "retry_scheduled"}, now=T0, write=progress)
-    assert await ledger.record_status("r", {**record, "status": "granted"}, now=T0)
-    assert not await ledger.record_status("r", {**record, "status": "in_progress"}, now=T0, write=progress)
-    status = await ledger.status("r")
+    assert await record_status(ledger, "r", {**record, "status": "in_progress"}, now=T0, write=progress)
+    assert await record_status(ledger, "r", {**record, "status": "retry_scheduled"}, now=T0, write=progress)
+    assert await record_status(ledger, "r", {**record, "status": "granted"}, now=T0)
+    assert not await record_status(ledger, "r", {**record, "status": "in_progress"}, now=T0, write=progress)
+    status = await status_json(ledger, "r")
     assert status is not None
     assert status["status"] == "granted"
-    assert [row["status"] for row in await ledger.history(member=USER)] == ["granted"]
-    assert [row["status"] for row in await ledger.history(target=AU)] == ["granted"]
+    assert [row["status"] for row in await history_json(ledger, member=USER)] == ["granted"]
+    assert [row["status"] for row in await history_json(ledger, target=AU)] == ["granted"]
     [row] = (await ledger.group("job", "job-9")).rows
     assert (row["status"], row["jobRow"], row["jobRows"]) == ("granted", 3, 5)
 
@@ -404,30 +422,30 @@ async def test_history_lists_every_request_for_a_member_or_target_newest_intent_
         ("move", {"targetId": role, "roleTemplateId": template}, 24, "granted"),
     ):
         at = (T0 + timedelta(hours=hours)).isoformat()
-        await ledger.record_status(request_id, {"status": status, "memberId": USER, "intentAt": at, **target}, now=T0)
-    assert [row["requestId"] for row in await ledger.history(member=USER)] == ["leave", "move", "join"]
-    assert [row["requestId"] for row in await ledger.history(target=AU)] == ["leave", "join"]
-    assert [row["requestId"] for row in await ledger.history(target=template)] == ["move"]
-    assert [row["requestId"] for row in await ledger.history(target=role)] == ["move"]
+        await record_status(ledger, request_id, {"status": status, "memberId": USER, "intentAt": at, **target}, now=T0)
+    assert [row["requestId"] for row in await history_json(ledger, member=USER)] == ["leave", "move", "join"]
+    assert [row["requestId"] for row in await history_json(ledger, target=AU)] == ["leave", "join"]
+    assert [row["requestId"] for row in await history_json(ledger, target=template)] == ["move"]
+    assert [row["requestId"] for row in await history_json(ledger, target=role)] == ["move"]
     since = T0 + timedelta(hours=1)
-    assert [row["requestId"] for row in await ledger.history(member=USER, since=since)] == ["leave", "move"]
+    assert [row["requestId"] for row in await history_json(ledger, member=USER, since=since)] == ["leave", "move"]
     exactly = T0 + timedelta(hours=24)
-    assert [row["requestId"] for row in await ledger.history(member=USER, since=exactly)] == ["leave", "move"]
-    assert [row["requestId"] for row in await ledger.history(member=USER, limit=1)] == ["leave"]
-    assert await ledger.history(member=AU) == []
+    assert [row["requestId"] for row in await history_json(ledger, member=USER, since=exactly)] == ["leave", "move"]
+    assert [row["requestId"] for row in await history_json(ledger, member=USER, limit=1)] == ["leave"]
+    assert await history_json(ledger, member=AU) == []
 
 
 async def test_an_expiry_removal_is_noted_on_the_grant_it_ends(ledger: Ledger) -> None:
     """A granted time-bound request shows its removal as scheduled until the removal's own status is recorded."""
     expires = (T0 + timedelta(days=1)).isoformat()
-    await ledger.record_status("g", {"status": "granted", "expiresAt": expires}, now=T0)
-    status = await ledger.status("g")
+    await record_status(ledger, "g", {"status": "granted", "expiresAt": expires}, now=T0)
+    status = await status_json(ledger, "g")
     assert status is not None
     assert status["removal"] == {"status": "scheduled", "dueAt": expires}
     later = T0 + timedelta(days=1)
     removal = {"status": "revoked", "requestId": "~expire:1", "expiryOf": "g"}
-    await ledger.record_status("~expire:1", removal, now=later)
-    status = await ledger.status("g")
+    await record_status(ledger, "~expire:1", removal, now=later)
+    status = await status_json(ledger, "g")
     assert status is not None
     assert status["status"] == "granted"
     assert status["removal"] == {
@@ -436,19 +454,19 @@ async def test_an_expiry_removal_is_noted_on_the_grant_it_ends(ledger: Ledger) -
         "reason": None,
         "updatedAt": later.isoformat(),
     }
-    await ledger.record_status("~expire:2", {"status": "revoked", "expiryOf": "unknown"}, now=later)
-    assert await ledger.status("unknown") is None  # a removal never creates the status of a grant it cannot find
+    await record_status(ledger, "~expire:2", {"status": "revoked", "expiryOf": "unknown"}, now=later)
+    assert await status_json(ledger, "unknown") is None  # a removal never creates the status of a grant it cannot find
 
 
 async def test_a_job_row_is_written_only_by_the_request_that_first_recorded_it(ledger: Ledger) -> None:
     """Another request naming the same job and row (a forged or mistaken one) never changes that row, whatever it
     reports: the job keeps showing its own row's dead letter."""
     row = {"memberId": USER, "targetId": AU, "jobId": "job-7", "jobRow": 1, "jobRows": 1}
-    assert await ledger.record_status("job-7:1", {**row, "status": "dead_lettered", "reason": "Forbidden"}, now=T0)
-    await ledger.record_status("forged", {**row, "status": "granted"}, now=T0)
-    await ledger.record_status("forged", {**row, "status": "in_progress"}, now=T0, write=StatusWrite.PROGRESS)
+    assert await record_status(ledger, "job-7:1", {**row, "status": "dead_lettered", "reason": "Forbidden"}, now=T0)
+    await record_status(ledger, "forged", {**row, "status": "granted"}, now=T0)
+    await record_status(ledger, "forged", {**row, "status": "in_progress"}, now=T0, write=StatusWrite.PROGRESS)
     group = await ledger.group("job", "job-7")
     assert [(r["requestId"], r["status"]) for r in group.rows] == [("job-7:1", "dead_lettered")]
-    assert [r["requestId"] for r in group.failed] == ["job-7:1"]
-    assert await ledger.record_status("job-7:1", {**row, "status": "granted"}, now=T0)  # its own: written
+    assert [r.request_id for r in group.failed] == ["job-7:1"]
+    assert await record_status(ledger, "job-7:1", {**row, "status": "granted"}, now=T0)  # its own: written
     assert [r["status"] for r in (await ledger.group("job", "job-7")).rows] == ["granted"]

@@ -22,6 +22,7 @@ from grants_local.host import registered_function
 from grants_local.queue import ManualClock
 from shared.core.messaging import BULK_JOB, JOB_ROW, JOB_ROWS
 from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from shared.core.statuses import Status, StatusRecord
 from tests.conftest import AU, UNKNOWN, USER, USER_2, body, settings_for
 
 WEBHOOK = registered_function(function_app.app, "grant_webhook")
@@ -207,15 +208,15 @@ async def test_a_status_that_cannot_be_recorded_abandons_the_message_and_the_red
     from shared.core.errors import Reason, TransientError
 
     ledger = app.services.ledger
-    real = ledger.record_status
+    real = ledger.record
     failures = [TransientError(Reason.LEDGER_UNAVAILABLE, "the grant ledger could not record the status: HTTP 503")]
 
-    async def flaky(request_id: str, record: dict[str, Any], **options: Any) -> bool:
-        if failures and record["status"] != "in_progress":  # in_progress is advisory: its failure is only logged
+    async def flaky(record: StatusRecord, **options: Any) -> bool:
+        if failures and record.status is not Status.IN_PROGRESS:  # in_progress is advisory: only logged
             raise failures.pop()
-        return await real(request_id, record, **options)
+        return await real(record, **options)
 
-    monkeypatch.setattr(ledger, "record_status", flaky)
+    monkeypatch.setattr(ledger, "record", flaky)
     app.queue.send(body(requestId="r-flaky", member={"id": USER_2, "type": "user"}), message_id="m-1")
     await app.drain()
     outcomes = [record["outcome"] for record in app.recorder.records]

@@ -94,7 +94,7 @@ async def test_an_add_that_lands_after_its_client_gave_up_never_outlives_a_newer
     assert outcomes["m-add"]["outcome"] == Status.SUPERSEDED
     status = await run.app.services.ledger.status("REMOVE-1")
     assert status is not None
-    assert status["status"] == Status.REVOKED
+    assert status.status is Status.REVOKED
     removal = [request for request in graph.requests if request.method == "DELETE"]
     assert len(removal) == 2  # the remove, and its confirmation once the add's write could no longer land
 

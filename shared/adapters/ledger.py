@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import re
 import secrets
 import uuid
@@ -61,6 +62,8 @@ if TYPE_CHECKING:
     from azure.data.tables import TableEntity
     from azure.data.tables.aio import TableClient
 
+_log = logging.getLogger(__name__)
+
 __all__ = [
     "Absorbed",
     "Admitted",
@@ -103,7 +106,7 @@ class Group:
     ``jobRows``; the failed rows' whole status records; and for an HR event its own record (`Ledger.record_event`)."""
 
     rows: list[dict[str, Any]]
-    failed: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[StatusRecord] = field(default_factory=list)
     event: dict[str, Any] | None = None
 
 
@@ -294,16 +297,16 @@ class Ledger:
         """What is recorded for `request_id`, if anything."""
         return await self._read_request(request_id)
 
-    async def record_status(
-        self, request_id: str, record: Mapping[str, Any], *, now: datetime, write: StatusWrite = StatusWrite.FINAL
-    ) -> bool:
-        """Write the status record of `request_id` (``record["status"]`` and the rest) and its copies: in the
-        history of its member and of each target id it names, in its bulk job's or HR event's rows, and (for an
-        expiry removal) as the ``removal`` of the grant it ends; all at once. `write` decides, for each stored copy
-        on its own, whether it replaces what is there (`StatusWrite`). True when the status itself was written.
+    async def record(self, status: StatusRecord, *, now: datetime, write: StatusWrite = StatusWrite.FINAL) -> bool:
+        """Write `status` as its request's status record and its copies: in the history of its member and of each
+        target id it names, in its bulk job's or HR event's rows, and (for an expiry removal) as the ``removal`` of
+        the grant it ends; all at once. `write` decides, for each stored copy on its own, whether it replaces what
+        is there (`StatusWrite`). True when the status itself was written.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
+        assert status.request_id is not None
+        request_id, record = status.request_id, status.to_json()
         entities = _status_entities(request_id, record, now, history=write is not StatusWrite.PROGRESS)
         removal = _removal_entity(record, now)
         calls: list[Awaitable[object]] = [
@@ -318,14 +321,9 @@ class Ledger:
                 raise result
         return bool(results[0])
 
-    async def record(self, record: StatusRecord, *, now: datetime, write: StatusWrite = StatusWrite.FINAL) -> bool:
-        """Write `record` as its request's status (`record_status`); True when the status itself was written."""
-        assert record.request_id is not None
-        return await self.record_status(record.request_id, record.to_json(), now=now, write=write)
-
-    async def status(self, request_id: str) -> dict[str, Any] | None:
+    async def status(self, request_id: str) -> StatusRecord | None:
         """The status record of `request_id` (with ``acceptedAt``, ``updatedAt`` and a time-bound grant's
-        ``removal``), None when there is none.
+        ``removal``), None when there is none (or what is stored cannot be read as one: reported).
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
@@ -354,7 +352,11 @@ class Ledger:
             for entity in counted
             if entity["RowKey"] != _EVENT_ROW
         ]
-        failed = [_status_record(entity) for entity in detailed if entity["RowKey"] != _EVENT_ROW]
+        failed = [
+            record
+            for entity in detailed
+            if entity["RowKey"] != _EVENT_ROW and (record := _status_record(entity)) is not None
+        ]
         event = next((_loads(entity.get("record")) for entity in detailed if entity["RowKey"] == _EVENT_ROW), None)
         return Group(rows=rows, failed=failed, event=event)
 
@@ -386,10 +388,11 @@ class Ledger:
 
     async def history(
         self, *, member: str | None = None, target: str | None = None, since: datetime | None = None, limit: int = 5000
-    ) -> list[dict[str, Any]]:
+    ) -> list[StatusRecord]:
         """The status records of every request that named `member` (or `target`: an administrative unit, role or
         role template id), newest intent first, from `since` on; at most `limit` (the newest). One partition query
-        in key order (rows are keyed newest first: `history_key`), read no further than `limit` rows.
+        in key order (rows are keyed newest first: `history_key`), read no further than `limit` rows; a row that
+        cannot be read as a status record is skipped and reported.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
@@ -398,14 +401,15 @@ class Ledger:
         if since is not None:
             query += " and RowKey lt @bound"
             parameters["bound"] = history_key(since, "")[:-1] + "/"  # "/" sorts after the "." after the time
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, StatusRecord] = {}
         try:
             async for entity in self._table.query_entities(query, parameters=parameters):
                 record = _status_record(entity)
-                kept = found.setdefault(str(record.get("requestId")), record)
-                if (record.get("updatedAt") or "") > (kept.get("updatedAt") or ""):  # one request, two intent times
-                    kept.clear()
-                    kept.update(record)
+                if record is None:
+                    continue
+                kept = found.setdefault(str(record.request_id), record)
+                if _later(record.updated_at, kept.updated_at):  # one request, two intent times: the last written
+                    found[str(record.request_id)] = record
                 if len(found) >= limit:
                     break
         except AzureError as error:
@@ -805,18 +809,26 @@ def _removal_entity(record: Mapping[str, Any], now: datetime) -> dict[str, Any] 
     return {"PartitionKey": table_key("request", str(of)), "RowKey": _STATUS_ROW, "removal": _dumps(removal)}
 
 
-def _status_record(entity: Mapping[str, Any]) -> dict[str, Any]:
-    record = _loads(entity.get("record"))
-    record["requestId"] = entity.get("requestId", record.get("requestId"))
-    record["status"] = entity.get("status", record.get("status"))
+def _status_record(entity: Mapping[str, Any]) -> StatusRecord | None:
+    """The status record a stored copy holds (its JSON with the entity's own columns), as the API shows it
+    (`StatusRecord.with_removal_view`); None, reported, when it cannot be read as one."""
+    document = _loads(entity.get("record"))
+    document["requestId"] = entity.get("requestId", document.get("requestId"))
+    document["status"] = entity.get("status", document.get("status"))
     for name in ("acceptedAt", "updatedAt", "intentAt"):
         if entity.get(name) is not None:
-            record[name] = _time(entity[name]).isoformat()
+            document[name] = _time(entity[name]).isoformat()
     if entity.get("removal"):
-        record["removal"] = _loads(entity["removal"])
-    elif record.get("expiresAt") and record["status"] in ("granted", "already_member"):
-        record["removal"] = {"status": "scheduled", "dueAt": record["expiresAt"]}
-    return record
+        document["removal"] = _loads(entity["removal"])
+    try:
+        return StatusRecord.from_json(document).with_removal_view()
+    except ValueError as error:
+        _log.error("the ledger holds a status record it cannot read, skipped: %s (%s)", entity.get("RowKey"), error)
+        return None
+
+
+def _later(one: datetime | None, other: datetime | None) -> bool:
+    return one is not None and (other is None or one > other)
 
 
 def _dumps(record: Mapping[str, Any]) -> str:

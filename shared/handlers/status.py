@@ -35,7 +35,7 @@ from typing import Any, Final
 from shared.adapters.ledger import Group, GroupKind, Ledger
 from shared.core.contract import is_request_id, parse_guid
 from shared.core.errors import ContractError, TransientError
-from shared.core.statuses import Status
+from shared.core.statuses import Status, StatusRecord
 from shared.core.times import TimeRefused, parse_date, parse_timestamp
 from shared.handlers.http import Answer, problem
 
@@ -65,7 +65,7 @@ class StatusApi:
         return await history_answer(query, history=self._ledger.history)
 
 
-async def status_answer(request_id: str, *, status: Callable[[str], Awaitable[dict[str, Any] | None]]) -> Answer:
+async def status_answer(request_id: str, *, status: Callable[[str], Awaitable[StatusRecord | None]]) -> Answer:
     """Answer ``GET /api/grants/{request_id}`` from `status` (the ledger's `Ledger.status`)."""
     if not is_request_id(request_id):
         return problem(400, "invalid-request-id", "Invalid request id", _ID_RULE)
@@ -76,7 +76,7 @@ async def status_answer(request_id: str, *, status: Callable[[str], Awaitable[di
         return problem(503, "ledger-unavailable", "Status unavailable", _UNAVAILABLE, retry_after=5)
     if record is None:
         return problem(404, "unknown-request", "Unknown request", f"no request {request_id} is recorded")
-    return Answer(200, json.dumps(record, ensure_ascii=False).encode(), "application/json")
+    return Answer(200, json.dumps(record.to_json(), ensure_ascii=False).encode(), "application/json")
 
 
 async def group_answer(
@@ -113,7 +113,7 @@ async def group_answer(
         "done": size is not None and terminal >= size,
         "totals": dict(sorted(Counter(str(row.get("status")) for row in rows).items())),
         "succeeded": sum(1 for status in statuses if status is not None and status.succeeded),
-        "failed": sorted(found.failed, key=lambda row: row.get("jobRow") or 0),
+        "failed": [record.to_json() for record in sorted(found.failed, key=lambda record: record.job_row or 0)],
     }
     if found.event is not None:
         document["event"] = found.event
@@ -121,7 +121,7 @@ async def group_answer(
 
 
 async def history_answer(
-    query: Mapping[str, str], *, history: Callable[..., Awaitable[list[dict[str, Any]]]]
+    query: Mapping[str, str], *, history: Callable[..., Awaitable[list[StatusRecord]]]
 ) -> Answer:
     """Answer ``GET /api/history`` from its `query` (``member`` or ``target``, optional ``since``) with `history`
     (the ledger's `Ledger.history`): every request that named it, newest intent first."""
@@ -146,7 +146,7 @@ async def history_answer(
         "member": scope.get("member"),
         "target": scope.get("target"),
         "since": since.isoformat() if since else None,
-        "requests": found,
+        "requests": [record.to_json() for record in found],
     }
     return Answer(200, json.dumps(document, ensure_ascii=False).encode(), "application/json")
 
