@@ -192,24 +192,17 @@ class GraphClient:
             "client-request-id": client_request_id,
             "x-ms-throttle-priority": THROTTLE_PRIORITY[lane],
         }
-        governor = self._governor if method in _WRITES else None
+        write = method in _WRITES
+        governor = self._governor if write else None
         if governor is not None:
             await governor.acquire(lane)
-        write = method in _WRITES
         try:
             response = await self._http.request(method, self.base_url + url_path, json=json_body, headers=headers)
-        except httpx.TimeoutException as error:
+        except httpx.TransportError as error:  # a timeout too
+            what = "did not answer" if isinstance(error, httpx.TimeoutException) else "could not be reached for"
             raise TransientError(
                 Reason.GRAPH_UNAVAILABLE,
-                f"Graph did not answer {method} {url_path} in time ({type(error).__name__}); "
-                f"client-request-id {client_request_id}",
-                uncertain=write and _sent(error),
-            ) from error
-        except httpx.TransportError as error:
-            raise TransientError(
-                Reason.GRAPH_UNAVAILABLE,
-                f"Graph could not be reached for {method} {url_path} ({type(error).__name__}); "
-                f"client-request-id {client_request_id}",
+                f"Graph {what} {method} {url_path} ({type(error).__name__}); client-request-id {client_request_id}",
                 uncertain=write and _sent(error),
             ) from error
         answer = GraphResponse(
