@@ -120,9 +120,7 @@ async def group_answer(
     return Answer(200, json.dumps(document, ensure_ascii=False).encode(), "application/json")
 
 
-async def history_answer(
-    query: Mapping[str, str], *, history: Callable[..., Awaitable[list[StatusRecord]]]
-) -> Answer:
+async def history_answer(query: Mapping[str, str], *, history: Callable[..., Awaitable[list[StatusRecord]]]) -> Answer:
     """Answer ``GET /api/history`` from its `query` (``member`` or ``target``, optional ``since``) with `history`
     (the ledger's `Ledger.history`): every request that named it, newest intent first."""
     member, target, since_text = query.get("member"), query.get("target"), query.get("since")
