@@ -33,6 +33,7 @@ from shared.core.messaging import (
     Delivery,
     Lane,
     MessageActions,
+    MessageSender,
     OutcomePublisher,
     derived_message_id,
 )
@@ -78,7 +79,7 @@ class GrantHandler:
         received = Delivery.of(message)
         started = self._now()
         try:  # what the app believes of it: its internal properties only when the app sealed it
-            delivery = await self._sealer.trusted(received, job_properties=lane is Lane.BULK)
+            delivery = await self._sealer.trusted(received, job_properties=lane == Lane.BULK)
         except TransientError as error:  # the seal's key cannot be read now: the message may be the app's own
             unread = received.trusted(sealed=False, job_properties=False)
             return await self._settle(unread, error, None, lane, started, actions)
@@ -181,7 +182,7 @@ class _Attempt:
         """The outcome line's record: the status record with the line's own fields."""
         return outcome_line(self.status(settled, finished), settled, finished=finished)
 
-    def ending(self, sender: Any) -> Ending:
+    def ending(self, sender: MessageSender | None) -> Ending:
         delivery = self.delivery
         return Ending(
             kind="grant",
