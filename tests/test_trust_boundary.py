@@ -81,6 +81,7 @@ class App:
         self.hr_queue, self.hr_actions = hr_queue, hr_actions
         self.hr_records = OutcomeRecorder("hrEvent")
         self.hr_failed_invocations = 0
+        self.failed_invocations = 0  # invocations of the grant functions that raised (none should)
 
     def now(self) -> datetime:
         return self.run.clock.utcnow()
@@ -99,11 +100,15 @@ class App:
 
     async def due(self, *, function: str = GRANT) -> None:
         """Deliver every grant message due now (later ones stay queued)."""
-        await self.run.app.host(function=function).drain(until=self.clock())
+        host = self.run.app.host(function=function)
+        await host.drain(until=self.clock())
+        self.failed_invocations += host.failed_invocations
 
     async def drain(self, *, function: str = GRANT) -> None:
         """Deliver every grant message, jumping time to each scheduled one."""
-        await self.run.app.host(function=function).drain()
+        host = self.run.app.host(function=function)
+        await host.drain()
+        self.failed_invocations += host.failed_invocations
 
     async def step(self, *, function: str = GRANT) -> None:
         """Deliver exactly one grant message that is due now."""
