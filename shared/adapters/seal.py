@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 
 from shared.core.messaging import SEAL, Delivery, MessageSender
-from shared.core.seal import seal, verify
+from shared.core.seal import keyed_message_id, seal, verify
 
 __all__ = ["Sealer", "SealingSender"]
 
@@ -40,6 +40,10 @@ class Sealer:
         keys = await self.keys()
         return {**properties, SEAL: seal(key=keys[0], message_id=message_id, body=body, properties=properties)}
 
+    async def message_id(self, message_id: str) -> str:
+        """`message_id` as the app sends it (`keyed_message_id`: a derived id keyed under the newest key)."""
+        return keyed_message_id(key=(await self.keys())[0], message_id=message_id)
+
     async def trusted(self, delivery: Delivery, *, job_properties: bool = False) -> Delivery:
         """`delivery` as the app believes it (`Delivery.trusted`): its internal properties kept only when sealed.
         A message with no seal at all is a producer's, and needs no key."""
@@ -55,7 +59,8 @@ class Sealer:
 
 
 class SealingSender:
-    """A `MessageSender` that seals every message it sends (`Sealer.sealed`) before `sender` sends it."""
+    """A `MessageSender` that keys every derived MessageId (`Sealer.message_id`) and seals every message it sends
+    (`Sealer.sealed`) before `sender` sends it."""
 
     def __init__(self, sender: MessageSender, sealer: Sealer) -> None:
         self._sender = sender
@@ -69,7 +74,8 @@ class SealingSender:
         application_properties: Mapping[str, str | int],
         scheduled_enqueue_time: datetime,
     ) -> None:
-        """Seal the message, then send it (deliverable at `scheduled_enqueue_time`)."""
+        """Key a derived MessageId and seal the message, then send it (deliverable at `scheduled_enqueue_time`)."""
+        message_id = await self._sealer.message_id(message_id)
         await self._sender.schedule(
             body=body,
             message_id=message_id,

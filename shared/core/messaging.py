@@ -132,8 +132,9 @@ def original_message_id(properties: Mapping[Any, Any], message_id: str | None) -
     return str(value) if value else str(message_id or "")
 
 
-#: The first character of every MessageId the app derives; no producer's MessageId starts with it (request ids,
-#: bulk ``<job>:<row>`` and HR ids start with a letter or digit), so a derived id never collides with one.
+#: The first character of every MessageId the app derives; no honest producer's MessageId starts with it (request
+#: ids, bulk ``<job>:<row>`` and HR ids start with a letter or digit), and the app keys a derived id as it sends it
+#: (`shared.core.seal.keyed_message_id`), so no producer can send a message under one first.
 DERIVED_PREFIX: Final = "~"
 
 
