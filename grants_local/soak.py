@@ -926,6 +926,9 @@ def check(
             "locks_expired": stats.locks_expired,
         },
         "not_allowed_examples": [(*key, descriptions.get(key, "")) for key in not_allowed[:5]],
+        "not_terminal_examples": [
+            (planned.request_id, planned.kind) for planned in soak.messages if not terminal.get(planned.request_id)
+        ][:5],
         "leak_examples": scan.leaks[:3],
         "graph_faults_not_consumed": graph.pending_faults,
     }

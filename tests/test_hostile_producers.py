@@ -5,15 +5,31 @@ what the app does instead."""
 from __future__ import annotations
 
 import hashlib
+import uuid
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
+from grants_cli.dlq import Selector, resubmit
+from grants_local.backend import LocalBackend
 from grants_local.graph_double import Fault
 from shared.core.contract import parse_grant
 from shared.core.intents import content_hash, expiry_removal, intent_of
 from shared.core.messaging import derived_message_id
 from shared.runtime import services
-from tests.conftest import AU, HELPDESK_ROLE, USER
-from tests.test_trust_boundary import ROLE_BY_TEMPLATE, App, app, iso, make_app, rules_file, ticket
+from tests.conftest import AU, HELPDESK_ROLE, USER, USER_2, body
+from tests.test_trust_boundary import (
+    BULK,
+    ROLE_BY_ID,
+    ROLE_BY_TEMPLATE,
+    App,
+    app,
+    hr_event,
+    iso,
+    make_app,
+    rules_file,
+    ticket,
+)
 
 __all__ = ["app", "make_app", "rules_file"]  # fixtures used here
 
@@ -54,3 +70,45 @@ async def test_squatting_the_message_id_of_a_retry_copy_does_not_lose_the_reques
     await app.send(raw, message_id="m-7")
     assert app.outcome("m-7")["outcome"] == "granted"
     assert USER in app.members(AU)
+
+
+# --- a careless operator: dlq resubmit ---------------------------------------------------------------------------
+
+
+async def test_a_resubmitted_hr_grant_is_carried_out_as_the_apps_own(make_app: Callable[..., Any]) -> None:
+    """An HR joiner's grant is dead-lettered (its member not replicated in time); once the member exists the
+    operator runs `grants dlq resubmit`: the copy is the app's own grant again (its ~hr id is not refused) and the
+    member is granted."""
+    app: App = await make_app(GRANTS_MAX_ATTEMPTS="2")
+    late = str(uuid.uuid4())
+    app.graph.add_user(late, visible_after_lookups=100)
+    joiner = await app.publish(hr_event("hire", "evt-r", userObjectId=late, jobCode=...), message_id="e-r")
+    assert joiner["outcome"] == "completed"
+    await app.drain()
+    assert [d.reason for d in app.queue.dead_letters()] == ["MemberNotFound"]
+    app.graph.add_user(late)  # replicated now
+    assert len(resubmit(LocalBackend(app.queue), Selector(reason="MemberNotFound"))) == 1
+    await app.drain()
+    assert late in app.members(AU)
+    assert app.queue.dead_letters() == []
+
+
+async def test_a_resubmitted_add_is_still_older_than_a_remove_made_after_it_first_arrived(
+    make_app: Callable[..., Any],
+) -> None:
+    """A bulk add of a role by id (no requestedAt) is dead-lettered before the ledger saw it (the role lookup kept
+    failing); a ticket remove for the member follows; the operator resubmits the dead letter: the add counts as made
+    when it first arrived, so it is superseded and the member holds no role."""
+    app: App = await make_app(GRANTS_MAX_ATTEMPTS="2")
+    app.graph.inject(*(Fault.status(503, method="GET", path=HELPDESK_ROLE) for _ in range(2)))
+    add = body(requestId="BULK-R", target=ROLE_BY_ID, member={"id": USER_2, "type": "user"})
+    app.put(add, message_id="job-r:1")
+    await app.drain(function=BULK)
+    assert [d.reason for d in app.queue.dead_letters()] == ["GraphUnavailable"]
+    app.clock.advance(60)
+    remove = ticket("TICKET-R", action="remove", target=ROLE_BY_ID, member={"id": USER_2, "type": "user"})
+    assert (await app.send(remove, message_id="m-r"))["outcome"] == "not_member"
+    app.clock.advance(60)
+    assert len(resubmit(LocalBackend(app.queue), Selector(reason="GraphUnavailable"))) == 1
+    await app.drain(function=BULK)
+    assert USER_2 not in app.members(HELPDESK_ROLE)

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 
-from shared.core.messaging import SEAL, Delivery, MessageSender
+from shared.core.messaging import RESUBMISSION, RESUBMITTED_FROM, SEAL, Delivery, MessageSender
 from shared.core.seal import keyed_message_id, seal, verify
 
 __all__ = ["Sealer", "SealingSender"]
@@ -46,16 +46,17 @@ class Sealer:
 
     async def trusted(self, delivery: Delivery, *, job_properties: bool = False) -> Delivery:
         """`delivery` as the app believes it (`Delivery.trusted`): its internal properties kept only when sealed.
-        A message with no seal at all is a producer's, and needs no key."""
+        A message with no seal at all is a producer's, and needs no key. A `dlq resubmit` copy of a message the app
+        sealed carries that seal and the dead letter's MessageId (`RESUBMITTED_FROM`): it checks out against that
+        id (the same body and properties: the app's own message, carried again, its attempts counted afresh)."""
         if delivery.application_property(SEAL) is None:
             return delivery.trusted(sealed=False, job_properties=job_properties)
-        sealed = verify(
-            keys=await self.keys(),
-            message_id=delivery.message_id,
-            body=delivery.body,
-            properties=delivery.application_properties,
-        )
-        return delivery.trusted(sealed=sealed, job_properties=job_properties)
+        keys, body, properties = await self.keys(), delivery.body, delivery.application_properties
+        if verify(keys=keys, message_id=delivery.message_id, body=body, properties=properties):
+            return delivery.trusted(sealed=True, job_properties=job_properties)
+        source = delivery.text_property(RESUBMITTED_FROM) if delivery.application_property(RESUBMISSION) else None
+        restarted = source is not None and verify(keys=keys, message_id=source, body=body, properties=properties)
+        return delivery.trusted(sealed=restarted, job_properties=job_properties, restarted=restarted)
 
 
 class SealingSender:
