@@ -5,9 +5,10 @@ what the app does instead."""
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from grants_cli.dlq import Selector, resubmit
@@ -112,3 +113,24 @@ async def test_a_resubmitted_add_is_still_older_than_a_remove_made_after_it_firs
     assert len(resubmit(LocalBackend(app.queue), Selector(reason="GraphUnavailable"))) == 1
     await app.drain(function=BULK)
     assert USER_2 not in app.members(HELPDESK_ROLE)
+
+
+# --- what the status API says of a producer's clock ---------------------------------------------------------------
+
+
+async def test_a_future_requested_at_is_kept_for_the_audit_but_the_intent_is_dated_at_arrival(app: App) -> None:
+    """A ticket dated in 2099 (inside the domain): its status keeps the producer's requestedAt but says when the
+    intent counts (its arrival), so a member's history lists a later request first."""
+    received = app.now()
+    status, _ = await app.post(json.loads(ticket("CLOCK-1", requestedAt="2099-12-31T00:00:00Z")))
+    assert status == 202
+    code, accepted = await app.status("CLOCK-1")
+    assert (code, datetime.fromisoformat(accepted["intentAt"])) == (200, received)
+    await app.due()
+    app.clock.advance(60)
+    assert (await app.send(ticket("CLOCK-2", action="remove"), message_id="m-c2"))["outcome"] == "revoked"
+    code, record = await app.status("CLOCK-1")
+    assert datetime.fromisoformat(record["requestedAt"]) == datetime(2099, 12, 31, tzinfo=UTC)
+    assert datetime.fromisoformat(record["intentAt"]) == received
+    _, history = await app.history(member=USER)
+    assert [r["requestId"] for r in history["requests"]] == ["CLOCK-2", "CLOCK-1"]
