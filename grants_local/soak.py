@@ -424,6 +424,8 @@ def _squat(rng: random.Random, n: int, unit: str, messages: list[Planned]) -> Pl
         else:
             body_hash = hashlib.sha256(victim.body).hexdigest()
             message_id = derived_message_id("retry", victim.message_id, body_hash, "", suffix=str(rng.randint(2, 4)))
+    if message_id in {m.message_id for m in messages}:  # squatted already: a second would be a dropped duplicate
+        message_id = f"m-{n}"
     request_id = rng.choice([f"~expire:soak-{n}", f"~hr:evt-{n}:0123456789abcdef", f"~drift-add:soak-{n}"])
     raw = _unit_body(request_id, "add", unit, guid(rng))
     return Planned(message_id, f"soak-{n}-squat", "squat", unit, "", raw, f"(?:{unit})")

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 
+from shared.core.errors import Reason, TransientError
 from shared.core.messaging import RESUBMISSION, RESUBMITTED_FROM, SEAL, Delivery, MessageSender
 from shared.core.seal import keyed_message_id, seal, verify
 
@@ -26,11 +27,18 @@ class Sealer:
         self._lock = asyncio.Lock()
 
     async def keys(self) -> Sequence[bytes]:
-        """The keys (raises `TransientError(LedgerUnavailable)` while the ledger cannot give them)."""
+        """The keys (raises `TransientError(LedgerUnavailable)` while the ledger cannot give them, or gives none
+        that can be read: an operator's rotation that wrote something other than base64)."""
         if self._keys is None:
             async with self._lock:
                 if self._keys is None:
-                    self._keys = tuple(await self._fetch())
+                    try:
+                        keys = tuple(await self._fetch())
+                    except (ValueError, TypeError) as error:  # binascii.Error is a ValueError
+                        raise _unreadable(f"{type(error).__name__}: {error}") from error
+                    if not keys:
+                        raise _unreadable("it holds no key")
+                    self._keys = keys
         return self._keys
 
     async def sealed(
@@ -90,3 +98,9 @@ class SealingSender:
         close = getattr(self._sender, "close", None)
         if close is not None:
             await close()
+
+
+def _unreadable(why: str) -> TransientError:
+    return TransientError(
+        Reason.LEDGER_UNAVAILABLE, f"the app's seal key in the grant ledger (row app/seal) cannot be read: {why}"
+    )
