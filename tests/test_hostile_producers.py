@@ -302,3 +302,36 @@ async def test_a_legacy_pair_record_with_a_year_before_1000_does_not_block_a_rem
     await services().ledger._table.upsert_entity(legacy_pair(f"au.{AU}.{USER}"))
     outcome = await app.send(ticket("LEGACY-2", action="remove"), message_id="m-l2")
     assert outcome["outcome"] in ("revoked", "not_member"), outcome
+
+
+# --- producers' own request ids ------------------------------------------------------------------------------------
+
+
+async def test_a_ticket_cannot_take_the_apps_ids_through_the_ticket_payload(app: App) -> None:
+    document = {
+        "ticketNumber": "~expire:RITM5",
+        "requester": "alice@contoso.com",
+        "target": {"type": "administrativeUnit", "id": AU},
+        "member": USER,
+        "summary": "squat",
+    }
+    status, answer = await app.post(document)
+    assert status == 400
+    assert "requestId" in json.dumps(answer) or "ticketNumber" in json.dumps(answer)
+    assert app.queue.stats.sent == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (design): producers' request ids are one namespace for every producer, so anyone with send rights "
+    "on the grants queue can claim a ticket number before the ticketing system sends it; the real ticket (here a "
+    "revocation) is then refused 409 / RequestIdConflict and the access stays",
+)
+async def test_a_queue_producer_cannot_claim_a_ticket_number_before_the_ticketing_system(app: App) -> None:
+    assert (await app.send(ticket("RITM0099"), message_id="m-1"))["outcome"] == "granted"  # the real grant
+    squat = body(requestId="RITM0100", member={"id": USER_2, "type": "user"})  # the next ticket number, claimed
+    assert (await app.send(squat, message_id="m-squat"))["outcome"] == "granted"
+    status, answer = await app.post(json.loads(ticket("RITM0100", action="remove")))  # the real revocation
+    assert status == 202, answer
+    await app.due()
+    assert USER not in app.members(AU)
