@@ -679,10 +679,13 @@ class LogScan(logging.Handler):
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
         self.lines = 0
         self.leaks: list[str] = []
+        self.escaped: list[str] = []  # invocations that raised something other than an injected crash
 
     def emit(self, record: logging.LogRecord) -> None:
         text = self.format(record)
         self.lines += 1
+        if record.name == "grants_local.host" and record.exc_info and not isinstance(record.exc_info[1], Crash):
+            self.escaped.append(text[-300:])
         secrets = [self._tokens.header_secret, *self._tokens.issued_tokens]
         if any(secret in text for secret in secrets) or "Bearer " in text:
             self.leaks.append(text[:300])
@@ -913,6 +916,7 @@ def check(
         ("highest delivery count <= MaxDeliveryCount", "<= 10", str(deepest), deepest <= 10),
         ("nothing left in the queue", "0", str(left), left == 0),
         ("log lines with a token or secret", "0", str(len(scan.leaks)), not scan.leaks),
+        ("invocations raising other than an injected crash", "0", str(len(scan.escaped)), not scan.escaped),
     ]
     numbers: dict[str, Any] = {
         "requests_with_more_than_one_terminal_outcome": more_than_one,
@@ -932,6 +936,7 @@ def check(
             (planned.request_id, planned.kind) for planned in soak.messages if not terminal.get(planned.request_id)
         ][:5],
         "leak_examples": scan.leaks[:3],
+        "escaped_examples": scan.escaped[:3],
         "graph_faults_not_consumed": graph.pending_faults,
     }
     return Report(invariants=invariants, faults=soak.faults, outcomes=outcomes, numbers=numbers)
