@@ -2,11 +2,15 @@
 
 Resubmit moves one message at a time and never loses one: it peek-locks a dead letter, sends a fresh copy,
 and completes the dead letter only after the send succeeded. The copy keeps the body and
-``originalMessageId``; it drops ``attempt`` / ``firstAttemptAt`` (the app counts attempts from 1 again) and
-carries ``resubmission`` (8 hex digits). Its MessageId is ``~resubmit:<digest>:<hex>`` (the digest of the
-original MessageId and the body) and the app's retry copies of it derive from the resubmission too, so duplicate
-detection drops neither, and no producer's MessageId can equal one. The ledger sees the same request again (the
-same original MessageId), so it runs, and it is superseded if a newer intent for its member and target came since.
+``originalMessageId``; it drops ``attempt`` / ``firstAttemptAt`` (the app counts attempts from 1 again), keeps when
+the request first arrived (``arrivedAt``, else the dead letter's enqueue time: never a newer intent than it was) and
+carries ``resubmission`` (8 hex digits). A dead letter the app sealed (its own message: a retry copy, an expiry
+removal, an HR event's grant) is copied with every property as it is, plus ``resubmittedFrom`` (its MessageId): the
+app checks the seal against that id, believes the properties, and counts the attempts afresh itself. The copy's
+MessageId is ``~resubmit:<digest>:<hex>`` (the digest of the original MessageId and the body) and the app's retry
+copies of it derive from the resubmission too, so duplicate detection drops neither. The ledger sees the same
+request again (the same original MessageId, made when it first arrived), so it runs, and it is superseded if a newer
+intent for its member and target came since.
 A failed send abandons the dead letter (it stays in the dead-letter queue). Interrupted between the send and the
 completion, the dead letter stays too and the message exists twice: the ledger absorbs the second as the same
 request, or it is a duplicate grant, which is harmless (grants are idempotent); nothing is lost.
@@ -28,20 +32,23 @@ from typing import Final, TextIO
 from grants_common.printable import printable
 from grants_common.queues import Backend, BackendOpener, HeldDeadLetter, Outgoing
 from shared.core.messaging import (
+    ARRIVED_AT,
     ATTEMPT,
     DEAD_LETTER_ERROR_DESCRIPTION,
     DEAD_LETTER_REASON,
     FIRST_ATTEMPT_AT,
     ORIGINAL_MESSAGE_ID,
     RESUBMISSION,
+    RESUBMITTED_FROM,
+    SEAL,
     DeadLetter,
     derived_message_id,
 )
 
 __all__ = ["Selector", "print_list", "print_show", "purge", "resubmit", "resubmitted_copy", "run_dlq", "select"]
 
-#: Dropped from a resubmitted copy: the app's attempt bookkeeping, and the reason Service Bus adds to a
-#: dead letter's application properties.
+#: Dropped from a resubmitted copy: the app's attempt bookkeeping (kept, sealed, on the app's own messages: the first
+#: two), the previous resubmission, and the reason Service Bus adds to a dead letter's application properties.
 _RESET: Final = (ATTEMPT, FIRST_ATTEMPT_AT, RESUBMISSION, DEAD_LETTER_REASON, DEAD_LETTER_ERROR_DESCRIPTION)
 
 
@@ -65,8 +72,15 @@ def select(backend: Backend, selector: Selector) -> list[DeadLetter]:
 
 def resubmitted_copy(info: DeadLetter, *, suffix: str | None = None) -> Outgoing:
     """The fresh copy of a dead letter (see the module's docstring)."""
-    properties = {key: value for key, value in info.application_properties.items() if key not in _RESET}
-    properties[ORIGINAL_MESSAGE_ID] = info.original_message_id
+    sealed = SEAL in info.application_properties  # the seal covers the app's properties: keep them as they are
+    dropped = _RESET[2:] if sealed else _RESET
+    properties = {key: value for key, value in info.application_properties.items() if key not in dropped}
+    if sealed:
+        properties[RESUBMITTED_FROM] = info.message_id
+    else:
+        properties[ORIGINAL_MESSAGE_ID] = info.original_message_id
+        if ARRIVED_AT not in properties and info.enqueued_time is not None:
+            properties[ARRIVED_AT] = info.enqueued_time.isoformat()
     properties[RESUBMISSION] = suffix or uuid.uuid4().hex[:8]
     body_hash = hashlib.sha256(info.body).hexdigest()
     return Outgoing(

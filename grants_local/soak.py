@@ -24,6 +24,23 @@ Messages (each (container, member) pair in exactly one message, so the expected 
 - ``timebound``: an add whose ``expiresAt`` falls minutes into the run (virtual time): ``granted`` /
   ``already_member`` (or ``Expired`` / ``superseded`` by its own removal when the backlog delayed it past its
   expiry). Final: not a member (its removal ran).
+- ``future``: an add dated in the future (an hour ahead up to the domain's last microsecond, 2099-12-31) and a
+  remove for the same member and unit that arrives up to 15 minutes later: the add counts as made when it arrived,
+  so the remove wins. Final: not a member.
+- ``edge``: an add or remove dated at the time domain's edges inside it (2000-01-01T00:00:00Z, the same instant
+  written at -01:00, 2099-12-31T23:59:59.999999Z, 2100-01-01T00:30:00+01:00), some adds expiring at its far end
+  (the run's virtual clock then jumps to 2099 for their removals). Final: as asked (a time-bound add removed).
+- ``forged``: an add carrying internal properties a producer may not set (``attempt`` 50, ``firstAttemptAt`` and
+  ``arrivedAt`` in 2000, ``originalMessageId`` of another message, ``expiryOf`` naming another request, an HR event's
+  or a bulk job's row on the interactive queue, a made-up ``seal``); some with a remove made an hour before it
+  arrived (the forged ``arrivedAt`` would make the add the older). Final: member. None of it is believed: no
+  attempt count or first attempt is forged, no removal is noted on the named request, no row is written.
+- ``squat``: a message under an id the app derives: a request id ``~expire:…``, ``~hr:…``, ``~drift-add:…`` (refused
+  ``SchemaViolation``), sent under the MessageId the app would derive for another message's retry copy or a
+  time-bound grant's expiry removal (the app keys those, so its own are not dropped as duplicates).
+- replays (at run time): a copy of a message the app sealed (a retry copy, an expiry removal), seal and properties
+  included, under another MessageId: the seal does not check out, so it is a producer's (``duplicate`` of its
+  request, or refused ``SchemaViolation`` for an ``~expire`` id).
 
 Targets: administrative units (users, groups, devices) and directory roles by object id and by template id
 (users, service principals, role-assignable groups).
@@ -45,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextvars
+import hashlib
 import json
 import logging
 import os
@@ -67,9 +85,13 @@ from grants_local.host import registered_function
 from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LocalSender, ManualClock, SendFailedError
 from grants_local.run import os_environment
 from grants_local.token_endpoint import TokenEndpoint
+from shared.adapters.ledger import Ledger
 from shared.bootstrap import LIBRARY_LOGGERS
 from shared.config import Settings
+from shared.core.contract import parse_grant
 from shared.core.errors import Reason
+from shared.core.intents import content_hash, expiry_removal, intent_of
+from shared.core.messaging import SEAL, derived_message_id
 
 #: The soak's virtual start (a new `ManualClock`'s time): timebound grants expire minutes after it.
 EPOCH = datetime.fromtimestamp(ManualClock()(), UTC)
@@ -98,7 +120,24 @@ KINDS = {  # message kind -> weight
     "race": 5,  # an add and a remove for one member and target, with requestedAt: the newest wins
     "timebound": 4,  # an add whose expiresAt comes during the run: its removal ends it
     "hostile": 3,
+    "future": 3,  # an add dated in the future, then a remove that arrives after it: the remove wins
+    "edge": 3,  # times at the domain's edges, inside it
+    "forged": 4,  # internal properties a producer may not set
+    "squat": 2,  # ids the app derives, taken first
 }
+#: Times at the domain's edges that it accepts (requestedAt); far expiries (expiresAt) at its end.
+EDGE_REQUESTED = (
+    "2000-01-01T00:00:00Z",
+    "1999-12-31T23:30:00-01:00",
+    "2099-12-31T23:59:59.999999Z",
+    "2100-01-01T00:30:00+01:00",
+)
+EDGE_EXPIRES = ("2099-12-31T23:59:59.999999Z", "2100-01-01T00:30:00+01:00")
+#: Forged on `forged` messages: a job's and an HR event's rows that no one wrote, and the properties' values.
+FORGED_JOB = "job-forged"
+FORGED_HR_EVENT = "evt-forged"
+FORGED_ATTEMPT = 50
+FORGED_TIME = "2000-01-01T00:00:00+00:00"
 #: Settlement deadline in the soak (GRANTS_SETTLEMENT_TIMEOUT_SECONDS), and how long a stalled settlement takes.
 SETTLEMENT_DEADLINE_SECONDS = 0.2
 SETTLEMENT_STALL_SECONDS = 0.4
@@ -122,6 +161,17 @@ ALLOWED = {
     # happens when retries or pacing carry the add past its expiry (the pair then ends without it, as planned).
     "timebound": {"granted", "already_member", "dead_lettered:Expired", "superseded"},
     "hostile": {"dead_lettered:SchemaViolation", "dead_lettered:InvalidJson"},
+    # the add counts as made when it arrived: the remove (arriving later) is newer, whichever runs first
+    "future_add": {"granted", "already_member", "superseded"},
+    "future_remove": {"revoked", "not_member"},
+    "edge_add": {"granted", "already_member"},
+    "edge_remove": {"revoked", "not_member"},
+    "edge_timebound": {"granted", "already_member"},
+    "forged": {"granted", "already_member"},
+    "forged_remove": {"revoked", "not_member", "superseded"},  # made an hour before the add arrived
+    "squat": {"dead_lettered:SchemaViolation", "dead_lettered:InvalidJson"},
+    # a replayed copy under another MessageId: its request again (absorbed), or a ~ id refused
+    "replay": {"dead_lettered:SchemaViolation"},
 }
 # A request sent again under a new MessageId is the same request: the ledger absorbs the second message.
 ALLOWED = {kind: outcomes | {"duplicate"} for kind, outcomes in ALLOWED.items()}
@@ -158,6 +208,8 @@ class Planned:
     member: str
     body: bytes
     path: str  # a regex matching the target in this message's Graph write paths
+    properties: dict[str, str | int] = field(default_factory=dict)  # application properties the producer sets
+    delay: float = 0.0  # seconds after the start when the producer sends it
 
 
 @dataclass(slots=True)
@@ -179,6 +231,8 @@ class Soak:
     deleted_at_log_index: int | None = None
     duplicates_same_id: int = 0
     duplicates_new_id: int = 0
+    replays: dict[str, str] = field(default_factory=dict)  # MessageId of a replayed sealed copy -> its requestId
+    expiry_victims: set[str] = field(default_factory=set)  # request ids a forged expiryOf names
 
 
 def guid(rng: random.Random) -> str:
@@ -198,10 +252,24 @@ def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
     messages: list[Planned] = []
     kinds, weights = list(KINDS), list(KINDS.values())
     start = EPOCH - timedelta(hours=2)  # races are decided by requestedAt: made before they arrive
+    victims: set[str] = set()
     for n in range(count):
         kind = rng.choices(kinds, weights)[0]
         if kind == "race":
             messages += _race(graph, rng, n, rng.choice(units), expected, start)
+            continue
+        if kind == "future":
+            messages += _future(graph, rng, n, rng.choice(units))
+            continue
+        if kind == "edge":
+            messages.append(_edge(graph, rng, n, rng.choice(units), expected))
+            continue
+        if kind == "forged":
+            adds = [m.request_id for m in messages if m.kind == "add"]
+            messages += _forged(graph, rng, n, rng.choice(units), expected, adds, victims, start)
+            continue
+        if kind == "squat":
+            messages.append(_squat(rng, n, rng.choice(units), messages))
             continue
         to_role = kind != "doomed" and rng.random() < 0.3
         member = guid(rng)
@@ -242,7 +310,136 @@ def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
         path = f"(?:{container}|{target.get('roleTemplateId', container)})"
         encoded = _hostile(body, rng) if kind == "hostile" else json.dumps(body).encode()
         messages.append(Planned(f"m-{n}", f"soak-{n}", kind, container, member, encoded, path))
-    return Soak(seed=seed, messages=messages, expected=expected, doomed=doomed)
+    return Soak(seed=seed, messages=messages, expected=expected, doomed=doomed, expiry_victims=victims)
+
+
+def _unit_body(request_id: str, action: str, unit: str, member: str, **fields: Any) -> bytes:
+    document = {
+        "schemaVersion": 1,
+        "requestId": request_id,
+        "action": action,
+        "target": {"type": "administrativeUnit", "id": unit},
+        "member": {"id": member, "type": "user"},
+        "source": {"system": "ticketing", "reference": request_id[:256]},
+        **fields,
+    }
+    return json.dumps(document).encode()
+
+
+def _future(graph: GraphDouble, rng: random.Random, n: int, unit: str) -> list[Planned]:
+    """An add dated in the future (a producer's clock ahead, or a forged date at the domain's end), and a remove
+    for the same member and unit that arrives after the add: the add counts as made when it arrived."""
+    member = guid(rng)
+    graph.add_user(member)
+    if rng.random() < 0.5:
+        _seed_member(graph, unit, member)
+    ahead = rng.choice(
+        [
+            _z(EPOCH + timedelta(hours=1)),
+            _z(EPOCH + timedelta(seconds=rng.uniform(3600, 30 * 86400))),
+            "2099-12-31T23:59:59.999999Z",
+        ]
+    )
+    add = _unit_body(f"soak-{n}-add", "add", unit, member, requestedAt=ahead)
+    remove = _unit_body(f"soak-{n}-remove", "remove", unit, member)
+    path = f"(?:{unit})"
+    return [
+        Planned(f"m-{n}-add", f"soak-{n}-add", "future_add", unit, member, add, path),
+        Planned(
+            f"m-{n}-remove", f"soak-{n}-remove", "future_remove", unit, member, remove, path, delay=rng.uniform(1, 900)
+        ),
+    ]
+
+
+def _edge(graph: GraphDouble, rng: random.Random, n: int, unit: str, expected: dict[str, set[str]]) -> Planned:
+    """An add or a remove dated at the domain's edges (inside it), or an add expiring at its far end."""
+    member = guid(rng)
+    graph.add_user(member)
+    variant = rng.choice(["add", "remove", "timebound"])
+    fields: dict[str, str] = {"requestedAt": rng.choice(EDGE_REQUESTED)}
+    if variant == "remove":
+        _seed_member(graph, unit, member)
+    elif variant == "add":
+        expected[unit].add(member)
+    else:  # its removal runs at the domain's end: the run's virtual clock jumps there
+        fields["expiresAt"] = rng.choice(EDGE_EXPIRES)
+    action = "remove" if variant == "remove" else "add"
+    raw = _unit_body(f"soak-{n}", action, unit, member, **fields)
+    return Planned(f"m-{n}", f"soak-{n}", f"edge_{variant}", unit, member, raw, f"(?:{unit})")
+
+
+def _forged(
+    graph: GraphDouble,
+    rng: random.Random,
+    n: int,
+    unit: str,
+    expected: dict[str, set[str]],
+    adds: list[str],
+    victims: set[str],
+    start: datetime,
+) -> list[Planned]:
+    """An add carrying internal properties a producer may not set; half of them with a remove made an hour before
+    the add arrived (believing the forged arrivedAt would make the add the older intent)."""
+    member = guid(rng)
+    graph.add_user(member)
+    expected[unit].add(member)
+    forged: dict[str, str | int] = {
+        "attempt": FORGED_ATTEMPT,
+        "firstAttemptAt": FORGED_TIME,
+        "arrivedAt": FORGED_TIME,
+        "originalMessageId": f"m-{rng.randrange(max(n, 1))}",
+        "hrEvent": FORGED_HR_EVENT,
+        "bulkJob": FORGED_JOB,
+        "jobRow": n + 1,
+        "jobRows": 1_000_000,
+        "seal": "v1." + "".join(rng.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", k=43)),
+    }
+    if adds:
+        forged["expiryOf"] = victim = rng.choice(adds)
+        victims.add(victim)
+    properties = {name: value for name, value in forged.items() if rng.random() < 0.6}
+    raced = rng.random() < 0.5
+    if raced:
+        properties["arrivedAt"] = FORGED_TIME
+    add = _unit_body(f"soak-{n}", "add", unit, member)
+    path = f"(?:{unit})"
+    planned = [Planned(f"m-{n}", f"soak-{n}", "forged", unit, member, add, path, properties=properties)]
+    if raced:
+        made = _z(start + timedelta(seconds=rng.uniform(0, 3600)))  # before the add arrived
+        remove = _unit_body(f"soak-{n}-remove", "remove", unit, member, requestedAt=made)
+        planned.append(Planned(f"m-{n}-remove", f"soak-{n}-remove", "forged_remove", unit, member, remove, path))
+    return planned
+
+
+def _squat(rng: random.Random, n: int, unit: str, messages: list[Planned]) -> Planned:
+    """A message taking an id the app derives: its request id one of the app's (``~…``), its MessageId the one the
+    app would derive for an earlier message's retry copy or a time-bound grant's expiry removal (else its own)."""
+    earlier = [m for m in messages if m.kind not in ("hostile", "squat")]
+    message_id = f"m-{n}"
+    if earlier:
+        victim = rng.choice(earlier)
+        timebound = [m for m in earlier if m.kind == "timebound"]
+        if timebound and rng.random() < 0.3:
+            message_id = _expiry_message_id(rng.choice(timebound))
+        else:
+            body_hash = hashlib.sha256(victim.body).hexdigest()
+            message_id = derived_message_id("retry", victim.message_id, body_hash, "", suffix=str(rng.randint(2, 4)))
+    if message_id in {m.message_id for m in messages}:  # squatted already: a second would be a dropped duplicate
+        message_id = f"m-{n}"
+    request_id = rng.choice([f"~expire:soak-{n}", f"~hr:evt-{n}:0123456789abcdef", f"~drift-add:soak-{n}"])
+    raw = _unit_body(request_id, "add", unit, guid(rng))
+    return Planned(message_id, f"soak-{n}-squat", "squat", unit, "", raw, f"(?:{unit})")
+
+
+def _expiry_message_id(planned: Planned) -> str:
+    """The MessageId (before the app keys it) of a time-bound grant's expiry removal."""
+    command = parse_grant(planned.body)
+    removal = expiry_removal(command.target, command.member.id, of=intent_of(command, arrived_at=EPOCH))
+    return derived_message_id("expire", removal.request_id, content_hash(removal))
+
+
+def _z(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _race(
@@ -322,6 +519,24 @@ class SoakSender:
         await self._sender.schedule(**kwargs)
         if current is not None:
             current.scheduled = True
+        await self._maybe_replay(**kwargs)
+
+    async def _maybe_replay(
+        self, *, body: bytes, message_id: str, application_properties: Mapping[str, Any], **kwargs: Any
+    ) -> None:
+        """A producer who saw this sealed message sends it again, seal and properties included, under another
+        MessageId (one in ten, seeded by the MessageId)."""
+        if SEAL not in application_properties or random.Random(f"{self._soak.seed}|{message_id}").random() >= 0.1:
+            return
+        replay_id = f"{message_id[:100]}-replay"
+        try:
+            request_id = str(json.loads(body)["requestId"])
+        except (ValueError, KeyError, TypeError):
+            return
+        self._soak.replays[replay_id] = request_id
+        await self._sender.schedule(
+            body=body, message_id=replay_id, application_properties=application_properties, **kwargs
+        )
 
 
 class SoakActions:
@@ -378,7 +593,7 @@ class SoakFunction:
         fault = _choose(rng)
         planned = self._planned(receivedmessage)
         current = Invocation(fault)
-        if fault is not None and planned is not None and planned.kind != "hostile":  # hostile never reaches Graph
+        if fault is not None and planned is not None and planned.kind not in ("hostile", "squat"):  # never in Graph
             self._inject(fault, planned, rng, current)
         token = _invocation.set(current)
         try:
@@ -405,7 +620,7 @@ class SoakFunction:
     def _inject(self, fault: str, planned: Planned, rng: random.Random, current: Invocation) -> None:
         """Arm `fault` for this delivery's Graph write (matched by container and member)."""
         write: dict[str, Any] = {"path": planned.path, "body": planned.member}
-        if planned.kind.startswith("remove"):
+        if planned.kind.startswith("remove") or planned.kind.endswith("_remove"):
             write = {"method": "DELETE", "path": f"{planned.path}.*{planned.member}"}
         else:
             write["method"] = "POST"
@@ -464,10 +679,13 @@ class LogScan(logging.Handler):
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
         self.lines = 0
         self.leaks: list[str] = []
+        self.escaped: list[str] = []  # invocations that raised something other than an injected crash
 
     def emit(self, record: logging.LogRecord) -> None:
         text = self.format(record)
         self.lines += 1
+        if record.name == "grants_local.host" and record.exc_info and not isinstance(record.exc_info[1], Crash):
+            self.escaped.append(text[-300:])
         secrets = [self._tokens.header_secret, *self._tokens.issued_tokens]
         if any(secret in text for secret in secrets) or "Bearer " in text:
             self.leaks.append(text[:300])
@@ -513,12 +731,23 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
         queue = LocalQueue(clock=clock)
         rng = random.Random(f"{seed}|producer")
         for planned in soak.messages:
-            queue.send(planned.body, message_id=planned.message_id, content_type="application/json")
+            at = EPOCH + timedelta(seconds=planned.delay) if planned.delay else None
+
+            def send(message_id: str, planned: Planned = planned, at: datetime | None = at) -> None:
+                queue.send(
+                    planned.body,
+                    message_id=message_id,
+                    application_properties=planned.properties,
+                    content_type="application/json",
+                    scheduled_enqueue_time=at,
+                )
+
+            send(planned.message_id)
             if rng.random() < 0.02:  # the producer sends it again: duplicate detection drops it
-                queue.send(planned.body, message_id=planned.message_id, content_type="application/json")
+                send(planned.message_id)
                 soak.duplicates_same_id += 1
             if rng.random() < 0.02:  # the producer sends the same request again under a new MessageId
-                queue.send(planned.body, message_id=planned.message_id + "-again", content_type="application/json")
+                send(planned.message_id + "-again")
                 soak.duplicates_new_id += 1
         settings = Settings.from_env(
             {"GRAPH_BASE_URL": graph.base_url, "GRANTS_SETTLEMENT_TIMEOUT_SECONDS": str(SETTLEMENT_DEADLINE_SECONDS)}
@@ -538,7 +767,7 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
         virtual_start = clock()
         await host.drain()
         recorder = app.recorder
-        report = check(soak, graph, queue, recorder.records, scan)
+        report = check(soak, graph, queue, recorder.records, scan, await ledger_facts(soak, app.services.ledger))
         report.numbers.update(
             seed=seed,
             messages=count,
@@ -555,16 +784,49 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
         return report
 
 
-def check(soak: Soak, graph: GraphDouble, queue: LocalQueue, records: list[Mapping[str, Any]], scan: LogScan) -> Report:
-    """The invariants, from the outcome records, the queue, the Graph double's state and request log."""
-    by_request = {planned.request_id: planned for planned in soak.messages}
+async def ledger_facts(soak: Soak, ledger: Ledger) -> dict[str, int]:
+    """What the ledger holds that no producer may have written: rows of the job and HR event only forged properties
+    named, and removals noted on requests that only a forged ``expiryOf`` named."""
+    job = await ledger.group("job", FORGED_JOB)
+    event = await ledger.group("hrEvent", FORGED_HR_EVENT)
+    noted = 0
+    for request_id in sorted(soak.expiry_victims):
+        status = await ledger.status(request_id)
+        noted += status is not None and status.removal is not None
+    return {"forged_rows": len(job.rows) + len(event.rows), "forged_removals": noted}
+
+
+def check(
+    soak: Soak,
+    graph: GraphDouble,
+    queue: LocalQueue,
+    records: list[Mapping[str, Any]],
+    scan: LogScan,
+    facts: Mapping[str, int] | None = None,
+) -> Report:
+    """The invariants, from the outcome records, the queue, the Graph double's state and request log, and what the
+    ledger holds (`ledger_facts`)."""
+    facts = facts or {"forged_rows": 0, "forged_removals": 0}
+    replays = [
+        Planned(message_id, message_id, "replay", "", "", b"", "")
+        for message_id, request_id in soak.replays.items()
+        if request_id.startswith("~")  # an expiry removal's copy: refused; a producer's request again is counted as it
+    ]
+    by_request = {planned.request_id: planned for planned in [*soak.messages, *replays]}
     # a body that is not JSON has no readable requestId: its record is found by the producer's MessageId
-    request_of = {planned.message_id: planned.request_id for planned in soak.messages}
+    request_of = {planned.message_id: planned.request_id for planned in [*soak.messages, *replays]}
     request_of.update({f"{planned.message_id}-again": planned.request_id for planned in soak.messages})
     terminal: dict[str, list[str]] = defaultdict(list)
     descriptions: dict[tuple[str, str], str] = {}
+    forged_ids = {planned.message_id for planned in soak.messages if planned.properties}
+    forged_attempts = forged_first = 0
     for record in list(records):  # a late settlement may append from its thread
+        if str(record.get("originalMessageId")) in forged_ids:
+            forged_attempts += int(record.get("attempts") or 0) >= FORGED_ATTEMPT
+            forged_first += str(record.get("firstAttemptAt") or "9999") < EPOCH.isoformat()
         request_id = record.get("requestId") or request_of.get(str(record.get("originalMessageId")))
+        if str(record.get("originalMessageId")) in soak.replays and str(request_id).startswith("~"):
+            request_id = str(record.get("originalMessageId"))  # a replayed ~ copy: refused as a producer's
         if record.get("terminal") and request_id in by_request:
             reason = record.get("reason")
             outcome = f"dead_lettered:{reason}" if record["outcome"] == "dead_lettered" else str(record["outcome"])
@@ -577,6 +839,7 @@ def check(soak: Soak, graph: GraphDouble, queue: LocalQueue, records: list[Mappi
             terminal[str(request_id)].append(f"dead_lettered:{MAX_DELIVERY_COUNT_EXCEEDED}")
     outcomes: Counter[str] = Counter(outcome for values in terminal.values() for outcome in values)
     reached = sum(1 for planned in soak.messages if terminal.get(planned.request_id))
+    replays_ended = sum(1 for planned in replays if terminal.get(planned.request_id))
     not_allowed = [
         (request_id, outcome)
         for request_id, values in terminal.items()
@@ -623,6 +886,16 @@ def check(soak: Soak, graph: GraphDouble, queue: LocalQueue, records: list[Mappi
     n = len(soak.messages)
     invariants = [
         ("every request reached a terminal state", str(n), str(reached), reached == n),
+        (
+            "every replayed ~ copy reached a terminal state",
+            str(len(replays)),
+            str(replays_ended),
+            replays_ended == len(replays),
+        ),
+        ("no outcome counts a forged attempt", "0", str(forged_attempts), forged_attempts == 0),
+        ("no outcome dates a forged first attempt", "0", str(forged_first), forged_first == 0),
+        ("no job or HR event row written by a non-row", "0", str(facts["forged_rows"]), facts["forged_rows"] == 0),
+        ("no removal noted by a forged expiryOf", "0", str(facts["forged_removals"]), facts["forged_removals"] == 0),
         ("every terminal outcome is one its message allows", "0", str(len(not_allowed)), not not_allowed),
         ("every Service Bus message settled exactly once", str(accepted), str(settled), accepted == settled),
         ("final membership equals the plan (pairs wrong)", "0", str(wrong_membership), wrong_membership == 0),
@@ -643,9 +916,12 @@ def check(soak: Soak, graph: GraphDouble, queue: LocalQueue, records: list[Mappi
         ("highest delivery count <= MaxDeliveryCount", "<= 10", str(deepest), deepest <= 10),
         ("nothing left in the queue", "0", str(left), left == 0),
         ("log lines with a token or secret", "0", str(len(scan.leaks)), not scan.leaks),
+        ("invocations raising other than an injected crash", "0", str(len(scan.escaped)), not scan.escaped),
     ]
     numbers: dict[str, Any] = {
         "requests_with_more_than_one_terminal_outcome": more_than_one,
+        "replays": len(soak.replays),
+        "kinds": dict(Counter(planned.kind for planned in soak.messages)),
         "dead_letter_reasons": dict(reasons),
         "queue": {
             "sent": stats.sent,
@@ -656,7 +932,11 @@ def check(soak: Soak, graph: GraphDouble, queue: LocalQueue, records: list[Mappi
             "locks_expired": stats.locks_expired,
         },
         "not_allowed_examples": [(*key, descriptions.get(key, "")) for key in not_allowed[:5]],
+        "not_terminal_examples": [
+            (planned.request_id, planned.kind) for planned in soak.messages if not terminal.get(planned.request_id)
+        ][:5],
         "leak_examples": scan.leaks[:3],
+        "escaped_examples": scan.escaped[:3],
         "graph_faults_not_consumed": graph.pending_faults,
     }
     return Report(invariants=invariants, faults=soak.faults, outcomes=outcomes, numbers=numbers)

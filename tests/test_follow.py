@@ -12,6 +12,7 @@ import io
 import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,7 @@ async def test_history_shows_a_joiner_a_mover_and_a_leaver_in_order(hr_run: Call
     newest intent first, each with who asked, the employee, the outcome and Graph's request id; a target's history
     lists only its own; since narrows to the leaver."""
     hr: Hr = await hr_run()
+    hr.run.clock.advance_to(datetime(2026, 12, 1, tzinfo=UTC).timestamp())  # they arrive after they happened
     await hr.publish("evt-join", "hire", "2026-11-02T09:00:00Z", location="EMEA", jobCode="HD1")
     await hr.run.app.drain()
     await hr.publish(

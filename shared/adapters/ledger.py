@@ -77,6 +77,7 @@ __all__ = [
     "table_key",
 ]
 
+_log = logging.getLogger(__name__)
 #: How long a lease lasts: longer than one Graph write can take (the service stops writing before it ends).
 LEASE_FOR: Final = timedelta(seconds=120)
 #: How long a write whose outcome is unknown may still land (Graph gives no bound: a write it has not applied in
@@ -417,7 +418,8 @@ class Ledger:
         return list(found.values())
 
     async def due_removals(self, *, now: datetime, limit: int = 1000) -> list[tuple[str, PairState]]:
-        """Pairs whose pending removal is due at `now` (at most `limit`): one filtered scan of the table.
+        """Pairs whose pending removal is due at `now` (at most `limit`): one filtered scan of the table; a record
+        that cannot be read as a pair's is logged and skipped.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
@@ -425,7 +427,10 @@ class Ledger:
         found: list[tuple[str, PairState]] = []
         try:
             async for entity in self._table.query_entities(query, parameters={"row": _PAIR_ROW, "now": now}):
-                found.append((entity["pair"], _pair_state(entity)))
+                try:
+                    found.append((entity["pair"], _pair_state(entity)))
+                except (KeyError, TypeError, ValueError) as error:  # not a record the app wrote: reported, skipped
+                    _log.error("expiry sweep: skipped the unreadable record of %s (%r)", entity.get("pair"), error)
                 if len(found) >= limit:
                     break
         except AzureError as error:

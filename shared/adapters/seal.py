@@ -11,8 +11,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 
-from shared.core.messaging import SEAL, Delivery, MessageSender
-from shared.core.seal import seal, verify
+from shared.core.errors import Reason, TransientError
+from shared.core.messaging import RESUBMISSION, RESUBMITTED_FROM, SEAL, Delivery, MessageSender
+from shared.core.seal import keyed_message_id, seal, verify
 
 __all__ = ["Sealer", "SealingSender"]
 
@@ -26,11 +27,18 @@ class Sealer:
         self._lock = asyncio.Lock()
 
     async def keys(self) -> Sequence[bytes]:
-        """The keys (raises `TransientError(LedgerUnavailable)` while the ledger cannot give them)."""
+        """The keys (raises `TransientError(LedgerUnavailable)` while the ledger cannot give them, or gives none
+        that can be read: an operator's rotation that wrote something other than base64)."""
         if self._keys is None:
             async with self._lock:
                 if self._keys is None:
-                    self._keys = tuple(await self._fetch())
+                    try:
+                        keys = tuple(await self._fetch())
+                    except (ValueError, TypeError) as error:  # binascii.Error is a ValueError
+                        raise _unreadable(f"{type(error).__name__}: {error}") from error
+                    if not keys:
+                        raise _unreadable("it holds no key")
+                    self._keys = keys
         return self._keys
 
     async def sealed(
@@ -40,22 +48,28 @@ class Sealer:
         keys = await self.keys()
         return {**properties, SEAL: seal(key=keys[0], message_id=message_id, body=body, properties=properties)}
 
+    async def message_id(self, message_id: str) -> str:
+        """`message_id` as the app sends it (`keyed_message_id`: a derived id keyed under the newest key)."""
+        return keyed_message_id(key=(await self.keys())[0], message_id=message_id)
+
     async def trusted(self, delivery: Delivery, *, job_properties: bool = False) -> Delivery:
         """`delivery` as the app believes it (`Delivery.trusted`): its internal properties kept only when sealed.
-        A message with no seal at all is a producer's, and needs no key."""
+        A message with no seal at all is a producer's, and needs no key. A `dlq resubmit` copy of a message the app
+        sealed carries that seal and the dead letter's MessageId (`RESUBMITTED_FROM`): it checks out against that
+        id (the same body and properties: the app's own message, carried again, its attempts counted afresh)."""
         if delivery.application_property(SEAL) is None:
             return delivery.trusted(sealed=False, job_properties=job_properties)
-        sealed = verify(
-            keys=await self.keys(),
-            message_id=delivery.message_id,
-            body=delivery.body,
-            properties=delivery.application_properties,
-        )
-        return delivery.trusted(sealed=sealed, job_properties=job_properties)
+        keys, body, properties = await self.keys(), delivery.body, delivery.application_properties
+        if verify(keys=keys, message_id=delivery.message_id, body=body, properties=properties):
+            return delivery.trusted(sealed=True, job_properties=job_properties)
+        source = delivery.text_property(RESUBMITTED_FROM) if delivery.application_property(RESUBMISSION) else None
+        restarted = source is not None and verify(keys=keys, message_id=source, body=body, properties=properties)
+        return delivery.trusted(sealed=restarted, job_properties=job_properties, restarted=restarted)
 
 
 class SealingSender:
-    """A `MessageSender` that seals every message it sends (`Sealer.sealed`) before `sender` sends it."""
+    """A `MessageSender` that keys every derived MessageId (`Sealer.message_id`) and seals every message it sends
+    (`Sealer.sealed`) before `sender` sends it."""
 
     def __init__(self, sender: MessageSender, sealer: Sealer) -> None:
         self._sender = sender
@@ -69,7 +83,8 @@ class SealingSender:
         application_properties: Mapping[str, str | int],
         scheduled_enqueue_time: datetime,
     ) -> None:
-        """Seal the message, then send it (deliverable at `scheduled_enqueue_time`)."""
+        """Key a derived MessageId and seal the message, then send it (deliverable at `scheduled_enqueue_time`)."""
+        message_id = await self._sealer.message_id(message_id)
         await self._sender.schedule(
             body=body,
             message_id=message_id,
@@ -83,3 +98,9 @@ class SealingSender:
         close = getattr(self._sender, "close", None)
         if close is not None:
             await close()
+
+
+def _unreadable(why: str) -> TransientError:
+    return TransientError(
+        Reason.LEDGER_UNAVAILABLE, f"the app's seal key in the grant ledger (row app/seal) cannot be read: {why}"
+    )

@@ -17,8 +17,9 @@ An event (JSON object; other fields are ignored)::
   messages' ``requestedAt`` (else the time the event was enqueued), so of two HR intents for one target the later
   wins. ``effectiveDate`` too lies in the domain (`shared.core.times`); the event's JSON is read as a grant
   message's is (no key twice).
-- Each grant message has requestId = MessageId ``~hr:<eventId>:<first 16 hex of sha256(action, target,
-  member)>`` (the app's own namespace: no producer can send one): two people under one eventId get different ids,
+- Each grant message has requestId (and MessageId, keyed as the app sends it) ``~hr:<eventId>:<first 16 hex of
+  sha256(action, target, member)>`` (the app's own namespace: no producer can send one): two people under one
+  eventId get different ids,
   and a replayed event the same ones (duplicate detection, then the ledger, absorbs them; a joiner replayed after
   the leaver is superseded).
 """

@@ -46,6 +46,7 @@ __all__ = [
     "MAX_REASON_CHARS",
     "ORIGINAL_MESSAGE_ID",
     "RESUBMISSION",
+    "RESUBMITTED_FROM",
     "SEAL",
     "DeadLetter",
     "Delivery",
@@ -89,6 +90,7 @@ JOB_ROW: Final = "jobRow"  # on a bulk job's or HR event's messages: this messag
 JOB_ROWS: Final = "jobRows"  # on a bulk job's or HR event's messages: how many messages the job or event sent
 SEAL: Final = "seal"  # the app's seal over the message and its internal properties (`shared.core.seal`)
 RESUBMISSION: Final = "resubmission"  # set by `dlq resubmit`: its copies' MessageIds are its own
+RESUBMITTED_FROM: Final = "resubmittedFrom"  # set by `dlq resubmit` on a sealed dead letter's copy: its MessageId
 #: The app's bookkeeping: honoured only on a message the app sealed (`Delivery.trusted`), except a bulk job's
 #: `JOB_PROPERTIES`, which `grants submit` sets on the bulk queue's messages.
 JOB_PROPERTIES: Final = (BULK_JOB, JOB_ROW, JOB_ROWS)
@@ -127,13 +129,17 @@ def attempt_of(properties: Mapping[Any, Any], delivery_count: int) -> int:
 
 
 def original_message_id(properties: Mapping[Any, Any], message_id: str | None) -> str:
-    """The producer's MessageId: `ORIGINAL_MESSAGE_ID` on a copy the app made, else the message's own."""
+    """The producer's MessageId: `ORIGINAL_MESSAGE_ID` on a copy the app made, else on a `dlq resubmit` copy of a
+    sealed message the dead letter's (`RESUBMITTED_FROM`), else the message's own."""
     value = property_of(properties, ORIGINAL_MESSAGE_ID)
+    if not value and property_of(properties, RESUBMISSION):
+        value = property_of(properties, RESUBMITTED_FROM)
     return str(value) if value else str(message_id or "")
 
 
-#: The first character of every MessageId the app derives; no producer's MessageId starts with it (request ids,
-#: bulk ``<job>:<row>`` and HR ids start with a letter or digit), so a derived id never collides with one.
+#: The first character of every MessageId the app derives; no honest producer's MessageId starts with it (request
+#: ids, bulk ``<job>:<row>`` and HR ids start with a letter or digit), and the app keys a derived id as it sends it
+#: (`shared.core.seal.keyed_message_id`), so no producer can send a message under one first.
 DERIVED_PREFIX: Final = "~"
 
 
@@ -200,30 +206,38 @@ class Delivery:
         return read_time(self.application_property(FIRST_ATTEMPT_AT)) or default
 
     def arrived_at(self, default: datetime) -> datetime:
-        """When the request's first message was enqueued: `ARRIVED_AT` on a copy the app made, else this message's
+        """When the request's first message was enqueued: `ARRIVED_AT` on a copy the app made (on a `dlq resubmit`
+        copy of a producer's message, only when not later than this message's enqueue time), else this message's
         enqueue time (the broker's), else `default`."""
-        enqueued = self.enqueued_time
-        own = read_time(self.application_property(ARRIVED_AT))
-        return own or (enqueued if enqueued is not None and enqueued.tzinfo is not None else default)
+        enqueued = self.enqueued_time if self.enqueued_time is not None and self.enqueued_time.tzinfo else None
+        stated = read_time(self.application_property(ARRIVED_AT))
+        if stated is not None and not self.own and enqueued is not None:
+            stated = min(stated, enqueued)  # a producer's copy may make its intent older, never newer
+        return stated or enqueued or default
 
-    def trusted(self, *, sealed: bool, job_properties: bool) -> Delivery:
-        """This delivery as the app believes it: with `sealed` (the app's seal checks out) as it is, marked `own`;
-        otherwise without the `INTERNAL` properties a producer may not set. Kept: a bulk job's `JOB_PROPERTIES` when
-        `job_properties` (on the bulk queue, whose senders run jobs), and on a `dlq resubmit` copy its
-        `ORIGINAL_MESSAGE_ID` (so the ledger knows it for the same request again: at most it carries that request
-        out once more, as recorded)."""
+    def trusted(self, *, sealed: bool, job_properties: bool, restarted: bool = False) -> Delivery:
+        """This delivery as the app believes it: with `sealed` (the app's seal checks out) as it is, marked `own`
+        (`restarted`, a `dlq resubmit` copy of a sealed message: without its `ATTEMPT` and `FIRST_ATTEMPT_AT`, it
+        counts its attempts again); otherwise without the `INTERNAL` properties a producer may not set. Kept: a bulk
+        job's `JOB_PROPERTIES` when `job_properties` (on the bulk queue, whose senders run jobs), and on a `dlq
+        resubmit` copy its `ORIGINAL_MESSAGE_ID` and `ARRIVED_AT` (so the ledger knows it for the same request
+        again, as first made: at most it carries that request out once more, and never as a newer intent)."""
         if sealed:
-            return replace(self, own=True)
+            reset = {ATTEMPT, FIRST_ATTEMPT_AT} if restarted else set()
+            return replace(self, application_properties=self._without(reset), own=True)
         kept: tuple[str, ...] = JOB_PROPERTIES if job_properties else ()
         if self.application_property(RESUBMISSION):  # an operator's `dlq resubmit`: the request it carries again
-            kept = (*kept, ORIGINAL_MESSAGE_ID)
+            kept = (*kept, ORIGINAL_MESSAGE_ID, ARRIVED_AT)
         names = {name for name in INTERNAL if name not in kept} | {SEAL}
-        properties = {
+        return replace(self, application_properties=self._without(names), own=False)
+
+    def _without(self, names: set[str]) -> Mapping[Any, Any]:
+        """The application properties but `names` (keys as str or bytes)."""
+        return {
             key: value
             for key, value in self.application_properties.items()
             if (key.decode() if isinstance(key, bytes) else key) not in names
         }
-        return replace(self, application_properties=properties, own=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -38,6 +38,7 @@ from shared.core.messaging import (
     outcome_event_id,
 )
 from shared.core.statuses import Settled, Status, StatusRecord
+from shared.core.times import intent_time
 
 __all__ = [
     "accepted_status",
@@ -86,8 +87,9 @@ def grant_status(
 ) -> StatusRecord:
     """The status record of one attempt of a grant delivery (started at `started`, ended `settled` at `finished`).
 
-    ``firstAttemptAt`` is the message's ``firstAttemptAt`` on a retry, else `started`; ``intentAt`` is the
-    command's ``requestedAt``, else when the first attempt started (else the message's enqueue time)."""
+    ``firstAttemptAt`` is the message's ``firstAttemptAt`` on a retry, else `started`; ``intentAt`` is when the
+    intent counts as made, as the ledger orders it (`intent_time`: the command's ``requestedAt`` unless that is later
+    than the request's first arrival); ``requestedAt`` stays the producer's own, for the audit."""
     first = delivery.first_attempt_at(started) if delivery.attempt > 1 else started
     fields: dict[str, Any] = {}
     requested_at = None
@@ -114,7 +116,7 @@ def grant_status(
         last_attempt_at=finished,
         next_retry_at=next_retry_at,
         requested_at=requested_at,
-        intent_at=requested_at or delivery.first_attempt_at(delivery.enqueued_time or started),
+        intent_at=intent_time(requested_at, arrived_at=delivery.arrived_at(started)),
         job_id=delivery.text_property(BULK_JOB),
         hr_event_id=delivery.text_property(HR_EVENT),
         job_row=_count(delivery.application_property(JOB_ROW)),
@@ -125,12 +127,13 @@ def grant_status(
 
 
 def accepted_status(command: GrantCommand, *, received: datetime, status: Status = Status.ACCEPTED) -> StatusRecord:
-    """The status record of a request just queued (at `received`): `status`, what it asks, and who asked."""
+    """The status record of a request just queued (at `received`): `status`, what it asks, who asked, and when the
+    intent counts as made (its ``requestedAt``, unless that is later than `received`)."""
     return StatusRecord(
         request_id=command.request_id,
         status=status,
         requested_at=command.requested_at,
-        intent_at=command.requested_at or received,
+        intent_at=intent_time(command.requested_at, arrived_at=received),
         **target_fields(command),
     )
 

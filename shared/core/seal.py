@@ -8,6 +8,10 @@ present (names and values as text), under a key only the app holds (`shared.adap
 A message whose seal does not check out is a producer's, whatever its properties claim
 (`shared.core.messaging.Delivery.trusted`). The seal binds the properties to that MessageId and that body: they
 cannot be moved to another message, nor the body swapped.
+
+The MessageIds the app derives (``~<kind>:…``: retry copies, expiry removals, the sweep's, HR grants, the webhook's)
+are keyed too (`keyed_message_id`): a producer who can work out such an id (from a ticket it knows) and sends a
+message under it first would otherwise have Service Bus's duplicate detection drop the app's own message.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from shared.core.messaging import INTERNAL, SEAL, property_of
+from shared.core.messaging import DERIVED_PREFIX, INTERNAL, SEAL, property_of
 
-__all__ = ["SEAL_VERSION", "seal", "verify"]
+__all__ = ["SEAL_VERSION", "keyed_message_id", "seal", "verify"]
 
 SEAL_VERSION: Final = "v1"
 
@@ -47,3 +51,13 @@ def verify(*, keys: Sequence[bytes], message_id: str | None, body: bytes, proper
         hmac.compare_digest(value, seal(key=key, message_id=message_id, body=body, properties=properties))
         for key in keys
     )
+
+
+def keyed_message_id(*, key: bytes, message_id: str) -> str:
+    """A MessageId the app derived (``~…``) as it is sent: its first 100 characters, ``~`` and 24 hex digits of an
+    HMAC-SHA256 of the whole id under `key` (at most 125 characters; the same id and key, the same result, so
+    duplicate detection still absorbs the app's own resends). Any other id is returned as it is."""
+    if not message_id.startswith(DERIVED_PREFIX):
+        return message_id
+    mac = hmac.new(key, b"message-id\x1f" + message_id.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return f"{message_id[:100]}{DERIVED_PREFIX}{mac.hexdigest()[:24]}"
