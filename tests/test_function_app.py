@@ -161,12 +161,17 @@ async def test_a_crash_after_graph_succeeded_is_redelivered_and_already_member(
     assert [r.status for r in graph.requests if r.method == "POST"] == [204, 400]
 
 
-async def test_a_copy_that_cannot_be_sent_abandons_the_original(harness: LocalApp, graph: GraphDouble) -> None:
+async def test_a_copy_that_cannot_be_sent_leaves_the_original_to_its_lock_expiry(
+    harness: LocalApp, graph: GraphDouble
+) -> None:
+    """Not abandoned (delivered again at once, so an outage would spend MaxDeliveryCount in seconds): no settlement
+    call, the lock expires and the redelivery grants."""
     graph.inject(Fault.status(503))
     harness.sender.fail_next(1)
     harness.queue.send(grant(), message_id="m-1")
     await harness.host().drain()
-    assert harness.calls()[0] == "Abandon"
+    assert harness.calls() == ["Complete"]
+    assert (harness.queue.stats.locks_expired, harness.queue.stats.abandoned) == (1, 0)
     assert harness.outcomes()["m-1"]["outcome"] == "granted"
     assert graph.members_of(AU) == {USER}
 

@@ -213,12 +213,6 @@ async def instance(app: App, *, endpoint: str) -> AsyncIterator[LocalApp]:
         yield other
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: an instance that has not read the seal key yet (cold, or no sealed message so far) and cannot "
-    "read it abandons every delivery at once (no retry copy can be sealed), so a ledger outage then dead-letters "
-    "messages MaxDeliveryCountExceeded within seconds",
-)
 async def test_a_fresh_instance_whose_ledger_is_down_does_not_dead_letter_what_it_receives(
     app: App, azurite: AzuriteTables
 ) -> None:

@@ -50,7 +50,8 @@ class Status(StrEnum):
     DELIVERED = "delivered"  # a callback the receiver answered 2xx
     SKIPPED = "skipped"  # a callback event with no callback URL
     ABANDONED = "abandoned"  # not terminal: Service Bus delivers the message again
-    UNSETTLED = "unsettled"  # not terminal: the host did not answer the settlement call in time
+    UNSETTLED = "unsettled"  # not terminal: left to its lock expiry (a transient failure no copy could retry, or a
+    # settlement call the host did not answer in time); Service Bus delivers it again when the lock expires
 
     @property
     def pending(self) -> bool:

@@ -8,8 +8,10 @@ record are made). `settle` climbs one ladder:
 - `PermanentError`: ``deadletter`` with its reason code and a description for a person;
 - `TransientError`: the retry policy decides. Give up: ``deadletter``. Retry: send a **copy** (attempt + 1, the
   ending's MessageId, deliverable at now + delay) *then* ``complete`` the original, so that a crash in between
-  duplicates the work instead of losing it; a copy that cannot be sent, or an ending without retry copies:
-  ``abandon`` (Service Bus delivers it again; its MaxDeliveryCount is the backstop);
+  duplicates the work instead of losing it; a copy that cannot be sent (the queue or the seal's key is out of
+  reach), or an ending without retry copies: left ``unsettled``, so that Service Bus delivers it again when its
+  lock expires (the lock duration is the delay: an outage of the ledger or the queue spends MaxDeliveryCount
+  deliveries in that many lock durations, not in seconds, as ``abandon`` would);
 - any other exception (a bug): ``abandon``, logged with its stack; never ``complete``.
 
 With a status record (a grant's), a terminal end is first announced: its outcome event published (with an outcomes
@@ -306,13 +308,9 @@ async def _retry(
 ) -> tuple[Settled, Settlement]:
     """Send the retry copy; then the original is to be completed (or abandoned, when no copy was sent)."""
     if ending.retry is None:  # the delivery's own redelivery is its retry
-        return _abandoned(error, attempt, "Service Bus will redeliver the message."), functools.partial(
-            abandon, actions, delivery
-        )
+        return _left(error, attempt, "Its redelivery is its retry"), _leave
     if not await _send_copy(delivery, ending, first_attempt_at, when, attempt):
-        return _abandoned(error, attempt, "The retry copy could not be sent; Service Bus will redeliver."), (
-            functools.partial(abandon, actions, delivery)
-        )
+        return _left(error, attempt, "The retry copy could not be sent"), _leave
     settled = Settled(
         outcome=Status.RETRY_SCHEDULED,
         reason=error.reason.value,
@@ -348,13 +346,19 @@ async def _send_copy(
     return True
 
 
-def _abandoned(error: TransientError, attempt: int, then: str) -> Settled:
+def _left(error: TransientError, attempt: int, why: str) -> Settled:
     return Settled(
-        outcome=Status.ABANDONED,
+        outcome=Status.UNSETTLED,
         reason=error.reason.value,
-        description=f"{sentence(error.description)} {then}",
+        description=f"{sentence(error.description)} {why}: the message is left to its lock expiry, and Service Bus "
+        "delivers it again then.",
         attempts=attempt,
     )
+
+
+async def _leave(*, deadline: float) -> None:
+    """No settlement call: the delivery's lock expires and Service Bus delivers it again after the lock duration."""
+    del deadline
 
 
 async def _within(
