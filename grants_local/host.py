@@ -3,8 +3,10 @@
 It does what the Functions host does for our trigger, with real parts where they can run here: the
 message is decoded by the extension's own `ServiceBusConverter` into a real `ServiceBusReceivedMessage`,
 and the real `ServiceBusMessageActions` settles over gRPC against `LocalSettlementServer`. Up to
-`concurrency` invocations run at once (host.json's ``maxConcurrentCalls``). An invocation that raises
-leaves its lock to expire, so the message is redelivered, as in Azure.
+`concurrency` invocations run at once (host.json's ``maxConcurrentCalls``). While an invocation runs its lock is
+renewed, for at most `max_lock_renewal` seconds (host.json's ``maxAutoLockRenewalDuration``), so that time moved
+by other invocations' waits never takes a running invocation's message away. An invocation that ends without
+settling, or raises, leaves its lock to expire, so the message is redelivered.
 
 Outcomes are read the way an operator reads them in Azure: from the ``shared.outcome`` log records.
 """
@@ -26,6 +28,9 @@ from shared.service.settle import outcome_log
 __all__ = ["LineOutcome", "LocalHost", "OutcomeRecorder", "indexed_functions", "registered_function"]
 
 _log = logging.getLogger(__name__)
+
+#: host.json's ``maxAutoLockRenewalDuration``: how long the host renews a running invocation's lock.
+MAX_LOCK_RENEWAL_SECONDS = 300.0
 
 Function = Callable[..., Awaitable[None]]
 
@@ -108,8 +113,10 @@ class LocalHost:
         actions: Any,
         clock: Callable[[], float],
         concurrency: int = 16,
+        max_lock_renewal: float = MAX_LOCK_RENEWAL_SECONDS,
     ) -> None:
         self._queue = queue
+        self._max_lock_renewal = max_lock_renewal
         self._function = function
         self._actions = actions
         self._clock = clock
@@ -151,11 +158,14 @@ class LocalHost:
     async def _invoke(self, locked: LockedMessage) -> None:
         self.invocations += 1
         message = to_received_message(locked)
+        self._queue.renew_while_invoked(locked.lock_token, seconds=self._max_lock_renewal)
         try:
             await self._function(receivedmessage=message, message_actions=self._actions)
         except Exception:
             self.failed_invocations += 1
             _log.exception("invocation for message %s failed; its lock will expire", locked.message_id)
+        finally:
+            self._queue.stop_renewing(locked.lock_token)
 
 
 def line_outcomes(

@@ -160,6 +160,13 @@ class _Entry:
 class _Lock:
     entry: _Entry
     locked_until: float
+    renewed_until: float | None = None  # a host renews it until then (`renew_while_invoked`)
+
+    def expires_at(self, lock_duration: float) -> float:
+        """When the lock expires: renewed by a host, one lock duration after its renewals stop."""
+        if self.renewed_until is None:
+            return self.locked_until
+        return max(self.locked_until, self.renewed_until + lock_duration)
 
 
 class LocalQueue:
@@ -327,6 +334,24 @@ class LocalQueue:
             lock.locked_until = now + self._lock_duration
             return _utc(lock.locked_until)
 
+    def renew_while_invoked(self, lock_token: uuid.UUID | str, *, seconds: float) -> None:
+        """A host renews the lock while its invocation runs, for at most `seconds` from now (host.json's
+        ``maxAutoLockRenewalDuration``); `stop_renewing` when the invocation ends. Unknown locks are ignored."""
+        with self._mutex:
+            now = self._expire_locks()
+            lock = self._locks.get(_token(lock_token))
+            if lock is not None:
+                lock.renewed_until = now + seconds
+
+    def stop_renewing(self, lock_token: uuid.UUID | str) -> None:
+        """The invocation ended: the lock, if still held, lasts one lock duration from its last renewal (now)."""
+        with self._mutex:
+            now = self._expire_locks()
+            lock = self._locks.get(_token(lock_token))
+            if lock is not None and lock.renewed_until is not None:
+                lock.locked_until = max(lock.locked_until, min(now, lock.renewed_until) + self._lock_duration)
+                lock.renewed_until = None
+
     def _take_lock(self, lock_token: uuid.UUID | str) -> _Entry:
         self._expire_locks()
         lock = self._locks.pop(_token(lock_token), None)
@@ -337,7 +362,7 @@ class LocalQueue:
     def _expire_locks(self) -> float:
         now = self._clock()
         for token, lock in list(self._locks.items()):
-            if lock.locked_until <= now:
+            if lock.expires_at(self._lock_duration) <= now:
                 del self._locks[token]
                 if not lock.entry.dead_lettered:
                     self._counts["locks_expired"] += 1
@@ -454,7 +479,11 @@ class LocalQueue:
             self._expire_locks()
             candidates = [self._ready[0][0]] if self._ready else []
             if include_locks:
-                candidates += [lock.locked_until for lock in self._locks.values() if not lock.entry.dead_lettered]
+                candidates += [
+                    lock.expires_at(self._lock_duration)
+                    for lock in self._locks.values()
+                    if not lock.entry.dead_lettered
+                ]
             return min(candidates, default=None)
 
 

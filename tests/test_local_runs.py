@@ -90,7 +90,15 @@ def interrupt(args: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
             preexec_fn=_default_sigint,
         )
         try:
-            assert accepted.wait(60), "the command never reached the Graph or token endpoint"
+            waited = 0.0
+            while not accepted.wait(0.25) and process.poll() is None and waited < 60:
+                waited += 0.25
+            if not accepted.is_set():
+                process.kill()
+                out, err = process.communicate(timeout=60)
+                raise AssertionError(
+                    f"the command never reached the Graph or token endpoint (exit {process.returncode}):\n{err}{out}"
+                )
             process.send_signal(signal.SIGINT)
             out, err = process.communicate(timeout=60)
         finally:

@@ -131,6 +131,35 @@ def test_unsettled_lock_expires_and_message_is_redelivered(queue: LocalQueue, cl
     assert queue.stats.completed == 1
 
 
+def test_a_lock_renewed_while_invoked_outlives_its_duration_and_expires_one_duration_after_renewal_stops(
+    queue: LocalQueue, clock: ManualClock
+) -> None:
+    """As the host renews a running invocation's lock (up to maxAutoLockRenewalDuration): time moved by others'
+    waits never takes the message away; once the invocation ends unsettled, the lock lasts one duration more."""
+    queue.send(b"{}", message_id="m-1")
+    first = receive(queue)
+    queue.renew_while_invoked(first.lock_token, seconds=300)
+    clock.advance(200)
+    assert queue.receive() is None
+    queue.stop_renewing(first.lock_token)
+    clock.advance(59.9)
+    assert queue.receive() is None
+    clock.advance(0.1)
+    assert receive(queue).delivery_count == 2
+    assert queue.stats.locks_expired == 1
+
+
+def test_a_renewed_lock_expires_one_duration_after_the_renewal_limit(queue: LocalQueue, clock: ManualClock) -> None:
+    queue.send(b"{}", message_id="m-1")
+    first = receive(queue)
+    queue.renew_while_invoked(first.lock_token, seconds=300)
+    assert queue.next_due_time() == START + 360
+    clock.advance(360)
+    assert receive(queue).delivery_count == 2
+    with pytest.raises(LockLostError):
+        queue.complete(first.lock_token)
+
+
 def test_abandon_redelivers_at_once_with_count_incremented(queue: LocalQueue) -> None:
     """Given an abandoned delivery, it is deliverable immediately, ahead of later messages, with count 2."""
     queue.send(b"a", message_id="m-1")
