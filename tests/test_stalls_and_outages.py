@@ -4,11 +4,15 @@ does (or, marked xfail, what it should do)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from grants_local.azurite import AzuriteTables
 from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED
 from grants_local.unreachable import refusing_port
+from shared.adapters.seal import Sealer
+from shared.core.errors import Reason, TransientError
 from tests.conftest import USER_2
 from tests.test_hostile_producers import instance
 from tests.test_trust_boundary import App, app, make_app, rules_file, ticket
@@ -59,3 +63,32 @@ async def test_an_outage_of_the_ledger_longer_than_ten_lock_durations_dead_lette
         (letter.reason, letter.description) for letter in dead
     ]
     assert all(letter.reason != MAX_DELIVERY_COUNT_EXCEEDED for letter in dead)
+
+
+async def test_invocations_waiting_for_the_seal_key_share_one_read_of_a_stalled_ledger() -> None:
+    """A cold instance receives 16 deliveries while its ledger stalls (accepts, never answers: each read fails only
+    at its 30 s timeout). Every invocation needs the seal key (to check a seal or to seal its retry copy): they must
+    share the one read in flight and its failure, not queue behind it one 30 s read after another (the sixteenth
+    would wait 8 minutes, past maxAutoLockRenewalDuration, holding every slot of maxConcurrentCalls meanwhile)."""
+    stalled = asyncio.Event()
+    reads = 0
+
+    async def stalled_read() -> tuple[bytes, ...]:
+        nonlocal reads
+        reads += 1
+        await stalled.wait()
+        raise TransientError(Reason.LEDGER_UNAVAILABLE, "the grant ledger did not answer: ServiceResponseError")
+
+    sealer = Sealer(keys=stalled_read)
+    waiting = [asyncio.create_task(sealer.keys()) for _ in range(16)]
+    await asyncio.sleep(0)
+    stalled.set()  # the read times out
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, TransientError) and r.reason is Reason.LEDGER_UNAVAILABLE for r in results), results
+    assert reads == 1
+    stalled.clear()
+    later = asyncio.create_task(sealer.keys())  # a later invocation tries the ledger again
+    await asyncio.sleep(0)
+    assert reads == 2
+    later.cancel()
+    await asyncio.gather(later, return_exceptions=True)
