@@ -289,22 +289,21 @@ async def test_given_a_settlement_redelivered_after_a_crash_then_one_event_is_pu
     assert h.receiver.deliveries == 1
 
 
-async def test_given_the_event_cannot_be_published_then_the_message_is_abandoned_and_never_completed(
+async def test_given_the_event_cannot_be_published_then_the_message_is_left_to_its_lock_expiry_and_never_completed(
     make_harness: Callable[..., Any], graph: GraphDouble
 ) -> None:
     h: Harness = await make_harness()
     h.callbacks.publisher.fail_next(1000)
     h.app.queue.send(body(), message_id="m-1")
     await h.app.drain()
-    calls = h.app.calls()
-    assert set(calls) == {"Abandon"}  # never Complete without its event...
-    assert len(calls) == 10  # ...until MaxDeliveryCount: Service Bus dead-letters it, the event is still owed
+    assert h.app.calls() == []  # never Complete without its event: left to its lock expiry (no immediate abandon)...
+    assert h.app.queue.stats.locks_expired == 10  # ...until MaxDeliveryCount: Service Bus dead-letters it
     [dead] = h.app.queue.dead_letters()
     assert dead.reason == "MaxDeliveryCountExceeded"
     assert graph.members_of(AU) == {USER}  # the grant itself is idempotent: written, then found in place
     assert h.events() == []
-    abandoned = [r for r in h.app.recorder.records if r["outcome"] == "abandoned"]
-    assert "could not be published" in abandoned[0]["description"]
+    left = [r for r in h.app.recorder.records if r["outcome"] == "unsettled"]
+    assert "could not be published" in left[0]["description"]
 
 
 async def test_given_a_publish_that_fails_once_then_the_redelivery_publishes_and_completes(
@@ -314,7 +313,8 @@ async def test_given_a_publish_that_fails_once_then_the_redelivery_publishes_and
     h.callbacks.publisher.fail_next(1)
     h.app.queue.send(body(), message_id="m-1")
     await h.app.drain()
-    assert h.app.calls() == ["Abandon", "Complete"]
+    assert h.app.calls() == ["Complete"]
+    assert (h.app.queue.stats.locks_expired, h.app.queue.stats.abandoned) == (1, 0)
     [(_, properties, record)] = h.events()
     assert (properties["outcome"], record["outcome"], record["attempts"]) == ("already_member", "already_member", 2)
 

@@ -200,11 +200,11 @@ async def test_grants_job_prints_totals_and_the_failed_rows_and_exits_1(app: Loc
     assert len(asked) == 1  # an invalid id is never sent
 
 
-async def test_a_status_that_cannot_be_recorded_abandons_the_message_and_the_redelivery_records_it(
+async def test_a_status_that_cannot_be_recorded_leaves_the_message_to_its_lock_expiry_and_the_redelivery_records_it(
     app: LocalApp, monkeypatch: pytest.MonkeyPatch, graph: GraphDouble
 ) -> None:
-    """The ledger fails the terminal status write once: the message is abandoned (never completed without its
-    status), redelivered, ends already_member (no second Graph add), and the status is then recorded."""
+    """The ledger fails the terminal status write once: the message is left to its lock expiry (never completed
+    without its status), redelivered, ends already_member (no second Graph add), and the status is then recorded."""
     from shared.core.errors import Reason, TransientError
 
     ledger = app.services.ledger
@@ -220,7 +220,7 @@ async def test_a_status_that_cannot_be_recorded_abandons_the_message_and_the_red
     app.queue.send(body(requestId="r-flaky", member={"id": USER_2, "type": "user"}), message_id="m-1")
     await app.drain()
     outcomes = [record["outcome"] for record in app.recorder.records]
-    assert outcomes == ["abandoned", "already_member"]
+    assert outcomes == ["unsettled", "already_member"]
     assert "status could not be recorded" in app.recorder.records[0]["description"]
     assert USER_2 in graph.members_of(AU)
     status, _, record = await get(STATUS, "grants/r-flaky", "requestId", "r-flaky")

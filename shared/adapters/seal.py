@@ -25,21 +25,33 @@ class Sealer:
         self._fetch = keys
         self._keys: Sequence[bytes] | None = None
         self._lock = asyncio.Lock()
+        self._failed: TransientError | None = None  # the last read's failure
 
     async def keys(self) -> Sequence[bytes]:
         """The keys (raises `TransientError(LedgerUnavailable)` while the ledger cannot give them, or gives none
-        that can be read: an operator's rotation that wrote something other than base64)."""
+        that can be read: an operator's rotation that wrote something other than base64). Callers that waited for
+        a read that failed share its failure (a stalled ledger costs them one timeout, not one each in turn)."""
         if self._keys is None:
+            failed_before = self._failed
             async with self._lock:
                 if self._keys is None:
+                    if self._failed is not failed_before and self._failed is not None:
+                        raise TransientError(self._failed.reason, self._failed.description)
                     try:
-                        keys = tuple(await self._fetch())
-                    except (ValueError, TypeError) as error:  # binascii.Error is a ValueError
-                        raise _unreadable(f"{type(error).__name__}: {error}") from error
-                    if not keys:
-                        raise _unreadable("it holds no key")
-                    self._keys = keys
+                        self._keys = await self._read()
+                    except TransientError as error:
+                        self._failed = error
+                        raise
         return self._keys
+
+    async def _read(self) -> Sequence[bytes]:
+        try:
+            keys = tuple(await self._fetch())
+        except (ValueError, TypeError) as error:  # binascii.Error is a ValueError
+            raise _unreadable(f"{type(error).__name__}: {error}") from error
+        if not keys:
+            raise _unreadable("it holds no key")
+        return keys
 
     async def sealed(
         self, *, message_id: str, body: bytes, properties: Mapping[str, str | int]

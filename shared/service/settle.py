@@ -15,10 +15,12 @@ record are made). `settle` climbs one ladder:
 - any other exception (a bug): ``abandon``, logged with its stack; never ``complete``.
 
 With a status record (a grant's), a terminal end is first announced: its outcome event published (with an outcomes
-topic) and its status written to the ledger, at once; either failing turns it into ``abandon`` (a status the API
-shows as terminal is always one the message really ended with). A retry records ``retry_scheduled`` with
-``nextRetryAt`` (best-effort: the copy is queued). A duplicate, a message that could not be parsed, and one whose
-id names another request only write a status where the request id has none yet (`owner_write`).
+topic) and its status written to the ledger, at once; either failing leaves it ``unsettled``, to its lock expiry,
+as a copy that cannot be sent does (a status the API shows as terminal is always one the message really ended
+with; an outage of the ledger or the topic does not spend MaxDeliveryCount in seconds). A retry records
+``retry_scheduled`` with ``nextRetryAt`` (best-effort: the copy is queued). A duplicate, a message that could not
+be parsed, and one whose id names another request only write a status where the request id has none yet
+(`owner_write`).
 
 The settlement call is made within `deadline` seconds (`shared.adapters.settlement`): a host that does not answer
 in time leaves the delivery ``unsettled`` (not terminal, logged as a warning naming what had been decided); should
@@ -178,14 +180,14 @@ async def settle(
         failed = await _announce(
             settled, announced, status, ending, publisher=publisher, ledger=ledger, now=now, kind=ending.kind
         )
-        if failed is not None:
+        if failed is not None:  # the ledger or the topic is out of reach: wait a lock duration, as a retry would
             announced = None
-            settlement = functools.partial(abandon, actions, delivery)
+            settlement = _leave
             settled = Settled(
-                outcome=Status.ABANDONED,
+                outcome=Status.UNSETTLED,
                 reason=settled.reason,
-                description=f"{sentence(settled.description)} Its {settled.outcome} {failed}; "
-                "Service Bus will redeliver the message.",
+                description=f"{sentence(settled.description)} Its {settled.outcome} {failed}: the message is left "
+                "to its lock expiry, and Service Bus delivers it again then.",
                 attempts=settled.attempts,
             )
 
@@ -255,7 +257,7 @@ async def _announce(
     for what, result in zip(calls, results, strict=True):
         if isinstance(result, BaseException):
             _log.error(
-                "the %s %s for %s %s; abandoning it",
+                "the %s %s for %s %s; leaving it to its lock expiry",
                 settled.outcome,
                 what,
                 kind,

@@ -1,0 +1,94 @@
+"""A hostile environment, against the real parts: a ledger (Azurite) or a queue that is down or stalls, settlement
+left to lock expiry, outages longer than the queue's MaxDeliveryCount lock durations. Each test pins what the app
+does (or, marked xfail, what it should do)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from grants_local.azurite import AzuriteTables
+from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED
+from grants_local.unreachable import refusing_port
+from shared.adapters.seal import Sealer
+from shared.core.errors import Reason, TransientError
+from tests.conftest import USER_2
+from tests.test_hostile_producers import instance
+from tests.test_trust_boundary import App, app, make_app, rules_file, ticket
+
+__all__ = ["app", "make_app", "rules_file"]  # fixtures used here
+
+LOCK_DURATION = 60.0  # infra: lockDuration PT1M; the local queue's default
+
+
+async def test_an_invalid_message_waits_for_a_ledger_that_is_down_instead_of_burning_its_deliveries(
+    app: App, azurite: AzuriteTables
+) -> None:
+    """A message with a readable requestId and a field the contract does not know (dead-lettered
+    `SchemaViolation`, its status written first) reaches a fresh instance whose ledger is down: the status cannot be
+    recorded, so it must wait (left to its lock expiry, as a transient failure is), not be abandoned and delivered
+    again at once until Service Bus dead-letters it MaxDeliveryCountExceeded within seconds; once the ledger is back
+    it is dead-lettered `SchemaViolation`, with its status."""
+    app.put(ticket("BAD-1", colour="blue"), message_id="m-bad")
+    with refusing_port() as port:
+        async with instance(app, endpoint=f"http://127.0.0.1:{port}/devstoreaccount1") as cold:
+            await cold.host().drain(until=app.clock() + 5)
+    assert app.queue.dead_letters() == []
+    assert app.queue.stats.abandoned == 0
+    app.clock.advance(LOCK_DURATION + 1)
+    await app.due()
+    [dead] = app.queue.dead_letters()
+    assert dead.reason == "SchemaViolation"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (design): a delivery no copy can retry (a cold instance cannot seal one while the ledger is down) "
+    "is left to its lock expiry; an outage longer than MaxDeliveryCount (10) lock durations then ends in the "
+    "dead-letter queue as Service Bus's MaxDeliveryCountExceeded ('could not be consumed after 10 delivery "
+    "attempts'), nothing saying the ledger was out of reach. The app should dead-letter the last delivery itself "
+    "with LedgerUnavailable and a description naming the outage (it needs the queue's maxDeliveryCount as a setting, "
+    "and a dead-letter whose status cannot be recorded), or keep the message waiting",
+)
+async def test_an_outage_of_the_ledger_longer_than_ten_lock_durations_dead_letters_with_a_reason_a_person_can_act_on(
+    app: App, azurite: AzuriteTables
+) -> None:
+    app.put(ticket("LONG-1", member={"id": USER_2, "type": "user"}), message_id="m-long")
+    with refusing_port() as port:
+        async with instance(app, endpoint=f"http://127.0.0.1:{port}/devstoreaccount1") as cold:
+            await cold.host().drain(until=app.clock() + 11 * LOCK_DURATION)
+    dead = app.queue.dead_letters()
+    assert [letter.reason for letter in dead] in ([], ["LedgerUnavailable"]), [
+        (letter.reason, letter.description) for letter in dead
+    ]
+    assert all(letter.reason != MAX_DELIVERY_COUNT_EXCEEDED for letter in dead)
+
+
+async def test_invocations_waiting_for_the_seal_key_share_one_read_of_a_stalled_ledger() -> None:
+    """A cold instance receives 16 deliveries while its ledger stalls (accepts, never answers: each read fails only
+    at its 30 s timeout). Every invocation needs the seal key (to check a seal or to seal its retry copy): they must
+    share the one read in flight and its failure, not queue behind it one 30 s read after another (the sixteenth
+    would wait 8 minutes, past maxAutoLockRenewalDuration, holding every slot of maxConcurrentCalls meanwhile)."""
+    stalled = asyncio.Event()
+    reads = 0
+
+    async def stalled_read() -> tuple[bytes, ...]:
+        nonlocal reads
+        reads += 1
+        await stalled.wait()
+        raise TransientError(Reason.LEDGER_UNAVAILABLE, "the grant ledger did not answer: ServiceResponseError")
+
+    sealer = Sealer(keys=stalled_read)
+    waiting = [asyncio.create_task(sealer.keys()) for _ in range(16)]
+    await asyncio.sleep(0)
+    stalled.set()  # the read times out
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, TransientError) and r.reason is Reason.LEDGER_UNAVAILABLE for r in results), results
+    assert reads == 1
+    stalled.clear()
+    later = asyncio.create_task(sealer.keys())  # a later invocation tries the ledger again
+    await asyncio.sleep(0)
+    assert reads == 2
+    later.cancel()
+    await asyncio.gather(later, return_exceptions=True)
