@@ -169,6 +169,7 @@ def bootstrap(
     gate = IntentGate(ledger=ledger, grants=grants, now=now)
     retry_policy = retry_policy or RetryPolicy(
         max_attempts=settings.max_attempts,
+        max_deliveries=settings.max_delivery_count,
         base_delay=settings.retry_base_seconds,
         max_delay=settings.retry_max_seconds,
         member_not_found_window=settings.member_not_found_window_seconds,

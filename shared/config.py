@@ -26,6 +26,8 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "GRANTS_BULK_QUEUE": "grant-membership-bulk",
     "GRANTS_ACTIVATE_ROLES": "false",
     "GRANTS_MAX_ATTEMPTS": "8",
+    # the queues' maxDeliveryCount: the delivery a lock expiry cannot bring back is dead-lettered by the app itself
+    "GRANTS_MAX_DELIVERY_COUNT": "10",
     "GRANTS_RETRY_BASE_SECONDS": "10",
     "GRANTS_RETRY_MAX_SECONDS": "900",
     "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "600",
@@ -129,6 +131,7 @@ class Settings:
     bulk_queue: str = "grant-membership-bulk"
     activate_roles: bool = False
     max_attempts: int = 8
+    max_delivery_count: int = 10
     retry_base_seconds: float = 10.0
     retry_max_seconds: float = 900.0
     member_not_found_window_seconds: float = 600.0
@@ -189,6 +192,7 @@ class Settings:
         if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ConfigError("GRAPH_BASE_URL may use plain http only on loopback (the local Graph double)")
         max_attempts = _number(get, "GRANTS_MAX_ATTEMPTS", minimum=1, integer=True)
+        max_deliveries = _number(get, "GRANTS_MAX_DELIVERY_COUNT", minimum=1, integer=True)
         base = _number(get, "GRANTS_RETRY_BASE_SECONDS", minimum=0)
         cap = _number(get, "GRANTS_RETRY_MAX_SECONDS", minimum=0)
         window = _number(get, "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS", minimum=0)
@@ -216,6 +220,7 @@ class Settings:
             bulk_queue=get("GRANTS_BULK_QUEUE") or "grant-membership-bulk",
             activate_roles=_flag(get, "GRANTS_ACTIVATE_ROLES"),
             max_attempts=int(max_attempts),
+            max_delivery_count=int(max_deliveries),
             retry_base_seconds=base,
             retry_max_seconds=cap,
             member_not_found_window_seconds=window,

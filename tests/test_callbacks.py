@@ -289,17 +289,20 @@ async def test_given_a_settlement_redelivered_after_a_crash_then_one_event_is_pu
     assert h.receiver.deliveries == 1
 
 
-async def test_given_the_event_cannot_be_published_then_the_message_is_left_to_its_lock_expiry_and_never_completed(
+async def test_given_the_event_cannot_be_published_then_it_waits_for_its_lock_expiry_and_is_never_completed(
     make_harness: Callable[..., Any], graph: GraphDouble
 ) -> None:
     h: Harness = await make_harness()
     h.callbacks.publisher.fail_next(1000)
     h.app.queue.send(body(), message_id="m-1")
     await h.app.drain()
-    assert h.app.calls() == []  # never Complete without its event: left to its lock expiry (no immediate abandon)...
-    assert h.app.queue.stats.locks_expired == 10  # ...until MaxDeliveryCount: Service Bus dead-letters it
+    # never Complete without its event: left to its lock expiry (no immediate abandon), then on the last delivery
+    # the queue allows, dead-lettered by the app with the reason (not MaxDeliveryCountExceeded)
+    assert h.app.calls() == ["Deadletter"]
+    assert h.app.queue.stats.locks_expired == 9
     [dead] = h.app.queue.dead_letters()
-    assert dead.reason == "MaxDeliveryCountExceeded"
+    assert dead.reason == "QueueUnavailable"
+    assert "event could not be published" in (dead.description or "")
     assert graph.members_of(AU) == {USER}  # the grant itself is idempotent: written, then found in place
     assert h.events() == []
     left = [r for r in h.app.recorder.records if r["outcome"] == "unsettled"]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from grants_local.azurite import AzuriteTables
 from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED
 from grants_local.unreachable import refusing_port
@@ -42,27 +40,35 @@ async def test_an_invalid_message_waits_for_a_ledger_that_is_down_instead_of_bur
     assert dead.reason == "SchemaViolation"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (design): a delivery no copy can retry (a cold instance cannot seal one while the ledger is down) "
-    "is left to its lock expiry; an outage longer than MaxDeliveryCount (10) lock durations then ends in the "
-    "dead-letter queue as Service Bus's MaxDeliveryCountExceeded ('could not be consumed after 10 delivery "
-    "attempts'), nothing saying the ledger was out of reach. The app should dead-letter the last delivery itself "
-    "with LedgerUnavailable and a description naming the outage (it needs the queue's maxDeliveryCount as a setting, "
-    "and a dead-letter whose status cannot be recorded), or keep the message waiting",
-)
 async def test_an_outage_of_the_ledger_longer_than_ten_lock_durations_dead_letters_with_a_reason_a_person_can_act_on(
     app: App, azurite: AzuriteTables
 ) -> None:
+    """A cold instance cannot seal a retry copy while its ledger is down, so each delivery waits a lock duration;
+    the tenth, the last the queue allows, is dead-lettered by the app with the outage's reason and what to do, not
+    by Service Bus as MaxDeliveryCountExceeded."""
     app.put(ticket("LONG-1", member={"id": USER_2, "type": "user"}), message_id="m-long")
     with refusing_port() as port:
         async with instance(app, endpoint=f"http://127.0.0.1:{port}/devstoreaccount1") as cold:
             await cold.host().drain(until=app.clock() + 11 * LOCK_DURATION)
-    dead = app.queue.dead_letters()
-    assert [letter.reason for letter in dead] in ([], ["LedgerUnavailable"]), [
-        (letter.reason, letter.description) for letter in dead
-    ]
-    assert all(letter.reason != MAX_DELIVERY_COUNT_EXCEEDED for letter in dead)
+    [dead] = app.queue.dead_letters()
+    assert dead.reason == "LedgerUnavailable", (dead.reason, dead.description)
+    assert dead.reason != MAX_DELIVERY_COUNT_EXCEEDED
+    assert dead.delivery_count == 10
+    assert "GRANTS_MAX_DELIVERY_COUNT" in (dead.description or "")
+
+
+async def test_an_invalid_message_whose_status_cannot_be_recorded_by_its_last_delivery_keeps_its_own_reason(
+    app: App, azurite: AzuriteTables
+) -> None:
+    """Dead-lettered `SchemaViolation` by the app on the last delivery the queue allows, saying its status could not
+    be recorded, rather than MaxDeliveryCountExceeded."""
+    app.put(ticket("BAD-2", colour="blue"), message_id="m-bad-2")
+    with refusing_port() as port:
+        async with instance(app, endpoint=f"http://127.0.0.1:{port}/devstoreaccount1") as cold:
+            await cold.host().drain(until=app.clock() + 11 * LOCK_DURATION)
+    [dead] = app.queue.dead_letters()
+    assert (dead.reason, dead.delivery_count) == ("SchemaViolation", 10)
+    assert "status could not be recorded" in (dead.description or "")
 
 
 async def test_invocations_waiting_for_the_seal_key_share_one_read_of_a_stalled_ledger() -> None:

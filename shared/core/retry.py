@@ -39,16 +39,23 @@ class RetryPolicy:
     `Reason.MEMBER_NOT_FOUND` (replication delay) also once both ``member_not_found_window`` seconds (that of the
     request's `source` system in ``member_not_found_windows``, if any) have passed since the first attempt *and*
     ``member_not_found_min_attempts`` attempts were made: time spent waiting in a queue (a backlog, pacing, a
-    retry behind others) is not counted as failing. A base of 0 gives zero delays.
+    retry behind others) is not counted as failing. A base of 0 gives zero delays. ``max_deliveries`` is the
+    queue's maxDeliveryCount (`last_delivery`).
     """
 
     max_attempts: int = 8
+    max_deliveries: int = 10  # the queue's maxDeliveryCount
     base_delay: float = 10.0
     max_delay: float = 900.0
     member_not_found_window: float = 600.0
     member_not_found_windows: Mapping[str, float] = field(default_factory=dict)
     member_not_found_min_attempts: int = 5
     jitter: Callable[[], float] = field(default=random.random, repr=False)
+
+    def last_delivery(self, delivery_count: int) -> bool:
+        """Whether Service Bus would dead-letter this delivery itself (MaxDeliveryCountExceeded) were it left to
+        its lock expiry: the last one it allows."""
+        return delivery_count >= self.max_deliveries
 
     def decide(
         self, *, attempt: int, error: TransientError, elapsed: float, source: str | None = None

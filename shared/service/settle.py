@@ -11,13 +11,17 @@ record are made). `settle` climbs one ladder:
   duplicates the work instead of losing it; a copy that cannot be sent (the queue or the seal's key is out of
   reach), or an ending without retry copies: left ``unsettled``, so that Service Bus delivers it again when its
   lock expires (the lock duration is the delay: an outage of the ledger or the queue spends MaxDeliveryCount
-  deliveries in that many lock durations, not in seconds, as ``abandon`` would);
+  deliveries in that many lock durations, not in seconds, as ``abandon`` would), except on the last delivery the
+  queue allows (`RetryPolicy.last_delivery`): ``deadletter`` with the failure's own reason, never Service Bus's
+  bare MaxDeliveryCountExceeded;
 - any other exception (a bug): ``abandon``, logged with its stack; never ``complete``.
 
 With a status record (a grant's), a terminal end is first announced: its outcome event published (with an outcomes
 topic) and its status written to the ledger, at once; either failing leaves it ``unsettled``, to its lock expiry,
 as a copy that cannot be sent does (a status the API shows as terminal is always one the message really ended
-with; an outage of the ledger or the topic does not spend MaxDeliveryCount in seconds). A retry records
+with; an outage of the ledger or the topic does not spend MaxDeliveryCount in seconds; on the last delivery it is
+dead-lettered ``LedgerUnavailable`` / ``QueueUnavailable``, or with its own reason if it was a dead letter). A retry
+records
 ``retry_scheduled`` with ``nextRetryAt`` (best-effort: the copy is queued). A duplicate, a message that could not
 be parsed, and one whose id names another request only write a status where the request id has none yet
 (`owner_write`).
@@ -155,6 +159,9 @@ async def settle(
         else:
             when = started + timedelta(seconds=decision.delay)
             settled, settlement = await _retry(actions, delivery, ending, outcome, first_attempt_at, when, attempt)
+            if settled.outcome is Status.UNSETTLED and policy.last_delivery(delivery.delivery_count):
+                why = f"{settled.description} {_last_words(policy)}"
+                settled, settlement = _dead(actions, delivery, ending, outcome, why=why, attempt=attempt)
             if settled.outcome is Status.RETRY_SCHEDULED and ending.status is not None and ledger is not None:
                 await _note_retry(ledger, ending.status(settled, now(), when), now)
     else:
@@ -180,13 +187,29 @@ async def settle(
         failed = await _announce(
             settled, announced, status, ending, publisher=publisher, ledger=ledger, now=now, kind=ending.kind
         )
-        if failed is not None:  # the ledger or the topic is out of reach: wait a lock duration, as a retry would
+        if failed is not None and policy.last_delivery(delivery.delivery_count):
+            what, reason = failed  # the last delivery Service Bus allows: dead-lettered now, with its reason
+            if settled.outcome is not Status.DEAD_LETTERED:
+                reason_text = reason.value
+            else:
+                reason_text = settled.reason or reason.value
+            description = clip(
+                f"{sentence(settled.description)} Its {settled.outcome} {what}. {_last_words(policy)} Resubmit it "
+                "(grants dlq resubmit) once the store is back: its outcome is then recorded.",
+                MAX_DESCRIPTION_CHARS,
+            )
+            settlement = functools.partial(deadletter, actions, delivery, reason=reason_text, description=description)
+            settled = Settled(
+                outcome=Status.DEAD_LETTERED, reason=reason_text, description=description, attempts=settled.attempts
+            )
+        elif failed is not None:  # the ledger or the topic is out of reach: wait a lock duration, as a retry would
+            what, _ = failed
             announced = None
             settlement = _leave
             settled = Settled(
                 outcome=Status.UNSETTLED,
                 reason=settled.reason,
-                description=f"{sentence(settled.description)} Its {settled.outcome} {failed}: the message is left "
+                description=f"{sentence(settled.description)} Its {settled.outcome} {what}: the message is left "
                 "to its lock expiry, and Service Bus delivers it again then.",
                 attempts=settled.attempts,
             )
@@ -240,24 +263,26 @@ async def _announce(
     ledger: StatusLedger | None,
     now: Callable[[], datetime],
     kind: str,
-) -> str | None:
+) -> tuple[str, Reason] | None:
     """Publish a grant's outcome event and record its status, at once; None when both succeeded (or there is
-    nothing to announce), else what failed (logged)."""
+    nothing to announce), else what failed (logged) and the reason of its store."""
     if status is None:
         return None
-    calls: dict[str, Awaitable[object]] = {}
+    calls: dict[tuple[str, Reason], Awaitable[object]] = {}
     if publisher is not None and ending.event is not None:
-        calls["event could not be published"] = publisher.publish(**ending.event(settled, line))
+        calls["event could not be published", Reason.QUEUE_UNAVAILABLE] = publisher.publish(
+            **ending.event(settled, line)
+        )
     if ledger is not None and status.request_id:
-        calls["status could not be recorded"] = ledger.record(
+        calls["status could not be recorded", Reason.LEDGER_UNAVAILABLE] = ledger.record(
             status, now=now(), write=owner_write(settled, owner=ending.owner)
         )
     results = await asyncio.gather(*calls.values(), return_exceptions=True)
-    failed = None
-    for what, result in zip(calls, results, strict=True):
+    failed: tuple[str, Reason] | None = None
+    for (what, reason), result in zip(calls, results, strict=True):
         if isinstance(result, BaseException):
             _log.error(
-                "the %s %s for %s %s; leaving it to its lock expiry",
+                "the %s %s for %s %s; it waits for its lock expiry (dead-lettered if its last delivery)",
                 settled.outcome,
                 what,
                 kind,
@@ -266,7 +291,7 @@ async def _announce(
             )
             if not isinstance(result, Exception):
                 raise result
-            failed = failed or what
+            failed = failed or (what, reason)
     return failed
 
 
@@ -346,6 +371,14 @@ async def _send_copy(
         _log.exception("could not send the next attempt of %s message %s", ending.kind, _safe(delivery.message_id))
         return False
     return True
+
+
+def _last_words(policy: RetryPolicy) -> str:
+    return (
+        f"This was its delivery {policy.max_deliveries}, the last the queue allows (GRANTS_MAX_DELIVERY_COUNT): "
+        "dead-lettered by the app, with this reason, rather than left for Service Bus to dead-letter "
+        "MaxDeliveryCountExceeded."
+    )
 
 
 def _left(error: TransientError, attempt: int, why: str) -> Settled:
