@@ -4,7 +4,7 @@ Every trigger that reads a queue (grants, HR events, callbacks) does its work, t
 (`Done`, or the exception it raised) and an `Ending` (how its outcome line, retry copy and, for a grant, status
 record are made). `settle` climbs one ladder:
 
-- `Done`: ``complete``;
+- `Done`: ``complete`` (with ``again_at``, its copy sent first; a copy that cannot be sent waits as a retry's);
 - `PermanentError`: ``deadletter`` with its reason code and a description for a person;
 - `TransientError`: the retry policy decides. Give up: ``deadletter``. Retry: send a **copy** (attempt + 1, the
   ending's MessageId, deliverable at now + delay) *then* ``complete`` the original, so that a crash in between
@@ -139,15 +139,15 @@ async def settle(
         settled = Settled(outcome=outcome.status, reason=None, description=outcome.description, attempts=attempt)
         if outcome.again_at is not None:  # the copy first: a crash before the completion repeats the work, no more
             copied = await _send_copy(delivery, ending, delivery.first_attempt_at(started), outcome.again_at, attempt)
-            if not copied:
-                settlement = functools.partial(abandon, actions, delivery)
-                settled = Settled(
-                    outcome=Status.ABANDONED,
-                    reason=None,
-                    description=f"{sentence(outcome.description)} The copy to carry it out once more could not be "
-                    "sent; Service Bus will redeliver the message.",
-                    attempts=attempt,
+            if not copied:  # as a retry copy that cannot be sent: wait a lock duration, dead-letter on the last
+                unsent = TransientError(
+                    Reason.QUEUE_UNAVAILABLE,
+                    f"{sentence(outcome.description)} The copy to carry it out once more could not be sent",
                 )
+                settled, settlement = _left(unsent, attempt, "It is carried out again when delivered again"), _leave
+                if policy.last_delivery(delivery.delivery_count):
+                    why = f"{settled.description} {_last_words(policy)}"
+                    settled, settlement = _dead(actions, delivery, ending, unsent, why=why, attempt=attempt)
     elif isinstance(outcome, PermanentError):
         settled, settlement = _dead(actions, delivery, ending, outcome, why=None, attempt=attempt)
     elif isinstance(outcome, TransientError):
