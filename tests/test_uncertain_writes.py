@@ -111,3 +111,41 @@ async def test_a_write_answered_5xx_leaves_the_pair_uncertain_and_its_retry_proc
     state = await run.app.services.ledger.pair(f"au.{AU}.{USER}")
     assert state is not None
     assert state.uncertain is None
+
+
+async def test_a_confirmation_that_cannot_be_queued_waits_for_the_lock_expiry_and_the_directory_still_converges(
+    make_run: Callable[..., Any], graph: GraphDouble
+) -> None:
+    """The newer remove on an uncertain pair cannot send its confirming copy (the queue refuses once): the remove is
+    neither completed without it nor abandoned, but left to its lock expiry; redelivered, it is made again with its
+    confirmation, and the late add's landing does not outlive it."""
+    run: Run = await make_run(GRANTS_RETRY_BASE_SECONDS="3600", GRANTS_RETRY_MAX_SECONDS="3600")
+    run.app.services.http.timeout = httpx.Timeout(1.0, connect=5.0, pool=30.0)
+    held = Fault.hold(method="POST", path=AU)
+    graph.inject(held)
+    add = body(requestId="ADD-3", member={"id": USER, "type": "user"}, source={"system": "ticketing"})
+    run.queue.send(add, message_id="m-add")
+    locked = run.queue.receive()
+    assert locked is not None
+    await GRANT(receivedmessage=to_received_message(locked), message_actions=run.actions)
+
+    remove = body(
+        requestId="REMOVE-3", action="remove", member={"id": USER, "type": "user"}, source={"system": "ticketing"}
+    )
+    run.app.sender.fail_next(1)  # the remove's confirming copy
+    run.queue.send(remove, message_id="m-remove")
+    locked = run.queue.receive()
+    assert locked is not None
+    await GRANT(receivedmessage=to_received_message(locked), message_actions=run.actions)
+    assert "m-remove" not in run.app.outcomes()
+    assert run.app.calls().count("Complete") == 1  # the add's original, after its retry copy; not the remove
+    assert run.queue.stats.abandoned == 0
+
+    held.release()
+    assert held.wait_landed()
+    await run.deliver()
+    assert graph.members_of(AU) == set()
+    assert run.queue.stats.locks_expired == 1
+    status = await run.app.services.ledger.status("REMOVE-3")
+    assert status is not None
+    assert status.status in (Status.REVOKED, Status.NOT_MEMBER)
