@@ -144,10 +144,8 @@ async def settle(
                     Reason.QUEUE_UNAVAILABLE,
                     f"{sentence(outcome.description)} The copy to carry it out once more could not be sent",
                 )
-                settled, settlement = _left(unsent, attempt, "It is carried out again when delivered again"), _leave
-                if policy.last_delivery(delivery.delivery_count):
-                    why = f"{settled.description} {_last_words(policy)}"
-                    settled, settlement = _dead(actions, delivery, ending, unsent, why=why, attempt=attempt)
+                why = "It is carried out again when delivered again"
+                settled, settlement = _wait(actions, delivery, ending, unsent, why=why, attempt=attempt, policy=policy)
     elif isinstance(outcome, PermanentError):
         settled, settlement = _dead(actions, delivery, ending, outcome, why=None, attempt=attempt)
     elif isinstance(outcome, TransientError):
@@ -158,10 +156,9 @@ async def settle(
             settled, settlement = _dead(actions, delivery, ending, outcome, why=decision.why, attempt=attempt)
         else:
             when = started + timedelta(seconds=decision.delay)
-            settled, settlement = await _retry(actions, delivery, ending, outcome, first_attempt_at, when, attempt)
-            if settled.outcome is Status.UNSETTLED and policy.last_delivery(delivery.delivery_count):
-                why = f"{settled.description} {_last_words(policy)}"
-                settled, settlement = _dead(actions, delivery, ending, outcome, why=why, attempt=attempt)
+            settled, settlement = await _retry(
+                actions, delivery, ending, outcome, first_attempt_at, when, attempt, policy=policy
+            )
             if settled.outcome is Status.RETRY_SCHEDULED and ending.status is not None and ledger is not None:
                 await _note_retry(ledger, ending.status(settled, now(), when), now)
     else:
@@ -189,12 +186,14 @@ async def settle(
         )
         if failed is not None and policy.last_delivery(delivery.delivery_count):
             what, reason = failed  # the last delivery Service Bus allows: dead-lettered now, with its reason
+            announced = None  # the outcome line is the dead letter's, not the announced one
             if settled.outcome is not Status.DEAD_LETTERED:
                 reason_text = reason.value
             else:
                 reason_text = settled.reason or reason.value
+            last = "" if _last_words(policy) in settled.description else f" {_last_words(policy)}"
             description = clip(
-                f"{sentence(settled.description)} Its {settled.outcome} {what}. {_last_words(policy)} Resubmit it "
+                f"{sentence(settled.description)} Its {settled.outcome} {what}.{last} Resubmit it "
                 "(grants dlq resubmit) once the store is back: its outcome is then recorded.",
                 MAX_DESCRIPTION_CHARS,
             )
@@ -332,12 +331,17 @@ async def _retry(
     first_attempt_at: datetime,
     when: datetime,
     attempt: int,
+    *,
+    policy: RetryPolicy,
 ) -> tuple[Settled, Settlement]:
-    """Send the retry copy; then the original is to be completed (or abandoned, when no copy was sent)."""
+    """Send the retry copy; then the original is to be completed (or left to wait, when no copy was sent)."""
     if ending.retry is None:  # the delivery's own redelivery is its retry
-        return _left(error, attempt, "Its redelivery is its retry"), _leave
+        return _wait(
+            actions, delivery, ending, error, why="Its redelivery is its retry", attempt=attempt, policy=policy
+        )
     if not await _send_copy(delivery, ending, first_attempt_at, when, attempt):
-        return _left(error, attempt, "The retry copy could not be sent"), _leave
+        why = "The retry copy could not be sent"
+        return _wait(actions, delivery, ending, error, why=why, attempt=attempt, policy=policy)
     settled = Settled(
         outcome=Status.RETRY_SCHEDULED,
         reason=error.reason.value,
@@ -381,14 +385,28 @@ def _last_words(policy: RetryPolicy) -> str:
     )
 
 
-def _left(error: TransientError, attempt: int, why: str) -> Settled:
-    return Settled(
+def _wait(
+    actions: MessageActions,
+    delivery: Delivery,
+    ending: Ending,
+    error: TransientError,
+    *,
+    why: str,
+    attempt: int,
+    policy: RetryPolicy,
+) -> tuple[Settled, Settlement]:
+    """Left to its lock expiry (Service Bus delivers it again a lock duration later), `why` said; on the last
+    delivery the queue allows, dead-lettered with `error`'s reason instead."""
+    if policy.last_delivery(delivery.delivery_count):
+        return _dead(actions, delivery, ending, error, why=f"{sentence(why)} {_last_words(policy)}", attempt=attempt)
+    settled = Settled(
         outcome=Status.UNSETTLED,
         reason=error.reason.value,
         description=f"{sentence(error.description)} {why}: the message is left to its lock expiry, and Service Bus "
         "delivers it again then.",
         attempts=attempt,
     )
+    return settled, _leave
 
 
 async def _leave(*, deadline: float) -> None:
