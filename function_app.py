@@ -19,6 +19,7 @@ from shared.runtime import (
     process_job_status,
     process_status,
     process_webhook,
+    producer_queues,
 )
 
 check_configuration()  # a bad app setting, policy or HR rules file stops the app here, with an error naming it
@@ -54,31 +55,59 @@ async def grant_membership_bulk(
     await process_grant_message(receivedmessage, message_actions, lane=Lane.BULK)
 
 
-@app.route(route="grants", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def _producer_queue(name: str, queue: str, hr_events: bool) -> None:
+    """Declare the trigger of one producer's own queue (the producer registry, GRANTS_PRODUCERS): its grant messages,
+    or its HR events, are that producer's, whatever they say."""
+
+    async def trigger(
+        receivedmessage: servicebus.ServiceBusReceivedMessage,
+        message_actions: servicebus.ServiceBusMessageActions,
+    ) -> None:
+        if hr_events:
+            await process_hr_event(receivedmessage, message_actions, queue=queue)
+        else:
+            await process_grant_message(receivedmessage, message_actions, queue=queue)
+
+    trigger.__name__ = trigger.__qualname__ = name
+    declare = app.service_bus_queue_trigger(
+        arg_name="receivedmessage", queue_name=queue, connection="ServiceBusConnection", auto_complete_messages=False
+    )
+    app.function_name(name=name)(declare(trigger))
+
+
+for _name, _queue, _hr_events in producer_queues():
+    _producer_queue(_name, _queue, _hr_events)
+
+
+# The HTTP routes are anonymous to the Functions host: App Service authentication (Entra ID) establishes the caller
+# and the app decides its rights (shared/core/access.py); the webhook also takes requests signed with a producer's
+# own secret. No route answers a caller it cannot tell apart.
+@app.route(route="grants", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 async def grant_webhook(req: func.HttpRequest) -> func.HttpResponse:
-    """Ticketing webhook: a signed grant request in, 202 with its requestId out (or problem details)."""
+    """Webhook: a producer's grant request (signed, or from a principal acting for it) in, 202 out (or problem
+    details)."""
     return await process_webhook(req)
 
 
-@app.route(route="grants/{requestId}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="grants/{requestId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def grant_status(req: func.HttpRequest) -> func.HttpResponse:
     """A request's status from the grant ledger: 200 JSON, 404 when unknown, 400 for an id the contract refuses."""
     return await process_status(req)
 
 
-@app.route(route="jobs/{jobId}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="jobs/{jobId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def job_status(req: func.HttpRequest) -> func.HttpResponse:
     """A bulk job's progress, totals by status and failed rows, from the grant ledger."""
     return await process_job_status(req)
 
 
-@app.route(route="hr-events/{eventId}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="hr-events/{eventId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def hr_event_status(req: func.HttpRequest) -> func.HttpResponse:
     """An HR event's grants: their progress, totals by status and failed rows, from the grant ledger."""
     return await process_hr_event_status(req)
 
 
-@app.route(route="history", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="history", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def grant_history(req: func.HttpRequest) -> func.HttpResponse:
     """Every request that named a member (?member=) or a target (?target=), newest first (&since= to narrow)."""
     return await process_history(req)
@@ -112,13 +141,13 @@ async def drift_sweep(timer: func.TimerRequest) -> None:
     await process_drift_sweep()
 
 
-@app.route(route="drift", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="drift", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def drift_report(req: func.HttpRequest) -> func.HttpResponse:
     """The drift of every target (?target= for one), read now: findings, planned repairs, held removals."""
     return await process_drift_report(req)
 
 
-@app.route(route="drift/{target}/confirm", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="drift/{target}/confirm", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 async def drift_confirm(req: func.HttpRequest) -> func.HttpResponse:
     """Release, once, the removals the blast-radius guard holds for a target (body: {"digest": …}, optional)."""
     return await process_drift_confirm(req)

@@ -211,7 +211,9 @@ async def pipeline(count: int, *, budget: str, latency: float, write_rate: str) 
             threads.sample()
             sampler = asyncio.create_task(threads.run())
             cpu, wall = time.process_time(), time.perf_counter()
-            run = await run_local(grants(count, served.unit), env=env, clock=time.time, concurrency=16)  # real time
+            run = await run_local(  # real time
+                grants(count, served.unit), env=env, clock=time.time, concurrency=16, producer="bulk"
+            )
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             sampler.cancel()
             threads.sample()

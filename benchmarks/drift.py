@@ -59,6 +59,7 @@ from shared.adapters.graph import GraphClient, new_http_client, path
 from shared.adapters.identity import ManagedIdentityTokens, managed_identity_credential
 from shared.adapters.ledger import Ledger
 from shared.config import Settings
+from shared.core.access import CLIENT_PRINCIPAL_HEADER, Role, client_principal_header
 from shared.core.contract import Action, AdministrativeUnit, DirectoryRole, Guid, Target
 from shared.core.drift import is_tier0
 from shared.core.intents import Applied, Intent, PairState, pair_of
@@ -156,7 +157,12 @@ async def record_intents(ledger: Ledger, intents: list[tuple[Target, Guid, Inten
         while not queue.empty():
             target, member, intent = queue.get_nowait()
             expires_at = now + timedelta(days=1) if intent.expires_at else None
-            dated = replace(intent, requested_at=intent.requested_at + shift, expires_at=expires_at)
+            dated = replace(
+                intent,
+                requested_at=intent.requested_at + shift,
+                expires_at=expires_at,
+                producer=intent.producer or "other",
+            )
             state = PairState(
                 newest=dated,
                 applied=Applied(request_id=dated.request_id, action=dated.action, at=dated.requested_at),
@@ -236,9 +242,13 @@ async def call(name: str, method: str = "GET", *, target: str | None = None, bod
     import function_app
 
     function: Any = registered_function(function_app.app, name)
+    operator = client_principal_header(
+        object_id="b0000000-0000-4000-8000-000000000001", name="bench operator", roles=(Role.OPERATOR.value,)
+    )
     request = func.HttpRequest(
         method,
         "http://localhost/api/drift",
+        headers={CLIENT_PRINCIPAL_HEADER: operator},  # as App Service authentication passes an operator on
         body=body,
         params={"target": target} if target and method == "GET" else {},
         route_params={"target": target} if target and method == "POST" else {},
@@ -272,6 +282,7 @@ async def run(size: Size) -> dict[str, Any]:
                 "GRANTS_POLICY": policy_file(folder),
                 "GRANTS_OUTCOMES_TOPIC": "grant-outcomes",
                 "GRANTS_RETRY_BASE_SECONDS": "0",
+                "WEBSITE_AUTH_ENABLED": "true",
             }
         )
         clock = ManualClock(start=time.time())

@@ -42,11 +42,14 @@ async def _run(services: Services, *, unit: str, count: int, concurrency: int) -
     todo = commands(unit=unit, count=count)
     assert all(isinstance(c.target, AdministrativeUnit) for c in todo)
     outcomes: Counter[str] = Counter()
+    producer = services.settings.producers.for_system(todo[0].source.system.value) if todo else None
+    assert producer is not None or not todo
 
     async def worker(share: list[GrantCommand]) -> None:
+        assert producer is not None
         for command in share:
             try:
-                outcomes[(await services.grants.execute(command)).outcome.value] += 1
+                outcomes[(await services.grants.execute(command, producer=producer)).outcome.value] += 1
             except Exception as error:  # counted: the figures show every outcome
                 outcomes[type(error).__name__] += 1
 

@@ -40,7 +40,7 @@ def main() -> None:
         configure()
     env = {**os.environ, "GRAPH_WRITE_RATE": "0", "GRANTS_RETRY_BASE_SECONDS": "1"}
     cpu, wall = time.process_time(), time.perf_counter()
-    run = asyncio.run(run_local(grants(args.count, args.unit), env=env, concurrency=16))
+    run = asyncio.run(run_local(grants(args.count, args.unit), env=env, concurrency=16, producer="bulk"))
     if args.telemetry:
         flush()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall

@@ -2,7 +2,10 @@
 
 Every row becomes a contract-v1 message body and is read back with `shared.core.contract.parse_grant`, the
 parser the trigger uses, so a job never sends what the app would dead-letter as bad input. Each message's
-MessageId is ``<job-id>:<row>``: sending the same job again is absorbed by the queue's duplicate detection.
+MessageId is ``<job-id>:<row>:<16 hex digits of the SHA-256 of the job id and the whole file>``: nobody who has not
+the file itself can work one out and send under it first (duplicate detection would drop the real row), and sending
+the same job again is absorbed by the queue's duplicate detection (within its window; after it, by the ledger:
+the same request ids and content end ``duplicate``).
 
 CSV (a header row, then one grant per row; empty cells are absent fields):
 ``action,targetType,targetId,roleTemplateId,administrativeUnitId,memberId,memberType,requestedBy,reason,expiresAt``
@@ -123,10 +126,11 @@ def read_job(path: Path, *, job_id: str | None = None) -> BulkJob:
             )
             continue
         valid.append((row, body))
+    nonce = hashlib.sha256(job.encode() + b"\x1f" + content).hexdigest()[:16]
     messages = [
         Outgoing(
             body=body,
-            message_id=f"{job}:{row}",
+            message_id=f"{job}:{row}:{nonce}",
             application_properties={BULK_JOB: job, JOB_ROW: row, JOB_ROWS: len(valid)},
         )
         for row, body in valid

@@ -10,8 +10,9 @@ finding (at most 20 per target unless ``--target``; ``--json`` prints the API's 
 the guard holds for that target (the set named by DIGEST; without one, the set the last sweep recorded and
 alerted on). Everything else the policy's mode repairs, the timer repairs on its own.
 
-Where: as the status commands, ``--url`` (or ``GRANTS_APP_URL``) with ``--key`` (or ``GRANTS_FUNCTION_KEY``), or
-``--serve-local`` for a running ``serve-local`` (``--port``). Everything printed that came from the API is escaped.
+Where: as the status commands, ``--url`` (or ``GRANTS_APP_URL``) with ``--token`` or ``--scope`` (an Entra ID token
+for the function app: the report needs the app role Grants.Reader, a confirm Grants.Operator), or ``--serve-local``
+for a running ``serve-local`` (``--port``; as its operator). Everything printed that came from the API is escaped.
 
 Exit codes: 0 every target in step (or a confirm released the set); 1 drift found, a target could not be checked,
 or the confirm was refused (nothing held under that digest, released before); 2 a bad option or id, or the API
@@ -84,8 +85,7 @@ def _run(args: argparse.Namespace, *, out: TextIO, err: TextIO, transport: httpx
     where = api_location(args, err)
     if where is None:
         return 2
-    base, key = where
-    headers = {"x-functions-key": key} if key else {}
+    base, headers = where
     with httpx.Client(
         base_url=base.rstrip("/"),
         headers=headers,

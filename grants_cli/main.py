@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         "local host, against GRAPH_BASE_URL or the built-in Graph double, on a virtual clock starting now.",
     )
     run.add_argument("messages", type=Path, help="one message body per line")
+    run.add_argument(
+        "--producer",
+        help="the producer sending them: the lines arrive on its own queue (default: the producer the registry binds "
+        "the grants queue to, `other` unless GRANTS_PRODUCERS says otherwise)",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object per input line")
     run.add_argument("--concurrency", type=int, default=16, help="invocations at once (maxConcurrentCalls)")
     run.add_argument("--dry-run", action="store_true", help="read only: report what would change (GRANTS_DRY_RUN)")
@@ -161,7 +166,9 @@ def _run_local(args: argparse.Namespace) -> int:
     clock = ManualClock(start=_start_time(args.messages))
     env = {**os.environ, **({"GRANTS_DRY_RUN": "true"} if args.dry_run else {})}
     with graph_environment(env, clock=clock) as graph_env:
-        result = asyncio.run(run_local(lines, env=graph_env, clock=clock, concurrency=args.concurrency))
+        result = asyncio.run(
+            run_local(lines, env=graph_env, clock=clock, concurrency=args.concurrency, producer=args.producer)
+        )
     if args.json:
         print_json(result, sys.stdout)
     else:
@@ -221,7 +228,7 @@ def _add_bulk_and_dlq(commands: Any) -> None:
         "submit", parents=[where, bulk_queue], help="validate a CSV / JSON-lines bulk job and send it"
     )
     submit.add_argument("file", type=Path, help="CSV (.csv) or JSON lines (one message body per line)")
-    submit.add_argument("--job-id", help="MessageIds are <job-id>:<row> (default: from the file's SHA-256)")
+    submit.add_argument("--job-id", help="the job's id: its rows are <job-id>:<row> (default: from the file's SHA-256)")
     submit.add_argument("--dry-run", action="store_true", help="validate and print what would be sent")
     submit.add_argument("--skip-invalid", action="store_true", help="send the valid rows even if some are not")
     submit.add_argument(

@@ -3,11 +3,14 @@
 
 They read ``GET /api/grants/{requestId}``, ``/api/jobs/{jobId}``, ``/api/hr-events/{eventId}`` and
 ``/api/history?member=…|target=…[&since=…]``: in Azure at ``--url`` (or ``GRANTS_APP_URL``, e.g.
-``https://<app>.azurewebsites.net``) with the function key ``--key`` (or ``GRANTS_FUNCTION_KEY``, sent as
-``x-functions-key``); with ``--serve-local``, at a running ``serve-local``'s ``http://127.0.0.1:7071`` (``--port``),
-whose ledger lives as long as serve-local runs (``submit --serve-local`` sends a job there). ``--local`` means the
-in-process local namespace everywhere (``submit``, ``dlq``, ``smoke``), which keeps no ledger: here it is refused with
-one line saying so.
+``https://<app>.azurewebsites.net``) with an Entra ID token for the function app (App Service authentication):
+``--token`` (or ``GRANTS_API_TOKEN``) as it is, else one the Azure CLI's or the environment's credential gets for
+``--scope`` (or ``GRANTS_API_SCOPE``, e.g. ``api://<app client id>/.default``); what the token's principal reads is
+its rights' (docs/status-api.md). With ``--serve-local``, at a running ``serve-local``'s ``http://127.0.0.1:7071``
+(``--port``), as its local operator (``--as reader``, or ``--as <producer>`` to read as one), whose ledger lives as
+long as serve-local runs (``submit --serve-local`` sends a job there). ``--producer`` names the producer whose
+request, job or event it is, where two producers used one id. ``--local`` means the in-process local namespace
+everywhere (``submit``, ``dlq``, ``smoke``), which keeps no ledger: here it is refused with one line saying so.
 
 Ids are checked before any request: request, job and event ids with the contract's rule, ``--member`` and
 ``--target`` as GUIDs. Everything printed that came from the API is escaped (`printable`).
@@ -53,6 +56,7 @@ __all__ = ["add_parsers", "main"]
 _INTERRUPTED_EXIT: Final = 130
 
 _ROWS = (
+    ("producer", "producer"),
     ("action", "action"),
     ("targetType", "target type"),
     ("targetId", "target"),
@@ -92,14 +96,24 @@ _BAR_WIDTH: Final = 30
 
 
 def api_arguments() -> argparse.ArgumentParser:
-    """The parent parser of every command that asks the app's HTTP API: ``--url``/``--key`` (Azure),
-    ``--serve-local``/``--port`` (a running serve-local), ``--local`` (refused: the local namespace has no API) and
-    ``--json`` (`api_location` reads them)."""
+    """The parent parser of every command that asks the app's HTTP API: ``--url`` with ``--token`` or ``--scope``
+    (Azure), ``--serve-local``/``--port``/``--as`` (a running serve-local), ``--local`` (refused: the local namespace
+    has no API) and ``--json`` (`api_location` reads them)."""
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--url", help="the function app, e.g. https://<app>.azurewebsites.net (GRANTS_APP_URL)")
-    where.add_argument("--key", help="a function key (GRANTS_FUNCTION_KEY)")
+    where.add_argument("--token", help="an Entra ID access token for the function app (GRANTS_API_TOKEN)")
+    where.add_argument(
+        "--scope", help="get a token for this scope, e.g. api://<app client id>/.default (GRANTS_API_SCOPE)"
+    )
     where.add_argument("--serve-local", action="store_true", help="ask a running serve-local on 127.0.0.1 (--port)")
     where.add_argument("--port", type=int, default=7071, help="serve-local's port (default 7071)")
+    where.add_argument(
+        "--as",
+        dest="as_",
+        default=LOCAL_OPERATOR,
+        metavar="WHO",
+        help="with --serve-local: ask as its operator (default), reader, or a producer's name",
+    )
     where.add_argument(
         "--local", action="store_true", help="not here: the local namespace keeps no ledger (use --serve-local)"
     )
@@ -109,6 +123,9 @@ def api_arguments() -> argparse.ArgumentParser:
 
 def add_parsers(commands: Any) -> None:
     where = api_arguments()
+    where.add_argument(
+        "--producer", help="the producer whose request, job or event it is, where two producers used one id"
+    )
     follow = argparse.ArgumentParser(add_help=False)
     follow.add_argument("--watch", action="store_true", help="poll until every row has ended, showing progress")
     follow.add_argument(
@@ -186,7 +203,7 @@ def _run(
         return 2
     local = args.serve_local
     with httpx.Client(timeout=30, transport=transport, follow_redirects=False, trust_env=not local) as client:
-        api = _Api(client=client, base=where[0], key=where[1], serve_local=local)
+        api = _Api(client=client, base=where[0], headers=where[1], serve_local=local, producer=args.producer)
         if args.command == "history":
             return _history(api, args, subject=subject, out=out, err=err)
         if args.command == "status":
@@ -205,9 +222,14 @@ def _history_subject(args: argparse.Namespace) -> tuple[str, Guid]:
     return name, parse_guid(getattr(args, name), field=f"--{name}")
 
 
-def api_location(args: argparse.Namespace, err: TextIO) -> tuple[str, str | None] | None:
-    """The API's base URL and function key (`api_arguments`), or None (said on `err`) when neither ``--url`` nor
-    ``--serve-local``."""
+#: Who a command asks a running serve-local as, by default: its operator (serve-local stands in for App Service
+#: authentication with local tokens: `grants_local.serve`).
+LOCAL_OPERATOR: Final = "operator"
+
+
+def api_location(args: argparse.Namespace, err: TextIO) -> tuple[str, dict[str, str]] | None:
+    """The API's base URL and the headers that authenticate the caller (`api_arguments`), or None (said on `err`)
+    when neither ``--url`` nor ``--serve-local``, or no token could be had."""
     if args.local:
         err.write(
             f"error: --local is the in-process namespace, which keeps no status; to ask a running serve-local: "
@@ -215,12 +237,26 @@ def api_location(args: argparse.Namespace, err: TextIO) -> tuple[str, str | None
         )
         return None
     if args.serve_local:
-        return f"http://127.0.0.1:{args.port}", None
+        return f"http://127.0.0.1:{args.port}", {"Authorization": f"Bearer local:{args.as_}"}
     base = args.url or os.environ.get("GRANTS_APP_URL") or ""
-    if not base:
-        err.write("error: give --url (or GRANTS_APP_URL) and --key (or GRANTS_FUNCTION_KEY), or --serve-local\n")
+    token = args.token or os.environ.get("GRANTS_API_TOKEN") or ""
+    scope = args.scope or os.environ.get("GRANTS_API_SCOPE") or ""
+    if not base or not (token or scope):
+        err.write(
+            "error: give --url (or GRANTS_APP_URL) with --token (GRANTS_API_TOKEN) or --scope (GRANTS_API_SCOPE), "
+            "or --serve-local\n"
+        )
         return None
-    return base, args.key or os.environ.get("GRANTS_FUNCTION_KEY")
+    if not token:
+        try:
+            from azure.identity import DefaultAzureCredential
+
+            with DefaultAzureCredential(exclude_interactive_browser_credential=True) as credential:
+                token = credential.get_token(scope).token
+        except Exception as error:  # the credential's own words, on one line
+            err.write(f"error: no token for {printable(scope)}: {printable(str(error).splitlines()[0])}\n")
+            return None
+    return base, {"Authorization": f"Bearer {token}"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,17 +277,20 @@ class _Reply:
 
 @dataclass(frozen=True, slots=True)
 class _Api:
-    """The status API at `base`, called with `client` and the function key `key`."""
+    """The status API at `base`, called with `client` and the `headers` that authenticate the caller."""
 
     client: httpx.Client
     base: str
-    key: str | None
+    headers: Mapping[str, str]
     serve_local: bool = False
+    producer: str | None = None
 
     def get(self, route: str, params: Mapping[str, str] | None = None) -> _Reply:
-        """``GET {base}/api/{route}``; raise `httpx.HTTPError` when no answer came."""
-        headers = {"x-functions-key": self.key} if self.key else {}
-        response = self.client.get(f"{self.base.rstrip('/')}/api/{route}", params=params, headers=headers)
+        """``GET {base}/api/{route}`` (``?producer=`` when one is named); raise `httpx.HTTPError` when no answer
+        came."""
+        params = {**(params or {}), **({"producer": self.producer} if self.producer else {})}
+        url = f"{self.base.rstrip('/')}/api/{route}"
+        response = self.client.get(url, params=params or None, headers=self.headers)
         try:
             document = response.json()
         except ValueError:

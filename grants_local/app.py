@@ -15,14 +15,15 @@ callback functions.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from grants_local.azurite import LedgerTable, local_ledger
-from grants_local.host import LocalHost, OutcomeRecorder, registered_function
+from grants_local.host import LocalHost, OutcomeRecorder, Source, indexed_functions, registered_function
 from grants_local.queue import LocalQueue, LocalSender, ManualClock
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
 from grants_local.topic import CALLBACKS_SUBSCRIPTION, LocalPublisher, LocalTopic, outcomes_topic
@@ -70,8 +71,20 @@ class LocalCallbacks:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProducerQueue:
+    """A producer's own queue (the registry's), its settlement server and message actions, and the registered
+    function that reads it."""
+
+    queue: LocalQueue
+    server: LocalSettlementServer
+    actions: Any
+    function: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LocalApp:
-    """One queue, its settlement server and message actions, the app's services and the outcome records."""
+    """The grants queue, its settlement server and message actions, each producer's own queue, the app's services
+    and the outcome records."""
 
     queue: LocalQueue
     clock: Callable[[], float]
@@ -81,16 +94,40 @@ class LocalApp:
     sender: LocalSender
     recorder: OutcomeRecorder
     callbacks: LocalCallbacks | None = None
+    producer_queues: Mapping[str, ProducerQueue] = field(default_factory=dict)
 
     def host(self, *, function: str | Callable[..., Any] = GRANT_FUNCTION, concurrency: int = 16) -> LocalHost:
-        """A local host delivering the queue to `function` (a registered function's name, or a wrapper of one)."""
-        if isinstance(function, str):
-            import function_app
+        """A local host delivering the queue to `function` (a registered function's name, or a wrapper of one) and,
+        for the grant function, each producer's own queue to its own registered function, on one clock."""
+        import function_app
 
+        sources: tuple[Source, ...] = ()
+        if function == GRANT_FUNCTION:
+            sources = tuple(
+                Source(entry.queue, registered_function(function_app.app, entry.function), entry.actions)
+                for entry in self.producer_queues.values()
+            )
+        if isinstance(function, str):
             function = registered_function(function_app.app, function)
         return LocalHost(
-            queue=self.queue, function=function, actions=self.actions, clock=self.clock, concurrency=concurrency
+            queue=self.queue,
+            function=function,
+            actions=self.actions,
+            clock=self.clock,
+            concurrency=concurrency,
+            sources=sources,
         )
+
+    def queue_of(self, producer: str) -> LocalQueue:
+        """The queue `producer` sends to: its own (the registry's), or the grants queue when that is its own;
+        raise LookupError when it has no queue here."""
+        if producer in self.producer_queues:
+            return self.producer_queues[producer].queue
+        if self.services.settings.producers.on_queue(self.services.settings.grants_queue) is (
+            self.services.settings.producers.get(producer)
+        ):
+            return self.queue
+        raise LookupError(f"producer {producer!r} has no queue in this local app")
 
     async def drain(self, *, concurrency: int = 16) -> None:
         """Deliver the queue to the grant function until nothing is left to deliver."""
@@ -129,8 +166,10 @@ class LocalApp:
         return self.recorder.terminal()
 
     def calls(self) -> list[str]:
-        """The settlement calls received so far (``Complete``, ``Abandon``, ``Deadletter``…), in order."""
-        return [call.method for call in self.server.calls]
+        """The settlement calls received so far (``Complete``, ``Abandon``, ``Deadletter``…), in order: the grants
+        queue's, then each producer queue's."""
+        servers = [self.server, *(entry.server for entry in self.producer_queues.values())]
+        return [call.method for server in servers for call in server.calls]
 
 
 @asynccontextmanager
@@ -143,8 +182,12 @@ async def local_app(
     topic: LocalTopic | None = None,
     callback_client: CallbackClient | None = None,
     ledger: LedgerTable | None = None,
+    entry: str | None = None,
 ) -> AsyncIterator[LocalApp]:
     """Wire the app for `queue` (a new one on `clock`, by default a `ManualClock`) and install it for the block.
+
+    `queue` is the app's grants queue; with `entry`, it is that producer's own queue (`Producers.with_queue`: what
+    a local run plays), else it belongs to whoever the registry says (by default, producer ``other``).
 
     `sender` may wrap the queue's sender (the soak's fault injection); `ledger` is the grant ledger's table (by
     default a fresh one in an Azurite started for the block); the services are closed on exit. With
@@ -153,6 +196,8 @@ async def local_app(
     """
     clock = clock or (queue.clock if queue is not None else ManualClock())
     queue = queue or LocalQueue(clock=clock)
+    if entry is not None:
+        settings = dataclasses.replace(settings, producers=settings.producers.with_queue(entry, settings.grants_queue))
     local_sender = LocalSender(queue)
     async with AsyncExitStack() as stack:
         server = stack.enter_context(LocalSettlementServer(queue))
@@ -188,6 +233,13 @@ async def local_app(
         )
         stack.push_async_callback(services.aclose)
         stack.enter_context(installed(services))
+        producer_queues = {}
+        for name, function in _producer_queues(services.settings):
+            own = LocalQueue(clock=clock)
+            own_server = stack.enter_context(LocalSettlementServer(own))
+            producer_queues[name] = ProducerQueue(
+                queue=own, server=own_server, actions=point_message_actions_at(own_server.address), function=function
+            )
         yield LocalApp(
             queue=queue,
             clock=clock,
@@ -197,7 +249,28 @@ async def local_app(
             sender=local_sender,
             recorder=recorder,
             callbacks=callbacks,
+            producer_queues=producer_queues,
         )
+
+
+def _producer_queues(settings: Settings) -> list[tuple[str, str]]:
+    """``(producer, registered function)`` for each producer's own queue of grant messages besides the grants
+    queue: the bulk queue's function, or the one ``function_app`` declared for that queue (skipped when the app was
+    imported with another registry and declared none)."""
+    import function_app
+
+    names = {function.get_function_name() for function in indexed_functions(function_app.app)}
+    found = []
+    for entry in settings.producers.entries(
+        grants_queue=settings.grants_queue, bulk_queue=settings.bulk_queue, hr_events_queue=settings.hr_events_queue
+    ):
+        if entry.producer is None or entry.hr_events or entry.queue == settings.grants_queue:
+            continue
+        slug = entry.producer.name.replace("-", "_")
+        function = "grant_membership_bulk" if entry.queue == settings.bulk_queue else f"grants_from_{slug}"
+        if function in names:
+            found.append((entry.producer.name, function))
+    return found
 
 
 def virtual_governor(settings: Settings, clock: Callable[[], float]) -> WriteGovernor | None:

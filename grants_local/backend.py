@@ -21,6 +21,7 @@ from grants_local.deployment import LocalDeployment
 from grants_local.namespace import LocalNamespace, namespace_directory
 from grants_local.queue import LocalQueue
 from grants_local.run import graph_environment, process_queue
+from shared.config import Settings
 from shared.core.messaging import DeadLetter
 
 __all__ = ["LocalBackend", "open_local_backend"]
@@ -78,7 +79,9 @@ class LocalBackend:
             out.write(f"\nNot processed by the local host: {why_not}; the queue holds what was sent.\n")
             return
         with graph_environment(os.environ, clock=self.clock) as env:
-            recorder = await process_queue(self.queue, env=env, clock=self.clock)
+            owner = Settings.from_env(env).producers.on_queue(self.name)  # whoever may send to this queue
+            producer = owner.name if owner is not None else None
+            recorder = await process_queue(self.queue, env=env, clock=self.clock, producer=producer)
         if self._deployment is not None:
             self._deployment.log_outcomes(recorder.records)
         records = list(recorder.terminal().values())

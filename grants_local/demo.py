@@ -23,9 +23,9 @@ __all__ = ["EXAMPLES", "demo"]
 DEMO_START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 #: The example files, in the order the demo tells their story.
 _FILES = {
-    "hr-onboarding.jsonl": "HR onboarding events",
-    "ticketing.jsonl": "Ticketing system requests",
-    "bulk.jsonl": "Bulk job 42",
+    "hr-onboarding.jsonl": ("hr", "HR onboarding events"),
+    "ticketing.jsonl": ("ticketing", "Ticketing system requests"),
+    "bulk.jsonl": ("bulk", "Bulk job 42"),
 }
 
 
@@ -51,11 +51,11 @@ async def demo(out: TextIO) -> int:
         )
         runs: list[LocalRun] = []
         started = clock()
-        for name, title in _FILES.items():
+        for name, (producer, title) in _FILES.items():
             path = EXAMPLES / name
-            run = await run_local(path.read_bytes().splitlines(), env=env, clock=clock)
+            run = await run_local(path.read_bytes().splitlines(), env=env, clock=clock, producer=producer)
             runs.append(run)
-            print_table(run, out, title=f"{title} (examples/{name})")
+            print_table(run, out, title=f"{title} (examples/{name}, from producer {producer})")
             print_dead_letters(run, out)
         outcomes = [o for run in runs for o in run.outcomes]
         out.write(

@@ -1,4 +1,4 @@
-"""A small local Functions host: delivers messages from a `LocalQueue` to the registered function object.
+"""A small local Functions host: delivers messages from `LocalQueue`s to the registered function objects.
 
 It does what the Functions host does for our trigger, with real parts where they can run here: the
 message is decoded by the extension's own `ServiceBusConverter` into a real `ServiceBusReceivedMessage`,
@@ -25,7 +25,7 @@ from grants_local.binding import to_received_message
 from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LockedMessage, ManualClock
 from shared.service.settle import outcome_log
 
-__all__ = ["LineOutcome", "LocalHost", "OutcomeRecorder", "indexed_functions", "registered_function"]
+__all__ = ["LineOutcome", "LocalHost", "OutcomeRecorder", "Source", "indexed_functions", "registered_function"]
 
 _log = logging.getLogger(__name__)
 
@@ -102,8 +102,18 @@ class OutcomeRecorder(logging.Handler):
         return {str(r["originalMessageId"]): r for r in self.records if r.get("terminal")}
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One queue a host reads, the registered function it delivers to, and the message actions that settle it."""
+
+    queue: LocalQueue
+    function: Function
+    actions: Any
+
+
 class LocalHost:
-    """Delivers every message of `queue` to `function` until nothing is left to deliver."""
+    """Delivers every message of `queue` to `function` (and of each further `sources` queue to its own function, in
+    one run on one clock: several producers' queues at once) until nothing is left to deliver."""
 
     def __init__(
         self,
@@ -114,11 +124,10 @@ class LocalHost:
         clock: Callable[[], float],
         concurrency: int = 16,
         max_lock_renewal: float = MAX_LOCK_RENEWAL_SECONDS,
+        sources: tuple[Source, ...] = (),
     ) -> None:
-        self._queue = queue
+        self._sources = (Source(queue, function, actions), *sources)
         self._max_lock_renewal = max_lock_renewal
-        self._function = function
-        self._actions = actions
         self._clock = clock
         self._concurrency = concurrency
         self.invocations = 0
@@ -141,13 +150,15 @@ class LocalHost:
 
     async def _deliver(self, in_flight: set[asyncio.Task[None]], *, until: float | None) -> None:
         while True:
-            while len(in_flight) < self._concurrency and (locked := self._queue.receive()) is not None:
-                in_flight.add(asyncio.create_task(self._invoke(locked)))
+            for source in self._sources:
+                while len(in_flight) < self._concurrency and (locked := source.queue.receive()) is not None:
+                    in_flight.add(asyncio.create_task(self._invoke(source, locked)))
             if in_flight:
                 done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 in_flight -= done
                 continue
-            due = self._queue.next_due_time()
+            times = [due for source in self._sources if (due := source.queue.next_due_time()) is not None]
+            due = min(times) if times else None
             if due is None or (until is not None and due > until):
                 return
             if isinstance(self._clock, ManualClock):
@@ -155,17 +166,17 @@ class LocalHost:
             else:
                 await asyncio.sleep(max(due - self._clock(), 0.0) + 0.001)
 
-    async def _invoke(self, locked: LockedMessage) -> None:
+    async def _invoke(self, source: Source, locked: LockedMessage) -> None:
         self.invocations += 1
         message = to_received_message(locked)
-        self._queue.renew_while_invoked(locked.lock_token, seconds=self._max_lock_renewal)
+        source.queue.renew_while_invoked(locked.lock_token, seconds=self._max_lock_renewal)
         try:
-            await self._function(receivedmessage=message, message_actions=self._actions)
+            await source.function(receivedmessage=message, message_actions=source.actions)
         except Exception:
             self.failed_invocations += 1
             _log.exception("invocation for message %s failed; its lock will expire", locked.message_id)
         finally:
-            self._queue.stop_renewing(locked.lock_token)
+            source.queue.stop_renewing(locked.lock_token)
 
 
 def line_outcomes(

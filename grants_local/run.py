@@ -59,8 +59,10 @@ async def run_local(
     env: Mapping[str, str] = os.environ,
     clock: Callable[[], float] | None = None,
     concurrency: int = 16,
+    producer: str | None = None,
 ) -> LocalRun:
-    """Send each non-blank line as one message (MessageId ``line-N``) and deliver until the queue is idle.
+    """Send each non-blank line as one message (MessageId ``line-N``) from `producer` (its own queue; None: the
+    producer the registry binds the grants queue to, ``other`` by default) and deliver until the queue is idle.
 
     Time is `clock`, by default a `ManualClock` starting now: retry backoff and an ``expiresAt`` removal are
     jumped over, never waited for in real time.
@@ -73,7 +75,7 @@ async def run_local(
         if body.strip():
             message_ids[f"line-{number}"] = number
             queue.send(body, message_id=f"line-{number}", content_type="application/json")
-    recorder = await process_queue(queue, env=env, clock=clock, concurrency=concurrency)
+    recorder = await process_queue(queue, env=env, clock=clock, concurrency=concurrency, producer=producer)
     outcomes = line_outcomes(message_ids, recorder, queue)
     follow_ups = [record for key, record in recorder.terminal().items() if key not in message_ids]
     return LocalRun(
@@ -90,12 +92,14 @@ async def process_queue(
     env: Mapping[str, str] = os.environ,
     clock: Callable[[], float] = time.time,
     concurrency: int = 16,
+    producer: str | None = None,
 ) -> OutcomeRecorder:
-    """Deliver everything in `queue` to the registered function until it is idle; return the outcome records."""
+    """Deliver everything in `queue` (`producer`'s own queue, when given) to the registered function until it is
+    idle; return the outcome records."""
     settings = Settings.from_env(env)
     check_identity(settings, env)
     with identity_environment(env):
-        async with local_app(settings, queue=queue, clock=clock) as app:
+        async with local_app(settings, queue=queue, clock=clock, entry=producer) as app:
             await app.drain(concurrency=concurrency)
     return app.recorder
 

@@ -21,6 +21,13 @@ and the callback retry queue, are drained by the registered ``grant_callbacks`` 
 functions: a webhook request with ``callbackUrl`` pointing at a local receiver (``examples/callback_receiver.py``)
 gets its signed callback.
 
+Callers are told apart as App Service authentication tells them apart in Azure (`shared.core.access`): serve-local
+stands in for it, dropping any ``X-MS-*`` header a caller sends and turning a local token, ``Authorization: Bearer
+local:<who>``, into the client principal App Service would pass on: ``local:operator`` (app role Grants.Operator,
+what the CLI's ``--serve-local`` uses), ``local:reader`` (Grants.Reader), ``local:<producer>`` (a principal acting for
+that producer). The tokens are published here, so they are no secret: local use only. Each producer's own queue in
+the registry (``GRANTS_PRODUCERS``) gets a queue here too, drained by its registered function.
+
 Each settled message prints its outcome line; SIGTERM stops it as Ctrl-C does. Settings come from the
 environment; unset ones get local defaults: ``GRANTS_HR_RULES`` = ``examples/hr-rules.json``,
 ``GRANTS_WEBHOOK_SECRET`` = `LOCAL_WEBHOOK_SECRET` (published here, so it is no secret: for local use only),
@@ -32,6 +39,7 @@ environment; unset ones get local defaults: ``GRANTS_HR_RULES`` = ``examples/hr-
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -56,7 +64,9 @@ from grants_local.topic import CALLBACKS_SUBSCRIPTION, LocalPublisher, outcomes_
 from shared.adapters.lanes import LaneSender
 from shared.bootstrap import bootstrap
 from shared.config import Settings
+from shared.core.access import CLIENT_PRINCIPAL_HEADER, Role, client_principal_header
 from shared.core.messaging import Lane
+from shared.core.producers import Producers
 from shared.core.signing import SIGNATURE_HEADER
 from shared.runtime import installed
 from shared.service.settle import outcome_log
@@ -80,6 +90,14 @@ LOCAL_DEFAULTS: Final[Mapping[str, str]] = {
     "GRANTS_RETRY_BASE_SECONDS": "1",
     "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "5",
     "GRANTS_MEMBER_NOT_FOUND_MIN_ATTEMPTS": "3",
+    # App Service authentication, as serve-local stands in for it (`_authenticated`)
+    "WEBSITE_AUTH_ENABLED": "true",
+}
+#: The local token's prefix (``Authorization: Bearer local:<who>``).
+LOCAL_TOKEN_PREFIX: Final = "local:"  # noqa: S105 (a published prefix, not a secret)
+_LOCAL_ROLES: Final[Mapping[str, tuple[str, ...]]] = {
+    "operator": (Role.OPERATOR.value,),
+    "reader": (Role.READER.value,),
 }
 _IDLE_POLL_SECONDS = 0.1
 #: On stop, messages due within this many seconds (retries) are still delivered; later ones (a future HR
@@ -148,9 +166,10 @@ async def serve_local(
     webhook = registered_function(function_app.app, "grant_webhook")
 
     def answer(request: Request) -> Response:
+        headers = _authenticated(dict(request.headers.items()), producers)
         if request.method == "POST" and request.path == "/api/grants":
             incoming = func.HttpRequest(
-                "POST", f"http://127.0.0.1:{port}/api/grants", headers=dict(request.headers.items()), body=request.body
+                "POST", f"http://127.0.0.1:{port}/api/grants", headers=headers, body=request.body
             )
             answered = _answered(asyncio.run_coroutine_threadsafe(_call(webhook, incoming), loop).result(timeout=60))
             if answered.status == 401 and SIGNATURE_HEADER.lower() not in {name.lower() for name in request.headers}:
@@ -158,7 +177,7 @@ async def serve_local(
                 out.flush()
             return answered
         if request.method == "GET":
-            reading = _reading(request, port)
+            reading = _reading(request, port, headers)
             if reading is not None:
                 function, incoming = reading
                 call = _call(registered_function(function_app.app, function), incoming)
@@ -166,7 +185,11 @@ async def serve_local(
         if request.method == "POST" and request.path.startswith("/api/drift/") and request.path.endswith("/confirm"):
             target = request.path[len("/api/drift/") : -len("/confirm")]
             incoming = func.HttpRequest(
-                "POST", f"http://127.0.0.1:{port}{request.path}", body=request.body, route_params={"target": target}
+                "POST",
+                f"http://127.0.0.1:{port}{request.path}",
+                headers=headers,
+                body=request.body,
+                route_params={"target": target},
             )
             call = _call(registered_function(function_app.app, "drift_confirm"), incoming)
             return _answered(asyncio.run_coroutine_threadsafe(call, loop).result(timeout=300))
@@ -184,10 +207,20 @@ async def serve_local(
     async with AsyncExitStack() as stack:
         graph_env = stack.enter_context(graph_environment(env))  # the doubles unless GRAPH_BASE_URL is set
         settings = Settings.from_env({**LOCAL_DEFAULTS, **graph_env})
+        settings = dataclasses.replace(settings, producers=local_principals(settings.producers))
+        producers = settings.producers
         check_identity(settings, graph_env)
         stack.enter_context(identity_environment(graph_env))
         ledger = await stack.enter_async_context(local_ledger())
         queues.update({settings.grants_queue: grants, settings.bulk_queue: bulk})
+        own = (settings.grants_queue, settings.bulk_queue, settings.hr_events_queue)
+        entries = [
+            entry
+            for entry in producers.entries(grants_queue=own[0], bulk_queue=own[1], hr_events_queue=own[2])
+            if entry.queue not in own
+        ]
+        for entry in entries:  # each producer's own queue, delivered to its registered function
+            queues[entry.queue] = LocalQueue()
         services = bootstrap(
             ledger.settings(settings),
             sender=LaneSender({Lane.INTERACTIVE: LocalSender(grants), Lane.BULK: LocalSender(bulk)}),
@@ -209,6 +242,12 @@ async def serve_local(
                 _host(grants, function_app.app, "grant_membership", grants_settlement.address),
                 _host(bulk, function_app.app, "grant_membership_bulk", bulk_settlement.address),
             ]
+            for entry in entries:
+                assert entry.producer is not None
+                slug = entry.producer.name.replace("-", "_")
+                name = f"hr_events_from_{slug}" if entry.hr_events else f"grants_from_{slug}"
+                settlement = stack.enter_context(LocalSettlementServer(queues[entry.queue]))
+                hosts.append(_host(queues[entry.queue], function_app.app, name, settlement.address))
             if settings.outcomes_topic:
                 hosts += [
                     _host(subscription, function_app.app, "grant_callbacks", callbacks_settlement.address),
@@ -236,7 +275,7 @@ async def serve_local(
                 server.close()
                 for host in hosts:  # what was accepted is delivered before the queues go away (retries too)
                     await host.drain(until=time.time() + _STOP_HORIZON_SECONDS)
-                later = sum(queue.scheduled_count for queue in (grants, bulk, hr_events))
+                later = sum(queue.scheduled_count for queue in (hr_events, *queues.values()))
                 if later:
                     out.write(f"{later} message(s) scheduled for later are dropped with the in-memory queues\n")
                 outcome_log.removeHandler(printer)
@@ -271,17 +310,54 @@ async def _serve_queue(host: LocalHost, stop: asyncio.Event) -> None:
         await _wait(stop, _IDLE_POLL_SECONDS)
 
 
-def _reading(request: Request, port: int) -> tuple[str, func.HttpRequest] | None:
+def _reading(request: Request, port: int, headers: dict[str, str]) -> tuple[str, func.HttpRequest] | None:
     """The registered function and its request for a GET of a status route; None for any other path."""
     url = f"http://127.0.0.1:{port}{request.path}"
+    params = dict(request.query)
     if request.path in ("/api/history", "/api/drift"):
         name = "grant_history" if request.path == "/api/history" else "drift_report"
-        return name, func.HttpRequest("GET", url, body=b"", params=dict(request.query))
+        return name, func.HttpRequest("GET", url, headers=headers, body=b"", params=params)
     for prefix, name, parameter in _READS:
         if request.path.startswith(prefix):
             route_params = {parameter: request.path[len(prefix) :]}
-            return name, func.HttpRequest("GET", url, body=b"", route_params=route_params)
+            return name, func.HttpRequest(
+                "GET", url, headers=headers, body=b"", route_params=route_params, params=params
+            )
     return None
+
+
+def local_principal(producer: str) -> str:
+    """The Entra object id serve-local gives the principal acting for `producer` (the same on every run)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"entra-grants:local-producer:{producer}"))
+
+
+def local_principals(producers: Producers) -> Producers:
+    """`producers` with each one's local principal added (`local_principal`): ``local:<producer>`` acts for it."""
+    return Producers(
+        by_name={
+            name: dataclasses.replace(producer, principals=producer.principals | {local_principal(name)})
+            for name, producer in producers.by_name.items()
+        },
+        origin=producers.origin,
+    )
+
+
+def _authenticated(headers: Mapping[str, str], producers: Producers) -> dict[str, str]:
+    """`headers` as App Service authentication passes them on: every ``X-MS-*`` a caller sent dropped, and for a
+    local token (``Authorization: Bearer local:<who>``) the client principal it stands for."""
+    passed = {name: value for name, value in headers.items() if not name.lower().startswith("x-ms-")}
+    scheme, _, token = headers.get("Authorization", headers.get("authorization", "")).partition(" ")
+    if scheme.lower() != "bearer" or not token.startswith(LOCAL_TOKEN_PREFIX):
+        return passed
+    who = token[len(LOCAL_TOKEN_PREFIX) :]
+    if who in _LOCAL_ROLES:
+        object_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"entra-grants:local-{who}"))
+        principal = client_principal_header(object_id=object_id, name=f"local {who}", roles=_LOCAL_ROLES[who])
+    elif producers.get(who) is not None:
+        principal = client_principal_header(object_id=local_principal(who), name=f"local producer {who}")
+    else:
+        return passed
+    return {**passed, CLIENT_PRINCIPAL_HEADER: principal}
 
 
 def _answered(response: func.HttpResponse) -> Response:

@@ -81,7 +81,8 @@ import httpx
 
 from grants_local.app import local_app
 from grants_local.graph_double import Fault, GraphDouble
-from grants_local.host import registered_function
+from grants_local.host import LocalHost, Source, registered_function
+from grants_local.producers import declared, registry_json
 from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LocalSender, ManualClock, SendFailedError
 from grants_local.run import os_environment
 from grants_local.token_endpoint import TokenEndpoint
@@ -135,6 +136,7 @@ EDGE_REQUESTED = (
 EDGE_EXPIRES = ("2099-12-31T23:59:59.999999Z", "2100-01-01T00:30:00+01:00")
 #: Forged on `forged` messages: a job's and an HR event's rows that no one wrote, and the properties' values.
 FORGED_JOB = "job-forged"
+FORGED_BY = "ticketing"  # the producer whose queue the forged messages come from
 FORGED_HR_EVENT = "evt-forged"
 FORGED_ATTEMPT = 50
 FORGED_TIME = "2000-01-01T00:00:00+00:00"
@@ -170,8 +172,9 @@ ALLOWED = {
     "forged": {"granted", "already_member"},
     "forged_remove": {"revoked", "not_member", "superseded"},  # made an hour before the add arrived
     "squat": {"dead_lettered:SchemaViolation", "dead_lettered:InvalidJson"},
-    # a replayed copy under another MessageId: its request again (absorbed), or a ~ id refused
-    "replay": {"dead_lettered:SchemaViolation"},
+    # a replayed copy under another MessageId, on the queue the app sent it to: its request again (absorbed), a ~ id
+    # refused, or (the queue's own producer speaking as another) refused as not its words
+    "replay": {"dead_lettered:SchemaViolation", "dead_lettered:SourceMismatch", "dead_lettered:UnknownProducer"},
 }
 # A request sent again under a new MessageId is the same request: the ledger absorbs the second message.
 ALLOWED = {kind: outcomes | {"duplicate"} for kind, outcomes in ALLOWED.items()}
@@ -210,6 +213,7 @@ class Planned:
     path: str  # a regex matching the target in this message's Graph write paths
     properties: dict[str, str | int] = field(default_factory=dict)  # application properties the producer sets
     delay: float = 0.0  # seconds after the start when the producer sends it
+    producer: str = ""  # whose own queue it is sent to (`grants_local.producers`); "" for the one its body names
 
 
 @dataclass(slots=True)
@@ -313,6 +317,16 @@ def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
     return Soak(seed=seed, messages=messages, expected=expected, doomed=doomed, expiry_victims=victims)
 
 
+def _source(raw: bytes) -> str:
+    """The producer an honest sender of `raw` is: the one named as its ``source.system`` (``bulk``, on the grants
+    queue, when the body names none readable)."""
+    try:
+        system = json.loads(raw)["source"]["system"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return "bulk"
+    return system if system in ("hr", "ticketing", "bulk", "other") else "bulk"
+
+
 def _unit_body(request_id: str, action: str, unit: str, member: str, **fields: Any) -> bytes:
     document = {
         "schemaVersion": 1,
@@ -397,7 +411,9 @@ def _forged(
     if adds:
         forged["expiryOf"] = victim = rng.choice(adds)
         victims.add(victim)
-    properties = {name: value for name, value in forged.items() if rng.random() < 0.6}
+    job = {"bulkJob", "jobRow", "jobRows"}  # a job's row names all three: the producer's own job (a forged row)
+    keep_job = rng.random() < 0.6
+    properties = {name: value for name, value in forged.items() if (keep_job if name in job else rng.random() < 0.6)}
     raced = rng.random() < 0.5
     if raced:
         properties["arrivedAt"] = FORGED_TIME
@@ -691,6 +707,22 @@ class LogScan(logging.Handler):
             self.leaks.append(text[:300])
 
 
+@dataclass(frozen=True, slots=True)
+class QueueTotals:
+    """Every queue's statistics added up (the grants queue and each producer's own)."""
+
+    sent: int
+    duplicates_dropped: int
+    completed: int
+    abandoned: int
+    dead_lettered: int
+    locks_expired: int
+
+    @classmethod
+    def of(cls, queues: list[LocalQueue]) -> QueueTotals:
+        return cls(*(sum(getattr(q.stats, name) for q in queues) for name in cls.__slots__))
+
+
 @dataclass(slots=True)
 class Report:
     invariants: list[tuple[str, str, str, bool]]
@@ -726,15 +758,29 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
         stack.enter_context(os_environment(tokens.env()))
         for name in ("IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_CLIENT_ID"):
             os.environ.pop(name, None)
+        stack.enter_context(declared())  # each producer's queue has its trigger
         import function_app
 
         queue = LocalQueue(clock=clock)
+        settings = Settings.from_env(
+            {
+                "GRAPH_BASE_URL": graph.base_url,
+                "GRANTS_SETTLEMENT_TIMEOUT_SECONDS": str(SETTLEMENT_DEADLINE_SECONDS),
+                "GRANTS_PRODUCERS": registry_json(),
+            }
+        )
+        app = await stack.enter_async_context(
+            local_app(settings, queue=queue, sender=lambda local: SoakSender(local, soak))
+        )
         rng = random.Random(f"{seed}|producer")
         for planned in soak.messages:
             at = EPOCH + timedelta(seconds=planned.delay) if planned.delay else None
+            own = app.queue_of(planned.producer or _source(planned.body))
 
-            def send(message_id: str, planned: Planned = planned, at: datetime | None = at) -> None:
-                queue.send(
+            def send(
+                message_id: str, planned: Planned = planned, at: datetime | None = at, own: LocalQueue = own
+            ) -> None:
+                own.send(
                     planned.body,
                     message_id=message_id,
                     application_properties=planned.properties,
@@ -749,25 +795,26 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
             if rng.random() < 0.02:  # the producer sends the same request again under a new MessageId
                 send(planned.message_id + "-again")
                 soak.duplicates_new_id += 1
-        settings = Settings.from_env(
-            {"GRAPH_BASE_URL": graph.base_url, "GRANTS_SETTLEMENT_TIMEOUT_SECONDS": str(SETTLEMENT_DEADLINE_SECONDS)}
-        )
-        app = await stack.enter_async_context(
-            local_app(settings, queue=queue, sender=lambda local: SoakSender(local, soak))
-        )
         app.services.http.timeout = httpx.Timeout(READ_TIMEOUT_SECONDS, connect=5.0, pool=30.0)
-        function = SoakFunction(
-            registered_function(function_app.app, "grant_membership"),
-            soak=soak,
-            graph=graph,
-            tokens=tokens,
-            by_request={planned.request_id: planned for planned in soak.messages},
+        by_request = {planned.request_id: planned for planned in soak.messages}
+
+        def faulty(name: str) -> SoakFunction:
+            function = registered_function(function_app.app, name)
+            return SoakFunction(function, soak=soak, graph=graph, tokens=tokens, by_request=by_request)
+
+        host = LocalHost(
+            queue=queue,
+            function=faulty("grant_membership"),
+            actions=app.actions,
+            clock=clock,
+            concurrency=concurrency,
+            sources=tuple(Source(q.queue, faulty(q.function), q.actions) for q in app.producer_queues.values()),
         )
-        host = app.host(function=function, concurrency=concurrency)
         virtual_start = clock()
         await host.drain()
         recorder = app.recorder
-        report = check(soak, graph, queue, recorder.records, scan, await ledger_facts(soak, app.services.ledger))
+        queues = [queue, *(q.queue for q in app.producer_queues.values())]
+        report = check(soak, graph, queues, recorder.records, scan, await ledger_facts(soak, app.services.ledger))
         report.numbers.update(
             seed=seed,
             messages=count,
@@ -785,21 +832,27 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
 
 
 async def ledger_facts(soak: Soak, ledger: Ledger) -> dict[str, int]:
-    """What the ledger holds that no producer may have written: rows of the job and HR event only forged properties
-    named, and removals noted on requests that only a forged ``expiryOf`` named."""
-    job = await ledger.group("job", FORGED_JOB)
-    event = await ledger.group("hrEvent", FORGED_HR_EVENT)
+    """What the ledger holds that no producer may have written: rows of the HR event only forged properties named,
+    rows of the job they named under any producer but the one that sent them (a producer's job properties on its own
+    queue name its own job), and removals noted on requests that only a forged ``expiryOf`` named."""
+    groups = [
+        *(g for g in await ledger.group("job", FORGED_JOB, producer=None) if g.producer != FORGED_BY),
+        *await ledger.group("hrEvent", FORGED_HR_EVENT, producer=None),
+    ]
     noted = 0
     for request_id in sorted(soak.expiry_victims):
-        status = await ledger.status(request_id)
-        noted += status is not None and status.removal is not None
-    return {"forged_rows": len(job.rows) + len(event.rows), "forged_removals": noted}
+        noted += any(status.removal is not None for status in await ledger.statuses(request_id))
+    return {"forged_rows": sum(len(group.rows) for group in groups), "forged_removals": noted}
+
+
+#: What a replayed copy of another producer's request ends as: it is the words of whoever sends to its queue.
+_NOT_ITS_PRODUCERS = frozenset({"SourceMismatch", "UnknownProducer"})
 
 
 def check(
     soak: Soak,
     graph: GraphDouble,
-    queue: LocalQueue,
+    queues: list[LocalQueue],
     records: list[Mapping[str, Any]],
     scan: LogScan,
     facts: Mapping[str, int] | None = None,
@@ -807,16 +860,13 @@ def check(
     """The invariants, from the outcome records, the queue, the Graph double's state and request log, and what the
     ledger holds (`ledger_facts`)."""
     facts = facts or {"forged_rows": 0, "forged_removals": 0}
-    replays = [
-        Planned(message_id, message_id, "replay", "", "", b"", "")
-        for message_id, request_id in soak.replays.items()
-        if request_id.startswith("~")  # an expiry removal's copy: refused; a producer's request again is counted as it
-    ]
+    replays = [Planned(message_id, message_id, "replay", "", "", b"", "") for message_id in soak.replays]
     by_request = {planned.request_id: planned for planned in [*soak.messages, *replays]}
     # a body that is not JSON has no readable requestId: its record is found by the producer's MessageId
     request_of = {planned.message_id: planned.request_id for planned in [*soak.messages, *replays]}
     request_of.update({f"{planned.message_id}-again": planned.request_id for planned in soak.messages})
     terminal: dict[str, list[str]] = defaultdict(list)
+    replays_seen: set[str] = set()
     descriptions: dict[tuple[str, str], str] = {}
     forged_ids = {planned.message_id for planned in soak.messages if planned.properties}
     forged_attempts = forged_first = 0
@@ -825,21 +875,26 @@ def check(
             forged_attempts += int(record.get("attempts") or 0) >= FORGED_ATTEMPT
             forged_first += str(record.get("firstAttemptAt") or "9999") < EPOCH.isoformat()
         request_id = record.get("requestId") or request_of.get(str(record.get("originalMessageId")))
-        if str(record.get("originalMessageId")) in soak.replays and str(request_id).startswith("~"):
-            request_id = str(record.get("originalMessageId"))  # a replayed ~ copy: refused as a producer's
+        replayed = str(record.get("originalMessageId")) in soak.replays
+        if replayed and record.get("terminal"):
+            replays_seen.add(str(record.get("originalMessageId")))
+        if replayed and (str(request_id).startswith("~") or record.get("reason") in _NOT_ITS_PRODUCERS):
+            # a replayed copy is a message of whoever may send to the queue it landed on, not of the request's
+            # producer: a ~ id refused, or refused as another producer's words; else its request again
+            request_id = str(record.get("originalMessageId"))
         if record.get("terminal") and request_id in by_request:
             reason = record.get("reason")
             outcome = f"dead_lettered:{reason}" if record["outcome"] == "dead_lettered" else str(record["outcome"])
             terminal[str(request_id)].append(outcome)
             descriptions[(str(request_id), outcome)] = str(record.get("description", ""))[:400]
-    dead = queue.dead_letters()
+    dead = [entry for queue in queues for entry in queue.dead_letters()]
     for entry in dead:
         if entry.reason == MAX_DELIVERY_COUNT_EXCEEDED:
             request_id = json.loads(entry.body).get("requestId")
             terminal[str(request_id)].append(f"dead_lettered:{MAX_DELIVERY_COUNT_EXCEEDED}")
     outcomes: Counter[str] = Counter(outcome for values in terminal.values() for outcome in values)
     reached = sum(1 for planned in soak.messages if terminal.get(planned.request_id))
-    replays_ended = sum(1 for planned in replays if terminal.get(planned.request_id))
+    replays_ended = len(replays_seen)
     not_allowed = [
         (request_id, outcome)
         for request_id, values in terminal.items()
@@ -879,15 +934,15 @@ def check(
     reasons = Counter(entry.reason for entry in dead)
     undocumented = sum(n for reason, n in reasons.items() if reason not in DOCUMENTED_REASONS)
     deepest = max([soak.max_delivery_count, *(entry.delivery_count for entry in dead)])
-    stats = queue.stats
-    left = queue.active_count + queue.scheduled_count + queue.locked_count
+    stats = QueueTotals.of(queues)
+    left = sum(queue.active_count + queue.scheduled_count + queue.locked_count for queue in queues)
     settled = stats.completed + stats.dead_lettered
     accepted = stats.sent  # duplicates dropped are not counted as sent
     n = len(soak.messages)
     invariants = [
         ("every request reached a terminal state", str(n), str(reached), reached == n),
         (
-            "every replayed ~ copy reached a terminal state",
+            "every replayed sealed copy reached a terminal state",
             str(len(replays)),
             str(replays_ended),
             replays_ended == len(replays),

@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     configure()
     with graph_environment(os.environ, clock=time.time) as env:
-        run = asyncio.run(run_local(Path(argv[0]).read_bytes().splitlines(), env=env))
+        run = asyncio.run(run_local(Path(argv[0]).read_bytes().splitlines(), env=env, producer="bulk"))
     flush()
     print_json(run, sys.stdout)
     return 0 if run.complete else 1

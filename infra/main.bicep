@@ -62,6 +62,17 @@ cold start well over 10 % (measured: README, Operations), and the alerts, the wo
 either way.''')
 param openTelemetry bool = false
 
+@description('''The producers (docs/deploy.md, Producers), each {name, system, principalId, entry}: name (a-z, 0-9, inner
+hyphens) is its identity; system (hr, ticketing, bulk, other) what its messages must say; principalId the object id of
+its Entra identity (a managed identity or app registration), which gets Azure Service Bus Data Sender on its own queue
+only and reads its own requests on the HTTP API; entry: own (a queue grants-<name>, interactive), bulk (the same, in
+the bulk lane) or hrEvents (the HR events queue). Empty: the built-in four (ticketing on the webhook, hr on hr-events,
+bulk on the bulk queue, other on the grants queue), whose queues take whoever you give Data Sender on them.''')
+param producers array = []
+
+@description('Client id of the Entra app registration that guards the HTTP API (App Service authentication; infra/scripts/register-api.sh creates it, with the app roles Grants.Reader and Grants.Operator). Empty: authentication is off and the API answers nobody but signed webhook requests.')
+param apiClientId string = ''
+
 @description('Email address the alerts go to; empty: no email receiver.')
 param alertEmail string = ''
 
@@ -78,6 +89,27 @@ param alertDeadLettersPerHour int = 10
 param alertStalledMinutes int = 30
 
 var token = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
+
+// The producer registry the app reads (GRANTS_PRODUCERS), from the producers parameter: each on the queue only it may
+// send to, its principal acting for it on the HTTP API; ticketing on the webhook beside them (GRANTS_WEBHOOK_SECRET).
+var producerEntries = [for producer in producers: producer.entry == 'hrEvents' ? {
+  name: producer.name
+  system: producer.system
+  hrEventsQueue: 'hr-events'
+  principals: [producer.principalId]
+} : {
+  name: producer.name
+  system: producer.system
+  queue: 'grants-${producer.name}'
+  lane: producer.entry == 'bulk' ? 'bulk' : 'interactive'
+  principals: [producer.principalId]
+}]
+var webhookProducer = { name: 'ticketing', system: 'ticketing', secretSetting: 'GRANTS_WEBHOOK_SECRET' }
+var producersSetting = empty(producers) ? '' : string({ producers: concat([webhookProducer], producerEntries) })
+var producerSenders = [for producer in producers: {
+  principalId: producer.principalId
+  queue: producer.entry == 'hrEvents' ? 'hr-events' : 'grants-${producer.name}'
+}]
 var tags = { 'azd-env-name': environmentName }
 
 // Graph allows 20 directory writes per second per app and tenant. Adaptive pacing: every instance may write up to
@@ -94,7 +126,7 @@ module identity 'modules/identity.bicep' = {
 
 module servicebus 'modules/servicebus.bicep' = {
   name: 'servicebus'
-  params: { name: 'sb-grants-${token}', location: location, tags: tags }
+  params: { name: 'sb-grants-${token}', location: location, tags: tags, producers: producers }
 }
 
 module storage 'modules/storage.bicep' = {
@@ -141,6 +173,8 @@ module functionApp 'modules/functionapp.bicep' = {
     ledgerTableServiceUri: ledger.outputs.tableServiceUri
     ledgerTableName: ledger.outputs.tableName
     openTelemetry: openTelemetry
+    producersSetting: producersSetting
+    apiClientId: apiClientId
   }
   // The identity's roles exist before the host first starts, so it does not crash-loop on storage or Service Bus.
   dependsOn: [rbac]
@@ -157,6 +191,7 @@ module rbac 'modules/rbac.bicep' = {
     ledgerTableName: ledger.outputs.tableName
     // The rules' identities exist once the rules do, so this module (and the app, which waits for it) waits for them.
     alertRulePrincipalIds: alerts.outputs.logAlertPrincipalIds
+    producerSenders: producerSenders
   }
 }
 
@@ -209,3 +244,4 @@ output GRANTS_CALLBACK_QUEUE string = servicebus.outputs.callbackQueue
 output GRAPH_BASE_URL string = graphBaseUrl
 output GRAPH_WRITE_RATE string = graphWriteRate
 output GRAPH_WRITE_PACING string = graphWritePacing
+output GRANTS_PRODUCERS string = producersSetting

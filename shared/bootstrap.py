@@ -22,7 +22,7 @@ from shared.adapters.graph import GraphClient, new_http_client
 from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
 from shared.adapters.lanes import LaneSender
 from shared.adapters.ledger import Ledger
-from shared.adapters.seal import Sealer, SealingSender
+from shared.adapters.seal import Sealer, SealingPublisher, SealingSender
 from shared.adapters.storage import ledger_table_client
 from shared.config import Settings
 from shared.core.drift_policy import DriftPolicy
@@ -117,8 +117,10 @@ def bootstrap(
     managed identity; `ledger_credential` replaces that credential for a local Azurite only (its development key).
     """
     quiet_library_loggers()
+    _log.info(settings.producers.describe())
     _log.info(settings.callbacks.describe())
     grant_policy = GrantPolicy.load(settings.policy_path) if settings.policy_path else GrantPolicy.default()
+    grant_policy.check_registry(settings.producers)
     _log.log(logging.WARNING if settings.policy_path is None else logging.INFO, grant_policy.describe())
     hr_rules = HrRules.load(settings.hr_rules_path) if settings.hr_rules_path else None
     http = new_http_client(own_pools=(settings.ledger_table_uri,) if settings.ledger_table_uri else ())
@@ -158,9 +160,12 @@ def bootstrap(
     senders = LaneSender.sealed(LaneSender.single(sender), sealer)
     if callback_sender is not None:
         callback_sender = SealingSender(callback_sender, sealer)
+    if publisher is not None:
+        publisher = SealingPublisher(publisher, sealer)
     grants = GrantService(
         graph=graph,
         policy=grant_policy,
+        callbacks=settings.callbacks,
         senders=senders,
         now=now,
         activate_roles=settings.activate_roles,
@@ -196,6 +201,8 @@ def bootstrap(
             policy=retry_policy,
             now=now,
             deadline=deadline,
+            producers=settings.producers,
+            own_queues={Lane.INTERACTIVE: settings.grants_queue, Lane.BULK: settings.bulk_queue},
         ),
         hr_event=HrEventHandler(
             sealer=sealer,
@@ -206,6 +213,8 @@ def bootstrap(
             now=now,
             time_zone=settings.hr_time_zone,
             deadline=deadline,
+            producers=settings.producers,
+            own_queue=settings.hr_events_queue,
         ),
         callback=CallbackHandler(
             sealer=sealer,
@@ -218,10 +227,15 @@ def bootstrap(
             deadline=deadline,
         ),
         webhook=Webhook(
-            secret=settings.webhook_secret, sender=senders, ledger=ledger, now=now, callbacks=settings.callbacks
+            producers=settings.producers,
+            api_auth=settings.api_auth,
+            sender=senders,
+            ledger=ledger,
+            now=now,
+            callbacks=settings.callbacks,
         ),
         expiry_sweep=ExpirySweep(gate=gate, sender=senders),
-        status=StatusApi(ledger=ledger),
+        status=StatusApi(ledger=ledger, producers=settings.producers, api_auth=settings.api_auth),
         drift=DriftHandler(
             service=DriftService(
                 reader=DirectoryReader(graph=graph, pacer=ReadPacer(rate=settings.graph_read_rate)),
@@ -231,7 +245,9 @@ def bootstrap(
                 sender=senders.lane(Lane.BULK),
                 publisher=publisher if topic else None,
                 now=now,
-            )
+            ),
+            producers=settings.producers,
+            api_auth=settings.api_auth,
         ),
         _closers=tuple(closers),
     )

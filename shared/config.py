@@ -11,8 +11,9 @@ from typing import Final
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from shared.core.callbacks import CallbackPolicy
+from shared.core.callbacks import CallbackPolicy, callback_hosts_setting
 from shared.core.errors import ConfigError
+from shared.core.producers import Producers
 
 __all__ = ["APP_SETTINGS", "LEDGER_CONNECTION_STRING", "LedgerConnection", "Settings"]
 
@@ -44,9 +45,11 @@ APP_SETTINGS: Final[Mapping[str, str]] = {
     "HR_TIME_ZONE": "UTC",  # an IANA zone: HR effective dates start (and leavers' end) at midnight there
     "GRANTS_HR_RULES": "",
     "GRANTS_WEBHOOK_SECRET": "",  # a Key Vault reference in Azure, never a literal
+    # the producer registry (shared/core/producers.py): JSON, or a file in the package; empty: the built-in four
+    "GRANTS_PRODUCERS": "",
     "GRANTS_OUTCOMES_TOPIC": "",  # empty: no outcome events, no callbacks
     "GRANTS_CALLBACK_QUEUE": "grant-callbacks",
-    "GRANTS_CALLBACK_HOSTS": "",  # JSON: {"ticketing": ["contoso.service-now.com"]}
+    "GRANTS_CALLBACK_HOSTS": "",  # JSON by producer: {"ticketing": ["contoso.service-now.com"]}
     "GRANTS_CALLBACK_LOOPBACK": "false",  # local only: refused inside Azure (WEBSITE_INSTANCE_ID)
     "ServiceBusConnection__fullyQualifiedNamespace": "",
     "ServiceBusConnection__credential": "managedidentity",
@@ -155,12 +158,23 @@ class Settings:
     outcomes_topic: str | None = None
     callback_queue: str = "grant-callbacks"
     callbacks: CallbackPolicy = field(default_factory=CallbackPolicy)
-
-    def signing_secret(self, source_system: str | None) -> str | None:
-        """The secret that signs a source system's requests and callbacks (the ticketing webhook's), or None."""
-        return self.webhook_secret if source_system == "ticketing" else None
-
+    producers: Producers = field(
+        default_factory=lambda: Producers.default(
+            grants_queue="grant-membership",
+            bulk_queue="grant-membership-bulk",
+            hr_events_queue="hr-events",
+            webhook_secret=None,
+        )
+    )
+    #: App Service authentication is on (``WEBSITE_AUTH_ENABLED``, set by the platform): only then are the caller
+    #: headers it injects (``X-MS-CLIENT-PRINCIPAL``) believed; without it every API read is refused.
+    api_auth: bool = False
     worker_telemetry: bool = False
+
+    def signing_secret(self, producer: str | None) -> str | None:
+        """The secret that signs `producer`'s webhook requests and its callbacks, or None when it has none."""
+        found = self.producers.get(producer)
+        return found.secret if found is not None else None
 
     @property
     def ledger_table_uri(self) -> str | None:
@@ -207,7 +221,25 @@ class Settings:
                 f"got {ledger_table!r}"
             )
         outcomes_topic = get("GRANTS_OUTCOMES_TOPIC") or None
-        callbacks = _callback_policy(get, env, outcomes_topic)
+        grants_queue = get("GRANTS_QUEUE") or "grant-membership"
+        bulk_queue = get("GRANTS_BULK_QUEUE") or "grant-membership-bulk"
+        hr_events_queue = get("HR_EVENTS_QUEUE") or "hr-events"
+        webhook_secret = _webhook_secret(env.get("GRANTS_WEBHOOK_SECRET", ""))
+        hosts = callback_hosts_setting(get("GRANTS_CALLBACK_HOSTS"))
+        registry = get("GRANTS_PRODUCERS")
+        if registry:
+            producers = Producers.parse(
+                _registry_document(registry), env=env, origin=_registry_origin(registry), callback_hosts=hosts
+            )
+        else:
+            producers = Producers.default(
+                grants_queue=grants_queue,
+                bulk_queue=bulk_queue,
+                hr_events_queue=hr_events_queue,
+                webhook_secret=webhook_secret,
+                callback_hosts=hosts,
+            )
+        callbacks = _callback_policy(get, env, outcomes_topic, producers)
         settlement_timeout = _number(get, "GRANTS_SETTLEMENT_TIMEOUT_SECONDS", minimum=0.1)
         pacing = get("GRAPH_WRITE_PACING").lower() or "adaptive"
         if pacing not in ("adaptive", "static"):
@@ -216,8 +248,8 @@ class Settings:
         return cls(
             graph_base_url=base_url,
             client_id=get("AZURE_CLIENT_ID") or None,
-            grants_queue=get("GRANTS_QUEUE") or "grant-membership",
-            bulk_queue=get("GRANTS_BULK_QUEUE") or "grant-membership-bulk",
+            grants_queue=grants_queue,
+            bulk_queue=bulk_queue,
             activate_roles=_flag(get, "GRANTS_ACTIVATE_ROLES"),
             max_attempts=int(max_attempts),
             max_delivery_count=int(max_deliveries),
@@ -233,10 +265,10 @@ class Settings:
             graph_write_window_seconds=write_window,
             policy_path=_app_file(get("GRANTS_POLICY")),
             dry_run=_flag(get, "GRANTS_DRY_RUN"),
-            hr_events_queue=get("HR_EVENTS_QUEUE") or "hr-events",
+            hr_events_queue=hr_events_queue,
             hr_time_zone=_time_zone(get("HR_TIME_ZONE") or "UTC"),
             hr_rules_path=_app_file(get("GRANTS_HR_RULES")),
-            webhook_secret=_webhook_secret(env.get("GRANTS_WEBHOOK_SECRET", "")),
+            webhook_secret=webhook_secret,
             servicebus_namespace=get("ServiceBusConnection__fullyQualifiedNamespace") or None,
             servicebus_client_id=get("ServiceBusConnection__clientId") or get("AZURE_CLIENT_ID") or None,
             ledger=_ledger_connection(get, env),
@@ -244,6 +276,8 @@ class Settings:
             outcomes_topic=outcomes_topic,
             callback_queue=get("GRANTS_CALLBACK_QUEUE") or "grant-callbacks",
             callbacks=callbacks,
+            producers=producers,
+            api_auth=_flag(lambda name: env.get(name, "").strip(), "WEBSITE_AUTH_ENABLED"),
             worker_telemetry=_flag(get, "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"),
         )
 
@@ -277,15 +311,40 @@ def _windows(value: str) -> dict[str, float]:
 _SOURCES: Final = ("hr", "ticketing", "bulk", "other")
 
 
-def _callback_policy(get: _Getter, env: Mapping[str, str], outcomes_topic: str | None) -> CallbackPolicy:
-    """The callback allow-list; local mode (loopback and plain http) only outside Azure; callbacks need the topic."""
+def _registry_document(value: str) -> object:
+    """``GRANTS_PRODUCERS``: JSON text (starting with ``{``), else a file in the package (`_app_file`)."""
+    import json
+
+    if value.lstrip().startswith("{"):
+        text = value
+    else:
+        path = Path(_app_file(value) or "")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(f"GRANTS_PRODUCERS: cannot read {path}: {error.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ConfigError(f"GRANTS_PRODUCERS ({_registry_origin(value)}) is not valid JSON: {error}") from None
+
+
+def _registry_origin(value: str) -> str:
+    return "the setting's JSON" if value.lstrip().startswith("{") else str(_app_file(value))
+
+
+def _callback_policy(
+    get: _Getter, env: Mapping[str, str], outcomes_topic: str | None, producers: Producers
+) -> CallbackPolicy:
+    """The callback allow-list, by producer; local mode (loopback and plain http) only outside Azure; callbacks need
+    the topic."""
     loopback = _flag(get, "GRANTS_CALLBACK_LOOPBACK")
     if loopback and any(env.get(marker) for marker in AZURE_PLATFORM_MARKERS):
         raise ConfigError(
             "GRANTS_CALLBACK_LOOPBACK=true is for a local run only (callbacks to loopback, over plain http); "
             "this process runs in Azure App Service, where it is refused"
         )
-    policy = CallbackPolicy.from_setting(get("GRANTS_CALLBACK_HOSTS"), loopback=loopback)
+    policy = CallbackPolicy.from_hosts({p.name: p.callback_hosts for p in producers}, loopback=loopback)
     if policy.enabled and outcomes_topic is None:
         raise ConfigError(
             "GRANTS_CALLBACK_HOSTS (or GRANTS_CALLBACK_LOOPBACK) is set but GRANTS_OUTCOMES_TOPIC is empty: "

@@ -40,6 +40,7 @@ __all__ = [
     "process_job_status",
     "process_status",
     "process_webhook",
+    "producer_queues",
     "services",
 ]
 
@@ -60,6 +61,23 @@ def check_configuration() -> None:
         from shared.core.hr_rules import HrRules
 
         HrRules.load(settings.hr_rules_path)
+
+
+def producer_queues() -> list[tuple[str, str, bool]]:
+    """The queues of the producer registry beyond the app's own three (grants, bulk, HR events): ``(function name,
+    queue, carries HR events)`` for each, for ``function_app`` to declare one trigger per queue (a producer is known
+    by the queue only it may send to)."""
+    settings = Settings.from_env(os.environ)
+    own = (settings.grants_queue, settings.bulk_queue, settings.hr_events_queue)
+    entries = settings.producers.entries(grants_queue=own[0], bulk_queue=own[1], hr_events_queue=own[2])
+    declared = []
+    for entry in entries:
+        if entry.queue in own or entry.producer is None:
+            continue
+        slug = entry.producer.name.replace("-", "_")
+        name = f"hr_events_from_{slug}" if entry.hr_events else f"grants_from_{slug}"
+        declared.append((name, entry.queue, entry.hr_events))
+    return declared
 
 
 def configure_telemetry() -> None:
@@ -93,15 +111,19 @@ def installed(replacement: Services) -> Iterator[Services]:
         _services = previous
 
 
-async def process_grant_message(message: Any, actions: MessageActions, *, lane: Lane = Lane.INTERACTIVE) -> Settled:
-    """Entry point for the grant triggers: process and settle one grant message of `lane` (``bulk`` for the bulk
-    queue: its Graph writes wait behind interactive ones, its retries stay bulk)."""
-    return await services().grant(message, actions, lane=lane)
+async def process_grant_message(
+    message: Any, actions: MessageActions, *, lane: Lane = Lane.INTERACTIVE, queue: str | None = None
+) -> Settled:
+    """Entry point for the grant triggers: process and settle one grant message from a producer's own `queue`, or
+    (None) from the app's own queue of `lane` (``bulk`` for the bulk queue: its Graph writes wait behind interactive
+    ones, its retries stay bulk)."""
+    return await services().grant(message, actions, lane=lane, queue=queue)
 
 
-async def process_hr_event(message: Any, actions: MessageActions) -> Settled:
-    """Entry point for the HR events trigger: derive grant messages from one event and settle it."""
-    return await services().hr_event(message, actions)
+async def process_hr_event(message: Any, actions: MessageActions, *, queue: str | None = None) -> Settled:
+    """Entry point for the HR events triggers: derive grant messages from one event (from a producer's own `queue`,
+    or the app's HR events queue) and settle it."""
+    return await services().hr_event(message, actions, queue=queue)
 
 
 async def process_expiry_sweep() -> int:
@@ -117,13 +139,13 @@ async def process_drift_sweep() -> int:
 
 async def process_drift_report(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``GET /api/drift[?target=]``: the drift of every target (or one), read now, nothing repaired."""
-    return _response(await services().drift.report(dict(request.params)))
+    return _response(await services().drift.report(dict(request.params), request.headers))
 
 
 async def process_drift_confirm(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``POST /api/drift/{target}/confirm``: release removals the blast-radius guard holds, once."""
     target = request.route_params.get("target", "")
-    return _response(await services().drift.confirm(target, request.get_body()))
+    return _response(await services().drift.confirm(target, request.get_body(), request.headers))
 
 
 async def process_callback(message: Any, actions: MessageActions) -> Settled:
@@ -138,22 +160,25 @@ async def process_webhook(request: func.HttpRequest) -> func.HttpResponse:
 
 async def process_status(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``GET /api/grants/{requestId}``: the request's status record from the ledger."""
-    return _response(await services().status.request(request.route_params.get("requestId", "")))
+    request_id = request.route_params.get("requestId", "")
+    return _response(await services().status.request(request_id, dict(request.params), request.headers))
 
 
 async def process_job_status(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``GET /api/jobs/{jobId}``: a bulk job's progress, totals by status and failed rows."""
-    return _response(await services().status.group("job", request.route_params.get("jobId", "")))
+    job_id = request.route_params.get("jobId", "")
+    return _response(await services().status.group("job", job_id, dict(request.params), request.headers))
 
 
 async def process_hr_event_status(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``GET /api/hr-events/{eventId}``: an HR event's grants, as a job's rows."""
-    return _response(await services().status.group("hrEvent", request.route_params.get("eventId", "")))
+    event_id = request.route_params.get("eventId", "")
+    return _response(await services().status.group("hrEvent", event_id, dict(request.params), request.headers))
 
 
 async def process_history(request: func.HttpRequest) -> func.HttpResponse:
     """Entry point for ``GET /api/history?member=|target=[&since=]``: every request that named it, newest first."""
-    return _response(await services().status.history(dict(request.params)))
+    return _response(await services().status.history(dict(request.params), request.headers))
 
 
 def _response(answer: Answer) -> func.HttpResponse:

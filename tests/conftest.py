@@ -16,17 +16,26 @@ from hypothesis import settings
 from grants_local.app import LocalApp, local_app
 from grants_local.azurite import AzuriteTables, LedgerTable, new_ledger_table
 from grants_local.graph_double import GraphDouble
+from grants_local.producers import LOCAL_PRODUCERS, PRINCIPALS, declared
 from grants_local.queue import LocalQueue, LocalSender, ManualClock
 from grants_local.token_endpoint import TokenEndpoint
 from shared.adapters.ledger import table_client
 from shared.bootstrap import Services, bootstrap
 from shared.config import Settings
+from shared.core.access import CLIENT_PRINCIPAL_HEADER, Role, client_principal_header
 from shared.core.contract import draft
+from shared.core.producers import Producers
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+#: The producer registry the tests run with (`settings_for`; `function_app` is imported with it, so each producer's
+#: own queue has its registered trigger): `grants_local.producers.LOCAL_PRODUCERS`.
+TEST_PRODUCERS: dict[str, Any] = LOCAL_PRODUCERS
+with declared():
+    import function_app  # noqa: F401 (its triggers, one per producer queue of the test registry)
 #: Property tests check behaviour, never timing: no per-example deadline (a loaded machine is not a failure).
 settings.register_profile("behaviour", deadline=None)
 settings.load_profile("behaviour")
@@ -74,6 +83,16 @@ def body(**fields: Any) -> bytes:
     return json.dumps(message(**fields)).encode()
 
 
+def source_of(raw: bytes) -> str:
+    """The producer an honest sender of `raw` is: the one named as its ``source.system`` (``bulk``, whose queue is
+    `Run.queue`, when the body names none readable)."""
+    try:
+        system = json.loads(raw)["source"]["system"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return "bulk"
+    return system if isinstance(system, str) and system in ("hr", "ticketing", "bulk", "other") else "bulk"
+
+
 @pytest.fixture
 def token_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenEndpoint]:
     """The App Service token endpoint, announced to azure-identity through the environment."""
@@ -92,8 +111,57 @@ def graph(token_endpoint: TokenEndpoint) -> Iterator[GraphDouble]:
         yield double
 
 
+def producers(webhook_secret: str | None = None) -> Producers:
+    """The built-in producer registry, ``ticketing`` signing with `webhook_secret`."""
+    return Producers.default(
+        grants_queue="grant-membership",
+        bulk_queue="grant-membership-bulk",
+        hr_events_queue="hr-events",
+        webhook_secret=webhook_secret,
+    )
+
+
+async def execute(services: Services, command: Any, **options: Any) -> Any:
+    """`GrantService.execute` for `command` as the producer of its source system would ask it (engine tests)."""
+    producer = services.settings.producers.for_system(command.source.system.value)
+    assert producer is not None
+    return await services.grants.execute(command, producer=producer, **options)
+
+
 def settings_for(graph: GraphDouble, **env: str) -> Settings:
-    return Settings.from_env({"GRAPH_BASE_URL": graph.base_url, "GRANTS_RETRY_BASE_SECONDS": "0", **env})
+    """The app's settings against `graph`, retries without delay, with the tests' producer registry unless `env`
+    sets ``GRANTS_PRODUCERS`` (empty: the built-in one), behind App Service authentication (the tests stand in for
+    it with `as_operator`, `as_reader` and `as_producer`)."""
+    return Settings.from_env(
+        {
+            "GRAPH_BASE_URL": graph.base_url,
+            "GRANTS_RETRY_BASE_SECONDS": "0",
+            "GRANTS_PRODUCERS": json.dumps(TEST_PRODUCERS),
+            "WEBSITE_AUTH_ENABLED": "true",
+            **env,
+        }
+    )
+
+
+def as_operator() -> dict[str, str]:
+    """The headers App Service authentication passes on for an operator (app role Grants.Operator)."""
+    principal = client_principal_header(
+        object_id="b0000000-0000-4000-8000-000000000001", name="ops@contoso.com", roles=(Role.OPERATOR.value,)
+    )
+    return {CLIENT_PRINCIPAL_HEADER: principal}
+
+
+def as_reader() -> dict[str, str]:
+    """The headers App Service authentication passes on for a reader (app role Grants.Reader)."""
+    principal = client_principal_header(
+        object_id="b0000000-0000-4000-8000-000000000002", name="audit@contoso.com", roles=(Role.READER.value,)
+    )
+    return {CLIENT_PRINCIPAL_HEADER: principal}
+
+
+def as_producer(name: str) -> dict[str, str]:
+    """The headers App Service authentication passes on for the principal acting for producer `name`."""
+    return {CLIENT_PRINCIPAL_HEADER: client_principal_header(object_id=PRINCIPALS[name], name=f"{name}-app")}
 
 
 @pytest.fixture
@@ -117,13 +185,19 @@ class Run:
         self.queue, self.clock, self.actions = app.queue, app.clock, app.actions
         self.sent = 0
 
-    async def deliver(self, *bodies: bytes) -> dict[str, dict[str, Any]]:
-        """Send each body (MessageIds m-1, m-2, … across calls), deliver all; terminal outcomes by MessageId."""
+    async def deliver(self, *bodies: bytes, producer: str | None = None) -> dict[str, dict[str, Any]]:
+        """Send each body (MessageIds m-1, m-2, … across calls) from `producer` (its own queue; by default the
+        producer of the body's source system, as an honest producer sends it), deliver all; terminal outcomes by
+        MessageId."""
         for body in bodies:
             self.sent += 1
-            self.queue.send(body, message_id=f"m-{self.sent}")
+            self.queue_of(producer or source_of(body)).send(body, message_id=f"m-{self.sent}")
         await self.app.drain()
         return {key: dict(value) for key, value in self.app.outcomes().items()}
+
+    def queue_of(self, producer: str) -> LocalQueue:
+        """`producer`'s own queue in this run."""
+        return self.app.queue_of(producer)
 
     def writes(self) -> list[tuple[str, str]]:
         return [(r.method, r.path) for r in self.graph.requests if r.method != "GET"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,7 @@ def test_given_skip_invalid_when_submitted_then_only_the_good_rows_are_sent_as_c
     code, _ = submit_to(queue, write(tmp_path, "job.csv", HEADER, GOOD, BAD_ID, GOOD_2), job_id="j2", skip_invalid=True)
     assert code == 0
     received = drain(queue)
-    assert [message_id for message_id, _ in received] == ["j2:1", "j2:3"]
+    assert [message_id.rsplit(":", 1)[0] for message_id, _ in received] == ["j2:1", "j2:3"]  # and the file's digest
     commands = [parse_grant(body) for _, body in received]
     assert [c.request_id for c in commands] == ["j2:1", "j2:3"]
     assert {(c.source.system.value, c.source.reference) for c in commands} == {("bulk", "j2")}
@@ -98,7 +99,7 @@ def test_given_the_same_job_twice_when_submitted_then_the_second_run_is_absorbed
     assert f"job {job_id}, 2 rows, 2 valid, 0 invalid, 2 sent, 1 batch(es), 0 absorbed as duplicates" in first
     assert "2 absorbed as duplicates" in second
     assert queue.stats.duplicates_dropped == 2
-    assert [message_id for message_id, _ in drain(queue)] == [f"{job_id}:1", f"{job_id}:2"]
+    assert [message_id.rsplit(":", 1)[0] for message_id, _ in drain(queue)] == [f"{job_id}:1", f"{job_id}:2"]
 
 
 def test_given_a_dry_run_when_submitted_then_it_prints_what_would_be_sent_and_sends_nothing(
@@ -112,7 +113,7 @@ def test_given_a_dry_run_when_submitted_then_it_prints_what_would_be_sent_and_se
     )
     out = capsys.readouterr().out
     message_id, body = out.splitlines()[0].split("  ", 1)
-    assert message_id == "dry:1"
+    assert re.fullmatch(r"dry:1:[0-9a-f]{16}", message_id)
     assert json.loads(body)["member"] == {"id": USER, "type": "user"}
     assert "dry run: nothing sent; would send 1 message(s)" in out
     assert not (tmp_path / "ns").exists()
@@ -136,7 +137,7 @@ def test_given_an_expiry_out_of_range_in_utc_when_dry_run_then_an_invalid_row_wi
 def test_given_json_lines_when_read_then_each_line_is_validated_with_its_line_number(tmp_path: Path) -> None:
     good = message(requestId="r-1", member={"id": USER}, source={"system": "bulk"})
     job = read_job(write(tmp_path, "job.jsonl", json.dumps(good), "", "{oops", json.dumps({**good, "x": 1})))
-    assert [m.message_id for m in job.messages] == [f"{job.job_id}:1"]
+    assert [m.message_id.rsplit(":", 1)[0] for m in job.messages] == [f"{job.job_id}:1"]
     assert [(i.line, i.reason) for i in job.invalid] == [(3, "InvalidJson"), (4, "SchemaViolation")]
 
 
@@ -147,7 +148,8 @@ def test_given_one_request_id_on_two_rows_asking_different_things_then_the_secon
     first = message(requestId="CHG0042", member={"id": USER}, source={"system": "bulk"})
     second = {**first, "member": {"id": "25c1a2d5-9101-44b2-83ab-885db8a647cb"}}
     job = read_job(write(tmp_path, "job.jsonl", json.dumps(first), json.dumps(second), json.dumps(first)))
-    assert [m.message_id for m in job.messages] == [f"{job.job_id}:1", f"{job.job_id}:3"]  # the same request twice
+    rows = [m.message_id.rsplit(":", 1)[0] for m in job.messages]
+    assert rows == [f"{job.job_id}:1", f"{job.job_id}:3"]  # the same request twice
     assert [(i.line, i.reason) for i in job.invalid] == [(2, "RequestIdConflict")]
 
 

@@ -219,5 +219,5 @@ async def test_given_a_receiver_that_does_not_answer_then_the_deadline_ends_the_
 
 
 def test_the_policy_and_the_client_agree_on_the_target() -> None:
-    parsed = POLICY.check(f"https://{NAME}/api/callback?ticket=RITM1", source="ticketing")
+    parsed = POLICY.check(f"https://{NAME}/api/callback?ticket=RITM1", producer="ticketing")
     assert parsed == target(443)

@@ -20,14 +20,14 @@ POLICY = CallbackPolicy.from_setting(f'{{"ticketing": ["{ALLOWED}", "jira.exampl
 LOCAL = CallbackPolicy.from_setting(f'{{"ticketing": ["{ALLOWED}"]}}', loopback=True)
 
 
-def refused(url: str, policy: CallbackPolicy = POLICY, source: str | None = "ticketing") -> str:
+def refused(url: str, policy: CallbackPolicy = POLICY, producer: str | None = "ticketing") -> str:
     with pytest.raises(CallbackRefused) as caught:
-        policy.check(url, source=source)
+        policy.check(url, producer=producer)
     return str(caught.value)
 
 
 def test_given_an_allow_listed_https_url_then_it_is_taken_apart() -> None:
-    target = POLICY.check("https://ITSM.example.com/api/x_grants/callback?ticket=RITM1", source="ticketing")
+    target = POLICY.check("https://ITSM.example.com/api/x_grants/callback?ticket=RITM1", producer="ticketing")
     assert (target.scheme, target.host, target.port, target.target) == (
         "https",
         ALLOWED,
@@ -35,8 +35,8 @@ def test_given_an_allow_listed_https_url_then_it_is_taken_apart() -> None:
         "/api/x_grants/callback?ticket=RITM1",
     )
     assert target.host_header == ALLOWED
-    assert POLICY.check("https://itsm.example.com:443", source="ticketing").target == "/"
-    listed = POLICY.check("https://jira.example.com:8443/cb", source="ticketing")
+    assert POLICY.check("https://itsm.example.com:443", producer="ticketing").target == "/"
+    listed = POLICY.check("https://jira.example.com:8443/cb", producer="ticketing")
     assert (listed.port, listed.host_header) == (8443, "jira.example.com:8443")
 
 
@@ -54,7 +54,7 @@ def test_given_an_allow_listed_https_url_then_it_is_taken_apart() -> None:
         ("https://itsm.example.com:99999/cb", "1 to 65535"),
         ("https://itsm.example.com:/cb", "1 to 65535"),
         ("https://itsm.example.com./cb", "trailing dot"),
-        ("https://evil.example/cb", "not on the callback allow-list of source ticketing"),
+        ("https://evil.example/cb", "not on the callback allow-list of producer ticketing"),
         ("https://itsm.example.com.evil.example/cb", "not on the callback allow-list"),
         ("https://127.0.0.1/cb", "not an IP address"),
         ("https://2130706433/cb", "not an IP address"),
@@ -81,17 +81,17 @@ def test_given_a_url_outside_the_rules_then_it_is_refused_naming_the_rule(url: s
     assert says in refused(url)
 
 
-def test_given_a_source_without_an_allow_list_then_nothing_is_allowed_for_it() -> None:
-    assert "allow-list of source bulk" in refused(f"https://{ALLOWED}/cb", source="bulk")
-    assert "allow-list of source (unknown)" in refused(f"https://{ALLOWED}/cb", source=None)
+def test_given_a_producer_without_an_allow_list_then_nothing_is_allowed_for_it() -> None:
+    assert "allow-list of producer bulk" in refused(f"https://{ALLOWED}/cb", producer="bulk")
+    assert "allow-list of producer (unknown)" in refused(f"https://{ALLOWED}/cb", producer=None)
     assert not CallbackPolicy().enabled
 
 
 def test_given_local_mode_then_loopback_over_http_is_allowed_and_nothing_else_changes() -> None:
     for url, port in [("http://127.0.0.1:8081/cb", 8081), ("http://[::1]:9/cb", 9), ("http://localhost/cb", 80)]:
-        target = LOCAL.check(url, source="ticketing")
+        target = LOCAL.check(url, producer="ticketing")
         assert (target.loopback, target.port) == (True, port)
-    assert LOCAL.check("https://127.0.0.1/cb", source="ticketing").port == 443
+    assert LOCAL.check("https://127.0.0.1/cb", producer="ticketing").port == 443
     assert "not an IP address" in refused("http://127.0.0.2/cb", LOCAL)
     assert "not an IP address" in refused("http://10.0.0.1/cb", LOCAL)
     assert "must use https" in refused(f"http://{ALLOWED}/cb", LOCAL)
@@ -103,17 +103,20 @@ def test_given_local_mode_then_loopback_over_http_is_allowed_and_nothing_else_ch
     [
         ("not json", "must be a JSON object"),
         ('["itsm.example.com"]', "must be a JSON object"),
-        ('{"crm": ["itsm.example.com"]}', "is not a source system"),
-        ('{"hr": ["itsm.example.com"]}', "source hr has no signing secret"),
+        ('{"crm": ["itsm.example.com"]}', "'crm' is not a producer"),
+        ('{"hr": ["itsm.example.com"]}', "producer 'hr' has callback hosts but no secretSetting"),
         ('{"ticketing": "itsm.example.com"}', "must be a list of host names"),
-        ('{"ticketing": ["10.0.0.1"]}', 'ticketing[0] "10.0.0.1": the host must be a DNS name, not an IP address'),
+        (
+            '{"ticketing": ["10.0.0.1"]}',
+            'ticketing callbackHosts[0] "10.0.0.1": the host must be a DNS name, not an IP address',
+        ),
         ('{"ticketing": ["itsm.example.com:0"]}', "the port must be a number"),
-        ('{"ticketing": ["https://itsm.example.com"]}', "ticketing[0]"),
+        ('{"ticketing": ["https://itsm.example.com"]}', "ticketing callbackHosts[0]"),
         ('{"ticketing": ["b\u00fccher.example"]}', "xn-- form"),
     ],
 )
 def test_given_a_bad_allow_list_then_start_up_fails_naming_the_entry(setting: str, says: str) -> None:
-    with pytest.raises(ConfigError, match="GRANTS_CALLBACK_HOSTS") as caught:
+    with pytest.raises(ConfigError, match=r"GRANTS_CALLBACK_HOSTS|GRANTS_PRODUCERS") as caught:
         Settings.from_env({"GRANTS_OUTCOMES_TOPIC": "grant-outcomes", "GRANTS_CALLBACK_HOSTS": setting})
     assert says in str(caught.value)
 
@@ -188,7 +191,7 @@ def test_property_no_spelling_of_an_ipv4_address_is_accepted_even_in_local_mode(
     assume(host != "127.0.0.1")
     for policy in (POLICY, LOCAL):
         with pytest.raises(CallbackRefused):
-            policy.check(f"https://{host}/cb", source="ticketing")
+            policy.check(f"https://{host}/cb", producer="ticketing")
 
 
 @given(st.ip_addresses(v=6))
@@ -197,7 +200,7 @@ def test_property_no_ipv6_literal_is_accepted(address: ipaddress.IPv6Address) ->
     assume(str(address) != "::1")
     for policy in (POLICY, LOCAL):
         with pytest.raises(CallbackRefused):
-            policy.check(f"https://[{address}]/cb", source="ticketing")
+            policy.check(f"https://[{address}]/cb", producer="ticketing")
 
 
 _userinfo = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789:%._~-", min_size=0, max_size=12)
@@ -212,7 +215,7 @@ def test_property_any_userinfo_is_refused(userinfo: str) -> None:
 def test_property_only_https_reaches_the_allow_list(scheme: str) -> None:
     url = f"{scheme}://{ALLOWED}/cb"
     if scheme == "https":
-        assert POLICY.check(url, source="ticketing").host == ALLOWED
+        assert POLICY.check(url, producer="ticketing").host == ALLOWED
     else:
         refused(url)
 
@@ -222,7 +225,7 @@ def test_property_only_the_default_or_a_listed_port_is_accepted(port: int) -> No
     for host, allowed in ((ALLOWED, {443}), ("jira.example.com", {8443})):
         url = f"https://{host}:{port}/cb"
         if port in allowed:
-            assert POLICY.check(url, source="ticketing").port == port
+            assert POLICY.check(url, producer="ticketing").port == port
         else:
             refused(url)
 
@@ -241,7 +244,7 @@ def test_property_an_internationalized_host_is_taken_only_in_its_xn_form(label: 
     assume(ascii_label.startswith("xn--"))
     policy = CallbackPolicy.from_setting(f'{{"ticketing": ["{ascii_label}.example"]}}')
     assert "printable ASCII" in refused(f"https://{label}.example/cb", policy)
-    assert policy.check(f"https://{ascii_label.upper()}.example/cb", source="ticketing").host == (
+    assert policy.check(f"https://{ascii_label.upper()}.example/cb", producer="ticketing").host == (
         f"{ascii_label}.example"
     )
 
@@ -251,7 +254,7 @@ def test_property_an_internationalized_host_is_taken_only_in_its_xn_form(label: 
 def test_property_anything_is_a_target_or_a_refusal_with_a_printable_reason(url: str) -> None:
     for policy in (POLICY, LOCAL):
         try:
-            target = policy.check(url, source="ticketing")
+            target = policy.check(url, producer="ticketing")
         except CallbackRefused as error:
             assert str(error).isascii()
             assert str(error).isprintable()
@@ -274,7 +277,9 @@ def test_property_no_producer_id_or_id_derived_from_one_is_in_the_outcome_namesp
 
 def test_outcome_event_ids_are_the_same_for_the_same_effect_and_differ_otherwise() -> None:
     def event(outcome: str, reason: str | None = None, resubmission: str | None = None, message: str = "m-1") -> str:
-        return outcome_event_id(original_message_id=message, resubmission=resubmission, outcome=outcome, reason=reason)
+        return outcome_event_id(
+            producer="ticketing", original_message_id=message, resubmission=resubmission, outcome=outcome, reason=reason
+        )
 
     assert re.fullmatch(r"outcome/[0-9a-f]{64}", event("granted"))
     assert event("granted") == event("already_member")  # a redelivery after a crash finds it in place
@@ -284,7 +289,10 @@ def test_outcome_event_ids_are_the_same_for_the_same_effect_and_differ_otherwise
     assert event("dead_lettered", "Forbidden") != event("dead_lettered", "Forbidden", resubmission="r1")
     assert event("granted") != event("granted", message="m-2")
     assert event("granted", message="a:b") != outcome_event_id(
-        original_message_id="a", resubmission="b", outcome="granted", reason=None
+        producer="ticketing", original_message_id="a", resubmission="b", outcome="granted", reason=None
+    )
+    assert event("granted") != outcome_event_id(  # two producers' messages may share a MessageId
+        producer="other", original_message_id="m-1", resubmission=None, outcome="granted", reason=None
     )
     copy = callback_copy_id(event("granted"), 3)
     assert copy == event("granted") + "/callback/3"

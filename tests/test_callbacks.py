@@ -76,8 +76,11 @@ class Harness:
         return response.status_code, json.loads(response.get_body())
 
     def events(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-        """What the outcomes topic accepted: (MessageId, application properties, body as JSON)."""
-        return [(mid, dict(props), json.loads(raw)) for mid, props, raw in self.callbacks.topic.accepted]
+        """What the outcomes topic accepted: (MessageId, application properties but the app's seal, which each
+        carries, body as JSON)."""
+        accepted = self.callbacks.topic.accepted
+        assert all(str(props.get("seal", "")).startswith("v1.") for _, props, _ in accepted)
+        return [(mid, {k: v for k, v in props.items() if k != "seal"}, json.loads(raw)) for mid, props, raw in accepted]
 
 
 def ticket(callback_url: str | None, number: str = "RITM0010001", **extra: Any) -> dict[str, Any]:
@@ -141,13 +144,15 @@ async def test_given_a_signed_ticket_with_a_callback_url_then_granted_one_event_
     arrives once, signed with the ticketing secret, inside the receiver's timestamp window."""
     h: Harness = await make_harness()
     started = time.monotonic()
-    assert await h.post(ticket(h.callback_url)) == (202, {"requestId": "RITM0010001", "status": "accepted"})
+    accepted = {"requestId": "RITM0010001", "producer": "ticketing", "status": "accepted"}
+    assert await h.post(ticket(h.callback_url)) == (202, accepted)
     await h.app.drain()
     assert by_request(h.app.outcomes(), "RITM0010001")["outcome"] == "granted"
     [(event_id, properties, record)] = h.events()
     assert event_id.startswith("outcome/")
     assert properties == {
         "outcome": "granted",
+        "producer": "ticketing",
         "sourceSystem": "ticketing",
         "requestId": "RITM0010001",
         "callbackUrl": h.callback_url,
@@ -331,7 +336,8 @@ async def test_given_events_of_every_kind_then_their_properties_let_subscription
     h: Harness = await make_harness()
     failures = h.callbacks.topic.add_subscription("failures", sql_filter="outcome = 'dead_lettered'")
     graph.deny("administrativeUnit")
-    h.app.queue.send(body(requestId="job-7:1"), message_id="job-7:1", application_properties={"bulkJob": "job-7"})
+    job_row = {"bulkJob": "job-7", "jobRow": 1, "jobRows": 1}
+    h.app.queue.send(body(requestId="job-7:1"), message_id="job-7:1", application_properties=job_row)
     await h.app.host(function="grant_membership_bulk").drain()  # a job's row: on the bulk queue
     h.app.queue.send(b"{not json", message_id="m-2")
     await services().senders.schedule(  # an HR event's grant: the app's own message (sealed)
@@ -346,11 +352,12 @@ async def test_given_events_of_every_kind_then_their_properties_let_subscription
     assert events["job-7:1"] == {
         "outcome": "dead_lettered",
         "reason": "Forbidden",
+        "producer": "ops",
         "sourceSystem": "bulk",
         "requestId": "job-7:1",
         "jobId": "job-7",
     }
-    assert events[None] == {"outcome": "dead_lettered", "reason": "InvalidJson"}
+    assert events[None] == {"outcome": "dead_lettered", "reason": "InvalidJson", "producer": "bulk"}
     assert failures.stats.sent == 3
     assert h.callbacks.subscription.stats.sent == 0
     assert h.callbacks.topic.stats.unmatched == 0
@@ -367,19 +374,19 @@ async def test_given_a_dry_run_then_would_grant_is_published_and_nothing_is_writ
     assert graph.members_of(AU) == set()
 
 
-async def test_given_an_event_from_a_source_without_a_secret_then_callback_failed_at_once(
-    make_harness: Callable[..., Any],
+async def test_given_a_request_naming_a_callback_its_producer_may_not_use_then_nothing_is_granted_or_called(
+    make_harness: Callable[..., Any], graph: GraphDouble
 ) -> None:
-    """A producer on the queue may name a callback too; only ticketing signs, so a bulk row's callback is refused
-    by the callback trigger without a call."""
+    """A producer on a queue may name a callback too; bulk has no callback hosts (and no secret to sign with), so
+    its request is dead-lettered CallbackNotAllowed before any Graph write, and no callback is ever attempted."""
     h: Harness = await make_harness()
     h.app.queue.send(body(callback={"url": h.callback_url}), message_id="m-1")
     await h.app.drain()
     await h.app.drain_callbacks()
+    assert h.app.outcomes()["m-1"]["reason"] == "CallbackNotAllowed"
+    assert graph.members_of(AU) == set()
     assert h.receiver.deliveries == 0
-    [dead] = h.callbacks.subscription.dead_letters()
-    assert dead.reason == "CallbackFailed"
-    assert "source bulk has no signing secret" in (dead.description or "")
+    assert h.callbacks.subscription.dead_letters() == []
 
 
 async def test_given_a_redirect_then_it_is_not_followed_and_the_callback_is_dead_lettered_at_once(

@@ -47,7 +47,8 @@ def test_run_local_json_prints_one_object_per_input_line(
     good = message(requestId="cli-1", member={"id": USER})
     messages = tmp_path / "messages.jsonl"
     messages.write_text(json.dumps(good) + "\n" + "{oops\n" + json.dumps(good) + "\n")
-    result = run("run-local", str(messages), "--json", env={"GRAPH_BASE_URL": graph.base_url, **token_endpoint.env()})
+    env = {"GRAPH_BASE_URL": graph.base_url, **token_endpoint.env()}
+    result = run("run-local", str(messages), "--producer", "bulk", "--json", env=env)  # the lines are bulk's
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["line"] for line in lines] == [1, 2, 3]
@@ -66,7 +67,7 @@ def test_run_local_dry_run_writes_nothing(tmp_path: Path, graph: GraphDouble, to
     messages = tmp_path / "messages.jsonl"
     messages.write_text(json.dumps(dry) + "\n")
     env = {"GRAPH_BASE_URL": graph.base_url, **token_endpoint.env()}
-    result = run("run-local", str(messages), "--json", "--dry-run", env=env)
+    result = run("run-local", str(messages), "--producer", "bulk", "--json", "--dry-run", env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["outcome"] == "would_grant"
     assert {r.method for r in graph.requests} == {"GET"}

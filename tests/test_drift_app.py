@@ -32,7 +32,9 @@ from tests.conftest import (
     USER,
     USER_2,
     Run,
+    as_operator,
     body,
+    source_of,
 )
 
 SWEEP = registered_function(function_app.app, "drift_sweep")
@@ -77,7 +79,7 @@ async def deliver(run: Run, *bodies: bytes) -> None:
     """Send each body (ids m-1, m-2, …) and deliver what is due now (scheduled removals stay queued)."""
     for item in bodies:
         run.sent += 1
-        run.queue.send(item, message_id=f"m-{run.sent}")
+        run.queue_of(source_of(item)).send(item, message_id=f"m-{run.sent}")
         await run.app.host().drain(until=run.clock())
 
 
@@ -91,14 +93,20 @@ async def repair(run: Run) -> None:
 
 
 async def report(**params: str) -> tuple[int, dict[str, Any]]:
-    response = await REPORT(func.HttpRequest("GET", "http://localhost/api/drift", body=b"", params=params))
+    response = await REPORT(
+        func.HttpRequest("GET", "http://localhost/api/drift", headers=as_operator(), body=b"", params=params)
+    )
     return response.status_code, json.loads(response.get_body())
 
 
 async def confirm(target: str, digest: str | None = None) -> tuple[int, dict[str, Any]]:
     content = json.dumps({"digest": digest}).encode() if digest else b""
     request = func.HttpRequest(
-        "POST", f"http://localhost/api/drift/{target}/confirm", body=content, route_params={"target": target}
+        "POST",
+        f"http://localhost/api/drift/{target}/confirm",
+        headers=as_operator(),
+        body=content,
+        route_params={"target": target},
     )
     response = await CONFIRM(request)
     return response.status_code, json.loads(response.get_body())
@@ -248,11 +256,14 @@ async def test_restore_converges_the_directory_to_the_newest_intents_through_the
     ]
     assert all(m["id"].startswith("~drift:") for m in sent)
     properties = {m["requestId"]: m["properties"] for m in sent}["~expire:RITM4"]
-    assert (set(properties), properties["expiryOf"]) == ({"expiryOf", "seal"}, "RITM4")  # the app's own: sealed
+    assert (set(properties), properties["expiryOf"]) == ({"expiryOf", "producer", "seal"}, "RITM4")  # sealed
+    assert properties["producer"] == "ticketing"  # the expiry removal of ticketing's grant is ticketing's
     assert graph.members_of(AU) == {USER, user(2), user(3)}  # the newest intents, and the unmanaged member
     bulk_writes = [r for r in graph.requests if r.method != "GET"][-3:]
     assert len(bulk_writes) == 3
-    history = await HISTORY(func.HttpRequest("GET", "http://localhost/api/history", body=b"", params={"target": AU}))
+    history = await HISTORY(
+        func.HttpRequest("GET", "http://localhost/api/history", headers=as_operator(), body=b"", params={"target": AU})
+    )
     records = {r["requestId"]: r for r in json.loads(history.get_body())["requests"]}
     assert records["~drift-add:RITM1"]["status"] == "granted"
     assert records["~drift-add:RITM1"]["sourceReference"] == "RITM1"

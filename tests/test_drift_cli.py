@@ -19,7 +19,7 @@ from grants_cli.drift import add_parser
 from grants_cli.drift import main as cli
 from grants_local.graph_double import GraphDouble
 from grants_local.host import registered_function
-from tests.conftest import AU, AU_OTHER, USER
+from tests.conftest import AU, AU_OTHER, USER, as_operator
 from tests.test_drift_app import deliver, grant, policy, repair, restore, sweep, user
 
 REPORT = registered_function(function_app.app, "drift_report")
@@ -30,13 +30,18 @@ def bridged(loop: asyncio.AbstractEventLoop, asked: list[str]) -> httpx.MockTran
     """The CLI's HTTP, answered by the registered drift functions on `loop` (the Functions host's part)."""
 
     def handler(request: httpx.Request) -> httpx.Response:
-        asked.append(f"{request.method} {request.url.path} {request.headers.get('x-functions-key')}")
+        asked.append(f"{request.method} {request.url.path} {request.headers.get('authorization')}")
+        headers = as_operator() if request.headers.get("authorization") else {}  # App Service authentication's part
         if request.method == "GET":
-            incoming = func.HttpRequest("GET", str(request.url), body=b"", params=dict(request.url.params))
+            incoming = func.HttpRequest(
+                "GET", str(request.url), headers=headers, body=b"", params=dict(request.url.params)
+            )
             answer = asyncio.run_coroutine_threadsafe(REPORT(incoming), loop).result()
         else:
             target = request.url.path.split("/")[3]
-            incoming = func.HttpRequest("POST", str(request.url), body=request.content, route_params={"target": target})
+            incoming = func.HttpRequest(
+                "POST", str(request.url), headers=headers, body=request.content, route_params={"target": target}
+            )
             answer = asyncio.run_coroutine_threadsafe(CONFIRM(incoming), loop).result()
         return httpx.Response(answer.status_code, content=answer.get_body(), headers={"content-type": answer.mimetype})
 
@@ -44,10 +49,10 @@ def bridged(loop: asyncio.AbstractEventLoop, asked: list[str]) -> httpx.MockTran
 
 
 async def drift(*argv: str, asked: list[str] | None = None) -> tuple[int, str, str]:
-    """Run ``grants drift ARGV --url … --key k`` in a thread, its HTTP answered on this loop."""
+    """Run ``grants drift ARGV --url … --token k`` in a thread, its HTTP answered on this loop."""
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["drift", *argv, "--url", "https://app.example", "--key", "k"])
+    args = parser.parse_args(["drift", *argv, "--url", "https://app.example", "--token", "k"])
     out, err = io.StringIO(), io.StringIO()
     transport = bridged(asyncio.get_running_loop(), asked if asked is not None else [])
     code = await asyncio.to_thread(cli, args, out=out, err=err, transport=transport)
@@ -66,7 +71,7 @@ async def test_the_report_prints_each_target_and_finding_and_exits_1_on_drift(
         out.splitlines()[1]
         == f"administrativeUnit {AU}: in_step, mode report, 1 member(s), missing 0, lingering 0, unmanaged 0"
     )
-    assert asked == ["GET /api/drift k"]
+    assert asked == ["GET /api/drift Bearer k"]
 
     graph.remove_member(AU, USER)
     code, out, _ = await drift("--target", AU)

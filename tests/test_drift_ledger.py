@@ -33,7 +33,9 @@ def member(n: int) -> Guid:
 
 async def record(ledger: Ledger, target: Target, n: int, action: Action = Action.ADD) -> Intent:
     """Record request ``r-<n>`` for member n of `target` as the app does (admitted, then finished)."""
-    intent = Intent(request_id=f"r-{n}", content_hash="c", action=action, requested_at=T0 + timedelta(seconds=n))
+    intent = Intent(
+        request_id=f"r-{n}", content_hash="c", action=action, requested_at=T0 + timedelta(seconds=n), producer="bulk"
+    )
     decision = await ledger.begin(intent, pair=pair_of(target, member(n)), origin=f"m-{n}", now=T0)
     assert isinstance(decision, Admitted)
     assert await ledger.finish(decision.ticket, applied=action, now=T0)
@@ -113,14 +115,15 @@ async def test_a_hold_is_recorded_kept_for_the_same_set_and_replaced_by_another(
 
 async def test_a_hold_is_released_once_and_only_by_its_own_digest(ledger: Ledger) -> None:
     await ledger.hold_drift(UNIT, digest="d1", removals=66, limit=50, members=1000, now=T0)
-    assert await ledger.release_drift(UNIT, digest="other", now=T0) is None
-    assert await ledger.release_drift(NEIGHBOUR, digest="d1", now=T0) is None
+    assert await ledger.release_drift(UNIT, digest="other", now=T0, by="ops@contoso.com") is None
+    assert await ledger.release_drift(NEIGHBOUR, digest="d1", now=T0, by="ops@contoso.com") is None
 
-    released = await ledger.release_drift(UNIT, digest="d1", now=T0 + timedelta(minutes=5))
+    released = await ledger.release_drift(UNIT, digest="d1", now=T0 + timedelta(minutes=5), by="ops@contoso.com")
 
     assert released is not None
     assert released.released_at == T0 + timedelta(minutes=5)
-    assert await ledger.release_drift(UNIT, digest="d1", now=T0 + timedelta(minutes=6)) is None  # once
+    again = T0 + timedelta(minutes=6)
+    assert await ledger.release_drift(UNIT, digest="d1", now=again, by="ops@contoso.com") is None  # once
     assert await ledger.drift_hold(UNIT) == released
     kept = await ledger.hold_drift(UNIT, digest="d1", removals=66, limit=50, members=1000, now=T0 + timedelta(hours=1))
     assert kept == released  # a later sweep holding the same set finds it released

@@ -42,7 +42,7 @@ def test_each_named_target_has_its_mode_and_every_other_the_default(tmp_path: Pa
         },
     )
     policy = DriftPolicy.load(file)
-    assert GrantPolicy.load(file).sources  # the grant policy reads the same file, drift section and all
+    assert GrantPolicy.load(file).systems  # the grant policy reads the same file, drift section and all
     assert policy.mode_of(AdministrativeUnit(id=Guid(AU))) is Mode.AUTHORITATIVE
     assert policy.mode_of(DirectoryRole(role_template_id=Guid(GLOBAL_ADMIN))) is Mode.REPORT
     assert policy.mode_of(ScopedRole(role_template_id=Guid(HELPDESK_TEMPLATE), administrative_unit_id=Guid(AU))) is (

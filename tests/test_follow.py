@@ -28,7 +28,7 @@ from grants_local.graph_double import Fault, GraphDouble
 from grants_local.host import LocalHost, OutcomeRecorder, registered_function, to_received_message
 from grants_local.queue import LocalQueue
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
-from tests.conftest import AU, AU_OTHER, HELPDESK_TEMPLATE, USER, Run, body
+from tests.conftest import AU, AU_OTHER, HELPDESK_TEMPLATE, USER, Run, as_operator, body
 
 JOB = registered_function(function_app.app, "job_status")
 STATUS = registered_function(function_app.app, "grant_status")
@@ -43,6 +43,7 @@ async def get(function: Any, route: str, **params: str) -> tuple[int, dict[str, 
     request = func.HttpRequest(
         "GET",
         f"http://localhost/api/{route}",
+        headers=as_operator(),
         body=b"",
         route_params={} if function is HISTORY else params,
         params=params if function is HISTORY else {},
@@ -59,10 +60,15 @@ def bridged(loop: asyncio.AbstractEventLoop, asked: list[str]) -> httpx.MockTran
         asked.append(request.url.path)
         _, _, route, value = request.url.path.split("/", 3)
         if route == "history":
-            function, incoming = HISTORY, func.HttpRequest("GET", str(request.url), body=b"", params=request.url.params)
+            function, incoming = (
+                HISTORY,
+                func.HttpRequest("GET", str(request.url), headers=as_operator(), body=b"", params=request.url.params),
+            )
         else:
             function, name = routes[route]
-            incoming = func.HttpRequest("GET", str(request.url), body=b"", route_params={name: value})
+            incoming = func.HttpRequest(
+                "GET", str(request.url), headers=as_operator(), body=b"", route_params={name: value}
+            )
         answer = asyncio.run_coroutine_threadsafe(function(incoming), loop).result()
         return httpx.Response(answer.status_code, content=answer.get_body(), headers={"content-type": answer.mimetype})
 
@@ -72,7 +78,7 @@ def bridged(loop: asyncio.AbstractEventLoop, asked: list[str]) -> httpx.MockTran
 def run_cli(argv: list[str], transport: httpx.MockTransport) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers(dest="command"))
-    args = parser.parse_args([*argv, "--url", "https://app.example", "--key", "k"])
+    args = parser.parse_args([*argv, "--url", "https://app.example", "--token", "k"])
     out, err = io.StringIO(), io.StringIO()
     code = cli(args, out=out, err=err, transport=transport)
     return code, out.getvalue(), err.getvalue()

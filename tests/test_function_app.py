@@ -218,7 +218,10 @@ async def test_every_input_line_yields_one_terminal_outcome_under_faults(graph: 
     lines += [b"{broken", b"", grant("r-bad", member="nope")]
     clock = ManualClock()
     run = await run_local(
-        lines, env={"GRAPH_BASE_URL": graph.base_url, "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "60"}, clock=clock
+        lines,
+        env={"GRAPH_BASE_URL": graph.base_url, "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "60"},
+        clock=clock,
+        producer="bulk",
     )
     assert run.complete
     assert [o.line for o in run.outcomes] == [n for n in range(1, 24) if n != 22]  # the blank line is no message

@@ -11,7 +11,7 @@ from grants_local.queue import ManualClock
 from shared.adapters.governor import BACKOFF, FILL, INITIAL, TARGET, WriteGovernor
 from shared.bootstrap import Services
 from shared.core.messaging import Lane
-from tests.conftest import USER_2
+from tests.conftest import USER_2, execute
 from tests.test_grant_engine import command
 
 
@@ -98,7 +98,7 @@ async def test_rate_zero_does_not_pace() -> None:
 async def test_a_429_from_graph_pauses_the_process_for_its_retry_after(services: Services, graph: GraphDouble) -> None:
     graph.inject(Fault.status(429, retry_after=3))
     with pytest.raises(Exception, match="Throttled"):
-        await services.grants.execute(command())
+        await execute(services, command())
     governor = services.graph._governor
     assert governor is not None
     assert governor.pauses == 1
@@ -255,7 +255,7 @@ async def test_a_429_that_no_usage_signal_announced_only_pauses() -> None:
 async def test_graph_calls_carry_the_lanes_priority(services: Services, graph: GraphDouble) -> None:
     """x-ms-throttle-priority: High for interactive work (user-visible), Low for bulk."""
     graph.write_budget = (100, 10.0)
-    await services.grants.execute(command())
-    await services.grants.execute(command(member=USER_2), lane=Lane.BULK)
-    await services.grants.execute(command(member=USER_2, action="remove"))
+    await execute(services, command())
+    await execute(services, command(member=USER_2), lane=Lane.BULK)
+    await execute(services, command(member=USER_2, action="remove"))
     assert [w.priority for w in graph.write_log] == ["High", "Low", "High"]

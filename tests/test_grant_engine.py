@@ -30,6 +30,7 @@ from tests.conftest import (
     USER_2,
     USER_ADMIN_TEMPLATE,
     body,
+    execute,
     settings_for,
 )
 
@@ -53,7 +54,7 @@ def writes(graph: GraphDouble) -> list[tuple[str, str, int]]:
 
 
 async def test_adding_a_user_to_an_administrative_unit_grants_it(services: Services, graph: GraphDouble) -> None:
-    result = await services.grants.execute(command())
+    result = await execute(services, command())
     assert result.outcome is Status.GRANTED
     assert graph.members_of(AU) == {USER}
     assert result.graph is not None
@@ -65,29 +66,29 @@ async def test_adding_a_user_to_an_administrative_unit_grants_it(services: Servi
 
 
 async def test_already_a_member_is_success(services: Services, graph: GraphDouble) -> None:
-    await services.grants.execute(command())
-    result = await services.grants.execute(command())
+    await execute(services, command())
+    result = await execute(services, command())
     assert result.outcome is Status.ALREADY_MEMBER
     assert graph.members_of(AU) == {USER}
     assert graph.requests[-1].status == 400
 
 
 async def test_remove_revokes_then_a_second_remove_is_not_member(services: Services, graph: GraphDouble) -> None:
-    await services.grants.execute(command())
-    assert (await services.grants.execute(command(action="remove"))).outcome is Status.REVOKED
+    await execute(services, command())
+    assert (await execute(services, command(action="remove"))).outcome is Status.REVOKED
     assert graph.members_of(AU) == set()
-    assert (await services.grants.execute(command(action="remove"))).outcome is Status.NOT_MEMBER
+    assert (await execute(services, command(action="remove"))).outcome is Status.NOT_MEMBER
 
 
 async def test_removing_a_member_that_does_not_exist_is_not_member(services: Services) -> None:
-    result = await services.grants.execute(command(action="remove", member=UNKNOWN))
+    result = await execute(services, command(action="remove", member=UNKNOWN))
     assert result.outcome is Status.NOT_MEMBER
 
 
 @pytest.mark.parametrize("action", ["add", "remove"])
 async def test_unknown_target_is_permanent_target_not_found(services: Services, action: str) -> None:
     with pytest.raises(PermanentError) as caught:
-        await services.grants.execute(command(target={"type": "administrativeUnit", "id": UNKNOWN}, action=action))
+        await execute(services, command(target={"type": "administrativeUnit", "id": UNKNOWN}, action=action))
     assert caught.value.reason is Reason.TARGET_NOT_FOUND
     assert caught.value.graph is not None
     assert caught.value.graph.status == 404
@@ -95,7 +96,7 @@ async def test_unknown_target_is_permanent_target_not_found(services: Services, 
 
 async def test_unknown_member_is_transient_member_not_found(services: Services, graph: GraphDouble) -> None:
     with pytest.raises(TransientError) as caught:
-        await services.grants.execute(command(member=UNKNOWN))
+        await execute(services, command(member=UNKNOWN))
     assert caught.value.reason is Reason.MEMBER_NOT_FOUND
     assert "replicate" in caught.value.description
     assert graph.members_of(AU) == set()
@@ -104,23 +105,24 @@ async def test_unknown_member_is_transient_member_not_found(services: Services, 
 async def test_a_member_that_replicates_late_is_granted_once_visible(services: Services, graph: GraphDouble) -> None:
     for _ in range(2):
         with pytest.raises(TransientError):
-            await services.grants.execute(command(member=LATE_USER))
-    assert (await services.grants.execute(command(member=LATE_USER))).outcome is Status.GRANTED
+            await execute(services, command(member=LATE_USER))
+    assert (await execute(services, command(member=LATE_USER))).outcome is Status.GRANTED
     assert graph.members_of(AU) == {LATE_USER}
 
 
 async def test_a_404_that_names_no_id_is_decided_by_a_get_of_the_target(services: Services, graph: GraphDouble) -> None:
     graph.inject(Fault.status(404, method="POST"))
     with pytest.raises(TransientError) as caught:
-        await services.grants.execute(command())
+        await execute(services, command())
     assert caught.value.reason is Reason.MEMBER_NOT_FOUND
     assert [(r.method, r.path) for r in graph.requests][-1] == ("GET", f"/directory/administrativeUnits/{AU}")
 
 
 async def test_directory_role_by_id_and_by_template(services: Services, graph: GraphDouble) -> None:
-    by_id = await services.grants.execute(command(target={"type": "directoryRole", "id": HELPDESK_ROLE}))
-    by_template = await services.grants.execute(
-        command(target={"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE}, member=GROUP_ASSIGNABLE)
+    by_id = await execute(services, command(target={"type": "directoryRole", "id": HELPDESK_ROLE}))
+    by_template = await execute(
+        services,
+        command(target={"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE}, member=GROUP_ASSIGNABLE),
     )
     assert (by_id.outcome, by_template.outcome) == (Status.GRANTED, Status.GRANTED)
     assert graph.members_of(HELPDESK_ROLE) == {USER, GROUP_ASSIGNABLE}
@@ -132,7 +134,7 @@ async def test_role_not_activated_is_permanent_unless_activation_is_allowed(
 ) -> None:
     target = {"type": "directoryRole", "roleTemplateId": USER_ADMIN_TEMPLATE}
     with pytest.raises(PermanentError) as caught:
-        await services.grants.execute(command(target=target))
+        await execute(services, command(target=target))
     assert caught.value.reason is Reason.ROLE_NOT_ACTIVATED
     assert "GRANTS_ACTIVATE_ROLES" in caught.value.description
     assert graph.role_id_of(USER_ADMIN_TEMPLATE) is None
@@ -147,8 +149,8 @@ async def test_with_activation_allowed_the_role_is_activated_then_granted(
         ledger_credential=ledger_in_azurite.credential(),
     )
     try:
-        result = await services.grants.execute(
-            command(target={"type": "directoryRole", "roleTemplateId": USER_ADMIN_TEMPLATE})
+        result = await execute(
+            services, command(target={"type": "directoryRole", "roleTemplateId": USER_ADMIN_TEMPLATE})
         )
     finally:
         await services.aclose()
@@ -161,7 +163,7 @@ async def test_with_activation_allowed_the_role_is_activated_then_granted(
 
 async def test_removing_from_a_role_that_is_not_activated_is_not_member(services: Services) -> None:
     target = {"type": "directoryRole", "roleTemplateId": USER_ADMIN_TEMPLATE}
-    assert (await services.grants.execute(command(target=target, action="remove"))).outcome is Status.NOT_MEMBER
+    assert (await execute(services, command(target=target, action="remove"))).outcome is Status.NOT_MEMBER
 
 
 @pytest.mark.parametrize(
@@ -176,7 +178,7 @@ async def test_403_is_permanent_forbidden_naming_the_permission(
 ) -> None:
     graph.deny(kind)
     with pytest.raises(PermanentError) as caught:
-        await services.grants.execute(command(target=target))
+        await execute(services, command(target=target))
     assert caught.value.reason is Reason.FORBIDDEN
     assert permission in caught.value.description
     assert caught.value.graph is not None
@@ -186,7 +188,7 @@ async def test_403_is_permanent_forbidden_naming_the_permission(
 async def test_429_is_transient_throttled_with_the_servers_delay(services: Services, graph: GraphDouble) -> None:
     graph.inject(Fault.status(429, retry_after=7))
     with pytest.raises(TransientError) as caught:
-        await services.grants.execute(command())
+        await execute(services, command())
     assert caught.value.reason is Reason.THROTTLED
     assert caught.value.retry_after == 7
 
@@ -195,7 +197,7 @@ async def test_429_is_transient_throttled_with_the_servers_delay(services: Servi
 async def test_5xx_is_transient_graph_unavailable(services: Services, graph: GraphDouble, fault: Fault) -> None:
     graph.inject(fault)
     with pytest.raises(TransientError) as caught:
-        await services.grants.execute(command())
+        await execute(services, command())
     assert caught.value.reason is Reason.GRAPH_UNAVAILABLE
     assert caught.value.graph is not None
     assert caught.value.graph.status == fault.status_code
@@ -204,7 +206,7 @@ async def test_5xx_is_transient_graph_unavailable(services: Services, graph: Gra
 async def test_a_dropped_connection_is_transient_graph_unavailable(services: Services, graph: GraphDouble) -> None:
     graph.inject(Fault.drop())
     with pytest.raises(TransientError) as caught:
-        await services.grants.execute(command())
+        await execute(services, command())
     assert caught.value.reason is Reason.GRAPH_UNAVAILABLE
     assert "could not be reached" in caught.value.description or "in time" in caught.value.description
 
@@ -212,9 +214,9 @@ async def test_a_dropped_connection_is_transient_graph_unavailable(services: Ser
 async def test_a_401_gets_one_fresh_token_and_succeeds(
     services: Services, graph: GraphDouble, token_endpoint: TokenEndpoint
 ) -> None:
-    await services.grants.execute(command(member=USER_2))
+    await execute(services, command(member=USER_2))
     token_endpoint.expire_all()
-    assert (await services.grants.execute(command())).outcome is Status.GRANTED
+    assert (await execute(services, command())).outcome is Status.GRANTED
     assert token_endpoint.request_count == 2
 
 
@@ -223,7 +225,7 @@ async def test_a_401_after_two_fresh_tokens_is_permanent_unauthorized(
 ) -> None:
     graph.inject(Fault.status(401), Fault.status(401), Fault.status(401))
     with pytest.raises(PermanentError) as caught:
-        await services.grants.execute(command())
+        await execute(services, command())
     assert caught.value.reason is Reason.UNAUTHORIZED
     assert token_endpoint.request_count == 3
     assert graph.members_of(AU) == set()
@@ -235,12 +237,12 @@ async def test_a_token_cached_just_before_every_token_was_invalidated_is_refused
     """Found by the soak: request A holds token T1; request B is refused once and caches a fresh T2; then
     every token is invalidated before A is answered. A is refused, gets the cached T2 (other than T1, just
     as stale), is refused again, and must still get a token fetched after that."""
-    await services.grants.execute(command(member=USER_2))  # T1 cached
+    await execute(services, command(member=USER_2))  # T1 cached
     graph.inject(Fault.delay(0.5, path=AU_OTHER))  # A is answered (and its token checked) 0.5 s from now
-    slow = asyncio.create_task(services.grants.execute(command(target={"type": "administrativeUnit", "id": AU_OTHER})))
+    slow = asyncio.create_task(execute(services, command(target={"type": "administrativeUnit", "id": AU_OTHER})))
     await asyncio.sleep(0)  # A takes T1 and sends
     graph.inject(Fault.status(401, path=AU))
-    await services.grants.execute(command(action="remove", member=USER_2))  # B: refused once, caches T2
+    await execute(services, command(action="remove", member=USER_2))  # B: refused once, caches T2
     token_endpoint.expire_all()
 
     assert (await slow).outcome is Status.GRANTED
@@ -250,7 +252,7 @@ async def test_a_token_cached_just_before_every_token_was_invalidated_is_refused
 async def test_any_other_4xx_is_permanent_graph_rejected(services: Services, graph: GraphDouble) -> None:
     graph.inject(Fault.status(400))
     with pytest.raises(PermanentError) as caught:
-        await services.grants.execute(command())
+        await execute(services, command())
     assert caught.value.reason is Reason.GRAPH_REJECTED
     assert caught.value.graph is not None
     assert caught.value.graph.code == "BadRequest"
@@ -267,7 +269,7 @@ async def test_graph_refuses_a_device_in_a_role_as_graph_rejected(services: Serv
         )
     )
     with pytest.raises(PermanentError) as caught:
-        await services.grants.execute(untyped)
+        await execute(services, untyped)
     assert caught.value.reason is Reason.GRAPH_REJECTED
 
 
@@ -282,7 +284,7 @@ async def test_no_token_is_transient_token_unavailable(
     )
     try:
         with pytest.raises(TransientError) as caught:
-            await services.grants.execute(command())
+            await execute(services, command())
     finally:
         await services.aclose()
     assert caught.value.reason is Reason.TOKEN_UNAVAILABLE
@@ -294,7 +296,7 @@ async def test_100_concurrent_grants_ask_for_one_token_over_reused_connections(
 ) -> None:
     graph.load({"users": [f"{n:08x}-0000-4000-8000-000000000000" for n in range(100)]})
     results = await asyncio.gather(
-        *(services.grants.execute(command(member=f"{n:08x}-0000-4000-8000-000000000000")) for n in range(100))
+        *(execute(services, command(member=f"{n:08x}-0000-4000-8000-000000000000")) for n in range(100))
     )
     assert {r.outcome for r in results} == {Status.GRANTED}
     assert len(graph.members_of(AU)) == 100
@@ -317,6 +319,6 @@ def test_user_agent_names_the_project() -> None:
 async def test_a_remove_404_naming_the_target_is_checked_with_a_get(services: Services, graph: GraphDouble) -> None:
     """Graph has been seen to name the container when the member is not in it: the target's GET decides."""
     graph.inject(Fault.status(404, method="DELETE"))
-    result = await services.grants.execute(command(action="remove"))
+    result = await execute(services, command(action="remove"))
     assert result.outcome is Status.NOT_MEMBER
     assert [(r.method, r.status) for r in graph.requests] == [("DELETE", 404), ("GET", 200)]

@@ -20,7 +20,7 @@ from grants_local.queue import LocalQueue, LocalSender
 from grants_local.token_endpoint import TokenEndpoint
 from shared.bootstrap import bootstrap
 from shared.config import Settings
-from shared.core.contract import Guid, SourceSystem, parse_grant
+from shared.core.contract import Guid, parse_grant
 from shared.core.errors import ConfigError, PermanentError
 from shared.core.policy import TIER0_ROLE_TEMPLATES, GrantPolicy
 from tests.conftest import (
@@ -33,6 +33,7 @@ from tests.conftest import (
     USER,
     USER_2,
     body,
+    producers,
 )
 from tests.test_function_app import GRANT
 
@@ -73,7 +74,7 @@ async def test_tier0_roles_are_refused_by_default_with_no_graph_write(
     assert outcomes["m-1"]["reason"] == "PolicyDenied"
     assert "Global Administrator" in outcomes["m-1"]["description"]
     assert run.writes() == []
-    [dead] = run.queue.dead_letters()
+    [dead] = run.queue_of("ticketing").dead_letters()
     assert dead.reason == "PolicyDenied"
 
 
@@ -119,7 +120,7 @@ async def test_rules_are_per_source_target_and_action(make_run: Callable[..., An
         "m-5": ("dead_lettered", "PolicyDenied"),
     }
     assert "may not remove" in outcomes["m-3"]["description"]
-    assert "source 'ticketing' may not grant or remove anything" in outcomes["m-5"]["description"]
+    assert "producer 'ticketing' may not grant or remove anything" in outcomes["m-5"]["description"]
 
 
 @pytest.mark.parametrize(
@@ -130,7 +131,8 @@ async def test_rules_are_per_source_target_and_action(make_run: Callable[..., An
         ({"sources": {"hr": {"roles": []}}}, "unknown key 'roles'"),
         ({"sources": {"hr": {"administrativeUnits": ["EMEA"]}}}, "must be a GUID"),
         ({"sources": {"hr": {"actions": ["grant"]}}}, "only add and remove"),
-        ({"rules": {}}, 'one key, "sources"'),
+        ({"rules": {}}, '"producers" (rules by producer name) and/or "sources"'),
+        ({"producers": {"Not A Name": {}}}, "not a producer name"),
     ],
 )
 def test_a_bad_policy_file_stops_the_app_with_a_clear_error(tmp_path: Path, document: Any, says: str) -> None:
@@ -143,7 +145,9 @@ def test_a_bad_policy_file_stops_the_app_with_a_clear_error(tmp_path: Path, docu
 
 def test_the_example_policy_file_is_valid() -> None:
     policy = GrantPolicy.load(Path(__file__).parent.parent / "examples" / "policy.json")
-    assert GLOBAL_ADMIN in policy.sources[SourceSystem.TICKETING].directory_roles
+    ticketing = policy.rules_for(producers().by_name["ticketing"])
+    assert ticketing is not None
+    assert GLOBAL_ADMIN in ticketing.directory_roles
 
 
 def test_a_missing_policy_file_stops_bootstrap(graph: GraphDouble, tmp_path: Path) -> None:
@@ -156,7 +160,7 @@ def test_the_default_policy_says_so_and_denies_every_tier0_template() -> None:
     policy = GrantPolicy.default()
     assert "built-in default" in policy.describe()
     assert len(TIER0_ROLE_TEMPLATES) >= 8
-    for rules in policy.sources.values():
+    for rules in policy.systems.values():
         assert not set(TIER0_ROLE_TEMPLATES) & rules.directory_roles
 
 
@@ -178,14 +182,15 @@ def test_the_reviewed_roles_are_decided_as_documented_and_an_explicit_policy_sti
     name, decision = REVIEWED[template]
     command = parse_grant(grant(target={"type": "directoryRole", "roleTemplateId": template}))
     default = GrantPolicy.default()
+    ticketing = producers().by_name["ticketing"]
     if decision == "denied":
         with pytest.raises(PermanentError, match=f"{name} \\({template}\\) is a tier-0 role"):
-            default.check(command, role_template_id=Guid(template))
+            default.check(command, producer=ticketing, role_template_id=Guid(template))
     else:
-        default.check(command, role_template_id=Guid(template))
+        default.check(command, producer=ticketing, role_template_id=Guid(template))
     explicit = tmp_path / "policy.json"
-    explicit.write_text(json.dumps({"sources": {"ticketing": {"directoryRoles": [template]}}}))
-    GrantPolicy.load(explicit).check(command, role_template_id=Guid(template))
+    explicit.write_text(json.dumps({"producers": {"ticketing": {"directoryRoles": [template]}}}))
+    GrantPolicy.load(explicit).check(command, producer=ticketing, role_template_id=Guid(template))
 
 
 def test_the_guardrails_page_tables_every_tier0_template_with_a_reason() -> None:
@@ -231,7 +236,7 @@ async def test_an_expiring_grant_schedules_one_removal_that_runs_at_its_time(mak
 
 async def test_a_redelivered_expiring_grant_does_not_schedule_a_second_removal(make_run: Callable[..., Any]) -> None:
     run = await make_run()
-    body = grant(target=AU_TARGET, expiresAt="2099-01-01T00:00:00Z")
+    body = grant(target=AU_TARGET, expiresAt="2099-01-01T00:00:00Z", source="bulk")
     run.queue.send(body, message_id="m-1")
     run.queue.send(body, message_id="m-1-resent")  # the producer sent it twice
     for _ in range(2):
@@ -260,7 +265,7 @@ async def test_a_granted_membership_whose_removal_was_not_scheduled_is_removed_w
     then it is dead-lettered Expired and the removal still runs: the membership does not outlive its expiry."""
     run = await make_run()
     expires_at = datetime.fromtimestamp(run.clock() + 60, UTC)
-    run.queue.send(grant(target=AU_TARGET, expiresAt=expires_at.isoformat()), message_id="m-1")
+    run.queue.send(grant(target=AU_TARGET, expiresAt=expires_at.isoformat(), source="bulk"), message_id="m-1")
     sender = run.app.sender
     assert isinstance(sender, LocalSender)
     sender.fail_next(1)  # scheduling the removal fails; the retry copy's send then works

@@ -29,7 +29,7 @@ from shared.core.contract import parse_grant
 from shared.core.intents import content_hash, expiry_removal, intent_of
 from shared.core.messaging import derived_message_id
 from shared.runtime import services
-from tests.conftest import AU, HELPDESK_ROLE, USER, USER_2, body, settings_for
+from tests.conftest import AU, HELPDESK_ROLE, USER, USER_2, as_operator, body, settings_for
 from tests.test_trust_boundary import (
     BULK,
     ROLE_BY_ID,
@@ -218,8 +218,8 @@ async def test_a_fresh_instance_whose_ledger_is_down_does_not_dead_letter_what_i
 ) -> None:
     """A webhook ticket (sealed) and a producer's ticket (unsealed) reach an instance started while the ledger is
     unreachable: neither is dead-lettered; once the ledger is back they are carried out."""
-    assert (await app.post(json.loads(ticket("COLD-1"))))[0] == 202
-    app.put(ticket("COLD-2", member={"id": USER_2, "type": "user"}), message_id="m-cold")
+    assert (await app.post(json.loads(ticket("COLD-2", member={"id": USER_2, "type": "user"}))))[0] == 202
+    app.put(body(requestId="COLD-1"), message_id="m-cold")  # a producer's, on the grants queue the instance reads
     with refusing_port() as port:
         async with instance(app, endpoint=f"http://127.0.0.1:{port}/devstoreaccount1") as cold:
             await cold.host().drain(until=app.clock())
@@ -320,13 +320,9 @@ async def test_a_ticket_cannot_take_the_apps_ids_through_the_ticket_payload(app:
     assert app.queue.stats.sent == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (design): producers' request ids are one namespace for every producer, so anyone with send rights "
-    "on the grants queue can claim a ticket number before the ticketing system sends it; the real ticket (here a "
-    "revocation) is then refused 409 / RequestIdConflict and the access stays",
-)
 async def test_a_queue_producer_cannot_claim_a_ticket_number_before_the_ticketing_system(app: App) -> None:
+    """The next ticket number, sent first by a queue producer, is that producer's request: the real ticket's
+    revocation is the ticketing system's own (202, carried out), and the access goes."""
     assert (await app.send(ticket("RITM0099"), message_id="m-1"))["outcome"] == "granted"  # the real grant
     squat = body(requestId="RITM0100", member={"id": USER_2, "type": "user"})  # the next ticket number, claimed
     assert (await app.send(squat, message_id="m-squat"))["outcome"] == "granted"
@@ -344,20 +340,25 @@ async def test_a_ledger_that_stops_mid_run_makes_grants_wait_not_fail(graph: Gra
         ledger = await new_ledger_table(azurite)
         settings = settings_for(graph, GRANTS_MAX_ATTEMPTS="2", GRANTS_RETRY_BASE_SECONDS="10")
         async with local_app(settings, clock=ManualClock(), ledger=ledger) as local:
-            local.queue.send(ticket("UP-1", expiresAt="2099-01-01T00:00:00Z"), message_id="m-up")
+            tickets = local.queue_of("ticketing")
+            tickets.send(ticket("UP-1", expiresAt="2099-01-01T00:00:00Z"), message_id="m-up")
             await local.host().drain(until=local.clock())
             assert local.outcomes()["m-up"]["outcome"] == "granted"
             azurite.stop()
-            local.queue.send(ticket("DOWN-1", member={"id": USER_2, "type": "user"}), message_id="m-down")
+            tickets.send(ticket("DOWN-1", member={"id": USER_2, "type": "user"}), message_id="m-down")
             host = local.host()
             await host.drain(until=local.clock() + 3600)
             assert host.failed_invocations == 0
-            assert local.queue.dead_letters() == []
+            assert local.queue.dead_letters() == tickets.dead_letters() == []
             waiting = [r for r in local.recorder.records if r.get("originalMessageId") == "m-down"]
             assert {(r["outcome"], r["reason"]) for r in waiting} == {("retry_scheduled", "LedgerUnavailable")}
             assert len(waiting) > 2  # past GRANTS_MAX_ATTEMPTS: a ledger outage is waited out
             request = func.HttpRequest(
-                "GET", "http://localhost/api/grants/DOWN-1", body=b"", route_params={"requestId": "DOWN-1"}
+                "GET",
+                "http://localhost/api/grants/DOWN-1",
+                headers=as_operator(),
+                body=b"",
+                route_params={"requestId": "DOWN-1"},
             )
             answer = await registered_function(function_app.app, "grant_status")(request)
             assert (answer.status_code, answer.headers.get("Retry-After")) == (503, "5")

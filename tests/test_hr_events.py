@@ -115,7 +115,7 @@ async def test_given_a_joiner_when_processed_then_the_rules_grants_are_added(hr:
     assert {o["sourceSystem"] for o in outcomes.values()} == {"hr"}
     assert {o["sourceReference"] for o in outcomes.values()} == {"EMP-4711"}
     ids = {key: o["requestId"] for key, o in outcomes.items()}
-    assert all(key.startswith(f"{request_id}~") for key, request_id in ids.items())  # the MessageId, keyed
+    assert all(key.startswith(f"{request_id}:hr~") for key, request_id in ids.items())  # the MessageId, keyed
     assert all(id.startswith("~hr:evt-1:") and len(id) == len("~hr:evt-1:") + 16 for id in ids.values())
     assert memberships(hr) == {"emea": True, "apac": False, "helpdesk": True}
     assert hr.queue.stats.completed == 1

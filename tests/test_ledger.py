@@ -15,7 +15,7 @@ import pytest
 
 from grants_local._http import LoopbackServer, Request, Response
 from grants_local.azurite import AzuriteTables
-from shared.adapters.ledger import LEASE_FOR, Absorbed, Admitted, Group, Ledger, table_client, table_key
+from shared.adapters.ledger import LEASE_FOR, Absorbed, Admitted, Group, GroupKind, Ledger, table_client, table_key
 from shared.core.contract import Action
 from shared.core.errors import PermanentError, Reason, TransientError
 from shared.core.intents import Applied, Intent, PairState, Superseded, Wait
@@ -31,13 +31,19 @@ T0 = datetime(2026, 5, 1, 9, 0, 0, 123456, tzinfo=UTC)
 PAIR = "au.3f2504e0-4f89-11d3-9a0c-0305e82c3301.15c1a2d5-9101-44b2-83ab-885db8a647ca"
 
 
-def intent(request_id: str, action: Action = Action.ADD, *, at: float = 0, content: str = "c") -> Intent:
+PRODUCER = "bulk"
+
+
+def intent(
+    request_id: str, action: Action = Action.ADD, *, at: float = 0, content: str = "c", producer: str = PRODUCER
+) -> Intent:
     return Intent(
         request_id=request_id,
         content_hash=content,
         action=action,
         requested_at=T0 + timedelta(seconds=at),
         expires_at=T0 + timedelta(days=30) if action is Action.ADD else None,
+        producer=producer,
     )
 
 
@@ -71,7 +77,7 @@ async def test_an_add_for_a_new_pair_is_recorded_in_three_requests_and_three_rou
         applied=Applied(request_id="r1", action=Action.ADD, at=T0 + timedelta(seconds=1)),
         removal_due=T0 + timedelta(days=30),
     )
-    record = await ledger.request("r1")
+    record = await ledger.request("r1", producer=PRODUCER)
     assert record is not None
     assert (record.content_hash, record.origin, record.pair) == ("c", "m-1", PAIR)
 
@@ -202,7 +208,7 @@ async def test_hostile_request_ids_are_recorded_and_read_back_exactly(ledger: Le
         assert isinstance(decision, Admitted)
         await ledger.finish(decision.ticket, applied=Action.ADD, now=T0)
     for number, request_id in enumerate(HOSTILE_IDS):
-        record = await ledger.request(request_id)
+        record = await ledger.request(request_id, producer=PRODUCER)
         assert record is not None
         assert (record.request_id, record.content_hash) == (request_id, f"c{number}")
 
@@ -348,14 +354,23 @@ async def test_throttled_or_failing_storage_is_transient_with_its_retry_after(
 async def record_status(
     ledger: Ledger, request_id: str, document: dict[str, Any], *, now: datetime, write: StatusWrite = StatusWrite.FINAL
 ) -> bool:
-    """`Ledger.record` of the status record `document` (its JSON, as the API shows it) of `request_id`."""
-    return await ledger.record(StatusRecord.from_json({"requestId": request_id, **document}), now=now, write=write)
+    """`Ledger.record` of the status record `document` (its JSON, as the API shows it) of `request_id` (of producer
+    bulk unless it names one)."""
+    record = StatusRecord.from_json({"requestId": request_id, "producer": PRODUCER, **document})
+    return await ledger.record(record, now=now, write=write)
 
 
-async def status_json(ledger: Ledger, request_id: str) -> dict[str, Any] | None:
+async def status_json(ledger: Ledger, request_id: str, producer: str = PRODUCER) -> dict[str, Any] | None:
     """`Ledger.status` as the API shows it (JSON)."""
-    record = await ledger.status(request_id)
+    record = await ledger.status(request_id, producer=producer)
     return None if record is None else record.to_json()
+
+
+async def group(ledger: Ledger, kind: GroupKind, group_id: str, producer: str = PRODUCER) -> Group:
+    """`producer`'s group (an empty one when it has none)."""
+    found = await ledger.group(kind, group_id, producer=producer)
+    assert len(found) <= 1
+    return found[0] if found else Group(rows=[])
 
 
 async def history_json(ledger: Ledger, **scope: Any) -> list[dict[str, Any]]:
@@ -386,11 +401,11 @@ async def test_a_status_is_recorded_beside_the_request_and_accepted_never_replac
         "g",
     )
     assert (record["acceptedAt"], record["updatedAt"]) == (T0.isoformat(), later.isoformat())
-    recorded = await ledger.request(hostile)
+    recorded = await ledger.request(hostile, producer=PRODUCER)
     assert recorded is not None
     assert recorded.origin == "m-1"
-    assert [row["requestId"] for row in (await ledger.group("job", "job-1")).rows] == [hostile]
-    assert await ledger.group("job", "job-2") == Group(rows=[])
+    assert [row["requestId"] for row in (await group(ledger, "job", "job-1")).rows] == [hostile]
+    assert await ledger.group("job", "job-2", producer=PRODUCER) == []
 
 
 async def test_a_pending_status_never_replaces_a_terminal_one(ledger: Ledger) -> None:
@@ -407,7 +422,7 @@ async def test_a_pending_status_never_replaces_a_terminal_one(ledger: Ledger) ->
     assert status["status"] == "granted"
     assert [row["status"] for row in await history_json(ledger, member=USER)] == ["granted"]
     assert [row["status"] for row in await history_json(ledger, target=AU)] == ["granted"]
-    [row] = (await ledger.group("job", "job-9")).rows
+    [row] = (await group(ledger, "job", "job-9")).rows
     assert (row["status"], row["jobRow"], row["jobRows"]) == ("granted", 3, 5)
 
 
@@ -465,8 +480,8 @@ async def test_a_job_row_is_written_only_by_the_request_that_first_recorded_it(l
     assert await record_status(ledger, "job-7:1", {**row, "status": "dead_lettered", "reason": "Forbidden"}, now=T0)
     await record_status(ledger, "forged", {**row, "status": "granted"}, now=T0)
     await record_status(ledger, "forged", {**row, "status": "in_progress"}, now=T0, write=StatusWrite.PROGRESS)
-    group = await ledger.group("job", "job-7")
-    assert [(r["requestId"], r["status"]) for r in group.rows] == [("job-7:1", "dead_lettered")]
-    assert [r.request_id for r in group.failed] == ["job-7:1"]
+    found = await group(ledger, "job", "job-7")
+    assert [(r["requestId"], r["status"]) for r in found.rows] == [("job-7:1", "dead_lettered")]
+    assert [r.request_id for r in found.failed] == ["job-7:1"]
     assert await record_status(ledger, "job-7:1", {**row, "status": "granted"}, now=T0)  # its own: written
-    assert [r["status"] for r in (await ledger.group("job", "job-7")).rows] == ["granted"]
+    assert [r["status"] for r in (await group(ledger, "job", "job-7")).rows] == ["granted"]

@@ -63,7 +63,7 @@ async def test_a_bulk_job_named_like_a_ticket_does_not_swallow_the_tickets_retry
     request ids RITM7:1, RITM7:2): the retry copy's MessageId is the app's own, so all three are granted."""
     graph.inject(Fault.status(503, method="POST"))
     run = await make_run()
-    run.queue.send(body(requestId="RITM7", member={"id": USER}, source={"system": "ticketing"}), message_id="RITM7")
+    run.queue.send(body(requestId="RITM7", member={"id": USER}, source={"system": "bulk"}), message_id="RITM7")
     run.queue.send(body(requestId="RITM7:1", member={"id": USER_2}), message_id="RITM7:1")
     run.queue.send(body(requestId="RITM7:2", member={"id": LATE_USER}), message_id="RITM7:2")
     await run.app.drain()
@@ -81,7 +81,7 @@ async def test_a_duplicate_of_a_request_mid_retry_gets_the_outcome_of_the_reques
     """run-local with one request twice, the first hit by a 503: both lines end with the request's outcome."""
     graph.inject(Fault.status(503, method="POST"))
     line = body(requestId="INC1")
-    run = await run_local([line, line], env={"GRAPH_BASE_URL": graph.base_url}, clock=ManualClock())
+    run = await run_local([line, line], env={"GRAPH_BASE_URL": graph.base_url}, clock=ManualClock(), producer="bulk")
     assert run.complete
     assert [(o.line, o.outcome) for o in run.outcomes] == [(1, "granted"), (2, "granted")]
     assert [r.method for r in graph.requests if r.method == "POST" and r.status == 204] == ["POST"]

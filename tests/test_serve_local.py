@@ -24,6 +24,9 @@ ALICE = "11111111-1111-4111-8111-111111111111"
 ERIN = "12121212-1212-4212-8212-121212121212"
 HELPDESK_TEMPLATE = "729827e3-9c14-49f7-bb1b-9608f156bbb8"
 
+#: What `grants … --serve-local` sends: serve-local stands in for App Service authentication with local tokens.
+LOCAL_OPERATOR = {"Authorization": "Bearer local:operator"}
+
 
 @asynccontextmanager
 async def serving(env: dict[str, str]) -> AsyncIterator[tuple[int, io.StringIO]]:
@@ -74,7 +77,8 @@ async def test_given_serve_local_when_a_webhook_and_an_hr_event_are_posted_then_
         unsigned = await client.post("/api/grants", content=body, headers={"Content-Type": "application/json"})
         queued = await client.post("/local/hr-events", content=hr_event, headers={"X-Message-Id": "hr-1"})
         unknown = await client.get("/")
-    assert (accepted.status_code, accepted.json()) == (202, {"requestId": "RITM0010001", "status": "accepted"})
+    accepted_document = {"requestId": "RITM0010001", "producer": "ticketing", "status": "accepted"}
+    assert (accepted.status_code, accepted.json()) == (202, accepted_document)
     assert (unsigned.status_code, unsigned.headers["content-type"]) == (401, "application/problem+json")
     assert "examples/send_webhook.py" in out.getvalue()  # the unsigned request is told how to sign
     assert (queued.status_code, queued.json()) == (202, {"messageId": "hr-1"})
@@ -124,7 +128,10 @@ async def test_given_serve_local_then_grants_status_and_grants_job_serve_local_r
             local=False,
             port=ports[0],
             url=None,
-            key=None,
+            token=None,
+            scope=None,
+            as_="operator",
+            producer=None,
             json=False,
             failed=False,
             failed_csv=None,
@@ -202,11 +209,11 @@ async def test_given_serve_local_then_a_job_submitted_to_it_is_watched_and_hr_ev
             refused = await client.post("/local/queues/grant-membership-bulk/messages", content=b'{"not": "a list"}')
             unknown = await client.post("/local/queues/elsewhere/messages", content=b"[]")
             for _ in range(100):
-                event = await client.get("/api/hr-events/wd-evt-1001")
+                event = await client.get("/api/hr-events/wd-evt-1001", headers=LOCAL_OPERATOR)
                 if event.status_code == 200 and event.json()["done"]:
                     break
                 await asyncio.sleep(0.1)
-            history = await client.get("/api/history", params={"member": ERIN})
+            history = await client.get("/api/history", params={"member": ERIN}, headers=LOCAL_OPERATOR)
         assert queued.status_code == 202
         assert (refused.status_code, refused.headers["content-type"]) == (400, "application/problem+json")
         assert unknown.status_code == 404

@@ -15,7 +15,7 @@ from shared.core.messaging import Delivery
 from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from shared.handlers.grant import retry_message_id
 from shared.handlers.webhook import receive
-from tests.conftest import message
+from tests.conftest import message, producers
 
 
 def test_retry_copy_is_a_scheduled_service_bus_message_with_a_new_id() -> None:
@@ -40,20 +40,23 @@ def delivery(body: bytes, message_id: str, **properties: str) -> Delivery:
 def test_retry_message_ids_are_derived_short_and_unique_per_message_and_content() -> None:
     """Retry copies of two messages with the same requestId (bulk rows, or a bulk row and a webhook request) get
     distinct MessageIds, in the app's own namespace, within Service Bus's 128 characters."""
-    first = retry_message_id(delivery(b'{"requestId": "CHG0042", "member": 1}', "job:1"), 2)
+    first = retry_message_id(delivery(b'{"requestId": "CHG0042", "member": 1}', "job:1"), "bulk", 2)
     assert first.startswith("~retry:")
     assert first.endswith(":2")
-    assert len(retry_message_id(delivery(b"x", "m" * 128, resubmission="ab12cd34"), 10)) <= 128
+    assert len(retry_message_id(delivery(b"x", "m" * 128, resubmission="ab12cd34"), "bulk", 10)) <= 128
     others = {
-        retry_message_id(delivery(b'{"requestId": "CHG0042", "member": 2}', "job:2"), 2),
-        retry_message_id(delivery(b'{"requestId": "CHG0042", "member": 1}', "job:2"), 2),
-        retry_message_id(delivery(b'{"requestId": "CHG0042", "member": 1}', "job:1", resubmission="ab12cd34"), 2),
-        retry_message_id(delivery(b'{"requestId": "CHG0042", "member": 1}', "job:1"), 3),
+        retry_message_id(delivery(b'{"requestId": "CHG0042", "member": 2}', "job:2"), "bulk", 2),
+        retry_message_id(delivery(b'{"requestId": "CHG0042", "member": 1}', "job:2"), "bulk", 2),
+        retry_message_id(
+            delivery(b'{"requestId": "CHG0042", "member": 1}', "job:1", resubmission="ab12cd34"), "bulk", 2
+        ),
+        retry_message_id(delivery(b'{"requestId": "CHG0042", "member": 1}', "job:1"), "bulk", 3),
     }
+    others.add(retry_message_id(delivery(b'{"requestId": "CHG0042", "member": 1}', "job:1"), "other", 2))
     assert first not in others
-    assert len(others) == 4
+    assert len(others) == 5  # another producer's message with the same MessageId and body is another request
     copy = delivery(b'{"requestId": "CHG0042", "member": 1}', first, originalMessageId="job:1")
-    assert retry_message_id(copy, 2) == first  # a copy's copies derive from the original MessageId
+    assert retry_message_id(copy, "bulk", 2) == first  # a copy's copies derive from the original MessageId
 
 
 # --- an unreachable namespace fails fast (loopback only) ---------------------------------------------------------
@@ -106,7 +109,7 @@ async def test_given_an_unreachable_namespace_when_a_webhook_request_comes_then_
             custom_endpoint_address=f"sb://127.0.0.1:{port}",
         )
         started = time.perf_counter()
-        answer = await receive(headers=headers, body=body, secret=secret, sender=sender, now=lambda: now)
+        answer = await receive(headers=headers, body=body, producers=producers(secret), sender=sender, now=lambda: now)
         elapsed = time.perf_counter() - started
         await sender.close()
     assert (answer.status, json.loads(answer.body)["type"]) == (503, "urn:entra-grants:problem:enqueue-failed")

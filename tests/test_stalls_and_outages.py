@@ -11,9 +11,9 @@ from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED
 from grants_local.unreachable import refusing_port
 from shared.adapters.seal import Sealer
 from shared.core.errors import Reason, TransientError
-from tests.conftest import USER_2
+from tests.conftest import USER_2, body
 from tests.test_hostile_producers import instance
-from tests.test_trust_boundary import App, app, make_app, rules_file, ticket
+from tests.test_trust_boundary import App, app, make_app, rules_file
 
 __all__ = ["app", "make_app", "rules_file"]  # fixtures used here
 
@@ -28,7 +28,7 @@ async def test_an_invalid_message_waits_for_a_ledger_that_is_down_instead_of_bur
     recorded, so it must wait (left to its lock expiry, as a transient failure is), not be abandoned and delivered
     again at once until Service Bus dead-letters it MaxDeliveryCountExceeded within seconds; once the ledger is back
     it is dead-lettered `SchemaViolation`, with its status."""
-    app.put(ticket("BAD-1", colour="blue"), message_id="m-bad")
+    app.put(body(requestId="BAD-1", colour="blue"), message_id="m-bad")  # bulk's, on the grants queue
     with refusing_port() as port:
         async with instance(app, endpoint=f"http://127.0.0.1:{port}/devstoreaccount1") as cold:
             await cold.host().drain(until=app.clock() + 5)
@@ -46,7 +46,7 @@ async def test_an_outage_of_the_ledger_longer_than_ten_lock_durations_dead_lette
     """A cold instance cannot seal a retry copy while its ledger is down, so each delivery waits a lock duration;
     the tenth, the last the queue allows, is dead-lettered by the app with the outage's reason and what to do, not
     by Service Bus as MaxDeliveryCountExceeded."""
-    app.put(ticket("LONG-1", member={"id": USER_2, "type": "user"}), message_id="m-long")
+    app.put(body(requestId="LONG-1", member={"id": USER_2, "type": "user"}), message_id="m-long")
     with refusing_port() as port:
         async with instance(app, endpoint=f"http://127.0.0.1:{port}/devstoreaccount1") as cold:
             await cold.host().drain(until=app.clock() + 11 * LOCK_DURATION)
@@ -62,7 +62,7 @@ async def test_an_invalid_message_whose_status_cannot_be_recorded_by_its_last_de
 ) -> None:
     """Dead-lettered `SchemaViolation` by the app on the last delivery the queue allows, saying its status could not
     be recorded, rather than MaxDeliveryCountExceeded."""
-    app.put(ticket("BAD-2", colour="blue"), message_id="m-bad-2")
+    app.put(body(requestId="BAD-2", colour="blue"), message_id="m-bad-2")
     with refusing_port() as port:
         async with instance(app, endpoint=f"http://127.0.0.1:{port}/devstoreaccount1") as cold:
             await cold.host().drain(until=app.clock() + 11 * LOCK_DURATION)

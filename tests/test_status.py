@@ -23,7 +23,7 @@ from grants_local.queue import ManualClock
 from shared.core.messaging import BULK_JOB, JOB_ROW, JOB_ROWS
 from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from shared.core.statuses import Status, StatusRecord
-from tests.conftest import AU, UNKNOWN, USER, USER_2, body, settings_for
+from tests.conftest import AU, UNKNOWN, USER, USER_2, as_operator, body, settings_for
 
 WEBHOOK = registered_function(function_app.app, "grant_webhook")
 STATUS = registered_function(function_app.app, "grant_status")
@@ -52,7 +52,9 @@ async def post(app: LocalApp, document: dict[str, Any]) -> func.HttpResponse:
 
 
 async def get(function: Any, route: str, name: str, value: str) -> tuple[int, str, dict[str, Any]]:
-    request = func.HttpRequest("GET", f"http://localhost/api/{route}", body=b"", route_params={name: value})
+    request = func.HttpRequest(
+        "GET", f"http://localhost/api/{route}", headers=as_operator(), body=b"", route_params={name: value}
+    )
     response = await function(request)
     return response.status_code, response.mimetype, json.loads(response.get_body())
 
@@ -175,7 +177,9 @@ async def test_grants_job_prints_totals_and_the_failed_rows_and_exits_1(app: Loc
     def handler(request: httpx.Request) -> httpx.Response:
         asked.append(request)
         job_id = request.url.path.rsplit("/", 1)[1]
-        incoming = func.HttpRequest("GET", str(request.url), body=b"", route_params={"jobId": job_id})
+        incoming = func.HttpRequest(
+            "GET", str(request.url), headers=as_operator(), body=b"", route_params={"jobId": job_id}
+        )
         answer = asyncio.run_coroutine_threadsafe(JOB(incoming), loop).result()
         return httpx.Response(answer.status_code, content=answer.get_body(), headers={"content-type": answer.mimetype})
 
@@ -183,7 +187,7 @@ async def test_grants_job_prints_totals_and_the_failed_rows_and_exits_1(app: Loc
         out, err = io.StringIO(), io.StringIO()
         parser = argparse.ArgumentParser()
         add_parsers(parser.add_subparsers(dest="command"))
-        args = parser.parse_args(["job", job_id, "--url", "https://app.example", "--key", "k", "--failed"])
+        args = parser.parse_args(["job", job_id, "--url", "https://app.example", "--token", "k", "--failed"])
         code = cli(args, out=out, err=err, transport=httpx.MockTransport(handler))
         return code, out.getvalue() + err.getvalue()
 
@@ -193,7 +197,7 @@ async def test_grants_job_prints_totals_and_the_failed_rows_and_exits_1(app: Loc
     assert lines[0] == "job job-8: 2 of 2 requests ended, 1 succeeded, 1 failed"
     assert set(lines[1].strip().split(", ")) == {"dead_lettered 1", "granted 1"}
     assert "  job-8:2  MemberNotFound  user 00000000-" in lines[2]
-    assert asked[0].headers["x-functions-key"] == "k"
+    assert asked[0].headers["authorization"] == "Bearer k"
     assert str(asked[0].url) == "https://app.example/api/jobs/job-8"
     code, _ = await asyncio.to_thread(run, "job\x1b[2J")
     assert code == 2

@@ -206,7 +206,7 @@ async def test_history_since_is_400_naming_since_or_a_time_the_history_can_key(t
         history_key(since, "")  # the ledger's bound
         return []
 
-    answer = await history_answer({"member": AU, "since": text}, history=history)
+    answer = await history_answer({"member": AU, "since": text}, producer=None, history=history)
     accepted = date_inside(text) if len(text) == 10 else inside(text)
     if not accepted:
         assert answer.status == 400, text

@@ -62,7 +62,7 @@ async def test_an_add_that_lands_after_its_client_gave_up_never_outlives_a_newer
     run.app.services.http.timeout = httpx.Timeout(1.0, connect=5.0, pool=30.0)
     held = Fault.hold(method="POST", path=AU)
     graph.inject(held)
-    add = body(requestId="ADD-1", member={"id": USER, "type": "user"}, source={"system": "ticketing"})
+    add = body(requestId="ADD-1", member={"id": USER, "type": "user"}, source={"system": "bulk"})
     run.queue.send(add, message_id="m-add")
     locked = run.queue.receive()
     assert locked is not None
@@ -73,7 +73,7 @@ async def test_an_add_that_lands_after_its_client_gave_up_never_outlives_a_newer
         requestId="REMOVE-1",
         action="remove",
         member={"id": USER, "type": "user"},
-        source={"system": "ticketing"},
+        source={"system": "bulk"},
     )
     run.queue.send(remove, message_id="m-remove")
     locked = run.queue.receive()
@@ -92,7 +92,7 @@ async def test_an_add_that_lands_after_its_client_gave_up_never_outlives_a_newer
     assert graph.members_of(AU) == set()  # the newest intent: removed
     assert outcomes["m-remove"]["outcome"] == Status.REVOKED  # true: it removed the member the late write added
     assert outcomes["m-add"]["outcome"] == Status.SUPERSEDED
-    status = await run.app.services.ledger.status("REMOVE-1")
+    status = await run.app.services.ledger.status("REMOVE-1", producer="bulk")
     assert status is not None
     assert status.status is Status.REVOKED
     removal = [request for request in graph.requests if request.method == "DELETE"]
@@ -123,15 +123,13 @@ async def test_a_confirmation_that_cannot_be_queued_waits_for_the_lock_expiry_an
     run.app.services.http.timeout = httpx.Timeout(1.0, connect=5.0, pool=30.0)
     held = Fault.hold(method="POST", path=AU)
     graph.inject(held)
-    add = body(requestId="ADD-3", member={"id": USER, "type": "user"}, source={"system": "ticketing"})
+    add = body(requestId="ADD-3", member={"id": USER, "type": "user"}, source={"system": "bulk"})
     run.queue.send(add, message_id="m-add")
     locked = run.queue.receive()
     assert locked is not None
     await GRANT(receivedmessage=to_received_message(locked), message_actions=run.actions)
 
-    remove = body(
-        requestId="REMOVE-3", action="remove", member={"id": USER, "type": "user"}, source={"system": "ticketing"}
-    )
+    remove = body(requestId="REMOVE-3", action="remove", member={"id": USER, "type": "user"}, source={"system": "bulk"})
     run.app.sender.fail_next(1)  # the remove's confirming copy
     run.queue.send(remove, message_id="m-remove")
     locked = run.queue.receive()
@@ -146,6 +144,6 @@ async def test_a_confirmation_that_cannot_be_queued_waits_for_the_lock_expiry_an
     await run.deliver()
     assert graph.members_of(AU) == set()
     assert run.queue.stats.locks_expired == 1
-    status = await run.app.services.ledger.status("REMOVE-3")
+    status = await run.app.services.ledger.status("REMOVE-3", producer="bulk")
     assert status is not None
     assert status.status in (Status.REVOKED, Status.NOT_MEMBER)

@@ -21,7 +21,7 @@ from shared.core.contract import MAX_MESSAGE_BYTES, encoding_problem, parse_gran
 from shared.core.errors import ConfigError
 from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from shared.handlers.webhook import receive, webhook_message_id
-from tests.conftest import AU, HELPDESK_TEMPLATE, USER, USER_2, Run, message
+from tests.conftest import AU, HELPDESK_TEMPLATE, USER, USER_2, Run, message, producers
 
 WEBHOOK = registered_function(function_app.app, "grant_webhook")
 SECRET = "s3cret-for-tests-only-0123456789abcdef"
@@ -75,14 +75,15 @@ async def test_given_a_signed_contract_body_when_posted_then_202_and_the_message
     run: Run,
 ) -> None:
     status, answer, media_type = await call(run, contract())
-    assert (status, answer, media_type) == (202, {"requestId": "INC0012345", "status": "accepted"}, "application/json")
+    accepted = {"requestId": "INC0012345", "producer": "ticketing", "status": "accepted"}
+    assert (status, answer, media_type) == (202, accepted, "application/json")
     queued = run.queue.receive()
     assert queued is not None
     received = datetime.fromtimestamp(run.clock(), UTC).isoformat().replace("+00:00", "Z")
     queued_command = parse_grant(queued.body)  # the request as sent, with when it was received
     assert queued_command == parse_grant(json.dumps({**contract(), "requestedAt": received}).encode())
     # under its webhook id, keyed by the app (no producer can send a message under it first)
-    assert queued.message_id.startswith(webhook_message_id(parse_grant(queued.body)) + "~")
+    assert queued.message_id.startswith(webhook_message_id(parse_grant(queued.body), producer="ticketing") + "~")
     assert queued.message_id.startswith("~webhook:")
     run.queue.abandon(queued.lock_token)
 
@@ -141,7 +142,7 @@ async def test_given_a_tampered_body_when_posted_then_401_and_nothing_is_queued(
     response = await WEBHOOK(forged)
     problem = json.loads(response.get_body())
     assert (response.status_code, response.mimetype) == (401, "application/problem+json")
-    assert problem["detail"] == "the signature does not match the body and timestamp"
+    assert problem["detail"] == "the signature does not match the body and timestamp under that producer's secret"
     assert run.queue.stats.sent == 0
     assert "webhook refused an unauthenticated request" in caplog.text
     assert signed.headers[SIGNATURE_HEADER].removeprefix("sha256=") not in caplog.text
@@ -348,7 +349,7 @@ async def test_given_a_ticket_approved_by_its_requester_when_posted_then_400(run
     [
         (contract(member={"id": "../users", "type": "user"}), "/member/id", "member.id must be a GUID"),
         (contract(colour="red"), "/colour", "colour is not a field of this contract"),
-        (contract(source={"system": "hr"}), "/source/system", 'the webhook accepts only source.system "ticketing"'),
+        (contract(source={"system": "hr"}), "/source/system", "must be 'ticketing': producer 'ticketing' speaks as"),
         (ticket(member="not-a-guid"), "/member/id", "member.id must be a GUID"),
         (ticket(ticketNumber="INC 1"), "/ticketNumber", "requestId must be 1 to 128 characters"),
         (
@@ -394,7 +395,8 @@ def run_sender(run: Run) -> LocalSender:
 
 
 async def test_given_no_secret_when_posted_then_503_and_nothing_is_queued(make_run: Callable[..., Any]) -> None:
-    run: Run = await make_run()
+    """No producer can sign (the built-in registry, its secret unset) nor be known by a principal: 503."""
+    run: Run = await make_run(GRANTS_PRODUCERS="")
     status, problem, _ = await call(run, contract())
     assert (status, problem["type"]) == (503, "urn:entra-grants:problem:webhook-disabled")
     assert run.queue.stats.sent == 0
@@ -448,7 +450,9 @@ async def test_property_any_request_gets_a_documented_answer_and_only_valid_sign
     timestamp = int(clock()) - age
     signature = sign(secret=SECRET if signed else SECRET[::-1], timestamp=timestamp, body=body)
     headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: signature}
-    answer = await receive(headers=headers, body=body, secret=SECRET, sender=LocalSender(queue), now=clock.utcnow)
+    answer = await receive(
+        headers=headers, body=body, producers=producers(SECRET), sender=LocalSender(queue), now=clock.utcnow
+    )
     assert answer.status in (202, 400, 401, 415)
     document = json.loads(answer.body)
     fresh = -30 <= age <= 300
@@ -458,7 +462,7 @@ async def test_property_any_request_gets_a_documented_answer_and_only_valid_sign
         assert queue.stats.sent == 1
         queued = queue.receive()
         assert queued is not None
-        assert webhook_message_id(parse_grant(queued.body)) == queued.message_id
+        assert webhook_message_id(parse_grant(queued.body), producer="ticketing") == queued.message_id
     else:
         assert queue.stats.sent == 0
         assert answer.content_type == "application/problem+json"

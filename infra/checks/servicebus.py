@@ -19,7 +19,10 @@ SUBSCRIPTIONS = "Microsoft.ServiceBus/namespaces/topics/subscriptions"
 
 
 def _properties(conf: dict[str, Any]) -> dict[str, Any]:
-    """The resource's ``properties`` (checkov hands a Bicep check the resource body)."""
+    """The resource's ``properties`` (checkov hands a Bicep check the resource body; a resource declared in a loop,
+    ``[for … : {…}]``, has it one level down: every resource the loop makes gets that body)."""
+    if isinstance(conf.get("loop_type"), dict) and isinstance(conf.get("config"), dict):
+        conf = conf["config"]
     properties = conf.get("properties")
     return properties if isinstance(properties, dict) else {}
 

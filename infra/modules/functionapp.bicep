@@ -28,6 +28,10 @@ param ledgerTableServiceUri string
 param ledgerTableName string
 @description('The worker exports logs and dependencies with OpenTelemetry (outcome fields as customDimensions).')
 param openTelemetry bool
+@description('GRANTS_PRODUCERS: the producer registry as JSON (main.bicep); empty: the built-in one.')
+param producersSetting string
+@description('The API\'s Entra app registration (App Service authentication); empty: authentication off.')
+param apiClientId string
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   //checkov:skip=CKV_AZURE_225: zone redundancy on Flex Consumption exists only in some regions; the work waits in the queue, not on the plan, so an outage delays grants and loses none
@@ -134,6 +138,8 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
           name: 'GRANTS_WEBHOOK_SECRET'
           value: empty(webhookSecretUri) ? '' : '@Microsoft.KeyVault(SecretUri=${webhookSecretUri})'
         }
+        // Who asked: each producer by the queue only it may send to, its signing secret or its Entra principal.
+        { name: 'GRANTS_PRODUCERS', value: producersSetting }
         // Outcome events and signed callbacks (README, "Follow a request").
         { name: 'GRANTS_OUTCOMES_TOPIC', value: outcomesTopic }
         { name: 'GRANTS_CALLBACK_QUEUE', value: callbackQueue }
@@ -142,6 +148,37 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'GRANTS_CALLBACK_LOOPBACK', value: 'false' }
       ]
     }
+  }
+}
+
+// App Service authentication (Entra ID) in front of the HTTP API: it validates a caller's token and hands the app the
+// caller's principal and app roles (X-MS-CLIENT-PRINCIPAL); the app decides each route's rights (shared/core/access.py).
+// Anonymous requests reach the app too: the webhook takes requests signed with a producer's own secret, and every
+// other route answers 401 without a principal.
+resource auth 'Microsoft.Web/sites/config@2024-04-01' = {
+  //checkov:skip=CKV_AZURE_13: this resource IS the app's App Service authentication (checkov reads every sites/config as a site)
+  //checkov:skip=CKV_AZURE_63: a config child, not a site: HTTP logging is the site's (and Application Insights has the requests)
+  //checkov:skip=CKV_AZURE_65: a config child, not a site
+  //checkov:skip=CKV_AZURE_66: a config child, not a site
+  //checkov:skip=CKV_AZURE_80: a config child, not a site (and no .NET: Python 3.11)
+  //checkov:skip=CKV_AZURE_88: a config child, not a site (Flex Consumption keeps no files)
+  //checkov:skip=CKV_AZURE_222: a config child, not a site: the site's own skip says why its endpoint is public
+  parent: app
+  name: 'authsettingsV2'
+  properties: {
+    platform: { enabled: !empty(apiClientId) } // off without the registration: the app then answers nobody (401)
+    globalValidation: { requireAuthentication: false, unauthenticatedClientAction: 'AllowAnonymous' }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: !empty(apiClientId)
+        registration: {
+          clientId: apiClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
+        }
+        validation: { allowedAudiences: [apiClientId, 'api://${apiClientId}'] }
+      }
+    }
+    login: { tokenStore: { enabled: false } }
   }
 }
 

@@ -11,6 +11,8 @@ param ledgerAccountName string
 param ledgerTableName string
 @description('Principal IDs of the log search alert rules\' system-assigned identities (alerts.bicep).')
 param alertRulePrincipalIds array
+@description('Each producer\'s principal and its own queue ({principalId, queue}): Data Sender on that queue alone.')
+param producerSenders array = []
 
 // Built-in role definitions (IDs are the same in every tenant and cloud).
 // The trigger receives, completes, abandons and dead-letters messages.
@@ -127,5 +129,22 @@ resource alertRuleReaders 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     principalId: alertRulePrincipalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: monitoringReader
+  }
+}]
+
+// A producer may send to its own queue and to nothing else: Azure Service Bus Data Sender scoped to that one queue
+// (never the namespace), so a message on it is that producer's (docs/trust.md, Who asked).
+resource producerQueues 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' existing = [for sender in producerSenders: {
+  parent: namespace
+  name: sender.queue
+}]
+
+resource producerSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (sender, index) in producerSenders: {
+  scope: producerQueues[index]
+  name: guid(producerQueues[index].id, sender.principalId, serviceBusDataSender)
+  properties: {
+    principalId: sender.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: serviceBusDataSender
   }
 }]

@@ -4,6 +4,8 @@
 param name string
 param location string
 param tags object
+@description('The producers (main.bicep, producers): each one not sending HR events gets a queue of its own, grants-<name>.')
+param producers array = []
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
   name: name
@@ -65,6 +67,21 @@ resource hrEvents 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
     defaultMessageTimeToLive: 'P14D'
   }
 }
+
+// Each producer's own queue (docs/deploy.md, Producers): the producer alone has Azure Service Bus Data Sender on it, so
+// a message there is that producer's, whatever its body says; the app reads it with a trigger of its own.
+resource producerQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = [for producer in producers: if (producer.entry != 'hrEvents') {
+  parent: namespace
+  name: 'grants-${producer.name}'
+  properties: {
+    maxDeliveryCount: 10
+    lockDuration: 'PT1M'
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: 'PT10M'
+    deadLetteringOnMessageExpiration: true
+    defaultMessageTimeToLive: 'P14D'
+  }
+}]
 
 // Callback retries: scheduled copies of an outcome event whose callback failed (the app's retry policy).
 resource callbackRetries 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {

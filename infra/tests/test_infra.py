@@ -137,8 +137,8 @@ def test_azure_never_runs_callbacks_in_local_mode() -> None:
         "http://contoso.service-now.com/",
     ):
         with pytest.raises(CallbackRefused):
-            policy.check(url, source="ticketing")
-    assert policy.check("https://contoso.service-now.com/api/x", source="ticketing").host == "contoso.service-now.com"
+            policy.check(url, producer="ticketing")
+    assert policy.check("https://contoso.service-now.com/api/x", producer="ticketing").host == "contoso.service-now.com"
     with pytest.raises(ConfigError, match="local run only"):
         Settings.from_env({**azure, "GRANTS_CALLBACK_LOOPBACK": "true", "WEBSITE_INSTANCE_ID": "a1b2"})
 
@@ -200,11 +200,14 @@ def test_exactly_the_listed_roles_exist_never_service_bus_data_owner() -> None:
 
 
 def role_assignments() -> list[tuple[dict[str, Any], str, str]]:
-    """rbac.bicep's role assignments: (body, principal expression, where the principal comes from). The app's
-    identity is the parameter principalId; the alert rules' identities are a loop over alertRulePrincipalIds."""
+    """rbac.bicep's role assignments but the producers' (`test_each_producer_may_send_to_its_own_queue_only`):
+    (body, principal expression, where the principal comes from). The app's identity is the parameter principalId;
+    the alert rules' identities are a loop over alertRulePrincipalIds."""
     found = []
     for r in module("rbac")["resources"].values():
         if r["type"] == "Microsoft.Authorization/roleAssignments":
+            if r["config"].get("loop_type", {}).get("detail", {}).get("array_name") == "producerSenders":
+                continue
             if "loop_type" in r["config"]:
                 item, array, body = loop(r["config"])
                 found.append((body, item, array))
@@ -255,6 +258,30 @@ def test_role_scopes_are_the_resources_that_need_them() -> None:
         "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Microsoft.Storage/storageAccounts/tableServices/tables",
         MONITORING_READER: "Microsoft.Insights/components",
     }
+
+
+def test_each_producer_may_send_to_its_own_queue_only() -> None:
+    """Azure Service Bus Data Sender for each producer's principal, scoped to its one queue (an existing queue named by
+    the same loop's item), never the namespace; named guid(queue id, principal, role) like every other assignment."""
+    resources = module("rbac")["resources"]
+    sender = resources["producerSender"]["config"]
+    detail = sender["loop_type"]["detail"]
+    assert (detail["array_name"], detail["item_name"], detail["index_name"]) == ("producerSenders", "sender", "index")
+    body = sender["config"]
+    assert role_definitions()[body["properties"]["roleDefinitionId"]] == "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39"
+    assert accessor(body["properties"]["principalId"]) == ["sender", "principalId"]
+    scope = body["scope"]["operator"]
+    assert scope["type"] == "index_accessor"
+    assert scope["operands"] == {"operand_1": "producerQueues", "operand_2": "index"}
+    queues = resources["producerQueues"]
+    assert (queues["type"], queues["existing"]) == ("Microsoft.ServiceBus/namespaces/queues", True)
+    assert accessor(queues["config"]["config"]["name"]) == ["sender", "queue"]
+    arguments = body["name"]["function"]["parameters"]
+    assert accessor(arguments["extra_string_1"]) == ["sender", "principalId"]
+    assert arguments["extra_string_2"] == body["properties"]["roleDefinitionId"]
+    main = (INFRA / "main.bicep").read_text()
+    assert "queue: producer.entry == 'hrEvents' ? 'hr-events' : 'grants-${producer.name}'" in main
+    assert "producers: producers" in main  # the same list makes the queues (servicebus.bicep)
 
 
 def test_no_role_assignment_outside_the_rbac_module() -> None:

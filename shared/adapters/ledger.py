@@ -86,12 +86,13 @@ UNCERTAIN_WINDOW: Final = timedelta(minutes=5)
 #: Lost ETag races in a row before `begin` gives up for now (`PairBusy`, retried shortly).
 MAX_RACES: Final = 5
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
-_REQUEST_ROW: Final = "request"
 _PAIR_ROW: Final = "pair"
-_STATUS_ROW: Final = "status"
-_EVENT_ROW: Final = "event"
-#: The row keys of a bulk job's or HR event's rows (``row.<7 digits>``): each owned by the request that wrote it first.
-_ROW_PREFIX: Final = "row."
+#: Rows written before producers had names: a request's claim and status, an HR event's record, and a job's or HR
+#: event's rows (``row.<7 digits>``); each belongs to the producer named as the source system its record names.
+_LEGACY_REQUEST_ROW: Final = "request"
+_LEGACY_STATUS_ROW: Final = "status"
+_LEGACY_EVENT_ROW: Final = "event"
+_LEGACY_ROW_PREFIX: Final = "row."
 #: The app's own secrets: a partition no `table_key` can name (those have dots).
 _APP_PARTITION: Final = "app"
 _SEAL_ROW: Final = "seal"
@@ -101,18 +102,30 @@ _END_OF_TIME: Final = datetime(9999, 12, 31, tzinfo=UTC)
 GroupKind = Literal["job", "hrEvent"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Group:
-    """A bulk job's or HR event's requests as recorded: every row's ``requestId``, ``status``, ``jobRow`` and
+    """One producer's bulk job or HR event as recorded: every row's ``requestId``, ``status``, ``jobRow`` and
     ``jobRows``; the failed rows' whole status records; and for an HR event its own record (`Ledger.record_event`)."""
 
     rows: list[dict[str, Any]]
     failed: list[StatusRecord] = field(default_factory=list)
     event: dict[str, Any] | None = None
+    producer: str | None = None
 
 
 #: The columns a job's progress is counted from (`Ledger.group`).
-_COUNTED: Final = ("RowKey", "requestId", "status", "jobRow", "jobRows")
+_COUNTED: Final = ("RowKey", "requestId", "status", "jobRow", "jobRows", "producer", "event")
+
+
+def producer_row(producer: str, row: str) -> str:
+    """A producer's row in a shared partition: ``p.<producer>.<row>`` (a request id's partition holds each
+    producer's claim and status of that id; a job's or HR event's, each producer's rows)."""
+    return f"p.{producer}.{row}"
+
+
+def _producer_rows(producer: str) -> tuple[str, str]:
+    """The row-key range ``[low, high)`` of every row of `producer` in a shared partition."""
+    return f"p.{producer}.", f"p.{producer}/"
 
 
 def table_key(kind: str, value: str) -> str:
@@ -216,12 +229,14 @@ class Ledger:
         Raises `PermanentError(RequestIdConflict)` when the request id was used for other content, and
         `TransientError` when the storage fails (`LedgerUnavailable`) or races keep being lost (`PairBusy`).
         """
+        assert intent.producer is not None, "an intent the app records has its producer"
         record = RequestRecord(
             request_id=intent.request_id,
             content_hash=intent.content_hash,
             origin=origin,
             pair=pair,
             requested_at=intent.requested_at,
+            producer=intent.producer,
         )
         state: PairState | None = None
         etag: str | None = None
@@ -294,9 +309,9 @@ class Ledger:
         """The recorded state of `pair`, if any."""
         return (await self._read_pair(pair))[0]
 
-    async def request(self, request_id: str) -> RequestRecord | None:
-        """What is recorded for `request_id`, if anything."""
-        return await self._read_request(request_id)
+    async def request(self, request_id: str, *, producer: str) -> RequestRecord | None:
+        """What is recorded for `producer`'s `request_id`, if anything."""
+        return await self._read_request(request_id, producer)
 
     async def record(self, status: StatusRecord, *, now: datetime, write: StatusWrite = StatusWrite.FINAL) -> bool:
         """Write `status` as its request's status record and its copies: in the history of its member and of each
@@ -307,13 +322,11 @@ class Ledger:
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
         assert status.request_id is not None
+        assert status.producer is not None, "a status record the app writes has its producer"
         request_id, record = status.request_id, status.to_json()
         entities = _status_entities(request_id, record, now, history=write is not StatusWrite.PROGRESS)
         removal = _removal_entity(record, now)
-        calls: list[Awaitable[object]] = [
-            self._write_status(entity, write, owned=str(entity["RowKey"]).startswith(_ROW_PREFIX))
-            for entity in entities
-        ]
+        calls: list[Awaitable[object]] = [self._write_status(entity, write, owned=owned) for entity, owned in entities]
         if removal is not None and write is not StatusWrite.FIRST:
             calls.append(self._merge_removal(removal))
         results = await asyncio.gather(*calls, return_exceptions=True)
@@ -322,44 +335,89 @@ class Ledger:
                 raise result
         return bool(results[0])
 
-    async def status(self, request_id: str) -> StatusRecord | None:
-        """The status record of `request_id` (with ``acceptedAt``, ``updatedAt`` and a time-bound grant's
-        ``removal``), None when there is none (or what is stored cannot be read as one: reported).
+    async def status(self, request_id: str, *, producer: str) -> StatusRecord | None:
+        """`producer`'s status record of `request_id` (with ``acceptedAt``, ``updatedAt`` and a time-bound grant's
+        ``removal``), None when there is none (or what is stored cannot be read as one: reported). A status recorded
+        before producers had names is `producer`'s when its source system is `producer`'s name (one read more, only
+        when the producer has none of its own).
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
-        entity = await self._get(table_key("request", request_id), _STATUS_ROW, doing="read the status of a request")
-        return None if entity is None else _status_record(entity)
+        partition, doing = table_key("request", request_id), "read the status of a request"
+        entity = await self._get(partition, producer_row(producer, "status"), doing=doing)
+        if entity is None:
+            legacy = await self._get(partition, _LEGACY_STATUS_ROW, doing=doing)
+            record = _status_record(legacy) if legacy is not None else None
+            return record if record is not None and record.producer == producer else None
+        return _status_record(entity)
 
-    async def group(self, kind: GroupKind, group_id: str) -> Group:
-        """Bulk job or HR event `group_id` as recorded: each row's status (only the columns that count it), the
-        failed rows' whole records, and an HR event's own record; two partition queries at once.
+    async def statuses(self, request_id: str) -> list[StatusRecord]:
+        """Every producer's status record of `request_id` (one partition query), by producer name.
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        query = "PartitionKey eq @key and ( RowKey eq @legacy or ( RowKey ge @low and RowKey lt @high ) )"
+        parameters = {"key": table_key("request", request_id), "legacy": _LEGACY_STATUS_ROW, "low": "p.", "high": "p/"}
+        try:
+            found = [
+                record
+                for entity in await self._query(query, parameters)
+                if (entity["RowKey"] == _LEGACY_STATUS_ROW or entity["RowKey"].endswith(".status"))
+                and (record := _status_record(entity)) is not None
+            ]
+        except AzureError as error:
+            raise _unavailable("read the statuses of a request id", error) from error
+        return sorted(found, key=lambda record: record.producer or "")
+
+    async def group(self, kind: GroupKind, group_id: str, *, producer: str | None) -> list[Group]:
+        """Bulk job or HR event `group_id` as recorded, one `Group` per producer that has rows under that id (a job id
+        is its producer's own): each row's status (only the columns that count it), the failed rows' whole records,
+        and an HR event's own record. With `producer`, only its group (at most one): two partition queries at once,
+        on its rows; rows recorded before producers had names count as the producer named as their source system.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
         key = table_key(kind, group_id)
+        if producer is not None:
+            low, high = _producer_rows(producer)
+            where, bounds = "RowKey ge @low and RowKey lt @high", {"low": low, "high": high}
+        else:
+            where, bounds = "RowKey ge @low", {"low": ""}
+        parameters = {"key": key, **bounds}
         try:
             counted, detailed = await asyncio.gather(
-                self._query("PartitionKey eq @key", {"key": key}, select=_COUNTED),
+                self._query(f"PartitionKey eq @key and {where}", parameters, select=_COUNTED),
                 self._query(
-                    "PartitionKey eq @key and ( status eq @failed or RowKey eq @event )",
-                    {"key": key, "failed": "dead_lettered", "event": _EVENT_ROW},
+                    f"PartitionKey eq @key and {where} and ( status eq @failed or event eq true or RowKey eq @event )",
+                    {**parameters, "failed": "dead_lettered", "event": _LEGACY_EVENT_ROW},
                 ),
             )
+            if producer is not None and not counted:  # nothing of its own: rows from before producers had names
+                counted, detailed = await self._legacy_group(key, producer)
         except AzureError as error:
             raise _unavailable(f"list the requests of {kind} {group_id}", error) from error
-        rows = [
-            {name: entity.get(name) for name in _COUNTED if name != "RowKey"}
-            for entity in counted
-            if entity["RowKey"] != _EVENT_ROW
-        ]
-        failed = [
-            record
-            for entity in detailed
-            if entity["RowKey"] != _EVENT_ROW and (record := _status_record(entity)) is not None
-        ]
-        event = next((_loads(entity.get("record")) for entity in detailed if entity["RowKey"] == _EVENT_ROW), None)
-        return Group(rows=rows, failed=failed, event=event)
+        groups: dict[str, Group] = {}
+        for entity in counted:
+            if not _is_event(entity):
+                row = {name: entity.get(name) for name in _COUNTED if name not in ("RowKey", "producer", "event")}
+                groups.setdefault(_owner(entity, producer), Group(rows=[])).rows.append(row)
+        for entity in detailed:
+            group = groups.setdefault(_owner(entity, producer), Group(rows=[]))
+            if _is_event(entity):
+                group.event = _loads(entity.get("record"))
+            elif (record := _status_record(entity)) is not None:
+                group.failed.append(record)
+        return [replace(group, producer=name or None) for name, group in sorted(groups.items())]
+
+    async def _legacy_group(self, key: str, producer: str) -> tuple[list[Any], list[Any]]:
+        """The rows of a group recorded before producers had names whose source system is `producer`'s name."""
+        query = "PartitionKey eq @key and ( RowKey eq @event or ( RowKey ge @low and RowKey lt @high ) )"
+        parameters = {"key": key, "event": _LEGACY_EVENT_ROW, "low": _LEGACY_ROW_PREFIX, "high": "row/"}
+        rows = [entity for entity in await self._query(query, parameters) if _legacy_owner(entity) == producer]
+        for entity in rows:
+            entity["producer"] = producer
+            entity["event"] = entity["RowKey"] == _LEGACY_EVENT_ROW
+        return rows, [entity for entity in rows if entity["event"] or entity.get("status") == "dead_lettered"]
 
     async def _query(
         self, query: str, parameters: dict[str, Any], *, select: tuple[str, ...] | None = None
@@ -371,14 +429,17 @@ class Ledger:
             )
         ]
 
-    async def record_event(self, event_id: str, record: Mapping[str, Any], *, now: datetime) -> None:
-        """Write HR event `event_id`'s own record (its outcome and how many grants it sent) beside its rows.
+    async def record_event(self, event_id: str, record: Mapping[str, Any], *, producer: str, now: datetime) -> None:
+        """Write `producer`'s HR event `event_id`'s own record (its outcome and how many grants it sent) beside its
+        rows.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
         entity = {
             "PartitionKey": table_key("hrEvent", event_id),
-            "RowKey": _EVENT_ROW,
+            "RowKey": producer_row(producer, "event"),
+            "producer": producer,
+            "event": True,
             "updatedAt": now,
             "record": _dumps(record),
         }
@@ -388,12 +449,18 @@ class Ledger:
             raise _unavailable("record an HR event", error) from error
 
     async def history(
-        self, *, member: str | None = None, target: str | None = None, since: datetime | None = None, limit: int = 5000
+        self,
+        *,
+        member: str | None = None,
+        target: str | None = None,
+        since: datetime | None = None,
+        limit: int = 5000,
+        producer: str | None = None,
     ) -> list[StatusRecord]:
         """The status records of every request that named `member` (or `target`: an administrative unit, role or
-        role template id), newest intent first, from `since` on; at most `limit` (the newest). One partition query
-        in key order (rows are keyed newest first: `history_key`), read no further than `limit` rows; a row that
-        cannot be read as a status record is skipped and reported.
+        role template id), newest intent first, from `since` on; only `producer`'s requests when given; at most
+        `limit` (the newest). One partition query in key order (rows are keyed newest first: `history_key`), read
+        no further than `limit` rows; a row that cannot be read as a status record is skipped and reported.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
@@ -406,11 +473,12 @@ class Ledger:
         try:
             async for entity in self._table.query_entities(query, parameters=parameters):
                 record = _status_record(entity)
-                if record is None:
+                if record is None or (producer is not None and record.producer != producer):
                     continue
-                kept = found.setdefault(str(record.request_id), record)
+                name = f"{record.producer}:{record.request_id}"
+                kept = found.setdefault(name, record)
                 if _later(record.updated_at, kept.updated_at):  # one request, two intent times: the last written
-                    found[str(record.request_id)] = record
+                    found[name] = record
                 if len(found) >= limit:
                     break
         except AzureError as error:
@@ -547,9 +615,9 @@ class Ledger:
             Reason.LEDGER_UNAVAILABLE, f"the grant ledger could not record a drift hold: {MAX_RACES} writes raced it"
         )
 
-    async def release_drift(self, target: Target, *, digest: str, now: datetime) -> DriftHold | None:
-        """Mark the held removals `digest` of `target` released, once: the record as released, or None when no such
-        set is held (another digest, none, or released already: see `drift_hold`).
+    async def release_drift(self, target: Target, *, digest: str, now: datetime, by: str) -> DriftHold | None:
+        """Mark the held removals `digest` of `target` released by operator `by`, once: the record as released, or
+        None when no such set is held (another digest, none, or released already: see `drift_hold`).
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
@@ -557,7 +625,7 @@ class Ledger:
             known = await self._read_hold(target)
             if known is None or known[0].digest != digest or known[0].released_at is not None:
                 return None
-            released = replace(known[0], released_at=now)
+            released = replace(known[0], released_at=now, released_by=by)
             if await self._write_hold(target, released, known[1]):
                 return released
         raise TransientError(
@@ -583,6 +651,7 @@ class Ledger:
             members=entity["members"],
             held_at=_time(entity["heldAt"]),
             released_at=_time(entity["releasedAt"]) if entity.get("releasedAt") is not None else None,
+            released_by=entity.get("releasedBy"),
         )
         return hold, str(entity.metadata["etag"])
 
@@ -600,6 +669,8 @@ class Ledger:
         }
         if hold.released_at is not None:
             entity["releasedAt"] = hold.released_at
+        if hold.released_by is not None:
+            entity["releasedBy"] = hold.released_by
         try:
             if etag is None:
                 await self._table.create_entity(entity)
@@ -682,9 +753,11 @@ class Ledger:
 
     async def _claim(self, record: RequestRecord, now: datetime) -> RequestRecord | None:
         """Insert `record`; None when it was new, else the record that was there first."""
+        assert record.producer is not None
         entity = {
             "PartitionKey": table_key("request", record.request_id),
-            "RowKey": _REQUEST_ROW,
+            "RowKey": producer_row(record.producer, "request"),
+            "producer": record.producer,
             "requestId": record.request_id,
             "contentHash": record.content_hash,
             "origin": record.origin,
@@ -695,7 +768,7 @@ class Ledger:
         try:
             await self._table.create_entity(entity)
         except ResourceExistsError:
-            existing = await self._read_request(record.request_id)
+            existing = await self._read_request(record.request_id, record.producer)
             if existing is None:  # deleted in between (by an operator): claim again on the next attempt
                 raise _unavailable("read a request record that was just there", None) from None
             return existing
@@ -716,8 +789,9 @@ class Ledger:
             raise _unavailable(doing, error) from error
         return entity
 
-    async def _read_request(self, request_id: str) -> RequestRecord | None:
-        entity = await self._get(table_key("request", request_id), _REQUEST_ROW, doing="read a request record")
+    async def _read_request(self, request_id: str, producer: str) -> RequestRecord | None:
+        partition, row = table_key("request", request_id), producer_row(producer, "request")
+        entity = await self._get(partition, row, doing="read a request record")
         if entity is None:
             return None
         return RequestRecord(
@@ -726,6 +800,7 @@ class Ledger:
             origin=entity["origin"],
             pair=entity["pair"],
             requested_at=_time(entity["requestedAt"]),
+            producer=producer,
         )
 
     async def _read_pair(self, pair: str) -> tuple[PairState | None, str | None]:
@@ -758,12 +833,16 @@ class Ledger:
 
 def _status_entities(
     request_id: str, record: Mapping[str, Any], now: datetime, *, history: bool
-) -> list[dict[str, Any]]:
-    """The stored copies of a status record: the request's own first, then (with `history`) one in the history of
-    its member and of each target id it names, then its row in its bulk job or HR event (when it is one's)."""
+) -> list[tuple[dict[str, Any], bool]]:
+    """The stored copies of a producer's status record, each with whether it is *owned* (a row of a job or HR event,
+    written only by the request that first recorded it): the request's own first (its producer's row in the request
+    id's partition), then (with `history`) one in the history of its member and of each target id it names, then
+    its row in its producer's bulk job or HR event (when it is one's)."""
     status = str(record.get("status") or "")
+    producer = str(record["producer"])
     common: dict[str, Any] = {
         "requestId": request_id,
+        "producer": producer,
         "status": status,
         "updatedAt": now,
         "record": _dumps(record),
@@ -776,18 +855,18 @@ def _status_entities(
         common["intentAt"] = intent_at
     if status in ("accepted", "scheduled"):
         common["acceptedAt"] = now
-    request_row = table_key("request", request_id)
-    entities = [{"PartitionKey": request_row, "RowKey": _STATUS_ROW, **common}]
+    request_key = table_key("request", request_id)
+    entities = [({"PartitionKey": request_key, "RowKey": producer_row(producer, "status"), **common}, False)]
     indexed = (("member", ("memberId",)), ("target", ("targetId", "roleTemplateId", "administrativeUnitId")))
-    history_row = history_key(intent_at, request_row)
+    history_row = history_key(intent_at, f"{request_key}.{producer}")
     for kind, names in indexed if history else ():
         for guid in dict.fromkeys(str(record[name]) for name in names if record.get(name)):
-            entities.append({"PartitionKey": table_key(kind, guid), "RowKey": history_row, **common})
+            entities.append(({"PartitionKey": table_key(kind, guid), "RowKey": history_row, **common}, False))
     row = record.get("jobRow")
-    row_key = f"row.{row:07d}" if isinstance(row, int) and row > 0 else request_row  # a producer's own message
+    row_key = producer_row(producer, f"row.{row:07d}" if isinstance(row, int) and row > 0 else request_key)
     for kind, name in (("job", "jobId"), ("hrEvent", "hrEventId")):
         if record.get(name):
-            entities.append({"PartitionKey": table_key(kind, str(record[name])), "RowKey": row_key, **common})
+            entities.append(({"PartitionKey": table_key(kind, str(record[name])), "RowKey": row_key, **common}, True))
     return entities
 
 
@@ -802,8 +881,8 @@ def history_key(intent_at: datetime | None, request_row: str) -> str:
 
 def _removal_entity(record: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
     """For an expiry removal's status: the ``removal`` column of the grant it ends (``expiryOf``); else None."""
-    of = record.get("expiryOf")
-    if not of:
+    of, producer = record.get("expiryOf"), record.get("producer")
+    if not of or not producer:
         return None
     removal = {
         "status": record.get("status"),
@@ -811,7 +890,11 @@ def _removal_entity(record: Mapping[str, Any], now: datetime) -> dict[str, Any] 
         "reason": record.get("reason"),
         "updatedAt": now.isoformat(),
     }
-    return {"PartitionKey": table_key("request", str(of)), "RowKey": _STATUS_ROW, "removal": _dumps(removal)}
+    return {
+        "PartitionKey": table_key("request", str(of)),
+        "RowKey": producer_row(str(producer), "status"),
+        "removal": _dumps(removal),
+    }
 
 
 def _status_record(entity: Mapping[str, Any]) -> StatusRecord | None:
@@ -820,6 +903,7 @@ def _status_record(entity: Mapping[str, Any]) -> StatusRecord | None:
     document = _loads(entity.get("record"))
     document["requestId"] = entity.get("requestId", document.get("requestId"))
     document["status"] = entity.get("status", document.get("status"))
+    document["producer"] = entity.get("producer") or document.get("producer") or _legacy_owner(entity)
     for name in ("acceptedAt", "updatedAt", "intentAt"):
         if entity.get(name) is not None:
             document[name] = _time(entity[name]).isoformat()
@@ -830,6 +914,23 @@ def _status_record(entity: Mapping[str, Any]) -> StatusRecord | None:
     except ValueError as error:
         _log.error("the ledger holds a status record it cannot read, skipped: %s (%s)", entity.get("RowKey"), error)
         return None
+
+
+def _legacy_owner(entity: Mapping[str, Any]) -> str | None:
+    """The producer a row from before producers had names belongs to: the one named as its record's source system."""
+    system = _loads(entity.get("record")).get("sourceSystem")
+    return system if isinstance(system, str) and system else None
+
+
+def _owner(entity: Mapping[str, Any], producer: str | None) -> str:
+    """The producer a group's row belongs to: its column, else (from before producers had names) its source's
+    when its record was read, else "" (unknown)."""
+    return str(entity.get("producer") or producer or _legacy_owner(entity) or "")
+
+
+def _is_event(entity: Mapping[str, Any]) -> bool:
+    """True for an HR event's own record (not one of its rows)."""
+    return bool(entity.get("event")) or entity.get("RowKey") == _LEGACY_EVENT_ROW
 
 
 def _later(one: datetime | None, other: datetime | None) -> bool:
@@ -857,6 +958,7 @@ def _pair_fields(state: PairState) -> dict[str, Any]:
         "newestAction": newest.action.value,
         "newestRequestedAt": newest.requested_at,
         "newestExpiresAt": newest.expires_at,
+        "newestProducer": newest.producer,
     }
     if lease is not None:
         fields.update(leaseToken=lease.token, leaseRequestId=lease.request_id, leaseUntil=lease.until)
@@ -880,6 +982,7 @@ def _pair_state(entity: dict[str, Any]) -> PairState:
         action=Action(entity["newestAction"]),
         requested_at=_time(entity["newestRequestedAt"]),
         expires_at=_time(entity["newestExpiresAt"]) if "newestExpiresAt" in entity else None,
+        producer=entity.get("newestProducer"),
     )
     lease = None
     if "leaseToken" in entity:
@@ -943,7 +1046,8 @@ _PAIRS_BETWEEN: Final = "PartitionKey ge @low and PartitionKey lt @high and RowK
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DriftHold:
     """Removals of one target the blast-radius guard holds: the set's `digest` (`shared.core.drift.Held`), how many
-    removals of how many members against the `limit`, since when, and when a confirm released it (None: held)."""
+    removals of how many members against the `limit`, since when, and when a confirm released it (None: held) and
+    which operator did (`shared.core.access.Caller.label`)."""
 
     digest: str
     removals: int
@@ -951,6 +1055,7 @@ class DriftHold:
     members: int
     held_at: datetime
     released_at: datetime | None = None
+    released_by: str | None = None
 
 
 def _pair_range(prefix: str) -> tuple[str, str]:

@@ -12,10 +12,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 
 from shared.core.errors import Reason, TransientError
-from shared.core.messaging import RESUBMISSION, RESUBMITTED_FROM, SEAL, Delivery, MessageSender
+from shared.core.messaging import (
+    RESUBMISSION,
+    RESUBMITTED_FROM,
+    SEAL,
+    Delivery,
+    MessageSender,
+    OutcomePublisher,
+    PropertyValue,
+)
 from shared.core.seal import keyed_message_id, seal, verify
 
-__all__ = ["Sealer", "SealingSender"]
+__all__ = ["Sealer", "SealingPublisher", "SealingSender"]
 
 
 class Sealer:
@@ -54,8 +62,8 @@ class Sealer:
         return keys
 
     async def sealed(
-        self, *, message_id: str, body: bytes, properties: Mapping[str, str | int]
-    ) -> dict[str, str | int]:
+        self, *, message_id: str, body: bytes, properties: Mapping[str, PropertyValue]
+    ) -> dict[str, PropertyValue]:
         """`properties` with the seal of this message added (under the newest key)."""
         keys = await self.keys()
         return {**properties, SEAL: seal(key=keys[0], message_id=message_id, body=body, properties=properties)}
@@ -97,17 +105,42 @@ class SealingSender:
     ) -> None:
         """Key a derived MessageId and seal the message, then send it (deliverable at `scheduled_enqueue_time`)."""
         message_id = await self._sealer.message_id(message_id)
+        sealed = await self._sealer.sealed(message_id=message_id, body=body, properties=application_properties)
         await self._sender.schedule(
             body=body,
             message_id=message_id,
-            application_properties=await self._sealer.sealed(
-                message_id=message_id, body=body, properties=application_properties
-            ),
+            application_properties={name: value for name, value in sealed.items() if isinstance(value, str | int)},
             scheduled_enqueue_time=scheduled_enqueue_time,
         )
 
     async def close(self) -> None:
         close = getattr(self._sender, "close", None)
+        if close is not None:
+            await close()
+
+
+class SealingPublisher:
+    """An `OutcomePublisher` that seals every outcome event (`Sealer.sealed`) before `publisher` publishes it: its
+    ``producer`` (whose callback hosts and secret its callback uses) is then the app's word, as on a queue."""
+
+    def __init__(self, publisher: OutcomePublisher, sealer: Sealer) -> None:
+        self._publisher = publisher
+        self._sealer = sealer
+
+    async def publish(
+        self, *, body: bytes, message_id: str, application_properties: Mapping[str, PropertyValue]
+    ) -> None:
+        """Seal the event, then publish it now."""
+        await self._publisher.publish(
+            body=body,
+            message_id=message_id,
+            application_properties=await self._sealer.sealed(
+                message_id=message_id, body=body, properties=application_properties
+            ),
+        )
+
+    async def close(self) -> None:
+        close = getattr(self._publisher, "close", None)
         if close is not None:
             await close()
 

@@ -12,8 +12,9 @@ that does not:
   decimal, octal or hex number (``2130706433``, ``017700000001``, ``0x7f000001``), shortened (``127.1``) or with
   hex or octal parts (``0x7f.0.0.1``); as in the WHATWG URL parser, a host whose last label is a number (digits,
   or ``0x`` and hex digits) is an IPv4 address;
-- the host, case-insensitively, is on the allow-list of the request's source system, and the port is the
-  default (443, given or not) or a port listed with that host (``host:8443``).
+- the host, case-insensitively, is on the allow-list of the requesting producer (its ``callbackHosts`` in the
+  producer registry, `shared.core.producers`), and the port is the default (443, given or not) or a port listed
+  with that host (``host:8443``). A producer's callback never goes to another producer's hosts.
 
 Local mode (``GRANTS_CALLBACK_LOOPBACK=true``, refused at start-up inside Azure) also accepts ``http`` or
 ``https`` to ``127.0.0.1``, ``[::1]`` or ``localhost`` on any port: the local receiver. Nothing else changes.
@@ -28,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -37,10 +38,10 @@ from shared.core.errors import ConfigError
 __all__ = [
     "DEFAULT_PORT",
     "LOOPBACK_HOSTS",
-    "SIGNING_SECRETS",
     "CallbackPolicy",
     "CallbackRefused",
     "CallbackTarget",
+    "callback_hosts_setting",
     "is_public_address",
 ]
 
@@ -48,9 +49,6 @@ DEFAULT_PORT: Final = 443
 MAX_URL_CHARS: Final = 2048
 #: What local mode accepts besides the allow-list (as written in a URL's authority).
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "[::1]", "localhost"})
-#: The source systems that sign with a secret of their own, and the setting that holds it.
-SIGNING_SECRETS: Final[Mapping[str, str]] = {"ticketing": "GRANTS_WEBHOOK_SECRET"}
-SOURCE_SYSTEMS: Final = ("hr", "ticketing", "bulk", "other")  # the contract's SourceSystem values
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([^#]*)", re.ASCII)
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
@@ -81,7 +79,7 @@ class CallbackTarget:
 
 @dataclass(frozen=True, slots=True)
 class CallbackPolicy:
-    """Which callback URLs each source system may name: allowed (host, port) pairs, and local mode."""
+    """Which callback URLs each producer may name (by producer name): allowed (host, port) pairs, and local mode."""
 
     hosts: Mapping[str, frozenset[tuple[str, int]]] = field(default_factory=dict)
     loopback: bool = False
@@ -93,43 +91,33 @@ class CallbackPolicy:
 
     @classmethod
     def from_setting(cls, raw: str, *, loopback: bool = False, name: str = "GRANTS_CALLBACK_HOSTS") -> CallbackPolicy:
-        """Read the allow-list setting: a JSON object from source system to host names, each optionally with a
-        port, e.g. ``{"ticketing": ["contoso.service-now.com", "jira.contoso.com:8443"]}``; empty: none.
+        """A policy from an allow-list setting alone (`callback_hosts_setting`); the app builds its own with
+        `from_hosts` from the producer registry, which also checks that each producer named signs its callbacks."""
+        return cls.from_hosts(callback_hosts_setting(raw, name=name), loopback=loopback, name=name)
 
-        Raises `ConfigError` naming the source and the entry at fault. Only a source that signs with a secret of
-        its own (`SIGNING_SECRETS`) may have callbacks: they are signed with it.
-        """
-        if not raw.strip():
-            return cls(loopback=loopback)
-        try:
-            document = json.loads(raw)
-        except ValueError as error:
-            raise ConfigError(f"{name} must be a JSON object, e.g. {_EXAMPLE}: {error}") from None
-        if not isinstance(document, dict):
-            raise ConfigError(f"{name} must be a JSON object from source system to host names, e.g. {_EXAMPLE}")
-        hosts: dict[str, frozenset[tuple[str, int]]] = {}
-        for source, entries in document.items():
-            if source not in SOURCE_SYSTEMS:
-                raise ConfigError(f"{name}: {json.dumps(source)} is not a source system ({', '.join(SOURCE_SYSTEMS)})")
-            if source not in SIGNING_SECRETS:
-                raise ConfigError(
-                    f"{name}: source {source} has no signing secret of its own, and callbacks are signed with the "
-                    f"source's secret; only {', '.join(SIGNING_SECRETS)} may have callbacks"
-                )
-            if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
-                raise ConfigError(f"{name}: {source} must be a list of host names")
-            allowed = set()
+    @classmethod
+    def from_hosts(
+        cls, hosts: Mapping[str, Sequence[str]], *, loopback: bool = False, name: str = "GRANTS_PRODUCERS"
+    ) -> CallbackPolicy:
+        """A policy from each producer's host names (each optionally with a port, e.g. ``jira.contoso.com:8443``);
+        raise `ConfigError` naming the producer and the entry at fault."""
+        allowed: dict[str, frozenset[tuple[str, int]]] = {}
+        for producer, entries in hosts.items():
+            pairs = set()
             for index, entry in enumerate(entries):
                 try:
                     host, port = _host_and_port(entry.strip().lower(), loopback=False)
-                    allowed.add((host, port or DEFAULT_PORT))
                 except CallbackRefused as error:
-                    raise ConfigError(f"{name}: {source}[{index}] {json.dumps(entry)}: {error}") from None
-            hosts[source] = frozenset(allowed)
-        return cls(hosts=hosts, loopback=loopback)
+                    raise ConfigError(
+                        f"{name}: {producer} callbackHosts[{index}] {json.dumps(entry)}: {error}"
+                    ) from None
+                pairs.add((host, port or DEFAULT_PORT))
+            if pairs:
+                allowed[producer] = frozenset(pairs)
+        return cls(hosts=allowed, loopback=loopback)
 
-    def check(self, url: object, *, source: str | None) -> CallbackTarget:
-        """The target of `url` when a request from `source` may name it; raise `CallbackRefused` otherwise."""
+    def check(self, url: object, *, producer: str | None) -> CallbackTarget:
+        """The target of `url` when a request of `producer` may name it; raise `CallbackRefused` otherwise."""
         if not isinstance(url, str):
             raise CallbackRefused("must be a string")
         if len(url) > MAX_URL_CHARS or not url.isascii() or not url.isprintable() or " " in url:
@@ -158,11 +146,11 @@ class CallbackPolicy:
         if scheme != "https":
             raise CallbackRefused("must use https")
         port = given_port or DEFAULT_PORT
-        allowed = self.hosts.get(source or "", frozenset())
+        allowed = self.hosts.get(producer or "", frozenset())
         if (host, port) not in allowed:
             if any(allowed_host == host for allowed_host, _ in allowed):
                 raise CallbackRefused(f"port {port} is not allowed for this host")
-            raise CallbackRefused(f"the host is not on the callback allow-list of source {source or '(unknown)'}")
+            raise CallbackRefused(f"the host is not on the callback allow-list of producer {producer or '(unknown)'}")
         return CallbackTarget(scheme, host, port, target)
 
     def describe(self) -> str:
@@ -170,9 +158,9 @@ class CallbackPolicy:
         if not self.enabled:
             return "callbacks: none allowed (GRANTS_CALLBACK_HOSTS is empty)"
         listed = "; ".join(
-            f"{source}: "
+            f"{producer}: "
             + ", ".join(f"{host}:{port}" if port != DEFAULT_PORT else host for host, port in sorted(hosts))
-            for source, hosts in sorted(self.hosts.items())
+            for producer, hosts in sorted(self.hosts.items())
         )
         return (
             "callbacks: " + (listed or "no host listed") + ("; LOCAL MODE: loopback allowed" if self.loopback else "")
@@ -180,6 +168,25 @@ class CallbackPolicy:
 
 
 _EXAMPLE: Final = '{"ticketing": ["contoso.service-now.com"]}'
+
+
+def callback_hosts_setting(raw: str, *, name: str = "GRANTS_CALLBACK_HOSTS") -> dict[str, list[str]]:
+    """The allow-list setting: a JSON object from producer name to host names, e.g.
+    ``{"ticketing": ["contoso.service-now.com"]}``; empty: none.
+    Only its shape is checked here (`CallbackPolicy.from_hosts` checks each host; the producer registry, each name).
+    Raises `ConfigError`."""
+    if not raw.strip():
+        return {}
+    try:
+        document = json.loads(raw)
+    except ValueError as error:
+        raise ConfigError(f"{name} must be a JSON object, e.g. {_EXAMPLE}: {error}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{name} must be a JSON object from producer name to host names, e.g. {_EXAMPLE}")
+    for producer, entries in document.items():
+        if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
+            raise ConfigError(f"{name}: {producer} must be a list of host names")
+    return document
 
 
 def _host_and_port(authority: str, *, loopback: bool) -> tuple[str, int | None]:

@@ -34,6 +34,11 @@ class Reason(StrEnum):
     SCHEMA_VIOLATION = "SchemaViolation"
     INVALID_ID = "InvalidId"
     UNSUPPORTED_TARGET = "UnsupportedTarget"
+    # Who asked: established by the entry point or credential (the producer registry), never by the body.
+    UNKNOWN_PRODUCER = "UnknownProducer"  # the message came in where no producer may send (or one no longer known)
+    SOURCE_MISMATCH = "SourceMismatch"  # the body's source.system is not the one its producer speaks as
+    CALLBACK_NOT_ALLOWED = "CallbackNotAllowed"  # callback.url names a host its producer may not be called back on
+    INVALID_JOB_ROW = "InvalidJobRow"  # a bulk job's row outside the row count fixed by the job's first row
     # An HR event (the hr-events queue), before any grant message is derived from it.
     INVALID_HR_EVENT = "InvalidHrEvent"
     HR_RULES_NOT_CONFIGURED = "HrRulesNotConfigured"

@@ -67,13 +67,16 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Intent:
-    """One request's wish for one pair. `content_hash` identifies what it asks (see `content_hash`)."""
+    """One request's wish for one pair. `content_hash` identifies what it asks (see `content_hash`); `producer`
+    is who asked (`shared.core.producers`: a request id is its producer's own); None on a pair recorded before
+    producers had names."""
 
     request_id: str
     content_hash: str
     action: Action
     requested_at: datetime
     expires_at: datetime | None = None
+    producer: str | None = None
 
     @property
     def order(self) -> tuple[datetime, str]:
@@ -83,14 +86,15 @@ class Intent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestRecord:
-    """What the ledger remembers of a request id: its content, the message that first carried it, its pair,
-    and its `requested_at` as first recorded (a retry copy's own stand-in time must not make it newer)."""
+    """What the ledger remembers of a producer's request id: its content, the message that first carried it, its
+    pair, and its `requested_at` as first recorded (a retry copy's own stand-in time must not make it newer)."""
 
     request_id: str
     content_hash: str
     origin: str
     pair: str
     requested_at: datetime
+    producer: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,15 +240,16 @@ def content_hash(command: GrantCommand) -> str:
     return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
 
 
-def intent_of(command: GrantCommand, *, arrived_at: datetime) -> Intent:
-    """The command's intent, made at its ``requestedAt`` unless that is later than its first arrival `arrived_at`
-    (`shared.core.times.intent_time`: no producer's clock dates an intent in the future)."""
+def intent_of(command: GrantCommand, *, arrived_at: datetime, producer: str | None = None) -> Intent:
+    """`producer`'s intent in the command, made at its ``requestedAt`` unless that is later than its first arrival
+    `arrived_at` (`shared.core.times.intent_time`: no producer's clock dates an intent in the future)."""
     return Intent(
         request_id=command.request_id,
         content_hash=content_hash(command),
         action=command.action,
         requested_at=intent_time(command.requested_at, arrived_at=arrived_at),
         expires_at=command.expires_at if command.action is Action.ADD else None,
+        producer=producer,
     )
 
 

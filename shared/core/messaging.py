@@ -30,6 +30,7 @@ __all__ = [
     "EVENT_HR_EVENT_ID",
     "EVENT_JOB_ID",
     "EVENT_OUTCOME",
+    "EVENT_PRODUCER",
     "EVENT_REASON",
     "EVENT_REQUEST_ID",
     "EVENT_SOURCE_SYSTEM",
@@ -45,6 +46,7 @@ __all__ = [
     "MAX_MESSAGE_ID_CHARS",
     "MAX_REASON_CHARS",
     "ORIGINAL_MESSAGE_ID",
+    "PRODUCER",
     "RESUBMISSION",
     "RESUBMITTED_FROM",
     "SEAL",
@@ -59,6 +61,7 @@ __all__ = [
     "callback_copy_id",
     "clip",
     "derived_message_id",
+    "job_row_problem",
     "original_message_id",
     "outcome_event_id",
     "property_of",
@@ -89,14 +92,28 @@ BULK_JOB: Final = "bulkJob"  # on a bulk job's messages: the job id (set by `gra
 JOB_ROW: Final = "jobRow"  # on a bulk job's or HR event's messages: this message's row (from 1)
 JOB_ROWS: Final = "jobRows"  # on a bulk job's or HR event's messages: how many messages the job or event sent
 SEAL: Final = "seal"  # the app's seal over the message and its internal properties (`shared.core.seal`)
+#: On every message the app sends: the producer whose request it carries (`shared.core.producers`), as established
+#: when the request arrived (its entry point or credential): never a producer's to say.
+PRODUCER: Final = "producer"
 RESUBMISSION: Final = "resubmission"  # set by `dlq resubmit`: its copies' MessageIds are its own
 RESUBMITTED_FROM: Final = "resubmittedFrom"  # set by `dlq resubmit` on a sealed dead letter's copy: its MessageId
 #: The app's bookkeeping: honoured only on a message the app sealed (`Delivery.trusted`), except a bulk job's
-#: `JOB_PROPERTIES`, which `grants submit` sets on the bulk queue's messages.
+#: `JOB_PROPERTIES`, which `grants submit` sets on the messages it sends to its producer's own queue (its jobs are
+#: its own: `shared.core.producers`).
 JOB_PROPERTIES: Final = (BULK_JOB, JOB_ROW, JOB_ROWS)
-INTERNAL: Final = (ATTEMPT, FIRST_ATTEMPT_AT, ARRIVED_AT, ORIGINAL_MESSAGE_ID, EXPIRY_OF, HR_EVENT, *JOB_PROPERTIES)
+INTERNAL: Final = (
+    ATTEMPT,
+    FIRST_ATTEMPT_AT,
+    ARRIVED_AT,
+    ORIGINAL_MESSAGE_ID,
+    EXPIRY_OF,
+    HR_EVENT,
+    PRODUCER,
+    *JOB_PROPERTIES,
+)
 #: Application properties of an outcome event (the grant-outcomes topic), for subscription SQL filters.
 EVENT_SOURCE_SYSTEM: Final = "sourceSystem"  # hr | ticketing | bulk | other; absent when the body was unreadable
+EVENT_PRODUCER: Final = "producer"  # the producer whose request it was (its callback goes to its hosts, its secret)
 EVENT_OUTCOME: Final = "outcome"  # granted | already_member | revoked | not_member | would_* | dead_lettered
 EVENT_REASON: Final = "reason"  # the reason code of a dead letter; absent otherwise
 EVENT_JOB_ID: Final = "jobId"  # a bulk job's id (the grant message's BULK_JOB); absent otherwise
@@ -149,6 +166,28 @@ def derived_message_id(kind: str, *sources: str, suffix: str = "") -> str:
     MessageId and the content), so two ids are equal only when kind, sources and suffix all are."""
     digest = hashlib.sha256("\x1f".join(sources).encode("utf-8", "surrogatepass")).hexdigest()[:40]
     return f"{DERIVED_PREFIX}{kind}:{digest}" + (f":{suffix}" if suffix else "")
+
+
+def job_row_problem(properties: Mapping[Any, Any]) -> str | None:
+    """What is wrong with a bulk job's row properties (`BULK_JOB`, `JOB_ROW`, `JOB_ROWS`), or None: a row of a job
+    is a whole number from 1 to the job's row count, both given. Without `BULK_JOB`, nothing."""
+    if property_of(properties, BULK_JOB) in (None, ""):
+        return None
+    row, rows = _whole(property_of(properties, JOB_ROW)), _whole(property_of(properties, JOB_ROWS))
+    if row is None or rows is None:
+        return f"a row of job {property_of(properties, BULK_JOB)} needs {JOB_ROW} and {JOB_ROWS}, whole numbers from 1"
+    if row > rows:
+        return f"{JOB_ROW} {row} is past the job's {JOB_ROWS} {rows}"
+    return None
+
+
+def _whole(value: object) -> int | None:
+    """A whole number from 1 (an int, or its decimal text), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.isdecimal() and len(value) <= 9:
+        value = int(value)
+    return value if isinstance(value, int) and value >= 1 else None
 
 
 def clip(text: str, limit: int) -> str:
@@ -218,8 +257,9 @@ class Delivery:
     def trusted(self, *, sealed: bool, job_properties: bool, restarted: bool = False) -> Delivery:
         """This delivery as the app believes it: with `sealed` (the app's seal checks out) as it is, marked `own`
         (`restarted`, a `dlq resubmit` copy of a sealed message: without its `ATTEMPT` and `FIRST_ATTEMPT_AT`, it
-        counts its attempts again); otherwise without the `INTERNAL` properties a producer may not set. Kept: a bulk
-        job's `JOB_PROPERTIES` when `job_properties` (on the bulk queue, whose senders run jobs), and on a `dlq
+        counts its attempts again); otherwise without the `INTERNAL` properties a producer may not set (its
+        `PRODUCER` above all: who sent it is its entry point's to say). Kept: a bulk job's `JOB_PROPERTIES` when
+        `job_properties` (on a producer's own queue: its jobs are its own), and on a `dlq
         resubmit` copy its `ORIGINAL_MESSAGE_ID` and `ARRIVED_AT` (so the ledger knows it for the same request
         again, as first made: at most it carries that request out once more, and never as a newer intent)."""
         if sealed:
@@ -309,16 +349,21 @@ _EFFECTS: Final[Mapping[str, str]] = {
 }
 
 
-def outcome_event_id(*, original_message_id: str, resubmission: str | None, outcome: str, reason: str | None) -> str:
+def outcome_event_id(
+    *, producer: str | None, original_message_id: str, resubmission: str | None, outcome: str, reason: str | None
+) -> str:
     """The MessageId of the outcome event for one grant message's terminal outcome: ``outcome/<64 hex>``.
 
-    The hex is SHA-256 over the JSON array [originalMessageId, resubmission, effect, reason], where effect is
+    The hex is SHA-256 over the JSON array [originalMessageId, resubmission, effect, reason] (with the producer
+    first when known: two producers' messages may share a MessageId, each on its own queue), where effect is
     ``added`` for granted and already_member, ``removed`` for revoked and not_member, else the outcome itself.
     So a redelivered settlement with the same effect publishes the same id (the topic's duplicate detection
     drops the second), and a different end (a dead letter, or the same message resubmitted from the
     dead-letter queue) gets an id of its own.
     """
     key = [original_message_id, resubmission, _EFFECTS.get(outcome, outcome), reason]
+    if producer is not None:
+        key.insert(0, producer)
     digest = hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()
     return OUTCOME_EVENT_PREFIX + digest
 

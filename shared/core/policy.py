@@ -1,10 +1,13 @@
-"""Guardrails: which source may grant or remove what, checked before any Graph write.
+"""Guardrails: which producer may grant or remove what, checked before any Graph write.
 
-A policy file (JSON; path in ``GRANTS_POLICY``) lists, per source system, the actions it may take and the
-administrative units, directory roles (by **template** id) and AU-scoped roles it may touch; ``"*"`` means
-any. Tier-0 roles (`TIER0_ROLE_TEMPLATES`) are never covered by ``"*"``: a source may grant one only if the
-policy names that template explicitly for that source. Without a policy file the built-in default allows
-every source administrative units and every non-tier-0 role.
+A policy file (JSON; path in ``GRANTS_POLICY``) lists, per producer (``producers``, by the producer registry's
+names: `shared.core.producers`), the actions it may take and the administrative units, directory roles (by
+**template** id) and AU-scoped roles it may touch; ``"*"`` means any. ``sources`` gives the same rules per source
+system, for every producer of that system the file does not name under ``producers`` (a file written before
+producers had names keeps working). With a file, a producer it gives no rules is refused everything. Tier-0 roles
+(`TIER0_ROLE_TEMPLATES`) are never covered by ``"*"``: a producer may grant one only if the policy names that
+template explicitly for it. Without a policy file the built-in default allows every producer administrative units
+and every non-tier-0 role.
 
 A refused command raises `PermanentError(PolicyDenied)` whose description names the rule. A role given by
 object id is checked by its template (`shared.service.roles` looks it up).
@@ -28,6 +31,7 @@ from shared.core.contract import (
     parse_guid,
 )
 from shared.core.errors import ConfigError, ContractError, PermanentError, Reason
+from shared.core.producers import PRODUCER_NAME, Producer, Producers
 
 __all__ = ["TIER0_ROLE_TEMPLATES", "GrantPolicy", "SourceRules", "policy_document"]
 
@@ -35,7 +39,7 @@ ANY: Final = "*"
 
 #: Built-in deny list: roles that control the tenant, its sign-in or its credentials, or are reserved for Microsoft's
 #: own services. Template ids, from Microsoft's "Microsoft Entra built-in roles" page; why each is here, and why
-#: some roles Microsoft labels PRIVILEGED are not: README, Guardrails.
+#: some roles Microsoft labels PRIVILEGED are not: docs/guardrails.md.
 TIER0_ROLE_TEMPLATES: Final[Mapping[str, str]] = {
     "62e90394-69f5-4237-9190-012177145e10": "Global Administrator",
     "e8611ab8-c189-46e8-94e1-60213ab1f814": "Privileged Role Administrator",
@@ -67,7 +71,8 @@ _RULE_KEYS: Final = ("actions", "administrativeUnits", "directoryRoles", "scoped
 
 @dataclass(frozen=True, slots=True)
 class SourceRules:
-    """What one source system may do. Id sets hold lower-case GUIDs or ``"*"``."""
+    """What one producer (or every producer of one source system) may do. Id sets hold lower-case GUIDs or
+    ``"*"``."""
 
     actions: frozenset[Action] = frozenset(Action)
     administrative_units: frozenset[str] = frozenset()
@@ -77,40 +82,57 @@ class SourceRules:
 
 @dataclass(frozen=True, slots=True)
 class GrantPolicy:
-    """Per-source rules; `origin` says where they came from (a file path, or the built-in default)."""
+    """Rules per producer name, and per source system for producers without rules of their own; `origin` says
+    where they came from (a file path, or the built-in default)."""
 
-    sources: Mapping[SourceSystem, SourceRules]
+    producers: Mapping[str, SourceRules]
+    systems: Mapping[SourceSystem, SourceRules]
     origin: str
 
     @classmethod
     def default(cls) -> GrantPolicy:
-        """Every source: add and remove, any administrative unit, any non-tier-0 role (scoped or not)."""
+        """Every producer: add and remove, any administrative unit, any non-tier-0 role (scoped or not)."""
         rules = SourceRules(
             administrative_units=frozenset({ANY}), directory_roles=frozenset({ANY}), scoped_roles=frozenset({ANY})
         )
-        return cls(sources={system: rules for system in SourceSystem}, origin="built-in default")
+        return cls(producers={}, systems={system: rules for system in SourceSystem}, origin="built-in default")
 
     @classmethod
     def load(cls, file: str | Path) -> GrantPolicy:
         """Read and validate a policy file; raise `ConfigError` naming the first problem."""
-        return cls(sources=_parse_sources(policy_document(file), str(file)), origin=str(file))
+        producers, systems = _parse_rules(policy_document(file), str(file))
+        return cls(producers=producers, systems=systems, origin=str(file))
 
-    def check(self, command: GrantCommand, *, role_template_id: Guid | None) -> None:
-        """Raise `PermanentError(PolicyDenied)` unless this command's source may do it.
+    def rules_for(self, producer: Producer) -> SourceRules | None:
+        """What `producer` may do: its own rules, else its source system's, else None (nothing)."""
+        return self.producers.get(producer.name) or self.systems.get(producer.system)
+
+    def check_registry(self, registry: Producers) -> None:
+        """Raise `ConfigError` when the policy gives rules to a producer the registry does not have (a misspelt
+        name would otherwise leave that producer refused everything, silently)."""
+        unknown = sorted(set(self.producers) - {producer.name for producer in registry})
+        if unknown:
+            known = ", ".join(producer.name for producer in registry)
+            raise ConfigError(
+                f"GRANTS_POLICY: {self.origin}: producers.{unknown[0]} is not in the producer registry (it has {known})"
+            )
+
+    def check(self, command: GrantCommand, *, producer: Producer, role_template_id: Guid | None) -> None:
+        """Raise `PermanentError(PolicyDenied)` unless `producer` may do this command.
 
         `role_template_id` is the template of a directory role target (given or looked up).
         """
-        system = command.source.system
-        rules = self.sources.get(system)
+        rules = self.rules_for(producer)
+        who = f"producer {producer.name!r}"
         where = f"(policy: {self.origin})"
         if rules is None:
-            raise _denied(f"source {system.value!r} may not grant or remove anything {where}")
+            raise _denied(f"{who} may not grant or remove anything {where}")
         if command.action not in rules.actions:
-            raise _denied(f"source {system.value!r} may not {command.action.value} memberships {where}")
+            raise _denied(f"{who} may not {command.action.value} memberships {where}")
         target = command.target
         if isinstance(target, AdministrativeUnit):
             if not _allows(rules.administrative_units, target.id):
-                raise _denied(f"source {system.value!r} may not change administrative unit {target.id} {where}")
+                raise _denied(f"{who} may not change administrative unit {target.id} {where}")
             return
         template = target.role_template_id if isinstance(target, ScopedRole) else role_template_id
         assert template is not None
@@ -118,25 +140,23 @@ class GrantPolicy:
         kind = "AU-scoped role" if isinstance(target, ScopedRole) else "directory role"
         if template in TIER0_ROLE_TEMPLATES and template not in allowed:
             raise _denied(
-                f"{TIER0_ROLE_TEMPLATES[template]} ({template}) is a tier-0 role: source {system.value!r} may "
-                f"change it only if the policy names this template explicitly under its {_key(target)} {where}"
+                f"{TIER0_ROLE_TEMPLATES[template]} ({template}) is a tier-0 role: {who} may change it only if the "
+                f"policy names this template explicitly under its {_key(target)} {where}"
             )
         if not _allows(allowed, template):
-            raise _denied(f"source {system.value!r} may not change the {kind} with template {template} {where}")
+            raise _denied(f"{who} may not change the {kind} with template {template} {where}")
         if isinstance(target, ScopedRole) and not _allows(rules.administrative_units, target.administrative_unit_id):
-            raise _denied(
-                f"source {system.value!r} may not assign roles in administrative unit "
-                f"{target.administrative_unit_id} {where}"
-            )
+            raise _denied(f"{who} may not assign roles in administrative unit {target.administrative_unit_id} {where}")
 
     def describe(self) -> str:
         """One line for the start-up log."""
         if self.origin == "built-in default":
             return (
-                "GRANTS_POLICY is not set: using the built-in default policy (every source may change "
+                "GRANTS_POLICY is not set: using the built-in default policy (every producer may change "
                 "administrative units and non-tier-0 directory roles; tier-0 roles are refused)"
             )
-        return f"grant policy from {self.origin}: sources {', '.join(sorted(s.value for s in self.sources))}"
+        named = [*sorted(self.producers), *(f"{s.value} (by system)" for s in sorted(self.systems))]
+        return f"grant policy from {self.origin}: rules for {', '.join(named) or 'no producer'}"
 
 
 def policy_document(file: str | Path) -> Any:
@@ -162,36 +182,46 @@ def _denied(rule: str) -> PermanentError:
     return PermanentError(Reason.POLICY_DENIED, f"refused by the grant policy: {rule}.")
 
 
-def _parse_sources(document: Any, file: str) -> dict[SourceSystem, SourceRules]:
+def _parse_rules(document: Any, file: str) -> tuple[dict[str, SourceRules], dict[SourceSystem, SourceRules]]:
     if (
         not isinstance(document, dict)
-        or set(document) - {"sources", "drift"}
-        or not isinstance(document.get("sources"), dict)
+        or set(document) - {"producers", "sources", "drift"}
+        or not ({"producers", "sources"} & set(document))
+        or not all(isinstance(document.get(key, {}), dict) for key in ("producers", "sources"))
     ):
         raise ConfigError(
-            f'GRANTS_POLICY: {file} must be an object with one key, "sources", holding an object (and optionally '
-            '"drift": docs/drift.md)'
+            f'GRANTS_POLICY: {file} must be an object with "producers" (rules by producer name) and/or "sources" '
+            '(rules by source system), each holding an object (and optionally "drift": docs/drift.md)'
         )
-    sources: dict[SourceSystem, SourceRules] = {}
-    for name, rules in document["sources"].items():
+    producers: dict[str, SourceRules] = {}
+    for name, rules in document.get("producers", {}).items():
+        if not isinstance(name, str) or not PRODUCER_NAME.fullmatch(name):
+            raise ConfigError(f"GRANTS_POLICY: {file}: producers.{name}: not a producer name")
+        producers[name] = _rules(rules, f"GRANTS_POLICY: {file}: producers.{name}")
+    systems: dict[SourceSystem, SourceRules] = {}
+    for name, rules in document.get("sources", {}).items():
         where = f"GRANTS_POLICY: {file}: sources.{name}"
         try:
             system = SourceSystem(name)
         except ValueError:
             known = ", ".join(s.value for s in SourceSystem)
             raise ConfigError(f"{where}: unknown source system (known: {known})") from None
-        if not isinstance(rules, dict):
-            raise ConfigError(f"{where} must be an object")
-        unknown = set(rules) - set(_RULE_KEYS)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(_RULE_KEYS)})")
-        sources[system] = SourceRules(
-            actions=_actions(rules.get("actions", ["add", "remove"]), f"{where}.actions"),
-            administrative_units=_ids(rules.get("administrativeUnits", []), f"{where}.administrativeUnits"),
-            directory_roles=_ids(rules.get("directoryRoles", []), f"{where}.directoryRoles"),
-            scoped_roles=_ids(rules.get("scopedRoles", []), f"{where}.scopedRoles"),
-        )
-    return sources
+        systems[system] = _rules(rules, where)
+    return producers, systems
+
+
+def _rules(rules: Any, where: str) -> SourceRules:
+    if not isinstance(rules, dict):
+        raise ConfigError(f"{where} must be an object")
+    unknown = set(rules) - set(_RULE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(_RULE_KEYS)})")
+    return SourceRules(
+        actions=_actions(rules.get("actions", ["add", "remove"]), f"{where}.actions"),
+        administrative_units=_ids(rules.get("administrativeUnits", []), f"{where}.administrativeUnits"),
+        directory_roles=_ids(rules.get("directoryRoles", []), f"{where}.directoryRoles"),
+        scoped_roles=_ids(rules.get("scopedRoles", []), f"{where}.scopedRoles"),
+    )
 
 
 def _actions(value: Any, where: str) -> frozenset[Action]:

@@ -25,6 +25,7 @@ from shared.core.messaging import (
     EVENT_HR_EVENT_ID,
     EVENT_JOB_ID,
     EVENT_OUTCOME,
+    EVENT_PRODUCER,
     EVENT_REASON,
     EVENT_REQUEST_ID,
     EVENT_SOURCE_SYSTEM,
@@ -76,6 +77,7 @@ def target_fields(command: GrantCommand) -> dict[str, Any]:
 def grant_status(
     delivery: Delivery,
     *,
+    producer: str | None,
     command: GrantCommand | None,
     request_id: str | None,
     settled: Settled,
@@ -85,7 +87,8 @@ def grant_status(
     role_template_id: str | None = None,
     next_retry_at: datetime | None = None,
 ) -> StatusRecord:
-    """The status record of one attempt of a grant delivery (started at `started`, ended `settled` at `finished`).
+    """The status record of one attempt of `producer`'s grant delivery (started at `started`, ended `settled` at
+    `finished`; `producer` None when who sent it could not be established).
 
     ``firstAttemptAt`` is the message's ``firstAttemptAt`` on a retry, else `started`; ``intentAt`` is when the
     intent counts as made, as the ledger orders it (`intent_time`: the command's ``requestedAt`` unless that is later
@@ -104,6 +107,7 @@ def grant_status(
             fields["role_template_id"] = role_template_id
     return StatusRecord(
         request_id=request_id,
+        producer=producer,
         status=settled.outcome,
         reason=settled.reason,
         description=settled.description,
@@ -126,11 +130,14 @@ def grant_status(
     )
 
 
-def accepted_status(command: GrantCommand, *, received: datetime, status: Status = Status.ACCEPTED) -> StatusRecord:
-    """The status record of a request just queued (at `received`): `status`, what it asks, who asked, and when the
-    intent counts as made (its ``requestedAt``, unless that is later than `received`)."""
+def accepted_status(
+    command: GrantCommand, *, producer: str, received: datetime, status: Status = Status.ACCEPTED
+) -> StatusRecord:
+    """The status record of `producer`'s request just queued (at `received`): `status`, what it asks, who asked, and
+    when the intent counts as made (its ``requestedAt``, unless that is later than `received`)."""
     return StatusRecord(
         request_id=command.request_id,
+        producer=producer,
         status=status,
         requested_at=command.requested_at,
         intent_at=intent_time(command.requested_at, arrived_at=received),
@@ -148,27 +155,36 @@ def outcome_line(status: StatusRecord, settled: Settled, *, finished: datetime) 
     }
 
 
+#: Ends after which no callback is made, whatever the request named: who asked was not established, or the callback
+#: URL was refused.
+_NO_CALLBACK: Final = frozenset({"UnknownProducer", "SourceMismatch", "CallbackNotAllowed"})
+
+
 def outcome_event(
     delivery: Delivery, command: GrantCommand | None, settled: Settled, record: dict[str, Any]
 ) -> dict[str, Any]:
     """The keyword arguments of `OutcomePublisher.publish` for a terminal outcome: `record` as compact JSON, a
     derived MessageId (`outcome_event_id`) and the application properties subscriptions filter on: ``outcome``
-    and, when known, ``reason``, ``sourceSystem``, ``requestId``, ``jobId``, ``hrEventId`` and ``callbackUrl``."""
+    and, when known, ``reason``, ``producer``, ``sourceSystem``, ``requestId``, ``jobId``, ``hrEventId`` and
+    ``callbackUrl``."""
     properties: dict[str, PropertyValue] = {EVENT_OUTCOME: settled.outcome.value}
     request_id = command.request_id if command is not None else record.get("requestId")
+    producer = record.get("producer")
     optional = {
         EVENT_REASON: settled.reason,
+        EVENT_PRODUCER: producer,
         EVENT_SOURCE_SYSTEM: command.source.system.value if command is not None else None,
         EVENT_REQUEST_ID: request_id if isinstance(request_id, str) else None,
         EVENT_JOB_ID: delivery.application_property(BULK_JOB),
         EVENT_HR_EVENT_ID: delivery.application_property(HR_EVENT),
-        CALLBACK_URL: command.callback_url if command is not None else None,
+        CALLBACK_URL: command.callback_url if command is not None and settled.reason not in _NO_CALLBACK else None,
     }
     properties.update({name: str(value) for name, value in optional.items() if value})
     resubmission = delivery.application_property(RESUBMISSION)
     return {
         "body": json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode(),
         "message_id": outcome_event_id(
+            producer=producer if isinstance(producer, str) else None,
             original_message_id=delivery.original_message_id,
             resubmission=str(resubmission) if resubmission else None,
             outcome=settled.outcome.value,
@@ -208,6 +224,7 @@ def callback_line(
         "messageId": delivery.message_id,
         "requestId": delivery.text_property(EVENT_REQUEST_ID),
         "grantOutcome": delivery.text_property(EVENT_OUTCOME),
+        "producer": delivery.text_property(EVENT_PRODUCER),
         "sourceSystem": delivery.text_property(EVENT_SOURCE_SYSTEM),
         "callbackHost": host,
         "status": status,

@@ -167,6 +167,8 @@ class StatusRecord:
     """
 
     request_id: str | None
+    #: Who asked (`shared.core.producers`): a request id is its producer's own.
+    producer: str | None = None
     status: Status
     reason: str | None = None
     description: str | None = None

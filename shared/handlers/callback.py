@@ -2,10 +2,10 @@
 its request named, signed, settled by the one ladder (`shared.service.settle`).
 
 An outcome event with a ``callbackUrl`` property reaches the ``callbacks`` subscription of the outcomes topic.
-The URL is checked again against the callback policy (the event may come from any producer's message, not only
-the webhook's), the event's body is signed exactly as the webhook checks inbound requests
-(`shared.core.signing.sign`: HMAC-SHA256 over ``<timestamp>.<body>`` with the source system's secret) and POSTed
-with `CallbackClient`:
+The event names, sealed by the app, the producer whose request it was. The URL is checked again against the
+callback policy for **that producer's own hosts** (a producer's callback never goes to another's), the event's body
+is signed exactly as the webhook checks inbound requests (`shared.core.signing.sign`: HMAC-SHA256 over
+``<timestamp>.<body>``) with **that producer's own secret**, and POSTed with `CallbackClient`:
 
 - a 2xx answer: ``complete`` (outcome ``delivered``); no ``callbackUrl`` at all: ``complete`` (``skipped``);
 - a failure retrying may help, with attempts left on the app's retry policy: a **copy** of the event is scheduled
@@ -30,12 +30,13 @@ from typing import Any, Final
 
 from shared.adapters.callbacks import CallbackClient
 from shared.adapters.seal import Sealer
-from shared.core.callbacks import SIGNING_SECRETS, CallbackPolicy, CallbackRefused, CallbackTarget
+from shared.core.callbacks import CallbackPolicy, CallbackRefused, CallbackTarget
 from shared.core.errors import PermanentError, Reason, TransientError
 from shared.core.messaging import (
     CALLBACK_URL,
     EVENT_JOB_ID,
     EVENT_OUTCOME,
+    EVENT_PRODUCER,
     EVENT_REASON,
     EVENT_REQUEST_ID,
     EVENT_SOURCE_SYSTEM,
@@ -55,7 +56,15 @@ __all__ = ["ATTEMPT_HEADER", "EVENT_ID_HEADER", "CallbackHandler"]
 EVENT_ID_HEADER: Final = "X-Grants-Event-Id"
 ATTEMPT_HEADER: Final = "X-Grants-Delivery-Attempt"
 #: The event's properties a retry copy carries on (the SQL-filter ones included, for whoever reads the queue).
-_CARRIED: Final = (EVENT_SOURCE_SYSTEM, EVENT_OUTCOME, EVENT_REASON, EVENT_REQUEST_ID, EVENT_JOB_ID, CALLBACK_URL)
+_CARRIED: Final = (
+    EVENT_PRODUCER,
+    EVENT_SOURCE_SYSTEM,
+    EVENT_OUTCOME,
+    EVENT_REASON,
+    EVENT_REQUEST_ID,
+    EVENT_JOB_ID,
+    CALLBACK_URL,
+)
 
 
 class CallbackHandler:
@@ -98,7 +107,7 @@ class CallbackHandler:
                 now=self._now,
                 deadline=self._deadline,
             )
-        source = delivery.text_property(EVENT_SOURCE_SYSTEM)
+        producer = delivery.text_property(EVENT_PRODUCER) if delivery.own else None
         target: CallbackTarget | None = None
         status: int | None = None
         outcome: Done | Exception
@@ -107,8 +116,8 @@ class CallbackHandler:
             if not url:  # the subscription's filter lets none through, but a rule being replaced might
                 outcome = Done(status=Status.SKIPPED, description="no callbackUrl")
             else:
-                target = _target(url, self._policy, source)
-                status = await self._post(delivery, target, source)
+                target = _target(url, self._policy, producer)
+                status = await self._post(delivery, target, producer)
                 outcome = Done(status=Status.DELIVERED, description=f"the receiver answered {status}")
         except Exception as error:  # the ladder decides by its class
             outcome = error
@@ -135,19 +144,18 @@ class CallbackHandler:
             deadline=self._deadline,
         )
 
-    async def _post(self, delivery: Delivery, target: CallbackTarget, source: str | None) -> int:
-        """POST the event's body to `target`, signed with `source`'s secret; the receiver's 2xx status."""
-        secret = self._secret_for(source)
-        if source not in SIGNING_SECRETS:
+    async def _post(self, delivery: Delivery, target: CallbackTarget, producer: str | None) -> int:
+        """POST the event's body to `target`, signed with `producer`'s secret; the receiver's 2xx status."""
+        if producer is None:
             raise PermanentError(
                 Reason.CALLBACK_FAILED,
-                f"source {source} has no signing secret of its own; only {', '.join(SIGNING_SECRETS)} requests get "
-                "callbacks",
+                "the event names no producer the app sealed it for: a callback goes only to its own producer's hosts",
             )
+        secret = self._secret_for(producer)
         if secret is None:
             raise TransientError(
                 Reason.CALLBACK_FAILED,
-                f"source {source} has no signing secret (GRANTS_WEBHOOK_SECRET unset or its Key Vault reference "
+                f"producer {producer} has no signing secret (its secretSetting unset, or its Key Vault reference "
                 "unresolved); callbacks are never sent unsigned",
             )
         timestamp = str(int(self._now().timestamp()))
@@ -162,8 +170,8 @@ class CallbackHandler:
         return answer.status
 
 
-def _target(url: object, policy: CallbackPolicy, source: str | None) -> CallbackTarget:
+def _target(url: object, policy: CallbackPolicy, producer: str | None) -> CallbackTarget:
     try:
-        return policy.check(url, source=source)
+        return policy.check(url, producer=producer)
     except CallbackRefused as error:
         raise PermanentError(Reason.CALLBACK_FAILED, f"the callback URL is not allowed: {error}") from None

@@ -15,6 +15,10 @@ one target `{target}` names has one). ``200``: ``{"status": "released", "sent": 
 ``409`` problem details when nothing is held under that digest now, several sets are held (name one), or a confirm
 released it already, with ``held``: each matching target's live held set (digest, removals, the command that
 confirms it); ``404`` for an id no target has.
+
+Rights (`shared.core.access`): the report reads every producer's intents, so it needs ``Grants.Reader`` (or
+``Grants.Operator``); a confirm releases removals, so it needs ``Grants.Operator``, and the release is recorded with
+who confirmed it (``releasedBy``, and the log line). No caller: ``401``; without the role: ``403``.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
+from shared.core.access import caller_of
 from shared.core.contract import parse_guid
 from shared.core.errors import ContractError, TransientError
-from shared.handlers.http import PROBLEM_TYPE, Answer, problem
+from shared.core.producers import Producers
+from shared.handlers.http import PROBLEM_TYPE, Answer, forbidden, problem, unauthenticated
 from shared.service.drift import Checked, DriftService, SweepSummary
 
 __all__ = ["DriftHandler"]
@@ -42,8 +48,10 @@ _UNAVAILABLE: Final = "the grant ledger is unavailable now"
 class DriftHandler:
     """The drift triggers of one process (built by the composition root)."""
 
-    def __init__(self, *, service: DriftService) -> None:
+    def __init__(self, *, service: DriftService, producers: Producers, api_auth: bool) -> None:
         self._service = service
+        self._producers = producers
+        self._api_auth = api_auth
 
     async def sweep(self) -> SweepSummary:
         """The timer: check every target and act on it; one summary line (a warning when anything drifted)."""
@@ -62,8 +70,13 @@ class DriftHandler:
         )
         return summary
 
-    async def report(self, query: Mapping[str, str]) -> Answer:
+    async def report(self, query: Mapping[str, str], headers: Mapping[str, str]) -> Answer:
         """Answer ``GET /api/drift[?target=<id>]`` (see the module docstring)."""
+        caller = caller_of(headers, enabled=self._api_auth, producers=self._producers)
+        if caller is None:
+            return unauthenticated(enabled=self._api_auth)
+        if not caller.reads_all:
+            return forbidden("the drift report reads every producer's intents: it needs the app role Grants.Reader")
         text = query.get("target")
         try:
             naming = parse_guid(text, field="target") if text is not None else None
@@ -88,8 +101,14 @@ class DriftHandler:
         }
         return _json(200, document)
 
-    async def confirm(self, target: str, body: bytes) -> Answer:
+    async def confirm(self, target: str, body: bytes, headers: Mapping[str, str]) -> Answer:
         """Answer ``POST /api/drift/{target}/confirm`` (see the module docstring)."""
+        caller = caller_of(headers, enabled=self._api_auth, producers=self._producers)
+        if caller is None:
+            return unauthenticated(enabled=self._api_auth)
+        if not caller.operates:
+            _log.warning("drift confirm refused to %s: not an operator", json.dumps(caller.label))
+            return forbidden("a confirm releases held removals: it needs the app role Grants.Operator")
         try:
             naming = parse_guid(target, field="target")
         except ContractError as error:
@@ -98,7 +117,7 @@ class DriftHandler:
         if isinstance(digest, Answer):
             return digest
         try:
-            confirmation = await self._service.confirm(naming, digest=digest)
+            confirmation = await self._service.confirm(naming, digest=digest, by=caller.label)
         except TransientError:
             _log.warning("drift confirm: the ledger is unavailable", exc_info=True)
             return problem(503, "ledger-unavailable", "Confirm unavailable", _UNAVAILABLE, retry_after=5)

@@ -1,11 +1,16 @@
-"""The grant triggers (``grant_membership``, ``grant_membership_bulk``): one grant message, parsed, passed through
-the intent gate, settled by the one ladder (`shared.service.settle`).
+"""The grant triggers (``grant_membership``, ``grant_membership_bulk``, and one per producer queue): one grant message,
+its producer established, parsed, passed through the intent gate, settled by the one ladder (`shared.service.settle`).
 
-The handler parses the body (`parse_grant`), runs the command through `IntentGate.run` in the trigger's lane
-(handing it the ``in_progress`` status record to write should the attempt hold its pair's lease for over a
-second), and gives the ladder how it ended with the grant's `Ending`: its status record (`grant_status`), outcome
-line and outcome event, and its retry copy (back to the lane's queue, MessageId `retry_message_id`, the job's row
-and HR event carried on).
+Who asked is established by how the message arrived (`shared.core.producers.establish`): on a message the app sealed
+(a retry copy, the webhook's queued request, an HR grant, an expiry removal), the producer sealed with it; on any
+other, the producer the queue it came from is bound to, none (``UnknownProducer``) when the queue is bound to no
+producer. A producer's own request naming another source system is dead-lettered ``SourceMismatch``.
+
+The handler parses the body (`parse_grant`), runs the command through `IntentGate.run` in the entry's lane (handing
+it the ``in_progress`` status record to write should the attempt hold its pair's lease for over a second), and gives
+the ladder how it ended with the grant's `Ending`: its status record (`grant_status`, its producer's), outcome line
+and outcome event, and its retry copy (back to the lane's queue, MessageId `retry_message_id`, the producer, the
+job's row and HR event carried on, sealed).
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from typing import Any
 from shared.adapters.lanes import LaneSender
 from shared.adapters.ledger import Ledger
 from shared.adapters.seal import Sealer
-from shared.core.contract import GrantCommand, parse_grant
-from shared.core.errors import ContractError, GrantError, TransientError
+from shared.core.contract import DERIVED_PREFIX, GrantCommand, parse_grant
+from shared.core.errors import ContractError, GrantError, Reason, TransientError
 from shared.core.messaging import (
     ARRIVED_AT,
     BULK_JOB,
@@ -29,6 +34,7 @@ from shared.core.messaging import (
     HR_EVENT,
     JOB_ROW,
     JOB_ROWS,
+    PRODUCER,
     RESUBMISSION,
     Delivery,
     Lane,
@@ -36,7 +42,9 @@ from shared.core.messaging import (
     MessageSender,
     OutcomePublisher,
     derived_message_id,
+    job_row_problem,
 )
+from shared.core.producers import Producer, Producers, check_source, establish
 from shared.core.records import grant_status, outcome_event, outcome_line
 from shared.core.retry import RetryPolicy
 from shared.core.statuses import Settled, Status, StatusRecord
@@ -46,7 +54,7 @@ from shared.service.settle import Done, Ending, RetryCopy, settle
 __all__ = ["GrantHandler", "retry_message_id"]
 
 #: The properties a retry copy carries on (sealed with it): the removal's grant, the job's (or HR event's) row, and
-#: the resubmission's; besides its first arrival and the ladder's own.
+#: the resubmission's; besides its producer, its first arrival and the ladder's own.
 _CARRIED = (EXPIRY_OF, HR_EVENT, BULK_JOB, JOB_ROW, JOB_ROWS, RESUBMISSION)
 
 
@@ -64,7 +72,11 @@ class GrantHandler:
         policy: RetryPolicy,
         now: Callable[[], datetime],
         deadline: float,
+        producers: Producers,
+        own_queues: dict[Lane, str],
     ) -> None:
+        self._producers = producers
+        self._own_queues = own_queues
         self._gate = gate
         self._ledger = ledger
         self._sealer = sealer
@@ -74,23 +86,43 @@ class GrantHandler:
         self._now = now
         self._deadline = deadline
 
-    async def __call__(self, message: Any, actions: MessageActions, *, lane: Lane = Lane.INTERACTIVE) -> Settled:
-        """Process and settle one received grant message of `lane`; return how it ended (also logged)."""
+    async def __call__(
+        self, message: Any, actions: MessageActions, *, lane: Lane = Lane.INTERACTIVE, queue: str | None = None
+    ) -> Settled:
+        """Process and settle one grant message received from `queue` (a producer's own; None: the app's own queue
+        of `lane`); return how it ended (also logged)."""
         received = Delivery.of(message)
         started = self._now()
+        bound = self._producers.on_queue(queue or self._own_queues[lane])
+        if queue is not None and bound is not None:
+            lane = bound.lane
         try:  # what the app believes of it: its internal properties only when the app sealed it
-            delivery = await self._sealer.trusted(received, job_properties=lane == Lane.BULK)
+            delivery = await self._sealer.trusted(received, job_properties=bound is not None)
         except TransientError as error:  # the seal's key cannot be read now: the message may be the app's own
             unread = received.trusted(sealed=False, job_properties=False)
             return await self._settle(unread, error, None, lane, started, actions)
         attempt = _Attempt(delivery=delivery, started=started)
         outcome: Done | Exception
         try:
+            stated = delivery.text_property(PRODUCER)
+            if not delivery.own:  # who sent it is its queue's to say, before anything of it is read
+                attempt.producer = establish(self._producers, own=False, stated=None, bound=bound, system=None)
             attempt.command = command = parse_grant(delivery.body, own=delivery.own)
             attempt.request_id = command.request_id
+            if delivery.own:
+                attempt.producer = establish(
+                    self._producers, own=True, stated=stated, bound=bound, system=command.source.system.value
+                )
+            producer = attempt.producer
+            assert producer is not None
+            if not command.request_id.startswith(DERIVED_PREFIX):  # a producer's own words: it speaks as itself
+                check_source(producer, command)
+            if not delivery.own and (problem := job_row_problem(delivery.application_properties)) is not None:
+                raise ContractError(Reason.INVALID_JOB_ROW, problem, request_id=command.request_id)
             arrival = Arrival(
                 origin=delivery.original_message_id,
                 arrived_at=delivery.arrived_at(started),
+                producer=producer,
                 lane=lane,
                 expiry_of=delivery.text_property(EXPIRY_OF),
                 progress=attempt.in_progress(),
@@ -145,6 +177,7 @@ class _Attempt:
         self.delivery = delivery
         self.started = started
         self.command: GrantCommand | None = None
+        self.producer: Producer | None = None
         self.request_id: str | None = None
         self.graph_request_id: str | None = None
         self.role_template_id: str | None = None
@@ -153,9 +186,10 @@ class _Attempt:
         self.graph_request_id, self.role_template_id = graph_request_id, role_template_id
 
     def status(self, settled: Settled, finished: datetime, next_retry_at: datetime | None = None) -> StatusRecord:
-        """The attempt's status record (`grant_status`)."""
-        return grant_status(
+        """The attempt's status record (`grant_status`); a row refused for its job properties is no row of the job."""
+        record = grant_status(
             self.delivery,
+            producer=self.producer.name if self.producer is not None else None,
             command=self.command,
             request_id=self.request_id,
             settled=settled,
@@ -165,6 +199,9 @@ class _Attempt:
             role_template_id=self.role_template_id,
             next_retry_at=next_retry_at,
         )
+        if settled.reason == Reason.INVALID_JOB_ROW:
+            record = record.replace(job_id=None, job_row=None, job_rows=None)
+        return record
 
     def in_progress(self) -> StatusRecord:
         """The ``in_progress`` status record of this attempt, as the gate writes it once the attempt has held its
@@ -183,18 +220,21 @@ class _Attempt:
         return outcome_line(self.status(settled, finished), settled, finished=finished)
 
     def ending(self, sender: MessageSender | None) -> Ending:
-        delivery = self.delivery
+        """How the ladder ends this delivery. Without an established producer there is no one whose status it could
+        be: no status record, and no retry copy (nothing a copy could be sealed for)."""
+        delivery, producer = self.delivery, self.producer
         return Ending(
             kind="grant",
             line=self.line,
-            status=self.status,
+            status=self.status if producer is not None else None,
             event=functools.partial(outcome_event, delivery, self.command),
             owner=self.command is not None,
             source=self.command.source.system.value if self.command is not None else None,
             retry=RetryCopy(
-                sender=sender,
-                message_id=functools.partial(retry_message_id, delivery),
+                sender=sender if producer is not None else None,
+                message_id=functools.partial(retry_message_id, delivery, producer.name if producer else ""),
                 carried={
+                    PRODUCER: producer.name if producer else "",
                     ARRIVED_AT: delivery.arrived_at(self.started).isoformat(),
                     **{
                         name: value
@@ -208,9 +248,11 @@ class _Attempt:
         )
 
 
-def retry_message_id(delivery: Delivery, attempt: int) -> str:
-    """``~retry:<digest>:<attempt>``: the digest of the original MessageId, the body and the resubmission (if
-    any), so retry copies of two messages never share an id, whatever their request ids."""
+def retry_message_id(delivery: Delivery, producer: str, attempt: int) -> str:
+    """``~retry:<digest>:<attempt>``: the digest of the producer, the original MessageId, the body and the
+    resubmission (if any), so retry copies of two messages never share an id, whatever their request ids (two
+    producers' messages may share a MessageId and a body, each on its own queue)."""
     resubmission = str(delivery.application_property(RESUBMISSION) or "")
     body_hash = hashlib.sha256(delivery.body).hexdigest()
-    return derived_message_id("retry", delivery.original_message_id, body_hash, resubmission, suffix=str(attempt))
+    sources = (producer, delivery.original_message_id, body_hash, resubmission)
+    return derived_message_id("retry", *sources, suffix=str(attempt))

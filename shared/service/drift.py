@@ -60,7 +60,8 @@ from shared.core.drift_records import (
 )
 from shared.core.errors import GrantError
 from shared.core.intents import PairState, pair_of
-from shared.core.messaging import EXPIRY_OF, Lane, MessageSender, OutcomePublisher
+from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, MessageSender, OutcomePublisher
+from shared.core.producers import APP_PRODUCER
 from shared.service.roles import RoleTemplates
 from shared.service.settle import outcome_log
 
@@ -125,6 +126,7 @@ class Checked:
                 "members": self.hold.members,
                 "heldAt": self.hold.held_at.isoformat(),
                 "releasedAt": self.hold.released_at.isoformat() if self.hold.released_at else None,
+                "releasedBy": self.hold.released_by,
             }
         return target_record(
             self.target,
@@ -369,10 +371,10 @@ class DriftService:
         held_removals = len(planned.held.repairs) if planned is not None and planned.held is not None else 0
         return {"findings": findings, "repairs": sent, "held": held_removals, "events": events}
 
-    async def confirm(self, naming: Guid, *, digest: str | None) -> Confirmation:
+    async def confirm(self, naming: Guid, *, digest: str | None, by: str) -> Confirmation:
         """Release the held set `digest` of a target `naming` names (None: the set the last sweep recorded as held
-        for the one target that has one), once: check again with it, mark it released in the ledger, send its
-        removals."""
+        for the one target that has one), once, for operator `by` (recorded with the release): check again with it,
+        mark it released in the ledger, send its removals."""
         targets = await self.targets(naming=naming)
         if not targets:
             return Confirmation(status="unknown")
@@ -398,10 +400,10 @@ class DriftService:
             if checked.report is None or checked.plan is None or not checked.plan.released:
                 live.append(checked)
                 continue
-            return await self._release(checked, wanted)
+            return await self._release(checked, wanted, by)
         return Confirmation(status="not_held", live=tuple(live))
 
-    async def _release(self, checked: Checked, digest: str) -> Confirmation:
+    async def _release(self, checked: Checked, digest: str, by: str) -> Confirmation:
         """Mark the held set `digest` of `checked` released (recording it first if no sweep did), then send its
         removals (the other repairs are the sweep's); ``already_released`` when a confirm got there first."""
         assert checked.report is not None
@@ -415,14 +417,15 @@ class DriftService:
             members=held.members,
             now=checked.checked_at,
         )
-        released = await self._ledger.release_drift(checked.target, digest=digest, now=checked.checked_at)
+        released = await self._ledger.release_drift(checked.target, digest=digest, now=checked.checked_at, by=by)
         if released is None:
             return Confirmation(status="already_released", hold=await self._ledger.drift_hold(checked.target))
         checked = replace(checked, hold=released)
         for repair in held.repairs:
             await self.send_repair(checked.naming_of(repair), repair, now=checked.checked_at)
         _log.warning(
-            "drift: a confirm released the %d held removal(s) of %s (digest %s): sent",
+            "drift: a confirm by %s released the %d held removal(s) of %s (digest %s): sent",
+            json.dumps(by),
             len(held.repairs),
             _label(checked.target),
             digest,
@@ -436,9 +439,9 @@ class DriftService:
         ``expiryOf`` (the grant it ends). Every repair goes out here. Return the MessageId; raise when not sent."""
         command = repair_command(target, repair)
         finding = repair.finding
-        properties: dict[str, str | int] = {}
-        if isinstance(finding, Lingering) and finding.expired:
-            properties[EXPIRY_OF] = finding.intent.request_id
+        properties: dict[str, str | int] = {PRODUCER: APP_PRODUCER}  # the drift policy's repair: the app's own
+        if isinstance(finding, Lingering) and finding.expired:  # the expiry removal of the grant: its producer's
+            properties |= {EXPIRY_OF: finding.intent.request_id, PRODUCER: finding.intent.producer or APP_PRODUCER}
         message_id = drift_message_id(command)
         await self._sender.schedule(
             body=encode(command),

@@ -42,7 +42,8 @@ from shared.core.intents import (
     parse_pair,
     removal_is_due,
 )
-from shared.core.messaging import EXPIRY_OF, Lane, MessageSender, derived_message_id
+from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, MessageSender, derived_message_id
+from shared.core.producers import APP_PRODUCER, Producer
 from shared.core.statuses import Status, StatusRecord, StatusWrite
 from shared.service.grants import GrantService
 from shared.service.membership import Result
@@ -67,7 +68,8 @@ _APPLIED: Final = {
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Arrival:
     """How a command arrived: the MessageId that first carried it, when that was first enqueued (its first
-    arrival, which bounds its intent time: `intent_of`), its lane, for an expiry
+    arrival, which bounds its intent time: `intent_of`), who asked (its `producer`, established by how it arrived:
+    the request id is that producer's own), its lane, for an expiry
     removal the request id of the grant it ends, and the status record to write once it has held its pair's lease
     for `PROGRESS_AFTER` seconds (`progress`, ``in_progress``: written beside the Graph work and waited for before
     the result is returned, never when the work ends sooner, never over a terminal status; its failure is logged,
@@ -75,6 +77,7 @@ class Arrival:
 
     origin: str
     arrived_at: datetime
+    producer: Producer
     lane: Lane = Lane.INTERACTIVE
     expiry_of: str | None = None
     progress: StatusRecord | None = None
@@ -98,15 +101,15 @@ class IntentGate:
 
     async def run(self, command: GrantCommand, arrival: Arrival) -> Result:
         """Guard `command` (policy), pass it through the ledger, and carry it out holding the pair's lease."""
+        producer = arrival.producer
         if not self._grants.writes(command):
-            return await self._grants.execute(command, lane=arrival.lane)
+            return await self._grants.execute(command, producer=producer, lane=arrival.lane)
         pair = pair_of(command.target, command.member.id)
         own_removal = await self._is_due_expiry(command, arrival, pair)
-        template = await self._grants.guard(command, own_removal=own_removal, lane=arrival.lane)
+        template = await self._grants.guard(command, producer=producer, own_removal=own_removal, lane=arrival.lane)
         now = self._now()
-        decision = await self._ledger.begin(
-            intent_of(command, arrived_at=arrival.arrived_at), pair=pair, origin=arrival.origin, now=now
-        )
+        intent = intent_of(command, arrived_at=arrival.arrived_at, producer=producer.name)
+        decision = await self._ledger.begin(intent, pair=pair, origin=arrival.origin, now=now)
         if isinstance(decision, Absorbed):
             return Result(
                 Status.DUPLICATE,
@@ -132,12 +135,12 @@ class IntentGate:
             self._record_progress(arrival.progress), after=self._progress_after, request_id=command.request_id
         )
         try:
-            return await self._carry_out(command, template, decision.ticket, now, arrival.lane)
+            return await self._carry_out(command, template, decision.ticket, now, arrival)
         finally:
             await progress.settle()
 
     async def _carry_out(
-        self, command: GrantCommand, template: Guid | None, ticket: Ticket, now: datetime, lane: Lane
+        self, command: GrantCommand, template: Guid | None, ticket: Ticket, now: datetime, arrival: Arrival
     ) -> Result:
         """Run the Graph work within the lease, then return the lease with what was applied, or with the pair left
         uncertain about a write whose outcome is unknown (a timeout, a connection lost after sending, a 5xx: it may
@@ -148,7 +151,7 @@ class IntentGate:
         budget = (ticket.state.lease.until - LEASE_MARGIN - now).total_seconds()
         try:
             async with asyncio.timeout(budget):
-                result = await self._grants.carry_out(recorded, template, lane=lane)
+                result = await self._grants.carry_out(recorded, template, producer=arrival.producer, lane=arrival.lane)
         except TimeoutError as error:
             await self._release_quietly(ticket, uncertain=command.action)
             raise TransientError(
@@ -194,22 +197,24 @@ class IntentGate:
                 _log.error("expiry sweep: skipped the pending removal of %s (%s)", json.dumps(pair), error)
                 continue
             due = state.removal_due.isoformat() if state.removal_due else ""
+            producer = state.newest.producer or APP_PRODUCER  # a pair recorded before producers had names: the app's
             await sender.schedule(
                 body=encode(removal),
-                message_id=derived_message_id("sweep", removal.request_id, due),
-                application_properties={EXPIRY_OF: state.newest.request_id},
+                message_id=derived_message_id("sweep", producer, removal.request_id, due),
+                application_properties={EXPIRY_OF: state.newest.request_id, PRODUCER: producer},
                 scheduled_enqueue_time=now,
             )
             sent += 1
         return sent
 
     async def _is_due_expiry(self, command: GrantCommand, arrival: Arrival, pair: str) -> bool:
-        """True for an expiry removal the ledger confirms: it names the pair's newest intent and the pair's pending
-        removal is due, or the newest intent is this removal already (a retry)."""
+        """True for an expiry removal the ledger confirms: it names the pair's newest intent (of its own producer, or
+        of no recorded producer) and the pair's pending removal is due, or the newest intent is this removal
+        already (a retry)."""
         if arrival.expiry_of is None or command.action is not Action.REMOVE:
             return False
         state = await self._ledger.pair(pair)
-        if state is None:
+        if state is None or state.newest.producer not in (None, arrival.producer.name):
             return False
         if state.newest.request_id == arrival.expiry_of:
             return removal_is_due(state, now=self._now())

@@ -18,11 +18,13 @@ from datetime import datetime
 
 from shared.adapters.graph import GraphClient
 from shared.adapters.lanes import LaneSender
-from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, encode
+from shared.core.callbacks import CallbackPolicy, CallbackRefused
+from shared.core.contract import DERIVED_PREFIX, Action, DirectoryRole, GrantCommand, Guid, encode
 from shared.core.errors import GrantError, PermanentError, Reason, TransientError
 from shared.core.intents import content_hash, expiry_removal, intent_of
-from shared.core.messaging import EXPIRY_OF, Lane, derived_message_id
+from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, derived_message_id
 from shared.core.policy import GrantPolicy
+from shared.core.producers import APP, Producer
 from shared.core.statuses import HOLDS
 from shared.service.membership import Result, change_membership
 from shared.service.roles import RoleTemplates
@@ -38,6 +40,7 @@ class GrantService:
         *,
         graph: GraphClient,
         policy: GrantPolicy,
+        callbacks: CallbackPolicy,
         senders: LaneSender,
         now: Callable[[], datetime],
         activate_roles: bool,
@@ -45,49 +48,72 @@ class GrantService:
     ) -> None:
         self._graph = graph
         self._policy = policy
+        self._callbacks = callbacks
         self._senders = senders
         self._now = now
         self._activate_roles = activate_roles
         self._dry_run = dry_run
         self._roles = RoleTemplates()
 
-    async def execute(self, command: GrantCommand, *, lane: Lane = Lane.INTERACTIVE) -> Result:
-        """Check, carry out and (for time-bound grants) schedule the expiry of one command, without the ledger."""
-        return await self.carry_out(command, await self.guard(command, lane=lane), lane=lane)
+    async def execute(self, command: GrantCommand, *, producer: Producer, lane: Lane = Lane.INTERACTIVE) -> Result:
+        """Check, carry out and (for time-bound grants) schedule the expiry of `producer`'s command, without the
+        ledger."""
+        template = await self.guard(command, producer=producer, lane=lane)
+        return await self.carry_out(command, template, producer=producer, lane=lane)
 
     def writes(self, command: GrantCommand) -> bool:
         """False for a dry run (the message's ``dryRun`` or ``GRANTS_DRY_RUN``): nothing is written anywhere."""
         return not (self._dry_run or command.dry_run)
 
     async def guard(
-        self, command: GrantCommand, *, own_removal: bool = False, lane: Lane = Lane.INTERACTIVE
+        self, command: GrantCommand, *, producer: Producer, own_removal: bool = False, lane: Lane = Lane.INTERACTIVE
     ) -> Guid | None:
-        """The role template of the command's target (None for a unit), after the policy check (raises
-        `PermanentError(PolicyDenied)`). `own_removal`: the app's own removal at a grant's expiry, not subject
-        to the source's policy."""
+        """The role template of the command's target (None for a unit), after the policy check of `producer` (raises
+        `PermanentError(PolicyDenied)`) and, for a producer's own request naming a callback URL, the check that the
+        URL is one of that producer's callback hosts (`PermanentError(CallbackNotAllowed)`: nothing is granted for a
+        request whose outcome could not go where it asks). `own_removal`: the app's own removal at a grant's expiry,
+        not subject to the producer's policy; nor is the app's own request (`APP`: a drift repair the drift policy
+        decided)."""
         template: Guid | None = getattr(command.target, "role_template_id", None)
         try:
+            if command.callback_url is not None and not command.request_id.startswith(DERIVED_PREFIX):
+                self._check_callback(command.callback_url, producer)
             if isinstance(command.target, DirectoryRole):
                 template = await self._roles.template_of(command.target, self._graph.in_lane(lane))
-            if not own_removal:
-                self._policy.check(command, role_template_id=template)
+            if not own_removal and producer is not APP:
+                self._policy.check(command, producer=producer, role_template_id=template)
         except GrantError as error:
             raise error.for_role_template(template) from error
         return template
 
-    async def carry_out(self, command: GrantCommand, template: Guid | None, *, lane: Lane) -> Result:
-        """Carry out a guarded command in `lane`: Graph, then for a time-bound grant the scheduling of its expiry."""
+    def _check_callback(self, url: str, producer: Producer) -> None:
         try:
-            return await self._carry_out(command, template, lane)
+            if not producer.signs:
+                raise CallbackRefused("it has no secret to sign callbacks with")
+            self._callbacks.check(url, producer=producer.name)
+        except CallbackRefused as error:
+            raise PermanentError(
+                Reason.CALLBACK_NOT_ALLOWED,
+                f"callback.url is not one producer {producer.name!r} may be called back on ({error}); nothing was "
+                "granted",
+            ) from None
+
+    async def carry_out(
+        self, command: GrantCommand, template: Guid | None, *, producer: Producer, lane: Lane
+    ) -> Result:
+        """Carry out `producer`'s guarded command in `lane`: Graph, then for a time-bound grant the scheduling of its
+        expiry (its removal is the same producer's)."""
+        try:
+            return await self._carry_out(command, template, producer, lane)
         except GrantError as error:
             raise error.for_role_template(template) from error
 
-    async def _carry_out(self, command: GrantCommand, template: Guid | None, lane: Lane) -> Result:
+    async def _carry_out(self, command: GrantCommand, template: Guid | None, producer: Producer, lane: Lane) -> Result:
         expires_at = command.expires_at if command.action is Action.ADD else None
         dry_run = self._dry_run or command.dry_run
         if expires_at is not None and expires_at <= (now := self._now()):
             if not dry_run:
-                await self._schedule_expiry(command, now, lane)
+                await self._schedule_expiry(command, now, producer, lane)
             raise PermanentError(
                 Reason.EXPIRED,
                 f"the grant expired at {expires_at.isoformat()} before it could be applied; nothing was granted"
@@ -98,21 +124,24 @@ class GrantService:
         )
         result = replace(result, role_template_id=template)
         if expires_at is not None and not dry_run and result.outcome in HOLDS:
-            await self._schedule_expiry(command, expires_at, lane)
+            await self._schedule_expiry(command, expires_at, producer, lane)
             result = replace(
                 result, description=f"{result.description}; removal scheduled for {expires_at.isoformat()}"
             )
         return result
 
-    async def _schedule_expiry(self, command: GrantCommand, expires_at: datetime, lane: Lane) -> None:
-        """Schedule the app's own removal at `expires_at` (`expiry_removal`; MessageId ``~expire:<digest>`` of its
-        request id and content: scheduled twice, duplicate detection or the ledger absorbs the second)."""
+    async def _schedule_expiry(
+        self, command: GrantCommand, expires_at: datetime, producer: Producer, lane: Lane
+    ) -> None:
+        """Schedule the app's own removal at `expires_at` (`expiry_removal`, `producer`'s as the grant it ends;
+        MessageId ``~expire:<digest>`` of the producer, its request id and content: scheduled twice, duplicate
+        detection or the ledger absorbs the second)."""
         removal = expiry_removal(command.target, command.member.id, of=intent_of(command, arrived_at=self._now()))
         try:
             await self._senders.lane(lane).schedule(
                 body=encode(removal),
-                message_id=derived_message_id("expire", removal.request_id, content_hash(removal)),
-                application_properties={EXPIRY_OF: command.request_id},
+                message_id=derived_message_id("expire", producer.name, removal.request_id, content_hash(removal)),
+                application_properties={EXPIRY_OF: command.request_id, PRODUCER: producer.name},
                 scheduled_enqueue_time=expires_at,
             )
         except Exception as error:
