@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 
 from shared.adapters.callbacks import CallbackClient
-from shared.adapters.directory import DirectoryReader, ReadPacer
+from shared.adapters.directory import DirectoryReader, ReadPacer, RoleIds
 from shared.adapters.governor import WriteGovernor
 from shared.adapters.graph import GraphClient, new_http_client
 from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
@@ -158,6 +158,7 @@ def bootstrap(
     senders = LaneSender.sealed(LaneSender.single(sender), sealer)
     if callback_sender is not None:
         callback_sender = SealingSender(callback_sender, sealer)
+    role_ids = RoleIds()  # a role template's id, looked up once per process for grants and drift alike
     grants = GrantService(
         graph=graph,
         policy=grant_policy,
@@ -165,6 +166,7 @@ def bootstrap(
         now=now,
         activate_roles=settings.activate_roles,
         dry_run=settings.dry_run,
+        role_ids=role_ids,
     )
     gate = IntentGate(ledger=ledger, grants=grants, now=now)
     retry_policy = retry_policy or RetryPolicy(
@@ -224,7 +226,7 @@ def bootstrap(
         status=StatusApi(ledger=ledger),
         drift=DriftHandler(
             service=DriftService(
-                reader=DirectoryReader(graph=graph, pacer=ReadPacer(rate=settings.graph_read_rate)),
+                reader=DirectoryReader(graph=graph, pacer=ReadPacer(rate=settings.graph_read_rate), role_ids=role_ids),
                 ledger=ledger,
                 graph=graph,
                 policy=DriftPolicy.load(settings.policy_path),
