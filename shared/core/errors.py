@@ -34,6 +34,7 @@ class Reason(StrEnum):
     SCHEMA_VIOLATION = "SchemaViolation"
     INVALID_ID = "InvalidId"
     UNSUPPORTED_TARGET = "UnsupportedTarget"
+    UNSUPPORTED_MEMBER = "UnsupportedMember"  # a member type the target cannot hold (Graph would refuse it)
     # An HR event (the hr-events queue), before any grant message is derived from it.
     INVALID_HR_EVENT = "InvalidHrEvent"
     HR_RULES_NOT_CONFIGURED = "HrRulesNotConfigured"

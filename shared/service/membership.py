@@ -28,6 +28,9 @@ from shared.core.statuses import Status
 __all__ = ["Result", "change_membership"]
 
 AU_PERMISSION: Final = "AdministrativeUnit.ReadWrite.All"
+#: Graph's words (a 400 Request_BadRequest) for a member the target cannot hold: a type it does not take (the contract
+#: refuses the types it knows before any call: `UnsupportedMember`), a group that is not role-assignable.
+_CANNOT_HOLD: Final = ("unsupported referenced-object resource identifier", "isassignabletorole")
 ROLE_PERMISSION: Final = "RoleManagement.ReadWrite.Directory"
 
 
@@ -125,11 +128,17 @@ async def _add(
         response = await graph.send("POST", path(*route.segments, "members", "$ref"), json_body=body)
         if response.status == 204:
             return Result(Status.GRANTED, f"added {_member_label(command)} to {route.label}", response.answer())
-        if _already_exists(response, "already exist"):
+        if _refused_with(response, "already exist"):
             return Result(
                 Status.ALREADY_MEMBER,
                 f"{_member_label(command)} was already in {route.label}",
                 response.answer(),
+            )
+        if _refused_with(response, *_CANNOT_HOLD):
+            raise PermanentError(
+                Reason.UNSUPPORTED_MEMBER,
+                f"{route.label} cannot hold {_member_label(command)} (Graph: {response.error_message})",
+                graph=response.answer(),
             )
         if response.status != 404:
             raise_for_graph(response, permission=route.permission)
@@ -174,7 +183,7 @@ async def _remove(command: GrantCommand, route: _Route, graph: GraphClient, look
     if response.status == 204:
         return Result(Status.REVOKED, f"removed {_member_label(command)} from {route.label}", response.answer())
     not_member = Result(Status.NOT_MEMBER, f"{_member_label(command)} was not in {route.label}", response.answer())
-    if _already_exists(response, "removed object references do not exist"):
+    if _refused_with(response, "removed object references do not exist"):
         return not_member
     if response.status != 404:
         raise_for_graph(response, permission=route.permission)
@@ -264,8 +273,14 @@ async def _add_scoped(
     response = await graph.send("POST", path(*unit.segments, "scopedRoleMembers"), json_body=body)
     if response.status in (200, 201):
         return Result(Status.GRANTED, f"assigned {_member_label(command)} the {label}", response.answer())
-    if _already_exists(response, "conflicting object", "already exist"):
+    if _refused_with(response, "conflicting object", "already exist"):
         return Result(Status.ALREADY_MEMBER, f"{_member_label(command)} already holds the {label}", response.answer())
+    if _refused_with(response, *_CANNOT_HOLD):
+        raise PermanentError(
+            Reason.UNSUPPORTED_MEMBER,
+            f"the {label} cannot be held by {_member_label(command)} (Graph: {response.error_message})",
+            graph=response.answer(),
+        )
     if response.status != 404:
         raise_for_graph(response, permission=ROLE_PERMISSION)
     if await _which_missing(response, unit, command.member.id, graph, lookup) is _Missing.MEMBER:
@@ -382,7 +397,7 @@ async def _which_missing(
 async def _activate(template_id: Guid, graph: GraphClient) -> None:
     """Activate a role from its template; an answer saying it already exists counts as done."""
     response = await graph.send("POST", path("directoryRoles"), json_body={"roleTemplateId": template_id})
-    if response.status in (200, 201) or _already_exists(response, "conflicting object", "already exist"):
+    if response.status in (200, 201) or _refused_with(response, "conflicting object", "already exist"):
         return
     if response.status in (400, 404):
         raise PermanentError(
@@ -394,7 +409,7 @@ async def _activate(template_id: Guid, graph: GraphClient) -> None:
     raise_for_graph(response, permission=ROLE_PERMISSION)
 
 
-def _already_exists(response: GraphResponse, *phrases: str) -> bool:
+def _refused_with(response: GraphResponse, *phrases: str) -> bool:
     """A 400 Request_BadRequest whose message contains one of `phrases` (Graph's code alone is too broad)."""
     message = (response.error_message or "").lower()
     return (
