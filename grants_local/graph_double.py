@@ -542,11 +542,17 @@ class GraphDouble:
             self._units[unit.id] = unit
         return unit.id
 
-    def scope_app_to_unit(self, unit_id: str) -> None:
-        """Assign the app's identity a Microsoft Entra role at the unit's scope (as an administrator would): a
-        restricted-management unit takes the app's writes from then on."""
+    def set_membership_rule(self, unit_id: str, rule: str | None) -> None:
+        """Make a unit dynamic with membership rule `rule` or, with None, one of assigned membership (its members
+        stay), as an administrator would."""
         with self._lock:
-            self._units[_canonical(unit_id)].app_scoped = True
+            self._units[_canonical(unit_id)].membership_rule = rule
+
+    def scope_app_to_unit(self, unit_id: str, *, scoped: bool = True) -> None:
+        """Assign the app's identity a Microsoft Entra role at the unit's scope (as an administrator would): a
+        restricted-management unit takes the app's writes from then on; `scoped` false removes that role again."""
+        with self._lock:
+            self._units[_canonical(unit_id)].app_scoped = scoped
 
     def delete_administrative_unit(self, unit_id: str) -> None:
         """Delete an administrative unit (as an administrator might mid-run): from now on it answers ``404``."""

@@ -53,6 +53,7 @@ from tests.conftest import (
 
 DESCRIPTION: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "graph-v1.0-subset.json").read_text())
 SP = "d5c1a2d5-9101-44b2-83ab-885db8a647d0"
+RESTRICTED = "a0000000-0000-4000-8000-0000000000e1"
 SCOPED = {"type": "scopedRole", "roleTemplateId": HELPDESK_TEMPLATE, "administrativeUnitId": AU}
 BY_TEMPLATE = {"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE}
 UNIT = {"type": "administrativeUnit", "id": AU}
@@ -273,6 +274,7 @@ def directory(graph: GraphDouble) -> GraphDouble:
     graph.add_service_principal(SP)
     graph.grant_app_role(SP, "AdministrativeUnit.ReadWrite.All")
     graph.add_role_template(DIRECTORY_READERS, display_name="Directory Readers", activated=True)
+    graph.add_administrative_unit(RESTRICTED, restricted=True)  # a refused write, then the unit's kind read
     return graph
 
 
@@ -298,6 +300,7 @@ async def test_every_request_the_app_makes_is_one_graph_documents(
         grant("role-template", BY_TEMPLATE, SP, "servicePrincipal"),
         grant("activated", not_activated, USER, "user"),
         grant("scoped", SCOPED, USER_2, "user"),
+        grant("restricted", {"type": "administrativeUnit", "id": RESTRICTED}, USER, "user"),
     )
     await run.deliver(
         grant("au-remove", UNIT, USER, "user", action="remove"),
@@ -335,6 +338,7 @@ async def test_every_request_the_app_makes_is_one_graph_documents(
         "role-template-remove-again": "not_member",
         "dry-role-template": "not_member",
         "smoke-1": "not_member",
+        "restricted": "dead_lettered",
     }.items()
     made, undocumented = captured.operations()
     assert undocumented == []

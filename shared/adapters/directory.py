@@ -38,8 +38,17 @@ from shared.adapters.graph import GraphClient, GraphResponse, keyed, path, raise
 from shared.core.contract import AdministrativeUnit, DirectoryRole, Guid, ScopedRole, Target, parse_guid
 from shared.core.errors import ContractError, PermanentError, Reason, TransientError
 from shared.core.messaging import Lane
+from shared.core.units import UNIT_KIND_PROPERTIES, UnitKind
 
-__all__ = ["LIST_PAGE_SIZE", "ROLE_LIST_LIMIT", "DirectoryReader", "ReadPacer", "RoleIds", "role_member_ids"]
+__all__ = [
+    "LIST_PAGE_SIZE",
+    "ROLE_LIST_LIMIT",
+    "DirectoryReader",
+    "ReadPacer",
+    "RoleIds",
+    "UnitKinds",
+    "role_member_ids",
+]
 
 #: ``$top`` of a unit's member listing: Graph's largest page for directory objects.
 LIST_PAGE_SIZE: Final = 999
@@ -148,6 +157,36 @@ class RoleIds:
             return found[0]
 
 
+class UnitKinds:
+    """Each administrative unit's `UnitKind` (restricted-management, dynamic), read from Graph with
+    ``GET /directory/administrativeUnits/{id}?$select=isMemberManagementRestricted,membershipType`` once per process
+    (callers asking for one unit at once wait for one read); `fresh` reads it again (and remembers the answer). A
+    unit that does not exist is `PermanentError(TargetNotFound)`; other failures raise as `raise_for_graph` says."""
+
+    def __init__(self) -> None:
+        self._known: dict[Guid, UnitKind] = {}
+        self._locks: dict[Guid, asyncio.Lock] = {}
+
+    async def kind_of(self, unit: Guid, *, read: Read, fresh: bool = False) -> UnitKind:
+        """The kind of administrative unit `unit`."""
+        known = None if fresh else self._known.get(unit)
+        if known is not None:
+            return known
+        async with self._locks.setdefault(unit, asyncio.Lock()):
+            known = None if fresh else self._known.get(unit)
+            if known is not None:
+                return known
+            url_path = path("directory", "administrativeUnits", unit) + "?$select=" + ",".join(UNIT_KIND_PROPERTIES)
+            response = await read(url_path)
+            if response.status == 404:
+                raise _target_not_found(AdministrativeUnit(id=unit), response)
+            if response.status != 200:
+                raise_for_graph(response, permission=_AU_PERMISSION)
+            kind = UnitKind.of(response.body or {})
+            self._known[unit] = kind
+            return kind
+
+
 def role_member_ids(response: GraphResponse, *, label: str) -> tuple[Guid, ...]:
     """The member ids of a directory role's listing (``GET /directoryRoles/{id}/members?$select=id``, a ``200``):
     Graph does not page roles, so a listing of `ROLE_LIST_LIMIT` or more may have been cut and raises
@@ -166,7 +205,7 @@ def role_member_ids(response: GraphResponse, *, label: str) -> tuple[Guid, ...]:
 
 class DirectoryReader:
     """Reads targets' members through `graph` (see the module docstring); one per process, like the client.
-    `role_ids` is the process's `RoleIds` (shared with the grant service), or one of its own."""
+    `role_ids` and `units` are the process's `RoleIds` and `UnitKinds` (shared with the grant service), or its own."""
 
     def __init__(
         self,
@@ -176,12 +215,14 @@ class DirectoryReader:
         page_size: int = LIST_PAGE_SIZE,
         throttle_retries: int = 3,
         role_ids: RoleIds | None = None,
+        units: UnitKinds | None = None,
     ) -> None:
         self._graph = graph
         self.pacer = pacer or ReadPacer()
         self._page_size = page_size
         self._throttle_retries = throttle_retries
         self._role_ids = role_ids or RoleIds()
+        self._units = units or UnitKinds()
 
     async def is_member(self, *, target: Target, member: Guid) -> bool:
         """True when `member` holds `target` now (as far as Graph's replica answering knows)."""
@@ -243,6 +284,11 @@ class DirectoryReader:
         """The object id of the directory role activated from `template` (looked up once, at Low priority), or
         None while the template is not activated."""
         return await self._role_id(template, sweep=True)
+
+    async def unit_kind(self, unit: Guid) -> UnitKind:
+        """What administrative unit `unit` says of its membership now (`UnitKinds`, read again at Low priority; the
+        process's copy is updated with it)."""
+        return await self._units.kind_of(unit, read=lambda url_path: self._get(url_path, sweep=True), fresh=True)
 
     async def _role_members(self, target: DirectoryRole, *, sweep: bool) -> AsyncIterator[tuple[Guid, ...]]:
         """The ids holding a directory role: its one unpaged listing by role id (a template's role found first; one

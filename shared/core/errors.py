@@ -54,6 +54,8 @@ class Reason(StrEnum):
     THROTTLED = "Throttled"
     GRAPH_UNAVAILABLE = "GraphUnavailable"
     GRAPH_REJECTED = "GraphRejected"
+    RESTRICTED_ADMINISTRATIVE_UNIT = "RestrictedAdministrativeUnit"  # the app's permissions do not apply inside it
+    DYNAMIC_MEMBERSHIP_TARGET = "DynamicMembershipTarget"  # a dynamic unit: its members are its rule's
     # Our side.
     TOKEN_UNAVAILABLE = "TokenUnavailable"  # noqa: S105 (a reason code, not a secret)
     LEDGER_UNAVAILABLE = "LedgerUnavailable"  # transient: the ledger's storage is unreachable, failing or throttling

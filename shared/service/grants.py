@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from shared.adapters.directory import RoleIds
+from shared.adapters.directory import RoleIds, UnitKinds
 from shared.adapters.graph import GraphClient
 from shared.adapters.lanes import LaneSender
 from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, encode
@@ -44,9 +44,11 @@ class GrantService:
         activate_roles: bool,
         dry_run: bool,
         role_ids: RoleIds | None = None,
+        units: UnitKinds | None = None,
     ) -> None:
         self._graph = graph
         self._role_ids = role_ids or RoleIds()
+        self._units = units or UnitKinds()
         self._policy = policy
         self._senders = senders
         self._now = now
@@ -100,6 +102,7 @@ class GrantService:
             command,
             graph=self._graph.in_lane(lane),
             roles=self._role_ids,
+            units=self._units,
             activate_roles=self._activate_roles,
             dry_run=dry_run,
         )

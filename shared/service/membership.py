@@ -19,11 +19,12 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Final
 
-from shared.adapters.directory import RoleIds, role_member_ids
+from shared.adapters.directory import RoleIds, UnitKinds, role_member_ids
 from shared.adapters.graph import GraphClient, GraphResponse, path, raise_for_graph
 from shared.core.contract import Action, AdministrativeUnit, DirectoryRole, GrantCommand, Guid, ScopedRole
 from shared.core.errors import GraphAnswer, PermanentError, Reason, TransientError
 from shared.core.statuses import Status
+from shared.core.units import refusal_description, unit_refusal
 
 __all__ = ["Result", "change_membership"]
 
@@ -67,15 +68,22 @@ class _Missing(Enum):
 
 
 async def change_membership(
-    command: GrantCommand, *, graph: GraphClient, roles: RoleIds, activate_roles: bool, dry_run: bool = False
+    command: GrantCommand,
+    *,
+    graph: GraphClient,
+    roles: RoleIds,
+    units: UnitKinds,
+    activate_roles: bool,
+    dry_run: bool = False,
 ) -> Result:
-    """Add or remove the command's member; activate a role by template first if allowed and needed. `roles` is
-    the process's `RoleIds` (a template's role id, looked up once).
+    """Add or remove the command's member; activate a role by template first if allowed and needed. `roles` and
+    `units` are the process's `RoleIds` (a template's role id) and `UnitKinds` (a unit's kind, read after Graph
+    refused a write to it: a restricted-management or dynamic unit gets its own reason), each looked up once.
 
     With `dry_run`, only read: report `would_grant`, `already_member`, `would_revoke` or `not_member`.
     """
     target = command.target
-    lookup = _Lookup(roles, graph)
+    lookup = _Lookup(roles, units, graph)
     if isinstance(target, ScopedRole):
         if dry_run:
             return await _preview_scoped(command, target, graph, lookup, activate_roles=activate_roles)
@@ -92,13 +100,32 @@ async def change_membership(
 
 @dataclass(frozen=True, slots=True)
 class _Lookup:
-    """The role id of a template (`RoleIds`), read through one command's client (its lane)."""
+    """The role id of a template (`RoleIds`) and a unit's kind (`UnitKinds`), read through one command's client (its
+    lane)."""
 
     roles: RoleIds
+    units: UnitKinds
     graph: GraphClient
 
     async def role_id(self, template: Guid) -> Guid | None:
-        return await self.roles.role_id(template, read=lambda url_path: self.graph.send("GET", url_path))
+        return await self.roles.role_id(template, read=self._read)
+
+    async def refused_by_unit(self, route: _Route, response: GraphResponse) -> None:
+        """After Graph refused a write to a unit (``403``, or a ``400`` that is no answer of its own): raise
+        `PermanentError` with the unit's reason when the unit is restricted-management or dynamic (its kind read
+        once per process); return otherwise (the caller raises Graph's own reason)."""
+        if route.segments[:2] != ("directory", "administrativeUnits") or response.status not in (400, 403):
+            return
+        unit = Guid(route.segments[2])
+        reason = unit_refusal(await self.units.kind_of(unit, read=self._read), status=response.status)
+        if reason is not None:
+            said = f"Graph answered {response.status} {response.error_code}: {response.error_message}"
+            raise PermanentError(
+                reason, f"{refusal_description(reason, unit=route.label)} ({said})", graph=response.answer()
+            )
+
+    async def _read(self, url_path: str) -> GraphResponse:
+        return await self.graph.send("GET", url_path)
 
 
 def _route(target: AdministrativeUnit | DirectoryRole) -> _Route:
@@ -141,6 +168,7 @@ async def _add(
                 graph=response.answer(),
             )
         if response.status != 404:
+            await lookup.refused_by_unit(route, response)
             raise_for_graph(response, permission=route.permission)
         if await _which_missing(response, route, member, graph, lookup) is _Missing.MEMBER:
             raise TransientError(
@@ -186,6 +214,7 @@ async def _remove(command: GrantCommand, route: _Route, graph: GraphClient, look
     if _refused_with(response, "removed object references do not exist"):
         return not_member
     if response.status != 404:
+        await lookup.refused_by_unit(route, response)
         raise_for_graph(response, permission=route.permission)
     # Graph has been seen to name the container in a 404 for a non-member: only a GET of the target decides.
     if await _which_missing(response, route, member, graph, lookup, trust_target_id=False) is _Missing.MEMBER:
