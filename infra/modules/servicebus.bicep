@@ -4,6 +4,11 @@
 param name string
 param location string
 param tags object
+@description('''maxDeliveryCount of every queue and subscription the app reads (one value: main.bicep's maxDeliveryCount); the
+app's GRANTS_MAX_DELIVERY_COUNT is derived from what these entities get (the output maxDeliveryCount).''')
+@minValue(8)
+@maxValue(10)
+param maxDeliveryCount int = 10
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
   name: name
@@ -18,8 +23,9 @@ resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
 }
 
 // Every queue carries the same safety settings:
-// - maxDeliveryCount 10: a message that keeps crashing the host is dead-lettered, not retried forever
-//   (the app's own retries are scheduled copies with an attempt count; this is the backstop);
+// - maxDeliveryCount (main.bicep's parameter, 10 by default): a message that keeps crashing the host is
+//   dead-lettered, not retried forever (the app's own retries are scheduled copies with an attempt count; this is the
+//   backstop); the app reads the same number as GRANTS_MAX_DELIVERY_COUNT (the output below);
 // - lockDuration PT1M, renewed by the host (host.json maxAutoLockRenewalDuration);
 // - duplicate detection over 10 minutes: producers may resend with the same MessageId, and retry copies
 //   carry MessageId <requestId>:<attempt>, so a crash between "schedule copy" and "complete" stays harmless;
@@ -29,7 +35,7 @@ resource grants 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'grant-membership'
   properties: {
-    maxDeliveryCount: 10
+    maxDeliveryCount: maxDeliveryCount
     lockDuration: 'PT1M'
     requiresDuplicateDetection: true
     duplicateDetectionHistoryTimeWindow: 'PT10M'
@@ -44,7 +50,7 @@ resource grantsBulk 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'grant-membership-bulk'
   properties: {
-    maxDeliveryCount: 10
+    maxDeliveryCount: maxDeliveryCount
     lockDuration: 'PT1M'
     requiresDuplicateDetection: true
     duplicateDetectionHistoryTimeWindow: 'PT10M'
@@ -57,7 +63,7 @@ resource hrEvents 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'hr-events'
   properties: {
-    maxDeliveryCount: 10
+    maxDeliveryCount: maxDeliveryCount
     lockDuration: 'PT1M'
     requiresDuplicateDetection: true
     duplicateDetectionHistoryTimeWindow: 'PT10M'
@@ -71,7 +77,7 @@ resource callbackRetries 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'grant-callbacks'
   properties: {
-    maxDeliveryCount: 10
+    maxDeliveryCount: maxDeliveryCount
     lockDuration: 'PT1M'
     requiresDuplicateDetection: true
     duplicateDetectionHistoryTimeWindow: 'PT10M'
@@ -99,7 +105,7 @@ resource callbacks 'Microsoft.ServiceBus/namespaces/topics/subscriptions@2024-01
   parent: outcomes
   name: 'callbacks'
   properties: {
-    maxDeliveryCount: 10
+    maxDeliveryCount: maxDeliveryCount
     lockDuration: 'PT1M'
     deadLetteringOnMessageExpiration: true
     deadLetteringOnFilterEvaluationExceptions: true
@@ -128,3 +134,5 @@ output hrEventsQueue string = hrEvents.name
 output callbackQueue string = callbackRetries.name
 output outcomesTopic string = outcomes.name
 output callbacksSubscription string = callbacks.name
+// The queues' and the subscription's maxDeliveryCount, as deployed (the least of them): GRANTS_MAX_DELIVERY_COUNT.
+output maxDeliveryCount int = min(grants.properties.maxDeliveryCount, grantsBulk.properties.maxDeliveryCount, hrEvents.properties.maxDeliveryCount, callbackRetries.properties.maxDeliveryCount, callbacks.properties.maxDeliveryCount)
