@@ -29,10 +29,10 @@ from shared.core.units import refusal_description, unit_refusal
 __all__ = ["Result", "change_membership"]
 
 AU_PERMISSION: Final = "AdministrativeUnit.ReadWrite.All"
+ROLE_PERMISSION: Final = "RoleManagement.ReadWrite.Directory"
 #: Graph's words (a 400 Request_BadRequest) for a member the target cannot hold: a type it does not take (the contract
 #: refuses the types it knows before any call: `UnsupportedMember`), a group that is not role-assignable.
 _CANNOT_HOLD: Final = ("unsupported referenced-object resource identifier", "isassignabletorole")
-ROLE_PERMISSION: Final = "RoleManagement.ReadWrite.Directory"
 
 
 @dataclass(frozen=True, slots=True)
