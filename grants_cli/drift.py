@@ -181,10 +181,20 @@ def _print_target(target: Mapping[str, Any], out: TextIO, *, all_findings: bool)
             f"{printable(held.get('limit'))}; review, then release them once: {printable(held.get('confirm'))}\n"
         )
     findings = [f for f in target.get("findings") or [] if isinstance(f, dict)]
+    refusals: dict[object, object] = {}  # one line per reason: the first refusal's description
+    for finding in findings:
+        if isinstance(refusal := finding.get("refusal"), dict):
+            refusals.setdefault(refusal.get("reason"), refusal.get("description"))
+    for reason, description in refusals.items():
+        out.write(f"  not repairable: {printable(reason)}: {printable(description)}\n")
     shown = findings if all_findings else findings[:_SHOWN]
     for finding in shown:
         repair = finding.get("repair") or {}
+        refusal = finding.get("refusal") or {}
         what = printable(repair.get("description")) if repair else "reported only"
+        if refusal:
+            refused = f", {printable(refusal.get('requestId'))} refused" if refusal.get("requestId") else ""
+            what = f"{what}; not sent ({printable(refusal.get('reason'))}{refused})"
         out.write(
             f"  {printable(finding.get('finding')):<10} {printable(finding.get('memberId'))}  "
             f"{printable(finding.get('requestId') or '-')}  {printable(finding.get('handling'))}: {what}\n"

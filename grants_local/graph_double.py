@@ -5,16 +5,26 @@ keep-alive. Every request needs ``Authorization: Bearer <token>`` valid for `Gra
 (``http://127.0.0.1:PORT``: azure-identity turns the scope ``<resource>/.default`` into that resource), as
 told by the `TokenEndpoint` or validator given; otherwise ``401 InvalidAuthenticationToken``.
 
-Endpoints (segment names case-insensitive, ids GUIDs compared case-insensitively, ``$ref`` literal;
-``/administrativeUnits/...`` is an alias of ``/directory/administrativeUnits/...``):
+Endpoints (segment names case-insensitive, ids GUIDs compared case-insensitively, ``$ref`` literal), only in the
+forms Graph documents (tests/test_graph_operations.py checks the app's requests against Graph's v1.0 description):
 
-- ``POST /directory/administrativeUnits/{au}/members/$ref`` (body ``{"@odata.id": ".../directoryObjects/{id}"}``),
-  ``GET /directory/administrativeUnits/{au}/members[/{id}]``, ``DELETE .../members/{id}/$ref``,
-  ``GET /directory/administrativeUnits[/{au}]``,
-  ``GET|POST .../scopedRoleMembers``, ``GET|DELETE .../scopedRoleMembers/{membershipId}``.
-- ``GET|POST /directoryRoles`` (POST ``{"roleTemplateId": ...}`` activates a template), and for
-  ``R`` = ``{roleId}`` or ``roleTemplateId={templateId}``: ``GET /directoryRoles/R``,
-  ``GET /directoryRoles/R/members[/{id}]``, ``POST .../members/$ref``, ``DELETE .../members/{id}/$ref``.
+- ``POST /directory/administrativeUnits/{au}/members/$ref`` (body ``{"@odata.id": ".../directoryObjects/{id}"}``;
+  a user, group or device: any other principal is ``400``), ``GET /directory/administrativeUnits/{au}/members[/{id}]``,
+  ``DELETE .../members/{id}/$ref``, ``GET /directory/administrativeUnits[/{au}]`` (with ``$select``; a unit has
+  ``isMemberManagementRestricted`` and ``membershipType``), ``GET|POST .../scopedRoleMembers``,
+  ``GET|DELETE .../scopedRoleMembers/{membershipId}``. A restricted-management unit answers the app's membership
+  writes ``403 Authorization_RequestDenied`` (Graph's words for a missing permission: application permissions do not
+  apply inside such a unit) until `scope_app_to_unit`; a dynamic unit answers every manual add or remove ``400
+  Request_BadRequest``. There is no ``/administrativeUnits`` at the root (not in v1.0).
+- ``GET|POST /directoryRoles`` (POST ``{"roleTemplateId": ...}`` activates a template); for ``R`` = ``{roleId}``
+  or the alternate key ``(roleTemplateId='{templateId}')`` (``/directoryRoles(roleTemplateId='...')``):
+  ``GET R``, ``GET R/members`` (one unpaged page), ``POST R/members/$ref`` (a user, a role-assignable group or a
+  service principal), ``DELETE R/members/{id}/$ref``; and
+  ``POST /directoryRoles/roleTemplateId={templateId}/members/$ref``, the one request Graph documents with the
+  template as a key segment (any other request naming
+  ``roleTemplateId={t}`` so is ``400 Request_BadRequest`` "Invalid object identifier"). One member of a role cannot
+  be read (``GET R/members/{id}``: ``400 BadRequest`` "Resource not found for the segment", as for any path Graph
+  does not have).
 - ``GET /directoryObjects/{id}``.
 - ``GET /servicePrincipals(appId='00000003-0000-0000-c000-000000000000')`` (Microsoft Graph's own service
   principal: `GRAPH_SERVICE_PRINCIPAL_ID` and its application permissions `GRAPH_APP_ROLES`) and
@@ -81,7 +91,8 @@ requests that look it up; one added with ``visible_after_seconds=T`` until T sec
      "groups": [{"id": "<id>", "isAssignableToRole": true}],
      "servicePrincipals": ["<id>", {"id": "<id>", "appRoleAssignments": ["AdministrativeUnit.ReadWrite.All"]}],
      "devices": ["<id>"],
-     "administrativeUnits": [{"id": "<id>", "displayName": "...", "members": ["<id>"]}],
+     "administrativeUnits": [{"id": "<id>", "displayName": "...", "members": ["<id>"],
+                             "isMemberManagementRestricted": false, "membershipRule": null}],
      "roleTemplates": [{"id": "<templateId>", "displayName": "...", "activated": true,
                         "roleId": "<optional id>", "members": ["<id>"]}]}
 
@@ -172,6 +183,13 @@ _BAD_JSON: Final = (
 )
 _NOT_ASSIGNABLE: Final = "Groups without IsAssignableToRole property set cannot be assigned to roles."
 _UNSUPPORTED_MEMBER: Final = "Unsupported referenced-object resource identifier for link property 'members'."
+#: The double's own words for a manual write to a dynamic unit (no Graph text for it was found to copy).
+_DYNAMIC_MEMBERSHIP: Final = (
+    "Members of an administrative unit with dynamic membership are managed by its membership rule and cannot be "
+    "added or removed."
+)
+#: ``directoryRoles(roleTemplateId='{t}')``, lower-cased: a role by its template, Graph's alternate key.
+_ROLE_BY_TEMPLATE: Final = re.compile(r"directoryroles\(roletemplateid='([0-9a-f-]{36})'\)")
 _TOKEN_EXPIRED: Final = "Access token has expired or is not yet valid."  # noqa: S105 (a message)
 _TOKEN_EMPTY: Final = "Access token is empty."  # noqa: S105 (a message)
 _INSUFFICIENT: Final = "Insufficient privileges to complete the operation."
@@ -326,6 +344,9 @@ class _AdministrativeUnit:
     display_name: str
     members: set[str] = field(default_factory=set)
     scoped: dict[str, tuple[str, str]] = field(default_factory=dict)  # membership id -> (role id, member id)
+    restricted: bool = False  # isMemberManagementRestricted: the app's permissions do not apply inside it
+    membership_rule: str | None = None  # a dynamic unit's rule (membershipType Dynamic): its members are the rule's
+    app_scoped: bool = False  # the app holds a role at this unit's scope: a restricted unit takes its writes
 
 
 @dataclass(slots=True)
@@ -497,12 +518,41 @@ class GraphDouble:
             visible_after_seconds=visible_after_seconds,
         )
 
-    def add_administrative_unit(self, unit_id: str, *, display_name: str = "", members: Iterable[str] = ()) -> str:
-        """Add an administrative unit holding `members` (ids of principals, added with the other methods)."""
-        unit = _AdministrativeUnit(_canonical(unit_id), display_name or f"AU {unit_id}", set(map(_canonical, members)))
+    def add_administrative_unit(
+        self,
+        unit_id: str,
+        *,
+        display_name: str = "",
+        members: Iterable[str] = (),
+        restricted: bool = False,
+        membership_rule: str | None = None,
+    ) -> str:
+        """Add an administrative unit holding `members` (ids of principals, added with the other methods); a
+        `restricted` one is a restricted-management unit (``isMemberManagementRestricted``: writes answer ``403``
+        until `scope_app_to_unit`), one with a `membership_rule` a dynamic one (``membershipType`` Dynamic: manual
+        adds and removes answer ``400``)."""
+        unit = _AdministrativeUnit(
+            _canonical(unit_id),
+            display_name or f"AU {unit_id}",
+            set(map(_canonical, members)),
+            restricted=restricted,
+            membership_rule=membership_rule,
+        )
         with self._lock:
             self._units[unit.id] = unit
         return unit.id
+
+    def set_membership_rule(self, unit_id: str, rule: str | None) -> None:
+        """Make a unit dynamic with membership rule `rule` or, with None, one of assigned membership (its members
+        stay), as an administrator would."""
+        with self._lock:
+            self._units[_canonical(unit_id)].membership_rule = rule
+
+    def scope_app_to_unit(self, unit_id: str, *, scoped: bool = True) -> None:
+        """Assign the app's identity a Microsoft Entra role at the unit's scope (as an administrator would): a
+        restricted-management unit takes the app's writes from then on; `scoped` false removes that role again."""
+        with self._lock:
+            self._units[_canonical(unit_id)].app_scoped = scoped
 
     def delete_administrative_unit(self, unit_id: str) -> None:
         """Delete an administrative unit (as an administrator might mid-run): from now on it answers ``404``."""
@@ -610,7 +660,11 @@ class GraphDouble:
                 self.grant_app_role(entry["id"], permission)
         for unit in seed.get("administrativeUnits", ()):
             self.add_administrative_unit(
-                unit["id"], display_name=unit.get("displayName", ""), members=unit.get("members", ())
+                unit["id"],
+                display_name=unit.get("displayName", ""),
+                members=unit.get("members", ()),
+                restricted=bool(unit.get("isMemberManagementRestricted", False)),
+                membership_rule=unit.get("membershipRule"),
             )
         for template in seed.get("roleTemplates", ()):
             self.add_role_template(
@@ -908,10 +962,11 @@ class GraphDouble:
         lower = [segment.lower() for segment in segments]
         if lower[:2] == ["directory", "administrativeunits"]:
             return "administrativeUnit", self._unit_routes(segments[2:], body, listing)
-        if lower[:1] == ["administrativeunits"]:
-            return "administrativeUnit", self._unit_routes(segments[1:], body, listing)
         if lower[:1] == ["directoryroles"]:
             return "directoryRole", self._role_routes(segments[1:], body, listing)
+        if (by_template := _ROLE_BY_TEMPLATE.fullmatch(lower[0])) is not None:
+            role = f"roletemplateid={by_template.group(1)}"
+            return "directoryRole", self._role_routes([role, *segments[1:]], body, listing, alternate_key=True)
         if lower[:1] == ["directoryobjects"] and len(segments) == 2:
             return None, {"GET": lambda: (200, self._object_json(self._object(segments[1])))}
         if lower == [f"serviceprincipals(appid='{GRAPH_APP_ID}')"]:
@@ -926,7 +981,7 @@ class GraphDouble:
             case []:
                 return {"GET": lambda: (200, {"value": [_unit_json(unit) for unit in self._units.values()]})}
             case [unit_id]:
-                return {"GET": lambda: (200, _unit_json(self._unit(unit_id)))}
+                return {"GET": lambda: (200, _narrowed(_unit_json(self._unit(unit_id)), _unit_select(listing)))}
             case [unit_id, "members", *member]:
                 return self._member_routes(
                     member,
@@ -935,6 +990,7 @@ class GraphDouble:
                     lambda: self._add_unit_member(unit_id, body),
                     listing,
                     paged=True,
+                    remove=lambda member_id: self._remove_unit_member(unit_id, member_id),
                 )
             case [unit_id, "scopedrolemembers"]:
                 return {
@@ -948,8 +1004,14 @@ class GraphDouble:
                 }
         raise _unknown_segment(rest[-1])
 
-    def _role_routes(self, rest: list[str], body: Any, listing: _Listing) -> _Handlers:
+    def _role_routes(self, rest: list[str], body: Any, listing: _Listing, *, alternate_key: bool = False) -> _Handlers:
+        """``/directoryRoles`` and a role under it: by id; ``(roleTemplateId='{t}')``, Graph's alternate key
+        (`alternate_key`); or ``roleTemplateId={t}`` as a key segment, which Graph documents only for adding a member
+        (``POST .../members/$ref``): any other request naming it is refused as Graph refuses a key that is not an
+        object id."""
         lower = [segment.lower() for segment in rest]
+        if lower and lower[0].startswith("roletemplateid=") and not alternate_key and lower[1:] != ["members", "$ref"]:
+            raise _GraphError(400, "Request_BadRequest", f"Invalid object identifier '{rest[0]}'.")
         match lower:
             case []:
                 return {
@@ -969,6 +1031,7 @@ class GraphDouble:
                     lambda: self._add_role_member(role, body),
                     listing,
                     paged=False,
+                    by_key=False,
                 )
         raise _unknown_segment(rest[-1])
 
@@ -981,18 +1044,24 @@ class GraphDouble:
         listing: _Listing,
         *,
         paged: bool,
+        by_key: bool = True,
+        remove: Callable[[str], _Reply] | None = None,
     ) -> _Handlers:
         """``members``, ``members/$ref``, ``members/{id}`` and ``members/{id}/$ref`` of a unit or a role
         (`member`: the lower-cased segments after ``members``; `members`: the container's member set; `paged`:
-        the list takes ``$top`` and pages, else it is one page of at most `ROLE_MEMBERS_LIMIT`)."""
+        the list takes ``$top`` and pages, else it is one page of at most `ROLE_MEMBERS_LIMIT`; `by_key`: one
+        member can be read (a unit's: Graph documents no read of one role member, so a role's is refused);
+        `remove`: the container's own removal, else one from `members`)."""
         match member:
             case []:
                 return {"GET": lambda: (200, self._members_page(members(), listing, paged=paged))}
             case ["$ref"]:
                 return {"POST": add}
-            case [member_id]:
+            case [member_id] if by_key:
                 return {"GET": lambda: self._get_member(members(), member_id)}
             case [member_id, "$ref"]:
+                if remove is not None:
+                    return {"DELETE": lambda: remove(member_id)}
                 return {"DELETE": lambda: self._remove_member(members(), member_id)}
         raise _unknown_segment(rest[-1])
 
@@ -1039,11 +1108,29 @@ class GraphDouble:
 
     def _add_unit_member(self, unit_id: str, body: Any) -> _Reply:
         unit = self._unit(unit_id)
+        self._writable(unit)
         member = self._visible(_referenced_id(body))
+        if member.type not in ("user", "group", "device"):
+            raise _GraphError(400, "Request_BadRequest", _UNSUPPORTED_MEMBER)
         if member.id in unit.members:
             raise _GraphError(400, "Request_BadRequest", _ALREADY_EXIST)
         unit.members.add(member.id)
         return 204, None
+
+    def _remove_unit_member(self, unit_id: str, member_id: str) -> _Reply:
+        unit = self._unit(unit_id)
+        self._writable(unit)
+        return self._remove_member(unit.members, member_id)
+
+    @staticmethod
+    def _writable(unit: _AdministrativeUnit) -> None:
+        """A restricted-management unit refuses the app's membership writes (``403``, as for a missing permission:
+        Graph's application permissions do not apply inside it) unless the app holds a role at its scope; a
+        dynamic one refuses every manual add and remove (``400``)."""
+        if unit.restricted and not unit.app_scoped:
+            raise _GraphError(403, "Authorization_RequestDenied", _INSUFFICIENT)
+        if unit.membership_rule is not None:
+            raise _GraphError(400, "Request_BadRequest", _DYNAMIC_MEMBERSHIP)
 
     def _add_role_member(self, role: str, body: Any) -> _Reply:
         template = self._role(role)
@@ -1098,6 +1185,8 @@ class GraphDouble:
         if _guid(role_id) not in self._roles:
             raise _not_found(role_id)
         member = self._visible(member_id)
+        if member.type in ("device", "servicePrincipal"):
+            raise _GraphError(400, "Request_BadRequest", _UNSUPPORTED_MEMBER)
         if (_guid(role_id), member.id) in unit.scoped.values():
             raise _GraphError(400, "Request_BadRequest", _CONFLICT)
         membership_id = secrets.token_hex(24)
@@ -1253,6 +1342,18 @@ def _after(token: str) -> str:
 #: The properties an item of each listed collection has (what ``$select`` may name).
 _PROPERTIES: Final[Mapping[str, frozenset[str]]] = {
     "directoryObjects": frozenset({"id", "displayName"}),
+    "administrativeUnits": frozenset(
+        {
+            "id",
+            "displayName",
+            "description",
+            "visibility",
+            "isMemberManagementRestricted",
+            "membershipType",
+            "membershipRule",
+            "membershipRuleProcessingState",
+        }
+    ),
     "scopedRoleMemberships": frozenset({"id", "roleId", "administrativeUnitId", "roleMemberInfo"}),
 }
 
@@ -1384,13 +1485,23 @@ def _graph_service_principal_json() -> dict[str, Any]:
 
 
 def _unit_json(unit: _AdministrativeUnit) -> dict[str, Any]:
+    dynamic = unit.membership_rule is not None
     return {
         "@odata.type": "#microsoft.graph.administrativeUnit",
         "id": unit.id,
         "displayName": unit.display_name,
         "description": None,
         "visibility": None,
+        "isMemberManagementRestricted": unit.restricted,
+        "membershipType": "Dynamic" if dynamic else "Assigned",
+        "membershipRule": unit.membership_rule,
+        "membershipRuleProcessingState": "On" if dynamic else None,
     }
+
+
+def _unit_select(listing: _Listing) -> list[str] | None:
+    """The properties a unit's ``$select`` names (``400`` for one a unit does not have)."""
+    return _selected(listing.query.get("$select"), _PROPERTIES["administrativeUnits"])
 
 
 def _scoped_membership(unit_id: str, membership_id: str, role_id: str, member_id: str) -> dict[str, Any]:

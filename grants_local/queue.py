@@ -352,6 +352,19 @@ class LocalQueue:
                 lock.locked_until = max(lock.locked_until, min(now, lock.renewed_until) + self._lock_duration)
                 lock.renewed_until = None
 
+    def lose_lock(self, lock_token: uuid.UUID | str) -> bool:
+        """The lock ends now, as when it expires: the message is deliverable again (or dead-lettered past
+        max_delivery_count) and its lock token is unknown from then on; False when it was not held."""
+        with self._mutex:
+            self._expire_locks()
+            lock = self._locks.pop(_token(lock_token), None)
+            if lock is None:
+                return False
+            if not lock.entry.dead_lettered:
+                self._counts["locks_expired"] += 1
+            self._release(lock.entry)
+            return True
+
     def _take_lock(self, lock_token: uuid.UUID | str) -> _Entry:
         self._expire_locks()
         lock = self._locks.pop(_token(lock_token), None)

@@ -12,6 +12,9 @@ UNIMPLEMENTED. Every call is recorded, in arrival order, in `LocalSettlementServ
 
 A host that stalls is `LocalSettlementServer.hold`: the next call of a method waits, before it is applied,
 until released, for a given time, or until the server stops (then it is not applied and answers UNAVAILABLE).
+A lock lost mid-work is `LocalSettlementServer.lose_lock`: the next call of a method finds the message's lock gone
+(the message deliverable again, as after a lock expiry) and fails as the host's does, FAILED_PRECONDITION
+"LockToken … not found." (the client raises ``SettlementError``).
 
 The client is a process-wide singleton built from ``--host/--port/--functions-grpc-max-message-length`` in
 ``sys.argv``; `point_message_actions_at` builds a fresh one for a given address with the real constructor
@@ -76,12 +79,25 @@ class Hold:
 
 
 class _Holds:
-    """The holds not yet taken by a call, and the stop signal that ends every wait."""
+    """The holds not yet taken by a call, the lost locks still to come, and the stop signal that ends every wait."""
 
     def __init__(self) -> None:
         self._pending: list[Hold] = []
+        self._lost: list[str] = []
         self._lock = threading.Lock()
         self.stopping = threading.Event()
+
+    def lose(self, method: str) -> None:
+        with self._lock:
+            self._lost.append(method)
+
+    def lost(self, method: str) -> bool:
+        """True (once per `lose`) when the lock of this call of `method` is to be lost first."""
+        with self._lock:
+            if method in self._lost:
+                self._lost.remove(method)
+                return True
+            return False
 
     def add(self, hold: Hold) -> None:
         with self._lock:
@@ -167,6 +183,8 @@ class _Servicer:
     ) -> Any:
         if not self._holds.wait(method):
             _abort(context, grpc.StatusCode.UNAVAILABLE, "the settlement server stopped")
+        if self._holds.lost(method):
+            self._queue.lose_lock(token)
         try:
             action()
         except LockLostError as error:
@@ -255,6 +273,11 @@ class LocalSettlementServer:
         hold = Hold(method=method, seconds=seconds, arrived=threading.Event(), release=threading.Event())
         self._holds.add(hold)
         return hold
+
+    def lose_lock(self, method: str) -> None:
+        """Make the next call of `method` (``Complete``, ``Deadletter``…) find its message's lock lost: the lock ends
+        first, as if it had expired (the message is deliverable again), and the call fails as the host's does."""
+        self._holds.lose(method)
 
     @property
     def calls(self) -> tuple[SettlementCall, ...]:

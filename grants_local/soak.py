@@ -4,7 +4,8 @@ Every choice comes from ``--seed``: the directory, the messages, and for each de
 and delivery count, so independent of scheduling order) the fault it meets. Time is a `ManualClock`:
 backoff, ``Retry-After``, lock expiry and replication delay cost no wall time.
 
-Messages (each (container, member) pair in exactly one message, so the expected final state is known):
+Messages (each (container, member) pair in exactly one message, so the expected final state is known), each sent by
+a producer on its own queue (`grants_local.producers`: the one its body names, unless the kind says otherwise):
 
 - ``add``: an existing principal not yet in the container; ends ``granted`` (or ``already_member`` when an
   earlier delivery's write landed before it crashed or timed out). Final: member.
@@ -35,6 +36,10 @@ Messages (each (container, member) pair in exactly one message, so the expected 
   or a bulk job's row on the interactive queue, a made-up ``seal``); some with a remove made an hour before it
   arrived (the forged ``arrivedAt`` would make the add the older). Final: member. None of it is believed: no
   attempt count or first attempt is forged, no removal is noted on the named request, no row is written.
+- ``forged_source``: an add from one producer's own queue whose body names another producer's source system:
+  dead-lettered ``SourceMismatch`` before any write. Final: not a member.
+- ``colliding``: two producers of one source system (ticketing and itsm, bulk and ops) send the same request id, each
+  for another member: two requests, each its producer's own, both granted. Final: both members.
 - ``squat``: a message under an id the app derives: a request id ``~expire:…``, ``~hr:…``, ``~drift-add:…`` (refused
   ``SchemaViolation``), sent under the MessageId the app would derive for another message's retry copy or a
   time-bound grant's expiry removal (the app keys those, so its own are not dropped as duplicates).
@@ -125,6 +130,8 @@ KINDS = {  # message kind -> weight
     "edge": 3,  # times at the domain's edges, inside it
     "forged": 4,  # internal properties a producer may not set
     "squat": 2,  # ids the app derives, taken first
+    "forged_source": 2,  # a producer's message naming another producer's source system
+    "colliding": 2,  # two producers, one request id, different content: two requests
 }
 #: Times at the domain's edges that it accepts (requestedAt); far expiries (expiresAt) at its end.
 EDGE_REQUESTED = (
@@ -172,6 +179,10 @@ ALLOWED = {
     "forged": {"granted", "already_member"},
     "forged_remove": {"revoked", "not_member", "superseded"},  # made an hour before the add arrived
     "squat": {"dead_lettered:SchemaViolation", "dead_lettered:InvalidJson"},
+    # a producer speaks only as itself: the message is refused before any write, whatever it asks
+    "forged_source": {"dead_lettered:SourceMismatch"},
+    # a request id is its producer's own: each producer's request runs as its own
+    "colliding": {"granted", "already_member"},
     # a replayed copy under another MessageId, on the queue the app sent it to: its request again (absorbed), a ~ id
     # refused, or (the queue's own producer speaking as another) refused as not its words
     "replay": {"dead_lettered:SchemaViolation", "dead_lettered:SourceMismatch", "dead_lettered:UnknownProducer"},
@@ -272,6 +283,12 @@ def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
             adds = [m.request_id for m in messages if m.kind == "add"]
             messages += _forged(graph, rng, n, rng.choice(units), expected, adds, victims, start)
             continue
+        if kind == "forged_source":
+            messages.append(_forged_source(graph, rng, n, rng.choice(units)))
+            continue
+        if kind == "colliding":
+            messages += _colliding(graph, rng, n, rng.choice(units), expected)
+            continue
         if kind == "squat":
             messages.append(_squat(rng, n, rng.choice(units), messages))
             continue
@@ -338,6 +355,62 @@ def _unit_body(request_id: str, action: str, unit: str, member: str, **fields: A
         **fields,
     }
     return json.dumps(document).encode()
+
+
+#: Producers of one source system (grants_local.producers): two of them may use one request id, each its own.
+_SAME_SYSTEM = (("ticketing", "itsm", "ticketing"), ("bulk", "ops", "bulk"))
+
+
+def _forged_source(graph: GraphDouble, rng: random.Random, n: int, unit: str) -> Planned:
+    """An add from one producer's queue whose body names another producer's source system: refused, never granted
+    (the member is not expected in the unit)."""
+    member = guid(rng)
+    graph.add_user(member)
+    sender = rng.choice(["bulk", "other", "ops", "hr"])
+    claimed = rng.choice([system for system in ("hr", "ticketing", "bulk", "other") if system != _SYSTEM_OF[sender]])
+    body = json.loads(_unit_body(f"soak-{n}", "add", unit, member))
+    body["source"] = {"system": claimed, "reference": f"soak-{n}"}
+    raw = json.dumps(body).encode()
+    return Planned(f"m-{n}", f"soak-{n}", "forged_source", unit, member, raw, f"(?:{unit})", producer=sender)
+
+
+_SYSTEM_OF = {
+    "ticketing": "ticketing",
+    "itsm": "ticketing",
+    "hr": "hr",
+    "bulk": "bulk",
+    "ops": "bulk",
+    "other": "other",
+}
+
+
+def _colliding(
+    graph: GraphDouble, rng: random.Random, n: int, unit: str, expected: dict[str, set[str]]
+) -> list[Planned]:
+    """Two producers of one source system send one request id, each asking for another member: two requests, both
+    granted (neither a conflict nor a duplicate of the other)."""
+    first, second, system = rng.choice(_SAME_SYSTEM)
+    planned = []
+    for producer in (first, second):
+        member = guid(rng)
+        graph.add_user(member)
+        expected[unit].add(member)
+        body = json.loads(_unit_body(f"soak-{n}-shared", "add", unit, member))
+        body["source"] = {"system": system, "reference": f"soak-{n}"}
+        raw = json.dumps(body).encode()
+        planned.append(
+            Planned(
+                f"m-{n}-{producer}",
+                f"{producer}:soak-{n}-shared",
+                "colliding",
+                unit,
+                member,
+                raw,
+                f"(?:{unit})",
+                producer=producer,
+            )
+        )
+    return planned
 
 
 def _future(graph: GraphDouble, rng: random.Random, n: int, unit: str) -> list[Planned]:
@@ -875,6 +948,8 @@ def check(
             forged_attempts += int(record.get("attempts") or 0) >= FORGED_ATTEMPT
             forged_first += str(record.get("firstAttemptAt") or "9999") < EPOCH.isoformat()
         request_id = record.get("requestId") or request_of.get(str(record.get("originalMessageId")))
+        if f"{record.get('producer')}:{request_id}" in by_request:  # one id, two producers: each its own request
+            request_id = f"{record.get('producer')}:{request_id}"
         replayed = str(record.get("originalMessageId")) in soak.replays
         if replayed and record.get("terminal"):
             replays_seen.add(str(record.get("originalMessageId")))

@@ -39,6 +39,14 @@ writes 20/s divided by maximumInstanceCount (the quota is reached only when ever
 @allowed(['adaptive', 'static'])
 param graphWritePacing string = 'adaptive'
 
+@description('''maxDeliveryCount of every queue and subscription the app reads, and the app's GRANTS_MAX_DELIVERY_COUNT
+(derived from what those entities get): one number. At least the app's GRANTS_MAX_ATTEMPTS (8): a message retried by
+its redelivery (an HR event) counts each delivery as an attempt, and the app refuses to start with fewer; at most 10,
+the poison-message backstop.''')
+@minValue(8)
+@maxValue(10)
+param maxDeliveryCount int = 10
+
 @description('Let the app activate a directory role from its template the first time it grants it.')
 param activateRoles bool = false
 
@@ -126,7 +134,13 @@ module identity 'modules/identity.bicep' = {
 
 module servicebus 'modules/servicebus.bicep' = {
   name: 'servicebus'
-  params: { name: 'sb-grants-${token}', location: location, tags: tags, producers: producers }
+  params: {
+    name: 'sb-grants-${token}'
+    location: location
+    tags: tags
+    producers: producers
+    maxDeliveryCount: maxDeliveryCount
+  }
 }
 
 module storage 'modules/storage.bicep' = {
@@ -161,6 +175,7 @@ module functionApp 'modules/functionapp.bicep' = {
     hrEventsQueue: servicebus.outputs.hrEventsQueue
     outcomesTopic: servicebus.outputs.outcomesTopic
     callbackQueue: servicebus.outputs.callbackQueue
+    maxDeliveryCount: servicebus.outputs.maxDeliveryCount
     callbackHosts: empty(callbackHosts) ? '' : string({ ticketing: split(replace(callbackHosts, ' ', ''), ',') })
     graphBaseUrl: graphBaseUrl
     maximumInstanceCount: maximumInstanceCount

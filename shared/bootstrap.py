@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 
 from shared.adapters.callbacks import CallbackClient
-from shared.adapters.directory import DirectoryReader, ReadPacer
+from shared.adapters.directory import DirectoryReader, ReadPacer, RoleIds, UnitKinds
 from shared.adapters.governor import WriteGovernor
 from shared.adapters.graph import GraphClient, new_http_client
 from shared.adapters.identity import ManagedIdentityTokens, TokenSource, managed_identity_credential
@@ -162,6 +162,8 @@ def bootstrap(
         callback_sender = SealingSender(callback_sender, sealer)
     if publisher is not None:
         publisher = SealingPublisher(publisher, sealer)
+    role_ids = RoleIds()  # a role template's id, looked up once per process for grants and drift alike
+    units = UnitKinds()  # a unit's kind (restricted-management, dynamic), read once per process, again by a sweep
     grants = GrantService(
         graph=graph,
         policy=grant_policy,
@@ -170,6 +172,8 @@ def bootstrap(
         now=now,
         activate_roles=settings.activate_roles,
         dry_run=settings.dry_run,
+        role_ids=role_ids,
+        units=units,
     )
     gate = IntentGate(ledger=ledger, grants=grants, now=now)
     retry_policy = retry_policy or RetryPolicy(
@@ -238,7 +242,9 @@ def bootstrap(
         status=StatusApi(ledger=ledger, producers=settings.producers, api_auth=settings.api_auth),
         drift=DriftHandler(
             service=DriftService(
-                reader=DirectoryReader(graph=graph, pacer=ReadPacer(rate=settings.graph_read_rate)),
+                reader=DirectoryReader(
+                    graph=graph, pacer=ReadPacer(rate=settings.graph_read_rate), role_ids=role_ids, units=units
+                ),
                 ledger=ledger,
                 graph=graph,
                 policy=DriftPolicy.load(settings.policy_path),

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from shared.core.callbacks import CallbackPolicy, callback_hosts_setting
 from shared.core.errors import ConfigError
 from shared.core.producers import Producers
+from shared.core.retry import delivery_count_problem
 
 __all__ = ["APP_SETTINGS", "LEDGER_CONNECTION_STRING", "LedgerConnection", "Settings"]
 
@@ -207,6 +208,8 @@ class Settings:
             raise ConfigError("GRAPH_BASE_URL may use plain http only on loopback (the local Graph double)")
         max_attempts = _number(get, "GRANTS_MAX_ATTEMPTS", minimum=1, integer=True)
         max_deliveries = _number(get, "GRANTS_MAX_DELIVERY_COUNT", minimum=1, integer=True)
+        if problem := delivery_count_problem(max_deliveries=int(max_deliveries), max_attempts=int(max_attempts)):
+            raise ConfigError(f"GRANTS_MAX_DELIVERY_COUNT (the queues' maxDeliveryCount) {problem}")
         base = _number(get, "GRANTS_RETRY_BASE_SECONDS", minimum=0)
         cap = _number(get, "GRANTS_RETRY_MAX_SECONDS", minimum=0)
         window = _number(get, "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS", minimum=0)

@@ -285,7 +285,7 @@ async def test_given_a_settlement_redelivered_after_a_crash_then_one_event_is_pu
     crashed = CrashingActions(h.app.actions, crash_on="complete")
     host = LocalHost(queue=h.app.queue, function=GRANT, actions=crashed, clock=h.clock)
     await host.drain()
-    assert host.failed_invocations == 1
+    assert host.failed_invocations == 0  # the settlement failure ends in an unsettled line, not a raise
     assert by_request(h.app.outcomes(), "RITM0010001")["outcome"] == "already_member"
     assert (h.callbacks.topic.stats.sent, h.callbacks.topic.stats.duplicates_dropped) == (1, 1)
     [(_, properties, record)] = h.events()
@@ -324,7 +324,9 @@ async def test_given_a_publish_that_fails_once_then_the_redelivery_publishes_and
     assert h.app.calls() == ["Complete"]
     assert (h.app.queue.stats.locks_expired, h.app.queue.stats.abandoned) == (1, 0)
     [(_, properties, record)] = h.events()
-    assert (properties["outcome"], record["outcome"], record["attempts"]) == ("already_member", "already_member", 2)
+    # the first delivery granted and recorded it; its redelivery finds the member in place and tells the recorded
+    # outcome (the status keeps what Graph did)
+    assert (properties["outcome"], record["outcome"], record["attempts"]) == ("granted", "granted", 2)
 
 
 async def test_given_events_of_every_kind_then_their_properties_let_subscriptions_filter(

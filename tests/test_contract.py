@@ -18,6 +18,7 @@ from shared.core.contract import (
     LIMITS,
     MAX_CALLBACK_URL_CHARS,
     MAX_MESSAGE_BYTES,
+    MEMBER_TYPES,
     Action,
     AdministrativeUnit,
     DirectoryRole,
@@ -155,8 +156,23 @@ def test_requested_at_survives_to_document_and_back() -> None:
         ),
         (
             encode(message(target={"type": "directoryRole", "id": AU}, member={"id": USER, "type": "device"})),
-            Reason.UNSUPPORTED_TARGET,
-            "device cannot be a member of a directory role",
+            Reason.UNSUPPORTED_MEMBER,
+            "member.type device cannot be a member of a directory role",
+        ),
+        (
+            encode(message(member={"id": USER, "type": "servicePrincipal"})),
+            Reason.UNSUPPORTED_MEMBER,
+            "member.type servicePrincipal cannot be a member of an administrative unit (it takes: device, group, user)",
+        ),
+        (
+            encode(
+                message(
+                    target={"type": "scopedRole", "roleTemplateId": AU, "administrativeUnitId": AU},
+                    member={"id": USER, "type": "servicePrincipal"},
+                )
+            ),
+            Reason.UNSUPPORTED_MEMBER,
+            "cannot be a member of a role scoped to an administrative unit",
         ),
         (encode(message(member={"id": USER, "type": "robot"})), Reason.SCHEMA_VIOLATION, "member.type must be one of"),
         (encode(message(member={"id": USER, "upn": "x"})), Reason.SCHEMA_VIOLATION, "member.upn is not a field"),
@@ -261,6 +277,7 @@ CONTRACT_REASONS = {
     Reason.SCHEMA_VIOLATION,
     Reason.INVALID_ID,
     Reason.UNSUPPORTED_TARGET,
+    Reason.UNSUPPORTED_MEMBER,
 }
 
 
@@ -372,6 +389,29 @@ def test_schema_names_the_same_fields_enums_and_limits_as_the_model() -> None:
     assert properties["source"]["properties"]["system"]["enum"] == [s.value for s in SourceSystem]
     assert SCHEMA["$defs"]["text256"]["maxLength"] == LIMITS["requestedBy"] == LIMITS["source.reference"]
     assert SCHEMA["$defs"]["text1024"]["maxLength"] == LIMITS["reason"]
+
+
+def test_schema_refuses_the_member_types_each_target_cannot_hold_as_the_contract_does() -> None:
+    """The schema's target-to-member-type rules (UnsupportedMember) are the complement of `MEMBER_TYPES`."""
+    refused: dict[str, set[str]] = {}
+    for rule in SCHEMA["allOf"]:
+        kind = rule["if"]["properties"]["target"]["properties"]["type"]["const"]
+        excluded = rule["then"]["properties"]["member"]["properties"]["type"]["not"]
+        refused[kind] = set(excluded.get("enum", [excluded.get("const")]))
+    assert refused == {
+        kind: {t.value for t in MemberType} - {t.value for t in taken} for kind, taken in MEMBER_TYPES.items()
+    }
+    for kind, taken in MEMBER_TYPES.items():
+        target = {"administrativeUnit": {"type": kind, "id": AU}, "directoryRole": {"type": kind, "id": AU}}.get(
+            kind, {"type": kind, "roleTemplateId": AU, "administrativeUnitId": AU}
+        )
+        for member_type in MemberType:
+            document = message(target=target, member={"id": USER, "type": member_type.value})
+            assert VALIDATOR.is_valid(document) == (member_type in taken), (kind, member_type)
+            if member_type not in taken:
+                with pytest.raises(ContractError) as refusal:
+                    parse_grant(encode(document))
+                assert refusal.value.reason is Reason.UNSUPPORTED_MEMBER
 
 
 field_values = st.one_of(

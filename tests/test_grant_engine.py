@@ -34,6 +34,9 @@ from tests.conftest import (
     settings_for,
 )
 
+SERVICE_PRINCIPAL = "d5c1a2d5-9101-44b2-83ab-885db8a647d0"
+GROUP = "65c1a2d5-9101-44b2-83ab-885db8a647cf"  # a security group that is not role-assignable
+
 
 def command(
     *, target: dict[str, str] | None = None, member: str = USER, action: str = "add", member_type: str = "user"
@@ -258,19 +261,29 @@ async def test_any_other_4xx_is_permanent_graph_rejected(services: Services, gra
     assert caught.value.graph.code == "BadRequest"
 
 
-async def test_graph_refuses_a_device_in_a_role_as_graph_rejected(services: Services, graph: GraphDouble) -> None:
-    """The contract already refuses devices typed as such; an untyped device id reaches Graph, which says no."""
-    untyped = parse_grant(
-        body(
-            requestId="dev-1",
-            target={"type": "directoryRole", "id": HELPDESK_ROLE},
-            member={"id": DEVICE},
-            source={"system": "other"},
-        )
-    )
+@pytest.mark.parametrize(
+    ("target", "member"),
+    [
+        ({"type": "directoryRole", "id": HELPDESK_ROLE}, DEVICE),
+        ({"type": "administrativeUnit", "id": AU}, SERVICE_PRINCIPAL),
+        ({"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE}, GROUP),
+    ],
+    ids=["device in a role", "service principal in a unit", "group not role-assignable in a role"],
+)
+async def test_graph_refusing_an_untyped_member_the_target_cannot_hold_is_unsupported_member(
+    services: Services, graph: GraphDouble, target: dict[str, str], member: str
+) -> None:
+    """The contract refuses the member types it knows a target cannot hold; an untyped member reaches Graph, which
+    says no: the same reason, `UnsupportedMember`, with Graph's words."""
+    graph.add_service_principal(SERVICE_PRINCIPAL)
+    graph.add_group(GROUP)
+    untyped = parse_grant(body(requestId="dev-1", target=target, member={"id": member}, source={"system": "other"}))
     with pytest.raises(PermanentError) as caught:
         await execute(services, untyped)
-    assert caught.value.reason is Reason.GRAPH_REJECTED
+    assert caught.value.reason is Reason.UNSUPPORTED_MEMBER
+    assert caught.value.graph is not None
+    assert caught.value.graph.status == 400
+    assert graph.members_of(target.get("id") or HELPDESK_ROLE) == set()
 
 
 async def test_no_token_is_transient_token_unavailable(

@@ -111,6 +111,7 @@ def not_found(object_id: str) -> str:
 
 ALREADY_EXIST = "One or more added object references already exist for the following modified properties: 'members'."
 CONFLICT = "A conflicting object with one or more of the specified property values is present in the directory."
+UNSUPPORTED_MEMBER = "Unsupported referenced-object resource identifier for link property 'members'."
 
 
 # --- administrative units ---------------------------------------------------------------------------
@@ -152,15 +153,23 @@ async def test_adding_to_or_from_an_unknown_object_is_404_naming_it(
     assert_error(response, 404, "Request_ResourceNotFound", not_found(named))
 
 
-async def test_administrative_units_alias_and_uppercase_ids_reach_the_same_unit(
-    graph_double: GraphDouble, client: httpx.AsyncClient
-) -> None:
+async def test_uppercase_ids_reach_the_same_unit(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
     response = await client.post(
-        f"/administrativeUnits/{AU.upper()}/members/$ref", json=ref(graph_double, USER.upper())
+        f"/directory/administrativeUnits/{AU.upper()}/members/$ref", json=ref(graph_double, USER.upper())
     )
 
     assert response.status_code == 204
     assert graph_double.members_of(AU) == {USER}
+
+
+async def test_there_are_no_administrative_units_at_the_root_in_v1(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    """v1.0 has administrativeUnits under /directory only (its description has no such entity set at the root)."""
+    response = await client.post(f"/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
+
+    assert_error(response, 400, "BadRequest", "Resource not found for the segment 'administrativeUnits'.")
+    assert graph_double.members_of(AU) == set()
 
 
 @pytest.mark.parametrize(
@@ -214,13 +223,78 @@ async def test_reading_an_au_and_its_members(graph_double: GraphDouble, client: 
     assert_error(missing, 404, "Request_ResourceNotFound", not_found(MISSING))
 
 
+@pytest.mark.parametrize(
+    ("member", "status"), [(USER, 204), (GROUP, 204), (DEVICE, 204), (SP, 400)], ids=["user", "group", "device", "sp"]
+)
+async def test_a_unit_takes_users_groups_and_devices_only(
+    graph_double: GraphDouble, client: httpx.AsyncClient, member: str, status: int
+) -> None:
+    """An administrative unit holds users, groups and devices (Graph's administrativeUnit resource page); Graph
+    refuses any other principal, a service principal among them."""
+    response = await client.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, member))
+
+    assert response.status_code == status
+    if status == 400:
+        assert_error(response, 400, "Request_BadRequest", UNSUPPORTED_MEMBER)
+    assert graph_double.members_of(AU) == ({member} if status == 204 else set())
+
+
+RESTRICTED = "a0000000-0000-4000-8000-0000000000e1"
+DYNAMIC = "a0000000-0000-4000-8000-0000000000d1"
+
+
+async def test_a_restricted_management_unit_refuses_the_apps_writes_until_it_holds_a_role_at_its_scope(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    """Application permissions do not apply inside a restricted-management unit: Graph's 403 is the one for a missing
+    permission; a role assigned to the app at the unit's scope lets the writes through."""
+    graph_double.add_administrative_unit(RESTRICTED, restricted=True, members=[USER_2])
+
+    added = await client.post(f"/directory/administrativeUnits/{RESTRICTED}/members/$ref", json=ref(graph_double, USER))
+    removed = await client.delete(f"/directory/administrativeUnits/{RESTRICTED}/members/{USER_2}/$ref")
+    unit = await client.get(f"/directory/administrativeUnits/{RESTRICTED}?$select=isMemberManagementRestricted")
+    graph_double.scope_app_to_unit(RESTRICTED)
+    scoped = await client.post(
+        f"/directory/administrativeUnits/{RESTRICTED}/members/$ref", json=ref(graph_double, USER)
+    )
+
+    assert_error(added, 403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+    assert_error(removed, 403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+    assert unit.json() == {"@odata.type": "#microsoft.graph.administrativeUnit", "isMemberManagementRestricted": True}
+    assert scoped.status_code == 204
+    assert graph_double.members_of(RESTRICTED) == {USER, USER_2}
+
+
+async def test_a_dynamic_unit_refuses_every_manual_add_and_remove(
+    graph_double: GraphDouble, client: httpx.AsyncClient
+) -> None:
+    graph_double.add_administrative_unit(DYNAMIC, membership_rule='user.department -eq "Sales"', members=[USER_2])
+
+    added = await client.post(f"/directory/administrativeUnits/{DYNAMIC}/members/$ref", json=ref(graph_double, USER))
+    removed = await client.delete(f"/directory/administrativeUnits/{DYNAMIC}/members/{USER_2}/$ref")
+    unit = await client.get(f"/directory/administrativeUnits/{DYNAMIC}")
+    listed = await client.get(f"/directory/administrativeUnits/{DYNAMIC}/members?$select=id")
+
+    assert_error(added, 400, "Request_BadRequest")
+    assert_error(removed, 400, "Request_BadRequest")
+    assert unit.json()["membershipType"] == "Dynamic"
+    assert unit.json()["membershipRule"] == 'user.department -eq "Sales"'
+    assert unit.json()["isMemberManagementRestricted"] is False
+    assert [item["id"] for item in listed.json()["value"]] == [USER_2]
+    assert graph_double.members_of(DYNAMIC) == {USER_2}
+
+
 # --- directory roles --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("role", [ROLE, f"roleTemplateId={TEMPLATE}"], ids=["by id", "by template"])
+@pytest.mark.parametrize(
+    "role",
+    [f"/{ROLE}", f"/roleTemplateId={TEMPLATE}", f"(roleTemplateId='{TEMPLATE}')"],
+    ids=["by id", "by template (the documented add)", "by the template alternate key"],
+)
 async def test_adding_a_role_member_then_again(graph_double: GraphDouble, client: httpx.AsyncClient, role: str) -> None:
-    added = await client.post(f"/directoryRoles/{role}/members/$ref", json=ref(graph_double, SP))
-    again = await client.post(f"/directoryRoles/{role}/members/$ref", json=ref(graph_double, SP))
+    added = await client.post(f"/directoryRoles{role}/members/$ref", json=ref(graph_double, SP))
+    again = await client.post(f"/directoryRoles{role}/members/$ref", json=ref(graph_double, SP))
 
     assert added.status_code == 204
     assert_error(again, 400, "Request_BadRequest", ALREADY_EXIST)
@@ -233,16 +307,47 @@ async def test_role_by_template_that_is_not_activated_is_404_naming_the_template
     added = await client.post(
         f"/directoryRoles/roleTemplateId={IDLE_TEMPLATE}/members/$ref", json=ref(graph_double, USER)
     )
-    read = await client.get(f"/directoryRoles/roleTemplateId={IDLE_TEMPLATE}")
+    read = await client.get(f"/directoryRoles(roleTemplateId='{IDLE_TEMPLATE}')")
 
     assert_error(added, 404, "Request_ResourceNotFound", not_found(IDLE_TEMPLATE))
     assert_error(read, 404, "Request_ResourceNotFound", not_found(IDLE_TEMPLATE))
 
 
 @pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("GET", f"/directoryRoles/roleTemplateId={TEMPLATE}"),
+        ("GET", f"/directoryRoles/roleTemplateId={TEMPLATE}/members"),
+        ("DELETE", f"/directoryRoles/roleTemplateId={TEMPLATE}/members/{USER}/$ref"),
+    ],
+    ids=["read", "list", "remove"],
+)
+async def test_the_template_as_a_key_segment_is_refused_but_for_the_documented_add(
+    graph_double: GraphDouble, client: httpx.AsyncClient, method: str, url: str
+) -> None:
+    """Graph documents ``roleTemplateId={t}`` as a key segment only for ``POST .../members/$ref``; the double answers
+    the rest as Graph answers a key that is not an object id."""
+    graph_double.add_member(TEMPLATE, USER)
+
+    response = await client.request(method, url)
+
+    assert_error(response, 400, "Request_BadRequest", f"Invalid object identifier 'roleTemplateId={TEMPLATE}'.")
+    assert graph_double.members_of(ROLE) == {USER}
+
+
+async def test_one_member_of_a_role_cannot_be_read(graph_double: GraphDouble, client: httpx.AsyncClient) -> None:
+    """Graph documents no read of one role member (``GET /directoryRoles/{id}/members/{id}``): only the listing."""
+    graph_double.add_member(TEMPLATE, USER)
+
+    response = await client.get(f"/directoryRoles/{ROLE}/members/{USER}")
+
+    assert_error(response, 400, "BadRequest", f"Resource not found for the segment '{USER}'.")
+
+
+@pytest.mark.parametrize(
     ("member", "message"),
     [
-        (DEVICE, "Unsupported referenced-object resource identifier for link property 'members'."),
+        (DEVICE, UNSUPPORTED_MEMBER),
         (GROUP, "Groups without IsAssignableToRole property set cannot be assigned to roles."),
     ],
     ids=["device", "group not assignable to roles"],
@@ -262,14 +367,14 @@ async def test_role_assignable_group_can_hold_a_role(graph_double: GraphDouble, 
     assert response.status_code == 204
 
 
-@pytest.mark.parametrize("role", [ROLE, f"roleTemplateId={TEMPLATE}"], ids=["by id", "by template"])
+@pytest.mark.parametrize("role", [f"/{ROLE}", f"(roleTemplateId='{TEMPLATE}')"], ids=["by id", "by template"])
 async def test_removing_a_role_member_then_again(
     graph_double: GraphDouble, client: httpx.AsyncClient, role: str
 ) -> None:
     await client.post(f"/directoryRoles/{ROLE}/members/$ref", json=ref(graph_double, USER))
 
-    removed = await client.delete(f"/directoryRoles/{role}/members/{USER}/$ref")
-    again = await client.delete(f"/directoryRoles/{role}/members/{USER}/$ref")
+    removed = await client.delete(f"/directoryRoles{role}/members/{USER}/$ref")
+    again = await client.delete(f"/directoryRoles{role}/members/{USER}/$ref")
 
     assert removed.status_code == 204
     assert_error(again, 404, "Request_ResourceNotFound", not_found(USER))
@@ -279,16 +384,14 @@ async def test_reading_a_role_and_its_members(graph_double: GraphDouble, client:
     await client.post(f"/directoryRoles/{ROLE}/members/$ref", json=ref(graph_double, USER))
 
     by_id = await client.get(f"/directoryRoles/{ROLE}")
-    by_template = await client.get(f"/directoryRoles/roleTemplateId={TEMPLATE}")
-    member = await client.get(f"/directoryRoles/{ROLE}/members/{USER}")
-    non_member = await client.get(f"/directoryRoles/{ROLE}/members/{USER_2}")
+    by_template = await client.get(f"/directoryRoles(roleTemplateId='{TEMPLATE}')")
+    listed = await client.get(f"/directoryRoles/{ROLE}/members?$select=id")
     missing = await client.get(f"/directoryRoles/{MISSING}")
 
     expected = {"id": ROLE, "roleTemplateId": TEMPLATE, "displayName": "Helpdesk Administrator"}
     assert by_id.json().items() >= expected.items()
     assert by_template.json() == by_id.json()
-    assert member.json()["@odata.type"] == "#microsoft.graph.user"
-    assert_error(non_member, 404, "Request_ResourceNotFound", not_found(USER_2))
+    assert listed.json()["value"] == [{"@odata.type": "#microsoft.graph.user", "id": USER}]
     assert_error(missing, 404, "Request_ResourceNotFound", not_found(MISSING))
 
 
@@ -789,7 +892,7 @@ async def test_bad_select_or_skip_token_is_400(client: httpx.AsyncClient) -> Non
     assert_error(token, 400, "Request_BadRequest")
 
 
-@pytest.mark.parametrize("role", [ROLE, f"roleTemplateId={TEMPLATE}"], ids=["by id", "by template"])
+@pytest.mark.parametrize("role", [f"/{ROLE}", f"(roleTemplateId='{TEMPLATE}')"], ids=["by id", "by template"])
 async def test_role_members_are_one_page_and_top_is_refused(
     graph_double: GraphDouble, client: httpx.AsyncClient, role: str
 ) -> None:
@@ -798,8 +901,8 @@ async def test_role_members_are_one_page_and_top_is_refused(
     for member in members:
         graph_double.add_member(TEMPLATE, member)
 
-    listed = await client.get(f"/directoryRoles/{role}/members?$select=id")
-    paged = await client.get(f"/directoryRoles/{role}/members?$top=10")
+    listed = await client.get(f"/directoryRoles{role}/members?$select=id")
+    paged = await client.get(f"/directoryRoles{role}/members?$top=10")
 
     assert [item["id"] for item in listed.json()["value"]] == members
     assert "@odata.nextLink" not in listed.json()

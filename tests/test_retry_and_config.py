@@ -8,7 +8,8 @@ import pytest
 
 from shared.config import APP_ROOT, APP_SETTINGS, AZURITE_KEY, LedgerConnection, Settings
 from shared.core.errors import ConfigError, Reason, TransientError
-from shared.core.retry import GiveUp, Retry, RetryPolicy
+from shared.core.retry import GiveUp, Retry, RetryPolicy, delivery_count_problem
+from shared.runtime import check_configuration
 
 UNAVAILABLE = TransientError(Reason.GRAPH_UNAVAILABLE, "503")
 MISSING_MEMBER = TransientError(Reason.MEMBER_NOT_FOUND, "404")
@@ -118,6 +119,8 @@ def test_scope_follows_the_national_cloud(url: str, scope: str) -> None:
         ("GRAPH_BASE_URL", "graph.microsoft.com", "absolute http(s) URL"),
         ("GRANTS_MAX_ATTEMPTS", "0", "at least 1"),
         ("GRANTS_MAX_ATTEMPTS", "2.5", "whole number"),
+        ("GRANTS_MAX_DELIVERY_COUNT", "1", "at least 2 are needed"),
+        ("GRANTS_MAX_DELIVERY_COUNT", "7", "fewer than GRANTS_MAX_ATTEMPTS (8)"),
         ("GRANTS_RETRY_BASE_SECONDS", "-1", "at least 0"),
         ("GRANTS_RETRY_MAX_SECONDS", "nan", "at least 0"),
         ("GRANTS_ACTIVATE_ROLES", "maybe", "true or false"),
@@ -203,3 +206,25 @@ def test_a_bad_ledger_connection_string_is_refused_without_showing_its_key(value
 def test_the_ledger_connection_string_is_refused_inside_azure() -> None:
     with pytest.raises(ConfigError, match="local runs only"):
         Settings.from_env({"GrantsLedger": "UseDevelopmentStorage=true", "WEBSITE_INSTANCE_ID": "abc"})
+
+
+@pytest.mark.parametrize(
+    ("deliveries", "attempts", "consistent"),
+    [(10, 8, True), (8, 8, True), (2, 1, True), (1, 1, False), (7, 8, False), (10, 11, False)],
+)
+def test_a_delivery_count_is_consistent_when_it_allows_a_next_delivery_and_every_attempt(
+    deliveries: int, attempts: int, consistent: bool
+) -> None:
+    """Waiting for a lock expiry needs a next delivery; a message retried by its redelivery needs as many deliveries
+    as GRANTS_MAX_ATTEMPTS allows attempts."""
+    assert (delivery_count_problem(max_deliveries=deliveries, max_attempts=attempts) is None) is consistent
+
+
+def test_the_app_refuses_to_start_with_fewer_deliveries_than_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRANTS_MAX_ATTEMPTS", "9")
+    monkeypatch.setenv("GRANTS_MAX_DELIVERY_COUNT", "8")
+    with pytest.raises(ConfigError, match="GRANTS_MAX_DELIVERY_COUNT") as caught:
+        check_configuration()
+    assert "fewer than GRANTS_MAX_ATTEMPTS (9)" in str(caught.value)
+    monkeypatch.setenv("GRANTS_MAX_DELIVERY_COUNT", "9")
+    check_configuration()

@@ -137,3 +137,38 @@ async def test_given_a_settlement_that_answers_after_its_deadline_then_the_outco
     ]
     assert run.app.calls() == ["Complete"]
     assert run.queue.stats.completed == 1
+
+
+async def test_given_a_lock_lost_mid_write_then_one_outcome_line_each_delivery_and_the_granted_record_stays(
+    make_run: Callable[..., Any], graph: Any
+) -> None:
+    """The host answers the granting delivery's complete FAILED_PRECONDITION (its lock was lost while Graph wrote):
+    that delivery logs one outcome line (unsettled, saying it granted), the function does not raise, and the
+    redelivery, which finds the member in place, ends already_member without writing over the granted status and its
+    Graph request id; one outcome event (the topic keeps the first)."""
+    run: Run = await make_run(GRANTS_OUTCOMES_TOPIC="grant-outcomes")
+    run.app.server.lose_lock("Complete")
+    host = run.app.host()
+    run.queue.send(body(requestId="lost-1"), message_id="m-lost")
+
+    await host.drain()
+
+    assert host.failed_invocations == 0, "the function did not raise"
+    assert [(c.method, c.code) for c in run.app.server.calls] == [
+        ("Complete", "FAILED_PRECONDITION"),
+        ("Complete", "OK"),
+    ]
+    first, second = run.app.recorder.records
+    assert (first["outcome"], first["terminal"]) == ("unsettled", False)
+    assert first["description"].startswith("granted: added user")
+    assert "the host refused complete (SettlementError" in first["description"]
+    assert (second["outcome"], second["attempts"]) == ("already_member", 2)
+    assert "status stays granted" in second["description"]
+    assert first["graphRequestId"] in second["description"]
+    status = await run.app.services.ledger.status("lost-1", producer="bulk")
+    assert status is not None
+    assert (status.status.value, status.graph_request_id) == ("granted", first["graphRequestId"])
+    assert graph.members_of(AU) == {USER}
+    assert run.app.callbacks is not None
+    events = [json.loads(body) for _, _, body in run.app.callbacks.topic.accepted]
+    assert [(e["requestId"], e["outcome"]) for e in events] == [("lost-1", "granted")]

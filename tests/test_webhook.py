@@ -332,7 +332,13 @@ async def test_given_fields_valid_alone_but_not_together_when_posted_then_400_na
     status, problem, _ = await call(run, body)
     assert (status, problem["errors"]) == (
         400,
-        [{"pointer": "/target", "detail": "a device cannot be a member of a directory role"}],
+        [
+            {
+                "pointer": "/member/type",
+                "detail": "member.type device cannot be a member of a directory role (it takes: group, "
+                "servicePrincipal, user)",
+            }
+        ],
     )
 
 
@@ -357,8 +363,8 @@ async def test_given_a_ticket_approved_by_its_requester_when_posted_then_400(run
                 target={"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE},
                 member={"id": USER, "type": "device"},
             ),
-            "/target",
-            "a device cannot",
+            "/member/type",
+            "member.type device cannot",
         ),
         (contract("~expire:INC1"), "/requestId", "requestId must be 1 to 128 characters"),
         (ticket(expiresAt="9999-12-31T23:59:59-01:00"), "/expiresAt", "expiresAt must be"),

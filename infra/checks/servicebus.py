@@ -2,7 +2,9 @@
 
 `infra/check.sh` loads them with ``--external-checks-dir infra/checks``; `infra/tests` proves each one fails
 on a namespace or queue that lacks its setting. A value checkov cannot resolve (a parameter) fails too:
-these settings are meant to be literals.
+these settings are meant to be literals, but for ``maxDeliveryCount``, which may be servicebus.bicep's one
+``maxDeliveryCount`` parameter (the app's GRANTS_MAX_DELIVERY_COUNT derives from it; infra/tests checks its bounds
+and every entity's use of it).
 """
 
 from __future__ import annotations
@@ -61,13 +63,18 @@ class NamespaceMinimumTls(BaseResourceCheck):
         return _result(_properties(conf).get("minimumTlsVersion") in ("1.2", "1.3"))
 
 
+#: The one parameter a queue's or subscription's maxDeliveryCount may name (servicebus.bicep; bounded 8..10 there).
+DELIVERY_COUNT_PARAMETER = "maxDeliveryCount"
+
+
 class QueueMaxDeliveryCount(BaseResourceCheck):
-    """A poison message is dead-lettered after a bounded number of deliveries (explicit, at most 10): queues and
-    topic subscriptions, the entities a receiver settles."""
+    """A poison message is dead-lettered after a bounded number of deliveries (explicit, at most 10, or the module's
+    one bounded `DELIVERY_COUNT_PARAMETER`): queues and topic subscriptions, the entities a receiver settles."""
 
     def __init__(self) -> None:
         super().__init__(
-            name="Service Bus queues and subscriptions set maxDeliveryCount from 1 to 10 (the poison-message backstop)",
+            name="Service Bus queues and subscriptions set maxDeliveryCount from 1 to 10, or to the one bounded "
+            "parameter (the poison-message backstop)",
             id="CKV_GRANTS_SB_3",
             categories=[CheckCategories.GENERAL_SECURITY],
             supported_resources=[QUEUES, SUBSCRIPTIONS],
@@ -75,6 +82,8 @@ class QueueMaxDeliveryCount(BaseResourceCheck):
 
     def scan_resource_conf(self, conf: dict[str, Any]) -> CheckResult:
         count = _properties(conf).get("maxDeliveryCount")
+        if count == DELIVERY_COUNT_PARAMETER:
+            return CheckResult.PASSED
         return _result(isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= 10)
 
 

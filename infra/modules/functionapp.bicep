@@ -14,6 +14,9 @@ param grantsBulkQueue string
 param hrEventsQueue string
 param outcomesTopic string
 param callbackQueue string
+@description('The queues\' maxDeliveryCount as deployed (servicebus.bicep\'s output): GRANTS_MAX_DELIVERY_COUNT.')
+@minValue(2)
+param maxDeliveryCount int
 @description('GRANTS_CALLBACK_HOSTS: JSON, source system -> host names callbacks may go to; empty: no callbacks.')
 param callbackHosts string
 param graphBaseUrl string
@@ -108,8 +111,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'HR_TIME_ZONE', value: 'UTC' }
         { name: 'GRANTS_ACTIVATE_ROLES', value: activateRoles ? 'true' : 'false' }
         { name: 'GRANTS_MAX_ATTEMPTS', value: '8' }
-        // The queues' maxDeliveryCount (servicebus.bicep): the app dead-letters the last delivery itself, with its reason.
-        { name: 'GRANTS_MAX_DELIVERY_COUNT', value: '10' }
+        // The queues' maxDeliveryCount, derived from the entities (servicebus.bicep's output): the app dead-letters the
+        // last delivery itself, with its reason.
+        { name: 'GRANTS_MAX_DELIVERY_COUNT', value: string(maxDeliveryCount) }
         { name: 'GRANTS_RETRY_BASE_SECONDS', value: '10' }
         { name: 'GRANTS_RETRY_MAX_SECONDS', value: '900' }
         { name: 'GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS', value: '600' }

@@ -6,6 +6,11 @@ param location string
 param tags object
 @description('The producers (main.bicep, producers): each one not sending HR events gets a queue of its own, grants-<name>.')
 param producers array = []
+@description('''maxDeliveryCount of every queue and subscription the app reads (one value: main.bicep's maxDeliveryCount); the
+app's GRANTS_MAX_DELIVERY_COUNT is derived from what these entities get (the output maxDeliveryCount).''')
+@minValue(8)
+@maxValue(10)
+param maxDeliveryCount int = 10
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
   name: name
@@ -20,8 +25,9 @@ resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
 }
 
 // Every queue carries the same safety settings:
-// - maxDeliveryCount 10: a message that keeps crashing the host is dead-lettered, not retried forever
-//   (the app's own retries are scheduled copies with an attempt count; this is the backstop);
+// - maxDeliveryCount (main.bicep's parameter, 10 by default): a message that keeps crashing the host is
+//   dead-lettered, not retried forever (the app's own retries are scheduled copies with an attempt count; this is the
+//   backstop); the app reads the same number as GRANTS_MAX_DELIVERY_COUNT (the output below);
 // - lockDuration PT1M, renewed by the host (host.json maxAutoLockRenewalDuration);
 // - duplicate detection over 10 minutes: producers may resend with the same MessageId, and retry copies
 //   carry MessageId <requestId>:<attempt>, so a crash between "schedule copy" and "complete" stays harmless;
@@ -31,7 +37,7 @@ resource grants 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'grant-membership'
   properties: {
-    maxDeliveryCount: 10
+    maxDeliveryCount: maxDeliveryCount
     lockDuration: 'PT1M'
     requiresDuplicateDetection: true
     duplicateDetectionHistoryTimeWindow: 'PT10M'
@@ -46,7 +52,7 @@ resource grantsBulk 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'grant-membership-bulk'
   properties: {
-    maxDeliveryCount: 10
+    maxDeliveryCount: maxDeliveryCount
     lockDuration: 'PT1M'
     requiresDuplicateDetection: true
     duplicateDetectionHistoryTimeWindow: 'PT10M'
@@ -59,7 +65,7 @@ resource hrEvents 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'hr-events'
   properties: {
-    maxDeliveryCount: 10
+    maxDeliveryCount: maxDeliveryCount
     lockDuration: 'PT1M'
     requiresDuplicateDetection: true
     duplicateDetectionHistoryTimeWindow: 'PT10M'
@@ -74,7 +80,7 @@ resource producerQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = [fo
   parent: namespace
   name: 'grants-${producer.name}'
   properties: {
-    maxDeliveryCount: 10
+    maxDeliveryCount: maxDeliveryCount
     lockDuration: 'PT1M'
     requiresDuplicateDetection: true
     duplicateDetectionHistoryTimeWindow: 'PT10M'
@@ -88,7 +94,7 @@ resource callbackRetries 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
   parent: namespace
   name: 'grant-callbacks'
   properties: {
-    maxDeliveryCount: 10
+    maxDeliveryCount: maxDeliveryCount
     lockDuration: 'PT1M'
     requiresDuplicateDetection: true
     duplicateDetectionHistoryTimeWindow: 'PT10M'
@@ -116,7 +122,7 @@ resource callbacks 'Microsoft.ServiceBus/namespaces/topics/subscriptions@2024-01
   parent: outcomes
   name: 'callbacks'
   properties: {
-    maxDeliveryCount: 10
+    maxDeliveryCount: maxDeliveryCount
     lockDuration: 'PT1M'
     deadLetteringOnMessageExpiration: true
     deadLetteringOnFilterEvaluationExceptions: true
@@ -145,3 +151,5 @@ output hrEventsQueue string = hrEvents.name
 output callbackQueue string = callbackRetries.name
 output outcomesTopic string = outcomes.name
 output callbacksSubscription string = callbacks.name
+// The queues' and the subscription's maxDeliveryCount, as deployed (the least of them): GRANTS_MAX_DELIVERY_COUNT.
+output maxDeliveryCount int = min(grants.properties.maxDeliveryCount, grantsBulk.properties.maxDeliveryCount, hrEvents.properties.maxDeliveryCount, callbackRetries.properties.maxDeliveryCount, callbacks.properties.maxDeliveryCount)

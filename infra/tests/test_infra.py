@@ -58,7 +58,7 @@ def test_every_bicep_file_parses() -> None:
 @pytest.mark.parametrize("queue", ["grants", "grantsBulk", "hrEvents", "callbackRetries"])
 def test_queues_dead_letter_deduplicate_and_lock_briefly(queue: str) -> None:
     properties = resource("servicebus", queue)["properties"]
-    assert properties["maxDeliveryCount"] == 10
+    assert properties["maxDeliveryCount"] == "maxDeliveryCount"  # the one parameter (test_one_delivery_count_...)
     assert properties["lockDuration"] == "PT1M"
     assert properties["requiresDuplicateDetection"] is True
     assert properties["duplicateDetectionHistoryTimeWindow"] == "PT10M"
@@ -88,7 +88,7 @@ def test_the_outcomes_topic_deduplicates_and_its_callbacks_subscription_filters_
     subscription = resource("servicebus", "callbacks")
     assert (subscription["parent"], subscription["name"]) == ("outcomes", "callbacks")
     properties = subscription["properties"]
-    assert properties["maxDeliveryCount"] == 10
+    assert properties["maxDeliveryCount"] == "maxDeliveryCount"
     assert properties["lockDuration"] == "PT1M"
     assert properties["deadLetteringOnMessageExpiration"] is True
     assert properties["deadLetteringOnFilterEvaluationExceptions"] is True
@@ -425,6 +425,84 @@ def test_azd_project_deploys_the_root_as_a_python_function_and_runs_the_grant_ho
     assert script.is_file()
     assert script.stat().st_mode & 0o111, "the hook script must be executable"
     assert "tags: union(tags, { 'azd-service-name': 'api' })" in (INFRA / "main.bicep").read_text()
+
+
+#: The entities whose maxDeliveryCount the app's GRANTS_MAX_DELIVERY_COUNT stands for (every one a receiver settles).
+DELIVERY_ENTITIES = ("grants", "grantsBulk", "hrEvents", "callbackRetries", "callbacks")
+
+
+def delivery_count_problems(main: dict[str, Any], servicebus: dict[str, Any], functionapp: dict[str, Any]) -> list[str]:
+    """Why the queues' maxDeliveryCount and the app's GRANTS_MAX_DELIVERY_COUNT could disagree (empty: they cannot):
+    one bounded parameter in main.bicep, passed to servicebus.bicep, used by every entity the app receives from, the
+    least of what they get output and passed to the app as GRANTS_MAX_DELIVERY_COUNT; its least value at least the
+    app's GRANTS_MAX_ATTEMPTS (shared/config.py refuses fewer deliveries than attempts), its greatest at most 10."""
+    problems: list[str] = []
+
+    def bounds(parameter: dict[str, Any]) -> tuple[Any, Any]:
+        found = {d["type"]: d["argument"] for d in parameter.get("decorators", [])}
+        return found.get("min_value"), found.get("max_value")
+
+    attempts = int(APP_SETTINGS["GRANTS_MAX_ATTEMPTS"])
+    for where, template in (("main.bicep", main), ("servicebus.bicep", servicebus)):
+        parameter = template["parameters"].get("maxDeliveryCount")
+        if parameter is None or parameter["type"] != "int":
+            problems.append(f"{where} has no int parameter maxDeliveryCount")
+            continue
+        low, high = bounds(parameter)
+        if not (isinstance(low, int) and low >= attempts and isinstance(high, int) and high <= 10):
+            problems.append(f"{where}'s maxDeliveryCount is not bounded to {attempts}..10: {low}..{high}")
+    if main["modules"]["servicebus"]["config"]["params"].get("maxDeliveryCount") != "maxDeliveryCount":
+        problems.append("main.bicep does not pass maxDeliveryCount to the servicebus module")
+    for name in DELIVERY_ENTITIES:
+        count = servicebus["resources"][name]["config"]["properties"].get("maxDeliveryCount")
+        if count != "maxDeliveryCount":
+            problems.append(f"{name}'s maxDeliveryCount is {count!r}, not the parameter")
+    output = servicebus["outputs"].get("maxDeliveryCount", {}).get("value", {})
+    arguments = output.get("function", {}).get("parameters", {}) if isinstance(output, dict) else {}
+    if output.get("function", {}).get("type") != "min" or sorted(
+        accessor(argument)[0] for argument in arguments.values()
+    ) != sorted(DELIVERY_ENTITIES):
+        problems.append("servicebus.bicep does not output the least maxDeliveryCount of the entities")
+    passed = main["modules"]["functionApp"]["config"]["params"].get("maxDeliveryCount")
+    if accessor(passed) != ["servicebus", "outputs", "maxDeliveryCount"]:
+        problems.append("the app's maxDeliveryCount is not the servicebus module's output")
+    settings = functionapp["resources"]["app"]["config"]["properties"]["siteConfig"]["appSettings"]
+    setting = next((item["value"] for item in settings if item["name"] == "GRANTS_MAX_DELIVERY_COUNT"), None)
+    if setting != {"function": {"type": "string", "parameters": {"value_to_convert": "maxDeliveryCount"}}}:
+        problems.append(f"GRANTS_MAX_DELIVERY_COUNT is {setting!r}, not string(maxDeliveryCount)")
+    return problems
+
+
+def test_one_delivery_count_feeds_the_queues_and_the_app() -> None:
+    """Given infra/: the queues' maxDeliveryCount and the app's GRANTS_MAX_DELIVERY_COUNT are one parameter."""
+    assert delivery_count_problems(parse(INFRA / "main.bicep"), module("servicebus"), module("functionapp")) == []
+    parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert parameters["maxDeliveryCount"] == {"value": "${GRANTS_MAX_DELIVERY_COUNT=10}"}
+    assert parse(INFRA / "main.bicep")["parameters"]["maxDeliveryCount"]["default"] == 10
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "says"),
+    [
+        ("servicebus.bicep", "maxDeliveryCount: maxDeliveryCount", "maxDeliveryCount: 5", "not the parameter"),
+        ("functionapp.bicep", "value: string(maxDeliveryCount)", "value: '10'", "not string(maxDeliveryCount)"),
+        ("servicebus.bicep", "@minValue(8)", "@minValue(1)", "not bounded to 8..10"),
+    ],
+    ids=["a queue's literal", "the app's literal", "fewer deliveries than attempts"],
+)
+def test_a_delivery_count_that_could_disagree_is_refused(
+    tmp_path: Path, file: str, old: str, new: str, says: str
+) -> None:
+    """Given a copy of the module with one way to disagree, the check names it."""
+    text = (INFRA / "modules" / file).read_text()
+    assert old in text
+    (tmp_path / file).write_text(text.replace(old, new, 1))
+    tampered = parse(tmp_path / file)
+    templates = {"servicebus.bicep": module("servicebus"), "functionapp.bicep": module("functionapp"), file: tampered}
+    problems = delivery_count_problems(
+        parse(INFRA / "main.bicep"), templates["servicebus.bicep"], templates["functionapp.bicep"]
+    )
+    assert any(says in problem for problem in problems), problems
 
 
 def test_permission_script_grants_exactly_two_graph_application_permissions() -> None:

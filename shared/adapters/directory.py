@@ -1,15 +1,18 @@
 """Reading who holds a target, from Graph: one question per uncertain write, one paged listing per drift sweep.
 
 `DirectoryReader.is_member` answers "does member M hold target T" and `DirectoryReader.members` lists T's member
-ids page by page, for every target kind (docs/drift.md has the Graph pages these reads follow and their cost):
+ids page by page, for every target kind (docs/drift.md has the Graph pages these reads follow and their cost).
+Only operations Graph documents are used (tests/test_graph_operations.py checks each request against Graph's
+v1.0 description):
 
 - administrative unit: ``GET /directory/administrativeUnits/{au}/members/{id}`` (200: a member; 404 naming the
   member: not one); ``GET .../members?$select=id&$top=999``, following ``@odata.nextLink``;
-- directory role by id or by template (``roleTemplateId={t}``): ``GET /directoryRoles/{role}/members/{id}``;
-  ``GET /directoryRoles/{role}/members?$select=id``: Graph does not page roles, so a listing of `ROLE_LIST_LIMIT`
-  or more members (it may have been cut) raises instead of answering;
-- scoped role: the role's id (``GET /directoryRoles/roleTemplateId={t}``, remembered once found), then
-  ``GET /directory/administrativeUnits/{au}/scopedRoleMembers`` (paged), the memberships of that role.
+- directory role: by template, its role's id first (`RoleIds`: ``GET /directoryRoles(roleTemplateId='{t}')``, once
+  per process), then by id ``GET /directoryRoles/{role}/members?$select=id``, for a membership question too (Graph
+  documents no read of one role member): Graph does not page roles, so a listing of `ROLE_LIST_LIMIT` or more
+  members (it may have been cut) raises instead of answering (`role_member_ids`);
+- scoped role: the role's id (`RoleIds`), then ``GET /directory/administrativeUnits/{au}/scopedRoleMembers``
+  (paged), the memberships of that role.
 
 A role template that is not activated has no members (False, nothing listed); a unit or a role id that does not
 exist is `PermanentError(TargetNotFound)`; a ``403`` is `PermanentError(Forbidden)`; transport failures and 5xx
@@ -29,14 +32,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-from shared.adapters.graph import GraphClient, GraphResponse, path, raise_for_graph
+from shared.adapters.graph import GraphClient, GraphResponse, keyed, path, raise_for_graph
 from shared.core.contract import AdministrativeUnit, DirectoryRole, Guid, ScopedRole, Target, parse_guid
 from shared.core.errors import ContractError, PermanentError, Reason, TransientError
 from shared.core.messaging import Lane
+from shared.core.units import UNIT_KIND_PROPERTIES, UnitKind
 
-__all__ = ["LIST_PAGE_SIZE", "ROLE_LIST_LIMIT", "DirectoryReader", "ReadPacer"]
+__all__ = [
+    "LIST_PAGE_SIZE",
+    "ROLE_LIST_LIMIT",
+    "DirectoryReader",
+    "ReadPacer",
+    "RoleIds",
+    "UnitKinds",
+    "role_member_ids",
+]
 
 #: ``$top`` of a unit's member listing: Graph's largest page for directory objects.
 LIST_PAGE_SIZE: Final = 999
@@ -107,8 +119,93 @@ class ReadPacer:
             self.rate, self._cut_at = max(self.floor, self.rate / 2), now
 
 
+#: Sends one GET of a path relative to Graph's root (a reader's paced read, or a client's own).
+Read = Callable[[str], Awaitable[GraphResponse]]
+
+
+class RoleIds:
+    """Role template id -> the id of the directory role activated from it, looked up in Graph once per process with
+    the documented alternate key ``GET /directoryRoles(roleTemplateId='{t}')``; callers asking for one template at
+    once wait for one look-up. A template that is not activated (``404``) is not remembered: the next call asks
+    again (it may have been activated since). Every read and removal of a role named by template goes to
+    ``/directoryRoles/{id}`` with the id found here; only the documented add by template
+    (``POST /directoryRoles/roleTemplateId={t}/members/$ref``) names the template in its path."""
+
+    def __init__(self) -> None:
+        self._known: dict[Guid, Guid] = {}
+        self._locks: dict[Guid, asyncio.Lock] = {}
+
+    async def role_id(self, template: Guid, *, read: Read) -> Guid | None:
+        """The id of the role activated from `template` (remembered), or None while it is not activated; other
+        answers raise as `raise_for_graph` says."""
+        known = self._known.get(template)
+        if known is not None:
+            return known
+        async with self._locks.setdefault(template, asyncio.Lock()):
+            known = self._known.get(template)
+            if known is not None:
+                return known
+            response = await read(keyed("directoryRoles", "roleTemplateId", template))
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                raise_for_graph(response, permission=_ROLE_PERMISSION)
+            found = _ids([(response.body or {}).get("id")])
+            if not found:
+                raise TransientError(Reason.GRAPH_UNAVAILABLE, f"Graph answered role template {template} without an id")
+            self._known[template] = found[0]
+            return found[0]
+
+
+class UnitKinds:
+    """Each administrative unit's `UnitKind` (restricted-management, dynamic), read from Graph with
+    ``GET /directory/administrativeUnits/{id}?$select=isMemberManagementRestricted,membershipType`` once per process
+    (callers asking for one unit at once wait for one read); `fresh` reads it again (and remembers the answer). A
+    unit that does not exist is `PermanentError(TargetNotFound)`; other failures raise as `raise_for_graph` says."""
+
+    def __init__(self) -> None:
+        self._known: dict[Guid, UnitKind] = {}
+        self._locks: dict[Guid, asyncio.Lock] = {}
+
+    async def kind_of(self, unit: Guid, *, read: Read, fresh: bool = False) -> UnitKind:
+        """The kind of administrative unit `unit`."""
+        known = None if fresh else self._known.get(unit)
+        if known is not None:
+            return known
+        async with self._locks.setdefault(unit, asyncio.Lock()):
+            known = None if fresh else self._known.get(unit)
+            if known is not None:
+                return known
+            url_path = path("directory", "administrativeUnits", unit) + "?$select=" + ",".join(UNIT_KIND_PROPERTIES)
+            response = await read(url_path)
+            if response.status == 404:
+                raise _target_not_found(AdministrativeUnit(id=unit), response)
+            if response.status != 200:
+                raise_for_graph(response, permission=_AU_PERMISSION)
+            kind = UnitKind.of(response.body or {})
+            self._known[unit] = kind
+            return kind
+
+
+def role_member_ids(response: GraphResponse, *, label: str) -> tuple[Guid, ...]:
+    """The member ids of a directory role's listing (``GET /directoryRoles/{id}/members?$select=id``, a ``200``):
+    Graph does not page roles, so a listing of `ROLE_LIST_LIMIT` or more may have been cut and raises
+    `PermanentError(GraphRejected)` instead of answering."""
+    body: Any = response.body or {}
+    items = body.get("value", [])
+    if len(items) >= ROLE_LIST_LIMIT and "@odata.nextLink" not in body:
+        raise PermanentError(
+            Reason.GRAPH_REJECTED,
+            f"{label} listed {len(items)} members, Graph's most for an unpaged role listing: the list may be cut, so "
+            "this target cannot be checked by listing",
+            graph=response.answer(),
+        )
+    return _ids(item.get("id") for item in items)
+
+
 class DirectoryReader:
-    """Reads targets' members through `graph` (see the module docstring); one per process, like the client."""
+    """Reads targets' members through `graph` (see the module docstring); one per process, like the client.
+    `role_ids` and `units` are the process's `RoleIds` and `UnitKinds` (shared with the grant service), or its own."""
 
     def __init__(
         self,
@@ -117,12 +214,15 @@ class DirectoryReader:
         pacer: ReadPacer | None = None,
         page_size: int = LIST_PAGE_SIZE,
         throttle_retries: int = 3,
+        role_ids: RoleIds | None = None,
+        units: UnitKinds | None = None,
     ) -> None:
         self._graph = graph
         self.pacer = pacer or ReadPacer()
         self._page_size = page_size
         self._throttle_retries = throttle_retries
-        self._role_ids: dict[Guid, str] = {}  # template id -> the activated role's id (stable once activated)
+        self._role_ids = role_ids or RoleIds()
+        self._units = units or UnitKinds()
 
     async def is_member(self, *, target: Target, member: Guid) -> bool:
         """True when `member` holds `target` now (as far as Graph's replica answering knows)."""
@@ -131,14 +231,19 @@ class DirectoryReader:
                 if member in page:
                     return True
             return False
-        route, permission = _route(target)
+        if isinstance(target, DirectoryRole):
+            async for page in self._role_members(target, sweep=False):
+                if member in page:
+                    return True
+            return False
+        route = ("directory", "administrativeUnits", target.id)
         response = await self._get(path(*route, "members", member), sweep=False)
         if response.status == 200:
             return True
         if response.status != 404:
-            raise_for_graph(response, permission=permission)
+            raise_for_graph(response, permission=_AU_PERMISSION)
         if member not in (response.error_message or "").lower():
-            await self._probe(target, route, permission, sweep=False)  # raises for a unit or role that is not there
+            await self._probe(target, route, _AU_PERMISSION, sweep=False)  # raises for a unit that is not there
         return False
 
     async def members(self, *, target: Target) -> AsyncIterator[tuple[Guid, ...]]:
@@ -147,32 +252,25 @@ class DirectoryReader:
             async for page in self._scoped(target, sweep=True):
                 yield page
             return
-        route, permission = _route(target)
-        paged = isinstance(target, AdministrativeUnit)
-        query = f"?$select=id&$top={self._page_size}" if paged else "?$select=id"
-        url_path: str | None = path(*route, "members") + query
+        if isinstance(target, DirectoryRole):
+            async for page in self._role_members(target, sweep=True):
+                yield page
+            return
+        route = ("directory", "administrativeUnits", target.id)
+        url_path: str | None = path(*route, "members") + f"?$select=id&$top={self._page_size}"
         while url_path is not None:
             response = await self._get(url_path, sweep=True)
             if response.status == 404:
-                if await self._probe(target, route, permission, sweep=True) == "inactive":
-                    return  # a role template that is not activated: nobody holds it
+                await self._probe(target, route, _AU_PERMISSION, sweep=True)  # raises for a unit that is not there
                 raise TransientError(
                     Reason.GRAPH_UNAVAILABLE,
                     f"Graph answered 404 listing the members of {_label(target)}, which exists (replication?)",
                     graph=response.answer(),
                 )
             if response.status != 200:
-                raise_for_graph(response, permission=permission)
+                raise_for_graph(response, permission=_AU_PERMISSION)
             body: Any = response.body or {}
-            items = body.get("value", [])
-            if not paged and len(items) >= ROLE_LIST_LIMIT and "@odata.nextLink" not in body:
-                raise PermanentError(
-                    Reason.GRAPH_REJECTED,
-                    f"{_label(target)} listed {len(items)} members, Graph's most for an unpaged role listing: the "
-                    "list may be cut, so this target cannot be checked by listing",
-                    graph=response.answer(),
-                )
-            yield _ids(item.get("id") for item in items)
+            yield _ids(item.get("id") for item in body.get("value", []))
             url_path = self._next(body)
 
     async def member_set(self, *, target: Target) -> frozenset[Guid]:
@@ -186,6 +284,33 @@ class DirectoryReader:
         """The object id of the directory role activated from `template` (looked up once, at Low priority), or
         None while the template is not activated."""
         return await self._role_id(template, sweep=True)
+
+    async def unit_kind(self, unit: Guid) -> UnitKind:
+        """What administrative unit `unit` says of its membership now (`UnitKinds`, read again at Low priority; the
+        process's copy is updated with it)."""
+        return await self._units.kind_of(unit, read=lambda url_path: self._get(url_path, sweep=True), fresh=True)
+
+    async def _role_members(self, target: DirectoryRole, *, sweep: bool) -> AsyncIterator[tuple[Guid, ...]]:
+        """The ids holding a directory role: its one unpaged listing by role id (a template's role found first; one
+        not activated has no members)."""
+        role_id = target.id
+        if role_id is None:
+            assert target.role_template_id is not None
+            role_id = await self._role_id(target.role_template_id, sweep=sweep)
+            if role_id is None:
+                return
+        route = ("directoryRoles", role_id)
+        response = await self._get(path(*route, "members") + "?$select=id", sweep=sweep)
+        if response.status == 404:
+            await self._probe(target, route, _ROLE_PERMISSION, sweep=sweep)  # raises for a role that is not there
+            raise TransientError(
+                Reason.GRAPH_UNAVAILABLE,
+                f"Graph answered 404 listing the members of {_label(target)}, which exists (replication?)",
+                graph=response.answer(),
+            )
+        if response.status != 200:
+            raise_for_graph(response, permission=_ROLE_PERMISSION)
+        yield role_member_ids(response, label=_label(target))
 
     async def _scoped(self, target: ScopedRole, *, sweep: bool) -> AsyncIterator[tuple[Guid, ...]]:
         """The ids holding a scoped role, page by page of the unit's scoped role memberships."""
@@ -208,32 +333,20 @@ class DirectoryReader:
             )
             url_path = self._next(body)
 
-    async def _role_id(self, template: Guid, *, sweep: bool) -> str | None:
-        """The id of the role activated from `template` (remembered), or None while it is not activated."""
-        known = self._role_ids.get(template)
-        if known is not None:
-            return known
-        response = await self._get(path("directoryRoles", f"roleTemplateId={template}"), sweep=sweep)
-        if response.status == 404:
-            return None
-        if response.status != 200:
-            raise_for_graph(response, permission=_ROLE_PERMISSION)
-        role_id = str((response.body or {}).get("id", "")).lower()
-        self._role_ids[template] = role_id
-        return role_id
+    async def _role_id(self, template: Guid, *, sweep: bool) -> Guid | None:
+        """The id of the role activated from `template` (`RoleIds`: remembered), or None while it is not activated."""
+        return await self._role_ids.role_id(template, read=lambda url_path: self._get(url_path, sweep=sweep))
 
     async def _probe(
         self, target: AdministrativeUnit | DirectoryRole, route: tuple[str, ...], permission: str, *, sweep: bool
-    ) -> Literal["exists", "inactive"]:
-        """After a ``404`` that named no member: read the target itself. A role template that is not activated is
-        ``inactive`` (nobody holds it); a unit or a role id that does not exist is `PermanentError(TargetNotFound)`."""
+    ) -> None:
+        """After a ``404`` that named no member: read the target itself (by unit or role id); one that does not
+        exist is `PermanentError(TargetNotFound)`."""
         probe = await self._get(path(*route), sweep=sweep)
         if probe.status == 200:
-            return "exists"
+            return
         if probe.status != 404:
             raise_for_graph(probe, permission=permission)
-        if isinstance(target, DirectoryRole) and target.id is None:
-            return "inactive"
         raise _target_not_found(target, probe)
 
     async def _get(self, url_path: str, *, sweep: bool) -> GraphResponse:
@@ -266,14 +379,6 @@ class DirectoryReader:
         if relative is None:
             raise PermanentError(Reason.GRAPH_REJECTED, f"Graph's @odata.nextLink is not on its own root: {link!r}")
         return relative
-
-
-def _route(target: AdministrativeUnit | DirectoryRole) -> tuple[tuple[str, ...], str]:
-    if isinstance(target, AdministrativeUnit):
-        return ("directory", "administrativeUnits", target.id), _AU_PERMISSION
-    if target.id is not None:
-        return ("directoryRoles", target.id), _ROLE_PERMISSION
-    return ("directoryRoles", f"roleTemplateId={target.role_template_id}"), _ROLE_PERMISSION
 
 
 def _ids(values: Iterable[object]) -> tuple[Guid, ...]:

@@ -26,7 +26,7 @@ from shared.adapters.identity import TokenSource
 from shared.core.errors import GraphAnswer, PermanentError, Reason, TransientError
 from shared.core.messaging import Lane
 
-__all__ = ["USER_AGENT", "GraphClient", "GraphResponse", "new_http_client", "path", "raise_for_graph"]
+__all__ = ["USER_AGENT", "GraphClient", "GraphResponse", "keyed", "new_http_client", "path", "raise_for_graph"]
 
 USER_AGENT: Final = "entra-grants/0.1.0 (Azure Functions; +managed identity)"
 TIMEOUT: Final = httpx.Timeout(15.0, connect=5.0, pool=30.0)
@@ -72,6 +72,13 @@ def new_http_client(*, own_pools: tuple[str, ...] = ()) -> httpx.AsyncClient:
 def path(*segments: str) -> str:
     """Join URL path segments, percent-quoting each one (only ``$`` and ``=`` stay literal)."""
     return "/" + "/".join(quote(segment, safe="$=") for segment in segments)
+
+
+def keyed(entity_set: str, key: str, value: str) -> str:
+    """The path of the entity of `entity_set` whose alternate key `key` is `value`, in the form Graph's v1.0
+    description gives it: ``/{entity_set}({key}='{value}')`` (e.g. ``/directoryRoles(roleTemplateId='...')``);
+    `value` is percent-quoted (a GUID passes unchanged)."""
+    return f"/{quote(entity_set, safe='')}({quote(key, safe='')}='{quote(value, safe='')}')"
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,10 @@
 of its own (`SETTLEMENT_THREADS` daemon threads at most, shared by the process; a call beyond them waits its turn)
 and the event loop waits for it at most `deadline` seconds (``GRANTS_SETTLEMENT_TIMEOUT_SECONDS``). A call that
 does not answer in time raises `SettlementTimeout`; a call still waiting on its thread may finish later
-(`SettlementTimeout.late`); a call that had not started when its deadline passed never runs.
+(`SettlementTimeout.late`); a call that had not started when its deadline passed never runs. A call the host
+answers with a failure (the extension's ``SettlementError``: the message's lock was lost mid-work, a lock token the
+host does not know, any non-OK status) raises `SettlementFailed`: the message is not settled, and Service Bus
+delivers it again.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ __all__ = [
     "DEFAULT_SETTLEMENT_TIMEOUT",
     "SETTLEMENT_THREADS",
     "Settlement",
+    "SettlementFailed",
     "SettlementTimeout",
     "abandon",
     "complete",
@@ -51,6 +55,17 @@ class SettlementTimeout(Exception):
         self.method = method
         self.seconds = seconds
         self.late = late
+
+
+class SettlementFailed(Exception):
+    """The host refused a settlement call (`error`, e.g. the extension's ``SettlementError`` for a lock that was lost):
+    the message is not settled; Service Bus delivers it again when its lock is gone."""
+
+    def __init__(self, method: str, error: BaseException) -> None:
+        detail = " ".join(str(error).split())[:300]
+        super().__init__(f"the host refused {method} ({type(error).__name__}: {detail})")
+        self.method = method
+        self.error = error
 
 
 class _SettlementThreads:
@@ -91,13 +106,19 @@ _threads = _SettlementThreads(SETTLEMENT_THREADS)
 
 
 async def _call(method: str, call: Callable[[], None], deadline: float) -> None:
-    """Run `call` on a settlement thread; wait for it at most `deadline` seconds (then `SettlementTimeout`)."""
+    """Run `call` on a settlement thread; wait for it at most `deadline` seconds (then `SettlementTimeout`); a call
+    that fails raises `SettlementFailed`."""
     future = _threads.submit(call)
     try:
         await asyncio.wait_for(asyncio.wrap_future(future), deadline)
     except TimeoutError:
+        failure = future.exception() if future.done() and not future.cancelled() else None
+        if failure is not None:  # the call itself raised TimeoutError: a failure, not a deadline
+            raise SettlementFailed(method, failure) from failure
         # wait_for cancelled the wrapper, and with it the call if it had not started yet
         raise SettlementTimeout(method, deadline, None if future.cancelled() else future) from None
+    except Exception as error:  # the host answered with a failure: not settled
+        raise SettlementFailed(method, error) from error
 
 
 async def complete(

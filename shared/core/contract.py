@@ -32,6 +32,7 @@ from shared.core.times import TimeRefused, parse_timestamp
 __all__ = [
     "MAX_CALLBACK_URL_CHARS",
     "MAX_MESSAGE_BYTES",
+    "MEMBER_TYPES",
     "Action",
     "AdministrativeUnit",
     "DirectoryRole",
@@ -240,13 +241,13 @@ def problems(document: Mapping[str, Any]) -> list[ContractError]:
     """Every invalid top-level field of `document`, in field order; empty when `parse_grant` accepts it.
 
     `parse_grant` stops at the first problem; here each field is checked alone, put into an otherwise valid
-    message. When every field is valid alone, the problem is between fields and the document's own first
-    problem is the one given.
+    message. When every field is valid alone, the problem is between fields (a member type the target cannot hold,
+    `UnsupportedMember`, is always one) and the document's own first problem is the one given.
     """
     found: list[ContractError] = []
     for name in dict.fromkeys([*_VALID, *document]):
         probe = {**_VALID, name: document[name]} if name in document else _without(_VALID, name)
-        if (error := _first_problem(probe)) is not None:
+        if (error := _first_problem(probe)) is not None and error.reason is not Reason.UNSUPPORTED_MEMBER:
             found.append(error)
     if not found and (error := _first_problem(document)) is not None:
         found.append(error)
@@ -465,6 +466,20 @@ def _member(doc: Mapping[str, Any]) -> Member:
     return Member(id=_guid(doc, "id", "member."), type=_enum(doc, "type", "member.", MemberType))
 
 
+#: The member types each target kind can hold, as Graph takes them: a unit users, groups and devices; a directory
+#: role users, (role-assignable) groups and service principals; a role scoped to a unit users and groups.
+MEMBER_TYPES: Final[Mapping[str, frozenset[MemberType]]] = {
+    "administrativeUnit": frozenset({MemberType.USER, MemberType.GROUP, MemberType.DEVICE}),
+    "directoryRole": frozenset({MemberType.USER, MemberType.GROUP, MemberType.SERVICE_PRINCIPAL}),
+    "scopedRole": frozenset({MemberType.USER, MemberType.GROUP}),
+}
+_HOLDER: Final = {
+    "administrativeUnit": "an administrative unit",
+    "directoryRole": "a directory role",
+    "scopedRole": "a role scoped to an administrative unit",
+}
+
+
 def _target(doc: Mapping[str, Any], member: Member) -> Target:
     _known_fields(doc, ("type", "id", "roleTemplateId", "administrativeUnitId"), "target.")
     kind = _string(doc, "type", "target.")
@@ -472,35 +487,39 @@ def _target(doc: Mapping[str, Any], member: Member) -> Target:
         raise _violation("target.type", "is required")
     if kind != "scopedRole" and "administrativeUnitId" in doc:
         raise _violation("target.administrativeUnitId", "is only for scopedRole targets")
+    target: Target
     if kind == "administrativeUnit":
         if "roleTemplateId" in doc:
             raise _violation("target.roleTemplateId", "is only for directoryRole and scopedRole targets")
-        return AdministrativeUnit(id=_guid(doc, "id", "target."))
-    if kind == "scopedRole":
+        target = AdministrativeUnit(id=_guid(doc, "id", "target."))
+    elif kind == "scopedRole":
         if "id" in doc:
             raise _violation(
                 "target.id", "is not used by scopedRole targets: give roleTemplateId and administrativeUnitId"
             )
-        if member.type in (MemberType.DEVICE, MemberType.SERVICE_PRINCIPAL):
-            raise ContractError(
-                Reason.UNSUPPORTED_TARGET, f"a {member.type.value} cannot hold a role scoped to an administrative unit"
-            )
-        return ScopedRole(
+        target = ScopedRole(
             role_template_id=_guid(doc, "roleTemplateId", "target."),
             administrative_unit_id=_guid(doc, "administrativeUnitId", "target."),
         )
-    if kind == "directoryRole":
+    elif kind == "directoryRole":
         if ("id" in doc) == ("roleTemplateId" in doc):
             raise _violation("target", "a directoryRole target needs exactly one of id and roleTemplateId")
-        if member.type is MemberType.DEVICE:
-            raise ContractError(Reason.UNSUPPORTED_TARGET, "a device cannot be a member of a directory role")
         if "id" in doc:
-            return DirectoryRole(id=_guid(doc, "id", "target."))
-        return DirectoryRole(role_template_id=_guid(doc, "roleTemplateId", "target."))
-    raise ContractError(
-        Reason.UNSUPPORTED_TARGET,
-        f"target.type {_show(kind)} is not supported; use administrativeUnit, directoryRole or scopedRole",
-    )
+            target = DirectoryRole(id=_guid(doc, "id", "target."))
+        else:
+            target = DirectoryRole(role_template_id=_guid(doc, "roleTemplateId", "target."))
+    else:
+        raise ContractError(
+            Reason.UNSUPPORTED_TARGET,
+            f"target.type {_show(kind)} is not supported; use administrativeUnit, directoryRole or scopedRole",
+        )
+    if member.type is not None and member.type not in MEMBER_TYPES[kind]:
+        held = ", ".join(sorted(t.value for t in MEMBER_TYPES[kind]))
+        raise ContractError(
+            Reason.UNSUPPORTED_MEMBER,
+            f"member.type {member.type.value} cannot be a member of {_HOLDER[kind]} (it takes: {held})",
+        )
+    return target
 
 
 def _known_fields(doc: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:

@@ -22,6 +22,14 @@ re-grants *missing* and removes *lingering*, ``authoritative`` also removes *unm
   planned; re-grants still go. A confirm naming the held set's `Held.digest` releases exactly that set, once: a
   later sweep that would remove other members has another digest.
 
+**Not repairable** (`NotRepairable`): a repair the directory is known to refuse is not sent. The durable record of a
+refusal is the refused request's own status in the ledger: when a pair's newest intent is the app's own request (a
+repair, an expiry removal: its id starts with ``~``) and its status is a dead letter for a reason a repair would
+meet again (`refusal_of`: anything but an outage that ran out), the pair's repair is held back with that reason
+until the pair's intent changes (a newer request), the target changes (a unit that stopped being
+restricted-management or dynamic), or an operator resubmits the refused request (``grants dlq resubmit``). A unit
+with dynamic membership refuses every repair (`plan`'s `refused_target`).
+
 Each `Repair` names the intent it restores (`Repair.restores`, e.g. ``RITM123``, so history can read "restored
 RITM123's grant") and carries a request id in the app's own namespace (``~``, which no producer's request id may
 start with), ordered one microsecond after the intent it restores, so any newer intent still wins over it:
@@ -46,6 +54,7 @@ from enum import StrEnum
 from typing import Final
 
 from shared.core.contract import (
+    DERIVED_PREFIX,
     Action,
     DirectoryRole,
     GrantCommand,
@@ -57,9 +66,11 @@ from shared.core.contract import (
     Target,
     derived_request_id,
 )
+from shared.core.errors import Reason
 from shared.core.intents import Intent, PairState, content_hash, expiry_removal, pair_of
 from shared.core.messaging import derived_message_id
 from shared.core.policy import TIER0_ROLE_TEMPLATES
+from shared.core.statuses import Status, StatusRecord
 from shared.core.times import EARLIEST
 
 __all__ = [
@@ -71,7 +82,9 @@ __all__ = [
     "Lingering",
     "Missing",
     "Mode",
+    "NotRepairable",
     "Plan",
+    "Refusal",
     "Repair",
     "Report",
     "Unmanaged",
@@ -79,6 +92,7 @@ __all__ = [
     "is_tier0",
     "newest_states",
     "plan",
+    "refusal_of",
     "repair_command",
     "repair_message_id",
 ]
@@ -88,6 +102,18 @@ UNMANAGED_REQUESTED_AT: Final = EARLIEST  # the start of the app's time domain: 
 _AFTER: Final = timedelta(microseconds=1)
 _ADD_SUFFIX: Final = "drift-add"
 _REMOVE_SUFFIX: Final = "drift-remove"
+#: Dead-letter reasons a repair may well pass later (an outage, a wait that ran out): not a refusal.
+_PASSING: Final = frozenset(
+    {
+        Reason.GRAPH_UNAVAILABLE,
+        Reason.THROTTLED,
+        Reason.TOKEN_UNAVAILABLE,
+        Reason.LEDGER_UNAVAILABLE,
+        Reason.QUEUE_UNAVAILABLE,
+        Reason.PAIR_BUSY,
+        Reason.EXPIRY_NOT_SCHEDULED,
+    }
+)
 
 
 class Mode(StrEnum):
@@ -177,6 +203,25 @@ class Repair:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Refusal:
+    """Why a pair's repair is not sent: the app's own request for the pair (`request_id`) was dead-lettered for
+    `reason`, or the target refuses every manual write (no `request_id`: a dynamic unit); `description` says what
+    a person can do."""
+
+    reason: str
+    description: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotRepairable:
+    """A repair the sweep does not send (`refusal` says why): the finding stays reported, each sweep."""
+
+    repair: Repair
+    refusal: Refusal
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Held:
     """Removals held by the blast-radius guard until a confirm names `digest`."""
 
@@ -190,7 +235,8 @@ class Held:
 class Plan:
     """What a sweep does for one target: `repairs` to send, removals `held` by the guard, the findings it
     leaves alone (`reported`: report mode, unmanaged members unless authoritative, every finding of a tier-0
-    target), and whether a confirm released the held removals (`released`)."""
+    target), the repairs it does not send because the directory refuses them (`not_repairable`), and whether a
+    confirm released the held removals (`released`)."""
 
     mode: Mode
     repairs: tuple[Repair, ...]
@@ -198,6 +244,7 @@ class Plan:
     reported: tuple[Finding, ...]
     tier0: bool
     released: bool
+    not_repairable: tuple[NotRepairable, ...] = ()
 
 
 #: 20 % of a target's members, at most 50.
@@ -256,19 +303,29 @@ def plan(
     guard: Guard = DEFAULT_GUARD,
     tier0: Callable[[Target], bool] = is_tier0,
     confirm: str | None = None,
+    refusals: Mapping[Guid, Refusal] | None = None,
+    refused_target: Refusal | None = None,
 ) -> Plan:
     """The repairs for `report` of `target` in `mode` (see the module docstring); `confirm` is a `Held.digest`
-    from an earlier plan: when it names this plan's held removals, they are planned instead (`released`)."""
+    from an earlier plan: when it names this plan's held removals, they are planned instead (`released`).
+    `refusals` (member id -> its pair's recorded refusal) and `refused_target` (the target refuses every repair)
+    make repairs `not_repairable` instead of planned; the guard counts only the removals that would be sent."""
     protected = tier0(target)
     if protected or mode is Mode.REPORT:
         return Plan(mode=mode, repairs=(), held=None, reported=report.findings, tier0=protected, released=False)
     acted: list[Repair] = []
     reported: list[Finding] = []
+    refused: list[NotRepairable] = []
     for finding in report.findings:
         if isinstance(finding, Unmanaged) and mode is not Mode.AUTHORITATIVE:
             reported.append(finding)
+            continue
+        repair = _repair(target, finding)
+        refusal = refused_target or (refusals or {}).get(finding.member_id)
+        if refusal is None:
+            acted.append(repair)
         else:
-            acted.append(_repair(target, finding))
+            refused.append(NotRepairable(repair=repair, refusal=refusal))
     removals = tuple(r for r in acted if r.action is Action.REMOVE)
     limit = guard.limit(report.members)
     held: Held | None = None
@@ -278,7 +335,26 @@ def plan(
         if confirm == held.digest:
             held, released = None, True
     repairs = tuple(r for r in acted if held is None or r.action is Action.ADD)
-    return Plan(mode=mode, repairs=repairs, held=held, reported=tuple(reported), tier0=False, released=released)
+    return Plan(
+        mode=mode,
+        repairs=repairs,
+        held=held,
+        reported=tuple(reported),
+        tier0=False,
+        released=released,
+        not_repairable=tuple(refused),
+    )
+
+
+def refusal_of(record: StatusRecord | None) -> Refusal | None:
+    """The refusal recorded for a pair whose newest intent is `record`'s request: a request of the app's own (a
+    repair, an expiry removal: ``~``) dead-lettered for a reason a repair would meet again (anything but an outage
+    or a wait that ran out); None otherwise (a producer's request gets its repair; nothing recorded: repaired)."""
+    if record is None or record.request_id is None or not record.request_id.startswith(DERIVED_PREFIX):
+        return None
+    if record.status is not Status.DEAD_LETTERED or record.reason is None or record.reason in _PASSING:
+        return None
+    return Refusal(reason=record.reason, description=record.description or "", request_id=record.request_id)
 
 
 def repair_command(target: Target, repair: Repair) -> GrantCommand:

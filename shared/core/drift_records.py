@@ -1,8 +1,8 @@
 """What a drift check says of itself, pure: each finding's record, each target's record, and their outcome events.
 
 - `finding_record`: one finding (``missing``, ``lingering``, ``unmanaged``), the newest intent it was judged by,
-  what the sweep does about it (`Handling`) and the repair's request id and description ("restores RITM123's
-  grant").
+  what the sweep does about it (`Handling`), the repair's request id and description ("restores RITM123's
+  grant") and, for a repair not sent, why (``refusal``: reason, description, the refused request).
 - `target_record`: one target's check: its mode and `TargetState`, the counts, the guard's held set (its digest
   and the command that confirms it), the findings when asked for; the body of ``GET /api/drift`` per target and,
   without findings, the ``drift <state> {json}`` log line.
@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from shared.core.contract import AdministrativeUnit, Guid, Target, target_document
-from shared.core.drift import Finding, Lingering, Missing, Plan, Repair
+from shared.core.drift import Finding, Lingering, Missing, Plan, Refusal, Repair
 from shared.core.messaging import EVENT_OUTCOME, EVENT_REQUEST_ID, OUTCOME_EVENT_PREFIX, PropertyValue
 
 __all__ = [
@@ -45,17 +45,19 @@ DRIFT_DETECTED: Final = "drift_detected"
 DRIFT_HELD: Final = "drift_held"
 #: Application properties of a drift event, besides ``outcome`` and (when an intent is known) ``requestId``.
 EVENT_DRIFT_FINDING: Final = "driftFinding"  # missing | lingering | unmanaged
-EVENT_DRIFT_HANDLING: Final = "driftHandling"  # repair | held | report | tier0
+EVENT_DRIFT_HANDLING: Final = "driftHandling"  # repair | held | not_repairable | report | tier0
 EVENT_TARGET_ID: Final = "targetId"  # the unit's id, or the role's template id
 
 
 class Handling(StrEnum):
     """What a sweep does about a finding: sends its `REPAIR` (the policy's mode asks for it), `HELD` by the
-    blast-radius guard until a confirm, `REPORT` only (report mode; an unmanaged member unless authoritative),
-    `TIER0` (a tier-0 role: never touched)."""
+    blast-radius guard until a confirm, `NOT_REPAIRABLE` (the directory refuses the repair: not sent, see the
+    finding's ``refusal``), `REPORT` only (report mode; an unmanaged member unless authoritative), `TIER0` (a tier-0
+    role: never touched)."""
 
     REPAIR = "repair"
     HELD = "held"
+    NOT_REPAIRABLE = "not_repairable"
     REPORT = "report"
     TIER0 = "tier0"
 
@@ -77,15 +79,18 @@ def finding_kind(finding: Finding) -> str:
     return "lingering" if isinstance(finding, Lingering) else "unmanaged"
 
 
-def handlings(plan: Plan) -> dict[Guid, tuple[Handling, Repair | None]]:
-    """What `plan` does about each finding's member: its handling and, when one is planned or held, the repair."""
-    handled: dict[Guid, tuple[Handling, Repair | None]] = {}
+def handlings(plan: Plan) -> dict[Guid, tuple[Handling, Repair | None, Refusal | None]]:
+    """What `plan` does about each finding's member: its handling, the repair (planned, held, or not sent) and, for
+    one not sent, its refusal."""
+    handled: dict[Guid, tuple[Handling, Repair | None, Refusal | None]] = {}
     for finding in plan.reported:
-        handled[finding.member_id] = (Handling.TIER0 if plan.tier0 else Handling.REPORT, None)
+        handled[finding.member_id] = (Handling.TIER0 if plan.tier0 else Handling.REPORT, None, None)
     for repair in plan.repairs:
-        handled[repair.member_id] = (Handling.REPAIR, repair)
+        handled[repair.member_id] = (Handling.REPAIR, repair, None)
     for repair in plan.held.repairs if plan.held is not None else ():
-        handled[repair.member_id] = (Handling.HELD, repair)
+        handled[repair.member_id] = (Handling.HELD, repair, None)
+    for refused in plan.not_repairable:
+        handled[refused.repair.member_id] = (Handling.NOT_REPAIRABLE, refused.repair, refused.refusal)
     return handled
 
 
@@ -101,9 +106,11 @@ def target_fields(target: Target) -> dict[str, Any]:
     }
 
 
-def finding_record(finding: Finding, handling: Handling, repair: Repair | None) -> dict[str, Any]:
-    """One finding: the member, the newest intent it was judged by (none for an unmanaged member), its handling
-    and the repair planned or held for it."""
+def finding_record(
+    finding: Finding, handling: Handling, repair: Repair | None, refusal: Refusal | None = None
+) -> dict[str, Any]:
+    """One finding: the member, the newest intent it was judged by (none for an unmanaged member), its handling,
+    the repair planned, held or not sent for it, and why one is not sent (`refusal`)."""
     intent = None if not isinstance(finding, Missing | Lingering) else finding.intent
     return {
         "finding": finding_kind(finding),
@@ -122,6 +129,9 @@ def finding_record(finding: Finding, handling: Handling, repair: Repair | None) 
             "restores": repair.restores,
             "description": repair.describe(),
         },
+        "refusal": None
+        if refusal is None
+        else {"reason": refusal.reason, "description": refusal.description, "requestId": refusal.request_id},
     }
 
 
@@ -142,6 +152,7 @@ def target_record(
     in_flight: int = 0,
     findings: Iterable[Mapping[str, Any]] = (),
     repairs: int = 0,
+    not_repairable: int = 0,
     repairs_sent: bool = False,
     held: Mapping[str, Any] | None = None,
     tier0: bool = False,
@@ -149,7 +160,8 @@ def target_record(
     description: str | None = None,
     with_findings: bool = True,
 ) -> dict[str, Any]:
-    """One target's check (see the module docstring); the findings' list only `with_findings`, their counts always."""
+    """One target's check (see the module docstring); the findings' list only `with_findings`, their counts always
+    (`not_repairable`: the repairs not sent because the directory refuses them)."""
     listed = list(findings)
     counts = {kind: sum(1 for f in listed if f["finding"] == kind) for kind in ("missing", "lingering", "unmanaged")}
     record: dict[str, Any] = target_fields(target) | {
@@ -160,6 +172,7 @@ def target_record(
         "inFlight": in_flight,
         **counts,
         "repairs": repairs,
+        "notRepairable": not_repairable,
         "repairsSent": repairs_sent,
         "held": dict(held) if held is not None else None,
         "reason": reason,

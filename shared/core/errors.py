@@ -39,6 +39,7 @@ class Reason(StrEnum):
     SOURCE_MISMATCH = "SourceMismatch"  # the body's source.system is not the one its producer speaks as
     CALLBACK_NOT_ALLOWED = "CallbackNotAllowed"  # callback.url names a host its producer may not be called back on
     INVALID_JOB_ROW = "InvalidJobRow"  # a bulk job's row outside the row count fixed by the job's first row
+    UNSUPPORTED_MEMBER = "UnsupportedMember"  # a member type the target cannot hold (Graph would refuse it)
     # An HR event (the hr-events queue), before any grant message is derived from it.
     INVALID_HR_EVENT = "InvalidHrEvent"
     HR_RULES_NOT_CONFIGURED = "HrRulesNotConfigured"
@@ -58,6 +59,8 @@ class Reason(StrEnum):
     THROTTLED = "Throttled"
     GRAPH_UNAVAILABLE = "GraphUnavailable"
     GRAPH_REJECTED = "GraphRejected"
+    RESTRICTED_ADMINISTRATIVE_UNIT = "RestrictedAdministrativeUnit"  # the app's permissions do not apply inside it
+    DYNAMIC_MEMBERSHIP_TARGET = "DynamicMembershipTarget"  # a dynamic unit: its members are its rule's
     # Our side.
     TOKEN_UNAVAILABLE = "TokenUnavailable"  # noqa: S105 (a reason code, not a secret)
     LEDGER_UNAVAILABLE = "LedgerUnavailable"  # transient: the ledger's storage is unreachable, failing or throttling

@@ -8,10 +8,34 @@ from dataclasses import dataclass, field
 
 from shared.core.errors import Reason, TransientError
 
-__all__ = ["GiveUp", "Retry", "RetryPolicy"]
+__all__ = ["GiveUp", "Retry", "RetryPolicy", "delivery_count_problem"]
 
 #: Transient reasons retried whatever the attempt count (the queue's message TTL is the only bound).
 _NEVER_GIVE_UP = frozenset({Reason.LEDGER_UNAVAILABLE, Reason.PAIR_BUSY})
+
+
+def delivery_count_problem(*, max_deliveries: int, max_attempts: int) -> str | None:
+    """Why a queue's maxDeliveryCount of `max_deliveries` cannot carry a policy of `max_attempts`, or None.
+
+    - Fewer than 2: the settlement ladder leaves a delivery it cannot settle yet (no retry copy could be sent, its
+      status could not be recorded, the host did not answer) to its lock expiry, for the next delivery; with one
+      delivery allowed there is none, and every such wait is dead-lettered at once.
+    - Fewer than `max_attempts`: a message whose retry is its own redelivery (an HR event; a delivery whose copy could
+      not be sent) counts each delivery as an attempt, so the last delivery would dead-letter it before
+      ``GRANTS_MAX_ATTEMPTS`` attempts were made: the setting could never be reached.
+    """
+    if max_deliveries < 2:
+        return (
+            f"is {max_deliveries}: at least 2 are needed, as a delivery the app cannot settle yet is left to its lock "
+            "expiry for the next one"
+        )
+    if max_deliveries < max_attempts:
+        return (
+            f"is {max_deliveries}, fewer than GRANTS_MAX_ATTEMPTS ({max_attempts}): a message retried by its "
+            "redelivery (an HR event) counts each delivery as an attempt and could never reach GRANTS_MAX_ATTEMPTS; "
+            "make the queues' maxDeliveryCount (infra: maxDeliveryCount) at least GRANTS_MAX_ATTEMPTS"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)

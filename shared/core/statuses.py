@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from shared.core.times import read_time
 
-__all__ = ["Removal", "Settled", "Status", "StatusRecord", "StatusWrite"]
+__all__ = ["Removal", "Settled", "Status", "StatusRecord", "StatusWrite", "kept_over"]
 
 
 class Status(StrEnum):
@@ -97,6 +97,8 @@ _SUCCEEDED: Final = frozenset(
 )
 #: Statuses after which the member holds the membership (a time-bound grant's removal is then scheduled).
 HOLDS: Final = frozenset({Status.GRANTED, Status.ALREADY_MEMBER})
+#: Statuses that record a change Graph made for the request.
+CHANGED: Final = frozenset({Status.GRANTED, Status.REVOKED})
 
 
 class StatusWrite(StrEnum):
@@ -105,6 +107,20 @@ class StatusWrite(StrEnum):
     FIRST = "first"  # only where nothing is recorded: accepted, scheduled, and what a duplicate or refused id says
     PROGRESS = "progress"  # unless a terminal status is recorded: in_progress, retry_scheduled
     FINAL = "final"  # always: the terminal outcome of the request's own message
+
+
+def kept_over(recorded: StatusRecord | None, outcome: Status, *, message_id: str | None) -> bool:
+    """Whether `recorded`, the status an earlier delivery of the same message (`message_id`) recorded, stays over
+    `outcome`, this delivery's: a change Graph made (granted, revoked) is not replaced by an outcome that made none
+    (a message delivered again after its settlement failed finds the change in place: already_member, not_member,
+    or superseded, refused by then). The record keeps what Graph did, its Graph request id with it."""
+    return (
+        recorded is not None
+        and message_id is not None
+        and recorded.message_id == message_id
+        and recorded.status in CHANGED
+        and outcome not in CHANGED
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

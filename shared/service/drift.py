@@ -14,6 +14,10 @@ every target the policy names, a few at a time, and for each:
   naming the request it restores), MessageId `repair_message_id`, on the **bulk** queue, due now, so the grant
   function carries it out at Graph's Low priority, through the intent gate and the grant policy like any request
   (the removal of an expired grant is the app's expiry removal and carries ``expiryOf``, as the expiry sweep's);
+- sends no repair the directory is known to refuse (`shared.core.drift`, *Not repairable*): a unit with dynamic
+  membership (read from Graph when the target has repairs to plan), or a pair whose newest intent is the app's own
+  request dead-lettered for a reason a repair would meet again (its status read from the ledger; a unit refusal
+  no longer holds once the unit changed); such findings are reported ``not_repairable`` with the refusal;
 - records the removals the blast-radius guard holds (`Ledger.hold_drift`) and says so (a warning line, a
   ``drift_held`` outcome event); a set a confirm released goes on being sent while it is the same set (its
   requests are the same: the ledger absorbs what was done);
@@ -44,8 +48,22 @@ from typing import Any, Final, Literal
 from shared.adapters.directory import DirectoryReader
 from shared.adapters.graph import GraphClient
 from shared.adapters.ledger import DriftHold, Ledger
-from shared.core.contract import AdministrativeUnit, DirectoryRole, Guid, ScopedRole, Target, encode
-from shared.core.drift import Lingering, Plan, Repair, Report, classify, newest_states, plan, repair_command
+from shared.core.contract import DERIVED_PREFIX, AdministrativeUnit, DirectoryRole, Guid, ScopedRole, Target, encode
+from shared.core.drift import (
+    Lingering,
+    Missing,
+    Mode,
+    Plan,
+    Refusal,
+    Repair,
+    Report,
+    Unmanaged,
+    classify,
+    newest_states,
+    plan,
+    refusal_of,
+    repair_command,
+)
 from shared.core.drift import repair_message_id as drift_message_id
 from shared.core.drift_policy import DriftPolicy
 from shared.core.drift_records import (
@@ -58,10 +76,11 @@ from shared.core.drift_records import (
     handlings,
     target_record,
 )
-from shared.core.errors import GrantError
+from shared.core.errors import GrantError, Reason
 from shared.core.intents import PairState, pair_of
 from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, MessageSender, OutcomePublisher
 from shared.core.producers import APP_PRODUCER
+from shared.core.units import refusal_description, still_refuses
 from shared.service.roles import RoleTemplates
 from shared.service.settle import outcome_log
 
@@ -85,7 +104,8 @@ class Swept:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Checked:
     """One target's check: its mode, the report and plan (None when it could not be read: `error`), which naming
-    holds each member's newest intent (`owners`), and the guard's recorded hold."""
+    holds each member's newest intent (`owners`), the guard's recorded hold, and the refusals the plan honoured
+    (`refusals` per member, `refused_target`)."""
 
     target: Target
     mode: str
@@ -95,6 +115,8 @@ class Checked:
     owners: dict[Guid, Target] = field(default_factory=dict)
     hold: DriftHold | None = None
     error: GrantError | None = None
+    refusals: dict[Guid, Refusal] = field(default_factory=dict)
+    refused_target: Refusal | None = None
 
     @property
     def state(self) -> TargetState:
@@ -137,6 +159,7 @@ class Checked:
             in_flight=len(self.report.in_flight) if self.report is not None else 0,
             findings=self.findings(),
             repairs=len(self.plan.repairs) if self.plan is not None else 0,
+            not_repairable=len(self.plan.not_repairable) if self.plan is not None else 0,
             repairs_sent=repairs_sent,
             held=held,
             tier0=self.plan.tier0 if self.plan is not None else False,
@@ -267,26 +290,64 @@ class DriftService:
         states = newest_states((member, state) for member, state, _ in pairs)
         owners = {member: naming for member, state, naming in pairs if states[member] is state}
         report = classify(states=states, members=members, now=now)
-        planned = self._plan(report, swept.target, confirm)
-        hold = None
-        if planned.held is not None:
-            hold = await self._ledger.drift_hold(swept.target)
-            if confirm is None and hold is not None and hold.released_at is not None:
-                planned = self._plan(report, swept.target, hold.digest)
-        elif confirm is not None:
-            hold = await self._ledger.drift_hold(swept.target)
-        return Checked(
+        try:
+            refusals, refused_target = await self._refusals(swept.target, report, mode)
+        except GrantError as error:
+            return Checked(target=swept.target, mode=mode.value, checked_at=now, error=error)
+        checked = Checked(
             target=swept.target,
             mode=mode.value,
             checked_at=now,
             report=report,
-            plan=planned,
             owners=owners,
-            hold=hold,
+            refusals=refusals,
+            refused_target=refused_target,
+        )
+        planned = self._plan(checked, confirm)
+        hold = None
+        if planned.held is not None:
+            hold = await self._ledger.drift_hold(swept.target)
+            if confirm is None and hold is not None and hold.released_at is not None:
+                planned = self._plan(checked, hold.digest)
+        elif confirm is not None:
+            hold = await self._ledger.drift_hold(swept.target)
+        return replace(checked, plan=planned, hold=hold)
+
+    def _plan(self, checked: Checked, confirm: str | None) -> Plan:
+        assert checked.report is not None
+        target = checked.target
+        return plan(
+            checked.report,
+            target=target,
+            mode=self._policy.mode_of(target),
+            guard=self._policy.guard,
+            confirm=confirm,
+            refusals=checked.refusals,
+            refused_target=checked.refused_target,
         )
 
-    def _plan(self, report: Report, target: Target, confirm: str | None) -> Plan:
-        return plan(report, target=target, mode=self._policy.mode_of(target), guard=self._policy.guard, confirm=confirm)
+    async def _refusals(self, target: Target, report: Report, mode: Mode) -> tuple[dict[Guid, Refusal], Refusal | None]:
+        """What the directory is known to refuse of `report`'s repairs: for a unit with repairs to plan, whether it
+        refuses every write (dynamic membership: read from Graph now); for each finding whose newest intent is the
+        app's own request, the refusal its status records (`refusal_of`), unless it was the unit's and the unit no
+        longer refuses (`still_refuses`). Nothing in report mode."""
+        repairable = [f for f in report.findings if not isinstance(f, Unmanaged) or mode is Mode.AUTHORITATIVE]
+        if mode is Mode.REPORT or not repairable:
+            return {}, None
+        kind = await self._reader.unit_kind(target.id) if isinstance(target, AdministrativeUnit) else None
+        if kind is not None and kind.dynamic:
+            reason = Reason.DYNAMIC_MEMBERSHIP_TARGET
+            description = refusal_description(reason, unit=_label(target))
+            return {}, Refusal(reason=reason.value, description=description)
+        refusals: dict[Guid, Refusal] = {}
+        for finding in repairable:
+            if not isinstance(finding, Missing | Lingering) or not finding.intent.request_id.startswith(DERIVED_PREFIX):
+                continue
+            producer = finding.intent.producer or APP_PRODUCER  # a repair's request: the app's, or an expiry's owner's
+            refusal = refusal_of(await self._ledger.status(finding.intent.request_id, producer=producer))
+            if refusal is not None and (kind is None or still_refuses(kind, refusal.reason)):
+                refusals[finding.member_id] = refusal
+        return refusals, None
 
     # --- reports, sweeps, confirms -----------------------------------------------------------------------------
 
@@ -407,7 +468,7 @@ class DriftService:
         """Mark the held set `digest` of `checked` released (recording it first if no sweep did), then send its
         removals (the other repairs are the sweep's); ``already_released`` when a confirm got there first."""
         assert checked.report is not None
-        held = self._plan(checked.report, checked.target, None).held
+        held = self._plan(checked, None).held
         assert held is not None
         await self._ledger.hold_drift(
             checked.target,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
+from shared.adapters.directory import RoleIds, UnitKinds
 from shared.adapters.graph import GraphClient
 from shared.adapters.lanes import LaneSender
 from shared.core.callbacks import CallbackPolicy, CallbackRefused
@@ -45,8 +46,12 @@ class GrantService:
         now: Callable[[], datetime],
         activate_roles: bool,
         dry_run: bool,
+        role_ids: RoleIds | None = None,
+        units: UnitKinds | None = None,
     ) -> None:
         self._graph = graph
+        self._role_ids = role_ids or RoleIds()
+        self._units = units or UnitKinds()
         self._policy = policy
         self._callbacks = callbacks
         self._senders = senders
@@ -120,7 +125,12 @@ class GrantService:
                 + ("" if dry_run else ", and its removal was queued in case an earlier attempt had granted it"),
             )
         result = await change_membership(
-            command, graph=self._graph.in_lane(lane), activate_roles=self._activate_roles, dry_run=dry_run
+            command,
+            graph=self._graph.in_lane(lane),
+            roles=self._role_ids,
+            units=self._units,
+            activate_roles=self._activate_roles,
+            dry_run=dry_run,
         )
         result = replace(result, role_template_id=template)
         if expires_at is not None and not dry_run and result.outcome in HOLDS:

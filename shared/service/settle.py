@@ -27,9 +27,15 @@ be parsed, and one whose id names another request only write a status where the 
 (`owner_write`).
 
 The settlement call is made within `deadline` seconds (`shared.adapters.settlement`): a host that does not answer
-in time leaves the delivery ``unsettled`` (not terminal, logged as a warning naming what had been decided); should
-the late call still succeed, the decided outcome line is logged then. One outcome line per delivery, on the
-``shared.outcome`` logger (`log_outcome`).
+in time, or answers with a failure (a lock lost mid-work: `SettlementFailed`), leaves the delivery ``unsettled`` (not
+terminal, logged as a warning naming what had been decided); should a late call still succeed, the decided outcome
+line is logged then. One outcome line per delivery, on the ``shared.outcome`` logger (`log_outcome`), whatever the
+settlement call does; nothing is raised.
+
+A message delivered again after an earlier delivery of it recorded a change Graph made (granted, revoked) and then
+failed to settle keeps that record: when this delivery's outcome made no change (already_member, …), the status is
+not written over (`kept_over`: its Graph request id stays) and the outcome event published is the recorded one's
+(the same MessageId as the earlier delivery's: the topic keeps one); the outcome line says both.
 """
 
 from __future__ import annotations
@@ -40,11 +46,11 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from shared.adapters.settlement import Settlement, SettlementTimeout, abandon, complete, deadletter
+from shared.adapters.settlement import Settlement, SettlementFailed, SettlementTimeout, abandon, complete, deadletter
 from shared.core.errors import GrantError, GraphAnswer, PermanentError, Reason, TransientError
 from shared.core.messaging import (
     ATTEMPT,
@@ -58,7 +64,7 @@ from shared.core.messaging import (
     clip,
 )
 from shared.core.retry import GiveUp, RetryPolicy
-from shared.core.statuses import Settled, Status, StatusRecord, StatusWrite
+from shared.core.statuses import Settled, Status, StatusRecord, StatusWrite, kept_over
 
 __all__ = ["Done", "Ending", "RetryCopy", "StatusLedger", "log_outcome", "outcome_log", "sentence", "settle"]
 
@@ -112,9 +118,11 @@ class Ending:
 
 
 class StatusLedger(Protocol):
-    """Where a grant's status records are written (`shared.adapters.ledger.Ledger`)."""
+    """Where a grant's status records are written and read (`shared.adapters.ledger.Ledger`)."""
 
     async def record(self, record: StatusRecord, *, now: datetime, write: StatusWrite = ...) -> bool: ...
+
+    async def status(self, request_id: str, *, producer: str) -> StatusRecord | None: ...
 
 
 async def settle(
@@ -180,9 +188,22 @@ async def settle(
     if settled.terminal:
         finished = now()
         status = ending.status(settled, finished, None) if ending.status is not None else None
+        kept = await _kept(delivery, settled, status, ledger)
+        if kept is not None:  # an earlier delivery of this message recorded what Graph did: that record stays
+            settled = replace(settled, description=_kept_note(settled, kept))
         announced = ending.line(settled, finished)
+        told = settled if kept is None else replace(settled, outcome=kept.status, reason=kept.reason)
         failed = await _announce(
-            settled, announced, status, ending, publisher=publisher, ledger=ledger, now=now, kind=ending.kind
+            settled,
+            announced,
+            status,
+            ending,
+            publisher=publisher,
+            ledger=ledger,
+            now=now,
+            kind=ending.kind,
+            kept=kept,
+            told=(told, announced if kept is None else ending.line(told, finished)),
         )
         if failed is not None and policy.last_delivery(delivery.delivery_count):
             what, reason = failed  # the last delivery Service Bus allows: dead-lettered now, with its reason
@@ -262,17 +283,22 @@ async def _announce(
     ledger: StatusLedger | None,
     now: Callable[[], datetime],
     kind: str,
+    kept: StatusRecord | None = None,
+    told: tuple[Settled, dict[str, Any]] | None = None,
 ) -> tuple[str, Reason] | None:
     """Publish a grant's outcome event and record its status, at once; None when both succeeded (or there is
-    nothing to announce), else what failed (logged) and the reason of its store."""
+    nothing to announce), else what failed (logged) and the reason of its store. The event tells `told` (how the
+    request ended and its line; by default `settled` and `line`); with `kept` (the record an earlier delivery of the
+    message made, which stays) no status is written."""
     if status is None:
         return None
     calls: dict[tuple[str, Reason], Awaitable[object]] = {}
     if publisher is not None and ending.event is not None:
+        event_settled, event_line = told or (settled, line)
         calls["event could not be published", Reason.QUEUE_UNAVAILABLE] = publisher.publish(
-            **ending.event(settled, line)
+            **ending.event(event_settled, event_line)
         )
-    if ledger is not None and status.request_id:
+    if ledger is not None and status.request_id and kept is None:
         calls["status could not be recorded", Reason.LEDGER_UNAVAILABLE] = ledger.record(
             status, now=now(), write=owner_write(settled, owner=ending.owner)
         )
@@ -292,6 +318,30 @@ async def _announce(
                 raise result
             failed = failed or (what, reason)
     return failed
+
+
+async def _kept(
+    delivery: Delivery, settled: Settled, status: StatusRecord | None, ledger: StatusLedger | None
+) -> StatusRecord | None:
+    """The status an earlier delivery of this message recorded, when it stays over this delivery's terminal outcome
+    (`kept_over`); read only for a message delivered again. A read that fails keeps nothing (this delivery's status
+    is then written, or its write fails and the message waits, as any)."""
+    if status is None or ledger is None or not status.request_id or not status.producer or delivery.delivery_count <= 1:
+        return None
+    try:
+        recorded = await ledger.status(status.request_id, producer=status.producer)
+    except Exception:
+        _log.warning("could not read the status of %s", _safe(status.request_id), exc_info=True)
+        return None
+    return recorded if kept_over(recorded, settled.outcome, message_id=delivery.message_id) else None
+
+
+def _kept_note(settled: Settled, kept: StatusRecord) -> str:
+    """This delivery's description, saying which earlier record stays."""
+    return (
+        f"{sentence(settled.description)} The request's status stays {kept.status}, as an earlier delivery of this "
+        f"message recorded it (Graph request id {kept.graph_request_id}) before its settlement failed."
+    )
 
 
 async def _note_retry(ledger: StatusLedger, record: StatusRecord, now: Callable[[], datetime]) -> None:
@@ -422,6 +472,18 @@ async def _within(
     (from the settlement's thread)."""
     try:
         await settlement(deadline=deadline)
+    except SettlementFailed as refused:
+        return Settled(
+            outcome=Status.UNSETTLED,
+            reason=settled.reason,
+            description=clip(
+                f"{settled.outcome}: {sentence(settled.description)} But {refused}: the message is not settled, and "
+                "Service Bus delivers it again when its lock is gone"
+                + ("; the status recorded stays what this delivery did." if settled.terminal else "."),
+                MAX_DESCRIPTION_CHARS,
+            ),
+            attempts=settled.attempts,
+        )
     except SettlementTimeout as stalled:
         if stalled.late is not None:
             stalled.late.add_done_callback(functools.partial(_finished_late, settled, stalled.method, late))
