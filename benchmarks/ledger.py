@@ -41,7 +41,9 @@ async def ledger_cost(count: int = 1_000) -> dict[str, Any]:
             now = datetime.now(UTC)
             cpu, wall = time.process_time(), time.perf_counter()
             for n in range(count):
-                intent = Intent(request_id=f"bench-{n}", content_hash="c", action=Action.ADD, requested_at=now)
+                intent = Intent(
+                    request_id=f"bench-{n}", content_hash="c", action=Action.ADD, requested_at=now, producer="bulk"
+                )
                 admitted = await ledger.begin(intent, pair=f"au.bench.{n}", origin=f"m-{n}", now=now)
                 assert isinstance(admitted, Admitted)
                 await ledger.finish(admitted.ticket, applied=Action.ADD, now=now)
@@ -51,6 +53,7 @@ async def ledger_cost(count: int = 1_000) -> dict[str, Any]:
             for n in range(count):
                 record = StatusRecord(
                     request_id=f"bench-{n}",
+                    producer="bulk",
                     status=Status.GRANTED,
                     member_id=f"{n:08x}-0000-4000-8000-000000000000",
                     target_id="3f2504e0-4f89-11d3-9a0c-0305e82c3301",

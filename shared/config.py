@@ -242,6 +242,10 @@ class Settings:
                 webhook_secret=webhook_secret,
                 callback_hosts=hosts,
             )
+        app_only = tuple(name for name in (get("GRANTS_CALLBACK_QUEUE") or "grant-callbacks", outcomes_topic) if name)
+        producers.check_queues(
+            grants_queue=grants_queue, bulk_queue=bulk_queue, hr_events_queue=hr_events_queue, app_only=app_only
+        )
         callbacks = _callback_policy(get, env, outcomes_topic, producers)
         settlement_timeout = _number(get, "GRANTS_SETTLEMENT_TIMEOUT_SECONDS", minimum=0.1)
         pacing = get("GRAPH_WRITE_PACING").lower() or "adaptive"

@@ -52,6 +52,7 @@ from shared.core.intents import (
     parse_pair,
     release,
 )
+from shared.core.producers import APP_PRODUCER
 from shared.core.statuses import Status, StatusRecord, StatusWrite
 from shared.core.times import read_time
 
@@ -96,6 +97,7 @@ _LEGACY_ROW_PREFIX: Final = "row."
 #: The app's own secrets: a partition no `table_key` can name (those have dots).
 _APP_PARTITION: Final = "app"
 _SEAL_ROW: Final = "seal"
+_SCHEMA: Final = 2  # the seal row's ``schema`` on a ledger whose every row has its producer (no legacy rows)
 _END_OF_TIME: Final = datetime(9999, 12, 31, tzinfo=UTC)
 
 #: The kinds of group a request can belong to: a bulk job (``jobId``) or an HR event (``hrEventId``).
@@ -211,11 +213,19 @@ class Ledger:
     """The grant ledger over one table (`table_client`). One per process; `aclose` closes the client."""
 
     def __init__(
-        self, table: TableClient, *, lease_for: timedelta = LEASE_FOR, uncertain_window: timedelta = UNCERTAIN_WINDOW
+        self,
+        table: TableClient,
+        *,
+        lease_for: timedelta = LEASE_FOR,
+        uncertain_window: timedelta = UNCERTAIN_WINDOW,
+        legacy: bool | None = None,
     ) -> None:
+        """`legacy`: whether the table may hold rows from before producers had names; None: read it from the seal
+        row once, on first need (`_legacy_rows`)."""
         self._table = table
         self._lease_for = lease_for
         self.uncertain_window = uncertain_window
+        self._legacy = legacy
 
     async def begin(
         self, intent: Intent, *, pair: str, origin: str, now: datetime
@@ -310,8 +320,12 @@ class Ledger:
         return (await self._read_pair(pair))[0]
 
     async def request(self, request_id: str, *, producer: str) -> RequestRecord | None:
-        """What is recorded for `producer`'s `request_id`, if anything."""
-        return await self._read_request(request_id, producer)
+        """What is recorded for `producer`'s `request_id`, if anything (its own claim, else, on a ledger from before
+        producers had names, the claim its source system made then)."""
+        own = await self._read_request(request_id, producer)
+        if own is None and await self._legacy_rows():
+            return await self._legacy_claim(request_id, producer)
+        return own
 
     async def record(self, status: StatusRecord, *, now: datetime, write: StatusWrite = StatusWrite.FINAL) -> bool:
         """Write `status` as its request's status record and its copies: in the history of its member and of each
@@ -328,7 +342,7 @@ class Ledger:
         removal = _removal_entity(record, now)
         calls: list[Awaitable[object]] = [self._write_status(entity, write, owned=owned) for entity, owned in entities]
         if removal is not None and write is not StatusWrite.FIRST:
-            calls.append(self._merge_removal(removal))
+            calls.append(self._merge_removal(removal, producer=str(record["producer"])))
         results = await asyncio.gather(*calls, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
@@ -352,72 +366,93 @@ class Ledger:
         return _status_record(entity)
 
     async def statuses(self, request_id: str) -> list[StatusRecord]:
-        """Every producer's status record of `request_id` (one partition query), by producer name.
+        """Every producer's status record of `request_id` (one partition query), by producer name; a status from before
+        producers had names only when its producer has none of its own since (the same request carried again).
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
         query = "PartitionKey eq @key and ( RowKey eq @legacy or ( RowKey ge @low and RowKey lt @high ) )"
         parameters = {"key": table_key("request", request_id), "legacy": _LEGACY_STATUS_ROW, "low": "p.", "high": "p/"}
         try:
-            found = [
-                record
-                for entity in await self._query(query, parameters)
-                if (entity["RowKey"] == _LEGACY_STATUS_ROW or entity["RowKey"].endswith(".status"))
-                and (record := _status_record(entity)) is not None
-            ]
+            entities = await self._query(query, parameters)
         except AzureError as error:
             raise _unavailable("read the statuses of a request id", error) from error
-        return sorted(found, key=lambda record: record.producer or "")
+        own_rows = [entity for entity in entities if entity["RowKey"].endswith(".status")]
+        own = {entity.get("producer") for entity in own_rows}
+        legacy = [
+            entity for entity in entities if entity["RowKey"] == _LEGACY_STATUS_ROW and _legacy_owner(entity) not in own
+        ]
+        kept = [record for entity in own_rows + legacy if (record := _status_record(entity)) is not None]
+        return sorted(kept, key=lambda record: record.producer or "")
 
     async def group(self, kind: GroupKind, group_id: str, *, producer: str | None) -> list[Group]:
         """Bulk job or HR event `group_id` as recorded, one `Group` per producer that has rows under that id (a job id
         is its producer's own): each row's status (only the columns that count it), the failed rows' whole records,
-        and an HR event's own record. With `producer`, only its group (at most one): two partition queries at once,
-        on its rows; rows recorded before producers had names count as the producer named as their source system.
+        and an HR event's own record. With `producer`, only its group (at most one). Rows recorded before producers
+        had names belong to the producer named as their source system (a legacy HR event's own record, to the producer
+        of its rows), beside that producer's own rows of the same group (a job that spanned the upgrade; a row it has
+        of its own wins). Three partition queries at once.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
         key = table_key(kind, group_id)
-        if producer is not None:
-            low, high = _producer_rows(producer)
-            where, bounds = "RowKey ge @low and RowKey lt @high", {"low": low, "high": high}
-        else:
-            where, bounds = "RowKey ge @low", {"low": ""}
-        parameters = {"key": key, **bounds}
+        low, high = _producer_rows(producer) if producer is not None else ("p.", "p/")
+        parameters = {"key": key, "low": low, "high": high}
+        where = "PartitionKey eq @key and RowKey ge @low and RowKey lt @high"
         try:
-            counted, detailed = await asyncio.gather(
-                self._query(f"PartitionKey eq @key and {where}", parameters, select=_COUNTED),
+            counted, detailed, legacy = await asyncio.gather(
+                self._query(where, parameters, select=_COUNTED),
                 self._query(
-                    f"PartitionKey eq @key and {where} and ( status eq @failed or event eq true or RowKey eq @event )",
-                    {**parameters, "failed": "dead_lettered", "event": _LEGACY_EVENT_ROW},
+                    f"{where} and ( status eq @failed or event eq true )", {**parameters, "failed": "dead_lettered"}
                 ),
+                self._legacy_group(key),
             )
-            if producer is not None and not counted:  # nothing of its own: rows from before producers had names
-                counted, detailed = await self._legacy_group(key, producer)
         except AzureError as error:
             raise _unavailable(f"list the requests of {kind} {group_id}", error) from error
         groups: dict[str, Group] = {}
+        own_rows: dict[str, set[object]] = {}
         for entity in counted:
             if not _is_event(entity):
                 row = {name: entity.get(name) for name in _COUNTED if name not in ("RowKey", "producer", "event")}
-                groups.setdefault(_owner(entity, producer), Group(rows=[])).rows.append(row)
+                name = str(entity.get("producer") or producer or "")
+                groups.setdefault(name, Group(rows=[])).rows.append(row)
+                own_rows.setdefault(name, set()).add(row.get("jobRow"))
         for entity in detailed:
-            group = groups.setdefault(_owner(entity, producer), Group(rows=[]))
+            group = groups.setdefault(str(entity.get("producer") or producer or ""), Group(rows=[]))
             if _is_event(entity):
                 group.event = _loads(entity.get("record"))
             elif (record := _status_record(entity)) is not None:
                 group.failed.append(record)
+        for owner, entity in legacy:
+            if producer is not None and owner != producer:
+                continue
+            group = groups.setdefault(owner, Group(rows=[]))
+            if _is_event(entity):
+                group.event = group.event or _loads(entity.get("record"))
+                continue
+            row = {name: entity.get(name) for name in _COUNTED if name not in ("RowKey", "producer", "event")}
+            if row.get("jobRow") in own_rows.get(owner, set()):
+                continue  # the row was recorded again since, as its producer's own
+            group.rows.append(row)
+            if entity.get("status") == "dead_lettered" and (record := _status_record(entity)) is not None:
+                group.failed.append(record)
         return [replace(group, producer=name or None) for name, group in sorted(groups.items())]
 
-    async def _legacy_group(self, key: str, producer: str) -> tuple[list[Any], list[Any]]:
-        """The rows of a group recorded before producers had names whose source system is `producer`'s name."""
+    async def _legacy_group(self, key: str) -> list[tuple[str, Any]]:
+        """The rows of a group recorded before producers had names, each with its owner: the producer named as its
+        source system; the group's own record (an HR event's), the owner of its rows when they have one."""
         query = "PartitionKey eq @key and ( RowKey eq @event or ( RowKey ge @low and RowKey lt @high ) )"
         parameters = {"key": key, "event": _LEGACY_EVENT_ROW, "low": _LEGACY_ROW_PREFIX, "high": "row/"}
-        rows = [entity for entity in await self._query(query, parameters) if _legacy_owner(entity) == producer]
-        for entity in rows:
-            entity["producer"] = producer
-            entity["event"] = entity["RowKey"] == _LEGACY_EVENT_ROW
-        return rows, [entity for entity in rows if entity["event"] or entity.get("status") == "dead_lettered"]
+        entities = await self._query(query, parameters)
+        owners = {owner for entity in entities if (owner := _legacy_owner(entity)) is not None}
+        found = []
+        for entity in entities:
+            owner = _legacy_owner(entity)
+            if _is_event(entity) and owner is None and len(owners) == 1:
+                owner = next(iter(owners))
+            if owner is not None:
+                found.append((owner, entity))
+        return found
 
     async def _query(
         self, query: str, parameters: dict[str, Any], *, select: tuple[str, ...] | None = None
@@ -515,6 +550,7 @@ class Ledger:
         for _ in range(2):
             entity = await self._get(_APP_PARTITION, _SEAL_ROW, doing="read the app's seal key")
             if entity is not None:
+                self._legacy = not entity.get("schema")
                 return tuple(base64.b64decode(entity[name]) for name in ("key", "previous") if entity.get(name))
             try:
                 await self._table.create_entity(
@@ -522,6 +558,7 @@ class Ledger:
                         "PartitionKey": _APP_PARTITION,
                         "RowKey": _SEAL_ROW,
                         "key": base64.b64encode(secrets.token_bytes(32)).decode(),
+                        "schema": _SCHEMA,
                     }
                 )
             except ResourceExistsError:
@@ -741,19 +778,42 @@ class Ledger:
             return None
         return True
 
-    async def _merge_removal(self, entity: dict[str, Any]) -> None:
-        """Note an expiry removal's status on the grant it ends (nothing when that grant has no status)."""
+    async def _merge_removal(self, entity: dict[str, Any], *, producer: str) -> None:
+        """Note an expiry removal's status on the grant it ends: on its producer's status, else on the status recorded
+        before producers had names when that names `producer`'s source system, or when the removal is the app's (one
+        queued before producers had names); nothing when the grant has neither."""
+        doing = "note the removal of a time-bound grant"
         try:
             await self._table.update_entity(entity, mode=UpdateMode.MERGE)
+            return
         except ResourceNotFoundError as error:
             if not _absent(error):
-                raise _unavailable("note the removal of a time-bound grant", error) from error
+                raise _unavailable(doing, error) from error
         except AzureError as error:
-            raise _unavailable("note the removal of a time-bound grant", error) from error
+            raise _unavailable(doing, error) from error
+        legacy = await self._get(entity["PartitionKey"], _LEGACY_STATUS_ROW, doing=doing)
+        if legacy is None or producer not in (APP_PRODUCER, _legacy_owner(legacy)):
+            return
+        try:
+            await self._table.update_entity(
+                {**entity, "RowKey": _LEGACY_STATUS_ROW},
+                mode=UpdateMode.MERGE,
+                etag=legacy.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceNotFoundError, ResourceModifiedError):
+            pass  # changed or gone since: the next run of the removal notes it again
+        except AzureError as error:
+            raise _unavailable(doing, error) from error
 
     async def _claim(self, record: RequestRecord, now: datetime) -> RequestRecord | None:
-        """Insert `record`; None when it was new, else the record that was there first."""
+        """Insert `record`; None when it was new, else the record that was there first (on a ledger from before
+        producers had names, the claim its producer's source system made then, read first: nothing is inserted)."""
         assert record.producer is not None
+        if await self._legacy_rows():
+            legacy = await self._legacy_claim(record.request_id, record.producer)
+            if legacy is not None:
+                return legacy
         entity = {
             "PartitionKey": table_key("request", record.request_id),
             "RowKey": producer_row(record.producer, "request"),
@@ -776,6 +836,32 @@ class Ledger:
             raise _unavailable("record the request", error) from error
         return None
 
+    async def _legacy_rows(self) -> bool:
+        """True when this ledger may hold rows from before producers had names: its seal row (`seal_keys`) is older
+        than the schema that named them (no ``schema`` column). Read once per process."""
+        if self._legacy is None:
+            entity = await self._get(_APP_PARTITION, _SEAL_ROW, doing="read the app's seal key")
+            self._legacy = entity is not None and not entity.get("schema")
+        return self._legacy
+
+    async def _legacy_claim(self, request_id: str, producer: str) -> RequestRecord | None:
+        """The claim of `request_id` made before producers had names, when its status names `producer`'s source
+        system (one partition query of the two rows); else None."""
+        query = "PartitionKey eq @key and ( RowKey eq @request or RowKey eq @status )"
+        parameters = {
+            "key": table_key("request", request_id),
+            "request": _LEGACY_REQUEST_ROW,
+            "status": _LEGACY_STATUS_ROW,
+        }
+        try:
+            rows = {entity["RowKey"]: entity for entity in await self._query(query, parameters)}
+        except AzureError as error:
+            raise _unavailable("read a request record", error) from error
+        claim, status = rows.get(_LEGACY_REQUEST_ROW), rows.get(_LEGACY_STATUS_ROW)
+        if claim is None or status is None or _legacy_owner(status) != producer:
+            return None
+        return _request_record(claim, producer)
+
     async def _get(self, partition: str, row: str, *, doing: str) -> TableEntity | None:
         """The entity at (`partition`, `row`), None when it is absent; `TransientError(LedgerUnavailable)` saying what
         the ledger was `doing` when the storage fails (or the whole table is missing)."""
@@ -792,16 +878,7 @@ class Ledger:
     async def _read_request(self, request_id: str, producer: str) -> RequestRecord | None:
         partition, row = table_key("request", request_id), producer_row(producer, "request")
         entity = await self._get(partition, row, doing="read a request record")
-        if entity is None:
-            return None
-        return RequestRecord(
-            request_id=entity["requestId"],
-            content_hash=entity["contentHash"],
-            origin=entity["origin"],
-            pair=entity["pair"],
-            requested_at=_time(entity["requestedAt"]),
-            producer=producer,
-        )
+        return _request_record(entity, producer) if entity is not None else None
 
     async def _read_pair(self, pair: str) -> tuple[PairState | None, str | None]:
         entity = await self._get(table_key("pair", pair), _PAIR_ROW, doing="read the state of a member and target")
@@ -914,6 +991,17 @@ def _status_record(entity: Mapping[str, Any]) -> StatusRecord | None:
     except ValueError as error:
         _log.error("the ledger holds a status record it cannot read, skipped: %s (%s)", entity.get("RowKey"), error)
         return None
+
+
+def _request_record(entity: Mapping[str, Any], producer: str) -> RequestRecord:
+    return RequestRecord(
+        request_id=entity["requestId"],
+        content_hash=entity["contentHash"],
+        origin=entity["origin"],
+        pair=entity["pair"],
+        requested_at=_time(entity["requestedAt"]),
+        producer=producer,
+    )
 
 
 def _legacy_owner(entity: Mapping[str, Any]) -> str | None:

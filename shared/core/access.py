@@ -104,7 +104,7 @@ def caller_of(headers: Mapping[str, str], *, enabled: bool, producers: Producers
         return None
     try:
         document = json.loads(base64.b64decode(raw, validate=True))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         return None
     if not isinstance(document, dict) or not isinstance(document.get("claims"), list):
         return None

@@ -43,6 +43,7 @@ __all__ = [
     "JOB_ROWS",
     "LANES",
     "MAX_DESCRIPTION_CHARS",
+    "MAX_JOB_ROWS",
     "MAX_MESSAGE_ID_CHARS",
     "MAX_REASON_CHARS",
     "ORIGINAL_MESSAGE_ID",
@@ -65,6 +66,7 @@ __all__ = [
     "original_message_id",
     "outcome_event_id",
     "property_of",
+    "whole_row",
 ]
 
 PropertyValue: TypeAlias = str | int | float | bool
@@ -168,26 +170,34 @@ def derived_message_id(kind: str, *sources: str, suffix: str = "") -> str:
     return f"{DERIVED_PREFIX}{kind}:{digest}" + (f":{suffix}" if suffix else "")
 
 
+#: The most rows a job (or HR event) may have: a row number is a whole number from 1 to this.
+MAX_JOB_ROWS: Final = 1_000_000
+
+
 def job_row_problem(properties: Mapping[Any, Any]) -> str | None:
     """What is wrong with a bulk job's row properties (`BULK_JOB`, `JOB_ROW`, `JOB_ROWS`), or None: a row of a job
-    is a whole number from 1 to the job's row count, both given. Without `BULK_JOB`, nothing."""
-    if property_of(properties, BULK_JOB) in (None, ""):
+    is a whole number from 1 to the job's row count (at most `MAX_JOB_ROWS`), both given; a row without a job is no
+    row. Without any of them, nothing."""
+    job, row_text, rows_text = (property_of(properties, name) for name in (BULK_JOB, JOB_ROW, JOB_ROWS))
+    if job in (None, "") and row_text is None and rows_text is None:
         return None
-    row, rows = _whole(property_of(properties, JOB_ROW)), _whole(property_of(properties, JOB_ROWS))
+    if job in (None, ""):
+        return f"{JOB_ROW} and {JOB_ROWS} name a row of a job, but {BULK_JOB} names none"
+    row, rows = whole_row(row_text), whole_row(rows_text)
     if row is None or rows is None:
-        return f"a row of job {property_of(properties, BULK_JOB)} needs {JOB_ROW} and {JOB_ROWS}, whole numbers from 1"
+        return f"a row of job {job} needs {JOB_ROW} and {JOB_ROWS}, whole numbers from 1 to {MAX_JOB_ROWS}"
     if row > rows:
         return f"{JOB_ROW} {row} is past the job's {JOB_ROWS} {rows}"
     return None
 
 
-def _whole(value: object) -> int | None:
-    """A whole number from 1 (an int, or its decimal text), else None."""
+def whole_row(value: object) -> int | None:
+    """A row number or count: a whole number from 1 to `MAX_JOB_ROWS` (an int, or its decimal text), else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, str) and value.isdecimal() and len(value) <= 9:
         value = int(value)
-    return value if isinstance(value, int) and value >= 1 else None
+    return value if isinstance(value, int) and 1 <= value <= MAX_JOB_ROWS else None
 
 
 def clip(text: str, limit: int) -> str:

@@ -189,6 +189,30 @@ class Producers:
         }
         return Producers(by_name=moved, origin=f"{self.origin}, {name} on {queue} (local)")
 
+    def check_queues(
+        self, *, grants_queue: str, bulk_queue: str, hr_events_queue: str, app_only: tuple[str, ...]
+    ) -> None:
+        """Raise `ConfigError` when a producer's queue is one the app reads for something else: a grant queue that
+        is the HR events queue (its messages would be read as HR events), an HR events queue that is a grant queue,
+        or any of `app_only` (the callback retry queue, the outcomes topic: the app's alone)."""
+        for producer in self:
+            where = f"GRANTS_PRODUCERS ({self.origin}): producer {producer.name!r}"
+            if producer.queue is not None and producer.queue in (hr_events_queue, *app_only):
+                raise ConfigError(
+                    f"{where}: queue {producer.queue} is the app's "
+                    + (
+                        "HR events queue (hrEventsQueue, for an HR system)"
+                        if producer.queue == hr_events_queue
+                        else "own (callbacks, outcomes): no producer may send there"
+                    )
+                )
+            if producer.hr_events_queue is not None and producer.hr_events_queue in (
+                grants_queue,
+                bulk_queue,
+                *app_only,
+            ):
+                raise ConfigError(f"{where}: hrEventsQueue {producer.hr_events_queue} is a queue of grant messages")
+
     def describe(self) -> str:
         """The start-up log's lines: where the registry came from, then one line per producer."""
         return "\n".join([f"producers ({self.origin}):", *(f"  {p.describe()}" for p in self)])
@@ -393,15 +417,25 @@ APP: Final = Producer(name=APP_PRODUCER, system=SourceSystem.OTHER)
 
 
 def establish(
-    registry: Producers, *, own: bool, stated: str | None, bound: Producer | None, system: str | None
+    registry: Producers,
+    *,
+    own: bool,
+    stated: str | None,
+    bound: Producer | None,
+    system: str | None,
+    app_removal: bool = False,
 ) -> Producer:
     """Who asked for a grant message: on a message the app sealed (`own`), the producer it names (`stated`: its
     sealed ``producer`` property; on one sealed before producers had names, the producer of its body's source
     `system`, which the app had believed then); on any other message, the producer its entry point is `bound` to.
-    Raise `ContractError(UnknownProducer)` when that is no producer: a message sent where no producer may send, or
-    sealed for a producer the registry no longer has."""
+    The app's own removals (`app_removal`: an expiry's, a drift repair's) whose producer is not registered (sealed
+    before producers had names, or for a producer since removed) are the app's (`APP`): a grant never outlives its
+    expiry because its producer left the registry. Raise `ContractError(UnknownProducer)` when that is no producer:
+    a message sent where no producer may send, or sealed for a producer the registry no longer has."""
     if own:
         if stated == APP_PRODUCER:
+            return APP
+        if app_removal and (stated is None or registry.get(stated) is None):
             return APP
         found = registry.get(stated) if stated else (registry.for_system(system) if system else None)
         if found is None:

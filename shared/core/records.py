@@ -37,6 +37,7 @@ from shared.core.messaging import (
     Delivery,
     PropertyValue,
     outcome_event_id,
+    whole_row,
 )
 from shared.core.statuses import Settled, Status, StatusRecord
 from shared.core.times import intent_time
@@ -123,8 +124,8 @@ def grant_status(
         intent_at=intent_time(requested_at, arrived_at=delivery.arrived_at(started)),
         job_id=delivery.text_property(BULK_JOB),
         hr_event_id=delivery.text_property(HR_EVENT),
-        job_row=_count(delivery.application_property(JOB_ROW)),
-        job_rows=_count(delivery.application_property(JOB_ROWS)),
+        job_row=whole_row(delivery.application_property(JOB_ROW)),
+        job_rows=whole_row(delivery.application_property(JOB_ROWS)),
         expiry_of=delivery.text_property(EXPIRY_OF),
         **fields,
     )
@@ -236,14 +237,3 @@ def callback_line(
         "terminal": settled.terminal,
         "finishedAt": finished.isoformat(),
     }
-
-
-def _count(value: object) -> int | None:
-    """A positive whole number from a message property (Service Bus may hand back int or str), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value > 0 else None
-    if isinstance(value, str) and value.isdecimal() and len(value) <= 9:
-        return int(value) or None
-    return None

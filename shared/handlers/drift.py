@@ -166,7 +166,7 @@ def _digest(body: bytes) -> str | Answer | None:
         return None
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         document = None
     if not isinstance(document, dict) or set(document) - {"digest"}:
         return problem(400, "invalid-drift-confirm", "Invalid confirm", 'the body is {"digest": "<16 hex digits>"}')

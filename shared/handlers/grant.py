@@ -53,6 +53,9 @@ from shared.service.settle import Done, Ending, RetryCopy, settle
 
 __all__ = ["GrantHandler", "retry_message_id"]
 
+#: The request ids of the app's own removals: an expiry's, a drift repair's (carried out even for a producer the
+#: registry no longer has).
+_REMOVALS = ("~expire:", "~drift")
 #: The properties a retry copy carries on (sealed with it): the removal's grant, the job's (or HR event's) row, and
 #: the resubmission's; besides its producer, its first arrival and the ladder's own.
 _CARRIED = (EXPIRY_OF, HR_EVENT, BULK_JOB, JOB_ROW, JOB_ROWS, RESUBMISSION)
@@ -110,8 +113,15 @@ class GrantHandler:
             attempt.command = command = parse_grant(delivery.body, own=delivery.own)
             attempt.request_id = command.request_id
             if delivery.own:
+                attempt.stated = stated  # its status is that producer's, even should it no longer be registered
+                removal = delivery.text_property(EXPIRY_OF) is not None or command.request_id.startswith(_REMOVALS)
                 attempt.producer = establish(
-                    self._producers, own=True, stated=stated, bound=bound, system=command.source.system.value
+                    self._producers,
+                    own=True,
+                    stated=stated,
+                    bound=bound,
+                    system=command.source.system.value,
+                    app_removal=removal,
                 )
             producer = attempt.producer
             assert producer is not None
@@ -129,7 +139,7 @@ class GrantHandler:
             )
             result = await self._gate.run(command, arrival)
         except ContractError as error:
-            attempt.request_id = error.request_id
+            attempt.request_id = error.request_id or attempt.request_id
             outcome = error
         except GrantError as error:
             attempt.noted(error.graph.request_id if error.graph else None, error.role_template_id)
@@ -178,6 +188,7 @@ class _Attempt:
         self.started = started
         self.command: GrantCommand | None = None
         self.producer: Producer | None = None
+        self.stated: str | None = None  # the producer a sealed message names, registered or not
         self.request_id: str | None = None
         self.graph_request_id: str | None = None
         self.role_template_id: str | None = None
@@ -189,7 +200,7 @@ class _Attempt:
         """The attempt's status record (`grant_status`); a row refused for its job properties is no row of the job."""
         record = grant_status(
             self.delivery,
-            producer=self.producer.name if self.producer is not None else None,
+            producer=self.owner,
             command=self.command,
             request_id=self.request_id,
             settled=settled,
@@ -202,6 +213,12 @@ class _Attempt:
         if settled.reason == Reason.INVALID_JOB_ROW:
             record = record.replace(job_id=None, job_row=None, job_rows=None)
         return record
+
+    @property
+    def owner(self) -> str | None:
+        """Whose request this is: the established producer's, else (a sealed message for a producer the registry no
+        longer has) the one it names; None when nobody's."""
+        return self.producer.name if self.producer is not None else self.stated
 
     def in_progress(self) -> StatusRecord:
         """The ``in_progress`` status record of this attempt, as the gate writes it once the attempt has held its
@@ -226,7 +243,7 @@ class _Attempt:
         return Ending(
             kind="grant",
             line=self.line,
-            status=self.status if producer is not None else None,
+            status=self.status if self.owner is not None else None,
             event=functools.partial(outcome_event, delivery, self.command),
             owner=self.command is not None,
             source=self.command.source.system.value if self.command is not None else None,

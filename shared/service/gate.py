@@ -214,7 +214,8 @@ class IntentGate:
         if arrival.expiry_of is None or command.action is not Action.REMOVE:
             return False
         state = await self._ledger.pair(pair)
-        if state is None or state.newest.producer not in (None, arrival.producer.name):
+        producer = arrival.producer.name
+        if state is None or (state.newest.producer not in (None, producer) and producer != APP_PRODUCER):
             return False
         if state.newest.request_id == arrival.expiry_of:
             return removal_is_due(state, now=self._now())
