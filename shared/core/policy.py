@@ -35,7 +35,7 @@ ANY: Final = "*"
 
 #: Built-in deny list: roles that control the tenant, its sign-in or its credentials, or are reserved for Microsoft's
 #: own services. Template ids, from Microsoft's "Microsoft Entra built-in roles" page; why each is here, and why
-#: some roles Microsoft labels PRIVILEGED are not: README, Guardrails.
+#: some roles Microsoft labels PRIVILEGED are not: docs/guardrails.md.
 TIER0_ROLE_TEMPLATES: Final[Mapping[str, str]] = {
     "62e90394-69f5-4237-9190-012177145e10": "Global Administrator",
     "e8611ab8-c189-46e8-94e1-60213ab1f814": "Privileged Role Administrator",
