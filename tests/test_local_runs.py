@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 EMEA_UNIT = "ae000000-0000-4000-8000-000000000001"
 ALICE = "11111111-1111-4111-8111-111111111111"
 LOCAL_SETTINGS = ("GRAPH_BASE_URL", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET")
+#: A last-resort guard (wall seconds) against a hung command. Each test decides on events (the command reaching the
+#: stalled endpoint, its exit), never on this: a loaded machine only makes them take longer.
+GUARD_SECONDS = 600
 
 
 def environment(**values: str) -> dict[str, str]:
@@ -59,7 +63,7 @@ def test_given_a_grant_expiring_in_a_week_and_no_graph_configured_when_run_local
         env=environment(),
         capture_output=True,
         text=True,
-        timeout=60,  # the wall clock would make it wait a week; the real Graph is never tried
+        timeout=GUARD_SECONDS,  # the wall clock would make it wait a week; the real Graph is never tried
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -90,20 +94,27 @@ def interrupt(args: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
             preexec_fn=_default_sigint,
         )
         try:
-            waited = 0.0
-            while not accepted.wait(0.25) and process.poll() is None and waited < 60:
-                waited += 0.25
-            if not accepted.is_set():
+            if not reached(accepted, process):
                 process.kill()
-                out, err = process.communicate(timeout=60)
+                out, err = process.communicate(timeout=GUARD_SECONDS)
                 raise AssertionError(
                     f"the command never reached the Graph or token endpoint (exit {process.returncode}):\n{err}{out}"
                 )
             process.send_signal(signal.SIGINT)
-            out, err = process.communicate(timeout=60)
+            out, err = process.communicate(timeout=GUARD_SECONDS)
         finally:
             process.kill()
     return process.returncode, out, err
+
+
+def reached(accepted: threading.Event, process: subprocess.Popen[str]) -> bool:
+    """Wait for whichever comes first: `accepted` set (True) or `process` ended (False); `GUARD_SECONDS` at most."""
+    deadline = time.monotonic() + GUARD_SECONDS
+    while not accepted.wait(0.1):
+        if process.poll() is not None:
+            return accepted.is_set()
+        assert time.monotonic() < deadline, f"neither reached the endpoint nor ended within {GUARD_SECONDS} s"
+    return True
 
 
 def _default_sigint() -> None:
