@@ -1,9 +1,12 @@
 """The README's local walkthrough, run as written: every ``$ command`` of its ``console`` blocks, in order, from the
-checkout, on the project's `.venv`, each ending within 60 s with the output the README shows.
+checkout, on the project's `.venv`, each ending with the output the README shows.
 
 A block after a paragraph saying "another terminal" (serve-local, the callback receiver) starts its command in the
 background; it is ready when its first shown line appears, and what it shows is checked once the walkthrough has run
 and it was stopped (SIGTERM, as Ctrl-C would), in any order (its lines come from concurrent queues).
+
+Every wait is for an event (a command's exit, a line printed), so a loaded machine only makes the test slower: each
+wait has a last-resort guard of `GUARD_SECONDS` against a hung command, which a run that works never reaches.
 
 How a block is read: the lines after a command are its output. They must appear in that order among the lines it
 printed (stdout; a line not there may be anywhere in stderr, e.g. a progress line); printed lines the README leaves
@@ -30,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SECTION = "## The local walkthrough"
 PORTS = (7071, 8765)  # serve-local's default port, and the callback receiver's (examples/ticket-with-callback.json)
-TIMEOUT = 60.0
+#: A last-resort guard (wall seconds) for each wait; the test decides on the event waited for, never on this.
+GUARD_SECONDS = 600.0
 
 _TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(\+00:00|Z)?")
 _SECONDS = re.compile(r"\b\d+(\.\d+)? s\b")
@@ -153,14 +157,14 @@ def start(command: Command, env: dict[str, str], tmp_path: Path, number: int) ->
 
 
 def _wait_for(ready: Callable[[], bool], process: subprocess.Popen[bytes]) -> None:
-    """Return once `ready()` is true; fail when `process` ends first or after `TIMEOUT` seconds."""
-    deadline = time.monotonic() + TIMEOUT
+    """Return once `ready()` is true; fail when `process` ends first (or, hung, after `GUARD_SECONDS`)."""
+    deadline = time.monotonic() + GUARD_SECONDS
     while time.monotonic() < deadline:
         if ready():
             return
         assert process.poll() is None, f"the background command ended (exit {process.returncode})"
         time.sleep(0.1)
-    raise AssertionError(f"not ready within {TIMEOUT:g} s")
+    raise AssertionError(f"not ready within the {GUARD_SECONDS:g} s guard")
 
 
 def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
@@ -183,7 +187,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
                     env=env,
                     capture_output=True,
                     text=True,
-                    timeout=TIMEOUT,
+                    timeout=GUARD_SECONDS,
                     check=False,
                 )
                 where = (
@@ -198,7 +202,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
             started.process.send_signal(signal.SIGTERM)
         for started in background:
             try:
-                started.process.wait(timeout=TIMEOUT)
+                started.process.wait(timeout=GUARD_SECONDS)
             except subprocess.TimeoutExpired:
                 started.process.kill()
                 started.process.wait()
