@@ -11,7 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -77,22 +78,20 @@ def interrupt(args: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
     accepted = threading.Event()
     with stalling_port(accepted) as port:
         stalled = f"http://127.0.0.1:{port}"
-        process = subprocess.Popen(  # noqa: S603 (our own module, fixed arguments)
-            [sys.executable, "-m", "shared", *args],
-            cwd=ROOT,
-            env={
-                **env,
-                "GRAPH_BASE_URL": f"{stalled}/v1.0",
-                "IDENTITY_ENDPOINT": f"{stalled}/msi/token",
-                "IDENTITY_HEADER": "local",
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            # A shell without job control starts background commands with SIGINT ignored, and a child inherits
-            # that (Python then never installs its handler): give the command Ctrl-C as a terminal would.
-            preexec_fn=_default_sigint,
-        )
+        with sigint_not_ignored():
+            process = subprocess.Popen(  # noqa: S603 (our own module, fixed arguments)
+                [sys.executable, "-m", "shared", *args],
+                cwd=ROOT,
+                env={
+                    **env,
+                    "GRAPH_BASE_URL": f"{stalled}/v1.0",
+                    "IDENTITY_ENDPOINT": f"{stalled}/msi/token",
+                    "IDENTITY_HEADER": "local",
+                },
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         try:
             if not reached(accepted, process):
                 process.kill()
@@ -117,8 +116,23 @@ def reached(accepted: threading.Event, process: subprocess.Popen[str]) -> bool:
     return True
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+@contextmanager
+def sigint_not_ignored() -> Iterator[None]:
+    """Within the block, SIGINT is not ignored in this process, so a command started there gets Ctrl-C as a terminal
+    gives it. A shell without job control starts background commands with SIGINT ignored, a child inherits that, and
+    Python then never installs its handler; a handled SIGINT is the default again after exec.
+
+    Not a ``preexec_fn`` resetting it in the child: that makes Popen fork (not vfork) and run gRPC's fork handlers,
+    and once gRPC has run in this process (the soak, the local host) its restarted poller can abort the child before
+    exec (SIGABRT, "epoll_wait error: Bad file descriptor"; grpc/grpc#43055), which a loaded machine makes likelier."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def assert_interrupted(code: int, err: str, command: str) -> None:
