@@ -53,6 +53,9 @@ the invocation dying before the Graph call, after Graph succeeded (on complete),
 (on complete), while dead-lettering; the retry-copy send failing; the host answering a settlement only once the
 invocation has given up on it (the delivery is ``unsettled`` and either the late answer or the redelivery after lock
 expiry settles it).
+The producer side: a message sent twice with the same MessageId (dropped by duplicate detection) and the
+same request sent again with a new MessageId (absorbed by the grant ledger as the same request: ``duplicate``,
+unless the first is still in flight).
 
 Whether and where a fault strikes is decided by events, never by how fast this machine runs: a timeout fault holds
 its write until its invocation has ended (its client gave up), a stalled settlement answers once its invocation has
@@ -60,9 +63,6 @@ ended, and tokens expire again only once every invocation that saw the last expi
 limits stay (its read timeout and settlement deadline, short here so that a fault costs little): on a loaded machine a
 request or settlement slower than them takes the same transient path as the injected fault, which every invariant
 allows.
-The producer side: a message sent twice with the same MessageId (dropped by duplicate detection) and the
-same request sent again with a new MessageId (absorbed by the grant ledger as the same request: ``duplicate``,
-unless the first is still in flight).
 """
 
 from __future__ import annotations
