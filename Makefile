@@ -41,7 +41,18 @@ $(AZURITE)/.installed: grants_local/azurite-npm/package.json grants_local/azurit
 demo: $(VENV)/.runtime $(AZURITE)/.installed
 	$(BIN)/grants demo
 
-test: lint types unit infra bench-smoke
+# `make test` runs these in turn and ends with one plain line: what ran, how long it took, and that it passed (or
+# which step failed). The test count comes from the suite itself (tests/conftest.py writes it to TEST_TALLY).
+TEST_STEPS := lint types unit infra bench-smoke
+TEST_TALLY := .local/test-tally
+
+test:
+	@start=$$(date +%s); rm -f $(TEST_TALLY); \
+	for step in $(TEST_STEPS); do \
+		$(MAKE) --no-print-directory $$step || { \
+			echo "make test: $$step failed after $$(( $$(date +%s) - start )) s (its output is above)"; exit 1; }; \
+	done; \
+	echo "make test: lint, types, $$(cat $(TEST_TALLY)), infra, benchmark smoke: passed in $$(( $$(date +%s) - start )) s"
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
@@ -51,7 +62,7 @@ types: $(VENV)/.dev
 	$(BIN)/mypy --strict shared grants_common grants_cli grants_local
 
 unit: $(VENV)/.dev $(AZURITE)/.installed
-	$(BIN)/python -m pytest
+	GRANTS_TEST_TALLY=$(TEST_TALLY) $(BIN)/python -m pytest
 
 # checkov and the Bicep parse tests, in their own venv (.venv-infra): checkov pins many packages.
 infra:
@@ -60,7 +71,8 @@ infra:
 # Throughput, CPU vs msgraph-sdk, cold start, installed size, the ledger's cost, the fleet (ARGS="--quick" for a
 # short run, under 8 minutes; the full run under 25). msgraph-sdk is only compared against, in its own venv
 # (.venv-msgraph). `make test` runs bench-smoke: every part at a tiny scale, failing unless each ran and printed
-# its line (no timing is asserted), so a benchmark that no longer runs fails CI.
+# its line (no timing is asserted), so a benchmark that no longer runs fails CI; its figures' lines start "smoke"
+# (tiny scale: not measurements, held to no target).
 .venv-msgraph/.installed: benchmarks/requirements-msgraph.txt
 	$(PYTHON) -m venv .venv-msgraph
 	.venv-msgraph/bin/python -m pip install -q -r benchmarks/requirements-msgraph.txt

@@ -3,7 +3,9 @@ ledger's cost, the fleet.
 
 ``make bench`` (``ARGS=--quick``: shorter, under 8 minutes on 2 cores; the full run under 25) prints the lines
 below; ``ARGS=--smoke`` runs every part at a tiny scale (seconds) and exits non-zero unless each part ran and
-printed its line: `make test` runs it, so a benchmark that no longer runs fails CI. It asserts no timing. Sizes
+printed its line: `make test` runs it, so a benchmark that no longer runs fails CI. It asserts no timing, and labels
+what it prints as smoke: a first line saying so, each figure's line starting ``smoke `` (``smoke summary:
+quota_fraction=0.303``: 20 grants in a few seconds, not a measurement, not held to a target). Sizes
 (full / ``--quick``) are in `FULL` and `QUICK`. Figures, one line each (the Graph double and the token endpoint run
 in a process of their own, `benchmarks.doubles`, so each figure measures only the client):
 
@@ -357,7 +359,14 @@ def main() -> None:
     args = parser.parse_args()
     plan = SMOKE if args.smoke else QUICK if args.quick else FULL
     count = args.grants or plan.grants
-    printed = _Lines(sys.stdout)
+    if args.smoke:
+        print(
+            f"bench --smoke: every part once at a tiny scale ({count} grants, fleet runs of seconds) to show that it "
+            "still runs; its figures (lines starting 'smoke') are not measurements and are held to no target: "
+            "make bench measures them (docs/performance.md)",
+            flush=True,
+        )
+    printed = _Lines(sys.stdout, prefix="smoke " if args.smoke else "")
     sys.stdout = printed
     try:
         run(plan, count)
@@ -367,20 +376,29 @@ def main() -> None:
         missing = [part for part in PARTS if part not in printed.parts]
         if missing:
             raise SystemExit(f"bench --smoke: no line from {', '.join(missing)}")
-        print(f"smoke: every part ran and printed its line ({len(PARTS)} parts)")
+        print(f"bench --smoke: every part ran and printed its line ({len(PARTS)} parts)")
 
 
 class _Lines:
-    """Standard output, passed through; the part names of the lines printed (the text before the first colon)."""
+    """Standard output, passed through with `prefix` before each line; the part names of the lines printed (the text
+    before the first colon)."""
 
-    def __init__(self, out: Any) -> None:
+    def __init__(self, out: Any, *, prefix: str = "") -> None:
         self.out = out
+        self.prefix = prefix
         self.parts: set[str] = set()
+        self._line = ""  # the line written so far
 
     def write(self, text: str) -> int:
-        for line in text.splitlines():
-            self.parts.add(line.split(":", 1)[0])
-        return int(self.out.write(text))
+        for piece in text.splitlines(keepends=True):
+            if not self._line:
+                self.out.write(self.prefix)
+            self.out.write(piece)
+            self._line += piece
+            if self._line.endswith("\n"):
+                self.parts.add(self._line.split(":", 1)[0])
+                self._line = ""
+        return len(text)
 
     def flush(self) -> None:
         self.out.flush()

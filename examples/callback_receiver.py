@@ -17,6 +17,7 @@ Answers: 204 applied (or already applied), 401 signature or timestamp not accept
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import hmac
 import json
@@ -134,7 +135,18 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--fail", type=int, default=0, help="answer 503 to the first N deliveries")
     args = parser.parse_args()
-    receiver = Receiver(secret=os.environ.get("GRANTS_WEBHOOK_SECRET") or LOCAL_SECRET, port=args.port, fail=args.fail)
+    try:
+        receiver = Receiver(
+            secret=os.environ.get("GRANTS_WEBHOOK_SECRET") or LOCAL_SECRET, port=args.port, fail=args.fail
+        )
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        sys.stderr.write(
+            f"{parser.prog}: error: port {args.port} on 127.0.0.1 is in use (another receiver?): stop that one, or "
+            "give another with --port (and name it in the ticket's callbackUrl)\n"
+        )
+        return 2
     print(f"Receiving callbacks on http://127.0.0.1:{receiver.port}/ (Ctrl-C stops)", flush=True)
     try:
         threading.Event().wait()

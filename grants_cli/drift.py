@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import httpx
 
-from grants_cli.status import api_arguments, api_location
+from grants_cli.status import api_arguments, api_location, unreachable
 from grants_common.printable import printable
 from shared.core.contract import parse_guid
 from shared.core.errors import ContractError
@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace, *, out: TextIO, err: TextIO, transport: httpx
             else:
                 response = client.get("/api/drift", params={"target": target} if target else None)
         except httpx.HTTPError as error:
-            err.write(f"error: {printable(base)} could not be reached: {printable(type(error).__name__)}\n")
+            err.write(unreachable(base, error, serve_local=args.serve_local))
             return 2
     try:
         document = response.json()

@@ -50,7 +50,7 @@ from grants_common.printable import printable
 from shared.core.contract import Guid, is_request_id, parse_guid
 from shared.core.errors import ContractError
 
-__all__ = ["add_parsers", "main"]
+__all__ = ["add_parsers", "main", "unreachable"]
 
 #: The exit code of a command stopped by Ctrl-C (SIGINT): 128 + 2, as `grants_cli.main` (which imports this module).
 _INTERRUPTED_EXIT: Final = 130
@@ -304,14 +304,20 @@ class _Api:
         )
 
     def unreachable(self, error: httpx.HTTPError) -> str:
-        """The line saying the API could not be reached (for serve-local: how to start it)."""
-        if self.serve_local:
-            port = self.base.rpartition(":")[2]
-            return (
-                f"error: no serve-local answers on {printable(self.base)}: start it in another terminal with "
-                f"`.venv/bin/grants serve-local --port {printable(port)}`\n"
-            )
-        return f"error: {printable(self.base)} could not be reached: {printable(type(error).__name__)}\n"
+        """The line saying the API could not be reached (`unreachable`)."""
+        return unreachable(self.base, error, serve_local=self.serve_local)
+
+
+def unreachable(base: str, error: httpx.HTTPError, *, serve_local: bool) -> str:
+    """The one line (newline included) saying `base` (``scheme://host:port``) gave no answer: for a serve-local, the
+    command that starts it on that port; otherwise the kind of `error` (``ConnectError``, ``ReadTimeout``…)."""
+    if serve_local:
+        port = base.rstrip("/").rpartition(":")[2]
+        return (
+            f"error: no serve-local answers on {printable(base)}: start it in another terminal with "
+            f"`.venv/bin/grants serve-local --port {printable(port)}`\n"
+        )
+    return f"error: {printable(base)} could not be reached: {printable(type(error).__name__)}\n"
 
 
 def _refused(reply: _Reply, err: TextIO) -> int:

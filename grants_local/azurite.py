@@ -66,6 +66,9 @@ _TABLE_MAIN: Final = Path("node_modules", "azurite", "dist", "src", "table", "ma
 DEV_ACCOUNT: Final = AZURITE_ACCOUNT
 DEV_KEY: Final = AZURITE_KEY
 _PORT_ATTEMPTS: Final = 3
+#: How long a started Azurite may stay alive but silent before it is given up on: a last-resort guard, generous
+#: because readiness is an event (it answers HTTP, or exits) and a loaded 2-core machine starts Node.js slowly.
+STARTUP_TIMEOUT_SECONDS: Final = 180.0
 
 
 def dev_credential() -> AzureNamedKeyCredential:
@@ -117,7 +120,7 @@ class AzuriteTables:
     seconds (a port taken between choosing and binding is retried on another port, twice).
     """
 
-    def __init__(self, *, home: Path = AZURITE_HOME, startup_timeout: float = 30.0) -> None:
+    def __init__(self, *, home: Path = AZURITE_HOME, startup_timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
         self._main = home / _TABLE_MAIN
         self._startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None

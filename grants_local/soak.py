@@ -51,15 +51,23 @@ Targets: administrative units (users, groups, devices) and directory roles by ob
 (users, service principals, role-assignable groups).
 
 Faults (per delivery, seeded): Graph ``429`` with and without ``Retry-After``, ``503``, ``504``, a read
-timeout (the write is applied after the client gave up), a dropped connection, a one-shot ``401``, every
-token expired (``401`` for every request in flight; sometimes with the token endpoint slow or failing
-the next requests; at most once every 2 s of wall time); the invocation dying before the Graph call,
-after Graph succeeded (on complete), after the retry copy was scheduled (on complete), while
-dead-lettering; the retry-copy send failing; the host answering a settlement after its deadline (the delivery
-is ``unsettled`` and either the late answer or the redelivery after lock expiry settles it).
+timeout (the write is held until the invocation has ended, then applied: after the client gave up), a dropped
+connection, a one-shot ``401``, every token expired (``401`` for every request in flight; sometimes with the token
+endpoint slow or failing the next requests; never again while an invocation that saw the last expiry still runs);
+the invocation dying before the Graph call, after Graph succeeded (on complete), after the retry copy was scheduled
+(on complete), while dead-lettering; the retry-copy send failing; the host answering a settlement only once the
+invocation has given up on it (the delivery is ``unsettled`` and either the late answer or the redelivery after lock
+expiry settles it).
 The producer side: a message sent twice with the same MessageId (dropped by duplicate detection) and the
 same request sent again with a new MessageId (absorbed by the grant ledger as the same request: ``duplicate``,
 unless the first is still in flight).
+
+Whether and where a fault strikes is decided by events, never by how fast this machine runs: a timeout fault holds
+its write until its invocation has ended (its client gave up), a stalled settlement answers once its invocation has
+ended, and tokens expire again only once every invocation that saw the last expiry has ended. The app's own wall-clock
+limits stay (its read timeout and settlement deadline, short here so that a fault costs little): on a loaded machine a
+request or settlement slower than them takes the same transient path as the injected fault, which every invariant
+allows.
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ import logging
 import os
 import random
 import sys
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -102,13 +111,11 @@ from shared.core.messaging import SEAL, derived_message_id
 #: The soak's virtual start (a new `ManualClock`'s time): timebound grants expire minutes after it.
 EPOCH = datetime.fromtimestamp(ManualClock()(), UTC)
 DOCUMENTED_REASONS = frozenset(reason.value for reason in Reason) | {MAX_DELIVERY_COUNT_EXCEEDED}
-#: The app's Graph read timeout in the soak (the production 15 s would cost wall time); a timeout fault
-#: holds the answer a little longer than this.
+#: The app's HTTP read timeout in the soak (Graph and the ledger's Azurite; the production 15 s would cost wall time):
+#: what a timeout fault costs, as it holds its write until the client gave up.
 READ_TIMEOUT_SECONDS = 1.0
-TIMEOUT_FAULT_SECONDS = 1.3
-#: Tokens are invalidated at most this often (wall time): two invalidations within one request's life (a
-#: refused token, a fresh one, refused again) are Unauthorized by design, and do not happen within an hour.
-TOKEN_EXPIRY_SPACING_SECONDS = 2.0
+#: Last-resort guard (wall seconds) for a stalled settlement waiting for its invocation to end.
+STALL_GUARD_SECONDS = 300.0
 #: Non-tier-0 role templates (the default policy allows them): (template id, role id).
 ROLES = (
     ("729827e3-9c14-49f7-bb1b-9608f156bbb8", "a1b2c3d4-0000-4000-8000-000000000001"),  # Helpdesk Administrator
@@ -147,9 +154,9 @@ FORGED_BY = "ticketing"  # the producer whose queue the forged messages come fro
 FORGED_HR_EVENT = "evt-forged"
 FORGED_ATTEMPT = 50
 FORGED_TIME = "2000-01-01T00:00:00+00:00"
-#: Settlement deadline in the soak (GRANTS_SETTLEMENT_TIMEOUT_SECONDS), and how long a stalled settlement takes.
+#: Settlement deadline in the soak (GRANTS_SETTLEMENT_TIMEOUT_SECONDS): what a stalled settlement costs in wall time (it
+#: answers once its invocation has given up on it).
 SETTLEMENT_DEADLINE_SECONDS = 0.2
-SETTLEMENT_STALL_SECONDS = 0.4
 ALLOWED = {
     "add": {"granted", "already_member"},
     "add_existing": {"already_member"},
@@ -231,6 +238,8 @@ class Planned:
 class Invocation:
     fault: str | None
     scheduled: bool = False
+    ended: threading.Event = field(default_factory=threading.Event)  # set once the function has returned or raised
+    held: list[Fault] = field(default_factory=list)  # Graph requests held until it has ended
 
 
 @dataclass(slots=True)
@@ -636,10 +645,10 @@ class SoakActions:
 
     def complete(self, message: Any) -> None:
         fault = self._current.fault
-        if fault == "settlement_stalls":  # on the settlement's thread: the host answers after the deadline
+        if fault == "settlement_stalls":  # on the settlement's thread: the host answers once the app gave up waiting
             self._current.fault = None
             self._soak.faults[fault] += 1
-            time.sleep(SETTLEMENT_STALL_SECONDS)
+            self._current.ended.wait(STALL_GUARD_SECONDS)
         if fault == "crash_after_schedule" and self._current.scheduled:
             self._die(fault)
         if fault == "crash_after_graph" and not self._current.scheduled:
@@ -671,7 +680,9 @@ class SoakFunction:
         self._function, self._soak, self._graph, self._tokens = function, soak, graph, tokens
         self._by_request = by_request
         self._first_deliveries: set[str] = set()
-        self._last_expiry = 0.0
+        self._running: set[int] = set()  # invocations in flight, by number
+        self._saw_last_expiry: set[int] = set()  # of those, the ones in flight when tokens last expired
+        self._started = 0
 
     async def __call__(self, *, receivedmessage: Any, message_actions: Any) -> None:
         soak = self._soak
@@ -682,15 +693,23 @@ class SoakFunction:
         fault = _choose(rng)
         planned = self._planned(receivedmessage)
         current = Invocation(fault)
-        if fault is not None and planned is not None and planned.kind not in ("hostile", "squat"):  # never in Graph
-            self._inject(fault, planned, rng, current)
+        self._started += 1
+        number = self._started
+        self._running.add(number)
         token = _invocation.set(current)
         try:
+            if fault is not None and planned is not None and planned.kind not in ("hostile", "squat"):  # never in Graph
+                self._inject(fault, planned, rng, current)
             await self._function(
                 receivedmessage=receivedmessage, message_actions=SoakActions(message_actions, current, soak)
             )
         finally:
             _invocation.reset(token)
+            self._running.discard(number)
+            self._saw_last_expiry.discard(number)
+            current.ended.set()
+            for held in current.held:  # its client gave up on it: the write lands late
+                held.release()
 
     def _planned(self, message: Any) -> Planned | None:
         try:
@@ -718,7 +737,7 @@ class SoakFunction:
             "graph_429_no_retry_after": lambda: Fault.status(429, **write),
             "graph_503": lambda: Fault.status(503, **write),
             "graph_504": lambda: Fault.status(504, **write),
-            "graph_read_timeout": lambda: Fault.delay(TIMEOUT_FAULT_SECONDS, **write),
+            "graph_read_timeout": lambda: Fault.hold(**write),
             "graph_dropped_connection": lambda: Fault.drop(**write),
             "graph_401_once": lambda: Fault.status(401, **write),
             # a retry copy is needed for these to mean anything: make this delivery fail transiently
@@ -726,13 +745,18 @@ class SoakFunction:
             "retry_send_fails": lambda: Fault.status(503, **write),
         }
         if fault in graph_faults:
-            self._graph.inject(graph_faults[fault]())
+            injected = graph_faults[fault]()
+            self._graph.inject(injected)
+            if injected.kind == "hold":
+                current.held.append(injected)
             if fault.startswith("graph_"):
                 self._soak.faults[fault] += 1
         elif fault == "token_expired":
-            if time.monotonic() - self._last_expiry < TOKEN_EXPIRY_SPACING_SECONDS:
+            # two expiries within one invocation's life (a refused token, a fresh one, refused again) are
+            # Unauthorized by design, and do not happen within an hour in Azure
+            if self._saw_last_expiry:
                 return
-            self._last_expiry = time.monotonic()
+            self._saw_last_expiry = set(self._running)
             self._tokens.expire_all()
             self._soak.faults["token_expired"] += 1
             roll = rng.random()

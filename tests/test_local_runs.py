@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,6 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 EMEA_UNIT = "ae000000-0000-4000-8000-000000000001"
 ALICE = "11111111-1111-4111-8111-111111111111"
 LOCAL_SETTINGS = ("GRAPH_BASE_URL", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET")
+#: A last-resort guard (wall seconds) against a hung command. Each test decides on events (the command reaching the
+#: stalled endpoint, its exit), never on this: a loaded machine only makes them take longer.
+GUARD_SECONDS = 600
 
 
 def environment(**values: str) -> dict[str, str]:
@@ -60,7 +65,7 @@ def test_given_a_grant_expiring_in_a_week_and_no_graph_configured_when_run_local
         env=environment(),
         capture_output=True,
         text=True,
-        timeout=60,  # the wall clock would make it wait a week; the real Graph is never tried
+        timeout=GUARD_SECONDS,  # the wall clock would make it wait a week; the real Graph is never tried
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -74,41 +79,61 @@ def interrupt(args: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
     accepted = threading.Event()
     with stalling_port(accepted) as port:
         stalled = f"http://127.0.0.1:{port}"
-        process = subprocess.Popen(  # noqa: S603 (our own module, fixed arguments)
-            [sys.executable, "-m", "shared", *args],
-            cwd=ROOT,
-            env={
-                **env,
-                "GRAPH_BASE_URL": f"{stalled}/v1.0",
-                "IDENTITY_ENDPOINT": f"{stalled}/msi/token",
-                "IDENTITY_HEADER": "local",
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            # A shell without job control starts background commands with SIGINT ignored, and a child inherits
-            # that (Python then never installs its handler): give the command Ctrl-C as a terminal would.
-            preexec_fn=_default_sigint,
-        )
+        with sigint_not_ignored():
+            process = subprocess.Popen(  # noqa: S603 (our own module, fixed arguments)
+                [sys.executable, "-m", "shared", *args],
+                cwd=ROOT,
+                env={
+                    **env,
+                    "GRAPH_BASE_URL": f"{stalled}/v1.0",
+                    "IDENTITY_ENDPOINT": f"{stalled}/msi/token",
+                    "IDENTITY_HEADER": "local",
+                },
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         try:
-            waited = 0.0
-            while not accepted.wait(0.25) and process.poll() is None and waited < 60:
-                waited += 0.25
-            if not accepted.is_set():
+            if not reached(accepted, process):
                 process.kill()
-                out, err = process.communicate(timeout=60)
+                out, err = process.communicate(timeout=GUARD_SECONDS)
                 raise AssertionError(
                     f"the command never reached the Graph or token endpoint (exit {process.returncode}):\n{err}{out}"
                 )
             process.send_signal(signal.SIGINT)
-            out, err = process.communicate(timeout=60)
+            out, err = process.communicate(timeout=GUARD_SECONDS)
         finally:
             process.kill()
     return process.returncode, out, err
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def reached(accepted: threading.Event, process: subprocess.Popen[str]) -> bool:
+    """Wait for whichever comes first: `accepted` set (True) or `process` ended (False); `GUARD_SECONDS` at most."""
+    deadline = time.monotonic() + GUARD_SECONDS
+    while not accepted.wait(0.1):
+        if process.poll() is not None:
+            return accepted.is_set()
+        assert time.monotonic() < deadline, f"neither reached the endpoint nor ended within {GUARD_SECONDS} s"
+    return True
+
+
+@contextmanager
+def sigint_not_ignored() -> Iterator[None]:
+    """Within the block, SIGINT is not ignored in this process, so a command started there gets Ctrl-C as a terminal
+    gives it. A shell without job control starts background commands with SIGINT ignored, a child inherits that, and
+    Python then never installs its handler; a handled SIGINT is the default again after exec.
+
+    Not a ``preexec_fn`` resetting it in the child: that makes Popen fork (not vfork) and run gRPC's fork handlers,
+    and once gRPC has run in this process (the soak, the local host) its restarted poller can abort the child before
+    exec (SIGABRT, "epoll_wait error: Bad file descriptor"; grpc/grpc#43055), which a loaded machine makes likelier."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def assert_interrupted(code: int, err: str, command: str) -> None:
