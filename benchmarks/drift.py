@@ -62,7 +62,8 @@ from shared.config import Settings
 from shared.core.access import CLIENT_PRINCIPAL_HEADER, Role, client_principal_header
 from shared.core.contract import Action, AdministrativeUnit, DirectoryRole, Guid, Target
 from shared.core.drift import is_tier0
-from shared.core.intents import Applied, Intent, PairState, pair_of
+from shared.core.intents import Intent, pair_of
+from shared.core.pairs import Applied, Grant, PairState
 
 GLOBAL_ADMIN = "62e90394-69f5-4237-9190-012177145e10"
 BESIDE_UNIT = "be5de000-0000-4000-8000-000000000000"
@@ -144,10 +145,11 @@ def _intent(request_id: str, action: Action, expiring: bool = False) -> Intent:
 
 
 async def record_intents(ledger: Ledger, intents: list[tuple[Target, Guid, Intent]], now: datetime) -> None:
-    """Record each pair's state as the intent gate leaves it once its write is applied (newest intent, applied, no
-    lease; a time-bound grant's pending removal), 30 days ago (a time-bound grant expiring tomorrow), `_SEEDING` at
-    a time. Through the ledger's own pair write (`Ledger._write_pair`: its keys and columns, one request a pair):
-    `begin` and `finish` cost four requests a pair, some 30 minutes for 111,000 pairs on a shared machine."""
+    """Record each pair's state as the intent gate leaves it once its write is applied (its producer's grant,
+    applied, no lease; a time-bound grant's pending removal), 30 days ago (a time-bound grant expiring tomorrow),
+    `_SEEDING` at a time. Through the ledger's own pair write (`Ledger._write_pair`: its keys and columns, one
+    request a pair): `begin` and `finish` cost four requests a pair, some 30 minutes for 111,000 pairs on a shared
+    machine."""
     queue: asyncio.Queue[tuple[Target, Guid, Intent]] = asyncio.Queue()
     for item in intents:
         queue.put_nowait(item)
@@ -163,10 +165,10 @@ async def record_intents(ledger: Ledger, intents: list[tuple[Target, Guid, Inten
                 expires_at=expires_at,
                 producer=intent.producer or "other",
             )
+            grant = Grant(producer=dated.producer or "other", newest=dated, removal_due=expires_at)
             state = PairState(
-                newest=dated,
+                grants=(grant,),
                 applied=Applied(request_id=dated.request_id, action=dated.action, at=dated.requested_at),
-                removal_due=expires_at,
             )
             assert await ledger._write_pair(pair_of(target, member), state, None) is not None
 

@@ -26,7 +26,8 @@ from shared.core.drift import (
     repair_command,
     repair_message_id,
 )
-from shared.core.intents import Intent, Lease, PairState, Proceed, admit, intent_of, release
+from shared.core.intents import Intent, effect_of, intent_of
+from shared.core.pairs import Applied, Grant, Lease, PairState, Proceed, admit, release
 from shared.core.policy import TIER0_ROLE_TEMPLATES
 
 NOW = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
@@ -45,17 +46,21 @@ def member(n: int) -> Guid:
 def state(
     request_id: str, action: Action = Action.ADD, *, at: int = -3600, expires: int | None = None, lease: int = 0
 ) -> PairState:
-    """A pair whose newest intent is `request_id`'s (`at` seconds from NOW, expiring `expires` s from NOW), with a
-    lease held until `lease` seconds from NOW when not 0."""
+    """A pair the app made (its add applied) whose one grant's newest intent is `request_id`'s (`at` seconds from
+    NOW, expiring `expires` s from NOW, its removal pending while it does), with a lease held until `lease` seconds
+    from NOW when not 0."""
     intent = Intent(
         request_id=request_id,
         content_hash="c",
         action=action,
         requested_at=NOW + timedelta(seconds=at),
         expires_at=None if expires is None else NOW + timedelta(seconds=expires),
+        producer="hr",
     )
     held = Lease(token="t", request_id=request_id, until=NOW + timedelta(seconds=lease)) if lease else None
-    return PairState(newest=intent, lease=held)
+    made = Applied(request_id="RITM0", action=Action.ADD, at=NOW - timedelta(days=1))
+    grant = Grant(producer="hr", newest=intent, removal_due=intent.expires_at)
+    return PairState(grants=(grant,), lease=held, applied=made)
 
 
 # --- classification ----------------------------------------------------------------------------------------------
@@ -73,10 +78,10 @@ def test_each_class_is_found_and_pairs_in_step_are_not() -> None:
     }
     report = classify(states=states, members={member(1), member(3), member(4), member(8)}, now=NOW)
     assert report.findings == (
-        Missing(member_id=member(2), intent=states[member(2)].newest),
-        Lingering(member_id=member(3), intent=states[member(3)].newest),
-        Lingering(member_id=member(4), intent=states[member(4)].newest),
-        Missing(member_id=member(7), intent=states[member(7)].newest),
+        Missing(member_id=member(2), intent=states[member(2)].latest),
+        Lingering(member_id=member(3), intent=states[member(3)].latest),
+        Lingering(member_id=member(4), intent=states[member(4)].latest),
+        Missing(member_id=member(7), intent=states[member(7)].latest),
         Unmanaged(member_id=member(8)),
     )
     assert report.members == 4
@@ -88,13 +93,24 @@ def test_a_pair_with_a_write_in_flight_is_not_judged() -> None:
     states = {member(1): state("RITM1", lease=30), member(2): state("RITM2", lease=-30)}
     report = classify(states=states, members=set(), now=NOW)
     assert report.in_flight == (member(1),)
-    assert report.findings == (Missing(member_id=member(2), intent=states[member(2)].newest),)
+    assert report.findings == (Missing(member_id=member(2), intent=states[member(2)].latest),)
 
 
-def test_a_role_named_by_id_and_by_template_is_judged_by_the_newer_intent_of_the_two() -> None:
+def test_a_role_named_by_id_and_by_template_is_judged_by_both_pairs_grants() -> None:
     by_id, by_template = state("RITM1", at=-60), state("RITM2", Action.REMOVE, at=-30)
     merged = newest_states([(member(1), by_id), (member(1), by_template), (member(2), by_id)])
-    assert merged == {member(1): by_template, member(2): by_id}
+    assert merged[member(2)] == by_id
+    assert merged[member(1)].grant_of("hr") == by_template.grant_of("hr")  # the same producer's newer intent
+    elsewhere = replace(state("RITM3", at=-90), grants=(Grant(producer="ticketing", newest=by_id.grants[0].newest),))
+    both = newest_states([(member(1), elsewhere), (member(1), by_template)])[member(1)]
+    assert [g.producer for g in both.holders(now=NOW)] == ["ticketing"]  # another producer's grant still holds it
+
+
+def test_a_membership_the_app_did_not_make_is_unmanaged_whatever_grants_ended() -> None:
+    ended = state("RITM1", Action.REMOVE)
+    states = {member(1): replace(ended, preexisting=True), member(2): replace(ended, applied=None)}
+    report = classify(states=states, members={member(1), member(2)}, now=NOW)
+    assert report.findings == (Unmanaged(member_id=member(1)), Unmanaged(member_id=member(2)))
 
 
 # --- planning ----------------------------------------------------------------------------------------------------
@@ -166,14 +182,14 @@ def test_a_regrant_keeps_its_intents_expiry_and_names_it() -> None:
     assert repair_message_id(command).startswith("~drift:")
 
 
-def test_a_second_repair_of_the_same_pair_gets_its_own_id_and_names_the_first_intent() -> None:
-    """Drift again after a repair was applied: the newest intent is the repair; the next one derives from it."""
+def test_a_second_repair_of_the_same_pair_is_the_same_request_carried_out_again() -> None:
+    """Drift again after a repair was applied (a repair changes no grant): the same request and message again, which
+    the ledger takes as its first message again (carried out), not as a duplicate."""
     first = plan(drifted(), target=AU, mode=Mode.RESTORE).repairs[0]
-    applied = intent_of(repair_command(AU, first), arrived_at=NOW)
-    again = classify(states={member(1): PairState(newest=applied)}, members=set(), now=NOW)
+    again = classify(states={member(1): state("RITM1")}, members=set(), now=NOW)
     second = plan(again, target=AU, mode=Mode.RESTORE).repairs[0]
-    assert (second.request_id, second.restores) == ("~drift-add:~drift-add:RITM1", "RITM1")
-    assert second.requested_at > first.requested_at
+    assert (second.request_id, second.restores) == (first.request_id, "RITM1")
+    assert repair_message_id(repair_command(AU, second)) == repair_message_id(repair_command(AU, first))
 
 
 def test_tier0_roles_are_never_touched_whatever_the_mode() -> None:
@@ -271,16 +287,21 @@ def carry_out(target: Target, result: Plan, states: dict[Guid, PairState], membe
     """What the pipeline does with each repair: admit its intent against the pair's state, write, release."""
     for repair in result.repairs:
         command = repair_command(target, repair)
+        finding = repair.finding
+        expiry = finding.intent.request_id if isinstance(finding, Lingering) and finding.expired else None
+        producer = finding.intent.producer if expiry else "app"
+        kind = effect_of(command, expiry_of=expiry, app=True)
         decision = admit(
             states.get(repair.member_id),
-            intent_of(command, arrived_at=NOW),
+            intent_of(command, arrived_at=NOW, producer=producer, kind=kind, ends=expiry),
             token="repair",
             now=NOW,
             lease_for=LEASE_FOR,
+            window=LEASE_FOR,
         )
-        assert isinstance(decision, Proceed), "nothing newer arrived: a repair is never superseded"
+        assert isinstance(decision, Proceed), "nothing changed since: a repair is never superseded"
         (members.add if command.action is Action.ADD else members.discard)(repair.member_id)
-        released = release(decision.state, token="repair", applied=command.action, now=NOW)
+        released = release(decision.state, token="repair", applied=command.action, now=NOW, window=LEASE_FOR)
         assert released is not None
         states[repair.member_id] = released
 

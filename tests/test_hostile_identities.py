@@ -833,7 +833,7 @@ async def test_an_expiry_removal_queued_before_producers_had_names_is_not_the_ot
 ) -> None:
     """Tried: a legacy (producer-less, sealed) expiry removal of a ticketing grant running after the upgrade."""
     from shared.core.contract import Action, AdministrativeUnit, encode
-    from shared.core.intents import Intent, PairState, content_hash, expiry_removal, pair_of
+    from shared.core.intents import Intent, content_hash, expiry_removal, pair_of
 
     run: Run = await make_run()
     run.graph.add_member(AU, USER)
@@ -843,7 +843,22 @@ async def test_an_expiry_removal_queued_before_producers_had_names_is_not_the_ot
     target = AdministrativeUnit(id=AU)
     newest = Intent(request_id="OLD-4", content_hash="0" * 64, action=Action.ADD, requested_at=made, expires_at=expires)
     pair = pair_of(target, USER)
-    assert await ledger._write_pair(pair, PairState(newest=newest, removal_due=expires), None) is not None
+    await ledger._table.create_entity(  # the pair as recorded then: one newest intent, applied, no producer
+        {
+            "PartitionKey": table_key("pair", pair),
+            "RowKey": "pair",
+            "pair": pair,
+            "newestRequestId": "OLD-4",
+            "newestContentHash": newest.content_hash,
+            "newestAction": "add",
+            "newestRequestedAt": made,
+            "newestExpiresAt": expires,
+            "appliedRequestId": "OLD-4",
+            "appliedAction": "add",
+            "appliedAt": made,
+            "removalDue": expires,
+        }
+    )
     record = _legacy_record(
         "OLD-4", "granted", "ticketing", memberId=USER, targetId=AU, action="add", expiresAt=expires.isoformat()
     )

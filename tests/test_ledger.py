@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -18,7 +19,8 @@ from grants_local.azurite import AzuriteTables
 from shared.adapters.ledger import LEASE_FOR, Absorbed, Admitted, Group, GroupKind, Ledger, table_client, table_key
 from shared.core.contract import Action
 from shared.core.errors import PermanentError, Reason, TransientError
-from shared.core.intents import Applied, Intent, PairState, Superseded, Wait
+from shared.core.intents import Effect, Intent
+from shared.core.pairs import Applied, Doubt, Grant, Lease, PairState, Released, Superseded, Wait
 from shared.core.statuses import StatusRecord, StatusWrite
 from tests.conftest import AU, USER
 
@@ -64,18 +66,17 @@ async def admitted(ledger: Ledger, item: Intent, *, origin: str = "m-1", now: da
 async def test_an_add_for_a_new_pair_is_recorded_in_three_requests_and_three_round_trips(
     ledger: Ledger, storage_calls: StorageCalls
 ) -> None:
-    """Given a new add for a new pair, when it is admitted and finished, then the pair records it as newest and
-    applied, with no lease; the request id records its content and origin; three requests were sent (the pair is
-    created, never read)."""
+    """Given a new add for a new pair, when it is admitted and finished, then the pair records it as its producer's
+    grant, applied, with no lease and nothing in doubt; the request id records its content and origin; three
+    requests were sent (the pair is created, never read)."""
     ticket = (await admitted(ledger, intent("r1"))).ticket
     assert await ledger.finish(ticket, applied=Action.ADD, now=T0 + timedelta(seconds=1)) is True
     methods = [method for method, _ in storage_calls.requests]
     # the request's insert; the pair's insert with the lease; its replace, If-Match, returning it
     assert methods == ["POST", "POST", "PUT"]
     assert await ledger.pair(PAIR) == PairState(
-        newest=intent("r1"),
+        grants=(Grant(producer=PRODUCER, newest=intent("r1"), removal_due=T0 + timedelta(days=30)),),
         applied=Applied(request_id="r1", action=Action.ADD, at=T0 + timedelta(seconds=1)),
-        removal_due=T0 + timedelta(days=30),
     )
     record = await ledger.request("r1", producer=PRODUCER)
     assert record is not None
@@ -96,7 +97,7 @@ async def test_a_removal_of_a_known_pair_reads_it_at_once_with_the_claim(
     assert methods[2:] == ["PUT", "PUT"]
     state = await ledger.pair(PAIR)
     assert state is not None
-    assert state.newest == intent("r2", Action.REMOVE, at=60)
+    assert state.latest == intent("r2", Action.REMOVE, at=60)
     assert state.applied == Applied(request_id="r2", action=Action.REMOVE, at=T0)
 
 
@@ -112,7 +113,7 @@ async def test_an_add_for_a_known_pair_reads_it_after_its_insert_is_refused(
     assert [method for method, _ in storage_calls.requests] == ["POST", "POST", "GET", "PUT", "PUT"]
     state = await ledger.pair(PAIR)
     assert state is not None
-    assert (state.newest, state.lease) == (intent("r2", at=60), None)
+    assert (state.latest, state.lease) == (intent("r2", at=60), None)
 
 
 async def test_times_round_trip_to_the_microsecond(ledger: Ledger) -> None:
@@ -120,8 +121,73 @@ async def test_times_round_trip_to_the_microsecond(ledger: Ledger) -> None:
     await admitted(ledger, item)
     state = await ledger.pair(PAIR)
     assert state is not None
-    assert state.newest.requested_at == item.requested_at
-    assert state.newest.expires_at == item.expires_at
+    assert state.latest == item
+
+
+async def test_every_part_of_a_pair_s_state_round_trips(ledger: Ledger) -> None:
+    """Grants of several producers (one time-bound, one ended by an expiry), a revoke-all, the lease, the last
+    answered write, writes in doubt and a membership the app did not make are read back as written."""
+    add = intent("a1", producer="hr")
+    ended = Intent(
+        request_id="~expire:b1",
+        content_hash="e",
+        action=Action.REMOVE,
+        requested_at=T0,
+        producer="bulk",
+        kind=Effect.EXPIRE,
+        ends="b1",
+    )
+    state = PairState(
+        grants=(
+            Grant(producer="bulk", newest=ended, removal_due=T0),
+            Grant(producer="hr", newest=add, removal_due=T0 + timedelta(days=30)),
+        ),
+        floor=intent("t9", Action.REMOVE, at=-5, producer="ticketing"),
+        lease=Lease(token="t", request_id="a1", until=T0 + LEASE_FOR),
+        applied=Applied(request_id="a1", action=Action.ADD, at=T0),
+        doubts=(Doubt(token="t0", request_id="a0", action=Action.ADD, until=T0 + timedelta(minutes=7)),),
+        preexisting=True,
+    )
+    assert await ledger._write_pair(PAIR, state, None) is not None
+    assert await ledger.pair(PAIR) == state
+    (due,) = await ledger.due_removals(now=T0)
+    assert due == (PAIR, state)
+
+
+async def test_a_pair_recorded_before_grants_had_owners_reads_as_one_grant_of_its_newest_request_s_producer(
+    ledger: Ledger, ledger_table: TableClient
+) -> None:
+    """A pair entity with one newest intent (its producer, or before producers had names its request's source
+    system), a pending removal and one uncertain write reads as that producer's grant and one doubt."""
+    columns = {
+        "pair": PAIR,
+        "newestRequestId": "OLD-1",
+        "newestContentHash": "c",
+        "newestAction": "add",
+        "newestRequestedAt": T0,
+        "newestExpiresAt": T0 + timedelta(days=1),
+        "removalDue": T0 + timedelta(days=1),
+        "uncertainRequestId": "OLD-1",
+        "uncertainAction": "add",
+        "uncertainSince": T0,
+    }
+    await ledger_table.create_entity({"PartitionKey": table_key("pair", PAIR), "RowKey": "pair", **columns})
+    await ledger_table.create_entity(
+        {
+            "PartitionKey": table_key("request", "OLD-1"),
+            "RowKey": "status",
+            "requestId": "OLD-1",
+            "status": "granted",
+            "record": json.dumps({"requestId": "OLD-1", "status": "granted", "sourceSystem": "hr"}),
+        }
+    )
+    state = await ledger.pair(PAIR)
+    assert state is not None
+    (grant,) = state.grants
+    assert (grant.producer, grant.newest.request_id, grant.removal_due) == ("hr", "OLD-1", T0 + timedelta(days=1))
+    assert [(d.request_id, d.action, d.until) for d in state.doubts] == [
+        ("OLD-1", Action.ADD, T0 + ledger.uncertain_window)
+    ]
 
 
 # --- request ids -----------------------------------------------------------------------------------------------------
@@ -148,12 +214,13 @@ async def test_a_retry_copy_of_the_first_message_proceeds(ledger: Ledger) -> Non
 
 
 async def test_a_retry_copy_keeps_the_time_first_recorded_and_cannot_overtake_a_newer_intent(ledger: Ledger) -> None:
-    """Given an add without requestedAt (its stand-in: the first enqueue time) that failed, and a newer remove that
-    was applied since, the add's retry copy (enqueued later, a later stand-in) is superseded, not newer."""
+    """Given an add without requestedAt (its stand-in: the first enqueue time) that failed, and a newer remove of the
+    same producer recorded since (it ends a grant the add never wrote: nothing to remove), the add's retry copy
+    (enqueued later, a later stand-in) is superseded, not newer."""
     first = await admitted(ledger, intent("add", at=0), origin="m-1")
     await ledger.finish(first.ticket, applied=None, now=T0)
-    remove = await admitted(ledger, intent("remove", Action.REMOVE, at=60), origin="m-2")
-    await ledger.finish(remove.ticket, applied=Action.REMOVE, now=T0)
+    remove = await ledger.begin(intent("remove", Action.REMOVE, at=60), pair=PAIR, origin="m-2", now=T0)
+    assert isinstance(remove, Released)
     retry = await ledger.begin(intent("add", at=600), pair=PAIR, origin="m-1", now=T0 + timedelta(seconds=600))
     assert retry == Superseded(intent("remove", Action.REMOVE, at=60))
 
@@ -213,11 +280,12 @@ async def test_hostile_request_ids_are_recorded_and_read_back_exactly(ledger: Le
         assert (record.request_id, record.content_hash) == (request_id, f"c{number}")
 
 
-# --- newest intent wins, leases ------------------------------------------------------------------------------------
+# --- newest intent wins within a grant, leases ------------------------------------------------------------------------
 
 
 async def test_an_older_intent_is_superseded_and_writes_nothing(ledger: Ledger, storage_calls: StorageCalls) -> None:
-    await ledger.finish((await admitted(ledger, intent("leaver", Action.REMOVE, at=60))).ticket, applied=None, now=T0)
+    leaver = await ledger.begin(intent("leaver", Action.REMOVE, at=60), pair=PAIR, origin="m-1", now=T0)
+    assert isinstance(leaver, Released)
     before = await ledger.pair(PAIR)
     storage_calls.requests.clear()
     decision = await ledger.begin(intent("joiner", at=0), pair=PAIR, origin="m-2", now=T0)

@@ -13,42 +13,12 @@ import httpx
 
 from grants_local.binding import to_received_message
 from grants_local.graph_double import Fault, GraphDouble
-from shared.core.contract import Action
-from shared.core.intents import Intent, PairState, Uncertain, admit, confirm_at, release
 from shared.core.statuses import Status
 from tests.conftest import AU, USER, Run, body
 from tests.test_function_app import GRANT
 
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 WINDOW = timedelta(minutes=5)
-
-
-def intent(request_id: str, action: Action, at: datetime) -> Intent:
-    return Intent(request_id=request_id, content_hash=request_id, action=action, requested_at=at)
-
-
-def test_a_write_of_the_other_action_on_an_uncertain_pair_is_made_again_once_the_doubt_has_passed() -> None:
-    """The add's write was sent at T0 and never answered: a newer remove goes ahead and is confirmed at T0 + window;
-    a retry of the add (the same effect) needs no confirmation; an answered write of the uncertain action, or any
-    answered write after the window, makes the pair certain again."""
-    add, remove = intent("A", Action.ADD, T0), intent("R", Action.REMOVE, T0 + timedelta(seconds=1))
-    doubt = PairState(newest=add, uncertain=Uncertain(request_id="A", action=Action.ADD, since=T0))
-    early = T0 + timedelta(seconds=30)
-    assert confirm_at(doubt, action=Action.REMOVE, now=early, window=WINDOW) == T0 + WINDOW
-    assert confirm_at(doubt, action=Action.ADD, now=early, window=WINDOW) is None
-    assert confirm_at(doubt, action=Action.REMOVE, now=T0 + WINDOW, window=WINDOW) is None
-    proceed = admit(doubt, remove, token="r", now=early, lease_for=timedelta(minutes=2))
-    assert type(proceed).__name__ == "Proceed"
-    held = proceed.state  # type: ignore[union-attr]
-    removed = release(held, token="r", applied=Action.REMOVE, now=early, uncertain_window=WINDOW)
-    assert removed is not None
-    assert removed.uncertain == doubt.uncertain  # the add may still land: still uncertain
-    later = release(held, token="r", applied=Action.REMOVE, now=T0 + WINDOW, uncertain_window=WINDOW)
-    assert later is not None
-    assert later.uncertain is None
-    failed = release(held, token="r", applied=None, now=early, uncertain=Action.REMOVE)
-    assert failed is not None
-    assert failed.uncertain == Uncertain(request_id="R", action=Action.REMOVE, since=early)
 
 
 async def test_an_add_that_lands_after_its_client_gave_up_never_outlives_a_newer_remove(

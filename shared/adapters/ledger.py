@@ -35,21 +35,18 @@ from azure.data.tables import UpdateMode
 from shared.adapters.identity import HttpxTransport
 from shared.core.contract import Action, Guid, Target
 from shared.core.errors import PermanentError, Reason, TransientError
-from shared.core.intents import (
+from shared.core.intents import Effect, Intent, RequestCheck, RequestRecord, check_request, pair_of, parse_pair
+from shared.core.pairs import (
     Applied,
-    Intent,
+    Doubt,
+    Grant,
     Lease,
     PairState,
     Proceed,
-    RequestCheck,
-    RequestRecord,
+    Released,
     Superseded,
-    Uncertain,
     Wait,
     admit,
-    check_request,
-    pair_of,
-    parse_pair,
     release,
 )
 from shared.core.producers import APP_PRODUCER
@@ -97,6 +94,7 @@ _LEGACY_ROW_PREFIX: Final = "row."
 #: The app's own secrets: a partition no `table_key` can name (those have dots).
 _APP_PARTITION: Final = "app"
 _SEAL_ROW: Final = "seal"
+_LEGACY_TOKEN: Final = "legacy"  # noqa: S105  # the attempt of a doubt recorded before doubts were a set (no secret)
 _SCHEMA: Final = 2  # the seal row's ``schema`` on a ledger whose every row has its producer (no legacy rows)
 _END_OF_TIME: Final = datetime(9999, 12, 31, tzinfo=UTC)
 
@@ -187,12 +185,14 @@ def table_client(
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
-    """A held lease: what `finish` needs to return it (`etag` is the pair entity's as this attempt wrote it)."""
+    """A held lease: what `finish` needs to return it (`etag` is the pair entity's as this attempt wrote it), and the
+    Graph write it holds the lease for (`write`)."""
 
     pair: str
     token: str
     state: PairState
     etag: str
+    write: Action
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +229,10 @@ class Ledger:
 
     async def begin(
         self, intent: Intent, *, pair: str, origin: str, now: datetime
-    ) -> Admitted | Absorbed | Superseded | Wait:
-        """Record `intent` (first carried by message `origin`) and take the pair's lease, or say why not.
+    ) -> Admitted | Released | Absorbed | Superseded | Wait:
+        """Record `intent` (first carried by message `origin`) and take the pair's lease for its Graph write
+        (`Admitted`), or record it needing none (`Released`: it ended a grant, and the membership stays or was never
+        the app's to remove), or say why not (`shared.core.pairs.admit`).
 
         An add claims the request id, then creates the pair's entity without reading it first (most adds are their
         pair's first intent: two requests; a known pair costs a read and a write more); any other intent reads the
@@ -272,12 +274,18 @@ class Ledger:
             return Absorbed(claimed)
         token = uuid.uuid4().hex
         for _ in range(MAX_RACES):
-            decision = admit(state, intent, token=token, now=now, lease_for=self._lease_for)
-            if not isinstance(decision, Proceed):
+            decision = admit(
+                state, intent, token=token, now=now, lease_for=self._lease_for, window=self.uncertain_window
+            )
+            if not isinstance(decision, Proceed | Released):
                 return decision
             written = await self._write_pair(pair, decision.state, etag)
+            if written is not None and isinstance(decision, Released):
+                return decision
             if written is not None:
-                return Admitted(Ticket(pair=pair, token=token, state=decision.state, etag=written))
+                assert isinstance(decision, Proceed)
+                ticket = Ticket(pair=pair, token=token, state=decision.state, etag=written, write=decision.write)
+                return Admitted(ticket)
             state, etag = await self._read_pair(pair)  # a lost race, or an add's pair that was there already
         raise TransientError(
             Reason.PAIR_BUSY,
@@ -286,10 +294,18 @@ class Ledger:
         )
 
     async def finish(
-        self, ticket: Ticket, *, applied: Action | None, now: datetime, uncertain: Action | None = None
+        self,
+        ticket: Ticket,
+        *,
+        applied: Action | None,
+        now: datetime,
+        uncertain: bool = False,
+        already: bool = False,
+        gave_up: bool = False,
     ) -> bool:
-        """Return the lease and record `applied` (the action written, None if none), or a write of `uncertain`
-        whose outcome is unknown (`release`). False: the lease was lost.
+        """Return the lease and record how its write ended (`shared.core.pairs.release`): `applied` (the action done,
+        `already` when Graph found it so), or none (refused, or not sent; `gave_up` when the request is refused for
+        good), or `uncertain` (no answer: it may still land). False: the lease was lost.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
@@ -303,8 +319,10 @@ class Ledger:
                 token=ticket.token,
                 applied=applied,
                 now=now,
+                window=self.uncertain_window,
                 uncertain=uncertain,
-                uncertain_window=self.uncertain_window,
+                already=already,
+                gave_up=gave_up,
             )
             if released is None:
                 return False
@@ -531,7 +549,7 @@ class Ledger:
         try:
             async for entity in self._table.query_entities(query, parameters={"row": _PAIR_ROW, "now": now}):
                 try:
-                    found.append((entity["pair"], _pair_state(entity)))
+                    found.append((entity["pair"], _pair_state(entity, window=self.uncertain_window)))
                 except (KeyError, TypeError, ValueError) as error:  # not a record the app wrote: reported, skipped
                     _log.error("expiry sweep: skipped the unreadable record of %s (%r)", entity.get("pair"), error)
                 if len(found) >= limit:
@@ -587,7 +605,7 @@ class Ledger:
             async for entity in self._table.query_entities(query, parameters=parameters):
                 named = _parsed_pair(entity.get("pair"))
                 if named is not None:
-                    found.append((named[1], _pair_state(entity)))
+                    found.append((named[1], _pair_state(entity, window=self.uncertain_window)))
         except AzureError as error:
             raise _unavailable("list the pairs of a target", error) from error
         return found
@@ -881,10 +899,22 @@ class Ledger:
         return _request_record(entity, producer) if entity is not None else None
 
     async def _read_pair(self, pair: str) -> tuple[PairState | None, str | None]:
+        """The pair's state and ETag; a grant recorded before producers had names is its source system's (its newest
+        request's status read once more, only for such a pair)."""
         entity = await self._get(table_key("pair", pair), _PAIR_ROW, doing="read the state of a member and target")
         if entity is None:
             return None, None
-        return _pair_state(entity), entity.metadata["etag"]
+        state = _pair_state(entity, window=self.uncertain_window)
+        unowned = [grant for grant in state.grants if not grant.producer]
+        for grant in unowned:
+            key = table_key("request", grant.newest.request_id)
+            legacy = await self._get(key, _LEGACY_STATUS_ROW, doing="read the state of a member and target")
+            owner = _legacy_owner(legacy) if legacy is not None else None
+            if owner:
+                state = replace(state, grants=tuple(g for g in state.grants if g is not grant)).with_grant(
+                    replace(grant, producer=owner)
+                )
+        return state, entity.metadata["etag"]
 
     async def _write_pair(self, pair: str, state: PairState, etag: str | None) -> str | None:
         """Write `state` if the entity is still at `etag` (absent when None); its new ETag, or None on a lost race."""
@@ -1039,39 +1069,30 @@ def _loads(text: object) -> dict[str, Any]:
 
 
 def _pair_fields(state: PairState) -> dict[str, Any]:
-    newest, lease, applied = state.newest, state.lease, state.applied
+    """The pair entity's columns: ``grants``, ``floor`` and ``doubts`` as JSON, the lease and the last answered write
+    as columns, ``preexisting``, and ``removalDue`` (the earliest pending removal: what `due_removals` queries)."""
+    lease, applied = state.lease, state.applied
     fields: dict[str, Any] = {
-        "newestRequestId": newest.request_id,
-        "newestContentHash": newest.content_hash,
-        "newestAction": newest.action.value,
-        "newestRequestedAt": newest.requested_at,
-        "newestExpiresAt": newest.expires_at,
-        "newestProducer": newest.producer,
+        "grants": _dumps_list([_grant_json(grant) for grant in state.grants]),
+        "removalDue": state.removal_due,
     }
+    if state.floor is not None:
+        fields["floor"] = _dumps(_intent_json(state.floor))
+    if state.doubts:
+        fields["doubts"] = _dumps_list([_doubt_json(doubt) for doubt in state.doubts])
+    if state.preexisting:
+        fields["preexisting"] = True
     if lease is not None:
         fields.update(leaseToken=lease.token, leaseRequestId=lease.request_id, leaseUntil=lease.until)
     if applied is not None:
         fields.update(appliedRequestId=applied.request_id, appliedAction=applied.action.value, appliedAt=applied.at)
-    fields["removalDue"] = state.removal_due
-    if state.uncertain is not None:
-        uncertain = state.uncertain
-        fields.update(
-            uncertainRequestId=uncertain.request_id,
-            uncertainAction=uncertain.action.value,
-            uncertainSince=uncertain.since,
-        )
     return {name: value for name, value in fields.items() if value is not None}
 
 
-def _pair_state(entity: dict[str, Any]) -> PairState:
-    newest = Intent(
-        request_id=entity["newestRequestId"],
-        content_hash=entity["newestContentHash"],
-        action=Action(entity["newestAction"]),
-        requested_at=_time(entity["newestRequestedAt"]),
-        expires_at=_time(entity["newestExpiresAt"]) if "newestExpiresAt" in entity else None,
-        producer=entity.get("newestProducer"),
-    )
+def _pair_state(entity: Mapping[str, Any], *, window: timedelta = UNCERTAIN_WINDOW) -> PairState:
+    """The state an entity holds; one written before grants had owners (``newest*`` columns, one ``uncertain*``
+    write) reads as one grant of the producer its newest request recorded ("" when it recorded none) and one doubt
+    until `window` after it was sent."""
     lease = None
     if "leaseToken" in entity:
         lease = Lease(
@@ -1084,15 +1105,109 @@ def _pair_state(entity: dict[str, Any]) -> PairState:
             action=Action(entity["appliedAction"]),
             at=_time(entity["appliedAt"]),
         )
-    removal_due = _time(entity["removalDue"]) if "removalDue" in entity else None
-    uncertain = None
+    if "grants" not in entity:
+        return _legacy_pair_state(entity, lease=lease, applied=applied, window=window)
+    floor = _intent_from(json.loads(entity["floor"])) if entity.get("floor") else None
+    return PairState(
+        grants=tuple(_grant_from(item) for item in json.loads(entity["grants"])),
+        floor=floor,
+        lease=lease,
+        applied=applied,
+        doubts=tuple(_doubt_from(item) for item in json.loads(entity.get("doubts") or "[]")),
+        preexisting=bool(entity.get("preexisting")),
+    )
+
+
+def _legacy_pair_state(
+    entity: Mapping[str, Any], *, lease: Lease | None, applied: Applied | None, window: timedelta
+) -> PairState:
+    newest = Intent(
+        request_id=entity["newestRequestId"],
+        content_hash=entity["newestContentHash"],
+        action=Action(entity["newestAction"]),
+        requested_at=_time(entity["newestRequestedAt"]),
+        expires_at=_time(entity["newestExpiresAt"]) if "newestExpiresAt" in entity else None,
+        producer=entity.get("newestProducer"),
+    )
+    removal_due = _time(entity["removalDue"]) if entity.get("removalDue") is not None else None
+    grant = Grant(producer=newest.producer or "", newest=newest, removal_due=removal_due)
+    doubts: tuple[Doubt, ...] = ()
     if "uncertainRequestId" in entity:
-        uncertain = Uncertain(
-            request_id=entity["uncertainRequestId"],
-            action=Action(entity["uncertainAction"]),
-            since=_time(entity["uncertainSince"]),
+        since = _time(entity["uncertainSince"])
+        doubts = (
+            Doubt(
+                token=_LEGACY_TOKEN,
+                request_id=entity["uncertainRequestId"],
+                action=Action(entity["uncertainAction"]),
+                until=since + window,
+            ),
         )
-    return PairState(newest=newest, lease=lease, applied=applied, removal_due=removal_due, uncertain=uncertain)
+    return PairState(grants=(grant,), lease=lease, applied=applied, doubts=doubts)
+
+
+def _intent_json(intent: Intent) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "requestId": intent.request_id,
+        "contentHash": intent.content_hash,
+        "action": intent.action.value,
+        "requestedAt": intent.requested_at.isoformat(),
+        "expiresAt": intent.expires_at.isoformat() if intent.expires_at else None,
+        "producer": intent.producer,
+        "kind": intent.kind.value if intent.kind else None,
+        "ends": intent.ends,
+    }
+    return {name: value for name, value in document.items() if value is not None}
+
+
+def _intent_from(document: Mapping[str, Any]) -> Intent:
+    return Intent(
+        request_id=document["requestId"],
+        content_hash=document["contentHash"],
+        action=Action(document["action"]),
+        requested_at=datetime.fromisoformat(document["requestedAt"]),
+        expires_at=datetime.fromisoformat(document["expiresAt"]) if document.get("expiresAt") else None,
+        producer=document.get("producer"),
+        kind=Effect(document["kind"]) if document.get("kind") else None,
+        ends=document.get("ends"),
+    )
+
+
+def _grant_json(grant: Grant) -> dict[str, Any]:
+    document: dict[str, Any] = {"producer": grant.producer, "newest": _intent_json(grant.newest)}
+    if grant.removal_due is not None:
+        document["removalDue"] = grant.removal_due.isoformat()
+    return document
+
+
+def _grant_from(document: Mapping[str, Any]) -> Grant:
+    due = document.get("removalDue")
+    return Grant(
+        producer=document["producer"],
+        newest=_intent_from(document["newest"]),
+        removal_due=datetime.fromisoformat(due) if due else None,
+    )
+
+
+def _doubt_json(doubt: Doubt) -> dict[str, Any]:
+    return {
+        "token": doubt.token,
+        "requestId": doubt.request_id,
+        "action": doubt.action.value,
+        "until": doubt.until.isoformat(),
+    }
+
+
+def _doubt_from(document: Mapping[str, Any]) -> Doubt:
+    return Doubt(
+        token=document["token"],
+        request_id=document["requestId"],
+        action=Action(document["action"]),
+        until=datetime.fromisoformat(document["until"]),
+    )
+
+
+def _dumps_list(items: list[dict[str, Any]]) -> str:
+    return json.dumps(items, separators=(",", ":"), ensure_ascii=False)
 
 
 def _time(value: datetime) -> datetime:

@@ -154,6 +154,9 @@ class GrantCommand:
     requested_at: datetime | None = None
     dry_run: bool = False
     callback_url: str | None = None  # where the outcome is POSTed, signed (ticketing webhooks); see callbacks.py
+    #: A removal that ends every producer's grant of the pair, and the membership whoever made it (a right the
+    #: policy gives by name: `shared.core.pairs`).
+    revoke_all: bool = False
 
 
 # Field limits, shared with the JSON Schema (the sync test reads them).
@@ -171,6 +174,7 @@ _TOP_FIELDS: Final = (
     "requestedAt",
     "dryRun",
     "callback",
+    "revokeAll",
 )
 
 
@@ -212,6 +216,7 @@ def to_document(command: GrantCommand) -> dict[str, Any]:
         "requestedAt": command.requested_at.isoformat().replace("+00:00", "Z") if command.requested_at else None,
         "dryRun": command.dry_run or None,
         "callback": {"url": command.callback_url} if command.callback_url is not None else None,
+        "revokeAll": command.revoke_all or None,
     }
     document.update({key: value for key, value in optional.items() if value is not None})
     return document
@@ -421,6 +426,9 @@ def _parse_document(document: Mapping[str, Any], *, own: bool = False) -> GrantC
             "must be 1 to 128 characters: letters, digits and . _ : @ -, starting with a letter or digit" + reserved,
         )
     action = _enum(document, "action", "", Action) or Action.ADD
+    revoke_all = _flag(document, "revokeAll")
+    if revoke_all and action is not Action.REMOVE:
+        raise _violation("revokeAll", "is for a remove only (it ends every grant of the member and target)")
     member = _member(_object(document, "member"))
     target = _target(_object(document, "target"), member)
     source_doc = _object(document, "source")
@@ -440,6 +448,7 @@ def _parse_document(document: Mapping[str, Any], *, own: bool = False) -> GrantC
         requested_at=_timestamp(document, "requestedAt"),
         dry_run=_flag(document, "dryRun"),
         callback_url=_callback_url(document),
+        revoke_all=revoke_all,
     )
 
 

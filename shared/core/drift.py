@@ -1,12 +1,15 @@
-"""Drift, pure: one target's members in the directory against the newest intent per pair, and what to repair.
+"""Drift, pure: one target's members in the directory against the grants the ledger holds, and what to repair.
 
-`classify` compares the directory's member ids of one target with the ledger's `PairState` per member (the
-newest intent for each pair of that target):
+`classify` compares the directory's member ids of one target with the ledger's `PairState` per member (each
+producer's grant of each pair of that target; `shared.core.pairs`):
 
-- `Missing`: the newest intent is an add that has not expired; the directory lacks the member;
-- `Lingering`: the directory has the member; the newest intent is a remove, or an add whose ``expiresAt`` passed;
-- `Unmanaged`: the directory has the member and the ledger has no intent for it (reported only, unless the
-  target's mode is ``authoritative``).
+- `Missing`: some grant holds the pair (an add that has not expired, newer than any revoke-all); the directory
+  lacks the member;
+- `Lingering`: the directory has the member, no grant holds the pair, and the app made the membership (its last
+  answered write was an add that did not find it there, or an add of its own is in doubt);
+- `Unmanaged`: the directory has the member and no grant holds the pair, and the app did not make it (no intent at
+  all, a membership that was there before the app's grants, or one added outside the app after the app removed it):
+  reported only, unless the target's mode is ``authoritative``.
 
 A pair whose lease is live (a write in flight) is not judged (`Report.in_flight`). Read the directory first and
 the ledger after: every membership the app made was recorded as an intent before its write, so it cannot look
@@ -67,8 +70,9 @@ from shared.core.contract import (
     derived_request_id,
 )
 from shared.core.errors import Reason
-from shared.core.intents import Intent, PairState, content_hash, expiry_removal, pair_of
+from shared.core.intents import Intent, content_hash, expiry_removal, pair_of
 from shared.core.messaging import derived_message_id
+from shared.core.pairs import PairState
 from shared.core.policy import TIER0_ROLE_TEMPLATES
 from shared.core.statuses import Status, StatusRecord
 from shared.core.times import EARLIEST
@@ -95,6 +99,7 @@ __all__ = [
     "refusal_of",
     "repair_command",
     "repair_message_id",
+    "repair_of",
 ]
 
 #: When an unmanaged member's removal was "requested": older than any intent a producer can make.
@@ -253,7 +258,7 @@ DEFAULT_GUARD: Final = Guard()
 
 def classify(*, states: Mapping[Guid, PairState], members: Set[Guid], now: datetime) -> Report:
     """Compare the directory's `members` of one target with the ledger's `states` (member id -> its pair's
-    state, newest intent first; see `newest_states`) at `now`; findings sorted by member id."""
+    state; see `newest_states`) at `now`; findings sorted by member id."""
     findings: list[Finding] = []
     in_flight: list[Guid] = []
     for member_id in sorted(states.keys() | members):
@@ -265,24 +270,64 @@ def classify(*, states: Mapping[Guid, PairState], members: Set[Guid], now: datet
         if state.lease is not None and state.lease.until > now:
             in_flight.append(member_id)
             continue
-        newest = state.newest
-        wanted = newest.action is Action.ADD and (newest.expires_at is None or newest.expires_at > now)
-        if wanted and not present:
-            findings.append(Missing(member_id=member_id, intent=newest))
-        elif present and not wanted:
-            findings.append(Lingering(member_id=member_id, intent=newest))
+        holders = state.holders(now=now)
+        if holders and not present:
+            findings.append(Missing(member_id=member_id, intent=max((g.newest for g in holders), key=_order)))
+        elif present and not holders:
+            if state.preexisting or not state.made_by_app():
+                findings.append(Unmanaged(member_id=member_id))
+            else:
+                findings.append(Lingering(member_id=member_id, intent=_ended_by(state, now=now)))
     return Report(findings=tuple(findings), in_flight=tuple(in_flight), members=len(members))
 
 
+def _order(intent: Intent) -> tuple[datetime, str]:
+    return intent.order
+
+
+def _ended_by(state: PairState, *, now: datetime) -> Intent:
+    """What ended a lingering membership: a grant's add that expired with its removal still pending (its repair is
+    that grant's expiry), else the newest intent recorded for the pair."""
+    expired = [
+        grant.newest
+        for grant in state.grants
+        if grant.removal_due is not None and grant.newest.action is Action.ADD and not grant.holds(now=now)
+    ]
+    if expired:
+        return max(expired, key=_order)
+    latest = state.latest
+    assert latest is not None, "a pair the app made has an intent"
+    return latest
+
+
 def newest_states(pairs: Iterable[tuple[Guid, PairState]]) -> dict[Guid, PairState]:
-    """One state per member: the one whose newest intent is newest. A role named by id and by template are two
-    pairs in the ledger but one membership in the directory: pass both pairs' states for such a role."""
+    """One state per member: a role named by id and by template are two pairs in the ledger but one membership in
+    the directory: their states are merged (every producer's newer grant, the newer revoke-all, the later lease and
+    answered write, every doubt; pre-existing when either says so)."""
     merged: dict[Guid, PairState] = {}
     for member_id, state in pairs:
         known = merged.get(member_id)
-        if known is None or state.newest.order > known.newest.order:
-            merged[member_id] = state
+        merged[member_id] = state if known is None else _merged(known, state)
     return merged
+
+
+def _merged(one: PairState, other: PairState) -> PairState:
+    grants = {grant.producer: grant for grant in one.grants}
+    for grant in other.grants:
+        known = grants.get(grant.producer)
+        if known is None or grant.newest.order > known.newest.order:
+            grants[grant.producer] = grant
+    floors = [floor for floor in (one.floor, other.floor) if floor is not None]
+    leases = [lease for lease in (one.lease, other.lease) if lease is not None]
+    applied = [done for done in (one.applied, other.applied) if done is not None]
+    return PairState(
+        grants=tuple(sorted(grants.values(), key=lambda grant: grant.producer)),
+        floor=max(floors, key=_order, default=None),
+        lease=max(leases, key=lambda lease: lease.until, default=None),
+        applied=max(applied, key=lambda done: done.at, default=None),
+        doubts=(*one.doubts, *other.doubts),
+        preexisting=one.preexisting or other.preexisting,
+    )
 
 
 def is_tier0(target: Target) -> bool:
@@ -379,6 +424,11 @@ def repair_command(target: Target, repair: Repair) -> GrantCommand:
 def repair_message_id(command: GrantCommand) -> str:
     """``~drift:<digest>``: the MessageId of a repair's message (its request id and content)."""
     return derived_message_id("drift", command.request_id, content_hash(command))
+
+
+def repair_of(target: Target, finding: Finding) -> Repair:
+    """The repair of `finding` of `target` (as `plan` would plan it), e.g. to read its request's recorded status."""
+    return _repair(target, finding)
 
 
 def _repair(target: Target, finding: Finding) -> Repair:

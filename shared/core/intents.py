@@ -1,26 +1,18 @@
-"""Intents per member and target, pure: which request may write, which is a duplicate, which is superseded.
+"""Intents, pure: one request's wish for one (member, target) pair, and which request id is which request.
 
-An *intent* is one request's wish for one (member, target) *pair*: add or remove, made at ``requested_at``.
-Two rules, decided here from what the ledger recorded (the adapter reads and writes it, ETag-guarded):
-
-- **Idempotency key** (`check_request`): a request id names one request. The same id with the same content
-  (`content_hash`) arriving in another message is a `DUPLICATE` (absorbed, nothing written); with other
-  content, a `CONFLICT` (refused, never dropped silently). Retry copies and redeliveries of the message that
-  first carried the id (its `origin`) are that request again (`SAME_MESSAGE`).
-- **Newest intent wins** (`admit`): intents for one pair are ordered by ``(requested_at, request_id)``. An
-  intent older than the newest recorded one is `Superseded` (no Graph write). Otherwise it may write once it
-  holds the pair's *lease*; a lease held by another attempt makes it `Wait` until the lease's expiry at the
-  latest, so a crashed worker cannot block the pair for longer than one lease. `release` gives the lease back
-  and records what was applied; a holder whose lease was taken over records nothing.
-- **Expiry cannot fail open**: a time-bound add that becomes the newest intent leaves a *pending removal*
-  (`PairState.removal_due`) that only an applied removal or a newer add clears.
+An *intent* is one request's wish for one pair: add or remove, made at ``requested_at`` by its ``producer``, with
+an `Effect` on the pair's grants (`shared.core.pairs` decides what each does). A request id names one request of
+its producer (`check_request`): the same id with the same content (`content_hash`) arriving in another message is a
+`DUPLICATE` (absorbed, nothing written); with other content, a `CONFLICT` (refused, never dropped silently). Retry
+copies and redeliveries of the message that first carried the id (its `origin`) are that request again
+(`SAME_MESSAGE`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -41,35 +33,36 @@ from shared.core.contract import (
 from shared.core.times import intent_time
 
 __all__ = [
-    "Applied",
+    "Effect",
     "Intent",
-    "Lease",
-    "PairState",
-    "Proceed",
     "RequestCheck",
     "RequestRecord",
-    "Superseded",
-    "Uncertain",
-    "Wait",
-    "admit",
     "check_request",
-    "confirm_at",
     "content_hash",
+    "effect_of",
     "expiry_removal",
     "intent_of",
     "pair_of",
     "parse_pair",
-    "release",
-    "removal_is_due",
-    "settled",
 ]
+
+
+class Effect(StrEnum):
+    """What an intent does to its pair's grants (`shared.core.pairs`)."""
+
+    GRANT = "grant"  # a producer's add: its grant holds the pair
+    END = "end"  # a producer's remove: ends its own grant
+    REVOKE_ALL = "revokeAll"  # a producer's remove with revokeAll: ends every grant older than it, and the membership
+    EXPIRE = "expire"  # the app's, at a time-bound grant's end: ends the grant whose newest intent it names
+    REPAIR = "repair"  # the app's drift repair: writes what the grants say, changing none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Intent:
     """One request's wish for one pair. `content_hash` identifies what it asks (see `content_hash`); `producer`
-    is who asked (`shared.core.producers`: a request id is its producer's own); None on a pair recorded before
-    producers had names."""
+    is who asked (`shared.core.producers`: a request id is its producer's own; None on a pair recorded before
+    producers had names); `kind` its `Effect` when it is not a plain add (`GRANT`) or remove (`END`); `ends`, for an
+    expiry, the request id of the intent whose grant it ends."""
 
     request_id: str
     content_hash: str
@@ -77,11 +70,20 @@ class Intent:
     requested_at: datetime
     expires_at: datetime | None = None
     producer: str | None = None
+    kind: Effect | None = None
+    ends: str | None = None
 
     @property
     def order(self) -> tuple[datetime, str]:
         """The ordering key: later `requested_at` is newer; equal times are ordered by request id."""
         return (self.requested_at, self.request_id)
+
+    @property
+    def effect(self) -> Effect:
+        """What the intent does to the pair's grants: its `kind`, else a plain add's or remove's."""
+        if self.kind is not None:
+            return self.kind
+        return Effect.GRANT if self.action is Action.ADD else Effect.END
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,83 +99,11 @@ class RequestRecord:
     producer: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Lease:
-    """Write permission for one pair, held by one attempt (`token`) until `until`."""
-
-    token: str
-    request_id: str
-    until: datetime
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Applied:
-    """The last Graph write that succeeded for the pair: which request, which action, when."""
-
-    request_id: str
-    action: Action
-    at: datetime
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Uncertain:
-    """A Graph write for the pair whose outcome is unknown (a timeout or a connection lost after it was sent, a
-    5xx): request `request_id`'s `action`, sent at `since`; it may still land."""
-
-    request_id: str
-    action: Action
-    since: datetime
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PairState:
-    """The ledger's record of one pair (None before its first intent).
-
-    `removal_due` is a *pending removal*: set by a time-bound add that became the newest intent (its
-    ``expires_at``), kept by a removal until a removal is applied, cleared by an add without expiry. The expiry
-    sweep removes every pair whose `removal_due` has passed, so a removal that was never scheduled, or kept
-    failing, still happens.
-
-    `uncertain` is a write whose outcome is unknown: until it can no longer land (`settled`), a write of the other
-    action is made at once and made again when it no longer can (`confirm_at`), so that a late landing never
-    outlives a newer intent; the next answered write that cannot be undone by it makes the pair certain again
-    (`release`).
-    """
-
-    newest: Intent
-    lease: Lease | None = None
-    applied: Applied | None = None
-    removal_due: datetime | None = None
-    uncertain: Uncertain | None = None
-
-
 class RequestCheck(StrEnum):
     NEW = "new"
     SAME_MESSAGE = "same_message"
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
-
-
-@dataclass(frozen=True, slots=True)
-class Proceed:
-    """Write `state` (ETag-guarded): the intent is the newest and holds the lease; it may write to Graph."""
-
-    state: PairState
-
-
-@dataclass(frozen=True, slots=True)
-class Superseded:
-    """A newer intent is recorded for the pair: no Graph write."""
-
-    newest: Intent
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Another attempt holds the pair's lease until `until`: try again then (or earlier)."""
-
-    until: datetime
-    holder: str
 
 
 def pair_of(target: Target, member_id: str) -> str:
@@ -224,7 +154,7 @@ def expiry_removal(target: Target, member_id: Guid, *, of: Intent) -> GrantComma
 
 
 def content_hash(command: GrantCommand) -> str:
-    """SHA-256 (hex) of what a request asks: action, pair, member type, source system, expiry, dry run.
+    """SHA-256 (hex) of what a request asks: action, pair, member type, source system, expiry, dry run, revoke-all.
 
     Free text (``reason``, ``requestedBy``, ``source.reference``) and ``requestedAt`` (when it was asked:
     a webhook fired twice gets two receive times) are not part of it.
@@ -237,12 +167,22 @@ def content_hash(command: GrantCommand) -> str:
         "expiresAt": command.expires_at.isoformat() if command.expires_at else None,
         "dryRun": command.dry_run,
     }
+    if command.revoke_all:  # only when set: the hashes of the requests recorded before it existed stay theirs
+        asked["revokeAll"] = True
     return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
 
 
-def intent_of(command: GrantCommand, *, arrived_at: datetime, producer: str | None = None) -> Intent:
+def intent_of(
+    command: GrantCommand,
+    *,
+    arrived_at: datetime,
+    producer: str | None = None,
+    kind: Effect | None = None,
+    ends: str | None = None,
+) -> Intent:
     """`producer`'s intent in the command, made at its ``requestedAt`` unless that is later than its first arrival
-    `arrived_at` (`shared.core.times.intent_time`: no producer's clock dates an intent in the future)."""
+    `arrived_at` (`shared.core.times.intent_time`: no producer's clock dates an intent in the future); `kind` and
+    `ends` as `effect_of` and the expiry say."""
     return Intent(
         request_id=command.request_id,
         content_hash=content_hash(command),
@@ -250,7 +190,22 @@ def intent_of(command: GrantCommand, *, arrived_at: datetime, producer: str | No
         requested_at=intent_time(command.requested_at, arrived_at=arrived_at),
         expires_at=command.expires_at if command.action is Action.ADD else None,
         producer=producer,
+        kind=kind,
+        ends=ends if kind is Effect.EXPIRE else None,
     )
+
+
+def effect_of(command: GrantCommand, *, expiry_of: str | None, app: bool) -> Effect | None:
+    """What `command` does beyond a producer's plain add or remove (None): the app's removal ending the grant of
+    `expiry_of` (`EXPIRE`), any other request of the app's own (`app`: a drift repair, `REPAIR`), a remove with
+    ``revokeAll`` (`REVOKE_ALL`)."""
+    if expiry_of is not None and command.action is Action.REMOVE:
+        return Effect.EXPIRE
+    if app:
+        return Effect.REPAIR
+    if command.revoke_all:
+        return Effect.REVOKE_ALL
+    return None
 
 
 def check_request(record: RequestRecord | None, *, intent: Intent, origin: str) -> RequestCheck:
@@ -262,91 +217,3 @@ def check_request(record: RequestRecord | None, *, intent: Intent, origin: str) 
     if record.origin == origin:
         return RequestCheck.SAME_MESSAGE
     return RequestCheck.DUPLICATE
-
-
-def admit(
-    state: PairState | None,
-    intent: Intent,
-    *,
-    token: str,
-    now: datetime,
-    lease_for: timedelta,
-    uncertain_window: timedelta = timedelta(0),
-) -> Proceed | Superseded | Wait:
-    """Decide whether `intent` may write now (attempt `token`); `Proceed` carries the state to record.
-
-    Older than the recorded newest: `Superseded`, whoever holds the lease. Otherwise a live lease of another
-    token: `Wait` until it expires. Otherwise, on a pair with a write of the other action whose outcome is unknown
-    and which may still land (`uncertain_window` after it was sent): `Wait` until it no longer can, so that this
-    intent's own write, and its answer, come after it (a write of the same action does not wait: it has the same
-    effect). Otherwise `Proceed`: the intent becomes (or stays) the newest and takes the lease until
-    ``now + lease_for``.
-    """
-    if state is not None:
-        if intent.order < state.newest.order:
-            return Superseded(state.newest)
-        lease = state.lease
-        if lease is not None and lease.token != token and lease.until > now:
-            return Wait(until=lease.until, holder=lease.request_id)
-        doubt = state.uncertain
-        if (
-            doubt is not None
-            and doubt.action is not intent.action
-            and not settled(state, now=now, window=uncertain_window)
-        ):
-            return Wait(until=doubt.since + uncertain_window, holder=doubt.request_id)
-    lease = Lease(token=token, request_id=intent.request_id, until=now + lease_for)
-    if state is None:
-        return Proceed(PairState(newest=intent, lease=lease, removal_due=intent.expires_at))
-    removal_due = intent.expires_at if intent.action is Action.ADD else state.removal_due
-    return Proceed(replace(state, newest=intent, lease=lease, removal_due=removal_due))
-
-
-def release(
-    state: PairState,
-    *,
-    token: str,
-    applied: Action | None,
-    now: datetime,
-    uncertain: Action | None = None,
-    uncertain_window: timedelta = timedelta(0),
-) -> PairState | None:
-    """The state after attempt `token` is done: lease returned and, if it wrote `applied`, that recorded; if its
-    write's outcome is unknown, the pair `Uncertain` about `uncertain` (the action it sent) from `now`. An applied
-    write makes the pair certain again when it has the uncertain write's effect, or that write can no longer land
-    (`uncertain_window` after it was sent); otherwise the pair stays uncertain (see `confirm_at`).
-
-    None when `token` no longer holds the lease (it expired and was taken over): nothing is to be recorded.
-    """
-    if state.lease is None or state.lease.token != token:
-        return None
-    if uncertain is not None:
-        sent = Uncertain(request_id=state.lease.request_id, action=uncertain, since=now)
-        return replace(state, lease=None, uncertain=sent)
-    if applied is None:
-        return replace(state, lease=None)
-    doubt = state.uncertain
-    if doubt is not None and (doubt.action is applied or settled(state, now=now, window=uncertain_window)):
-        doubt = None  # the directory is known again: this write's answer came after any effect the other can have
-    done = Applied(request_id=state.lease.request_id, action=applied, at=now)
-    removal_due = None if applied is Action.REMOVE else state.removal_due
-    return replace(state, lease=None, applied=done, removal_due=removal_due, uncertain=doubt)
-
-
-def settled(state: PairState, *, now: datetime, window: timedelta) -> bool:
-    """True when the pair's uncertain write (if any) can no longer land: `window` has passed since it was sent."""
-    return state.uncertain is None or state.uncertain.since + window <= now
-
-
-def confirm_at(state: PairState, *, action: Action, now: datetime, window: timedelta) -> datetime | None:
-    """When a write of `action` made now on this pair must be made again to be sure of its effect: when the pair is
-    uncertain about a write of the other action that may still land, the moment it no longer can; else None."""
-    doubt = state.uncertain
-    if doubt is None or doubt.action is action or settled(state, now=now, window=window):
-        return None
-    return doubt.since + window
-
-
-def removal_is_due(state: PairState | None, *, now: datetime) -> bool:
-    """True when the pair has a pending removal whose time has come (what the expiry sweep acts on)."""
-    return state is not None and state.removal_due is not None and state.removal_due <= now

@@ -1,13 +1,14 @@
 """Guardrails: which producer may grant or remove what, checked before any Graph write.
 
 A policy file (JSON; path in ``GRANTS_POLICY``) lists, per producer (``producers``, by the producer registry's
-names: `shared.core.producers`), the actions it may take and the administrative units, directory roles (by
+names: `shared.core.producers`), the actions it may take (``add``, ``remove``, and ``revokeAll``: ending every
+producer's grant of a member and target, a right given only by name) and the administrative units, directory roles (by
 **template** id) and AU-scoped roles it may touch; ``"*"`` means any. ``sources`` gives the same rules per source
 system, for every producer of that system the file does not name under ``producers`` (a file written before
 producers had names keeps working). With a file, a producer it gives no rules is refused everything. Tier-0 roles
 (`TIER0_ROLE_TEMPLATES`) are never covered by ``"*"``: a producer may grant one only if the policy names that
 template explicitly for it. Without a policy file the built-in default allows every producer administrative units
-and every non-tier-0 role.
+and every non-tier-0 role, and producers of the ``hr`` system revokeAll (a leaver).
 
 A refused command raises `PermanentError(PolicyDenied)` whose description names the rule. A role given by
 object id is checked by its template (`shared.service.roles` looks it up).
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -67,6 +68,7 @@ TIER0_ROLE_TEMPLATES: Final[Mapping[str, str]] = {
 }
 
 _RULE_KEYS: Final = ("actions", "administrativeUnits", "directoryRoles", "scopedRoles")
+_REVOKE_ALL: Final = "revokeAll"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,9 @@ class SourceRules:
     ``"*"``."""
 
     actions: frozenset[Action] = frozenset(Action)
+    #: The right to end every producer's grant of a pair, and a membership the app did not make (``revokeAll`` in
+    #: ``actions``); never implied by ``remove``.
+    revoke_all: bool = False
     administrative_units: frozenset[str] = frozenset()
     directory_roles: frozenset[str] = frozenset()
     scoped_roles: frozenset[str] = frozenset()
@@ -91,11 +96,13 @@ class GrantPolicy:
 
     @classmethod
     def default(cls) -> GrantPolicy:
-        """Every producer: add and remove, any administrative unit, any non-tier-0 role (scoped or not)."""
+        """Every producer: add and remove, any administrative unit, any non-tier-0 role (scoped or not); producers of
+        the ``hr`` system also revoke-all (a leaver ends every grant of the person)."""
         rules = SourceRules(
             administrative_units=frozenset({ANY}), directory_roles=frozenset({ANY}), scoped_roles=frozenset({ANY})
         )
-        return cls(producers={}, systems={system: rules for system in SourceSystem}, origin="built-in default")
+        systems = {system: rules for system in SourceSystem} | {SourceSystem.HR: replace(rules, revoke_all=True)}
+        return cls(producers={}, systems=systems, origin="built-in default")
 
     @classmethod
     def load(cls, file: str | Path) -> GrantPolicy:
@@ -129,6 +136,11 @@ class GrantPolicy:
             raise _denied(f"{who} may not grant or remove anything {where}")
         if command.action not in rules.actions:
             raise _denied(f"{who} may not {command.action.value} memberships {where}")
+        if command.revoke_all and not rules.revoke_all:
+            raise _denied(
+                f"{who} may not revoke every grant of a member and target (revokeAll: a right the policy gives by "
+                f'name, "actions": [..., "revokeAll"]) {where}'
+            )
         target = command.target
         if isinstance(target, AdministrativeUnit):
             if not _allows(rules.administrative_units, target.id):
@@ -153,7 +165,8 @@ class GrantPolicy:
         if self.origin == "built-in default":
             return (
                 "GRANTS_POLICY is not set: using the built-in default policy (every producer may change "
-                "administrative units and non-tier-0 directory roles; tier-0 roles are refused)"
+                "administrative units and non-tier-0 directory roles; tier-0 roles are refused; HR producers may "
+                "revoke every grant of a member)"
             )
         named = [*sorted(self.producers), *(f"{s.value} (by system)" for s in sorted(self.systems))]
         return f"grant policy from {self.origin}: rules for {', '.join(named) or 'no producer'}"
@@ -216,8 +229,10 @@ def _rules(rules: Any, where: str) -> SourceRules:
     unknown = set(rules) - set(_RULE_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(_RULE_KEYS)})")
+    actions = rules.get("actions", ["add", "remove"])
     return SourceRules(
-        actions=_actions(rules.get("actions", ["add", "remove"]), f"{where}.actions"),
+        actions=_actions(actions, f"{where}.actions"),
+        revoke_all=isinstance(actions, list) and _REVOKE_ALL in actions,
         administrative_units=_ids(rules.get("administrativeUnits", []), f"{where}.administrativeUnits"),
         directory_roles=_ids(rules.get("directoryRoles", []), f"{where}.directoryRoles"),
         scoped_roles=_ids(rules.get("scopedRoles", []), f"{where}.scopedRoles"),
@@ -226,11 +241,14 @@ def _rules(rules: Any, where: str) -> SourceRules:
 
 def _actions(value: Any, where: str) -> frozenset[Action]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ConfigError(f"{where} must be a list of actions (add, remove)")
+        raise ConfigError(f"{where} must be a list of actions (add, remove, revokeAll)")
     try:
-        return frozenset(Action(item) for item in value)
+        actions = frozenset(Action(item) for item in value if item != _REVOKE_ALL)
     except ValueError:
-        raise ConfigError(f"{where} must contain only add and remove") from None
+        raise ConfigError(f"{where} must contain only add, remove and revokeAll") from None
+    if _REVOKE_ALL in value and Action.REMOVE not in actions:
+        raise ConfigError(f"{where}: revokeAll is a kind of remove: list remove too")
+    return actions
 
 
 def _ids(value: Any, where: str) -> frozenset[str]:

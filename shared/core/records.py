@@ -39,7 +39,7 @@ from shared.core.messaging import (
     outcome_event_id,
     whole_row,
 )
-from shared.core.statuses import Settled, Status, StatusRecord
+from shared.core.statuses import Settled, Status, StatusRecord, seen_by
 from shared.core.times import intent_time
 
 __all__ = [
@@ -168,6 +168,8 @@ def outcome_event(
     derived MessageId (`outcome_event_id`) and the application properties subscriptions filter on: ``outcome``
     and, when known, ``reason``, ``producer``, ``sourceSystem``, ``requestId``, ``jobId``, ``hrEventId`` and
     ``callbackUrl``."""
+    if record.get("heldBy"):  # the producer's callback carries it: other producers' grants by name only
+        record = record | {"heldBy": seen_by(record["heldBy"], record.get("producer"))}
     properties: dict[str, PropertyValue] = {EVENT_OUTCOME: settled.outcome.value}
     request_id = command.request_id if command is not None else record.get("requestId")
     producer = record.get("producer")

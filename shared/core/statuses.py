@@ -1,9 +1,10 @@
 """Statuses, pure: what a request or a delivery can say of itself, how it ended, and the request's status record.
 
 - `Status`: the one vocabulary. A request moves through *pending* statuses (accepted, scheduled, in_progress,
-  retry_scheduled) to one *terminal* one: succeeded (granted, already_member, revoked, not_member, would_grant,
-  would_revoke, superseded, duplicate) or failed (dead_lettered). A delivery can also end completed (an HR event),
-  delivered or skipped (a callback), or, not terminal, abandoned or unsettled (Service Bus delivers it again).
+  retry_scheduled) to one *terminal* one: succeeded (granted, already_member, revoked, not_member, released,
+  would_grant, would_revoke, superseded, duplicate) or failed (dead_lettered). A delivery can also end completed
+  (an HR event), delivered or skipped (a callback), or, not terminal, abandoned or unsettled (Service Bus delivers
+  it again).
 - `Settled`: how one delivery ended (the outcome line's status, reason, description and attempts).
 - `StatusRecord`: what ``GET /api/grants/{requestId}`` answers, frozen and typed; `StatusRecord.to_json` and
   `StatusRecord.from_json` are its only writer and reader (every field, ``null`` when unknown).
@@ -23,7 +24,7 @@ from typing import Any, Final
 
 from shared.core.times import read_time
 
-__all__ = ["Removal", "Settled", "Status", "StatusRecord", "StatusWrite", "kept_over"]
+__all__ = ["Holder", "Removal", "Settled", "Status", "StatusRecord", "StatusWrite", "kept_over", "seen_by"]
 
 
 class Status(StrEnum):
@@ -39,6 +40,7 @@ class Status(StrEnum):
     ALREADY_MEMBER = "already_member"
     REVOKED = "revoked"
     NOT_MEMBER = "not_member"
+    RELEASED = "released"  # the request ended its grant (or had none); the membership stays: ``heldBy`` says why
     WOULD_GRANT = "would_grant"  # dry run
     WOULD_REVOKE = "would_revoke"  # dry run
     SUPERSEDED = "superseded"  # a newer intent for the same member and target is recorded: nothing written
@@ -86,6 +88,7 @@ _SUCCEEDED: Final = frozenset(
         Status.ALREADY_MEMBER,
         Status.REVOKED,
         Status.NOT_MEMBER,
+        Status.RELEASED,
         Status.WOULD_GRANT,
         Status.WOULD_REVOKE,
         Status.SUPERSEDED,
@@ -175,6 +178,40 @@ class Removal:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Holder:
+    """What keeps a membership a request did not remove (``released``): a producer's grant (its producer, its request
+    id, its expiry), or, with no producer, a membership the app did not make (``preexisting``)."""
+
+    producer: str | None = None
+    request_id: str | None = None
+    expires_at: datetime | None = None
+    preexisting: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"producer", "requestId", "expiresAt"}`` for a grant; ``{"preexisting": true}`` for a membership the app
+        did not make."""
+        if self.preexisting:
+            return {"preexisting": True}
+        return {"producer": self.producer, "requestId": self.request_id, "expiresAt": _iso(self.expires_at)}
+
+    @classmethod
+    def from_json(cls, document: object) -> Holder | None:
+        """The holder `document` describes; None when it is not one."""
+        if not isinstance(document, Mapping):
+            return None
+        if document.get("preexisting") is True:
+            return cls(preexisting=True)
+        producer = _text(document.get("producer"))
+        if producer is None:
+            return None
+        return cls(
+            producer=producer,
+            request_id=_text(document.get("requestId")),
+            expires_at=read_time(document.get("expiresAt")),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatusRecord:
     """A request's status record: how far it got, what it asks, who asked, and the bookkeeping of its attempts.
 
@@ -222,6 +259,8 @@ class StatusRecord:
     accepted_at: datetime | None = None
     updated_at: datetime | None = None
     removal: Removal | None = None
+    #: On a ``released`` request: what keeps the membership (each grant that holds it, or that it pre-existed).
+    held_by: tuple[Holder, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object: every field by its camelCase name, ``null`` when unknown."""
@@ -234,6 +273,8 @@ class StatusRecord:
                 value = value.value
             elif isinstance(value, Removal):
                 value = value.to_json()
+            elif isinstance(value, tuple):
+                value = [holder.to_json() for holder in value]
             document[key] = value
         return document
 
@@ -253,6 +294,9 @@ class StatusRecord:
                 values[name] = read_time(value)
             elif kind is Removal:
                 values[name] = Removal.from_json(value)
+            elif kind is Holder:
+                holders = [Holder.from_json(item) for item in value] if isinstance(value, list) else None
+                values[name] = tuple(h for h in holders if h is not None) if holders is not None else None
             elif kind is int:
                 values[name] = value if isinstance(value, int) and not isinstance(value, bool) else None
             elif kind is bool:
@@ -265,6 +309,16 @@ class StatusRecord:
     def replace(self, **changes: Any) -> StatusRecord:
         """A copy with `changes`."""
         return dataclasses.replace(self, **changes)
+
+    def seen_by(self, viewer: str | None) -> StatusRecord:
+        """The record as producer `viewer` may read it: of the grants that hold a membership it did not remove, only
+        each other producer's name (their request ids and expiries are theirs); unchanged for `viewer` None (a
+        reader of every producer's records)."""
+        if viewer is None or not self.held_by:
+            return self
+        return self.replace(
+            held_by=tuple(h if h.producer in (None, viewer) else Holder(producer=h.producer) for h in self.held_by)
+        )
 
     def with_removal_view(self) -> StatusRecord:
         """The record as the API shows it: a time-bound grant that holds, whose removal has no status of its own
@@ -282,9 +336,13 @@ def _camel(name: str) -> str:
 _KEYS: Final = tuple((field.name, _camel(field.name)) for field in dataclasses.fields(StatusRecord))
 #: How each field is read from JSON, by its declared type (anything else is text).
 _FIELD_TYPES: Final[Mapping[str, type]] = {
-    field.name: {"datetime | None": datetime, "Removal | None": Removal, "bool | None": bool, "int": int}.get(
-        str(field.type), int if str(field.type) == "int | None" else str
-    )
+    field.name: {
+        "datetime | None": datetime,
+        "Removal | None": Removal,
+        "bool | None": bool,
+        "int": int,
+        "tuple[Holder, ...] | None": Holder,
+    }.get(str(field.type), int if str(field.type) == "int | None" else str)
     for field in dataclasses.fields(StatusRecord)
 }
 
@@ -296,3 +354,16 @@ def _iso(value: datetime | None) -> str | None:
 def _text(value: object) -> str | None:
     """A non-empty string, else None (an empty property or field is unknown, not a value)."""
     return value if isinstance(value, str) and value != "" else None
+
+
+def seen_by(held_by: object, viewer: str | None) -> object:
+    """A status record's JSON ``heldBy`` as producer `viewer` may read it (`StatusRecord.seen_by`); anything else
+    unchanged."""
+    if viewer is None or not isinstance(held_by, list):
+        return held_by
+    return [
+        item
+        if not isinstance(item, Mapping) or item.get("producer") in (None, viewer)
+        else {"producer": item.get("producer"), "requestId": None, "expiresAt": None}
+        for item in held_by
+    ]

@@ -47,7 +47,7 @@ from shared.core.messaging import (
 from shared.core.producers import Producer, Producers, check_source, establish
 from shared.core.records import grant_status, outcome_event, outcome_line
 from shared.core.retry import RetryPolicy
-from shared.core.statuses import Settled, Status, StatusRecord
+from shared.core.statuses import Holder, Settled, Status, StatusRecord
 from shared.service.gate import Arrival, IntentGate
 from shared.service.settle import Done, Ending, RetryCopy, settle
 
@@ -148,6 +148,7 @@ class GrantHandler:
             outcome = error
         else:
             attempt.noted(result.graph.request_id if result.graph else None, result.role_template_id)
+            attempt.held_by = result.held_by
             outcome = Done(status=result.outcome, description=result.description, again_at=result.confirm_at)
         return await self._settle(delivery, outcome, attempt, lane, started, actions)
 
@@ -192,6 +193,7 @@ class _Attempt:
         self.request_id: str | None = None
         self.graph_request_id: str | None = None
         self.role_template_id: str | None = None
+        self.held_by: tuple[Holder, ...] | None = None  # a released request's: what keeps the membership
 
     def noted(self, graph_request_id: str | None, role_template_id: str | None) -> None:
         self.graph_request_id, self.role_template_id = graph_request_id, role_template_id
@@ -212,6 +214,8 @@ class _Attempt:
         )
         if settled.reason == Reason.INVALID_JOB_ROW:
             record = record.replace(job_id=None, job_row=None, job_rows=None)
+        if settled.outcome is Status.RELEASED:
+            record = record.replace(held_by=self.held_by or ())
         return record
 
     @property

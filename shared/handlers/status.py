@@ -68,7 +68,11 @@ class StatusApi:
         if isinstance(scope, Answer):
             return scope
         return await status_answer(
-            request_id, producer=scope, status=self._ledger.status, statuses=self._ledger.statuses
+            request_id,
+            producer=scope,
+            viewer=self._viewer(headers),
+            status=self._ledger.status,
+            statuses=self._ledger.statuses,
         )
 
     async def group(
@@ -85,7 +89,15 @@ class StatusApi:
         scope = self._scope(query, headers)
         if isinstance(scope, Answer):
             return scope
-        return await history_answer(query, producer=scope, history=self._ledger.history)
+        return await history_answer(query, producer=scope, viewer=self._viewer(headers), history=self._ledger.history)
+
+    def _viewer(self, headers: Mapping[str, str]) -> str | None:
+        """The producer a caller reads as (what it sees of other producers' grants is their names only); None for a
+        reader of every producer's records."""
+        caller = caller_of(headers, enabled=self._api_auth, producers=self._producers)
+        if caller is None or caller.reads_all or caller.producer is None:
+            return None
+        return caller.producer.name
 
     def _scope(self, query: Mapping[str, str], headers: Mapping[str, str]) -> str | Answer | None:
         """Whose records the caller reads: its own producer's, the ``producer`` it names (a reading role), or every
@@ -115,11 +127,13 @@ async def status_answer(
     request_id: str,
     *,
     producer: str | None,
+    viewer: str | None = None,
     status: Callable[..., Awaitable[StatusRecord | None]],
     statuses: Callable[[str], Awaitable[list[StatusRecord]]],
 ) -> Answer:
     """Answer ``GET /api/grants/{request_id}``: `producer`'s request from `status` (the ledger's `Ledger.status`), or
-    with no producer the one producer's that used the id (`statuses`; ``409`` listing them when several did)."""
+    with no producer the one producer's that used the id (`statuses`; ``409`` listing them when several did), as
+    producer `viewer` may see it (`StatusRecord.seen_by`)."""
     if not is_request_id(request_id):
         return problem(400, "invalid-request-id", "Invalid request id", _ID_RULE)
     try:
@@ -135,7 +149,7 @@ async def status_answer(
         return problem(503, "ledger-unavailable", "Status unavailable", _UNAVAILABLE, retry_after=5)
     if record is None:
         return problem(404, "unknown-request", "Unknown request", f"no request {request_id} is recorded")
-    return Answer(200, json.dumps(record.to_json(), ensure_ascii=False).encode(), "application/json")
+    return Answer(200, json.dumps(record.seen_by(viewer).to_json(), ensure_ascii=False).encode(), "application/json")
 
 
 def _ambiguous(noun: str, name: str, producers: list[str]) -> Answer:
@@ -197,7 +211,11 @@ async def group_answer(
 
 
 async def history_answer(
-    query: Mapping[str, str], *, producer: str | None, history: Callable[..., Awaitable[list[StatusRecord]]]
+    query: Mapping[str, str],
+    *,
+    producer: str | None,
+    history: Callable[..., Awaitable[list[StatusRecord]]],
+    viewer: str | None = None,
 ) -> Answer:
     """Answer ``GET /api/history`` from its `query` (``member`` or ``target``, optional ``since``) with `history`
     (the ledger's `Ledger.history`): every request that named it (only `producer`'s, when given), newest intent
@@ -224,7 +242,7 @@ async def history_answer(
         "target": scope.get("target"),
         "since": since.isoformat() if since else None,
         "producer": producer,
-        "requests": [record.to_json() for record in found],
+        "requests": [record.seen_by(viewer).to_json() for record in found],
     }
     return Answer(200, json.dumps(document, ensure_ascii=False).encode(), "application/json")
 

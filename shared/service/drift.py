@@ -48,10 +48,9 @@ from typing import Any, Final, Literal
 from shared.adapters.directory import DirectoryReader
 from shared.adapters.graph import GraphClient
 from shared.adapters.ledger import DriftHold, Ledger
-from shared.core.contract import DERIVED_PREFIX, AdministrativeUnit, DirectoryRole, Guid, ScopedRole, Target, encode
+from shared.core.contract import AdministrativeUnit, DirectoryRole, Guid, ScopedRole, Target, encode
 from shared.core.drift import (
     Lingering,
-    Missing,
     Mode,
     Plan,
     Refusal,
@@ -63,6 +62,7 @@ from shared.core.drift import (
     plan,
     refusal_of,
     repair_command,
+    repair_of,
 )
 from shared.core.drift import repair_message_id as drift_message_id
 from shared.core.drift_policy import DriftPolicy
@@ -77,8 +77,9 @@ from shared.core.drift_records import (
     target_record,
 )
 from shared.core.errors import GrantError, Reason
-from shared.core.intents import PairState, pair_of
+from shared.core.intents import pair_of
 from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, MessageSender, OutcomePublisher
+from shared.core.pairs import PairState
 from shared.core.producers import APP_PRODUCER
 from shared.core.units import refusal_description, still_refuses
 from shared.service.roles import RoleTemplates
@@ -341,10 +342,10 @@ class DriftService:
             return {}, Refusal(reason=reason.value, description=description)
         refusals: dict[Guid, Refusal] = {}
         for finding in repairable:
-            if not isinstance(finding, Missing | Lingering) or not finding.intent.request_id.startswith(DERIVED_PREFIX):
-                continue
-            producer = finding.intent.producer or APP_PRODUCER  # a repair's request: the app's, or an expiry's owner's
-            refusal = refusal_of(await self._ledger.status(finding.intent.request_id, producer=producer))
+            repair = repair_of(target, finding)
+            expiry = finding.intent.producer if isinstance(finding, Lingering) and finding.expired else None
+            producer = expiry or APP_PRODUCER  # a repair's request is the app's; an expiry, its grant's owner's
+            refusal = refusal_of(await self._ledger.status(repair.request_id, producer=producer))
             if refusal is not None and (kind is None or still_refuses(kind, refusal.reason)):
                 refusals[finding.member_id] = refusal
         return refusals, None

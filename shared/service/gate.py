@@ -1,22 +1,25 @@
 """The intent gate: every grant delivery passes the ledger before it may write to Graph.
 
 `IntentGate.run` turns the command into an intent for its (member, target) pair (`requestedAt`, else the time
-its first message was enqueued) and asks the ledger (`shared.adapters.ledger`):
+its first message was enqueued) with its effect on the pair's grants (`shared.core.pairs`), and asks the ledger
+(`shared.adapters.ledger`):
 
 - a request id already used with the same content by another message: ``duplicate``, nothing written;
   with other content: `PermanentError(RequestIdConflict)`;
-- an intent older than the newest recorded for the pair: ``superseded``, nothing written;
+- an intent older than its grant's newest (or a newer revoke-all): ``superseded``, nothing written;
+- an intent that ends a grant while another grant still holds the membership (or the app did not make it):
+  ``released``, no Graph write, the grants that hold it named (`Result.held_by`);
 - another attempt holds the pair's lease: `TransientError(PairBusy)`, retried when the lease ends at the latest;
-- otherwise the command runs holding the lease, which is returned with what was applied. The Graph work must
-  end before the lease does (it is cancelled, as `GraphUnavailable`, otherwise), so two intents for one pair
-  never write at once. A Graph success whose ledger update fails is retried: it ends ``already_member`` (or
-  ``not_member``) with the record corrected.
+- otherwise the write runs holding the lease, which is returned with how it ended. The Graph work must end before
+  the lease does (it is cancelled, as `GraphUnavailable`, otherwise), so two writes for one pair never run at
+  once. A Graph success whose ledger update fails is retried: it ends ``already_member`` (or ``not_member``).
 
-An expiry removal (application property ``expiryOf``) is the app's own act and bypasses the source's policy,
-but only when the ledger confirms it: it names the pair's newest intent and the pair's pending removal is due
-(or the newest intent is this removal itself, retried). Dry runs write nothing, the ledger included. `sweep`
-(the timer trigger) sends the removal of every pair whose pending removal is due, so an expiry whose removal
-was never scheduled, or kept failing, still ends the membership.
+An add whose ``expiresAt`` has passed is refused `Expired` before the ledger, changing nothing. The app's own
+removals (application property ``expiryOf``: an expiry; any other request of the app: a drift repair) are not
+subject to a producer's policy: an expiry ends only the grant it names, once it has expired, and a repair writes
+only what the grants say. Dry runs write nothing, the ledger included. `sweep` (the timer trigger) sends the expiry
+of every grant whose pending removal is due, so an expiry whose removal was never scheduled, or kept failing,
+still ends its grant.
 """
 
 from __future__ import annotations
@@ -31,20 +34,13 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from shared.adapters.ledger import Absorbed, Admitted, Ledger, Ticket
-from shared.core.contract import Action, GrantCommand, Guid, encode
-from shared.core.errors import Reason, TransientError
-from shared.core.intents import (
-    Superseded,
-    confirm_at,
-    expiry_removal,
-    intent_of,
-    pair_of,
-    parse_pair,
-    removal_is_due,
-)
+from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, Target, encode
+from shared.core.errors import PermanentError, Reason, TransientError
+from shared.core.intents import Effect, Intent, effect_of, expiry_removal, intent_of, pair_of, parse_pair
 from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, MessageSender, derived_message_id
+from shared.core.pairs import Grant, Released, Superseded, confirm_at, due_grants, expiring
 from shared.core.producers import APP_PRODUCER, Producer
-from shared.core.statuses import Status, StatusRecord, StatusWrite
+from shared.core.statuses import Holder, Status, StatusRecord, StatusWrite
 from shared.service.grants import GrantService
 from shared.service.membership import Result
 
@@ -104,11 +100,20 @@ class IntentGate:
         producer = arrival.producer
         if not self._grants.writes(command):
             return await self._grants.execute(command, producer=producer, lane=arrival.lane)
-        pair = pair_of(command.target, command.member.id)
-        own_removal = await self._is_due_expiry(command, arrival, pair)
+        kind = effect_of(command, expiry_of=arrival.expiry_of, app=producer.name == APP_PRODUCER)
+        own_removal = kind in (Effect.EXPIRE, Effect.REPAIR)
         template = await self._grants.guard(command, producer=producer, own_removal=own_removal, lane=arrival.lane)
         now = self._now()
-        intent = intent_of(command, arrived_at=arrival.arrived_at, producer=producer.name)
+        if command.action is Action.ADD and command.expires_at is not None and command.expires_at <= now:
+            raise PermanentError(
+                Reason.EXPIRED,
+                f"the grant expired at {command.expires_at.isoformat()} before it could be applied; nothing was "
+                "granted and nothing changed",
+            )
+        pair = pair_of(_canonical(command.target, template), command.member.id)
+        intent = intent_of(
+            command, arrived_at=arrival.arrived_at, producer=producer.name, kind=kind, ends=arrival.expiry_of
+        )
         decision = await self._ledger.begin(intent, pair=pair, origin=arrival.origin, now=now)
         if isinstance(decision, Absorbed):
             return Result(
@@ -121,10 +126,12 @@ class IntentGate:
             newest = decision.newest
             return Result(
                 Status.SUPERSEDED,
-                f"superseded by request {newest.request_id} ({newest.action.value}, requested "
-                f"{newest.requested_at.isoformat()}); nothing written",
+                _superseded(intent.effect, newest),
                 graph=None,
             )
+        if isinstance(decision, Released):
+            holders = _holders(decision.held_by, preexisting=decision.preexisting)
+            return Result(Status.RELEASED, _released(holders), graph=None, held_by=holders)
         if not isinstance(decision, Admitted):
             raise TransientError(
                 Reason.PAIR_BUSY,
@@ -142,84 +149,74 @@ class IntentGate:
     async def _carry_out(
         self, command: GrantCommand, template: Guid | None, ticket: Ticket, now: datetime, arrival: Arrival
     ) -> Result:
-        """Run the Graph work within the lease, then return the lease with what was applied, or with the pair left
-        uncertain about a write whose outcome is unknown (a timeout, a connection lost after sending, a 5xx: it may
-        still land). A write of the other action on an uncertain pair is made now and, once that write can no longer
-        land, once more (`Result.confirm_at`, `shared.core.intents.confirm_at`): a late landing never outlives it."""
+        """Run the pair's Graph write within the lease (`Ticket.write`: a removal that ends a grant may be an add's
+        confirmation, an expiry's write is a removal), then return the lease with how it ended: answered, refused
+        (for good: `PermanentError`), or in doubt (a timeout, a connection lost after sending, a 5xx: it may still
+        land). A write made while a write of the other action is in doubt is made once more when that one can no
+        longer land (`Result.confirm_at`, `shared.core.pairs.confirm_at`): a late landing never outlives it."""
         assert ticket.state.lease is not None
-        recorded = replace(command, requested_at=ticket.state.newest.requested_at)
+        recorded = replace(command, requested_at=_requested_at(ticket, command))
         budget = (ticket.state.lease.until - LEASE_MARGIN - now).total_seconds()
         try:
             async with asyncio.timeout(budget):
                 result = await self._grants.carry_out(recorded, template, producer=arrival.producer, lane=arrival.lane)
         except TimeoutError as error:
-            await self._release_quietly(ticket, uncertain=command.action)
+            await self._release_quietly(ticket, uncertain=True)
             raise TransientError(
                 Reason.GRAPH_UNAVAILABLE,
                 f"the Graph work did not finish within its lease ({budget:.0f} s)",
                 uncertain=True,
             ) from error
         except TransientError as error:
-            await self._release_quietly(ticket, uncertain=command.action if error.uncertain else None)
+            await self._release_quietly(ticket, uncertain=error.uncertain)
+            raise
+        except PermanentError:
+            await self._release_quietly(ticket, gave_up=True)
             raise
         except BaseException:  # a failure or a bug: the lease goes back now, not when it expires
             await self._release_quietly(ticket)
             raise
         applied = _APPLIED.get(result.outcome)
         finished = self._now()
-        await self._ledger.finish(ticket, applied=applied, now=finished)
-        again = None
-        if applied is not None:
-            again = confirm_at(ticket.state, action=applied, now=finished, window=self._ledger.uncertain_window)
-        if again is None:
+        already = result.outcome in (Status.ALREADY_MEMBER, Status.NOT_MEMBER)
+        await self._ledger.finish(ticket, applied=applied, now=finished, already=already)
+        again = confirm_at(ticket.state, action=applied, now=finished) if applied is not None else None
+        if again is None or applied is None:
             return result
-        doubt = ticket.state.uncertain
-        assert doubt is not None
         return replace(
             result,
             confirm_at=again,
-            description=f"{result.description}; a {doubt.action.value} of request {doubt.request_id} whose answer "
-            f"never came may still land: this request is carried out once more at {again.isoformat()}",
+            description=f"{result.description}; a {_other(applied)} for this member and target whose answer never "
+            f"came may still land: this request is carried out once more at {again.isoformat()}",
         )
 
     async def sweep(self, sender: MessageSender) -> int:
-        """The expiry sweep: send the app's own removal (`expiry_removal`) for every pair whose pending removal is
-        due, for the grant function to carry out; return how many were sent. A pair whose record cannot be read back
-        as one is skipped and reported (an error line naming it), never the end of the sweep; a send that fails
-        raises (the next sweep sends it again: the removal stays pending in the ledger until it is applied)."""
+        """The expiry sweep: for every grant whose pending removal is due, send the app's own removal ending it
+        (`expiry_removal` of the intent it ends, `shared.core.pairs.expiring`), for the grant function to carry out;
+        return how many were sent. A pair whose record cannot be read back as one is skipped and reported (an error
+        line naming it), never the end of the sweep; a send that fails raises (the next sweep sends it again: the
+        removal stays pending in the ledger until it is carried out or refused for good)."""
         now = self._now()
         sent = 0
         for pair, state in await self._ledger.due_removals(now=now):
-            try:
-                target, member_id = parse_pair(pair)
-                removal = expiry_removal(target, member_id, of=state.newest)
-            except (ValueError, OverflowError) as error:
-                _log.error("expiry sweep: skipped the pending removal of %s (%s)", json.dumps(pair), error)
-                continue
-            due = state.removal_due.isoformat() if state.removal_due else ""
-            producer = state.newest.producer or APP_PRODUCER  # a pair recorded before producers had names: the app's
-            await sender.schedule(
-                body=encode(removal),
-                message_id=derived_message_id("sweep", producer, removal.request_id, due),
-                application_properties={EXPIRY_OF: state.newest.request_id, PRODUCER: producer},
-                scheduled_enqueue_time=now,
-            )
-            sent += 1
+            for grant in due_grants(state, now=now):
+                try:
+                    target, member_id = parse_pair(pair)
+                    of = expiring(grant)
+                    removal = expiry_removal(target, member_id, of=of)
+                except (ValueError, OverflowError) as error:
+                    _log.error("expiry sweep: skipped the pending removal of %s (%s)", json.dumps(pair), error)
+                    continue
+                due = grant.removal_due.isoformat() if grant.removal_due else ""
+                producer = grant.producer or APP_PRODUCER  # a grant recorded before producers had names: the app's
+                await sender.schedule(
+                    body=encode(removal),
+                    message_id=derived_message_id("sweep", producer, removal.request_id, due),
+                    application_properties={EXPIRY_OF: of.request_id, PRODUCER: producer},
+                    scheduled_enqueue_time=now,
+                )
+                sent += 1
         return sent
-
-    async def _is_due_expiry(self, command: GrantCommand, arrival: Arrival, pair: str) -> bool:
-        """True for an expiry removal the ledger confirms: it names the pair's newest intent (of its own producer, or
-        of no recorded producer) and the pair's pending removal is due, or the newest intent is this removal
-        already (a retry)."""
-        if arrival.expiry_of is None or command.action is not Action.REMOVE:
-            return False
-        state = await self._ledger.pair(pair)
-        producer = arrival.producer.name
-        if state is None or (state.newest.producer not in (None, producer) and producer != APP_PRODUCER):
-            return False
-        if state.newest.request_id == arrival.expiry_of:
-            return removal_is_due(state, now=self._now())
-        return state.newest.request_id == command.request_id
 
     def _record_progress(self, record: StatusRecord | None) -> Callable[[], Awaitable[object]] | None:
         """Writes `record` as a progress status (None: there is nothing to write)."""
@@ -227,11 +224,74 @@ class IntentGate:
             return None
         return lambda: self._ledger.record(record, now=self._now(), write=StatusWrite.PROGRESS)
 
-    async def _release_quietly(self, ticket: Ticket, *, uncertain: Action | None = None) -> None:
-        """Return the lease after a failure (leaving the pair uncertain about a write of `uncertain` whose outcome
-        is unknown); if the ledger fails too, the lease simply expires."""
+    async def _release_quietly(self, ticket: Ticket, *, uncertain: bool = False, gave_up: bool = False) -> None:
+        """Return the lease after a failure (its write in doubt when `uncertain`; `gave_up` when the request is
+        refused for good); if the ledger fails too, the lease simply expires and the write stays in doubt."""
         with contextlib.suppress(TransientError):
-            await self._ledger.finish(ticket, applied=None, now=self._now(), uncertain=uncertain)
+            await self._ledger.finish(ticket, applied=None, now=self._now(), uncertain=uncertain, gave_up=gave_up)
+
+
+def _canonical(target: Target, template: Guid | None) -> Target:
+    """The target as its pair is keyed: a directory role named by id, by its template (one membership, one pair,
+    however a producer names the role)."""
+    if isinstance(target, DirectoryRole) and target.id is not None and template is not None:
+        return DirectoryRole(role_template_id=template)
+    return target
+
+
+def _requested_at(ticket: Ticket, command: GrantCommand) -> datetime | None:
+    """The command's intent time as the ledger first recorded it (a retry copy's stand-in time must not move it)."""
+    for grant in ticket.state.grants:
+        if grant.newest.request_id == command.request_id:
+            return grant.newest.requested_at
+    floor = ticket.state.floor
+    return floor.requested_at if floor is not None and floor.request_id == command.request_id else command.requested_at
+
+
+def _holders(grants: tuple[Grant, ...], *, preexisting: bool) -> tuple[Holder, ...]:
+    holders = tuple(
+        Holder(producer=grant.producer, request_id=grant.newest.request_id, expires_at=grant.newest.expires_at)
+        for grant in grants
+    )
+    return (*holders, Holder(preexisting=True)) if preexisting else holders
+
+
+def _released(holders: tuple[Holder, ...]) -> str:
+    """A released request's description: what keeps the membership, or that the app has none to remove."""
+    if not holders:
+        return (
+            "ended this producer's grant; the app made no membership of this member and target that is still there "
+            "to remove (a membership made outside the app stays: a revokeAll removal ends it)"
+        )
+    named = [
+        "a membership the app did not make (a revokeAll removal ends it)"
+        if holder.preexisting
+        else f"{holder.producer}'s grant {holder.request_id}"
+        + (f" (until {holder.expires_at.isoformat()})" if holder.expires_at else "")
+        for holder in holders
+    ]
+    return "ended this producer's grant; the membership stays, held by " + ", ".join(named)
+
+
+def _superseded(effect: Effect, newest: Intent) -> str:
+    if effect is Effect.EXPIRE:
+        return (
+            "the grant this removal ends has changed or not yet expired (its newest request is "
+            f"{newest.request_id}); nothing written"
+        )
+    if effect is Effect.REPAIR:
+        return (
+            "nothing to repair: the grants of this member and target say otherwise now (newest request "
+            f"{newest.request_id}); nothing written"
+        )
+    return (
+        f"superseded by request {newest.request_id} ({newest.action.value}, requested "
+        f"{newest.requested_at.isoformat()}); nothing written"
+    )
+
+
+def _other(action: Action) -> str:
+    return "removal" if action is Action.ADD else "add"
 
 
 class _Progress:

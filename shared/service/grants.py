@@ -1,8 +1,8 @@
 """The grant service: guardrails, then the handler, then the expiry of a time-bound grant.
 
 `GrantService.execute` checks the policy (a role given by id is checked by its template) before any Graph
-write, refuses an add whose ``expiresAt`` has passed (`Expired`, after queueing its removal at once: an
-earlier attempt may have written the membership and failed to schedule the removal), runs the handler (a
+write, refuses an add whose ``expiresAt`` has passed (`Expired`: if an earlier attempt wrote the membership, its
+grant's pending removal in the ledger is the expiry sweep's), runs the handler (a
 dry run when ``GRANTS_DRY_RUN`` or the message's ``dryRun`` says so), and after a successful add with ``expiresAt``
 schedules the app's own removal at that time (`expiry_removal`: the same request however often it is scheduled).
 An expiry removal is not subject to the source's policy (`guard(own_removal=True)`, decided by the intent gate).
@@ -116,13 +116,11 @@ class GrantService:
     async def _carry_out(self, command: GrantCommand, template: Guid | None, producer: Producer, lane: Lane) -> Result:
         expires_at = command.expires_at if command.action is Action.ADD else None
         dry_run = self._dry_run or command.dry_run
-        if expires_at is not None and expires_at <= (now := self._now()):
-            if not dry_run:
-                await self._schedule_expiry(command, now, producer, lane)
+        if expires_at is not None and expires_at <= self._now():  # a retry's, once its grant has expired: the
+            # ledger keeps the grant's pending removal for the expiry sweep if an earlier attempt had granted it
             raise PermanentError(
                 Reason.EXPIRED,
-                f"the grant expired at {expires_at.isoformat()} before it could be applied; nothing was granted"
-                + ("" if dry_run else ", and its removal was queued in case an earlier attempt had granted it"),
+                f"the grant expired at {expires_at.isoformat()} before it could be applied; nothing was granted",
             )
         result = await change_membership(
             command,

@@ -23,7 +23,7 @@ from shared.adapters.directory import RoleIds, UnitKinds, role_member_ids
 from shared.adapters.graph import GraphClient, GraphResponse, path, raise_for_graph
 from shared.core.contract import Action, AdministrativeUnit, DirectoryRole, GrantCommand, Guid, ScopedRole
 from shared.core.errors import GraphAnswer, PermanentError, Reason, TransientError
-from shared.core.statuses import Status
+from shared.core.statuses import Holder, Status
 from shared.core.units import refusal_description, unit_refusal
 
 __all__ = ["Result", "change_membership"]
@@ -45,6 +45,7 @@ class Result:
     graph: GraphAnswer | None
     role_template_id: Guid | None = None  # for the audit record, when the target is a role
     confirm_at: datetime | None = None  # carry the request out once more then (a write that may still land)
+    held_by: tuple[Holder, ...] | None = None  # a released request's: what keeps the membership
 
 
 @dataclass(frozen=True, slots=True)
