@@ -72,6 +72,7 @@ _ROWS = (
     ("intentAt", "intent at"),
     ("expiresAt", "expires at"),
     ("removal", "removal"),
+    ("heldBy", "held by"),
     ("scheduledFor", "scheduled for"),
     ("acceptedAt", "accepted at"),
     ("attempts", "attempts"),
@@ -365,8 +366,27 @@ def _print_fields(record: Mapping[str, Any], rows: tuple[tuple[str, str], ...], 
         value = record.get(name)
         if isinstance(value, Mapping):  # a time-bound grant's removal: its status, and when or by which request
             value = " ".join(str(value[key]) for key in ("status", "dueAt", "requestId", "reason") if value.get(key))
+        if isinstance(value, list):  # a released request's: what keeps the membership
+            value = _holders(value)
         if value is not None and value != "":
             out.write(f"  {label:<14} {printable(value)}\n")
+
+
+def _holders(held: list[Any]) -> str:
+    """``heldBy`` in words: each grant as ``producer request (until …)``, a membership the app did not make as
+    ``pre-existing``; ``nothing of the app's`` when empty."""
+    named: list[str] = []
+    for holder in held:
+        if not isinstance(holder, Mapping):
+            continue
+        if holder.get("preexisting"):
+            named.append("pre-existing (made outside the app)")
+            continue
+        words = [str(holder.get("producer") or "?")]
+        words += [str(holder["requestId"])] if holder.get("requestId") else []
+        words += [f"(until {holder['expiresAt']})"] if holder.get("expiresAt") else []
+        named.append(" ".join(words))
+    return ", ".join(named) or "nothing of the app's"
 
 
 # job and hr-event

@@ -258,8 +258,14 @@ def grant(request_id: str, target: dict[str, Any], member: str, member_type: str
 
 
 def policy(tmp_path: Path) -> str:
-    """Any source may change any unit and non-tier-0 role; the sweep restores the unit and the scoped role."""
-    anything = {"administrativeUnits": ["*"], "directoryRoles": ["*"], "scopedRoles": ["*"]}
+    """Any source may change any unit and non-tier-0 role, and revoke every grant of one; the sweep restores the unit
+    and the scoped role."""
+    anything = {
+        "actions": ["add", "remove", "revokeAll"],
+        "administrativeUnits": ["*"],
+        "directoryRoles": ["*"],
+        "scopedRoles": ["*"],
+    }
     drift = {"targets": [{"target": UNIT, "mode": "restore"}, {"target": SCOPED, "mode": "restore"}]}
     document = {"sources": dict.fromkeys(("hr", "ticketing", "bulk", "other"), anything), "drift": drift}
     file = tmp_path / "policy.json"
@@ -315,8 +321,8 @@ async def test_every_request_the_app_makes_is_one_graph_documents(
         smoke_message(request_id="smoke-1", principal_id=SP, role_template=DIRECTORY_READERS, source="other"),
     )
     await run.deliver(
-        grant("au-remove-again", UNIT, USER, "user", action="remove"),
-        grant("role-template-remove-again", BY_TEMPLATE, SP, "servicePrincipal", action="remove"),
+        grant("au-remove-again", UNIT, USER, "user", action="remove", revokeAll=True),  # a DELETE again: 404
+        grant("role-template-remove-again", BY_TEMPLATE, SP, "servicePrincipal", action="remove", revokeAll=True),
     )
     for n in range(1_001):  # the unit lists in two pages of 999; its scoped role's memberships in two of 100
         member = directory.add_user(f"{n:08x}-0000-4000-8000-00000000d0c5")

@@ -25,7 +25,6 @@ from shared.core.pairs import (
     admit,
     confirm_at,
     due_grants,
-    expiring,
     release,
     removal_is_due,
 )
@@ -299,15 +298,17 @@ def test_a_newer_add_of_the_same_producer_sets_its_own_expiry_or_none() -> None:
     assert written(state, add("c", at=1)).removal_due is None
 
 
-def test_the_sweep_sends_an_expiry_that_was_admitted_but_not_carried_out_again_under_its_own_id() -> None:
+def test_an_expiry_admitted_but_not_carried_out_stays_due_and_a_new_expiry_can_end_it() -> None:
+    """The sweep then sends the expiry of that expiry (a new request: the first is recorded, its claim taken)."""
     timed = add("bk-1", "bulk", days=1)
     ending = decide(written(None, timed), expiry(timed), now=T0 + timedelta(days=1))
     assert isinstance(ending, Proceed)
     failed = release(ending.state, token="t", applied=None, now=T0 + timedelta(days=1), window=WINDOW)
     assert failed is not None
     (grant,) = due_grants(failed, now=T0 + timedelta(days=1))
-    again = expiring(grant)
-    assert (again.request_id, again.requested_at) == (timed.request_id, timed.requested_at)
+    again = decide(failed, expiry(grant.newest), token="t2", now=T0 + timedelta(days=1, hours=1))
+    assert isinstance(again, Proceed)
+    assert again.write is Action.REMOVE
 
 
 # --- repairs ----------------------------------------------------------------------------------------------------------
@@ -493,8 +494,7 @@ class Grants(RuleBasedStateMachine):
     def the_expiry_sweep_runs(self) -> None:
         m = self.model
         for grant in due_grants(m.state, now=m.now):
-            of = expiring(grant)
-            m.queue.append(Message(expiry(of, grant.producer), m.now))
+            m.queue.append(Message(expiry(grant.newest, grant.producer), m.now))
 
     @invariant()
     def one_write_at_a_time(self) -> None:

@@ -12,8 +12,8 @@ producer's grant of each pair of that target; `shared.core.pairs`):
   reported only, unless the target's mode is ``authoritative``.
 
 A pair whose lease is live (a write in flight) is not judged (`Report.in_flight`). Read the directory first and
-the ledger after: every membership the app made was recorded as an intent before its write, so it cannot look
-unmanaged.
+the ledger after: every membership the app made was recorded as an intent (and its write in doubt) before its
+write, so it cannot look unmanaged.
 
 `plan` turns a report into repairs by the target's `Mode`: ``report`` (default) repairs nothing, ``restore``
 re-grants *missing* and removes *lingering*, ``authoritative`` also removes *unmanaged*. Two guards:
@@ -26,24 +26,24 @@ re-grants *missing* and removes *lingering*, ``authoritative`` also removes *unm
   later sweep that would remove other members has another digest.
 
 **Not repairable** (`NotRepairable`): a repair the directory is known to refuse is not sent. The durable record of a
-refusal is the refused request's own status in the ledger: when a pair's newest intent is the app's own request (a
-repair, an expiry removal: its id starts with ``~``) and its status is a dead letter for a reason a repair would
-meet again (`refusal_of`: anything but an outage that ran out), the pair's repair is held back with that reason
-until the pair's intent changes (a newer request), the target changes (a unit that stopped being
-restricted-management or dynamic), or an operator resubmits the refused request (``grants dlq resubmit``). A unit
-with dynamic membership refuses every repair (`plan`'s `refused_target`).
+refusal is the refused repair's own status in the ledger (its request id derives from the finding: `repair_of`):
+when it is a dead letter for a reason a repair would meet again (`refusal_of`: anything but an outage that ran
+out), the pair's repair is held back with that reason until the pair's grants change (a newer request: another
+repair id), the target changes (a unit that stopped being restricted-management or dynamic), or an operator
+resubmits the refused request (``grants dlq resubmit``). A unit with dynamic membership refuses every repair
+(`plan`'s `refused_target`).
 
-Each `Repair` names the intent it restores (`Repair.restores`, e.g. ``RITM123``, so history can read "restored
-RITM123's grant") and carries a request id in the app's own namespace (``~``, which no producer's request id may
-start with), ordered one microsecond after the intent it restores, so any newer intent still wins over it:
+Each `Repair` names the request whose grant (or end) it restores (`Repair.restores`, e.g. ``RITM123``, so history
+can read "restored RITM123's grant") and carries a request id in the app's own namespace (``~``, which no
+producer's request id may start with). A repair changes no grant (`shared.core.pairs`, `Effect.REPAIR`): the gate
+writes it only while it is still right (a re-grant while a grant holds the pair, a removal while none does), so it
+never beats a producer's request, whatever either's time:
 
-- re-grant of ``<id>``'s add: ``~drift-add:<id>``; removal restoring ``<id>``'s remove: ``~drift-remove:<id>``
-  (a second repair of the same pair, after the first was applied, derives from the first: a new id);
+- re-grant of ``<id>``'s add: ``~drift-add:<id>``; removal restoring ``<id>``'s remove: ``~drift-remove:<id>`` (a
+  second repair of the same pair is the same request and message again);
 - removal of ``<id>``'s expired add: the app's own expiry removal ``~expire:<id>`` (`expiry_removal`), so the
   expiry sweep's copy and the repair are one request;
-- removal of an unmanaged member: ``~drift:<pair>``, requested at `UNMANAGED_REQUESTED_AT` (2000-01-01, the start
-  of the time domain): older than any real intent, so a producer's intent for the pair, even one still queued, wins
-  over it.
+- removal of an unmanaged member: ``~drift:<pair>``.
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ __all__ = [
     "repair_of",
 ]
 
-#: When an unmanaged member's removal was "requested": older than any intent a producer can make.
-UNMANAGED_REQUESTED_AT: Final = EARLIEST  # the start of the app's time domain: older than any real intent
+#: When an unmanaged member's removal is dated (a repair is not ordered against intents: `shared.core.pairs`).
+UNMANAGED_REQUESTED_AT: Final = EARLIEST  # the start of the app's time domain
 _AFTER: Final = timedelta(microseconds=1)
 _ADD_SUFFIX: Final = "drift-add"
 _REMOVE_SUFFIX: Final = "drift-remove"

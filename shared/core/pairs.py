@@ -64,7 +64,6 @@ __all__ = [
     "admit",
     "confirm_at",
     "due_grants",
-    "expiring",
     "release",
     "removal_is_due",
 ]
@@ -72,7 +71,6 @@ __all__ = [
 #: Doubts kept at most per pair (the oldest that can no longer land go first): one per crashed or unanswered attempt
 #: since the pair's last answered write, so a handful in practice.
 MAX_DOUBTS: Final = 16
-_TICK: Final = timedelta(microseconds=1)  # an expiry is this much newer than the intent it ends (`expiry_removal`)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -336,15 +334,6 @@ def confirm_at(state: PairState, *, action: Action, now: datetime) -> datetime |
     other action is in doubt and may still land, the moment the last such write no longer can; else None."""
     open_until = [doubt.until for doubt in state.doubts if doubt.action is not action and doubt.until > now]
     return max(open_until, default=None)
-
-
-def expiring(grant: Grant) -> Intent:
-    """The intent whose end a grant's pending removal is: its newest, or, when that is already the expiry ending it
-    (sent, not yet carried out), the intent that expiry ends (so the sweep sends the same expiry again)."""
-    newest = grant.newest
-    if newest.effect is Effect.EXPIRE and newest.ends is not None:
-        return replace(newest, request_id=newest.ends, kind=None, ends=None, requested_at=newest.requested_at - _TICK)
-    return newest
 
 
 def due_grants(state: PairState | None, *, now: datetime) -> tuple[Grant, ...]:

@@ -38,7 +38,7 @@ from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, Targ
 from shared.core.errors import PermanentError, Reason, TransientError
 from shared.core.intents import Effect, Intent, effect_of, expiry_removal, intent_of, pair_of, parse_pair
 from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, MessageSender, derived_message_id
-from shared.core.pairs import Grant, Released, Superseded, confirm_at, due_grants, expiring
+from shared.core.pairs import Grant, Released, Superseded, confirm_at, due_grants
 from shared.core.producers import APP_PRODUCER, Producer
 from shared.core.statuses import Holder, Status, StatusRecord, StatusWrite
 from shared.service.grants import GrantService
@@ -180,6 +180,8 @@ class IntentGate:
         finished = self._now()
         already = result.outcome in (Status.ALREADY_MEMBER, Status.NOT_MEMBER)
         await self._ledger.finish(ticket, applied=applied, now=finished, already=already)
+        if ticket.write is Action.ADD and arrival.expiry_of is None and arrival.producer.name != APP_PRODUCER:
+            result = await self._grants.schedule_expiry(recorded, result, producer=arrival.producer, lane=arrival.lane)
         again = confirm_at(ticket.state, action=applied, now=finished) if applied is not None else None
         if again is None or applied is None:
             return result
@@ -192,7 +194,8 @@ class IntentGate:
 
     async def sweep(self, sender: MessageSender) -> int:
         """The expiry sweep: for every grant whose pending removal is due, send the app's own removal ending it
-        (`expiry_removal` of the intent it ends, `shared.core.pairs.expiring`), for the grant function to carry out;
+        (`expiry_removal` of the grant's newest intent: a time-bound add, a remove not carried out, or an expiry that
+        was admitted and failed, whose removal is then a new request ending it), for the grant function to carry out;
         return how many were sent. A pair whose record cannot be read back as one is skipped and reported (an error
         line naming it), never the end of the sweep; a send that fails raises (the next sweep sends it again: the
         removal stays pending in the ledger until it is carried out or refused for good)."""
@@ -202,7 +205,7 @@ class IntentGate:
             for grant in due_grants(state, now=now):
                 try:
                     target, member_id = parse_pair(pair)
-                    of = expiring(grant)
+                    of = grant.newest
                     removal = expiry_removal(target, member_id, of=of)
                 except (ValueError, OverflowError) as error:
                     _log.error("expiry sweep: skipped the pending removal of %s (%s)", json.dumps(pair), error)

@@ -64,7 +64,8 @@ class GrantService:
         """Check, carry out and (for time-bound grants) schedule the expiry of `producer`'s command, without the
         ledger."""
         template = await self.guard(command, producer=producer, lane=lane)
-        return await self.carry_out(command, template, producer=producer, lane=lane)
+        result = await self.carry_out(command, template, producer=producer, lane=lane)
+        return await self.schedule_expiry(command, result, producer=producer, lane=lane)
 
     def writes(self, command: GrantCommand) -> bool:
         """False for a dry run (the message's ``dryRun`` or ``GRANTS_DRY_RUN``): nothing is written anywhere."""
@@ -106,8 +107,8 @@ class GrantService:
     async def carry_out(
         self, command: GrantCommand, template: Guid | None, *, producer: Producer, lane: Lane
     ) -> Result:
-        """Carry out `producer`'s guarded command in `lane`: Graph, then for a time-bound grant the scheduling of its
-        expiry (its removal is the same producer's)."""
+        """Carry out `producer`'s guarded command in `lane` in Graph (a time-bound grant's expiry is
+        `schedule_expiry`'s, once the write is recorded)."""
         try:
             return await self._carry_out(command, template, producer, lane)
         except GrantError as error:
@@ -130,20 +131,19 @@ class GrantService:
             activate_roles=self._activate_roles,
             dry_run=dry_run,
         )
-        result = replace(result, role_template_id=template)
-        if expires_at is not None and not dry_run and result.outcome in HOLDS:
-            await self._schedule_expiry(command, expires_at, producer, lane)
-            result = replace(
-                result, description=f"{result.description}; removal scheduled for {expires_at.isoformat()}"
-            )
-        return result
+        return replace(result, role_template_id=template)
 
-    async def _schedule_expiry(
-        self, command: GrantCommand, expires_at: datetime, producer: Producer, lane: Lane
-    ) -> None:
-        """Schedule the app's own removal at `expires_at` (`expiry_removal`, `producer`'s as the grant it ends;
-        MessageId ``~expire:<digest>`` of the producer, its request id and content: scheduled twice, duplicate
-        detection or the ledger absorbs the second)."""
+    async def schedule_expiry(self, command: GrantCommand, result: Result, *, producer: Producer, lane: Lane) -> Result:
+        """For a time-bound add that holds (granted, already_member; not a dry run), schedule the app's own removal
+        at its ``expiresAt`` (`expiry_removal`, `producer`'s as the grant it ends; MessageId ``~expire:<digest>`` of
+        the producer, its request id and content: scheduled twice, duplicate detection or the ledger absorbs the
+        second) and say so in `result`'s description; `result` unchanged otherwise. Called once the ledger has
+        recorded the write (a failure here is retried: the grant's pending removal stays in the ledger meanwhile).
+
+        Raises `TransientError(ExpiryNotScheduled)` when the send fails."""
+        expires_at = command.expires_at if command.action is Action.ADD else None
+        if expires_at is None or self._dry_run or command.dry_run or result.outcome not in HOLDS:
+            return result
         removal = expiry_removal(command.target, command.member.id, of=intent_of(command, arrived_at=self._now()))
         try:
             await self._senders.lane(lane).schedule(
@@ -158,3 +158,4 @@ class GrantService:
                 f"the removal of this time-bound membership at {expires_at.isoformat()} could not be scheduled "
                 f"({type(error).__name__}); retrying (the ledger keeps it as a pending removal for the expiry sweep)",
             ) from error
+        return replace(result, description=f"{result.description}; removal scheduled for {expires_at.isoformat()}")
