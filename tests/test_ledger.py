@@ -361,6 +361,19 @@ async def test_due_removals_lists_time_bound_grants_past_their_expiry_until_remo
     assert await ledger.due_removals(now=expiry + timedelta(days=1)) == []
 
 
+async def test_due_removals_go_on_after_a_cursor_so_stuck_pairs_cannot_hide_the_rest(ledger: Ledger) -> None:
+    """Three due pairs read two at a time: the second read, after the first page's last pair, finds the third."""
+    pairs = [f"{PAIR[:-3]}{n:03d}" for n in range(3)]
+    for pair in pairs:
+        state = PairState(grants=(Grant(producer=PRODUCER, newest=intent("a"), removal_due=T0),))
+        assert await ledger._write_pair(pair, state, None) is not None
+    first = await ledger.due_removals(now=T0, limit=2)
+    rest = await ledger.due_removals(now=T0, limit=2, after=first[-1][0])
+    assert sorted(pair for pair, _ in [*first, *rest]) == sorted(pairs)
+    assert len(first) == 2
+    assert len(rest) == 1
+
+
 # --- failures are transient ----------------------------------------------------------------------------------------
 
 

@@ -538,16 +538,23 @@ class Ledger:
             raise _unavailable("read the history of a member or target", error) from error
         return list(found.values())
 
-    async def due_removals(self, *, now: datetime, limit: int = 1000) -> list[tuple[str, PairState]]:
-        """Pairs whose pending removal is due at `now` (at most `limit`): one filtered scan of the table; a record
-        that cannot be read as a pair's is logged and skipped.
+    async def due_removals(
+        self, *, now: datetime, limit: int = 1000, after: str | None = None
+    ) -> list[tuple[str, PairState]]:
+        """Pairs whose pending removal is due at `now` (at most `limit`, in key order, after the pair named `after`
+        when given: the sweep's cursor): one filtered scan of the table; a record that cannot be read as a pair's is
+        logged and skipped.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
         query = "RowKey eq @row and removalDue le @now"
+        parameters: dict[str, Any] = {"row": _PAIR_ROW, "now": now}
+        if after is not None:
+            query += " and PartitionKey gt @after"
+            parameters["after"] = table_key("pair", after)
         found: list[tuple[str, PairState]] = []
         try:
-            async for entity in self._table.query_entities(query, parameters={"row": _PAIR_ROW, "now": now}):
+            async for entity in self._table.query_entities(query, parameters=parameters):
                 try:
                     found.append((entity["pair"], _pair_state(entity, window=self.uncertain_window)))
                 except (KeyError, TypeError, ValueError) as error:  # not a record the app wrote: reported, skipped

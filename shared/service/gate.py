@@ -50,6 +50,8 @@ _log = logging.getLogger(__name__)
 
 #: The Graph work stops this long before the lease ends, so a write in flight cannot outlive it.
 LEASE_MARGIN: Final = timedelta(seconds=15)
+#: Pairs one expiry sweep reads at most; the next sweep goes on after the last (`IntentGate.sweep`).
+SWEEP_PAGE: Final = 1000
 #: Seconds an admitted attempt works before ``in_progress`` is recorded (`Arrival.admitted`): most Graph writes
 #: take less, and a status no one could see for longer than this is not worth two storage requests a grant.
 PROGRESS_AFTER: Final = 1.0
@@ -94,6 +96,7 @@ class IntentGate:
         self._grants = grants
         self._now = now
         self._progress_after = progress_after
+        self._sweep_after: str | None = None  # the expiry sweep's cursor: the last pair of its last full page
 
     async def run(self, command: GrantCommand, arrival: Arrival) -> Result:
         """Guard `command` (policy), pass it through the ledger, and carry it out holding the pair's lease."""
@@ -195,13 +198,19 @@ class IntentGate:
     async def sweep(self, sender: MessageSender) -> int:
         """The expiry sweep: for every grant whose pending removal is due, send the app's own removal ending it
         (`expiry_removal` of the grant's newest intent: a time-bound add, a remove not carried out, or an expiry that
-        was admitted and failed, whose removal is then a new request ending it), for the grant function to carry out;
-        return how many were sent. A pair whose record cannot be read back as one is skipped and reported (an error
-        line naming it), never the end of the sweep; a send that fails raises (the next sweep sends it again: the
-        removal stays pending in the ledger until it is carried out or refused for good)."""
+        was admitted and failed, whose removal is then a new request ending it), for the grant function to carry
+        out; return how many were sent. One sweep reads at most `SWEEP_PAGE` due pairs and the next goes on after
+        them, so pairs whose removal keeps failing cannot hide the others. A pair whose record cannot be read back as
+        one is skipped and reported (an error line naming it), never the end of the sweep; a send that fails raises
+        (the next sweep sends it again: the removal stays pending in the ledger until it is carried out or refused
+        for good)."""
         now = self._now()
         sent = 0
-        for pair, state in await self._ledger.due_removals(now=now):
+        page = await self._ledger.due_removals(now=now, limit=SWEEP_PAGE, after=self._sweep_after)
+        # a full page: the next sweep goes on after its last pair (so pairs stuck early in key order never hide
+        # the rest); a short one: the next starts from the first again
+        self._sweep_after = page[-1][0] if len(page) >= SWEEP_PAGE else None
+        for pair, state in page:
             for grant in due_grants(state, now=now):
                 try:
                     target, member_id = parse_pair(pair)
