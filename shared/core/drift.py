@@ -72,7 +72,7 @@ from shared.core.contract import (
 from shared.core.errors import Reason
 from shared.core.intents import Intent, content_hash, expiry_removal, pair_of
 from shared.core.messaging import derived_message_id
-from shared.core.pairs import PairState
+from shared.core.pairs import PairState, merged_states
 from shared.core.policy import TIER0_ROLE_TEMPLATES
 from shared.core.statuses import Status, StatusRecord
 from shared.core.times import EARLIEST
@@ -307,27 +307,8 @@ def newest_states(pairs: Iterable[tuple[Guid, PairState]]) -> dict[Guid, PairSta
     merged: dict[Guid, PairState] = {}
     for member_id, state in pairs:
         known = merged.get(member_id)
-        merged[member_id] = state if known is None else _merged(known, state)
+        merged[member_id] = state if known is None else merged_states(known, state)
     return merged
-
-
-def _merged(one: PairState, other: PairState) -> PairState:
-    grants = {grant.producer: grant for grant in one.grants}
-    for grant in other.grants:
-        known = grants.get(grant.producer)
-        if known is None or grant.newest.order > known.newest.order:
-            grants[grant.producer] = grant
-    floors = [floor for floor in (one.floor, other.floor) if floor is not None]
-    leases = [lease for lease in (one.lease, other.lease) if lease is not None]
-    applied = [done for done in (one.applied, other.applied) if done is not None]
-    return PairState(
-        grants=tuple(sorted(grants.values(), key=lambda grant: grant.producer)),
-        floor=max(floors, key=_order, default=None),
-        lease=max(leases, key=lambda lease: lease.until, default=None),
-        applied=max(applied, key=lambda done: done.at, default=None),
-        doubts=(*one.doubts, *other.doubts),
-        preexisting=one.preexisting or other.preexisting,
-    )
 
 
 def is_tier0(target: Target) -> bool:

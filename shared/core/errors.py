@@ -47,6 +47,7 @@ class Reason(StrEnum):
     POLICY_DENIED = "PolicyDenied"
     EXPIRED = "Expired"
     EXPIRY_NOT_SCHEDULED = "ExpiryNotScheduled"
+    EXPIRY_NOT_DUE = "ExpiryNotDue"  # transient: an expiry came before its grant expired (the app's clock behind)
     # The grant ledger: request ids are idempotency keys; one writer per member and target.
     REQUEST_ID_CONFLICT = "RequestIdConflict"  # the id was used before for another request
     PAIR_BUSY = "PairBusy"  # transient: another request for the same member and target holds its lease

@@ -17,7 +17,7 @@ object id is checked by its template (`shared.service.roles` looks it up).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -123,6 +123,17 @@ class GrantPolicy:
             raise ConfigError(
                 f"GRANTS_POLICY: {self.origin}: producers.{unknown[0]} is not in the producer registry (it has {known})"
             )
+
+    def check_leavers(self, hr_producers: Iterable[Producer]) -> None:
+        """Raise `ConfigError` when a producer that sends HR events lacks the ``revokeAll`` right: its leavers end
+        every grant of the person (`shared.core.hr_events`), and would otherwise all be refused."""
+        for producer in hr_producers:
+            rules = self.rules_for(producer)
+            if rules is None or not rules.revoke_all:
+                raise ConfigError(
+                    f"GRANTS_POLICY: {self.origin}: producer {producer.name!r} sends HR events, whose leavers end "
+                    'every grant of the person: its rules need "revokeAll" in "actions" (docs/guardrails.md)'
+                )
 
     def check(self, command: GrantCommand, *, producer: Producer, role_template_id: Guid | None) -> None:
         """Raise `PermanentError(PolicyDenied)` unless `producer` may do this command.

@@ -67,6 +67,15 @@ class GrantService:
         result = await self.carry_out(command, template, producer=producer, lane=lane)
         return await self.schedule_expiry(command, result, producer=producer, lane=lane)
 
+    async def role_id(self, template: Guid, *, lane: Lane = Lane.INTERACTIVE) -> Guid | None:
+        """The id of the directory role activated from `template` (looked up once per process), None while it is not
+        activated or cannot be read now (what needs it then does without)."""
+        graph = self._graph.in_lane(lane)
+        try:
+            return await self._role_ids.role_id(template, read=lambda path: graph.send("GET", path))
+        except GrantError:
+            return None
+
     def writes(self, command: GrantCommand) -> bool:
         """False for a dry run (the message's ``dryRun`` or ``GRANTS_DRY_RUN``): nothing is written anywhere."""
         return not (self._dry_run or command.dry_run)
