@@ -25,6 +25,18 @@ forms Graph documents (tests/test_graph_operations.py checks the app's requests 
   ``roleTemplateId={t}`` so is ``400 Request_BadRequest`` "Invalid object identifier"). One member of a role cannot
   be read (``GET R/members/{id}``: ``400 BadRequest`` "Resource not found for the segment", as for any path Graph
   does not have).
+- PIM (``/roleManagement/directory``): ``POST roleEligibilityScheduleRequests`` and ``roleAssignmentScheduleRequests``
+  (``adminAssign`` makes a schedule, ``adminRemove`` ends one; ``201`` with the request, ``directoryScopeId`` the scope
+  it was carried out at; ``400 RoleAssignmentExists`` / ``RoleAssignmentDoesNotExist``; a role's `RoleSettings`
+  (`set_role_settings`: no permanent eligibility or assignment, a longest one) refuse with ``400
+  RoleAssignmentRequestPolicyValidationFailed`` "The following policy rules failed: ["ExpirationRule"]"; a role
+  definition it does not know ``400 RoleNotFound``; a body property its type does not have is refused by name),
+  ``GET roleEligibilitySchedules`` and ``roleAssignmentSchedules`` (``$filter`` of ``eq`` clauses on principalId,
+  roleDefinitionId and directoryScopeId joined by ``and``; ``$select``; paged as a unit's members), and
+  ``GET roleDefinitions/{id}`` (a built-in role's definition is its template's; a custom role's, `add_role_definition`).
+  A schedule ends at its expiry on the double's PIM clock (`GraphDouble.now`): Entra's own expiry, after which a
+  removal is ``RoleAssignmentDoesNotExist``. `pim_scope_unknown` makes requests for a unit's scope land at ``/`` and
+  answer so, as reported for a unit created moments before.
 - ``GET /directoryObjects/{id}``.
 - ``GET /servicePrincipals(appId='00000003-0000-0000-c000-000000000000')`` (Microsoft Graph's own service
   principal: `GRAPH_SERVICE_PRINCIPAL_ID` and its application permissions `GRAPH_APP_ROLES`) and
@@ -52,8 +64,8 @@ only after a delay (`Fault.applied_then_delay`, longer than the client's timeout
 (`Fault.applied_then_drop`): a write whose outcome the client cannot know, though it was made.
 
 Behind the app's back (as the portal or a script would: not logged, no budget): `add_member`,
-`remove_member`, `assign_scoped_role`, `unassign_scoped_role`; `members_of` and `scoped_members_of` read the
-directory for assertions.
+`remove_member`, `assign_scoped_role`, `unassign_scoped_role`, `assign_schedule`, `remove_schedule`; `members_of`,
+`scoped_members_of`, `schedules_of` and `schedule_of` read the directory for assertions.
 
 The write budget is Graph's write quota (3,000 per 150 s per app and tenant), enforced as a sliding window
 shared by every client of the double (it serves all processes on loopback), with Graph's headers
@@ -94,7 +106,11 @@ requests that look it up; one added with ``visible_after_seconds=T`` until T sec
      "administrativeUnits": [{"id": "<id>", "displayName": "...", "members": ["<id>"],
                              "isMemberManagementRestricted": false, "membershipRule": null}],
      "roleTemplates": [{"id": "<templateId>", "displayName": "...", "activated": true,
-                        "roleId": "<optional id>", "members": ["<id>"]}]}
+                        "roleId": "<optional id>", "members": ["<id>"]}],
+     "roleDefinitions": [{"id": "<custom role's id>", "displayName": "..."}],
+     "roleSettings": [{"roleDefinitionId": "<id>",
+                       "eligibility": {"maximumDuration": "P180D", "allowPermanent": false},
+                       "assignment": {"maximumDuration": "P30D", "allowPermanent": false}}]}
 
 (principal entries also accept ``"visibleAfterSeconds"``; ``roleId`` is used when the template is
 activated, now or later; members of a template need ``"activated": true``).
@@ -107,7 +123,10 @@ from grants_local.graph_double.directory import (
     GRAPH_APP_ID,
     GRAPH_APP_ROLES,
     GRAPH_SERVICE_PRINCIPAL_ID,
+    PimKind,
     PrincipalType,
+    RoleSettings,
+    Schedule,
 )
 from grants_local.graph_double.double import GraphDouble, LoggedRequest
 from grants_local.graph_double.faults import HOLD_LIMIT_SECONDS, Fault
@@ -126,7 +145,10 @@ __all__ = [
     "GraphDouble",
     "LoggedRequest",
     "PermissionKind",
+    "PimKind",
     "PrincipalType",
     "Priority",
+    "RoleSettings",
+    "Schedule",
     "WriteRecord",
 ]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -11,12 +12,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType, TracebackType
 from typing import Any, NamedTuple
 
 from grants_local._http import LoopbackServer, Request, Response
 from grants_local.graph_double.answers import (
-    INSUFFICIENT,
     TOKEN_EMPTY,
     TOKEN_EXPIRED,
     GraphError,
@@ -29,12 +30,17 @@ from grants_local.graph_double.directory import (
     GRAPH_APP_ROLES,
     AdministrativeUnit,
     Directory,
+    PimKind,
     PrincipalType,
+    RoleDefinition,
+    RoleSettings,
     RoleTemplate,
+    Schedule,
+    read_duration,
 )
 from grants_local.graph_double.faults import HOLD_LIMIT_SECONDS, STATUS_ERRORS, Fault
 from grants_local.graph_double.paging import Listing
-from grants_local.graph_double.routes import PermissionKind, routes
+from grants_local.graph_double.routes import DENIALS, PermissionKind, routes
 from grants_local.token_endpoint import TokenEndpoint
 
 __all__ = ["GraphDouble", "LoggedRequest"]
@@ -84,7 +90,7 @@ class GraphDouble:
         self.latency_seconds = latency_seconds
         self._clock = clock
         self._lock = threading.Lock()
-        self._directory = Directory(clock=clock)
+        self._directory = Directory(clock=clock, now=lambda: datetime.now(UTC))
         self._budgets = Budgets(
             write_budget=write_budget, read_budget=read_budget, priority_reserve=priority_reserve, clock=clock
         )
@@ -96,6 +102,17 @@ class GraphDouble:
         self._read_units = 0
         self._holding: list[Fault] = []
         self._server = LoopbackServer(self._answer)
+
+    @property
+    def now(self) -> Callable[[], datetime]:
+        """PIM's clock: schedules start and end on it (Entra ends a schedule at its expiry), by default the wall
+        clock; a test or a local run on a virtual clock sets its own (e.g. ``ManualClock.utcnow``)."""
+        return self._directory.now
+
+    @now.setter
+    def now(self, now: Callable[[], datetime]) -> None:
+        with self._lock:
+            self._directory.now = now
 
     @property
     def write_budget(self) -> tuple[int, float] | None:
@@ -345,6 +362,71 @@ class GraphDouble:
             role_id = self._directory.templates[canonical(template_id)].role_id
             return {member for role, member in unit.scoped.values() if role == role_id}
 
+    def add_role_definition(self, definition_id: str, *, display_name: str = "") -> str:
+        """Add a custom role's definition (a built-in role's definition is its template's, `add_role_template`)."""
+        key = canonical(definition_id)
+        with self._lock:
+            self._directory.definitions[key] = RoleDefinition(key, display_name or f"Custom role {key}")
+        return key
+
+    def set_role_settings(self, definition_id: str, settings: RoleSettings) -> None:
+        """Set PIM's settings of a role (by definition id) for admins' requests: the longest eligibility and active
+        assignment each may have, and whether each may be permanent."""
+        with self._lock:
+            self._directory.settings[canonical(definition_id)] = settings
+
+    def pim_scope_unknown(self, unit_id: str, *, unknown: bool = True) -> None:
+        """Make PIM carry out requests for the unit's scope at ``/`` and answer ``directoryScopeId: "/"``, as
+        reported for a unit created moments before (msgraph-sdk-powershell#1996); `unknown` false undoes it."""
+        with self._lock:
+            if unknown:
+                self._directory.pim_unaware.add(canonical(unit_id))
+            else:
+                self._directory.pim_unaware.discard(canonical(unit_id))
+
+    def assign_schedule(
+        self,
+        kind: PimKind,
+        definition_id: str,
+        scope: str,
+        principal_id: str,
+        *,
+        end: datetime | None = None,
+    ) -> str:
+        """Make `principal_id` eligible for (or actively assigned, `kind`) a role at `scope` behind the app's back,
+        from now until `end` (None: permanently); return the schedule id (an existing one's, if in place)."""
+        key = (kind, canonical(definition_id), scope, canonical(principal_id))
+        with self._lock:
+            existing = self._directory.live(key)
+            if existing is not None:
+                return existing.id
+            start = self._directory.now()
+            schedule = Schedule(str(uuid.uuid4()), kind, key[3], key[1], scope, start, end, request="portal")
+            self._directory.schedules[key] = schedule
+            return schedule.id
+
+    def remove_schedule(self, kind: PimKind, definition_id: str, scope: str, principal_id: str) -> None:
+        """End a schedule behind the app's back (no error if there is none)."""
+        with self._lock:
+            self._directory.schedules.pop((kind, canonical(definition_id), scope, canonical(principal_id)), None)
+
+    def schedules_of(self, kind: PimKind, definition_id: str, scope: str) -> set[str]:
+        """The principals `kind` of the role at `scope` is held by now (a schedule past its end is gone)."""
+        definition = canonical(definition_id)
+        with self._lock:
+            live = [self._directory.live(key) for key in list(self._directory.schedules)]
+            return {
+                s.principal
+                for s in live
+                if s is not None and (s.kind, s.definition, s.scope) == (kind, definition, scope)
+            }
+
+    def schedule_of(self, kind: PimKind, definition_id: str, scope: str, principal_id: str) -> Schedule | None:
+        """The schedule in place for the principal (a copy), or None."""
+        with self._lock:
+            schedule = self._directory.live((kind, canonical(definition_id), scope, canonical(principal_id)))
+            return None if schedule is None else dataclasses.replace(schedule)
+
     def load(self, source: str | os.PathLike[str] | Mapping[str, Any]) -> None:
         """Add the objects of a seed (a mapping, or the path of a JSON file) in the package docstring's format."""
         seed = source if isinstance(source, Mapping) else _read_json(source)
@@ -384,6 +466,19 @@ class GraphDouble:
                 role_id=template.get("roleId"),
                 members=template.get("members", ()),
             )
+        for definition in seed.get("roleDefinitions", ()):
+            self.add_role_definition(definition["id"], display_name=definition.get("displayName", ""))
+        for entry in seed.get("roleSettings", ()):
+            eligible, active = entry.get("eligibility", {}), entry.get("assignment", {})
+            self.set_role_settings(
+                entry["roleDefinitionId"],
+                RoleSettings(
+                    eligible_max=_duration(eligible.get("maximumDuration")),
+                    eligible_permanent=bool(eligible.get("allowPermanent", True)),
+                    active_max=_duration(active.get("maximumDuration")),
+                    active_permanent=bool(active.get("allowPermanent", True)),
+                ),
+            )
 
     def grant_app_role(self, principal_id: str, permission: str) -> None:
         """Grant Graph's application permission `permission` (a `GRAPH_APP_ROLES` name) to a service principal."""
@@ -409,7 +504,9 @@ class GraphDouble:
             return len(self._faults)
 
     def deny(self, kind: PermissionKind) -> None:
-        """Answer writes to `kind` (administrative units or directory roles) ``403 Authorization_RequestDenied``."""
+        """Answer writes to `kind` ``403`` as Graph answers a missing permission: administrative units or directory
+        roles ``Authorization_RequestDenied``; PIM's eligibility or assignment schedule requests ``UnknownError``
+        whose message is PermissionScopeNotGranted naming the permission."""
         with self._lock:
             self._denied.add(kind)
 
@@ -563,8 +660,8 @@ class GraphDouble:
         if request.method in _WRITES:
             priority = PRIORITIES.get(request.headers.get("x-ms-throttle-priority", "").strip().lower(), "Normal")
             headers.update(self._budgets.spend_write(priority))
-            if kind in self._denied:
-                raise GraphError(403, "Authorization_RequestDenied", INSUFFICIENT)
+            if kind is not None and kind in self._denied:
+                raise GraphError(403, *DENIALS[kind])
             self._write_count += 1
         elif request.method == "GET":
             cost = read_cost(segments, request.query)
@@ -594,6 +691,10 @@ class GraphDouble:
                 visible_after_seconds=visible_after_seconds,
             )
         return key
+
+
+def _duration(value: object) -> timedelta | None:
+    return None if value is None else read_duration(str(value))
 
 
 def _read_json(path: str | os.PathLike[str]) -> Mapping[str, Any]:

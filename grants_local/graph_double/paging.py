@@ -94,6 +94,21 @@ def _after(token: str) -> str:
     return text[len("after:") :]
 
 
+_SCHEDULE: Final = frozenset(
+    {
+        "id",
+        "principalId",
+        "roleDefinitionId",
+        "directoryScopeId",
+        "appScopeId",
+        "createdUsing",
+        "createdDateTime",
+        "modifiedDateTime",
+        "status",
+        "memberType",
+        "scheduleInfo",
+    }
+)
 #: The properties an item of each listed collection has (what ``$select`` may name).
 PROPERTIES: Final[Mapping[str, frozenset[str]]] = {
     "directoryObjects": frozenset({"id", "displayName"}),
@@ -110,6 +125,8 @@ PROPERTIES: Final[Mapping[str, frozenset[str]]] = {
         }
     ),
     "scopedRoleMemberships": frozenset({"id", "roleId", "administrativeUnitId", "roleMemberInfo"}),
+    "roleEligibilitySchedules": _SCHEDULE,
+    "roleAssignmentSchedules": _SCHEDULE | {"assignmentType"},
 }
 
 

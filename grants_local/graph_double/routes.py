@@ -7,11 +7,12 @@ method; an unknown segment is ``400 BadRequest`` "Resource not found for the seg
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
-from grants_local.graph_double.answers import GraphError, Reply, unknown_segment
+from grants_local.graph_double.answers import INSUFFICIENT, GraphError, Reply, unknown_segment
 from grants_local.graph_double.directory import (
     GRAPH_APP_ID,
     Directory,
@@ -21,10 +22,32 @@ from grants_local.graph_double.directory import (
 )
 from grants_local.graph_double.paging import Listing, narrowed
 
-__all__ = ["Handlers", "PermissionKind", "routes"]
+__all__ = ["DENIALS", "Handlers", "PermissionKind", "routes"]
 
-PermissionKind = Literal["administrativeUnit", "directoryRole"]
+PermissionKind = Literal["administrativeUnit", "directoryRole", "roleEligibility", "roleAssignment"]
 Handlers = Mapping[str, Callable[[], Reply]]
+
+
+def _scope_not_granted(permission: str) -> str:
+    return json.dumps(
+        {
+            "errorCode": "PermissionScopeNotGranted",
+            "message": f"Authorization failed due to missing permission scope {permission},"
+            "RoleManagement.ReadWrite.Directory.",
+            "instanceAnnotations": [],
+        },
+        separators=(",", ":"),
+    )
+
+
+#: How a write of each kind is refused while `GraphDouble.deny` says so: Graph's ``403`` for a missing permission
+#: (the PIM requests' as reported for them: ``UnknownError`` with PermissionScopeNotGranted in the message).
+DENIALS: Final[Mapping[PermissionKind, tuple[str, str]]] = {
+    "administrativeUnit": ("Authorization_RequestDenied", INSUFFICIENT),
+    "directoryRole": ("Authorization_RequestDenied", INSUFFICIENT),
+    "roleEligibility": ("UnknownError", _scope_not_granted("RoleEligibilitySchedule.ReadWrite.Directory")),
+    "roleAssignment": ("UnknownError", _scope_not_granted("RoleAssignmentSchedule.ReadWrite.Directory")),
+}
 
 #: ``directoryRoles(roleTemplateId='{t}')``, lower-cased: a role by its template, Graph's alternate key.
 _ROLE_BY_TEMPLATE: Final = re.compile(r"directoryroles\(roletemplateid='([0-9a-f-]{36})'\)")
@@ -42,6 +65,8 @@ def routes(
     if (by_template := _ROLE_BY_TEMPLATE.fullmatch(lower[0])) is not None:
         role = f"roletemplateid={by_template.group(1)}"
         return "directoryRole", _role_routes(directory, [role, *segments[1:]], body, listing, alternate_key=True)
+    if lower[:2] == ["rolemanagement", "directory"]:
+        return _role_management_routes(directory, segments[2:], body, listing)
     if lower[:1] == ["directoryobjects"] and len(segments) == 2:
         return None, {"GET": lambda: (200, directory.object_json(directory.object(segments[1])))}
     if lower == [f"serviceprincipals(appid='{GRAPH_APP_ID}')"]:
@@ -49,6 +74,26 @@ def routes(
     if lower[:1] == ["serviceprincipals"] and lower[2:] == ["approleassignments"] and len(segments) == 3:
         return None, {"GET": lambda: (200, directory.app_role_assignments_json(segments[1]))}
     raise unknown_segment(segments[-1] if lower[:1] == ["directoryobjects"] else segments[0])
+
+
+def _role_management_routes(
+    directory: Directory, rest: list[str], body: Any, listing: Listing
+) -> tuple[PermissionKind | None, Handlers]:
+    """``/roleManagement/directory``: PIM's schedule requests (``POST``) and schedules (``GET``, filtered and paged),
+    and a role definition by id."""
+    lower = [segment.lower() for segment in rest]
+    match lower:
+        case ["roleeligibilityschedulerequests"]:
+            return "roleEligibility", {"POST": lambda: directory.schedule_request("eligibility", body)}
+        case ["roleassignmentschedulerequests"]:
+            return "roleAssignment", {"POST": lambda: directory.schedule_request("assignment", body)}
+        case ["roleeligibilityschedules"]:
+            return None, {"GET": lambda: (200, directory.schedules_page("eligibility", listing))}
+        case ["roleassignmentschedules"]:
+            return None, {"GET": lambda: (200, directory.schedules_page("assignment", listing))}
+        case ["roledefinitions", definition_id]:
+            return None, {"GET": lambda: (200, directory.definition_json(definition_id))}
+    raise unknown_segment(rest[-1] if rest else "directory")
 
 
 def _unit_routes(directory: Directory, rest: list[str], body: Any, listing: Listing) -> Handlers:
