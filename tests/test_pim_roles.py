@@ -17,12 +17,15 @@ import pytest
 import function_app
 from grants_local.graph_double import Fault, GraphDouble, RoleSettings
 from grants_local.host import registered_function
+from grants_local.producers import LOCAL_PRODUCERS
 from grants_local.queue import LocalQueue
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
-from shared.core.contract import parse_target
+from shared.core.contract import parse_grant, parse_target
 from shared.core.drift import is_tier0
 from shared.core.drift_policy import DriftPolicy
-from shared.core.errors import ConfigError
+from shared.core.errors import ConfigError, PermanentError
+from shared.core.policy import GrantPolicy
+from shared.core.producers import Producers
 from shared.core.schedules import graph_time
 from tests.conftest import (
     AU,
@@ -34,6 +37,7 @@ from tests.conftest import (
     USER_2,
     Run,
     as_operator,
+    as_producer,
     message,
 )
 from tests.test_hr_events import HrRun
@@ -514,3 +518,88 @@ def test_a_tier0_pim_target_is_never_repaired_by_drift() -> None:
     with pytest.raises(ConfigError, match="a tier-0 role is never repaired"):
         DriftPolicy.parse({"targets": [{"target": target, "mode": "restore"}]}, origin="test")
     assert is_tier0(parse_target(target))
+
+
+# --- the policy file, alone ------------------------------------------------------------------------------------
+
+
+def test_pim_rules_per_producer_fall_back_to_the_source_systems_and_the_default_denies_tier0_eligibility(
+    tmp_path: Path,
+) -> None:
+    """A producer the file names gets its own rules only; one it does not name gets its system's (``sources``); the
+    built-in default allows any non-tier-0 definition, eligible and active, and never a tier-0 one."""
+    file = tmp_path / "fallback.json"
+    file.write_text(
+        json.dumps(
+            {
+                "producers": {"ticketing": {"roleAssignments": [CUSTOM]}},
+                "sources": {"ticketing": {"roleEligibilities": ["*"], "administrativeUnits": [AU]}},
+            }
+        )
+    )
+    policy = GrantPolicy.load(file)
+    registry = Producers.parse(LOCAL_PRODUCERS, env={"GRANTS_WEBHOOK_SECRET": "s" * 32}, origin="test")
+    ticketing, itsm = registry.by_name["ticketing"], registry.by_name["itsm"]
+    eligible = parse_grant(grant("A-1", "roleEligibility", CUSTOM, UNIT, USER))
+    active = parse_grant(grant("A-2", "roleAssignment", CUSTOM, TENANT, USER))
+
+    policy.check(active, producer=ticketing, role_template_id=None)
+    with pytest.raises(
+        PermanentError, match=r"may not change the eligibility for role definition .* \(roleEligibilities\)"
+    ):
+        policy.check(eligible, producer=ticketing, role_template_id=None)
+    policy.check(eligible, producer=itsm, role_template_id=None)  # the ticketing system's rules
+    with pytest.raises(PermanentError, match=r"\(roleAssignments\)"):
+        policy.check(active, producer=itsm, role_template_id=None)
+
+    default = GrantPolicy.default()
+    default.check(eligible, producer=itsm, role_template_id=None)
+    default.check(active, producer=itsm, role_template_id=None)
+    for kind in ("roleEligibility", "roleAssignment"):
+        tier0 = parse_grant(grant("A-3", kind, GLOBAL_ADMIN, TENANT, USER))
+        with pytest.raises(PermanentError, match="is a tier-0 role"):
+            default.check(tier0, producer=itsm, role_template_id=None)
+
+
+@pytest.mark.parametrize(
+    ("rules", "says"),
+    [
+        ({"roleEligibilities": ["Helpdesk"]}, "roleEligibilities must be a GUID"),
+        ({"roleAssignments": "*"}, 'roleAssignments must be a list of GUIDs or "*"'),
+        ({"roleEligibility": ["*"]}, "unknown key 'roleEligibility'"),
+    ],
+)
+def test_a_bad_pim_rule_stops_the_app_naming_it(tmp_path: Path, rules: dict[str, Any], says: str) -> None:
+    file = tmp_path / "bad.json"
+    file.write_text(json.dumps({"producers": {"ticketing": rules}}))
+    with pytest.raises(ConfigError, match="GRANTS_POLICY") as caught:
+        GrantPolicy.load(file)
+    assert says in str(caught.value)
+
+
+async def test_a_pim_requests_status_and_history_name_its_role_definition_and_scope(
+    make_run: Callable[..., Any], pim: GraphDouble, tmp_path: Path
+) -> None:
+    """GET /api/grants/{id} gives the request's role definition and scope; GET /api/history finds it by the role
+    definition (the ledger indexes it) as by the member."""
+    run: Run = await make_run(GRANTS_POLICY=policy(tmp_path))
+    await run.deliver(grant("H-1", "roleAssignment", CUSTOM, UNIT, USER), producer="ticketing")
+
+    async def answer(name: str, **parts: Any) -> Any:
+        request = func.HttpRequest("GET", "http://localhost/api/x", body=b"", **parts)
+        response = await registered_function(function_app.app, name)(request)
+        assert response.status_code == 200, response.get_body()
+        return json.loads(response.get_body())
+
+    status = await answer("grant_status", headers=as_producer("ticketing"), route_params={"requestId": "H-1"})
+    by_definition = await answer("grant_history", headers=as_operator(), params={"target": CUSTOM})
+    by_unit = await answer("grant_history", headers=as_operator(), params={"target": AU})
+
+    assert (status["status"], status["targetType"], status["roleDefinitionId"], status["directoryScopeId"]) == (
+        "granted",
+        "roleAssignment",
+        CUSTOM,
+        UNIT,
+    )
+    assert [r["requestId"] for r in by_definition["requests"]] == ["H-1"]
+    assert [r["requestId"] for r in by_unit["requests"]] == ["H-1"]
