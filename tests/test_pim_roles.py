@@ -42,6 +42,9 @@ from tests.conftest import (
 )
 from tests.test_hr_events import HrRun
 from tests.test_hr_events import event as hr_event
+from tests.test_webhook import SECRET as WEBHOOK_SECRET
+from tests.test_webhook import call as call_webhook
+from tests.test_webhook import ticket as webhook_ticket
 
 CUSTOM = "c0570000-0000-4000-8000-00000000c057"  # a custom role's definition id
 NOT_A_ROLE = "d0000000-0000-4000-8000-00000000dead"
@@ -603,3 +606,26 @@ async def test_a_pim_requests_status_and_history_name_its_role_definition_and_sc
     )
     assert [r["requestId"] for r in by_definition["requests"]] == ["H-1"]
     assert [r["requestId"] for r in by_unit["requests"]] == ["H-1"]
+
+
+async def test_a_signed_ticket_asks_for_an_eligibility_through_the_webhook(
+    make_run: Callable[..., Any], pim: GraphDouble, tmp_path: Path
+) -> None:
+    """A ticket payload whose target is a roleEligibility is accepted (202) and carried out: its approver and summary
+    are the justification, its ticket number the ticketInfo, its expiresAt the schedule's end."""
+    run: Run = await make_run(GRANTS_WEBHOOK_SECRET=WEBHOOK_SECRET, GRANTS_POLICY=policy(tmp_path))
+    expires = run.clock.utcnow() + timedelta(days=30)
+    payload = webhook_ticket(
+        target={"type": "roleEligibility", "roleDefinitionId": CUSTOM, "directoryScopeId": UNIT},
+        expiresAt=graph_time(expires),
+    )
+
+    status, answer, _ = await call_webhook(run, payload)
+    outcomes = await run.deliver()
+
+    assert (status, answer["status"]) == (202, "accepted")
+    assert ended(outcomes, "RITM0010001")["outcome"] == "granted"
+    [body] = asked(pim, "roleEligibility")[:1]
+    assert body["justification"] == "Approved by j.smith@contoso.com: Helpdesk Administrator for the night shift"
+    assert body["ticketInfo"] == {"ticketSystem": "ticketing", "ticketNumber": "RITM0010001"}
+    assert body["scheduleInfo"]["expiration"] == {"type": "afterDateTime", "endDateTime": graph_time(expires)}

@@ -263,7 +263,8 @@ class DriftService:
         prefixes = [
             f"au.{naming}.",
             "scoped.",
-            *(f"{kind}.{naming}." for kind in ("elig", "asgn")),
+            "elig.",
+            "asgn.",
             *(f"{kind}.{i}." for i in sorted(ids) for kind in ("role", "template")),
         ]
         found = await asyncio.gather(*(self._ledger.pair_targets(prefix=p) for p in prefixes))
@@ -558,12 +559,14 @@ class DriftService:
 
 
 def _names(target: Target, guid: Guid) -> bool:
-    """True when `guid` is the target's unit, role, role template or (a PIM target's) role definition id."""
+    """True when `guid` is the target's unit, role, role template or (a PIM target's) role definition or scope's unit
+    id."""
     ids: Iterable[object] = (
         getattr(target, "id", None),
         getattr(target, "role_template_id", None),
         getattr(target, "administrative_unit_id", None),
         getattr(target, "role_definition_id", None),
+        getattr(target, "unit", None),
     )
     return guid in ids
 
