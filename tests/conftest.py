@@ -219,7 +219,7 @@ class Run:
 @pytest.fixture
 async def make_run(graph: GraphDouble, azurite: AzuriteTables) -> AsyncIterator[Callable[..., Any]]:
     """Builds a `Run` with app settings `env` (retries without delay unless told otherwise), each with a fresh
-    ledger table in the session's Azurite."""
+    ledger table in the session's Azurite and its own clock, which is also the Graph double's PIM clock."""
     graph.add_role_template(
         GLOBAL_ADMIN, display_name="Global Administrator", activated=True, role_id=GLOBAL_ADMIN_ROLE
     )
@@ -227,9 +227,9 @@ async def make_run(graph: GraphDouble, azurite: AzuriteTables) -> AsyncIterator[
 
         async def make(**env: str) -> Run:
             ledger = await new_ledger_table(azurite)
-            app = await stack.enter_async_context(
-                local_app(settings_for(graph, **env), clock=ManualClock(), ledger=ledger)
-            )
+            clock = ManualClock()
+            graph.now = clock.utcnow  # PIM's schedules start and end on the run's clock
+            app = await stack.enter_async_context(local_app(settings_for(graph, **env), clock=clock, ledger=ledger))
             return Run(graph, app)
 
         yield make

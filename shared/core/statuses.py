@@ -205,6 +205,8 @@ class StatusRecord:
     target_type: str | None = None
     target_id: str | None = None
     role_template_id: str | None = None
+    role_definition_id: str | None = None  # a PIM target's (roleEligibility, roleAssignment)
+    directory_scope_id: str | None = None
     member_id: str | None = None
     member_type: str | None = None
     dry_run: bool | None = None
