@@ -496,6 +496,47 @@ def test_an_hr_event_is_followed_until_every_row_has_ended(app: ServeLocal) -> N
     assert (progress.succeeded, progress.failed, progress.producer) == (2, (), "hr")
 
 
+def test_a_bulk_job_is_followed_until_every_row_has_ended(app: ServeLocal) -> None:
+    """A job's rows as `grants submit --serve-local` sends them (rows numbered in their application properties), on the
+    bulk producer's queue; followed by that producer, a failed row's status among them."""
+    import httpx
+
+    rows = [
+        request(request_id="client-job:1", source_system="bulk", member=Member(id=ALICE, type="user")),
+        request(
+            request_id="client-job:2",
+            source_system="bulk",
+            target=DirectoryRole(role_template_id=NOT_ACTIVATED_TEMPLATE),
+        ),
+    ]
+    batch = [
+        {
+            "body": row.body.decode(),
+            "messageId": row.message_id,
+            "applicationProperties": {"bulkJob": "client-job", "jobRow": number, "jobRows": len(rows)},
+        }
+        for number, row in enumerate(rows, start=1)
+    ]
+    url = f"http://127.0.0.1:{app.port}/local/queues/grant-membership-bulk/messages"
+    httpx.post(url, json=batch, trust_env=False).raise_for_status()
+    with StatusApi.serve_local(producer="ops", port=app.port) as api:
+        progress = api.wait_job("client-job", timeout=GUARD_SECONDS, interval=0.05)
+    assert (progress.kind, progress.rows, progress.terminal, progress.done, progress.succeeded) == (
+        "bulk",
+        2,
+        2,
+        True,
+        1,
+    )
+    [failed] = progress.failed
+    assert (failed.request_id, failed.status, failed.reason, failed.terminal) == (
+        "client-job:2",
+        "dead_lettered",
+        "RoleNotActivated",
+        True,
+    )
+
+
 def test_following_a_request_nobody_sent_times_out_saying_so(app: ServeLocal) -> None:
     with StatusApi.serve_local(producer="other", port=app.port) as api:
         with pytest.raises(NotFound) as unknown:
@@ -640,6 +681,15 @@ def test_a_namespace_that_cannot_be_reached_fails_the_send_with_unavailable_with
     assert time.monotonic() - started < 60
     assert str(unavailable.value).startswith(
         f"queue grants-itsm in 127.0.0.1:{free_port} could not be reached: ServiceBusConnectionError: "
+    )
+
+
+def test_a_connection_string_azure_servicebus_cannot_read_is_a_config_error_before_any_send() -> None:
+    with pytest.raises(ConfigError) as wrong:
+        QueueSender.from_connection_string(connection_string="Endpoint=sb://ns/;SharedAccessKeyName=k", queue="q")
+    assert str(wrong.value) == (
+        "these settings cannot reach Service Bus namespace ns: Connection string must have both SharedAccessKeyName "
+        "and SharedAccessKey."
     )
 
 

@@ -131,16 +131,19 @@ def _endpoint(connection_string: str) -> str:
 
 
 class _ServiceBus:
-    """azure-servicebus's sender on one queue: connected on the first send, then kept; closed and made again after
-    a send that failed for want of a connection."""
+    """azure-servicebus's sender on one queue: the client built at once, connected on the first send and then kept;
+    closed, and made again on the next send, after a send that failed."""
 
     def __init__(self, connect: Callable[[], ServiceBusClient], *, queue: str, where: str, timeout: float) -> None:
         self._connect = connect
         self._queue = queue
         self._where = where
         self._timeout = timeout
-        self._client: ServiceBusClient | None = None
         self._sender: Any = None
+        try:  # builds the client (it connects on the first send): a connection string it cannot read fails here
+            self._client: ServiceBusClient | None = connect()
+        except ValueError as error:
+            raise ConfigError(f"these settings cannot reach Service Bus namespace {where}: {_said(error)}") from error
 
     def send(self, *, body: bytes, message_id: str) -> bool | None:
         from azure.core.exceptions import ClientAuthenticationError
@@ -157,7 +160,7 @@ class _ServiceBus:
         message = ServiceBusMessage(body, message_id=message_id, content_type=CONTENT_TYPE)
         try:
             if self._sender is None:
-                self._client = self._connect()
+                self._client = self._client or self._connect()
                 self._sender = self._client.get_queue_sender(self._queue)
             self._sender.send_messages(message, timeout=self._timeout)
         except (ServiceBusAuthenticationError, ClientAuthenticationError) as error:
