@@ -21,7 +21,7 @@ from grants_client._errors import (
     one_line,
 )
 
-__all__ = ["LOOPBACK_HOSTS", "base_of", "client", "is_loopback", "refusal", "unreachable"]
+__all__ = ["LOOPBACK_HOSTS", "base_of", "client", "is_loopback", "json_of", "refusal", "unreachable"]
 
 LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "::1")
 
@@ -79,7 +79,7 @@ def refusal(response: httpx.Response, *, what: str) -> GrantsError:
 
 def _problem(response: httpx.Response) -> tuple[str, list[Problem]]:
     """An answer's problem detail and invalid fields (RFC 9457), or the start of its text."""
-    document = _json(response)
+    document = json_of(response)
     if not isinstance(document, dict):
         return one_line(response.text or response.reason_phrase or "(no text)"), []
     detail = document.get("detail") or document.get("title") or document.get("error") or response.reason_phrase
@@ -95,11 +95,12 @@ def _problem(response: httpx.Response) -> tuple[str, list[Problem]]:
 
 
 def _type(response: httpx.Response) -> str:
-    document = _json(response)
+    document = json_of(response)
     return str(document.get("type", "")) if isinstance(document, dict) else ""
 
 
-def _json(response: httpx.Response) -> Any:
+def json_of(response: httpx.Response) -> Any:
+    """The JSON an answer holds, or None when it holds none."""
     try:
         return response.json()
     except (ValueError, json.JSONDecodeError, UnicodeDecodeError):

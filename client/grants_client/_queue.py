@@ -218,7 +218,8 @@ class _ServeLocal:
             )
         if response.status_code != 202:
             raise _http.refusal(response, what="serve-local")
-        return int(response.json().get("duplicates", 0)) > 0
+        answer = _http.json_of(response)
+        return isinstance(answer, dict) and answer.get("duplicates", 0) != 0
 
     def close(self) -> None:
         self._http.close()

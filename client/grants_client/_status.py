@@ -167,8 +167,9 @@ class StatusApi:
         self, request_id: str, *, timeout: float, interval: float = 0.5, max_interval: float = 5.0
     ) -> RequestStatus:
         """Poll `request_id`'s status until it is terminal, and return it (succeeded or not: see
-        `RequestStatus.succeeded`). Not recorded yet (``404``) and ``503`` are waited out. Raises `TimedOut`
-        (with the last status read) after `timeout` seconds, and what `status` raises otherwise."""
+        `RequestStatus.succeeded`). Not recorded yet (``404``) and `Unavailable` (no answer, ``503``) are waited
+        out. Raises `TimedOut` (with the last status read, and the last reason it waited) after `timeout` seconds,
+        and what `status` raises otherwise (`NotAuthorized`, `InvalidRequest`)."""
         return self._follow(
             lambda: self.status(request_id),
             f"request {request_id}",
@@ -251,7 +252,7 @@ class StatusApi:
             raise _http.unreachable(self._url, error) from error
         if response.status_code != 200:
             raise _http.refusal(response, what="the status API")
-        document = response.json()
+        document = _http.json_of(response)
         if not isinstance(document, dict):
             raise Unavailable(f"the status API answered something that is not a JSON object at {route}{name}")
         return document

@@ -118,7 +118,9 @@ class Webhook:
         response = self._post(request.body)
         if response.status_code != 202:
             raise _http.refusal(response, what="the webhook")
-        document = response.json()
+        document = _http.json_of(response)
+        if not isinstance(document, dict):
+            document = {}
         location = response.headers.get("Location")
         return Accepted(
             request_id=str(document.get("requestId", request.request_id)),
