@@ -42,6 +42,7 @@ from grants_client import (
     TimedOut,
     Unavailable,
     Webhook,
+    local_token,
     sign,
 )
 from grants_client._message import check, document_of
@@ -418,6 +419,16 @@ def test_with_two_signing_producers_the_webhook_is_told_which_one_signed(app: Se
     assert str(refused.value) == (
         "the webhook answered 401: X-Grants-Producer must name the producer whose secret signed the request"
     )
+
+
+def test_a_producer_known_by_its_entra_principal_sends_to_the_webhook_with_a_token_and_no_signature(
+    app: ServeLocal,
+) -> None:
+    """serve-local stands in for App Service authentication: ``Bearer local:itsm`` is itsm's principal."""
+    made = request(request_id="ITSM-3", source_system="ticketing", target=AdministrativeUnit(id=EMEA))
+    with Webhook(url=f"http://127.0.0.1:{app.port}/api/grants", token=local_token("itsm")) as webhook:
+        accepted = webhook.send(made)
+    assert (accepted.request_id, accepted.producer) == ("ITSM-3", "itsm")
 
 
 def test_a_wrong_secret_or_a_stale_signature_is_not_authorized_in_one_line(app: ServeLocal) -> None:
