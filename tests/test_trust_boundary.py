@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -493,9 +494,10 @@ async def test_history_since_outside_the_domain_answers_400_naming_since(app: Ap
 LOOKUPS_PER_ATTEMPT = 1
 
 
-async def test_a_member_not_found_is_not_given_up_when_the_time_went_to_queueing(app: App) -> None:
+async def test_a_member_not_found_is_not_given_up_when_the_time_went_to_queueing(make_app: Callable[..., Any]) -> None:
     """A member that is not replicated yet; its retry waits 700 s behind a backlog (past the 600 s window) and still
     misses it on attempt 2: retried, not dead-lettered, and granted once the member appears."""
+    app: App = await make_app(GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS="600")
     late = str(uuid.uuid4())
     app.graph.add_user(late, visible_after_lookups=LOOKUPS_PER_ATTEMPT * 2)
     app.put(body(requestId="LATE-10", member={"id": late, "type": "user"}), message_id="m-10")
@@ -525,3 +527,33 @@ async def test_a_bulk_row_with_a_mistyped_member_ends_within_the_bulk_window(mak
     assert (outcome["outcome"], outcome["reason"], outcome["attempts"]) == ("dead_lettered", "MemberNotFound", 5)
     elapsed = datetime.fromisoformat(outcome["finishedAt"]) - datetime.fromisoformat(outcome["firstAttemptAt"])
     assert timedelta(seconds=160) <= elapsed < timedelta(seconds=200)
+
+
+async def test_a_member_not_found_behind_throttling_and_a_backlog_is_granted_once_it_appears(
+    make_app: Callable[..., Any],
+) -> None:
+    """Issue 33, once in 341: a window of 60 s and at least 5 member-not-found answers. The add meets three 503s and
+    three 429s, each retry queued 300 s behind a backlog (half an hour gone, six attempts made), then two
+    member-not-found answers: retried both times (neither the earlier answers nor the time before the first miss
+    count), and granted when the member appears."""
+    app: App = await make_app(GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS="60", GRANTS_MEMBER_NOT_FOUND_MIN_ATTEMPTS="5")
+    late = str(uuid.uuid4())
+    app.graph.add_user(late, visible_after_lookups=LOOKUPS_PER_ATTEMPT * 2)
+    throttling = [Fault.status(503), Fault.status(429, retry_after=5)] * 3
+    app.graph.inject(*(replace(fault, method="POST", path=AU, body=late) for fault in throttling))
+    app.put(body(requestId="LATE-33", member={"id": late, "type": "user"}), message_id="m-33")
+    seen = []
+    for _ in range(8):
+        await app.step()
+        outcome = app.outcome("m-33")
+        seen.append((outcome["attempts"], outcome["outcome"], outcome["reason"]))
+        app.clock.advance(300)  # the retry waits behind a backlog
+    assert seen == [
+        *((n, "retry_scheduled", ["GraphUnavailable", "Throttled"][(n - 1) % 2]) for n in range(1, 7)),
+        (7, "retry_scheduled", "MemberNotFound"),
+        (8, "retry_scheduled", "MemberNotFound"),
+    ]
+    await app.drain()
+    assert (app.outcome("m-33")["outcome"], app.outcome("m-33")["attempts"]) == ("granted", 9)
+    assert late in app.members(AU)
+    assert app.graph.pending_faults == 0

@@ -45,6 +45,8 @@ __all__ = [
     "MAX_DESCRIPTION_CHARS",
     "MAX_MESSAGE_ID_CHARS",
     "MAX_REASON_CHARS",
+    "NOT_FOUND_ANSWERS",
+    "NOT_FOUND_SINCE",
     "ORIGINAL_MESSAGE_ID",
     "PRODUCER",
     "RESUBMISSION",
@@ -92,6 +94,10 @@ BULK_JOB: Final = "bulkJob"  # on a bulk job's messages: the job id (set by `gra
 JOB_ROW: Final = "jobRow"  # on a bulk job's or HR event's messages: this message's row (from 1)
 JOB_ROWS: Final = "jobRows"  # on a bulk job's or HR event's messages: how many messages the job or event sent
 SEAL: Final = "seal"  # the app's seal over the message and its internal properties (`shared.core.seal`)
+#: On a retry copy after a member was not found (replication): how many such answers the request has had, and when
+#: the first came (ISO 8601); nothing else counts toward giving up on it (`shared.core.retry.Waiting`).
+NOT_FOUND_ANSWERS: Final = "notFoundAnswers"
+NOT_FOUND_SINCE: Final = "notFoundSince"
 #: On every message the app sends: the producer whose request it carries (`shared.core.producers`), as established
 #: when the request arrived (its entry point or credential): never a producer's to say.
 PRODUCER: Final = "producer"
@@ -109,6 +115,8 @@ INTERNAL: Final = (
     EXPIRY_OF,
     HR_EVENT,
     PRODUCER,
+    NOT_FOUND_ANSWERS,
+    NOT_FOUND_SINCE,
     *JOB_PROPERTIES,
 )
 #: Application properties of an outcome event (the grant-outcomes topic), for subscription SQL filters.
@@ -256,14 +264,15 @@ class Delivery:
 
     def trusted(self, *, sealed: bool, job_properties: bool, restarted: bool = False) -> Delivery:
         """This delivery as the app believes it: with `sealed` (the app's seal checks out) as it is, marked `own`
-        (`restarted`, a `dlq resubmit` copy of a sealed message: without its `ATTEMPT` and `FIRST_ATTEMPT_AT`, it
-        counts its attempts again); otherwise without the `INTERNAL` properties a producer may not set (its
-        `PRODUCER` above all: who sent it is its entry point's to say). Kept: a bulk job's `JOB_PROPERTIES` when
-        `job_properties` (on a producer's own queue: its jobs are its own), and on a `dlq
-        resubmit` copy its `ORIGINAL_MESSAGE_ID` and `ARRIVED_AT` (so the ledger knows it for the same request
-        again, as first made: at most it carries that request out once more, and never as a newer intent)."""
+        (`restarted`, a `dlq resubmit` copy of a sealed message: without its `ATTEMPT`, `FIRST_ATTEMPT_AT` and
+        member-not-found answers, it counts its attempts again); otherwise without the
+        `INTERNAL` properties a producer may not set (its `PRODUCER` above all: who sent it is its entry point's to
+        say). Kept: a bulk job's `JOB_PROPERTIES` when `job_properties` (on a producer's own queue: its jobs are its
+        own), and on a `dlq resubmit` copy its `ORIGINAL_MESSAGE_ID` and `ARRIVED_AT` (so the ledger knows it for the
+        same request again, as first made: at most it carries that request out once more, and never as a newer
+        intent)."""
         if sealed:
-            reset = {ATTEMPT, FIRST_ATTEMPT_AT} if restarted else set()
+            reset = {ATTEMPT, FIRST_ATTEMPT_AT, NOT_FOUND_ANSWERS, NOT_FOUND_SINCE} if restarted else set()
             return replace(self, application_properties=self._without(reset), own=True)
         kept: tuple[str, ...] = JOB_PROPERTIES if job_properties else ()
         if self.application_property(RESUBMISSION):  # an operator's `dlq resubmit`: the request it carries again

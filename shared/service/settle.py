@@ -63,7 +63,7 @@ from shared.core.messaging import (
     OutcomePublisher,
     clip,
 )
-from shared.core.retry import GiveUp, RetryPolicy
+from shared.core.retry import GiveUp, RetryPolicy, Waiting
 from shared.core.statuses import Settled, Status, StatusRecord, StatusWrite, kept_over
 
 __all__ = ["Done", "Ending", "RetryCopy", "StatusLedger", "log_outcome", "outcome_log", "sentence", "settle"]
@@ -84,9 +84,9 @@ class Done:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryCopy:
-    """How a delivery is tried again: its copy goes through `sender` (None: none is configured, the delivery is
-    abandoned) with MessageId ``message_id(attempt)`` and the `carried` properties, besides the ladder's own
-    ``attempt``, ``firstAttemptAt`` and ``originalMessageId``."""
+    """How a delivery is tried again: its copy goes through `sender` (None: none is configured, the delivery waits
+    for its lock expiry) with MessageId ``message_id(attempt)`` and the `carried` properties, besides the ladder's
+    own ``attempt``, ``firstAttemptAt``, ``originalMessageId`` and member-not-found answers (`Waiting`)."""
 
     sender: MessageSender | None
     message_id: Callable[[int], str]
@@ -142,11 +142,13 @@ async def settle(
     started = now()
     attempt = delivery.attempt
     settlement: Settlement
+    waiting = Waiting.read(delivery.application_properties)  # sealed, or nothing: `Delivery.trusted`
     if isinstance(outcome, Done):
         settlement = functools.partial(complete, actions, delivery)
         settled = Settled(outcome=outcome.status, reason=None, description=outcome.description, attempts=attempt)
         if outcome.again_at is not None:  # the copy first: a crash before the completion repeats the work, no more
-            copied = await _send_copy(delivery, ending, delivery.first_attempt_at(started), outcome.again_at, attempt)
+            first = delivery.first_attempt_at(started)
+            copied = await _send_copy(delivery, ending, first, outcome.again_at, attempt, waiting)
             if not copied:  # as a retry copy that cannot be sent: wait a lock duration, dead-letter on the last
                 unsent = TransientError(
                     Reason.QUEUE_UNAVAILABLE,
@@ -158,14 +160,14 @@ async def settle(
         settled, settlement = _dead(actions, delivery, ending, outcome, why=None, attempt=attempt)
     elif isinstance(outcome, TransientError):
         first_attempt_at = delivery.first_attempt_at(started)
-        elapsed = (started - first_attempt_at).total_seconds()
-        decision = policy.decide(attempt=attempt, error=outcome, elapsed=elapsed, source=ending.source)
+        decision = policy.decide(attempt=attempt, error=outcome, now=started, waiting=waiting, source=ending.source)
         if isinstance(decision, GiveUp):
             settled, settlement = _dead(actions, delivery, ending, outcome, why=decision.why, attempt=attempt)
         else:
             when = started + timedelta(seconds=decision.delay)
+            counted = waiting.after(outcome, at=started)
             settled, settlement = await _retry(
-                actions, delivery, ending, outcome, first_attempt_at, when, attempt, policy=policy
+                actions, delivery, ending, outcome, first_attempt_at, when, attempt, counted, policy=policy
             )
             if settled.outcome is Status.RETRY_SCHEDULED and ending.status is not None and ledger is not None:
                 await _note_retry(ledger, ending.status(settled, now(), when), now)
@@ -381,15 +383,17 @@ async def _retry(
     first_attempt_at: datetime,
     when: datetime,
     attempt: int,
+    waiting: Waiting,
     *,
     policy: RetryPolicy,
 ) -> tuple[Settled, Settlement]:
-    """Send the retry copy; then the original is to be completed (or left to wait, when no copy was sent)."""
+    """Send the retry copy (carrying `waiting`); then the original is to be completed (or left to wait, when no copy
+    was sent)."""
     if ending.retry is None:  # the delivery's own redelivery is its retry
         return _wait(
             actions, delivery, ending, error, why="Its redelivery is its retry", attempt=attempt, policy=policy
         )
-    if not await _send_copy(delivery, ending, first_attempt_at, when, attempt):
+    if not await _send_copy(delivery, ending, first_attempt_at, when, attempt, waiting):
         why = "The retry copy could not be sent"
         return _wait(actions, delivery, ending, error, why=why, attempt=attempt, policy=policy)
     settled = Settled(
@@ -402,10 +406,10 @@ async def _retry(
 
 
 async def _send_copy(
-    delivery: Delivery, ending: Ending, first_attempt_at: datetime, when: datetime, attempt: int
+    delivery: Delivery, ending: Ending, first_attempt_at: datetime, when: datetime, attempt: int, waiting: Waiting
 ) -> bool:
-    """Send the delivery's next attempt (attempt + 1, the ending's MessageId and properties), deliverable at `when`;
-    False (logged) when it could not be sent."""
+    """Send the delivery's next attempt (attempt + 1, the ending's MessageId and properties, the member-not-found
+    answers so far), deliverable at `when`; False (logged) when it could not be sent."""
     copy = ending.retry
     try:
         if copy is None or copy.sender is None:
@@ -418,6 +422,7 @@ async def _send_copy(
                 ATTEMPT: attempt + 1,
                 FIRST_ATTEMPT_AT: first_attempt_at.isoformat(),
                 ORIGINAL_MESSAGE_ID: delivery.original_message_id,
+                **waiting.properties(),
             },
             scheduled_enqueue_time=when,
         )
