@@ -5,6 +5,10 @@ Every trigger that reads a queue (grants, HR events, callbacks) does its work, t
 record are made). `settle` climbs one ladder:
 
 - `Done`: ``complete`` (with ``again_at``, its copy sent first; a copy that cannot be sent waits as a retry's);
+- `NotYet` (the delivery came before the earliest time the app sealed it to run: `Delivery.early`; nothing was
+  carried out): the message is sent again as it is, deliverable then, its attempt not counted (MessageId
+  ``~wait:<digest>``: a second early copy of it is absorbed by duplicate detection), *then* ``complete``; a copy that
+  cannot be sent, or an ending without copies, waits as a retry's does. Logged ``deferred``, nothing recorded;
 - `PermanentError`: ``deadletter`` with its reason code and a description for a person;
 - `TransientError`: the retry policy decides. Give up: ``deadletter``. Retry: send a **copy** (attempt + 1, the
   ending's MessageId, deliverable at now + delay) *then* ``complete`` the original, so that a crash in between
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -56,17 +61,20 @@ from shared.core.messaging import (
     ATTEMPT,
     FIRST_ATTEMPT_AT,
     MAX_DESCRIPTION_CHARS,
+    NOT_BEFORE,
     ORIGINAL_MESSAGE_ID,
+    SEAL,
     Delivery,
     MessageActions,
     MessageSender,
     OutcomePublisher,
     clip,
+    derived_message_id,
 )
 from shared.core.retry import GiveUp, RetryPolicy, Waiting
 from shared.core.statuses import Settled, Status, StatusRecord, StatusWrite, kept_over
 
-__all__ = ["Done", "Ending", "RetryCopy", "StatusLedger", "log_outcome", "outcome_log", "sentence", "settle"]
+__all__ = ["Done", "Ending", "NotYet", "RetryCopy", "StatusLedger", "log_outcome", "outcome_log", "sentence", "settle"]
 
 outcome_log = logging.getLogger("shared.outcome")
 _log = logging.getLogger(__name__)
@@ -83,10 +91,19 @@ class Done:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NotYet:
+    """The delivery came before `until`, the earliest time the app sealed it to run (`Delivery.early`): nothing was
+    carried out, and it is to run then."""
+
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RetryCopy:
     """How a delivery is tried again: its copy goes through `sender` (None: none is configured, the delivery waits
     for its lock expiry) with MessageId ``message_id(attempt)`` and the `carried` properties, besides the ladder's
-    own ``attempt``, ``firstAttemptAt``, ``originalMessageId`` and member-not-found answers (`Waiting`)."""
+    own ``attempt``, ``firstAttemptAt``, ``originalMessageId`` and member-not-found answers (`Waiting`). A delivery
+    that came before its time goes through `sender` too, as it is (`NotYet`)."""
 
     sender: MessageSender | None
     message_id: Callable[[int], str]
@@ -127,7 +144,7 @@ class StatusLedger(Protocol):
 
 async def settle(
     delivery: Delivery,
-    outcome: Done | Exception,
+    outcome: Done | NotYet | Exception,
     ending: Ending,
     *,
     actions: MessageActions,
@@ -143,7 +160,9 @@ async def settle(
     attempt = delivery.attempt
     settlement: Settlement
     waiting = Waiting.read(delivery.application_properties)  # sealed, or nothing: `Delivery.trusted`
-    if isinstance(outcome, Done):
+    if isinstance(outcome, NotYet):
+        settled, settlement = await _defer(actions, delivery, ending, outcome.until, attempt=attempt, policy=policy)
+    elif isinstance(outcome, Done):
         settlement = functools.partial(complete, actions, delivery)
         settled = Settled(outcome=outcome.status, reason=None, description=outcome.description, attempts=attempt)
         if outcome.again_at is not None:  # the copy first: a crash before the completion repeats the work, no more
@@ -428,6 +447,63 @@ async def _send_copy(
         )
     except Exception:
         _log.exception("could not send the next attempt of %s message %s", ending.kind, _safe(delivery.message_id))
+        return False
+    return True
+
+
+async def _defer(
+    actions: MessageActions,
+    delivery: Delivery,
+    ending: Ending,
+    until: datetime,
+    *,
+    attempt: int,
+    policy: RetryPolicy,
+) -> tuple[Settled, Settlement]:
+    """A delivery that came before `until`: sent again as it is (`_send_again`), then to be completed; left to wait
+    for its lock expiry when no copy was sent (and dead-lettered on its last delivery, as a retry's)."""
+    if await _send_again(delivery, ending, until):
+        settled = Settled(
+            outcome=Status.DEFERRED,
+            reason=None,
+            description=f"Not before {until.isoformat()}, as the app sealed it: nothing was carried out; it is queued "
+            "again for then, as it is (this delivery is not counted as an attempt).",
+            attempts=attempt,
+        )
+        return settled, functools.partial(complete, actions, delivery)
+    early = TransientError(
+        Reason.QUEUE_UNAVAILABLE,
+        f"Not before {until.isoformat()}, as the app sealed it: nothing was carried out",
+    )
+    why = "Its copy for then could not be sent" if ending.retry is not None else "It has no copy to wait in"
+    return _wait(actions, delivery, ending, early, why=why, attempt=attempt, policy=policy)
+
+
+async def _send_again(delivery: Delivery, ending: Ending, until: datetime) -> bool:
+    """Send the (sealed) delivery again as it is, deliverable at `until`: its body and every property but the seal
+    (its attempt, first attempt and member-not-found answers as they were), with its original MessageId, under
+    ``~wait:<digest>`` of its MessageId, body and `until` (a second early copy of the same message is then a duplicate
+    Service Bus drops); False (logged) when it could not be sent."""
+    copy = ending.retry
+    if copy is None:  # the delivery's own redelivery is its only way back
+        return False
+    properties: dict[str, str | int] = {}
+    for key, value in delivery.application_properties.items():
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        value = value.decode() if isinstance(value, bytes) else value
+        if name not in (SEAL, NOT_BEFORE) and isinstance(value, str | int) and not isinstance(value, bool):
+            properties[name] = value
+    properties[ORIGINAL_MESSAGE_ID] = delivery.original_message_id
+    body_hash = hashlib.sha256(delivery.body).hexdigest()
+    message_id = derived_message_id("wait", delivery.message_id or "", body_hash, until.isoformat())
+    try:
+        if copy.sender is None:
+            raise RuntimeError(f"no sender is configured for the copies of {ending.kind} messages")
+        await copy.sender.schedule(
+            body=delivery.body, message_id=message_id, application_properties=properties, scheduled_enqueue_time=until
+        )
+    except Exception:
+        _log.exception("could not queue %s message %s again for its time", ending.kind, _safe(delivery.message_id))
         return False
     return True
 
