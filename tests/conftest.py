@@ -142,13 +142,15 @@ async def execute(services: Services, command: Any, **options: Any) -> Any:
 
 
 def settings_for(graph: GraphDouble, **env: str) -> Settings:
-    """The app's settings against `graph`, retries without delay, with the tests' producer registry unless `env`
-    sets ``GRANTS_PRODUCERS`` (empty: the built-in one), behind App Service authentication (the tests stand in for
-    it with `as_operator`, `as_reader` and `as_producer`)."""
+    """The app's settings against `graph`, retries without delay (so a member not found is given up after its
+    minimum of such answers, with no window: without delays no time would pass), with the tests' producer registry
+    unless `env` sets ``GRANTS_PRODUCERS`` (empty: the built-in one), behind App Service authentication (the tests
+    stand in for it with `as_operator`, `as_reader` and `as_producer`)."""
     return Settings.from_env(
         {
             "GRAPH_BASE_URL": graph.base_url,
             "GRANTS_RETRY_BASE_SECONDS": "0",
+            "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "0",
             "GRANTS_PRODUCERS": json.dumps(TEST_PRODUCERS),
             "WEBSITE_AUTH_ENABLED": "true",
             **env,
