@@ -9,14 +9,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.runtime: requirements.txt pyproject.toml | $(BIN)/python
+# The producer client (client/, its own distribution) is installed beside the app: the examples use it. Its
+# dependencies (httpx, azure-servicebus, azure-identity) are the app's too, pinned in requirements.txt.
+$(VENV)/.runtime: requirements.txt pyproject.toml client/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps -e . -e client
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
+$(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml client/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps -e . -e client
 	touch $@ $(VENV)/.runtime
 
 # Azurite, the Table Storage emulator the ledger's tests (and local runs) use: the npm package, pinned by
@@ -59,7 +61,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 
 types: $(VENV)/.dev
-	$(BIN)/mypy --strict shared grants_common grants_cli grants_local
+	$(BIN)/mypy --strict shared grants_common grants_cli grants_local client/grants_client
 
 unit: $(VENV)/.dev $(AZURITE)/.installed
 	GRANTS_TEST_TALLY=$(TEST_TALLY) $(BIN)/python -m pytest

@@ -61,6 +61,8 @@ _ROWS = (
     ("targetType", "target type"),
     ("targetId", "target"),
     ("roleTemplateId", "role template"),
+    ("roleDefinitionId", "definition"),
+    ("directoryScopeId", "scope"),
     ("memberId", "member"),
     ("sourceSystem", "source"),
     ("sourceReference", "reference"),
@@ -610,6 +612,8 @@ def _history_line(record: Mapping[str, Any]) -> str:
     status = field("status") + (f" ({field('reason')})" if record.get("reason") else "")
     if record.get("targetType") == "scopedRole":
         target = f"scopedRole {field('roleTemplateId')} in {field('targetId')}"
+    elif record.get("roleDefinitionId"):
+        target = f"{field('targetType')} {field('roleDefinitionId')} at {field('directoryScopeId')}"
     elif record.get("targetId"):
         target = f"{field('targetType')} {field('targetId')}"
     else:

@@ -477,3 +477,32 @@ def test_status_says_what_holds_a_membership_a_released_request_left_in_place() 
         "  held by        hr, ticketing RITM1 (until 2026-12-31T00:00:00+00:00), pre-existing (made outside the app)\n"
         in out
     )
+
+
+def test_given_a_pim_request_when_status_and_history_then_its_role_definition_and_scope_are_shown() -> None:
+    """A roleEligibility request's status names its role definition and directory scope; its history line reads
+    ``roleEligibility <definition> at <scope>``."""
+    record = failed_row(
+        1,
+        requestId="RITM7",
+        status="granted",
+        reason=None,
+        targetType="roleEligibility",
+        targetId=AU,
+        roleDefinitionId=HELPDESK_TEMPLATE,
+        directoryScopeId=f"/administrativeUnits/{AU}",
+        intentAt="2026-11-02T09:00:00+00:00",
+        graphRequestId="g-7",
+    )
+    api = FakeApi(
+        {
+            "/api/grants/RITM7": [httpx.Response(200, json=record)],
+            "/api/history": [httpx.Response(200, json={"member": USER, "requests": [record]})],
+        }
+    )
+    code, out, _ = run(api, "status", "RITM7")
+    assert code == 0
+    assert f"  target type    roleEligibility\n  target         {AU}\n" in out
+    assert f"  definition     {HELPDESK_TEMPLATE}\n  scope          /administrativeUnits/{AU}\n" in out
+    code, out, _ = run(api, "history", "--member", USER)
+    assert f"granted  add  roleEligibility {HELPDESK_TEMPLATE} at /administrativeUnits/{AU}  member {USER}" in out

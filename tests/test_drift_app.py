@@ -256,7 +256,8 @@ async def test_restore_converges_the_directory_to_the_newest_intents_through_the
     ]
     assert all(m["id"].startswith("~drift:") for m in sent)
     properties = {m["requestId"]: m["properties"] for m in sent}["~expire:RITM4"]
-    assert (set(properties), properties["expiryOf"]) == ({"expiryOf", "producer", "seal"}, "RITM4")  # sealed
+    sealed = {"expiryOf", "notBefore", "producer", "seal"}  # sealed, with when it may run (now: a repair)
+    assert (set(properties), properties["expiryOf"]) == (sealed, "RITM4")
     assert properties["producer"] == "ticketing"  # the expiry removal of ticketing's grant is ticketing's
     assert graph.members_of(AU) == {USER, user(2), user(3)}  # the newest intents, and the unmanaged member
     bulk_writes = [r for r in graph.requests if r.method != "GET"][-3:]

@@ -16,3 +16,4 @@ async def test_given_500_messages_and_seeded_faults_when_soaked_then_every_invar
     assert sum(report.outcomes.values()) >= 500
     injected = {fault for fault, n in report.faults.items() if n}
     assert len(injected & set(FAULTS)) >= 10  # most fault kinds actually fired
+    assert report.numbers["deliveries_before_their_time_deferred"] > 0  # scheduled messages were replayed early

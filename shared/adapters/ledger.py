@@ -565,10 +565,10 @@ class Ledger:
         limit: int = 5000,
         producer: str | None = None,
     ) -> list[StatusRecord]:
-        """The status records of every request that named `member` (or `target`: an administrative unit, role or
-        role template id), newest intent first, from `since` on; only `producer`'s requests when given; at most
-        `limit` (the newest). One partition query in key order (rows are keyed newest first: `history_key`), read
-        no further than `limit` rows; a row that cannot be read as a status record is skipped and reported.
+        """The status records of every request that named `member` (or `target`: an administrative unit, role, role
+        template or role definition id), newest intent first, from `since` on; only `producer`'s requests when given;
+        at most `limit` (the newest). One partition query in key order (rows are keyed newest first: `history_key`),
+        read no further than `limit` rows; a row that cannot be read as a status record is skipped and reported.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
@@ -1026,7 +1026,10 @@ def _status_entities(
         common["acceptedAt"] = now
     request_key = table_key("request", request_id)
     entities = [({"PartitionKey": request_key, "RowKey": producer_row(producer, "status"), **common}, False)]
-    indexed = (("member", ("memberId",)), ("target", ("targetId", "roleTemplateId", "administrativeUnitId")))
+    indexed = (
+        ("member", ("memberId",)),
+        ("target", ("targetId", "roleTemplateId", "administrativeUnitId", "roleDefinitionId")),
+    )
     history_row = history_key(intent_at, f"{request_key}.{producer}")
     for kind, names in indexed if history else ():
         for guid in dict.fromkeys(str(record[name]) for name in names if record.get(name)):

@@ -63,6 +63,8 @@ from shared.core.contract import (
     GrantCommand,
     Guid,
     Member,
+    RoleAssignment,
+    RoleEligibility,
     ScopedRole,
     Source,
     SourceSystem,
@@ -312,8 +314,11 @@ def newest_states(pairs: Iterable[tuple[Guid, PairState]]) -> dict[Guid, PairSta
 
 
 def is_tier0(target: Target) -> bool:
-    """True for a directory role or scoped role whose template is tier-0 (`TIER0_ROLE_TEMPLATES`), and for a
-    role named by object id (its template is not known here: never touched, to fail closed)."""
+    """True for a directory role or scoped role whose template is tier-0 (`TIER0_ROLE_TEMPLATES`), a PIM target whose
+    role definition is (a built-in role's definition id is its template id), and a role named by object id (its
+    template is not known here: never touched, to fail closed)."""
+    if isinstance(target, RoleEligibility | RoleAssignment):
+        return target.role_definition_id in TIER0_ROLE_TEMPLATES
     if isinstance(target, ScopedRole):
         return target.role_template_id in TIER0_ROLE_TEMPLATES
     if isinstance(target, DirectoryRole):

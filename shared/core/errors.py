@@ -62,6 +62,8 @@ class Reason(StrEnum):
     GRAPH_REJECTED = "GraphRejected"
     RESTRICTED_ADMINISTRATIVE_UNIT = "RestrictedAdministrativeUnit"  # the app's permissions do not apply inside it
     DYNAMIC_MEMBERSHIP_TARGET = "DynamicMembershipTarget"  # a dynamic unit: its members are its rule's
+    ROLE_POLICY_VIOLATION = "RolePolicyViolation"  # PIM's settings for the role refused the request (the rule named)
+    SCOPE_MISMATCH = "ScopeMismatch"  # PIM answered another directory scope (or role, or principal) than the one asked
     # Our side.
     TOKEN_UNAVAILABLE = "TokenUnavailable"  # noqa: S105 (a reason code, not a secret)
     LEDGER_UNAVAILABLE = "LedgerUnavailable"  # transient: the ledger's storage is unreachable, failing or throttling

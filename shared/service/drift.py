@@ -48,7 +48,16 @@ from typing import Any, Final, Literal
 from shared.adapters.directory import DirectoryReader
 from shared.adapters.graph import GraphClient
 from shared.adapters.ledger import DriftHold, Ledger
-from shared.core.contract import AdministrativeUnit, DirectoryRole, Guid, ScopedRole, Target, encode
+from shared.core.contract import (
+    AdministrativeUnit,
+    DirectoryRole,
+    Guid,
+    RoleAssignment,
+    RoleEligibility,
+    ScopedRole,
+    Target,
+    encode,
+)
 from shared.core.drift import (
     Lingering,
     Mode,
@@ -251,7 +260,13 @@ class DriftService:
                 ids.add(Guid(await self._reader.role_id_of(naming) or naming))
             with contextlib.suppress(GrantError):  # a role id's template
                 ids.add(await self._roles.template_of(DirectoryRole(id=naming), self._graph))
-        prefixes = [f"au.{naming}.", "scoped.", *(f"{kind}.{i}." for i in sorted(ids) for kind in ("role", "template"))]
+        prefixes = [
+            f"au.{naming}.",
+            "scoped.",
+            "elig.",
+            "asgn.",
+            *(f"{kind}.{i}." for i in sorted(ids) for kind in ("role", "template")),
+        ]
         found = await asyncio.gather(*(self._ledger.pair_targets(prefix=p) for p in prefixes))
         return [t for targets in found for t in targets if any(_names(t, i) for i in ids)]
 
@@ -544,11 +559,14 @@ class DriftService:
 
 
 def _names(target: Target, guid: Guid) -> bool:
-    """True when `guid` is the target's unit, role or role template id."""
+    """True when `guid` is the target's unit, role, role template or (a PIM target's) role definition or scope's unit
+    id."""
     ids: Iterable[object] = (
         getattr(target, "id", None),
         getattr(target, "role_template_id", None),
         getattr(target, "administrative_unit_id", None),
+        getattr(target, "role_definition_id", None),
+        getattr(target, "unit", None),
     )
     return guid in ids
 
@@ -558,6 +576,9 @@ def _held(target: Target, digest: str, removals: int, limit: int) -> dict[str, A
 
 
 def _label(target: Target) -> str:
+    if isinstance(target, RoleEligibility | RoleAssignment):
+        kind = "eligibility" if isinstance(target, RoleEligibility) else "active assignment"
+        return f"{kind} of role definition {target.role_definition_id} at scope {target.directory_scope_id}"
     if isinstance(target, AdministrativeUnit):
         return f"administrative unit {target.id}"
     if isinstance(target, ScopedRole):

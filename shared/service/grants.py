@@ -1,10 +1,12 @@
 """The grant service: guardrails, then the handler, then the expiry of a time-bound grant.
 
-`GrantService.execute` checks the policy (a role given by id is checked by its template) before any Graph
-write, refuses an add whose ``expiresAt`` has passed (`Expired`: if an earlier attempt wrote the membership, its
-grant's pending removal in the ledger is the expiry sweep's), runs the handler (a
-dry run when ``GRANTS_DRY_RUN`` or the message's ``dryRun`` says so), and after a successful add with ``expiresAt``
-schedules the app's own removal at that time (`expiry_removal`: the same request however often it is scheduled).
+`GrantService.execute` checks the policy (a role given by id is checked by its template; a PIM target by its role
+definition) before any Graph write, refuses an add whose ``expiresAt`` has passed (`Expired`: if an earlier attempt
+wrote the membership, its grant's pending removal in the ledger is the expiry sweep's), runs the handler
+(`change_membership`, or for a PIM target `change_schedule`; a dry run when ``GRANTS_DRY_RUN`` or the message's
+``dryRun`` says so), and after a successful add with ``expiresAt`` schedules the app's own removal at that time
+(`expiry_removal`: the same request however often it is scheduled; for a PIM target Entra ends it at that time too,
+and the app's removal then finds nothing: ``not_member``).
 An expiry removal is not subject to the source's policy (`guard(own_removal=True)`, decided by the intent gate).
 Each command runs in its lane: its Graph requests carry the lane's priority and wait in its lane of the write
 governor, and its expiry removal goes to the lane's queue.
@@ -20,7 +22,16 @@ from shared.adapters.directory import RoleIds, UnitKinds
 from shared.adapters.graph import GraphClient
 from shared.adapters.lanes import LaneSender
 from shared.core.callbacks import CallbackPolicy, CallbackRefused
-from shared.core.contract import DERIVED_PREFIX, Action, DirectoryRole, GrantCommand, Guid, encode
+from shared.core.contract import (
+    DERIVED_PREFIX,
+    Action,
+    DirectoryRole,
+    GrantCommand,
+    Guid,
+    RoleAssignment,
+    RoleEligibility,
+    encode,
+)
 from shared.core.errors import GrantError, PermanentError, Reason, TransientError
 from shared.core.intents import content_hash, expiry_removal, intent_of
 from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, derived_message_id
@@ -29,6 +40,7 @@ from shared.core.producers import APP, Producer
 from shared.core.statuses import HOLDS
 from shared.service.membership import Result, change_membership
 from shared.service.roles import RoleTemplates
+from shared.service.schedules import change_schedule
 
 __all__ = ["GrantService"]
 
@@ -132,14 +144,19 @@ class GrantService:
                 Reason.EXPIRED,
                 f"the grant expired at {expires_at.isoformat()} before it could be applied; nothing was granted",
             )
-        result = await change_membership(
-            command,
-            graph=self._graph.in_lane(lane),
-            roles=self._role_ids,
-            units=self._units,
-            activate_roles=self._activate_roles,
-            dry_run=dry_run,
-        )
+        target = command.target
+        if isinstance(target, RoleEligibility | RoleAssignment):
+            graph = self._graph.in_lane(lane)
+            result = await change_schedule(command, target, graph=graph, now=self._now(), dry_run=dry_run)
+        else:
+            result = await change_membership(
+                command,
+                graph=self._graph.in_lane(lane),
+                roles=self._role_ids,
+                units=self._units,
+                activate_roles=self._activate_roles,
+                dry_run=dry_run,
+            )
         return replace(result, role_template_id=template)
 
     async def schedule_expiry(self, command: GrantCommand, result: Result, *, producer: Producer, lane: Lane) -> Result:
