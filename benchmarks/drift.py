@@ -284,6 +284,7 @@ async def run(size: Size) -> dict[str, Any]:
                 "GRANTS_POLICY": policy_file(folder),
                 "GRANTS_OUTCOMES_TOPIC": "grant-outcomes",
                 "GRANTS_RETRY_BASE_SECONDS": "0",
+                "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "0",
                 "WEBSITE_AUTH_ENABLED": "true",
             }
         )

@@ -17,7 +17,7 @@ from shared.core.pairs import (
     Doubt,
     Grant,
     Lease,
-    NotYet,
+    NotDue,
     PairState,
     Proceed,
     Released,
@@ -242,7 +242,7 @@ def test_a_grant_newer_than_a_revoke_all_survives_it_and_an_older_one_is_superse
 def test_an_expiry_ends_only_the_grant_it_names_once_it_has_expired() -> None:
     timed = add("bk-1", "bulk", days=1)
     state = written(written(None, add("hr-1", "hr")), timed, already=True)
-    assert decide(state, expiry(timed)) == NotYet(until=T0 + timedelta(days=1))  # early: it comes back then
+    assert decide(state, expiry(timed)) == NotDue(until=T0 + timedelta(days=1))  # early: it comes back then
     later = T0 + timedelta(days=1)
     ended = released(state, expiry(timed), now=later)
     assert [g.producer for g in ended.held_by] == ["hr"]

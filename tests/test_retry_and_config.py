@@ -184,6 +184,7 @@ def test_scope_follows_the_national_cloud(url: str, scope: str) -> None:
         ("GRANTS_MAX_DELIVERY_COUNT", "1", "at least 2 are needed"),
         ("GRANTS_MAX_DELIVERY_COUNT", "7", "fewer than GRANTS_MAX_ATTEMPTS (8)"),
         ("GRANTS_RETRY_BASE_SECONDS", "-1", "at least 0"),
+        ("GRANTS_RETRY_BASE_SECONDS", "0", "tight loop for the whole window"),  # beside the default 600 s window
         ("GRANTS_RETRY_MAX_SECONDS", "nan", "at least 0"),
         ("GRANTS_ACTIVATE_ROLES", "maybe", "true or false"),
         ("GrantsLedger__tableServiceUri", "http://ledger.table.core.windows.net", "http on loopback for Azurite"),

@@ -41,7 +41,7 @@ from shared.core.pairs import (
     Doubt,
     Grant,
     Lease,
-    NotYet,
+    NotDue,
     PairState,
     Proceed,
     Released,
@@ -234,7 +234,7 @@ class Ledger:
 
     async def begin(
         self, intent: Intent, *, pair: str, origin: str, now: datetime, aliases: tuple[str, ...] = ()
-    ) -> Admitted | Released | Absorbed | Superseded | NotYet | Wait:
+    ) -> Admitted | Released | Absorbed | Superseded | NotDue | Wait:
         """Record `intent` (first carried by message `origin`) and take the pair's lease for its Graph write
         (`Admitted`), or record it needing none (`Released`: it ended a grant, and the membership stays or was never
         the app's to remove), or say why not (`shared.core.pairs.admit`).

@@ -57,7 +57,7 @@ __all__ = [
     "Doubt",
     "Grant",
     "Lease",
-    "NotYet",
+    "NotDue",
     "PairState",
     "Proceed",
     "Released",
@@ -204,7 +204,7 @@ class Superseded:
 
 
 @dataclass(frozen=True, slots=True)
-class NotYet:
+class NotDue:
     """An expiry delivered before the grant it ends has expired (a clock behind the broker's): nothing recorded;
     carry it out at `until`."""
 
@@ -227,7 +227,7 @@ def admit(
     now: datetime,
     lease_for: timedelta,
     window: timedelta,
-) -> Proceed | Released | Superseded | NotYet | Wait:
+) -> Proceed | Released | Superseded | NotDue | Wait:
     """Decide what `intent` (attempt `token`) does to the pair at `now`.
 
     `Superseded` when it is older than its grant's newest intent or the floor, when an expiry's grant changed or has
@@ -238,7 +238,7 @@ def admit(
     """
     state = state or PairState()
     applied = _apply(state, intent, now=now)
-    if isinstance(applied, Superseded | NotYet):
+    if isinstance(applied, Superseded | NotDue):
         return applied
     after, write = applied
     if write is None:
@@ -253,7 +253,7 @@ def admit(
     return Proceed(replace(after, lease=lease, doubts=_bounded(doubts, now=now)), write)
 
 
-def _apply(state: PairState, intent: Intent, *, now: datetime) -> tuple[PairState, Action | None] | Superseded | NotYet:
+def _apply(state: PairState, intent: Intent, *, now: datetime) -> tuple[PairState, Action | None] | Superseded | NotDue:
     """The state once `intent` is recorded, and the Graph write it needs (None: none); or why it changes nothing."""
     effect, floor = intent.effect, state.floor
     if effect is Effect.REPAIR:
@@ -268,7 +268,7 @@ def _apply(state: PairState, intent: Intent, *, now: datetime) -> tuple[PairStat
             return Superseded(intent)  # nothing of its producer's it names is left to end
         if grant.holds(now=now, floor=floor):  # not yet expired: it comes back then
             assert grant.newest.expires_at is not None
-            return NotYet(until=grant.newest.expires_at)
+            return NotDue(until=grant.newest.expires_at)
         after = state.with_grant(replace(grant, newest=intent))
         return after, _removal(after, now=now)
     if floor is not None and intent.order < floor.order:

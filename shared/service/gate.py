@@ -38,7 +38,7 @@ from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, Targ
 from shared.core.errors import PermanentError, Reason, TransientError
 from shared.core.intents import Effect, Intent, effect_of, expiry_removal, intent_of, pair_of, parse_pair
 from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, MessageSender, derived_message_id
-from shared.core.pairs import Grant, NotYet, Released, Superseded, confirm_at, due_grants
+from shared.core.pairs import Grant, NotDue, Released, Superseded, confirm_at, due_grants
 from shared.core.producers import APP_PRODUCER, Producer
 from shared.core.statuses import Holder, Status, StatusRecord, StatusWrite
 from shared.service.grants import GrantService
@@ -136,7 +136,7 @@ class IntentGate:
                 _superseded(intent.effect, newest, producer=producer.name),
                 graph=None,
             )
-        if isinstance(decision, NotYet):
+        if isinstance(decision, NotDue):
             raise TransientError(
                 Reason.EXPIRY_NOT_DUE,
                 f"the grant this removal ends expires at {decision.until.isoformat()}: carried out then",
