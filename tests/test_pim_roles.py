@@ -187,15 +187,15 @@ async def test_a_ticket_makes_a_member_eligible_or_assigned_until_its_expiry_or_
 
     assert ended(again, "P-2")["outcome"] == "already_member"
     assert ended(removed, "P-3")["outcome"] == "revoked"
-    assert ended(twice, "P-4")["outcome"] == "not_member"
+    assert ended(twice, "P-4")["outcome"] == "released"  # its grant ended already: nothing of the app's to remove
     assert pim.schedules_of(KINDS[kind], definition, scope) == set()
-    assert asked(pim, kind)[-2:] == [
-        {"action": "adminRemove", **base, "principalId": USER_2, "justification": f"Ticket {n}", "ticketInfo": t}
-        for n, t in (
-            ("P-3", {"ticketSystem": "ticketing", "ticketNumber": "P-3"}),
-            ("P-4", {"ticketSystem": "ticketing", "ticketNumber": "P-4"}),
-        )
-    ]
+    assert asked(pim, kind)[-1] == {
+        "action": "adminRemove",
+        **base,
+        "principalId": USER_2,
+        "justification": "Ticket P-3",
+        "ticketInfo": {"ticketSystem": "ticketing", "ticketNumber": "P-3"},
+    }
 
 
 @pytest.mark.parametrize("kind", ["roleEligibility", "roleAssignment"])
@@ -449,7 +449,17 @@ async def test_an_hr_joiner_rule_makes_the_new_hire_eligible(
     rules_file.write_text(json.dumps(rules))
     policy_file = tmp_path / "hr-policy.json"
     policy_file.write_text(
-        json.dumps({"producers": {"hr": {"administrativeUnits": ["*"], "roleEligibilities": ["*"]}}})
+        json.dumps(
+            {
+                "producers": {
+                    "hr": {
+                        "actions": ["add", "remove", "revokeAll"],  # its leavers end every grant of the person
+                        "administrativeUnits": ["*"],
+                        "roleEligibilities": ["*"],
+                    }
+                }
+            }
+        )
     )
     run: Run = await make_run(GRANTS_HR_RULES=str(rules_file), GRANTS_POLICY=str(policy_file))
     queue = LocalQueue(clock=run.clock)
