@@ -248,6 +248,31 @@ def test_held_removals_are_released_once_by_a_confirm_naming_them() -> None:
     assert not other.released
 
 
+def test_the_same_drift_again_after_its_released_removals_were_carried_out_is_a_new_set() -> None:
+    """A repair is the same request each time the same pair drifts, so the held set names each pair's last answered
+    write too: while the released removals wait, a sweep finds the same set (released: sent again, absorbed); once
+    they were carried out (each pair's last write is its removal), the same members added back are another set,
+    held again until a confirm names it."""
+    unmanaged = {member(n): PairState() for n in range(10)} | {member(n): state(f"RITM{n}") for n in range(10, 20)}
+    in_directory = {member(n) for n in range(20)}
+    first = plan(classify(states=unmanaged, members=in_directory, now=NOW), target=AU, mode=Mode.AUTHORITATIVE)
+    assert first.held is not None
+    waiting = plan(classify(states=unmanaged, members=in_directory, now=NOW), target=AU, mode=Mode.AUTHORITATIVE)
+    assert waiting.held is not None
+    assert waiting.held.digest == first.held.digest
+    removed = {
+        m: replace(s, applied=Applied(request_id=f"~drift:au.{AU.id}.{m}", action=Action.REMOVE, at=NOW))
+        for m, s in unmanaged.items()
+        if not s.grants
+    }
+    again = classify(states=unmanaged | removed, members=in_directory, now=NOW + timedelta(hours=1))
+    result = plan(again, target=AU, mode=Mode.AUTHORITATIVE, confirm=first.held.digest)
+    assert result.held is not None
+    assert [r.request_id for r in result.held.repairs] == [r.request_id for r in first.held.repairs]
+    assert result.held.digest != first.held.digest
+    assert not result.released
+
+
 def test_the_guard_never_holds_regrants() -> None:
     states = {member(n): state(f"RITM{n}", Action.REMOVE) for n in range(30)} | {member(99): state("RITM99")}
     report = classify(states=states, members={member(n) for n in range(30)}, now=NOW)
