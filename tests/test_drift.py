@@ -157,7 +157,8 @@ def test_authoritative_also_removes_an_unmanaged_member_yielding_to_any_real_int
 
 
 def test_a_repair_is_ordered_just_after_the_intent_it_restores() -> None:
-    """Any newer intent (a microsecond newer suffices) supersedes the repair; the restored one cannot."""
+    """A repair is dated a microsecond after the intent it restores (history lists it there); its date decides
+    nothing against a grant (`Effect.REPAIR`: the grants when it runs do)."""
     repair = plan(drifted(), target=AU, mode=Mode.RESTORE).repairs[0]
     restored = repair.finding.intent if isinstance(repair.finding, Missing) else None
     assert restored is not None
