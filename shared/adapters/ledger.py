@@ -240,8 +240,9 @@ class Ledger:
         the app's to remove), or say why not (`shared.core.pairs.admit`).
 
         A producer's add claims the request id, then creates the pair's entity without reading it first (most adds
-        are their pair's first intent: two requests; a known pair costs a read and a write more); any other intent
-        reads the pair at once with the claim, then writes it (three requests, two round trips).
+        are their pair's first intent: two requests; a known pair costs a read and a write more); any other intent (a
+        repair's re-grant included: it is decided on the grants recorded, so it must read them) reads the pair at
+        once with the claim, then writes it (three requests, two round trips).
 
         `aliases`: other names the pair was recorded under (a role's pair by object id, from before a role was kept on
         its template's): read with it, merged into it (`merged_states`) and removed once it is written.
@@ -260,7 +261,8 @@ class Ledger:
         )
         state: PairState | None = None
         etag: str | None = None
-        if intent.effect is Effect.GRANT:  # most are their pair's first intent: inserted without a read
+        blind = intent.effect is Effect.GRANT  # an add that creates the pair unread (`admit` of None proceeds)
+        if blind:
             claimed = await self._claim(record, now)
         else:  # a removal, or a repair's re-grant (written only while a grant holds the pair): read it at once
             claimed, (state, etag) = await asyncio.gather(self._claim(record, now), self._read_pair(pair))
@@ -270,7 +272,7 @@ class Ledger:
         if check is RequestCheck.SAME_MESSAGE:
             assert claimed is not None
             intent = replace(intent, requested_at=claimed.requested_at)  # as first recorded, not this copy's
-            if intent.effect is Effect.GRANT:  # a retry: its pair is recorded already, most likely
+            if blind:  # a retry: its pair is recorded already, most likely
                 state, etag = await self._read_pair(pair)
         if check is RequestCheck.CONFLICT:
             assert claimed is not None

@@ -23,7 +23,9 @@ re-grants *missing* and removes *lingering*, ``authoritative`` also removes *unm
 - **blast radius** (`Guard`): when a target's planned removals exceed ``min(fraction * members, cap)``
   (default 20 % of the directory's members, at most 50) every removal of that target is held (`Held`), not
   planned; re-grants still go. A confirm naming the held set's `Held.digest` releases exactly that set, once: a
-  later sweep that would remove other members has another digest.
+  later sweep that would remove other members has another digest, and so does the same drift made again once the
+  released removals were carried out (the digest names each pair's last answered write, `Lingering.last_write`,
+  `Unmanaged.last_write`, which a removal carried out changes; the repairs themselves are the same requests again).
 
 **Not repairable** (`NotRepairable`): a repair the directory is known to refuse is not sent. The durable record of a
 refusal is the refused repair's own status in the ledger (its request id derives from the finding: `repair_of`):
@@ -51,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final
@@ -133,7 +135,8 @@ class Mode(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Missing:
-    """The newest intent is an add that has not expired; the directory lacks the member."""
+    """Some grant holds the pair (`intent`: the newest add of the grants that hold it); the directory lacks the
+    member."""
 
     member_id: Guid
     intent: Intent
@@ -141,22 +144,28 @@ class Missing:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Lingering:
-    """The directory has the member; the newest intent is a remove, or an add whose expiry has passed."""
+    """The directory has the member, no grant holds the pair, and the app made the membership; `intent` is what ended
+    it (a time-bound add whose removal is still pending, else the pair's newest intent). `last_write`: when the
+    pair's last answered write was made (an occurrence of the drift, for the guard's digest; not compared)."""
 
     member_id: Guid
     intent: Intent
+    last_write: datetime | None = field(default=None, compare=False)
 
     @property
     def expired(self) -> bool:
-        """True when the newest intent is an add past its ``expiresAt`` (its removal never happened)."""
+        """True when what ended the grant is its add's ``expiresAt`` (its removal never happened)."""
         return self.intent.action is Action.ADD
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Unmanaged:
-    """The directory has the member; the ledger has no intent for the pair."""
+    """The directory has the member, no grant holds the pair, and the app did not make the membership (no intent at
+    all, one there before the app's grants, or one added back after the app removed it). `last_write` as
+    `Lingering`'s (None: the app never wrote the pair)."""
 
     member_id: Guid
+    last_write: datetime | None = field(default=None, compare=False)
 
 
 Finding = Missing | Lingering | Unmanaged
@@ -187,7 +196,7 @@ class Guard:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Repair:
-    """One write that brings a pair back to its newest intent (or, for an unmanaged member, removes it)."""
+    """One write that brings a pair back to what its grants say (or, for an unmanaged member, removes it)."""
 
     action: Action
     member_id: Guid
@@ -273,13 +282,14 @@ def classify(*, states: Mapping[Guid, PairState], members: Set[Guid], now: datet
             in_flight.append(member_id)
             continue
         holders = state.holders(now=now)
+        last_write = state.applied.at if state.applied is not None else None
         if holders and not present:
             findings.append(Missing(member_id=member_id, intent=max((g.newest for g in holders), key=_order)))
         elif present and not holders:
             if state.preexisting or not state.made_by_app():
-                findings.append(Unmanaged(member_id=member_id))
+                findings.append(Unmanaged(member_id=member_id, last_write=last_write))
             else:
-                findings.append(Lingering(member_id=member_id, intent=_ended_by(state, now=now)))
+                findings.append(Lingering(member_id=member_id, intent=_ended_by(state, now=now), last_write=last_write))
     return Report(findings=tuple(findings), in_flight=tuple(in_flight), members=len(members))
 
 
@@ -378,9 +388,9 @@ def plan(
 
 
 def refusal_of(record: StatusRecord | None) -> Refusal | None:
-    """The refusal recorded for a pair whose newest intent is `record`'s request: a request of the app's own (a
-    repair, an expiry removal: ``~``) dead-lettered for a reason a repair would meet again (anything but an outage
-    or a wait that ran out); None otherwise (a producer's request gets its repair; nothing recorded: repaired)."""
+    """The refusal recorded in `record`, the status of a pair's repair (its own request, `repair_of`): a request of
+    the app's own (a repair, an expiry removal: ``~``) dead-lettered for a reason a repair would meet again (anything
+    but an outage or a wait that ran out); None otherwise (nothing recorded, or a producer's request: repaired)."""
     if record is None or record.request_id is None or not record.request_id.startswith(DERIVED_PREFIX):
         return None
     if record.status is not Status.DEAD_LETTERED or record.reason is None or record.reason in _PASSING:
@@ -457,10 +467,16 @@ def _root(request_id: str) -> str:
 
 
 def _digest(target: Target, removals: tuple[Repair, ...]) -> str:
-    """16 hex digits naming a held set of removals: the target and each removal's request id."""
-    names = sorted(f"{r.member_id}|{r.request_id}" for r in removals)
+    """16 hex digits naming a held set of removals: the target and each removal's member, request id and the
+    moment of its pair's last answered write (a released set whose removals were carried out, drifting again, is
+    another set: its repairs are the same requests, its pairs' last writes are the removals')."""
+    names = sorted(f"{r.member_id}|{r.request_id}|{_iso(_last_write(r.finding))}" for r in removals)
     text = "\x1f".join([pair_of(target, "*"), *names])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _last_write(finding: Finding) -> datetime | None:
+    return None if isinstance(finding, Missing) else finding.last_write
 
 
 def _iso(value: datetime | None) -> str:
