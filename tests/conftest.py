@@ -141,15 +141,20 @@ async def execute(services: Services, command: Any, **options: Any) -> Any:
     return await services.grants.execute(command, producer=producer, **options)
 
 
+_WINDOWS = ("GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS", "GRANTS_MEMBER_NOT_FOUND_WINDOWS")
+
+
 def settings_for(graph: GraphDouble, **env: str) -> Settings:
     """The app's settings against `graph`, retries without delay (so a member not found is given up after its
-    minimum of such answers, with no window: without delays no time would pass), with the tests' producer registry
-    unless `env` sets ``GRANTS_PRODUCERS`` (empty: the built-in one), behind App Service authentication (the tests
-    stand in for it with `as_operator`, `as_reader` and `as_producer`)."""
+    minimum of such answers, with no window: without delays no time would pass; a test that sets a window gets
+    one-second delays on the manual clock, as the app refuses zero delays beside a window), with the tests' producer
+    registry unless `env` sets ``GRANTS_PRODUCERS`` (empty: the built-in one), behind App Service authentication (the
+    tests stand in for it with `as_operator`, `as_reader` and `as_producer`)."""
+    windowed = any(env.get(name) not in (None, "", "0") for name in _WINDOWS)  # zero delays would loop in it
     return Settings.from_env(
         {
             "GRAPH_BASE_URL": graph.base_url,
-            "GRANTS_RETRY_BASE_SECONDS": "0",
+            "GRANTS_RETRY_BASE_SECONDS": "1" if windowed else "0",
             "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "0",
             "GRANTS_PRODUCERS": json.dumps(TEST_PRODUCERS),
             "WEBSITE_AUTH_ENABLED": "true",

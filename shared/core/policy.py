@@ -145,11 +145,12 @@ class GrantPolicy:
             )
 
     def check_leavers(self, hr_producers: Iterable[Producer]) -> None:
-        """Raise `ConfigError` when a producer that sends HR events lacks the ``revokeAll`` right: its leavers end
-        every grant of the person (`shared.core.hr_events`), and would otherwise all be refused."""
+        """Raise `ConfigError` when a producer that sends HR events may grant but lacks the ``revokeAll`` right: its
+        leavers end every grant of the person (`shared.core.hr_events`), and would all be refused while its joiners
+        are granted."""
         for producer in hr_producers:
             rules = self.rules_for(producer)
-            if rules is None or not rules.revoke_all:
+            if rules is not None and Action.ADD in rules.actions and not rules.revoke_all:
                 raise ConfigError(
                     f"GRANTS_POLICY: {self.origin}: producer {producer.name!r} sends HR events, whose leavers end "
                     'every grant of the person: its rules need "revokeAll" in "actions" (docs/guardrails.md)'
