@@ -141,6 +141,24 @@ async def test_times_round_trip_to_the_microsecond(ledger: Ledger) -> None:
     assert state.latest == item
 
 
+async def test_an_intent_s_tiebreak_round_trips_in_its_grant_and_its_claim_and_a_retry_keeps_the_first(
+    ledger: Ledger,
+) -> None:
+    """An HR intent's tiebreak (occurredAt, first arrival) is read back with its grant and its request id's claim; a
+    retry copy of its message carrying another one is carried out with the first."""
+    first = replace(intent("~hr:e:1", producer="hr"), tiebreak=(T0 - timedelta(days=1), T0))
+    done = await admitted(ledger, first)
+    await ledger.finish(done.ticket, applied=None, now=T0)
+    state = await ledger.pair(PAIR)
+    assert state is not None
+    assert state.latest == first
+    claim = await ledger.request("~hr:e:1", producer="hr")
+    assert claim is not None
+    assert claim.tiebreak == first.tiebreak
+    retry = await admitted(ledger, replace(first, tiebreak=(T0, T0)), now=T0 + timedelta(seconds=5))
+    assert retry.ticket.state.latest == first
+
+
 async def test_every_part_of_a_pair_s_state_round_trips(ledger: Ledger) -> None:
     """Grants of several producers (one time-bound, one ended by an expiry), a revoke-all, the lease, the last
     answered write, writes in doubt and a membership the app did not make are read back as written."""

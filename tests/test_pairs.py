@@ -236,6 +236,22 @@ def test_a_grant_newer_than_a_revoke_all_survives_it_and_an_older_one_is_superse
     )
 
 
+def test_intents_of_one_moment_are_ordered_by_their_tiebreak_then_id_and_an_intent_without_one_comes_first() -> None:
+    """An HR leaver's revoke-all at its effective moment (tiebreak: occurredAt, first arrival) is newer than a ticket's
+    add dated that very moment (no tiebreak), older than one a microsecond later; of two HR intents of one moment, the
+    later occurredAt wins whatever the request ids say."""
+    early, late = T0 - timedelta(days=2), T0 - timedelta(days=1)
+    leaver = replace(remove("~hr:z-leave:1", at=10, kind=Effect.REVOKE_ALL), tiebreak=(late, late))
+    floor = written(None, leaver)
+    assert decide(floor, add("tk-1", "ticketing", at=10)) == Superseded(leaver)
+    later_ticket = replace(add("tk-2", "ticketing"), requested_at=leaver.requested_at + timedelta(microseconds=1))
+    assert isinstance(decide(floor, later_ticket), Proceed)
+    rehire = replace(add("~hr:a-rehire:1", at=10), tiebreak=(early, late))  # occurred before the leaver
+    assert decide(floor, rehire) == Superseded(leaver)
+    rehire_later = replace(add("~hr:a-rehire:1", at=10), tiebreak=(late + timedelta(seconds=1), early))
+    assert isinstance(decide(floor, rehire_later), Proceed)
+
+
 # --- expiry -----------------------------------------------------------------------------------------------------------
 
 

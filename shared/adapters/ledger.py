@@ -258,6 +258,7 @@ class Ledger:
             pair=pair,
             requested_at=intent.requested_at,
             producer=intent.producer,
+            tiebreak=intent.tiebreak,
         )
         state: PairState | None = None
         etag: str | None = None
@@ -271,7 +272,9 @@ class Ledger:
             check = RequestCheck.SAME_MESSAGE  # expiry: safe to carry out again (it ends only its grant, once due)
         if check is RequestCheck.SAME_MESSAGE:
             assert claimed is not None
-            intent = replace(intent, requested_at=claimed.requested_at)  # as first recorded, not this copy's
+            intent = replace(  # as first recorded, not this copy's
+                intent, requested_at=claimed.requested_at, tiebreak=claimed.tiebreak
+            )
             if blind:  # a retry: its pair is recorded already, most likely
                 state, etag = await self._read_pair(pair)
         if check is RequestCheck.CONFLICT:
@@ -907,6 +910,8 @@ class Ledger:
             "requestedAt": record.requested_at,
             "recordedAt": now,
         }
+        if record.tiebreak:
+            entity["tiebreak"] = _dumps_times(record.tiebreak)
         try:
             await self._table.create_entity(entity)
         except ResourceExistsError:
@@ -1098,6 +1103,7 @@ def _request_record(entity: Mapping[str, Any], producer: str) -> RequestRecord:
         pair=entity["pair"],
         requested_at=_time(entity["requestedAt"]),
         producer=producer,
+        tiebreak=_loads_times(entity.get("tiebreak")),
     )
 
 
@@ -1220,6 +1226,7 @@ def _intent_json(intent: Intent) -> dict[str, Any]:
         "producer": intent.producer,
         "kind": intent.kind.value if intent.kind else None,
         "ends": intent.ends,
+        "tiebreak": [moment.isoformat() for moment in intent.tiebreak] or None,
     }
     return {name: value for name, value in document.items() if value is not None}
 
@@ -1234,6 +1241,7 @@ def _intent_from(document: Mapping[str, Any]) -> Intent:
         producer=document.get("producer"),
         kind=Effect(document["kind"]) if document.get("kind") else None,
         ends=document.get("ends"),
+        tiebreak=tuple(_aware(moment) for moment in document.get("tiebreak") or ()),
     )
 
 
@@ -1269,6 +1277,23 @@ def _doubt_from(document: Mapping[str, Any]) -> Doubt:
         action=Action(document["action"]),
         until=_aware(document["until"]),
     )
+
+
+def _dumps_times(moments: tuple[datetime, ...]) -> str:
+    """An intent's `Intent.tiebreak` as a claim's column: a JSON list of ISO 8601 times."""
+    return json.dumps([moment.isoformat() for moment in moments])
+
+
+def _loads_times(text: object) -> tuple[datetime, ...]:
+    """What `_dumps_times` wrote; none for a claim recorded without one (or a column that is not one: reported)."""
+    if not isinstance(text, str):
+        return ()
+    try:
+        document = json.loads(text)
+        return tuple(_aware(moment) for moment in document) if isinstance(document, list) else ()
+    except ValueError as error:
+        _log.error("the ledger holds a request's tiebreak it cannot read, ignored: %r (%s)", text, error)
+        return ()
 
 
 def _aware(text: object) -> datetime:

@@ -293,7 +293,7 @@ def classify(*, states: Mapping[Guid, PairState], members: Set[Guid], now: datet
     return Report(findings=tuple(findings), in_flight=tuple(in_flight), members=len(members))
 
 
-def _order(intent: Intent) -> tuple[datetime, str]:
+def _order(intent: Intent) -> tuple[datetime, tuple[datetime, ...], str]:
     return intent.order
 
 

@@ -1,7 +1,11 @@
 """Intents, pure: one request's wish for one (member, target) pair, and which request id is which request.
 
 An *intent* is one request's wish for one pair: add or remove, made at ``requested_at`` by its ``producer``, with
-an `Effect` on the pair's grants (`shared.core.pairs` decides what each does). A request id names one request of
+an `Effect` on the pair's grants (`shared.core.pairs` decides what each does). Its place among the pair's intents is
+`Intent.order`, the one ordering key: ``requested_at``, then its `Intent.tiebreak` (what orders the intents of one
+moment: an HR intent's, whose ``requested_at`` is its event's effective moment, is the event's ``occurredAt`` and
+first arrival, `shared.core.hr_events`; every other intent has none, and comes first at a tie), then its request
+id. A request id names one request of
 its producer (`check_request`): the same id with the same content (`content_hash`) arriving in another message is a
 `DUPLICATE` (absorbed, nothing written); with other content, a `CONFLICT` (refused, never dropped silently). Retry
 copies and redeliveries of the message that first carried the id (its `origin`) are that request again
@@ -69,7 +73,8 @@ class Intent:
     """One request's wish for one pair. `content_hash` identifies what it asks (see `content_hash`); `producer`
     is who asked (`shared.core.producers`: a request id is its producer's own; None on a pair recorded before
     producers had names); `kind` its `Effect` when it is not a plain add (`GRANT`) or remove (`END`); `ends`, for an
-    expiry, the request id of the intent whose grant it ends."""
+    expiry, the request id of the intent whose grant it ends; `tiebreak`, what orders it among intents of the same
+    `requested_at` (`order`)."""
 
     request_id: str
     content_hash: str
@@ -79,11 +84,14 @@ class Intent:
     producer: str | None = None
     kind: Effect | None = None
     ends: str | None = None
+    tiebreak: tuple[datetime, ...] = ()
 
     @property
-    def order(self) -> tuple[datetime, str]:
-        """The ordering key: later `requested_at` is newer; equal times are ordered by request id."""
-        return (self.requested_at, self.request_id)
+    def order(self) -> tuple[datetime, tuple[datetime, ...], str]:
+        """The ordering key: later `requested_at` is newer; at equal times the later `tiebreak` (an HR intent's
+        ``occurredAt``, then its event's first arrival; none, which is earliest, for any other intent), then the
+        request id."""
+        return (self.requested_at, self.tiebreak, self.request_id)
 
     @property
     def effect(self) -> Effect:
@@ -96,7 +104,8 @@ class Intent:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestRecord:
     """What the ledger remembers of a producer's request id: its content, the message that first carried it, its
-    pair, and its `requested_at` as first recorded (a retry copy's own stand-in time must not make it newer)."""
+    pair, and its `requested_at` and `tiebreak` as first recorded (a retry copy's own stand-in time must not make it
+    newer)."""
 
     request_id: str
     content_hash: str
@@ -104,6 +113,7 @@ class RequestRecord:
     pair: str
     requested_at: datetime
     producer: str | None = None
+    tiebreak: tuple[datetime, ...] = ()
 
 
 class RequestCheck(StrEnum):
@@ -219,10 +229,11 @@ def intent_of(
     producer: str | None = None,
     kind: Effect | None = None,
     ends: str | None = None,
+    tiebreak: tuple[datetime, ...] = (),
 ) -> Intent:
     """`producer`'s intent in the command, made at its ``requestedAt`` unless that is later than its first arrival
     `arrived_at` (`shared.core.times.intent_time`: no producer's clock dates an intent in the future); `kind` and
-    `ends` as `effect_of` and the expiry say."""
+    `ends` as `effect_of` and the expiry say; `tiebreak` as the app sealed it on an HR event's grant message."""
     return Intent(
         request_id=command.request_id,
         content_hash=content_hash(command),
@@ -232,6 +243,7 @@ def intent_of(
         producer=producer,
         kind=kind,
         ends=ends if kind is Effect.EXPIRE else None,
+        tiebreak=tiebreak,
     )
 
 
