@@ -53,6 +53,12 @@ def test_gives_up_at_max_attempts() -> None:
     assert "3 attempts" in decision.why
 
 
+def test_a_message_retried_by_its_redelivery_is_never_given_up_by_its_attempts() -> None:
+    """An HR event has no retry copy: its budget is the queue's deliveries (the ladder dead-letters it on the last)."""
+    decision = policy(max_attempts=3).decide(attempt=9, error=UNAVAILABLE, now=T0, redelivered=True)
+    assert isinstance(decision, Retry)
+
+
 def not_found(answers: int, *, since: float = 0) -> Waiting:
     """`answers` member-not-found answers before this attempt, the first `since` seconds after `T0`."""
     return Waiting(answers=answers, since=T0 + timedelta(seconds=since)) if answers else Waiting()

@@ -108,7 +108,9 @@ class RetryPolicy:
       do not count, nor does ``max_attempts``.
     - any other reason: once ``n`` less the member-not-found answers reaches ``max_attempts``, never for the ledger's
       `LedgerUnavailable` and `PairBusy` (a message is not dead-lettered because the ledger is down or another
-      request holds its pair).
+      request holds its pair), and never for a message retried by its own redelivery (``redelivered``: an HR event,
+      which has no retry copy): its budget is the queue's, and the ladder dead-letters it on the last delivery the
+      queue allows (`last_delivery`), with its reason.
 
     A base of 0 gives zero delays. ``max_deliveries`` is the queue's maxDeliveryCount (`last_delivery`).
     """
@@ -135,9 +137,10 @@ class RetryPolicy:
         now: datetime,
         waiting: Waiting | None = None,
         source: str | None = None,
+        redelivered: bool = False,
     ) -> Retry | GiveUp:
         """Decide after failed `attempt` of a request from `source`, answered `error` at `now`, with the
-        member-not-found answers before it (`waiting`)."""
+        member-not-found answers before it (`waiting`); `redelivered` when its retry is its own redelivery."""
         waiting = waiting or Waiting()
         if error.reason is Reason.MEMBER_NOT_FOUND:
             counted = waiting.after(error, at=now)
@@ -150,7 +153,11 @@ class RetryPolicy:
                     f"{window:g} s, GRANTS_MEMBER_NOT_FOUND_WINDOWS or GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS, and at "
                     f"least GRANTS_MEMBER_NOT_FOUND_MIN_ATTEMPTS={self.member_not_found_min_attempts} such answers)"
                 )
-        elif error.reason not in _NEVER_GIVE_UP and (failed := attempt - waiting.answers) >= self.max_attempts:
+        elif (
+            not redelivered
+            and error.reason not in _NEVER_GIVE_UP
+            and (failed := attempt - waiting.answers) >= self.max_attempts
+        ):
             besides = f", besides {waiting.answers} that found the member not replicated yet" if waiting.answers else ""
             return GiveUp(f"gave up after {failed} attempts{besides} (GRANTS_MAX_ATTEMPTS={self.max_attempts})")
         if error.retry_after is not None:

@@ -10,7 +10,9 @@ record are made). `settle` climbs one ladder:
   ``~wait:<digest>``: a second early copy of it is absorbed by duplicate detection), *then* ``complete``; a copy that
   cannot be sent, or an ending without copies, waits as a retry's does. Logged ``deferred``, nothing recorded;
 - `PermanentError`: ``deadletter`` with its reason code and a description for a person;
-- `TransientError`: the retry policy decides. Give up: ``deadletter``. Retry: send a **copy** (attempt + 1, the
+- `TransientError`: the retry policy decides (an ending without retry copies, an HR event's, is retried by its
+  redelivery until the last delivery the queue allows, not given up at ``GRANTS_MAX_ATTEMPTS``). Give up:
+  ``deadletter``. Retry: send a **copy** (attempt + 1, the
   ending's MessageId, deliverable at now + delay) *then* ``complete`` the original, so that a crash in between
   duplicates the work instead of losing it; a copy that cannot be sent (the queue or the seal's key is out of
   reach), or an ending without retry copies: left ``unsettled``, so that Service Bus delivers it again when its
@@ -179,7 +181,14 @@ async def settle(
         settled, settlement = _dead(actions, delivery, ending, outcome, why=None, attempt=attempt)
     elif isinstance(outcome, TransientError):
         first_attempt_at = delivery.first_attempt_at(started)
-        decision = policy.decide(attempt=attempt, error=outcome, now=started, waiting=waiting, source=ending.source)
+        decision = policy.decide(
+            attempt=attempt,
+            error=outcome,
+            now=started,
+            waiting=waiting,
+            source=ending.source,
+            redelivered=ending.retry is None,  # its budget is the queue's: dead-lettered on its last delivery
+        )
         if isinstance(decision, GiveUp):
             settled, settlement = _dead(actions, delivery, ending, outcome, why=decision.why, attempt=attempt)
         else:
