@@ -506,6 +506,7 @@ class LocalSender:
     def __init__(self, queue: LocalQueue) -> None:
         self._queue = queue
         self._failures_left = 0
+        self._refused: Callable[[bytes], bool] | None = None
         self.failed = 0
 
     def fail_next(self, count: int = 1) -> None:
@@ -513,6 +514,10 @@ class LocalSender:
         if count < 0:
             raise ValueError("count must be >= 0")
         self._failures_left = count
+
+    def fail_when(self, refused: Callable[[bytes], bool] | None) -> None:
+        """Make every call to `schedule` whose body `refused` picks raise `SendFailedError` (None: no more)."""
+        self._refused = refused
 
     async def schedule(
         self,
@@ -523,8 +528,9 @@ class LocalSender:
         scheduled_enqueue_time: datetime,
     ) -> None:
         """Enqueue ``body`` at ``scheduled_enqueue_time`` (subject to duplicate detection), or fail as told."""
-        if self._failures_left:
-            self._failures_left -= 1
+        told = self._failures_left > 0
+        if told or (self._refused is not None and self._refused(body)):
+            self._failures_left -= 1 if told else 0
             self.failed += 1
             raise SendFailedError(f"local sender told to fail: message {message_id} not sent")
         self._queue.send(
