@@ -190,9 +190,9 @@ def hr_run(make_run: Callable[..., Any], tmp_path: Path) -> Iterator[Callable[..
 
 
 async def test_history_shows_a_joiner_a_mover_and_a_leaver_in_order(hr_run: Callable[..., Any]) -> None:
-    """Hire (EMEA, helpdesk), move to APAC, leave: the member's history lists every request the three events made,
-    newest intent first, each with who asked, the employee, the outcome and Graph's request id; a target's history
-    lists only its own; since narrows to the leaver."""
+    """Hire (EMEA, helpdesk), move to APAC (keeping helpdesk), leave: the member's history lists every request the
+    three events made, newest intent first, each with who asked, the employee, the outcome and Graph's request id; a
+    target's history lists only its own; since narrows to the leaver."""
     hr: Hr = await hr_run()
     hr.run.clock.advance_to(datetime(2026, 12, 1, tzinfo=UTC).timestamp())  # they arrive after they happened
     await hr.publish("evt-join", "hire", "2026-11-02T09:00:00Z", location="EMEA", jobCode="HD1")
@@ -209,10 +209,14 @@ async def test_history_shows_a_joiner_a_mover_and_a_leaver_in_order(hr_run: Call
     rows = [
         (r["hrEventId"], r["action"], r["targetId"] or r["roleTemplateId"], r["status"]) for r in history["requests"]
     ]
-    leaver, mover, joiner = rows[:3], rows[3:5], rows[5:]
+    leaver, mover, joiner = rows[:3], rows[3:6], rows[6:]
     assert {row[0] for row in leaver} == {"evt-leave"}
-    assert len(rows) == 7
-    assert sorted(mover) == [("evt-move", "add", AU_OTHER, "granted"), ("evt-move", "remove", AU, "revoked")]
+    assert len(rows) == 8
+    assert sorted(mover) == [  # a mover sets the person's access: the role its attributes still give is added too
+        ("evt-move", "add", AU_OTHER, "granted"),
+        ("evt-move", "add", HELPDESK_TEMPLATE, "already_member"),
+        ("evt-move", "remove", AU, "revoked"),
+    ]
     assert sorted(joiner) == sorted(
         [("evt-join", "add", AU, "granted"), ("evt-join", "add", HELPDESK_TEMPLATE, "granted")]
     )

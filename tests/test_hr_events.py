@@ -23,7 +23,7 @@ from grants_local.queue import LocalQueue, LocalSender
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
 from shared.core.contract import Target, parse_grant
 from shared.core.errors import ConfigError, ContractError, Reason
-from shared.core.hr_events import derive_messages, effective_at, parse_event
+from shared.core.hr_events import HrEvent, KnownEvent, derive_messages, effective_at, parse_event, place
 from shared.core.hr_rules import HrRules
 from shared.runtime import check_configuration
 from tests.conftest import AU, AU_OTHER, HELPDESK_TEMPLATE, USER, USER_2, Run
@@ -127,8 +127,12 @@ async def test_given_a_mover_when_processed_then_old_grants_are_removed_and_new_
     hr.run.graph.reset_log()
     await hr.publish(event("move", "evt-2", location="apac", previous={"location": "EMEA"}))
     outcomes = await hr.run.deliver()
-    moved = {o["targetId"]: o["outcome"] for key, o in outcomes.items() if key.startswith("~hr:evt-2:")}
-    assert moved == {AU: "revoked", AU_OTHER: "granted"}  # the helpdesk role is untouched
+    moved = {
+        o["targetId"] or o["roleTemplateId"]: o["outcome"]
+        for key, o in outcomes.items()
+        if key.startswith("~hr:evt-2:")
+    }
+    assert moved == {AU: "revoked", AU_OTHER: "granted", HELPDESK_TEMPLATE: "already_member"}  # the role stays
     assert memberships(hr) == {"emea": False, "apac": True, "helpdesk": True}
 
 
@@ -168,15 +172,16 @@ async def test_given_an_event_without_an_id_when_processed_then_the_id_is_derive
     assert hr.run.queue.stats.duplicates_dropped == 2
 
 
-async def test_issue13_4_a_hire_leave_and_rehire_on_one_day_without_event_ids_end_with_the_person_in(
+async def test_a_hire_leave_and_rehire_entered_on_one_day_without_event_ids_are_three_events_and_the_rehire_wins(
     hr: HrRun,
 ) -> None:
-    """Three events, no eventId, one effective date: three events (their own ids), the newest (the rehire) wins."""
+    """Three events entered on one day, no eventId: three events (their own ids); the rehire, effective after the
+    leaver's end of day, wins."""
     await hr.publish(event("hire", event_id=..., occurredAt="2026-12-01T08:00:00Z"))
     await hr.run.deliver()
     await hr.publish(event("leave", event_id=..., occurredAt="2026-12-01T12:00:00Z"))
     await hr.run.deliver()
-    await hr.publish(event("hire", event_id=..., occurredAt="2026-12-01T16:00:00Z"))
+    await hr.publish(event("hire", event_id=..., occurredAt="2026-12-01T16:00:00Z", effectiveDate="2026-12-02"))
     await hr.run.deliver()
     assert memberships(hr)["emea"] is True
 
@@ -365,29 +370,39 @@ def test_property_joiner_then_mover_gives_what_the_new_attributes_give_and_leave
 ) -> None:
     rules = HrRules.parse(RULES, where="rules")
     held: set[Target] = set()
+    known: list[KnownEvent] = []
+    arrival = datetime(2026, 11, 1, tzinfo=UTC)
 
     def apply(body: bytes) -> list[str]:
+        nonlocal arrival
+        arrival += timedelta(days=1)
+        parsed = parse_event(body)
+        placement = place(parsed, first_arrival=arrival, zone="UTC", leavers="endOfDay")
         ids = []
-        for request_id, message in derive_messages(parse_event(body), rules):
-            command = parse_grant(message, own=True)
-            assert request_id == command.request_id
+        for message in derive_messages(parsed, rules, placement=placement, known=known):
+            command = parse_grant(message.body, own=True)
+            assert message.request_id == command.request_id
             assert command.source.reference == "EMP-4711"
+            assert command.requested_at == placement.moment
             if command.action.value == "add":
                 held.add(command.target)
             else:
                 held.discard(command.target)
-            ids.append(request_id)
+            ids.append(message.request_id)
         assert len(set(ids)) == len(ids)
+        known.append(KnownEvent(event=parsed, placement=placement))
         return ids
 
     names = ("department", "location", "jobCode")
-    hire = event("hire", event_id, **{key: old.get(key) for key in names})
+    dated = {name: None for name in names} | {"effectiveDate": ..., "occurredAt": ...}
+    hire = event("hire", event_id, **dated | {key: old.get(key) for key in names})
     assert apply(hire) == apply(hire)  # deterministic: a replay has the same ids
+    known.pop()
     assert held == set(rules.targets_for(old))
     previous = {key: old.get(key) for key in names}
-    apply(event("move", "m" + event_id[:99], **{key: new.get(key) for key in names}, previous=previous))
+    apply(event("move", "m" + event_id[:99], **dated | {key: new.get(key) for key in names}, previous=previous))
     assert held == set(rules.targets_for(new))
-    apply(event("leave", event_id))
+    apply(event("leave", "l" + event_id[:99], **dated))
     assert held == set()
 
 
@@ -399,11 +414,14 @@ def test_a_future_hire_is_due_at_the_start_of_its_day_and_a_leaver_at_the_end_of
     hire = parse_event(event("hire", effectiveDate="2026-12-01"))
     leave = parse_event(event("leave", effectiveDate="2026-11-27"))
     berlin = "Europe/Berlin"  # UTC+1 in winter
-    assert effective_at(hire, zone=berlin, leavers="endOfDay", now=now) == datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
-    assert effective_at(leave, zone=berlin, leavers="endOfDay", now=now) == datetime(2026, 11, 27, 23, 0, tzinfo=UTC)
-    assert effective_at(leave, zone=berlin, leavers="immediately", now=now) == now
-    past = parse_event(event("hire", effectiveDate="2026-01-01"))
-    assert effective_at(past, zone=berlin, leavers="endOfDay", now=now) == now
+
+    def due(parsed: HrEvent, leavers: str = "endOfDay") -> datetime:
+        return effective_at(place(parsed, first_arrival=now, zone=berlin, leavers=leavers), now=now)
+
+    assert due(hire) == datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
+    assert due(leave) == datetime(2026, 11, 27, 23, 0, tzinfo=UTC)
+    assert due(leave, "immediately") == now
+    assert due(parse_event(event("hire", effectiveDate="2026-01-01"))) == now
 
 
 async def test_given_a_hire_effective_next_month_then_nothing_is_granted_before_that_day(

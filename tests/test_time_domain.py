@@ -24,7 +24,7 @@ from grants_cli.bulk import read_job
 from shared.adapters.ledger import history_key
 from shared.core.contract import Action, encode, parse_grant
 from shared.core.errors import ContractError, Reason
-from shared.core.hr_events import derive_messages, effective_at, parse_event
+from shared.core.hr_events import derive_messages, effective_at, parse_event, place
 from shared.core.hr_rules import HrRules
 from shared.core.intents import content_hash, expiry_removal, intent_of
 from shared.core.times import EARLIEST, LATEST
@@ -184,14 +184,17 @@ def test_an_hr_events_times_are_refused_naming_the_field_or_give_grants_due_at_a
     now = utc_of(received)
     assert now is not None
     for rules in (RULES_PARSED, IMMEDIATE):
-        due = effective_at(event, zone=zone, leavers=rules.leavers, now=now)
+        placement = place(event, first_arrival=now, zone=zone, leavers=rules.leavers)
+        due = effective_at(placement, now=now)
         assert due >= now
-        for request_id, grant in derive_messages(event, rules, received_at=now):
-            command = parse_grant(grant, own=True)
-            assert command.request_id == request_id
+        assert all(EARLIEST <= moment < LATEST for moment in (placement.moment, *placement.tiebreak))
+        for derived in derive_messages(event, rules, placement=placement):
+            command = parse_grant(derived.body, own=True)
+            assert command.request_id == derived.request_id
             assert command.requested_at is not None
             assert EARLIEST <= command.requested_at < LATEST
             intent = intent_of(command, arrived_at=max(due, now))
+            assert intent.requested_at == placement.moment  # never later than its message's first arrival
             if command.action is Action.REMOVE:
                 expiry_removal(command.target, command.member.id, of=intent)
 

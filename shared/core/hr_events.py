@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
@@ -44,6 +44,7 @@ from shared.core.contract import (
     MemberType,
     Source,
     SourceSystem,
+    Target,
     derived_request_id,
     encode,
     load_json,
@@ -52,9 +53,19 @@ from shared.core.contract import (
 )
 from shared.core.errors import ContractError, Reason
 from shared.core.hr_rules import ATTRIBUTES, HrRules
-from shared.core.times import TimeRefused, parse_date, parse_timestamp
+from shared.core.times import EARLIEST, LATEST, TimeRefused, intent_time, parse_date, parse_timestamp
 
-__all__ = ["HrEvent", "derive_messages", "effective_at", "parse_event"]
+__all__ = [
+    "GrantMessage",
+    "HrEvent",
+    "KnownEvent",
+    "Placement",
+    "derive_messages",
+    "effective_at",
+    "parse_event",
+    "place",
+    "tiebreak_text",
+]
 
 _EVENT_TYPES: Final = {
     "hire": "joiner",
@@ -68,6 +79,7 @@ _EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}", re.ASCII)
 _EMPLOYEE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 _MAX_ATTRIBUTE_CHARS: Final = 128
+_TICK: Final = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,52 +152,145 @@ def parse_event(body: bytes, *, message_id: str = "") -> HrEvent:
     )
 
 
-def derive_messages(event: HrEvent, rules: HrRules, *, received_at: datetime | None = None) -> list[tuple[str, bytes]]:
-    """The grant messages for `event`: (requestId, body), in a stable order; each passes the contract.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Placement:
+    """Where an HR event's intents stand among every intent for the person's pairs (`Intent.order`): at `moment`, their
+    ``requestedAt`` (the event's effective moment, `place`), then at `tiebreak` (its ``occurredAt``, else its first
+    arrival; then its first arrival)."""
 
-    Each request id names the event, the action, the target and the member; ``requestedAt`` is the event's
-    ``occurredAt``, else `received_at` (when the event was enqueued), so the newest HR event wins per target."""
-    if event.kind == "joiner":
-        changes = [("add", rules.targets_for(event.attributes))]
-    elif event.kind == "mover":
-        old, new = rules.targets_for(event.previous), rules.targets_for(event.attributes)
-        changes = [
-            ("remove", {t: names for t, names in old.items() if t not in new}),
-            ("add", {t: names for t, names in new.items() if t not in old}),
-        ]
-    else:  # a leaver ends every grant of the person, whoever made it
-        changes = [("remove", rules.every_target())]
-    leaver = event.kind == "leaver"
-    messages: list[tuple[str, bytes]] = []
-    for action, targets in changes:
-        for target, names in targets.items():
-            canonical = json.dumps(target_document(target), sort_keys=True)
-            what = f"{action}|{canonical}|{event.user_id}"
-            request_id = derived_request_id("hr", event.event_id, hashlib.sha256(what.encode()).hexdigest()[:16])
-            effective = f", effective {event.effective_date}" if event.effective_date else ""
-            command = GrantCommand(
-                request_id=request_id,
-                action=Action(action),
-                target=target,
-                member=Member(id=event.user_id, type=MemberType.USER),
-                source=Source(system=SourceSystem.HR, reference=event.employee_id),
-                requested_by="hr-events",
-                reason=f"{event.kind} event {event.event_id}{effective}; rules: {', '.join(names)}"[:1024],
-                requested_at=event.occurred_at or received_at,
-                revoke_all=leaver,
-            )
-            messages.append((request_id, encode(command)))
+    moment: datetime
+    tiebreak: tuple[datetime, datetime]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KnownEvent:
+    """One HR event of a person as the ledger first recorded it (`shared.adapters.ledger.Ledger.hr_events`): the event,
+    its `placement`, and the person's other events its grant messages are derived against (`considered`: fixed by
+    its first derivation, so every copy of it derives the same messages; None until then)."""
+
+    event: HrEvent
+    placement: Placement
+    considered: tuple[str, ...] | None = None
+
+    @property
+    def order(self) -> tuple[datetime, tuple[datetime, ...], str]:
+        """The event's place among the person's events: as its intents' `Intent.order` (their request ids begin with
+        ``~hr:<eventId>:``, so the last resort, the event id, orders them as it orders its intents)."""
+        return (self.placement.moment, self.placement.tiebreak, f"{self.event.event_id}:")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GrantMessage:
+    """One grant message an HR event sends: the request (`command`, encoded as `body`) and its `placement` (the
+    request's ``requestedAt`` is its moment; the tiebreak travels sealed beside it: `tiebreak_text`)."""
+
+    request_id: str
+    command: GrantCommand
+    body: bytes
+    placement: Placement
+
+
+def place(event: HrEvent, *, first_arrival: datetime, zone: str, leavers: str) -> Placement:
+    """Where `event` stands (`Placement`), from its first arrival (the earliest the app knew of it).
+
+    The moment is the start of ``effectiveDate`` in `zone` for a joiner or mover, its end (the next midnight) for a
+    leaver, and with ``"leavers": "immediately"`` the leaver's first arrival when that is earlier; without an
+    ``effectiveDate``, its ``occurredAt``, else its first arrival. ``occurredAt`` counts only when it is not later than
+    the first arrival (`intent_time`: no producer's clock dates an intent in the future). Kept inside the app's time
+    domain."""
+    occurred = intent_time(event.occurred_at, arrived_at=first_arrival)
+    if event.effective_date is None:
+        moment = occurred
+    else:
+        day = date.fromisoformat(event.effective_date) + timedelta(days=1 if event.kind == "leaver" else 0)
+        moment = datetime.combine(day, time.min, tzinfo=ZoneInfo(zone)).astimezone(UTC)
+        if event.kind == "leaver" and leavers == "immediately":
+            moment = min(moment, first_arrival)
+    return Placement(moment=min(max(moment, EARLIEST), LATEST - _TICK), tiebreak=(occurred, first_arrival))
+
+
+def effective_at(placement: Placement, *, now: datetime) -> datetime:
+    """When a grant message placed at `placement` is due: its moment, `now` when that has passed."""
+    return max(placement.moment, now)
+
+
+def tiebreak_text(placement: Placement) -> str:
+    """`placement`'s tiebreak as the sealed property ``hrTiebreak`` (`shared.core.messaging.HR_TIEBREAK`)."""
+    return " ".join(moment.isoformat() for moment in placement.tiebreak)
+
+
+def derive_messages(
+    event: HrEvent, rules: HrRules, *, placement: Placement, known: Sequence[KnownEvent] = ()
+) -> list[GrantMessage]:
+    """The grant messages for `event` placed at `placement`, derived against the person's other `known` events, in a
+    stable order; each passes the contract.
+
+    - A leaver: a revoke-all of every target any rule can give (`HrRules.every_target`).
+    - A joiner or mover sets what HR gives the person to what the rules give its attributes: an end of each target
+      the person's older events (since their last leaver) gave or a mover's ``previous`` gives, that they do not, and
+      an add of each they give.
+    - And for each of the person's newer events (up to a newer leaver, which ends everything): an end, placed as that
+      event, of each target this one gives and that one does not (it was derived before this event was known).
+
+    Each request id names the event, the action, the target and the member (an end for a newer event also that
+    event): ``~hr:<eventId>:<16 hex>``; ``requestedAt`` is the moment of the placement it carries."""
+    if event.kind == "leaver":
+        return [_message(event, placement, "remove", target, names) for target, names in rules.every_target().items()]
+    me = KnownEvent(event=event, placement=placement)
+    others = sorted(
+        (k for k in known if k.event.event_id != event.event_id and k.event.user_id == event.user_id),
+        key=lambda known_event: known_event.order,
+    )
+    given = rules.targets_for(event.attributes)
+    older = [k for k in others if k.order < me.order]
+    since = older[max((i + 1 for i, k in enumerate(older) if k.event.kind == "leaver"), default=0) :]
+    held: dict[Target, list[str]] = {}
+    for source in [*(k.event for k in since), event]:
+        for attributes in (source.attributes, source.previous) if source.kind == "mover" else (source.attributes,):
+            for target, names in rules.targets_for(attributes).items():
+                held.setdefault(target, names)
+    messages = [_message(event, placement, "remove", t, names) for t, names in held.items() if t not in given]
+    messages += [_message(event, placement, "add", target, names) for target, names in given.items()]
+    for newer in (k for k in others if k.order > me.order):
+        if newer.event.kind == "leaver":
+            break
+        theirs = rules.targets_for(newer.event.attributes)
+        for target, names in given.items():
+            if target not in theirs:
+                messages.append(_message(event, newer.placement, "remove", target, names, newer=newer.event))
     return messages
 
 
-def effective_at(event: HrEvent, *, zone: str, leavers: str, now: datetime) -> datetime:
-    """When the event's grant messages are due: the start of ``effectiveDate`` in `zone` (a leaver's at its end,
-    i.e. the next midnight, unless `leavers` is ``immediately``); `now` when that has passed or there is none."""
-    if event.effective_date is None or (event.kind == "leaver" and leavers == "immediately"):
-        return now
-    day = date.fromisoformat(event.effective_date) + timedelta(days=1 if event.kind == "leaver" else 0)
-    start = datetime.combine(day, time.min, tzinfo=ZoneInfo(zone)).astimezone(UTC)
-    return max(start, now)
+def _message(
+    event: HrEvent,
+    placement: Placement,
+    action: str,
+    target: Target,
+    names: list[str],
+    *,
+    newer: HrEvent | None = None,
+) -> GrantMessage:
+    """One grant message of `event`: `action` of `target` for its person, placed at `placement` (for a `newer` event
+    of the person: an end on its behalf)."""
+    canonical = json.dumps(target_document(target), sort_keys=True)
+    what = f"{action}|{canonical}|{event.user_id}" + (f"|{newer.event_id}" if newer is not None else "")
+    request_id = derived_request_id("hr", event.event_id, hashlib.sha256(what.encode()).hexdigest()[:16])
+    effective = f", effective {event.effective_date}" if event.effective_date else ""
+    why = f"{event.kind} event {event.event_id}{effective}"
+    if newer is not None:
+        why = f"{newer.kind} event {newer.event_id} does not give what {why} gives"
+    command = GrantCommand(
+        request_id=request_id,
+        action=Action(action),
+        target=target,
+        member=Member(id=event.user_id, type=MemberType.USER),
+        source=Source(system=SourceSystem.HR, reference=event.employee_id),
+        requested_by="hr-events",
+        reason=f"{why}; rules: {', '.join(names)}"[:1024],
+        requested_at=placement.moment,
+        revoke_all=event.kind == "leaver",
+    )
+    return GrantMessage(request_id=request_id, command=command, body=encode(command), placement=placement)
 
 
 def _attributes(document: Mapping[str, Any], prefix: str) -> dict[str, str | None]:

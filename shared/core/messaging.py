@@ -37,6 +37,7 @@ __all__ = [
     "EXPIRY_OF",
     "FIRST_ATTEMPT_AT",
     "HR_EVENT",
+    "HR_TIEBREAK",
     "INTERNAL",
     "JOB_PROPERTIES",
     "JOB_ROW",
@@ -94,6 +95,9 @@ ARRIVED_AT: Final = "arrivedAt"  # when the request's first message was enqueued
 ORIGINAL_MESSAGE_ID: Final = "originalMessageId"  # the producer's MessageId, carried by every copy
 EXPIRY_OF: Final = "expiryOf"  # on a scheduled removal: the request whose grant it ends
 HR_EVENT: Final = "hrEvent"  # on an HR event's grant messages: the event id
+#: On an HR event's grant messages: what orders its intent among those of the same moment (`Intent.tiebreak`: the
+#: event's occurredAt, else its first arrival; then its first arrival), ISO 8601 times separated by a space.
+HR_TIEBREAK: Final = "hrTiebreak"
 BULK_JOB: Final = "bulkJob"  # on a bulk job's messages: the job id (set by `grants submit`, carried by copies)
 JOB_ROW: Final = "jobRow"  # on a bulk job's or HR event's messages: this message's row (from 1)
 JOB_ROWS: Final = "jobRows"  # on a bulk job's or HR event's messages: how many messages the job or event sent
@@ -122,6 +126,7 @@ INTERNAL: Final = (
     ORIGINAL_MESSAGE_ID,
     EXPIRY_OF,
     HR_EVENT,
+    HR_TIEBREAK,
     PRODUCER,
     NOT_BEFORE,
     NOT_FOUND_ANSWERS,
@@ -280,6 +285,14 @@ class Delivery:
     def not_before(self) -> datetime | None:
         """The earliest time this message may run (`NOT_BEFORE`), on a message the app sealed; else None."""
         return read_time(self.application_property(NOT_BEFORE)) if self.own else None
+
+    @property
+    def tiebreak(self) -> tuple[datetime, ...]:
+        """What orders this message's intent among those of its moment (`HR_TIEBREAK`), on a message the app sealed
+        (an HR event's grant, its retry copies); none otherwise, or when a time cannot be read."""
+        text = self.application_property(HR_TIEBREAK) if self.own else None
+        moments = [read_time(part) for part in text.split(" ")] if isinstance(text, str) and text else []
+        return tuple(moment for moment in moments if moment is not None) if all(moments) else ()
 
     def early(self, now: datetime) -> datetime | None:
         """`not_before` when this delivery came before it, else None. Early means that neither clock has reached it:

@@ -35,6 +35,7 @@ from shared.core.messaging import (
     BULK_JOB,
     EXPIRY_OF,
     HR_EVENT,
+    HR_TIEBREAK,
     JOB_ROW,
     JOB_ROWS,
     PRODUCER,
@@ -59,9 +60,9 @@ __all__ = ["GrantHandler", "retry_message_id"]
 #: The request ids of the app's own removals: an expiry's, a drift repair's (carried out even for a producer the
 #: registry no longer has).
 _REMOVALS = ("~expire:", "~drift")
-#: The properties a retry copy carries on (sealed with it): the removal's grant, the job's (or HR event's) row, and
-#: the resubmission's; besides its producer, its first arrival and the ladder's own.
-_CARRIED = (EXPIRY_OF, HR_EVENT, BULK_JOB, JOB_ROW, JOB_ROWS, RESUBMISSION)
+#: The properties a retry copy carries on (sealed with it): the removal's grant, the job's (or HR event's) row, an HR
+#: intent's tiebreak, and the resubmission's; besides its producer, its first arrival and the ladder's own.
+_CARRIED = (EXPIRY_OF, HR_EVENT, HR_TIEBREAK, BULK_JOB, JOB_ROW, JOB_ROWS, RESUBMISSION)
 
 
 class GrantHandler:
@@ -142,6 +143,7 @@ class GrantHandler:
                 lane=lane,
                 expiry_of=delivery.text_property(EXPIRY_OF),
                 progress=attempt.in_progress(),
+                tiebreak=delivery.tiebreak,
             )
             result = await self._gate.run(command, arrival)
         except ContractError as error:

@@ -17,17 +17,37 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from shared.adapters.ledger import Ledger
 from shared.adapters.seal import Sealer
-from shared.core.contract import parse_grant
+from shared.core.contract import target_document
 from shared.core.errors import ContractError, Reason, TransientError
-from shared.core.hr_events import HrEvent, derive_messages, effective_at, parse_event
+from shared.core.hr_events import (
+    GrantMessage,
+    HrEvent,
+    KnownEvent,
+    derive_messages,
+    effective_at,
+    parse_event,
+    place,
+    tiebreak_text,
+)
 from shared.core.hr_rules import HrRules
-from shared.core.messaging import HR_EVENT, JOB_ROW, JOB_ROWS, PRODUCER, Delivery, MessageActions, MessageSender
+from shared.core.messaging import (
+    HR_EVENT,
+    HR_TIEBREAK,
+    JOB_ROW,
+    JOB_ROWS,
+    PRODUCER,
+    Delivery,
+    MessageActions,
+    MessageSender,
+)
 from shared.core.producers import Producer, Producers, establish
 from shared.core.records import accepted_status, hr_event_line
 from shared.core.retry import RetryPolicy
@@ -35,6 +55,8 @@ from shared.core.statuses import Settled, Status, StatusWrite
 from shared.service.settle import Done, Ending, NotYet, settle
 
 __all__ = ["HrEventHandler"]
+
+_log = logging.getLogger(__name__)
 
 
 class HrEventHandler:
@@ -46,7 +68,7 @@ class HrEventHandler:
         sealer: Sealer,
         rules: HrRules | None,
         sender: MessageSender,
-        ledger: Ledger | None,
+        ledger: Ledger,
         policy: RetryPolicy,
         now: Callable[[], datetime],
         time_zone: str,
@@ -81,7 +103,7 @@ class HrEventHandler:
                 producer = establish(self._producers, own=False, stated=None, bound=bound, system=None)
                 if self._rules is None:
                     raise ContractError(Reason.HR_RULES_NOT_CONFIGURED, "GRANTS_HR_RULES is not set")
-                event = parse_event(delivery.body, message_id=delivery.message_id or "")
+                event = parse_event(delivery.body, message_id=delivery.original_message_id)  # a resubmission's too
                 outcome = await self._send(delivery, event, self._rules, producer, sent)
         except Exception as error:  # the ladder decides by its class
             outcome = error
@@ -98,58 +120,109 @@ class HrEventHandler:
     async def _send(
         self, delivery: Delivery, event: HrEvent, rules: HrRules, producer: Producer, sent: list[str]
     ) -> Done:
-        """Schedule the event's grant messages, `producer`'s requests (each id appended to `sent` once sent), then
-        record them."""
-        messages = derive_messages(event, rules, received_at=delivery.enqueued_time or self._now())
+        """Place the event (`place`: as first recorded in the index of its person's events, from its first arrival),
+        derive its grant messages against the person's other events (fixed by its first derivation), schedule them,
+        `producer`'s requests (each id appended to `sent` once sent), then record them; a send that fails records what
+        was sent and what was not, and raises `TransientError(QueueUnavailable)`."""
         received = self._now()
-        due = effective_at(event, zone=self._time_zone, leavers=rules.leavers, now=received)
+        arrived = delivery.arrived_at(received)  # a resubmitted copy's first arrival: older, never newer
+        placement = place(event, first_arrival=arrived, zone=self._time_zone, leavers=rules.leavers)
+        known = await self._ledger.hr_events(
+            producer=producer.name, event=KnownEvent(event=event, placement=placement), now=received
+        )
+        mine = next((k for k in known if k.event.event_id == event.event_id), None)
+        if mine is None:
+            raise TransientError(Reason.LEDGER_UNAVAILABLE, "the HR event just recorded could not be read back")
+        if mine.event != event:
+            raise ContractError(
+                Reason.INVALID_HR_EVENT,
+                f"eventId {event.event_id} was first used for another event of this person ({mine.event.kind}, "
+                f"effective {mine.event.effective_date or 'when it occurred'}): a correction is an event of its own, "
+                "with an eventId of its own",
+            )
+        considered = mine.considered
+        if considered is None:
+            others = tuple(sorted(k.event.event_id for k in known if k is not mine))
+            considered = await self._ledger.consider(producer=producer.name, event=mine, considered=others)
+        against = [k for k in known if k.event.event_id in set(considered)]
+        messages = derive_messages(event, rules, placement=mine.placement, known=against)
         rows = len(messages)
         try:
-            for row, (request_id, body) in enumerate(messages, start=1):
+            for row, message in enumerate(messages, start=1):
                 properties: dict[str, str | int] = {
                     PRODUCER: producer.name,
                     HR_EVENT: event.event_id,
                     JOB_ROW: row,
                     JOB_ROWS: rows,
+                    HR_TIEBREAK: tiebreak_text(message.placement),
                 }
                 await self._sender.schedule(  # two HR systems may use one event id: the MessageId names the producer
-                    body=body,
-                    message_id=f"{request_id}:{producer.name}",
+                    body=message.body,
+                    message_id=f"{message.request_id}:{producer.name}",
                     application_properties=properties,
-                    scheduled_enqueue_time=due,
+                    scheduled_enqueue_time=effective_at(message.placement, now=received),
                 )
-                sent.append(request_id)
+                sent.append(message.request_id)
         except Exception as error:
-            raise TransientError(
-                Reason.QUEUE_UNAVAILABLE, f"sent {len(sent)} of {rows} grant messages ({type(error).__name__})"
-            ) from error
-        if self._ledger is not None:
-            await _record(self._ledger, event, messages, producer=producer.name, due=due, received=received)
+            unsent = TransientError(
+                Reason.QUEUE_UNAVAILABLE,
+                f"sent {len(sent)} of {rows} grant messages ({type(error).__name__}); the rest are sent when the event "
+                "is delivered again",
+            )
+            try:
+                await _record(
+                    self._ledger,
+                    mine,
+                    messages,
+                    sent=len(sent),
+                    producer=producer.name,
+                    delivery=delivery,
+                    received=received,
+                    problem=unsent,
+                )
+            except TransientError:
+                _log.warning("could not record what HR event %s sent", json.dumps(event.event_id), exc_info=True)
+            raise unsent from error
+        await _record(
+            self._ledger, mine, messages, sent=rows, producer=producer.name, delivery=delivery, received=received
+        )
+        due = effective_at(mine.placement, now=received)
         when = f", scheduled for {due.isoformat()}" if due > received else ""
         return Done(status=Status.COMPLETED, description=f"{event.kind}: {rows} grant message(s) sent{when}")
 
 
 async def _record(
     ledger: Ledger,
-    event: HrEvent,
-    messages: list[tuple[str, bytes]],
+    known: KnownEvent,
+    messages: list[GrantMessage],
     *,
+    sent: int,
     producer: str,
-    due: datetime,
+    delivery: Delivery,
     received: datetime,
+    problem: TransientError | None = None,
 ) -> None:
-    """Record each grant as ``scheduled`` (due later) or ``accepted`` (due now), unless it has a status already, as
-    the event's rows; then the event's own record (``GET /api/hr-events/{eventId}``). Raises `TransientError`."""
-    later = due > received
-    status = Status.SCHEDULED if later else Status.ACCEPTED
+    """Record each grant sent as ``scheduled`` (due later) or ``accepted`` (due now), unless it has a status already,
+    as the event's rows of its person; then the event's own record for the person (``GET /api/hr-events/{eventId}``):
+    ``completed``, or ``incomplete`` with the rows not sent (`problem`: why). Raises `TransientError`."""
+    event = known.event
     records = []
-    for row, (_, body) in enumerate(messages, start=1):
-        command = parse_grant(body, own=True)
-        record = accepted_status(command, producer=producer, received=received, status=status).replace(
+    for row, message in enumerate(messages[:sent], start=1):
+        due = effective_at(message.placement, now=received)
+        later = due > received
+        status = Status.SCHEDULED if later else Status.ACCEPTED
+        record = accepted_status(message.command, producer=producer, received=received, status=status).replace(
             hr_event_id=event.event_id, job_row=row, job_rows=len(messages), scheduled_for=due if later else None
         )
         records.append(ledger.record(record, now=received, write=StatusWrite.FIRST))
     await asyncio.gather(*records)
+    due = effective_at(known.placement, now=received)
+    not_sent = [
+        {"jobRow": row, "requestId": message.request_id, "action": message.command.action.value}
+        | {"target": target_document(message.command.target)}
+        for row, message in enumerate(messages, start=1)
+        if row > sent
+    ]
     await ledger.record_event(
         event.event_id,
         {
@@ -158,11 +231,20 @@ async def _record(
             "employeeId": event.employee_id,
             "userObjectId": event.user_id,
             "effectiveDate": event.effective_date,
-            "outcome": Status.COMPLETED.value,
+            "occurredAt": event.occurred_at.isoformat() if event.occurred_at else None,
+            "effectiveAt": known.placement.moment.isoformat(),
+            "firstArrivedAt": known.placement.tiebreak[1].isoformat(),
+            "outcome": "incomplete" if problem is not None else Status.COMPLETED.value,
+            "reason": problem.reason.value if problem is not None else None,
+            "description": problem.description if problem is not None else None,
+            "attempts": delivery.attempt,
             "rows": len(messages),
-            "scheduledFor": due.isoformat() if later else None,
+            "sent": sent,
+            "notSent": not_sent,
+            "scheduledFor": due.isoformat() if due > received else None,
             "receivedAt": received.isoformat(),
         },
         producer=producer,
+        member=event.user_id,
         now=received,
     )

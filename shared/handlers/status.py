@@ -186,36 +186,103 @@ async def group_answer(
         )
     if len(groups) > 1:
         return _ambiguous(noun, group_id, [str(found.producer) for found in groups])
-    if not groups or (not groups[0].rows and groups[0].event is None):
+    if not groups or (not groups[0].rows and not groups[0].events):
         return problem(404, f"unknown-{_slug(kind)}", f"Unknown {noun}", f"no request of {noun} {group_id} is recorded")
     found = groups[0]
-    size = _size(found)
-    rows: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
-    for row in sorted(found.rows, key=lambda row: row.get("jobRow") or 0):
-        number, claimed = row.get("jobRow"), row.get("jobRows")
-        fits = size is None or (isinstance(number, int) and 1 <= number <= size and claimed in (None, size))
-        (rows if fits else rejected).append(row)
-    statuses = [Status.read(row.get("status")) for row in rows]
-    terminal = sum(1 for status in statuses if status is not None and status.terminal)
     document: dict[str, Any] = {
         ("jobId" if kind == "job" else "eventId"): group_id,
         "producer": found.producer,
         "kind": "bulk" if kind == "job" else "hrEvent",
+    }
+    if kind == "job":
+        document |= _progress(found.rows, found.failed, _size(found.rows, None))[0]
+    else:
+        document |= _hr_progress(found)
+    return Answer(200, json.dumps(document, ensure_ascii=False).encode(), "application/json")
+
+
+def _hr_progress(found: Group) -> dict[str, Any]:
+    """An HR event's progress: every person's together (as a job's), ``notSent`` (the rows its delivery could not
+    send yet), and ``people``, each person's own (``userObjectId``, ``employeeId``, the same counts, their failed rows,
+    the rows not sent, and their part of the event's record); ``event`` when it is about one person."""
+    people = []
+    every: list[dict[str, Any]] = []
+    sizes: list[int | None] = []
+    rejected: list[dict[str, Any]] = []
+    for person, rows, failed, event in _people(found):
+        size = _size(rows, event)
+        counted, fits = _progress(rows, failed, size)
+        sizes.append(size)
+        every += fits
+        rejected += counted.pop("rejected", [])
+        people.append(
+            {"userObjectId": person, "employeeId": (event or {}).get("employeeId")}
+            | counted
+            | {"notSent": _not_sent(event), "event": event}
+        )
+    total = sum(size for size in sizes if size is not None) if None not in sizes else None
+    document, _ = _progress(every, found.failed, total, fitted=True)
+    document["notSent"] = sum(len(person["notSent"]) for person in people)
+    document["people"] = people
+    if rejected:
+        document["rejected"] = rejected
+    if found.event is not None:
+        document["event"] = found.event
+    return document
+
+
+def _people(
+    found: Group,
+) -> list[tuple[str | None, list[dict[str, Any]], list[StatusRecord], dict[str, Any] | None]]:
+    """An HR event's rows, failed rows and record by person (``memberId``), in the records' order; a row recorded
+    before rows were kept by person goes to the one person whose record has no such rows of its own (else to an
+    unnamed person)."""
+    records = {str(event.get("userObjectId")): event for event in found.events if event.get("userObjectId")}
+    keyed = {row.get("memberId") for row in found.rows if row.get("memberId")}
+    unkeyed = [person for person in records if person not in keyed]
+    legacy = unkeyed[0] if len(unkeyed) == 1 else None
+    people: dict[str | None, tuple[list[dict[str, Any]], list[StatusRecord]]] = {person: ([], []) for person in records}
+    for row in found.rows:
+        people.setdefault(row.get("memberId") or legacy, ([], []))[0].append(row)
+    for record in found.failed:
+        people.setdefault(record.member_id or legacy, ([], []))[1].append(record)
+    return [(person, rows, failed, records.get(person or "")) for person, (rows, failed) in people.items()]
+
+
+def _progress(
+    rows: list[dict[str, Any]], failed: list[StatusRecord], size: int | None, *, fitted: bool = False
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """How far a job (or one person's part of an HR event) is, and the rows counted: its `size` (``rows``), the rows
+    recorded, ended, pending, totals by status, succeeded, and the failed rows' records by row. Rows outside the size
+    its first row fixed are never counted (``rejected``), so they cannot reopen or end it; `fitted`: all are counted
+    (an HR event's persons' rows, each fitted to its person's size)."""
+    fits: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    for row in sorted(rows, key=lambda row: row.get("jobRow") or 0):
+        number, claimed = row.get("jobRow"), row.get("jobRows")
+        ok = fitted or size is None or (isinstance(number, int) and 1 <= number <= size and claimed in (None, size))
+        (fits if ok else rejected).append(row)
+    statuses = [Status.read(row.get("status")) for row in fits]
+    terminal = sum(1 for status in statuses if status is not None and status.terminal)
+    progress: dict[str, Any] = {
         "rows": size,
-        "recorded": len(rows),
+        "recorded": len(fits),
         "terminal": terminal,
         "pending": None if size is None else max(size - terminal, 0),
         "done": size is not None and terminal >= size,
-        "totals": dict(sorted(Counter(str(row.get("status")) for row in rows).items())),
+        "totals": dict(sorted(Counter(str(row.get("status")) for row in fits).items())),
         "succeeded": sum(1 for status in statuses if status is not None and status.succeeded),
-        "failed": [record_json(record) for record in sorted(found.failed, key=lambda record: record.job_row or 0)],
+        "failed": [record_json(record) for record in sorted(failed, key=lambda record: record.job_row or 0)],
     }
-    if rejected:  # rows outside the size its first row fixed: never counted, so they cannot reopen or end it
-        document["rejected"] = [{"requestId": r.get("requestId"), "jobRow": r.get("jobRow")} for r in rejected]
-    if found.event is not None:
-        document["event"] = found.event
-    return Answer(200, json.dumps(document, ensure_ascii=False).encode(), "application/json")
+    if rejected:
+        progress["rejected"] = [{"requestId": r.get("requestId"), "jobRow": r.get("jobRow")} for r in rejected]
+    return progress, fits
+
+
+def _not_sent(event: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The rows an HR event's record says its delivery could not send (yet)."""
+    rows = (event or {}).get("notSent")
+    return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
 
 
 async def history_answer(
@@ -255,15 +322,15 @@ async def history_answer(
     return Answer(200, json.dumps(document, ensure_ascii=False).encode(), "application/json")
 
 
-def _size(found: Group) -> int | None:
-    """How many rows a job or HR event has, fixed when it began: an HR event's own record says; a job's first row
-    (``jobRow`` 1) says, else what most of its rows say. None when nothing says."""
-    if found.event is not None and isinstance(found.event.get("rows"), int):
-        return int(found.event["rows"])
-    first = [row["jobRows"] for row in found.rows if row.get("jobRow") == 1 and isinstance(row.get("jobRows"), int)]
+def _size(rows: list[dict[str, Any]], event: dict[str, Any] | None) -> int | None:
+    """How many rows a job (or one person's part of an HR event) has, fixed when it began: the HR event's record for
+    the person says; a job's first row (``jobRow`` 1) says, else what most of its rows say. None when nothing says."""
+    if event is not None and isinstance(event.get("rows"), int):
+        return int(event["rows"])
+    first = [row["jobRows"] for row in rows if row.get("jobRow") == 1 and isinstance(row.get("jobRows"), int)]
     if first:
         return int(first[0])
-    sizes = Counter(row["jobRows"] for row in found.rows if isinstance(row.get("jobRows"), int))
+    sizes = Counter(row["jobRows"] for row in rows if isinstance(row.get("jobRows"), int))
     return sizes.most_common(1)[0][0] if sizes else None
 
 

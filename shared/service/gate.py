@@ -74,7 +74,7 @@ class Arrival:
     removal the request id of the grant it ends, and the status record to write once it has held its pair's lease
     for `PROGRESS_AFTER` seconds (`progress`, ``in_progress``: written beside the Graph work and waited for before
     the result is returned, never when the work ends sooner, never over a terminal status; its failure is logged,
-    never raised)."""
+    never raised), and for an HR event's grant its intent's `Intent.tiebreak` (sealed with it)."""
 
     origin: str
     arrived_at: datetime
@@ -82,6 +82,7 @@ class Arrival:
     lane: Lane = Lane.INTERACTIVE
     expiry_of: str | None = None
     progress: StatusRecord | None = None
+    tiebreak: tuple[datetime, ...] = ()
 
 
 class IntentGate:
@@ -119,7 +120,12 @@ class IntentGate:
         pair = pair_of(_canonical(command.target, template), command.member.id)
         aliases = await self._aliases(command, template, arrival.lane)
         intent = intent_of(
-            command, arrived_at=arrival.arrived_at, producer=producer.name, kind=kind, ends=arrival.expiry_of
+            command,
+            arrived_at=arrival.arrived_at,
+            producer=producer.name,
+            kind=kind,
+            ends=arrival.expiry_of,
+            tiebreak=arrival.tiebreak,
         )
         decision = await self._ledger.begin(intent, pair=pair, origin=arrival.origin, now=now, aliases=aliases)
         if isinstance(decision, Absorbed):
