@@ -7,21 +7,29 @@ last delivery. HR events are entered at the run's clock; time moves on only when
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import azure.functions as func
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import function_app
 from grants_cli.dlq import Selector, resubmit
 from grants_local.backend import LocalBackend
+from grants_local.graph_double import GraphDouble
 from grants_local.host import LocalHost, OutcomeRecorder, registered_function
 from grants_local.queue import LocalQueue, LocalSender
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
+from shared.core.hr_rules import HrRules
 from tests.conftest import AU, AU_OTHER, HELPDESK_ROLE, HELPDESK_TEMPLATE, UNKNOWN, USER, Run, as_operator
 
 HR = registered_function(function_app.app, "hr_events")
@@ -157,8 +165,13 @@ async def hr_run(make_run: Callable[..., Any], tmp_path: Path) -> AsyncIterator[
     rules.write_text(json.dumps(RULES))
     with ExitStack() as stack:
 
-        async def make(**env: str) -> Hr:
-            hr = Hr(await make_run(GRANTS_HR_RULES=str(rules), **env), stack)
+        async def make(*, leavers: str | None = None, **env: str) -> Hr:
+            """A run with the test's rules (and `leavers` as given: ``endOfDay`` or ``immediately``)."""
+            path = rules
+            if leavers is not None:
+                path = tmp_path / f"rules-{leavers}.json"
+                path.write_text(json.dumps({**RULES, "leavers": leavers}))
+            hr = Hr(await make_run(GRANTS_HR_RULES=str(path), **env), stack)
             hr.run.clock.advance_to(at("2026-11-01T09:00:00Z"))
             return hr
 
@@ -364,3 +377,224 @@ async def test_an_event_whose_sends_keep_failing_is_retried_until_the_queue_s_la
     assert (status["event"]["outcome"], status["event"]["sent"], status["event"]["attempts"]) == ("incomplete", 1, 10)
     assert [row["target"]["roleTemplateId"] for row in status["event"]["notSent"]] == [HELPDESK_TEMPLATE]
     assert hr.holds() == {"emea"}
+
+
+# --- any sequence of one person's events ------------------------------------------------------------------------------
+
+#: Examples of the property below, per zone: few by default (the suite stays fast); ``HR_SEQUENCES=200`` runs more.
+SEQUENCES = int(os.environ.get("HR_SEQUENCES", "8"))
+_RULES = HrRules.parse(RULES, where="test rules")
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One event of a drawn sequence: its kind and attributes, its effective day (offset from the sequence's first
+    day; None: none), whether it says when it occurred, how many of its sends are refused (each refusal fails one
+    delivery, which is retried; 10, the queue's deliveries: dead-lettered, then resubmitted by an operator), and
+    whether the HR system sends it again, as a new message past duplicate detection's window."""
+
+    kind: str
+    location: str
+    department: str
+    day: int | None
+    occurred: bool
+    refused: int
+    resent: bool
+
+
+planned_events = st.builds(
+    Planned,
+    kind=st.sampled_from(["hire", "move", "leave"]),
+    location=st.sampled_from(["EMEA", "APAC", "LATAM"]),
+    department=st.sampled_from(["IT", "Sales"]),
+    day=st.one_of(st.none(), st.integers(-2, 6)),
+    occurred=st.booleans(),
+    refused=st.sampled_from([0, 0, 0, 1, 3, 10]),
+    resent=st.booleans(),
+)
+
+#: How long after a moment its grants have all run: one that found another grant of its pair being carried out waits
+#: for it (a retry a few minutes on); the effective moments still ahead are midnights, far more than this apart.
+SETTLE = timedelta(hours=1)
+
+#: Where an event stands among a person's events, as docs/hr-events.md says: its effective moment, when it occurred
+#: (else its first arrival), its first arrival, its id.
+Order = tuple[datetime, datetime, datetime, str]
+
+
+@pytest.fixture
+async def shared_run(hr_run: Callable[..., Any]) -> Callable[..., Awaitable[Hr]]:
+    """One run for every example of a property (each follows a person of its own), made when first asked for (one
+    app is installed at a time: a test has one run); replaced once its clock nears the end of the app's time domain."""
+    made: list[Hr] = []
+
+    async def get(**settings: str) -> Hr:
+        if not made or made[-1].run.clock() > at("2090-01-01"):
+            made.append(await hr_run(**settings))
+        return made[-1]
+
+    return get
+
+
+@pytest.mark.parametrize(
+    ("zone", "leavers"),
+    [("UTC", "endOfDay"), ("America/Los_Angeles", "immediately"), ("Pacific/Kiritimati", "endOfDay")],
+)
+@settings(
+    max_examples=SEQUENCES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(plan=st.lists(planned_events, min_size=2, max_size=5), data=st.data())
+async def test_property_any_sequence_of_a_person_s_events_ends_with_what_the_rules_give_the_latest_effective_state(
+    shared_run: Callable[..., Awaitable[Hr]],
+    graph: GraphDouble,
+    zone: str,
+    leavers: str,
+    plan: list[Planned],
+    data: st.DataObject,
+) -> None:
+    """Hires (a rehire is a hire after a leaver), moves and leaves of one person, entered in a random order at random
+    times around their effective days (or with none), some saying when they occurred, some sent together (delivered at
+    once), some whose sends fail for a few deliveries (retried) or for all of them (dead-lettered, then resubmitted by
+    an operator), some sent again by the HR system later (past duplicate detection's window): once every event is in,
+    at every effective moment reached from then on, and at the end, the person holds exactly what the rules give the
+    latest event effective by then (by effective moment, then occurredAt, then first arrival; nothing after a
+    leaver)."""
+    hr = await shared_run(leavers=leavers, HR_TIME_ZONE=zone)
+    copies = [number for number, event in enumerate(plan) for _ in range(2 if event.resent else 1)]
+    entries = data.draw(st.permutations(copies), label="entered (the second of a number: sent again)")
+    gaps = data.draw(st.lists(st.sampled_from([0, 60, 3600, 6 * 3600, 86_400, 2 * 86_400]), min_size=len(entries)))
+    batches: list[tuple[int, list[int]]] = []  # a gap of 0: sent with the one before, delivered together
+    for gap, number in zip(gaps, entries, strict=False):
+        if gap == 0 and batches:
+            batches[-1][1].append(number)
+        else:
+            batches.append((gap, [number]))
+    person = str(uuid.uuid4())
+    graph.add_user(person)
+    first_day = (datetime.fromtimestamp(hr.run.clock(), UTC) + timedelta(days=2)).date()
+    orders: dict[int, Order] = {}
+    bodies: dict[int, bytes] = {}
+    dead: list[str] = []
+    for gap, numbers in batches:
+        await hr.until(hr.run.clock() + gap)
+        entered = datetime.fromtimestamp(hr.run.clock(), UTC)
+        refusing: list[Callable[[bytes], bool]] = []
+        originals: list[tuple[int, str]] = []
+        for number in numbers:
+            event, message_id = plan[number], f"{person[:8]}-m{number}"
+            if number in bodies:  # the HR system sends it again: a new message, the same event
+                hr.queue.send(bodies[number], message_id=f"{message_id}-again")
+                continue
+            occurred = entered - timedelta(hours=12, seconds=number) if event.occurred else None
+            bodies[number] = _planned_body(event, number, person=person, first_day=first_day, occurred=occurred)
+            refusing.append(_refusing(f"{person[:8]}-{number}", event.refused))
+            originals.append((number, message_id))
+            hr.queue.send(bodies[number], message_id=message_id)
+            orders[number] = _order_of(
+                event,
+                number,
+                person=person,
+                entered=entered,
+                occurred=occurred,
+                first_day=first_day,
+                zone=zone,
+                leavers=leavers,
+            )
+        hr.sender.fail_when(lambda grant, refusing=refusing: any(refuse(grant) for refuse in refusing))
+        try:
+            await hr.handle("")
+        finally:
+            hr.sender.fail_when(None)
+        for number, message_id in originals:
+            last = [record for record in hr.recorder.records if record["messageId"] == message_id][-1]
+            if last["outcome"] == "dead_lettered":  # refused at every delivery (unless it sends nothing)
+                assert (plan[number].refused, last["reason"]) == (10, "QueueUnavailable")
+                dead.append(message_id)
+            else:
+                assert last["outcome"] == "completed"
+    await hr.until(hr.run.clock() + 3600)
+    for message_id in dead:  # the operator's resubmission, once the queue is back
+        [copy] = resubmit(LocalBackend(hr.queue), Selector(id=message_id))
+        assert (await hr.handle(copy.message_id))[-1]["outcome"] == "completed"
+    now = datetime.fromtimestamp(hr.run.clock(), UTC)
+    moments = [now, *sorted({order[0] for order in orders.values() if order[0] > now})]
+    for moment, following in zip(moments, [*moments[1:], None], strict=True):
+        settled = moment + SETTLE  # the grants due then have run (one waiting for another on its pair, too)
+        if following is not None and following <= settled:
+            continue
+        await hr.until(settled.timestamp())
+        effective = [number for number, order in orders.items() if order[0] <= settled]
+        latest = max(effective, key=orders.__getitem__) if effective else None
+        wanted = _given(plan[latest]) if latest is not None else set()
+        assert _held(graph, person) == wanted, (settled, latest, batches, orders)
+    await hr.finish()
+    assert _held(graph, person) == _given(plan[max(orders, key=orders.__getitem__)])
+
+
+def _refusing(event_id: str, refusals: int) -> Callable[[bytes], bool]:
+    """A `LocalSender.fail_when` predicate refusing the first `refusals` sends of `event_id`'s grant messages."""
+    left = [refusals]
+
+    def refuse(grant: bytes) -> bool:
+        if left[0] <= 0 or not json.loads(grant)["requestId"].startswith(f"~hr:{event_id}:"):
+            return False
+        left[0] -= 1
+        return True
+
+    return refuse
+
+
+def _planned_body(event: Planned, number: int, *, person: str, first_day: date, occurred: datetime | None) -> bytes:
+    effective = (first_day + timedelta(days=event.day)).isoformat() if event.day is not None else None
+    previous = {"location": "EMEA" if event.location != "EMEA" else "APAC"}
+    return hr_event(
+        event.kind,
+        f"{person[:8]}-{number}",
+        effective=effective,
+        occurred=occurred.isoformat() if occurred is not None else None,
+        member=person,
+        location=event.location,
+        department=event.department,
+        **({"previous": previous} if event.kind == "move" else {}),
+    )
+
+
+def _order_of(
+    event: Planned,
+    number: int,
+    *,
+    person: str,
+    entered: datetime,
+    occurred: datetime | None,
+    first_day: date,
+    zone: str,
+    leavers: str,
+) -> Order:
+    """Where `event` stands, as docs/hr-events.md says: its effective moment (midnight in `zone` starting its day, for
+    a leaver the one ending it, or its first arrival when earlier with leavers ``immediately``; without a day, when it
+    occurred, else its first arrival), then when it occurred (else its first arrival), then its first arrival, then
+    its id."""
+    when = occurred or entered
+    if event.day is None:
+        moment = when
+    else:
+        day = first_day + timedelta(days=event.day + (1 if event.kind == "leave" else 0))
+        moment = datetime.combine(day, time.min, tzinfo=ZoneInfo(zone)).astimezone(UTC)
+        if event.kind == "leave" and leavers == "immediately":
+            moment = min(moment, entered)
+    return (moment, when, entered, f"{person[:8]}-{number}:")
+
+
+def _given(event: Planned) -> set[str]:
+    """Where the rules put a person in `event`'s state, by rule name: nowhere after a leaver."""
+    if event.kind == "leave":
+        return set()
+    attributes = {"location": event.location, "department": event.department, "jobCode": "HD1"}
+    return {name for target, names in _RULES.targets_for(attributes).items() for name in names}
+
+
+def _held(graph: GraphDouble, person: str) -> set[str]:
+    """Where `person` is, by rule name."""
+    return {name for name, place in PLACES.items() if person in graph.members_of(place)}
