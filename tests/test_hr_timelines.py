@@ -192,6 +192,12 @@ BOTH = {"apac", "helpdesk"}
         # a mover effective after the leaver's last day is the person's state from then on, whenever it was entered
         ("leaver", "2026-11-10", "2026-11-25", set(), BOTH),
         ("mover", "2026-11-10", "2026-11-25", set(), BOTH),
+        # effective on one day: the mover at its start, the leaver at its end (the person is gone by the next day)
+        ("leaver", "2026-11-20", "2026-11-20", {"emea", "helpdesk"}, set()),
+        ("mover", "2026-11-20", "2026-11-20", {"emea", "helpdesk"}, set()),
+        # both effective already when entered (a leaver entered late): the later effective one, the mover, stands
+        ("leaver", "2026-11-05", "2026-11-08", BOTH, BOTH),
+        ("mover", "2026-11-05", "2026-11-08", BOTH, BOTH),
     ],
 )
 async def test_a_leaver_and_a_mover_end_as_the_later_effective_one_says_in_either_entry_order(
