@@ -71,11 +71,12 @@ import httpx
 from benchmarks.directory import UNIT, member_id, unit_id
 from grants_cli.bulk import BulkJob, read_job
 from grants_local.app import LocalApp, local_app
-from grants_local.azurite import AzuriteTables, new_ledger_table
+from grants_local.azurite import AzuriteTables, LedgerTable, new_ledger_table
 from grants_local.host import LocalHost, Source, registered_function
 from grants_local.queue import LocalQueue, LocalSender, ManualClock
 from grants_local.run import check_identity, identity_environment
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
+from shared.adapters.ledger import table_client
 from shared.config import Settings
 from shared.core.contract import draft
 from shared.core.messaging import MessageSender
@@ -457,6 +458,20 @@ _SENDERS: Final[Mapping[str, Callable[[LocalApp, _HrQueue, Meter, Sequence[str]]
 }
 
 
+async def stored(ledger: LedgerTable) -> tuple[int, int]:
+    """The entities in `ledger`'s table, and their size as JSON (UTF-8 bytes, as the service returns them, keys and
+    properties with their values): what the ledger keeps, read with a client of its own (not counted)."""
+    count, size = 0, 0
+    async with (
+        httpx.AsyncClient() as http,
+        table_client(endpoint=ledger.endpoint, table=ledger.table, credential=ledger.credential(), http=http) as table,
+    ):
+        async for entity in table.list_entities():
+            count += 1
+            size += len(json.dumps({**entity}, default=str).encode())
+    return count, size
+
+
 def rules_file(folder: Path) -> str:
     """`HR_RULES` written to a file in `folder`; its path."""
     path = folder / "hr-rules.json"
@@ -497,10 +512,12 @@ async def measure_scenario(
             ):
                 meter.watch(app, queues=[hr.queue], servers=[hr.server])
                 with meter.log.attached():  # from here on: the app's start-up is done
-                    return await _run(scenario, members, app=app, hr=hr, meter=meter)
+                    return await _run(scenario, members, app=app, hr=hr, meter=meter, ledger=ledger)
 
 
-async def _run(scenario: str, members: Sequence[str], *, app: LocalApp, hr: _HrQueue, meter: Meter) -> dict[str, Any]:
+async def _run(
+    scenario: str, members: Sequence[str], *, app: LocalApp, hr: _HrQueue, meter: Meter, ledger: LedgerTable
+) -> dict[str, Any]:
     import function_app
 
     host = _host(app, hr, meter)
@@ -509,6 +526,7 @@ async def _run(scenario: str, members: Sequence[str], *, app: LocalApp, hr: _HrQ
     outcomes = Counter(str(record["outcome"]) for record in app.outcomes().values())
     if outcomes != _expected(scenario, len(members)):
         raise ScenarioError(f"{scenario}: the grants ended {dict(outcomes)}, not as expected")
+    entities, entity_bytes = await stored(ledger)
     figures: dict[str, Any] = {
         "units": len(members),
         "grants": sum(outcomes.values()),
@@ -516,6 +534,8 @@ async def _run(scenario: str, members: Sequence[str], *, app: LocalApp, hr: _HrQ
         "functions": dict(meter.executions()),
         "function_s": meter.seconds_by_function(),
         "largest_message_bytes": meter.largest(),
+        "entities": entities,
+        "entity_bytes": entity_bytes,
     }
     sweep = {"interactive": "drift_sweep", "timebound": "expiry_sweep"}.get(scenario)
     if sweep is not None:
@@ -594,7 +614,9 @@ def scenario_text(found: Mapping[str, Any], *, memory_mb: int) -> str:
         f"receives={k('deliveries') + k('subscription_deliveries'):.0f} settlements={k('settlements'):.0f} "
         f"executions={k('executions'):.0f} busy_s={busy:.1f} gb_s={gb_seconds(busy, memory_mb):.1f} "
         f"invocation_s={k('execution_s'):.1f} log_kb={(k('outcome_bytes') + k('other_bytes')) / 1000:.0f} "
-        f"outcome_lines={k('outcome_lines'):.0f} other_lines={k('other_lines'):.0f}"
+        f"outcome_lines={k('outcome_lines'):.0f} other_lines={k('other_lines'):.0f} "
+        f"ledger_entities={per_thousand(found['entities'], units):.0f} "
+        f"ledger_kb={per_thousand(found['entity_bytes'], units) / 1000:.0f}"
     )
 
 
