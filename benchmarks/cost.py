@@ -1,12 +1,12 @@
-"""What a grant costs in the quantities Azure bills (`make bench`'s ``cost`` line; docs/performance.md, "The cost
-model").
+"""What a grant costs in the quantities Azure bills (`make bench`'s ``cost`` line; docs/limits.md, "What it
+costs").
 
-``python -m benchmarks.cost --count N`` with ``GRAPH_BASE_URL``, ``IDENTITY_ENDPOINT`` and ``IDENTITY_HEADER`` in the
-environment (`benchmarks.doubles` with ``--users 5N --units 1``: the benchmark's units `UNIT` and ``unit_id(0)``) runs
-each scenario below through the registered function objects and the local host, 16 invocations at a time (host.json's
-``maxConcurrentCalls``), on a `ManualClock` (a week until a grant expires takes no time), each in a fresh app with its
-own ledger table in one local Azurite, and prints one JSON line: what each scenario counted, and this process's peak
-RSS. `cost_line` turns that into the ``cost:`` line, per 1,000 of each scenario's unit.
+``python -m benchmarks.cost --count N [--line]`` starts the Graph double and token endpoint in a process of their own
+(`benchmarks.doubles`: ``5N`` users, the units `UNIT` and `SECOND_UNIT`, answering in 30 ms, no write budget) and a
+local Azurite, runs each scenario below through the registered function objects and the local host, 16 invocations
+at a time (host.json's ``maxConcurrentCalls``), on a `ManualClock` (a week until a grant expires takes no time), each
+in a fresh app with a ledger table of its own, and prints one JSON line: what each scenario counted, and this
+process's peak RSS (with ``--line``: the ``cost:`` line `cost_line` makes of it, per 1,000 of each scenario's unit).
 
 Scenarios (`SCENARIOS`), each for N members of its own:
 
@@ -43,7 +43,8 @@ What is counted, and where (`Meter`):
   (infra/modules/functionapp.bicep: ``instanceMemoryMB: 2048``), not what the process uses.
 - **Log volume**: every log record at INFO or above with the root logger at INFO (as the Functions Python worker sets
   it), each record's message in UTF-8 bytes, the outcome lines (``shared.outcome``) apart; what Application Insights
-  adds per record, and the host's own records, are not counted (docs/performance.md says what is not measured).
+  adds per record, and the host's own records, are not counted (docs/limits.md says what is not measured).
+- **What the ledger keeps**: its table's entities after the scenario, and their size as JSON (`stored`).
 """
 
 from __future__ import annotations
@@ -85,14 +86,20 @@ from shared.service.settle import outcome_log
 
 __all__ = [
     "SCENARIOS",
+    "SECOND_UNIT",
     "CountingSender",
     "LogVolume",
     "Meter",
     "ScenarioError",
     "busy_seconds",
     "cost_line",
+    "gb_seconds",
+    "instance_memory_mb",
     "measure",
+    "measure_scenario",
     "per_thousand",
+    "service_bus_operations",
+    "stored",
 ]
 
 #: The scenarios, in the order they run, and what one unit of each is.
@@ -247,6 +254,9 @@ class Meter:
         app.services.http.event_hooks["request"].append(self.request)
         self.queues = [app.queue, *(entry.queue for entry in app.producer_queues.values()), *queues]
         self.servers = [app.server, *(entry.server for entry in app.producer_queues.values()), *servers]
+        if app.callbacks is not None:  # the callback retry queue, and the settlements of callback deliveries
+            self.queues.append(app.callbacks.retry_queue)
+            self.servers += [app.callbacks.subscription_server, app.callbacks.retry_server]
 
     def send(
         self, queue: LocalQueue, body: bytes, *, message_id: str, properties: Mapping[str, Any] | None = None
@@ -498,7 +508,7 @@ async def measure_scenario(
                 "GRANTS_OUTCOMES_TOPIC": "grant-outcomes",  # as infra sets it: every outcome is published
                 "GRANTS_HR_RULES": rules_file(Path(folder)),
                 "GRANTS_WEBHOOK_SECRET": WEBHOOK_SECRET,
-                "GRAPH_WRITE_RATE": "0",  # unpaced: the app's own time (docs/performance.md, The cost model)
+                "GRAPH_WRITE_RATE": "0",  # unpaced: the app's own time (docs/limits.md, What it costs)
             }
         )
         check_identity(settings, env)
