@@ -70,9 +70,9 @@ unit: $(VENV)/.dev $(AZURITE)/.installed
 infra:
 	bash infra/check.sh
 
-# Throughput, CPU vs msgraph-sdk, cold start, installed size, the ledger's cost, the fleet (ARGS="--quick" for a
-# short run, under 8 minutes; the full run under 25). msgraph-sdk is only compared against, in its own venv
-# (.venv-msgraph). `make test` runs bench-smoke: every part at a tiny scale, failing unless each ran and printed
+# Throughput, CPU vs msgraph-sdk, cold start, installed size, the ledger's cost, a grant's cost in what Azure bills
+# (docs/limits.md), the fleet (ARGS="--quick" for a short run, under 8 minutes; the full run under 25). msgraph-sdk is
+# only compared against, in its own venv (.venv-msgraph). `make test` runs bench-smoke: every part at a tiny scale, failing unless each ran and printed
 # its line (no timing is asserted), so a benchmark that no longer runs fails CI; its figures' lines start "smoke"
 # (tiny scale: not measurements, held to no target).
 .venv-msgraph/.installed: benchmarks/requirements-msgraph.txt
