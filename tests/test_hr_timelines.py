@@ -31,6 +31,7 @@ from grants_local.queue import LocalQueue, LocalSender
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
 from shared.core.hr_rules import HrRules
 from tests.conftest import AU, AU_OTHER, HELPDESK_ROLE, HELPDESK_TEMPLATE, UNKNOWN, USER, Run, as_operator
+from tests.conftest import body as grant_body
 
 HR = registered_function(function_app.app, "hr_events")
 HR_EVENT_STATUS = registered_function(function_app.app, "hr_event_status")
@@ -166,12 +167,13 @@ async def hr_run(make_run: Callable[..., Any], tmp_path: Path) -> AsyncIterator[
     with ExitStack() as stack:
 
         async def make(*, leavers: str | None = None, **env: str) -> Hr:
-            """A run with the test's rules (and `leavers` as given: ``endOfDay`` or ``immediately``)."""
+            """A run with the test's rules (and `leavers` as given: ``endOfDay`` or ``immediately``), unless `env` names
+            a rules file of its own."""
             path = rules
             if leavers is not None:
                 path = tmp_path / f"rules-{leavers}.json"
                 path.write_text(json.dumps({**RULES, "leavers": leavers}))
-            hr = Hr(await make_run(GRANTS_HR_RULES=str(path), **env), stack)
+            hr = Hr(await make_run(**{"GRANTS_HR_RULES": str(path), **env}), stack)
             hr.run.clock.advance_to(at("2026-11-01T09:00:00Z"))
             return hr
 
@@ -604,3 +606,265 @@ def _given(event: Planned) -> set[str]:
 def _held(graph: GraphDouble, person: str) -> set[str]:
     """Where `person` is, by rule name."""
     return {name for name, place in PLACES.items() if person in graph.members_of(place)}
+
+
+# --- a hostile HR system, a careless operator -------------------------------------------------------------------------
+
+
+def sent_grants(hr: Hr) -> int:
+    """How many grant messages the app has sent to the grants queue so far."""
+    return hr.run.app.queue.stats.sent
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("effectiveDate", "0001-01-01"),
+        ("effectiveDate", "9999-12-31"),
+        ("effectiveDate", "1999-12-31"),
+        ("effectiveDate", "2100-01-01"),
+        ("effectiveDate", "2026-02-30"),
+        ("effectiveDate", "2026-11-1"),
+        ("effectiveDate", "20261101"),
+        ("effectiveDate", "2026-11-01T00:00:00Z"),
+        ("effectiveDate", "\uff12\uff10\uff12\uff16-11-01"),
+        ("effectiveDate", 20261101),
+        ("effectiveDate", ""),
+        ("occurredAt", "2100-01-01T00:00:00Z"),
+        ("occurredAt", "9999-12-31T23:59:59Z"),
+        ("occurredAt", "0001-01-01T00:00:00+14:00"),
+        ("occurredAt", "9999-12-31T23:59:59-14:00"),
+        ("occurredAt", "2026-11-01T00:00:00"),
+        ("occurredAt", "2026-11-01"),
+        ("occurredAt", 1_790_000_000),
+    ],
+)
+async def test_a_date_outside_the_time_domain_or_malformed_is_dead_lettered_invalid_naming_the_field(
+    hr_run: Callable[..., Any], field: str, value: object
+) -> None:
+    """Years 1 and 9999, a day before 2000 or from 2100 on, a day that does not exist, a date that is not YYYY-MM-DD (a
+    time, full-width digits, a number), a time without an offset or past year 9999 in UTC: dead-lettered
+    InvalidHrEvent on its first delivery, naming the field; nothing is sent or recorded for the person."""
+    hr: Hr = await hr_run()
+    document = json.loads(hr_event("hire", "evt-odd", effective="2026-11-20"))
+    records = await hr.enter(json.dumps(document | {field: value}).encode())
+    assert [(record["outcome"], record["reason"]) for record in records] == [("dead_lettered", "InvalidHrEvent")]
+    assert records[0]["description"].startswith(f"{field} must be")
+    [dead] = hr.queue.dead_letters()
+    assert (dead.reason, dead.description) == ("InvalidHrEvent", records[0]["description"])
+    assert sent_grants(hr) == 0
+    await hr.finish()
+    assert hr.holds() == set()
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/Los_Angeles", "Pacific/Kiritimati"])
+async def test_effective_dates_at_both_ends_of_the_time_domain_are_carried_out_at_those_ends(
+    hr_run: Callable[..., Any], zone: str
+) -> None:
+    """A hire effective 2000-01-01 (in UTC+14 its midnight is before the domain: it starts at the domain's start) is
+    granted now; a leaver effective 2099-12-31 (its end, the next midnight, lies at or past the domain's end: it ends
+    a microsecond before) waits, scheduled, and when the clock gets there it removes everything, revoked."""
+    hr: Hr = await hr_run(HR_TIME_ZONE=zone)
+    await hr.enter(hr_event("hire", "evt-hire", effective="2000-01-01"))
+    assert hr.holds() == {"emea", "helpdesk"}
+    hire = await hr.status("evt-hire")
+    assert (
+        hire["event"]["effectiveAt"]
+        == max(
+            datetime(2000, 1, 1, tzinfo=ZoneInfo(zone)).astimezone(UTC), datetime(2000, 1, 1, tzinfo=UTC)
+        ).isoformat()
+    )
+    records = await hr.enter(hr_event("leave", "evt-leave", effective="2099-12-31"))
+    assert records[-1]["outcome"] == "completed"
+    leaver = await hr.status("evt-leave")
+    end = min(datetime(2100, 1, 1, tzinfo=ZoneInfo(zone)).astimezone(UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    end -= timedelta(microseconds=1 if end == datetime(2100, 1, 1, tzinfo=UTC) else 0)
+    assert (leaver["event"]["effectiveAt"], leaver["event"]["scheduledFor"]) == (end.isoformat(), end.isoformat())
+    assert leaver["totals"] == {"scheduled": 3}
+    await hr.until("2099-12-30")
+    assert hr.holds() == {"emea", "helpdesk"}
+    await hr.finish()
+    assert hr.holds() == set()
+    assert {hr.outcome("evt-leave", target) for target in (AU, HELPDESK_TEMPLATE)} == {"revoked"}
+    assert (await hr.status("evt-leave"))["done"] is True
+
+
+async def test_an_occurred_at_in_the_future_counts_as_the_event_s_first_arrival_and_cannot_win_a_tie(
+    hr_run: Callable[..., Any],
+) -> None:
+    """A rehire effective the 21st whose occurredAt says 2099 is entered on the 15th, a leaver effective the 20th with
+    an honest occurredAt on the 16th: both take effect at midnight on the 21st, and the leaver, which occurred later,
+    wins (an HR clock ahead cannot date an event in the future). An event without a date whose occurredAt is in the
+    future takes effect at its arrival, not then."""
+    hr: Hr = await hr_run()
+    await hr.enter(hr_event("hire", "evt-hire", effective="2026-11-01"))
+    await hr.until("2026-11-15")
+    await hr.enter(hr_event("hire", "evt-rehire", effective="2026-11-21", occurred="2099-01-01T00:00:00Z"))
+    await hr.until("2026-11-16")
+    await hr.enter(hr_event("leave", "evt-leave", effective="2026-11-20", occurred="2026-11-16T00:00:00Z"))
+    rehire = await hr.status("evt-rehire")
+    assert rehire["event"]["occurredAt"] == "2099-01-01T00:00:00+00:00"  # kept for the audit, not believed
+    await hr.finish()
+    assert hr.holds() == set()
+    # due at one moment, the two run in either order: the rehire's add finds the hire's grant, or the leaver's end
+    assert hr.outcome("evt-rehire", AU) in {"already_member", "superseded"}
+    assert hr.outcome("evt-leave", AU) == "revoked"
+
+    other: Hr = await hr_run()
+    await other.enter(hr_event("hire", "evt-future", occurred="2099-01-01T00:00:00Z"))
+    assert other.holds() == {"emea", "helpdesk"}
+    status = await other.status("evt-future")
+    assert status["event"]["effectiveAt"] == status["event"]["firstArrivedAt"] == "2026-11-01T09:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    "altered",
+    [
+        {"effectiveDate": "2026-12-31"},  # an HR system replaying the leaver, its date moved on
+        {"effectiveDate": None},
+        {"eventType": "hire"},
+        {"location": "APAC"},
+        {"occurredAt": "2026-11-09T10:00:00Z"},
+        {"employeeId": "EMP-9999"},
+    ],
+)
+async def test_the_same_event_id_with_other_content_past_the_duplicate_window_is_refused_and_changes_nothing(
+    hr_run: Callable[..., Any], altered: dict[str, Any]
+) -> None:
+    """A leaver effective the 20th; a day later, past duplicate detection's window, a message under the same eventId
+    with other content (its date moved, dropped, another type, attribute, occurredAt or employee): dead-lettered
+    InvalidHrEvent naming the event it was first used for, nothing sent for it; the person still leaves on the 20th and
+    the event's status is the first one's. The same content again is the same event (completed, nothing new)."""
+    hr: Hr = await hr_run()
+    await hr.enter(hr_event("hire", "evt-hire", effective="2026-11-01"))
+    await hr.until("2026-11-09")
+    leaver = hr_event("leave", "evt-leave", effective="2026-11-20", occurred="2026-11-09T09:00:00Z")
+    await hr.enter(leaver)
+    before = (sent_grants(hr), await hr.status("evt-leave"))
+    await hr.until("2026-11-10")
+    document = json.loads(leaver) | altered
+    records = await hr.enter(json.dumps({key: value for key, value in document.items() if value is not None}).encode())
+    assert [(record["outcome"], record["reason"]) for record in records] == [("dead_lettered", "InvalidHrEvent")]
+    assert (
+        "eventId evt-leave was first used for another event of this person (leaver, effective 2026-11-20)"
+        in (records[0]["description"])
+    )
+    assert (sent_grants(hr), await hr.status("evt-leave")) == before
+    assert (await hr.enter(leaver))[-1]["outcome"] == "completed"
+    assert sent_grants(hr) == before[0] + 3  # the same three, absorbed by the ledger as the same requests
+    await hr.until("2026-11-20T12:00:00Z")
+    assert hr.holds() == {"emea", "helpdesk"}
+    await hr.until("2026-11-21T00:00:00Z")
+    assert hr.holds() == set()
+
+
+async def test_a_mover_whose_previous_lies_ends_what_hr_gave_and_never_another_producer_s_grant(
+    hr_run: Callable[..., Any],
+) -> None:
+    """Hired in IT at EMEA (EMEA, helpdesk); a bulk job grants APAC too. A move to LATAM in Sales whose previous claims
+    APAC and Sales (a lie: it was EMEA and IT): HR's EMEA and helpdesk end (HR's own record of the person, not the
+    claim), its end of APAC ends no grant of HR's (released: the bulk job's grant holds it), and the person keeps
+    APAC."""
+    hr: Hr = await hr_run()
+    await hr.enter(hr_event("hire", "evt-hire"))
+    await hr.run.deliver(grant_body(requestId="job-apac", target={"type": "administrativeUnit", "id": AU_OTHER}))
+    assert hr.holds() == {"emea", "apac", "helpdesk"}
+    await hr.until(hr.run.clock() + 3600)
+    previous = {"location": "APAC", "department": "Sales"}
+    await hr.enter(hr_event("move", "evt-move", location="LATAM", department="Sales", previous=previous))
+    await hr.finish()
+    assert hr.holds() == {"apac"}
+    assert (hr.outcome("evt-move", AU), hr.outcome("evt-move", HELPDESK_TEMPLATE)) == ("revoked", "revoked")
+    assert hr.outcome("evt-move", AU_OTHER) == "released"
+
+
+@pytest.mark.parametrize("entered_first", ["leaver", "rehire"])
+async def test_with_leavers_immediately_a_leaver_ends_access_at_its_arrival_and_a_rehire_effective_later_stands(
+    hr_run: Callable[..., Any], entered_first: str
+) -> None:
+    """Rules with leavers "immediately": a leaver effective the 20th entered on the 12th takes effect on the 12th (its
+    arrival), not at the end of the 20th; a rehire effective the 20th (entered before or after it) gives access back on
+    the 20th."""
+    hr: Hr = await hr_run(leavers="immediately")
+    await hr.enter(hr_event("hire", "evt-hire", effective="2026-11-01"))
+    await hr.until("2026-11-12")
+    leaver = hr_event("leave", "evt-leave", effective="2026-11-20")
+    rehire = hr_event("hire", "evt-rehire", effective="2026-11-20", location="APAC")
+    await hr.enter(leaver if entered_first == "leaver" else rehire)
+    await hr.until("2026-11-12T01:00:00Z")
+    await hr.enter(rehire if entered_first == "leaver" else leaver)
+    assert hr.holds() == set()
+    await hr.until("2026-11-19")
+    assert hr.holds() == set()
+    await hr.finish()
+    assert hr.holds() == {"apac", "helpdesk"}
+
+
+async def test_many_people_under_one_event_id_are_each_followed_and_counted(hr_run: Callable[..., Any]) -> None:
+    """Twenty hires under one eventId (a department's start), delivered at once, two of them of users the directory does
+    not have: the event counts every person's two grants, names each failure under its person, and says done."""
+    hr: Hr = await hr_run(GRANTS_MEMBER_NOT_FOUND_MIN_ATTEMPTS="2")
+    people = [str(uuid.UUID(int=0x40000000_0000_4000_8000_000000000000 + n)) for n in range(20)]
+    for person in people[2:]:
+        hr.run.graph.add_user(person)
+    for person in people:
+        hr.queue.send(hr_event("hire", "evt-start", member=person), message_id=f"start-{person}")
+    await hr.handle("")
+    await hr.finish()
+    status = await hr.status("evt-start")
+    assert (status["rows"], status["terminal"], status["succeeded"], status["done"], status["notSent"]) == (
+        40,
+        40,
+        36,
+        True,
+        0,
+    )
+    assert len(status["people"]) == 20
+    failed = {person["userObjectId"]: len(person["failed"]) for person in status["people"] if person["failed"]}
+    assert failed == {people[0]: 2, people[1]: 2}
+    assert all(hr.holds(person) == {"emea", "helpdesk"} for person in people[2:])
+
+
+@pytest.mark.parametrize(
+    "people",
+    [
+        {"userObjectId": [USER, UNKNOWN]},
+        {"userObjectId": None, "userObjectIds": [USER, UNKNOWN]},
+        {"userObjectId": f"{USER},{UNKNOWN}"},
+    ],
+)
+async def test_an_event_naming_several_people_in_one_message_is_refused_naming_the_field(
+    hr_run: Callable[..., Any], people: dict[str, Any]
+) -> None:
+    """One event is one person: a list, a second field or two ids in one string is dead-lettered InvalidHrEvent
+    naming userObjectId, and nobody is granted anything."""
+    hr: Hr = await hr_run()
+    document = json.loads(hr_event("hire", "evt-two")) | people
+    records = await hr.enter(json.dumps({key: value for key, value in document.items() if value is not None}).encode())
+    assert [(record["outcome"], record["reason"]) for record in records] == [("dead_lettered", "InvalidHrEvent")]
+    assert records[0]["description"].startswith("userObjectId")
+    assert sent_grants(hr) == 0
+
+
+async def test_an_operator_resubmitting_a_hire_s_grants_after_the_leaver_gives_nothing_back(
+    hr_run: Callable[..., Any],
+) -> None:
+    """A hire of a user not in the directory yet: its grants are dead-lettered MemberNotFound. The person then leaves;
+    the user appears; an operator resubmits the dead letters (twice, by mistake): each grant is the hire's intent, older
+    than the leaver, so it ends superseded and the person holds nothing."""
+    hr: Hr = await hr_run(GRANTS_MEMBER_NOT_FOUND_MIN_ATTEMPTS="2")
+    person = str(uuid.UUID(int=0x77000000_0000_4000_8000_000000000000))
+    await hr.enter(hr_event("hire", "evt-hire", member=person))
+    await hr.finish()
+    assert {hr.outcome("evt-hire", target) for target in (AU, HELPDESK_TEMPLATE)} == {"dead_lettered"}
+    await hr.until(hr.run.clock() + 86_400)
+    await hr.enter(hr_event("leave", "evt-leave", member=person))
+    await hr.finish()
+    hr.run.graph.add_user(person)
+    await hr.until(hr.run.clock() + 86_400)
+    for _ in range(2):
+        for copy in resubmit(LocalBackend(hr.run.queue), Selector(reason="MemberNotFound")):
+            assert copy.message_id
+        await hr.finish()
+    assert hr.holds(person) == set()
+    assert {hr.outcome("evt-hire", target) for target in (AU, HELPDESK_TEMPLATE)} == {"superseded"}
