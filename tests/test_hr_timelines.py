@@ -29,6 +29,7 @@ from grants_local.graph_double import GraphDouble
 from grants_local.host import LocalHost, OutcomeRecorder, registered_function
 from grants_local.queue import LocalQueue, LocalSender
 from grants_local.settlement_server import LocalSettlementServer, point_message_actions_at
+from shared.core.hr_events import KnownEvent, Placement, parse_event
 from shared.core.hr_rules import HrRules
 from tests.conftest import AU, AU_OTHER, HELPDESK_ROLE, HELPDESK_TEMPLATE, UNKNOWN, USER, Run, as_operator
 from tests.conftest import body as grant_body
@@ -868,3 +869,49 @@ async def test_an_operator_resubmitting_a_hire_s_grants_after_the_leaver_gives_n
         await hr.finish()
     assert hr.holds(person) == set()
     assert {hr.outcome("evt-hire", target) for target in (AU, HELPDESK_TEMPLATE)} == {"superseded"}
+
+
+async def test_an_hr_event_derived_against_hundreds_of_the_person_s_events_is_recorded_and_read_back(
+    hr_run: Callable[..., Any],
+) -> None:
+    """A person with 400 other HR events whose ids are 100 characters long (what one index column cannot hold): the
+    event's derivation is fixed and read back whole, so the event is not retried as the ledger unavailable until it is
+    dead-lettered, for every event of that person from then on."""
+    hr: Hr = await hr_run()
+    ledger = hr.run.app.services.ledger
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    known = KnownEvent(
+        event=parse_event(hr_event("move", "evt-400", previous={"location": "APAC"})),
+        placement=Placement(moment=now, tiebreak=(now, now)),
+    )
+    await ledger.hr_events(producer="hr", event=known, now=now)
+    others = tuple(f"{n:03d}".ljust(100, "x") for n in range(400))
+    assert await ledger.consider(producer="hr", event=known, considered=others) == others
+    [found] = await ledger.hr_events(producer="hr", event=known, now=now)
+    assert (found.event, found.placement, found.considered) == (known.event, known.placement, others)
+    assert await ledger.consider(producer="hr", event=known, considered=()) == others  # fixed: the first stays
+
+
+async def test_a_leaver_none_of_whose_hundreds_of_grants_can_be_sent_says_which_were_not_sent(
+    hr_run: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Rules giving 300 units; a leaver whose sends the grants queue refuses at every delivery: dead-lettered
+    QueueUnavailable on the queue's last delivery, and its status (a record larger than one column holds) says 0 of
+    300 sent and names every one not sent, for the operator who resubmits it."""
+    units = [str(uuid.UUID(int=0xAE100000_0000_4000_8000_000000000000 + n)) for n in range(300)]
+    rules = tmp_path / "many.json"
+    grants = [{"type": "administrativeUnit", "id": unit} for unit in units]
+    rules.write_text(json.dumps({"rules": [{"name": "everywhere", "when": {}, "grants": grants}]}))
+    hr: Hr = await hr_run(GRANTS_HR_RULES=str(rules))
+    hr.sender.fail_when(lambda grant: True)
+    records = await hr.enter(hr_event("leave", "evt-big"))
+    assert (records[-1]["outcome"], records[-1]["reason"]) == ("dead_lettered", "QueueUnavailable")
+    assert "sent 0 of 300 grant messages" in records[-1]["description"]
+    status = await hr.status("evt-big")
+    assert (status["rows"], status["notSent"], status["done"], status["event"]["outcome"]) == (
+        300,
+        300,
+        False,
+        "incomplete",
+    )
+    assert [row["target"]["id"] for row in status["event"]["notSent"]] == units

@@ -503,7 +503,7 @@ class Ledger:
         for entity in detailed:
             group = groups.setdefault(str(entity.get("producer") or producer or ""), Group(rows=[]))
             if _is_event(entity):
-                group.events.append(_loads(entity.get("record")))
+                group.events.append(_loads(_chunked_text("record", entity)))
             elif (record := _status_record(entity)) is not None:
                 group.failed.append(record)
         for owner, entity in legacy:
@@ -512,7 +512,7 @@ class Ledger:
             group = groups.setdefault(owner, Group(rows=[]))
             if _is_event(entity):
                 if not group.events:
-                    group.events.append(_loads(entity.get("record")))
+                    group.events.append(_loads(_chunked_text("record", entity)))
                 continue
             row = {name: entity.get(name) for name in _COUNTED if name not in ("RowKey", "producer", "event")}
             if row.get("jobRow") in own_rows.get(owner, set()):
@@ -568,7 +568,7 @@ class Ledger:
             "memberId": member,
             "event": True,
             "updatedAt": now,
-            "record": _dumps(record),
+            **_chunked("record", _dumps(record)),  # many rows not sent outgrow one column
         }
         try:
             await self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
@@ -626,10 +626,10 @@ class Ledger:
             if entity is None:
                 raise _unavailable("read an HR event of a person that was just there", None)
             if entity.get("considered") is not None:
-                return tuple(json.loads(entity["considered"]))
+                return tuple(json.loads(_unchunked("considered", entity)))
             try:
-                await self._table.update_entity(
-                    {"PartitionKey": partition, "RowKey": row, "considered": json.dumps(list(considered))},
+                await self._table.update_entity(  # hundreds of event ids outgrow one column
+                    {"PartitionKey": partition, "RowKey": row, **_chunked("considered", json.dumps(list(considered)))},
                     mode=UpdateMode.MERGE,
                     etag=entity.metadata["etag"],
                     match_condition=MatchConditions.IfNotModified,
@@ -1392,7 +1392,7 @@ def _known_fields(known: KnownEvent) -> dict[str, Any]:
         "tiebreak": _dumps_times(known.placement.tiebreak),
     }
     if known.considered is not None:
-        fields["considered"] = json.dumps(list(known.considered))
+        fields |= _chunked("considered", json.dumps(list(known.considered)))
     return fields
 
 
@@ -1413,7 +1413,7 @@ def _known_from(entity: Mapping[str, Any]) -> KnownEvent:
     moments = json.loads(entity["tiebreak"])
     if not isinstance(moments, list) or len(moments) != 2:
         raise ValueError(f"not a tiebreak: {entity['tiebreak']!r}")
-    considered = json.loads(entity["considered"]) if entity.get("considered") is not None else None
+    considered = json.loads(_unchunked("considered", entity)) if entity.get("considered") is not None else None
     return KnownEvent(
         event=event,
         placement=Placement(moment=_aware(entity["moment"]), tiebreak=(_aware(moments[0]), _aware(moments[1]))),
@@ -1449,8 +1449,9 @@ def _aware(text: object) -> datetime:
     return moment
 
 
-#: Characters per string column of a pair's JSON: Table Storage takes at most 64 KiB of UTF-16 (32 Ki characters) in
-#: one property, so a long list goes on in ``<name>1``, ``<name>2``, … (a pair of every producer of a large registry).
+#: Characters per string column of a long JSON text: Table Storage takes at most 64 KiB of UTF-16 (32 Ki characters) in
+#: one property, so a long text goes on in ``<name>1``, ``<name>2``, … (a pair of every producer of a large registry;
+#: the hundreds of events of a person an HR event is derived against; an HR event's record of hundreds of rows unsent).
 _COLUMN_CHARS: Final = 30_000
 
 
@@ -1468,6 +1469,11 @@ def _unchunked(name: str, entity: Mapping[str, Any]) -> str:
         pieces.append(str(entity[f"{name}{number}"]))
         number += 1
     return "".join(pieces)
+
+
+def _chunked_text(name: str, entity: Mapping[str, Any]) -> str | None:
+    """The text `_chunked` wrote under `name`, or None when the entity has no such column."""
+    return _unchunked(name, entity) if isinstance(entity.get(name), str) else None
 
 
 def _dumps_list(items: list[dict[str, Any]]) -> str:
