@@ -6,23 +6,20 @@ An event (JSON object; other fields are ignored)::
      "userObjectId": "<GUID>", "department": "IT", "location": "EMEA", "jobCode": "HD1",
      "effectiveDate": "2026-12-01", "previous": {"location": "APAC"}}
 
-- ``eventType``: ``hire`` / ``joiner`` (adds of what the rules give), ``move`` / ``mover`` (removes of what
-  the old attributes gave and not the new ones, adds of what only the new ones give; ``previous`` holds the
-  old values of the attributes that changed, and is required), ``leave`` / ``leaver`` (revoke-alls of every
-  target any rule can give: every producer's grant of the person there ends, and the membership whoever made it;
-  the HR producer needs the policy's ``revokeAll`` right, which the built-in policy gives it).
+- ``eventType``: ``hire`` / ``joiner``, ``move`` / ``mover`` (``previous``, required, holds the old values of the
+  attributes that changed), ``leave`` / ``leaver``; what each sends: `derive_messages`.
 - ``eventId``: 1 to 100 letters, digits and ``. _ : @ -``; when absent it is derived as
   ``<employeeId>.<eventType>.<effectiveDate>.<8 hex of occurredAt, else of the event's MessageId>``
   (``effectiveDate`` is then required), so a hire, a leave and a rehire on one day are three events.
-- ``occurredAt`` (optional, RFC 3339 with offset, inside the app's time domain): when the event happened; the grant
-  messages' ``requestedAt`` (else the time the event was enqueued), so of two HR intents for one target the later
-  wins. ``effectiveDate`` too lies in the domain (`shared.core.times`); the event's JSON is read as a grant
-  message's is (no key twice).
+- ``effectiveDate`` (``YYYY-MM-DD``) and ``occurredAt`` (optional, RFC 3339 with offset) lie in the app's time domain
+  (`shared.core.times`); the event's JSON is read as a grant message's is (no key twice).
+- Where an event stands among its person's events is its `Placement` (`place`): its effective moment, then its
+  ``occurredAt`` (never later than its first arrival) and first arrival. Its grant messages are its intents at that
+  place, so of two HR intents for one target the later effective one wins, whatever the entry order.
 - Each grant message has requestId (and MessageId, keyed as the app sends it) ``~hr:<eventId>:<first 16 hex of
   sha256(action, target, member)>`` (the app's own namespace: no producer can send one): two people under one
-  eventId get different ids,
-  and a replayed event the same ones (duplicate detection, then the ledger, absorbs them; a joiner replayed after
-  the leaver is superseded).
+  eventId get different ids, and every copy of an event (placed and derived as first recorded, `KnownEvent`) the same
+  ones (duplicate detection, then the ledger, absorbs them; a joiner carried again after the leaver is superseded).
 """
 
 from __future__ import annotations
