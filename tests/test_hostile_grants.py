@@ -18,7 +18,8 @@ import pytest
 
 from grants_local.graph_double import GraphDouble
 from grants_local.producers import LOCAL_PRODUCERS
-from shared.adapters.ledger import _pair_fields, table_key
+from shared.adapters.ledger import table_key
+from shared.adapters.ledger.pairs import _pair_fields
 from shared.core.contract import Action
 from shared.core.intents import Effect, Intent
 from shared.core.pairs import (

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from grants_client._status import GroupStatus, RequestStatus
+    from grants_client._records import GroupStatus, RequestStatus
 
 __all__ = [
     "ConfigError",

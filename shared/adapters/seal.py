@@ -8,9 +8,14 @@ and checks with the same key, and no producer holds it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 
+from azure.core.exceptions import AzureError, ResourceExistsError
+
+from shared.adapters.tables import _APP_PARTITION, _SCHEMA, _SEAL_ROW, TableRows, _unavailable
 from shared.core.errors import Reason, TransientError
 from shared.core.messaging import (
     NOT_BEFORE,
@@ -25,7 +30,7 @@ from shared.core.messaging import (
 )
 from shared.core.seal import keyed_message_id, seal, verify
 
-__all__ = ["Sealer", "SealingPublisher", "SealingSender"]
+__all__ = ["SealKeys", "Sealer", "SealingPublisher", "SealingSender"]
 
 
 class Sealer:
@@ -156,3 +161,34 @@ def _unreadable(why: str) -> TransientError:
     return TransientError(
         Reason.LEDGER_UNAVAILABLE, f"the app's seal key in the grant ledger (row app/seal) cannot be read: {why}"
     )
+
+
+class SealKeys(TableRows):
+    """The seal's keys where the ledger keeps them (`shared.adapters.ledger.Ledger`'s part)."""
+
+    async def seal_keys(self) -> tuple[bytes, ...]:
+        """The keys of the app's seal (`shared.adapters.seal`), newest first: the row ``(app, seal)``, created with a
+        random 32-byte key on first use (insert-only: every instance ends up with the one that was written first).
+        To rotate, move ``key`` to ``previous`` and write a new ``key``: messages sealed with either still check out.
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        for _ in range(2):
+            entity = await self._get(_APP_PARTITION, _SEAL_ROW, doing="read the app's seal key")
+            if entity is not None:
+                self._legacy = not entity.get("schema")
+                return tuple(base64.b64decode(entity[name]) for name in ("key", "previous") if entity.get(name))
+            try:
+                await self._table.create_entity(
+                    {
+                        "PartitionKey": _APP_PARTITION,
+                        "RowKey": _SEAL_ROW,
+                        "key": base64.b64encode(secrets.token_bytes(32)).decode(),
+                        "schema": _SCHEMA,
+                    }
+                )
+            except ResourceExistsError:
+                pass  # another instance wrote it first: read that one
+            except AzureError as error:
+                raise _unavailable("create the app's seal key", error) from error
+        raise _unavailable("read the app's seal key that was just written", None)

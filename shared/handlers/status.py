@@ -38,10 +38,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, time
 from typing import Any, Final
 
-from shared.adapters.ledger import Group, GroupKind, Ledger
+from shared.adapters.ledger import Ledger
 from shared.core.access import Caller, caller_of
 from shared.core.contract import is_request_id, parse_guid
 from shared.core.errors import ContractError, TransientError
+from shared.core.ledger import Group, GroupKind
 from shared.core.producers import PRODUCER_NAME, Producers
 from shared.core.statuses import Status, StatusRecord
 from shared.core.times import TimeRefused, parse_date, parse_timestamp

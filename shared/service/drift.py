@@ -49,7 +49,6 @@ from typing import Any, Final, Literal
 
 from shared.adapters.directory import DirectoryReader
 from shared.adapters.graph import GraphClient
-from shared.adapters.ledger import DriftHold, Ledger
 from shared.core.contract import (
     AdministrativeUnit,
     DirectoryRole,
@@ -89,6 +88,7 @@ from shared.core.drift_records import (
 )
 from shared.core.errors import GrantError, Reason
 from shared.core.intents import pair_of
+from shared.core.ledger import DriftHold, DriftLedger
 from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, MessageSender, OutcomePublisher
 from shared.core.pairs import PairState
 from shared.core.producers import APP_PRODUCER
@@ -218,7 +218,7 @@ class DriftService:
         self,
         *,
         reader: DirectoryReader,
-        ledger: Ledger,
+        ledger: DriftLedger,
         graph: GraphClient,
         policy: DriftPolicy,
         sender: MessageSender,

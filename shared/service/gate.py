@@ -33,10 +33,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
 
-from shared.adapters.ledger import Absorbed, Admitted, Ledger, Ticket
 from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, Target, encode
 from shared.core.errors import PermanentError, Reason, TransientError
 from shared.core.intents import Effect, Intent, effect_of, expiry_removal, intent_of, pair_of, parse_pair
+from shared.core.ledger import Absorbed, Admitted, GateLedger, Ticket
 from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, MessageSender, derived_message_id
 from shared.core.pairs import Grant, NotDue, Released, Superseded, confirm_at, due_grants
 from shared.core.producers import APP_PRODUCER, Producer
@@ -91,7 +91,7 @@ class IntentGate:
     def __init__(
         self,
         *,
-        ledger: Ledger,
+        ledger: GateLedger,
         grants: GrantService,
         now: Callable[[], datetime],
         progress_after: float = PROGRESS_AFTER,

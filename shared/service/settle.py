@@ -55,10 +55,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from shared.adapters.settlement import Settlement, SettlementFailed, SettlementTimeout, abandon, complete, deadletter
 from shared.core.errors import GrantError, GraphAnswer, PermanentError, Reason, TransientError
+from shared.core.ledger import StatusLedger
 from shared.core.messaging import (
     ATTEMPT,
     FIRST_ATTEMPT_AT,
@@ -76,7 +77,7 @@ from shared.core.messaging import (
 from shared.core.retry import GiveUp, RetryPolicy, Waiting
 from shared.core.statuses import Settled, Status, StatusRecord, StatusWrite, kept_over
 
-__all__ = ["Done", "Ending", "NotYet", "RetryCopy", "StatusLedger", "log_outcome", "outcome_log", "sentence", "settle"]
+__all__ = ["Done", "Ending", "NotYet", "RetryCopy", "log_outcome", "outcome_log", "sentence", "settle"]
 
 outcome_log = logging.getLogger("shared.outcome")
 _log = logging.getLogger(__name__)
@@ -134,14 +135,6 @@ class Ending:
     event: Callable[[Settled, dict[str, Any]], dict[str, Any]] | None = None
     owner: bool = False
     source: str | None = None
-
-
-class StatusLedger(Protocol):
-    """Where a grant's status records are written and read (`shared.adapters.ledger.Ledger`)."""
-
-    async def record(self, record: StatusRecord, *, now: datetime, write: StatusWrite = ...) -> bool: ...
-
-    async def status(self, request_id: str, *, producer: str) -> StatusRecord | None: ...
 
 
 async def settle(
