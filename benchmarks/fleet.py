@@ -23,6 +23,9 @@ is on 127.0.0.1; every process stops by itself (`--max-seconds`).
 3. ``light_load``: one instance, one interactive grant at a time (each sent 0.5 s after the previous one
    settled), against the double answering in 30 ms, no quota: enqueue → settled p50 / p99, and the app's own
    overhead = that minus Graph's latency * Graph calls per grant.
+
+The interactive grants speak as the grants queue's producer (``other``); the part fails should any of them be
+dead-lettered (a refusal's latency measures no grant).
 """
 
 from __future__ import annotations
@@ -320,6 +323,8 @@ def onboarding(scale: Scale, azurite: AzuriteTables, *, backlog: int) -> dict[st
         "throttled_high": sum(1 for _, priority, ok in log if not ok and priority == "High"),
         "bulk_settled": result["settled"] - len(latencies),
         "token_requests": counters["token_requests"],
+        "dead": result["dead_lettered"],
+        "dead_reasons": result["dead_reasons"],
     }
 
 
@@ -344,6 +349,8 @@ def light_load(scale: Scale, azurite: AzuriteTables) -> dict[str, Any]:
         "overhead_p99_ms": 1000 * (percentile(latencies, 0.99) - graph),
         "token_requests": counters["token_requests"],
         "cpu_ms_per_grant": 1000 * result["cpu_s"] / max(len(latencies), 1),
+        "dead": result["dead_lettered"],
+        "dead_reasons": result["dead_reasons"],
     }
 
 
@@ -354,7 +361,7 @@ def print_onboarding(alone: dict[str, Any], busy: dict[str, Any]) -> float:
             f"onboarding: trickle={label} interactive_grants={figures['trickle']} p50_ms={figures['p50_ms']:.0f} "
             f"p99_ms={figures['p99_ms']:.0f} max_ms={figures['max_ms']:.0f} bulk_settled={figures['bulk_settled']} "
             f"writes_per_s={figures['writes_per_s']:.2f} throttled={figures['throttled']} "
-            f"(High {figures['throttled_high']}) token_requests={figures['token_requests']}",
+            f"(High {figures['throttled_high']}) dead={figures['dead']} token_requests={figures['token_requests']}",
             flush=True,
         )
     ratio: float = busy["p99_ms"] / alone["p99_ms"]
@@ -367,7 +374,8 @@ def print_light(light: dict[str, Any]) -> None:
         f"light_load: grants={light['grants']} one_at_a_time graph_latency_ms={1000 * LATENCY:.0f} "
         f"graph_calls_per_grant={light['graph_calls_per_grant']:.2f} p50_ms={light['p50_ms']:.1f} "
         f"p99_ms={light['p99_ms']:.1f} app_overhead_p50_ms={light['overhead_p50_ms']:.1f} "
-        f"app_overhead_p99_ms={light['overhead_p99_ms']:.1f} token_requests={light['token_requests']} "
+        f"app_overhead_p99_ms={light['overhead_p99_ms']:.1f} dead={light['dead']} "
+        f"token_requests={light['token_requests']} "
         f"worker_cpu_ms_per_grant={light['cpu_ms_per_grant']:.1f}",
         flush=True,
     )
@@ -399,6 +407,9 @@ def _run_all(scale: Scale, azurite: AzuriteTables) -> dict[str, Any]:
     ratio = print_onboarding(alone, busy)
     light = light_load(scale, azurite)
     print_light(light)
+    refused = sorted({reason for figures in (alone, busy, light) for reason in figures["dead_reasons"]})
+    if refused:  # latencies of refusals are no measurement of grants
+        raise SystemExit(f"fleet: onboarding or light-load grants were dead-lettered ({', '.join(refused)})")
     return {
         "fleet_quota_fraction_min": min(run["quota_fraction"] for run in adaptive),
         "fleet_throttled_pct_max": max(run["throttled_pct"] for run in adaptive),
