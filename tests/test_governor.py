@@ -349,6 +349,23 @@ async def test_a_draining_window_keeps_the_share_the_last_signal_gave_for_a_wind
     assert await more_writes_allowed(governor, time) == 1
 
 
+async def test_an_interactive_write_keeps_to_the_share_of_the_window_first_in_line() -> None:
+    """Ahead of waiting bulk writers an interactive write borrows a token, but not room in Graph's window: held by the
+    cap, it waits too, and takes the first write the next answer allows."""
+    time = FakeTime()
+    governor = adaptive(time)  # shares round up
+    await write_answered(governor, None, 40)  # 40 * 1.16 = 46.4: 47 writes in the window
+    for _ in range(7):
+        await governor.acquire("bulk")  # 7 in flight: the cap is reached
+    bulk = asyncio.ensure_future(governor.acquire("bulk"))
+    interactive = asyncio.ensure_future(governor.acquire("interactive"))
+    assert not await settled(interactive)
+    governor.admitted(None)  # 41 answered, 6 in flight: 41 * 1.16 = 47.5, so 48
+    assert await settled(interactive)
+    assert not await settled(bulk)
+    bulk.cancel()
+
+
 async def test_a_write_that_gets_no_answer_is_no_longer_in_flight(graph: GraphDouble) -> None:
     """A write whose connection fails (or whose invocation is cancelled) leaves the count in flight: it would
     otherwise hold this process's share of the window for ever."""

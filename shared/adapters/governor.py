@@ -7,7 +7,7 @@ up to `burst`, by default 1: a burst at the full rate overshoots Graph's window 
 ``interactive`` lane go before every waiter of the ``bulk`` lane; within a lane, first come first served. While
 bulk writers wait, an interactive write does not wait for a token: it borrows one (up to `INTERACTIVE_DEBT`),
 which the bulk lane pays back, so the rate over time is unchanged and a new hire's grant never queues behind a
-bulk job's pacing.
+bulk job's pacing (it does keep to this process's share of Graph's window, first in line: see below).
 `pause` holds *every* writer in the process until a throttled request's ``Retry-After`` has passed; a ``429``
 on a bulk write pauses only the bulk lane (Graph throttles Low-priority requests first: High ones may still
 pass), one on an interactive write pauses both.
@@ -194,19 +194,20 @@ class WriteGovernor:
             return 0.0
         self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
-        if lane == Lane.INTERACTIVE and self._waiters[Lane.BULK] and self._tokens > 1 - INTERACTIVE_DEBT:
-            # Ahead of bulk writers, an interactive write does not wait for the bucket (or this process's share of
-            # the window): it borrows a token, which the bulk lane pays back. The rate over time is unchanged.
-            self._tokens -= 1
-            return 0.0
         if self._cap is not None:
             self._forget(now)
             if len(self._own) + self._in_flight >= self._cap:
                 # This process's share of the window is used up: wait for the answer to a write in flight (it may
-                # raise the share), else for its oldest write to leave the window.
+                # raise the share), else for its oldest write to leave the window. Interactive writes too (first):
+                # a write past the share is a 429 in the making.
                 if self._in_flight:
                     return UNTIL_ANSWERED
                 return max(self._own[0] + self.window - now if self._own else 1 / self.ceiling, 1e-3)
+        if lane == Lane.INTERACTIVE and self._waiters[Lane.BULK] and self._tokens > 1 - INTERACTIVE_DEBT:
+            # Ahead of bulk writers, an interactive write does not wait for the bucket: it borrows a token, which the
+            # bulk lane pays back. The rate over time is unchanged.
+            self._tokens -= 1
+            return 0.0
         # Tolerate float error and the clock's resolution (a virtual clock at epoch seconds moves in steps of
         # 2.4e-7 s): a shorter wait would not move it, and the caller's loop would never end.
         if self._tokens >= 1 - max(_EPSILON, self.rate * math.ulp(now)):
