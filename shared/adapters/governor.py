@@ -125,7 +125,7 @@ class WriteGovernor:
         self._cap: float | None = PROBE_WRITES if self.adaptive else None
         self._share: float | None = None  # the cap Graph's last signal gave (this process's share of a full window)
         self._quiet_since: float | None = None  # the first answer under the signal since then
-        self._answered = asyncio.Event()  # set (and replaced) when a write is answered
+        self._answered: list[asyncio.Future[None]] = []  # writers waiting for the next answer
         self.pauses = 0
         self.last_usage: float | None = None
 
@@ -160,15 +160,21 @@ class WriteGovernor:
     async def _wait(self, seconds: float) -> None:
         """Sleep `seconds`; `UNTIL_ANSWERED`: until the next write in flight is answered."""
         if seconds == UNTIL_ANSWERED:
-            await self._answered.wait()
+            answered = asyncio.get_running_loop().create_future()
+            self._answered.append(answered)
+            try:
+                await answered
+            finally:
+                self._answered.remove(answered)
         else:
             await self._sleep(seconds)
 
     def _answer(self) -> None:
         """A write let through is no longer in flight: wake the writer waiting at the head."""
         self._in_flight = max(self._in_flight - 1, 0)
-        self._answered.set()
-        self._answered = asyncio.Event()
+        for answered in self._answered:
+            if not answered.done():
+                answered.set_result(None)
 
     @property
     def in_flight(self) -> int:
