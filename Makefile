@@ -70,11 +70,13 @@ unit: $(VENV)/.dev $(AZURITE)/.installed
 infra:
 	bash infra/check.sh
 
-# Throughput, CPU vs msgraph-sdk, cold start, installed size, the ledger's cost, a grant's cost in what Azure bills
-# (docs/limits.md), the fleet (ARGS="--quick" for a short run, under 8 minutes; the full run under 25). msgraph-sdk is
-# only compared against, in its own venv (.venv-msgraph). `make test` runs bench-smoke: every part at a tiny scale, failing unless each ran and printed
-# its line (no timing is asserted), so a benchmark that no longer runs fails CI; its figures' lines start "smoke"
-# (tiny scale: not measurements, held to no target).
+# The engine's speed and CPU vs msgraph-sdk, throughput, the ledger's cost, a grant's cost in what Azure bills
+# (docs/limits.md), the pipeline's CPU, cold start, installed size, the fleet (with a CPU hog beside it), onboarding,
+# light load, the drift sweep: every line states the run's own speed and the machine's load (docs/performance.md).
+# ARGS="--quick" for a short run (under 8 minutes), the full run under 30; ARGS="--smoke" is every part at a tiny
+# scale (about two minutes), failing unless each ran and printed its line (no timing is asserted): `make test` runs it
+# as bench-smoke, so a benchmark that no longer runs fails CI; its lines start "smoke" (not measurements, held to no
+# target). msgraph-sdk is only compared against, in its own venv (.venv-msgraph).
 .venv-msgraph/.installed: benchmarks/requirements-msgraph.txt
 	$(PYTHON) -m venv .venv-msgraph
 	.venv-msgraph/bin/python -m pip install -q -r benchmarks/requirements-msgraph.txt
@@ -82,10 +84,9 @@ infra:
 
 bench: $(VENV)/.dev .venv-msgraph/.installed $(AZURITE)/.installed
 	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.bench $(ARGS)
-	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.drift $(if $(findstring --quick,$(ARGS)),--smoke)
 
-bench-smoke: $(VENV)/.dev .venv-msgraph/.installed $(AZURITE)/.installed
-	GRPC_VERBOSITY=ERROR $(BIN)/python -m benchmarks.bench --smoke
+bench-smoke:
+	@$(MAKE) --no-print-directory bench ARGS=--smoke
 
 # Not part of `make test` (its 500-message variant is, in tests/test_soak.py): 10,000 messages with seeded faults,
 # invariants checked (ARGS="--messages 2000 --seed 7"); exits non-zero when one fails.

@@ -1,60 +1,70 @@
-"""``make bench``: throughput at Graph's write quota, CPU per grant against msgraph-sdk, cold start, size, the
-ledger's cost, the fleet.
+"""``make bench``: CPU per grant against msgraph-sdk, throughput at Graph's write quota, the ledger's cost, cold
+start, size, the fleet, the drift sweep.
 
-``make bench`` (``ARGS=--quick``: shorter, under 8 minutes on 2 cores; the full run under 25) prints the lines
-below; ``ARGS=--smoke`` runs every part at a tiny scale (seconds) and exits non-zero unless each part ran and
-printed its line: `make test` runs it, so a benchmark that no longer runs fails CI. It asserts no timing, and labels
-what it prints as smoke: a first line saying so, each figure's line starting ``smoke `` (``smoke summary:
-quota_fraction=0.303``: 20 grants in a few seconds, not a measurement, not held to a target). Sizes
-(full / ``--quick``) are in `FULL` and `QUICK`. Figures, one line each (the Graph double and the token endpoint run
-in a process of their own, `benchmarks.doubles`, so each figure measures only the client):
+``make bench`` (``ARGS=--quick``: shorter, under 8 minutes on 2 cores; the full run under 30) prints the lines
+below; ``ARGS=--smoke`` runs every part, the drift sweep included, at a tiny scale (about two minutes) and exits
+non-zero unless each part ran and printed its line: `make test` runs it (``make bench-smoke``), so a benchmark that
+no longer runs fails CI. It asserts no timing, and labels what it prints as smoke: a first line saying so, each
+figure's line starting ``smoke `` (``smoke summary: quota_fraction=0.303``: 20 grants in a few seconds, not a
+measurement, not held to a target). Sizes (full / ``--quick``) are in `FULL` and `QUICK`.
 
-1. ``throughput``: N grants (3,000 / 600) through the local host and the registered function object, 16 at a
-   time, against the Graph double with a write budget of 200 per 10 s (Graph's 20/s) and 30 ms latency;
-   ``GRAPH_WRITE_RATE=20``, ``GRAPH_WRITE_PACING=static`` (one process pacing at the whole quota: the pipeline's
-   own throughput; the fleet runs below measure adaptive pacing). Sustained writes/s and its fraction of the
-   budget, 429s, dead letters, p50/p99 time per invocation (the outcome records' ``startedAt``..``finishedAt``,
-   every delivery), CPU ms per grant (this process), token requests, TCP connections.
-2. ``pipeline_cpu``: 2,000 / 500 grants, no budget, no latency (``GRAPH_WRITE_RATE=0``): CPU ms per grant of the
-   whole pipeline (function object, binding decode, ledger, Graph call, settlement over gRPC), and by thread
-   (`benchmarks.threads`): ``event_loop`` (the app's coroutines, with the local host and queue),
-   ``settlement_calls`` (the app's blocking settlement calls), ``settlement_server`` (the local settlement
-   server's handlers: the Functions host's part in Azure), ``grpc_core`` (gRPC's own threads, both sides).
-3. ``engine`` / ``msgraph_sdk`` / ``cpu_vs_msgraph``: as many grants, 16 at a time, against a fresh double with
+Every line ends with the run's own speed and the machine's load while its part ran (`benchmarks.stamp`:
+``| engine_cpu_ms=3.90 load=0.90..1.40 busy=63% cpus=2``): the engine comparison runs first, and every CPU figure
+after it is also given as a multiple of the engine's CPU per grant in the same run (``..._vs_engine``), which a
+slower or busier machine moves far less than the milliseconds. Figures, one line each, in this order (the Graph
+double and the token endpoint run in a process of their own, `benchmarks.doubles`, so each figure measures only the
+client):
+
+1. ``engine`` / ``msgraph_sdk`` / ``cpu_vs_msgraph``: 2,000 / 500 grants, 16 at a time, against a fresh double with
    no budget and no latency, at the same level on both sides: our `GrantService.execute` (policy, handler, Graph POST,
    classified result; `benchmarks.engine`) vs msgraph-sdk's
    ``directory.administrative_units.by_administrative_unit_id(AU).members.ref.post(ReferenceCreate(...))``
    (`benchmarks.msgraph_client`, in ``.venv-msgraph``), and, as the floor, a bare httpx POST loop
    (`benchmarks.httpx_floor`). Each client runs in its own process and measures its own CPU with
-   ``time.process_time``.
-4. ``cold_start``: median wall time and peak RSS of fresh ``python -c "import function_app"`` (9 / 5) vs as many
+   ``time.process_time``. The engine's median is the run's speed (``engine_cpu_ms`` on every line).
+2. ``throughput``: N grants (3,000 / 600) through the local host and the registered function object, 16 at a
+   time, against the Graph double with a write budget of 200 per 10 s (Graph's 20/s) and 30 ms latency;
+   ``GRAPH_WRITE_RATE=20``, ``GRAPH_WRITE_PACING=static`` (one process pacing at the whole quota: the pipeline's
+   own throughput; the fleet runs below measure adaptive pacing). Sustained writes/s and its fraction of the
+   budget, 429s, dead letters, p50/p99 time per invocation (the outcome records' ``startedAt``..``finishedAt``,
+   every delivery), CPU ms per grant (this process), token requests, TCP connections.
+3. ``ledger``: the grant ledger's cost per grant (`benchmarks.ledger`): 1,000 / 300 uncontended adds admitted
+   and finished through the app's `Ledger` against a local Azurite: storage requests and this process's CPU ms
+   and wall ms per grant; then the terminal status of each as a bulk row (status, member and target history, job
+   row: four writes at once): ``status_*``. The ``throughput`` figure already includes the ledger (the local host
+   runs every grant through it), so its quota fraction is measured with the ledger's cost.
+4. ``cost``: what a grant costs in the quantities Azure bills (`benchmarks.cost`, in a process of its own against a
+   fresh double answering in 30 ms, 500 / 100 units per scenario): per 1,000 interactive grants, bulk rows,
+   time-bound grants with their removal, webhook requests and HR joiner events, the Table Storage transactions,
+   Service Bus operations, function executions, execution and busy seconds and log bytes; what one expiry sweep and
+   one drift sweep cost; the peak RSS.
+5. ``pipeline_cpu``: 2,000 / 500 grants, no budget, no latency (``GRAPH_WRITE_RATE=0``): CPU ms per grant of the
+   whole pipeline (function object, binding decode, ledger, Graph call, settlement over gRPC), and by thread
+   (`benchmarks.threads`): ``event_loop`` (the app's coroutines, with the local host and queue),
+   ``settlement_calls`` (the app's blocking settlement calls), ``settlement_server`` (the local settlement
+   server's handlers: the Functions host's part in Azure), ``grpc_core`` (gRPC's own threads, both sides);
+   ``cpu_vs_engine``, and ``app_threads_vs_engine`` (`APP_THREADS`: the threads that are the app's in Azure).
+6. ``cold_start``: median wall time and peak RSS of fresh ``python -c "import function_app"`` (9 / 5) vs as many
    fresh ``.venv-msgraph`` interpreters importing what a msgraph-sdk-based function app would (`MSGRAPH_IMPORTS`),
    taking turns, after one uncounted run each that leaves our modules' bytecode in ``__pycache__``; and, as
    information, ours plus what the first message imports when it builds the services (`FIRST_MESSAGE_IMPORTS`:
    ``shared.bootstrap`` with the Graph and ledger clients, and ``azure.identity.aio``).
-5. ``fleet`` / ``onboarding`` / ``light_load``: K instances sharing the write quota (K = 1, 4, 16, 1 → 16 → 4,
-   and today's static split as the baseline), interactive grants during a 10,000-row bulk backlog, one grant at a
-   time at 30 ms per Graph answer; see `benchmarks.fleet` (``--quick``: a shorter window and runs).
-6. ``installed_size``: the files in the RECORDs of requirements.txt's distributions and their dependencies
-   vs the same for the msgraph-sdk equivalent (requirements.txt with httpx replaced by msgraph-sdk); and the
-   Graph client alone: httpx + azure-identity vs msgraph-sdk (each with its dependencies).
 7. ``telemetry``: what the worker's OpenTelemetry export (``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true``,
    the deployment choice ``GRANTS_OPENTELEMETRY``) costs. CPU ms per grant of the whole pipeline
    (`benchmarks.pipeline`: 1,000 / 500 grants, no budget, no latency, each side in a process of its own, 3 / 1
    runs each, taking turns; medians) without and with the Azure Monitor distro configured as the worker configures
    it, exporting to a loopback ingestion stub (`grants_local.ingestion`) and flushed inside the measured window;
-   and the cold start (as in 4) of ``import function_app`` with the distro configured first. The outcome traces
+   and the cold start (as in 6) of ``import function_app`` with the distro configured first. The outcome traces
    the stub received with their fields as dimensions are counted.
-8. ``ledger``: the grant ledger's cost per grant (`benchmarks.ledger`): 1,000 / 300 uncontended adds admitted
-   and finished through the app's `Ledger` against a local Azurite: storage requests and this process's CPU ms
-   and wall ms per grant; then the terminal status of each as a bulk row (status, member and target history, job
-   row: four writes at once): ``status_*``. The ``throughput`` figure already includes the ledger (the local host
-   runs every grant through it), so its quota fraction is measured with the ledger's cost.
-9. ``cost``: what a grant costs in the quantities Azure bills (`benchmarks.cost`, in a process of its own against a
-   fresh double answering in 30 ms, 500 / 100 units per scenario): per 1,000 interactive grants, bulk rows,
-   time-bound grants with their removal, webhook requests and HR joiner events, the Table Storage transactions,
-   Service Bus operations, function executions, execution and busy seconds and log bytes; what one expiry sweep and
-   one drift sweep cost; the peak RSS.
+8. ``installed_size``: the files in the RECORDs of requirements.txt's distributions and their dependencies
+   vs the same for the msgraph-sdk equivalent (requirements.txt with httpx replaced by msgraph-sdk); and the
+   Graph client alone: httpx + azure-identity vs msgraph-sdk (each with its dependencies).
+9. ``fleet`` / ``onboarding`` / ``light_load``: K instances sharing the write quota (K = 1, 4, 16, 1 → 16 → 4,
+   today's static split as the baseline, and K = 16 with a CPU hog beside the workers), interactive grants during
+   a 10,000-row bulk backlog, one grant at a time at 30 ms per Graph answer; see `benchmarks.fleet` (``--quick``: a
+   shorter window and runs).
+10. ``drift``: the drift sweep of 101,000 memberships in step and with 1 % drift (`benchmarks.drift`, in a process of
+    its own; ``--quick`` and ``--smoke``: 2 units of 500 and 4 roles of 20).
 """
 
 from __future__ import annotations
@@ -68,8 +78,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -79,6 +87,7 @@ from benchmarks import fleet
 from benchmarks.cost import cost_line
 from benchmarks.directory import grants
 from benchmarks.ledger import ledger_cost
+from benchmarks.stamp import StampedLines, client_run, doubles
 from benchmarks.threads import ThreadCpu
 from grants_local.ingestion import UNSET, IngestionStub, local_environment
 from grants_local.run import run_local
@@ -105,6 +114,7 @@ class Plan:
     telemetry_rounds: int
     cold_runs: int
     fleet: fleet.Scale
+    drift_smoke: bool
 
 
 #: Under 25 minutes on 2 cores.
@@ -118,6 +128,7 @@ FULL = Plan(
     telemetry_rounds=3,
     cold_runs=9,
     fleet=fleet.FULL,
+    drift_smoke=False,
 )
 #: Under 8 minutes on 2 cores.
 QUICK = Plan(
@@ -130,20 +141,30 @@ QUICK = Plan(
     telemetry_rounds=1,
     cold_runs=5,
     fleet=fleet.QUICK,
+    drift_smoke=True,
 )
 SMOKE = Plan(
-    grants=20, ledger=20, cost=3, compare=50, rounds=1, telemetry=50, telemetry_rounds=1, cold_runs=1, fleet=fleet.SMOKE
+    grants=20,
+    ledger=20,
+    cost=3,
+    compare=50,
+    rounds=1,
+    telemetry=50,
+    telemetry_rounds=1,
+    cold_runs=1,
+    fleet=fleet.SMOKE,
+    drift_smoke=True,
 )
-#: The lines a run prints, one per part (``--smoke`` checks that each was printed).
+#: The lines a run prints, one per part, in this order (``--smoke`` checks that each was printed).
 PARTS = (
-    "throughput",
-    "ledger",
-    "cost",
-    "pipeline_cpu",
     "engine",
     "msgraph_sdk",
     "httpx_floor",
     "cpu_vs_msgraph",
+    "throughput",
+    "ledger",
+    "cost",
+    "pipeline_cpu",
     "cold_start",
     "telemetry",
     "installed_size",
@@ -151,56 +172,12 @@ PARTS = (
     "onboarding",
     "onboarding_ratio",
     "light_load",
+    "drift",
     "summary",
 )
-
-
-class Doubles:
-    """The Graph double and token endpoint in their own process (`benchmarks.doubles`)."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdin is not None
-        assert process.stdout is not None
-        self._process = process
-        started = json.loads(process.stdout.readline())
-        self.env: dict[str, str] = {**os.environ, **started["env"]}
-        self.unit: str = started["unit"]
-
-    def counters(self) -> dict[str, Any]:
-        """Stop serving and return the double's counters."""
-        assert self._process.stdin is not None
-        assert self._process.stdout is not None
-        self._process.stdin.close()
-        counters: dict[str, Any] = json.loads(self._process.stdout.readline())
-        return counters
-
-
-@contextmanager
-def doubles(*, users: int, budget: str, latency: float, units: int = 0) -> Iterator[Doubles]:
-    process = subprocess.Popen(  # noqa: S603 (this interpreter, our module)
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.doubles",
-            "--users",
-            str(users),
-            "--units",
-            str(units),
-            "--budget",
-            budget,
-            "--latency",
-            str(latency),
-        ],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        yield Doubles(process)
-    finally:
-        process.kill() if process.poll() is None else None
-        process.wait(timeout=10)
+#: The threads of `pipeline_cpu` whose CPU is the app's in Azure (`benchmarks.threads`): its coroutines (with the local
+#: host's and queue's share, about 3 % of the loop) and its blocking settlement calls.
+APP_THREADS = ("event_loop", "settlement_calls")
 
 
 class InvocationTimes(logging.Handler):
@@ -250,22 +227,6 @@ async def pipeline(count: int, *, budget: str, latency: float, write_rate: str) 
         "invocation_s": times.seconds,
         "threads": threads.groups(),
     }
-
-
-def client_run(python: Path, module: str, count: int) -> dict[str, Any]:
-    """Run one comparison client (`module` in `python`) against a fresh double; its figures and the double's."""
-    with doubles(users=count, budget="none", latency=0.0) as served:
-        out = subprocess.run(  # noqa: S603 (a venv's interpreter, our module)
-            [str(python), "-m", module, "--unit", served.unit, "--count", str(count), "--concurrency", "16"],
-            cwd=ROOT,
-            env=served.env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        figures["counters"] = served.counters()
-    return figures
 
 
 OUR_IMPORTS = "import function_app"
@@ -395,15 +356,15 @@ def main() -> None:
     count = args.grants or plan.grants
     if args.smoke:
         print(
-            f"bench --smoke: every part once at a tiny scale ({count} grants, fleet runs of seconds) to show that it "
-            "still runs; its figures (lines starting 'smoke') are not measurements and are held to no target: "
-            "make bench measures them (docs/performance.md)",
+            f"bench --smoke: every part once at a tiny scale ({count} grants, fleet runs of seconds, a drift sweep of "
+            "2 units of 500) to show that it still runs; its figures (lines starting 'smoke') are not measurements "
+            "and are held to no target: make bench measures them (docs/performance.md)",
             flush=True,
         )
-    printed = _Lines(sys.stdout, prefix="smoke " if args.smoke else "")
+    printed = StampedLines(sys.stdout, prefix="smoke " if args.smoke else "")
     sys.stdout = printed
     try:
-        run(plan, count)
+        run(plan, count, printed)
     finally:
         sys.stdout = printed.out
     if args.smoke:
@@ -413,73 +374,26 @@ def main() -> None:
         print(f"bench --smoke: every part ran and printed its line ({len(PARTS)} parts)")
 
 
-class _Lines:
-    """Standard output, passed through with `prefix` before each line; the part names of the lines printed (the text
-    before the first colon)."""
-
-    def __init__(self, out: Any, *, prefix: str = "") -> None:
-        self.out = out
-        self.prefix = prefix
-        self.parts: set[str] = set()
-        self._line = ""  # the line written so far
-
-    def write(self, text: str) -> int:
-        for piece in text.splitlines(keepends=True):
-            if not self._line:
-                self.out.write(self.prefix)
-            self.out.write(piece)
-            self._line += piece
-            if self._line.endswith("\n"):
-                self.parts.add(self._line.split(":", 1)[0])
-                self._line = ""
-        return len(text)
-
-    def flush(self) -> None:
-        self.out.flush()
+def drift_line(*, smoke: bool) -> str:
+    """`benchmarks.drift` in its own process (it runs the app with a Graph double of its own); the line it printed."""
+    out = subprocess.run(  # noqa: S603 (this interpreter, our module)
+        [sys.executable, "-m", "benchmarks.drift", *(["--smoke"] if smoke else [])],
+        cwd=ROOT,
+        env={name: value for name, value in os.environ.items() if name != "GRAPH_BASE_URL"},
+        stdout=subprocess.PIPE,  # its errors go to the benchmark's standard error
+        text=True,
+        check=True,
+    ).stdout
+    return out.strip().splitlines()[-1]
 
 
-def run(plan: Plan, count: int) -> None:
-    """Every part of the benchmark at `plan`'s scale (`count` grants in the throughput run), a line each."""
+def run(plan: Plan, count: int, printed: StampedLines) -> None:
+    """Every part of the benchmark at `plan`'s scale (`count` grants in the throughput run), a line each; the engine
+    comparison first, so that every line can state the run's own speed (`printed.engine_ms`)."""
     quiet = logging.StreamHandler()
     quiet.setLevel(logging.CRITICAL)  # the outcome lines are recorded, not printed
     logging.basicConfig(level=logging.INFO, handlers=[quiet])
 
-    first = asyncio.run(pipeline(count, budget="200/10", latency=0.03, write_rate="20"))
-    c = first["counters"]
-    rate = c["writes_ok"] / first["wall"]
-    dead = first["outcomes"].count("dead_lettered")
-    times = first["invocation_s"]
-    print(
-        f"throughput: grants={count} wall_s={first['wall']:.1f} writes_per_s={rate:.2f} "
-        f"quota_fraction={rate / 20:.3f} throttled={c['throttled']} "
-        f"({100 * c['throttled'] / max(c['requests'], 1):.2f}%) dead_lettered={dead} "
-        f"invocations={len(times)} p50_ms={1000 * percentile(times, 0.5):.0f} "
-        f"p99_ms={1000 * percentile(times, 0.99):.0f} cpu_ms_per_grant={1000 * first['cpu'] / count:.2f} "
-        f"token_requests={c['token_requests']} tcp_connections={c['connections']} members={c['members']}",
-        flush=True,
-    )
-    ledger = asyncio.run(ledger_cost(plan.ledger))
-    ledger_calls = ledger["storage_calls_per_grant"] + ledger["status_storage_calls_per_grant"]
-    ledger_cpu = ledger["cpu_ms_per_grant"] + ledger["status_cpu_ms_per_grant"]
-    print(
-        f"ledger: grants={ledger['grants']} storage_calls_per_grant={ledger['storage_calls_per_grant']:.2f} "
-        f"round_trips_per_grant=3 cpu_ms_per_grant={ledger['cpu_ms_per_grant']:.2f} "
-        f"wall_ms_per_grant={ledger['wall_ms_per_grant']:.2f} "
-        f"status_storage_calls_per_grant={ledger['status_storage_calls_per_grant']:.2f} "
-        f"status_cpu_ms_per_grant={ledger['status_cpu_ms_per_grant']:.2f} "
-        f"status_wall_ms_per_grant={ledger['status_wall_ms_per_grant']:.2f} "
-        f"total_storage_calls_per_grant={ledger_calls:.2f} total_cpu_ms_per_grant={ledger_cpu:.2f}",
-        flush=True,
-    )
-    print(cost_line(cost_run(plan.cost)), flush=True)
-    second = asyncio.run(pipeline(plan.compare, budget="none", latency=0.0, write_rate="0"))
-    by_thread = " ".join(f"{group}_ms={1000 * s / plan.compare:.2f}" for group, s in second["threads"].items())
-    print(
-        f"pipeline_cpu: grants={plan.compare} wall_s={second['wall']:.1f} "
-        f"cpu_ms_per_grant={1000 * second['cpu'] / plan.compare:.2f} ({by_thread}) "
-        f"token_requests={second['counters']['token_requests']} tcp_connections={second['counters']['connections']}",
-        flush=True,
-    )
     clients = {
         "engine": (VENV_PYTHON, "benchmarks.engine"),
         "msgraph_sdk": (MSGRAPH_PYTHON, "benchmarks.msgraph_client"),
@@ -491,6 +405,7 @@ def run(plan: Plan, count: int) -> None:
             runs[name].append(client_run(python, module, plan.compare))
     cpu = {name: statistics.median(r["cpu_s"] for r in rs) for name, rs in runs.items()}
     wall = {name: statistics.median(r["wall_s"] for r in rs) for name, rs in runs.items()}
+    engine = printed.engine_ms = 1000 * cpu["engine"] / plan.compare  # the run's own speed, on every line from here
     for name, rs in runs.items():
         print(
             f"{name}: grants={plan.compare} concurrency=16 runs={len(rs)} median_wall_s={wall[name]:.2f} "
@@ -506,6 +421,48 @@ def run(plan: Plan, count: int) -> None:
         f"cpu_vs_msgraph: cpu_ratio={cpu_ratio:.2f} wall_ratio={wall['engine'] / wall['msgraph_sdk']:.2f} "
         f"httpx_floor_ratio={cpu['httpx_floor'] / cpu['msgraph_sdk']:.2f} "
         f"engine_vs_floor={cpu['engine'] / cpu['httpx_floor']:.2f}",
+        flush=True,
+    )
+
+    first = asyncio.run(pipeline(count, budget="200/10", latency=0.03, write_rate="20"))
+    c = first["counters"]
+    rate = c["writes_ok"] / first["wall"]
+    dead = first["outcomes"].count("dead_lettered")
+    times = first["invocation_s"]
+    print(
+        f"throughput: grants={count} wall_s={first['wall']:.1f} writes_per_s={rate:.2f} "
+        f"quota_fraction={rate / 20:.3f} throttled={c['throttled']} "
+        f"({100 * c['throttled'] / max(c['requests'], 1):.2f}%) dead_lettered={dead} "
+        f"invocations={len(times)} p50_ms={1000 * percentile(times, 0.5):.0f} "
+        f"p99_ms={1000 * percentile(times, 0.99):.0f} cpu_ms_per_grant={1000 * first['cpu'] / count:.2f} "
+        f"cpu_vs_engine={1000 * first['cpu'] / count / engine:.2f} "
+        f"token_requests={c['token_requests']} tcp_connections={c['connections']} members={c['members']}",
+        flush=True,
+    )
+    ledger = asyncio.run(ledger_cost(plan.ledger))
+    ledger_calls = ledger["storage_calls_per_grant"] + ledger["status_storage_calls_per_grant"]
+    ledger_cpu = ledger["cpu_ms_per_grant"] + ledger["status_cpu_ms_per_grant"]
+    print(
+        f"ledger: grants={ledger['grants']} storage_calls_per_grant={ledger['storage_calls_per_grant']:.2f} "
+        f"round_trips_per_grant=3 cpu_ms_per_grant={ledger['cpu_ms_per_grant']:.2f} "
+        f"wall_ms_per_grant={ledger['wall_ms_per_grant']:.2f} "
+        f"status_storage_calls_per_grant={ledger['status_storage_calls_per_grant']:.2f} "
+        f"status_cpu_ms_per_grant={ledger['status_cpu_ms_per_grant']:.2f} "
+        f"status_wall_ms_per_grant={ledger['status_wall_ms_per_grant']:.2f} "
+        f"total_storage_calls_per_grant={ledger_calls:.2f} total_cpu_ms_per_grant={ledger_cpu:.2f} "
+        f"total_cpu_vs_engine={ledger_cpu / engine:.2f}",
+        flush=True,
+    )
+    print(cost_line(cost_run(plan.cost)), flush=True)
+    second = asyncio.run(pipeline(plan.compare, budget="none", latency=0.0, write_rate="0"))
+    by_thread = " ".join(f"{group}_ms={1000 * s / plan.compare:.2f}" for group, s in second["threads"].items())
+    pipeline_ms = 1000 * second["cpu"] / plan.compare
+    app_ms = 1000 * sum(second["threads"].get(group, 0.0) for group in APP_THREADS) / plan.compare
+    print(
+        f"pipeline_cpu: grants={plan.compare} wall_s={second['wall']:.1f} "
+        f"cpu_ms_per_grant={pipeline_ms:.2f} ({by_thread}) cpu_vs_engine={pipeline_ms / engine:.2f} "
+        f"app_threads_vs_engine={app_ms / engine:.2f} "
+        f"token_requests={second['counters']['token_requests']} tcp_connections={second['counters']['connections']}",
         flush=True,
     )
 
@@ -560,21 +517,25 @@ def run(plan: Plan, count: int) -> None:
         f"graph_client_mb={our_client_mb:.1f} (httpx+azure-identity) msgraph_sdk_mb={sdk_mb:.1f}",
         flush=True,
     )
-    fleet_figures = fleet.run_all(plan.fleet)
+    fleet_figures = fleet.run_all(plan.fleet, engine_ms=engine)
+    print(drift_line(smoke=plan.drift_smoke), flush=True)
     print(
         f"summary: quota_fraction={rate / 20:.3f} throttled={c['throttled']} token_requests={c['token_requests']} "
         f"cpu_ratio_vs_msgraph={cpu_ratio:.2f} import_ratio_vs_msgraph={import_ratio:.2f} "
         f"size_ratio_vs_msgraph={size_ratio:.2f} telemetry_cpu_ratio={telemetry_cpu_ratio:.2f} "
         f"telemetry_import_ratio={telemetry_import_ratio:.2f} ledger_cpu_ms_per_grant={ledger_cpu:.2f} "
-        f"ledger_storage_calls_per_grant={ledger_calls:.2f}"
+        f"ledger_storage_calls_per_grant={ledger_calls:.2f} ledger_cpu_vs_engine={ledger_cpu / engine:.2f} "
+        f"pipeline_cpu_vs_engine={pipeline_ms / engine:.2f}"
     )
     print(
         f"summary: fleet_quota_fraction_min={fleet_figures['fleet_quota_fraction_min']:.3f} "
         f"fleet_throttled_pct_max={fleet_figures['fleet_throttled_pct_max']:.2f} "
+        f"hog_throttled_pct={fleet_figures['hog_throttled_pct']:.2f} "
         f"onboarding_p99_ratio={fleet_figures['onboarding_p99_ratio']:.2f} "
         f"static_quota_fraction_k4={fleet_figures['static_quota_fraction_k4']:.3f} "
         f"fleet_dead_throttled={fleet_figures['fleet_dead_throttled']:.0f} "
         f"light_load_overhead_p99_ms={fleet_figures['light_overhead_p99_ms']:.1f} "
+        f"light_load_overhead_p99_vs_engine={fleet_figures['light_overhead_p99_ms'] / engine:.1f} "
         f"token_requests_per_process_max={fleet_figures['tokens_per_process_max']:.0f}"
     )
 

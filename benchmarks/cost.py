@@ -650,7 +650,7 @@ def main() -> None:
     with ExitStack() as stack:
         env = dict(os.environ)
         if not env.get("GRAPH_BASE_URL"):  # run alone: the doubles in a process of their own, as `make bench` runs them
-            from benchmarks.bench import doubles
+            from benchmarks.stamp import doubles
 
             users = len(SCENARIOS) * args.count
             env = stack.enter_context(doubles(users=users, budget="none", latency=GRAPH_LATENCY, units=1)).env

@@ -12,7 +12,9 @@ is on 127.0.0.1; every process stops by itself (`--max-seconds`).
 1. ``fleet``: K = 1, 4, 16, and K = 1 → 16 → 4 (a third of the run each; ``--smoke``: 1, 2, 3 and 1 → 3 → 2),
    every worker with a bulk backlog of its own (its own unit), adaptive pacing (``GRAPH_WRITE_RATE=20`` as the
    ceiling); and today's static split (``GRAPH_WRITE_PACING=static``, ``GRAPH_WRITE_RATE`` = 20 / 40 instances =
-   0.5) with K = 4 (``--smoke``: 2) as the baseline.
+   0.5) with K = 4 (``--smoke``: 2) as the baseline; and K = 16 (``--smoke``: 3) again with a CPU hog beside the
+   workers (``hog=2``: one process per CPU spinning at normal priority from the start to the end of the run), so that
+   each worker is scheduled late: the governor must not count on being scheduled on time.
    ``quota_fraction``: writes let through / (quota rate * time), from the end of the first window (the empty
    window's free burst left out) to the end; per phase for the changing run. ``throttled_pct``: writes
    answered 429 / all writes, the whole run. ``dead_throttled``: messages dead-lettered ``Throttled``.
@@ -23,6 +25,10 @@ is on 127.0.0.1; every process stops by itself (`--max-seconds`).
 3. ``light_load``: one instance, one interactive grant at a time (each sent 0.5 s after the previous one
    settled), against the double answering in 30 ms, no quota: enqueue → settled p50 / p99, and the app's own
    overhead = that minus Graph's latency * Graph calls per grant.
+
+The interactive grants speak as the grants queue's producer (``other``); the part fails should any of them be
+dead-lettered (a refusal's latency measures no grant). Every line ends with the run's engine CPU ms per grant and the
+machine's load (`benchmarks.stamp`), and states its CPU per grant as a multiple of the engine's (``..._vs_engine``).
 """
 
 from __future__ import annotations
@@ -41,12 +47,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from benchmarks.directory import unit_id
+from benchmarks.stamp import StampedLines, engine_cpu_ms
 from grants_local.azurite import AzuriteTables, LedgerTable, new_ledger_table
 
 ROOT = Path(__file__).resolve().parent.parent
 QUOTA_RATE = 20.0  # Graph's: 3,000 per 150 s
 LATENCY = 0.03
 STATIC_INSTANCE_CAP = 40  # infra's maximumInstanceCount before this change: GRAPH_WRITE_RATE = 20 / 40
+#: The hog run's processes spinning beside the workers: one per CPU.
+HOG = os.cpu_count() or 2
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,18 @@ class Worker:
         self.process.wait(timeout=10)
 
 
+@contextmanager
+def hogs(count: int) -> Iterator[None]:
+    """`count` processes spinning on the CPU (each a busy loop at normal priority) until the block ends."""
+    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for process in spinning:
+            process.kill()
+            process.wait(timeout=10)
+
+
 def ledger_env(ledger: LedgerTable) -> dict[str, str]:
     """The app's settings for `ledger` (the workers pass Azurite's development key as the ledger's credential)."""
     return {"GrantsLedger__tableServiceUri": ledger.endpoint, "GrantsLedger__tableName": ledger.table}
@@ -204,9 +225,11 @@ def fleet_run(
     *,
     pacing: str = "adaptive",
     rate: float = QUOTA_RATE,
+    hog: int = 0,
 ) -> dict[str, Any]:
     """Run workers as `schedule` says ((offset in the run, active K) steps) for `scale.run_seconds` per step
-    span; return the figures."""
+    span, with `hog` processes spinning on the CPU beside them from the first step to the end; return the
+    figures."""
     duration = schedule[-1][0] + (scale.run_seconds if len(schedule) == 1 else schedule[1][0])
     most = max(k for _, k in schedule)
     backlog = round(QUOTA_RATE * duration * 1.2) + 200  # more than one worker alone could write in the run
@@ -222,7 +245,10 @@ def fleet_run(
         "--write-log",
     ]
     workers = [["--unit", unit_id(n), "--bulk", str(backlog), "--max-seconds", str(duration + 30)] for n in range(most)]
-    with cluster(doubles_args, app_env(scale, pacing=pacing, rate=rate), workers, azurite) as (doubles, fleet):
+    with (
+        cluster(doubles_args, app_env(scale, pacing=pacing, rate=rate), workers, azurite) as (doubles, fleet),
+        hogs(hog),
+    ):
         start = time.monotonic()
         for offset, k in schedule:
             time.sleep(max(start + offset - time.monotonic(), 0.0))
@@ -253,6 +279,7 @@ def fleet_run(
     throttled = sum(1 for _, _, ok in log if not ok)
     return {
         "name": name,
+        "hog": hog,
         "schedule": "→".join(str(k) for _, k in schedule),
         "pacing": pacing,
         "rate": rate,
@@ -273,15 +300,15 @@ def fleet_run(
     }
 
 
-def print_fleet(run: dict[str, Any]) -> None:
+def print_fleet(run: dict[str, Any], *, engine_ms: float) -> None:
     phases = " ".join(f"K{k}={fraction:.3f}" for k, fraction in run["phases"]) if len(run["phases"]) > 1 else ""
     print(
-        f"fleet: run={run['name']} K={run['schedule']} pacing={run['pacing']} rate={run['rate']:g} "
+        f"fleet: run={run['name']} K={run['schedule']} pacing={run['pacing']} rate={run['rate']:g} hog={run['hog']} "
         f"seconds={run['seconds']:.0f} quota_fraction={run['quota_fraction']:.3f}{' ' + phases if phases else ''} "
         f"writes={run['writes']} throttled={run['throttled']} ({run['throttled_pct']:.2f}%) "
         f"dead_throttled={run['dead_throttled']} dead={run['dead']} granted={run['granted']} "
         f"token_requests={run['token_requests']}/{run['processes']} processes "
-        f"cpu_ms_per_grant={run['cpu_ms_per_grant']:.2f}",
+        f"cpu_ms_per_grant={run['cpu_ms_per_grant']:.2f} cpu_vs_engine={run['cpu_ms_per_grant'] / engine_ms:.2f}",
         flush=True,
     )
 
@@ -320,6 +347,8 @@ def onboarding(scale: Scale, azurite: AzuriteTables, *, backlog: int) -> dict[st
         "throttled_high": sum(1 for _, priority, ok in log if not ok and priority == "High"),
         "bulk_settled": result["settled"] - len(latencies),
         "token_requests": counters["token_requests"],
+        "dead": result["dead_lettered"],
+        "dead_reasons": result["dead_reasons"],
     }
 
 
@@ -344,6 +373,8 @@ def light_load(scale: Scale, azurite: AzuriteTables) -> dict[str, Any]:
         "overhead_p99_ms": 1000 * (percentile(latencies, 0.99) - graph),
         "token_requests": counters["token_requests"],
         "cpu_ms_per_grant": 1000 * result["cpu_s"] / max(len(latencies), 1),
+        "dead": result["dead_lettered"],
+        "dead_reasons": result["dead_reasons"],
     }
 
 
@@ -354,7 +385,7 @@ def print_onboarding(alone: dict[str, Any], busy: dict[str, Any]) -> float:
             f"onboarding: trickle={label} interactive_grants={figures['trickle']} p50_ms={figures['p50_ms']:.0f} "
             f"p99_ms={figures['p99_ms']:.0f} max_ms={figures['max_ms']:.0f} bulk_settled={figures['bulk_settled']} "
             f"writes_per_s={figures['writes_per_s']:.2f} throttled={figures['throttled']} "
-            f"(High {figures['throttled_high']}) token_requests={figures['token_requests']}",
+            f"(High {figures['throttled_high']}) dead={figures['dead']} token_requests={figures['token_requests']}",
             flush=True,
         )
     ratio: float = busy["p99_ms"] / alone["p99_ms"]
@@ -362,47 +393,57 @@ def print_onboarding(alone: dict[str, Any], busy: dict[str, Any]) -> float:
     return ratio
 
 
-def print_light(light: dict[str, Any]) -> None:
+def print_light(light: dict[str, Any], *, engine_ms: float) -> None:
     print(
         f"light_load: grants={light['grants']} one_at_a_time graph_latency_ms={1000 * LATENCY:.0f} "
         f"graph_calls_per_grant={light['graph_calls_per_grant']:.2f} p50_ms={light['p50_ms']:.1f} "
         f"p99_ms={light['p99_ms']:.1f} app_overhead_p50_ms={light['overhead_p50_ms']:.1f} "
-        f"app_overhead_p99_ms={light['overhead_p99_ms']:.1f} token_requests={light['token_requests']} "
-        f"worker_cpu_ms_per_grant={light['cpu_ms_per_grant']:.1f}",
+        f"app_overhead_p99_ms={light['overhead_p99_ms']:.1f} dead={light['dead']} "
+        f"token_requests={light['token_requests']} "
+        f"worker_cpu_ms_per_grant={light['cpu_ms_per_grant']:.1f} "
+        f"app_overhead_p99_vs_engine={light['overhead_p99_ms'] / engine_ms:.1f} "
+        f"worker_cpu_vs_engine={light['cpu_ms_per_grant'] / engine_ms:.1f}",
         flush=True,
     )
 
 
-def run_all(scale: Scale) -> dict[str, Any]:
-    """Every fleet run, onboarding and light load; prints a line for each; returns the summary figures."""
+def run_all(scale: Scale, *, engine_ms: float) -> dict[str, Any]:
+    """Every fleet run, onboarding and light load; prints a line for each (with ratios to `engine_ms`, the run's
+    engine CPU ms per grant); returns the summary figures."""
     with AzuriteTables() as azurite:  # the fleet's table storage: a new table for each run
-        return _run_all(scale, azurite)
+        return _run_all(scale, azurite, engine_ms=engine_ms)
 
 
-def _run_all(scale: Scale, azurite: AzuriteTables) -> dict[str, Any]:
+def _run_all(scale: Scale, azurite: AzuriteTables, *, engine_ms: float) -> dict[str, Any]:
     third = scale.run_seconds * 0.6
     most, some = scale.most, scale.some
-    plans: list[tuple[str, list[tuple[float, int]], str, float]] = [
-        ("static-split", [(0, some)], "static", QUOTA_RATE / STATIC_INSTANCE_CAP),
-        ("adaptive", [(0, 1)], "adaptive", QUOTA_RATE),
-        ("adaptive", [(0, some)], "adaptive", QUOTA_RATE),
-        ("adaptive", [(0, most)], "adaptive", QUOTA_RATE),
-        ("adaptive", [(0, 1), (third, most), (2 * third, some)], "adaptive", QUOTA_RATE),
+    plans: list[tuple[str, list[tuple[float, int]], str, float, int]] = [
+        ("static-split", [(0, some)], "static", QUOTA_RATE / STATIC_INSTANCE_CAP, 0),
+        ("adaptive", [(0, 1)], "adaptive", QUOTA_RATE, 0),
+        ("adaptive", [(0, some)], "adaptive", QUOTA_RATE, 0),
+        ("adaptive", [(0, most)], "adaptive", QUOTA_RATE, 0),
+        ("adaptive", [(0, 1), (third, most), (2 * third, some)], "adaptive", QUOTA_RATE, 0),
+        ("adaptive-hog", [(0, most)], "adaptive", QUOTA_RATE, HOG),
     ]
     runs = []
-    for name, schedule, pacing, rate in plans:  # each line as soon as its run is over
-        runs.append(fleet_run(name, schedule, scale, azurite, pacing=pacing, rate=rate))
-        print_fleet(runs[-1])
-    adaptive = runs[1:]
+    for name, schedule, pacing, rate, hog in plans:  # each line as soon as its run is over
+        runs.append(fleet_run(name, schedule, scale, azurite, pacing=pacing, rate=rate, hog=hog))
+        print_fleet(runs[-1], engine_ms=engine_ms)
+    adaptive, hogged = runs[1:-1], runs[-1]
     alone = onboarding(scale, azurite, backlog=0)
     busy = onboarding(scale, azurite, backlog=scale.backlog)
     ratio = print_onboarding(alone, busy)
     light = light_load(scale, azurite)
-    print_light(light)
+    print_light(light, engine_ms=engine_ms)
+    refused = sorted({reason for figures in (alone, busy, light) for reason in figures["dead_reasons"]})
+    if refused:  # latencies of refusals are no measurement of grants
+        raise SystemExit(f"fleet: onboarding or light-load grants were dead-lettered ({', '.join(refused)})")
     return {
         "fleet_quota_fraction_min": min(run["quota_fraction"] for run in adaptive),
         "fleet_throttled_pct_max": max(run["throttled_pct"] for run in adaptive),
-        "fleet_dead_throttled": sum(run["dead_throttled"] for run in adaptive),
+        "fleet_dead_throttled": sum(run["dead_throttled"] for run in [*adaptive, hogged]),
+        "hog_throttled_pct": hogged["throttled_pct"],
+        "hog_quota_fraction": hogged["quota_fraction"],
         "onboarding_p99_ratio": ratio,
         "static_quota_fraction_k4": runs[0]["quota_fraction"],
         "light_overhead_p99_ms": light["overhead_p99_ms"],
@@ -412,23 +453,40 @@ def _run_all(scale: Scale, azurite: AzuriteTables) -> dict[str, Any]:
     }
 
 
+#: Grants of the engine run that gives a fleet part run on its own its speed (`benchmarks.stamp.engine_cpu_ms`).
+ENGINE_GRANTS = {"smoke": 50, "quick": 500, "full": 2_000}
+
+
 def main() -> None:
-    scale = SMOKE if "--smoke" in sys.argv else QUICK if "--quick" in sys.argv else FULL
-    only = [arg for arg in sys.argv[1:] if arg.startswith("K=")]
-    if only:  # e.g. python -m benchmarks.fleet --quick K=16: one adaptive run
-        with AzuriteTables() as azurite:
-            print_fleet(fleet_run("adaptive", [(0, int(only[0][2:]))], scale, azurite))
-        return
-    if "onboarding" in sys.argv or "light" in sys.argv:  # e.g. python -m benchmarks.fleet --quick onboarding light
-        with AzuriteTables() as azurite:
-            if "onboarding" in sys.argv:
-                alone = onboarding(scale, azurite, backlog=0)
-                print_onboarding(alone, onboarding(scale, azurite, backlog=scale.backlog))
-            if "light" in sys.argv:
-                print_light(light_load(scale, azurite))
-        return
-    summary = run_all(scale)
-    print("fleet_summary: " + " ".join(f"{key}={value:.3f}" for key, value in summary.items()), flush=True)
+    """``python -m benchmarks.fleet [--quick|--smoke] [K=16] [--hog N] [onboarding] [light]``: every part, or one
+    adaptive run of K workers (with N processes spinning on the CPU beside them), or onboarding and light load; each
+    line stamped with the run's engine CPU per grant (one engine run first) and the machine's load."""
+    size = "smoke" if "--smoke" in sys.argv else "quick" if "--quick" in sys.argv else "full"
+    scale = {"smoke": SMOKE, "quick": QUICK, "full": FULL}[size]
+    hog = int(sys.argv[sys.argv.index("--hog") + 1]) if "--hog" in sys.argv else 0
+    printed = StampedLines(sys.stdout)
+    sys.stdout = printed
+    try:
+        engine = printed.engine_ms = engine_cpu_ms(ENGINE_GRANTS[size])
+        only = [arg for arg in sys.argv[1:] if arg.startswith("K=")]
+        if only:  # e.g. python -m benchmarks.fleet --quick K=16 --hog 2: one adaptive run
+            with AzuriteTables() as azurite:
+                name = "adaptive-hog" if hog else "adaptive"
+                run = fleet_run(name, [(0, int(only[0][2:]))], scale, azurite, hog=hog)
+                print_fleet(run, engine_ms=engine)
+            return
+        if "onboarding" in sys.argv or "light" in sys.argv:  # e.g. python -m benchmarks.fleet --quick onboarding
+            with AzuriteTables() as azurite:
+                if "onboarding" in sys.argv:
+                    alone = onboarding(scale, azurite, backlog=0)
+                    print_onboarding(alone, onboarding(scale, azurite, backlog=scale.backlog))
+                if "light" in sys.argv:
+                    print_light(light_load(scale, azurite), engine_ms=engine)
+            return
+        summary = run_all(scale, engine_ms=engine)
+        print("fleet_summary: " + " ".join(f"{key}={value:.3f}" for key, value in summary.items()), flush=True)
+    finally:
+        sys.stdout = printed.out
 
 
 if __name__ == "__main__":

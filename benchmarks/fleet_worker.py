@@ -4,13 +4,13 @@ the others. ``python -m benchmarks.fleet_worker --unit AU --bulk N [--interactiv
 It builds everything first (the registered functions, one settlement server per lane's queue, `bootstrap` from
 the environment: ``GRAPH_BASE_URL``, the token endpoint, ``GRAPH_WRITE_*``, the grant ledger's
 ``GrantsLedger__tableServiceUri`` and ``GrantsLedger__tableName``: a table of the one Azurite the fleet shares,
-reached with its development key), prints ``{"ready": true}``, then
-waits for ``go`` on standard input. From then on it delivers, up to 16 at a time per lane (host.json's
-``maxConcurrentCalls``): the bulk queue (pre-filled with N adds to `--unit`, users 0..N-1) through
-``grant_membership_bulk``, and the interactive queue through ``grant_membership``, fed with one add per
-1/R seconds (users from 1,000,000 on) when `--interactive-rate` is given (request ids name the unit, so the
-workers of one fleet, one unit each, never share one in their shared ledger); or, with `--serial N`, N
-interactive adds one at a time (each sent when the previous one settled). ``stop`` on standard input (or
+reached with its development key), prints ``{"ready": true}``, then waits for ``go`` on standard input. From then on
+it delivers, up to 16 at a time per lane (host.json's ``maxConcurrentCalls``): the bulk queue (pre-filled with N adds
+to `--unit`, users 0..N-1) through ``grant_membership_bulk``, and the interactive queue through ``grant_membership``,
+fed with one add (source system ``other``: the grants queue's producer) per 1/R seconds (users from 1,000,000 on)
+when `--interactive-rate` is given (request ids name the unit, so the workers of one fleet, one unit each, never
+share one in their shared ledger); or, with `--serial N`, N interactive adds one at a time (each sent when the
+previous one settled). ``stop`` on standard input (or
 `--max-seconds`, or the end of the serial run) stops deliveries and cancels the ones in flight (an instance
 scaled in: their locks expire); it prints one JSON line of figures and exits. Every address it talks to is
 on 127.0.0.1 (the doubles and its own settlement servers).
@@ -189,6 +189,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "dead_lettered_throttled": sum(
             1 for r in terminal if r["outcome"] == "dead_lettered" and r.get("reason") == "Throttled"
         ),
+        "dead_reasons": sorted({str(r.get("reason")) for r in terminal if r["outcome"] == "dead_lettered"}),
         "retries": sum(1 for r in recorder.records if r.get("outcome") == "retry_scheduled"),
         "interactive_s": interactive,
         "rate": governor.rate,
@@ -202,7 +203,7 @@ async def feed(lanes: Lanes, args: argparse.Namespace, stop: asyncio.Event) -> N
     if args.serial:
         for n in range(args.serial):
             key = f"interactive-{n}"
-            lanes.send("interactive", grant(args.unit, user + n, f"{key}-{args.unit}", "hr"), key)
+            lanes.send("interactive", grant(args.unit, user + n, f"{key}-{args.unit}", "other"), key)
             while key not in lanes.settled:
                 lanes.one_settled.clear()
                 await lanes.one_settled.wait()
@@ -215,7 +216,7 @@ async def feed(lanes: Lanes, args: argparse.Namespace, stop: asyncio.Event) -> N
     next_at = time.perf_counter()
     while not stop.is_set():
         key = f"interactive-{n}"
-        lanes.send("interactive", grant(args.unit, user + n, f"{key}-{args.unit}", "hr"), key)
+        lanes.send("interactive", grant(args.unit, user + n, f"{key}-{args.unit}", "other"), key)
         n += 1
         next_at += 1 / args.interactive_rate
         await asyncio.sleep(max(next_at - time.perf_counter(), 0.0))

@@ -42,6 +42,7 @@ from shared.handlers.webhook import Webhook
 from shared.service.drift import DriftService
 from shared.service.gate import IntentGate
 from shared.service.grants import GrantService
+from shared.service.lane_gate import LaneGate
 
 if TYPE_CHECKING:
     from azure.core.credentials import AzureNamedKeyCredential
@@ -77,6 +78,7 @@ class Services:
     grants: GrantService
     ledger: Ledger
     gate: IntentGate
+    lanes: LaneGate
     retry_policy: RetryPolicy
     senders: LaneSender
     now: Callable[[], datetime]
@@ -191,6 +193,7 @@ def bootstrap(
         member_not_found_min_attempts=settings.member_not_found_min_attempts,
     )
     deadline = settings.settlement_timeout_seconds
+    lanes = LaneGate()
     return Services(
         settings=settings,
         http=http,
@@ -198,6 +201,7 @@ def bootstrap(
         grants=grants,
         ledger=ledger,
         gate=gate,
+        lanes=lanes,
         retry_policy=retry_policy,
         senders=senders,
         now=now,
@@ -212,6 +216,7 @@ def bootstrap(
             deadline=deadline,
             producers=settings.producers,
             own_queues={Lane.INTERACTIVE: settings.grants_queue, Lane.BULK: settings.bulk_queue},
+            lanes=lanes,
         ),
         hr_event=HrEventHandler(
             sealer=sealer,

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from grants_local.graph_double import Fault, GraphDouble
 from grants_local.queue import ManualClock
 from shared.adapters.governor import BACKOFF, FILL, INITIAL, TARGET, WriteGovernor
+from shared.adapters.graph import GraphClient
 from shared.bootstrap import Services
+from shared.core.errors import TransientError
 from shared.core.messaging import Lane
 from tests.conftest import USER_2, execute
 from tests.test_grant_engine import command
+
+
+def round_up() -> float:
+    """A draw (`WriteGovernor`'s `uniform`) under every fraction: each share of the window rounds up, every run."""
+    return 0.0
 
 
 class FakeTime:
@@ -227,7 +235,7 @@ async def test_adaptive_pacing_cuts_the_rate_once_per_429_pause() -> None:
 async def test_after_a_429_a_process_writes_only_as_its_own_writes_leave_the_window() -> None:
     """Graph said its window was filling, then full: the process's own share of it is what it may keep writing."""
     time = FakeTime()
-    governor = WriteGovernor(rate=20, adaptive=True, window_seconds=10, clock=time, sleep=time.sleep)
+    governor = WriteGovernor(rate=20, adaptive=True, window_seconds=10, clock=time, sleep=time.sleep, uniform=round_up)
     governor.rate = 20
     for _ in range(5):  # five writes at t = 0 .. 0.4, "0.90 of the limit used"
         await governor.acquire()
@@ -250,6 +258,133 @@ async def test_a_429_that_no_usage_signal_announced_only_pauses() -> None:
     await governor.acquire()
     first_wait = 1 / (20 * INITIAL)
     assert time.now == pytest.approx(first_wait + 30 + 1 / (20 * INITIAL * BACKOFF))  # the pause, then one token
+
+
+# --- the window's count: robust to late scheduling ------------------------------------------------------------
+
+
+WINDOW = 1000.0  # long enough that no write leaves it unless a test moves the clock past it
+
+
+def adaptive(time: FakeTime, *, uniform: float = 0.0) -> WriteGovernor:
+    """An adaptive governor at 20/s over a `WINDOW`, its shares rounded by a draw of `uniform`."""
+    return WriteGovernor(
+        rate=20, adaptive=True, window_seconds=WINDOW, clock=time, sleep=time.sleep, uniform=lambda: uniform
+    )
+
+
+async def settled(task: asyncio.Future[None]) -> bool:
+    """Whether `task` is done once every ready callback has run (FakeTime's sleeps end at once)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return task.done()
+
+
+async def write_answered(governor: WriteGovernor, usage: float | None, count: int = 1) -> None:
+    for _ in range(count):
+        await governor.acquire("bulk")
+        governor.admitted(usage)
+
+
+async def more_writes_allowed(governor: WriteGovernor, time: FakeTime) -> int:
+    """How many more writes the process may send now (waiting for tokens, not for an answer or for its writes to
+    leave the window): its cap less what it holds."""
+    started, writes = time.now, 0
+    while True:
+        write = asyncio.ensure_future(governor.acquire("bulk"))
+        if not await settled(write) or time.now - started > WINDOW / 2:
+            write.cancel()
+            return writes
+        writes += 1
+
+
+async def test_before_its_first_answer_a_process_makes_one_write() -> None:
+    """A newcomer knows nothing of the window: its second write waits for the first one's answer, not for time."""
+    time = FakeTime()
+    governor = adaptive(time)
+    await governor.acquire("bulk")
+    second = asyncio.ensure_future(governor.acquire("bulk"))
+    assert not await settled(second)
+    governor.admitted(None)
+    assert await settled(second)
+    assert governor.in_flight == 1
+
+
+async def test_under_graphs_signal_a_process_grows_its_share_of_the_window_a_bounded_step_at_a_time() -> None:
+    """Graph says nothing under 0.8 of the limit: holding 40 writes there, a process may hold 40 * (1 + 0.75 * (0.97 /
+    0.8 - 1)) = 46.4 before an answer tells it more, so 6 more: a fleet acting late on the same stale answers cannot
+    pass TARGET before Graph's first signal has reached each instance."""
+    time = FakeTime()
+    governor = adaptive(time, uniform=0.5)  # the 0.4 rounds down
+    await write_answered(governor, None, 40)
+    assert await more_writes_allowed(governor, time) == 6
+
+
+async def test_a_share_of_the_window_rounds_up_only_with_the_probability_of_its_fraction() -> None:
+    """At 0.96 of the limit, 40 writes may grow to 40 * (1 + 0.75 * (0.97 / 0.96 - 1)) = 40.3: one more write for a
+    draw under 0.3 only (sixteen instances each rounding up would overshoot a small window)."""
+    for draw, more in ((0.2, 1), (0.5, 0)):
+        time = FakeTime()
+        governor = adaptive(time, uniform=draw)
+        await write_answered(governor, None, 39)
+        await write_answered(governor, 0.96)
+        assert await more_writes_allowed(governor, time) == more
+
+
+async def test_a_draining_window_keeps_the_share_the_last_signal_gave_for_a_window() -> None:
+    """The window was full (Graph said 1.00 as this process's 40th write went in): once those writes have left it and
+    Graph says nothing, the process may replace its share of them (40 * 0.97 = 38.8, rounded up by the draw), and
+    only that, until a whole window of answers under the signal has passed."""
+    time = FakeTime()
+    governor = adaptive(time, uniform=0.5)
+    await write_answered(governor, None, 39)
+    await write_answered(governor, 1.0)
+    time.now += WINDOW  # every one of them has left the window
+    await write_answered(governor, None)  # 1 write held; its share of the full window: 39
+    assert await more_writes_allowed(governor, time) == 38
+    for _ in range(38):  # answered, under the signal
+        governor.admitted(None)
+    time.now += WINDOW  # a whole window under the signal: the full window's share is history
+    await write_answered(governor, None)  # 1 write held: 1 * 1.16, or 1 more
+    assert await more_writes_allowed(governor, time) == 1
+
+
+async def test_an_interactive_write_keeps_to_the_share_of_the_window_first_in_line() -> None:
+    """Ahead of waiting bulk writers an interactive write borrows a token, but not room in Graph's window: held by the
+    cap, it waits too, and takes the first write the next answer allows."""
+    time = FakeTime()
+    governor = adaptive(time)  # shares round up
+    await write_answered(governor, None, 40)  # 40 * 1.16 = 46.4: 47 writes in the window
+    for _ in range(7):
+        await governor.acquire("bulk")  # 7 in flight: the cap is reached
+    bulk = asyncio.ensure_future(governor.acquire("bulk"))
+    interactive = asyncio.ensure_future(governor.acquire("interactive"))
+    assert not await settled(interactive)
+    governor.admitted(None)  # 41 answered, 6 in flight: 41 * 1.16 = 47.5, so 48
+    assert await settled(interactive)
+    assert not await settled(bulk)
+    bulk.cancel()
+
+
+async def test_a_write_that_gets_no_answer_is_no_longer_in_flight(graph: GraphDouble) -> None:
+    """A write whose connection fails (or whose invocation is cancelled) leaves the count in flight: it would
+    otherwise hold this process's share of the window for ever."""
+    time = FakeTime()
+    governor = adaptive(time)
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    class Tokens:
+        async def token(self, *, reject: str | None = None) -> str:
+            return "token"
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as http:
+        client = GraphClient(http=http, tokens=Tokens(), base_url=graph.base_url, governor=governor)
+        with pytest.raises(TransientError):
+            await client.send("POST", "/directory/administrativeUnits/x/members/$ref", json_body={})
+    assert governor.in_flight == 0
+    await asyncio.wait_for(governor.acquire("bulk"), timeout=1)  # the next write needs no answer to go
 
 
 async def test_graph_calls_carry_the_lanes_priority(services: Services, graph: GraphDouble) -> None:

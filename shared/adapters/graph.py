@@ -205,7 +205,11 @@ class GraphClient:
             await governor.acquire(lane)
         try:
             response = await self._http.request(method, self.base_url + url_path, json=json_body, headers=headers)
-        except httpx.TransportError as error:  # a timeout too
+        except BaseException as error:  # a timeout, a refused connection, a cancelled invocation
+            if governor is not None:
+                governor.unanswered()  # no longer in flight, and Graph may have counted it
+            if not isinstance(error, httpx.TransportError):
+                raise
             what = "did not answer" if isinstance(error, httpx.TimeoutException) else "could not be reached for"
             raise TransientError(
                 Reason.GRAPH_UNAVAILABLE,

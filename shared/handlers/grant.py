@@ -9,7 +9,8 @@ app sealed to run later (an HR grant, an expiry removal, a retry copy, a confirm
 (`Delivery.early`: a copy resent by someone who can read the queue, or resubmitted) is not read any further: the
 ladder queues it again for its time (`NotYet`).
 
-The handler parses the body (`parse_grant`), runs the command through `IntentGate.run` in the entry's lane (handing
+A delivery first passes the lane gate (`shared.service.lane_gate`: a bulk one gives way on the CPU while interactive
+ones are in the process). The handler parses the body (`parse_grant`), runs the command through `IntentGate.run` in the entry's lane (handing
 it the ``in_progress`` status record to write should the attempt hold its pair's lease for over a second), and gives
 the ladder how it ended with the grant's `Ending`: its status record (`grant_status`, its producer's), outcome line
 and outcome event, and its retry copy (back to the lane's queue, MessageId `retry_message_id`, the producer, the
@@ -53,6 +54,7 @@ from shared.core.records import grant_status, outcome_event, outcome_line
 from shared.core.retry import RetryPolicy
 from shared.core.statuses import Holder, Settled, Status, StatusRecord
 from shared.service.gate import Arrival, IntentGate
+from shared.service.lane_gate import LaneGate
 from shared.service.settle import Done, Ending, NotYet, RetryCopy, settle
 
 __all__ = ["GrantHandler", "retry_message_id"]
@@ -81,7 +83,9 @@ class GrantHandler:
         deadline: float,
         producers: Producers,
         own_queues: dict[Lane, str],
+        lanes: LaneGate,
     ) -> None:
+        self._lanes = lanes
         self._producers = producers
         self._own_queues = own_queues
         self._gate = gate
@@ -97,12 +101,17 @@ class GrantHandler:
         self, message: Any, actions: MessageActions, *, lane: Lane = Lane.INTERACTIVE, queue: str | None = None
     ) -> Settled:
         """Process and settle one grant message received from `queue` (a producer's own; None: the app's own queue
-        of `lane`); return how it ended (also logged)."""
-        received = Delivery.of(message)
-        started = self._now()
+        of `lane`), once the lane gate lets it in (a bulk one gives way to interactive ones); return how it ended
+        (also logged)."""
         bound = self._producers.on_queue(queue or self._own_queues[lane])
         if queue is not None and bound is not None:
             lane = bound.lane
+        async with self._lanes.enter(lane):
+            return await self._handle(message, actions, lane, bound)
+
+    async def _handle(self, message: Any, actions: MessageActions, lane: Lane, bound: Producer | None) -> Settled:
+        received = Delivery.of(message)
+        started = self._now()
         try:  # what the app believes of it: its internal properties only when the app sealed it
             delivery = await self._sealer.trusted(received, job_properties=bound is not None)
         except TransientError as error:  # the seal's key cannot be read now: the message may be the app's own

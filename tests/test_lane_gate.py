@@ -1,0 +1,106 @@
+"""Interactive first on the CPU (`LaneGate`): a process's bulk messages give way while interactive ones are in it,
+and never stop. No clock: the gate counts messages, it does not time them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import pytest
+
+from shared.core.messaging import Lane
+from shared.service.lane_gate import BULK_BESIDE_INTERACTIVE, LaneGate
+from tests.conftest import Run, body
+
+
+async def ticks(count: int = 5) -> None:
+    """Let every ready callback run (no time passes)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+@asynccontextmanager
+async def inside(gate: LaneGate, *lanes: Lane) -> AsyncIterator[None]:
+    """Messages of `lanes` in the process's work for the block."""
+    async with AsyncExitStack() as stack:
+        for lane in lanes:
+            await stack.enter_async_context(gate.enter(lane))
+        yield
+
+
+async def enters(gate: LaneGate, lane: Lane, done: asyncio.Event) -> None:
+    async with gate.enter(lane):
+        await done.wait()
+
+
+async def test_with_no_interactive_message_in_bulk_messages_are_not_held() -> None:
+    gate = LaneGate()
+    done = asyncio.Event()
+    bulk = [asyncio.create_task(enters(gate, Lane.BULK, done)) for _ in range(16)]
+    await ticks()
+    assert (gate.inside(Lane.BULK), gate.held()) == (16, 0)
+    done.set()
+    await asyncio.gather(*bulk)
+    assert gate.inside(Lane.BULK) == 0
+
+
+async def test_beside_an_interactive_message_only_two_bulk_messages_go_in() -> None:
+    """The bulk messages already in go on (each holds its pair's lease); new ones wait until the interactive message
+    has left, or until fewer than two bulk ones are in."""
+    gate = LaneGate()
+    done = asyncio.Event()
+    async with inside(gate, Lane.BULK, Lane.BULK, Lane.BULK):  # three in before the interactive one came
+        async with gate.enter(Lane.INTERACTIVE):  # an interactive message never waits
+            bulk = [asyncio.create_task(enters(gate, Lane.BULK, done)) for _ in range(5)]
+            await ticks()
+            assert (gate.inside(Lane.BULK), gate.held()) == (3, 5)
+        await ticks()  # the interactive message left: every held one goes in
+        assert (gate.inside(Lane.BULK), gate.held()) == (8, 0)
+    done.set()
+    await asyncio.gather(*bulk)
+
+
+async def test_bulk_work_gives_way_but_never_stops() -> None:
+    """While interactive messages keep coming, bulk messages go in as bulk ones leave, two at a time."""
+    gate = LaneGate()
+    finish = [asyncio.Event() for _ in range(4)]
+    async with gate.enter(Lane.INTERACTIVE):
+        bulk = [asyncio.create_task(enters(gate, Lane.BULK, event)) for event in finish]
+        await ticks()
+        assert (gate.inside(Lane.BULK), gate.held()) == (BULK_BESIDE_INTERACTIVE, 2)
+        finish[0].set()  # one bulk grant is done: a held one takes its place
+        await ticks()
+        assert (gate.inside(Lane.BULK), gate.held()) == (2, 1)
+        for event in finish:
+            event.set()
+        await asyncio.gather(*bulk)
+    assert gate.inside(Lane.BULK) == gate.inside(Lane.INTERACTIVE) == 0
+
+
+async def test_a_gate_that_would_stop_bulk_work_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        LaneGate(bulk_beside_interactive=0)
+
+
+async def test_a_bulk_row_waits_at_the_gate_while_an_interactive_grant_is_in_beside_two_bulk_ones(
+    make_run: Callable[..., Any],
+) -> None:
+    """Through the registered bulk function (producer ops, on the bulk queue): the row is not carried out (no Graph
+    write) while the process holds an interactive grant and two bulk ones; it is granted once the interactive one has
+    left."""
+    run: Run = await make_run()
+    gate = run.app.services.lanes
+    run.queue_of("ops").send(body(), message_id="m-1")
+    async with inside(gate, Lane.INTERACTIVE, Lane.BULK, Lane.BULK):
+        drained = asyncio.create_task(run.app.drain())
+        for _ in range(200):  # the local host hands the row to the function, which reaches the gate
+            if gate.held():
+                break
+            await asyncio.sleep(0)
+        assert gate.held() == 1
+        assert run.writes() == []
+    await drained
+    assert run.app.outcomes()["m-1"]["outcome"] == "granted"
+    assert len(run.writes()) == 1
