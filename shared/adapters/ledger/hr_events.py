@@ -102,6 +102,20 @@ class HrEventStore(TableRows):
             raise _unavailable("read the HR events of a person", error) from error
         return found
 
+    async def hr_event(self, *, producer: str, event: HrEvent) -> KnownEvent | None:
+        """`producer`'s HR event of `event`'s id and person as its index first recorded it (one read), None when it is
+        not recorded (or not as an event): for an event past the first `PERSON_EVENTS` of its person `hr_events` reads.
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        partition, row = _person_key(producer, event.user_id), table_key("event", event.event_id)
+        entity = await self._get(partition, row, doing="read an HR event of a person")
+        try:
+            return _known_from(entity) if entity is not None else None
+        except (KeyError, TypeError, ValueError) as error:  # not a row the app wrote: reported
+            _log.error("an unreadable HR event of a person: %s (%r)", row, error)
+            return None
+
     async def consider(self, *, producer: str, event: KnownEvent, considered: tuple[str, ...]) -> tuple[str, ...]:
         """Fix the events of its person that `event` is derived against as `considered`, unless they are fixed
         already; return what is fixed (one read and one write, ETag-guarded: of two copies at once, one wins).
