@@ -4,15 +4,19 @@ and never stop. No clock: the gate counts messages, it does not time them."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shared.adapters.ledger import LEASE_FOR
+from shared.adapters.settlement import DEFAULT_SETTLEMENT_TIMEOUT
 from shared.core.messaging import Lane
-from shared.service.lane_gate import BULK_BESIDE_INTERACTIVE, LaneGate
-from tests.conftest import Run, body
+from shared.service.lane_gate import BULK_BESIDE_INTERACTIVE, BULK_MAX_WAIT, LaneGate
+from tests.conftest import AU, Run, body
 
 
 async def ticks(count: int = 5) -> None:
@@ -82,6 +86,8 @@ async def test_bulk_work_gives_way_but_never_stops() -> None:
 async def test_a_gate_that_would_stop_bulk_work_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         LaneGate(bulk_beside_interactive=0)
+    with pytest.raises(ValueError, match="more than 0"):
+        LaneGate(max_wait=0)
 
 
 async def test_a_bulk_row_waits_at_the_gate_while_an_interactive_grant_is_in_beside_two_bulk_ones(
@@ -104,3 +110,64 @@ async def test_a_bulk_row_waits_at_the_gate_while_an_interactive_grant_is_in_bes
     await drained
     assert run.app.outcomes()["m-1"]["outcome"] == "granted"
     assert len(run.writes()) == 1
+
+
+async def test_a_bulk_message_held_past_its_longest_wait_goes_in_beside_the_interactive_one() -> None:
+    """The gate holds a bulk message at most `max_wait` seconds (its lock, renewed by the host for a limited time, must
+    outlast its work after the gate): past it, it goes in though an interactive one is still in, and the others held
+    go on waiting their own time."""
+    gate = LaneGate(max_wait=0.05)
+    done, went_in = asyncio.Event(), asyncio.Event()
+
+    async def bulk() -> None:
+        async with gate.enter(Lane.BULK):
+            went_in.set()
+            await done.wait()
+
+    async with inside(gate, Lane.INTERACTIVE, Lane.BULK, Lane.BULK):
+        held = asyncio.create_task(bulk())
+        await ticks()
+        assert (gate.inside(Lane.BULK), gate.held()) == (2, 1)
+        await asyncio.wait_for(went_in.wait(), timeout=5)  # the gate's own timer lets it in
+        assert (gate.inside(Lane.INTERACTIVE), gate.inside(Lane.BULK), gate.held()) == (1, 3, 0)
+        done.set()
+        await held
+    assert gate.inside(Lane.BULK) == 0
+
+
+def test_a_bulk_message_s_longest_wait_and_its_work_fit_in_the_host_s_lock_renewal() -> None:
+    """host.json's maxAutoLockRenewalDuration must outlast the longest wait at the gate, the pair's lease the work may
+    hold after it, and the settlement's deadline: else a held message's lock expires while it waits, Service Bus
+    delivers it again (counting a delivery: enough of them dead-letter it MaxDeliveryCountExceeded, with no reason of
+    the app's) and the held invocation's settlement is refused."""
+    host = json.loads((Path(__file__).parents[1] / "host.json").read_text())
+    hours, minutes, seconds = host["extensions"]["serviceBus"]["maxAutoLockRenewalDuration"].split(":")
+    renewal = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    assert BULK_MAX_WAIT + LEASE_FOR.total_seconds() + DEFAULT_SETTLEMENT_TIMEOUT < renewal
+    assert LaneGate()._max_wait == BULK_MAX_WAIT
+
+
+async def test_a_bulk_row_whose_lock_expired_while_held_at_the_gate_is_granted_once_and_never_lost(
+    make_run: Callable[..., Any],
+) -> None:
+    """Through the registered bulk function: a row held at the gate while the run's clock moves past the host's lock
+    renewal and the lock's own minute. Once let in it is carried out (one Graph write); its settlement is refused (the
+    lock is gone) and Service Bus delivers it again: that delivery finds it done (already_member, the status stays
+    granted), nothing is dead-lettered. (`BULK_MAX_WAIT` keeps a real wait well short of this.)"""
+    run: Run = await make_run()
+    gate = run.app.services.lanes
+    run.queue_of("ops").send(body(), message_id="m-1")
+    async with inside(gate, Lane.INTERACTIVE, Lane.BULK, Lane.BULK):
+        drained = asyncio.create_task(run.app.drain())
+        for _ in range(200):
+            if gate.held():
+                break
+            await asyncio.sleep(0)
+        assert gate.held() == 1
+        run.clock.advance(300 + 60 + 1)
+    await drained
+    records = [r for r in run.app.recorder.records if r["messageId"] == "m-1"]
+    assert [(r["outcome"], r["attempts"]) for r in records] == [("unsettled", 1), ("already_member", 2)]
+    assert "status stays granted" in records[-1]["description"]
+    assert set(run.writes()) == {("POST", f"/directory/administrativeUnits/{AU}/members/$ref")}
+    assert run.queue_of("ops").dead_letters() == []
