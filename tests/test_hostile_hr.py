@@ -16,10 +16,11 @@ from azure.core.exceptions import ServiceResponseError
 from shared.adapters.ledger.hr_events import PERSON_EVENTS, _known_fields, _person_key
 from shared.adapters.tables import table_key
 from shared.core.hr_events import KnownEvent, Placement, parse_event, place
+from shared.core.hr_rules import HrRules
 from shared.core.messaging import HR_TIEBREAK, RESUBMISSION, RESUBMITTED_FROM
 from tests.conftest import AU, USER, USER_2
 from tests.conftest import body as grant_body
-from tests.test_hr_timelines import Hr, hr_event, hr_run
+from tests.test_hr_timelines import RULES, Hr, hr_event, hr_run
 
 __all__ = ["hr_run"]  # the fixture, shared with test_hr_timelines
 
@@ -256,3 +257,42 @@ def test_a_leaver_on_the_last_day_the_app_knows_still_ends_after_a_joiner_of_tha
     the start of that day in every zone."""
     for zone in ("UTC", "Etc/GMT+12", "Pacific/Kiritimati"):
         assert _ends(date(2099, 12, 31), zone) > _starts(date(2099, 12, 31), zone)
+
+
+# --- a careless operator ----------------------------------------------------------------------------------------------
+
+
+async def test_another_producer_s_time_bound_grant_of_hr_s_pair_ends_only_its_own(hr_run: Callable[..., Any]) -> None:
+    """HR's hire puts the person in the EMEA unit; the ``other`` producer grants the same unit for an hour: when that
+    ends (its own expiry), HR's grant still holds the membership."""
+    hr: Hr = await hr_run()
+    await hr.enter(hr_event("hire", "evt-hire", effective="2026-11-01"))
+    expires = datetime.fromtimestamp(hr.run.clock() + 3600, tz=UTC).isoformat()
+    raw = grant_body(requestId="X-TIMED", expiresAt=expires, source={"system": "other", "reference": "x"})
+    hr.run.queue_of("other").send(raw, message_id="x-timed")
+    await hr.until(hr.run.clock() + 7200)
+    assert hr.run.app.outcomes()["x-timed"]["outcome"] == "already_member"
+    assert hr.holds() == EVERYTHING
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: a leaver revokes only the targets the current rules can give (HrRules.every_target); a target HR "
+    "granted under a rule since removed from GRANTS_HR_RULES keeps HR's grant and the membership after the leaver",
+)
+async def test_a_leaver_ends_what_hr_granted_under_a_rule_the_operator_has_since_removed(
+    hr_run: Callable[..., Any], tmp_path: Any
+) -> None:
+    """The hire gives the EMEA unit and the helpdesk role; the operator then deploys rules without the helpdesk rule
+    (the role is now granted by tickets); the person leaves: HR's grant of the role ends with everything else."""
+    hr: Hr = await hr_run()
+    await hr.enter(hr_event("hire", "evt-hire", effective="2026-11-01"))
+    assert hr.holds() == EVERYTHING
+    handler = hr.run.app.services.hr_event
+    rules = tmp_path / "without-helpdesk.json"
+    rules.write_text(json.dumps({"rules": [r for r in RULES["rules"] if r["name"] != "helpdesk"]}))
+    handler._rules = HrRules.load(rules)  # the app restarted with the new rules file
+    await hr.until("2026-11-10")
+    await hr.enter(hr_event("leave", "evt-leave", effective="2026-11-09"))
+    await hr.finish()
+    assert hr.holds() == set()
