@@ -13,14 +13,16 @@ from zoneinfo import ZoneInfo
 import pytest
 from azure.core.exceptions import ServiceResponseError
 
+from grants_cli.dlq import Selector, resubmit
+from grants_local.backend import LocalBackend
 from shared.adapters.ledger.hr_events import PERSON_EVENTS, _known_fields, _person_key
 from shared.adapters.tables import table_key
 from shared.core.hr_events import KnownEvent, Placement, parse_event, place
 from shared.core.hr_rules import HrRules
 from shared.core.messaging import HR_TIEBREAK, RESUBMISSION, RESUBMITTED_FROM
-from tests.conftest import AU, USER, USER_2
+from tests.conftest import AU, AU_OTHER, USER, USER_2
 from tests.conftest import body as grant_body
-from tests.test_hr_timelines import RULES, Hr, hr_event, hr_run
+from tests.test_hr_timelines import RULES, Hr, adds, hr_event, hr_run
 
 __all__ = ["hr_run"]  # the fixture, shared with test_hr_timelines
 
@@ -296,3 +298,35 @@ async def test_a_leaver_ends_what_hr_granted_under_a_rule_the_operator_has_since
     await hr.enter(hr_event("leave", "evt-leave", effective="2026-11-09"))
     await hr.finish()
     assert hr.holds() == set()
+
+
+async def test_a_transfer_carried_again_after_the_person_left_and_was_rehired_gives_nothing_of_its_own(
+    hr_run: Callable[..., Any],
+) -> None:
+    """A transfer to APAC whose APAC add cannot be sent is dead-lettered QueueUnavailable; the person leaves, then is
+    rehired (EMEA); the operator resubmits the transfer (a second run finds nothing), and the HR system sends it again:
+    its add is placed as the transfer, before the leaver (superseded), and the person holds what the rehire gives."""
+    hr: Hr = await hr_run()
+    await hr.enter(hr_event("hire", "evt-hire", effective="2026-11-01"))
+    await hr.until("2026-11-05")
+    hr.sender.fail_when(lambda raw: adds(raw, AU_OTHER))
+    moved = await hr.enter(
+        hr_event("move", "evt-move", effective="2026-11-05", location="APAC", previous={"location": "EMEA"})
+    )
+    assert (moved[-1]["outcome"], moved[-1]["reason"]) == ("dead_lettered", "QueueUnavailable")
+    hr.sender.fail_when(None)
+    await hr.until("2026-11-08")
+    await hr.enter(hr_event("leave", "evt-leave", effective="2026-11-07"))
+    await hr.until("2026-11-12")
+    await hr.enter(hr_event("hire", "evt-rehire", effective="2026-11-12"))
+    assert hr.holds() == EVERYTHING
+    [copy] = resubmit(LocalBackend(hr.queue), Selector(reason="QueueUnavailable"))
+    assert (await hr.handle(copy.message_id))[-1]["outcome"] == "completed"
+    await hr.finish()
+    assert hr.holds() == EVERYTHING
+    assert resubmit(LocalBackend(hr.queue), Selector(reason="QueueUnavailable")) == []  # run again: nothing left
+    again = hr_event("move", "evt-move", effective="2026-11-05", location="APAC", previous={"location": "EMEA"})
+    assert (await hr.enter(again, message_id="e-again"))[-1]["outcome"] == "completed"  # and the HR system's resend
+    await hr.finish()
+    assert hr.holds() == EVERYTHING
+    assert hr.outcome("evt-move", AU_OTHER) == "superseded"
