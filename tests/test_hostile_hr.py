@@ -330,3 +330,24 @@ async def test_a_transfer_carried_again_after_the_person_left_and_was_rehired_gi
     await hr.finish()
     assert hr.holds() == EVERYTHING
     assert hr.outcome("evt-move", AU_OTHER) == "superseded"
+
+
+async def test_a_leaver_and_a_rehire_meeting_at_a_midnight_dst_skips_leave_no_gap_and_no_overlap(
+    hr_run: Callable[..., Any],
+) -> None:
+    """HR_TIME_ZONE America/Santiago, where clocks jump from midnight to 1 am on 5 September 2027: a leaver effective
+    the 4th ends, and a rehire effective the 5th starts, at that day's first instant (04:00 UTC). Before it the person
+    has the hire's; from it, the rehire (entered later) stands."""
+    hr: Hr = await hr_run(HR_TIME_ZONE="America/Santiago")
+    await hr.enter(hr_event("hire", "evt-hire", effective="2026-11-01", location="APAC"))
+    assert hr.holds() == {"apac", "helpdesk"}
+    await hr.enter(hr_event("leave", "evt-leave", effective="2027-09-04"))
+    await hr.until(hr.run.clock() + 60)
+    await hr.enter(hr_event("hire", "evt-rehire", effective="2027-09-05"))
+    await hr.until("2027-09-05T03:59:59Z")
+    assert hr.holds() == {"apac", "helpdesk"}
+    await hr.until("2027-09-05T04:10:00Z")  # the two at one moment: one may wait for the other's lease (PairBusy)
+    assert hr.holds() == EVERYTHING
+    await hr.finish()
+    assert hr.holds() == EVERYTHING
+    assert hr.outcome("evt-leave", AU_OTHER) == "revoked"
