@@ -352,3 +352,26 @@ async def test_a_leaver_and_a_rehire_meeting_at_a_midnight_dst_skips_leave_no_ga
     await hr.finish()
     assert hr.holds() == EVERYTHING
     assert hr.outcome("evt-leave", AU_OTHER) == "revoked"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: an event's moment is its effective date in the HR_TIME_ZONE of its first record; after the "
+    "operator moves HR_TIME_ZONE east, a rehire effective the day after a leaver recorded under the old zone starts "
+    "before that leaver ends, and the leaver's revoke-all ends the rehire's grants",
+)
+async def test_a_rehire_the_day_after_a_leaver_stands_when_the_operator_has_changed_hr_time_zone_between_them(
+    hr_run: Callable[..., Any],
+) -> None:
+    """A leaver effective the 20th is recorded under UTC (it ends at 21 November 00:00 UTC); the app is then
+    redeployed with HR_TIME_ZONE Asia/Tokyo; a rehire effective the 21st follows: the person, rehired, holds what the
+    rehire gives."""
+    hr: Hr = await hr_run()
+    await hr.enter(hr_event("hire", "evt-hire", effective="2026-11-01"))
+    await hr.until("2026-11-10")
+    await hr.enter(hr_event("leave", "evt-leave", effective="2026-11-20"))
+    hr.run.app.services.hr_event._time_zone = "Asia/Tokyo"  # the app restarted with the new setting
+    await hr.until("2026-11-12")
+    await hr.enter(hr_event("hire", "evt-rehire", effective="2026-11-21"))
+    await hr.finish()
+    assert hr.holds() == EVERYTHING
