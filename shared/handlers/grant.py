@@ -10,11 +10,11 @@ app sealed to run later (an HR grant, an expiry removal, a retry copy, a confirm
 ladder queues it again for its time (`NotYet`).
 
 A delivery first passes the lane gate (`shared.service.lane_gate`: a bulk one gives way on the CPU while interactive
-ones are in the process). The handler parses the body (`parse_grant`), runs the command through `IntentGate.run` in the entry's lane (handing
-it the ``in_progress`` status record to write should the attempt hold its pair's lease for over a second), and gives
-the ladder how it ended with the grant's `Ending`: its status record (`grant_status`, its producer's), outcome line
-and outcome event, and its retry copy (back to the lane's queue, MessageId `retry_message_id`, the producer, the
-job's row and HR event carried on, sealed).
+ones are in the process). The handler parses the body (`parse_grant`), runs the command through `IntentGate.run` in
+the entry's lane (handing it the ``in_progress`` status record to write should the attempt hold its pair's lease for
+over a second), and gives the ladder how it ended with the grant's `Ending`: its status record (`grant_status`, its
+producer's), outcome line and outcome event, and its retry copy (back to the lane's queue, MessageId
+`retry_message_id`, the producer, the job's row and HR event carried on, sealed).
 """
 
 from __future__ import annotations
