@@ -44,9 +44,8 @@ to at most TARGET of the limit, however late each one runs:
   signal gave is kept too, so the writes of a burst are replaced as they leave, and no faster.
 - A cap is a whole number of writes: a share's fraction rounds up with its probability (`uniform`), as sixteen
   instances each rounding up would overshoot a window of 200 writes by 8 %.
-- Before its first answer an instance makes one write (one more for each that got no answer). A writer held by the
-  cap waits for the answer to a write in flight (it may raise the cap), else for this process's oldest write to
-  leave the window. A write that gets no
+- Before its first answer an instance makes one write. A writer held by the cap waits for the answer to a write in
+  flight (it may raise the cap), else for this process's oldest write to leave the window. A write that gets no
   answer (`unanswered`: a timeout, a cancelled invocation) leaves the count in flight and counts in the window.
 
 Token accrual is capped at `burst` (1 by default) however long the loop was away, and a pause of every lane resumes
@@ -250,14 +249,13 @@ class WriteGovernor:
 
     def unanswered(self) -> None:
         """A write let through got no answer (a transport error, a timeout, a cancelled invocation): it is no longer
-        in flight, and counts in this process's window as a write (Graph may have counted it). Before any answer it
-        taught nothing, so the probe stays open: one more write may learn the window (not a window's wait)."""
+        in flight, and counts in this process's window as a write (Graph may have counted it)."""
         now = self._clock()
         self._answer()
         self._own.append(now)
         self._forget(now)
-        if self.adaptive and self.last_usage is None and self._share is None and self._quiet_since is None:
-            self._cap = len(self._own) + PROBE_WRITES
+        if self.adaptive:  # no news of the window: never a standstill for want of an answer, one more write at least
+            self._cap = max(self._cap or 0.0, len(self._own) + PROBE_WRITES)
 
     def admitted(self, usage: float | None) -> None:
         """A write was answered (not ``429``); `usage` is its ``x-ms-throttle-limit-percentage``, if any."""
