@@ -160,6 +160,31 @@ async def test_a_removal_that_can_never_be_scheduled_is_done_by_the_sweep(
     assert graph.members_of(AU) == set()
 
 
+async def test_a_time_bound_add_whose_removal_could_not_be_scheduled_once_is_still_removed_at_expiry(
+    make_run: Callable[..., Any], graph: GraphDouble
+) -> None:
+    """The add is made, then scheduling its removal fails once (retried): the retry finds the member there, which
+    is the app's own add, not a membership that was there before; at expiry the member is removed."""
+    run = await make_run(GRANTS_RETRY_BASE_SECONDS="10")
+    sender = run.app.sender
+    assert isinstance(sender, LocalSender)
+    real = sender.schedule
+    refused: list[str] = []
+
+    async def refuse_once(**kwargs: Any) -> None:
+        if str(kwargs["message_id"]).startswith("~expire:") and not refused:
+            refused.append(str(kwargs["message_id"]))
+            raise RuntimeError("the queue refuses it once")
+        await real(**kwargs)
+
+    sender.schedule = refuse_once  # type: ignore[method-assign]
+    outcomes = await run.deliver(body(requestId="T11", expiresAt=at(run, 3600)))
+    assert refused
+    assert [o["outcome"] for o in by_request(outcomes, "T11")] == ["already_member"]  # its first attempt made it
+    assert [(o["outcome"], o["heldBy"]) for o in by_request(outcomes, "~expire:T11")] == [("revoked", None)]
+    assert graph.members_of(AU) == set()
+
+
 # --- 3. access that outlives a leaver --------------------------------------------------------------------------------
 
 

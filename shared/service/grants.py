@@ -157,4 +157,5 @@ class GrantService:
                 Reason.EXPIRY_NOT_SCHEDULED,
                 f"the removal of this time-bound membership at {expires_at.isoformat()} could not be scheduled "
                 f"({type(error).__name__}); retrying (the ledger keeps it as a pending removal for the expiry sweep)",
+                uncertain=True,  # the add was made: its doubt stays, so the retry that finds it knows it is the app's
             ) from error
