@@ -41,7 +41,7 @@ from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, MessageSender, deri
 from shared.core.pairs import Grant, Released, Superseded, confirm_at, due_grants, expiring
 from shared.core.producers import APP_PRODUCER, Producer
 from shared.core.statuses import Holder, Status, StatusRecord, StatusWrite
-from shared.service.grants import GrantService
+from shared.service.grants import ExpiryNotScheduledError, GrantService
 from shared.service.membership import Result
 
 __all__ = ["Arrival", "IntentGate"]
@@ -167,6 +167,9 @@ class IntentGate:
                 f"the Graph work did not finish within its lease ({budget:.0f} s)",
                 uncertain=True,
             ) from error
+        except ExpiryNotScheduledError as error:  # the add was answered: that answer is recorded before the retry
+            await self._release_quietly(ticket, applied=Action.ADD, already=error.already)
+            raise
         except TransientError as error:
             await self._release_quietly(ticket, uncertain=error.uncertain)
             raise
@@ -224,11 +227,22 @@ class IntentGate:
             return None
         return lambda: self._ledger.record(record, now=self._now(), write=StatusWrite.PROGRESS)
 
-    async def _release_quietly(self, ticket: Ticket, *, uncertain: bool = False, gave_up: bool = False) -> None:
+    async def _release_quietly(
+        self,
+        ticket: Ticket,
+        *,
+        uncertain: bool = False,
+        gave_up: bool = False,
+        applied: Action | None = None,
+        already: bool = False,
+    ) -> None:
         """Return the lease after a failure (its write in doubt when `uncertain`; `gave_up` when the request is
-        refused for good); if the ledger fails too, the lease simply expires and the write stays in doubt."""
+        refused for good; `applied` (`already`) when its write was answered before the failure); if the ledger fails
+        too, the lease simply expires and the write stays in doubt."""
         with contextlib.suppress(TransientError):
-            await self._ledger.finish(ticket, applied=None, now=self._now(), uncertain=uncertain, gave_up=gave_up)
+            await self._ledger.finish(
+                ticket, applied=applied, now=self._now(), uncertain=uncertain, gave_up=gave_up, already=already
+            )
 
 
 def _canonical(target: Target, template: Guid | None) -> Target:

@@ -26,11 +26,21 @@ from shared.core.intents import content_hash, expiry_removal, intent_of
 from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, derived_message_id
 from shared.core.policy import GrantPolicy
 from shared.core.producers import APP, Producer
-from shared.core.statuses import HOLDS
+from shared.core.statuses import HOLDS, Status
 from shared.service.membership import Result, change_membership
 from shared.service.roles import RoleTemplates
 
-__all__ = ["GrantService"]
+__all__ = ["ExpiryNotScheduledError", "GrantService"]
+
+
+class ExpiryNotScheduledError(TransientError):
+    """`TransientError(ExpiryNotScheduled)`, raised once Graph has answered the add (`already`: it found the member
+    there): the gate records that answer before the retry, so the retry's own answer is read against what this one
+    did (the app's add, or a membership that was there before it)."""
+
+    def __init__(self, description: str, *, already: bool) -> None:
+        super().__init__(Reason.EXPIRY_NOT_SCHEDULED, description)
+        self.already = already
 
 
 class GrantService:
@@ -132,14 +142,15 @@ class GrantService:
         )
         result = replace(result, role_template_id=template)
         if expires_at is not None and not dry_run and result.outcome in HOLDS:
-            await self._schedule_expiry(command, expires_at, producer, lane)
+            already = result.outcome is not Status.GRANTED
+            await self._schedule_expiry(command, expires_at, producer, lane, already=already)
             result = replace(
                 result, description=f"{result.description}; removal scheduled for {expires_at.isoformat()}"
             )
         return result
 
     async def _schedule_expiry(
-        self, command: GrantCommand, expires_at: datetime, producer: Producer, lane: Lane
+        self, command: GrantCommand, expires_at: datetime, producer: Producer, lane: Lane, *, already: bool
     ) -> None:
         """Schedule the app's own removal at `expires_at` (`expiry_removal`, `producer`'s as the grant it ends;
         MessageId ``~expire:<digest>`` of the producer, its request id and content: scheduled twice, duplicate
@@ -153,9 +164,8 @@ class GrantService:
                 scheduled_enqueue_time=expires_at,
             )
         except Exception as error:
-            raise TransientError(
-                Reason.EXPIRY_NOT_SCHEDULED,
+            raise ExpiryNotScheduledError(
                 f"the removal of this time-bound membership at {expires_at.isoformat()} could not be scheduled "
                 f"({type(error).__name__}); retrying (the ledger keeps it as a pending removal for the expiry sweep)",
-                uncertain=True,  # the add was made: its doubt stays, so the retry that finds it knows it is the app's
+                already=already,
             ) from error
