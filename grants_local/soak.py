@@ -147,7 +147,7 @@ from shared.config import Settings
 from shared.core.contract import parse_grant
 from shared.core.errors import Reason
 from shared.core.intents import content_hash, expiry_removal, intent_of
-from shared.core.messaging import SEAL, derived_message_id
+from shared.core.messaging import PRODUCER, SEAL, derived_message_id
 
 #: The soak's virtual start (a new `ManualClock`'s time): timebound grants expire minutes after it.
 EPOCH = datetime.fromtimestamp(ManualClock()(), UTC)
@@ -344,6 +344,8 @@ class Soak:
     doubts: list[tuple[str, Fault]] = field(default_factory=list)
     #: ``released`` outcomes with no holder that were logged while the app's membership was there (`ReleaseWatch`).
     released_over_app_member: list[str] = field(default_factory=list)
+    #: The producer whose words a replayed copy is: the grants queue's, where the app sends its copies here.
+    replayed_as: str = "bulk"
 
 
 @dataclass(slots=True)
@@ -904,13 +906,20 @@ class SoakSender:
         self, *, body: bytes, message_id: str, application_properties: Mapping[str, Any], **kwargs: Any
     ) -> None:
         """A producer who saw this sealed message sends it again, seal and properties included, under another
-        MessageId (one in ten, seeded by the MessageId)."""
+        MessageId (one in ten, seeded by the MessageId). It lands on the grants queue, whose producer it then is
+        (`Soak.replayed_as`): not a copy of another producer's request that producer could make its own (the same
+        source system, a producer's request id), which would be a grant the plan does not know of."""
         if SEAL not in application_properties or random.Random(f"{self._soak.seed}|{message_id}").random() >= 0.1:
             return
         replay_id = f"{message_id[:100]}-replay"
         try:
-            request_id = str(json.loads(body)["requestId"])
+            document = json.loads(body)
+            request_id, system = str(document["requestId"]), document["source"]["system"]
         except (ValueError, KeyError, TypeError):
+            return
+        owner = self._soak.replayed_as
+        others = application_properties.get(PRODUCER) != owner and not request_id.startswith("~")
+        if others and system == _SYSTEM_OF.get(owner):
             return
         self._soak.replays[replay_id] = request_id
         await self._sender.schedule(
@@ -1176,6 +1185,8 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
         app = await stack.enter_async_context(
             local_app(settings, queue=queue, sender=lambda local: SoakSender(local, soak))
         )
+        owner = settings.producers.on_queue(settings.grants_queue)
+        soak.replayed_as = owner.name if owner is not None else ""
         rng = random.Random(f"{seed}|producer")
         for planned in soak.messages:
             at = EPOCH + timedelta(seconds=planned.delay) if planned.delay else None
@@ -1243,10 +1254,17 @@ async def ledger_facts(soak: Soak, ledger: Ledger) -> dict[str, int]:
         *(g for g in await ledger.group("job", FORGED_JOB, producer=None) if g.producer != FORGED_BY),
         *await ledger.group("hrEvent", FORGED_HR_EVENT, producer=None),
     ]
+    replayed = set(soak.replays.values())  # a replayed copy is its sender's: its job properties name that job
+    rows = [
+        row
+        for group in groups
+        for row in group.rows
+        if not (group.producer == soak.replayed_as and row.get("requestId") in replayed)
+    ]
     noted = 0
     for request_id in sorted(soak.expiry_victims):
         noted += any(status.removal is not None for status in await ledger.statuses(request_id))
-    return {"forged_rows": sum(len(group.rows) for group in groups), "forged_removals": noted}
+    return {"forged_rows": len(rows), "forged_removals": noted}
 
 
 #: What a replayed copy of another producer's request ends as: it is the words of whoever sends to its queue.
@@ -1312,6 +1330,21 @@ def check(
     replays_ended = len(replays_seen)
     more_than_one = sum(1 for values in terminal.values() if len(values) > 1)
 
+    member_of = {planned.member: planned for planned in soak.messages}
+    writes: Counter[tuple[str, str, str]] = Counter()
+    doomed_after_deletion = 0
+    for index, request in enumerate(graph.requests):
+        if request.method not in ("POST", "DELETE"):
+            continue
+        member = _member_of(request)
+        planned = member_of.get(member or "")
+        if planned is None:
+            continue
+        if request.status == 204:
+            writes[(request.method, planned.container, planned.member)] += 1
+            deleted = soak.deleted_at_log_index
+            if planned.container == soak.doomed and deleted is not None and index >= deleted:
+                doomed_after_deletion += 1
     # the overlapping pairs: a pre-existing member's first add in doubt makes the membership the app's
     in_doubt = {request_id for request_id, fault in soak.doubts if fault.landed.is_set()}
     in_doubt |= {request_id for request_id, given in reasons_of.items() if given & _IN_DOUBT_REASONS}
@@ -1319,7 +1352,7 @@ def check(
     planned_writes = dict(soak.writes)
     exact_writes: set[tuple[str, str]] = set()
     expected = {container: set(members) for container, members in soak.expected.items()}
-    doubted = removed_after_doubt = late_steps = 0
+    doubted = made_by_app = late_steps = 0
     for overlap in soak.overlaps:
         pair = (overlap.container, overlap.member)
         candidates = [overlap.plain]
@@ -1327,8 +1360,9 @@ def check(
             candidates.append(overlap.doubted)
             doubted += 1
         there = overlap.member in graph.members_of(overlap.container)
-        chosen = next((candidate for candidate in candidates if candidate.member == there), overlap.plain)
-        removed_after_doubt += chosen.member != overlap.plain.member
+        seen = (writes[("POST", *pair)], writes[("DELETE", *pair)])
+        chosen = min(candidates, key=lambda candidate: _misses(candidate, there, seen, terminal))
+        made_by_app += chosen is not overlap.plain
         allowed.update(chosen.outcomes)
         planned_writes[pair] = (chosen.adds, chosen.removals)
         exact_writes.add(pair)
@@ -1366,21 +1400,6 @@ def check(
     for container, members in expected.items():
         wrong_membership += len(graph.members_of(container) ^ members)
 
-    member_of = {planned.member: planned for planned in soak.messages}
-    writes: Counter[tuple[str, str, str]] = Counter()
-    doomed_after_deletion = 0
-    for index, request in enumerate(graph.requests):
-        if request.method not in ("POST", "DELETE"):
-            continue
-        member = _member_of(request)
-        planned = member_of.get(member or "")
-        if planned is None:
-            continue
-        if request.status == 204:
-            writes[(request.method, planned.container, planned.member)] += 1
-            deleted = soak.deleted_at_log_index
-            if planned.container == soak.doomed and deleted is not None and index >= deleted:
-                doomed_after_deletion += 1
     pairs_off = 0
     for pair in {(container, member) for _, container, member in writes} | set(planned_writes):
         seen = (writes[("POST", *pair)], writes[("DELETE", *pair)])
@@ -1473,7 +1492,7 @@ def check(
             "pairs": len(soak.overlaps),
             "preexisting": sum(overlap.seeded for overlap in soak.overlaps),
             "first_add_in_doubt": doubted,
-            "preexisting_removed_after_doubt": removed_after_doubt,
+            "preexisting_ended_as_the_app_s": made_by_app,
             "steps": sum(len(overlap.steps) for overlap in soak.overlaps),
         },
         "not_allowed_examples": [(*key, descriptions.get(key, "")) for key in not_allowed[:5]],
@@ -1488,9 +1507,19 @@ def check(
     return Report(invariants=invariants, faults=soak.faults, outcomes=outcomes, numbers=numbers)
 
 
-#: Reasons an add's attempt ends with when its write may be in doubt (a 5xx, a timeout, the ledger failing around it;
-#: a time-bound add whose removal could not be scheduled was made).
-_IN_DOUBT_REASONS = frozenset({"GraphUnavailable", "LedgerUnavailable", "ExpiryNotScheduled"})
+def _misses(ending: Ending, there: bool, seen: tuple[int, int], terminal: Mapping[str, list[str]]) -> int:
+    """How far what happened to an overlapping pair (the member `there` or not, the 204 adds and removals `seen`, the
+    `terminal` outcomes) is from `ending`: the number of things it does not allow."""
+    outcomes = sum(
+        outcome not in {*allowed, "duplicate"}
+        for key, allowed in ending.outcomes.items()
+        for outcome in terminal.get(key, [])
+    )
+    return outcomes + (ending.member != there) + (seen != (ending.adds, ending.removals))
+
+
+#: Reasons an add's attempt ends with when its write may be in doubt (a 5xx, a timeout, the ledger failing around it).
+_IN_DOUBT_REASONS = frozenset({"GraphUnavailable", "LedgerUnavailable"})
 
 
 def _outcome(record: Mapping[str, Any]) -> str:
