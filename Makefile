@@ -9,14 +9,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.runtime: requirements.txt pyproject.toml | $(BIN)/python
+# The producer client (client/, its own distribution) is installed beside the app: the examples use it. Its
+# dependencies (httpx, azure-servicebus, azure-identity) are the app's too, pinned in requirements.txt.
+$(VENV)/.runtime: requirements.txt pyproject.toml client/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps -e . -e client
 	touch $@
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
+$(VENV)/.dev: requirements.txt requirements-dev.txt pyproject.toml client/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps -e . -e client
 	touch $@ $(VENV)/.runtime
 
 # Azurite, the Table Storage emulator the ledger's tests (and local runs) use: the npm package, pinned by
@@ -59,7 +61,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 
 types: $(VENV)/.dev
-	$(BIN)/mypy --strict shared grants_common grants_cli grants_local
+	$(BIN)/mypy --strict shared grants_common grants_cli grants_local client/grants_client
 
 unit: $(VENV)/.dev $(AZURITE)/.installed
 	GRANTS_TEST_TALLY=$(TEST_TALLY) $(BIN)/python -m pytest
@@ -68,9 +70,9 @@ unit: $(VENV)/.dev $(AZURITE)/.installed
 infra:
 	bash infra/check.sh
 
-# Throughput, CPU vs msgraph-sdk, cold start, installed size, the ledger's cost, the fleet (ARGS="--quick" for a
-# short run, under 8 minutes; the full run under 25). msgraph-sdk is only compared against, in its own venv
-# (.venv-msgraph). `make test` runs bench-smoke: every part at a tiny scale, failing unless each ran and printed
+# Throughput, CPU vs msgraph-sdk, cold start, installed size, the ledger's cost, a grant's cost in what Azure bills
+# (docs/limits.md), the fleet (ARGS="--quick" for a short run, under 8 minutes; the full run under 25). msgraph-sdk is
+# only compared against, in its own venv (.venv-msgraph). `make test` runs bench-smoke: every part at a tiny scale, failing unless each ran and printed
 # its line (no timing is asserted), so a benchmark that no longer runs fails CI; its figures' lines start "smoke"
 # (tiny scale: not measurements, held to no target).
 .venv-msgraph/.installed: benchmarks/requirements-msgraph.txt

@@ -50,6 +50,11 @@ in a process of their own, `benchmarks.doubles`, so each figure measures only th
    and wall ms per grant; then the terminal status of each as a bulk row (status, member and target history, job
    row: four writes at once): ``status_*``. The ``throughput`` figure already includes the ledger (the local host
    runs every grant through it), so its quota fraction is measured with the ledger's cost.
+9. ``cost``: what a grant costs in the quantities Azure bills (`benchmarks.cost`, in a process of its own against a
+   fresh double answering in 30 ms, 500 / 100 units per scenario): per 1,000 interactive grants, bulk rows,
+   time-bound grants with their removal, webhook requests and HR joiner events, the Table Storage transactions,
+   Service Bus operations, function executions, execution and busy seconds and log bytes; what one expiry sweep and
+   one drift sweep cost; the peak RSS.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import fleet
+from benchmarks.cost import cost_line
 from benchmarks.directory import grants
 from benchmarks.ledger import ledger_cost
 from benchmarks.threads import ThreadCpu
@@ -88,10 +94,11 @@ class Plan:
     """How big each part is: `grants` through the throughput run, `ledger` intents, `compare` grants in the pipeline
     and CPU comparison runs (no latency, 16 at a time), `rounds` runs of each comparison client (the figures are
     medians), `telemetry` grants in each of `telemetry_rounds` runs per side of the telemetry part, `cold_runs`
-    interpreters per side, and the fleet's `fleet.Scale`."""
+    interpreters per side, `cost` units per scenario of the cost part, and the fleet's `fleet.Scale`."""
 
     grants: int
     ledger: int
+    cost: int
     compare: int
     rounds: int
     telemetry: int
@@ -104,6 +111,7 @@ class Plan:
 FULL = Plan(
     grants=3_000,
     ledger=1_000,
+    cost=500,
     compare=2_000,
     rounds=3,
     telemetry=1_000,
@@ -113,15 +121,24 @@ FULL = Plan(
 )
 #: Under 8 minutes on 2 cores.
 QUICK = Plan(
-    grants=600, ledger=300, compare=500, rounds=3, telemetry=500, telemetry_rounds=1, cold_runs=5, fleet=fleet.QUICK
+    grants=600,
+    ledger=300,
+    cost=200,
+    compare=500,
+    rounds=3,
+    telemetry=500,
+    telemetry_rounds=1,
+    cold_runs=5,
+    fleet=fleet.QUICK,
 )
 SMOKE = Plan(
-    grants=20, ledger=20, compare=50, rounds=1, telemetry=50, telemetry_rounds=1, cold_runs=1, fleet=fleet.SMOKE
+    grants=20, ledger=20, cost=3, compare=50, rounds=1, telemetry=50, telemetry_rounds=1, cold_runs=1, fleet=fleet.SMOKE
 )
 #: The lines a run prints, one per part (``--smoke`` checks that each was printed).
 PARTS = (
     "throughput",
     "ledger",
+    "cost",
     "pipeline_cpu",
     "engine",
     "msgraph_sdk",
@@ -159,7 +176,7 @@ class Doubles:
 
 
 @contextmanager
-def doubles(*, users: int, budget: str, latency: float) -> Iterator[Doubles]:
+def doubles(*, users: int, budget: str, latency: float, units: int = 0) -> Iterator[Doubles]:
     process = subprocess.Popen(  # noqa: S603 (this interpreter, our module)
         [
             sys.executable,
@@ -167,6 +184,8 @@ def doubles(*, users: int, budget: str, latency: float) -> Iterator[Doubles]:
             "benchmarks.doubles",
             "--users",
             str(users),
+            "--units",
+            str(units),
             "--budget",
             budget,
             "--latency",
@@ -332,6 +351,21 @@ def pipeline_run(count: int, *, telemetry: IngestionStub | None) -> dict[str, An
     return figures
 
 
+def cost_run(count: int) -> dict[str, Any]:
+    """`benchmarks.cost` in its own process (its peak RSS is the app's and the local host's; it starts its doubles in
+    another); its figures."""
+    out = subprocess.run(  # noqa: S603 (this interpreter, our module)
+        [sys.executable, "-m", "benchmarks.cost", "--count", str(count)],
+        cwd=ROOT,
+        env={name: value for name, value in os.environ.items() if name != "GRAPH_BASE_URL"},
+        stdout=subprocess.PIPE,  # its errors go to the benchmark's standard error
+        text=True,
+        check=True,
+    ).stdout
+    figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return figures
+
+
 def installed_mb(python: Path | str, names: list[str]) -> float:
     """Installed size (MB, RECORD files) of `names` and their dependencies in `python`'s environment."""
     out = subprocess.run(  # noqa: S603 (a venv's interpreter, our script)
@@ -437,6 +471,7 @@ def run(plan: Plan, count: int) -> None:
         f"total_storage_calls_per_grant={ledger_calls:.2f} total_cpu_ms_per_grant={ledger_cpu:.2f}",
         flush=True,
     )
+    print(cost_line(cost_run(plan.cost)), flush=True)
     second = asyncio.run(pipeline(plan.compare, budget="none", latency=0.0, write_rate="0"))
     by_thread = " ".join(f"{group}_ms={1000 * s / plan.compare:.2f}" for group, s in second["threads"].items())
     print(

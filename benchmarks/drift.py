@@ -15,15 +15,16 @@ whose drift section makes every target ``authoritative`` (the default guard: 20 
    app's `GraphClient` at the default pace (``in_step_graph_s``, Graph time), and every target's pairs read from
    the ledger (``in_step_ledger_s``).
 2. **1 % drift** behind the app's back (`GraphDouble.add_member` / `remove_member`, as the portal would): per
-   unit a third of its drifted pairs removed (*missing*), a third of its removed members added back
-   (*lingering*), a third new members with no intent (*unmanaged*); one pair in each of 10 roles, the tier-0 one
-   included. Meanwhile a writer adds members to another unit through a `GraphClient` with a `WriteGovernor` of
-   its own (20 writes/s). ``GET /api/drift`` must report exactly the drifted pairs; the timer sends the repairs
-   to the bulk queue, the guard holds each unit's removals (66 > 50), ``POST /api/drift/{unit}/confirm`` releases
-   each held set, and the registered ``grant_membership_bulk`` function carries every repair out. Checked: the
-   Graph writes of the repairs are exactly one per drifted pair outside the tier-0 role, afterwards every other
-   target equals its newest intents (a last sweep finds drift in the tier-0 role only), and neither the repairs
-   nor the writer beside them were answered ``429``.
+   unit a third of its drifted pairs removed (*missing*), a third of its removed members added back and a third
+   new members with no intent (both *unmanaged*: the app did not make what is there; a change behind the app's
+   back makes no *lingering* member, which only a write of the app's that failed leaves); one pair in each of 10
+   roles, the tier-0 one included. Meanwhile a writer adds members to another unit through a `GraphClient` with
+   a `WriteGovernor` of its own (20 writes/s). ``GET /api/drift`` must report exactly the drifted pairs; the timer
+   sends the repairs to the bulk queue, the guard holds each unit's removals (66 > 50),
+   ``POST /api/drift/{unit}/confirm`` releases each held set, and the registered ``grant_membership_bulk`` function
+   carries every repair out. Checked: the Graph writes of the repairs are exactly one per drifted pair outside the
+   tier-0 role, afterwards every other target holds exactly its granted members (a last sweep finds drift in the
+   tier-0 role only), and neither the repairs nor the writer beside them were answered ``429``.
 
 ``--smoke``: 2 units of 500, 4 roles of 20, in seconds. The numbers are the double's and Azurite's on this machine
 (shared with other work: noisy), not Graph's; the read count and units are what Graph would be asked.
@@ -176,8 +177,8 @@ async def record_intents(ledger: Ledger, intents: list[tuple[Target, Guid, Inten
 
 
 def inject_drift(graph: GraphDouble, directory: Directory, size: Size) -> None:
-    """1 % of each unit's pairs drift (a third missing, a third lingering, a third unmanaged); one pair in each of
-    up to 10 roles (the kinds taking turns)."""
+    """1 % of each unit's pairs drift (a third missing, a third removed members added back, a third members no
+    request named: both unmanaged); one pair in each of up to 10 roles (the kinds taking turns)."""
     for index, target in enumerate(directory.targets):
         unit = isinstance(target, AdministrativeUnit)
         kind, count = (1, size.unit_members) if unit else (2, size.role_members)
@@ -191,7 +192,7 @@ def inject_drift(graph: GraphDouble, directory: Directory, size: Size) -> None:
         for n in range(per_kind[0]):  # missing: removed behind the app's back
             graph.remove_member(container, guid(kind, at, n))
             directory.drifted.add((target, guid(kind, at, n)))
-        for n in range(per_kind[1]):  # lingering: a removed member added back
+        for n in range(per_kind[1]):  # unmanaged: a member the app removed, added back
             graph.add_member(container, guid(kind, at, count + n))
             directory.drifted.add((target, guid(kind, at, count + n)))
         for n in range(per_kind[2]):  # unmanaged: a member no request named
@@ -284,6 +285,7 @@ async def run(size: Size) -> dict[str, Any]:
                 "GRANTS_POLICY": policy_file(folder),
                 "GRANTS_OUTCOMES_TOPIC": "grant-outcomes",
                 "GRANTS_RETRY_BASE_SECONDS": "0",
+                "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "0",
                 "WEBSITE_AUTH_ENABLED": "true",
             }
         )

@@ -8,11 +8,13 @@ the same job again is absorbed by the queue's duplicate detection (within its wi
 the same request ids and content end ``duplicate``).
 
 CSV (a header row, then one grant per row; empty cells are absent fields):
-``action,targetType,targetId,roleTemplateId,administrativeUnitId,memberId,memberType,requestedBy,reason,expiresAt``
-and optionally ``requestId`` and ``dryRun`` (``true``/``false``). Without a ``requestId`` column the request id
-is ``<job-id>:<row>``; ``source`` is ``{"system": "bulk", "reference": <job-id>}``. The columns ``failedReason``
-and ``failedDescription`` (what `write_failed_csv` adds) are read and ignored. JSON lines: one message body per
-line, sent as it is. Rows are numbered from 1 (the CSV header is not a row); errors name the file's line number.
+``action,targetType,targetId,roleTemplateId,administrativeUnitId,memberId,memberType,requestedBy,reason,expiresAt,``
+``roleDefinitionId,directoryScopeId`` (the last two for a roleEligibility or roleAssignment row; a header may leave
+out the columns its rows do not use) and optionally ``requestId`` and ``dryRun`` (``true``/``false``). Without a
+``requestId`` column the request id is ``<job-id>:<row>``; ``source`` is ``{"system": "bulk", "reference":
+<job-id>}``. The columns ``failedReason`` and ``failedDescription`` (what `write_failed_csv` adds) are read and
+ignored. JSON lines: one message body per line, sent as it is. Rows are numbered from 1 (the CSV header is not a
+row); errors name the file's line number.
 Each message carries the application properties ``bulkJob`` (the job id), ``jobRow`` (its row) and ``jobRows``
 (how many messages the job sends), from which the status API tells when the job has ended.
 
@@ -68,6 +70,8 @@ CSV_COLUMNS: Final = (
     "requestedBy",
     "reason",
     "expiresAt",
+    "roleDefinitionId",
+    "directoryScopeId",
 )
 _OPTIONAL_COLUMNS: Final = ("requestId", "dryRun")
 #: Informational columns of `write_failed_csv`: why the row failed. `read_job` ignores them.
@@ -175,6 +179,8 @@ def _document(record: Mapping[str, str | None], *, request_id: str, job_id: str)
             ("id", "targetId"),
             ("roleTemplateId", "roleTemplateId"),
             ("administrativeUnitId", "administrativeUnitId"),
+            ("roleDefinitionId", "roleDefinitionId"),
+            ("directoryScopeId", "directoryScopeId"),
         )
         if column in cell
     }
@@ -201,7 +207,8 @@ def write_failed_csv(records: Iterable[Mapping[str, Any]], stream: TextIO) -> in
     ``failedReason`` and ``failedDescription`` (why it failed; `read_job` ignores them), and ``dryRun`` only when
     a row was a dry run. There is no ``requestId`` column: submitted again, the rows get new request ids. A
     scopedRole target's ``targetId`` (its administrative unit) goes to ``administrativeUnitId``; a directoryRole's
-    object id to ``targetId``, or else its template to ``roleTemplateId``. Cells that a spreadsheet would read
+    object id to ``targetId``, or else its template to ``roleTemplateId``; a roleEligibility's or roleAssignment's
+    ``roleDefinitionId`` and ``directoryScopeId`` to theirs. Cells that a spreadsheet would read
     as a formula (starting with ``= + - @``, a tab or a carriage return) get a leading ``'``, which stays in the
     text if the file is submitted as it is.
     """
@@ -219,7 +226,9 @@ def _failed_row(record: Mapping[str, Any]) -> dict[str, str]:
         return "" if value is None else str(value)
 
     kind, target_id, template = text("targetType"), text("targetId"), text("roleTemplateId")
-    if kind == "scopedRole":
+    if kind in ("roleEligibility", "roleAssignment"):
+        target = {"roleDefinitionId": text("roleDefinitionId"), "directoryScopeId": text("directoryScopeId")}
+    elif kind == "scopedRole":
         target = {"roleTemplateId": template, "administrativeUnitId": target_id}
     elif kind == "directoryRole" and not target_id:
         target = {"roleTemplateId": template}

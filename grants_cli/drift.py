@@ -163,8 +163,10 @@ def _print_report(document: Mapping[str, Any], out: TextIO, *, all_findings: boo
 
 
 def _print_target(target: Mapping[str, Any], out: TextIO, *, all_findings: bool) -> None:
-    name = target.get("roleTemplateId") or target.get("targetId")
+    name = target.get("roleTemplateId") or target.get("roleDefinitionId") or target.get("targetId")
     where = f" in unit {printable(target.get('targetId'))}" if target.get("targetType") == "scopedRole" else ""
+    if target.get("roleDefinitionId"):
+        where = f" at {printable(target.get('directoryScopeId'))}"
     tier0 = " (tier-0: never touched)" if target.get("tier0") else ""
     out.write(
         f"{printable(target.get('targetType'))} {printable(name)}{where}: {printable(target.get('state'))}, mode "

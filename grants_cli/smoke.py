@@ -51,7 +51,8 @@ __all__ = [
     "smoke_message",
 ]
 
-#: The Graph application permissions the app uses (infra/scripts/grant-graph-permissions.sh grants them).
+#: The Graph application permissions the app cannot work without (infra/scripts/grant-graph-permissions.sh grants
+#: them, and the PIM schedule permissions, which RoleManagement.ReadWrite.Directory covers too: not checked here).
 GRAPH_PERMISSIONS: Final = ("AdministrativeUnit.ReadWrite.All", "RoleManagement.ReadWrite.Directory")
 DATA_RECEIVER: Final = "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0"
 DATA_SENDER: Final = "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39"

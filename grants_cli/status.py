@@ -61,6 +61,8 @@ _ROWS = (
     ("targetType", "target type"),
     ("targetId", "target"),
     ("roleTemplateId", "role template"),
+    ("roleDefinitionId", "definition"),
+    ("directoryScopeId", "scope"),
     ("memberId", "member"),
     ("sourceSystem", "source"),
     ("sourceReference", "reference"),
@@ -72,6 +74,7 @@ _ROWS = (
     ("intentAt", "intent at"),
     ("expiresAt", "expires at"),
     ("removal", "removal"),
+    ("heldBy", "held by"),
     ("scheduledFor", "scheduled for"),
     ("acceptedAt", "accepted at"),
     ("attempts", "attempts"),
@@ -365,8 +368,27 @@ def _print_fields(record: Mapping[str, Any], rows: tuple[tuple[str, str], ...], 
         value = record.get(name)
         if isinstance(value, Mapping):  # a time-bound grant's removal: its status, and when or by which request
             value = " ".join(str(value[key]) for key in ("status", "dueAt", "requestId", "reason") if value.get(key))
+        if isinstance(value, list):  # a released request's: what keeps the membership
+            value = _holders(value)
         if value is not None and value != "":
             out.write(f"  {label:<14} {printable(value)}\n")
+
+
+def _holders(held: list[Any]) -> str:
+    """``heldBy`` in words: each grant as ``producer request (until …)``, a membership the app did not make as
+    ``pre-existing``; ``nothing of the app's`` when empty."""
+    named: list[str] = []
+    for holder in held:
+        if not isinstance(holder, Mapping):
+            continue
+        if holder.get("preexisting"):
+            named.append("pre-existing (made outside the app)")
+            continue
+        words = [str(holder.get("producer") or "?")]
+        words += [str(holder["requestId"])] if holder.get("requestId") else []
+        words += [f"(until {holder['expiresAt']})"] if holder.get("expiresAt") else []
+        named.append(" ".join(words))
+    return ", ".join(named) or "nothing of the app's"
 
 
 # job and hr-event
@@ -590,6 +612,8 @@ def _history_line(record: Mapping[str, Any]) -> str:
     status = field("status") + (f" ({field('reason')})" if record.get("reason") else "")
     if record.get("targetType") == "scopedRole":
         target = f"scopedRole {field('roleTemplateId')} in {field('targetId')}"
+    elif record.get("roleDefinitionId"):
+        target = f"{field('targetType')} {field('roleDefinitionId')} at {field('directoryScopeId')}"
     elif record.get("targetId"):
         target = f"{field('targetType')} {field('targetId')}"
     else:

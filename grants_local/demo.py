@@ -35,6 +35,7 @@ async def demo(out: TextIO) -> int:
     random.seed(4711)  # the same jitter, and so the same table, on every run
     clock = ManualClock(start=DEMO_START.timestamp())
     with TokenEndpoint() as tokens, GraphDouble(tokens, clock=clock) as graph:
+        graph.now = clock.utcnow  # PIM's schedules start and end on the virtual clock (Entra's own expiry too)
         graph.load(EXAMPLES / "directory.json")
         graph.inject(
             Fault.status(429, retry_after=30, method="POST", path="roleTemplateId="),  # Graph throttles once

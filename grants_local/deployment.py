@@ -51,7 +51,12 @@ APP_PRINCIPAL_ID: Final = "5e000000-0000-4000-8000-0000000a11ed"
 DATA_RECEIVER: Final = "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0"
 DATA_SENDER: Final = "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39"
 READER: Final = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
-DEFAULT_GRAPH_PERMISSIONS: Final = ("AdministrativeUnit.ReadWrite.All", "RoleManagement.ReadWrite.Directory")
+DEFAULT_GRAPH_PERMISSIONS: Final = (
+    "AdministrativeUnit.ReadWrite.All",
+    "RoleManagement.ReadWrite.Directory",
+    "RoleEligibilitySchedule.ReadWrite.Directory",
+    "RoleAssignmentSchedule.ReadWrite.Directory",
+)
 DEFAULT_SERVICE_BUS_ROLES: Final = (DATA_RECEIVER, DATA_SENDER, READER)
 EXAMPLES: Final = Path(__file__).resolve().parent.parent / "examples"
 

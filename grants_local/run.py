@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from grants_common.printable import printable
@@ -127,6 +128,9 @@ def graph_environment(env: Mapping[str, str], *, clock: Callable[[], float] | No
     from grants_local.token_endpoint import TokenEndpoint
 
     with TokenEndpoint() as tokens, GraphDouble(tokens, clock=clock or time.monotonic) as graph:
+        if clock is not None:  # epoch seconds (a run's clock): PIM's schedules start and end on it
+            epoch = clock
+            graph.now = lambda: datetime.fromtimestamp(epoch(), UTC)
         graph.load(EXAMPLES / "directory.json")
         yield {**env, **tokens.env(), "GRAPH_BASE_URL": graph.base_url}
 

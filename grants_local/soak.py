@@ -76,6 +76,11 @@ otherwise):
 - replays (at run time): a copy of a message the app sealed (a retry copy, an expiry removal), seal and properties
   included, under another MessageId: the seal does not check out, so it is a producer's (``duplicate`` of its
   request, or refused ``SchemaViolation`` for an ``~expire`` id).
+- early replays (at run time): a message the app sealed to run later (a retry copy, a confirming copy, an expiry
+  removal, a copy the app queued again for its time), delivered before that time: sent again byte for byte under its
+  own MessageId once duplicate detection's window has passed (when it is due later than that), or as ``dlq
+  resubmit`` sends a sealed message (``resubmittedFrom``), at once. Nothing scheduled may run before its time: such a
+  delivery is ``deferred`` (queued again for then), never carried out.
 
 Every request may also end ``duplicate`` (sent again under a new MessageId), and one carried out already and delivered
 again (its first delivery died before completing the message) ends a removal's end ``released []``.
@@ -95,9 +100,9 @@ connection, a one-shot ``401``, every token expired (``401`` for every request i
 endpoint slow or failing the next requests; never again while an invocation that saw the last expiry still runs);
 the invocation dying before the Graph call, after Graph succeeded (on complete), after the retry copy was scheduled
 (on complete), while dead-lettering; the retry-copy send failing; a time-bound add made whose removal at expiry
-could not be scheduled (retried: the retry finds the member there, the app's own); the host answering a settlement
-only once the invocation has given up on it (the delivery is ``unsettled`` and either the late answer or the
-redelivery after lock expiry settles it).
+could not be scheduled (the ledger recorded the add's answer first; retried: the retry finds the member there and
+the ledger says whether the app made it); the host answering a settlement only once the invocation has given up on
+it (the delivery is ``unsettled`` and either the late answer or the redelivery after lock expiry settles it).
 The producer side: a message sent twice with the same MessageId (dropped by duplicate detection) and the
 same request sent again with a new MessageId (absorbed by the grant ledger as the same request: ``duplicate``,
 unless the first is still in flight).
@@ -137,7 +142,14 @@ from grants_local.app import local_app
 from grants_local.graph_double import Fault, GraphDouble
 from grants_local.host import LocalHost, Source, registered_function
 from grants_local.producers import declared, registry_json
-from grants_local.queue import MAX_DELIVERY_COUNT_EXCEEDED, LocalQueue, LocalSender, ManualClock, SendFailedError
+from grants_local.queue import (
+    DEFAULT_DUPLICATE_DETECTION_WINDOW,
+    MAX_DELIVERY_COUNT_EXCEEDED,
+    LocalQueue,
+    LocalSender,
+    ManualClock,
+    SendFailedError,
+)
 from grants_local.run import os_environment
 from grants_local.soak_model import REMOVES, Ending, Step, ending, released
 from grants_local.token_endpoint import TokenEndpoint
@@ -147,7 +159,17 @@ from shared.config import Settings
 from shared.core.contract import parse_grant
 from shared.core.errors import Reason
 from shared.core.intents import content_hash, expiry_removal, intent_of
-from shared.core.messaging import PRODUCER, SEAL, derived_message_id
+from shared.core.messaging import (
+    DERIVED_PREFIX,
+    NOT_BEFORE,
+    PRODUCER,
+    RESUBMISSION,
+    RESUBMITTED_FROM,
+    SEAL,
+    derived_message_id,
+    property_of,
+)
+from shared.core.times import read_time
 
 #: The soak's virtual start (a new `ManualClock`'s time): timebound grants expire minutes after it.
 EPOCH = datetime.fromtimestamp(ManualClock()(), UTC)
@@ -201,6 +223,10 @@ FORGED_TIME = "2000-01-01T00:00:00+00:00"
 #: Settlement deadline in the soak (GRANTS_SETTLEMENT_TIMEOUT_SECONDS): what a stalled settlement costs in wall time (it
 #: answers once its invocation has given up on it).
 SETTLEMENT_DEADLINE_SECONDS = 0.2
+#: The share of the messages the app schedules for later that someone delivers again before their time; of those
+#: due later than duplicate detection's window (10 minutes: an expiry removal, a long backoff), a larger share.
+EARLY_REPLAY_RATE = 0.15
+FAR_REPLAY_RATE = 0.5
 #: The terminal outcomes each kind of request may end with (a ``released`` one with the holders it names, as
 #: `grants_local.soak_model.released` writes them); a request whose outcomes the plan knows more exactly (its pair's
 #: steps, whether its member was there) has its own set in `Soak.allowed`.
@@ -346,6 +372,11 @@ class Soak:
     released_over_app_member: list[str] = field(default_factory=list)
     #: The producer whose words a replayed copy is: the grants queue's, where the app sends its copies here.
     replayed_as: str = "bulk"
+    early_replays: dict[str, datetime] = field(default_factory=dict)  # MessageId of an early replay -> its time
+    #: Each delivery of a sealed message before the time it was sealed for: (MessageId, start, that time).
+    early_deliveries: list[tuple[str, str, datetime]] = field(default_factory=list)
+    #: Byte-for-byte copies to send once duplicate detection's window has passed: (when, MessageId, what to send).
+    later: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -884,9 +915,10 @@ def _seed_member(graph: GraphDouble, container: str, member: str) -> None:
 class SoakSender:
     """The local sender, failing the sends of a delivery told to fail them, and noting the ones that succeed."""
 
-    def __init__(self, sender: LocalSender, soak: Soak) -> None:
+    def __init__(self, sender: LocalSender, soak: Soak, clock: ManualClock) -> None:
         self._sender = sender
         self._soak = soak
+        self._clock = clock
 
     async def schedule(self, **kwargs: Any) -> None:
         current = _invocation.get()
@@ -901,6 +933,51 @@ class SoakSender:
         if current is not None:
             current.scheduled = True
         await self._maybe_replay(**kwargs)
+        await self._maybe_replay_early(**kwargs)
+
+    async def _maybe_replay_early(
+        self,
+        *,
+        body: bytes,
+        message_id: str,
+        application_properties: Mapping[str, Any],
+        scheduled_enqueue_time: datetime,
+    ) -> None:
+        """Someone who can read the queue delivers this sealed message again before its time (`EARLY_REPLAY_RATE`,
+        or `FAR_REPLAY_RATE`, seeded by the MessageId): byte for byte under its own MessageId once duplicate
+        detection's window has passed (`Soak.later`), when it is due later than that (one in two), else as ``dlq
+        resubmit`` sends a sealed message, at once. Not the copies an early replay set off."""
+        soak = self._soak
+        until = read_time(application_properties.get(NOT_BEFORE)) if SEAL in application_properties else None
+        if until is None:
+            return
+        now = self._clock()
+        rng = random.Random(f"{soak.seed}|early|{message_id}")
+        if until.timestamp() <= now or RESUBMISSION in application_properties:
+            return  # due now; or set off by an early replay (a resubmission's copies: each would set off more)
+        if message_id.startswith(f"{DERIVED_PREFIX}wait:"):
+            return  # a copy the app queued again for its time, after an early replay
+        window = DEFAULT_DUPLICATE_DETECTION_WINDOW
+        far = until.timestamp() - now > window + 60
+        if rng.random() >= (FAR_REPLAY_RATE if far else EARLY_REPLAY_RATE):
+            return
+        if far and rng.random() < 0.5:
+            at = now + window + rng.uniform(1, min(until.timestamp() - now - window - 1, 3600))
+            copy = {"body": body, "application_properties": dict(application_properties)}
+            soak.later.append((at, message_id, copy))
+            return
+        resubmission = f"{rng.getrandbits(32):08x}"
+        properties = {**application_properties, RESUBMITTED_FROM: message_id, RESUBMISSION: resubmission}
+        body_hash = hashlib.sha256(body).hexdigest()
+        copy_id = derived_message_id("resubmit", message_id, body_hash, suffix=resubmission)
+        soak.early_replays[copy_id] = until
+        soak.faults["early_replay_resubmitted"] += 1
+        await self._sender.schedule(
+            body=body,
+            message_id=copy_id,
+            application_properties=properties,
+            scheduled_enqueue_time=datetime.fromtimestamp(now, UTC),
+        )
 
     async def _maybe_replay(
         self, *, body: bytes, message_id: str, application_properties: Mapping[str, Any], **kwargs: Any
@@ -910,6 +987,8 @@ class SoakSender:
         (`Soak.replayed_as`): not a copy of another producer's request that producer could make its own (the same
         source system, a producer's request id), which would be a grant the plan does not know of."""
         if SEAL not in application_properties or random.Random(f"{self._soak.seed}|{message_id}").random() >= 0.1:
+            return
+        if RESUBMISSION in application_properties:  # an early replay's copies: a resubmission keeps its origin
             return
         replay_id = f"{message_id[:100]}-replay"
         try:
@@ -965,10 +1044,18 @@ class SoakFunction:
     """Wraps the registered function object: chooses each delivery's fault and injects it."""
 
     def __init__(
-        self, function: Any, *, soak: Soak, graph: GraphDouble, tokens: TokenEndpoint, by_request: dict[str, Planned]
+        self,
+        function: Any,
+        *,
+        soak: Soak,
+        graph: GraphDouble,
+        tokens: TokenEndpoint,
+        by_request: dict[str, Planned],
+        clock: ManualClock,
     ) -> None:
         self._function, self._soak, self._graph, self._tokens = function, soak, graph, tokens
         self._by_request = by_request
+        self._clock = clock
         self._first_deliveries: set[str] = set()
         self._running: set[int] = set()  # invocations in flight, by number
         self._saw_last_expiry: set[int] = set()  # of those, the ones in flight when tokens last expired
@@ -986,6 +1073,7 @@ class SoakFunction:
         self._started += 1
         number = self._started
         self._running.add(number)
+        self._note_early(receivedmessage)
         token = _invocation.set(current)
         try:
             if fault is not None and planned is not None and planned.kind not in ("hostile", "squat"):  # never in Graph
@@ -1000,6 +1088,16 @@ class SoakFunction:
             current.ended.set()
             for held in current.held:  # its client gave up on it: the write lands late
                 held.release()
+
+    def _note_early(self, message: Any) -> None:
+        """A delivery of a sealed message (seal and ``notBefore``) before the time it names: what it ends as is
+        checked (`check`: it may only wait)."""
+        properties = message.application_properties or {}
+        until = read_time(property_of(properties, NOT_BEFORE)) if property_of(properties, SEAL) else None
+        now = self._clock()
+        if until is not None and now < until.timestamp():
+            started = datetime.fromtimestamp(now, UTC).isoformat()
+            self._soak.early_deliveries.append((str(message.message_id), started, until))
 
     def _planned(self, message: Any) -> Planned | None:
         try:
@@ -1183,7 +1281,7 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
             }
         )
         app = await stack.enter_async_context(
-            local_app(settings, queue=queue, sender=lambda local: SoakSender(local, soak))
+            local_app(settings, queue=queue, sender=lambda local: SoakSender(local, soak, clock))
         )
         owner = settings.producers.on_queue(settings.grants_queue)
         soak.replayed_as = owner.name if owner is not None else ""
@@ -1215,7 +1313,7 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
 
         def faulty(name: str) -> SoakFunction:
             function = registered_function(function_app.app, name)
-            return SoakFunction(function, soak=soak, graph=graph, tokens=tokens, by_request=by_request)
+            return SoakFunction(function, soak=soak, graph=graph, tokens=tokens, by_request=by_request, clock=clock)
 
         host = LocalHost(
             queue=queue,
@@ -1226,7 +1324,7 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
             sources=tuple(Source(q.queue, faulty(q.function), q.actions) for q in app.producer_queues.values()),
         )
         virtual_start = clock()
-        await host.drain()
+        await drive(host, soak, [queue, *(q.queue for q in app.producer_queues.values())], clock)
         recorder = app.recorder
         queues = [queue, *(q.queue for q in app.producer_queues.values())]
         report = check(soak, graph, queues, recorder.records, scan, await ledger_facts(soak, app.services.ledger))
@@ -1246,25 +1344,47 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
         return report
 
 
+async def drive(host: LocalHost, soak: Soak, queues: list[LocalQueue], clock: ManualClock) -> None:
+    """Deliver everything `host` reads (`queues`, the app's own first), one moment at a time (the next due
+    message's, or the next planned byte-for-byte copy's, `Soak.later`), sending each copy at its moment, deliverable
+    then, if that is still before the time its message was sealed for (a copy whose moment the run has passed is sent
+    at once if still early, else never)."""
+    while True:
+        soak.later.sort()
+        moments = [due for queue in queues if (due := queue.next_due_time()) is not None]
+        moments += [soak.later[0][0]] if soak.later else []
+        if not moments:
+            return
+        await host.drain(until=min(moments))
+        clock.advance_to(min(moments))
+        while soak.later and soak.later[0][0] <= clock():
+            _, message_id, copy = soak.later.pop(0)
+            until = read_time(copy["application_properties"][NOT_BEFORE])
+            if until is not None and clock() < until.timestamp():
+                soak.early_replays[message_id] = until
+                soak.faults["early_replay_byte_for_byte"] += 1
+                grants = queues[0]  # the app's own queue, where the app sent the message
+                grants.send(copy["body"], message_id=message_id, application_properties=copy["application_properties"])
+
+
 async def ledger_facts(soak: Soak, ledger: Ledger) -> dict[str, int]:
     """What the ledger holds that no producer may have written: rows of the HR event only forged properties named,
     rows of the job they named under any producer but the one that sent them (a producer's job properties on its own
-    queue name its own job), and removals noted on requests that only a forged ``expiryOf`` named."""
-    groups = [
-        *(g for g in await ledger.group("job", FORGED_JOB, producer=None) if g.producer != FORGED_BY),
-        *await ledger.group("hrEvent", FORGED_HR_EVENT, producer=None),
-    ]
-    replayed = set(soak.replays.values())  # a replayed copy is its sender's: its job properties name that job
-    rows = [
-        row
-        for group in groups
-        for row in group.rows
-        if not (group.producer == soak.replayed_as and row.get("requestId") in replayed)
-    ]
+    queue name its own job: so does a replayed copy of a forged message's retry copy, which is the words of the
+    producer whose queue it lands on, `Soak.replayed_as`), and removals noted on requests that only a forged
+    ``expiryOf`` named."""
+    forged_rows = sum(len(group.rows) for group in await ledger.group("hrEvent", FORGED_HR_EVENT, producer=None))
+    for group in await ledger.group("job", FORGED_JOB, producer=None):
+        if group.producer == FORGED_BY:
+            continue
+        producer = group.producer if group.producer == soak.replayed_as else None
+        for row in group.rows:
+            record = await ledger.status(str(row["requestId"]), producer=producer) if producer else None
+            forged_rows += record is None or record.message_id not in soak.replays
     noted = 0
     for request_id in sorted(soak.expiry_victims):
         noted += any(status.removal is not None for status in await ledger.statuses(request_id))
-    return {"forged_rows": len(rows), "forged_removals": noted}
+    return {"forged_rows": forged_rows, "forged_removals": noted}
 
 
 #: What a replayed copy of another producer's request ends as: it is the words of whoever sends to its queue.
@@ -1320,6 +1440,7 @@ def check(
             outcome = _outcome(record)
             terminal[request_id].append(outcome)
             descriptions[(request_id, outcome)] = str(record.get("description", ""))[:400]
+    early_ran, deferred = _early_deliveries(soak, records)
     dead = [entry for queue in queues for entry in queue.dead_letters()]
     for entry in dead:
         if entry.reason == MAX_DELIVERY_COUNT_EXCEEDED:
@@ -1454,6 +1575,7 @@ def check(
             expiries_ended == len(due),
         ),
         ("every overlapping step ended within its slot", "0", str(late_steps), late_steps == 0),
+        ("nothing scheduled ran before its time", "0", str(len(early_ran)), not early_ran),
         ("every Service Bus message settled exactly once", str(accepted), str(settled), accepted == settled),
         ("final membership equals the plan (pairs wrong)", "0", str(wrong_membership), wrong_membership == 0),
         ("membership writes (204s) as planned (pairs off)", "0", str(pairs_off), pairs_off == 0),
@@ -1478,6 +1600,9 @@ def check(
     numbers: dict[str, Any] = {
         "requests_with_more_than_one_terminal_outcome": more_than_one,
         "replays": len(soak.replays),
+        "early_replays": len(soak.early_replays),
+        "deliveries_before_their_time": len(soak.early_deliveries),
+        "deliveries_before_their_time_deferred": deferred,
         "kinds": dict(Counter(planned.kind for planned in soak.messages)),
         "dead_letter_reasons": dict(reasons),
         "queue": {
@@ -1497,6 +1622,7 @@ def check(
         },
         "not_allowed_examples": [(*key, descriptions.get(key, "")) for key in not_allowed[:5]],
         "released_over_app_member_examples": soak.released_over_app_member[:5],
+        "ran_early_examples": early_ran[:5],
         "not_terminal_examples": [
             (planned.request_id, planned.kind) for planned in soak.messages if not terminal.get(planned.request_id)
         ][:5],
@@ -1559,6 +1685,23 @@ def _coarse(outcome: str) -> str:
     if outcome == released():
         return "released (no holder)"
     return "released (pre-existing)" if outcome == released(preexisting=True) else "released (held by a grant)"
+
+
+def _early_deliveries(soak: Soak, records: list[Mapping[str, Any]]) -> tuple[list[tuple[str, str, str]], int]:
+    """The deliveries of a sealed message before the time it was sealed for (`Soak.early_deliveries`) that did more
+    than wait for it (MessageId, outcome, start), and how many waited: ``deferred`` (or, their copy for then not sent,
+    left to wait, their description saying so)."""
+    ended: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for record in list(records):
+        ended[(str(record.get("messageId")), str(record.get("startedAt")))].append(record)
+    ran: list[tuple[str, str, str]] = []
+    deferred = 0
+    for message_id, started, _ in soak.early_deliveries:
+        lines = ended.get((message_id, started), [])  # none: the invocation died before the function ran
+        did = [r for r in lines if r.get("outcome") != "deferred" and "Not before" not in str(r.get("description"))]
+        ran += [(message_id, str(record.get("outcome")), started) for record in did]
+        deferred += bool(lines) and not did
+    return ran, deferred
 
 
 def _member_of(entry: Any) -> str | None:

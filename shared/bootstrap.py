@@ -25,6 +25,7 @@ from shared.adapters.ledger import Ledger
 from shared.adapters.seal import Sealer, SealingPublisher, SealingSender
 from shared.adapters.storage import ledger_table_client
 from shared.config import Settings
+from shared.core.contract import SourceSystem
 from shared.core.drift_policy import DriftPolicy
 from shared.core.errors import ConfigError
 from shared.core.hr_rules import HrRules
@@ -123,6 +124,8 @@ def bootstrap(
     grant_policy.check_registry(settings.producers)
     _log.log(logging.WARNING if settings.policy_path is None else logging.INFO, grant_policy.describe())
     hr_rules = HrRules.load(settings.hr_rules_path) if settings.hr_rules_path else None
+    if hr_rules is not None:
+        grant_policy.check_leavers(settings.producers.hr_senders(hr_events_queue=settings.hr_events_queue))
     http = new_http_client(own_pools=(settings.ledger_table_uri,) if settings.ledger_table_uri else ())
     closers: list[Any] = []
     credential = None
@@ -135,7 +138,9 @@ def bootstrap(
         assert credential is not None
         tokens = ManagedIdentityTokens(credential, scope=settings.graph_scope)
     auth = ledger_credential or credential
-    ledger = Ledger(ledger_table_client(settings.ledger, table=settings.ledger_table, identity=auth, http=http))
+    systems = {s.value: p.name for s in SourceSystem if (p := settings.producers.for_system(s.value)) is not None}
+    table = ledger_table_client(settings.ledger, table=settings.ledger_table, identity=auth, http=http)
+    ledger = Ledger(table, producers_of_systems=systems)
     sealer = Sealer(keys=ledger.seal_keys)
     if sender is None:
         sender = _servicebus_sender(settings, http, credential, closers)

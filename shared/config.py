@@ -215,6 +215,11 @@ class Settings:
         window = _number(get, "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS", minimum=0)
         windows = _windows(get("GRANTS_MEMBER_NOT_FOUND_WINDOWS"))
         min_attempts = _number(get, "GRANTS_MEMBER_NOT_FOUND_MIN_ATTEMPTS", minimum=1, integer=True)
+        if base == 0 and (window > 0 or any(seconds > 0 for seconds in windows.values())):
+            raise ConfigError(
+                "GRANTS_RETRY_BASE_SECONDS 0 (retries at once) with a member-not-found window: a member that never "
+                "appears would be looked up in a tight loop for the whole window; set a base delay, or the window to 0"
+            )
         write_rate = _number(get, "GRAPH_WRITE_RATE", minimum=0)
         read_rate = _number(get, "GRAPH_READ_RATE", minimum=0.1)
         ledger_table = get("GrantsLedger__tableName") or "grantledger"

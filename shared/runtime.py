@@ -50,17 +50,20 @@ _services: Services | None = None
 def check_configuration() -> None:
     """Validate the app settings, the grant policy and the HR rules now, so that a bad one stops the app at start-up
     with an error naming it (raises `ConfigError`) instead of failing every message later."""
+    from shared.core.policy import GrantPolicy
+
     settings = Settings.from_env(os.environ)
+    policy = GrantPolicy.default()
     if settings.policy_path:
         from shared.core.drift_policy import DriftPolicy
-        from shared.core.policy import GrantPolicy
 
-        GrantPolicy.load(settings.policy_path)
+        policy = GrantPolicy.load(settings.policy_path)
         DriftPolicy.load(settings.policy_path)
     if settings.hr_rules_path:
         from shared.core.hr_rules import HrRules
 
         HrRules.load(settings.hr_rules_path)
+        policy.check_leavers(settings.producers.hr_senders(hr_events_queue=settings.hr_events_queue))
 
 
 def producer_queues() -> list[tuple[str, str, bool]]:

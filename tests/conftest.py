@@ -141,14 +141,21 @@ async def execute(services: Services, command: Any, **options: Any) -> Any:
     return await services.grants.execute(command, producer=producer, **options)
 
 
+_WINDOWS = ("GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS", "GRANTS_MEMBER_NOT_FOUND_WINDOWS")
+
+
 def settings_for(graph: GraphDouble, **env: str) -> Settings:
-    """The app's settings against `graph`, retries without delay, with the tests' producer registry unless `env`
-    sets ``GRANTS_PRODUCERS`` (empty: the built-in one), behind App Service authentication (the tests stand in for
-    it with `as_operator`, `as_reader` and `as_producer`)."""
+    """The app's settings against `graph`, retries without delay (so a member not found is given up after its
+    minimum of such answers, with no window: without delays no time would pass; a test that sets a window gets
+    one-second delays on the manual clock, as the app refuses zero delays beside a window), with the tests' producer
+    registry unless `env` sets ``GRANTS_PRODUCERS`` (empty: the built-in one), behind App Service authentication (the
+    tests stand in for it with `as_operator`, `as_reader` and `as_producer`)."""
+    windowed = any(env.get(name) not in (None, "", "0") for name in _WINDOWS)  # zero delays would loop in it
     return Settings.from_env(
         {
             "GRAPH_BASE_URL": graph.base_url,
-            "GRANTS_RETRY_BASE_SECONDS": "0",
+            "GRANTS_RETRY_BASE_SECONDS": "1" if windowed else "0",
+            "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "0",
             "GRANTS_PRODUCERS": json.dumps(TEST_PRODUCERS),
             "WEBSITE_AUTH_ENABLED": "true",
             **env,
@@ -219,7 +226,7 @@ class Run:
 @pytest.fixture
 async def make_run(graph: GraphDouble, azurite: AzuriteTables) -> AsyncIterator[Callable[..., Any]]:
     """Builds a `Run` with app settings `env` (retries without delay unless told otherwise), each with a fresh
-    ledger table in the session's Azurite."""
+    ledger table in the session's Azurite and its own clock, which is also the Graph double's PIM clock."""
     graph.add_role_template(
         GLOBAL_ADMIN, display_name="Global Administrator", activated=True, role_id=GLOBAL_ADMIN_ROLE
     )
@@ -227,9 +234,9 @@ async def make_run(graph: GraphDouble, azurite: AzuriteTables) -> AsyncIterator[
 
         async def make(**env: str) -> Run:
             ledger = await new_ledger_table(azurite)
-            app = await stack.enter_async_context(
-                local_app(settings_for(graph, **env), clock=ManualClock(), ledger=ledger)
-            )
+            clock = ManualClock()
+            graph.now = clock.utcnow  # PIM's schedules start and end on the run's clock
+            app = await stack.enter_async_context(local_app(settings_for(graph, **env), clock=clock, ledger=ledger))
             return Run(graph, app)
 
         yield make

@@ -12,7 +12,7 @@ from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
 from azure.servicebus.exceptions import MessageSizeExceededError
 
 from grants_cli.backends import fill_batches, to_service_bus_message
-from grants_cli.bulk import Progress, default_job_id, read_job, run_submit, submit, summary
+from grants_cli.bulk import Progress, default_job_id, read_job, run_submit, submit, summary, write_failed_csv
 from grants_common.queues import Outgoing
 from grants_local.backend import LocalBackend, open_local_backend
 from grants_local.queue import LocalQueue, ManualClock
@@ -50,6 +50,46 @@ def submit_to(queue: LocalQueue, path: Path, *, job_id: str | None = None, **fla
         return 1, "".join(f"line {i.line}: {i.reason}\n" for i in job.invalid)
     report, elapsed = submit(job, LocalBackend(queue), progress=Progress(len(job.messages), stream=out))
     return 0, out.getvalue() + summary(job, report, elapsed)
+
+
+def test_csv_rows_name_pim_targets_by_role_definition_and_directory_scope_and_failed_rows_keep_them(
+    tmp_path: Path,
+) -> None:
+    """A roleEligibility / roleAssignment row's roleDefinitionId and directoryScopeId become its target; a scope that
+    is not / or /administrativeUnits/<GUID> is refused with its line; a failed PIM row is written back as it was."""
+    header = "action,targetType,roleDefinitionId,directoryScopeId,memberId,memberType,expiresAt"
+    path = write(
+        tmp_path,
+        "pim.csv",
+        header,
+        f"add,roleEligibility,{AU},/administrativeUnits/{AU},{USER},user,2027-01-31T00:00:00Z",
+        f"add,roleAssignment,{AU},/,{USER_2},user,",
+        f"add,roleAssignment,{AU},/groups/{AU},{USER_2},user,",
+    )
+    job = read_job(path, job_id="pim")
+    targets = [json.loads(m.body)["target"] for m in job.messages]
+    assert targets == [
+        {"type": "roleEligibility", "roleDefinitionId": AU, "directoryScopeId": f"/administrativeUnits/{AU}"},
+        {"type": "roleAssignment", "roleDefinitionId": AU, "directoryScopeId": "/"},
+    ]
+    [invalid] = job.invalid
+    assert (invalid.line, invalid.reason) == (4, "SchemaViolation")
+    assert invalid.description.startswith("target.directoryScopeId ")
+
+    failed = {
+        "action": "add",
+        "targetType": "roleEligibility",
+        "targetId": AU,
+        "roleDefinitionId": AU,
+        "directoryScopeId": f"/administrativeUnits/{AU}",
+        "memberId": USER,
+        "memberType": "user",
+        "reason": "RolePolicyViolation",
+    }
+    out = io.StringIO()
+    write_failed_csv([failed], out)
+    again = read_job(write(tmp_path, "again.csv", *out.getvalue().splitlines()), job_id="again")
+    assert [json.loads(m.body)["target"] for m in again.messages] == targets[:1]
 
 
 def test_given_csv_with_bad_rows_when_submitted_then_errors_name_lines_and_nothing_is_sent(

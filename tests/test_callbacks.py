@@ -5,6 +5,7 @@ a ManualClock: retry backoff costs no real time."""
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import io
 import json
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,12 +22,13 @@ import azure.functions as func
 import pytest
 
 import function_app
+from grants_cli.dlq import resubmitted_copy
 from grants_local.app import LocalApp, LocalCallbacks, local_app
 from grants_local.azurite import AzuriteTables, new_ledger_table
 from grants_local.graph_double import GraphDouble
 from grants_local.host import LocalHost, registered_function
 from grants_local.queue import ManualClock
-from shared.core.messaging import callback_copy_id
+from shared.core.messaging import DeadLetter, callback_copy_id
 from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from shared.runtime import services
 from tests.conftest import AU, HELPDESK_TEMPLATE, USER, USER_2, body, settings_for
@@ -126,9 +129,7 @@ async def make_harness(
                 GRANTS_OUTCOMES_TOPIC="grant-outcomes",
                 GRANTS_CALLBACK_HOSTS='{"ticketing": ["itsm.example.com"]}',
                 GRANTS_CALLBACK_LOOPBACK="true",
-                GRANTS_RETRY_BASE_SECONDS="10",
-                GRANTS_MAX_ATTEMPTS="4",
-                **env,
+                **({"GRANTS_RETRY_BASE_SECONDS": "10", "GRANTS_MAX_ATTEMPTS": "4"} | env),
             )
             ledger = await new_ledger_table(azurite)
             app = await stack.enter_async_context(local_app(settings, clock=clock, ledger=ledger))
@@ -173,6 +174,50 @@ async def test_given_a_signed_ticket_with_a_callback_url_then_granted_one_event_
     assert "-> 204 signature ok, 0 s old" in printed
     assert f"X-Grants-Event-Id: {event_id}" in printed
     assert time.monotonic() - started < 10  # no real waiting anywhere
+
+
+async def test_a_callback_retry_resubmitted_before_its_time_is_not_posted_until_then(
+    make_harness: Callable[..., Any],
+) -> None:
+    """A receiver that fails once; the callback's retry copy is due up to two hours later. A copy of it as ``dlq
+    resubmit`` makes one of a sealed message (every property, its MessageId as resubmittedFrom), sent at once, is
+    delivered at once: nothing is POSTed, it is queued again for the retry's time (deferred). Nothing reaches the
+    receiver before that time; then the event is applied, once."""
+    h: Harness = await make_harness(fail=1, GRANTS_RETRY_BASE_SECONDS="3600", GRANTS_RETRY_MAX_SECONDS="7200")
+    await h.post(ticket(h.callback_url))
+    await h.app.drain()
+    [(event_id, _, record)] = h.events()
+    first, retries = h.app.callback_hosts()
+    await first.drain(until=h.clock())
+    assert [c["outcome"] for c in h.callbacks.outcomes()] == ["retry_scheduled"]
+    (copy,) = h.callbacks.retry_queue.snapshot()["active"]
+    due = datetime.fromisoformat(str(copy["applicationProperties"]["notBefore"]))
+    assert due > datetime.fromtimestamp(h.clock(), UTC)
+    held = DeadLetter(
+        sequence_number=copy["sequenceNumber"],
+        message_id=copy["messageId"],
+        body=base64.b64decode(copy["body"]),
+        application_properties=copy["applicationProperties"],
+        reason=None,
+        description=None,
+        delivery_count=0,
+        enqueued_time=None,
+    )
+    resubmitted = resubmitted_copy(held)
+    h.callbacks.retry_queue.send(
+        resubmitted.body,
+        message_id=resubmitted.message_id,
+        application_properties=resubmitted.application_properties,
+    )
+    await retries.drain(until=h.clock())
+    early = h.callbacks.outcomes()[-1]
+    assert (early["messageId"], early["outcome"], early["status"]) == (resubmitted.message_id, "deferred", None)
+    assert h.receiver.deliveries == 1  # the first attempt's 503 only
+    await h.app.drain_callbacks()
+    assert h.receiver.applied == {event_id: record}
+    delivered = [c for c in h.callbacks.outcomes() if c["outcome"] == "delivered"]
+    assert delivered
+    assert all(datetime.fromisoformat(c["startedAt"]) >= due for c in delivered)
 
 
 async def test_given_a_receiver_that_fails_twice_then_the_third_attempt_delivers_on_the_retry_policy(

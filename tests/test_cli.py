@@ -33,11 +33,14 @@ def test_demo_runs_every_example_to_a_terminal_outcome() -> None:
     out = result.stdout
     assert "HR onboarding events" in out
     assert "Dead-letter queue" in out
-    for reason in ("RoleNotActivated", "InvalidId", "InvalidJson", "TargetNotFound", "MemberNotFound", "PolicyDenied"):
+    reasons = ("RoleNotActivated", "InvalidId", "InvalidJson", "TargetNotFound", "MemberNotFound", "PolicyDenied")
+    for reason in (*reasons, "RolePolicyViolation"):  # the last: a permanent eligibility the role's PIM settings refuse
         assert reason in out
     assert "would_grant" in out  # the dry-run request
     assert "~expire:INC0012353         revoked" in out  # the expiring grant's removal ran at its time
-    assert "23 messages:" in out
+    assert "INC0012355                 granted         -                             1  made user" in out  # eligible
+    assert "~expire:INC0012355         not_member" in out  # Entra ended it at its expiry: the app's removal found none
+    assert "26 messages:" in out
     assert "token requests: 3" in out
 
 

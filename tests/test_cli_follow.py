@@ -456,3 +456,53 @@ def test_status_prints_a_retry_s_next_attempt_and_a_time_bound_grant_s_removal()
     assert "  next retry     2026-11-25T10:00:30+00:00\n" in out
     assert "\x1b" not in out
     assert "\nforged: line" not in out
+
+
+def test_status_says_what_holds_a_membership_a_released_request_left_in_place() -> None:
+    """A released removal: each grant that still holds the membership (another producer's by name only), and a
+    membership made outside the app."""
+    record = {
+        "requestId": "RITM2",
+        "status": "released",
+        "heldBy": [
+            {"producer": "hr", "requestId": None, "expiresAt": None},
+            {"producer": "ticketing", "requestId": "RITM1", "expiresAt": "2026-12-31T00:00:00+00:00"},
+            {"preexisting": True},
+        ],
+    }
+    api = FakeApi({"/api/grants/RITM2": [httpx.Response(200, json=record)]})
+    code, out, _ = run(api, "status", "RITM2")
+    assert code == 0
+    assert (
+        "  held by        hr, ticketing RITM1 (until 2026-12-31T00:00:00+00:00), pre-existing (made outside the app)\n"
+        in out
+    )
+
+
+def test_given_a_pim_request_when_status_and_history_then_its_role_definition_and_scope_are_shown() -> None:
+    """A roleEligibility request's status names its role definition and directory scope; its history line reads
+    ``roleEligibility <definition> at <scope>``."""
+    record = failed_row(
+        1,
+        requestId="RITM7",
+        status="granted",
+        reason=None,
+        targetType="roleEligibility",
+        targetId=AU,
+        roleDefinitionId=HELPDESK_TEMPLATE,
+        directoryScopeId=f"/administrativeUnits/{AU}",
+        intentAt="2026-11-02T09:00:00+00:00",
+        graphRequestId="g-7",
+    )
+    api = FakeApi(
+        {
+            "/api/grants/RITM7": [httpx.Response(200, json=record)],
+            "/api/history": [httpx.Response(200, json={"member": USER, "requests": [record]})],
+        }
+    )
+    code, out, _ = run(api, "status", "RITM7")
+    assert code == 0
+    assert f"  target type    roleEligibility\n  target         {AU}\n" in out
+    assert f"  definition     {HELPDESK_TEMPLATE}\n  scope          /administrativeUnits/{AU}\n" in out
+    code, out, _ = run(api, "history", "--member", USER)
+    assert f"granted  add  roleEligibility {HELPDESK_TEMPLATE} at /administrativeUnits/{AU}  member {USER}" in out

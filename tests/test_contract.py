@@ -23,6 +23,8 @@ from shared.core.contract import (
     AdministrativeUnit,
     DirectoryRole,
     MemberType,
+    RoleAssignment,
+    RoleEligibility,
     SourceSystem,
     parse_grant,
     to_document,
@@ -92,6 +94,70 @@ def test_directory_role_by_id_and_by_template() -> None:
     by_template = parse_grant(encode(message(target={"type": "directoryRole", "roleTemplateId": AU})))
     assert by_id.target == DirectoryRole(id=AU)
     assert by_template.target == DirectoryRole(role_template_id=AU)
+
+
+@pytest.mark.parametrize("kind", [RoleEligibility, RoleAssignment])
+@pytest.mark.parametrize(
+    ("scope", "read"),
+    [("/", "/"), (f"/administrativeUnits/{AU.upper()}", f"/administrativeUnits/{AU}")],
+    ids=["tenant", "unit"],
+)
+def test_pim_targets_name_a_role_definition_at_the_tenant_or_a_unit(
+    kind: type[RoleEligibility] | type[RoleAssignment], scope: str, read: str
+) -> None:
+    """A roleEligibility or roleAssignment target is its role definition and a directory scope, the unit's GUID in
+    lower case; written back, it reads the same."""
+    name = "roleEligibility" if kind is RoleEligibility else "roleAssignment"
+    target = {"type": name, "roleDefinitionId": AU.upper(), "directoryScopeId": scope}
+    command = parse_grant(encode(message(target=target)))
+    assert command.target == kind(role_definition_id=AU, directory_scope_id=read)  # type: ignore[arg-type]
+    assert command.target.unit == (None if scope == "/" else AU)
+    assert parse_grant(encode(to_document(command))) == command
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "",
+        "//",
+        "/tenant",
+        "/administrativeUnits/",
+        f"/administrativeunits/{AU}",
+        f"/administrativeUnits/{AU}/",
+        f"administrativeUnits/{AU}",
+        f"/administrativeUnits/{AU}/members",
+        "/administrativeUnits/../../users",
+        f"/groups/{AU}",
+        f"/{AU}",
+        f"/administrativeUnits/{AU}\n",
+    ],
+)
+def test_any_other_directory_scope_is_a_schema_violation_naming_directory_scope_id(scope: str) -> None:
+    error = reject(
+        encode(message(target={"type": "roleEligibility", "roleDefinitionId": AU, "directoryScopeId": scope}))
+    )
+    assert error.reason is Reason.SCHEMA_VIOLATION
+    assert error.description.startswith("target.directoryScopeId ")
+    assert not VALIDATOR.is_valid(
+        message(target={"type": "roleEligibility", "roleDefinitionId": AU, "directoryScopeId": scope})
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ({"type": "roleAssignment", "roleDefinitionId": AU}, "target.directoryScopeId is required"),
+        ({"type": "roleAssignment", "directoryScopeId": "/"}, "target.roleDefinitionId is required"),
+        ({"type": "roleAssignment", "roleDefinitionId": AU, "directoryScopeId": 1}, "target.directoryScopeId must be"),
+        ({"type": "roleEligibility", "id": AU, "directoryScopeId": "/"}, "target.id is not used"),
+        ({"type": "directoryRole", "id": AU, "directoryScopeId": "/"}, "target.directoryScopeId is only for"),
+        ({"type": "administrativeUnit", "id": AU, "roleDefinitionId": AU}, "target.roleDefinitionId is only for"),
+    ],
+)
+def test_pim_target_fields_belong_to_pim_targets_only(target: dict[str, Any], says: str) -> None:
+    error = reject(encode(message(target=target)))
+    assert error.reason is Reason.SCHEMA_VIOLATION
+    assert error.description.startswith(says)
 
 
 def test_offset_timestamp_is_converted_to_utc() -> None:
@@ -405,9 +471,11 @@ def test_schema_refuses_the_member_types_each_target_cannot_hold_as_the_contract
         kind: {t.value for t in MemberType} - {t.value for t in taken} for kind, taken in MEMBER_TYPES.items()
     }
     for kind, taken in MEMBER_TYPES.items():
-        target = {"administrativeUnit": {"type": kind, "id": AU}, "directoryRole": {"type": kind, "id": AU}}.get(
-            kind, {"type": kind, "roleTemplateId": AU, "administrativeUnitId": AU}
-        )
+        target = {
+            "administrativeUnit": {"type": kind, "id": AU},
+            "directoryRole": {"type": kind, "id": AU},
+            "scopedRole": {"type": kind, "roleTemplateId": AU, "administrativeUnitId": AU},
+        }.get(kind, {"type": kind, "roleDefinitionId": AU, "directoryScopeId": f"/administrativeUnits/{AU}"})
         for member_type in MemberType:
             document = message(target=target, member={"id": USER, "type": member_type.value})
             assert VALIDATOR.is_valid(document) == (member_type in taken), (kind, member_type)
@@ -429,6 +497,12 @@ field_values = st.one_of(
             "administrativeUnit",
             "directoryRole",
             "scopedRole",
+            "roleEligibility",
+            "roleAssignment",
+            "/",
+            f"/administrativeUnits/{AU}",
+            f"/administrativeUnits/{AU.upper()}",
+            f"/administrativeUnits/{AU}/",
             "device",
             "servicePrincipal",
             "user",
@@ -475,6 +549,12 @@ def mutated_messages(draw: st.DrawFn) -> dict[str, Any]:
                     {"type": "administrativeUnit", "id": AU},
                     {"type": "directoryRole", "id": AU},
                     {"type": "directoryRole", "roleTemplateId": AU},
+                    {"type": "roleEligibility", "roleDefinitionId": AU, "directoryScopeId": "/"},
+                    {
+                        "type": "roleAssignment",
+                        "roleDefinitionId": AU,
+                        "directoryScopeId": f"/administrativeUnits/{AU}",
+                    },
                 ]
             )
         )
@@ -484,7 +564,18 @@ def mutated_messages(draw: st.DrawFn) -> dict[str, Any]:
     for _ in range(draw(st.integers(0, 3))):
         parts = [document, *(document.get(name) for name in ("target", "member", "source", "callback"))]
         where = draw(st.sampled_from([part for part in parts if isinstance(part, dict)]))
-        keys = ["id", "type", "roleTemplateId", "administrativeUnitId", "dryRun", "requestedAt", "extra", "callback"]
+        keys = [
+            "id",
+            "type",
+            "roleTemplateId",
+            "administrativeUnitId",
+            "roleDefinitionId",
+            "directoryScopeId",
+            "dryRun",
+            "requestedAt",
+            "extra",
+            "callback",
+        ]
         key = draw(st.sampled_from([*where.keys(), *keys, "url"]))
         value = copy.deepcopy(draw(field_values))  # [] and {} are shared objects: never mutate them
         if value is None:

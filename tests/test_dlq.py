@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -176,22 +177,27 @@ def test_given_a_local_bulk_job_when_dead_letters_are_resubmitted_then_they_run_
     assert main(["submit", job, "--job-id", "t", "--local"]) == 0
     out = capsys.readouterr().out
     assert "t:1                          granted" in out
-    assert "t:4                          dead_lettered   MemberNotFound             8" in out
+    # a member not found yet is given up after its window and at least 5 such answers (how many: the backoff's jitter)
+    tries = re.search(r"t:4 +dead_lettered +MemberNotFound +(\d+) ", out)
+    assert tries is not None
+    assert int(tries[1]) >= 5
 
     assert main(["dlq", "list", "--local", "--queue", "grant-membership-bulk"]) == 0
     listed = capsys.readouterr().out
-    assert "t:4                          MemberNotFound                 8" in listed
+    assert re.search(rf"t:4 +MemberNotFound +{tries[1]} ", listed), (out, listed)
     assert "1 dead letter(s)" in listed
 
     assert main(["dlq", "resubmit", "--local", "--queue", "grant-membership-bulk", "--reason", "MemberNotFound"]) == 0
     out = capsys.readouterr().out
     assert "resubmitted t:4 (MemberNotFound) as ~resubmit:" in out
-    # the member still does not exist: eight fresh attempts (their retry copies were not dropped), then back
-    assert "t:4                          dead_lettered   MemberNotFound             8" in out
+    # the member still does not exist: five fresh attempts at least (their retry copies were not dropped), then back
+    again = re.search(r"t:4 +dead_lettered +MemberNotFound +(\d+) ", out)
+    assert again is not None
+    assert int(again[1]) >= 5
     with LocalNamespace(tmp_path / "ns").open("grant-membership-bulk") as (queue, _):
         (dead,) = queue.dead_letters()
         assert str(dead.application_properties["originalMessageId"]).startswith("t:4:")
-        assert str(dead.message_id).startswith("~retry:")  # the resubmission's own eighth attempt
+        assert str(dead.message_id).startswith("~retry:")  # the resubmission's own last attempt
 
 
 def test_given_a_real_received_dead_letter_when_read_by_the_service_bus_adapter_then_the_copy_is_clean() -> None:

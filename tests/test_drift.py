@@ -157,7 +157,8 @@ def test_authoritative_also_removes_an_unmanaged_member_yielding_to_any_real_int
 
 
 def test_a_repair_is_ordered_just_after_the_intent_it_restores() -> None:
-    """Any newer intent (a microsecond newer suffices) supersedes the repair; the restored one cannot."""
+    """A repair is dated a microsecond after the intent it restores (history lists it there); its date decides
+    nothing against a grant (`Effect.REPAIR`: the grants when it runs do)."""
     repair = plan(drifted(), target=AU, mode=Mode.RESTORE).repairs[0]
     restored = repair.finding.intent if isinstance(repair.finding, Missing) else None
     assert restored is not None
@@ -246,6 +247,31 @@ def test_held_removals_are_released_once_by_a_confirm_naming_them() -> None:
     other = plan(mass_removal(61, members=100), target=AU, mode=Mode.RESTORE, confirm=first.held.digest)
     assert other.held is not None, "a confirm releases the set it named, not another"
     assert not other.released
+
+
+def test_the_same_drift_again_after_its_released_removals_were_carried_out_is_a_new_set() -> None:
+    """A repair is the same request each time the same pair drifts, so the held set names each pair's last answered
+    write too: while the released removals wait, a sweep finds the same set (released: sent again, absorbed); once
+    they were carried out (each pair's last write is its removal), the same members added back are another set,
+    held again until a confirm names it."""
+    unmanaged = {member(n): PairState() for n in range(10)} | {member(n): state(f"RITM{n}") for n in range(10, 20)}
+    in_directory = {member(n) for n in range(20)}
+    first = plan(classify(states=unmanaged, members=in_directory, now=NOW), target=AU, mode=Mode.AUTHORITATIVE)
+    assert first.held is not None
+    waiting = plan(classify(states=unmanaged, members=in_directory, now=NOW), target=AU, mode=Mode.AUTHORITATIVE)
+    assert waiting.held is not None
+    assert waiting.held.digest == first.held.digest
+    removed = {
+        m: replace(s, applied=Applied(request_id=f"~drift:au.{AU.id}.{m}", action=Action.REMOVE, at=NOW))
+        for m, s in unmanaged.items()
+        if not s.grants
+    }
+    again = classify(states=unmanaged | removed, members=in_directory, now=NOW + timedelta(hours=1))
+    result = plan(again, target=AU, mode=Mode.AUTHORITATIVE, confirm=first.held.digest)
+    assert result.held is not None
+    assert [r.request_id for r in result.held.repairs] == [r.request_id for r in first.held.repairs]
+    assert result.held.digest != first.held.digest
+    assert not result.released
 
 
 def test_the_guard_never_holds_regrants() -> None:

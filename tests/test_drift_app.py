@@ -16,11 +16,12 @@ import azure.functions as func
 import pytest
 
 import function_app
-from grants_local.graph_double import GraphDouble
+from grants_local.graph_double import Fault, GraphDouble
 from grants_local.host import OutcomeRecorder, registered_function
 from grants_local.queue import LocalQueue
-from shared.core.contract import AdministrativeUnit, Guid
-from shared.core.intents import pair_of
+from shared.core.contract import Action, AdministrativeUnit, DirectoryRole, Guid
+from shared.core.intents import Intent, pair_of
+from shared.core.pairs import Applied, Grant, PairState
 from shared.runtime import services
 from tests.conftest import (
     AU,
@@ -154,16 +155,29 @@ def drift_log() -> Any:
 async def test_each_class_is_found_and_a_report_mode_sweep_writes_nothing(
     make_run: Callable[..., Any], graph: GraphDouble, drift_log: OutcomeRecorder
 ) -> None:
-    """Given grants made by the app, then, behind its back, a granted member removed, a removed member added back
-    and a member no request named added: the report names each with the request it was judged by; the timer (report
-    mode, the default) publishes a drift_detected event per finding and writes nothing to Graph."""
+    """Given grants made by the app, then: a granted member removed behind its back (missing: a grant holds it); a
+    removal whose Graph write was refused, so the membership the app made stays with no grant holding it (lingering);
+    a member the app removed, added back by hand, and a member no request named (both unmanaged: what is there now
+    the app did not make): the report names each with the request it was judged by; the timer (report mode, the
+    default) publishes a drift_detected event per finding and writes nothing to Graph."""
     run = await make_run(GRANTS_OUTCOMES_TOPIC="grant-outcomes")
     graph.add_user(user(1))
+    graph.add_user(user(2))
     events = run.app.callbacks.topic.add_subscription("drift", sql_filter="outcome = 'drift_detected'")
-    await deliver(run, grant("RITM1", USER), grant("RITM2", USER_2), grant("RITM3", USER_2, action="remove"))
+    graph.inject(Fault.status(403, method="DELETE", path=USER_2))  # RITM3's removal refused (a permission missing)
+    await deliver(
+        run,
+        grant("RITM1", USER),
+        grant("RITM2", USER_2),
+        grant("RITM3", USER_2, action="remove"),
+        grant("RITM4", user(2)),
+        grant("RITM5", user(2), action="remove"),
+    )
+    ended = {r["requestId"]: (r["outcome"], r["reason"]) for r in run.app.outcomes().values()}
+    assert (ended["RITM3"], ended["RITM5"]) == (("dead_lettered", "Forbidden"), ("revoked", None))
     graph.remove_member(AU, USER)  # missing
-    graph.add_member(AU, USER_2)  # lingering
-    graph.add_member(AU, user(1))  # unmanaged
+    graph.add_member(AU, user(2))  # unmanaged: the app removed it
+    graph.add_member(AU, user(1))  # unmanaged: no request named it
     writes = graph.write_count
 
     status, document = await report(target=AU)
@@ -174,9 +188,10 @@ async def test_each_class_is_found_and_a_report_mode_sweep_writes_nothing(
         USER: ("missing", "RITM1", "report"),
         USER_2: ("lingering", "RITM3", "report"),
         user(1): ("unmanaged", None, "report"),
+        user(2): ("unmanaged", None, "report"),
     }
     [target] = document["targets"]
-    assert (target["state"], target["mode"], target["members"], target["missing"]) == ("drifted", "report", 2, 1)
+    assert (target["state"], target["mode"], target["members"], target["missing"]) == ("drifted", "report", 3, 1)
     assert graph.write_count == writes
     assert queued(run.queue) == []
     published = taken(events)
@@ -184,10 +199,11 @@ async def test_each_class_is_found_and_a_report_mode_sweep_writes_nothing(
         ("lingering", "report"),
         ("missing", "report"),
         ("unmanaged", "report"),
+        ("unmanaged", "report"),
     ]
     assert {e["properties"].get("requestId") for e in published} == {"RITM1", "RITM3", None}
     [line] = drift_log.records
-    assert (line["state"], line["missing"], line["lingering"], line["unmanaged"]) == ("drifted", 1, 1, 1)
+    assert (line["state"], line["missing"], line["lingering"], line["unmanaged"]) == ("drifted", 1, 1, 2)
 
 
 async def test_a_target_in_step_has_no_finding(make_run: Callable[..., Any], graph: GraphDouble) -> None:
@@ -221,13 +237,16 @@ async def test_a_bad_or_unknown_target_is_refused(make_run: Callable[..., Any]) 
 async def test_restore_converges_the_directory_to_the_newest_intents_through_the_bulk_grant_function(
     make_run: Callable[..., Any], graph: GraphDouble, tmp_path: Path
 ) -> None:
-    """Missing members re-granted, lingering removed (an expired grant whose removal message was lost included), the
-    unmanaged member left (restore does not remove it); each repair on the bulk queue names the request it restores,
-    and history reads so; afterwards the directory equals the newest intents and a second sweep finds nothing."""
+    """Missing members re-granted, lingering ones removed (a removal whose Graph write was refused, and an expired
+    grant whose removal message was lost), the unmanaged members left (restore does not remove them: one no request
+    named, one the app removed and someone added back); each repair on the bulk queue names the request it restores,
+    and history reads so; afterwards the directory is what the grants say, plus the unmanaged members, and a second
+    sweep finds only those."""
     run = await make_run(GRANTS_POLICY=policy(tmp_path, restore(UNIT, guard=NO_GUARD)))
     for n in range(1, 5):
         graph.add_user(user(n))
     soon = (run.clock.utcnow() + timedelta(hours=1)).isoformat()
+    graph.inject(Fault.status(403, method="DELETE", path=USER_2))  # RITM3's removal refused (a permission missing)
     await deliver(
         run,
         grant("RITM1", USER),
@@ -235,6 +254,8 @@ async def test_restore_converges_the_directory_to_the_newest_intents_through_the
         grant("RITM3", USER_2, action="remove"),
         grant("RITM4", user(1), expiresAt=soon),
         grant("RITM5", user(2)),
+        grant("RITM6", user(4)),
+        grant("RITM7", user(4), action="remove"),
     )
     run.clock.advance(2 * 3600)
     lost = run.queue.receive()  # RITM4's expiry removal, due now: lost (a purge, say)
@@ -242,8 +263,8 @@ async def test_restore_converges_the_directory_to_the_newest_intents_through_the
     assert json.loads(lost.body)["requestId"] == "~expire:RITM4"
     run.queue.complete(lost.lock_token)
     graph.remove_member(AU, USER)  # missing
-    graph.add_member(AU, USER_2)  # lingering: a removal undone
-    graph.add_member(AU, user(3))  # unmanaged: reported only
+    graph.add_member(AU, user(3))  # unmanaged (no request named it): reported only
+    graph.add_member(AU, user(4))  # unmanaged (the app removed it, RITM7): reported only
 
     await sweep()
     sent = queued(run.queue)
@@ -256,9 +277,10 @@ async def test_restore_converges_the_directory_to_the_newest_intents_through_the
     ]
     assert all(m["id"].startswith("~drift:") for m in sent)
     properties = {m["requestId"]: m["properties"] for m in sent}["~expire:RITM4"]
-    assert (set(properties), properties["expiryOf"]) == ({"expiryOf", "producer", "seal"}, "RITM4")  # sealed
+    sealed = {"expiryOf", "notBefore", "producer", "seal"}  # sealed, with when it may run (now: a repair)
+    assert (set(properties), properties["expiryOf"]) == (sealed, "RITM4")
     assert properties["producer"] == "ticketing"  # the expiry removal of ticketing's grant is ticketing's
-    assert graph.members_of(AU) == {USER, user(2), user(3)}  # the newest intents, and the unmanaged member
+    assert graph.members_of(AU) == {USER, user(2), user(3), user(4)}  # the grants, and the unmanaged members
     bulk_writes = [r for r in graph.requests if r.method != "GET"][-3:]
     assert len(bulk_writes) == 3
     history = await HISTORY(
@@ -273,7 +295,7 @@ async def test_restore_converges_the_directory_to_the_newest_intents_through_the
 
     writes = graph.write_count
     _, document = await report(target=AU)
-    assert findings(document) == {user(3): ("unmanaged", None, "report")}
+    assert findings(document) == {user(3): ("unmanaged", None, "report"), user(4): ("unmanaged", None, "report")}
     await sweep()
     assert queued(run.queue) == []
     assert graph.write_count == writes
@@ -282,26 +304,69 @@ async def test_restore_converges_the_directory_to_the_newest_intents_through_the
 async def test_a_role_named_by_id_and_by_template_is_one_target_and_its_repair_goes_to_the_pair_it_restores(
     make_run: Callable[..., Any], graph: GraphDouble, tmp_path: Path
 ) -> None:
-    """Granted by template, then removed by the role's object id (the newer intent): the role is checked once, and
-    the member added back behind the app's back is removed through the pair of the removal it restores."""
+    """A role's requests by object id and by template are one pair: granted by template and removed by id, the
+    removal ends the grant and the member goes; granted by id and removed by template, with that removal's Graph
+    write refused, the member is lingering. The role is checked once (by template and by id: the same target), and
+    the lingering member is removed through the pair of the removal it restores (the template's, where both
+    requests were recorded), the role named by its id in Graph."""
     run = await make_run(GRANTS_POLICY=policy(tmp_path, restore(HELPDESK, guard=NO_GUARD)))
     by_id = {"type": "directoryRole", "id": HELPDESK_ROLE}
-    await deliver(run, grant("RITM1", USER, target=HELPDESK), grant("RITM2", USER, action="remove", target=by_id))
+    graph.inject(Fault.status(403, method="DELETE", path=USER_2))  # RITM4's removal refused (a permission missing)
+    await deliver(
+        run,
+        grant("RITM1", USER, target=HELPDESK),
+        grant("RITM2", USER, action="remove", target=by_id),
+        grant("RITM3", USER_2, target=by_id),
+        grant("RITM4", USER_2, action="remove", target=HELPDESK),
+    )
+    ended = {r["requestId"]: (r["outcome"], r["reason"]) for r in run.app.outcomes().values()}
+    assert (ended["RITM2"], ended["RITM4"]) == (("revoked", None), ("dead_lettered", "Forbidden"))
     status, document = await report(target=HELPDESK_TEMPLATE)
-    assert (status, [t["state"] for t in document["targets"]]) == (200, ["in_step"])
+    assert (status, [t["state"] for t in document["targets"]]) == (200, ["drifted"])
+    assert findings(document) == {USER_2: ("lingering", "RITM4", "repair")}
     assert (await report(target=HELPDESK_ROLE))[1]["targets"][0]["target"] == HELPDESK  # by id: the same target
-    graph.add_member(HELPDESK_TEMPLATE, USER)
 
     await sweep()
     [sent] = queued(run.queue)
     await repair(run)
 
-    assert (sent["requestId"], sent["target"]) == ("~drift-remove:RITM2", by_id)
+    assert (sent["requestId"], sent["target"]) == ("~drift-remove:RITM4", HELPDESK)
     assert graph.members_of(HELPDESK_TEMPLATE) == set()
     assert [(r.method, r.path) for r in graph.requests if r.method == "DELETE"][-1] == (
         "DELETE",
-        f"/directoryRoles/{HELPDESK_ROLE}/members/{USER}/$ref",
+        f"/directoryRoles/{HELPDESK_ROLE}/members/{USER_2}/$ref",
     )
+    assert (await report(target=HELPDESK_TEMPLATE))[1]["targets"][0]["state"] == "in_step"
+
+
+async def test_a_missing_member_of_a_role_pair_recorded_by_object_id_before_is_re_granted(
+    make_run: Callable[..., Any], graph: GraphDouble, tmp_path: Path
+) -> None:
+    """A grant the ledger recorded on the role's object-id pair (before requests by id were kept on the template's
+    pair), its member removed behind the app's back: the sweep judges it by that pair, and its re-grant (sent naming
+    the role by id) is carried out on the template's pair, the object-id pair merged into it, so the member is
+    restored."""
+    run = await make_run(GRANTS_POLICY=policy(tmp_path, restore(HELPDESK, guard=NO_GUARD)))
+    now = run.clock.utcnow()
+    made = Intent(
+        request_id="RITM1",
+        content_hash="c",
+        action=Action.ADD,
+        requested_at=now - timedelta(days=1),
+        producer="ticketing",
+    )
+    recorded = PairState(
+        grants=(Grant(producer="ticketing", newest=made),),
+        applied=Applied(request_id="RITM1", action=Action.ADD, at=made.requested_at),
+    )
+    assert await services().ledger._write_pair(pair_of(DirectoryRole(id=Guid(HELPDESK_ROLE)), USER), recorded, None)
+    _, document = await report(target=HELPDESK_TEMPLATE)
+    assert findings(document) == {USER: ("missing", "RITM1", "repair")}
+
+    await sweep()
+    await repair(run)
+
+    assert graph.members_of(HELPDESK_TEMPLATE) == {USER}
 
 
 # --- authoritative ---------------------------------------------------------------------------------------------
@@ -324,11 +389,15 @@ async def test_authoritative_removes_an_unmanaged_member(
     assert graph.members_of(AU) == {USER, USER_2}
 
 
-async def test_a_producers_add_carried_out_before_an_unmanaged_members_removal_supersedes_it(
-    make_run: Callable[..., Any], graph: GraphDouble, tmp_path: Path
+@pytest.mark.parametrize("requested_at", [None, "2000-01-01T00:00:00Z"], ids=["dated-now", "dated-2000-01-01"])
+async def test_an_unmanaged_members_removal_never_beats_a_producers_add_carried_out_while_it_waits(
+    make_run: Callable[..., Any], graph: GraphDouble, tmp_path: Path, requested_at: str | None
 ) -> None:
-    """The removal of an unmanaged member is dated 1970: a producer's add for that member, carried out while the
-    removal waits in the bulk queue, is newer, so the removal is superseded and the member stays."""
+    """The removal of an unmanaged member (authoritative target) is the app's repair: it changes no grant and
+    removes only while no grant holds the pair. A producer's add for that member, carried out while the removal
+    waits in the bulk queue, holds it whatever its date (now, or 2000-01-01: as old as the removal's own date, and
+    ordered before it by request id), so the removal ends superseded, nothing is removed, and the next sweep finds
+    the unit in step."""
     run = await make_run(GRANTS_POLICY=policy(tmp_path, restore(UNIT, mode="authoritative", guard=NO_GUARD)))
     graph.add_user(user(1))
     await deliver(run, grant("RITM1", USER))
@@ -336,11 +405,17 @@ async def test_a_producers_add_carried_out_before_an_unmanaged_members_removal_s
     await sweep()
     waiting = run.queue.receive()  # the removal, still waiting in the bulk queue
     assert waiting is not None
-    await deliver(run, grant("RITM9", user(1)))
+    assert json.loads(waiting.body)["requestedAt"] == "2000-01-01T00:00:00Z"
+    dated = {"requestedAt": requested_at} if requested_at else {}
+    await deliver(run, grant("RITM9", user(1), **dated))
+    assert run.app.outcomes()["m-2"]["outcome"] == "already_member"
     run.queue.abandon(waiting.lock_token)
     await repair(run)
     assert graph.members_of(AU) == {USER, user(1)}
     assert run.app.outcomes()[waiting.message_id]["outcome"] == "superseded"
+    assert [r for r in graph.requests if r.method == "DELETE"] == []
+    _, document = await report(target=AU)
+    assert document["targets"][0]["state"] == "in_step"
 
 
 # --- the guard ------------------------------------------------------------------------------------------------
@@ -349,18 +424,21 @@ async def test_a_producers_add_carried_out_before_an_unmanaged_members_removal_s
 async def test_the_guard_holds_a_mass_removal_until_a_confirm_releases_it_once(
     make_run: Callable[..., Any], graph: GraphDouble, tmp_path: Path, drift_log: OutcomeRecorder
 ) -> None:
-    """Ten members granted; six others granted then removed, and all six added back behind the app's back: six
-    removals of 16 members is over the guard's limit (3), so the sweep holds them (a warning line, a drift_held
-    event, the hold in the ledger) while re-grants still go. A confirm releases exactly that set; a second confirm
-    is refused; the same drift made again is a new set, held again."""
-    run = await make_run(GRANTS_POLICY=policy(tmp_path, restore(UNIT)), GRANTS_OUTCOMES_TOPIC="grant-outcomes")
+    """Ten members granted in an authoritative unit, and six members no request named added behind the app's back
+    (a wrong import, say): six removals of 16 members is over the guard's limit (3), so the sweep holds them (a
+    warning line, a drift_held event, the hold in the ledger) while re-grants still go. A confirm releases exactly
+    that set; a second confirm is refused. Once the removals were carried out, the same six added back (by the tool
+    that put them there, say) are the same six repairs (the same requests) but a new set, held again until a
+    confirm names it."""
+    run = await make_run(
+        GRANTS_POLICY=policy(tmp_path, restore(UNIT, mode="authoritative")), GRANTS_OUTCOMES_TOPIC="grant-outcomes"
+    )
     held_events = run.app.callbacks.topic.add_subscription("held", sql_filter="outcome = 'drift_held'")
     for n in range(1, 17):
         graph.add_user(user(n))
-    await deliver(run, *(grant(f"RITM{n}", user(n)) for n in range(1, 17)))
-    await deliver(run, *(grant(f"RITM{n}r", user(n), action="remove") for n in range(11, 17)))
+    await deliver(run, *(grant(f"RITM{n}", user(n)) for n in range(1, 11)))
     for n in range(11, 17):
-        graph.add_member(AU, user(n))  # six lingering
+        graph.add_member(AU, user(n))  # six unmanaged
     graph.remove_member(AU, user(1))  # one missing: re-granted whatever is held
 
     await sweep()
@@ -392,7 +470,8 @@ async def test_the_guard_holds_a_mass_removal_until_a_confirm_releases_it_once(
         6,
         6,
     )
-    assert sorted(m["requestId"] for m in sent) == [f"~drift-remove:RITM{n}r" for n in range(11, 17)]
+    removals = sorted(f"~drift:{pair_of(AdministrativeUnit(id=Guid(AU)), user(n))}" for n in range(11, 17))
+    assert sorted(m["requestId"] for m in sent) == removals
     assert graph.members_of(AU) == {user(n) for n in range(1, 11)}
     status, refused = await confirm(AU, digest)
     assert (status, refused["type"]) == (409, "urn:entra-grants:problem:drift-not-held")
@@ -401,23 +480,30 @@ async def test_the_guard_holds_a_mass_removal_until_a_confirm_releases_it_once(
     await sweep()
     assert queued(run.queue) == []
 
+    run.clock.advance(3600)  # the next hourly sweep (past the queue's duplicate-detection window)
     for n in range(11, 17):
-        graph.add_member(AU, user(n))  # the same mass drift again: new repairs, a new set
+        graph.add_member(AU, user(n))  # the same mass drift again: the same repairs, a new set
     await sweep()
     assert queued(run.queue) == []
     again = drift_log.records[-1]
     assert again["state"] == "held"
     assert again["held"]["digest"] != digest
+    _, document = await report(target=AU)
+    assert sorted(f["repair"]["requestId"] for f in document["targets"][0]["findings"]) == removals
     status, answer = await confirm(AU, again["held"]["digest"])
+    await repair(run)
     assert (status, answer["sent"]) == (200, 6)
+    assert graph.members_of(AU) == {user(n) for n in range(1, 11)}
 
 
 async def test_a_confirm_naming_another_digest_releases_nothing(
     make_run: Callable[..., Any], graph: GraphDouble, tmp_path: Path
 ) -> None:
+    """A lingering member (its removal's Graph write refused) held by a guard that allows none: a confirm naming
+    another digest is refused (409, naming the set held now) and sends nothing."""
     run = await make_run(GRANTS_POLICY=policy(tmp_path, restore(UNIT, guard={"fraction": 0, "cap": 0})))
+    graph.inject(Fault.status(403, method="DELETE", path=USER))
     await deliver(run, grant("RITM1", USER), grant("RITM1r", USER, action="remove"))
-    graph.add_member(AU, USER)
     await sweep()
     status, refused = await confirm(AU, "0123456789abcdef")
     assert status == 409

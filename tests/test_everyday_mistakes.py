@@ -68,6 +68,12 @@ def test_send_webhook_with_a_mistyped_file_name_names_the_file() -> None:
     assert line == "send_webhook.py: error: examples/tikcet.json: no such file"
 
 
+def test_send_webhook_to_plain_http_beyond_this_machine_says_to_use_https() -> None:
+    url = "http://func-grants.example.com/api/grants"
+    line = one_line(run("python", "examples/send_webhook.py", "examples/ticket.json", "--url", url))
+    assert line == f"error: the webhook URL must be https (plain http only to a loopback serve-local): {url}"
+
+
 def test_callback_receiver_on_a_busy_port_names_the_port_and_the_flag(busy_port: int) -> None:
     line = one_line(run("python", "examples/callback_receiver.py", "--port", str(busy_port)))
     assert line.startswith(f"callback_receiver.py: error: port {busy_port} on 127.0.0.1 is in use")

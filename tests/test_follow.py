@@ -94,7 +94,7 @@ async def test_a_1000_row_bulk_job_with_faults_is_watched_to_its_end_with_totals
     that do not exist (dead-lettered MemberNotFound after their attempts), while ``grants job --watch`` polls the
     status API: it shows the job advancing, then ends with 990 succeeded, 10 failed (exit 1), and the failed rows
     come out as a CSV that ``submit`` reads back as 10 valid rows."""
-    run: Run = await make_run(GRANTS_MAX_ATTEMPTS="3")
+    run: Run = await make_run(GRANTS_MAX_ATTEMPTS="3", GRANTS_MEMBER_NOT_FOUND_MIN_ATTEMPTS="3")
     members = [f"{n:08x}-0000-4000-8000-00000000b01c" for n in range(1, 1001)]
     missing = set(members[99::100])
     for member in members:

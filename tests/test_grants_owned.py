@@ -237,7 +237,8 @@ async def test_a_reader_sees_which_grants_hold_a_membership_a_release_left_in_pl
     from shared.runtime import services
 
     run = await make_run()
-    await send(run, grant("HR-1", "hr"), grant("RITM1", "ticketing"))
+    await send(run, grant("HR-1", "hr"))
+    await send(run, grant("RITM1", "ticketing"))
     await send(run, grant("RITM2", "ticketing", action="remove"))
     answer = await services().status.request("RITM2", {"producer": "ticketing"}, as_reader())
     record = json.loads(answer.body)

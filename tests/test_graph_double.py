@@ -8,7 +8,7 @@ import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 from azure.core.pipeline.transport import AsyncioRequestsTransport
 from azure.identity.aio import ManagedIdentityCredential
 
-from grants_local.graph_double import Fault, GraphDouble, LoggedRequest
+from grants_local.graph_double import Fault, GraphDouble, LoggedRequest, RoleSettings
 from grants_local.queue import ManualClock
 from grants_local.token_endpoint import TokenEndpoint
 
@@ -1064,3 +1064,158 @@ async def test_closed_double_refuses_connections(graph_double: GraphDouble, clie
 
     with pytest.raises(httpx.TransportError):
         await client.get(f"/directoryObjects/{USER}")
+
+
+# --- PIM: schedule requests and schedules ---------------------------------------------------------------------
+
+REQUESTS = "/roleManagement/directory/roleEligibilityScheduleRequests"
+SCHEDULES = "/roleManagement/directory/roleEligibilitySchedules"
+
+
+def pim_request(action: str, member: str, scope: str = "/", **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "action": action,
+        "principalId": member,
+        "roleDefinitionId": TEMPLATE,
+        "directoryScopeId": scope,
+        **fields,
+    }
+    return body
+
+
+async def test_an_eligibility_is_made_listed_filtered_paged_refused_twice_and_ended(
+    client: httpx.AsyncClient, graph_double: GraphDouble, clock: ManualClock
+) -> None:
+    """adminAssign answers 201 with the request (the scope it was carried out at); the schedule is listed by its
+    filter; assigned again: 400 RoleAssignmentExists; adminRemove 201 Revoked; removed again: 400
+    RoleAssignmentDoesNotExist."""
+    graph_double.now = clock.utcnow
+    start = clock.utcnow().isoformat().replace("+00:00", "Z")
+    info = {"startDateTime": start, "expiration": {"type": "noExpiration"}}
+
+    made = await client.post(
+        REQUESTS, json=pim_request("adminAssign", USER, f"/administrativeUnits/{AU}", scheduleInfo=info)
+    )
+    again = await client.post(
+        REQUESTS, json=pim_request("adminAssign", USER, f"/administrativeUnits/{AU}", scheduleInfo=info)
+    )
+    listed = await client.get(
+        SCHEDULES,
+        params={"$filter": f"roleDefinitionId eq '{TEMPLATE}' and directoryScopeId eq '/administrativeUnits/{AU}'"},
+    )
+    elsewhere = await client.get(SCHEDULES, params={"$filter": f"directoryScopeId eq '/' and principalId eq '{USER}'"})
+    ended = await client.post(REQUESTS, json=pim_request("adminRemove", USER, f"/administrativeUnits/{AU}"))
+    twice = await client.post(REQUESTS, json=pim_request("adminRemove", USER, f"/administrativeUnits/{AU}"))
+
+    assert made.status_code == 201
+    assert (made.json()["status"], made.json()["directoryScopeId"]) == ("Provisioned", f"/administrativeUnits/{AU}")
+    assert_error(again, 400, "RoleAssignmentExists", "The Role assignment already exists.")
+    assert [item["principalId"] for item in listed.json()["value"]] == [USER]
+    assert elsewhere.json()["value"] == []
+    assert (ended.status_code, ended.json()["status"]) == (201, "Revoked")
+    assert_error(twice, 400, "RoleAssignmentDoesNotExist", "The Role assignment does not exist.")
+
+
+async def test_a_schedule_ends_at_its_expiry_on_the_pim_clock(
+    client: httpx.AsyncClient, graph_double: GraphDouble, clock: ManualClock
+) -> None:
+    graph_double.now = clock.utcnow
+    end = (clock.utcnow() + timedelta(minutes=5)).isoformat()
+    info = {"expiration": {"type": "afterDateTime", "endDateTime": end}}
+    assert (await client.post(REQUESTS, json=pim_request("adminAssign", USER, scheduleInfo=info))).status_code == 201
+    assert graph_double.schedules_of("eligibility", TEMPLATE, "/") == {USER}
+
+    clock.advance(300)  # (the token outlives it)
+
+    assert graph_double.schedules_of("eligibility", TEMPLATE, "/") == set()
+    gone = await client.post(REQUESTS, json=pim_request("adminRemove", USER))
+    assert_error(gone, 400, "RoleAssignmentDoesNotExist")
+
+
+@pytest.mark.parametrize(
+    ("settings", "expiration", "refused"),
+    [
+        (RoleSettings(eligible_permanent=False), {"type": "noExpiration"}, True),
+        (RoleSettings(eligible_max=timedelta(days=30)), {"type": "afterDuration", "duration": "P31D"}, True),
+        (RoleSettings(eligible_max=timedelta(days=30)), {"type": "afterDuration", "duration": "P30D"}, False),
+        (RoleSettings(active_permanent=False), {"type": "noExpiration"}, False),
+    ],
+    ids=["permanent", "too long", "at the limit", "the other kind's rule"],
+)
+async def test_role_settings_refuse_permanent_or_too_long_eligibilities_naming_the_expiration_rule(
+    client: httpx.AsyncClient,
+    graph_double: GraphDouble,
+    settings: RoleSettings,
+    expiration: dict[str, str],
+    refused: bool,
+) -> None:
+    graph_double.set_role_settings(TEMPLATE, settings)
+    answer = await client.post(REQUESTS, json=pim_request("adminAssign", USER, scheduleInfo={"expiration": expiration}))
+    if refused:
+        assert_error(
+            answer,
+            400,
+            "RoleAssignmentRequestPolicyValidationFailed",
+            'The following policy rules failed: ["ExpirationRule"]',
+        )
+    else:
+        assert answer.status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (pim_request("adminAssign", USER, expiration={}), 400, "BadRequest"),  # not a property of the request
+        (pim_request("adminAssign", USER, ticketInfo={"ticketId": "1"}), 400, "BadRequest"),
+        (pim_request("grant", USER), 400, "Request_BadRequest"),
+        (pim_request("adminAssign", USER, roleDefinitionId=MISSING, scheduleInfo={}), 400, "RoleNotFound"),
+        (pim_request("adminAssign", USER, f"/administrativeUnits/{MISSING}", scheduleInfo={}), 400, "BadRequest"),
+        (pim_request("adminAssign", MISSING, scheduleInfo={}), 404, "Request_ResourceNotFound"),
+        (pim_request("adminAssign", GROUP, scheduleInfo={}), 400, "Request_BadRequest"),  # not role-assignable
+        (pim_request("adminAssign", SP, scheduleInfo={}), 400, "Request_BadRequest"),  # cannot be eligible
+    ],
+    ids=["property", "ticket property", "action", "definition", "scope", "principal", "group", "service principal"],
+)
+async def test_a_schedule_request_graph_would_refuse_is_refused(
+    client: httpx.AsyncClient, graph_double: GraphDouble, body: dict[str, Any], status: int, code: str
+) -> None:
+    assert_error(await client.post(REQUESTS, json=body), status, code)
+    assert graph_double.schedules_of("eligibility", TEMPLATE, "/") == set()
+
+
+async def test_a_unit_pim_does_not_know_yet_gets_the_request_tenant_wide_and_says_so(
+    client: httpx.AsyncClient, graph_double: GraphDouble
+) -> None:
+    graph_double.pim_scope_unknown(AU)
+    made = await client.post(
+        REQUESTS, json=pim_request("adminAssign", USER, f"/administrativeUnits/{AU}", scheduleInfo={})
+    )
+    assert (made.status_code, made.json()["directoryScopeId"]) == (201, "/")
+    assert graph_double.schedules_of("eligibility", TEMPLATE, "/") == {USER}
+
+
+async def test_a_denied_schedule_permission_is_graphs_permission_scope_answer(
+    client: httpx.AsyncClient, graph_double: GraphDouble
+) -> None:
+    graph_double.deny("roleEligibility")
+    answer = await client.post(REQUESTS, json=pim_request("adminAssign", USER, scheduleInfo={}))
+    assert_error(answer, 403, "UnknownError")
+    assert "PermissionScopeNotGranted" in answer.json()["error"]["message"]
+    assert "RoleEligibilitySchedule.ReadWrite.Directory" in answer.json()["error"]["message"]
+
+
+async def test_a_role_definition_is_read_by_id_built_in_or_custom(
+    client: httpx.AsyncClient, graph_double: GraphDouble
+) -> None:
+    graph_double.add_role_definition(MISSING.replace("9", "c"), display_name="Custom")
+    built_in = (await client.get(f"/roleManagement/directory/roleDefinitions/{IDLE_TEMPLATE}")).json()
+    custom = (await client.get(f"/roleManagement/directory/roleDefinitions/{MISSING.replace('9', 'c')}")).json()
+    assert (built_in["isBuiltIn"], built_in["templateId"], built_in["displayName"]) == (
+        True,
+        IDLE_TEMPLATE,
+        "Printer Administrator",
+    )
+    assert (custom["isBuiltIn"], custom["displayName"]) == (False, "Custom")
+    assert_error(
+        await client.get(f"/roleManagement/directory/roleDefinitions/{MISSING}"), 404, "Request_ResourceNotFound"
+    )

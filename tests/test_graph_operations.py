@@ -8,11 +8,15 @@ rules, as microsoft/OpenAPI.NET.OData's path provider applies them with msgraph-
 - an entity set (``GET``, ``POST``), one of its entities by key (``GET``, ``PATCH``, ``DELETE``) or by an alternate
   key in the form ``/set(alias='value')`` (the entity only: no paths are generated under it); a singleton;
 - a navigation property of an entity: a contained collection (``GET``, ``POST``) and its entities by key (and on,
-  through their navigation properties); a referenceable, non-contained collection (``members``): the collection
-  (``GET``), its ``$ref`` (``GET``, ``POST``, ``DELETE``), under a member's key only ``$ref`` (``DELETE``) and a
-  type cast to one of its derived types (``GET``), never the member itself;
-- query options ``$select`` (properties the type declares, or its bases), ``$top`` and ``$skiptoken`` (a next link's);
-- a ``$ref`` body's ``@odata.id`` is an entity's URL on the same root.
+  through their navigation properties); a contained single entity (``GET``, ``PATCH``, and on, as ``/roleManagement/
+  directory``); a referenceable, non-contained collection (``members``): the collection (``GET``), its ``$ref``
+  (``GET``, ``POST``, ``DELETE``), under a member's key only ``$ref`` (``DELETE``) and a type cast to one of its
+  derived types (``GET``), never the member itself;
+- query options ``$select`` (properties the type declares, or its bases), ``$filter`` (of a collection: ``eq``
+  comparisons of such properties, joined by ``and``), ``$top`` and ``$skiptoken`` (a next link's);
+- a ``$ref`` body's ``@odata.id`` is an entity's URL on the same root; a body created in a collection whose type names
+  its properties' types (the PIM schedule requests) holds only properties of the type, complex values only of
+  their complex type's properties, and enum values only of the enum's members.
 
 Two requests outside those rules are documented on Graph's v1.0 reference pages and listed as such in the data file
 (the add by template in the key-segment form; "Get a member" of a unit). The local Graph double refuses the forms
@@ -57,8 +61,17 @@ RESTRICTED = "a0000000-0000-4000-8000-0000000000e1"
 SCOPED = {"type": "scopedRole", "roleTemplateId": HELPDESK_TEMPLATE, "administrativeUnitId": AU}
 BY_TEMPLATE = {"type": "directoryRole", "roleTemplateId": HELPDESK_TEMPLATE}
 UNIT = {"type": "administrativeUnit", "id": AU}
+UNIT_SCOPE = f"/administrativeUnits/{AU}"
+ELIGIBLE = {"type": "roleEligibility", "roleDefinitionId": HELPDESK_TEMPLATE, "directoryScopeId": UNIT_SCOPE}
+ACTIVE = {"type": "roleAssignment", "roleDefinitionId": HELPDESK_TEMPLATE, "directoryScopeId": "/"}
+NO_UNIT = {
+    "type": "roleEligibility",
+    "roleDefinitionId": HELPDESK_TEMPLATE,
+    "directoryScopeId": "/administrativeUnits/a0000000-0000-4000-8000-00000000dead",
+}
 SWEEP = registered_function(function_app.app, "drift_sweep")
-_QUERY_OPTIONS = frozenset({"$select", "$top", "$skiptoken"})
+_QUERY_OPTIONS = frozenset({"$select", "$filter", "$top", "$skiptoken"})
+_CLAUSE = re.compile(r"([A-Za-z]+) eq '[^']*'")
 _GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 
 #: Every operation the scenarios below make, by the description's path template: a new kind of request must be
@@ -82,6 +95,11 @@ EXPECTED = {
     "GET /directoryObjects/{key}",
     "GET /servicePrincipals(appId='{value}')",
     "GET /servicePrincipals/{key}/appRoleAssignments",
+    "POST /roleManagement/directory/roleEligibilityScheduleRequests",
+    "POST /roleManagement/directory/roleAssignmentScheduleRequests",
+    "GET /roleManagement/directory/roleEligibilitySchedules",
+    "GET /roleManagement/directory/roleAssignmentSchedules",
+    "GET /roleManagement/directory/roleDefinitions/{key}",
 }
 
 
@@ -89,7 +107,7 @@ EXPECTED = {
 class Node:
     """Where a path has got to: what it addresses (`kind`) and the entity type of it."""
 
-    kind: str  # set, entity, singleton, contained, referenceable, ref, member, member_ref, cast
+    kind: str  # set, entity, singleton, single, contained, referenceable, ref, member, member_ref, cast
     type: str
 
 
@@ -97,6 +115,7 @@ _METHODS: dict[str, frozenset[str]] = {
     "set": frozenset({"GET", "POST"}),
     "entity": frozenset({"GET", "PATCH", "DELETE"}),
     "singleton": frozenset({"GET", "PATCH"}),
+    "single": frozenset({"GET", "PATCH"}),
     "contained": frozenset({"GET", "POST"}),
     "referenceable": frozenset({"GET"}),
     "ref": frozenset({"GET", "POST", "DELETE"}),
@@ -164,11 +183,11 @@ def _step(node: Node, segment: str) -> tuple[Node, str]:
     if node.kind in ("set", "contained"):
         assert re.fullmatch(r"[^$=()']+", segment), f"{segment!r} is not a key (a key segment is the key's value)"
         return Node("entity", node.type), "{key}"
-    if node.kind in ("entity", "singleton"):
+    if node.kind in ("entity", "singleton", "single"):
         navigation = _navigation(node.type, segment)
         assert navigation is not None, f"{node.type} has no navigation property {segment!r}"
         if navigation["containsTarget"]:
-            return Node("contained", navigation["type"]), segment
+            return Node("contained" if navigation["collection"] else "single", navigation["type"]), segment
         assert navigation.get("referenceable"), f"{node.type}.{segment} is neither contained nor referenceable"
         return Node("referenceable", navigation["type"]), segment
     if node.kind == "referenceable":
@@ -212,13 +231,45 @@ def operation(request: httpx.Request, root: str) -> str:
             assert not unknown, f"$select of {sorted(unknown)}: not properties of {node.type}"
         if name == "$top":
             assert node.kind in ("set", "contained", "referenceable"), "$top of something that is not a collection"
+        if name == "$filter":
+            assert node.kind in ("set", "contained", "referenceable"), "$filter of something that is not a collection"
+            clauses = value.split(" and ")
+            assert all(_CLAUSE.fullmatch(clause) for clause in clauses), f"$filter {value!r}: not eq comparisons"
+            unknown = {_CLAUSE.fullmatch(clause).group(1) for clause in clauses} - _properties(node.type)  # type: ignore[union-attr]
+            assert not unknown, f"$filter on {sorted(unknown)}: not properties of {node.type}"
     if node.kind == "ref" and request.method == "POST":
         reference = json.loads(request.content)["@odata.id"]
         assert isinstance(reference, str), "@odata.id is not a URL"
         assert reference.startswith(root + "/"), "@odata.id on another root"
         referenced, _ = resolve(reference[len(root) :])
         assert referenced.kind == "entity", f"@odata.id {reference} is not an entity"
+    if node.kind in ("set", "contained") and request.method == "POST":
+        _check_body(node.type, json.loads(request.content))
     return f"{request.method} {template}"
+
+
+def _check_body(type_name: str, body: dict[str, Any]) -> None:
+    """A created entity's body against its type, when the description names its properties' types (see the module
+    docstring): properties of the type, complex values of their type, enum members."""
+    declared = DESCRIPTION["entityTypes"][type_name].get("propertyTypes")
+    if declared is None:
+        return
+    unknown = set(body) - _properties(type_name)
+    assert not unknown, f"{sorted(unknown)}: not properties of {type_name}"
+    for name, value in body.items():
+        _check_value(declared.get(name), value, f"{type_name}.{name}")
+
+
+def _check_value(type_name: str | None, value: Any, where: str) -> None:
+    if type_name in DESCRIPTION["enumTypes"]:
+        assert value in DESCRIPTION["enumTypes"][type_name], f"{where} {value!r}: not a member of {type_name}"
+    elif type_name in DESCRIPTION["complexTypes"]:
+        assert isinstance(value, dict), f"{where}: not a {type_name}"
+        properties = DESCRIPTION["complexTypes"][type_name]["properties"]
+        unknown = set(value) - set(properties)
+        assert not unknown, f"{where}: {sorted(unknown)} not properties of {type_name}"
+        for name, inner in value.items():
+            _check_value(properties[name], inner, f"{where}.{name}")
 
 
 class Captured:
@@ -258,9 +309,23 @@ def grant(request_id: str, target: dict[str, Any], member: str, member_type: str
 
 
 def policy(tmp_path: Path) -> str:
-    """Any source may change any unit and non-tier-0 role; the sweep restores the unit and the scoped role."""
-    anything = {"administrativeUnits": ["*"], "directoryRoles": ["*"], "scopedRoles": ["*"]}
-    drift = {"targets": [{"target": UNIT, "mode": "restore"}, {"target": SCOPED, "mode": "restore"}]}
+    """Any source may change any unit and non-tier-0 role (eligible and active too) and revoke every grant of one;
+    the sweep restores the unit, the scoped role and the unit's eligibility."""
+    anything = {
+        "actions": ["add", "remove", "revokeAll"],
+        "administrativeUnits": ["*"],
+        "directoryRoles": ["*"],
+        "scopedRoles": ["*"],
+        "roleEligibilities": ["*"],
+        "roleAssignments": ["*"],
+    }
+    drift = {
+        "targets": [
+            {"target": UNIT, "mode": "restore"},
+            {"target": SCOPED, "mode": "restore"},
+            {"target": ELIGIBLE, "mode": "restore"},
+        ]
+    }
     document = {"sources": dict.fromkeys(("hr", "ticketing", "bulk", "other"), anything), "drift": drift}
     file = tmp_path / "policy.json"
     file.write_text(json.dumps(document))
@@ -281,8 +346,9 @@ def directory(graph: GraphDouble) -> GraphDouble:
 async def test_every_request_the_app_makes_is_one_graph_documents(
     make_run: Callable[..., Any], directory: GraphDouble, tmp_path: Path
 ) -> None:
-    """Each target kind and action, dry runs, a role's activation, 404s told apart, drift sweeps that page, and the
-    smoke check's reads: every request is a documented operation, and the double answered none of them 400."""
+    """Each target kind and action (PIM's eligible and active ones too), dry runs, a role's activation, 404s told
+    apart, drift sweeps that page, and the smoke check's reads: every request is a documented operation, and the
+    double answered none of them 400."""
     run: Run = await make_run(GRANTS_ACTIVATE_ROLES="true", GRANTS_POLICY=policy(tmp_path))
     captured = Captured(directory.base_url)
     run.app.services.http.event_hooks["request"].append(captured.add_async)
@@ -301,6 +367,9 @@ async def test_every_request_the_app_makes_is_one_graph_documents(
         grant("activated", not_activated, USER, "user"),
         grant("scoped", SCOPED, USER_2, "user"),
         grant("restricted", {"type": "administrativeUnit", "id": RESTRICTED}, USER, "user"),
+        grant("eligible", ELIGIBLE, USER, "user"),
+        grant("active", ACTIVE, USER_2, "user"),
+        grant("no-unit", NO_UNIT, USER, "user"),
     )
     await run.deliver(
         grant("au-remove", UNIT, USER, "user", action="remove"),
@@ -312,17 +381,24 @@ async def test_every_request_the_app_makes_is_one_graph_documents(
         grant("dry-role-id", role_by_id, USER, "user", dryRun=True),
         grant("dry-role-template", BY_TEMPLATE, USER, "user", action="remove", dryRun=True),
         grant("dry-scoped", SCOPED, USER, "user", dryRun=True),
+        grant("eligible-again", ELIGIBLE, USER, "user"),
+        grant("active-remove", ACTIVE, USER_2, "user", action="remove"),
+        grant("dry-eligible", ELIGIBLE, USER_2, "user", dryRun=True),
+        grant("dry-active-remove", ACTIVE, USER, "user", action="remove", dryRun=True),
         smoke_message(request_id="smoke-1", principal_id=SP, role_template=DIRECTORY_READERS, source="other"),
     )
     await run.deliver(
-        grant("au-remove-again", UNIT, USER, "user", action="remove"),
-        grant("role-template-remove-again", BY_TEMPLATE, SP, "servicePrincipal", action="remove"),
+        grant("au-remove-again", UNIT, USER, "user", action="remove", revokeAll=True),  # a DELETE again: 404
+        grant("role-template-remove-again", BY_TEMPLATE, SP, "servicePrincipal", action="remove", revokeAll=True),
+        grant("active-remove-again", ACTIVE, USER_2, "user", action="remove", revokeAll=True),
+        grant("active-until", ACTIVE, USER, "user", expiresAt="2099-01-01T00:00:00Z"),
     )
     for n in range(1_001):  # the unit lists in two pages of 999; its scoped role's memberships in two of 100
         member = directory.add_user(f"{n:08x}-0000-4000-8000-00000000d0c5")
         directory.add_member(AU, member)
         if n <= 100:
             directory.assign_scoped_role(AU, HELPDESK_TEMPLATE, member)
+            directory.assign_schedule("eligibility", HELPDESK_TEMPLATE, UNIT_SCOPE, member)  # two pages of 100
     await SWEEP(timer=None)
     with httpx.Client(event_hooks={"request": [captured.add]}) as client, ManagedIdentityCredential() as credential:
         reader = GraphReader(base_url=directory.base_url, tokens=Tokens(credential), http=client)
@@ -339,6 +415,15 @@ async def test_every_request_the_app_makes_is_one_graph_documents(
         "dry-role-template": "not_member",
         "smoke-1": "not_member",
         "restricted": "dead_lettered",
+        "eligible": "granted",
+        "active": "granted",
+        "no-unit": "dead_lettered",
+        "eligible-again": "already_member",
+        "active-remove": "revoked",
+        "dry-eligible": "would_grant",
+        "dry-active-remove": "not_member",
+        "active-remove-again": "not_member",
+        "active-until": "granted",
     }.items()
     made, undocumented = captured.operations()
     assert undocumented == []
@@ -363,6 +448,9 @@ async def test_every_request_the_app_makes_is_one_graph_documents(
         ("GET", f"/administrativeUnits/{AU}", "no entity set"),
         ("GET", f"/directory/administrativeUnits/{AU}/members?$select=mail", "not properties"),
         ("PATCH", f"/directory/administrativeUnits/{AU}/members/$ref", "not an operation"),
+        ("GET", "/roleManagement/directory/roleEligibilitySchedules?$filter=principal eq 'x'", "not properties"),
+        ("GET", "/roleManagement/directory/roleEligibilitySchedules?$filter=startswith(principalId,'x')", "not eq"),
+        ("GET", "/roleManagement/directoryRoles", "no navigation property"),
     ],
     ids=[
         "template as a key segment",
@@ -371,6 +459,9 @@ async def test_every_request_the_app_makes_is_one_graph_documents(
         "units at the root",
         "select",
         "method",
+        "filter on a navigation property",
+        "filter function",
+        "PIM under roleManagement",
     ],
 )
 def test_the_check_refuses_what_the_description_does_not_have(method: str, path: str, why: str) -> None:
@@ -378,6 +469,26 @@ def test_the_check_refuses_what_the_description_does_not_have(method: str, path:
     root = "https://graph.microsoft.com/v1.0"
     with pytest.raises(AssertionError, match=why):
         operation(httpx.Request(method, root + path), root)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ({"action": "adminAssign", "principalId": USER, "expiration": {}}, r"\['expiration'\]: not properties"),
+        ({"action": "assign"}, "not a member of unifiedRoleScheduleRequestActions"),
+        ({"scheduleInfo": {"expiration": {"type": "until"}}}, "not a member of expirationPatternType"),
+        ({"scheduleInfo": {"endDateTime": "2027-01-01T00:00:00Z"}}, "not properties of requestSchedule"),
+        ({"ticketInfo": {"ticketId": "T1"}}, "not properties of ticketInfo"),
+    ],
+    ids=["property", "action", "expiration type", "schedule", "ticket"],
+)
+def test_the_check_refuses_a_schedule_request_body_the_description_does_not_have(
+    body: dict[str, Any], why: str
+) -> None:
+    root = "https://graph.microsoft.com/v1.0"
+    request = httpx.Request("POST", root + "/roleManagement/directory/roleEligibilityScheduleRequests", json=body)
+    with pytest.raises(AssertionError, match=why):
+        operation(request, root)
 
 
 def test_the_description_subset_names_its_source_commit() -> None:

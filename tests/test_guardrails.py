@@ -130,7 +130,7 @@ async def test_rules_are_per_source_target_and_action(make_run: Callable[..., An
         ({"sources": {"sap": {}}}, "unknown source system"),
         ({"sources": {"hr": {"roles": []}}}, "unknown key 'roles'"),
         ({"sources": {"hr": {"administrativeUnits": ["EMEA"]}}}, "must be a GUID"),
-        ({"sources": {"hr": {"actions": ["grant"]}}}, "only add and remove"),
+        ({"sources": {"hr": {"actions": ["grant"]}}}, "only add, remove and revokeAll"),
         ({"rules": {}}, '"producers" (rules by producer name) and/or "sources"'),
         ({"producers": {"Not A Name": {}}}, "not a producer name"),
     ],
@@ -249,20 +249,21 @@ async def test_a_redelivered_expiring_grant_does_not_schedule_a_second_removal(m
 async def test_an_add_whose_expiry_has_passed_is_dead_lettered_expired_and_grants_nothing(
     make_run: Callable[..., Any],
 ) -> None:
-    """Nothing is granted; its removal still runs (not_member here), in case an earlier attempt had granted it."""
+    """Nothing is granted and nothing changes: no Graph write, no removal queued, nothing in the ledger."""
     run = await make_run()
     outcomes = await run.deliver(grant(target=AU_TARGET, expiresAt="2001-01-01T00:00:00Z"))
     assert outcomes["m-1"]["reason"] == "Expired"
-    assert by_request(outcomes, "~expire:req-1")["outcome"] == "not_member"
-    assert [method for method, _ in run.writes()] == ["DELETE"]
-    assert run.graph.members_of(AU) == set()
+    assert [o["requestId"] for o in outcomes.values()] == ["req-1"]
+    assert run.writes() == []
+    assert await run.app.services.ledger.pair(f"au.{AU}.{USER}") is None
 
 
 async def test_a_granted_membership_whose_removal_was_not_scheduled_is_removed_when_its_retry_comes_after_expiry(
     make_run: Callable[..., Any],
 ) -> None:
-    """Given the write landed but scheduling the removal failed, when the retry runs after expiresAt,
-    then it is dead-lettered Expired and the removal still runs: the membership does not outlive its expiry."""
+    """Given the write landed (and was recorded) but scheduling the removal failed, when the retry runs after
+    expiresAt, then it is dead-lettered Expired, and the expiry sweep ends the grant its ledger keeps pending: the
+    membership does not outlive its expiry."""
     run = await make_run()
     expires_at = datetime.fromtimestamp(run.clock() + 60, UTC)
     run.queue.send(grant(target=AU_TARGET, expiresAt=expires_at.isoformat(), source="bulk"), message_id="m-1")
@@ -276,6 +277,9 @@ async def test_a_granted_membership_whose_removal_was_not_scheduled_is_removed_w
     run.clock.advance(3600)  # the retry copy runs after the expiry
     outcomes = await run.deliver()
     assert outcomes["m-1"]["reason"] == "Expired"
+    assert run.graph.members_of(AU) == {USER}
+    assert await run.app.services.expiry_sweep() == 1
+    outcomes = await run.deliver()
     assert by_request(outcomes, "~expire:req-1")["outcome"] == "revoked"
     assert run.graph.members_of(AU) == set()
 
@@ -327,7 +331,7 @@ async def test_a_scoped_role_is_granted_once_and_removed(make_run: Callable[...,
         "granted",
         "already_member",
         "revoked",
-        "not_member",
+        "released",  # its grant ended already: the app has no membership of it to remove
     ]
     assert outcomes["m-1"]["targetType"] == "scopedRole"
     assert outcomes["m-1"]["roleTemplateId"] == HELPDESK_TEMPLATE

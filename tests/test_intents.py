@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from shared.core.contract import Action, AdministrativeUnit, DirectoryRole, Guid, ScopedRole, parse_grant
+import pytest
+
+from shared.core.contract import (
+    Action,
+    AdministrativeUnit,
+    DirectoryRole,
+    DirectoryScope,
+    Guid,
+    RoleAssignment,
+    RoleEligibility,
+    ScopedRole,
+    Target,
+    parse_grant,
+)
 from shared.core.intents import (
     Effect,
     Intent,
@@ -15,6 +28,7 @@ from shared.core.intents import (
     effect_of,
     intent_of,
     pair_of,
+    parse_pair,
 )
 from tests.test_contract import encode, message
 
@@ -39,6 +53,39 @@ def test_pairs_name_the_target_kind_and_both_ids() -> None:
     assert pair_of(ScopedRole(role_template_id=TEMPLATE, administrative_unit_id=AU), USER) == (
         f"scoped.{TEMPLATE}.{AU}.{USER}"
     )
+
+
+def test_pim_pairs_name_the_kind_the_definition_and_the_scope_as_one_token() -> None:
+    """An eligibility and an active assignment of one role at one scope are two pairs; ``/`` is ``tenant``, a unit's
+    scope ``au-<unit>``: no pair id holds a slash, and each reads back as the target it names."""
+    unit_scope = DirectoryScope(f"/administrativeUnits/{AU}")
+    eligible = RoleEligibility(role_definition_id=TEMPLATE, directory_scope_id=DirectoryScope("/"))
+    active = RoleAssignment(role_definition_id=TEMPLATE, directory_scope_id=unit_scope)
+    assert pair_of(eligible, USER) == f"elig.{TEMPLATE}.tenant.{USER}"
+    assert pair_of(active, USER) == f"asgn.{TEMPLATE}.au-{AU}.{USER}"
+    targets: list[Target] = [
+        eligible,
+        active,
+        RoleEligibility(role_definition_id=TEMPLATE, directory_scope_id=unit_scope),
+        RoleAssignment(role_definition_id=TEMPLATE, directory_scope_id=DirectoryScope("/")),
+    ]
+    assert len({pair_of(target, USER) for target in targets}) == 4
+    for target in targets:
+        assert parse_pair(pair_of(target, USER)) == (target, USER)
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        f"elig.{TEMPLATE}.root.{USER}",
+        f"elig.{TEMPLATE}.au-.{USER}",
+        f"asgn.{TEMPLATE}.au-x.{USER}",
+        f"elig.x.tenant.{USER}",
+    ],
+)
+def test_a_pim_pair_that_pair_of_did_not_write_is_refused(pair: str) -> None:
+    with pytest.raises(ValueError, match=r"scope|GUID"):
+        parse_pair(pair)
 
 
 def test_content_hash_covers_what_is_asked_not_free_text_or_when() -> None:

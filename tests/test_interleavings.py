@@ -1,5 +1,7 @@
-"""Newest intent wins, end to end: joiner/leaver and add/remove intents for one member and target, delivered in any
-order through the local host, with duplicates, Graph faults, retries and replication delay; the ledger in Azurite.
+"""Newest intent wins, end to end: an HR system's joiner/leaver intents for one member and target (adds, and leavers'
+revoke-alls: the membership goes whoever made it), delivered in any order through the local host, with duplicates,
+Graph faults, retries and replication delay; the ledger in Azurite. (Grants of several producers, each ending
+its own: tests/test_pairs.py's model and tests/test_grants_owned.py.)
 
 The suite runs `INTERLEAVINGS` examples (default 50); ``INTERLEAVINGS=1000 pytest tests/test_interleavings.py``
 runs the issue's thousand.
@@ -68,7 +70,9 @@ async def test_the_final_membership_is_the_newest_intent_in_every_interleaving(
             action=action,
             target={"type": "administrativeUnit", "id": unit},
             member={"id": member, "type": "user"},
+            source={"system": "hr"},
             requestedAt=requested,
+            revokeAll=action == "remove" or None,
         )
         messages += [message, message] if twice else [message]
     order.shuffle(messages)
@@ -82,6 +86,7 @@ async def test_the_final_membership_is_the_newest_intent_in_every_interleaving(
         "already_member",
         "revoked",
         "not_member",
+        "released",  # a revoke-all older than an add carried out before it: the add's grant still holds
         "superseded",
         "duplicate",
     }, outcomes

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
+import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +26,7 @@ LAYERS: dict[str, set[str]] = {
     "shared.bootstrap": {"shared.core", "shared.adapters", "shared.service", "shared.handlers", "shared.config"},
     "shared.runtime": {"shared"},
 }
-NOT_SHIPPED = ("grants_common", "grants_cli", "grants_local", "tests", "benchmarks", "infra")
+NOT_SHIPPED = ("grants_common", "grants_cli", "grants_local", "grants_client", "tests", "benchmarks", "infra")
 
 
 def git(*args: str, stdin: str | None = None) -> str:
@@ -106,6 +109,36 @@ def test_the_tools_import_one_way_cli_then_local_then_common(package: str) -> No
     for path in sorted((ROOT / package).rglob("*.py")):
         upward = sorted({module for module in imports(path) if module.split(".")[0] in above})
         assert upward == [], f"{module_name(path)} imports {upward}"
+
+
+#: The producer client's distribution (client/pyproject.toml) and what it may import besides the standard library and
+#: itself: its declared dependencies, by import name.
+CLIENT = ROOT / "client"
+CLIENT_IMPORTS = ("httpx", "azure")
+
+
+def test_the_client_imports_only_itself_the_standard_library_and_its_dependencies() -> None:
+    """grants_client is installed on its own by producers: never the app (`shared`), the tools or the doubles."""
+    for path in sorted((CLIENT / "grants_client").rglob("*.py")):
+        foreign = sorted(
+            {
+                module
+                for module in imports(path)
+                if module.split(".")[0] not in {"grants_client", *CLIENT_IMPORTS}
+                and module.split(".")[0] not in sys.stdlib_module_names
+            }
+        )
+        assert foreign == [], f"{path.relative_to(ROOT)} imports {foreign}"
+
+
+def test_the_clients_dependencies_are_httpx_and_the_service_bus_and_identity_sdks_pinned_for_the_app_too() -> None:
+    """Its own pyproject names exactly those; requirements.txt pins each, so the repository's venv tests the client on
+    the versions the app runs."""
+    project = tomllib.loads((CLIENT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    named = {re.split(r"[<>=!~ \[]", requirement, maxsplit=1)[0] for requirement in project["dependencies"]}
+    assert named == {"httpx", "azure-servicebus", "azure-identity"}
+    pinned = {line.split("==")[0] for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line}
+    assert named <= pinned
 
 
 def test_no_import_cycles() -> None:

@@ -116,6 +116,23 @@ async def test_an_add_for_a_known_pair_reads_it_after_its_insert_is_refused(
     assert (state.latest, state.lease) == (intent("r2", at=60), None)
 
 
+async def test_a_repairs_re_grant_reads_the_pair_with_its_claim_and_is_admitted_while_a_grant_holds_it(
+    ledger: Ledger, storage_calls: StorageCalls
+) -> None:
+    """Given a pair a producer's grant holds, a drift repair's re-grant (the app's, changing no grant) is decided on
+    the grants recorded: the pair is read at once with the claim (never decided on a pair it has not read, which
+    holds no grant), so it is admitted to write the add and leaves the grants as they were."""
+    await ledger.finish((await admitted(ledger, intent("r1"))).ticket, applied=Action.ADD, now=T0)
+    storage_calls.requests.clear()
+    repair = replace(intent("~drift-add:r1", at=1e-6, producer="app"), kind=Effect.REPAIR)
+    ticket = (await admitted(ledger, repair, now=T0 + timedelta(seconds=5))).ticket
+    assert ticket.write is Action.ADD
+    methods = [method for method, _ in storage_calls.requests]
+    assert sorted(methods[:2]) == ["GET", "POST"]
+    assert methods[2:] == ["PUT"]
+    assert ticket.state.grants == (Grant(producer=PRODUCER, newest=intent("r1"), removal_due=T0 + timedelta(days=30)),)
+
+
 async def test_times_round_trip_to_the_microsecond(ledger: Ledger) -> None:
     item = intent("r1", at=0.000001)
     await admitted(ledger, item)
@@ -359,6 +376,19 @@ async def test_due_removals_lists_time_bound_grants_past_their_expiry_until_remo
     removal = await admitted(ledger, intent("add:expire", Action.REMOVE), origin="m-3", now=expiry)
     await ledger.finish(removal.ticket, applied=Action.REMOVE, now=expiry)
     assert await ledger.due_removals(now=expiry + timedelta(days=1)) == []
+
+
+async def test_due_removals_go_on_after_a_cursor_so_stuck_pairs_cannot_hide_the_rest(ledger: Ledger) -> None:
+    """Three due pairs read two at a time: the second read, after the first page's last pair, finds the third."""
+    pairs = [f"{PAIR[:-3]}{n:03d}" for n in range(3)]
+    for pair in pairs:
+        state = PairState(grants=(Grant(producer=PRODUCER, newest=intent("a"), removal_due=T0),))
+        assert await ledger._write_pair(pair, state, None) is not None
+    first = await ledger.due_removals(now=T0, limit=2)
+    rest = await ledger.due_removals(now=T0, limit=2, after=first[-1][0])
+    assert sorted(pair for pair, _ in [*first, *rest]) == sorted(pairs)
+    assert len(first) == 2
+    assert len(rest) == 1
 
 
 # --- failures are transient ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from shared.core.pairs import (
     Doubt,
     Grant,
     Lease,
+    NotDue,
     PairState,
     Proceed,
     Released,
@@ -25,7 +26,6 @@ from shared.core.pairs import (
     admit,
     confirm_at,
     due_grants,
-    expiring,
     release,
     removal_is_due,
 )
@@ -242,7 +242,7 @@ def test_a_grant_newer_than_a_revoke_all_survives_it_and_an_older_one_is_superse
 def test_an_expiry_ends_only_the_grant_it_names_once_it_has_expired() -> None:
     timed = add("bk-1", "bulk", days=1)
     state = written(written(None, add("hr-1", "hr")), timed, already=True)
-    assert decide(state, expiry(timed)) == Superseded(timed)  # not yet
+    assert decide(state, expiry(timed)) == NotDue(until=T0 + timedelta(days=1))  # early: it comes back then
     later = T0 + timedelta(days=1)
     ended = released(state, expiry(timed), now=later)
     assert [g.producer for g in ended.held_by] == ["hr"]
@@ -252,7 +252,7 @@ def test_an_expiry_ends_only_the_grant_it_names_once_it_has_expired() -> None:
 def test_an_expiry_of_a_grant_that_changed_since_changes_nothing() -> None:
     timed = add("bk-1", "bulk", days=1)
     state = written(written(None, timed), add("bk-2", "bulk", at=5))
-    assert decide(state, expiry(timed), now=T0 + timedelta(days=2)) == Superseded(add("bk-2", "bulk", at=5))
+    assert decide(state, expiry(timed), now=T0 + timedelta(days=2)) == Superseded(expiry(timed))
 
 
 def test_an_expiry_removes_the_membership_when_nothing_else_holds_it() -> None:
@@ -260,6 +260,31 @@ def test_an_expiry_removes_the_membership_when_nothing_else_holds_it() -> None:
     decision = decide(written(None, timed), expiry(timed), now=T0 + timedelta(days=1))
     assert isinstance(decision, Proceed)
     assert decision.write is Action.REMOVE
+
+
+def test_an_expiry_never_ends_another_producer_s_grant_that_uses_the_same_request_id() -> None:
+    timed = add("RITM1", "ticketing", days=1)
+    state = written(written(None, timed), add("RITM1", "bulk", at=5), already=True)
+    ended = released(state, expiry(timed), now=T0 + timedelta(days=1))
+    assert [g.producer for g in ended.held_by] == ["bulk"]
+    assert ended.state.grant_of("bulk") == state.grant_of("bulk")
+
+
+def test_an_add_refused_for_good_holds_nothing_until_it_is_asked_again() -> None:
+    decision = decide(written(None, add("hr-1", "hr")), add("tk-1", "ticketing", at=5), token="t2")
+    assert isinstance(decision, Proceed)
+    refused = release(decision.state, token="t2", applied=None, now=T0, window=WINDOW, gave_up=True)
+    assert refused is not None
+    assert [g.producer for g in refused.holders(now=T0)] == ["hr"]
+    again = decide(refused, add("tk-1", "ticketing", at=5), token="t3")  # resubmitted
+    assert isinstance(again, Proceed)
+    assert [g.producer for g in again.state.holders(now=T0)] == ["hr", "ticketing"]
+
+
+def test_an_add_answered_after_its_own_expiry_leaves_its_removal_pending() -> None:
+    timed = add("bk-1", "bulk", days=1)
+    late = written(None, timed, now=T0 + timedelta(days=1, seconds=30))
+    assert [g.producer for g in due_grants(late, now=T0 + timedelta(days=1, seconds=30))] == ["bulk"]
 
 
 def test_an_expired_grant_does_not_hold_the_membership_against_another_producer_s_remove() -> None:
@@ -299,15 +324,17 @@ def test_a_newer_add_of_the_same_producer_sets_its_own_expiry_or_none() -> None:
     assert written(state, add("c", at=1)).removal_due is None
 
 
-def test_the_sweep_sends_an_expiry_that_was_admitted_but_not_carried_out_again_under_its_own_id() -> None:
+def test_an_expiry_admitted_but_not_carried_out_stays_due_and_a_new_expiry_can_end_it() -> None:
+    """The sweep then sends the expiry of that expiry (a new request: the first is recorded, its claim taken)."""
     timed = add("bk-1", "bulk", days=1)
     ending = decide(written(None, timed), expiry(timed), now=T0 + timedelta(days=1))
     assert isinstance(ending, Proceed)
     failed = release(ending.state, token="t", applied=None, now=T0 + timedelta(days=1), window=WINDOW)
     assert failed is not None
     (grant,) = due_grants(failed, now=T0 + timedelta(days=1))
-    again = expiring(grant)
-    assert (again.request_id, again.requested_at) == (timed.request_id, timed.requested_at)
+    again = decide(failed, expiry(grant.newest), token="t2", now=T0 + timedelta(days=1, hours=1))
+    assert isinstance(again, Proceed)
+    assert again.write is Action.REMOVE
 
 
 # --- repairs ----------------------------------------------------------------------------------------------------------
@@ -493,8 +520,7 @@ class Grants(RuleBasedStateMachine):
     def the_expiry_sweep_runs(self) -> None:
         m = self.model
         for grant in due_grants(m.state, now=m.now):
-            of = expiring(grant)
-            m.queue.append(Message(expiry(of, grant.producer), m.now))
+            m.queue.append(Message(expiry(grant.newest, grant.producer), m.now))
 
     @invariant()
     def one_write_at_a_time(self) -> None:

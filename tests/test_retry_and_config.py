@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.config import APP_ROOT, APP_SETTINGS, AZURITE_KEY, LedgerConnection, Settings
 from shared.core.errors import ConfigError, Reason, TransientError
-from shared.core.retry import GiveUp, Retry, RetryPolicy, delivery_count_problem
+from shared.core.retry import GiveUp, Retry, RetryPolicy, Waiting, delivery_count_problem
 from shared.runtime import check_configuration
 
 UNAVAILABLE = TransientError(Reason.GRAPH_UNAVAILABLE, "503")
 MISSING_MEMBER = TransientError(Reason.MEMBER_NOT_FOUND, "404")
+T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
 
 def policy(**overrides: Any) -> RetryPolicy:
@@ -23,38 +28,44 @@ def policy(**overrides: Any) -> RetryPolicy:
 
 @pytest.mark.parametrize(("attempt", "ceiling"), [(1, 10), (2, 20), (3, 40), (5, 160), (7, 640)])
 def test_backoff_doubles_from_the_base(attempt: int, ceiling: float) -> None:
-    assert policy().decide(attempt=attempt, error=UNAVAILABLE, elapsed=0) == Retry(ceiling)
+    assert policy().decide(attempt=attempt, error=UNAVAILABLE, now=T0) == Retry(ceiling)
 
 
 def test_backoff_is_capped() -> None:
-    assert policy(max_attempts=100).decide(attempt=40, error=UNAVAILABLE, elapsed=0) == Retry(900)
+    assert policy(max_attempts=100).decide(attempt=40, error=UNAVAILABLE, now=T0) == Retry(900)
 
 
 def test_full_jitter_scales_the_ceiling() -> None:
     half = RetryPolicy(jitter=lambda: 0.5)
-    assert half.decide(attempt=3, error=UNAVAILABLE, elapsed=0) == Retry(20)
+    assert half.decide(attempt=3, error=UNAVAILABLE, now=T0) == Retry(20)
 
 
 def test_retry_after_wins_but_is_capped() -> None:
     throttled = TransientError(Reason.THROTTLED, "429", retry_after=37)
-    assert policy().decide(attempt=1, error=throttled, elapsed=0) == Retry(37)
+    assert policy().decide(attempt=1, error=throttled, now=T0) == Retry(37)
     slow = TransientError(Reason.THROTTLED, "429", retry_after=10_000)
-    assert policy().decide(attempt=1, error=slow, elapsed=0) == Retry(900)
+    assert policy().decide(attempt=1, error=slow, now=T0) == Retry(900)
 
 
 def test_gives_up_at_max_attempts() -> None:
-    decision = policy(max_attempts=3).decide(attempt=3, error=UNAVAILABLE, elapsed=0)
+    decision = policy(max_attempts=3).decide(attempt=3, error=UNAVAILABLE, now=T0)
     assert isinstance(decision, GiveUp)
     assert "3 attempts" in decision.why
 
 
-def test_member_not_found_gives_up_only_after_its_window_and_its_minimum_attempts() -> None:
-    """Waiting is not failing: time spent queued (a backlog, pacing) past the window, after only 2 attempts, is
-    retried; the window and 5 attempts both passed give up."""
-    assert isinstance(policy().decide(attempt=2, error=MISSING_MEMBER, elapsed=599), Retry)
-    assert isinstance(policy().decide(attempt=2, error=MISSING_MEMBER, elapsed=86400), Retry)
-    assert isinstance(policy().decide(attempt=5, error=MISSING_MEMBER, elapsed=599), Retry)
-    decision = policy().decide(attempt=5, error=MISSING_MEMBER, elapsed=600)
+def not_found(answers: int, *, since: float = 0) -> Waiting:
+    """`answers` member-not-found answers before this attempt, the first `since` seconds after `T0`."""
+    return Waiting(answers=answers, since=T0 + timedelta(seconds=since)) if answers else Waiting()
+
+
+def test_member_not_found_gives_up_only_after_its_window_and_its_minimum_answers() -> None:
+    """Waiting is not failing: a window passed at the 2nd member-not-found answer, or the 5th answer within the
+    window, is retried; the window and 5 such answers both passed give up."""
+    at = functools.partial(policy().decide, error=MISSING_MEMBER)
+    assert isinstance(at(attempt=2, waiting=not_found(1), now=T0 + timedelta(seconds=599)), Retry)
+    assert isinstance(at(attempt=2, waiting=not_found(1), now=T0 + timedelta(days=1)), Retry)
+    assert isinstance(at(attempt=5, waiting=not_found(4), now=T0 + timedelta(seconds=599)), Retry)
+    decision = at(attempt=5, waiting=not_found(4), now=T0 + timedelta(seconds=600))
     assert isinstance(decision, GiveUp)
     assert "still not found" in decision.why
 
@@ -62,9 +73,10 @@ def test_member_not_found_gives_up_only_after_its_window_and_its_minimum_attempt
 def test_member_not_found_window_is_per_source_system() -> None:
     """A bulk job's mistyped member gives up after a short window; an HR joiner is waited for longer."""
     windows = policy(member_not_found_windows={"bulk": 60.0, "hr": 3600.0})
-    assert isinstance(windows.decide(attempt=5, error=MISSING_MEMBER, elapsed=60, source="bulk"), GiveUp)
-    assert isinstance(windows.decide(attempt=5, error=MISSING_MEMBER, elapsed=600, source="hr"), Retry)
-    assert isinstance(windows.decide(attempt=5, error=MISSING_MEMBER, elapsed=600, source="ticketing"), GiveUp)
+    at = functools.partial(windows.decide, attempt=5, error=MISSING_MEMBER, waiting=not_found(4))
+    assert isinstance(at(now=T0 + timedelta(seconds=60), source="bulk"), GiveUp)
+    assert isinstance(at(now=T0 + timedelta(seconds=600), source="hr"), Retry)
+    assert isinstance(at(now=T0 + timedelta(seconds=600), source="ticketing"), GiveUp)
     settings = Settings.from_env({"GRANTS_MEMBER_NOT_FOUND_WINDOWS": "bulk=60, hr=3600"})
     assert settings.member_not_found_windows == {"bulk": 60.0, "hr": 3600.0}
     with pytest.raises(ConfigError, match="GRANTS_MEMBER_NOT_FOUND_WINDOWS"):
@@ -75,11 +87,61 @@ def test_member_not_found_window_is_per_source_system() -> None:
 def test_the_ledger_being_down_or_busy_never_dead_letters(reason: Reason) -> None:
     """Issue 13: ledger unreachable / throttled (or the pair's lease held) is retried past GRANTS_MAX_ATTEMPTS."""
     error = TransientError(reason, "storage answered 503", retry_after=30)
-    assert policy().decide(attempt=50, error=error, elapsed=86400) == Retry(30)
+    assert policy().decide(attempt=50, error=error, now=T0 + timedelta(days=1)) == Retry(30)
+
+
+#: Answers an attempt can meet: a member not found yet, and the others (a 503, a 429 with Retry-After, the ledger).
+ANSWERS = {
+    "not_found": MISSING_MEMBER,
+    "unavailable": UNAVAILABLE,
+    "throttled": TransientError(Reason.THROTTLED, "429", retry_after=30),
+    "ledger": TransientError(Reason.LEDGER_UNAVAILABLE, "storage answered 503"),
+}
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(sorted(ANSWERS)), st.floats(min_value=0, max_value=20_000)), min_size=1, max_size=40
+    ),
+    window=st.sampled_from([0.0, 60.0, 600.0, 3600.0]),
+    min_answers=st.integers(min_value=1, max_value=6),
+    max_attempts=st.integers(min_value=1, max_value=10),
+)
+@settings(max_examples=300)
+def test_property_only_member_not_found_answers_and_the_time_between_them_count_toward_giving_up_on_one(
+    steps: list[tuple[str, float]], window: float, min_answers: int, max_attempts: int
+) -> None:
+    """Over any sequence of answers, each attempt queued any time after the previous one's delay (a backlog), the
+    policy gives up exactly when a model that sees only what counts says so: on a member not found, once it is at
+    least the minimum-th such answer and the window has passed since the first of them (earlier 503s, 429s and time
+    queued before do not count, nor does GRANTS_MAX_ATTEMPTS); on any other answer (but the ledger's), once the
+    attempts that met one reach GRANTS_MAX_ATTEMPTS. What counts survives the copies' properties."""
+    chosen = policy(
+        member_not_found_window=window, member_not_found_min_attempts=min_answers, max_attempts=max_attempts
+    )
+    waiting, elapsed, not_found_at, failed = Waiting(), 0.0, list[float](), 0
+    for attempt, (answer, queued) in enumerate(steps, start=1):
+        elapsed += queued
+        error = ANSWERS[answer]
+        decision = chosen.decide(
+            attempt=attempt, error=error, now=T0 + timedelta(seconds=elapsed), waiting=waiting, source="bulk"
+        )
+        if answer == "not_found":
+            not_found_at.append(elapsed)
+            expected = len(not_found_at) >= min_answers and elapsed - not_found_at[0] >= window
+        else:
+            failed += 1
+            expected = answer != "ledger" and failed >= max_attempts
+        assert isinstance(decision, GiveUp) is expected, (attempt, answer, not_found_at, failed)
+        if isinstance(decision, GiveUp):
+            return
+        waiting = Waiting.read(waiting.after(error, at=T0 + timedelta(seconds=elapsed)).properties())
+        assert waiting.answers == len(not_found_at)
+        elapsed += decision.delay
 
 
 def test_base_zero_gives_zero_delays() -> None:
-    assert policy(base_delay=0).decide(attempt=5, error=UNAVAILABLE, elapsed=0) == Retry(0)
+    assert policy(base_delay=0).decide(attempt=5, error=UNAVAILABLE, now=T0) == Retry(0)
 
 
 def test_settings_defaults_match_the_documented_interface() -> None:
@@ -122,6 +184,7 @@ def test_scope_follows_the_national_cloud(url: str, scope: str) -> None:
         ("GRANTS_MAX_DELIVERY_COUNT", "1", "at least 2 are needed"),
         ("GRANTS_MAX_DELIVERY_COUNT", "7", "fewer than GRANTS_MAX_ATTEMPTS (8)"),
         ("GRANTS_RETRY_BASE_SECONDS", "-1", "at least 0"),
+        ("GRANTS_RETRY_BASE_SECONDS", "0", "tight loop for the whole window"),  # beside the default 600 s window
         ("GRANTS_RETRY_MAX_SECONDS", "nan", "at least 0"),
         ("GRANTS_ACTIVATE_ROLES", "maybe", "true or false"),
         ("GrantsLedger__tableServiceUri", "http://ledger.table.core.windows.net", "http on loopback for Azurite"),

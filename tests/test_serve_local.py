@@ -70,7 +70,7 @@ async def test_given_serve_local_when_a_webhook_and_an_hr_event_are_posted_then_
     body, headers = signed_ticket("RITM0010001")
     hr_event = (EXAMPLES / "hr-events.jsonl").read_bytes().splitlines()[0]
     async with (
-        serving({"GRANTS_RETRY_BASE_SECONDS": "0"}) as (port, out),
+        serving({"GRANTS_RETRY_BASE_SECONDS": "0", "GRANTS_MEMBER_NOT_FOUND_WINDOW_SECONDS": "0"}) as (port, out),
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
     ):
         accepted = await client.post("/api/grants", content=body, headers=headers)

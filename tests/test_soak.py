@@ -29,6 +29,7 @@ async def test_given_500_messages_and_seeded_faults_when_soaked_then_every_invar
     assert len(injected & set(FAULTS)) >= 10  # most fault kinds actually fired
     assert report.numbers["overlapping_pairs"]["pairs"] >= 10
     assert {"released (held by a grant)", "released (pre-existing)", "released (no holder)"} <= set(report.outcomes)
+    assert report.numbers["deliveries_before_their_time_deferred"] > 0  # scheduled messages were replayed early
 
 
 def test_given_hr_s_and_a_ticket_s_grants_when_the_ticket_ends_then_hr_s_holds_until_it_expires() -> None:

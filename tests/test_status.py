@@ -76,6 +76,7 @@ async def test_a_signed_ticket_is_accepted_with_a_location_then_granted(app: Loc
     assert response.headers["Location"] == "/api/grants/RITM0020001"
     status, media, record = await get(STATUS, "grants/RITM0020001", "requestId", "RITM0020001")
     assert (status, media, record["status"], record["attempts"]) == (200, "application/json", "accepted", 0)
+    assert (record["terminal"], record["succeeded"]) == (False, False)  # the answer says whether it ended
     assert (record["sourceSystem"], record["sourceReference"], record["requestedBy"]) == (
         "ticketing",
         "RITM0020001",
@@ -90,6 +91,7 @@ async def test_a_signed_ticket_is_accepted_with_a_location_then_granted(app: Loc
     await app.drain()
     status, _, record = await get(STATUS, "grants/RITM0020001", "requestId", "RITM0020001")
     assert (status, record["status"], record["attempts"], record["reason"]) == (200, "granted", 1, None)
+    assert (record["terminal"], record["succeeded"]) == (True, True)
     assert record["graphRequestId"]
     assert record["lastAttemptAt"]
     assert record["acceptedAt"] <= record["updatedAt"]
@@ -101,6 +103,7 @@ async def test_a_failing_ticket_ends_dead_lettered_with_its_reason(app: LocalApp
     status, _, record = await get(STATUS, "grants/RITM0020002", "requestId", "RITM0020002")
     assert status == 200
     assert (record["status"], record["reason"]) == ("dead_lettered", app.queue.dead_letters()[0].reason)
+    assert (record["terminal"], record["succeeded"]) == (True, False)
     assert record["reason"] == "MemberNotFound"
     assert record["description"]
 

@@ -295,9 +295,10 @@ async def test_every_producers_times_end_in_a_refusal_or_an_outcome_and_leave_no
     app.clock.advance(7201)  # every near time has passed: a time-bound grant's removal is due
     await services().expiry_sweep()  # never stops
     await app.due()
-    remove = body(requestId=f"R-{tag}", action="remove", member={"id": member, "type": "user"}, target=target)
+    revoke = {"action": "remove", "revokeAll": True, "source": {"system": "hr"}}  # whoever's grant it was
+    remove = body(requestId=f"R-{tag}", member={"id": member, "type": "user"}, target=target, **revoke)
     if source == "hr":
-        remove = body(requestId=f"R-{tag}", action="remove", member={"id": member, "type": "user"})
+        remove = body(requestId=f"R-{tag}", member={"id": member, "type": "user"}, **revoke)
     removed = await app.send(remove, message_id=f"R-{tag}")
     assert removed["outcome"] in ("revoked", "not_member"), removed
     assert member not in app.members(unit)

@@ -72,15 +72,18 @@ async def test_an_add_that_lands_after_its_client_gave_up_never_outlives_a_newer
 async def test_a_write_answered_5xx_leaves_the_pair_uncertain_and_its_retry_proceeds_at_once(
     make_run: Callable[..., Any], graph: GraphDouble
 ) -> None:
-    """A 503 to a POST may have been applied: the pair is uncertain about the add; the add's own retry (the same
-    effect) does not wait, and its answered write makes the pair certain again."""
+    """A 503 to a POST may have been applied: the add stays in doubt; the add's own retry (the same effect) does not
+    wait, and its answered write does not end the first write's doubt, which may still land (a remove made before it
+    can no longer would be confirmed then)."""
     run: Run = await make_run()
     graph.inject(Fault.status(503, method="POST"))
     outcomes = await run.deliver(body(requestId="ADD-2"))
     assert (outcomes["m-1"]["outcome"], outcomes["m-1"]["attempts"]) == (Status.GRANTED, 2)
     state = await run.app.services.ledger.pair(f"au.{AU}.{USER}")
     assert state is not None
-    assert state.uncertain is None
+    assert [(doubt.request_id, doubt.action.value) for doubt in state.doubts] == [("ADD-2", "add")]
+    assert state.applied is not None
+    assert (state.applied.request_id, state.applied.action.value) == ("ADD-2", "add")
 
 
 async def test_a_confirmation_that_cannot_be_queued_waits_for_the_lock_expiry_and_the_directory_still_converges(

@@ -2,7 +2,7 @@
 Graph on the double over HTTP): a restricted-management unit's 403 and a dynamic unit's 400 are told apart from a
 missing permission by the unit's own properties (read once per process) and dead-lettered with their own reasons;
 the drift sweep reports their findings as not repairable instead of sending the same refused repair every sweep,
-until the pair's intent or the unit changes, or an operator resubmits the refused repair."""
+until the pair's grants or the unit change, or an operator resubmits the refused repair."""
 
 from __future__ import annotations
 
@@ -38,6 +38,19 @@ def grant(request_id: str, unit: str, member: str, *, action: str = "add") -> by
     )
 
 
+def leaver(request_id: str, unit: str, member: str) -> bytes:
+    """HR's removal of a leaver with ``revokeAll`` (HR's right in the default policy): it ends the membership whoever
+    made it, so it is written for a member the app did not add (a plain remove of one is released, unwritten)."""
+    return body(
+        requestId=request_id,
+        action="remove",
+        revokeAll=True,
+        target={"type": "administrativeUnit", "id": unit},
+        member={"id": member, "type": "user"},
+        source={"system": "hr", "reference": request_id},
+    )
+
+
 def ended(outcomes: dict[str, dict[str, Any]], request_id: str) -> tuple[str, str | None, str]:
     [record] = [r for r in outcomes.values() if r["requestId"] == request_id]
     return record["outcome"], record["reason"], record["description"]
@@ -51,13 +64,12 @@ async def test_a_restricted_management_unit_is_dead_lettered_with_its_own_reason
     make_run: Callable[..., Any], graph: GraphDouble
 ) -> None:
     """Graph's 403 is the one of a missing permission; the unit's isMemberManagementRestricted tells it apart, and the
-    dead letter says which role to assign where. The unit is read once per process, not once per refusal."""
+    dead letter says which role to assign where, for an add and for a removal (HR's revokeAll of a member who was in
+    the unit before the app: the removal is written). The unit is read once per process, not once per refusal."""
     graph.add_administrative_unit(RESTRICTED, restricted=True, members=[USER_2])
     run: Run = await make_run()
 
-    outcomes = await run.deliver(
-        grant("r-add", RESTRICTED, USER), grant("r-remove", RESTRICTED, USER_2, action="remove")
-    )
+    outcomes = await run.deliver(grant("r-add", RESTRICTED, USER), leaver("r-remove", RESTRICTED, USER_2))
 
     for request_id in ("r-add", "r-remove"):
         outcome, reason, description = ended(outcomes, request_id)
@@ -69,15 +81,18 @@ async def test_a_restricted_management_unit_is_dead_lettered_with_its_own_reason
     assert unit_reads(graph, RESTRICTED) == 1, "read once per process"
     assert graph.members_of(RESTRICTED) == {USER_2}
     assert {d.reason for d in run.queue.dead_letters()} == {"RestrictedAdministrativeUnit"}
+    assert {d.reason for d in run.queue_of("hr").dead_letters()} == {"RestrictedAdministrativeUnit"}
 
 
 async def test_a_dynamic_unit_is_dead_lettered_dynamic_membership_target(
     make_run: Callable[..., Any], graph: GraphDouble
 ) -> None:
+    """A manual add, and HR's revokeAll of a member the rule selected (written: it ends the membership whoever made
+    it), are both refused by the unit's rule and dead-lettered with the unit's own reason."""
     graph.add_administrative_unit(DYNAMIC, membership_rule=RULE, members=[USER_2])
     run: Run = await make_run()
 
-    outcomes = await run.deliver(grant("d-add", DYNAMIC, USER), grant("d-remove", DYNAMIC, USER_2, action="remove"))
+    outcomes = await run.deliver(grant("d-add", DYNAMIC, USER), leaver("d-remove", DYNAMIC, USER_2))
 
     for request_id in ("d-add", "d-remove"):
         outcome, reason, description = ended(outcomes, request_id)
@@ -135,8 +150,9 @@ async def test_a_refused_repair_is_not_sent_again_each_sweep_until_an_operator_r
 ) -> None:
     """A grant made while the app held a role at the restricted unit's scope is removed behind its back after that
     role was taken away: the first sweep's repair is refused (RestrictedAdministrativeUnit); later sweeps report the
-    finding not repairable and send nothing; once the role is assigned again, the operator resubmits the refused
-    repair and the unit is in step."""
+    finding (judged by the grant RITM1) not repairable, the refusal naming the repair's own request
+    (~drift-add:RITM1), and send nothing; once the role is assigned again, the operator resubmits the refused repair
+    and the unit is in step."""
     graph.add_administrative_unit(RESTRICTED, restricted=True)
     graph.scope_app_to_unit(RESTRICTED)
     run: Run = await make_run(GRANTS_POLICY=policy(tmp_path, RESTRICTED))
@@ -149,11 +165,7 @@ async def test_a_refused_repair_is_not_sent_again_each_sweep_until_an_operator_r
     assert {d.reason for d in run.queue.dead_letters()} == {"RestrictedAdministrativeUnit"}
     writes = len(run.writes())
     [finding] = await report(RESTRICTED)
-    assert (finding["finding"], finding["requestId"], finding["handling"]) == (
-        "missing",
-        "~drift-add:RITM1",
-        "not_repairable",
-    )
+    assert (finding["finding"], finding["requestId"], finding["handling"]) == ("missing", "RITM1", "not_repairable")
     assert finding["refusal"]["reason"] == "RestrictedAdministrativeUnit"
     assert finding["refusal"]["requestId"] == "~drift-add:RITM1"
     assert finding["repair"]["description"] == "restores RITM1's grant"

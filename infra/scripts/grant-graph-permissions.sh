@@ -1,9 +1,15 @@
 #!/usr/bin/env sh
-# Grants the app's managed identity the two Microsoft Graph application permissions it uses, and nothing else:
-#   AdministrativeUnit.ReadWrite.All     add and remove members of administrative units, and their scoped roles
-#   RoleManagement.ReadWrite.Directory   add and remove members of directory roles; activate a role template
-#                                        (only used with GRANTS_ACTIVATE_ROLES=true)
-# The drift check's reads (members of units and roles, scoped role memberships) are covered by these two.
+# Grants the app's managed identity the Microsoft Graph application permissions it uses, and nothing else:
+#   AdministrativeUnit.ReadWrite.All             add and remove members of administrative units, and their scoped
+#                                                roles
+#   RoleManagement.ReadWrite.Directory           add and remove members of directory roles; activate a role template
+#                                                (only used with GRANTS_ACTIVATE_ROLES=true)
+#   RoleEligibilitySchedule.ReadWrite.Directory  PIM eligibilities (roleEligibility targets): schedule requests and
+#                                                the schedules' reads
+#   RoleAssignmentSchedule.ReadWrite.Directory   active PIM assignments (roleAssignment targets), likewise
+# The drift check's reads (members of units and roles, scoped role memberships, PIM schedules) are covered by these.
+# (RoleManagement.ReadWrite.Directory is a higher-privileged permission for the PIM requests too: the two
+# least-privileged ones are granted so that what each target kind needs is named; docs/deploy.md.)
 # An app role assignment on Microsoft Graph needs a Privileged Role Administrator (or Global Administrator)
 # signed in to the Azure CLI (`az login`; azd's own sign-in is not used here). Safe to run again.
 #
@@ -43,7 +49,7 @@ graph_app_id=00000003-0000-0000-c000-000000000000 # Microsoft Graph, the same in
 graph_sp=$(graph_rest --method GET --url "$graph/v1.0/servicePrincipals(appId='$graph_app_id')?\$select=id" --query id -o tsv)
 
 failed=0
-for permission in AdministrativeUnit.ReadWrite.All RoleManagement.ReadWrite.Directory; do
+for permission in AdministrativeUnit.ReadWrite.All RoleManagement.ReadWrite.Directory RoleEligibilitySchedule.ReadWrite.Directory RoleAssignmentSchedule.ReadWrite.Directory; do
   role=$(graph_rest --method GET --url "$graph/v1.0/servicePrincipals/$graph_sp?\$select=appRoles" \
     --query "appRoles[?value=='$permission' && contains(allowedMemberTypes, 'Application')].id | [0]" -o tsv)
   existing=$(graph_rest --method GET --url "$graph/v1.0/servicePrincipals/$principal/appRoleAssignments" \
@@ -63,7 +69,7 @@ for permission in AdministrativeUnit.ReadWrite.All RoleManagement.ReadWrite.Dire
 done
 
 if [ "$failed" -ne 0 ]; then
-  echo "The app cannot grant anything until both permissions are granted. Either sign in to az as a" >&2
+  echo "The app cannot grant everything until all four permissions are granted. Either sign in to az as a" >&2
   echo "Privileged Role Administrator and run 'azd provision' again, or 'azd env set SKIP_GRAPH_PERMISSIONS true'" >&2
   echo "and hand infra/scripts/grant-graph-permissions.sh to one (docs/deploy.md, Graph permissions)." >&2
   exit 1

@@ -37,7 +37,12 @@ GRAPH_ROOTS = {
     "https://dod-graph.microsoft.us/v1.0",
     "https://microsoftgraph.chinacloudapi.cn/v1.0",
 }
-GRAPH_PERMISSIONS = {"AdministrativeUnit.ReadWrite.All", "RoleManagement.ReadWrite.Directory"}
+GRAPH_PERMISSIONS = {
+    "AdministrativeUnit.ReadWrite.All",
+    "RoleManagement.ReadWrite.Directory",
+    "RoleEligibilitySchedule.ReadWrite.Directory",
+    "RoleAssignmentSchedule.ReadWrite.Directory",
+}
 CUSTOM_CHECKS = ("CKV_GRANTS_SB_1", "CKV_GRANTS_SB_2", "CKV_GRANTS_SB_3", "CKV_GRANTS_SB_4")
 
 
@@ -505,7 +510,7 @@ def test_a_delivery_count_that_could_disagree_is_refused(
     assert any(says in problem for problem in problems), problems
 
 
-def test_permission_script_grants_exactly_two_graph_application_permissions() -> None:
+def test_permission_script_grants_exactly_the_four_graph_application_permissions() -> None:
     script = (INFRA / "scripts" / "grant-graph-permissions.sh").read_text()
     loop = re.search(r"^for permission in (.+); do$", script, re.MULTILINE)
     assert loop is not None

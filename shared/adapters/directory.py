@@ -12,11 +12,16 @@ v1.0 description):
   documents no read of one role member): Graph does not page roles, so a listing of `ROLE_LIST_LIMIT` or more
   members (it may have been cut) raises instead of answering (`role_member_ids`);
 - scoped role: the role's id (`RoleIds`), then ``GET /directory/administrativeUnits/{au}/scopedRoleMembers``
-  (paged), the memberships of that role.
+  (paged), the memberships of that role;
+- PIM eligibility or active assignment: ``GET /roleManagement/directory/roleEligibilitySchedules`` (or
+  ``roleAssignmentSchedules``) ``?$filter=roleDefinitionId eq '{d}' and directoryScopeId eq '{s}'`` (and, for one
+  member, ``and principalId eq '{m}'``) ``&$select=principalId``, following ``@odata.nextLink`` (`schedules_path`):
+  the schedules PIM holds now or later for that role at that scope (a schedule Entra ended at its expiry is not
+  listed).
 
-A role template that is not activated has no members (False, nothing listed); a unit or a role id that does not
-exist is `PermanentError(TargetNotFound)`; a ``403`` is `PermanentError(Forbidden)`; transport failures and 5xx
-are `TransientError(GraphUnavailable)`.
+A role template that is not activated has no members (False, nothing listed), nor has a role definition no schedule
+names; a unit or a role id that does not exist is `PermanentError(TargetNotFound)`; a ``403`` is
+`PermanentError(Forbidden)`; transport failures and 5xx are `TransientError(GraphUnavailable)`.
 
 Reads never take the write governor's tokens (`GraphClient` only paces writes). They are paced by a `ReadPacer`
 of their own, so a sweep cannot starve the app's other reads of Graph's resource units: requests start at most
@@ -33,11 +38,23 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
+from urllib.parse import quote
 
 from shared.adapters.graph import GraphClient, GraphResponse, keyed, path, raise_for_graph
-from shared.core.contract import AdministrativeUnit, DirectoryRole, Guid, ScopedRole, Target, parse_guid
+from shared.core.contract import (
+    AdministrativeUnit,
+    DirectoryRole,
+    Guid,
+    RoleAssignment,
+    RoleEligibility,
+    RoleSchedule,
+    ScopedRole,
+    Target,
+    parse_guid,
+)
 from shared.core.errors import ContractError, PermanentError, Reason, TransientError
 from shared.core.messaging import Lane
+from shared.core.schedules import kind_of, schedule_label
 from shared.core.units import UNIT_KIND_PROPERTIES, UnitKind
 
 __all__ = [
@@ -48,6 +65,8 @@ __all__ = [
     "RoleIds",
     "UnitKinds",
     "role_member_ids",
+    "schedule_principal_ids",
+    "schedules_path",
 ]
 
 #: ``$top`` of a unit's member listing: Graph's largest page for directory objects.
@@ -203,6 +222,26 @@ def role_member_ids(response: GraphResponse, *, label: str) -> tuple[Guid, ...]:
     return _ids(item.get("id") for item in items)
 
 
+def schedules_path(target: RoleSchedule, *, member: Guid | None = None) -> str:
+    """The listing of `target`'s PIM schedules (its kind's ``roleEligibilitySchedules`` or ``roleAssignmentSchedules``)
+    filtered by role definition and directory scope (and `member`, when given), each item narrowed to its
+    ``principalId``. Only validated GUIDs and scopes go into the filter."""
+    clauses = [
+        f"roleDefinitionId eq '{target.role_definition_id}'",
+        f"directoryScopeId eq '{target.directory_scope_id}'",
+    ]
+    if member is not None:
+        clauses.append(f"principalId eq '{member}'")
+    query = "$filter=" + quote(" and ".join(clauses), safe="'/") + "&$select=principalId"
+    return path("roleManagement", "directory", kind_of(target).schedules) + "?" + query
+
+
+def schedule_principal_ids(response: GraphResponse) -> tuple[Guid, ...]:
+    """The principal ids of one page of a schedules listing (a ``200``)."""
+    body: Any = response.body or {}
+    return _ids(item.get("principalId") for item in body.get("value", []))
+
+
 class DirectoryReader:
     """Reads targets' members through `graph` (see the module docstring); one per process, like the client.
     `role_ids` and `units` are the process's `RoleIds` and `UnitKinds` (shared with the grant service), or its own."""
@@ -226,6 +265,11 @@ class DirectoryReader:
 
     async def is_member(self, *, target: Target, member: Guid) -> bool:
         """True when `member` holds `target` now (as far as Graph's replica answering knows)."""
+        if isinstance(target, RoleEligibility | RoleAssignment):
+            async for page in self._schedules(target, member=member, sweep=False):
+                if member in page:
+                    return True
+            return False
         if isinstance(target, ScopedRole):
             async for page in self._scoped(target, sweep=False):
                 if member in page:
@@ -248,6 +292,10 @@ class DirectoryReader:
 
     async def members(self, *, target: Target) -> AsyncIterator[tuple[Guid, ...]]:
         """`target`'s member ids, one tuple per page Graph answers (read at Low priority)."""
+        if isinstance(target, RoleEligibility | RoleAssignment):
+            async for page in self._schedules(target, member=None, sweep=True):
+                yield page
+            return
         if isinstance(target, ScopedRole):
             async for page in self._scoped(target, sweep=True):
                 yield page
@@ -333,6 +381,19 @@ class DirectoryReader:
             )
             url_path = self._next(body)
 
+    async def _schedules(
+        self, target: RoleSchedule, *, member: Guid | None, sweep: bool
+    ) -> AsyncIterator[tuple[Guid, ...]]:
+        """The principal ids holding a PIM target, page by page of its schedules (`schedules_path`)."""
+        kind = kind_of(target)
+        url_path: str | None = schedules_path(target, member=member)
+        while url_path is not None:
+            response = await self._get(url_path, sweep=sweep)
+            if response.status != 200:
+                raise_for_graph(response, permission=f"{kind.read_permission} (or {kind.permission})")
+            yield schedule_principal_ids(response)
+            url_path = self._next(response.body or {})
+
     async def _role_id(self, template: Guid, *, sweep: bool) -> Guid | None:
         """The id of the role activated from `template` (`RoleIds`: remembered), or None while it is not activated."""
         return await self._role_ids.role_id(template, read=lambda url_path: self._get(url_path, sweep=sweep))
@@ -395,6 +456,8 @@ def _ids(values: Iterable[object]) -> tuple[Guid, ...]:
 
 
 def _label(target: Target) -> str:
+    if isinstance(target, RoleEligibility | RoleAssignment):
+        return f"the {kind_of(target).noun} of {schedule_label(target)}"
     if isinstance(target, AdministrativeUnit):
         return f"administrative unit {target.id}"
     if isinstance(target, ScopedRole):

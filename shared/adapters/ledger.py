@@ -41,12 +41,14 @@ from shared.core.pairs import (
     Doubt,
     Grant,
     Lease,
+    NotDue,
     PairState,
     Proceed,
     Released,
     Superseded,
     Wait,
     admit,
+    merged_states,
     release,
 )
 from shared.core.producers import APP_PRODUCER
@@ -219,24 +221,31 @@ class Ledger:
         lease_for: timedelta = LEASE_FOR,
         uncertain_window: timedelta = UNCERTAIN_WINDOW,
         legacy: bool | None = None,
+        producers_of_systems: Mapping[str, str] | None = None,
     ) -> None:
         """`legacy`: whether the table may hold rows from before producers had names; None: read it from the seal
-        row once, on first need (`_legacy_rows`)."""
+        row once, on first need (`_legacy_rows`). `producers_of_systems`: whose such a row is, by the source system
+        it recorded (`Producers.for_system`); by default the producer named as that system."""
         self._table = table
+        self._systems = dict(producers_of_systems or {})
         self._lease_for = lease_for
         self.uncertain_window = uncertain_window
         self._legacy = legacy
 
     async def begin(
-        self, intent: Intent, *, pair: str, origin: str, now: datetime
-    ) -> Admitted | Released | Absorbed | Superseded | Wait:
+        self, intent: Intent, *, pair: str, origin: str, now: datetime, aliases: tuple[str, ...] = ()
+    ) -> Admitted | Released | Absorbed | Superseded | NotDue | Wait:
         """Record `intent` (first carried by message `origin`) and take the pair's lease for its Graph write
         (`Admitted`), or record it needing none (`Released`: it ended a grant, and the membership stays or was never
         the app's to remove), or say why not (`shared.core.pairs.admit`).
 
-        An add claims the request id, then creates the pair's entity without reading it first (most adds are their
-        pair's first intent: two requests; a known pair costs a read and a write more); any other intent reads the
-        pair at once with the claim, then writes it (three requests, two round trips).
+        A producer's add claims the request id, then creates the pair's entity without reading it first (most adds
+        are their pair's first intent: two requests; a known pair costs a read and a write more); any other intent (a
+        repair's re-grant included: it is decided on the grants recorded, so it must read them) reads the pair at
+        once with the claim, then writes it (three requests, two round trips).
+
+        `aliases`: other names the pair was recorded under (a role's pair by object id, from before a role was kept on
+        its template's): read with it, merged into it (`merged_states`) and removed once it is written.
 
         Raises `PermanentError(RequestIdConflict)` when the request id was used for other content, and
         `TransientError` when the storage fails (`LedgerUnavailable`) or races keep being lost (`PairBusy`).
@@ -252,15 +261,18 @@ class Ledger:
         )
         state: PairState | None = None
         etag: str | None = None
-        if intent.action is Action.ADD:
+        blind = intent.effect is Effect.GRANT  # an add that creates the pair unread (`admit` of None proceeds)
+        if blind:
             claimed = await self._claim(record, now)
-        else:
+        else:  # a removal, or a repair's re-grant (written only while a grant holds the pair): read it at once
             claimed, (state, etag) = await asyncio.gather(self._claim(record, now), self._read_pair(pair))
         check = check_request(claimed, intent=intent, origin=origin)
+        if check is RequestCheck.DUPLICATE and intent.effect is Effect.EXPIRE:  # the sweep's or drift's copy of an
+            check = RequestCheck.SAME_MESSAGE  # expiry: safe to carry out again (it ends only its grant, once due)
         if check is RequestCheck.SAME_MESSAGE:
             assert claimed is not None
             intent = replace(intent, requested_at=claimed.requested_at)  # as first recorded, not this copy's
-            if intent.action is Action.ADD:  # a retry: its pair is recorded already, most likely
+            if blind:  # a retry: its pair is recorded already, most likely
                 state, etag = await self._read_pair(pair)
         if check is RequestCheck.CONFLICT:
             assert claimed is not None
@@ -273,6 +285,9 @@ class Ledger:
             assert claimed is not None
             return Absorbed(claimed)
         token = uuid.uuid4().hex
+        moved: list[tuple[str, str]] = []
+        if aliases:
+            state, etag, moved = await self._read_merged(pair, aliases)
         for _ in range(MAX_RACES):
             decision = admit(
                 state, intent, token=token, now=now, lease_for=self._lease_for, window=self.uncertain_window
@@ -280,18 +295,46 @@ class Ledger:
             if not isinstance(decision, Proceed | Released):
                 return decision
             written = await self._write_pair(pair, decision.state, etag)
+            if written is not None:
+                await self._retire(moved)
             if written is not None and isinstance(decision, Released):
                 return decision
             if written is not None:
                 assert isinstance(decision, Proceed)
                 ticket = Ticket(pair=pair, token=token, state=decision.state, etag=written, write=decision.write)
                 return Admitted(ticket)
+            if aliases:  # a lost race: read it all again
+                state, etag, moved = await self._read_merged(pair, aliases)
+                continue
             state, etag = await self._read_pair(pair)  # a lost race, or an add's pair that was there already
         raise TransientError(
             Reason.PAIR_BUSY,
             f"lost {MAX_RACES} races in a row for the ledger record of {pair}; trying again shortly",
             retry_after=1.0,
         )
+
+    async def _read_merged(
+        self, pair: str, aliases: tuple[str, ...]
+    ) -> tuple[PairState | None, str | None, list[tuple[str, str]]]:
+        """`pair`'s state and ETag with the states recorded under `aliases` merged in, and the aliases found (their
+        partition keys and ETags, to retire once the merged state is written). One round trip."""
+        reads = await asyncio.gather(self._read_pair(pair), *(self._read_pair(alias) for alias in aliases))
+        (state, etag), found = reads[0], list(zip(aliases, reads[1:], strict=True))
+        moved = [(alias, alias_etag) for alias, (alias_state, alias_etag) in found if alias_state and alias_etag]
+        for _, (alias_state, _etag) in found:
+            if alias_state is not None:
+                state = merged_states(state, alias_state) if state is not None else alias_state
+        return state, etag, moved
+
+    async def _retire(self, moved: list[tuple[str, str]]) -> None:
+        """Delete the alias entities merged into their pair (If-Match: one changed since is left for next time)."""
+        for alias, etag in moved:
+            try:
+                await self._table.delete_entity(
+                    table_key("pair", alias), _PAIR_ROW, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+            except AzureError as error:  # it is merged again next time (merging twice changes nothing)
+                _log.warning("could not retire the pair %s merged into its role's template pair (%r)", alias, error)
 
     async def finish(
         self,
@@ -380,7 +423,9 @@ class Ledger:
         if entity is None:
             legacy = await self._get(partition, _LEGACY_STATUS_ROW, doing=doing)
             record = _status_record(legacy) if legacy is not None else None
-            return record if record is not None and record.producer == producer else None
+            if record is None or legacy is None or self._legacy_owner_of(legacy) != producer:
+                return None
+            return record.replace(producer=producer)
         return _status_record(entity)
 
     async def statuses(self, request_id: str) -> list[StatusRecord]:
@@ -398,9 +443,16 @@ class Ledger:
         own_rows = [entity for entity in entities if entity["RowKey"].endswith(".status")]
         own = {entity.get("producer") for entity in own_rows}
         legacy = [
-            entity for entity in entities if entity["RowKey"] == _LEGACY_STATUS_ROW and _legacy_owner(entity) not in own
+            entity
+            for entity in entities
+            if entity["RowKey"] == _LEGACY_STATUS_ROW and self._legacy_owner_of(entity) not in own
         ]
-        kept = [record for entity in own_rows + legacy if (record := _status_record(entity)) is not None]
+        kept = [record for entity in own_rows if (record := _status_record(entity)) is not None]
+        kept += [
+            record.replace(producer=self._legacy_owner_of(entity))
+            for entity in legacy
+            if (record := _status_record(entity)) is not None
+        ]
         return sorted(kept, key=lambda record: record.producer or "")
 
     async def group(self, kind: GroupKind, group_id: str, *, producer: str | None) -> list[Group]:
@@ -453,8 +505,13 @@ class Ledger:
                 continue  # the row was recorded again since, as its producer's own
             group.rows.append(row)
             if entity.get("status") == "dead_lettered" and (record := _status_record(entity)) is not None:
-                group.failed.append(record)
+                group.failed.append(record.replace(producer=owner))
         return [replace(group, producer=name or None) for name, group in sorted(groups.items())]
+
+    def _legacy_owner_of(self, entity: Mapping[str, Any]) -> str | None:
+        """The producer a row from before producers had names belongs to: the one of the source system it recorded."""
+        system = _legacy_owner(entity)
+        return self._systems.get(system, system) if system is not None else None
 
     async def _legacy_group(self, key: str) -> list[tuple[str, Any]]:
         """The rows of a group recorded before producers had names, each with its owner: the producer named as its
@@ -462,10 +519,10 @@ class Ledger:
         query = "PartitionKey eq @key and ( RowKey eq @event or ( RowKey ge @low and RowKey lt @high ) )"
         parameters = {"key": key, "event": _LEGACY_EVENT_ROW, "low": _LEGACY_ROW_PREFIX, "high": "row/"}
         entities = await self._query(query, parameters)
-        owners = {owner for entity in entities if (owner := _legacy_owner(entity)) is not None}
+        owners = {owner for entity in entities if (owner := self._legacy_owner_of(entity)) is not None}
         found = []
         for entity in entities:
-            owner = _legacy_owner(entity)
+            owner = self._legacy_owner_of(entity)
             if _is_event(entity) and owner is None and len(owners) == 1:
                 owner = next(iter(owners))
             if owner is not None:
@@ -510,10 +567,10 @@ class Ledger:
         limit: int = 5000,
         producer: str | None = None,
     ) -> list[StatusRecord]:
-        """The status records of every request that named `member` (or `target`: an administrative unit, role or
-        role template id), newest intent first, from `since` on; only `producer`'s requests when given; at most
-        `limit` (the newest). One partition query in key order (rows are keyed newest first: `history_key`), read
-        no further than `limit` rows; a row that cannot be read as a status record is skipped and reported.
+        """The status records of every request that named `member` (or `target`: an administrative unit, role, role
+        template or role definition id), newest intent first, from `since` on; only `producer`'s requests when given;
+        at most `limit` (the newest). One partition query in key order (rows are keyed newest first: `history_key`),
+        read no further than `limit` rows; a row that cannot be read as a status record is skipped and reported.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
@@ -538,16 +595,23 @@ class Ledger:
             raise _unavailable("read the history of a member or target", error) from error
         return list(found.values())
 
-    async def due_removals(self, *, now: datetime, limit: int = 1000) -> list[tuple[str, PairState]]:
-        """Pairs whose pending removal is due at `now` (at most `limit`): one filtered scan of the table; a record
-        that cannot be read as a pair's is logged and skipped.
+    async def due_removals(
+        self, *, now: datetime, limit: int = 1000, after: str | None = None
+    ) -> list[tuple[str, PairState]]:
+        """Pairs whose pending removal is due at `now` (at most `limit`, in key order, after the pair named `after`
+        when given: the sweep's cursor): one filtered scan of the table; a record that cannot be read as a pair's is
+        logged and skipped.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
         query = "RowKey eq @row and removalDue le @now"
+        parameters: dict[str, Any] = {"row": _PAIR_ROW, "now": now}
+        if after is not None:
+            query += " and PartitionKey gt @after"
+            parameters["after"] = table_key("pair", after)
         found: list[tuple[str, PairState]] = []
         try:
-            async for entity in self._table.query_entities(query, parameters={"row": _PAIR_ROW, "now": now}):
+            async for entity in self._table.query_entities(query, parameters=parameters):
                 try:
                     found.append((entity["pair"], _pair_state(entity, window=self.uncertain_window)))
                 except (KeyError, TypeError, ValueError) as error:  # not a record the app wrote: reported, skipped
@@ -810,7 +874,7 @@ class Ledger:
         except AzureError as error:
             raise _unavailable(doing, error) from error
         legacy = await self._get(entity["PartitionKey"], _LEGACY_STATUS_ROW, doing=doing)
-        if legacy is None or producer not in (APP_PRODUCER, _legacy_owner(legacy)):
+        if legacy is None or producer not in (APP_PRODUCER, self._legacy_owner_of(legacy)):
             return
         try:
             await self._table.update_entity(
@@ -876,7 +940,7 @@ class Ledger:
         except AzureError as error:
             raise _unavailable("read a request record", error) from error
         claim, status = rows.get(_LEGACY_REQUEST_ROW), rows.get(_LEGACY_STATUS_ROW)
-        if claim is None or status is None or _legacy_owner(status) != producer:
+        if claim is None or status is None or self._legacy_owner_of(status) != producer:
             return None
         return _request_record(claim, producer)
 
@@ -909,7 +973,7 @@ class Ledger:
         for grant in unowned:
             key = table_key("request", grant.newest.request_id)
             legacy = await self._get(key, _LEGACY_STATUS_ROW, doing="read the state of a member and target")
-            owner = _legacy_owner(legacy) if legacy is not None else None
+            owner = self._legacy_owner_of(legacy) if legacy is not None else None
             if owner:
                 state = replace(state, grants=tuple(g for g in state.grants if g is not grant)).with_grant(
                     replace(grant, producer=owner)
@@ -964,7 +1028,10 @@ def _status_entities(
         common["acceptedAt"] = now
     request_key = table_key("request", request_id)
     entities = [({"PartitionKey": request_key, "RowKey": producer_row(producer, "status"), **common}, False)]
-    indexed = (("member", ("memberId",)), ("target", ("targetId", "roleTemplateId", "administrativeUnitId")))
+    indexed = (
+        ("member", ("memberId",)),
+        ("target", ("targetId", "roleTemplateId", "administrativeUnitId", "roleDefinitionId")),
+    )
     history_row = history_key(intent_at, f"{request_key}.{producer}")
     for kind, names in indexed if history else ():
         for guid in dict.fromkeys(str(record[name]) for name in names if record.get(name)):
@@ -1072,10 +1139,8 @@ def _pair_fields(state: PairState) -> dict[str, Any]:
     """The pair entity's columns: ``grants``, ``floor`` and ``doubts`` as JSON, the lease and the last answered write
     as columns, ``preexisting``, and ``removalDue`` (the earliest pending removal: what `due_removals` queries)."""
     lease, applied = state.lease, state.applied
-    fields: dict[str, Any] = {
-        "grants": _dumps_list([_grant_json(grant) for grant in state.grants]),
-        "removalDue": state.removal_due,
-    }
+    fields: dict[str, Any] = _chunked("grants", _dumps_list([_grant_json(grant) for grant in state.grants]))
+    fields["removalDue"] = state.removal_due
     if state.floor is not None:
         fields["floor"] = _dumps(_intent_json(state.floor))
     if state.doubts:
@@ -1109,7 +1174,7 @@ def _pair_state(entity: Mapping[str, Any], *, window: timedelta = UNCERTAIN_WIND
         return _legacy_pair_state(entity, lease=lease, applied=applied, window=window)
     floor = _intent_from(json.loads(entity["floor"])) if entity.get("floor") else None
     return PairState(
-        grants=tuple(_grant_from(item) for item in json.loads(entity["grants"])),
+        grants=tuple(_grant_from(item) for item in json.loads(_unchunked("grants", entity))),
         floor=floor,
         lease=lease,
         applied=applied,
@@ -1164,8 +1229,8 @@ def _intent_from(document: Mapping[str, Any]) -> Intent:
         request_id=document["requestId"],
         content_hash=document["contentHash"],
         action=Action(document["action"]),
-        requested_at=datetime.fromisoformat(document["requestedAt"]),
-        expires_at=datetime.fromisoformat(document["expiresAt"]) if document.get("expiresAt") else None,
+        requested_at=_aware(document["requestedAt"]),
+        expires_at=_aware(document["expiresAt"]) if document.get("expiresAt") else None,
         producer=document.get("producer"),
         kind=Effect(document["kind"]) if document.get("kind") else None,
         ends=document.get("ends"),
@@ -1184,7 +1249,7 @@ def _grant_from(document: Mapping[str, Any]) -> Grant:
     return Grant(
         producer=document["producer"],
         newest=_intent_from(document["newest"]),
-        removal_due=datetime.fromisoformat(due) if due else None,
+        removal_due=_aware(due) if due else None,
     )
 
 
@@ -1202,8 +1267,40 @@ def _doubt_from(document: Mapping[str, Any]) -> Doubt:
         token=document["token"],
         request_id=document["requestId"],
         action=Action(document["action"]),
-        until=datetime.fromisoformat(document["until"]),
+        until=_aware(document["until"]),
     )
+
+
+def _aware(text: object) -> datetime:
+    """A time the app wrote into a pair's JSON: ISO 8601 with an offset; ValueError for anything else (a hand-edited
+    row is skipped and reported, never taken as local time)."""
+    if not isinstance(text, str):
+        raise ValueError(f"not a time: {text!r}")
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"a time without its offset: {text!r}")
+    return moment
+
+
+#: Characters per string column of a pair's JSON: Table Storage takes at most 64 KiB of UTF-16 (32 Ki characters) in
+#: one property, so a long list goes on in ``<name>1``, ``<name>2``, … (a pair of every producer of a large registry).
+_COLUMN_CHARS: Final = 30_000
+
+
+def _chunked(name: str, text: str) -> dict[str, str]:
+    """`text` as the column `name` and, past `_COLUMN_CHARS`, its continuation columns."""
+    pieces = [text[start : start + _COLUMN_CHARS] for start in range(0, max(len(text), 1), _COLUMN_CHARS)]
+    return {(name if number == 0 else f"{name}{number}"): piece for number, piece in enumerate(pieces)}
+
+
+def _unchunked(name: str, entity: Mapping[str, Any]) -> str:
+    """The text `_chunked` wrote under `name`."""
+    pieces = [str(entity[name])]
+    number = 1
+    while f"{name}{number}" in entity:
+        pieces.append(str(entity[f"{name}{number}"]))
+        number += 1
+    return "".join(pieces)
 
 
 def _dumps_list(items: list[dict[str, Any]]) -> str:

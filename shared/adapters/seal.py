@@ -13,6 +13,7 @@ from datetime import datetime
 
 from shared.core.errors import Reason, TransientError
 from shared.core.messaging import (
+    NOT_BEFORE,
     RESUBMISSION,
     RESUBMITTED_FROM,
     SEAL,
@@ -20,6 +21,7 @@ from shared.core.messaging import (
     MessageSender,
     OutcomePublisher,
     PropertyValue,
+    not_before_text,
 )
 from shared.core.seal import keyed_message_id, seal, verify
 
@@ -76,7 +78,8 @@ class Sealer:
         """`delivery` as the app believes it (`Delivery.trusted`): its internal properties kept only when sealed.
         A message with no seal at all is a producer's, and needs no key. A `dlq resubmit` copy of a message the app
         sealed carries that seal and the dead letter's MessageId (`RESUBMITTED_FROM`): it checks out against that
-        id (the same body and properties: the app's own message, carried again, its attempts counted afresh)."""
+        id (the same body and properties: the app's own message, carried again, its attempts counted afresh). A
+        trusted delivery knows the earliest time it may run (`Delivery.early`): the handler checks it first."""
         if delivery.application_property(SEAL) is None:
             return delivery.trusted(sealed=False, job_properties=job_properties)
         keys, body, properties = await self.keys(), delivery.body, delivery.application_properties
@@ -89,7 +92,9 @@ class Sealer:
 
 class SealingSender:
     """A `MessageSender` that keys every derived MessageId (`Sealer.message_id`) and seals every message it sends
-    (`Sealer.sealed`) before `sender` sends it."""
+    (`Sealer.sealed`), with the time it is scheduled for as the earliest it may run (`NOT_BEFORE`), before `sender`
+    sends it: the one place the app's scheduled messages get their time, so a copy delivered sooner (resent by
+    someone who can read the queue, or resubmitted) is known for one (`Delivery.early`)."""
 
     def __init__(self, sender: MessageSender, sealer: Sealer) -> None:
         self._sender = sender
@@ -103,9 +108,11 @@ class SealingSender:
         application_properties: Mapping[str, str | int],
         scheduled_enqueue_time: datetime,
     ) -> None:
-        """Key a derived MessageId and seal the message, then send it (deliverable at `scheduled_enqueue_time`)."""
+        """Key a derived MessageId and seal the message with the earliest time it may run (`NOT_BEFORE`: its
+        `scheduled_enqueue_time`, whatever `application_properties` said), then send it, deliverable then."""
         message_id = await self._sealer.message_id(message_id)
-        sealed = await self._sealer.sealed(message_id=message_id, body=body, properties=application_properties)
+        properties = {**application_properties, NOT_BEFORE: not_before_text(scheduled_enqueue_time)}
+        sealed = await self._sealer.sealed(message_id=message_id, body=body, properties=properties)
         await self._sender.schedule(
             body=body,
             message_id=message_id,

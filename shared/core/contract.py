@@ -5,7 +5,8 @@ with a reason code and a description that names the offending field. It never ra
 never trusts the input: GUIDs must be exactly 8-4-4-4-12 ASCII hex (normalised to lower case), unknown fields
 are rejected by name, and free text may not carry control characters (no forged log lines). `parse_target`
 reads a target alone (the HR rules' grants), and `problems` lists every invalid field of a document, not
-only the first (the webhook's and the bulk job's answers).
+only the first (the webhook's and the bulk job's answers). The PIM targets (`RoleEligibility`, `RoleAssignment`)
+name a role definition and a `DirectoryScope`, which is exactly ``/`` or ``/administrativeUnits/<GUID>``.
 
 Writing: `encode` is the body of a command (what `parse_grant` reads back to an equal command); `draft`
 is an unvalidated document from raw field values, for producers that map someone else's input (a CSV row, a
@@ -33,13 +34,18 @@ __all__ = [
     "MAX_CALLBACK_URL_CHARS",
     "MAX_MESSAGE_BYTES",
     "MEMBER_TYPES",
+    "TENANT_SCOPE",
     "Action",
     "AdministrativeUnit",
     "DirectoryRole",
+    "DirectoryScope",
     "GrantCommand",
     "Guid",
     "Member",
     "MemberType",
+    "RoleAssignment",
+    "RoleEligibility",
+    "RoleSchedule",
     "ScopedRole",
     "Source",
     "SourceSystem",
@@ -50,10 +56,12 @@ __all__ = [
     "encoding_problem",
     "is_request_id",
     "load_json",
+    "parse_directory_scope",
     "parse_grant",
     "parse_guid",
     "parse_target",
     "problems",
+    "scope_unit",
     "target_document",
     "to_document",
 ]
@@ -67,6 +75,15 @@ Guid = NewType("Guid", str)
 """A lower-case 8-4-4-4-12 hex GUID: the only kind of value ever put into a Graph URL."""
 
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII | re.IGNORECASE)
+DirectoryScope = NewType("DirectoryScope", str)
+"""A PIM directory scope as the contract takes it: exactly ``/`` (the tenant) or ``/administrativeUnits/<GUID>`` (the
+GUID in lower case); nothing else is ever put into a Graph request body or filter."""
+
+#: The tenant-wide directory scope.
+TENANT_SCOPE: Final = DirectoryScope("/")
+_UNIT_SCOPE = re.compile(
+    r"/administrativeUnits/([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}", re.ASCII)
 #: The app's own request ids (`derived_request_id`): ``~<kind>:`` and what it derives from.
 _DERIVED_REQUEST_ID = re.compile(r"~[a-z][a-z-]{0,15}:[A-Za-z0-9._:@~-]{1,110}", re.ASCII)
@@ -123,7 +140,36 @@ class ScopedRole:
     administrative_unit_id: Guid
 
 
-Target = AdministrativeUnit | DirectoryRole | ScopedRole
+@dataclass(frozen=True, slots=True)
+class RoleEligibility:
+    """A PIM eligibility (the member may activate the role) for a role definition (a built-in role's template id or
+    a custom role's id) at a directory scope (`TENANT_SCOPE` or an administrative unit's)."""
+
+    role_definition_id: Guid
+    directory_scope_id: DirectoryScope
+
+    @property
+    def unit(self) -> Guid | None:
+        """The administrative unit of the scope; None at the tenant's."""
+        return scope_unit(self.directory_scope_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RoleAssignment:
+    """An active PIM role assignment for a role definition at a directory scope (as `RoleEligibility`)."""
+
+    role_definition_id: Guid
+    directory_scope_id: DirectoryScope
+
+    @property
+    def unit(self) -> Guid | None:
+        """The administrative unit of the scope; None at the tenant's."""
+        return scope_unit(self.directory_scope_id)
+
+
+#: The targets carried out through PIM's schedule requests.
+RoleSchedule = RoleEligibility | RoleAssignment
+Target = AdministrativeUnit | DirectoryRole | ScopedRole | RoleEligibility | RoleAssignment
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +226,12 @@ _TOP_FIELDS: Final = (
 
 def target_document(target: Target) -> dict[str, Any]:
     """The v1 ``target`` object for `target`."""
+    if isinstance(target, RoleEligibility | RoleAssignment):
+        return {
+            "type": _SCHEDULE_TYPES[type(target)],
+            "roleDefinitionId": target.role_definition_id,
+            "directoryScopeId": target.directory_scope_id,
+        }
     if isinstance(target, AdministrativeUnit):
         return {"type": "administrativeUnit", "id": target.id}
     if isinstance(target, ScopedRole):
@@ -309,6 +361,23 @@ def parse_guid(value: str, *, field: str = "id") -> Guid:
             f"{field} must be a GUID (8-4-4-4-12 hexadecimal digits), got {_show(value)}",
         )
     return Guid(value.lower())
+
+
+def parse_directory_scope(value: str, *, field: str = "directoryScopeId") -> DirectoryScope:
+    """`value` as a `DirectoryScope`: exactly ``/`` or ``/administrativeUnits/<GUID>`` (the GUID lower-cased); raise
+    `ContractError(SchemaViolation)` naming `field` for anything else."""
+    if value == TENANT_SCOPE:
+        return TENANT_SCOPE
+    match = _UNIT_SCOPE.fullmatch(value)
+    if match is None:
+        raise _violation(field, f'must be "/" or "/administrativeUnits/<GUID>", got {_show(value)}')
+    return DirectoryScope(f"/administrativeUnits/{match.group(1).lower()}")
+
+
+def scope_unit(scope: DirectoryScope) -> Guid | None:
+    """The administrative unit a `DirectoryScope` names; None for the tenant's."""
+    match = _UNIT_SCOPE.fullmatch(scope)
+    return Guid(match.group(1)) if match is not None else None
 
 
 def parse_grant(body: bytes, *, own: bool = False) -> GrantCommand:
@@ -476,26 +545,40 @@ def _member(doc: Mapping[str, Any]) -> Member:
 
 
 #: The member types each target kind can hold, as Graph takes them: a unit users, groups and devices; a directory
-#: role users, (role-assignable) groups and service principals; a role scoped to a unit users and groups.
+#: role users, (role-assignable) groups and service principals; a role scoped to a unit users and groups; a PIM
+#: eligibility users and (role-assignable) groups (a service principal cannot activate a role); a PIM role
+#: assignment users, groups and service principals.
 MEMBER_TYPES: Final[Mapping[str, frozenset[MemberType]]] = {
     "administrativeUnit": frozenset({MemberType.USER, MemberType.GROUP, MemberType.DEVICE}),
     "directoryRole": frozenset({MemberType.USER, MemberType.GROUP, MemberType.SERVICE_PRINCIPAL}),
     "scopedRole": frozenset({MemberType.USER, MemberType.GROUP}),
+    "roleEligibility": frozenset({MemberType.USER, MemberType.GROUP}),
+    "roleAssignment": frozenset({MemberType.USER, MemberType.GROUP, MemberType.SERVICE_PRINCIPAL}),
 }
 _HOLDER: Final = {
     "administrativeUnit": "an administrative unit",
     "directoryRole": "a directory role",
     "scopedRole": "a role scoped to an administrative unit",
+    "roleEligibility": "a role eligibility",
+    "roleAssignment": "an active role assignment",
 }
+_SCHEDULE_KINDS: Final[Mapping[str, type[RoleEligibility] | type[RoleAssignment]]] = {
+    "roleEligibility": RoleEligibility,
+    "roleAssignment": RoleAssignment,
+}
+_SCHEDULE_TYPES: Final = {kind: name for name, kind in _SCHEDULE_KINDS.items()}
+_SCHEDULE_FIELDS: Final = ("roleDefinitionId", "directoryScopeId")
 
 
 def _target(doc: Mapping[str, Any], member: Member) -> Target:
-    _known_fields(doc, ("type", "id", "roleTemplateId", "administrativeUnitId"), "target.")
+    _known_fields(doc, ("type", "id", "roleTemplateId", "administrativeUnitId", *_SCHEDULE_FIELDS), "target.")
     kind = _string(doc, "type", "target.")
     if kind is None:
         raise _violation("target.type", "is required")
     if kind != "scopedRole" and "administrativeUnitId" in doc:
         raise _violation("target.administrativeUnitId", "is only for scopedRole targets")
+    if kind not in _SCHEDULE_KINDS and (named := [name for name in _SCHEDULE_FIELDS if name in doc]):
+        raise _violation(f"target.{named[0]}", "is only for roleEligibility and roleAssignment targets")
     target: Target
     if kind == "administrativeUnit":
         if "roleTemplateId" in doc:
@@ -517,10 +600,25 @@ def _target(doc: Mapping[str, Any], member: Member) -> Target:
             target = DirectoryRole(id=_guid(doc, "id", "target."))
         else:
             target = DirectoryRole(role_template_id=_guid(doc, "roleTemplateId", "target."))
+    elif kind in _SCHEDULE_KINDS:
+        for name in ("id", "roleTemplateId"):
+            if name in doc:
+                raise _violation(
+                    f"target.{name}", f"is not used by {kind} targets: give roleDefinitionId and directoryScopeId"
+                )
+        definition = _guid(doc, "roleDefinitionId", "target.")
+        scope = _string(doc, "directoryScopeId", "target.")
+        if scope is None:
+            raise _violation("target.directoryScopeId", "is required")
+        target = _SCHEDULE_KINDS[kind](
+            role_definition_id=definition,
+            directory_scope_id=parse_directory_scope(scope, field="target.directoryScopeId"),
+        )
     else:
         raise ContractError(
             Reason.UNSUPPORTED_TARGET,
-            f"target.type {_show(kind)} is not supported; use administrativeUnit, directoryRole or scopedRole",
+            f"target.type {_show(kind)} is not supported; use administrativeUnit, directoryRole, scopedRole, "
+            "roleEligibility or roleAssignment",
         )
     if member.type is not None and member.type not in MEMBER_TYPES[kind]:
         held = ", ".join(sorted(t.value for t in MEMBER_TYPES[kind]))

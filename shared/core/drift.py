@@ -12,8 +12,8 @@ producer's grant of each pair of that target; `shared.core.pairs`):
   reported only, unless the target's mode is ``authoritative``.
 
 A pair whose lease is live (a write in flight) is not judged (`Report.in_flight`). Read the directory first and
-the ledger after: every membership the app made was recorded as an intent before its write, so it cannot look
-unmanaged.
+the ledger after: every membership the app made was recorded as an intent (and its write in doubt) before its
+write, so it cannot look unmanaged.
 
 `plan` turns a report into repairs by the target's `Mode`: ``report`` (default) repairs nothing, ``restore``
 re-grants *missing* and removes *lingering*, ``authoritative`` also removes *unmanaged*. Two guards:
@@ -23,27 +23,29 @@ re-grants *missing* and removes *lingering*, ``authoritative`` also removes *unm
 - **blast radius** (`Guard`): when a target's planned removals exceed ``min(fraction * members, cap)``
   (default 20 % of the directory's members, at most 50) every removal of that target is held (`Held`), not
   planned; re-grants still go. A confirm naming the held set's `Held.digest` releases exactly that set, once: a
-  later sweep that would remove other members has another digest.
+  later sweep that would remove other members has another digest, and so does the same drift made again once the
+  released removals were carried out (the digest names each pair's last answered write, `Lingering.last_write`,
+  `Unmanaged.last_write`, which a removal carried out changes; the repairs themselves are the same requests again).
 
 **Not repairable** (`NotRepairable`): a repair the directory is known to refuse is not sent. The durable record of a
-refusal is the refused request's own status in the ledger: when a pair's newest intent is the app's own request (a
-repair, an expiry removal: its id starts with ``~``) and its status is a dead letter for a reason a repair would
-meet again (`refusal_of`: anything but an outage that ran out), the pair's repair is held back with that reason
-until the pair's intent changes (a newer request), the target changes (a unit that stopped being
-restricted-management or dynamic), or an operator resubmits the refused request (``grants dlq resubmit``). A unit
-with dynamic membership refuses every repair (`plan`'s `refused_target`).
+refusal is the refused repair's own status in the ledger (its request id derives from the finding: `repair_of`):
+when it is a dead letter for a reason a repair would meet again (`refusal_of`: anything but an outage that ran
+out), the pair's repair is held back with that reason until the pair's grants change (a newer request: another
+repair id), the target changes (a unit that stopped being restricted-management or dynamic), or an operator
+resubmits the refused request (``grants dlq resubmit``). A unit with dynamic membership refuses every repair
+(`plan`'s `refused_target`).
 
-Each `Repair` names the intent it restores (`Repair.restores`, e.g. ``RITM123``, so history can read "restored
-RITM123's grant") and carries a request id in the app's own namespace (``~``, which no producer's request id may
-start with), ordered one microsecond after the intent it restores, so any newer intent still wins over it:
+Each `Repair` names the request whose grant (or end) it restores (`Repair.restores`, e.g. ``RITM123``, so history
+can read "restored RITM123's grant") and carries a request id in the app's own namespace (``~``, which no
+producer's request id may start with). A repair changes no grant (`shared.core.pairs`, `Effect.REPAIR`): the gate
+writes it only while it is still right (a re-grant while a grant holds the pair, a removal while none does), so it
+never beats a producer's request, whatever either's time:
 
-- re-grant of ``<id>``'s add: ``~drift-add:<id>``; removal restoring ``<id>``'s remove: ``~drift-remove:<id>``
-  (a second repair of the same pair, after the first was applied, derives from the first: a new id);
+- re-grant of ``<id>``'s add: ``~drift-add:<id>``; removal restoring ``<id>``'s remove: ``~drift-remove:<id>`` (a
+  second repair of the same pair is the same request and message again);
 - removal of ``<id>``'s expired add: the app's own expiry removal ``~expire:<id>`` (`expiry_removal`), so the
   expiry sweep's copy and the repair are one request;
-- removal of an unmanaged member: ``~drift:<pair>``, requested at `UNMANAGED_REQUESTED_AT` (2000-01-01, the start
-  of the time domain): older than any real intent, so a producer's intent for the pair, even one still queued, wins
-  over it.
+- removal of an unmanaged member: ``~drift:<pair>``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final
@@ -63,6 +65,8 @@ from shared.core.contract import (
     GrantCommand,
     Guid,
     Member,
+    RoleAssignment,
+    RoleEligibility,
     ScopedRole,
     Source,
     SourceSystem,
@@ -72,7 +76,7 @@ from shared.core.contract import (
 from shared.core.errors import Reason
 from shared.core.intents import Intent, content_hash, expiry_removal, pair_of
 from shared.core.messaging import derived_message_id
-from shared.core.pairs import PairState
+from shared.core.pairs import PairState, merged_states
 from shared.core.policy import TIER0_ROLE_TEMPLATES
 from shared.core.statuses import Status, StatusRecord
 from shared.core.times import EARLIEST
@@ -102,8 +106,8 @@ __all__ = [
     "repair_of",
 ]
 
-#: When an unmanaged member's removal was "requested": older than any intent a producer can make.
-UNMANAGED_REQUESTED_AT: Final = EARLIEST  # the start of the app's time domain: older than any real intent
+#: When an unmanaged member's removal is dated (a repair is not ordered against intents: `shared.core.pairs`).
+UNMANAGED_REQUESTED_AT: Final = EARLIEST  # the start of the app's time domain
 _AFTER: Final = timedelta(microseconds=1)
 _ADD_SUFFIX: Final = "drift-add"
 _REMOVE_SUFFIX: Final = "drift-remove"
@@ -131,7 +135,8 @@ class Mode(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Missing:
-    """The newest intent is an add that has not expired; the directory lacks the member."""
+    """Some grant holds the pair (`intent`: the newest add of the grants that hold it); the directory lacks the
+    member."""
 
     member_id: Guid
     intent: Intent
@@ -139,22 +144,28 @@ class Missing:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Lingering:
-    """The directory has the member; the newest intent is a remove, or an add whose expiry has passed."""
+    """The directory has the member, no grant holds the pair, and the app made the membership; `intent` is what ended
+    it (a time-bound add whose removal is still pending, else the pair's newest intent). `last_write`: when the
+    pair's last answered write was made (an occurrence of the drift, for the guard's digest; not compared)."""
 
     member_id: Guid
     intent: Intent
+    last_write: datetime | None = field(default=None, compare=False)
 
     @property
     def expired(self) -> bool:
-        """True when the newest intent is an add past its ``expiresAt`` (its removal never happened)."""
+        """True when what ended the grant is its add's ``expiresAt`` (its removal never happened)."""
         return self.intent.action is Action.ADD
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Unmanaged:
-    """The directory has the member; the ledger has no intent for the pair."""
+    """The directory has the member, no grant holds the pair, and the app did not make the membership (no intent at
+    all, one there before the app's grants, or one added back after the app removed it). `last_write` as
+    `Lingering`'s (None: the app never wrote the pair)."""
 
     member_id: Guid
+    last_write: datetime | None = field(default=None, compare=False)
 
 
 Finding = Missing | Lingering | Unmanaged
@@ -185,7 +196,7 @@ class Guard:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Repair:
-    """One write that brings a pair back to its newest intent (or, for an unmanaged member, removes it)."""
+    """One write that brings a pair back to what its grants say (or, for an unmanaged member, removes it)."""
 
     action: Action
     member_id: Guid
@@ -271,13 +282,14 @@ def classify(*, states: Mapping[Guid, PairState], members: Set[Guid], now: datet
             in_flight.append(member_id)
             continue
         holders = state.holders(now=now)
+        last_write = state.applied.at if state.applied is not None else None
         if holders and not present:
             findings.append(Missing(member_id=member_id, intent=max((g.newest for g in holders), key=_order)))
         elif present and not holders:
             if state.preexisting or not state.made_by_app():
-                findings.append(Unmanaged(member_id=member_id))
+                findings.append(Unmanaged(member_id=member_id, last_write=last_write))
             else:
-                findings.append(Lingering(member_id=member_id, intent=_ended_by(state, now=now)))
+                findings.append(Lingering(member_id=member_id, intent=_ended_by(state, now=now), last_write=last_write))
     return Report(findings=tuple(findings), in_flight=tuple(in_flight), members=len(members))
 
 
@@ -307,32 +319,16 @@ def newest_states(pairs: Iterable[tuple[Guid, PairState]]) -> dict[Guid, PairSta
     merged: dict[Guid, PairState] = {}
     for member_id, state in pairs:
         known = merged.get(member_id)
-        merged[member_id] = state if known is None else _merged(known, state)
+        merged[member_id] = state if known is None else merged_states(known, state)
     return merged
 
 
-def _merged(one: PairState, other: PairState) -> PairState:
-    grants = {grant.producer: grant for grant in one.grants}
-    for grant in other.grants:
-        known = grants.get(grant.producer)
-        if known is None or grant.newest.order > known.newest.order:
-            grants[grant.producer] = grant
-    floors = [floor for floor in (one.floor, other.floor) if floor is not None]
-    leases = [lease for lease in (one.lease, other.lease) if lease is not None]
-    applied = [done for done in (one.applied, other.applied) if done is not None]
-    return PairState(
-        grants=tuple(sorted(grants.values(), key=lambda grant: grant.producer)),
-        floor=max(floors, key=_order, default=None),
-        lease=max(leases, key=lambda lease: lease.until, default=None),
-        applied=max(applied, key=lambda done: done.at, default=None),
-        doubts=(*one.doubts, *other.doubts),
-        preexisting=one.preexisting or other.preexisting,
-    )
-
-
 def is_tier0(target: Target) -> bool:
-    """True for a directory role or scoped role whose template is tier-0 (`TIER0_ROLE_TEMPLATES`), and for a
-    role named by object id (its template is not known here: never touched, to fail closed)."""
+    """True for a directory role or scoped role whose template is tier-0 (`TIER0_ROLE_TEMPLATES`), a PIM target whose
+    role definition is (a built-in role's definition id is its template id), and a role named by object id (its
+    template is not known here: never touched, to fail closed)."""
+    if isinstance(target, RoleEligibility | RoleAssignment):
+        return target.role_definition_id in TIER0_ROLE_TEMPLATES
     if isinstance(target, ScopedRole):
         return target.role_template_id in TIER0_ROLE_TEMPLATES
     if isinstance(target, DirectoryRole):
@@ -392,9 +388,9 @@ def plan(
 
 
 def refusal_of(record: StatusRecord | None) -> Refusal | None:
-    """The refusal recorded for a pair whose newest intent is `record`'s request: a request of the app's own (a
-    repair, an expiry removal: ``~``) dead-lettered for a reason a repair would meet again (anything but an outage
-    or a wait that ran out); None otherwise (a producer's request gets its repair; nothing recorded: repaired)."""
+    """The refusal recorded in `record`, the status of a pair's repair (its own request, `repair_of`): a request of
+    the app's own (a repair, an expiry removal: ``~``) dead-lettered for a reason a repair would meet again (anything
+    but an outage or a wait that ran out); None otherwise (nothing recorded, or a producer's request: repaired)."""
     if record is None or record.request_id is None or not record.request_id.startswith(DERIVED_PREFIX):
         return None
     if record.status is not Status.DEAD_LETTERED or record.reason is None or record.reason in _PASSING:
@@ -471,10 +467,16 @@ def _root(request_id: str) -> str:
 
 
 def _digest(target: Target, removals: tuple[Repair, ...]) -> str:
-    """16 hex digits naming a held set of removals: the target and each removal's request id."""
-    names = sorted(f"{r.member_id}|{r.request_id}" for r in removals)
+    """16 hex digits naming a held set of removals: the target and each removal's member, request id and the
+    moment of its pair's last answered write (a released set whose removals were carried out, drifting again, is
+    another set: its repairs are the same requests, its pairs' last writes are the removals')."""
+    names = sorted(f"{r.member_id}|{r.request_id}|{_iso(_last_write(r.finding))}" for r in removals)
     text = "\x1f".join([pair_of(target, "*"), *names])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _last_write(finding: Finding) -> datetime | None:
+    return None if isinstance(finding, Missing) else finding.last_write
 
 
 def _iso(value: datetime | None) -> str:

@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from shared.core.contract import AdministrativeUnit, Guid, Target, target_document
+from shared.core.contract import AdministrativeUnit, Guid, RoleAssignment, RoleEligibility, Target, target_document
 from shared.core.drift import Finding, Lingering, Missing, Plan, Refusal, Repair
 from shared.core.messaging import EVENT_OUTCOME, EVENT_REQUEST_ID, OUTCOME_EVENT_PREFIX, PropertyValue
 
@@ -46,7 +46,7 @@ DRIFT_HELD: Final = "drift_held"
 #: Application properties of a drift event, besides ``outcome`` and (when an intent is known) ``requestId``.
 EVENT_DRIFT_FINDING: Final = "driftFinding"  # missing | lingering | unmanaged
 EVENT_DRIFT_HANDLING: Final = "driftHandling"  # repair | held | not_repairable | report | tier0
-EVENT_TARGET_ID: Final = "targetId"  # the unit's id, or the role's template id
+EVENT_TARGET_ID: Final = "targetId"  # the unit's id, the role's template id, or a PIM target's role definition id
 
 
 class Handling(StrEnum):
@@ -96,13 +96,19 @@ def handlings(plan: Plan) -> dict[Guid, tuple[Handling, Repair | None, Refusal |
 
 def target_fields(target: Target) -> dict[str, Any]:
     """``target`` (the v1 target object), ``targetType``, ``targetId`` (a unit's or role's id; a scoped role's
-    unit) and ``roleTemplateId``, as in a request's status record."""
+    unit; a PIM target's scope's unit), ``roleTemplateId``, and a PIM target's ``roleDefinitionId`` and
+    ``directoryScopeId``, as in a request's status record."""
     document = target_document(target)
+    schedule = target if isinstance(target, RoleEligibility | RoleAssignment) else None
     return {
         "target": document,
         "targetType": document["type"],
-        "targetId": getattr(target, "id", None) or getattr(target, "administrative_unit_id", None),
+        "targetId": getattr(target, "id", None)
+        or getattr(target, "administrative_unit_id", None)
+        or (schedule.unit if schedule else None),
         "roleTemplateId": getattr(target, "role_template_id", None),
+        "roleDefinitionId": schedule.role_definition_id if schedule else None,
+        "directoryScopeId": schedule.directory_scope_id if schedule else None,
     }
 
 
@@ -137,8 +143,11 @@ def finding_record(
 
 def confirm_command(target: Target, digest: str) -> str:
     """The operator's command that releases `target`'s held set `digest`: ``grants drift --target <id> --repair
-    --confirm <digest>`` (a unit's id, a role's template id)."""
-    named = target.id if isinstance(target, AdministrativeUnit) else getattr(target, "role_template_id", None)
+    --confirm <digest>`` (a unit's id, a role's template id, a PIM target's role definition id)."""
+    if isinstance(target, RoleEligibility | RoleAssignment):
+        named: object = target.role_definition_id
+    else:
+        named = target.id if isinstance(target, AdministrativeUnit) else getattr(target, "role_template_id", None)
     return f"grants drift --target {named or getattr(target, 'id', '')} --repair --confirm {digest}"
 
 
@@ -193,7 +202,7 @@ def drift_event(record: Mapping[str, Any], *, outcome: str, pair: str, key: str,
     body = dict(record) | {"outcome": outcome, "detectedAt": _iso(at)}
     properties: dict[str, PropertyValue] = {EVENT_OUTCOME: outcome}
     optional = {
-        EVENT_TARGET_ID: record.get("roleTemplateId") or record.get("targetId"),
+        EVENT_TARGET_ID: record.get("roleTemplateId") or record.get("roleDefinitionId") or record.get("targetId"),
         EVENT_DRIFT_FINDING: record.get("finding"),
         EVENT_DRIFT_HANDLING: record.get("handling"),
         EVENT_REQUEST_ID: record.get("requestId"),

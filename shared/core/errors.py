@@ -47,6 +47,7 @@ class Reason(StrEnum):
     POLICY_DENIED = "PolicyDenied"
     EXPIRED = "Expired"
     EXPIRY_NOT_SCHEDULED = "ExpiryNotScheduled"
+    EXPIRY_NOT_DUE = "ExpiryNotDue"  # transient: an expiry came before its grant expired (the app's clock behind)
     # The grant ledger: request ids are idempotency keys; one writer per member and target.
     REQUEST_ID_CONFLICT = "RequestIdConflict"  # the id was used before for another request
     PAIR_BUSY = "PairBusy"  # transient: another request for the same member and target holds its lease
@@ -61,6 +62,8 @@ class Reason(StrEnum):
     GRAPH_REJECTED = "GraphRejected"
     RESTRICTED_ADMINISTRATIVE_UNIT = "RestrictedAdministrativeUnit"  # the app's permissions do not apply inside it
     DYNAMIC_MEMBERSHIP_TARGET = "DynamicMembershipTarget"  # a dynamic unit: its members are its rule's
+    ROLE_POLICY_VIOLATION = "RolePolicyViolation"  # PIM's settings for the role refused the request (the rule named)
+    SCOPE_MISMATCH = "ScopeMismatch"  # PIM answered another directory scope (or role, or principal) than the one asked
     # Our side.
     TOKEN_UNAVAILABLE = "TokenUnavailable"  # noqa: S105 (a reason code, not a secret)
     LEDGER_UNAVAILABLE = "LedgerUnavailable"  # transient: the ledger's storage is unreachable, failing or throttling

@@ -8,8 +8,9 @@ An event (JSON object; other fields are ignored)::
 
 - ``eventType``: ``hire`` / ``joiner`` (adds of what the rules give), ``move`` / ``mover`` (removes of what
   the old attributes gave and not the new ones, adds of what only the new ones give; ``previous`` holds the
-  old values of the attributes that changed, and is required), ``leave`` / ``leaver`` (removes of every
-  target any rule can give).
+  old values of the attributes that changed, and is required), ``leave`` / ``leaver`` (revoke-alls of every
+  target any rule can give: every producer's grant of the person there ends, and the membership whoever made it;
+  the HR producer needs the policy's ``revokeAll`` right, which the built-in policy gives it).
 - ``eventId``: 1 to 100 letters, digits and ``. _ : @ -``; when absent it is derived as
   ``<employeeId>.<eventType>.<effectiveDate>.<8 hex of occurredAt, else of the event's MessageId>``
   (``effectiveDate`` is then required), so a hire, a leave and a rehire on one day are three events.
@@ -152,8 +153,9 @@ def derive_messages(event: HrEvent, rules: HrRules, *, received_at: datetime | N
             ("remove", {t: names for t, names in old.items() if t not in new}),
             ("add", {t: names for t, names in new.items() if t not in old}),
         ]
-    else:
+    else:  # a leaver ends every grant of the person, whoever made it
         changes = [("remove", rules.every_target())]
+    leaver = event.kind == "leaver"
     messages: list[tuple[str, bytes]] = []
     for action, targets in changes:
         for target, names in targets.items():
@@ -170,6 +172,7 @@ def derive_messages(event: HrEvent, rules: HrRules, *, received_at: datetime | N
                 requested_by="hr-events",
                 reason=f"{event.kind} event {event.event_id}{effective}; rules: {', '.join(names)}"[:1024],
                 requested_at=event.occurred_at or received_at,
+                revoke_all=leaver,
             )
             messages.append((request_id, encode(command)))
     return messages

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Final
 
 from shared.core.contract import (
     Action,
@@ -23,13 +25,18 @@ from shared.core.contract import (
     GrantCommand,
     Guid,
     Member,
+    RoleAssignment,
+    RoleEligibility,
     ScopedRole,
     Source,
     SourceSystem,
     Target,
     derived_request_id,
+    parse_directory_scope,
     parse_guid,
+    scope_unit,
 )
+from shared.core.errors import ContractError
 from shared.core.times import intent_time
 
 __all__ = [
@@ -106,8 +113,39 @@ class RequestCheck(StrEnum):
     CONFLICT = "conflict"
 
 
+#: The pair kinds of the PIM targets: ``elig.<roleDefinitionId>.<scope>.<member>`` and ``asgn.…`` (`pair_of`).
+_SCHEDULE_PAIRS: Final[Mapping[str, type[RoleEligibility] | type[RoleAssignment]]] = {
+    "elig": RoleEligibility,
+    "asgn": RoleAssignment,
+}
+
+
+def _scope_token(target: RoleEligibility | RoleAssignment) -> str:
+    """A directory scope as one dot-free token of a pair: ``tenant`` for ``/``, ``au-<unit>`` for a unit's."""
+    unit = scope_unit(target.directory_scope_id)
+    return "tenant" if unit is None else f"au-{unit}"
+
+
+def _schedule_pair(kind: str, definition: str, scope: str, member: str) -> tuple[Target, Guid]:
+    """The PIM target and member of a pair `_scope_token` wrote (ValueError for anything else)."""
+    unit = "" if scope == "tenant" else scope.removeprefix("au-")
+    if scope != "tenant" and (unit == scope or not unit):
+        raise ValueError(f"not a directory scope token: {scope!r}")
+    try:
+        directory_scope = parse_directory_scope("/" if scope == "tenant" else f"/administrativeUnits/{unit}")
+        return _SCHEDULE_PAIRS[kind](role_definition_id=parse_guid(definition), directory_scope_id=directory_scope), (
+            parse_guid(member)
+        )
+    except ContractError as error:
+        raise ValueError(error.description) from None
+
+
 def pair_of(target: Target, member_id: str) -> str:
-    """The pair's identity, e.g. ``au.<unit>.<member>``; a role named by id and by template are two pairs."""
+    """The pair's identity, e.g. ``au.<unit>.<member>``; a role named by id and by template are two pairs; a PIM
+    eligibility ``elig.<roleDefinitionId>.<tenant|au-<unit>>.<member>``, an active PIM assignment ``asgn.…``."""
+    if isinstance(target, RoleEligibility | RoleAssignment):
+        kind = "elig" if isinstance(target, RoleEligibility) else "asgn"
+        return f"{kind}.{target.role_definition_id}.{_scope_token(target)}.{member_id}"
     if isinstance(target, AdministrativeUnit):
         where = f"au.{target.id}"
     elif isinstance(target, ScopedRole):
@@ -122,6 +160,8 @@ def pair_of(target: Target, member_id: str) -> str:
 def parse_pair(pair: str) -> tuple[Target, Guid]:
     """The target and member id of a pair named by `pair_of` (raises ValueError for anything else)."""
     kind, *ids = pair.split(".")
+    if kind in _SCHEDULE_PAIRS and len(ids) == 3:
+        return _schedule_pair(kind, *ids)
     guids = [parse_guid(value) for value in ids]
     if kind == "au" and len(guids) == 2:
         return AdministrativeUnit(id=guids[0]), guids[1]

@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, Protocol, TypeAlias
 
@@ -46,6 +46,9 @@ __all__ = [
     "MAX_JOB_ROWS",
     "MAX_MESSAGE_ID_CHARS",
     "MAX_REASON_CHARS",
+    "NOT_BEFORE",
+    "NOT_FOUND_ANSWERS",
+    "NOT_FOUND_SINCE",
     "ORIGINAL_MESSAGE_ID",
     "PRODUCER",
     "RESUBMISSION",
@@ -63,6 +66,7 @@ __all__ = [
     "clip",
     "derived_message_id",
     "job_row_problem",
+    "not_before_text",
     "original_message_id",
     "outcome_event_id",
     "property_of",
@@ -94,6 +98,14 @@ BULK_JOB: Final = "bulkJob"  # on a bulk job's messages: the job id (set by `gra
 JOB_ROW: Final = "jobRow"  # on a bulk job's or HR event's messages: this message's row (from 1)
 JOB_ROWS: Final = "jobRows"  # on a bulk job's or HR event's messages: how many messages the job or event sent
 SEAL: Final = "seal"  # the app's seal over the message and its internal properties (`shared.core.seal`)
+#: On every message the app sends: the earliest time it may run (`not_before_text`: its scheduled enqueue time, UTC,
+#: whole milliseconds), set by the one sender that seals (`shared.adapters.seal.SealingSender`): a copy delivered
+#: sooner waits for it (`Delivery.early`).
+NOT_BEFORE: Final = "notBefore"
+#: On a retry copy after a member was not found (replication): how many such answers the request has had, and when
+#: the first came (ISO 8601); nothing else counts toward giving up on it (`shared.core.retry.Waiting`).
+NOT_FOUND_ANSWERS: Final = "notFoundAnswers"
+NOT_FOUND_SINCE: Final = "notFoundSince"
 #: On every message the app sends: the producer whose request it carries (`shared.core.producers`), as established
 #: when the request arrived (its entry point or credential): never a producer's to say.
 PRODUCER: Final = "producer"
@@ -111,6 +123,9 @@ INTERNAL: Final = (
     EXPIRY_OF,
     HR_EVENT,
     PRODUCER,
+    NOT_BEFORE,
+    NOT_FOUND_ANSWERS,
+    NOT_FOUND_SINCE,
     *JOB_PROPERTIES,
 )
 #: Application properties of an outcome event (the grant-outcomes topic), for subscription SQL filters.
@@ -145,6 +160,13 @@ def attempt_of(properties: Mapping[Any, Any], delivery_count: int) -> int:
     except (TypeError, ValueError):
         base = 1
     return max(base, 1) + max(delivery_count - 1, 0)
+
+
+def not_before_text(when: datetime) -> str:
+    """`when` as the `NOT_BEFORE` property: UTC, ISO 8601, cut to whole milliseconds (what Service Bus keeps of a
+    scheduled enqueue time), so never later than `when` nor than the enqueue time the broker gives the message."""
+    utc = when.astimezone(UTC) if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return utc.replace(microsecond=utc.microsecond - utc.microsecond % 1000).isoformat(timespec="milliseconds")
 
 
 def original_message_id(properties: Mapping[Any, Any], message_id: str | None) -> str:
@@ -254,6 +276,21 @@ class Delivery:
         """When attempt 1 started (`FIRST_ATTEMPT_AT`, set on retry copies; naive means UTC), else `default`."""
         return read_time(self.application_property(FIRST_ATTEMPT_AT)) or default
 
+    @property
+    def not_before(self) -> datetime | None:
+        """The earliest time this message may run (`NOT_BEFORE`), on a message the app sealed; else None."""
+        return read_time(self.application_property(NOT_BEFORE)) if self.own else None
+
+    def early(self, now: datetime) -> datetime | None:
+        """`not_before` when this delivery came before it, else None. Early means that neither clock has reached it:
+        not the app's (`now`), nor the broker's (the enqueue time: a scheduled message is enqueued when it becomes
+        due, so a message the broker held until its time is never early, even when the app's clock runs behind)."""
+        until = self.not_before
+        if until is None or now >= until:
+            return None
+        enqueued = self.enqueued_time if self.enqueued_time is not None and self.enqueued_time.tzinfo else None
+        return None if enqueued is not None and enqueued >= until else until
+
     def arrived_at(self, default: datetime) -> datetime:
         """When the request's first message was enqueued: `ARRIVED_AT` on a copy the app made (on a `dlq resubmit`
         copy of a producer's message, only when not later than this message's enqueue time), else this message's
@@ -266,14 +303,15 @@ class Delivery:
 
     def trusted(self, *, sealed: bool, job_properties: bool, restarted: bool = False) -> Delivery:
         """This delivery as the app believes it: with `sealed` (the app's seal checks out) as it is, marked `own`
-        (`restarted`, a `dlq resubmit` copy of a sealed message: without its `ATTEMPT` and `FIRST_ATTEMPT_AT`, it
-        counts its attempts again); otherwise without the `INTERNAL` properties a producer may not set (its
-        `PRODUCER` above all: who sent it is its entry point's to say). Kept: a bulk job's `JOB_PROPERTIES` when
-        `job_properties` (on a producer's own queue: its jobs are its own), and on a `dlq
-        resubmit` copy its `ORIGINAL_MESSAGE_ID` and `ARRIVED_AT` (so the ledger knows it for the same request
-        again, as first made: at most it carries that request out once more, and never as a newer intent)."""
+        (`restarted`, a `dlq resubmit` copy of a sealed message: without its `ATTEMPT`, `FIRST_ATTEMPT_AT` and
+        member-not-found answers, it counts its attempts again; its `NOT_BEFORE` stays); otherwise without the
+        `INTERNAL` properties a producer may not set (its `PRODUCER` above all: who sent it is its entry point's to
+        say). Kept: a bulk job's `JOB_PROPERTIES` when `job_properties` (on a producer's own queue: its jobs are its
+        own), and on a `dlq resubmit` copy its `ORIGINAL_MESSAGE_ID` and `ARRIVED_AT` (so the ledger knows it for the
+        same request again, as first made: at most it carries that request out once more, and never as a newer
+        intent)."""
         if sealed:
-            reset = {ATTEMPT, FIRST_ATTEMPT_AT} if restarted else set()
+            reset = {ATTEMPT, FIRST_ATTEMPT_AT, NOT_FOUND_ANSWERS, NOT_FOUND_SINCE} if restarted else set()
             return replace(self, application_properties=self._without(reset), own=True)
         kept: tuple[str, ...] = JOB_PROPERTIES if job_properties else ()
         if self.application_property(RESUBMISSION):  # an operator's `dlq resubmit`: the request it carries again

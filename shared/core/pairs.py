@@ -50,12 +50,14 @@ from typing import Final
 
 from shared.core.contract import Action
 from shared.core.intents import Effect, Intent
+from shared.core.producers import APP_PRODUCER
 
 __all__ = [
     "Applied",
     "Doubt",
     "Grant",
     "Lease",
+    "NotDue",
     "PairState",
     "Proceed",
     "Released",
@@ -64,7 +66,7 @@ __all__ = [
     "admit",
     "confirm_at",
     "due_grants",
-    "expiring",
+    "merged_states",
     "release",
     "removal_is_due",
 ]
@@ -72,7 +74,6 @@ __all__ = [
 #: Doubts kept at most per pair (the oldest that can no longer land go first): one per crashed or unanswered attempt
 #: since the pair's last answered write, so a handful in practice.
 MAX_DOUBTS: Final = 16
-_TICK: Final = timedelta(microseconds=1)  # an expiry is this much newer than the intent it ends (`expiry_removal`)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,13 +113,15 @@ class Grant:
     producer: str
     newest: Intent
     removal_due: datetime | None = None
+    refused: bool = False  # its add was refused for good (dead-lettered): it holds nothing until asked again
 
     def holds(self, *, now: datetime, floor: Intent | None = None) -> bool:
-        """True while the grant keeps the membership: its newest intent is an add that has not expired at `now` and
-        is newer than the pair's revoke-all `floor`."""
+        """True while the grant keeps the membership: its newest intent is an add that has not expired at `now`, was
+        not refused for good, and is newer than the pair's revoke-all `floor`."""
         newest = self.newest
         return (
             newest.effect is Effect.GRANT
+            and not self.refused
             and (newest.expires_at is None or newest.expires_at > now)
             and (floor is None or newest.order > floor.order)
         )
@@ -201,6 +204,14 @@ class Superseded:
 
 
 @dataclass(frozen=True, slots=True)
+class NotDue:
+    """An expiry delivered before the grant it ends has expired (a clock behind the broker's): nothing recorded;
+    carry it out at `until`."""
+
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Wait:
     """Another attempt holds the pair's lease until `until`: try again then (or earlier)."""
 
@@ -216,7 +227,7 @@ def admit(
     now: datetime,
     lease_for: timedelta,
     window: timedelta,
-) -> Proceed | Released | Superseded | Wait:
+) -> Proceed | Released | Superseded | NotDue | Wait:
     """Decide what `intent` (attempt `token`) does to the pair at `now`.
 
     `Superseded` when it is older than its grant's newest intent or the floor, when an expiry's grant changed or has
@@ -227,7 +238,7 @@ def admit(
     """
     state = state or PairState()
     applied = _apply(state, intent, now=now)
-    if isinstance(applied, Superseded):
+    if isinstance(applied, Superseded | NotDue):
         return applied
     after, write = applied
     if write is None:
@@ -242,7 +253,7 @@ def admit(
     return Proceed(replace(after, lease=lease, doubts=_bounded(doubts, now=now)), write)
 
 
-def _apply(state: PairState, intent: Intent, *, now: datetime) -> tuple[PairState, Action | None] | Superseded:
+def _apply(state: PairState, intent: Intent, *, now: datetime) -> tuple[PairState, Action | None] | Superseded | NotDue:
     """The state once `intent` is recorded, and the Graph write it needs (None: none); or why it changes nothing."""
     effect, floor = intent.effect, state.floor
     if effect is Effect.REPAIR:
@@ -252,23 +263,39 @@ def _apply(state: PairState, intent: Intent, *, now: datetime) -> tuple[PairStat
         after = state if held else replace(state, preexisting=False)
         return after, intent.action
     if effect is Effect.EXPIRE:
-        grant = next((g for g in state.grants if g.newest.request_id in (intent.ends, intent.request_id)), None)
-        if grant is None or grant.holds(now=now, floor=floor):
-            return Superseded(grant.newest if grant is not None else state.latest or intent)
+        grant = _expiring(state, intent)
+        if grant is None:
+            return Superseded(intent)  # nothing of its producer's it names is left to end
+        if grant.holds(now=now, floor=floor):  # not yet expired: it comes back then
+            assert grant.newest.expires_at is not None
+            return NotDue(until=grant.newest.expires_at)
         after = state.with_grant(replace(grant, newest=intent))
         return after, _removal(after, now=now)
     if floor is not None and intent.order < floor.order:
         return Superseded(floor)
     producer = intent.producer or ""
     grant = state.grant_of(producer)
-    if effect is Effect.REVOKE_ALL:
-        after = replace(state, floor=intent, preexisting=False)
+    if effect is Effect.REVOKE_ALL:  # the grants it ends with nothing pending are no longer needed: dropped
+        kept = tuple(g for g in state.grants if g.newest.order > intent.order or g.removal_due is not None)
+        after = replace(state, grants=kept, floor=intent, preexisting=False)
         return after, None if after.holders(now=now) else Action.REMOVE
     if grant is not None and intent.order < grant.newest.order:
         return Superseded(grant.newest)
     due = intent.expires_at if effect is Effect.GRANT else grant.removal_due if grant is not None else None
     after = state.with_grant(Grant(producer=producer, newest=intent, removal_due=due))
     return after, Action.ADD if effect is Effect.GRANT else _removal(after, now=now)
+
+
+def _expiring(state: PairState, intent: Intent) -> Grant | None:
+    """The grant an expiry ends: its producer's (any producer's for the app's own expiry of a grant whose producer
+    left the registry, or recorded before producers had names) whose newest intent is the one it names, or the
+    expiry itself (carried out again)."""
+    named = (intent.ends, intent.request_id)
+    for grant in state.grants:
+        mine = intent.producer in (grant.producer, APP_PRODUCER) or not grant.producer
+        if mine and grant.newest.request_id in named:
+            return grant
+    return None
 
 
 def _removal(after: PairState, *, now: datetime) -> Action | None:
@@ -293,9 +320,11 @@ def release(
     refusal or a failure before sending (`applied` None). An `uncertain` write (a timeout, a connection lost after
     sending, a 5xx) stays in doubt until ``now + window``. An answered write also ends every doubt that could no
     longer land by now (the answer came after any effect it had). An add found already there, with no add of the
-    app's own that could have made it, marks the membership `preexisting`; any other answered write clears that. A
-    write answered as done, or a request refused for good (`gave_up`), ends the pending removals of the grants that
-    no longer hold the pair.
+    app's own that could have made it (and no revoke-all, which takes any membership over), marks the membership
+    `preexisting`; any other answered write clears that. A
+    removal answered as done, or refused for good (`gave_up`), ends the pending removals of the grants that no longer
+    hold the pair (an add never does: one answered after its own expiry leaves its removal pending). An add refused
+    for good marks its grant `refused`: it holds nothing until the request is carried out again.
     """
     if state.lease is None or state.lease.token != token:
         return None
@@ -305,16 +334,32 @@ def release(
     if uncertain:
         kept = (*others, replace(mine, until=now + window)) if mine is not None else others
         return replace(released, doubts=_bounded(kept, now=now))
+    sent = mine.action if mine is not None else None
     if applied is None:
         released = replace(released, doubts=others)
+        if gave_up and sent is Action.ADD:
+            return _refused(released, request_id=state.lease.request_id)
         return _settled(released, now=now) if gave_up else released
     preexisting = False
     if applied is Action.ADD and already:
         before = replace(state, doubts=others)
-        preexisting = state.preexisting or not before.made_by_app()
+        # found there with no add of the app's own that could have made it, and no revoke-all that took it over
+        preexisting = state.preexisting or (state.floor is None and not before.made_by_app())
     done = Applied(request_id=state.lease.request_id, action=applied, at=now)
     doubts = tuple(doubt for doubt in others if doubt.until > now)
-    return _settled(replace(released, applied=done, doubts=doubts, preexisting=preexisting), now=now)
+    answered = replace(released, applied=done, doubts=doubts, preexisting=preexisting)
+    return _settled(answered, now=now) if applied is Action.REMOVE else answered
+
+
+def _refused(state: PairState, *, request_id: str) -> PairState:
+    """`state` with the grant whose add `request_id` was refused for good marked `refused`."""
+    grants = tuple(
+        replace(grant, refused=True)
+        if grant.newest.request_id == request_id and grant.newest.effect is Effect.GRANT
+        else grant
+        for grant in state.grants
+    )
+    return replace(state, grants=grants)
 
 
 def _settled(state: PairState, *, now: datetime) -> PairState:
@@ -326,9 +371,15 @@ def _settled(state: PairState, *, now: datetime) -> PairState:
 
 
 def _bounded(doubts: Iterable[Doubt], *, now: datetime) -> tuple[Doubt, ...]:
-    """At most `MAX_DOUBTS`, dropping first those that can no longer land (oldest first)."""
-    kept = sorted(doubts, key=lambda doubt: (doubt.until > now, doubt.until))
-    return tuple(kept[-MAX_DOUBTS:])
+    """At most `MAX_DOUBTS`: each action's latest always kept (an add in doubt keeps the membership the app's own
+    however many removals follow), the others dropped oldest first, those that can no longer land before those
+    that can."""
+    every = list(doubts)
+    latest = {max((d for d in every if d.action is action), key=lambda d: d.until, default=None) for action in Action}
+    keep = [d for d in every if d in latest]
+    rest = sorted((d for d in every if d not in latest), key=lambda doubt: (doubt.until > now, doubt.until))
+    kept = rest[max(len(rest) - (MAX_DOUBTS - len(keep)), 0) :] + keep
+    return tuple(sorted(kept, key=lambda doubt: doubt.until))
 
 
 def confirm_at(state: PairState, *, action: Action, now: datetime) -> datetime | None:
@@ -338,13 +389,27 @@ def confirm_at(state: PairState, *, action: Action, now: datetime) -> datetime |
     return max(open_until, default=None)
 
 
-def expiring(grant: Grant) -> Intent:
-    """The intent whose end a grant's pending removal is: its newest, or, when that is already the expiry ending it
-    (sent, not yet carried out), the intent that expiry ends (so the sweep sends the same expiry again)."""
-    newest = grant.newest
-    if newest.effect is Effect.EXPIRE and newest.ends is not None:
-        return replace(newest, request_id=newest.ends, kind=None, ends=None, requested_at=newest.requested_at - _TICK)
-    return newest
+def merged_states(one: PairState, other: PairState) -> PairState:
+    """Two records of one membership as one (a role's pair by object id and by template): each producer's newer
+    grant, the newer revoke-all, the later lease and answered write, every doubt once, pre-existing when either
+    says so. Merging again changes nothing."""
+    grants = {grant.producer: grant for grant in one.grants}
+    for grant in other.grants:
+        known = grants.get(grant.producer)
+        if known is None or grant.newest.order > known.newest.order:
+            grants[grant.producer] = grant
+    floors = [floor for floor in (one.floor, other.floor) if floor is not None]
+    leases = [lease for lease in (one.lease, other.lease) if lease is not None]
+    applied = [done for done in (one.applied, other.applied) if done is not None]
+    doubts = {doubt.token: doubt for doubt in (*one.doubts, *other.doubts)}
+    return PairState(
+        grants=tuple(sorted(grants.values(), key=lambda grant: grant.producer)),
+        floor=max(floors, key=lambda floor: floor.order, default=None),
+        lease=max(leases, key=lambda lease: lease.until, default=None),
+        applied=max(applied, key=lambda done: done.at, default=None),
+        doubts=tuple(doubts.values()),
+        preexisting=one.preexisting or other.preexisting,
+    )
 
 
 def due_grants(state: PairState | None, *, now: datetime) -> tuple[Grant, ...]:

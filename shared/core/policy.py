@@ -2,13 +2,17 @@
 
 A policy file (JSON; path in ``GRANTS_POLICY``) lists, per producer (``producers``, by the producer registry's
 names: `shared.core.producers`), the actions it may take (``add``, ``remove``, and ``revokeAll``: ending every
-producer's grant of a member and target, a right given only by name) and the administrative units, directory roles (by
-**template** id) and AU-scoped roles it may touch; ``"*"`` means any. ``sources`` gives the same rules per source
+producer's grant of a member and target, a right given only by name) and the administrative units, directory roles
+(by **template** id), AU-scoped roles, PIM eligibilities (``roleEligibilities``) and active PIM assignments
+(``roleAssignments``, both by **role definition** id: a built-in role's template id or a custom role's id) it may
+touch; ``"*"`` means any. A PIM target scoped to an administrative unit also needs the unit under
+``administrativeUnits``. ``sources`` gives the same rules per source
 system, for every producer of that system the file does not name under ``producers`` (a file written before
 producers had names keeps working). With a file, a producer it gives no rules is refused everything. Tier-0 roles
 (`TIER0_ROLE_TEMPLATES`) are never covered by ``"*"``: a producer may grant one only if the policy names that
-template explicitly for it. Without a policy file the built-in default allows every producer administrative units
-and every non-tier-0 role, and producers of the ``hr`` system revokeAll (a leaver).
+template explicitly for it; the same list applies to a PIM target's role definition, eligible and active alike.
+Without a policy file the built-in default allows every producer administrative units and every non-tier-0 role
+(PIM targets included), and producers of the ``hr`` system revokeAll (a leaver).
 
 A refused command raises `PermanentError(PolicyDenied)` whose description names the rule. A role given by
 object id is checked by its template (`shared.service.roles` looks it up).
@@ -17,7 +21,7 @@ object id is checked by its template (`shared.service.roles` looks it up).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -27,6 +31,8 @@ from shared.core.contract import (
     AdministrativeUnit,
     GrantCommand,
     Guid,
+    RoleAssignment,
+    RoleEligibility,
     ScopedRole,
     SourceSystem,
     parse_guid,
@@ -67,7 +73,14 @@ TIER0_ROLE_TEMPLATES: Final[Mapping[str, str]] = {
     "5f2222b1-57c3-48ba-8ad5-d4759f1fde6f": "Security Operator",
 }
 
-_RULE_KEYS: Final = ("actions", "administrativeUnits", "directoryRoles", "scopedRoles")
+_RULE_KEYS: Final = (
+    "actions",
+    "administrativeUnits",
+    "directoryRoles",
+    "scopedRoles",
+    "roleEligibilities",
+    "roleAssignments",
+)
 _REVOKE_ALL: Final = "revokeAll"
 
 
@@ -83,6 +96,8 @@ class SourceRules:
     administrative_units: frozenset[str] = frozenset()
     directory_roles: frozenset[str] = frozenset()
     scoped_roles: frozenset[str] = frozenset()
+    role_eligibilities: frozenset[str] = frozenset()  # PIM, by role definition id
+    role_assignments: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +111,15 @@ class GrantPolicy:
 
     @classmethod
     def default(cls) -> GrantPolicy:
-        """Every producer: add and remove, any administrative unit, any non-tier-0 role (scoped or not); producers of
-        the ``hr`` system also revoke-all (a leaver ends every grant of the person)."""
+        """Every producer: add and remove, any administrative unit, any non-tier-0 role (scoped or not, eligible or
+        active through PIM); producers of the ``hr`` system also revoke-all (a leaver ends every grant of the
+        person)."""
         rules = SourceRules(
-            administrative_units=frozenset({ANY}), directory_roles=frozenset({ANY}), scoped_roles=frozenset({ANY})
+            administrative_units=frozenset({ANY}),
+            directory_roles=frozenset({ANY}),
+            scoped_roles=frozenset({ANY}),
+            role_eligibilities=frozenset({ANY}),
+            role_assignments=frozenset({ANY}),
         )
         systems = {system: rules for system in SourceSystem} | {SourceSystem.HR: replace(rules, revoke_all=True)}
         return cls(producers={}, systems=systems, origin="built-in default")
@@ -124,6 +144,18 @@ class GrantPolicy:
                 f"GRANTS_POLICY: {self.origin}: producers.{unknown[0]} is not in the producer registry (it has {known})"
             )
 
+    def check_leavers(self, hr_producers: Iterable[Producer]) -> None:
+        """Raise `ConfigError` when a producer that sends HR events may grant but lacks the ``revokeAll`` right: its
+        leavers end every grant of the person (`shared.core.hr_events`), and would all be refused while its joiners
+        are granted."""
+        for producer in hr_producers:
+            rules = self.rules_for(producer)
+            if rules is not None and Action.ADD in rules.actions and not rules.revoke_all:
+                raise ConfigError(
+                    f"GRANTS_POLICY: {self.origin}: producer {producer.name!r} sends HR events, whose leavers end "
+                    'every grant of the person: its rules need "revokeAll" in "actions" (docs/guardrails.md)'
+                )
+
     def check(self, command: GrantCommand, *, producer: Producer, role_template_id: Guid | None) -> None:
         """Raise `PermanentError(PolicyDenied)` unless `producer` may do this command.
 
@@ -146,6 +178,9 @@ class GrantPolicy:
             if not _allows(rules.administrative_units, target.id):
                 raise _denied(f"{who} may not change administrative unit {target.id} {where}")
             return
+        if isinstance(target, RoleEligibility | RoleAssignment):
+            self._check_schedule(target, rules, who=who, where=where)
+            return
         template = target.role_template_id if isinstance(target, ScopedRole) else role_template_id
         assert template is not None
         allowed = rules.scoped_roles if isinstance(target, ScopedRole) else rules.directory_roles
@@ -160,13 +195,38 @@ class GrantPolicy:
         if isinstance(target, ScopedRole) and not _allows(rules.administrative_units, target.administrative_unit_id):
             raise _denied(f"{who} may not assign roles in administrative unit {target.administrative_unit_id} {where}")
 
+    @staticmethod
+    def _check_schedule(target: RoleEligibility | RoleAssignment, rules: SourceRules, *, who: str, where: str) -> None:
+        """A PIM target: its role definition under the rule key of its kind (tier-0 only when named), its scope's
+        unit (if any) under ``administrativeUnits``."""
+        eligible = isinstance(target, RoleEligibility)
+        key, allowed = (
+            ("roleEligibilities", rules.role_eligibilities)
+            if eligible
+            else (
+                "roleAssignments",
+                rules.role_assignments,
+            )
+        )
+        kind = "eligibility for" if eligible else "active assignment of"
+        definition = target.role_definition_id
+        if definition in TIER0_ROLE_TEMPLATES and definition not in allowed:
+            raise _denied(
+                f"{TIER0_ROLE_TEMPLATES[definition]} ({definition}) is a tier-0 role: {who} may grant an {kind} it "
+                f"only if the policy names this role definition explicitly under its {key} {where}"
+            )
+        if not _allows(allowed, definition):
+            raise _denied(f"{who} may not change the {kind} role definition {definition} ({key}) {where}")
+        if target.unit is not None and not _allows(rules.administrative_units, target.unit):
+            raise _denied(f"{who} may not assign roles in administrative unit {target.unit} {where}")
+
     def describe(self) -> str:
         """One line for the start-up log."""
         if self.origin == "built-in default":
             return (
                 "GRANTS_POLICY is not set: using the built-in default policy (every producer may change "
-                "administrative units and non-tier-0 directory roles; tier-0 roles are refused; HR producers may "
-                "revoke every grant of a member)"
+                "administrative units and non-tier-0 directory roles, PIM eligibilities and assignments included; "
+                "tier-0 roles are refused; HR producers may revoke every grant of a member)"
             )
         named = [*sorted(self.producers), *(f"{s.value} (by system)" for s in sorted(self.systems))]
         return f"grant policy from {self.origin}: rules for {', '.join(named) or 'no producer'}"
@@ -236,6 +296,8 @@ def _rules(rules: Any, where: str) -> SourceRules:
         administrative_units=_ids(rules.get("administrativeUnits", []), f"{where}.administrativeUnits"),
         directory_roles=_ids(rules.get("directoryRoles", []), f"{where}.directoryRoles"),
         scoped_roles=_ids(rules.get("scopedRoles", []), f"{where}.scopedRoles"),
+        role_eligibilities=_ids(rules.get("roleEligibilities", []), f"{where}.roleEligibilities"),
+        role_assignments=_ids(rules.get("roleAssignments", []), f"{where}.roleAssignments"),
     )
 
 

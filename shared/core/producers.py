@@ -142,6 +142,12 @@ class Producers:
         """The producers that sign webhook requests (those with a secret), by name."""
         return [p for p in self if p.signs]
 
+    def hr_senders(self, *, hr_events_queue: str) -> list[Producer]:
+        """The producers that send HR events: the one bound to the app's HR events queue, and each with an HR events
+        queue of its own."""
+        bound = self.on_queue(hr_events_queue)
+        return [p for p in self if p.hr_events_queue or p is bound]
+
     def for_system(self, system: str) -> Producer | None:
         """The producer a legacy record of `system` belongs to: the one named as that system, else the only
         producer of that system; None when that is not one producer."""

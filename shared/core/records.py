@@ -17,7 +17,14 @@ import json
 from datetime import datetime
 from typing import Any, Final
 
-from shared.core.contract import AdministrativeUnit, DirectoryRole, GrantCommand, ScopedRole
+from shared.core.contract import (
+    AdministrativeUnit,
+    DirectoryRole,
+    GrantCommand,
+    RoleAssignment,
+    RoleEligibility,
+    ScopedRole,
+)
 from shared.core.hr_events import HrEvent
 from shared.core.messaging import (
     BULK_JOB,
@@ -56,20 +63,28 @@ _TARGET_TYPES: Final = {
     AdministrativeUnit: "administrativeUnit",
     DirectoryRole: "directoryRole",
     ScopedRole: "scopedRole",
+    RoleEligibility: "roleEligibility",
+    RoleAssignment: "roleAssignment",
 }
 
 
 def target_fields(command: GrantCommand) -> dict[str, Any]:
-    """The `StatusRecord` fields of what `command` asks and who asked (without ``requestedAt`` and ``intentAt``)."""
+    """The `StatusRecord` fields of what `command` asks and who asked (without ``requestedAt`` and ``intentAt``). A
+    PIM target's ``targetId`` is the administrative unit of its scope (None at the tenant's)."""
     target = command.target
+    schedule = target if isinstance(target, RoleEligibility | RoleAssignment) else None
     return {
         "action": command.action.value,
         "source_system": command.source.system.value,
         "source_reference": command.source.reference,
         "requested_by": command.requested_by,
         "target_type": _TARGET_TYPES[type(target)],
-        "target_id": getattr(target, "id", None) or getattr(target, "administrative_unit_id", None),
+        "target_id": getattr(target, "id", None)
+        or getattr(target, "administrative_unit_id", None)
+        or (schedule.unit if schedule else None),
         "role_template_id": getattr(target, "role_template_id", None),
+        "role_definition_id": schedule.role_definition_id if schedule else None,
+        "directory_scope_id": schedule.directory_scope_id if schedule else None,
         "member_id": command.member.id,
         "expires_at": command.expires_at,
     }

@@ -4,7 +4,7 @@
   retry_scheduled) to one *terminal* one: succeeded (granted, already_member, revoked, not_member, released,
   would_grant, would_revoke, superseded, duplicate) or failed (dead_lettered). A delivery can also end completed
   (an HR event), delivered or skipped (a callback), or, not terminal, abandoned or unsettled (Service Bus delivers
-  it again).
+  it again) or deferred (it came before its time: queued again for it).
 - `Settled`: how one delivery ended (the outcome line's status, reason, description and attempts).
 - `StatusRecord`: what ``GET /api/grants/{requestId}`` answers, frozen and typed; `StatusRecord.to_json` and
   `StatusRecord.from_json` are its only writer and reader (every field, ``null`` when unknown).
@@ -52,6 +52,8 @@ class Status(StrEnum):
     DELIVERED = "delivered"  # a callback the receiver answered 2xx
     SKIPPED = "skipped"  # a callback event with no callback URL
     ABANDONED = "abandoned"  # not terminal: Service Bus delivers the message again
+    DEFERRED = "deferred"  # not terminal: delivered before the earliest time the app sealed it to run (`notBefore`);
+    # nothing carried out, queued again for then
     UNSETTLED = "unsettled"  # not terminal: left to its lock expiry (a transient failure no copy could retry, or a
     # settlement call the host did not answer in time); Service Bus delivers it again when the lock expires
 
@@ -242,6 +244,8 @@ class StatusRecord:
     target_type: str | None = None
     target_id: str | None = None
     role_template_id: str | None = None
+    role_definition_id: str | None = None  # a PIM target's (roleEligibility, roleAssignment)
+    directory_scope_id: str | None = None
     member_id: str | None = None
     member_type: str | None = None
     dry_run: bool | None = None

@@ -12,6 +12,8 @@ is signed exactly as the webhook checks inbound requests (`shared.core.signing.s
   on the callback queue (``GRANTS_CALLBACK_QUEUE``), MessageId ``<event id>/callback/<attempt>`` (a name no
   producer's id can take: see `outcome_event_id`), *then* the delivery is completed; if the copy cannot be sent,
   ``abandon``;
+- a retry copy delivered before the time it was sealed for (`Delivery.early`): nothing is POSTed; it is queued
+  again for that time (`NotYet`);
 - a failure retrying cannot help (the URL is refused, the host resolves to a private address, a redirect or
   another 4xx), or the last attempt failed: ``deadletter`` with reason ``CallbackFailed``.
 
@@ -49,7 +51,7 @@ from shared.core.records import callback_line
 from shared.core.retry import RetryPolicy
 from shared.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from shared.core.statuses import Settled, Status
-from shared.service.settle import Done, Ending, RetryCopy, settle
+from shared.service.settle import Done, Ending, NotYet, RetryCopy, settle
 
 __all__ = ["ATTEMPT_HEADER", "EVENT_ID_HEADER", "CallbackHandler"]
 
@@ -110,10 +112,12 @@ class CallbackHandler:
         producer = delivery.text_property(EVENT_PRODUCER) if delivery.own else None
         target: CallbackTarget | None = None
         status: int | None = None
-        outcome: Done | Exception
+        outcome: Done | NotYet | Exception
         url = delivery.application_property(CALLBACK_URL)
         try:
-            if not url:  # the subscription's filter lets none through, but a rule being replaced might
+            if (until := delivery.early(started)) is not None:  # a retry copy delivered before its time: not now
+                outcome = NotYet(until=until)
+            elif not url:  # the subscription's filter lets none through, but a rule being replaced might
                 outcome = Done(status=Status.SKIPPED, description="no callbackUrl")
             else:
                 target = _target(url, self._policy, producer)

@@ -4,7 +4,10 @@ its producer established, parsed, passed through the intent gate, settled by the
 Who asked is established by how the message arrived (`shared.core.producers.establish`): on a message the app sealed
 (a retry copy, the webhook's queued request, an HR grant, an expiry removal), the producer sealed with it; on any
 other, the producer the queue it came from is bound to, none (``UnknownProducer``) when the queue is bound to no
-producer. A producer's own request naming another source system is dead-lettered ``SourceMismatch``.
+producer. A producer's own request naming another source system is dead-lettered ``SourceMismatch``. A message the
+app sealed to run later (an HR grant, an expiry removal, a retry copy, a confirming copy) delivered before that time
+(`Delivery.early`: a copy resent by someone who can read the queue, or resubmitted) is not read any further: the
+ladder queues it again for its time (`NotYet`).
 
 The handler parses the body (`parse_grant`), runs the command through `IntentGate.run` in the entry's lane (handing
 it the ``in_progress`` status record to write should the attempt hold its pair's lease for over a second), and gives
@@ -49,7 +52,7 @@ from shared.core.records import grant_status, outcome_event, outcome_line
 from shared.core.retry import RetryPolicy
 from shared.core.statuses import Holder, Settled, Status, StatusRecord
 from shared.service.gate import Arrival, IntentGate
-from shared.service.settle import Done, Ending, RetryCopy, settle
+from shared.service.settle import Done, Ending, NotYet, RetryCopy, settle
 
 __all__ = ["GrantHandler", "retry_message_id"]
 
@@ -105,6 +108,9 @@ class GrantHandler:
             unread = received.trusted(sealed=False, job_properties=False)
             return await self._settle(unread, error, None, lane, started, actions)
         attempt = _Attempt(delivery=delivery, started=started)
+        if (until := delivery.early(started)) is not None:  # sealed to run later: nothing of it is carried out now
+            attempt.came_early()
+            return await self._settle(delivery, NotYet(until=until), attempt, lane, started, actions)
         outcome: Done | Exception
         try:
             stated = delivery.text_property(PRODUCER)
@@ -155,7 +161,7 @@ class GrantHandler:
     async def _settle(
         self,
         delivery: Delivery,
-        outcome: Done | Exception,
+        outcome: Done | NotYet | Exception,
         attempt: _Attempt | None,
         lane: Lane,
         started: datetime,
@@ -194,6 +200,16 @@ class _Attempt:
         self.graph_request_id: str | None = None
         self.role_template_id: str | None = None
         self.held_by: tuple[Holder, ...] | None = None  # a released request's: what keeps the membership
+        self.waits = False  # it came before its time: sent again as it is (`NotYet`)
+
+    def came_early(self) -> None:
+        """The delivery came before the time it was sealed for: its outcome line names its request (read, not acted
+        on), and its copy for then is the sealed message itself, whoever its producer."""
+        self.waits = True
+        try:
+            self.request_id = parse_grant(self.delivery.body, own=True).request_id
+        except ContractError as error:
+            self.request_id = error.request_id
 
     def noted(self, graph_request_id: str | None, role_template_id: str | None) -> None:
         self.graph_request_id, self.role_template_id = graph_request_id, role_template_id
@@ -242,7 +258,8 @@ class _Attempt:
 
     def ending(self, sender: MessageSender | None) -> Ending:
         """How the ladder ends this delivery. Without an established producer there is no one whose status it could
-        be: no status record, and no retry copy (nothing a copy could be sealed for)."""
+        be: no status record, and no retry copy (nothing a copy could be sealed for), unless the delivery came before
+        its time (its copy for then is the sealed message as it is)."""
         delivery, producer = self.delivery, self.producer
         return Ending(
             kind="grant",
@@ -252,7 +269,7 @@ class _Attempt:
             owner=self.command is not None,
             source=self.command.source.system.value if self.command is not None else None,
             retry=RetryCopy(
-                sender=sender if producer is not None else None,
+                sender=sender if producer is not None or self.waits else None,
                 message_id=functools.partial(retry_message_id, delivery, producer.name if producer else ""),
                 carried={
                     PRODUCER: producer.name if producer else "",

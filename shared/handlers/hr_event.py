@@ -32,7 +32,7 @@ from shared.core.producers import Producer, Producers, establish
 from shared.core.records import accepted_status, hr_event_line
 from shared.core.retry import RetryPolicy
 from shared.core.statuses import Settled, Status, StatusWrite
-from shared.service.settle import Done, Ending, settle
+from shared.service.settle import Done, Ending, NotYet, settle
 
 __all__ = ["HrEventHandler"]
 
@@ -71,15 +71,18 @@ class HrEventHandler:
         delivery = Delivery.of(message)
         event: HrEvent | None = None
         sent: list[str] = []
-        outcome: Done | Exception
+        outcome: Done | NotYet | Exception
         try:
             delivery = await self._sealer.trusted(delivery)  # an HR event is a producer's: no internal properties
-            bound = self._producers.on_queue(queue or self._own_queue)
-            producer = establish(self._producers, own=False, stated=None, bound=bound, system=None)
-            if self._rules is None:
-                raise ContractError(Reason.HR_RULES_NOT_CONFIGURED, "GRANTS_HR_RULES is not set")
-            event = parse_event(delivery.body, message_id=delivery.message_id or "")
-            outcome = await self._send(delivery, event, self._rules, producer, sent)
+            if (until := delivery.early(self._now())) is not None:  # a message the app sealed to run later, here:
+                outcome = NotYet(until=until)  # never an HR event; with no copy, it waits for its lock expiry
+            else:
+                bound = self._producers.on_queue(queue or self._own_queue)
+                producer = establish(self._producers, own=False, stated=None, bound=bound, system=None)
+                if self._rules is None:
+                    raise ContractError(Reason.HR_RULES_NOT_CONFIGURED, "GRANTS_HR_RULES is not set")
+                event = parse_event(delivery.body, message_id=delivery.message_id or "")
+                outcome = await self._send(delivery, event, self._rules, producer, sent)
         except Exception as error:  # the ladder decides by its class
             outcome = error
         return await settle(

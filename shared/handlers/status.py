@@ -15,7 +15,8 @@ producers used the same id (without it, an id two producers used answers ``409``
 the statuses), with ``reason``, ``description``, ``attempts``, ``lastAttemptAt``, ``nextRetryAt``,
 ``graphRequestId``, who asked (``sourceSystem``, ``sourceReference``, ``requestedBy``), what (``action``, the
 target and member), ``requestedAt``, ``intentAt``, ``expiresAt`` and, for a time-bound grant, ``removal`` (the
-removal's status: ``scheduled`` with ``dueAt`` until it runs), ``acceptedAt`` and ``updatedAt``.
+removal's status: ``scheduled`` with ``dueAt`` until it runs), ``acceptedAt`` and ``updatedAt``; and whether the
+status is ``terminal`` and ``succeeded`` (`record_json`: a caller follows a request without a list of statuses).
 
 ``GET /api/jobs/{jobId}`` and ``GET /api/hr-events/{eventId}`` (`group_answer`): one partition query on the job's
 (or event's) rows. Every message of a bulk job or HR event carries its row and the number of rows sent
@@ -46,7 +47,7 @@ from shared.core.statuses import Status, StatusRecord
 from shared.core.times import TimeRefused, parse_date, parse_timestamp
 from shared.handlers.http import Answer, forbidden, problem, unauthenticated
 
-__all__ = ["StatusApi", "group_answer", "history_answer", "status_answer"]
+__all__ = ["StatusApi", "group_answer", "history_answer", "record_json", "status_answer"]
 
 _log = logging.getLogger(__name__)
 #: The most requests a history answer lists (the newest): a target with more is asked with ``since``.
@@ -149,7 +150,14 @@ async def status_answer(
         return problem(503, "ledger-unavailable", "Status unavailable", _UNAVAILABLE, retry_after=5)
     if record is None:
         return problem(404, "unknown-request", "Unknown request", f"no request {request_id} is recorded")
-    return Answer(200, json.dumps(record.seen_by(viewer).to_json(), ensure_ascii=False).encode(), "application/json")
+    return Answer(200, json.dumps(record_json(record.seen_by(viewer)), ensure_ascii=False).encode(), "application/json")
+
+
+def record_json(record: StatusRecord) -> dict[str, Any]:
+    """A status record as the API answers it: every field (`StatusRecord.to_json`), and whether its status is
+    ``terminal`` and ``succeeded`` (`Status.terminal`, `Status.succeeded`), so that a caller follows a request to its
+    end without a list of statuses of its own (a status added later included)."""
+    return record.to_json() | {"terminal": record.status.terminal, "succeeded": record.status.succeeded}
 
 
 def _ambiguous(noun: str, name: str, producers: list[str]) -> Answer:
@@ -201,7 +209,7 @@ async def group_answer(
         "done": size is not None and terminal >= size,
         "totals": dict(sorted(Counter(str(row.get("status")) for row in rows).items())),
         "succeeded": sum(1 for status in statuses if status is not None and status.succeeded),
-        "failed": [record.to_json() for record in sorted(found.failed, key=lambda record: record.job_row or 0)],
+        "failed": [record_json(record) for record in sorted(found.failed, key=lambda record: record.job_row or 0)],
     }
     if rejected:  # rows outside the size its first row fixed: never counted, so they cannot reopen or end it
         document["rejected"] = [{"requestId": r.get("requestId"), "jobRow": r.get("jobRow")} for r in rejected]
@@ -242,7 +250,7 @@ async def history_answer(
         "target": scope.get("target"),
         "since": since.isoformat() if since else None,
         "producer": producer,
-        "requests": [record.seen_by(viewer).to_json() for record in found],
+        "requests": [record_json(record.seen_by(viewer)) for record in found],
     }
     return Answer(200, json.dumps(document, ensure_ascii=False).encode(), "application/json")
 

@@ -1,23 +1,25 @@
 """Drift: the directory checked against the ledger, target by target, and repaired through the grant pipeline.
 
 A **check** of one target (`DriftService.check`) lists its members in Graph (`DirectoryReader.member_set`, paced,
-Low priority), *then* reads the newest intent of each of its pairs from the ledger (`Ledger.target_pairs`: read
-after the listing, a member the app has just added was recorded as an intent before its write, so it cannot look
-unmanaged), classifies (`shared.core.drift.classify`) and plans by the target's mode in the drift policy
+Low priority), *then* reads the state of each of its pairs from the ledger (`Ledger.target_pairs`: each producer's
+grant; read after the listing, a member the app has just added was recorded as an intent before its write, so it
+cannot look unmanaged), classifies (`shared.core.drift.classify`) and plans by the target's mode in the drift policy
 (`shared.core.drift_policy`). A directory role is one target however the ledger names it: its pairs by template
-and by object id are read and merged (`newest_states`); a repair goes to the pair whose intent it restores.
+and by object id (recorded by id before requests by id were kept on the template's pair) are read and merged
+(`newest_states`); a repair is sent naming the role as the pair whose grant it restores does.
 
 A **sweep** (`DriftService.sweep`, the timer) checks every target the ledger knows (`Ledger.pair_targets`) and
 every target the policy names, a few at a time, and for each:
 
 - sends each planned repair through `send_repair`: a grant message built by `repair_command` (source ``other``,
-  naming the request it restores), MessageId `repair_message_id`, on the **bulk** queue, due now, so the grant
-  function carries it out at Graph's Low priority, through the intent gate and the grant policy like any request
-  (the removal of an expired grant is the app's expiry removal and carries ``expiryOf``, as the expiry sweep's);
+  naming the request it restores; producer ``app``), MessageId `repair_message_id`, on the **bulk** queue, due now,
+  so the grant function carries it out at Graph's Low priority, through the intent gate as the app's own request
+  (it changes no grant and writes only what the grants say then; the removal of an expired grant is that grant's
+  expiry removal, its producer's, and carries ``expiryOf``, as the expiry sweep's);
 - sends no repair the directory is known to refuse (`shared.core.drift`, *Not repairable*): a unit with dynamic
-  membership (read from Graph when the target has repairs to plan), or a pair whose newest intent is the app's own
-  request dead-lettered for a reason a repair would meet again (its status read from the ledger; a unit refusal
-  no longer holds once the unit changed); such findings are reported ``not_repairable`` with the refusal;
+  membership (read from Graph when the target has repairs to plan), or a pair whose repair (its own request id,
+  `repair_of`) was dead-lettered for a reason a repair would meet again (its status read from the ledger; a unit
+  refusal no longer holds once the unit changed); such findings are reported ``not_repairable`` with the refusal;
 - records the removals the blast-radius guard holds (`Ledger.hold_drift`) and says so (a warning line, a
   ``drift_held`` outcome event); a set a confirm released goes on being sent while it is the same set (its
   requests are the same: the ledger absorbs what was done);
@@ -48,7 +50,16 @@ from typing import Any, Final, Literal
 from shared.adapters.directory import DirectoryReader
 from shared.adapters.graph import GraphClient
 from shared.adapters.ledger import DriftHold, Ledger
-from shared.core.contract import AdministrativeUnit, DirectoryRole, Guid, ScopedRole, Target, encode
+from shared.core.contract import (
+    AdministrativeUnit,
+    DirectoryRole,
+    Guid,
+    RoleAssignment,
+    RoleEligibility,
+    ScopedRole,
+    Target,
+    encode,
+)
 from shared.core.drift import (
     Lingering,
     Mode,
@@ -105,7 +116,7 @@ class Swept:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Checked:
     """One target's check: its mode, the report and plan (None when it could not be read: `error`), which naming
-    holds each member's newest intent (`owners`), the guard's recorded hold, and the refusals the plan honoured
+    holds each member's pair state (`owners`), the guard's recorded hold, and the refusals the plan honoured
     (`refusals` per member, `refused_target`)."""
 
     target: Target
@@ -251,7 +262,13 @@ class DriftService:
                 ids.add(Guid(await self._reader.role_id_of(naming) or naming))
             with contextlib.suppress(GrantError):  # a role id's template
                 ids.add(await self._roles.template_of(DirectoryRole(id=naming), self._graph))
-        prefixes = [f"au.{naming}.", "scoped.", *(f"{kind}.{i}." for i in sorted(ids) for kind in ("role", "template"))]
+        prefixes = [
+            f"au.{naming}.",
+            "scoped.",
+            "elig.",
+            "asgn.",
+            *(f"{kind}.{i}." for i in sorted(ids) for kind in ("role", "template")),
+        ]
         found = await asyncio.gather(*(self._ledger.pair_targets(prefix=p) for p in prefixes))
         return [t for targets in found for t in targets if any(_names(t, i) for i in ids)]
 
@@ -329,9 +346,9 @@ class DriftService:
 
     async def _refusals(self, target: Target, report: Report, mode: Mode) -> tuple[dict[Guid, Refusal], Refusal | None]:
         """What the directory is known to refuse of `report`'s repairs: for a unit with repairs to plan, whether it
-        refuses every write (dynamic membership: read from Graph now); for each finding whose newest intent is the
-        app's own request, the refusal its status records (`refusal_of`), unless it was the unit's and the unit no
-        longer refuses (`still_refuses`). Nothing in report mode."""
+        refuses every write (dynamic membership: read from Graph now); for each finding, the refusal its repair's own
+        request's status records (`refusal_of`), unless it was the unit's and the unit no longer refuses
+        (`still_refuses`). Nothing in report mode."""
         repairable = [f for f in report.findings if not isinstance(f, Unmanaged) or mode is Mode.AUTHORITATIVE]
         if mode is Mode.REPORT or not repairable:
             return {}, None
@@ -544,11 +561,14 @@ class DriftService:
 
 
 def _names(target: Target, guid: Guid) -> bool:
-    """True when `guid` is the target's unit, role or role template id."""
+    """True when `guid` is the target's unit, role, role template or (a PIM target's) role definition or scope's unit
+    id."""
     ids: Iterable[object] = (
         getattr(target, "id", None),
         getattr(target, "role_template_id", None),
         getattr(target, "administrative_unit_id", None),
+        getattr(target, "role_definition_id", None),
+        getattr(target, "unit", None),
     )
     return guid in ids
 
@@ -558,6 +578,9 @@ def _held(target: Target, digest: str, removals: int, limit: int) -> dict[str, A
 
 
 def _label(target: Target) -> str:
+    if isinstance(target, RoleEligibility | RoleAssignment):
+        kind = "eligibility" if isinstance(target, RoleEligibility) else "active assignment"
+        return f"{kind} of role definition {target.role_definition_id} at scope {target.directory_scope_id}"
     if isinstance(target, AdministrativeUnit):
         return f"administrative unit {target.id}"
     if isinstance(target, ScopedRole):

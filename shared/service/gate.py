@@ -38,10 +38,10 @@ from shared.core.contract import Action, DirectoryRole, GrantCommand, Guid, Targ
 from shared.core.errors import PermanentError, Reason, TransientError
 from shared.core.intents import Effect, Intent, effect_of, expiry_removal, intent_of, pair_of, parse_pair
 from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, MessageSender, derived_message_id
-from shared.core.pairs import Grant, Released, Superseded, confirm_at, due_grants, expiring
+from shared.core.pairs import Grant, NotDue, Released, Superseded, confirm_at, due_grants
 from shared.core.producers import APP_PRODUCER, Producer
 from shared.core.statuses import Holder, Status, StatusRecord, StatusWrite
-from shared.service.grants import ExpiryNotScheduledError, GrantService
+from shared.service.grants import GrantService
 from shared.service.membership import Result
 
 __all__ = ["Arrival", "IntentGate"]
@@ -50,6 +50,11 @@ _log = logging.getLogger(__name__)
 
 #: The Graph work stops this long before the lease ends, so a write in flight cannot outlive it.
 LEASE_MARGIN: Final = timedelta(seconds=15)
+#: Seconds added to an early expiry's wait, past the grant's expiry by this process's clock: one running behind the
+#: broker's by less than this is met by the retry.
+NOT_YET_MARGIN: Final = 5.0
+#: Pairs one expiry sweep reads at most; the next sweep goes on after the last (`IntentGate.sweep`).
+SWEEP_PAGE: Final = 1000
 #: Seconds an admitted attempt works before ``in_progress`` is recorded (`Arrival.admitted`): most Graph writes
 #: take less, and a status no one could see for longer than this is not worth two storage requests a grant.
 PROGRESS_AFTER: Final = 1.0
@@ -94,6 +99,7 @@ class IntentGate:
         self._grants = grants
         self._now = now
         self._progress_after = progress_after
+        self._sweep_after: str | None = None  # the expiry sweep's cursor: the last pair of its last full page
 
     async def run(self, command: GrantCommand, arrival: Arrival) -> Result:
         """Guard `command` (policy), pass it through the ledger, and carry it out holding the pair's lease."""
@@ -111,10 +117,11 @@ class IntentGate:
                 "granted and nothing changed",
             )
         pair = pair_of(_canonical(command.target, template), command.member.id)
+        aliases = await self._aliases(command, template, arrival.lane)
         intent = intent_of(
             command, arrived_at=arrival.arrived_at, producer=producer.name, kind=kind, ends=arrival.expiry_of
         )
-        decision = await self._ledger.begin(intent, pair=pair, origin=arrival.origin, now=now)
+        decision = await self._ledger.begin(intent, pair=pair, origin=arrival.origin, now=now, aliases=aliases)
         if isinstance(decision, Absorbed):
             return Result(
                 Status.DUPLICATE,
@@ -126,16 +133,22 @@ class IntentGate:
             newest = decision.newest
             return Result(
                 Status.SUPERSEDED,
-                _superseded(intent.effect, newest),
+                _superseded(intent.effect, newest, producer=producer.name),
                 graph=None,
+            )
+        if isinstance(decision, NotDue):
+            raise TransientError(
+                Reason.EXPIRY_NOT_DUE,
+                f"the grant this removal ends expires at {decision.until.isoformat()}: carried out then",
+                retry_after=(decision.until - now).total_seconds() + NOT_YET_MARGIN,
             )
         if isinstance(decision, Released):
             holders = _holders(decision.held_by, preexisting=decision.preexisting)
-            return Result(Status.RELEASED, _released(holders), graph=None, held_by=holders)
+            return Result(Status.RELEASED, _released(holders, producer=producer.name), graph=None, held_by=holders)
         if not isinstance(decision, Admitted):
             raise TransientError(
                 Reason.PAIR_BUSY,
-                f"request {decision.holder} for the same member and target is being carried out; waiting for it",
+                "another request for the same member and target is being carried out; waiting for it",
                 retry_after=max((decision.until - now).total_seconds(), 0.0),
             )
         progress = _Progress(
@@ -167,9 +180,6 @@ class IntentGate:
                 f"the Graph work did not finish within its lease ({budget:.0f} s)",
                 uncertain=True,
             ) from error
-        except ExpiryNotScheduledError as error:  # the add was answered: that answer is recorded before the retry
-            await self._release_quietly(ticket, applied=Action.ADD, already=error.already)
-            raise
         except TransientError as error:
             await self._release_quietly(ticket, uncertain=error.uncertain)
             raise
@@ -183,6 +193,8 @@ class IntentGate:
         finished = self._now()
         already = result.outcome in (Status.ALREADY_MEMBER, Status.NOT_MEMBER)
         await self._ledger.finish(ticket, applied=applied, now=finished, already=already)
+        if ticket.write is Action.ADD and arrival.expiry_of is None and arrival.producer.name != APP_PRODUCER:
+            result = await self._grants.schedule_expiry(recorded, result, producer=arrival.producer, lane=arrival.lane)
         again = confirm_at(ticket.state, action=applied, now=finished) if applied is not None else None
         if again is None or applied is None:
             return result
@@ -195,31 +207,52 @@ class IntentGate:
 
     async def sweep(self, sender: MessageSender) -> int:
         """The expiry sweep: for every grant whose pending removal is due, send the app's own removal ending it
-        (`expiry_removal` of the intent it ends, `shared.core.pairs.expiring`), for the grant function to carry out;
-        return how many were sent. A pair whose record cannot be read back as one is skipped and reported (an error
-        line naming it), never the end of the sweep; a send that fails raises (the next sweep sends it again: the
-        removal stays pending in the ledger until it is carried out or refused for good)."""
+        (`expiry_removal` of the grant's newest intent: a time-bound add, a remove not carried out, or an expiry that
+        was admitted and failed, whose removal is then a new request ending it), for the grant function to carry
+        out; return how many were sent. One sweep reads at most `SWEEP_PAGE` due pairs and the next goes on after
+        them, so pairs whose removal keeps failing cannot hide the others. A pair whose record cannot be read back as
+        one is skipped and reported (an error line naming it), never the end of the sweep; a send that fails raises
+        (the next sweep sends it again: the removal stays pending in the ledger until it is carried out or refused
+        for good)."""
         now = self._now()
         sent = 0
-        for pair, state in await self._ledger.due_removals(now=now):
-            for grant in due_grants(state, now=now):
+        page = await self._ledger.due_removals(now=now, limit=SWEEP_PAGE, after=self._sweep_after)
+        # a full page: the next sweep goes on after its last pair (so pairs stuck early in key order never hide
+        # the rest); a short one: the next starts from the first again
+        self._sweep_after = page[-1][0] if len(page) >= SWEEP_PAGE else None
+        for pair, state in page:
+            try:
+                due = due_grants(state, now=now)
+            except (TypeError, ValueError) as error:  # a record edited by hand: this pair only
+                _log.error("expiry sweep: skipped the pending removals of %s (%s)", json.dumps(pair), error)
+                continue
+            for grant in due:
                 try:
                     target, member_id = parse_pair(pair)
-                    of = expiring(grant)
+                    of = grant.newest
                     removal = expiry_removal(target, member_id, of=of)
                 except (ValueError, OverflowError) as error:
                     _log.error("expiry sweep: skipped the pending removal of %s (%s)", json.dumps(pair), error)
                     continue
-                due = grant.removal_due.isoformat() if grant.removal_due else ""
+                when = grant.removal_due.isoformat() if grant.removal_due else ""
                 producer = grant.producer or APP_PRODUCER  # a grant recorded before producers had names: the app's
                 await sender.schedule(
                     body=encode(removal),
-                    message_id=derived_message_id("sweep", producer, removal.request_id, due),
+                    message_id=derived_message_id("sweep", producer, removal.request_id, when),
                     application_properties={EXPIRY_OF: of.request_id, PRODUCER: producer},
                     scheduled_enqueue_time=now,
                 )
                 sent += 1
         return sent
+
+    async def _aliases(self, command: GrantCommand, template: Guid | None, lane: Lane) -> tuple[str, ...]:
+        """The other pair a directory role's membership may be recorded under: by the role's object id (before a
+        role was kept on its template's pair); none for other targets."""
+        target = command.target
+        if not isinstance(target, DirectoryRole) or template is None:
+            return ()
+        role_id = target.id or await self._grants.role_id(template, lane=lane)
+        return (pair_of(DirectoryRole(id=role_id), command.member.id),) if role_id else ()
 
     def _record_progress(self, record: StatusRecord | None) -> Callable[[], Awaitable[object]] | None:
         """Writes `record` as a progress status (None: there is nothing to write)."""
@@ -227,22 +260,11 @@ class IntentGate:
             return None
         return lambda: self._ledger.record(record, now=self._now(), write=StatusWrite.PROGRESS)
 
-    async def _release_quietly(
-        self,
-        ticket: Ticket,
-        *,
-        uncertain: bool = False,
-        gave_up: bool = False,
-        applied: Action | None = None,
-        already: bool = False,
-    ) -> None:
+    async def _release_quietly(self, ticket: Ticket, *, uncertain: bool = False, gave_up: bool = False) -> None:
         """Return the lease after a failure (its write in doubt when `uncertain`; `gave_up` when the request is
-        refused for good; `applied` (`already`) when its write was answered before the failure); if the ledger fails
-        too, the lease simply expires and the write stays in doubt."""
+        refused for good); if the ledger fails too, the lease simply expires and the write stays in doubt."""
         with contextlib.suppress(TransientError):
-            await self._ledger.finish(
-                ticket, applied=applied, now=self._now(), uncertain=uncertain, gave_up=gave_up, already=already
-            )
+            await self._ledger.finish(ticket, applied=None, now=self._now(), uncertain=uncertain, gave_up=gave_up)
 
 
 def _canonical(target: Target, template: Guid | None) -> Target:
@@ -270,8 +292,9 @@ def _holders(grants: tuple[Grant, ...], *, preexisting: bool) -> tuple[Holder, .
     return (*holders, Holder(preexisting=True)) if preexisting else holders
 
 
-def _released(holders: tuple[Holder, ...]) -> str:
-    """A released request's description: what keeps the membership, or that the app has none to remove."""
+def _released(holders: tuple[Holder, ...], *, producer: str) -> str:
+    """A released request's description: what keeps the membership (another producer's grant by its name only), or
+    that the app has none to remove."""
     if not holders:
         return (
             "ended this producer's grant; the app made no membership of this member and target that is still there "
@@ -281,23 +304,21 @@ def _released(holders: tuple[Holder, ...]) -> str:
         "a membership the app did not make (a revokeAll removal ends it)"
         if holder.preexisting
         else f"{holder.producer}'s grant {holder.request_id}"
-        + (f" (until {holder.expires_at.isoformat()})" if holder.expires_at else "")
+        if holder.producer == producer
+        else f"a grant of producer {holder.producer}"
         for holder in holders
     ]
     return "ended this producer's grant; the membership stays, held by " + ", ".join(named)
 
 
-def _superseded(effect: Effect, newest: Intent) -> str:
+def _superseded(effect: Effect, newest: Intent, *, producer: str) -> str:
+    """A superseded request's description: what won (another producer's revoke-all by its producer only)."""
     if effect is Effect.EXPIRE:
-        return (
-            "the grant this removal ends has changed or not yet expired (its newest request is "
-            f"{newest.request_id}); nothing written"
-        )
+        return "the grant this removal ends has changed since (a newer request of its producer); nothing written"
     if effect is Effect.REPAIR:
-        return (
-            "nothing to repair: the grants of this member and target say otherwise now (newest request "
-            f"{newest.request_id}); nothing written"
-        )
+        return "nothing to repair: the grants of this member and target say otherwise now; nothing written"
+    if newest.producer not in (None, producer):
+        return f"superseded by a newer revokeAll of producer {newest.producer}; nothing written"
     return (
         f"superseded by request {newest.request_id} ({newest.action.value}, requested "
         f"{newest.requested_at.isoformat()}); nothing written"

@@ -1,10 +1,12 @@
 """The grant service: guardrails, then the handler, then the expiry of a time-bound grant.
 
-`GrantService.execute` checks the policy (a role given by id is checked by its template) before any Graph
-write, refuses an add whose ``expiresAt`` has passed (`Expired`: if an earlier attempt wrote the membership, its
-grant's pending removal in the ledger is the expiry sweep's), runs the handler (a
-dry run when ``GRANTS_DRY_RUN`` or the message's ``dryRun`` says so), and after a successful add with ``expiresAt``
-schedules the app's own removal at that time (`expiry_removal`: the same request however often it is scheduled).
+`GrantService.execute` checks the policy (a role given by id is checked by its template; a PIM target by its role
+definition) before any Graph write, refuses an add whose ``expiresAt`` has passed (`Expired`: if an earlier attempt
+wrote the membership, its grant's pending removal in the ledger is the expiry sweep's), runs the handler
+(`change_membership`, or for a PIM target `change_schedule`; a dry run when ``GRANTS_DRY_RUN`` or the message's
+``dryRun`` says so), and after a successful add with ``expiresAt`` schedules the app's own removal at that time
+(`expiry_removal`: the same request however often it is scheduled; for a PIM target Entra ends it at that time too,
+and the app's removal then finds nothing: ``not_member``).
 An expiry removal is not subject to the source's policy (`guard(own_removal=True)`, decided by the intent gate).
 Each command runs in its lane: its Graph requests carry the lane's priority and wait in its lane of the write
 governor, and its expiry removal goes to the lane's queue.
@@ -20,27 +22,27 @@ from shared.adapters.directory import RoleIds, UnitKinds
 from shared.adapters.graph import GraphClient
 from shared.adapters.lanes import LaneSender
 from shared.core.callbacks import CallbackPolicy, CallbackRefused
-from shared.core.contract import DERIVED_PREFIX, Action, DirectoryRole, GrantCommand, Guid, encode
+from shared.core.contract import (
+    DERIVED_PREFIX,
+    Action,
+    DirectoryRole,
+    GrantCommand,
+    Guid,
+    RoleAssignment,
+    RoleEligibility,
+    encode,
+)
 from shared.core.errors import GrantError, PermanentError, Reason, TransientError
 from shared.core.intents import content_hash, expiry_removal, intent_of
 from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, derived_message_id
 from shared.core.policy import GrantPolicy
 from shared.core.producers import APP, Producer
-from shared.core.statuses import HOLDS, Status
+from shared.core.statuses import HOLDS
 from shared.service.membership import Result, change_membership
 from shared.service.roles import RoleTemplates
+from shared.service.schedules import change_schedule
 
-__all__ = ["ExpiryNotScheduledError", "GrantService"]
-
-
-class ExpiryNotScheduledError(TransientError):
-    """`TransientError(ExpiryNotScheduled)`, raised once Graph has answered the add (`already`: it found the member
-    there): the gate records that answer before the retry, so the retry's own answer is read against what this one
-    did (the app's add, or a membership that was there before it)."""
-
-    def __init__(self, description: str, *, already: bool) -> None:
-        super().__init__(Reason.EXPIRY_NOT_SCHEDULED, description)
-        self.already = already
+__all__ = ["GrantService"]
 
 
 class GrantService:
@@ -74,7 +76,17 @@ class GrantService:
         """Check, carry out and (for time-bound grants) schedule the expiry of `producer`'s command, without the
         ledger."""
         template = await self.guard(command, producer=producer, lane=lane)
-        return await self.carry_out(command, template, producer=producer, lane=lane)
+        result = await self.carry_out(command, template, producer=producer, lane=lane)
+        return await self.schedule_expiry(command, result, producer=producer, lane=lane)
+
+    async def role_id(self, template: Guid, *, lane: Lane = Lane.INTERACTIVE) -> Guid | None:
+        """The id of the directory role activated from `template` (looked up once per process), None while it is not
+        activated or cannot be read now (what needs it then does without)."""
+        graph = self._graph.in_lane(lane)
+        try:
+            return await self._role_ids.role_id(template, read=lambda path: graph.send("GET", path))
+        except GrantError:
+            return None
 
     def writes(self, command: GrantCommand) -> bool:
         """False for a dry run (the message's ``dryRun`` or ``GRANTS_DRY_RUN``): nothing is written anywhere."""
@@ -116,8 +128,8 @@ class GrantService:
     async def carry_out(
         self, command: GrantCommand, template: Guid | None, *, producer: Producer, lane: Lane
     ) -> Result:
-        """Carry out `producer`'s guarded command in `lane`: Graph, then for a time-bound grant the scheduling of its
-        expiry (its removal is the same producer's)."""
+        """Carry out `producer`'s guarded command in `lane` in Graph (a time-bound grant's expiry is
+        `schedule_expiry`'s, once the write is recorded)."""
         try:
             return await self._carry_out(command, template, producer, lane)
         except GrantError as error:
@@ -132,29 +144,32 @@ class GrantService:
                 Reason.EXPIRED,
                 f"the grant expired at {expires_at.isoformat()} before it could be applied; nothing was granted",
             )
-        result = await change_membership(
-            command,
-            graph=self._graph.in_lane(lane),
-            roles=self._role_ids,
-            units=self._units,
-            activate_roles=self._activate_roles,
-            dry_run=dry_run,
-        )
-        result = replace(result, role_template_id=template)
-        if expires_at is not None and not dry_run and result.outcome in HOLDS:
-            already = result.outcome is not Status.GRANTED
-            await self._schedule_expiry(command, expires_at, producer, lane, already=already)
-            result = replace(
-                result, description=f"{result.description}; removal scheduled for {expires_at.isoformat()}"
+        target = command.target
+        if isinstance(target, RoleEligibility | RoleAssignment):
+            graph = self._graph.in_lane(lane)
+            result = await change_schedule(command, target, graph=graph, now=self._now(), dry_run=dry_run)
+        else:
+            result = await change_membership(
+                command,
+                graph=self._graph.in_lane(lane),
+                roles=self._role_ids,
+                units=self._units,
+                activate_roles=self._activate_roles,
+                dry_run=dry_run,
             )
-        return result
+        return replace(result, role_template_id=template)
 
-    async def _schedule_expiry(
-        self, command: GrantCommand, expires_at: datetime, producer: Producer, lane: Lane, *, already: bool
-    ) -> None:
-        """Schedule the app's own removal at `expires_at` (`expiry_removal`, `producer`'s as the grant it ends;
-        MessageId ``~expire:<digest>`` of the producer, its request id and content: scheduled twice, duplicate
-        detection or the ledger absorbs the second)."""
+    async def schedule_expiry(self, command: GrantCommand, result: Result, *, producer: Producer, lane: Lane) -> Result:
+        """For a time-bound add that holds (granted, already_member; not a dry run), schedule the app's own removal
+        at its ``expiresAt`` (`expiry_removal`, `producer`'s as the grant it ends; MessageId ``~expire:<digest>`` of
+        the producer, its request id and content: scheduled twice, duplicate detection or the ledger absorbs the
+        second) and say so in `result`'s description; `result` unchanged otherwise. Called once the ledger has
+        recorded the write (a failure here is retried: the grant's pending removal stays in the ledger meanwhile).
+
+        Raises `TransientError(ExpiryNotScheduled)` when the send fails."""
+        expires_at = command.expires_at if command.action is Action.ADD else None
+        if expires_at is None or self._dry_run or command.dry_run or result.outcome not in HOLDS:
+            return result
         removal = expiry_removal(command.target, command.member.id, of=intent_of(command, arrived_at=self._now()))
         try:
             await self._senders.lane(lane).schedule(
@@ -164,8 +179,9 @@ class GrantService:
                 scheduled_enqueue_time=expires_at,
             )
         except Exception as error:
-            raise ExpiryNotScheduledError(
+            raise TransientError(
+                Reason.EXPIRY_NOT_SCHEDULED,
                 f"the removal of this time-bound membership at {expires_at.isoformat()} could not be scheduled "
                 f"({type(error).__name__}); retrying (the ledger keeps it as a pending removal for the expiry sweep)",
-                already=already,
             ) from error
+        return replace(result, description=f"{result.description}; removal scheduled for {expires_at.isoformat()}")

@@ -21,7 +21,16 @@ from typing import Any, Final
 
 from shared.adapters.directory import RoleIds, UnitKinds, role_member_ids
 from shared.adapters.graph import GraphClient, GraphResponse, path, raise_for_graph
-from shared.core.contract import Action, AdministrativeUnit, DirectoryRole, GrantCommand, Guid, ScopedRole
+from shared.core.contract import (
+    Action,
+    AdministrativeUnit,
+    DirectoryRole,
+    GrantCommand,
+    Guid,
+    RoleAssignment,
+    RoleEligibility,
+    ScopedRole,
+)
 from shared.core.errors import GraphAnswer, PermanentError, Reason, TransientError
 from shared.core.statuses import Holder, Status
 from shared.core.units import refusal_description, unit_refusal
@@ -84,6 +93,8 @@ async def change_membership(
     With `dry_run`, only read: report `would_grant`, `already_member`, `would_revoke` or `not_member`.
     """
     target = command.target
+    if isinstance(target, RoleEligibility | RoleAssignment):
+        raise TypeError("a PIM target is carried out by shared.service.schedules.change_schedule")
     lookup = _Lookup(roles, units, graph)
     if isinstance(target, ScopedRole):
         if dry_run:

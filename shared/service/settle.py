@@ -5,6 +5,10 @@ Every trigger that reads a queue (grants, HR events, callbacks) does its work, t
 record are made). `settle` climbs one ladder:
 
 - `Done`: ``complete`` (with ``again_at``, its copy sent first; a copy that cannot be sent waits as a retry's);
+- `NotYet` (the delivery came before the earliest time the app sealed it to run: `Delivery.early`; nothing was
+  carried out): the message is sent again as it is, deliverable then, its attempt not counted (MessageId
+  ``~wait:<digest>``: a second early copy of it is absorbed by duplicate detection), *then* ``complete``; a copy that
+  cannot be sent, or an ending without copies, waits as a retry's does. Logged ``deferred``, nothing recorded;
 - `PermanentError`: ``deadletter`` with its reason code and a description for a person;
 - `TransientError`: the retry policy decides. Give up: ``deadletter``. Retry: send a **copy** (attempt + 1, the
   ending's MessageId, deliverable at now + delay) *then* ``complete`` the original, so that a crash in between
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -56,17 +61,20 @@ from shared.core.messaging import (
     ATTEMPT,
     FIRST_ATTEMPT_AT,
     MAX_DESCRIPTION_CHARS,
+    NOT_BEFORE,
     ORIGINAL_MESSAGE_ID,
+    SEAL,
     Delivery,
     MessageActions,
     MessageSender,
     OutcomePublisher,
     clip,
+    derived_message_id,
 )
-from shared.core.retry import GiveUp, RetryPolicy
+from shared.core.retry import GiveUp, RetryPolicy, Waiting
 from shared.core.statuses import Settled, Status, StatusRecord, StatusWrite, kept_over
 
-__all__ = ["Done", "Ending", "RetryCopy", "StatusLedger", "log_outcome", "outcome_log", "sentence", "settle"]
+__all__ = ["Done", "Ending", "NotYet", "RetryCopy", "StatusLedger", "log_outcome", "outcome_log", "sentence", "settle"]
 
 outcome_log = logging.getLogger("shared.outcome")
 _log = logging.getLogger(__name__)
@@ -83,10 +91,19 @@ class Done:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NotYet:
+    """The delivery came before `until`, the earliest time the app sealed it to run (`Delivery.early`): nothing was
+    carried out, and it is to run then."""
+
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RetryCopy:
-    """How a delivery is tried again: its copy goes through `sender` (None: none is configured, the delivery is
-    abandoned) with MessageId ``message_id(attempt)`` and the `carried` properties, besides the ladder's own
-    ``attempt``, ``firstAttemptAt`` and ``originalMessageId``."""
+    """How a delivery is tried again: its copy goes through `sender` (None: none is configured, the delivery waits
+    for its lock expiry) with MessageId ``message_id(attempt)`` and the `carried` properties, besides the ladder's
+    own ``attempt``, ``firstAttemptAt``, ``originalMessageId`` and member-not-found answers (`Waiting`). A delivery
+    that came before its time goes through `sender` too, as it is (`NotYet`)."""
 
     sender: MessageSender | None
     message_id: Callable[[int], str]
@@ -127,7 +144,7 @@ class StatusLedger(Protocol):
 
 async def settle(
     delivery: Delivery,
-    outcome: Done | Exception,
+    outcome: Done | NotYet | Exception,
     ending: Ending,
     *,
     actions: MessageActions,
@@ -142,11 +159,15 @@ async def settle(
     started = now()
     attempt = delivery.attempt
     settlement: Settlement
-    if isinstance(outcome, Done):
+    waiting = Waiting.read(delivery.application_properties)  # sealed, or nothing: `Delivery.trusted`
+    if isinstance(outcome, NotYet):
+        settled, settlement = await _defer(actions, delivery, ending, outcome.until, attempt=attempt, policy=policy)
+    elif isinstance(outcome, Done):
         settlement = functools.partial(complete, actions, delivery)
         settled = Settled(outcome=outcome.status, reason=None, description=outcome.description, attempts=attempt)
         if outcome.again_at is not None:  # the copy first: a crash before the completion repeats the work, no more
-            copied = await _send_copy(delivery, ending, delivery.first_attempt_at(started), outcome.again_at, attempt)
+            first = delivery.first_attempt_at(started)
+            copied = await _send_copy(delivery, ending, first, outcome.again_at, attempt, waiting)
             if not copied:  # as a retry copy that cannot be sent: wait a lock duration, dead-letter on the last
                 unsent = TransientError(
                     Reason.QUEUE_UNAVAILABLE,
@@ -158,14 +179,14 @@ async def settle(
         settled, settlement = _dead(actions, delivery, ending, outcome, why=None, attempt=attempt)
     elif isinstance(outcome, TransientError):
         first_attempt_at = delivery.first_attempt_at(started)
-        elapsed = (started - first_attempt_at).total_seconds()
-        decision = policy.decide(attempt=attempt, error=outcome, elapsed=elapsed, source=ending.source)
+        decision = policy.decide(attempt=attempt, error=outcome, now=started, waiting=waiting, source=ending.source)
         if isinstance(decision, GiveUp):
             settled, settlement = _dead(actions, delivery, ending, outcome, why=decision.why, attempt=attempt)
         else:
             when = started + timedelta(seconds=decision.delay)
+            counted = waiting.after(outcome, at=started)
             settled, settlement = await _retry(
-                actions, delivery, ending, outcome, first_attempt_at, when, attempt, policy=policy
+                actions, delivery, ending, outcome, first_attempt_at, when, attempt, counted, policy=policy
             )
             if settled.outcome is Status.RETRY_SCHEDULED and ending.status is not None and ledger is not None:
                 await _note_retry(ledger, ending.status(settled, now(), when), now)
@@ -381,15 +402,17 @@ async def _retry(
     first_attempt_at: datetime,
     when: datetime,
     attempt: int,
+    waiting: Waiting,
     *,
     policy: RetryPolicy,
 ) -> tuple[Settled, Settlement]:
-    """Send the retry copy; then the original is to be completed (or left to wait, when no copy was sent)."""
+    """Send the retry copy (carrying `waiting`); then the original is to be completed (or left to wait, when no copy
+    was sent)."""
     if ending.retry is None:  # the delivery's own redelivery is its retry
         return _wait(
             actions, delivery, ending, error, why="Its redelivery is its retry", attempt=attempt, policy=policy
         )
-    if not await _send_copy(delivery, ending, first_attempt_at, when, attempt):
+    if not await _send_copy(delivery, ending, first_attempt_at, when, attempt, waiting):
         why = "The retry copy could not be sent"
         return _wait(actions, delivery, ending, error, why=why, attempt=attempt, policy=policy)
     settled = Settled(
@@ -402,10 +425,10 @@ async def _retry(
 
 
 async def _send_copy(
-    delivery: Delivery, ending: Ending, first_attempt_at: datetime, when: datetime, attempt: int
+    delivery: Delivery, ending: Ending, first_attempt_at: datetime, when: datetime, attempt: int, waiting: Waiting
 ) -> bool:
-    """Send the delivery's next attempt (attempt + 1, the ending's MessageId and properties), deliverable at `when`;
-    False (logged) when it could not be sent."""
+    """Send the delivery's next attempt (attempt + 1, the ending's MessageId and properties, the member-not-found
+    answers so far), deliverable at `when`; False (logged) when it could not be sent."""
     copy = ending.retry
     try:
         if copy is None or copy.sender is None:
@@ -418,11 +441,69 @@ async def _send_copy(
                 ATTEMPT: attempt + 1,
                 FIRST_ATTEMPT_AT: first_attempt_at.isoformat(),
                 ORIGINAL_MESSAGE_ID: delivery.original_message_id,
+                **waiting.properties(),
             },
             scheduled_enqueue_time=when,
         )
     except Exception:
         _log.exception("could not send the next attempt of %s message %s", ending.kind, _safe(delivery.message_id))
+        return False
+    return True
+
+
+async def _defer(
+    actions: MessageActions,
+    delivery: Delivery,
+    ending: Ending,
+    until: datetime,
+    *,
+    attempt: int,
+    policy: RetryPolicy,
+) -> tuple[Settled, Settlement]:
+    """A delivery that came before `until`: sent again as it is (`_send_again`), then to be completed; left to wait
+    for its lock expiry when no copy was sent (and dead-lettered on its last delivery, as a retry's)."""
+    if await _send_again(delivery, ending, until):
+        settled = Settled(
+            outcome=Status.DEFERRED,
+            reason=None,
+            description=f"Not before {until.isoformat()}, as the app sealed it: nothing was carried out; it is queued "
+            "again for then, as it is (this delivery is not counted as an attempt).",
+            attempts=attempt,
+        )
+        return settled, functools.partial(complete, actions, delivery)
+    early = TransientError(
+        Reason.QUEUE_UNAVAILABLE,
+        f"Not before {until.isoformat()}, as the app sealed it: nothing was carried out",
+    )
+    why = "Its copy for then could not be sent" if ending.retry is not None else "It has no copy to wait in"
+    return _wait(actions, delivery, ending, early, why=why, attempt=attempt, policy=policy)
+
+
+async def _send_again(delivery: Delivery, ending: Ending, until: datetime) -> bool:
+    """Send the (sealed) delivery again as it is, deliverable at `until`: its body and every property but the seal
+    (its attempt, first attempt and member-not-found answers as they were), with its original MessageId, under
+    ``~wait:<digest>`` of its MessageId, body and `until` (a second early copy of the same message is then a duplicate
+    Service Bus drops); False (logged) when it could not be sent."""
+    copy = ending.retry
+    if copy is None:  # the delivery's own redelivery is its only way back
+        return False
+    properties: dict[str, str | int] = {}
+    for key, value in delivery.application_properties.items():
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        value = value.decode() if isinstance(value, bytes) else value
+        if name not in (SEAL, NOT_BEFORE) and isinstance(value, str | int) and not isinstance(value, bool):
+            properties[name] = value
+    properties[ORIGINAL_MESSAGE_ID] = delivery.original_message_id
+    body_hash = hashlib.sha256(delivery.body).hexdigest()
+    message_id = derived_message_id("wait", delivery.message_id or "", body_hash, until.isoformat())
+    try:
+        if copy.sender is None:
+            raise RuntimeError(f"no sender is configured for the copies of {ending.kind} messages")
+        await copy.sender.schedule(
+            body=delivery.body, message_id=message_id, application_properties=properties, scheduled_enqueue_time=until
+        )
+    except Exception:
+        _log.exception("could not queue %s message %s again for its time", ending.kind, _safe(delivery.message_id))
         return False
     return True
 
