@@ -61,15 +61,15 @@ otherwise):
 - ``overlapping``: two or three of the registered producers hr, ticketing, bulk, itsm and ops each grant one user of a
   unit (a third of them there before the app), some time-bound, and end their grants (`OVERLAP_FATES`: kept, removed
   by the producer, expiring, both in either order; HR's remove a ``revokeAll`` half the time), the producers' steps
-  interleaved at random in slots four hours apart (adds may share one; each slot's work ends before the next begins,
-  checked). `grants_local.soak_model` says what each step ends as: an add ``granted`` / ``already_member``; an end
-  ``released`` naming exactly the grants that still hold the pair (or ``[preexisting]``, or ``[]``), else
-  ``revoked`` / ``not_member`` when it ended the last grant of a membership the app made; an expiry after its
-  producer's remove ``superseded``; and the final state: member exactly when some producer's grant still holds (its
-  newest intent an add not expired, newer than any revokeAll), or (seeded) when no revokeAll ended a membership the
-  app found there. A seeded member's first add in doubt (a fault, or a timeout, that left its write unanswered) makes
-  the membership the app's: those pairs may end either way, each step's outcomes then those of the ending the
-  directory shows.
+  interleaved at random in slots four hours apart, the first once the messages sent at the start have been worked
+  through (adds may share one; each slot's work ends before the next begins, checked). `grants_local.soak_model`
+  says what each step ends as: an add ``granted`` / ``already_member``; an end ``released`` naming exactly the grants
+  that still hold the pair (or ``[preexisting]``, or ``[]``), else ``revoked`` / ``not_member`` when it ended the
+  last grant of a membership the app made; an expiry after its producer's remove ``superseded``; and the final state:
+  member exactly when some producer's grant still holds (its newest intent an add not expired, newer than any
+  revokeAll), or (seeded) when no revokeAll ended a membership the app found there. A seeded member's first add in
+  doubt (a fault, or a timeout, that left its write unanswered) makes the membership the app's: those pairs may end
+  either way, each step's outcomes then those of the ending the directory shows.
 - ``squat``: a message under an id the app derives: a request id ``~expire:…``, ``~hr:…``, ``~drift-add:…`` (refused
   ``SchemaViolation``), sent under the MessageId the app would derive for another message's retry copy or a
   time-bound grant's expiry removal (the app keys those, so its own are not dropped as duplicates).
@@ -120,6 +120,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextvars
+import functools
 import hashlib
 import json
 import logging
@@ -372,11 +373,17 @@ class Soak:
     released_over_app_member: list[str] = field(default_factory=list)
     #: The producer whose words a replayed copy is: the grants queue's, where the app sends its copies here.
     replayed_as: str = "bulk"
+    #: When the ``overlapping`` pairs' first slot begins (`OVERLAP_LEAD_PER_MESSAGE`).
+    overlap_start: datetime = EPOCH
     early_replays: dict[str, datetime] = field(default_factory=dict)  # MessageId of an early replay -> its time
     #: Each delivery of a sealed message before the time it was sealed for: (MessageId, start, that time).
     early_deliveries: list[tuple[str, str, datetime]] = field(default_factory=list)
     #: Byte-for-byte copies to send once duplicate detection's window has passed: (when, MessageId, what to send).
     later: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+
+    def slot_time(self, slot: int) -> datetime:
+        """When an ``overlapping`` pair's slot begins (its steps are sent then; an expiry in it falls then)."""
+        return self.overlap_start + slot * OVERLAP_SLOT
 
 
 @dataclass(slots=True)
@@ -413,6 +420,7 @@ def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
         graph.add_role_template(template, activated=True, role_id=role)
     expected: dict[str, set[str]] = {container: set() for container in [*units, *(role for _, role in ROLES)]}
     soak = Soak(seed=seed, messages=[], expected=expected, doomed=doomed)
+    soak.overlap_start = EPOCH + count * OVERLAP_LEAD_PER_MESSAGE
     messages = soak.messages
     kinds, weights = list(KINDS), list(KINDS.values())
     start = EPOCH - timedelta(hours=2)  # races are decided by requestedAt: made before they arrive
@@ -784,6 +792,10 @@ OVERLAP_PRODUCERS = ("hr", "ticketing", "bulk", "itsm", "ops")
 #: How far apart an ``overlapping`` pair's slots are (virtual time): far more than any request's retries take, so each
 #: slot's work has ended before the next slot's begins (checked: "every overlapping step ended within its slot").
 OVERLAP_SLOT = timedelta(hours=4)
+#: Virtual time per message of the run before the ``overlapping`` pairs' first slot (`Soak.overlap_start`): the
+#: messages sent at the start are worked through first, paced by the write governor on the virtual clock and paused by
+#: the 429s (10,000 messages took 3.8 virtual hours; a first slot at the start shared them and ended late).
+OVERLAP_LEAD_PER_MESSAGE = timedelta(seconds=4)
 #: What becomes of each producer's grant of an ``overlapping`` pair, after its add.
 OVERLAP_FATES = {
     "holds": (),
@@ -825,14 +837,9 @@ def overlap_steps(rng: random.Random, n: int) -> list[Step]:
     return steps
 
 
-def slot_time(slot: int) -> datetime:
-    """When an ``overlapping`` pair's slot begins (its steps are sent then; an expiry in it falls then)."""
-    return EPOCH + slot * OVERLAP_SLOT
-
-
-def _holder(step: Step) -> str:
+def _holder(soak: Soak, step: Step) -> str:
     """How a ``released`` outcome names the grant `step` (an add) made (`_held_by` reads a record so)."""
-    until = f" until {slot_time(step.expires).isoformat()}" if step.expires is not None else ""
+    until = f" until {soak.slot_time(step.expires).isoformat()}" if step.expires is not None else ""
     return f"{step.producer} {step.request_id}{until}"
 
 
@@ -845,8 +852,9 @@ def _overlapping(graph: GraphDouble, rng: random.Random, n: int, unit: str, soak
     if seeded:
         _seed_member(graph, unit, member)
     steps = overlap_steps(rng, n)
-    plain = ending(steps, seeded=seeded, holder=_holder)
-    doubted = ending(steps, seeded=seeded, doubted=True, holder=_holder) if seeded else None
+    holder = functools.partial(_holder, soak)
+    plain = ending(steps, seeded=seeded, holder=holder)
+    doubted = ending(steps, seeded=seeded, doubted=True, holder=holder) if seeded else None
     soak.overlaps.append(Overlap(unit, member, seeded, steps, plain, doubted))
     planned = []
     for index, step in enumerate(steps):
@@ -855,7 +863,7 @@ def _overlapping(graph: GraphDouble, rng: random.Random, n: int, unit: str, soak
             continue
         fields: dict[str, Any] = {"source": _source_of(step.producer, n)}
         if step.expires is not None:
-            fields["expiresAt"] = _z(slot_time(step.expires))
+            fields["expiresAt"] = _z(soak.slot_time(step.expires))
         if step.op == "revokeAll":
             fields["revokeAll"] = True
         action = "add" if step.op == "add" else "remove"
@@ -870,7 +878,7 @@ def _overlapping(graph: GraphDouble, rng: random.Random, n: int, unit: str, soak
                 member,
                 raw,
                 f"(?:{unit})",
-                delay=(slot_time(step.slot) - EPOCH).total_seconds(),
+                delay=(soak.slot_time(step.slot) - EPOCH).total_seconds(),
                 producer=step.producer,
                 action=action,
             )
@@ -1493,7 +1501,7 @@ def check(
         for step in overlap.steps:
             later = [slot for slot in slots if slot > step.slot]
             if later:
-                late_steps += sum(1 for at in finished.get(step.key, []) if at >= slot_time(later[0]))
+                late_steps += sum(1 for at in finished.get(step.key, []) if at >= soak.slot_time(later[0]))
 
     def allows(request_id: str) -> set[str]:
         own = allowed.get(request_id)
