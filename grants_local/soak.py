@@ -101,7 +101,8 @@ endpoint slow or failing the next requests; never again while an invocation that
 the invocation dying before the Graph call, after Graph succeeded (on complete), after the retry copy was scheduled
 (on complete), while dead-lettering; the retry-copy send failing; a time-bound add made whose removal at expiry
 could not be scheduled (the ledger recorded the add's answer first; retried: the retry finds the member there and
-the ledger says whether the app made it); the host answering a settlement only once the invocation has given up on
+the ledger says whether the app made it, or, past the grant's expiry, ends ``Expired`` and the expiry sweep, run once
+the queues are empty, ends the grant); the host answering a settlement only once the invocation has given up on
 it (the delivery is ``unsettled`` and either the late answer or the redelivery after lock expiry settles it).
 The producer side: a message sent twice with the same MessageId (dropped by duplicate detection) and the
 same request sent again with a new MessageId (absorbed by the grant ledger as the same request: ``duplicate``,
@@ -131,7 +132,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -375,6 +376,8 @@ class Soak:
     replayed_as: str = "bulk"
     #: When the ``overlapping`` pairs' first slot begins (`OVERLAP_LEAD_PER_MESSAGE`).
     overlap_start: datetime = EPOCH
+    #: Removals the expiry sweep sent once the queues were empty (`drive`).
+    swept: int = 0
     early_replays: dict[str, datetime] = field(default_factory=dict)  # MessageId of an early replay -> its time
     #: Each delivery of a sealed message before the time it was sealed for: (MessageId, start, that time).
     early_deliveries: list[tuple[str, str, datetime]] = field(default_factory=list)
@@ -1332,9 +1335,9 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
             sources=tuple(Source(q.queue, faulty(q.function), q.actions) for q in app.producer_queues.values()),
         )
         virtual_start = clock()
-        await drive(host, soak, [queue, *(q.queue for q in app.producer_queues.values())], clock)
-        recorder = app.recorder
         queues = [queue, *(q.queue for q in app.producer_queues.values())]
+        await drive(host, soak, queues, clock, app.services.expiry_sweep)
+        recorder = app.recorder
         report = check(soak, graph, queues, recorder.records, scan, await ledger_facts(soak, app.services.ledger))
         report.numbers.update(
             seed=seed,
@@ -1352,17 +1355,29 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
         return report
 
 
-async def drive(host: LocalHost, soak: Soak, queues: list[LocalQueue], clock: ManualClock) -> None:
+async def drive(
+    host: LocalHost,
+    soak: Soak,
+    queues: list[LocalQueue],
+    clock: ManualClock,
+    sweep: Callable[[], Awaitable[int]],
+) -> None:
     """Deliver everything `host` reads (`queues`, the app's own first), one moment at a time (the next due
     message's, or the next planned byte-for-byte copy's, `Soak.later`), sending each copy at its moment, deliverable
     then, if that is still before the time its message was sealed for (a copy whose moment the run has passed is sent
-    at once if still early, else never)."""
+    at once if still early, else never). Once nothing is left, the expiry sweep (the timer trigger `expiry_sweep`)
+    runs as its next tick would, and what it sends is delivered, until it sends nothing new: a time-bound grant whose
+    removal was never scheduled (its add's retry came after its expiry: ``Expired``) ends by it, as in Azure."""
     while True:
         soak.later.sort()
         moments = [due for queue in queues if (due := queue.next_due_time()) is not None]
         moments += [soak.later[0][0]] if soak.later else []
         if not moments:
-            return
+            sent = await sweep()
+            soak.swept += sent
+            if not sent or all(queue.next_due_time() is None for queue in queues):  # none, or dropped as duplicates
+                return
+            continue
         await host.drain(until=min(moments))
         clock.advance_to(min(moments))
         while soak.later and soak.later[0][0] <= clock():
@@ -1608,6 +1623,7 @@ def check(
     numbers: dict[str, Any] = {
         "requests_with_more_than_one_terminal_outcome": more_than_one,
         "replays": len(soak.replays),
+        "expiry_sweep_sent": soak.swept,
         "early_replays": len(soak.early_replays),
         "deliveries_before_their_time": len(soak.early_deliveries),
         "deliveries_before_their_time_deferred": deferred,
