@@ -313,8 +313,9 @@ def print_fleet(run: dict[str, Any], *, engine_ms: float) -> None:
     )
 
 
-def onboarding(scale: Scale, azurite: AzuriteTables, *, backlog: int) -> dict[str, Any]:
-    """One instance: the 1/s interactive trickle, with `backlog` bulk rows queued (0: alone)."""
+def onboarding(scale: Scale, azurite: AzuriteTables, *, backlog: int, hog: int = 0) -> dict[str, Any]:
+    """One instance: the 1/s interactive trickle, with `backlog` bulk rows queued (0: alone), `hog` processes spinning
+    on the CPU beside it."""
     seconds = scale.onboarding_seconds
     doubles_args = [
         "--users",
@@ -330,7 +331,7 @@ def onboarding(scale: Scale, azurite: AzuriteTables, *, backlog: int) -> dict[st
         "--write-log",
     ]
     worker = ["--unit", unit_id(0), "--bulk", str(backlog), "--interactive-rate", "1", "--max-seconds", str(seconds)]
-    with cluster(doubles_args, app_env(scale), [worker], azurite) as (doubles, (one,)):
+    with cluster(doubles_args, app_env(scale), [worker], azurite) as (doubles, (one,)), hogs(hog):
         one.go()
         result = one.finish()
         counters = doubles.counters()
@@ -340,6 +341,7 @@ def onboarding(scale: Scale, azurite: AzuriteTables, *, backlog: int) -> dict[st
         "backlog": backlog,
         "trickle": len(latencies),
         "p50_ms": 1000 * percentile(latencies, 0.5),
+        "p90_ms": 1000 * percentile(latencies, 0.9),
         "p99_ms": 1000 * percentile(latencies, 0.99),
         "max_ms": 1000 * max(latencies, default=float("nan")),
         "writes_per_s": sum(1 for _, _, ok in log if ok) / result["wall_s"],
@@ -378,19 +380,26 @@ def light_load(scale: Scale, azurite: AzuriteTables) -> dict[str, Any]:
     }
 
 
-def print_onboarding(alone: dict[str, Any], busy: dict[str, Any]) -> float:
-    """Print the two onboarding lines and their ratio; return the ratio."""
-    for label, figures in (("alone", alone), ("during_backlog", busy)):
+def onboardings(scale: Scale, azurite: AzuriteTables, *, hog: int = 0) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """The trickle alone, then during the backlog (both beside `hog` spinning processes), each line printed once its
+    run is over (so that each states its own load), then their ratio; the two runs' figures and the ratio."""
+    runs = []
+    for label, backlog in (("alone", 0), ("during_backlog", scale.backlog)):
+        figures = onboarding(scale, azurite, backlog=backlog, hog=hog)
         print(
-            f"onboarding: trickle={label} interactive_grants={figures['trickle']} p50_ms={figures['p50_ms']:.0f} "
-            f"p99_ms={figures['p99_ms']:.0f} max_ms={figures['max_ms']:.0f} bulk_settled={figures['bulk_settled']} "
+            f"onboarding: trickle={label} hog={hog} interactive_grants={figures['trickle']} "
+            f"p50_ms={figures['p50_ms']:.0f} p90_ms={figures['p90_ms']:.0f} p99_ms={figures['p99_ms']:.0f} "
+            f"max_ms={figures['max_ms']:.0f} "
+            f"bulk_settled={figures['bulk_settled']} "
             f"writes_per_s={figures['writes_per_s']:.2f} throttled={figures['throttled']} "
             f"(High {figures['throttled_high']}) dead={figures['dead']} token_requests={figures['token_requests']}",
             flush=True,
         )
+        runs.append(figures)
+    alone, busy = runs
     ratio: float = busy["p99_ms"] / alone["p99_ms"]
     print(f"onboarding_ratio: p99_during_backlog / p99_alone = {ratio:.2f}", flush=True)
-    return ratio
+    return alone, busy, ratio
 
 
 def print_light(light: dict[str, Any], *, engine_ms: float) -> None:
@@ -430,9 +439,7 @@ def _run_all(scale: Scale, azurite: AzuriteTables, *, engine_ms: float) -> dict[
         runs.append(fleet_run(name, schedule, scale, azurite, pacing=pacing, rate=rate, hog=hog))
         print_fleet(runs[-1], engine_ms=engine_ms)
     adaptive, hogged = runs[1:-1], runs[-1]
-    alone = onboarding(scale, azurite, backlog=0)
-    busy = onboarding(scale, azurite, backlog=scale.backlog)
-    ratio = print_onboarding(alone, busy)
+    alone, busy, ratio = onboardings(scale, azurite)
     light = light_load(scale, azurite)
     print_light(light, engine_ms=engine_ms)
     refused = sorted({reason for figures in (alone, busy, light) for reason in figures["dead_reasons"]})
@@ -459,8 +466,9 @@ ENGINE_GRANTS = {"smoke": 50, "quick": 500, "full": 2_000}
 
 def main() -> None:
     """``python -m benchmarks.fleet [--quick|--smoke] [K=16] [--hog N] [onboarding] [light]``: every part, or one
-    adaptive run of K workers (with N processes spinning on the CPU beside them), or onboarding and light load; each
-    line stamped with the run's engine CPU per grant (one engine run first) and the machine's load."""
+    adaptive run of K workers, or onboarding and light load (K workers or onboarding with N processes spinning on the
+    CPU beside them); each line stamped with the run's engine CPU per grant (one engine run first) and the machine's
+    load."""
     size = "smoke" if "--smoke" in sys.argv else "quick" if "--quick" in sys.argv else "full"
     scale = {"smoke": SMOKE, "quick": QUICK, "full": FULL}[size]
     hog = int(sys.argv[sys.argv.index("--hog") + 1]) if "--hog" in sys.argv else 0
@@ -478,8 +486,7 @@ def main() -> None:
         if "onboarding" in sys.argv or "light" in sys.argv:  # e.g. python -m benchmarks.fleet --quick onboarding
             with AzuriteTables() as azurite:
                 if "onboarding" in sys.argv:
-                    alone = onboarding(scale, azurite, backlog=0)
-                    print_onboarding(alone, onboarding(scale, azurite, backlog=scale.backlog))
+                    onboardings(scale, azurite, hog=hog)
                 if "light" in sys.argv:
                     print_light(light_load(scale, azurite), engine_ms=engine)
             return

@@ -53,7 +53,7 @@ async def test_an_add_and_a_remove_under_one_request_id_are_a_conflict(make_run:
     outcomes = await run.deliver(body(requestId="CHG7"), body(requestId="CHG7", action="remove"))
     first, second = sorted(o["reason"] or o["outcome"] for o in outcomes.values())
     assert first == "RequestIdConflict"  # whichever came second; the first did what it asked
-    assert second in ("granted", "not_member")
+    assert second in ("granted", "released")  # the remove first ends a grant that made nothing: released, unwritten
 
 
 async def test_a_bulk_job_named_like_a_ticket_does_not_swallow_the_tickets_retry(
@@ -158,6 +158,53 @@ async def test_a_removal_that_can_never_be_scheduled_is_done_by_the_sweep(
     outcomes = await run.deliver()
     assert [o["outcome"] for o in by_request(outcomes, "~expire:T10")] == ["revoked"]
     assert graph.members_of(AU) == set()
+
+
+async def refuse_the_first_expiry(run: Any) -> list[str]:
+    """Make the run's sender refuse the first expiry removal it is asked to schedule; the ids it refused."""
+    sender = run.app.sender
+    assert isinstance(sender, LocalSender)
+    real = sender.schedule
+    refused: list[str] = []
+
+    async def refuse_once(**kwargs: Any) -> None:
+        if str(kwargs["message_id"]).startswith("~expire:") and not refused:
+            refused.append(str(kwargs["message_id"]))
+            raise RuntimeError("the queue refuses it once")
+        await real(**kwargs)
+
+    sender.schedule = refuse_once  # type: ignore[method-assign]
+    return refused
+
+
+async def test_a_time_bound_add_whose_removal_could_not_be_scheduled_once_is_still_removed_at_expiry(
+    make_run: Callable[..., Any], graph: GraphDouble
+) -> None:
+    """The add is made, then scheduling its removal fails once (retried): the retry finds the member there, which
+    is the app's own add, not a membership that was there before; at expiry the member is removed."""
+    run = await make_run(GRANTS_RETRY_BASE_SECONDS="10")
+    refused = await refuse_the_first_expiry(run)
+    outcomes = await run.deliver(body(requestId="T11", expiresAt=at(run, 3600)))
+    assert refused
+    assert [o["outcome"] for o in by_request(outcomes, "T11")] == ["already_member"]  # its first attempt made it
+    assert [(o["outcome"], o["heldBy"]) for o in by_request(outcomes, "~expire:T11")] == [("revoked", None)]
+    assert graph.members_of(AU) == set()
+
+
+async def test_a_time_bound_add_over_a_membership_made_outside_the_app_keeps_it_though_its_removal_was_retried(
+    make_run: Callable[..., Any], graph: GraphDouble
+) -> None:
+    """The member was there before the app; the add finds it there, then scheduling its removal fails once: the
+    retry finds it there again, still a membership the app did not make, which stays at expiry."""
+    graph.add_member(AU, USER)
+    run = await make_run(GRANTS_RETRY_BASE_SECONDS="10")
+    refused = await refuse_the_first_expiry(run)
+    outcomes = await run.deliver(body(requestId="T12", expiresAt=at(run, 3600)))
+    assert refused
+    assert [o["outcome"] for o in by_request(outcomes, "T12")] == ["already_member"]
+    expiry = by_request(outcomes, "~expire:T12")
+    assert [(o["outcome"], o["heldBy"]) for o in expiry] == [("released", [{"preexisting": True}])]
+    assert graph.members_of(AU) == {USER}
 
 
 # --- 3. access that outlives a leaver --------------------------------------------------------------------------------

@@ -252,6 +252,19 @@ def test_intents_of_one_moment_are_ordered_by_their_tiebreak_then_id_and_an_inte
     assert isinstance(decide(floor, rehire_later), Proceed)
 
 
+def test_a_revoke_all_carried_out_again_keeps_the_grants_its_first_delivery_kept() -> None:
+    """HR's time-bound grant, then HR's revokeAll, delivered twice (its first delivery removed the member, then died
+    before completing the message): the second delivery changes no grant, so the grant's expiry ends as it would
+    after one delivery (released, nothing left to remove), not superseded by a grant the redelivery dropped."""
+    timed = add("hr-1", "hr", days=1)
+    revoke = remove("hr-9", "hr", at=5, kind=Effect.REVOKE_ALL)
+    once = written(written(None, timed), revoke)
+    twice = written(once, revoke, token="again", already=True)  # the removal found done: not_member
+    assert twice.grants == once.grants
+    ended = released(twice, expiry(timed), now=T0 + timedelta(days=1))
+    assert (ended.held_by, ended.preexisting) == ((), False)
+
+
 # --- expiry -----------------------------------------------------------------------------------------------------------
 
 

@@ -254,6 +254,8 @@ class WriteGovernor:
         self._answer()
         self._own.append(now)
         self._forget(now)
+        if self.adaptive:  # no news of the window: never a standstill for want of an answer, one more write at least
+            self._cap = max(self._cap or 0.0, len(self._own) + PROBE_WRITES)
 
     def admitted(self, usage: float | None) -> None:
         """A write was answered (not ``429``); `usage` is its ``x-ms-throttle-limit-percentage``, if any."""

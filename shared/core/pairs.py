@@ -13,7 +13,7 @@ does to the grants is its `Effect`:
   request ends ``released`` (`Released`: which grants still hold it).
 - `REVOKE_ALL` (a remove with ``revokeAll``, a right the policy gives by name: an HR leaver, an operator): ends every
   grant older than it (`PairState.floor`: an intent older than the floor is superseded) and the membership whoever
-  made it, unless a grant newer than it holds the pair.
+  made it, unless a grant newer than it holds the pair. Carried out again (a redelivery), it changes no grant.
 - `EXPIRE` (the app's own, at a time-bound grant's end): ends the grant whose newest intent it names, once that has
   expired; the membership goes only if nothing else holds it. It cannot end any other grant.
 - `REPAIR` (the app's own, from the drift policy): writes what the grants say (an add only while a grant holds the
@@ -276,7 +276,14 @@ def _apply(state: PairState, intent: Intent, *, now: datetime) -> tuple[PairStat
     producer = intent.producer or ""
     grant = state.grant_of(producer)
     if effect is Effect.REVOKE_ALL:  # the grants it ends with nothing pending are no longer needed: dropped
-        kept = tuple(g for g in state.grants if g.newest.order > intent.order or g.removal_due is not None)
+        # once: carried out again (the floor already), it keeps what its first admission kept, whose pending
+        # removals its write has ended since (dropping them then would change what a later expiry ends as)
+        again = floor is not None and (floor.producer, floor.request_id) == (intent.producer, intent.request_id)
+        kept = (
+            state.grants
+            if again
+            else tuple(g for g in state.grants if g.newest.order > intent.order or g.removal_due is not None)
+        )
         after = replace(state, grants=kept, floor=intent, preexisting=False)
         return after, None if after.holders(now=now) else Action.REMOVE
     if grant is not None and intent.order < grant.newest.order:
