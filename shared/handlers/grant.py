@@ -10,11 +10,11 @@ app sealed to run later (an HR grant, an expiry removal, a retry copy, a confirm
 ladder queues it again for its time (`NotYet`).
 
 A delivery first passes the lane gate (`shared.service.lane_gate`: a bulk one gives way on the CPU while interactive
-ones are in the process). The handler parses the body (`parse_grant`), runs the command through `IntentGate.run` in
-the entry's lane (handing it the ``in_progress`` status record to write should the attempt hold its pair's lease for
-over a second), and gives the ladder how it ended with the grant's `Ending`: its status record (`grant_status`, its
-producer's), outcome line and outcome event, and its retry copy (back to the lane's queue, MessageId
-`retry_message_id`, the producer, the job's row and HR event carried on, sealed).
+ones are in the process). The handler parses the body (`parse_grant`), runs the command through `IntentGate.run` in the
+entry's lane (handing it the ``in_progress`` status record to write should the attempt hold its pair's lease for over a
+second), and gives the ladder how it ended with the grant's `Ending`: its status record (`grant_status`, its
+producer's), outcome line and outcome event, and its retry copy (back to the lane's queue, MessageId `retry_message_id`,
+the producer, the job's row and HR event carried on, sealed).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from shared.core.messaging import (
     BULK_JOB,
     EXPIRY_OF,
     HR_EVENT,
+    HR_TIEBREAK,
     JOB_ROW,
     JOB_ROWS,
     PRODUCER,
@@ -61,9 +62,9 @@ __all__ = ["GrantHandler", "retry_message_id"]
 #: The request ids of the app's own removals: an expiry's, a drift repair's (carried out even for a producer the
 #: registry no longer has).
 _REMOVALS = ("~expire:", "~drift")
-#: The properties a retry copy carries on (sealed with it): the removal's grant, the job's (or HR event's) row, and
-#: the resubmission's; besides its producer, its first arrival and the ladder's own.
-_CARRIED = (EXPIRY_OF, HR_EVENT, BULK_JOB, JOB_ROW, JOB_ROWS, RESUBMISSION)
+#: The properties a retry copy carries on (sealed with it): the removal's grant, the job's (or HR event's) row, an HR
+#: intent's tiebreak, and the resubmission's; besides its producer, its first arrival and the ladder's own.
+_CARRIED = (EXPIRY_OF, HR_EVENT, HR_TIEBREAK, BULK_JOB, JOB_ROW, JOB_ROWS, RESUBMISSION)
 
 
 class GrantHandler:
@@ -151,6 +152,7 @@ class GrantHandler:
                 lane=lane,
                 expiry_of=delivery.text_property(EXPIRY_OF),
                 progress=attempt.in_progress(),
+                tiebreak=delivery.tiebreak,
             )
             result = await self._gate.run(command, arrival)
         except ContractError as error:
