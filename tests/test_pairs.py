@@ -614,13 +614,14 @@ class Grants(RuleBasedStateMachine):
         intent = message.intent
         if intent.kind is None and intent.expires_at is not None and intent.expires_at <= m.now:
             return  # refused Expired before the ledger: nothing changes
-        m.considered.add(intent.request_id)
         m.serial += 1
         token = f"t{m.serial}"
         decision = admit(m.state, intent, token=token, now=m.now, lease_for=LEASE, window=WINDOW)
-        if isinstance(decision, Wait):
+        if isinstance(decision, Wait):  # delivered again later: decided (or refused Expired) then, not now
             m.queue.append(Message(intent, decision.until))
-        elif isinstance(decision, Released):
+            return
+        m.considered.add(intent.request_id)
+        if isinstance(decision, Released):
             m.state = decision.state
         elif isinstance(decision, Proceed):
             m.state = decision.state
