@@ -73,10 +73,10 @@ infra:
 # The engine's speed and CPU vs msgraph-sdk, throughput, the ledger's cost, a grant's cost in what Azure bills
 # (docs/limits.md), the pipeline's CPU, cold start, installed size, the fleet (with a CPU hog beside it), onboarding,
 # light load, the drift sweep: every line states the run's own speed and the machine's load (docs/performance.md).
-# ARGS="--quick" for a short run (under 8 minutes), the full run under 30; ARGS="--smoke" is every part at a tiny
-# scale (about two minutes), failing unless each ran and printed its line (no timing is asserted): `make test` runs it
-# as bench-smoke, so a benchmark that no longer runs fails CI; its lines start "smoke" (not measurements, held to no
-# target). msgraph-sdk is only compared against, in its own venv (.venv-msgraph).
+# ARGS="--quick" for a short run (about 10 minutes), the full run about 30 (39 at load 3 to 17); ARGS="--smoke" is
+# every part at a tiny scale (about two minutes), failing unless each ran and printed its line (no timing is
+# asserted): `make test` runs it as bench-smoke, so a benchmark that no longer runs fails CI; its lines start "smoke"
+# (not measurements, held to no target). msgraph-sdk is only compared against, in its own venv (.venv-msgraph).
 .venv-msgraph/.installed: benchmarks/requirements-msgraph.txt
 	$(PYTHON) -m venv .venv-msgraph
 	.venv-msgraph/bin/python -m pip install -q -r benchmarks/requirements-msgraph.txt

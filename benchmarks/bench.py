@@ -1,7 +1,7 @@
 """``make bench``: CPU per grant against msgraph-sdk, throughput at Graph's write quota, the ledger's cost, cold
 start, size, the fleet, the drift sweep.
 
-``make bench`` (``ARGS=--quick``: shorter, under 8 minutes on 2 cores; the full run under 30) prints the lines
+``make bench`` (``ARGS=--quick``: shorter, about 10 minutes on 2 cores; the full run about 30) prints the lines
 below; ``ARGS=--smoke`` runs every part, the drift sweep included, at a tiny scale (about two minutes) and exits
 non-zero unless each part ran and printed its line: `make test` runs it (``make bench-smoke``), so a benchmark that
 no longer runs fails CI. It asserts no timing, and labels what it prints as smoke: a first line saying so, each
@@ -117,7 +117,7 @@ class Plan:
     drift_smoke: bool
 
 
-#: Under 25 minutes on 2 cores.
+#: About 30 minutes on 2 cores (39 at load 3 to 17).
 FULL = Plan(
     grants=3_000,
     ledger=1_000,
@@ -130,7 +130,7 @@ FULL = Plan(
     fleet=fleet.FULL,
     drift_smoke=False,
 )
-#: Under 8 minutes on 2 cores.
+#: About 10 minutes on 2 cores.
 QUICK = Plan(
     grants=600,
     ledger=300,
@@ -348,7 +348,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer grants, shorter fleet runs (under 8 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer grants, shorter fleet runs (about 10 minutes)")
     parser.add_argument("--smoke", action="store_true", help="every part at a tiny scale; fails unless each ran")
     parser.add_argument("--grants", type=int, default=None)
     args = parser.parse_args()
