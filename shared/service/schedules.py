@@ -129,6 +129,12 @@ async def _which_missing(
 ) -> None:
     """After a ``400``/``404`` Graph gave no reason of its own for: raise `TargetNotFound` when the role definition or
     the scope's unit does not exist, `MemberNotFound` (transient) when the member does not (yet); return otherwise."""
+    await _scope_exists(target, graph)
+    await _member_exists(command, graph, missing=response)
+
+
+async def _scope_exists(target: RoleSchedule, graph: GraphClient) -> None:
+    """Raise `TargetNotFound` when the role definition or the scope's unit does not exist (one GET each)."""
     definition = await graph.send(
         "GET", path("roleManagement", "directory", "roleDefinitions", target.role_definition_id)
     )
@@ -142,7 +148,6 @@ async def _which_missing(
             raise _not_found(f"administrative unit {target.unit} (the scope {target.directory_scope_id})", unit)
         if unit.status != 200:
             raise_for_graph(unit, permission=_UNIT_PERMISSION)
-    await _member_exists(command, graph, missing=response)
 
 
 async def _member_exists(command: GrantCommand, graph: GraphClient, *, missing: GraphResponse | None) -> GraphResponse:
@@ -174,19 +179,7 @@ async def _preview(command: GrantCommand, target: RoleSchedule, graph: GraphClie
         return Result(Status.WOULD_REVOKE, f"would end the {kind.noun} of {who} for {where} (dry run)", answer)
     if not add:
         return Result(Status.NOT_MEMBER, f"{who} is not {kind.holding} {where} (dry run)", answer)
-    definition = await graph.send(
-        "GET", path("roleManagement", "directory", "roleDefinitions", target.role_definition_id)
-    )
-    if definition.status == 404:
-        raise _not_found(f"role definition {target.role_definition_id}", definition)
-    if definition.status != 200:
-        raise_for_graph(definition, permission=_DEFINITION_PERMISSION)
-    if target.unit is not None:
-        unit = await graph.send("GET", path("directory", "administrativeUnits", target.unit))
-        if unit.status == 404:
-            raise _not_found(f"administrative unit {target.unit} (the scope {target.directory_scope_id})", unit)
-        if unit.status != 200:
-            raise_for_graph(unit, permission=_UNIT_PERMISSION)
+    await _scope_exists(target, graph)
     found = await _member_exists(command, graph, missing=None)
     until = f" until {graph_time(command.expires_at)}" if command.expires_at is not None else ", permanently"
     return Result(Status.WOULD_GRANT, f"would make {who} {kind.holding} {where}{until} (dry run)", found.answer())
