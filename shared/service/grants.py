@@ -142,7 +142,8 @@ class GrantService:
             # ledger keeps the grant's pending removal for the expiry sweep if an earlier attempt had granted it
             raise PermanentError(
                 Reason.EXPIRED,
-                f"the grant expired at {expires_at.isoformat()} before it could be applied; nothing was granted",
+                f"the grant expired at {expires_at.isoformat()} before this attempt could apply it: nothing more is "
+                "granted, and a membership an earlier attempt of it made is removed by its expiry removal",
             )
         target = command.target
         if isinstance(target, RoleEligibility | RoleAssignment):
