@@ -153,6 +153,7 @@ class GrantHandler:
                 expiry_of=delivery.text_property(EXPIRY_OF),
                 progress=attempt.in_progress(),
                 tiebreak=delivery.tiebreak,
+                not_before=delivery.not_before,
             )
             result = await self._gate.run(command, arrival)
         except ContractError as error:

@@ -74,7 +74,9 @@ class Arrival:
     removal the request id of the grant it ends, and the status record to write once it has held its pair's lease
     for `PROGRESS_AFTER` seconds (`progress`, ``in_progress``: written beside the Graph work and waited for before
     the result is returned, never when the work ends sooner, never over a terminal status; its failure is logged,
-    never raised), and for an HR event's grant its intent's `Intent.tiebreak` (sealed with it)."""
+    never raised), for an HR event's grant its intent's `Intent.tiebreak` (sealed with it), and the earliest time the
+    app sealed it to run (`not_before`: a delivery past the early check came no sooner by the broker's clock, whatever
+    this process's clock says)."""
 
     origin: str
     arrived_at: datetime
@@ -83,6 +85,7 @@ class Arrival:
     expiry_of: str | None = None
     progress: StatusRecord | None = None
     tiebreak: tuple[datetime, ...] = ()
+    not_before: datetime | None = None
 
 
 class IntentGate:
@@ -172,7 +175,10 @@ class IntentGate:
         confirmation, an expiry's write is a removal), then return the lease with how it ended: answered, refused
         (for good: `PermanentError`), or in doubt (a timeout, a connection lost after sending, a 5xx: it may still
         land). A write made while a write of the other action is in doubt is made once more when that one can no
-        longer land (`Result.confirm_at`, `shared.core.pairs.confirm_at`): a late landing never outlives it."""
+        longer land (`Result.confirm_at`, `shared.core.pairs.confirm_at`): a late landing never outlives it. That
+        moment is judged by the later of this process's clock and the time the delivery was sealed for: a confirming
+        copy that Service Bus delivered when its time came is not scheduled again for that moment by a worker whose
+        clock runs behind (Service Bus would deliver it at once, again and again, each a Graph write)."""
         assert ticket.state.lease is not None
         recorded = replace(command, requested_at=_requested_at(ticket, command))
         budget = (ticket.state.lease.until - LEASE_MARGIN - now).total_seconds()
@@ -201,7 +207,8 @@ class IntentGate:
         await self._ledger.finish(ticket, applied=applied, now=finished, already=already)
         if ticket.write is Action.ADD and arrival.expiry_of is None and arrival.producer.name != APP_PRODUCER:
             result = await self._grants.schedule_expiry(recorded, result, producer=arrival.producer, lane=arrival.lane)
-        again = confirm_at(ticket.state, action=applied, now=finished) if applied is not None else None
+        since = max(finished, arrival.not_before) if arrival.not_before is not None else finished
+        again = confirm_at(ticket.state, action=applied, now=since) if applied is not None else None
         if again is None or applied is None:
             return result
         return replace(

@@ -1,0 +1,97 @@
+"""A hostile pass on convergence: writes in doubt and their confirming copies, scheduled work that must not run early,
+units that refuse the app's writes, pending removals and the expiry sweep, and settlement errors; through the
+registered functions, the ledger in Azurite and the Graph double over loopback.
+
+Tests marked ``xfail(strict=True)`` pin a defect found on h/attack-converge (the reason names it); the others pin an
+attack that is defeated and was not pinned elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from grants_local.binding import to_received_message
+from grants_local.graph_double import Fault, GraphDouble
+from grants_local.queue import ManualClock
+from shared.core.statuses import Status
+from tests.conftest import AU, USER, Run, body
+from tests.test_function_app import GRANT
+
+
+def add_of(request_id: str, **fields: Any) -> bytes:
+    return body(requestId=request_id, member={"id": USER, "type": "user"}, source={"system": "bulk"}, **fields)
+
+
+def remove_of(request_id: str, **fields: Any) -> bytes:
+    return add_of(request_id, action="remove", **fields)
+
+
+async def deliver_one(run: Run) -> bool:
+    """Receive one due message from the run's grant queue and invoke the registered function on it; False when none
+    is due."""
+    locked = run.queue.receive()
+    if locked is None:
+        return False
+    await GRANT(receivedmessage=to_received_message(locked), message_actions=run.actions)
+    return True
+
+
+def clock_of(run: Run) -> ManualClock:
+    """The run's clock: Service Bus's, and the app's unless a test lags the gate's."""
+    assert isinstance(run.clock, ManualClock)
+    return run.clock
+
+
+def deletes(graph: GraphDouble) -> int:
+    return sum(1 for request in graph.requests if request.method == "DELETE")
+
+
+async def add_in_doubt(run: Run, graph: GraphDouble, request_id: str) -> Fault:
+    """Send `request_id`'s add and let its POST be held past the client's timeout (its answer never comes: the add is
+    in doubt, its retry an hour away); the held POST, to release."""
+    run.app.services.http.timeout = httpx.Timeout(1.0, connect=5.0, pool=30.0)
+    held = Fault.hold(method="POST", path=AU)
+    graph.inject(held)
+    run.queue.send(add_of(request_id), message_id=f"m-{request_id}")
+    assert await deliver_one(run)
+    assert run.app.outcomes() == {}
+    return held
+
+
+# =====================================================================================================================
+# Doubts: a write of the other action is confirmed once the last doubt can no longer land
+# =====================================================================================================================
+
+
+async def test_a_confirming_copy_delivered_on_time_to_a_worker_whose_clock_is_behind_is_not_scheduled_again(
+    make_run: Callable[..., Any], graph: GraphDouble
+) -> None:
+    """The world: Service Bus delivers the remove's confirming copy at the end of the add's doubt window by its clock;
+    the worker's clock is 3 s behind (the window is still open by it). The copy is carried out (the late add's
+    landing removed), and ends there: it must not schedule itself again for the moment that has already come, which
+    Service Bus delivers at once, again and again, each a Graph DELETE, until the worker's clock catches up."""
+    run: Run = await make_run(GRANTS_RETRY_BASE_SECONDS="3600", GRANTS_RETRY_MAX_SECONDS="3600")
+    held = await add_in_doubt(run, graph, "ADD-C")
+    run.queue.send(remove_of("REMOVE-C"), message_id="m-remove")
+    assert await deliver_one(run)
+    assert run.app.outcomes()["m-remove"]["outcome"] == Status.NOT_MEMBER
+    held.release()
+    assert held.wait_landed()
+    assert graph.members_of(AU) == {USER}
+
+    clock = clock_of(run)
+    clock.advance(300)  # the add's doubt window has ended by Service Bus's clock: the confirming copy is due
+    gate = run.app.services.gate
+    gate._now = lambda: clock.utcnow() - timedelta(seconds=3)  # the worker's clock: 3 s behind
+    before = deletes(graph)
+    assert await deliver_one(run)
+    assert graph.members_of(AU) == set()
+    assert run.app.outcomes()["m-remove"]["outcome"] == Status.REVOKED
+    for _ in range(5):  # what else is due now, by Service Bus's clock (the add's retry is an hour away)
+        if not await deliver_one(run):
+            break
+    assert deletes(graph) - before == 1, "the confirming copy scheduled itself again for a moment that had come"
