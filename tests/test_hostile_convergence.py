@@ -8,15 +8,23 @@ attack that is defeated and was not pinned elsewhere.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from grants_local.binding import to_received_message
 from grants_local.graph_double import Fault, GraphDouble
 from grants_local.queue import ManualClock
+from shared.adapters.ledger import table_key
+from shared.adapters.ledger.pairs import LEASE_FOR, UNCERTAIN_WINDOW
+from shared.core.contract import Action
+from shared.core.intents import Effect, Intent
+from shared.core.pairs import Superseded, admit
 from shared.core.statuses import Status
 from tests.conftest import AU, USER, Run, body
 from tests.test_function_app import GRANT
@@ -95,3 +103,54 @@ async def test_a_confirming_copy_delivered_on_time_to_a_worker_whose_clock_is_be
         if not await deliver_one(run):
             break
     assert deletes(graph) - before == 1, "the confirming copy scheduled itself again for a moment that had come"
+
+
+# =====================================================================================================================
+# Pending removals: the expiry sweep
+# =====================================================================================================================
+
+
+async def test_a_pending_removal_recorded_on_a_grant_that_never_expires_does_not_crash_its_removal(
+    make_run: Callable[..., Any], graph: GraphDouble, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hand-edited (or half-migrated) pair row: a grant whose newest add has no expiresAt carries a pending removal
+    that is due. The sweep sent its removal, which failed an assertion in the gate: abandoned delivery after delivery,
+    dead-lettered MaxDeliveryCountExceeded, and sent again every sweep. The sweep skips it (an error line names the
+    pair), the membership stays (nothing says it expired), and an expiry delivered for it ends superseded."""
+    run: Run = await make_run()
+    graph.add_member(AU, USER)
+    ledger = run.app.services.ledger
+    past = clock_of(run).utcnow() - timedelta(hours=1)
+    newest = {"requestId": "NE-1", "contentHash": "c", "action": "add", "requestedAt": past.isoformat()}
+    pair = f"au.{AU}.{USER}"
+    await ledger._table.create_entity(
+        {
+            "PartitionKey": table_key("pair", pair),
+            "RowKey": "pair",
+            "pair": pair,
+            "grants": json.dumps([{"producer": "bulk", "newest": newest, "removalDue": past.isoformat()}]),
+            "removalDue": past,
+            "appliedRequestId": "NE-1",
+            "appliedAction": "add",
+            "appliedAt": past,
+        }
+    )
+    with caplog.at_level(logging.ERROR, logger="shared.service.gate"):
+        assert await run.app.services.expiry_sweep() == 0
+    assert 'a grant of "bulk" that never expires' in caplog.text
+    await run.app.host().drain(until=run.clock())
+    assert run.queue.stats.abandoned == 0
+    assert USER in graph.members_of(AU)
+    state = await ledger.pair(pair)
+    assert state is not None
+    ends = Intent(
+        request_id="~expire:NE-1",
+        content_hash="e",
+        action=Action.REMOVE,
+        requested_at=state.grants[0].newest.requested_at + timedelta(microseconds=1),
+        producer="bulk",
+        kind=Effect.EXPIRE,
+        ends="NE-1",
+    )
+    decided = admit(state, ends, token="t", now=clock_of(run).utcnow(), lease_for=LEASE_FOR, window=UNCERTAIN_WINDOW)
+    assert isinstance(decided, Superseded)

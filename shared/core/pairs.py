@@ -267,7 +267,8 @@ def _apply(state: PairState, intent: Intent, *, now: datetime) -> tuple[PairStat
         if grant is None:
             return Superseded(intent)  # nothing of its producer's it names is left to end
         if grant.holds(now=now, floor=floor):  # not yet expired: it comes back then
-            assert grant.newest.expires_at is not None
+            if grant.newest.expires_at is None:  # a grant that never expires (a hand-edited pending removal)
+                return Superseded(grant.newest)
             return NotDue(until=grant.newest.expires_at)
         after = state.with_grant(replace(grant, newest=intent))
         return after, _removal(after, now=now)

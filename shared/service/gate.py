@@ -224,7 +224,8 @@ class IntentGate:
         was admitted and failed, whose removal is then a new request ending it), for the grant function to carry
         out; return how many were sent. One sweep reads at most `SWEEP_PAGE` due pairs and the next goes on after
         them, so pairs whose removal keeps failing cannot hide the others. A pair whose record cannot be read back as
-        one is skipped and reported (an error line naming it), never the end of the sweep; a send that fails raises
+        one, or whose pending removal is on a grant that never expires (a hand-edited row: no expiry could end it), is
+        skipped and reported (an error line naming it), never the end of the sweep; a send that fails raises
         (the next sweep sends it again: the removal stays pending in the ledger until it is carried out or refused
         for good)."""
         now = self._now()
@@ -240,6 +241,13 @@ class IntentGate:
                 _log.error("expiry sweep: skipped the pending removals of %s (%s)", json.dumps(pair), error)
                 continue
             for grant in due:
+                if grant.newest.expires_at is None and grant.holds(now=now, floor=state.floor):
+                    _log.error(  # no expiry can end it: a removal sent would change nothing, every sweep
+                        "expiry sweep: skipped the pending removal of %s (a grant of %s that never expires)",
+                        json.dumps(pair),
+                        json.dumps(grant.producer),
+                    )
+                    continue
                 try:
                     target, member_id = parse_pair(pair)
                     of = grant.newest
