@@ -2,8 +2,7 @@
 units that refuse the app's writes, pending removals and the expiry sweep, and settlement errors; through the
 registered functions, the ledger in Azurite and the Graph double over loopback.
 
-Tests marked ``xfail(strict=True)`` pin a defect found on h/attack-converge (the reason names it); the others pin an
-attack that is defeated and was not pinned elsewhere.
+Each pins an attack that is defeated and was not pinned elsewhere.
 """
 
 from __future__ import annotations
@@ -162,8 +161,10 @@ async def test_a_pending_removal_recorded_on_a_grant_that_never_expires_does_not
 class Recorded:
     """A queue that keeps what is sent to it (the sweep's removals), by the pair each removal ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: ManualClock | None = None, seconds_each: float = 0.0) -> None:
         self.pairs: list[str] = []
+        self._clock = clock
+        self._seconds_each = seconds_each
 
     async def schedule(
         self,
@@ -173,35 +174,22 @@ class Recorded:
         application_properties: Mapping[str, str | int],
         scheduled_enqueue_time: datetime,
     ) -> None:
+        if self._clock is not None:  # each send takes this long: a sweep that runs out of time
+            self._clock.advance(self._seconds_each)
         document = json.loads(body)
         self.pairs.append(f"au.{document['target']['id']}.{document['member']['id']}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the expiry sweep's cursor (IntentGate._sweep_after) lives in the process: a sweep run by a new process "
-    "(an instance recycled, scaled out, or the timer moved to another instance: Functions does this every few "
-    "minutes when idle) starts from the first pair again, so SWEEP_PAGE pairs whose removal keeps failing, first "
-    "in key order, hide the rest for as long as no one process runs two sweeps in a row; keep the cursor in the "
-    "ledger (a row of its own) for the fix",
-)
-async def test_pairs_stuck_first_in_key_order_do_not_hide_the_others_from_a_sweep_run_by_another_process(
-    make_run: Callable[..., Any],
-) -> None:
-    """1,001 pairs whose pending removal is due (and keeps failing: nothing here carries a removal out). The first
-    sweep sends 1,000; the next, run by a fresh process (its own IntentGate, as bootstrap builds one), must go on
-    after them, so that every due pair is sent within two sweeps."""
-    run: Run = await make_run()
-    services = run.app.services
-    ledger = services.ledger
-    now = clock_of(run).utcnow()
-    past = now - timedelta(hours=1)
-    units = [str(uuid.UUID(int=n + 1)) for n in range(SWEEP_PAGE + 1)]
+async def due_pairs(run: Run, count: int) -> list[str]:
+    """`count` pairs (a unit each, one user) whose bulk grant expired an hour ago and whose pending removal is due,
+    written straight to the ledger (nothing here carries a removal out: they stay due), in key order."""
+    ledger = run.app.services.ledger
+    past = clock_of(run).utcnow() - timedelta(hours=1)
     limit = asyncio.Semaphore(32)
 
-    async def due_pair(unit: str) -> None:
+    async def due_pair(pair: str) -> None:
         timed = Intent(
-            request_id=f"T-{unit}",
+            request_id=f"T-{pair}",
             content_hash="c",
             action=Action.ADD,
             requested_at=past - timedelta(days=1),
@@ -213,12 +201,37 @@ async def test_pairs_stuck_first_in_key_order_do_not_hide_the_others_from_a_swee
             applied=Applied(request_id=timed.request_id, action=Action.ADD, at=timed.requested_at),
         )
         async with limit:
-            assert await ledger._write_pair(f"au.{unit}.{USER}", state, None) is not None
+            assert await ledger._write_pair(pair, state, None) is not None
 
-    await asyncio.gather(*(due_pair(unit) for unit in units))
-    first = Recorded()
-    assert await services.gate.sweep(first) == SWEEP_PAGE
-    restarted = IntentGate(ledger=ledger, grants=services.grants, now=clock_of(run).utcnow)
+    pairs = [f"au.{uuid.UUID(int=n + 1)}.{USER}" for n in range(count)]
+    await asyncio.gather(*(due_pair(pair) for pair in pairs))
+    return sorted(pairs, key=lambda pair: table_key("pair", pair))
+
+
+async def test_one_sweep_pages_through_every_due_removal(make_run: Callable[..., Any]) -> None:
+    """1,001 pairs whose pending removal is due (and keeps failing): one sweep sends every one, not the first page."""
+    run: Run = await make_run()
+    pairs = await due_pairs(run, SWEEP_PAGE + 1)
+    sent = Recorded()
+    assert await run.app.services.gate.sweep(sent) == SWEEP_PAGE + 1
+    assert sorted(sent.pairs) == sorted(pairs)
+
+
+async def test_a_sweep_out_of_time_leaves_its_cursor_for_the_next_whichever_process_runs_it(
+    make_run: Callable[..., Any],
+) -> None:
+    """A sweep that has paged for `SWEEP_BUDGET` stops after its page; the next, run by a fresh process (its own
+    IntentGate, as bootstrap builds one), starts after that page and comes round to it: every due pair is sent within
+    two sweeps however many keep failing first in key order, and the second, having gone round, clears the cursor."""
+    run: Run = await make_run()
+    services = run.app.services
+    pairs = await due_pairs(run, SWEEP_PAGE + 1)
+    slow = Recorded(clock=clock_of(run), seconds_each=1.0)  # 1,000 sends: past the 4 minutes
+    assert await services.gate.sweep(slow) == SWEEP_PAGE
+    assert slow.pairs == pairs[:SWEEP_PAGE]
+    assert await services.ledger.sweep_cursor() == pairs[SWEEP_PAGE - 1]
+    restarted = IntentGate(ledger=services.ledger, grants=services.grants, now=clock_of(run).utcnow)
     second = Recorded()
-    await restarted.sweep(second)
-    assert {f"au.{unit}.{USER}" for unit in units} <= {*first.pairs, *second.pairs}
+    assert await restarted.sweep(second) == SWEEP_PAGE + 1
+    assert second.pairs == [pairs[SWEEP_PAGE], *pairs[:SWEEP_PAGE]]
+    assert await services.ledger.sweep_cursor() is None

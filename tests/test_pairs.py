@@ -299,15 +299,17 @@ def test_an_expiry_never_ends_another_producer_s_grant_that_uses_the_same_reques
     assert ended.state.grant_of("bulk") == state.grant_of("bulk")
 
 
-def test_an_add_refused_for_good_holds_nothing_until_it_is_asked_again() -> None:
+def test_an_add_refused_for_good_stays_its_producer_s_intent_until_the_producer_ends_it() -> None:
+    """As drift reads it (a missing member, not repairable while the refusal's cause stands): the refused add holds
+    the pair, so another producer's remove is released naming it; the producer's own remove ends it."""
     decision = decide(written(None, add("hr-1", "hr")), add("tk-1", "ticketing", at=5), token="t2")
     assert isinstance(decision, Proceed)
     refused = release(decision.state, token="t2", applied=None, now=T0, window=WINDOW, gave_up=True)
     assert refused is not None
-    assert [g.producer for g in refused.holders(now=T0)] == ["hr"]
-    again = decide(refused, add("tk-1", "ticketing", at=5), token="t3")  # resubmitted
-    assert isinstance(again, Proceed)
-    assert [g.producer for g in again.state.holders(now=T0)] == ["hr", "ticketing"]
+    assert [g.producer for g in refused.holders(now=T0)] == ["hr", "ticketing"]
+    ended = decide(refused, remove("tk-2", "ticketing", at=10), token="t3")
+    assert isinstance(ended, Released)
+    assert [g.producer for g in ended.state.holders(now=T0)] == ["hr"]
 
 
 def test_an_add_answered_after_its_own_expiry_leaves_its_removal_pending() -> None:

@@ -42,6 +42,7 @@ _LEGACY_ROW_PREFIX: Final = "row."
 #: The app's own secrets: a partition no `table_key` can name (those have dots).
 _APP_PARTITION: Final = "app"
 _SEAL_ROW: Final = "seal"
+_SWEEP_ROW: Final = "sweep"  # the expiry sweep's cursor (`PairStore.sweep_cursor`)
 _SCHEMA: Final = 2  # the seal row's ``schema`` on a ledger whose every row has its producer (no legacy rows)
 
 

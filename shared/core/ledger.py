@@ -102,7 +102,8 @@ class StatusLedger(Protocol):
 
 
 class GateLedger(StatusLedger, Protocol):
-    """The intent gate's part of the ledger: a pair's lease taken and returned, the sweep's due removals."""
+    """The intent gate's part of the ledger: a pair's lease taken and returned, the sweep's due removals and the
+    pair a sweep that ran out of time stopped at."""
 
     async def begin(
         self, intent: Intent, *, pair: str, origin: str, now: datetime, aliases: tuple[str, ...] = ...
@@ -120,8 +121,12 @@ class GateLedger(StatusLedger, Protocol):
     ) -> bool: ...
 
     async def due_removals(
-        self, *, now: datetime, limit: int = ..., after: str | None = ...
+        self, *, now: datetime, limit: int = ..., after: str | None = ..., through: str | None = ...
     ) -> list[tuple[str, PairState]]: ...
+
+    async def sweep_cursor(self) -> str | None: ...
+
+    async def keep_sweep_cursor(self, pair: str | None) -> None: ...
 
 
 class DriftLedger(Protocol):

@@ -113,15 +113,14 @@ class Grant:
     producer: str
     newest: Intent
     removal_due: datetime | None = None
-    refused: bool = False  # its add was refused for good (dead-lettered): it holds nothing until asked again
 
     def holds(self, *, now: datetime, floor: Intent | None = None) -> bool:
-        """True while the grant keeps the membership: its newest intent is an add that has not expired at `now`, was
-        not refused for good, and is newer than the pair's revoke-all `floor`."""
+        """True while the grant keeps the membership: its newest intent is an add that has not expired at `now` and is
+        newer than the pair's revoke-all `floor` (an add refused for good included: it stays its producer's intent,
+        which drift reports, until the producer ends it)."""
         newest = self.newest
         return (
             newest.effect is Effect.GRANT
-            and not self.refused
             and (newest.expires_at is None or newest.expires_at > now)
             and (floor is None or newest.order > floor.order)
         )
@@ -331,8 +330,7 @@ def release(
     app's own that could have made it (and no revoke-all, which takes any membership over), marks the membership
     `preexisting`; any other answered write clears that. A
     removal answered as done, or refused for good (`gave_up`), ends the pending removals of the grants that no longer
-    hold the pair (an add never does: one answered after its own expiry leaves its removal pending). An add refused
-    for good marks its grant `refused`: it holds nothing until the request is carried out again.
+    hold the pair (an add never does: one answered after its own expiry leaves its removal pending).
     """
     if state.lease is None or state.lease.token != token:
         return None
@@ -342,11 +340,8 @@ def release(
     if uncertain:
         kept = (*others, replace(mine, until=now + window)) if mine is not None else others
         return replace(released, doubts=_bounded(kept, now=now))
-    sent = mine.action if mine is not None else None
     if applied is None:
         released = replace(released, doubts=others)
-        if gave_up and sent is Action.ADD:
-            return _refused(released, request_id=state.lease.request_id)
         return _settled(released, now=now) if gave_up else released
     preexisting = False
     if applied is Action.ADD and already:
@@ -357,17 +352,6 @@ def release(
     doubts = tuple(doubt for doubt in others if doubt.until > now)
     answered = replace(released, applied=done, doubts=doubts, preexisting=preexisting)
     return _settled(answered, now=now) if applied is Action.REMOVE else answered
-
-
-def _refused(state: PairState, *, request_id: str) -> PairState:
-    """`state` with the grant whose add `request_id` was refused for good marked `refused`."""
-    grants = tuple(
-        replace(grant, refused=True)
-        if grant.newest.request_id == request_id and grant.newest.effect is Effect.GRANT
-        else grant
-        for grant in state.grants
-    )
-    return replace(state, grants=grants)
 
 
 def _settled(state: PairState, *, now: datetime) -> PairState:

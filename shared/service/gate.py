@@ -38,7 +38,7 @@ from shared.core.errors import PermanentError, Reason, TransientError
 from shared.core.intents import Effect, Intent, effect_of, expiry_removal, intent_of, pair_of, parse_pair
 from shared.core.ledger import Absorbed, Admitted, GateLedger, Ticket
 from shared.core.messaging import EXPIRY_OF, PRODUCER, Lane, MessageSender, derived_message_id
-from shared.core.pairs import Grant, NotDue, Released, Superseded, confirm_at, due_grants
+from shared.core.pairs import Grant, NotDue, PairState, Released, Superseded, confirm_at, due_grants
 from shared.core.producers import APP_PRODUCER, Producer
 from shared.core.statuses import Holder, Status, StatusRecord, StatusWrite
 from shared.service.grants import GrantService
@@ -53,8 +53,11 @@ LEASE_MARGIN: Final = timedelta(seconds=15)
 #: Seconds added to an early expiry's wait, past the grant's expiry by this process's clock: one running behind the
 #: broker's by less than this is met by the retry.
 NOT_YET_MARGIN: Final = 5.0
-#: Pairs one expiry sweep reads at most; the next sweep goes on after the last (`IntentGate.sweep`).
+#: Due pairs the expiry sweep reads a page (`IntentGate.sweep`).
 SWEEP_PAGE: Final = 1000
+#: How long one expiry sweep pages on before it stops after a page, leaving its cursor in the ledger for the next
+#: (less than the timer's default 5 minutes between sweeps).
+SWEEP_BUDGET: Final = timedelta(minutes=4)
 #: Seconds an admitted attempt works before ``in_progress`` is recorded (`Arrival.admitted`): most Graph writes
 #: take less, and a status no one could see for longer than this is not worth two storage requests a grant.
 PROGRESS_AFTER: Final = 1.0
@@ -103,7 +106,6 @@ class IntentGate:
         self._grants = grants
         self._now = now
         self._progress_after = progress_after
-        self._sweep_after: str | None = None  # the expiry sweep's cursor: the last pair of its last full page
 
     async def run(self, command: GrantCommand, arrival: Arrival) -> Result:
         """Guard `command` (policy), pass it through the ledger, and carry it out holding the pair's lease."""
@@ -222,18 +224,34 @@ class IntentGate:
         """The expiry sweep: for every grant whose pending removal is due, send the app's own removal ending it
         (`expiry_removal` of the grant's newest intent: a time-bound add, a remove not carried out, or an expiry that
         was admitted and failed, whose removal is then a new request ending it), for the grant function to carry
-        out; return how many were sent. One sweep reads at most `SWEEP_PAGE` due pairs and the next goes on after
-        them, so pairs whose removal keeps failing cannot hide the others. A pair whose record cannot be read back as
+        out; return how many were sent. A sweep pages through every due removal, `SWEEP_PAGE` pairs a page, from
+        where the last sweep that ran out of time stopped (kept in the ledger: whichever process runs the next one)
+        round to it, so pairs whose removal keeps failing never hide the others; one that has worked for
+        `SWEEP_BUDGET` stops after its page and leaves its cursor there. A pair whose record cannot be read back as
         one, or whose pending removal is on a grant that never expires (a hand-edited row: no expiry could end it), is
         skipped and reported (an error line naming it), never the end of the sweep; a send that fails raises
         (the next sweep sends it again: the removal stays pending in the ledger until it is carried out or refused
         for good)."""
         now = self._now()
+        start = await self._ledger.sweep_cursor()
+        passes: list[tuple[str | None, str | None]] = [(start, None)] + ([(None, start)] if start is not None else [])
+        sent, cursor = 0, None
+        for after, through in passes:
+            while cursor is None:
+                page = await self._ledger.due_removals(now=now, limit=SWEEP_PAGE, after=after, through=through)
+                sent += await self._send_removals(page, sender, now=now)
+                if len(page) < SWEEP_PAGE:
+                    break
+                after = page[-1][0]
+                if self._now() - now >= SWEEP_BUDGET:
+                    cursor = after
+        if cursor != start:
+            await self._ledger.keep_sweep_cursor(cursor)
+        return sent
+
+    async def _send_removals(self, page: list[tuple[str, PairState]], sender: MessageSender, *, now: datetime) -> int:
+        """Send the expiry removal of every grant of `page` whose pending removal is due at `now`; how many."""
         sent = 0
-        page = await self._ledger.due_removals(now=now, limit=SWEEP_PAGE, after=self._sweep_after)
-        # a full page: the next sweep goes on after its last pair (so pairs stuck early in key order never hide
-        # the rest); a short one: the next starts from the first again
-        self._sweep_after = page[-1][0] if len(page) >= SWEEP_PAGE else None
         for pair, state in page:
             try:
                 due = due_grants(state, now=now)

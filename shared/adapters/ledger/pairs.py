@@ -18,8 +18,10 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModif
 from azure.data.tables import UpdateMode
 
 from shared.adapters.tables import (
+    _APP_PARTITION,
     _LEGACY_REQUEST_ROW,
     _LEGACY_STATUS_ROW,
+    _SWEEP_ROW,
     MAX_RACES,
     TableRows,
     _absent,
@@ -234,11 +236,11 @@ class PairStore(TableRows):
         return own
 
     async def due_removals(
-        self, *, now: datetime, limit: int = 1000, after: str | None = None
+        self, *, now: datetime, limit: int = 1000, after: str | None = None, through: str | None = None
     ) -> list[tuple[str, PairState]]:
-        """Pairs whose pending removal is due at `now` (at most `limit`, in key order, after the pair named `after`
-        when given: the sweep's cursor): one filtered scan of the table; a record that cannot be read as a pair's is
-        logged and skipped.
+        """Pairs whose pending removal is due at `now` (at most `limit`, in key order: after the pair named `after`
+        and up to the one named `through`, each when given): one filtered scan of the table; a record that cannot be
+        read as a pair's is logged and skipped.
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
@@ -247,6 +249,9 @@ class PairStore(TableRows):
         if after is not None:
             query += " and PartitionKey gt @after"
             parameters["after"] = table_key("pair", after)
+        if through is not None:
+            query += " and PartitionKey le @through"
+            parameters["through"] = table_key("pair", through)
         found: list[tuple[str, PairState]] = []
         try:
             async for entity in self._table.query_entities(query, parameters=parameters):
@@ -259,6 +264,28 @@ class PairStore(TableRows):
         except AzureError as error:
             raise _unavailable("list the pending removals", error) from error
         return found
+
+    async def sweep_cursor(self) -> str | None:
+        """The pair the last expiry sweep that ran out of time stopped at (any process's), None when the last one
+        went through every due removal.
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        entity = await self._get(_APP_PARTITION, _SWEEP_ROW, doing="read the expiry sweep's cursor")
+        after = entity.get("after") if entity is not None else None
+        return after if isinstance(after, str) and after else None
+
+    async def keep_sweep_cursor(self, pair: str | None) -> None:
+        """Record where the expiry sweep stopped (`pair`; None: it went through every due removal), for the next
+        sweep whichever process runs it (one sweep runs at a time: the timer trigger is a singleton).
+
+        Raises `TransientError(LedgerUnavailable)` when the storage fails.
+        """
+        entity = {"PartitionKey": _APP_PARTITION, "RowKey": _SWEEP_ROW, "after": pair or ""}
+        try:
+            await self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        except AzureError as error:
+            raise _unavailable("record the expiry sweep's cursor", error) from error
 
     async def _claim(self, record: RequestRecord, now: datetime) -> RequestRecord | None:
         """Insert `record`; None when it was new, else the record that was there first (on a ledger from before
