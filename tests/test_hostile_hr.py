@@ -278,11 +278,6 @@ async def test_another_producer_s_time_bound_grant_of_hr_s_pair_ends_only_its_ow
     assert hr.holds() == EVERYTHING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a leaver revokes only the targets the current rules can give (HrRules.every_target); a target HR "
-    "granted under a rule since removed from GRANTS_HR_RULES keeps HR's grant and the membership after the leaver",
-)
 async def test_a_leaver_ends_what_hr_granted_under_a_rule_the_operator_has_since_removed(
     hr_run: Callable[..., Any], tmp_path: Any
 ) -> None:

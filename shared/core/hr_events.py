@@ -59,6 +59,7 @@ __all__ = [
     "Placement",
     "derive_messages",
     "effective_at",
+    "gives",
     "parse_event",
     "place",
     "tiebreak_text",
@@ -162,12 +163,15 @@ class Placement:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KnownEvent:
     """One HR event of a person as the ledger first recorded it (`shared.adapters.ledger.Ledger.hr_events`): the event,
-    its `placement`, and the person's other events its grant messages are derived against (`considered`: fixed by
-    its first derivation, so every copy of it derives the same messages; None until then)."""
+    its `placement`, the person's other events its grant messages are derived against (`considered`: fixed by its
+    first derivation, so every copy of it derives the same messages; None until then), and what the rules gave the
+    person by it then (`gives`: each target with its rules' names, fixed with `considered`; a later leaver ends them
+    even when no rule gives them any more)."""
 
     event: HrEvent
     placement: Placement
     considered: tuple[str, ...] | None = None
+    gives: tuple[tuple[Target, tuple[str, ...]], ...] = ()
 
     @property
     def order(self) -> tuple[datetime, tuple[datetime, ...], str]:
@@ -222,7 +226,8 @@ def derive_messages(
     """The grant messages for `event` placed at `placement`, derived against the person's other `known` events, in a
     stable order; each passes the contract.
 
-    - A leaver: a revoke-all of every target any rule can give (`HrRules.every_target`).
+    - A leaver: a revoke-all of every target any rule can give (`HrRules.every_target`), and of every target the
+      person's older events (since their last leaver) were given under rules since removed (`KnownEvent.gives`).
     - A joiner or mover sets what HR gives the person to what the rules give its attributes: an end of each target
       the person's older events (since their last leaver) gave or a mover's ``previous`` gives, that they do not, and
       an add of each they give.
@@ -231,16 +236,20 @@ def derive_messages(
 
     Each request id names the event, the action, the target and the member (an end for a newer event also that
     event): ``~hr:<eventId>:<16 hex>``; ``requestedAt`` is the moment of the placement it carries."""
-    if event.kind == "leaver":
-        return [_message(event, placement, "remove", target, names) for target, names in rules.every_target().items()]
     me = KnownEvent(event=event, placement=placement)
     others = sorted(
         (k for k in known if k.event.event_id != event.event_id and k.event.user_id == event.user_id),
         key=lambda known_event: known_event.order,
     )
-    given = rules.targets_for(event.attributes)
     older = [k for k in others if k.order < me.order]
     since = older[max((i + 1 for i, k in enumerate(older) if k.event.kind == "leaver"), default=0) :]
+    if event.kind == "leaver":
+        ending = rules.every_target()
+        for earlier in since:
+            for target, recorded in earlier.gives:
+                ending.setdefault(target, list(recorded))
+        return [_message(event, placement, "remove", target, names) for target, names in ending.items()]
+    given = rules.targets_for(event.attributes)
     held: dict[Target, list[str]] = {}
     for source in [*(k.event for k in since), event]:
         for attributes in (source.attributes, source.previous) if source.kind == "mover" else (source.attributes,):
@@ -256,6 +265,13 @@ def derive_messages(
             if target not in theirs:
                 messages.append(_message(event, newer.placement, "remove", target, names, newer=newer.event))
     return messages
+
+
+def gives(event: HrEvent, rules: HrRules) -> tuple[tuple[Target, tuple[str, ...]], ...]:
+    """What `rules` give the person by `event` (`KnownEvent.gives`): a joiner's or mover's targets, a leaver nothing."""
+    if event.kind == "leaver":
+        return ()
+    return tuple((target, tuple(names)) for target, names in rules.targets_for(event.attributes).items())
 
 
 def _message(

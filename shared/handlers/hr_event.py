@@ -33,6 +33,7 @@ from shared.core.hr_events import (
     KnownEvent,
     derive_messages,
     effective_at,
+    gives,
     parse_event,
     place,
     tiebreak_text,
@@ -145,7 +146,9 @@ class HrEventHandler:
         considered = mine.considered
         if considered is None:
             others = tuple(sorted(k.event.event_id for k in known if k is not mine))
-            considered = await self._ledger.consider(producer=producer.name, event=mine, considered=others)
+            considered = await self._ledger.consider(
+                producer=producer.name, event=mine, considered=others, gives=gives(event, rules)
+            )
         against = [k for k in known if k.event.event_id in set(considered)]
         messages = derive_messages(event, rules, placement=mine.placement, known=against)
         rows = len(messages)

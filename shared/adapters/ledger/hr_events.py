@@ -26,7 +26,7 @@ from shared.adapters.tables import (
     producer_row,
     table_key,
 )
-from shared.core.contract import Guid
+from shared.core.contract import Guid, Target, parse_target, target_document
 from shared.core.errors import Reason, TransientError
 from shared.core.hr_events import HrEvent, KnownEvent, Placement
 
@@ -116,9 +116,17 @@ class HrEventStore(TableRows):
             _log.error("an unreadable HR event of a person: %s (%r)", row, error)
             return None
 
-    async def consider(self, *, producer: str, event: KnownEvent, considered: tuple[str, ...]) -> tuple[str, ...]:
-        """Fix the events of its person that `event` is derived against as `considered`, unless they are fixed
-        already; return what is fixed (one read and one write, ETag-guarded: of two copies at once, one wins).
+    async def consider(
+        self,
+        *,
+        producer: str,
+        event: KnownEvent,
+        considered: tuple[str, ...],
+        gives: tuple[tuple[Target, tuple[str, ...]], ...] = (),
+    ) -> tuple[str, ...]:
+        """Fix the events of its person that `event` is derived against as `considered`, and what the rules give by
+        it as `gives` (`KnownEvent.gives`), unless they are fixed already; return the considered events fixed (one
+        read and one write, ETag-guarded: of two copies at once, one wins).
 
         Raises `TransientError(LedgerUnavailable)` when the storage fails.
         """
@@ -131,7 +139,12 @@ class HrEventStore(TableRows):
                 return tuple(json.loads(_unchunked("considered", entity)))
             try:
                 await self._table.update_entity(  # hundreds of event ids outgrow one column
-                    {"PartitionKey": partition, "RowKey": row, **_chunked("considered", json.dumps(list(considered)))},
+                    {
+                        "PartitionKey": partition,
+                        "RowKey": row,
+                        **_chunked("considered", json.dumps(list(considered))),
+                        **_chunked("gives", _gives_json(gives)),
+                    },
                     mode=UpdateMode.MERGE,
                     etag=entity.metadata["etag"],
                     match_condition=MatchConditions.IfNotModified,
@@ -171,7 +184,23 @@ def _known_fields(known: KnownEvent) -> dict[str, Any]:
     }
     if known.considered is not None:
         fields |= _chunked("considered", json.dumps(list(known.considered)))
+        fields |= _chunked("gives", _gives_json(known.gives))
     return fields
+
+
+def _gives_json(gives: tuple[tuple[Target, tuple[str, ...]], ...]) -> str:
+    """`KnownEvent.gives` as its column holds it: a list of [target document, rule names]."""
+    return json.dumps([[target_document(target), list(names)] for target, names in gives], separators=(",", ":"))
+
+
+def _gives_from(entity: Mapping[str, Any]) -> tuple[tuple[Target, tuple[str, ...]], ...]:
+    """`KnownEvent.gives` from its column (none on a row written before the column: what its rules gave is unknown)."""
+    if entity.get("gives") is None:
+        return ()
+    return tuple(
+        (parse_target(document), tuple(str(name) for name in names))
+        for document, names in json.loads(_unchunked("gives", entity))
+    )
 
 
 def _known_from(entity: Mapping[str, Any]) -> KnownEvent:
@@ -196,4 +225,5 @@ def _known_from(entity: Mapping[str, Any]) -> KnownEvent:
         event=event,
         placement=Placement(moment=_aware(entity["moment"]), tiebreak=(_aware(moments[0]), _aware(moments[1]))),
         considered=tuple(str(name) for name in considered) if considered is not None else None,
+        gives=_gives_from(entity),
     )
