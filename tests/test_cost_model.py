@@ -124,4 +124,4 @@ async def test_a_time_bound_grant_schedules_its_removal_and_the_expiry_sweep_the
     assert (counts["producer_sends"], counts["scheduled"], counts["sends"]) == (1, 1, 0)
     assert (counts["deliveries"], counts["settlements"], counts["publishes"]) == (2, 2, 2)
     assert member_id(2) not in bench_directory.members_of(UNIT)
-    assert (found["sweep"]["function"], found["sweep"]["table"]) == ("expiry_sweep", 1)
+    assert (found["sweep"]["function"], found["sweep"]["table"]) == ("expiry_sweep", 2)  # its cursor, its query
