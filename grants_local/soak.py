@@ -70,6 +70,21 @@ otherwise):
   revokeAll), or (seeded) when no revokeAll ended a membership the app found there. A seeded member's first add in
   doubt (a fault, or a timeout, that left its write unanswered) makes the membership the app's: those pairs may end
   either way, each step's outcomes then those of the ending the directory shows.
+- ``late_landing``: one producer's adds and removes of one user of a unit (not there before), each dated a second
+  before it is sent, steps 30 s apart (150 s after a failed return of the lease), starting together in batches
+  between the ``overlapping`` slots; a seeded script of `LATE_SCRIPTS` says what each step's first delivery meets, the
+  step's other deliveries meet no fault (its own retry is answered). A held write (its client gives up) lands when the
+  virtual clock reaches a seeded moment after the pair's last step and within 240 s of its delivery (the app keeps
+  its doubt 300 s after the write could last have been sent): an add in flight landing after a newer remove, a remove
+  after a newer add; an add and a newer remove both in flight, a still newer remove answering ``not_member`` (and the
+  mirror: ``already_member``), both landing after it. A failed return of the lease: the ledger request that returns
+  it after the Graph write (answered, or in flight) is answered ``503 ServerBusy`` once (`StorageFaults`): the
+  answered one's request is retried once the lease ends (``already_member`` / ``not_member``), the doubt recorded when
+  the lease was taken stays (120 s + 300 s). A step answered while a write of the other action is in doubt is carried
+  out once more after that doubt's end (its confirming copy). Each step ends as its action does (``granted`` /
+  ``already_member``, ``revoked`` / ``not_member``), its confirming copy too, or ``superseded`` by the pair's newer
+  step; a remove carried out again once nothing of the app's can be there, ``released []``. Final: member exactly when
+  the newest step is an add; the newest step's status in the ledger says so.
 - ``squat``: a message under an id the app derives: a request id ``~expire:…``, ``~hr:…``, ``~drift-add:…`` (refused
   ``SchemaViolation``), sent under the MessageId the app would derive for another message's retry copy or a
   time-bound grant's expiry removal (the app keys those, so its own are not dropped as duplicates).
@@ -86,10 +101,13 @@ Every request may also end ``duplicate`` (sent again under a new MessageId), and
 again (its first delivery died before completing the message) ends a removal's end ``released []``.
 
 Invariants beyond the outcomes: every ``released`` names exactly the holders expected; no ``released []`` of a pair
-no other request changes meanwhile is logged while the member is in the target (a membership the app made, or found,
-that it says is not there); every time-bound grant made reaches its expiry; the final directory is the plan's; the
-Graph writes answered 204 per pair are the plan's (a membership the app did not make is never removed but by a
-revokeAll; an overlapping pair's adds and removals exactly as many as its ending makes).
+no other request changes meanwhile (a ``late_landing`` pair's included: a late landing is the app's own write) is
+logged while the member is in the target (a membership the app made, or found, that it says is not there); every
+time-bound grant made reaches its expiry; the final directory is the plan's; the Graph writes answered 204 per pair are
+the plan's (a membership the app did not make is never removed but by a revokeAll; an overlapping pair's adds and
+removals exactly as many as its ending makes; a ``late_landing`` pair's at most one per step, one per held write and
+one per confirming copy that ran); every confirming copy announced ran; every late landing came within its write's
+window; a ``late_landing`` pair's steps each have a terminal status, the newest one's true of the directory.
 
 Targets: administrative units (users, groups, devices) and directory roles by object id and by template id
 (users, service principals, role-assignable groups).
@@ -104,9 +122,12 @@ could not be scheduled (the ledger recorded the add's answer first; retried: the
 the ledger says whether the app made it, or, past the grant's expiry, ends ``Expired`` and the expiry sweep, run once
 the queues are empty, ends the grant); the host answering a settlement only once the invocation has given up on
 it (the delivery is ``unsettled`` and either the late answer or the redelivery after lock expiry settles it).
-The producer side: a message sent twice with the same MessageId (dropped by duplicate detection) and the
-same request sent again with a new MessageId (absorbed by the grant ledger as the same request: ``duplicate``,
-unless the first is still in flight).
+The ``late_landing`` pairs meet only their scripts' faults: a Graph write held until a seeded moment (`Landing`), and
+the ledger's storage answering ``503 ServerBusy`` to the request returning a lease (`StorageFaults`, at the HTTP
+boundary: the ledger and the gate run unchanged).
+The producer side (not for ``late_landing`` steps, each sent once): a message sent twice with the same MessageId
+(dropped by duplicate detection) and the same request sent again with a new MessageId (absorbed by the grant ledger as
+the same request: ``duplicate``, unless the first is still in flight).
 
 Whether and where a fault strikes is decided by events, never by how fast this machine runs: a timeout fault holds
 its write until its invocation has ended (its client gave up), a stalled settlement answers once its invocation has
@@ -125,6 +146,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -140,6 +162,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from grants_local._http import LoopbackServer, Request, Response
 from grants_local.app import local_app
 from grants_local.graph_double import Fault, GraphDouble
 from grants_local.host import LocalHost, Source, registered_function
@@ -155,12 +178,12 @@ from grants_local.queue import (
 from grants_local.run import os_environment
 from grants_local.soak_model import REMOVES, Ending, Step, ending, released
 from grants_local.token_endpoint import TokenEndpoint
-from shared.adapters.ledger import Ledger
+from shared.adapters.ledger import UNCERTAIN_WINDOW, Ledger
 from shared.bootstrap import LIBRARY_LOGGERS
 from shared.config import Settings
-from shared.core.contract import parse_grant
+from shared.core.contract import AdministrativeUnit, Guid, parse_grant
 from shared.core.errors import Reason
-from shared.core.intents import content_hash, expiry_removal, intent_of
+from shared.core.intents import content_hash, expiry_removal, intent_of, pair_of
 from shared.core.messaging import (
     DERIVED_PREFIX,
     NOT_BEFORE,
@@ -171,6 +194,7 @@ from shared.core.messaging import (
     derived_message_id,
     property_of,
 )
+from shared.core.statuses import Status, StatusRecord
 from shared.core.times import read_time
 
 #: The soak's virtual start (a new `ManualClock`'s time): timebound grants expire minutes after it.
@@ -207,6 +231,7 @@ KINDS = {  # message kind -> weight
     "forged_source": 2,  # a producer's message naming another producer's source system
     "colliding": 2,  # two producers, one request id, different content: two requests
     "overlapping": 6,  # two or three producers' grants of one member and unit, ending one by one
+    "late_landing": 4,  # one producer's adds and removes of a pair, writes landing late, the lease's return failing
 }
 #: Times at the domain's edges that it accepts (requestedAt); far expiries (expiresAt) at its end.
 EDGE_REQUESTED = (
@@ -274,6 +299,12 @@ ALLOWED: dict[str, set[str]] = {
     "forged_source": {"dead_lettered:SourceMismatch"},
     # a request id is its producer's own: each producer's request runs as its own
     "colliding": {"granted", "already_member"},
+    # a ``late_landing`` pair's steps: each step's own outcome, and its confirming copy's (an older step's superseded
+    # by the pair's newer one; a remove carried out again once nothing of the app's can be there, ``released []``:
+    # a copy of it someone delivered early, queued again for its time, runs after the confirming copy); the newest
+    # step's own set leaves superseded out (`_late_landing`)
+    "late_add": {"granted", "already_member", "superseded"},
+    "late_remove": {*REMOVES, "superseded"},
     # an overlapping pair's steps (overlap_add, overlap_remove, overlap_revoke_all, their expiries): each its own set,
     # from what the pair's steps end as (`grants_local.soak_model.ending`)
     # a replayed copy under another MessageId, on the queue the app sent it to: its request again (absorbed), a ~ id
@@ -383,6 +414,16 @@ class Soak:
     early_deliveries: list[tuple[str, str, datetime]] = field(default_factory=list)
     #: Byte-for-byte copies to send once duplicate detection's window has passed: (when, MessageId, what to send).
     later: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+    #: The ``late_landing`` pairs, and what their steps' first deliveries meet, by MessageId (`LateStep`).
+    late: list[LateScenario] = field(default_factory=list)
+    scripted: dict[str, Scripted] = field(default_factory=dict)
+    #: Steps of those pairs whose status the ledger holds is not true of the directory (`ledger_facts`).
+    late_untrue: list[str] = field(default_factory=list)
+
+    @property
+    def scripted_requests(self) -> set[str]:
+        """The request ids of the ``late_landing`` pairs' steps."""
+        return {step.request_id for scenario in self.late for step in scenario.steps}
 
     def slot_time(self, slot: int) -> datetime:
         """When an ``overlapping`` pair's slot begins (its steps are sent then; an expiry in it falls then)."""
@@ -408,12 +449,115 @@ class Overlap:
         return frozenset(step.request_id for step in self.steps if step.op == "add" and step.slot == first)
 
 
+@dataclass(frozen=True, slots=True)
+class LateStep:
+    """A step of a ``late_landing`` pair: an ``add`` or a ``remove`` sent `at` seconds after the pair's start; its
+    first delivery's Graph write `held` (unanswered: its client gives up; it lands at a seeded moment after the pair's
+    last step, within its window), and/or the ledger request returning its lease answered 503 (`release_fails`)."""
+
+    op: str
+    at: float
+    held: bool = False
+    release_fails: bool = False
+
+
+#: The ``late_landing`` interleavings, one producer's steps of one pair, each newer than the one before. The steps are
+#: far enough apart that each has ended before the next begins (its retry within 10 s of a timeout; after a failed
+#: return of the lease, the lease's end, 120 s on), so each interleaving happens as written.
+LATE_SCRIPTS: dict[str, tuple[LateStep, ...]] = {
+    # an add in flight lands after a newer remove (its own retry was answered)
+    "add_lands_after_remove": (LateStep("add", 0, held=True), LateStep("remove", 30)),
+    # the mirror: a remove in flight lands after a newer add
+    "remove_lands_after_add": (LateStep("add", 0), LateStep("remove", 30, held=True), LateStep("add", 60)),
+    # an add and a newer remove both in flight; a newer remove answers not_member; both land after it
+    "add_and_remove_in_flight": (
+        LateStep("add", 0, held=True),
+        LateStep("remove", 30, held=True),
+        LateStep("remove", 60),
+    ),
+    # the mirror: a remove and a newer add in flight; a newer add answers already_member; both land after it
+    "remove_and_add_in_flight": (
+        LateStep("add", 0),
+        LateStep("remove", 30, held=True),
+        LateStep("add", 60, held=True),
+        LateStep("add", 90),
+    ),
+    # the lease's return fails after an answered add, or after one in flight (which lands after the newer remove)
+    "release_fails_after_add": (LateStep("add", 0, release_fails=True), LateStep("remove", 150)),
+    "release_fails_add_in_flight": (LateStep("add", 0, held=True, release_fails=True), LateStep("remove", 150)),
+    # the mirrors: after an answered remove, or after one in flight (which lands after the newer add)
+    "release_fails_after_remove": (
+        LateStep("add", 0),
+        LateStep("remove", 30, release_fails=True),
+        LateStep("add", 180),
+    ),
+    "release_fails_remove_in_flight": (
+        LateStep("add", 0),
+        LateStep("remove", 30, held=True, release_fails=True),
+        LateStep("add", 180),
+    ),
+}
+#: A held write lands at least this long after its pair's last step (which has ended by then), and at most
+#: `LATE_LANDS_WITHIN` after its step was delivered: inside the app's window (`UNCERTAIN_WINDOW`, 300 s after the
+#: write was sent at the earliest), with room for the governor's pauses that move the virtual clock meanwhile.
+LATE_AFTER_LAST_STEP = 20.0
+LATE_LANDS_WITHIN = 240.0
+#: ``late_landing`` pairs start together in batches (a held write costs its invocation the client's read timeout in
+#: wall time: a batch's run in parallel), batches `LATE_BATCH_GAP` apart, from an hour into an ``overlapping`` slot
+#: (`OVERLAP_SLOT`), `LATE_BATCHES_PER_SLOT` in a slot: each pair's steps, landings and confirming copies (at most
+#: 450 s: a failed return of the lease keeps its doubt 120 s + 300 s) end long before the slot's next steps.
+LATE_BATCH = 16
+LATE_BATCH_GAP = timedelta(minutes=15)
+LATE_BATCHES_PER_SLOT = 8
+
+
+@dataclass(slots=True)
+class Landing:
+    """When a ``late_landing`` step's held write is let go (`at`, virtual epoch seconds), and what became of it."""
+
+    request_id: str
+    action: str
+    at: float
+    fault: Fault | None = None  # the hold its step's first delivery armed
+    armed_at: float | None = None  # when that delivery began (its write was sent then or later)
+    done: bool = False  # its moment has come (a hold not armed by then is never armed)
+    landed_at: float | None = None  # when the double carried it out, after its release
+    status: int | None = None  # what the double answered it (204: it changed the directory)
+
+
+@dataclass(slots=True)
+class LateScenario:
+    """A ``late_landing`` pair: its script (`LATE_SCRIPTS`), its steps as sent (oldest first) and its landings."""
+
+    script: str
+    container: str
+    member: str
+    producer: str
+    steps: list[Planned]
+    landings: list[Landing]
+
+    @property
+    def pair(self) -> str:
+        """The pair as the ledger keys it (`shared.core.intents.pair_of`)."""
+        return pair_of(AdministrativeUnit(id=Guid(self.container)), self.member)
+
+
+@dataclass(frozen=True, slots=True)
+class Scripted:
+    """What a ``late_landing`` step's first delivery meets: its step, its pair, its landing if its write is held."""
+
+    step: LateStep
+    pair: str
+    landing: Landing | None
+
+
 def guid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
-    """Seed the directory and build `count` messages (plus duplicates), all from `seed`."""
+def plan(graph: GraphDouble, *, count: int, seed: int, kinds: Mapping[str, int] = KINDS) -> Soak:
+    """Seed the directory and build `count` messages (plus duplicates), all from `seed`, of `kinds` (message kind ->
+    weight)."""
     rng = random.Random(seed)
     units = [guid(rng) for _ in range(20)]
     doomed = guid(rng)
@@ -425,10 +569,10 @@ def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
     soak = Soak(seed=seed, messages=[], expected=expected, doomed=doomed)
     soak.overlap_start = EPOCH + count * OVERLAP_LEAD_PER_MESSAGE
     messages = soak.messages
-    kinds, weights = list(KINDS), list(KINDS.values())
+    names, weights = list(kinds), list(kinds.values())
     start = EPOCH - timedelta(hours=2)  # races are decided by requestedAt: made before they arrive
     for n in range(count):
-        kind = rng.choices(kinds, weights)[0]
+        kind = rng.choices(names, weights)[0]
         if kind == "race":
             messages += _race(graph, rng, n, rng.choice(units), soak, start)
             continue
@@ -454,6 +598,9 @@ def plan(graph: GraphDouble, *, count: int, seed: int) -> Soak:
             continue
         if kind == "overlapping":
             messages += _overlapping(graph, rng, n, rng.choice(units), soak)
+            continue
+        if kind == "late_landing":
+            messages += _late_landing(graph, rng, n, rng.choice(units), soak)
             continue
         to_role = kind != "doomed" and rng.random() < 0.3
         member = guid(rng)
@@ -889,6 +1036,59 @@ def _overlapping(graph: GraphDouble, rng: random.Random, n: int, unit: str, soak
     return planned
 
 
+def _late_landing(graph: GraphDouble, rng: random.Random, n: int, unit: str, soak: Soak) -> list[Planned]:
+    """One producer's steps of one user of `unit` (a seeded script of `LATE_SCRIPTS`), each dated a second before it
+    is sent (newest wins: each newer than the one before), starting with its batch (`LATE_BATCH`); each held write's
+    landing moment, after the last step and within `LATE_LANDS_WITHIN` of its own. Final: member exactly when the
+    newest step is an add; the Graph writes answered 204 at most one per step, one per held write, and one per
+    confirming copy that ran (`check`)."""
+    member = guid(rng)
+    graph.add_user(member)
+    script = rng.choice(sorted(LATE_SCRIPTS))
+    producer = rng.choice(OVERLAP_PRODUCERS)
+    batch = len(soak.late) // LATE_BATCH
+    slot, position = divmod(batch, LATE_BATCHES_PER_SLOT)
+    start = soak.slot_time(slot) + timedelta(hours=1) + position * LATE_BATCH_GAP
+    steps = LATE_SCRIPTS[script]
+    last = steps[-1].at
+    scenario = LateScenario(script, unit, member, producer, [], [])
+    adds = removes = 0
+    for index, step in enumerate(steps):
+        request_id = f"soak-{n}-{index}-{step.op}"
+        sent = start + timedelta(seconds=step.at)
+        made = _z(sent - timedelta(seconds=1))
+        raw = _unit_body(request_id, step.op, unit, member, source=_source_of(producer, n), requestedAt=made)
+        planned = Planned(
+            f"m-{n}-{index}",
+            request_id,
+            f"late_{step.op}",
+            unit,
+            member,
+            raw,
+            f"(?:{unit})",
+            delay=(sent - EPOCH).total_seconds(),
+            producer=producer,
+            action=step.op,
+        )
+        scenario.steps.append(planned)
+        landing = None
+        if step.held:
+            lands = rng.uniform(last + LATE_AFTER_LAST_STEP, step.at + LATE_LANDS_WITHIN)
+            landing = Landing(request_id, step.op, (start + timedelta(seconds=lands)).timestamp())
+            scenario.landings.append(landing)
+        soak.scripted[planned.message_id] = Scripted(step, scenario.pair, landing)
+        soak.sequenced[request_id] = (unit, member)
+        adds += (step.op == "add") * (1 + step.held)
+        removes += (step.op == "remove") * (1 + step.held)
+    newest = scenario.steps[-1]
+    soak.allowed[newest.request_id] = frozenset(ALLOWED[newest.kind] - {"superseded"})
+    if newest.action == "add":
+        soak.expected[unit].add(member)
+    soak.writes[(unit, member)] = (adds, removes)
+    soak.late.append(scenario)
+    return scenario.steps
+
+
 def _hostile(body: dict[str, Any], rng: random.Random) -> bytes:
     """`body` made into one the contract refuses (the hostile-input catalogue's kinds)."""
     variant = rng.choice(["c1", "surrogate", "far_expiry", "duplicate_key", "utf16"])
@@ -921,6 +1121,52 @@ def _seed_member(graph: GraphDouble, container: str, member: str) -> None:
             graph.add_role_template(template, activated=True, role_id=role, members=graph.members_of(role) | {member})
             return
     graph.add_administrative_unit(container, members=graph.members_of(container) | {member})
+
+
+#: What Azure Table Storage answers a request it is too busy to take (nothing written): 503, error code ServerBusy.
+SERVER_BUSY = Response(
+    503,
+    {"odata.error": {"code": "ServerBusy", "message": {"lang": "en-US", "value": "The server is busy."}}},
+    headers={"x-ms-error-code": "ServerBusy"},
+    content_type="application/json;odata=minimalmetadata;streaming=true;charset=utf-8",
+)
+
+
+class StorageFaults:
+    """The ledger's storage failing at its HTTP boundary: a request hook on the app's one `httpx.AsyncClient` (its
+    event hooks apply to the ledger's requests: `shared.adapters.identity.HttpxTransport`) sends the next request
+    that returns an armed pair's lease (the PUT of the pair's entity with no lease in it) to a loopback endpoint
+    answering `SERVER_BUSY` instead of Azurite, once per arming: nothing is written, and the app hears what Azure
+    Storage says then. The ledger and the gate run unchanged."""
+
+    def __init__(self) -> None:
+        self._busy = LoopbackServer(self._answer)
+        self._armed: set[str] = set()
+        self.struck = 0
+
+    def _answer(self, request: Request) -> Response:
+        return SERVER_BUSY
+
+    def arm(self, pair: str) -> None:
+        """Fail the next request returning `pair`'s lease (`shared.core.intents.pair_of`)."""
+        self._armed.add(pair)
+
+    async def __call__(self, request: httpx.Request) -> None:
+        if not self._armed or request.method != "PUT":
+            return
+        try:
+            entity = json.loads(request.content)
+        except ValueError:
+            return
+        pair = entity.get("pair") if isinstance(entity, dict) else None
+        if pair not in self._armed or "leaseToken" in entity:
+            return
+        self._armed.discard(pair)
+        self.struck += 1
+        request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=self._busy.port)
+
+    def close(self) -> None:
+        self._busy.close()
 
 
 class SoakSender:
@@ -1063,10 +1309,12 @@ class SoakFunction:
         tokens: TokenEndpoint,
         by_request: dict[str, Planned],
         clock: ManualClock,
+        storage: StorageFaults,
     ) -> None:
         self._function, self._soak, self._graph, self._tokens = function, soak, graph, tokens
         self._by_request = by_request
         self._clock = clock
+        self._storage = storage
         self._first_deliveries: set[str] = set()
         self._running: set[int] = set()  # invocations in flight, by number
         self._saw_last_expiry: set[int] = set()  # of those, the ones in flight when tokens last expired
@@ -1080,6 +1328,8 @@ class SoakFunction:
         rng = random.Random(f"{soak.seed}|{receivedmessage.message_id}|{delivery_count}")
         fault = _choose(rng)
         planned = self._planned(receivedmessage)
+        if planned is not None and planned.kind.startswith("late_"):
+            fault = None  # its faults are its script's, on its steps' first deliveries (`_script`)
         current = Invocation(fault)
         self._started += 1
         number = self._started
@@ -1089,6 +1339,8 @@ class SoakFunction:
         try:
             if fault is not None and planned is not None and planned.kind not in ("hostile", "squat"):  # never in Graph
                 self._inject(fault, planned, rng, current)
+            if planned is not None and delivery_count == 1:
+                self._script(str(receivedmessage.message_id), planned)
             await self._function(
                 receivedmessage=receivedmessage, message_actions=SoakActions(message_actions, current, soak)
             )
@@ -1124,11 +1376,24 @@ class SoakFunction:
             soak.deleted_at_log_index = len(self._graph.requests)
             self._graph.delete_administrative_unit(soak.doomed)
 
+    def _script(self, message_id: str, planned: Planned) -> None:
+        """Arm what a ``late_landing`` step's first delivery meets (`Scripted`): the ledger's return of its pair's
+        lease failing once, and its Graph write held until its landing moment (`drive` lets it go then), unless that
+        moment has come already (its delivery came that late: it is not held)."""
+        scripted = self._soak.scripted.get(message_id)
+        if scripted is None:
+            return
+        if scripted.step.release_fails:
+            self._storage.arm(scripted.pair)
+        landing = scripted.landing
+        if landing is not None and not landing.done:
+            landing.fault = Fault.hold(**_write_of(planned))
+            landing.armed_at = self._clock()
+            self._graph.inject(landing.fault)
+
     def _inject(self, fault: str, planned: Planned, rng: random.Random, current: Invocation) -> None:
         """Arm `fault` for this delivery's Graph write (matched by container and member)."""
-        write: dict[str, Any] = {"method": "POST", "path": planned.path, "body": planned.member}
-        if planned.action == "remove":
-            write = {"method": "DELETE", "path": f"{planned.path}.*{planned.member}"}
+        write = _write_of(planned)
         graph_faults = {
             "graph_429_retry_after": lambda: Fault.status(429, retry_after=rng.randint(1, 20), **write),
             "graph_429_no_retry_after": lambda: Fault.status(429, **write),
@@ -1168,6 +1433,13 @@ class SoakFunction:
         elif fault == "crash_before_graph":
             self._soak.faults[fault] += 1
             raise Crash(fault)
+
+
+def _write_of(planned: Planned) -> dict[str, Any]:
+    """What matches `planned`'s Graph write (a `Fault`'s method, path and body): by container and member."""
+    if planned.action == "remove":
+        return {"method": "DELETE", "path": f"{planned.path}.*{planned.member}"}
+    return {"method": "POST", "path": planned.path, "body": planned.member}
 
 
 def _choose(rng: random.Random) -> str | None:
@@ -1257,14 +1529,22 @@ class Report:
         return all(ok for *_, ok in self.invariants)
 
 
-async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: int = logging.DEBUG) -> Report:
-    """Run the soak and check the invariants; every log record at `log_level` or above is scanned."""
+async def run_soak(
+    *,
+    count: int,
+    seed: int,
+    concurrency: int = 16,
+    log_level: int = logging.DEBUG,
+    kinds: Mapping[str, int] = KINDS,
+) -> Report:
+    """Run the soak of `kinds` (message kind -> weight: by default every kind, `KINDS`) and check the invariants;
+    every log record at `log_level` or above is scanned."""
     started = time.monotonic()
     clock = ManualClock()
     async with AsyncExitStack() as stack:
         tokens = stack.enter_context(TokenEndpoint())
         graph = stack.enter_context(GraphDouble(tokens, clock=clock))
-        soak = plan(graph, count=count, seed=seed)
+        soak = plan(graph, count=count, seed=seed, kinds=kinds)
         scan = LogScan(tokens, ReleaseWatch(soak, graph))
         root = logging.getLogger()
         previous_level = root.level
@@ -1313,18 +1593,26 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
                 )
 
             send(planned.message_id)
+            if planned.kind.startswith("late_"):  # its interleaving is scripted: each step sent once
+                continue
             if rng.random() < 0.02:  # the producer sends it again: duplicate detection drops it
                 send(planned.message_id)
                 soak.duplicates_same_id += 1
             if rng.random() < 0.02:  # the producer sends the same request again under a new MessageId
                 send(planned.message_id + "-again")
                 soak.duplicates_new_id += 1
-        app.services.http.timeout = httpx.Timeout(READ_TIMEOUT_SECONDS, connect=5.0, pool=30.0)
+        http = app.services.http
+        http.timeout = httpx.Timeout(READ_TIMEOUT_SECONDS, connect=5.0, pool=30.0)
+        storage = StorageFaults()
+        stack.callback(storage.close)
+        http.event_hooks = {**http.event_hooks, "request": [*http.event_hooks["request"], storage]}
         by_request = {planned.request_id: planned for planned in soak.messages}
 
         def faulty(name: str) -> SoakFunction:
             function = registered_function(function_app.app, name)
-            return SoakFunction(function, soak=soak, graph=graph, tokens=tokens, by_request=by_request, clock=clock)
+            return SoakFunction(
+                function, soak=soak, graph=graph, tokens=tokens, by_request=by_request, clock=clock, storage=storage
+            )
 
         host = LocalHost(
             queue=queue,
@@ -1336,7 +1624,8 @@ async def run_soak(*, count: int, seed: int, concurrency: int = 16, log_level: i
         )
         virtual_start = clock()
         queues = [queue, *(q.queue for q in app.producer_queues.values())]
-        await drive(host, soak, queues, clock, app.services.expiry_sweep)
+        await drive(host, soak, queues, clock, app.services.expiry_sweep, graph)
+        soak.faults["ledger_lease_return_busy"] += storage.struck
         recorder = app.recorder
         report = check(soak, graph, queues, recorder.records, scan, await ledger_facts(soak, app.services.ledger))
         report.numbers.update(
@@ -1361,17 +1650,22 @@ async def drive(
     queues: list[LocalQueue],
     clock: ManualClock,
     sweep: Callable[[], Awaitable[int]],
+    graph: GraphDouble,
 ) -> None:
     """Deliver everything `host` reads (`queues`, the app's own first), one moment at a time (the next due
-    message's, or the next planned byte-for-byte copy's, `Soak.later`), sending each copy at its moment, deliverable
-    then, if that is still before the time its message was sealed for (a copy whose moment the run has passed is sent
-    at once if still early, else never). Once nothing is left, the expiry sweep (the timer trigger `expiry_sweep`)
-    runs as its next tick would, and what it sends is delivered, until it sends nothing new: a time-bound grant whose
-    removal was never scheduled (its add's retry came after its expiry: ``Expired``) ends by it, as in Azure."""
+    message's, the next planned byte-for-byte copy's, `Soak.later`, or the next held write's landing, `Landing`),
+    sending each copy at its moment, deliverable then, if that is still before the time its message was sealed for (a
+    copy whose moment the run has passed is sent at once if still early, else never), and letting each held write
+    land at its moment (`land`: nothing else runs then). Once nothing is left, the expiry sweep (the timer trigger
+    `expiry_sweep`) runs as its next tick would, and what it sends is delivered, until it sends nothing new: a
+    time-bound grant whose removal was never scheduled (its add's retry came after its expiry: ``Expired``) ends by
+    it, as in Azure."""
+    landings = sorted((landing for scenario in soak.late for landing in scenario.landings), key=lambda x: x.at)
     while True:
         soak.later.sort()
         moments = [due for queue in queues if (due := queue.next_due_time()) is not None]
         moments += [soak.later[0][0]] if soak.later else []
+        moments += [landings[0].at] if landings else []
         if not moments:
             sent = await sweep()
             soak.swept += sent
@@ -1380,6 +1674,8 @@ async def drive(
             continue
         await host.drain(until=min(moments))
         clock.advance_to(min(moments))
+        while landings and landings[0].at <= clock():
+            await land(landings.pop(0), graph, clock)
         while soak.later and soak.later[0][0] <= clock():
             _, message_id, copy = soak.later.pop(0)
             until = read_time(copy["application_properties"][NOT_BEFORE])
@@ -1388,6 +1684,35 @@ async def drive(
                 soak.faults["early_replay_byte_for_byte"] += 1
                 grants = queues[0]  # the app's own queue, where the app sent the message
                 grants.send(copy["body"], message_id=message_id, application_properties=copy["application_properties"])
+
+
+async def land(landing: Landing, graph: GraphDouble, clock: ManualClock) -> None:
+    """Let `landing`'s held write go on and wait until the double has carried it out (nothing else runs meanwhile:
+    the request it logs is that write's); a hold not armed by now is never armed, one armed whose write was not sent
+    (yet) lets it through unheld."""
+    landing.done = True
+    fault = landing.fault
+    if fault is None:
+        return
+    held = graph.holds(fault)
+    logged = len(graph.requests)
+    fault.release()
+    if not held:
+        return
+    await asyncio.to_thread(fault.wait_landed, STALL_GUARD_SECONDS)
+    landing.landed_at = clock()
+    answered = graph.requests[logged:]
+    landing.status = answered[0].status if answered else None
+
+
+def _true_of(record: StatusRecord, action: str) -> bool:
+    """True when `record` (the newest request's status) says what its pair ends as: an add's, a member there; a
+    remove's, none (removed, not there, or with no holder: nothing of the app's left there)."""
+    if action == "add":
+        return record.status in (Status.GRANTED, Status.ALREADY_MEMBER)
+    return record.status in (Status.REVOKED, Status.NOT_MEMBER) or (
+        record.status is Status.RELEASED and not record.held_by
+    )
 
 
 async def ledger_facts(soak: Soak, ledger: Ledger) -> dict[str, int]:
@@ -1407,7 +1732,17 @@ async def ledger_facts(soak: Soak, ledger: Ledger) -> dict[str, int]:
     noted = 0
     for request_id in sorted(soak.expiry_victims):
         noted += any(status.removal is not None for status in await ledger.statuses(request_id))
-    return {"forged_rows": forged_rows, "forged_removals": noted}
+    # a late_landing pair's steps: each status terminal, the newest one's what the pair ends as (it is the last word)
+    untrue = 0
+    for scenario in soak.late:
+        for sent in scenario.steps:
+            record = await ledger.status(sent.request_id, producer=scenario.producer)
+            newest = sent is scenario.steps[-1]
+            wrong = record is None or not record.status.terminal or (newest and not _true_of(record, sent.action))
+            if wrong:
+                untrue += 1
+                soak.late_untrue.append(sent.request_id)
+    return {"forged_rows": forged_rows, "forged_removals": noted, "late_statuses_untrue": untrue}
 
 
 #: What a replayed copy of another producer's request ends as: it is the words of whoever sends to its queue.
@@ -1424,7 +1759,7 @@ def check(
 ) -> Report:
     """The invariants, from the outcome records, the queue, the Graph double's state and request log, and what the
     ledger holds (`ledger_facts`)."""
-    facts = facts or {"forged_rows": 0, "forged_removals": 0}
+    facts = facts or {"forged_rows": 0, "forged_removals": 0, "late_statuses_untrue": 0}
     replays = [Planned(message_id, message_id, "replay", "", "", b"", "") for message_id in soak.replays]
     by_request = {planned.request_id: planned for planned in [*soak.messages, *replays]}
     # a body that is not JSON has no readable requestId: its record is found by the producer's MessageId
@@ -1517,6 +1852,17 @@ def check(
             later = [slot for slot in slots if slot > step.slot]
             if later:
                 late_steps += sum(1 for at in finished.get(step.key, []) if at >= soak.slot_time(later[0]))
+
+    # a late_landing pair may see, besides one write per step and one per held write, one per confirming copy of its
+    # steps that ran: the app's own second write of a step made while a write of the other action was in doubt
+    confirming = _confirming_copies(records)
+    for scenario in soak.late:
+        adds, removals = planned_writes[(scenario.container, scenario.member)]
+        for sent in scenario.steps:
+            ran = confirming.ran.get(sent.request_id, 0)
+            adds, removals = (adds + ran, removals) if sent.action == "add" else (adds, removals + ran)
+        planned_writes[(scenario.container, scenario.member)] = (adds, removals)
+    late = _late_landings(soak, records)
 
     def allows(request_id: str) -> set[str]:
         own = allowed.get(request_id)
@@ -1617,6 +1963,24 @@ def check(
         ("dead-letter reasons outside the documented set", "0", str(undocumented), undocumented == 0),
         ("highest delivery count <= MaxDeliveryCount", "<= 10", str(deepest), deepest <= 10),
         ("nothing left in the queue", "0", str(left), left == 0),
+        (
+            "every confirming copy scheduled ran",
+            str(confirming.scheduled),
+            str(sum(confirming.ran.values())),
+            confirming.scheduled == sum(confirming.ran.values()),
+        ),
+        (
+            "every late landing within its write's window",
+            "0",
+            str(late.outside_window),
+            late.outside_window == 0,
+        ),
+        (
+            "late-landing pairs' statuses true of the directory",
+            "0",
+            str(facts["late_statuses_untrue"]),
+            facts["late_statuses_untrue"] == 0,
+        ),
         ("log lines with a token or secret", "0", str(len(scan.leaks)), not scan.leaks),
         ("invocations raising other than an injected crash", "0", str(len(scan.escaped)), not scan.escaped),
     ]
@@ -1637,6 +2001,24 @@ def check(
             "dead_lettered": stats.dead_lettered,
             "locks_expired": stats.locks_expired,
         },
+        "late_landing_pairs": {
+            "pairs": len(soak.late),
+            "scripts": dict(Counter(scenario.script for scenario in soak.late)),
+            "held_writes": late.held,
+            "late_landings": late.landed,
+            "late_landings_that_wrote": late.wrote,
+            "late_landings_after_a_newer_intent": late.after_newer,
+            "held_writes_not_landed_at_their_moment": late.held - late.landed,
+            "release_storage_errors": soak.faults["ledger_lease_return_busy"],
+            "confirming_copies": confirming.of(soak.scripted_requests),
+        },
+        "confirming_copies": sum(confirming.ran.values()),
+        "late_landing_examples": [
+            _late_timeline(scenario, records, graph)
+            for scenario in soak.late
+            if {step.request_id for step in scenario.steps} & ({key for key, _ in not_allowed} | set(soak.late_untrue))
+            or (scenario.member in graph.members_of(scenario.container)) != (scenario.steps[-1].action == "add")
+        ][:3],
         "overlapping_pairs": {
             "pairs": len(soak.overlaps),
             "preexisting": sum(overlap.seeded for overlap in soak.overlaps),
@@ -1655,6 +2037,118 @@ def check(
         "graph_faults_not_consumed": graph.pending_faults,
     }
     return Report(invariants=invariants, faults=soak.faults, outcomes=outcomes, numbers=numbers)
+
+
+@dataclass(frozen=True, slots=True)
+class Confirming:
+    """The confirming copies (`shared.service.membership.Result.confirm_at`): how many terminal outcomes announced
+    one (their description says the request "is carried out once more"), and how many of those a later terminal
+    outcome of the same message followed, by request id."""
+
+    scheduled: int
+    ran: dict[str, int]
+
+    def of(self, request_ids: set[str]) -> int:
+        """How many of `request_ids`' confirming copies ran."""
+        return sum(n for request_id, n in self.ran.items() if request_id in request_ids)
+
+
+def _confirming_copies(records: list[Mapping[str, Any]]) -> Confirming:
+    """Each terminal outcome announcing a confirming copy, and whether one of its message (the same producer,
+    request and original MessageId) with a higher attempt ended later: that copy ran."""
+    ends: dict[tuple[str, str, str], list[tuple[int, str, bool]]] = defaultdict(list)
+    for record in list(records):
+        if not record.get("terminal"):
+            continue
+        key = (str(record.get("producer")), str(record.get("requestId")), str(record.get("originalMessageId")))
+        announced = "is carried out once more" in str(record.get("description") or "")
+        ends[key].append((int(record.get("attempts") or 0), str(record.get("finishedAt") or ""), announced))
+    scheduled = 0
+    ran: Counter[str] = Counter()
+    for (_, request_id, _), lines in ends.items():
+        for attempts, finished, announced in lines:
+            if not announced:
+                continue
+            scheduled += 1
+            ran[request_id] += any(later > attempts and at >= finished for later, at, _ in lines)
+    return Confirming(scheduled=scheduled, ran=dict(ran))
+
+
+@dataclass(frozen=True, slots=True)
+class LateFindings:
+    """What became of the ``late_landing`` pairs' held writes: how many were held, landed at their moment, wrote (the
+    double answered 204), wrote after a newer step of their pair had ended, and landed later than the app's window
+    (`UNCERTAIN_WINDOW`) after the delivery that sent them began."""
+
+    held: int
+    landed: int
+    wrote: int
+    after_newer: int
+    outside_window: int
+
+
+def _late_landings(soak: Soak, records: list[Mapping[str, Any]]) -> LateFindings:
+    ended: dict[str, float] = {}  # each request's first terminal outcome, virtual epoch seconds
+    for record in list(records):
+        if record.get("terminal") and isinstance(record.get("finishedAt"), str):
+            at = datetime.fromisoformat(record["finishedAt"]).timestamp()
+            request_id = str(record.get("requestId"))
+            ended[request_id] = min(ended.get(request_id, at), at)
+    held = landed = wrote = after_newer = outside = 0
+    window = UNCERTAIN_WINDOW.total_seconds()
+    for scenario in soak.late:
+        ids = [step.request_id for step in scenario.steps]
+        for landing in scenario.landings:
+            held += landing.fault is not None
+            if landing.landed_at is None or landing.armed_at is None:
+                continue
+            landed += 1
+            outside += landing.landed_at - landing.armed_at > window
+            if landing.status != 204:
+                continue
+            wrote += 1
+            newer = ids[ids.index(landing.request_id) + 1 :]
+            after_newer += any(ended.get(request_id, math.inf) <= landing.landed_at for request_id in newer)
+    return LateFindings(held=held, landed=landed, wrote=wrote, after_newer=after_newer, outside_window=outside)
+
+
+def _late_timeline(scenario: LateScenario, records: list[Mapping[str, Any]], graph: GraphDouble) -> dict[str, Any]:
+    """A ``late_landing`` pair's timeline, in seconds after its start: its steps, each delivery's outcome line
+    (request, attempt, outcome, reason), its landings (moment, armed, landed, answer), and the pair's Graph writes."""
+    start = EPOCH.timestamp() + scenario.steps[0].delay
+    ids = {step.request_id for step in scenario.steps}
+    lines = sorted(
+        (
+            round(datetime.fromisoformat(record["finishedAt"]).timestamp() - start, 1),
+            str(record.get("requestId")),
+            record.get("attempts"),
+            str(record.get("outcome")),
+            record.get("reason"),
+        )
+        for record in list(records)
+        if record.get("requestId") in ids and isinstance(record.get("finishedAt"), str)
+    )
+
+    def since(at: float | None) -> float | None:
+        return None if at is None else round(at - start, 1)
+
+    return {
+        "script": scenario.script,
+        "pair": scenario.pair,
+        "producer": scenario.producer,
+        "steps": [(step.request_id, round(step.delay + EPOCH.timestamp() - start, 1)) for step in scenario.steps],
+        "deliveries": lines,
+        "landings": [
+            (landing.request_id, since(landing.at), since(landing.armed_at), since(landing.landed_at), landing.status)
+            for landing in scenario.landings
+        ],
+        "graph_writes": [
+            f"{entry.method} {entry.status}"
+            for entry in graph.requests
+            if entry.method in ("POST", "DELETE") and _member_of(entry) == scenario.member
+        ],
+        "member_at_the_end": scenario.member in graph.members_of(scenario.container),
+    }
 
 
 def _misses(ending: Ending, there: bool, seen: tuple[int, int], terminal: Mapping[str, list[str]]) -> int:

@@ -998,16 +998,19 @@ async def test_a_held_write_lands_when_released_after_its_client_gave_up(graph_d
     fault = Fault.hold(method="POST", path="/members/")
     graph_double.inject(fault)
     headers = {"Authorization": f"Bearer {token}"}
+    armed = graph_double.holds(fault)
 
     async with httpx.AsyncClient(base_url=graph_double.base_url, headers=headers, timeout=0.2) as impatient:
         with pytest.raises(httpx.ReadTimeout):
             await impatient.post(f"/directory/administrativeUnits/{AU}/members/$ref", json=ref(graph_double, USER))
     before = graph_double.members_of(AU)
+    held = graph_double.holds(fault)
     fault.release()
 
-    assert before == set()
+    assert (armed, held, before) == (False, True, set())  # held once a request matched it, not before
     assert await asyncio.to_thread(fault.wait_landed)
     assert graph_double.members_of(AU) == {USER}
+    assert graph_double.holds(fault) is False
 
 
 # --- behind the app's back ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import logging
 import random
 from datetime import UTC, datetime, timedelta
 
-from grants_local.soak import FAULTS, overlap_steps, run_soak
+from grants_local.soak import FAULTS, LATE_SCRIPTS, overlap_steps, run_soak
 from grants_local.soak_model import Step, ending, released
 from shared.core.contract import Action
 from shared.core.intents import Effect, Intent
@@ -30,6 +30,24 @@ async def test_given_500_messages_and_seeded_faults_when_soaked_then_every_invar
     assert report.numbers["overlapping_pairs"]["pairs"] >= 10
     assert {"released (held by a grant)", "released (pre-existing)", "released (no holder)"} <= set(report.outcomes)
     assert report.numbers["deliveries_before_their_time_deferred"] > 0  # scheduled messages were replayed early
+    late = report.numbers["late_landing_pairs"]
+    assert late["late_landings_after_a_newer_intent"] > 0  # writes in flight landed after a newer intent had run
+    assert late["release_storage_errors"] > 0  # the ledger failed returning a lease after a Graph write
+    assert late["confirming_copies"] > 0
+
+
+async def test_given_writes_landing_after_newer_intents_and_failed_lease_returns_when_soaked_then_newest_wins() -> None:
+    # every late_landing script once or more (seed 52 draws all of them in 12 pairs), and nothing else
+    report = await run_soak(count=12, seed=52, log_level=logging.INFO, kinds={"late_landing": 1})
+
+    failed = [(name, expected, actual) for name, expected, actual, ok in report.invariants if not ok]
+    assert failed == [], report.numbers["late_landing_examples"]
+    late = report.numbers["late_landing_pairs"]
+    assert set(late["scripts"]) == set(LATE_SCRIPTS)
+    assert late["late_landings"] == late["held_writes"] > 0  # each held write landed at its moment
+    assert late["late_landings_after_a_newer_intent"] > 0
+    assert late["release_storage_errors"] >= late["scripts"]["release_fails_after_add"]
+    assert late["confirming_copies"] > 0
 
 
 def test_given_hr_s_and_a_ticket_s_grants_when_the_ticket_ends_then_hr_s_holds_until_it_expires() -> None:

@@ -503,6 +503,11 @@ class GraphDouble:
         with self._lock:
             return len(self._faults)
 
+    def holds(self, fault: Fault) -> bool:
+        """True while `fault` (a `Fault.hold`) keeps a request it matched, not yet released."""
+        with self._lock:
+            return any(held is fault for held in self._holding)
+
     def deny(self, kind: PermissionKind) -> None:
         """Answer writes to `kind` ``403`` as Graph answers a missing permission: administrative units or directory
         roles ``Authorization_RequestDenied``; PIM's eligibility or assignment schedule requests ``UnknownError``
