@@ -157,7 +157,7 @@ async def test_a_leaver_of_a_person_with_over_a_thousand_recorded_events_still_e
     hr_run: Callable[..., Any],
 ) -> None:
     """An HR system that sent a person 1,000 events (a nightly sync's, say) before the person leaves: the leaver's own
-    record lies past the first 1,000 the index reads, but a leaver is derived against no other event: it ends
+    record lies past the first 1,000 the index reads, but a leaver is read by its own key and needs no other: it ends
     everything, never retried as the ledger unavailable until dead-lettered (the person would keep their access)."""
     hr: Hr = await hr_run()
     await hr.enter(hr_event("hire", "evt-b-hire", effective="2026-11-01"))

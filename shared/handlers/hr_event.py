@@ -132,8 +132,8 @@ class HrEventHandler:
             producer=producer.name, event=KnownEvent(event=event, placement=placement), now=received
         )
         mine = next((k for k in known if k.event.event_id == event.event_id), None)
-        if mine is None and event.kind == "leaver":  # past the first events of its person read: derived against none,
-            mine = await self._ledger.hr_event(producer=producer.name, event=event)  # a leaver still ends everything
+        if mine is None and event.kind == "leaver":  # past the first events of its person read: read by its key, a
+            mine = await self._ledger.hr_event(producer=producer.name, event=event)  # leaver still ends every target
         if mine is None:
             raise TransientError(Reason.LEDGER_UNAVAILABLE, "the HR event just recorded could not be read back")
         if mine.event != event:

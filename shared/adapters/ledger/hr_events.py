@@ -27,7 +27,7 @@ from shared.adapters.tables import (
     table_key,
 )
 from shared.core.contract import Guid, Target, parse_target, target_document
-from shared.core.errors import Reason, TransientError
+from shared.core.errors import ContractError, Reason, TransientError
 from shared.core.hr_events import HrEvent, KnownEvent, Placement
 
 _log = logging.getLogger(__name__)
@@ -197,10 +197,13 @@ def _gives_from(entity: Mapping[str, Any]) -> tuple[tuple[Target, tuple[str, ...
     """`KnownEvent.gives` from its column (none on a row written before the column: what its rules gave is unknown)."""
     if entity.get("gives") is None:
         return ()
-    return tuple(
-        (parse_target(document), tuple(str(name) for name in names))
-        for document, names in json.loads(_unchunked("gives", entity))
-    )
+    try:
+        return tuple(
+            (parse_target(document), tuple(str(name) for name in names))
+            for document, names in json.loads(_unchunked("gives", entity))
+        )
+    except ContractError as error:  # a target the contract no longer reads: the row is unreadable, as any other
+        raise ValueError(f"gives: {error}") from error
 
 
 def _known_from(entity: Mapping[str, Any]) -> KnownEvent:
